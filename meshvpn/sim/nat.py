@@ -1,0 +1,237 @@
+"""RFC 4787 NAT boxes for the simulated network.
+
+A `Nat` has a public address in its parent realm and owns a LAN realm. Its behaviour is
+the three RFC 4787 knobs plus the port allocation quirks hole punching has to live with:
+
+* mapping (REQ-1): which outbound flows share one public port: all flows from a LAN
+  endpoint (endpoint-independent), those to one remote address (address-dependent) or
+  to one remote address and port (address-and-port-dependent, the "symmetric" NAT);
+* filtering (REQ-8): which inbound datagrams a mapping lets in: from anyone, from
+  addresses it has sent to, or from exact endpoints it has sent to;
+* port allocation: preserve the LAN port, take the next free port after the last one
+  (Check Point FireWall-1 style), pick at random, or add a fixed offset (1414 -> 31414);
+* mapping timeout, refreshed only by outbound traffic; hairpinning on or off;
+* background traffic: other LAN hosts opening flows that take public ports.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+from meshvpn.sim.clock import TimerHandle
+from meshvpn.sim.network import Datagram, Endpoint, Link, Network, Realm
+
+BACKGROUND_LAN_IP = "background"
+"""Source address of synthetic background flows; never a real member of the LAN."""
+
+
+class Dependence(enum.Enum):
+    """How much of the remote endpoint a mapping or filtering decision looks at."""
+
+    ENDPOINT_INDEPENDENT = "endpoint-independent"
+    ADDRESS_DEPENDENT = "address-dependent"
+    ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
+
+    def narrow(self, remote: Endpoint) -> object:
+        """The part of `remote` that this behaviour distinguishes flows by."""
+        if self is Dependence.ENDPOINT_INDEPENDENT:
+            return None
+        if self is Dependence.ADDRESS_DEPENDENT:
+            return remote[0]
+        return remote
+
+
+class PortAllocation(enum.Enum):
+    """How a NAT picks the public port of a new mapping."""
+
+    PRESERVE = "preserve"
+    SEQUENTIAL = "sequential"
+    RANDOM = "random"
+    RANGE_OFFSET = "range-offset"
+
+
+@dataclass(frozen=True)
+class NatBehavior:
+    """Everything that tells one NAT model from another."""
+
+    mapping: Dependence = Dependence.ENDPOINT_INDEPENDENT
+    """Which outbound flows share a public port (RFC 4787 section 4.1)."""
+    filtering: Dependence = Dependence.ADDRESS_AND_PORT_DEPENDENT
+    """Which inbound datagrams a mapping admits (RFC 4787 section 5)."""
+    ports: PortAllocation = PortAllocation.PRESERVE
+    """How the public port of a new mapping is chosen."""
+    mapping_timeout: float = 30.0
+    """Seconds a mapping lives after the last outbound datagram through it."""
+    hairpinning: bool = False
+    """Whether LAN hosts can reach each other through the NAT's public address."""
+    port_base: int = 30000
+    """Range-offset: added to the LAN port; sequential: the first port is port_base + 1."""
+    port_min: int = 1024
+    """Lowest public port the NAT hands out."""
+    port_max: int = 65535
+    """Highest public port the NAT hands out."""
+
+
+FULL_CONE = NatBehavior(filtering=Dependence.ENDPOINT_INDEPENDENT)
+RESTRICTED_CONE = NatBehavior(filtering=Dependence.ADDRESS_DEPENDENT)
+PORT_RESTRICTED_CONE = NatBehavior()
+"""What Linux netfilter masquerading does: the friendliest NAT that is still common."""
+SYMMETRIC_RANDOM = NatBehavior(mapping=Dependence.ADDRESS_AND_PORT_DEPENDENT,
+                               ports=PortAllocation.RANDOM)
+SYMMETRIC_SEQUENTIAL = NatBehavior(mapping=Dependence.ADDRESS_AND_PORT_DEPENDENT,
+                                   ports=PortAllocation.SEQUENTIAL)
+
+
+@dataclass
+class NatMapping:
+    """One public port held for one LAN endpoint (and remote, per mapping behaviour)."""
+
+    lan: Endpoint
+    public: Endpoint
+    flow: tuple[Endpoint, object]
+    """The LAN endpoint and the remote narrowed by the mapping behaviour: the lookup key."""
+    expires: float
+    permitted: set[object] = field(default_factory=set)
+    """Remotes, narrowed by the filtering behaviour, that the LAN side has sent to."""
+
+
+class Nat:
+    """A NAT box: public address `ip` in `realm`, and a LAN realm of its own (`lan`)."""
+
+    def __init__(self, network: Network, ip: str, behavior: NatBehavior = PORT_RESTRICTED_CONE,
+                 realm: Realm | None = None, link: Link | None = None) -> None:
+        self.network = network
+        self.ip = ip
+        self.behavior = behavior
+        self.realm = realm if realm is not None else network.internet
+        self.link = link if link is not None else Link()
+        self.lan = Realm(network, f"lan of {ip}", gateway=self)
+        self._by_flow: dict[tuple[Endpoint, object], NatMapping] = {}
+        self._by_port: dict[int, NatMapping] = {}
+        self._last_port = behavior.port_base
+        self._background_rate = 0.0
+        self._background_timer: TimerHandle | None = None
+        self._background_flows = 0
+        self.realm.attach(self)
+
+    def active_mappings(self) -> list[NatMapping]:
+        """The mappings that have not expired, oldest port first."""
+        now = self.network.scheduler.now
+        return [m for _, m in sorted(self._by_port.items()) if m.expires > now]
+
+    def flush(self) -> None:
+        """Forget every mapping, as a NAT reboot or a conntrack flush does."""
+        self._by_flow.clear()
+        self._by_port.clear()
+
+    def outbound(self, dgram: Datagram) -> None:
+        """Translate a datagram leaving the LAN and send it towards the parent realm."""
+        mapping = self._mapping_for(dgram.src, dgram.dst)
+        if mapping is None:
+            self.network.drops["nat ports exhausted"] += 1
+            return
+        translated = Datagram(mapping.public, dgram.dst, dgram.data)
+        if dgram.dst[0] == self.ip:
+            if self.behavior.hairpinning:
+                self.inbound(translated)
+            else:
+                self.network.drops["no hairpinning"] += 1
+            return
+        self.network.transmit(self.link, self.link.up, self.realm.route, translated)
+
+    def receive(self, dgram: Datagram) -> None:
+        """A datagram from the parent realm reached the public address."""
+        self.inbound(dgram)
+
+    def inbound(self, dgram: Datagram) -> None:
+        """Translate a datagram to a public port back to its LAN endpoint, if admitted."""
+        mapping = self._live(self._by_port.get(dgram.dst[1]))
+        if mapping is None:
+            self.network.drops["no mapping"] += 1
+            return
+        if self.behavior.filtering.narrow(dgram.src) not in mapping.permitted:
+            self.network.drops["filtered"] += 1
+            return
+        self.lan.route(Datagram(dgram.src, mapping.lan, dgram.data))
+
+    def set_background_traffic(self, flows_per_second: float) -> None:
+        """Let other LAN hosts open new flows at this average rate (0 stops them).
+
+        Arrivals are a Poisson process; each flow takes a public port for one mapping
+        timeout, which is what defeats port prediction on busy sequential NATs.
+        """
+        if self._background_timer is not None:
+            self._background_timer.cancel()
+            self._background_timer = None
+        self._background_rate = flows_per_second
+        if flows_per_second > 0:
+            self._schedule_background_flow()
+
+    def _schedule_background_flow(self) -> None:
+        gap = -math.log(1.0 - self.network.rng.random()) / self._background_rate
+        self._background_timer = self.network.scheduler.call_later(gap, self._background_flow)
+
+    def _background_flow(self) -> None:
+        self._background_flows += 1
+        n = self._background_flows
+        lan = (BACKGROUND_LAN_IP, 1024 + n % 60000)
+        remote = ("198.51.100.250", 1024 + self.network.rng.randrange(0, 60000))
+        if self._mapping_for(lan, remote) is None:
+            self.network.drops["nat ports exhausted"] += 1
+        self._schedule_background_flow()
+
+    def _live(self, mapping: NatMapping | None) -> NatMapping | None:
+        """`mapping` if it has not expired; an expired one is removed."""
+        if mapping is not None and mapping.expires <= self.network.scheduler.now:
+            self._remove(mapping)
+            return None
+        return mapping
+
+    def _remove(self, mapping: NatMapping) -> None:
+        del self._by_port[mapping.public[1]]
+        del self._by_flow[mapping.flow]
+
+    def _mapping_for(self, lan: Endpoint, remote: Endpoint) -> NatMapping | None:
+        """Find or create the mapping for an outbound flow, and refresh it."""
+        behavior = self.behavior
+        flow = (lan, behavior.mapping.narrow(remote))
+        mapping = self._live(self._by_flow.get(flow))
+        if mapping is None:
+            port = self._allocate_port(lan[1])
+            if port is None:
+                return None
+            mapping = NatMapping(lan, (self.ip, port), flow, 0.0)
+            self._by_flow[flow] = mapping
+            self._by_port[port] = mapping
+        mapping.expires = self.network.scheduler.now + behavior.mapping_timeout
+        mapping.permitted.add(behavior.filtering.narrow(remote))
+        return mapping
+
+    def _allocate_port(self, lan_port: int) -> int | None:
+        """Pick the public port for a new mapping, or None if every port is taken."""
+        behavior = self.behavior
+        low, high = behavior.port_min, behavior.port_max
+        span = high - low + 1
+        if behavior.ports is PortAllocation.RANDOM:
+            for _ in range(64):
+                port = self.network.rng.randrange(low, high + 1)
+                if self._is_free(port):
+                    return port
+            preferred = port
+        elif behavior.ports is PortAllocation.SEQUENTIAL:
+            preferred = self._last_port + 1
+        elif behavior.ports is PortAllocation.RANGE_OFFSET:
+            preferred = behavior.port_base + lan_port
+        else:
+            preferred = lan_port
+        for step in range(span):
+            port = low + (preferred - low + step) % span
+            if self._is_free(port):
+                self._last_port = port
+                return port
+        return None
+
+    def _is_free(self, port: int) -> bool:
+        return self._live(self._by_port.get(port)) is None
