@@ -1,0 +1,106 @@
+"""Where hole-punching probes go: a peer's candidate endpoints and the strategy that picks targets.
+
+The path machine (`pathfinder.py`) knows *when* to punch; a `ProbeStrategy` decides *where*,
+round by round. The default probes every known candidate. `PortSpread` also probes ports
+near or around a public candidate, which is how we get through NATs that give a new port
+per destination: "ports above the observed one" for sequential NATs (as Skype does with
+Check Point FireWall-1) and many random ports ("birthday" probing) for random ones. Both
+are the same idea — extra ports derived from the public candidate — with a different port
+generator, so the machine never changes when a generator is added.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol, Sequence
+
+Endpoint = tuple[str, int]
+
+
+class CandidateKind(enum.StrEnum):
+    """How we learned that the peer might be reachable at an endpoint."""
+
+    LAN = "lan"
+    """The peer's own interface address, as it reported it: works when we share its LAN."""
+    PUBLIC = "public"
+    """The peer's address as a STUN server saw it, relayed by the coordination server."""
+    OBSERVED = "observed"
+    """Where an authenticated probe or packet from the peer came from."""
+    PREDICTED = "predicted"
+    """A port a `ProbeStrategy` guessed from a public candidate."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An endpoint where the peer may be reachable, and how we learned it."""
+
+    endpoint: Endpoint
+    kind: CandidateKind
+
+
+class ProbeStrategy(Protocol):
+    """Chooses the probe targets of one punch round from the peer's known candidates."""
+
+    def targets(self, candidates: Sequence[Candidate], round_no: int) -> list[Candidate]:
+        """Targets for punch round `round_no` (0 is the first round of a burst)."""
+        ...
+
+
+class AllCandidates:
+    """Probe every known candidate every round, LAN candidates first."""
+
+    def targets(self, candidates: Sequence[Candidate], round_no: int) -> list[Candidate]:
+        """Every candidate, LAN ones first so they win ties on the wire."""
+        return sorted(candidates, key=lambda c: c.kind is not CandidateKind.LAN)
+
+
+PortGenerator = Callable[[int, int], Iterable[int]]
+"""(public port, round number) -> extra ports to probe on the same address."""
+
+
+class PortSpread:
+    """Every candidate, plus extra ports on each public candidate's address.
+
+    `ports` generates the extra ports for one round; a predicted endpoint that is already a
+    candidate is not probed twice. Use `ports_above` for sequential NATs and
+    `random_ports` for random ones.
+    """
+
+    def __init__(self, ports: PortGenerator, base: ProbeStrategy | None = None) -> None:
+        self._ports = ports
+        self._base = base if base is not None else AllCandidates()
+
+    def targets(self, candidates: Sequence[Candidate], round_no: int) -> list[Candidate]:
+        """The base strategy's targets followed by the predicted ports."""
+        chosen = self._base.targets(candidates, round_no)
+        seen = {c.endpoint for c in chosen}
+        for candidate in candidates:
+            if candidate.kind is not CandidateKind.PUBLIC:
+                continue
+            ip, port = candidate.endpoint
+            for guess in self._ports(port, round_no):
+                endpoint = (ip, guess)
+                if 0 < guess < 65536 and endpoint not in seen:
+                    seen.add(endpoint)
+                    chosen.append(Candidate(endpoint, CandidateKind.PREDICTED))
+        return chosen
+
+
+def ports_above(per_round: int) -> PortGenerator:
+    """Sequential NATs: each round covers the next `per_round` ports above the public one."""
+
+    def generate(port: int, round_no: int) -> Iterable[int]:
+        start = port + 1 + round_no * per_round
+        return range(start, start + per_round)
+
+    return generate
+
+
+def random_ports(per_round: int, randrange: Callable[[int, int], int]) -> PortGenerator:
+    """Random NATs: `per_round` random ports in 1024..65535 each round (birthday probing)."""
+
+    def generate(port: int, round_no: int) -> Iterable[int]:
+        return [randrange(1024, 65536) for _ in range(per_round)]
+
+    return generate

@@ -1,0 +1,384 @@
+"""Per-peer path selection: direct over the LAN, direct over the internet, or via the relay.
+
+One `PathFinder` per peer, sans-IO in the aioquic style: inputs are method calls that take
+`now`, outputs are pulled with `next_actions()`, and the caller keeps one timer from
+`get_timer()` and calls `handle_timer(now)` when it fires.
+
+Rules (docs/paths.md has the state table):
+
+* `punch()` starts a campaign: probe every target at once, again every `punch_interval`
+  for `punch_burst` rounds, then with exponential backoff (`backoff_initial` doubling to
+  `backoff_max`). Rounds go on until a direct path is found.
+* A probe reply proves a direct path. The first one is taken at once; within
+  `selection_window` after that a lower-RTT path of the same kind replaces it, and a LAN
+  path always replaces a public one; any direct path replaces the relay.
+* No direct path `relay_after` seconds after the first punch, and the relay is ready:
+  use the relay, and keep punching in the background.
+* The current direct path is probed every `keepalive` to hold NAT mappings, and every
+  `liveness_interval` when nothing has been heard on it for that long, because then the
+  probes are the only evidence it still works. Nothing heard (reply or authenticated
+  traffic) for `path_timeout`: the path is dead; switch to the relay if it is ready, and
+  punch again.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from meshvpn.node.candidates import (
+    AllCandidates,
+    Candidate,
+    CandidateKind,
+    Endpoint,
+    ProbeStrategy,
+)
+
+
+class PathKind(enum.StrEnum):
+    """How packets reach the peer."""
+
+    LAN = "lan"
+    DIRECT = "direct"
+    RELAY = "relay"
+
+
+@dataclass(frozen=True)
+class Path:
+    """A way to reach the peer: straight to an endpoint, or through the relay (no endpoint)."""
+
+    kind: PathKind
+    endpoint: Endpoint | None = None
+
+
+RELAY_PATH = Path(PathKind.RELAY)
+
+_RANK = {PathKind.LAN: 0, PathKind.DIRECT: 1, PathKind.RELAY: 2}
+
+
+class PathState(enum.StrEnum):
+    """Where the machine is; derived from the current path and the punch campaign."""
+
+    IDLE = "idle"
+    """Never asked for a path."""
+    PUNCHING = "punching"
+    """Probing, with no path to use yet."""
+    RELAYED = "relayed"
+    """Using the relay, probing in the background."""
+    DIRECT = "direct"
+    """Using a proven LAN or public path, probing it to keep it alive."""
+
+
+class ChangeReason(enum.StrEnum):
+    """Why the current path changed."""
+
+    PUNCHED = "punched"
+    """A probe reply proved a direct path while there was none (or only the relay)."""
+    BETTER_PATH = "better path"
+    """A LAN path beat a public one, or a lower-RTT path answered within the window."""
+    RELAY_FALLBACK = "relay fallback"
+    """No direct path `relay_after` seconds after the punch started."""
+    PATH_TIMEOUT = "path timeout"
+    """Nothing heard on the direct path for `path_timeout`."""
+    RELAY_LOST = "relay lost"
+    """The relay stopped being ready while we used it."""
+
+
+@dataclass(frozen=True)
+class SendProbe:
+    """Send a path probe carrying `tx_id` to `endpoint`."""
+
+    endpoint: Endpoint
+    tx_id: bytes
+
+
+@dataclass(frozen=True)
+class PathChanged:
+    """The path to use changed; `None` means no way to reach the peer right now."""
+
+    old: Path | None
+    new: Path | None
+    reason: ChangeReason
+
+
+Action = SendProbe | PathChanged
+
+
+@dataclass
+class PathFinderConfig:
+    """Timing of path discovery and upkeep; every default is the documented one."""
+
+    keepalive: float = 25.0
+    """Seconds between probes on a path that traffic keeps proving, to hold NAT mappings."""
+    liveness_interval: float = 3.0
+    """Seconds between probes on a path nothing has been heard on for this long."""
+    path_timeout: float = 10.0
+    """Seconds without a reply or traffic after which a direct path is dead."""
+    relay_after: float = 2.0
+    """Seconds after the first punch before the relay is used if there is no direct path."""
+    punch_interval: float = 0.2
+    """Seconds between the rounds of a punch burst."""
+    punch_burst: int = 5
+    """Rounds in a burst before backoff starts."""
+    backoff_initial: float = 1.0
+    """First gap after the burst; it doubles every round."""
+    backoff_max: float = 30.0
+    """Largest gap between background punch rounds."""
+    selection_window: float = 0.1
+    """Seconds after a path is picked during which a lower-RTT reply replaces it."""
+    max_observed: int = 8
+    """Observed endpoints kept (most recent); bounds what a roaming peer can make us probe."""
+    max_pending: int = 256
+    """Probes awaiting a reply that are remembered; the oldest are forgotten first."""
+
+
+@dataclass
+class PathStats:
+    """Numbers about the current path and the probing, for status output and tests."""
+
+    rtt: float | None = None
+    """Smoothed round-trip time of the current direct path (RFC 6298 weights)."""
+    last_reply: float | None = None
+    """When the last probe reply on the current path arrived."""
+    probes_sent: int = 0
+    replies: int = 0
+    unmatched_replies: int = 0
+    """Replies whose transaction id was unknown or forgotten (late or forged)."""
+    path_changes: int = 0
+
+
+@dataclass
+class _PendingProbe:
+    candidate: Candidate
+    sent_at: float
+
+
+class PathFinder:
+    """The path state machine for one peer.
+
+    `rng` returns 8 random bytes, the transaction id of the next probe; `strategy` picks
+    the targets of each punch round.
+    """
+
+    def __init__(self, rng: Callable[[], bytes], config: PathFinderConfig | None = None,
+                 strategy: ProbeStrategy | None = None) -> None:
+        self.rng = rng
+        self.config = config if config is not None else PathFinderConfig()
+        self.strategy = strategy if strategy is not None else AllCandidates()
+        self.stats = PathStats()
+        self.current_path: Path | None = None
+        self._candidates: list[Candidate] = []
+        self._path_candidate: Candidate | None = None
+        self._observed: list[Candidate] = []
+        self._pending: dict[bytes, _PendingProbe] = {}
+        self._actions: list[Action] = []
+        self._relay_ready = False
+        self._relay_due: float | None = None
+        self._round = 0
+        self._next_round: float | None = None
+        self._selected_at = 0.0
+        self._last_heard = 0.0
+        self._last_probe = 0.0
+
+    # ---- state ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> PathState:
+        """The machine's state, as in docs/paths.md."""
+        if self._direct():
+            return PathState.DIRECT
+        if self.current_path is RELAY_PATH:
+            return PathState.RELAYED
+        if self._next_round is not None:
+            return PathState.PUNCHING
+        return PathState.IDLE
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        """Every endpoint we may probe: the coordination server's, then observed ones."""
+        return self._candidates + self._observed
+
+    def _direct(self) -> bool:
+        return self.current_path is not None and self.current_path.kind is not PathKind.RELAY
+
+    # ---- inputs --------------------------------------------------------------------
+
+    def set_candidates(self, candidates: Iterable[Candidate], now: float) -> None:
+        """Replace the peer's LAN and public candidates (observed ones are kept)."""
+        self._candidates = []
+        for candidate in candidates:
+            if candidate.kind is CandidateKind.OBSERVED:
+                self._observe(candidate.endpoint)
+            elif candidate not in self._candidates:
+                self._candidates.append(candidate)
+
+    def punch(self, now: float) -> None:
+        """The coordination server's punch signal, or a packet that needs a path.
+
+        Sends a round now. Without a direct path it (re)starts the burst, unless a burst
+        is already running, so a stream of packets waiting for a path costs nothing.
+        """
+        if self._relay_due is None and not self._direct():
+            self._relay_due = now + self.config.relay_after
+        if self._next_round is not None and self._round < self.config.punch_burst:
+            return
+        self._round = 0
+        self._punch_round(now)
+
+    def probe_received(self, src: Endpoint, now: float) -> None:
+        """The peer's authenticated probe arrived from `src`; the caller sends the reply.
+
+        `src` is where the peer's NAT put it for us, often the only way to reach a peer
+        behind a symmetric NAT, so a new one is probed at once unless we are direct.
+        """
+        if self._observe(src) and not self._direct():
+            self._send_probe(self._observed[-1], now)
+
+    def probe_reply_received(self, tx_id: bytes, src: Endpoint, now: float) -> None:
+        """An authenticated reply to our probe `tx_id` arrived from `src`."""
+        probe = self._pending.pop(tx_id, None)
+        if probe is None:
+            self.stats.unmatched_replies += 1
+            return
+        self.stats.replies += 1
+        rtt = now - probe.sent_at
+        if src != probe.candidate.endpoint:
+            self._observe(src)
+        kind = PathKind.LAN if probe.candidate.kind is CandidateKind.LAN else PathKind.DIRECT
+        path = Path(kind, probe.candidate.endpoint)
+        if path == self.current_path:
+            self._heard(now)
+            self.stats.last_reply = now
+            srtt = self.stats.rtt
+            self.stats.rtt = rtt if srtt is None else srtt + (rtt - srtt) / 8
+            return
+        reason = self._improvement(path, rtt, now)
+        if reason is not None:
+            self._switch(path, reason)
+            self._use_direct(probe.candidate, now, rtt)
+
+    def traffic_received(self, src: Endpoint, now: float) -> None:
+        """An authenticated data or keepalive packet arrived directly from `src`."""
+        if self._direct() and self.current_path.endpoint == src:  # type: ignore[union-attr]
+            self._heard(now)
+        elif self._observe(src) and not self._direct():
+            self._send_probe(self._observed[-1], now)
+
+    def relay_ready(self, ready: bool, now: float) -> None:
+        """Whether the relay can carry packets to this peer right now."""
+        self._relay_ready = ready
+        if not ready and self.current_path is RELAY_PATH:
+            self._switch(None, ChangeReason.RELAY_LOST)
+        self._maybe_use_relay(now)
+
+    def handle_timer(self, now: float) -> None:
+        """Do whatever is due at `now`; safe to call early or late."""
+        if self._direct() and now >= self._last_heard + self.config.path_timeout:
+            self._switch(RELAY_PATH if self._relay_ready else None, ChangeReason.PATH_TIMEOUT)
+            self._relay_due = now
+            self._round = 0
+            self._punch_round(now)
+        self._maybe_use_relay(now)
+        if self._next_round is not None and now >= self._next_round:
+            self._punch_round(now)
+        if self._direct() and now >= self._next_check():
+            assert self._path_candidate is not None
+            self._send_probe(self._path_candidate, now)
+            self._last_probe = now
+
+    # ---- outputs -------------------------------------------------------------------
+
+    def next_actions(self) -> list[Action]:
+        """Probes to send and path changes, in order; each is returned once."""
+        actions, self._actions = self._actions, []
+        return actions
+
+    def get_timer(self) -> float | None:
+        """When `handle_timer` must next be called, or None if nothing is scheduled."""
+        deadlines = []
+        if self._direct():
+            deadlines.append(self._last_heard + self.config.path_timeout)
+            deadlines.append(self._next_check())
+        if self._next_round is not None:
+            deadlines.append(self._next_round)
+        if self._relay_ready and self.current_path is None and self._relay_due is not None:
+            deadlines.append(self._relay_due)
+        return min(deadlines) if deadlines else None
+
+    # ---- internals -----------------------------------------------------------------
+
+    def _punch_round(self, now: float) -> None:
+        for candidate in self.strategy.targets(self.candidates, self._round):
+            self._send_probe(candidate, now)
+        self._round += 1
+        if self._direct():
+            self._next_round = None
+            return
+        cfg = self.config
+        if self._round < cfg.punch_burst:
+            gap = cfg.punch_interval
+        else:
+            doublings = min(self._round - cfg.punch_burst, 32)
+            gap = min(cfg.backoff_initial * 2**doublings, cfg.backoff_max)
+        self._next_round = now + gap
+
+    def _send_probe(self, candidate: Candidate, now: float) -> None:
+        tx_id = self.rng()
+        self._pending[tx_id] = _PendingProbe(candidate, now)
+        if len(self._pending) > self.config.max_pending:
+            del self._pending[next(iter(self._pending))]
+        self.stats.probes_sent += 1
+        self._actions.append(SendProbe(candidate.endpoint, tx_id))
+
+    def _observe(self, endpoint: Endpoint) -> bool:
+        """Remember `endpoint` as an observed candidate; False if it was already known."""
+        if any(c.endpoint == endpoint for c in self.candidates):
+            return False
+        self._observed.append(Candidate(endpoint, CandidateKind.OBSERVED))
+        del self._observed[: -self.config.max_observed]
+        return True
+
+    def _improvement(self, path: Path, rtt: float, now: float) -> ChangeReason | None:
+        """Why `path` should replace the current path, or None if it should not."""
+        current = self.current_path
+        if current is None or current is RELAY_PATH:
+            return ChangeReason.PUNCHED
+        if _RANK[path.kind] < _RANK[current.kind]:
+            return ChangeReason.BETTER_PATH
+        in_window = now <= self._selected_at + self.config.selection_window
+        if path.kind is current.kind and in_window and rtt < (self.stats.rtt or 0.0):
+            return ChangeReason.BETTER_PATH
+        return None
+
+    def _switch(self, new: Path | None, reason: ChangeReason) -> None:
+        old, self.current_path = self.current_path, new
+        self.stats.path_changes += 1
+        if new is None or new is RELAY_PATH:
+            self.stats.rtt = None
+            self.stats.last_reply = None
+        self._actions.append(PathChanged(old, new, reason))
+
+    def _use_direct(self, candidate: Candidate, now: float, rtt: float) -> None:
+        """A direct path to `candidate` was just picked: the campaign is over, upkeep starts."""
+        self._path_candidate = candidate
+        self._next_round = None
+        self._relay_due = None
+        self._selected_at = now
+        self._last_probe = now
+        self._heard(now)
+        self.stats.rtt = rtt
+        self.stats.last_reply = now
+
+    def _heard(self, now: float) -> None:
+        self._last_heard = max(self._last_heard, now)
+
+    def _next_check(self) -> float:
+        cfg = self.config
+        quiet_since = max(self._last_heard, self._last_probe)
+        return min(self._last_probe + cfg.keepalive, quiet_since + cfg.liveness_interval)
+
+    def _maybe_use_relay(self, now: float) -> None:
+        if (self._relay_ready and self.current_path is None and self._relay_due is not None
+                and now >= self._relay_due):
+            self._switch(RELAY_PATH, ChangeReason.RELAY_FALLBACK)
