@@ -1,0 +1,36 @@
+# Run as root on a fresh Debian 12 machine: `make demo`, `make test`.
+# `make setup` is idempotent: it installs only missing system packages and reinstalls the
+# Python package only when pyproject.toml changed.
+
+PYTHON ?= python3
+VENV := .venv
+APT_PACKAGES := iproute2 nftables iperf3 coturn tcpdump libsystemd-dev pkg-config gcc python3-dev
+
+.PHONY: setup system-packages test demo bench
+
+setup: system-packages $(VENV)/.installed
+
+system-packages:
+	@missing=""; \
+	for pkg in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
+	done; \
+	$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,systemd,metrics]'
+	touch $@
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+demo: setup
+	$(VENV)/bin/python -m meshvpn.lab.demo
+
+bench: setup
+	$(VENV)/bin/python -m meshvpn.bench
