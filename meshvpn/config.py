@@ -1,0 +1,469 @@
+"""YAML configuration for the three roles (node, coord, relay) as typed, frozen dataclasses.
+
+The dataclasses below are the schema: each field's type says how its value is read, and its
+metadata holds the one-line meaning and whether a SIGHUP reload applies it (`live`). One
+generic reader walks the YAML node tree (so every value keeps its line) and turns every
+mistake into a one-line `ConfigError`: `FILE:LINE: KEY.PATH: what is wrong`.
+Relative paths are relative to the directory of the config file.
+"""
+
+import dataclasses
+import difflib
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal, NamedTuple, NoReturn, get_args, get_origin, get_type_hints
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from meshvpn import keys
+from meshvpn.durations import format_duration, parse_duration
+from meshvpn.errors import ConfigError
+
+
+class Address(NamedTuple):
+    """A host (IP literal or DNS name; IPv6 without brackets) and a port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+_DNS_NAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def parse_ip(text: object) -> str:
+    """Check an IPv4 or IPv6 literal (no brackets) and return it in canonical form."""
+    try:
+        return str(ipaddress.ip_address(_expect_str(text, "an IP address")))
+    except ValueError:
+        raise ValueError(f"not an IP address: {text!r}") from None
+
+
+def parse_address(text: object) -> Address:
+    """Parse `host:port` or `[IPv6]:port`; raise ValueError saying which part is wrong."""
+    text = _expect_str(text, "host:port")
+    if text.startswith("["):
+        host, closed, port = text[1:].partition("]:")
+        if not closed:
+            raise ValueError(f"expected [IPv6]:port, got {text!r}")
+        try:
+            host = str(ipaddress.IPv6Address(host))
+        except ValueError:
+            raise ValueError(f"not an IPv6 address in {text!r}") from None
+    else:
+        host, colon, port = text.rpartition(":")
+        if not colon or not host:
+            raise ValueError(f"expected host:port, got {text!r}")
+        if ":" in host:
+            raise ValueError(f"IPv6 addresses need brackets, as in [{host}]:{port}")
+        if re.fullmatch(r"[0-9.]+", host):
+            host = parse_ip(host)
+        elif not _DNS_NAME.fullmatch(host):
+            raise ValueError(f"not a host name or IP address: {host!r}")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"bad port {port!r} in {text!r}: must be 0 to 65535")
+    return Address(host, int(port))
+
+
+def _expect_str(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected {what}, got {_describe(value)}")
+    return value
+
+
+def _describe(value: object) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """How one kind of value is read from YAML and written in docs and example files."""
+
+    name: str
+    parse: Callable[[Any, Path], Any]  # (YAML value, config directory) -> value; raises ValueError
+    show: Callable[[Any], str] = str
+
+
+def _plain(python_type: type, name: str) -> Kind:
+    article = "an" if name[0] in "aeiou" else "a"
+
+    def parse(value: object, _directory: Path) -> object:
+        if type(value) is not python_type:
+            raise ValueError(f"expected {article} {name}, got {_describe(value)}")
+        return value
+
+    return Kind(name, parse, lambda value: repr(value).lower() if python_type is bool else _quoted(value))
+
+
+def _range(low: int, high: int) -> Kind:
+    integer = _plain(int, "integer")
+
+    def parse(value: object, directory: Path) -> int:
+        number = integer.parse(value, directory)
+        if not low <= number <= high:
+            raise ValueError(f"{number} is out of range {low} to {high}")
+        return number
+
+    return Kind(f"integer {low}..{high}", parse)
+
+
+def _path(value: object, directory: Path) -> Path:
+    return directory / _expect_str(value, "a path")
+
+
+def _private_key_file(value: object, directory: Path) -> Path:
+    path = _path(value, directory)
+    keys.read_private_key(path)
+    return path
+
+
+def _cidr(value: object, _directory: Path) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(_expect_str(value, "a CIDR such as 100.64.0.0/24"))
+    except ValueError as err:
+        raise ValueError(f"bad CIDR {value!r}: {err}") from None
+
+
+def _interface_name(value: object, _directory: Path) -> str:
+    name = _expect_str(value, "an interface name")
+    if not 0 < len(name) <= 15 or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"bad interface name {name!r}: 1 to 15 letters, digits, '_', '.' or '-'")
+    return name
+
+
+def _hostname(value: object, _directory: Path) -> str:
+    name = _expect_str(value, "a host name")
+    if name and not _DNS_LABEL.fullmatch(name):
+        raise ValueError(f"bad host name {name!r}: one DNS label of lowercase letters, digits and '-'")
+    return name
+
+
+def _quoted(value: object) -> str:
+    return '""' if value in ("", None) else str(value)
+
+
+String = Annotated[str, _plain(str, "string")]
+Hostname = Annotated[str, Kind("host name", _hostname, _quoted)]
+InterfaceName = Annotated[str, Kind("interface name", _interface_name)]
+Port = Annotated[int, _range(0, 65535)]
+Flag = Annotated[bool, _plain(bool, "boolean")]
+ConfigPath = Annotated[Path, Kind("path", _path)]
+PrivateKeyFile = Annotated[Path, Kind("path to a private key file", _private_key_file)]
+PublicKey = Annotated[bytes, Kind("base64 key", lambda value, _d: keys.decode_key(_expect_str(value, "a base64 key")), keys.encode_key)]
+Duration = Annotated[float, Kind("duration", lambda value, _d: parse_duration(value), format_duration)]
+Cidr = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, Kind("CIDR", _cidr)]
+IPAddress = Annotated[str, Kind("IP address", lambda value, _d: parse_ip(value))]
+HostPort = Annotated[Address, Kind("host:port", lambda value, _d: parse_address(value))]
+OptionalHostPort = Annotated[
+    Address | None,
+    Kind('host:port or ""', lambda value, _d: parse_address(value) if value not in ("", None) else None, _quoted),
+]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+DEFAULT_CONTROL_SOCKET = Path("/run/meshvpn/meshvpn.sock")
+DEFAULT_ADMIN_SOCKET = Path("/run/meshvpn/coord.sock")
+
+
+def option(doc: str, default: Any = dataclasses.MISSING, *, live: bool = False, unique: str = "") -> Any:
+    """Declare a config key: its meaning, its default (none: required), whether SIGHUP applies it,
+    and for a list of entries the entry key that must not repeat."""
+    metadata = {"doc": doc, "live": live, "unique": unique}
+    if isinstance(default, type):
+        return dataclasses.field(default_factory=default, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+_section = dataclasses.dataclass(frozen=True, kw_only=True)
+
+
+@_section
+class LogConfig:
+    """Logging."""
+
+    level: LogLevel = option("least severe level written to the log", "info", live=True)
+
+
+@_section
+class MetricsConfig:
+    """Prometheus metrics endpoint."""
+
+    listen: OptionalHostPort = option('address of the HTTP metrics endpoint; "" turns it off', None)
+
+
+@_section
+class CoordLink:
+    """How to reach and authenticate the coordination server."""
+
+    address: HostPort = option("coordination server's control channel (TCP)")
+    public_key: PublicKey = option("coordination server's public key, pinned: no other server is trusted")
+
+
+@_section
+class NodeCoordLink(CoordLink):
+    """A node's link to the coordination server: the pinned server, how to join, where its STUN is."""
+
+    auth_key: String = option("pre-auth key from `meshvpn coord key create`; needed on first join only", "")
+    stun_port: Port = option("UDP port of the coordination server's STUN service (same host)", 3478)
+
+
+@_section
+class TunConfig:
+    """The TUN device that carries the node's mesh traffic."""
+
+    name: InterfaceName = option("name of the TUN device", "meshvpn0")
+    mtu: Annotated[int, _range(576, 65535)] = option("MTU of the TUN device; leaves room for UDP and tunnel headers", 1380)
+
+
+@_section
+class ListenConfig:
+    """The node's one UDP socket, used for peers, STUN and relays."""
+
+    address: IPAddress = option("local IP address the UDP socket binds to", "0.0.0.0")
+    port: Port = option("UDP port; 0 picks any free port", 41641)
+
+
+@_section
+class PathTimers:
+    """Timers of the per-peer path state machine."""
+
+    keepalive: Duration = option("interval of keepalives on an idle path, to keep NAT mappings open", 25.0, live=True)
+    relay_after: Duration = option("send through a relay when no direct path has answered by then", 2.0)
+    path_timeout: Duration = option("a path that has not answered for this long is dead", 10.0)
+
+
+@_section
+class NodeConfig:
+    """Configuration of `meshvpn daemon`."""
+
+    private_key_file: PrivateKeyFile = option("this node's private key file (mode 0600), from `meshvpn keygen`")
+    hostname: Hostname = option('name announced to the mesh; "" uses the system host name', "")
+    state_dir: ConfigPath = option("directory for state kept across restarts", Path("/var/lib/meshvpn"))
+    control_socket: ConfigPath = option("unix socket of `meshvpn status`, `peers` and `ping`", DEFAULT_CONTROL_SOCKET)
+    coord: NodeCoordLink = option("coordination server")
+    tun: TunConfig = option("TUN device", TunConfig)
+    listen: ListenConfig = option("UDP socket", ListenConfig)
+    paths: PathTimers = option("path timers", PathTimers)
+    log: LogConfig = option("logging", LogConfig)
+    metrics: MetricsConfig = option("metrics", MetricsConfig)
+
+
+@_section
+class NetworkConfig:
+    """A network the coordination server hands out addresses in."""
+
+    name: String = option("network name, as given to `meshvpn coord key create --network`")
+    cidr: Cidr = option("address range node addresses are taken from")
+    approval_required: Flag = option("new nodes wait for `meshvpn coord nodes approve`", False)
+
+
+@_section
+class RelayInfo:
+    """A relay the coordination server tells nodes about."""
+
+    name: String = option("relay name, shown in `meshvpn peers` and `netcheck`")
+    address: HostPort = option("relay's address (UDP and TCP)")
+    public_key: PublicKey = option("relay's public key")
+
+
+@_section
+class CoordConfig:
+    """Configuration of `meshvpn coord`."""
+
+    private_key_file: PrivateKeyFile = option("the server's private key file (mode 0600), from `meshvpn keygen`")
+    database: ConfigPath = option("SQLite database of nodes, keys and networks", Path("/var/lib/meshvpn/coord.db"))
+    listen: HostPort = option("control channel (TCP)", Address("0.0.0.0", 7400))
+    stun_listen: HostPort = option("STUN service (UDP)", Address("0.0.0.0", 3478))
+    stun_alt_listen: OptionalHostPort = option('second STUN address, for NAT-behaviour tests; "" turns it off', None)
+    admin_socket: ConfigPath = option("unix socket of the `meshvpn coord` admin verbs", DEFAULT_ADMIN_SOCKET)
+    keepalive: Duration = option("control-channel keepalive; clients silent for 3 intervals are dropped", 15.0, live=True)
+    networks: tuple[NetworkConfig, ...] = option("networks served", (), unique="name")
+    relays: tuple[RelayInfo, ...] = option("relays offered to nodes", (), live=True, unique="name")
+    log: LogConfig = option("logging", LogConfig)
+    metrics: MetricsConfig = option("metrics", MetricsConfig)
+
+
+@_section
+class RelayLimits:
+    """Per-node forwarding limits of a relay, so one node cannot starve the others."""
+
+    packets_per_second: Annotated[int, _range(1, 10**9)] = option("sustained packets per second per node", 20000, live=True)
+    burst: Annotated[int, _range(1, 10**9)] = option("packets a node may send at once above the sustained rate", 40000, live=True)
+    queue_bytes: Annotated[int, _range(1, 2**31)] = option("bytes queued per TCP-connected node before dropping", 1048576, live=True)
+
+
+@_section
+class RelayConfig:
+    """Configuration of `meshvpn relay`."""
+
+    private_key_file: PrivateKeyFile = option("the relay's private key file (mode 0600), from `meshvpn keygen`")
+    listen: HostPort = option("UDP and TCP address (same port)", Address("0.0.0.0", 7500))
+    coord: CoordLink = option("coordination server")
+    limits: RelayLimits = option("forwarding limits", RelayLimits)
+    log: LogConfig = option("logging", LogConfig)
+    metrics: MetricsConfig = option("metrics", MetricsConfig)
+
+
+def load_node_config(path: str | Path) -> NodeConfig:
+    """Read a node config file; raise ConfigError on any mistake."""
+    return _load(NodeConfig, Path(path))
+
+
+def load_coord_config(path: str | Path) -> CoordConfig:
+    """Read a coordination server config file; raise ConfigError on any mistake."""
+    return _load(CoordConfig, Path(path))
+
+
+def load_relay_config(path: str | Path) -> RelayConfig:
+    """Read a relay config file; raise ConfigError on any mistake."""
+    return _load(RelayConfig, Path(path))
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyDoc:
+    """One config key as documented: where it is, what it holds, its default and reload behaviour."""
+
+    path: str  # dotted; entries of a list as `networks[].name`
+    kind: str
+    default: str | None  # as written in YAML; None when the key is required
+    doc: str
+    live: bool
+
+
+def field_docs(schema: type) -> list[KeyDoc]:
+    """Every leaf key of a config schema, in file order, for docs, examples and their tests."""
+    return list(_walk_docs(schema, ""))
+
+
+def _walk_docs(schema: type, prefix: str, live_section: bool = False):
+    hints = get_type_hints(schema, include_extras=True)
+    for field in dataclasses.fields(schema):
+        path, hint = prefix + field.name, hints[field.name]
+        live = live_section or field.metadata["live"]
+        if dataclasses.is_dataclass(hint):
+            yield from _walk_docs(hint, path + ".", live)
+            continue
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        if get_origin(hint) is tuple:
+            yield KeyDoc(path, "list", None if required else "[]", field.metadata["doc"], live)
+            yield from _walk_docs(get_args(hint)[0], path + "[].", live)
+            continue
+        kind = _kind(hint)
+        yield KeyDoc(path, kind.name, None if required else kind.show(field.default), field.metadata["doc"], live)
+
+
+def _kind(hint: Any) -> Kind:
+    if get_origin(hint) is Annotated:
+        return hint.__metadata__[0]
+    if get_origin(hint) is Literal:
+        choices = get_args(hint)
+
+        def parse(value: object, _directory: Path) -> object:
+            if value not in choices:
+                raise ValueError(f"expected one of {', '.join(choices)}, got {_describe(value)}")
+            return value
+
+        return Kind("|".join(choices), parse)
+    raise TypeError(f"no config kind for {hint!r}")
+
+
+def _load(schema: type, path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read config: {getattr(err, 'strerror', None) or err}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}:{line}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}:1: invalid YAML: nested too deeply") from None
+    return _Reader(path).section(schema, root, "", None)
+
+
+class _Reader:
+    """Turns a composed YAML tree into schema dataclasses, failing with the file, line and key."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.directory = path.parent
+        self.constructor = SafeConstructor()
+
+    def fail(self, node: Node | None, key: str, message: str) -> NoReturn:
+        line = node.start_mark.line + 1 if node is not None else 1
+        raise ConfigError(f"{self.path}:{line}: {key or '(top level)'}: {message}")
+
+    def section(self, schema: type, node: Node | None, prefix: str, anchor: Node | None) -> Any:
+        """Read a mapping into `schema`; a missing key is reported on the line of `anchor`."""
+        if node is None or (isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null"):
+            pairs = []
+        elif isinstance(node, MappingNode):
+            pairs = node.value
+        else:
+            self.fail(node, prefix, "expected a mapping of keys")
+        fields = {field.name: field for field in dataclasses.fields(schema)}
+        hints = get_type_hints(schema, include_extras=True)
+        values: dict[str, Any] = {}
+        for key_node, value_node in pairs:
+            key = key_node.value if isinstance(key_node, ScalarNode) else None
+            path = _join(prefix, str(key))
+            if key not in fields:
+                self.fail(key_node, path, f"unknown key{_suggest(str(key), fields)}")
+            if key in values:
+                self.fail(key_node, path, "key given twice")
+            values[key] = self.value(fields[key], hints[key], value_node, path, key_node)
+        for name, field in fields.items():
+            if name in values:
+                continue
+            if dataclasses.is_dataclass(hints[name]):
+                values[name] = self.section(hints[name], None, _join(prefix, name), anchor)
+            elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                self.fail(anchor, _join(prefix, name), "missing required key")
+        return schema(**values)
+
+    def value(self, field: dataclasses.Field, hint: Any, node: Node, path: str, key_node: Node) -> Any:
+        if dataclasses.is_dataclass(hint):
+            return self.section(hint, node, path, key_node)
+        if get_origin(hint) is tuple:
+            return self.entries(field, get_args(hint)[0], node, path)
+        kind = _kind(hint)
+        if not isinstance(node, ScalarNode):
+            self.fail(node, path, f"expected {kind.name}, got a {'list' if isinstance(node, SequenceNode) else 'mapping'}")
+        try:
+            return kind.parse(self.constructor.construct_object(node), self.directory)
+        except (ValueError, ConfigError, yaml.YAMLError) as err:
+            self.fail(node, path, str(err).splitlines()[0] if str(err) else "bad value")
+
+    def entries(self, field: dataclasses.Field, schema: type, node: Node, path: str) -> tuple:
+        if isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+            return ()
+        if not isinstance(node, SequenceNode):
+            self.fail(node, path, "expected a list")
+        entries = tuple(self.section(schema, item, f"{path}[{index}]", item) for index, item in enumerate(node.value))
+        unique = field.metadata["unique"]
+        seen: set[Any] = set()
+        for index, entry in enumerate(entries if unique else ()):
+            if getattr(entry, unique) in seen:
+                self.fail(node.value[index], f"{path}[{index}].{unique}", f"{getattr(entry, unique)!r} is used twice")
+            seen.add(getattr(entry, unique))
+        return entries
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _suggest(key: str, known: dict[str, Any]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    return f" (known keys: {', '.join(known)})"
+
