@@ -1,0 +1,125 @@
+"""The sans-IO rule: protocol modules do no I/O, read no clock and draw no randomness.
+
+Each module in SANS_IO_MODULES (a trailing `.*` means every module of that package) is read
+with `ast`, never imported, together with every meshvpn module it imports, so a helper that
+pulls in asyncio is caught too. Modules not written yet are skipped.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SANS_IO_MODULES = (
+    "meshvpn.wire",
+    "meshvpn.noise",
+    "meshvpn.replay",
+    "meshvpn.session",
+    "meshvpn.channel",
+    "meshvpn.stun",
+    "meshvpn.coord.membership",
+    "meshvpn.node.pathfinder",
+    "meshvpn.relay.core",
+    "meshvpn.sim.*",
+)
+FORBIDDEN = frozenset(
+    {"asyncio", "socket", "pytun", "time", "random", "select", "selectors", "subprocess", "threading"}
+)
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def module_file(name: str, root: Path = SOURCE_ROOT) -> Path | None:
+    """The source file of a dotted module name under `root`, or None if there is none."""
+    base = root.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def expand(pattern: str, root: Path = SOURCE_ROOT) -> list[str]:
+    """Module names a pattern stands for; a missing package yields the pattern itself."""
+    if not pattern.endswith(".*"):
+        return [pattern]
+    package = pattern[:-2]
+    directory = root.joinpath(*package.split("."))
+    names = sorted(
+        ".".join((package, *path.relative_to(directory).with_suffix("").parts)).removesuffix(".__init__")
+        for path in directory.rglob("*.py")
+    )
+    return names or [pattern]
+
+
+def imported_modules(tree: ast.AST, package: str) -> list[str]:
+    """Absolute names a parsed module of `package` imports, including `importlib.import_module("x")`.
+
+    For `from meshvpn.x import y`, `meshvpn.x.y` is listed too, since `y` may be a module.
+    """
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                base = f"{parent}.{base}" if base else parent
+            names.append(base)
+            if base.split(".")[0] == "meshvpn":
+                names.extend(f"{base}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            function = node.func
+            called = function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", "")
+            if called in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                names.append(node.args[0].value)
+    return names
+
+
+def io_import_chains(module: str, root: Path = SOURCE_ROOT) -> list[str]:
+    """Every forbidden import reachable from `module` through meshvpn modules, as `a -> b -> socket`."""
+    chains, seen, todo = [], {module}, [(module, module)]
+    while todo:
+        name, chain = todo.pop()
+        path = module_file(name, root)
+        if path is None:
+            continue
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for imported in imported_modules(ast.parse(path.read_text(), str(path)), package):
+            top = imported.split(".")[0]
+            if top in FORBIDDEN:
+                chains.append(f"{chain} -> {imported}")
+            elif top == "meshvpn" and imported not in seen:
+                seen.add(imported)
+                todo.append((imported, f"{chain} -> {imported}"))
+    return sorted(chains)
+
+
+@pytest.mark.parametrize("module", [name for pattern in SANS_IO_MODULES for name in expand(pattern)])
+def test_sans_io_module_does_no_io(module: str) -> None:
+    if module.endswith(".*") or module_file(module) is None:
+        pytest.skip(f"{module} does not exist yet")
+    assert io_import_chains(module) == []
+
+
+def test_checker_finds_direct_relative_dynamic_and_transitive_imports(tmp_path: Path) -> None:
+    package = tmp_path / "meshvpn"
+    (package / "core").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "core" / "__init__.py").write_text("")
+    (package / "core" / "clean.py").write_text("import struct\nfrom dataclasses import dataclass\n")
+    (package / "core" / "helper.py").write_text("from time import monotonic\n")
+    (package / "core" / "proto.py").write_text(
+        "import struct\nfrom . import helper\nimport importlib\nimportlib.import_module('socket')\n"
+    )
+    (package / "core" / "shell.py").write_text("import asyncio.streams\n")
+
+    assert io_import_chains("meshvpn.core.clean", tmp_path) == []
+    assert io_import_chains("meshvpn.core.proto", tmp_path) == [
+        "meshvpn.core.proto -> meshvpn.core.helper -> time",
+        "meshvpn.core.proto -> socket",
+    ]
+    assert io_import_chains("meshvpn.core.shell", tmp_path) == ["meshvpn.core.shell -> asyncio.streams"]
+    assert expand("meshvpn.core.*", tmp_path) == [
+        "meshvpn.core", "meshvpn.core.clean", "meshvpn.core.helper", "meshvpn.core.proto", "meshvpn.core.shell",
+    ]
+    assert expand("meshvpn.absent.*", tmp_path) == ["meshvpn.absent.*"]
