@@ -1,0 +1,237 @@
+"""A declarative builder for lab networks: an internet, servers on it, and NATed sites.
+
+Every node is a namespace of a `Lab`. Links are veth pairs from the node into a `Segment`, a
+bridge living in the namespace that routes for it: the internet namespace for the public
+segments, a site's router for its LAN. A site can sit behind another site's LAN, which is how a
+carrier-grade NAT is built. See docs/lab.md for the address plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
+
+from meshvpn.lab.nat import Nat, NatKind, RouterLinks, set_nat
+from meshvpn.lab.netns import Lab, LabError, Namespace
+
+INTERNET = "inet"
+PUBLIC_NETS = (ip_network("203.0.113.0/24"), ip_network("198.51.100.0/24"))
+"""Public segments, each a bridge in the internet namespace, which routes between them."""
+PUBLIC_LAN_POOL = ip_network("192.0.2.0/24")
+"""Source of public LANs for sites without NAT, carved into /26 blocks."""
+SERVER_OFFSET = 10
+ROUTER_OFFSET = 100
+HOST_OFFSET = 11
+MTU = "1500"
+
+
+@dataclass
+class Segment:
+    """A bridged IPv4 subnet; its namespace owns the bridge and the gateway address."""
+
+    ns: Namespace
+    """Namespace holding the bridge (and routing for the segment)."""
+    bridge: str
+    """Bridge interface name inside `ns`."""
+    network: IPv4Network
+    """The subnet."""
+    used: set[IPv4Address] = field(default_factory=set)
+    """Addresses handed out, the gateway included."""
+    ports: int = 0
+    """Bridge ports made so far, to name the next one."""
+
+    @property
+    def gateway(self) -> IPv4Address:
+        """The bridge's own address, first in the subnet; the default route of attached nodes."""
+        return self.network[1]
+
+    def claim(self, address: IPv4Address) -> IPv4Address:
+        """Reserve a chosen address, refusing duplicates and addresses outside the subnet."""
+        if address not in self.network or address in (self.network[0], self.network[-1]):
+            raise LabError(f"{address} is not a host address of {self.network}")
+        if address in self.used:
+            raise LabError(f"{address} is already in use")
+        self.used.add(address)
+        return address
+
+    def allocate(self, offset: int) -> IPv4Address:
+        """Reserve the first free address at or after `offset` (scaled down for small subnets)."""
+        size = self.network.num_addresses
+        start = offset if offset < size // 2 else size // 4
+        for index in range(start, self.network.num_addresses - 1):
+            if self.network[index] not in self.used:
+                return self.claim(self.network[index])
+        raise LabError(f"{self.network} is full")
+
+
+@dataclass
+class Node:
+    """A namespace in the topology and the addresses it owns (first is the primary one)."""
+
+    name: str
+    ns: Namespace
+    addrs: list[str]
+
+
+@dataclass
+class Site:
+    """A router with a NAT and the LAN behind it."""
+
+    name: str
+    router: Node
+    """The router; its primary address is the WAN address."""
+    links: RouterLinks
+    """What the site's NAT is installed on."""
+    lan: Segment
+    """The inside segment (a bridge in the router namespace)."""
+    nat: Nat
+    """The NAT currently installed."""
+    hosts: list[Node] = field(default_factory=list)
+
+
+class Topology:
+    """Builds servers and sites on one lab's internet namespace; everything is torn down by the lab."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.internet = lab.namespace(INTERNET, forwarding=True)
+        self.nodes: dict[str, Node] = {}
+        self.sites: dict[str, Site] = {}
+        self._public: dict[IPv4Network, Segment] = {}
+        self._segment(self.internet, PUBLIC_NETS[0])
+
+    def add_server(self, name: str, addrs: list[str] | None = None) -> Node:
+        """A host with public address(es), e.g. coord at 203.0.113.10 and 203.0.113.11."""
+        ns = self.lab.namespace(name)
+        if addrs is None:
+            addrs = [str(self._public[PUBLIC_NETS[0]].allocate(SERVER_OFFSET))]
+        else:
+            for addr in addrs:
+                self._public_segment(addr).claim(ip_address(addr))
+        by_segment: dict[IPv4Network, list[str]] = {}
+        for addr in addrs:
+            by_segment.setdefault(self._public_segment(addr).network, []).append(addr)
+        for index, (network, seg_addrs) in enumerate(by_segment.items()):
+            self._attach(ns, f"eth{index}", self._public[network], seg_addrs, default_route=index == 0)
+        return self._add_node(Node(name, ns, list(addrs)))
+
+    def add_site(
+        self,
+        name: str,
+        nat: Nat = NatKind.PORT_PRESERVING,
+        hosts: int = 1,
+        lan: str | None = None,
+        behind: str | None = None,
+        wan: str | None = None,
+    ) -> Site:
+        """A router (WAN on the internet, or on site `behind`'s LAN) with `hosts` hosts on its LAN.
+
+        `lan` defaults to 10.N.0.0/24 for a NAT, or a public /26 of 192.0.2.0/24 without one.
+        `wan` defaults to the next free address from .100 of the upstream segment.
+        """
+        router = self.lab.namespace(name, forwarding=True)
+        if behind is None:
+            upstream = self._public_segment(wan) if wan else self._public[PUBLIC_NETS[0]]
+        else:
+            upstream = self.site(behind).lan
+        wan_addr = upstream.claim(ip_address(wan)) if wan else upstream.allocate(ROUTER_OFFSET)
+        self._attach(router, "wan0", upstream, [str(wan_addr)], default_route=True)
+        lan_net = ip_network(lan) if lan else self._free_lan(nat.translates)
+        lan_segment = self._segment(router, lan_net, bridge="lan0")
+        links = RouterLinks(router, "wan0", "lan0", str(wan_addr), str(lan_net))
+        nat.install(links)
+        if not nat.translates:
+            upstream.ns.ip("route", "add", str(lan_net), "via", str(wan_addr))
+        site = Site(name, self._add_node(Node(name, router, [str(wan_addr)])), links, lan_segment, nat)
+        self.sites[name] = site
+        for _ in range(hosts):
+            self.add_host(name)
+        return site
+
+    def add_host(self, site: str, name: str | None = None) -> Node:
+        """A host on `site`'s LAN (named site + number by default), default route via the router."""
+        owner = self.site(site)
+        name = name or f"{site}{len(owner.hosts) + 1}"
+        ns = self.lab.namespace(name)
+        addr = str(owner.lan.allocate(HOST_OFFSET))
+        self._attach(ns, "eth0", owner.lan, [addr], default_route=True)
+        node = self._add_node(Node(name, ns, [addr]))
+        owner.hosts.append(node)
+        return node
+
+    def set_nat(self, site: str, nat: Nat) -> None:
+        """Swap a site's NAT live; existing mappings are forgotten."""
+        owner = self.site(site)
+        if owner.nat.translates != nat.translates:
+            raise LabError("cannot swap between translating and non-translating NATs live")
+        set_nat(owner.links, owner.nat, nat)
+        owner.nat = nat
+
+    def node(self, name: str) -> Node:
+        """Any server, router (by site name) or host."""
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise LabError(f"no node {name!r}") from None
+
+    def host(self, name: str) -> Namespace:
+        """The namespace of node `name`, to run commands in."""
+        return self.node(name).ns
+
+    def site(self, name: str) -> Site:
+        """The site called `name`."""
+        try:
+            return self.sites[name]
+        except KeyError:
+            raise LabError(f"no site {name!r}") from None
+
+    def addr(self, name: str) -> str:
+        """Primary address of a node: a server's first, a router's WAN, a host's LAN address."""
+        return self.node(name).addrs[0]
+
+    def _add_node(self, node: Node) -> Node:
+        self.nodes[node.name] = node
+        return node
+
+    def _public_segment(self, addr: str) -> Segment:
+        address = ip_address(addr)
+        for network in PUBLIC_NETS:
+            if address in network:
+                if network not in self._public:
+                    self._segment(self.internet, network)
+                return self._public[network]
+        raise LabError(f"{addr} is not in a public segment {[str(n) for n in PUBLIC_NETS]}")
+
+    def _segment(self, ns: Namespace, network: IPv4Network, bridge: str | None = None) -> Segment:
+        segment = Segment(ns, bridge or f"br{len(self._public)}", network)
+        ns.ip("link", "add", segment.bridge, "mtu", MTU, "type", "bridge")
+        ns.ip("addr", "add", f"{segment.claim(segment.gateway)}/{network.prefixlen}", "dev", segment.bridge)
+        ns.ip("link", "set", segment.bridge, "up")
+        if ns is self.internet:
+            self._public[network] = segment
+        return segment
+
+    def _attach(self, ns: Namespace, ifname: str, segment: Segment, addrs: list[str], default_route: bool) -> None:
+        """Link `ns` to `segment` with a veth pair created inside `ns` (never in the root namespace)."""
+        segment.ports += 1
+        port = f"{segment.bridge}p{segment.ports}"
+        ns.ip("link", "add", ifname, "mtu", MTU, "type", "veth",
+              "peer", "name", port, "mtu", MTU, "netns", segment.ns.name)
+        segment.ns.ip("link", "set", port, "master", segment.bridge, "up")
+        for addr in addrs:
+            ns.ip("addr", "add", f"{addr}/{segment.network.prefixlen}", "dev", ifname)
+        ns.ip("link", "set", ifname, "up")
+        if default_route:
+            ns.ip("route", "add", "default", "via", str(segment.gateway))
+
+    def _free_lan(self, private: bool) -> IPv4Network:
+        taken = [site.lan.network for site in self.sites.values()]
+        pool = (
+            (ip_network(f"10.{n}.0.0/24") for n in range(1, 256))
+            if private
+            else PUBLIC_LAN_POOL.subnets(new_prefix=26)
+        )
+        for candidate in pool:
+            if not any(candidate.overlaps(used) for used in taken):
+                return candidate
+        raise LabError("no free LAN prefix left")
