@@ -1,0 +1,188 @@
+"""Control-message schema: exact round trips, strict refusals, and no exception but the remote kind."""
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshvpn.coord import messages as m
+from meshvpn.errors import RemoteProtocolError
+
+KEY_A = bytes(range(32))
+KEY_B = bytes(range(1, 33))
+
+PEER = m.PeerInfo(
+    key=KEY_B,
+    name="laptop",
+    address="10.77.0.3",
+    online=True,
+    local_endpoints=(m.Endpoint("192.168.1.20", 41641),),
+    public_endpoint=m.Endpoint("203.0.113.7", 62000),
+    observed_host="203.0.113.7",
+    home_relay="fra",
+    last_seen=1700000000.5,
+)
+
+SAMPLES = [
+    m.Register("laptop", "0.1.0", (m.Endpoint("192.168.1.20", 41641), m.Endpoint("fd00::1", 41641))),
+    m.Register("pc", "0.1.0", (), auth_key="mvk-abc-def", os="linux", public_endpoint=m.Endpoint("198.51.100.9", 1)),
+    m.Endpoints(local=(m.Endpoint("10.1.2.3", 5),), public=None),
+    m.Endpoints(local=(), public=m.Endpoint("198.51.100.9", 65535)),
+    m.PunchRequest(KEY_B),
+    m.Ping(),
+    m.Pong(),
+    m.RelayHome("fra"),
+    m.Registered(
+        KEY_A, "laptop", "10.77.0.2", m.NetworkInfo("home", "10.77.0.0/24"),
+        (m.RelayInfo("fra", "relay.example.net", 7500, KEY_B),),
+    ),
+    m.PeerMap((PEER, m.PeerInfo(KEY_A, "pc", "10.77.0.4", False))),
+    m.PeerUpdate(PEER),
+    m.PeerRemove(KEY_B),
+    m.Punch(KEY_B, (m.Endpoint("203.0.113.7", 62000),), at=None),
+    m.Punch(KEY_B, (), at=12.5),
+    m.Error("auth_key_used", "auth key 0123 was already used"),
+]
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda msg: msg.TYPE)
+def test_round_trip(message):
+    assert m.decode(m.encode(message)) == message
+
+
+def test_every_message_type_is_sampled():
+    assert {msg.TYPE for msg in SAMPLES} == set(m.MESSAGE_TYPES)
+
+
+def test_wire_shape_is_plain_json_with_base64_keys_and_endpoint_strings():
+    obj = json.loads(m.encode(m.PeerUpdate(PEER)))
+    assert obj == {
+        "type": "peer_update",
+        "peer": {
+            "key": "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=",
+            "name": "laptop",
+            "address": "10.77.0.3",
+            "online": True,
+            "local_endpoints": ["192.168.1.20:41641"],
+            "public_endpoint": "203.0.113.7:62000",
+            "observed_host": "203.0.113.7",
+            "home_relay": "fra",
+            "last_seen": 1700000000.5,
+        },
+    }
+
+
+def test_optional_fields_may_be_absent_or_null():
+    absent = m.decode(b'{"type":"endpoints","local":[]}')
+    null = m.decode(b'{"type":"endpoints","local":[],"public":null}')
+    assert absent == null == m.Endpoints(local=(), public=None)
+
+
+def test_ipv6_endpoints_are_bracketed():
+    assert str(m.Endpoint("2001:db8::1", 53)) == "[2001:db8::1]:53"
+    assert m.Endpoint.parse("[2001:db8:0::1]:53") == m.Endpoint("2001:db8::1", 53)
+
+
+REGISTER = {"type": "register", "hostname": "h", "version": "1", "local_endpoints": []}
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"hostname": None}, "hostname"),
+        ({"hostname": 5}, "hostname"),
+        ({"hostname": ""}, "hostname"),
+        ({"hostname": "x" * 256}, "hostname"),
+        ({"hostname": "evil\nname"}, "hostname"),
+        ({"version": True}, "version"),
+        ({"local_endpoints": ["10.0.0.1:1"] * 9}, "more than 8"),
+        ({"local_endpoints": ["10.0.0.1"]}, "local_endpoints"),
+        ({"local_endpoints": ["10.0.0.1:0"]}, "port 0"),
+        ({"local_endpoints": ["10.0.0.1:70000"]}, "local_endpoints"),
+        ({"local_endpoints": ["2001:db8::1:80"]}, "bracketed"),
+        ({"local_endpoints": ["example.com:80"]}, "not an IP"),
+        ({"local_endpoints": "10.0.0.1:1"}, "expected a list"),
+        ({"public_endpoint": 7}, "public_endpoint"),
+        ({"extra": 1}, "unexpected fields"),
+    ],
+)
+def test_register_refusals_name_the_field(change, problem):
+    obj = {key: value for key, value in {**REGISTER, **change}.items() if value is not None}
+    with pytest.raises(m.MalformedMessage, match=problem):
+        m.decode(json.dumps(obj))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xff\xfe\x00",
+        b"[]",
+        b'{"type": 3}',
+        b'{"type":"ping","type":"ping"}',
+        b'{"type":"punch","peer_key":"AAAA","endpoints":[]}',
+        b'{"type":"punch","peer_key":"AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyB=","endpoints":[]}',
+        b'{"type":"punch","peer_key":"AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=","endpoints":[],"at":NaN}',
+        b'{"type":"punch","peer_key":"AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=","endpoints":[],"at":1e999}',
+        b'{"type":"error","code":"teapot","message":""}',
+        b'{"type":"registered"}',
+        b"[" * 100000,
+        b'{"type":"pong","n":' + b"9" * 5000 + b"}",
+    ],
+)
+def test_garbage_is_malformed(payload):
+    with pytest.raises(m.MalformedMessage):
+        m.decode(payload)
+
+
+def test_unknown_type_has_its_own_error():
+    with pytest.raises(m.UnknownMessageType):
+        m.decode(b'{"type":"hello"}')
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=20), inner, max_size=6),
+    max_leaves=30,
+)
+FIELD_NAMES = st.sampled_from(
+    sorted({"type", "x"} | {f for cls in m.MESSAGE_TYPES.values() for f in cls.__dataclass_fields__})
+)
+MESSAGE_LIKE = st.builds(
+    lambda kind, body: {**body, "type": kind},
+    st.sampled_from(sorted(m.MESSAGE_TYPES)) | st.text(max_size=10),
+    st.dictionaries(FIELD_NAMES, JSONISH, max_size=8),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(MESSAGE_LIKE | JSONISH)
+def test_decode_object_raises_only_remote_errors(obj):
+    try:
+        message = m.decode_object(obj)
+    except RemoteProtocolError:
+        return
+    assert m.decode(m.encode(message)) == message
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_decode_bytes_raises_only_remote_errors(payload):
+    try:
+        m.decode(payload)
+    except RemoteProtocolError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(SAMPLES), st.data())
+def test_any_single_field_corruption_is_refused_or_still_valid(message, data):
+    obj = json.loads(m.encode(message))
+    victim = data.draw(st.sampled_from(sorted(obj)))
+    obj[victim] = data.draw(JSONISH)
+    try:
+        decoded = m.decode(json.dumps(obj))
+    except RemoteProtocolError:
+        return
+    assert m.decode(m.encode(decoded)) == decoded
