@@ -1,0 +1,486 @@
+"""The coordination server's brain, without I/O: who is in which network, who is online, who punches.
+
+Rules:
+
+* A channel is authenticated before the core hears of it: `node_connected` gets the node's
+  public key. The first message must be `register`. An unknown key needs a valid pre-auth key;
+  a known key needs none. Revoked keys are refused for good.
+* In a network that requires approval, a registered but unapproved node waits (``approval_pending``)
+  on its open connection until an admin approves it.
+* Nodes see only the nodes of their own network. Coming online sends the node `registered` and
+  the full `peer_map`, and every online peer a `peer_update`; leaving sends `peer_update`
+  (online=false); revocation closes the node and sends `peer_remove` in the same batch.
+* `punch_request` from A for B sends `punch` to A and to B in the same batch, each with the
+  other's candidate endpoints, so both sides fire at once (the seed's "switching server").
+* A connection silent for 3 × keepalive is closed. Nodes of ephemeral keys are deleted once they
+  have been offline that long.
+* Every state change is written to the store before any message that reveals it is emitted.
+
+`now` is Unix time (the shell passes ``time.time()``): the same clock stamps records that outlive
+restarts and key expiry. Inputs are the methods below; outputs are pulled with `actions()` and
+`get_timer()`. A `Close` means the core has already forgotten the connection.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+from typing import Any, Hashable, Mapping, Union
+
+from meshvpn.coord import messages as m
+from meshvpn.coord.addressing import AddressPoolExhausted, allocate_address, unique_name
+from meshvpn.coord.authkeys import AuthKey, AuthKeyRejected, create_auth_key, verify_token
+from meshvpn.coord.store import Network, NodeRecord, Store
+from meshvpn.errors import MeshError, RemoteProtocolError
+from meshvpn.keys import encode_key
+
+SILENCE_KEEPALIVES = 3
+
+
+@dataclass(frozen=True)
+class MembershipSettings:
+    """What the core takes from the coord config."""
+
+    networks: tuple[Network, ...]
+    relays: tuple[m.RelayInfo, ...] = ()
+    keepalive: float = field(kw_only=True)
+    """Seconds between a node's pings; a node silent for 3 × keepalive is closed."""
+
+    @property
+    def silence_limit(self) -> float:
+        return SILENCE_KEEPALIVES * self.keepalive
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send `message` on connection `conn_id`."""
+
+    conn_id: Hashable
+    message: m.Message
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close connection `conn_id` (after flushing what was sent before); the core forgot it."""
+
+    conn_id: Hashable
+    reason: str
+
+
+@dataclass(frozen=True)
+class Log:
+    """Something an operator may want in the server log; `fields` are structured extras."""
+
+    level: str
+    text: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+Action = Union[Send, Close, Log]
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """A node as admins see it: the stored record plus live connection facts."""
+
+    node: NodeRecord
+    online: bool
+    pending_approval: bool
+    observed_host: str | None
+    home_relay: str | None
+
+
+class AdminError(MeshError):
+    """An admin request names something that does not exist, or asks for the impossible."""
+
+
+@dataclass
+class _Connection:
+    """One authenticated channel and where it stands: new → (pending →) online."""
+
+    conn_id: Hashable
+    key: bytes
+    observed_host: str
+    last_heard: float
+    state: str = "new"
+    network: str | None = None
+    home_relay: str | None = None
+
+
+# Which node→coord messages each connection state accepts (coord→node types are never accepted).
+_ACCEPTS: dict[str, frozenset[type[m.Message]]] = {
+    "new": frozenset({m.Register, m.Ping, m.Pong}),
+    "pending": frozenset({m.Ping, m.Pong}),
+    "online": frozenset({m.Endpoints, m.PunchRequest, m.RelayHome, m.Ping, m.Pong}),
+}
+
+
+class Membership:
+    """Sans-IO coordination core; see the module docstring for its rules."""
+
+    def __init__(self, store: Store, settings: MembershipSettings, now: float) -> None:
+        self.store = store
+        self.settings = settings
+        self._networks = {network.name: network for network in settings.networks}
+        self._relays = {relay.name for relay in settings.relays}
+        self._conns: dict[Hashable, _Connection] = {}
+        self._conn_of_key: dict[bytes, _Connection] = {}
+        self._online: dict[str, dict[bytes, _Connection]] = {}
+        self._ephemeral_deadlines: dict[bytes, float] = {}
+        self._actions: list[Action] = []
+        with store.transaction():
+            for network in settings.networks:
+                store.put_network(network)
+        for node in store.nodes():
+            if node.ephemeral and not node.revoked:
+                self._ephemeral_deadlines[node.key] = now + settings.silence_limit
+
+    # ----- outputs
+
+    def actions(self) -> list[Action]:
+        """Everything to do since the last call, in order."""
+        actions, self._actions = self._actions, []
+        return actions
+
+    def get_timer(self) -> float | None:
+        """When `handle_timer` must next be called, or None."""
+        limit = self.settings.silence_limit
+        deadlines = [c.last_heard + limit for c in self._conns.values()]
+        deadlines.extend(self._ephemeral_deadlines.values())
+        return min(deadlines, default=None)
+
+    # ----- connection inputs
+
+    def node_connected(self, conn_id: Hashable, node_key: bytes, observed_host: str, now: float) -> None:
+        """A channel authenticated `node_key`; `observed_host` is its source IP as the server saw it."""
+        previous = self._conn_of_key.get(node_key)
+        if previous is not None:
+            self._drop(previous, now, close_reason="replaced by a newer connection")
+        conn = _Connection(conn_id, node_key, _plain_ip(observed_host), now)
+        self._conns[conn_id] = conn
+        self._conn_of_key[node_key] = conn
+
+    def node_disconnected(self, conn_id: Hashable, now: float) -> None:
+        """The channel went away; harmless for a connection the core already closed."""
+        conn = self._conns.get(conn_id)
+        if conn is not None:
+            self._drop(conn, now, close_reason=None)
+
+    def receive(self, conn_id: Hashable, payload: bytes, now: float) -> None:
+        """One decrypted control frame from `conn_id`."""
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return
+        conn.last_heard = now
+        try:
+            message = m.decode(payload)
+        except RemoteProtocolError as exc:
+            self._refuse(conn, now, "bad_request", str(exc))
+            return
+        if type(message) not in _ACCEPTS[conn.state]:
+            self._send(conn, m.Error("bad_request", f"{message.TYPE} not accepted while {conn.state}"))
+            return
+        if isinstance(message, m.Register):
+            self._register(conn, message, now)
+        elif isinstance(message, m.Ping):
+            self._send(conn, m.Pong())
+        elif isinstance(message, m.Endpoints):
+            self._update_node(conn, public_endpoint=message.public, local_endpoints=message.local)
+        elif isinstance(message, m.RelayHome):
+            self._relay_home(conn, message.relay)
+        elif isinstance(message, m.PunchRequest):
+            self._punch(conn, message.peer_key)
+
+    def handle_timer(self, now: float) -> None:
+        """Close silent connections and forget ephemeral nodes offline too long."""
+        limit = self.settings.silence_limit
+        for conn in [c for c in self._conns.values() if c.last_heard + limit <= now]:
+            self._drop(conn, now, close_reason=f"silent for {now - conn.last_heard:.0f}s")
+        for key in [k for k, t in self._ephemeral_deadlines.items() if t <= now]:
+            node = self.store.get_node(key)
+            del self._ephemeral_deadlines[key]
+            if node is not None:
+                self.store.delete_node(key)
+                self._log("info", "ephemeral node removed", node)
+                self._broadcast(node.network, m.PeerRemove(key))
+
+    # ----- admin inputs
+
+    def create_auth_key(
+        self,
+        network: str,
+        *,
+        secret: bytes,
+        now: float,
+        reusable: bool = False,
+        ephemeral: bool = False,
+        expires_in: float | None = None,
+    ) -> tuple[str, AuthKey]:
+        """A new pre-auth key for `network`; the token is shown once, only its hash is stored."""
+        if network not in self._networks:
+            raise AdminError(f"no network named {network!r}")
+        token, key = create_auth_key(
+            network, secret, now, reusable=reusable, ephemeral=ephemeral, expires_in=expires_in
+        )
+        self.store.put_auth_key(key)
+        return token, key
+
+    def list_auth_keys(self, network: str | None = None) -> list[AuthKey]:
+        return self.store.auth_keys(network)
+
+    def list_nodes(self, network: str | None = None) -> list[NodeStatus]:
+        statuses = []
+        for node in self.store.nodes(network):
+            conn = self._conn_of_key.get(node.key)
+            statuses.append(
+                NodeStatus(
+                    node=node,
+                    online=conn is not None and conn.state == "online",
+                    pending_approval=conn is not None and conn.state == "pending",
+                    observed_host=None if conn is None else conn.observed_host,
+                    home_relay=None if conn is None else conn.home_relay,
+                )
+            )
+        return statuses
+
+    def find_node(self, ref: str) -> NodeRecord:
+        """The one node `ref` names: its base64 key, its overlay address, or its name."""
+        nodes = self.store.nodes()
+        matches = [n for n in nodes if encode_key(n.key) == ref]
+        matches = matches or [n for n in nodes if n.address == ref] or [n for n in nodes if n.name == ref]
+        if not matches:
+            raise AdminError(f"no node named {ref!r}")
+        if len(matches) > 1:
+            where = ", ".join(sorted(n.network for n in matches))
+            raise AdminError(f"{ref!r} is ambiguous (networks {where}); name the node by its key")
+        return matches[0]
+
+    def approve(self, ref: str) -> NodeRecord:
+        """Let a node into an approval-required network; a waiting connection comes online at once."""
+        node = self.find_node(ref)
+        if node.revoked:
+            raise AdminError(f"node {node.name} is revoked")
+        if not node.approved:
+            node = replace(node, approved=True)
+            self.store.put_node(node)
+            self._log("info", "node approved", node)
+            conn = self._conn_of_key.get(node.key)
+            if conn is not None and conn.state == "pending":
+                self._go_online(conn, node)
+        return node
+
+    def revoke(self, ref: str) -> NodeRecord:
+        """Shut a node out for good: close it, tell its peers to forget it, refuse it from now on."""
+        node = self.find_node(ref)
+        if node.revoked:
+            return node
+        node = replace(node, revoked=True)
+        self.store.put_node(node)
+        self._ephemeral_deadlines.pop(node.key, None)
+        self._log("warning", "node revoked", node)
+        conn = self._conn_of_key.get(node.key)
+        if conn is not None:
+            self._send(conn, m.Error("revoked", "this node was revoked by an administrator"))
+            self._forget(conn)
+            self._actions.append(Close(conn.conn_id, "revoked"))
+        self._broadcast(node.network, m.PeerRemove(node.key))
+        return node
+
+    # ----- registration
+
+    def _register(self, conn: _Connection, msg: m.Register, now: float) -> None:
+        node = self.store.get_node(conn.key)
+        if node is not None and node.revoked:
+            self._refuse(conn, now, "revoked", "this node was revoked by an administrator")
+            return
+        if node is not None and node.network not in self._networks:
+            self._refuse(conn, now, "bad_request", f"network {node.network} no longer exists")
+            return
+        joined = node is None
+        try:
+            with self.store.transaction():
+                if node is None:
+                    node = self._admit(conn.key, msg, now)
+                network = self._networks[node.network]
+                node = replace(
+                    node,
+                    hostname=msg.hostname,
+                    version=msg.version,
+                    os=msg.os,
+                    public_endpoint=msg.public_endpoint,
+                    local_endpoints=msg.local_endpoints,
+                    last_seen=now,
+                    approved=node.approved or not network.approval_required,
+                )
+                self.store.put_node(node)
+        except AuthKeyRejected as exc:
+            self._refuse(conn, now, exc.code, str(exc))
+            return
+        except AddressPoolExhausted as exc:
+            self._refuse(conn, now, "network_full", str(exc))
+            return
+        if joined:
+            self._log("info", "node joined", node, auth_key=node.auth_key_id)
+        conn.network = node.network
+        self._ephemeral_deadlines.pop(node.key, None)
+        if node.approved:
+            self._go_online(conn, node)
+        else:
+            conn.state = "pending"
+            self._log("info", "node awaits approval", node)
+            self._send(conn, m.Error("approval_pending", f"an administrator must approve {node.name}"))
+
+    def _admit(self, key: bytes, msg: m.Register, now: float) -> NodeRecord:
+        """Create the record of a new node from its pre-auth key (inside the caller's transaction)."""
+        if msg.auth_key is None:
+            raise AuthKeyRejected("auth_key_invalid", "unknown node: an auth key is required")
+        auth_key = verify_token(msg.auth_key, self.store.get_auth_key, now)
+        network = self._networks.get(auth_key.network)
+        if network is None:
+            raise AuthKeyRejected("auth_key_invalid", f"network {auth_key.network} no longer exists")
+        members = self.store.nodes(network.name)
+        self.store.put_auth_key(replace(auth_key, uses=auth_key.uses + 1))
+        node = NodeRecord(
+            key=key,
+            network=network.name,
+            name=unique_name(msg.hostname, {n.name for n in members}),
+            address=allocate_address(network.cidr, [n.address for n in members]),
+            hostname=msg.hostname,
+            created=now,
+            approved=not network.approval_required,
+            ephemeral=auth_key.ephemeral,
+            auth_key_id=auth_key.id,
+        )
+        return node
+
+    def _go_online(self, conn: _Connection, node: NodeRecord) -> None:
+        network = self._networks[node.network]
+        conn.state = "online"
+        self._online.setdefault(node.network, {})[node.key] = conn
+        self._send(
+            conn,
+            m.Registered(
+                node_key=node.key,
+                name=node.name,
+                address=node.address,
+                network=m.NetworkInfo(network.name, network.cidr),
+                relays=self.settings.relays,
+            ),
+        )
+        peers = [self._peer_info(n) for n in self.store.nodes(node.network) if self._visible(n, node.key)]
+        self._send(conn, m.PeerMap(tuple(peers)))
+        self._broadcast(node.network, m.PeerUpdate(self._peer_info(node)), exclude=node.key)
+        self._log("info", "node online", node, observed_host=conn.observed_host)
+
+    # ----- online-node requests
+
+    def _update_node(self, conn: _Connection, **changes: Any) -> None:
+        node = self.store.get_node(conn.key)
+        assert node is not None
+        updated = replace(node, **changes)
+        if updated != node:
+            self.store.put_node(updated)
+            self._broadcast(updated.network, m.PeerUpdate(self._peer_info(updated)), exclude=conn.key)
+
+    def _relay_home(self, conn: _Connection, relay: str) -> None:
+        if relay not in self._relays:
+            self._send(conn, m.Error("bad_request", f"unknown relay {relay!r}"))
+            return
+        if conn.home_relay != relay:
+            conn.home_relay = relay
+            node = self.store.get_node(conn.key)
+            assert node is not None
+            self._broadcast(node.network, m.PeerUpdate(self._peer_info(node)), exclude=conn.key)
+
+    def _punch(self, conn: _Connection, peer_key: bytes) -> None:
+        assert conn.network is not None
+        peer_conn = self._online.get(conn.network, {}).get(peer_key)
+        if peer_conn is None or peer_key == conn.key:
+            self._send(conn, m.Error("peer_unavailable", "that peer is not online in your network"))
+            return
+        me, peer = self.store.get_node(conn.key), self.store.get_node(peer_key)
+        assert me is not None and peer is not None
+        self._send(conn, m.Punch(peer_key, _candidates(peer, peer_conn.observed_host)))
+        self._send(peer_conn, m.Punch(conn.key, _candidates(me, conn.observed_host)))
+
+    # ----- helpers
+
+    def _peer_info(self, node: NodeRecord) -> m.PeerInfo:
+        conn = self._online.get(node.network, {}).get(node.key)
+        return m.PeerInfo(
+            key=node.key,
+            name=node.name,
+            address=node.address,
+            online=conn is not None,
+            local_endpoints=node.local_endpoints,
+            public_endpoint=node.public_endpoint,
+            observed_host=None if conn is None else conn.observed_host,
+            home_relay=None if conn is None else conn.home_relay,
+            last_seen=node.last_seen,
+        )
+
+    @staticmethod
+    def _visible(node: NodeRecord, viewer: bytes) -> bool:
+        return node.key != viewer and node.approved and not node.revoked
+
+    def _broadcast(self, network: str, message: m.Message, exclude: bytes | None = None) -> None:
+        for key, conn in self._online.get(network, {}).items():
+            if key != exclude:
+                self._actions.append(Send(conn.conn_id, message))
+
+    def _send(self, conn: _Connection, message: m.Message) -> None:
+        self._actions.append(Send(conn.conn_id, message))
+
+    def _refuse(self, conn: _Connection, now: float, code: str, reason: str) -> None:
+        self._send(conn, m.Error(code, reason[: m.MAX_ERROR_TEXT]))
+        fields = {"key": encode_key(conn.key), "observed_host": conn.observed_host, "code": code}
+        self._actions.append(Log("warning", f"connection refused: {reason}", fields))
+        self._drop(conn, now, close_reason=code)
+
+    def _forget(self, conn: _Connection) -> bool:
+        """Remove every trace of `conn`; whether it was online."""
+        del self._conns[conn.conn_id]
+        if self._conn_of_key.get(conn.key) is conn:
+            del self._conn_of_key[conn.key]
+        if conn.state == "online":
+            assert conn.network is not None
+            del self._online[conn.network][conn.key]
+            return True
+        return False
+
+    def _drop(self, conn: _Connection, now: float, close_reason: str | None) -> None:
+        """The connection ends: peers learn the node went offline; Close if the server ends it."""
+        was_online = self._forget(conn)
+        if close_reason is not None:
+            self._actions.append(Close(conn.conn_id, close_reason))
+        node = self.store.get_node(conn.key)
+        if node is None or conn.state == "new":
+            return
+        node = replace(node, last_seen=now)
+        self.store.put_node(node)
+        if node.ephemeral:
+            self._ephemeral_deadlines[node.key] = now + self.settings.silence_limit
+        if was_online:
+            self._broadcast(node.network, m.PeerUpdate(self._peer_info(node)))
+            self._log("info", "node offline", node, reason=close_reason or "disconnected")
+
+    def _log(self, level: str, text: str, node: NodeRecord, **extra: Any) -> None:
+        fields = {"node": node.name, "network": node.network, "key": encode_key(node.key), **extra}
+        self._actions.append(Log(level, text, fields))
+
+
+def _plain_ip(host: str) -> str:
+    """`host` normalised, with IPv4-mapped IPv6 (from dual-stack sockets) turned back into IPv4."""
+    address = ipaddress.ip_address(host)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.compressed
+
+
+def _candidates(node: NodeRecord, observed_host: str) -> tuple[m.Endpoint, ...]:
+    """Where to punch towards `node`, most likely first: its STUN mapping, then its coord source
+    address with each local port (port-preserving NATs without STUN), then its LAN addresses."""
+    ordered = [node.public_endpoint] if node.public_endpoint else []
+    ordered += [m.Endpoint(observed_host, ep.port) for ep in node.local_endpoints]
+    ordered += node.local_endpoints
+    return tuple(dict.fromkeys(ordered))[: m.MAX_CANDIDATES]
