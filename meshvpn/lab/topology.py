@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
+from typing import TypeVar
 
 from meshvpn.lab.nat import Nat, NatKind, RouterLinks, set_nat
 from meshvpn.lab.netns import Lab, LabError, Namespace
@@ -23,6 +24,8 @@ SERVER_OFFSET = 10
 ROUTER_OFFSET = 100
 HOST_OFFSET = 11
 MTU = "1500"
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -87,6 +90,13 @@ class Site:
     nat: Nat
     """The NAT currently installed."""
     hosts: list[Node] = field(default_factory=list)
+
+
+def _lookup(table: dict[str, T], kind: str, name: str) -> T:
+    try:
+        return table[name]
+    except KeyError:
+        raise LabError(f"no {kind} {name!r}") from None
 
 
 class Topology:
@@ -169,10 +179,7 @@ class Topology:
 
     def node(self, name: str) -> Node:
         """Any server, router (by site name) or host."""
-        try:
-            return self.nodes[name]
-        except KeyError:
-            raise LabError(f"no node {name!r}") from None
+        return _lookup(self.nodes, "node", name)
 
     def host(self, name: str) -> Namespace:
         """The namespace of node `name`, to run commands in."""
@@ -180,10 +187,7 @@ class Topology:
 
     def site(self, name: str) -> Site:
         """The site called `name`."""
-        try:
-            return self.sites[name]
-        except KeyError:
-            raise LabError(f"no site {name!r}") from None
+        return _lookup(self.sites, "site", name)
 
     def addr(self, name: str) -> str:
         """Primary address of a node: a server's first, a router's WAN, a host's LAN address."""

@@ -6,8 +6,6 @@ source address and port it saw, a prober that reports those answers, and a hole 
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from typing import Callable, Iterator
@@ -84,18 +82,6 @@ print(got or "-")
 """
 
 Probe = Callable[..., list[str]]
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "lab: needs root, iproute2 and nftables; builds network namespaces")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    missing = [tool for tool in ("ip", "nft") if shutil.which(tool) is None]
-    reason = "needs root" if os.geteuid() != 0 else f"missing {', '.join(missing)}" if missing else ""
-    for item in items:
-        if reason and item.get_closest_marker("lab"):
-            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture
