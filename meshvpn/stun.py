@@ -87,12 +87,16 @@ class BindingReply:
 def _changed_origin(
     change: ChangeRequest, origin: Address | None, other: Address | None
 ) -> Address | None:
-    """The address a CHANGE-REQUEST asks to answer from, or None when the server has none."""
+    """The address a CHANGE-REQUEST asks to answer from, if it is the alternate socket's.
+
+    The server has two sockets, not RFC 5780's four: a change is honoured only when it leads
+    exactly to the alternate, i.e. it changes exactly what differs between the two.
+    """
     if origin is None or other is None:
         return None
-    if (change.ip and other[0] == origin[0]) or (change.port and other[1] == origin[1]):
+    if (change.ip, change.port) != (other[0] != origin[0], other[1] != origin[1]):
         return None
-    return (other[0] if change.ip else origin[0], other[1] if change.port else origin[1])
+    return other
 
 
 def _advertised(address: Address | None) -> Address | None:
@@ -129,8 +133,8 @@ def binding_response(
 ) -> BindingReply | None:
     """Answer one datagram received from `source` on a socket bound to `response_origin`.
 
-    `other_address` is the server's alternate socket (RFC 5780 OTHER-ADDRESS); without it a
-    CHANGE-REQUEST that asks for any change gets 420. A datagram that is not a request is
+    `other_address` is the server's alternate socket (RFC 5780 OTHER-ADDRESS); a CHANGE-REQUEST
+    that asks for a change other than "to the alternate" gets 420. A datagram that is not a request is
     dropped (None); a broken request whose header is readable gets 400, so no garbage
     is ever reflected except to something that looks like a STUN client.
     """

@@ -321,25 +321,29 @@ def test_binding_response_leaves_out_what_it_does_not_know():
 
 
 @pytest.mark.parametrize(
-    "change, send_from",
+    "change, other",
     [
         (ChangeRequest(ip=True, port=True), OTHER),
-        (ChangeRequest(ip=True), (OTHER[0], ORIGIN[1])),
-        (ChangeRequest(port=True), (ORIGIN[0], OTHER[1])),
+        (ChangeRequest(ip=True), ("192.0.2.2", ORIGIN[1])),
+        (ChangeRequest(port=True), (ORIGIN[0], 3479)),
     ],
 )
-def test_change_request_names_the_address_to_answer_from(change, send_from):
-    reply = binding_response(binding_request(change_request=change), CLIENT, ORIGIN, OTHER)
-    assert reply.send_from == send_from
-    assert decode(reply.data).attributes[Attr.RESPONSE_ORIGIN] == send_from
+def test_change_request_to_the_alternate_is_answered_from_it(change, other):
+    reply = binding_response(binding_request(change_request=change), CLIENT, ORIGIN, other)
+    assert reply.send_from == other
+    msg = decode(reply.data)
+    assert msg.attributes[Attr.RESPONSE_ORIGIN] == other
+    assert msg.attributes[Attr.OTHER_ADDRESS] == other
 
 
 @pytest.mark.parametrize(
     "change, other",
     [
         (ChangeRequest(port=True), None),
-        (ChangeRequest(ip=True), ("192.0.2.1", 3479)),
-        (ChangeRequest(port=True), ("192.0.2.2", 3478)),
+        (ChangeRequest(port=True), OTHER),
+        (ChangeRequest(ip=True), OTHER),
+        (ChangeRequest(ip=True), (ORIGIN[0], 3479)),
+        (ChangeRequest(ip=True, port=True), ("192.0.2.2", ORIGIN[1])),
     ],
 )
 def test_change_request_the_server_cannot_honour_gets_420(change, other):

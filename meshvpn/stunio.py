@@ -1,0 +1,227 @@
+"""asyncio shells for STUN: a UDP Binding server, and a client over any datagram transport.
+
+All protocol decisions are in `meshvpn.stun`; this module only owns sockets, the loop clock,
+the transaction ids' randomness and timers. `StunClient` runs over a transport it does not
+own, so the node daemon can query STUN servers from its one UDP socket: its protocol passes
+every datagram for which `is_stun` is true to `StunClient.datagram_received`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+from dataclasses import dataclass
+
+from meshvpn.stun import (
+    MAX_RETRANSMITS,
+    RTO,
+    TRANSACTION_ID_SIZE,
+    Address,
+    BindingTransaction,
+    ChangeRequest,
+    StunError,
+    StunResult,
+    binding_response,
+    is_stun,
+)
+
+
+@dataclass
+class StunServerStats:
+    """Counters shared by a server's primary and alternate sockets."""
+
+    received: int = 0
+    """Datagrams received."""
+    answered: int = 0
+    """Responses (success or error) sent."""
+    dropped: int = 0
+    """Datagrams left unanswered: not requests, or asking for a source we cannot send from."""
+
+
+class StunServerProtocol(asyncio.DatagramProtocol):
+    """Answers Binding requests on one socket; `partner` is the server's alternate socket."""
+
+    def __init__(self, stats: StunServerStats | None = None) -> None:
+        self.stats = stats or StunServerStats()
+        self.transport: asyncio.DatagramTransport | None = None
+        self.local: Address | None = None
+        self.partner: StunServerProtocol | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.local = transport.get_extra_info("sockname")[:2]
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        self.stats.received += 1
+        other = self.partner.local if self.partner else None
+        reply = binding_response(data, addr[:2], self.local, other)
+        out = self._transport_for(reply.send_from) if reply else None
+        if out is None:
+            self.stats.dropped += 1
+            return
+        out.sendto(reply.data, reply.send_to)
+        self.stats.answered += 1
+
+    def error_received(self, exc: Exception) -> None:
+        """ICMP errors about earlier replies concern nobody here."""
+
+    def _transport_for(self, address: Address | None) -> asyncio.DatagramTransport | None:
+        if address is None or address == self.local:
+            return self.transport
+        if self.partner is not None and address == self.partner.local:
+            return self.partner.transport
+        return None
+
+
+@dataclass
+class StunServer:
+    """A running STUN server: a primary socket and, for RFC 5780, an alternate one."""
+
+    primary: StunServerProtocol
+    alternate: StunServerProtocol | None = None
+
+    @property
+    def address(self) -> Address:
+        """The primary socket's bound address."""
+        return self.primary.local
+
+    @property
+    def stats(self) -> StunServerStats:
+        """Counters for both sockets."""
+        return self.primary.stats
+
+    def close(self) -> None:
+        """Close both sockets."""
+        for protocol in (self.primary, self.alternate):
+            if protocol is not None and protocol.transport is not None:
+                protocol.transport.close()
+
+
+async def start_stun_server(host: str, port: int, alt: Address | None = None) -> StunServer:
+    """Serve STUN on (host, port), and on `alt` too for CHANGE-REQUEST and OTHER-ADDRESS."""
+    loop = asyncio.get_running_loop()
+    stats = StunServerStats()
+    _, primary = await loop.create_datagram_endpoint(lambda: StunServerProtocol(stats), local_addr=(host, port))
+    server = StunServer(primary)
+    if alt is not None:
+        try:
+            _, server.alternate = await loop.create_datagram_endpoint(
+                lambda: StunServerProtocol(stats), local_addr=alt
+            )
+        except OSError:
+            server.close()
+            raise
+        primary.partner, server.alternate.partner = server.alternate, primary
+    return server
+
+
+class _Query:
+    """One transaction in flight: where it goes, its timer and who waits for it."""
+
+    __slots__ = ("transaction", "server", "future", "timer")
+
+    def __init__(self, transaction: BindingTransaction, server: Address, future: asyncio.Future) -> None:
+        self.transaction = transaction
+        self.server = server
+        self.future = future
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class StunClient:
+    """Binding queries over a datagram transport that may also carry other traffic."""
+
+    def __init__(
+        self, transport: asyncio.DatagramTransport, *, rto: float = RTO, max_retransmits: int = MAX_RETRANSMITS
+    ) -> None:
+        self._transport = transport
+        self._rto = rto
+        self._max_retransmits = max_retransmits
+        self._queries: dict[bytes, _Query] = {}
+
+    async def query(self, server: Address, *, change: ChangeRequest | None = None) -> StunResult:
+        """Ask `server` for our mapped address; raise TimeoutError or StunError on failure."""
+        loop = asyncio.get_running_loop()
+        txid = os.urandom(TRANSACTION_ID_SIZE)
+        transaction = BindingTransaction(txid, loop.time(), self._rto, self._max_retransmits, change=change)
+        query = _Query(transaction, server, loop.create_future())
+        self._queries[txid] = query
+        try:
+            self._transport.sendto(transaction.request(), server)
+            self._arm(query)
+            return await query.future
+        finally:
+            del self._queries[txid]
+            if query.timer is not None:
+                query.timer.cancel()
+
+    def datagram_received(self, data: bytes, addr: tuple) -> bool:
+        """Feed a received datagram; True when it answered one of our queries."""
+        query = self._queries.get(bytes(data[8:20]))
+        if query is None or query.future.done():
+            return False
+        query.transaction.receive(data, asyncio.get_running_loop().time())
+        self._settle(query)
+        return query.future.done()
+
+    def _arm(self, query: _Query) -> None:
+        deadline = query.transaction.get_timer()
+        if deadline is not None:
+            query.timer = asyncio.get_running_loop().call_at(deadline, self._on_timer, query)
+
+    def _on_timer(self, query: _Query) -> None:
+        if query.future.done():
+            return
+        retransmit = query.transaction.handle_timer(asyncio.get_running_loop().time())
+        if retransmit is not None:
+            self._transport.sendto(retransmit, query.server)
+        self._settle(query)
+        self._arm(query)
+
+    @staticmethod
+    def _settle(query: _Query) -> None:
+        transaction = query.transaction
+        if transaction.result is not None:
+            query.future.set_result(transaction.result)
+        elif transaction.timed_out:
+            query.future.set_exception(TimeoutError(f"STUN {query.server}: {transaction.failure}"))
+        elif transaction.failure is not None:
+            query.future.set_exception(StunError(f"STUN {query.server}: {transaction.failure}"))
+
+
+class _StunClientProtocol(asyncio.DatagramProtocol):
+    """A socket of its own for `stun_binding`: STUN datagrams go to the client, others are dropped."""
+
+    def __init__(self) -> None:
+        self.client: StunClient | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client = StunClient(transport)  # type: ignore[arg-type]
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        if is_stun(data):
+            self.client.datagram_received(data, addr)
+
+
+async def stun_binding(
+    server: Address,
+    *,
+    local: Address | None = None,
+    sock=None,
+    timeout: float = 3.0,
+    change: ChangeRequest | None = None,
+) -> StunResult:
+    """One Binding query from a fresh socket (or `sock`, which is closed afterwards).
+
+    `local` defaults to the wildcard address of the server's family, any port.
+    """
+    loop = asyncio.get_running_loop()
+    if sock is None and local is None:
+        local = ("::", 0) if ipaddress.ip_address(server[0]).version == 6 else ("0.0.0.0", 0)
+    transport, protocol = await loop.create_datagram_endpoint(
+        _StunClientProtocol, local_addr=None if sock is not None else local, sock=sock
+    )
+    try:
+        return await asyncio.wait_for(protocol.client.query(server, change=change), timeout)
+    finally:
+        transport.close()

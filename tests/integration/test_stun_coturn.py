@@ -1,0 +1,91 @@
+"""Interop: our STUN client against coturn (Debian's `coturn` package) on loopback.
+
+coturn runs in the foreground as a STUN-only server with no configuration file (`-n`), its
+log, pid file and database in the test's temporary directory, listening on 127.0.0.1 and
+127.0.0.2 so that it enables RFC 5780 (it needs two addresses for that). It is stopped by the
+PID we started it with, also when a test fails.
+"""
+
+import asyncio
+import socket
+import subprocess
+import time
+
+import pytest
+
+from meshvpn.stun import ChangeRequest
+from meshvpn.stunio import stun_binding
+
+pytestmark = pytest.mark.timeout(60)
+
+ALT_HOST = "127.0.0.2"
+
+
+@pytest.fixture
+def coturn(tool, free_udp_port, tmp_path):
+    """A running coturn; yields its primary and alternate (RFC 5780) addresses."""
+    turnserver = tool("turnserver")
+    port = free_udp_port("127.0.0.1", ALT_HOST, span=2)
+    argv = [
+        turnserver, "-n", "--stun-only", "--no-tls", "--no-dtls", "--no-tcp", "--no-cli",
+        "--listening-ip", "127.0.0.1", "--listening-ip", ALT_HOST,
+        "--listening-port", str(port), "--alt-listening-port", str(port + 1),
+        "--log-file", str(tmp_path / "turnserver.log"), "--simple-log", "--no-stdout-log",
+        "--pidfile", str(tmp_path / "turnserver.pid"), "--userdb", str(tmp_path / "turndb"),
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        primary = ("127.0.0.1", port)
+        wait_until_answering(proc, primary, tmp_path)
+        yield primary, (ALT_HOST, port + 1)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_until_answering(proc: subprocess.Popen, server: tuple[str, int], tmp_path) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log = tmp_path / "turnserver.log"
+            pytest.fail(f"turnserver exited with {proc.returncode}: {log.read_text() if log.exists() else ''}")
+        try:
+            asyncio.run(stun_binding(server, timeout=0.3))
+            return
+        except TimeoutError:
+            continue
+    pytest.fail("turnserver did not answer STUN within 15 s")
+
+
+def query(server, change=None):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    return port, asyncio.run(stun_binding(server, sock=sock, change=change, timeout=3.0))
+
+
+def test_coturn_reports_our_loopback_address_and_port(coturn):
+    primary, alternate = coturn
+    port, result = query(primary)
+    assert result.mapped == ("127.0.0.1", port)
+    assert result.response_origin == primary
+    assert result.other_address == alternate
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (ChangeRequest(port=True), lambda p, a: (p[0], a[1])),
+        (ChangeRequest(ip=True), lambda p, a: (a[0], p[1])),
+        (ChangeRequest(ip=True, port=True), lambda p, a: a),
+    ],
+)
+def test_coturn_honours_our_change_request(coturn, change, expected):
+    primary, alternate = coturn
+    port, result = query(primary, change)
+    assert result.mapped == ("127.0.0.1", port)
+    assert result.response_origin == expected(primary, alternate)
