@@ -111,7 +111,7 @@ class PathFinderConfig:
 
     keepalive: float = 25.0
     """Seconds between probes on a path that traffic keeps proving, to hold NAT mappings."""
-    liveness_interval: float = 3.0
+    liveness_interval: float = 2.0
     """Seconds between probes on a path nothing has been heard on for this long."""
     path_timeout: float = 10.0
     """Seconds without a reply or traffic after which a direct path is dead."""

@@ -106,7 +106,7 @@ def test_first_reply_picks_the_path_and_ends_the_campaign():
     assert finder.stats.rtt == pytest.approx(0.05)
     assert finder.stats.last_reply == 0.05
     # The next event is the liveness probe, not another punch round.
-    assert finder.get_timer() == pytest.approx(3.05)
+    assert finder.get_timer() == pytest.approx(2.05)
 
 
 def test_lan_reply_beats_an_earlier_public_path():
@@ -172,7 +172,7 @@ def test_relay_after_two_seconds_then_upgrade_on_reply():
     finder.probe_reply_received(probe.tx_id, PUBLIC_EP, 3.9)
     assert finder.next_actions() == [
         PathChanged(RELAY_PATH, Path(PathKind.DIRECT, PUBLIC_EP), ChangeReason.PUNCHED)]
-    assert finder.get_timer() == pytest.approx(6.9)
+    assert finder.get_timer() == pytest.approx(5.9)
 
 
 def test_relay_that_becomes_ready_late_is_used_at_once():
@@ -196,11 +196,11 @@ def test_relay_lost_while_relayed():
 def test_idle_path_is_probed_every_liveness_interval():
     finder = make_finder(PUBLIC)
     go_direct(finder, at=0.05)
-    fired = run_timers_until(finder, 3.05)
-    assert [when for when, _ in fired] == pytest.approx([3.05])
+    fired = run_timers_until(finder, 2.05)
+    assert [when for when, _ in fired] == pytest.approx([2.05])
     (probe,) = fired[0][1]
-    finder.probe_reply_received(probe.tx_id, PUBLIC_EP, 3.15)
-    assert finder.get_timer() == pytest.approx(6.15)
+    finder.probe_reply_received(probe.tx_id, PUBLIC_EP, 2.15)
+    assert finder.get_timer() == pytest.approx(4.15)
     assert finder.stats.rtt == pytest.approx(0.05 + (0.1 - 0.05) / 8)
 
 
@@ -219,7 +219,7 @@ def test_silent_path_times_out_to_relay_and_punches_again():
     finder = make_finder(PUBLIC, relay=True)
     go_direct(finder, at=0.05)
     fired = run_timers_until(finder, 10.05)
-    assert [when for when, _ in fired] == pytest.approx([3.05, 6.05, 9.05, 10.05])
+    assert [when for when, _ in fired] == pytest.approx([2.05, 4.05, 6.05, 8.05, 10.05])
     last = fired[-1][1]
     assert changes(last) == [PathChanged(Path(PathKind.DIRECT, PUBLIC_EP), RELAY_PATH,
                                          ChangeReason.PATH_TIMEOUT)]
@@ -298,7 +298,7 @@ def test_punch_while_direct_sends_one_round_and_keeps_the_path():
     go_direct(finder, endpoint=LAN_EP)
     finder.punch(1.0)
     assert [p.endpoint for p in finder.next_actions()] == [LAN_EP, PUBLIC_EP]
-    assert finder.get_timer() == pytest.approx(3.05)
+    assert finder.get_timer() == pytest.approx(2.05)
 
 
 def test_observed_and_pending_are_bounded():
