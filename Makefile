@@ -4,7 +4,7 @@
 
 PYTHON ?= python3
 VENV := .venv
-APT_PACKAGES := iproute2 nftables iperf3 coturn tcpdump libsystemd-dev pkg-config gcc python3-dev
+APT_PACKAGES := iproute2 nftables iperf3 coturn stun-client tcpdump libsystemd-dev pkg-config gcc python3-dev
 
 .PHONY: setup system-packages test demo bench
 
