@@ -188,7 +188,7 @@ class PathFinder:
         """The machine's state, as in docs/paths.md."""
         if self._direct():
             return PathState.DIRECT
-        if self.current_path is RELAY_PATH:
+        if self.current_path == RELAY_PATH:
             return PathState.RELAYED
         if self._next_round is not None:
             return PathState.PUNCHING
@@ -268,7 +268,7 @@ class PathFinder:
     def relay_ready(self, ready: bool, now: float) -> None:
         """Whether the relay can carry packets to this peer right now."""
         self._relay_ready = ready
-        if not ready and self.current_path is RELAY_PATH:
+        if not ready and self.current_path == RELAY_PATH:
             self._switch(None, ChangeReason.RELAY_LOST)
         self._maybe_use_relay(now)
 
@@ -342,7 +342,7 @@ class PathFinder:
     def _improvement(self, path: Path, rtt: float, now: float) -> ChangeReason | None:
         """Why `path` should replace the current path, or None if it should not."""
         current = self.current_path
-        if current is None or current is RELAY_PATH:
+        if current is None or current == RELAY_PATH:
             return ChangeReason.PUNCHED
         if _RANK[path.kind] < _RANK[current.kind]:
             return ChangeReason.BETTER_PATH
@@ -354,7 +354,7 @@ class PathFinder:
     def _switch(self, new: Path | None, reason: ChangeReason) -> None:
         old, self.current_path = self.current_path, new
         self.stats.path_changes += 1
-        if new is None or new is RELAY_PATH:
+        if new is None or new == RELAY_PATH:
             self.stats.rtt = None
             self.stats.last_reply = None
         self._actions.append(PathChanged(old, new, reason))
