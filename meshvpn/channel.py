@@ -206,7 +206,7 @@ class ServerChannel(_SecureStream):
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     ) -> None:
         super().__init__(max_frame_size)
-        self._identity = noise.StaticIdentity.from_private(local) if isinstance(local, bytes) else local
+        self._local = local
         self._authorize = authorize
         self._ephemeral = ephemeral_private
 
@@ -222,7 +222,7 @@ class ServerChannel(_SecureStream):
             if not self.established:
                 self._become_established()
             return payload
-        pending = noise.consume_initiation(self._identity, body)
+        pending = noise.consume_initiation(self._local, body)
         if pending is None:
             raise ChannelError("handshake initiation rejected (bad mac1, wrong key or forged)")
         if not self._authorize(pending.remote_public):

@@ -93,7 +93,7 @@ class Session:
         header = prefix + _COUNTER.pack(counter)
         return header + _encrypt(payload, header, _NONCE_PAD + header[8:], self._send_key)
 
-    def open(self, msg: bytes) -> bytes | None:
+    def open(self, msg: bytes | bytearray | memoryview) -> bytes | None:
         """The plaintext of a DATA (non-empty) or KEEPALIVE (b"") message, or None to drop it.
 
         Forged, altered, replayed, too old, or addressed to another index: None.
@@ -180,7 +180,7 @@ class KeyRing:
                 return session
         return None
 
-    def open(self, msg: bytes) -> bytes | None:
+    def open(self, msg: bytes | bytearray | memoryview) -> bytes | None:
         """Open a transport message with whichever held session it is addressed to."""
         try:
             session = self.session_for(wire.transport_receiver_index(msg))
