@@ -1,0 +1,539 @@
+"""The node's protocol core: peers, handshakes, path probes and coord messages, without I/O.
+
+aioquic style.  Inputs are calls that take ``now`` (monotonic seconds):
+``coord_message`` for every control message from the coord, ``datagram_received``
+for every UDP message that is not transport data (handshakes, probes, relay
+envelopes around them), ``packet_from_tun`` for a packet the data path could not
+send (no session or no route yet), ``ping`` for ``meshvpn ping``, and
+``handle_timer``.  Outputs are pulled: ``datagrams_to_send``,
+``coord_messages_to_send``, ``next_event`` and ``get_timer``.
+
+Rules:
+
+* Handshakes start on demand: the first packet for a peer is queued (a few per
+  peer, the oldest dropped), starts a handshake, and, when the peer has no path,
+  starts punching and asks the coord (``punch_request``) to make the peer punch back.
+* An initiation is sent only once the peer has a route; a queued packet leaves once
+  the peer has both a session and a route.  The initiator confirms a new session
+  with a keepalive at once, so the responder can start sealing with it.
+* The side whose session is due (REKEY_AFTER_TIME for the initiator, shortly before
+  REJECT_AFTER_TIME for the responder) starts a new handshake, but only if the session
+  carried traffic: idle peers let their sessions expire.
+* A ``punch`` from the coord replaces the peer's candidates and probes them all at once.
+  A probe from a peer we have no path to starts punching back, so one side's punch
+  (or the coord's message lost on one side) still opens both directions.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+from meshvpn import wire
+from meshvpn.constants import KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT
+from meshvpn.coord import messages as m
+from meshvpn.errors import RemoteProtocolError
+from meshvpn.node.candidates import Candidate, CandidateKind
+from meshvpn.node.handshakes import HandshakeManager
+from meshvpn.node.pathfinder import RELAY_PATH, Path, PathChanged, PathFinder, PathFinderConfig, PathKind
+from meshvpn.node.peers import Peer, PeerTable, Route
+from meshvpn.node.probes import ProbeCodec
+from meshvpn.noise import StaticIdentity
+from meshvpn.session import Session
+from meshvpn.wire import Endpoint, MessageType
+
+RESPONDER_REKEY_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
+"""A responder whose session carries traffic rekeys itself at this age (WireGuard's rule)."""
+
+PING_TIMEOUT = 5.0
+"""Seconds a ``meshvpn ping`` probe waits for its reply before it is forgotten."""
+
+_RESPONSE_RECEIVER = slice(8, 12)
+
+
+@dataclass
+class CoreConfig:
+    """What the core takes from the node configuration; each default is the documented one."""
+
+    paths: PathFinderConfig = field(default_factory=PathFinderConfig)
+    """Timers of path discovery and upkeep (config ``paths``)."""
+    wall_offset: float = 0.0
+    """Wall clock minus monotonic clock: handshake timestamps and the coord's ``punch.at``."""
+    punch_request_interval: float = 5.0
+    """Least seconds between two ``punch_request`` messages for one peer."""
+
+
+@dataclass(frozen=True)
+class Registered:
+    """The coord accepted us: the shell puts ``address``/prefix of ``network`` on the TUN."""
+
+    name: str
+    address: str
+    network: str
+    """The overlay CIDR, e.g. ``100.64.0.0/10``."""
+
+
+@dataclass(frozen=True)
+class PeerPathChanged:
+    """A peer's path changed (log one line: peer, old → new, reason)."""
+
+    name: str
+    old: Optional[Path]
+    new: Optional[Path]
+    reason: str
+
+
+@dataclass(frozen=True)
+class PeerUp:
+    """A handshake with a peer completed (the first, or after its sessions expired)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class PeerDown:
+    """A peer became unreachable: sessions expired, handshake abandoned, or removed."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PingReply:
+    """The answer to a probe sent by :meth:`NodeCore.ping`."""
+
+    tx_id: bytes
+    name: str
+    address: str
+    path: str
+    """Kind of the path the probe went out on: lan, direct or relay."""
+    endpoint: Endpoint
+    rtt: float
+
+
+@dataclass(frozen=True)
+class CoordRefused:
+    """The coord sent an error (bad auth key, approval pending, revoked...)."""
+
+    code: str
+    message: str
+
+
+Event = Union[Registered, PeerPathChanged, PeerUp, PeerDown, PingReply, CoordRefused]
+
+
+@dataclass
+class _Ping:
+    peer: Peer
+    sent_at: float
+    route: Route
+
+
+class NodeCore:
+    """All per-node protocol state; the data path reads ``peers`` directly."""
+
+    def __init__(self, private_key: bytes, random_bytes: Callable[[int], bytes], config: CoreConfig | None = None):
+        self.config = config if config is not None else CoreConfig()
+        self.identity = StaticIdentity.from_private(private_key)
+        self.public_key = self.identity.public
+        self.random_bytes = random_bytes
+        self.peers = PeerTable()
+        self.handshakes = HandshakeManager(self.identity, random_bytes, self.config.wall_offset)
+        self.probes = ProbeCodec(private_key, self.public_key)
+        self.registration: Optional[Registered] = None
+        self.relays: tuple[m.RelayInfo, ...] = ()
+        self.relay_endpoint: Optional[Endpoint] = None
+        self.drops: Counter = Counter()
+        """Dropped non-data datagrams by reason, for status and tests."""
+        self._datagrams: list[tuple[Endpoint, bytes]] = []
+        self._coord_out: list[m.Message] = []
+        self._events: deque[Event] = deque()
+        self._pings: dict[bytes, _Ping] = {}
+        self._scheduled_punches: list[tuple[float, bytes]] = []
+
+    # ---- outputs ------------------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[tuple[Endpoint, bytes]]:
+        out, self._datagrams = self._datagrams, []
+        return out
+
+    def coord_messages_to_send(self) -> list[m.Message]:
+        out, self._coord_out = self._coord_out, []
+        return out
+
+    def next_event(self) -> Optional[Event]:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> Optional[float]:
+        """The earliest deadline of any peer, handshake, scheduled punch or ping."""
+        deadlines = [self.handshakes.get_timer()]
+        deadlines += [when for when, _ in self._scheduled_punches]
+        deadlines += [p.sent_at + PING_TIMEOUT for p in self._pings.values()]
+        for peer in self.peers:
+            deadlines.append(peer.paths.get_timer())
+            deadlines.append(peer.ring.get_timer())
+            deadlines.append(self._rekey_deadline(peer))
+        return min((d for d in deadlines if d is not None), default=None)
+
+    # ---- coord messages -----------------------------------------------------------
+
+    def coord_message(self, msg: m.Message, now: float) -> None:
+        if isinstance(msg, m.Registered):
+            self.registration = Registered(msg.name, msg.address, msg.network.cidr)
+            self.relays = msg.relays
+            self._events.append(self.registration)
+        elif isinstance(msg, m.PeerMap):
+            listed = {info.key for info in msg.peers}
+            for key in [key for key in self.peers.by_key if key not in listed]:
+                self._remove_peer(key, "left the peer map")
+            for info in msg.peers:
+                self._upsert_peer(info, now)
+        elif isinstance(msg, m.PeerUpdate):
+            self._upsert_peer(msg.peer, now)
+        elif isinstance(msg, m.PeerRemove):
+            self._remove_peer(msg.key, "removed by the coord")
+        elif isinstance(msg, m.Punch):
+            self._on_punch(msg, now)
+        elif isinstance(msg, m.Error):
+            self._events.append(CoordRefused(msg.code, msg.message))
+
+    def _upsert_peer(self, info: m.PeerInfo, now: float) -> None:
+        if info.key == self.public_key:
+            return
+        peer = self.peers.by_key.get(info.key)
+        if peer is None:
+            peer = Peer(info.key, info, PathFinder(lambda: self.random_bytes(8), self.config.paths))
+            self.peers.add(peer)
+            self.probes.add_peer(info.key)
+            peer.paths.relay_ready(self.relay_endpoint is not None, now)
+        else:
+            self.peers.readdress(peer, info)
+        peer.paths.set_candidates(_candidates(info), now)
+
+    def _remove_peer(self, key: bytes, reason: str) -> None:
+        peer = self.peers.remove(key)
+        if peer is None:
+            return
+        self.handshakes.cancel(key)
+        self.probes.remove_peer(key)
+        self._pings = {tx: p for tx, p in self._pings.items() if p.peer is not peer}
+        self._events.append(PeerDown(peer.name, reason))
+
+    def _on_punch(self, msg: m.Punch, now: float) -> None:
+        peer = self.peers.by_key.get(msg.peer_key)
+        if peer is None:
+            self.drops["punch for unknown peer"] += 1
+            return
+        local = set(peer.info.local_endpoints)
+        extra = [
+            Candidate(Endpoint(e.host, e.port), CandidateKind.LAN if e in local else CandidateKind.PUBLIC)
+            for e in msg.endpoints
+        ]
+        peer.paths.set_candidates(_candidates(peer.info) + extra, now)
+        start = now if msg.at is None else msg.at - self.config.wall_offset
+        if start > now:
+            self._scheduled_punches.append((start, peer.key))
+        else:
+            self._punch(peer, now)
+
+    def _punch(self, peer: Peer, now: float) -> None:
+        peer.paths.punch(now)
+        self._drain_paths(peer, now)
+
+    # ---- relay --------------------------------------------------------------------
+
+    def set_relay(self, endpoint: Optional[Endpoint], now: float) -> None:
+        """The relay transport is ready at ``endpoint`` (or gone, with None)."""
+        self.relay_endpoint = endpoint
+        for peer in self.peers:
+            peer.paths.relay_ready(endpoint is not None, now)
+            if peer.route is not None and peer.route.path is RELAY_PATH:
+                peer.route = self._route(peer, RELAY_PATH)
+            self._drain_paths(peer, now)
+
+    def _route(self, peer: Peer, path: Optional[Path]) -> Optional[Route]:
+        if path is None:
+            return None
+        if path.kind is PathKind.RELAY:
+            if self.relay_endpoint is None:
+                return None
+            return Route(path, self.relay_endpoint, wire.header(MessageType.RELAY) + peer.key)
+        return Route(path, Endpoint(*path.endpoint))
+
+    # ---- datagrams ----------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, src: Endpoint, now: float, relayed_from: Optional[bytes] = None) -> None:
+        """A UDP message other than transport data; anything malformed is dropped and counted."""
+        try:
+            kind = wire.message_type(data)
+            if kind == MessageType.PROBE or kind == MessageType.PROBE_REPLY:
+                self._on_probe(data, src, now, relayed_from)
+            elif kind == MessageType.HANDSHAKE_INIT:
+                self._on_initiation(data, src, now, relayed_from)
+            elif kind == MessageType.HANDSHAKE_RESP:
+                self._on_response(data, src, now, relayed_from)
+            elif kind == MessageType.RELAY and relayed_from is None:
+                relayed = wire.decode_relay(data)
+                self.datagram_received(bytes(relayed.inner), src, now, relayed.node_key)
+            else:
+                self.drops[f"unexpected type {kind}"] += 1
+        except RemoteProtocolError:
+            self.drops["malformed"] += 1
+
+    def _reply_route(self, peer: Peer, src: Endpoint, relayed_from: Optional[bytes]) -> Route:
+        if relayed_from is not None:
+            return Route(RELAY_PATH, src, wire.header(MessageType.RELAY) + relayed_from)
+        return Route(Path(PathKind.DIRECT, src), src)
+
+    def _on_probe(self, data: bytes, src: Endpoint, now: float, relayed_from: Optional[bytes]) -> None:
+        probe = self.probes.open(data)
+        peer = self.peers.by_key[probe.sender]
+        if relayed_from is not None and relayed_from != probe.sender:
+            self.drops["relayed probe from another key"] += 1
+            return
+        if probe.kind == MessageType.PROBE:
+            reply = self.probes.reply(peer.key, probe.tx_id, Endpoint(*src), self.random_bytes(24))
+            self._send_via(self._reply_route(peer, src, relayed_from), reply)
+            if relayed_from is None:
+                peer.paths.probe_received(src, now)
+                if peer.route is None:
+                    peer.paths.punch(now)
+        else:
+            ping = self._pings.pop(probe.tx_id, None)
+            if ping is not None:
+                self._events.append(
+                    PingReply(probe.tx_id, peer.name, peer.address, ping.route.path.kind.value,
+                              ping.route.endpoint, now - ping.sent_at)
+                )
+                if relayed_from is None:
+                    peer.paths.traffic_received(src, now)
+            elif relayed_from is None:
+                peer.paths.probe_reply_received(probe.tx_id, src, now)
+        self._drain_paths(peer, now)
+
+    def _on_initiation(self, data: bytes, src: Endpoint, now: float, relayed_from: Optional[bytes]) -> None:
+        pending = self.handshakes.consume_initiation(data, lambda key: key in self.peers.by_key)
+        if pending is None or (relayed_from is not None and relayed_from != pending.remote_public):
+            self.drops["rejected initiation"] += 1
+            return
+        peer = self.peers.by_key[pending.remote_public]
+        index = self._new_index(peer)
+        response, keys = pending.respond(index, self.random_bytes(32))
+        self._install(peer, Session(keys, now), now)
+        self._send_via(self._reply_route(peer, src, relayed_from), response)
+        if relayed_from is None:
+            peer.paths.traffic_received(src, now)
+            self._drain_paths(peer, now)
+
+    def _on_response(self, data: bytes, src: Endpoint, now: float, relayed_from: Optional[bytes]) -> None:
+        if len(data) != wire.RESPONSE_LEN:
+            raise wire.WireError("handshake response has the wrong length")
+        peer = self.peers.by_index.get(int.from_bytes(data[_RESPONSE_RECEIVER], "little"))
+        keys = None if peer is None else self.handshakes.consume_response(peer.key, data)
+        if keys is None:
+            self.drops["rejected response"] += 1
+            return
+        self._install(peer, Session(keys, now), now)
+        if relayed_from is None:
+            peer.paths.traffic_received(src, now)
+            self._drain_paths(peer, now)
+        if not self.flush(peer, now) and peer.route is not None:
+            self._send_via(peer.route, peer.ring.current.keepalive())
+
+    def _install(self, peer: Peer, session: Session, now: float) -> None:
+        was_up = peer.ring.current is not None or peer.ring.next is not None
+        peer.ring.install(session)
+        peer.last_handshake = now
+        self._free_retired(peer)
+        if not was_up:
+            self._events.append(PeerUp(peer.name))
+
+    def _new_index(self, peer: Peer) -> int:
+        while True:
+            index = int.from_bytes(self.random_bytes(4), "little")
+            if index not in self.peers.by_index:
+                self.peers.by_index[index] = peer
+                return index
+
+    def _free_retired(self, peer: Peer) -> None:
+        for index in peer.ring.pop_retired():
+            if self.peers.by_index.get(index) is peer:
+                del self.peers.by_index[index]
+
+    # ---- packets the data path could not send -------------------------------------
+
+    def packet_from_tun(self, peer: Peer, packet: bytes, now: float) -> None:
+        """Queue ``packet`` for ``peer`` and start whatever it is waiting for."""
+        if len(peer.pending) == peer.pending.maxlen:
+            peer.counters.drops["queue full"] += 1
+        peer.pending.append(packet)
+        self.ring_expire(peer, now)
+        if peer.ring.current is None and peer.key not in self.handshakes.attempts:
+            self._initiate(peer, now)
+        if peer.route is None:
+            self._punch(peer, now)
+            if now >= peer.punch_requested_at + self.config.punch_request_interval:
+                peer.punch_requested_at = now
+                self._coord_out.append(m.PunchRequest(peer_key=peer.key))
+        self.flush(peer, now)
+
+    def ring_expire(self, peer: Peer, now: float) -> None:
+        """Drop sessions past REJECT_AFTER_TIME; tell the log when the last one goes."""
+        had = peer.ring.current is not None
+        peer.ring.expire(now)
+        self._free_retired(peer)
+        if had and peer.ring.current is None and peer.ring.next is None:
+            self._events.append(PeerDown(peer.name, "session expired"))
+
+    def _initiate(self, peer: Peer, now: float) -> None:
+        old = self.handshakes.attempts.get(peer.key)
+        if old is not None:
+            self.peers.by_index.pop(old.index, None)
+        self.handshakes.start(peer.key, self._new_index(peer), now)
+        self._send_initiation(peer)
+
+    def _send_initiation(self, peer: Peer) -> None:
+        attempt = self.handshakes.attempts.get(peer.key)
+        if attempt is not None and not attempt.sent and peer.route is not None:
+            attempt.sent = True
+            self._send_via(peer.route, attempt.initiator.initiation)
+
+    def flush(self, peer: Peer, now: float) -> bool:
+        """Seal and send the queued packets if possible; True if any left."""
+        session, route = peer.ring.current, peer.route
+        if session is None or route is None or not peer.pending:
+            return False
+        counters = peer.counters
+        while peer.pending:
+            packet = peer.pending.popleft()
+            self._send_via(route, session.seal(packet))
+            counters.tx_packets += 1
+            counters.tx_bytes += len(packet)
+        peer.last_tx = now
+        return True
+
+    def _send_via(self, route: Route, message: bytes) -> None:
+        self._datagrams.append((route.endpoint, route.prefix + message if route.prefix else message))
+
+    # ---- paths --------------------------------------------------------------------
+
+    def _drain_paths(self, peer: Peer, now: float) -> None:
+        """Carry out the path finder's probes and path changes."""
+        for action in peer.paths.next_actions():
+            if isinstance(action, PathChanged):
+                peer.route = self._route(peer, action.new)
+                self._events.append(PeerPathChanged(peer.name, action.old, action.new, action.reason.value))
+                self._send_initiation(peer)
+                self.flush(peer, now)
+            else:
+                dst = Endpoint(*action.endpoint)
+                self._datagrams.append((dst, self.probes.probe(peer.key, action.tx_id, dst, self.random_bytes(24))))
+
+    # ---- ping ---------------------------------------------------------------------
+
+    def ping(self, peer: Peer, now: float) -> Optional[bytes]:
+        """Send one probe along the peer's current route; None when it has none.
+
+        The answer arrives as a :class:`PingReply` event with the same ``tx_id``.
+        """
+        route = peer.route
+        if route is None:
+            self._punch(peer, now)
+            return None
+        tx_id = self.random_bytes(8)
+        self._pings[tx_id] = _Ping(peer, now, route)
+        self._send_via(route, self.probes.probe(peer.key, tx_id, route.endpoint, self.random_bytes(24)))
+        return tx_id
+
+    # ---- timers -------------------------------------------------------------------
+
+    def _rekey_deadline(self, peer: Peer) -> Optional[float]:
+        session = peer.ring.current
+        if session is None or peer.key in self.handshakes.attempts:
+            return None
+        if max(peer.last_tx, peer.last_rx) <= session.created_at:
+            return None
+        return session.rekey_at if session.is_initiator else session.created_at + RESPONDER_REKEY_AGE
+
+    def handle_timer(self, now: float) -> None:
+        """Do everything due at ``now``; safe to call early or late."""
+        due = [key for when, key in self._scheduled_punches if when <= now]
+        self._scheduled_punches = [(when, key) for when, key in self._scheduled_punches if when > now]
+        for key in due:
+            if key in self.peers.by_key:
+                self._punch(self.peers.by_key[key], now)
+        self._pings = {tx: p for tx, p in self._pings.items() if now < p.sent_at + PING_TIMEOUT}
+        for peer in self.peers:
+            self.sync_traffic(peer)
+            peer.paths.handle_timer(now)
+            self._drain_paths(peer, now)
+            self.ring_expire(peer, now)
+            rekey_at = self._rekey_deadline(peer)
+            if rekey_at is not None and now >= rekey_at:
+                self._initiate(peer, now)
+        retry, abandoned = self.handshakes.due(now)
+        for key in retry:
+            self._initiate(self.peers.by_key[key], now)
+        for key in abandoned:
+            peer = self.peers.by_key[key]
+            peer.counters.drops["handshake timeout"] += len(peer.pending)
+            peer.pending.clear()
+            if peer.ring.current is None:
+                self._events.append(PeerDown(peer.name, "handshake timed out"))
+
+    def sync_traffic(self, peer: Peer) -> None:
+        """Tell the path finder about traffic the data path saw since the last call."""
+        if peer.last_rx > peer.synced_rx and peer.last_rx_src is not None:
+            peer.synced_rx = peer.last_rx
+            peer.paths.traffic_received(peer.last_rx_src, peer.last_rx)
+
+    # ---- status -------------------------------------------------------------------
+
+    def status(self, now: float) -> dict:
+        """This node and its peers as ``meshvpn status --json`` prints them."""
+        reg = self.registration
+        return {
+            "self": {
+                "name": reg.name if reg else "-",
+                "overlay": reg.address if reg else None,
+                "network": reg.network if reg else None,
+                "key": m.encode_key(self.public_key),
+            },
+            "peers": [_peer_status(peer, now) for peer in self.peers],
+        }
+
+
+def _peer_status(peer: Peer, now: float) -> dict:
+    route = peer.route
+    c = peer.counters
+    return {
+        "name": peer.name,
+        "key": peer.key_text,
+        "overlay": peer.address,
+        "online": peer.info.online,
+        "path": route.path.kind.value if route else "-",
+        "endpoint": f"{route.endpoint[0]}:{route.endpoint[1]}" if route else None,
+        "rtt_ms": None if peer.paths.stats.rtt is None else round(peer.paths.stats.rtt * 1000, 2),
+        "rx_bytes": c.rx_bytes,
+        "tx_bytes": c.tx_bytes,
+        "rx_packets": c.rx_packets,
+        "tx_packets": c.tx_packets,
+        "drops": dict(c.drops),
+        "last_handshake": None if peer.last_handshake is None else round(now - peer.last_handshake, 3),
+    }
+
+
+def _candidates(info: m.PeerInfo) -> list[Candidate]:
+    """Where the coord says a peer may be: its LAN addresses, its STUN mapping, and its
+    coord-observed address with its local ports (port-preserving NATs keep them)."""
+    out = [Candidate(Endpoint(e.host, e.port), CandidateKind.LAN) for e in info.local_endpoints]
+    if info.public_endpoint is not None:
+        out.append(Candidate(Endpoint(info.public_endpoint.host, info.public_endpoint.port), CandidateKind.PUBLIC))
+    if info.observed_host is not None and not ipaddress.ip_address(info.observed_host).is_loopback:
+        for port in dict.fromkeys(e.port for e in info.local_endpoints):
+            guess = Candidate(Endpoint(info.observed_host, port), CandidateKind.PUBLIC)
+            if guess not in out:
+                out.append(guess)
+    return out

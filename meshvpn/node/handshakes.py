@@ -1,0 +1,129 @@
+"""Handshakes in flight: when to (re)send an initiation, when to give up, and replay refusal.
+
+Rules, in WireGuard's spirit (``meshvpn.constants`` holds the protocol values):
+
+* An initiation is retried with backoff (1 s, 2 s, 4 s, then every REKEY_TIMEOUT), each
+  gap plus up to a third of a second of jitter so two peers do not keep colliding. Every
+  retry is a new initiation (new ephemeral key, new index): the old one may be lost.
+* After REKEY_ATTEMPT_TIME without a response the attempt is abandoned; the next packet
+  for the peer starts a new one.
+* A responder accepts an initiation only from a known peer and only if its timestamp is
+  newer than every one accepted from that peer before, so a captured initiation replayed
+  later is ignored (``meshvpn.noise.InitiationTimestamps``).
+
+Sans-IO: randomness is a ``random_bytes(n)`` callable, time is ``now`` (monotonic) plus
+``wall_offset`` (wall clock minus monotonic, for the TAI64N timestamp).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from meshvpn.constants import REKEY_ATTEMPT_TIME, REKEY_TIMEOUT
+from meshvpn.noise import (
+    Initiator,
+    InitiationTimestamps,
+    PendingInitiation,
+    SessionKeys,
+    StaticIdentity,
+    consume_initiation,
+)
+
+FIRST_RETRY = 1.0
+"""Seconds before the first retry; later gaps double up to REKEY_TIMEOUT."""
+
+MAX_JITTER = 1 / 3
+"""Largest random extra delay added to each retry gap."""
+
+
+@dataclass
+class Attempt:
+    """One peer's outgoing handshake: the live initiation and its retry schedule."""
+
+    initiator: Initiator
+    """The initiation currently awaiting its response."""
+    started_at: float
+    """When the first initiation of this attempt was made."""
+    next_retry: float
+    """When a new initiation replaces this one if no response came."""
+    tries: int = 1
+    """Initiations made so far in this attempt."""
+    sent: bool = False
+    """Whether the current initiation went out (not while the peer has no route)."""
+
+    @property
+    def index(self) -> int:
+        """Our index in this initiation; the response is addressed to it."""
+        return self.initiator.sender_index
+
+
+class HandshakeManager:
+    """Outgoing attempts per peer key and the responder's replay protection."""
+
+    def __init__(self, identity: StaticIdentity, random_bytes: Callable[[int], bytes], wall_offset: float) -> None:
+        self.identity = identity
+        self.random_bytes = random_bytes
+        self.wall_offset = wall_offset
+        self.timestamps = InitiationTimestamps()
+        self.attempts: dict[bytes, Attempt] = {}
+
+    def start(self, peer_key: bytes, index: int, now: float) -> Attempt:
+        """Begin an attempt (or make the next initiation of the running one) using ``index``."""
+        attempt = self.attempts.get(peer_key)
+        initiator = Initiator(self.identity, peer_key, index, self.random_bytes(32), now + self.wall_offset)
+        if attempt is None:
+            attempt = Attempt(initiator, now, now + self._gap(1))
+            self.attempts[peer_key] = attempt
+        else:
+            attempt.initiator.wipe()
+            attempt.initiator = initiator
+            attempt.tries += 1
+            attempt.sent = False
+            attempt.next_retry = now + self._gap(attempt.tries)
+        return attempt
+
+    def _gap(self, tries: int) -> float:
+        base = min(FIRST_RETRY * 2 ** (tries - 1), REKEY_TIMEOUT)
+        jitter = int.from_bytes(self.random_bytes(2), "little") / 0xFFFF * MAX_JITTER
+        return base + jitter
+
+    def due(self, now: float) -> tuple[list[bytes], list[bytes]]:
+        """Peers whose attempt needs a new initiation now, and peers whose attempt expired."""
+        retry, abandoned = [], []
+        for key, attempt in self.attempts.items():
+            if now >= attempt.started_at + REKEY_ATTEMPT_TIME:
+                abandoned.append(key)
+            elif now >= attempt.next_retry:
+                retry.append(key)
+        for key in abandoned:
+            self.cancel(key)
+        return retry, abandoned
+
+    def cancel(self, peer_key: bytes) -> Optional[Attempt]:
+        attempt = self.attempts.pop(peer_key, None)
+        if attempt is not None:
+            attempt.initiator.wipe()
+        return attempt
+
+    def consume_response(self, peer_key: bytes, msg: bytes) -> Optional[SessionKeys]:
+        """Session keys if ``msg`` answers the peer's live initiation; the attempt then ends."""
+        attempt = self.attempts.get(peer_key)
+        if attempt is None:
+            return None
+        keys = attempt.initiator.consume_response(msg)
+        if keys is not None:
+            del self.attempts[peer_key]
+        return keys
+
+    def consume_initiation(self, msg: bytes, is_peer: Callable[[bytes], bool]) -> Optional[PendingInitiation]:
+        """A verified, fresh initiation from a known peer, its timestamp recorded; else None."""
+        pending = consume_initiation(self.identity, msg, self.timestamps.last)
+        if pending is None or not is_peer(pending.remote_public):
+            return None
+        self.timestamps.record(pending.remote_public, pending.timestamp)
+        return pending
+
+    def get_timer(self) -> Optional[float]:
+        deadlines = [min(a.next_retry, a.started_at + REKEY_ATTEMPT_TIME) for a in self.attempts.values()]
+        return min(deadlines, default=None)

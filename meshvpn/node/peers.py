@@ -1,0 +1,146 @@
+"""The peer table: everything the node keeps per peer, indexed the ways the data path looks.
+
+The data path finds a peer three ways, each one dict lookup: by the raw bytes of an
+overlay destination address (TUN → peer), by the receiver index of a transport
+message (UDP → session), and by static public key (handshakes, probes, the coord).
+The core owns the table and keeps the indexes consistent; the data path only reads
+it and bumps counters.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+from meshvpn.coord.messages import PeerInfo, encode_key
+from meshvpn.node.pathfinder import Path, PathFinder
+from meshvpn.session import KeyRing
+from meshvpn.wire import Endpoint
+
+PENDING_PACKETS = 16
+"""Packets held per peer while its handshake or path is being set up; older ones drop."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where the data path sends a peer's messages: a UDP endpoint and an optional prefix.
+
+    Direct and LAN paths send the message as is; the relay path sends it to the relay
+    with a relay envelope header (``prefix``) naming the peer, so the relay plugs in as
+    one more kind of route without the data path knowing about it.
+    """
+
+    path: Path
+    """The path this route realises (its kind is what status shows)."""
+    endpoint: Endpoint
+    """UDP destination of every message."""
+    prefix: bytes = b""
+    """Bytes written before each message (the relay envelope header, or nothing)."""
+
+
+@dataclass
+class PeerCounters:
+    """Traffic and drops of one peer, for ``meshvpn status``."""
+
+    rx_bytes: int = 0
+    """Inner (plaintext) bytes delivered to the TUN."""
+    tx_bytes: int = 0
+    """Inner bytes sealed and sent."""
+    rx_packets: int = 0
+    tx_packets: int = 0
+    drops: Counter = field(default_factory=Counter)
+    """Dropped packets by reason ("spoofed", "no session", "queue full", ...)."""
+
+
+@dataclass(eq=False)
+class Peer:
+    """One peer: identity from the coord, path state, sessions, counters and queued packets."""
+
+    key: bytes
+    """Static public key: the peer's identity."""
+    info: PeerInfo
+    """The coord's latest description (name, overlay address, endpoints)."""
+    paths: PathFinder
+    """Per-peer path selection (lan > direct > relay)."""
+    overlay: bytes = b""
+    """Raw overlay address (4 or 16 bytes): the key of the TUN-side lookup."""
+    ring: KeyRing = field(default_factory=KeyRing)
+    """Transport sessions; ``ring.current`` seals."""
+    route: Optional[Route] = None
+    """Where to send right now; None while no path is known."""
+    counters: PeerCounters = field(default_factory=PeerCounters)
+    last_handshake: Optional[float] = None
+    """When the latest session was established (monotonic)."""
+    pending: deque = field(default_factory=lambda: deque(maxlen=PENDING_PACKETS))
+    """Inner packets waiting for a session and a route."""
+    last_rx: float = 0.0
+    """When authenticated traffic last arrived straight from ``last_rx_src`` (set per batch)."""
+    last_rx_src: Optional[Endpoint] = None
+    last_tx: float = 0.0
+    """When the data path last sealed a packet for this peer."""
+    synced_rx: float = 0.0
+    """``last_rx`` as last reported to the path finder."""
+    punch_requested_at: float = float("-inf")
+    """When we last asked the coord to make this peer punch towards us."""
+
+    def __post_init__(self) -> None:
+        self.overlay = ipaddress.ip_address(self.info.address).packed
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def address(self) -> str:
+        return self.info.address
+
+    @property
+    def key_text(self) -> str:
+        return encode_key(self.key)
+
+
+class PeerTable:
+    """Peers by key, by overlay address and by local session index."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[bytes, Peer] = {}
+        self.by_overlay: dict[bytes, Peer] = {}
+        self.by_index: dict[int, Peer] = {}
+        """Local index (ours, chosen at handshake) → peer, for sessions and initiations."""
+
+    def __iter__(self) -> Iterator[Peer]:
+        return iter(self.by_key.values())
+
+    def __len__(self) -> int:
+        return len(self.by_key)
+
+    def add(self, peer: Peer) -> None:
+        self.by_key[peer.key] = peer
+        self.by_overlay[peer.overlay] = peer
+
+    def readdress(self, peer: Peer, info: PeerInfo) -> None:
+        """Take the coord's new description; the overlay index follows a changed address."""
+        if self.by_overlay.get(peer.overlay) is peer:
+            del self.by_overlay[peer.overlay]
+        peer.info = info
+        peer.overlay = ipaddress.ip_address(info.address).packed
+        self.by_overlay[peer.overlay] = peer
+
+    def remove(self, key: bytes) -> Optional[Peer]:
+        peer = self.by_key.pop(key, None)
+        if peer is None:
+            return None
+        if self.by_overlay.get(peer.overlay) is peer:
+            del self.by_overlay[peer.overlay]
+        for index in [i for i, p in self.by_index.items() if p is peer]:
+            del self.by_index[index]
+        return peer
+
+    def find(self, query: str) -> Optional[Peer]:
+        """A peer by name, overlay address or base64 public key (what ``meshvpn ping`` takes)."""
+        for peer in self.by_key.values():
+            if query in (peer.name, peer.address, peer.key_text):
+                return peer
+        return None

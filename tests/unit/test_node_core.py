@@ -1,0 +1,191 @@
+"""Two node cores wired back to back: handshake, data, spoofing, replay, rekey, first packet."""
+
+import random
+import struct
+
+import pytest
+
+from meshvpn.coord import messages as m
+from meshvpn.keys import public_key
+from meshvpn.node.core import CoreConfig, NodeCore, PeerPathChanged, PeerUp, PingReply
+from meshvpn.node.dataplane import DataPlane
+from meshvpn.node.pathfinder import PathKind
+from meshvpn.wire import Endpoint, MessageType
+
+NETWORK = m.NetworkInfo(name="home", cidr="100.64.0.0/24")
+
+
+def ip_packet(src: str, dst: str, payload: bytes = b"hello") -> bytes:
+    """A minimal IPv4 header (checksum not needed by the data path) and a payload."""
+    to_raw = lambda text: bytes(int(part) for part in text.split("."))
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, 17, 0, to_raw(src), to_raw(dst)) + payload
+
+
+class Node:
+    """A core and its data path with an in-memory TUN and a fixed UDP endpoint."""
+
+    def __init__(self, seed: int, name: str, address: str, endpoint: Endpoint):
+        self.private = random.Random(seed).randbytes(32)
+        self.public = public_key(self.private)
+        self.name, self.address, self.endpoint = name, address, endpoint
+        rng = random.Random(seed + 1000)
+        self.core = NodeCore(self.private, rng.randbytes, CoreConfig(wall_offset=1.7e9))
+        self.data = DataPlane(self.core)
+        self.tun: list[bytes] = []
+        self.coord_out: list[m.Message] = []
+        self.sent: list[tuple[Endpoint, bytes]] = []
+
+    def info(self) -> m.PeerInfo:
+        ep = m.Endpoint(*self.endpoint)
+        return m.PeerInfo(key=self.public, name=self.name, address=self.address, online=True, public_endpoint=ep)
+
+    def register(self, *others: "Node", now: float = 0.0) -> None:
+        self.core.coord_message(m.Registered(node_key=self.public, name=self.name, address=self.address,
+                                             network=NETWORK), now)
+        self.core.coord_message(m.PeerMap(peers=tuple(o.info() for o in others)), now)
+
+    def send(self, packet: bytes, now: float) -> None:
+        for dst, msgs in self.data.outbound([packet], now).items():
+            self.sent += [(dst, msg) for msg in msgs]
+
+    def collect(self) -> list[tuple[Endpoint, bytes]]:
+        out, self.sent = self.sent + self.core.datagrams_to_send(), []
+        self.coord_out += self.core.coord_messages_to_send()
+        return out
+
+    def events(self) -> list:
+        out = []
+        while (event := self.core.next_event()) is not None:
+            out.append(event)
+        return out
+
+
+class Wire:
+    """Delivers every datagram instantly to the node owning its destination; records all."""
+
+    def __init__(self, *nodes: Node):
+        self.nodes = {node.endpoint: node for node in nodes}
+        self.log: list[tuple[Endpoint, Endpoint, bytes]] = []
+
+    def pump(self, now: float, rounds: int = 20) -> None:
+        for _ in range(rounds):
+            moved = False
+            for src in list(self.nodes.values()):
+                for dst, data in src.collect():
+                    moved = True
+                    self.log.append((src.endpoint, dst, data))
+                    target = self.nodes.get(dst)
+                    if target is not None:
+                        target.tun += target.data.inbound([(data, src.endpoint)], now)
+            if not moved:
+                return
+        raise AssertionError("datagrams still flowing after many rounds")
+
+    def tick(self, now: float) -> None:
+        for node in self.nodes.values():
+            node.core.handle_timer(now)
+        self.pump(now)
+
+
+@pytest.fixture
+def pair():
+    a = Node(1, "alice", "100.64.0.1", Endpoint("192.0.2.1", 41641))
+    b = Node(2, "bob", "100.64.0.2", Endpoint("198.51.100.2", 41641))
+    a.register(b)
+    b.register(a)
+    return a, b, Wire(a, b)
+
+
+def test_first_packet_starts_punch_and_punch_request_then_handshake_delivers_it(pair):
+    a, b, wire = pair
+    packet = ip_packet(a.address, b.address, b"first")
+    a.send(packet, 0.0)
+    out = a.core.datagrams_to_send()
+    assert [msg.TYPE for msg in a.core.coord_messages_to_send()] == ["punch_request"]
+    assert {data[1] for _, data in out} == {MessageType.PROBE}, "no path yet: probes only, no initiation"
+    a.sent = out
+    wire.pump(0.0)
+    assert b.tun == [packet]
+    kinds = [data[1] for _, _, data in wire.log]
+    assert kinds.index(MessageType.HANDSHAKE_INIT) > kinds.index(MessageType.PROBE_REPLY)
+    assert any(isinstance(e, PeerUp) for e in b.events())
+    changes = [e for e in a.events() if isinstance(e, PeerPathChanged)]
+    assert changes[0].new.kind is PathKind.DIRECT and changes[0].new.endpoint == b.endpoint
+    peer = a.core.peers.find("bob")
+    assert (peer.counters.tx_packets, peer.counters.tx_bytes) == (1, len(packet))
+    assert b.core.peers.find("alice").counters.rx_bytes == len(packet)
+
+
+def test_data_flows_both_ways_after_the_handshake(pair):
+    a, b, wire = pair
+    a.send(ip_packet(a.address, b.address), 0.0)
+    wire.pump(0.0)
+    for i in range(5):
+        a.send(ip_packet(a.address, b.address, b"a%d" % i), 0.1)
+        b.send(ip_packet(b.address, a.address, b"b%d" % i), 0.1)
+    assert len(a.sent) == len(b.sent) == 5, "both sides seal at once, nothing queued"
+    wire.pump(0.1)
+    assert [p[20:] for p in b.tun[1:]] == [b"a%d" % i for i in range(5)]
+    assert [p[20:] for p in a.tun] == [b"b%d" % i for i in range(5)]
+
+
+def test_spoofed_inner_source_is_dropped_and_counted(pair):
+    a, b, wire = pair
+    a.send(ip_packet(a.address, b.address), 0.0)
+    wire.pump(0.0)
+    a.send(ip_packet("100.64.0.99", b.address, b"spoof"), 0.1)
+    wire.pump(0.1)
+    alice = b.core.peers.find("alice")
+    assert alice.counters.drops["spoofed"] == 1
+    assert all(p[20:] != b"spoof" for p in b.tun)
+
+
+def test_replayed_initiation_is_ignored(pair):
+    a, b, wire = pair
+    a.send(ip_packet(a.address, b.address), 0.0)
+    wire.pump(0.0)
+    (initiation,) = [data for _, _, data in wire.log if data[1] == MessageType.HANDSHAKE_INIT]
+    alice = b.core.peers.find("alice")
+    session = alice.ring.current
+    b.data.inbound([(initiation, a.endpoint)], 50.0)
+    assert b.core.drops["rejected initiation"] == 1
+    assert b.core.datagrams_to_send() == [], "no response to a replay"
+    assert alice.ring.current is session and alice.last_handshake == 0.0
+
+
+def test_rekey_after_120s_keeps_traffic_flowing(pair):
+    a, b, wire = pair
+    delivered = 0
+    now = 0.0
+    first = None
+    while now <= 400.0:
+        a.send(ip_packet(a.address, b.address, b"t%d" % int(now)), now)
+        b.send(ip_packet(b.address, a.address, b"r%d" % int(now)), now)
+        wire.pump(now)
+        if first is None:
+            first = a.core.peers.find("bob").ring.current
+        wire.tick(now)
+        now += 5.0
+    bob = a.core.peers.find("bob")
+    assert bob.ring.current is not first
+    assert 120.0 <= bob.last_handshake < 400.0
+    assert len(b.tun) == len(a.tun) == 81, "every packet of 400 s delivered across rekeys"
+    assert bob.counters.drops == {} and b.core.peers.find("alice").counters.drops == {}
+
+
+def test_ping_reply_reports_path_and_rtt(pair):
+    a, b, wire = pair
+    a.send(ip_packet(a.address, b.address), 0.0)
+    wire.pump(0.0)
+    a.events()
+    tx = a.core.ping(a.core.peers.find("bob"), 1.0)
+    wire.pump(1.0)
+    (reply,) = [e for e in a.events() if isinstance(e, PingReply)]
+    assert (reply.tx_id, reply.name, reply.path, reply.endpoint) == (tx, "bob", "direct", b.endpoint)
+
+
+def test_garbage_datagrams_are_counted_not_raised(pair):
+    a, b, wire = pair
+    for junk in (b"", b"\x01", b"\x01\x05\x00\x00" + bytes(80), b"\x01\x02\x00\x00" + bytes(88), b"\x09" * 40):
+        b.data.inbound([(junk, a.endpoint)], 0.0)
+    assert sum(b.core.drops.values()) + sum(b.data.drops.values()) == 5
