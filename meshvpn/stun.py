@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from enum import Enum
 
 from meshvpn.errors import LocalProtocolError
 from meshvpn.stun_codec import (
@@ -47,6 +48,7 @@ __all__ = [
     "BindingTransaction",
     "ChangeRequest",
     "ErrorCode",
+    "NatBehaviour",
     "StunClass",
     "StunError",
     "StunMessage",
@@ -54,6 +56,8 @@ __all__ = [
     "StunResult",
     "attr_name",
     "binding_response",
+    "classify_filtering",
+    "classify_mapping",
     "decode",
     "encode",
     "is_stun",
@@ -166,7 +170,11 @@ def binding_response(
     origin = _advertised(send_from or response_origin)
     other_address = _advertised(other_address)
     if msg.classic:
-        attributes = {Attr.MAPPED_ADDRESS: source, Attr.SOURCE_ADDRESS: origin, Attr.CHANGED_ADDRESS: other_address}
+        attributes = {
+            Attr.MAPPED_ADDRESS: source,
+            Attr.SOURCE_ADDRESS: origin,
+            Attr.CHANGED_ADDRESS: other_address,
+        }
     else:
         attributes = {
             Attr.XOR_MAPPED_ADDRESS: source,
@@ -294,3 +302,45 @@ class BindingTransaction:
     def _finish(self, failure: str) -> None:
         self.failure = failure
         self._deadline = None
+
+
+# --- RFC 5780 behaviour discovery: classification only -----------------------------------
+
+
+class NatBehaviour(Enum):
+    """RFC 4787 mapping or filtering behaviour, as RFC 5780 §4.3 and §4.4 classify it."""
+
+    ENDPOINT_INDEPENDENT = "endpoint-independent"
+    ADDRESS_DEPENDENT = "address-dependent"
+    ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
+
+
+def classify_mapping(
+    local: Address, to_primary: Address, to_alternate_ip: Address | None, to_alternate: Address | None
+) -> NatBehaviour:
+    """Mapping behaviour from the mapped addresses three queries saw (RFC 5780 §4.3).
+
+    `to_primary` answered a query to the server's primary address, `to_alternate_ip` one to
+    (alternate IP, primary port), `to_alternate` one to (alternate IP, alternate port). The
+    later ones are not needed (None) when an earlier result already decides.
+    """
+    if to_primary == local or to_alternate_ip == to_primary:
+        return NatBehaviour.ENDPOINT_INDEPENDENT
+    if to_alternate_ip is None or to_alternate is None:
+        raise LocalProtocolError("mapping differs from the local address: queries 2 and 3 are needed")
+    if to_alternate == to_alternate_ip:
+        return NatBehaviour.ADDRESS_DEPENDENT
+    return NatBehaviour.ADDRESS_AND_PORT_DEPENDENT
+
+
+def classify_filtering(changed_address_answered: bool, changed_port_answered: bool) -> NatBehaviour:
+    """Filtering behaviour from which CHANGE-REQUEST answers got through (RFC 5780 §4.4).
+
+    `changed_address_answered`: a response sent from the alternate IP and port arrived;
+    `changed_port_answered`: one from the primary IP but the alternate port arrived.
+    """
+    if changed_address_answered:
+        return NatBehaviour.ENDPOINT_INDEPENDENT
+    if changed_port_answered:
+        return NatBehaviour.ADDRESS_DEPENDENT
+    return NatBehaviour.ADDRESS_AND_PORT_DEPENDENT

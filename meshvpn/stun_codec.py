@@ -408,7 +408,9 @@ def decode(buf: bytes, *, key: bytes | None = None) -> StunMessage:
         attr_type, attr_len = ATTR_HEADER.unpack_from(buf, pos)
         start, end = pos + 4, pos + 4 + attr_len
         if end > len(buf):
-            raise StunError(f"{attr_name(attr_type)} at offset {pos} says {attr_len} bytes, only {len(buf) - start} remain")
+            raise StunError(
+                f"{attr_name(attr_type)} at offset {pos} says {attr_len} bytes, only {len(buf) - start} remain"
+            )
         if integrity_at is not None and attr_type != Attr.FINGERPRINT:
             pos = end + (-attr_len % 4)
             continue

@@ -102,7 +102,9 @@ async def start_stun_server(host: str, port: int, alt: Address | None = None) ->
     """Serve STUN on (host, port), and on `alt` too for CHANGE-REQUEST and OTHER-ADDRESS."""
     loop = asyncio.get_running_loop()
     stats = StunServerStats()
-    _, primary = await loop.create_datagram_endpoint(lambda: StunServerProtocol(stats), local_addr=(host, port))
+    _, primary = await loop.create_datagram_endpoint(
+        lambda: StunServerProtocol(stats), local_addr=(host, port)
+    )
     server = StunServer(primary)
     if alt is not None:
         try:
@@ -132,7 +134,11 @@ class StunClient:
     """Binding queries over a datagram transport that may also carry other traffic."""
 
     def __init__(
-        self, transport: asyncio.DatagramTransport, *, rto: float = RTO, max_retransmits: int = MAX_RETRANSMITS
+        self,
+        transport: asyncio.DatagramTransport,
+        *,
+        rto: float = RTO,
+        max_retransmits: int = MAX_RETRANSMITS,
     ) -> None:
         self._transport = transport
         self._rto = rto

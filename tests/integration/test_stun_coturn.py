@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from meshvpn.stun import ChangeRequest
-from meshvpn.stunio import stun_binding
+from meshvpn.stun import ChangeRequest, NatBehaviour, classify_filtering, classify_mapping
+from meshvpn.stunio import StunClient, stun_binding
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,7 +52,8 @@ def wait_until_answering(proc: subprocess.Popen, server: tuple[str, int], tmp_pa
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             log = tmp_path / "turnserver.log"
-            pytest.fail(f"turnserver exited with {proc.returncode}: {log.read_text() if log.exists() else ''}")
+            output = log.read_text() if log.exists() else ""
+            pytest.fail(f"turnserver exited with {proc.returncode}: {output}")
         try:
             asyncio.run(stun_binding(server, timeout=0.3))
             return
@@ -89,3 +90,50 @@ def test_coturn_honours_our_change_request(coturn, change, expected):
     port, result = query(primary, change)
     assert result.mapped == ("127.0.0.1", port)
     assert result.response_origin == expected(primary, alternate)
+
+
+def test_rfc5780_discovery_against_coturn_finds_no_nat_on_loopback(coturn):
+    """The netcheck sequence end to end: three mapping queries, two filtering queries."""
+    primary, alternate = coturn
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    local = sock.getsockname()
+
+    async def answered(client, change):
+        try:
+            await client.query(primary, change=change)
+        except TimeoutError:
+            return False
+        return True
+
+    async def discover():
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_datagram_endpoint(ClientSocket, sock=sock)
+        try:
+            client = protocol.client
+            mapped = [
+                (await client.query(server)).mapped
+                for server in (primary, (alternate[0], primary[1]), alternate)
+            ]
+            filtering = classify_filtering(
+                await answered(client, ChangeRequest(ip=True, port=True)),
+                await answered(client, ChangeRequest(port=True)),
+            )
+        finally:
+            transport.close()
+        return mapped, filtering
+
+    mapped, filtering = asyncio.run(discover())
+    assert mapped == [local] * 3
+    assert classify_mapping(local, *mapped) == NatBehaviour.ENDPOINT_INDEPENDENT
+    assert filtering == NatBehaviour.ENDPOINT_INDEPENDENT
+
+
+class ClientSocket(asyncio.DatagramProtocol):
+    """A socket of the test's own whose STUN datagrams go to a StunClient."""
+
+    def connection_made(self, transport):
+        self.client = StunClient(transport, rto=0.1, max_retransmits=2)
+
+    def datagram_received(self, data, addr):
+        self.client.datagram_received(data, addr)

@@ -155,7 +155,9 @@ def test_silent_server_times_out_after_retransmitting():
 
     async def scenario():
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        transport, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+        )
         client = StunClient(transport, rto=0.02, max_retransmits=2)
         try:
             await client.query(silent.getsockname())

@@ -18,12 +18,15 @@ from meshvpn.stun import (
     BindingTransaction,
     ChangeRequest,
     ErrorCode,
+    NatBehaviour,
     StunClass,
     StunError,
     StunMessage,
     StunMethod,
     StunResult,
     binding_response,
+    classify_filtering,
+    classify_mapping,
     decode,
     encode,
     is_stun,
@@ -173,8 +176,9 @@ def test_every_known_attribute_round_trips():
     msg = StunMessage(StunMethod.BINDING, StunClass.ERROR, bytes(range(12)), attributes)
     buf = encode(msg, key=b"k", fingerprint=True)
     back = decode(buf, key=b"k")
-    assert {t: v for t, v in back.attributes.items() if t not in (Attr.MESSAGE_INTEGRITY, Attr.FINGERPRINT)} == attributes
-    assert list(back.attributes)[-2:] == [Attr.MESSAGE_INTEGRITY, Attr.FINGERPRINT]
+    *decoded, integrity, fingerprint = back.attributes.items()
+    assert dict(decoded) == attributes
+    assert [integrity[0], fingerprint[0]] == [Attr.MESSAGE_INTEGRITY, Attr.FINGERPRINT]
     assert is_stun(buf)
 
 
@@ -199,21 +203,29 @@ def test_a_repeated_attribute_keeps_the_first():
     assert decode(bytes(buf)).attributes[Attr.SOFTWARE] == "aaaa"
 
 
+def request_with_body(body_hex: str, length: int | None = None) -> bytes:
+    """A Binding request header (length field from the body unless given) and a raw body."""
+    body = bytes.fromhex(body_hex)
+    length = len(body) if length is None else length
+    return bytes.fromhex("0001") + length.to_bytes(2, "big") + MAGIC_COOKIE.to_bytes(4, "big") + bytes(12) + body
+
+
 @pytest.mark.parametrize(
     "buf, message",
     [
         (b"\x00\x01\x00", "shorter than the 20-byte header"),
-        (bytes.fromhex("c001 0000 2112a442") + bytes(12), "does not start with two zero bits"),
-        (bytes.fromhex("0001 0002 2112a442") + bytes(14), "not a multiple of 4"),
-        (bytes.fromhex("0001 0004 2112a442") + bytes(12), "says 4 body bytes, datagram has 0"),
-        (bytes.fromhex("0001 0004 2112a442") + bytes(12) + bytes.fromhex("0020 0008"), "only 0 remain"),
-        (bytes.fromhex("0001 0008 2112a442") + bytes(12) + bytes.fromhex("0020 0004 0003 0001"), "bad XOR-MAPPED-ADDRESS"),
-        (bytes.fromhex("0001 0008 2112a442") + bytes(12) + bytes.fromhex("0009 0004 0000 0263"), "bad ERROR-CODE"),
-        (bytes.fromhex("0001 0008 2112a442") + bytes(12) + bytes.fromhex("8022 0002 ff fe 0000"), "bad SOFTWARE"),
-        (bytes.fromhex("0001 0008 2112a442") + bytes(12) + bytes.fromhex("000a 0001 01 000000"), "bad UNKNOWN-ATTRIBUTES"),
-        (bytes.fromhex("0001 0008 2112a442") + bytes(12) + bytes.fromhex("0003 0002 0000 0000"), "bad CHANGE-REQUEST"),
-        (bytes.fromhex("0001 0008 2112a442") + bytes(12) + bytes.fromhex("8028 0004 00000000"), "FINGERPRINT 0x00000000 does not match"),
-        (bytes.fromhex("0001 0010 2112a442") + bytes(12) + bytes.fromhex("8028 0004 00000000 8022 0000 00000000"), "not the last attribute"),
+        (b"\xc0" + request_with_body("")[1:], "does not start with two zero bits"),
+        (request_with_body("0000", length=2), "not a multiple of 4"),
+        (request_with_body("", length=4), "says 4 body bytes, datagram has 0"),
+        (request_with_body("0020 0008"), "only 0 remain"),
+        (request_with_body("0020 0004 0003 0001"), "bad XOR-MAPPED-ADDRESS"),
+        (request_with_body("0009 0004 0000 0263"), "bad ERROR-CODE"),
+        (request_with_body("8022 0002 fffe 0000"), "bad SOFTWARE"),
+        (request_with_body("000a 0001 01 000000"), "bad UNKNOWN-ATTRIBUTES"),
+        (request_with_body("0003 0002 0000 0000"), "bad CHANGE-REQUEST"),
+        (request_with_body("0008 0004 0000 0000"), "bad MESSAGE-INTEGRITY"),
+        (request_with_body("8028 0004 00000000"), "FINGERPRINT 0x00000000 does not match"),
+        (request_with_body("8028 0004 00000000 8022 0000"), "not the last attribute"),
     ],
 )
 def test_decode_errors_say_what_is_wrong(buf, message):
@@ -259,7 +271,8 @@ def test_decode_arbitrary_bytes_raises_only_stun_error(buf):
 @given(st.binary(max_size=120))
 def test_decode_arbitrary_body_behind_a_valid_header_raises_only_stun_error(body):
     body = body[: len(body) - len(body) % 4]
-    buf = bytes.fromhex("0101") + len(body).to_bytes(2, "big") + MAGIC_COOKIE.to_bytes(4, "big") + bytes(12) + body
+    header = bytes.fromhex("0101") + len(body).to_bytes(2, "big") + MAGIC_COOKIE.to_bytes(4, "big")
+    buf = header + bytes(12) + body
     try:
         decode(buf, key=b"k")
     except StunError:
@@ -530,3 +543,42 @@ def test_transaction_id_must_be_96_bits():
 
 def test_stun_error_is_a_remote_protocol_error():
     assert issubclass(StunError, RemoteProtocolError)
+
+
+# --- RFC 5780 classification ---------------------------------------------------------------
+
+LOCAL = ("10.0.0.2", 5000)
+NAT_A = ("203.0.113.5", 62000)
+NAT_B = ("203.0.113.5", 62001)
+NAT_C = ("203.0.113.5", 62002)
+
+
+@pytest.mark.parametrize(
+    "results, behaviour",
+    [
+        ((LOCAL, LOCAL, None, None), NatBehaviour.ENDPOINT_INDEPENDENT),
+        ((LOCAL, NAT_A, NAT_A, None), NatBehaviour.ENDPOINT_INDEPENDENT),
+        ((LOCAL, NAT_A, NAT_B, NAT_B), NatBehaviour.ADDRESS_DEPENDENT),
+        ((LOCAL, NAT_A, NAT_B, NAT_C), NatBehaviour.ADDRESS_AND_PORT_DEPENDENT),
+    ],
+)
+def test_classify_mapping(results, behaviour):
+    assert classify_mapping(*results) == behaviour
+
+
+def test_classify_mapping_asks_for_the_queries_it_needs():
+    with pytest.raises(LocalProtocolError):
+        classify_mapping(LOCAL, NAT_A, NAT_B, None)
+
+
+@pytest.mark.parametrize(
+    "both, port, behaviour",
+    [
+        (True, True, NatBehaviour.ENDPOINT_INDEPENDENT),
+        (True, False, NatBehaviour.ENDPOINT_INDEPENDENT),
+        (False, True, NatBehaviour.ADDRESS_DEPENDENT),
+        (False, False, NatBehaviour.ADDRESS_AND_PORT_DEPENDENT),
+    ],
+)
+def test_classify_filtering(both, port, behaviour):
+    assert classify_filtering(both, port) == behaviour
