@@ -390,7 +390,9 @@ def decode(buf: bytes, *, key: bytes | None = None) -> StunMessage:
 
     A FINGERPRINT, when present, must be last and must match. With `key`, MESSAGE-INTEGRITY
     must be present and match. Attributes after MESSAGE-INTEGRITY, other than FINGERPRINT, are
-    ignored (RFC 5389 §15.4); of repeated attributes only the first counts.
+    ignored (RFC 5389 §15.4); of repeated attributes only the first counts. Unknown attributes
+    are kept as raw bytes; the caller decides about comprehension-required ones
+    (`StunMessage.unknown_required`), since a server answers 420 and a client gives up.
     """
     method, cls, cookie, txid = decode_header(buf)
     length = int.from_bytes(buf[2:4], "big")
