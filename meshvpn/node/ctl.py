@@ -192,20 +192,10 @@ def format_ping(reply: dict) -> str:
     return json.dumps(reply)
 
 
-def _control_socket_path(args) -> str:
-    from meshvpn.config import load_node_config
-
-    return load_node_config(args.config).control_socket
-
-
 def client_main(args) -> int:
     """Entry point of ``meshvpn status``, ``peers`` and ``ping``; returns the exit code."""
     verb = args.command
-    try:
-        path = _control_socket_path(args)
-    except Exception as exc:
-        print(f"meshvpn {verb}: {exc}", file=sys.stderr)
-        return 2
+    path = str(args.socket)
     try:
         if verb == "ping":
             return _ping(path, args)

@@ -1,0 +1,376 @@
+"""``meshvpn daemon``: the asyncio shell around the node core and the data path.
+
+The shell owns every file descriptor and the clock: the TUN device, the one UDP socket
+(shared by tunnel traffic, probes, handshakes and STUN), the coord link and the control
+socket.  Both descriptors are read in batches from ``loop.add_reader`` callbacks straight
+into :class:`~meshvpn.node.dataplane.DataPlane`; the core gets one timer, re-armed from
+``get_timer()`` whenever the core was touched.  The coord may come and go: the data path
+and the peer table live on, and the link reconnects with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import platform
+import signal
+import socket
+import time
+from typing import AsyncIterator, Optional
+
+from meshvpn import __version__
+from meshvpn.config import NodeConfig
+from meshvpn.coord import messages as m
+from meshvpn.keys import read_private_key
+from meshvpn.node import ctl
+from meshvpn.node.coordlink import CoordLink
+from meshvpn.node.core import CoordRefused, CoreConfig, NodeCore, PeerDown, PeerPathChanged, PeerUp, PingReply, Registered
+from meshvpn.node.dataplane import DataPlane
+from meshvpn.node.endpoints import local_endpoints
+from meshvpn.node.pathfinder import PathFinderConfig
+from meshvpn.node.tun import TunDevice
+from meshvpn.node.udpio import BatchUdpSocket
+from meshvpn.service import Notifier, setup_logging, start_watchdog
+from meshvpn.stun import is_stun
+from meshvpn.stunio import StunClient
+from meshvpn.wire import Endpoint
+
+log = logging.getLogger("meshvpn.node")
+
+BATCH = 64
+"""Reads per readiness callback before the loop looks at the other descriptor."""
+SOCKET_BUFFER = 4 << 20
+ENDPOINT_REFRESH = 60.0
+"""Seconds between re-checks of local endpoints and the STUN mapping."""
+PING_INTERVAL = 0.5
+PING_WAIT = 2.0
+
+
+class _SocketSender:
+    """What StunClient needs from a transport: ``sendto`` on the node's own UDP socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def sendto(self, data: bytes, addr) -> None:
+        try:
+            self._sock.sendto(data, addr)
+        except OSError:
+            pass
+
+
+class NodeDaemon:
+    """One running node: TUN, UDP socket, core, coord link and control socket."""
+
+    def __init__(self, config: NodeConfig, private_key: bytes) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        paths = PathFinderConfig(
+            keepalive=config.paths.keepalive, relay_after=config.paths.relay_after, path_timeout=config.paths.path_timeout
+        )
+        self.core = NodeCore(private_key, os.urandom, CoreConfig(paths=paths, wall_offset=time.time() - self.loop.time()))
+        self.data = DataPlane(self.core)
+        self.tun: Optional[TunDevice] = None
+        self.sock: Optional[socket.socket] = None
+        self.udp: Optional[BatchUdpSocket] = None
+        self.stun: Optional[StunClient] = None
+        self.link: Optional[CoordLink] = None
+        self.control = ctl.ControlServer(str(config.control_socket), self.handle_control)
+        self.public_endpoint: Optional[m.Endpoint] = None
+        self.local: tuple[m.Endpoint, ...] = ()
+        self.tun_address: Optional[str] = None
+        self.stopping = asyncio.Event()
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._ping_waiters: dict[bytes, asyncio.Future] = {}
+        self._tasks: list[asyncio.Task] = []
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    async def run(self, notifier: Notifier) -> None:
+        cfg = self.config
+        self.tun = TunDevice.open(cfg.tun.name, cfg.tun.mtu)
+        try:
+            self.tun.up()
+            self._bind()
+            self.loop.add_reader(self.tun.fileno(), self._on_tun)
+            self.loop.add_reader(self.sock.fileno(), self._on_udp)
+            await self.control.start()
+            self.local = self._local_endpoints()
+            self.link = CoordLink(
+                cfg.coord.address.host, cfg.coord.address.port, cfg.coord.public_key, self.core.identity,
+                self._register_message, self._on_coord_message, self._on_coord_state,
+            )
+            self.link.start()
+            self._tasks.append(self.loop.create_task(self._refresh_endpoints()))
+            notifier.ready("waiting for the coord")
+            start_watchdog(self.loop, notifier)
+            log.info("node %s listening on udp %s:%d, tun %s", self.core.identity.public.hex()[:8],
+                     *self.sock.getsockname()[:2], self.tun.name)
+            await self.stopping.wait()
+            notifier.stopping()
+        finally:
+            await self._shutdown()
+
+    def _bind(self) -> None:
+        cfg = self.config.listen
+        family = socket.AF_INET6 if ipaddress.ip_address(cfg.address).version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        sock.bind((cfg.address, cfg.port))
+        sock.setblocking(False)
+        self.sock = sock
+        self.udp = BatchUdpSocket(sock)
+        self.stun = StunClient(_SocketSender(sock))
+
+    async def _shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.link is not None:
+            await self.link.close()
+        await self.control.close()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.sock is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+        if self.tun is not None:
+            self.loop.remove_reader(self.tun.fileno())
+            self.tun.close()
+        log.info("stopped; tun removed")
+
+    # ---- data path ------------------------------------------------------------------
+
+    def _on_tun(self) -> None:
+        packets: list[bytes] = []
+        tun = self.tun
+        try:
+            for _ in range(BATCH):
+                packets += tun.read_batch()
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            log.warning("tun read failed: %s", exc)
+        now = self.loop.time()
+        for dst, messages in self.data.outbound(packets, now).items():
+            self._send_group(dst, messages)
+        self._after_data()
+
+    def _send_group(self, dst: Endpoint, messages: list[bytes]) -> None:
+        """GSO needs equal sizes (the last may be shorter): send each such run as one batch."""
+        udp = self.udp
+        start = 0
+        count = len(messages)
+        while start < count:
+            size = len(messages[start])
+            end = start + 1
+            while end < count and len(messages[end]) == size:
+                end += 1
+            if end < count and len(messages[end]) < size:
+                end += 1
+            udp.send_batch(dst, messages[start:end], size)
+            start = end
+
+    def _on_udp(self) -> None:
+        datagrams: list[tuple[bytes, Endpoint]] = []
+        udp = self.udp
+        try:
+            for _ in range(BATCH):
+                source, views = udp.recv_batch()
+                src = Endpoint(source[0], source[1])
+                for view in views:
+                    data = bytes(view)
+                    if is_stun(data):
+                        self.stun.datagram_received(data, source)
+                    else:
+                        datagrams.append((data, src))
+        except BlockingIOError:
+            pass
+        except OSError:
+            pass
+        to_tun = self.data.inbound(datagrams, self.loop.time())
+        if to_tun:
+            self.tun.write_packets([memoryview(bytearray(packet)) for packet in to_tun])
+        self._after_data()
+
+    def _after_data(self) -> None:
+        if self.data.core_touched:
+            self.data.core_touched = False
+            self._after_core()
+
+    # ---- core -----------------------------------------------------------------------
+
+    def _after_core(self) -> None:
+        """Send what the core produced, act on its events and re-arm its one timer."""
+        core = self.core
+        for dst, data in core.datagrams_to_send():
+            try:
+                self.sock.sendto(data, dst)
+            except OSError:
+                pass
+        for msg in core.coord_messages_to_send():
+            self.link.send(msg)
+        while (event := core.next_event()) is not None:
+            self._on_event(event)
+        if self._timer is not None:
+            self._timer.cancel()
+        when = core.get_timer()
+        self._timer = None if when is None else self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.core.handle_timer(self.loop.time())
+        self._after_core()
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, PeerPathChanged):
+            log.info("path to %s: %s -> %s (%s)", event.name, _path_text(event.old), _path_text(event.new),
+                     event.reason, extra={"PEER": event.name, "PATH": _path_text(event.new), "REASON": event.reason})
+        elif isinstance(event, PingReply):
+            waiter = self._ping_waiters.pop(event.tx_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(event)
+        elif isinstance(event, Registered):
+            self._configure_tun(event)
+        elif isinstance(event, PeerUp):
+            log.info("handshake with %s complete", event.name, extra={"PEER": event.name})
+        elif isinstance(event, PeerDown):
+            log.info("peer %s down: %s", event.name, event.reason, extra={"PEER": event.name, "REASON": event.reason})
+        elif isinstance(event, CoordRefused):
+            log.error("the coord refused this node: %s (%s)", event.message or event.code, event.code)
+
+    def _configure_tun(self, event: Registered) -> None:
+        prefix = ipaddress.ip_network(event.network).prefixlen
+        address = f"{event.address}/{prefix}"
+        if address != self.tun_address:
+            self.tun.set_address(address)
+            self.tun_address = address
+            log.info("registered as %s, %s on %s", event.name, address, self.tun.name)
+
+    # ---- coord ----------------------------------------------------------------------
+
+    def _register_message(self) -> m.Register:
+        return m.Register(
+            hostname=self.config.hostname or platform.node() or "node",
+            version=__version__,
+            local_endpoints=self.local,
+            auth_key=self.config.coord.auth_key or None,
+            os=platform.system().lower() or None,
+            public_endpoint=self.public_endpoint,
+        )
+
+    def _on_coord_message(self, msg: m.Message) -> None:
+        self.core.coord_message(msg, self.loop.time())
+        self._after_core()
+
+    def _on_coord_state(self, up: bool) -> None:
+        log.info("coord link %s", "up" if up else "down; tunnels keep running")
+
+    def _local_endpoints(self) -> tuple[m.Endpoint, ...]:
+        return local_endpoints(self.sock.getsockname()[1], self.tun.name, self.config.listen.address)
+
+    async def _refresh_endpoints(self) -> None:
+        """Learn the public mapping via STUN on the shared socket; report changes to the coord."""
+        while True:
+            public = await self._stun_mapping()
+            local = self._local_endpoints()
+            if public != self.public_endpoint or local != self.local:
+                self.public_endpoint, self.local = public, local
+                log.info("endpoints: public %s, local %s", public or "-", ", ".join(map(str, local)) or "-")
+                self.link.send(m.Endpoints(local=local, public=public))
+            await asyncio.sleep(ENDPOINT_REFRESH)
+
+    async def _stun_mapping(self) -> Optional[m.Endpoint]:
+        coord = self.config.coord
+        try:
+            infos = await self.loop.getaddrinfo(coord.address.host, coord.stun_port, family=self.sock.family,
+                                                type=socket.SOCK_DGRAM)
+            result = await asyncio.wait_for(self.stun.query(infos[0][4][:2]), 5.0)
+        except (OSError, asyncio.TimeoutError, ValueError) as exc:
+            log.info("no STUN mapping from the coord: %s", exc or type(exc).__name__)
+            return self.public_endpoint
+        host, port = result.mapped
+        return m.Endpoint(ipaddress.ip_address(host).compressed, port)
+
+    # ---- control socket -------------------------------------------------------------
+
+    async def handle_control(self, request: dict) -> AsyncIterator[dict]:
+        cmd = request.get("cmd")
+        if cmd == "status":
+            status = self.core.status(self.loop.time())
+            status["self"]["coord"] = "connected" if self.link and self.link.connected else "disconnected"
+            status["self"]["endpoints"] = [str(e) for e in self.local]
+            status["self"]["public_endpoint"] = str(self.public_endpoint) if self.public_endpoint else None
+            yield {**status, "done": True}
+        elif cmd == "peers":
+            yield {"peers": [_peer_map_entry(peer) for peer in self.core.peers], "done": True}
+        elif cmd == "ping":
+            async for reply in self._ping(request):
+                yield reply
+        else:
+            yield {"error": f"unknown command {cmd!r}", "done": True}
+
+    async def _ping(self, request: dict) -> AsyncIterator[dict]:
+        peer = self.core.peers.find(str(request.get("peer", "")))
+        if peer is None:
+            yield {"error": f"no peer named {request.get('peer')!r}", "done": True}
+            return
+        count = request.get("count", 4)
+        count = count if isinstance(count, int) and 0 < count <= 1000 else 4
+        last_path = peer.route.path.kind.value if peer.route else "-"
+        for seq in range(count):
+            tx_id = self.core.ping(peer, self.loop.time())
+            waiter = self.loop.create_future()
+            if tx_id is not None:
+                self._ping_waiters[tx_id] = waiter
+            self._after_core()
+            try:
+                reply: PingReply = await asyncio.wait_for(waiter, PING_WAIT)
+            except asyncio.TimeoutError:
+                self._ping_waiters.pop(tx_id, None)
+                yield {"type": "timeout", "name": peer.name, "seq": seq}
+            else:
+                if reply.path != last_path:
+                    yield {"type": "path", "name": peer.name, "old": last_path, "new": reply.path}
+                    last_path = reply.path
+                yield {
+                    "type": "pong", "seq": seq, "name": reply.name, "overlay": reply.address, "path": reply.path,
+                    "endpoint": f"{reply.endpoint[0]}:{reply.endpoint[1]}", "rtt_ms": reply.rtt * 1000,
+                }
+            if seq + 1 < count:
+                await asyncio.sleep(PING_INTERVAL)
+        yield {"done": True}
+
+
+def _path_text(path) -> str:
+    if path is None:
+        return "-"
+    if path.endpoint is None:
+        return path.kind.value
+    return f"{path.kind.value} {path.endpoint[0]}:{path.endpoint[1]}"
+
+
+def _peer_map_entry(peer) -> dict:
+    info = peer.info
+    endpoints = [str(e) for e in info.local_endpoints]
+    if info.public_endpoint is not None:
+        endpoints.append(str(info.public_endpoint))
+    return {"name": peer.name, "overlay": peer.address, "key": peer.key_text, "online": info.online,
+            "endpoints": endpoints}
+
+
+async def _serve(config: NodeConfig) -> int:
+    daemon = NodeDaemon(config, read_private_key(config.private_key_file))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        daemon.loop.add_signal_handler(signum, daemon.stopping.set)
+    await daemon.run(Notifier.from_environment())
+    return 0
+
+
+def main(args) -> int:
+    """Entry point of ``meshvpn daemon``: ``args.settings`` is the loaded NodeConfig."""
+    config: NodeConfig = args.settings
+    setup_logging(config.log.level, "daemon")
+    return asyncio.run(_serve(config))
