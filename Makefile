@@ -5,6 +5,10 @@
 PYTHON ?= python3
 VENV := .venv
 APT_PACKAGES := iproute2 nftables iperf3 coturn stun-client tcpdump libsystemd-dev pkg-config gcc python3-dev
+# Installed by `make bench` only, so `make test` stays quick; without recommends (wireguard-tools
+# would pull in a kernel image). Pass options with BENCH_ARGS="--seconds 3 --runs 1".
+BENCH_PACKAGES := iperf3 iputils-ping quicktun wireguard-go wireguard-tools tinc nebula
+APT_INSTALL_FLAGS ?=
 
 .PHONY: setup system-packages test demo bench
 
@@ -18,7 +22,7 @@ system-packages:
 	$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(APT_INSTALL_FLAGS) $$missing; \
 	fi
 
 $(VENV)/.installed: pyproject.toml
@@ -33,4 +37,5 @@ demo: setup
 	$(VENV)/bin/python -m meshvpn.lab.demo
 
 bench: setup
-	$(VENV)/bin/python -m meshvpn.bench
+	@$(MAKE) --no-print-directory system-packages APT_PACKAGES="$(BENCH_PACKAGES)" APT_INSTALL_FLAGS=--no-install-recommends
+	$(VENV)/bin/python -m meshvpn.bench $(BENCH_ARGS)

@@ -1,0 +1,82 @@
+"""`python -m meshvpn.bench`: run every row, print the table, write the JSON."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from meshvpn.bench.measure import ping_stats, throughput_runs
+from meshvpn.bench.peers import ROWS, BenchLab, BenchNet, Row, build_net
+from meshvpn.bench.report import RowResult, render_table, to_json, write_json
+from meshvpn.errors import MeshError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m meshvpn.bench", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each iperf3 run (default 10)")
+    parser.add_argument("--runs", type=int, default=3, help="iperf3 runs per row; the median is reported (default 3)")
+    parser.add_argument("--pings", type=int, default=20, help="pings per row for the average RTT (default 20)")
+    parser.add_argument("--rows", nargs="+", metavar="NAME", choices=[row.name for row in ROWS],
+                        help="run only these rows (default: all)")
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="where to write the results (default bench-results/bench-<date>.json)")
+    args = parser.parse_args(argv)
+    if args.seconds <= 0 or args.runs < 1 or args.pings < 1:
+        parser.error("--seconds, --runs and --pings must be positive")
+    return args
+
+
+def run_row(row: Row, net: BenchNet, workdir: Path, args: argparse.Namespace) -> RowResult:
+    """Bring `row`'s tunnel up, measure it and stop it; failures become the row's error."""
+    result = RowResult(row.name, row.kind)
+    missing = [program for program in row.programs if shutil.which(program) is None]
+    if missing:
+        result.error = f"not installed: {', '.join(missing)}"
+        return result
+    rowdir = workdir / row.name.replace(" ", "-")
+    rowdir.mkdir()
+    try:
+        tunnel = row.start(net, rowdir)
+        result.mtu, result.first_ping_s, result.path = tunnel.mtu, tunnel.first_ping_s, tunnel.path
+        result.rtt_ms = ping_stats(net.a, tunnel.target, args.pings).avg_ms
+        result.throughput_runs = throughput_runs(net.a, net.b, tunnel.target, args.seconds, args.runs,
+                                                 rowdir / "iperf3-server.log")
+    except MeshError as err:
+        result.error = " ".join(str(err).split())
+    finally:
+        net.stop_all()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("meshvpn bench: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    started = datetime.datetime.now().astimezone()
+    rows = [row for row in ROWS if args.rows is None or row.name in args.rows]
+    results = []
+    with BenchLab() as lab, tempfile.TemporaryDirectory(prefix="meshvpn-bench-") as workdir:
+        net = build_net(lab)
+        for row in rows:
+            print(f"bench: {row.name} ...", file=sys.stderr, flush=True)
+            result = run_row(row, net, Path(workdir), args)
+            results.append(result)
+            print(f"bench: {row.name}: {result.error or f'{result.throughput:.0f} Mbit/s'}", file=sys.stderr, flush=True)
+    print(render_table(results))
+    path = args.json or Path("bench-results") / f"bench-{started:%Y-%m-%dT%H%M%S}.json"
+    settings = {"seconds": args.seconds, "runs": args.runs, "pings": args.pings, "started": started.isoformat()}
+    host = {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    write_json(path, to_json(results, settings, host))
+    print(f"results written to {path}")
+    return 0 if all(result.error is None for result in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""iperf3 and ping runs between the bench namespaces, and parsers for what they print.
+
+Throughput is iperf3's TCP receiver-side rate (what actually arrived), one client run per
+sample against one server kept for the row. Latency is iputils `ping`'s average RTT. The
+parsers are pure so they are tested on captured output; runners raise `MeasureError`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshvpn.errors import MeshError
+from meshvpn.lab import Namespace
+
+IPERF_PORT = 5201
+SERVER_START_TIMEOUT = 5.0
+PING_INTERVAL = 0.2
+
+_PING_COUNTS = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
+_PING_RTT = re.compile(r"(?:rtt|round-trip) min/avg/max(?:/mdev|/stddev)? = [\d.]+/([\d.]+)/")
+
+
+class MeasureError(MeshError):
+    """A measurement could not be taken, or its tool printed something unexpected."""
+
+
+@dataclass(frozen=True)
+class PingStats:
+    """Summary of one `ping -c N` run."""
+
+    sent: int
+    received: int
+    avg_ms: float | None
+    """Average RTT of the replies; None when nothing came back."""
+
+
+def parse_iperf3_json(text: str) -> float:
+    """Receiver-side TCP throughput in Mbit/s from `iperf3 -J` output."""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        raise MeasureError(f"iperf3 printed no JSON: {text[:200]!r}") from None
+    if not isinstance(document, dict):
+        raise MeasureError("iperf3 JSON is not an object")
+    if document.get("error"):
+        raise MeasureError(f"iperf3: {document['error']}")
+    try:
+        bits = document["end"]["sum_received"]["bits_per_second"]
+    except (KeyError, TypeError):
+        raise MeasureError("iperf3 JSON has no end.sum_received.bits_per_second") from None
+    if not isinstance(bits, (int, float)) or isinstance(bits, bool) or bits < 0:
+        raise MeasureError(f"iperf3 reported a bad rate: {bits!r}")
+    return bits / 1e6
+
+
+def parse_ping(text: str) -> PingStats:
+    """Counts and average RTT from the summary iputils (or busybox) `ping` prints."""
+    counts = _PING_COUNTS.search(text)
+    if counts is None:
+        raise MeasureError(f"no ping summary in: {text[-200:]!r}")
+    rtt = _PING_RTT.search(text)
+    return PingStats(int(counts.group(1)), int(counts.group(2)), float(rtt.group(1)) if rtt else None)
+
+
+def _wait_listening(log: Path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if log.exists() and "Server listening" in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    text = log.read_text(errors="replace") if log.exists() else ""
+    raise MeasureError(f"iperf3 server did not start: {text.strip()[-300:]}")
+
+
+def throughput_runs(client: Namespace, server: Namespace, address: str, seconds: float, runs: int, log: Path) -> list[float]:
+    """`runs` iperf3 TCP runs of `seconds` each from `client` to `address` in `server`; Mbit/s each."""
+    proc = server.popen(["iperf3", "-s", "-p", str(IPERF_PORT), "--forceflush", "--logfile", str(log)],
+                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(log, proc)
+        results = []
+        for _ in range(runs):
+            done = client.run(["iperf3", "-c", address, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"],
+                              check=False, timeout=seconds + 30)
+            results.append(parse_iperf3_json(done.stdout))
+        return results
+    finally:
+        server.stop(proc)
+
+
+def ping_stats(ns: Namespace, address: str, count: int) -> PingStats:
+    """`count` pings from `ns` to `address`, `PING_INTERVAL` apart."""
+    done = ns.run(["ping", "-q", "-n", "-c", str(count), "-i", str(PING_INTERVAL), "-W", "2", address],
+                  check=False, timeout=count * PING_INTERVAL + 10)
+    stats = parse_ping(done.stdout)
+    if stats.received == 0:
+        raise MeasureError(f"no ping reply from {address} ({stats.sent} sent)")
+    return stats
+

@@ -1,0 +1,392 @@
+"""The bench's network and its rows: how each tunnel is configured and brought up.
+
+Two namespaces, `a` and `b`, share one veth pair (MTU 1500); a third, `side`, hangs off `a`
+for servers a row needs besides the two ends (meshvpn's coordination server, later relays).
+Every row is a `Row` in `ROWS`: a name, a kind and a `start(net, workdir) -> Tunnel` that
+starts its processes with `Namespace.popen` (so teardown can kill them by PID) and returns
+the address of `b` inside the tunnel. Rows run one at a time; `BenchNet.stop_all()` ends a
+row's processes, and with them its TUN devices, before the next starts. Each tunnel uses its
+own overlay subnet from 10.200.0.0/16 and its program's default MTU.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import yaml
+from nacl.encoding import Base64Encoder, HexEncoder
+from nacl.public import PrivateKey
+
+from meshvpn import keys
+from meshvpn.bench.report import BASELINE, MESHVPN, PEER
+from meshvpn.errors import MeshError
+from meshvpn.lab import Lab, Namespace, python_command
+
+A_ADDR, B_ADDR = "198.51.100.1", "198.51.100.2"
+SIDE_GATEWAY, SIDE_ADDR = "198.51.100.129", "198.51.100.130"
+LINK_PREFIX = 25
+SIDE_NET = "198.51.100.128/25"
+"""The a–b link is 198.51.100.0/25, the a–side link this one."""
+LINK_MTU = 1500
+START_TIMEOUT = 20.0
+"""Seconds a tunnel may take to come up (first reply through it) before its row fails."""
+LOG_TAIL = 400
+
+T = TypeVar("T")
+
+
+class BenchError(MeshError):
+    """A row's tunnel did not come up."""
+
+
+class BenchLab(Lab):
+    """A lab whose namespaces are named `mvb<PID>-<short>`, apart from test and demo labs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefix = f"mvb{os.getpid()}"
+
+
+@dataclass
+class BenchNet:
+    """The namespaces every row runs in."""
+
+    a: Namespace
+    """Client end: iperf3 and ping run here."""
+    b: Namespace
+    """Server end: iperf3 -s runs here."""
+    side: Namespace
+    """Behind `a` (routed), for a row's servers."""
+
+    def sides(self) -> list[tuple[Namespace, str, str]]:
+        """(namespace, its link address, the other end's link address) for `a`, then `b`."""
+        return [(self.a, A_ADDR, B_ADDR), (self.b, B_ADDR, A_ADDR)]
+
+    def stop_all(self) -> None:
+        """Stop every process started in the bench namespaces (newest first)."""
+        for ns in (self.a, self.b, self.side):
+            for proc in reversed(ns.processes):
+                ns.stop(proc)
+
+
+@dataclass
+class Tunnel:
+    """A tunnel that is up: where `b` is inside it, and what bringing it up measured."""
+
+    target: str
+    """Address of `b` through the tunnel."""
+    mtu: int | None
+    """MTU of `a`'s tunnel interface."""
+    first_ping_s: float | None = None
+    """Seconds from both ends being up to the first ping reply, where the row measures it."""
+    path: str | None = None
+    """Path kind of the first reply, where the tunnel has several."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the bench table."""
+
+    name: str
+    kind: str
+    """`BASELINE`, `MESHVPN` or `PEER` (see `meshvpn.bench.report`)."""
+    start: Callable[[BenchNet, Path], Tunnel]
+    """Brings the tunnel up; files go to the given directory, processes via `Namespace.popen`."""
+    programs: tuple[str, ...] = ()
+    """Executables the row needs; a missing one fails the row, not the bench."""
+
+
+def build_net(lab: Lab) -> BenchNet:
+    """Create `a`, `b` and `side` in `lab` and wire them; nothing touches the root namespace."""
+    a, b, side = lab.namespace("a", forwarding=True), lab.namespace("b"), lab.namespace("side")
+    for ns, peer, here, there in ((a, b, "ab", "ba"), (a, side, "as", "sa")):
+        ns.ip("link", "add", f"veth-{here}", "mtu", str(LINK_MTU), "type", "veth",
+              "peer", "name", f"veth-{there}", "netns", peer.name)
+    for ns, dev, addr in ((a, "veth-ab", A_ADDR), (b, "veth-ba", B_ADDR),
+                          (a, "veth-as", SIDE_GATEWAY), (side, "veth-sa", SIDE_ADDR)):
+        ns.ip("addr", "add", f"{addr}/{LINK_PREFIX}", "dev", dev)
+        ns.ip("link", "set", dev, "up")
+    b.ip("route", "add", SIDE_NET, "via", A_ADDR)
+    side.ip("route", "add", "default", "via", SIDE_GATEWAY)
+    return BenchNet(a, b, side)
+
+
+def wait_for(probe: Callable[[], T], what: str, timeout: float = START_TIMEOUT, logs: tuple[Path, ...] = ()) -> T:
+    """Poll `probe` until it returns something truthy; else raise naming `what` and the logs' tails."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            tails = "; ".join(f"{log.name}: {_tail(log)}" for log in logs if log.exists())
+            raise BenchError(f"{what} not within {timeout:.0f}s" + (f" ({tails})" if tails else ""))
+        time.sleep(0.05)
+
+
+def _tail(log: Path) -> str:
+    return " | ".join(log.read_text(errors="replace")[-LOG_TAIL:].split("\n")).strip(" |")
+
+
+def spawn(ns: Namespace, argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `argv` in `ns` with output to `log`; `env` adds to the inherited environment."""
+    with log.open("ab") as out:
+        extra = {} if env is None else {"env": {**os.environ, **env}}
+        return ns.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, **extra)
+
+
+def link_mtu(ns: Namespace, dev: str) -> int | None:
+    """MTU of `dev` in `ns`, or None while it does not exist."""
+    done = ns.run(["cat", f"/sys/class/net/{dev}/mtu"], check=False)
+    return int(done.stdout) if done.returncode == 0 else None
+
+
+def address_up(ns: Namespace, dev: str, cidr: str, log: Path) -> None:
+    """Wait for `dev` to appear in `ns`, give it `cidr` and bring it up."""
+    wait_for(lambda: link_mtu(ns, dev), f"{dev} in {ns.short}", logs=(log,))
+    ns.ip("addr", "add", cidr, "dev", dev)
+    ns.ip("link", "set", dev, "up")
+
+
+def reachable(net: BenchNet, target: str, logs: tuple[Path, ...]) -> float:
+    """Wait until `a` gets a ping reply from `target`; return when it did (monotonic)."""
+    wait_for(lambda: net.a.ping(target, timeout=0.2), f"ping reply from {target}", logs=logs)
+    return time.monotonic()
+
+
+def _overlay(subnet: str, index: int) -> str:
+    return f"{subnet}.{index + 1}"
+
+
+def start_plain(net: BenchNet, workdir: Path) -> Tunnel:
+    """No tunnel: the veth pair itself, the ceiling of every other row."""
+    return Tunnel(target=B_ADDR, mtu=link_mtu(net.a, "veth-ab"))
+
+
+QUICKTUN_PORT = 2998
+
+
+def start_quicktun(net: BenchNet, workdir: Path) -> Tunnel:
+    """quicktun point to point, NaCl with TAI64 replay protection (`nacltai`).
+
+    Debian's quicktun reads its settings the way ifupdown passes them: `IFACE` and `IF_QT_*`.
+    """
+    secrets = [PrivateKey.generate(), PrivateKey.generate()]
+    logs = []
+    for index, (ns, local, remote) in enumerate(net.sides()):
+        log = workdir / f"quicktun-{ns.short}.log"
+        logs.append(log)
+        settings = {
+            "TUN_MODE": "1", "PROTOCOL": "nacltai",
+            "LOCAL_ADDRESS": local, "LOCAL_PORT": str(QUICKTUN_PORT),
+            "REMOTE_ADDRESS": remote, "REMOTE_PORT": str(QUICKTUN_PORT),
+            "PRIVATE_KEY": secrets[index].encode(HexEncoder).decode(),
+            "PUBLIC_KEY": secrets[1 - index].public_key.encode(HexEncoder).decode(),
+        }
+        spawn(ns, ["quicktun"], log, env={"IFACE": "qt0", **{f"IF_QT_{key}": value for key, value in settings.items()}})
+        address_up(ns, "qt0", f"{_overlay('10.201.0', index)}/24", log)
+    target = _overlay("10.201.0", 1)
+    reachable(net, target, tuple(logs))
+    return Tunnel(target=target, mtu=link_mtu(net.a, "qt0"))
+
+
+WIREGUARD_PORT = 51820
+
+
+def start_wireguard_go(net: BenchNet, workdir: Path) -> Tunnel:
+    """Userspace WireGuard: `wireguard-go -f DEV`, then `wg set` over its UAPI socket.
+
+    The UAPI socket lives in /var/run/wireguard/DEV.sock, shared by all namespaces, so device
+    names embed the PID and the side.
+    """
+    secrets = [PrivateKey.generate(), PrivateKey.generate()]
+    devs = [f"wg{os.getpid()}{ns.short}" for ns, _, _ in net.sides()]
+    logs = []
+    for index, (ns, local, remote) in enumerate(net.sides()):
+        log = workdir / f"wireguard-{ns.short}.log"
+        logs.append(log)
+        key_file = workdir / f"wireguard-{ns.short}.key"
+        key_file.write_bytes(secrets[index].encode(Base64Encoder))
+        key_file.chmod(0o600)
+        spawn(ns, ["wireguard-go", "-f", devs[index]], log, env={"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"})
+        wait_for(lambda: link_mtu(ns, devs[index]), f"{devs[index]} in {ns.short}", logs=(log,))
+        ns.run(["wg", "set", devs[index], "private-key", str(key_file), "listen-port", str(WIREGUARD_PORT),
+                "peer", secrets[1 - index].public_key.encode(Base64Encoder).decode(),
+                "endpoint", f"{remote}:{WIREGUARD_PORT}", "allowed-ips", f"{_overlay('10.202.0', 1 - index)}/32"])
+        ns.ip("addr", "add", f"{_overlay('10.202.0', index)}/24", "dev", devs[index])
+        ns.ip("link", "set", devs[index], "up")
+    target = _overlay("10.202.0", 1)
+    reachable(net, target, tuple(logs))
+    return Tunnel(target=target, mtu=link_mtu(net.a, devs[0]))
+
+
+TINC_PORT = 655
+
+
+def start_tinc(net: BenchNet, workdir: Path) -> Tunnel:
+    """tinc 1.0 in router mode with its default cipher; `b` connects to `a`."""
+    dirs = []
+    for index, (ns, local, _) in enumerate(net.sides()):
+        conf = workdir / f"tinc-{ns.short}"
+        (conf / "hosts").mkdir(parents=True)
+        connect = "" if index == 0 else "ConnectTo = a\n"
+        (conf / "tinc.conf").write_text(f"Name = {ns.short}\nMode = router\nInterface = tinc0\n"
+                                        f"AddressFamily = ipv4\nPort = {TINC_PORT}\n{connect}")
+        (conf / "hosts" / ns.short).write_text(
+            f"Address = {local}\nPort = {TINC_PORT}\nSubnet = {_overlay('10.203.0', index)}/32\n")
+        up = conf / "tinc-up"
+        up.write_text(f"#!/bin/sh\nip addr add {_overlay('10.203.0', index)}/24 dev $INTERFACE\n"
+                      "ip link set $INTERFACE up\n")
+        up.chmod(0o755)
+        ns.run(["tincd", "-c", str(conf), "-K2048"], timeout=60, input="")
+        dirs.append(conf)
+    for here, there in ((dirs[0], dirs[1]), (dirs[1], dirs[0])):
+        shutil.copy(here / "hosts" / here.name.removeprefix("tinc-"), there / "hosts")
+    logs = []
+    for conf, (ns, _, _) in zip(dirs, net.sides()):
+        log = workdir / f"tinc-{ns.short}.log"
+        logs.append(log)
+        spawn(ns, ["tincd", "-c", str(conf), "-D", f"--pidfile={conf / 'pid'}", f"--logfile={log}"], log)
+    target = _overlay("10.203.0", 1)
+    reachable(net, target, tuple(logs))
+    return Tunnel(target=target, mtu=link_mtu(net.a, "tinc0"))
+
+
+NEBULA_PORT = 4242
+
+
+def start_nebula(net: BenchNet, workdir: Path) -> Tunnel:
+    """Nebula with its own CA (`nebula-cert`); `a` is the lighthouse, `b` finds `a` through it."""
+    pki = workdir / "nebula"
+    pki.mkdir()
+    net.a.run(["nebula-cert", "ca", "-name", "mvbench", "-out-crt", str(pki / "ca.crt"), "-out-key", str(pki / "ca.key")])
+    lighthouse = _overlay("10.204.0", 0)
+    logs = []
+    for index, (ns, local, _) in enumerate(net.sides()):
+        crt, key = pki / f"{ns.short}.crt", pki / f"{ns.short}.key"
+        net.a.run(["nebula-cert", "sign", "-name", ns.short, "-ip", f"{_overlay('10.204.0', index)}/24",
+                   "-ca-crt", str(pki / "ca.crt"), "-ca-key", str(pki / "ca.key"),
+                   "-out-crt", str(crt), "-out-key", str(key)])
+        config = {
+            "pki": {"ca": str(pki / "ca.crt"), "cert": str(crt), "key": str(key)},
+            "static_host_map": {lighthouse: [f"{A_ADDR}:{NEBULA_PORT}"]},
+            "lighthouse": {"am_lighthouse": index == 0, "interval": 60, "hosts": [] if index == 0 else [lighthouse]},
+            "listen": {"host": local, "port": NEBULA_PORT},
+            "punchy": {"punch": True},
+            "tun": {"dev": "nebula1"},
+            "logging": {"level": "info"},
+            "firewall": {rule: [{"port": "any", "proto": "any", "host": "any"}] for rule in ("outbound", "inbound")},
+        }
+        (pki / f"{ns.short}.yaml").write_text(yaml.safe_dump(config))
+        log = workdir / f"nebula-{ns.short}.log"
+        logs.append(log)
+        spawn(ns, ["nebula", "-config", str(pki / f"{ns.short}.yaml")], log)
+    target = _overlay("10.204.0", 1)
+    reachable(net, target, tuple(logs))
+    return Tunnel(target=target, mtu=link_mtu(net.a, "nebula1"))
+
+
+MESHVPN_NETWORK, MESHVPN_SUBNET = "bench", "10.200.0.0/24"
+COORD_PORT, COORD_STUN_PORT, NODE_PORT = 7400, 3478, 41641
+MESHVPN_TUN = "meshvpn0"
+
+
+def _daemon_status(socket: Path) -> dict | None:
+    """`meshvpn status --json` of the daemon behind `socket`, or None while it does not answer."""
+    from meshvpn.node.ctl import DaemonNotRunning, request
+
+    try:
+        answers = list(request(str(socket), {"cmd": "status"}, timeout=1.0))
+    except (DaemonNotRunning, OSError, ValueError):
+        return None
+    return answers[-1] if answers and "error" not in answers[-1] else None
+
+
+def _auth_key(stdout: str) -> str:
+    """The pre-auth key `meshvpn coord key create` printed: its last word."""
+    words = stdout.split()
+    if not words:
+        raise BenchError("`meshvpn coord key create` printed no key")
+    return words[-1]
+
+
+def _write_yaml(path: Path, document: dict) -> Path:
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def start_meshvpn(net: BenchNet, workdir: Path) -> Tunnel:
+    """Two `meshvpn daemon`s and a `meshvpn coord` in `side`; measures the time to a direct path.
+
+    The clock starts when both daemons answer on their control sockets and stops at the first
+    ping reply from `b`'s overlay address; the path is what `a`'s status says right after.
+    """
+    coord_key = workdir / "coord.key"
+    coord_public = keys.encode_key(keys.public_key(keys.write_private_key(coord_key)))
+    admin = workdir / "coord.sock"
+    coord_log = workdir / "coord.log"
+    coord_config = _write_yaml(workdir / "coord.yaml", {
+        "private_key_file": str(coord_key),
+        "database": str(workdir / "coord.db"),
+        "listen": f"{SIDE_ADDR}:{COORD_PORT}",
+        "stun_listen": f"{SIDE_ADDR}:{COORD_STUN_PORT}",
+        "admin_socket": str(admin),
+        "networks": [{"name": MESHVPN_NETWORK, "cidr": MESHVPN_SUBNET}],
+    })
+    spawn(net.side, python_command("meshvpn", "coord", "-c", str(coord_config)), coord_log)
+    wait_for(admin.exists, "coord admin socket", logs=(coord_log,))
+    created = net.side.run(python_command("meshvpn", "coord", "key", "create", "--network", MESHVPN_NETWORK,
+                                          "--reusable", "--socket", str(admin)))
+    auth_key = _auth_key(created.stdout)
+    sockets, logs = [], [coord_log]
+    for ns, local, _ in net.sides():
+        node_key = workdir / f"node-{ns.short}.key"
+        keys.write_private_key(node_key)
+        socket = workdir / f"node-{ns.short}.sock"
+        config = _write_yaml(workdir / f"node-{ns.short}.yaml", {
+            "private_key_file": str(node_key),
+            "hostname": f"bench-{ns.short}",
+            "state_dir": str(workdir / f"state-{ns.short}"),
+            "control_socket": str(socket),
+            "coord": {"address": f"{SIDE_ADDR}:{COORD_PORT}", "public_key": coord_public,
+                      "auth_key": auth_key, "stun_port": COORD_STUN_PORT},
+            "tun": {"name": MESHVPN_TUN},
+            "listen": {"address": local, "port": NODE_PORT},
+        })
+        log = workdir / f"node-{ns.short}.log"
+        logs.append(log)
+        sockets.append(socket)
+        spawn(ns, python_command("meshvpn", "daemon", "-c", str(config)), log)
+    wait_for(lambda: all(_daemon_status(socket) for socket in sockets), "both daemons answering", logs=tuple(logs))
+    up = time.monotonic()
+    target = wait_for(lambda: _peer_overlay(_daemon_status(sockets[0])), "peer b in a's status", logs=tuple(logs))
+    replied = reachable(net, target, tuple(logs))
+    return Tunnel(target=target, mtu=link_mtu(net.a, MESHVPN_TUN), first_ping_s=replied - up,
+                  path=_peer_path(_daemon_status(sockets[0]), target))
+
+
+def _peer_overlay(status: dict | None) -> str | None:
+    peers = (status or {}).get("peers") or []
+    return next((peer["overlay"].split("/")[0] for peer in peers if peer.get("overlay")), None)
+
+
+def _peer_path(status: dict | None, overlay: str) -> str | None:
+    peers = (status or {}).get("peers") or []
+    return next((peer.get("path") for peer in peers if (peer.get("overlay") or "").split("/")[0] == overlay), None)
+
+
+ROWS: tuple[Row, ...] = (
+    Row("plain veth", BASELINE, start_plain),
+    Row("meshvpn direct", MESHVPN, start_meshvpn),
+    Row("quicktun nacltai", PEER, start_quicktun, ("quicktun",)),
+    Row("wireguard-go", PEER, start_wireguard_go, ("wireguard-go", "wg")),
+    Row("tinc 1.0 router", PEER, start_tinc, ("tincd",)),
+    Row("nebula 1.6", PEER, start_nebula, ("nebula", "nebula-cert")),
+)
+"""Every row, in table order. A new row is one entry here (and a start function if it needs one)."""

@@ -1,0 +1,146 @@
+"""Bench parsing and table logic: iperf3 JSON, ping summaries, medians, ratios, the table, the JSON."""
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshvpn.bench.measure import MeasureError, PingStats, parse_iperf3_json, parse_ping
+from meshvpn.bench.report import BASELINE, MESHVPN, PEER, RowResult, best_peer, render_table, table_rows, to_json, write_json
+
+IPERF3_OK = json.dumps({
+    "start": {"connected": [{"remote_host": "10.202.0.2"}]},
+    "intervals": [],
+    "end": {
+        "sum_sent": {"bytes": 650_000_000, "bits_per_second": 520_400_000.0, "retransmits": 12},
+        "sum_received": {"bytes": 648_000_000, "bits_per_second": 518_123_456.7},
+    },
+})
+
+IPERF3_REFUSED = '{\n\t"start": {},\n\t"intervals": [],\n\t"end": {},\n\t"error": "unable to connect to server: Connection refused"\n}\n'
+
+PING_OK = """PING 10.202.0.2 (10.202.0.2) 56(84) bytes of data.
+
+--- 10.202.0.2 ping statistics ---
+20 packets transmitted, 20 received, 0% packet loss, time 3805ms
+rtt min/avg/max/mdev = 0.412/0.537/0.911/0.101 ms
+"""
+
+PING_LOSS = """PING 10.201.0.2 (10.201.0.2) 56(84) bytes of data.
+
+--- 10.201.0.2 ping statistics ---
+5 packets transmitted, 0 received, 100% packet loss, time 4081ms
+
+"""
+
+PING_BUSYBOX = """--- 10.0.0.2 ping statistics ---
+3 packets transmitted, 3 packets received, 0% packet loss
+round-trip min/avg/max = 0.1/0.2/0.3 ms
+"""
+
+
+def test_iperf3_receiver_rate_in_mbit() -> None:
+    assert parse_iperf3_json(IPERF3_OK) == pytest.approx(518.1234567)
+
+
+def test_iperf3_error_is_reported() -> None:
+    with pytest.raises(MeasureError, match="Connection refused"):
+        parse_iperf3_json(IPERF3_REFUSED)
+
+
+@pytest.mark.parametrize("text", ["", "iperf3: error", "[]", '{"end": {}}', '{"end": {"sum_received": {"bits_per_second": "fast"}}}',
+                                  '{"end": {"sum_received": {"bits_per_second": -1}}}'])
+def test_iperf3_garbage_is_a_measure_error(text: str) -> None:
+    with pytest.raises(MeasureError):
+        parse_iperf3_json(text)
+
+
+@settings(max_examples=200)
+@given(st.text(max_size=200) | st.recursive(st.none() | st.booleans() | st.floats() | st.text(max_size=5),
+                                             lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                                             max_leaves=10).map(json.dumps))
+def test_iperf3_parser_raises_only_measure_error(text: str) -> None:
+    try:
+        rate = parse_iperf3_json(text)
+    except MeasureError:
+        return
+    assert rate >= 0
+
+
+def test_ping_summary() -> None:
+    assert parse_ping(PING_OK) == PingStats(sent=20, received=20, avg_ms=0.537)
+
+
+def test_ping_total_loss_has_no_average() -> None:
+    assert parse_ping(PING_LOSS) == PingStats(sent=5, received=0, avg_ms=None)
+
+
+def test_ping_busybox_summary() -> None:
+    assert parse_ping(PING_BUSYBOX) == PingStats(sent=3, received=3, avg_ms=0.2)
+
+
+@settings(max_examples=200)
+@given(st.text(max_size=300))
+def test_ping_parser_raises_only_measure_error(text: str) -> None:
+    try:
+        parse_ping(text)
+    except MeasureError:
+        pass
+
+
+def _results() -> list[RowResult]:
+    return [
+        RowResult("plain veth", BASELINE, [15000.0, 14000.0, 16000.0], rtt_ms=0.04, mtu=1500),
+        RowResult("meshvpn direct", MESHVPN, [300.0, 330.0, 320.0], rtt_ms=0.6, mtu=1380, first_ping_s=1.234, path="lan"),
+        RowResult("quicktun", PEER, [640.0, 650.0, 660.0], rtt_ms=0.2, mtu=1500),
+        RowResult("wireguard-go", PEER, [500.0, 700.0, 510.0], rtt_ms=0.5, mtu=1420),
+        RowResult("nebula", PEER, error="nebula1 in a not within 20s"),
+    ]
+
+
+def test_median_of_runs() -> None:
+    results = _results()
+    assert [r.throughput for r in results] == [15000.0, 320.0, 650.0, 510.0, None]
+
+
+def test_best_peer_is_the_fastest_peer_row_by_median() -> None:
+    # wireguard-go has the single fastest run (700) but quicktun the best median; the baseline is no peer.
+    assert best_peer(_results()).name == "quicktun"
+
+
+def test_no_peer_measured_means_no_ratio() -> None:
+    results = [RowResult("plain veth", BASELINE, [100.0]), RowResult("nebula", PEER, error="boom")]
+    assert best_peer(results) is None
+    assert [row[5] for row in table_rows(results)] == ["-", "-"]
+    assert render_table(results).endswith("best peer VPN: none measured")
+
+
+def test_table_cells() -> None:
+    rows = table_rows(_results())
+    assert rows[0] == ("plain veth", "15000", "15000 14000 16000", "0.040", "1500", "23.08x", "")
+    assert rows[1] == ("meshvpn direct", "320", "300 330 320", "0.600", "1380", "0.49x", "first ping 1.23 s, path lan")
+    assert rows[2][5] == "1.00x"
+    assert rows[4] == ("nebula", "-", "-", "-", "-", "-", "error: nebula1 in a not within 20s")
+
+
+def test_table_columns_line_up() -> None:
+    lines = render_table(_results()).splitlines()
+    assert lines[0].startswith("row") and set(lines[1]) == {"-"}
+    assert lines[-1] == "best peer VPN: quicktun"
+    header, quicktun = lines[0], lines[4]
+    assert quicktun.startswith("quicktun")
+    assert header.index("vs best VPN") + len("vs best VPN") == quicktun.index("1.00x") + len("1.00x")
+
+
+def test_json_document(tmp_path) -> None:
+    path = tmp_path / "results" / "bench.json"
+    write_json(path, to_json(_results(), {"seconds": 10, "runs": 3}, {"cpus": 2}))
+    document = json.loads(path.read_text())
+    assert document["best_peer"] == "quicktun"
+    assert document["settings"] == {"seconds": 10, "runs": 3}
+    meshvpn = document["rows"][1]
+    assert meshvpn["throughput_median"] == 320.0
+    assert meshvpn["ratio_to_best_peer"] == pytest.approx(320 / 650)
+    assert meshvpn["first_ping_s"] == 1.234 and meshvpn["path"] == "lan"
+    assert document["rows"][4]["error"] and document["rows"][4]["ratio_to_best_peer"] is None
