@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from meshvpn.lab.netns import LabError, Namespace
+from meshvpn.lab.usernat import UserNat
+from meshvpn.sim.nat import FULL_CONE, RESTRICTED_CONE, SYMMETRIC_SEQUENTIAL, Dependence, NatBehavior, PortAllocation
 
 TABLE = "meshvpn_nat"
 PORT_RANGE = (30000, 40000)
@@ -195,6 +197,16 @@ class NatKind:
         translate=(),
         firewall=False,
     )
+    SEQUENTIAL = UserNat("sequential", SYMMETRIC_SEQUENTIAL)
+    """Userspace: a new port per destination, each the next free one (address-and-port-dependent)."""
+    ADDRESS_DEPENDENT = UserNat("address-dependent", NatBehavior(
+        mapping=Dependence.ADDRESS_DEPENDENT, filtering=Dependence.ADDRESS_DEPENDENT,
+        ports=PortAllocation.SEQUENTIAL))
+    """Userspace: one sequential port per destination address, filtering by address."""
+    FULL_CONE = UserNat("full-cone", FULL_CONE)
+    """Userspace: endpoint-independent mapping and filtering, port preserving."""
+    RESTRICTED_CONE = UserNat("restricted-cone", RESTRICTED_CONE)
+    """Userspace: endpoint-independent mapping, address-dependent filtering, port preserving."""
 
 
 def set_nat(router: RouterLinks, old: Nat, new: Nat) -> None:
