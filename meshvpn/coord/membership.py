@@ -149,6 +149,15 @@ class Membership:
         deadlines.extend(self._ephemeral_deadlines.values())
         return min(deadlines, default=None)
 
+    def online_count(self) -> int:
+        """How many nodes are online now (for the service status line)."""
+        return sum(len(nodes) for nodes in self._online.values())
+
+    def reconfigure(self, relays: tuple[m.RelayInfo, ...], keepalive: float) -> None:
+        """Apply the settings a reload may change; nodes learn new relays when they next register."""
+        self.settings = replace(self.settings, relays=relays, keepalive=keepalive)
+        self._relays = {relay.name for relay in relays}
+
     # ----- connection inputs
 
     def node_connected(self, conn_id: Hashable, node_key: bytes, observed_host: str, now: float) -> None:
