@@ -13,12 +13,16 @@ unit never hangs waiting for READY=1.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Awaitable, Callable, Optional, Protocol
+
+from meshvpn.errors import MeshError
 
 log = logging.getLogger("meshvpn.service")
 
@@ -111,6 +115,61 @@ def start_watchdog(loop, notifier: Notifier) -> None:
         loop.call_later(interval, ping)
 
     ping()
+
+
+class Service(Protocol):
+    """A started server that `serve_until_stopped` can run: it reports, reloads and closes."""
+
+    def status(self) -> str: ...
+    def reload(self, settings: Any) -> None: ...
+    def close(self) -> Awaitable[None]: ...
+
+
+async def serve_until_stopped(
+    server: Service, load_settings: Callable[[], Any], notifier: Notifier, status_interval: float = 10.0
+) -> None:
+    """Run a started `server` until SIGTERM or SIGINT, then close it.
+
+    Tells systemd READY=1, the watchdog pings and STATUS= changes; SIGHUP reloads with
+    `load_settings()` (a failed reload is logged and the running configuration kept).
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    def reload() -> None:
+        notifier.reloading()
+        try:
+            server.reload(load_settings())
+        except MeshError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+        except Exception:
+            log.exception("reload failed, keeping the running configuration")
+        notifier.ready(server.status())
+
+    async def report_status() -> None:
+        last = None
+        while True:
+            status = server.status()
+            if status != last:
+                notifier.status(status)
+                last = status
+            await asyncio.sleep(status_interval)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    notifier.ready(server.status())
+    start_watchdog(loop, notifier)
+    reporter = asyncio.create_task(report_status())
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        notifier.stopping()
+        reporter.cancel()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+        await server.close()
 
 
 class FieldFormatter(logging.Formatter):
