@@ -1,0 +1,197 @@
+"""The node's end of the coordination channel, in asyncio: connect, register, exchange messages.
+
+`connect` opens TCP, runs the `ClientChannel` handshake against the pinned server key and returns
+a `CoordClient` once both ends hold the session keys. Decoded `messages.Message` objects come out
+of `recv()` (or ``async for``); `send` seals one message. A channel or schema error from the
+server closes the link, and `CoordLinkClosed` says why. With `keepalive` set the client pings on
+its own, so the server's silence limit never applies to a healthy client. Used by the node
+daemon's coord link, the integration tests and the scale bench.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Union
+
+from meshvpn import noise
+from meshvpn.channel import ClientChannel
+from meshvpn.coord import messages as m
+from meshvpn.errors import MeshError, RemoteProtocolError
+
+
+class CoordLinkClosed(MeshError):
+    """The channel to the coordination server is closed (or never opened); the text says why."""
+
+
+class CoordRefused(MeshError):
+    """The server answered `error`; `code` is the wire error code (e.g. auth_key_invalid)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+
+
+_CLOSED = object()
+
+
+class _LinkProtocol(asyncio.Protocol):
+    """Bytes ↔ channel ↔ decoded messages for one connection."""
+
+    def __init__(self, channel: ClientChannel, keepalive: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        self.channel = channel
+        self.keepalive = keepalive
+        self.established: asyncio.Future[None] = loop.create_future()
+        self.inbox: asyncio.Queue[Union[m.Message, object]] = asyncio.Queue()
+        self.closed = loop.create_future()
+        self.close_reason: str | None = None
+        self.transport: asyncio.Transport | None = None
+        self._ping_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            payloads = self.channel.receive_data(data)
+            self._flush()
+            received = [m.decode(payload) for payload in payloads]
+        except RemoteProtocolError as exc:
+            self.fail(f"the server broke the protocol: {exc}")
+            return
+        if self.channel.established and not self.established.done():
+            self.established.set_result(None)
+            self._arm_ping()
+        for message in received:
+            self.inbox.put_nowait(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.close_reason is None:
+            self.close_reason = f"connection lost: {exc}" if exc else "closed by the server"
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+        if not self.established.done():
+            self.established.set_exception(CoordLinkClosed(f"handshake failed: {self.close_reason}"))
+        self.inbox.put_nowait(_CLOSED)
+        self.closed.set_result(None)
+
+    def send(self, payload: bytes) -> None:
+        if self.close_reason is not None:
+            raise CoordLinkClosed(self.close_reason)
+        self.channel.send(payload)
+        self._flush()
+
+    def fail(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        self.transport.abort()
+
+    def _flush(self) -> None:
+        data = self.channel.data_to_send()
+        if data:
+            self.transport.write(data)
+
+    def _arm_ping(self) -> None:
+        if self.keepalive is not None:
+            self._ping_timer = asyncio.get_running_loop().call_later(self.keepalive, self._ping)
+
+    def _ping(self) -> None:
+        if self.close_reason is None:
+            self.send(m.encode(m.Ping()))
+            self._arm_ping()
+
+
+class CoordClient:
+    """An established channel to the coordination server."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: _LinkProtocol) -> None:
+        self.transport = transport
+        self._protocol = protocol
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return self.transport.get_extra_info("sockname")[:2]
+
+    @property
+    def close_reason(self) -> str | None:
+        """Why the link closed, or None while it is open."""
+        return self._protocol.close_reason
+
+    def send(self, message: m.Message) -> None:
+        """Seal and send one message; raises CoordLinkClosed once the link is closed."""
+        self._protocol.send(m.encode(message))
+
+    async def recv(self, timeout: float | None = None) -> m.Message:
+        """The next message from the server; CoordLinkClosed once the link closed and all was read."""
+        item = await asyncio.wait_for(self._protocol.inbox.get(), timeout)
+        if item is _CLOSED:
+            self._protocol.inbox.put_nowait(_CLOSED)
+            raise CoordLinkClosed(self._protocol.close_reason or "closed")
+        return item  # type: ignore[return-value]
+
+    def __aiter__(self) -> CoordClient:
+        return self
+
+    async def __anext__(self) -> m.Message:
+        try:
+            return await self.recv()
+        except CoordLinkClosed:
+            raise StopAsyncIteration from None
+
+    async def register(self, register: m.Register, timeout: float | None = 10.0) -> tuple[m.Registered, m.PeerMap]:
+        """Send `register` and wait for the answer; CoordRefused if the server says no (or not yet)."""
+        self.send(register)
+        return await self.registration(timeout)
+
+    async def registration(self, timeout: float | None = 10.0) -> tuple[m.Registered, m.PeerMap]:
+        """Wait for `registered` and `peer_map` (after approval_pending, once an admin approves)."""
+        registered = await self._expect(m.Registered, timeout)
+        return registered, await self._expect(m.PeerMap, timeout)
+
+    async def _expect(self, kind: type, timeout: float | None) -> m.Message:
+        message = await self.recv(timeout)
+        if isinstance(message, m.Error):
+            raise CoordRefused(message.code, message.message)
+        if not isinstance(message, kind):
+            raise CoordLinkClosed(f"expected {kind.TYPE}, the server sent {message.TYPE}")
+        return message
+
+    def close(self) -> None:
+        """Close the link (what was sent is flushed first)."""
+        if self._protocol.close_reason is None:
+            self._protocol.close_reason = "closed by this side"
+        self.transport.close()
+
+    async def wait_closed(self) -> None:
+        await self._protocol.closed
+
+
+async def connect(
+    address: tuple[str, int],
+    server_public: bytes,
+    local_private: bytes | noise.StaticIdentity,
+    *,
+    keepalive: float | None = None,
+    timeout: float = 10.0,
+    local_addr: tuple[str, int] | None = None,
+) -> CoordClient:
+    """Open an authenticated channel to the server at `address`, which must hold `server_public`."""
+    loop = asyncio.get_running_loop()
+    channel = ClientChannel(local_private, server_public, os.urandom(32), time.time())
+    host, port = address
+    try:
+        transport, protocol = await asyncio.wait_for(
+            loop.create_connection(lambda: _LinkProtocol(channel, keepalive), host, port, local_addr=local_addr),
+            timeout,
+        )
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise CoordLinkClosed(f"cannot connect to {host}:{port}: {exc or 'timed out'}") from None
+    try:
+        await asyncio.wait_for(asyncio.shield(protocol.established), timeout)
+    except asyncio.TimeoutError:
+        transport.abort()
+        raise CoordLinkClosed(f"no handshake answer from {host}:{port} within {timeout:g}s") from None
+    return CoordClient(transport, protocol)

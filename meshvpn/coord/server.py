@@ -1,0 +1,368 @@
+"""The coordination server's asyncio shell: sockets, timers and signals around `Membership`.
+
+Every decision is made by the sans-IO `membership` core; this module only moves bytes. Each TCP
+connection runs a `ServerChannel` (Noise IK, sealed frames); decrypted frames go to
+`Membership.receive`, and the actions the core returns become frames out, closes and log lines.
+One timer follows `Membership.get_timer()`. STUN and the admin socket (`admin`) share the loop.
+
+Nothing a client sends can stop the server: a channel error, garbage, an oversized frame, a
+handshake that never completes, silence, or a client that never reads closes that one connection
+with a log line naming its address and, once known, its key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import socket
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterator
+
+from meshvpn import keys, noise, service
+from meshvpn.channel import ServerChannel
+from meshvpn.config import CoordConfig, load_coord_config
+from meshvpn.coord import admin, messages
+from meshvpn.coord.membership import Close, Log, Membership, MembershipSettings, Send
+from meshvpn.coord.store import Network, SqliteStore
+from meshvpn.errors import ConfigError, LocalProtocolError, MeshError, RemoteProtocolError
+from meshvpn.node.ctl import ControlServer
+from meshvpn.stunio import StunServer, start_stun_server
+
+log = logging.getLogger("meshvpn.coord.server")
+
+_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Bounds on what one client may cost the server; the defaults suit real deployments."""
+
+    handshake_timeout: float = 10.0
+    """Seconds a new connection has to complete the channel handshake."""
+    max_write_buffer: int = 4 << 20
+    """Bytes queued for a client that does not read before it is dropped (above one full frame)."""
+    socket_send_buffer: int | None = 256 << 10
+    """Kernel send buffer per connection (SO_SNDBUF), so that thousands of idle or slow clients
+    cannot each grow one to megabytes; None leaves the kernel's autotuning on."""
+    max_connections_per_host: int = 1024
+    """Connections from one source IP: many nodes may share a NAT, but a flood is capped."""
+    status_interval: float = 10.0
+    """Seconds between systemd STATUS= updates."""
+
+
+def membership_settings(config: CoordConfig) -> MembershipSettings:
+    """What the core needs from the coord config."""
+    networks = tuple(Network(n.name, str(n.cidr), n.approval_required) for n in config.networks)
+    return MembershipSettings(networks, relay_infos(config), keepalive=config.keepalive)
+
+
+def relay_infos(config: CoordConfig) -> tuple[messages.RelayInfo, ...]:
+    return tuple(messages.RelayInfo(r.name, r.address.host, r.address.port, r.public_key) for r in config.relays)
+
+
+def restart_only_changes(old: Any, new: Any, prefix: str = "") -> Iterator[str]:
+    """Dotted config keys that differ between `old` and `new` but apply only on restart."""
+    for field in dataclasses.fields(old):
+        name, before, after = prefix + field.name, getattr(old, field.name), getattr(new, field.name)
+        if field.metadata.get("live") or before == after:
+            continue
+        if dataclasses.is_dataclass(before):
+            yield from restart_only_changes(before, after, name + ".")
+        else:
+            yield name
+
+
+class _Connection(asyncio.Protocol):
+    """One node's TCP connection: channel bytes in, frames to the core, the core's frames out."""
+
+    def __init__(self, server: CoordServer) -> None:
+        self.server = server
+        self.channel = ServerChannel(server.identity, _anyone, os.urandom(32))
+        self.transport: asyncio.Transport | None = None
+        self.host = ""
+        self.address = "?"
+        self.node_key: bytes | None = None
+        """Set once the channel is established and the core has been told about the node."""
+        self._handshake_timer: asyncio.TimerHandle | None = None
+
+    def who(self) -> str:
+        key = self.channel.remote_public
+        return self.address if key is None else f"{self.address} key {keys.encode_key(key)[:8]}"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.host = peer[0]
+        self.address = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
+        if not self.server.admit(self):
+            log.warning("refusing %s: more than %d connections from %s",
+                        self.address, self.server.limits.max_connections_per_host, self.host)
+            transport.abort()
+            return
+        sock = transport.get_extra_info("socket")
+        if self.server.limits.socket_send_buffer is not None and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.server.limits.socket_send_buffer)
+        self._handshake_timer = asyncio.get_running_loop().call_later(
+            self.server.limits.handshake_timeout, self._handshake_expired
+        )
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._receive(data)
+        except Exception:
+            log.exception("internal error on the connection of %s", self.who())
+            self.drop("internal error")
+        self.server.run_actions()
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            payloads = self.channel.receive_data(data)
+        except RemoteProtocolError as exc:
+            self.drop(f"channel error: {exc}")
+            return
+        self._flush()
+        membership = self.server.membership
+        now = self.server.clock()
+        if self.node_key is None:
+            if not self.channel.established:
+                return
+            self._handshake_timer.cancel()
+            self.node_key = self.channel.remote_public
+            membership.node_connected(self, self.node_key, self.host, now)
+        for payload in payloads:
+            membership.receive(self, payload, now)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+        self.server.release(self)
+        if self.node_key is not None and not self.server.stopping:
+            log.debug("connection of %s ended%s", self.who(), f": {exc}" if exc else "")
+            self.server.membership.node_disconnected(self, self.server.clock())
+            self.server.run_actions()
+
+    def send_payload(self, payload: bytes) -> None:
+        """Seal one encoded message to this node; drop the node if it stopped reading."""
+        if self.transport.is_closing():
+            return
+        try:
+            self.channel.send(payload)
+        except LocalProtocolError as exc:
+            self.drop(f"cannot send: {exc}")
+            return
+        self._flush()
+        queued = self.transport.get_write_buffer_size()
+        if queued > self.server.limits.max_write_buffer:
+            self.drop(f"not reading: {queued} bytes queued", abort=True)
+
+    def close_by_core(self, reason: str) -> None:
+        """The core ended the connection (it already forgot it): flush what was sent, then close."""
+        log.info("closing %s: %s", self.who(), reason)
+        self.node_key = None
+        self.transport.close()
+
+    def drop(self, reason: str, *, abort: bool = False) -> None:
+        """The shell ends the connection; the core hears of it at once, so it stops sending."""
+        if self.transport.is_closing():
+            return
+        log.warning("dropping %s: %s", self.who(), reason)
+        if self.node_key is not None:
+            self.server.membership.node_disconnected(self, self.server.clock())
+            self.node_key = None
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    def _handshake_expired(self) -> None:
+        self.drop(f"no channel handshake within {self.server.limits.handshake_timeout:g}s", abort=True)
+
+    def _flush(self) -> None:
+        data = self.channel.data_to_send()
+        if data:
+            self.transport.write(data)
+
+
+def _anyone(_node_key: bytes) -> bool:
+    """Every key may open a channel: the membership core decides who may register."""
+    return True
+
+
+class CoordServer:
+    """A running coordination server: control listener, STUN, admin socket, the core and its timer."""
+
+    def __init__(
+        self,
+        settings: CoordConfig,
+        *,
+        limits: ServerLimits = ServerLimits(),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.limits = limits
+        self.clock = clock
+        self.identity = noise.StaticIdentity.from_private(keys.read_private_key(settings.private_key_file))
+        self.store = _open_store(settings.database)
+        self.membership = Membership(self.store, membership_settings(settings), clock())
+        self.stopping = False
+        self.address: tuple[str, int] | None = None
+        """Where the control listener is bound (the real port when the config says 0)."""
+        self.stun: StunServer | None = None
+        self._listener: asyncio.AbstractServer | None = None
+        self._admin: ControlServer | None = None
+        self._connections: set[_Connection] = set()
+        self._per_host: dict[str, int] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def start(self) -> None:
+        """Open every listener; raise MeshError naming the one that failed."""
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        try:
+            self._listener = await loop.create_server(
+                lambda: _Connection(self), settings.listen.host, settings.listen.port, reuse_address=True
+            )
+            self.address = self._listener.sockets[0].getsockname()[:2]
+            alt = settings.stun_alt_listen
+            self.stun = await start_stun_server(
+                settings.stun_listen.host, settings.stun_listen.port, None if alt is None else tuple(alt)
+            )
+            self._admin = ControlServer(str(settings.admin_socket), self._serve_admin)
+            await self._admin.start()
+        except OSError as exc:
+            await self.close()
+            raise MeshError(f"coord cannot listen: {exc}") from None
+        self.run_actions()
+        log.info("coordination server %s listening on %s:%d, STUN on %s:%d, admin socket %s",
+                 keys.encode_key(self.identity.public), *self.address, *self.stun.address, settings.admin_socket)
+
+    async def close(self) -> None:
+        """Stop listening, close every connection and the store."""
+        self.stopping = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._listener is not None:
+            self._listener.close()
+        for conn in list(self._connections):
+            conn.transport.abort()
+        if self.stun is not None:
+            self.stun.close()
+        if self._admin is not None:
+            await self._admin.close()
+        if self._listener is not None:
+            await self._listener.wait_closed()
+        self.store.close()
+
+    def reload(self, settings: CoordConfig) -> None:
+        """Apply what a SIGHUP may change (log level, relays, keepalive); name what needs a restart."""
+        service.set_level(settings.log.level)
+        self.membership.reconfigure(relay_infos(settings), settings.keepalive)
+        for key in restart_only_changes(self.settings, settings):
+            log.warning("config key %s changed: it takes effect only on restart", key)
+        self.settings = dataclasses.replace(
+            self.settings, log=settings.log, relays=settings.relays, keepalive=settings.keepalive
+        )
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.run_actions()
+        log.info("configuration reloaded: log level %s, %d relays, keepalive %gs",
+                 settings.log.level, len(settings.relays), settings.keepalive)
+
+    def status(self) -> str:
+        """The one-line service status."""
+        return f"{self.membership.online_count()} nodes online"
+
+    # ----- connections
+
+    def admit(self, conn: _Connection) -> bool:
+        count = self._per_host.get(conn.host, 0)
+        if count >= self.limits.max_connections_per_host:
+            return False
+        self._per_host[conn.host] = count + 1
+        self._connections.add(conn)
+        return True
+
+    def release(self, conn: _Connection) -> None:
+        if conn in self._connections:
+            self._connections.remove(conn)
+            remaining = self._per_host[conn.host] - 1
+            if remaining:
+                self._per_host[conn.host] = remaining
+            else:
+                del self._per_host[conn.host]
+
+    # ----- the core's actions and timer
+
+    def run_actions(self) -> None:
+        """Carry out everything the core asked for, then make sure its timer is armed."""
+        while actions := self.membership.actions():
+            encoded: dict[int, bytes] = {}  # a broadcast is one message object sent to many
+            for action in actions:
+                if isinstance(action, Send):
+                    payload = encoded.get(id(action.message))
+                    if payload is None:
+                        payload = encoded[id(action.message)] = messages.encode(action.message)
+                    action.conn_id.send_payload(payload)
+                elif isinstance(action, Close):
+                    action.conn_id.close_by_core(action.reason)
+                elif isinstance(action, Log):
+                    _log_core(action)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        # The core's deadlines only move later, and new ones are never earlier than those it
+        # already reported, so an armed timer stays right; asking again only when none is armed
+        # keeps get_timer (linear in connections) off the per-message path.
+        if self._timer is not None or self.stopping:
+            return
+        deadline = self.membership.get_timer()
+        if deadline is not None:
+            delay = max(0.0, deadline - self.clock())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.membership.handle_timer(self.clock())
+        self.run_actions()
+
+    # ----- admin socket
+
+    async def _serve_admin(self, request: dict) -> AsyncIterator[dict]:
+        response = admin.answer(self.membership, request, self.clock(), os.urandom)
+        self.run_actions()
+        yield {**response, "done": True}
+
+
+def _log_core(action: Log) -> None:
+    fields = " ".join(f"{key}={value}" for key, value in action.fields.items())
+    log.log(_LOG_LEVELS.get(action.level, logging.INFO), "%s %s", action.text, fields)
+
+
+def _open_store(path: Path) -> SqliteStore:
+    try:
+        return SqliteStore(str(path))
+    except sqlite3.Error as exc:
+        raise ConfigError(f"database: cannot open {path}: {exc}") from None
+
+
+def main(args) -> int:
+    """`meshvpn coord -c FILE`: serve until SIGTERM or SIGINT; SIGHUP reloads the config."""
+    settings: CoordConfig = args.settings
+    service.setup_logging(settings.log.level, "coord")
+    asyncio.run(_serve(settings, Path(args.config)))
+    return 0
+
+
+async def _serve(settings: CoordConfig, config_path: Path) -> None:
+    server = CoordServer(settings)
+    await server.start()
+    await service.serve_until_stopped(
+        server, lambda: load_coord_config(config_path), service.Notifier.from_environment(),
+        server.limits.status_interval,
+    )
