@@ -129,12 +129,12 @@ def _add_coord_admin(coord: argparse.ArgumentParser) -> None:
     create.add_argument("--ephemeral", action="store_true", help="nodes joined with it are removed when they go offline")
 
     nodes = admin.add_parser("nodes", help="nodes").add_subparsers(dest="action", metavar="ACTION", required=True)
-    admin_verb(nodes, "list", "list nodes")
+    admin_verb(nodes, "list", "list nodes").add_argument("--json", action="store_true", help="print JSON")
     for action, help_text in (("approve", "approve a node waiting to join"), ("revoke", "remove a node's access")):
         admin_verb(nodes, action, help_text).add_argument("node", metavar="NODE", help="node name or public key")
 
     networks = admin.add_parser("networks", help="networks").add_subparsers(dest="action", metavar="ACTION", required=True)
-    admin_verb(networks, "list", "list networks")
+    admin_verb(networks, "list", "list networks").add_argument("--json", action="store_true", help="print JSON")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
