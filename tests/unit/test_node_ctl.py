@@ -1,0 +1,107 @@
+"""Control socket: 0600 socket in a created directory, streamed answers, clear client errors."""
+
+import asyncio
+import json
+import os
+import stat
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from meshvpn.node import ctl
+
+STATUS = {
+    "self": {"name": "alice", "overlay": "100.64.0.1", "coord": "connected"},
+    "peers": [
+        {"name": "bob", "overlay": "100.64.0.2", "path": "direct", "endpoint": "203.0.113.7:41641",
+         "last_handshake": 75.0, "rx_bytes": 2048, "tx_bytes": 10},
+        {"name": "carol", "overlay": "100.64.0.3", "path": "-", "endpoint": None,
+         "last_handshake": None, "rx_bytes": 0, "tx_bytes": 0},
+    ],
+}
+
+
+async def handler(request):
+    if request["cmd"] == "status":
+        yield {**STATUS, "done": True}
+    elif request["cmd"] == "ping":
+        yield {"type": "path", "name": "bob", "old": "relay", "new": "direct"}
+        yield {"type": "pong", "name": "bob", "overlay": "100.64.0.2", "path": "direct",
+               "endpoint": "203.0.113.7:41641", "rtt_ms": 1.23}
+        yield {"done": True}
+    else:
+        yield {"error": "unknown command", "done": True}
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A control server on its own loop thread; yields the socket path."""
+    path = str(tmp_path / "run" / "sub" / "ctl.sock")
+    loop = asyncio.new_event_loop()
+    srv = ctl.ControlServer(path, handler)
+    loop.run_until_complete(srv.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield path
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.run_until_complete(srv.close())
+    loop.close()
+
+
+def test_socket_is_private_and_answers_stream(server):
+    assert stat.S_IMODE(os.stat(server).st_mode) == 0o600
+    replies = list(ctl.request(server, {"cmd": "ping", "peer": "bob"}))
+    assert [r.get("type") for r in replies] == ["path", "pong", None] and replies[-1]["done"]
+
+
+def test_status_text_and_json(server, capsys):
+    assert ctl.client_main(SimpleNamespace(command="status", socket=server, json=False)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:4] == ["100.64.0.2", "bob", "direct", "203.0.113.7:41641"]
+    assert "handshake 1m ago" in lines[1] and "rx 2.0 KiB tx 10 B" in lines[1]
+    assert lines[2].split()[:4] == ["100.64.0.3", "carol", "-", "-"]
+    assert ctl.client_main(SimpleNamespace(command="status", socket=server, json=True)) == 0
+    assert json.loads(capsys.readouterr().out) == STATUS
+
+
+def test_ping_prints_path_change_and_pong(server, capsys):
+    assert ctl.client_main(SimpleNamespace(command="ping", socket=server, peer="bob", count=1)) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "path to bob changed: relay -> direct",
+        "pong from bob (100.64.0.2) via direct 203.0.113.7:41641 in 1.2 ms",
+    ]
+
+
+def test_bad_request_line_gets_an_error(server):
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(server)
+        sock.sendall(b"not json\n")
+        assert "bad request" in json.loads(sock.makefile().readline())["error"]
+
+
+def test_client_without_daemon_fails_with_one_line(tmp_path, capsys):
+    args = SimpleNamespace(command="status", socket=str(tmp_path / "absent.sock"), json=False)
+    assert ctl.client_main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not running" in err
+
+
+def test_stale_socket_file_is_replaced(tmp_path):
+    import socket
+
+    path = str(tmp_path / "ctl.sock")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()
+
+    async def run():
+        srv = ctl.ControlServer(path, handler)
+        await srv.start()
+        await srv.close()
+
+    asyncio.run(run())
+    assert not os.path.exists(path)
