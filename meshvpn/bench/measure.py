@@ -81,6 +81,7 @@ def _wait_listening(log: Path, proc: subprocess.Popen) -> None:
 
 def throughput_runs(client: Namespace, server: Namespace, address: str, seconds: float, runs: int, log: Path) -> list[float]:
     """`runs` iperf3 TCP runs of `seconds` each from `client` to `address` in `server`; Mbit/s each."""
+    log.unlink(missing_ok=True)
     proc = server.popen(["iperf3", "-s", "-p", str(IPERF_PORT), "--forceflush", "--logfile", str(log)],
                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
