@@ -4,8 +4,9 @@
 a `CoordClient` once both ends hold the session keys. Decoded `messages.Message` objects come out
 of `recv()` (or ``async for``); `send` seals one message. A channel or schema error from the
 server closes the link, and `CoordLinkClosed` says why. With `keepalive` set the client pings on
-its own, so the server's silence limit never applies to a healthy client. Used by the node
-daemon's coord link, the integration tests and the scale bench.
+its own, so the server's silence limit never applies to a healthy client; the server's pings
+are answered here too and never delivered. Used by the node daemon's coord link
+(`meshvpn.node.coordlink`), the integration tests and the scale bench.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class CoordRefused(MeshError):
 
 
 _CLOSED = object()
+_PING, _PONG = m.encode(m.Ping()), m.encode(m.Pong())
 
 
 class _LinkProtocol(asyncio.Protocol):
@@ -66,7 +68,10 @@ class _LinkProtocol(asyncio.Protocol):
             self.established.set_result(None)
             self._arm_ping()
         for message in received:
-            self.inbox.put_nowait(message)
+            if isinstance(message, m.Ping):
+                self.send(_PONG)
+            else:
+                self.inbox.put_nowait(message)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.close_reason is None:
@@ -100,7 +105,7 @@ class _LinkProtocol(asyncio.Protocol):
 
     def _ping(self) -> None:
         if self.close_reason is None:
-            self.send(m.encode(m.Ping()))
+            self.send(_PING)
             self._arm_ping()
 
 

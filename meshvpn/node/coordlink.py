@@ -1,8 +1,8 @@
 """The node's control channel to the coord: connect, register, keep alive, reconnect.
 
-The link is a TCP connection carrying a :mod:`meshvpn.channel` stream (the coord's key
-is pinned from the config).  The first message is ``register``; after that every frame
-is handed to ``on_message``.  The link pings every ``keepalive`` seconds and answers the
+The link is a :mod:`meshvpn.coord.client` connection (a :mod:`meshvpn.channel` stream over
+TCP; the coord's key is pinned from the config).  The first message is ``register``; after
+that every message is handed to ``on_message``.  The link pings every ``keepalive`` seconds and answers the
 coord's pings; three intervals of silence mean the coord is gone.  Losing the coord never
 stops the node: the data path keeps running, peers are kept, and the link reconnects
 with exponential backoff and jitter (so a restarted coord is not hit by every node at
@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
-import time
 from typing import Callable, Optional
 
-from meshvpn.channel import ClientChannel
 from meshvpn.coord import messages as m
-from meshvpn.errors import MeshError, RemoteProtocolError
+from meshvpn.coord.client import CoordClient, connect
+from meshvpn.errors import MeshError
 from meshvpn.noise import StaticIdentity
 
 log = logging.getLogger("meshvpn.node.coordlink")
@@ -31,7 +29,6 @@ BACKOFF_MAX = 30.0
 """Longest wait between reconnects."""
 CONNECT_TIMEOUT = 10.0
 """Seconds for TCP connect plus the channel handshake."""
-READ_SIZE = 65536
 
 
 def backoff_delay(failures: int, jitter: float) -> float:
@@ -65,8 +62,7 @@ class CoordLink:
         self.keepalive = keepalive
         self.connected = False
         self.failures = 0
-        self._channel: Optional[ClientChannel] = None
-        self._writer: Optional[asyncio.StreamWriter] = None
+        self._client: Optional[CoordClient] = None
         self._task: Optional[asyncio.Task] = None
         self._rng = random.Random()
 
@@ -84,10 +80,9 @@ class CoordLink:
 
     def send(self, msg: m.Message) -> bool:
         """Send if connected; False (dropped) otherwise: state is re-sent on reconnect."""
-        if self._channel is None or self._writer is None:
+        if self._client is None or self._client.close_reason is not None:
             return False
-        self._channel.send(m.encode(msg))
-        self._writer.write(self._channel.data_to_send())
+        self._client.send(msg)
         return True
 
     async def _run(self) -> None:
@@ -106,55 +101,27 @@ class CoordLink:
             await asyncio.sleep(delay)
 
     def _drop(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._writer = None
-        self._channel = None
+        if self._client is not None:
+            self._client.close()
+        self._client = None
         if self.connected:
             self.connected = False
             self.on_state(False)
 
     async def _session(self) -> None:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT)
-        self._writer = writer
-        channel = ClientChannel(self.identity, self.server_public, os.urandom(32), time.time())
-        writer.write(channel.data_to_send())
-        self._channel = channel
-        self.send(self.register())
-        clock = asyncio.get_running_loop().time
-        heard = pinged = clock()
+        client = await connect((self.host, self.port), self.server_public, self.identity,
+                               keepalive=self.keepalive, timeout=CONNECT_TIMEOUT)
+        self._client = client
+        client.send(self.register())
         while True:
             try:
-                data = await asyncio.wait_for(reader.read(READ_SIZE), max(0.0, pinged + self.keepalive - clock()))
+                msg = await client.recv(3 * self.keepalive)
             except asyncio.TimeoutError:
-                data = None
-            now = clock()
-            if data is not None:
-                if not data:
-                    raise EOFError("coord closed the connection")
-                heard = now
-                for payload in channel.receive_data(data):
-                    self._handle(payload)
-                writer.write(channel.data_to_send())
-            if now - heard > 3 * self.keepalive:
-                raise EOFError("coord silent for three keepalive intervals")
-            if now >= pinged + self.keepalive:
-                pinged = now
-                self.send(m.Ping())
-
-    def _handle(self, payload: bytes) -> None:
-        try:
-            msg = m.decode(payload)
-        except RemoteProtocolError as exc:
-            log.warning("ignoring a malformed message from the coord: %s", exc)
-            return
-        if isinstance(msg, m.Ping):
-            self.send(m.Pong())
-            return
-        if isinstance(msg, m.Registered):
-            self.failures = 0
-            if not self.connected:
-                self.connected = True
-                self.on_state(True)
-        if not isinstance(msg, m.Pong):
-            self.on_message(msg)
+                raise EOFError("coord silent for three keepalive intervals") from None
+            if isinstance(msg, m.Registered):
+                self.failures = 0
+                if not self.connected:
+                    self.connected = True
+                    self.on_state(True)
+            if not isinstance(msg, m.Pong):
+                self.on_message(msg)
