@@ -19,6 +19,11 @@ SANS_IO_MODULES = (
     "meshvpn.stun",
     "meshvpn.coord.membership",
     "meshvpn.node.pathfinder",
+    "meshvpn.node.core",
+    "meshvpn.node.dataplane",
+    "meshvpn.node.handshakes",
+    "meshvpn.node.peers",
+    "meshvpn.node.probes",
     "meshvpn.relay.core",
     "meshvpn.sim.*",
 )
