@@ -7,6 +7,7 @@ public addresses show what the filtering lets in.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -135,3 +136,72 @@ def test_swapping_between_kernel_and_userspace_nats(topo: Topology, probe) -> No
     topo.set_nat("a", NatKind.PORT_PRESERVING)
     assert "0:\tfrom all lookup local" in topo.host("a").ip("rule", "show")
     assert probe(topo.host("a1"), "udp", 41415, COORD_1) == ["203.0.113.100:41415"]
+
+
+# ---- meshvpn netcheck -----------------------------------------------------------------------
+
+STUN_SERVERS = r"""
+import asyncio
+from meshvpn.stunio import start_stun_server
+async def serve():
+    await start_stun_server("203.0.113.10", 3478, ("203.0.113.11", 3479))
+    await start_stun_server("203.0.113.11", 3478, ("203.0.113.10", 3479))
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(serve())
+"""
+
+NODE_CONFIG = """\
+private_key_file: {key}
+control_socket: {tmp}/none.sock
+coord:
+  address: 203.0.113.10:7400
+  public_key: {pub}
+  stun_port: 3478
+"""
+
+EIM, ADM, APDM = "endpoint-independent", "address-dependent", "address-and-port-dependent"
+DEPENDENT = "address-dependent or address-and-port-dependent"
+
+NETCHECK_CASES = [
+    # kind, mapping, filtering, allocation, hairpinning
+    (NatKind.PORT_PRESERVING, EIM, APDM, "port preservation", False),
+    (NatKind.RANDOM_PORTS, APDM, DEPENDENT, "random", False),
+    (NatKind.SEQUENTIAL, APDM, DEPENDENT, "sequential", False),
+    (NatKind.ADDRESS_DEPENDENT, ADM, DEPENDENT, "sequential", False),
+    (NatKind.FULL_CONE.with_hairpin(), EIM, EIM, "port preservation", True),
+    (NatKind.RESTRICTED_CONE, EIM, ADM, "port preservation", False),
+    (NatKind.NO_NAT, EIM, EIM, "port preservation", None),
+]
+
+
+def netcheck(topo: Topology, host: str, tmp_path) -> dict:
+    """Run `meshvpn netcheck --json` in `host` against STUN servers on coord's two addresses."""
+    from meshvpn import keys
+
+    servers = topo.host("coord").popen([sys.executable, "-c", STUN_SERVERS], stdout=subprocess.PIPE, text=True)
+    assert servers.stdout.readline().strip() == "ready"
+    private = keys.write_private_key(tmp_path / "node.key")
+    config = tmp_path / "node.yaml"
+    config.write_text(NODE_CONFIG.format(key=tmp_path / "node.key", tmp=tmp_path,
+                                         pub=keys.encode_key(keys.public_key(private))))
+    done = topo.host(host).run([sys.executable, "-m", "meshvpn", "netcheck", "--json", "-c", str(config)],
+                               check=False, timeout=30)
+    assert done.returncode in (0, 1), done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("kind, mapping, filtering, allocation, hairpin", NETCHECK_CASES,
+                         ids=[case[0].name for case in NETCHECK_CASES])
+def test_netcheck_names_the_nat_behaviour(topo: Topology, tmp_path, kind, mapping, filtering, allocation, hairpin) -> None:
+    topo.add_site("a", nat=kind)
+    report = netcheck(topo, "a1", tmp_path)
+    assert report["udp"] and report["nat"] == kind.translates
+    assert (report["mapping"], report["filtering"]) == (mapping, filtering)
+    assert (report["allocation"], report["hairpinning"]) == (allocation, hairpin)
+
+
+def test_netcheck_reports_blocked_udp(topo: Topology, tmp_path) -> None:
+    topo.add_site("a", nat=NatKind.UDP_BLOCKED)
+    report = netcheck(topo, "a1", tmp_path)
+    assert not report["udp"] and report["traversal"].startswith("UDP blocked")

@@ -1,0 +1,90 @@
+"""netcheck's verdicts from observations: RFC 4787 names for what the STUN tests saw."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshvpn.node.netcheck import (
+    ADM, APDM, EIM, ENDPOINT_DEPENDENT, OFFSET, PRESERVING, RANDOM, SEQUENTIAL,
+    Observations, allocation, mapping, render, verdict,
+)
+
+PUB = "203.0.113.100"
+
+
+@pytest.mark.parametrize("samples, expected", [
+    ([(4000, 4000), (5123, 5123), (6000, 6000)], PRESERVING),
+    ([(1414, 31414), (1500, 31500)], OFFSET),
+    ([(4000, 30001), (5123, 30002), (6000, 30004), (7000, 30005)], SEQUENTIAL),
+    ([(4000, 30001), (5123, 30005), (6000, 30006), (7000, 30020)], SEQUENTIAL),
+    ([(4000, 51000), (5123, 12000), (6000, 40000)], RANDOM),
+    ([(4000, 30001), (5123, 30000)], RANDOM),
+    ([(4000, 30001)], None),
+])
+def test_port_allocation(samples, expected) -> None:
+    assert allocation(samples) == expected
+
+
+@pytest.mark.parametrize("mapped, expected", [
+    ({"A1P1": (PUB, 1), "A2P2": (PUB, 1), "A2P1": (PUB, 1), "A1P2": (PUB, 1)}, EIM),
+    ({"A1P1": (PUB, 1), "A2P2": (PUB, 1)}, EIM),
+    ({"A1P1": (PUB, 1), "A2P2": (PUB, 2), "A2P1": (PUB, 2), "A1P2": (PUB, 1)}, ADM),
+    ({"A1P1": (PUB, 1), "A2P2": (PUB, 2), "A1P2": (PUB, 1)}, ADM),
+    ({"A1P1": (PUB, 1), "A2P2": (PUB, 2), "A2P1": (PUB, 3), "A1P2": (PUB, 4)}, APDM),
+    ({"A1P1": (PUB, 1), "A2P2": (PUB, 2)}, ENDPOINT_DEPENDENT),
+    ({"A1P1": (PUB, 1)}, None),
+])
+def test_mapping(mapped, expected) -> None:
+    assert mapping(mapped) == expected
+
+
+def cone(**fields) -> Observations:
+    base = dict(local_ip="10.1.0.11", mapped={"A1P1": (PUB, 4000), "A2P2": (PUB, 4000)},
+                samples=[(5000, 5000), (6000, 6000)], hairpin=False)
+    return Observations(**{**base, **fields})
+
+
+@pytest.mark.parametrize("change_both, to_sent_address, expected", [
+    (True, None, EIM),
+    (False, True, ADM),
+    (False, False, APDM),
+    (False, None, ENDPOINT_DEPENDENT),
+    (None, None, None),
+])
+def test_filtering(change_both, to_sent_address, expected) -> None:
+    obs = cone(change_both=change_both, change_to_sent_address=to_sent_address)
+    assert verdict(obs).filtering == expected
+
+
+def test_filtering_behind_an_endpoint_dependent_mapping_is_not_guessed() -> None:
+    obs = cone(mapped={"A1P1": (PUB, 1), "A2P2": (PUB, 2)}, change_both=False, change_to_sent_address=False)
+    assert verdict(obs).filtering == ENDPOINT_DEPENDENT
+
+
+def test_public_host_has_no_nat_and_no_hairpin_verdict() -> None:
+    obs = cone(local_ip=PUB, mapped={"A1P1": (PUB, 5000), "A2P2": (PUB, 5000)}, hairpin=True)
+    result = verdict(obs)
+    assert (result.nat, result.hairpinning) == (False, None)
+    assert "NAT: no (public address)" in render(result)
+
+
+def test_no_answer_means_udp_blocked() -> None:
+    result = verdict(Observations(local_ip="10.1.0.11", relays={"r1": 0.0123, "r2": None}))
+    assert not result.udp
+    assert render(result).splitlines() == [
+        "UDP: blocked (no STUN answer)",
+        "traversal: UDP blocked: relay over TCP only",
+        "relay r1: 12.3 ms",
+        "relay r2: unreachable",
+    ]
+
+
+@pytest.mark.parametrize("obs, expected", [
+    (cone(), "easy: one public endpoint for every peer"),
+    (cone(mapped={"A1P1": (PUB, 30001), "A2P2": (PUB, 30002)}, samples=[(1, 30003), (2, 30004)]),
+     "hard: port prediction"),
+    (cone(mapped={"A1P1": (PUB, 30001), "A2P2": (PUB, 40002)}, samples=[(1, 50003), (2, 2004)]),
+     "hard: birthday probing from the other side, else relay"),
+])
+def test_traversal_summary(obs, expected) -> None:
+    assert verdict(obs).traversal == expected
