@@ -24,6 +24,7 @@ restarts and key expiry. Inputs are the methods below; outputs are pulled with `
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Hashable, Mapping, Union
 
@@ -128,6 +129,10 @@ class Membership:
         self._online: dict[str, dict[bytes, _Connection]] = {}
         self._ephemeral_deadlines: dict[bytes, float] = {}
         self._actions: list[Action] = []
+        self.received: Counter = Counter()
+        """Control messages received, by type (read by the metrics endpoint)."""
+        self.refused: Counter = Counter()
+        """Connections refused, by error code (read by the metrics endpoint)."""
         with store.transaction():
             for network in settings.networks:
                 store.put_network(network)
@@ -186,6 +191,7 @@ class Membership:
         except RemoteProtocolError as exc:
             self._refuse(conn, now, "bad_request", str(exc))
             return
+        self.received[message.TYPE] += 1
         if type(message) not in _ACCEPTS[conn.state]:
             self._send(conn, m.Error("bad_request", f"{message.TYPE} not accepted while {conn.state}"))
             return
@@ -441,6 +447,7 @@ class Membership:
         self._actions.append(Send(conn.conn_id, message))
 
     def _refuse(self, conn: _Connection, now: float, code: str, reason: str) -> None:
+        self.refused[code] += 1
         self._send(conn, m.Error(code, reason[: m.MAX_ERROR_TEXT]))
         fields = {"key": encode_key(conn.key), "observed_host": conn.observed_host, "code": code}
         self._actions.append(Log("warning", f"connection refused: {reason}", fields))

@@ -346,6 +346,8 @@ class NodeCore:
         was_up = peer.ring.current is not None or peer.ring.next is not None
         peer.ring.install(session)
         peer.last_handshake = now
+        peer.counters.handshakes += 1
+        peer.counters.rekeys += was_up
         self._free_retired(peer)
         if not was_up:
             self._events.append(PeerUp(peer.name))

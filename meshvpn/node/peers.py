@@ -52,6 +52,10 @@ class PeerCounters:
     tx_packets: int = 0
     drops: Counter = field(default_factory=Counter)
     """Dropped packets by reason ("spoofed", "no session", "queue full", ...)."""
+    handshakes: int = 0
+    """Sessions established with the peer, one per completed handshake."""
+    rekeys: int = 0
+    """Of those, the ones that replaced a session still in use."""
 
 
 @dataclass(eq=False)

@@ -1,0 +1,195 @@
+"""Metrics: each role's counters as families, scraped over HTTP on loopback from the role's loop."""
+
+import asyncio
+import logging
+import socket
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from meshvpn import keys, metrics
+from meshvpn.config import Address, RelayLimits
+from meshvpn.coord import messages as m
+from meshvpn.errors import MeshError
+from meshvpn.metrics import Family, coord_families, node_families, relay_families, start_metrics
+from meshvpn.relay.core import RelayCore
+from test_coord_membership import Server  # the frame-by-frame harness of the membership tests
+from test_node_core import Node, Wire, ip_packet  # the two-core harness of the node core tests
+
+LOOPBACK = Address("127.0.0.1", 0)
+
+
+def samples(text: str) -> dict[tuple, float]:
+    """(sample name, sorted label pairs) -> value, from exposition text."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def as_dict(families: list[Family]) -> dict[tuple, float]:
+    return {(f.name, labels): value for f in families for labels, value in f.samples}
+
+
+def scrape(collect, path: str = "/metrics", method: str = "GET") -> tuple[int, str, str]:
+    """Start an endpoint, make one HTTP request to it from a thread, return status, type and body."""
+
+    async def run():
+        endpoint = await start_metrics(LOOPBACK, "test", collect)
+        host, port = endpoint.address
+
+        def request():
+            req = urllib.request.Request(f"http://{host}:{port}{path}", method=method)
+            try:
+                with urllib.request.urlopen(req, timeout=5) as response:
+                    return response.status, response.headers["Content-Type"], response.read().decode()
+            except urllib.error.HTTPError as err:
+                return err.code, err.headers["Content-Type"], err.read().decode()
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, request)
+        finally:
+            await endpoint.close()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def pair():
+    a = Node(1, "alice", "100.64.0.1", ("192.0.2.1", 41641))
+    b = Node(2, "bob", "100.64.0.2", ("198.51.100.2", 41641))
+    a.register(b)
+    b.register(a)
+    return a, b, Wire(a, b)
+
+
+def test_node_families_read_peer_counters_paths_handshakes_and_rekeys(pair):
+    a, b, wire = pair
+    now = 0.0
+    while now <= 200.0:
+        a.send(ip_packet(a.address, b.address, b"x" * 10), now)
+        wire.pump(now)
+        wire.tick(now)
+        now += 5.0
+    a.send(ip_packet("100.64.0.1", "100.64.0.77"), now)
+    got = as_dict(node_families(a.core, a.data))
+    bob = a.core.peers.find("bob").counters
+    assert got[("meshvpn_peer_tx_packets", ("bob",))] == bob.tx_packets == 41
+    assert got[("meshvpn_peer_tx_bytes", ("bob",))] == 41 * 30
+    assert got[("meshvpn_peer_handshakes", ("bob",))] >= 2, "the first handshake and at least one rekey"
+    assert got[("meshvpn_peer_rekeys", ("bob",))] == got[("meshvpn_peer_handshakes", ("bob",))] - 1
+    assert got[("meshvpn_peer_path", ("bob", "direct"))] == 1.0
+    assert got[("meshvpn_peer_path", ("bob", "relay"))] == 0.0
+    assert got[("meshvpn_peers", ("direct",))] == 1.0 and got[("meshvpn_peers", ("none",))] == 0.0
+    assert got[("meshvpn_drops", ("no peer",))] == 1.0
+    assert got[("meshvpn_relay_connected", ())] == 0.0
+    received = as_dict(node_families(b.core, b.data))
+    assert received[("meshvpn_peer_rx_packets", ("alice",))] == 41
+
+
+def test_a_peer_without_a_path_is_reported_as_none():
+    lonely = Node(3, "carol", "100.64.0.3", ("192.0.2.3", 41641))
+    lonely.register(Node(4, "dave", "100.64.0.4", ("192.0.2.4", 41641)))
+    got = as_dict(node_families(lonely.core, lonely.data))
+    assert got[("meshvpn_peer_path", ("dave", "none"))] == 1.0
+    assert got[("meshvpn_peers", ("none",))] == 1.0
+
+
+def test_coord_families_count_nodes_connections_messages_and_refusals():
+    server = Server()
+    token = server.token(reusable=True)
+    server.join(1, 1, "alice", token)
+    server.join(2, 2, "bob", token)
+    server.send(2, m.Ping())
+    server.join(3, 3, "mallory", "garbage")
+    got = as_dict(coord_families(server.core, {"conn-1", "conn-2", "conn-3"}))
+    assert got == {
+        ("meshvpn_coord_nodes_online", ()): 2.0,
+        ("meshvpn_coord_connections", ()): 3.0,
+        ("meshvpn_coord_messages", ("register",)): 3.0,
+        ("meshvpn_coord_messages", ("ping",)): 1.0,
+        ("meshvpn_coord_auth_failures", ("auth_key_invalid",)): 1.0,
+    }
+
+
+def test_relay_families_read_the_core_status():
+    coord_public = keys.public_key(keys.generate_private_key())
+    core = RelayCore(keys.generate_private_key(), coord_public, RelayLimits(), lambda n: bytes(n), 0.0)
+    core.stats.forwarded, core.stats.forwarded_bytes, core.stats.hellos = 7, 700, 2
+    core.drops["rate limited"] += 3
+    got = as_dict(relay_families(core))
+    assert got[("meshvpn_relay_forwarded_packets", ())] == 7.0
+    assert got[("meshvpn_relay_forwarded_bytes", ())] == 700.0
+    assert got[("meshvpn_relay_hellos", ())] == 2.0
+    assert got[("meshvpn_relay_nodes", ())] == 0.0
+    assert got[("meshvpn_relay_drops", ("rate limited",))] == 3.0
+
+
+def test_scrape_over_http_reads_the_counters_at_scrape_time(pair):
+    a, b, wire = pair
+    a.send(ip_packet(a.address, b.address, b"hello"), 0.0)
+    wire.pump(0.0)
+    status, content_type, body = scrape(lambda: node_families(a.core, a.data))
+    assert status == 200 and content_type.startswith("text/plain")
+    got = samples(body)
+    assert got[("meshvpn_peer_tx_packets_total", (("peer", "bob"),))] == 1.0
+    assert got[("meshvpn_peer_path", (("kind", "direct"), ("peer", "bob")))] == 1.0
+    assert got[("meshvpn_info", (("role", "test"), ("version", metrics.__version__)))] == 1.0
+    a.send(ip_packet(a.address, b.address, b"again"), 1.0)
+    assert samples(scrape(lambda: node_families(a.core, a.data))[2])[
+        ("meshvpn_peer_tx_packets_total", (("peer", "bob"),))] == 2.0
+
+
+def test_other_paths_and_methods_are_refused():
+    assert scrape(list, "/")[0] == 404
+    assert scrape(list, "/metrics", "POST")[0] == 405
+    status, _, body = scrape(list, "/metrics?name[]=x")
+    assert status == 200 and "meshvpn_info" in body
+
+
+def test_a_silent_client_does_not_block_scrapes(monkeypatch):
+    monkeypatch.setattr(metrics, "REQUEST_TIMEOUT", 0.2)
+
+    async def run():
+        endpoint = await start_metrics(LOOPBACK, "test", list)
+        silent = socket.create_connection(endpoint.address)
+        try:
+            reader, writer = await asyncio.open_connection(*endpoint.address)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), 2)
+            writer.close()
+            await asyncio.sleep(0.3)
+            closed = silent.recv(1) == b""
+            return answer, closed
+        finally:
+            silent.close()
+            await endpoint.close()
+
+    answer, closed = asyncio.run(run())
+    assert answer.startswith(b"HTTP/1.1 200 OK") and closed
+
+
+def test_off_when_not_configured():
+    assert asyncio.run(start_metrics(None, "test", list)) is None
+
+
+def test_without_prometheus_client_it_says_so_and_runs_on(monkeypatch, caplog):
+    for name in [n for n in sys.modules if n == "prometheus_client" or n.startswith("prometheus_client.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    with caplog.at_level(logging.WARNING, logger="meshvpn.metrics"):
+        assert asyncio.run(start_metrics(Address("127.0.0.1", 9100), "test", list)) is None
+    [record] = caplog.records
+    assert "prometheus-client is not installed" in record.getMessage()
+
+
+def test_an_address_in_use_is_a_clear_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(MeshError, match="metrics cannot listen on 127.0.0.1:"):
+            asyncio.run(start_metrics(Address(*taken.getsockname()), "test", list))
