@@ -196,12 +196,22 @@ class MetricsConfig:
     listen: OptionalHostPort = option('address of the HTTP metrics endpoint; "" turns it off', None)
 
 
+_COORD_KEY = "coordination server's public key, pinned: no other server is trusted"
+
+
 @_section
 class CoordLink:
     """How to reach and authenticate the coordination server."""
 
     address: HostPort = option("coordination server's control channel (TCP)")
-    public_key: PublicKey = option("coordination server's public key, pinned: no other server is trusted")
+    public_key: PublicKey = option(_COORD_KEY)
+
+
+@_section
+class CoordTrust:
+    """Which coordination server to trust, without reaching it (a relay checks its tokens)."""
+
+    public_key: PublicKey = option(_COORD_KEY)
 
 
 @_section
@@ -303,7 +313,7 @@ class RelayConfig:
 
     private_key_file: PrivateKeyFile = option("the relay's private key file (mode 0600), from `meshvpn keygen`")
     listen: HostPort = option("UDP and TCP address (same port)", Address("0.0.0.0", 7500))
-    coord: CoordLink = option("coordination server")
+    coord: CoordTrust = option("the coordination server whose relay tokens are accepted")
     limits: RelayLimits = option("forwarding limits", RelayLimits)
     log: LogConfig = option("logging", LogConfig)
     metrics: MetricsConfig = option("metrics", MetricsConfig)

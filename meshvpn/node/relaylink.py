@@ -1,0 +1,235 @@
+"""The node's link to one relay, without I/O: hellos, their acks, UDP first and TCP when UDP fails.
+
+A node keeps a link to every relay the coordination server announced; the one with the lowest
+round-trip time is its *home* relay, which it reports to the server, and peers reach it there.
+
+Rules:
+
+* With a token (``set_token``) the link sends a RELAY_HELLO every `hello_interval` (every
+  `retry_interval` while it is not ready). Each ack
+  (the relay echoes the hello's timestamp) proves the relay holds its key, refreshes our
+  registration and measures the round-trip time (RFC 6298 smoothing).
+* The link is *ready* while an ack arrived within `down_after`. Readiness changes are events.
+* UDP first. After `udp_attempts` hellos in a row got no ack over UDP, the link asks the shell
+  for a TCP connection (`want_tcp`) and sends its hellos there. A lost TCP connection is
+  reconnected with exponential backoff. While on TCP, one UDP hello goes out every
+  `udp_retry`; an ack over UDP moves the link back to UDP and the TCP connection is closed.
+* Timestamps are the wall clock in milliseconds, strictly increasing, because the relay keeps
+  the newest timestamp per node to refuse replays.
+
+Inputs take ``now`` (monotonic seconds); ``wall_offset`` turns it into Unix time.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from meshvpn import wire
+from meshvpn.coord.messages import RelayInfo
+from meshvpn.errors import RemoteProtocolError
+from meshvpn.wire import MessageType
+
+
+class Transport(enum.StrEnum):
+    """How messages reach the relay."""
+
+    UDP = "udp"
+    TCP = "tcp"
+
+
+@dataclass
+class RelayLinkConfig:
+    """Timing of relay hellos and of the TCP fallback; every default is the documented one."""
+
+    hello_interval: float = 2.0
+    """Seconds between hellos on a ready link: they keep the registration and the NAT mapping
+    fresh and find a restarted relay within this time."""
+    retry_interval: float = 0.5
+    """Seconds between hellos while the link is not ready, so the TCP fallback starts quickly."""
+    down_after: float = 7.0
+    """Seconds without an ack after which the link is not ready (three lost hellos)."""
+    udp_attempts: int = 3
+    """Hellos over UDP without an ack before the link falls back to TCP."""
+    udp_retry: float = 30.0
+    """Seconds between UDP hellos while on TCP, to move back to UDP when it works again."""
+    tcp_backoff_initial: float = 0.5
+    """First wait before reconnecting a lost TCP connection; doubles per failure."""
+    tcp_backoff_max: float = 10.0
+    """Longest wait between TCP reconnection attempts."""
+
+
+@dataclass(frozen=True)
+class SendUdp:
+    """Send `data` to the relay's UDP endpoint."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class SendTcp:
+    """Send `data` as one frame on the relay's TCP connection."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ReadyChanged:
+    """The link became usable, or stopped being usable."""
+
+    ready: bool
+
+
+Action = SendUdp | SendTcp | ReadyChanged
+
+
+class RelayLink:
+    """One relay as the node sees it; the shell moves bytes and follows `want_tcp`."""
+
+    def __init__(
+        self,
+        info: RelayInfo,
+        node_private: bytes,
+        node_public: bytes,
+        random_bytes: Callable[[int], bytes],
+        wall_offset: float,
+        config: Optional[RelayLinkConfig] = None,
+    ) -> None:
+        self.info = info
+        self.config = config if config is not None else RelayLinkConfig()
+        self.transport = Transport.UDP
+        self.ready = False
+        self.rtt: Optional[float] = None
+        """Smoothed round-trip time of the acks, seconds."""
+        self.want_tcp = False
+        """Whether the shell should keep a TCP connection open (reconnecting per `tcp_retry_at`)."""
+        self.tcp_connected = False
+        self.tcp_retry_at = 0.0
+        """When the shell may next try to connect."""
+        self._public = node_public
+        self._box_key = wire.box_key(node_private, info.public_key)
+        self._random_bytes = random_bytes
+        self._wall_offset = wall_offset
+        self._token: Optional[bytes] = None
+        self._token_expires = 0.0
+        self._last_ts = 0
+        self._sent: dict[int, float] = {}
+        self._unanswered_udp = 0
+        self._last_ack: Optional[float] = None
+        self._next_hello: Optional[float] = None
+        self._next_udp_retry = 0.0
+        self._tcp_failures = 0
+        self._actions: list[Action] = []
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    # ---- inputs ---------------------------------------------------------------------
+
+    def set_token(self, token: bytes, expires: float, now: float) -> None:
+        """A fresh relay token from the coordination server (``expires`` is Unix time)."""
+        first = self._token is None
+        self._token, self._token_expires = token, expires
+        if first:
+            self._hello(now)
+
+    def receive(self, data: bytes, via: Transport, now: float) -> bool:
+        """A message from the relay that is not a RELAY envelope; True if it was a valid ack."""
+        try:
+            sealed = wire.decode_sealed(data)
+            if sealed.kind != MessageType.RELAY_HELLO_ACK or sealed.sender_public != self.info.public_key:
+                return False
+            ack = wire.open_sealed(sealed, self._box_key)
+        except RemoteProtocolError:
+            return False
+        sent = self._sent.pop(ack.timestamp_ms, None)
+        if sent is None:
+            return False
+        rtt = now - sent
+        self._next_hello = sent + self.config.hello_interval
+        self.rtt = rtt if self.rtt is None else self.rtt + (rtt - self.rtt) / 8
+        self._last_ack = now
+        if via is Transport.UDP:
+            self._unanswered_udp = 0
+            if self.transport is Transport.TCP:
+                self.transport = Transport.UDP
+                self.want_tcp = False
+        self._set_ready(True)
+        return True
+
+    def tcp_up(self, now: float) -> None:
+        """The TCP connection (channel) is established: say hello on it at once."""
+        self.tcp_connected = True
+        self._tcp_failures = 0
+        if self.transport is Transport.TCP:
+            self._hello(now)
+
+    def tcp_down(self, now: float) -> None:
+        """The TCP connection failed or closed; reconnect after a backoff if still wanted."""
+        self.tcp_connected = False
+        cfg = self.config
+        self.tcp_retry_at = now + min(cfg.tcp_backoff_initial * 2 ** min(self._tcp_failures, 16), cfg.tcp_backoff_max)
+        self._tcp_failures += 1
+        if self.transport is Transport.TCP:
+            self._set_ready(False)
+
+    def handle_timer(self, now: float) -> None:
+        """Send the hello that is due and notice a link that went quiet."""
+        if self.ready and (self._last_ack is None or now >= self._last_ack + self.config.down_after):
+            self._set_ready(False)
+        if self._next_hello is not None and now >= self._next_hello:
+            self._hello(now)
+
+    # ---- outputs --------------------------------------------------------------------
+
+    def get_timer(self) -> Optional[float]:
+        deadlines = [self._next_hello]
+        if self.want_tcp and not self.tcp_connected:
+            deadlines.append(self.tcp_retry_at)
+        if self.ready and self._last_ack is not None:
+            deadlines.append(self._last_ack + self.config.down_after)
+        return min((d for d in deadlines if d is not None), default=None)
+
+    def next_actions(self) -> list[Action]:
+        out, self._actions = self._actions, []
+        return out
+
+    # ---- internals ------------------------------------------------------------------
+
+    def _hello(self, now: float) -> None:
+        cfg = self.config
+        self._next_hello = now + (cfg.hello_interval if self.ready else cfg.retry_interval)
+        wall = now + self._wall_offset
+        if self._token is None or self._token_expires <= wall:
+            return
+        if self.transport is Transport.UDP:
+            if self._unanswered_udp >= self.config.udp_attempts:
+                self.transport = Transport.TCP
+                self.want_tcp = True
+                self._next_udp_retry = now + self.config.udp_retry
+            else:
+                self._unanswered_udp += 1
+                self._actions.append(SendUdp(self._sealed_hello(now)))
+                return
+        if now >= self._next_udp_retry:
+            self._next_udp_retry = now + self.config.udp_retry
+            self._actions.append(SendUdp(self._sealed_hello(now)))
+        if self.tcp_connected:
+            self._actions.append(SendTcp(self._sealed_hello(now)))
+
+    def _sealed_hello(self, now: float) -> bytes:
+        ts = max(int((now + self._wall_offset) * 1000), self._last_ts + 1)
+        self._last_ts = ts
+        self._sent[ts] = now
+        while len(self._sent) > 16:
+            del self._sent[next(iter(self._sent))]
+        hello = wire.RelayHello(ts, self._token)
+        nonce = self._random_bytes(wire.BOX_NONCE_LEN)
+        return wire.seal(MessageType.RELAY_HELLO, self._public, nonce, self._box_key, hello)
+
+    def _set_ready(self, ready: bool) -> None:
+        if ready != self.ready:
+            self.ready = ready
+            self._actions.append(ReadyChanged(ready))

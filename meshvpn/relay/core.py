@@ -1,0 +1,330 @@
+"""The relay's forwarding core, without I/O: who is registered where, and what to forward.
+
+A relay joins nodes that cannot reach each other directly. It never holds a session key:
+it moves opaque inner messages from one registered node to another, rewriting the relay
+envelope's key from "destination" to "source" (``wire.readdress_relay``).
+
+Rules:
+
+* A node registers with a RELAY_HELLO: a box from its static key to ours (proof it holds
+  that key) carrying a timestamp and a relay token from the coordination server
+  (``meshvpn.relaytoken``). The timestamp must lie within `HELLO_MAX_SKEW` of our clock and
+  be newer than any earlier hello of that node, so a captured hello is good at most once.
+  The answer is a RELAY_HELLO_ACK echoing the timestamp.
+* A registration binds the node key to one link: the UDP endpoint the hello came from, or
+  the TCP stream it came on (whose channel must have authenticated the same key). A newer
+  hello moves it. It ends when the token expires, when nothing was heard from the node for
+  `IDLE_TIMEOUT`, or when its stream closes.
+* A RELAY envelope from a registered link goes to the registered link of its destination
+  key, if the sender's token bucket (``packets_per_second``, ``burst``) allows. A stream
+  queues at most ``queue_bytes``; the shell pulls frames while its socket can take them.
+* Anything else is dropped and counted by reason in `drops`; nothing raises.
+
+Time is Unix seconds (the shell passes ``time.time()``): tokens and hellos carry wall-clock
+times. Randomness (hello-ack nonces) comes from the injected ``random_bytes``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Callable, Hashable, Optional, Union
+
+from meshvpn import wire
+from meshvpn.config import RelayLimits
+from meshvpn.errors import RemoteProtocolError
+from meshvpn.keys import public_key
+from meshvpn.relaytoken import TokenError, TokenVerifier
+from meshvpn.wire import Endpoint, MessageType
+
+HELLO_MAX_SKEW = 600.0
+"""Seconds a hello's timestamp may differ from our clock (the token lifetime: clocks must agree that well anyway)."""
+IDLE_TIMEOUT = 30.0
+"""Seconds without a message from a registered node before its registration is dropped."""
+STREAM_HELLO_TIMEOUT = 10.0
+"""Seconds a TCP stream may stay open without a valid hello."""
+SWEEP_INTERVAL = 1.0
+"""Seconds between sweeps of expired registrations."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """A TCP connection of the shell, named by the shell's id."""
+
+    conn_id: Hashable
+
+
+Link = Union[Endpoint, Stream]
+
+
+@dataclass(eq=False)
+class _Registration:
+    """One node's link and its forwarding allowance."""
+
+    key: bytes
+    link: Link
+    expires: float
+    """When the node's token runs out."""
+    last_heard: float
+    tokens: float
+    refilled: float
+
+
+@dataclass(eq=False)
+class _StreamState:
+    """What the core keeps per TCP stream: the channel's key and frames awaiting the socket."""
+
+    channel_key: bytes
+    opened: float
+    queue: deque = field(default_factory=deque)
+    queued_bytes: int = 0
+    registered: bool = False
+
+
+@dataclass
+class RelayStats:
+    """Counters for the status line and tests."""
+
+    forwarded: int = 0
+    forwarded_bytes: int = 0
+    hellos: int = 0
+
+
+class RelayCore:
+    """Sans-IO relay; see the module docstring for its rules."""
+
+    def __init__(
+        self,
+        private_key: bytes,
+        coord_public: bytes,
+        limits: RelayLimits,
+        random_bytes: Callable[[int], bytes],
+        now: float,
+    ) -> None:
+        self.public_key = public_key(private_key)
+        self.limits = limits
+        self.drops: Counter = Counter()
+        """Dropped messages by reason."""
+        self.stats = RelayStats()
+        self._private = private_key
+        self._tokens = TokenVerifier(private_key, coord_public)
+        self._random_bytes = random_bytes
+        self._by_key: dict[bytes, _Registration] = {}
+        self._by_link: dict[Link, _Registration] = {}
+        self._box_keys: dict[bytes, bytes] = {}
+        self._latest_hello: dict[bytes, int] = {}
+        self._streams: dict[Stream, _StreamState] = {}
+        self._datagrams: list[tuple[Endpoint, bytes]] = []
+        self._to_close: list[Stream] = []
+        self._to_flush: dict[Stream, None] = {}
+        self._next_sweep = now + SWEEP_INTERVAL
+
+    # ---- inputs ---------------------------------------------------------------------
+
+    def set_limits(self, limits: RelayLimits) -> None:
+        """New forwarding limits (a reload); buckets keep their level, capped at the new burst."""
+        self.limits = limits
+        for reg in self._by_key.values():
+            reg.tokens = min(reg.tokens, limits.burst)
+
+    def stream_opened(self, stream: Stream, channel_key: bytes, now: float) -> None:
+        """A TCP stream finished its channel handshake as `channel_key`."""
+        self._streams[stream] = _StreamState(channel_key, now)
+
+    def stream_closed(self, stream: Stream) -> None:
+        """The TCP stream is gone; its node, if registered on it, is no longer reachable."""
+        if self._streams.pop(stream, None) is not None:
+            reg = self._by_link.get(stream)
+            if reg is not None:
+                self._unregister(reg)
+
+    def receive(self, data: bytes, link: Link, now: float) -> None:
+        """One message from a UDP endpoint or a TCP stream; anything wrong is dropped and counted."""
+        try:
+            kind = wire.message_type(data)
+        except RemoteProtocolError:
+            self.drops["malformed"] += 1
+            return
+        if kind == MessageType.RELAY:
+            self._forward(data, link, now)
+        elif kind == MessageType.RELAY_HELLO:
+            self._hello(data, link, now)
+        else:
+            self.drops["not for a relay"] += 1
+
+    def handle_timer(self, now: float) -> None:
+        """Drop expired or idle registrations, close streams that never said hello."""
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_INTERVAL
+        for reg in [r for r in self._by_key.values() if r.expires <= now or r.last_heard + IDLE_TIMEOUT <= now]:
+            self.drops["registration expired"] += 1
+            self._unregister(reg)
+        for stream, state in self._streams.items():
+            if not state.registered and state.opened + STREAM_HELLO_TIMEOUT <= now:
+                self._to_close.append(stream)
+        horizon = (now - HELLO_MAX_SKEW) * 1000
+        self._latest_hello = {k: ts for k, ts in self._latest_hello.items() if ts >= horizon}
+
+    # ---- outputs --------------------------------------------------------------------
+
+    def get_timer(self) -> float:
+        """When `handle_timer` is next due."""
+        return self._next_sweep
+
+    def datagrams_to_send(self) -> list[tuple[Endpoint, bytes]]:
+        """UDP datagrams to send, in order; each is returned once."""
+        out, self._datagrams = self._datagrams, []
+        return out
+
+    def streams_to_flush(self) -> list[Stream]:
+        """Streams that got frames since the last call (each once); see `pull_stream`."""
+        out = list(self._to_flush)
+        self._to_flush.clear()
+        return out
+
+    def pull_stream(self, stream: Stream) -> list[bytes]:
+        """Take every frame queued for `stream`.
+
+        The shell calls it for each stream of `streams_to_flush` whose socket is not paused, and
+        again when a paused socket resumes; frames left waiting count towards ``queue_bytes``.
+        """
+        state = self._streams.get(stream)
+        if state is None or not state.queue:
+            return []
+        frames = list(state.queue)
+        state.queue.clear()
+        state.queued_bytes = 0
+        return frames
+
+    def streams_to_close(self) -> list[Stream]:
+        """Streams the shell should close (bad hello, or none in time); each returned once."""
+        out, self._to_close = self._to_close, []
+        for stream in out:
+            self.stream_closed(stream)
+        return out
+
+    def status(self) -> dict:
+        """Registrations and counters, for the log and the service status line."""
+        streams = sum(1 for reg in self._by_key.values() if isinstance(reg.link, Stream))
+        return {
+            "nodes": len(self._by_key),
+            "nodes_tcp": streams,
+            "forwarded": self.stats.forwarded,
+            "forwarded_bytes": self.stats.forwarded_bytes,
+            "drops": dict(self.drops),
+        }
+
+    def registered_link(self, node_key: bytes) -> Optional[Link]:
+        """Where `node_key` is registered, if it is."""
+        reg = self._by_key.get(node_key)
+        return None if reg is None else reg.link
+
+    # ---- forwarding -----------------------------------------------------------------
+
+    def _forward(self, data: bytes, link: Link, now: float) -> None:
+        src = self._by_link.get(link)
+        if src is None:
+            self.drops["sender not registered"] += 1
+            return
+        src.last_heard = now
+        tokens = src.tokens + (now - src.refilled) * self.limits.packets_per_second
+        src.refilled = now
+        if tokens < 1.0:
+            src.tokens = max(tokens, 0.0)
+            self.drops["rate limited"] += 1
+            return
+        src.tokens = min(tokens, self.limits.burst) - 1.0
+        try:
+            dst_key = wire.decode_relay(data).node_key
+        except RemoteProtocolError:
+            self.drops["malformed"] += 1
+            return
+        dst = self._by_key.get(dst_key)
+        if dst is None:
+            self.drops["destination not registered"] += 1
+            return
+        self._send(dst.link, wire.readdress_relay(data, src.key))
+        self.stats.forwarded += 1
+        self.stats.forwarded_bytes += len(data)
+
+    def _send(self, link: Link, message: bytes) -> None:
+        if not isinstance(link, Stream):
+            self._datagrams.append((link, message))
+            return
+        state = self._streams[link]
+        if state.queued_bytes + len(message) > self.limits.queue_bytes:
+            self.drops["stream queue full"] += 1
+            return
+        state.queue.append(message)
+        state.queued_bytes += len(message)
+        self._to_flush[link] = None
+
+    # ---- registration ---------------------------------------------------------------
+
+    def _hello(self, data: bytes, link: Link, now: float) -> None:
+        try:
+            sealed = wire.decode_sealed(data)
+            key = self._box_key(sealed.sender_public)
+            hello = wire.open_sealed(sealed, key)
+        except RemoteProtocolError:
+            self._refuse(link, "bad hello")
+            return
+        node = sealed.sender_public
+        stream = self._streams.get(link) if isinstance(link, Stream) else None
+        if isinstance(link, Stream) and (stream is None or stream.channel_key != node):
+            self._refuse(link, "hello from another key than the stream's")
+            return
+        if abs(hello.timestamp_ms / 1000 - now) > HELLO_MAX_SKEW:
+            self._refuse(link, "hello timestamp out of range")
+            return
+        if hello.timestamp_ms <= self._latest_hello.get(node, -1):
+            self._refuse(link, "replayed hello")
+            return
+        try:
+            grant = self._tokens.verify(hello.token, node, now)
+        except TokenError as exc:
+            self._refuse(link, f"token {exc.reason}")
+            return
+        self._latest_hello[node] = hello.timestamp_ms
+        self.stats.hellos += 1
+        self._register(node, link, grant.expires, now)
+        self._box_keys[node] = key
+        if stream is not None:
+            stream.registered = True
+        ack = wire.RelayHelloAck(hello.timestamp_ms)
+        nonce = self._random_bytes(wire.BOX_NONCE_LEN)
+        self._send(link, wire.seal(MessageType.RELAY_HELLO_ACK, self.public_key, nonce, key, ack))
+
+    def _box_key(self, node: bytes) -> bytes:
+        """The shared box key of `node`: cached while it is registered, else one X25519."""
+        key = self._box_keys.get(node)
+        return key if key is not None else wire.box_key(self._private, node)
+
+    def _register(self, node: bytes, link: Link, expires: float, now: float) -> None:
+        reg = self._by_key.get(node)
+        if reg is None:
+            reg = _Registration(node, link, expires, now, float(self.limits.burst), now)
+            self._by_key[node] = reg
+        elif reg.link != link:
+            if self._by_link.get(reg.link) is reg:
+                del self._by_link[reg.link]
+            reg.link = link
+        old = self._by_link.get(link)
+        if old is not None and old is not reg:
+            self._unregister(old)
+        self._by_link[link] = reg
+        reg.expires = expires
+        reg.last_heard = now
+
+    def _unregister(self, reg: _Registration) -> None:
+        if self._by_key.get(reg.key) is reg:
+            del self._by_key[reg.key]
+        if self._by_link.get(reg.link) is reg:
+            del self._by_link[reg.link]
+        self._box_keys.pop(reg.key, None)
+
+    def _refuse(self, link: Link, reason: str) -> None:
+        self.drops[reason] += 1
+        if isinstance(link, Stream) and link in self._streams and not self._streams[link].registered:
+            self._to_close.append(link)

@@ -1,0 +1,228 @@
+"""The relay's asyncio shell: one UDP socket and one TCP listener on the same port around `RelayCore`.
+
+UDP datagrams go to the core as they are. A TCP connection runs a `ServerChannel` (the node
+pins our key; any node key may open one, since the hello's relay token decides) and each frame
+carries exactly one message that would otherwise be a datagram, so the core treats both alike.
+Frames for a TCP node wait in the core's bounded queue while the socket is paused
+(asyncio flow control), so a slow reader costs at most ``limits.queue_bytes``.
+
+SIGHUP reloads the forwarding limits and the log level; SIGTERM/SIGINT stop. systemd hears of
+readiness, a status line (nodes, forwarded packets, drops) and watchdog pings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from meshvpn import keys, noise, service
+from meshvpn.channel import ServerChannel
+from meshvpn.config import RelayConfig, load_relay_config
+from meshvpn.errors import LocalProtocolError, MeshError, RemoteProtocolError
+from meshvpn.relay.core import RelayCore, Stream
+from meshvpn.reload import Reloader
+
+log = logging.getLogger("meshvpn.relay.server")
+
+MAX_FRAME = 65535 + 64
+"""Largest channel payload: one UDP message plus its relay envelope."""
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a new TCP connection has to complete the channel handshake."""
+WRITE_HIGH_WATER = 256 << 10
+"""Bytes in a connection's asyncio buffer above which the core's queue holds further frames."""
+STATUS_INTERVAL = 10.0
+"""Seconds between systemd STATUS= updates."""
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    """The UDP socket: every datagram straight to the core."""
+
+    def __init__(self, server: RelayServer) -> None:
+        self.server = server
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        server = self.server
+        server.core.receive(data, addr[:2], server.clock())
+        server.flush()
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP error: %s", exc)
+
+
+class _StreamConnection(asyncio.Protocol):
+    """One node's TCP connection: channel bytes in, messages to the core, queued frames out."""
+
+    def __init__(self, server: RelayServer) -> None:
+        self.server = server
+        self.stream = Stream(self)
+        self.channel = ServerChannel(server.identity, _anyone, os.urandom(32), MAX_FRAME)
+        self.transport: asyncio.Transport | None = None
+        self.address = "?"
+        self.opened = False
+        self.paused = False
+        self._handshake_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        self.address = f"{peer[0]}:{peer[1]}"
+        self.server.streams.add(self)
+        self._handshake_timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._handshake_expired)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            payloads = self.channel.receive_data(data)
+        except RemoteProtocolError as exc:
+            self.close(f"channel error: {exc}")
+            return
+        self._write(self.channel.data_to_send())
+        core, now = self.server.core, self.server.clock()
+        if not self.opened and self.channel.established:
+            self.opened = True
+            self._handshake_timer.cancel()
+            core.stream_opened(self.stream, self.channel.remote_public, now)
+        for payload in payloads:
+            core.receive(payload, self.stream, now)
+        self.server.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+        self.server.streams.discard(self)
+        self.server.core.stream_closed(self.stream)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.send_queued()
+
+    def send_queued(self) -> None:
+        """Seal and write every frame the core holds for this node."""
+        if self.paused or self.transport.is_closing():
+            return
+        try:
+            for frame in self.server.core.pull_stream(self.stream):
+                self.channel.send(frame)
+        except LocalProtocolError as exc:
+            self.close(f"cannot send: {exc}")
+            return
+        self._write(self.channel.data_to_send())
+
+    def close(self, reason: str) -> None:
+        if not self.transport.is_closing():
+            log.debug("closing TCP connection from %s: %s", self.address, reason)
+            self.transport.close()
+
+    def _write(self, data: bytes) -> None:
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _handshake_expired(self) -> None:
+        log.debug("no channel handshake from %s within %gs", self.address, HANDSHAKE_TIMEOUT)
+        self.transport.abort()
+
+
+def _anyone(_node_key: bytes) -> bool:
+    """Every key may open a channel: the relay token in the hello decides who is served."""
+    return True
+
+
+class RelayServer:
+    """A running relay: the UDP socket, the TCP listener, the core and its timer."""
+
+    def __init__(self, settings: RelayConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.reloader = Reloader(settings)
+        self.reloader.on_change("limits", lambda new: self.core.set_limits(new.limits))
+        self.settings = settings
+        self.clock = clock
+        private = keys.read_private_key(settings.private_key_file)
+        self.identity = noise.StaticIdentity.from_private(private)
+        self.core = RelayCore(private, settings.coord.public_key, settings.limits, os.urandom, clock())
+        self.streams: set[_StreamConnection] = set()
+        self.address: tuple[str, int] | None = None
+        """Where UDP and TCP are bound (the real port when the config says 0)."""
+        self._udp: asyncio.DatagramTransport | None = None
+        self._listener: asyncio.AbstractServer | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def start(self) -> None:
+        """Bind UDP, then TCP on the same port; raise MeshError if either fails."""
+        loop = asyncio.get_running_loop()
+        listen = self.settings.listen
+        try:
+            self._udp, _ = await loop.create_datagram_endpoint(
+                lambda: _Datagrams(self), local_addr=(listen.host, listen.port)
+            )
+            self.address = self._udp.get_extra_info("sockname")[:2]
+            self._listener = await loop.create_server(
+                lambda: _StreamConnection(self), listen.host, self.address[1], reuse_address=True
+            )
+        except OSError as exc:
+            await self.close()
+            raise MeshError(f"relay cannot listen on {listen.host}:{listen.port}: {exc}") from None
+        self._on_timer()
+        log.info("relay %s listening on %s:%d (UDP and TCP)",
+                 keys.encode_key(self.identity.public), *self.address)
+
+    async def close(self) -> None:
+        """Stop listening and drop every connection."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._udp is not None:
+            self._udp.close()
+        if self._listener is not None:
+            self._listener.close()
+        for conn in list(self.streams):
+            conn.transport.abort()
+        if self._listener is not None:
+            await self._listener.wait_closed()
+
+    def reload(self, settings: RelayConfig) -> None:
+        """Apply what a SIGHUP may change (limits, log level); name what needs a restart."""
+        self.reloader.apply(settings)
+
+    def flush(self) -> None:
+        """Send what the core produced: datagrams, stream frames, stream closes."""
+        core = self.core
+        sendto = self._udp.sendto
+        for dst, data in core.datagrams_to_send():
+            sendto(data, dst)
+        for stream in core.streams_to_flush():
+            stream.conn_id.send_queued()
+        for stream in core.streams_to_close():
+            stream.conn_id.close("no valid hello")
+
+    def status(self) -> str:
+        status = self.core.status()
+        drops = sum(status["drops"].values())
+        return (f"{status['nodes']} nodes ({status['nodes_tcp']} over TCP), "
+                f"{status['forwarded']} packets forwarded, {drops} dropped")
+
+    def _on_timer(self) -> None:
+        self.core.handle_timer(self.clock())
+        self.flush()
+        delay = max(0.0, self.core.get_timer() - self.clock())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+
+def main(args) -> int:
+    """`meshvpn relay -c FILE`: serve until SIGTERM or SIGINT; SIGHUP reloads the limits."""
+    settings: RelayConfig = args.settings
+    service.setup_logging(settings.log.level, "relay")
+    asyncio.run(_serve(settings, Path(args.config)))
+    return 0
+
+
+async def _serve(settings: RelayConfig, config_path: Path) -> None:
+    server = RelayServer(settings)
+    await server.start()
+    await service.serve_until_stopped(
+        server, lambda: load_relay_config(config_path), service.Notifier.from_environment(), STATUS_INTERVAL
+    )

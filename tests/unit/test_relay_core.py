@@ -1,0 +1,221 @@
+"""The relay core, driven message by message with a plain float clock."""
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshvpn import keys, wire
+from meshvpn.config import RelayLimits
+from meshvpn.relay.core import HELLO_MAX_SKEW, IDLE_TIMEOUT, STREAM_HELLO_TIMEOUT, RelayCore, Stream
+from meshvpn.relaytoken import TOKEN_LIFETIME, TokenMinter
+from meshvpn.wire import Endpoint, MessageType
+
+NOW = 1_700_000_000.0
+COORD = bytes([1]) * 32
+RELAY = bytes([2]) * 32
+RELAY_PUBLIC = keys.public_key(RELAY)
+ALICE, BOB, MALLORY = bytes([3]) * 32, bytes([4]) * 32, bytes([5]) * 32
+A_EP, B_EP, M_EP = Endpoint("203.0.113.3", 4000), Endpoint("203.0.113.4", 4000), Endpoint("203.0.113.5", 4000)
+LIMITS = RelayLimits(packets_per_second=100, burst=10, queue_bytes=1000)
+DATA = wire.header(MessageType.DATA) + bytes(12) + b"ciphertext-and-tag"
+
+
+def counting_random():
+    counter = itertools.count(1)
+    return lambda n: next(counter).to_bytes(n, "little")
+
+
+MINTER = TokenMinter(COORD, counting_random())
+
+
+def hello(private, now=NOW, token=None, relay_public=RELAY_PUBLIC, nonce=bytes(24)):
+    public = keys.public_key(private)
+    if token is None:
+        token = MINTER.mint(relay_public, public, now)[0]
+    payload = wire.RelayHello(int(now * 1000), token)
+    return wire.seal(MessageType.RELAY_HELLO, public, nonce, wire.box_key(private, relay_public), payload)
+
+
+def envelope(to_private, inner=DATA):
+    return wire.encode_relay(keys.public_key(to_private), inner)
+
+
+@pytest.fixture
+def relay():
+    return RelayCore(RELAY, keys.public_key(COORD), LIMITS, counting_random(), NOW)
+
+
+def register(relay, private, link, now=NOW):
+    relay.receive(hello(private, now), link, now)
+    return relay.datagrams_to_send()
+
+
+def test_hello_registers_the_node_and_is_acknowledged(relay):
+    [(dst, ack)] = register(relay, ALICE, A_EP)
+    assert dst == A_EP
+    sealed = wire.decode_sealed(ack)
+    assert sealed.kind == MessageType.RELAY_HELLO_ACK and sealed.sender_public == RELAY_PUBLIC
+    opened = wire.open_sealed(sealed, wire.box_key(ALICE, RELAY_PUBLIC))
+    assert opened == wire.RelayHelloAck(int(NOW * 1000))
+    assert relay.registered_link(keys.public_key(ALICE)) == A_EP
+
+
+def test_envelopes_are_forwarded_with_the_source_key(relay):
+    register(relay, ALICE, A_EP)
+    register(relay, BOB, B_EP)
+    relay.receive(envelope(BOB), A_EP, NOW)
+    [(dst, out)] = relay.datagrams_to_send()
+    assert dst == B_EP
+    relayed = wire.decode_relay(out)
+    assert relayed.node_key == keys.public_key(ALICE) and bytes(relayed.inner) == DATA
+    assert relay.stats.forwarded == 1 and relay.stats.forwarded_bytes == len(envelope(BOB))
+
+
+def test_unregistered_senders_and_destinations_are_dropped(relay):
+    register(relay, ALICE, A_EP)
+    relay.receive(envelope(ALICE), M_EP, NOW)
+    relay.receive(envelope(BOB), A_EP, NOW)
+    assert relay.datagrams_to_send() == []
+    assert relay.drops == {"sender not registered": 1, "destination not registered": 1}
+
+
+@pytest.mark.parametrize(
+    "message, reason",
+    [
+        (hello(MALLORY, token=b""), "token is not 80 bytes"),
+        (hello(MALLORY, token=MINTER.mint(RELAY_PUBLIC, keys.public_key(ALICE), NOW)[0]), "token names another node"),
+        (hello(MALLORY, token=MINTER.mint(RELAY_PUBLIC, keys.public_key(MALLORY), NOW - TOKEN_LIFETIME)[0]),
+         "token expired"),
+        (hello(MALLORY, relay_public=keys.public_key(COORD)), "bad hello"),
+        (hello(MALLORY, now=NOW - HELLO_MAX_SKEW - 1), "hello timestamp out of range"),
+        (hello(MALLORY, now=NOW + HELLO_MAX_SKEW + 1), "hello timestamp out of range"),
+        (wire.header(MessageType.DATA) + bytes(40), "not for a relay"),
+        (b"\x09\x07\x00\x00", "malformed"),
+    ],
+)
+def test_bad_hellos_register_nothing(relay, message, reason):
+    relay.receive(message, M_EP, NOW)
+    assert relay.datagrams_to_send() == []
+    assert relay.registered_link(keys.public_key(MALLORY)) is None
+    assert relay.drops == {reason: 1}
+
+
+def test_a_replayed_hello_cannot_move_the_registration(relay):
+    captured = hello(ALICE)
+    relay.receive(captured, A_EP, NOW)
+    relay.receive(captured, M_EP, NOW + 1)
+    assert relay.registered_link(keys.public_key(ALICE)) == A_EP
+    assert relay.drops == {"replayed hello": 1}
+
+
+def test_a_newer_hello_moves_the_node(relay):
+    register(relay, ALICE, A_EP)
+    register(relay, BOB, B_EP)
+    roamed = Endpoint("203.0.113.3", 5000)
+    register(relay, ALICE, roamed, NOW + 1)
+    relay.receive(envelope(ALICE), B_EP, NOW + 1)
+    assert [dst for dst, _ in relay.datagrams_to_send()] == [roamed]
+    relay.receive(envelope(BOB), A_EP, NOW + 1)
+    assert relay.drops["sender not registered"] == 1
+
+
+def test_a_link_taken_over_by_another_node_unregisters_the_first(relay):
+    register(relay, ALICE, A_EP)
+    register(relay, BOB, A_EP, NOW + 1)
+    assert relay.registered_link(keys.public_key(ALICE)) is None
+    assert relay.registered_link(keys.public_key(BOB)) == A_EP
+
+
+def test_the_token_bucket_limits_each_sender(relay):
+    register(relay, ALICE, A_EP)
+    register(relay, BOB, B_EP)
+    for _ in range(LIMITS.burst + 5):
+        relay.receive(envelope(BOB), A_EP, NOW)
+    assert len(relay.datagrams_to_send()) == LIMITS.burst
+    assert relay.drops["rate limited"] == 5
+    later = NOW + 3.5 / LIMITS.packets_per_second
+    for _ in range(5):
+        relay.receive(envelope(BOB), A_EP, later)
+    assert len(relay.datagrams_to_send()) == 3
+    relay.receive(envelope(ALICE), B_EP, later)
+    assert len(relay.datagrams_to_send()) == 1
+
+
+def test_new_limits_apply_at_once(relay):
+    register(relay, ALICE, A_EP)
+    register(relay, BOB, B_EP)
+    relay.set_limits(RelayLimits(packets_per_second=1, burst=2, queue_bytes=1000))
+    for _ in range(4):
+        relay.receive(envelope(BOB), A_EP, NOW)
+    assert len(relay.datagrams_to_send()) == 2
+
+
+def test_registrations_end_when_the_token_expires_or_the_node_goes_quiet(relay):
+    register(relay, ALICE, A_EP)
+    register(relay, BOB, B_EP)
+    assert relay.get_timer() == NOW + 1
+    quiet = NOW + IDLE_TIMEOUT
+    relay.receive(envelope(ALICE), B_EP, quiet - 1)
+    relay.handle_timer(quiet)
+    assert relay.registered_link(keys.public_key(ALICE)) is None
+    assert relay.registered_link(keys.public_key(BOB)) == B_EP
+    for t in range(int(quiet), int(NOW + TOKEN_LIFETIME) + 2, 10):
+        relay.receive(envelope(ALICE), B_EP, t)
+        relay.handle_timer(t)
+    assert relay.registered_link(keys.public_key(BOB)) is None
+    assert relay.drops["registration expired"] == 2
+
+
+def test_streams_carry_hellos_and_envelopes_within_their_queue_bound(relay):
+    stream = Stream(1)
+    relay.stream_opened(stream, keys.public_key(ALICE), NOW)
+    relay.receive(hello(ALICE), stream, NOW)
+    assert relay.datagrams_to_send() == []
+    assert relay.streams_to_flush() == [stream]
+    [ack] = relay.pull_stream(stream)
+    assert wire.decode_sealed(ack).kind == MessageType.RELAY_HELLO_ACK
+    register(relay, BOB, B_EP)
+    big = envelope(ALICE, DATA + bytes(300))
+    for _ in range(5):
+        relay.receive(big, B_EP, NOW)
+    assert relay.streams_to_flush() == [stream]
+    assert relay.streams_to_flush() == []
+    frames = relay.pull_stream(stream)
+    assert len(frames) == LIMITS.queue_bytes // len(big) == 2
+    assert relay.drops["stream queue full"] == 3
+    relay.receive(envelope(BOB), stream, NOW)
+    assert [dst for dst, _ in relay.datagrams_to_send()] == [B_EP]
+    relay.stream_closed(stream)
+    assert relay.registered_link(keys.public_key(ALICE)) is None
+
+
+def test_a_stream_hello_must_come_from_the_channel_key(relay):
+    stream = Stream(2)
+    relay.stream_opened(stream, keys.public_key(BOB), NOW)
+    relay.receive(hello(ALICE), stream, NOW)
+    assert relay.streams_to_close() == [stream]
+    assert relay.registered_link(keys.public_key(ALICE)) is None
+    assert relay.streams_to_close() == []
+
+
+def test_a_silent_stream_is_closed(relay):
+    stream = Stream(3)
+    relay.stream_opened(stream, keys.public_key(ALICE), NOW)
+    relay.handle_timer(NOW + STREAM_HELLO_TIMEOUT - 0.5)
+    assert relay.streams_to_close() == []
+    relay.handle_timer(NOW + STREAM_HELLO_TIMEOUT + 1)
+    assert relay.streams_to_close() == [stream]
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300), st.sampled_from([A_EP, M_EP]))
+def test_garbage_never_raises_and_is_never_forwarded(data, src):
+    relay = RelayCore(RELAY, keys.public_key(COORD), LIMITS, counting_random(), NOW)
+    register(relay, ALICE, A_EP)
+    register(relay, BOB, B_EP)
+    relay.receive(data, src, NOW)
+    assert relay.registered_link(keys.public_key(ALICE)) == A_EP
+    for _, out in relay.datagrams_to_send():
+        assert wire.decode_relay(out).node_key == keys.public_key(ALICE)
