@@ -1,8 +1,8 @@
 """Live reload on SIGHUP: apply what may change while running, name what needs a restart.
 
 Nebula style: each role registers one callback per config key (or section) it can apply
-live.  On SIGHUP the role re-reads its config file and hands the result to
-:meth:`Reloader.apply`, which compares the running and the new settings field by field
+live.  On SIGHUP (``service.serve_until_stopped``) the role re-reads its config file and
+hands the result to :meth:`Reloader.apply`, which compares the running and the new settings field by field
 (generic over the config dataclasses, never per key), runs each callback whose key
 changed, and logs every other changed key as "needs a restart: KEY".  The running
 settings then hold exactly what is in effect: applied keys take their new value,
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -124,20 +123,3 @@ class Reloader:
             log.info("reloaded: nothing changed")
         return report
 
-
-def install_sighup(loop, reloader: Reloader, load: Callable[[], Any], notifier: service.Notifier,
-                   status: Callable[[], str]) -> None:
-    """On SIGHUP: RELOADING=1, re-read the config with ``load()``, apply it, READY=1 with the status.
-
-    A config that no longer loads keeps the running settings and says why.
-    """
-
-    def on_sighup() -> None:
-        notifier.reloading()
-        try:
-            reloader.apply(load())
-        except MeshError as exc:
-            log.error("reload failed, keeping the running configuration: %s", exc)
-        notifier.ready(status())
-
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)

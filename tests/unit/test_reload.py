@@ -1,17 +1,13 @@
 """SIGHUP reload: generic field-by-field comparison, live callbacks, restart-only keys reported."""
 
-import asyncio
 import logging
-import os
-import signal
 from pathlib import Path
 
 import pytest
 
-from meshvpn import config, keys, service
-from meshvpn.config import Address
+from meshvpn import config, keys
 from meshvpn.errors import ConfigError
-from meshvpn.reload import ConfigChange, Reloader, config_changes, install_sighup, with_value
+from meshvpn.reload import ConfigChange, Reloader, config_changes, with_value
 
 COORD_KEY = keys.encode_key(bytes(range(32)))
 RELAY_KEY = keys.encode_key(bytes(range(1, 33)))
@@ -141,32 +137,3 @@ def test_a_failing_callback_keeps_the_old_value(load, caplog):
     assert reloader.settings.paths.keepalive == 25.0
     assert "cannot apply paths.keepalive: paths.keepalive: too short for this network" in caplog.text
 
-
-def test_sighup_reloads_and_tells_systemd(load, tmp_path):
-    sent = []
-    notifier = service.Notifier(send=lambda state: sent.append(state) or True)
-    reloader = Reloader(load(node_yaml()))
-    (tmp_path / "node.yaml").write_text(node_yaml(level="warning"))
-
-    async def scenario():
-        loop = asyncio.get_running_loop()
-        install_sighup(loop, reloader, lambda: config.load_node_config(tmp_path / "node.yaml"), notifier, lambda: "0 peers")
-        try:
-            os.kill(os.getpid(), signal.SIGHUP)
-            for _ in range(100):
-                if len(sent) == 2:
-                    break
-                await asyncio.sleep(0.01)
-            (tmp_path / "node.yaml").write_text("log: [")
-            os.kill(os.getpid(), signal.SIGHUP)
-            for _ in range(100):
-                if len(sent) == 4:
-                    break
-                await asyncio.sleep(0.01)
-        finally:
-            loop.remove_signal_handler(signal.SIGHUP)
-
-    asyncio.run(scenario())
-    assert sent == ["RELOADING=1", "READY=1\nSTATUS=0 peers"] * 2
-    assert reloader.settings.log.level == "warning"
-    assert logging.getLogger("meshvpn").level == logging.WARNING
