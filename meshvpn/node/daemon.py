@@ -94,14 +94,14 @@ class NodeDaemon:
         try:
             self.tun.up()
             self._bind()
-            self.loop.add_reader(self.tun.fileno(), self._on_tun)
-            self.loop.add_reader(self.sock.fileno(), self._on_udp)
-            await self.control.start()
-            self.local = self._local_endpoints()
             self.link = CoordLink(
                 cfg.coord.address.host, cfg.coord.address.port, cfg.coord.public_key, self.core.identity,
                 self._register_message, self._on_coord_message, self._on_coord_state,
             )
+            self.loop.add_reader(self.tun.fileno(), self._on_tun)
+            self.loop.add_reader(self.sock.fileno(), self._on_udp)
+            await self.control.start()
+            self.local = self._local_endpoints()
             self.link.start()
             self._tasks.append(self.loop.create_task(self._refresh_endpoints()))
             notifier.ready("waiting for the coord")

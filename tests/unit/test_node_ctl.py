@@ -105,3 +105,9 @@ def test_stale_socket_file_is_replaced(tmp_path):
 
     asyncio.run(run())
     assert not os.path.exists(path)
+
+
+def test_peer_map_lines():
+    peers = [{"name": "bob", "overlay": "100.64.0.2", "key": "K" * 44, "endpoints": ["10.0.0.2:41641", "203.0.113.7:41641"]}]
+    assert ctl.format_peers(peers).split() == ["100.64.0.2", "bob", "K" * 44, "10.0.0.2:41641,203.0.113.7:41641"]
+    assert ctl.format_peers([]) == "(no peers)"
