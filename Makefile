@@ -10,7 +10,7 @@ APT_PACKAGES := iproute2 nftables iperf3 coturn stun-client tcpdump libsystemd-d
 BENCH_PACKAGES := iperf3 iputils-ping quicktun wireguard-go wireguard-tools tinc nebula
 APT_INSTALL_FLAGS ?=
 
-.PHONY: setup system-packages test demo bench
+.PHONY: setup system-packages test demo bench install-systemd
 
 setup: system-packages $(VENV)/.installed
 
@@ -39,3 +39,8 @@ demo: setup
 bench: setup
 	@$(MAKE) --no-print-directory system-packages APT_PACKAGES="$(BENCH_PACKAGES)" APT_INSTALL_FLAGS=--no-install-recommends
 	$(VENV)/bin/python -m meshvpn.bench $(BENCH_ARGS)
+
+# Copies the units; they run /usr/local/bin/meshvpn with the configs in /etc/meshvpn.
+install-systemd:
+	install -m 0644 systemd/meshvpn.service systemd/meshvpn-coord.service systemd/meshvpn-relay.service /etc/systemd/system/
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
