@@ -34,6 +34,7 @@ from meshvpn.coord.authkeys import AuthKey, AuthKeyRejected, create_auth_key, ve
 from meshvpn.coord.store import Network, NodeRecord, Store
 from meshvpn.errors import MeshError, RemoteProtocolError
 from meshvpn.keys import encode_key
+from meshvpn.relaytoken import TOKEN_REFRESH, TokenMinter
 
 SILENCE_KEEPALIVES = 3
 
@@ -106,6 +107,8 @@ class _Connection:
     state: str = "new"
     network: str | None = None
     home_relay: str | None = None
+    tokens_due: float | None = None
+    """When the online node gets fresh relay tokens."""
 
 
 # Which node→coord messages each connection state accepts (coord→node types are never accepted).
@@ -119,8 +122,12 @@ _ACCEPTS: dict[str, frozenset[type[m.Message]]] = {
 class Membership:
     """Sans-IO coordination core; see the module docstring for its rules."""
 
-    def __init__(self, store: Store, settings: MembershipSettings, now: float) -> None:
+    def __init__(
+        self, store: Store, settings: MembershipSettings, now: float, relay_tokens: TokenMinter | None = None
+    ) -> None:
         self.store = store
+        self._minter = relay_tokens
+        """Mints each online node's relay tokens; without it nodes get none (and relays refuse them)."""
         self.settings = settings
         self._networks = {network.name: network for network in settings.networks}
         self._relays = {relay.name for relay in settings.relays}
@@ -152,6 +159,7 @@ class Membership:
         limit = self.settings.silence_limit
         deadlines = [c.last_heard + limit for c in self._conns.values()]
         deadlines.extend(self._ephemeral_deadlines.values())
+        deadlines.extend(c.tokens_due for c in self._conns.values() if c.tokens_due is not None)
         return min(deadlines, default=None)
 
     def online_count(self) -> int:
@@ -207,7 +215,10 @@ class Membership:
             self._punch(conn, message.peer_key)
 
     def handle_timer(self, now: float) -> None:
-        """Close silent connections and forget ephemeral nodes offline too long."""
+        """Close silent connections, forget ephemeral nodes offline too long, refresh relay tokens."""
+        for conn in self._conns.values():
+            if conn.tokens_due is not None and conn.tokens_due <= now:
+                self._send(conn, m.RelayTokens(self._relay_tokens(conn, now)))
         limit = self.settings.silence_limit
         for conn in [c for c in self._conns.values() if c.last_heard + limit <= now]:
             self._drop(conn, now, close_reason=f"silent for {now - conn.last_heard:.0f}s")
@@ -380,6 +391,7 @@ class Membership:
                 address=node.address,
                 network=m.NetworkInfo(network.name, network.cidr),
                 relays=self.settings.relays,
+                relay_tokens=self._relay_tokens(conn, conn.last_heard),
             ),
         )
         peers = [self._peer_info(n) for n in self.store.nodes(node.network) if self._visible(n, node.key)]
@@ -419,6 +431,17 @@ class Membership:
         self._send(peer_conn, m.Punch(conn.key, _candidates(me, conn.observed_host)))
 
     # ----- helpers
+
+    def _relay_tokens(self, conn: _Connection, now: float) -> tuple[m.RelayToken, ...]:
+        """A token per relay for the online node of `conn`; the next batch is due in TOKEN_REFRESH."""
+        if self._minter is None or not self.settings.relays:
+            return ()
+        conn.tokens_due = now + TOKEN_REFRESH
+        tokens = []
+        for relay in self.settings.relays:
+            token, expires = self._minter.mint(relay.public_key, conn.key, now)
+            tokens.append(m.RelayToken(relay.name, token, float(expires)))
+        return tuple(tokens)
 
     def _peer_info(self, node: NodeRecord) -> m.PeerInfo:
         conn = self._online.get(node.network, {}).get(node.key)

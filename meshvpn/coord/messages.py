@@ -12,6 +12,7 @@ Public keys travel as standard base64 of 32 bytes; endpoints as ``"host:port"`` 
 
 from __future__ import annotations
 
+import base64
 import functools
 import ipaddress
 import json
@@ -21,6 +22,7 @@ from typing import Any, Callable, ClassVar
 
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.keys import decode_key, encode_key
+from meshvpn.relaytoken import TOKEN_LEN
 
 MAX_TEXT = 255
 MAX_ERROR_TEXT = 1024
@@ -167,11 +169,24 @@ def _load_cidr(value: Any) -> str:
         raise MalformedMessage(f"{value!r} is not a CIDR prefix") from None
 
 
+def _load_token(value: Any) -> bytes:
+    _check(isinstance(value, str) and len(value) == _TOKEN_TEXT_LEN, "expected a base64 relay token")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError:
+        raise MalformedMessage("expected a base64 relay token") from None
+    _check(base64.b64encode(raw).decode() == value, "expected a canonical base64 relay token")
+    return raw
+
+
+_TOKEN_TEXT_LEN = 4 * ((TOKEN_LEN + 2) // 3)
+
 BOOL = Codec(_load_bool)
 TIME = Codec(_load_time)
 PORT = Codec(_load_port)
 KEY = Codec(_load_key, encode_key)
 ENDPOINT = Codec(_load_endpoint, str)
+TOKEN = Codec(_load_token, lambda raw: base64.b64encode(raw).decode())
 HOST = Codec(_load_host)
 CIDR = Codec(_load_cidr)
 NAME = text()
@@ -284,6 +299,20 @@ class RelayInfo(Record):
 
 
 @dataclass(frozen=True)
+class RelayToken(Record):
+    """The node's pass for one relay (`meshvpn.relaytoken`), shown in its RELAY_HELLO."""
+
+    relay: str = wire(NAME)
+    """Name of the relay, as in `RelayInfo`."""
+    token: bytes = wire(TOKEN)
+    expires: float = wire(TIME)
+    """Unix time after which the relay refuses it."""
+
+
+RELAY_TOKENS = list_of(record(RelayToken), MAX_RELAYS)
+
+
+@dataclass(frozen=True)
 class PeerInfo(Record):
     """What a node learns about one peer in its network."""
 
@@ -369,6 +398,16 @@ class Registered(Message):
     address: str = wire(HOST)
     network: NetworkInfo = wire(record(NetworkInfo))
     relays: tuple[RelayInfo, ...] = wire(list_of(record(RelayInfo), MAX_RELAYS), ())
+    relay_tokens: tuple[RelayToken, ...] = wire(RELAY_TOKENS, ())
+    """One token per relay; fresh ones follow in `RelayTokens` before these expire."""
+
+
+@dataclass(frozen=True)
+class RelayTokens(Message):
+    """Fresh relay tokens for an online node, sent well before the previous ones expire."""
+
+    TYPE = "relay_tokens"
+    tokens: tuple[RelayToken, ...] = wire(RELAY_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -420,7 +459,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Register, Endpoints, PunchRequest, Ping, Pong, RelayHome,
-        Registered, PeerMap, PeerUpdate, PeerRemove, Punch, Error,
+        Registered, RelayTokens, PeerMap, PeerUpdate, PeerRemove, Punch, Error,
     )
 }
 

@@ -37,6 +37,11 @@ SAMPLES = [
         KEY_A, "laptop", "10.77.0.2", m.NetworkInfo("home", "10.77.0.0/24"),
         (m.RelayInfo("fra", "relay.example.net", 7500, KEY_B),),
     ),
+    m.Registered(
+        KEY_A, "laptop", "10.77.0.2", m.NetworkInfo("home", "10.77.0.0/24"),
+        (m.RelayInfo("fra", "relay.example.net", 7500, KEY_B),), (m.RelayToken("fra", bytes(range(80)), 1.7e9),),
+    ),
+    m.RelayTokens((m.RelayToken("fra", bytes(range(80)), 1.7e9), m.RelayToken("ams", bytes(80), 1.7e9))),
     m.PeerMap((PEER, m.PeerInfo(KEY_A, "pc", "10.77.0.4", False))),
     m.PeerUpdate(PEER),
     m.PeerRemove(KEY_B),
