@@ -28,6 +28,7 @@ import os
 import socket
 from dataclasses import asdict, dataclass, field
 
+from meshvpn.node.prediction import Allocation
 from meshvpn.stun import ChangeRequest, StunResult, is_stun
 from meshvpn.stunio import StunClient
 
@@ -44,7 +45,7 @@ RELAY_TIMEOUT = 2.0
 
 EIM, ADM, APDM = "endpoint-independent", "address-dependent", "address-and-port-dependent"
 ENDPOINT_DEPENDENT = "address-dependent or address-and-port-dependent"
-PRESERVING, OFFSET, SEQUENTIAL, RANDOM = "port preservation", "fixed offset", "sequential", "random"
+PRESERVING, OFFSET, SEQUENTIAL, RANDOM = Allocation.PRESERVING, Allocation.OFFSET, Allocation.SEQUENTIAL, Allocation.RANDOM
 
 
 @dataclass
