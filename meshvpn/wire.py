@@ -356,7 +356,9 @@ def seal(
         raise LocalProtocolError(f"{type(payload).__name__} cannot be sent as type {kind}")
     if len(sender_public) != KEY_LEN or len(nonce) != BOX_NONCE_LEN:
         raise LocalProtocolError("sealed envelope needs a 32-byte key and a 24-byte nonce")
-    box = bindings.crypto_box_afternm(payload.pack(), nonce, key)
+    # The type byte leads the plaintext too: the header is outside the box, and a
+    # PROBE must not authenticate as a PROBE_REPLY (or a hello as its ack).
+    box = bindings.crypto_box_afternm(bytes((kind,)) + payload.pack(), nonce, key)
     return header(kind) + sender_public + nonce + box
 
 
@@ -382,4 +384,6 @@ def open_sealed(sealed: Sealed, key: bytes) -> SealedPayload:
         plain = bindings.crypto_box_open_afternm(sealed.box, sealed.nonce, key)
     except exceptions.CryptoError as exc:
         raise WireError(f"type {sealed.kind} envelope failed authentication") from exc
-    return _SEALED_PAYLOADS[sealed.kind].unpack(plain)
+    if not plain or plain[0] != sealed.kind:
+        raise WireError(f"type {sealed.kind} envelope sealed as another type")
+    return _SEALED_PAYLOADS[sealed.kind].unpack(plain[1:])

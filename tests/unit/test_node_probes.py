@@ -74,8 +74,16 @@ def test_open_raises_only_remote_errors_on_garbage_and_bit_flips(junk, position,
     a = codec(A_PRIVATE, A_PUBLIC, B_PUBLIC)
     b = codec(B_PRIVATE, B_PUBLIC, A_PUBLIC)
     genuine = bytearray(a.probe(B_PUBLIC, TX, DST, NONCE))
-    # Byte 1 (the type) is outside the box: PROBE <-> PROBE_REPLY swaps authenticate.
-    genuine[position % (len(genuine) - 2) + 2] ^= flip
+    genuine[position % len(genuine)] ^= flip
     for candidate in (junk, bytes(genuine), bytes(genuine[: position % len(genuine)])):
         with pytest.raises(RemoteProtocolError):
             b.open(candidate)
+
+
+def test_probe_relabelled_as_reply_is_rejected():
+    a = codec(A_PRIVATE, A_PUBLIC, B_PUBLIC)
+    b = codec(B_PRIVATE, B_PUBLIC, A_PUBLIC)
+    relabelled = bytearray(a.probe(B_PUBLIC, TX, DST, NONCE))
+    relabelled[1] = MessageType.PROBE_REPLY
+    with pytest.raises(RemoteProtocolError, match="sealed as another type"):
+        b.open(bytes(relabelled))
