@@ -9,8 +9,6 @@ Stage 4: the coord stops, tunnels keep working; it comes back and every node re-
 
 from __future__ import annotations
 
-import hashlib
-import json
 import subprocess
 import sys
 import time
@@ -18,12 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from meshvpn import keys
-from meshvpn.lab import Namespace, Topology, python_command
+from meshvpn.lab import Topology, python_command
+from meshvpn.lab.mesh import Mesh, wait_for
+from meshvpn.lab.netns import _child_env
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 
 COORD_ADDR = "203.0.113.10"
+NAMES = ("a1", "b1", "c1", "d1", "d2")
 MARKER = b"MESHVPN-PLAINTEXT-MARKER-7f3a"
 
 TCP_SINK = r"""
@@ -54,134 +54,36 @@ for _ in range(20):
 """
 
 
-class Mesh:
-    """The coord and the daemons of one lab, with helpers to drive and inspect them."""
-
-    def __init__(self, topo: Topology, workdir: Path) -> None:
-        self.topo = topo
-        self.dir = workdir
-        self.daemons: dict[str, subprocess.Popen] = {}
-        self.coord_proc: subprocess.Popen | None = None
-        coord_key = keys.write_private_key(workdir / "coord.key")
-        self.coord_public = keys.encode_key(keys.public_key(coord_key))
-        (workdir / "coord.yaml").write_text(
-            f"private_key_file: {workdir}/coord.key\n"
-            f"database: {workdir}/coord.db\n"
-            f"listen: {COORD_ADDR}:7400\n"
-            f"stun_listen: {COORD_ADDR}:3478\n"
-            f"admin_socket: {workdir}/admin.sock\n"
-            "networks:\n  - name: lab\n    cidr: 100.80.0.0/24\n"
-        )
-
-    @property
-    def coord_ns(self) -> Namespace:
-        return self.topo.host("coord")
-
-    def start_coord(self) -> None:
-        self.coord_proc = self.coord_ns.popen(python_command("meshvpn", "coord", "-c", str(self.dir / "coord.yaml")),
-                                              stderr=open(self.dir / "coord.log", "ab"))
-        wait_for(lambda: (self.dir / "admin.sock").exists(), 15, "coord admin socket")
-
-    def stop_coord(self) -> None:
-        self.coord_ns.stop(self.coord_proc)
-        self.coord_proc = None
-
-    def auth_key(self) -> str:
-        done = subprocess.run(
-            python_command("meshvpn", "coord", "key", "create", "--network", "lab", "--reusable",
-                           "--socket", str(self.dir / "admin.sock")),
-            capture_output=True, text=True, timeout=20, check=True, env=_env(),
-        )
-        return next(word for word in done.stdout.split() if len(word) > 20)
-
-    def start_node(self, name: str, auth_key: str) -> None:
-        keys.write_private_key(self.dir / f"{name}.key")
-        config = self.dir / f"{name}.yaml"
-        config.write_text(
-            f"private_key_file: {self.dir}/{name}.key\n"
-            f"hostname: {name}\n"
-            f"state_dir: {self.dir}/{name}-state\n"
-            f"control_socket: {self.dir}/{name}/ctl.sock\n"
-            f"coord:\n  address: {COORD_ADDR}:7400\n  public_key: {self.coord_public}\n  auth_key: {auth_key}\n"
-            "tun:\n  name: mvtun0\n"
-            "log:\n  level: debug\n"
-        )
-        self.daemons[name] = self.topo.host(name).popen(
-            python_command("meshvpn", "daemon", "-c", str(config)), stderr=open(self.dir / f"{name}.log", "ab")
-        )
-
-    def cli(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            python_command("meshvpn", *args, "--socket", str(self.dir / name / "ctl.sock")),
-            capture_output=True, text=True, timeout=30, check=check, env=_env(),
-        )
-
-    def status(self, name: str) -> dict:
-        return json.loads(self.cli(name, "status", "--json").stdout)
-
-    def overlay(self, name: str) -> str:
-        return self.status(name)["self"]["overlay"]
-
-    def peer(self, name: str, other: str) -> dict:
-        return next(p for p in self.status(name)["peers"] if p["name"] == other)
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.dir.glob("*.log")))
-
-
-def _env() -> dict:
-    from meshvpn.lab.netns import _child_env
-
-    return _child_env()
-
-
-def wait_for(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (subprocess.SubprocessError, json.JSONDecodeError, StopIteration, KeyError, OSError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def mesh(topo: Topology, tmp_path: Path):
     for site in ("a", "b", "c"):
         topo.add_site(site)
     topo.add_site("d", hosts=2)
-    mesh = Mesh(topo, tmp_path)
+    mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR)
     mesh.start_coord()
-    key = mesh.auth_key()
-    names = ("a1", "b1", "c1", "d1", "d2")
-    for name in names:
-        mesh.start_node(name, key)
+    key, _ = mesh.create_auth_key()
+    for name in NAMES:
+        mesh.start_node(name, topo.host(name), key)
     try:
-        for name in names:
-            wait_for(lambda n=name: mesh.status(n)["self"]["overlay"] and len(mesh.status(n)["peers"]) == 4,
-                     20, f"{name} to register and learn its peers")
+        mesh.wait_registered()
         yield mesh
     except BaseException:
         print(mesh.logs())
         raise
     finally:
-        for name, proc in mesh.daemons.items():
-            topo.host(name).stop(proc)
+        mesh.stop_nodes()
 
 
 def ping_over(mesh: Mesh, src: str, dst: str) -> bool:
-    address = mesh.overlay(dst)
-    return any(mesh.topo.host(src).ping(address, timeout=1.0) for _ in range(5))
+    return any(mesh.nudge(src, dst) for _ in range(5))
 
 
-def test_three_nats_direct_paths_file_transfer_status_and_lan(mesh: Mesh) -> None:
+def test_three_nats_direct_paths_file_transfer_status_and_lan(mesh: Mesh, topo: Topology) -> None:
     for src, dst in (("a1", "b1"), ("b1", "c1"), ("c1", "a1")):
         assert ping_over(mesh, src, dst), f"{src} cannot reach {dst}\n{mesh.logs()}"
     for src, dst in (("a1", "b1"), ("b1", "a1"), ("b1", "c1"), ("c1", "a1")):
         wait_for(lambda: mesh.peer(src, dst)["path"] == "direct", 10, f"direct path {src} -> {dst}")
-        assert mesh.peer(src, dst)["endpoint"].startswith(mesh.topo.addr(dst[0]) + ":")
+        assert mesh.peer(src, dst)["endpoint"].startswith(topo.addr(dst[0]) + ":")
 
     status = mesh.status("a1")
     b1 = next(p for p in status["peers"] if p["name"] == "b1")
@@ -190,13 +92,13 @@ def test_three_nats_direct_paths_file_transfer_status_and_lan(mesh: Mesh) -> Non
     text = mesh.cli("a1", "status").stdout
     assert "b1" in text and "direct" in text
 
-    sink = mesh.topo.host("b1").popen([sys.executable, "-c", TCP_SINK, mesh.overlay("b1")],
-                                      stdout=subprocess.PIPE, text=True)
+    sink = topo.host("b1").popen([sys.executable, "-c", TCP_SINK, mesh.overlay("b1")],
+                                 stdout=subprocess.PIPE, text=True)
     assert sink.stdout.readline().strip() == "ready"
-    sent = mesh.topo.host("a1").run([sys.executable, "-c", TCP_SOURCE, mesh.overlay("b1"), str(4 << 20)],
-                                    timeout=60).stdout.split()
+    sent = topo.host("a1").run([sys.executable, "-c", TCP_SOURCE, mesh.overlay("b1"), str(4 << 20)],
+                               timeout=60).stdout.split()
     received = sink.stdout.readline().split()
-    mesh.topo.host("b1").stop(sink)
+    topo.host("b1").stop(sink)
     assert received == sent and int(sent[0]) == 4 << 20
 
     pong = mesh.cli("a1", "ping", "c1", "-c", "2").stdout
@@ -204,17 +106,17 @@ def test_three_nats_direct_paths_file_transfer_status_and_lan(mesh: Mesh) -> Non
 
     assert ping_over(mesh, "d1", "d2")
     wait_for(lambda: mesh.peer("d1", "d2")["path"] == "lan", 10, "LAN path between neighbours")
-    assert mesh.peer("d1", "d2")["endpoint"].startswith(mesh.topo.addr("d2") + ":")
+    assert mesh.peer("d1", "d2")["endpoint"].startswith(topo.addr("d2") + ":")
 
 
-def test_internet_link_never_carries_plaintext(mesh: Mesh) -> None:
+def test_internet_link_never_carries_plaintext(mesh: Mesh, topo: Topology) -> None:
     assert ping_over(mesh, "a1", "b1")
     capture = mesh.dir / "wan.pcap"
-    router = mesh.topo.host("a")
+    router = topo.host("a")
     dump = router.popen(["tcpdump", "-i", "wan0", "-U", "-w", str(capture), "udp"], stderr=subprocess.DEVNULL)
     try:
         time.sleep(1.0)
-        mesh.topo.host("a1").run([sys.executable, "-c", UDP_MARKER, mesh.overlay("b1"), MARKER.decode()])
+        topo.host("a1").run([sys.executable, "-c", UDP_MARKER, mesh.overlay("b1"), MARKER.decode()])
         time.sleep(1.0)
     finally:
         router.stop(dump)
@@ -237,6 +139,6 @@ def test_tunnels_survive_the_coord_and_nodes_reregister(mesh: Mesh) -> None:
 
 def test_client_verbs_fail_clearly_without_a_daemon(tmp_path: Path) -> None:
     done = subprocess.run(python_command("meshvpn", "status", "--socket", str(tmp_path / "none.sock")),
-                          capture_output=True, text=True, timeout=20, env=_env())
+                          capture_output=True, text=True, timeout=20, env=_child_env())
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0 and "not running" in done.stderr

@@ -1,0 +1,260 @@
+"""A meshvpn deployment inside a lab: keys, configs, coord, relays and daemons as real processes.
+
+The lab tests, the demo and the benchmarks start meshvpn the way an operator would: key files
+written by `meshvpn.keys`, YAML configs, `meshvpn coord|relay|daemon` run in namespaces with
+`Namespace.popen` (so the lab kills them at teardown), and the pre-auth key from the
+`meshvpn coord key create` admin verb. Every config, key, socket and log lives in one work
+directory, named after the node it belongs to.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, TypeVar
+
+import yaml
+
+from meshvpn import keys
+from meshvpn.lab.netns import LabError, Namespace, python_command
+from meshvpn.node.ctl import DaemonNotRunning, request
+
+COORD_PORT = 7400
+STUN_PORT = 3478
+RELAY_PORT = 7500
+START_TIMEOUT = 15.0
+"""Seconds a process may take to answer on its socket after being started."""
+POLL_SECONDS = 0.2
+CLI_TIMEOUT = 30.0
+
+T = TypeVar("T")
+
+
+class MeshTimeout(LabError):
+    """The mesh did not reach a state it was waited for in time."""
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll `check` until it returns something truthy and return that; else raise MeshTimeout.
+
+    A check that raises (a daemon not answering yet, a peer not listed yet) counts as not yet.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+        except (DaemonNotRunning, OSError, ValueError, LookupError, subprocess.SubprocessError):
+            value = None
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise MeshTimeout(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(POLL_SECONDS)
+
+
+@dataclass
+class Process:
+    """One meshvpn process of the mesh and the files that belong to it."""
+
+    name: str
+    """Node, relay or `coord`; also the stem of its files in the work directory."""
+    ns: Namespace
+    """Namespace it runs in."""
+    proc: subprocess.Popen
+    """The running process; the lab kills it at teardown if nobody stopped it before."""
+    config: Path
+    log: Path
+    """Its stderr (meshvpn logs there)."""
+
+
+@dataclass(frozen=True)
+class RelayPlace:
+    """A relay as the coord's config names it."""
+
+    name: str
+    address: str
+    public_key: str
+
+
+def _write_yaml(path: Path, document: dict) -> Path:
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+class Mesh:
+    """The coord, relays and daemons of one network in a lab, with helpers to drive and inspect them.
+
+    Relays must be started before the coord, whose config lists every relay started so far.
+    """
+
+    def __init__(self, workdir: Path, coord_ns: Namespace, coord_address: str, network: str = "lab",
+                 cidr: str = "100.80.0.0/24", log_level: str = "debug") -> None:
+        self.dir = workdir
+        self.coord_ns = coord_ns
+        self.coord_address = coord_address
+        self.network = network
+        self.cidr = cidr
+        self.log_level = log_level
+        self.admin_socket = workdir / "coord-admin.sock"
+        self.coord: Process | None = None
+        self.relays: dict[str, Process] = {}
+        self.nodes: dict[str, Process] = {}
+        self._relay_places: list[RelayPlace] = []
+        self.coord_public = self._new_key("coord")
+
+    def _new_key(self, name: str) -> str:
+        return keys.encode_key(keys.public_key(keys.write_private_key(self.dir / f"{name}.key")))
+
+    def _spawn(self, name: str, ns: Namespace, role: str, config: Path) -> Process:
+        log = self.dir / f"{name}.log"
+        with log.open("ab") as out:
+            proc = ns.popen(python_command("meshvpn", role, "-c", str(config)),
+                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        return Process(name, ns, proc, config, log)
+
+    # ---- servers
+
+    def start_relay(self, name: str, ns: Namespace, address: str) -> Process:
+        """Start `meshvpn relay` at `address` (UDP and TCP port RELAY_PORT), trusting this mesh's coord."""
+        public = self._new_key(name)
+        config = _write_yaml(self.dir / f"{name}.yaml", {
+            "private_key_file": str(self.dir / f"{name}.key"),
+            "listen": f"{address}:{RELAY_PORT}",
+            "coord": {"public_key": self.coord_public},
+            "log": {"level": self.log_level},
+        })
+        self._relay_places.append(RelayPlace(name, f"{address}:{RELAY_PORT}", public))
+        self.relays[name] = self._spawn(name, ns, "relay", config)
+        return self.relays[name]
+
+    def start_coord(self) -> Process:
+        """Start (or restart) `meshvpn coord` and wait for its admin socket."""
+        config = _write_yaml(self.dir / "coord.yaml", {
+            "private_key_file": str(self.dir / "coord.key"),
+            "database": str(self.dir / "coord.db"),
+            "listen": f"{self.coord_address}:{COORD_PORT}",
+            "stun_listen": f"{self.coord_address}:{STUN_PORT}",
+            "admin_socket": str(self.admin_socket),
+            "networks": [{"name": self.network, "cidr": self.cidr}],
+            "relays": [{"name": r.name, "address": r.address, "public_key": r.public_key} for r in self._relay_places],
+            "log": {"level": self.log_level},
+        })
+        self.admin_socket.unlink(missing_ok=True)
+        self.coord = self._spawn("coord", self.coord_ns, "coord", config)
+        wait_for(self.admin_socket.exists, START_TIMEOUT, "the coord's admin socket")
+        return self.coord
+
+    def stop_coord(self) -> None:
+        """Stop the coord (SIGTERM); nodes and relays keep running."""
+        if self.coord is not None:
+            self.coord_ns.stop(self.coord.proc)
+            self.coord = None
+
+    def admin_command(self, *args: str) -> list[str]:
+        """The argv of `meshvpn coord ARGS` against this mesh's admin socket."""
+        return python_command("meshvpn", "coord", *args, "--socket", str(self.admin_socket))
+
+    def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run an admin verb, e.g. `admin("nodes", "list")`, in the coord's namespace."""
+        return self.coord_ns.run(self.admin_command(*args), check=check, timeout=CLI_TIMEOUT)
+
+    def create_auth_key(self) -> tuple[str, subprocess.CompletedProcess[str]]:
+        """A reusable pre-auth key for the network, and what `meshvpn coord key create` printed."""
+        done = self.admin("key", "create", "--network", self.network, "--reusable")
+        words = done.stdout.split()
+        if not words:
+            raise LabError("`meshvpn coord key create` printed no key")
+        return words[-1], done
+
+    # ---- nodes
+
+    def control_socket(self, name: str) -> Path:
+        return self.dir / f"{name}.sock"
+
+    def start_node(self, name: str, ns: Namespace, auth_key: str, listen: str | None = None,
+                   tun: str = "mvtun0") -> Process:
+        """Start `meshvpn daemon` in `ns` as `name`, joining with `auth_key`.
+
+        `listen` is `address:port` of the node's UDP socket (the config's default if None).
+        """
+        self._new_key(name)
+        document = {
+            "private_key_file": str(self.dir / f"{name}.key"),
+            "hostname": name,
+            "state_dir": str(self.dir / f"{name}-state"),
+            "control_socket": str(self.control_socket(name)),
+            "coord": {"address": f"{self.coord_address}:{COORD_PORT}", "public_key": self.coord_public,
+                      "auth_key": auth_key, "stun_port": STUN_PORT},
+            "tun": {"name": tun},
+            "log": {"level": self.log_level},
+        }
+        if listen is not None:
+            address, port = listen.rsplit(":", 1)
+            document["listen"] = {"address": address, "port": int(port)}
+        config = _write_yaml(self.dir / f"{name}.yaml", document)
+        self.nodes[name] = self._spawn(name, ns, "daemon", config)
+        return self.nodes[name]
+
+    def stop_nodes(self) -> None:
+        """Stop every daemon (SIGTERM, then SIGKILL after the lab's grace period)."""
+        for node in self.nodes.values():
+            node.ns.stop(node.proc)
+
+    def cli_command(self, name: str, *args: str) -> list[str]:
+        """The argv of a client verb (`status`, `peers`, `ping PEER`) against node `name`."""
+        return python_command("meshvpn", *args, "--socket", str(self.control_socket(name)))
+
+    def cli(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a client verb in node `name`'s namespace, as a user on that machine would."""
+        return self.nodes[name].ns.run(self.cli_command(name, *args), check=check, timeout=CLI_TIMEOUT)
+
+    def status(self, name: str) -> dict:
+        """What `meshvpn status --json` prints, asked straight over the control socket."""
+        answer = list(request(str(self.control_socket(name)), {"cmd": "status"}, timeout=2.0))[-1]
+        if "error" in answer:
+            raise LabError(f"{name}: status: {answer['error']}")
+        return answer
+
+    def overlay(self, name: str) -> str:
+        """Node `name`'s mesh address (without prefix length)."""
+        return self.status(name)["self"]["overlay"].split("/")[0]
+
+    def peer(self, name: str, other: str) -> dict:
+        """Node `other` as node `name`'s status lists it; KeyError while it is not listed."""
+        for peer in self.status(name)["peers"]:
+            if peer["name"] == other:
+                return peer
+        raise KeyError(other)
+
+    def nudge(self, src: str, dst: str, timeout: float = 1.0) -> bool:
+        """Send one ICMP echo from `src`'s namespace to `dst`'s mesh address; whether it was answered.
+
+        Paths are made on demand, so this is also what starts hole punching between the two.
+        """
+        return self.nodes[src].ns.ping(self.overlay(dst), timeout=timeout)
+
+    def wait_registered(self, names: Iterable[str] | None = None, timeout: float = 20.0) -> None:
+        """Wait until every named node (all by default) has its address and lists all the others."""
+        names = list(self.nodes if names is None else names)
+        for name in names:
+            wait_for(lambda n=name: self.status(n)["self"]["overlay"] and len(self.status(n)["peers"]) >= len(names) - 1,
+                     timeout, f"{name} to register and learn its peers")
+
+    def wait_for_path(self, src: str, dst: str, kinds: tuple[str, ...] = ("direct", "lan", "relay"),
+                      timeout: float = 15.0) -> dict:
+        """Send echoes from `src` to `dst` until `src`'s status shows a path of one of `kinds`; that peer entry."""
+        def reached() -> dict | None:
+            peer = self.peer(src, dst)
+            if peer["path"] in kinds:
+                return peer
+            self.nudge(src, dst, timeout=0.5)
+            return None
+
+        return wait_for(reached, timeout, f"a {'/'.join(kinds)} path from {src} to {dst}")
+
+    def logs(self, tail: int = 3000) -> str:
+        """The end of every process's log, for a failure message."""
+        return "\n".join(f"--- {log.stem}\n{log.read_text(errors='replace')[-tail:]}"
+                         for log in sorted(self.dir.glob("*.log")))
