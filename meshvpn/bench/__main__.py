@@ -62,13 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.datetime.now().astimezone()
     rows = [row for row in ROWS if args.rows is None or row.name in args.rows]
     results = []
-    with BenchLab() as lab, tempfile.TemporaryDirectory(prefix="meshvpn-bench-") as workdir:
-        net = build_net(lab)
-        for row in rows:
-            print(f"bench: {row.name} ...", file=sys.stderr, flush=True)
-            result = run_row(row, net, Path(workdir), args)
-            results.append(result)
-            print(f"bench: {row.name}: {result.error or f'{result.throughput:.0f} Mbit/s'}", file=sys.stderr, flush=True)
+    try:
+        with BenchLab() as lab, tempfile.TemporaryDirectory(prefix="meshvpn-bench-") as workdir:
+            net = build_net(lab)
+            for row in rows:
+                print(f"bench: {row.name} ...", file=sys.stderr, flush=True)
+                result = run_row(row, net, Path(workdir), args)
+                results.append(result)
+                print(f"bench: {row.name}: {result.error or f'{result.throughput:.0f} Mbit/s'}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print("bench: interrupted; namespaces and processes removed", file=sys.stderr)
+        return 130
     print(render_table(results))
     path = args.json or Path("bench-results") / f"bench-{started:%Y-%m-%dT%H%M%S}.json"
     settings = {"seconds": args.seconds, "runs": args.runs, "pings": args.pings, "started": started.isoformat()}

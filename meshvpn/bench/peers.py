@@ -71,7 +71,7 @@ class BenchNet:
     def stop_all(self) -> None:
         """Stop every process started in the bench namespaces (newest first)."""
         for ns in (self.a, self.b, self.side):
-            for proc in reversed(ns.processes):
+            for proc in list(reversed(ns.processes)):
                 ns.stop(proc)
 
 
