@@ -58,7 +58,7 @@ class CoordLink:
         """Builds the register message at connect time (endpoints may have changed)."""
         self.on_message = on_message
         self.on_state = on_state
-        """Called with True once registered frames flow, False when the link drops."""
+        """Called with True once registered frames flow, False when the link drops (or the first attempt fails)."""
         self.keepalive = keepalive
         self.connected = False
         self.failures = 0
@@ -104,7 +104,7 @@ class CoordLink:
         if self._client is not None:
             self._client.close()
         self._client = None
-        if self.connected:
+        if self.connected or self.failures == 0:
             self.connected = False
             self.on_state(False)
 

@@ -18,12 +18,14 @@ import platform
 import signal
 import socket
 import time
-from typing import AsyncIterator, Optional
+from collections import Counter
+from typing import AsyncIterator, Callable, Optional
 
 from meshvpn import __version__
-from meshvpn.config import NodeConfig
+from meshvpn.config import NodeConfig, load_node_config
 from meshvpn.coord import messages as m
 from meshvpn.keys import read_private_key
+from meshvpn.metrics import MetricsEndpoint, node_families, start_metrics
 from meshvpn.node import ctl
 from meshvpn.node.coordlink import CoordLink
 from meshvpn.node.core import CoordRefused, CoreConfig, NodeCore, PeerDown, PeerPathChanged, PeerUp, PingReply, Registered
@@ -32,7 +34,8 @@ from meshvpn.node.endpoints import local_endpoints
 from meshvpn.node.pathfinder import PathFinderConfig
 from meshvpn.node.tun import TunDevice
 from meshvpn.node.udpio import BatchUdpSocket
-from meshvpn.service import Notifier, setup_logging, start_watchdog
+from meshvpn.reload import Reloader
+from meshvpn.service import Notifier, serve_until_stopped, setup_logging
 from meshvpn.stun import is_stun
 from meshvpn.stunio import StunClient
 from meshvpn.wire import Endpoint
@@ -82,13 +85,19 @@ class NodeDaemon:
         self.local: tuple[m.Endpoint, ...] = ()
         self.tun_address: Optional[str] = None
         self.stopping = asyncio.Event()
+        self.coord_tried = asyncio.Event()
+        """Set once the first coord attempt registered or failed: READY waits for it."""
+        self.metrics: Optional[MetricsEndpoint] = None
+        self.reloader = Reloader(config)
+        self.reloader.on_change("paths.keepalive", self._apply_keepalive)
         self._timer: Optional[asyncio.TimerHandle] = None
         self._ping_waiters: dict[bytes, asyncio.Future] = {}
         self._tasks: list[asyncio.Task] = []
 
     # ---- lifecycle ------------------------------------------------------------------
 
-    async def run(self, notifier: Notifier) -> None:
+    async def run(self, notifier: Notifier, load_settings: Callable[[], NodeConfig]) -> None:
+        """Serve until SIGTERM/SIGINT; READY=1 once the coord registered us or the first attempt failed."""
         cfg = self.config
         self.tun = TunDevice.open(cfg.tun.name, cfg.tun.mtu)
         try:
@@ -104,14 +113,17 @@ class NodeDaemon:
             self.local = self._local_endpoints()
             self.link.start()
             self._tasks.append(self.loop.create_task(self._refresh_endpoints()))
-            notifier.ready("waiting for the coord")
-            start_watchdog(self.loop, notifier)
+            self.metrics = await start_metrics(cfg.metrics.listen, "daemon", lambda: node_families(self.core, self.data))
             log.info("node %s listening on udp %s:%d, tun %s", self.core.identity.public.hex()[:8],
                      *self.sock.getsockname()[:2], self.tun.name)
-            await self.stopping.wait()
-            notifier.stopping()
-        finally:
-            await self._shutdown()
+            await _first_set(self.coord_tried, self.stopping)
+        except BaseException:
+            await self.close()
+            raise
+        if self.stopping.is_set():
+            await self.close()
+            return
+        await serve_until_stopped(self, load_settings, notifier)
 
     def _bind(self) -> None:
         cfg = self.config.listen
@@ -125,7 +137,10 @@ class NodeDaemon:
         self.udp = BatchUdpSocket(sock)
         self.stun = StunClient(_SocketSender(sock))
 
-    async def _shutdown(self) -> None:
+    async def close(self) -> None:
+        """Leave nothing behind: the coord hears we left, the TUN (and its routes) goes away."""
+        if self.metrics is not None:
+            await self.metrics.close()
         for task in self._tasks:
             task.cancel()
         if self.link is not None:
@@ -267,6 +282,22 @@ class NodeDaemon:
 
     def _on_coord_state(self, up: bool) -> None:
         log.info("coord link %s", "up" if up else "down; tunnels keep running")
+        self.coord_tried.set()
+
+    # ---- service --------------------------------------------------------------------
+
+    def status(self) -> str:
+        """The systemd STATUS= line."""
+        kinds = Counter(peer.route.path.kind.value for peer in self.core.peers if peer.route is not None)
+        line = f"{len(self.core.peers)} peers: {kinds['direct'] + kinds['lan']} direct, {kinds['relay']} relay"
+        return line if self.link.connected else line + "; offline: coord unreachable"
+
+    def reload(self, settings: NodeConfig) -> None:
+        self.reloader.apply(settings)
+
+    def _apply_keepalive(self, settings: NodeConfig) -> None:
+        self.core.config.paths.keepalive = settings.paths.keepalive  # shared by every peer's path finder
+        self._after_core()
 
     def _local_endpoints(self) -> tuple[m.Endpoint, ...]:
         return local_endpoints(self.sock.getsockname()[1], self.tun.name, self.config.listen.address)
@@ -361,11 +392,18 @@ def _peer_map_entry(peer) -> dict:
             "endpoints": endpoints}
 
 
-async def _serve(config: NodeConfig) -> int:
+async def _first_set(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in pending:
+        wait.cancel()
+
+
+async def _serve(config: NodeConfig, load_settings: Callable[[], NodeConfig]) -> int:
     daemon = NodeDaemon(config, read_private_key(config.private_key_file))
     for signum in (signal.SIGTERM, signal.SIGINT):
         daemon.loop.add_signal_handler(signum, daemon.stopping.set)
-    await daemon.run(Notifier.from_environment())
+    await daemon.run(Notifier.from_environment(), load_settings)
     return 0
 
 
@@ -373,4 +411,4 @@ def main(args) -> int:
     """Entry point of ``meshvpn daemon``: ``args.settings`` is the loaded NodeConfig."""
     config: NodeConfig = args.settings
     setup_logging(config.log.level, "daemon")
-    return asyncio.run(_serve(config))
+    return asyncio.run(_serve(config, lambda: load_node_config(args.config)))
