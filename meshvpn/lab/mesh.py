@@ -78,6 +78,16 @@ class RelayPlace:
     public_key: str
 
 
+@dataclass(frozen=True)
+class PathFound:
+    """A path that came up between two nodes."""
+
+    peer: dict
+    """The peer's entry in the source node's `status --json` once the path was there."""
+    seconds: float
+    """Time from the start of waiting."""
+
+
 def _write_yaml(path: Path, document: dict) -> Path:
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
@@ -242,17 +252,31 @@ class Mesh:
             wait_for(lambda n=name: self.status(n)["self"]["overlay"] and len(self.status(n)["peers"]) >= len(names) - 1,
                      timeout, f"{name} to register and learn its peers")
 
-    def wait_for_path(self, src: str, dst: str, kinds: tuple[str, ...] = ("direct", "lan", "relay"),
-                      timeout: float = 15.0) -> dict:
-        """Send echoes from `src` to `dst` until `src`'s status shows a path of one of `kinds`; that peer entry."""
-        def reached() -> dict | None:
-            peer = self.peer(src, dst)
-            if peer["path"] in kinds:
-                return peer
-            self.nudge(src, dst, timeout=0.5)
-            return None
+    def wait_for_paths(self, wanted: dict[tuple[str, str], tuple[str, ...]], timeout: float = 15.0,
+                       on_found: Callable[[str, str, PathFound], None] | None = None) -> dict[tuple[str, str], PathFound]:
+        """Nudge every `(src, dst)` pair until `src`'s status shows a path of one of its kinds.
 
-        return wait_for(reached, timeout, f"a {'/'.join(kinds)} path from {src} to {dst}")
+        Returns the pairs that got one by `timeout` (the others are missing), calling
+        `on_found` as each arrives. One thread nudges the pairs in turn, so an interrupt stops
+        it at once.
+        """
+        started = time.monotonic()
+        found: dict[tuple[str, str], PathFound] = {}
+        while len(found) < len(wanted) and time.monotonic() - started < timeout:
+            for (src, dst), kinds in wanted.items():
+                if (src, dst) in found:
+                    continue
+                try:
+                    peer = self.peer(src, dst)
+                except (DaemonNotRunning, OSError, ValueError, KeyError):
+                    continue
+                if peer["path"] in kinds:
+                    found[src, dst] = PathFound(peer, time.monotonic() - started)
+                    if on_found is not None:
+                        on_found(src, dst, found[src, dst])
+                else:
+                    self.nudge(src, dst, timeout=0.3)
+        return found
 
     def logs(self, tail: int = 3000) -> str:
         """The end of every process's log, for a failure message."""

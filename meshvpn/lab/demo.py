@@ -1,0 +1,282 @@
+"""The live demo: a mesh behind real NATs in network namespaces, narrated step by step.
+
+`python -m meshvpn.lab.demo` (as root; `make demo`, `./scripts/demo`) builds a lab internet
+with the coordination server and a relay, puts nodes behind four kinds of NAT, joins them with
+the real admin verbs, waits for their paths and prints what `meshvpn coord nodes list`,
+`meshvpn status`, `meshvpn ping` and a TCP transfer through the tunnel print. Everything runs
+in namespaces named `mv<PID>-...` and is removed at the end, on failure and on Ctrl-C.
+Nothing touches the root namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence, TextIO
+
+from meshvpn.errors import MeshError
+from meshvpn.lab.mesh import RELAY_PORT, STUN_PORT, COORD_PORT, Mesh, PathFound
+from meshvpn.lab.nat import Nat, NatKind
+from meshvpn.lab.netns import Lab, cleanup_stale, lab_namespaces
+from meshvpn.lab.topology import Topology
+
+COORD_ADDR = "203.0.113.10"
+RELAY_ADDR = "203.0.113.20"
+NETWORK, CIDR = "demo", "100.80.0.0/24"
+TRANSFER_PORT = 9000
+PATH_TIMEOUT = 15.0
+"""Seconds to wait for all paths; the relayed pair needs `paths.relay_after` (2 s) and its relay link."""
+PING_COUNT = "3"
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    """One site of the demo network."""
+
+    name: str
+    nat: Nat
+    hosts: int
+    says: str
+    """What the narration calls its NAT."""
+
+
+SITES = (
+    SitePlan("a", NatKind.PORT_PRESERVING, 1, "port-preserving masquerade"),
+    SitePlan("b", NatKind.PORT_RANGE, 1, "range-mapping NAT (ports moved into 30000-40000)"),
+    SitePlan("c", NatKind.PORT_PRESERVING, 2, "two nodes behind one port-preserving NAT"),
+    SitePlan("d", NatKind.RANDOM_PORTS, 1, "random-port NAT (masquerade fully-random)"),
+    SitePlan("e", NatKind.RANDOM_PORTS, 1, "random-port NAT (masquerade fully-random)"),
+)
+
+PATHS = {
+    ("a1", "b1"): ("direct",),
+    ("b1", "c2"): ("direct",),
+    ("c1", "a1"): ("direct",),
+    ("c1", "c2"): ("lan",),
+    ("d1", "e1"): ("relay",),
+}
+"""The paths the demo makes, and the kinds each may end up as. Two random-port NATs cannot
+punch (each side's port for the other is unknowable), so that pair can only use the relay."""
+RELAYED = ("d1", "e1")
+DIRECT = ("a1", "b1")
+PINGS = (("a1", "b1"), ("c1", "c2"), ("b1", "c2"), RELAYED)
+
+TRANSFER_SINK = r"""
+import hashlib, socket, sys, time
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2]))); srv.listen(1); srv.settimeout(float(sys.argv[3]))
+print("ready", flush=True)
+conn, _ = srv.accept(); conn.settimeout(float(sys.argv[3]))
+digest, total, first, buf = hashlib.sha256(), 0, None, bytearray(1 << 16)
+view = memoryview(buf)
+while n := conn.recv_into(buf):
+    first = first or time.monotonic()
+    digest.update(view[:n]); total += n
+elapsed = time.monotonic() - (first or time.monotonic())
+conn.close()
+print(f"received {total} bytes in {elapsed:.2f} s, sha256 {digest.hexdigest()}", flush=True)
+"""
+
+TRANSFER_SOURCE = r"""
+import hashlib, os, socket, sys, time
+block = os.urandom(1 << 20)
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+digest, total, end = hashlib.sha256(), 0, time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    sock.sendall(block); digest.update(block); total += len(block)
+sock.close()
+print(f"sent {total} bytes, sha256 {digest.hexdigest()}", flush=True)
+"""
+
+
+class DemoFailed(MeshError):
+    """Something the demo shows did not work."""
+
+
+def shown(argv: Sequence[str]) -> str:
+    """A command line as a user would type it: `meshvpn ...` for `python -m meshvpn ...`."""
+    words = list(argv)
+    if words[1:3] == ["-m", "meshvpn"]:
+        words = ["meshvpn", *words[3:]]
+    return " ".join(words)
+
+
+class Demo:
+    """One run of the demo in a lab; `run()` goes through the steps in order."""
+
+    def __init__(self, lab: Lab, workdir: Path, seconds: float, out: TextIO) -> None:
+        self.lab = lab
+        self.workdir = workdir
+        self.seconds = seconds
+        self.out = out
+        self.steps = 0
+        self.topo: Topology | None = None
+        self.mesh: Mesh | None = None
+        self.found: dict[tuple[str, str], PathFound] = {}
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def step(self, title: str) -> None:
+        self.steps += 1
+        self.say(f"\n== {self.steps}. {title}")
+
+    def command(self, who: str, argv: Sequence[str], done: subprocess.CompletedProcess[str]) -> None:
+        """Print a command as typed on `who`, then exactly what it printed."""
+        self.say(f"{who}$ {shown(argv)}")
+        for stream in (done.stdout, done.stderr):
+            if stream.strip():
+                self.say(stream.rstrip("\n"))
+
+    def run(self) -> None:
+        self.build()
+        mesh = self.mesh
+        assert mesh is not None
+        self.join(mesh)
+        self.make_paths(mesh)
+        self.step("The coordination server's view: meshvpn coord nodes list")
+        self.command("coord", mesh.admin_command("nodes", "list"), mesh.admin("nodes", "list"))
+        self.step("Each node's view: meshvpn status")
+        for name in mesh.nodes:
+            self.command(name, mesh.cli_command(name, "status"), mesh.cli(name, "status", check=False))
+        self.step("meshvpn ping across the mesh: the path each answer took and its round trip")
+        for src, dst in PINGS:
+            argv = mesh.cli_command(src, "ping", dst, "-c", PING_COUNT)
+            self.command(src, argv, mesh.cli(src, "ping", dst, "-c", PING_COUNT, check=False))
+        self.step(f"TCP through the tunnel: {self.seconds:g} s of random data, SHA-256 on both ends")
+        self.transfer(mesh, *DIRECT)
+        if RELAYED in self.found:
+            self.transfer(mesh, *RELAYED)
+        missing = [pair for pair in PATHS if pair not in self.found and pair != RELAYED]
+        if missing:
+            raise DemoFailed("no path for " + ", ".join(f"{src} -> {dst}" for src, dst in missing))
+
+    def build(self) -> None:
+        self.step("Building the lab: an internet, the coordination server, a relay and five sites behind NATs")
+        topo = self.topo = Topology(self.lab)
+        topo.add_server("coord", addrs=[COORD_ADDR])
+        topo.add_server("relay", addrs=[RELAY_ADDR])
+        for plan in SITES:
+            topo.add_site(plan.name, nat=plan.nat, hosts=plan.hosts)
+        self.say(f"  coord    {COORD_ADDR:<15} coordination server (TCP {COORD_PORT}, STUN {STUN_PORT})")
+        self.say(f"  relay    {RELAY_ADDR:<15} relay (UDP and TCP {RELAY_PORT})")
+        for plan in SITES:
+            hosts = ", ".join(f"{node.name} {node.addrs[0]}" for node in topo.site(plan.name).hosts)
+            self.say(f"  site {plan.name}   {topo.addr(plan.name):<15} {plan.says}: {hosts}")
+        self.say(f"  namespaces: {self.lab.prefix}-*   files: {self.workdir}")
+        self.mesh = Mesh(self.workdir, topo.host("coord"), COORD_ADDR, network=NETWORK, cidr=CIDR, log_level="info")
+
+    def join(self, mesh: Mesh) -> None:
+        topo = self.topo
+        assert topo is not None
+        self.step(f"Starting the relay and the coordination server (network {NETWORK!r}, {CIDR}, in coord.yaml)")
+        mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR)
+        mesh.start_coord()
+        self.command("coord", mesh.admin_command("networks", "list"), mesh.admin("networks", "list"))
+        self.step("Creating a pre-auth key with the admin verb")
+        auth_key, created = mesh.create_auth_key()
+        self.command("coord", mesh.admin_command("key", "create", "--network", NETWORK, "--reusable"), created)
+        names = [node.name for plan in SITES for node in topo.site(plan.name).hosts]
+        self.step(f"Starting {len(names)} daemons ({', '.join(names)}); each registers and learns its peers")
+        for name in names:
+            mesh.start_node(name, topo.host(name), auth_key)
+        mesh.wait_registered()
+        for name in names:
+            self.say(f"  {name:<3} is {mesh.overlay(name)}")
+
+    def make_paths(self, mesh: Mesh) -> None:
+        self.step("Making paths: the first packet to a peer starts a handshake and hole punching")
+
+        def report(src: str, dst: str, found: PathFound) -> None:
+            peer = found.peer
+            self.say(f"  {src} -> {dst}: {peer['path']} {peer['endpoint']} after {found.seconds:.1f} s")
+
+        self.found = mesh.wait_for_paths(PATHS, PATH_TIMEOUT, on_found=report)
+        for (src, dst), kinds in PATHS.items():
+            if (src, dst) not in self.found:
+                self.say(f"  {src} -> {dst}: no {'/'.join(kinds)} path after {PATH_TIMEOUT:.0f} s")
+        if RELAYED not in self.found:
+            self.say(f"  ({RELAYED[0]} and {RELAYED[1]} sit behind random-port NATs: without a relay path they cannot talk)")
+
+    def transfer(self, mesh: Mesh, src: str, dst: str) -> None:
+        """Send random data from `src` to `dst` through the tunnel for `seconds`; compare digests."""
+        topo = self.topo
+        assert topo is not None
+        target = mesh.overlay(dst)
+        wait = str(self.seconds + 15)
+        sink = topo.host(dst).popen([sys.executable, "-c", TRANSFER_SINK, target, str(TRANSFER_PORT), wait],
+                                    stdout=subprocess.PIPE, text=True)
+        try:
+            assert sink.stdout is not None
+            if sink.stdout.readline().strip() != "ready":
+                raise DemoFailed(f"the receiver on {dst} did not start")
+            sent = topo.host(src).run([sys.executable, "-c", TRANSFER_SOURCE, target, str(TRANSFER_PORT),
+                                       str(self.seconds)], timeout=self.seconds + 30, check=False)
+            received, _ = sink.communicate(timeout=15)
+        finally:
+            topo.host(dst).stop(sink)
+        path = mesh.peer(src, dst)["path"]
+        self.say(f"  {src} -> {dst} ({target}:{TRANSFER_PORT}, path {path})")
+        self.say(f"  {src}: {sent.stdout.strip() or sent.stderr.strip()}")
+        self.say(f"  {dst}: {received.strip()}")
+        sent_words, received_words = sent.stdout.split(), received.split()
+        if not sent_words or not received_words or sent_words[1] != received_words[1] or sent_words[-1] != received_words[-1]:
+            raise DemoFailed(f"the transfer from {src} to {dst} did not arrive intact")
+        seconds = float(received_words[4])
+        self.say(f"  checksums match: {int(sent_words[1]) * 8 / seconds / 1e6:.0f} Mbit/s")
+
+    def logs(self) -> str:
+        return self.mesh.logs() if self.mesh is not None else ""
+
+
+def leftovers(lab: Lab, processes: list[subprocess.Popen]) -> list[str]:
+    """What a closed lab left behind: its namespaces that still exist, its processes still running."""
+    names = [name for name in lab_namespaces() if name.startswith(lab.prefix + "-")]
+    running = [f"pid {proc.pid}" for proc in processes if proc.poll() is None]
+    return names + running
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m meshvpn.lab.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of the TCP transfer (default 3)")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("the demo needs root: it creates network namespaces (try: sudo make demo)", file=sys.stderr)
+        return 1
+    for name in cleanup_stale():
+        print(f"removed {name}, left by an earlier run that was killed", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="mv-demo-"))
+    code, demo, processes = 0, None, []
+    try:
+        with Lab() as lab:
+            demo = Demo(lab, workdir, args.seconds, sys.stdout)
+            try:
+                demo.run()
+            except (MeshError, subprocess.SubprocessError, OSError) as err:
+                print(f"\ndemo failed: {err}", flush=True)
+                print(demo.logs(), file=sys.stderr, flush=True)
+                code = 1
+            finally:
+                processes = [proc for ns in lab.namespaces.values() for proc in ns.processes]
+                demo.step("Cleaning up: stopping every process and deleting every namespace")
+    except KeyboardInterrupt:
+        print("\ninterrupted", flush=True)
+        code = 130
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if demo is not None:
+        left = leftovers(demo.lab, processes)
+        print(f"  {len(processes)} processes stopped, namespaces deleted: "
+              + (f"LEFT BEHIND {', '.join(left)}" if left else "nothing left behind"), flush=True)
+        code = code or (1 if left else 0)
+    return code
+
+if __name__ == "__main__":
+    sys.exit(main())
