@@ -32,13 +32,15 @@ from meshvpn.node.core import CoordRefused, CoreConfig, NodeCore, PeerDown, Peer
 from meshvpn.node.dataplane import DataPlane
 from meshvpn.node.endpoints import local_endpoints
 from meshvpn.node.pathfinder import PathFinderConfig
+from meshvpn.node.relayclient import RelayClient
+from meshvpn.node.relays import RelaySet
 from meshvpn.node.tun import TunDevice
 from meshvpn.node.udpio import BatchUdpSocket
 from meshvpn.reload import Reloader
 from meshvpn.service import Notifier, serve_until_stopped, setup_logging
 from meshvpn.stun import is_stun
 from meshvpn.stunio import StunClient
-from meshvpn.wire import Endpoint
+from meshvpn.wire import Endpoint, MessageType
 
 log = logging.getLogger("meshvpn.node")
 
@@ -47,6 +49,7 @@ BATCH = 64
 SOCKET_BUFFER = 4 << 20
 ENDPOINT_REFRESH = 60.0
 """Seconds between re-checks of local endpoints and the STUN mapping."""
+_HELLO_ACK = bytes((MessageType.RELAY_HELLO_ACK,))
 PING_INTERVAL = 0.5
 PING_WAIT = 2.0
 
@@ -80,6 +83,7 @@ class NodeDaemon:
         self.udp: Optional[BatchUdpSocket] = None
         self.stun: Optional[StunClient] = None
         self.link: Optional[CoordLink] = None
+        self.relays: Optional[RelayClient] = None
         self.control = ctl.ControlServer(str(config.control_socket), self.handle_control)
         self.public_endpoint: Optional[m.Endpoint] = None
         self.local: tuple[m.Endpoint, ...] = ()
@@ -103,6 +107,10 @@ class NodeDaemon:
         try:
             self.tun.up()
             self._bind()
+            self.relays = RelayClient(
+                RelaySet(self.core.identity.private, self.core.public_key, os.urandom, self.core.config.wall_offset),
+                self.core.identity.private, self._sendto, self._inbound, self._on_relay_home, self.loop.time,
+            )
             self.link = CoordLink(
                 cfg.coord.address.host, cfg.coord.address.port, cfg.coord.public_key, self.core.identity,
                 self._register_message, self._on_coord_message, self._on_coord_state,
@@ -145,6 +153,8 @@ class NodeDaemon:
             task.cancel()
         if self.link is not None:
             await self.link.close()
+        if self.relays is not None:
+            await self.relays.close()
         await self.control.close()
         if self._timer is not None:
             self._timer.cancel()
@@ -175,6 +185,10 @@ class NodeDaemon:
 
     def _send_group(self, dst: Endpoint, messages: list[bytes]) -> None:
         """GSO needs equal sizes (the last may be shorter): send each such run as one batch."""
+        relay_stream = self.relays.tcp_link(dst)
+        if relay_stream is not None:
+            relay_stream.send(messages)
+            return
         udp = self.udp
         start = 0
         count = len(messages)
@@ -199,12 +213,18 @@ class NodeDaemon:
                     data = bytes(view)
                     if is_stun(data):
                         self.stun.datagram_received(data, source)
+                    elif data[1:2] == _HELLO_ACK and self.relays.datagram_received(data, src):
+                        pass
                     else:
                         datagrams.append((data, src))
         except BlockingIOError:
             pass
         except OSError:
             pass
+        self._inbound(datagrams)
+
+    def _inbound(self, datagrams: list[tuple[bytes, Endpoint]]) -> None:
+        """Messages from the UDP socket or a relay's TCP stream, into the data path."""
         to_tun = self.data.inbound(datagrams, self.loop.time())
         if to_tun:
             self.tun.write_packets([memoryview(bytearray(packet)) for packet in to_tun])
@@ -221,10 +241,11 @@ class NodeDaemon:
         """Send what the core produced, act on its events and re-arm its one timer."""
         core = self.core
         for dst, data in core.datagrams_to_send():
-            try:
-                self.sock.sendto(data, dst)
-            except OSError:
-                pass
+            relay_stream = self.relays.tcp_link(dst)
+            if relay_stream is not None:
+                relay_stream.send([data])
+            else:
+                self._sendto(data, dst)
         for msg in core.coord_messages_to_send():
             self.link.send(msg)
         while (event := core.next_event()) is not None:
@@ -238,6 +259,20 @@ class NodeDaemon:
         self._timer = None
         self.core.handle_timer(self.loop.time())
         self._after_core()
+
+    def _sendto(self, data: bytes, dst: Endpoint) -> None:
+        try:
+            self.sock.sendto(data, dst)
+        except OSError:
+            pass
+
+    def _on_relay_home(self, endpoint: Optional[Endpoint]) -> None:
+        """Relayed packets now go to `endpoint` (None: no relay ready); the coord tells peers."""
+        self.core.set_relay(endpoint, self.loop.time())
+        self._after_core()
+        home = self.relays.relays.home
+        if home is not None:
+            self.link.send(m.RelayHome(home.name))
 
     def _on_event(self, event) -> None:
         if isinstance(event, PeerPathChanged):
@@ -277,6 +312,7 @@ class NodeDaemon:
         )
 
     def _on_coord_message(self, msg: m.Message) -> None:
+        self.relays.coord_message(msg)
         self.core.coord_message(msg, self.loop.time())
         self._after_core()
 
@@ -334,6 +370,7 @@ class NodeDaemon:
             status["self"]["coord"] = "connected" if self.link and self.link.connected else "disconnected"
             status["self"]["endpoints"] = [str(e) for e in self.local]
             status["self"]["public_endpoint"] = str(self.public_endpoint) if self.public_endpoint else None
+            status["self"]["relays"] = self.relays.relays.status()
             yield {**status, "done": True}
         elif cmd == "peers":
             yield {"peers": [_peer_map_entry(peer) for peer in self.core.peers], "done": True}

@@ -105,6 +105,8 @@ class RelayLink:
         self.want_tcp = False
         """Whether the shell should keep a TCP connection open (reconnecting per `tcp_retry_at`)."""
         self.tcp_connected = False
+        self.tcp_connecting = False
+        """The shell is opening a connection (see `tcp_attempt`)."""
         self.tcp_retry_at = 0.0
         """When the shell may next try to connect."""
         self._public = node_public
@@ -159,8 +161,13 @@ class RelayLink:
         self._set_ready(True)
         return True
 
+    def tcp_attempt(self) -> None:
+        """The shell started connecting; `tcp_up` or `tcp_down` follows."""
+        self.tcp_connecting = True
+
     def tcp_up(self, now: float) -> None:
         """The TCP connection (channel) is established: say hello on it at once."""
+        self.tcp_connecting = False
         self.tcp_connected = True
         self._tcp_failures = 0
         if self.transport is Transport.TCP:
@@ -168,7 +175,7 @@ class RelayLink:
 
     def tcp_down(self, now: float) -> None:
         """The TCP connection failed or closed; reconnect after a backoff if still wanted."""
-        self.tcp_connected = False
+        self.tcp_connected = self.tcp_connecting = False
         cfg = self.config
         self.tcp_retry_at = now + min(cfg.tcp_backoff_initial * 2 ** min(self._tcp_failures, 16), cfg.tcp_backoff_max)
         self._tcp_failures += 1
@@ -186,7 +193,7 @@ class RelayLink:
 
     def get_timer(self) -> Optional[float]:
         deadlines = [self._next_hello]
-        if self.want_tcp and not self.tcp_connected:
+        if self.want_tcp and not self.tcp_connected and not self.tcp_connecting:
             deadlines.append(self.tcp_retry_at)
         if self.ready and self._last_ack is not None:
             deadlines.append(self._last_ack + self.config.down_after)

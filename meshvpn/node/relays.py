@@ -1,0 +1,181 @@
+"""Every relay a node knows, and which one is home: sans-IO, around one `RelayLink` per relay.
+
+The coordination server announces relays and tokens (``registered``, ``relay_tokens``); the
+node keeps a link to each, so any of them can carry its traffic (every node registers with
+every relay, and a relay forwards to any node registered with it). The *home* relay is the
+ready link with the lowest hello round-trip time; another ready link takes over only when its
+RTT is below `SWITCH_RATIO` of home's, so home does not flap between two similar relays. The
+node routes relayed packets through home and reports it to the server (``relay_home``).
+
+Inputs take ``now`` (monotonic seconds). Outputs are pulled: `datagrams_to_send`,
+`frames_to_send` (for TCP links), and `home_changed()`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Callable, Iterable, Optional
+
+from meshvpn.coord import messages as m
+from meshvpn.node.relaylink import ReadyChanged, RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport
+from meshvpn.wire import Endpoint
+
+SWITCH_RATIO = 0.7
+"""A ready relay replaces home only if its RTT is below this fraction of home's."""
+
+
+class RelaySet:
+    """The node's relay links by name and by endpoint, and the choice of home."""
+
+    def __init__(
+        self,
+        private_key: bytes,
+        public_key: bytes,
+        random_bytes: Callable[[int], bytes],
+        wall_offset: float,
+        config: Optional[RelayLinkConfig] = None,
+    ) -> None:
+        self.links: dict[str, RelayLink] = {}
+        self.by_endpoint: dict[Endpoint, RelayLink] = {}
+        self.home: Optional[RelayLink] = None
+        self.skipped: list[str] = []
+        """Relays announced with a DNS name instead of an address (not resolved by the core)."""
+        self._private = private_key
+        self._public = public_key
+        self._random_bytes = random_bytes
+        self._wall_offset = wall_offset
+        self._config = config
+        self._datagrams: list[tuple[Endpoint, bytes]] = []
+        self._frames: list[tuple[RelayLink, bytes]] = []
+        self._home_changed = False
+
+    # ---- inputs ---------------------------------------------------------------------
+
+    def configure(self, relays: Iterable[m.RelayInfo], tokens: Iterable[m.RelayToken], now: float) -> None:
+        """The relays of a ``registered`` message; links to relays no longer announced are dropped."""
+        wanted = {}
+        self.skipped = []
+        for info in relays:
+            if _is_ip(info.host):
+                wanted[info.name] = info
+            else:
+                self.skipped.append(info.name)
+        for name in [n for n, link in self.links.items() if wanted.get(n) != link.info]:
+            link = self.links.pop(name)
+            del self.by_endpoint[_endpoint(link.info)]
+        for name, info in wanted.items():
+            if name not in self.links:
+                link = RelayLink(info, self._private, self._public, self._random_bytes, self._wall_offset, self._config)
+                self.links[name] = link
+                self.by_endpoint[_endpoint(info)] = link
+        self.set_tokens(tokens, now)
+        self._choose_home(force=True)
+
+    def set_tokens(self, tokens: Iterable[m.RelayToken], now: float) -> None:
+        """Fresh tokens (``registered`` or ``relay_tokens``); tokens for unknown relays are ignored."""
+        for token in tokens:
+            link = self.links.get(token.relay)
+            if link is not None:
+                link.set_token(token.token, token.expires, now)
+        self._drain(now)
+
+    def receive(self, data: bytes, src: Endpoint, via: Transport, now: float) -> bool:
+        """A RELAY_HELLO_ACK from the relay at `src`; False if no link accepts it."""
+        link = self.by_endpoint.get(src)
+        if link is None or not link.receive(data, via, now):
+            return False
+        self._drain(now)
+        return True
+
+    def tcp_up(self, link: RelayLink, now: float) -> None:
+        link.tcp_up(now)
+        self._drain(now)
+
+    def tcp_down(self, link: RelayLink, now: float) -> None:
+        link.tcp_down(now)
+        self._drain(now)
+
+    def handle_timer(self, now: float) -> None:
+        for link in self.links.values():
+            link.handle_timer(now)
+        self._drain(now)
+
+    # ---- outputs --------------------------------------------------------------------
+
+    def get_timer(self) -> Optional[float]:
+        return min((t for link in self.links.values() if (t := link.get_timer()) is not None), default=None)
+
+    def datagrams_to_send(self) -> list[tuple[Endpoint, bytes]]:
+        out, self._datagrams = self._datagrams, []
+        return out
+
+    def frames_to_send(self) -> list[tuple[RelayLink, bytes]]:
+        out, self._frames = self._frames, []
+        return out
+
+    def home_changed(self) -> bool:
+        """Whether home changed (or became ready or not) since the last call."""
+        changed, self._home_changed = self._home_changed, False
+        return changed
+
+    def home_endpoint(self) -> Optional[Endpoint]:
+        """Where relayed packets go: home's endpoint, or None without a ready relay."""
+        return None if self.home is None else _endpoint(self.home.info)
+
+    def is_tcp(self, endpoint: Endpoint) -> Optional[RelayLink]:
+        """The link to send to `endpoint` over TCP, if `endpoint` is a relay on TCP."""
+        link = self.by_endpoint.get(endpoint)
+        return link if link is not None and link.transport is Transport.TCP else None
+
+    def status(self) -> list[dict]:
+        return [
+            {
+                "name": name,
+                "address": f"{link.info.host}:{link.info.port}",
+                "ready": link.ready,
+                "transport": link.transport.value,
+                "rtt_ms": None if link.rtt is None else round(link.rtt * 1000, 2),
+                "home": link is self.home,
+            }
+            for name, link in self.links.items()
+        ]
+
+    # ---- internals ------------------------------------------------------------------
+
+    def _drain(self, now: float) -> None:
+        readiness = False
+        for link in self.links.values():
+            endpoint = _endpoint(link.info)
+            for action in link.next_actions():
+                if isinstance(action, SendUdp):
+                    self._datagrams.append((endpoint, action.data))
+                elif isinstance(action, SendTcp):
+                    self._frames.append((link, action.data))
+                elif isinstance(action, ReadyChanged):
+                    readiness = True
+        self._choose_home(force=readiness)
+
+    def _choose_home(self, force: bool = False) -> None:
+        ready = [link for link in self.links.values() if link.ready]
+        best = min(ready, key=lambda link: link.rtt if link.rtt is not None else float("inf"), default=None)
+        home = self.home
+        if home is not None and (not home.ready or self.links.get(home.name) is not home):
+            home = None
+        if home is None or (best is not None and best.rtt is not None and home.rtt is not None
+                            and best.rtt < SWITCH_RATIO * home.rtt):
+            home = best
+        if home is not self.home or force:
+            self._home_changed = True
+        self.home = home
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _endpoint(info: m.RelayInfo) -> Endpoint:
+    return Endpoint(ipaddress.ip_address(info.host).compressed, info.port)
