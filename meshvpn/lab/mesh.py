@@ -248,9 +248,13 @@ class Mesh:
     def wait_registered(self, names: Iterable[str] | None = None, timeout: float = 20.0) -> None:
         """Wait until every named node (all by default) has its address and lists all the others."""
         names = list(self.nodes if names is None else names)
+
+        def registered(name: str) -> bool:
+            status = self.status(name)
+            return bool(status["self"]["overlay"]) and len(status["peers"]) >= len(names) - 1
+
         for name in names:
-            wait_for(lambda n=name: self.status(n)["self"]["overlay"] and len(self.status(n)["peers"]) >= len(names) - 1,
-                     timeout, f"{name} to register and learn its peers")
+            wait_for(lambda: registered(name), timeout, f"{name} to register and learn its peers")
 
     def wait_for_paths(self, wanted: dict[tuple[str, str], tuple[str, ...]], timeout: float = 15.0,
                        on_found: Callable[[str, str, PathFound], None] | None = None) -> dict[tuple[str, str], PathFound]:
