@@ -24,6 +24,7 @@ from meshvpn.channel import ServerChannel
 from meshvpn.config import RelayConfig, load_relay_config
 from meshvpn.errors import LocalProtocolError, MeshError, RemoteProtocolError
 from meshvpn.relay.core import RelayCore, Stream
+from meshvpn.metrics import MetricsEndpoint, relay_families, start_metrics
 from meshvpn.reload import Reloader
 
 log = logging.getLogger("meshvpn.relay.server")
@@ -151,6 +152,9 @@ class RelayServer:
         self._udp: asyncio.DatagramTransport | None = None
         self._listener: asyncio.AbstractServer | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.metrics: MetricsEndpoint | None = None
+        self._rate_since = (clock(), 0)
+        """(time, forwarded) at the last status line: its pkt/s is measured from there."""
 
     async def start(self) -> None:
         """Bind UDP, then TCP on the same port; raise MeshError if either fails."""
@@ -168,11 +172,14 @@ class RelayServer:
             await self.close()
             raise MeshError(f"relay cannot listen on {listen.host}:{listen.port}: {exc}") from None
         self._on_timer()
+        self.metrics = await start_metrics(self.settings.metrics.listen, "relay", lambda: relay_families(self.core))
         log.info("relay %s listening on %s:%d (UDP and TCP)",
                  keys.encode_key(self.identity.public), *self.address)
 
     async def close(self) -> None:
         """Stop listening and drop every connection."""
+        if self.metrics is not None:
+            await self.metrics.close()
         if self._timer is not None:
             self._timer.cancel()
         if self._udp is not None:
@@ -200,10 +207,13 @@ class RelayServer:
             stream.conn_id.close("no valid hello")
 
     def status(self) -> str:
+        """The systemd STATUS= line: nodes now, and the forwarding rate since the last line."""
         status = self.core.status()
-        drops = sum(status["drops"].values())
-        return (f"{status['nodes']} nodes ({status['nodes_tcp']} over TCP), "
-                f"{status['forwarded']} packets forwarded, {drops} dropped")
+        now, forwarded = self.clock(), status["forwarded"]
+        since, before = self._rate_since
+        self._rate_since = (now, forwarded)
+        rate = (forwarded - before) / (now - since) if now > since else 0.0
+        return f"{status['nodes']} nodes, {rate:.0f} pkt/s"
 
     def _on_timer(self) -> None:
         self.core.handle_timer(self.clock())

@@ -11,11 +11,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshvpn import keys, metrics
-from meshvpn.config import Address, RelayLimits
+from meshvpn.config import Address, RelayLimits, load_relay_config
 from meshvpn.coord import messages as m
 from meshvpn.errors import MeshError
 from meshvpn.metrics import Family, coord_families, node_families, relay_families, start_metrics
 from meshvpn.relay.core import RelayCore
+from meshvpn.relay.server import RelayServer
 from test_coord_membership import Server  # the frame-by-frame harness of the membership tests
 from test_node_core import Node, Wire, ip_packet  # the two-core harness of the node core tests
 
@@ -35,23 +36,27 @@ def as_dict(families: list[Family]) -> dict[tuple, float]:
     return {(f.name, labels): value for f in families for labels, value in f.samples}
 
 
+async def http_request(address: tuple[str, int], path: str = "/metrics", method: str = "GET") -> tuple[int, str, str]:
+    """One HTTP request from a thread (the endpoint answers on this loop): status, type and body."""
+
+    def request():
+        req = urllib.request.Request(f"http://{address[0]}:{address[1]}{path}", method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=5) as response:
+                return response.status, response.headers["Content-Type"], response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.headers["Content-Type"], err.read().decode()
+
+    return await asyncio.get_running_loop().run_in_executor(None, request)
+
+
 def scrape(collect, path: str = "/metrics", method: str = "GET") -> tuple[int, str, str]:
-    """Start an endpoint, make one HTTP request to it from a thread, return status, type and body."""
+    """Start an endpoint, make one HTTP request to it, return status, type and body."""
 
     async def run():
         endpoint = await start_metrics(LOOPBACK, "test", collect)
-        host, port = endpoint.address
-
-        def request():
-            req = urllib.request.Request(f"http://{host}:{port}{path}", method=method)
-            try:
-                with urllib.request.urlopen(req, timeout=5) as response:
-                    return response.status, response.headers["Content-Type"], response.read().decode()
-            except urllib.error.HTTPError as err:
-                return err.code, err.headers["Content-Type"], err.read().decode()
-
         try:
-            return await asyncio.get_running_loop().run_in_executor(None, request)
+            return await http_request(endpoint.address, path, method)
         finally:
             await endpoint.close()
 
@@ -127,6 +132,33 @@ def test_relay_families_read_the_core_status():
     assert got[("meshvpn_relay_hellos", ())] == 2.0
     assert got[("meshvpn_relay_nodes", ())] == 0.0
     assert got[("meshvpn_relay_drops", ("rate limited",))] == 3.0
+
+
+def test_the_relay_serves_its_metrics_and_a_rate_status_line(tmp_path):
+    keys.write_private_key(tmp_path / "relay.key")
+    coord = keys.encode_key(keys.public_key(keys.generate_private_key()))
+    (tmp_path / "relay.yaml").write_text(
+        f"private_key_file: relay.key\nlisten: 127.0.0.1:0\ncoord:\n  public_key: {coord}\n"
+        "metrics:\n  listen: 127.0.0.1:0\n"
+    )
+    now = [1_700_000_000.0]
+
+    async def run():
+        server = RelayServer(load_relay_config(tmp_path / "relay.yaml"), clock=lambda: now[0])
+        await server.start()
+        try:
+            server.core.stats.forwarded += 500
+            now[0] += 10.0
+            return server.status(), server.status(), await http_request(server.metrics.address)
+        finally:
+            await server.close()
+
+    first, second, (status, _, body) = asyncio.run(run())
+    assert (first, second) == ("0 nodes, 50 pkt/s", "0 nodes, 0 pkt/s")
+    assert status == 200
+    got = samples(body)
+    assert got[("meshvpn_relay_forwarded_packets_total", ())] == 500.0
+    assert got[("meshvpn_info", (("role", "relay"), ("version", metrics.__version__)))] == 1.0
 
 
 def test_scrape_over_http_reads_the_counters_at_scrape_time(pair):
