@@ -78,7 +78,10 @@ class Endpoint:
         return cls(_ip_literal(host), _port(int(port)))
 
 
+@functools.lru_cache(maxsize=16384)
 def _ip_literal(text: str) -> str:
+    """The canonical form of an IP literal; cached because peer maps and stored nodes repeat the
+    same few addresses thousands of times, and parsing dominated decoding them."""
     try:
         return ipaddress.ip_address(text).compressed
     except ValueError:
