@@ -31,9 +31,14 @@ from meshvpn.coord.membership import Close, Log, Membership, MembershipSettings,
 from meshvpn.coord.store import Network, SqliteStore
 from meshvpn.errors import ConfigError, LocalProtocolError, MeshError, RemoteProtocolError
 from meshvpn.node.ctl import ControlServer
+from meshvpn.relaytoken import TokenMinter
 from meshvpn.stunio import StunServer, start_stun_server
 
 log = logging.getLogger("meshvpn.coord.server")
+
+LISTEN_BACKLOG = 4096
+"""Pending TCP connections the kernel queues (capped by net.core.somaxconn): after a restart every
+node reconnects at once, and a short queue turns that into SYN retransmits seconds apart."""
 
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -208,7 +213,10 @@ class CoordServer:
         self.clock = clock
         self.identity = noise.StaticIdentity.from_private(keys.read_private_key(settings.private_key_file))
         self.store = _open_store(settings.database)
-        self.membership = Membership(self.store, membership_settings(settings), clock())
+        self.membership = Membership(
+            self.store, membership_settings(settings), clock(),
+            relay_tokens=TokenMinter(self.identity.private, os.urandom),
+        )
         self.stopping = False
         self.address: tuple[str, int] | None = None
         """Where the control listener is bound (the real port when the config says 0)."""
@@ -225,7 +233,8 @@ class CoordServer:
         settings = self.settings
         try:
             self._listener = await loop.create_server(
-                lambda: _Connection(self), settings.listen.host, settings.listen.port, reuse_address=True
+                lambda: _Connection(self), settings.listen.host, settings.listen.port,
+                reuse_address=True, backlog=LISTEN_BACKLOG,
             )
             self.address = self._listener.sockets[0].getsockname()[:2]
             alt = settings.stun_alt_listen
