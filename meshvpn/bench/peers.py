@@ -73,6 +73,7 @@ class BenchNet:
         for ns in (self.a, self.b, self.side):
             for proc in list(reversed(ns.processes)):
                 ns.stop(proc)
+        self.b.run(["nft", "delete", "table", "inet", BLOCK_TABLE], check=False)
 
 
 @dataclass
@@ -322,16 +323,25 @@ def _write_yaml(path: Path, document: dict) -> Path:
     return path
 
 
-def start_meshvpn(net: BenchNet, workdir: Path) -> Tunnel:
+RELAY_PORT = 7500
+BLOCK_TABLE = "benchblock"
+"""nftables table in `b` that makes a relayed row's traffic take the relay."""
+
+
+def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None) -> Tunnel:
     """Two `meshvpn daemon`s and a `meshvpn coord` in `side`; measures the time to a direct path.
 
-    The clock starts when both daemons answer on their control sockets and stops at the first
-    ping reply from `b`'s overlay address; the path is what `a`'s status says right after.
+    With `relay` ("udp" or "tcp") a `meshvpn relay` runs in `side` too, and `b` drops UDP to and
+    from `a` (relayed over UDP) or every UDP packet it sends (relayed over TCP), so the two
+    daemons cannot punch and use the relay. The clock starts when both daemons answer on their
+    control sockets and stops at the first ping reply from `b`'s overlay address; the path is
+    what `a`'s status says right after.
     """
     coord_key = workdir / "coord.key"
     coord_public = keys.encode_key(keys.public_key(keys.write_private_key(coord_key)))
     admin = workdir / "coord.sock"
     coord_log = workdir / "coord.log"
+    relays = [] if relay is None else [_start_relay(net, workdir, coord_public, relay)]
     coord_config = _write_yaml(workdir / "coord.yaml", {
         "private_key_file": str(coord_key),
         "database": str(workdir / "coord.db"),
@@ -339,6 +349,7 @@ def start_meshvpn(net: BenchNet, workdir: Path) -> Tunnel:
         "stun_listen": f"{SIDE_ADDR}:{COORD_STUN_PORT}",
         "admin_socket": str(admin),
         "networks": [{"name": MESHVPN_NETWORK, "cidr": MESHVPN_SUBNET}],
+        "relays": relays,
     })
     spawn(net.side, python_command("meshvpn", "coord", "-c", str(coord_config)), coord_log)
     wait_for(admin.exists, "coord admin socket", logs=(coord_log,))
@@ -372,6 +383,26 @@ def start_meshvpn(net: BenchNet, workdir: Path) -> Tunnel:
                   path=_peer_path(_daemon_status(sockets[0]), target))
 
 
+def _start_relay(net: BenchNet, workdir: Path, coord_public: str, transport: str) -> dict:
+    """Start `meshvpn relay` in `side`, block `b`'s direct (or all) UDP; the coord's `relays` entry."""
+    relay_key = workdir / "relay.key"
+    relay_public = keys.encode_key(keys.public_key(keys.write_private_key(relay_key)))
+    config = _write_yaml(workdir / "relay.yaml", {
+        "private_key_file": str(relay_key),
+        "listen": f"{SIDE_ADDR}:{RELAY_PORT}",
+        "coord": {"public_key": coord_public},
+    })
+    spawn(net.side, python_command("meshvpn", "relay", "-c", str(config)), workdir / "relay.log")
+    dropped = f"ip daddr {A_ADDR} meta l4proto udp drop" if transport == "udp" else "meta l4proto udp drop"
+    net.b.run(["nft", "-f", "-"], input=(
+        f"table inet {BLOCK_TABLE} {{\n"
+        f"  chain input {{ type filter hook input priority 0; ip saddr {A_ADDR} meta l4proto udp drop; }}\n"
+        f"  chain output {{ type filter hook output priority 0; {dropped}; }}\n"
+        "}\n"
+    ))
+    return {"name": "bench-relay", "address": f"{SIDE_ADDR}:{RELAY_PORT}", "public_key": relay_public}
+
+
 def _peer_overlay(status: dict | None) -> str | None:
     peers = (status or {}).get("peers") or []
     return next((peer["overlay"].split("/")[0] for peer in peers if peer.get("overlay")), None)
@@ -385,6 +416,8 @@ def _peer_path(status: dict | None, overlay: str) -> str | None:
 ROWS: tuple[Row, ...] = (
     Row("plain veth", BASELINE, start_plain),
     Row("meshvpn direct", MESHVPN, start_meshvpn),
+    Row("meshvpn relayed UDP", MESHVPN, lambda net, workdir: start_meshvpn(net, workdir, relay="udp")),
+    Row("meshvpn relayed TCP", MESHVPN, lambda net, workdir: start_meshvpn(net, workdir, relay="tcp")),
     Row("quicktun nacltai", PEER, start_quicktun, ("quicktun",)),
     Row("wireguard-go", PEER, start_wireguard_go, ("wireguard-go", "wg")),
     Row("tinc 1.0 router", PEER, start_tinc, ("tincd",)),
