@@ -139,6 +139,13 @@ class Mesh:
         self.relays[name] = self._spawn(name, ns, "relay", config)
         return self.relays[name]
 
+    def restart_relay(self, name: str) -> Process:
+        """Stop relay `name` (SIGTERM) and start it again with the same key and config."""
+        old = self.relays[name]
+        old.ns.stop(old.proc)
+        self.relays[name] = self._spawn(name, old.ns, "relay", old.config)
+        return self.relays[name]
+
     def start_coord(self) -> Process:
         """Start (or restart) `meshvpn coord` and wait for its admin socket."""
         config = _write_yaml(self.dir / "coord.yaml", {
