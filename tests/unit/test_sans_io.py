@@ -25,6 +25,9 @@ SANS_IO_MODULES = (
     "meshvpn.node.peers",
     "meshvpn.node.probes",
     "meshvpn.relay.core",
+    "meshvpn.relaytoken",
+    "meshvpn.node.relaylink",
+    "meshvpn.node.relays",
     "meshvpn.sim.*",
 )
 FORBIDDEN = frozenset(
