@@ -2,11 +2,11 @@
 
 The link is a :mod:`meshvpn.coord.client` connection (a :mod:`meshvpn.channel` stream over
 TCP; the coord's key is pinned from the config).  The first message is ``register``; after
-that every message is handed to ``on_message``.  The link pings every ``keepalive`` seconds and answers the
-coord's pings; three intervals of silence mean the coord is gone.  Losing the coord never
-stops the node: the data path keeps running, peers are kept, and the link reconnects
-with exponential backoff and jitter (so a restarted coord is not hit by every node at
-the same instant) until it is closed.
+that every message is handed to ``on_message``.  The link pings every ``keepalive`` seconds
+and answers the coord's pings; three intervals of silence mean the coord is gone.  Losing
+the coord never stops the node: the data path keeps running, peers are kept, and the link
+reconnects with exponential backoff and jitter (so a restarted coord is not hit by every
+node at the same instant) until it is closed.
 """
 
 from __future__ import annotations
