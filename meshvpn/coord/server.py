@@ -13,7 +13,6 @@ with a log line naming its address and, once known, its key.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import socket
@@ -21,7 +20,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import AsyncIterator, Callable
 
 from meshvpn import keys, noise, service
 from meshvpn.channel import ServerChannel
@@ -30,8 +29,10 @@ from meshvpn.coord import admin, messages
 from meshvpn.coord.membership import Close, Log, Membership, MembershipSettings, Send
 from meshvpn.coord.store import Network, SqliteStore
 from meshvpn.errors import ConfigError, LocalProtocolError, MeshError, RemoteProtocolError
+from meshvpn.metrics import MetricsEndpoint, coord_families, start_metrics
 from meshvpn.node.ctl import ControlServer
 from meshvpn.relaytoken import TokenMinter
+from meshvpn.reload import Reloader
 from meshvpn.stunio import StunServer, start_stun_server
 
 log = logging.getLogger("meshvpn.coord.server")
@@ -68,18 +69,6 @@ def membership_settings(config: CoordConfig) -> MembershipSettings:
 
 def relay_infos(config: CoordConfig) -> tuple[messages.RelayInfo, ...]:
     return tuple(messages.RelayInfo(r.name, r.address.host, r.address.port, r.public_key) for r in config.relays)
-
-
-def restart_only_changes(old: Any, new: Any, prefix: str = "") -> Iterator[str]:
-    """Dotted config keys that differ between `old` and `new` but apply only on restart."""
-    for field in dataclasses.fields(old):
-        name, before, after = prefix + field.name, getattr(old, field.name), getattr(new, field.name)
-        if field.metadata.get("live") or before == after:
-            continue
-        if dataclasses.is_dataclass(before):
-            yield from restart_only_changes(before, after, name + ".")
-        else:
-            yield name
 
 
 class _Connection(asyncio.Protocol):
@@ -218,6 +207,10 @@ class CoordServer:
             relay_tokens=TokenMinter(self.identity.private, os.urandom),
         )
         self.stopping = False
+        self.reloader = Reloader(settings)
+        self.reloader.on_change("keepalive", self._reconfigure)
+        self.reloader.on_change("relays", self._reconfigure)
+        self.metrics: MetricsEndpoint | None = None
         self.address: tuple[str, int] | None = None
         """Where the control listener is bound (the real port when the config says 0)."""
         self.stun: StunServer | None = None
@@ -247,12 +240,16 @@ class CoordServer:
             await self.close()
             raise MeshError(f"coord cannot listen: {exc}") from None
         self.run_actions()
+        self.metrics = await start_metrics(settings.metrics.listen, "coord",
+                                           lambda: coord_families(self.membership, self._connections))
         log.info("coordination server %s listening on %s:%d, STUN on %s:%d, admin socket %s",
                  keys.encode_key(self.identity.public), *self.address, *self.stun.address, settings.admin_socket)
 
     async def close(self) -> None:
         """Stop listening, close every connection and the store."""
         self.stopping = True
+        if self.metrics is not None:
+            await self.metrics.close()
         if self._timer is not None:
             self._timer.cancel()
         if self._listener is not None:
@@ -269,19 +266,15 @@ class CoordServer:
 
     def reload(self, settings: CoordConfig) -> None:
         """Apply what a SIGHUP may change (log level, relays, keepalive); name what needs a restart."""
-        service.set_level(settings.log.level)
+        self.reloader.apply(settings)
+        self.settings = self.reloader.settings
+
+    def _reconfigure(self, settings: CoordConfig) -> None:
         self.membership.reconfigure(relay_infos(settings), settings.keepalive)
-        for key in restart_only_changes(self.settings, settings):
-            log.warning("config key %s changed: it takes effect only on restart", key)
-        self.settings = dataclasses.replace(
-            self.settings, log=settings.log, relays=settings.relays, keepalive=settings.keepalive
-        )
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self.run_actions()
-        log.info("configuration reloaded: log level %s, %d relays, keepalive %gs",
-                 settings.log.level, len(settings.relays), settings.keepalive)
 
     def status(self) -> str:
         """The one-line service status."""

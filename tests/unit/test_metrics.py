@@ -11,8 +11,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshvpn import keys, metrics
-from meshvpn.config import Address, RelayLimits, load_relay_config
+from meshvpn.config import Address, RelayLimits, load_coord_config, load_relay_config
 from meshvpn.coord import messages as m
+from meshvpn.coord.server import CoordServer
 from meshvpn.errors import MeshError
 from meshvpn.metrics import Family, coord_families, node_families, relay_families, start_metrics
 from meshvpn.relay.core import RelayCore
@@ -159,6 +160,27 @@ def test_the_relay_serves_its_metrics_and_a_rate_status_line(tmp_path):
     got = samples(body)
     assert got[("meshvpn_relay_forwarded_packets_total", ())] == 500.0
     assert got[("meshvpn_info", (("role", "relay"), ("version", metrics.__version__)))] == 1.0
+
+
+def test_the_coord_serves_its_metrics(tmp_path):
+    keys.write_private_key(tmp_path / "coord.key")
+    (tmp_path / "coord.yaml").write_text(
+        "private_key_file: coord.key\ndatabase: coord.db\nlisten: 127.0.0.1:0\nstun_listen: 127.0.0.1:0\n"
+        "admin_socket: admin.sock\nmetrics:\n  listen: 127.0.0.1:0\n"
+    )
+
+    async def run():
+        server = CoordServer(load_coord_config(tmp_path / "coord.yaml"))
+        await server.start()
+        try:
+            return await http_request(server.metrics.address)
+        finally:
+            await server.close()
+
+    status, _, body = asyncio.run(run())
+    got = samples(body)
+    assert status == 200 and got[("meshvpn_coord_nodes_online", ())] == 0.0
+    assert got[("meshvpn_info", (("role", "coord"), ("version", metrics.__version__)))] == 1.0
 
 
 def test_scrape_over_http_reads_the_counters_at_scrape_time(pair):
