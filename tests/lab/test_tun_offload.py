@@ -79,3 +79,73 @@ def test_tcp_transfer_through_forwarders_is_exact(lab: Lab, mode: str) -> None:
         assert receiver["udp_gro"] and receiver["packets_written"] > 4 * receiver["tun_writes"]
     else:
         assert receiver["packets_written"] == receiver["tun_writes"], "only partial-checksum segments merge"
+
+
+def drain(receiver, count: int) -> tuple[list[bytes], int]:
+    """Receive until ``count`` datagrams arrived: the datagrams and how many receives it took."""
+    got: list[bytes] = []
+    receives = 0
+    while len(got) < count:
+        _, datagrams = receiver.recv_batch()
+        receives += 1
+        got.extend(bytes(d) for d in datagrams)
+    return got, receives
+
+
+@pytest.mark.parametrize("gso", [True, False])
+def test_batch_udp_socket_keeps_datagram_boundaries_on_loopback(gso: bool) -> None:
+    import socket
+
+    from meshvpn.node.udpio import MAX_SEGMENTS, BatchUdpSocket
+
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+            sock.settimeout(5)
+        socks[1].setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sender, receiver = BatchUdpSocket(socks[0], offload=gso), BatchUdpSocket(socks[1])
+        segments = [bytes([i]) * 500 for i in range(MAX_SEGMENTS + 36)] + [b"tail"]
+        sender.send_batch(socks[1].getsockname(), segments, 500)
+        got, receives = drain(receiver, len(segments))
+        assert got == segments
+        assert (receives < len(segments) / 10) if gso else receives == len(segments)
+        sender.send_contiguous(socks[1].getsockname(), b"".join(segments[:5]) + b"end", 500)
+        assert drain(receiver, 6)[0] == segments[:5] + [b"end"]
+        assert sender.send_errors == 0 and sender.gso is gso
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_batch_udp_socket_falls_back_when_the_kernel_refuses_gso() -> None:
+    import errno
+
+    from meshvpn.node.udpio import BatchUdpSocket
+
+    class RefusingSocket:
+        """Refuses UDP_SEGMENT with EIO (no checksum offload on the route) and GRO entirely."""
+
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        def setsockopt(self, *args: object) -> None:
+            raise OSError(errno.ENOPROTOOPT, "no UDP_GRO")
+
+        def sendmsg(self, iov, cmsgs, flags, dst) -> int:
+            if cmsgs:
+                raise OSError(errno.EIO, "no GSO here")
+            self.sent.append(b"".join(iov))
+            return len(self.sent[-1])
+
+        def sendto(self, data, dst) -> int:
+            self.sent.append(bytes(data))
+            return len(data)
+
+    sock = RefusingSocket()
+    udp = BatchUdpSocket(sock)
+    assert not udp.gro
+    udp.send_batch(("192.0.2.1", 1), [b"a" * 10, b"b" * 10, b"c"], 10)
+    udp.send_contiguous(("192.0.2.1", 1), b"d" * 10 + b"e" * 4, 10)
+    assert sock.sent == [b"a" * 10, b"b" * 10, b"c", b"d" * 10, b"e" * 4]
+    assert not udp.gso and udp.send_errors == 0
