@@ -52,7 +52,8 @@ BURST = 64
 SOCKET_BUFFER = 4 << 20
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 """Linux socket options (root may exceed net.core.*mem_max); Python's socket lacks the names."""
-MODES = ("plain:none", "plain:cffi", "offload:none", "offload:bindings", "offload:cffi", "offload:openssl")
+MODES = ("plain:none", "plain:cffi", "offload:none", "offload:bindings", "offload:cffi")
+"""Default modes; `offload:openssl` also works where the `cryptography` package is installed."""
 HEADER_LEN = wire.TRANSPORT_HEADER_LEN
 DATA = wire.MessageType.DATA
 RECEIVER_INDEX = 0x2A
