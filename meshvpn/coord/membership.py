@@ -12,6 +12,8 @@ Rules:
   (online=false); revocation closes the node and sends `peer_remove` in the same batch.
 * `punch_request` from A for B sends `punch` to A and to B in the same batch, each with the
   other's candidate endpoints, so both sides fire at once (the seed's "switching server").
+  Each side's NAT report goes along, and a fresh port sample (at most SAMPLE_LIFETIME old)
+  leads the candidates: behind a sequential NAT it is the port below the next mappings.
 * A connection silent for 3 × keepalive is closed. Nodes of ephemeral keys are deleted once they
   have been offline that long.
 * Every state change is written to the store before any message that reveals it is emitted.
@@ -37,6 +39,8 @@ from meshvpn.keys import encode_key
 from meshvpn.relaytoken import TOKEN_REFRESH, TokenMinter
 
 SILENCE_KEEPALIVES = 3
+SAMPLE_LIFETIME = 1.0
+"""Seconds a node's port sample is passed on in punches; after that its NAT has moved on."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,11 @@ class _Connection:
     home_relay: str | None = None
     tokens_due: float | None = None
     """When the online node gets fresh relay tokens."""
+    nat: m.NatInfo | None = None
+    """The node's latest NAT report (register or endpoints)."""
+    sample: m.Endpoint | None = None
+    """The port sample of the node's latest punch request, and when it came."""
+    sample_at: float = 0.0
 
 
 # Which node→coord messages each connection state accepts (coord→node types are never accepted).
@@ -208,11 +217,15 @@ class Membership:
         elif isinstance(message, m.Ping):
             self._send(conn, m.Pong())
         elif isinstance(message, m.Endpoints):
-            self._update_node(conn, public_endpoint=message.public, local_endpoints=message.local)
+            nat_changed = message.nat != conn.nat
+            conn.nat = message.nat
+            self._update_node(conn, nat_changed, public_endpoint=message.public, local_endpoints=message.local)
         elif isinstance(message, m.RelayHome):
             self._relay_home(conn, message.relay)
         elif isinstance(message, m.PunchRequest):
-            self._punch(conn, message.peer_key)
+            if message.sample is not None:
+                conn.sample, conn.sample_at = message.sample, now
+            self._punch(conn, message.peer_key, now)
 
     def handle_timer(self, now: float) -> None:
         """Close silent connections, forget ephemeral nodes offline too long, refresh relay tokens."""
@@ -348,6 +361,7 @@ class Membership:
         if joined:
             self._log("info", "node joined", node, auth_key=node.auth_key_id)
         conn.network = node.network
+        conn.nat = msg.nat
         self._ephemeral_deadlines.pop(node.key, None)
         if node.approved:
             self._go_online(conn, node)
@@ -401,12 +415,13 @@ class Membership:
 
     # ----- online-node requests
 
-    def _update_node(self, conn: _Connection, **changes: Any) -> None:
+    def _update_node(self, conn: _Connection, announce: bool = False, **changes: Any) -> None:
         node = self.store.get_node(conn.key)
         assert node is not None
         updated = replace(node, **changes)
         if updated != node:
             self.store.put_node(updated)
+        if updated != node or announce:
             self._broadcast(updated.network, m.PeerUpdate(self._peer_info(updated)), exclude=conn.key)
 
     def _relay_home(self, conn: _Connection, relay: str) -> None:
@@ -419,7 +434,7 @@ class Membership:
             assert node is not None
             self._broadcast(node.network, m.PeerUpdate(self._peer_info(node)), exclude=conn.key)
 
-    def _punch(self, conn: _Connection, peer_key: bytes) -> None:
+    def _punch(self, conn: _Connection, peer_key: bytes, now: float) -> None:
         assert conn.network is not None
         peer_conn = self._online.get(conn.network, {}).get(peer_key)
         if peer_conn is None or peer_key == conn.key:
@@ -427,8 +442,8 @@ class Membership:
             return
         me, peer = self.store.get_node(conn.key), self.store.get_node(peer_key)
         assert me is not None and peer is not None
-        self._send(conn, m.Punch(peer_key, _candidates(peer, peer_conn.observed_host)))
-        self._send(peer_conn, m.Punch(conn.key, _candidates(me, conn.observed_host)))
+        self._send(conn, _punch_towards(peer, peer_conn, now))
+        self._send(peer_conn, _punch_towards(me, conn, now))
 
     # ----- helpers
 
@@ -455,6 +470,7 @@ class Membership:
             observed_host=None if conn is None else conn.observed_host,
             home_relay=None if conn is None else conn.home_relay,
             last_seen=node.last_seen,
+            nat=None if conn is None else conn.nat,
         )
 
     @staticmethod
@@ -516,10 +532,18 @@ def _plain_ip(host: str) -> str:
     return address.compressed
 
 
-def _candidates(node: NodeRecord, observed_host: str) -> tuple[m.Endpoint, ...]:
-    """Where to punch towards `node`, most likely first: its STUN mapping, then its coord source
-    address with each local port (port-preserving NATs without STUN), then its LAN addresses."""
-    ordered = [node.public_endpoint] if node.public_endpoint else []
+def _punch_towards(node: NodeRecord, conn: _Connection, now: float) -> m.Punch:
+    """The `punch` that sends a peer towards `node`, online on `conn`."""
+    sample = conn.sample if conn.sample is not None and now - conn.sample_at <= SAMPLE_LIFETIME else None
+    return m.Punch(node.key, _candidates(node, conn.observed_host, sample), nat=conn.nat, sample=sample)
+
+
+def _candidates(node: NodeRecord, observed_host: str, sample: m.Endpoint | None = None) -> tuple[m.Endpoint, ...]:
+    """Where to punch towards `node`, most likely first: a fresh port sample, its STUN mapping, then
+    its coord source address with each local port (port-preserving NATs without STUN), then its
+    LAN addresses."""
+    ordered = [sample] if sample else []
+    ordered += [node.public_endpoint] if node.public_endpoint else []
     ordered += [m.Endpoint(observed_host, ep.port) for ep in node.local_endpoints]
     ordered += node.local_endpoints
     return tuple(dict.fromkeys(ordered))[: m.MAX_CANDIDATES]

@@ -314,6 +314,22 @@ class RelayToken(Record):
 
 RELAY_TOKENS = list_of(record(RelayToken), MAX_RELAYS)
 
+NAT_ALLOCATIONS = frozenset({"port preservation", "fixed offset", "sequential", "random", "unknown"})
+"""Port allocations a node may report (`meshvpn.node.prediction.Allocation` values)."""
+
+
+@dataclass(frozen=True)
+class NatInfo(Record):
+    """How a node's NAT hands out ports, from its own STUN samples: peers choose how to probe it."""
+
+    endpoint_independent: bool = wire(BOOL)
+    """One public endpoint for every destination (the STUN mapping is the one to probe)."""
+    allocation: str = wire(choice(NAT_ALLOCATIONS))
+    """How new mappings get their public port."""
+
+
+NAT = optional(record(NatInfo))
+
 
 @dataclass(frozen=True)
 class PeerInfo(Record):
@@ -330,6 +346,8 @@ class PeerInfo(Record):
     home_relay: str | None = wire(optional(NAME))
     last_seen: float | None = wire(optional(TIME))
     """Unix time the peer last registered or disconnected."""
+    nat: NatInfo | None = wire(NAT)
+    """The peer's NAT as it reported it (absent: unknown, treated as endpoint-independent)."""
 
 
 # node → coord
@@ -347,6 +365,8 @@ class Register(Message):
     os: str | None = wire(optional(NAME))
     public_endpoint: Endpoint | None = wire(optional(ENDPOINT))
     """As learned from STUN, if the node has one."""
+    nat: NatInfo | None = wire(NAT)
+    """The node's NAT behaviour, once it has sampled it."""
 
 
 @dataclass(frozen=True)
@@ -356,6 +376,8 @@ class Endpoints(Message):
     TYPE = "endpoints"
     local: tuple[Endpoint, ...] = wire(ENDPOINTS)
     public: Endpoint | None = wire(optional(ENDPOINT))
+    nat: NatInfo | None = wire(NAT)
+    """The node's NAT behaviour, re-sampled with the endpoints."""
 
 
 @dataclass(frozen=True)
@@ -364,6 +386,8 @@ class PunchRequest(Message):
 
     TYPE = "punch_request"
     peer_key: bytes = wire(KEY)
+    sample: Endpoint | None = wire(optional(ENDPOINT))
+    """A fresh STUN sample from a new socket: behind a sequential NAT, the port below our next mappings."""
 
 
 @dataclass(frozen=True)
@@ -447,6 +471,10 @@ class Punch(Message):
     """Candidates in the order to try them."""
     at: float | None = wire(optional(TIME))
     """Unix time to start; absent means immediately."""
+    nat: NatInfo | None = wire(NAT)
+    """The peer's NAT behaviour, as it reported it."""
+    sample: Endpoint | None = wire(optional(ENDPOINT))
+    """The peer's fresh port sample, if it sent one moments ago (also first in `endpoints`)."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from collections import defaultdict
 import pytest
 
 from meshvpn.coord import messages as m
-from meshvpn.coord.membership import AdminError, Close, Log, Membership, MembershipSettings, Send
+from meshvpn.coord.membership import SAMPLE_LIFETIME, AdminError, Close, Log, Membership, MembershipSettings, Send
 from meshvpn.coord.store import MemoryStore, Network, SqliteStore
 from meshvpn.keys import encode_key
 
@@ -246,6 +246,24 @@ def test_punch_request_sends_both_sides_each_others_candidates_in_one_batch(pair
         Send(1, m.Punch(key(2), (STUN, m.Endpoint("203.0.113.2", 41641), LAN[0]))),
         Send(2, m.Punch(key(1), (m.Endpoint("203.0.113.1", 41641), LAN[0]))),
     ]
+
+
+SEQUENTIAL = m.NatInfo(False, "sequential")
+
+
+def test_punch_carries_nat_reports_and_a_fresh_sample_first(pair):
+    pair.send(2, m.Endpoints(local=LAN, public=STUN, nat=SEQUENTIAL))
+    (update,) = pair.take(1)
+    assert update.peer.nat == SEQUENTIAL
+    sample = m.Endpoint("203.0.113.2", 30007)
+    pair.send(2, m.PunchRequest(key(1), sample=sample), now=NOW + 1)
+    to_bob, to_alice = [a.message for a in pair.batches[-1] if isinstance(a, Send)]
+    assert to_alice == m.Punch(key(2), (sample, STUN, m.Endpoint("203.0.113.2", 41641), LAN[0]),
+                               nat=SEQUENTIAL, sample=sample)
+    assert to_bob.nat is None and to_bob.sample is None
+    pair.send(1, m.PunchRequest(key(2)), now=NOW + 1 + SAMPLE_LIFETIME + 0.1)
+    to_alice = next(a.message for a in pair.batches[-1] if isinstance(a, Send) and a.conn_id == 1)
+    assert to_alice.sample is None and to_alice.endpoints[0] == STUN
 
 
 @pytest.mark.parametrize("target", [2, 1, 7])

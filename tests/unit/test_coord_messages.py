@@ -29,7 +29,9 @@ SAMPLES = [
     m.Register("pc", "0.1.0", (), auth_key="mvk-abc-def", os="linux", public_endpoint=m.Endpoint("198.51.100.9", 1)),
     m.Endpoints(local=(m.Endpoint("10.1.2.3", 5),), public=None),
     m.Endpoints(local=(), public=m.Endpoint("198.51.100.9", 65535)),
+    m.Endpoints(local=(), public=None, nat=m.NatInfo(False, "sequential")),
     m.PunchRequest(KEY_B),
+    m.PunchRequest(KEY_B, sample=m.Endpoint("203.0.113.7", 30001)),
     m.Ping(),
     m.Pong(),
     m.RelayHome("fra"),
@@ -47,6 +49,8 @@ SAMPLES = [
     m.PeerRemove(KEY_B),
     m.Punch(KEY_B, (m.Endpoint("203.0.113.7", 62000),), at=None),
     m.Punch(KEY_B, (), at=12.5),
+    m.Punch(KEY_B, (m.Endpoint("203.0.113.7", 30001),), nat=m.NatInfo(False, "random"),
+            sample=m.Endpoint("203.0.113.7", 30001)),
     m.Error("auth_key_used", "auth key 0123 was already used"),
 ]
 
@@ -109,6 +113,9 @@ REGISTER = {"type": "register", "hostname": "h", "version": "1", "local_endpoint
         ({"local_endpoints": ["example.com:80"]}, "not an IP"),
         ({"local_endpoints": "10.0.0.1:1"}, "expected a list"),
         ({"public_endpoint": 7}, "public_endpoint"),
+        ({"nat": {"endpoint_independent": True}}, "allocation"),
+        ({"nat": {"endpoint_independent": 1, "allocation": "random"}}, "endpoint_independent"),
+        ({"nat": {"endpoint_independent": False, "allocation": "lucky"}}, "expected one of"),
         ({"extra": 1}, "unexpected fields"),
     ],
 )
