@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from meshvpn import wire  # noqa: E402
 from meshvpn.lab import Lab, Namespace  # noqa: E402
 from meshvpn.node.tun import TunDevice  # noqa: E402
-from meshvpn.node.udpio import BatchUdpSocket  # noqa: E402
+from meshvpn.node.udpio import MAX_GSO_BYTES, MAX_SEGMENTS, BatchUdpSocket  # noqa: E402
 
 UNDERLAY = ("192.0.2.1", "192.0.2.2")
 OVERLAY = ("10.77.0.1", "10.77.0.2")
@@ -226,6 +226,9 @@ def forward(args: argparse.Namespace) -> None:
     out = bytearray(70000)
     out_view = memoryview(out)
     cipher = CIPHERS[args.crypto](tun.buffer, out, udp.buffer, bytes.fromhex(args.send_key), bytes.fromhex(args.recv_key))
+    if tun.offload:
+        per_send = min(MAX_SEGMENTS, MAX_GSO_BYTES // (TUN_MTU + cipher.overhead))
+        tun.set_gso_max_size(per_send * (TUN_MTU - 40))
     stats = {"tun_reads": 0, "datagrams_sent": 0, "udp_receives": 0, "datagrams_received": 0, "auth_failures": 0}
 
     def tun_to_udp() -> None:
