@@ -301,7 +301,7 @@ MESHVPN_TUN = "meshvpn0"
 
 def _daemon_status(socket: Path) -> dict | None:
     """`meshvpn status --json` of the daemon behind `socket`, or None while it does not answer."""
-    from meshvpn.node.ctl import DaemonNotRunning, request
+    from meshvpn.localsock import DaemonNotRunning, request
 
     try:
         answers = list(request(str(socket), {"cmd": "status"}, timeout=1.0))

@@ -23,7 +23,7 @@ from meshvpn.config import DEFAULT_ADMIN_SOCKET, load_coord_config
 from meshvpn.coord.membership import AdminError, Membership, NodeStatus
 from meshvpn.coord.store import SqliteStore, Store
 from meshvpn.keys import encode_key
-from meshvpn.node.ctl import DaemonNotRunning, format_ago, request
+from meshvpn.localsock import DaemonNotRunning, format_ago, request
 
 READ_ONLY = frozenset({"nodes_list", "networks_list"})
 

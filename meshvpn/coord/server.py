@@ -30,7 +30,7 @@ from meshvpn.coord.membership import Close, Log, Membership, MembershipSettings,
 from meshvpn.coord.store import Network, SqliteStore
 from meshvpn.errors import ConfigError, LocalProtocolError, MeshError, RemoteProtocolError
 from meshvpn.metrics import MetricsEndpoint, coord_families, start_metrics
-from meshvpn.node.ctl import ControlServer
+from meshvpn.localsock import ControlServer
 from meshvpn.relaytoken import TokenMinter
 from meshvpn.reload import Reloader
 from meshvpn.stunio import StunServer, start_stun_server

@@ -19,7 +19,7 @@ import yaml
 
 from meshvpn import keys
 from meshvpn.lab.netns import LabError, Namespace, python_command
-from meshvpn.node.ctl import DaemonNotRunning, request
+from meshvpn.localsock import DaemonNotRunning, request
 
 COORD_PORT = 7400
 STUN_PORT = 3478

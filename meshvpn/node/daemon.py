@@ -25,8 +25,8 @@ from meshvpn import __version__
 from meshvpn.config import NodeConfig, load_node_config
 from meshvpn.coord import messages as m
 from meshvpn.keys import read_private_key
+from meshvpn.localsock import ControlServer
 from meshvpn.metrics import MetricsEndpoint, node_families, start_metrics
-from meshvpn.node import ctl
 from meshvpn.node.coordlink import CoordLink
 from meshvpn.node.core import CoordRefused, CoreConfig, NodeCore, PeerDown, PeerPathChanged, PeerUp, PingReply, Registered
 from meshvpn.node.dataplane import DataPlane
@@ -84,7 +84,7 @@ class NodeDaemon:
         self.stun: Optional[StunClient] = None
         self.link: Optional[CoordLink] = None
         self.relays: Optional[RelayClient] = None
-        self.control = ctl.ControlServer(str(config.control_socket), self.handle_control)
+        self.control = ControlServer(str(config.control_socket), self.handle_control)
         self.public_endpoint: Optional[m.Endpoint] = None
         self.local: tuple[m.Endpoint, ...] = ()
         self.tun_address: Optional[str] = None

@@ -302,14 +302,14 @@ def _route_source(host: str) -> str | None:
 
 def _daemon_relays(control_socket: str) -> dict[str, Endpoint]:
     """The relays a running daemon learned from the coordination server, if it runs."""
-    from meshvpn.node import ctl
+    from meshvpn import localsock
 
     try:
-        for reply in ctl.request(control_socket, {"cmd": "status"}):
+        for reply in localsock.request(control_socket, {"cmd": "status"}):
             relays = reply.get("relays")
             if isinstance(relays, list):
                 return {str(r["name"]): _endpoint(str(r["address"])) for r in relays}
-    except (ctl.DaemonNotRunning, OSError, KeyError, TypeError, ValueError):
+    except (localsock.DaemonNotRunning, OSError, KeyError, TypeError, ValueError):
         pass
     return {}
 

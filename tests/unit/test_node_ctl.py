@@ -1,4 +1,4 @@
-"""Control socket: 0600 socket in a created directory, streamed answers, clear client errors."""
+"""Control socket (`localsock`): 0600 socket in a created directory, streamed answers; the daemon verbs: clear client errors."""
 
 import asyncio
 import json
@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from meshvpn import localsock
 from meshvpn.node import ctl
 
 STATUS = {
@@ -39,7 +40,7 @@ def server(tmp_path):
     """A control server on its own loop thread; yields the socket path."""
     path = str(tmp_path / "run" / "sub" / "ctl.sock")
     loop = asyncio.new_event_loop()
-    srv = ctl.ControlServer(path, handler)
+    srv = localsock.ControlServer(path, handler)
     loop.run_until_complete(srv.start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -52,7 +53,7 @@ def server(tmp_path):
 
 def test_socket_is_private_and_answers_stream(server):
     assert stat.S_IMODE(os.stat(server).st_mode) == 0o600
-    replies = list(ctl.request(server, {"cmd": "ping", "peer": "bob"}))
+    replies = list(localsock.request(server, {"cmd": "ping", "peer": "bob"}))
     assert [r.get("type") for r in replies] == ["path", "pong", None] and replies[-1]["done"]
 
 
@@ -99,7 +100,7 @@ def test_stale_socket_file_is_replaced(tmp_path):
     stale.close()
 
     async def run():
-        srv = ctl.ControlServer(path, handler)
+        srv = localsock.ControlServer(path, handler)
         await srv.start()
         await srv.close()
 
