@@ -159,7 +159,8 @@ class TunDevice:
         Sized so one super-packet fits one UDP GSO send, each costs one ``sendmsg``, one
         ``recvmsg`` and one TUN write on the far side instead of two of each (pytun cannot set it).
         """
-        subprocess.run(["ip", "link", "set", "dev", self.name, "gso_max_size", str(size)], check=True, capture_output=True)
+        argv = ["ip", "link", "set", "dev", self.name, "gso_max_size", str(size)]
+        subprocess.run(argv, check=True, capture_output=True)
 
     def up(self) -> None:
         self._device.up()
