@@ -1,7 +1,8 @@
-"""STUN message codec (RFC 5389, RFC 5780 attributes): a table from attribute type to pack/unpack.
+"""STUN message codec (RFC 5389, RFC 5780 and RFC 8656 TURN attributes): a table from attribute type to pack/unpack.
 
 Pure: no I/O. `meshvpn.stun` builds the Binding server responder and client transaction on it
-and re-exports the names callers need, so import from there.
+and re-exports the names callers need, so import from there; `meshvpn.turn` builds the TURN
+client on it.
 
 Wire layout (RFC 5389 §6)::
 
@@ -68,10 +69,16 @@ class StunMethod(IntEnum):
     """The methods meshvpn speaks; others decode as plain ints."""
 
     BINDING = 0x001
+    ALLOCATE = 0x003
+    REFRESH = 0x004
+    SEND = 0x006
+    DATA = 0x007
+    CREATE_PERMISSION = 0x008
+    CHANNEL_BIND = 0x009
 
 
 class Attr(IntEnum):
-    """Attribute types meshvpn understands (RFC 5389, RFC 5780 and RFC 3489's two)."""
+    """Attribute types meshvpn understands (RFC 5389, RFC 5780, RFC 8656 and RFC 3489's two)."""
 
     MAPPED_ADDRESS = 0x0001
     CHANGE_REQUEST = 0x0003
@@ -81,9 +88,18 @@ class Attr(IntEnum):
     MESSAGE_INTEGRITY = 0x0008
     ERROR_CODE = 0x0009
     UNKNOWN_ATTRIBUTES = 0x000A
+    CHANNEL_NUMBER = 0x000C
+    LIFETIME = 0x000D
+    XOR_PEER_ADDRESS = 0x0012
+    DATA = 0x0013
     REALM = 0x0014
     NONCE = 0x0015
+    XOR_RELAYED_ADDRESS = 0x0016
+    EVEN_PORT = 0x0018
+    REQUESTED_TRANSPORT = 0x0019
+    DONT_FRAGMENT = 0x001A
     XOR_MAPPED_ADDRESS = 0x0020
+    RESERVATION_TOKEN = 0x0022
     PADDING = 0x0026
     RESPONSE_PORT = 0x0027
     SOFTWARE = 0x8022
@@ -248,6 +264,28 @@ def _unpack_u32(data: bytes, pad: bytes) -> int:
     return int.from_bytes(data, "big")
 
 
+def _sized(size: int, convert: Callable[[bytes], Any]) -> Callable[[bytes, bytes], Any]:
+    """An unpacker for a fixed-size value (the TURN attributes): check the size, then convert."""
+
+    def unpack(data: bytes, pad: bytes) -> Any:
+        if len(data) != size:
+            raise ValueError(f"{len(data)} bytes, must be {size}")
+        return convert(data)
+
+    return unpack
+
+
+_TURN_CODECS = {
+    Attr.CHANNEL_NUMBER: (lambda v, p: struct.pack("!HH", v, 0), _sized(4, lambda d: int.from_bytes(d[:2], "big"))),
+    Attr.REQUESTED_TRANSPORT: (lambda v, p: bytes((v, 0, 0, 0)), _sized(4, lambda d: d[0])),
+    Attr.DONT_FRAGMENT: (lambda v, p: b"", _sized(0, lambda d: True)),
+    Attr.EVEN_PORT: (lambda v, p: b"\x80" if v else b"\x00", _sized(1, lambda d: bool(d[0] & 0x80))),
+    Attr.RESERVATION_TOKEN: (_pack_raw, _sized(8, bytes)),
+}
+"""RFC 8656 values: channel number (u16 + 2 reserved), protocol number (u8 + 3 reserved),
+DONT-FRAGMENT (empty: presence is the value), EVEN-PORT's R bit, an 8-byte reservation token."""
+
+
 @dataclass(frozen=True)
 class AttrSpec:
     """How one attribute type is named, packed and unpacked."""
@@ -258,6 +296,7 @@ class AttrSpec:
 
 
 _ADDRESS = (_pack_address, _unpack_address)
+_XOR_ADDRESS = (_pack_xor_address, _unpack_xor_address)
 _TEXT = (_pack_text, _unpack_text)
 _SPECS: dict[int, AttrSpec] = {
     attr: AttrSpec(attr.name.replace("_", "-"), *codec)
@@ -272,13 +311,18 @@ _SPECS: dict[int, AttrSpec] = {
         Attr.UNKNOWN_ATTRIBUTES: (_pack_unknown_attributes, _unpack_unknown_attributes),
         Attr.REALM: _TEXT,
         Attr.NONCE: _TEXT,
-        Attr.XOR_MAPPED_ADDRESS: (_pack_xor_address, _unpack_xor_address),
+        Attr.LIFETIME: (_pack_u32, _unpack_u32),
+        Attr.XOR_PEER_ADDRESS: _XOR_ADDRESS,
+        Attr.DATA: (_pack_raw, _unpack_raw),
+        Attr.XOR_RELAYED_ADDRESS: _XOR_ADDRESS,
+        Attr.XOR_MAPPED_ADDRESS: _XOR_ADDRESS,
         Attr.PADDING: (_pack_raw, _unpack_raw),
         Attr.RESPONSE_PORT: (_pack_port, _unpack_port),
         Attr.SOFTWARE: _TEXT,
         Attr.FINGERPRINT: (_pack_u32, _unpack_u32),
         Attr.RESPONSE_ORIGIN: _ADDRESS,
         Attr.OTHER_ADDRESS: _ADDRESS,
+        **_TURN_CODECS,
     }.items()
 }
 _COMPUTED = (Attr.MESSAGE_INTEGRITY, Attr.FINGERPRINT)

@@ -28,6 +28,9 @@ SANS_IO_MODULES = (
     "meshvpn.relaytoken",
     "meshvpn.node.relaylink",
     "meshvpn.node.relays",
+    "meshvpn.turn",
+    "meshvpn.turncreds",
+    "meshvpn.node.turnlink",
     "meshvpn.sim.*",
 )
 FORBIDDEN = frozenset(
