@@ -22,6 +22,10 @@ Rules:
 * A ``punch`` from the coord replaces the peer's candidates and probes them all at once.
   A probe from a peer we have no path to starts punching back, so one side's punch
   (or the coord's message lost on one side) still opens both directions.
+* Behind hard NATs, where to probe and when to punch follow ``meshvpn.node.traversal``:
+  sequential sides punch only on fresh port samples (``SampleWanted``), birthday sides open
+  many mappings (``OpenMappings``); datagrams for a ``pinned`` endpoint leave from the extra
+  socket its probe arrived on (``socket_for``).
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ from meshvpn.node.candidates import Candidate, CandidateKind
 from meshvpn.node.handshakes import HandshakeManager
 from meshvpn.node.pathfinder import RELAY_PATH, Path, PathChanged, PathFinder, PathFinderConfig, PathKind
 from meshvpn.node.peers import Peer, PeerTable, Route
+from meshvpn.node.prediction import NatProfile
 from meshvpn.node.probes import ProbeCodec
+from meshvpn.node.traversal import OnPunch, OpenMappings, SampleWanted, Traversal
 from meshvpn.noise import StaticIdentity
 from meshvpn.session import Session
 from meshvpn.wire import Endpoint, MessageType
@@ -121,7 +127,7 @@ class CoordRefused:
     message: str
 
 
-Event = Union[Registered, PeerPathChanged, PeerUp, PeerDown, PingReply, CoordRefused]
+Event = Union[Registered, PeerPathChanged, PeerUp, PeerDown, PingReply, CoordRefused, SampleWanted, OpenMappings]
 
 
 @dataclass
@@ -152,6 +158,12 @@ class NodeCore:
         self._events: deque[Event] = deque()
         self._pings: dict[bytes, _Ping] = {}
         self._scheduled_punches: list[tuple[float, bytes]] = []
+        self.traversal = Traversal(self._randrange, self.config.paths.punch_interval)
+        self.socket_for = self.traversal.pinned
+        """Remote endpoint -> extra socket id its datagrams must leave from (empty in the common case)."""
+
+    def _randrange(self, low: int, high: int) -> int:
+        return low + int.from_bytes(self.random_bytes(4), "little") % (high - low)
 
     # ---- outputs ------------------------------------------------------------------
 
@@ -168,7 +180,7 @@ class NodeCore:
 
     def get_timer(self) -> Optional[float]:
         """The earliest deadline of any peer, handshake, scheduled punch or ping."""
-        deadlines = [self.handshakes.get_timer()]
+        deadlines = [self.handshakes.get_timer(), self.traversal.get_timer()]
         deadlines += [when for when, _ in self._scheduled_punches]
         deadlines += [p.sent_at + PING_TIMEOUT for p in self._pings.values()]
         for peer in self.peers:
@@ -204,12 +216,16 @@ class NodeCore:
             return
         peer = self.peers.by_key.get(info.key)
         if peer is None:
-            peer = Peer(info.key, info, PathFinder(lambda: self.random_bytes(8), self.config.paths))
+            self.traversal.set_peer_nat(info.key, info.nat)
+            peer = Peer(info.key, info, PathFinder(lambda: self.random_bytes(8), self.config.paths,
+                                                   self.traversal.strategy(info.key)))
             self.peers.add(peer)
             self.probes.add_peer(info.key)
             peer.paths.relay_ready(self.relay_endpoint is not None, now)
         else:
             self.peers.readdress(peer, info)
+            if self.traversal.set_peer_nat(info.key, info.nat):
+                peer.paths.strategy = self.traversal.strategy(info.key)
         peer.paths.set_candidates(_candidates(info), now)
 
     def _remove_peer(self, key: bytes, reason: str) -> None:
@@ -218,6 +234,7 @@ class NodeCore:
             return
         self.handshakes.cancel(key)
         self.probes.remove_peer(key)
+        self.traversal.forget(key)
         self._pings = {tx: p for tx, p in self._pings.items() if p.peer is not peer}
         self._events.append(PeerDown(peer.name, reason))
 
@@ -231,7 +248,28 @@ class NodeCore:
             Candidate(Endpoint(e.host, e.port), CandidateKind.LAN if e in local else CandidateKind.PUBLIC)
             for e in msg.endpoints
         ]
-        peer.paths.set_candidates(_candidates(peer.info) + extra, now)
+        traversal = self.traversal
+        if msg.nat is not None:
+            traversal.set_peer_nat(peer.key, msg.nat)
+        peer.paths.strategy = traversal.strategy(peer.key)
+        if msg.sample is not None and not traversal.profile(peer.key).endpoint_independent:
+            extra = [Candidate(Endpoint(msg.sample.host, msg.sample.port), CandidateKind.PUBLIC)]
+            lan = [c for c in _candidates(peer.info) if c.kind is CandidateKind.LAN]
+            peer.paths.set_candidates(lan + extra, now)
+        else:
+            peer.paths.set_candidates(_candidates(peer.info) + extra, now)
+        if peer.route is None or peer.route.path is RELAY_PATH:
+            traversal.want_path(peer.key, now, restart=False)
+        plan = traversal.on_punch(peer.key, msg.sample is not None, now)
+        if plan is OnPunch.SAMPLE:
+            self._ask_sample(peer)
+        if plan is not OnPunch.PUNCH:
+            return
+        public = [c.endpoint for c in extra if c.kind is CandidateKind.PUBLIC]
+        if public and traversal.open_mappings(peer.key, now):
+            probes = tuple(self.probes.probe(peer.key, self.random_bytes(8), public[0], self.random_bytes(24))
+                           for _ in range(traversal.birthday.sockets))
+            self._events.append(OpenMappings(peer.key, public[0], probes, traversal.birthday.seconds))
         start = now if msg.at is None else msg.at - self.config.wall_offset
         if start > now:
             self._scheduled_punches.append((start, peer.key))
@@ -241,6 +279,41 @@ class NodeCore:
     def _punch(self, peer: Peer, now: float) -> None:
         peer.paths.punch(now)
         self._drain_paths(peer, now)
+
+    # ---- hard NATs ----------------------------------------------------------------
+
+    def set_nat_profile(self, profile: NatProfile) -> None:
+        """Our NAT's behaviour as the shell sampled it; every peer's probe strategy follows."""
+        if profile != self.traversal.local:
+            self.traversal.local = profile
+            for peer in self.peers:
+                peer.paths.strategy = self.traversal.strategy(peer.key)
+
+    def port_sampled(self, peer_key: bytes, sample: Optional[Endpoint], now: float) -> None:
+        """The answer to ``SampleWanted``: a new socket's mapped endpoint (None: no STUN answer)."""
+        peer = self.peers.by_key.get(peer_key)
+        if peer is None:
+            return
+        self.traversal.sampled(peer_key, now)
+        self._coord_out.append(m.PunchRequest(peer_key, sample=None if sample is None else m.Endpoint(*sample)))
+        if sample is None:
+            self._punch(peer, now)
+
+    def _ask_sample(self, peer: Peer) -> None:
+        if self.traversal.sample_requested(peer.key):
+            self._events.append(SampleWanted(peer.key))
+
+    def _resample(self, now: float) -> None:
+        """Hard sides whose re-sample is due: a new sample, or (birthday) a new punch request."""
+        for key in self.traversal.due(now):
+            peer = self.peers.by_key.get(key)
+            if peer is None or (peer.route is not None and peer.route.path is not RELAY_PATH):
+                self.traversal.path_found(key)
+            elif self.traversal.samples_ports:
+                self._ask_sample(peer)
+            else:
+                self.traversal.sampled(key, now)
+                self._coord_out.append(m.PunchRequest(peer_key=key))
 
     # ---- relay --------------------------------------------------------------------
 
@@ -264,12 +337,16 @@ class NodeCore:
 
     # ---- datagrams ----------------------------------------------------------------
 
-    def datagram_received(self, data: bytes, src: Endpoint, now: float, relayed_from: Optional[bytes] = None) -> None:
-        """A UDP message other than transport data; anything malformed is dropped and counted."""
+    def datagram_received(self, data: bytes, src: Endpoint, now: float, relayed_from: Optional[bytes] = None,
+                          via: Optional[int] = None) -> None:
+        """A UDP message other than transport data; anything malformed is dropped and counted.
+
+        ``via`` names the extra socket (birthday probing) it arrived on; None is the main one.
+        """
         try:
             kind = wire.message_type(data)
             if kind == MessageType.PROBE or kind == MessageType.PROBE_REPLY:
-                self._on_probe(data, src, now, relayed_from)
+                self._on_probe(data, src, now, relayed_from, via)
             elif kind == MessageType.HANDSHAKE_INIT:
                 self._on_initiation(data, src, now, relayed_from)
             elif kind == MessageType.HANDSHAKE_RESP:
@@ -287,12 +364,15 @@ class NodeCore:
             return Route(RELAY_PATH, src, wire.header(MessageType.RELAY) + relayed_from)
         return Route(Path(PathKind.DIRECT, src), src)
 
-    def _on_probe(self, data: bytes, src: Endpoint, now: float, relayed_from: Optional[bytes]) -> None:
+    def _on_probe(self, data: bytes, src: Endpoint, now: float, relayed_from: Optional[bytes],
+                  via: Optional[int] = None) -> None:
         probe = self.probes.open(data)
         peer = self.peers.by_key[probe.sender]
         if relayed_from is not None and relayed_from != probe.sender:
             self.drops["relayed probe from another key"] += 1
             return
+        if via is not None and relayed_from is None:
+            self.socket_for[Endpoint(*src)] = via
         if probe.kind == MessageType.PROBE:
             reply = self.probes.reply(peer.key, probe.tx_id, Endpoint(*src), self.random_bytes(24))
             self._send_via(self._reply_route(peer, src, relayed_from), reply)
@@ -375,8 +455,13 @@ class NodeCore:
         if peer.ring.current is None and peer.key not in self.handshakes.attempts:
             self._initiate(peer, now)
         if peer.route is None:
-            self._punch(peer, now)
-            if now >= peer.punch_requested_at + self.config.punch_request_interval:
+            self.traversal.want_path(peer.key, now)
+            if self.traversal.samples_ports:
+                self._resample(now)
+            else:
+                self._punch(peer, now)
+            if not self.traversal.hard_side(peer.key) and \
+                    now >= peer.punch_requested_at + self.config.punch_request_interval:
                 peer.punch_requested_at = now
                 self._coord_out.append(m.PunchRequest(peer_key=peer.key))
         self.flush(peer, now)
@@ -426,6 +511,8 @@ class NodeCore:
         for action in peer.paths.next_actions():
             if isinstance(action, PathChanged):
                 peer.route = self._route(peer, action.new)
+                if action.new is not None and action.new.kind is not PathKind.RELAY:
+                    self.traversal.path_found(peer.key)
                 self._events.append(PeerPathChanged(peer.name, action.old, action.new, action.reason.value))
                 self._send_initiation(peer)
                 self.flush(peer, now)
@@ -467,6 +554,7 @@ class NodeCore:
             if key in self.peers.by_key:
                 self._punch(self.peers.by_key[key], now)
         self._pings = {tx: p for tx, p in self._pings.items() if now < p.sent_at + PING_TIMEOUT}
+        self._resample(now)
         for peer in self.peers:
             self.sync_traffic(peer)
             peer.paths.handle_timer(now)

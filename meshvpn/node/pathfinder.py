@@ -1,4 +1,4 @@
-"""Per-peer path selection: direct over the LAN, direct over the internet, or via the relay.
+"""Per-peer path selection: direct over the LAN, direct over the internet, direct over TCP, or via the relay.
 
 One `PathFinder` per peer, sans-IO in the aioquic style: inputs are method calls that take
 `now`, outputs are pulled with `next_actions()`, and the caller keeps one timer from
@@ -17,8 +17,12 @@ Rules (docs/paths.md has the state table):
 * The current direct path is probed every `keepalive` to hold NAT mappings, and every
   `liveness_interval` when nothing has been heard on it for that long, because then the
   probes are the only evidence it still works. Nothing heard (reply or authenticated
-  traffic) for `path_timeout`: the path is dead; switch to the relay if it is ready, and
-  punch again.
+  traffic) for `path_timeout`: the path is dead; switch to a TCP path or the relay if one is
+  ready, and punch again.
+* A TCP path (`tcp_ready`, made by `meshvpn.node.tcppunch`) ranks below UDP direct paths and
+  above the relay: it replaces the relay at once, any UDP path that answers replaces it, and
+  UDP punching goes on while it is used. Its liveness is the TCP module's business, so
+  evidence from a `TcpEndpoint` never counts for (or becomes) a UDP candidate.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from meshvpn.node.candidates import (
     Endpoint,
     ProbeStrategy,
 )
+from meshvpn.node.tcppunch import TcpEndpoint
 
 
 class PathKind(enum.StrEnum):
@@ -41,6 +46,7 @@ class PathKind(enum.StrEnum):
 
     LAN = "lan"
     DIRECT = "direct"
+    TCP = "tcp"
     RELAY = "relay"
 
 
@@ -54,7 +60,8 @@ class Path:
 
 RELAY_PATH = Path(PathKind.RELAY)
 
-_RANK = {PathKind.LAN: 0, PathKind.DIRECT: 1, PathKind.RELAY: 2}
+_RANK = {PathKind.LAN: 0, PathKind.DIRECT: 1, PathKind.TCP: 2, PathKind.RELAY: 3}
+_UDP_DIRECT = (PathKind.LAN, PathKind.DIRECT)
 
 
 class PathState(enum.StrEnum):
@@ -66,6 +73,8 @@ class PathState(enum.StrEnum):
     """Probing, with no path to use yet."""
     RELAYED = "relayed"
     """Using the relay, probing in the background."""
+    TCP = "tcp"
+    """Using a direct TCP path, probing for a UDP one in the background."""
     DIRECT = "direct"
     """Using a proven LAN or public path, probing it to keep it alive."""
 
@@ -83,6 +92,10 @@ class ChangeReason(enum.StrEnum):
     """Nothing heard on the direct path for `path_timeout`."""
     RELAY_LOST = "relay lost"
     """The relay stopped being ready while we used it."""
+    TCP_PUNCHED = "tcp punched"
+    """A direct TCP path came up while there was no path or only the relay."""
+    TCP_LOST = "tcp lost"
+    """The TCP path we used closed or went silent."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +187,7 @@ class PathFinder:
         self._pending: dict[bytes, _PendingProbe] = {}
         self._actions: list[Action] = []
         self._relay_ready = False
+        self._tcp_path: Path | None = None
         self._relay_due: float | None = None
         self._round = 0
         self._next_round: float | None = None
@@ -190,6 +204,8 @@ class PathFinder:
             return PathState.DIRECT
         if self.current_path == RELAY_PATH:
             return PathState.RELAYED
+        if self.current_path is not None:
+            return PathState.TCP
         if self._next_round is not None:
             return PathState.PUNCHING
         return PathState.IDLE
@@ -200,7 +216,8 @@ class PathFinder:
         return self._candidates + self._observed
 
     def _direct(self) -> bool:
-        return self.current_path is not None and self.current_path.kind is not PathKind.RELAY
+        """Whether the current path is a proven UDP path (LAN or public)."""
+        return self.current_path is not None and self.current_path.kind in _UDP_DIRECT
 
     # ---- inputs --------------------------------------------------------------------
 
@@ -232,15 +249,16 @@ class PathFinder:
         `src` is where the peer's NAT put it for us, often the only way to reach a peer
         behind a symmetric NAT, so a new one is probed at once unless we are direct.
         """
-        if self._observe(src) and not self._direct():
+        if type(src) is not TcpEndpoint and self._observe(src) and not self._direct():
             self._send_probe(self._observed[-1], now)
 
     def probe_reply_received(self, tx_id: bytes, src: Endpoint, now: float) -> None:
         """An authenticated reply to our probe `tx_id` arrived from `src`."""
-        probe = self._pending.pop(tx_id, None)
+        probe = self._pending.get(tx_id) if type(src) is not TcpEndpoint else None
         if probe is None:
             self.stats.unmatched_replies += 1
             return
+        del self._pending[tx_id]
         self.stats.replies += 1
         rtt = now - probe.sent_at
         if src != probe.candidate.endpoint:
@@ -260,6 +278,8 @@ class PathFinder:
 
     def traffic_received(self, src: Endpoint, now: float) -> None:
         """An authenticated data or keepalive packet arrived directly from `src`."""
+        if type(src) is TcpEndpoint:
+            return
         if self._direct() and self.current_path.endpoint == src:  # type: ignore[union-attr]
             self._heard(now)
         elif self._observe(src) and not self._direct():
@@ -272,10 +292,23 @@ class PathFinder:
             self._switch(None, ChangeReason.RELAY_LOST)
         self._maybe_use_relay(now)
 
+    def tcp_ready(self, endpoint: TcpEndpoint | None, now: float) -> None:
+        """A direct TCP path to the peer came up at `endpoint`, or (None) went away."""
+        self._tcp_path = None if endpoint is None else Path(PathKind.TCP, endpoint)
+        current = self.current_path
+        if self._tcp_path is not None and (current is None or current == RELAY_PATH):
+            self._switch(self._tcp_path, ChangeReason.TCP_PUNCHED)
+        elif self._tcp_path is None and current is not None and current.kind is PathKind.TCP:
+            self._switch(RELAY_PATH if self._relay_ready else None, ChangeReason.TCP_LOST)
+            self._relay_due = now
+            self._round = 0
+            self._punch_round(now)
+
     def handle_timer(self, now: float) -> None:
         """Do whatever is due at `now`; safe to call early or late."""
         if self._direct() and now >= self._last_heard + self.config.path_timeout:
-            self._switch(RELAY_PATH if self._relay_ready else None, ChangeReason.PATH_TIMEOUT)
+            fallback = self._tcp_path or (RELAY_PATH if self._relay_ready else None)
+            self._switch(fallback, ChangeReason.PATH_TIMEOUT)
             self._relay_due = now
             self._round = 0
             self._punch_round(now)
@@ -342,7 +375,7 @@ class PathFinder:
     def _improvement(self, path: Path, rtt: float, now: float) -> ChangeReason | None:
         """Why `path` should replace the current path, or None if it should not."""
         current = self.current_path
-        if current is None or current == RELAY_PATH:
+        if current is None or current.kind not in _UDP_DIRECT:
             return ChangeReason.PUNCHED
         if _RANK[path.kind] < _RANK[current.kind]:
             return ChangeReason.BETTER_PATH
@@ -354,7 +387,7 @@ class PathFinder:
     def _switch(self, new: Path | None, reason: ChangeReason) -> None:
         old, self.current_path = self.current_path, new
         self.stats.path_changes += 1
-        if new is None or new == RELAY_PATH:
+        if new is None or new.kind not in _UDP_DIRECT:
             self.stats.rtt = None
             self.stats.last_reply = None
         self._actions.append(PathChanged(old, new, reason))

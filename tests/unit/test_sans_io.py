@@ -28,6 +28,7 @@ SANS_IO_MODULES = (
     "meshvpn.relaytoken",
     "meshvpn.node.relaylink",
     "meshvpn.node.relays",
+    "meshvpn.node.tcppunch",
     "meshvpn.turn",
     "meshvpn.turncreds",
     "meshvpn.node.turnlink",

@@ -1,0 +1,436 @@
+"""Direct TCP paths made by TCP simultaneous open through both NATs, without I/O.
+
+When a site drops outgoing UDP, UDP hole punching cannot work, but TCP hole punching can:
+after an outgoing SYN a NAT forwards incoming packets from the SYN's destination to the
+inside host, so two nodes that connect() to each other's public TCP endpoint at the same
+moment (the coord's ``punch`` is the starting gun) meet in the middle, a TCP simultaneous
+open. Each node connects from its *punch port* (the TCP port its coord connection also comes
+from, so the coord reports the NAT's mapping for it as ``public_tcp``) and listens on it too,
+for a peer whose NAT is open.
+
+Rules:
+
+* ``punch(peer, endpoint)`` starts a campaign: up to `attempts` connects, one at a time, each
+  given `attempt_timeout` (long enough for the kernel's SYN retransmission at 1 s, which is
+  what usually lands once the peer's SYN opened its own NAT), the next `retry_gap` after a
+  failure. A punch while a campaign runs refills its attempts; one for a peer with a path is
+  ignored.
+* A connected or accepted TCP connection is secured with :mod:`meshvpn.channel`: the node
+  with the lower static key is the client (Noise initiator) and pins the peer's key; the
+  other side authorises only the peer it punches towards. An accepted connection from an
+  endpoint we do not punch towards is served for any punched peer with a lower key.
+* The first connection whose channel is established is the peer's TCP path (`PathUp`);
+  every other connection to that peer is closed. Each channel frame carries one meshvpn
+  message, exactly as a UDP datagram would (handshakes, data, probes).
+* A path is kept alive with empty frames after `keepalive` seconds without sending, and is
+  dead (`PathDown`) after `idle_timeout` without receiving a byte, after a channel error, or
+  when the connection closes. Connections are always aborted (RST), never closed, so no
+  TIME_WAIT blocks the next punch between the same two endpoints.
+* A campaign that ends without a path, or a path that died, asks for a new synchronised
+  punch (`WantPunch`, the shell sends ``punch_request``) after `repunch_initial` seconds,
+  doubling to `repunch_max`; a path coming up resets the backoff. ``stop(peer)`` (the peer
+  has a UDP path, which suits tunnelled TCP better) ends it all for that peer.
+
+Inputs take ``now`` (monotonic seconds); randomness (channel ephemeral keys) comes from the
+``random_bytes`` callable. Outputs are pulled with :meth:`TcpPunch.next_actions`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+from meshvpn.channel import ClientChannel, ServerChannel
+from meshvpn.errors import RemoteProtocolError
+from meshvpn.noise import StaticIdentity
+from meshvpn.wire import Endpoint
+
+
+class TcpEndpoint(Endpoint):
+    """The far end of a direct TCP path.
+
+    Messages a node sends to, or receives from, a ``TcpEndpoint`` travel on that TCP
+    connection. It never equals the UDP :class:`Endpoint` with the same address and port
+    (by default the punch port is the UDP port), so routes, probe targets and path
+    evidence of the two transports cannot be confused.
+    """
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is TcpEndpoint and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(("tcp", self.host, self.port))
+
+
+@dataclass
+class TcpPunchConfig:
+    """Timing of TCP punching and of TCP path upkeep; every default is the documented one."""
+
+    attempts: int = 6
+    """Connects per campaign."""
+    attempt_timeout: float = 2.5
+    """Seconds one connect may take: the first SYN and its retransmission at 1 s."""
+    retry_gap: float = 0.2
+    """Seconds between a failed connect and the next."""
+    handshake_timeout: float = 5.0
+    """Seconds from TCP connected to channel established."""
+    keepalive: float = 2.5
+    """Seconds without sending after which an empty frame goes out."""
+    idle_timeout: float = 10.0
+    """Seconds without receiving after which the path is dead (as paths.path_timeout)."""
+    repunch_initial: float = 2.0
+    """Seconds before asking for a new punch after a failed campaign or a lost path."""
+    repunch_max: float = 60.0
+    """Longest wait between such requests."""
+    max_unmatched: int = 8
+    """Accepted connections from unknown endpoints held at once (each costs a handshake wait)."""
+
+
+@dataclass(frozen=True)
+class Connect:
+    """Open connection `conn_id` from the punch port to `endpoint`; report within `timeout` s."""
+
+    conn_id: int
+    endpoint: Endpoint
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Write:
+    """Write `data` to connection `conn_id`."""
+
+    conn_id: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Abort:
+    """Abort connection `conn_id` (RST); the module has forgotten it."""
+
+    conn_id: int
+
+
+@dataclass(frozen=True)
+class PathUp:
+    """A TCP path to `peer_key` is ready; messages for `endpoint` go on it."""
+
+    peer_key: bytes
+    endpoint: TcpEndpoint
+
+
+@dataclass(frozen=True)
+class PathDown:
+    """The TCP path to `peer_key` is gone."""
+
+    peer_key: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
+class WantPunch:
+    """Ask the coord to make `peer_key` and us punch again (``punch_request``)."""
+
+    peer_key: bytes
+
+
+Action = Union[Connect, Write, Abort, PathUp, PathDown, WantPunch]
+
+
+class ConnState(enum.StrEnum):
+    """Where one TCP connection stands."""
+
+    CONNECTING = "connecting"
+    HANDSHAKING = "handshaking"
+    ESTABLISHED = "established"
+
+
+@dataclass(eq=False)
+class _Conn:
+    conn_id: int
+    endpoint: Endpoint
+    peer_key: Optional[bytes]
+    """None for an accepted connection whose peer the channel has yet to name."""
+    state: ConnState
+    deadline: float
+    channel: Union[ClientChannel, ServerChannel, None] = None
+    last_rx: float = 0.0
+    last_tx: float = 0.0
+
+
+@dataclass(eq=False)
+class _Peer:
+    key: bytes
+    endpoint: Endpoint
+    attempts_left: int = 0
+    next_attempt: Optional[float] = None
+    repunch_at: Optional[float] = None
+    repunch_gap: float = 0.0
+    path: Optional[_Conn] = None
+    conns: set = field(default_factory=set)
+
+
+class TcpPunch:
+    """TCP punching and TCP paths for one node; the shell moves bytes and follows the actions."""
+
+    def __init__(self, identity: StaticIdentity, random_bytes: Callable[[int], bytes], wall_offset: float,
+                 config: TcpPunchConfig | None = None) -> None:
+        self.identity = identity
+        self.config = config if config is not None else TcpPunchConfig()
+        self.random_bytes = random_bytes
+        self.wall_offset = wall_offset
+        """Wall clock minus monotonic clock, for the Noise timestamps."""
+        self.counters: dict[str, int] = {"attempts": 0, "paths": 0, "failed": 0}
+        self._peers: dict[bytes, _Peer] = {}
+        self._conns: dict[int, _Conn] = {}
+        self._by_endpoint: dict[Endpoint, _Conn] = {}
+        self._next_id = 1
+        self._actions: list[Action] = []
+
+    # ---- inputs: control ------------------------------------------------------------
+
+    def punch(self, peer_key: bytes, endpoint: Endpoint, now: float) -> None:
+        """The coord says punch: connect to the peer's public TCP `endpoint` now and retry."""
+        peer = self._peers.get(peer_key)
+        if peer is None:
+            peer = self._peers[peer_key] = _Peer(peer_key, Endpoint(*endpoint))
+        if peer.path is not None:
+            return
+        peer.endpoint = Endpoint(*endpoint)
+        peer.attempts_left = self.config.attempts
+        peer.repunch_at = None
+        if not peer.conns:
+            self._attempt(peer, now)
+
+    def stop(self, peer_key: bytes) -> None:
+        """No TCP path to `peer_key` is wanted (it has a UDP path, or left): abort everything."""
+        peer = self._peers.pop(peer_key, None)
+        if peer is None:
+            return
+        had_path = peer.path is not None
+        for conn in list(peer.conns):
+            self._forget(conn)
+        if had_path:
+            self._actions.append(PathDown(peer_key, "not needed"))
+
+    # ---- inputs: connections ----------------------------------------------------------
+
+    def connected(self, conn_id: int, now: float) -> None:
+        """Connection `conn_id` (from a `Connect`) completed its TCP handshake."""
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.state is not ConnState.CONNECTING:
+            return
+        self._secure(conn, conn.peer_key, now)
+
+    def accepted(self, remote: Endpoint, now: float) -> Optional[int]:
+        """A connection arrived on the punch port from `remote`; its id, or None to abort it."""
+        remote = Endpoint(*remote)
+        peer = next((p for p in self._peers.values() if p.endpoint == remote and p.path is None), None)
+        if peer is None:
+            unmatched = sum(1 for c in self._conns.values() if c.peer_key is None)
+            if unmatched >= self.config.max_unmatched or not self._serves_unknown():
+                return None
+        conn = self._new_conn(remote, None if peer is None else peer.key, ConnState.HANDSHAKING, now)
+        self._secure(conn, conn.peer_key, now)
+        return conn.conn_id
+
+    def connect_failed(self, conn_id: int, now: float) -> None:
+        """Connection `conn_id` could not be opened (refused, timed out, address busy)."""
+        self.connection_lost(conn_id, now)
+
+    def connection_lost(self, conn_id: int, now: float) -> None:
+        """Connection `conn_id` closed or failed; the shell has already dropped it."""
+        conn = self._conns.get(conn_id)
+        if conn is not None:
+            self._end(conn, "connection closed", now, abort=False)
+
+    def data_received(self, conn_id: int, data: bytes, now: float) -> list[bytes]:
+        """Bytes from connection `conn_id`; the meshvpn messages they completed."""
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.channel is None:
+            return []
+        conn.last_rx = now
+        try:
+            messages = conn.channel.receive_data(data)
+        except RemoteProtocolError as exc:
+            self._end(conn, f"channel error: {exc}", now)
+            return []
+        self._flush(conn, now)
+        if conn.state is ConnState.HANDSHAKING and conn.channel.established:
+            self._established(conn, now)
+        return messages
+
+    def send(self, endpoint: TcpEndpoint, messages: list[bytes], now: float) -> bool:
+        """Seal `messages` onto the TCP path at `endpoint`; False if there is none."""
+        conn = self._by_endpoint.get(endpoint)
+        if conn is None:
+            return False
+        channel = conn.channel
+        for message in messages:
+            channel.send(message)
+        self._flush(conn, now)
+        return True
+
+    def handle_timer(self, now: float) -> None:
+        """Do whatever is due at `now`; safe to call early or late."""
+        cfg = self.config
+        for conn in list(self._conns.values()):
+            if conn.state is not ConnState.ESTABLISHED:
+                if now >= conn.deadline:
+                    self._end(conn, f"no channel within {cfg.handshake_timeout:g}s"
+                              if conn.state is ConnState.HANDSHAKING else "connect timed out", now)
+            elif now >= conn.last_rx + cfg.idle_timeout:
+                self._end(conn, f"nothing received for {cfg.idle_timeout:g}s", now)
+            elif now >= conn.last_tx + cfg.keepalive:
+                conn.channel.send(b"")
+                self._flush(conn, now)
+        for peer in list(self._peers.values()):
+            if peer.next_attempt is not None and now >= peer.next_attempt:
+                self._attempt(peer, now)
+            if peer.repunch_at is not None and now >= peer.repunch_at:
+                peer.repunch_at = None
+                self._actions.append(WantPunch(peer.key))
+
+    # ---- outputs ---------------------------------------------------------------------
+
+    def next_actions(self) -> list[Action]:
+        """Connects, writes, aborts and path events, in order; each is returned once."""
+        actions, self._actions = self._actions, []
+        return actions
+
+    def get_timer(self) -> Optional[float]:
+        """When `handle_timer` must next be called, or None."""
+        cfg = self.config
+        deadlines = []
+        for conn in self._conns.values():
+            if conn.state is ConnState.ESTABLISHED:
+                deadlines.append(min(conn.last_rx + cfg.idle_timeout, conn.last_tx + cfg.keepalive))
+            else:
+                deadlines.append(conn.deadline)
+        for peer in self._peers.values():
+            deadlines += [t for t in (peer.next_attempt, peer.repunch_at) if t is not None]
+        return min(deadlines, default=None)
+
+    def path_endpoint(self, peer_key: bytes) -> Optional[TcpEndpoint]:
+        """The TCP path to `peer_key`, if there is one."""
+        peer = self._peers.get(peer_key)
+        return None if peer is None or peer.path is None else TcpEndpoint(*peer.path.endpoint)
+
+    def status(self) -> dict:
+        """Punch state per peer (hex key prefix), for ``meshvpn status``."""
+        return {
+            key.hex()[:8]: {
+                "endpoint": f"{peer.endpoint.host}:{peer.endpoint.port}",
+                "path": peer.path is not None,
+                "connections": sorted(c.state.value for c in peer.conns),
+            }
+            for key, peer in self._peers.items()
+        }
+
+    # ---- internals -------------------------------------------------------------------
+
+    def _serves_unknown(self) -> bool:
+        return any(key < self.identity.public and p.path is None for key, p in self._peers.items())
+
+    def _new_conn(self, endpoint: Endpoint, peer_key: Optional[bytes], state: ConnState, now: float) -> _Conn:
+        conn_id, self._next_id = self._next_id, self._next_id + 1
+        timeout = self.config.attempt_timeout if state is ConnState.CONNECTING else self.config.handshake_timeout
+        conn = _Conn(conn_id, endpoint, peer_key, state, now + timeout)
+        self._conns[conn_id] = conn
+        if peer_key is not None:
+            self._peers[peer_key].conns.add(conn)
+        return conn
+
+    def _attempt(self, peer: _Peer, now: float) -> None:
+        peer.next_attempt = None
+        if peer.attempts_left <= 0 or peer.path is not None or peer.conns:
+            return
+        peer.attempts_left -= 1
+        self.counters["attempts"] += 1
+        conn = self._new_conn(peer.endpoint, peer.key, ConnState.CONNECTING, now)
+        self._actions.append(Connect(conn.conn_id, peer.endpoint, self.config.attempt_timeout))
+
+    def _secure(self, conn: _Conn, peer_key: Optional[bytes], now: float) -> None:
+        """TCP is up: start the channel in the role our key order gives us."""
+        conn.state = ConnState.HANDSHAKING
+        conn.deadline = now + self.config.handshake_timeout
+        conn.last_rx = conn.last_tx = now
+        ephemeral = self.random_bytes(32)
+        if peer_key is not None and self.identity.public < peer_key:
+            conn.channel = ClientChannel(self.identity, peer_key, ephemeral, now + self.wall_offset)
+            self._flush(conn, now)
+        elif peer_key is not None:
+            conn.channel = ServerChannel(self.identity, lambda key: key == peer_key, ephemeral)
+        else:
+            conn.channel = ServerChannel(self.identity, self._may_serve, ephemeral)
+
+    def _may_serve(self, key: bytes) -> bool:
+        peer = self._peers.get(key)
+        return peer is not None and key < self.identity.public and peer.path is None
+
+    def _established(self, conn: _Conn, now: float) -> None:
+        key = conn.channel.remote_public
+        peer = self._peers.get(key)
+        if peer is None or peer.path is not None:
+            self._end(conn, "a path to that peer exists", now)
+            return
+        conn.peer_key = key
+        peer.conns.add(conn)
+        conn.state = ConnState.ESTABLISHED
+        peer.path = conn
+        peer.next_attempt = peer.repunch_at = None
+        peer.attempts_left = 0
+        peer.repunch_gap = 0.0
+        self._by_endpoint[TcpEndpoint(*conn.endpoint)] = conn
+        self.counters["paths"] += 1
+        for other in list(peer.conns):
+            if other is not conn:
+                self._forget(other)
+        self._actions.append(PathUp(key, TcpEndpoint(*conn.endpoint)))
+
+    def _end(self, conn: _Conn, reason: str, now: float, abort: bool = True) -> None:
+        """Drop `conn`; a lost path or a campaign out of attempts schedules a new punch."""
+        peer = None if conn.peer_key is None else self._peers.get(conn.peer_key)
+        was_path = peer is not None and peer.path is conn
+        self._forget(conn, abort)
+        if peer is None:
+            return
+        if was_path:
+            self._actions.append(PathDown(peer.key, reason))
+            self._schedule_repunch(peer, now)
+        elif peer.path is None and conn.state is not ConnState.ESTABLISHED:
+            self.counters["failed"] += 1
+            if peer.conns:
+                return
+            if peer.attempts_left > 0:
+                peer.next_attempt = now + self.config.retry_gap
+            else:
+                self._schedule_repunch(peer, now)
+
+    def _schedule_repunch(self, peer: _Peer, now: float) -> None:
+        cfg = self.config
+        peer.repunch_gap = min(max(cfg.repunch_initial, 2 * peer.repunch_gap), cfg.repunch_max)
+        peer.repunch_at = now + peer.repunch_gap
+
+    def _forget(self, conn: _Conn, abort: bool = True) -> None:
+        if self._conns.pop(conn.conn_id, None) is None:
+            return
+        peer = None if conn.peer_key is None else self._peers.get(conn.peer_key)
+        if peer is not None:
+            peer.conns.discard(conn)
+            if peer.path is conn:
+                peer.path = None
+                del self._by_endpoint[TcpEndpoint(*conn.endpoint)]
+        if abort:
+            self._actions.append(Abort(conn.conn_id))
+
+    def _flush(self, conn: _Conn, now: float) -> None:
+        data = conn.channel.data_to_send()
+        if data:
+            conn.last_tx = now
+            self._actions.append(Write(conn.conn_id, data))

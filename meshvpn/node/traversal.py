@@ -1,0 +1,203 @@
+"""Hard-NAT traversal for the node core: probe strategy per peer, port samples, birthday mappings.
+
+Sans-IO; the core (`meshvpn.node.core`) asks it what to do and carries it out. Rules:
+
+* Every peer's `PathFinder` probes with `strategy_for(our NAT, its NAT)`; both profiles come
+  from the nodes' own STUN samples, ours from the shell (`local`), the peer's from the coord
+  (`PeerInfo.nat`, `Punch.nat`). A peer that reported nothing is taken as endpoint-independent.
+* **Sequential side** (our mapping is endpoint-dependent, the ports predictable): a punch only
+  helps right after a fresh sample, because the peer probes the ports above it. So we never
+  punch on our own: wanting a path, or hearing the peer's punch, asks the shell for a sample
+  (`SampleWanted`, a STUN request from a new socket); the sample goes to the coord in a
+  `punch_request`, and the coord's answering `punch` is the one we act on — once per sample,
+  and, when the peer is endpoint-dependent too, only if it carries the peer's own fresh sample
+  (each side's i-th new mapping must meet the other's i-th predicted port).
+* **Birthday side** (random ports, peer endpoint-independent): every punch opens up to
+  `BirthdayPlan.sockets` mappings from fresh sockets (`OpenMappings`), at most one window at a
+  time, while the peer probes random ports of our address.
+* Both hard sides re-sample on `ResampleSchedule` while no direct path exists: a new sample
+  (sequential) or a new punch request (birthday) every `interval`, at most `max_samples`.
+* A probe that arrived on one of the extra sockets pins its source to that socket
+  (`pinned`): everything for that endpoint leaves from there, or the NAT's filter drops it.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from meshvpn.coord import messages as m
+from meshvpn.node.candidates import Endpoint, ProbeStrategy
+from meshvpn.node.prediction import (
+    Allocation, BirthdayPlan, NatProfile, ResampleSchedule, opens_many_mappings, strategy_for,
+)
+
+SAMPLE_ANSWER = 1.0
+"""Seconds after our sample during which a coord punch is taken as its answer."""
+BIRTHDAY_WINDOW = 8.0
+"""Seconds the extra sockets of one birthday campaign stay open (the peer's probing, resamples)."""
+RESAMPLE_INTERVAL = 1.5
+RESAMPLE_MAX = 3
+
+
+@dataclass(frozen=True)
+class SampleWanted:
+    """Take a STUN sample from a new socket (our NAT's latest port); answer with `NodeCore.port_sampled`."""
+
+    peer_key: bytes
+
+
+@dataclass(frozen=True)
+class OpenMappings:
+    """Send each probe from its own new socket to `endpoint`; keep the sockets `seconds`."""
+
+    peer_key: bytes
+    endpoint: Endpoint
+    probes: tuple[bytes, ...]
+    seconds: float
+
+
+class OnPunch(enum.Enum):
+    """What a `punch` from the coord should make us do."""
+
+    PUNCH = "punch"
+    SAMPLE = "sample first"
+    WAIT = "wait for the answer to our sample"
+
+
+def profile_of(info: Optional[m.NatInfo]) -> NatProfile:
+    """The `NatProfile` a peer's report describes; unknown means endpoint-independent."""
+    if info is None:
+        return NatProfile()
+    return NatProfile(info.endpoint_independent, Allocation(info.allocation))
+
+
+def nat_info(profile: NatProfile) -> m.NatInfo:
+    """What we report to the coord about our NAT."""
+    return m.NatInfo(profile.endpoint_independent, profile.allocation.value)
+
+
+@dataclass
+class _PeerState:
+    profile: NatProfile = field(default_factory=NatProfile)
+    schedule: Optional[ResampleSchedule] = None
+    sampling: bool = False
+    """A sample was asked of the shell and not reported yet."""
+    sampled_at: float = -math.inf
+    answered: bool = True
+    """The coord's punch for our latest sample was acted on."""
+    mappings_until: float = -math.inf
+
+
+class Traversal:
+    """Per-peer hard-NAT state of one node; `randrange(lo, hi)` draws birthday ports."""
+
+    def __init__(self, randrange: Callable[[int, int], int], punch_interval: float,
+                 birthday: BirthdayPlan | None = None) -> None:
+        self.local = NatProfile()
+        """Our NAT, as the shell last sampled it."""
+        self.birthday = birthday if birthday is not None else BirthdayPlan()
+        self.pinned: dict[Endpoint, int] = {}
+        """Remote endpoint -> extra socket it must be sent from (birthday hits)."""
+        self._randrange = randrange
+        self._punch_interval = punch_interval
+        self._peers: dict[bytes, _PeerState] = {}
+
+    def _state(self, key: bytes) -> _PeerState:
+        return self._peers.setdefault(key, _PeerState())
+
+    # ---- profiles and strategy
+
+    @property
+    def samples_ports(self) -> bool:
+        """We are behind a sequential (endpoint-dependent but predictable) NAT."""
+        return not self.local.endpoint_independent and self.local.predictable
+
+    def profile(self, key: bytes) -> NatProfile:
+        return self._state(key).profile
+
+    def set_peer_nat(self, key: bytes, info: Optional[m.NatInfo]) -> bool:
+        """Record a peer's NAT report; True if it changed."""
+        state, profile = self._state(key), profile_of(info)
+        changed, state.profile = state.profile != profile, profile
+        return changed
+
+    def strategy(self, key: bytes) -> ProbeStrategy:
+        """A fresh probe strategy for `key` (fresh port runs and birthday budget)."""
+        return strategy_for(self.local, self.profile(key), self._randrange, self._punch_interval,
+                            birthday=self.birthday)
+
+    def hard_side(self, key: bytes) -> bool:
+        """Whether we drive re-sampling towards `key`."""
+        return self.samples_ports or opens_many_mappings(self.local, self.profile(key))
+
+    def forget(self, key: bytes) -> None:
+        self._peers.pop(key, None)
+
+    # ---- punching
+
+    def want_path(self, key: bytes, now: float, restart: bool = True) -> None:
+        """A path is wanted: start re-sampling if we are the hard side and it is idle.
+
+        Only our own traffic restarts a finished schedule (`restart`); a peer's punch starts
+        the first one, so two hard sides cannot keep each other sampling for ever.
+        """
+        state = self._state(key)
+        idle = state.schedule is None or (restart and state.schedule.get_timer() is None)
+        if self.hard_side(key) and idle:
+            state.schedule = ResampleSchedule(RESAMPLE_INTERVAL, RESAMPLE_MAX)
+            state.schedule.start(now)
+
+    def on_punch(self, key: bytes, with_sample: bool, now: float) -> OnPunch:
+        """The coord's punch for `key` arrived; `with_sample`: it carries the peer's fresh sample."""
+        if not self.samples_ports:
+            return OnPunch.PUNCH
+        state = self._state(key)
+        recent = now - state.sampled_at <= SAMPLE_ANSWER
+        if recent and not state.answered and (with_sample or self.profile(key).endpoint_independent):
+            state.answered = True
+            return OnPunch.PUNCH
+        if state.sampling or (recent and not state.answered):
+            return OnPunch.WAIT
+        return OnPunch.SAMPLE
+
+    def sample_requested(self, key: bytes) -> bool:
+        """Mark a sample as asked for; False if one already is."""
+        state = self._state(key)
+        if state.sampling:
+            return False
+        state.sampling = True
+        return True
+
+    def sampled(self, key: bytes, now: float) -> None:
+        """A sample (or, for a birthday side, a punch request) went to the coord."""
+        state = self._state(key)
+        state.sampling, state.sampled_at, state.answered = False, now, False
+        if state.schedule is not None:
+            state.schedule.sampled(now)
+
+    def due(self, now: float) -> list[bytes]:
+        """Peers whose re-sample is due now."""
+        return [key for key, state in self._peers.items()
+                if state.schedule is not None and state.schedule.due(now) and not state.sampling]
+
+    def path_found(self, key: bytes) -> None:
+        """A direct path exists: no more samples."""
+        state = self._peers.get(key)
+        if state is not None and state.schedule is not None:
+            state.schedule.stop()
+
+    def open_mappings(self, key: bytes, now: float) -> bool:
+        """Whether a punch towards `key` should open birthday mappings now (starts the window)."""
+        state = self._state(key)
+        if not opens_many_mappings(self.local, state.profile) or now < state.mappings_until:
+            return False
+        state.mappings_until = now + BIRTHDAY_WINDOW
+        return True
+
+    def get_timer(self) -> Optional[float]:
+        """The next re-sample due."""
+        times = [s.schedule.get_timer() for s in self._peers.values() if s.schedule is not None and not s.sampling]
+        return min((t for t in times if t is not None), default=None)

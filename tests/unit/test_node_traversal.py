@@ -1,0 +1,139 @@
+"""Hard-NAT traversal in the node core: port samples before punches, birthday mappings, pinned sockets."""
+
+import random
+
+import pytest
+
+from meshvpn.coord import messages as m
+from meshvpn.keys import public_key
+from meshvpn.node.core import CoreConfig, NodeCore
+from meshvpn.node.prediction import Allocation, NatProfile
+from meshvpn.node.traversal import (
+    RESAMPLE_INTERVAL, RESAMPLE_MAX, OpenMappings, SampleWanted, nat_info, profile_of,
+)
+from meshvpn.wire import Endpoint, MessageType
+
+NETWORK = m.NetworkInfo(name="home", cidr="100.64.0.0/24")
+SEQUENTIAL = NatProfile(False, Allocation.SEQUENTIAL)
+RANDOM = NatProfile(False, Allocation.RANDOM)
+PEER_PUBLIC = m.Endpoint("198.51.100.2", 41641)
+PEER_LAN = m.Endpoint("10.2.0.11", 41641)
+PUBLIC_EP, LAN_EP = Endpoint("198.51.100.2", 41641), Endpoint("10.2.0.11", 41641)
+PACKET = bytes([0x45]) + bytes(15) + bytes([100, 64, 0, 2]) + b"data"
+
+
+def private(seed: int) -> bytes:
+    return random.Random(seed).randbytes(32)
+
+
+def core_with_peer(local: NatProfile, peer: NatProfile) -> tuple[NodeCore, bytes]:
+    core = NodeCore(private(1), random.Random(5).randbytes, CoreConfig())
+    core.set_nat_profile(local)
+    key = public_key(private(2))
+    core.coord_message(m.Registered(public_key(private(1)), "alice", "100.64.0.1", NETWORK), 0.0)
+    info = m.PeerInfo(key, "bob", "100.64.0.2", True, (PEER_LAN,), PEER_PUBLIC, nat=nat_info(peer))
+    core.coord_message(m.PeerMap((info,)), 0.0)
+    events(core)
+    return core, key
+
+
+def events(core: NodeCore) -> list:
+    out = []
+    while (event := core.next_event()) is not None:
+        out.append(event)
+    return out
+
+
+def probe_targets(core: NodeCore) -> list[Endpoint]:
+    return [dst for dst, data in core.datagrams_to_send() if data[1] == MessageType.PROBE]
+
+
+def test_profiles_round_trip_through_the_report() -> None:
+    for profile in (NatProfile(), SEQUENTIAL, RANDOM):
+        assert profile_of(nat_info(profile)) == profile
+    assert profile_of(None) == NatProfile()
+
+
+def test_sequential_side_samples_before_it_asks_for_a_punch() -> None:
+    core, key = core_with_peer(SEQUENTIAL, NatProfile())
+    core.packet_from_tun(core.peers.by_key[key], PACKET, 0.0)
+    assert events(core) == [SampleWanted(key)]
+    assert probe_targets(core) == [] and core.coord_messages_to_send() == []
+    core.port_sampled(key, Endpoint("203.0.113.100", 30010), 0.05)
+    assert core.coord_messages_to_send() == [m.PunchRequest(key, sample=m.Endpoint("203.0.113.100", 30010))]
+    core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN), nat=nat_info(NatProfile())), 0.1)
+    assert PUBLIC_EP in probe_targets(core)
+
+
+def test_a_punch_that_answers_no_sample_of_ours_asks_for_one_first() -> None:
+    core, key = core_with_peer(SEQUENTIAL, NatProfile())
+    core.coord_message(m.Punch(key, (PEER_PUBLIC,)), 0.0)
+    assert events(core) == [SampleWanted(key)] and probe_targets(core) == []
+    core.coord_message(m.Punch(key, (PEER_PUBLIC,)), 0.01)
+    assert events(core) == [] and probe_targets(core) == [], "the sample is on its way"
+
+
+def test_two_sequential_sides_punch_only_with_the_peers_fresh_sample() -> None:
+    core, key = core_with_peer(SEQUENTIAL, SEQUENTIAL)
+    core.packet_from_tun(core.peers.by_key[key], PACKET, 0.0)
+    core.port_sampled(key, Endpoint("203.0.113.100", 30010), 0.01)
+    core.coord_message(m.Punch(key, (PEER_PUBLIC,), nat=nat_info(SEQUENTIAL)), 0.02)
+    assert probe_targets(core) == [], "without the peer's sample our ports would be wasted"
+    sample = m.Endpoint("198.51.100.2", 40000)
+    core.coord_message(m.Punch(key, (sample, PEER_PUBLIC, PEER_LAN), nat=nat_info(SEQUENTIAL), sample=sample), 0.1)
+    targets = probe_targets(core)
+    assert targets[:16] == [Endpoint("198.51.100.2", 40001 + i) for i in range(16)]
+    assert PUBLIC_EP not in targets, "the stale mapping is not probed"
+    assert LAN_EP in targets
+
+
+def test_easy_side_probes_the_ports_above_a_sequential_peers_sample() -> None:
+    core, key = core_with_peer(NatProfile(), SEQUENTIAL)
+    sample = m.Endpoint("198.51.100.2", 40000)
+    core.coord_message(m.Punch(key, (sample, PEER_LAN), nat=nat_info(SEQUENTIAL), sample=sample), 0.0)
+    assert probe_targets(core)[:16] == [Endpoint("198.51.100.2", 40001 + i) for i in range(16)]
+
+
+def test_sequential_side_resamples_on_a_schedule_until_a_path_is_found() -> None:
+    core, key = core_with_peer(SEQUENTIAL, NatProfile())
+    core.packet_from_tun(core.peers.by_key[key], PACKET, 0.0)
+    asked, now = [], 0.0
+    while now < 4 * RESAMPLE_INTERVAL * RESAMPLE_MAX:
+        for event in events(core):
+            if isinstance(event, SampleWanted):
+                asked.append(now)
+                core.port_sampled(key, Endpoint("203.0.113.100", 30010), now)
+        now = core.get_timer()
+        core.handle_timer(now)
+    assert asked == [i * RESAMPLE_INTERVAL for i in range(RESAMPLE_MAX)]
+
+
+def test_birthday_side_opens_many_mappings_once_per_window() -> None:
+    core, key = core_with_peer(RANDOM, NatProfile())
+    core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN)), 0.0)
+    [opened] = [e for e in events(core) if isinstance(e, OpenMappings)]
+    assert opened.endpoint == PUBLIC_EP and len(opened.probes) == 256
+    assert {probe[1] for probe in opened.probes} == {MessageType.PROBE}
+    core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN)), 1.0)
+    assert not any(isinstance(e, OpenMappings) for e in events(core))
+
+
+@pytest.mark.parametrize("local, peer", [(NatProfile(), NatProfile()), (RANDOM, RANDOM), (SEQUENTIAL, RANDOM)])
+def test_no_birthday_unless_random_meets_endpoint_independent(local, peer) -> None:
+    core, key = core_with_peer(local, peer)
+    core.coord_message(m.Punch(key, (PEER_PUBLIC,)), 0.0)
+    assert not any(isinstance(e, OpenMappings) for e in events(core))
+
+
+def test_a_probe_on_an_extra_socket_pins_its_source_to_that_socket() -> None:
+    alice, bob_key = core_with_peer(RANDOM, NatProfile())
+    bob = NodeCore(private(2), random.Random(6).randbytes, CoreConfig())
+    bob.coord_message(m.PeerMap((m.PeerInfo(alice.public_key, "alice", "100.64.0.1", True),)), 0.0)
+    src = Endpoint("198.51.100.2", 41641)
+    probe = bob.probes.probe(alice.public_key, bytes(8), Endpoint("203.0.113.100", 50000), bytes(24))
+    alice.datagram_received(probe, src, 0.0, via=7)
+    assert alice.socket_for == {src: 7}
+    replies = [dst for dst, data in alice.datagrams_to_send() if data[1] == MessageType.PROBE_REPLY]
+    assert replies == [src]
+    alice.datagram_received(probe, Endpoint("198.51.100.3", 1), 0.0)
+    assert alice.socket_for == {src: 7}, "the main socket pins nothing"

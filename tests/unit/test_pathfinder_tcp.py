@@ -1,0 +1,109 @@
+"""The TCP path in the path machine: below UDP direct paths, above the relay, never a UDP candidate."""
+
+import itertools
+
+from meshvpn.node.candidates import Candidate, CandidateKind
+from meshvpn.node.pathfinder import (
+    RELAY_PATH,
+    ChangeReason,
+    Path,
+    PathChanged,
+    PathFinder,
+    PathKind,
+    PathState,
+    SendProbe,
+)
+from meshvpn.node.tcppunch import TcpEndpoint
+
+PUBLIC_EP = ("203.0.113.7", 41641)
+TCP_EP = TcpEndpoint("203.0.113.7", 41641)
+TCP_PATH = Path(PathKind.TCP, TCP_EP)
+
+
+def relayed_finder() -> PathFinder:
+    """A peer with one public candidate, punched at 0 and relayed since `relay_after`."""
+    counter = itertools.count(1)
+    finder = PathFinder(lambda: next(counter).to_bytes(8, "big"))
+    finder.set_candidates([Candidate(PUBLIC_EP, CandidateKind.PUBLIC)], 0.0)
+    finder.relay_ready(True, 0.0)
+    finder.punch(0.0)
+    while finder.get_timer() <= 2.0:
+        finder.handle_timer(finder.get_timer())
+    assert finder.current_path == RELAY_PATH
+    finder.next_actions()
+    return finder
+
+
+def changes(finder: PathFinder) -> list[PathChanged]:
+    return [a for a in finder.next_actions() if isinstance(a, PathChanged)]
+
+
+def test_a_tcp_path_replaces_the_relay_and_udp_punching_goes_on() -> None:
+    finder = relayed_finder()
+    finder.tcp_ready(TCP_EP, 3.0)
+    assert changes(finder) == [PathChanged(RELAY_PATH, TCP_PATH, ChangeReason.TCP_PUNCHED)]
+    assert finder.state is PathState.TCP
+    assert finder.get_timer() is not None and finder.get_timer() > 3.0, "background punch rounds go on"
+    finder.handle_timer(finder.get_timer())
+    assert [a.endpoint for a in finder.next_actions() if isinstance(a, SendProbe)] == [PUBLIC_EP]
+
+
+def test_a_udp_reply_replaces_the_tcp_path() -> None:
+    finder = relayed_finder()
+    finder.tcp_ready(TCP_EP, 3.0)
+    finder.next_actions()
+    finder.handle_timer(finder.get_timer())
+    (probe,) = [a for a in finder.next_actions() if isinstance(a, SendProbe)]
+    finder.probe_reply_received(probe.tx_id, PUBLIC_EP, 4.0)
+    direct = Path(PathKind.DIRECT, PUBLIC_EP)
+    assert changes(finder) == [PathChanged(TCP_PATH, direct, ChangeReason.PUNCHED)]
+    finder.tcp_ready(TCP_EP, 4.5)
+    assert changes(finder) == [], "TCP never replaces a UDP path"
+
+
+def test_a_lost_tcp_path_falls_back_to_the_relay_and_punches_at_once() -> None:
+    finder = relayed_finder()
+    finder.tcp_ready(TCP_EP, 3.0)
+    finder.next_actions()
+    finder.tcp_ready(None, 20.0)
+    actions = finder.next_actions()
+    assert [a for a in actions if isinstance(a, PathChanged)] == [
+        PathChanged(TCP_PATH, RELAY_PATH, ChangeReason.TCP_LOST)]
+    assert [a.endpoint for a in actions if isinstance(a, SendProbe)] == [PUBLIC_EP]
+    assert finder.get_timer() == 20.2, "a new burst"
+
+
+def test_a_lost_tcp_path_without_a_relay_leaves_no_path_until_the_relay_is_ready() -> None:
+    finder = relayed_finder()
+    finder.tcp_ready(TCP_EP, 3.0)
+    finder.next_actions()
+    finder.relay_ready(False, 4.0)
+    assert changes(finder) == [], "losing the relay does not matter while on TCP"
+    finder.tcp_ready(None, 5.0)
+    assert changes(finder) == [PathChanged(TCP_PATH, None, ChangeReason.TCP_LOST)]
+    finder.relay_ready(True, 6.0)
+    assert changes(finder) == [PathChanged(None, RELAY_PATH, ChangeReason.RELAY_FALLBACK)]
+
+
+def test_a_silent_udp_path_falls_back_to_tcp_before_the_relay() -> None:
+    finder = relayed_finder()
+    finder.tcp_ready(TCP_EP, 3.0)
+    finder.handle_timer(finder.get_timer())
+    (probe,) = [a for a in finder.next_actions() if isinstance(a, SendProbe)]
+    finder.probe_reply_received(probe.tx_id, PUBLIC_EP, 4.0)
+    finder.next_actions()
+    while finder.current_path.kind is PathKind.DIRECT:
+        finder.handle_timer(finder.get_timer())
+    assert changes(finder) == [PathChanged(Path(PathKind.DIRECT, PUBLIC_EP), TCP_PATH, ChangeReason.PATH_TIMEOUT)]
+
+
+def test_evidence_from_a_tcp_endpoint_never_becomes_a_udp_candidate() -> None:
+    finder = relayed_finder()
+    finder.tcp_ready(TCP_EP, 3.0)
+    finder.next_actions()
+    finder.probe_received(TCP_EP, 3.1)
+    finder.traffic_received(TCP_EP, 3.2)
+    finder.probe_reply_received(b"\x00" * 8, TCP_EP, 3.3)
+    assert finder.next_actions() == []
+    assert [c.endpoint for c in finder.candidates] == [PUBLIC_EP]
+    assert finder.current_path == TCP_PATH
