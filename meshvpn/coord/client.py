@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from typing import Union
 
@@ -174,6 +175,12 @@ class CoordClient:
         await self._protocol.closed
 
 
+async def _connect_from(sock: socket.socket, factory, host: str, port: int):
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (host, port))
+    return await loop.create_connection(factory, sock=sock)
+
+
 async def connect(
     address: tuple[str, int],
     server_public: bytes,
@@ -182,17 +189,29 @@ async def connect(
     keepalive: float | None = None,
     timeout: float = 10.0,
     local_addr: tuple[str, int] | None = None,
+    sock: socket.socket | None = None,
 ) -> CoordClient:
-    """Open an authenticated channel to the server at `address`, which must hold `server_public`."""
+    """Open an authenticated channel to the server at `address`, which must hold `server_public`.
+
+    `sock` is an unconnected, non-blocking socket to connect from (the node's TCP punch port);
+    it is closed if the connection fails.
+    """
     loop = asyncio.get_running_loop()
     channel = ClientChannel(local_private, server_public, os.urandom(32), time.time())
     host, port = address
+
+    def factory() -> _LinkProtocol:
+        return _LinkProtocol(channel, keepalive)
+
     try:
-        transport, protocol = await asyncio.wait_for(
-            loop.create_connection(lambda: _LinkProtocol(channel, keepalive), host, port, local_addr=local_addr),
-            timeout,
-        )
+        if sock is None:
+            opening = loop.create_connection(factory, host, port, local_addr=local_addr)
+        else:
+            opening = _connect_from(sock, factory, host, port)
+        transport, protocol = await asyncio.wait_for(opening, timeout)
     except (OSError, asyncio.TimeoutError) as exc:
+        if sock is not None:
+            sock.close()
         raise CoordLinkClosed(f"cannot connect to {host}:{port}: {exc or 'timed out'}") from None
     try:
         await asyncio.wait_for(asyncio.shield(protocol.established), timeout)

@@ -113,6 +113,10 @@ class _Connection:
     home_relay: str | None = None
     tokens_due: float | None = None
     """When the online node gets fresh relay tokens."""
+    observed_port: int | None = None
+    """The source port of the channel as the server saw it."""
+    public_tcp: m.Endpoint | None = None
+    """The channel's source, once the node said it comes from its TCP punch port."""
     nat: m.NatInfo | None = None
     """The node's latest NAT report (register or endpoints)."""
     sample: m.Endpoint | None = None
@@ -182,12 +186,14 @@ class Membership:
 
     # ----- connection inputs
 
-    def node_connected(self, conn_id: Hashable, node_key: bytes, observed_host: str, now: float) -> None:
-        """A channel authenticated `node_key`; `observed_host` is its source IP as the server saw it."""
+    def node_connected(self, conn_id: Hashable, node_key: bytes, observed_host: str, now: float,
+                       observed_port: int | None = None) -> None:
+        """A channel authenticated `node_key`; `observed_host` and `observed_port` are its source
+        as the server saw it."""
         previous = self._conn_of_key.get(node_key)
         if previous is not None:
             self._drop(previous, now, close_reason="replaced by a newer connection")
-        conn = _Connection(conn_id, node_key, _plain_ip(observed_host), now)
+        conn = _Connection(conn_id, node_key, _plain_ip(observed_host), now, observed_port=observed_port)
         self._conns[conn_id] = conn
         self._conn_of_key[node_key] = conn
 
@@ -213,6 +219,8 @@ class Membership:
             self._send(conn, m.Error("bad_request", f"{message.TYPE} not accepted while {conn.state}"))
             return
         if isinstance(message, m.Register):
+            if message.tcp_punch and conn.observed_port:
+                conn.public_tcp = m.Endpoint(conn.observed_host, conn.observed_port)
             self._register(conn, message, now)
         elif isinstance(message, m.Ping):
             self._send(conn, m.Pong())
@@ -469,6 +477,7 @@ class Membership:
             public_endpoint=node.public_endpoint,
             observed_host=None if conn is None else conn.observed_host,
             home_relay=None if conn is None else conn.home_relay,
+            public_tcp=None if conn is None else conn.public_tcp,
             last_seen=node.last_seen,
             nat=None if conn is None else conn.nat,
         )

@@ -346,6 +346,9 @@ class PeerInfo(Record):
     home_relay: str | None = wire(optional(NAME))
     last_seen: float | None = wire(optional(TIME))
     """Unix time the peer last registered or disconnected."""
+    public_tcp: Endpoint | None = wire(optional(ENDPOINT))
+    """The source of the peer's coord connection when it comes from the peer's TCP punch port:
+    the NAT's mapping of that port, where TCP hole punching connects to."""
     nat: NatInfo | None = wire(NAT)
     """The peer's NAT as it reported it (absent: unknown, treated as endpoint-independent)."""
 
@@ -365,6 +368,8 @@ class Register(Message):
     os: str | None = wire(optional(NAME))
     public_endpoint: Endpoint | None = wire(optional(ENDPOINT))
     """As learned from STUN, if the node has one."""
+    tcp_punch: bool | None = wire(optional(BOOL))
+    """This connection comes from the node's TCP punch port, which also accepts punched connections."""
     nat: NatInfo | None = wire(NAT)
     """The node's NAT behaviour, once it has sampled it."""
 

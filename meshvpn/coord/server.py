@@ -79,6 +79,7 @@ class _Connection(asyncio.Protocol):
         self.channel = ServerChannel(server.identity, _anyone, os.urandom(32))
         self.transport: asyncio.Transport | None = None
         self.host = ""
+        self.port = 0
         self.address = "?"
         self.node_key: bytes | None = None
         """Set once the channel is established and the core has been told about the node."""
@@ -92,6 +93,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.host = peer[0]
+        self.port = peer[1]
         self.address = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
         if not self.server.admit(self):
             log.warning("refusing %s: more than %d connections from %s",
@@ -127,7 +129,7 @@ class _Connection(asyncio.Protocol):
                 return
             self._handshake_timer.cancel()
             self.node_key = self.channel.remote_public
-            membership.node_connected(self, self.node_key, self.host, now)
+            membership.node_connected(self, self.node_key, self.host, now, observed_port=self.port)
         for payload in payloads:
             membership.receive(self, payload, now)
 
