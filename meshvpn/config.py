@@ -164,6 +164,9 @@ OptionalHostPort = Annotated[
     Address | None,
     Kind('host:port or ""', lambda value, _d: parse_address(value) if value not in ("", None) else None, _quoted),
 ]
+OptionalPath = Annotated[
+    Path | None, Kind('path or ""', lambda value, d: _path(value, d) if value not in ("", None) else None, _quoted)
+]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 DEFAULT_CONTROL_SOCKET = Path("/run/meshvpn/meshvpn.sock")
@@ -282,6 +285,16 @@ class RelayInfo:
 
 
 @_section
+class TurnServerConfig:
+    """A standard TURN server (RFC 8656, e.g. coturn with `use-auth-secret`) offered to nodes."""
+
+    name: String = option("TURN server name, shown in `meshvpn status`")
+    address: HostPort = option("TURN server's UDP address (an IP address, as nodes do not resolve names)")
+    secret: String = option("the server's REST API shared secret (coturn `static-auth-secret`); or use secret_file", "")
+    secret_file: OptionalPath = option('file holding the shared secret on its first line; "" uses `secret`', None)
+
+
+@_section
 class CoordConfig:
     """Configuration of `meshvpn coord`."""
 
@@ -294,6 +307,8 @@ class CoordConfig:
     keepalive: Duration = option("control-channel keepalive; clients silent for 3 intervals are dropped", 15.0, live=True)
     networks: tuple[NetworkConfig, ...] = option("networks served", (), unique="name")
     relays: tuple[RelayInfo, ...] = option("relays offered to nodes", (), live=True, unique="name")
+    turn: tuple[TurnServerConfig, ...] = option("standard TURN servers offered to nodes, with credentials minted per node",
+                                                (), unique="name")
     log: LogConfig = option("logging", LogConfig)
     metrics: MetricsConfig = option("metrics", MetricsConfig)
 

@@ -238,6 +238,10 @@ class TurnClient:
         self._refresh_at: Optional[float] = None
         self._failures = 0
         self._next_channel = CHANNEL_MIN
+        self._numbers: dict[Address, int] = {}
+        """Channel numbers ever given to a peer on this allocation: the server keeps a binding
+        for 10 minutes and refuses another number for the same peer, so a peer that returns
+        gets its old one."""
         self._transactions: dict[bytes, _Transaction] = {}
         self._datagrams: list[bytes] = []
         self._events: deque[Event] = deque()
@@ -266,7 +270,7 @@ class TurnClient:
             self.peer_of_channel.pop(gone.channel, None)
         for peer in wanted:
             if peer not in self.peers:
-                self.peers[peer] = _Peer(self._new_channel(), due=now)
+                self.peers[peer] = _Peer(self._channel_for(peer), due=now)
         ips = {peer[0] for peer in wanted}
         self.permissions = {ip: self.permissions.get(ip, now) for ip in ips}
         self._service(now)
@@ -497,10 +501,9 @@ class TurnClient:
         if peer is not None and data is not None and peer[0] in self.permissions:
             self._events.append(DataReceived(peer, data))
 
-    def _new_channel(self) -> int:
-        used = {entry.channel for entry in self.peers.values()}
-        while True:
-            channel = self._next_channel
-            self._next_channel = channel + 1 if channel < CHANNEL_MAX else CHANNEL_MIN
-            if channel not in used:
-                return channel
+    def _channel_for(self, peer: Address) -> int:
+        number = self._numbers.get(peer)
+        if number is None:
+            number = self._numbers[peer] = self._next_channel
+            self._next_channel = number + 1 if number < CHANNEL_MAX else CHANNEL_MIN
+        return number

@@ -16,8 +16,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Iterable
 
+from meshvpn.coord import messages as m
+from meshvpn.keys import encode_key
 from meshvpn.relaytoken import TOKEN_LIFETIME, TOKEN_REFRESH
 
 CREDENTIAL_LIFETIME = TOKEN_LIFETIME
@@ -42,3 +45,24 @@ def mint(secret: bytes, node_id: str, now: float, lifetime: float = CREDENTIAL_L
     username = f"{expires}:{node_id}"
     password = base64.b64encode(hmac.new(secret, username.encode(), hashlib.sha1).digest()).decode()
     return TurnCredentials(username, password, expires)
+
+
+@dataclass(frozen=True)
+class TurnSecret:
+    """A TURN server as the coordination server knows it: where nodes reach it, and its shared secret."""
+
+    name: str
+    host: str
+    """An IP address: nodes do not resolve names."""
+    port: int
+    secret: bytes = field(repr=False)
+
+
+def turn_servers(secrets: Iterable[TurnSecret], node_key: bytes, now: float) -> tuple[m.TurnServer, ...]:
+    """Every TURN server with a fresh credential for the node `node_key`, as ``registered`` carries them."""
+    out = []
+    for server in secrets:
+        creds = mint(server.secret, encode_key(node_key), now)
+        out.append(m.TurnServer(server.name, server.host, server.port, creds.username, creds.password,
+                                float(creds.expires)))
+    return tuple(out)

@@ -37,6 +37,7 @@ from meshvpn.coord.store import Network, NodeRecord, Store
 from meshvpn.errors import MeshError, RemoteProtocolError
 from meshvpn.keys import encode_key
 from meshvpn.relaytoken import TOKEN_REFRESH, TokenMinter
+from meshvpn.turncreds import CREDENTIAL_REFRESH, TurnSecret, turn_servers
 
 SILENCE_KEEPALIVES = 3
 SAMPLE_LIFETIME = 1.0
@@ -49,6 +50,8 @@ class MembershipSettings:
 
     networks: tuple[Network, ...]
     relays: tuple[m.RelayInfo, ...] = ()
+    turn: tuple[TurnSecret, ...] = ()
+    """Standard TURN servers; each online node gets a credential per server with its relay tokens."""
     keepalive: float = field(kw_only=True)
     """Seconds between a node's pings; a node silent for 3 × keepalive is closed."""
 
@@ -113,6 +116,8 @@ class _Connection:
     home_relay: str | None = None
     tokens_due: float | None = None
     """When the online node gets fresh relay tokens."""
+    turn_relayed: tuple[m.Endpoint, ...] = ()
+    """The node's relayed addresses on TURN servers (``turn_relayed``), shown to its peers."""
     observed_port: int | None = None
     """The source port of the channel as the server saw it."""
     public_tcp: m.Endpoint | None = None
@@ -128,7 +133,7 @@ class _Connection:
 _ACCEPTS: dict[str, frozenset[type[m.Message]]] = {
     "new": frozenset({m.Register, m.Ping, m.Pong}),
     "pending": frozenset({m.Ping, m.Pong}),
-    "online": frozenset({m.Endpoints, m.PunchRequest, m.RelayHome, m.Ping, m.Pong}),
+    "online": frozenset({m.Endpoints, m.PunchRequest, m.RelayHome, m.TurnRelayed, m.Ping, m.Pong}),
 }
 
 
@@ -230,6 +235,10 @@ class Membership:
             self._update_node(conn, nat_changed, public_endpoint=message.public, local_endpoints=message.local)
         elif isinstance(message, m.RelayHome):
             self._relay_home(conn, message.relay)
+        elif isinstance(message, m.TurnRelayed):
+            changed = message.endpoints != conn.turn_relayed
+            conn.turn_relayed = message.endpoints
+            self._update_node(conn, changed)
         elif isinstance(message, m.PunchRequest):
             if message.sample is not None:
                 conn.sample, conn.sample_at = message.sample, now
@@ -239,7 +248,7 @@ class Membership:
         """Close silent connections, forget ephemeral nodes offline too long, refresh relay tokens."""
         for conn in self._conns.values():
             if conn.tokens_due is not None and conn.tokens_due <= now:
-                self._send(conn, m.RelayTokens(self._relay_tokens(conn, now)))
+                self._send(conn, m.RelayTokens(self._relay_tokens(conn, now), turn=self._turn_credentials(conn, now)))
         limit = self.settings.silence_limit
         for conn in [c for c in self._conns.values() if c.last_heard + limit <= now]:
             self._drop(conn, now, close_reason=f"silent for {now - conn.last_heard:.0f}s")
@@ -414,6 +423,7 @@ class Membership:
                 network=m.NetworkInfo(network.name, network.cidr),
                 relays=self.settings.relays,
                 relay_tokens=self._relay_tokens(conn, conn.last_heard),
+                turn=self._turn_credentials(conn, conn.last_heard),
             ),
         )
         peers = [self._peer_info(n) for n in self.store.nodes(node.network) if self._visible(n, node.key)]
@@ -466,6 +476,13 @@ class Membership:
             tokens.append(m.RelayToken(relay.name, token, float(expires)))
         return tuple(tokens)
 
+    def _turn_credentials(self, conn: _Connection, now: float) -> tuple[m.TurnServer, ...] | None:
+        """A TURN REST API credential per TURN server for `conn`'s node, refreshed with the relay tokens."""
+        if not self.settings.turn:
+            return None
+        conn.tokens_due = now + CREDENTIAL_REFRESH
+        return turn_servers(self.settings.turn, conn.key, now)
+
     def _peer_info(self, node: NodeRecord) -> m.PeerInfo:
         conn = self._online.get(node.network, {}).get(node.key)
         return m.PeerInfo(
@@ -477,6 +494,7 @@ class Membership:
             public_endpoint=node.public_endpoint,
             observed_host=None if conn is None else conn.observed_host,
             home_relay=None if conn is None else conn.home_relay,
+            turn_relayed=(conn.turn_relayed or None) if conn is not None else None,
             public_tcp=None if conn is None else conn.public_tcp,
             last_seen=node.last_seen,
             nat=None if conn is None else conn.nat,

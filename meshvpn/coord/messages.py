@@ -314,6 +314,22 @@ class RelayToken(Record):
 
 RELAY_TOKENS = list_of(record(RelayToken), MAX_RELAYS)
 
+
+@dataclass(frozen=True)
+class TurnServer(Record):
+    """A standard TURN server (RFC 8656) and the node's REST API credential for it (`meshvpn.turncreds`)."""
+
+    name: str = wire(NAME)
+    host: str = wire(HOST)
+    port: int = wire(PORT)
+    username: str = wire(NAME)
+    password: str = wire(NAME)
+    expires: float = wire(TIME)
+    """Unix time after which the TURN server refuses the credential."""
+
+
+TURN_SERVERS = optional(list_of(record(TurnServer), MAX_RELAYS))
+
 NAT_ALLOCATIONS = frozenset({"port preservation", "fixed offset", "sequential", "random", "unknown"})
 """Port allocations a node may report (`meshvpn.node.prediction.Allocation` values)."""
 
@@ -346,6 +362,8 @@ class PeerInfo(Record):
     home_relay: str | None = wire(optional(NAME))
     last_seen: float | None = wire(optional(TIME))
     """Unix time the peer last registered or disconnected."""
+    turn_relayed: tuple[Endpoint, ...] | None = wire(optional(ENDPOINTS))
+    """The peer's relayed addresses on TURN servers: where to send through TURN."""
     public_tcp: Endpoint | None = wire(optional(ENDPOINT))
     """The source of the peer's coord connection when it comes from the peer's TCP punch port:
     the NAT's mapping of that port, where TCP hole punching connects to."""
@@ -410,6 +428,14 @@ class Pong(Message):
 
 
 @dataclass(frozen=True)
+class TurnRelayed(Message):
+    """The node's relayed addresses on TURN servers changed (allocated, lost, moved)."""
+
+    TYPE = "turn_relayed"
+    endpoints: tuple[Endpoint, ...] = wire(ENDPOINTS)
+
+
+@dataclass(frozen=True)
 class RelayHome(Message):
     """The relay the node keeps a connection to, so peers know where to reach it when relayed."""
 
@@ -432,6 +458,8 @@ class Registered(Message):
     relays: tuple[RelayInfo, ...] = wire(list_of(record(RelayInfo), MAX_RELAYS), ())
     relay_tokens: tuple[RelayToken, ...] = wire(RELAY_TOKENS, ())
     """One token per relay; fresh ones follow in `RelayTokens` before these expire."""
+    turn: tuple[TurnServer, ...] | None = wire(TURN_SERVERS)
+    """TURN servers with the node's credentials; fresh ones follow in `RelayTokens`."""
 
 
 @dataclass(frozen=True)
@@ -440,6 +468,8 @@ class RelayTokens(Message):
 
     TYPE = "relay_tokens"
     tokens: tuple[RelayToken, ...] = wire(RELAY_TOKENS)
+    turn: tuple[TurnServer, ...] | None = wire(TURN_SERVERS)
+    """Fresh TURN credentials, when the server offers TURN servers."""
 
 
 @dataclass(frozen=True)
@@ -494,7 +524,7 @@ class Error(Message):
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        Register, Endpoints, PunchRequest, Ping, Pong, RelayHome,
+        Register, Endpoints, PunchRequest, Ping, Pong, RelayHome, TurnRelayed,
         Registered, RelayTokens, PeerMap, PeerUpdate, PeerRemove, Punch, Error,
     )
 }

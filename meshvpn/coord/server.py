@@ -13,6 +13,7 @@ with a log line naming its address and, once known, its key.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import socket
@@ -29,6 +30,7 @@ from meshvpn.coord import admin, messages
 from meshvpn.coord.membership import Close, Log, Membership, MembershipSettings, Send
 from meshvpn.coord.store import Network, SqliteStore
 from meshvpn.errors import ConfigError, LocalProtocolError, MeshError, RemoteProtocolError
+from meshvpn.turncreds import TurnSecret
 from meshvpn.metrics import MetricsEndpoint, coord_families, start_metrics
 from meshvpn.localsock import ControlServer
 from meshvpn.relaytoken import TokenMinter
@@ -64,7 +66,28 @@ class ServerLimits:
 def membership_settings(config: CoordConfig) -> MembershipSettings:
     """What the core needs from the coord config."""
     networks = tuple(Network(n.name, str(n.cidr), n.approval_required) for n in config.networks)
-    return MembershipSettings(networks, relay_infos(config), keepalive=config.keepalive)
+    return MembershipSettings(networks, relay_infos(config), turn_secrets(config), keepalive=config.keepalive)
+
+
+def turn_secrets(config: CoordConfig) -> tuple[TurnSecret, ...]:
+    """The config's TURN servers with their shared secrets, read from `secret_file` when it is set."""
+    out = []
+    for index, entry in enumerate(config.turn):
+        where = f"turn[{index}]"
+        secret = entry.secret
+        if entry.secret_file is not None:
+            try:
+                secret = next(iter(entry.secret_file.read_text().splitlines()), "").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{where}.secret_file: cannot read {entry.secret_file}: {exc}") from None
+        if not secret:
+            raise ConfigError(f"{where}: no shared secret: set secret or secret_file")
+        try:
+            host = ipaddress.ip_address(entry.address.host).compressed
+        except ValueError:
+            raise ConfigError(f"{where}.address: {entry.address.host!r} is not an IP address") from None
+        out.append(TurnSecret(entry.name, host, entry.address.port, secret.encode()))
+    return tuple(out)
 
 
 def relay_infos(config: CoordConfig) -> tuple[messages.RelayInfo, ...]:

@@ -31,6 +31,8 @@ from meshvpn.node.coordlink import CoordLink
 from meshvpn.node.core import CoordRefused, CoreConfig, NodeCore, PeerDown, PeerPathChanged, PeerUp, PingReply, Registered
 from meshvpn.node.dataplane import DataPlane
 from meshvpn.node.endpoints import local_endpoints
+from meshvpn.node.mappings import MappingSockets
+from meshvpn.node.netcheck import gather_profile, nat_profile, verdict
 from meshvpn.node.pathfinder import PathFinderConfig
 from meshvpn.node.relayclient import RelayClient
 from meshvpn.node.relays import RelaySet
@@ -39,7 +41,8 @@ from meshvpn.node.udpio import BatchUdpSocket
 from meshvpn.reload import Reloader
 from meshvpn.service import Notifier, serve_until_stopped, setup_logging
 from meshvpn.stun import is_stun
-from meshvpn.stunio import StunClient
+from meshvpn.node.traversal import OpenMappings, SampleWanted, nat_info
+from meshvpn.stunio import StunClient, stun_binding
 from meshvpn.wire import Endpoint, MessageType
 
 log = logging.getLogger("meshvpn.node")
@@ -49,7 +52,10 @@ BATCH = 64
 SOCKET_BUFFER = 4 << 20
 ENDPOINT_REFRESH = 60.0
 """Seconds between re-checks of local endpoints and the STUN mapping."""
+SAMPLE_TIMEOUT = 1.0
+"""Seconds a fresh-socket port sample may take before the punch goes ahead without it."""
 _HELLO_ACK = bytes((MessageType.RELAY_HELLO_ACK,))
+_TRANSPORT = frozenset((MessageType.DATA, MessageType.KEEPALIVE))
 PING_INTERVAL = 0.5
 PING_WAIT = 2.0
 
@@ -86,6 +92,8 @@ class NodeDaemon:
         self.relays: Optional[RelayClient] = None
         self.control = ControlServer(str(config.control_socket), self.handle_control)
         self.public_endpoint: Optional[m.Endpoint] = None
+        self.nat: Optional[m.NatInfo] = None
+        self.mappings = MappingSockets(self.loop, config.listen.address, self._on_mapping_datagram)
         self.local: tuple[m.Endpoint, ...] = ()
         self.tun_address: Optional[str] = None
         self.stopping = asyncio.Event()
@@ -158,6 +166,7 @@ class NodeDaemon:
         await self.control.close()
         if self._timer is not None:
             self._timer.cancel()
+        self.mappings.close()
         if self.sock is not None:
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
@@ -188,6 +197,11 @@ class NodeDaemon:
         relay_stream = self.relays.tcp_link(dst)
         if relay_stream is not None:
             relay_stream.send(messages)
+            return
+        pinned = self.core.socket_for
+        if pinned and dst in pinned:
+            for message in messages:
+                self.mappings.sendto(pinned[dst], message, dst)
             return
         udp = self.udp
         start = 0
@@ -240,11 +254,12 @@ class NodeDaemon:
     def _after_core(self) -> None:
         """Send what the core produced, act on its events and re-arm its one timer."""
         core = self.core
+        pinned = core.socket_for
         for dst, data in core.datagrams_to_send():
             relay_stream = self.relays.tcp_link(dst)
             if relay_stream is not None:
                 relay_stream.send([data])
-            else:
+            elif not (pinned and dst in pinned and self.mappings.sendto(pinned[dst], data, dst)):
                 self._sendto(data, dst)
         for msg in core.coord_messages_to_send():
             self.link.send(msg)
@@ -290,6 +305,45 @@ class NodeDaemon:
             log.info("peer %s down: %s", event.name, event.reason, extra={"PEER": event.name, "REASON": event.reason})
         elif isinstance(event, CoordRefused):
             log.error("the coord refused this node: %s (%s)", event.message or event.code, event.code)
+        elif isinstance(event, SampleWanted):
+            self._tasks.append(self.loop.create_task(self._sample_port(event.peer_key)))
+        elif isinstance(event, OpenMappings):
+            opened = self.mappings.open(event.probes, event.endpoint)
+            log.debug("birthday probing towards %s:%d from %d sockets", *event.endpoint, opened)
+            self.loop.call_later(event.seconds, self._prune_mappings)
+
+    # ---- hard NATs ------------------------------------------------------------------
+
+    async def _sample_port(self, peer_key: bytes) -> None:
+        """A STUN sample from a new socket: the port our NAT gave its newest mapping."""
+        sample = None
+        try:
+            result = await stun_binding(await self._stun_server(), local=(self.config.listen.address, 0),
+                                        timeout=SAMPLE_TIMEOUT)
+            sample = Endpoint(*result.mapped)
+        except (OSError, asyncio.TimeoutError, ValueError) as exc:
+            log.info("no port sample: %s", exc or type(exc).__name__)
+        self.core.port_sampled(peer_key, sample, self.loop.time())
+        self._after_core()
+        self._tasks = [task for task in self._tasks if not task.done()]
+
+    def _on_mapping_datagram(self, sid: int, data: bytes, src: Endpoint) -> None:
+        """A datagram on a birthday socket: transport to the data path, the rest to the core."""
+        if len(data) < 2 or is_stun(data):
+            return
+        if data[1] in _TRANSPORT:
+            self._inbound([(data, src)])
+        else:
+            self.core.datagram_received(data, src, self.loop.time(), via=sid)
+            self._after_core()
+
+    def _prune_mappings(self) -> None:
+        """Close the birthday sockets no path uses, and forget their pins."""
+        routes = {peer.route.endpoint for peer in self.core.peers if peer.route is not None}
+        pinned = self.core.socket_for
+        for endpoint in [e for e in pinned if e not in routes]:
+            del pinned[endpoint]
+        self.mappings.keep_only(set(pinned.values()))
 
     def _configure_tun(self, event: Registered) -> None:
         prefix = ipaddress.ip_network(event.network).prefixlen
@@ -309,6 +363,7 @@ class NodeDaemon:
             auth_key=self.config.coord.auth_key or None,
             os=platform.system().lower() or None,
             public_endpoint=self.public_endpoint,
+            nat=self.nat,
         )
 
     def _on_coord_message(self, msg: m.Message) -> None:
@@ -343,18 +398,37 @@ class NodeDaemon:
         while True:
             public = await self._stun_mapping()
             local = self._local_endpoints()
-            if public != self.public_endpoint or local != self.local:
-                self.public_endpoint, self.local = public, local
-                log.info("endpoints: public %s, local %s", public or "-", ", ".join(map(str, local)) or "-")
-                self.link.send(m.Endpoints(local=local, public=public))
+            nat = await self._nat_profile()
+            if public != self.public_endpoint or local != self.local or nat != self.nat:
+                self.public_endpoint, self.local, self.nat = public, local, nat
+                log.info("endpoints: public %s, local %s, nat %s", public or "-", ", ".join(map(str, local)) or "-",
+                         "-" if nat is None else f"{'independent' if nat.endpoint_independent else 'dependent'} "
+                                                 f"mapping, {nat.allocation} ports")
+                self.link.send(m.Endpoints(local=local, public=public, nat=nat))
+            self._prune_mappings()
             await asyncio.sleep(ENDPOINT_REFRESH)
 
-    async def _stun_mapping(self) -> Optional[m.Endpoint]:
-        coord = self.config.coord
+    async def _nat_profile(self) -> Optional[m.NatInfo]:
+        """Our NAT's mapping and port allocation from a few fresh-socket STUN samples (netcheck's)."""
         try:
-            infos = await self.loop.getaddrinfo(coord.address.host, coord.stun_port, family=self.sock.family,
-                                                type=socket.SOCK_DGRAM)
-            result = await asyncio.wait_for(self.stun.query(infos[0][4][:2]), 5.0)
+            server = await self._stun_server()
+        except (OSError, ValueError):
+            return self.nat
+        profile = nat_profile(verdict(await gather_profile(server, self.config.listen.address)))
+        if profile is None:
+            return self.nat
+        self.core.set_nat_profile(profile)
+        return nat_info(profile)
+
+    async def _stun_server(self) -> Endpoint:
+        coord = self.config.coord
+        infos = await self.loop.getaddrinfo(coord.address.host, coord.stun_port, family=self.sock.family,
+                                            type=socket.SOCK_DGRAM)
+        return Endpoint(*infos[0][4][:2])
+
+    async def _stun_mapping(self) -> Optional[m.Endpoint]:
+        try:
+            result = await asyncio.wait_for(self.stun.query(await self._stun_server()), 5.0)
         except (OSError, asyncio.TimeoutError, ValueError) as exc:
             log.info("no STUN mapping from the coord: %s", exc or type(exc).__name__)
             return self.public_endpoint

@@ -28,7 +28,7 @@ import os
 import socket
 from dataclasses import asdict, dataclass, field
 
-from meshvpn.node.prediction import Allocation
+from meshvpn.node.prediction import Allocation, NatProfile
 from meshvpn.stun import ChangeRequest, StunResult, is_stun
 from meshvpn.stunio import StunClient
 
@@ -222,6 +222,42 @@ async def gather(stun: Endpoint, relays: dict[str, Endpoint], bind: str = "0.0.0
     return obs
 
 
+async def gather_profile(stun: Endpoint, bind: str = "0.0.0.0") -> Observations:
+    """The cheap subset the daemon runs at start and on endpoint refresh: mapping and allocation."""
+    obs = Observations(local_ip=_route_source(stun[0]))
+    first = await _socket(bind)
+    try:
+        answer = await first.ask(stun)
+        if answer is None:
+            return obs
+        obs.mapped["A1P1"] = answer.mapped
+        if answer.other_address is not None:
+            far = await first.ask(answer.other_address)
+            if far is not None:
+                obs.mapped["A2P2"] = far.mapped
+    finally:
+        first.close()
+    await _samples(obs, stun, bind)
+    return obs
+
+
+def nat_profile(v: Verdict) -> NatProfile | None:
+    """What the path finder needs from a verdict; None when UDP does not work.
+
+    Without a second STUN address the mapping is unknown: port preservation (or no NAT)
+    is taken as endpoint-independent, anything else as endpoint-dependent.
+    """
+    if not v.udp:
+        return None
+    known = {PRESERVING, OFFSET, SEQUENTIAL, RANDOM}
+    allocation = Allocation(v.allocation) if v.allocation in known else Allocation.UNKNOWN
+    if not v.nat:
+        return NatProfile()
+    if v.mapping is None:
+        return NatProfile(allocation is PRESERVING, allocation)
+    return NatProfile(v.mapping == EIM, allocation)
+
+
 async def _mapping_and_filtering(obs: Observations, probe: _Probe, a1p1: Endpoint, a2p2: Endpoint, bind: str) -> None:
     crossed = {"A2P2": a2p2, "A2P1": (a2p2[0], a1p1[1]), "A1P2": (a1p1[0], a2p2[1])}
     fresh = await _socket(bind)
@@ -332,4 +368,5 @@ def main(args) -> int:
     return 0 if result.udp else 1
 
 
-__all__ = ["Observations", "Verdict", "allocation", "gather", "main", "mapping", "render", "verdict"]
+__all__ = ["Observations", "Verdict", "allocation", "gather", "gather_profile", "main", "mapping", "nat_profile", "render",
+           "verdict"]

@@ -1,0 +1,95 @@
+"""The extra UDP sockets of birthday probing: each opens one NAT mapping towards a peer.
+
+Behind a NAT that gives every new destination a random port, the peer can only find us if we
+hold many mappings towards it at once (`meshvpn.node.prediction`). The core says when
+(`OpenMappings`); this shell opens up to `limit` sockets, sends one probe from each, reads
+them for the window and then closes every one that no path uses. A socket whose mapping the
+peer hit stays: the core pinned the peer's endpoint to it (`NodeCore.socket_for`), so the
+peer's traffic keeps leaving from the mapping its NAT lets through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+from typing import Callable, Iterable
+
+from meshvpn.wire import Endpoint
+
+log = logging.getLogger("meshvpn.node")
+
+LIMIT = 256
+"""Extra sockets open at once, whatever the core asks."""
+READS = 16
+"""Datagrams read per readiness callback."""
+
+OnDatagram = Callable[[int, bytes, Endpoint], None]
+
+
+class MappingSockets:
+    """Extra sockets by id; `on_datagram(id, data, src)` gets everything they receive."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, bind_address: str, on_datagram: OnDatagram,
+                 limit: int = LIMIT) -> None:
+        self._loop = loop
+        self._bind = bind_address
+        self._on_datagram = on_datagram
+        self._limit = limit
+        self._ids = itertools.count(1)
+        self._socks: dict[int, socket.socket] = {}
+
+    def __len__(self) -> int:
+        return len(self._socks)
+
+    def open(self, probes: Iterable[bytes], endpoint: Endpoint) -> int:
+        """Send each probe to `endpoint` from a new socket; how many sockets were opened."""
+        opened = 0
+        for probe in probes:
+            if len(self._socks) >= self._limit:
+                break
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.bind((self._bind, 0))
+                sock.setblocking(False)
+                sock.sendto(probe, endpoint)
+            except OSError as exc:
+                sock.close()
+                log.info("birthday probing: %d sockets, then %s", opened, exc)
+                break
+            sid = next(self._ids)
+            self._socks[sid] = sock
+            self._loop.add_reader(sock.fileno(), self._readable, sid)
+            opened += 1
+        return opened
+
+    def sendto(self, sid: int, data: bytes, dst: Endpoint) -> bool:
+        """Send from extra socket `sid`; False if it is gone."""
+        sock = self._socks.get(sid)
+        if sock is None:
+            return False
+        try:
+            sock.sendto(data, dst)
+        except OSError:
+            pass
+        return True
+
+    def keep_only(self, in_use: set[int]) -> None:
+        """Close every socket not in `in_use`."""
+        for sid in [sid for sid in self._socks if sid not in in_use]:
+            sock = self._socks.pop(sid)
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def close(self) -> None:
+        self.keep_only(set())
+
+    def _readable(self, sid: int) -> None:
+        sock = self._socks.get(sid)
+        for _ in range(READS if sock is not None else 0):
+            try:
+                data, src = sock.recvfrom(65535)
+            except OSError:
+                return
+            self._on_datagram(sid, data, Endpoint(src[0], src[1]))

@@ -1,0 +1,277 @@
+"""The node's TURN allocations and TURN routes to peers, without I/O: one `TurnClient` per TURN server.
+
+The coordination server announces standard TURN servers with a REST API credential for each
+(``registered``, refreshed in ``relay_tokens``). The node allocates a relayed address on every
+one, reports those addresses (``turn_relayed``) and learns its peers' (``PeerInfo.turn_relayed``).
+
+Routing: a peer is reachable through TURN once the *home* allocation (the first ready one,
+in announced order) has a channel bound to the peer's first relayed address; every allocation
+permits and binds every peer's relayed addresses, so whatever allocation the peer sends from,
+its ChannelData reaches us. The core sees TURN as its relay path with a per-peer endpoint, the
+peer's relayed address (`routes`), and the shell turns datagrams for those endpoints into
+ChannelData to the TURN server:
+
+* out, per packet: one `outbound` lookup per batch, then `turn.frame` prepends the 4-byte
+  ChannelData header (the only per-packet work);
+* in, per packet: `unwrap` looks up the channel and writes the RELAY envelope (header and the
+  peer's key) in front of the data, so the data path treats it exactly like a message from a
+  meshvpn relay: authenticated, attributed to that peer, never taken for a direct path;
+* the core's replies to relayed messages go to the TURN server's endpoint inside a RELAY
+  envelope; `wrap` moves them onto the channel (or a Send indication) of the peer it names.
+
+Inputs take ``now`` (monotonic seconds). Outputs are pulled: `datagrams_to_send`,
+`received` (Data indications as RELAY envelopes), `next_event`, `routes_changed`,
+`relayed_changed` and `get_timer`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+from meshvpn import wire
+from meshvpn.coord import messages as m
+from meshvpn.turn import CHANNEL_HEADER, DataReceived, Event, TurnClient, TurnConfig
+from meshvpn.wire import Endpoint, MessageType
+
+_RELAY_HEADER = wire.header(MessageType.RELAY)
+_RELAY_PREFIX = wire.RELAY_PREFIX_LEN
+_RELAY_TYPE = bytes((MessageType.RELAY,))
+
+
+@dataclass
+class _Server:
+    """One announced TURN server and our allocation on it."""
+
+    info: m.TurnServer
+    endpoint: Endpoint
+    client: TurnClient
+
+
+class TurnLinks:
+    """Every TURN allocation of the node, the peers' relayed addresses and the routes they give."""
+
+    def __init__(self, random_bytes: Callable[[int], bytes], config: Optional[TurnConfig] = None) -> None:
+        self.servers: dict[str, _Server] = {}
+        self.by_endpoint: dict[Endpoint, _Server] = {}
+        self.routes: dict[bytes, Endpoint] = {}
+        """Peer key → the peer's relayed address, for peers the home allocation has a channel to."""
+        self.drops = 0
+        """ChannelData that named no bound channel or was malformed."""
+        self._random_bytes = random_bytes
+        self._config = config
+        self._peer_relayed: dict[bytes, tuple[Endpoint, ...]] = {}
+        self._key_of_relayed: dict[Endpoint, bytes] = {}
+        self._outbound: dict[Endpoint, tuple[Endpoint, int]] = {}
+        self._datagrams: list[tuple[Endpoint, bytes]] = []
+        self._received: list[tuple[bytes, Endpoint]] = []
+        self._events: list[tuple[str, Event]] = []
+        self._relayed: tuple[m.Endpoint, ...] = ()
+        self._routes_changed = False
+        self._relayed_changed = False
+
+    # ---- inputs ---------------------------------------------------------------------
+
+    def coord_message(self, msg: m.Message, now: float) -> None:
+        """Watch coord messages for TURN servers, credentials and peers' relayed addresses."""
+        if isinstance(msg, m.Registered):
+            self._peer_relayed.clear()
+            self._configure(msg.turn or (), now)
+        elif isinstance(msg, m.RelayTokens):
+            for info in msg.turn or ():
+                server = self.servers.get(info.name)
+                if server is not None:
+                    server.info = info
+                    server.client.set_credentials(info.username, info.password)
+        elif isinstance(msg, m.PeerMap):
+            for info in msg.peers:
+                self._set_peer(info)
+        elif isinstance(msg, m.PeerUpdate):
+            self._set_peer(msg.peer)
+        elif isinstance(msg, m.PeerRemove):
+            self._peer_relayed.pop(msg.key, None)
+        else:
+            return
+        self._update(now)
+
+    def receive(self, data: bytes, src: Endpoint, now: float) -> bool:
+        """A STUN datagram; False when `src` is no TURN server of ours."""
+        server = self.by_endpoint.get(src)
+        if server is None:
+            return False
+        server.client.receive(data, now)
+        self._update(now)
+        return True
+
+    def handle_timer(self, now: float) -> None:
+        for server in self.servers.values():
+            server.client.handle_timer(now)
+        self._update(now)
+
+    def close(self, now: float) -> None:
+        """Give every allocation back."""
+        for server in self.servers.values():
+            server.client.close(now)
+        self._collect()
+
+    # ---- the data path --------------------------------------------------------------
+
+    def outbound(self, dst: Endpoint) -> Optional[tuple[Endpoint, int]]:
+        """(TURN server, channel) for datagrams to `dst` when it is a peer's relayed address."""
+        return self._outbound.get(dst)
+
+    def unwrap(self, data: bytes | memoryview, src: Endpoint) -> Optional[bytes]:
+        """ChannelData from a TURN server as the RELAY envelope the data path expects, or None."""
+        server = self.by_endpoint.get(src)
+        if server is None or len(data) < CHANNEL_HEADER.size:
+            self.drops += 1
+            return None
+        channel, length = CHANNEL_HEADER.unpack_from(data)
+        key = self._key_of_relayed.get(server.client.peer_of_channel.get(channel))
+        if key is None or CHANNEL_HEADER.size + length > len(data):
+            self.drops += 1
+            return None
+        return _RELAY_HEADER + key + data[CHANNEL_HEADER.size:CHANNEL_HEADER.size + length]
+
+    def wrap(self, data: bytes, dst: Endpoint) -> Optional[tuple[Endpoint, bytes]]:
+        """(TURN server, datagram) for a message the core sends to `dst`; None if `dst` is not TURN's.
+
+        `dst` is a peer's relayed address (a TURN route), or a TURN server's endpoint with a RELAY
+        envelope naming the peer (a reply to a message that came through TURN).
+        """
+        server = self.by_endpoint.get(dst)
+        if server is not None:
+            relayed = self._peer_relayed.get(bytes(data[4:_RELAY_PREFIX])) if data[1:2] == _RELAY_TYPE else None
+            if not relayed or not server.client.ready:
+                return None
+            return server.endpoint, server.client.send(relayed[0], data[_RELAY_PREFIX:])
+        route = self._outbound.get(dst)
+        if route is None:
+            return None
+        home = self.by_endpoint[route[0]]
+        return home.endpoint, home.client.send(dst, data)
+
+    # ---- outputs --------------------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[tuple[Endpoint, bytes]]:
+        out, self._datagrams = self._datagrams, []
+        return out
+
+    def received(self) -> list[tuple[bytes, Endpoint]]:
+        """Data indications from peers, as RELAY envelopes from the TURN server's endpoint."""
+        out, self._received = self._received, []
+        return out
+
+    def events(self) -> list[tuple[str, Event]]:
+        """(server name, event) for the log: allocations made and lost, channels bound."""
+        out, self._events = self._events, []
+        return out
+
+    def routes_changed(self) -> bool:
+        changed, self._routes_changed = self._routes_changed, False
+        return changed
+
+    def relayed_changed(self) -> bool:
+        changed, self._relayed_changed = self._relayed_changed, False
+        return changed
+
+    @property
+    def relayed(self) -> tuple[m.Endpoint, ...]:
+        """Our relayed addresses, for the coord's ``turn_relayed``."""
+        return self._relayed
+
+    def get_timer(self) -> Optional[float]:
+        timers = (server.client.get_timer() for server in self.servers.values())
+        return min((t for t in timers if t is not None), default=None)
+
+    def status(self) -> list[dict]:
+        return [
+            {
+                "name": name,
+                "kind": "turn",
+                "address": str(m.Endpoint(*server.endpoint)),
+                "ready": server.client.ready,
+                "state": server.client.state.value,
+                "relayed": None if server.client.relayed is None else str(m.Endpoint(*server.client.relayed)),
+                "channels": len(server.client.peer_of_channel),
+                "failure": server.client.failure,
+            }
+            for name, server in self.servers.items()
+        ]
+
+    # ---- internals ------------------------------------------------------------------
+
+    def _configure(self, servers: Iterable[m.TurnServer], now: float) -> None:
+        wanted = {info.name: info for info in servers}
+        for name in list(self.servers):
+            info = wanted.get(name)
+            server = self.servers[name]
+            if info is None or (info.host, info.port) != (server.info.host, server.info.port):
+                server.client.close(now)
+                self._collect_one(name, server)
+                del self.servers[name]
+                del self.by_endpoint[server.endpoint]
+        for name, info in wanted.items():
+            server = self.servers.get(name)
+            if server is not None:
+                server.info = info
+                server.client.set_credentials(info.username, info.password)
+                continue
+            endpoint = Endpoint(ipaddress.ip_address(info.host).compressed, info.port)
+            client = TurnClient(info.username, info.password, self._random_bytes, self._config)
+            server = self.servers[name] = _Server(info, endpoint, client)
+            self.by_endpoint[endpoint] = server
+            client.allocate(now)
+
+    def _set_peer(self, info: m.PeerInfo) -> None:
+        relayed = tuple(Endpoint(e.host, e.port) for e in info.turn_relayed or ()) if info.online else ()
+        if relayed:
+            self._peer_relayed[info.key] = relayed
+        else:
+            self._peer_relayed.pop(info.key, None)
+
+    def _update(self, now: float) -> None:
+        """Give every allocation the peers' addresses, then recompute routes and our relayed addresses."""
+        ours = {server.client.relayed for server in self.servers.values()}
+        self._key_of_relayed = {
+            address: key for key, addresses in self._peer_relayed.items() for address in addresses
+            if address not in ours
+        }
+        peers = list(self._key_of_relayed)
+        for server in self.servers.values():
+            server.client.set_peers(peers, now)
+        self._collect()
+        home = next((server for server in self.servers.values() if server.client.ready), None)
+        routes: dict[bytes, Endpoint] = {}
+        outbound: dict[Endpoint, tuple[Endpoint, int]] = {}
+        for key, addresses in self._peer_relayed.items():
+            channel = None if home is None else home.client.channel(addresses[0])
+            if channel is not None and addresses[0] in self._key_of_relayed:
+                routes[key] = addresses[0]
+                outbound[addresses[0]] = (home.endpoint, channel)
+        self._outbound = outbound
+        if routes != self.routes:
+            self.routes = routes
+            self._routes_changed = True
+        relayed = tuple(m.Endpoint(*server.client.relayed) for server in self.servers.values()
+                        if server.client.relayed is not None)
+        if relayed != self._relayed:
+            self._relayed = relayed
+            self._relayed_changed = True
+
+    def _collect(self) -> None:
+        for name, server in self.servers.items():
+            self._collect_one(name, server)
+
+    def _collect_one(self, name: str, server: _Server) -> None:
+        client = server.client
+        for data in client.datagrams_to_send():
+            self._datagrams.append((server.endpoint, data))
+        while (event := client.next_event()) is not None:
+            if isinstance(event, DataReceived):
+                key = self._key_of_relayed.get(Endpoint(*event.peer))
+                if key is not None:
+                    self._received.append((_RELAY_HEADER + key + event.data, server.endpoint))
+            else:
+                self._events.append((name, event))

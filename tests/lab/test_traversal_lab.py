@@ -1,0 +1,133 @@
+"""Hard-NAT traversal through the real daemon, one script per NAT pairing.
+
+Every test builds the same world: a coord (with STUN) at 203.0.113.10, a relay at
+203.0.113.20, and two sites `a` and `b` with one node each behind the NATs under test
+(`meshvpn.lab.nat.NatKind`). The nodes learn their own NAT's port behaviour from STUN
+samples, report it, and the pair must reach the path kind the pairing allows: direct where
+prediction or birthday probing gets through, the relay where nothing can.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from meshvpn.lab import NatKind, Topology
+from meshvpn.lab.mesh import Mesh, wait_for
+from meshvpn.lab.usernat import background_traffic
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(90)]
+
+COORD_ADDR = "203.0.113.10"
+RELAY_ADDR = "203.0.113.20"
+BACKGROUND_RATE = 2.0
+"""New flows per second from a second LAN host: a moderate load on a sequential NAT."""
+DIRECT = ("direct",)
+
+
+def build(topo: Topology, workdir: Path, nat_a, nat_b, hosts_a: int = 1, hosts_b: int = 1) -> Mesh:
+    topo.add_server("relay", addrs=[RELAY_ADDR])
+    topo.add_site("a", nat=nat_a, hosts=hosts_a)
+    topo.add_site("b", nat=nat_b, hosts=hosts_b)
+    mesh = Mesh(workdir, topo.host("coord"), COORD_ADDR)
+    mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR)
+    mesh.start_coord()
+    key, _ = mesh.create_auth_key()
+    for name in ("a1", "b1"):
+        mesh.start_node(name, topo.host(name), key)
+    mesh.wait_registered()
+    wait_for(lambda: all(mesh.peer(n, o).get("online") for n, o in (("a1", "b1"), ("b1", "a1"))), 10, "peers online")
+    wait_for(lambda: "nat" in (mesh.dir / "a1.log").read_text() and "nat" in (mesh.dir / "b1.log").read_text(), 10,
+             "both nodes to sample their NATs")
+    return mesh
+
+
+@pytest.fixture
+def world(topo: Topology, tmp_path: Path):
+    meshes: list[Mesh] = []
+
+    def make(nat_a, nat_b, **hosts) -> Mesh:
+        meshes.append(build(topo, tmp_path, nat_a, nat_b, **hosts))
+        return meshes[-1]
+
+    try:
+        yield make
+    except BaseException:
+        for mesh in meshes:
+            print(mesh.logs())
+        raise
+    finally:
+        for mesh in meshes:
+            mesh.stop_nodes()
+
+
+def both_direct(mesh: Mesh, timeout: float, kinds: tuple[str, ...] = DIRECT) -> bool:
+    found = mesh.wait_for_paths({("a1", "b1"): kinds, ("b1", "a1"): kinds}, timeout=timeout)
+    return len(found) == 2
+
+
+def test_sequential_side_with_background_traffic_goes_direct(world, topo: Topology) -> None:
+    mesh = world(NatKind.SEQUENTIAL, NatKind.PORT_PRESERVING, hosts_a=2)
+    background_traffic(topo.host("a2"), RELAY_ADDR, BACKGROUND_RATE, seconds=60)
+    assert both_direct(mesh, 20), mesh.logs()
+    assert mesh.peer("b1", "a1")["endpoint"].startswith(topo.addr("a") + ":")
+
+
+def test_both_sides_sequential_with_background_traffic_go_direct(world, topo: Topology) -> None:
+    mesh = world(NatKind.SEQUENTIAL, NatKind.SEQUENTIAL, hosts_a=2, hosts_b=2)
+    for site in ("a2", "b2"):
+        background_traffic(topo.host(site), RELAY_ADDR, BACKGROUND_RATE, seconds=60)
+    assert both_direct(mesh, 30), mesh.logs()
+
+
+def test_random_ports_against_port_preserving_goes_direct_by_birthday_probing(world) -> None:
+    mesh = world(NatKind.RANDOM_PORTS, NatKind.PORT_PRESERVING)
+    direct = both_direct(mesh, 15)
+    if not direct:
+        direct = both_direct(mesh, 15)
+    assert direct, "no birthday hit in two campaigns"
+    assert "birthday probing" in (mesh.dir / "a1.log").read_text()
+
+
+def test_two_random_port_sides_use_the_relay_within_the_deadline(world) -> None:
+    mesh = world(NatKind.RANDOM_PORTS, NatKind.RANDOM_PORTS)
+    started = time.monotonic()
+    assert mesh.wait_for_paths({("a1", "b1"): ("relay",)}, timeout=10)
+    assert time.monotonic() - started < 2.0 + 1.5
+
+
+def test_port_range_nats_go_direct(world) -> None:
+    mesh = world(NatKind.PORT_RANGE, NatKind.PORT_PRESERVING)
+    assert both_direct(mesh, 15)
+
+
+@pytest.mark.parametrize("kind", [NatKind.ADDRESS_DEPENDENT, NatKind.RESTRICTED_CONE], ids=lambda k: k.name)
+def test_address_dependent_and_restricted_cone_go_direct(world, kind) -> None:
+    mesh = world(kind, kind)
+    assert both_direct(mesh, 20)
+
+
+def test_carrier_grade_nat_goes_direct_through_two_port_preserving_layers(world, topo: Topology) -> None:
+    topo.add_site("isp", nat=NatKind.PORT_PRESERVING, hosts=0)
+    mesh = world(NatKind.PORT_PRESERVING, NatKind.PORT_PRESERVING)
+    assert both_direct(mesh, 15)
+
+
+@pytest.mark.parametrize("hairpin", [True, False])
+def test_neighbours_behind_one_nat_use_the_lan_with_or_without_hairpinning(topo: Topology, tmp_path: Path,
+                                                                           hairpin: bool) -> None:
+    topo.add_site("d", hosts=2, nat=NatKind.FULL_CONE.with_hairpin(hairpin))
+    mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR)
+    mesh.start_coord()
+    key, _ = mesh.create_auth_key()
+    try:
+        for name in ("d1", "d2"):
+            mesh.start_node(name, topo.host(name), key)
+        mesh.wait_registered()
+        found = mesh.wait_for_paths({("d1", "d2"): ("lan",), ("d2", "d1"): ("lan",)}, timeout=15)
+        assert len(found) == 2, mesh.logs()
+        assert mesh.peer("d1", "d2")["endpoint"].startswith(topo.addr("d2") + ":")
+    finally:
+        mesh.stop_nodes()

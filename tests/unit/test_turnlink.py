@@ -1,0 +1,117 @@
+"""The node's TURN links (meshvpn.node.turnlink): coord messages in, routes, framing and envelopes out.
+
+The TURN server is scripted as in test_turn.py: 401 to the first Allocate, then success.
+"""
+
+import itertools
+
+from meshvpn import wire
+from meshvpn.coord import messages as m
+from meshvpn.node.turnlink import TurnLinks
+from meshvpn.stun_codec import Attr, ErrorCode, StunClass, StunMessage, StunMethod, decode, encode, long_term_key
+from meshvpn.turn import AllocationReady, ChannelBound, decode_channel_data
+from meshvpn.wire import Endpoint, MessageType
+
+SERVER = Endpoint("203.0.113.30", 3478)
+OURS = Endpoint("203.0.113.30", 50001)
+THEIRS = Endpoint("203.0.113.30", 50002)
+PEER_KEY = bytes(range(32))
+REALM = "meshvpn"
+
+
+def turn_server(username="100:me", password="pw"):
+    return m.TurnServer("turn-1", SERVER.host, SERVER.port, username, password, 100.0)
+
+
+def registered(*servers):
+    return m.Registered(node_key=bytes(32), name="me", address="100.64.0.1",
+                        network=m.NetworkInfo("home", "100.64.0.0/24"), turn=servers)
+
+
+def peer(online=True, relayed=(THEIRS,)):
+    return m.PeerInfo(key=PEER_KEY, name="b", address="100.64.0.2", online=online,
+                      turn_relayed=tuple(m.Endpoint(*e) for e in relayed))
+
+
+def answer(link: TurnLinks, now: float, password="pw", username="100:me", **success) -> list:
+    """Answer every request the link sent: 401 to unsigned ones, success to signed ones."""
+    key = long_term_key(username, REALM, password)
+    methods = []
+    for dst, data in link.datagrams_to_send():
+        assert dst == SERVER
+        msg = decode(data)
+        methods.append(msg.method)
+        if Attr.MESSAGE_INTEGRITY not in msg.attributes:
+            attrs = {Attr.ERROR_CODE: ErrorCode(401, "Unauthorized"), Attr.REALM: REALM, Attr.NONCE: "n"}
+            reply = encode(StunMessage(msg.method, StunClass.ERROR, msg.transaction_id, attrs))
+        else:
+            assert msg.attributes[Attr.USERNAME] == username
+            attrs = {Attr.XOR_RELAYED_ADDRESS: OURS, Attr.LIFETIME: 600} if msg.method == StunMethod.ALLOCATE else {}
+            reply = encode(StunMessage(msg.method, StunClass.SUCCESS, msg.transaction_id, attrs), key=key)
+        assert link.receive(reply, SERVER, now)
+    return methods
+
+
+def linked() -> TurnLinks:
+    counter = itertools.count(1)
+    link = TurnLinks(lambda n: next(counter).to_bytes(n, "big"))
+    link.coord_message(registered(turn_server()), 0.0)
+    answer(link, 0.0)
+    answer(link, 0.0)
+    link.coord_message(m.PeerMap((peer(),)), 1.0)
+    assert answer(link, 1.0) == [StunMethod.CREATE_PERMISSION, StunMethod.CHANNEL_BIND]
+    return link
+
+
+def test_allocates_reports_its_relayed_address_and_routes_a_peer_once_its_channel_is_bound():
+    link = linked()
+    assert link.relayed == (m.Endpoint(*OURS),) and link.relayed_changed() and not link.relayed_changed()
+    assert link.routes == {PEER_KEY: THEIRS} and link.routes_changed()
+    assert link.outbound(THEIRS) == (SERVER, 0x4000) and link.outbound(OURS) is None
+    assert [type(e) for _, e in link.events()] == [AllocationReady, ChannelBound]
+    assert link.status()[0] | {"failure": None} == {
+        "name": "turn-1", "kind": "turn", "address": "203.0.113.30:3478", "ready": True, "state": "ready",
+        "relayed": "203.0.113.30:50001", "channels": 1, "failure": None,
+    }  # fmt: skip
+
+
+def test_channel_data_in_becomes_a_relay_envelope_from_the_peer():
+    link = linked()
+    inner = wire.header(MessageType.DATA) + b"sealed"
+    assert link.unwrap(b"\x40\x00\x00\x0a" + inner + b"\x00\x00", SERVER) == wire.header(MessageType.RELAY) + PEER_KEY + inner
+    assert link.unwrap(b"\x40\x01\x00\x00", SERVER) is None
+    assert link.unwrap(b"\x40\x00\x00\x0b" + inner, SERVER) is None
+    assert link.unwrap(b"\x40\x00\x00\x0a" + inner, Endpoint("192.0.2.1", 3478)) is None
+    assert link.drops == 3
+
+
+def test_core_messages_to_the_route_or_replies_in_an_envelope_leave_as_channel_data():
+    link = linked()
+    assert link.wrap(b"probe", THEIRS) == (SERVER, b"\x40\x00\x00\x05probe")
+    envelope = wire.header(MessageType.RELAY) + PEER_KEY + b"reply"
+    server, datagram = link.wrap(envelope, SERVER)
+    assert server == SERVER and decode_channel_data(datagram) == (0x4000, b"reply")
+    assert link.wrap(b"probe", Endpoint("192.0.2.1", 1)) is None
+
+
+def test_the_peer_going_offline_or_away_removes_its_route():
+    link = linked()
+    link.routes_changed()
+    link.coord_message(m.PeerUpdate(peer(online=False)), 2.0)
+    assert link.routes == {} and link.routes_changed()
+    link.coord_message(m.PeerUpdate(peer()), 3.0)
+    bind = [decode(data) for _, data in link.datagrams_to_send()][-1]
+    assert bind.attributes[Attr.CHANNEL_NUMBER] == 0x4000, "a returning peer keeps its channel number"
+    link.receive(encode(StunMessage(bind.method, StunClass.SUCCESS, bind.transaction_id),
+                        key=long_term_key("100:me", REALM, "pw")), SERVER, 3.0)
+    assert link.routes == {PEER_KEY: THEIRS}
+    link.coord_message(m.PeerRemove(PEER_KEY), 4.0)
+    assert link.routes == {} and link.unwrap(b"\x40\x00\x00\x00", SERVER) is None
+
+
+def test_fresh_credentials_sign_the_next_request():
+    link = linked()
+    fresh = turn_server(username="700:me", password="pw2")
+    link.coord_message(m.RelayTokens((), turn=(fresh,)), 10.0)
+    link.handle_timer(241.0)
+    assert answer(link, 241.0, password="pw2", username="700:me") == [StunMethod.CREATE_PERMISSION]
