@@ -29,7 +29,7 @@ from meshvpn.localsock import ControlServer
 from meshvpn.metrics import MetricsEndpoint, node_families, start_metrics
 from meshvpn.node.coordlink import CoordLink
 from meshvpn.node.core import CoordRefused, CoreConfig, NodeCore, PeerDown, PeerPathChanged, PeerUp, PingReply, Registered
-from meshvpn.node.dataplane import DataPlane
+from meshvpn.node.dataplane import DataPlane, SendBuffer
 from meshvpn.node.endpoints import local_endpoints
 from meshvpn.node.mappings import MappingSockets
 from meshvpn.node.netcheck import gather_profile, nat_profile, verdict
@@ -37,9 +37,10 @@ from meshvpn.node.pathfinder import PathFinderConfig
 from meshvpn.node.relayclient import RelayClient
 from meshvpn.node.relays import RelaySet
 from meshvpn.node.tun import TunDevice
-from meshvpn.node.udpio import BatchUdpSocket
+from meshvpn.node.udpio import MAX_GSO_BYTES, MAX_SEGMENTS, BatchUdpSocket
 from meshvpn.reload import Reloader
 from meshvpn.service import Notifier, serve_until_stopped, setup_logging
+from meshvpn.session import OVERHEAD
 from meshvpn.stun import is_stun
 from meshvpn.node.traversal import OpenMappings, SampleWanted, nat_info
 from meshvpn.stunio import StunClient, stun_binding
@@ -83,7 +84,8 @@ class NodeDaemon:
             keepalive=config.paths.keepalive, relay_after=config.paths.relay_after, path_timeout=config.paths.path_timeout
         )
         self.core = NodeCore(private_key, os.urandom, CoreConfig(paths=paths, wall_offset=time.time() - self.loop.time()))
-        self.data = DataPlane(self.core)
+        self.data = DataPlane(self.core, self._own_datagram)
+        self._sends = SendBuffer(self._send_run, MAX_SEGMENTS, MAX_GSO_BYTES)
         self.tun: Optional[TunDevice] = None
         self.sock: Optional[socket.socket] = None
         self.udp: Optional[BatchUdpSocket] = None
@@ -113,6 +115,7 @@ class NodeDaemon:
         cfg = self.config
         self.tun = TunDevice.open(cfg.tun.name, cfg.tun.mtu)
         try:
+            self._cap_tun_gso()
             self.tun.up()
             self._bind()
             self.relays = RelayClient(
@@ -177,71 +180,71 @@ class NodeDaemon:
 
     # ---- data path ------------------------------------------------------------------
 
+    def _cap_tun_gso(self) -> None:
+        """Keep the kernel's TSO super-packets within one GSO send: one sendmsg per TUN read."""
+        if self.tun.offload:
+            mtu = self.config.tun.mtu
+            per_send = min(MAX_SEGMENTS, MAX_GSO_BYTES // (mtu + OVERHEAD))
+            self.tun.set_gso_max_size(per_send * (mtu - 40))
+
     def _on_tun(self) -> None:
-        packets: list[bytes] = []
-        tun = self.tun
+        """Seal what the TUN has straight from its read buffer into GSO runs; no per-packet objects."""
+        tun, data, sends = self.tun, self.data, self._sends
+        now = self.loop.time()
         try:
             for _ in range(BATCH):
-                packets += tun.read_batch()
+                data.seal_packets(tun.buffer, tun.read_segments(), now, sends)
         except BlockingIOError:
             pass
         except OSError as exc:
             log.warning("tun read failed: %s", exc)
-        now = self.loop.time()
-        for dst, messages in self.data.outbound(packets, now).items():
-            self._send_group(dst, messages)
+        sends.flush()
         self._after_data()
 
-    def _send_group(self, dst: Endpoint, messages: list[bytes]) -> None:
-        """GSO needs equal sizes (the last may be shorter): send each such run as one batch."""
+    def _send_run(self, dst: Endpoint, run: memoryview, seg_size: int) -> None:
+        """One run of sealed messages (``seg_size`` each, the last may be shorter): one GSO send."""
         relay_stream = self.relays.tcp_link(dst)
-        if relay_stream is not None:
-            relay_stream.send(messages)
-            return
         pinned = self.core.socket_for
-        if pinned and dst in pinned:
-            for message in messages:
-                self.mappings.sendto(pinned[dst], message, dst)
+        if relay_stream is not None or (pinned and dst in pinned):
+            messages = [bytes(run[first : first + seg_size]) for first in range(0, len(run), seg_size)]
+            if relay_stream is not None:
+                relay_stream.send(messages)
+            else:
+                for message in messages:
+                    self.mappings.sendto(pinned[dst], message, dst)
             return
-        udp = self.udp
-        start = 0
-        count = len(messages)
-        while start < count:
-            size = len(messages[start])
-            end = start + 1
-            while end < count and len(messages[end]) == size:
-                end += 1
-            if end < count and len(messages[end]) < size:
-                end += 1
-            udp.send_batch(dst, messages[start:end], size)
-            start = end
+        self.udp.send_contiguous(dst, run, seg_size)
 
     def _on_udp(self) -> None:
-        datagrams: list[tuple[bytes, Endpoint]] = []
-        udp = self.udp
+        """Open each GRO receive in the socket's buffer and write it to the TUN before the next receive."""
+        udp, data, tun = self.udp, self.data, self.tun
+        buf = udp.buffer
+        now = self.loop.time()
         try:
             for _ in range(BATCH):
-                source, views = udp.recv_batch()
-                src = Endpoint(source[0], source[1])
-                for view in views:
-                    data = bytes(view)
-                    if is_stun(data):
-                        self.stun.datagram_received(data, source)
-                    elif data[1:2] == _HELLO_ACK and self.relays.datagram_received(data, src):
-                        pass
-                    else:
-                        datagrams.append((data, src))
+                source, nbytes, seg_size = udp.recv_into()
+                to_tun: list[memoryview] = []
+                data.open_datagrams(buf, nbytes, seg_size, Endpoint(source[0], source[1]), now, to_tun)
+                if to_tun:
+                    tun.write_packets(to_tun)
         except BlockingIOError:
             pass
         except OSError:
             pass
-        self._inbound(datagrams)
+        self._after_data()
+
+    def _own_datagram(self, data: bytes, src: Endpoint) -> bool:
+        """STUN answers and relay hello acks, which the shell's clients own; True if one took it."""
+        if is_stun(data):
+            self.stun.datagram_received(data, src)
+            return True
+        return data[1:2] == _HELLO_ACK and self.relays.datagram_received(data, src)
 
     def _inbound(self, datagrams: list[tuple[bytes, Endpoint]]) -> None:
-        """Messages from the UDP socket or a relay's TCP stream, into the data path."""
-        to_tun = self.data.inbound(datagrams, self.loop.time())
+        """Messages from a relay's TCP stream or a side socket, into the data path."""
+        to_tun = self.data.open_messages(datagrams, self.loop.time())
         if to_tun:
-            self.tun.write_packets([memoryview(bytearray(packet)) for packet in to_tun])
+            self.tun.write_packets(to_tun)
         self._after_data()
 
     def _after_data(self) -> None:

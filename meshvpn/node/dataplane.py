@@ -1,114 +1,232 @@
 """The hot loop: IP packets from the TUN to sealed datagrams, and transport datagrams back.
 
 Per packet, outbound: destination overlay address (4 or 16 raw bytes) → peer (one dict
-lookup) → its current session → seal → the peer's route, grouped by UDP destination so
-the shell can send each group as one batch.  Inbound: DATA/KEEPALIVE → peer by receiver
-index (one dict lookup) → open → the inner source address must be the peer's own
-overlay address (else dropped as "spoofed") → TUN.  Everything else goes to the core.
+lookup, skipped while the destination repeats, as it does for every segment of a TSO
+super-packet) → its current session → ``seal_into`` a :class:`SendBuffer`, which lays the
+messages of one UDP destination back to back so the shell sends each run with one GSO
+``sendmsg``.  Inbound: each datagram of a GRO receive, in the receive buffer itself:
+DATA/KEEPALIVE (bare or in a relay envelope) → peer by receiver index (one dict lookup) →
+``open_into`` in place → the inner source address must be the peer's own overlay address
+(else dropped as "spoofed") → a view of the plaintext for the TUN's coalescing write.
+Everything else is copied out and goes to the shell's hook, then to the core.
 
-Rules: no logging, no exceptions out of the loop, no asyncio objects, one copy per
-packet (the seal).  Drops are counted by reason, per peer when the peer is known.
+Rules: no logging, no exceptions out of the loop, no asyncio objects, no per-packet copies
+besides the AEAD's own output.  Drops are counted by reason, per peer when the peer is known.
 Liveness costs two attribute writes: the core reads ``last_rx``/``last_rx_src`` on its
-timer.  Sans-IO: the shell does the reads and writes, so simulations use the same code.
+timer.  Sans-IO: the shell does the reads and writes, so simulations use the same code
+through the bytes-in, bytes-out :meth:`DataPlane.outbound` and :meth:`DataPlane.inbound`.
 """
 
 from __future__ import annotations
 
+import math
+import struct
 from collections import Counter
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from meshvpn import wire
 from meshvpn.errors import MeshError
 from meshvpn.node.core import NodeCore
 from meshvpn.node.peers import Peer
+from meshvpn.session import OVERHEAD
 from meshvpn.wire import Endpoint
 
 _DATA = wire.MessageType.DATA
 _KEEPALIVE = wire.MessageType.KEEPALIVE
 _RELAY = wire.MessageType.RELAY
 _VERSION = wire.VERSION
-_MIN_TRANSPORT = wire.KEEPALIVE_LEN
+_HEADER_LEN = wire.TRANSPORT_HEADER_LEN
 _RELAY_INNER = wire.RELAY_PREFIX_LEN
 _IPV4_MIN = 20
 _IPV6_MIN = 40
+_unpack_index = struct.Struct("<I").unpack_from
+SEND_BUFFER = 2 * 65536 + 256
+"""Room for one open run (at most one GSO send) plus the largest message that may join it."""
+
+SendRun = Callable[[Endpoint, memoryview, int], None]
+"""send(endpoint, data, seg_size): ``data`` holds messages of ``seg_size`` back to back (the last may be shorter)."""
+OtherDatagram = Callable[[bytes, Endpoint], bool]
+"""The shell's hook for non-transport datagrams (STUN, relay acks): True when it took one."""
+
+
+class SendBuffer:
+    """Sealed messages for one UDP destination, back to back, in the shape one GSO send takes.
+
+    A run holds messages of one size for one endpoint; a shorter message may end it.  A
+    message that cannot join (another endpoint, a larger size) sends the run first, and a run
+    is sent as soon as it is closed or full (``max_segments``, ``max_bytes``), so the buffer
+    only ever holds one run and every send is a single ``sendmsg``.
+    """
+
+    __slots__ = ("out", "at", "endpoint", "seg_size", "count", "max_segments", "max_bytes", "_send", "_view")
+
+    def __init__(self, send: SendRun, max_segments: float = math.inf, max_bytes: float = math.inf,
+                 size: int = SEND_BUFFER) -> None:
+        self.out = bytearray(size)
+        """Where messages are sealed; the open run is ``out[:at]``."""
+        self.at = 0
+        self.endpoint: Optional[Endpoint] = None
+        """Destination of the open run."""
+        self.seg_size = 0
+        """Size of the open run's messages."""
+        self.count = 0
+        """Messages in the open run."""
+        self.max_segments = max_segments
+        self.max_bytes = max_bytes
+        self._send = send
+        self._view = memoryview(self.out)
+
+    def place(self, endpoint: Endpoint, size: int) -> int:
+        """Where a message of ``size`` bytes for ``endpoint`` goes; sends the open run if it cannot join."""
+        if self.count:
+            if size <= self.seg_size and (endpoint is self.endpoint or endpoint == self.endpoint) \
+                    and self.at + size <= len(self.out):
+                return self.at
+            self.flush()
+        self.endpoint = endpoint
+        self.seg_size = size
+        return 0
+
+    def added(self, size: int) -> None:
+        """The message placed last was written (``size`` bytes); send the run if that closed or filled it."""
+        self.count += 1
+        at = self.at = self.at + size
+        if size < self.seg_size or self.count >= self.max_segments or at + self.seg_size > self.max_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the open run, if any."""
+        if self.count:
+            self._send(self.endpoint, self._view[: self.at], self.seg_size)
+            self.at = self.count = 0
 
 
 class DataPlane:
     """Seals TUN packets for their peers and opens transport messages for the TUN."""
 
-    def __init__(self, core: NodeCore) -> None:
+    def __init__(self, core: NodeCore, other: Optional[OtherDatagram] = None) -> None:
         self.core = core
+        self.other = other
+        """Offered every non-transport datagram before the core gets it."""
         self.drops: Counter = Counter()
         """Packets dropped before a peer was known, by reason."""
         self.core_touched = False
         """Set when a batch handed anything to the core: the shell then re-arms its timer."""
 
-    def outbound(self, packets: Iterable[bytes], now: float) -> dict[Endpoint, list[bytes]]:
-        """Seal each TUN packet for its peer; the datagrams grouped by UDP destination."""
+    # ---- outbound -------------------------------------------------------------------
+
+    def seal_packets(self, src: bytearray, ranges: Iterable[tuple[int, int]], now: float, sends: SendBuffer) -> None:
+        """Seal each IP packet ``src[start:end]`` for its peer into ``sends`` (which sends full runs).
+
+        Ranges are used one at a time, so a range may be invalidated by taking the next (the
+        TUN's in-place split); packets the core must keep are copied.
+        """
         by_overlay = self.core.peers.by_overlay
-        groups: dict[Endpoint, list[bytes]] = {}
-        for packet in packets:
-            version = packet[0] >> 4 if packet else 0
-            if version == 4 and len(packet) >= _IPV4_MIN:
-                peer = by_overlay.get(packet[16:20])
-            elif version == 6 and len(packet) >= _IPV6_MIN:
-                peer = by_overlay.get(packet[24:40])
+        out = sends.out
+        last_dst = peer = None
+        for start, end in ranges:
+            length = end - start
+            version = src[start] >> 4 if length else 0
+            if version == 4 and length >= _IPV4_MIN:
+                dst = src[start + 16 : start + 20]
+            elif version == 6 and length >= _IPV6_MIN:
+                dst = src[start + 24 : start + 40]
             else:
                 self.drops["not ip"] += 1
                 continue
+            if dst != last_dst:
+                last_dst = dst
+                peer = by_overlay.get(bytes(dst))
             if peer is None:
                 self.drops["no peer"] += 1
                 continue
             session = peer.ring.current
             route = peer.route
             if session is None or route is None or now >= session.expires_at:
-                self.core_touched = True
-                self.core.packet_from_tun(peer, packet, now)
+                self._to_core(peer, bytes(src[start:end]), now)
                 continue
+            prefix = route.prefix
+            size = len(prefix) + OVERHEAD + length
+            at = sends.place(route.endpoint, size)
             try:
-                message = session.seal(packet)
+                if prefix:
+                    out[at : at + len(prefix)] = prefix
+                session.seal_into(out, at + len(prefix), src, start, end)
             except MeshError:
-                self.core_touched = True
-                self.core.packet_from_tun(peer, packet, now)
+                self._to_core(peer, bytes(src[start:end]), now)
                 continue
-            if route.prefix:
-                message = route.prefix + message
-            group = groups.get(route.endpoint)
-            if group is None:
-                groups[route.endpoint] = [message]
-            else:
-                group.append(message)
+            sends.added(size)
             counters = peer.counters
             counters.tx_packets += 1
-            counters.tx_bytes += len(packet)
+            counters.tx_bytes += length
             peer.last_tx = now
+
+    def _to_core(self, peer: Peer, packet: bytes, now: float) -> None:
+        """The core queues the packet and starts a handshake or path search."""
+        self.core_touched = True
+        self.core.packet_from_tun(peer, packet, now)
+
+    def outbound(self, packets: Iterable[bytes], now: float) -> dict[Endpoint, list[bytes]]:
+        """Seal each TUN packet for its peer; the datagrams grouped by UDP destination (bytes form)."""
+        groups: dict[Endpoint, list[bytes]] = {}
+
+        def collect(endpoint: Endpoint, data: memoryview, seg_size: int) -> None:
+            group = groups.setdefault(endpoint, [])
+            group += (bytes(data[first : first + seg_size]) for first in range(0, len(data), seg_size))
+
+        sends = SendBuffer(collect)
+        for packet in packets:
+            self.seal_packets(packet, ((0, len(packet)),), now, sends)
+        sends.flush()
         return groups
 
-    def inbound(self, datagrams: Iterable[tuple[bytes, Endpoint]], now: float) -> list[bytes]:
-        """Open transport messages into IP packets for the TUN; hand the rest to the core."""
-        to_tun: list[bytes] = []
-        for data, src in datagrams:
-            if len(data) >= _MIN_TRANSPORT and data[0] == _VERSION and (data[1] == _DATA or data[1] == _KEEPALIVE):
-                self._transport(data, src, now, None, to_tun)
-            elif len(data) >= _RELAY_INNER + _MIN_TRANSPORT and data[1] == _RELAY and (
-                data[_RELAY_INNER + 1] == _DATA or data[_RELAY_INNER + 1] == _KEEPALIVE
-            ):
-                self._transport(data[_RELAY_INNER:], src, now, data[4:_RELAY_INNER], to_tun)
-            else:
-                self.core_touched = True
-                self.core.datagram_received(data, src, now)
-        return to_tun
+    # ---- inbound --------------------------------------------------------------------
 
-    def _transport(self, data: bytes, src: Endpoint, now: float, relayed_from: Optional[bytes], to_tun: list) -> None:
-        peer: Optional[Peer] = self.core.peers.by_index.get(int.from_bytes(data[4:8], "little"))
+    def open_datagrams(self, buf: bytearray, nbytes: int, seg_size: int, src: Endpoint, now: float,
+                       to_tun: list[memoryview]) -> None:
+        """Open the datagrams in ``buf[:nbytes]`` (``seg_size`` each, the last may be shorter) in place.
+
+        Views of the plaintext IP packets are appended to ``to_tun``; they stay valid until
+        ``buf`` is written again.
+        """
+        if not nbytes:
+            self._other(b"", src, now)
+            return
+        view = memoryview(buf)
+        for at in range(0, nbytes, seg_size):
+            end = at + seg_size
+            if end > nbytes:
+                end = nbytes
+            kind = buf[at + 1] if end - at > 1 else -1
+            if kind == _DATA or kind == _KEEPALIVE:
+                if buf[at] == _VERSION and end - at >= OVERHEAD:
+                    self._open(buf, view, at, end, src, now, None, to_tun)
+                    continue
+            elif kind == _RELAY and end - at >= _RELAY_INNER + OVERHEAD:
+                inner = buf[at + _RELAY_INNER + 1]
+                if inner == _DATA or inner == _KEEPALIVE:
+                    self._open(buf, view, at + _RELAY_INNER, end, src, now, at + 4, to_tun)
+                    continue
+            self._other(bytes(buf[at:end]), src, now)
+
+    def _other(self, data: bytes, src: Endpoint, now: float) -> None:
+        if self.other is not None and self.other(data, src):
+            return
+        self.core_touched = True
+        self.core.datagram_received(data, src, now)
+
+    def _open(self, buf: bytearray, view: memoryview, at: int, end: int, src: Endpoint, now: float,
+              relayed_from: Optional[int], to_tun: list[memoryview]) -> None:
+        """Open one transport message at ``buf[at:end]``; ``relayed_from`` is where the envelope's key is."""
+        peer: Optional[Peer] = self.core.peers.by_index.get(_unpack_index(buf, at + 4)[0])
         if peer is None:
             self.drops["unknown index"] += 1
             return
-        if relayed_from is not None and relayed_from != peer.key:
+        if relayed_from is not None and buf[relayed_from : relayed_from + wire.KEY_LEN] != peer.key:
             peer.counters.drops["relayed under another key"] += 1
             return
-        plain = peer.ring.open(data)
-        if plain is None:
+        length = peer.ring.open_into(buf, at, end)
+        if length < 0:
             peer.counters.drops["failed to open"] += 1
             return
         if relayed_from is None:
@@ -117,13 +235,14 @@ class DataPlane:
         if peer.pending:
             self.core_touched = True
             self.core.flush(peer, now)
-        if not plain:
+        if not length:
             return
-        version = plain[0] >> 4
-        if version == 4:
-            source = plain[12:16]
-        elif version == 6:
-            source = plain[8:24]
+        body = at + _HEADER_LEN
+        version = buf[body] >> 4
+        if version == 4 and length >= _IPV4_MIN:
+            source = buf[body + 12 : body + 16]
+        elif version == 6 and length >= _IPV6_MIN:
+            source = buf[body + 8 : body + 24]
         else:
             source = b""
         if source != peer.overlay:
@@ -131,5 +250,20 @@ class DataPlane:
             return
         counters = peer.counters
         counters.rx_packets += 1
-        counters.rx_bytes += len(plain)
-        to_tun.append(plain)
+        counters.rx_bytes += length
+        to_tun.append(view[body : body + length])
+
+    def open_messages(self, datagrams: Iterable[tuple[bytes, Endpoint]], now: float) -> list[memoryview]:
+        """Open single datagrams (a relay's stream, a side socket), each copied into its own buffer.
+
+        The views are writable, as the TUN's coalescing write needs them.
+        """
+        to_tun: list[memoryview] = []
+        for data, src in datagrams:
+            buf = bytearray(data)
+            self.open_datagrams(buf, len(buf), len(buf) or 1, src, now, to_tun)
+        return to_tun
+
+    def inbound(self, datagrams: Iterable[tuple[bytes, Endpoint]], now: float) -> list[bytes]:
+        """Open transport messages into IP packets for the TUN; hand the rest on (bytes form)."""
+        return [bytes(packet) for packet in self.open_messages(datagrams, now)]
