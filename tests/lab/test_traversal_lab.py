@@ -27,9 +27,10 @@ BACKGROUND_RATE = 2.0
 DIRECT = ("direct",)
 
 
-def build(topo: Topology, workdir: Path, nat_a, nat_b, hosts_a: int = 1, hosts_b: int = 1) -> Mesh:
+def build(topo: Topology, workdir: Path, nat_a, nat_b, hosts_a: int = 1, hosts_b: int = 1,
+          behind_a: str | None = None) -> Mesh:
     topo.add_server("relay", addrs=[RELAY_ADDR])
-    topo.add_site("a", nat=nat_a, hosts=hosts_a)
+    topo.add_site("a", nat=nat_a, hosts=hosts_a, behind=behind_a)
     topo.add_site("b", nat=nat_b, hosts=hosts_b)
     mesh = Mesh(workdir, topo.host("coord"), COORD_ADDR)
     mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR)
@@ -48,8 +49,8 @@ def build(topo: Topology, workdir: Path, nat_a, nat_b, hosts_a: int = 1, hosts_b
 def world(topo: Topology, tmp_path: Path):
     meshes: list[Mesh] = []
 
-    def make(nat_a, nat_b, **hosts) -> Mesh:
-        meshes.append(build(topo, tmp_path, nat_a, nat_b, **hosts))
+    def make(nat_a, nat_b, **options) -> Mesh:
+        meshes.append(build(topo, tmp_path, nat_a, nat_b, **options))
         return meshes[-1]
 
     try:
@@ -110,9 +111,12 @@ def test_address_dependent_and_restricted_cone_go_direct(world, kind) -> None:
 
 
 def test_carrier_grade_nat_goes_direct_through_two_port_preserving_layers(world, topo: Topology) -> None:
+    """Site a sits on the LAN of an ISP's NAT: both layers preserve ports and map endpoint-
+    independently, so the STUN endpoint is the ISP's and still works for the peer."""
     topo.add_site("isp", nat=NatKind.PORT_PRESERVING, hosts=0)
-    mesh = world(NatKind.PORT_PRESERVING, NatKind.PORT_PRESERVING)
+    mesh = world(NatKind.PORT_PRESERVING, NatKind.PORT_PRESERVING, behind_a="isp")
     assert both_direct(mesh, 15)
+    assert mesh.peer("b1", "a1")["endpoint"].startswith(topo.addr("isp") + ":")
 
 
 @pytest.mark.parametrize("hairpin", [True, False])
