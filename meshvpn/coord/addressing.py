@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Collection
+from typing import Collection, Container, Union
 
 from meshvpn.errors import MeshError
 
 RESERVED_LOW_HOSTS = 1
 MAX_LABEL = 63
 FALLBACK_LABEL = "node"
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
 class AddressPoolExhausted(MeshError):
@@ -30,9 +32,15 @@ class AddressPoolExhausted(MeshError):
 def allocate_address(cidr: str, taken: Collection[str]) -> str:
     """The lowest usable address of `cidr` that is not in `taken`."""
     network = ipaddress.ip_network(cidr)
-    address_type = type(network.network_address)
     held = {int(a) for a in map(ipaddress.ip_address, taken) if a.version == network.version}
-    first = int(network.network_address) + 1 + RESERVED_LOW_HOSTS
+    return first_free_address(network, held)
+
+
+def first_free_address(network: IPNetwork, held: Container[int], start: int = 0) -> str:
+    """The lowest usable address of `network`, from integer `start` on, whose integer is not in
+    `held`; callers that track the lowest address ever freed pass it as `start`."""
+    address_type = type(network.network_address)
+    first = max(start, int(network.network_address) + 1 + RESERVED_LOW_HOSTS)
     last = int(network.broadcast_address) - (1 if network.version == 4 else 0)
     for candidate in range(first, last + 1):
         if candidate not in held:

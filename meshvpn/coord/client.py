@@ -20,6 +20,7 @@ from typing import Union
 from meshvpn import noise
 from meshvpn.channel import ClientChannel
 from meshvpn.coord import messages as m
+from meshvpn.coord.peermap import PeerMapAssembler
 from meshvpn.errors import MeshError, RemoteProtocolError
 
 
@@ -153,9 +154,13 @@ class CoordClient:
         return await self.registration(timeout)
 
     async def registration(self, timeout: float | None = 10.0) -> tuple[m.Registered, m.PeerMap]:
-        """Wait for `registered` and `peer_map` (after approval_pending, once an admin approves)."""
+        """Wait for `registered` and `peer_map` (after approval_pending, once an admin approves);
+        a map sent in parts comes back whole."""
         registered = await self._expect(m.Registered, timeout)
-        return registered, await self._expect(m.PeerMap, timeout)
+        assembler = PeerMapAssembler()
+        while (peers := assembler.add(await self._expect(m.PeerMap, timeout))) is None:
+            pass
+        return registered, m.PeerMap(peers)
 
     async def _expect(self, kind: type, timeout: float | None) -> m.Message:
         message = await self.recv(timeout)

@@ -31,8 +31,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Hashable, Mapping, Union
 
 from meshvpn.coord import messages as m
-from meshvpn.coord.addressing import AddressPoolExhausted, allocate_address, unique_name
+from meshvpn.coord.addressing import AddressPoolExhausted
 from meshvpn.coord.authkeys import AuthKey, AuthKeyRejected, create_auth_key, verify_token
+from meshvpn.coord.peermap import PART_BYTES, peer_map_parts, peer_update
+from meshvpn.coord.roster import Roster
 from meshvpn.coord.store import Network, NodeRecord, Store
 from meshvpn.errors import MeshError, RemoteProtocolError
 from meshvpn.keys import encode_key
@@ -54,6 +56,8 @@ class MembershipSettings:
     """Standard TURN servers; each online node gets a credential per server with its relay tokens."""
     keepalive: float = field(kw_only=True)
     """Seconds between a node's pings; a node silent for 3 × keepalive is closed."""
+    peer_map_part_bytes: int = field(default=PART_BYTES, kw_only=True)
+    """Peer JSON per `peer_map` frame; a larger map is sent in parts."""
 
     @property
     def silence_limit(self) -> float:
@@ -66,6 +70,8 @@ class Send:
 
     conn_id: Hashable
     message: m.Message
+    payload: bytes | None = field(default=None, compare=False, repr=False)
+    """`message` already encoded (peer maps and updates, from each peer's cached JSON), or None."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +167,9 @@ class Membership:
         with store.transaction():
             for network in settings.networks:
                 store.put_network(network)
-        for node in store.nodes():
+        self._roster = Roster(store)
+        """Every stored node, read from the store once; all node writes go through it."""
+        for node in self._roster.nodes():
             if node.ephemeral and not node.revoked:
                 self._ephemeral_deadlines[node.key] = now + settings.silence_limit
 
@@ -253,10 +261,10 @@ class Membership:
         for conn in [c for c in self._conns.values() if c.last_heard + limit <= now]:
             self._drop(conn, now, close_reason=f"silent for {now - conn.last_heard:.0f}s")
         for key in [k for k, t in self._ephemeral_deadlines.items() if t <= now]:
-            node = self.store.get_node(key)
+            node = self._roster.get(key)
             del self._ephemeral_deadlines[key]
             if node is not None:
-                self.store.delete_node(key)
+                self._roster.delete(key)
                 self._log("info", "ephemeral node removed", node)
                 self._broadcast(node.network, m.PeerRemove(key))
 
@@ -286,7 +294,7 @@ class Membership:
 
     def list_nodes(self, network: str | None = None) -> list[NodeStatus]:
         statuses = []
-        for node in self.store.nodes(network):
+        for node in self._roster.nodes(network):
             conn = self._conn_of_key.get(node.key)
             statuses.append(
                 NodeStatus(
@@ -301,7 +309,7 @@ class Membership:
 
     def find_node(self, ref: str) -> NodeRecord:
         """The one node `ref` names: its base64 key, its overlay address, or its name."""
-        nodes = self.store.nodes()
+        nodes = self._roster.nodes()
         matches = [n for n in nodes if encode_key(n.key) == ref]
         matches = matches or [n for n in nodes if n.address == ref] or [n for n in nodes if n.name == ref]
         if not matches:
@@ -318,7 +326,7 @@ class Membership:
             raise AdminError(f"node {node.name} is revoked")
         if not node.approved:
             node = replace(node, approved=True)
-            self.store.put_node(node)
+            self._roster.put(node)
             self._log("info", "node approved", node)
             conn = self._conn_of_key.get(node.key)
             if conn is not None and conn.state == "pending":
@@ -331,7 +339,7 @@ class Membership:
         if node.revoked:
             return node
         node = replace(node, revoked=True)
-        self.store.put_node(node)
+        self._roster.put(node)
         self._ephemeral_deadlines.pop(node.key, None)
         self._log("warning", "node revoked", node)
         conn = self._conn_of_key.get(node.key)
@@ -345,7 +353,7 @@ class Membership:
     # ----- registration
 
     def _register(self, conn: _Connection, msg: m.Register, now: float) -> None:
-        node = self.store.get_node(conn.key)
+        node = self._roster.get(conn.key)
         if node is not None and node.revoked:
             self._refuse(conn, now, "revoked", "this node was revoked by an administrator")
             return
@@ -354,7 +362,7 @@ class Membership:
             return
         joined = node is None
         try:
-            with self.store.transaction():
+            with self._roster.transaction():
                 if node is None:
                     node = self._admit(conn.key, msg, now)
                 network = self._networks[node.network]
@@ -368,7 +376,7 @@ class Membership:
                     last_seen=now,
                     approved=node.approved or not network.approval_required,
                 )
-                self.store.put_node(node)
+                self._roster.put(node)
         except AuthKeyRejected as exc:
             self._refuse(conn, now, exc.code, str(exc))
             return
@@ -395,13 +403,12 @@ class Membership:
         network = self._networks.get(auth_key.network)
         if network is None:
             raise AuthKeyRejected("auth_key_invalid", f"network {auth_key.network} no longer exists")
-        members = self.store.nodes(network.name)
         self.store.put_auth_key(replace(auth_key, uses=auth_key.uses + 1))
         node = NodeRecord(
             key=key,
             network=network.name,
-            name=unique_name(msg.hostname, {n.name for n in members}),
-            address=allocate_address(network.cidr, [n.address for n in members]),
+            name=self._roster.free_name(network.name, msg.hostname),
+            address=self._roster.free_address(network),
             hostname=msg.hostname,
             created=now,
             approved=not network.approval_required,
@@ -414,6 +421,7 @@ class Membership:
         network = self._networks[node.network]
         conn.state = "online"
         self._online.setdefault(node.network, {})[node.key] = conn
+        self._roster.changed(node.key)
         self._send(
             conn,
             m.Registered(
@@ -426,21 +434,24 @@ class Membership:
                 turn=self._turn_credentials(conn, conn.last_heard),
             ),
         )
-        peers = [self._peer_info(n) for n in self.store.nodes(node.network) if self._visible(n, node.key)]
-        self._send(conn, m.PeerMap(tuple(peers)))
-        self._broadcast(node.network, m.PeerUpdate(self._peer_info(node)), exclude=node.key)
+        peers = [self._roster.entry(n, self._peer_info) for n in self._roster.nodes(node.network)
+                 if self._visible(n, node.key)]
+        for message, payload in peer_map_parts(peers, self.settings.peer_map_part_bytes):
+            self._actions.append(Send(conn.conn_id, message, payload))
+        self._announce(node, exclude=node.key)
         self._log("info", "node online", node, observed_host=conn.observed_host)
 
     # ----- online-node requests
 
     def _update_node(self, conn: _Connection, announce: bool = False, **changes: Any) -> None:
-        node = self.store.get_node(conn.key)
+        node = self._roster.get(conn.key)
         assert node is not None
         updated = replace(node, **changes)
         if updated != node:
-            self.store.put_node(updated)
+            self._roster.put(updated)
         if updated != node or announce:
-            self._broadcast(updated.network, m.PeerUpdate(self._peer_info(updated)), exclude=conn.key)
+            self._roster.changed(conn.key)
+            self._announce(updated, exclude=conn.key)
 
     def _relay_home(self, conn: _Connection, relay: str) -> None:
         if relay not in self._relays:
@@ -448,9 +459,10 @@ class Membership:
             return
         if conn.home_relay != relay:
             conn.home_relay = relay
-            node = self.store.get_node(conn.key)
+            node = self._roster.get(conn.key)
             assert node is not None
-            self._broadcast(node.network, m.PeerUpdate(self._peer_info(node)), exclude=conn.key)
+            self._roster.changed(conn.key)
+            self._announce(node, exclude=conn.key)
 
     def _punch(self, conn: _Connection, peer_key: bytes, now: float) -> None:
         assert conn.network is not None
@@ -458,7 +470,7 @@ class Membership:
         if peer_conn is None or peer_key == conn.key:
             self._send(conn, m.Error("peer_unavailable", "that peer is not online in your network"))
             return
-        me, peer = self.store.get_node(conn.key), self.store.get_node(peer_key)
+        me, peer = self._roster.get(conn.key), self._roster.get(peer_key)
         assert me is not None and peer is not None
         self._send(conn, _punch_towards(peer, peer_conn, now))
         self._send(peer_conn, _punch_towards(me, conn, now))
@@ -504,6 +516,13 @@ class Membership:
     def _visible(node: NodeRecord, viewer: bytes) -> bool:
         return node.key != viewer and node.approved and not node.revoked
 
+    def _announce(self, node: NodeRecord, exclude: bytes | None = None) -> None:
+        """Tell the online nodes of `node`'s network its peer info as it is now."""
+        message, payload = peer_update(self._roster.entry(node, self._peer_info))
+        for key, conn in self._online.get(node.network, {}).items():
+            if key != exclude:
+                self._actions.append(Send(conn.conn_id, message, payload))
+
     def _broadcast(self, network: str, message: m.Message, exclude: bytes | None = None) -> None:
         for key, conn in self._online.get(network, {}).items():
             if key != exclude:
@@ -527,6 +546,7 @@ class Membership:
         if conn.state == "online":
             assert conn.network is not None
             del self._online[conn.network][conn.key]
+            self._roster.changed(conn.key)
             return True
         return False
 
@@ -535,15 +555,15 @@ class Membership:
         was_online = self._forget(conn)
         if close_reason is not None:
             self._actions.append(Close(conn.conn_id, close_reason))
-        node = self.store.get_node(conn.key)
+        node = self._roster.get(conn.key)
         if node is None or conn.state == "new":
             return
         node = replace(node, last_seen=now)
-        self.store.put_node(node)
+        self._roster.put(node)
         if node.ephemeral:
             self._ephemeral_deadlines[node.key] = now + self.settings.silence_limit
         if was_online:
-            self._broadcast(node.network, m.PeerUpdate(self._peer_info(node)))
+            self._announce(node)
             self._log("info", "node offline", node, reason=close_reason or "disconnected")
 
     def _log(self, level: str, text: str, node: NodeRecord, **extra: Any) -> None:

@@ -29,6 +29,7 @@ MAX_ERROR_TEXT = 1024
 MAX_ENDPOINTS = 8
 MAX_CANDIDATES = 3 * MAX_ENDPOINTS
 MAX_PEERS = 4096
+"""Peers in one peer_map frame; a larger map comes in several parts."""
 MAX_RELAYS = 64
 
 ERROR_CODES = frozenset(
@@ -144,6 +145,12 @@ def _load_port(value: Any) -> int:
     return _port(value)
 
 
+def _load_count(value: Any) -> int:
+    _check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 31,
+           "expected a non-negative integer")
+    return value
+
+
 def _load_key(value: Any) -> bytes:
     _check(isinstance(value, str) and len(value) == 44, "expected a base64 32-byte key")
     try:
@@ -187,6 +194,7 @@ _TOKEN_TEXT_LEN = 4 * ((TOKEN_LEN + 2) // 3)
 BOOL = Codec(_load_bool)
 TIME = Codec(_load_time)
 PORT = Codec(_load_port)
+COUNT = Codec(_load_count)
 KEY = Codec(_load_key, encode_key)
 ENDPOINT = Codec(_load_endpoint, str)
 TOKEN = Codec(_load_token, lambda raw: base64.b64encode(raw).decode())
@@ -474,10 +482,17 @@ class RelayTokens(Message):
 
 @dataclass(frozen=True)
 class PeerMap(Message):
-    """Every peer of the node's network, sent once after registration."""
+    """Every peer of the node's network, sent once after registration.
+
+    A map too large for one frame comes in parts 0, 1, ... (`meshvpn.coord.peermap`); a map
+    that fits one frame carries neither `part` nor `last`, exactly as before parts existed."""
 
     TYPE = "peer_map"
     peers: tuple[PeerInfo, ...] = wire(list_of(record(PeerInfo), MAX_PEERS))
+    part: int | None = wire(optional(COUNT))
+    """Index of this part, from 0; absent when the whole map is in this frame."""
+    last: bool | None = wire(optional(BOOL))
+    """True on the final part: only then does the map replace the node's view."""
 
 
 @dataclass(frozen=True)

@@ -332,7 +332,7 @@ class CoordServer:
             encoded: dict[int, bytes] = {}  # a broadcast is one message object sent to many
             for action in actions:
                 if isinstance(action, Send):
-                    payload = encoded.get(id(action.message))
+                    payload = action.payload or encoded.get(id(action.message))
                     if payload is None:
                         payload = encoded[id(action.message)] = messages.encode(action.message)
                     action.conn_id.send_payload(payload)

@@ -38,6 +38,7 @@ from typing import Callable, Optional, Union
 from meshvpn import wire
 from meshvpn.constants import KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT
 from meshvpn.coord import messages as m
+from meshvpn.coord.peermap import PeerMapAssembler
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.node.candidates import Candidate, CandidateKind
 from meshvpn.node.handshakes import HandshakeManager
@@ -158,6 +159,8 @@ class NodeCore:
         self._events: deque[Event] = deque()
         self._pings: dict[bytes, _Ping] = {}
         self._scheduled_punches: list[tuple[float, bytes]] = []
+        self._peer_map = PeerMapAssembler()
+        """Parts of a peer map too large for one frame, until its last part arrives."""
         self.traversal = Traversal(self._randrange, self.config.paths.punch_interval)
         self.socket_for = self.traversal.pinned
         """Remote endpoint -> extra socket id its datagrams must leave from (empty in the common case)."""
@@ -197,11 +200,13 @@ class NodeCore:
             self.relays = msg.relays
             self._events.append(self.registration)
         elif isinstance(msg, m.PeerMap):
-            listed = {info.key for info in msg.peers}
-            for key in [key for key in self.peers.by_key if key not in listed]:
-                self._remove_peer(key, "left the peer map")
-            for info in msg.peers:
-                self._upsert_peer(info, now)
+            peers = self._peer_map.add(msg)
+            if peers is not None:
+                listed = {info.key for info in peers}
+                for key in [key for key in self.peers.by_key if key not in listed]:
+                    self._remove_peer(key, "left the peer map")
+                for info in peers:
+                    self._upsert_peer(info, now)
         elif isinstance(msg, m.PeerUpdate):
             self._upsert_peer(msg.peer, now)
         elif isinstance(msg, m.PeerRemove):

@@ -39,6 +39,7 @@ class Server:
         self.batches.append(batch)
         for action in batch:
             if isinstance(action, Send):
+                assert action.payload in (None, m.encode(action.message)), "a cached frame went stale"
                 self.inbox[action.conn_id].append(action.message)
             elif isinstance(action, Close):
                 self.closed[action.conn_id] = action.reason

@@ -1,0 +1,145 @@
+"""Every stored node in memory, kept in step with the store, so a join costs O(peers).
+
+Reading a network's nodes from the store twice per join (names and addresses in use, then the
+peer map) was most of a join's CPU at 1,000 nodes. The roster loads the nodes once, and every
+write goes through it: the store first (it stays the source of truth, and a write has returned
+before anything reveals it), then the index. Per network it also holds the names and addresses
+in use, so naming and addressing a new node do not scan the network, and each node's
+`PeerEntry` (its peer info and that info's JSON), built on first use and dropped whenever the
+record changes or the membership core says its connection facts did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+from meshvpn.coord import messages as m
+from meshvpn.coord.addressing import first_free_address, unique_name
+from meshvpn.coord.peermap import PeerEntry
+from meshvpn.coord.store import Network, NodeRecord, Store
+
+
+@dataclass
+class _Members:
+    """One network's nodes in store order, and the names and addresses they hold."""
+
+    nodes: dict[bytes, NodeRecord] = field(default_factory=dict)
+    names: set[str] = field(default_factory=set)
+    addresses: set[int] = field(default_factory=set)
+    search_from: int = 0
+    """Every address below this is held, so the search for a free one may start here."""
+
+
+class Roster:
+    """The nodes of the store, by key and by network; writes go to the store, then the index."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._writes = 0
+        self._load()
+
+    def _load(self) -> None:
+        self._nodes: dict[bytes, NodeRecord] = {}
+        self._networks: dict[str, _Members] = {}
+        self._entries: dict[bytes, PeerEntry] = {}
+        for node in self._store.nodes():
+            self._index(node)
+
+    # ----- reads
+
+    def get(self, key: bytes) -> NodeRecord | None:
+        return self._nodes.get(key)
+
+    def nodes(self, network: str | None = None) -> Iterable[NodeRecord]:
+        """The nodes of `network` (all nodes when None) in store order: by network, then age."""
+        if network is not None:
+            members = self._networks.get(network)
+            return () if members is None else members.nodes.values()
+        return [node for name in sorted(self._networks) for node in self._networks[name].nodes.values()]
+
+    def entry(self, node: NodeRecord, info: Callable[[NodeRecord], m.PeerInfo]) -> PeerEntry:
+        """`node`'s cached peer entry, built with `info` when there is none."""
+        entry = self._entries.get(node.key)
+        if entry is None:
+            entry = self._entries[node.key] = PeerEntry.of(info(node))
+        return entry
+
+    def free_name(self, network: str, hostname: str) -> str:
+        members = self._networks.get(network)
+        return unique_name(hostname, () if members is None else members.names)
+
+    def free_address(self, network: Network) -> str:
+        """The lowest address of `network` no node holds."""
+        members = self._networks.setdefault(network.name, _Members())
+        address = first_free_address(ipaddress.ip_network(network.cidr), members.addresses, members.search_from)
+        members.search_from = int(ipaddress.ip_address(address))
+        return address
+
+    # ----- writes
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A store transaction; if it rolls back after writes, the roster reloads from the store."""
+        writes = self._writes
+        try:
+            with self._store.transaction():
+                yield
+        except BaseException:
+            if self._writes != writes:
+                self._load()
+            raise
+
+    def put(self, node: NodeRecord) -> None:
+        self._store.put_node(node)
+        self._writes += 1
+        old = self._nodes.get(node.key)
+        if old is not None and old.network != node.network:
+            self._unindex(old)
+        elif old is not None:
+            self._release(old, keep=node)
+        self._index(node)
+
+    def delete(self, key: bytes) -> None:
+        self._store.delete_node(key)
+        self._writes += 1
+        node = self._nodes.get(key)
+        if node is not None:
+            self._unindex(node)
+
+    def changed(self, key: bytes) -> None:
+        """The live facts in `key`'s peer info changed (online, observed host, home relay, NAT)."""
+        self._entries.pop(key, None)
+
+    # ----- the index
+
+    def _index(self, node: NodeRecord) -> None:
+        """Add or update `node`; an update keeps its place in the network's order."""
+        members = self._networks.setdefault(node.network, _Members())
+        self._entries.pop(node.key, None)
+        self._nodes[node.key] = node
+        members.nodes[node.key] = node
+        members.names.add(node.name)
+        members.addresses.add(_address(node))
+
+    def _unindex(self, node: NodeRecord) -> None:
+        self._entries.pop(node.key, None)
+        del self._nodes[node.key]
+        del self._networks[node.network].nodes[node.key]
+        self._release(node)
+
+    def _release(self, node: NodeRecord, keep: NodeRecord | None = None) -> None:
+        """Free `node`'s name and address, except those its updated record `keep` still holds."""
+        members = self._networks[node.network]
+        if keep is None or keep.name != node.name:
+            members.names.discard(node.name)
+        if keep is None or keep.address != node.address:
+            address = _address(node)
+            members.addresses.discard(address)
+            members.search_from = min(members.search_from, address)
+
+
+def _address(node: NodeRecord) -> int:
+    return int(ipaddress.ip_address(node.address))
