@@ -42,8 +42,8 @@ try:
 except ImportError:  # a PyNaCl without its cffi module: the public bindings still work
     _ffi = _lib = None
 
-_DATA = wire.MessageType.DATA
-_KEEPALIVE = wire.MessageType.KEEPALIVE
+_DATA = int(wire.MessageType.DATA)
+_KEEPALIVE = int(wire.MessageType.KEEPALIVE)
 _VERSION = wire.VERSION
 _HEADER_LEN = wire.TRANSPORT_HEADER_LEN
 _TAG_LEN = wire.TAG_LEN
@@ -172,18 +172,15 @@ class Session:
         self._window = ReplayWindow()
         self._seal_at, self._open_at = _AEADS[backend](keys.send_key, keys.recv_key)
 
-    def seal_into(self, out: bytearray, at: int, src, start: int, end: int) -> int:
-        """Write the DATA message carrying ``src[start:end]`` (non-empty) at ``out[at:]``; where it ends.
+    def seal_into(self, out: bytearray, at: int, src, start: int, end: int, kind: int = _DATA) -> int:
+        """Write the message carrying ``src[start:end]`` at ``out[at:]``; the offset where it ends.
 
         ``src`` is any buffer (the TUN's read buffer, bytes); ``out`` a writable one with room
-        for ``OVERHEAD`` more bytes than the packet.  Raises LocalProtocolError otherwise and
-        SessionExhausted when the counters run out.
+        for ``OVERHEAD`` more bytes than the packet.  DATA needs a payload, KEEPALIVE has none.
+        Raises LocalProtocolError otherwise and SessionExhausted when the counters run out.
         """
-        if end <= start:
-            raise LocalProtocolError("DATA needs a payload; send keepalive() instead")
-        return self._seal_into(_DATA, out, at, src, start, end)
-
-    def _seal_into(self, kind: int, out: bytearray, at: int, src, start: int, end: int) -> int:
+        if (end <= start) is (kind == _DATA):
+            raise LocalProtocolError("DATA needs a payload and KEEPALIVE has none")
         counter = self.send_counter
         if counter >= REJECT_AFTER_MESSAGES:
             raise SessionExhausted("session nonce space exhausted")
@@ -201,7 +198,7 @@ class Session:
     def keepalive(self) -> bytes:
         """A complete KEEPALIVE message (authenticated, empty)."""
         out = bytearray(OVERHEAD)
-        self._seal_into(_KEEPALIVE, out, 0, b"", 0, 0)
+        self.seal_into(out, 0, b"", 0, 0, _KEEPALIVE)
         return bytes(out)
 
     def open_into(self, buf: bytearray, at: int, end: int) -> int:

@@ -28,12 +28,12 @@ from meshvpn import wire
 from meshvpn.errors import MeshError
 from meshvpn.node.core import NodeCore
 from meshvpn.node.peers import Peer
-from meshvpn.session import OVERHEAD
+from meshvpn.session import OVERHEAD, Session
 from meshvpn.wire import Endpoint
 
-_DATA = wire.MessageType.DATA
-_KEEPALIVE = wire.MessageType.KEEPALIVE
-_RELAY = wire.MessageType.RELAY
+_DATA = int(wire.MessageType.DATA)
+_KEEPALIVE = int(wire.MessageType.KEEPALIVE)
+_RELAY = int(wire.MessageType.RELAY)
 _VERSION = wire.VERSION
 _HEADER_LEN = wire.TRANSPORT_HEADER_LEN
 _RELAY_INNER = wire.RELAY_PREFIX_LEN
@@ -47,6 +47,27 @@ SendRun = Callable[[Endpoint, memoryview, int], None]
 """send(endpoint, data, seg_size): ``data`` holds messages of ``seg_size`` back to back (the last may be shorter)."""
 OtherDatagram = Callable[[bytes, Endpoint], bool]
 """The shell's hook for non-transport datagrams (STUN, relay acks): True when it took one."""
+
+
+def _sealing_session(peer: Optional[Peer], now: float) -> Optional[Session]:
+    """The session that seals for ``peer`` now, if it has one and a route; else the core must act."""
+    if peer is None or peer.route is None:
+        return None
+    session = peer.ring.current
+    return None if session is None or now >= session.expires_at else session
+
+
+def _count_sent(peer: Peer, packets: int, nbytes: int, now: float) -> None:
+    counters = peer.counters
+    counters.tx_packets += packets
+    counters.tx_bytes += nbytes
+    peer.last_tx = now
+
+
+def _count_received(peer: Peer, packets: int, nbytes: int) -> None:
+    counters = peer.counters
+    counters.rx_packets += packets
+    counters.rx_bytes += nbytes
 
 
 class SendBuffer:
@@ -119,11 +140,14 @@ class DataPlane:
         """Seal each IP packet ``src[start:end]`` for its peer into ``sends`` (which sends full runs).
 
         Ranges are used one at a time, so a range may be invalidated by taking the next (the
-        TUN's in-place split); packets the core must keep are copied.
+        TUN's in-place split); packets the core must keep are copied.  While the destination
+        repeats, its peer, session and route are reused and its counters added up once.
         """
         by_overlay = self.core.peers.by_overlay
         out = sends.out
-        last_dst = peer = None
+        last_dst = peer = session = endpoint = None
+        prefix = b""
+        sealed = sealed_bytes = 0
         for start, end in ranges:
             length = end - start
             version = src[start] >> 4 if length else 0
@@ -135,31 +159,36 @@ class DataPlane:
                 self.drops["not ip"] += 1
                 continue
             if dst != last_dst:
+                if sealed:
+                    _count_sent(peer, sealed, sealed_bytes, now)
+                    sealed = sealed_bytes = 0
                 last_dst = dst
                 peer = by_overlay.get(bytes(dst))
-            if peer is None:
-                self.drops["no peer"] += 1
+                session = _sealing_session(peer, now)
+                if session is not None:
+                    endpoint, prefix = peer.route.endpoint, peer.route.prefix
+            if session is None:
+                if peer is None:
+                    self.drops["no peer"] += 1
+                else:
+                    self._to_core(peer, bytes(src[start:end]), now)
+                    last_dst = None
                 continue
-            session = peer.ring.current
-            route = peer.route
-            if session is None or route is None or now >= session.expires_at:
-                self._to_core(peer, bytes(src[start:end]), now)
-                continue
-            prefix = route.prefix
             size = len(prefix) + OVERHEAD + length
-            at = sends.place(route.endpoint, size)
+            at = sends.place(endpoint, size)
             try:
                 if prefix:
                     out[at : at + len(prefix)] = prefix
                 session.seal_into(out, at + len(prefix), src, start, end)
             except MeshError:
                 self._to_core(peer, bytes(src[start:end]), now)
+                last_dst = None
                 continue
             sends.added(size)
-            counters = peer.counters
-            counters.tx_packets += 1
-            counters.tx_bytes += length
-            peer.last_tx = now
+            sealed += 1
+            sealed_bytes += length
+        if sealed:
+            _count_sent(peer, sealed, sealed_bytes, now)
 
     def _to_core(self, peer: Peer, packet: bytes, now: float) -> None:
         """The core queues the packet and starts a handshake or path search."""
@@ -187,71 +216,80 @@ class DataPlane:
         """Open the datagrams in ``buf[:nbytes]`` (``seg_size`` each, the last may be shorter) in place.
 
         Views of the plaintext IP packets are appended to ``to_tun``; they stay valid until
-        ``buf`` is written again.
+        ``buf`` is written again.  While the receiver index repeats (a GRO batch is one flow),
+        its peer and session are reused and its counters added up once.
         """
         if not nbytes:
             self._other(b"", src, now)
             return
         view = memoryview(buf)
+        by_index = self.core.peers.by_index
+        last_index = -1
+        peer = session = None
+        overlay, source_at, ip_version, min_length, live = b"", 0, 0, 0, False
+        opened = opened_bytes = 0
         for at in range(0, nbytes, seg_size):
             end = at + seg_size
             if end > nbytes:
                 end = nbytes
             kind = buf[at + 1] if end - at > 1 else -1
-            if kind == _DATA or kind == _KEEPALIVE:
-                if buf[at] == _VERSION and end - at >= OVERHEAD:
-                    self._open(buf, view, at, end, src, now, None, to_tun)
-                    continue
-            elif kind == _RELAY and end - at >= _RELAY_INNER + OVERHEAD:
-                inner = buf[at + _RELAY_INNER + 1]
-                if inner == _DATA or inner == _KEEPALIVE:
-                    self._open(buf, view, at + _RELAY_INNER, end, src, now, at + 4, to_tun)
-                    continue
-            self._other(bytes(buf[at:end]), src, now)
+            if (kind == _DATA or kind == _KEEPALIVE) and buf[at] == _VERSION and end - at >= OVERHEAD:
+                relayed_from = -1
+            elif kind == _RELAY and buf[at] == _VERSION and end - at >= _RELAY_INNER + OVERHEAD \
+                    and (buf[at + _RELAY_INNER + 1] == _DATA or buf[at + _RELAY_INNER + 1] == _KEEPALIVE):
+                relayed_from = at + 4
+                at += _RELAY_INNER
+            else:
+                self._other(bytes(buf[at:end]), src, now)
+                continue
+            index = _unpack_index(buf, at + 4)[0]
+            if index != last_index:
+                if opened:
+                    _count_received(peer, opened, opened_bytes)
+                    opened = opened_bytes = 0
+                last_index = index
+                peer = by_index.get(index)
+                if peer is not None:
+                    session = peer.ring.current
+                    if session is not None and session.local_index != index:
+                        session = None
+                    overlay = peer.overlay
+                    ip_version, source_at, min_length = (4, 12, _IPV4_MIN) if len(overlay) == 4 else (6, 8, _IPV6_MIN)
+                    live = False
+            if peer is None:
+                self.drops["unknown index"] += 1
+                continue
+            if relayed_from >= 0 and buf[relayed_from : relayed_from + wire.KEY_LEN] != peer.key:
+                peer.counters.drops["relayed under another key"] += 1
+                continue
+            length = session.open_into(buf, at, end) if session is not None else peer.ring.open_into(buf, at, end)
+            if length < 0:
+                peer.counters.drops["failed to open"] += 1
+                continue
+            if relayed_from < 0 and not live:
+                peer.last_rx = now
+                peer.last_rx_src = src
+                live = True
+            if peer.pending:
+                self.core_touched = True
+                self.core.flush(peer, now)
+            if not length:
+                continue
+            body = at + _HEADER_LEN
+            if buf[body] >> 4 != ip_version or length < min_length or not buf.startswith(overlay, body + source_at):
+                peer.counters.drops["spoofed"] += 1
+                continue
+            opened += 1
+            opened_bytes += length
+            to_tun.append(view[body : body + length])
+        if opened:
+            _count_received(peer, opened, opened_bytes)
 
     def _other(self, data: bytes, src: Endpoint, now: float) -> None:
         if self.other is not None and self.other(data, src):
             return
         self.core_touched = True
         self.core.datagram_received(data, src, now)
-
-    def _open(self, buf: bytearray, view: memoryview, at: int, end: int, src: Endpoint, now: float,
-              relayed_from: Optional[int], to_tun: list[memoryview]) -> None:
-        """Open one transport message at ``buf[at:end]``; ``relayed_from`` is where the envelope's key is."""
-        peer: Optional[Peer] = self.core.peers.by_index.get(_unpack_index(buf, at + 4)[0])
-        if peer is None:
-            self.drops["unknown index"] += 1
-            return
-        if relayed_from is not None and buf[relayed_from : relayed_from + wire.KEY_LEN] != peer.key:
-            peer.counters.drops["relayed under another key"] += 1
-            return
-        length = peer.ring.open_into(buf, at, end)
-        if length < 0:
-            peer.counters.drops["failed to open"] += 1
-            return
-        if relayed_from is None:
-            peer.last_rx = now
-            peer.last_rx_src = src
-        if peer.pending:
-            self.core_touched = True
-            self.core.flush(peer, now)
-        if not length:
-            return
-        body = at + _HEADER_LEN
-        version = buf[body] >> 4
-        if version == 4 and length >= _IPV4_MIN:
-            source = buf[body + 12 : body + 16]
-        elif version == 6 and length >= _IPV6_MIN:
-            source = buf[body + 8 : body + 24]
-        else:
-            source = b""
-        if source != peer.overlay:
-            peer.counters.drops["spoofed"] += 1
-            return
-        counters = peer.counters
-        counters.rx_packets += 1
-        counters.rx_bytes += length
-        to_tun.append(view[body : body + length])
 
     def open_messages(self, datagrams: Iterable[tuple[bytes, Endpoint]], now: float) -> list[memoryview]:
         """Open single datagrams (a relay's stream, a side socket), each copied into its own buffer.
