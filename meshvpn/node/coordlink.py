@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 from typing import Callable, Optional
 
 from meshvpn.coord import messages as m
@@ -50,8 +51,11 @@ class CoordLink:
         on_message: Callable[[m.Message], None],
         on_state: Callable[[bool], None],
         keepalive: float = 15.0,
+        local_socket: Optional[Callable[[], socket.socket]] = None,
     ) -> None:
         self.host, self.port = host, port
+        self.local_socket = local_socket
+        """Makes the socket each connection comes from (the node's TCP punch port); None: any."""
         self.server_public = server_public
         self.identity = identity
         self.register = register
@@ -110,7 +114,8 @@ class CoordLink:
 
     async def _session(self) -> None:
         client = await connect((self.host, self.port), self.server_public, self.identity,
-                               keepalive=self.keepalive, timeout=CONNECT_TIMEOUT)
+                               keepalive=self.keepalive, timeout=CONNECT_TIMEOUT,
+                               sock=None if self.local_socket is None else self.local_socket())
         self._client = client
         client.send(self.register())
         while True:

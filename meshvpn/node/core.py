@@ -46,6 +46,7 @@ from meshvpn.node.pathfinder import RELAY_PATH, Path, PathChanged, PathFinder, P
 from meshvpn.node.peers import Peer, PeerTable, Route
 from meshvpn.node.prediction import NatProfile
 from meshvpn.node.probes import ProbeCodec
+from meshvpn.node.tcppunch import TcpEndpoint
 from meshvpn.node.traversal import OnPunch, OpenMappings, SampleWanted, Traversal
 from meshvpn.noise import StaticIdentity
 from meshvpn.session import Session
@@ -115,7 +116,7 @@ class PingReply:
     name: str
     address: str
     path: str
-    """Kind of the path the probe went out on: lan, direct or relay."""
+    """Kind of the path the probe went out on: lan, direct, tcp or relay."""
     endpoint: Endpoint
     rtt: float
 
@@ -331,6 +332,13 @@ class NodeCore:
                 peer.route = self._route(peer, RELAY_PATH)
             self._drain_paths(peer, now)
 
+    def set_tcp_path(self, peer_key: bytes, endpoint: Optional[TcpEndpoint], now: float) -> None:
+        """A direct TCP path to the peer is up at `endpoint` (None: gone); see docs/nat-traversal.md."""
+        peer = self.peers.by_key.get(peer_key)
+        if peer is not None:
+            peer.paths.tcp_ready(endpoint, now)
+            self._drain_paths(peer, now)
+
     def _route(self, peer: Peer, path: Optional[Path]) -> Optional[Route]:
         if path is None:
             return None
@@ -338,6 +346,8 @@ class NodeCore:
             if self.relay_endpoint is None:
                 return None
             return Route(path, self.relay_endpoint, wire.header(MessageType.RELAY) + peer.key)
+        if path.kind is PathKind.TCP:
+            return Route(path, path.endpoint)
         return Route(path, Endpoint(*path.endpoint))
 
     # ---- datagrams ----------------------------------------------------------------

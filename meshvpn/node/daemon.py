@@ -36,6 +36,8 @@ from meshvpn.node.netcheck import gather_profile, nat_profile, verdict
 from meshvpn.node.pathfinder import PathFinderConfig
 from meshvpn.node.relayclient import RelayClient
 from meshvpn.node.relays import RelaySet
+from meshvpn.node.tcpio import TcpPunchShell, punch_shell
+from meshvpn.node.tcppunch import TcpEndpoint
 from meshvpn.node.tun import TunDevice
 from meshvpn.node.udpio import MAX_GSO_BYTES, MAX_SEGMENTS, BatchUdpSocket
 from meshvpn.reload import Reloader
@@ -92,6 +94,8 @@ class NodeDaemon:
         self.stun: Optional[StunClient] = None
         self.link: Optional[CoordLink] = None
         self.relays: Optional[RelayClient] = None
+        self.tcp: TcpPunchShell = punch_shell(self.core, self._inbound, self._after_core,
+                                              lambda msg: self.link.send(msg), self.loop.time)
         self.control = ControlServer(str(config.control_socket), self.handle_control)
         self.public_endpoint: Optional[m.Endpoint] = None
         self.nat: Optional[m.NatInfo] = None
@@ -122,9 +126,11 @@ class NodeDaemon:
                 RelaySet(self.core.identity.private, self.core.public_key, os.urandom, self.core.config.wall_offset),
                 self.core.identity.private, self._sendto, self._inbound, self._on_relay_home, self.loop.time,
             )
+            await self.tcp.start(cfg.listen.address, self.sock.getsockname()[1])
             self.link = CoordLink(
                 cfg.coord.address.host, cfg.coord.address.port, cfg.coord.public_key, self.core.identity,
                 self._register_message, self._on_coord_message, self._on_coord_state,
+                local_socket=self.tcp.coord_socket,
             )
             self.loop.add_reader(self.tun.fileno(), self._on_tun)
             self.loop.add_reader(self.sock.fileno(), self._on_udp)
@@ -166,6 +172,7 @@ class NodeDaemon:
             await self.link.close()
         if self.relays is not None:
             await self.relays.close()
+        await self.tcp.close()
         await self.control.close()
         if self._timer is not None:
             self._timer.cancel()
@@ -203,6 +210,9 @@ class NodeDaemon:
 
     def _send_run(self, dst: Endpoint, run: memoryview, seg_size: int) -> None:
         """One run of sealed messages (``seg_size`` each, the last may be shorter): one GSO send."""
+        if type(dst) is TcpEndpoint:
+            self.tcp.send(dst, [bytes(run[first : first + seg_size]) for first in range(0, len(run), seg_size)])
+            return
         relay_stream = self.relays.tcp_link(dst)
         pinned = self.core.socket_for
         if relay_stream is not None or (pinned and dst in pinned):
@@ -260,7 +270,9 @@ class NodeDaemon:
         pinned = core.socket_for
         for dst, data in core.datagrams_to_send():
             relay_stream = self.relays.tcp_link(dst)
-            if relay_stream is not None:
+            if type(dst) is TcpEndpoint:
+                self.tcp.send(dst, [data])
+            elif relay_stream is not None:
                 relay_stream.send([data])
             elif not (pinned and dst in pinned and self.mappings.sendto(pinned[dst], data, dst)):
                 self._sendto(data, dst)
@@ -294,6 +306,7 @@ class NodeDaemon:
 
     def _on_event(self, event) -> None:
         if isinstance(event, PeerPathChanged):
+            self.tcp.path_changed(event.name, event.new)
             log.info("path to %s: %s -> %s (%s)", event.name, _path_text(event.old), _path_text(event.new),
                      event.reason, extra={"PEER": event.name, "PATH": _path_text(event.new), "REASON": event.reason})
         elif isinstance(event, PingReply):
@@ -366,12 +379,14 @@ class NodeDaemon:
             auth_key=self.config.coord.auth_key or None,
             os=platform.system().lower() or None,
             public_endpoint=self.public_endpoint,
+            tcp_punch=self.tcp.from_punch_port or None,
             nat=self.nat,
         )
 
     def _on_coord_message(self, msg: m.Message) -> None:
         self.relays.coord_message(msg)
         self.core.coord_message(msg, self.loop.time())
+        self.tcp.coord_message(msg)
         self._after_core()
 
     def _on_coord_state(self, up: bool) -> None:
@@ -448,6 +463,7 @@ class NodeDaemon:
             status["self"]["endpoints"] = [str(e) for e in self.local]
             status["self"]["public_endpoint"] = str(self.public_endpoint) if self.public_endpoint else None
             status["self"]["relays"] = self.relays.relays.status()
+            status["self"]["tcp_punch"] = self.tcp.status()
             yield {**status, "done": True}
         elif cmd == "peers":
             yield {"peers": [_peer_map_entry(peer) for peer in self.core.peers], "done": True}

@@ -321,6 +321,18 @@ class TcpPunch:
         peer = self._peers.get(peer_key)
         return None if peer is None or peer.path is None else TcpEndpoint(*peer.path.endpoint)
 
+    def path_conn(self, endpoint: TcpEndpoint) -> Optional[int]:
+        """The connection carrying the TCP path at `endpoint`, if there is one."""
+        conn = self._by_endpoint.get(endpoint)
+        return None if conn is None else conn.conn_id
+
+    def conn_endpoint(self, conn_id: int) -> Optional[TcpEndpoint]:
+        """Where messages from connection `conn_id` come from, once it carries a path."""
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.state is not ConnState.ESTABLISHED:
+            return None
+        return TcpEndpoint(*conn.endpoint)
+
     def status(self) -> dict:
         """Punch state per peer (hex key prefix), for ``meshvpn status``."""
         return {
