@@ -6,11 +6,12 @@ PYTHON ?= python3
 VENV := .venv
 APT_PACKAGES := iproute2 nftables iperf3 coturn stun-client tcpdump libsystemd-dev pkg-config gcc python3-dev
 # Installed by `make bench` only, so `make test` stays quick; without recommends (wireguard-tools
-# would pull in a kernel image). Pass options with BENCH_ARGS="--seconds 3 --runs 1".
+# would pull in a kernel image). Pass options with BENCH_ARGS="--seconds 3 --runs 1", and to the
+# traversal matrix with MATRIX_ARGS="--pairs random-ports:port-preserving --runs 20".
 BENCH_PACKAGES := iperf3 iputils-ping quicktun wireguard-go wireguard-tools tinc nebula
 APT_INSTALL_FLAGS ?=
 
-.PHONY: setup system-packages test demo bench install-systemd
+.PHONY: setup system-packages test demo bench-packages bench matrix install-systemd
 
 setup: system-packages $(VENV)/.installed
 
@@ -36,9 +37,14 @@ test: setup
 demo: setup
 	$(VENV)/bin/python -m meshvpn.lab.demo
 
-bench: setup
+bench-packages:
 	@$(MAKE) --no-print-directory system-packages APT_PACKAGES="$(BENCH_PACKAGES)" APT_INSTALL_FLAGS=--no-install-recommends
+
+bench: setup bench-packages
 	$(VENV)/bin/python -m meshvpn.bench $(BENCH_ARGS)
+
+matrix: setup bench-packages
+	$(VENV)/bin/python -m meshvpn.bench.matrix $(MATRIX_ARGS)
 
 # Copies the units; they run /usr/local/bin/meshvpn with the configs in /etc/meshvpn.
 install-systemd:

@@ -32,6 +32,10 @@ SANS_IO_MODULES = (
     "meshvpn.turn",
     "meshvpn.turncreds",
     "meshvpn.node.turnlink",
+    "meshvpn.node.traversal",
+    "meshvpn.node.prediction",
+    "meshvpn.node.candidates",
+    "meshvpn.node.offload",
     "meshvpn.sim.*",
 )
 FORBIDDEN = frozenset(
