@@ -135,3 +135,17 @@ def test_neighbours_behind_one_nat_use_the_lan_with_or_without_hairpinning(topo:
         assert mesh.peer("d1", "d2")["endpoint"].startswith(topo.addr("d2") + ":")
     finally:
         mesh.stop_nodes()
+
+
+def test_carrier_grade_nat_with_random_ports_outside_goes_direct_by_birthday_probing(world, topo: Topology) -> None:
+    """Site a's home NAT preserves ports, but the ISP's NAT outside it gives a random port per
+    destination. Seen from outside, a sits behind one random-port NAT and b maps endpoint-
+    independently: the birthday case. Each of a's extra sockets gets a home mapping and an ISP
+    mapping made for b's endpoint alone, so a probe from b that hits an ISP port passes both
+    filters; the inner layer's kind does not matter. Were b endpoint-dependent too, the pair
+    would relay (as two random-port sites do)."""
+    topo.add_site("isp", nat=NatKind.RANDOM_PORTS, hosts=0)
+    mesh = world(NatKind.PORT_PRESERVING, NatKind.PORT_PRESERVING, behind_a="isp")
+    assert both_direct(mesh, 15) or both_direct(mesh, 15), "no birthday hit in two campaigns"
+    assert "birthday probing" in (mesh.dir / "a1.log").read_text()
+    assert mesh.peer("b1", "a1")["endpoint"].startswith(topo.addr("isp") + ":")
