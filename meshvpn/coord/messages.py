@@ -3,8 +3,10 @@
 Every frame on a node↔coord channel carries one JSON object with a ``"type"`` key. Each message
 is a frozen dataclass whose fields carry a `Codec` (check + convert, both directions), so a
 message's schema, limits and error messages are one table instead of hand-written parsing.
-Decoding accepts exactly the documented fields: anything missing, extra, mistyped or oversized
-raises `MalformedMessage`, a `RemoteProtocolError`, and nothing else escapes.
+Decoding checks every documented field: anything missing, mistyped or oversized raises
+`MalformedMessage`, a `RemoteProtocolError`, and nothing else escapes. Fields this version does
+not know are skipped (at most `MAX_UNKNOWN_FIELDS` of them), so a newer node or coord can add
+optional fields without cutting off older peers.
 
 Public keys travel as standard base64 of 32 bytes; endpoints as ``"host:port"`` strings
 (``"[v6]:port"`` for IPv6). Optional fields may be absent or ``null``; encoders omit them.
@@ -28,6 +30,7 @@ MAX_TEXT = 255
 MAX_ERROR_TEXT = 1024
 MAX_ENDPOINTS = 8
 MAX_CANDIDATES = 3 * MAX_ENDPOINTS
+MAX_UNKNOWN_FIELDS = 16
 MAX_PEERS = 4096
 """Peers in one peer_map frame; a larger map comes in several parts."""
 MAX_RELAYS = 64
@@ -253,8 +256,8 @@ class Record:
         _check(isinstance(obj, dict), f"{cls.__name__}: expected a JSON object")
         spec = _wire_fields(cls)
         known = {name for name, _ in spec} | cls._reserved
-        extra = [key for key in obj if key not in known]
-        _check(not extra, f"{cls.__name__}: unexpected fields {extra!r}"[:200])
+        unknown = sum(1 for key in obj if key not in known)
+        _check(unknown <= MAX_UNKNOWN_FIELDS, f"{cls.__name__}: {unknown} unknown fields")
         values = {}
         for name, codec in spec:
             if name not in obj:
@@ -375,6 +378,8 @@ class PeerInfo(Record):
     public_tcp: Endpoint | None = wire(optional(ENDPOINT))
     """The source of the peer's coord connection when it comes from the peer's TCP punch port:
     the NAT's mapping of that port, where TCP hole punching connects to."""
+    turn_relayed: tuple[Endpoint, ...] | None = wire(optional(ENDPOINTS))
+    """The peer's relayed addresses on TURN servers: where to send through TURN."""
     nat: NatInfo | None = wire(NAT)
     """The peer's NAT as it reported it (absent: unknown, treated as endpoint-independent)."""
 

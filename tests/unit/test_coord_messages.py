@@ -120,7 +120,7 @@ REGISTER = {"type": "register", "hostname": "h", "version": "1", "local_endpoint
         ({"nat": {"endpoint_independent": True}}, "allocation"),
         ({"nat": {"endpoint_independent": 1, "allocation": "random"}}, "endpoint_independent"),
         ({"nat": {"endpoint_independent": False, "allocation": "lucky"}}, "expected one of"),
-        ({"extra": 1}, "unexpected fields"),
+        ({f"future_{i}": i for i in range(m.MAX_UNKNOWN_FIELDS + 1)}, "unknown fields"),
     ],
 )
 def test_register_refusals_name_the_field(change, problem):
@@ -206,3 +206,9 @@ def test_any_single_field_corruption_is_refused_or_still_valid(message, data):
     except RemoteProtocolError:
         return
     assert m.decode(m.encode(decoded)) == decoded
+
+
+def test_fields_from_a_newer_version_are_skipped():
+    newer = {**REGISTER, "future_field": {"anything": [1, 2]}}
+    obj = {key: value for key, value in newer.items() if value is not None}
+    assert m.decode(json.dumps(obj)) == m.decode(json.dumps({k: v for k, v in REGISTER.items() if v is not None}))
