@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from meshvpn.bench.measure import ping_stats, throughput_runs
-from meshvpn.bench.peers import ROWS, BenchLab, BenchNet, Row, build_net
+from meshvpn.bench.peers import ROWS, BenchLab, BenchNet, Row, apply_loss, build_net, loss_drops
 from meshvpn.bench.report import RowResult, render_table, to_json, write_json
 from meshvpn.errors import MeshError
 
@@ -24,11 +24,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pings", type=int, default=20, help="pings per row for the average RTT (default 20)")
     parser.add_argument("--rows", nargs="+", metavar="NAME", choices=[row.name for row in ROWS],
                         help="run only these rows (default: all)")
+    parser.add_argument("--loss", type=float, default=0.0, metavar="PCT",
+                        help="drop this %% of the datagrams on the a-b link, each direction (default 0)")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="where to write the results (default bench-results/bench-<date>.json)")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.runs < 1 or args.pings < 1:
         parser.error("--seconds, --runs and --pings must be positive")
+    if not 0 <= args.loss < 100:
+        parser.error("--loss must be at least 0 and below 100")
     return args
 
 
@@ -60,23 +64,32 @@ def main(argv: list[str] | None = None) -> int:
         print("meshvpn bench: needs root (network namespaces)", file=sys.stderr)
         return 2
     started = datetime.datetime.now().astimezone()
+    load_before = os.getloadavg()
     rows = [row for row in ROWS if args.rows is None or row.name in args.rows]
     results = []
     try:
         with BenchLab() as lab, tempfile.TemporaryDirectory(prefix="meshvpn-bench-") as workdir:
             net = build_net(lab)
+            if args.loss:
+                apply_loss(net, args.loss)
             for row in rows:
                 print(f"bench: {row.name} ...", file=sys.stderr, flush=True)
                 result = run_row(row, net, Path(workdir), args)
                 results.append(result)
                 print(f"bench: {row.name}: {result.error or f'{result.throughput:.0f} Mbit/s'}", file=sys.stderr, flush=True)
+            dropped = loss_drops(net) if args.loss else 0
     except KeyboardInterrupt:
         print("bench: interrupted; namespaces and processes removed", file=sys.stderr)
         return 130
     print(render_table(results))
+    if args.loss:
+        print(f"loss: {args.loss}% of the datagrams on the a-b link, each direction ({dropped} dropped)")
     path = args.json or Path("bench-results") / f"bench-{started:%Y-%m-%dT%H%M%S}.json"
-    settings = {"seconds": args.seconds, "runs": args.runs, "pings": args.pings, "started": started.isoformat()}
-    host = {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    settings = {"seconds": args.seconds, "runs": args.runs, "pings": args.pings, "loss_percent": args.loss,
+                "started": started.isoformat()}
+    host = {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "load_average_before": load_before, "load_average_after": os.getloadavg()}
+    print(f"load average (1, 5, 15 min): {load_before} before, {host['load_average_after']} after")
     write_json(path, to_json(results, settings, host))
     print(f"results written to {path}")
     return 0 if all(result.error is None for result in results) else 1
