@@ -53,7 +53,8 @@ class ServerLimits:
     handshake_timeout: float = 10.0
     """Seconds a new connection has to complete the channel handshake."""
     max_write_buffer: int = 4 << 20
-    """Bytes queued for a client that does not read before it is dropped (above one full frame)."""
+    """Bytes queued for a client that does not read before it is dropped (above one full frame,
+    and above its peer map, whose size is the network's doing, not the client's)."""
     socket_send_buffer: int | None = 256 << 10
     """Kernel send buffer per connection (SO_SNDBUF), so that thousands of idle or slow clients
     cannot each grow one to megabytes; None leaves the kernel's autotuning on."""
@@ -106,6 +107,8 @@ class _Connection(asyncio.Protocol):
         self.address = "?"
         self.node_key: bytes | None = None
         """Set once the channel is established and the core has been told about the node."""
+        self.peer_map_bytes = 0
+        """Bytes of peer map sent, which may sit in the queue on top of `max_write_buffer`."""
         self._handshake_timer: asyncio.TimerHandle | None = None
 
     def who(self) -> str:
@@ -165,10 +168,12 @@ class _Connection(asyncio.Protocol):
             self.server.membership.node_disconnected(self, self.server.clock())
             self.server.run_actions()
 
-    def send_payload(self, payload: bytes) -> None:
+    def send_payload(self, payload: bytes, *, peer_map: bool = False) -> None:
         """Seal one encoded message to this node; drop the node if it stopped reading."""
         if self.transport.is_closing():
             return
+        if peer_map:
+            self.peer_map_bytes += len(payload)
         try:
             self.channel.send(payload)
         except LocalProtocolError as exc:
@@ -176,7 +181,7 @@ class _Connection(asyncio.Protocol):
             return
         self._flush()
         queued = self.transport.get_write_buffer_size()
-        if queued > self.server.limits.max_write_buffer:
+        if queued > self.server.limits.max_write_buffer + self.peer_map_bytes:
             self.drop(f"not reading: {queued} bytes queued", abort=True)
 
     def close_by_core(self, reason: str) -> None:
@@ -335,7 +340,7 @@ class CoordServer:
                     payload = action.payload or encoded.get(id(action.message))
                     if payload is None:
                         payload = encoded[id(action.message)] = messages.encode(action.message)
-                    action.conn_id.send_payload(payload)
+                    action.conn_id.send_payload(payload, peer_map=isinstance(action.message, messages.PeerMap))
                 elif isinstance(action, Close):
                     action.conn_id.close_by_core(action.reason)
                 elif isinstance(action, Log):

@@ -7,6 +7,7 @@ the server writes when it drops a misbehaving client while it keeps serving the 
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -426,6 +427,25 @@ def test_a_client_that_never_reads_is_dropped_when_its_buffer_fills(tmp_path, se
 
     line = asyncio.run(scenario())
     assert "bytes queued" in line and "key " in line
+
+
+def test_a_large_peer_map_arrives_in_parts_and_its_size_does_not_count_as_not_reading(tmp_path, server_log):
+    async def scenario():
+        limits = ServerLimits(max_write_buffer=1024, socket_send_buffer=4096)
+        async with running(coord_config(tmp_path), limits) as server:
+            server.membership.settings = dataclasses.replace(server.membership.settings, peer_map_part_bytes=2000)
+            token = auth_key(server)
+            for n in range(60):
+                client, _, _ = await join(server, f"offline-{n}", token)
+                client.close()
+                await client.wait_closed()
+            client, _, peer_map = await join(server, "newcomer", token)
+            client.close()
+            return peer_map, server_log.lines
+
+    peer_map, lines = asyncio.run(scenario())
+    assert sorted(p.name for p in peer_map.peers) == sorted(f"offline-{n}" for n in range(60))
+    assert not any("not reading" in line for line in lines)
 
 
 def test_a_silent_client_is_closed_after_three_keepalives_and_a_pinging_one_stays(tmp_path, server_log):
