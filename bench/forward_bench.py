@@ -7,15 +7,16 @@ fixed time through the tunnel in each mode and once over the bare veth as the ce
     sudo .venv/bin/python bench/forward_bench.py [--seconds 10] [--modes plain:none,offload:cffi]
 
 A mode is ``<io>:<crypto>``: io ``plain`` (one packet per syscall) or ``offload`` (virtio-net
-TSO reads, GRO-style TUN writes, UDP_SEGMENT sends, UDP_GRO receives); crypto ``none``,
-``bindings`` (``nacl.bindings``, bytes in and out), ``cffi`` (libsodium through
-``nacl._sodium.lib`` on preallocated buffers, sealing straight from the TUN buffer) or
-``openssl`` (the same AEAD from the ``cryptography`` package, ``encrypt_into``/``decrypt_into``).
+TSO reads, GRO-style TUN writes, UDP_SEGMENT sends, UDP_GRO receives); crypto ``none``, or the
+daemon's :class:`meshvpn.session.Session` on its ``bindings`` (``nacl.bindings``, bytes in and
+out) or ``cffi`` back end (libsodium through ``nacl._sodium.lib`` on preallocated buffers,
+sealing straight from the TUN buffer), or ``openssl`` (the same AEAD from the ``cryptography``
+package, ``encrypt_into``/``decrypt_into``, for comparison).
 
 The forwarder loop is the data path's shape: batch read -> segment -> seal each -> one GSO
 send; GRO receive -> open each -> coalesce -> one TUN write per super-packet. Messages use the
 DATA layout of meshvpn.wire (16-byte header as associated data, nonce = 4 zero bytes + counter).
-No handshake or replay window: keys are fixed per direction.
+No handshake: keys are fixed per direction (the session modes keep a replay window).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from meshvpn import wire  # noqa: E402
 from meshvpn.lab import Lab, Namespace  # noqa: E402
 from meshvpn.node.tun import TunDevice  # noqa: E402
 from meshvpn.node.udpio import MAX_GSO_BYTES, MAX_SEGMENTS, BatchUdpSocket  # noqa: E402
+from meshvpn.noise import SessionKeys  # noqa: E402
+from meshvpn.session import OVERHEAD, Session  # noqa: E402
 
 UNDERLAY = ("192.0.2.1", "192.0.2.2")
 OVERLAY = ("10.77.0.1", "10.77.0.2")
@@ -94,73 +97,27 @@ def null_cipher(src: bytearray, out: bytearray, inbuf: bytearray, send_key: byte
     return Cipher(seal, open_, HEADER_LEN)
 
 
-def bindings_cipher(src: bytearray, out: bytearray, inbuf: bytearray, send_key: bytes, recv_key: bytes) -> Cipher:
-    """ChaCha20-Poly1305 through ``nacl.bindings``: bytes in, new bytes out, one copy each way."""
-    from nacl import bindings, exceptions
+def session_cipher(backend: str) -> Callable[..., Cipher]:
+    """The daemon's own AEAD: :class:`meshvpn.session.Session` on ``backend`` (``cffi`` or ``bindings``).
 
-    encrypt = bindings.crypto_aead_chacha20poly1305_ietf_encrypt
-    decrypt = bindings.crypto_aead_chacha20poly1305_ietf_decrypt
-    header = wire.TRANSPORT_HEADER.pack
-    src_view, out_view, in_view = memoryview(src), memoryview(out), memoryview(inbuf)
-    pad = bytes(4)
-    counter = 0
+    ``seal_into`` writes header and ciphertext from the TUN buffer into the send buffer and
+    ``open_into`` opens in the receive buffer, replay window included, as the daemon does.
+    """
 
-    def seal(at: int, start: int, end: int) -> int:
-        nonlocal counter
-        counter += 1
-        head = header(wire.VERSION, DATA, 0, RECEIVER_INDEX, counter)
-        sealed = encrypt(bytes(src_view[start:end]), head, pad + head[8:], send_key)
-        out_view[at : at + HEADER_LEN] = head
-        out_view[at + HEADER_LEN : at + HEADER_LEN + len(sealed)] = sealed
-        return at + HEADER_LEN + len(sealed)
+    def make(src: bytearray, out: bytearray, inbuf: bytearray, send_key: bytes, recv_key: bytes) -> Cipher:
+        keys = SessionKeys(send_key, recv_key, RECEIVER_INDEX, RECEIVER_INDEX, bytes(32), True)
+        session = Session(keys, 0.0, backend)
+        seal_into, open_into = session.seal_into, session.open_into
 
-    def open_(at: int, end: int) -> bool:
-        if inbuf[at + 1] != DATA:
-            return False
-        try:
-            plain = decrypt(bytes(in_view[at + HEADER_LEN : end]), bytes(in_view[at : at + HEADER_LEN]),
-                            pad + bytes(in_view[at + 8 : at + HEADER_LEN]), recv_key)
-        except exceptions.CryptoError:
-            return False
-        in_view[at + HEADER_LEN : at + HEADER_LEN + len(plain)] = plain
-        return True
+        def seal(at: int, start: int, end: int) -> int:
+            return seal_into(out, at, src, start, end)
 
-    return Cipher(seal, open_, HEADER_LEN + wire.TAG_LEN)
+        def open_(at: int, end: int) -> bool:
+            return open_into(inbuf, at, end) >= 0
 
+        return Cipher(seal, open_, OVERHEAD)
 
-def cffi_cipher(src: bytearray, out: bytearray, inbuf: bytearray, send_key: bytes, recv_key: bytes) -> Cipher:
-    """ChaCha20-Poly1305 from libsodium via cffi pointers: no copies, decryption in place."""
-    from nacl._sodium import ffi, lib
-
-    encrypt = lib.crypto_aead_chacha20poly1305_ietf_encrypt
-    decrypt = lib.crypto_aead_chacha20poly1305_ietf_decrypt
-    null = ffi.NULL
-    src_ptr, out_ptr, in_ptr = ffi.from_buffer(src), ffi.from_buffer(out), ffi.from_buffer(inbuf)
-    seal_nonce, open_nonce = bytearray(12), bytearray(12)
-    seal_nonce_ptr, open_nonce_ptr = ffi.from_buffer(seal_nonce), ffi.from_buffer(open_nonce)
-    seal_key, open_key = ffi.from_buffer(send_key), ffi.from_buffer(recv_key)
-    pack = wire.TRANSPORT_HEADER.pack_into
-    out_view, in_view = memoryview(out), memoryview(inbuf)
-    counter = 0
-
-    def seal(at: int, start: int, end: int) -> int:
-        nonlocal counter
-        counter += 1
-        pack(out, at, wire.VERSION, DATA, 0, RECEIVER_INDEX, counter)
-        seal_nonce[4:] = out_view[at + 8 : at + HEADER_LEN]
-        encrypt(out_ptr + (at + HEADER_LEN), null, src_ptr + start, end - start,
-                out_ptr + at, HEADER_LEN, null, seal_nonce_ptr, seal_key)
-        return at + HEADER_LEN + wire.TAG_LEN + end - start
-
-    def open_(at: int, end: int) -> bool:
-        if inbuf[at + 1] != DATA:
-            return False
-        open_nonce[4:] = in_view[at + 8 : at + HEADER_LEN]
-        body = in_ptr + (at + HEADER_LEN)
-        return not decrypt(body, null, null, body, end - at - HEADER_LEN, in_ptr + at, HEADER_LEN,
-                           open_nonce_ptr, open_key)
-
-    return Cipher(seal, open_, HEADER_LEN + wire.TAG_LEN)
+    return make
 
 
 def openssl_cipher(src: bytearray, out: bytearray, inbuf: bytearray, send_key: bytes, recv_key: bytes) -> Cipher:
@@ -204,7 +161,8 @@ def openssl_cipher(src: bytearray, out: bytearray, inbuf: bytearray, send_key: b
     return Cipher(seal, open_, HEADER_LEN + tag_len)
 
 
-CIPHERS = {"none": null_cipher, "bindings": bindings_cipher, "cffi": cffi_cipher, "openssl": openssl_cipher}
+CIPHERS = {"none": null_cipher, "bindings": session_cipher("bindings"), "cffi": session_cipher("cffi"),
+           "openssl": openssl_cipher}
 
 
 # --- the forwarder process ----------------------------------------------------------------
