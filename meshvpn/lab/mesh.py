@@ -112,6 +112,8 @@ class Mesh:
         self.relays: dict[str, Process] = {}
         self.nodes: dict[str, Process] = {}
         self._relay_places: list[RelayPlace] = []
+        self.turn_servers: list[dict] = []
+        """Entries of the coord config's `turn` list (name, address, secret), set before `start_coord`."""
         self.coord_public = self._new_key("coord")
 
     def _new_key(self, name: str) -> str:
@@ -156,6 +158,7 @@ class Mesh:
             "admin_socket": str(self.admin_socket),
             "networks": [{"name": self.network, "cidr": self.cidr}],
             "relays": [{"name": r.name, "address": r.address, "public_key": r.public_key} for r in self._relay_places],
+            "turn": self.turn_servers,
             "log": {"level": self.log_level},
         })
         self.admin_socket.unlink(missing_ok=True)

@@ -153,6 +153,8 @@ class NodeCore:
         self.registration: Optional[Registered] = None
         self.relays: tuple[m.RelayInfo, ...] = ()
         self.relay_endpoint: Optional[Endpoint] = None
+        self.turn_routes: dict[bytes, Endpoint] = {}
+        """Peer key → the peer's TURN relayed address: its relay path while no meshvpn relay is ready."""
         self.drops: Counter = Counter()
         """Dropped non-data datagrams by reason, for status and tests."""
         self._datagrams: list[tuple[Endpoint, bytes]] = []
@@ -227,7 +229,7 @@ class NodeCore:
                                                    self.traversal.strategy(info.key)))
             self.peers.add(peer)
             self.probes.add_peer(info.key)
-            peer.paths.relay_ready(self.relay_endpoint is not None, now)
+            peer.paths.relay_ready(self._relay_ready(peer), now)
         else:
             self.peers.readdress(peer, info)
             if self.traversal.set_peer_nat(info.key, info.nat):
@@ -327,7 +329,7 @@ class NodeCore:
         """The relay transport is ready at ``endpoint`` (or gone, with None)."""
         self.relay_endpoint = endpoint
         for peer in self.peers:
-            peer.paths.relay_ready(endpoint is not None, now)
+            peer.paths.relay_ready(self._relay_ready(peer), now)
             if peer.route is not None and peer.route.path is RELAY_PATH:
                 peer.route = self._route(peer, RELAY_PATH)
             self._drain_paths(peer, now)
@@ -339,12 +341,23 @@ class NodeCore:
             peer.paths.tcp_ready(endpoint, now)
             self._drain_paths(peer, now)
 
+    def set_turn(self, routes: dict[bytes, Endpoint], now: float) -> None:
+        """Peers reachable through TURN, at their relayed address (the shell frames ChannelData).
+
+        TURN carries a peer's relay path only while no meshvpn relay is ready (docs/relay.md)."""
+        self.turn_routes = routes
+        self.set_relay(self.relay_endpoint, now)
+
+    def _relay_ready(self, peer: Peer) -> bool:
+        return self.relay_endpoint is not None or peer.key in self.turn_routes
+
     def _route(self, peer: Peer, path: Optional[Path]) -> Optional[Route]:
         if path is None:
             return None
         if path.kind is PathKind.RELAY:
             if self.relay_endpoint is None:
-                return None
+                turn = self.turn_routes.get(peer.key)
+                return None if turn is None else Route(path, turn)
             return Route(path, self.relay_endpoint, wire.header(MessageType.RELAY) + peer.key)
         if path.kind is PathKind.TCP:
             return Route(path, path.endpoint)

@@ -36,6 +36,8 @@ from meshvpn.node.netcheck import gather_profile, nat_profile, verdict
 from meshvpn.node.pathfinder import PathFinderConfig
 from meshvpn.node.relayclient import RelayClient
 from meshvpn.node.relays import RelaySet
+from meshvpn.node.turnclient import TurnShell
+from meshvpn.node.turnlink import TurnLinks, frame_run
 from meshvpn.node.tcpio import TcpPunchShell, punch_shell
 from meshvpn.node.tcppunch import TcpEndpoint
 from meshvpn.node.tun import TunDevice
@@ -94,6 +96,8 @@ class NodeDaemon:
         self.stun: Optional[StunClient] = None
         self.link: Optional[CoordLink] = None
         self.relays: Optional[RelayClient] = None
+        self.turn = TurnShell(TurnLinks(os.urandom), self.core, self._sendto, self._inbound, self._after_core,
+                              lambda msg: self.link.send(msg), self.loop.time)
         self.tcp: TcpPunchShell = punch_shell(self.core, self._inbound, self._after_core,
                                               lambda msg: self.link.send(msg), self.loop.time)
         self.control = ControlServer(str(config.control_socket), self.handle_control)
@@ -172,6 +176,8 @@ class NodeDaemon:
             await self.link.close()
         if self.relays is not None:
             await self.relays.close()
+        if self.sock is not None:
+            self.turn.close()
         await self.tcp.close()
         await self.control.close()
         if self._timer is not None:
@@ -210,6 +216,10 @@ class NodeDaemon:
 
     def _send_run(self, dst: Endpoint, run: memoryview, seg_size: int) -> None:
         """One run of sealed messages (``seg_size`` each, the last may be shorter): one GSO send."""
+        turn = self.turn.links.outbound(dst)
+        if turn is not None:
+            self.udp.send_contiguous(turn[0], memoryview(frame_run(turn[1], run, seg_size)), seg_size + 4)
+            return
         if type(dst) is TcpEndpoint:
             self.tcp.send(dst, [bytes(run[first : first + seg_size]) for first in range(0, len(run), seg_size)])
             return
@@ -228,13 +238,18 @@ class NodeDaemon:
     def _on_udp(self) -> None:
         """Open each GRO receive in the socket's buffer and write it to the TUN before the next receive."""
         udp, data, tun = self.udp, self.data, self.tun
+        turn_servers = self.turn.links.by_endpoint
         buf = udp.buffer
         now = self.loop.time()
         try:
             for _ in range(BATCH):
                 source, nbytes, seg_size = udp.recv_into()
+                src = Endpoint(source[0], source[1])
+                if src in turn_servers:  # STUN from a TURN server can look like a DATA header
+                    self.turn.receive_run(buf, nbytes, seg_size, src)
+                    continue
                 to_tun: list[memoryview] = []
-                data.open_datagrams(buf, nbytes, seg_size, Endpoint(source[0], source[1]), now, to_tun)
+                data.open_datagrams(buf, nbytes, seg_size, src, now, to_tun)
                 if to_tun:
                     tun.write_packets(to_tun)
         except BlockingIOError:
@@ -244,7 +259,9 @@ class NodeDaemon:
         self._after_data()
 
     def _own_datagram(self, data: bytes, src: Endpoint) -> bool:
-        """STUN answers and relay hello acks, which the shell's clients own; True if one took it."""
+        """STUN answers, relay hello acks and TURN, which the shell's clients own; True if one took it."""
+        if self.turn.datagram_received(data, src):
+            return True
         if is_stun(data):
             self.stun.datagram_received(data, src)
             return True
@@ -269,6 +286,9 @@ class NodeDaemon:
         core = self.core
         pinned = core.socket_for
         for dst, data in core.datagrams_to_send():
+            wrapped = self.turn.links.wrap(data, dst)
+            if wrapped is not None:
+                dst, data = wrapped
             relay_stream = self.relays.tcp_link(dst)
             if type(dst) is TcpEndpoint:
                 self.tcp.send(dst, [data])
@@ -386,6 +406,7 @@ class NodeDaemon:
     def _on_coord_message(self, msg: m.Message) -> None:
         self.relays.coord_message(msg)
         self.core.coord_message(msg, self.loop.time())
+        self.turn.coord_message(msg)
         self.tcp.coord_message(msg)
         self._after_core()
 
@@ -463,6 +484,7 @@ class NodeDaemon:
             status["self"]["endpoints"] = [str(e) for e in self.local]
             status["self"]["public_endpoint"] = str(self.public_endpoint) if self.public_endpoint else None
             status["self"]["relays"] = self.relays.relays.status()
+            self.turn.annotate(status)
             status["self"]["tcp_punch"] = self.tcp.status()
             yield {**status, "done": True}
         elif cmd == "peers":

@@ -78,6 +78,7 @@ class TurnLinks:
         if isinstance(msg, m.Registered):
             self._peer_relayed.clear()
             self._configure(msg.turn or (), now)
+            self._relayed_changed = bool(self._relayed)  # a new registration: the coord forgot them
         elif isinstance(msg, m.RelayTokens):
             for info in msg.turn or ():
                 server = self.servers.get(info.name)
@@ -120,6 +121,11 @@ class TurnLinks:
     def outbound(self, dst: Endpoint) -> Optional[tuple[Endpoint, int]]:
         """(TURN server, channel) for datagrams to `dst` when it is a peer's relayed address."""
         return self._outbound.get(dst)
+
+    def server_for(self, dst: Endpoint) -> Optional[str]:
+        """The name of the TURN server that carries datagrams to `dst`, for status."""
+        route = self._outbound.get(dst)
+        return None if route is None else self.by_endpoint[route[0]].info.name
 
     def unwrap(self, data: bytes | memoryview, src: Endpoint) -> Optional[bytes]:
         """ChannelData from a TURN server as the RELAY envelope the data path expects, or None."""
@@ -275,3 +281,15 @@ class TurnLinks:
                     self._received.append((_RELAY_HEADER + key + event.data, server.endpoint))
             else:
                 self._events.append((name, event))
+
+
+def frame_run(channel: int, run: memoryview, seg_size: int) -> bytearray:
+    """A GSO run of messages (``seg_size`` each, the last may be shorter) as a run of ChannelData
+    (``seg_size + 4`` each): the header prepend, one copy per message."""
+    out = bytearray()
+    pack = CHANNEL_HEADER.pack
+    for first in range(0, len(run), seg_size):
+        segment = run[first:first + seg_size]
+        out += pack(channel, len(segment))
+        out += segment
+    return out

@@ -7,7 +7,7 @@ import itertools
 
 from meshvpn import wire
 from meshvpn.coord import messages as m
-from meshvpn.node.turnlink import TurnLinks
+from meshvpn.node.turnlink import TurnLinks, frame_run
 from meshvpn.stun_codec import Attr, ErrorCode, StunClass, StunMessage, StunMethod, decode, encode, long_term_key
 from meshvpn.turn import AllocationReady, ChannelBound, decode_channel_data
 from meshvpn.wire import Endpoint, MessageType
@@ -115,3 +115,16 @@ def test_fresh_credentials_sign_the_next_request():
     link.coord_message(m.RelayTokens((), turn=(fresh,)), 10.0)
     link.handle_timer(241.0)
     assert answer(link, 241.0, password="pw2", username="700:me") == [StunMethod.CREATE_PERMISSION]
+
+
+def test_a_gso_run_becomes_a_run_of_channel_data_with_the_same_boundaries():
+    run = memoryview(b"a" * 10 + b"b" * 10 + b"c" * 3)
+    framed = frame_run(0x4001, run, 10)
+    assert bytes(framed) == (b"\x40\x01\x00\x0a" + b"a" * 10 + b"\x40\x01\x00\x0a" + b"b" * 10
+                             + b"\x40\x01\x00\x03" + b"c" * 3)
+    assert [decode_channel_data(framed[i:i + 14]) for i in range(0, 28, 14)] == [(0x4001, b"a" * 10), (0x4001, b"b" * 10)]
+
+
+def test_status_names_the_turn_server_of_a_route():
+    link = linked()
+    assert link.server_for(THEIRS) == "turn-1" and link.server_for(OURS) is None

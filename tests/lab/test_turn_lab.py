@@ -1,0 +1,108 @@
+"""TURN end to end: two daemons behind random-port NATs, no meshvpn relay, a coturn on the internet.
+
+The coord at 203.0.113.10 announces only the coturn at 203.0.113.30 (TURN REST API secret).
+Hole punching cannot work between two random-port NATs, so the only path is through coturn:
+each node allocates a relayed address there, the coord passes the addresses on, and each
+sends ChannelData to the other's relayed address. coturn is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meshvpn.lab import NatKind, Topology
+from meshvpn.lab.mesh import Mesh, wait_for
+
+from test_relay_lab import COORD_ADDR, TCP_SINK, TCP_SOURCE
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
+
+TURN_ADDR = "203.0.113.30"
+TURN_PORT = 3478
+SECRET = "lab-turn-secret"
+
+
+@pytest.fixture
+def coturn(topo: Topology, tool, tmp_path: Path):
+    """coturn in its own namespace on the simulated internet."""
+    turnserver = tool("turnserver")
+    topo.add_server("turn", addrs=[TURN_ADDR])
+    ns = topo.host("turn")
+    argv = [
+        turnserver, "-n", "--use-auth-secret", "--static-auth-secret", SECRET, "--realm", "meshvpn",
+        "--listening-ip", TURN_ADDR, "--relay-ip", TURN_ADDR, "--listening-port", str(TURN_PORT),
+        "--no-tls", "--no-dtls", "--no-tcp", "--no-cli",
+        "--log-file", str(tmp_path / "turnserver.log"), "--simple-log", "--no-stdout-log",
+        "--pidfile", str(tmp_path / "turnserver.pid"), "--userdb", str(tmp_path / "turndb"),
+    ]  # fmt: skip
+    proc = ns.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        yield proc
+    finally:
+        ns.stop(proc)
+
+
+@pytest.fixture
+def tool():
+    import shutil
+
+    def find(name: str) -> str:
+        path = shutil.which(name)
+        if path is None:
+            pytest.skip(f"`{name}` is not installed")
+        return path
+
+    return find
+
+
+@pytest.fixture
+def mesh(topo: Topology, coturn, tmp_path: Path):
+    topo.add_site("a", nat=NatKind.RANDOM_PORTS)
+    topo.add_site("b", nat=NatKind.RANDOM_PORTS)
+    mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR)
+    mesh.turn_servers.append({"name": "coturn", "address": f"{TURN_ADDR}:{TURN_PORT}", "secret": SECRET})
+    mesh.start_coord()
+    key, _ = mesh.create_auth_key()
+    try:
+        for name in ("a1", "b1"):
+            mesh.start_node(name, topo.host(name), key)
+        mesh.wait_registered()
+        yield mesh
+    finally:
+        mesh.stop_nodes()
+
+
+def test_random_port_nats_without_a_meshvpn_relay_meet_through_coturn(mesh: Mesh, topo: Topology, tmp_path) -> None:
+    try:
+        meet_through_coturn(mesh, topo)
+    except BaseException:
+        print(mesh.logs(), (tmp_path / "turnserver.log").read_text(errors="replace")[-4000:])
+        raise
+
+
+def meet_through_coturn(mesh: Mesh, topo: Topology) -> None:
+    wait_for(lambda: all(t["ready"] for n in ("a1", "b1") for t in mesh.status(n)["self"]["turn"]), 15,
+             "both nodes to allocate on coturn")
+    assert mesh.status("a1")["self"]["relays"] == []
+    found = mesh.wait_for_paths({("a1", "b1"): ("relay",), ("b1", "a1"): ("relay",)}, timeout=20)
+    assert len(found) == 2, f"no TURN path: {mesh.status('a1')}"
+    peer = mesh.peer("a1", "b1")
+    assert peer["turn"] == "coturn" and peer["endpoint"].startswith(TURN_ADDR + ":")
+    pinged = mesh.cli("a1", "ping", "b1", "-c", "3", check=False)
+    assert "via relay" in pinged.stdout, pinged.stdout + pinged.stderr
+    assert mesh.nudge("b1", "a1")
+
+    sink = topo.host("b1").popen([sys.executable, "-c", TCP_SINK, mesh.overlay("b1")], stdout=subprocess.PIPE, text=True)
+    assert sink.stdout.readline().strip() == "ready"
+    size = 1 << 20
+    source = topo.host("a1").popen([sys.executable, "-c", TCP_SOURCE, mesh.overlay("b1"), str(size), "1.0"],
+                                   stdout=subprocess.PIPE, text=True)
+    assert source.stdout.readline().strip() == "started"
+    sent = source.stdout.readline().split()
+    received = sink.stdout.readline().split()
+    assert received == sent and int(sent[0]) == size, "the transfer through coturn lost or changed bytes"
+    assert mesh.peer("a1", "b1")["path"] == "relay"
