@@ -42,6 +42,9 @@ from meshvpn.relaytoken import TOKEN_REFRESH, TokenMinter
 from meshvpn.turncreds import CREDENTIAL_REFRESH, TurnSecret, turn_servers
 
 SILENCE_KEEPALIVES = 3
+TOKEN_SLACK = 30.0
+"""Relay tokens due within this many seconds are refreshed in the same timer call: with
+thousands of nodes online, a wake-up per node's refresh would each cost O(connections)."""
 SAMPLE_LIFETIME = 1.0
 """Seconds a node's port sample is passed on in punches; after that its NAT has moved on."""
 
@@ -255,7 +258,7 @@ class Membership:
     def handle_timer(self, now: float) -> None:
         """Close silent connections, forget ephemeral nodes offline too long, refresh relay tokens."""
         for conn in self._conns.values():
-            if conn.tokens_due is not None and conn.tokens_due <= now:
+            if conn.tokens_due is not None and conn.tokens_due <= now + TOKEN_SLACK:
                 self._send(conn, m.RelayTokens(self._relay_tokens(conn, now), turn=self._turn_credentials(conn, now)))
         limit = self.settings.silence_limit
         for conn in [c for c in self._conns.values() if c.last_heard + limit <= now]:

@@ -4,7 +4,7 @@ import itertools
 
 from meshvpn import keys
 from meshvpn.coord import messages as m
-from meshvpn.coord.membership import Membership, MembershipSettings, Send
+from meshvpn.coord.membership import TOKEN_SLACK, Membership, MembershipSettings, Send
 from meshvpn.coord.store import MemoryStore, Network
 from meshvpn.relaytoken import TOKEN_LIFETIME, TOKEN_REFRESH, TokenMinter, TokenVerifier
 
@@ -54,7 +54,7 @@ def test_online_nodes_get_fresh_tokens_before_the_old_ones_expire():
     core, token = membership()
     join(core, token)
     due = NOW + TOKEN_REFRESH
-    for t in range(int(NOW), int(due), 5):
+    for t in range(int(NOW), int(due - TOKEN_SLACK), 5):
         core.receive("c1", m.encode(m.Ping()), t)
         core.handle_timer(t)
         assert not any(isinstance(msg, m.RelayTokens) for msg in sent(core))
@@ -64,6 +64,21 @@ def test_online_nodes_get_fresh_tokens_before_the_old_ones_expire():
     [fresh] = [msg for msg in sent(core) if isinstance(msg, m.RelayTokens)]
     check(fresh.tokens, due)
     assert core.get_timer() <= due + TOKEN_REFRESH
+
+
+def test_refreshes_due_close_together_share_one_timer_call():
+    core, token = membership()
+    join(core, token)
+    core.node_connected("c2", bytes([9]) * 32, "203.0.113.9", NOW + TOKEN_SLACK / 2)
+    core.receive("c2", m.encode(m.Register("desk", "0.1.0", (), token)), NOW + TOKEN_SLACK / 2)
+    core.actions()
+    for conn in ("c1", "c2"):
+        core.receive(conn, m.encode(m.Ping()), NOW + TOKEN_REFRESH)
+    core.handle_timer(NOW + TOKEN_REFRESH)
+    refreshed = [action.conn_id for action in core.actions()
+                 if isinstance(action, Send) and isinstance(action.message, m.RelayTokens)]
+    assert refreshed == ["c1", "c2"]
+    assert core.get_timer() >= NOW + TOKEN_REFRESH + TOKEN_SLACK
 
 
 def test_a_revoked_node_gets_no_more_tokens():
