@@ -18,6 +18,8 @@ SANS_IO_MODULES = (
     "meshvpn.channel",
     "meshvpn.stun",
     "meshvpn.coord.membership",
+    "meshvpn.coord.roster",
+    "meshvpn.coord.peermap",
     "meshvpn.node.pathfinder",
     "meshvpn.node.core",
     "meshvpn.node.dataplane",
