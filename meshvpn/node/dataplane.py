@@ -212,8 +212,8 @@ class DataPlane:
     # ---- inbound --------------------------------------------------------------------
 
     def open_datagrams(self, buf: bytearray, nbytes: int, seg_size: int, src: Endpoint, now: float,
-                       to_tun: list[memoryview]) -> None:
-        """Open the datagrams in ``buf[:nbytes]`` (``seg_size`` each, the last may be shorter) in place.
+                       to_tun: list[memoryview], first: int = 0) -> None:
+        """Open the datagrams in ``buf[first : first + nbytes]`` (``seg_size`` each, the last may be shorter) in place.
 
         Views of the plaintext IP packets are appended to ``to_tun``; they stay valid until
         ``buf`` is written again.  While the receiver index repeats (a GRO batch is one flow),
@@ -228,10 +228,11 @@ class DataPlane:
         peer = session = None
         overlay, source_at, ip_version, min_length, live = b"", 0, 0, 0, False
         opened = opened_bytes = 0
-        for at in range(0, nbytes, seg_size):
+        stop = first + nbytes
+        for at in range(first, stop, seg_size):
             end = at + seg_size
-            if end > nbytes:
-                end = nbytes
+            if end > stop:
+                end = stop
             kind = buf[at + 1] if end - at > 1 else -1
             if (kind == _DATA or kind == _KEEPALIVE) and buf[at] == _VERSION and end - at >= OVERHEAD:
                 relayed_from = -1

@@ -87,14 +87,15 @@ class BatchUdpSocket:
             except OSError:
                 self.send_errors += 1
 
-    def recv_into(self) -> tuple[Any, int, int]:
-        """Receive into :attr:`buffer`: ``(source, nbytes, segment size)``.
+    def recv_into(self, into: memoryview | None = None) -> tuple[Any, int, int]:
+        """Receive into :attr:`buffer`, or ``into``: ``(source, nbytes, segment size)``.
 
         With GRO the bytes are several datagrams of ``segment size`` (the last may be shorter);
         otherwise the size equals ``nbytes``. Raises BlockingIOError on a non-blocking socket
         with nothing queued; a truncated receive yields ``nbytes == 0``.
         """
-        nbytes, ancdata, flags, source = self.sock.recvmsg_into((self._view,), self._ancbufsize)
+        view = self._view if into is None else into
+        nbytes, ancdata, flags, source = self.sock.recvmsg_into((view,), self._ancbufsize)
         if flags & socket.MSG_TRUNC:
             self.truncated += 1
             return source, 0, 1

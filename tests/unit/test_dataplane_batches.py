@@ -206,3 +206,19 @@ def test_truncated_ip_packets_are_not_sealed(size):
     a.seal_packets(bytes([0x45]) + bytes(max(0, size - 1)), [(0, size)], 1.0, sends)
     sends.flush()
     assert sink.runs == [] and a.drops["not ip"] == 1
+
+
+def test_batches_open_where_they_were_received_in_a_larger_area():
+    a, b = planes()
+    sink = Runs()
+    sends = SendBuffer(sink)
+    packets = [ip_packet(A_ADDR, B_ADDR, 200, n) for n in range(4)]
+    for packet in packets:
+        a.seal_packets(packet, [(0, len(packet))], 1.0, sends)
+    sends.flush()
+    _, data, seg = sink.runs[0]
+    area = bytearray(b"\xaa" * 1000) + bytearray(data) + bytearray(b"\xbb" * 10)
+    to_tun = []
+    b.open_datagrams(area, len(data), seg, EP_A, 2.0, to_tun, 1000)
+    assert [bytes(v) for v in to_tun] == packets
+    assert area[:1000] == b"\xaa" * 1000 and area[-10:] == b"\xbb" * 10
