@@ -42,20 +42,38 @@ while True:
 """
 
 PROBE = r"""
-import socket, sys
+import socket, sys, time
 proto, src_port, targets = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
 sock = socket.socket(socket.AF_INET, kind)
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 sock.bind(("0.0.0.0", src_port))
-sock.settimeout(0.5)
+
+
+def udp_ask(dst):
+    # A few tries on the same socket (same mapping): a loaded machine may be slow to answer
+    # the first. Only the target's own answer counts, so a late reply is never misread.
+    for _ in range(4):
+        sock.sendto(b"probe", dst)
+        deadline = time.monotonic() + 0.5
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                data, src = sock.recvfrom(2048)
+            except socket.timeout:
+                break
+            if src == dst:
+                return data.decode()
+    return "-"
+
+
 for target in targets:
     host, port = target.rsplit(":", 1)
     try:
         if proto == "udp":
-            sock.sendto(b"probe", (host, int(port)))
-            print(sock.recv(2048).decode())
+            print(udp_ask((host, int(port))))
         else:
+            sock.settimeout(2.0)
             sock.connect((host, int(port)))
             print(sock.recv(2048).decode())
     except OSError:
