@@ -4,7 +4,7 @@
 
 PYTHON ?= python3
 VENV := .venv
-APT_PACKAGES := iproute2 nftables iperf3 coturn stun-client tcpdump libsystemd-dev pkg-config gcc python3-dev
+APT_PACKAGES := iproute2 nftables iperf3 coturn stun-client tcpdump libsystemd-dev pkg-config gcc python3-dev libsodium-dev
 # Installed by `make bench` only, so `make test` stays quick; without recommends (wireguard-tools
 # would pull in a kernel image). Pass options with BENCH_ARGS="--seconds 3 --runs 1", and to the
 # traversal matrix with MATRIX_ARGS="--pairs random-ports:port-preserving --runs 20".
@@ -26,7 +26,7 @@ system-packages:
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(APT_INSTALL_FLAGS) $$missing; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py meshvpn/_fastpath.c
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet -e '.[test,systemd,metrics]'
 	touch $@

@@ -152,7 +152,7 @@ class Session:
     __slots__ = (
         "local_index", "remote_index", "remote_public", "is_initiator", "created_at",
         "send_counter", "rekey_at", "expires_at", "backend",
-        "_window", "_seal_at", "_open_at",
+        "send_key", "recv_key", "window", "_seal_at", "_open_at",
     )
 
     def __init__(self, keys: SessionKeys, created_at: float, backend: str = DEFAULT_BACKEND) -> None:
@@ -169,7 +169,11 @@ class Session:
         self.expires_at = created_at + REJECT_AFTER_TIME
         self.backend = backend
         """Which AEAD implementation seals and opens (one of BACKENDS)."""
-        self._window = ReplayWindow()
+        self.send_key = keys.send_key
+        self.recv_key = keys.recv_key
+        """The transport keys, for meshvpn.fastpath's native loops (they seal and open with them)."""
+        self.window = ReplayWindow()
+        """Counters seen; the native loops read and update the same window."""
         self._seal_at, self._open_at = _AEADS[backend](keys.send_key, keys.recv_key)
 
     def seal_into(self, out: bytearray, at: int, src, start: int, end: int, kind: int = _DATA) -> int:
@@ -220,7 +224,7 @@ class Session:
                 return -1
         elif kind != _KEEPALIVE or size != OVERHEAD:
             return -1
-        window = self._window
+        window = self.window
         if counter <= window.greatest and not window.check(counter):
             return -1
         if not self._open_at(buf, at, end, counter) or not window.check_and_update(counter):

@@ -210,10 +210,13 @@ class NodeDaemon:
     def _on_tun(self) -> None:
         """Seal what the TUN has straight from its read buffer into GSO runs; no per-packet objects."""
         tun, data, sends = self.tun, self.data, self._sends
+        buf, offload = tun.buffer, tun.offload
         now = self.loop.time()
         try:
             for _ in range(BATCH):
-                data.seal_packets(tun.buffer, tun.read_segments(), now, sends)
+                size = tun.read()
+                if not (offload and data.seal_super_packet(buf, size, now, sends)):
+                    data.seal_packets(buf, tun.segments(size), now, sends)
         except BlockingIOError:
             pass
         except OSError as exc:

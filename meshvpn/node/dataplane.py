@@ -24,9 +24,10 @@ import struct
 from collections import Counter
 from typing import Callable, Iterable, Optional
 
-from meshvpn import wire
+from meshvpn import fastpath, wire
 from meshvpn.errors import MeshError
 from meshvpn.node.core import NodeCore
+from meshvpn.node.offload import GSO_NONE, VNET_HDR_LEN, VirtioNetHdr
 from meshvpn.node.peers import Peer
 from meshvpn.session import OVERHEAD, Session
 from meshvpn.wire import Endpoint
@@ -68,6 +69,13 @@ def _count_received(peer: Peer, packets: int, nbytes: int) -> None:
     counters = peer.counters
     counters.rx_packets += packets
     counters.rx_bytes += nbytes
+
+
+def _count_dropped(peer: Peer, failed: int, spoofed: int, wrong_key: int) -> None:
+    drops = peer.counters.drops
+    for reason, count in (("failed to open", failed), ("spoofed", spoofed), ("relayed under another key", wrong_key)):
+        if count:
+            drops[reason] += count
 
 
 class SendBuffer:
@@ -113,6 +121,15 @@ class SendBuffer:
         self.count += 1
         at = self.at = self.at + size
         if size < self.seg_size or self.count >= self.max_segments or at + self.seg_size > self.max_bytes:
+            self.flush()
+
+    def filled(self, endpoint: Endpoint, seg_size: int, count: int, at: int) -> None:
+        """The empty buffer now holds ``count`` messages of ``seg_size`` (the last may be shorter) up to ``at``.
+
+        The run is sent at once if its last message is shorter or it is full, as :meth:`added` does.
+        """
+        self.endpoint, self.seg_size, self.count, self.at = endpoint, seg_size, count, at
+        if at != count * seg_size or count >= self.max_segments or at + seg_size > self.max_bytes:
             self.flush()
 
     def flush(self) -> None:
@@ -190,6 +207,40 @@ class DataPlane:
         if sealed:
             _count_sent(peer, sealed, sealed_bytes, now)
 
+    def seal_super_packet(self, buf: bytearray, size: int, now: float, sends: SendBuffer) -> bool:
+        """Split and seal the TUN read ``buf[:size]`` (virtio header first) in one pass: one ``fastpath.seal_split``.
+
+        False, with nothing sealed, when the read is not a super-packet for a peer with a
+        session and a route, or is malformed or outside the loop's limits: the caller then
+        takes it through :meth:`seal_packets`, whose rules (core hand-off, drop counts) apply.
+        """
+        if size < VNET_HDR_LEN + _IPV4_MIN or buf[1] == GSO_NONE:
+            return False
+        version = buf[VNET_HDR_LEN] >> 4
+        if version == 4:
+            dst = buf[VNET_HDR_LEN + 16 : VNET_HDR_LEN + 20]
+        elif version == 6 and size >= VNET_HDR_LEN + _IPV6_MIN:
+            dst = buf[VNET_HDR_LEN + 24 : VNET_HDR_LEN + 40]
+        else:
+            return False
+        peer = self.core.peers.by_overlay.get(bytes(dst))
+        session = _sealing_session(peer, now)
+        if session is None:
+            return False
+        route = peer.route
+        sends.flush()
+        try:
+            sealed = fastpath.seal_split(session, route.prefix, buf, VNET_HDR_LEN, size, VirtioNetHdr.decode(buf),
+                                         sends.out, 0)
+        except MeshError:
+            return False
+        if sealed is None:
+            return False
+        count, at, first_size = sealed
+        sends.filled(route.endpoint, first_size, count, at)
+        _count_sent(peer, count, at - count * (len(route.prefix) + OVERHEAD), now)
+        return True
+
     def _to_core(self, peer: Peer, packet: bytes, now: float) -> None:
         """The core queues the packet and starts a handshake or path search."""
         self.core_touched = True
@@ -224,67 +275,42 @@ class DataPlane:
             return
         view = memoryview(buf)
         by_index = self.core.peers.by_index
-        last_index = -1
-        peer = session = None
-        overlay, source_at, ip_version, min_length, live = b"", 0, 0, 0, False
-        opened = opened_bytes = 0
-        stop = first + nbytes
-        for at in range(first, stop, seg_size):
-            end = at + seg_size
-            if end > stop:
-                end = stop
+        at, stop = first, first + nbytes
+        while at < stop:
+            end = min(at + seg_size, stop)
             kind = buf[at + 1] if end - at > 1 else -1
             if (kind == _DATA or kind == _KEEPALIVE) and buf[at] == _VERSION and end - at >= OVERHEAD:
-                relayed_from = -1
+                msg = at
             elif kind == _RELAY and buf[at] == _VERSION and end - at >= _RELAY_INNER + OVERHEAD \
                     and (buf[at + _RELAY_INNER + 1] == _DATA or buf[at + _RELAY_INNER + 1] == _KEEPALIVE):
-                relayed_from = at + 4
-                at += _RELAY_INNER
+                msg = at + _RELAY_INNER
             else:
                 self._other(bytes(buf[at:end]), src, now)
+                at += seg_size
                 continue
-            index = _unpack_index(buf, at + 4)[0]
-            if index != last_index:
-                if opened:
-                    _count_received(peer, opened, opened_bytes)
-                    opened = opened_bytes = 0
-                last_index = index
-                peer = by_index.get(index)
-                if peer is not None:
-                    session = peer.ring.current
-                    if session is not None and session.local_index != index:
-                        session = None
-                    overlay = peer.overlay
-                    ip_version, source_at, min_length = (4, 12, _IPV4_MIN) if len(overlay) == 4 else (6, 8, _IPV6_MIN)
-                    live = False
+            index = _unpack_index(buf, msg + 4)[0]
+            peer = by_index.get(index)
             if peer is None:
                 self.drops["unknown index"] += 1
+                at += seg_size
                 continue
-            if relayed_from >= 0 and buf[relayed_from : relayed_from + wire.KEY_LEN] != peer.key:
-                peer.counters.drops["relayed under another key"] += 1
-                continue
-            length = session.open_into(buf, at, end) if session is not None else peer.ring.open_into(buf, at, end)
-            if length < 0:
-                peer.counters.drops["failed to open"] += 1
-                continue
-            if relayed_from < 0 and not live:
-                peer.last_rx = now
-                peer.last_rx_src = src
-                live = True
-            if peer.pending:
-                self.core_touched = True
-                self.core.flush(peer, now)
-            if not length:
-                continue
-            body = at + _HEADER_LEN
-            if buf[body] >> 4 != ip_version or length < min_length or not buf.startswith(overlay, body + source_at):
-                peer.counters.drops["spoofed"] += 1
-                continue
-            opened += 1
-            opened_bytes += length
-            to_tun.append(view[body : body + length])
-        if opened:
-            _count_received(peer, opened, opened_bytes)
+            relay_key = peer.key if msg != at else None
+            session = peer.ring.current
+            opener = session if session is not None and session.local_index == index else peer.ring
+            next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key = fastpath.open_run(
+                opener, index, relay_key, peer.overlay, buf, view, at, stop, seg_size, to_tun)
+            at = next_at if next_at > at else at + seg_size
+            if opened:
+                _count_received(peer, opened, opened_bytes)
+            if failed or spoofed or wrong_key:
+                _count_dropped(peer, failed, spoofed, wrong_key)
+            if authentic:
+                if relay_key is None:
+                    peer.last_rx = now
+                    peer.last_rx_src = src
+                if peer.pending:
+                    self.core_touched = True
+                    self.core.flush(peer, now)
 
     def _other(self, data: bytes, src: Endpoint, now: float) -> None:
         if self.other is not None and self.other(data, src):

@@ -80,13 +80,23 @@ class TunDevice:
         """Whether reads and writes carry a virtio_net_hdr (TSO reads, GRO writes)."""
         return self.offloads != 0
 
+    def read(self) -> int:
+        """Read once into :attr:`buffer`: the bytes read, virtio header included when offloading.
+
+        Raises BlockingIOError when nothing is queued.
+        """
+        return os.readv(self._fd, (self._view,))
+
     def read_segments(self) -> Iterator[tuple[int, int]]:
         """Read once and yield ``(start, end)`` ranges of :attr:`buffer`, one IP packet each.
 
         A super-packet is split in place, so each range is valid only until the next one is
-        taken. Raises BlockingIOError (before yielding anything) when nothing is queued.
+        taken. Raises BlockingIOError when nothing is queued.
         """
-        size = os.readv(self._fd, (self._view,))
+        return self.segments(self.read())
+
+    def segments(self, size: int) -> Iterator[tuple[int, int]]:
+        """The ``(start, end)`` ranges of the read that left ``size`` bytes in :attr:`buffer`."""
         if not self.offloads:
             yield 0, size
             return

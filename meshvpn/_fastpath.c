@@ -1,0 +1,376 @@
+/* Native loops of the data path: split + seal a TSO super-packet, open a run of datagrams.
+
+   Why: per packet, the Python data path spends more time around libsodium than in it (header
+   rewrites of the split, the seal/open wrappers, the loops).  These two functions do a whole
+   super-packet or a whole GRO run per call, with the exact rules of the pure-Python code
+   (meshvpn/node/offload.py split_in_place, meshvpn/session.py Session.seal_into/open_into,
+   meshvpn/replay.py, the source check of meshvpn/node/dataplane.py), so both produce the same
+   bytes.  meshvpn/fastpath.py is the Python face; it falls back to the pure-Python code when
+   this module is not built.  Lengths from the wire are never trusted: every offset is checked
+   against its buffer before use. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <sodium.h>
+#include <stdint.h>
+#include <string.h>
+
+#define HEADER_LEN 16
+#define TAG_LEN 16
+#define OVERHEAD (HEADER_LEN + TAG_LEN)
+#define VERSION 1
+#define KIND_DATA 3
+#define KIND_KEEPALIVE 4
+#define KIND_RELAY 7
+#define KEY_LEN 32
+#define RELAY_INNER (4 + KEY_LEN)
+#define GSO_NONE 0
+#define GSO_TCPV4 1
+#define GSO_TCPV6 4
+#define GSO_ECN 0x80
+#define PROTO_TCP 6
+#define PROTO_UDP 17
+#define TCP_FIN 0x01
+#define TCP_PSH 0x08
+#define TCP_CWR 0x80
+
+static PyObject *remote_error, *local_error;
+static unsigned long long reject_after;
+static uint64_t window_size;
+static Py_ssize_t window_blocks;
+
+static inline uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static inline void put16(uint8_t *p, uint32_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static inline uint32_t get32le(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static inline uint64_t get64le(const uint8_t *p) { return (uint64_t)get32le(p) | (uint64_t)get32le(p + 4) << 32; }
+static inline void put64le(uint8_t *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i)); }
+
+/* Sum of big-endian 16-bit words; an odd last byte is padded with zero. */
+static uint64_t sum16(const uint8_t *p, Py_ssize_t n) {
+    uint64_t s = 0;
+    for (Py_ssize_t i = 0; i + 1 < n; i += 2) s += get16(p + i);
+    if (n & 1) s += (uint64_t)p[n - 1] << 8;
+    return s;
+}
+
+/* End-around-carry fold: 1..0xFFFF, 0 only for a zero sum (offload.fold). */
+static uint32_t fold(uint64_t s) {
+    while (s >> 16) s = (s & 0xFFFF) + (s >> 16);
+    return (uint32_t)s;
+}
+
+static void write_header(uint8_t *p, int kind, uint32_t index, uint64_t counter) {
+    p[0] = VERSION; p[1] = (uint8_t)kind; p[2] = p[3] = 0;
+    p[4] = (uint8_t)index; p[5] = (uint8_t)(index >> 8); p[6] = (uint8_t)(index >> 16); p[7] = (uint8_t)(index >> 24);
+    put64le(p + 8, counter);
+}
+
+PyDoc_STRVAR(configure_doc,
+"configure(remote_error, local_error, reject_after, window_bits)\n\n"
+"The error classes and protocol constants, given once by meshvpn.fastpath.");
+
+static PyObject *configure(PyObject *self, PyObject *args) {
+    PyObject *remote, *local;
+    unsigned long long reject;
+    Py_ssize_t bits;
+    if (!PyArg_ParseTuple(args, "OOKn", &remote, &local, &reject, &bits)) return NULL;
+    if (bits < 128 || bits % 64) return PyErr_Format(PyExc_ValueError, "window_bits must be a multiple of 64");
+    Py_XSETREF(remote_error, Py_NewRef(remote));
+    Py_XSETREF(local_error, Py_NewRef(local));
+    reject_after = reject;
+    window_blocks = bits / 64;
+    window_size = (uint64_t)bits - 64;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(seal_split_doc,
+"seal_split(key, remote_index, counter, src, start, end, gso_type, gso_size, csum_start, csum_offset,"
+" out, at, prefix) -> (count, end_at, first_size)\n\n"
+"Cut the super-packet src[start:end] into segments as offload.split_in_place does and seal each\n"
+"as a DATA message (prefix in front) back to back at out[at:].  count messages were written,\n"
+"counters counter..counter+count-1; first_size is the size of the first (the others are equal,\n"
+"the last may be shorter).  src is not modified.");
+
+static PyObject *seal_split(PyObject *self, PyObject *args) {
+    Py_buffer key, src, out, prefix;
+    unsigned int remote_index;
+    unsigned long long counter;
+    Py_ssize_t start, end, at;
+    int gso_type, gso_size, l3, csum_offset;
+    if (!PyArg_ParseTuple(args, "y*IKy*nniiiiw*ny*", &key, &remote_index, &counter, &src, &start, &end,
+                          &gso_type, &gso_size, &l3, &csum_offset, &out, &at, &prefix))
+        return NULL;
+    PyObject *result = NULL;
+    const uint8_t *s = src.buf;
+    uint8_t *o = out.buf;
+    const char *error = NULL;
+    int kind = gso_type & ~GSO_ECN;
+    int is_tcp = kind == GSO_TCPV4 || kind == GSO_TCPV6;
+    Py_ssize_t size = end - start;
+    if (key.len != crypto_aead_chacha20poly1305_ietf_KEYBYTES) { PyErr_SetString(PyExc_ValueError, "key must be 32 bytes"); goto done; }
+    if (kind == GSO_NONE || start < 0 || end > src.len || l3 < 0 || size < l3 + (is_tcp ? 20 : 8) || gso_size <= 0) {
+        error = "GSO packet shorter than its headers"; goto fail;
+    }
+    int version = s[start] >> 4;
+    if ((version != 4 && version != 6) || (kind == GSO_TCPV4 && version != 4) || (kind == GSO_TCPV6 && version != 6)) {
+        error = "GSO type does not match the IP header"; goto fail;
+    }
+    int is_v4 = version == 4;
+    int proto = is_tcp ? PROTO_TCP : PROTO_UDP;
+    if (is_v4 ? (l3 < 20 || (s[start] & 0x0F) * 4 != l3 || s[start + 9] != proto) : l3 < 40) {
+        error = "GSO packet's IP header does not match its checksum start"; goto fail;
+    }
+    if (csum_offset != (is_tcp ? 16 : 6)) { error = "GSO checksum offset does not match the transport"; goto fail; }
+    Py_ssize_t hl = l3 + (is_tcp ? (s[start + l3 + 12] >> 4) * 4 : 8);
+    Py_ssize_t payload = size - hl;
+    if ((is_tcp && hl < l3 + 20) || payload <= 0) { error = "GSO packet has a bad transport header or no payload"; goto fail; }
+
+    Py_ssize_t gso = gso_size;
+    Py_ssize_t count = (payload + gso - 1) / gso;
+    Py_ssize_t last_payload = payload - (count - 1) * gso;
+    Py_ssize_t per_msg = prefix.len + OVERHEAD + hl;
+    if (at < 0 || at + count * per_msg + payload > out.len) {
+        PyErr_SetString(local_error, "seal_split: out has no room for the sealed segments"); goto done;
+    }
+    const uint8_t *head = s + start;
+    uint64_t addr_sum = is_v4 ? sum16(head + 12, 8) : sum16(head + 8, 32);
+    uint32_t id0 = is_v4 ? get16(head + 4) : 0;
+    uint32_t seq0 = is_tcp ? (uint32_t)head[l3 + 4] << 24 | (uint32_t)head[l3 + 5] << 16 | (uint32_t)head[l3 + 6] << 8 | head[l3 + 7] : 0;
+    int flags = is_tcp ? head[l3 + 13] : 0;
+    uint8_t nonce[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
+    Py_ssize_t first_size = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t seg_payload = i < count - 1 ? gso : last_payload;
+        Py_ssize_t seg_len = hl + seg_payload;
+        uint8_t *msg = o + at + prefix.len;
+        uint8_t *p = msg + HEADER_LEN;
+        memcpy(o + at, prefix.buf, prefix.len);
+        memcpy(p, head, hl);
+        memcpy(p + hl, head + hl + i * gso, seg_payload);
+        if (is_v4) {
+            put16(p + 2, (uint32_t)seg_len);
+            put16(p + 4, (id0 + (uint32_t)i) & 0xFFFF);
+            put16(p + 10, 0);
+        } else {
+            put16(p + 4, (uint32_t)(seg_len - 40));
+        }
+        if (is_tcp) {
+            uint32_t seq = seq0 + (uint32_t)(i * gso);
+            p[l3 + 4] = (uint8_t)(seq >> 24); p[l3 + 5] = (uint8_t)(seq >> 16);
+            p[l3 + 6] = (uint8_t)(seq >> 8); p[l3 + 7] = (uint8_t)seq;
+            int seg_flags = count == 1 ? flags
+                : i == 0 ? flags & ~(TCP_FIN | TCP_PSH)
+                : i == count - 1 ? flags & ~TCP_CWR
+                : flags & ~(TCP_FIN | TCP_PSH | TCP_CWR);
+            p[l3 + 13] = (uint8_t)seg_flags;
+        } else {
+            put16(p + l3 + 4, (uint32_t)(seg_len - l3));
+        }
+        put16(p + l3 + csum_offset, fold(addr_sum + (uint64_t)proto + (uint64_t)(seg_len - l3)));
+        if (is_v4) put16(p + 10, ~fold(sum16(p, l3)) & 0xFFFF);
+        write_header(msg, KIND_DATA, remote_index, counter + (uint64_t)i);
+        put64le(nonce + 4, counter + (uint64_t)i);
+        crypto_aead_chacha20poly1305_ietf_encrypt(p, NULL, p, (unsigned long long)seg_len, msg, HEADER_LEN,
+                                                  NULL, nonce, key.buf);
+        Py_ssize_t msg_size = prefix.len + OVERHEAD + seg_len;
+        if (i == 0) first_size = msg_size;
+        at += msg_size;
+    }
+    result = Py_BuildValue("nnn", count, at, first_size);
+    goto done;
+fail:
+    PyErr_SetString(remote_error, error);
+done:
+    PyBuffer_Release(&key); PyBuffer_Release(&src); PyBuffer_Release(&out); PyBuffer_Release(&prefix);
+    return result;
+}
+
+/* The replay window of meshvpn.replay.ReplayWindow, read and written through its list of blocks. */
+typedef struct {
+    PyObject *blocks;
+    uint64_t greatest1;  /* greatest + 1; 0 before the first counter */
+} Window;
+
+static int block_get(Window *w, uint64_t counter, uint64_t *word) {
+    PyObject *item = PyList_GET_ITEM(w->blocks, (Py_ssize_t)((counter >> 6) % (uint64_t)window_blocks));
+    *word = PyLong_AsUnsignedLongLong(item);
+    return (*word == (uint64_t)-1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int block_set(Window *w, Py_ssize_t index, uint64_t word) {
+    PyObject *value = PyLong_FromUnsignedLongLong(word);
+    if (value == NULL) return -1;
+    PyList_SetItem(w->blocks, index, value);
+    return 0;
+}
+
+/* 1 if counter would be accepted, 0 if not, -1 on error (ReplayWindow.check). */
+static int window_check(Window *w, uint64_t counter) {
+    if (counter >= reject_after) return 0;
+    if (w->greatest1 == 0 || counter > w->greatest1 - 1) return 1;
+    if (w->greatest1 - 1 - counter >= window_size) return 0;
+    uint64_t word;
+    if (block_get(w, counter, &word) < 0) return -1;
+    return !((word >> (counter & 63)) & 1);
+}
+
+/* ReplayWindow.check_and_update. */
+static int window_update(Window *w, uint64_t counter) {
+    if (counter >= reject_after) return 0;
+    if (w->greatest1 == 0 || counter > w->greatest1 - 1) {
+        int64_t current = w->greatest1 ? (int64_t)((w->greatest1 - 1) >> 6) : -1;
+        int64_t target = (int64_t)(counter >> 6);
+        if (target != current) {
+            if (target - current >= window_blocks) {
+                for (Py_ssize_t b = 0; b < window_blocks; b++) if (block_set(w, b, 0) < 0) return -1;
+            } else {
+                for (int64_t b = current + 1; b <= target; b++)
+                    if (block_set(w, (Py_ssize_t)(b % window_blocks), 0) < 0) return -1;
+            }
+        }
+        w->greatest1 = counter + 1;
+    } else if (w->greatest1 - 1 - counter >= window_size) {
+        return 0;
+    }
+    uint64_t word;
+    if (block_get(w, counter, &word) < 0) return -1;
+    uint64_t bit = (uint64_t)1 << (counter & 63);
+    if (word & bit) return 0;
+    return block_set(w, (Py_ssize_t)((counter >> 6) % (uint64_t)window_blocks), word | bit) < 0 ? -1 : 1;
+}
+
+/* Session.open_into for buf[msg:end]: plaintext length, -1 to drop, -2 on a Python error. */
+static Py_ssize_t open_message(uint8_t *b, Py_ssize_t msg, Py_ssize_t end, uint32_t local_index,
+                               const uint8_t *key, Window *w) {
+    Py_ssize_t size = end - msg;
+    if (size < OVERHEAD) return -1;
+    const uint8_t *h = b + msg;
+    int kind = h[1];
+    if (get32le(h + 4) != local_index || h[0] != VERSION || h[2] || h[3]) return -1;
+    if (kind == KIND_DATA) {
+        if (size == OVERHEAD) return -1;
+    } else if (kind != KIND_KEEPALIVE || size != OVERHEAD) {
+        return -1;
+    }
+    uint64_t counter = get64le(h + 8);
+    int ok = window_check(w, counter);
+    if (ok <= 0) return ok < 0 ? -2 : -1;
+    uint8_t nonce[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
+    put64le(nonce + 4, counter);
+    uint8_t *body = b + msg + HEADER_LEN;
+    if (crypto_aead_chacha20poly1305_ietf_decrypt(body, NULL, NULL, body, (unsigned long long)(size - HEADER_LEN),
+                                                  h, HEADER_LEN, nonce, key) != 0)
+        return -1;
+    ok = window_update(w, counter);
+    if (ok <= 0) return ok < 0 ? -2 : -1;
+    return size - OVERHEAD;
+}
+
+PyDoc_STRVAR(open_run_doc,
+"open_run(key, local_index, window, relay_key, overlay, buf, view, at, stop, seg_size, to_tun)\n"
+"-> (next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key)\n\n"
+"Open the datagrams of buf[at:stop] (seg_size each, the last may be shorter) in place while each\n"
+"is a transport message to local_index (inside a relay envelope from relay_key when that is not\n"
+"None); next_at is where the first one that is not starts.  Plaintexts whose source is the\n"
+"overlay address are appended to to_tun as slices of view; the rest are counted by reason.");
+
+static PyObject *open_run(PyObject *self, PyObject *args) {
+    Py_buffer key, overlay, buf;
+    unsigned int local_index;
+    PyObject *window, *relay_key, *view, *to_tun;
+    Py_ssize_t at, stop, seg_size;
+    if (!PyArg_ParseTuple(args, "y*IOOy*w*OnnnO!", &key, &local_index, &window, &relay_key, &overlay, &buf,
+                          &view, &at, &stop, &seg_size, &PyList_Type, &to_tun))
+        return NULL;
+    PyObject *result = NULL, *greatest = NULL;
+    Window w = {NULL, 0};
+    Py_ssize_t authentic = 0, opened = 0, opened_bytes = 0, failed = 0, spoofed = 0, wrong_key = 0;
+    const uint8_t *relay = NULL;
+    if (key.len != crypto_aead_chacha20poly1305_ietf_KEYBYTES) { PyErr_SetString(PyExc_ValueError, "key must be 32 bytes"); goto done; }
+    if (at < 0 || stop > buf.len || seg_size <= 0) { PyErr_SetString(local_error, "open_run: range outside its buffer"); goto done; }
+    if (relay_key != Py_None) {
+        if (!PyBytes_Check(relay_key) || PyBytes_GET_SIZE(relay_key) != KEY_LEN) { PyErr_SetString(PyExc_ValueError, "relay_key must be 32 bytes"); goto done; }
+        relay = (const uint8_t *)PyBytes_AS_STRING(relay_key);
+    }
+    w.blocks = PyObject_GetAttrString(window, "_blocks");
+    greatest = PyObject_GetAttrString(window, "greatest");
+    if (w.blocks == NULL || greatest == NULL) goto done;
+    if (!PyList_CheckExact(w.blocks) || PyList_GET_SIZE(w.blocks) != window_blocks) { PyErr_SetString(PyExc_TypeError, "window blocks do not match"); goto done; }
+    long long g = PyLong_AsLongLong(greatest);
+    if (g == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        w.greatest1 = PyLong_AsUnsignedLongLong(greatest) + 1;
+        if (PyErr_Occurred()) goto done;
+    } else {
+        w.greatest1 = (uint64_t)(g + 1);
+    }
+    uint64_t initial = w.greatest1;
+    int is_v4 = overlay.len == 4;
+    int ip_version = is_v4 ? 4 : 6;
+    Py_ssize_t source_at = is_v4 ? 12 : 8, min_length = is_v4 ? 20 : 40;
+    uint8_t *b = buf.buf;
+    for (; at < stop; at += seg_size) {
+        Py_ssize_t end = at + seg_size < stop ? at + seg_size : stop;
+        Py_ssize_t msg = at;
+        if (relay == NULL) {
+            if (end - at < OVERHEAD || b[at] != VERSION || (b[at + 1] != KIND_DATA && b[at + 1] != KIND_KEEPALIVE)) break;
+        } else {
+            if (end - at < RELAY_INNER + OVERHEAD || b[at] != VERSION || b[at + 1] != KIND_RELAY) break;
+            msg = at + RELAY_INNER;
+            if (b[msg + 1] != KIND_DATA && b[msg + 1] != KIND_KEEPALIVE) break;
+        }
+        if (get32le(b + msg + 4) != local_index) break;
+        if (relay != NULL && memcmp(b + at + 4, relay, KEY_LEN) != 0) { wrong_key++; continue; }
+        Py_ssize_t length = open_message(b, msg, end, local_index, key.buf, &w);
+        if (length == -2) goto store;
+        if (length < 0) { failed++; continue; }
+        authentic++;
+        if (length == 0) continue;
+        Py_ssize_t body = msg + HEADER_LEN;
+        if (b[body] >> 4 != ip_version || length < min_length || memcmp(b + body + source_at, overlay.buf, overlay.len) != 0) {
+            spoofed++;
+            continue;
+        }
+        PyObject *slice = PySequence_GetSlice(view, body, body + length);
+        if (slice == NULL) goto store;
+        int appended = PyList_Append(to_tun, slice);
+        Py_DECREF(slice);
+        if (appended < 0) goto store;
+        opened++;
+        opened_bytes += length;
+    }
+    if (at > stop) at = stop;
+    result = Py_BuildValue("nnnnnnn", at, authentic, opened, opened_bytes, failed, spoofed, wrong_key);
+store:
+    if (w.greatest1 != initial) {
+        PyObject *value = w.greatest1 ? PyLong_FromUnsignedLongLong(w.greatest1 - 1) : PyLong_FromLong(-1);
+        if (value == NULL || PyObject_SetAttrString(window, "greatest", value) < 0) Py_CLEAR(result);
+        Py_XDECREF(value);
+    }
+done:
+    Py_XDECREF(w.blocks); Py_XDECREF(greatest);
+    PyBuffer_Release(&key); PyBuffer_Release(&overlay); PyBuffer_Release(&buf);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", configure, METH_VARARGS, configure_doc},
+    {"seal_split", seal_split, METH_VARARGS, seal_split_doc},
+    {"open_run", open_run, METH_VARARGS, open_run_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "meshvpn._fastpath",
+    "Native split+seal and open loops of the data path (see meshvpn.fastpath).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__fastpath(void) {
+    if (sodium_init() < 0) {
+        PyErr_SetString(PyExc_ImportError, "libsodium failed to initialise");
+        return NULL;
+    }
+    return PyModule_Create(&module);
+}

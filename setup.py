@@ -1,0 +1,19 @@
+"""Build wiring for the optional native data path (``meshvpn._fastpath``, linked to libsodium).
+
+The extension is optional: without a compiler or ``libsodium-dev`` the build skips it and
+``meshvpn.fastpath`` uses the pure-Python code.  Everything else is in pyproject.toml.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "meshvpn._fastpath",
+            ["meshvpn/_fastpath.c"],
+            libraries=["sodium"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        )
+    ]
+)
