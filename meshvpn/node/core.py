@@ -22,6 +22,9 @@ Rules:
 * A ``punch`` from the coord replaces the peer's candidates and probes them all at once.
   A probe from a peer we have no path to starts punching back, so one side's punch
   (or the coord's message lost on one side) still opens both directions.
+* Whatever the NATs, a peer without a path that sends us a handshake, is punched at by the
+  coord or has traffic queued gets the relay by ``relay_after`` (``PathFinder.want_path``),
+  even while the traversal strategy holds its probes back.
 * Behind hard NATs, where to probe and when to punch follow ``meshvpn.node.traversal``:
   sequential sides punch only on fresh port samples (``SampleWanted``), birthday sides open
   many mappings (``OpenMappings``); datagrams for a ``pinned`` endpoint leave from the extra
@@ -266,6 +269,8 @@ class NodeCore:
             peer.paths.set_candidates(lan + extra, now)
         else:
             peer.paths.set_candidates(_candidates(peer.info) + extra, now)
+        if peer.route is None:
+            peer.paths.want_path(now)
         if peer.route is None or peer.route.path is RELAY_PATH:
             traversal.want_path(peer.key, now, restart=False)
         plan = traversal.on_punch(peer.key, msg.sample is not None, now)
@@ -431,6 +436,8 @@ class NodeCore:
         response, keys = pending.respond(index, self.random_bytes(32))
         self._install(peer, Session(keys, now), now)
         self._send_via(self._reply_route(peer, src, relayed_from), response)
+        if peer.route is None:
+            peer.paths.want_path(now)
         if relayed_from is None:
             peer.paths.traffic_received(src, now)
             self._drain_paths(peer, now)
@@ -483,6 +490,7 @@ class NodeCore:
         if peer.ring.current is None and peer.key not in self.handshakes.attempts:
             self._initiate(peer, now)
         if peer.route is None:
+            peer.paths.want_path(now)
             self.traversal.want_path(peer.key, now)
             if self.traversal.samples_ports:
                 self._resample(now)

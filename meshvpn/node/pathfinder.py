@@ -12,8 +12,8 @@ Rules (docs/paths.md has the state table):
 * A probe reply proves a direct path. The first one is taken at once; within
   `selection_window` after that a lower-RTT path of the same kind replaces it, and a LAN
   path always replaces a public one; any direct path replaces the relay.
-* No direct path `relay_after` seconds after the first punch, and the relay is ready:
-  use the relay, and keep punching in the background.
+* No direct path `relay_after` seconds after the first punch or `want_path`, and the relay
+  is ready: use the relay, and keep punching in the background.
 * The current direct path is probed every `keepalive` to hold NAT mappings, and every
   `liveness_interval` when nothing has been heard on it for that long, because then the
   probes are the only evidence it still works. Nothing heard (reply or authenticated
@@ -236,12 +236,20 @@ class PathFinder:
         Sends a round now. Without a direct path it (re)starts the burst, unless a burst
         is already running, so a stream of packets waiting for a path costs nothing.
         """
-        if self._relay_due is None and not self._direct():
-            self._relay_due = now + self.config.relay_after
+        self.want_path(now)
         if self._next_round is not None and self._round < self.config.punch_burst:
             return
         self._round = 0
         self._punch_round(now)
+
+    def want_path(self, now: float) -> None:
+        """Something needs the peer (traffic, a handshake, its punch): arm the relay fallback.
+
+        Punching arms it too, but a side that must wait before probing (a sequential NAT
+        waits for its port sample) still gets the relay `relay_after` from now.
+        """
+        if self._relay_due is None and not self._direct():
+            self._relay_due = now + self.config.relay_after
 
     def probe_received(self, src: Endpoint, now: float) -> None:
         """The peer's authenticated probe arrived from `src`; the caller sends the reply.

@@ -10,8 +10,12 @@ Sans-IO; the core (`meshvpn.node.core`) asks it what to do and carries it out. R
   punch on our own: wanting a path, or hearing the peer's punch, asks the shell for a sample
   (`SampleWanted`, a STUN request from a new socket); the sample goes to the coord in a
   `punch_request`, and the coord's answering `punch` is the one we act on — once per sample,
-  and, when the peer is endpoint-dependent too, only if it carries the peer's own fresh sample
-  (each side's i-th new mapping must meet the other's i-th predicted port).
+  and, when the peer samples too (sequential as well), only if it carries the peer's own fresh
+  sample (each side's i-th new mapping must meet the other's i-th predicted port). A peer
+  whose ports cannot be predicted never sends a sample, so against it we punch on ours alone.
+* Whatever the two profiles, a peer that needs a path gets the relay by `relay_after`: the
+  core arms each path finder's fallback (`PathFinder.want_path`) on traffic, on a handshake
+  and on the coord's punch, before and apart from any strategy here.
 * **Birthday side** (random ports, peer endpoint-independent): every punch opens up to
   `BirthdayPlan.sockets` mappings from fresh sockets (`OpenMappings`), at most one window at a
   time, while the peer probes random ports of our address.
@@ -74,6 +78,11 @@ def profile_of(info: Optional[m.NatInfo]) -> NatProfile:
     return NatProfile(info.endpoint_independent, Allocation(info.allocation))
 
 
+def samples_ports(profile: NatProfile) -> bool:
+    """Whether a side behind this NAT samples its ports before punching (sequential mapping)."""
+    return not profile.endpoint_independent and profile.predictable
+
+
 def nat_info(profile: NatProfile) -> m.NatInfo:
     """What we report to the coord about our NAT."""
     return m.NatInfo(profile.endpoint_independent, profile.allocation.value)
@@ -113,7 +122,7 @@ class Traversal:
     @property
     def samples_ports(self) -> bool:
         """We are behind a sequential (endpoint-dependent but predictable) NAT."""
-        return not self.local.endpoint_independent and self.local.predictable
+        return samples_ports(self.local)
 
     def profile(self, key: bytes) -> NatProfile:
         return self._state(key).profile
@@ -156,7 +165,7 @@ class Traversal:
             return OnPunch.PUNCH
         state = self._state(key)
         recent = now - state.sampled_at <= SAMPLE_ANSWER
-        if recent and not state.answered and (with_sample or self.profile(key).endpoint_independent):
+        if recent and not state.answered and (with_sample or not samples_ports(self.profile(key))):
             state.answered = True
             return OnPunch.PUNCH
         if state.sampling or (recent and not state.answered):

@@ -137,3 +137,25 @@ def test_a_probe_on_an_extra_socket_pins_its_source_to_that_socket() -> None:
     assert replies == [src]
     alice.datagram_received(probe, Endpoint("198.51.100.3", 1), 0.0)
     assert alice.socket_for == {src: 7}, "the main socket pins nothing"
+
+
+def test_sequential_side_punches_on_its_own_sample_against_a_random_peer() -> None:
+    core, key = core_with_peer(SEQUENTIAL, RANDOM)
+    core.packet_from_tun(core.peers.by_key[key], PACKET, 0.0)
+    assert events(core) == [SampleWanted(key)]
+    core.port_sampled(key, Endpoint("203.0.113.100", 30010), 0.05)
+    core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN), nat=nat_info(RANDOM)), 0.1)
+    assert PUBLIC_EP in probe_targets(core), "a random-port peer never sends a sample to wait for"
+
+
+@pytest.mark.parametrize("peer", [NatProfile(), SEQUENTIAL, RANDOM])
+def test_a_sequential_side_whose_samples_never_come_back_still_gets_the_relay(peer) -> None:
+    core, key = core_with_peer(SEQUENTIAL, peer)
+    core.set_relay(Endpoint("198.51.100.20", 7500), 0.0)
+    bob = core.peers.by_key[key]
+    core.packet_from_tun(bob, PACKET, 0.0)
+    while (now := core.get_timer()) is not None and now <= 2.0:
+        core.handle_timer(now)
+    assert probe_targets(core) == [], "no sample, no punch"
+    assert bob.route is not None and bob.route.path.kind.value == "relay"
+    assert bob.route.endpoint == Endpoint("198.51.100.20", 7500)

@@ -382,3 +382,14 @@ def test_any_input_sequence_keeps_the_machine_consistent(events):
         timer = finder.get_timer()
         assert timer is None or timer > now
         assert (timer is None) == (finder.state is PathState.IDLE)
+
+
+def test_want_path_arms_the_relay_fallback_without_probing() -> None:
+    finder = PathFinder(lambda: bytes(8), PathFinderConfig(relay_after=2.0))
+    finder.relay_ready(True, 0.0)
+    finder.want_path(0.5)
+    assert finder.next_actions() == [] and finder.get_timer() == 2.5
+    finder.want_path(1.0)
+    assert finder.get_timer() == 2.5, "a later want does not push the fallback back"
+    finder.handle_timer(2.5)
+    assert finder.current_path == RELAY_PATH
