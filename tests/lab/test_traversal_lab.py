@@ -149,3 +149,18 @@ def test_carrier_grade_nat_with_random_ports_outside_goes_direct_by_birthday_pro
     assert both_direct(mesh, 15) or both_direct(mesh, 15), "no birthday hit in two campaigns"
     assert "birthday probing" in (mesh.dir / "a1.log").read_text()
     assert mesh.peer("b1", "a1")["endpoint"].startswith(topo.addr("isp") + ":")
+
+
+@pytest.mark.parametrize("kind", [NatKind.SEQUENTIAL, NatKind.ADDRESS_DEPENDENT], ids=lambda k: k.name)
+def test_a_sequential_side_against_random_ports_gets_a_path_by_relay_after(world, kind) -> None:
+    """A sequential side punches only on a fresh port sample and, against another sequential
+    side, only with the peer's sample too; a random-port peer never sends one. Whatever the
+    strategy waits for, traffic or a handshake arms the relay fallback, so both sides have a
+    path (the relay at the latest, `relay_after` 2 s) and pings flow both ways."""
+    mesh = world(kind, NatKind.RANDOM_PORTS)
+    paths = ("relay", "direct")
+    found = mesh.wait_for_paths({("a1", "b1"): paths, ("b1", "a1"): paths}, timeout=10)
+    assert len(found) == 2, mesh.logs()
+    assert max(f.seconds for f in found.values()) < 2.0 + 1.5, {pair: f.seconds for pair, f in found.items()}
+    for src, dst in (("a1", "b1"), ("b1", "a1")):
+        assert mesh.nudge(src, dst, timeout=2.0), f"no ping reply {src} -> {dst}"
