@@ -166,6 +166,7 @@ DEPENDENT = "address-dependent or address-and-port-dependent"
 NETCHECK_CASES = [
     # kind, mapping, filtering, allocation, hairpinning
     (NatKind.PORT_PRESERVING, EIM, APDM, "port preservation", False),
+    (NatKind.PORT_RANGE, EIM, APDM, "random", False),
     (NatKind.RANDOM_PORTS, APDM, DEPENDENT, "random", False),
     (NatKind.SEQUENTIAL, APDM, DEPENDENT, "sequential", False),
     (NatKind.ADDRESS_DEPENDENT, ADM, DEPENDENT, "sequential", False),

@@ -6,8 +6,9 @@ import pytest
 
 from meshvpn.node.netcheck import (
     ADM, APDM, EIM, ENDPOINT_DEPENDENT, OFFSET, PRESERVING, RANDOM, SEQUENTIAL,
-    Observations, allocation, mapping, render, verdict,
+    Observations, allocation, mapping, nat_profile, render, verdict,
 )
+from meshvpn.node.prediction import Allocation, NatProfile
 
 PUB = "203.0.113.100"
 
@@ -88,3 +89,16 @@ def test_no_answer_means_udp_blocked() -> None:
 ])
 def test_traversal_summary(obs, expected) -> None:
     assert verdict(obs).traversal == expected
+
+
+@pytest.mark.parametrize("mapped, expected", [
+    ({"A1P1": (PUB, 31234), "A2P2": (PUB, 31234)}, NatProfile(True, Allocation.RANDOM)),
+    ({"A1P1": (PUB, 31234)}, NatProfile(False, Allocation.RANDOM)),
+    ({"A1P1": (PUB, 31234), "A2P2": (PUB, 38001)}, NatProfile(False, Allocation.RANDOM)),
+])
+def test_a_port_range_nat_is_endpoint_independent_only_when_a_second_stun_address_shows_it(mapped, expected) -> None:
+    """nft snat into a port range keeps one mapping per socket but draws its ports at random:
+    one STUN address cannot tell that from a random port per destination."""
+    samples = [(4000, 31234), (5123, 36017), (6000, 30555)]
+    obs = Observations(local_ip="10.1.0.11", mapped=mapped, samples=samples)
+    assert nat_profile(verdict(obs)) == expected
