@@ -10,7 +10,8 @@ setup(
     ext_modules=[
         Extension(
             "meshvpn._fastpath",
-            ["meshvpn/_fastpath.c"],
+            ["meshvpn/_fastpath.c", "meshvpn/_fastpath_coalesce.c"],
+            depends=["meshvpn/_fastpath.h"],
             libraries=["sodium"],
             extra_compile_args=["-O2"],
             optional=True,

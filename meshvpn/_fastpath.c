@@ -1,7 +1,8 @@
-/* Native loops of the data path: split + seal a TSO super-packet, open a run of datagrams.
+/* Native loops of the data path: split + seal a TSO super-packet, open a run of datagrams
+   (and, in _fastpath_coalesce.c, coalesce the opened segments for the TUN write).
 
    Why: per packet, the Python data path spends more time around libsodium than in it (header
-   rewrites of the split, the seal/open wrappers, the loops).  These two functions do a whole
+   rewrites of the split, the seal/open wrappers, the loops).  These functions do a whole
    super-packet or a whole GRO run per call, with the exact rules of the pure-Python code
    (meshvpn/node/offload.py split_in_place, meshvpn/session.py Session.seal_into/open_into,
    meshvpn/replay.py, the source check of meshvpn/node/dataplane.py), so both produce the same
@@ -12,54 +13,13 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <sodium.h>
-#include <stdint.h>
-#include <string.h>
 
-#define HEADER_LEN 16
-#define TAG_LEN 16
-#define OVERHEAD (HEADER_LEN + TAG_LEN)
-#define VERSION 1
-#define KIND_DATA 3
-#define KIND_KEEPALIVE 4
-#define KIND_RELAY 7
-#define KEY_LEN 32
-#define RELAY_INNER (4 + KEY_LEN)
-#define GSO_NONE 0
-#define GSO_TCPV4 1
-#define GSO_TCPV6 4
-#define GSO_ECN 0x80
-#define PROTO_TCP 6
-#define PROTO_UDP 17
-#define TCP_FIN 0x01
-#define TCP_PSH 0x08
-#define TCP_CWR 0x80
+#include "_fastpath.h"
 
 static PyObject *remote_error, *local_error;
 static unsigned long long reject_after;
 static uint64_t window_size;
 static Py_ssize_t window_blocks;
-
-static inline uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static inline void put16(uint8_t *p, uint32_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
-static inline uint32_t get32le(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static inline uint64_t get64le(const uint8_t *p) { return (uint64_t)get32le(p) | (uint64_t)get32le(p + 4) << 32; }
-static inline void put64le(uint8_t *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i)); }
-
-/* Sum of big-endian 16-bit words; an odd last byte is padded with zero. */
-static uint64_t sum16(const uint8_t *p, Py_ssize_t n) {
-    uint64_t s = 0;
-    for (Py_ssize_t i = 0; i + 1 < n; i += 2) s += get16(p + i);
-    if (n & 1) s += (uint64_t)p[n - 1] << 8;
-    return s;
-}
-
-/* End-around-carry fold: 1..0xFFFF, 0 only for a zero sum (offload.fold). */
-static uint32_t fold(uint64_t s) {
-    while (s >> 16) s = (s & 0xFFFF) + (s >> 16);
-    return (uint32_t)s;
-}
 
 static void write_header(uint8_t *p, int kind, uint32_t index, uint64_t counter) {
     p[0] = VERSION; p[1] = (uint8_t)kind; p[2] = p[3] = 0;
@@ -359,6 +319,7 @@ static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, configure_doc},
     {"seal_split", seal_split, METH_VARARGS, seal_split_doc},
     {"open_run", open_run, METH_VARARGS, open_run_doc},
+    {"coalesce_iov", coalesce_iov, METH_O, coalesce_iov_doc},
     {NULL, NULL, 0, NULL},
 };
 

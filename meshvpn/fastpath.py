@@ -9,9 +9,11 @@ is set by the interpreter.  Two loops carry almost every packet, and each is one
 * :func:`open_run` opens, in place, the datagrams of a GRO receive that belong to one session,
   applies the replay window and the inner source check, and appends views of the plaintexts for
   the TUN write: one call per run.
+* :func:`coalesce_iov` merges the opened TCP segments into TUN super-packets: one call per write.
 
 One API, two implementations.  The pure-Python one composes the code it replaces
-(:func:`meshvpn.node.offload.split_in_place`, :meth:`Session.seal_into`, ``open_into``), so the
+(:func:`meshvpn.node.offload.split_in_place`, :meth:`Session.seal_into`, ``open_into``,
+:func:`meshvpn.node.offload.coalesce_iov`), so the
 rules live there; the native one follows them byte for byte (``tests/unit/test_fastpath.py``
 compares both on random input).  The native module shares the session's keys and its
 :class:`~meshvpn.replay.ReplayWindow`, so a session may be opened by either at any time.
@@ -27,6 +29,7 @@ from typing import Union
 from meshvpn import wire
 from meshvpn.constants import REJECT_AFTER_MESSAGES, REPLAY_WINDOW_BITS
 from meshvpn.errors import LocalProtocolError, RemoteProtocolError
+from meshvpn.node import offload
 from meshvpn.node.offload import VirtioNetHdr, split_in_place
 from meshvpn.session import OVERHEAD, KeyRing, Session, SessionExhausted
 
@@ -143,3 +146,10 @@ def open_run(opener: Union[Session, KeyRing], index: int, relay_key: bytes | Non
         opened_bytes += length
         to_tun.append(view[body : body + length])
     return min(at, stop), authentic, opened, opened_bytes, failed, spoofed, wrong_key
+
+
+def coalesce_iov(packets: list[memoryview]) -> list[list]:
+    """:func:`meshvpn.node.offload.coalesce_iov` (TUN writes ``[virtio_hdr, head, payload...]``), natively when built."""
+    if _native is not None:
+        return _native.coalesce_iov(packets)
+    return offload.coalesce_iov(packets)

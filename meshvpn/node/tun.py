@@ -20,6 +20,7 @@ from typing import Iterator, Sequence
 
 import pytun
 
+from meshvpn import fastpath
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.node import offload
 from meshvpn.node.offload import F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN, VirtioNetHdr
@@ -136,7 +137,7 @@ class TunDevice:
         fd = self._fd
         self.packets_written += len(packets)
         if self.offloads:
-            batch = offload.coalesce_iov(packets)
+            batch = fastpath.coalesce_iov(packets)
             self.writes += len(batch)
             for iov in batch:
                 try:

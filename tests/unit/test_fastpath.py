@@ -285,6 +285,48 @@ def test_open_run_on_garbage_never_raises_and_agrees(data, seg_size, relayed, he
     assert native[0][2] == 0, "nothing forged opens"
 
 
+# --- coalesce_iov --------------------------------------------------------------------------
+
+
+def coalesce_all(packets: list[bytes]):
+    """Coalesce writable copies of ``packets``: each iovec as bytes, and the packets afterwards."""
+    views = [memoryview(bytearray(packet)) for packet in packets]
+    return [[bytes(part) for part in iov] for iov in fastpath.coalesce_iov(views)], [bytes(v) for v in views]
+
+
+def stream(version: int, payload: bytes, mss: int, flags: int = 0x10, seq: int = 4000) -> list[bytes]:
+    return segment(*tcp_super_packet(version, payload, mss, flags, seq))
+
+
+def test_coalesce_merges_a_split_super_packet_back(impl):
+    packet, hdr = tcp_super_packet(4, bytes(range(256)) * 20, 1000)
+    iovs, _ = coalesce_all(segment(packet, hdr))
+    assert len(iovs) == 1
+    merged = VirtioNetHdr.decode(iovs[0][0])
+    assert (merged.gso_type, merged.gso_size, merged.csum_start) == (GSO_TCPV4, 1000, 20)
+    assert b"".join(iovs[0][1:])[52:] == packet[52:]
+
+
+@needs_native
+@settings(max_examples=300, deadline=None)
+@given(parts=st.lists(st.tuples(st.sampled_from([4, 6]), st.integers(1, 6000), st.integers(200, 1500),
+                                st.sampled_from([0x10, 0x18, 0x11, 0x12])), min_size=1, max_size=4),
+       order=st.randoms(use_true_random=False),
+       mutate=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 60), st.integers(1, 255)), max_size=3),
+       extra=st.lists(st.binary(max_size=80), max_size=3))
+def test_coalesce_native_equals_pure(parts, order, mutate, extra):
+    packets = [p for version, size, mss, flags in parts for p in stream(version, bytes(size), mss, flags)]
+    packets += extra + [udp_super_packet(4, b"u" * 30, 100)[0]]
+    if order.random() < 0.3:
+        order.shuffle(packets)
+    for which, where, value in mutate:
+        if packets and packets[which % len(packets)]:
+            changed = bytearray(packets[which % len(packets)])
+            changed[where % len(changed)] ^= value
+            packets[which % len(packets)] = bytes(changed)
+    assert run_with(True, coalesce_all, packets) == run_with(False, coalesce_all, packets)
+
+
 # --- selection -----------------------------------------------------------------------------
 
 
