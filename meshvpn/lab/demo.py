@@ -25,11 +25,12 @@ from meshvpn.lab.mesh import COORD_PORT, RELAY_PORT, STUN_PORT, Mesh, PathFound
 from meshvpn.lab.nat import Nat, NatKind
 from meshvpn.lab.netns import Lab, cleanup_stale, lab_namespaces
 from meshvpn.lab.topology import Topology
+from meshvpn.lab.transfer import PORT as TRANSFER_PORT
+from meshvpn.lab.transfer import transfer
 
 COORD_ADDR = "203.0.113.10"
 RELAY_ADDR = "203.0.113.20"
 NETWORK, CIDR = "demo", "100.80.0.0/24"
-TRANSFER_PORT = 9000
 PATH_TIMEOUT = 15.0
 """Seconds to wait for all paths; the relayed pair needs `paths.relay_after` (2 s) and its relay link."""
 PING_COUNT = "3"
@@ -66,35 +67,6 @@ punch (each side's port for the other is unknowable), so that pair can only use 
 RELAYED = ("d1", "e1")
 DIRECT = ("a1", "b1")
 PINGS = (("a1", "b1"), ("c1", "c2"), ("b1", "c2"), RELAYED)
-
-TRANSFER_SINK = r"""
-import hashlib, socket, sys, time
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind((sys.argv[1], int(sys.argv[2]))); srv.listen(1); srv.settimeout(float(sys.argv[3]))
-print("ready", flush=True)
-conn, _ = srv.accept(); conn.settimeout(float(sys.argv[3]))
-digest, total, first, buf = hashlib.sha256(), 0, None, bytearray(1 << 16)
-view = memoryview(buf)
-while n := conn.recv_into(buf):
-    first = first or time.monotonic()
-    digest.update(view[:n]); total += n
-elapsed = time.monotonic() - (first or time.monotonic())
-conn.close()
-print(f"received {total} bytes in {elapsed:.3f} s, sha256 {digest.hexdigest()}", flush=True)
-"""
-
-TRANSFER_SOURCE = r"""
-import hashlib, os, socket, sys, time
-block = os.urandom(1 << 20)
-sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
-digest, total, end = hashlib.sha256(), 0, time.monotonic() + float(sys.argv[3])
-while time.monotonic() < end:
-    sock.sendall(block); digest.update(block); total += len(block)
-sock.close()
-print(f"sent {total} bytes, sha256 {digest.hexdigest()}", flush=True)
-"""
-
 
 class DemoFailed(MeshError):
     """Something the demo shows did not work."""
@@ -153,8 +125,8 @@ class Demo:
         if missing:
             raise DemoFailed("no path for " + ", ".join(f"{src} -> {dst}" for src, dst in missing))
         self.step(f"TCP through the tunnel: {self.seconds:g} s of random data, SHA-256 on both ends")
-        self.transfer(mesh, *DIRECT)
-        self.transfer(mesh, *RELAYED)
+        self.checked_transfer(mesh, *DIRECT)
+        self.checked_transfer(mesh, *RELAYED)
 
     def build(self) -> Topology:
         self.step("Building the lab: an internet, the coordination server, a relay and five sites behind NATs")
@@ -199,31 +171,17 @@ class Demo:
             if (src, dst) not in self.found:
                 self.say(f"  {src} -> {dst}: no {'/'.join(kinds)} path after {PATH_TIMEOUT:.0f} s")
 
-    def transfer(self, mesh: Mesh, src: str, dst: str) -> None:
+    def checked_transfer(self, mesh: Mesh, src: str, dst: str) -> None:
         """Send random data from `src` to `dst` through the tunnel for `seconds`; compare digests."""
-        source, sink_ns = mesh.nodes[src].ns, mesh.nodes[dst].ns
         target = mesh.overlay(dst)
-        wait = str(self.seconds + 15)
-        sink = sink_ns.popen([sys.executable, "-c", TRANSFER_SINK, target, str(TRANSFER_PORT), wait],
-                             stdout=subprocess.PIPE, text=True)
-        try:
-            assert sink.stdout is not None
-            if sink.stdout.readline().strip() != "ready":
-                raise DemoFailed(f"the receiver on {dst} did not start")
-            sent = source.run([sys.executable, "-c", TRANSFER_SOURCE, target, str(TRANSFER_PORT), str(self.seconds)],
-                              timeout=self.seconds + 30, check=False)
-            received, _ = sink.communicate(timeout=15)
-        finally:
-            sink_ns.stop(sink)
+        sent, received = transfer(mesh.nodes[src].ns, mesh.nodes[dst].ns, target, duration=self.seconds)
         path = mesh.peer(src, dst)["path"]
         self.say(f"  {src} -> {dst} ({target}:{TRANSFER_PORT}, path {path})")
-        self.say(f"  {src}: {sent.stdout.strip() or sent.stderr.strip()}")
-        self.say(f"  {dst}: {received.strip()}")
-        sent_words, received_words = sent.stdout.split(), received.split()
-        if not sent_words or not received_words or sent_words[1] != received_words[1] or sent_words[-1] != received_words[-1]:
+        self.say(f"  {src}: sent {sent.bytes} bytes, sha256 {sent.sha256}")
+        self.say(f"  {dst}: received {received.bytes} bytes in {received.seconds:.3f} s, sha256 {received.sha256}")
+        if not sent.bytes or not received.same_data(sent):
             raise DemoFailed(f"the transfer from {src} to {dst} did not arrive intact")
-        seconds = float(received_words[4])
-        self.say(f"  checksums match: {int(sent_words[1]) * 8 / seconds / 1e6:.0f} Mbit/s")
+        self.say(f"  checksums match: {received.mbit_per_s():.0f} Mbit/s")
 
     def logs(self) -> str:
         return self.mesh.logs() if self.mesh is not None else ""

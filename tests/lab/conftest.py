@@ -1,4 +1,5 @@
-"""Fixtures for namespace tests: a lab that must leave nothing behind, and tiny UDP/TCP tools.
+"""Fixtures for namespace tests: a lab that must leave nothing behind, the meshes a test builds,
+and tiny UDP/TCP tools.
 
 The tools are Python scripts run inside namespaces: an echo server that answers with the
 source address and port it saw, a prober that reports those answers, and a hole puncher.
@@ -13,6 +14,7 @@ from typing import Callable, Iterator
 import pytest
 
 from meshvpn.lab import Lab, Namespace, Topology, lab_namespaces
+from meshvpn.lab.mesh import Mesh
 
 ECHO_PORT = 7000
 
@@ -109,6 +111,29 @@ def lab() -> Iterator[Lab]:
         yield owned
     left = [name for name in lab_namespaces() if name.startswith(owned.prefix + "-")]
     assert not left, f"namespaces left behind: {left}"
+
+
+BUILT_MESHES = pytest.StashKey[list[Mesh]]()
+
+
+@pytest.fixture
+def meshes(request: pytest.FixtureRequest) -> Iterator[list[Mesh]]:
+    """The meshes a test builds (it appends them): their daemons stop after the test, and a
+    failed test's report carries every process's log (`pytest_runtest_makereport`)."""
+    built = request.node.stash[BUILT_MESHES] = []
+    yield built
+    for mesh in built:
+        mesh.stop_nodes()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Attach the logs of the test's meshes to its report when set-up or the test failed."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and report.when in ("setup", "call"):
+        for index, mesh in enumerate(item.stash.get(BUILT_MESHES, [])):
+            report.sections.append((f"mesh {index} logs", mesh.logs()))
 
 
 @pytest.fixture

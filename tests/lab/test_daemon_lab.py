@@ -10,8 +10,6 @@ Stage 4: the coord stops, tunnels keep working; it comes back and every node re-
 from __future__ import annotations
 
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,58 +18,27 @@ from meshvpn.lab import Topology, python_command
 from meshvpn.lab.mesh import Mesh, wait_for
 from meshvpn.lab.netns import _child_env
 
+from test_relay_lab import capture_marker, copy_a1_to_b1
+
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 
 COORD_ADDR = "203.0.113.10"
 NAMES = ("a1", "b1", "c1", "d1", "d2")
 MARKER = b"MESHVPN-PLAINTEXT-MARKER-7f3a"
 
-TCP_SINK = r"""
-import hashlib, socket, sys
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind((sys.argv[1], 9000)); srv.listen(1)
-print("ready", flush=True)
-conn, _ = srv.accept(); digest = hashlib.sha256(); total = 0
-while chunk := conn.recv(65536):
-    digest.update(chunk); total += len(chunk)
-print(total, digest.hexdigest(), flush=True)
-"""
-
-TCP_SOURCE = r"""
-import os, socket, sys
-data = os.urandom(int(sys.argv[2]))
-sock = socket.create_connection((sys.argv[1], 9000), timeout=20)
-sock.sendall(data); sock.close()
-import hashlib; print(len(data), hashlib.sha256(data).hexdigest())
-"""
-
-UDP_MARKER = r"""
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for _ in range(20):
-    s.sendto(sys.argv[2].encode() * 4, (sys.argv[1], 9001))
-"""
-
-
 @pytest.fixture
-def mesh(topo: Topology, tmp_path: Path):
+def mesh(topo: Topology, tmp_path: Path, meshes: list[Mesh]) -> Mesh:
     for site in ("a", "b", "c"):
         topo.add_site(site)
     topo.add_site("d", hosts=2)
     mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR)
+    meshes.append(mesh)
     mesh.start_coord()
     key, _ = mesh.create_auth_key()
     for name in NAMES:
         mesh.start_node(name, topo.host(name), key)
-    try:
-        mesh.wait_registered()
-        yield mesh
-    except BaseException:
-        print(mesh.logs())
-        raise
-    finally:
-        mesh.stop_nodes()
+    mesh.wait_registered()
+    return mesh
 
 
 def ping_over(mesh: Mesh, src: str, dst: str) -> bool:
@@ -92,14 +59,7 @@ def test_three_nats_direct_paths_file_transfer_status_and_lan(mesh: Mesh, topo: 
     text = mesh.cli("a1", "status").stdout
     assert "b1" in text and "direct" in text
 
-    sink = topo.host("b1").popen([sys.executable, "-c", TCP_SINK, mesh.overlay("b1")],
-                                 stdout=subprocess.PIPE, text=True)
-    assert sink.stdout.readline().strip() == "ready"
-    sent = topo.host("a1").run([sys.executable, "-c", TCP_SOURCE, mesh.overlay("b1"), str(4 << 20)],
-                               timeout=60).stdout.split()
-    received = sink.stdout.readline().split()
-    topo.host("b1").stop(sink)
-    assert received == sent and int(sent[0]) == 4 << 20
+    copy_a1_to_b1(mesh, 4 << 20)
 
     pong = mesh.cli("a1", "ping", "c1", "-c", "2").stdout
     assert "pong from c1" in pong and "via direct" in pong
@@ -111,16 +71,7 @@ def test_three_nats_direct_paths_file_transfer_status_and_lan(mesh: Mesh, topo: 
 
 def test_internet_link_never_carries_plaintext(mesh: Mesh, topo: Topology) -> None:
     assert ping_over(mesh, "a1", "b1")
-    capture = mesh.dir / "wan.pcap"
-    router = topo.host("a")
-    dump = router.popen(["tcpdump", "-i", "wan0", "-U", "-w", str(capture), "udp"], stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(1.0)
-        topo.host("a1").run([sys.executable, "-c", UDP_MARKER, mesh.overlay("b1"), MARKER.decode()])
-        time.sleep(1.0)
-    finally:
-        router.stop(dump)
-    data = capture.read_bytes()
+    data = capture_marker(topo.host("a"), "wan0", ["udp"], mesh, MARKER, mesh.dir / "wan.pcap")
     assert len(data) > 20 * len(MARKER), "the capture saw the tunnel traffic"
     assert MARKER not in data
 

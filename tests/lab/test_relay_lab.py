@@ -10,42 +10,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
-from meshvpn.lab import NatKind, Topology
+from meshvpn.lab import Namespace, NatKind, Topology
 from meshvpn.lab.mesh import Mesh, wait_for
+from meshvpn.lab.transfer import transfer
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
 COORD_ADDR = "203.0.113.10"
 RELAY_ADDR = "203.0.113.20"
 MARKER = b"MESHVPN-RELAYED-PLAINTEXT-5c1e"
-
-TCP_SINK = r"""
-import hashlib, socket, sys
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind((sys.argv[1], 9000)); srv.listen(1)
-print("ready", flush=True)
-conn, _ = srv.accept(); digest = hashlib.sha256(); total = 0
-while chunk := conn.recv(65536):
-    digest.update(chunk); total += len(chunk)
-print(total, digest.hexdigest(), flush=True)
-"""
-
-TCP_SOURCE = r"""
-import hashlib, os, socket, sys, time
-size, seconds = int(sys.argv[2]), float(sys.argv[3])
-chunk = os.urandom(size // 64); digest = hashlib.sha256(); total = 0
-sock = socket.create_connection((sys.argv[1], 9000), timeout=30)
-print("started", flush=True)
-for _ in range(64):
-    sock.sendall(chunk); digest.update(chunk); total += len(chunk)
-    time.sleep(seconds / 64)
-sock.close()
-print(total, digest.hexdigest(), flush=True)
-"""
 
 UDP_MARKER = r"""
 import socket, sys
@@ -55,10 +32,12 @@ for _ in range(20):
 """
 
 
-def relayed_mesh(topo: Topology, workdir: Path, nat_a, nat_b) -> Mesh:
+def two_site_mesh(topo: Topology, workdir: Path, nat_a, nat_b, hosts_a: int = 1, hosts_b: int = 1,
+                  behind_a: str | None = None) -> Mesh:
+    """A relay, sites `a` and `b` behind the given NATs, a coord, and daemons a1 and b1 registered."""
     topo.add_server("relay", addrs=[RELAY_ADDR])
-    topo.add_site("a", nat=nat_a)
-    topo.add_site("b", nat=nat_b)
+    topo.add_site("a", nat=nat_a, hosts=hosts_a, behind=behind_a)
+    topo.add_site("b", nat=nat_b, hosts=hosts_b)
     mesh = Mesh(workdir, topo.host("coord"), COORD_ADDR)
     mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR)
     mesh.start_coord()
@@ -66,43 +45,45 @@ def relayed_mesh(topo: Topology, workdir: Path, nat_a, nat_b) -> Mesh:
     for name in ("a1", "b1"):
         mesh.start_node(name, topo.host(name), key)
     mesh.wait_registered()
+    return mesh
+
+
+def relayed_mesh(topo: Topology, workdir: Path, nat_a, nat_b) -> Mesh:
+    mesh = two_site_mesh(topo, workdir, nat_a, nat_b)
     wait_for(lambda: all(r["ready"] for n in ("a1", "b1") for r in mesh.status(n)["self"]["relays"]), 15,
              "both nodes to reach the relay")
     return mesh
 
 
 @pytest.fixture
-def run(topo: Topology, tmp_path: Path):
-    """Build the relayed mesh with the NATs a test asks for; print every log if the test fails."""
-    meshes: list[Mesh] = []
+def run(topo: Topology, tmp_path: Path, meshes: list[Mesh]):
+    """Build the relayed mesh with the NATs a test asks for."""
 
     def build(nat_a=NatKind.RANDOM_PORTS, nat_b=NatKind.RANDOM_PORTS) -> Mesh:
         meshes.append(relayed_mesh(topo, tmp_path, nat_a, nat_b))
         return meshes[-1]
 
-    try:
-        yield build
-    except BaseException:
-        for mesh in meshes:
-            print(mesh.logs())
-        raise
-    finally:
-        for mesh in meshes:
-            mesh.stop_nodes()
+    return build
 
 
-def transfer(mesh: Mesh, topo: Topology, size: int, seconds: float, during=None) -> None:
+def copy_a1_to_b1(mesh: Mesh, size: int, seconds: float = 0.0, during: Callable[[], None] | None = None) -> None:
     """Copy `size` random bytes a1 → b1 over the mesh in about `seconds`; `during()` runs meanwhile."""
-    sink = topo.host("b1").popen([sys.executable, "-c", TCP_SINK, mesh.overlay("b1")], stdout=subprocess.PIPE, text=True)
-    assert sink.stdout.readline().strip() == "ready"
-    source = topo.host("a1").popen([sys.executable, "-c", TCP_SOURCE, mesh.overlay("b1"), str(size), str(seconds)],
-                                   stdout=subprocess.PIPE, text=True)
-    assert source.stdout.readline().strip() == "started"
-    if during is not None:
-        during()
-    sent = source.stdout.readline().split()
-    received = sink.stdout.readline().split()
-    assert received == sent and int(sent[0]) == size
+    sent, received = transfer(mesh.nodes["a1"].ns, mesh.nodes["b1"].ns, mesh.overlay("b1"), size=size, over=seconds,
+                              during=during)
+    assert received.same_data(sent) and sent.bytes == size, f"sent {sent}, received {received}"
+
+
+def capture_marker(capture_ns: Namespace, interface: str, filters: list[str], mesh: Mesh, marker: bytes,
+                   capture: Path) -> bytes:
+    """What tcpdump on `interface` in `capture_ns` saw while a1 sent UDP datagrams of `marker` to b1."""
+    dump = capture_ns.popen(["tcpdump", "-i", interface, "-U", "-w", str(capture), *filters], stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        mesh.nodes["a1"].ns.run([sys.executable, "-c", UDP_MARKER, mesh.overlay("b1"), marker.decode()])
+        time.sleep(1.0)
+    finally:
+        capture_ns.stop(dump)
+    return capture.read_bytes()
 
 
 def test_random_port_nats_are_relayed_over_udp_within_3s(run, topo: Topology) -> None:
@@ -116,7 +97,7 @@ def test_random_port_nats_are_relayed_over_udp_within_3s(run, topo: Topology) ->
     relay = mesh.status("a1")["self"]["relays"][0]
     assert relay["transport"] == "udp" and relay["home"]
     assert "via relay" in mesh.cli("a1", "ping", "b1", "-c", "2").stdout
-    transfer(mesh, topo, 2 << 20, 2.0)
+    copy_a1_to_b1(mesh, 2 << 20, 2.0)
     assert mesh.peer("a1", "b1")["path"] == "relay"
 
 
@@ -125,7 +106,7 @@ def test_a_site_without_udp_is_relayed_over_tcp(run, topo: Topology) -> None:
     assert mesh.status("a1")["self"]["relays"][0]["transport"] == "tcp"
     found = mesh.wait_for_paths({("a1", "b1"): ("relay",), ("b1", "a1"): ("relay",)}, timeout=15)
     assert len(found) == 2
-    transfer(mesh, topo, 1 << 20, 1.0)
+    copy_a1_to_b1(mesh, 1 << 20, 1.0)
 
 
 def test_relay_upgrades_to_direct_when_the_nat_allows_it(run, topo: Topology) -> None:
@@ -140,17 +121,15 @@ def test_relay_upgrades_to_direct_when_the_nat_allows_it(run, topo: Topology) ->
         wait_for(lambda: mesh.peer("a1", "b1")["path"] == "direct", 10, "the upgrade to a direct path")
         upgraded.append(time.monotonic() - changed)
 
-    transfer(mesh, topo, 4 << 20, 12.0, during=open_the_nats)
+    copy_a1_to_b1(mesh, 4 << 20, 12.0, during=open_the_nats)
     assert upgraded and upgraded[0] < 10
 
 
 def test_traffic_recovers_within_5s_of_a_relay_restart(run, topo: Topology) -> None:
     mesh = run()
     assert mesh.wait_for_paths({("a1", "b1"): ("relay",)}, timeout=10)
-    relay = mesh.relays["relay"]
-    relay.ns.stop(relay.proc)
     restarted = time.monotonic()
-    mesh.relays["relay"] = mesh._spawn("relay", relay.ns, "relay", relay.config)
+    mesh.restart_relay("relay")
     wait_for(lambda: mesh.nudge("a1", "b1", timeout=0.3), 5, "traffic through the restarted relay")
     assert time.monotonic() - restarted < 5
 
@@ -158,15 +137,6 @@ def test_traffic_recovers_within_5s_of_a_relay_restart(run, topo: Topology) -> N
 def test_the_relay_link_never_carries_plaintext(run, topo: Topology) -> None:
     mesh = run()
     assert mesh.wait_for_paths({("a1", "b1"): ("relay",)}, timeout=10)
-    capture = mesh.dir / "relay.pcap"
-    relay_ns = topo.host("relay")
-    dump = relay_ns.popen(["tcpdump", "-i", "any", "-U", "-w", str(capture)], stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(1.0)
-        topo.host("a1").run([sys.executable, "-c", UDP_MARKER, mesh.overlay("b1"), MARKER.decode()])
-        time.sleep(1.0)
-    finally:
-        relay_ns.stop(dump)
-    data = capture.read_bytes()
+    data = capture_marker(topo.host("relay"), "any", [], mesh, MARKER, mesh.dir / "relay.pcap")
     assert data.count(b"\x01\x07\x00\x00") >= 20, "the capture saw the relayed traffic"
     assert MARKER not in data

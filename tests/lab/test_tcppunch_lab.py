@@ -16,7 +16,7 @@ from meshvpn.lab import NatKind, Topology
 from meshvpn.lab.mesh import Mesh, wait_for
 from meshvpn.lab.netns import Namespace
 
-from test_relay_lab import run, transfer  # noqa: F401  (run is the mesh fixture)
+from test_relay_lab import copy_a1_to_b1, run  # noqa: F401  (run is the mesh fixture)
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(150)]
 
@@ -151,7 +151,7 @@ def test_udp_blocked_sites_get_a_direct_tcp_path_and_fall_back_to_the_relay(run,
     assert mesh.peer("a1", "b1")["endpoint"] == f"{b_wan}:{NODE_PORT}"
     assert mesh.peer("b1", "a1")["endpoint"] == f"{a_wan}:{NODE_PORT}"
     assert "via tcp" in mesh.cli("a1", "ping", "b1", "-c", "2").stdout
-    transfer(mesh, topo, 2 << 20, 1.0)
+    copy_a1_to_b1(mesh, 2 << 20, 1.0)
     assert mesh.peer("a1", "b1")["path"] == "tcp"
 
     drop_tcp_between(topo, "a", b_wan, on=True)

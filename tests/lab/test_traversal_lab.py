@@ -18,27 +18,17 @@ from meshvpn.lab import NatKind, Topology
 from meshvpn.lab.mesh import Mesh, wait_for
 from meshvpn.lab.usernat import background_traffic
 
+from test_relay_lab import COORD_ADDR, RELAY_ADDR, two_site_mesh
+
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(90)]
 
-COORD_ADDR = "203.0.113.10"
-RELAY_ADDR = "203.0.113.20"
 BACKGROUND_RATE = 2.0
 """New flows per second from a second LAN host: a moderate load on a sequential NAT."""
 DIRECT = ("direct",)
 
 
-def build(topo: Topology, workdir: Path, nat_a, nat_b, hosts_a: int = 1, hosts_b: int = 1,
-          behind_a: str | None = None) -> Mesh:
-    topo.add_server("relay", addrs=[RELAY_ADDR])
-    topo.add_site("a", nat=nat_a, hosts=hosts_a, behind=behind_a)
-    topo.add_site("b", nat=nat_b, hosts=hosts_b)
-    mesh = Mesh(workdir, topo.host("coord"), COORD_ADDR)
-    mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR)
-    mesh.start_coord()
-    key, _ = mesh.create_auth_key()
-    for name in ("a1", "b1"):
-        mesh.start_node(name, topo.host(name), key)
-    mesh.wait_registered()
+def build(topo: Topology, workdir: Path, nat_a, nat_b, **sites) -> Mesh:
+    mesh = two_site_mesh(topo, workdir, nat_a, nat_b, **sites)
     wait_for(lambda: all(mesh.peer(n, o).get("online") for n, o in (("a1", "b1"), ("b1", "a1"))), 10, "peers online")
     wait_for(lambda: "nat" in (mesh.dir / "a1.log").read_text() and "nat" in (mesh.dir / "b1.log").read_text(), 10,
              "both nodes to sample their NATs")
@@ -46,22 +36,12 @@ def build(topo: Topology, workdir: Path, nat_a, nat_b, hosts_a: int = 1, hosts_b
 
 
 @pytest.fixture
-def world(topo: Topology, tmp_path: Path):
-    meshes: list[Mesh] = []
-
+def world(topo: Topology, tmp_path: Path, meshes: list[Mesh]):
     def make(nat_a, nat_b, **options) -> Mesh:
         meshes.append(build(topo, tmp_path, nat_a, nat_b, **options))
         return meshes[-1]
 
-    try:
-        yield make
-    except BaseException:
-        for mesh in meshes:
-            print(mesh.logs())
-        raise
-    finally:
-        for mesh in meshes:
-            mesh.stop_nodes()
+    return make
 
 
 def both_direct(mesh: Mesh, timeout: float, kinds: tuple[str, ...] = DIRECT) -> bool:
@@ -121,20 +101,18 @@ def test_carrier_grade_nat_goes_direct_through_two_port_preserving_layers(world,
 
 @pytest.mark.parametrize("hairpin", [True, False])
 def test_neighbours_behind_one_nat_use_the_lan_with_or_without_hairpinning(topo: Topology, tmp_path: Path,
-                                                                           hairpin: bool) -> None:
+                                                                           meshes: list[Mesh], hairpin: bool) -> None:
     topo.add_site("d", hosts=2, nat=NatKind.FULL_CONE.with_hairpin(hairpin))
     mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR)
+    meshes.append(mesh)
     mesh.start_coord()
     key, _ = mesh.create_auth_key()
-    try:
-        for name in ("d1", "d2"):
-            mesh.start_node(name, topo.host(name), key)
-        mesh.wait_registered()
-        found = mesh.wait_for_paths({("d1", "d2"): ("lan",), ("d2", "d1"): ("lan",)}, timeout=15)
-        assert len(found) == 2, mesh.logs()
-        assert mesh.peer("d1", "d2")["endpoint"].startswith(topo.addr("d2") + ":")
-    finally:
-        mesh.stop_nodes()
+    for name in ("d1", "d2"):
+        mesh.start_node(name, topo.host(name), key)
+    mesh.wait_registered()
+    found = mesh.wait_for_paths({("d1", "d2"): ("lan",), ("d2", "d1"): ("lan",)}, timeout=15)
+    assert len(found) == 2, mesh.logs()
+    assert mesh.peer("d1", "d2")["endpoint"].startswith(topo.addr("d2") + ":")
 
 
 def test_carrier_grade_nat_with_random_ports_outside_goes_direct_by_birthday_probing(world, topo: Topology) -> None:

@@ -9,7 +9,6 @@ sends ChannelData to the other's relayed address. coturn is stopped by its PID.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from meshvpn.lab import NatKind, Topology
 from meshvpn.lab.mesh import Mesh, wait_for
 
-from test_relay_lab import COORD_ADDR, TCP_SINK, TCP_SOURCE
+from test_relay_lab import COORD_ADDR, copy_a1_to_b1
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
@@ -60,31 +59,29 @@ def tool():
 
 
 @pytest.fixture
-def mesh(topo: Topology, coturn, tmp_path: Path):
+def mesh(topo: Topology, coturn, tmp_path: Path, meshes: list[Mesh]) -> Mesh:
     topo.add_site("a", nat=NatKind.RANDOM_PORTS)
     topo.add_site("b", nat=NatKind.RANDOM_PORTS)
     mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR)
+    meshes.append(mesh)
     mesh.turn_servers.append({"name": "coturn", "address": f"{TURN_ADDR}:{TURN_PORT}", "secret": SECRET})
     mesh.start_coord()
     key, _ = mesh.create_auth_key()
-    try:
-        for name in ("a1", "b1"):
-            mesh.start_node(name, topo.host(name), key)
-        mesh.wait_registered()
-        yield mesh
-    finally:
-        mesh.stop_nodes()
+    for name in ("a1", "b1"):
+        mesh.start_node(name, topo.host(name), key)
+    mesh.wait_registered()
+    return mesh
 
 
-def test_random_port_nats_without_a_meshvpn_relay_meet_through_coturn(mesh: Mesh, topo: Topology, tmp_path) -> None:
+def test_random_port_nats_without_a_meshvpn_relay_meet_through_coturn(mesh: Mesh, tmp_path) -> None:
     try:
-        meet_through_coturn(mesh, topo)
+        meet_through_coturn(mesh)
     except BaseException:
-        print(mesh.logs(), (tmp_path / "turnserver.log").read_text(errors="replace")[-4000:])
+        print((tmp_path / "turnserver.log").read_text(errors="replace")[-4000:])
         raise
 
 
-def meet_through_coturn(mesh: Mesh, topo: Topology) -> None:
+def meet_through_coturn(mesh: Mesh) -> None:
     wait_for(lambda: all(t["ready"] for n in ("a1", "b1") for t in mesh.status(n)["self"]["turn"]), 15,
              "both nodes to allocate on coturn")
     assert mesh.status("a1")["self"]["relays"] == []
@@ -95,14 +92,5 @@ def meet_through_coturn(mesh: Mesh, topo: Topology) -> None:
     pinged = mesh.cli("a1", "ping", "b1", "-c", "3", check=False)
     assert "via relay" in pinged.stdout, pinged.stdout + pinged.stderr
     assert mesh.nudge("b1", "a1")
-
-    sink = topo.host("b1").popen([sys.executable, "-c", TCP_SINK, mesh.overlay("b1")], stdout=subprocess.PIPE, text=True)
-    assert sink.stdout.readline().strip() == "ready"
-    size = 1 << 20
-    source = topo.host("a1").popen([sys.executable, "-c", TCP_SOURCE, mesh.overlay("b1"), str(size), "1.0"],
-                                   stdout=subprocess.PIPE, text=True)
-    assert source.stdout.readline().strip() == "started"
-    sent = source.stdout.readline().split()
-    received = sink.stdout.readline().split()
-    assert received == sent and int(sent[0]) == size, "the transfer through coturn lost or changed bytes"
+    copy_a1_to_b1(mesh, 1 << 20, 1.0)
     assert mesh.peer("a1", "b1")["path"] == "relay"
