@@ -24,16 +24,21 @@ def format_bytes(count: int) -> str:
     raise AssertionError("unreachable")
 
 
+def _status_line(overlay: str | None, name: str, path: str, rest: str) -> str:
+    """Overlay, name and path in fixed columns, so the self line and the peer lines align."""
+    return f"{overlay or '-':<16} {name:<20} {path:<6} {rest}"
+
+
 def format_status(status: dict) -> str:
     """One line for this node, then one line per peer, like ``tailscale status``."""
     me = status["self"]
-    lines = [f"{me.get('overlay') or '-':<16} {me['name']:<20} self  coord {me.get('coord', '-')}"]
+    lines = [_status_line(me.get("overlay"), me["name"], "self", f"coord {me.get('coord', '-')}")]
     for peer in status["peers"]:
-        lines.append(
-            f"{peer.get('overlay') or '-':<16} {peer['name']:<20} {peer['path']:<6} {peer.get('endpoint') or '-':<22} "
-            f"handshake {format_ago(peer.get('last_handshake')):<8} "
-            f"rx {format_bytes(peer['rx_bytes'])} tx {format_bytes(peer['tx_bytes'])}"
-        )
+        lines.append(_status_line(
+            peer.get("overlay"), peer["name"], peer["path"],
+            f"{peer.get('endpoint') or '-':<22} handshake {format_ago(peer.get('last_handshake')):<8} "
+            f"rx {format_bytes(peer['rx_bytes'])} tx {format_bytes(peer['tx_bytes'])}",
+        ))
     return "\n".join(lines)
 
 

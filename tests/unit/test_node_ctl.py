@@ -60,6 +60,9 @@ def test_socket_is_private_and_answers_stream(server):
 def test_status_text_and_json(server, capsys):
     assert ctl.client_main(SimpleNamespace(command="status", socket=server, json=False)) == 0
     lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["100.64.0.1", "alice", "self", "coord", "connected"]
+    column = lines[1].index("203.0.113.7:41641")
+    assert lines[0][column:] == "coord connected" and lines[2][column:].startswith("- "), lines
     assert lines[1].split()[:4] == ["100.64.0.2", "bob", "direct", "203.0.113.7:41641"]
     assert "handshake 1m ago" in lines[1] and "rx 2.0 KiB tx 10 B" in lines[1]
     assert lines[2].split()[:4] == ["100.64.0.3", "carol", "-", "-"]
