@@ -263,7 +263,7 @@ def run_meshvpn(topo: Topology, workdir: Path, seconds: float) -> Attempt:
         mesh.start_node(name, topo.host(name), key)
     wait_for(lambda: mesh.status("a1") and mesh.status("b1"), START_SECONDS, "both daemons answering")
     started = time.monotonic()
-    target = wait_for(lambda: mesh.peer("a1", "b1")["overlay"].split("/")[0], seconds, "b1 in a1's peers")
+    target = wait_for(lambda: mesh.peer_overlay("a1", "b1"), seconds, "b1 in a1's peers")
 
     def path_of() -> str | None:
         try:

@@ -24,10 +24,11 @@ import yaml
 from nacl.encoding import Base64Encoder, HexEncoder
 from nacl.public import PrivateKey
 
-from meshvpn import keys
 from meshvpn.bench.report import BASELINE, MESHVPN, PEER
 from meshvpn.errors import MeshError
-from meshvpn.lab import Lab, Namespace, python_command
+from meshvpn.lab import Lab, LabError, Namespace
+from meshvpn.lab.mesh import Mesh
+from meshvpn.lab.mesh import wait_for as mesh_wait_for
 
 A_ADDR, B_ADDR = "198.51.100.1", "198.51.100.2"
 SIDE_GATEWAY, SIDE_ADDR = "198.51.100.129", "198.51.100.130"
@@ -38,6 +39,8 @@ LINK_MTU = 1500
 START_TIMEOUT = 20.0
 """Seconds a tunnel may take to come up (first reply through it) before its row fails."""
 LOG_TAIL = 400
+POLL_SECONDS = 0.05
+"""How often a start-up condition is checked: fine enough for the time-to-first-reply figure."""
 
 T = TypeVar("T")
 
@@ -162,9 +165,14 @@ def wait_for(probe: Callable[[], T], what: str, timeout: float = START_TIMEOUT, 
         if value:
             return value
         if time.monotonic() >= deadline:
-            tails = "; ".join(f"{log.name}: {_tail(log)}" for log in logs if log.exists())
-            raise BenchError(f"{what} not within {timeout:.0f}s" + (f" ({tails})" if tails else ""))
-        time.sleep(0.05)
+            raise BenchError(f"{what} not within {timeout:.0f}s{_tails(logs)}")
+        time.sleep(POLL_SECONDS)
+
+
+def _tails(logs: tuple[Path, ...]) -> str:
+    """` (name: last lines | ...; ...)` of the logs that exist, for an error message; "" if none."""
+    tails = "; ".join(f"{log.name}: {_tail(log)}" for log in logs if log.exists())
+    return f" ({tails})" if tails else ""
 
 
 def _tail(log: Path) -> str:
@@ -331,41 +339,15 @@ def start_nebula(net: BenchNet, workdir: Path) -> Tunnel:
 
 
 MESHVPN_NETWORK, MESHVPN_SUBNET = "bench", "10.200.0.0/24"
-COORD_PORT, COORD_STUN_PORT, NODE_PORT = 7400, 3478, 41641
+NODE_PORT = 41641
 MESHVPN_TUN = "meshvpn0"
-
-
-def _daemon_status(socket: Path) -> dict | None:
-    """`meshvpn status --json` of the daemon behind `socket`, or None while it does not answer."""
-    from meshvpn.localsock import DaemonNotRunning, request
-
-    try:
-        answers = list(request(str(socket), {"cmd": "status"}, timeout=1.0))
-    except (DaemonNotRunning, OSError, ValueError):
-        return None
-    return answers[-1] if answers and "error" not in answers[-1] else None
-
-
-def _auth_key(stdout: str) -> str:
-    """The pre-auth key `meshvpn coord key create` printed: its last word."""
-    words = stdout.split()
-    if not words:
-        raise BenchError("`meshvpn coord key create` printed no key")
-    return words[-1]
-
-
-def _write_yaml(path: Path, document: dict) -> Path:
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return path
-
-
-RELAY_PORT = 7500
 BLOCK_TABLE = "benchblock"
 """nftables table in `b` that makes a relayed row's traffic take the relay."""
 
 
 def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None) -> Tunnel:
-    """Two `meshvpn daemon`s and a `meshvpn coord` in `side`; measures the time to a direct path.
+    """Two `meshvpn daemon`s and a `meshvpn coord` in `side` (`meshvpn.lab.mesh`); measures the
+    time to the first reply.
 
     With `relay` ("udp" or "tcp") a `meshvpn relay` runs in `side` too, and `b` drops UDP to and
     from `a` (relayed over UDP) or every UDP packet it sends (relayed over TCP), so the two
@@ -373,62 +355,29 @@ def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None) -> Tun
     control sockets and stops at the first ping reply from `b`'s overlay address; the path is
     what `a`'s status says right after.
     """
-    coord_key = workdir / "coord.key"
-    coord_public = keys.encode_key(keys.public_key(keys.write_private_key(coord_key)))
-    admin = workdir / "coord.sock"
-    coord_log = workdir / "coord.log"
-    relays = [] if relay is None else [_start_relay(net, workdir, coord_public, relay)]
-    coord_config = _write_yaml(workdir / "coord.yaml", {
-        "private_key_file": str(coord_key),
-        "database": str(workdir / "coord.db"),
-        "listen": f"{SIDE_ADDR}:{COORD_PORT}",
-        "stun_listen": f"{SIDE_ADDR}:{COORD_STUN_PORT}",
-        "admin_socket": str(admin),
-        "networks": [{"name": MESHVPN_NETWORK, "cidr": MESHVPN_SUBNET}],
-        "relays": relays,
-    })
-    spawn(net.side, python_command("meshvpn", "coord", "-c", str(coord_config)), coord_log)
-    wait_for(admin.exists, "coord admin socket", logs=(coord_log,))
-    created = net.side.run(python_command("meshvpn", "coord", "key", "create", "--network", MESHVPN_NETWORK,
-                                          "--reusable", "--socket", str(admin)))
-    auth_key = _auth_key(created.stdout)
-    sockets, logs = [], [coord_log]
-    for ns, local, _ in net.sides():
-        node_key = workdir / f"node-{ns.short}.key"
-        keys.write_private_key(node_key)
-        socket = workdir / f"node-{ns.short}.sock"
-        config = _write_yaml(workdir / f"node-{ns.short}.yaml", {
-            "private_key_file": str(node_key),
-            "hostname": f"bench-{ns.short}",
-            "state_dir": str(workdir / f"state-{ns.short}"),
-            "control_socket": str(socket),
-            "coord": {"address": f"{SIDE_ADDR}:{COORD_PORT}", "public_key": coord_public,
-                      "auth_key": auth_key, "stun_port": COORD_STUN_PORT},
-            "tun": {"name": MESHVPN_TUN},
-            "listen": {"address": local, "port": NODE_PORT},
-        })
-        log = workdir / f"node-{ns.short}.log"
-        logs.append(log)
-        sockets.append(socket)
-        spawn(ns, python_command("meshvpn", "daemon", "-c", str(config)), log)
-    wait_for(lambda: all(_daemon_status(socket) for socket in sockets), "both daemons answering", logs=tuple(logs))
-    up = time.monotonic()
-    target = wait_for(lambda: _peer_overlay(_daemon_status(sockets[0])), "peer b in a's status", logs=tuple(logs))
-    replied = reachable(net, target, tuple(logs))
+    mesh = Mesh(workdir, net.side, SIDE_ADDR, network=MESHVPN_NETWORK, cidr=MESHVPN_SUBNET, log_level="info")
+    try:
+        if relay is not None:
+            mesh.start_relay("relay", net.side, SIDE_ADDR)
+            _block_direct_udp(net, relay)
+        mesh.start_coord()
+        key, _ = mesh.create_auth_key()
+        for ns, local, _ in net.sides():
+            mesh.start_node(ns.short, ns, key, listen=f"{local}:{NODE_PORT}", tun=MESHVPN_TUN)
+        mesh_wait_for(lambda: mesh.status("a") and mesh.status("b"), START_TIMEOUT, "both daemons answering",
+                      poll=POLL_SECONDS)
+        up = time.monotonic()
+        target = mesh_wait_for(lambda: mesh.peer_overlay("a", "b"), START_TIMEOUT, "peer b in a's status",
+                               poll=POLL_SECONDS)
+    except LabError as err:
+        raise BenchError(f"{err}{_tails(tuple(sorted(workdir.glob('*.log'))))}") from None
+    replied = reachable(net, target, tuple(sorted(workdir.glob("*.log"))))
     return Tunnel(target=target, mtu=link_mtu(net.a, MESHVPN_TUN), first_ping_s=replied - up,
-                  path=_peer_path(_daemon_status(sockets[0]), target))
+                  path=mesh.peer("a", "b")["path"])
 
 
-def _start_relay(net: BenchNet, workdir: Path, coord_public: str, transport: str) -> dict:
-    """Start `meshvpn relay` in `side`, block `b`'s direct (or all) UDP; the coord's `relays` entry."""
-    relay_key = workdir / "relay.key"
-    relay_public = keys.encode_key(keys.public_key(keys.write_private_key(relay_key)))
-    config = _write_yaml(workdir / "relay.yaml", {
-        "private_key_file": str(relay_key),
-        "listen": f"{SIDE_ADDR}:{RELAY_PORT}",
-        "coord": {"public_key": coord_public},
-    })
-    spawn(net.side, python_command("meshvpn", "relay", "-c", str(config)), workdir / "relay.log")
+def _block_direct_udp(net: BenchNet, transport: str) -> None:
+    """Make `b` drop UDP to and from `a` ("udp"), or every UDP packet it sends ("tcp")."""
     dropped = f"ip daddr {A_ADDR} meta l4proto udp drop" if transport == "udp" else "meta l4proto udp drop"
     net.b.run(["nft", "-f", "-"], input=(
         f"table inet {BLOCK_TABLE} {{\n"
@@ -436,17 +385,6 @@ def _start_relay(net: BenchNet, workdir: Path, coord_public: str, transport: str
         f"  chain output {{ type filter hook output priority 0; {dropped}; }}\n"
         "}\n"
     ))
-    return {"name": "bench-relay", "address": f"{SIDE_ADDR}:{RELAY_PORT}", "public_key": relay_public}
-
-
-def _peer_overlay(status: dict | None) -> str | None:
-    peers = (status or {}).get("peers") or []
-    return next((peer["overlay"].split("/")[0] for peer in peers if peer.get("overlay")), None)
-
-
-def _peer_path(status: dict | None, overlay: str) -> str | None:
-    peers = (status or {}).get("peers") or []
-    return next((peer.get("path") for peer in peers if (peer.get("overlay") or "").split("/")[0] == overlay), None)
 
 
 ROWS: tuple[Row, ...] = (

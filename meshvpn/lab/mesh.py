@@ -36,8 +36,9 @@ class MeshTimeout(LabError):
     """The mesh did not reach a state it was waited for in time."""
 
 
-def wait_for(check: Callable[[], T], timeout: float, what: str) -> T:
-    """Poll `check` until it returns something truthy and return that; else raise MeshTimeout.
+def wait_for(check: Callable[[], T], timeout: float, what: str, poll: float = POLL_SECONDS) -> T:
+    """Poll `check` every `poll` seconds until it returns something truthy and return that; else
+    raise MeshTimeout.
 
     A check that raises (a daemon not answering yet, a peer not listed yet) counts as not yet.
     """
@@ -51,7 +52,7 @@ def wait_for(check: Callable[[], T], timeout: float, what: str) -> T:
             return value
         if time.monotonic() >= deadline:
             raise MeshTimeout(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(POLL_SECONDS)
+        time.sleep(poll)
 
 
 @dataclass
@@ -247,6 +248,10 @@ class Mesh:
             if peer["name"] == other:
                 return peer
         raise KeyError(other)
+
+    def peer_overlay(self, name: str, other: str) -> str:
+        """Node `other`'s mesh address as node `name`'s status lists it; "" while it has none."""
+        return (self.peer(name, other).get("overlay") or "").split("/")[0]
 
     def nudge(self, src: str, dst: str, timeout: float = 1.0) -> bool:
         """Send one ICMP echo from `src`'s namespace to `dst`'s mesh address; whether it was answered.
