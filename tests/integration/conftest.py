@@ -1,8 +1,9 @@
-"""Shared set-up for loopback integration tests: external tools and free ports."""
+"""Shared set-up for loopback integration tests: external tools, free ports and coturn."""
 
 import os
 import shutil
 import socket
+import subprocess
 
 import pytest
 
@@ -46,3 +47,31 @@ def _udp_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+@pytest.fixture
+def start_coturn(tool, tmp_path):
+    """start_coturn(*options) -> the coturn process, stopped by its PID after the test.
+
+    coturn runs in the foreground with no configuration file (`-n`), no TLS, DTLS, TCP or CLI,
+    and its log (`turnserver.log`), pid file and database in the test's temporary directory.
+    """
+    procs: list[subprocess.Popen] = []
+
+    def start(*options: str) -> subprocess.Popen:
+        argv = [
+            tool("turnserver"), "-n", *options, "--no-tls", "--no-dtls", "--no-tcp", "--no-cli",
+            "--log-file", str(tmp_path / "turnserver.log"), "--simple-log", "--no-stdout-log",
+            "--pidfile", str(tmp_path / "turnserver.pid"), "--userdb", str(tmp_path / "turndb"),
+        ]  # fmt: skip
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path))
+        return procs[-1]
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

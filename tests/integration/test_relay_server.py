@@ -120,13 +120,19 @@ class Node:
         return wire.decode_relay(await asyncio.wait_for(self.inbox.queue.get(), 2))
 
 
+async def registered_over_udp(server: RelayServer, count: int) -> list[Node]:
+    """`count` nodes, each registered with the relay over its own UDP socket."""
+    nodes = [Node(server) for _ in range(count)]
+    for node in nodes:
+        await node.open_udp()
+        await node.register()
+    return nodes
+
+
 def test_udp_nodes_register_and_exchange_envelopes(tmp_path):
     async def scenario():
         async with running(relay_config(tmp_path)) as server:
-            alice, bob = Node(server), Node(server)
-            for node in (alice, bob):
-                await node.open_udp()
-                await node.register()
+            alice, bob = await registered_over_udp(server, 2)
             alice.send(wire.encode_relay(bob.public, DATA))
             got = await bob.receive()
             bob.send(wire.encode_relay(alice.public, KEEPALIVE))
@@ -194,10 +200,7 @@ def test_reload_applies_new_limits(tmp_path):
     async def scenario():
         config = relay_config(tmp_path)
         async with running(config) as server:
-            alice, bob = Node(server), Node(server)
-            for node in (alice, bob):
-                await node.open_udp()
-                await node.register()
+            alice, bob = await registered_over_udp(server, 2)
             server.reload(relay_config(tmp_path, RelayLimits(packets_per_second=1, burst=3)))
             for _ in range(10):
                 alice.send(wire.encode_relay(bob.public, DATA))
@@ -217,10 +220,7 @@ def test_a_tcp_client_that_never_handshakes_does_not_block_others(tmp_path):
         async with running(relay_config(tmp_path)) as server:
             _, idle_writer = await asyncio.open_connection(*server.address)
             idle_writer.write(b"\x00\x00\x00\x05hello")
-            alice, bob = Node(server), Node(server)
-            for node in (alice, bob):
-                await node.open_udp()
-                await node.register()
+            alice, bob = await registered_over_udp(server, 2)
             alice.send(wire.encode_relay(bob.public, DATA))
             got = await bob.receive()
             await asyncio.sleep(0.1)

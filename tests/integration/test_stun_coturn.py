@@ -22,29 +22,16 @@ ALT_HOST = "127.0.0.2"
 
 
 @pytest.fixture
-def coturn(tool, free_udp_port, tmp_path):
-    """A running coturn; yields its primary and alternate (RFC 5780) addresses."""
-    turnserver = tool("turnserver")
+def coturn(start_coturn, free_udp_port, tmp_path):
+    """A running coturn; its primary and alternate (RFC 5780) addresses."""
     port = free_udp_port("127.0.0.1", ALT_HOST, span=2)
-    argv = [
-        turnserver, "-n", "--stun-only", "--no-tls", "--no-dtls", "--no-tcp", "--no-cli",
-        "--listening-ip", "127.0.0.1", "--listening-ip", ALT_HOST,
+    proc = start_coturn(
+        "--stun-only", "--listening-ip", "127.0.0.1", "--listening-ip", ALT_HOST,
         "--listening-port", str(port), "--alt-listening-port", str(port + 1),
-        "--log-file", str(tmp_path / "turnserver.log"), "--simple-log", "--no-stdout-log",
-        "--pidfile", str(tmp_path / "turnserver.pid"), "--userdb", str(tmp_path / "turndb"),
-    ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
-    try:
-        primary = ("127.0.0.1", port)
-        wait_until_answering(proc, primary, tmp_path)
-        yield primary, (ALT_HOST, port + 1)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    )  # fmt: skip
+    primary = ("127.0.0.1", port)
+    wait_until_answering(proc, primary, tmp_path)
+    return primary, (ALT_HOST, port + 1)
 
 
 def wait_until_answering(proc: subprocess.Popen, server: tuple[str, int], tmp_path) -> None:

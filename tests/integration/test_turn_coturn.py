@@ -13,7 +13,6 @@ refresh deadline and the real server sees a real Refresh.
 import os
 import select
 import socket
-import subprocess
 import time
 
 import pytest
@@ -29,27 +28,15 @@ STALE_NONCE = 3
 
 
 @pytest.fixture
-def coturn(tool, free_udp_port, tmp_path):
-    """A running coturn with the REST API secret; yields its address."""
-    turnserver = tool("turnserver")
+def coturn(start_coturn, free_udp_port):
+    """A running coturn with the REST API secret; its address."""
     port = free_udp_port("127.0.0.1")
-    argv = [
-        turnserver, "-n", "--use-auth-secret", "--static-auth-secret", SECRET, "--realm", "meshvpn",
+    start_coturn(
+        "--use-auth-secret", "--static-auth-secret", SECRET, "--realm", "meshvpn",
         "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1", "--listening-port", str(port),
-        "--no-tls", "--no-dtls", "--no-tcp", "--no-cli", "--allow-loopback-peers", f"--stale-nonce={STALE_NONCE}",
-        "--log-file", str(tmp_path / "turnserver.log"), "--simple-log", "--no-stdout-log",
-        "--pidfile", str(tmp_path / "turnserver.pid"), "--userdb", str(tmp_path / "turndb"),
-    ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
-    try:
-        yield ("127.0.0.1", port)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        "--allow-loopback-peers", f"--stale-nonce={STALE_NONCE}",
+    )  # fmt: skip
+    return ("127.0.0.1", port)
 
 
 class Endpoint:
@@ -129,6 +116,14 @@ def allocate(*endpoints: Endpoint) -> None:
     run(list(endpoints), lambda: all(ep.client.ready for ep in endpoints))
 
 
+def bind_channels(a: Endpoint, b: Endpoint) -> None:
+    """Allocate on both, make each the other's peer and wait until both channels are bound."""
+    allocate(a, b)
+    a.client.set_peers([b.client.relayed], a.now())
+    b.client.set_peers([a.client.relayed], b.now())
+    run([a, b], lambda: a.client.channel(b.client.relayed) and b.client.channel(a.client.relayed))
+
+
 def test_allocate_after_401_reports_a_loopback_relayed_address(pair):
     a, _ = pair
     allocate(a)
@@ -151,10 +146,7 @@ def test_wrong_secret_is_refused(coturn):
 
 def test_two_clients_exchange_data_through_coturn_byte_exact_over_channels(pair):
     a, b = pair
-    allocate(a, b)
-    a.client.set_peers([b.client.relayed], a.now())
-    b.client.set_peers([a.client.relayed], b.now())
-    run([a, b], lambda: a.client.channel(b.client.relayed) and b.client.channel(a.client.relayed))
+    bind_channels(a, b)
     assert any(isinstance(e, ChannelBound) and 0x4000 <= e.channel <= 0x7FFF for e in a.events)
     assert StunMethod.CREATE_PERMISSION in a.sent_methods and StunMethod.CHANNEL_BIND in a.sent_methods
     payloads = [bytes([n]) * n + b"\x00\xff" for n in range(1, 40)] + [bytes(range(256)) * 5]
@@ -184,10 +176,7 @@ def test_without_channels_send_and_data_indications_carry_the_data(pair):
 
 def test_refresh_and_stale_nonce_keep_the_allocation_and_channels(pair):
     a, b = pair
-    allocate(a, b)
-    a.client.set_peers([b.client.relayed], a.now())
-    b.client.set_peers([a.client.relayed], b.now())
-    run([a, b], lambda: a.client.channel(b.client.relayed) and b.client.channel(a.client.relayed))
+    bind_channels(a, b)
     time.sleep(STALE_NONCE + 1)
     a.offset = a.client.expires_at - 60 - time.monotonic()
     run([a], lambda: a.client.expires_at - a.now() > 500)
