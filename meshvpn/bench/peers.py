@@ -349,9 +349,9 @@ def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None) -> Tun
     """Two `meshvpn daemon`s and a `meshvpn coord` in `side` (`meshvpn.lab.mesh`); measures the
     time to the first reply.
 
-    With `relay` ("udp" or "tcp") a `meshvpn relay` runs in `side` too, and `b` drops UDP to and
-    from `a` (relayed over UDP) or every UDP packet it sends (relayed over TCP), so the two
-    daemons cannot punch and use the relay. The clock starts when both daemons answer on their
+    With `relay` ("udp" or "tcp") a `meshvpn relay` runs in `side` too, and `b` drops everything
+    to and from `a`'s own address (no UDP or TCP hole can be punched), and for "tcp" also every UDP
+    packet it sends, so the two daemons use the relay, over UDP or over TCP. The clock starts when both daemons answer on their
     control sockets and stops at the first ping reply from `b`'s overlay address; the path is
     what `a`'s status says right after.
     """
@@ -359,7 +359,7 @@ def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None) -> Tun
     try:
         if relay is not None:
             mesh.start_relay("relay", net.side, SIDE_ADDR)
-            _block_direct_udp(net, relay)
+            _block_direct_paths(net, relay)
         mesh.start_coord()
         key, _ = mesh.create_auth_key()
         for ns, local, _ in net.sides():
@@ -376,12 +376,12 @@ def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None) -> Tun
                   path=mesh.peer("a", "b")["path"])
 
 
-def _block_direct_udp(net: BenchNet, transport: str) -> None:
-    """Make `b` drop UDP to and from `a` ("udp"), or every UDP packet it sends ("tcp")."""
-    dropped = f"ip daddr {A_ADDR} meta l4proto udp drop" if transport == "udp" else "meta l4proto udp drop"
+def _block_direct_paths(net: BenchNet, transport: str) -> None:
+    """Make `b` drop all traffic to and from `a`'s address, and for "tcp" every UDP packet it sends."""
+    dropped = f"ip daddr {A_ADDR} drop" if transport == "udp" else f"ip daddr {A_ADDR} drop; meta l4proto udp drop"
     net.b.run(["nft", "-f", "-"], input=(
         f"table inet {BLOCK_TABLE} {{\n"
-        f"  chain input {{ type filter hook input priority 0; ip saddr {A_ADDR} meta l4proto udp drop; }}\n"
+        f"  chain input {{ type filter hook input priority 0; ip saddr {A_ADDR} drop; }}\n"
         f"  chain output {{ type filter hook output priority 0; {dropped}; }}\n"
         "}\n"
     ))
