@@ -248,31 +248,47 @@ class NodeDaemon:
     def _on_udp(self) -> None:
         """Receive one after another into the receive area, open in place, write to the TUN when it is full.
 
-        Without GRO (a kernel or path that does not merge) each receive is one datagram, so
-        filling the area first lets one TUN write merge a burst instead of carrying one packet.
+        Without GRO (a kernel or path that does not merge) each receive is one datagram. Receives
+        of one source and size lie back to back in the area as a GRO batch would, so they are
+        opened as one run (one native ``open_run``), and one TUN write merges the burst.
         """
         udp, data, area, view = self.udp, self.data, self._recv_area, self._recv_view
         turn_servers = self.turn.links.by_endpoint
         last = len(area) - RECV_SLOT
         now = self.loop.time()
         to_tun: list[memoryview] = []
-        at = 0
+        at = run_at = 0
+        run_seg = 1
+        run_source = src = None
         try:
             for _ in range(BATCH):
                 source, nbytes, seg_size = udp.recv_into(view[at : at + RECV_SLOT])
-                src = Endpoint(source[0], source[1])
-                if src in turn_servers:  # STUN from a TURN server can look like a DATA header
-                    self.turn.receive_run(view[at : at + nbytes], nbytes, seg_size, src)
-                    continue
-                data.open_datagrams(area, nbytes, seg_size, src, now, to_tun, at)
-                at += nbytes
+                if source == run_source and nbytes and not (at - run_at) % run_seg \
+                        and (seg_size == run_seg or seg_size == nbytes < run_seg):
+                    at += nbytes
+                else:
+                    if at > run_at:
+                        data.open_datagrams(area, at - run_at, run_seg, src, now, to_tun, run_at)
+                    src = Endpoint(source[0], source[1])
+                    run_at, run_source = at, None
+                    if src in turn_servers:  # STUN from a TURN server can look like a DATA header
+                        self.turn.receive_run(view[at : at + nbytes], nbytes, seg_size, src)
+                        continue
+                    if not nbytes:
+                        data.open_datagrams(area, 0, 1, src, now, to_tun, at)
+                        continue
+                    run_source, run_seg = source, seg_size
+                    at += nbytes
                 if at > last:
+                    data.open_datagrams(area, at - run_at, run_seg, src, now, to_tun, run_at)
                     self._write_tun(to_tun)
-                    to_tun, at = [], 0
+                    to_tun, at, run_at, run_source = [], 0, 0, None
         except BlockingIOError:
             pass
         except OSError:
             pass
+        if at > run_at:
+            data.open_datagrams(area, at - run_at, run_seg, src, now, to_tun, run_at)
         self._write_tun(to_tun)
         self._after_data()
 
