@@ -327,6 +327,33 @@ def test_coalesce_native_equals_pure(parts, order, mutate, extra):
     assert run_with(True, coalesce_all, packets) == run_with(False, coalesce_all, packets)
 
 
+# --- through the data path -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("relayed", [False, True])
+def test_a_tun_read_is_sealed_in_one_run_and_opened_as_its_segments(impl, relayed):
+    from test_dataplane_batches import A_ADDR, A_KEY, B_ADDR, EP_A, RELAY, Runs, planes, raw
+
+    from meshvpn.node.dataplane import SendBuffer
+    from meshvpn.node.pathfinder import Path, PathKind
+    from meshvpn.node.peers import Route
+
+    prefix = wire.header(wire.MessageType.RELAY) + A_KEY
+    a, b = planes(Route(Path(PathKind.RELAY), RELAY, prefix) if relayed else None)
+    packet, hdr = tcp_super_packet(4, bytes(range(250)) * 30, 1200)
+    packet = packet[:12] + raw(A_ADDR) + raw(B_ADDR) + packet[20:]
+    read = bytearray(hdr.encode() + packet)
+    sink = Runs()
+    assert a.seal_super_packet(read, len(read), 1.0, SendBuffer(sink, 64, 65507))
+    (endpoint, data, seg), = sink.runs
+    to_tun = []
+    b.open_datagrams(bytearray(data), len(data), seg, RELAY if relayed else EP_A, 2.0, to_tun)
+    assert [bytes(v) for v in to_tun] == segment(packet, hdr)
+    assert a.core.peers.find("peer").counters.tx_packets == b.core.peers.find("peer").counters.rx_packets == 7
+    plain = bytearray(bytes(10) + packet)
+    assert not a.seal_super_packet(plain, len(plain), 1.0, SendBuffer(sink)), "GSO_NONE reads take seal_packets"
+
+
 # --- selection -----------------------------------------------------------------------------
 
 
