@@ -83,6 +83,8 @@ class SimNode(asyncio.Protocol):
         self._assembler = PeerMapAssembler()
         self._got_registered = False
         self._ping: asyncio.TimerHandle | None = None
+        self.lost = False
+        """The connection ended (a node the server dropped after joining gets no more updates)."""
 
     async def join(self, address, server_public: bytes, register: m.Register, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -146,6 +148,7 @@ class SimNode(asyncio.Protocol):
         self._flush()
 
     def connection_lost(self, exc) -> None:
+        self.lost = True
         if self._ping is not None:
             self._ping.cancel()
         self._fail(f"connection lost: {exc or 'closed by the server'}")
@@ -256,7 +259,7 @@ async def wait_for_count(bench: Bench, expected: int, quiet: float = 3.0) -> flo
 async def endpoint_change(bench: Bench, nodes: list[SimNode], mover: SimNode, round_: int) -> float:
     """Seconds from `mover` sending new endpoints until every online peer in its network has them."""
     new_public = m.Endpoint("203.0.113.7", 1000 + round_)
-    peers = sum(1 for node in nodes if node.network == mover.network and node is not mover and node.joined)
+    peers = sum(1 for node in nodes if node.network == mover.network and node is not mover and not node.lost)
     bench.watch = watch = Watch(mover.identity.public, new_public, peers)
     started = time.perf_counter()
     mover.send(m.Endpoints(local=(m.Endpoint("10.0.0.1", 41641),), public=new_public))
@@ -316,18 +319,18 @@ async def measure(args, proc: subprocess.Popen, address, server_public: bytes, c
     expected = sum(n * (n - 1) // 2 for n in sizes)
     all_delivered = await wait_for_count(bench, expected) - started
     cpu_after, rss, peak = process_usage(proc.pid)
-    changes = [await endpoint_change(bench, joined, joined[(7 * r) % len(joined)], r) for r in range(args.rounds)]
-    cpu_end, rss_end, peak_end = process_usage(proc.pid)
-    own = resource.getrusage(resource.RUSAGE_SELF)
-
     print(f"nodes                       {args.nodes} in {networks} network(s) of up to {args.per_network}")
     print(f"all registered              {all_registered:.2f} s ({len(joined) / all_registered:.0f} joins/s)")
     if bench.failures:
-        print(f"failures                    {len(bench.failures)}, e.g. {bench.failures[0]}")
+        print(f"failures                    {len(bench.failures)}, e.g. {bench.failures[0]}, last {bench.failures[-1]}")
     print(f"all join updates delivered  {all_delivered:.2f} s ({expected} messages)")
     print(f"server CPU for the joins    {cpu_after - cpu_before:.2f} s")
     print(f"server RSS                  {rss / 1024:.1f} MiB (peak {peak / 1024:.1f} MiB, "
-          f"{rss * 1024 / args.nodes / 1024:.1f} KiB per node)")
+          f"{rss * 1024 / args.nodes / 1024:.1f} KiB per node)", flush=True)
+    online = [node for node in joined if not node.lost]
+    changes = [await endpoint_change(bench, online, online[(7 * r) % len(online)], r) for r in range(args.rounds)]
+    cpu_end, _, _ = process_usage(proc.pid)
+    own = resource.getrusage(resource.RUSAGE_SELF)
     print(f"endpoint change to all {max(sizes) - 1} peers: median {statistics.median(changes) * 1000:.1f} ms, "
           f"max {max(changes) * 1000:.1f} ms over {len(changes)} rounds "
           f"(server CPU {(cpu_end - cpu_after) / len(changes) * 1000:.0f} ms each)")
