@@ -38,6 +38,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.prediction",
     "meshvpn.node.candidates",
     "meshvpn.node.offload",
+    "meshvpn.fastpath",
     "meshvpn.sim.*",
 )
 FORBIDDEN = frozenset(
