@@ -125,6 +125,20 @@ class Service(Protocol):
     def close(self) -> Awaitable[None]: ...
 
 
+def run_server(role: str, settings: Any, make_server: Callable[[Any], Any],
+               load_settings: Callable[[], Any], status_interval: float) -> int:
+    """The whole life of a server verb (`coord`, `relay`): log set-up, start, serve, close."""
+    setup_logging(settings.log.level, role)
+
+    async def serve() -> None:
+        server = make_server(settings)
+        await server.start()
+        await serve_until_stopped(server, load_settings, Notifier.from_environment(), status_interval)
+
+    asyncio.run(serve())
+    return 0
+
+
 async def serve_until_stopped(
     server: Service, load_settings: Callable[[], Any], notifier: Notifier, status_interval: float = 10.0
 ) -> None:

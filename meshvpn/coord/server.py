@@ -385,16 +385,5 @@ def _open_store(path: Path) -> SqliteStore:
 
 def main(args) -> int:
     """`meshvpn coord -c FILE`: serve until SIGTERM or SIGINT; SIGHUP reloads the config."""
-    settings: CoordConfig = args.settings
-    service.setup_logging(settings.log.level, "coord")
-    asyncio.run(_serve(settings, Path(args.config)))
-    return 0
-
-
-async def _serve(settings: CoordConfig, config_path: Path) -> None:
-    server = CoordServer(settings)
-    await server.start()
-    await service.serve_until_stopped(
-        server, lambda: load_coord_config(config_path), service.Notifier.from_environment(),
-        server.limits.status_interval,
-    )
+    return service.run_server("coord", args.settings, CoordServer,
+                              lambda: load_coord_config(Path(args.config)), ServerLimits().status_interval)

@@ -224,15 +224,5 @@ class RelayServer:
 
 def main(args) -> int:
     """`meshvpn relay -c FILE`: serve until SIGTERM or SIGINT; SIGHUP reloads the limits."""
-    settings: RelayConfig = args.settings
-    service.setup_logging(settings.log.level, "relay")
-    asyncio.run(_serve(settings, Path(args.config)))
-    return 0
-
-
-async def _serve(settings: RelayConfig, config_path: Path) -> None:
-    server = RelayServer(settings)
-    await server.start()
-    await service.serve_until_stopped(
-        server, lambda: load_relay_config(config_path), service.Notifier.from_environment(), STATUS_INTERVAL
-    )
+    return service.run_server("relay", args.settings, RelayServer,
+                              lambda: load_relay_config(Path(args.config)), STATUS_INTERVAL)
