@@ -138,10 +138,22 @@ class Namespace:
         return _run([*self.exec_prefix(), *cmd], check=check, timeout=timeout, input=input)
 
     def popen(self, cmd: Sequence[str], **kwargs) -> subprocess.Popen:
-        """Start `cmd` inside the namespace; its PID is recorded so teardown can kill it."""
+        """Start `cmd` inside the namespace; its PID is recorded so teardown can kill it.
+
+        A Ctrl-C or SIGTERM landing between the fork and the record would orphan the child, so
+        both are held until the PID is recorded; the child starts with the caller's mask.
+        """
         kwargs.setdefault("env", _child_env())
-        proc = subprocess.Popen([*self.exec_prefix(), *cmd], **kwargs)
-        self.processes.append(proc)
+        caller_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _TEARDOWN_SIGNALS)
+        try:
+            proc = subprocess.Popen(
+                [*self.exec_prefix(), *cmd],
+                preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, caller_mask),
+                **kwargs,
+            )
+            self.processes.append(proc)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, caller_mask)
         return proc
 
     def stop(self, proc: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> int:
@@ -176,6 +188,9 @@ class Namespace:
             timeout=timeout + 5.0,
         )
         return done.returncode == 0
+
+
+_TEARDOWN_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 def _run(
