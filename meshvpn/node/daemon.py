@@ -33,7 +33,7 @@ from meshvpn.node.dataplane import DataPlane, SendBuffer
 from meshvpn.node.endpoints import local_endpoints
 from meshvpn.node.mappings import MappingSockets
 from meshvpn.node.netcheck import gather_profile, nat_profile, verdict
-from meshvpn.node.pathfinder import PathFinderConfig
+from meshvpn.node.pathfinder import PathFinderConfig, PathKind
 from meshvpn.node.relayclient import RelayClient
 from meshvpn.node.relays import RelaySet
 from meshvpn.node.turnclient import TurnShell
@@ -67,6 +67,14 @@ _HELLO_ACK = bytes((MessageType.RELAY_HELLO_ACK,))
 _TRANSPORT = frozenset((MessageType.DATA, MessageType.KEEPALIVE))
 PING_INTERVAL = 0.5
 PING_WAIT = 2.0
+
+
+def status_line(paths: list[Optional[PathKind]], coord_connected: bool) -> str:
+    """The systemd STATUS= summary: peers, how many peer to peer (LAN, UDP or TCP), how many relayed."""
+    kinds = Counter(paths)
+    direct = kinds[PathKind.DIRECT] + kinds[PathKind.LAN] + kinds[PathKind.TCP]
+    line = f"{len(paths)} peers: {direct} direct, {kinds[PathKind.RELAY]} relay"
+    return line if coord_connected else line + "; offline: coord unreachable"
 
 
 class _SocketSender:
@@ -454,9 +462,8 @@ class NodeDaemon:
 
     def status(self) -> str:
         """The systemd STATUS= line."""
-        kinds = Counter(peer.route.path.kind.value for peer in self.core.peers if peer.route is not None)
-        line = f"{len(self.core.peers)} peers: {kinds['direct'] + kinds['lan']} direct, {kinds['relay']} relay"
-        return line if self.link.connected else line + "; offline: coord unreachable"
+        paths = [peer.route.path.kind if peer.route is not None else None for peer in self.core.peers]
+        return status_line(paths, self.link.connected)
 
     def reload(self, settings: NodeConfig) -> None:
         self.reloader.apply(settings)
