@@ -36,6 +36,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Union
 
+from meshvpn.backoff import doubling
 from meshvpn.errors import LocalProtocolError, RemoteProtocolError
 from meshvpn.stun import MAX_RETRANSMITS, RM, RTO, SOFTWARE
 from meshvpn.stun_codec import (
@@ -480,7 +481,7 @@ class TurnClient:
         self.state = AllocationState.FAILED
         self.failure = reason
         self.relayed = self.mapped = self.expires_at = self._refresh_at = None
-        self.retry_at = now + min(cfg.retry_initial * 2 ** min(self._failures, 16), cfg.retry_max)
+        self.retry_at = now + doubling(cfg.retry_initial, cfg.retry_max, self._failures)
         self._failures += 1
         self._transactions.clear()
         self.peer_of_channel.clear()

@@ -17,6 +17,7 @@ import random
 import socket
 from typing import Callable, Optional
 
+from meshvpn.backoff import doubling
 from meshvpn.coord import messages as m
 from meshvpn.coord.client import CoordClient, connect
 from meshvpn.errors import MeshError
@@ -34,7 +35,7 @@ CONNECT_TIMEOUT = 10.0
 
 def backoff_delay(failures: int, jitter: float) -> float:
     """Wait before reconnect number ``failures`` (1-based); ``jitter`` in [0, 1) spreads it ±50%."""
-    base = min(BACKOFF_INITIAL * 2 ** min(failures - 1, 16), BACKOFF_MAX)
+    base = doubling(BACKOFF_INITIAL, BACKOFF_MAX, failures - 1)
     return base * (0.5 + jitter)
 
 

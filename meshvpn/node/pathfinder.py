@@ -31,6 +31,7 @@ import enum
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from meshvpn.backoff import doubling
 from meshvpn.node.candidates import (
     AllCandidates,
     Candidate,
@@ -360,8 +361,7 @@ class PathFinder:
         if self._round < cfg.punch_burst:
             gap = cfg.punch_interval
         else:
-            doublings = min(self._round - cfg.punch_burst, 32)
-            gap = min(cfg.backoff_initial * 2**doublings, cfg.backoff_max)
+            gap = doubling(cfg.backoff_initial, cfg.backoff_max, self._round - cfg.punch_burst)
         self._next_round = now + gap
 
     def _send_probe(self, candidate: Candidate, now: float) -> None:

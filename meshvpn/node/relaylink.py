@@ -26,6 +26,7 @@ import enum
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from meshvpn.backoff import doubling
 from meshvpn import wire
 from meshvpn.coord.messages import RelayInfo
 from meshvpn.errors import RemoteProtocolError
@@ -177,7 +178,7 @@ class RelayLink:
         """The TCP connection failed or closed; reconnect after a backoff if still wanted."""
         self.tcp_connected = self.tcp_connecting = False
         cfg = self.config
-        self.tcp_retry_at = now + min(cfg.tcp_backoff_initial * 2 ** min(self._tcp_failures, 16), cfg.tcp_backoff_max)
+        self.tcp_retry_at = now + doubling(cfg.tcp_backoff_initial, cfg.tcp_backoff_max, self._tcp_failures)
         self._tcp_failures += 1
         if self.transport is Transport.TCP:
             self._set_ready(False)

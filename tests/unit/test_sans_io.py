@@ -39,6 +39,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.candidates",
     "meshvpn.node.offload",
     "meshvpn.fastpath",
+    "meshvpn.backoff",
     "meshvpn.sim.*",
 )
 FORBIDDEN = frozenset(
