@@ -90,11 +90,13 @@ def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable
 
 
 @pytest.fixture
-def two_nodes(topo: Topology, tmp_path: Path, notify) -> Iterator[tuple[Mesh, NotifySocket, NotifySocket]]:
-    """A coord and daemons a1 and b1 behind their own NATs, each with its own notify socket."""
+def two_nodes(topo: Topology, tmp_path: Path, notify, meshes) -> Iterator[tuple[Mesh, NotifySocket, NotifySocket]]:
+    """A coord and daemons a1 and b1 behind their own NATs, each with its own notify socket;
+    a failed test's report carries their logs (the `meshes` fixture)."""
     topo.add_site("a")
     topo.add_site("b")
     mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR)
+    meshes.append(mesh)
     mesh.start_coord()
     key, _ = mesh.create_auth_key()
     sockets = []
@@ -103,9 +105,6 @@ def two_nodes(topo: Topology, tmp_path: Path, notify) -> Iterator[tuple[Mesh, No
         mesh.start_node(name, topo.host(name), key, tun=TUN)
     try:
         yield mesh, sockets[0], sockets[1]
-    except BaseException:
-        print(mesh.logs())
-        raise
     finally:
         mesh.stop_nodes()
         mesh.stop_coord()
