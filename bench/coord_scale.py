@@ -32,7 +32,7 @@ from pathlib import Path
 
 from meshvpn import keys, noise
 from meshvpn.channel import ClientChannel
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.coord.peermap import PeerMapAssembler
 from meshvpn.errors import MeshError, RemoteProtocolError
 

@@ -19,7 +19,7 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.keys import encode_key
 from meshvpn.relaytoken import TOKEN_LIFETIME, TOKEN_REFRESH
 

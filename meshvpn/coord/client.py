@@ -19,7 +19,7 @@ from typing import Union
 
 from meshvpn import noise
 from meshvpn.channel import ClientChannel
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.coord.peermap import PeerMapAssembler
 from meshvpn.errors import MeshError, RemoteProtocolError
 

@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Hashable, Mapping, Union
 
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.coord.addressing import AddressPoolExhausted
 from meshvpn.coord.authkeys import AuthKey, AuthKeyRejected, create_auth_key, verify_token
 from meshvpn.coord.peermap import PART_BYTES, peer_map_parts, peer_update

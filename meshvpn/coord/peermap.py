@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Sequence
 
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 
 PART_BYTES = 256 << 10
 """Peer JSON in one part: far below the 1 MiB frame limit, and one part is quick to seal and send."""

@@ -16,7 +16,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.coord.addressing import first_free_address, unique_name
 from meshvpn.coord.peermap import PeerEntry
 from meshvpn.coord.store import Network, NodeRecord, Store

@@ -26,7 +26,8 @@ from typing import AsyncIterator, Callable
 from meshvpn import keys, noise, service
 from meshvpn.channel import ServerChannel
 from meshvpn.config import CoordConfig, load_coord_config
-from meshvpn.coord import admin, messages
+from meshvpn.control import messages
+from meshvpn.coord import admin
 from meshvpn.coord.membership import Close, Log, Membership, MembershipSettings, Send
 from meshvpn.coord.store import Network, SqliteStore
 from meshvpn.errors import ConfigError, LocalProtocolError, MeshError, RemoteProtocolError

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
 
 from meshvpn.coord.authkeys import AuthKey
-from meshvpn.coord.messages import Endpoint
+from meshvpn.control.messages import Endpoint
 from meshvpn.errors import ConfigError
 
 SCHEMA_VERSION = 1

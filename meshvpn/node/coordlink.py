@@ -18,7 +18,7 @@ import socket
 from typing import Callable, Optional
 
 from meshvpn.backoff import doubling
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.coord.client import CoordClient, connect
 from meshvpn.errors import MeshError
 from meshvpn.noise import StaticIdentity

@@ -40,9 +40,10 @@ from typing import Callable, Optional, Union
 
 from meshvpn import wire
 from meshvpn.constants import KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.coord.peermap import PeerMapAssembler
 from meshvpn.errors import RemoteProtocolError
+from meshvpn.keys import encode_key
 from meshvpn.node.candidates import Candidate, CandidateKind
 from meshvpn.node.handshakes import HandshakeManager
 from meshvpn.node.pathfinder import RELAY_PATH, Path, PathChanged, PathFinder, PathFinderConfig, PathKind
@@ -625,7 +626,7 @@ class NodeCore:
                 "name": reg.name if reg else "-",
                 "overlay": reg.address if reg else None,
                 "network": reg.network if reg else None,
-                "key": m.encode_key(self.public_key),
+                "key": encode_key(self.public_key),
             },
             "peers": [_peer_status(peer, now) for peer in self.peers],
         }

@@ -23,7 +23,7 @@ from typing import AsyncIterator, Callable, Optional
 
 from meshvpn import __version__
 from meshvpn.config import NodeConfig, load_node_config
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.keys import read_private_key
 from meshvpn.localsock import ControlServer
 from meshvpn.metrics import MetricsEndpoint, node_families, start_metrics

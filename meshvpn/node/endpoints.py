@@ -14,7 +14,7 @@ import socket
 import struct
 from typing import Iterable
 
-from meshvpn.coord.messages import MAX_ENDPOINTS, Endpoint
+from meshvpn.control.messages import MAX_ENDPOINTS, Endpoint
 
 SIOCGIFADDR = 0x8915
 

@@ -14,7 +14,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
-from meshvpn.coord.messages import PeerInfo, encode_key
+from meshvpn.control.messages import PeerInfo
+from meshvpn.keys import encode_key
 from meshvpn.node.pathfinder import Path, PathFinder
 from meshvpn.session import KeyRing
 from meshvpn.wire import Endpoint

@@ -16,7 +16,7 @@ import time
 from typing import Callable, Optional
 
 from meshvpn.channel import ClientChannel
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.errors import MeshError
 from meshvpn.node.relaylink import RelayLink, Transport
 from meshvpn.node.relays import RelaySet

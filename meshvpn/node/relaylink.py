@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 from meshvpn.backoff import doubling
 from meshvpn import wire
-from meshvpn.coord.messages import RelayInfo
+from meshvpn.control.messages import RelayInfo
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.wire import MessageType
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Callable, Iterable, Optional
 
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.node.relaylink import ReadyChanged, RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport
 from meshvpn.wire import Endpoint
 

@@ -18,7 +18,7 @@ import socket
 import struct
 from typing import Callable, Optional
 
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.node.core import NodeCore
 from meshvpn.node.pathfinder import Path, PathKind
 from meshvpn.node.tcppunch import Abort, Connect, PathDown, PathUp, TcpEndpoint, TcpPunch, WantPunch, Write

@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.node.candidates import Endpoint, ProbeStrategy
 from meshvpn.node.prediction import (
     Allocation, BirthdayPlan, NatProfile, ResampleSchedule, opens_many_mappings, strategy_for,

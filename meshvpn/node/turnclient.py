@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Callable, Optional
 
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.node.core import NodeCore
 from meshvpn.node.turnlink import TurnLinks
 from meshvpn.stun import is_stun

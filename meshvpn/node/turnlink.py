@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 from meshvpn import wire
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.turn import CHANNEL_HEADER, DataReceived, Event, TurnClient, TurnConfig
 from meshvpn.wire import Endpoint, MessageType
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from meshvpn import keys
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.coord.client import CoordLinkClosed, CoordRefused, connect
 
 pytestmark = pytest.mark.timeout(60)

@@ -21,7 +21,7 @@ from meshvpn import keys
 from meshvpn.channel import ClientChannel
 from meshvpn.config import Address, CoordConfig, NetworkConfig
 from meshvpn.coord import admin
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.coord.client import CoordClient, CoordLinkClosed, CoordRefused, connect
 from meshvpn.coord.server import CoordServer, ServerLimits
 from meshvpn.stunio import stun_binding

@@ -17,7 +17,7 @@ import pytest
 from meshvpn import keys, wire
 from meshvpn.channel import ClientChannel
 from meshvpn.config import Address, CoordTrust, RelayConfig, RelayLimits
-from meshvpn.coord.messages import RelayInfo
+from meshvpn.control.messages import RelayInfo
 from meshvpn.node.relaylink import RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport
 from meshvpn.relay.server import RelayServer
 from meshvpn.relaytoken import TokenMinter

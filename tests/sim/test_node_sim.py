@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.keys import public_key
 from meshvpn.node.core import CoreConfig, NodeCore
 from meshvpn.node.dataplane import DataPlane

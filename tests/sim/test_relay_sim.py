@@ -9,7 +9,7 @@ import random
 
 from meshvpn import keys, wire
 from meshvpn.config import RelayLimits
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.node.relaylink import Transport
 from meshvpn.node.relays import RelaySet
 from meshvpn.relay.core import RelayCore

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import pytest
 
 from meshvpn import wire
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.coord.membership import SAMPLE_LIFETIME
 from meshvpn.keys import public_key
 from meshvpn.node.core import CoreConfig, NodeCore

@@ -4,7 +4,7 @@ from collections import defaultdict
 
 import pytest
 
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.coord.membership import SAMPLE_LIFETIME, AdminError, Close, Log, Membership, MembershipSettings, Send
 from meshvpn.coord.store import MemoryStore, Network, SqliteStore
 from meshvpn.keys import encode_key

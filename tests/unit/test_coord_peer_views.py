@@ -4,7 +4,7 @@ from cached peer entries) always says what the peers' updates said."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.coord.membership import Membership, MembershipSettings, Send
 from meshvpn.coord.peermap import PeerMapAssembler
 from meshvpn.coord.store import MemoryStore, Network

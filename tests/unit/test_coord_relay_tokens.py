@@ -3,7 +3,7 @@
 import itertools
 
 from meshvpn import keys
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.coord.membership import TOKEN_SLACK, Membership, MembershipSettings, Send
 from meshvpn.coord.store import MemoryStore, Network
 from meshvpn.relaytoken import TOKEN_LIFETIME, TOKEN_REFRESH, TokenMinter, TokenVerifier

@@ -3,7 +3,7 @@ allocating names and addresses like the store-scanning code it replaced."""
 
 import pytest
 
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.coord.membership import Membership, MembershipSettings
 from meshvpn.coord.roster import Roster
 from meshvpn.coord.store import MemoryStore, Network, NodeRecord, SqliteStore

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from meshvpn.coord.authkeys import create_auth_key
-from meshvpn.coord.messages import Endpoint
+from meshvpn.control.messages import Endpoint
 from meshvpn.coord.store import MemoryStore, Network, NodeRecord, SqliteStore
 from meshvpn.errors import ConfigError
 

@@ -7,7 +7,7 @@ import hmac
 import pytest
 
 from meshvpn import keys
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.coord.membership import Membership, MembershipSettings, Send
 from meshvpn.coord.store import MemoryStore, Network
 from meshvpn.turncreds import CREDENTIAL_LIFETIME, CREDENTIAL_REFRESH, TurnSecret

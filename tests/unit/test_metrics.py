@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from meshvpn import keys, metrics
 from meshvpn.config import Address, RelayLimits, load_coord_config, load_relay_config
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.coord.server import CoordServer
 from meshvpn.errors import MeshError
 from meshvpn.metrics import Family, coord_families, node_families, relay_families, start_metrics

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from meshvpn.channel import ServerChannel
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.node import coordlink
 from meshvpn.node.coordlink import BACKOFF_MAX, CoordLink, backoff_delay
 from meshvpn.noise import StaticIdentity

@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.keys import public_key
 from meshvpn.node.core import CoreConfig, NodeCore, PeerPathChanged, PeerUp, PingReply
 from meshvpn.node.dataplane import DataPlane

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshvpn import wire
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.node.core import NodeCore
 from meshvpn.node.dataplane import DataPlane
 from meshvpn.wire import Endpoint

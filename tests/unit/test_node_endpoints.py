@@ -1,6 +1,6 @@
 """Local endpoint selection: no loopback, no link-local, no TUN; a bound address wins."""
 
-from meshvpn.coord.messages import MAX_ENDPOINTS, Endpoint
+from meshvpn.control.messages import MAX_ENDPOINTS, Endpoint
 from meshvpn.node.endpoints import select_endpoints
 
 ADDRESSES = [

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.keys import public_key
 from meshvpn.node.core import CoreConfig, NodeCore
 from meshvpn.node.prediction import Allocation, NatProfile

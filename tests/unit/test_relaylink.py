@@ -4,7 +4,7 @@ import itertools
 
 from meshvpn import keys
 from meshvpn.config import RelayLimits
-from meshvpn.coord.messages import RelayInfo
+from meshvpn.control.messages import RelayInfo
 from meshvpn.node.relaylink import ReadyChanged, RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport
 from meshvpn.relay.core import RelayCore, Stream
 from meshvpn.relaytoken import TOKEN_LIFETIME, TokenMinter

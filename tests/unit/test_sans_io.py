@@ -16,6 +16,7 @@ SANS_IO_MODULES = (
     "meshvpn.replay",
     "meshvpn.session",
     "meshvpn.channel",
+    "meshvpn.control.*",
     "meshvpn.stun",
     "meshvpn.coord.membership",
     "meshvpn.coord.roster",

@@ -6,7 +6,7 @@ The TURN server is scripted as in test_turn.py: 401 to the first Allocate, then 
 import itertools
 
 from meshvpn import wire
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
 from meshvpn.node.turnlink import TurnLinks, frame_run
 from meshvpn.stun_codec import Attr, ErrorCode, StunClass, StunMessage, StunMethod, decode, encode, long_term_key
 from meshvpn.turn import AllocationReady, ChannelBound, decode_channel_data

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshvpn.coord import messages as m
+from meshvpn.control import messages as m
+from meshvpn.control import schema
 from meshvpn.errors import RemoteProtocolError
 
 KEY_A = bytes(range(32))
@@ -120,7 +121,7 @@ REGISTER = {"type": "register", "hostname": "h", "version": "1", "local_endpoint
         ({"nat": {"endpoint_independent": True}}, "allocation"),
         ({"nat": {"endpoint_independent": 1, "allocation": "random"}}, "endpoint_independent"),
         ({"nat": {"endpoint_independent": False, "allocation": "lucky"}}, "expected one of"),
-        ({f"future_{i}": i for i in range(m.MAX_UNKNOWN_FIELDS + 1)}, "unknown fields"),
+        ({f"future_{i}": i for i in range(schema.MAX_UNKNOWN_FIELDS + 1)}, "unknown fields"),
     ],
 )
 def test_register_refusals_name_the_field(change, problem):
