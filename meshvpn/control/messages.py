@@ -186,6 +186,29 @@ class RelayHome(Message):
     relay: str = wire(NAME)
 
 
+PATH_KINDS = frozenset({"lan", "direct", "tcp", "relay"})
+"""Path kinds a node reports (`meshvpn.node.pathfinder.PathKind` values)."""
+
+
+@dataclass(frozen=True)
+class PeerPath(Record):
+    """How this node reaches one peer now."""
+
+    peer: str = wire(NAME)
+    """The peer's name in the network."""
+    kind: str | None = wire(optional(choice(PATH_KINDS)))
+    """None: no path (the peer is unreachable)."""
+
+
+@dataclass(frozen=True)
+class Paths(Message):
+    """The node's path to each listed peer changed: the admin's view of the mesh. Sent only to a
+    coord whose `Registered` says it takes them; all of them after each registration."""
+
+    TYPE = "paths"
+    paths: tuple[PeerPath, ...] = wire(list_of(record(PeerPath), MAX_PEERS))
+
+
 # coord → node
 
 
@@ -203,6 +226,8 @@ class Registered(Message):
     """One token per relay; fresh ones follow in `RelayTokens` before these expire."""
     turn: tuple[TurnServer, ...] | None = wire(TURN_SERVERS)
     """TURN servers with the node's credentials; fresh ones follow in `RelayTokens`."""
+    path_reports: bool | None = wire(optional(BOOL))
+    """The coord takes `Paths` reports (an older coord would refuse the unknown message)."""
 
 
 @dataclass(frozen=True)
@@ -274,7 +299,7 @@ class Error(Message):
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        Register, Endpoints, PunchRequest, Ping, Pong, RelayHome, TurnRelayed,
+        Register, Endpoints, PunchRequest, Ping, Pong, RelayHome, TurnRelayed, Paths,
         Registered, RelayTokens, PeerMap, PeerUpdate, PeerRemove, Punch, Error,
     )
 }

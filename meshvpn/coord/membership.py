@@ -106,6 +106,8 @@ class NodeStatus:
     pending_approval: bool
     observed_host: str | None
     home_relay: str | None
+    paths: Mapping[str, str | None] = field(default_factory=dict)
+    """The online node's path kind to each peer, by peer name, as it last reported them."""
 
 
 class AdminError(MeshError):
@@ -136,13 +138,15 @@ class _Connection:
     sample: m.Endpoint | None = None
     """The port sample of the node's latest punch request, and when it came."""
     sample_at: float = 0.0
+    paths: dict[str, str | None] = field(default_factory=dict)
+    """The node's reported path kind per peer name (`Paths`), only for peers of its network."""
 
 
 # Which node→coord messages each connection state accepts (coord→node types are never accepted).
 _ACCEPTS: dict[str, frozenset[type[m.Message]]] = {
     "new": frozenset({m.Register, m.Ping, m.Pong}),
     "pending": frozenset({m.Ping, m.Pong}),
-    "online": frozenset({m.Endpoints, m.PunchRequest, m.RelayHome, m.TurnRelayed, m.Ping, m.Pong}),
+    "online": frozenset({m.Endpoints, m.PunchRequest, m.RelayHome, m.TurnRelayed, m.Paths, m.Ping, m.Pong}),
 }
 
 
@@ -250,6 +254,8 @@ class Membership:
             changed = message.endpoints != conn.turn_relayed
             conn.turn_relayed = message.endpoints
             self._update_node(conn, changed)
+        elif isinstance(message, m.Paths):
+            self._paths(conn, message.paths)
         elif isinstance(message, m.PunchRequest):
             if message.sample is not None:
                 conn.sample, conn.sample_at = message.sample, now
@@ -306,6 +312,7 @@ class Membership:
                     pending_approval=conn is not None and conn.state == "pending",
                     observed_host=None if conn is None else conn.observed_host,
                     home_relay=None if conn is None else conn.home_relay,
+                    paths={} if conn is None else dict(conn.paths),
                 )
             )
         return statuses
@@ -435,6 +442,7 @@ class Membership:
                 relays=self.settings.relays,
                 relay_tokens=self._relay_tokens(conn, conn.last_heard),
                 turn=self._turn_credentials(conn, conn.last_heard),
+                path_reports=True,
             ),
         )
         peers = [self._roster.entry(n, self._peer_info) for n in self._roster.nodes(node.network)
@@ -466,6 +474,13 @@ class Membership:
             assert node is not None
             self._roster.changed(conn.key)
             self._announce(node, exclude=conn.key)
+
+    def _paths(self, conn: _Connection, paths: tuple[m.PeerPath, ...]) -> None:
+        """Keep what the node says of its paths, for the admin's view; names of strangers are ignored."""
+        members = {n.name for n in self._roster.nodes(conn.network) if n.key != conn.key}
+        for path in paths:
+            if path.peer in members:
+                conn.paths[path.peer] = path.kind
 
     def _punch(self, conn: _Connection, peer_key: bytes, now: float) -> None:
         assert conn.network is not None

@@ -163,6 +163,8 @@ class NodeCore:
         """Dropped non-data datagrams by reason, for status and tests."""
         self._datagrams: list[tuple[Endpoint, bytes]] = []
         self._coord_out: list[m.Message] = []
+        self._report_paths = False
+        """The coord takes `paths` reports (it said so in `registered`)."""
         self._events: deque[Event] = deque()
         self._pings: dict[bytes, _Ping] = {}
         self._scheduled_punches: list[tuple[float, bytes]] = []
@@ -206,6 +208,8 @@ class NodeCore:
             self.registration = Registered(msg.name, msg.address, msg.network.cidr)
             self.relays = msg.relays
             self._events.append(self.registration)
+            self._report_paths = bool(msg.path_reports)
+            self._report_path(*self.peers)
         elif isinstance(msg, m.PeerMap):
             peers = self._peer_map.add(msg)
             if peers is not None:
@@ -551,11 +555,20 @@ class NodeCore:
                 if action.new is not None and action.new.kind is not PathKind.RELAY:
                     self.traversal.path_found(peer.key)
                 self._events.append(PeerPathChanged(peer.name, action.old, action.new, action.reason.value))
+                self._report_path(peer)
                 self._send_initiation(peer)
                 self.flush(peer, now)
             else:
                 dst = Endpoint(*action.endpoint)
                 self._datagrams.append((dst, self.probes.probe(peer.key, action.tx_id, dst, self.random_bytes(24))))
+
+    def _report_path(self, *peers: Peer) -> None:
+        """Tell the coord how these peers are reached now, for its admins' view of the mesh."""
+        if not self._report_paths:
+            return
+        paths = [m.PeerPath(p.name, None if p.route is None else p.route.path.kind.value) for p in peers]
+        for start in range(0, len(paths), m.MAX_PEERS):
+            self._coord_out.append(m.Paths(tuple(paths[start:start + m.MAX_PEERS])))
 
     # ---- ping ---------------------------------------------------------------------
 

@@ -86,7 +86,7 @@ def pair(server):
 def test_first_node_gets_registered_and_an_empty_peer_map(server):
     registered, peer_map = server.join(1, 1, "Alice's Laptop", server.token())
     assert registered == m.Registered(
-        key(1), "alice-s-laptop", "10.77.0.2", m.NetworkInfo("home", "10.77.0.0/24"), (RELAY,)
+        key(1), "alice-s-laptop", "10.77.0.2", m.NetworkInfo("home", "10.77.0.0/24"), (RELAY,), path_reports=True
     )
     assert peer_map == m.PeerMap(())
 
@@ -294,6 +294,25 @@ def test_relay_home_is_announced(pair):
     assert update.peer.home_relay == "fra"
     pair.send(1, m.RelayHome("nowhere"))
     assert pair.take(1)[0].code == "bad_request" and pair.take(2) == []
+
+
+def test_path_reports_are_kept_per_connection_for_the_admin_view(pair):
+    pair.send(1, m.Paths((m.PeerPath("bob", "direct"), m.PeerPath("mallory", "relay"), m.PeerPath("alice", "lan"))))
+    pair.send(2, m.Paths((m.PeerPath("alice", "relay"),)))
+    pair.send(2, m.Paths((m.PeerPath("alice", "lan"),)))
+    assert pair.take(1) == [] and pair.take(2) == []
+    statuses = {s.node.name: s for s in pair.core.list_nodes()}
+    assert statuses["alice"].paths == {"bob": "direct"}
+    assert statuses["bob"].paths == {"alice": "lan"}
+    pair.core.node_disconnected(2, NOW + 1)
+    pair.join(2, 2, "bob")
+    assert {s.node.name: s.paths for s in pair.core.list_nodes()}["bob"] == {}
+
+
+def test_path_reports_wait_until_online(server):
+    server.connect(1, 1)
+    server.send(1, m.Paths((m.PeerPath("bob", "direct"),)))
+    assert server.take(1)[0].code == "bad_request"
 
 
 def test_malformed_frame_closes_and_misplaced_message_does_not(server):

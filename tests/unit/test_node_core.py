@@ -116,6 +116,18 @@ def test_first_packet_starts_punch_and_punch_request_then_handshake_delivers_it(
     assert b.core.peers.find("alice").counters.rx_bytes == len(packet)
 
 
+def test_paths_are_reported_only_to_a_coord_that_takes_them(pair):
+    a, b, wire = pair
+    registered = m.Registered(node_key=a.public, name=a.name, address=a.address, network=NETWORK, path_reports=True)
+    a.core.coord_message(registered, 0.0)
+    assert a.core.coord_messages_to_send() == [m.Paths((m.PeerPath("bob", None),))], "all peers on registration"
+    a.send(ip_packet(a.address, b.address), 0.0)
+    wire.pump(0.0)
+    assert [msg for msg in a.coord_out if isinstance(msg, m.Paths)] == [m.Paths((m.PeerPath("bob", "direct"),))]
+    assert b.core.peers.find("alice").route is not None
+    assert not any(isinstance(msg, m.Paths) for msg in b.coord_out), "an older coord would refuse them"
+
+
 def test_data_flows_both_ways_after_the_handshake(pair):
     a, b, wire = pair
     a.send(ip_packet(a.address, b.address), 0.0)
