@@ -295,6 +295,18 @@ class TurnServerConfig:
 
 
 @_section
+class ConsoleConfig:
+    """The coordination server's web console for the host (see docs/console.md)."""
+
+    enabled: Flag = option("serve the web console", False)
+    listen: HostPort = option("address of the console (HTTP); keep it on localhost and tunnel to it",
+                              Address("127.0.0.1", 7480))
+    password_file: ConfigPath = option("file whose first line is the console password (mode 0600); "
+                                       "created with a random password when missing",
+                                       Path("/var/lib/meshvpn/console.password"))
+
+
+@_section
 class CoordConfig:
     """Configuration of `meshvpn coord`."""
 
@@ -311,6 +323,7 @@ class CoordConfig:
                                                 (), unique="name")
     log: LogConfig = option("logging", LogConfig)
     metrics: MetricsConfig = option("metrics", MetricsConfig)
+    console: ConsoleConfig = option("web console", ConsoleConfig)
 
 
 @_section

@@ -8,7 +8,8 @@ anything refuse, since a change made behind the server's back would not reach it
 
 Requests: ``{"cmd": "key_create", "network": N, "reusable": B, "ephemeral": B, "expires": S|null}``,
 ``{"cmd": "nodes_list"}``, ``{"cmd": "node_approve"|"node_revoke", "node": REF}``,
-``{"cmd": "networks_list"}``. Answers carry ``"error"`` on failure.
+``{"cmd": "networks_list"}``, ``{"cmd": "keys_list"}``. Answers carry ``"error"`` on failure. The
+web console (`meshvpn.coord.console`) sends the same requests to the same `answer`.
 """
 
 from __future__ import annotations
@@ -70,12 +71,22 @@ def _networks_list(membership: Membership, req: dict, now: float, randbytes: Any
     return {"networks": networks_json(membership.store, membership.list_nodes())}
 
 
+def _keys_list(membership: Membership, req: dict, now: float, randbytes: Any) -> dict:
+    return {"keys": [
+        {"id": key.id, "network": key.network, "created": key.created, "expires": key.expires,
+         "reusable": key.reusable, "ephemeral": key.ephemeral, "uses": key.uses,
+         "usable": not key.expired(now) and (key.reusable or key.uses == 0)}
+        for key in sorted(membership.list_auth_keys(), key=lambda key: key.created)
+    ]}
+
+
 _ANSWERS = {
     "key_create": _key_create,
     "nodes_list": _nodes_list,
     "node_approve": _node_approve,
     "node_revoke": _node_revoke,
     "networks_list": _networks_list,
+    "keys_list": _keys_list,
 }
 
 
@@ -101,6 +112,7 @@ def node_json(status: NodeStatus) -> dict:
         "online": status.online,
         "observed_host": status.observed_host,
         "home_relay": status.home_relay,
+        "paths": dict(sorted(status.paths.items())),
         "public_endpoint": None if node.public_endpoint is None else str(node.public_endpoint),
         "local_endpoints": [str(ep) for ep in node.local_endpoints],
         "created": node.created,

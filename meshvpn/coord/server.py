@@ -3,7 +3,8 @@
 Every decision is made by the sans-IO `membership` core; this module only moves bytes. Each TCP
 connection runs a `ServerChannel` (Noise IK, sealed frames); decrypted frames go to
 `Membership.receive`, and the actions the core returns become frames out, closes and log lines.
-One timer follows `Membership.get_timer()`. STUN and the admin socket (`admin`) share the loop.
+One timer follows `Membership.get_timer()`. STUN, the admin socket (`admin`) and the optional web
+console (`console`, the same admin requests over HTTP) share the loop.
 
 Nothing a client sends can stop the server: a channel error, garbage, an oversized frame, a
 handshake that never completes, silence, or a client that never reads closes that one connection
@@ -28,6 +29,7 @@ from meshvpn.channel import ServerChannel
 from meshvpn.config import CoordConfig, load_coord_config
 from meshvpn.control import messages
 from meshvpn.coord import admin
+from meshvpn.coord.console import start_console
 from meshvpn.coord.membership import Close, Log, Membership, MembershipSettings, Send
 from meshvpn.coord.store import Network, SqliteStore
 from meshvpn.errors import ConfigError, LocalProtocolError, MeshError, RemoteProtocolError
@@ -247,6 +249,8 @@ class CoordServer:
         self.stun: StunServer | None = None
         self._listener: asyncio.AbstractServer | None = None
         self._admin: ControlServer | None = None
+        self.console = None
+        """The web console (`meshvpn.coord.console.web.Console`) when `console.enabled`."""
         self._connections: set[_Connection] = set()
         self._per_host: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -267,9 +271,14 @@ class CoordServer:
             )
             self._admin = ControlServer(str(settings.admin_socket), self._serve_admin)
             await self._admin.start()
+            if settings.console.enabled:
+                self.console = await start_console(settings.console, self.admin_answer)
         except OSError as exc:
             await self.close()
             raise MeshError(f"coord cannot listen: {exc}") from None
+        except MeshError:
+            await self.close()
+            raise
         self.run_actions()
         self.metrics = await start_metrics(settings.metrics.listen, "coord",
                                            lambda: coord_families(self.membership, self._connections))
@@ -291,6 +300,8 @@ class CoordServer:
             self.stun.close()
         if self._admin is not None:
             await self._admin.close()
+        if self.console is not None:
+            await self.console.close()
         if self._listener is not None:
             await self._listener.wait_closed()
         self.store.close()
@@ -366,10 +377,15 @@ class CoordServer:
 
     # ----- admin socket
 
-    async def _serve_admin(self, request: dict) -> AsyncIterator[dict]:
+    def admin_answer(self, request: dict) -> dict:
+        """One admin request on the live core, its consequences sent at once: the admin socket
+        and the web console both come here."""
         response = admin.answer(self.membership, request, self.clock(), os.urandom)
         self.run_actions()
-        yield {**response, "done": True}
+        return response
+
+    async def _serve_admin(self, request: dict) -> AsyncIterator[dict]:
+        yield {**self.admin_answer(request), "done": True}
 
 
 def _log_core(action: Log) -> None:

@@ -1,11 +1,18 @@
 """Shared set-up for loopback integration tests: external tools, free ports and coturn."""
 
+import ipaddress
 import os
 import shutil
 import socket
 import subprocess
 
 import pytest
+
+from meshvpn import keys
+from meshvpn.config import Address, ConsoleConfig, CoordConfig, NetworkConfig
+from meshvpn.control import messages as m
+from meshvpn.coord.client import CoordRefused, connect
+from meshvpn.coord.server import CoordServer
 
 
 @pytest.fixture
@@ -75,3 +82,76 @@ def start_coturn(tool, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# ----- the coordination server with its web console, and nodes that join it over the real channel
+
+
+class ConsoleMesh:
+    """A coord on loopback with its console on, networks `home` (open) and `office` (approval
+    required), and nodes registered through `meshvpn.coord.client` as real daemons would."""
+
+    PASSWORD = "correct horse battery staple"
+
+    def __init__(self, tmp_path):
+        keys.write_private_key(tmp_path / "coord.key")
+        password_file = tmp_path / "console.password"
+        password_file.write_text(self.PASSWORD + "\n")
+        password_file.chmod(0o600)
+        self.config = CoordConfig(
+            private_key_file=tmp_path / "coord.key",
+            database=tmp_path / "coord.db",
+            listen=Address("127.0.0.1", 0),
+            stun_listen=Address("127.0.0.1", 0),
+            admin_socket=tmp_path / "admin.sock",
+            networks=(
+                NetworkConfig(name="home", cidr=ipaddress.ip_network("100.64.0.0/24")),
+                NetworkConfig(name="office", cidr=ipaddress.ip_network("100.65.0.0/24"), approval_required=True),
+            ),
+            console=ConsoleConfig(enabled=True, listen=Address("127.0.0.1", 0), password_file=password_file),
+        )
+        self.server = None
+        self.clients = []
+
+    async def __aenter__(self):
+        self.server = CoordServer(self.config)
+        await self.server.start()
+        return self
+
+    async def __aexit__(self, *exc_info):
+        for client in self.clients:
+            client.close()
+        await self.server.close()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.console.address
+        return f"http://{host}:{port}"
+
+    def token(self, network: str) -> str:
+        answer = self.server.admin_answer({"cmd": "key_create", "network": network, "reusable": True})
+        return answer["token"]
+
+    async def connect(self, name: str, network: str = "home"):
+        """A node's channel, registered; `office` nodes come back waiting for approval."""
+        client = await connect(self.server.address, self.server.identity.public, keys.generate_private_key(),
+                               keepalive=5.0)
+        self.clients.append(client)
+        register = m.Register(name, "test", (m.Endpoint("10.0.0.7", 41641),), auth_key=self.token(network))
+        try:
+            await client.register(register)
+        except CoordRefused as refused:
+            assert refused.code == "approval_pending", refused
+        return client
+
+    def report_paths(self, client, **paths: str) -> None:
+        """What a node's core sends when its paths change (`meshvpn.node.core`)."""
+        client.send(m.Paths(tuple(m.PeerPath(peer, kind) for peer, kind in paths.items())))
+
+    def node(self, name: str) -> dict:
+        return next(n for n in self.server.admin_answer({"cmd": "nodes_list"})["nodes"] if n["name"] == name)
+
+
+@pytest.fixture
+def console_mesh(tmp_path):
+    return ConsoleMesh(tmp_path)

@@ -21,6 +21,7 @@ SANS_IO_MODULES = (
     "meshvpn.coord.membership",
     "meshvpn.coord.roster",
     "meshvpn.coord.peermap",
+    "meshvpn.coord.console.auth",
     "meshvpn.node.pathfinder",
     "meshvpn.node.core",
     "meshvpn.node.dataplane",
