@@ -115,6 +115,8 @@ class Mesh:
         self._relay_places: list[RelayPlace] = []
         self.turn_servers: list[dict] = []
         """Entries of the coord config's `turn` list (name, address, secret), set before `start_coord`."""
+        self.console: dict = {}
+        """The coord config's `console` section (enabled, listen, password_file), set before `start_coord`."""
         self.coord_public = self._new_key("coord")
 
     def _new_key(self, name: str) -> str:
@@ -160,6 +162,7 @@ class Mesh:
             "networks": [{"name": self.network, "cidr": self.cidr}],
             "relays": [{"name": r.name, "address": r.address, "public_key": r.public_key} for r in self._relay_places],
             "turn": self.turn_servers,
+            "console": self.console,
             "log": {"level": self.log_level},
         })
         self.admin_socket.unlink(missing_ok=True)
