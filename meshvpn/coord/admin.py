@@ -225,11 +225,16 @@ def _format_nodes(response: dict) -> str:
         return "(no nodes)"
     now = time.time()
     rows = [
-        (n["name"], n["network"], n["address"], n["state"], n["observed_host"], n["os"],
-         format_ago(None if n["last_seen"] is None else now - n["last_seen"]), n["key"])
+        (n["name"], n["network"], n["address"], n["state"], _paths_text(n.get("paths", {})), n["observed_host"],
+         n["os"], format_ago(None if n["last_seen"] is None else now - n["last_seen"]), n["key"])
         for n in nodes
     ]
-    return _table(("NAME", "NETWORK", "ADDRESS", "STATE", "SEEN FROM", "OS", "LAST SEEN", "KEY"), rows)
+    return _table(("NAME", "NETWORK", "ADDRESS", "STATE", "PATHS", "SEEN FROM", "OS", "LAST SEEN", "KEY"), rows)
+
+
+def _paths_text(paths: dict) -> str:
+    """`peer:kind` for each peer the node reported a path to (`-` for one it cannot reach)."""
+    return ",".join(f"{peer}:{kind or '-'}" for peer, kind in paths.items())
 
 
 def _format_node(response: dict) -> str:

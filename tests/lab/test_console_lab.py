@@ -2,7 +2,7 @@
 
 A coord with its console on (inside its namespace, on 127.0.0.1), node a1 behind one NAT and
 the neighbours d1 and d2 behind another. Once the daemons have their paths (direct across the
-internet, lan between the neighbours), `meshvpn coord nodes list --json` and the console's
+internet, lan between the neighbours), `meshvpn coord nodes list` (and `--json`) and the console's
 nodes page, fetched after a login from inside the coord's namespace, show each node's path to
 each peer exactly as the node itself reports it in `meshvpn status`.
 """
@@ -65,6 +65,9 @@ def test_console_shows_the_paths_the_daemons_report(topo: Topology, tmp_path: Pa
              15, "lan between the neighbours, direct across the internet")
     expected = {name: own_paths(mesh, name) for name in NAMES}
     wait_for(lambda: coord_paths(mesh) == expected, 10, f"the coord to hold the nodes' own paths {expected}")
+
+    table = {line.split()[0]: line for line in mesh.admin("nodes", "list").stdout.splitlines()}
+    assert "d2:lan" in table["d1"] and "a1:direct" in table["d1"], table
 
     page = mesh.coord_ns.run([sys.executable, "-c", FETCH, f"http://{CONSOLE}", PASSWORD], timeout=20).stdout
     for name, paths in expected.items():
