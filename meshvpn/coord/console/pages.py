@@ -102,7 +102,7 @@ def _action(url: str, node: dict, label: str, csrf: str, danger: bool = False) -
     css = ' class="danger"' if danger else ""
     return (f'<form class="inline" method="post" action="{url}">{_csrf(csrf)}'
             f'<input type="hidden" name="node" value="{escape(node["key"])}">'
-            f'<button{css} name="do" value="{escape(node["name"])}">{label}</button></form>')
+            f"<button{css}>{label}</button></form>")
 
 
 # ----- nodes

@@ -32,7 +32,7 @@ SECURITY_HEADERS = {
                                 "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "same-origin",
+    "Referrer-Policy": "same-origin",  # "no-referrer" would make browsers send `Origin: null` on POSTs
     "Cache-Control": "no-store",
 }
 NODE_ACTIONS = {
