@@ -18,6 +18,8 @@ import pytest
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
+WAIT_MS = 15000
+"""How long a step may take to show: a few live refreshes (2 s apart) on a loaded machine."""
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
@@ -80,6 +82,8 @@ def test_log_in_see_paths_approve_watch_live_revoke(console_mesh, chromium, play
 
 
 async def walk_through(expect, page, mesh, dave) -> None:
+    expect.set_options(timeout=WAIT_MS)
+    page.set_default_timeout(WAIT_MS)
     shots = Screenshots(page)
     await page.goto(mesh.url)
     await expect(page).to_have_url(f"{mesh.url}/login")
@@ -108,7 +112,7 @@ async def walk_through(expect, page, mesh, dave) -> None:
 
     erin = await mesh.connect("erin")
     mesh.report_paths(erin, alice="direct")
-    await expect(row(page, "erin").locator(".paths")).to_have_text("alice: direct", timeout=10000)
+    await expect(row(page, "erin").locator(".paths")).to_have_text("alice: direct")
     await expect(nodes).to_have_count(5)
     await shots.take("3-approved-and-live")
 
