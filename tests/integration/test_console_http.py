@@ -201,3 +201,23 @@ def test_logout_ends_the_session_and_failed_logins_lock_out(console_mesh):
     assert (out, after) == (303, 303)
     assert failures == [401] * MAX_FAILURES
     assert locked == 401 and "Too many failed logins" in text
+
+
+def test_a_page_reached_by_a_dns_name_gets_nothing(console_mesh):
+    """A site whose name an attacker rebinds to 127.0.0.1 must not reach even the login form."""
+    async def scenario():
+        async with console_mesh as mesh, browser() as http:
+            port = mesh.server.console.address[1]
+            hosts = ["evil.example", f"evil.example:{port}", "localhost", f"LOCALHOST:{port}", f"127.0.0.1:{port}",
+                     "[::1]", f"[::1]:{port}"]
+            statuses = []
+            for host in hosts:
+                answer = await http.get(f"{mesh.url}/login", headers={"Host": host}, allow_redirects=False)
+                statuses.append(answer.status)
+            posted = await http.post(f"{mesh.url}/login", data={"password": mesh.PASSWORD},
+                                     headers={"Host": "evil.example"}, allow_redirects=False)
+            return statuses, posted.status, "Set-Cookie" in posted.headers
+
+    statuses, posted, cookie = asyncio.run(scenario())
+    assert statuses == [421, 421, 200, 200, 200, 200, 200]
+    assert (posted, cookie) == (421, False)

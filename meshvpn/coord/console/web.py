@@ -10,9 +10,11 @@ the console itself only.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from typing import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -60,7 +62,7 @@ class Console:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[_headers])
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[_headers, _local_host_only])
         app.add_routes([
             web.get("/", self._home),
             web.get("/login", self._login_form),
@@ -241,6 +243,26 @@ def _asset(text: str, content_type: str) -> Callable[[web.Request], Awaitable[we
     async def serve(_request: web.Request) -> web.Response:
         return web.Response(text=text, content_type=content_type)
     return serve
+
+
+@web.middleware
+async def _local_host_only(request: web.Request, handler) -> web.StreamResponse:
+    """Answer only requests addressed to an IP address or localhost: a web page whose DNS name
+    was rebound to 127.0.0.1 gets nothing, not even the login form to guess passwords at."""
+    if not _addressed_locally(request.host):
+        raise web.HTTPMisdirectedRequest(text="Open the console by its IP address or localhost.")
+    return await handler(request)
+
+
+def _addressed_locally(host: str) -> bool:
+    name = urlsplit(f"//{host}").hostname or ""
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 @web.middleware
