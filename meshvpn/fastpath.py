@@ -43,6 +43,16 @@ _native = _built if os.environ.get("MESHVPN_PURE_PYTHON", "") in ("", "0") else 
 
 NATIVE = _native is not None
 """Whether the native loops are in use."""
+DATA_PATH = "native" if NATIVE else "pure-python"
+"""Which loops run, as `meshvpn status` shows it."""
+if NATIVE:
+    DATA_PATH_TEXT = "native (C with libsodium)"
+elif _built is not None:
+    DATA_PATH_TEXT = "pure Python, forced by MESHVPN_PURE_PYTHON (about half the native speed)"
+else:
+    DATA_PATH_TEXT = ("pure Python, about half the native speed: the native module was not built; "
+                      "`make install` (or scripts/install) installs libsodium-dev, gcc and python3-dev and builds it")
+"""The start-up log's line: which loops run, and why not the native ones."""
 
 MAX_SPLIT_SEGMENTS = 64
 """Super-packets of more segments are left to ``split_in_place`` (the kernel's are capped at 45)."""

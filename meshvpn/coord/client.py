@@ -28,6 +28,23 @@ class CoordLinkClosed(MeshError):
     """The channel to the coordination server is closed (or never opened); the text says why."""
 
 
+class CoordUnreachable(CoordLinkClosed):
+    """TCP to the server did not connect; `reason` is the system's word, `unresolved` a DNS failure."""
+
+    def __init__(self, host: str, port: int, reason: str, unresolved: bool = False) -> None:
+        super().__init__(f"cannot connect to {host}:{port}: {reason}")
+        self.reason = reason
+        self.unresolved = unresolved
+
+
+class CoordHandshakeFailed(CoordLinkClosed):
+    """TCP connected but the channel handshake did not finish (wrong pinned key, or not a coord)."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(text)
+        self.reason = reason
+
+
 class CoordRefused(MeshError):
     """The server answered `error`; `code` is the wire error code (e.g. auth_key_invalid)."""
 
@@ -81,7 +98,8 @@ class _LinkProtocol(asyncio.Protocol):
         if self._ping_timer is not None:
             self._ping_timer.cancel()
         if not self.established.done():
-            self.established.set_exception(CoordLinkClosed(f"handshake failed: {self.close_reason}"))
+            self.established.set_exception(
+                CoordHandshakeFailed(f"handshake failed: {self.close_reason}", self.close_reason))
         self.inbox.put_nowait(_CLOSED)
         self.closed.set_result(None)
 
@@ -217,10 +235,12 @@ async def connect(
     except (OSError, asyncio.TimeoutError) as exc:
         if sock is not None:
             sock.close()
-        raise CoordLinkClosed(f"cannot connect to {host}:{port}: {exc or 'timed out'}") from None
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or f"timed out after {timeout:g}s"
+        raise CoordUnreachable(host, port, reason, isinstance(exc, socket.gaierror)) from None
     try:
         await asyncio.wait_for(asyncio.shield(protocol.established), timeout)
     except asyncio.TimeoutError:
         transport.abort()
-        raise CoordLinkClosed(f"no handshake answer from {host}:{port} within {timeout:g}s") from None
+        raise CoordHandshakeFailed(f"no handshake answer from {host}:{port} within {timeout:g}s",
+                                   f"no answer within {timeout:g}s") from None
     return CoordClient(transport, protocol)

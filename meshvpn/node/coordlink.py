@@ -18,10 +18,12 @@ import socket
 from typing import Callable, Optional
 
 from meshvpn.backoff import doubling
+from meshvpn.config import Address
 from meshvpn.control import messages as m
 from meshvpn.coord.client import CoordClient, connect
 from meshvpn.errors import MeshError
 from meshvpn.noise import StaticIdentity
+from meshvpn.node.startup import explain_coord_failure
 
 log = logging.getLogger("meshvpn.node.coordlink")
 
@@ -97,7 +99,7 @@ class CoordLink:
             except asyncio.CancelledError:
                 raise
             except (OSError, asyncio.TimeoutError, EOFError, MeshError) as exc:
-                log.warning("coord link to %s:%d lost: %s", self.host, self.port, exc or type(exc).__name__)
+                log.warning("%s", explain_coord_failure(Address(self.host, self.port), exc))
             finally:
                 self._drop()
             self.failures += 1

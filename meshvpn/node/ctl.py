@@ -32,7 +32,8 @@ def _status_line(overlay: str | None, name: str, path: str, rest: str) -> str:
 def format_status(status: dict) -> str:
     """One line for this node, then one line per peer, like ``tailscale status``."""
     me = status["self"]
-    lines = [_status_line(me.get("overlay"), me["name"], "self", f"coord {me.get('coord', '-')}")]
+    data_path = f"   data path {me['data_path']}" if me.get("data_path") else ""
+    lines = [_status_line(me.get("overlay"), me["name"], "self", f"coord {me.get('coord', '-')}{data_path}")]
     for peer in status["peers"]:
         lines.append(_status_line(
             peer.get("overlay"), peer["name"], peer["path"],

@@ -24,6 +24,7 @@ from typing import AsyncIterator, Callable, Optional
 from meshvpn import __version__
 from meshvpn.config import NodeConfig, load_node_config
 from meshvpn.control import messages as m
+from meshvpn.fastpath import DATA_PATH
 from meshvpn.keys import read_private_key
 from meshvpn.localsock import ControlServer
 from meshvpn.metrics import MetricsEndpoint, node_families, start_metrics
@@ -31,6 +32,7 @@ from meshvpn.node.coordlink import CoordLink
 from meshvpn.node.core import CoordRefused, CoreConfig, NodeCore, PeerDown, PeerPathChanged, PeerUp, PingReply, Registered
 from meshvpn.node.dataplane import DataPlane, SendBuffer
 from meshvpn.node.endpoints import local_endpoints
+from meshvpn.node.startup import explain_refusal, preflight
 from meshvpn.node.mappings import MappingSockets
 from meshvpn.node.netcheck import gather_profile, nat_profile, verdict
 from meshvpn.node.pathfinder import PathFinderConfig, PathKind
@@ -384,7 +386,7 @@ class NodeDaemon:
         elif isinstance(event, PeerDown):
             log.info("peer %s down: %s", event.name, event.reason, extra={"PEER": event.name, "REASON": event.reason})
         elif isinstance(event, CoordRefused):
-            log.error("the coord refused this node: %s (%s)", event.message or event.code, event.code)
+            log.error("%s", explain_refusal(event.code, event.message))
         elif isinstance(event, SampleWanted):
             self._tasks.append(self.loop.create_task(self._sample_port(event.peer_key)))
         elif isinstance(event, OpenMappings):
@@ -529,6 +531,7 @@ class NodeDaemon:
             status["self"]["relays"] = self.relays.relays.status()
             self.turn.annotate(status)
             status["self"]["tcp_punch"] = self.tcp.status()
+            status["self"]["data_path"] = DATA_PATH
             yield {**status, "done": True}
         elif cmd == "peers":
             yield {"peers": [_peer_map_entry(peer) for peer in self.core.peers], "done": True}
@@ -606,4 +609,5 @@ def main(args) -> int:
     """Entry point of ``meshvpn daemon``: ``args.settings`` is the loaded NodeConfig."""
     config: NodeConfig = args.settings
     setup_logging(config.log.level, "daemon")
+    preflight(config, args.config)
     return asyncio.run(_serve(config, lambda: load_node_config(args.config)))
