@@ -20,6 +20,8 @@ from meshvpn.config import (
     load_coord_config,
     load_node_config,
     load_relay_config,
+    parse_address,
+    parse_hostname,
 )
 from meshvpn.durations import parse_duration
 from meshvpn.errors import MeshError
@@ -38,6 +40,8 @@ VERB_TARGETS = {
     "peers": "meshvpn.node.ctl:client_main",
     "ping": "meshvpn.node.ctl:client_main",
     "netcheck": "meshvpn.node.netcheck:main",
+    "join": "meshvpn.join:join_main",
+    "leave": "meshvpn.join:leave_main",
 }
 
 
@@ -90,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     ping.add_argument("peer", metavar="PEER", help="peer name, mesh address or public key")
     ping.add_argument("-c", "--count", type=_positive_int, default=4, metavar="N", help="pings to send (default 4)")
 
+    join = verbs.add_parser("join", help="join a network with the join string from `meshvpn coord key create`")
+    join.add_argument("coord", nargs="?", type=_host_port, metavar="COORD",
+                      help="the coordination server's host:port (default: the address in the join string)")
+    join.add_argument("--key", required=True, metavar="JOIN-STRING", help="the mvk-... join string")
+    join.add_argument("--name", type=_name, metavar="NAME", help="this node's name in the mesh (default: host name)")
+    join.add_argument("--no-check", action="store_true",
+                      help="write the config even when the coordination server cannot be reached now")
+    _joined(join, "join")
+    leave = verbs.add_parser("leave", help="undo `meshvpn join`: stop the daemon, remove its config and key")
+    _joined(leave, "leave")
+
     netcheck = verbs.add_parser("netcheck", help="report this host's NAT behaviour and reachable relays")
     _role(netcheck, "netcheck", DEFAULT_NODE_CONFIG, load_node_config)
     netcheck.add_argument("--json", action="store_true", help="print JSON")
@@ -100,6 +115,14 @@ def _role(parser: argparse.ArgumentParser, verb: str, default_config: Path, load
     parser.add_argument("-c", "--config", type=Path, default=default_config, metavar="FILE",
                         help=f"config file (default {default_config})")
     parser.set_defaults(run=_dispatch, target=VERB_TARGETS[verb], loader=loader)
+
+
+def _joined(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument("-c", "--config", type=Path, metavar="FILE",
+                        help=f"the node config (default ROOT{DEFAULT_NODE_CONFIG})")
+    parser.add_argument("--root", type=Path, metavar="DIR",
+                        help="directory every path lies under (default $MESHVPN_ROOT, or /)")
+    parser.set_defaults(run=_dispatch, target=VERB_TARGETS[verb])
 
 
 def _client(parser: argparse.ArgumentParser, verb: str, json_output: bool = True) -> None:
@@ -127,6 +150,9 @@ def _add_coord_admin(coord: argparse.ArgumentParser) -> None:
     create.add_argument("--reusable", action="store_true", help="the key may join more than one node")
     create.add_argument("--expires", type=_duration, metavar="DURATION", help="key lifetime, e.g. 1h (default: no expiry)")
     create.add_argument("--ephemeral", action="store_true", help="nodes joined with it are removed when they go offline")
+    create.add_argument("--address", type=_host_port, metavar="HOST:PORT",
+                        help="where nodes reach this server, for the join string (default: public_address in coord.yaml)")
+    create.add_argument("--json", action="store_true", help="print JSON")
 
     nodes = admin.add_parser("nodes", help="nodes").add_subparsers(dest="action", metavar="ACTION", required=True)
     admin_verb(nodes, "list", "list nodes").add_argument("--json", action="store_true", help="print JSON")
@@ -176,6 +202,20 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
     return int(text)
+
+
+def _host_port(text: str):
+    try:
+        return parse_address(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _name(text: str) -> str:
+    try:
+        return parse_hostname(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _duration(text: str) -> float:

@@ -137,7 +137,8 @@ def _interface_name(value: object, _directory: Path) -> str:
     return name
 
 
-def _hostname(value: object, _directory: Path) -> str:
+def parse_hostname(value: object, _directory: Path | None = None) -> str:
+    """Check a node name: one DNS label of lowercase letters, digits and '-' (or "")."""
     name = _expect_str(value, "a host name")
     if name and not _DNS_LABEL.fullmatch(name):
         raise ValueError(f"bad host name {name!r}: one DNS label of lowercase letters, digits and '-'")
@@ -149,13 +150,22 @@ def _quoted(value: object) -> str:
 
 
 String = Annotated[str, _plain(str, "string")]
-Hostname = Annotated[str, Kind("host name", _hostname, _quoted)]
+Hostname = Annotated[str, Kind("host name", parse_hostname, _quoted)]
 InterfaceName = Annotated[str, Kind("interface name", _interface_name)]
 Port = Annotated[int, _range(0, 65535)]
 Flag = Annotated[bool, _plain(bool, "boolean")]
 ConfigPath = Annotated[Path, Kind("path", _path)]
 PrivateKeyFile = Annotated[Path, Kind("path to a private key file", _private_key_file)]
-PublicKey = Annotated[bytes, Kind("base64 key", lambda value, _d: keys.decode_key(_expect_str(value, "a base64 key")), keys.encode_key)]
+def _public_key(value: object, _directory: Path) -> bytes:
+    key = keys.decode_key(_expect_str(value, "a base64 key"))
+    if not any(key):
+        raise ValueError("this is the example config's placeholder key (all zero): put the server's real public "
+                         "key here (`meshvpn pubkey -k KEY-FILE` on that server prints it), or let "
+                         "`meshvpn join` write this file from a join string (`meshvpn coord key create`)")
+    return key
+
+
+PublicKey = Annotated[bytes, Kind("base64 key", _public_key, keys.encode_key)]
 Duration = Annotated[float, Kind("duration", lambda value, _d: parse_duration(value), format_duration)]
 Cidr = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, Kind("CIDR", _cidr)]
 IPAddress = Annotated[str, Kind("IP address", lambda value, _d: parse_ip(value))]
@@ -313,6 +323,9 @@ class CoordConfig:
     private_key_file: PrivateKeyFile = option("the server's private key file (mode 0600), from `meshvpn keygen`")
     database: ConfigPath = option("SQLite database of nodes, keys and networks", Path("/var/lib/meshvpn/coord.db"))
     listen: HostPort = option("control channel (TCP)", Address("0.0.0.0", 7400))
+    public_address: OptionalHostPort = option(
+        'host:port nodes dial (a DNS name or IP), written into join strings; "" uses listen unless it is 0.0.0.0 or ::',
+        None)
     stun_listen: HostPort = option("STUN service (UDP)", Address("0.0.0.0", 3478))
     stun_alt_listen: OptionalHostPort = option('second STUN address, for NAT-behaviour tests; "" turns it off', None)
     admin_socket: ConfigPath = option("unix socket of the `meshvpn coord` admin verbs", DEFAULT_ADMIN_SOCKET)

@@ -20,9 +20,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from meshvpn import joinstring, keys
 from meshvpn.config import DEFAULT_ADMIN_SOCKET, load_coord_config
 from meshvpn.coord.membership import AdminError, Membership, NodeStatus
 from meshvpn.coord.store import SqliteStore, Store
+from meshvpn.errors import MeshError
 from meshvpn.keys import encode_key
 from meshvpn.localsock import DaemonNotRunning, format_ago, request
 
@@ -170,6 +172,8 @@ def main(args) -> int:
         print(f"meshvpn coord: {response['error']}", file=sys.stderr)
         return 1
     response.pop("done", None)
+    if req["cmd"] == "key_create":
+        response["join"], response["join_note"] = _join_string(args, response["token"])
     if getattr(args, "json", False):
         print(json.dumps(response, indent=2))
     else:
@@ -196,6 +200,28 @@ def _locations(args) -> tuple[Path, Path | None]:
     settings = load_coord_config(config_path)
     socket_path = settings.admin_socket if Path(args.socket) == DEFAULT_ADMIN_SOCKET else Path(args.socket)
     return socket_path, settings.database
+
+
+def _join_string(args, token: str) -> tuple[str | None, str | None]:
+    """The join string for a new key, from the server's key file and public address; or None and why not."""
+    config_path = Path(getattr(args, "config", "") or "")
+    if not config_path.is_file():
+        return None, f"no join string: {config_path} is not there to read the server's key from (pass -c coord.yaml)"
+    try:
+        settings = load_coord_config(config_path)
+        public = keys.public_key(keys.read_private_key(settings.private_key_file))
+    except MeshError as exc:
+        return None, f"no join string: {exc}"
+    address = getattr(args, "address", None) or settings.public_address
+    if address is None and settings.listen.host not in ("0.0.0.0", "::"):
+        address = settings.listen
+    if address is None:
+        return None, (f"no join string: the server listens on {settings.listen}, which no node can dial; "
+                      "set public_address in coord.yaml or pass --address HOST:PORT")
+    try:
+        return joinstring.encode(address, public, token), None
+    except MeshError as exc:
+        return None, f"no join string: {exc}"
 
 
 def _read_database(database: Path | None, req: dict, why: DaemonNotRunning) -> dict | None:
@@ -255,7 +281,11 @@ def _format_key(response: dict) -> str:
         + [("no expiry" if response["expires"] is None
             else "expires " + time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(response["expires"])))]
     )
-    return f"auth key {response['id']} for network {response['network']} ({kind}); shown once:\n{response['token']}"
+    head = f"auth key {response['id']} for network {response['network']} ({kind}); shown once"
+    if response.get("join") is None:
+        return f"{head}:\n{response['token']}\n({response['join_note']})"
+    return (f"{head}, as a join string; each machine joins with `meshvpn join {response['join'][:12]}...`:\n"
+            f"{response['join']}")
 
 
 _FORMATTERS = {

@@ -82,8 +82,15 @@ def create_auth_key(
         reusable=reusable,
         ephemeral=ephemeral,
     )
+    return token_for_secret(secret), key
+
+
+def token_for_secret(secret: bytes) -> str:
+    """The token text of a key made from `secret`: its id comes from the secret's hash, so a
+    join string (`meshvpn.joinstring`) carries only the secret."""
+    key_id = hash_secret(secret).hex()[:KEY_ID_HEX]
     encoded = base64.urlsafe_b64encode(secret).rstrip(b"=").decode("ascii")
-    return f"{TOKEN_PREFIX}-{key.id}-{encoded}", key
+    return f"{TOKEN_PREFIX}-{key_id}-{encoded}"
 
 
 def parse_token(token: str) -> tuple[str, bytes]:

@@ -9,6 +9,7 @@ directory, named after the node it belongs to.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Callable, Iterable, TypeVar
 
 import yaml
 
-from meshvpn import keys
+from meshvpn import joinstring, keys
 from meshvpn.lab.netns import LabError, Namespace, python_command
 from meshvpn.localsock import DaemonNotRunning, request
 
@@ -113,6 +114,8 @@ class Mesh:
         self.relays: dict[str, Process] = {}
         self.nodes: dict[str, Process] = {}
         self._relay_places: list[RelayPlace] = []
+        self._roots: dict[str, Path] = {}
+        """Root directories of the nodes started with `join_node`."""
         self.turn_servers: list[dict] = []
         """Entries of the coord config's `turn` list (name, address, secret), set before `start_coord`."""
         self.console: dict = {}
@@ -177,24 +180,33 @@ class Mesh:
             self.coord = None
 
     def admin_command(self, *args: str) -> list[str]:
-        """The argv of `meshvpn coord ARGS` against this mesh's admin socket."""
-        return python_command("meshvpn", "coord", *args, "--socket", str(self.admin_socket))
+        """The argv of `meshvpn coord ARGS` against this mesh's admin socket, with the coord's config
+        (so `key create` prints a join string)."""
+        return python_command("meshvpn", "coord", "-c", str(self.dir / "coord.yaml"), *args,
+                              "--socket", str(self.admin_socket))
 
     def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run an admin verb, e.g. `admin("nodes", "list")`, in the coord's namespace."""
         return self.coord_ns.run(self.admin_command(*args), check=check, timeout=CLI_TIMEOUT)
 
-    def create_auth_key(self) -> tuple[str, subprocess.CompletedProcess[str]]:
-        """A reusable pre-auth key for the network, and what `meshvpn coord key create` printed."""
+    def create_join_string(self) -> tuple[str, subprocess.CompletedProcess[str]]:
+        """A reusable join string for the network, and what `meshvpn coord key create` printed."""
         done = self.admin("key", "create", "--network", self.network, "--reusable")
         words = done.stdout.split()
-        if not words:
-            raise LabError("`meshvpn coord key create` printed no key")
+        if not words or not words[-1].startswith("mvk-"):
+            raise LabError(f"`meshvpn coord key create` printed no join string: {done.stdout}")
         return words[-1], done
+
+    def create_auth_key(self) -> tuple[str, subprocess.CompletedProcess[str]]:
+        """A reusable pre-auth key (the token inside a join string), and what `key create` printed."""
+        join, done = self.create_join_string()
+        return joinstring.decode(join).auth_key, done
 
     # ---- nodes
 
     def control_socket(self, name: str) -> Path:
+        if name in self._roots:
+            return self._roots[name] / "run/meshvpn/meshvpn.sock"
         return self.dir / f"{name}.sock"
 
     def start_node(self, name: str, ns: Namespace, auth_key: str, listen: str | None = None,
@@ -220,6 +232,30 @@ class Mesh:
         config = _write_yaml(self.dir / f"{name}.yaml", document)
         self.nodes[name] = self._spawn(name, ns, "daemon", config)
         return self.nodes[name]
+
+    def join_node(self, name: str, ns: Namespace, join: str) -> subprocess.CompletedProcess[str]:
+        """`meshvpn join` in `ns` as `name` (its files under `<workdir>/<name>-root`), then the daemon
+        started the way join said to; returns what join printed."""
+        root = self.dir / f"{name}-root"
+        done = self.join_again(name, ns, join)
+        started = re.search(r"start the daemon with: meshvpn (daemon -c \S+)", done.stdout)
+        if started is None:
+            raise LabError(f"`meshvpn join` did not say how to start the daemon: {done.stdout}")
+        config = Path(started.group(1).split()[-1])
+        self._roots[name] = root
+        self.nodes[name] = self._spawn(name, ns, "daemon", config)
+        return done
+
+    def join_again(self, name: str, ns: Namespace, join: str) -> subprocess.CompletedProcess[str]:
+        """Only run `meshvpn join` for `name` (again), as its owner would."""
+        return ns.run(python_command("meshvpn", "join", "--root", str(self.dir / f"{name}-root"), "--key", join,
+                                     "--name", name), timeout=CLI_TIMEOUT)
+
+    def leave_node(self, name: str) -> subprocess.CompletedProcess[str]:
+        """Stop node `name`'s daemon, then `meshvpn leave` there; returns what leave printed."""
+        node = self.nodes[name]
+        node.ns.stop(node.proc)
+        return node.ns.run(python_command("meshvpn", "leave", "--root", str(self._roots[name])), timeout=CLI_TIMEOUT)
 
     def stop_nodes(self) -> None:
         """Stop every daemon (SIGTERM, then SIGKILL after the lab's grace period)."""

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from meshvpn import keys
+from meshvpn import joinstring, keys
 from meshvpn.control import messages as m
 from meshvpn.coord.client import CoordLinkClosed, CoordRefused, connect
 
@@ -114,17 +115,23 @@ def server_address(process: ServerProcess) -> tuple[tuple[str, int], bytes]:
     return ("127.0.0.1", int(found.group(2))), keys.decode_key(found.group(1))
 
 
-def create_key(config: Path, *options: str) -> str:
-    result = meshvpn(config, "key", "create", *options)
+def create_key(config: Path, *options: str) -> dict:
+    result = meshvpn(config, "key", "create", *options, "--json")
     assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1]
+    return json.loads(result.stdout)
 
 
 def test_admin_verbs_end_to_end(coord_dir, server):
     config = coord_dir / "coord.yaml"
     address, server_public = server_address(server)
-    home_key = create_key(config, "--network", "home", "--reusable", "--expires", "1h")
-    office_key = create_key(config, "--network", "office")
+    home = create_key(config, "--network", "home", "--reusable", "--expires", "1h", "--address", "%s:%d" % address)
+    home_key = home["token"]
+    joining = joinstring.decode(home["join"])
+    assert (joining.coord, joining.coord_key, joining.auth_key) == (address, server_public, home_key)
+    office = create_key(config, "--network", "office")
+    office_key = office["token"]
+    assert office["join"] is None and "no node can dial" not in office["join_note"]
+    assert "port other than 0" in office["join_note"]
     assert re.fullmatch(r"mvk-[0-9a-f]{12}-[A-Za-z0-9_-]{43}", home_key)
     assert (coord_dir / "admin.sock").stat().st_mode & 0o777 == 0o600
 
@@ -217,3 +224,33 @@ def test_a_second_server_on_the_same_admin_socket_refuses_to_start(coord_dir, se
     assert second.returncode == 1
     assert "coord cannot listen" in second.stderr and "admin.sock" in second.stderr
 
+
+
+def join(root: Path, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "meshvpn", "join", "--root", str(root), *argv],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_join_checks_the_server_before_writing_anything(coord_dir, server, tmp_path):
+    config = coord_dir / "coord.yaml"
+    address, server_public = server_address(server)
+    made = create_key(config, "--network", "home", "--address", "%s:%d" % address)
+
+    wrong = joinstring.encode(joinstring.decode(made["join"]).coord, keys.generate_private_key(), made["token"])
+    refused = join(tmp_path / "wrong", "--key", wrong)
+    assert refused.returncode == 1
+    assert f"the server at 127.0.0.1:{address[1]} did not finish the handshake" in refused.stderr
+    assert "coord.public_key" in refused.stderr and not (tmp_path / "wrong/etc/meshvpn/node.yaml").exists()
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        unreachable = join(tmp_path / "closed", f"127.0.0.1:{port}", "--key", made["join"])
+    assert unreachable.returncode == 1
+    assert f"cannot reach the coordination server at 127.0.0.1:{port} over TCP" in unreachable.stderr
+    assert f"firewall let TCP port {port} in" in unreachable.stderr
+
+    joined = join(tmp_path / "good", "--key", made["join"], "--name", "alice")
+    assert joined.returncode == 0, joined.stderr
+    assert f"coordination server 127.0.0.1:{address[1]} answered with the pinned key" in joined.stdout
+    assert "meshvpn daemon -c" in joined.stdout

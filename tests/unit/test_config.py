@@ -285,9 +285,10 @@ def comment_above(lines: list[str], line: int) -> str:
 def test_example_config_documents_every_key_with_its_true_default(config_dir: Path, role: str) -> None:
     schema = ROLES[role]
     example = REPO / "config" / f"{role}.yaml"
-    shutil.copy(example, config_dir)
-    loaded = LOADERS[schema](config_dir / f"{role}.yaml")
     text = example.read_text()
+    real = keys.encode_key(keys.public_key(keys.generate_private_key()))
+    (config_dir / f"{role}.yaml").write_text(text.replace(PLACEHOLDER_KEY, real))
+    loaded = LOADERS[schema](config_dir / f"{role}.yaml")
     docs = {doc.path: doc for doc in field_docs(schema)}
     written = yaml_key_paths(yaml.compose(text))
     assert sorted({path for path, _ in written}) == sorted(docs)
@@ -300,6 +301,21 @@ def test_example_config_documents_every_key_with_its_true_default(config_dir: Pa
         assert f"{expected} Reload: {reload}." in comment, f"{role}.yaml line {line + 1} ({path}): {comment!r}"
         if doc.default is not None and "[]" not in path and doc.default != "[]":
             assert value_at(loaded, path) == default_of(schema, path), f"{role}.yaml: {path}"
+
+
+PLACEHOLDER_KEY = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_the_examples_placeholder_key_is_refused_with_where_the_real_one_comes_from(config_dir: Path, role: str):
+    shutil.copy(REPO / "config" / f"{role}.yaml", config_dir)
+    text = (config_dir / f"{role}.yaml").read_text()
+    line = text.splitlines().index(next(x for x in text.splitlines() if PLACEHOLDER_KEY in x)) + 1
+    with pytest.raises(ConfigError) as refused:
+        LOADERS[ROLES[role]](config_dir / f"{role}.yaml")
+    assert f"{role}.yaml:{line}: " in str(refused.value)
+    assert "placeholder" in str(refused.value) and "meshvpn pubkey -k" in str(refused.value)
+    assert "meshvpn join" in str(refused.value)
 
 
 def reference_row(doc: config.KeyDoc) -> str:

@@ -42,6 +42,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.offload",
     "meshvpn.fastpath",
     "meshvpn.backoff",
+    "meshvpn.joinstring",
     "meshvpn.sim.*",
 )
 FORBIDDEN = frozenset(

@@ -1,0 +1,201 @@
+"""`meshvpn join` and `meshvpn leave`: one command in place of keygen, copy, YAML and start.
+
+`join` reads a join string (`meshvpn.joinstring`), checks that the coordination server answers
+with the key the string pins (so a typo in the address or a wrong server fails here, not in a
+daemon log), keeps or creates the node key (0600), writes a commented node config (0600: it
+holds the pre-auth key) and starts the `meshvpn` unit when systemd runs, or says how to start
+the daemon. Running it again with the same string finds the same config and changes nothing;
+a config for another server is never overwritten. `leave` stops the unit and removes the
+config and key: the machine is out, and a new join makes it a new node.
+
+Every path lies under a root (`--root`, or `MESHVPN_ROOT`, default `/`), so tests and
+containers write into a directory of their own instead of the machine's /etc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshvpn import joinstring, keys
+from meshvpn.config import Address, NodeConfig, field_docs, load_node_config
+from meshvpn.errors import ConfigError, MeshError
+
+ROOT_ENV = "MESHVPN_ROOT"
+UNIT = "meshvpn"
+CHECK_TIMEOUT = 5.0
+"""Seconds join waits for the coordination server's handshake."""
+_DOCS = {doc.path: doc.doc for doc in field_docs(NodeConfig)}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a joined node keeps its files, all under `root`."""
+
+    root: Path
+    config: Path
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Layout:
+        root = Path(args.root or os.environ.get(ROOT_ENV) or "/")
+        config = args.config if args.config is not None else root / "etc/meshvpn/node.yaml"
+        return cls(root, Path(config))
+
+    @property
+    def key(self) -> Path:
+        return self.config.parent / "node.key"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "var/lib/meshvpn"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.root / "run/meshvpn/meshvpn.sock"
+
+    @property
+    def systemd(self) -> bool:
+        """Whether systemd runs this machine (its own test, sd_booted)."""
+        return (self.root / "run/systemd/system").is_dir()
+
+
+def join_main(args: argparse.Namespace) -> int:
+    """`meshvpn join [COORD] --key JOIN-STRING [--name NAME]`."""
+    join = joinstring.decode(args.key)
+    coord = join.coord if args.coord is None else args.coord
+    layout = Layout.of(args)
+    name = args.name or default_name(platform.node())
+    text = render_config(layout, name, coord, join)
+    if layout.config.exists():
+        _check_same_network(layout, coord, join)
+        print(f"already joined to {coord} as configured in {layout.config}; nothing changed")
+        return _start(layout)
+    private = _node_key(layout)
+    if not args.no_check:
+        asyncio.run(check_coord(coord, join.coord_key, private))
+        print(f"coordination server {coord} answered with the pinned key")
+    layout.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write_private(layout.config, text)
+    load_node_config(layout.config)
+    print(f"wrote {layout.config}; this node's public key is {keys.encode_key(keys.public_key(private))}")
+    return _start(layout)
+
+
+def leave_main(args: argparse.Namespace) -> int:
+    """`meshvpn leave`: stop the unit, remove the config and the node key."""
+    layout = Layout.of(args)
+    if not layout.config.exists() and not layout.key.exists():
+        print(f"not joined: {layout.config} is not there; nothing changed")
+        return 0
+    if layout.systemd:
+        _systemctl("disable", "--now", UNIT)
+    elif layout.control_socket.exists():
+        print(f"a daemon may still run (its socket {layout.control_socket} is there): stop it")
+    for path in (layout.config, layout.key):
+        path.unlink(missing_ok=True)
+    print(f"left: removed {layout.config} and {layout.key}. The coordination server lists this node as "
+          "offline until its admin runs `meshvpn coord nodes revoke NAME`")
+    return 0
+
+
+def default_name(hostname: str) -> str:
+    """The machine's host name as one DNS label (what `hostname` must be), or "node"."""
+    label = re.sub(r"[^a-z0-9-]+", "-", hostname.split(".")[0].lower()).strip("-")[:63].strip("-")
+    return label or "node"
+
+
+def render_config(layout: Layout, name: str, coord: Address, join: joinstring.JoinString) -> str:
+    """The node config `join` writes: the keys it sets, each with the schema's comment."""
+    entries = [
+        ("private_key_file", os.path.relpath(layout.key, layout.config.parent)),
+        ("hostname", name),
+        ("state_dir", str(layout.state_dir)),
+        ("control_socket", str(layout.control_socket)),
+        ("coord.address", str(coord)),
+        ("coord.public_key", keys.encode_key(join.coord_key)),
+        ("coord.auth_key", join.auth_key),
+    ]
+    lines = ["# meshvpn node configuration, written by `meshvpn join`; `meshvpn leave` removes it.",
+             "# Keys not written here keep their defaults; config/node.yaml in the source shows every key.",
+             "# Start with: meshvpn daemon -c THIS-FILE (or systemctl enable --now meshvpn)."]
+    section = ""
+    for path, value in entries:
+        head, _, key = path.rpartition(".")
+        indent = "  " if head else ""
+        if head and head != section:
+            lines += ["", f"{head}:"]
+        elif not head:
+            lines.append("")
+        section = head
+        lines += [f"{indent}# {_DOCS[path]}.", f"{indent}{key}: {value}"]
+    return "\n".join(lines) + "\n"
+
+
+async def check_coord(coord: Address, coord_key: bytes, private: bytes) -> None:
+    """Open the control channel and finish the handshake: the server holds the pinned key."""
+    from meshvpn.coord.client import connect
+    from meshvpn.node.startup import explain_coord_failure
+
+    try:
+        client = await connect((coord.host, coord.port), coord_key, private, timeout=CHECK_TIMEOUT)
+    except MeshError as exc:
+        raise MeshError(explain_coord_failure(coord, exc) + " (`meshvpn join --no-check` writes the config anyway)") \
+            from None
+    client.close()
+
+
+def _check_same_network(layout: Layout, coord: Address, join: joinstring.JoinString) -> None:
+    try:
+        current = load_node_config(layout.config)
+    except ConfigError as exc:
+        raise MeshError(f"{exc}; fix it, or run `meshvpn leave` and join again") from None
+    if current.coord.public_key != join.coord_key or current.coord.address != coord:
+        raise MeshError(f"{layout.config} already joins the coordination server at {current.coord.address}; "
+                        "run `meshvpn leave` first to join another")
+
+
+def _node_key(layout: Layout) -> bytes:
+    """The node key: kept when there is one (the node stays who it was), else created 0600."""
+    layout.key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if layout.key.exists():
+        return keys.read_private_key(layout.key)
+    return keys.write_private_key(layout.key)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` (mode 0600) through a temporary file, so a reader never sees half."""
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(text)
+    os.replace(partial, path)
+
+
+def _start(layout: Layout) -> int:
+    if not layout.systemd:
+        print(f"systemd does not run here; start the daemon with: meshvpn daemon -c {layout.config}")
+        return 0
+    if layout.config != Path("/etc/meshvpn/node.yaml"):
+        print(f"the {UNIT} unit reads /etc/meshvpn/node.yaml, not {layout.config}; "
+              f"start the daemon with: meshvpn daemon -c {layout.config}")
+        return 0
+    return _systemctl("enable", "--now", UNIT)
+
+
+def _systemctl(*argv: str) -> int:
+    done = subprocess.run(["systemctl", *argv], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"meshvpn: systemctl {' '.join(argv)} failed: {done.stderr.strip()}", file=sys.stderr)
+        if "not found" in done.stderr or "does not exist" in done.stderr:
+            print("meshvpn: install the units first: make install (or scripts/install)", file=sys.stderr)
+    else:
+        print(f"systemctl {' '.join(argv)}: done")
+    return done.returncode
