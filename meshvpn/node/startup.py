@@ -32,6 +32,9 @@ REFUSALS = {
                         "(`meshvpn coord key create --expires 1h`), then `meshvpn leave` and `meshvpn join` with it",
     "auth_key_used": "the pre-auth key was one-off and another machine used it: ask for a new one (or a "
                      "--reusable one), then `meshvpn leave` and `meshvpn join` with it",
+    "approval_pending": "this network needs an admin's approval: on the coordination server, "
+                        "`meshvpn coord nodes approve NAME`; the node comes online by itself then",
+    "network_full": "the network's address range is used up: its admin can widen networks[].cidr in coord.yaml",
     "revoked": "an admin revoked this node: it cannot come back with this key; if that was a mistake, "
                "`meshvpn leave` and `meshvpn join` again with a new join string (a new node)",
 }
