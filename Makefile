@@ -1,4 +1,5 @@
-# Run as root on a fresh Debian 12 machine: `make demo`, `make test`.
+# Run as root on a fresh Debian 12 machine: `make demo`, `make test`, and `make install` (or
+# scripts/install) to install meshvpn itself: /opt/meshvpn, /usr/local/bin/meshvpn and the units.
 # `make setup` is idempotent: it installs only missing system packages and reinstalls the
 # Python package only when pyproject.toml changed.
 
@@ -10,8 +11,13 @@ APT_PACKAGES := iproute2 nftables iperf3 iputils-ping coturn stun-client tcpdump
 # traversal matrix with MATRIX_ARGS="--pairs random-ports:port-preserving --runs 20".
 BENCH_PACKAGES := iperf3 iputils-ping quicktun wireguard-go wireguard-tools tinc nebula
 APT_INSTALL_FLAGS ?=
+# What `make install` needs to build systemd-python and the native data path (libsodium).
+INSTALL_PACKAGES := libsystemd-dev pkg-config gcc python3-dev libsodium-dev
+PREFIX ?= /opt/meshvpn
+BINDIR ?= /usr/local/bin
+UNITDIR ?= /etc/systemd/system
 
-.PHONY: setup system-packages test demo bench-packages bench matrix install-systemd
+.PHONY: setup system-packages test demo bench-packages bench matrix install install-systemd
 
 setup: system-packages $(VENV)/.installed
 
@@ -46,7 +52,19 @@ bench: setup bench-packages
 matrix: setup bench-packages
 	$(VENV)/bin/python -m meshvpn.bench.matrix $(MATRIX_ARGS)
 
+# The whole install: build prerequisites, the package in its own venv, the command and the units;
+# then it says which data path was built. PREFIX, BINDIR and UNITDIR move it elsewhere.
+install:
+	@$(MAKE) --no-print-directory system-packages APT_PACKAGES="$(INSTALL_PACKAGES)"
+	test -x $(PREFIX)/bin/python || $(PYTHON) -m venv $(PREFIX)
+	$(PREFIX)/bin/python -m pip install --quiet --upgrade '.[systemd,metrics]'
+	mkdir -p $(BINDIR)
+	ln -sfn $(PREFIX)/bin/meshvpn $(BINDIR)/meshvpn
+	@$(MAKE) --no-print-directory install-systemd UNITDIR=$(UNITDIR)
+	@cd / && $(PREFIX)/bin/python -c 'from meshvpn import fastpath; print("meshvpn installed; data path:", fastpath.DATA_PATH_TEXT)'
+
 # Copies the units; they run /usr/local/bin/meshvpn with the configs in /etc/meshvpn.
 install-systemd:
-	install -m 0644 systemd/meshvpn.service systemd/meshvpn-coord.service systemd/meshvpn-relay.service /etc/systemd/system/
-	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	mkdir -p $(UNITDIR)
+	install -m 0644 systemd/meshvpn.service systemd/meshvpn-coord.service systemd/meshvpn-relay.service $(UNITDIR)/
+	if [ "$(UNITDIR)" = /etc/systemd/system ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
