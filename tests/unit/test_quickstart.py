@@ -69,7 +69,7 @@ COMMANDS = commands(TEXT)
 
 def test_the_quickstart_shows_the_whole_journey():
     verbs = {" ".join(verb_path(argv)) for argv in COMMANDS}
-    assert {"keygen", "coord", "relay", "daemon", "coord key create", "status", "peers", "ping"} <= verbs
+    assert {"keygen", "coord", "relay", "coord key create", "join", "status", "peers", "ping"} <= verbs
     assert {schema for schema, _ in snippets(TEXT)} == set(SCHEMAS.values())
 
 
