@@ -299,7 +299,7 @@ class TurnServerConfig:
     """A standard TURN server (RFC 8656, e.g. coturn with `use-auth-secret`) offered to nodes."""
 
     name: String = option("TURN server name, shown in `meshvpn status`")
-    address: HostPort = option("TURN server's UDP address (an IP address, as nodes do not resolve names)")
+    address: HostPort = option("TURN server's UDP address (a DNS name is resolved by each node)")
     secret: String = option("the server's REST API shared secret (coturn `static-auth-secret`); or use secret_file", "")
     secret_file: OptionalPath = option('file holding the shared secret on its first line; "" uses `secret`', None)
 

@@ -53,7 +53,7 @@ class TurnSecret:
 
     name: str
     host: str
-    """An IP address: nodes do not resolve names."""
+    """An IP address or a DNS name, which each node resolves (`meshvpn.node.names`)."""
     port: int
     secret: bytes = field(repr=False)
 

@@ -58,10 +58,11 @@ RELAY_TOKENS = list_of(record(RelayToken), MAX_RELAYS)
 
 @dataclass(frozen=True)
 class TurnServer(Record):
-    """A standard TURN server (RFC 8656) and the node's REST API credential for it (`meshvpn.turncreds`)."""
+    """A standard TURN server (RFC 8656) and the node's REST API credential for it (`meshvpn.turncreds`);
+    `host` may be a DNS name, which the node resolves (older nodes take only IP addresses)."""
 
     name: str = wire(NAME)
-    host: str = wire(HOST)
+    host: str = wire(NAME)
     port: int = wire(PORT)
     username: str = wire(NAME)
     password: str = wire(NAME)

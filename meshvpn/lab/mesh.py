@@ -134,8 +134,9 @@ class Mesh:
 
     # ---- servers
 
-    def start_relay(self, name: str, ns: Namespace, address: str) -> Process:
-        """Start `meshvpn relay` at `address` (UDP and TCP port RELAY_PORT), trusting this mesh's coord."""
+    def start_relay(self, name: str, ns: Namespace, address: str, announce: str | None = None) -> Process:
+        """Start `meshvpn relay` at `address` (UDP and TCP port RELAY_PORT), trusting this mesh's coord;
+        the coord announces it as `announce` (a host, e.g. a DNS name) when given, else as `address`."""
         public = self._new_key(name)
         config = _write_yaml(self.dir / f"{name}.yaml", {
             "private_key_file": str(self.dir / f"{name}.key"),
@@ -143,7 +144,7 @@ class Mesh:
             "coord": {"public_key": self.coord_public},
             "log": {"level": self.log_level},
         })
-        self._relay_places.append(RelayPlace(name, f"{address}:{RELAY_PORT}", public))
+        self._relay_places.append(RelayPlace(name, f"{announce or address}:{RELAY_PORT}", public))
         self.relays[name] = self._spawn(name, ns, "relay", config)
         return self.relays[name]
 

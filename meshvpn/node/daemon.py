@@ -34,6 +34,7 @@ from meshvpn.node.dataplane import DataPlane, SendBuffer
 from meshvpn.node.endpoints import local_endpoints
 from meshvpn.node.startup import explain_refusal, preflight
 from meshvpn.node.mappings import MappingSockets
+from meshvpn.node.names import NameWatch, resolver
 from meshvpn.node.netcheck import gather_profile, nat_profile, verdict
 from meshvpn.node.pathfinder import PathFinderConfig, PathKind
 from meshvpn.node.relayclient import RelayClient
@@ -112,6 +113,7 @@ class NodeDaemon:
         self.udp: Optional[BatchUdpSocket] = None
         self.stun: Optional[StunClient] = None
         self.link: Optional[CoordLink] = None
+        self.names: Optional[NameWatch] = None
         self.relays: Optional[RelayClient] = None
         self.turn = TurnShell(TurnLinks(os.urandom), self.core, self._sendto, self._inbound, self._after_core,
                               lambda msg: self.link.send(msg), self.loop.time)
@@ -157,6 +159,8 @@ class NodeDaemon:
             self.loop.add_reader(self.sock.fileno(), self._on_udp)
             await self.control.start()
             self.local = self._local_endpoints()
+            self.names = NameWatch(resolver(self.loop, self.sock.family), self._on_servers_moved, self._server_works)
+            self._tasks.append(self.loop.create_task(self.names.run()))
             self.link.start()
             self._tasks.append(self.loop.create_task(self._refresh_endpoints()))
             self.metrics = await start_metrics(cfg.metrics.listen, "daemon", lambda: node_families(self.core, self.data))
@@ -189,6 +193,8 @@ class NodeDaemon:
             await self.metrics.close()
         for task in self._tasks:
             task.cancel()
+        if self.names is not None:
+            self.names.close()
         if self.link is not None:
             await self.link.close()
         if self.relays is not None:
@@ -450,11 +456,23 @@ class NodeDaemon:
         )
 
     def _on_coord_message(self, msg: m.Message) -> None:
+        msg = self.names.rewrite(msg)
         self.relays.coord_message(msg)
         self.core.coord_message(msg, self.loop.time())
         self.turn.coord_message(msg)
         self.tcp.coord_message(msg)
         self._after_core()
+
+    def _on_servers_moved(self, registered: m.Registered) -> None:
+        """A relay or TURN server name resolved to a new address: reconfigure both with it."""
+        self.relays.coord_message(registered)
+        self.turn.links.set_servers(registered.turn or (), self.loop.time())
+        self.turn.flush()
+
+    def _server_works(self, name: str) -> bool:
+        relay = self.relays.relays.links.get(name)
+        turn = self.turn.links.servers.get(name)
+        return (relay is not None and relay.ready) or (turn is not None and turn.client.ready)
 
     def _on_coord_state(self, up: bool) -> None:
         log.info("coord link %s", "up" if up else "down; tunnels keep running")

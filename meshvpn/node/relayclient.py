@@ -108,7 +108,7 @@ class RelayClient:
         if isinstance(msg, m.Registered):
             self.relays.configure(msg.relays, msg.relay_tokens, self.clock())
             for name in self.relays.skipped:
-                log.warning("relay %s is announced by name; only IP addresses are supported", name)
+                log.warning("relay %s is announced by a name with no address yet; skipped for now", name)
         elif isinstance(msg, m.RelayTokens):
             self.relays.set_tokens(msg.tokens, self.clock())
         else:

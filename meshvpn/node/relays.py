@@ -56,7 +56,7 @@ class RelaySet:
         wanted = {}
         self.skipped = []
         for info in relays:
-            if _is_ip(info.host):
+            if is_ip(info.host):
                 wanted[info.name] = info
             else:
                 self.skipped.append(info.name)
@@ -169,7 +169,8 @@ class RelaySet:
         self.home = home
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
+    """Whether `host` is an IP literal rather than a DNS name (which only a shell resolves)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -96,6 +96,11 @@ class TurnLinks:
             return
         self._update(now)
 
+    def set_servers(self, servers: Iterable[m.TurnServer], now: float) -> None:
+        """The TURN servers at new addresses (a name resolved again); peers' relayed addresses are kept."""
+        self._configure(servers, now)
+        self._update(now)
+
     def receive(self, data: bytes, src: Endpoint, now: float) -> bool:
         """A STUN datagram; False when `src` is no TURN server of ours."""
         server = self.by_endpoint.get(src)

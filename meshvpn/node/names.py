@@ -1,0 +1,124 @@
+"""DNS names of the relays and TURN servers the coord announces, resolved by the node.
+
+The coord passes each server's host on as its config writes it, so a name is resolved where it
+is used: on the node, with the node's resolver (a name may mean another address there than on
+the coord, whose /etc/hosts often maps its own name to 127.0.1.1). The sans-IO cores
+(`RelaySet`, `TurnLinks`) only ever see IP addresses: `rewrite` puts the addresses known for
+names into ``registered`` and ``relay_tokens`` before the shell hands them on, leaving out a
+server whose name has no address yet, and resolves unknown names in the background. A named
+server that is not working is resolved again every `RECHECK` seconds (its address may have
+moved, or the first lookup failed); when an address changes, `on_change` gets the last
+``registered`` rewritten with it. The coord's own address needs none of this: every connect
+attempt resolves it afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from dataclasses import replace
+from typing import Awaitable, Callable, Optional
+
+from meshvpn.control import messages as m
+from meshvpn.node.relays import is_ip
+
+log = logging.getLogger("meshvpn.node.names")
+
+RECHECK = 30.0
+"""Seconds between lookups of the names of servers that are not working."""
+RESOLVE_TIMEOUT = 5.0
+"""Seconds one lookup may take."""
+
+Resolve = Callable[[str, int], Awaitable[Optional[str]]]
+
+
+def resolver(loop: asyncio.AbstractEventLoop, family: int) -> Resolve:
+    """Look a name up with the system's resolver (getaddrinfo): its first address of `family`, or None."""
+
+    async def resolve(host: str, port: int) -> Optional[str]:
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM), RESOLVE_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            log.warning("cannot resolve %s: %s", host, getattr(exc, "strerror", None) or exc or "timed out")
+            return None
+        return ipaddress.ip_address(infos[0][4][0]).compressed if infos else None
+
+    return resolve
+
+
+class NameWatch:
+    """The addresses of the names in the coord's announcements, kept fresh while the node runs."""
+
+    def __init__(self, resolve: Resolve, on_change: Callable[[m.Registered], None],
+                 working: Callable[[str], bool]) -> None:
+        self._resolve = resolve
+        self._on_change = on_change
+        self._working = working
+        """Whether the server of that name (relay or TURN) works now."""
+        self.addresses: dict[str, str] = {}
+        """Name → its last known address."""
+        self._registered: Optional[m.Registered] = None
+        self._names: dict[str, tuple[str, int]] = {}
+        """Server name → (DNS name, port) of the named servers in the last `registered`."""
+        self._task: Optional[asyncio.Task] = None
+
+    def rewrite(self, msg: m.Message) -> m.Message:
+        """`msg` with known addresses in place of names; starts looking up the names it does not know."""
+        if isinstance(msg, m.Registered):
+            self._registered = msg
+            self._names = {info.name: (info.host, info.port) for info in (*msg.relays, *(msg.turn or ()))
+                           if not is_ip(info.host)}
+            if any(host not in self.addresses for host, _ in self._names.values()):
+                self._start(list(self._names))
+            return replace(msg, relays=self._known(msg.relays), turn=self._known(msg.turn))
+        if isinstance(msg, m.RelayTokens) and msg.turn:
+            return replace(msg, turn=self._known(msg.turn))
+        return msg
+
+    def recheck(self) -> None:
+        """Look up again the names of the servers that do not work (called every `RECHECK` seconds)."""
+        failing = [name for name in self._names if not self._working(name)]
+        if failing:
+            self._start(failing)
+
+    async def run(self) -> None:
+        """Recheck forever; cancel it to stop."""
+        while True:
+            await asyncio.sleep(RECHECK)
+            self.recheck()
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def _known(self, servers):
+        if servers is None:
+            return None
+        out = []
+        for info in servers:
+            if is_ip(info.host):
+                out.append(info)
+            elif info.host in self.addresses:
+                out.append(replace(info, host=self.addresses[info.host]))
+        return tuple(out)
+
+    def _start(self, names: list[str]) -> None:
+        if self._task is None or self._task.done():
+            wanted = [(name, *self._names[name]) for name in names]
+            self._task = asyncio.get_running_loop().create_task(self._lookup(wanted))
+
+    async def _lookup(self, wanted: list[tuple[str, str, int]]) -> None:
+        changed = False
+        for name, host, port in wanted:
+            address = await self._resolve(host, port)
+            if address is not None and self.addresses.get(host) != address:
+                log.info("%s (%s) resolves to %s", name, host, address)
+                self.addresses[host] = address
+                changed = True
+        if changed and self._registered is not None:
+            registered = self._registered
+            self._on_change(replace(registered, relays=self._known(registered.relays),
+                                    turn=self._known(registered.turn)))

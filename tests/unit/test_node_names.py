@@ -1,0 +1,127 @@
+"""Relay and TURN servers announced by DNS name: the node resolves them, the cores see addresses only."""
+
+import asyncio
+import socket
+
+from meshvpn.control import messages as m
+from meshvpn.node import names
+from meshvpn.node.names import NameWatch
+from meshvpn.node.relays import RelaySet
+from meshvpn.node.turnlink import TurnLinks
+
+KEY = bytes(range(32))
+
+
+def registered(relay_host="relay.example", turn_host="turn.example"):
+    return m.Registered(
+        node_key=bytes(32), name="me", address="100.64.0.1", network=m.NetworkInfo("home", "100.64.0.0/24"),
+        relays=(m.RelayInfo("r1", relay_host, 7500, KEY), m.RelayInfo("r2", "198.51.100.2", 7500, KEY)),
+        turn=(m.TurnServer("t1", turn_host, 3478, "user", "pass", 2e9),))
+
+
+class Zone:
+    """A resolver we control: name -> address, counting lookups."""
+
+    def __init__(self, **records):
+        self.records = {name.replace("_", "."): address for name, address in records.items()}
+        self.asked: list[str] = []
+
+    async def resolve(self, host, port):
+        self.asked.append(host)
+        return self.records.get(host)
+
+
+def watch(zone, working=lambda name: False):
+    changes = []
+    return NameWatch(zone.resolve, changes.append, working), changes
+
+
+async def settle(watcher):
+    if watcher._task is not None:
+        await watcher._task
+
+
+def test_addresses_pass_through_untouched():
+    async def scenario():
+        zone = Zone()
+        watcher, changes = watch(zone)
+        msg = registered("203.0.113.20", "203.0.113.30")
+        assert watcher.rewrite(msg) == msg
+        await settle(watcher)
+        assert zone.asked == [] and changes == []
+
+    asyncio.run(scenario())
+
+
+def test_names_are_left_out_until_resolved_then_handed_on_as_addresses():
+    async def scenario():
+        zone = Zone(relay_example="203.0.113.20", turn_example="203.0.113.30")
+        watcher, changes = watch(zone)
+        first = watcher.rewrite(registered())
+        assert [r.host for r in first.relays] == ["198.51.100.2"] and first.turn == ()
+        await settle(watcher)
+        assert sorted(zone.asked) == ["relay.example", "turn.example"]
+        [moved] = changes
+        assert [r.host for r in moved.relays] == ["203.0.113.20", "198.51.100.2"]
+        assert [t.host for t in moved.turn] == ["203.0.113.30"]
+        again = watcher.rewrite(registered())
+        assert again == moved
+        await settle(watcher)
+        assert len(zone.asked) == 2, "known names are not looked up again"
+        tokens = watcher.rewrite(m.RelayTokens(tokens=(), turn=registered().turn))
+        assert [t.host for t in tokens.turn] == ["203.0.113.30"]
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_server_is_looked_up_again_and_moves_when_its_address_changed():
+    async def scenario():
+        zone = Zone(relay_example="203.0.113.20")
+        working = {"r1": True}
+        watcher, changes = watch(zone, lambda name: working.get(name, False))
+        watcher.rewrite(registered())
+        await settle(watcher)
+        assert [r.host for r in changes[-1].relays] == ["203.0.113.20", "198.51.100.2"]
+        assert changes[-1].turn == (), "turn.example has no address: left out"
+
+        zone.asked.clear()
+        watcher.recheck()
+        await settle(watcher)
+        assert zone.asked == ["turn.example"], "only the server that does not work is looked up"
+
+        working["r1"] = False
+        zone.records["relay.example"] = "203.0.113.21"
+        zone.records["turn.example"] = "203.0.113.30"
+        watcher.recheck()
+        await settle(watcher)
+        assert [r.host for r in changes[-1].relays] == ["203.0.113.21", "198.51.100.2"]
+        assert [t.host for t in changes[-1].turn] == ["203.0.113.30"]
+
+    asyncio.run(scenario())
+
+
+def test_the_cores_take_what_the_watch_hands_on():
+    async def scenario():
+        watcher, changes = watch(Zone(relay_example="203.0.113.20", turn_example="203.0.113.30"))
+        relays = RelaySet(bytes(32), bytes(32), lambda n: bytes(n), 0.0)
+        turn = TurnLinks(lambda n: bytes(n))
+        first = watcher.rewrite(registered())
+        relays.configure(first.relays, first.relay_tokens, 0.0)
+        turn.coord_message(first, 0.0)
+        assert sorted(relays.links) == ["r2"] and not turn.servers
+        await settle(watcher)
+        relays.configure(changes[-1].relays, changes[-1].relay_tokens, 1.0)
+        turn.set_servers(changes[-1].turn, 1.0)
+        assert sorted(relays.links) == ["r1", "r2"] and relays.skipped == []
+        assert sorted(f"{e[0]}:{e[1]}" for e in relays.by_endpoint) == ["198.51.100.2:7500", "203.0.113.20:7500"]
+        assert [f"{e[0]}:{e[1]}" for e in turn.by_endpoint] == ["203.0.113.30:3478"]
+
+    asyncio.run(scenario())
+
+
+def test_the_system_resolver_finds_localhost():
+    async def scenario():
+        resolve = names.resolver(asyncio.get_running_loop(), socket.AF_INET)
+        assert await resolve("localhost", 7500) == "127.0.0.1"
+
+    asyncio.run(scenario())
