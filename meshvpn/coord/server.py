@@ -14,7 +14,6 @@ with a log line naming its address and, once known, its key.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import socket
@@ -86,11 +85,7 @@ def turn_secrets(config: CoordConfig) -> tuple[TurnSecret, ...]:
                 raise ConfigError(f"{where}.secret_file: cannot read {entry.secret_file}: {exc}") from None
         if not secret:
             raise ConfigError(f"{where}: no shared secret: set secret or secret_file")
-        try:
-            host = ipaddress.ip_address(entry.address.host).compressed
-        except ValueError:
-            raise ConfigError(f"{where}.address: {entry.address.host!r} is not an IP address") from None
-        out.append(TurnSecret(entry.name, host, entry.address.port, secret.encode()))
+        out.append(TurnSecret(entry.name, entry.address.host, entry.address.port, secret.encode()))
     return tuple(out)
 
 
@@ -394,8 +389,12 @@ def _log_core(action: Log) -> None:
 
 
 def _open_store(path: Path) -> SqliteStore:
+    """Open the database, creating its directory (mode 0700) as systemd's StateDirectory= would."""
     try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         return SqliteStore(str(path))
+    except OSError as exc:
+        raise ConfigError(f"database: cannot create the directory of {path}: {exc.strerror}") from None
     except sqlite3.Error as exc:
         raise ConfigError(f"database: cannot open {path}: {exc}") from None
 

@@ -250,7 +250,19 @@ def test_join_checks_the_server_before_writing_anything(coord_dir, server, tmp_p
     assert f"cannot reach the coordination server at 127.0.0.1:{port} over TCP" in unreachable.stderr
     assert f"firewall let TCP port {port} in" in unreachable.stderr
 
-    joined = join(tmp_path / "good", "--key", made["join"], "--name", "alice")
+    joined = join(tmp_path / "good", f"localhost:{address[1]}", "--key", made["join"], "--name", "alice")
     assert joined.returncode == 0, joined.stderr
-    assert f"coordination server 127.0.0.1:{address[1]} answered with the pinned key" in joined.stdout
+    assert f"coordination server localhost:{address[1]} answered with the pinned key" in joined.stdout
     assert "meshvpn daemon -c" in joined.stdout
+
+
+def test_the_server_creates_its_database_directory(coord_dir):
+    config = write_config(coord_dir)
+    config.write_text(config.read_text().replace("database: coord.db", "database: state/meshvpn/coord.db"))
+    process = ServerProcess(config)
+    try:
+        process.wait_for_log(r"listening on 127\.0\.0\.1:\d+")
+        state = coord_dir / "state/meshvpn"
+        assert (state / "coord.db").is_file() and (state.stat().st_mode & 0o777) == 0o700
+    finally:
+        process.stop()
