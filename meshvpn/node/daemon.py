@@ -34,7 +34,7 @@ from meshvpn.node.dataplane import DataPlane, SendBuffer
 from meshvpn.node.endpoints import local_endpoints
 from meshvpn.node.startup import explain_refusal, preflight
 from meshvpn.node.mappings import MappingSockets
-from meshvpn.node.names import NameWatch, resolver
+from meshvpn.node.names import NameWatch, watch_names
 from meshvpn.node.netcheck import gather_profile, nat_profile, verdict
 from meshvpn.node.pathfinder import PathFinderConfig, PathKind
 from meshvpn.node.relayclient import RelayClient
@@ -159,7 +159,7 @@ class NodeDaemon:
             self.loop.add_reader(self.sock.fileno(), self._on_udp)
             await self.control.start()
             self.local = self._local_endpoints()
-            self.names = NameWatch(resolver(self.loop, self.sock.family), self._on_servers_moved, self._server_works)
+            self.names = watch_names(self.loop, self.sock.family, self.relays, self.turn)
             self._tasks.append(self.loop.create_task(self.names.run()))
             self.link.start()
             self._tasks.append(self.loop.create_task(self._refresh_endpoints()))
@@ -462,17 +462,6 @@ class NodeDaemon:
         self.turn.coord_message(msg)
         self.tcp.coord_message(msg)
         self._after_core()
-
-    def _on_servers_moved(self, registered: m.Registered) -> None:
-        """A relay or TURN server name resolved to a new address: reconfigure both with it."""
-        self.relays.coord_message(registered)
-        self.turn.links.set_servers(registered.turn or (), self.loop.time())
-        self.turn.flush()
-
-    def _server_works(self, name: str) -> bool:
-        relay = self.relays.relays.links.get(name)
-        turn = self.turn.links.servers.get(name)
-        return (relay is not None and relay.ready) or (turn is not None and turn.client.ready)
 
     def _on_coord_state(self, up: bool) -> None:
         log.info("coord link %s", "up" if up else "down; tunnels keep running")

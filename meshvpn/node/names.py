@@ -22,7 +22,9 @@ from dataclasses import replace
 from typing import Awaitable, Callable, Optional
 
 from meshvpn.control import messages as m
+from meshvpn.node.relayclient import RelayClient
 from meshvpn.node.relays import is_ip
+from meshvpn.node.turnclient import TurnShell
 
 log = logging.getLogger("meshvpn.node.names")
 
@@ -47,6 +49,22 @@ def resolver(loop: asyncio.AbstractEventLoop, family: int) -> Resolve:
         return ipaddress.ip_address(infos[0][4][0]).compressed if infos else None
 
     return resolve
+
+
+def watch_names(loop: asyncio.AbstractEventLoop, family: int, relays: RelayClient, turn: TurnShell) -> NameWatch:
+    """The daemon's watch: a moved name reconfigures its relay and TURN links; a server works when
+    its relay link is ready or its TURN allocation is."""
+
+    def moved(registered: m.Registered) -> None:
+        relays.coord_message(registered)
+        turn.links.set_servers(registered.turn or (), loop.time())
+        turn.flush()
+
+    def works(name: str) -> bool:
+        relay, server = relays.relays.links.get(name), turn.links.servers.get(name)
+        return (relay is not None and relay.ready) or (server is not None and server.client.ready)
+
+    return NameWatch(resolver(loop, family), moved, works)
 
 
 class NameWatch:
