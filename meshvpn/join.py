@@ -5,8 +5,9 @@ with the key the string pins (so a typo in the address or a wrong server fails h
 daemon log), keeps or creates the node key (0600), writes a commented node config (0600: it
 holds the pre-auth key) and starts the `meshvpn` unit when systemd runs, or says how to start
 the daemon. Running it again with the same string finds the same config and changes nothing;
-a config for another server is never overwritten. `leave` stops the unit and removes the
-config and key: the machine is out, and a new join makes it a new node.
+a config for another server is never overwritten. `leave` stops the unit, asks the server to
+forget the node (`leave`, sent with the node's key, so only the node itself can), and removes
+the config and key: the machine is out, and a new join makes it a new node.
 
 Every path lies under a root (`--root`, or `MESHVPN_ROOT`, default `/`), so tests and
 containers write into a directory of their own instead of the machine's /etc.
@@ -89,20 +90,61 @@ def join_main(args: argparse.Namespace) -> int:
 
 
 def leave_main(args: argparse.Namespace) -> int:
-    """`meshvpn leave`: stop the unit, remove the config and the node key."""
+    """`meshvpn leave`: stop the unit, have the coord forget the node, remove the config and the node key."""
     layout = Layout.of(args)
     if not layout.config.exists() and not layout.key.exists():
         print(f"not joined: {layout.config} is not there; nothing changed")
         return 0
+    try:
+        config = load_node_config(layout.config)
+    except ConfigError as exc:
+        config = None
+        print(f"cannot read the config, so the coordination server is not told: {exc}")
     if layout.systemd:
         _systemctl("disable", "--now", UNIT)
-    elif layout.control_socket.exists():
-        print(f"a daemon may still run (its socket {layout.control_socket} is there): stop it")
+    if config is not None:
+        _refuse_while_running(config)
+        print(asyncio.run(tell_coord(config)))
     for path in (layout.config, layout.key):
         path.unlink(missing_ok=True)
-    print(f"left: removed {layout.config} and {layout.key}. The coordination server lists this node as "
-          "offline until its admin runs `meshvpn coord nodes revoke NAME`")
+    print(f"left: removed {layout.config} and {layout.key}")
     return 0
+
+
+async def tell_coord(config: NodeConfig) -> str:
+    """Ask the coordination server to forget this node (`leave`); what happened, as a line to print."""
+    from meshvpn.control import messages as m
+    from meshvpn.coord.client import CoordLinkClosed, connect
+
+    coord = config.coord.address
+    try:
+        client = await connect((coord.host, coord.port), config.coord.public_key,
+                               keys.read_private_key(config.private_key_file), timeout=CHECK_TIMEOUT)
+        client.send(m.Leave())
+        answer = await client.recv(CHECK_TIMEOUT)
+    except CoordLinkClosed as exc:
+        if str(exc) == "closed by the server":
+            return f"the coordination server at {coord} forgot this node; its peers were told"
+        reason = exc
+    except (OSError, asyncio.TimeoutError) as exc:
+        reason = exc or "no answer"
+    else:
+        client.close()
+        reason = getattr(answer, "message", None) or answer.TYPE
+    return (f"could not tell the coordination server at {coord} ({reason}): it lists this node as offline "
+            f"until its admin runs `meshvpn coord nodes revoke {config.hostname or 'NAME'}`")
+
+
+def _refuse_while_running(config: NodeConfig) -> None:
+    """A daemon still connected would come back with the config's pre-auth key as a new node."""
+    from meshvpn.localsock import DaemonNotRunning, request
+
+    try:
+        list(request(str(config.control_socket), {"cmd": "status"}, timeout=2.0))
+    except (DaemonNotRunning, OSError, ValueError):
+        return
+    raise MeshError(f"a meshvpn daemon runs with this config (it answers on {config.control_socket}): stop it "
+                    "first (Ctrl-C in its terminal), then run `meshvpn leave` again")
 
 
 def default_name(hostname: str) -> str:

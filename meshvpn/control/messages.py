@@ -165,6 +165,14 @@ class Ping(Message):
 
 
 @dataclass(frozen=True)
+class Leave(Message):
+    """Node → coord, first message instead of `register` (`meshvpn leave`): forget this node for good.
+    The server deletes it, tells its peers (`peer_remove`) and closes; a revoked node stays revoked."""
+
+    TYPE = "leave"
+
+
+@dataclass(frozen=True)
 class Pong(Message):
     """Answer to `Ping`."""
 
@@ -300,7 +308,7 @@ class Error(Message):
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        Register, Endpoints, PunchRequest, Ping, Pong, RelayHome, TurnRelayed, Paths,
+        Register, Endpoints, PunchRequest, Ping, Pong, RelayHome, TurnRelayed, Paths, Leave,
         Registered, RelayTokens, PeerMap, PeerUpdate, PeerRemove, Punch, Error,
     )
 }

@@ -144,7 +144,7 @@ class _Connection:
 
 # Which node→coord messages each connection state accepts (coord→node types are never accepted).
 _ACCEPTS: dict[str, frozenset[type[m.Message]]] = {
-    "new": frozenset({m.Register, m.Ping, m.Pong}),
+    "new": frozenset({m.Register, m.Leave, m.Ping, m.Pong}),
     "pending": frozenset({m.Ping, m.Pong}),
     "online": frozenset({m.Endpoints, m.PunchRequest, m.RelayHome, m.TurnRelayed, m.Paths, m.Ping, m.Pong}),
 }
@@ -242,6 +242,8 @@ class Membership:
             if message.tcp_punch and conn.observed_port:
                 conn.public_tcp = m.Endpoint(conn.observed_host, conn.observed_port)
             self._register(conn, message, now)
+        elif isinstance(message, m.Leave):
+            self._leave(conn, now)
         elif isinstance(message, m.Ping):
             self._send(conn, m.Pong())
         elif isinstance(message, m.Endpoints):
@@ -359,6 +361,19 @@ class Membership:
             self._actions.append(Close(conn.conn_id, "revoked"))
         self._broadcast(node.network, m.PeerRemove(node.key))
         return node
+
+    def _leave(self, conn: _Connection, now: float) -> None:
+        """The node asks to be forgotten (`meshvpn leave`): delete it, its peers forget it; close."""
+        node = self._roster.get(conn.key)
+        if node is None or node.revoked:
+            self._refuse(conn, now, "revoked" if node else "bad_request", "revoked" if node else "unknown node")
+            return
+        self._roster.delete(node.key)
+        self._ephemeral_deadlines.pop(node.key, None)
+        self._log("info", "node left", node)
+        self._forget(conn)
+        self._actions.append(Close(conn.conn_id, "left"))
+        self._broadcast(node.network, m.PeerRemove(node.key))
 
     # ----- registration
 

@@ -4,12 +4,13 @@ Stage 1: a coord on the simulated internet prints a join string (`meshvpn coord 
 Three machines, each behind its own NAT, run `meshvpn join --key STRING --name NAME` (no YAML
 written by hand, no key copied) and start the daemon the way join says to. Stage 2: they
 reach each other through the tunnel. Stage 3: running join again on a joined machine changes
-no file and leaves its daemon as it was. Stage 4: `meshvpn leave` removes the node's config
-and key, and its peers see it go.
+no file and leaves its daemon as it was. Stage 4: `meshvpn leave` (the daemon stopped first)
+has the coord forget the node, removes its config and key, and its peers see it go.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,11 @@ def test_three_friends_join_with_one_command_each_and_one_leaves(topo: Topology,
     assert mesh.overlay("a1") == overlay and mesh.nodes["a1"].proc.poll() is None
 
     left = mesh.leave_node("c1")
+    assert f"the coordination server at {COORD_ADDR}:7400 forgot this node" in left.stdout
     assert "left: removed" in left.stdout
     assert not (tmp_path / "c1-root/etc/meshvpn/node.yaml").exists()
     assert not (tmp_path / "c1-root/etc/meshvpn/node.key").exists()
-    wait_for(lambda: not mesh.peer("a1", "c1")["online"], 20, "a1 to see c1 go offline")
+    wait_for(lambda: "c1" not in [p["name"] for p in mesh.status("a1")["peers"]], 20, "a1 to forget c1")
+    listed = json.loads(mesh.admin("nodes", "list", "--json").stdout)["nodes"]
+    assert sorted(node["name"] for node in listed) == ["a1", "b1"]
     assert any(mesh.nudge("a1", "b1") for _ in range(5)), "a1 lost b1 when c1 left"

@@ -35,6 +35,7 @@ SAMPLES = [
     m.PunchRequest(KEY_B, sample=m.Endpoint("203.0.113.7", 30001)),
     m.Ping(),
     m.Pong(),
+    m.Leave(),
     m.RelayHome("fra"),
     m.Paths((m.PeerPath("pc", "direct"), m.PeerPath("phone", None), m.PeerPath("tv", "relay"))),
     m.Registered(

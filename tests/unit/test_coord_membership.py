@@ -222,6 +222,41 @@ def test_revoke_closes_the_node_and_tells_peers_at_once(pair):
     assert pair.take(1) == []
 
 
+def test_a_node_that_leaves_is_deleted_and_its_peers_forget_it(pair):
+    pair.core.node_disconnected(2, NOW + 1)
+    pair.flush()
+    pair.take(1)
+    pair.connect(9, 2, now=NOW + 2)
+    pair.send(9, m.Leave(), NOW + 2)
+    assert pair.take(9) == [] and pair.closed[9] == "left"
+    assert pair.take(1) == [m.PeerRemove(key(2))]
+    assert [node.name for node in pair.store.nodes()] == ["alice"]
+    assert any(entry.text == "node left" for entry in pair.logs)
+    (error,) = pair.join(10, 2)
+    assert error.code == "auth_key_invalid", "a node that left needs a pre-auth key to come back"
+
+
+@pytest.mark.parametrize("revoked", [False, True])
+def test_leave_from_an_unknown_or_revoked_key_changes_nothing(pair, revoked):
+    if revoked:
+        pair.core.revoke("bob")
+        pair.flush()
+    pair.take(1)
+    nodes = pair.store.nodes()
+    pair.connect(9, 2 if revoked else 7)
+    pair.send(9, m.Leave())
+    (error,) = pair.take(9)
+    assert error.code == ("revoked" if revoked else "bad_request") and 9 in pair.closed
+    assert pair.store.nodes() == nodes and pair.take(1) == []
+
+
+def test_leave_is_only_a_first_message(pair):
+    pair.send(1, m.Leave())
+    (error,) = pair.take(1)
+    assert error.code == "bad_request" and "leave not accepted while online" in error.message
+    assert len(pair.store.nodes()) == 2
+
+
 @pytest.mark.parametrize("ref", ["bob", "10.77.0.3", encode_key(key(2))])
 def test_nodes_are_found_by_name_address_or_key(pair, ref):
     assert pair.core.find_node(ref).key == key(2)

@@ -1,6 +1,8 @@
 """`meshvpn join` and `meshvpn leave` on files under a temporary root (never the machine's /etc)."""
 
+import socket
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,8 @@ from meshvpn.joinstring import encode
 COORD_KEY = bytes(range(1, 33))
 OTHER_KEY = bytes(range(2, 34))
 JOIN = encode("vps.example.net:7400", COORD_KEY, token_for_secret(bytes(32)))
+NOBODY = encode("127.0.0.1:9", COORD_KEY, token_for_secret(bytes(32)))
+"""A coordination server on a loopback port nothing listens on: leave's message is refused at once."""
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -78,9 +82,11 @@ def test_join_keeps_an_existing_node_key(tmp_path, capsys):
 
 
 def test_leave_removes_config_and_key_and_is_safe_to_repeat(tmp_path, capsys):
-    join(capsys, tmp_path)
+    join(capsys, tmp_path, "--name", "alice", key=NOBODY)
     code, out, _ = run(capsys, "leave", "--root", str(tmp_path))
-    assert code == 0 and "meshvpn coord nodes revoke" in out
+    assert code == 0
+    assert "could not tell the coordination server at 127.0.0.1:9" in out
+    assert "until its admin runs `meshvpn coord nodes revoke alice`" in out
     assert not (tmp_path / "etc/meshvpn/node.yaml").exists() and not (tmp_path / "etc/meshvpn/node.key").exists()
     code, out, _ = run(capsys, "leave", "--root", str(tmp_path))
     assert code == 0 and "not joined" in out
@@ -112,3 +118,25 @@ def test_a_bad_join_string_says_what_to_do_and_writes_nothing(tmp_path, capsys, 
 @pytest.mark.parametrize("host, name", [("Alice-PC.local", "alice-pc"), ("--", "node"), ("bob_laptop", "bob-laptop")])
 def test_default_name_is_one_dns_label(host, name):
     assert default_name(host) == name
+
+
+def test_leave_refuses_while_a_daemon_answers_on_the_control_socket(tmp_path, capsys):
+    join(capsys, tmp_path, key=NOBODY)
+    path = tmp_path / "run/meshvpn/meshvpn.sock"
+    path.parent.mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen()
+
+        def answer():
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b'{"done": true}\n')
+
+        daemon = threading.Thread(target=answer)
+        daemon.start()
+        code, _, err = run(capsys, "leave", "--root", str(tmp_path))
+        daemon.join(5)
+    assert code == 1 and "a meshvpn daemon runs with this config" in err and "stop it first" in err
+    assert (tmp_path / "etc/meshvpn/node.yaml").exists() and (tmp_path / "etc/meshvpn/node.key").exists()
