@@ -34,7 +34,7 @@ system-packages:
 
 $(VENV)/.installed: pyproject.toml setup.py meshvpn/_fastpath.c meshvpn/_fastpath_coalesce.c meshvpn/_fastpath.h
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet -e '.[test,systemd,metrics,console]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,systemd,metrics,console,qr]'
 	touch $@
 
 test: setup
@@ -57,7 +57,7 @@ matrix: setup bench-packages
 install:
 	@$(MAKE) --no-print-directory system-packages APT_PACKAGES="$(INSTALL_PACKAGES)"
 	test -x $(PREFIX)/bin/python || $(PYTHON) -m venv $(PREFIX)
-	$(PREFIX)/bin/python -m pip install --quiet --upgrade '.[systemd,metrics]'
+	$(PREFIX)/bin/python -m pip install --quiet --upgrade '.[systemd,metrics,console,qr]'
 	mkdir -p $(BINDIR)
 	ln -sfn $(PREFIX)/bin/meshvpn $(BINDIR)/meshvpn
 	@$(MAKE) --no-print-directory install-systemd UNITDIR=$(UNITDIR)

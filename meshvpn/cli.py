@@ -153,6 +153,7 @@ def _add_coord_admin(coord: argparse.ArgumentParser) -> None:
     create.add_argument("--address", type=_host_port, metavar="HOST:PORT",
                         help="where nodes reach this server, for the join string (default: public_address in coord.yaml)")
     create.add_argument("--json", action="store_true", help="print JSON")
+    create.add_argument("--qr", action="store_true", help="also draw the join string as a QR code")
 
     nodes = admin.add_parser("nodes", help="nodes").add_subparsers(dest="action", metavar="ACTION", required=True)
     admin_verb(nodes, "list", "list nodes").add_argument("--json", action="store_true", help="print JSON")

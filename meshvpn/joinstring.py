@@ -11,8 +11,9 @@ admits no one. The string is as secret as the pre-auth key it holds.
 Bytes before base32 (RFC 4648, lowercase, unpadded, so no `-`, `_` or `=` to break a
 double-click selection): ``version (1) | secret (32) | coord key (32) | address (UTF-8) |
 check (4)``, where check is BLAKE2b-32 of what precedes it, so a string damaged in copying is
-told apart from a refused key. A plain pre-auth token (`mvk-<id>-<secret>`, two dashes) is not
-a join string. Sans-IO: the console and the command line both use it.
+told apart from a refused key. Capitals read the same (`qr_text` shows the string in them, which
+QR codes store more densely). A plain pre-auth token (`mvk-<id>-<secret>`, two dashes) is not a
+join string. Sans-IO: the console and the command line both use it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 from dataclasses import dataclass
 
 from meshvpn.config import Address, parse_address
@@ -85,6 +87,7 @@ def decode(text: str) -> JoinString:
     if is_plain_token(text):
         raise JoinStringError("this is a bare pre-auth key, not a join string: ask the host for the whole "
                               "`mvk-...` line that `meshvpn coord key create` printed with it")
+    text = text.lower()  # a QR code carries it in capitals (denser); base32 does not mind
     if not text.startswith(PREFIX):
         raise JoinStringError("not a join string: it starts with mvk- (from `meshvpn coord key create`)")
     body = _unbase32(text[len(PREFIX):])
@@ -105,6 +108,19 @@ def decode(text: str) -> JoinString:
     if coord.port == 0:
         raise JoinStringError("the join string's coordination server address has port 0")
     return JoinString(coord, coord_key, secret)
+
+
+def qr_text(join_string: str) -> str:
+    """The string as a QR code drawn with block characters for a terminal; a note without `qrcode`."""
+    try:
+        import qrcode
+    except ImportError:
+        return "(a QR code needs the qrcode package: pip install 'meshvpn[qr]')"
+    code = qrcode.QRCode(border=2)
+    code.add_data(join_string.upper())
+    out = io.StringIO()
+    code.print_ascii(out=out, invert=True)
+    return out.getvalue().rstrip("\n")
 
 
 def is_plain_token(text: str) -> bool:

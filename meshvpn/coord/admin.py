@@ -178,6 +178,8 @@ def main(args) -> int:
         print(json.dumps(response, indent=2))
     else:
         print(_FORMATTERS[req["cmd"]](response))
+        if getattr(args, "qr", False) and response.get("join"):
+            print(joinstring.qr_text(response["join"]))
     return 0
 
 

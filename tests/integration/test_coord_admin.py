@@ -235,6 +235,11 @@ def test_join_checks_the_server_before_writing_anything(coord_dir, server, tmp_p
     config = coord_dir / "coord.yaml"
     address, server_public = server_address(server)
     made = create_key(config, "--network", "home", "--address", "%s:%d" % address)
+    shown = meshvpn(config, "key", "create", "--network", "home", "--address", "%s:%d" % address, "--qr")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[1].startswith("mvk-") and joinstring.decode(lines[1]).coord_key == server_public
+    assert len(lines) > 20 and set("".join(lines[2:])) <= set("█▀▄ \xa0"), "a QR code follows the string"
 
     wrong = joinstring.encode(joinstring.decode(made["join"]).coord, keys.generate_private_key(), made["token"])
     refused = join(tmp_path / "wrong", "--key", wrong)

@@ -98,3 +98,20 @@ def _sealed(body: bytes) -> str:
 def test_checked_strings_with_bad_contents_say_what_is_wrong(body, why):
     with pytest.raises(JoinStringError, match=why):
         decode(_sealed(body))
+
+
+def test_capitals_read_the_same_so_a_qr_code_can_carry_them():
+    text = encode("vps.example.net:7400", COORD_KEY, TOKEN)
+    assert decode(text.upper()) == decode(text)
+
+
+def test_the_qr_code_is_drawn_with_block_characters():
+    qrcode = pytest.importorskip("qrcode")
+    drawn = joinstring.qr_text(encode("vps.example.net:7400", COORD_KEY, TOKEN))
+    lines = drawn.splitlines()
+    assert set(drawn) <= set("█▀▄ \xa0\n") and len({len(line) for line in lines}) == 1
+    code = qrcode.QRCode(border=2)
+    code.add_data(encode("vps.example.net:7400", COORD_KEY, TOKEN).upper())
+    code.make()
+    assert code.data_list[0].mode == qrcode.util.MODE_ALPHA_NUM, "capitals keep the code small"
+    assert len(lines) == (code.modules_count + 4 + 1) // 2
