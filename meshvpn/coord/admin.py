@@ -6,7 +6,8 @@ once. `answer` is the server's side; `main` is the command line. When the server
 running, the read-only verbs read the SQLite database directly and say so; verbs that change
 anything refuse, since a change made behind the server's back would not reach its nodes.
 
-Requests: ``{"cmd": "key_create", "network": N, "reusable": B, "ephemeral": B, "expires": S|null}``,
+Requests: ``{"cmd": "key_create", "network": N, "reusable": B, "ephemeral": B, "expires": S|null,
+"address": "HOST:PORT"|null}`` (answered with the token and its join string, `join_fields`),
 ``{"cmd": "nodes_list"}``, ``{"cmd": "node_approve"|"node_revoke", "node": REF}``,
 ``{"cmd": "networks_list"}``, ``{"cmd": "keys_list"}``. Answers carry ``"error"`` on failure. The
 web console (`meshvpn.coord.console`) sends the same requests to the same `answer`.
@@ -20,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from meshvpn import joinstring, keys
-from meshvpn.config import DEFAULT_ADMIN_SOCKET, load_coord_config
+from meshvpn import joinstring
+from meshvpn.config import DEFAULT_ADMIN_SOCKET, Address, load_coord_config
 from meshvpn.coord.membership import AdminError, Membership, NodeStatus
 from meshvpn.coord.store import SqliteStore, Store
 from meshvpn.errors import MeshError
@@ -55,6 +56,23 @@ def _key_create(membership: Membership, req: dict, now: float, randbytes: Callab
     )
     return {"token": token, "id": key.id, "network": key.network, "reusable": key.reusable,
             "ephemeral": key.ephemeral, "expires": key.expires}
+
+
+def join_fields(token: str, coord_key: bytes, public_address: Address | None, listening: tuple[str, int] | None,
+                requested: str | None) -> dict:
+    """`join` (the join string for a new key, or None) and `join_note` (why none) for the key_create
+    answer: the address asked for, else public_address, else where the server listens unless that
+    is a wildcard no node can dial."""
+    address: Address | str | None = requested or public_address
+    if address is None and listening is not None and listening[0] not in ("0.0.0.0", "::"):
+        address = Address(*listening)
+    if address is None:
+        return {"join": None, "join_note": "no join string: the server listens on a wildcard address, which no "
+                                           "node can dial; set public_address in coord.yaml or pass --address"}
+    try:
+        return {"join": joinstring.encode(address, coord_key, token), "join_note": None}
+    except (MeshError, ValueError) as exc:
+        return {"join": None, "join_note": f"no join string: {exc}"}
 
 
 def _nodes_list(membership: Membership, req: dict, now: float, randbytes: Any) -> dict:
@@ -172,8 +190,6 @@ def main(args) -> int:
         print(f"meshvpn coord: {response['error']}", file=sys.stderr)
         return 1
     response.pop("done", None)
-    if req["cmd"] == "key_create":
-        response["join"], response["join_note"] = _join_string(args, response["token"])
     if getattr(args, "json", False):
         print(json.dumps(response, indent=2))
     else:
@@ -187,7 +203,8 @@ def _request_from(args) -> dict:
     verb = f"{args.admin} {args.action}"
     if verb == "key create":
         return {"cmd": "key_create", "network": args.network, "reusable": args.reusable,
-                "ephemeral": args.ephemeral, "expires": args.expires}
+                "ephemeral": args.ephemeral, "expires": args.expires,
+                "address": None if args.address is None else str(args.address)}
     if verb in ("nodes approve", "nodes revoke"):
         return {"cmd": f"node_{args.action}", "node": args.node}
     return {"cmd": f"{args.admin}_list"}
@@ -202,28 +219,6 @@ def _locations(args) -> tuple[Path, Path | None]:
     settings = load_coord_config(config_path)
     socket_path = settings.admin_socket if Path(args.socket) == DEFAULT_ADMIN_SOCKET else Path(args.socket)
     return socket_path, settings.database
-
-
-def _join_string(args, token: str) -> tuple[str | None, str | None]:
-    """The join string for a new key, from the server's key file and public address; or None and why not."""
-    config_path = Path(getattr(args, "config", "") or "")
-    if not config_path.is_file():
-        return None, f"no join string: {config_path} is not there to read the server's key from (pass -c coord.yaml)"
-    try:
-        settings = load_coord_config(config_path)
-        public = keys.public_key(keys.read_private_key(settings.private_key_file))
-    except MeshError as exc:
-        return None, f"no join string: {exc}"
-    address = getattr(args, "address", None) or settings.public_address
-    if address is None and settings.listen.host not in ("0.0.0.0", "::"):
-        address = settings.listen
-    if address is None:
-        return None, (f"no join string: the server listens on {settings.listen}, which no node can dial; "
-                      "set public_address in coord.yaml or pass --address HOST:PORT")
-    try:
-        return joinstring.encode(address, public, token), None
-    except MeshError as exc:
-        return None, f"no join string: {exc}"
 
 
 def _read_database(database: Path | None, req: dict, why: DaemonNotRunning) -> dict | None:

@@ -377,6 +377,9 @@ class CoordServer:
         and the web console both come here."""
         response = admin.answer(self.membership, request, self.clock(), os.urandom)
         self.run_actions()
+        if request.get("cmd") == "key_create" and "token" in response:
+            response.update(admin.join_fields(response["token"], self.identity.public, self.settings.public_address,
+                                              self.address, request.get("address")))
         return response
 
     async def _serve_admin(self, request: dict) -> AsyncIterator[dict]:

@@ -181,10 +181,8 @@ class Mesh:
             self.coord = None
 
     def admin_command(self, *args: str) -> list[str]:
-        """The argv of `meshvpn coord ARGS` against this mesh's admin socket, with the coord's config
-        (so `key create` prints a join string)."""
-        return python_command("meshvpn", "coord", "-c", str(self.dir / "coord.yaml"), *args,
-                              "--socket", str(self.admin_socket))
+        """The argv of `meshvpn coord ARGS` against this mesh's admin socket."""
+        return python_command("meshvpn", "coord", *args, "--socket", str(self.admin_socket))
 
     def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run an admin verb, e.g. `admin("nodes", "list")`, in the coord's namespace."""

@@ -12,7 +12,7 @@ import re
 import aiohttp
 import pytest
 
-from meshvpn import keys
+from meshvpn import joinstring, keys
 from meshvpn.control import messages as m
 from meshvpn.coord.client import CoordLinkClosed, CoordRefused, connect
 from meshvpn.coord.console.auth import MAX_FAILURES
@@ -169,11 +169,13 @@ def test_a_created_key_is_shown_once_in_the_page_and_admits_a_node(console_mesh)
                                      allow_redirects=False)
             page = await answer.text()
             token = re.search(r'id="join-string">([^<]+)<', page).group(1)
+            joining = joinstring.decode(token)
+            assert (joining.coord, joining.coord_key) == (mesh.server.address, mesh.server.identity.public)
             later = await (await http.get(f"{mesh.url}/keys")).text()
             bad = await (await http.post(f"{mesh.url}/keys", data={"network": "nowhere", "csrf": csrf})).text()
             client = await connect(mesh.server.address, mesh.server.identity.public, keys.generate_private_key())
             mesh.clients.append(client)
-            registered, _ = await client.register(m.Register("erin", "test", (), auth_key=token))
+            registered, _ = await client.register(m.Register("erin", "test", (), auth_key=joining.auth_key))
             return answer, page, token, later, bad, registered
 
     answer, page, token, later, bad, registered = asyncio.run(scenario())

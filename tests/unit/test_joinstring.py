@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshvpn import joinstring
+from meshvpn.coord import admin
 from meshvpn.config import Address
 from meshvpn.coord.authkeys import create_auth_key
 from meshvpn.errors import MeshError, RemoteProtocolError
@@ -115,3 +116,23 @@ def test_the_qr_code_is_drawn_with_block_characters():
     code.make()
     assert code.data_list[0].mode == qrcode.util.MODE_ALPHA_NUM, "capitals keep the code small"
     assert len(lines) == (code.modules_count + 4 + 1) // 2
+
+
+@pytest.mark.parametrize("requested, public, listening, coord", [
+    ("vps.example.net:7401", Address("203.0.113.10", 7400), ("203.0.113.10", 7400), "vps.example.net:7401"),
+    (None, Address("203.0.113.10", 7400), ("0.0.0.0", 7400), "203.0.113.10:7400"),
+    (None, None, ("192.0.2.5", 7400), "192.0.2.5:7400"),
+])
+def test_the_server_writes_the_address_asked_for_or_its_public_or_listening_one(requested, public, listening, coord):
+    fields = admin.join_fields(TOKEN, COORD_KEY, public, listening, requested)
+    assert fields["join_note"] is None and str(decode(fields["join"]).coord) == coord
+
+
+@pytest.mark.parametrize("listening, requested, note", [
+    (("0.0.0.0", 7400), None, "set public_address in coord.yaml or pass --address"),
+    (("::", 7400), None, "wildcard address"),
+    (("192.0.2.5", 7400), "nonsense", "expected host:port"),
+])
+def test_without_a_dialable_address_the_server_says_how_to_get_one(listening, requested, note):
+    fields = admin.join_fields(TOKEN, COORD_KEY, None, listening, requested)
+    assert fields["join"] is None and note in fields["join_note"]

@@ -244,8 +244,8 @@ def key_form(networks: Iterable[str], csrf: str) -> str:
     )
 
 
-HOW_TO_JOIN = ("A machine joins with it as <code>coord.auth_key</code> in its node.yaml, beside the "
-               "server's address and public key (see docs/quickstart.md).")
+HOW_TO_JOIN = ("A machine joins with it: <code>meshvpn join --key</code> and this line "
+               "(see docs/quickstart.md).")
 
 
 def created_key(created: dict, join: str) -> str:

@@ -219,8 +219,9 @@ class Console:
 
 
 def join_text(created: dict) -> str:
-    """What the host hands a friend for a new key: the pre-auth token the admin verb prints."""
-    return created["token"]
+    """What the host hands a friend for a new key: its join string (`meshvpn.joinstring`), as the
+    admin verb prints it; the bare token when the server knows no address nodes can dial."""
+    return created.get("join") or created["token"]
 
 
 def _field(form, name: str) -> str | None:
