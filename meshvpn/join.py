@@ -75,13 +75,17 @@ def join_main(args: argparse.Namespace) -> int:
     name = args.name or default_name(platform.node())
     text = render_config(layout, name, coord, join)
     if layout.config.exists():
-        _check_same_network(layout, coord, join)
-        print(f"already joined to {coord} as configured in {layout.config}; nothing changed")
+        current = _check_same_network(layout, coord, join)
+        print(f"already joined to {coord} as {current.hostname or 'this host'} ({layout.config}); nothing changed"
+              + ("" if current.hostname == name else "; to take another name, `meshvpn leave` and join again"))
         return _start(layout)
-    private = _node_key(layout)
+    private = keys.read_private_key(layout.key) if layout.key.exists() else keys.generate_private_key()
     if not args.no_check:
         asyncio.run(check_coord(coord, join.coord_key, private))
         print(f"coordination server {coord} answered with the pinned key")
+    if not layout.key.exists():
+        layout.key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        keys.write_private_key(layout.key, private)
     layout.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     _write_private(layout.config, text)
     load_node_config(layout.config)
@@ -193,7 +197,7 @@ async def check_coord(coord: Address, coord_key: bytes, private: bytes) -> None:
     client.close()
 
 
-def _check_same_network(layout: Layout, coord: Address, join: joinstring.JoinString) -> None:
+def _check_same_network(layout: Layout, coord: Address, join: joinstring.JoinString) -> NodeConfig:
     try:
         current = load_node_config(layout.config)
     except ConfigError as exc:
@@ -201,14 +205,7 @@ def _check_same_network(layout: Layout, coord: Address, join: joinstring.JoinStr
     if current.coord.public_key != join.coord_key or current.coord.address != coord:
         raise MeshError(f"{layout.config} already joins the coordination server at {current.coord.address}; "
                         "run `meshvpn leave` first to join another")
-
-
-def _node_key(layout: Layout) -> bytes:
-    """The node key: kept when there is one (the node stays who it was), else created 0600."""
-    layout.key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if layout.key.exists():
-        return keys.read_private_key(layout.key)
-    return keys.write_private_key(layout.key)
+    return current
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -246,7 +246,7 @@ def test_join_checks_the_server_before_writing_anything(coord_dir, server, tmp_p
     refused = join(tmp_path / "wrong", "--key", wrong)
     assert refused.returncode == 1
     assert f"the server at 127.0.0.1:{address[1]} did not finish the handshake" in refused.stderr
-    assert "coord.public_key" in refused.stderr and not (tmp_path / "wrong/etc/meshvpn/node.yaml").exists()
+    assert "coord.public_key" in refused.stderr and not (tmp_path / "wrong").exists(), "nothing written"
 
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))

@@ -55,7 +55,9 @@ def test_join_again_changes_nothing(tmp_path, capsys):
     config_path, key_path = tmp_path / "etc/meshvpn/node.yaml", tmp_path / "etc/meshvpn/node.key"
     before = [(p.read_bytes(), p.stat().st_mtime_ns) for p in (config_path, key_path)]
     code, out, _ = join(capsys, tmp_path, "--name", "alice")
-    assert code == 0 and "nothing changed" in out
+    assert code == 0 and "already joined to vps.example.net:7400 as alice" in out and "nothing changed" in out
+    code, out, _ = join(capsys, tmp_path, "--name", "bob")
+    assert code == 0 and "nothing changed; to take another name, `meshvpn leave` and join again" in out
     assert [(p.read_bytes(), p.stat().st_mtime_ns) for p in (config_path, key_path)] == before
 
 
