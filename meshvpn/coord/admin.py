@@ -281,8 +281,7 @@ def _format_key(response: dict) -> str:
     head = f"auth key {response['id']} for network {response['network']} ({kind}); shown once"
     if response.get("join") is None:
         return f"{head}:\n{response['token']}\n({response['join_note']})"
-    return (f"{head}, as a join string; each machine joins with `meshvpn join {response['join'][:12]}...`:\n"
-            f"{response['join']}")
+    return f"{head}, as a join string; each machine joins with `meshvpn join --key` and this line:\n{response['join']}"
 
 
 _FORMATTERS = {
