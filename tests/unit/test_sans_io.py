@@ -43,6 +43,9 @@ SANS_IO_MODULES = (
     "meshvpn.fastpath",
     "meshvpn.backoff",
     "meshvpn.joinstring",
+    "meshvpn.lan.packets",
+    "meshvpn.lan.igmp",
+    "meshvpn.lan.groups",
     "meshvpn.sim.*",
 )
 FORBIDDEN = frozenset(

@@ -1,0 +1,55 @@
+"""Inner packets for tests of the LAN-party cores: UDP, TCP, ICMP echo and IGMP reports."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+from meshvpn.lan import igmp
+from meshvpn.lan.packets import PROTO_ICMP, PROTO_IGMP, PROTO_TCP, PROTO_UDP, ipv4
+from meshvpn.node.offload import internet_checksum
+
+SYN, ACK = 0x02, 0x10
+
+
+def ip(text: str) -> int:
+    return int(ipaddress.IPv4Address(text))
+
+
+def udp(src: str, dst: str, sport: int, dport: int, payload: bytes = b"", ttl: int = 64, **ip_fields: int) -> bytes:
+    """A UDP datagram (UDP checksum left zero, which IPv4 allows)."""
+    return ipv4(ip(src), ip(dst), PROTO_UDP, struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload,
+                ttl=ttl, **ip_fields)
+
+
+def tcp(src: str, dst: str, sport: int, dport: int, flags: int = SYN) -> bytes:
+    """A bare TCP segment with `flags` (checksum not computed)."""
+    return ipv4(ip(src), ip(dst), PROTO_TCP, struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 0x50, flags, 65535, 0, 0))
+
+
+def icmp_echo(src: str, dst: str, reply: bool = False) -> bytes:
+    body = bytearray(struct.pack("!BBHHH", 0 if reply else 8, 0, 0, 1, 1))
+    body[2:4] = internet_checksum(body).to_bytes(2, "big")
+    return ipv4(ip(src), ip(dst), PROTO_ICMP, bytes(body))
+
+
+def igmp_message(src: str, dst: str, body: bytes) -> bytes:
+    """An IGMP message as the kernel sends it: TTL 1, router alert, checksum filled in."""
+    body = bytearray(body)
+    body[2:4] = internet_checksum(body).to_bytes(2, "big")
+    return ipv4(ip(src), ip(dst), PROTO_IGMP, bytes(body), ttl=1, options=b"\x94\x04\x00\x00")
+
+
+def igmp_v2(src: str, kind: int, group: str) -> bytes:
+    """A v1/v2 report (`igmp.V1_REPORT`, `igmp.V2_REPORT`) or a v2 leave (`igmp.V2_LEAVE`)."""
+    dst = "224.0.0.2" if kind == igmp.V2_LEAVE else group
+    return igmp_message(src, dst, struct.pack("!BBH4s", kind, 0, 0, ipaddress.IPv4Address(group).packed))
+
+
+def igmp_v3(src: str, *records: tuple[int, str, tuple[str, ...]]) -> bytes:
+    """A v3 report of (record type, group, sources) records, to 224.0.0.22."""
+    body = struct.pack("!BBHHH", igmp.V3_REPORT, 0, 0, 0, len(records))
+    for kind, group, sources in records:
+        body += struct.pack("!BBH4s", kind, 0, len(sources), ipaddress.IPv4Address(group).packed)
+        body += b"".join(ipaddress.IPv4Address(source).packed for source in sources)
+    return igmp_message(src, "224.0.0.22", body)
