@@ -20,7 +20,9 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from meshvpn import keys
 from meshvpn.durations import format_duration, parse_duration
+from meshvpn.control.messages import MAX_RULES
 from meshvpn.errors import ConfigError
+from meshvpn.portspec import Service, parse_service
 
 
 class Address(NamedTuple):
@@ -183,10 +185,11 @@ DEFAULT_CONTROL_SOCKET = Path("/run/meshvpn/meshvpn.sock")
 DEFAULT_ADMIN_SOCKET = Path("/run/meshvpn/coord.sock")
 
 
-def option(doc: str, default: Any = dataclasses.MISSING, *, live: bool = False, unique: str = "") -> Any:
+def option(doc: str, default: Any = dataclasses.MISSING, *, live: bool = False, unique: str = "", key: str = "") -> Any:
     """Declare a config key: its meaning, its default (none: required), whether SIGHUP applies it,
-    and for a list of entries the entry key that must not repeat."""
-    metadata = {"doc": doc, "live": live, "unique": unique}
+    for a list of entries the entry key that must not repeat, and its YAML name when that is
+    not the field's (`from` is a Python keyword)."""
+    metadata = {"doc": doc, "live": live, "unique": unique, "key": key}
     if isinstance(default, type):
         return dataclasses.field(default_factory=default, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -276,6 +279,72 @@ class NodeConfig:
     metrics: MetricsConfig = option("metrics", MetricsConfig)
 
 
+EVERYONE = "*"
+"""The group every node of the network is in."""
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
+
+
+def _group_name(value: object, _directory: Path) -> str:
+    name = _expect_str(value, "a group name")
+    if name != EVERYONE and not _GROUP_NAME.fullmatch(name):
+        raise ValueError(f"bad group name {name!r}: letters, digits, '_', '.', '-', or * for every node")
+    return name
+
+
+def _member(value: object, _directory: Path) -> str:
+    member = _expect_str(value, "a node name or tag:TAG")
+    name = member.removeprefix("tag:")
+    if not _GROUP_NAME.fullmatch(name):
+        raise ValueError(f"bad member {member!r}: a node name, or tag:TAG for the nodes with that tag")
+    return member
+
+
+def _service(value: object, _directory: Path) -> Service:
+    return parse_service(value)
+
+
+GroupName = Annotated[str, Kind("group name", _group_name)]
+Member = Annotated[str, Kind("node name or tag:TAG", _member)]
+ServiceKind = Annotated[Service, Kind("service (any, icmp, tcp/PORT, udp/LOW-HIGH)", _service)]
+
+
+@_section
+class AccessGroup:
+    """A named set of nodes that access rules refer to."""
+
+    name: GroupName = option("group name, used in rules' from and to")
+    members: tuple[Member, ...] = option("node names, and tag:TAG for every node tagged with `meshvpn coord nodes tag`", ())
+
+
+@_section
+class AccessRule:
+    """Which services one group may reach on another; the first rule that matches a packet decides."""
+
+    from_: GroupName = option("group the traffic comes from; * is every node", key="from")
+    to: GroupName = option("group the traffic goes to, enforced by each receiving node; * is every node")
+    services: tuple[ServiceKind, ...] = option("services the rule covers", (Service(None),))
+    action: Literal["allow", "deny"] = option("what a matching packet gets", "allow")
+
+
+@_section
+class AccessPolicy:
+    """Who may reach whom inside a network; without rules everyone reaches everyone."""
+
+    default: Literal["allow", "deny"] = option("what a packet no rule matches gets", "allow")
+    groups: tuple[AccessGroup, ...] = option("groups of nodes", (), unique="name")
+    rules: tuple[AccessRule, ...] = option("rules, first match wins; replies to a flow a node started are always let in", ())
+
+    def problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Rules naming a group that is not defined, with where they are."""
+        known = {group.name for group in self.groups} | {EVERYONE}
+        found = [(("rules", index, key), f"no group {name!r} (defined: {', '.join(sorted(known))})")
+                 for index, rule in enumerate(self.rules)
+                 for key, name in (("from", rule.from_), ("to", rule.to)) if name not in known]
+        if len(self.rules) > MAX_RULES:
+            found.append((("rules",), f"{len(self.rules)} rules; at most {MAX_RULES}"))
+        return found
+
+
 @_section
 class NetworkConfig:
     """A network the coordination server hands out addresses in."""
@@ -283,6 +352,7 @@ class NetworkConfig:
     name: String = option("network name, as given to `meshvpn coord key create --network`")
     cidr: Cidr = option("address range node addresses are taken from")
     approval_required: Flag = option("new nodes wait for `meshvpn coord nodes approve`", False)
+    access: AccessPolicy = option("access rules", AccessPolicy)
 
 
 @_section
@@ -386,6 +456,11 @@ class KeyDoc:
     live: bool
 
 
+def yaml_key(field: dataclasses.Field) -> str:
+    """The key a field is written as in YAML."""
+    return field.metadata.get("key") or field.name
+
+
 def field_docs(schema: type) -> list[KeyDoc]:
     """Every leaf key of a config schema, in file order, for docs, examples and their tests."""
     return list(_walk_docs(schema, ""))
@@ -394,15 +469,19 @@ def field_docs(schema: type) -> list[KeyDoc]:
 def _walk_docs(schema: type, prefix: str, live_section: bool = False):
     hints = get_type_hints(schema, include_extras=True)
     for field in dataclasses.fields(schema):
-        path, hint = prefix + field.name, hints[field.name]
+        path, hint = prefix + yaml_key(field), hints[field.name]
         live = live_section or field.metadata["live"]
         if dataclasses.is_dataclass(hint):
             yield from _walk_docs(hint, path + ".", live)
             continue
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-        if get_origin(hint) is tuple:
+        if get_origin(hint) is tuple and dataclasses.is_dataclass(get_args(hint)[0]):
             yield KeyDoc(path, "list", None if required else "[]", field.metadata["doc"], live)
             yield from _walk_docs(get_args(hint)[0], path + "[].", live)
+            continue
+        if get_origin(hint) is tuple:
+            default = None if required else "[" + ", ".join(map(_kind(get_args(hint)[0]).show, field.default)) + "]"
+            yield KeyDoc(path, f"list of {_kind(get_args(hint)[0]).name}", default, field.metadata["doc"], live)
             continue
         kind = _kind(hint)
         yield KeyDoc(path, kind.name, None if required else kind.show(field.default), field.metadata["doc"], live)
@@ -460,7 +539,7 @@ class _Reader:
             pairs = node.value
         else:
             self.fail(node, prefix, "expected a mapping of keys")
-        fields = {field.name: field for field in dataclasses.fields(schema)}
+        fields = {yaml_key(field): field for field in dataclasses.fields(schema)}
         hints = get_type_hints(schema, include_extras=True)
         values: dict[str, Any] = {}
         for key_node, value_node in pairs:
@@ -468,23 +547,30 @@ class _Reader:
             path = _join(prefix, str(key))
             if key not in fields:
                 self.fail(key_node, path, f"unknown key{_suggest(str(key), fields)}")
-            if key in values:
-                self.fail(key_node, path, "key given twice")
-            values[key] = self.value(fields[key], hints[key], value_node, path, key_node)
-        for name, field in fields.items():
+            name = fields[key].name
             if name in values:
+                self.fail(key_node, path, "key given twice")
+            values[name] = self.value(fields[key], hints[name], value_node, path, key_node)
+        for key, field in fields.items():
+            if field.name in values:
                 continue
-            if dataclasses.is_dataclass(hints[name]):
-                values[name] = self.section(hints[name], None, _join(prefix, name), anchor)
+            if dataclasses.is_dataclass(hints[field.name]):
+                values[field.name] = self.section(hints[field.name], None, _join(prefix, key), anchor)
             elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-                self.fail(anchor, _join(prefix, name), "missing required key")
-        return schema(**values)
+                self.fail(anchor, _join(prefix, key), "missing required key")
+        result = schema(**values)
+        for where, problem in getattr(result, "problems", lambda: ())():
+            path = prefix + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in where)
+            self.fail(_node_at(node, where) or anchor, path.lstrip("."), problem)
+        return result
 
     def value(self, field: dataclasses.Field, hint: Any, node: Node, path: str, key_node: Node) -> Any:
         if dataclasses.is_dataclass(hint):
             return self.section(hint, node, path, key_node)
-        if get_origin(hint) is tuple:
+        if get_origin(hint) is tuple and dataclasses.is_dataclass(get_args(hint)[0]):
             return self.entries(field, get_args(hint)[0], node, path)
+        if get_origin(hint) is tuple:
+            return self.scalars(_kind(get_args(hint)[0]), node, path)
         kind = _kind(hint)
         if not isinstance(node, ScalarNode):
             self.fail(node, path, f"expected {kind.name}, got a {'list' if isinstance(node, SequenceNode) else 'mapping'}")
@@ -492,6 +578,22 @@ class _Reader:
             return kind.parse(self.constructor.construct_object(node), self.directory)
         except (ValueError, ConfigError, yaml.YAMLError) as err:
             self.fail(node, path, str(err).splitlines()[0] if str(err) else "bad value")
+
+    def scalars(self, kind: Kind, node: Node, path: str) -> tuple:
+        """A list of plain values; a single value stands for a list of one."""
+        if isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+            return ()
+        items = node.value if isinstance(node, SequenceNode) else [node]
+        out = []
+        for index, item in enumerate(items):
+            where = f"{path}[{index}]" if isinstance(node, SequenceNode) else path
+            if not isinstance(item, ScalarNode):
+                self.fail(item, where, f"expected {kind.name}")
+            try:
+                out.append(kind.parse(self.constructor.construct_object(item), self.directory))
+            except (ValueError, ConfigError, yaml.YAMLError) as err:
+                self.fail(item, where, str(err).splitlines()[0] if str(err) else "bad value")
+        return tuple(out)
 
     def entries(self, field: dataclasses.Field, schema: type, node: Node, path: str) -> tuple:
         if isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null":
@@ -506,6 +608,18 @@ class _Reader:
                 self.fail(node.value[index], f"{path}[{index}].{unique}", f"{getattr(entry, unique)!r} is used twice")
             seen.add(getattr(entry, unique))
         return entries
+
+
+def _node_at(node: Node | None, where: tuple[str | int, ...]) -> Node | None:
+    """The YAML node at a path of keys and list indexes below `node`, or None if it is not written."""
+    for part in where:
+        if isinstance(part, int) and isinstance(node, SequenceNode) and part < len(node.value):
+            node = node.value[part]
+        elif isinstance(part, str) and isinstance(node, MappingNode):
+            node = next((value for key, value in node.value if getattr(key, "value", None) == part), None)
+        else:
+            return None
+    return node
 
 
 def _join(prefix: str, key: str) -> str:

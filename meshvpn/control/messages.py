@@ -13,10 +13,11 @@ from typing import Any
 
 from meshvpn.control.schema import (
     BOOL, CIDR, COUNT, ENDPOINT, ERROR_CODES, HOST, MAX_CANDIDATES, MAX_ENDPOINTS, MAX_ERROR_TEXT,
-    MAX_PEERS, MAX_RELAYS, NAME, PORT, TIME, TOKEN, Endpoint, KEY,
+    MAX_PEERS, MAX_RELAYS, NAME, PORT, TIME, TOKEN, Codec, Endpoint, KEY,
     MalformedMessage, Message, Record, UnknownMessageType, _check, choice, list_of,
     optional, record, text, wire,
 )
+from meshvpn.portspec import Service, parse_service
 
 ENDPOINTS = list_of(ENDPOINT, MAX_ENDPOINTS)
 
@@ -87,6 +88,42 @@ class NatInfo(Record):
 
 
 NAT = optional(record(NatInfo))
+
+MAX_RULES = 256
+MAX_SERVICES = 64
+ACTIONS = frozenset({"allow", "deny"})
+
+
+def _load_service(value: Any) -> Service:
+    _check(isinstance(value, str) and len(value) <= 20, "expected a service such as udp/27015")
+    try:
+        return parse_service(value)
+    except ValueError as exc:
+        raise MalformedMessage(str(exc)) from None
+
+
+SERVICE = Codec(_load_service, str)
+
+
+@dataclass(frozen=True)
+class RuleInfo(Record):
+    """One access rule as a receiving node enforces it (`meshvpn.lan.access`)."""
+
+    rule: int = wire(COUNT)
+    """Index of the rule in the network's rules in the coord config: drops are counted by it."""
+    action: str = wire(choice(ACTIONS))
+    sources: tuple[str, ...] = wire(list_of(NAME, MAX_PEERS))
+    """Names of the peers the rule is about; "*" is every peer."""
+    services: tuple[Service, ...] = wire(list_of(SERVICE, MAX_SERVICES))
+
+
+@dataclass(frozen=True)
+class AccessInfo(Record):
+    """The access rules that concern one node: those whose `to` group it is in, in order."""
+
+    default: str = wire(choice(ACTIONS))
+    """What a packet no rule matches gets."""
+    rules: tuple[RuleInfo, ...] = wire(list_of(record(RuleInfo), MAX_RULES), ())
 
 
 @dataclass(frozen=True)
@@ -237,6 +274,8 @@ class Registered(Message):
     """TURN servers with the node's credentials; fresh ones follow in `RelayTokens`."""
     path_reports: bool | None = wire(optional(BOOL))
     """The coord takes `Paths` reports (an older coord would refuse the unknown message)."""
+    access: AccessInfo | None = wire(optional(record(AccessInfo)))
+    """Access rules this node enforces on what it receives; absent: everyone reaches it."""
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,9 @@ from typing import Any, Hashable, Mapping, Union
 from meshvpn.control import messages as m
 from meshvpn.coord.addressing import AddressPoolExhausted
 from meshvpn.coord.authkeys import AuthKey, AuthKeyRejected, create_auth_key, verify_token
+from meshvpn.config import AccessPolicy
 from meshvpn.coord.peermap import PART_BYTES, peer_map_parts, peer_update
+from meshvpn.coord.policy import Member, access_for
 from meshvpn.coord.roster import Roster
 from meshvpn.coord.store import Network, NodeRecord, Store
 from meshvpn.errors import MeshError, RemoteProtocolError
@@ -61,6 +63,8 @@ class MembershipSettings:
     """Seconds between a node's pings; a node silent for 3 × keepalive is closed."""
     peer_map_part_bytes: int = field(default=PART_BYTES, kw_only=True)
     """Peer JSON per `peer_map` frame; a larger map is sent in parts."""
+    access: Mapping[str, AccessPolicy] = field(default_factory=dict, kw_only=True)
+    """Access policy by network name; a network without one lets everyone reach everyone."""
 
     @property
     def silence_limit(self) -> float:
@@ -458,6 +462,8 @@ class Membership:
                 relay_tokens=self._relay_tokens(conn, conn.last_heard),
                 turn=self._turn_credentials(conn, conn.last_heard),
                 path_reports=True,
+                access=access_for(self.settings.access.get(node.network), Member(node.name),
+                                  (Member(n.name) for n in self._roster.nodes(node.network))),
             ),
         )
         peers = [self._roster.entry(n, self._peer_info) for n in self._roster.nodes(node.network)

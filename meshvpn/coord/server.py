@@ -69,7 +69,8 @@ class ServerLimits:
 def membership_settings(config: CoordConfig) -> MembershipSettings:
     """What the core needs from the coord config."""
     networks = tuple(Network(n.name, str(n.cidr), n.approval_required) for n in config.networks)
-    return MembershipSettings(networks, relay_infos(config), turn_secrets(config), keepalive=config.keepalive)
+    return MembershipSettings(networks, relay_infos(config), turn_secrets(config), keepalive=config.keepalive,
+                              access={n.name: n.access for n in config.networks})
 
 
 def turn_secrets(config: CoordConfig) -> tuple[TurnSecret, ...]:

@@ -267,7 +267,8 @@ def yaml_key_paths(node: yaml.Node, prefix: str = "") -> list[tuple[str, int]]:
         elif isinstance(value, yaml.SequenceNode) and value.value:
             found.append((path, key.start_mark.line))
             for entry in value.value:
-                found += yaml_key_paths(entry, path + "[].")
+                if isinstance(entry, yaml.MappingNode):
+                    found += yaml_key_paths(entry, path + "[].")
         else:
             found.append((path, key.start_mark.line))
     return found

@@ -92,5 +92,5 @@ def test_every_config_snippet_uses_real_keys_and_all_required_ones(schema, snipp
     used = key_paths(snippet)
     assert used <= known, f"unknown keys: {sorted(used - known)}"
     required = {doc.path for doc in docs if doc.default is None}
-    missing = {path for path in required if "[]" not in path or path.split("[]")[0] in used} - used
+    missing = {path for path in required if "[]" not in path or path.rsplit("[]", 1)[0] in used} - used
     assert not missing, f"required keys missing: {sorted(missing)}"

@@ -43,9 +43,12 @@ SANS_IO_MODULES = (
     "meshvpn.fastpath",
     "meshvpn.backoff",
     "meshvpn.joinstring",
+    "meshvpn.portspec",
+    "meshvpn.coord.policy",
     "meshvpn.lan.packets",
     "meshvpn.lan.igmp",
     "meshvpn.lan.groups",
+    "meshvpn.lan.access",
     "meshvpn.sim.*",
 )
 FORBIDDEN = frozenset(

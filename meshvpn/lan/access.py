@@ -1,0 +1,152 @@
+"""The node's access filter: the coord's rules, enforced on what peers send after decryption.
+
+Rules come from the coord (`meshvpn.control.messages.AccessInfo`, built by
+`meshvpn.coord.policy`) with sources as peer names; `configure` turns names into overlay
+addresses from the peer map and is called again whenever the map changes. Without rules every
+packet passes and nothing is tracked.
+
+With rules, a packet is let in when it answers a flow this node started (`outbound` records
+each flow's reply key: TCP and UDP by address and ports, ICMP echo by address), or else by the
+first rule whose sources and services match it, or else by the default. Later fragments carry
+no ports: they follow the first fragment of their datagram (one that comes before it is
+dropped). Drops are counted by rule
+(`rule N`, the rule's index in the coord config) or `default`. Flows and fragments expire.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Mapping
+
+from meshvpn.control import messages as m
+from meshvpn.lan.packets import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Header
+from meshvpn.portspec import Service
+
+FLOW_TIMEOUT = {PROTO_TCP: 720.0, PROTO_UDP: 180.0, PROTO_ICMP: 30.0}
+"""Seconds a flow stays open after its last outbound packet."""
+FRAGMENT_TIMEOUT = 30.0
+"""Seconds later fragments of an admitted datagram are let in (Linux's ipfrag_time)."""
+MAX_FLOWS = 65536
+"""Flows tracked at most; the least recently used goes first."""
+PRUNE_INTERVAL = 30.0
+ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
+DEFAULT = "default"
+FRAGMENT = "fragment_without_first"
+EVERYONE = "*"
+
+
+@dataclass(frozen=True)
+class _Rule:
+    label: str
+    allow: bool
+    sources: frozenset[int] | None
+    """Overlay addresses; None is every peer."""
+    services: tuple[Service, ...]
+
+    def matches(self, header: Header, port: int | None) -> bool:
+        if self.sources is not None and header.src not in self.sources:
+            return False
+        return any(service.matches(header.proto, port) for service in self.services)
+
+
+def _reply_key(header: Header) -> tuple[int, int, int | None, int | None]:
+    """The key of an inbound packet, and of the reply to an outbound one (swapped)."""
+    if header.proto == PROTO_ICMP:
+        return (header.src, PROTO_ICMP, None, None)
+    return (header.src, header.proto, header.sport, header.dport)
+
+
+class AccessFilter:
+    """Stateful inbound filter of one node."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self._rules: tuple[_Rule, ...] = ()
+        self._default_allow = True
+        self._flows: dict[tuple, float] = {}
+        self._fragments: dict[tuple[int, int, int], float] = {}
+        self._next_prune: float | None = None
+        self.dropped: Counter[str] = Counter()
+
+    def configure(self, info: m.AccessInfo | None, addresses: Mapping[str, int]) -> None:
+        """Take the coord's rules (None: no filtering) with the peer map's name → address."""
+        self.active = info is not None
+        if info is None:
+            self._rules, self._default_allow = (), True
+            self._flows.clear()
+            self._fragments.clear()
+            return
+        self._default_allow = info.default == "allow"
+        self._rules = tuple(
+            _Rule(f"rule {rule.rule}", rule.action == "allow",
+                  None if EVERYONE in rule.sources else frozenset(addresses[n] for n in rule.sources if n in addresses),
+                  rule.services)
+            for rule in info.rules
+        )
+
+    def outbound(self, header: Header, now: float) -> None:
+        """Note a packet this node sends, so its replies are let in."""
+        if not self.active or not header.first_fragment:
+            return
+        if header.proto == PROTO_ICMP:
+            if header.sport != ICMP_ECHO_REQUEST:
+                return
+            key = (header.dst, PROTO_ICMP, None, None)
+        elif header.proto in (PROTO_TCP, PROTO_UDP):
+            key = (header.dst, header.proto, header.dport, header.sport)
+        else:
+            key = (header.dst, header.proto, None, None)
+        self._flows.pop(key, None)
+        self._flows[key] = now + FLOW_TIMEOUT.get(header.proto, FLOW_TIMEOUT[PROTO_UDP])
+        if len(self._flows) > MAX_FLOWS:
+            del self._flows[next(iter(self._flows))]
+        self._arm(now)
+
+    def inbound(self, header: Header, now: float) -> bool:
+        """Whether to deliver a packet a peer sent; a refusal is counted by the rule that made it."""
+        if not self.active:
+            return True
+        if not header.first_fragment:
+            admitted = self._fragments.get((header.src, header.ident, header.proto), 0.0) > now
+            if not admitted:
+                self.dropped[FRAGMENT] += 1
+            return admitted
+        if self._answers_flow(header, now):
+            verdict = True
+        else:
+            verdict = self._by_rules(header)
+        if verdict and header.fragmented:
+            self._fragments[(header.src, header.ident, header.proto)] = now + FRAGMENT_TIMEOUT
+            self._arm(now)
+        return verdict
+
+    def _answers_flow(self, header: Header, now: float) -> bool:
+        if header.proto == PROTO_ICMP and header.sport != ICMP_ECHO_REPLY:
+            return False
+        return self._flows.get(_reply_key(header), 0.0) > now
+
+    def _by_rules(self, header: Header) -> bool:
+        for rule in self._rules:
+            if rule.matches(header, header.dport):
+                if not rule.allow:
+                    self.dropped[rule.label] += 1
+                return rule.allow
+        if not self._default_allow:
+            self.dropped[DEFAULT] += 1
+        return self._default_allow
+
+    def _arm(self, now: float) -> None:
+        if self._next_prune is None:
+            self._next_prune = now + PRUNE_INTERVAL
+
+    def get_timer(self) -> float | None:
+        return self._next_prune
+
+    def handle_timer(self, now: float) -> None:
+        """Forget expired flows and fragments."""
+        if self._next_prune is None or now < self._next_prune:
+            return
+        self._flows = {key: until for key, until in self._flows.items() if until > now}
+        self._fragments = {key: until for key, until in self._fragments.items() if until > now}
+        self._next_prune = now + PRUNE_INTERVAL if self._flows or self._fragments else None
