@@ -264,6 +264,22 @@ class PathTimers:
 
 
 @_section
+class FanoutConfig:
+    """The per-node budget for broadcast and multicast copies (one copy per receiving peer)."""
+
+    packets_per_second: Annotated[int, _range(1, 10**7)] = option("broadcast/multicast copies sent per second, summed over peers", 500)
+    bytes_per_second: Annotated[int, _range(1, 2**40)] = option("bytes of broadcast/multicast copies sent per second, summed over peers", 1048576)
+    burst: Duration = option("seconds of each rate that may go out at once after a quiet spell", 1.0)
+
+
+@_section
+class LanConfig:
+    """Broadcast and multicast across the mesh."""
+
+    fanout: FanoutConfig = option("broadcast and multicast rate limit", FanoutConfig)
+
+
+@_section
 class NodeConfig:
     """Configuration of `meshvpn daemon`."""
 
@@ -275,6 +291,7 @@ class NodeConfig:
     tun: TunConfig = option("TUN device", TunConfig)
     listen: ListenConfig = option("UDP socket", ListenConfig)
     paths: PathTimers = option("path timers", PathTimers)
+    lan: LanConfig = option("LAN party: broadcast and multicast", LanConfig)
     log: LogConfig = option("logging", LogConfig)
     metrics: MetricsConfig = option("metrics", MetricsConfig)
 

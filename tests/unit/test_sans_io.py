@@ -48,6 +48,7 @@ SANS_IO_MODULES = (
     "meshvpn.lan.packets",
     "meshvpn.lan.igmp",
     "meshvpn.lan.groups",
+    "meshvpn.lan.fanout",
     "meshvpn.lan.access",
     "meshvpn.sim.*",
 )
