@@ -273,10 +273,23 @@ class FanoutConfig:
 
 
 @_section
+class DnsConfig:
+    """The node's DNS responder for peer names, on its overlay address."""
+
+    enabled: Flag = option("answer DNS for peer names on the overlay address", True)
+    port: Port = option("UDP port of the DNS responder", 53)
+    suffix: Hostname = option("names are NAME and NAME.NETWORK.SUFFIX", "mesh")
+    other_names: Literal["refuse", "forward"] = option("what to do with names outside the mesh", "refuse")
+    forward_to: OptionalHostPort = option('DNS server other names go to when other_names is forward; "" for none', None)
+    resolved: Flag = option("register the responder with systemd-resolved for the mesh domain on the TUN device", True)
+
+
+@_section
 class LanConfig:
-    """Broadcast and multicast across the mesh."""
+    """Broadcast, multicast and names across the mesh."""
 
     fanout: FanoutConfig = option("broadcast and multicast rate limit", FanoutConfig)
+    dns: DnsConfig = option("names", DnsConfig)
 
 
 @_section
@@ -291,7 +304,7 @@ class NodeConfig:
     tun: TunConfig = option("TUN device", TunConfig)
     listen: ListenConfig = option("UDP socket", ListenConfig)
     paths: PathTimers = option("path timers", PathTimers)
-    lan: LanConfig = option("LAN party: broadcast and multicast", LanConfig)
+    lan: LanConfig = option("LAN party: broadcast, multicast, names", LanConfig)
     log: LogConfig = option("logging", LogConfig)
     metrics: MetricsConfig = option("metrics", MetricsConfig)
 

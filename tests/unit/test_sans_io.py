@@ -49,6 +49,7 @@ SANS_IO_MODULES = (
     "meshvpn.lan.igmp",
     "meshvpn.lan.groups",
     "meshvpn.lan.fanout",
+    "meshvpn.lan.names",
     "meshvpn.lan.access",
     "meshvpn.sim.*",
 )

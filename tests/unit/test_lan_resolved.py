@@ -1,0 +1,76 @@
+"""Registering the mesh's names with systemd-resolved through resolvectl.
+
+A real registration needs resolved running and a link it can see, which is a link of the root
+network namespace: the suite never creates one (it changes only namespaces it made), so the
+calls are checked against a stand-in `resolvectl` on PATH that records its arguments. Where
+resolved does not run, `register` must change nothing and say why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from meshvpn.lan import resolved
+
+STAND_IN = """#!/bin/sh
+echo "$*" >> "{log}"
+case "$*" in *"{fail}"*) echo "Failed to set DNS configuration: Link meshvpn0 not known" >&2; exit 1;; esac
+"""
+
+
+def test_register_commands_set_link_dns_routing_domains_and_no_default_route() -> None:
+    assert resolved.register_commands("meshvpn0", "100.64.0.1", 53, ("party.mesh", "mesh")) == [
+        ["resolvectl", "dns", "meshvpn0", "100.64.0.1"],
+        ["resolvectl", "domain", "meshvpn0", "~party.mesh", "~mesh"],
+        ["resolvectl", "default-route", "meshvpn0", "no"],
+    ]
+    assert resolved.register_commands("meshvpn0", "fd7a::1", 5353, ("party.mesh",))[0][-1] == "[fd7a::1]:5353"
+    assert resolved.unregister_commands("meshvpn0") == [["resolvectl", "revert", "meshvpn0"]]
+
+
+@pytest.fixture
+def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A resolvectl that logs its arguments and fails on the words in `fail`; resolved 'runs'."""
+    runtime = tmp_path / "resolve"
+    runtime.mkdir()
+    (runtime / "io.systemd.Resolve").touch()
+    monkeypatch.setattr(resolved, "RESOLVED_RUNTIME", runtime)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    log = tmp_path / "calls"
+
+    def install(fail: str = "never-matches") -> Path:
+        script = tmp_path / "resolvectl"
+        script.write_text(STAND_IN.format(log=log, fail=fail))
+        script.chmod(0o755)
+        return log
+
+    return install
+
+
+def test_register_runs_every_call_and_unregister_reverts(stand_in) -> None:
+    log = stand_in()
+    assert asyncio.run(resolved.register("meshvpn0", "100.64.0.1", 53, ("party.mesh",)))
+    asyncio.run(resolved.unregister("meshvpn0"))
+    assert log.read_text().splitlines() == [
+        "dns meshvpn0 100.64.0.1", "domain meshvpn0 ~party.mesh", "default-route meshvpn0 no", "revert meshvpn0"]
+
+
+def test_a_failed_registration_is_reverted_and_reported(stand_in, caplog: pytest.LogCaptureFixture) -> None:
+    log = stand_in(fail="domain")
+    assert not asyncio.run(resolved.register("meshvpn0", "100.64.0.1", 53, ("party.mesh",)))
+    assert log.read_text().splitlines() == ["dns meshvpn0 100.64.0.1", "domain meshvpn0 ~party.mesh", "revert meshvpn0"]
+    assert "Link meshvpn0 not known" in caplog.text
+
+
+def test_without_resolved_nothing_is_run_and_the_reason_is_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(resolved, "RESOLVED_RUNTIME", tmp_path / "absent")
+    reason = resolved.unavailable_reason()
+    assert reason
+    caplog.set_level("INFO")
+    assert not asyncio.run(resolved.register("meshvpn0", "100.64.0.1", 53, ("party.mesh",)))
+    assert reason in caplog.text
