@@ -159,6 +159,10 @@ def _add_coord_admin(coord: argparse.ArgumentParser) -> None:
     admin_verb(nodes, "list", "list nodes").add_argument("--json", action="store_true", help="print JSON")
     for action, help_text in (("approve", "approve a node waiting to join"), ("revoke", "remove a node's access")):
         admin_verb(nodes, action, help_text).add_argument("node", metavar="NODE", help="node name or public key")
+    for action, help_text in (("tag", "give a node a tag (access-rule groups name tag:TAG)"), ("untag", "take a tag away")):
+        verb = admin_verb(nodes, action, help_text)
+        verb.add_argument("node", metavar="NODE", help="node name or public key")
+        verb.add_argument("tag", metavar="TAG", help="letters, digits, '_', '.', '-'")
 
     networks = admin.add_parser("networks", help="networks").add_subparsers(dest="action", metavar="ACTION", required=True)
     admin_verb(networks, "list", "list networks").add_argument("--json", action="store_true", help="print JSON")

@@ -321,10 +321,16 @@ def _group_name(value: object, _directory: Path) -> str:
     return name
 
 
+def check_tag(tag: str) -> str:
+    """A tag as `meshvpn coord nodes tag` sets it and `tag:TAG` members name it; ValueError if bad."""
+    if not _GROUP_NAME.fullmatch(tag):
+        raise ValueError(f"bad tag {tag[:70]!r}: letters, digits, '_', '.' and '-', at most 63")
+    return tag
+
+
 def _member(value: object, _directory: Path) -> str:
     member = _expect_str(value, "a node name or tag:TAG")
-    name = member.removeprefix("tag:")
-    if not _GROUP_NAME.fullmatch(name):
+    if not _GROUP_NAME.fullmatch(member.removeprefix("tag:")):
         raise ValueError(f"bad member {member!r}: a node name, or tag:TAG for the nodes with that tag")
     return member
 
@@ -343,7 +349,7 @@ class AccessGroup:
     """A named set of nodes that access rules refer to."""
 
     name: GroupName = option("group name, used in rules' from and to")
-    members: tuple[Member, ...] = option("node names, and tag:TAG for every node tagged with `meshvpn coord nodes tag`", ())
+    members: tuple[Member, ...] = option("node names, and tag:TAG for the nodes tagged with `meshvpn coord nodes tag NODE TAG`", ())
 
 
 @_section

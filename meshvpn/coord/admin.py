@@ -9,6 +9,7 @@ anything refuse, since a change made behind the server's back would not reach it
 Requests: ``{"cmd": "key_create", "network": N, "reusable": B, "ephemeral": B, "expires": S|null,
 "address": "HOST:PORT"|null}`` (answered with the token and its join string, `join_fields`),
 ``{"cmd": "nodes_list"}``, ``{"cmd": "node_approve"|"node_revoke", "node": REF}``,
+``{"cmd": "node_tag"|"node_untag", "node": REF, "tag": TAG}``,
 ``{"cmd": "networks_list"}``, ``{"cmd": "keys_list"}``. Answers carry ``"error"`` on failure. The
 web console (`meshvpn.coord.console`) sends the same requests to the same `answer`.
 """
@@ -87,6 +88,11 @@ def _node_revoke(membership: Membership, req: dict, now: float, randbytes: Any) 
     return {"node": node_json(_status_of(membership, membership.revoke(req["node"]).key))}
 
 
+def _node_tag(membership: Membership, req: dict, now: float, randbytes: Any) -> dict:
+    node = membership.tag(req["node"], req["tag"], remove=req["cmd"] == "node_untag")
+    return {"node": node_json(_status_of(membership, node.key))}
+
+
 def _networks_list(membership: Membership, req: dict, now: float, randbytes: Any) -> dict:
     return {"networks": networks_json(membership.store, membership.list_nodes())}
 
@@ -105,6 +111,8 @@ _ANSWERS = {
     "nodes_list": _nodes_list,
     "node_approve": _node_approve,
     "node_revoke": _node_revoke,
+    "node_tag": _node_tag,
+    "node_untag": _node_tag,
     "networks_list": _networks_list,
     "keys_list": _keys_list,
 }
@@ -138,6 +146,7 @@ def node_json(status: NodeStatus) -> dict:
         "created": node.created,
         "last_seen": node.last_seen,
         "auth_key": node.auth_key_id,
+        "tags": list(node.tags),
     }
 
 
@@ -169,7 +178,7 @@ def networks_json(store: Store, statuses: list[NodeStatus]) -> list[dict]:
 
 
 def main(args) -> int:
-    """`meshvpn coord key create|nodes list|approve|revoke|networks list`; returns the exit code."""
+    """`meshvpn coord key create|nodes list|approve|revoke|tag|untag|networks list`; returns the exit code."""
     req = _request_from(args)
     socket_path, database = _locations(args)
     try:
@@ -207,6 +216,8 @@ def _request_from(args) -> dict:
                 "address": None if args.address is None else str(args.address)}
     if verb in ("nodes approve", "nodes revoke"):
         return {"cmd": f"node_{args.action}", "node": args.node}
+    if verb in ("nodes tag", "nodes untag"):
+        return {"cmd": f"node_{args.action}", "node": args.node, "tag": args.tag}
     return {"cmd": f"{args.admin}_list"}
 
 
@@ -262,7 +273,8 @@ def _paths_text(paths: dict) -> str:
 
 def _format_node(response: dict) -> str:
     node = response["node"]
-    return f"{node['name']} ({node['network']}, {node['address']}): {node['state']}"
+    tags = f", tags {' '.join(node['tags'])}" if node.get("tags") else ""
+    return f"{node['name']} ({node['network']}, {node['address']}): {node['state']}{tags}"
 
 
 def _format_networks(response: dict) -> str:
@@ -289,5 +301,7 @@ _FORMATTERS = {
     "nodes_list": _format_nodes,
     "node_approve": _format_node,
     "node_revoke": _format_node,
+    "node_tag": _format_node,
+    "node_untag": _format_node,
     "networks_list": _format_networks,
 }

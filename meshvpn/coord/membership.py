@@ -33,7 +33,7 @@ from typing import Any, Hashable, Mapping, Union
 from meshvpn.control import messages as m
 from meshvpn.coord.addressing import AddressPoolExhausted
 from meshvpn.coord.authkeys import AuthKey, AuthKeyRejected, create_auth_key, verify_token
-from meshvpn.config import AccessPolicy
+from meshvpn.config import AccessPolicy, check_tag
 from meshvpn.coord.peermap import PART_BYTES, peer_map_parts, peer_update
 from meshvpn.coord.policy import Member, access_for
 from meshvpn.coord.roster import Roster
@@ -349,6 +349,20 @@ class Membership:
                 self._go_online(conn, node)
         return node
 
+    def tag(self, ref: str, tag: str, remove: bool = False) -> NodeRecord:
+        """Give a node a tag, or take it away; access rules see it when their nodes next register."""
+        node = self.find_node(ref)
+        try:
+            check_tag(tag)
+        except ValueError as exc:
+            raise AdminError(str(exc)) from None
+        tags = tuple(t for t in node.tags if t != tag) + (() if remove else (tag,))
+        if tags != node.tags:
+            node = replace(node, tags=tags)
+            self._roster.put(node)
+            self._log("info", "node untagged" if remove else "node tagged", node, tag=tag)
+        return node
+
     def revoke(self, ref: str) -> NodeRecord:
         """Shut a node out for good: close it, tell its peers to forget it, refuse it from now on."""
         node = self.find_node(ref)
@@ -462,8 +476,8 @@ class Membership:
                 relay_tokens=self._relay_tokens(conn, conn.last_heard),
                 turn=self._turn_credentials(conn, conn.last_heard),
                 path_reports=True,
-                access=access_for(self.settings.access.get(node.network), Member(node.name),
-                                  (Member(n.name) for n in self._roster.nodes(node.network))),
+                access=access_for(self.settings.access.get(node.network), Member(node.name, frozenset(node.tags)),
+                                  (Member(n.name, frozenset(n.tags)) for n in self._roster.nodes(node.network))),
             ),
         )
         peers = [self._roster.entry(n, self._peer_info) for n in self._roster.nodes(node.network)

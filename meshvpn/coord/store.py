@@ -19,7 +19,7 @@ from meshvpn.coord.authkeys import AuthKey
 from meshvpn.control.messages import Endpoint
 from meshvpn.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class NodeRecord:
     local_endpoints: tuple[Endpoint, ...] = ()
     auth_key_id: str | None = None
     """The pre-auth key the node joined with (audit trail)."""
+    tags: tuple[str, ...] = ()
+    """Set by `meshvpn coord nodes tag`; access-rule groups name nodes by tag."""
 
 
 class Store(Protocol):
@@ -160,6 +162,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             UNIQUE (network, name),
             UNIQUE (network, address))""",
     ),
+    ("ALTER TABLE nodes ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'",),
 )
 
 _Convert = tuple[Callable[[Any], Any], Callable[[Any], Any]]
@@ -178,6 +181,7 @@ _CONVERSIONS: dict[str, _Convert] = {
         lambda eps: json.dumps([str(ep) for ep in eps]),
         lambda text: tuple(Endpoint.parse(ep) for ep in json.loads(text)),
     ),
+    "tags": (lambda tags: json.dumps(list(tags)), lambda text: tuple(json.loads(text))),
 }
 
 

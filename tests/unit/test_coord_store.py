@@ -28,6 +28,7 @@ NODE = NodeRecord(
     public_endpoint=Endpoint("203.0.113.7", 62000),
     local_endpoints=(Endpoint("192.168.1.20", 41641), Endpoint("fd00::2", 41641)),
     auth_key_id=KEY.id,
+    tags=("guest", "lan-2"),
 )
 OTHER = NodeRecord(bytes(32), "work", "pc", "10.78.0.2", "pc", NOW + 1, ephemeral=True)
 
@@ -100,7 +101,7 @@ def test_sqlite_is_wal_and_stores_only_the_key_hash(tmp_path):
     store.close()
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
     columns = [row[1] for row in db.execute("PRAGMA table_info(auth_keys)")]
     assert "secret_hash" in columns and "secret" not in columns
     db.close()
