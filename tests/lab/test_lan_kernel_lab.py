@@ -8,7 +8,8 @@ veth pair that carries the default route, as a machine's LAN would. A script ins
 * joins, is queried about and leaves a group, and feeds what the kernel writes to the TUN to
   `meshvpn.lan.igmp` and `LocalGroups`;
 * sends limited broadcasts and multicasts in each style an application may use and records
-  which of them the kernel writes to the TUN (so which can reach the mesh: docs/lan-party.md).
+  which of them the kernel writes to the TUN (so which can reach the mesh: docs/lan-party.md),
+  then again with the host routes docs/lan-party.md offers for the styles that do not.
 """
 
 from __future__ import annotations
@@ -105,6 +106,13 @@ out["to_tun"] = {
     "multicast, bound to the overlay address": style("224.0.2.60", bind="100.64.0.1"),
     "multicast, IP_MULTICAST_IF overlay address": style("224.0.2.60", multicast_if="100.64.0.1"),
 }
+for argv in (["ip", "route", "add", "255.255.255.255/32", "dev", "meshvpn0"],
+             ["ip", "route", "add", "224.0.0.0/4", "dev", "meshvpn0"]):
+    os.spawnvp(os.P_WAIT, argv[0], argv)
+out["to_tun_with_routes"] = {
+    "limited, unbound": style("255.255.255.255"),
+    "multicast, unbound": style("224.0.2.60"),
+}
 print(json.dumps(out))
 """
 
@@ -135,3 +143,4 @@ def test_kernel_delivers_broadcasts_reports_groups_and_routes_each_sending_style
         "multicast, bound to the overlay address": 1,
         "multicast, IP_MULTICAST_IF overlay address": 1,
     }
+    assert out["to_tun_with_routes"] == {"limited, unbound": 1, "multicast, unbound": 1}
