@@ -6,7 +6,9 @@ addresses from the peer map and is called again whenever the map changes. Withou
 packet passes and nothing is tracked.
 
 With rules, a packet is let in when it answers a flow this node started (`outbound` records
-each flow's reply key: TCP and UDP by address and ports, ICMP echo by address), or else by the
+each flow's reply key: TCP and UDP by address and ports, ICMP echo by address; a UDP broadcast
+or multicast, such as a server browser's query, lets in unicast answers from any peer to its
+port for `BROADCAST_REPLY_TIMEOUT`, as Linux's broadcast conntrack helper does), or else by the
 first rule whose sources and services match it, or else by the default. Later fragments carry
 no ports: they follow the first fragment of their datagram (one that comes before it is
 dropped). Drops are counted by rule
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from meshvpn.control import messages as m
-from meshvpn.lan.packets import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Header
+from meshvpn.lan.packets import LIMITED_BROADCAST, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Header, is_multicast
 from meshvpn.portspec import Service
 
 FLOW_TIMEOUT = {PROTO_TCP: 720.0, PROTO_UDP: 180.0, PROTO_ICMP: 30.0}
@@ -29,6 +31,9 @@ FRAGMENT_TIMEOUT = 30.0
 """Seconds later fragments of an admitted datagram are let in (Linux's ipfrag_time)."""
 MAX_FLOWS = 65536
 """Flows tracked at most; the least recently used goes first."""
+BROADCAST_REPLY_TIMEOUT = 3.0
+"""Seconds answers to a UDP broadcast or multicast are let in (nf_conntrack_broadcast's default)."""
+ANY_PEER = -1
 PRUNE_INTERVAL = 30.0
 ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
 DEFAULT = "default"
@@ -67,11 +72,14 @@ class AccessFilter:
         self._flows: dict[tuple, float] = {}
         self._fragments: dict[tuple[int, int, int], float] = {}
         self._next_prune: float | None = None
+        self._broadcast = LIMITED_BROADCAST
         self.dropped: Counter[str] = Counter()
 
-    def configure(self, info: m.AccessInfo | None, addresses: Mapping[str, int]) -> None:
-        """Take the coord's rules (None: no filtering) with the peer map's name → address."""
-        self.active = info is not None
+    def configure(self, info: m.AccessInfo | None, addresses: Mapping[str, int],
+                  broadcast: int = LIMITED_BROADCAST) -> None:
+        """Take the coord's rules (None: no filtering) with the peer map's name → address and
+        the network's broadcast address."""
+        self.active, self._broadcast = info is not None, broadcast
         if info is None:
             self._rules, self._default_allow = (), True
             self._flows.clear()
@@ -93,12 +101,15 @@ class AccessFilter:
             if header.sport != ICMP_ECHO_REQUEST:
                 return
             key = (header.dst, PROTO_ICMP, None, None)
+        elif header.proto == PROTO_UDP and self._is_group(header.dst):
+            key = (ANY_PEER, PROTO_UDP, None, header.sport)
         elif header.proto in (PROTO_TCP, PROTO_UDP):
             key = (header.dst, header.proto, header.dport, header.sport)
         else:
             key = (header.dst, header.proto, None, None)
+        timeout = BROADCAST_REPLY_TIMEOUT if key[0] == ANY_PEER else FLOW_TIMEOUT.get(header.proto, FLOW_TIMEOUT[PROTO_UDP])
         self._flows.pop(key, None)
-        self._flows[key] = now + FLOW_TIMEOUT.get(header.proto, FLOW_TIMEOUT[PROTO_UDP])
+        self._flows[key] = now + timeout
         if len(self._flows) > MAX_FLOWS:
             del self._flows[next(iter(self._flows))]
         self._arm(now)
@@ -121,9 +132,14 @@ class AccessFilter:
             self._arm(now)
         return verdict
 
+    def _is_group(self, dst: int) -> bool:
+        return dst in (LIMITED_BROADCAST, self._broadcast) or is_multicast(dst)
+
     def _answers_flow(self, header: Header, now: float) -> bool:
         if header.proto == PROTO_ICMP and header.sport != ICMP_ECHO_REPLY:
             return False
+        if header.proto == PROTO_UDP and self._flows.get((ANY_PEER, PROTO_UDP, None, header.dport), 0.0) > now:
+            return True
         return self._flows.get(_reply_key(header), 0.0) > now
 
     def _by_rules(self, header: Header) -> bool:

@@ -239,3 +239,15 @@ def test_names_resolve_again_when_the_peer_map_changes() -> None:
     assert verdict(access, udp("100.64.0.3", "100.64.0.2", 1, 27015))
     access.configure(info, ADDRESSES)
     assert not verdict(access, udp("100.64.0.3", "100.64.0.2", 1, 27015))
+
+
+def test_answers_to_a_broadcast_query_come_in_from_any_peer_for_a_few_seconds() -> None:
+    access = AccessFilter()
+    access.configure(m.AccessInfo("deny", ()), ADDRESSES, broadcast=ip("100.64.0.255"))
+    for dst in ("100.64.0.255", "255.255.255.255", "224.0.2.60"):
+        access.outbound(packets.parse(udp("100.64.0.2", dst, 50000, 27015)), now=10.0)
+    assert verdict(access, udp("100.64.0.3", "100.64.0.2", 27015, 50000), now=11.0)
+    assert verdict(access, udp("100.64.0.1", "100.64.0.2", 27016, 50000), now=12.9)
+    assert not verdict(access, udp("100.64.0.1", "100.64.0.2", 27015, 50001), now=11.0)
+    assert not verdict(access, tcp("100.64.0.1", "100.64.0.2", 27015, 50000), now=11.0)
+    assert not verdict(access, udp("100.64.0.3", "100.64.0.2", 27015, 50000), now=13.0)
