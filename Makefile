@@ -5,7 +5,8 @@
 
 PYTHON ?= python3
 VENV := .venv
-APT_PACKAGES := iproute2 nftables iperf3 iputils-ping coturn stun-client tcpdump libsystemd-dev pkg-config gcc python3-dev libsodium-dev chromium
+RESOLVED_ROOT := .lab/systemd-resolved
+APT_PACKAGES := iproute2 nftables iperf3 iputils-ping coturn stun-client tcpdump libsystemd-dev pkg-config gcc python3-dev libsodium-dev chromium dbus-daemon mount
 # Installed by `make bench` only, so `make test` stays quick; without recommends (wireguard-tools
 # would pull in a kernel image). Pass options with BENCH_ARGS="--seconds 3 --runs 1", and to the
 # traversal matrix with MATRIX_ARGS="--pairs random-ports:port-preserving --runs 20".
@@ -19,7 +20,16 @@ UNITDIR ?= /etc/systemd/system
 
 .PHONY: setup system-packages test demo bench-packages bench matrix install install-systemd
 
-setup: system-packages $(VENV)/.installed
+setup: system-packages $(VENV)/.installed $(RESOLVED_ROOT)/.extracted
+
+# systemd-resolved for the lab test of the names' registration, unpacked into the work tree and
+# run only inside a test namespace with its own D-Bus: installing the package would take over
+# this machine's /etc/resolv.conf.
+$(RESOLVED_ROOT)/.extracted:
+	rm -rf $(RESOLVED_ROOT) && mkdir -p $(RESOLVED_ROOT)
+	cd $(RESOLVED_ROOT) && (apt-get download systemd-resolved || (apt-get update && apt-get download systemd-resolved))
+	dpkg -x $(RESOLVED_ROOT)/systemd-resolved_*.deb $(RESOLVED_ROOT)/root
+	touch $@
 
 system-packages:
 	@missing=""; \

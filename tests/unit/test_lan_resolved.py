@@ -1,9 +1,9 @@
-"""Registering the mesh's names with systemd-resolved through resolvectl.
+"""Registering the mesh's names with systemd-resolved through resolvectl: the calls made, a
+failure reverted, and nothing done where resolved does not run.
 
-A real registration needs resolved running and a link it can see, which is a link of the root
-network namespace: the suite never creates one (it changes only namespaces it made), so the
-calls are checked against a stand-in `resolvectl` on PATH that records its arguments. Where
-resolved does not run, `register` must change nothing and say why.
+`tests/lab/test_lan_resolved_lab.py` runs the whole registration against a real resolved in a
+namespace; here a stand-in `resolvectl` on PATH records the calls and fails on demand, which a
+real resolved cannot be made to do at a chosen step.
 """
 
 from __future__ import annotations
