@@ -191,9 +191,9 @@ def access_live(networks: list[dict], nodes: list[dict], keys: list[dict]) -> st
         for n in networks
     )
     return ('<h2>Access rules</h2><table id="rules"><tr><th>Network</th><th>Who reaches whom</th><th>Who may join</th>'
-            f"</tr>{rules}</table><p class=\"muted\">Nodes never see the nodes of another network. meshvpn has "
-            "no per-node tags or finer rules yet: a network is one flat segment, and revoking a node shuts it out "
-            "of its network for good.</p>")
+            f"</tr>{rules}</table><p class=\"muted\">Nodes never see the nodes of another network. The access "
+            "rules of coord.yaml (networks[].access) are not enforced by nodes yet nor shown here: a network is one "
+            "flat segment, and revoking a node shuts it out of its network for good.</p>")
 
 
 def _members(network: dict, nodes: list[dict]) -> str:
