@@ -5,7 +5,7 @@
    rewrites of the split, the seal/open wrappers, the loops).  These functions do a whole
    super-packet or a whole GRO run per call, with the exact rules of the pure-Python code
    (meshvpn/node/offload.py split_in_place, meshvpn/session.py Session.seal_into/open_into,
-   meshvpn/replay.py, the source check of meshvpn/node/dataplane.py), so both produce the same
+   meshvpn/replay.py, the source and destination checks of meshvpn/fastpath.py open_run), so both produce the same
    bytes.  meshvpn/fastpath.py is the Python face; it falls back to the pure-Python code when
    this module is not built.  Lengths from the wire are never trusted: every offset is checked
    against its buffer before use. */
@@ -229,24 +229,32 @@ static Py_ssize_t open_message(uint8_t *b, Py_ssize_t msg, Py_ssize_t end, uint3
 }
 
 PyDoc_STRVAR(open_run_doc,
-"open_run(key, local_index, window, relay_key, overlay, buf, view, at, stop, seg_size, to_tun)\n"
-"-> (next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key)\n\n"
+"open_run(key, local_index, window, relay_key, overlay, accept, buf, view, at, stop, seg_size, to_tun)\n"
+"-> (next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected)\n\n"
 "Open the datagrams of buf[at:stop] (seg_size each, the last may be shorter) in place while each\n"
 "is a transport message to local_index (inside a relay envelope from relay_key when that is not\n"
 "None); next_at is where the first one that is not starts.  Plaintexts whose source is the\n"
-"overlay address are appended to to_tun as slices of view; the rest are counted by reason.");
+"overlay address and whose destination is one of accept (addresses of the overlay's length back\n"
+"to back) are appended to to_tun as slices of view; the rest are counted by reason.");
+
+/* Whether the address at p is one of accept's (n addresses of size bytes); ours, the first, is the usual hit. */
+static int accepted_destination(const uint8_t *p, const uint8_t *accept, Py_ssize_t n, Py_ssize_t size) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (memcmp(p, accept + i * size, (size_t)size) == 0) return 1;
+    return 0;
+}
 
 static PyObject *open_run(PyObject *self, PyObject *args) {
-    Py_buffer key, overlay, buf;
+    Py_buffer key, overlay, accept, buf;
     unsigned int local_index;
     PyObject *window, *relay_key, *view, *to_tun;
     Py_ssize_t at, stop, seg_size;
-    if (!PyArg_ParseTuple(args, "y*IOOy*w*OnnnO!", &key, &local_index, &window, &relay_key, &overlay, &buf,
-                          &view, &at, &stop, &seg_size, &PyList_Type, &to_tun))
+    if (!PyArg_ParseTuple(args, "y*IOOy*y*w*OnnnO!", &key, &local_index, &window, &relay_key, &overlay, &accept,
+                          &buf, &view, &at, &stop, &seg_size, &PyList_Type, &to_tun))
         return NULL;
     PyObject *result = NULL, *greatest = NULL;
     Window w = {NULL, 0};
-    Py_ssize_t authentic = 0, opened = 0, opened_bytes = 0, failed = 0, spoofed = 0, wrong_key = 0;
+    Py_ssize_t authentic = 0, opened = 0, opened_bytes = 0, failed = 0, spoofed = 0, wrong_key = 0, misdirected = 0;
     const uint8_t *relay = NULL;
     if (key.len != crypto_aead_chacha20poly1305_ietf_KEYBYTES) { PyErr_SetString(PyExc_ValueError, "key must be 32 bytes"); goto done; }
     if (at < 0 || stop > buf.len || seg_size <= 0) { PyErr_SetString(local_error, "open_run: range outside its buffer"); goto done; }
@@ -269,7 +277,8 @@ static PyObject *open_run(PyObject *self, PyObject *args) {
     uint64_t initial = w.greatest1;
     int is_v4 = overlay.len == 4;
     int ip_version = is_v4 ? 4 : 6;
-    Py_ssize_t source_at = is_v4 ? 12 : 8, min_length = is_v4 ? 20 : 40;
+    Py_ssize_t source_at = is_v4 ? 12 : 8, dest_at = is_v4 ? 16 : 24, min_length = is_v4 ? 20 : 40;
+    Py_ssize_t accepted = overlay.len && accept.len % overlay.len == 0 ? accept.len / overlay.len : 0;
     uint8_t *b = buf.buf;
     for (; at < stop; at += seg_size) {
         Py_ssize_t end = at + seg_size < stop ? at + seg_size : stop;
@@ -293,6 +302,10 @@ static PyObject *open_run(PyObject *self, PyObject *args) {
             spoofed++;
             continue;
         }
+        if (!accepted_destination(b + body + dest_at, accept.buf, accepted, overlay.len)) {
+            misdirected++;
+            continue;
+        }
         PyObject *slice = PySequence_GetSlice(view, body, body + length);
         if (slice == NULL) goto store;
         int appended = PyList_Append(to_tun, slice);
@@ -302,7 +315,7 @@ static PyObject *open_run(PyObject *self, PyObject *args) {
         opened_bytes += length;
     }
     if (at > stop) at = stop;
-    result = Py_BuildValue("nnnnnnn", at, authentic, opened, opened_bytes, failed, spoofed, wrong_key);
+    result = Py_BuildValue("nnnnnnnn", at, authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected);
 store:
     if (w.greatest1 != initial) {
         PyObject *value = w.greatest1 ? PyLong_FromUnsignedLongLong(w.greatest1 - 1) : PyLong_FromLong(-1);
@@ -311,7 +324,7 @@ store:
     }
 done:
     Py_XDECREF(w.blocks); Py_XDECREF(greatest);
-    PyBuffer_Release(&key); PyBuffer_Release(&overlay); PyBuffer_Release(&buf);
+    PyBuffer_Release(&key); PyBuffer_Release(&overlay); PyBuffer_Release(&accept); PyBuffer_Release(&buf);
     return result;
 }
 

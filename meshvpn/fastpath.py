@@ -7,7 +7,7 @@ is set by the interpreter.  Two loops carry almost every packet, and each is one
 * :func:`seal_split` cuts a TUN super-packet (TSO/USO) into MSS-sized IP packets and seals each
   straight into a GSO send buffer, back to back, with its relay prefix: one call per TUN read.
 * :func:`open_run` opens, in place, the datagrams of a GRO receive that belong to one session,
-  applies the replay window and the inner source check, and appends views of the plaintexts for
+  applies the replay window and the inner source and destination checks, and appends views of the plaintexts for
   the TUN write: one call per run.
 * :func:`coalesce_iov` merges the opened TCP segments into TUN super-packets: one call per write.
 
@@ -66,8 +66,8 @@ _HEADER_LEN = wire.TRANSPORT_HEADER_LEN
 _RELAY_INNER = wire.RELAY_PREFIX_LEN
 _unpack_index = struct.Struct("<I").unpack_from
 
-OpenRun = tuple[int, int, int, int, int, int, int]
-"""(next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key) of :func:`open_run`."""
+OpenRun = tuple[int, int, int, int, int, int, int, int]
+"""(next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected) of :func:`open_run`."""
 
 
 def room_for(size: int, prefix_len: int) -> int:
@@ -110,7 +110,7 @@ def seal_split(session: Session, prefix: bytes, src, start: int, end: int, hdr: 
     return count, at, first_size
 
 
-def open_run(opener: Union[Session, KeyRing], index: int, relay_key: bytes | None, overlay: bytes,
+def open_run(opener: Union[Session, KeyRing], index: int, relay_key: bytes | None, overlay: bytes, accept: bytes,
              buf: bytearray, view: memoryview, at: int, stop: int, seg_size: int,
              to_tun: list[memoryview]) -> OpenRun:
     """Open, in place, the datagrams of ``buf[at:stop]`` (``seg_size`` each) while they go to ``index``.
@@ -118,18 +118,21 @@ def open_run(opener: Union[Session, KeyRing], index: int, relay_key: bytes | Non
     A datagram belongs to the run if it is a DATA/KEEPALIVE message to ``index``, bare or, when
     ``relay_key`` is given, in a relay envelope (then the envelope's key must be ``relay_key``,
     else it counts as ``wrong_key``).  ``opener`` is the session of that index or the peer's key
-    ring.  Plaintexts (``view`` slices) whose source is ``overlay`` are appended to ``to_tun``;
-    the others count as ``spoofed``, forged/replayed ones as ``failed``.  ``authentic`` counts
-    every message that opened (keepalives and spoofed ones too).  Nothing is raised for
-    anything a datagram holds.
+    ring.  Plaintexts (``view`` slices) whose source is ``overlay`` and whose destination is one
+    of ``accept`` (addresses of ``overlay``'s length back to back: ours, broadcast, joined groups)
+    are appended to ``to_tun``; the others count as ``spoofed`` or ``misdirected``, forged/replayed
+    ones as ``failed``.  ``authentic`` counts every message that opened (keepalives and dropped
+    plaintexts too).  Nothing is raised for anything a datagram holds.
     """
     if _native is not None and type(opener) is Session and opener.local_index == index:
-        return _native.open_run(opener.recv_key, index, opener.window, relay_key, overlay,
+        return _native.open_run(opener.recv_key, index, opener.window, relay_key, overlay, accept,
                                 buf, view, at, stop, seg_size, to_tun)
-    authentic = opened = opened_bytes = failed = spoofed = wrong_key = 0
+    authentic = opened = opened_bytes = failed = spoofed = wrong_key = misdirected = 0
     skip = 0 if relay_key is None else _RELAY_INNER
     outer_kind = _RELAY if relay_key is not None else -1
-    ip_version, source_at, min_length = (4, 12, 20) if len(overlay) == 4 else (6, 8, 40)
+    ip_version, source_at, dest_at, min_length = (4, 12, 16, 20) if len(overlay) == 4 else (6, 8, 24, 40)
+    size = len(overlay)
+    own = accept[:size] if accept and len(accept) % size == 0 else None
     open_into = opener.open_into
     while at < stop:
         end = min(at + seg_size, stop)
@@ -152,10 +155,19 @@ def open_run(opener: Union[Session, KeyRing], index: int, relay_key: bytes | Non
         if buf[body] >> 4 != ip_version or length < min_length or not buf.startswith(overlay, body + source_at):
             spoofed += 1
             continue
+        dest = body + dest_at
+        if own is None or not (buf.startswith(own, dest) or _other_destination(buf, dest, accept, size)):
+            misdirected += 1
+            continue
         opened += 1
         opened_bytes += length
         to_tun.append(view[body : body + length])
-    return min(at, stop), authentic, opened, opened_bytes, failed, spoofed, wrong_key
+    return min(at, stop), authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected
+
+
+def _other_destination(buf: bytearray, at: int, accept: bytes, size: int) -> bool:
+    """Whether ``buf[at:at+size]`` is one of ``accept``'s addresses after the first (the rare case)."""
+    return any(buf.startswith(accept[first : first + size], at) for first in range(size, len(accept), size))
 
 
 def coalesce_iov(packets: list[memoryview]) -> list[list]:

@@ -45,6 +45,7 @@ from meshvpn.coord.peermap import PeerMapAssembler
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.keys import encode_key
 from meshvpn.node.candidates import Candidate, CandidateKind
+from meshvpn.node.destinations import LocalDestinations
 from meshvpn.node.handshakes import HandshakeManager
 from meshvpn.node.pathfinder import RELAY_PATH, Path, PathChanged, PathFinder, PathFinderConfig, PathKind
 from meshvpn.node.peers import Peer, PeerTable, Route
@@ -155,6 +156,8 @@ class NodeCore:
         self.handshakes = HandshakeManager(self.identity, random_bytes, self.config.wall_offset)
         self.probes = ProbeCodec(private_key, self.public_key)
         self.registration: Optional[Registered] = None
+        self.destinations = LocalDestinations()
+        """Inner destinations the data path accepts from peers (ours, broadcast, joined groups)."""
         self.relays: tuple[m.RelayInfo, ...] = ()
         self.relay_endpoint: Optional[Endpoint] = None
         self.turn_routes: dict[bytes, Endpoint] = {}
@@ -206,6 +209,7 @@ class NodeCore:
     def coord_message(self, msg: m.Message, now: float) -> None:
         if isinstance(msg, m.Registered):
             self.registration = Registered(msg.name, msg.address, msg.network.cidr)
+            self.destinations.set_overlay(msg.address, msg.network.cidr)
             self.relays = msg.relays
             self._events.append(self.registration)
             self._report_paths = bool(msg.path_reports)

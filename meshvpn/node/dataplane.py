@@ -7,7 +7,8 @@ messages of one UDP destination back to back so the shell sends each run with on
 ``sendmsg``.  Inbound: each datagram of a GRO receive, in the receive buffer itself:
 DATA/KEEPALIVE (bare or in a relay envelope) → peer by receiver index (one dict lookup) →
 ``open_into`` in place → the inner source address must be the peer's own overlay address
-(else dropped as "spoofed") → a view of the plaintext for the TUN's coalescing write.
+(else dropped as "spoofed") and the destination one of ours (``meshvpn.node.destinations``,
+else dropped as "not for us") → a view of the plaintext for the TUN's coalescing write.
 Everything else is copied out and goes to the shell's hook, then to the core.
 
 Rules: no logging, no exceptions out of the loop, no asyncio objects, no per-packet copies
@@ -71,9 +72,10 @@ def _count_received(peer: Peer, packets: int, nbytes: int) -> None:
     counters.rx_bytes += nbytes
 
 
-def _count_dropped(peer: Peer, failed: int, spoofed: int, wrong_key: int) -> None:
+def _count_dropped(peer: Peer, failed: int, spoofed: int, wrong_key: int, misdirected: int) -> None:
     drops = peer.counters.drops
-    for reason, count in (("failed to open", failed), ("spoofed", spoofed), ("relayed under another key", wrong_key)):
+    for reason, count in (("failed to open", failed), ("spoofed", spoofed), ("relayed under another key", wrong_key),
+                          ("not for us", misdirected)):
         if count:
             drops[reason] += count
 
@@ -275,6 +277,7 @@ class DataPlane:
             return
         view = memoryview(buf)
         by_index = self.core.peers.by_index
+        accepted = self.core.destinations.accepted
         at, stop = first, first + nbytes
         while at < stop:
             end = min(at + seg_size, stop)
@@ -297,13 +300,14 @@ class DataPlane:
             relay_key = peer.key if msg != at else None
             session = peer.ring.current
             opener = session if session is not None and session.local_index == index else peer.ring
-            next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key = fastpath.open_run(
-                opener, index, relay_key, peer.overlay, buf, view, at, stop, seg_size, to_tun)
+            overlay = peer.overlay
+            next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected = fastpath.open_run(
+                opener, index, relay_key, overlay, accepted(len(overlay)), buf, view, at, stop, seg_size, to_tun)
             at = next_at if next_at > at else at + seg_size
             if opened:
                 _count_received(peer, opened, opened_bytes)
-            if failed or spoofed or wrong_key:
-                _count_dropped(peer, failed, spoofed, wrong_key)
+            if failed or spoofed or wrong_key or misdirected:
+                _count_dropped(peer, failed, spoofed, wrong_key, misdirected)
             if authentic:
                 if relay_key is None:
                     peer.last_rx = now

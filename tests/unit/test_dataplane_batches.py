@@ -19,6 +19,7 @@ A_ADDR, B_ADDR = "100.64.0.1", "100.64.0.2"
 A_KEY, B_KEY = bytes([1]) * 32, bytes([2]) * 32
 EP_A, EP_B = wire.Endpoint("192.0.2.1", 41641), wire.Endpoint("192.0.2.2", 41641)
 RELAY = wire.Endpoint("198.51.100.7", 7500)
+NETWORK = m.NetworkInfo(name="batches", cidr="100.64.0.0/24")
 
 
 def raw(address: str) -> bytes:
@@ -31,8 +32,10 @@ def ip_packet(src: str, dst: str, size: int = 100, fill: int = 0) -> bytes:
 
 def plane(own_key: bytes, peer_key: bytes, peer_addr: str, send: bytes, recv: bytes, local: int, remote: int,
           route: Route) -> DataPlane:
-    """A data path whose one peer already has a session and a route."""
+    """A data path, registered at the other address of A_ADDR/B_ADDR, whose one peer has a session and a route."""
     core = NodeCore(own_key, lambda n: bytes(n))
+    own = A_ADDR if peer_addr == B_ADDR else B_ADDR
+    core.coord_message(m.Registered(node_key=core.public_key, name="me", address=own, network=NETWORK), 0.0)
     core.coord_message(m.PeerMap(peers=(m.PeerInfo(key=peer_key, name="peer", address=peer_addr, online=True),)), 0.0)
     peer = core.peers.find("peer")
     peer.ring.current = Session(SessionKeys(send, recv, local, remote, peer_key, True), 0.0)
@@ -81,6 +84,20 @@ def test_one_read_of_equal_segments_is_one_run_the_peer_opens_in_place():
     assert (peer_a.counters.tx_packets, peer_a.counters.tx_bytes, peer_a.last_tx) == (11, 14300, 1.0)
     assert (peer_b.counters.rx_packets, peer_b.counters.rx_bytes) == (11, 14300)
     assert peer_b.last_rx == 2.0 and peer_b.last_rx_src == EP_A
+
+
+def test_a_peer_cannot_send_past_us_into_our_lan_or_to_another_peer():
+    """Issue 13, finding 7: after decryption only our own address and the broadcast are taken."""
+    a, b = planes()
+    packets = [ip_packet(A_ADDR, B_ADDR, 200, 1), ip_packet(A_ADDR, "192.168.1.1", 200, 2),
+               ip_packet(A_ADDR, "100.64.0.3", 200, 3), ip_packet(A_ADDR, "172.17.0.1", 200, 4),
+               ip_packet(A_ADDR, "100.64.0.255", 200, 5)]
+    session = a.core.peers.find("peer").ring.current
+    delivered = b.inbound([(session.seal(packet), EP_A) for packet in packets], 2.0)
+    assert delivered == [packets[0], packets[4]]
+    peer = b.core.peers.find("peer")
+    assert peer.counters.drops["not for us"] == 3 and peer.counters.rx_packets == 2
+    assert peer.last_rx == 2.0, "a misdirected packet is still authentic evidence of the path"
 
 
 def test_runs_break_on_a_larger_message_and_on_the_limits():

@@ -25,6 +25,9 @@ from meshvpn.session import OVERHEAD, KeyRing, Session
 NATIVE_MODULE = fastpath._built
 needs_native = pytest.mark.skipif(NATIVE_MODULE is None, reason="meshvpn._fastpath was not built")
 SRC4, DST4 = bytes([100, 64, 0, 1]), bytes([100, 64, 0, 2])
+BROADCAST4, LAN4 = bytes([100, 64, 0, 255]), bytes([192, 168, 1, 1])
+ACCEPT4 = DST4 + BROADCAST4
+"""What the receiver (DST4) accepts: its own address, then the overlay network's broadcast."""
 SRC6, DST6 = bytes.fromhex("fd00" + "00" * 13 + "01"), bytes.fromhex("fd00" + "00" * 13 + "02")
 KEY_A, KEY_B = bytes(range(32)), bytes(range(100, 132))
 RELAY_KEY = b"K" * 32
@@ -170,8 +173,11 @@ def test_seal_split_refuses_a_short_buffer_before_sealing(impl):
 # --- open_run ------------------------------------------------------------------------------
 
 
-def ipv4(src: bytes, size: int, fill: int) -> bytes:
-    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, size, 0, 0, 64, 17, 0, src, DST4) + bytes([fill & 0xFF]) * (size - 20)
+def ipv4(src: bytes, size: int, fill: int, dst: bytes = DST4) -> bytes:
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, size, 0, 0, 64, 17, 0, src, dst) + bytes([fill & 0xFF]) * (size - 20)
+
+
+DESTINATIONS = {"misdirected": LAN4, "broadcast": BROADCAST4}
 
 
 def datagram_run(choices, seg_size: int = 300) -> tuple[bytearray, int]:
@@ -180,7 +186,8 @@ def datagram_run(choices, seg_size: int = 300) -> tuple[bytearray, int]:
     sealed = []
     out = bytearray(4096)
     for what, n in choices:
-        packet = ipv4(SRC4 if what != "spoofed" else DST4, seg_size - OVERHEAD - (n % 40 if what == "short" else 0), n)
+        packet = ipv4(SRC4 if what != "spoofed" else DST4, seg_size - OVERHEAD - (n % 40 if what == "short" else 0), n,
+                      DESTINATIONS.get(what, DST4))
         if what == "keepalive":
             end = sender.seal_into(out, 0, b"", 0, 0, int(wire.MessageType.KEEPALIVE))
         else:
@@ -200,13 +207,14 @@ def datagram_run(choices, seg_size: int = 300) -> tuple[bytearray, int]:
     return data, seg_size
 
 
-def open_all(data: bytes, seg_size: int, relay_key, window_state, at: int = 0):
+def open_all(data: bytes, seg_size: int, relay_key, window_state, at: int = 0, accept: bytes = ACCEPT4):
     """Open a copy of ``data`` with a receiver whose window is ``window_state``: everything observable."""
     _, receiver = sessions()
     receiver.window.greatest, receiver.window._blocks = window_state[0], list(window_state[1])
     buf = bytearray(data)
     to_tun = []
-    result = fastpath.open_run(receiver, 2, relay_key, SRC4, buf, memoryview(buf), at, len(buf), seg_size, to_tun)
+    result = fastpath.open_run(receiver, 2, relay_key, SRC4, accept, buf, memoryview(buf), at, len(buf), seg_size,
+                               to_tun)
     spans = [(v.obj is buf, bytes(v)) for v in to_tun]
     return result, bytes(buf), spans, receiver.window.greatest, receiver.window._blocks
 
@@ -216,17 +224,17 @@ def fresh_window():
 
 
 kinds = st.sampled_from(["data", "data", "data", "short", "keepalive", "forged", "replay", "spoofed",
-                         "other index", "garbage"])
+                         "other index", "garbage", "misdirected", "broadcast"])
 
 
 def test_open_run_opens_counts_and_stops_at_another_index(impl):
     choices = [("data", 1), ("forged", 2), ("keepalive", 3), ("spoofed", 4), ("replay", 0), ("data", 5),
                ("other index", 6), ("data", 7)]
     data, seg = datagram_run(choices)
-    (next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key), _, spans, greatest, _ = open_all(
-        data, seg, None, fresh_window())
+    (next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected), _, spans, greatest, _ = \
+        open_all(data, seg, None, fresh_window())
     assert next_at == 6 * seg, "stops where the datagram to another index starts"
-    assert (authentic, opened, failed, spoofed, wrong_key) == (3, 2, 3, 1, 0), "a padded keepalive fails"
+    assert (authentic, opened, failed, spoofed, wrong_key, misdirected) == (3, 2, 3, 1, 0, 0), "a padded keepalive fails"
     assert opened_bytes == 2 * (seg - OVERHEAD) and greatest == 5
     assert [body for _, body in spans] == [ipv4(SRC4, seg - OVERHEAD, 1), ipv4(SRC4, seg - OVERHEAD, 5)]
     assert all(in_place for in_place, _ in spans)
@@ -235,7 +243,22 @@ def test_open_run_opens_counts_and_stops_at_another_index(impl):
 def test_open_run_takes_a_keepalive_that_ends_the_run(impl):
     data, seg = datagram_run([("data", 1), ("keepalive", 2)])
     result, *_ = open_all(data, seg, None, fresh_window())
-    assert result == (len(data), 2, 1, seg - OVERHEAD, 0, 0, 0)
+    assert result == (len(data), 2, 1, seg - OVERHEAD, 0, 0, 0, 0)
+
+
+def test_open_run_keeps_only_packets_for_our_address_or_broadcast(impl):
+    data, seg = datagram_run([("data", 1), ("misdirected", 2), ("broadcast", 3), ("spoofed", 4), ("data", 5)])
+    (next_at, authentic, opened, _, failed, spoofed, wrong_key, misdirected), _, spans, _, _ = open_all(
+        data, seg, None, fresh_window())
+    assert (authentic, opened, failed, spoofed, wrong_key, misdirected) == (5, 3, 0, 1, 0, 1)
+    assert [body[16:20] for _, body in spans] == [DST4, BROADCAST4, DST4]
+
+
+def test_open_run_accepts_nothing_before_the_node_has_an_address(impl):
+    data, seg = datagram_run([("data", 1), ("broadcast", 2)])
+    for accept in (b"", DST4[:3], DST4 + b"\x01"):
+        result, _, spans, _, _ = open_all(data, seg, None, fresh_window(), 0, accept)
+        assert result[2] == 0 and result[7] == 2 and spans == []
 
 
 def test_open_run_checks_the_relay_envelope_key(impl):
@@ -243,7 +266,7 @@ def test_open_run_checks_the_relay_envelope_key(impl):
     envelope = lambda key, message: b"\x01\x07\x00\x00" + key + message
     relayed = bytearray(envelope(RELAY_KEY, data[:seg]) + envelope(b"X" * 32, data[seg:]))
     result, *_ = open_all(relayed, seg + 36, RELAY_KEY, fresh_window())
-    assert result == (len(relayed), 1, 1, seg - OVERHEAD, 0, 0, 1)
+    assert result == (len(relayed), 1, 1, seg - OVERHEAD, 0, 0, 1, 0)
     bare, *_ = open_all(relayed, seg + 36, None, fresh_window())
     assert bare[0] == 0, "an envelope is not a bare message"
 
@@ -254,7 +277,7 @@ def test_open_run_with_a_key_ring_rotates_to_the_confirmed_session(impl):
     ring.install(receiver)
     data, seg = datagram_run([("data", 1), ("data", 2)])
     to_tun = []
-    result = fastpath.open_run(ring, 2, None, SRC4, data, memoryview(data), 0, len(data), seg, to_tun)
+    result = fastpath.open_run(ring, 2, None, SRC4, ACCEPT4, data, memoryview(data), 0, len(data), seg, to_tun)
     assert result[:3] == (len(data), 2, 2) and ring.current is receiver and len(to_tun) == 2
 
 

@@ -25,6 +25,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.pathfinder",
     "meshvpn.node.core",
     "meshvpn.node.dataplane",
+    "meshvpn.node.destinations",
     "meshvpn.node.handshakes",
     "meshvpn.node.peers",
     "meshvpn.node.probes",
