@@ -268,26 +268,37 @@ def readdress_relay(buf: bytes | bytearray | memoryview, node_key: bytes) -> byt
 # --- sealed envelopes: probes and relay hellos --------------------------------
 
 
+_U64 = struct.Struct("<Q")
+_PROBE_HEAD = TX_ID_LEN + _U64.size
+
+
 class PathProbe(NamedTuple):
-    """PROBE: the endpoint the probe was sent to; PROBE_REPLY: the endpoint it came from."""
+    """PROBE: the endpoint the probe was sent to; PROBE_REPLY: the endpoint it came from.
+
+    ``stamp`` is the sender's wall clock in microseconds, made strictly increasing per
+    receiver: the receiver takes each stamp once and only near its own clock, so a
+    captured probe or reply cannot be played again (``meshvpn.node.probes``).
+    """
 
     tx_id: bytes
     endpoint: Endpoint
+    stamp: int = 0
 
     def pack(self) -> bytes:
         if len(self.tx_id) != TX_ID_LEN:
             raise LocalProtocolError("probe tx_id must be 8 bytes")
-        return self.tx_id + encode_endpoint(self.endpoint)
+        if not 0 <= self.stamp < 1 << 64:
+            raise LocalProtocolError("probe stamp must fit in 64 bits")
+        return self.tx_id + _U64.pack(self.stamp) + encode_endpoint(self.endpoint)
 
     @classmethod
     def unpack(cls, plain: bytes) -> PathProbe:
-        endpoint, end = decode_endpoint(plain, TX_ID_LEN)
+        if len(plain) < _PROBE_HEAD:
+            raise WireError("probe truncated")
+        endpoint, end = decode_endpoint(plain, _PROBE_HEAD)
         if end != len(plain):
             raise WireError("trailing bytes after probe endpoint")
-        return cls(plain[:TX_ID_LEN], endpoint)
-
-
-_U64 = struct.Struct("<Q")
+        return cls(plain[:TX_ID_LEN], endpoint, _U64.unpack_from(plain, TX_ID_LEN)[0])
 
 
 class RelayHello(NamedTuple):

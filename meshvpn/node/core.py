@@ -36,7 +36,7 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 from meshvpn import wire
 from meshvpn.constants import KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT
@@ -50,7 +50,7 @@ from meshvpn.node.handshakes import HandshakeManager
 from meshvpn.node.pathfinder import RELAY_PATH, Path, PathChanged, PathFinder, PathFinderConfig, PathKind
 from meshvpn.node.peers import Peer, PeerTable, Route
 from meshvpn.node.prediction import NatProfile
-from meshvpn.node.probes import ProbeCodec
+from meshvpn.node.probes import ProbeBudget, ProbeCodec, ProbeRefused
 from meshvpn.node.tcppunch import TcpEndpoint
 from meshvpn.node.traversal import OnPunch, OpenMappings, SampleWanted, Traversal
 from meshvpn.noise import StaticIdentity
@@ -155,6 +155,7 @@ class NodeCore:
         self.peers = PeerTable()
         self.handshakes = HandshakeManager(self.identity, random_bytes, self.config.wall_offset)
         self.probes = ProbeCodec(private_key, self.public_key)
+        self.probe_budget = ProbeBudget()
         self.registration: Optional[Registered] = None
         self.destinations = LocalDestinations()
         """Inner destinations the data path accepts from peers (ours, broadcast, joined groups)."""
@@ -254,6 +255,7 @@ class NodeCore:
             return
         self.handshakes.cancel(key)
         self.probes.remove_peer(key)
+        self.probe_budget.forget(key)
         self.traversal.forget(key)
         self._pings = {tx: p for tx, p in self._pings.items() if p.peer is not peer}
         self._events.append(PeerDown(peer.name, reason))
@@ -289,8 +291,9 @@ class NodeCore:
             return
         public = [c.endpoint for c in extra if c.kind is CandidateKind.PUBLIC]
         if public and traversal.open_mappings(peer.key, now):
-            probes = tuple(self.probes.probe(peer.key, self.random_bytes(8), public[0], self.random_bytes(24))
+            probes = tuple(self._probe(peer, self.random_bytes(8), public[0], now)
                            for _ in range(traversal.birthday.sockets))
+            probes = tuple(probe for probe in probes if probe is not None)
             self._events.append(OpenMappings(peer.key, public[0], probes, traversal.birthday.seconds))
         start = now if msg.at is None else msg.at - self.config.wall_offset
         if start > now:
@@ -303,6 +306,11 @@ class NodeCore:
         self._drain_paths(peer, now)
 
     # ---- hard NATs ----------------------------------------------------------------
+
+    def set_own_endpoints(self, local: Iterable[Endpoint], public: Optional[Endpoint]) -> None:
+        """Our LAN endpoints and public mapping, as the shell learns them: probes to us were sent there."""
+        hosts = [e.host for e in local] + ([] if public is None else [public.host])
+        self.probes.set_own_hosts(hosts)
 
     def set_nat_profile(self, profile: NatProfile) -> None:
         """Our NAT's behaviour as the shell sampled it; every peer's probe strategy follows."""
@@ -408,7 +416,12 @@ class NodeCore:
 
     def _on_probe(self, data: bytes, src: Endpoint, now: float, relayed_from: Optional[bytes],
                   via: Optional[int] = None) -> None:
-        probe = self.probes.open(data)
+        direct = relayed_from is None and type(src) is not TcpEndpoint
+        try:
+            probe = self.probes.open(data, now + self.config.wall_offset, check_address=direct)
+        except ProbeRefused as refused:
+            self.peers.by_key[refused.sender].counters.drops[refused.reason] += 1
+            return
         peer = self.peers.by_key[probe.sender]
         if relayed_from is not None and relayed_from != probe.sender:
             self.drops["relayed probe from another key"] += 1
@@ -416,7 +429,8 @@ class NodeCore:
         if via is not None and relayed_from is None:
             self.socket_for[Endpoint(*src)] = via
         if probe.kind == MessageType.PROBE:
-            reply = self.probes.reply(peer.key, probe.tx_id, Endpoint(*src), self.random_bytes(24))
+            reply = self.probes.reply(peer.key, probe.tx_id, Endpoint(*src), self.random_bytes(24),
+                                      now + self.config.wall_offset)
             self._send_via(self._reply_route(peer, src, relayed_from), reply)
             if relayed_from is None:
                 peer.paths.probe_received(src, now)
@@ -564,7 +578,17 @@ class NodeCore:
                 self.flush(peer, now)
             else:
                 dst = Endpoint(*action.endpoint)
-                self._datagrams.append((dst, self.probes.probe(peer.key, action.tx_id, dst, self.random_bytes(24))))
+                probe = self._probe(peer, action.tx_id, dst, now)
+                if probe is not None:
+                    self._datagrams.append((dst, probe))
+
+    def _probe(self, peer: Peer, tx_id: bytes, dst: Endpoint, now: float) -> Optional[bytes]:
+        """A probe for ``peer`` to ``dst`` within the peer's probe budget; None (counted) past it."""
+        refused = self.probe_budget.allow(peer.key, dst, now)
+        if refused is not None:
+            peer.counters.drops[refused] += 1
+            return None
+        return self.probes.probe(peer.key, tx_id, dst, self.random_bytes(24), now + self.config.wall_offset)
 
     def _report_path(self, *peers: Peer) -> None:
         """Tell the coord how these peers are reached now, for its admins' view of the mesh."""
@@ -587,7 +611,8 @@ class NodeCore:
             return None
         tx_id = self.random_bytes(8)
         self._pings[tx_id] = _Ping(peer, now, route)
-        self._send_via(route, self.probes.probe(peer.key, tx_id, route.endpoint, self.random_bytes(24)))
+        self._send_via(route, self.probes.probe(peer.key, tx_id, route.endpoint, self.random_bytes(24),
+                                                now + self.config.wall_offset))
         return tx_id
 
     # ---- timers -------------------------------------------------------------------

@@ -159,6 +159,7 @@ class NodeDaemon:
             self.loop.add_reader(self.sock.fileno(), self._on_udp)
             await self.control.start()
             self.local = self._local_endpoints()
+            self.core.set_own_endpoints(self.local, None)
             self.names = watch_names(self.loop, self.sock.family, self.relays, self.turn)
             self._tasks.append(self.loop.create_task(self.names.run()))
             self.link.start()
@@ -492,6 +493,7 @@ class NodeDaemon:
             nat = await self._nat_profile()
             if public != self.public_endpoint or local != self.local or nat != self.nat:
                 self.public_endpoint, self.local, self.nat = public, local, nat
+                self.core.set_own_endpoints(local, public)
                 log.info("endpoints: public %s, local %s, nat %s", public or "-", ", ".join(map(str, local)) or "-",
                          "-" if nat is None else f"{'independent' if nat.endpoint_independent else 'dependent'} "
                                                  f"mapping, {nat.allocation} ports")

@@ -9,7 +9,11 @@ Rules (docs/paths.md has the state table):
 * `punch()` starts a campaign: probe every target at once, again every `punch_interval`
   for `punch_burst` rounds, then with exponential backoff (`backoff_initial` doubling to
   `backoff_max`). Rounds go on until a direct path is found.
-* A probe reply proves a direct path. The first one is taken at once; within
+* A probe reply proves a direct path only when it answers a probe sent at most `path_timeout`
+  ago and comes from the very endpoint that probe went to (the round trip, proven by the
+  sealed transaction id). A reply from elsewhere only adds an observed candidate, and the
+  current path's endpoint is never pushed out of the `max_observed` observed ones.
+  The first proof is taken at once; within
   `selection_window` after that a lower-RTT path of the same kind replaces it, and a LAN
   path always replaces a public one; any direct path replaces the relay.
 * No direct path `relay_after` seconds after the first punch or `want_path`, and the relay
@@ -158,7 +162,9 @@ class PathStats:
     probes_sent: int = 0
     replies: int = 0
     unmatched_replies: int = 0
-    """Replies whose transaction id was unknown or forgotten (late or forged)."""
+    """Replies whose transaction id was unknown, forgotten or older than `path_timeout` (late or forged)."""
+    misrouted_replies: int = 0
+    """Replies to a probe that came from another endpoint than the probe went to: no proof of that endpoint."""
     path_changes: int = 0
 
 
@@ -264,14 +270,17 @@ class PathFinder:
     def probe_reply_received(self, tx_id: bytes, src: Endpoint, now: float) -> None:
         """An authenticated reply to our probe `tx_id` arrived from `src`."""
         probe = self._pending.get(tx_id) if type(src) is not TcpEndpoint else None
-        if probe is None:
+        if probe is None or now - probe.sent_at > self.config.path_timeout:
             self.stats.unmatched_replies += 1
             return
         del self._pending[tx_id]
+        if src != probe.candidate.endpoint:
+            self.stats.misrouted_replies += 1
+            if self._observe(src) and not self._direct():
+                self._send_probe(self._observed[-1], now)
+            return
         self.stats.replies += 1
         rtt = now - probe.sent_at
-        if src != probe.candidate.endpoint:
-            self._observe(src)
         kind = PathKind.LAN if probe.candidate.kind is CandidateKind.LAN else PathKind.DIRECT
         path = Path(kind, probe.candidate.endpoint)
         if path == self.current_path:
@@ -373,11 +382,16 @@ class PathFinder:
         self._actions.append(SendProbe(candidate.endpoint, tx_id))
 
     def _observe(self, endpoint: Endpoint) -> bool:
-        """Remember `endpoint` as an observed candidate; False if it was already known."""
+        """Remember `endpoint` as an observed candidate; False if it was already known.
+
+        The oldest observed one makes room, but never the one the current path uses.
+        """
         if any(c.endpoint == endpoint for c in self.candidates):
             return False
         self._observed.append(Candidate(endpoint, CandidateKind.OBSERVED))
-        del self._observed[: -self.config.max_observed]
+        if len(self._observed) > self.config.max_observed:
+            keep = self._path_candidate if self._direct() else None
+            self._observed.remove(next(c for c in self._observed if c != keep))
         return True
 
     def _improvement(self, path: Path, rtt: float, now: float) -> ChangeReason | None:

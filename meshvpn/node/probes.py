@@ -1,19 +1,85 @@
 """Authenticated path probes: hole punching and path checks between two nodes.
 
-A probe says "this is node K, I sent this to endpoint E"; the reply says "I saw
-your probe come from endpoint S".  Both are sealed with the static-static
+A probe says "this is node K, I sent this to endpoint E at time T"; the reply says "I
+saw your probe come from endpoint S".  Both are sealed with the static-static
 ``crypto_box`` key of the two nodes (``meshvpn.wire.seal``), so nobody on the
 path can forge a path into existence or learn the endpoints, and a node never
 spends an X25519 operation on a key that is not one of its peers: the codec
 only opens envelopes from keys it was told about.
+
+Sealing is not enough against replay: a captured probe, sent again from an
+attacker's address, would make the receiver probe the attacker, who could then
+sit between the two peers.  So:
+
+* every probe and reply carries a stamp (the sender's wall clock in µs, strictly
+  increasing per receiver); the receiver takes a stamp once, refuses one more than
+  PROBE_MAX_SKEW from its own clock ("stale probe") and one seen before or older
+  than the PROBE_REORDER window below the newest ("replayed probe");
+* a probe names the endpoint it was sent to, and the receiver takes it only when
+  that is one of its own addresses (``addressed_to_us``): a probe the peer sent to
+  someone else, forwarded to us, is refused ("probe for another address").
+
+Both are checked by :meth:`ProbeCodec.open`, which raises :class:`ProbeRefused`
+(a ``RemoteProtocolError`` naming the reason) for an authentic probe it will not
+take.  Sans-IO: the wall clock is an argument.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import ipaddress
+from dataclasses import dataclass, field
+from itertools import takewhile
+from typing import Iterable, NamedTuple
 
 from meshvpn import wire
+from meshvpn.errors import RemoteProtocolError
 from meshvpn.wire import Endpoint, MessageType, PathProbe, WireError
+
+PROBE_MAX_SKEW = 120.0
+"""Seconds a probe's stamp may be from our wall clock, either way (clocks must agree this well)."""
+PROBE_REORDER = 2.0
+"""Seconds of stamps below the newest one from a peer that are still taken (once): reordering."""
+MAX_REMEMBERED = 4096
+"""Stamps remembered per peer inside the reorder window; past it the oldest become the floor."""
+_US = 1_000_000
+
+
+class ProbeRefused(RemoteProtocolError):
+    """An authentic probe or reply that is not taken; ``reason`` names the drop counter of ``sender``."""
+
+    def __init__(self, reason: str, sender: bytes) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.sender = sender
+
+
+@dataclass
+class _Seen:
+    """Stamps taken from one peer: each once, none at or below ``floor``.
+
+    Every stamp above ``floor`` that was taken is in ``stamps`` (in arrival order, which is
+    nearly stamp order), so pruning from the front and raising the floor keep the rule.
+    """
+
+    floor: int = -1
+    newest: int = -1
+    stamps: dict[int, None] = field(default_factory=dict)
+
+    def take(self, stamp: int) -> bool:
+        if stamp <= self.floor or stamp in self.stamps:
+            return False
+        stamps = self.stamps
+        stamps[stamp] = None
+        if stamp > self.newest:
+            self.newest = stamp
+            self.floor = max(self.floor, stamp - int(PROBE_REORDER * _US))
+            for old in list(takewhile(lambda s: s <= self.floor, stamps)):
+                del stamps[old]
+        if len(stamps) > MAX_REMEMBERED:
+            oldest = next(iter(stamps))
+            del stamps[oldest]
+            self.floor = max(self.floor, oldest)
+        return True
 
 
 class OpenedProbe(NamedTuple):
@@ -30,12 +96,16 @@ class OpenedProbe(NamedTuple):
 
 
 class ProbeCodec:
-    """Seals and opens probes for one node, caching the box key per peer."""
+    """Seals and opens probes for one node, caching the box key and the stamps per peer."""
 
     def __init__(self, private_key: bytes, public_key: bytes) -> None:
         self._private = private_key
         self._public = public_key
         self._keys: dict[bytes, bytes] = {}
+        self._sent: dict[bytes, int] = {}
+        self._seen: dict[bytes, _Seen] = {}
+        self.own_hosts: frozenset = frozenset()
+        """Our addresses (LAN interfaces, the public one): where probes to us were sent."""
 
     def add_peer(self, peer_public: bytes) -> None:
         """Accept probes from ``peer_public`` (computes the shared key once)."""
@@ -44,20 +114,36 @@ class ProbeCodec:
 
     def remove_peer(self, peer_public: bytes) -> None:
         self._keys.pop(peer_public, None)
+        self._sent.pop(peer_public, None)
+        self._seen.pop(peer_public, None)
 
-    def probe(self, peer_public: bytes, tx_id: bytes, dst: Endpoint, nonce: bytes) -> bytes:
-        """A PROBE for ``peer_public`` sent to ``dst``; ``nonce`` is 24 random bytes."""
-        return self._seal(MessageType.PROBE, peer_public, PathProbe(tx_id, dst), nonce)
+    def set_own_hosts(self, hosts: Iterable[str]) -> None:
+        """Our addresses as the shell knows them (interfaces, STUN mapping); replaces the previous set."""
+        self.own_hosts = frozenset(ipaddress.ip_address(host) for host in hosts)
 
-    def reply(self, peer_public: bytes, tx_id: bytes, seen_from: Endpoint, nonce: bytes) -> bytes:
+    def addressed_to_us(self, endpoint: Endpoint) -> bool:
+        """Whether a probe sent to ``endpoint`` was meant for one of our addresses (ports are the NATs')."""
+        return ipaddress.ip_address(endpoint.host) in self.own_hosts
+
+    def probe(self, peer_public: bytes, tx_id: bytes, dst: Endpoint, nonce: bytes, wall: float) -> bytes:
+        """A PROBE for ``peer_public`` sent to ``dst`` at ``wall`` (seconds); ``nonce`` is 24 random bytes."""
+        return self._seal(MessageType.PROBE, peer_public, tx_id, dst, nonce, wall)
+
+    def reply(self, peer_public: bytes, tx_id: bytes, seen_from: Endpoint, nonce: bytes, wall: float) -> bytes:
         """The PROBE_REPLY to a probe with ``tx_id`` that arrived from ``seen_from``."""
-        return self._seal(MessageType.PROBE_REPLY, peer_public, PathProbe(tx_id, seen_from), nonce)
+        return self._seal(MessageType.PROBE_REPLY, peer_public, tx_id, seen_from, nonce, wall)
 
-    def _seal(self, kind: MessageType, peer_public: bytes, payload: PathProbe, nonce: bytes) -> bytes:
-        return wire.seal(kind, self._public, nonce, self._keys[peer_public], payload)
+    def _seal(self, kind: MessageType, peer_public: bytes, tx_id: bytes, endpoint: Endpoint, nonce: bytes,
+              wall: float) -> bytes:
+        stamp = self._sent[peer_public] = max(self._sent.get(peer_public, 0) + 1, int(wall * _US))
+        return wire.seal(kind, self._public, nonce, self._keys[peer_public], PathProbe(tx_id, endpoint, stamp))
 
-    def open(self, buf: bytes | bytearray | memoryview) -> OpenedProbe:
-        """Authenticate a PROBE or PROBE_REPLY; raise ``WireError`` for anything else."""
+    def open(self, buf: bytes | bytearray | memoryview, wall: float, check_address: bool = True) -> OpenedProbe:
+        """Authenticate a fresh PROBE or PROBE_REPLY; raise ``WireError`` for anything else.
+
+        A PROBE must also be addressed to us, unless ``check_address`` is False (a probe
+        through the relay or a TCP path, sent to whatever carries it, which makes no path).
+        """
         sealed = wire.decode_sealed(buf)
         if sealed.kind != MessageType.PROBE and sealed.kind != MessageType.PROBE_REPLY:
             raise WireError(f"type {sealed.kind} is not a path probe")
@@ -65,4 +151,63 @@ class ProbeCodec:
         if key is None:
             raise WireError("probe from a key that is not a peer")
         payload = wire.open_sealed(sealed, key)
+        if abs(payload.stamp - wall * _US) > PROBE_MAX_SKEW * _US:
+            raise ProbeRefused("stale probe", sealed.sender_public)
+        if check_address and sealed.kind == MessageType.PROBE and not self.addressed_to_us(payload.endpoint):
+            raise ProbeRefused("probe for another address", sealed.sender_public)
+        if not self._seen.setdefault(sealed.sender_public, _Seen()).take(payload.stamp):
+            raise ProbeRefused("replayed probe", sealed.sender_public)
         return OpenedProbe(sealed.kind, sealed.sender_public, payload.tx_id, payload.endpoint)
+
+
+PROBE_TARGET_HOSTS = 16
+"""Distinct addresses probed for one peer within PROBE_TARGET_WINDOW (its LAN ones, public, observed)."""
+PROBE_TARGET_WINDOW = 60.0
+"""Seconds an address probed for a peer counts against PROBE_TARGET_HOSTS."""
+PROBE_RATE = 300.0
+"""Probes a second sent for one peer, on average (birthday probing's rate, the highest any strategy needs)."""
+PROBE_BURST = 600
+"""Probes for one peer that may leave at once after a quiet spell."""
+
+
+@dataclass
+class _Allowance:
+    tokens: float
+    at: float
+    hosts: dict[str, float] = field(default_factory=dict)
+    """Address → when a probe for this peer last went there."""
+
+
+class ProbeBudget:
+    """How many addresses, and how many probes a second, we probe for each peer.
+
+    Why: the targets come from the peer (through the coord's punch messages) and from where
+    its packets arrived, so without a bound a member could make its peers spray probes at
+    any address it names.  A probe over budget is not sent; ``allow`` says which limit it hit.
+    """
+
+    def __init__(self, max_hosts: int = PROBE_TARGET_HOSTS, window: float = PROBE_TARGET_WINDOW,
+                 rate: float = PROBE_RATE, burst: int = PROBE_BURST) -> None:
+        self.max_hosts, self.window, self.rate, self.burst = max_hosts, window, rate, burst
+        self._peers: dict[bytes, _Allowance] = {}
+
+    def allow(self, peer: bytes, target: Endpoint, now: float) -> str | None:
+        """None if a probe for ``peer`` may go to ``target`` now (and count it); else the drop reason."""
+        allowance = self._peers.get(peer)
+        if allowance is None:
+            allowance = self._peers[peer] = _Allowance(float(self.burst), now)
+        allowance.tokens = min(float(self.burst), allowance.tokens + (now - allowance.at) * self.rate)
+        allowance.at = now
+        if allowance.tokens < 1.0:
+            return "probe budget: rate"
+        hosts = allowance.hosts
+        for host in [h for h, when in hosts.items() if now - when > self.window]:
+            del hosts[host]
+        if target.host not in hosts and len(hosts) >= self.max_hosts:
+            return "probe budget: targets"
+        hosts[target.host] = now
+        allowance.tokens -= 1.0
+        return None
+
+    def forget(self, peer: bytes) -> None:
+        self._peers.pop(peer, None)

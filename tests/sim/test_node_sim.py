@@ -16,6 +16,7 @@ from meshvpn.node.core import CoreConfig, NodeCore
 from meshvpn.node.dataplane import DataPlane
 from meshvpn.node.pathfinder import PathKind
 from meshvpn.sim import PORT_RESTRICTED_CONE, Host, Nat, Network, Scheduler
+from meshvpn.wire import Endpoint
 
 PORT = 41641
 CONTROL_DELAY = 0.03
@@ -35,6 +36,7 @@ class SimNode:
         self.private = random.Random(seed).randbytes(32)
         self.public = public_key(self.private)
         self.core = NodeCore(self.private, random.Random(seed + 1).randbytes, CoreConfig(wall_offset=1.7e9))
+        self.core.set_own_endpoints([Endpoint(host.ip, PORT)], Endpoint(nat.ip, PORT))
         self.data = DataPlane(self.core)
         self.sock = host.bind(PORT, self._on_datagram)
         self.tun: list[bytes] = []

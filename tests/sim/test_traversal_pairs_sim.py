@@ -111,6 +111,7 @@ class Node:
         self.public = public_key(private)
         self.core = NodeCore(private, random.Random(world.seed * 10 + index).randbytes, CoreConfig())
         self.core.set_nat_profile(kind.reported)
+        self.core.set_own_endpoints([Endpoint(self.host.ip, PORT)], Endpoint(self.observed_host, PORT))
         self.sock = self.host.bind(PORT, self._receiver(None))
         self.extra: list = []
         self.public_endpoint: tuple[str, int] | None = None

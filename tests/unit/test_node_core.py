@@ -9,7 +9,9 @@ from meshvpn.control import messages as m
 from meshvpn.keys import public_key
 from meshvpn.node.core import CoreConfig, NodeCore, PeerPathChanged, PeerUp, PingReply
 from meshvpn.node.dataplane import DataPlane
+from meshvpn.metrics import node_families
 from meshvpn.node.pathfinder import PathKind
+from meshvpn.node.probes import PROBE_TARGET_HOSTS
 from meshvpn.wire import Endpoint, MessageType
 
 NETWORK = m.NetworkInfo(name="home", cidr="100.64.0.0/24")
@@ -30,6 +32,7 @@ class Node:
         self.name, self.address, self.endpoint = name, address, endpoint
         rng = random.Random(seed + 1000)
         self.core = NodeCore(self.private, rng.randbytes, CoreConfig(wall_offset=1.7e9))
+        self.core.set_own_endpoints([Endpoint(*endpoint)], None)
         self.data = DataPlane(self.core)
         self.tun: list[bytes] = []
         self.coord_out: list[m.Message] = []
@@ -201,3 +204,33 @@ def test_garbage_datagrams_are_counted_not_raised(pair):
     for junk in (b"", b"\x01", b"\x01\x05\x00\x00" + bytes(80), b"\x01\x02\x00\x00" + bytes(88), b"\x09" * 40):
         b.data.inbound([(junk, a.endpoint)], 0.0)
     assert sum(b.core.drops.values()) + sum(b.data.drops.values()) == 5
+
+
+def test_a_replayed_probe_is_dropped_counted_and_shown_in_status_and_metrics(pair):
+    """Issue 13, finding 2: a captured probe played again from elsewhere starts nothing."""
+    a, b, wire = pair
+    a.send(ip_packet(a.address, b.address), 0.0)
+    wire.pump(0.0)
+    probe = next(data for src, _, data in wire.log if src == a.endpoint and data[1] == MessageType.PROBE)
+    b.data.inbound([(probe, Endpoint("203.0.113.66", 4000))], 1.0)
+    assert b.core.datagrams_to_send() == [], "no reply to the attacker, no probe towards it"
+    status = b.core.status(1.0)
+    assert status["peers"][0]["drops"] == {"replayed probe": 1}
+    families = {family.name: family for family in node_families(b.core, b.data)}
+    assert (("alice", "replayed probe"), 1.0) in families["meshvpn_peer_drops"].samples
+
+
+def test_punches_naming_many_targets_are_held_to_the_probe_budget(pair):
+    """Issue 13, finding 4: a member cannot make its peer spray probes at addresses it names."""
+    a, b, _ = pair
+    sent = []
+    for step in range(300):
+        now = step / 5
+        if step % 20 == 0:
+            targets = tuple(m.Endpoint(f"192.0.2.{100 + step // 20 * 8 + n}", 9) for n in range(8))
+            a.core.coord_message(m.Punch(peer_key=b.public, endpoints=targets), now)
+        a.core.handle_timer(now)
+        sent += a.core.datagrams_to_send()
+    hosts = {dst.host for dst, data in sent if data[1] == MessageType.PROBE}
+    assert len(hosts) == PROBE_TARGET_HOSTS, "15 punches named 120 addresses"
+    assert a.core.peers.find("bob").counters.drops["probe budget: targets"] > 0

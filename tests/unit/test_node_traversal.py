@@ -31,6 +31,7 @@ def core_with_peer(local: NatProfile, peer: NatProfile) -> tuple[NodeCore, bytes
     core.set_nat_profile(local)
     key = public_key(private(2))
     core.coord_message(m.Registered(public_key(private(1)), "alice", "100.64.0.1", NETWORK), 0.0)
+    core.set_own_endpoints([Endpoint("10.1.0.10", 41641)], Endpoint("203.0.113.100", 41641))
     info = m.PeerInfo(key, "bob", "100.64.0.2", True, (PEER_LAN,), PEER_PUBLIC, nat=nat_info(peer))
     core.coord_message(m.PeerMap((info,)), 0.0)
     events(core)
@@ -130,12 +131,12 @@ def test_a_probe_on_an_extra_socket_pins_its_source_to_that_socket() -> None:
     bob = NodeCore(private(2), random.Random(6).randbytes, CoreConfig())
     bob.coord_message(m.PeerMap((m.PeerInfo(alice.public_key, "alice", "100.64.0.1", True),)), 0.0)
     src = Endpoint("198.51.100.2", 41641)
-    probe = bob.probes.probe(alice.public_key, bytes(8), Endpoint("203.0.113.100", 50000), bytes(24))
-    alice.datagram_received(probe, src, 0.0, via=7)
+    probe = lambda: bob.probes.probe(alice.public_key, bytes(8), Endpoint("203.0.113.100", 50000), bytes(24), 0.0)
+    alice.datagram_received(probe(), src, 0.0, via=7)
     assert alice.socket_for == {src: 7}
     replies = [dst for dst, data in alice.datagrams_to_send() if data[1] == MessageType.PROBE_REPLY]
     assert replies == [src]
-    alice.datagram_received(probe, Endpoint("198.51.100.3", 1), 0.0)
+    alice.datagram_received(probe(), Endpoint("198.51.100.3", 1), 0.0)
     assert alice.socket_for == {src: 7}, "the main socket pins nothing"
 
 

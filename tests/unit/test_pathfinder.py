@@ -261,13 +261,39 @@ def test_probe_from_new_source_is_only_remembered_when_direct():
     assert finder.candidates[-1] == Candidate(OTHER_EP, CandidateKind.OBSERVED)
 
 
-def test_reply_from_another_source_keeps_the_probed_endpoint():
+def test_reply_from_another_source_proves_nothing_until_that_source_answers_itself():
+    """Issue 13, finding 2: a reply forwarded from elsewhere is no round trip to the probed endpoint."""
     finder = make_finder(PUBLIC)
     finder.punch(0.0)
     probe = probe_to(finder.next_actions(), PUBLIC_EP)
     finder.probe_reply_received(probe.tx_id, OTHER_EP, 0.05)
-    assert finder.current_path == Path(PathKind.DIRECT, PUBLIC_EP)
+    assert finder.current_path is None and finder.stats.misrouted_replies == 1
     assert Candidate(OTHER_EP, CandidateKind.OBSERVED) in finder.candidates
+    second = probe_to(finder.next_actions(), OTHER_EP)
+    finder.probe_reply_received(second.tx_id, OTHER_EP, 0.1)
+    assert finder.current_path == Path(PathKind.DIRECT, OTHER_EP)
+
+
+def test_a_reply_older_than_the_path_timeout_proves_nothing():
+    finder = make_finder(PUBLIC)
+    finder.punch(0.0)
+    probe = probe_to(finder.next_actions(), PUBLIC_EP)
+    finder.probe_reply_received(probe.tx_id, PUBLIC_EP, finder.config.path_timeout + 0.01)
+    assert finder.current_path is None and finder.stats.unmatched_replies == 1
+
+
+def test_observed_sources_never_push_out_the_current_path():
+    finder = make_finder(PUBLIC)
+    finder.punch(0.0)
+    for n in range(3):
+        finder.probe_received(("198.51.100.50", 5000 + n), 0.01)
+    observed = probe_to(finder.next_actions(), ("198.51.100.50", 5000))
+    finder.probe_reply_received(observed.tx_id, ("198.51.100.50", 5000), 0.05)
+    assert finder.current_path == Path(PathKind.DIRECT, ("198.51.100.50", 5000))
+    for n in range(3 * finder.config.max_observed):
+        finder.traffic_received(("192.0.2.200", 6000 + n), 0.1 + n / 1000)
+    observed = [c.endpoint for c in finder.candidates if c.kind is CandidateKind.OBSERVED]
+    assert len(observed) == finder.config.max_observed and ("198.51.100.50", 5000) in observed
 
 
 def test_unknown_and_repeated_replies_are_ignored():

@@ -120,8 +120,8 @@ def test_relay_refuses_control_messages_inside(kind):
 
 
 SEALED_CASES = [
-    (MessageType.PROBE, wire.PathProbe(b"12345678", Endpoint("198.51.100.4", 4500))),
-    (MessageType.PROBE_REPLY, wire.PathProbe(b"abcdefgh", Endpoint("2001:db8::5", 65535))),
+    (MessageType.PROBE, wire.PathProbe(b"12345678", Endpoint("198.51.100.4", 4500), 1_700_000_000_123_456)),
+    (MessageType.PROBE_REPLY, wire.PathProbe(b"abcdefgh", Endpoint("2001:db8::5", 65535), 2**64 - 1)),
     (MessageType.RELAY_HELLO, wire.RelayHello(1_700_000_000_123, b"token")),
     (MessageType.RELAY_HELLO, wire.RelayHello(1)),
     (MessageType.RELAY_HELLO_ACK, wire.RelayHelloAck(1_700_000_000_123)),
@@ -195,11 +195,11 @@ def test_decoders_raise_only_wire_errors_on_arbitrary_bytes(data):
 
 
 @settings(max_examples=100)
-@given(st.sampled_from(SEALED_CASES[:2]), st.binary(min_size=8, max_size=8), endpoints)
-def test_sealed_probe_round_trip_property(case, tx_id, endpoint):
+@given(st.sampled_from(SEALED_CASES[:2]), st.binary(min_size=8, max_size=8), endpoints, st.integers(0, 2**64 - 1))
+def test_sealed_probe_round_trip_property(case, tx_id, endpoint, stamp):
     kind, _ = case
     key = wire.box_key(ALICE_PRIVATE, BOB_PUBLIC)
-    probe = wire.PathProbe(tx_id, endpoint)
+    probe = wire.PathProbe(tx_id, endpoint, stamp)
     assert wire.open_sealed(wire.decode_sealed(wire.seal(kind, ALICE_PUBLIC, NONCE, key, probe)), key) == probe
 
 
