@@ -43,6 +43,7 @@ from meshvpn.node.turnclient import TurnShell
 from meshvpn.node.turnlink import TurnLinks, frame_run
 from meshvpn.node.tcpio import TcpPunchShell, punch_shell
 from meshvpn.node.tcppunch import TcpEndpoint
+from meshvpn.node.timestamps import WRITE_INTERVAL, TimestampFile, restore
 from meshvpn.node.tun import TunDevice
 from meshvpn.node.udpio import MAX_GSO_BYTES, MAX_SEGMENTS, BatchUdpSocket
 from meshvpn.reload import Reloader
@@ -103,6 +104,9 @@ class NodeDaemon:
             keepalive=config.paths.keepalive, relay_after=config.paths.relay_after, path_timeout=config.paths.path_timeout
         )
         self.core = NodeCore(private_key, os.urandom, CoreConfig(paths=paths, wall_offset=time.time() - self.loop.time()))
+        self.timestamp_file = TimestampFile(config.state_dir)
+        self.timestamps = restore(self.core.handshakes.timestamps.greatest, self.timestamp_file)
+        """When the newest initiation timestamps go to the state directory (replays after a restart)."""
         self.data = DataPlane(self.core, self._own_datagram)
         self._sends = SendBuffer(self._send_run, MAX_SEGMENTS, MAX_GSO_BYTES)
         self._recv_area = bytearray(RECV_AREA)
@@ -164,6 +168,7 @@ class NodeDaemon:
             self._tasks.append(self.loop.create_task(self.names.run()))
             self.link.start()
             self._tasks.append(self.loop.create_task(self._refresh_endpoints()))
+            self._tasks.append(self.loop.create_task(self._keep_timestamps()))
             self.metrics = await start_metrics(cfg.metrics.listen, "daemon", lambda: node_families(self.core, self.data))
             log.info("node %s listening on udp %s:%d, tun %s", self.core.identity.public.hex()[:8],
                      *self.sock.getsockname()[:2], self.tun.name)
@@ -207,6 +212,7 @@ class NodeDaemon:
         if self._timer is not None:
             self._timer.cancel()
         self.mappings.close()
+        self._save_timestamps(stopping=True)
         if self.sock is not None:
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
@@ -214,6 +220,24 @@ class NodeDaemon:
             self.loop.remove_reader(self.tun.fileno())
             self.tun.close()
         log.info("stopped; tun removed")
+
+    async def _keep_timestamps(self) -> None:
+        while True:
+            await asyncio.sleep(WRITE_INTERVAL)
+            self._save_timestamps()
+
+    def _save_timestamps(self, stopping: bool = False) -> None:
+        """Write the initiation record if it changed (and, unless stopping, the interval passed)."""
+        now = self.loop.time()
+        record = self.timestamps.due(now, stopping)
+        if record is None:
+            return
+        try:
+            self.timestamp_file.save(record)
+        except OSError as exc:
+            log.warning("cannot keep initiation timestamps in %s: %s", self.timestamp_file.path, exc)
+            return
+        self.timestamps.written(record, now)
 
     # ---- data path ------------------------------------------------------------------
 
