@@ -559,6 +559,7 @@ class NodeDaemon:
         if cmd == "status":
             status = self.core.status(self.loop.time())
             status["self"]["coord"] = "connected" if self.link and self.link.connected else "disconnected"
+            status["self"]["drops"] = dict(self.core.drops + self.data.drops)
             status["self"]["endpoints"] = [str(e) for e in self.local]
             status["self"]["public_endpoint"] = str(self.public_endpoint) if self.public_endpoint else None
             status["self"]["relays"] = self.relays.relays.status()
