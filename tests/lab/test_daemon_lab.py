@@ -9,6 +9,7 @@ Stage 4: the coord stops, tunnels keep working; it comes back and every node re-
 
 from __future__ import annotations
 
+import stat
 import subprocess
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from meshvpn.lab import Topology, python_command
 from meshvpn.lab.mesh import Mesh, wait_for
 from meshvpn.lab.netns import _child_env
+from meshvpn.node.timestamps import FILE_NAME, WRITE_INTERVAL, TimestampFile
 
 from test_relay_lab import capture_marker, copy_a1_to_b1
 
@@ -86,6 +88,11 @@ def test_tunnels_survive_the_coord_and_nodes_reregister(mesh: Mesh) -> None:
     for name in ("a1", "b1", "c1"):
         wait_for(lambda n=name: mesh.status(n)["self"]["coord"] == "connected", 45, f"{name} to re-register")
     assert ping_over(mesh, "c1", "b1")
+    records = [mesh.dir / f"{name}-state" / FILE_NAME for name in ("a1", "b1", "c1")]
+    wait_for(lambda: any(TimestampFile(path.parent).load() for path in records), 2 * WRITE_INTERVAL + 5,
+             "the responders to keep their newest initiation timestamps in their state directories")
+    assert all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in records if path.exists())
+    assert ping_over(mesh, "a1", "b1") and ping_over(mesh, "b1", "c1"), "tunnels carry on after the writes"
 
 
 def test_client_verbs_fail_clearly_without_a_daemon(tmp_path: Path) -> None:
