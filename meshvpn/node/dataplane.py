@@ -8,7 +8,7 @@ messages of one UDP destination back to back so the shell sends each run with on
 DATA/KEEPALIVE (bare or in a relay envelope) → peer by receiver index (one dict lookup) →
 ``open_into`` in place → the inner source address must be the peer's own overlay address
 (else dropped as "spoofed") and the destination one of ours (``meshvpn.node.destinations``,
-else dropped as "not for us") → a view of the plaintext for the TUN's coalescing write.
+else dropped as "not_for_me") → a view of the plaintext for the TUN's coalescing write.
 Everything else is copied out and goes to the shell's hook, then to the core.
 
 Rules: no logging, no exceptions out of the loop, no asyncio objects, no per-packet copies
@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Optional
 
 from meshvpn import fastpath, wire
 from meshvpn.errors import MeshError
+from meshvpn.lan.packets import Drop
 from meshvpn.node.core import NodeCore
 from meshvpn.node.offload import GSO_NONE, VNET_HDR_LEN, VirtioNetHdr
 from meshvpn.node.peers import Peer
@@ -42,6 +43,7 @@ _RELAY_INNER = wire.RELAY_PREFIX_LEN
 _IPV4_MIN = 20
 _IPV6_MIN = 40
 _unpack_index = struct.Struct("<I").unpack_from
+_NOT_FOR_ME = Drop.NOT_FOR_ME.value
 SEND_BUFFER = 2 * 65536 + 256
 """Room for one open run (at most one GSO send) plus the largest message that may join it."""
 
@@ -75,7 +77,7 @@ def _count_received(peer: Peer, packets: int, nbytes: int) -> None:
 def _count_dropped(peer: Peer, failed: int, spoofed: int, wrong_key: int, misdirected: int) -> None:
     drops = peer.counters.drops
     for reason, count in (("failed to open", failed), ("spoofed", spoofed), ("relayed under another key", wrong_key),
-                          ("not for us", misdirected)):
+                          (_NOT_FOR_ME, misdirected)):
         if count:
             drops[reason] += count
 

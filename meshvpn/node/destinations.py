@@ -1,18 +1,26 @@
 """The inner destinations a node accepts from its peers: its own overlay address, the overlay
-network's broadcast address, and the multicast groups it joined.
+network's broadcast address, 255.255.255.255, 224.0.0.1 and the multicast groups it joined.
 
 Why: a decrypted packet goes to the TUN, and the kernel delivers or forwards it by its
 destination.  A peer that could send to the node's LAN, a docker bridge or another peer through
 the tunnel would use the node as a router into places the mesh never offered.  The data path
 (``meshvpn.fastpath.open_run``) therefore keeps only packets whose destination is one of
 :meth:`LocalDestinations.accepted`: a few raw addresses back to back, the node's own first
-(the common case costs one comparison).  Sans-IO.
+(the common case costs one comparison); the rest count as ``not_for_me``.  This is the
+destination rule of ``meshvpn.lan.packets.inbound`` in the form the hot loop takes; when the
+LAN-party membership (``meshvpn.lan.groups.LocalGroups``) is wired, its changes call
+:meth:`LocalDestinations.join` and :meth:`LocalDestinations.leave`.  Sans-IO.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from typing import Optional
+
+from meshvpn.lan.packets import ALL_HOSTS, LIMITED_BROADCAST
+
+_LINK_WIDE = tuple(ipaddress.IPv4Address(a).packed for a in (LIMITED_BROADCAST, ALL_HOSTS))
+"""255.255.255.255 and 224.0.0.1: never forwarded by the kernel, always this node's to take."""
 
 
 class LocalDestinations:
@@ -49,8 +57,12 @@ class LocalDestinations:
         return self._packed.get(length, b"")
 
     def _pack(self) -> None:
-        addresses = [] if self._own is None else [self._own.packed]
+        if self._own is None:
+            self._packed = {4: b"", 16: b""}
+            return
+        addresses = [self._own.packed]
         if self._broadcast is not None:
             addresses.append(self._broadcast.packed)
-        addresses += self._groups
+        addresses += _LINK_WIDE
+        addresses += [group for group in self._groups if group not in addresses]
         self._packed = {size: b"".join(a for a in addresses if len(a) == size) for size in (4, 16)}

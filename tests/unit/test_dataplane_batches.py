@@ -96,7 +96,7 @@ def test_a_peer_cannot_send_past_us_into_our_lan_or_to_another_peer():
     delivered = b.inbound([(session.seal(packet), EP_A) for packet in packets], 2.0)
     assert delivered == [packets[0], packets[4]]
     peer = b.core.peers.find("peer")
-    assert peer.counters.drops["not for us"] == 3 and peer.counters.rx_packets == 2
+    assert peer.counters.drops["not_for_me"] == 3 and peer.counters.rx_packets == 2
     assert peer.last_rx == 2.0, "a misdirected packet is still authentic evidence of the path"
 
 
