@@ -282,7 +282,7 @@ class PathProbe(NamedTuple):
 
     tx_id: bytes
     endpoint: Endpoint
-    stamp: int = 0
+    stamp: int
 
     def pack(self) -> bytes:
         if len(self.tx_id) != TX_ID_LEN:
