@@ -3,12 +3,13 @@
 The relay keeps no link to the coordination server, so the server hands each online node one
 token per relay, and the node shows it in every RELAY_HELLO::
 
-    token = nonce (24) | crypto_box_afternm(node_key (32) | expires (u64 LE, Unix seconds),
-                                            nonce, k = shared(coord, relay))  # 80 bytes
+    token = nonce (24) | crypto_box_afternm(node_key (32) | expires (u32 LE, Unix seconds)
+                                            | network (4), nonce, k = shared(coord, relay))  # 80 bytes
 
 Only the server and that relay know ``k``, so a token cannot be forged, read by others or
 shown to another relay; it names the node, so it is worthless without the node's private key
-(the hello proves that). Tokens last `TOKEN_LIFETIME`; the server sends fresh ones every
+(the hello proves that). It also names the node's network (`network_tag`: the first bytes
+of a hash of its name), and the relay forwards only between nodes of one network. Tokens last `TOKEN_LIFETIME`; the server sends fresh ones every
 `TOKEN_REFRESH`, so a revoked node loses every relay within `TOKEN_LIFETIME`.
 
 Sans-IO: the caller passes ``now`` (Unix seconds) and the nonce randomness.
@@ -16,6 +17,7 @@ Sans-IO: the caller passes ``now`` (Unix seconds) and the nonce randomness.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from typing import Callable, NamedTuple
 
@@ -29,7 +31,10 @@ TOKEN_LIFETIME = 600.0
 TOKEN_REFRESH = 300.0
 """Seconds between fresh tokens for an online node: half the lifetime, so one lost batch is harmless."""
 
-_BODY = struct.Struct(f"<{wire.KEY_LEN}sQ")
+NETWORK_TAG_LEN = 4
+NO_NETWORK = bytes(NETWORK_TAG_LEN)
+"""The tag of tokens minted without a network: such nodes reach only each other."""
+_BODY = struct.Struct(f"<{wire.KEY_LEN}sI{NETWORK_TAG_LEN}s")
 TOKEN_LEN = wire.BOX_NONCE_LEN + _BODY.size + wire.TAG_LEN
 
 
@@ -48,6 +53,13 @@ class TokenGrant(NamedTuple):
     node_key: bytes
     expires: int
     """Unix seconds after which the token is void."""
+    network: bytes = NO_NETWORK
+    """The node's network (`network_tag`): the relay forwards only within it."""
+
+
+def network_tag(name: str) -> bytes:
+    """The short, stable name of a network inside tokens."""
+    return hashlib.blake2b(name.encode(), digest_size=NETWORK_TAG_LEN, person=b"meshvpn-network").digest()
 
 
 class TokenMinter:
@@ -58,10 +70,11 @@ class TokenMinter:
         self._random_bytes = random_bytes
         self._keys: dict[bytes, bytes] = {}
 
-    def mint(self, relay_public: bytes, node_key: bytes, now: float) -> tuple[bytes, int]:
-        """A token letting `node_key` use the relay `relay_public`, and its expiry (Unix seconds)."""
-        if len(node_key) != wire.KEY_LEN:
-            raise LocalProtocolError("a node key is 32 bytes")
+    def mint(self, relay_public: bytes, node_key: bytes, now: float,
+             network: bytes = NO_NETWORK) -> tuple[bytes, int]:
+        """A token letting `node_key` of `network` use the relay `relay_public`, and its expiry."""
+        if len(node_key) != wire.KEY_LEN or len(network) != NETWORK_TAG_LEN:
+            raise LocalProtocolError(f"a node key is 32 bytes, a network tag {NETWORK_TAG_LEN}")
         key = self._keys.get(relay_public)
         if key is None:
             try:
@@ -70,7 +83,7 @@ class TokenMinter:
                 raise LocalProtocolError("relay public key is unusable") from exc
         expires = int(now + TOKEN_LIFETIME)
         nonce = self._random_bytes(wire.BOX_NONCE_LEN)
-        return nonce + bindings.crypto_box_afternm(_BODY.pack(node_key, expires), nonce, key), expires
+        return nonce + bindings.crypto_box_afternm(_BODY.pack(node_key, expires, network), nonce, key), expires
 
 
 class TokenVerifier:

@@ -14,6 +14,10 @@ Rules:
   other's candidate endpoints, so both sides fire at once (the seed's "switching server").
   Each side's NAT report goes along, and a fresh port sample (at most SAMPLE_LIFETIME old)
   leads the candidates: behind a sequential NAT it is the port below the next mappings.
+* A connection that has not registered within `REGISTER_TIMEOUT` is closed, pings or not
+  (`meshvpn.coord.connstate` holds the states and what each accepts).
+* Endpoints a node reports are checked for sense before any peer sees them
+  (`meshvpn.coord.candidates`); punch requests are rate-limited per node.
 * A connection silent for 3 × keepalive is closed. Nodes of ephemeral keys are deleted once they
   have been offline that long.
 * Every state change is written to the store before any message that reveals it is emitted.
@@ -25,133 +29,33 @@ restarts and key expiry. Inputs are the methods below; outputs are pulled with `
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
-from dataclasses import dataclass, field, replace
-from typing import Any, Hashable, Mapping, Union
+from dataclasses import replace
+from typing import Any, Hashable
 
 from meshvpn.control import messages as m
 from meshvpn.coord.addressing import AddressPoolExhausted
-from meshvpn.coord.authkeys import AuthKey, AuthKeyRejected, create_auth_key, verify_token
-from meshvpn.config import AccessPolicy, check_tag
-from meshvpn.coord.peermap import PART_BYTES, peer_map_parts, peer_update
+from meshvpn.coord.authkeys import AuthKey, AuthKeyRejected, create_auth_key
+from meshvpn.config import check_tag
+from meshvpn.coord import passes
+from meshvpn.coord.candidates import SAMPLE_LIFETIME, plain_ip, punch_towards, sane_locals, sane_public
+from meshvpn.coord.connstate import ConnEvent, ConnState, Connection
+from meshvpn.coord.events import Action, AdminError, Close, Log, NodeStatus, Send
+from meshvpn.coord.peermap import peer_map_parts, peer_update
 from meshvpn.coord.policy import Member, access_for
+from meshvpn.coord.settings import MembershipSettings
 from meshvpn.coord.roster import Roster
-from meshvpn.coord.store import Network, NodeRecord, Store
-from meshvpn.errors import MeshError, RemoteProtocolError
+from meshvpn.coord.store import NodeRecord, Store
+from meshvpn.errors import RemoteProtocolError
 from meshvpn.keys import encode_key
-from meshvpn.relaytoken import TOKEN_REFRESH, TokenMinter
-from meshvpn.turncreds import CREDENTIAL_REFRESH, TurnSecret, turn_servers
+from meshvpn.relaytoken import TokenMinter
 
-SILENCE_KEEPALIVES = 3
+__all__ = ["Action", "AdminError", "Close", "Log", "Membership", "MembershipSettings", "NodeStatus",
+           "SAMPLE_LIFETIME", "Send", "TOKEN_SLACK"]
+
 TOKEN_SLACK = 30.0
 """Relay tokens due within this many seconds are refreshed in the same timer call: with
 thousands of nodes online, a wake-up per node's refresh would each cost O(connections)."""
-SAMPLE_LIFETIME = 1.0
-"""Seconds a node's port sample is passed on in punches; after that its NAT has moved on."""
-
-
-@dataclass(frozen=True)
-class MembershipSettings:
-    """What the core takes from the coord config."""
-
-    networks: tuple[Network, ...]
-    relays: tuple[m.RelayInfo, ...] = ()
-    turn: tuple[TurnSecret, ...] = ()
-    """Standard TURN servers; each online node gets a credential per server with its relay tokens."""
-    keepalive: float = field(kw_only=True)
-    """Seconds between a node's pings; a node silent for 3 × keepalive is closed."""
-    peer_map_part_bytes: int = field(default=PART_BYTES, kw_only=True)
-    """Peer JSON per `peer_map` frame; a larger map is sent in parts."""
-    access: Mapping[str, AccessPolicy] = field(default_factory=dict, kw_only=True)
-    """Access policy by network name; a network without one lets everyone reach everyone."""
-
-    @property
-    def silence_limit(self) -> float:
-        return SILENCE_KEEPALIVES * self.keepalive
-
-
-@dataclass(frozen=True)
-class Send:
-    """Send `message` on connection `conn_id`."""
-
-    conn_id: Hashable
-    message: m.Message
-    payload: bytes | None = field(default=None, compare=False, repr=False)
-    """`message` already encoded (peer maps and updates, from each peer's cached JSON), or None."""
-
-
-@dataclass(frozen=True)
-class Close:
-    """Close connection `conn_id` (after flushing what was sent before); the core forgot it."""
-
-    conn_id: Hashable
-    reason: str
-
-
-@dataclass(frozen=True)
-class Log:
-    """Something an operator may want in the server log; `fields` are structured extras."""
-
-    level: str
-    text: str
-    fields: Mapping[str, Any] = field(default_factory=dict)
-
-
-Action = Union[Send, Close, Log]
-
-
-@dataclass(frozen=True)
-class NodeStatus:
-    """A node as admins see it: the stored record plus live connection facts."""
-
-    node: NodeRecord
-    online: bool
-    pending_approval: bool
-    observed_host: str | None
-    home_relay: str | None
-    paths: Mapping[str, str | None] = field(default_factory=dict)
-    """The online node's path kind to each peer, by peer name, as it last reported them."""
-
-
-class AdminError(MeshError):
-    """An admin request names something that does not exist, or asks for the impossible."""
-
-
-@dataclass
-class _Connection:
-    """One authenticated channel and where it stands: new → (pending →) online."""
-
-    conn_id: Hashable
-    key: bytes
-    observed_host: str
-    last_heard: float
-    state: str = "new"
-    network: str | None = None
-    home_relay: str | None = None
-    tokens_due: float | None = None
-    """When the online node gets fresh relay tokens."""
-    turn_relayed: tuple[m.Endpoint, ...] = ()
-    """The node's relayed addresses on TURN servers (``turn_relayed``), shown to its peers."""
-    observed_port: int | None = None
-    """The source port of the channel as the server saw it."""
-    public_tcp: m.Endpoint | None = None
-    """The channel's source, once the node said it comes from its TCP punch port."""
-    nat: m.NatInfo | None = None
-    """The node's latest NAT report (register or endpoints)."""
-    sample: m.Endpoint | None = None
-    """The port sample of the node's latest punch request, and when it came."""
-    sample_at: float = 0.0
-    paths: dict[str, str | None] = field(default_factory=dict)
-    """The node's reported path kind per peer name (`Paths`), only for peers of its network."""
-
-
-# Which node→coord messages each connection state accepts (coord→node types are never accepted).
-_ACCEPTS: dict[str, frozenset[type[m.Message]]] = {
-    "new": frozenset({m.Register, m.Leave, m.Ping, m.Pong}),
-    "pending": frozenset({m.Ping, m.Pong}),
-    "online": frozenset({m.Endpoints, m.PunchRequest, m.RelayHome, m.TurnRelayed, m.Paths, m.Ping, m.Pong}),
-}
 
 
 class Membership:
@@ -166,15 +70,19 @@ class Membership:
         self.settings = settings
         self._networks = {network.name: network for network in settings.networks}
         self._relays = {relay.name for relay in settings.relays}
-        self._conns: dict[Hashable, _Connection] = {}
-        self._conn_of_key: dict[bytes, _Connection] = {}
-        self._online: dict[str, dict[bytes, _Connection]] = {}
+        self._conns: dict[Hashable, Connection] = {}
+        self._conn_of_key: dict[bytes, Connection] = {}
+        self._online: dict[str, dict[bytes, Connection]] = {}
         self._ephemeral_deadlines: dict[bytes, float] = {}
         self._actions: list[Action] = []
         self.received: Counter = Counter()
         """Control messages received, by type (read by the metrics endpoint)."""
         self.refused: Counter = Counter()
         """Connections refused, by error code (read by the metrics endpoint)."""
+        self.limited: Counter = Counter()
+        """Requests dropped by a rate limit, by message type."""
+        self.endpoints_dropped = 0
+        """Reported endpoints not passed on: they failed the sense check (`coord.candidates`)."""
         with store.transaction():
             for network in settings.networks:
                 store.put_network(network)
@@ -194,10 +102,15 @@ class Membership:
     def get_timer(self) -> float | None:
         """When `handle_timer` must next be called, or None."""
         limit = self.settings.silence_limit
-        deadlines = [c.last_heard + limit for c in self._conns.values()]
+        deadlines = [c.deadline(limit) for c in self._conns.values()]
         deadlines.extend(self._ephemeral_deadlines.values())
         deadlines.extend(c.tokens_due for c in self._conns.values() if c.tokens_due is not None)
         return min(deadlines, default=None)
+
+    def registered(self, conn_id: Hashable) -> bool:
+        """Whether `conn_id` has registered (it may still await approval)."""
+        conn = self._conns.get(conn_id)
+        return conn is not None and conn.state is not ConnState.NEW
 
     def online_count(self) -> int:
         """How many nodes are online now (for the service status line)."""
@@ -217,7 +130,7 @@ class Membership:
         previous = self._conn_of_key.get(node_key)
         if previous is not None:
             self._drop(previous, now, close_reason="replaced by a newer connection")
-        conn = _Connection(conn_id, node_key, _plain_ip(observed_host), now, observed_port=observed_port)
+        conn = Connection.opened_at(conn_id, node_key, plain_ip(observed_host), now, observed_port)
         self._conns[conn_id] = conn
         self._conn_of_key[node_key] = conn
 
@@ -239,8 +152,8 @@ class Membership:
             self._refuse(conn, now, "bad_request", str(exc))
             return
         self.received[message.TYPE] += 1
-        if type(message) not in _ACCEPTS[conn.state]:
-            self._send(conn, m.Error("bad_request", f"{message.TYPE} not accepted while {conn.state}"))
+        if not conn.accepts(message):
+            self._send(conn, m.Error("bad_request", f"{message.TYPE} not accepted while {conn.state.value}"))
             return
         if isinstance(message, m.Register):
             if message.tcp_punch and conn.observed_port:
@@ -253,7 +166,8 @@ class Membership:
         elif isinstance(message, m.Endpoints):
             nat_changed = message.nat != conn.nat
             conn.nat = message.nat
-            self._update_node(conn, nat_changed, public_endpoint=message.public, local_endpoints=message.local)
+            self._update_node(conn, nat_changed, public_endpoint=self._sane_public(conn, message.public),
+                              local_endpoints=self._sane_locals(conn, message.local))
         elif isinstance(message, m.RelayHome):
             self._relay_home(conn, message.relay)
         elif isinstance(message, m.TurnRelayed):
@@ -263,18 +177,25 @@ class Membership:
         elif isinstance(message, m.Paths):
             self._paths(conn, message.paths)
         elif isinstance(message, m.PunchRequest):
-            if message.sample is not None:
+            if not conn.punches.take(now):
+                self.limited["punch_request"] += 1
+                return
+            if message.sample is not None and self._sane_public(conn, message.sample) is not None:
                 conn.sample, conn.sample_at = message.sample, now
             self._punch(conn, message.peer_key, now)
 
     def handle_timer(self, now: float) -> None:
-        """Close silent connections, forget ephemeral nodes offline too long, refresh relay tokens."""
+        """Close silent and unregistered connections, forget ephemeral nodes offline too long, refresh relay tokens."""
         for conn in self._conns.values():
             if conn.tokens_due is not None and conn.tokens_due <= now + TOKEN_SLACK:
-                self._send(conn, m.RelayTokens(self._relay_tokens(conn, now), turn=self._turn_credentials(conn, now)))
+                tokens, turn = passes.issue(self._minter, self.settings.relays, self.settings.turn, conn, now)
+                self._send(conn, m.RelayTokens(tokens, turn=turn))
         limit = self.settings.silence_limit
-        for conn in [c for c in self._conns.values() if c.last_heard + limit <= now]:
-            self._drop(conn, now, close_reason=f"silent for {now - conn.last_heard:.0f}s")
+        for conn in [c for c in self._conns.values() if c.deadline(limit) <= now]:
+            reason = f"silent for {now - conn.last_heard:.0f}s"
+            if conn.state is ConnState.NEW and conn.last_heard + limit > now:
+                reason = f"no register within {now - conn.opened:.0f}s"
+            self._drop(conn, now, close_reason=reason)
         for key in [k for k, t in self._ephemeral_deadlines.items() if t <= now]:
             node = self._roster.get(key)
             del self._ephemeral_deadlines[key]
@@ -304,9 +225,6 @@ class Membership:
         self.store.put_auth_key(key)
         return token, key
 
-    def list_auth_keys(self, network: str | None = None) -> list[AuthKey]:
-        return self.store.auth_keys(network)
-
     def list_nodes(self, network: str | None = None) -> list[NodeStatus]:
         statuses = []
         for node in self._roster.nodes(network):
@@ -314,8 +232,8 @@ class Membership:
             statuses.append(
                 NodeStatus(
                     node=node,
-                    online=conn is not None and conn.state == "online",
-                    pending_approval=conn is not None and conn.state == "pending",
+                    online=conn is not None and conn.state is ConnState.ONLINE,
+                    pending_approval=conn is not None and conn.state is ConnState.PENDING,
                     observed_host=None if conn is None else conn.observed_host,
                     home_relay=None if conn is None else conn.home_relay,
                     paths={} if conn is None else dict(conn.paths),
@@ -345,7 +263,7 @@ class Membership:
             self._roster.put(node)
             self._log("info", "node approved", node)
             conn = self._conn_of_key.get(node.key)
-            if conn is not None and conn.state == "pending":
+            if conn is not None and conn.state is ConnState.PENDING:
                 self._go_online(conn, node)
         return node
 
@@ -380,7 +298,7 @@ class Membership:
         self._broadcast(node.network, m.PeerRemove(node.key))
         return node
 
-    def _leave(self, conn: _Connection, now: float) -> None:
+    def _leave(self, conn: Connection, now: float) -> None:
         """The node asks to be forgotten (`meshvpn leave`): delete it, its peers forget it; close."""
         node = self._roster.get(conn.key)
         if node is None or node.revoked:
@@ -395,7 +313,7 @@ class Membership:
 
     # ----- registration
 
-    def _register(self, conn: _Connection, msg: m.Register, now: float) -> None:
+    def _register(self, conn: Connection, msg: m.Register, now: float) -> None:
         node = self._roster.get(conn.key)
         if node is not None and node.revoked:
             self._refuse(conn, now, "revoked", "this node was revoked by an administrator")
@@ -407,15 +325,15 @@ class Membership:
         try:
             with self._roster.transaction():
                 if node is None:
-                    node = self._admit(conn.key, msg, now)
+                    node = self._roster.admit(conn.key, msg, self._networks, now)
                 network = self._networks[node.network]
                 node = replace(
                     node,
                     hostname=msg.hostname,
                     version=msg.version,
                     os=msg.os,
-                    public_endpoint=msg.public_endpoint,
-                    local_endpoints=msg.local_endpoints,
+                    public_endpoint=self._sane_public(conn, msg.public_endpoint),
+                    local_endpoints=self._sane_locals(conn, msg.local_endpoints),
                     last_seen=now,
                     approved=node.approved or not network.approval_required,
                 )
@@ -434,37 +352,16 @@ class Membership:
         if node.approved:
             self._go_online(conn, node)
         else:
-            conn.state = "pending"
+            conn.advance(ConnEvent.AWAITS_APPROVAL)
             self._log("info", "node awaits approval", node)
             self._send(conn, m.Error("approval_pending", f"an administrator must approve {node.name}"))
 
-    def _admit(self, key: bytes, msg: m.Register, now: float) -> NodeRecord:
-        """Create the record of a new node from its pre-auth key (inside the caller's transaction)."""
-        if msg.auth_key is None:
-            raise AuthKeyRejected("auth_key_invalid", "unknown node: an auth key is required")
-        auth_key = verify_token(msg.auth_key, self.store.get_auth_key, now)
-        network = self._networks.get(auth_key.network)
-        if network is None:
-            raise AuthKeyRejected("auth_key_invalid", f"network {auth_key.network} no longer exists")
-        self.store.put_auth_key(replace(auth_key, uses=auth_key.uses + 1))
-        node = NodeRecord(
-            key=key,
-            network=network.name,
-            name=self._roster.free_name(network.name, msg.hostname),
-            address=self._roster.free_address(network),
-            hostname=msg.hostname,
-            created=now,
-            approved=not network.approval_required,
-            ephemeral=auth_key.ephemeral,
-            auth_key_id=auth_key.id,
-        )
-        return node
-
-    def _go_online(self, conn: _Connection, node: NodeRecord) -> None:
+    def _go_online(self, conn: Connection, node: NodeRecord) -> None:
         network = self._networks[node.network]
-        conn.state = "online"
+        conn.advance(ConnEvent.REGISTERED if conn.state is ConnState.NEW else ConnEvent.APPROVED)
         self._online.setdefault(node.network, {})[node.key] = conn
         self._roster.changed(node.key)
+        tokens, turn = passes.issue(self._minter, self.settings.relays, self.settings.turn, conn, conn.last_heard)
         self._send(
             conn,
             m.Registered(
@@ -473,8 +370,8 @@ class Membership:
                 address=node.address,
                 network=m.NetworkInfo(network.name, network.cidr),
                 relays=self.settings.relays,
-                relay_tokens=self._relay_tokens(conn, conn.last_heard),
-                turn=self._turn_credentials(conn, conn.last_heard),
+                relay_tokens=tokens,
+                turn=turn,
                 path_reports=True,
                 access=access_for(self.settings.access.get(node.network), Member(node.name, frozenset(node.tags)),
                                   (Member(n.name, frozenset(n.tags)) for n in self._roster.nodes(node.network))),
@@ -489,7 +386,7 @@ class Membership:
 
     # ----- online-node requests
 
-    def _update_node(self, conn: _Connection, announce: bool = False, **changes: Any) -> None:
+    def _update_node(self, conn: Connection, announce: bool = False, **changes: Any) -> None:
         node = self._roster.get(conn.key)
         assert node is not None
         updated = replace(node, **changes)
@@ -499,7 +396,7 @@ class Membership:
             self._roster.changed(conn.key)
             self._announce(updated, exclude=conn.key)
 
-    def _relay_home(self, conn: _Connection, relay: str) -> None:
+    def _relay_home(self, conn: Connection, relay: str) -> None:
         if relay not in self._relays:
             self._send(conn, m.Error("bad_request", f"unknown relay {relay!r}"))
             return
@@ -510,14 +407,14 @@ class Membership:
             self._roster.changed(conn.key)
             self._announce(node, exclude=conn.key)
 
-    def _paths(self, conn: _Connection, paths: tuple[m.PeerPath, ...]) -> None:
+    def _paths(self, conn: Connection, paths: tuple[m.PeerPath, ...]) -> None:
         """Keep what the node says of its paths, for the admin's view; names of strangers are ignored."""
         members = {n.name for n in self._roster.nodes(conn.network) if n.key != conn.key}
         for path in paths:
             if path.peer in members:
                 conn.paths[path.peer] = path.kind
 
-    def _punch(self, conn: _Connection, peer_key: bytes, now: float) -> None:
+    def _punch(self, conn: Connection, peer_key: bytes, now: float) -> None:
         assert conn.network is not None
         peer_conn = self._online.get(conn.network, {}).get(peer_key)
         if peer_conn is None or peer_key == conn.key:
@@ -525,28 +422,20 @@ class Membership:
             return
         me, peer = self._roster.get(conn.key), self._roster.get(peer_key)
         assert me is not None and peer is not None
-        self._send(conn, _punch_towards(peer, peer_conn, now))
-        self._send(peer_conn, _punch_towards(me, conn, now))
+        self._send(conn, punch_towards(peer, peer_conn, now))
+        self._send(peer_conn, punch_towards(me, conn, now))
 
     # ----- helpers
 
-    def _relay_tokens(self, conn: _Connection, now: float) -> tuple[m.RelayToken, ...]:
-        """A token per relay for the online node of `conn`; the next batch is due in TOKEN_REFRESH."""
-        if self._minter is None or not self.settings.relays:
-            return ()
-        conn.tokens_due = now + TOKEN_REFRESH
-        tokens = []
-        for relay in self.settings.relays:
-            token, expires = self._minter.mint(relay.public_key, conn.key, now)
-            tokens.append(m.RelayToken(relay.name, token, float(expires)))
-        return tuple(tokens)
+    def _sane_public(self, conn: Connection, endpoint: m.Endpoint | None) -> m.Endpoint | None:
+        sane = sane_public(endpoint)
+        self.endpoints_dropped += endpoint is not None and sane is None
+        return sane
 
-    def _turn_credentials(self, conn: _Connection, now: float) -> tuple[m.TurnServer, ...] | None:
-        """A TURN REST API credential per TURN server for `conn`'s node, refreshed with the relay tokens."""
-        if not self.settings.turn:
-            return None
-        conn.tokens_due = now + CREDENTIAL_REFRESH
-        return turn_servers(self.settings.turn, conn.key, now)
+    def _sane_locals(self, conn: Connection, endpoints: tuple[m.Endpoint, ...]) -> tuple[m.Endpoint, ...]:
+        sane = sane_locals(endpoints, conn.observed_host)
+        self.endpoints_dropped += len(endpoints) - len(sane)
+        return sane
 
     def _peer_info(self, node: NodeRecord) -> m.PeerInfo:
         conn = self._online.get(node.network, {}).get(node.key)
@@ -581,35 +470,35 @@ class Membership:
             if key != exclude:
                 self._actions.append(Send(conn.conn_id, message))
 
-    def _send(self, conn: _Connection, message: m.Message) -> None:
+    def _send(self, conn: Connection, message: m.Message) -> None:
         self._actions.append(Send(conn.conn_id, message))
 
-    def _refuse(self, conn: _Connection, now: float, code: str, reason: str) -> None:
+    def _refuse(self, conn: Connection, now: float, code: str, reason: str) -> None:
         self.refused[code] += 1
         self._send(conn, m.Error(code, reason[: m.MAX_ERROR_TEXT]))
         fields = {"key": encode_key(conn.key), "observed_host": conn.observed_host, "code": code}
         self._actions.append(Log("warning", f"connection refused: {reason}", fields))
         self._drop(conn, now, close_reason=code)
 
-    def _forget(self, conn: _Connection) -> bool:
+    def _forget(self, conn: Connection) -> bool:
         """Remove every trace of `conn`; whether it was online."""
         del self._conns[conn.conn_id]
         if self._conn_of_key.get(conn.key) is conn:
             del self._conn_of_key[conn.key]
-        if conn.state == "online":
+        if conn.state is ConnState.ONLINE:
             assert conn.network is not None
             del self._online[conn.network][conn.key]
             self._roster.changed(conn.key)
             return True
         return False
 
-    def _drop(self, conn: _Connection, now: float, close_reason: str | None) -> None:
+    def _drop(self, conn: Connection, now: float, close_reason: str | None) -> None:
         """The connection ends: peers learn the node went offline; Close if the server ends it."""
         was_online = self._forget(conn)
         if close_reason is not None:
             self._actions.append(Close(conn.conn_id, close_reason))
         node = self._roster.get(conn.key)
-        if node is None or conn.state == "new":
+        if node is None or conn.state is ConnState.NEW:
             return
         node = replace(node, last_seen=now)
         self._roster.put(node)
@@ -623,27 +512,3 @@ class Membership:
         fields = {"node": node.name, "network": node.network, "key": encode_key(node.key), **extra}
         self._actions.append(Log(level, text, fields))
 
-
-def _plain_ip(host: str) -> str:
-    """`host` normalised, with IPv4-mapped IPv6 (from dual-stack sockets) turned back into IPv4."""
-    address = ipaddress.ip_address(host)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.compressed
-
-
-def _punch_towards(node: NodeRecord, conn: _Connection, now: float) -> m.Punch:
-    """The `punch` that sends a peer towards `node`, online on `conn`."""
-    sample = conn.sample if conn.sample is not None and now - conn.sample_at <= SAMPLE_LIFETIME else None
-    return m.Punch(node.key, _candidates(node, conn.observed_host, sample), nat=conn.nat, sample=sample)
-
-
-def _candidates(node: NodeRecord, observed_host: str, sample: m.Endpoint | None = None) -> tuple[m.Endpoint, ...]:
-    """Where to punch towards `node`, most likely first: a fresh port sample, its STUN mapping, then
-    its coord source address with each local port (port-preserving NATs without STUN), then its
-    LAN addresses."""
-    ordered = [sample] if sample else []
-    ordered += [node.public_endpoint] if node.public_endpoint else []
-    ordered += [m.Endpoint(observed_host, ep.port) for ep in node.local_endpoints]
-    ordered += node.local_endpoints
-    return tuple(dict.fromkeys(ordered))[: m.MAX_CANDIDATES]

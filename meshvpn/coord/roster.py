@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterable, Iterator, Mapping
 
 from meshvpn.control import messages as m
 from meshvpn.coord.addressing import first_free_address, unique_name
+from meshvpn.coord.authkeys import AuthKeyRejected, verify_token
 from meshvpn.coord.peermap import PeerEntry
 from meshvpn.coord.store import Network, NodeRecord, Store
 
@@ -47,6 +48,28 @@ class Roster:
         self._entries: dict[bytes, PeerEntry] = {}
         for node in self._store.nodes():
             self._index(node)
+
+    def admit(self, key: bytes, msg: m.Register, networks: Mapping[str, Network], now: float) -> NodeRecord:
+        """The record of a new node from its pre-auth key (inside the caller's transaction): the key
+        is verified and its use counted; the record is not stored yet."""
+        if msg.auth_key is None:
+            raise AuthKeyRejected("auth_key_invalid", "unknown node: an auth key is required")
+        auth_key = verify_token(msg.auth_key, self._store.get_auth_key, now)
+        network = networks.get(auth_key.network)
+        if network is None:
+            raise AuthKeyRejected("auth_key_invalid", f"network {auth_key.network} no longer exists")
+        self._store.put_auth_key(replace(auth_key, uses=auth_key.uses + 1))
+        return NodeRecord(
+            key=key,
+            network=network.name,
+            name=self.free_name(network.name, msg.hostname),
+            address=self.free_address(network),
+            hostname=msg.hostname,
+            created=now,
+            approved=not network.approval_required,
+            ephemeral=auth_key.ephemeral,
+            auth_key_id=auth_key.id,
+        )
 
     # ----- reads
 

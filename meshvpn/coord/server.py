@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import socket
 import sqlite3
 import time
@@ -35,6 +36,7 @@ from meshvpn.errors import ConfigError, LocalProtocolError, MeshError, RemotePro
 from meshvpn.turncreds import TurnSecret
 from meshvpn.metrics import MetricsEndpoint, coord_families, start_metrics
 from meshvpn.localsock import ControlServer
+from meshvpn.prefixcap import PrefixCaps, PrefixLimits
 from meshvpn.relaytoken import TokenMinter
 from meshvpn.reload import Reloader
 from meshvpn.stunio import StunServer, start_stun_server
@@ -61,7 +63,17 @@ class ServerLimits:
     """Kernel send buffer per connection (SO_SNDBUF), so that thousands of idle or slow clients
     cannot each grow one to megabytes; None leaves the kernel's autotuning on."""
     max_connections_per_host: int = 1024
-    """Connections from one source IP: many nodes may share a NAT, but a flood is capped."""
+    """Connections from one IPv4 address or IPv6 /64: many nodes may share a NAT, a flood is capped."""
+    max_connections_per_subnet: int = 4096
+    """Connections from one IPv4 /24 or IPv6 /48."""
+    max_unregistered_per_host: int = 64
+    """Connections not yet registered (handshaking, or authenticated by a key the coord does not
+    know yet) from one IPv4 address or IPv6 /64: a throwaway key holds a descriptor only so long."""
+    max_unregistered_per_subnet: int = 256
+    """The same per IPv4 /24 or IPv6 /48."""
+    reserved_descriptors: int = 64
+    """Descriptors kept free of connections (database, listeners, admin and metrics sockets): the
+    server refuses connections beyond its RLIMIT_NOFILE minus these rather than fail to accept."""
     status_interval: float = 10.0
     """Seconds between systemd STATUS= updates."""
 
@@ -106,6 +118,8 @@ class _Connection(asyncio.Protocol):
         self.address = "?"
         self.node_key: bytes | None = None
         """Set once the channel is established and the core has been told about the node."""
+        self.unregistered = False
+        """Whether the connection counts against the caps of unregistered connections."""
         self.peer_map_bytes = 0
         """Bytes of peer map sent, which may sit in the queue on top of `max_write_buffer`."""
         self._handshake_timer: asyncio.TimerHandle | None = None
@@ -120,9 +134,9 @@ class _Connection(asyncio.Protocol):
         self.host = peer[0]
         self.port = peer[1]
         self.address = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
-        if not self.server.admit(self):
-            log.warning("refusing %s: more than %d connections from %s",
-                        self.address, self.server.limits.max_connections_per_host, self.host)
+        refused = self.server.admit(self)
+        if refused is not None:
+            log.warning("refusing %s: %s", self.address, refused)
             transport.abort()
             return
         sock = transport.get_extra_info("socket")
@@ -157,6 +171,8 @@ class _Connection(asyncio.Protocol):
             membership.node_connected(self, self.node_key, self.host, now, observed_port=self.port)
         for payload in payloads:
             membership.receive(self, payload, now)
+        if self.unregistered and membership.registered(self):
+            self.server.registered(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._handshake_timer is not None:
@@ -248,7 +264,10 @@ class CoordServer:
         self.console = None
         """The web console (`meshvpn.coord.console.web.Console`) when `console.enabled`."""
         self._connections: set[_Connection] = set()
-        self._per_host: dict[str, int] = {}
+        self._caps = PrefixCaps(PrefixLimits(limits.max_connections_per_host, limits.max_connections_per_subnet))
+        self._unregistered = PrefixCaps(
+            PrefixLimits(limits.max_unregistered_per_host, limits.max_unregistered_per_subnet))
+        self._max_connections = max(0, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - limits.reserved_descriptors)
         self._timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
@@ -320,22 +339,32 @@ class CoordServer:
 
     # ----- connections
 
-    def admit(self, conn: _Connection) -> bool:
-        count = self._per_host.get(conn.host, 0)
-        if count >= self.limits.max_connections_per_host:
-            return False
-        self._per_host[conn.host] = count + 1
+    def admit(self, conn: _Connection) -> str | None:
+        """Count a new connection against every cap; or say which cap refuses it."""
+        if len(self._connections) >= self._max_connections:
+            return f"{len(self._connections)} connections, the descriptor limit allows no more"
+        full = self._caps.admit(conn.host)
+        if full is not None:
+            return f"more than {self.limits.max_connections_per_host} connections from {conn.host} ({full})"
+        full = self._unregistered.admit(conn.host)
+        if full is not None:
+            self._caps.release(conn.host)
+            return f"too many unregistered connections from {full}"
+        conn.unregistered = True
         self._connections.add(conn)
-        return True
+        return None
+
+    def registered(self, conn: _Connection) -> None:
+        """`conn` registered: it no longer counts against the caps of unregistered connections."""
+        conn.unregistered = False
+        self._unregistered.release(conn.host)
 
     def release(self, conn: _Connection) -> None:
         if conn in self._connections:
             self._connections.remove(conn)
-            remaining = self._per_host[conn.host] - 1
-            if remaining:
-                self._per_host[conn.host] = remaining
-            else:
-                del self._per_host[conn.host]
+            self._caps.release(conn.host)
+            if conn.unregistered:
+                self.registered(conn)
 
     # ----- the core's actions and timer
 

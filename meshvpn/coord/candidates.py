@@ -1,0 +1,83 @@
+"""Which addresses the coord passes on for punching, and which it refuses to pass on.
+
+A node reports its endpoints; its peers then probe them. Passed on blindly, a report would let
+one member make its peers spray probes at any address: their own loopback, a router on their
+LAN, a third party on the internet. So the coord checks each endpoint for sense first:
+
+* never loopback, link-local, multicast, unspecified, reserved or broadcast addresses, nor port 0;
+* a *local* endpoint (the node's LAN address) only in LAN ranges (RFC 1918, RFC 6598 shared,
+  RFC 4193 unique local) or at the very address the coord sees the node come from (a node with
+  a public address on its interface).
+
+Endpoints that fail are dropped and counted; the rest travel as before.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable
+
+from meshvpn.control import messages as m
+from meshvpn.coord.connstate import Connection
+from meshvpn.coord.store import NodeRecord
+
+SAMPLE_LIFETIME = 1.0
+"""Seconds a node's port sample is passed on in punches; after that its NAT has moved on."""
+
+_LAN_RANGES = tuple(
+    ipaddress.ip_network(cidr)
+    for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
+
+
+def plain_ip(host: str) -> str:
+    """`host` normalised, with IPv4-mapped IPv6 (from dual-stack sockets) turned back into IPv4."""
+    address = ipaddress.ip_address(host)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.compressed
+
+
+def routable(endpoint: m.Endpoint) -> bool:
+    """Whether probing `endpoint` can make sense at all, from anywhere."""
+    address = ipaddress.ip_address(plain_ip(endpoint.host))
+    return endpoint.port != 0 and not (
+        address.is_loopback or address.is_link_local or address.is_multicast
+        or address.is_unspecified or address.is_reserved or address == ipaddress.IPv4Address("255.255.255.255")
+    )
+
+
+def local_candidate(endpoint: m.Endpoint, observed_host: str) -> bool:
+    """Whether `endpoint` may be a LAN candidate of a node seen at `observed_host`."""
+    if not routable(endpoint):
+        return False
+    host = plain_ip(endpoint.host)
+    address = ipaddress.ip_address(host)
+    return host == observed_host or any(address in lan for lan in _LAN_RANGES if lan.version == address.version)
+
+
+def sane_public(endpoint: m.Endpoint | None) -> m.Endpoint | None:
+    """`endpoint` if it may be passed on as a node's public mapping, else None."""
+    return endpoint if endpoint is not None and routable(endpoint) else None
+
+
+def sane_locals(endpoints: Iterable[m.Endpoint], observed_host: str) -> tuple[m.Endpoint, ...]:
+    """The endpoints that may be passed on as LAN candidates of a node seen at `observed_host`."""
+    return tuple(ep for ep in endpoints if local_candidate(ep, observed_host))
+
+
+def punch_towards(node: NodeRecord, conn: Connection, now: float) -> m.Punch:
+    """The `punch` that sends a peer towards `node`, online on `conn`."""
+    sample = conn.sample if conn.sample is not None and now - conn.sample_at <= SAMPLE_LIFETIME else None
+    return m.Punch(node.key, candidates(node, conn.observed_host, sample), nat=conn.nat, sample=sample)
+
+
+def candidates(node: NodeRecord, observed_host: str, sample: m.Endpoint | None = None) -> tuple[m.Endpoint, ...]:
+    """Where to punch towards `node`, most likely first: a fresh port sample, its STUN mapping, then
+    its coord source address with each local port (port-preserving NATs without STUN), then its
+    LAN addresses."""
+    ordered = [sample] if sample else []
+    ordered += [node.public_endpoint] if node.public_endpoint else []
+    ordered += [m.Endpoint(observed_host, ep.port) for ep in node.local_endpoints]
+    ordered += node.local_endpoints
+    return tuple(dict.fromkeys(ordered))[: m.MAX_CANDIDATES]

@@ -1,0 +1,109 @@
+"""Where one coord connection stands, as data: its states, their transitions, what each accepts.
+
+Rules (h11 ``_state.py`` style: the table is the rule, code only looks it up):
+
+* A connection starts NEW once its channel authenticated a key. Its first message must be
+  `register` (or `leave`), within `REGISTER_TIMEOUT`: pings do not keep an unregistered
+  connection alive.
+* `register` moves it to ONLINE, or to PENDING in a network that requires approval; an admin's
+  approval moves PENDING to ONLINE. Nothing moves a connection backwards: it ends instead.
+* Each state accepts a fixed set of node→coord messages; coord→node types are never accepted.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Hashable
+
+from meshvpn.control import messages as m
+from meshvpn.errors import LocalProtocolError
+from meshvpn.ratelimit import TokenBucket
+
+REGISTER_TIMEOUT = 10.0
+"""Seconds an authenticated connection has to send `register`; then it is closed."""
+PUNCH_RATE = 4.0
+"""Punch requests per second a node may make, on average (each makes two nodes probe)."""
+PUNCH_BURST = 32.0
+"""Punch requests a node may make at once: one per peer when a node with many peers starts."""
+
+
+class ConnState(enum.Enum):
+    """Where a connection stands."""
+
+    NEW = "new"
+    PENDING = "pending"
+    ONLINE = "online"
+
+
+class ConnEvent(enum.Enum):
+    """What moves a connection on."""
+
+    REGISTERED = "registered"
+    """`register` accepted in a network without approval, or of an approved node."""
+    AWAITS_APPROVAL = "awaits approval"
+    APPROVED = "approved"
+
+
+TRANSITIONS: dict[tuple[ConnState, ConnEvent], ConnState] = {
+    (ConnState.NEW, ConnEvent.REGISTERED): ConnState.ONLINE,
+    (ConnState.NEW, ConnEvent.AWAITS_APPROVAL): ConnState.PENDING,
+    (ConnState.PENDING, ConnEvent.APPROVED): ConnState.ONLINE,
+}
+
+ACCEPTS: dict[ConnState, frozenset[type[m.Message]]] = {
+    ConnState.NEW: frozenset({m.Register, m.Leave, m.Ping, m.Pong}),
+    ConnState.PENDING: frozenset({m.Ping, m.Pong}),
+    ConnState.ONLINE: frozenset({m.Endpoints, m.PunchRequest, m.RelayHome, m.TurnRelayed, m.Paths, m.Ping, m.Pong}),
+}
+
+
+@dataclass
+class Connection:
+    """One authenticated channel and what the core knows of it."""
+
+    conn_id: Hashable
+    key: bytes
+    observed_host: str
+    last_heard: float
+    opened: float
+    """When the channel authenticated: `register` is due `REGISTER_TIMEOUT` after."""
+    punches: TokenBucket
+    """The node's allowance of punch requests."""
+    state: ConnState = ConnState.NEW
+    network: str | None = None
+    home_relay: str | None = None
+    tokens_due: float | None = None
+    """When the online node gets fresh relay tokens."""
+    turn_relayed: tuple[m.Endpoint, ...] = ()
+    """The node's relayed addresses on TURN servers (``turn_relayed``), shown to its peers."""
+    observed_port: int | None = None
+    """The source port of the channel as the server saw it."""
+    public_tcp: m.Endpoint | None = None
+    """The channel's source, once the node said it comes from its TCP punch port."""
+    nat: m.NatInfo | None = None
+    """The node's latest NAT report (register or endpoints)."""
+    sample: m.Endpoint | None = None
+    """The port sample of the node's latest punch request, and when it came."""
+    sample_at: float = 0.0
+    paths: dict[str, str | None] = field(default_factory=dict)
+    """The node's reported path kind per peer name (`Paths`), only for peers of its network."""
+
+    @classmethod
+    def opened_at(cls, conn_id: Hashable, key: bytes, host: str, now: float, port: int | None) -> Connection:
+        return cls(conn_id, key, host, now, now, TokenBucket(PUNCH_RATE, PUNCH_BURST, now), observed_port=port)
+
+    def advance(self, event: ConnEvent) -> None:
+        """Apply `event`; an event the table does not allow here is the core's own bug."""
+        try:
+            self.state = TRANSITIONS[self.state, event]
+        except KeyError:
+            raise LocalProtocolError(f"{event.value} is not possible while {self.state.value}") from None
+
+    def accepts(self, message: m.Message) -> bool:
+        return type(message) in ACCEPTS[self.state]
+
+    def deadline(self, silence_limit: float) -> float:
+        """When the connection is closed unless it is heard from (or registers) first."""
+        silent = self.last_heard + silence_limit
+        return min(silent, self.opened + REGISTER_TIMEOUT) if self.state is ConnState.NEW else silent

@@ -1,0 +1,58 @@
+"""What the membership core hands out: the actions it queues for its shell (`Send`, `Close`,
+`Log`), and for admins a node's status and the error of a request that cannot be met."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Mapping, Union
+
+from meshvpn.control import messages as m
+from meshvpn.coord.store import NodeRecord
+from meshvpn.errors import MeshError
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send `message` on connection `conn_id`."""
+
+    conn_id: Hashable
+    message: m.Message
+    payload: bytes | None = field(default=None, compare=False, repr=False)
+    """`message` already encoded (peer maps and updates, from each peer's cached JSON), or None."""
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close connection `conn_id` (after flushing what was sent before); the core forgot it."""
+
+    conn_id: Hashable
+    reason: str
+
+
+@dataclass(frozen=True)
+class Log:
+    """Something an operator may want in the server log; `fields` are structured extras."""
+
+    level: str
+    text: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+Action = Union[Send, Close, Log]
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """A node as admins see it: the stored record plus live connection facts."""
+
+    node: NodeRecord
+    online: bool
+    pending_approval: bool
+    observed_host: str | None
+    home_relay: str | None
+    paths: Mapping[str, str | None] = field(default_factory=dict)
+    """The online node's path kind to each peer, by peer name, as it last reported them."""
+
+
+class AdminError(MeshError):
+    """An admin request names something that does not exist, or asks for the impossible."""
