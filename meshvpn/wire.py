@@ -29,6 +29,8 @@ HEADER_LEN = HEADER.size
 KEY_LEN = 32
 TAG_LEN = 16
 MAC1_LEN = 16
+MAC2_LEN = 16
+"""The cookie MAC that ends a RELAY_HELLO (``meshvpn.cookie``); zeros when the node has no cookie."""
 BOX_NONCE_LEN = 24
 TX_ID_LEN = 8
 
@@ -49,6 +51,7 @@ class MessageType(enum.IntEnum):
     RELAY = 7
     RELAY_HELLO = 8
     RELAY_HELLO_ACK = 9
+    RELAY_COOKIE = 10
 
 
 _KNOWN_TYPES = frozenset(MessageType)
@@ -56,6 +59,7 @@ _RELAYABLE = frozenset(MessageType) - {
     MessageType.RELAY,
     MessageType.RELAY_HELLO,
     MessageType.RELAY_HELLO_ACK,
+    MessageType.RELAY_COOKIE,
 }
 
 
@@ -302,7 +306,14 @@ class PathProbe(NamedTuple):
 
 
 class RelayHello(NamedTuple):
-    """A node's proof of key possession to a relay; ``token`` is opaque (may be empty)."""
+    """A node's proof of key possession to a relay; ``token`` is opaque (may be empty).
+
+    The token travels in clear before the box (the relay checks it before any Diffie-Hellman:
+    it is sealed by the coord for that relay alone), the timestamp inside the box, and the
+    hello ends with a cookie MAC (`MAC2_LEN`)::
+
+        header | sender_public (32) | token_len (1) | token | nonce (24) | box(type | ts) | mac2 (16)
+    """
 
     timestamp_ms: int
     token: bytes = b""
@@ -349,6 +360,10 @@ class Sealed(NamedTuple):
     sender_public: bytes
     nonce: bytes
     box: bytes
+    token: bytes = b""
+    """RELAY_HELLO only: the relay token, in clear."""
+    mac2: bytes = b""
+    """RELAY_HELLO only: the trailing cookie MAC."""
 
 
 def box_key(local_private: bytes, remote_public: bytes) -> bytes:
@@ -369,6 +384,12 @@ def seal(
         raise LocalProtocolError("sealed envelope needs a 32-byte key and a 24-byte nonce")
     # The type byte leads the plaintext too: the header is outside the box, and a
     # PROBE must not authenticate as a PROBE_REPLY (or a hello as its ack).
+    if isinstance(payload, RelayHello):
+        if len(payload.token) > 0xFF:
+            raise LocalProtocolError("relay token longer than 255 bytes")
+        box = bindings.crypto_box_afternm(bytes((kind,)) + _U64.pack(payload.timestamp_ms), nonce, key)
+        clear = bytes((len(payload.token),)) + payload.token
+        return header(kind) + sender_public + clear + nonce + box + bytes(MAC2_LEN)
     box = bindings.crypto_box_afternm(bytes((kind,)) + payload.pack(), nonce, key)
     return header(kind) + sender_public + nonce + box
 
@@ -381,11 +402,28 @@ def decode_sealed(buf: bytes | bytearray | memoryview) -> Sealed:
     if len(buf) < SEALED_PREFIX_LEN + TAG_LEN:
         raise WireError(f"sealed envelope too short: {len(buf)} bytes")
     view = memoryview(buf)
+    if kind == MessageType.RELAY_HELLO:
+        return _decode_hello(view)
     return Sealed(
         kind,
         bytes(view[HEADER_LEN : HEADER_LEN + KEY_LEN]),
         bytes(view[HEADER_LEN + KEY_LEN : SEALED_PREFIX_LEN]),
         bytes(view[SEALED_PREFIX_LEN:]),
+    )
+
+
+def _decode_hello(view: memoryview) -> Sealed:
+    token_end = HEADER_LEN + KEY_LEN + 1 + view[HEADER_LEN + KEY_LEN]
+    box_start = token_end + BOX_NONCE_LEN
+    if len(view) < box_start + TAG_LEN + MAC2_LEN:
+        raise WireError(f"relay hello too short: {len(view)} bytes")
+    return Sealed(
+        MessageType.RELAY_HELLO,
+        bytes(view[HEADER_LEN : HEADER_LEN + KEY_LEN]),
+        bytes(view[token_end:box_start]),
+        bytes(view[box_start:-MAC2_LEN]),
+        bytes(view[HEADER_LEN + KEY_LEN + 1 : token_end]),
+        bytes(view[-MAC2_LEN:]),
     )
 
 
@@ -397,4 +435,8 @@ def open_sealed(sealed: Sealed, key: bytes) -> SealedPayload:
         raise WireError(f"type {sealed.kind} envelope failed authentication") from exc
     if not plain or plain[0] != sealed.kind:
         raise WireError(f"type {sealed.kind} envelope sealed as another type")
+    if sealed.kind == MessageType.RELAY_HELLO:
+        if len(plain) != 1 + _U64.size:
+            raise WireError("relay hello must seal exactly a u64 timestamp")
+        return RelayHello(_U64.unpack_from(plain, 1)[0], sealed.token)
     return _SEALED_PAYLOADS[sealed.kind].unpack(plain[1:])

@@ -6,18 +6,25 @@ envelope's key from "destination" to "source" (``wire.readdress_relay``).
 
 Rules:
 
-* A node registers with a RELAY_HELLO: a box from its static key to ours (proof it holds
-  that key) carrying a timestamp and a relay token from the coordination server
-  (``meshvpn.relaytoken``). The timestamp must lie within `HELLO_MAX_SKEW` of our clock and
+* A node registers with a RELAY_HELLO: a relay token from the coordination server
+  (``meshvpn.relaytoken``), in clear, then a box from its static key to ours (proof it holds
+  that key) carrying a timestamp. The cheap checks come first: the token (symmetric, naming
+  the hello's key) before any Diffie-Hellman, and the box key of a node is computed once and
+  cached (`BOX_KEY_CACHE`). The timestamp must lie within `HELLO_MAX_SKEW` of our clock and
   be newer than any earlier hello of that node, so a captured hello is good at most once.
   The answer is a RELAY_HELLO_ACK echoing the timestamp.
 * A registration binds the node key to one link: the UDP endpoint the hello came from, or
   the TCP stream it came on (whose channel must have authenticated the same key). A newer
-  hello moves it. It ends when the token expires, when nothing was heard from the node for
-  `IDLE_TIMEOUT`, or when its stream closes.
+  hello moves it, but onto a UDP endpoint where another node is registered only with proof
+  that the hello came from there: a valid cookie MAC (``meshvpn.cookie``); without one the
+  relay answers with a RELAY_COOKIE and changes nothing. Under load (more Diffie-Hellmans
+  than `DH_RATE` allows) a hello that would cost one needs that proof too. A registration
+  ends when the token expires, when nothing was heard from the node for `IDLE_TIMEOUT`
+  (its stream, if any, is closed then), or when its stream closes.
 * A RELAY envelope from a registered link goes to the registered link of its destination
-  key, if the sender's token bucket (``packets_per_second``, ``burst``) allows. A stream
-  queues at most ``queue_bytes``; the shell pulls frames while its socket can take them.
+  key, if both are of one network (the tokens say which) and the sender's token bucket
+  (``packets_per_second``, ``burst``) allows. A stream queues at most ``queue_bytes``; the
+  shell pulls frames while its socket can take them.
 * Anything else is dropped and counted by reason in `drops`; nothing raises.
 
 Time is Unix seconds (the shell passes ``time.time()``): tokens and hellos carry wall-clock
@@ -26,15 +33,17 @@ times. Randomness (hello-ack nonces) comes from the injected ``random_bytes``.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Optional, Union
 
 from meshvpn import wire
 from meshvpn.config import RelayLimits
+from meshvpn.cookie import CookieChecker
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.keys import public_key
-from meshvpn.relaytoken import TokenError, TokenVerifier
+from meshvpn.ratelimit import TokenBucket
+from meshvpn.relaytoken import TokenError, TokenGrant, TokenVerifier
 from meshvpn.wire import Endpoint, MessageType
 
 HELLO_MAX_SKEW = 600.0
@@ -45,6 +54,12 @@ STREAM_HELLO_TIMEOUT = 10.0
 """Seconds a TCP stream may stay open without a valid hello."""
 SWEEP_INTERVAL = 1.0
 """Seconds between sweeps of expired registrations."""
+BOX_KEY_CACHE = 16384
+"""Nodes whose box key (one X25519 each) is kept: a node's hellos cost one Diffie-Hellman, not one each."""
+DH_RATE = 1000.0
+"""Diffie-Hellmans a second (about 4 % of a core) before the relay is under load and asks for cookies."""
+DH_BURST = 2000.0
+"""Diffie-Hellmans at once: every node of a large relay saying hello after a restart."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +81,9 @@ class _Registration:
     expires: float
     """When the node's token runs out."""
     last_heard: float
-    tokens: float
-    refilled: float
+    bucket: TokenBucket
+    network: bytes
+    """The network the node's token names: envelopes go only to nodes of the same."""
 
 
 @dataclass(eq=False)
@@ -111,7 +127,9 @@ class RelayCore:
         self._random_bytes = random_bytes
         self._by_key: dict[bytes, _Registration] = {}
         self._by_link: dict[Link, _Registration] = {}
-        self._box_keys: dict[bytes, bytes] = {}
+        self._box_keys: OrderedDict[bytes, bytes] = OrderedDict()
+        self._cookies = CookieChecker(self.public_key, random_bytes, now)
+        self._dh_budget = TokenBucket(DH_RATE, DH_BURST, now)
         self._latest_hello: dict[bytes, int] = {}
         self._streams: dict[Stream, _StreamState] = {}
         self._datagrams: list[tuple[Endpoint, bytes]] = []
@@ -125,7 +143,8 @@ class RelayCore:
         """New forwarding limits (a reload); buckets keep their level, capped at the new burst."""
         self.limits = limits
         for reg in self._by_key.values():
-            reg.tokens = min(reg.tokens, limits.burst)
+            reg.bucket.rate, reg.bucket.burst = limits.packets_per_second, limits.burst
+            reg.bucket.tokens = min(reg.bucket.tokens, limits.burst)
 
     def stream_opened(self, stream: Stream, channel_key: bytes, now: float) -> None:
         """A TCP stream finished its channel handshake as `channel_key`."""
@@ -160,6 +179,8 @@ class RelayCore:
         for reg in [r for r in self._by_key.values() if r.expires <= now or r.last_heard + IDLE_TIMEOUT <= now]:
             self.drops["registration expired"] += 1
             self._unregister(reg)
+            if isinstance(reg.link, Stream) and reg.link in self._streams:
+                self._to_close.append(reg.link)
         for stream, state in self._streams.items():
             if not state.registered and state.opened + STREAM_HELLO_TIMEOUT <= now:
                 self._to_close.append(stream)
@@ -228,13 +249,9 @@ class RelayCore:
             self.drops["sender not registered"] += 1
             return
         src.last_heard = now
-        tokens = src.tokens + (now - src.refilled) * self.limits.packets_per_second
-        src.refilled = now
-        if tokens < 1.0:
-            src.tokens = max(tokens, 0.0)
+        if not src.bucket.take(now):
             self.drops["rate limited"] += 1
             return
-        src.tokens = min(tokens, self.limits.burst) - 1.0
         try:
             dst_key = wire.decode_relay(data).node_key
         except RemoteProtocolError:
@@ -243,6 +260,9 @@ class RelayCore:
         dst = self._by_key.get(dst_key)
         if dst is None:
             self.drops["destination not registered"] += 1
+            return
+        if dst.network != src.network:
+            self.drops["destination in another network"] += 1
             return
         self._send(dst.link, wire.readdress_relay(data, src.key))
         self.stats.forwarded += 1
@@ -263,17 +283,30 @@ class RelayCore:
     # ---- registration ---------------------------------------------------------------
 
     def _hello(self, data: bytes, link: Link, now: float) -> None:
+        """Cheapest checks first: layout, token, then (cached) box key, box, freshness, address."""
         try:
             sealed = wire.decode_sealed(data)
-            key = self._box_key(sealed.sender_public)
-            hello = wire.open_sealed(sealed, key)
+            node = sealed.sender_public
+            grant = self._tokens.verify(sealed.token, node, now)
+        except TokenError as exc:
+            self._refuse(link, f"token {exc.reason}")
+            return
         except RemoteProtocolError:
             self._refuse(link, "bad hello")
             return
-        node = sealed.sender_public
         stream = self._streams.get(link) if isinstance(link, Stream) else None
         if isinstance(link, Stream) and (stream is None or stream.channel_key != node):
             self._refuse(link, "hello from another key than the stream's")
+            return
+        key = self._box_keys.get(node)
+        if key is None and stream is None and not self._dh_budget.take(now):
+            if not self._proven(data, sealed, link, now, "under load"):
+                return
+        try:
+            key = key if key is not None else self._new_box_key(node)
+            hello = wire.open_sealed(sealed, key)
+        except RemoteProtocolError:
+            self._refuse(link, "bad hello")
             return
         if abs(hello.timestamp_ms / 1000 - now) > HELLO_MAX_SKEW:
             self._refuse(link, "hello timestamp out of range")
@@ -281,30 +314,47 @@ class RelayCore:
         if hello.timestamp_ms <= self._latest_hello.get(node, -1):
             self._refuse(link, "replayed hello")
             return
-        try:
-            grant = self._tokens.verify(hello.token, node, now)
-        except TokenError as exc:
-            self._refuse(link, f"token {exc.reason}")
+        if stream is None and self._takes_over(node, link) and not self._proven(data, sealed, link, now, "address held by another node"):
             return
-        self._latest_hello[node] = hello.timestamp_ms
+        self._accept(node, link, key, grant, hello.timestamp_ms, now)
+
+    def _accept(self, node: bytes, link: Link, key: bytes, grant: TokenGrant, timestamp_ms: int, now: float) -> None:
+        self._latest_hello[node] = timestamp_ms
         self.stats.hellos += 1
-        self._register(node, link, grant.expires, now)
-        self._box_keys[node] = key
+        self._register(node, link, grant, now)
+        stream = self._streams.get(link) if isinstance(link, Stream) else None
         if stream is not None:
             stream.registered = True
-        ack = wire.RelayHelloAck(hello.timestamp_ms)
         nonce = self._random_bytes(wire.BOX_NONCE_LEN)
-        self._send(link, wire.seal(MessageType.RELAY_HELLO_ACK, self.public_key, nonce, key, ack))
+        self._send(link, wire.seal(MessageType.RELAY_HELLO_ACK, self.public_key, nonce, key,
+                                   wire.RelayHelloAck(timestamp_ms)))
 
-    def _box_key(self, node: bytes) -> bytes:
-        """The shared box key of `node`: cached while it is registered, else one X25519."""
-        key = self._box_keys.get(node)
-        return key if key is not None else wire.box_key(self._private, node)
+    def _takes_over(self, node: bytes, link: Link) -> bool:
+        """Whether registering `node` at `link` would unseat another node registered there."""
+        holder = self._by_link.get(link)
+        return holder is not None and holder.key != node
 
-    def _register(self, node: bytes, link: Link, expires: float, now: float) -> None:
+    def _proven(self, data: bytes, sealed: wire.Sealed, link: Link, now: float, why: str) -> bool:
+        """Whether the hello carries a cookie for its UDP source; if not, send one and count why."""
+        if self._cookies.valid(data, link, now):
+            return True
+        self.drops[f"unproven hello: {why}"] += 1
+        self._datagrams.append((link, self._cookies.reply(sealed.nonce, link, now)))
+        return False
+
+    def _new_box_key(self, node: bytes) -> bytes:
+        """One X25519 for `node`, kept in the bounded cache (least recently made goes first)."""
+        key = wire.box_key(self._private, node)
+        self._box_keys[node] = key
+        if len(self._box_keys) > BOX_KEY_CACHE:
+            self._box_keys.popitem(last=False)
+        return key
+
+    def _register(self, node: bytes, link: Link, grant: TokenGrant, now: float) -> None:
         reg = self._by_key.get(node)
         if reg is None:
-            reg = _Registration(node, link, expires, now, float(self.limits.burst), now)
+            bucket = TokenBucket(self.limits.packets_per_second, self.limits.burst, now)
+            reg = _Registration(node, link, grant.expires, now, bucket, grant.network)
             self._by_key[node] = reg
         elif reg.link != link:
             if self._by_link.get(reg.link) is reg:
@@ -314,7 +364,8 @@ class RelayCore:
         if old is not None and old is not reg:
             self._unregister(old)
         self._by_link[link] = reg
-        reg.expires = expires
+        reg.expires = grant.expires
+        reg.network = grant.network
         reg.last_heard = now
 
     def _unregister(self, reg: _Registration) -> None:
@@ -322,7 +373,6 @@ class RelayCore:
             del self._by_key[reg.key]
         if self._by_link.get(reg.link) is reg:
             del self._by_link[reg.link]
-        self._box_keys.pop(reg.key, None)
 
     def _refuse(self, link: Link, reason: str) -> None:
         self.drops[reason] += 1

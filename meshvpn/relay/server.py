@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,7 @@ from meshvpn.config import RelayConfig, load_relay_config
 from meshvpn.errors import LocalProtocolError, MeshError, RemoteProtocolError
 from meshvpn.relay.core import RelayCore, Stream
 from meshvpn.metrics import MetricsEndpoint, relay_families, start_metrics
+from meshvpn.prefixcap import PrefixCaps, PrefixLimits
 from meshvpn.reload import Reloader
 
 log = logging.getLogger("meshvpn.relay.server")
@@ -37,6 +39,10 @@ WRITE_HIGH_WATER = 256 << 10
 """Bytes in a connection's asyncio buffer above which the core's queue holds further frames."""
 STATUS_INTERVAL = 10.0
 """Seconds between systemd STATUS= updates."""
+STREAM_LIMITS = PrefixLimits(per_host=256, per_subnet=1024)
+"""TCP connections per source prefix (`meshvpn.prefixcap`): a node needs one, a NAT of nodes a few hundred."""
+RESERVED_DESCRIPTORS = 64
+"""Descriptors kept free of TCP connections (UDP socket, listener, metrics)."""
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -72,6 +78,11 @@ class _StreamConnection(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.address = f"{peer[0]}:{peer[1]}"
+        refused = self.server.admit(self, peer[0])
+        if refused is not None:
+            log.warning("refusing TCP connection from %s: %s", self.address, refused)
+            transport.abort()
+            return
         self.server.streams.add(self)
         self._handshake_timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._handshake_expired)
 
@@ -94,7 +105,7 @@ class _StreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
-        self.server.streams.discard(self)
+        self.server.release(self)
         self.server.core.stream_closed(self.stream)
 
     def pause_writing(self) -> None:
@@ -147,6 +158,9 @@ class RelayServer:
         self.identity = noise.StaticIdentity.from_private(private)
         self.core = RelayCore(private, settings.coord.public_key, settings.limits, os.urandom, clock())
         self.streams: set[_StreamConnection] = set()
+        self._caps = PrefixCaps(STREAM_LIMITS)
+        self._hosts: dict[_StreamConnection, str] = {}
+        self._max_streams = max(0, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - RESERVED_DESCRIPTORS)
         self.address: tuple[str, int] | None = None
         """Where UDP and TCP are bound (the real port when the config says 0)."""
         self._udp: asyncio.DatagramTransport | None = None
@@ -194,6 +208,22 @@ class RelayServer:
     def reload(self, settings: RelayConfig) -> None:
         """Apply what a SIGHUP may change (limits, log level); name what needs a restart."""
         self.reloader.apply(settings)
+
+    def admit(self, conn: _StreamConnection, host: str) -> str | None:
+        """Count a new TCP connection against the caps, or say which one refuses it."""
+        if len(self._hosts) >= self._max_streams:
+            return f"{len(self._hosts)} connections, the descriptor limit allows no more"
+        full = self._caps.admit(host)
+        if full is not None:
+            return f"more than {STREAM_LIMITS.per_host} connections from {host} ({full})"
+        self._hosts[conn] = host
+        return None
+
+    def release(self, conn: _StreamConnection) -> None:
+        self.streams.discard(conn)
+        host = self._hosts.pop(conn, None)
+        if host is not None:
+            self._caps.release(host)
 
     def flush(self) -> None:
         """Send what the core produced: datagrams, stream frames, stream closes."""

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from meshvpn import keys, wire
 from meshvpn.config import RelayLimits
+from meshvpn.cookie import CookieJar
 from meshvpn.relay.core import HELLO_MAX_SKEW, IDLE_TIMEOUT, STREAM_HELLO_TIMEOUT, RelayCore, Stream
 from meshvpn.relaytoken import TOKEN_LIFETIME, TokenMinter
 from meshvpn.wire import Endpoint, MessageType
@@ -28,6 +29,7 @@ def counting_random():
 
 
 MINTER = TokenMinter(COORD, counting_random())
+MALLORY_TOKEN = MINTER.mint(RELAY_PUBLIC, keys.public_key(MALLORY), NOW)[0]
 
 
 def hello(private, now=NOW, token=None, relay_public=RELAY_PUBLIC, nonce=bytes(24)):
@@ -88,9 +90,9 @@ def test_unregistered_senders_and_destinations_are_dropped(relay):
         (hello(MALLORY, token=MINTER.mint(RELAY_PUBLIC, keys.public_key(ALICE), NOW)[0]), "token names another node"),
         (hello(MALLORY, token=MINTER.mint(RELAY_PUBLIC, keys.public_key(MALLORY), NOW - TOKEN_LIFETIME)[0]),
          "token expired"),
-        (hello(MALLORY, relay_public=keys.public_key(COORD)), "bad hello"),
-        (hello(MALLORY, now=NOW - HELLO_MAX_SKEW - 1), "hello timestamp out of range"),
-        (hello(MALLORY, now=NOW + HELLO_MAX_SKEW + 1), "hello timestamp out of range"),
+        (hello(MALLORY, token=MALLORY_TOKEN, relay_public=keys.public_key(COORD)), "bad hello"),
+        (hello(MALLORY, token=MALLORY_TOKEN, now=NOW - HELLO_MAX_SKEW - 1), "hello timestamp out of range"),
+        (hello(MALLORY, token=MALLORY_TOKEN, now=NOW + HELLO_MAX_SKEW + 1), "hello timestamp out of range"),
         (wire.header(MessageType.DATA) + bytes(40), "not for a relay"),
         (b"\x09\x07\x00\x00", "malformed"),
     ],
@@ -110,6 +112,18 @@ def test_a_replayed_hello_cannot_move_the_registration(relay):
     assert relay.drops == {"replayed hello": 1}
 
 
+def proven_hello(relay, private, link, now):
+    """A hello from `link` that fetches its cookie first, as a node at `link` can."""
+    jar = CookieJar(RELAY_PUBLIC)
+    first = hello(private, now, nonce=bytes([7]) * 24)
+    relay.receive(first, link, now)
+    [(dst, reply)] = relay.datagrams_to_send()
+    assert dst == link and len(reply) < len(first), "a cookie reply is smaller than the hello"
+    assert jar.consume(reply, {bytes([7]) * 24}, now)
+    relay.receive(jar.stamp(hello(private, now + 0.001), now), link, now + 0.001)
+    return relay.datagrams_to_send()
+
+
 def test_a_newer_hello_moves_the_node(relay):
     register(relay, ALICE, A_EP)
     register(relay, BOB, B_EP)
@@ -121,9 +135,13 @@ def test_a_newer_hello_moves_the_node(relay):
     assert relay.drops["sender not registered"] == 1
 
 
-def test_a_link_taken_over_by_another_node_unregisters_the_first(relay):
+def test_a_link_is_taken_over_by_another_node_only_with_proof_it_is_there(relay):
     register(relay, ALICE, A_EP)
-    register(relay, BOB, A_EP, NOW + 1)
+    [(dst, reply)] = register(relay, BOB, A_EP, NOW + 1)
+    assert wire.message_type(reply) == MessageType.RELAY_COOKIE, "a spoofed source gets only a cookie"
+    assert relay.registered_link(keys.public_key(ALICE)) == A_EP
+    assert relay.registered_link(keys.public_key(BOB)) is None
+    proven_hello(relay, BOB, A_EP, NOW + 2)
     assert relay.registered_link(keys.public_key(ALICE)) is None
     assert relay.registered_link(keys.public_key(BOB)) == A_EP
 

@@ -38,6 +38,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.probes",
     "meshvpn.relay.core",
     "meshvpn.relaytoken",
+    "meshvpn.cookie",
     "meshvpn.node.relaylink",
     "meshvpn.node.relays",
     "meshvpn.node.tcppunch",

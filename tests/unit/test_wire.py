@@ -32,7 +32,7 @@ def test_message_type_reads_a_valid_header():
         (b"\x01\x03\x01\x00", "reserved"),
         (b"\x01\x03\x00\x01", "reserved"),
         (b"\x01\x00\x00\x00", "unknown message type 0"),
-        (b"\x01\x0a\x00\x00", "unknown message type 10"),
+        (b"\x01\x0b\x00\x00", "unknown message type 11"),
     ],
 )
 def test_message_type_rejects_bad_headers(buf, reason):
@@ -142,10 +142,11 @@ def test_sealed_round_trip_between_two_static_keys(kind, payload):
 def test_sealed_envelope_detects_tampering_and_wrong_keys(kind, payload):
     key = wire.box_key(ALICE_PRIVATE, BOB_PUBLIC)
     encoded = bytearray(wire.seal(kind, ALICE_PUBLIC, NONCE, key, payload))
-    encoded[-1] ^= 0x80
+    last = -1 - (wire.MAC2_LEN if kind == MessageType.RELAY_HELLO else 0)  # a hello ends with its cookie MAC
+    encoded[last] ^= 0x80
     with pytest.raises(WireError, match="authentication"):
         wire.open_sealed(wire.decode_sealed(encoded), key)
-    encoded[-1] ^= 0x80
+    encoded[last] ^= 0x80
     other_key = wire.box_key(ALICE_PRIVATE, ALICE_PUBLIC)
     with pytest.raises(WireError, match="authentication"):
         wire.open_sealed(wire.decode_sealed(encoded), other_key)
