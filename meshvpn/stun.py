@@ -65,7 +65,14 @@ __all__ = [
 ]
 
 SOFTWARE = "meshvpn"
-"""SOFTWARE attribute value on every response we send."""
+"""SOFTWARE attribute value on every response we send (when it fits, see `binding_response`)."""
+REQUEST_SIZE = 120
+"""Bytes our client pads its requests to (RFC 5780 PADDING): a reply may be no larger than its
+request plus the mapped address, and a full RFC 5780 answer over IPv6 needs this much."""
+_DROPPABLE = (Attr.SOFTWARE, Attr.FINGERPRINT, Attr.RESPONSE_ORIGIN, Attr.OTHER_ADDRESS,
+              Attr.SOURCE_ADDRESS, Attr.CHANGED_ADDRESS, Attr.MAPPED_ADDRESS)
+"""What a reply leaves out, in this order, until it fits its budget: never the (XOR-)mapped address
+a client asked for."""
 
 RTO = 0.5
 """RFC 5389 §7.2.1 default initial retransmission timeout, seconds."""
@@ -111,22 +118,47 @@ def _advertised(address: Address | None) -> Address | None:
 
 
 def _reply(
-    request: StunMessage, cls: StunClass, attributes: dict, send_to: Address, send_from=None
-) -> BindingReply:
-    """Encode a response; RFC 3489 clients get neither SOFTWARE nor FINGERPRINT, unknown to them."""
+    request: StunMessage, cls: StunClass, attributes: dict, send_to: Address, budget: int, send_from=None
+) -> BindingReply | None:
+    """Encode a response of at most `budget` bytes, leaving out `_DROPPABLE` attributes as needed
+    (None if even the essentials do not fit); RFC 3489 clients get neither SOFTWARE nor FINGERPRINT,
+    unknown to them."""
+    fingerprint = not request.classic
     if not request.classic:
         attributes[Attr.SOFTWARE] = SOFTWARE
-    message = StunMessage(request.method, cls, request.transaction_id, attributes, request.cookie)
-    return BindingReply(encode(message, fingerprint=not request.classic), send_to, send_from)
+    droppable = [attr for attr in _DROPPABLE if attr in attributes or (attr is Attr.FINGERPRINT and fingerprint)]
+    essential = Attr.MAPPED_ADDRESS if request.classic or Attr.XOR_MAPPED_ADDRESS not in attributes else None
+    while True:
+        message = StunMessage(request.method, cls, request.transaction_id, attributes, request.cookie)
+        data = encode(message, fingerprint=fingerprint)
+        if len(data) <= budget:
+            return BindingReply(data, send_to, send_from)
+        if not droppable or droppable[0] is essential:
+            return None
+        attr = droppable.pop(0)
+        if attr is Attr.FINGERPRINT:
+            fingerprint = False
+        else:
+            attributes.pop(attr, None)
 
 
-def _error(request: StunMessage, source: Address, code: int, reason: str, unknown=()) -> BindingReply:
+def reply_budget(request: bytes, source: Address) -> int:
+    """The largest reply to `request` from `source`: the request plus one mapped address, so that
+    a spoofed request makes the server no amplifier."""
+    return len(request) + (24 if ":" in source[0] else 12)
+
+
+def _error(request: StunMessage, source: Address, budget: int, code: int, reason: str, unknown=()) -> BindingReply | None:
     attributes: dict = {Attr.ERROR_CODE: ErrorCode(code, reason)}
     if unknown:
         # RFC 3489 §11.2.3: an odd list repeats an entry instead of being padded.
         repeat = tuple(unknown[-1:]) if request.classic and len(unknown) % 2 else ()
         attributes[Attr.UNKNOWN_ATTRIBUTES] = tuple(unknown) + repeat
-    return _reply(request, StunClass.ERROR, attributes, source)
+    reply = _reply(request, StunClass.ERROR, dict(attributes), source, budget)
+    if reply is None:  # the reason phrase is the one part of an error that can go
+        attributes[Attr.ERROR_CODE] = ErrorCode(code, "")
+        reply = _reply(request, StunClass.ERROR, attributes, source, budget)
+    return reply
 
 
 def binding_response(
@@ -138,34 +170,32 @@ def binding_response(
     """Answer one datagram received from `source` on a socket bound to `response_origin`.
 
     `other_address` is the server's alternate socket (RFC 5780 OTHER-ADDRESS); a CHANGE-REQUEST
-    that asks for a change other than "to the alternate" gets 420. A datagram that is not a request is
-    dropped (None); a broken request whose header is readable gets 400, so no garbage
-    is ever reflected except to something that looks like a STUN client.
+    that asks for a change other than "to the alternate" gets 420, as does an unknown
+    comprehension-required attribute. Anything else that is not a well-formed Binding request
+    (garbage, a broken request, another method, RESPONSE-PORT 0) is dropped (None) without an
+    error reply: a spoofed source must get nothing for it. No reply is larger than
+    `reply_budget`: what does not fit is left out, and an error that does not fit is not sent.
     """
     try:
-        method, cls, cookie, txid = decode_header(request)
+        method, cls, _, _ = decode_header(request)
+        msg = decode(request)
     except StunError:
         return None
-    if cls != StunClass.REQUEST:
+    if cls != StunClass.REQUEST or method != StunMethod.BINDING:
         return None
-    try:
-        msg = decode(request)
-    except StunError as exc:
-        return _error(StunMessage(method, cls, txid, {}, cookie), source, 400, str(exc))
-    if method != StunMethod.BINDING:
-        return _error(msg, source, 400, f"method {method:#05x} is not supported")
+    budget = reply_budget(request, source)
     if msg.unknown_required:
-        return _error(msg, source, 420, "Unknown Attribute", msg.unknown_required)
+        return _error(msg, source, budget, 420, "Unknown Attribute", msg.unknown_required)
     change = msg.attributes.get(Attr.CHANGE_REQUEST, ChangeRequest())
     send_from = None
     if change.ip or change.port:
         send_from = _changed_origin(change, response_origin, other_address)
         if send_from is None:
-            return _error(msg, source, 420, "no alternate address", [Attr.CHANGE_REQUEST])
+            return _error(msg, source, budget, 420, "no alternate address", [Attr.CHANGE_REQUEST])
     send_to = source
     if Attr.RESPONSE_PORT in msg.attributes:
         if not msg.attributes[Attr.RESPONSE_PORT]:
-            return _error(msg, source, 400, "RESPONSE-PORT 0")
+            return None
         send_to = (source[0], msg.attributes[Attr.RESPONSE_PORT])
     origin = _advertised(send_from or response_origin)
     other_address = _advertised(other_address)
@@ -183,7 +213,7 @@ def binding_response(
             Attr.OTHER_ADDRESS: other_address,
         }
     present = {k: v for k, v in attributes.items() if v is not None}
-    return _reply(msg, StunClass.SUCCESS, present, send_to, send_from)
+    return _reply(msg, StunClass.SUCCESS, present, send_to, budget, send_from)
 
 
 # --- client ------------------------------------------------------------------------------
@@ -232,6 +262,9 @@ class BindingTransaction:
         request = StunMessage(StunMethod.BINDING, StunClass.REQUEST, transaction_id, attributes)
         self.transaction_id = transaction_id
         self._request = encode(request, fingerprint=True)
+        if len(self._request) < REQUEST_SIZE:  # RFC 5780 PADDING, so that servers may answer in full
+            attributes[Attr.PADDING] = bytes(max(0, REQUEST_SIZE - len(self._request) - 4))
+            self._request = encode(request, fingerprint=True)
         self._match = self._request[4:20]
         self._started = now
         self._interval = rto

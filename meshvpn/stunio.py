@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from meshvpn.ratelimit import SourceLimiter
 
 from meshvpn.stun import (
     MAX_RETRANSMITS,
@@ -27,6 +29,14 @@ from meshvpn.stun import (
 )
 
 
+PER_SOURCE_RATE = 20.0
+"""Answers a second to one source IP (a NAT of many nodes refreshing now and then stays far below)."""
+PER_SOURCE_BURST = 100.0
+TOTAL_RATE = 5000.0
+"""Answers a second in all, whatever the number of sources."""
+TOTAL_BURST = 10000.0
+
+
 @dataclass
 class StunServerStats:
     """Counters shared by a server's primary and alternate sockets."""
@@ -37,6 +47,14 @@ class StunServerStats:
     """Responses (success or error) sent."""
     dropped: int = 0
     """Datagrams left unanswered: not requests, or asking for a source we cannot send from."""
+    limiter: SourceLimiter = field(default_factory=lambda: SourceLimiter(
+        PER_SOURCE_RATE, PER_SOURCE_BURST, TOTAL_RATE, TOTAL_BURST, 0.0))
+    """Answers per source IP and in all: a spoofed flood makes the server reflect little."""
+
+    @property
+    def limited(self) -> int:
+        """Requests left unanswered by the rate limits."""
+        return self.limiter.refused
 
 
 class StunServerProtocol(asyncio.DatagramProtocol):
@@ -57,7 +75,7 @@ class StunServerProtocol(asyncio.DatagramProtocol):
         other = self.partner.local if self.partner else None
         reply = binding_response(data, addr[:2], self.local, other)
         out = self._transport_for(reply.send_from) if reply else None
-        if out is None:
+        if out is None or not self.stats.limiter.allow(addr[0], asyncio.get_running_loop().time()):
             self.stats.dropped += 1
             return
         out.sendto(reply.data, reply.send_to)

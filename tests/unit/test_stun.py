@@ -47,7 +47,9 @@ def packet(name: str) -> bytes:
 
 
 def binding_request(txid: bytes = bytes(12), **attributes) -> bytes:
+    """A request as our client sends it: padded (RFC 5780 PADDING) so that a full answer fits."""
     attrs = {Attr[name.upper()]: value for name, value in attributes.items()}
+    attrs.setdefault(Attr.PADDING, bytes(64))
     return encode(StunMessage(StunMethod.BINDING, StunClass.REQUEST, txid, attrs), fingerprint=True)
 
 
@@ -311,6 +313,27 @@ def test_responder_never_raises_on_arbitrary_bytes(buf, source):
         assert decode(reply.data).cls in (StunClass.SUCCESS, StunClass.ERROR)
 
 
+requests = st.builds(
+    lambda txid, padding, software, change: encode(StunMessage(
+        StunMethod.BINDING, StunClass.REQUEST, txid,
+        {k: v for k, v in ((Attr.PADDING, padding), (Attr.SOFTWARE, software), (Attr.CHANGE_REQUEST, change))
+         if v is not None}), fingerprint=True),
+    st.binary(min_size=12, max_size=12), st.none() | st.binary(max_size=80), st.none() | st.text(max_size=30),
+    st.none() | st.builds(ChangeRequest, st.booleans(), st.booleans()),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests, addresses, st.sampled_from([OTHER, None, ("192.0.2.2", ORIGIN[1])]))
+def test_no_reply_is_larger_than_its_request_plus_the_mapped_address(request, source, other):
+    reply = binding_response(request, source, ORIGIN, other)
+    assert reply is not None, "every well-formed Binding request gets an answer that fits"
+    assert len(reply.data) <= len(request) + (24 if ":" in source[0] else 12)
+    msg = decode(reply.data)
+    if msg.cls == StunClass.SUCCESS:
+        assert msg.attributes[Attr.XOR_MAPPED_ADDRESS] == source
+
+
 # --- server responder ----------------------------------------------------------------------
 
 
@@ -375,8 +398,7 @@ def test_empty_change_request_is_an_ordinary_request():
 def test_response_port_redirects_to_the_same_host():
     reply = binding_response(binding_request(response_port=5555), CLIENT, ORIGIN)
     assert reply.send_to == (CLIENT[0], 5555)
-    reply = binding_response(binding_request(response_port=0), CLIENT, ORIGIN)
-    assert decode(reply.data).attributes[Attr.ERROR_CODE].code == 400
+    assert binding_response(binding_request(response_port=0), CLIENT, ORIGIN) is None, "malformed: no error reply"
 
 
 def test_unknown_comprehension_required_attribute_gets_420_listing_it():
@@ -386,14 +408,13 @@ def test_unknown_comprehension_required_attribute_gets_420_listing_it():
     assert msg.attributes[Attr.UNKNOWN_ATTRIBUTES] == (0x0024,)
 
 
-def test_broken_request_with_readable_header_gets_400_naming_the_fault():
+def test_broken_requests_and_other_methods_get_no_error_reply():
+    """A spoofed source must get nothing for a malformed request (issue 13, finding 6)."""
     buf = bytearray(binding_request(b"x" * 12))
     buf[-1] ^= 0xFF
-    reply = binding_response(bytes(buf), CLIENT, ORIGIN)
-    error = decode(reply.data).attributes[Attr.ERROR_CODE]
-    assert error.code == 400 and "FINGERPRINT" in error.reason
-    other_method = encode(StunMessage(0x003, StunClass.REQUEST, bytes(12)))
-    assert decode(binding_response(other_method, CLIENT).data).attributes[Attr.ERROR_CODE].code == 400
+    assert binding_response(bytes(buf), CLIENT, ORIGIN) is None
+    other_method = encode(StunMessage(0x003, StunClass.REQUEST, bytes(12), {Attr.PADDING: bytes(64)}))
+    assert binding_response(other_method, CLIENT) is None
 
 
 @pytest.mark.parametrize(
@@ -409,15 +430,13 @@ def test_non_requests_are_dropped(buf):
     assert binding_response(buf, CLIENT, ORIGIN) is None
 
 
-def test_classic_request_gets_an_rfc3489_answer():
+def test_classic_request_gets_an_rfc3489_answer_no_larger_than_it_allows():
     request = packet("classic_binding_request")
-    msg = decode(binding_response(request, CLIENT, ORIGIN, OTHER).data)
+    reply = binding_response(request, CLIENT, ORIGIN, OTHER).data
+    msg = decode(reply)
     assert msg.classic and msg.cookie == int.from_bytes(request[4:8], "big")
-    assert msg.attributes == {
-        Attr.MAPPED_ADDRESS: CLIENT,
-        Attr.SOURCE_ADDRESS: ORIGIN,
-        Attr.CHANGED_ADDRESS: OTHER,
-    }
+    assert msg.attributes == {Attr.MAPPED_ADDRESS: CLIENT}, "RFC 3489 cannot pad: only the mapped address fits"
+    assert len(reply) <= len(request) + 12
     change = bytearray(request)
     change[-1] = 0x04
     error = decode(binding_response(bytes(change), CLIENT, ORIGIN).data)
