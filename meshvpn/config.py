@@ -185,11 +185,13 @@ DEFAULT_CONTROL_SOCKET = Path("/run/meshvpn/meshvpn.sock")
 DEFAULT_ADMIN_SOCKET = Path("/run/meshvpn/coord.sock")
 
 
-def option(doc: str, default: Any = dataclasses.MISSING, *, live: bool = False, unique: str = "", key: str = "") -> Any:
+def option(doc: str, default: Any = dataclasses.MISSING, *, live: bool = False, unique: str = "", key: str = "",
+           secret: bool = False) -> Any:
     """Declare a config key: its meaning, its default (none: required), whether SIGHUP applies it,
-    for a list of entries the entry key that must not repeat, and its YAML name when that is
-    not the field's (`from` is a Python keyword)."""
-    metadata = {"doc": doc, "live": live, "unique": unique, "key": key}
+    for a list of entries the entry key that must not repeat, its YAML name when that is not the
+    field's (`from` is a Python keyword), and whether a value is a secret (then the file holding
+    it must be private to its owner, as key files are)."""
+    metadata = {"doc": doc, "live": live, "unique": unique, "key": key, "secret": secret}
     if isinstance(default, type):
         return dataclasses.field(default_factory=default, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -234,7 +236,8 @@ class CoordTrust:
 class NodeCoordLink(CoordLink):
     """A node's link to the coordination server: the pinned server, how to join, where its STUN is."""
 
-    auth_key: String = option("pre-auth key from `meshvpn coord key create`; needed on first join only", "")
+    auth_key: String = option("pre-auth key from `meshvpn coord key create`; needed on first join only "
+                              "(the file must then be mode 0600)", "", secret=True)
     stun_port: Port = option("UDP port of the coordination server's STUN service (same host)", 3478)
 
 
@@ -406,7 +409,8 @@ class TurnServerConfig:
 
     name: String = option("TURN server name, shown in `meshvpn status`")
     address: HostPort = option("TURN server's UDP address (a DNS name is resolved by each node)")
-    secret: String = option("the server's REST API shared secret (coturn `static-auth-secret`); or use secret_file", "")
+    secret: String = option("the server's REST API shared secret (coturn `static-auth-secret`; the file must then "
+                            "be mode 0600); or use secret_file", "", secret=True)
     secret_file: OptionalPath = option('file holding the shared secret on its first line; "" uses `secret`', None)
 
 
@@ -611,9 +615,14 @@ class _Reader:
         if not isinstance(node, ScalarNode):
             self.fail(node, path, f"expected {kind.name}, got a {'list' if isinstance(node, SequenceNode) else 'mapping'}")
         try:
-            return kind.parse(self.constructor.construct_object(node), self.directory)
+            value = kind.parse(self.constructor.construct_object(node), self.directory)
         except (ValueError, ConfigError, yaml.YAMLError) as err:
             self.fail(node, path, str(err).splitlines()[0] if str(err) else "bad value")
+        if field.metadata["secret"] and value:
+            problem = keys.exposure(self.path, self.path.stat().st_mode)
+            if problem is not None:
+                self.fail(node, path, f"holds a secret, but {problem}")
+        return value
 
     def scalars(self, kind: Kind, node: Node, path: str) -> tuple:
         """A list of plain values; a single value stands for a list of one."""

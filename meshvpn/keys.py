@@ -66,19 +66,31 @@ def write_private_key(path: str | Path, private: bytes | None = None) -> bytes:
     return key
 
 
-def read_private_key(path: str | Path) -> bytes:
-    """Read a private key file, refusing one that group or others can access."""
+def exposure(path: str | Path, mode: int) -> str | None:
+    """Why a file of `mode` must not hold a secret (group or others may access it), or None."""
+    mode = stat.S_IMODE(mode)
+    if mode & 0o077:
+        return f"{path} is accessible by group or others (mode {mode:04o}); run: chmod 600 {path}"
+    return None
+
+
+def read_secret_file(path: str | Path, what: str, limit: int = 4096) -> str:
+    """The text of a file holding a secret (a key, a shared secret), refusing one that group or
+    others can access: a secret others could read is treated as already leaked."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as err:
-        raise ConfigError(f"cannot read key file {path}: {err.strerror}") from None
-    with os.fdopen(fd, "r", encoding="ascii", errors="replace") as file:
-        mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
-        if mode & 0o077:
-            raise ConfigError(
-                f"key file {path} is accessible by group or others (mode {mode:04o}); run: chmod 600 {path}"
-            )
-        text = file.read(4 * KEY_LENGTH)
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from None
+    with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as file:
+        problem = exposure(path, os.fstat(file.fileno()).st_mode)
+        if problem is not None:
+            raise ConfigError(f"{what} {problem}")
+        return file.read(limit)
+
+
+def read_private_key(path: str | Path) -> bytes:
+    """Read a private key file, refusing one that group or others can access."""
+    text = read_secret_file(path, "key file", 4 * KEY_LENGTH)
     try:
         return decode_key(text)
     except ValueError:

@@ -93,9 +93,10 @@ def turn_secrets(config: CoordConfig) -> tuple[TurnSecret, ...]:
         secret = entry.secret
         if entry.secret_file is not None:
             try:
-                secret = next(iter(entry.secret_file.read_text().splitlines()), "").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"{where}.secret_file: cannot read {entry.secret_file}: {exc}") from None
+                secret = next(iter(keys.read_secret_file(entry.secret_file, "TURN secret file").splitlines()), "")
+            except ConfigError as exc:
+                raise ConfigError(f"{where}.secret_file: {exc}") from None
+            secret = secret.strip()
         if not secret:
             raise ConfigError(f"{where}: no shared secret: set secret or secret_file")
         out.append(TurnSecret(entry.name, entry.address.host, entry.address.port, secret.encode()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import sqlite3
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
@@ -208,6 +209,17 @@ class _Table:
         )
 
 
+def _create_private(path: str) -> None:
+    """Create the database file mode 0600 if it is missing (SQLite would follow the umask, often
+    0644): it lists every node's key, addresses and endpoints. Its WAL files take its mode."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 _NETWORKS = _Table("networks", Network, "name", "name")
 _AUTH_KEYS = _Table("auth_keys", AuthKey, "id", "created, id")
 _NODES = _Table("nodes", NodeRecord, "key", "network, created, name")
@@ -218,6 +230,7 @@ class SqliteStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        _create_private(path)
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._depth = 0

@@ -91,6 +91,8 @@ class PathFound:
 
 
 def _write_yaml(path: Path, document: dict) -> Path:
+    """Write a config private to its owner: node and coord configs may hold secrets."""
+    path.touch(mode=0o600)
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
 
