@@ -18,7 +18,7 @@ PREFIX ?= /opt/meshvpn
 BINDIR ?= /usr/local/bin
 UNITDIR ?= /etc/systemd/system
 
-.PHONY: setup system-packages test demo bench-packages bench matrix install install-systemd
+.PHONY: setup system-packages test demo bench-packages bench matrix install install-systemd fuzz
 
 setup: system-packages $(VENV)/.installed $(RESOLVED_ROOT)/.extracted
 
@@ -49,6 +49,12 @@ $(VENV)/.installed: pyproject.toml setup.py meshvpn/_fastpath.c meshvpn/_fastpat
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
+
+# Every network decoder fuzzed with a million inputs or more, in at most FUZZ_SECONDS (opt-in;
+# the unit suite runs a small slice of the same targets).
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	$(VENV)/bin/python tests/fuzz/run.py --seconds $(FUZZ_SECONDS) --min-total 1000000
 
 demo: setup
 	$(VENV)/bin/python -m meshvpn.lab.demo
