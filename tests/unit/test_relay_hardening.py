@@ -17,7 +17,7 @@ from meshvpn.relay.core import DH_BURST, IDLE_TIMEOUT, RelayCore, Stream
 from meshvpn.relaytoken import TokenMinter, network_tag
 from meshvpn.wire import Endpoint, MessageType
 from test_relay_core import (
-    A_EP, ALICE, B_EP, BOB, COORD, LIMITS, M_EP, MALLORY, MALLORY_TOKEN, MINTER, NOW, RELAY, RELAY_PUBLIC, counting_random, envelope,
+    A_EP, ALICE, B_EP, BOB, COORD, LIMITS, M_EP, MALLORY, MALLORY_TOKEN, NOW, RELAY, RELAY_PUBLIC, counting_random, envelope,
     hello, proven_hello, register,
 )
 

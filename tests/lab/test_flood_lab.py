@@ -1,0 +1,122 @@
+"""Floods from the internet against the relay and the coord (issue 13), bounded in count and time.
+
+One attacker host at 198.51.100.66 sends junk datagrams, relay hellos with forged tokens from
+spoofed sources, TCP connections that never send a byte and connections that complete the
+channel handshake with a throwaway key and then idle (or only ping). A TCP transfer relayed
+between two nodes must keep at least half its unflooded rate, and no registered node may lose
+its coord connection. Each test prints its figures (`pytest -s`), copied into docs/security.md.
+The attacker shares the lab machine's cores with the relay and the nodes: its own CPU, not the
+relay's, is what slows the transfer most, so its rates stay where a Python sender is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from meshvpn.lab import NatKind, Topology
+from meshvpn.lab.mesh import COORD_PORT, RELAY_PORT, STUN_PORT, Mesh
+from meshvpn.lab.netns import python_command
+from meshvpn.lab.transfer import transfer
+from test_relay_lab import COORD_ADDR, RELAY_ADDR, relayed_mesh, two_site_mesh
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
+
+ATTACKER = "198.51.100.66"
+SIZE = 6 << 20
+FLOOD_SECONDS = 20.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100
+
+
+def start_floods(topo: Topology, floods: list[list[str]]) -> list[subprocess.Popen]:
+    attacker = topo.host("attacker")
+    return [attacker.popen(python_command("meshvpn.lab.flood", *args, "--seconds", str(FLOOD_SECONDS)),
+                           stdout=subprocess.PIPE, text=True) for args in floods]
+
+
+def finish_floods(topo: Topology, procs: list[subprocess.Popen]) -> list[dict]:
+    """Wait for every flooder to stop by its own bounds (killing a straggler) and read its report."""
+    results = []
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=FLOOD_SECONDS + 15)
+        except subprocess.TimeoutExpired:
+            topo.host("attacker").stop(proc)
+            out = proc.stdout.read() if proc.stdout else ""
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def relayed_rate(mesh: Mesh) -> float:
+    sent, received = transfer(mesh.nodes["a1"].ns, mesh.nodes["b1"].ns, mesh.overlay("b1"), size=SIZE)
+    assert received.same_data(sent) and received.bytes == SIZE, f"sent {sent}, received {received}"
+    return received.mbit_per_s()
+
+
+def test_a_relayed_transfer_keeps_half_its_rate_under_a_flood(topo: Topology, tmp_path: Path, meshes) -> None:
+    mesh = relayed_mesh(topo, tmp_path, NatKind.RANDOM_PORTS, NatKind.RANDOM_PORTS)
+    meshes.append(mesh)
+    assert mesh.wait_for_paths({("a1", "b1"): ("relay",)}, timeout=10)
+    topo.add_server("attacker", addrs=[ATTACKER])
+    relay_pid = mesh.relays["relay"].proc.pid
+    calm = [relayed_rate(mesh)]
+    target = f"{RELAY_ADDR}:{RELAY_PORT}"
+    relay_key = next(p.public_key for p in mesh._relay_places if p.name == "relay")
+    cpu_before = cpu_seconds(relay_pid)
+    procs = start_floods(topo, [
+        ["junk", target, "--rate", "2000"],
+        ["hellos", target, "--rate", "4000", "--spoof", "192.0.2.0/24"],
+        ["half-open", target, "--rate", "100", "--count", "400"],
+        ["idle", target, "--rate", "50", "--count", "300", "--server-key", relay_key],
+    ])
+    time.sleep(2.0)
+    flooded = [relayed_rate(mesh), relayed_rate(mesh)]
+    results = finish_floods(topo, procs)
+    relay_cpu = cpu_seconds(relay_pid) - cpu_before
+    calm.append(relayed_rate(mesh))
+    # Two of each, before, during and after: the machine's other load moves single figures.
+    ratio = statistics.mean(flooded) / statistics.mean(calm)
+    print(f"\nrelayed TCP Mbit/s: calm {calm}, flooded {flooded} ({ratio:.0%}); "
+          f"relay CPU {relay_cpu:.1f} s in the {FLOOD_SECONDS:g} s flood; floods {results}")
+    assert ratio >= 0.5, f"{flooded} Mbit/s flooded against {calm} calm"
+    junk, hellos, half_open, idle = results
+    assert junk["sent"] > 20_000 and hellos["sent"] > 40_000, "the floods were as big as meant"
+    assert half_open["closed_by_server"] == half_open["opened"] and half_open["closed_after_max"] < 10.0 + 2.0
+    assert idle["closed_by_server"] == idle["opened"] and idle["closed_after_max"] < 10.0 + 2.0 + 2.0
+    assert mesh.peer("a1", "b1")["path"] == "relay"
+
+
+def test_no_registered_node_loses_its_coord_connection_under_a_flood(topo: Topology, tmp_path: Path,
+                                                                      meshes) -> None:
+    mesh = two_site_mesh(topo, tmp_path, NatKind.PORT_PRESERVING, NatKind.PORT_PRESERVING)
+    meshes.append(mesh)
+    topo.add_server("attacker", addrs=[ATTACKER])
+    target = f"{COORD_ADDR}:{COORD_PORT}"
+    procs = start_floods(topo, [
+        ["junk", f"{COORD_ADDR}:{STUN_PORT}", "--rate", "1000"],
+        ["half-open", target, "--rate", "100", "--count", "500"],
+        ["idle", target, "--rate", "50", "--count", "300", "--ping", "2", "--server-key", mesh.coord_public],
+    ])
+    deadline = time.monotonic() + FLOOD_SECONDS
+    while time.monotonic() < deadline:
+        for name in ("a1", "b1"):
+            assert mesh.status(name)["self"]["coord"] == "connected", f"{name} lost the coord during the flood"
+        time.sleep(1.0)
+    stun, half_open, idle = finish_floods(topo, procs)
+    print(f"\ncoord flood: STUN junk {stun}, half-open {half_open}, idle with pings {idle}")
+    assert half_open["closed_by_server"] == half_open["opened"]
+    assert idle["opened"] > 0 and idle["closed_by_server"] == idle["opened"]
+    assert idle["closed_after_max"] < 10.0 + 10.0 + 2.0, "handshake, then register, deadlines"
+    assert "node offline" not in (mesh.dir / "coord.log").read_text()
+    listing = mesh.admin("nodes", "list").stdout
+    assert sum(" online " in line for line in listing.splitlines()) == 2, listing
