@@ -110,7 +110,11 @@ def coord_families(membership, connections: Sized) -> list[Family]:
     open_connections = _gauge("meshvpn_coord_connections", "Open control-channel connections.").add(len(connections))
     received = _counter("meshvpn_coord_messages", "Control messages received from nodes, by type.", "type")
     refused = _counter("meshvpn_coord_auth_failures", "Connections refused, by error code.", "code")
-    return [online, open_connections, _by_reason(received, membership.received), _by_reason(refused, membership.refused)]
+    limited = _counter("meshvpn_coord_rate_limited", "Requests dropped by a rate limit, by message type.", "type")
+    dropped = _counter("meshvpn_coord_endpoints_dropped",
+                       "Reported endpoints not passed on: loopback, link-local, not a LAN address...")
+    return [online, open_connections, _by_reason(received, membership.received), _by_reason(refused, membership.refused),
+            _by_reason(limited, membership.limited), dropped.add(membership.endpoints_dropped)]
 
 
 def relay_families(core) -> list[Family]:

@@ -9,6 +9,7 @@ import pytest
 from meshvpn.control import messages as m
 from meshvpn.coord.connstate import PUNCH_BURST, PUNCH_RATE, REGISTER_TIMEOUT, ConnEvent, ConnState, Connection
 from meshvpn.errors import LocalProtocolError
+from meshvpn.metrics import coord_families
 from test_coord_membership import KEEPALIVE, LAN, NOW, STUN, Server, key
 
 SENSELESS = (
@@ -98,6 +99,8 @@ def test_punch_requests_are_limited_per_node(pair):
         pair.send(1, m.PunchRequest(key(2)))
     assert len(pair.take(2)) == PUNCH_BURST
     assert pair.core.limited["punch_request"] == 20
+    families = {(f.name, labels): v for f in coord_families(pair.core, ()) for labels, v in f.samples}
+    assert families[("meshvpn_coord_rate_limited", ("punch_request",))] == 20
     pair.send(1, m.PunchRequest(key(2)), now=NOW + 1 / PUNCH_RATE)
     assert len(pair.take(2)) == 1
 
