@@ -166,8 +166,7 @@ class Membership:
         elif isinstance(message, m.Endpoints):
             nat_changed = message.nat != conn.nat
             conn.nat = message.nat
-            self._update_node(conn, nat_changed, public_endpoint=self._sane_public(conn, message.public),
-                              local_endpoints=self._sane_locals(conn, message.local))
+            self._update_node(conn, nat_changed, **self._sane(conn, message.public, message.local))
         elif isinstance(message, m.RelayHome):
             self._relay_home(conn, message.relay)
         elif isinstance(message, m.TurnRelayed):
@@ -180,7 +179,7 @@ class Membership:
             if not conn.punches.take(now):
                 self.limited["punch_request"] += 1
                 return
-            if message.sample is not None and self._sane_public(conn, message.sample) is not None:
+            if sane_public(message.sample) is not None:
                 conn.sample, conn.sample_at = message.sample, now
             self._punch(conn, message.peer_key, now)
 
@@ -224,6 +223,9 @@ class Membership:
         )
         self.store.put_auth_key(key)
         return token, key
+
+    def list_auth_keys(self, network: str | None = None) -> list[AuthKey]:
+        return self.store.auth_keys(network)
 
     def list_nodes(self, network: str | None = None) -> list[NodeStatus]:
         statuses = []
@@ -332,8 +334,7 @@ class Membership:
                     hostname=msg.hostname,
                     version=msg.version,
                     os=msg.os,
-                    public_endpoint=self._sane_public(conn, msg.public_endpoint),
-                    local_endpoints=self._sane_locals(conn, msg.local_endpoints),
+                    **self._sane(conn, msg.public_endpoint, msg.local_endpoints),
                     last_seen=now,
                     approved=node.approved or not network.approval_required,
                 )
@@ -427,14 +428,11 @@ class Membership:
 
     # ----- helpers
 
-    def _sane_public(self, conn: Connection, endpoint: m.Endpoint | None) -> m.Endpoint | None:
-        sane = sane_public(endpoint)
-        self.endpoints_dropped += endpoint is not None and sane is None
-        return sane
-
-    def _sane_locals(self, conn: Connection, endpoints: tuple[m.Endpoint, ...]) -> tuple[m.Endpoint, ...]:
-        sane = sane_locals(endpoints, conn.observed_host)
-        self.endpoints_dropped += len(endpoints) - len(sane)
+    def _sane(self, conn: Connection, public: m.Endpoint | None, local: tuple[m.Endpoint, ...]) -> dict[str, Any]:
+        """The reported endpoints that make sense (`coord.candidates`), as record fields; count the rest."""
+        sane = {"public_endpoint": sane_public(public), "local_endpoints": sane_locals(local, conn.observed_host)}
+        self.endpoints_dropped += (public is not None and sane["public_endpoint"] is None) + len(local) - len(
+            sane["local_endpoints"])
         return sane
 
     def _peer_info(self, node: NodeRecord) -> m.PeerInfo:
