@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import resource
+import socket
 import time
 from pathlib import Path
 from typing import Callable
@@ -41,6 +42,9 @@ STATUS_INTERVAL = 10.0
 """Seconds between systemd STATUS= updates."""
 STREAM_LIMITS = PrefixLimits(per_host=256, per_subnet=1024)
 """TCP connections per source prefix (`meshvpn.prefixcap`): a node needs one, a NAT of nodes a few hundred."""
+SOCKET_BUFFER = 4 << 20
+"""UDP socket buffers (capped by net.core.rmem_max and wmem_max): relayed traffic and whatever
+else arrives share one socket, and a burst of junk must not overflow it into drops of the rest."""
 RESERVED_DESCRIPTORS = 64
 """Descriptors kept free of TCP connections (UDP socket, listener, metrics)."""
 
@@ -179,6 +183,9 @@ class RelayServer:
                 lambda: _Datagrams(self), local_addr=(listen.host, listen.port)
             )
             self.address = self._udp.get_extra_info("sockname")[:2]
+            sock = self._udp.get_extra_info("socket")
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
             self._listener = await loop.create_server(
                 lambda: _StreamConnection(self), listen.host, self.address[1], reuse_address=True
             )

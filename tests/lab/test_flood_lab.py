@@ -3,7 +3,7 @@
 One attacker host at 198.51.100.66 sends junk datagrams, relay hellos with forged tokens from
 spoofed sources, TCP connections that never send a byte and connections that complete the
 channel handshake with a throwaway key and then idle (or only ping). A TCP transfer relayed
-between two nodes must keep at least half its unflooded rate, and no registered node may lose
+between two nodes must keep at least half its unflooded rate (medians of three runs), and no registered node may lose
 its coord connection. Each test prints its figures (`pytest -s`), copied into docs/security.md.
 The attacker shares the lab machine's cores with the relay and the nodes: its own CPU, not the
 relay's, is what slows the transfer most, so its rates stay where a Python sender is cheap.
@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from meshvpn.coord.server import ServerLimits
 from meshvpn.lab import NatKind, Topology
 from meshvpn.lab.mesh import COORD_PORT, RELAY_PORT, STUN_PORT, Mesh
 from meshvpn.lab.netns import python_command
 from meshvpn.lab.transfer import transfer
+from meshvpn.relay.server import STREAM_LIMITS
 from test_relay_lab import COORD_ADDR, RELAY_ADDR, relayed_mesh, two_site_mesh
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
@@ -69,7 +71,7 @@ def test_a_relayed_transfer_keeps_half_its_rate_under_a_flood(topo: Topology, tm
     assert mesh.wait_for_paths({("a1", "b1"): ("relay",)}, timeout=10)
     topo.add_server("attacker", addrs=[ATTACKER])
     relay_pid = mesh.relays["relay"].proc.pid
-    calm = [relayed_rate(mesh)]
+    calm = [relayed_rate(mesh), relayed_rate(mesh)]
     target = f"{RELAY_ADDR}:{RELAY_PORT}"
     relay_key = next(p.public_key for p in mesh._relay_places if p.name == "relay")
     cpu_before = cpu_seconds(relay_pid)
@@ -80,12 +82,12 @@ def test_a_relayed_transfer_keeps_half_its_rate_under_a_flood(topo: Topology, tm
         ["idle", target, "--rate", "50", "--count", "300", "--server-key", relay_key],
     ])
     time.sleep(2.0)
-    flooded = [relayed_rate(mesh), relayed_rate(mesh)]
+    flooded = [relayed_rate(mesh) for _ in range(3)]
     results = finish_floods(topo, procs)
     relay_cpu = cpu_seconds(relay_pid) - cpu_before
     calm.append(relayed_rate(mesh))
-    # Two of each, before, during and after: the machine's other load moves single figures.
-    ratio = statistics.mean(flooded) / statistics.mean(calm)
+    # Three of each, calm before and after: the machine's other load moves single figures.
+    ratio = statistics.median(flooded) / statistics.median(calm)
     print(f"\nrelayed TCP Mbit/s: calm {calm}, flooded {flooded} ({ratio:.0%}); "
           f"relay CPU {relay_cpu:.1f} s in the {FLOOD_SECONDS:g} s flood; floods {results}")
     assert ratio >= 0.5, f"{flooded} Mbit/s flooded against {calm} calm"
@@ -93,6 +95,8 @@ def test_a_relayed_transfer_keeps_half_its_rate_under_a_flood(topo: Topology, tm
     assert junk["sent"] > 20_000 and hellos["sent"] > 40_000, "the floods were as big as meant"
     assert half_open["closed_by_server"] == half_open["opened"] and half_open["closed_after_max"] < 10.0 + 2.0
     assert idle["closed_by_server"] == idle["opened"] and idle["closed_after_max"] < 10.0 + 2.0 + 2.0
+    held = STREAM_LIMITS.per_host
+    assert half_open["closed_early"] + idle["closed_early"] == half_open["opened"] + idle["opened"] - held
     assert mesh.peer("a1", "b1")["path"] == "relay"
 
 
@@ -117,6 +121,8 @@ def test_no_registered_node_loses_its_coord_connection_under_a_flood(topo: Topol
     assert half_open["closed_by_server"] == half_open["opened"]
     assert idle["opened"] > 0 and idle["closed_by_server"] == idle["opened"]
     assert idle["closed_after_max"] < 10.0 + 10.0 + 2.0, "handshake, then register, deadlines"
+    held = ServerLimits().max_unregistered_per_host
+    assert half_open["closed_early"] + idle["closed_early"] == half_open["opened"] + idle["opened"] - held
     assert "node offline" not in (mesh.dir / "coord.log").read_text()
     listing = mesh.admin("nodes", "list").stdout
     assert sum(" online " in line for line in listing.splitlines()) == 2, listing
