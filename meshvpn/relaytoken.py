@@ -4,12 +4,16 @@ The relay keeps no link to the coordination server, so the server hands each onl
 token per relay, and the node shows it in every RELAY_HELLO::
 
     token = nonce (24) | crypto_box_afternm(node_key (32) | expires (u32 LE, Unix seconds)
-                                            | network (4), nonce, k = shared(coord, relay))  # 80 bytes
+                                            | network (4), nonce, k)  # 80 bytes
+    k = BLAKE2b-256(shared(coord, relay), person "meshvpn-token-2")
 
 Only the server and that relay know ``k``, so a token cannot be forged, read by others or
 shown to another relay; it names the node, so it is worthless without the node's private key
 (the hello proves that). It also names the node's network (`network_tag`: the first bytes
-of a hash of its name), and the relay forwards only between nodes of one network. Tokens last `TOKEN_LIFETIME`; the server sends fresh ones every
+of a hash of its name), and the relay forwards only between nodes of one network. `k` is
+derived from the shared key, not the shared key itself as in the first token layout, so that
+a relay of that layout refuses these tokens instead of reading the network as part of a far
+expiry. Tokens last `TOKEN_LIFETIME`; the server sends fresh ones every
 `TOKEN_REFRESH`, so a revoked node loses every relay within `TOKEN_LIFETIME`.
 
 Sans-IO: the caller passes ``now`` (Unix seconds) and the nonce randomness.
@@ -57,6 +61,12 @@ class TokenGrant(NamedTuple):
     """The node's network (`network_tag`): the relay forwards only within it."""
 
 
+def _token_key(local_private: bytes, remote_public: bytes) -> bytes:
+    """The key tokens are sealed with between the coord and one relay."""
+    shared = wire.box_key(local_private, remote_public)
+    return hashlib.blake2b(shared, digest_size=32, person=b"meshvpn-token-2").digest()
+
+
 def network_tag(name: str) -> bytes:
     """The short, stable name of a network inside tokens."""
     return hashlib.blake2b(name.encode(), digest_size=NETWORK_TAG_LEN, person=b"meshvpn-network").digest()
@@ -78,7 +88,7 @@ class TokenMinter:
         key = self._keys.get(relay_public)
         if key is None:
             try:
-                key = self._keys[relay_public] = wire.box_key(self._private, relay_public)
+                key = self._keys[relay_public] = _token_key(self._private, relay_public)
             except wire.WireError as exc:
                 raise LocalProtocolError("relay public key is unusable") from exc
         expires = int(now + TOKEN_LIFETIME)
@@ -91,7 +101,7 @@ class TokenVerifier:
 
     def __init__(self, relay_private: bytes, coord_public: bytes) -> None:
         try:
-            self._key = wire.box_key(relay_private, coord_public)
+            self._key = _token_key(relay_private, coord_public)
         except wire.WireError as exc:
             raise LocalProtocolError("coordination server public key is unusable") from exc
 

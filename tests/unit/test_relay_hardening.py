@@ -9,12 +9,13 @@ registration).
 import hashlib
 
 import pytest
+from nacl import bindings
 
 from meshvpn import keys, wire
 from meshvpn.cookie import COOKIE_LIFETIME, REPLY_LEN, SECRET_LIFETIME, CookieChecker, CookieJar
 from meshvpn.relay import core as relay_core
 from meshvpn.relay.core import DH_BURST, IDLE_TIMEOUT, RelayCore, Stream
-from meshvpn.relaytoken import TokenMinter, network_tag
+from meshvpn.relaytoken import TokenError, TokenMinter, TokenVerifier, network_tag
 from meshvpn.wire import Endpoint, MessageType
 from test_relay_core import (
     A_EP, ALICE, B_EP, BOB, COORD, LIMITS, M_EP, MALLORY, MALLORY_TOKEN, NOW, RELAY, RELAY_PUBLIC, counting_random, envelope,
@@ -149,3 +150,12 @@ def test_a_garbled_cookie_reply_is_not_taken():
     assert not jar.consume(reply, {bytes([8]) * 24}, NOW + 1), "a reply to a hello we did not send"
     assert not jar.consume(reply[:-1] + bytes([reply[-1] ^ 1]), {bytes([7]) * 24}, NOW + 1)
     assert jar.stamp(b"x" * 40, NOW + 1) == b"x" * 40
+
+
+def test_a_token_of_the_first_layout_is_refused_not_read_with_a_far_expiry():
+    """Tokens used to hold a u64 expiry; a relay of either layout must refuse the other's."""
+    nonce = bytes(24)
+    body = keys.public_key(ALICE) + (int(NOW) + 600).to_bytes(8, "little")
+    old = nonce + bindings.crypto_box_afternm(body, nonce, wire.box_key(COORD, RELAY_PUBLIC))
+    with pytest.raises(TokenError, match="failed authentication"):
+        TokenVerifier(RELAY, keys.public_key(COORD)).verify(old, keys.public_key(ALICE), NOW)
