@@ -36,13 +36,11 @@ from typing import Any, Hashable
 from meshvpn.control import messages as m
 from meshvpn.coord.addressing import AddressPoolExhausted
 from meshvpn.coord.authkeys import AuthKey, AuthKeyRejected, create_auth_key
-from meshvpn.config import check_tag
 from meshvpn.coord import passes
 from meshvpn.coord.candidates import SAMPLE_LIFETIME, plain_ip, punch_towards, sane_locals, sane_public
 from meshvpn.coord.connstate import ConnEvent, ConnState, Connection
 from meshvpn.coord.events import Action, AdminError, Close, Log, NodeStatus, Send
 from meshvpn.coord.peermap import peer_map_parts, peer_update
-from meshvpn.coord.policy import Member, access_for
 from meshvpn.coord.settings import MembershipSettings
 from meshvpn.coord.roster import Roster
 from meshvpn.coord.store import NodeRecord, Store
@@ -245,15 +243,7 @@ class Membership:
 
     def find_node(self, ref: str) -> NodeRecord:
         """The one node `ref` names: its base64 key, its overlay address, or its name."""
-        nodes = self._roster.nodes()
-        matches = [n for n in nodes if encode_key(n.key) == ref]
-        matches = matches or [n for n in nodes if n.address == ref] or [n for n in nodes if n.name == ref]
-        if not matches:
-            raise AdminError(f"no node named {ref!r}")
-        if len(matches) > 1:
-            where = ", ".join(sorted(n.network for n in matches))
-            raise AdminError(f"{ref!r} is ambiguous (networks {where}); name the node by its key")
-        return matches[0]
+        return self._roster.find(ref)
 
     def approve(self, ref: str) -> NodeRecord:
         """Let a node into an approval-required network; a waiting connection comes online at once."""
@@ -273,15 +263,12 @@ class Membership:
         """Give a node a tag, or take it away; access rules see it when their nodes next register."""
         node = self.find_node(ref)
         try:
-            check_tag(tag)
+            tagged = self._roster.tag(node, tag, remove)
         except ValueError as exc:
             raise AdminError(str(exc)) from None
-        tags = tuple(t for t in node.tags if t != tag) + (() if remove else (tag,))
-        if tags != node.tags:
-            node = replace(node, tags=tags)
-            self._roster.put(node)
-            self._log("info", "node untagged" if remove else "node tagged", node, tag=tag)
-        return node
+        if tagged != node:
+            self._log("info", "node untagged" if remove else "node tagged", tagged, tag=tag)
+        return tagged
 
     def revoke(self, ref: str) -> NodeRecord:
         """Shut a node out for good: close it, tell its peers to forget it, refuse it from now on."""
@@ -290,14 +277,11 @@ class Membership:
             return node
         node = replace(node, revoked=True)
         self._roster.put(node)
-        self._ephemeral_deadlines.pop(node.key, None)
         self._log("warning", "node revoked", node)
         conn = self._conn_of_key.get(node.key)
         if conn is not None:
             self._send(conn, m.Error("revoked", "this node was revoked by an administrator"))
-            self._forget(conn)
-            self._actions.append(Close(conn.conn_id, "revoked"))
-        self._broadcast(node.network, m.PeerRemove(node.key))
+        self._expel(node, "revoked")
         return node
 
     def _leave(self, conn: Connection, now: float) -> None:
@@ -307,10 +291,16 @@ class Membership:
             self._refuse(conn, now, "revoked" if node else "bad_request", "revoked" if node else "unknown node")
             return
         self._roster.delete(node.key)
-        self._ephemeral_deadlines.pop(node.key, None)
         self._log("info", "node left", node)
-        self._forget(conn)
-        self._actions.append(Close(conn.conn_id, "left"))
+        self._expel(node, "left")
+
+    def _expel(self, node: NodeRecord, reason: str) -> None:
+        """`node` is out (revoked, or left): close its connection, its peers forget it."""
+        self._ephemeral_deadlines.pop(node.key, None)
+        conn = self._conn_of_key.get(node.key)
+        if conn is not None:
+            self._forget(conn)
+            self._actions.append(Close(conn.conn_id, reason))
         self._broadcast(node.network, m.PeerRemove(node.key))
 
     # ----- registration
@@ -362,22 +352,8 @@ class Membership:
         conn.advance(ConnEvent.REGISTERED if conn.state is ConnState.NEW else ConnEvent.APPROVED)
         self._online.setdefault(node.network, {})[node.key] = conn
         self._roster.changed(node.key)
-        tokens, turn = passes.issue(self._minter, self.settings.relays, self.settings.turn, conn, conn.last_heard)
-        self._send(
-            conn,
-            m.Registered(
-                node_key=node.key,
-                name=node.name,
-                address=node.address,
-                network=m.NetworkInfo(network.name, network.cidr),
-                relays=self.settings.relays,
-                relay_tokens=tokens,
-                turn=turn,
-                path_reports=True,
-                access=access_for(self.settings.access.get(node.network), Member(node.name, frozenset(node.tags)),
-                                  (Member(n.name, frozenset(n.tags)) for n in self._roster.nodes(node.network))),
-            ),
-        )
+        members = self._roster.nodes(node.network)
+        self._send(conn, passes.registered(self._minter, self.settings, network, node, members, conn))
         peers = [self._roster.entry(n, self._peer_info) for n in self._roster.nodes(node.network)
                  if self._visible(n, node.key)]
         for message, payload in peer_map_parts(peers, self.settings.peer_map_part_bytes):

@@ -17,10 +17,13 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, Mapping
 
 from meshvpn.control import messages as m
+from meshvpn.config import check_tag
 from meshvpn.coord.addressing import first_free_address, unique_name
 from meshvpn.coord.authkeys import AuthKeyRejected, verify_token
+from meshvpn.coord.events import AdminError
 from meshvpn.coord.peermap import PeerEntry
 from meshvpn.coord.store import Network, NodeRecord, Store
+from meshvpn.keys import encode_key
 
 
 @dataclass
@@ -70,6 +73,29 @@ class Roster:
             ephemeral=auth_key.ephemeral,
             auth_key_id=auth_key.id,
         )
+
+    def find(self, ref: str) -> NodeRecord:
+        """The one node `ref` names: its base64 key, its overlay address, or its name; AdminError if
+        none or several (in several networks) do."""
+        nodes = self.nodes()
+        matches = [n for n in nodes if encode_key(n.key) == ref]
+        matches = matches or [n for n in nodes if n.address == ref] or [n for n in nodes if n.name == ref]
+        if not matches:
+            raise AdminError(f"no node named {ref!r}")
+        if len(matches) > 1:
+            where = ", ".join(sorted(n.network for n in matches))
+            raise AdminError(f"{ref!r} is ambiguous (networks {where}); name the node by its key")
+        return matches[0]
+
+    def tag(self, node: NodeRecord, tag: str, remove: bool = False) -> NodeRecord:
+        """`node` with `tag` given or taken away, stored if that changed it; ValueError for a bad tag."""
+        check_tag(tag)
+        tags = tuple(t for t in node.tags if t != tag) + (() if remove else (tag,))
+        if tags == node.tags:
+            return node
+        node = replace(node, tags=tags)
+        self.put(node)
+        return node
 
     # ----- reads
 
