@@ -1,7 +1,7 @@
 """Build wiring for the optional native data path (``meshvpn._fastpath``, linked to libsodium).
 
 The extension is optional: without a compiler or ``libsodium-dev`` the build skips it and
-``meshvpn.fastpath`` uses the pure-Python code.  Everything else is in pyproject.toml.
+``meshvpn.node.datapath.fastpath`` uses the pure-Python code.  Everything else is in pyproject.toml.
 """
 
 from setuptools import Extension, setup

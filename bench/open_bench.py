@@ -19,10 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from meshvpn import fastpath, wire  # noqa: E402
+from meshvpn import wire  # noqa: E402
 from meshvpn.control import messages as m  # noqa: E402
 from meshvpn.node.core import NodeCore  # noqa: E402
-from meshvpn.node.dataplane import DataPlane  # noqa: E402
+from meshvpn.node.datapath import fastpath  # noqa: E402
+from meshvpn.node.datapath.dataplane import DataPlane  # noqa: E402
 from meshvpn.node.pathfinder import Path as PathTo, PathKind  # noqa: E402
 from meshvpn.node.peers import Route  # noqa: E402
 from meshvpn.noise import SessionKeys  # noqa: E402

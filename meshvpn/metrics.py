@@ -100,7 +100,7 @@ def node_families(core, dataplane) -> list[Family]:
     _by_reason(drops, core.drops + dataplane.drops)
     for kind, count in by_kind.items():
         peers.add(count, kind)
-    relay.add(core.relay_endpoint is not None)
+    relay.add(core.routes.relay_endpoint is not None)
     return [rx_bytes, tx_bytes, rx_packets, tx_packets, handshakes, rekeys, path, peer_drops, drops, peers, relay]
 
 

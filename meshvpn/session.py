@@ -171,7 +171,7 @@ class Session:
         """Which AEAD implementation seals and opens (one of BACKENDS)."""
         self.send_key = keys.send_key
         self.recv_key = keys.recv_key
-        """The transport keys, for meshvpn.fastpath's native loops (they seal and open with them)."""
+        """The transport keys, for meshvpn.node.datapath.fastpath's native loops (they seal and open with them)."""
         self.window = ReplayWindow()
         """Counters seen; the native loops read and update the same window."""
         self._seal_at, self._open_at = _AEADS[backend](keys.send_key, keys.recv_key)

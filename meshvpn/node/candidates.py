@@ -12,10 +12,12 @@ generator, so the machine never changes when a generator is added.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol, Sequence
 
-Endpoint = tuple[str, int]
+from meshvpn.control import messages as m
+from meshvpn.wire import Endpoint
 
 
 class CandidateKind(enum.StrEnum):
@@ -104,3 +106,17 @@ def random_ports(per_round: int, randrange: Callable[[int, int], int]) -> PortGe
         return [randrange(1024, 65536) for _ in range(per_round)]
 
     return generate
+
+
+def candidates_of(info: m.PeerInfo) -> list[Candidate]:
+    """Where the coord says a peer may be: its LAN addresses, its STUN mapping, and its
+    coord-observed address with its local ports (port-preserving NATs keep them)."""
+    out = [Candidate(Endpoint(e.host, e.port), CandidateKind.LAN) for e in info.local_endpoints]
+    if info.public_endpoint is not None:
+        out.append(Candidate(Endpoint(info.public_endpoint.host, info.public_endpoint.port), CandidateKind.PUBLIC))
+    if info.observed_host is not None and not ipaddress.ip_address(info.observed_host).is_loopback:
+        for port in dict.fromkeys(e.port for e in info.local_endpoints):
+            guess = Candidate(Endpoint(info.observed_host, port), CandidateKind.PUBLIC)
+            if guess not in out:
+                out.append(guess)
+    return out

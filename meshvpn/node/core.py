@@ -33,26 +33,29 @@ Rules:
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Optional
 
 from meshvpn import wire
 from meshvpn.constants import KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT
 from meshvpn.control import messages as m
 from meshvpn.coord.peermap import PeerMapAssembler
 from meshvpn.errors import RemoteProtocolError
-from meshvpn.keys import encode_key
-from meshvpn.node.candidates import Candidate, CandidateKind
+from meshvpn.node.candidates import candidates_of
 from meshvpn.node.destinations import LocalDestinations
+from meshvpn.node.events import (
+    AddressAssigned, CoordRejected, Event, PeerDown, PeerPathChanged, PeerUp, PingReply,
+)
 from meshvpn.node.handshakes import HandshakeManager
-from meshvpn.node.pathfinder import RELAY_PATH, Path, PathChanged, PathFinder, PathFinderConfig, PathKind
+from meshvpn.node.pathfinder import RELAY_PATH, PathChanged, PathFinder, PathFinderConfig, PathKind
 from meshvpn.node.peers import Peer, PeerTable, Route
-from meshvpn.node.prediction import NatProfile
+from meshvpn.node.punching import Punching
+from meshvpn.node.routes import Routes
+from meshvpn.node.status import node_status
 from meshvpn.node.probes import ProbeBudget, ProbeCodec, ProbeRefused
-from meshvpn.node.tcppunch import TcpEndpoint
-from meshvpn.node.traversal import OnPunch, OpenMappings, SampleWanted, Traversal
+from meshvpn.node.tcp.core import TcpEndpoint
+from meshvpn.node.traversal import Traversal
 from meshvpn.noise import StaticIdentity
 from meshvpn.session import Session
 from meshvpn.wire import Endpoint, MessageType
@@ -78,73 +81,7 @@ class CoreConfig:
     """Least seconds between two ``punch_request`` messages for one peer."""
 
 
-@dataclass(frozen=True)
-class Registered:
-    """The coord accepted us: the shell puts ``address``/prefix of ``network`` on the TUN."""
-
-    name: str
-    address: str
-    network: str
-    """The overlay CIDR, e.g. ``100.64.0.0/10``."""
-
-
-@dataclass(frozen=True)
-class PeerPathChanged:
-    """A peer's path changed (log one line: peer, old → new, reason)."""
-
-    name: str
-    old: Optional[Path]
-    new: Optional[Path]
-    reason: str
-
-
-@dataclass(frozen=True)
-class PeerUp:
-    """A handshake with a peer completed (the first, or after its sessions expired)."""
-
-    name: str
-
-
-@dataclass(frozen=True)
-class PeerDown:
-    """A peer became unreachable: sessions expired, handshake abandoned, or removed."""
-
-    name: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class PingReply:
-    """The answer to a probe sent by :meth:`NodeCore.ping`."""
-
-    tx_id: bytes
-    name: str
-    address: str
-    path: str
-    """Kind of the path the probe went out on: lan, direct, tcp or relay."""
-    endpoint: Endpoint
-    rtt: float
-
-
-@dataclass(frozen=True)
-class CoordRefused:
-    """The coord sent an error (bad auth key, approval pending, revoked...)."""
-
-    code: str
-    message: str
-
-
-Event = Union[Registered, PeerPathChanged, PeerUp, PeerDown, PingReply, CoordRefused, SampleWanted, OpenMappings]
-
-
-@dataclass
-class _Ping:
-    peer: Peer
-    sent_at: float
-    route: Route
-
-
-class NodeCore:
+class NodeCore(Punching):
     """All per-node protocol state; the data path reads ``peers`` directly."""
 
     def __init__(self, private_key: bytes, random_bytes: Callable[[int], bytes], config: CoreConfig | None = None):
@@ -156,13 +93,12 @@ class NodeCore:
         self.handshakes = HandshakeManager(self.identity, random_bytes, self.config.wall_offset)
         self.probes = ProbeCodec(private_key, self.public_key)
         self.probe_budget = ProbeBudget()
-        self.registration: Optional[Registered] = None
+        self.registration: Optional[AddressAssigned] = None
         self.destinations = LocalDestinations()
         """Inner destinations the data path accepts from peers (ours, broadcast, joined groups)."""
         self.relays: tuple[m.RelayInfo, ...] = ()
-        self.relay_endpoint: Optional[Endpoint] = None
-        self.turn_routes: dict[bytes, Endpoint] = {}
-        """Peer key → the peer's TURN relayed address: its relay path while no meshvpn relay is ready."""
+        self.routes = Routes()
+        """The relay transports (home relay, TURN) and the route each path gets."""
         self.drops: Counter = Counter()
         """Dropped non-data datagrams by reason, for status and tests."""
         self._datagrams: list[tuple[Endpoint, bytes]] = []
@@ -170,8 +106,6 @@ class NodeCore:
         self._report_paths = False
         """The coord takes `paths` reports (it said so in `registered`)."""
         self._events: deque[Event] = deque()
-        self._pings: dict[bytes, _Ping] = {}
-        self._scheduled_punches: list[tuple[float, bytes]] = []
         self._peer_map = PeerMapAssembler()
         """Parts of a peer map too large for one frame, until its last part arrives."""
         self.traversal = Traversal(self._randrange, self.config.paths.punch_interval)
@@ -197,9 +131,9 @@ class NodeCore:
     def get_timer(self) -> Optional[float]:
         """The earliest deadline of any peer, handshake, scheduled punch or ping."""
         deadlines = [self.handshakes.get_timer(), self.traversal.get_timer()]
-        deadlines += [when for when, _ in self._scheduled_punches]
-        deadlines += [p.sent_at + PING_TIMEOUT for p in self._pings.values()]
         for peer in self.peers:
+            deadlines += peer.punches_due
+            deadlines += [sent_at + PING_TIMEOUT for sent_at, _ in peer.pings.values()]
             deadlines.append(peer.paths.get_timer())
             deadlines.append(peer.ring.get_timer())
             deadlines.append(self._rekey_deadline(peer))
@@ -209,7 +143,7 @@ class NodeCore:
 
     def coord_message(self, msg: m.Message, now: float) -> None:
         if isinstance(msg, m.Registered):
-            self.registration = Registered(msg.name, msg.address, msg.network.cidr)
+            self.registration = AddressAssigned(msg.name, msg.address, msg.network.cidr)
             self.destinations.set_overlay(msg.address, msg.network.cidr)
             self.relays = msg.relays
             self._events.append(self.registration)
@@ -220,17 +154,17 @@ class NodeCore:
             if peers is not None:
                 listed = {info.key for info in peers}
                 for key in [key for key in self.peers.by_key if key not in listed]:
-                    self._remove_peer(key, "left the peer map")
+                    self.remove_peer(key, "left the peer map")
                 for info in peers:
                     self._upsert_peer(info, now)
         elif isinstance(msg, m.PeerUpdate):
             self._upsert_peer(msg.peer, now)
         elif isinstance(msg, m.PeerRemove):
-            self._remove_peer(msg.key, "removed by the coord")
+            self.remove_peer(msg.key, "removed by the coord")
         elif isinstance(msg, m.Punch):
             self._on_punch(msg, now)
         elif isinstance(msg, m.Error):
-            self._events.append(CoordRefused(msg.code, msg.message))
+            self._events.append(CoordRejected(msg.code, msg.message))
 
     def _upsert_peer(self, info: m.PeerInfo, now: float) -> None:
         if info.key == self.public_key:
@@ -242,14 +176,15 @@ class NodeCore:
                                                    self.traversal.strategy(info.key)))
             self.peers.add(peer)
             self.probes.add_peer(info.key)
-            peer.paths.relay_ready(self._relay_ready(peer), now)
+            peer.paths.relay_ready(self.routes.relay_ready(peer.key), now)
         else:
             self.peers.readdress(peer, info)
             if self.traversal.set_peer_nat(info.key, info.nat):
                 peer.paths.strategy = self.traversal.strategy(info.key)
-        peer.paths.set_candidates(_candidates(info), now)
+        peer.paths.set_candidates(candidates_of(info), now)
 
-    def _remove_peer(self, key: bytes, reason: str) -> None:
+    def remove_peer(self, key: bytes, reason: str) -> None:
+        """Forget the peer: its sessions, handshake, probes, traversal state and pings."""
         peer = self.peers.remove(key)
         if peer is None:
             return
@@ -257,103 +192,17 @@ class NodeCore:
         self.probes.remove_peer(key)
         self.probe_budget.forget(key)
         self.traversal.forget(key)
-        self._pings = {tx: p for tx, p in self._pings.items() if p.peer is not peer}
         self._events.append(PeerDown(peer.name, reason))
-
-    def _on_punch(self, msg: m.Punch, now: float) -> None:
-        peer = self.peers.by_key.get(msg.peer_key)
-        if peer is None:
-            self.drops["punch for unknown peer"] += 1
-            return
-        local = set(peer.info.local_endpoints)
-        extra = [
-            Candidate(Endpoint(e.host, e.port), CandidateKind.LAN if e in local else CandidateKind.PUBLIC)
-            for e in msg.endpoints
-        ]
-        traversal = self.traversal
-        if msg.nat is not None:
-            traversal.set_peer_nat(peer.key, msg.nat)
-        peer.paths.strategy = traversal.strategy(peer.key)
-        if msg.sample is not None and not traversal.profile(peer.key).endpoint_independent:
-            extra = [Candidate(Endpoint(msg.sample.host, msg.sample.port), CandidateKind.PUBLIC)]
-            lan = [c for c in _candidates(peer.info) if c.kind is CandidateKind.LAN]
-            peer.paths.set_candidates(lan + extra, now)
-        else:
-            peer.paths.set_candidates(_candidates(peer.info) + extra, now)
-        if peer.route is None:
-            peer.paths.want_path(now)
-        if peer.route is None or peer.route.path is RELAY_PATH:
-            traversal.want_path(peer.key, now, restart=False)
-        plan = traversal.on_punch(peer.key, msg.sample is not None, now)
-        if plan is OnPunch.SAMPLE:
-            self._ask_sample(peer)
-        if plan is not OnPunch.PUNCH:
-            return
-        public = [c.endpoint for c in extra if c.kind is CandidateKind.PUBLIC]
-        if public and traversal.open_mappings(peer.key, now):
-            probes = tuple(self._probe(peer, self.random_bytes(8), public[0], now)
-                           for _ in range(traversal.birthday.sockets))
-            probes = tuple(probe for probe in probes if probe is not None)
-            self._events.append(OpenMappings(peer.key, public[0], probes, traversal.birthday.seconds))
-        start = now if msg.at is None else msg.at - self.config.wall_offset
-        if start > now:
-            self._scheduled_punches.append((start, peer.key))
-        else:
-            self._punch(peer, now)
-
-    def _punch(self, peer: Peer, now: float) -> None:
-        peer.paths.punch(now)
-        self._drain_paths(peer, now)
-
-    # ---- hard NATs ----------------------------------------------------------------
-
-    def set_own_endpoints(self, local: Iterable[Endpoint], public: Optional[Endpoint]) -> None:
-        """Our LAN endpoints and public mapping, as the shell learns them: probes to us were sent there."""
-        hosts = [e.host for e in local] + ([] if public is None else [public.host])
-        self.probes.set_own_hosts(hosts)
-
-    def set_nat_profile(self, profile: NatProfile) -> None:
-        """Our NAT's behaviour as the shell sampled it; every peer's probe strategy follows."""
-        if profile != self.traversal.local:
-            self.traversal.local = profile
-            for peer in self.peers:
-                peer.paths.strategy = self.traversal.strategy(peer.key)
-
-    def port_sampled(self, peer_key: bytes, sample: Optional[Endpoint], now: float) -> None:
-        """The answer to ``SampleWanted``: a new socket's mapped endpoint (None: no STUN answer)."""
-        peer = self.peers.by_key.get(peer_key)
-        if peer is None:
-            return
-        self.traversal.sampled(peer_key, now)
-        self._coord_out.append(m.PunchRequest(peer_key, sample=None if sample is None else m.Endpoint(*sample)))
-        if sample is None:
-            self._punch(peer, now)
-
-    def _ask_sample(self, peer: Peer) -> None:
-        if self.traversal.sample_requested(peer.key):
-            self._events.append(SampleWanted(peer.key))
-
-    def _resample(self, now: float) -> None:
-        """Hard sides whose re-sample is due: a new sample, or (birthday) a new punch request."""
-        for key in self.traversal.due(now):
-            peer = self.peers.by_key.get(key)
-            if peer is None or (peer.route is not None and peer.route.path is not RELAY_PATH):
-                self.traversal.path_found(key)
-            elif self.traversal.samples_ports:
-                self._ask_sample(peer)
-            else:
-                self.traversal.sampled(key, now)
-                self._coord_out.append(m.PunchRequest(peer_key=key))
 
     # ---- relay --------------------------------------------------------------------
 
     def set_relay(self, endpoint: Optional[Endpoint], now: float) -> None:
         """The relay transport is ready at ``endpoint`` (or gone, with None)."""
-        self.relay_endpoint = endpoint
+        self.routes.relay_endpoint = endpoint
         for peer in self.peers:
-            peer.paths.relay_ready(self._relay_ready(peer), now)
+            peer.paths.relay_ready(self.routes.relay_ready(peer.key), now)
             if peer.route is not None and peer.route.path is RELAY_PATH:
-                peer.route = self._route(peer, RELAY_PATH)
+                peer.route = self.routes.for_path(peer.key, RELAY_PATH)
             self._drain_paths(peer, now)
 
     def set_tcp_path(self, peer_key: bytes, endpoint: Optional[TcpEndpoint], now: float) -> None:
@@ -364,26 +213,11 @@ class NodeCore:
             self._drain_paths(peer, now)
 
     def set_turn(self, routes: dict[bytes, Endpoint], now: float) -> None:
-        """Peers reachable through TURN, at their relayed address (the shell frames ChannelData).
+        """Peers reachable through TURN, at their relayed address (the node frames ChannelData).
 
         TURN carries a peer's relay path only while no meshvpn relay is ready (docs/relay.md)."""
-        self.turn_routes = routes
-        self.set_relay(self.relay_endpoint, now)
-
-    def _relay_ready(self, peer: Peer) -> bool:
-        return self.relay_endpoint is not None or peer.key in self.turn_routes
-
-    def _route(self, peer: Peer, path: Optional[Path]) -> Optional[Route]:
-        if path is None:
-            return None
-        if path.kind is PathKind.RELAY:
-            if self.relay_endpoint is None:
-                turn = self.turn_routes.get(peer.key)
-                return None if turn is None else Route(path, turn)
-            return Route(path, self.relay_endpoint, wire.header(MessageType.RELAY) + peer.key)
-        if path.kind is PathKind.TCP:
-            return Route(path, path.endpoint)
-        return Route(path, Endpoint(*path.endpoint))
+        self.routes.turn = routes
+        self.set_relay(self.routes.relay_endpoint, now)
 
     # ---- datagrams ----------------------------------------------------------------
 
@@ -409,11 +243,6 @@ class NodeCore:
         except RemoteProtocolError:
             self.drops["malformed"] += 1
 
-    def _reply_route(self, peer: Peer, src: Endpoint, relayed_from: Optional[bytes]) -> Route:
-        if relayed_from is not None:
-            return Route(RELAY_PATH, src, wire.header(MessageType.RELAY) + relayed_from)
-        return Route(Path(PathKind.DIRECT, src), src)
-
     def _on_probe(self, data: bytes, src: Endpoint, now: float, relayed_from: Optional[bytes],
                   via: Optional[int] = None) -> None:
         direct = relayed_from is None and type(src) is not TcpEndpoint
@@ -431,18 +260,17 @@ class NodeCore:
         if probe.kind == MessageType.PROBE:
             reply = self.probes.reply(peer.key, probe.tx_id, Endpoint(*src), self.random_bytes(24),
                                       now + self.config.wall_offset)
-            self._send_via(self._reply_route(peer, src, relayed_from), reply)
+            self._send_via(self.routes.reply(src, relayed_from), reply)
             if relayed_from is None:
                 peer.paths.probe_received(src, now)
                 if peer.route is None:
                     peer.paths.punch(now)
         else:
-            ping = self._pings.pop(probe.tx_id, None)
+            ping = peer.pings.pop(probe.tx_id, None)
             if ping is not None:
-                self._events.append(
-                    PingReply(probe.tx_id, peer.name, peer.address, ping.route.path.kind.value,
-                              ping.route.endpoint, now - ping.sent_at)
-                )
+                sent_at, route = ping
+                self._events.append(PingReply(probe.tx_id, peer.name, peer.address, route.path.kind.value,
+                                              route.endpoint, now - sent_at))
                 if relayed_from is None:
                     peer.paths.traffic_received(src, now)
             elif relayed_from is None:
@@ -458,7 +286,7 @@ class NodeCore:
         index = self._new_index(peer)
         response, keys = pending.respond(index, self.random_bytes(32))
         self._install(peer, Session(keys, now), now)
-        self._send_via(self._reply_route(peer, src, relayed_from), response)
+        self._send_via(self.routes.reply(src, relayed_from), response)
         if peer.route is None:
             peer.paths.want_path(now)
         if relayed_from is None:
@@ -569,7 +397,7 @@ class NodeCore:
         """Carry out the path finder's probes and path changes."""
         for action in peer.paths.next_actions():
             if isinstance(action, PathChanged):
-                peer.route = self._route(peer, action.new)
+                peer.route = self.routes.for_path(peer.key, action.new)
                 if action.new is not None and action.new.kind is not PathKind.RELAY:
                     self.traversal.path_found(peer.key)
                 self._events.append(PeerPathChanged(peer.name, action.old, action.new, action.reason.value))
@@ -610,7 +438,7 @@ class NodeCore:
             self._punch(peer, now)
             return None
         tx_id = self.random_bytes(8)
-        self._pings[tx_id] = _Ping(peer, now, route)
+        peer.pings[tx_id] = (now, route)
         self._send_via(route, self.probes.probe(peer.key, tx_id, route.endpoint, self.random_bytes(24),
                                                 now + self.config.wall_offset))
         return tx_id
@@ -627,12 +455,12 @@ class NodeCore:
 
     def handle_timer(self, now: float) -> None:
         """Do everything due at ``now``; safe to call early or late."""
-        due = [key for when, key in self._scheduled_punches if when <= now]
-        self._scheduled_punches = [(when, key) for when, key in self._scheduled_punches if when > now]
-        for key in due:
-            if key in self.peers.by_key:
-                self._punch(self.peers.by_key[key], now)
-        self._pings = {tx: p for tx, p in self._pings.items() if now < p.sent_at + PING_TIMEOUT}
+        for peer in self.peers:
+            due = [when for when in peer.punches_due if when <= now]
+            peer.punches_due = [when for when in peer.punches_due if when > now]
+            for _ in due:
+                self._punch(peer, now)
+            peer.pings = {tx: ping for tx, ping in peer.pings.items() if now < ping[0] + PING_TIMEOUT}
         self._resample(now)
         for peer in self.peers:
             self.sync_traffic(peer)
@@ -662,47 +490,4 @@ class NodeCore:
 
     def status(self, now: float) -> dict:
         """This node and its peers as ``meshvpn status --json`` prints them."""
-        reg = self.registration
-        return {
-            "self": {
-                "name": reg.name if reg else "-",
-                "overlay": reg.address if reg else None,
-                "network": reg.network if reg else None,
-                "key": encode_key(self.public_key),
-            },
-            "peers": [_peer_status(peer, now) for peer in self.peers],
-        }
-
-
-def _peer_status(peer: Peer, now: float) -> dict:
-    route = peer.route
-    c = peer.counters
-    return {
-        "name": peer.name,
-        "key": peer.key_text,
-        "overlay": peer.address,
-        "online": peer.info.online,
-        "path": route.path.kind.value if route else "-",
-        "endpoint": f"{route.endpoint[0]}:{route.endpoint[1]}" if route else None,
-        "rtt_ms": None if peer.paths.stats.rtt is None else round(peer.paths.stats.rtt * 1000, 2),
-        "rx_bytes": c.rx_bytes,
-        "tx_bytes": c.tx_bytes,
-        "rx_packets": c.rx_packets,
-        "tx_packets": c.tx_packets,
-        "drops": dict(c.drops),
-        "last_handshake": None if peer.last_handshake is None else round(now - peer.last_handshake, 3),
-    }
-
-
-def _candidates(info: m.PeerInfo) -> list[Candidate]:
-    """Where the coord says a peer may be: its LAN addresses, its STUN mapping, and its
-    coord-observed address with its local ports (port-preserving NATs keep them)."""
-    out = [Candidate(Endpoint(e.host, e.port), CandidateKind.LAN) for e in info.local_endpoints]
-    if info.public_endpoint is not None:
-        out.append(Candidate(Endpoint(info.public_endpoint.host, info.public_endpoint.port), CandidateKind.PUBLIC))
-    if info.observed_host is not None and not ipaddress.ip_address(info.observed_host).is_loopback:
-        for port in dict.fromkeys(e.port for e in info.local_endpoints):
-            guess = Candidate(Endpoint(info.observed_host, port), CandidateKind.PUBLIC)
-            if guess not in out:
-                out.append(guess)
-    return out
+        return node_status(self.registration, self.public_key, self.peers, now)

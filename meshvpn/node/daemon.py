@@ -3,7 +3,7 @@
 The shell owns every file descriptor and the clock: the TUN device, the one UDP socket
 (shared by tunnel traffic, probes, handshakes and STUN), the coord link and the control
 socket.  Both descriptors are read in batches from ``loop.add_reader`` callbacks straight
-into :class:`~meshvpn.node.dataplane.DataPlane`; the core gets one timer, re-armed from
+into :class:`~meshvpn.node.datapath.dataplane.DataPlane`; the core gets one timer, re-armed from
 ``get_timer()`` whenever the core was touched.  The coord may come and go: the data path
 and the peer table live on, and the link reconnects with backoff.
 """
@@ -18,40 +18,43 @@ import platform
 import signal
 import socket
 import time
-from collections import Counter
-from typing import AsyncIterator, Callable, Optional
+from typing import Callable, Optional
 
 from meshvpn import __version__
 from meshvpn.config import NodeConfig, load_node_config
 from meshvpn.control import messages as m
-from meshvpn.fastpath import DATA_PATH
 from meshvpn.keys import read_private_key
 from meshvpn.localsock import ControlServer
 from meshvpn.metrics import MetricsEndpoint, node_families, start_metrics
+from meshvpn.node import events as ev
 from meshvpn.node.coordlink import CoordLink
-from meshvpn.node.core import CoordRefused, CoreConfig, NodeCore, PeerDown, PeerPathChanged, PeerUp, PingReply, Registered
-from meshvpn.node.dataplane import DataPlane, SendBuffer
+from meshvpn.node.core import CoreConfig
+from meshvpn.node.datapath.dataplane import DataPlane, SendBuffer
+from meshvpn.node.discovery import SocketSender, own_nat_profile, port_sample, public_mapping
+from meshvpn.node.eventlog import log_event
 from meshvpn.node.endpoints import local_endpoints
-from meshvpn.node.startup import explain_refusal, preflight
+from meshvpn.node.startup import preflight
 from meshvpn.node.mappings import MappingSockets
 from meshvpn.node.names import NameWatch, watch_names
-from meshvpn.node.netcheck import gather_profile, nat_profile, verdict
-from meshvpn.node.pathfinder import PathFinderConfig, PathKind
-from meshvpn.node.relayclient import RelayClient
-from meshvpn.node.relays import RelaySet
-from meshvpn.node.turnclient import TurnShell
-from meshvpn.node.turnlink import TurnLinks, frame_run
-from meshvpn.node.tcpio import TcpPunchShell, punch_shell
-from meshvpn.node.tcppunch import TcpEndpoint
+from meshvpn.node.node import Node
+from meshvpn.node.status import status_line
+from meshvpn.node.pathfinder import PathFinderConfig
+from meshvpn.node.peers import Route
+from meshvpn.node.relay.shell import RelayStreams
+from meshvpn.node.transports import MainSocket, PinnedSocket, PunchedStream, RelayStream, Transport, TurnChannel
+from meshvpn.node.turn.core import frame_run
+from meshvpn.node.tcp.shell import PunchPort
 from meshvpn.node.timestamps import WRITE_INTERVAL, TimestampFile, restore
-from meshvpn.node.tun import TunDevice
-from meshvpn.node.udpio import MAX_GSO_BYTES, MAX_SEGMENTS, BatchUdpSocket
+from meshvpn.node.verbs import ControlVerbs
+from meshvpn.node.datapath.tun import TunDevice
+from meshvpn.node.datapath.udpio import MAX_GSO_BYTES, MAX_SEGMENTS, BatchUdpSocket
 from meshvpn.reload import Reloader
 from meshvpn.service import Notifier, serve_until_stopped, setup_logging
 from meshvpn.session import OVERHEAD
 from meshvpn.stun import is_stun
-from meshvpn.node.traversal import OpenMappings, SampleWanted, nat_info
-from meshvpn.stunio import StunClient, stun_binding
+from meshvpn.node.traversal import nat_info
+from meshvpn.stunio import StunClient
+from meshvpn.timers import DeadlineTimer
 from meshvpn.wire import Endpoint, MessageType
 
 log = logging.getLogger("meshvpn.node")
@@ -65,33 +68,7 @@ RECV_AREA = 4 * RECV_SLOT
 """Receives gathered per TUN write: at least three GRO batches, or about 140 single datagrams."""
 ENDPOINT_REFRESH = 60.0
 """Seconds between re-checks of local endpoints and the STUN mapping."""
-SAMPLE_TIMEOUT = 1.0
-"""Seconds a fresh-socket port sample may take before the punch goes ahead without it."""
-_HELLO_ACK = bytes((MessageType.RELAY_HELLO_ACK,))
 _TRANSPORT = frozenset((MessageType.DATA, MessageType.KEEPALIVE))
-PING_INTERVAL = 0.5
-PING_WAIT = 2.0
-
-
-def status_line(paths: list[Optional[PathKind]], coord_connected: bool) -> str:
-    """The systemd STATUS= summary: peers, how many peer to peer (LAN, UDP or TCP), how many relayed."""
-    kinds = Counter(paths)
-    direct = kinds[PathKind.DIRECT] + kinds[PathKind.LAN] + kinds[PathKind.TCP]
-    line = f"{len(paths)} peers: {direct} direct, {kinds[PathKind.RELAY]} relay"
-    return line if coord_connected else line + "; offline: coord unreachable"
-
-
-class _SocketSender:
-    """What StunClient needs from a transport: ``sendto`` on the node's own UDP socket."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-
-    def sendto(self, data: bytes, addr) -> None:
-        try:
-            self._sock.sendto(data, addr)
-        except OSError:
-            pass
 
 
 class NodeDaemon:
@@ -103,11 +80,11 @@ class NodeDaemon:
         paths = PathFinderConfig(
             keepalive=config.paths.keepalive, relay_after=config.paths.relay_after, path_timeout=config.paths.path_timeout
         )
-        self.core = NodeCore(private_key, os.urandom, CoreConfig(paths=paths, wall_offset=time.time() - self.loop.time()))
+        self.node = Node(private_key, os.urandom, CoreConfig(paths=paths, wall_offset=time.time() - self.loop.time()))
         self.timestamp_file = TimestampFile(config.state_dir)
-        self.timestamps = restore(self.core.handshakes.timestamps.greatest, self.timestamp_file)
+        self.timestamps = restore(self.node.core.handshakes.timestamps.greatest, self.timestamp_file)
         """When the newest initiation timestamps go to the state directory (replays after a restart)."""
-        self.data = DataPlane(self.core, self._own_datagram)
+        self.data = DataPlane(self.node)
         self._sends = SendBuffer(self._send_run, MAX_SEGMENTS, MAX_GSO_BYTES)
         self._recv_area = bytearray(RECV_AREA)
         """Consecutive receives land one after another here until it is written to the TUN."""
@@ -118,12 +95,10 @@ class NodeDaemon:
         self.stun: Optional[StunClient] = None
         self.link: Optional[CoordLink] = None
         self.names: Optional[NameWatch] = None
-        self.relays: Optional[RelayClient] = None
-        self.turn = TurnShell(TurnLinks(os.urandom), self.core, self._sendto, self._inbound, self._after_core,
-                              lambda msg: self.link.send(msg), self.loop.time)
-        self.tcp: TcpPunchShell = punch_shell(self.core, self._inbound, self._after_core,
-                                              lambda msg: self.link.send(msg), self.loop.time)
-        self.control = ControlServer(str(config.control_socket), self.handle_control)
+        self.relay_streams = RelayStreams(self.node, private_key, self.transmit, self.loop.time)
+        self.punch = PunchPort(self.node, self.transmit, self.loop.time)
+        self.verbs = ControlVerbs(self)
+        self.control = ControlServer(str(config.control_socket), self.verbs.handle_control)
         self.public_endpoint: Optional[m.Endpoint] = None
         self.nat: Optional[m.NatInfo] = None
         self.mappings = MappingSockets(self.loop, config.listen.address, self._on_mapping_datagram)
@@ -135,8 +110,7 @@ class NodeDaemon:
         self.metrics: Optional[MetricsEndpoint] = None
         self.reloader = Reloader(config)
         self.reloader.on_change("paths.keepalive", self._apply_keepalive)
-        self._timer: Optional[asyncio.TimerHandle] = None
-        self._ping_waiters: dict[bytes, asyncio.Future] = {}
+        self._timer = DeadlineTimer(self.loop, self._on_timer)
         self._tasks: list[asyncio.Task] = []
 
     # ---- lifecycle ------------------------------------------------------------------
@@ -149,28 +123,25 @@ class NodeDaemon:
             self._cap_tun_gso()
             self.tun.up()
             self._bind()
-            self.relays = RelayClient(
-                RelaySet(self.core.identity.private, self.core.public_key, os.urandom, self.core.config.wall_offset),
-                self.core.identity.private, self._sendto, self._inbound, self._on_relay_home, self.loop.time,
-            )
-            await self.tcp.start(cfg.listen.address, self.sock.getsockname()[1])
+            await self.punch.start(cfg.listen.address, self.sock.getsockname()[1])
             self.link = CoordLink(
-                cfg.coord.address.host, cfg.coord.address.port, cfg.coord.public_key, self.core.identity,
+                cfg.coord.address.host, cfg.coord.address.port, cfg.coord.public_key, self.node.core.identity,
                 self._register_message, self._on_coord_message, self._on_coord_state,
-                local_socket=self.tcp.coord_socket,
+                local_socket=self.punch.coord_socket,
             )
             self.loop.add_reader(self.tun.fileno(), self._on_tun)
             self.loop.add_reader(self.sock.fileno(), self._on_udp)
             await self.control.start()
             self.local = self._local_endpoints()
-            self.core.set_own_endpoints(self.local, None)
-            self.names = watch_names(self.loop, self.sock.family, self.relays, self.turn)
+            self.node.set_own_endpoints(self.local, None)
+            self.names = watch_names(self.loop, self.sock.family, self.node, self.transmit)
             self._tasks.append(self.loop.create_task(self.names.run()))
             self.link.start()
             self._tasks.append(self.loop.create_task(self._refresh_endpoints()))
             self._tasks.append(self.loop.create_task(self._keep_timestamps()))
-            self.metrics = await start_metrics(cfg.metrics.listen, "daemon", lambda: node_families(self.core, self.data))
-            log.info("node %s listening on udp %s:%d, tun %s", self.core.identity.public.hex()[:8],
+            self.metrics = await start_metrics(cfg.metrics.listen, "daemon",
+                                               lambda: node_families(self.node.core, self.data))
+            log.info("node %s listening on udp %s:%d, tun %s", self.node.public_key.hex()[:8],
                      *self.sock.getsockname()[:2], self.tun.name)
             await _first_set(self.coord_tried, self.stopping)
         except BaseException:
@@ -191,7 +162,7 @@ class NodeDaemon:
         sock.setblocking(False)
         self.sock = sock
         self.udp = BatchUdpSocket(sock)
-        self.stun = StunClient(_SocketSender(sock))
+        self.stun = StunClient(SocketSender(sock))
 
     async def close(self) -> None:
         """Leave nothing behind: the coord hears we left, the TUN (and its routes) goes away."""
@@ -203,14 +174,15 @@ class NodeDaemon:
             self.names.close()
         if self.link is not None:
             await self.link.close()
-        if self.relays is not None:
-            await self.relays.close()
+        await self.relay_streams.close()
         if self.sock is not None:
-            self.turn.close()
-        await self.tcp.close()
+            self.node.close(self.loop.time())
+            for out in self.node.outputs():
+                if isinstance(out, ev.SendDatagram):
+                    self._sendto(out.data, out.dst)
+        await self.punch.close()
         await self.control.close()
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         self.mappings.close()
         self._save_timestamps(stopping=True)
         if self.sock is not None:
@@ -265,26 +237,29 @@ class NodeDaemon:
         sends.flush()
         self._after_data()
 
-    def _send_run(self, dst: Endpoint, run: memoryview, seg_size: int) -> None:
-        """One run of sealed messages (``seg_size`` each, the last may be shorter): one GSO send."""
-        turn = self.turn.links.outbound(dst)
-        if turn is not None:
-            self.udp.send_contiguous(turn[0], memoryview(frame_run(turn[1], run, seg_size)), seg_size + 4)
-            return
-        if type(dst) is TcpEndpoint:
-            self.tcp.send(dst, [bytes(run[first : first + seg_size]) for first in range(0, len(run), seg_size)])
-            return
-        relay_stream = self.relays.tcp_link(dst)
-        pinned = self.core.socket_for
-        if relay_stream is not None or (pinned and dst in pinned):
-            messages = [bytes(run[first : first + seg_size]) for first in range(0, len(run), seg_size)]
-            if relay_stream is not None:
-                relay_stream.send(messages)
-            else:
+    def _send_run(self, route: Route, run: memoryview, seg_size: int) -> None:
+        """One run of sealed messages (``seg_size`` each, the last may be shorter) on the route's transport."""
+        match route.transport:
+            case MainSocket():
+                self.udp.send_contiguous(route.endpoint, run, seg_size)
+            case TurnChannel(server, channel):
+                self.udp.send_contiguous(server, memoryview(frame_run(channel, run, seg_size)), seg_size + 4)
+            case transport:
+                messages = [bytes(run[at : at + seg_size]) for at in range(0, len(run), seg_size)]
+                self._send_each(transport, route.endpoint, messages)
+
+    def _send_each(self, transport: Transport, dst: Endpoint, messages: list[bytes]) -> None:
+        """Messages for a transport that takes them one by one: a stream, or an extra socket."""
+        match transport:
+            case PunchedStream(conn_id):
+                if self.punch.can_send(conn_id):
+                    self.node.send_tcp(dst, messages, self.loop.time())
+            case RelayStream(name):
+                self.relay_streams.send(name, messages)
+            case PinnedSocket(sid):
                 for message in messages:
-                    self.mappings.sendto(pinned[dst], message, dst)
-            return
-        self.udp.send_contiguous(dst, run, seg_size)
+                    if not self.mappings.sendto(sid, message, dst):
+                        self._sendto(message, dst)
 
     def _on_udp(self) -> None:
         """Receive one after another into the receive area, open in place, write to the TUN when it is full.
@@ -294,7 +269,7 @@ class NodeDaemon:
         opened as one run (one native ``open_run``), and one TUN write merges the burst.
         """
         udp, data, area, view = self.udp, self.data, self._recv_area, self._recv_view
-        turn_servers = self.turn.links.by_endpoint
+        turn_servers = self.node.turn.by_endpoint
         last = len(area) - RECV_SLOT
         now = self.loop.time()
         to_tun: list[memoryview] = []
@@ -313,7 +288,9 @@ class NodeDaemon:
                     src = Endpoint(source[0], source[1])
                     run_at, run_source = at, None
                     if src in turn_servers:  # STUN from a TURN server can look like a DATA header
-                        self.turn.receive_run(view[at : at + nbytes], nbytes, seg_size, src)
+                        for first in range(at, at + nbytes, seg_size):
+                            end = min(first + seg_size, at + nbytes)
+                            self.node.receive_datagram(bytes(view[first:end]), src, now)
                         continue
                     if not nbytes:
                         data.open_datagrams(area, 0, 1, src, now, to_tun, at)
@@ -337,55 +314,45 @@ class NodeDaemon:
         if packets:
             self.tun.write_packets(packets)
 
-    def _own_datagram(self, data: bytes, src: Endpoint) -> bool:
-        """STUN answers, relay hello acks and TURN, which the shell's clients own; True if one took it."""
-        if self.turn.datagram_received(data, src):
-            return True
-        if is_stun(data):
-            self.stun.datagram_received(data, src)
-            return True
-        return data[1:2] == _HELLO_ACK and self.relays.datagram_received(data, src)
-
     def _inbound(self, datagrams: list[tuple[bytes, Endpoint]]) -> None:
-        """Messages from a relay's TCP stream or a side socket, into the data path."""
+        """Messages from a stream, TURN or a side socket, into the data path."""
         self._write_tun(self.data.open_messages(datagrams, self.loop.time()))
-        self._after_data()
 
     def _after_data(self) -> None:
-        if self.data.core_touched:
+        if self.data.core_touched or self.node.has_output:
             self.data.core_touched = False
-            self._after_core()
+            self.transmit()
 
-    # ---- core -----------------------------------------------------------------------
+    # ---- the node's outputs and its one timer -------------------------------------------
 
-    def _after_core(self) -> None:
-        """Send what the core produced, act on its events and re-arm its one timer."""
-        core = self.core
-        pinned = core.socket_for
-        for dst, data in core.datagrams_to_send():
-            wrapped = self.turn.links.wrap(data, dst)
-            if wrapped is not None:
-                dst, data = wrapped
-            relay_stream = self.relays.tcp_link(dst)
-            if type(dst) is TcpEndpoint:
-                self.tcp.send(dst, [data])
-            elif relay_stream is not None:
-                relay_stream.send([data])
-            elif not (pinned and dst in pinned and self.mappings.sendto(pinned[dst], data, dst)):
-                self._sendto(data, dst)
-        for msg in core.coord_messages_to_send():
-            self.link.send(msg)
-        while (event := core.next_event()) is not None:
-            self._on_event(event)
-        if self._timer is not None:
-            self._timer.cancel()
-        when = core.get_timer()
-        self._timer = None if when is None else self.loop.call_at(when, self._on_timer)
+    def transmit(self) -> None:
+        """Carry out everything the node produced, in order, then follow its one timer (after every input)."""
+        node = self.node
+        while outputs := node.outputs():
+            for out in outputs:
+                match out:
+                    case ev.SendDatagram(dst, data, None):
+                        self._sendto(data, dst)
+                    case ev.SendDatagram(dst, data, sid):
+                        self._send_each(PinnedSocket(sid), dst, [data])
+                    case ev.SendCoord(msg):
+                        if self.link is not None:
+                            self.link.send(msg)
+                    case ev.Deliver(datagrams):
+                        self._inbound(datagrams)
+                    case ev.StunReceived(data, src):
+                        self.stun.datagram_received(data, src)
+                    case ev.TcpConnect() | ev.TcpWrite() | ev.TcpAbort():
+                        self.punch.follow(out)
+                    case ev.OpenRelayStream() | ev.CloseRelayStream() | ev.SendRelayFrames():
+                        self.relay_streams.follow(out)
+                    case _:
+                        self._on_event(out)
+        self._timer.follow(node.get_timer())
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self.core.handle_timer(self.loop.time())
-        self._after_core()
+        self.node.handle_timer(self.loop.time())
+        self.transmit()
 
     def _sendto(self, data: bytes, dst: Endpoint) -> None:
         try:
@@ -393,72 +360,45 @@ class NodeDaemon:
         except OSError:
             pass
 
-    def _on_relay_home(self, endpoint: Optional[Endpoint]) -> None:
-        """Relayed packets now go to `endpoint` (None: no relay ready); the coord tells peers."""
-        self.core.set_relay(endpoint, self.loop.time())
-        self._after_core()
-        home = self.relays.relays.home
-        if home is not None:
-            self.link.send(m.RelayHome(home.name))
-
-    def _on_event(self, event) -> None:
-        if isinstance(event, PeerPathChanged):
-            self.tcp.path_changed(event.name, event.new)
-            log.info("path to %s: %s -> %s (%s)", event.name, _path_text(event.old), _path_text(event.new),
-                     event.reason, extra={"PEER": event.name, "PATH": _path_text(event.new), "REASON": event.reason})
-        elif isinstance(event, PingReply):
-            waiter = self._ping_waiters.pop(event.tx_id, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(event)
-        elif isinstance(event, Registered):
-            self._configure_tun(event)
-        elif isinstance(event, PeerUp):
-            log.info("handshake with %s complete", event.name, extra={"PEER": event.name})
-        elif isinstance(event, PeerDown):
-            log.info("peer %s down: %s", event.name, event.reason, extra={"PEER": event.name, "REASON": event.reason})
-        elif isinstance(event, CoordRefused):
-            log.error("%s", explain_refusal(event.code, event.message))
-        elif isinstance(event, SampleWanted):
-            self._tasks.append(self.loop.create_task(self._sample_port(event.peer_key)))
-        elif isinstance(event, OpenMappings):
-            opened = self.mappings.open(event.probes, event.endpoint)
-            log.debug("birthday probing towards %s:%d from %d sockets", *event.endpoint, opened)
-            self.loop.call_later(event.seconds, self._prune_mappings)
+    def _on_event(self, event: ev.Event) -> None:
+        """The events the shell acts on; the others are log lines."""
+        match event:
+            case ev.PingReply():
+                self.verbs.ping_replied(event)
+            case ev.AddressAssigned():
+                self._configure_tun(event)
+            case ev.SampleWanted(peer_key):
+                self._tasks.append(self.loop.create_task(self._sample_port(peer_key)))
+            case ev.OpenMappings(_, endpoint, probes, seconds):
+                opened = self.mappings.open(probes, endpoint)
+                log.debug("birthday probing towards %s:%d from %d sockets", *endpoint, opened)
+                self.loop.call_later(seconds, self._prune_mappings)
+            case _:
+                log_event(event)
 
     # ---- hard NATs ------------------------------------------------------------------
 
     async def _sample_port(self, peer_key: bytes) -> None:
-        """A STUN sample from a new socket: the port our NAT gave its newest mapping."""
-        sample = None
-        try:
-            result = await stun_binding(await self._stun_server(), local=(self.config.listen.address, 0),
-                                        timeout=SAMPLE_TIMEOUT)
-            sample = Endpoint(*result.mapped)
-        except (OSError, asyncio.TimeoutError, ValueError) as exc:
-            log.info("no port sample: %s", exc or type(exc).__name__)
-        self.core.port_sampled(peer_key, sample, self.loop.time())
-        self._after_core()
+        sample = await port_sample(self.config, self.sock.family)
+        self.node.port_sampled(peer_key, sample, self.loop.time())
+        self.transmit()
         self._tasks = [task for task in self._tasks if not task.done()]
 
     def _on_mapping_datagram(self, sid: int, data: bytes, src: Endpoint) -> None:
-        """A datagram on a birthday socket: transport to the data path, the rest to the core."""
+        """A datagram on a birthday socket: transport to the data path, the rest to the node."""
         if len(data) < 2 or is_stun(data):
             return
         if data[1] in _TRANSPORT:
             self._inbound([(data, src)])
         else:
-            self.core.datagram_received(data, src, self.loop.time(), via=sid)
-            self._after_core()
+            self.node.receive_datagram(data, src, self.loop.time(), via=sid)
+        self.transmit()
 
     def _prune_mappings(self) -> None:
-        """Close the birthday sockets no path uses, and forget their pins."""
-        routes = {peer.route.endpoint for peer in self.core.peers if peer.route is not None}
-        pinned = self.core.socket_for
-        for endpoint in [e for e in pinned if e not in routes]:
-            del pinned[endpoint]
-        self.mappings.keep_only(set(pinned.values()))
+        """Close the birthday sockets no path uses."""
+        self.mappings.keep_only(self.node.mappings_in_use())
 
-    def _configure_tun(self, event: Registered) -> None:
+    def _configure_tun(self, event: ev.AddressAssigned) -> None:
         prefix = ipaddress.ip_network(event.network).prefixlen
         address = f"{event.address}/{prefix}"
         if address != self.tun_address:
@@ -476,17 +416,13 @@ class NodeDaemon:
             auth_key=self.config.coord.auth_key or None,
             os=platform.system().lower() or None,
             public_endpoint=self.public_endpoint,
-            tcp_punch=self.tcp.from_punch_port or None,
+            tcp_punch=self.punch.from_punch_port or None,
             nat=self.nat,
         )
 
     def _on_coord_message(self, msg: m.Message) -> None:
-        msg = self.names.rewrite(msg)
-        self.relays.coord_message(msg)
-        self.core.coord_message(msg, self.loop.time())
-        self.turn.coord_message(msg)
-        self.tcp.coord_message(msg)
-        self._after_core()
+        self.node.receive_coord(self.names.rewrite(msg), self.loop.time())
+        self.transmit()
 
     def _on_coord_state(self, up: bool) -> None:
         log.info("coord link %s", "up" if up else "down; tunnels keep running")
@@ -496,15 +432,15 @@ class NodeDaemon:
 
     def status(self) -> str:
         """The systemd STATUS= line."""
-        paths = [peer.route.path.kind if peer.route is not None else None for peer in self.core.peers]
+        paths = [peer.route.path.kind if peer.route is not None else None for peer in self.node.peers]
         return status_line(paths, self.link.connected)
 
     def reload(self, settings: NodeConfig) -> None:
         self.reloader.apply(settings)
 
     def _apply_keepalive(self, settings: NodeConfig) -> None:
-        self.core.config.paths.keepalive = settings.paths.keepalive  # shared by every peer's path finder
-        self._after_core()
+        self.node.set_keepalive(settings.paths.keepalive)
+        self.transmit()
 
     def _local_endpoints(self) -> tuple[m.Endpoint, ...]:
         return local_endpoints(self.sock.getsockname()[1], self.tun.name, self.config.listen.address)
@@ -517,7 +453,7 @@ class NodeDaemon:
             nat = await self._nat_profile()
             if public != self.public_endpoint or local != self.local or nat != self.nat:
                 self.public_endpoint, self.local, self.nat = public, local, nat
-                self.core.set_own_endpoints(local, public)
+                self.node.set_own_endpoints(local, public)
                 log.info("endpoints: public %s, local %s, nat %s", public or "-", ", ".join(map(str, local)) or "-",
                          "-" if nat is None else f"{'independent' if nat.endpoint_independent else 'dependent'} "
                                                  f"mapping, {nat.allocation} ports")
@@ -526,102 +462,15 @@ class NodeDaemon:
             await asyncio.sleep(ENDPOINT_REFRESH)
 
     async def _nat_profile(self) -> Optional[m.NatInfo]:
-        """Our NAT's mapping and port allocation from a few fresh-socket STUN samples (netcheck's)."""
-        try:
-            server = await self._stun_server()
-        except (OSError, ValueError):
-            return self.nat
-        profile = nat_profile(verdict(await gather_profile(server, self.config.listen.address)))
+        profile = await own_nat_profile(self.config, self.sock.family)
         if profile is None:
             return self.nat
-        self.core.set_nat_profile(profile)
+        self.node.set_nat_profile(profile)
         return nat_info(profile)
 
-    async def _stun_server(self) -> Endpoint:
-        coord = self.config.coord
-        infos = await self.loop.getaddrinfo(coord.address.host, coord.stun_port, family=self.sock.family,
-                                            type=socket.SOCK_DGRAM)
-        return Endpoint(*infos[0][4][:2])
-
     async def _stun_mapping(self) -> Optional[m.Endpoint]:
-        try:
-            result = await asyncio.wait_for(self.stun.query(await self._stun_server()), 5.0)
-        except (OSError, asyncio.TimeoutError, ValueError) as exc:
-            log.info("no STUN mapping from the coord: %s", exc or type(exc).__name__)
-            return self.public_endpoint
-        host, port = result.mapped
-        return m.Endpoint(ipaddress.ip_address(host).compressed, port)
-
-    # ---- control socket -------------------------------------------------------------
-
-    async def handle_control(self, request: dict) -> AsyncIterator[dict]:
-        cmd = request.get("cmd")
-        if cmd == "status":
-            status = self.core.status(self.loop.time())
-            status["self"]["coord"] = "connected" if self.link and self.link.connected else "disconnected"
-            status["self"]["drops"] = dict(self.core.drops + self.data.drops)
-            status["self"]["endpoints"] = [str(e) for e in self.local]
-            status["self"]["public_endpoint"] = str(self.public_endpoint) if self.public_endpoint else None
-            status["self"]["relays"] = self.relays.relays.status()
-            self.turn.annotate(status)
-            status["self"]["tcp_punch"] = self.tcp.status()
-            status["self"]["data_path"] = DATA_PATH
-            yield {**status, "done": True}
-        elif cmd == "peers":
-            yield {"peers": [_peer_map_entry(peer) for peer in self.core.peers], "done": True}
-        elif cmd == "ping":
-            async for reply in self._ping(request):
-                yield reply
-        else:
-            yield {"error": f"unknown command {cmd!r}", "done": True}
-
-    async def _ping(self, request: dict) -> AsyncIterator[dict]:
-        peer = self.core.peers.find(str(request.get("peer", "")))
-        if peer is None:
-            yield {"error": f"no peer named {request.get('peer')!r}", "done": True}
-            return
-        count = request.get("count", 4)
-        count = count if isinstance(count, int) and 0 < count <= 1000 else 4
-        last_path = peer.route.path.kind.value if peer.route else "-"
-        for seq in range(count):
-            tx_id = self.core.ping(peer, self.loop.time())
-            waiter = self.loop.create_future()
-            if tx_id is not None:
-                self._ping_waiters[tx_id] = waiter
-            self._after_core()
-            try:
-                reply: PingReply = await asyncio.wait_for(waiter, PING_WAIT)
-            except asyncio.TimeoutError:
-                self._ping_waiters.pop(tx_id, None)
-                yield {"type": "timeout", "name": peer.name, "seq": seq}
-            else:
-                if reply.path != last_path:
-                    yield {"type": "path", "name": peer.name, "old": last_path, "new": reply.path}
-                    last_path = reply.path
-                yield {
-                    "type": "pong", "seq": seq, "name": reply.name, "overlay": reply.address, "path": reply.path,
-                    "endpoint": f"{reply.endpoint[0]}:{reply.endpoint[1]}", "rtt_ms": reply.rtt * 1000,
-                }
-            if seq + 1 < count:
-                await asyncio.sleep(PING_INTERVAL)
-        yield {"done": True}
-
-
-def _path_text(path) -> str:
-    if path is None:
-        return "-"
-    if path.endpoint is None:
-        return path.kind.value
-    return f"{path.kind.value} {path.endpoint[0]}:{path.endpoint[1]}"
-
-
-def _peer_map_entry(peer) -> dict:
-    info = peer.info
-    endpoints = [str(e) for e in info.local_endpoints]
-    if info.public_endpoint is not None:
-        endpoints.append(str(info.public_endpoint))
-    return {"name": peer.name, "overlay": peer.address, "key": peer.key_text, "online": info.online,
-            "endpoints": endpoints}
+        public = await public_mapping(self.stun, self.config, self.sock.family)
+        return self.public_endpoint if public is None else public
 
 
 async def _first_set(*events: asyncio.Event) -> None:

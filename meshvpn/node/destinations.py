@@ -4,7 +4,7 @@ network's broadcast address, 255.255.255.255, 224.0.0.1 and the multicast groups
 Why: a decrypted packet goes to the TUN, and the kernel delivers or forwards it by its
 destination.  A peer that could send to the node's LAN, a docker bridge or another peer through
 the tunnel would use the node as a router into places the mesh never offered.  The data path
-(``meshvpn.fastpath.open_run``) therefore keeps only packets whose destination is one of
+(``meshvpn.node.datapath.fastpath.open_run``) therefore keeps only packets whose destination is one of
 :meth:`LocalDestinations.accepted`: a few raw addresses back to back, the node's own first
 (the common case costs one comparison); the rest count as ``not_for_me``.  This is the
 destination rule of ``meshvpn.lan.packets.inbound`` in the form the hot loop takes; when the

@@ -22,9 +22,8 @@ from dataclasses import replace
 from typing import Awaitable, Callable, Optional
 
 from meshvpn.control import messages as m
-from meshvpn.node.relayclient import RelayClient
-from meshvpn.node.relays import is_ip
-from meshvpn.node.turnclient import TurnShell
+from meshvpn.node.node import Node
+from meshvpn.node.relay.core import is_ip
 
 log = logging.getLogger("meshvpn.node.names")
 
@@ -51,17 +50,16 @@ def resolver(loop: asyncio.AbstractEventLoop, family: int) -> Resolve:
     return resolve
 
 
-def watch_names(loop: asyncio.AbstractEventLoop, family: int, relays: RelayClient, turn: TurnShell) -> NameWatch:
-    """The daemon's watch: a moved name reconfigures its relay and TURN links; a server works when
-    its relay link is ready or its TURN allocation is."""
+def watch_names(loop: asyncio.AbstractEventLoop, family: int, node: Node, transmit: Callable[[], None]) -> NameWatch:
+    """The daemon's watch: a moved name reconfigures the node's relay and TURN links (then the daemon
+    sends what that produced); a server works when its relay link is ready or its TURN allocation is."""
 
     def moved(registered: m.Registered) -> None:
-        relays.coord_message(registered)
-        turn.links.set_servers(registered.turn or (), loop.time())
-        turn.flush()
+        node.servers_moved(registered, loop.time())
+        transmit()
 
     def works(name: str) -> bool:
-        relay, server = relays.relays.links.get(name), turn.links.servers.get(name)
+        relay, server = node.relays.links.get(name), node.turn.servers.get(name)
         return (relay is not None and relay.ready) or (server is not None and server.client.ready)
 
     return NameWatch(resolver(loop, family), moved, works)

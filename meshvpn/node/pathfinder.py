@@ -23,7 +23,7 @@ Rules (docs/paths.md has the state table):
   probes are the only evidence it still works. Nothing heard (reply or authenticated
   traffic) for `path_timeout`: the path is dead; switch to a TCP path or the relay if one is
   ready, and punch again.
-* A TCP path (`tcp_ready`, made by `meshvpn.node.tcppunch`) ranks below UDP direct paths and
+* A TCP path (`tcp_ready`, made by `meshvpn.node.tcp.core`) ranks below UDP direct paths and
   above the relay: it replaces the relay at once, any UDP path that answers replaces it, and
   UDP punching goes on while it is used. Its liveness is the TCP module's business, so
   evidence from a `TcpEndpoint` never counts for (or becomes) a UDP candidate.
@@ -43,7 +43,7 @@ from meshvpn.node.candidates import (
     Endpoint,
     ProbeStrategy,
 )
-from meshvpn.node.tcppunch import TcpEndpoint
+from meshvpn.node.tcp.core import TcpEndpoint
 
 
 class PathKind(enum.StrEnum):

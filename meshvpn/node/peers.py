@@ -17,6 +17,7 @@ from typing import Iterator, Optional
 from meshvpn.control.messages import PeerInfo
 from meshvpn.keys import encode_key
 from meshvpn.node.pathfinder import Path, PathFinder
+from meshvpn.node.transports import MAIN_SOCKET, Transport
 from meshvpn.session import KeyRing
 from meshvpn.wire import Endpoint
 
@@ -26,11 +27,12 @@ PENDING_PACKETS = 16
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where the data path sends a peer's messages: a UDP endpoint and an optional prefix.
+    """Where the data path sends a peer's messages: an endpoint, an optional prefix and the transport.
 
     Direct and LAN paths send the message as is; the relay path sends it to the relay
     with a relay envelope header (``prefix``) naming the peer, so the relay plugs in as
-    one more kind of route without the data path knowing about it.
+    one more kind of route without the data path knowing about it. The node sets the
+    ``transport`` whenever a path or a transport changes; the shell sends with one ``match`` on it.
     """
 
     path: Path
@@ -39,6 +41,8 @@ class Route:
     """UDP destination of every message."""
     prefix: bytes = b""
     """Bytes written before each message (the relay envelope header, or nothing)."""
+    transport: Transport = MAIN_SOCKET
+    """What carries the messages: the main UDP socket, a pinned socket, a TCP stream or a TURN channel."""
 
 
 @dataclass
@@ -61,7 +65,11 @@ class PeerCounters:
 
 @dataclass(eq=False)
 class Peer:
-    """One peer: identity from the coord, path state, sessions, counters and queued packets."""
+    """One peer: identity from the coord, path state, sessions, counters, queued packets, punches and pings.
+
+    Everything the node keeps about one peer hangs off this object (or is keyed by its key in
+    the one machine that owns that concern), so removing the peer from the table forgets it.
+    """
 
     key: bytes
     """Static public key: the peer's identity."""
@@ -89,6 +97,10 @@ class Peer:
     """``last_rx`` as last reported to the path finder."""
     punch_requested_at: float = float("-inf")
     """When we last asked the coord to make this peer punch towards us."""
+    punches_due: list = field(default_factory=list)
+    """When the coord's synchronised punches towards this peer are due (its ``punch.at``)."""
+    pings: dict = field(default_factory=dict)
+    """``meshvpn ping`` probes not answered yet: tx id → (sent at, the route it went out on)."""
 
     def __post_init__(self) -> None:
         self.overlay = ipaddress.ip_address(self.info.address).packed

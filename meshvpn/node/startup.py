@@ -16,7 +16,7 @@ import os
 import socket
 from pathlib import Path
 
-from meshvpn import fastpath
+from meshvpn.node.datapath import fastpath
 from meshvpn.config import Address, NodeConfig
 from meshvpn.errors import MeshError
 

@@ -46,23 +46,6 @@ RESAMPLE_INTERVAL = 1.5
 RESAMPLE_MAX = 3
 
 
-@dataclass(frozen=True)
-class SampleWanted:
-    """Take a STUN sample from a new socket (our NAT's latest port); answer with `NodeCore.port_sampled`."""
-
-    peer_key: bytes
-
-
-@dataclass(frozen=True)
-class OpenMappings:
-    """Send each probe from its own new socket to `endpoint`; keep the sockets `seconds`."""
-
-    peer_key: bytes
-    endpoint: Endpoint
-    probes: tuple[bytes, ...]
-    seconds: float
-
-
 class OnPunch(enum.Enum):
     """What a `punch` from the coord should make us do."""
 

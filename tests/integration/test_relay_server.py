@@ -18,7 +18,7 @@ from meshvpn import keys, wire
 from meshvpn.channel import ClientChannel
 from meshvpn.config import Address, CoordTrust, RelayConfig, RelayLimits
 from meshvpn.control.messages import RelayInfo
-from meshvpn.node.relaylink import RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport
+from meshvpn.node.relay.link import RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport
 from meshvpn.relay.server import RelayServer
 from meshvpn.relaytoken import TokenMinter
 from meshvpn.wire import MessageType

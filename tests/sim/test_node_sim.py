@@ -1,21 +1,18 @@
-"""Node cores behind simulated NATs, with a fake coord that relays the control messages.
+"""Nodes behind simulated NATs, with a fake coord that relays the control messages.
 
-Each node is the real core and data path on a simulated host: datagrams go through
+Each node is the real `Node` and data path on a simulated host: datagrams go through
 `meshvpn.sim` NATs (RFC 4787 behaviours), the coord is a few lines that hand out the
 peer map and turn a `punch_request` into a `punch` for both sides.
 """
 
 import random
-import struct
 
 import pytest
 
 from meshvpn.control import messages as m
-from meshvpn.keys import public_key
-from meshvpn.node.core import CoreConfig, NodeCore
-from meshvpn.node.dataplane import DataPlane
 from meshvpn.node.pathfinder import PathKind
 from meshvpn.sim import PORT_RESTRICTED_CONE, Host, Nat, Network, Scheduler
+from meshvpn.sim.nodes import MemoryNode, ip_packet
 from meshvpn.wire import Endpoint
 
 PORT = 41641
@@ -23,25 +20,23 @@ CONTROL_DELAY = 0.03
 NETWORK = m.NetworkInfo(name="sim", cidr="100.64.0.0/24")
 
 
-def ip_packet(src: str, dst: str, payload: bytes) -> bytes:
-    raw = lambda text: bytes(int(part) for part in text.split("."))
-    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, 17, 0, raw(src), raw(dst)) + payload
-
-
 class SimNode:
-    """The node core and data path on a simulated host, driven by the scheduler."""
+    """A node (the harness's `MemoryNode`) on a simulated host, driven by the scheduler."""
 
     def __init__(self, net: Network, seed: int, name: str, address: str, host: Host, nat: Nat):
         self.net, self.name, self.address, self.host, self.nat = net, name, address, host, nat
-        self.private = random.Random(seed).randbytes(32)
-        self.public = public_key(self.private)
-        self.core = NodeCore(self.private, random.Random(seed + 1).randbytes, CoreConfig(wall_offset=1.7e9))
-        self.core.set_own_endpoints([Endpoint(host.ip, PORT)], Endpoint(nat.ip, PORT))
-        self.data = DataPlane(self.core)
+        self.mem = MemoryNode(random.Random(seed).randbytes(32), random.Random(seed + 1).randbytes, name, address,
+                              Endpoint(host.ip, PORT))
+        self.public = self.mem.public
+        self.mem.node.set_own_endpoints([Endpoint(host.ip, PORT)], Endpoint(nat.ip, PORT))
         self.sock = host.bind(PORT, self._on_datagram)
-        self.tun: list[bytes] = []
+        self.tun = self.mem.tun
         self.coord = None
         self._timer = None
+
+    @property
+    def core(self):
+        return self.mem.core
 
     @property
     def now(self) -> float:
@@ -54,38 +49,36 @@ class SimNode:
         )
 
     def send_ip(self, dst: "SimNode", payload: bytes) -> None:
-        for endpoint, msgs in self.data.outbound([ip_packet(self.address, dst.address, payload)], self.now).items():
-            for msg in msgs:
-                self.sock.sendto(msg, endpoint)
-        self._after_core()
+        self.mem.send(ip_packet(self.address, dst.address, payload), self.now)
+        self._transmit()
 
     def _on_datagram(self, data: bytes, src) -> None:
-        self.tun += self.data.inbound([(data, src)], self.now)
-        self._after_core()
+        self.mem.receive([(data, src)], self.now)
+        self._transmit()
 
     def from_coord(self, msg: m.Message) -> None:
-        self.core.coord_message(msg, self.now)
-        self._after_core()
+        self.mem.from_coord(msg, self.now)
+        self._transmit()
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.core.handle_timer(self.now)
-        self._after_core()
+        self.mem.tick(self.now)
+        self._transmit()
 
-    def _after_core(self) -> None:
-        for dst, data in self.core.datagrams_to_send():
+    def _transmit(self) -> None:
+        for dst, data in self.mem.collect():
             self.sock.sendto(data, dst)
-        for msg in self.core.coord_messages_to_send():
+        for msg in self.mem.coord_out:
             self.net.scheduler.call_later(CONTROL_DELAY, self.coord.receive, self, msg)
-        while self.core.next_event() is not None:
-            pass
+        self.mem.coord_out.clear()
+        self.mem.take_events()
         if self._timer is not None:
             self._timer.cancel()
-        when = self.core.get_timer()
+        when = self.mem.node.get_timer()
         self._timer = None if when is None else self.net.scheduler.call_at(when, self._on_timer)
 
     def path_to(self, other: "SimNode"):
-        route = self.core.peers.by_key[other.public].route
+        route = self.mem.peers.by_key[other.public].route
         return None if route is None else route.path
 
 

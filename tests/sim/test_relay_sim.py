@@ -10,8 +10,8 @@ import random
 from meshvpn import keys, wire
 from meshvpn.config import RelayLimits
 from meshvpn.control import messages as m
-from meshvpn.node.relaylink import Transport
-from meshvpn.node.relays import RelaySet
+from meshvpn.node.relay.link import Transport
+from meshvpn.node.relay.core import RelaySet
 from meshvpn.relay.core import RelayCore
 from meshvpn.relaytoken import TokenMinter
 from meshvpn.sim import SYMMETRIC_RANDOM, Host, Link, LinkDirection, Nat, Network, Scheduler

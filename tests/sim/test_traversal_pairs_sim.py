@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import struct
 from dataclasses import dataclass
 
 import pytest
@@ -29,13 +28,15 @@ from meshvpn.control import messages as m
 from meshvpn.coord.membership import SAMPLE_LIFETIME
 from meshvpn.keys import public_key
 from meshvpn.node.core import CoreConfig, NodeCore
+from meshvpn.node.events import OpenMappings, SampleWanted
 from meshvpn.node.pathfinder import PathKind
 from meshvpn.node.prediction import Allocation, NatProfile
-from meshvpn.node.traversal import OpenMappings, SampleWanted, nat_info
+from meshvpn.node.traversal import nat_info
 from meshvpn.sim import (
     FULL_CONE, PORT_RESTRICTED_CONE, RESTRICTED_CONE, SYMMETRIC_RANDOM, SYMMETRIC_SEQUENTIAL, Dependence, Host,
     Link, LinkDirection, Nat, NatBehavior, Network, PortAllocation, Scheduler,
 )
+from meshvpn.sim.nodes import ip_packet
 from meshvpn.wire import Endpoint, MessageType
 
 PORT = 41641
@@ -85,11 +86,6 @@ NAT whose node sent no profile (taken as endpoint-independent)."""
 
 def wan() -> Link:
     return Link(LinkDirection(0.01), LinkDirection(0.01))
-
-
-def ip_packet(src: str, dst: str, payload: bytes) -> bytes:
-    raw = lambda text: bytes(int(part) for part in text.split("."))
-    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, 17, 0, raw(src), raw(dst)) + payload
 
 
 class Node:

@@ -1,4 +1,4 @@
-"""The batch loops of meshvpn.fastpath: native and pure-Python implementations agree byte for byte.
+"""The batch loops of meshvpn.node.datapath.fastpath: native and pure-Python implementations agree byte for byte.
 
 Each test runs with both implementations (the native one only where it was built); the
 comparison tests run both on the same input and compare every output byte, the returned
@@ -15,9 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshvpn import fastpath, wire
+from meshvpn import wire
+from meshvpn.node.datapath import fastpath
 from meshvpn.errors import RemoteProtocolError
-from meshvpn.node.offload import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VirtioNetHdr, segment
+from meshvpn.node.datapath.offload import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VirtioNetHdr, segment
 from meshvpn.noise import SessionKeys
 from meshvpn.replay import ReplayWindow
 from meshvpn.session import OVERHEAD, KeyRing, Session
@@ -357,7 +358,7 @@ def test_coalesce_native_equals_pure(parts, order, mutate, extra):
 def test_a_tun_read_is_sealed_in_one_run_and_opened_as_its_segments(impl, relayed):
     from test_dataplane_batches import A_ADDR, A_KEY, B_ADDR, EP_A, RELAY, Runs, planes, raw
 
-    from meshvpn.node.dataplane import SendBuffer
+    from meshvpn.node.datapath.dataplane import SendBuffer
     from meshvpn.node.pathfinder import Path, PathKind
     from meshvpn.node.peers import Route
 
@@ -381,7 +382,7 @@ def test_a_tun_read_is_sealed_in_one_run_and_opened_as_its_segments(impl, relaye
 
 
 def test_environment_switch_forces_pure_python():
-    code = "from meshvpn import fastpath; print(fastpath.NATIVE)"
+    code = "from meshvpn.node.datapath import fastpath; print(fastpath.NATIVE)"
     env = dict(os.environ, MESHVPN_PURE_PYTHON="1")
     forced = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert forced.stdout.strip() == "False"

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from meshvpn.lan import igmp, packets
 from meshvpn.lan.igmp import BadIgmp, Report
-from meshvpn.node.offload import internet_checksum
+from meshvpn.node.datapath.offload import internet_checksum
 from meshvpn.sim.packets import igmp_message, igmp_v2, igmp_v3, ip, udp
 
 ME = "100.64.0.1"

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import random
 import socket
 import sys
 import urllib.error
@@ -18,8 +19,8 @@ from meshvpn.errors import MeshError
 from meshvpn.metrics import Family, coord_families, node_families, relay_families, start_metrics
 from meshvpn.relay.core import RelayCore
 from meshvpn.relay.server import RelayServer
+from meshvpn.sim.nodes import alice_and_bob, ip_packet, seeded
 from test_coord_membership import Server  # the frame-by-frame harness of the membership tests
-from test_node_core import Node, Wire, ip_packet  # the two-core harness of the node core tests
 
 LOOPBACK = Address("127.0.0.1", 0)
 
@@ -66,11 +67,7 @@ def scrape(collect, path: str = "/metrics", method: str = "GET") -> tuple[int, s
 
 @pytest.fixture
 def pair():
-    a = Node(1, "alice", "100.64.0.1", ("192.0.2.1", 41641))
-    b = Node(2, "bob", "100.64.0.2", ("198.51.100.2", 41641))
-    a.register(b)
-    b.register(a)
-    return a, b, Wire(a, b)
+    return alice_and_bob(random.Random)
 
 
 def test_node_families_read_peer_counters_paths_handshakes_and_rekeys(pair):
@@ -98,8 +95,8 @@ def test_node_families_read_peer_counters_paths_handshakes_and_rekeys(pair):
 
 
 def test_a_peer_without_a_path_is_reported_as_none():
-    lonely = Node(3, "carol", "100.64.0.3", ("192.0.2.3", 41641))
-    lonely.register(Node(4, "dave", "100.64.0.4", ("192.0.2.4", 41641)))
+    lonely = seeded(random.Random, 3, "carol", "100.64.0.3", ("192.0.2.3", 41641))
+    lonely.register(seeded(random.Random, 4, "dave", "100.64.0.4", ("192.0.2.4", 41641)))
     got = as_dict(node_families(lonely.core, lonely.data))
     assert got[("meshvpn_peer_path", ("dave", "none"))] == 1.0
     assert got[("meshvpn_peers", ("none",))] == 1.0

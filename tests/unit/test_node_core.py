@@ -1,118 +1,37 @@
-"""Two node cores wired back to back: handshake, data, spoofing, replay, rekey, first packet."""
+"""Two nodes wired back to back: handshake, data, spoofing, replay, rekey, first packet."""
 
 import random
-import struct
 
 import pytest
 
 from meshvpn.control import messages as m
-from meshvpn.keys import public_key
-from meshvpn.node.core import CoreConfig, NodeCore, PeerPathChanged, PeerUp, PingReply
-from meshvpn.node.dataplane import DataPlane
 from meshvpn.metrics import node_families
+from meshvpn.node.events import PeerPathChanged, PeerUp, PingReply
 from meshvpn.node.pathfinder import PathKind
 from meshvpn.node.probes import PROBE_TARGET_HOSTS
+from meshvpn.sim.nodes import NETWORK, alice_and_bob, ip_packet
 from meshvpn.wire import Endpoint, MessageType
-
-NETWORK = m.NetworkInfo(name="home", cidr="100.64.0.0/24")
-
-
-def ip_packet(src: str, dst: str, payload: bytes = b"hello") -> bytes:
-    """A minimal IPv4 header (checksum not needed by the data path) and a payload."""
-    to_raw = lambda text: bytes(int(part) for part in text.split("."))
-    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, 17, 0, to_raw(src), to_raw(dst)) + payload
-
-
-class Node:
-    """A core and its data path with an in-memory TUN and a fixed UDP endpoint."""
-
-    def __init__(self, seed: int, name: str, address: str, endpoint: Endpoint):
-        self.private = random.Random(seed).randbytes(32)
-        self.public = public_key(self.private)
-        self.name, self.address, self.endpoint = name, address, endpoint
-        rng = random.Random(seed + 1000)
-        self.core = NodeCore(self.private, rng.randbytes, CoreConfig(wall_offset=1.7e9))
-        self.core.set_own_endpoints([Endpoint(*endpoint)], None)
-        self.data = DataPlane(self.core)
-        self.tun: list[bytes] = []
-        self.coord_out: list[m.Message] = []
-        self.sent: list[tuple[Endpoint, bytes]] = []
-
-    def info(self) -> m.PeerInfo:
-        ep = m.Endpoint(*self.endpoint)
-        return m.PeerInfo(key=self.public, name=self.name, address=self.address, online=True, public_endpoint=ep)
-
-    def register(self, *others: "Node", now: float = 0.0) -> None:
-        self.core.coord_message(m.Registered(node_key=self.public, name=self.name, address=self.address,
-                                             network=NETWORK), now)
-        self.core.coord_message(m.PeerMap(peers=tuple(o.info() for o in others)), now)
-
-    def send(self, packet: bytes, now: float) -> None:
-        for dst, msgs in self.data.outbound([packet], now).items():
-            self.sent += [(dst, msg) for msg in msgs]
-
-    def collect(self) -> list[tuple[Endpoint, bytes]]:
-        out, self.sent = self.sent + self.core.datagrams_to_send(), []
-        self.coord_out += self.core.coord_messages_to_send()
-        return out
-
-    def events(self) -> list:
-        out = []
-        while (event := self.core.next_event()) is not None:
-            out.append(event)
-        return out
-
-
-class Wire:
-    """Delivers every datagram instantly to the node owning its destination; records all."""
-
-    def __init__(self, *nodes: Node):
-        self.nodes = {node.endpoint: node for node in nodes}
-        self.log: list[tuple[Endpoint, Endpoint, bytes]] = []
-
-    def pump(self, now: float, rounds: int = 20) -> None:
-        for _ in range(rounds):
-            moved = False
-            for src in list(self.nodes.values()):
-                for dst, data in src.collect():
-                    moved = True
-                    self.log.append((src.endpoint, dst, data))
-                    target = self.nodes.get(dst)
-                    if target is not None:
-                        target.tun += target.data.inbound([(data, src.endpoint)], now)
-            if not moved:
-                return
-        raise AssertionError("datagrams still flowing after many rounds")
-
-    def tick(self, now: float) -> None:
-        for node in self.nodes.values():
-            node.core.handle_timer(now)
-        self.pump(now)
 
 
 @pytest.fixture
 def pair():
-    a = Node(1, "alice", "100.64.0.1", Endpoint("192.0.2.1", 41641))
-    b = Node(2, "bob", "100.64.0.2", Endpoint("198.51.100.2", 41641))
-    a.register(b)
-    b.register(a)
-    return a, b, Wire(a, b)
+    return alice_and_bob(random.Random)
 
 
 def test_first_packet_starts_punch_and_punch_request_then_handshake_delivers_it(pair):
     a, b, wire = pair
     packet = ip_packet(a.address, b.address, b"first")
     a.send(packet, 0.0)
-    out = a.core.datagrams_to_send()
-    assert [msg.TYPE for msg in a.core.coord_messages_to_send()] == ["punch_request"]
+    out = a.collect()
+    assert [msg.TYPE for msg in a.coord_out] == ["punch_request"]
     assert {data[1] for _, data in out} == {MessageType.PROBE}, "no path yet: probes only, no initiation"
     a.sent = out
     wire.pump(0.0)
     assert b.tun == [packet]
     kinds = [data[1] for _, _, data in wire.log]
     assert kinds.index(MessageType.HANDSHAKE_INIT) > kinds.index(MessageType.PROBE_REPLY)
-    assert any(isinstance(e, PeerUp) for e in b.events())
-    changes = [e for e in a.events() if isinstance(e, PeerPathChanged)]
+    assert any(isinstance(e, PeerUp) for e in b.take_events())
+    changes = [e for e in a.take_events() if isinstance(e, PeerPathChanged)]
     assert changes[0].new.kind is PathKind.DIRECT and changes[0].new.endpoint == b.endpoint
     peer = a.core.peers.find("bob")
     assert (peer.counters.tx_packets, peer.counters.tx_bytes) == (1, len(packet))
@@ -122,8 +41,9 @@ def test_first_packet_starts_punch_and_punch_request_then_handshake_delivers_it(
 def test_paths_are_reported_only_to_a_coord_that_takes_them(pair):
     a, b, wire = pair
     registered = m.Registered(node_key=a.public, name=a.name, address=a.address, network=NETWORK, path_reports=True)
-    a.core.coord_message(registered, 0.0)
-    assert a.core.coord_messages_to_send() == [m.Paths((m.PeerPath("bob", None),))], "all peers on registration"
+    a.from_coord(registered, 0.0)
+    assert a.coord_out == [m.Paths((m.PeerPath("bob", None),))], "all peers on registration"
+    a.coord_out.clear()
     a.send(ip_packet(a.address, b.address), 0.0)
     wire.pump(0.0)
     assert [msg for msg in a.coord_out if isinstance(msg, m.Paths)] == [m.Paths((m.PeerPath("bob", "direct"),))]
@@ -162,9 +82,9 @@ def test_replayed_initiation_is_ignored(pair):
     (initiation,) = [data for _, _, data in wire.log if data[1] == MessageType.HANDSHAKE_INIT]
     alice = b.core.peers.find("alice")
     session = alice.ring.current
-    b.data.inbound([(initiation, a.endpoint)], 50.0)
+    b.receive([(initiation, a.endpoint)], 50.0)
     assert b.core.drops["rejected initiation"] == 1
-    assert b.core.datagrams_to_send() == [], "no response to a replay"
+    assert b.collect() == [], "no response to a replay"
     assert alice.ring.current is session and alice.last_handshake == 0.0
 
 
@@ -192,17 +112,18 @@ def test_ping_reply_reports_path_and_rtt(pair):
     a, b, wire = pair
     a.send(ip_packet(a.address, b.address), 0.0)
     wire.pump(0.0)
-    a.events()
-    tx = a.core.ping(a.core.peers.find("bob"), 1.0)
+    a.take_events()
+    tx = a.node.ping(a.peers.find("bob"), 1.0)
+    a.drain(1.0)
     wire.pump(1.0)
-    (reply,) = [e for e in a.events() if isinstance(e, PingReply)]
+    (reply,) = [e for e in a.take_events() if isinstance(e, PingReply)]
     assert (reply.tx_id, reply.name, reply.path, reply.endpoint) == (tx, "bob", "direct", b.endpoint)
 
 
 def test_garbage_datagrams_are_counted_not_raised(pair):
     a, b, wire = pair
     for junk in (b"", b"\x01", b"\x01\x05\x00\x00" + bytes(80), b"\x01\x02\x00\x00" + bytes(88), b"\x09" * 40):
-        b.data.inbound([(junk, a.endpoint)], 0.0)
+        b.receive([(junk, a.endpoint)], 0.0)
     assert sum(b.core.drops.values()) + sum(b.data.drops.values()) == 5
 
 
@@ -212,8 +133,8 @@ def test_a_replayed_probe_is_dropped_counted_and_shown_in_status_and_metrics(pai
     a.send(ip_packet(a.address, b.address), 0.0)
     wire.pump(0.0)
     probe = next(data for src, _, data in wire.log if src == a.endpoint and data[1] == MessageType.PROBE)
-    b.data.inbound([(probe, Endpoint("203.0.113.66", 4000))], 1.0)
-    assert b.core.datagrams_to_send() == [], "no reply to the attacker, no probe towards it"
+    b.receive([(probe, Endpoint("203.0.113.66", 4000))], 1.0)
+    assert b.collect() == [], "no reply to the attacker, no probe towards it"
     status = b.core.status(1.0)
     assert status["peers"][0]["drops"] == {"replayed probe": 1}
     families = {family.name: family for family in node_families(b.core, b.data)}
@@ -228,9 +149,9 @@ def test_punches_naming_many_targets_are_held_to_the_probe_budget(pair):
         now = step / 5
         if step % 20 == 0:
             targets = tuple(m.Endpoint(f"192.0.2.{100 + step // 20 * 8 + n}", 9) for n in range(8))
-            a.core.coord_message(m.Punch(peer_key=b.public, endpoints=targets), now)
-        a.core.handle_timer(now)
-        sent += a.core.datagrams_to_send()
+            a.from_coord(m.Punch(peer_key=b.public, endpoints=targets), now)
+        a.tick(now)
+        sent += a.collect()
     hosts = {dst.host for dst, data in sent if data[1] == MessageType.PROBE}
     assert len(hosts) == PROBE_TARGET_HOSTS, "15 punches named 120 addresses"
     assert a.core.peers.find("bob").counters.drops["probe budget: targets"] > 0

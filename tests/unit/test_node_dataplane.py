@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from meshvpn import wire
 from meshvpn.control import messages as m
 from meshvpn.node.core import NodeCore
-from meshvpn.node.dataplane import DataPlane
+from meshvpn.node.datapath.dataplane import DataPlane
 from meshvpn.wire import Endpoint
 
 SRC = Endpoint("192.0.2.9", 4000)

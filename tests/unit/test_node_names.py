@@ -6,8 +6,8 @@ import socket
 from meshvpn.control import messages as m
 from meshvpn.node import names
 from meshvpn.node.names import NameWatch
-from meshvpn.node.relays import RelaySet
-from meshvpn.node.turnlink import TurnLinks
+from meshvpn.node.relay.core import RelaySet
+from meshvpn.node.turn.core import TurnLinks
 
 KEY = bytes(range(32))
 

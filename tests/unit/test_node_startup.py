@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from meshvpn import fastpath, keys
+from meshvpn import keys
+from meshvpn.node.datapath import fastpath
 from meshvpn.config import Address, load_node_config
 from meshvpn.coord.client import CoordHandshakeFailed, CoordLinkClosed, CoordUnreachable
 from meshvpn.errors import MeshError

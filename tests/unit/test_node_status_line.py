@@ -1,6 +1,6 @@
 """The daemon's systemd STATUS= summary counts every peer-to-peer path as direct."""
 
-from meshvpn.node.daemon import status_line
+from meshvpn.node.status import status_line
 from meshvpn.node.pathfinder import PathKind
 
 

@@ -2,16 +2,18 @@
 
 import json
 import os
+import random
 import stat
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_node_core import Endpoint, MessageType, Node, Wire, ip_packet
 
 from meshvpn.node.timestamps import (
     FILE_NAME, WRITE_INTERVAL, TimestampFile, TimestampFileError, TimestampJournal, decode, encode, restore,
 )
+from meshvpn.sim.nodes import Wire, ip_packet, seeded
+from meshvpn.wire import Endpoint, MessageType
 
 KEY_A, KEY_B = bytes(range(32)), bytes(range(1, 33))
 OLD, NEW = bytes(12), bytes(11) + b"\x01"
@@ -19,8 +21,8 @@ OLD, NEW = bytes(12), bytes(11) + b"\x01"
 
 def test_a_captured_initiation_replayed_after_a_restart_is_refused(tmp_path):
     """Issue 13, finding 8."""
-    a = Node(1, "alice", "100.64.0.1", Endpoint("192.0.2.1", 41641))
-    b = Node(2, "bob", "100.64.0.2", Endpoint("198.51.100.2", 41641))
+    a = seeded(random.Random, 1, "alice", "100.64.0.1", Endpoint("192.0.2.1", 41641))
+    b = seeded(random.Random, 2, "bob", "100.64.0.2", Endpoint("198.51.100.2", 41641))
     a.register(b)
     b.register(a)
     b.timestamps = restore(b.core.handshakes.timestamps.greatest, TimestampFile(tmp_path))
@@ -30,12 +32,12 @@ def test_a_captured_initiation_replayed_after_a_restart_is_refused(tmp_path):
     (initiation,) = [data for _, _, data in wire.log if data[1] == MessageType.HANDSHAKE_INIT]
     TimestampFile(tmp_path).save(b.timestamps.due(0.0, stopping=True))
 
-    b2 = Node(2, "bob", "100.64.0.2", Endpoint("198.51.100.2", 41641))
+    b2 = seeded(random.Random, 2, "bob", "100.64.0.2", Endpoint("198.51.100.2", 41641))
     b2.register(a)
     restore(b2.core.handshakes.timestamps.greatest, TimestampFile(tmp_path))
-    b2.data.inbound([(initiation, Endpoint("203.0.113.66", 4000))], 1.0)
+    b2.receive([(initiation, Endpoint("203.0.113.66", 4000))], 1.0)
     assert b2.core.drops["rejected initiation"] == 1
-    assert b2.core.datagrams_to_send() == [], "no response to the replay"
+    assert b2.collect() == [], "no response to the replay"
     assert b2.core.peers.find("alice").ring.current is None
 
 

@@ -8,9 +8,8 @@ from meshvpn.control import messages as m
 from meshvpn.keys import public_key
 from meshvpn.node.core import CoreConfig, NodeCore
 from meshvpn.node.prediction import Allocation, NatProfile
-from meshvpn.node.traversal import (
-    RESAMPLE_INTERVAL, RESAMPLE_MAX, OpenMappings, SampleWanted, nat_info, profile_of,
-)
+from meshvpn.node.events import OpenMappings, SampleWanted
+from meshvpn.node.traversal import RESAMPLE_INTERVAL, RESAMPLE_MAX, nat_info, profile_of
 from meshvpn.wire import Endpoint, MessageType
 
 NETWORK = m.NetworkInfo(name="home", cidr="100.64.0.0/24")

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshvpn.errors import RemoteProtocolError
-from meshvpn.node import offload
-from meshvpn.node.offload import (
+from meshvpn.node.datapath import offload
+from meshvpn.node.datapath.offload import (
     F_NEEDS_CSUM,
     GSO_NONE,
     GSO_TCPV4,

@@ -13,7 +13,7 @@ from meshvpn.node.pathfinder import (
     PathState,
     SendProbe,
 )
-from meshvpn.node.tcppunch import TcpEndpoint
+from meshvpn.node.tcp.core import TcpEndpoint
 
 PUBLIC_EP = ("203.0.113.7", 41641)
 TCP_EP = TcpEndpoint("203.0.113.7", 41641)

@@ -5,7 +5,7 @@ import itertools
 from meshvpn import keys
 from meshvpn.config import RelayLimits
 from meshvpn.control.messages import RelayInfo
-from meshvpn.node.relaylink import ReadyChanged, RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport
+from meshvpn.node.relay.link import ReadyChanged, RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport
 from meshvpn.relay.core import RelayCore, Stream
 from meshvpn.relaytoken import TOKEN_LIFETIME, TokenMinter
 from meshvpn.wire import Endpoint

@@ -8,16 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshvpn.node.tcppunch import (
-    Abort,
-    Connect,
+from meshvpn.node.events import TcpAbort, TcpConnect, TcpWrite
+from meshvpn.node.tcp.core import (
     PathDown,
     PathUp,
     TcpEndpoint,
     TcpPunch,
     TcpPunchConfig,
     WantPunch,
-    Write,
 )
 from meshvpn.noise import StaticIdentity
 from meshvpn.wire import Endpoint
@@ -47,7 +45,7 @@ def _pump(src: TcpPunch, src_conn: int, dst: TcpPunch, dst_conn: int, now: float
     """Deliver `src`'s writes on `src_conn` to `dst`; the messages `dst` got and the writes left."""
     got = []
     for action in src.next_actions():
-        if isinstance(action, Write) and action.conn_id == src_conn:
+        if isinstance(action, TcpWrite) and action.conn_id == src_conn:
             got += dst.data_received(dst_conn, action.data, now)
     return got
 
@@ -59,21 +57,21 @@ def pair():
     a, b = _punch(ida), _punch(idb)
     a.punch(idb.public, B_AT, 0.0)
     b.punch(ida.public, A_AT, 0.0)
-    ca = _only(a.next_actions(), Connect)
-    cb = _only(b.next_actions(), Connect)
+    ca = _only(a.next_actions(), TcpConnect)
+    cb = _only(b.next_actions(), TcpConnect)
     assert (ca.endpoint, cb.endpoint) == (B_AT, A_AT)
     a.connected(ca.conn_id, 0.01)
     b.connected(cb.conn_id, 0.01)
-    assert not [x for x in b.next_actions() if isinstance(x, Write)], "the higher key waits for the initiation"
-    initiation = _only(a.next_actions(), Write)
+    assert not [x for x in b.next_actions() if isinstance(x, TcpWrite)], "the higher key waits for the initiation"
+    initiation = _only(a.next_actions(), TcpWrite)
     b.data_received(cb.conn_id, initiation.data, 0.02)
-    response = [x for x in b.next_actions() if isinstance(x, Write)]
+    response = [x for x in b.next_actions() if isinstance(x, TcpWrite)]
     for write in response:
         a.data_received(ca.conn_id, write.data, 0.03)
     a_actions = a.next_actions()
     assert _only(a_actions, PathUp) == PathUp(idb.public, TcpEndpoint(*B_AT))
     for write in a_actions:
-        if isinstance(write, Write):
+        if isinstance(write, TcpWrite):
             b.data_received(cb.conn_id, write.data, 0.04)
     assert _only(b.next_actions(), PathUp) == PathUp(ida.public, TcpEndpoint(*A_AT))
     return a, b, ca.conn_id, cb.conn_id, ida, idb
@@ -97,12 +95,12 @@ def test_keepalives_hold_the_path_and_silence_kills_it(pair) -> None:
     assert len(_pump(a, ca, b, cb, 2.53)) == 0, "an empty frame is delivered to nobody"
     assert b.get_timer() == pytest.approx(0.02 + 2.5), "b sent its last frame (the response) at 0.02"
     a.handle_timer(10.0)
-    assert _only(a.next_actions(), Write).conn_id == ca, "a keepalive, late but not dead yet"
+    assert _only(a.next_actions(), TcpWrite).conn_id == ca, "a keepalive, late but not dead yet"
     assert a.get_timer() == pytest.approx(0.03 + 10.0), "a last heard b at 0.03"
     a.handle_timer(10.03)
     actions = a.next_actions()
     assert _only(actions, PathDown).peer_key == idb.public
-    assert _only(actions, Abort).conn_id == ca
+    assert _only(actions, TcpAbort).conn_id == ca
     assert a.path_endpoint(idb.public) is None
     assert a.get_timer() == pytest.approx(10.03 + 2.0), "a lost path asks for a new punch"
     a.handle_timer(12.03)
@@ -119,18 +117,18 @@ def test_failed_connects_retry_then_ask_for_a_punch_with_backoff() -> None:
     ida, idb = _identities()
     a = _punch(ida, TcpPunchConfig(attempts=3))
     a.punch(idb.public, B_AT, 0.0)
-    first = _only(a.next_actions(), Connect)
+    first = _only(a.next_actions(), TcpConnect)
     assert first.timeout == 2.5
     a.connect_failed(first.conn_id, 0.05)
     assert a.get_timer() == pytest.approx(0.25)
     a.handle_timer(0.25)
-    second = _only(a.next_actions(), Connect)
+    second = _only(a.next_actions(), TcpConnect)
     assert second.conn_id != first.conn_id
     assert a.get_timer() == pytest.approx(2.75), "a connect that never reports times out"
     a.handle_timer(2.75)
-    assert _only(a.next_actions(), Abort).conn_id == second.conn_id
+    assert _only(a.next_actions(), TcpAbort).conn_id == second.conn_id
     a.handle_timer(2.95)
-    third = _only(a.next_actions(), Connect)
+    third = _only(a.next_actions(), TcpConnect)
     a.connect_failed(third.conn_id, 3.0)
     assert a.next_actions() == []
     assert a.get_timer() == pytest.approx(5.0)
@@ -138,7 +136,7 @@ def test_failed_connects_retry_then_ask_for_a_punch_with_backoff() -> None:
     assert a.next_actions() == [WantPunch(idb.public)]
     a.punch(idb.public, B_AT, 6.0)
     for attempt in range(3):
-        a.connect_failed(_only(a.next_actions(), Connect).conn_id, 6.0 + attempt)
+        a.connect_failed(_only(a.next_actions(), TcpConnect).conn_id, 6.0 + attempt)
         a.handle_timer(6.0 + attempt + 0.2)
     assert a.get_timer() == pytest.approx(8.0 + 4.0), "the wait doubles"
 
@@ -147,7 +145,7 @@ def test_a_punch_during_a_campaign_does_not_start_a_second_connect() -> None:
     ida, idb = _identities()
     a = _punch(ida)
     a.punch(idb.public, B_AT, 0.0)
-    _only(a.next_actions(), Connect)
+    _only(a.next_actions(), TcpConnect)
     a.punch(idb.public, B_AT, 0.1)
     assert a.next_actions() == []
 
@@ -160,14 +158,14 @@ def test_an_accepted_connection_from_the_punched_endpoint_becomes_the_path() -> 
     conn_b = b.accepted(A_AT, 0.1)
     assert conn_b is not None
     a.punch(idb.public, B_AT, 0.0)
-    conn_a = _only(a.next_actions(), Connect).conn_id
+    conn_a = _only(a.next_actions(), TcpConnect).conn_id
     a.connected(conn_a, 0.1)
     for _ in range(3):
         _pump(a, conn_a, b, conn_b, 0.2)
         _pump(b, conn_b, a, conn_a, 0.2)
     assert b.path_endpoint(ida.public) == TcpEndpoint(*A_AT)
     assert a.path_endpoint(idb.public) == TcpEndpoint(*B_AT)
-    assert [x for x in b.next_actions() if isinstance(x, Abort)] == [], "b's own connect attempt was aborted before"
+    assert [x for x in b.next_actions() if isinstance(x, TcpAbort)] == [], "b's own connect attempt was aborted before"
 
 
 def test_unknown_endpoints_are_served_only_for_punched_peers_with_lower_keys() -> None:
@@ -184,31 +182,31 @@ def test_unknown_endpoints_are_served_only_for_punched_peers_with_lower_keys() -
     other = StaticIdentity.from_private(b"\x07" * 32)
     mallory = _punch(other)
     mallory.punch(idb.public, B_AT, 0.0)
-    conn_m = _only(mallory.next_actions(), Connect).conn_id
+    conn_m = _only(mallory.next_actions(), TcpConnect).conn_id
     mallory.connected(conn_m, 0.0)
     _pump(mallory, conn_m, b, conn_b, 0.1)
-    assert _only(b.next_actions(), Abort).conn_id == conn_b, "a key b does not punch towards is refused"
+    assert _only(b.next_actions(), TcpAbort).conn_id == conn_b, "a key b does not punch towards is refused"
 
 
 def test_unmatched_connections_are_bounded() -> None:
     ida, idb = _identities()
     b = _punch(idb, TcpPunchConfig(max_unmatched=2))
     b.punch(ida.public, A_AT, 0.0)
-    own = _only(b.next_actions(), Connect).conn_id
+    own = _only(b.next_actions(), TcpConnect).conn_id
     accepted = [b.accepted(Endpoint("192.0.2.9", 6000 + n), 0.0) for n in range(3)]
     assert accepted[2] is None and None not in accepted[:2]
     b.handle_timer(5.0)
-    aborted = {x.conn_id for x in b.next_actions() if isinstance(x, Abort)}
+    aborted = {x.conn_id for x in b.next_actions() if isinstance(x, TcpAbort)}
     assert aborted == {own, *accepted[:2]}, "silent strangers time out like a failed connect"
 
 
 def test_stop_aborts_everything_and_reports_a_lost_path(pair) -> None:
     a, b, ca, cb, ida, idb = pair
     a.stop(idb.public)
-    assert a.next_actions() == [Abort(ca), PathDown(idb.public, "not needed")]
+    assert a.next_actions() == [TcpAbort(ca), PathDown(idb.public, "not needed")]
     assert a.get_timer() is None
     a.punch(idb.public, B_AT, 9.0)
-    assert isinstance(_only(a.next_actions(), Connect), Connect), "a later punch starts afresh"
+    assert isinstance(_only(a.next_actions(), TcpConnect), TcpConnect), "a later punch starts afresh"
 
 
 def test_a_punch_for_a_peer_with_a_path_is_ignored(pair) -> None:
@@ -233,11 +231,11 @@ def test_garbage_on_a_connection_never_raises(chunks: list[bytes], client: bool)
     other = idb if client else ida
     node = _punch(me)
     node.punch(other.public, peer_at, 0.0)
-    conn = _only(node.next_actions(), Connect).conn_id
+    conn = _only(node.next_actions(), TcpConnect).conn_id
     node.connected(conn, 0.0)
     for chunk in chunks:
         assert node.data_received(conn, chunk, 0.1) == []
     actions = node.next_actions()
     assert not any(isinstance(x, PathUp) for x in actions)
-    if any(isinstance(x, Abort) for x in actions):
+    if any(isinstance(x, TcpAbort) for x in actions):
         assert node.data_received(conn, b"more", 0.2) == [], "a dropped connection takes no more bytes"

@@ -1,4 +1,4 @@
-"""The node's TURN links (meshvpn.node.turnlink): coord messages in, routes, framing and envelopes out.
+"""The node's TURN links (meshvpn.node.turn.core): coord messages in, routes, framing and envelopes out.
 
 The TURN server is scripted as in test_turn.py: 401 to the first Allocate, then success.
 """
@@ -7,7 +7,7 @@ import itertools
 
 from meshvpn import wire
 from meshvpn.control import messages as m
-from meshvpn.node.turnlink import TurnLinks, frame_run
+from meshvpn.node.turn.core import TurnLinks, frame_run
 from meshvpn.stun_codec import Attr, ErrorCode, StunClass, StunMessage, StunMethod, decode, encode, long_term_key
 from meshvpn.turn import AllocationReady, ChannelBound, decode_channel_data
 from meshvpn.wire import Endpoint, MessageType

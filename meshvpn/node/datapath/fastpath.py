@@ -12,8 +12,8 @@ is set by the interpreter.  Two loops carry almost every packet, and each is one
 * :func:`coalesce_iov` merges the opened TCP segments into TUN super-packets: one call per write.
 
 One API, two implementations.  The pure-Python one composes the code it replaces
-(:func:`meshvpn.node.offload.split_in_place`, :meth:`Session.seal_into`, ``open_into``,
-:func:`meshvpn.node.offload.coalesce_iov`), so the
+(:func:`meshvpn.node.datapath.offload.split_in_place`, :meth:`Session.seal_into`, ``open_into``,
+:func:`meshvpn.node.datapath.offload.coalesce_iov`), so the
 rules live there; the native one follows them byte for byte (``tests/unit/test_fastpath.py``
 compares both on random input).  The native module shares the session's keys and its
 :class:`~meshvpn.replay.ReplayWindow`, so a session may be opened by either at any time.
@@ -29,8 +29,8 @@ from typing import Union
 from meshvpn import wire
 from meshvpn.constants import REJECT_AFTER_MESSAGES, REPLAY_WINDOW_BITS
 from meshvpn.errors import LocalProtocolError, RemoteProtocolError
-from meshvpn.node import offload
-from meshvpn.node.offload import VirtioNetHdr, split_in_place
+from meshvpn.node.datapath import offload
+from meshvpn.node.datapath.offload import VirtioNetHdr, split_in_place
 from meshvpn.session import OVERHEAD, KeyRing, Session, SessionExhausted
 
 try:
@@ -171,7 +171,7 @@ def _other_destination(buf: bytearray, at: int, accept: bytes, size: int) -> boo
 
 
 def coalesce_iov(packets: list[memoryview]) -> list[list]:
-    """:func:`meshvpn.node.offload.coalesce_iov` (TUN writes ``[virtio_hdr, head, payload...]``), natively when built."""
+    """:func:`meshvpn.node.datapath.offload.coalesce_iov` (TUN writes ``[virtio_hdr, head, payload...]``), natively when built."""
     if _native is not None:
         return _native.coalesce_iov(packets)
     return offload.coalesce_iov(packets)

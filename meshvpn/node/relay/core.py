@@ -17,7 +17,7 @@ import ipaddress
 from typing import Callable, Iterable, Optional
 
 from meshvpn.control import messages as m
-from meshvpn.node.relaylink import ReadyChanged, RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport
+from meshvpn.node.relay.link import ReadyChanged, RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport
 from meshvpn.wire import Endpoint
 
 SWITCH_RATIO = 0.7
@@ -62,12 +62,12 @@ class RelaySet:
                 self.skipped.append(info.name)
         for name in [n for n, link in self.links.items() if wanted.get(n) != link.info]:
             link = self.links.pop(name)
-            del self.by_endpoint[_endpoint(link.info)]
+            del self.by_endpoint[relay_endpoint(link.info)]
         for name, info in wanted.items():
             if name not in self.links:
                 link = RelayLink(info, self._private, self._public, self._random_bytes, self._wall_offset, self._config)
                 self.links[name] = link
-                self.by_endpoint[_endpoint(info)] = link
+                self.by_endpoint[relay_endpoint(info)] = link
         self.set_tokens(tokens, now)
         self._choose_home(force=True)
 
@@ -120,7 +120,7 @@ class RelaySet:
 
     def home_endpoint(self) -> Optional[Endpoint]:
         """Where relayed packets go: home's endpoint, or None without a ready relay."""
-        return None if self.home is None else _endpoint(self.home.info)
+        return None if self.home is None else relay_endpoint(self.home.info)
 
     def is_tcp(self, endpoint: Endpoint) -> Optional[RelayLink]:
         """The link to send to `endpoint` over TCP, if `endpoint` is a relay on TCP."""
@@ -145,7 +145,7 @@ class RelaySet:
     def _drain(self, now: float) -> None:
         readiness = False
         for link in self.links.values():
-            endpoint = _endpoint(link.info)
+            endpoint = relay_endpoint(link.info)
             for action in link.next_actions():
                 if isinstance(action, SendUdp):
                     self._datagrams.append((endpoint, action.data))
@@ -178,5 +178,6 @@ def is_ip(host: str) -> bool:
     return True
 
 
-def _endpoint(info: m.RelayInfo) -> Endpoint:
+def relay_endpoint(info: m.RelayInfo) -> Endpoint:
+    """Where a relay listens (UDP and TCP), as the node sends to it."""
     return Endpoint(ipaddress.ip_address(info.host).compressed, info.port)

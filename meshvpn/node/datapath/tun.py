@@ -20,10 +20,10 @@ from typing import Iterator, Sequence
 
 import pytun
 
-from meshvpn import fastpath
+from meshvpn.node.datapath import fastpath
 from meshvpn.errors import RemoteProtocolError
-from meshvpn.node import offload
-from meshvpn.node.offload import F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN, VirtioNetHdr
+from meshvpn.node.datapath import offload
+from meshvpn.node.datapath.offload import F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN, VirtioNetHdr
 
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
@@ -47,7 +47,7 @@ class TunDevice:
         """The ``TUN_F_*`` bits the kernel accepted; 0 for a plain device."""
         self._fd = device.fileno()
         self.buffer = bytearray(READ_BUFFER)
-        """Where reads land; ranges from :meth:`read_segments` point into it."""
+        """Where reads land; ranges from :meth:`segments` point into it."""
         self._view = memoryview(self.buffer)
         self.read_errors = 0
         """Super-packets dropped because their virtio header or IP headers were malformed."""
@@ -89,15 +89,17 @@ class TunDevice:
         return os.readv(self._fd, (self._view,))
 
     def read_segments(self) -> Iterator[tuple[int, int]]:
-        """Read once and yield ``(start, end)`` ranges of :attr:`buffer`, one IP packet each.
+        """Read once and yield ``(start, end)`` ranges of :attr:`buffer`, one IP packet each (as :meth:`segments`).
 
-        A super-packet is split in place, so each range is valid only until the next one is
-        taken. Raises BlockingIOError when nothing is queued.
+        Raises BlockingIOError when nothing is queued.
         """
         return self.segments(self.read())
 
     def segments(self, size: int) -> Iterator[tuple[int, int]]:
-        """The ``(start, end)`` ranges of the read that left ``size`` bytes in :attr:`buffer`."""
+        """The ``(start, end)`` ranges of the read that left ``size`` bytes in :attr:`buffer`, one IP packet each.
+
+        A super-packet is split in place, so each range is valid only until the next one is taken.
+        """
         if not self.offloads:
             yield 0, size
             return
@@ -123,11 +125,6 @@ class TunDevice:
                 offload.complete_checksum(packet, hdr.csum_start, hdr.csum_offset)
         except RemoteProtocolError:
             self.read_errors += 1
-
-    def read_batch(self) -> list[bytes]:
-        """The IP packets of one read, copied (convenient, not for the hot path)."""
-        view = self._view
-        return [bytes(view[start:end]) for start, end in self.read_segments()]
 
     def write_packets(self, packets: Sequence[memoryview]) -> None:
         """Write IP packets, merging adjacent TCP segments into super-packets when offloading.

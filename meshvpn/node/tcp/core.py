@@ -43,6 +43,7 @@ from typing import Callable, Optional, Union
 
 from meshvpn.channel import ClientChannel, ServerChannel
 from meshvpn.errors import RemoteProtocolError
+from meshvpn.node.events import TcpAbort, TcpConnect, TcpWrite
 from meshvpn.noise import StaticIdentity
 from meshvpn.wire import Endpoint
 
@@ -93,30 +94,6 @@ class TcpPunchConfig:
 
 
 @dataclass(frozen=True)
-class Connect:
-    """Open connection `conn_id` from the punch port to `endpoint`; report within `timeout` s."""
-
-    conn_id: int
-    endpoint: Endpoint
-    timeout: float
-
-
-@dataclass(frozen=True)
-class Write:
-    """Write `data` to connection `conn_id`."""
-
-    conn_id: int
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Abort:
-    """Abort connection `conn_id` (RST); the module has forgotten it."""
-
-    conn_id: int
-
-
-@dataclass(frozen=True)
 class PathUp:
     """A TCP path to `peer_key` is ready; messages for `endpoint` go on it."""
 
@@ -139,7 +116,7 @@ class WantPunch:
     peer_key: bytes
 
 
-Action = Union[Connect, Write, Abort, PathUp, PathDown, WantPunch]
+Action = Union[TcpConnect, TcpWrite, TcpAbort, PathUp, PathDown, WantPunch]
 
 
 class ConnState(enum.StrEnum):
@@ -209,12 +186,13 @@ class TcpPunch:
 
     def stop(self, peer_key: bytes) -> None:
         """No TCP path to `peer_key` is wanted (it has a UDP path, or left): abort everything."""
-        peer = self._peers.pop(peer_key, None)
+        peer = self._peers.get(peer_key)
         if peer is None:
             return
         had_path = peer.path is not None
         for conn in list(peer.conns):
-            self._forget(conn)
+            self._forget(conn)  # while the peer is still known, so its path's endpoint index goes too
+        del self._peers[peer_key]
         if had_path:
             self._actions.append(PathDown(peer_key, "not needed"))
 
@@ -321,6 +299,10 @@ class TcpPunch:
         peer = self._peers.get(peer_key)
         return None if peer is None or peer.path is None else TcpEndpoint(*peer.path.endpoint)
 
+    def peer_keys(self) -> set[bytes]:
+        """The peers this machine holds any state for (a campaign, connections or a path)."""
+        return set(self._peers)
+
     def path_conn(self, endpoint: TcpEndpoint) -> Optional[int]:
         """The connection carrying the TCP path at `endpoint`, if there is one."""
         conn = self._by_endpoint.get(endpoint)
@@ -365,7 +347,7 @@ class TcpPunch:
         peer.attempts_left -= 1
         self.counters["attempts"] += 1
         conn = self._new_conn(peer.endpoint, peer.key, ConnState.CONNECTING, now)
-        self._actions.append(Connect(conn.conn_id, peer.endpoint, self.config.attempt_timeout))
+        self._actions.append(TcpConnect(conn.conn_id, peer.endpoint, self.config.attempt_timeout))
 
     def _secure(self, conn: _Conn, peer_key: Optional[bytes], now: float) -> None:
         """TCP is up: start the channel in the role our key order gives us."""
@@ -439,10 +421,10 @@ class TcpPunch:
                 peer.path = None
                 del self._by_endpoint[TcpEndpoint(*conn.endpoint)]
         if abort:
-            self._actions.append(Abort(conn.conn_id))
+            self._actions.append(TcpAbort(conn.conn_id))
 
     def _flush(self, conn: _Conn, now: float) -> None:
         data = conn.channel.data_to_send()
         if data:
             conn.last_tx = now
-            self._actions.append(Write(conn.conn_id, data))
+            self._actions.append(TcpWrite(conn.conn_id, data))

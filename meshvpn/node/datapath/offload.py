@@ -203,18 +203,9 @@ def tun_header_for(packet: bytes | bytearray | memoryview) -> bytes:
 # --- segmentation (userspace TSO/USO) ------------------------------------------------------
 
 
-def split_in_place(
-    buf: bytearray | memoryview, start: int, end: int, hdr: VirtioNetHdr
-) -> Iterator[tuple[int, int]]:
-    """Yield ``(first, last)`` byte ranges of ``buf``, one valid IP packet per segment.
-
-    ``buf[start:end]`` is the super-packet that followed ``hdr``. Segment *i*'s headers are
-    written just in front of its payload, over the tail of segment *i-1*'s payload, so nothing
-    is copied but headers; the price is that a range is valid only until the next one is
-    requested. IPv4 IDs increase by one per segment and header checksums are computed; TCP
-    sequence numbers advance; FIN/PSH stay on the last segment only and CWR on the first;
-    TCP/UDP checksums are left partial (see the module docstring).
-    """
+def _gso_layout(buf: bytearray | memoryview, start: int, end: int, hdr: VirtioNetHdr) -> tuple[bool, bool, int, int]:
+    """(is TCP, is IPv4, header length, payload length) of a super-packet, after checking that its
+    virtio header and its own headers agree; RemoteProtocolError when they do not."""
     kind = hdr.gso_type & ~GSO_ECN
     is_tcp = kind in (GSO_TCPV4, GSO_TCPV6)
     l3 = hdr.csum_start
@@ -234,6 +225,24 @@ def split_in_place(
     payload = size - hl
     if (is_tcp and hl < l3 + 20) or payload <= 0:
         raise RemoteProtocolError("GSO packet has a bad transport header or no payload")
+    return is_tcp, is_v4, hl, payload
+
+
+def split_in_place(
+    buf: bytearray | memoryview, start: int, end: int, hdr: VirtioNetHdr
+) -> Iterator[tuple[int, int]]:
+    """Yield ``(first, last)`` byte ranges of ``buf``, one valid IP packet per segment.
+
+    ``buf[start:end]`` is the super-packet that followed ``hdr``. Segment *i*'s headers are
+    written just in front of its payload, over the tail of segment *i-1*'s payload, so nothing
+    is copied but headers; the price is that a range is valid only until the next one is
+    requested. IPv4 IDs increase by one per segment and header checksums are computed; TCP
+    sequence numbers advance; FIN/PSH stay on the last segment only and CWR on the first;
+    TCP/UDP checksums are left partial (see the module docstring).
+    """
+    is_tcp, is_v4, hl, payload = _gso_layout(buf, start, end, hdr)
+    l3 = hdr.csum_start
+    proto = PROTO_TCP if is_tcp else PROTO_UDP
     gso = hdr.gso_size
     count = -(-payload // gso)
     head = bytearray(buf[start : start + hl])
@@ -375,12 +384,9 @@ def _close_run(run: list, shape: _Shape, gso: int, psh: bool) -> list:
 
 
 def coalesce_iov(packets: Sequence[memoryview]) -> list[list]:
-    """Group ``packets`` into TUN writes; each result is an iovec ``[virtio_hdr, packet, payload...]``.
-
-    ``packets`` must be writable views (the head of a merged run is rewritten in place); merged
-    payloads are referenced, not copied, so each iovec goes to ``os.writev`` as it is.
-    Order is preserved: only adjacent segments of one flow merge.
-    """
+    """Group ``packets`` (writable views: a merged run's head is rewritten in place) into TUN writes,
+    each an iovec ``[virtio_hdr, packet, payload...]`` for ``os.writev``; merged payloads are
+    referenced, not copied. Order is preserved: only adjacent segments of one flow merge."""
     out: list[list] = []
     run: list | None = None
     shape = _SHAPES[4, 40]

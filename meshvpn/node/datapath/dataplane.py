@@ -3,13 +3,13 @@
 Per packet, outbound: destination overlay address (4 or 16 raw bytes) → peer (one dict
 lookup, skipped while the destination repeats, as it does for every segment of a TSO
 super-packet) → its current session → ``seal_into`` a :class:`SendBuffer`, which lays the
-messages of one UDP destination back to back so the shell sends each run with one GSO
+messages of one route back to back so the shell sends each run with one GSO
 ``sendmsg``.  Inbound: each datagram of a GRO receive, in the receive buffer itself:
 DATA/KEEPALIVE (bare or in a relay envelope) → peer by receiver index (one dict lookup) →
 ``open_into`` in place → the inner source address must be the peer's own overlay address
 (else dropped as "spoofed") and the destination one of ours (``meshvpn.node.destinations``,
 else dropped as "not_for_me") → a view of the plaintext for the TUN's coalescing write.
-Everything else is copied out and goes to the shell's hook, then to the core.
+Everything else is copied out and goes to the node.
 
 Rules: no logging, no exceptions out of the loop, no asyncio objects, no per-packet copies
 besides the AEAD's own output.  Drops are counted by reason, per peer when the peer is known.
@@ -25,12 +25,14 @@ import struct
 from collections import Counter
 from typing import Callable, Iterable, Optional
 
-from meshvpn import fastpath, wire
+from meshvpn import wire
+from meshvpn.node.datapath import fastpath
 from meshvpn.errors import MeshError
 from meshvpn.lan.packets import Drop
 from meshvpn.node.core import NodeCore
-from meshvpn.node.offload import GSO_NONE, VNET_HDR_LEN, VirtioNetHdr
-from meshvpn.node.peers import Peer
+from meshvpn.node.node import Node
+from meshvpn.node.datapath.offload import GSO_NONE, VNET_HDR_LEN, VirtioNetHdr
+from meshvpn.node.peers import Peer, Route
 from meshvpn.session import OVERHEAD, Session
 from meshvpn.wire import Endpoint
 
@@ -38,7 +40,6 @@ _DATA = int(wire.MessageType.DATA)
 _KEEPALIVE = int(wire.MessageType.KEEPALIVE)
 _RELAY = int(wire.MessageType.RELAY)
 _VERSION = wire.VERSION
-_HEADER_LEN = wire.TRANSPORT_HEADER_LEN
 _RELAY_INNER = wire.RELAY_PREFIX_LEN
 _IPV4_MIN = 20
 _IPV6_MIN = 40
@@ -47,10 +48,8 @@ _NOT_FOR_ME = Drop.NOT_FOR_ME.value
 SEND_BUFFER = 2 * 65536 + 256
 """Room for one open run (at most one GSO send) plus the largest message that may join it."""
 
-SendRun = Callable[[Endpoint, memoryview, int], None]
-"""send(endpoint, data, seg_size): ``data`` holds messages of ``seg_size`` back to back (the last may be shorter)."""
-OtherDatagram = Callable[[bytes, Endpoint], bool]
-"""The shell's hook for non-transport datagrams (STUN, relay acks): True when it took one."""
+SendRun = Callable[[Route, memoryview, int], None]
+"""send(route, data, seg_size): ``data`` holds messages of ``seg_size`` back to back (the last may be shorter)."""
 
 
 def _sealing_session(peer: Optional[Peer], now: float) -> Optional[Session]:
@@ -83,23 +82,23 @@ def _count_dropped(peer: Peer, failed: int, spoofed: int, wrong_key: int, misdir
 
 
 class SendBuffer:
-    """Sealed messages for one UDP destination, back to back, in the shape one GSO send takes.
+    """Sealed messages for one destination (a peer's route), back to back, in the shape one GSO send takes.
 
-    A run holds messages of one size for one endpoint; a shorter message may end it.  A
-    message that cannot join (another endpoint, a larger size) sends the run first, and a run
+    A run holds messages of one size for one route; a shorter message may end it.  A
+    message that cannot join (another route, a larger size) sends the run first, and a run
     is sent as soon as it is closed or full (``max_segments``, ``max_bytes``), so the buffer
     only ever holds one run and every send is a single ``sendmsg``.
     """
 
-    __slots__ = ("out", "at", "endpoint", "seg_size", "count", "max_segments", "max_bytes", "_send", "_view")
+    __slots__ = ("out", "at", "dest", "seg_size", "count", "max_segments", "max_bytes", "_send", "_view")
 
     def __init__(self, send: SendRun, max_segments: float = math.inf, max_bytes: float = math.inf,
                  size: int = SEND_BUFFER) -> None:
         self.out = bytearray(size)
         """Where messages are sealed; the open run is ``out[:at]``."""
         self.at = 0
-        self.endpoint: Optional[Endpoint] = None
-        """Destination of the open run."""
+        self.dest: Optional[Route] = None
+        """Destination of the open run: the route (endpoint and transport) it leaves by."""
         self.seg_size = 0
         """Size of the open run's messages."""
         self.count = 0
@@ -109,14 +108,14 @@ class SendBuffer:
         self._send = send
         self._view = memoryview(self.out)
 
-    def place(self, endpoint: Endpoint, size: int) -> int:
-        """Where a message of ``size`` bytes for ``endpoint`` goes; sends the open run if it cannot join."""
+    def place(self, dest: Route, size: int) -> int:
+        """Where a message of ``size`` bytes for ``dest`` goes; sends the open run if it cannot join."""
         if self.count:
-            if size <= self.seg_size and (endpoint is self.endpoint or endpoint == self.endpoint) \
+            if size <= self.seg_size and (dest is self.dest or dest == self.dest) \
                     and self.at + size <= len(self.out):
                 return self.at
             self.flush()
-        self.endpoint = endpoint
+        self.dest = dest
         self.seg_size = size
         return 0
 
@@ -127,29 +126,28 @@ class SendBuffer:
         if size < self.seg_size or self.count >= self.max_segments or at + self.seg_size > self.max_bytes:
             self.flush()
 
-    def filled(self, endpoint: Endpoint, seg_size: int, count: int, at: int) -> None:
+    def filled(self, dest: Route, seg_size: int, count: int, at: int) -> None:
         """The empty buffer now holds ``count`` messages of ``seg_size`` (the last may be shorter) up to ``at``.
 
         The run is sent at once if its last message is shorter or it is full, as :meth:`added` does.
         """
-        self.endpoint, self.seg_size, self.count, self.at = endpoint, seg_size, count, at
+        self.dest, self.seg_size, self.count, self.at = dest, seg_size, count, at
         if at != count * seg_size or count >= self.max_segments or at + seg_size > self.max_bytes:
             self.flush()
 
     def flush(self) -> None:
         """Send the open run, if any."""
         if self.count:
-            self._send(self.endpoint, self._view[: self.at], self.seg_size)
+            self._send(self.dest, self._view[: self.at], self.seg_size)
             self.at = self.count = 0
 
 
 class DataPlane:
     """Seals TUN packets for their peers and opens transport messages for the TUN."""
 
-    def __init__(self, core: NodeCore, other: Optional[OtherDatagram] = None) -> None:
+    def __init__(self, core: Node | NodeCore) -> None:
         self.core = core
-        self.other = other
-        """Offered every non-transport datagram before the core gets it."""
+        """The node (a bare :class:`NodeCore` in tests of the data path alone): it gets what the loop cannot do."""
         self.drops: Counter = Counter()
         """Packets dropped before a peer was known, by reason."""
         self.core_touched = False
@@ -166,7 +164,7 @@ class DataPlane:
         """
         by_overlay = self.core.peers.by_overlay
         out = sends.out
-        last_dst = peer = session = endpoint = None
+        last_dst = peer = session = route = None
         prefix = b""
         sealed = sealed_bytes = 0
         for start, end in ranges:
@@ -187,7 +185,8 @@ class DataPlane:
                 peer = by_overlay.get(bytes(dst))
                 session = _sealing_session(peer, now)
                 if session is not None:
-                    endpoint, prefix = peer.route.endpoint, peer.route.prefix
+                    route = peer.route
+                    prefix = route.prefix
             if session is None:
                 if peer is None:
                     self.drops["no peer"] += 1
@@ -196,7 +195,7 @@ class DataPlane:
                     last_dst = None
                 continue
             size = len(prefix) + OVERHEAD + length
-            at = sends.place(endpoint, size)
+            at = sends.place(route, size)
             try:
                 if prefix:
                     out[at : at + len(prefix)] = prefix
@@ -241,7 +240,7 @@ class DataPlane:
         if sealed is None:
             return False
         count, at, first_size = sealed
-        sends.filled(route.endpoint, first_size, count, at)
+        sends.filled(route, first_size, count, at)
         _count_sent(peer, count, at - count * (len(route.prefix) + OVERHEAD), now)
         return True
 
@@ -254,8 +253,8 @@ class DataPlane:
         """Seal each TUN packet for its peer; the datagrams grouped by UDP destination (bytes form)."""
         groups: dict[Endpoint, list[bytes]] = {}
 
-        def collect(endpoint: Endpoint, data: memoryview, seg_size: int) -> None:
-            group = groups.setdefault(endpoint, [])
+        def collect(route: Route, data: memoryview, seg_size: int) -> None:
+            group = groups.setdefault(route.endpoint, [])
             group += (bytes(data[first : first + seg_size]) for first in range(0, len(data), seg_size))
 
         sends = SendBuffer(collect)
@@ -319,8 +318,6 @@ class DataPlane:
                     self.core.flush(peer, now)
 
     def _other(self, data: bytes, src: Endpoint, now: float) -> None:
-        if self.other is not None and self.other(data, src):
-            return
         self.core_touched = True
         self.core.datagram_received(data, src, now)
 

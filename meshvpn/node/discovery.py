@@ -1,0 +1,80 @@
+"""How the daemon learns where it can be reached: STUN through the coord's server, NAT profile, port samples.
+
+asyncio helpers around :mod:`meshvpn.stunio` and :mod:`meshvpn.node.netcheck`; the daemon calls
+them on its endpoint refresh and when the node asks for a port sample (``SampleWanted``). Each
+returns None (and logs why) when the answer cannot be had, so the caller keeps what it knew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from typing import Optional
+
+from meshvpn.config import NodeConfig
+from meshvpn.control import messages as m
+from meshvpn.node.netcheck import gather_profile, nat_profile, verdict
+from meshvpn.node.prediction import NatProfile
+from meshvpn.stunio import StunClient, stun_binding
+from meshvpn.wire import Endpoint
+
+log = logging.getLogger("meshvpn.node")
+
+SAMPLE_TIMEOUT = 1.0
+"""Seconds a fresh-socket port sample may take before the punch goes ahead without it."""
+MAPPING_TIMEOUT = 5.0
+"""Seconds the shared socket's STUN query may take."""
+
+
+async def stun_server(config: NodeConfig, family: int) -> Endpoint:
+    """The coord's STUN server (its host, ``coord.stun_port``), resolved for the node's socket family."""
+    coord = config.coord
+    infos = await asyncio.get_running_loop().getaddrinfo(coord.address.host, coord.stun_port, family=family,
+                                                         type=socket.SOCK_DGRAM)
+    return Endpoint(*infos[0][4][:2])
+
+
+async def public_mapping(stun: StunClient, config: NodeConfig, family: int) -> Optional[m.Endpoint]:
+    """The shared socket's public endpoint as the coord's STUN server sees it."""
+    try:
+        result = await asyncio.wait_for(stun.query(await stun_server(config, family)), MAPPING_TIMEOUT)
+    except (OSError, asyncio.TimeoutError, ValueError) as exc:
+        log.info("no STUN mapping from the coord: %s", exc or type(exc).__name__)
+        return None
+    host, port = result.mapped
+    return m.Endpoint(ipaddress.ip_address(host).compressed, port)
+
+
+async def own_nat_profile(config: NodeConfig, family: int) -> Optional[NatProfile]:
+    """Our NAT's mapping and port allocation from a few fresh-socket STUN samples (netcheck's)."""
+    try:
+        server = await stun_server(config, family)
+    except (OSError, ValueError):
+        return None
+    return nat_profile(verdict(await gather_profile(server, config.listen.address)))
+
+
+async def port_sample(config: NodeConfig, family: int) -> Optional[Endpoint]:
+    """A STUN sample from a new socket: the port our NAT gave its newest mapping."""
+    try:
+        result = await stun_binding(await stun_server(config, family), local=(config.listen.address, 0),
+                                    timeout=SAMPLE_TIMEOUT)
+        return Endpoint(*result.mapped)
+    except (OSError, asyncio.TimeoutError, ValueError) as exc:
+        log.info("no port sample: %s", exc or type(exc).__name__)
+        return None
+
+
+class SocketSender:
+    """What StunClient needs from a transport: ``sendto`` on the node's own UDP socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def sendto(self, data: bytes, addr) -> None:
+        try:
+            self._sock.sendto(data, addr)
+        except OSError:
+            pass

@@ -1,0 +1,465 @@
+"""The node: one sans-IO object for everything a node decides (aioquic's ``QuicConnection``).
+
+It owns the four protocol machines of a node and wires them together, so the shell never does:
+the peer core (:class:`~meshvpn.node.core.NodeCore`: peers, handshakes, probes, paths), the
+relay links (:class:`~meshvpn.node.relay.core.RelaySet`), the TURN allocations
+(:class:`~meshvpn.node.turn.core.TurnLinks`) and TCP hole punching
+(:class:`~meshvpn.node.tcp.core.TcpPunch`).
+
+One inbox, each call with ``now`` (monotonic seconds): ``receive_coord`` (every control
+message), ``receive_datagram`` (every UDP message that is not transport data),
+``receive_tcp`` and the other ``tcp_*``/``relay_stream_*`` calls (stream life and bytes),
+``handle_timer``; plus ``packet_from_tun``/``flush`` from the data path and ``ping``.
+One outbox, drained one way: ``outputs()`` returns the :mod:`meshvpn.node.events`
+transmissions and events in order. One timer: ``get_timer()``.
+
+Rules of the wiring:
+
+* A coord message goes to every machine that cares (relays, peers, TURN, TCP punch), in that order.
+* The home relay's endpoint, the TURN routes and the punched TCP paths become paths of the peer
+  core (``set_relay``, ``set_turn``, ``set_tcp_path``) as soon as they change.
+* A UDP path (LAN or direct) ends TCP punching for that peer; a peer the coord removes loses
+  every piece of state in every machine in the same step (``remove_peer``).
+* Which transport carries a message to an endpoint is decided here, in one place
+  (``transport_for``); the shell sends with one ``match`` on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, Iterable, Optional
+
+from meshvpn.control import messages as m
+from meshvpn.node import events as ev
+from meshvpn.node.core import CoreConfig, NodeCore
+from meshvpn.node.peers import Peer, PeerTable
+from meshvpn.node.prediction import NatProfile
+from meshvpn.node.relay.link import Transport as RelayTransport
+from meshvpn.node.relay.core import RelaySet, relay_endpoint
+from meshvpn.node.tcp.core import PathDown, PathUp, TcpEndpoint, TcpPunch, WantPunch
+from meshvpn.node.transports import MAIN_SOCKET, PinnedSocket, PunchedStream, RelayStream, Transport, TurnChannel
+from meshvpn.node.turn.core import TurnLinks
+from meshvpn.node.pathfinder import Path, PathKind
+from meshvpn.stun import is_stun
+from meshvpn.turn import is_channel_data
+from meshvpn.wire import Endpoint, MessageType
+
+_HELLO_ACK = MessageType.RELAY_HELLO_ACK
+_SETTLE_ROUNDS = 8
+"""Rounds of passing one machine's news to the others; two or three always suffice."""
+
+
+class Node:
+    """Everything one node decides, without I/O; the data path reads ``peers`` directly."""
+
+    def __init__(self, private_key: bytes, random_bytes: Callable[[int], bytes],
+                 config: CoreConfig | None = None) -> None:
+        self.core = NodeCore(private_key, random_bytes, config)
+        wall = self.core.config.wall_offset
+        self.relays = RelaySet(private_key, self.core.public_key, random_bytes, wall)
+        self.turn = TurnLinks(random_bytes)
+        self.tcp = TcpPunch(self.core.identity, random_bytes, wall)
+        self.core.routes.transport_for = self.transport_for
+        self.tcp_punching = False
+        """Whether the shell holds a punch port (``enable_tcp_punch``); without one, no TCP punches."""
+        self._relay_streams: set[str] = set()
+        """Relays whose TCP stream the shell was told to open and not yet to close."""
+        self._out: list[ev.Output] = []
+
+    # ---- what the data path and the shell read ----------------------------------------
+
+    @property
+    def peers(self) -> PeerTable:
+        return self.core.peers
+
+    @property
+    def public_key(self) -> bytes:
+        return self.core.public_key
+
+    @property
+    def drops(self):
+        return self.core.drops
+
+    @property
+    def destinations(self):
+        """The inner destinations the data path accepts (the core's)."""
+        return self.core.destinations
+
+    def outputs(self) -> list[ev.Output]:
+        """Transmissions and events since the last call, in order; each is returned once."""
+        out, self._out = self._out, []
+        return out
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._out)
+
+    def get_timer(self) -> Optional[float]:
+        """The earliest deadline of any of the node's machines."""
+        timers = (self.core.get_timer(), self.relays.get_timer(), self.turn.get_timer(), self.tcp.get_timer())
+        return min((t for t in timers if t is not None), default=None)
+
+    # ---- inbox ------------------------------------------------------------------------
+
+    def receive_coord(self, msg: m.Message, now: float) -> None:
+        """A control message from the coord: to every machine that cares about it."""
+        if isinstance(msg, m.Registered):
+            self._configure_relays(msg, now)
+        elif isinstance(msg, m.RelayTokens):
+            self.relays.set_tokens(msg.tokens, now)
+        self.core.coord_message(msg, now)
+        self.turn.coord_message(msg, now)
+        if isinstance(msg, m.Punch):
+            self._punch_tcp(msg.peer_key, now)
+        self._settle(now)
+
+    def servers_moved(self, registered: m.Registered, now: float) -> None:
+        """The relays and TURN servers of `registered` at new addresses (a DNS name resolved again)."""
+        self._configure_relays(registered, now)
+        self.turn.set_servers(registered.turn or (), now)
+        self._settle(now)
+
+    def _configure_relays(self, registered: m.Registered, now: float) -> None:
+        self.relays.configure(registered.relays, registered.relay_tokens, now)
+        self._out += map(ev.RelaySkipped, self.relays.skipped)
+
+    def receive_datagram(self, data: bytes, src: Endpoint, now: float, via: Optional[int] = None) -> None:
+        """A UDP datagram that is not transport data (on the main socket, or on extra socket `via`)."""
+        if via is None and src in self.turn.by_endpoint:
+            if is_channel_data(data):
+                envelope = self.turn.unwrap(data, src)
+                if envelope is not None:
+                    self._out.append(ev.Deliver([(envelope, src)]))
+            elif is_stun(data):
+                self.turn.receive(data, src, now)
+            else:
+                self.core.datagram_received(data, src, now)
+        elif is_stun(data):
+            if via is None:
+                self._out.append(ev.StunReceived(data, src))
+            return
+        elif data[1:2] == bytes((_HELLO_ACK,)) and via is None:
+            if not self.relays.receive(data, src, RelayTransport.UDP, now):
+                self.core.datagram_received(data, src, now)
+        else:
+            self.core.datagram_received(data, src, now, via=via)
+        self._settle(now)
+
+    def handle_timer(self, now: float) -> None:
+        """Do everything due at ``now`` in every machine; safe to call early or late."""
+        self.core.handle_timer(now)
+        self.relays.handle_timer(now)
+        self.turn.handle_timer(now)
+        self.tcp.handle_timer(now)
+        self._settle(now)
+
+    # ---- inbox: the punch port's connections --------------------------------------------
+
+    def enable_tcp_punch(self) -> None:
+        """The shell holds a punch port: punch over TCP when the coord says punch."""
+        self.tcp_punching = True
+
+    def tcp_accepted(self, remote: Endpoint, now: float) -> Optional[int]:
+        """A connection on the punch port from `remote`: its id, or None (then the shell aborts it)."""
+        conn_id = self.tcp.accepted(remote, now)
+        self._settle(now)
+        return conn_id
+
+    def tcp_connected(self, conn_id: int, now: float) -> None:
+        self.tcp.connected(conn_id, now)
+        self._settle(now)
+
+    def tcp_connect_failed(self, conn_id: int, now: float) -> None:
+        self.tcp.connect_failed(conn_id, now)
+        self._settle(now)
+
+    def tcp_closed(self, conn_id: int, now: float) -> None:
+        self.tcp.connection_lost(conn_id, now)
+        self._settle(now)
+
+    def receive_tcp(self, conn_id: int, data: bytes, now: float) -> None:
+        """Bytes from punched connection `conn_id`; the messages they complete go to the data path."""
+        messages = self.tcp.data_received(conn_id, data, now)
+        endpoint = self.tcp.conn_endpoint(conn_id) if messages else None
+        if endpoint is not None:
+            self._out.append(ev.Deliver([(message, endpoint) for message in messages]))
+        self._settle(now)
+
+    def send_tcp(self, endpoint: TcpEndpoint, messages: list[bytes], now: float) -> None:
+        """Seal `messages` onto the punched TCP path at `endpoint` (the data path's runs)."""
+        self.tcp.send(endpoint, messages, now)
+        self._settle(now)
+
+    # ---- inbox: relay streams -----------------------------------------------------------
+
+    def relay_stream_up(self, name: str, now: float) -> None:
+        """The TCP stream to relay `name` is established (its channel is up)."""
+        link = self.relays.links.get(name)
+        if link is not None and name in self._relay_streams:
+            self.relays.tcp_up(link, now)
+        self._settle(now)
+
+    def relay_stream_ended(self, name: str, now: float) -> None:
+        """The TCP stream to relay `name` closed or failed; the link retries with backoff."""
+        if name in self._relay_streams:
+            self._relay_streams.discard(name)
+            link = self.relays.links.get(name)
+            if link is not None:
+                self.relays.tcp_down(link, now)
+        self._settle(now)
+
+    def receive_relay_frames(self, name: str, frames: Iterable[bytes], now: float) -> None:
+        """Frames from relay `name`'s TCP stream: hello acks to its link, the rest to the data path."""
+        link = self.relays.links.get(name)
+        if link is None:
+            return
+        endpoint = relay_endpoint(link.info)
+        data = []
+        for frame in frames:
+            if len(frame) > 1 and frame[1] == _HELLO_ACK:
+                self.relays.receive(frame, endpoint, RelayTransport.TCP, now)
+            else:
+                data.append((frame, endpoint))
+        if data:
+            self._out.append(ev.Deliver(data))
+        self._settle(now)
+
+    # ---- inbox: the data path, ping, hard NATs, settings ------------------------------
+
+    def packet_from_tun(self, peer: Peer, packet: bytes, now: float) -> None:
+        """A packet the data path could not seal (no session or route yet): the core queues it."""
+        self.core.packet_from_tun(peer, packet, now)
+        self._settle(now)
+
+    def flush(self, peer: Peer, now: float) -> bool:
+        """Send the peer's queued packets if it now has a session and a route; True if any left."""
+        sent = self.core.flush(peer, now)
+        self._settle(now)
+        return sent
+
+    def datagram_received(self, data: bytes, src: Endpoint, now: float) -> None:
+        """The data path's name for :meth:`receive_datagram` (it calls its core this way)."""
+        self.receive_datagram(data, src, now)
+
+    def ping(self, peer: Peer, now: float) -> Optional[bytes]:
+        """One probe along the peer's route; the answer is a :class:`~meshvpn.node.events.PingReply`."""
+        tx_id = self.core.ping(peer, now)
+        self._settle(now)
+        return tx_id
+
+    def port_sampled(self, peer_key: bytes, sample: Optional[Endpoint], now: float) -> None:
+        """The answer to ``SampleWanted`` (None: no STUN answer)."""
+        self.core.port_sampled(peer_key, sample, now)
+        self._settle(now)
+
+    def set_own_endpoints(self, local: Iterable[Endpoint], public: Optional[Endpoint]) -> None:
+        """Our LAN endpoints and public mapping, as the shell learns them: probes to us were sent there."""
+        self.core.set_own_endpoints(local, public)
+
+    def set_nat_profile(self, profile: NatProfile) -> None:
+        self.core.set_nat_profile(profile)
+
+    def set_keepalive(self, seconds: float) -> None:
+        """A reloaded ``paths.keepalive``: every peer's path finder shares this setting."""
+        self.core.config.paths.keepalive = seconds
+
+    def mappings_in_use(self) -> set[int]:
+        """The extra sockets some peer's route uses; pins of the others are forgotten."""
+        routes = {peer.route.endpoint for peer in self.peers if peer.route is not None}
+        pinned = self.core.socket_for
+        for endpoint in [e for e in pinned if e not in routes]:
+            del pinned[endpoint]
+        return set(pinned.values())
+
+    def close(self, now: float) -> None:
+        """Give the TURN allocations back (the shell sends what this produces, then closes)."""
+        self.turn.close(now)
+        for dst, data in self.turn.datagrams_to_send():
+            self._out.append(ev.SendDatagram(dst, data))
+
+    def remove_peer(self, key: bytes, reason: str, now: float) -> None:
+        """Forget a peer in every machine: sessions, paths, pings, traversal and its TCP path."""
+        self.core.remove_peer(key, reason)
+        self._settle(now)
+
+    def _forget_departed(self) -> None:
+        """A peer the core no longer has (removed, or left the peer map) keeps no TCP state."""
+        for key in self.tcp.peer_keys() - self.peers.by_key.keys():
+            self.tcp.stop(key)
+
+    # ---- transports -------------------------------------------------------------------
+
+    def transport_for(self, dst: Endpoint) -> Transport:
+        """What carries messages to `dst`: the one place the node's transports are chosen.
+
+        Routes carry the answer (``Route.transport``), stamped when they are made and whenever
+        it changes; the control path's own messages (probes, handshakes) ask here directly."""
+        turn = self.turn.outbound(dst)
+        if turn is not None:
+            return TurnChannel(*turn)
+        if type(dst) is TcpEndpoint:
+            return PunchedStream(self.tcp.path_conn(dst))
+        link = self.relays.is_tcp(dst)
+        if link is not None:
+            return RelayStream(link.name)
+        sid = self.core.socket_for.get(dst) if self.core.socket_for else None
+        return MAIN_SOCKET if sid is None else PinnedSocket(sid)
+
+    def _send(self, dst: Endpoint, data: bytes, now: float) -> None:
+        """One message of the control path (handshake, probe, keepalive, queued packet) on its transport."""
+        wrapped = self.turn.wrap(data, dst)
+        if wrapped is not None:
+            self._out.append(ev.SendDatagram(*wrapped))
+            return
+        match self.transport_for(dst):
+            case PunchedStream():
+                self.tcp.send(dst, [data], now)
+            case RelayStream(name):
+                self._out.append(ev.SendRelayFrames(name, [data]))
+            case PinnedSocket(sid):
+                self._out.append(ev.SendDatagram(dst, data, sid))
+            case _:
+                self._out.append(ev.SendDatagram(dst, data))
+
+    # ---- wiring -----------------------------------------------------------------------
+
+    def _settle(self, now: float) -> None:
+        """Pass each machine's news to the others and collect their output, until all is quiet."""
+        for _ in range(_SETTLE_ROUNDS):
+            moved = self._drain_relays(now)
+            moved |= self._drain_turn(now)
+            moved |= self._drain_tcp(now)
+            moved |= self._drain_core(now)
+            if not moved:
+                break
+        self._restamp_routes()
+
+    def _restamp_routes(self) -> None:
+        """Give every route the transport that carries it now (a relay moved to TCP, a channel bound...)."""
+        for peer in self.peers:
+            route = peer.route
+            if route is not None:
+                transport = self.transport_for(route.endpoint)
+                if transport != route.transport:
+                    peer.route = replace(route, transport=transport)
+
+    def _drain_core(self, now: float) -> bool:
+        core = self.core
+        datagrams = core.datagrams_to_send()
+        for dst, data in datagrams:
+            self._send(dst, data, now)
+        messages = core.coord_messages_to_send()
+        self._out += map(ev.SendCoord, messages)
+        events = 0
+        while (event := core.next_event()) is not None:
+            events += 1
+            self._out.append(event)
+            if isinstance(event, ev.PeerDown):
+                self._forget_departed()
+            elif isinstance(event, ev.PeerPathChanged) and _udp_direct(event.new):
+                peer = self.peers.find(event.name)
+                if peer is not None:
+                    self.tcp.stop(peer.key)
+        return bool(datagrams or messages or events)
+
+    def _drain_relays(self, now: float) -> bool:
+        relays = self.relays
+        datagrams = relays.datagrams_to_send()
+        self._out += (ev.SendDatagram(dst, data) for dst, data in datagrams)
+        frames = relays.frames_to_send()
+        self._out += (ev.SendRelayFrames(link.name, [frame]) for link, frame in frames)
+        streams = self._follow_tcp_wishes(now)
+        if not relays.home_changed():
+            return bool(datagrams or frames or streams)
+        home = relays.home
+        self._out.append(ev.RelayHomeChanged(None if home is None else home.name,
+                                             None if home is None else home.transport.value))
+        self.core.set_relay(relays.home_endpoint(), now)
+        if home is not None:
+            self._out.append(ev.SendCoord(m.RelayHome(home.name)))
+        return True
+
+    def _follow_tcp_wishes(self, now: float) -> bool:
+        """Open a stream to each relay that wants one (when its backoff allows), close the unwanted."""
+        moved = False
+        for name, link in self.relays.links.items():
+            has = name in self._relay_streams
+            if link.want_tcp and not has and now >= link.tcp_retry_at:
+                link.tcp_attempt()
+                self._relay_streams.add(name)
+                self._out.append(ev.OpenRelayStream(name, relay_endpoint(link.info), link.info.public_key))
+                moved = True
+            elif not link.want_tcp and has:
+                self._relay_streams.discard(name)
+                self._out.append(ev.CloseRelayStream(name))
+                link.tcp_down(now)
+                moved = True
+        for name in [n for n in self._relay_streams if n not in self.relays.links]:
+            self._relay_streams.discard(name)
+            self._out.append(ev.CloseRelayStream(name))
+            moved = True
+        return moved
+
+    def _drain_turn(self, now: float) -> bool:
+        turn = self.turn
+        datagrams = turn.datagrams_to_send()
+        self._out += (ev.SendDatagram(dst, data) for dst, data in datagrams)
+        received = turn.received()
+        if received:
+            self._out.append(ev.Deliver(received))
+        happened = turn.events()
+        self._out += (ev.TurnChanged(server, event) for server, event in happened)
+        moved = bool(datagrams or received or happened)
+        if turn.routes_changed():
+            self.core.set_turn(dict(turn.routes), now)
+            moved = True
+        if turn.relayed_changed():
+            self._out.append(ev.SendCoord(m.TurnRelayed(turn.relayed)))
+            moved = True
+        return moved
+
+    def _drain_tcp(self, now: float) -> bool:
+        actions = self.tcp.next_actions()
+        for action in actions:
+            if isinstance(action, PathUp):
+                self._out.append(ev.TcpPathChanged(self._name(action.peer_key), action.endpoint))
+                self.core.set_tcp_path(action.peer_key, action.endpoint, now)
+            elif isinstance(action, PathDown):
+                self._out.append(ev.TcpPathChanged(self._name(action.peer_key), None, action.reason))
+                self.core.set_tcp_path(action.peer_key, None, now)
+            elif isinstance(action, WantPunch):
+                self._out.append(ev.SendCoord(m.PunchRequest(peer_key=action.peer_key)))
+            else:
+                self._out.append(action)
+        return bool(actions)
+
+    def _punch_tcp(self, peer_key: bytes, now: float) -> None:
+        """On the coord's ``punch``, punch over TCP too, unless the peer has a UDP path."""
+        peer = self.peers.by_key.get(peer_key)
+        if not self.tcp_punching or peer is None or peer.info.public_tcp is None \
+                or _udp_direct(peer.route and peer.route.path):
+            return
+        self.tcp.punch(peer.key, Endpoint(peer.info.public_tcp.host, peer.info.public_tcp.port), now)
+
+    def _name(self, key: bytes) -> str:
+        peer = self.peers.by_key.get(key)
+        return key.hex()[:8] if peer is None else peer.name
+
+    # ---- status -----------------------------------------------------------------------
+
+    def status(self, now: float) -> dict:
+        """This node, its peers, relays, TURN allocations and TCP punching, for ``meshvpn status``."""
+        status = self.core.status(now)
+        status["self"]["relays"] = self.relays.status()
+        status["self"]["turn"] = self.turn.status()
+        status["self"]["tcp_punch"] = {"peers": self.tcp.status()}
+        servers = {peer.name: self.turn.server_for(peer.route.endpoint) for peer in self.peers
+                   if peer.route is not None}
+        for entry in status["peers"]:
+            if servers.get(entry["name"]):
+                entry["turn"] = servers[entry["name"]]
+        return status
+
+
+def _udp_direct(path: Optional[Path]) -> bool:
+    return path is not None and path.kind in (PathKind.LAN, PathKind.DIRECT)

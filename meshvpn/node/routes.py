@@ -1,0 +1,57 @@
+"""Which :class:`~meshvpn.node.peers.Route` realises a peer's path: where its messages go, and with what prefix.
+
+Direct, LAN and TCP paths send to the path's own endpoint. The relay path sends to the home relay
+with a relay envelope naming the peer, or, while no meshvpn relay is ready, to the peer's TURN
+relayed address (the node frames those as ChannelData; docs/relay.md). Replies to a message go
+back the way it came: straight to its source, or inside an envelope to the relay it came through.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from meshvpn import wire
+from meshvpn.node.pathfinder import RELAY_PATH, Path, PathKind
+from meshvpn.node.peers import Route
+from meshvpn.node.transports import MAIN_SOCKET, Transport
+from meshvpn.wire import Endpoint, MessageType
+
+_RELAY_HEADER = wire.header(MessageType.RELAY)
+
+
+class Routes:
+    """The relay transports a peer's relay path can take, and the route each path gets."""
+
+    def __init__(self) -> None:
+        self.relay_endpoint: Optional[Endpoint] = None
+        """The home relay's endpoint while a relay is ready; None otherwise."""
+        self.turn: dict[bytes, Endpoint] = {}
+        """Peer key → the peer's TURN relayed address: its relay path while no meshvpn relay is ready."""
+        self.transport_for: Callable[[Endpoint], Transport] = lambda endpoint: MAIN_SOCKET
+        """What carries messages to an endpoint (the node's choice; a bare core has only its main socket)."""
+
+    def relay_ready(self, key: bytes) -> bool:
+        """Whether the peer `key` could be reached through a relay now."""
+        return self.relay_endpoint is not None or key in self.turn
+
+    def for_path(self, key: bytes, path: Optional[Path]) -> Optional[Route]:
+        """The route that realises `path` to peer `key`; None without a path (or a relay to take)."""
+        if path is None:
+            return None
+        if path.kind is PathKind.RELAY:
+            if self.relay_endpoint is None:
+                turn = self.turn.get(key)
+                return None if turn is None else self._route(path, turn)
+            return self._route(path, self.relay_endpoint, _RELAY_HEADER + key)
+        if path.kind is PathKind.TCP:
+            return self._route(path, path.endpoint)
+        return self._route(path, Endpoint(*path.endpoint))
+
+    def reply(self, src: Endpoint, relayed_from: Optional[bytes]) -> Route:
+        """Back to where a message came from: its source, or the relay that carried it from `relayed_from`."""
+        if relayed_from is not None:
+            return self._route(RELAY_PATH, src, _RELAY_HEADER + relayed_from)
+        return self._route(Path(PathKind.DIRECT, src), src)
+
+    def _route(self, path: Path, endpoint: Endpoint, prefix: bytes = b"") -> Route:
+        return Route(path, endpoint, prefix, self.transport_for(endpoint))

@@ -1,0 +1,1 @@
+"""TCP hole punching: `core.py` (campaigns, secured connections, paths; sans-IO) and `shell.py` (the punch port, asyncio)."""

@@ -1,0 +1,181 @@
+"""The daemon's asyncio side of TCP hole punching: the punch port and its connections, no decisions.
+
+The node (:class:`~meshvpn.node.node.Node`, through its :class:`~meshvpn.node.tcp.core.TcpPunch`)
+decides everything; this shell binds the punch port (``SO_REUSEADDR`` + ``SO_REUSEPORT``, so a
+listener, the coord connection and every punch connect share it), follows ``TcpConnect``,
+``TcpWrite`` and ``TcpAbort``, and reports each connection's life and bytes back to the node.
+Every socket lingers 0 s, so closing one sends RST and leaves no TIME_WAIT that would refuse
+the next punch between the same ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import struct
+from typing import Callable, Optional
+
+from meshvpn.node.events import TcpAbort, TcpConnect, TcpWrite
+from meshvpn.node.node import Node
+from meshvpn.wire import Endpoint
+
+log = logging.getLogger("meshvpn.node.tcp")
+
+MAX_WRITE_BUFFER = 4 << 20
+"""Bytes queued on a TCP path beyond which messages are dropped before sealing (as a full link would)."""
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+
+class _Stream(asyncio.Protocol):
+    """One punch-port connection, named by the node's `conn_id`."""
+
+    def __init__(self, port: PunchPort, conn_id: Optional[int]) -> None:
+        self.port = port
+        self.conn_id = conn_id
+        self.transport: Optional[asyncio.Transport] = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        port = self.port
+        if self.conn_id is None:
+            host, remote_port = transport.get_extra_info("peername")[:2]
+            self.conn_id = port.node.tcp_accepted(Endpoint(ipaddress.ip_address(host).compressed, remote_port),
+                                                  port.clock())
+            if self.conn_id is None:
+                transport.abort()
+                port.transmit()
+                return
+        else:
+            port.node.tcp_connected(self.conn_id, port.clock())
+        port.streams[self.conn_id] = self
+        port.transmit()
+
+    def data_received(self, data: bytes) -> None:
+        self.port.node.receive_tcp(self.conn_id, data, self.port.clock())
+        self.port.transmit()
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        port = self.port
+        if self.conn_id is not None and port.streams.get(self.conn_id) is self:
+            del port.streams[self.conn_id]
+            port.node.tcp_closed(self.conn_id, port.clock())
+            port.transmit()
+
+
+class PunchPort:
+    """The punch port of one node daemon; inert (nothing punched) if the port cannot be bound."""
+
+    def __init__(self, node: Node, transmit: Callable[[], None], clock: Callable[[], float]) -> None:
+        self.node = node
+        self.transmit = transmit
+        """The daemon's drain of the node's outputs, called after every input."""
+        self.clock = clock
+        self.streams: dict[int, _Stream] = {}
+        self.address: Optional[tuple[str, int]] = None
+        """Where the punch port is bound, once `start` succeeded."""
+        self.from_punch_port = False
+        """Whether the latest coord socket was bound to the punch port (the coord may report it)."""
+        self._connects: dict[int, asyncio.Task] = {}
+        self._server: Optional[asyncio.AbstractServer] = None
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on the punch port `host:port`; log and stay inert if it is taken."""
+        try:
+            listener = self._socket(host, port)
+            listener.listen(64)
+        except OSError as exc:
+            log.warning("TCP hole punching off: cannot bind tcp %s:%d: %s", host, port, exc)
+            return
+        self.address = (host, port)
+        self._server = await asyncio.get_running_loop().create_server(lambda: _Stream(self, None), sock=listener)
+        self.node.enable_tcp_punch()
+        log.info("TCP punch port %s:%d", host, port)
+
+    def coord_socket(self) -> socket.socket:
+        """A socket for the coord connection: from the punch port if possible, else any port."""
+        self.from_punch_port = False
+        if self.address is not None:
+            try:
+                sock = self._socket(*self.address)
+                self.from_punch_port = True
+                return sock
+            except OSError as exc:
+                log.info("coord connection not from the punch port: %s", exc)
+        sock = socket.socket(_family(self.address[0] if self.address else "0.0.0.0"), socket.SOCK_STREAM)
+        sock.setblocking(False)
+        return sock
+
+    def can_send(self, conn_id: Optional[int]) -> bool:
+        """Whether connection `conn_id` exists and is not backed up."""
+        stream = None if conn_id is None else self.streams.get(conn_id)
+        return stream is not None and stream.transport.get_write_buffer_size() <= MAX_WRITE_BUFFER
+
+    def follow(self, action: TcpConnect | TcpWrite | TcpAbort) -> None:
+        """Carry out one of the node's connection wishes."""
+        if isinstance(action, TcpWrite):
+            stream = self.streams.get(action.conn_id)
+            if stream is not None:
+                stream.transport.write(action.data)
+        elif isinstance(action, TcpConnect):
+            self._connects[action.conn_id] = asyncio.get_running_loop().create_task(self._connect(action))
+        else:
+            task = self._connects.pop(action.conn_id, None)
+            if task is not None:
+                task.cancel()
+            stream = self.streams.pop(action.conn_id, None)
+            if stream is not None:
+                stream.transport.abort()
+
+    def listen_text(self) -> Optional[str]:
+        return None if self.address is None else "%s:%d" % self.address
+
+    async def close(self) -> None:
+        for task in self._connects.values():
+            task.cancel()
+        for stream in list(self.streams.values()):
+            stream.transport.abort()
+        if self._server is not None:
+            self._server.close()
+
+    async def _connect(self, action: TcpConnect) -> None:
+        loop = asyncio.get_running_loop()
+        sock = None
+        try:
+            sock = self._socket(*self.address)
+            await asyncio.wait_for(loop.sock_connect(sock, tuple(action.endpoint)), action.timeout)
+            self._connects.pop(action.conn_id, None)
+            await loop.create_connection(lambda: _Stream(self, action.conn_id), sock=sock)
+        except asyncio.CancelledError:
+            if sock is not None:
+                sock.close()
+            raise
+        except (OSError, asyncio.TimeoutError) as exc:
+            if sock is not None:
+                sock.close()
+            log.debug("TCP punch to %s:%d: %s", *action.endpoint, exc or type(exc).__name__)
+            self._connects.pop(action.conn_id, None)
+            self.node.tcp_connect_failed(action.conn_id, self.clock())
+            self.transmit()
+
+    def _socket(self, host: str, port: int) -> socket.socket:
+        sock = socket.socket(_family(host), socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+            sock.setblocking(False)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+

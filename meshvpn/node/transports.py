@@ -1,0 +1,50 @@
+"""What carries a message to a peer: the transports a route can take, as data the shell matches on.
+
+The node decides (``Node.transport_for``); the shell sends with one ``match`` on the answer. A
+new transport is one more class here, one more case in the node's choice and one in the shell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from meshvpn.wire import Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class MainSocket:
+    """The node's one UDP socket (direct and LAN paths, the relay over UDP)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedSocket:
+    """The extra UDP socket `sid` whose NAT mapping the peer reached (birthday probing)."""
+
+    sid: int
+
+
+@dataclass(frozen=True, slots=True)
+class PunchedStream:
+    """The punched TCP connection `conn_id` (None: the path is gone; the message is dropped)."""
+
+    conn_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RelayStream:
+    """The TCP stream to relay `name` (the relay did not answer over UDP)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class TurnChannel:
+    """ChannelData on `channel` to the TURN server at `server`, from the main socket."""
+
+    server: Endpoint
+    channel: int
+
+
+MAIN_SOCKET = MainSocket()
+Transport = Union[MainSocket, PinnedSocket, PunchedStream, RelayStream, TurnChannel]

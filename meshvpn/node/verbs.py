@@ -1,0 +1,89 @@
+"""The daemon's answers on its local control socket: ``status``, ``peers`` and ``ping`` (see :mod:`meshvpn.node.ctl`)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, AsyncIterator
+
+from meshvpn.node.datapath.fastpath import DATA_PATH
+from meshvpn.node import events as ev
+
+if TYPE_CHECKING:
+    from meshvpn.node.daemon import NodeDaemon
+
+PING_INTERVAL = 0.5
+PING_WAIT = 2.0
+
+
+class ControlVerbs:
+    """What ``meshvpn status``, ``peers`` and ``ping`` ask the running daemon; answers are streamed dicts."""
+
+    def __init__(self, daemon: NodeDaemon) -> None:
+        self.daemon = daemon
+        self._waiters: dict[bytes, asyncio.Future] = {}
+
+    def ping_replied(self, reply: ev.PingReply) -> None:
+        """The node's answer to one of our probes: wake the ``ping`` waiting for it."""
+        waiter = self._waiters.pop(reply.tx_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(reply)
+
+    async def handle_control(self, request: dict) -> AsyncIterator[dict]:
+        cmd = request.get("cmd")
+        if cmd == "status":
+            status = self.daemon.node.status(self.daemon.loop.time())
+            daemon = self.daemon
+            status["self"]["coord"] = "connected" if daemon.link and daemon.link.connected else "disconnected"
+            status["self"]["drops"] = dict(daemon.node.drops + daemon.data.drops)
+            status["self"]["endpoints"] = [str(e) for e in daemon.local]
+            status["self"]["public_endpoint"] = str(daemon.public_endpoint) if daemon.public_endpoint else None
+            status["self"]["tcp_punch"]["listen"] = daemon.punch.listen_text()
+            status["self"]["data_path"] = DATA_PATH
+            yield {**status, "done": True}
+        elif cmd == "peers":
+            yield {"peers": [peer_map_entry(peer) for peer in self.daemon.node.peers], "done": True}
+        elif cmd == "ping":
+            async for reply in self._ping(request):
+                yield reply
+        else:
+            yield {"error": f"unknown command {cmd!r}", "done": True}
+
+    async def _ping(self, request: dict) -> AsyncIterator[dict]:
+        peer = self.daemon.node.peers.find(str(request.get("peer", "")))
+        if peer is None:
+            yield {"error": f"no peer named {request.get('peer')!r}", "done": True}
+            return
+        count = request.get("count", 4)
+        count = count if isinstance(count, int) and 0 < count <= 1000 else 4
+        last_path = peer.route.path.kind.value if peer.route else "-"
+        for seq in range(count):
+            tx_id = self.daemon.node.ping(peer, self.daemon.loop.time())
+            waiter = self.daemon.loop.create_future()
+            if tx_id is not None:
+                self._waiters[tx_id] = waiter
+            self.daemon.transmit()
+            try:
+                reply: ev.PingReply = await asyncio.wait_for(waiter, PING_WAIT)
+            except asyncio.TimeoutError:
+                self._waiters.pop(tx_id, None)
+                yield {"type": "timeout", "name": peer.name, "seq": seq}
+            else:
+                if reply.path != last_path:
+                    yield {"type": "path", "name": peer.name, "old": last_path, "new": reply.path}
+                    last_path = reply.path
+                yield {
+                    "type": "pong", "seq": seq, "name": reply.name, "overlay": reply.address, "path": reply.path,
+                    "endpoint": f"{reply.endpoint[0]}:{reply.endpoint[1]}", "rtt_ms": reply.rtt * 1000,
+                }
+            if seq + 1 < count:
+                await asyncio.sleep(PING_INTERVAL)
+        yield {"done": True}
+
+
+def _peer_map_entry(peer) -> dict:
+    info = peer.info
+    endpoints = [str(e) for e in info.local_endpoints]
+    if info.public_endpoint is not None:
+        endpoints.append(str(info.public_endpoint))
+    return {"name": peer.name, "overlay": peer.address, "key": peer.key_text, "online": info.online,
+            "endpoints": endpoints}
