@@ -119,6 +119,18 @@ def _path(value: object, directory: Path) -> Path:
     return directory / _expect_str(value, "a path")
 
 
+_CONNINFO = re.compile(r"^\s*[a-z_]+\s*=")
+
+
+def _database(value: object, directory: Path) -> Path | str:
+    """A SQLite file (a path, relative to the config's directory) or, kept as written, a
+    PostgreSQL connection string: a ``postgresql://`` URI or a libpq ``key=value`` DSN."""
+    text = _expect_str(value, "a path or a postgresql:// URI")
+    if text.startswith(("postgresql://", "postgres://")) or _CONNINFO.match(text):
+        return text
+    return directory / text
+
+
 def _private_key_file(value: object, directory: Path) -> Path:
     path = _path(value, directory)
     keys.read_private_key(path)
@@ -157,6 +169,7 @@ InterfaceName = Annotated[str, Kind("interface name", _interface_name)]
 Port = Annotated[int, _range(0, 65535)]
 Flag = Annotated[bool, _plain(bool, "boolean")]
 ConfigPath = Annotated[Path, Kind("path", _path)]
+Database = Annotated[Path | str, Kind("path or PostgreSQL URI", _database)]
 PrivateKeyFile = Annotated[Path, Kind("path to a private key file", _private_key_file)]
 def _public_key(value: object, _directory: Path) -> bytes:
     key = keys.decode_key(_expect_str(value, "a base64 key"))
@@ -431,7 +444,9 @@ class CoordConfig:
     """Configuration of `meshvpn coord`."""
 
     private_key_file: PrivateKeyFile = option("the server's private key file (mode 0600), from `meshvpn keygen`")
-    database: ConfigPath = option("SQLite database of nodes, keys and networks", Path("/var/lib/meshvpn/coord.db"))
+    database: Database = option("nodes, keys and networks: a SQLite file, or a PostgreSQL database that several "
+                                "instances share (postgresql://... or a libpq key=value DSN)",
+                                Path("/var/lib/meshvpn/coord.db"))
     listen: HostPort = option("control channel (TCP)", Address("0.0.0.0", 7400))
     public_address: OptionalHostPort = option(
         'host:port nodes dial (a DNS name or IP), written into join strings; "" uses listen unless it is 0.0.0.0 or ::',

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from meshvpn import joinstring
 from meshvpn.config import DEFAULT_ADMIN_SOCKET, Address, load_coord_config
 from meshvpn.coord.membership import AdminError, Membership, NodeStatus
-from meshvpn.coord.store import SqliteStore, Store
+from meshvpn.coord.store import Store, open_store
 from meshvpn.errors import MeshError
 from meshvpn.keys import encode_key
 from meshvpn.localsock import DaemonNotRunning, format_ago, request
@@ -232,12 +232,12 @@ def _locations(args) -> tuple[Path, Path | None]:
     return socket_path, settings.database
 
 
-def _read_database(database: Path | None, req: dict, why: DaemonNotRunning) -> dict | None:
-    if database is None or not database.is_file():
+def _read_database(database: Path | str | None, req: dict, why: DaemonNotRunning) -> dict | None:
+    if database is None or (isinstance(database, Path) and not database.is_file()):
         print(f"meshvpn coord: {why}, and there is no database to read (-c coord.yaml names it)", file=sys.stderr)
         return None
-    print(f"meshvpn coord: server not running; read from {database}", file=sys.stderr)
-    store = SqliteStore(str(database))
+    store = open_store(database)
+    print(f"meshvpn coord: server not running; read from {store.where}", file=sys.stderr)
     try:
         statuses = [NodeStatus(node, False, False, None, None) for node in store.nodes()]
         if req["cmd"] == "nodes_list":

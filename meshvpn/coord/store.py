@@ -1,6 +1,8 @@
 """Durable state of the coordination server: networks, pre-auth keys and nodes.
 
-`Store` is the seam: `MemoryStore` for unit tests, `SqliteStore` for the server. Every write is
+`Store` is the seam: `MemoryStore` for unit tests, `SqliteStore` (the default) or
+`meshvpn.coord.pgstore.PostgresStore` for the server; the two SQL stores share the tables,
+statements and migrations here (`SqlStore`) and differ only in their `Dialect`. Every write is
 committed when the call returns (or when the outermost `transaction()` block ends), so the
 membership core may acknowledge a change as soon as it has written it: a restart loses nothing
 that any node or admin was told. Timestamps are Unix times supplied by the caller.
@@ -12,15 +14,27 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import sqlite3
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from meshvpn.coord.authkeys import AuthKey
 from meshvpn.control.messages import Endpoint
-from meshvpn.errors import ConfigError
+from meshvpn.errors import ConfigError, MeshError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+
+class Conflict(MeshError):
+    """A write broke a uniqueness rule: with several coord instances on one database, another
+    instance took the same name or address a moment ago."""
+
+    def __init__(self, text: str, column: str | None) -> None:
+        super().__init__(text)
+        self.column = column
+        """The node column whose value was taken ("address" or "name"), if known."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +178,15 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             UNIQUE (network, address))""",
     ),
     ("ALTER TABLE nodes ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'",),
+    (
+        # Listings by network, in the order they are read.
+        "CREATE INDEX auth_keys_by_network ON auth_keys (network, created, id)",
+        "CREATE INDEX nodes_by_network ON nodes (network, created, name)",
+    ),
 )
+"""Schema version N is reached by running the statements of entries 0 .. N-1, in order; a
+released entry never changes. They are written for SQLite; `Dialect.types` renames its column
+types for another back end."""
 
 _Convert = tuple[Callable[[Any], Any], Callable[[Any], Any]]
 _BOOL: _Convert = (int, bool)
@@ -174,6 +196,8 @@ _CONVERSIONS: dict[str, _Convert] = {
     "ephemeral": _BOOL,
     "approved": _BOOL,
     "revoked": _BOOL,
+    "secret_hash": (bytes, bytes),
+    "key": (bytes, bytes),
     "public_endpoint": (
         lambda ep: None if ep is None else str(ep),
         lambda text: None if text is None else Endpoint.parse(text),
@@ -203,7 +227,7 @@ class _Table:
         identity: _Convert = (lambda v: v, lambda v: v)
         return [_CONVERSIONS.get(c, identity)[0](getattr(record, c)) for c in self.columns]
 
-    def from_row(self, row: sqlite3.Row) -> Any:
+    def from_row(self, row: Mapping[str, Any]) -> Any:
         return self.record(
             **{c: _CONVERSIONS[c][1](row[c]) if c in _CONVERSIONS else row[c] for c in self.columns}
         )
@@ -225,74 +249,113 @@ _AUTH_KEYS = _Table("auth_keys", AuthKey, "id", "created, id")
 _NODES = _Table("nodes", NodeRecord, "key", "network, created, name")
 
 
-class SqliteStore:
-    """A `Store` in one SQLite file (WAL, synchronous=FULL: a returned write survives power loss)."""
+@dataclass(frozen=True)
+class Dialect:
+    """All that differs between the SQL back ends; the tables and statements are shared."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        _create_private(path)
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
+    marker: str
+    """How a statement marks a parameter (``?`` in the shared statements)."""
+    begin: str
+    """Opens a write transaction."""
+    lock_row: str = ""
+    """Appended to a read inside a transaction, so that a concurrent writer waits for it."""
+    types: tuple[tuple[str, str], ...] = ()
+    """SQLite column types in the migrations and what this back end calls them."""
+
+    def sql(self, statement: str) -> str:
+        return statement if self.marker == "?" else statement.replace("?", self.marker)
+
+    def ddl(self, statement: str) -> str:
+        """A migration statement (written for SQLite) with this back end's column types."""
+        for sqlite_type, own in self.types:
+            statement = re.sub(rf"\b{sqlite_type}\b", own, statement)
+        return statement
+
+
+class SqlStore:
+    """The `Store` on any SQL connection whose ``execute`` returns rows indexable by column name
+    (sqlite3 with `sqlite3.Row`, psycopg with ``dict_row``); subclasses open the connection."""
+
+    dialect: Dialect
+    conflicts: tuple[type[Exception], ...] = ()
+    """The driver's exceptions for a broken uniqueness rule (raised as `Conflict`)."""
+
+    def __init__(self, db: Any, where: str, schema_version: int = SCHEMA_VERSION) -> None:
+        self._db = db
+        self.where = where
+        """Names the database in error messages."""
         self._depth = 0
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
         try:
-            self._migrate()
+            self._migrate(schema_version)
         except BaseException:
             self._db.close()
             raise
 
-    def _migrate(self) -> None:
+    def _execute(self, statement: str, args: Any = ()) -> Any:
+        return self._db.execute(self.dialect.sql(statement), args)
+
+    def schema_version(self) -> int:
+        row = self._execute("SELECT version FROM schema_version").fetchone()
+        return 0 if row is None else row["version"]
+
+    def _migrate(self, target: int) -> None:
+        """Bring the schema to `target` (the newest unless a test asks for an older one)."""
         with self.transaction():
-            self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = self._db.execute("SELECT version FROM schema_version").fetchone()
-            version = 0 if row is None else row[0]
+            self._lock_schema()
+            self._execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            version = self.schema_version()
             if version > SCHEMA_VERSION:
                 raise ConfigError(
-                    f"{self.path}: database schema version {version} is newer than this meshvpn "
+                    f"{self.where}: database schema version {version} is newer than this meshvpn "
                     f"understands ({SCHEMA_VERSION})"
                 )
-            for statements in _MIGRATIONS[version:]:
+            for statements in _MIGRATIONS[version:target]:
                 for statement in statements:
-                    self._db.execute(statement)
-            self._db.execute("DELETE FROM schema_version")
-            self._db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+                    self._execute(self.dialect.ddl(statement))
+            self._execute("DELETE FROM schema_version")
+            self._execute("INSERT INTO schema_version VALUES (?)", (max(version, target),))
+
+    def _lock_schema(self) -> None:
+        """Keep other processes from migrating at the same time (the write transaction may do)."""
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         if self._depth == 0:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._execute(self.dialect.begin)
         self._depth += 1
         try:
             yield
         except BaseException:
             self._depth -= 1
             if self._depth == 0:
-                self._db.execute("ROLLBACK")
+                self._execute("ROLLBACK")
             raise
         self._depth -= 1
         if self._depth == 0:
-            self._db.execute("COMMIT")
+            self._execute("COMMIT")
 
     def _put(self, table: _Table, record: Any) -> None:
         columns = table.columns
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != table.primary_key)
-        self._db.execute(
-            f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
-            f"ON CONFLICT ({table.primary_key}) DO UPDATE SET {updates}",
-            table.to_row(record),
-        )
+        try:
+            self._execute(
+                f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+                f"ON CONFLICT ({table.primary_key}) DO UPDATE SET {updates}",
+                table.to_row(record),
+            )
+        except self.conflicts as exc:
+            first_line = next(iter(str(exc).splitlines()), "")
+            column = next((c for c in ("address", "name") if c in first_line), None)
+            raise Conflict(f"{table.name}: {first_line}", column) from None
 
     def _get(self, table: _Table, key: Any) -> Any:
-        row = self._db.execute(
-            f"SELECT * FROM {table.name} WHERE {table.primary_key} = ?", (key,)
-        ).fetchone()
+        lock = self.dialect.lock_row if self._depth else ""
+        row = self._execute(f"SELECT * FROM {table.name} WHERE {table.primary_key} = ?{lock}", (key,)).fetchone()
         return None if row is None else table.from_row(row)
 
     def _list(self, table: _Table, network: str | None) -> list[Any]:
         where, args = ("", ()) if network is None else ("WHERE network = ?", (network,))
-        rows = self._db.execute(f"SELECT * FROM {table.name} {where} ORDER BY {table.order_by}", args)
+        rows = self._execute(f"SELECT * FROM {table.name} {where} ORDER BY {table.order_by}", args)
         return [table.from_row(row) for row in rows]
 
     def put_network(self, network: Network) -> None:
@@ -323,7 +386,41 @@ class SqliteStore:
         return self._list(_NODES, network)
 
     def delete_node(self, key: bytes) -> None:
-        self._db.execute("DELETE FROM nodes WHERE key = ?", (key,))
+        self._execute("DELETE FROM nodes WHERE key = ?", (key,))
 
     def close(self) -> None:
         self._db.close()
+
+
+class SqliteStore(SqlStore):
+    """A `Store` in one SQLite file (WAL, synchronous=FULL: a returned write survives power loss)."""
+
+    dialect = Dialect(marker="?", begin="BEGIN IMMEDIATE")
+    conflicts = (sqlite3.IntegrityError,)
+
+    def __init__(self, path: str, schema_version: int = SCHEMA_VERSION) -> None:
+        self.path = path
+        _create_private(path)
+        db = sqlite3.connect(path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        super().__init__(db, path, schema_version)
+
+
+def open_store(database: Path | str) -> SqlStore:
+    """The store the `database` setting names: a path is a SQLite file, a string a PostgreSQL
+    connection string (`meshvpn.coord.pgstore`, imported only then: psycopg is optional).
+    ConfigError names the database when it cannot be opened."""
+    if isinstance(database, str):
+        from meshvpn.coord.pgstore import PostgresStore
+
+        return PostgresStore(database)
+    try:  # create the file's directory (mode 0700) as systemd's StateDirectory= would
+        database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return SqliteStore(str(database))
+    except OSError as exc:
+        raise ConfigError(f"database: cannot create the directory of {database}: {exc.strerror}") from None
+    except sqlite3.Error as exc:
+        raise ConfigError(f"database: cannot open {database}: {exc}") from None

@@ -1,15 +1,20 @@
-"""Both stores behave alike; the SQLite one keeps everything across a restart."""
+"""Every store behaves alike (memory, SQLite and PostgreSQL); the SQL ones keep everything across a
+restart and migrate older schemas, including the previous release's SQLite file."""
 
+import shutil
 import sqlite3
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from meshvpn.coord.authkeys import create_auth_key
 from meshvpn.control.messages import Endpoint
-from meshvpn.coord.store import MemoryStore, Network, NodeRecord, SqliteStore
+from meshvpn.coord.pgstore import PostgresStore, connect
+from meshvpn.coord.store import _NODES, SCHEMA_VERSION, Conflict, MemoryStore, Network, NodeRecord, SqliteStore
 from meshvpn.errors import ConfigError
 
+DATA = Path(__file__).resolve().parents[1] / "data"
 NOW = 1_700_000_000.0
 HOME = Network("home", "10.77.0.0/24", approval_required=True)
 WORK = Network("work", "10.78.0.0/24")
@@ -33,10 +38,29 @@ NODE = NodeRecord(
 OTHER = NodeRecord(bytes(32), "work", "pc", "10.78.0.2", "pc", NOW + 1, ephemeral=True)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def open_store(kind: str, request, tmp_path):
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        return SqliteStore(str(tmp_path / "coord.db"))
+    return PostgresStore(request.getfixturevalue("postgres_dsn"))
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def store(request, tmp_path):
-    store = MemoryStore() if request.param == "memory" else SqliteStore(str(tmp_path / "coord.db"))
+    store = open_store(request.param, request, tmp_path)
     yield store
+    store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_store(request, tmp_path):
+    """A fresh SQL store, and how to open another connection to the same database."""
+    reopen = (lambda: SqliteStore(str(tmp_path / "coord.db"))) if request.param == "sqlite" else None
+    store = open_store(request.param, request, tmp_path)
+    if reopen is None:
+        reopen = lambda: PostgresStore(store.dsn)  # noqa: E731
+    yield store, reopen
     store.close()
 
 
@@ -80,14 +104,12 @@ def test_transaction_rolls_back_every_write_on_error(store):
     assert store.get_node(NODE.key) == NODE
 
 
-def test_sqlite_reopen_has_the_same_state(tmp_path):
-    path = str(tmp_path / "coord.db")
-    first = SqliteStore(path)
+def test_reopen_has_the_same_state(sql_store):
+    first, reopen = sql_store
     fill(first)
     with first.transaction():
         first.put_auth_key(replace(KEY, uses=1))
-    first.close()
-    reopened = SqliteStore(path)
+    reopened = reopen()
     assert reopened.networks() == [HOME, WORK]
     assert reopened.get_auth_key(KEY.id) == replace(KEY, uses=1)
     assert reopened.nodes() == [NODE, OTHER]
@@ -101,26 +123,79 @@ def test_sqlite_is_wal_and_stores_only_the_key_hash(tmp_path):
     store.close()
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+    assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)] == [(3,)]
     columns = [row[1] for row in db.execute("PRAGMA table_info(auth_keys)")]
     assert "secret_hash" in columns and "secret" not in columns
     db.close()
 
 
-def test_sqlite_refuses_a_newer_schema(tmp_path):
-    path = tmp_path / "coord.db"
-    SqliteStore(str(path)).close()
-    db = sqlite3.connect(path)
-    db.execute("UPDATE schema_version SET version = 99")
-    db.commit()
-    db.close()
-    with pytest.raises(ConfigError, match="version 99"):
-        SqliteStore(str(path))
+def test_a_newer_schema_is_refused(sql_store):
+    store, reopen = sql_store
+    store._execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(ConfigError, match="version 99 is newer"):
+        reopen()
 
 
-def test_sqlite_enforces_unique_addresses_within_a_network(tmp_path):
-    store = SqliteStore(str(tmp_path / "coord.db"))
+def test_unique_addresses_within_a_network_are_enforced(sql_store):
+    store, _ = sql_store
     fill(store)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(Conflict, match="nodes"):
         store.put_node(replace(NODE, key=bytes([9] * 32), name="other"))
+
+
+def indexes(store) -> set[str]:
+    if isinstance(store, SqliteStore):
+        query = "SELECT name FROM sqlite_master WHERE type = 'index'"
+    else:
+        query = "SELECT indexname AS name FROM pg_indexes WHERE schemaname = 'public'"
+    return {row["name"] for row in store._execute(query)}
+
+
+def test_migrations_bring_a_version_1_database_to_the_current_schema(sql_store):
+    old, reopen = sql_store
+    old.close()
+    if isinstance(old, SqliteStore):
+        Path(old.path).unlink()
+        old = SqliteStore(old.path, schema_version=1)
+    else:
+        with connect(old.dsn) as db:
+            db.execute("DROP SCHEMA public CASCADE")
+            db.execute("CREATE SCHEMA public")
+        old = PostgresStore(old.dsn, schema_version=1)
+    assert old.schema_version() == 1 and "nodes_by_network" not in indexes(old)
+    old.put_network(HOME)
+    old.put_network(WORK)
+    old.put_auth_key(KEY)
+    for node in (NODE, OTHER):
+        put_schema_1_node(old, node)
+    old.close()
+    new = reopen()
+    assert new.schema_version() == SCHEMA_VERSION
+    assert {"nodes_by_network", "auth_keys_by_network"} <= indexes(new)
+    assert new.networks() == [HOME, WORK] and new.get_auth_key(KEY.id) == KEY
+    assert new.nodes() == [replace(NODE, tags=()), OTHER]  # schema 2 gave every node empty tags
+    new.put_node(NODE)
+    assert new.get_node(NODE.key) == NODE
+    new.close()
+
+
+def put_schema_1_node(store, node: NodeRecord) -> None:
+    """Write `node` as a schema-1 database held it: every column but the later `tags`."""
+    row = {c: v for c, v in zip(_NODES.columns, _NODES.to_row(node)) if c != "tags"}
+    marks = ", ".join("?" * len(row))
+    store._execute(f"INSERT INTO nodes ({', '.join(row)}) VALUES ({marks})", list(row.values()))
+
+
+def test_the_previous_release_s_sqlite_file_opens_with_everything_in_it(tmp_path):
+    """`tests/data/coord-schema-v1.db` was written by `SqliteStore` of the release before schema
+    version 2, with the records of this file (nodes without tags); it must open, migrate and
+    keep them."""
+    path = tmp_path / "coord.db"
+    shutil.copyfile(DATA / "coord-schema-v1.db", path)
+    store = SqliteStore(str(path))
+    assert store.schema_version() == SCHEMA_VERSION == 3
+    assert "nodes_by_network" in indexes(store)
+    assert store.networks() == [HOME, WORK]
+    assert store.nodes() == [replace(NODE, tags=()), OTHER]
+    assert store.get_auth_key(KEY.id) == KEY
     store.close()
