@@ -171,6 +171,9 @@ class Register(Message):
     """This connection comes from the node's TCP punch port, which also accepts punched connections."""
     nat: NatInfo | None = wire(NAT)
     """The node's NAT behaviour, once it has sampled it."""
+    deltas: bool | None = wire(optional(BOOL))
+    """The node applies `peer_delta`; without it each change comes as its own `peer_update` or
+    `peer_remove`, as before deltas existed."""
 
 
 @dataclass(frozen=True)
@@ -320,6 +323,17 @@ class PeerRemove(Message):
 
 
 @dataclass(frozen=True)
+class PeerDelta(Message):
+    """Every change to the node's peers over one short window, coalesced: each key appears once,
+    either in `peers` (its latest info) or in `removed`. Sent only to nodes that registered with
+    `deltas`; a large delta comes as several, each complete in itself."""
+
+    TYPE = "peer_delta"
+    peers: tuple[PeerInfo, ...] = wire(list_of(record(PeerInfo), MAX_PEERS), ())
+    removed: tuple[bytes, ...] = wire(list_of(KEY, MAX_PEERS), ())
+
+
+@dataclass(frozen=True)
 class Punch(Message):
     """Start punching towards `peer_key` now: the peer got the mirror message at the same time."""
 
@@ -348,7 +362,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Register, Endpoints, PunchRequest, Ping, Pong, RelayHome, TurnRelayed, Paths, Leave,
-        Registered, RelayTokens, PeerMap, PeerUpdate, PeerRemove, Punch, Error,
+        Registered, RelayTokens, PeerMap, PeerUpdate, PeerRemove, PeerDelta, Punch, Error,
     )
 }
 

@@ -88,6 +88,8 @@ class Connection:
     sample_at: float = 0.0
     paths: dict[str, str | None] = field(default_factory=dict)
     """The node's reported path kind per peer name (`Paths`), only for peers of its network."""
+    deltas: bool = False
+    """The node registered with `deltas`: it takes its peer announcements as `peer_delta`."""
 
     @classmethod
     def opened_at(cls, conn_id: Hashable, key: bytes, host: str, now: float, port: int | None) -> Connection:

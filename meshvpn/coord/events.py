@@ -38,7 +38,22 @@ class Log:
     fields: Mapping[str, Any] = field(default_factory=dict)
 
 
-Action = Union[Send, Close, Log]
+@dataclass(frozen=True)
+class Announce:
+    """Every online node of `network` but `subject` itself must hear `message` (a peer update or
+    removal about `subject`). `Membership.actions()` turns it into one `Send` per node unless the
+    caller takes it whole (`meshvpn.coord.fanout` coalesces it per network instead)."""
+
+    network: str
+    subject: bytes
+    message: m.Message
+    payload: bytes | None = field(default=None, compare=False, repr=False)
+    relayed: bool = False
+    """It repeats a change another coord instance made (`changed_elsewhere`), which that
+    instance already told the others about."""
+
+
+Action = Union[Send, Close, Log, Announce]
 
 
 @dataclass(frozen=True)

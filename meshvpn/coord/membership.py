@@ -39,11 +39,12 @@ from meshvpn.coord.authkeys import AuthKey, AuthKeyRejected, create_auth_key
 from meshvpn.coord import passes
 from meshvpn.coord.candidates import SAMPLE_LIFETIME, plain_ip, punch_towards, sane_locals, sane_public
 from meshvpn.coord.connstate import ConnEvent, ConnState, Connection
-from meshvpn.coord.events import Action, AdminError, Close, Log, NodeStatus, Send
+from meshvpn.coord.elsewhere import Elsewhere
+from meshvpn.coord.events import Action, AdminError, Announce, Close, Log, NodeStatus, Send
 from meshvpn.coord.peermap import peer_map_parts, peer_update
 from meshvpn.coord.settings import MembershipSettings
 from meshvpn.coord.roster import Roster
-from meshvpn.coord.store import NodeRecord, Store
+from meshvpn.coord.store import Conflict, NodeRecord, Store
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.keys import encode_key
 from meshvpn.relaytoken import TokenMinter
@@ -56,7 +57,7 @@ TOKEN_SLACK = 30.0
 thousands of nodes online, a wake-up per node's refresh would each cost O(connections)."""
 
 
-class Membership:
+class Membership(Elsewhere):
     """Sans-IO coordination core; see the module docstring for its rules."""
 
     def __init__(
@@ -72,6 +73,7 @@ class Membership:
         self._conn_of_key: dict[bytes, Connection] = {}
         self._online: dict[str, dict[bytes, Connection]] = {}
         self._ephemeral_deadlines: dict[bytes, float] = {}
+        self._elsewhere: dict[bytes, m.PeerInfo] = {}  # online on other instances (`elsewhere`)
         self._actions: list[Action] = []
         self.received: Counter = Counter()
         """Control messages received, by type (read by the metrics endpoint)."""
@@ -92,10 +94,28 @@ class Membership:
 
     # ----- outputs
 
-    def actions(self) -> list[Action]:
-        """Everything to do since the last call, in order."""
+    def actions(self, announcements: bool = False) -> list[Action]:
+        """Everything to do since the last call, in order; with `announcements`, each `Announce`
+        whole, else as one `Send` per node online in its network now."""
         actions, self._actions = self._actions, []
-        return actions
+        if announcements:
+            return actions
+        return [send for action in actions for send in
+                (self._sends(action) if isinstance(action, Announce) else (action,))]
+
+    def _sends(self, announce: Announce) -> list[Send]:
+        return [Send(conn.conn_id, announce.message, announce.payload)
+                for key, conn in self._online.get(announce.network, {}).items() if key != announce.subject]
+
+    def audience(self, network: str) -> list[tuple[Hashable, bytes, bool]]:
+        """Every node online in `network`: its connection, its key and whether it takes deltas."""
+        return [(conn.conn_id, key, conn.deltas) for key, conn in self._online.get(network, {}).items()]
+
+    def listener(self, conn_id: Hashable) -> tuple[str, bytes, bool] | None:
+        """The network, key and delta flag of the online node on `conn_id`, else None."""
+        conn = self._conns.get(conn_id)
+        online = conn is not None and conn.state is ConnState.ONLINE and conn.network is not None
+        return (conn.network, conn.key, conn.deltas) if online else None
 
     def get_timer(self) -> float | None:
         """When `handle_timer` must next be called, or None."""
@@ -199,7 +219,7 @@ class Membership:
             if node is not None:
                 self._roster.delete(key)
                 self._log("info", "ephemeral node removed", node)
-                self._broadcast(node.network, m.PeerRemove(key))
+                self._actions.append(Announce(node.network, key, m.PeerRemove(key)))
 
     # ----- admin inputs
 
@@ -232,7 +252,7 @@ class Membership:
             statuses.append(
                 NodeStatus(
                     node=node,
-                    online=conn is not None and conn.state is ConnState.ONLINE,
+                    online=(conn is not None and conn.state is ConnState.ONLINE) or node.key in self._elsewhere,
                     pending_approval=conn is not None and conn.state is ConnState.PENDING,
                     observed_host=None if conn is None else conn.observed_host,
                     home_relay=None if conn is None else conn.home_relay,
@@ -242,8 +262,13 @@ class Membership:
         return statuses
 
     def find_node(self, ref: str) -> NodeRecord:
-        """The one node `ref` names: its base64 key, its overlay address, or its name."""
-        return self._roster.find(ref)
+        """The one node `ref` names (key, overlay address or name); looked for again after re-reading
+        the store, which another coord instance may have written, before giving up."""
+        try:
+            return self._roster.find(ref)
+        except AdminError:
+            self._roster.reload_all()
+            return self._roster.find(ref)
 
     def approve(self, ref: str) -> NodeRecord:
         """Let a node into an approval-required network; a waiting connection comes online at once."""
@@ -301,7 +326,7 @@ class Membership:
         if conn is not None:
             self._forget(conn)
             self._actions.append(Close(conn.conn_id, reason))
-        self._broadcast(node.network, m.PeerRemove(node.key))
+        self._actions.append(Announce(node.network, node.key, m.PeerRemove(node.key)))
 
     # ----- registration
 
@@ -315,20 +340,10 @@ class Membership:
             return
         joined = node is None
         try:
-            with self._roster.transaction():
-                if node is None:
-                    node = self._roster.admit(conn.key, msg, self._networks, now)
-                network = self._networks[node.network]
-                node = replace(
-                    node,
-                    hostname=msg.hostname,
-                    version=msg.version,
-                    os=msg.os,
-                    **self._sane(conn, msg.public_endpoint, msg.local_endpoints),
-                    last_seen=now,
-                    approved=node.approved or not network.approval_required,
-                )
-                self._roster.put(node)
+            node = self._save_registration(conn, msg, node, now)
+        except Conflict as exc:
+            self._refuse(conn, now, "bad_request", f"busy, try again: {exc}")
+            return
         except AuthKeyRejected as exc:
             self._refuse(conn, now, exc.code, str(exc))
             return
@@ -339,6 +354,7 @@ class Membership:
             self._log("info", "node joined", node, auth_key=node.auth_key_id)
         conn.network = node.network
         conn.nat = msg.nat
+        conn.deltas = bool(msg.deltas)
         self._ephemeral_deadlines.pop(node.key, None)
         if node.approved:
             self._go_online(conn, node)
@@ -413,6 +429,8 @@ class Membership:
 
     def _peer_info(self, node: NodeRecord) -> m.PeerInfo:
         conn = self._online.get(node.network, {}).get(node.key)
+        if conn is None and node.key in self._elsewhere:
+            return self._elsewhere[node.key]
         return m.PeerInfo(
             key=node.key,
             name=node.name,
@@ -433,16 +451,9 @@ class Membership:
         return node.key != viewer and node.approved and not node.revoked
 
     def _announce(self, node: NodeRecord, exclude: bytes | None = None) -> None:
-        """Tell the online nodes of `node`'s network its peer info as it is now."""
+        """Tell the other online nodes of `node`'s network its peer info as it is now."""
         message, payload = peer_update(self._roster.entry(node, self._peer_info))
-        for key, conn in self._online.get(node.network, {}).items():
-            if key != exclude:
-                self._actions.append(Send(conn.conn_id, message, payload))
-
-    def _broadcast(self, network: str, message: m.Message, exclude: bytes | None = None) -> None:
-        for key, conn in self._online.get(network, {}).items():
-            if key != exclude:
-                self._actions.append(Send(conn.conn_id, message))
+        self._actions.append(Announce(node.network, node.key, message, payload))
 
     def _send(self, conn: Connection, message: m.Message) -> None:
         self._actions.append(Send(conn.conn_id, message))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from meshvpn.control import messages as m
+from meshvpn.keys import encode_key
 
 PART_BYTES = 256 << 10
 """Peer JSON in one part: far below the 1 MiB frame limit, and one part is quick to seal and send."""
@@ -34,29 +35,54 @@ class PeerEntry:
         return cls(info, json.dumps(info.to_json(), separators=(",", ":"), allow_nan=False))
 
 
+_UPDATE_HEAD = '{"type":"peer_update","peer":'
+
+
 def peer_update(entry: PeerEntry) -> tuple[m.PeerUpdate, bytes]:
     """The `peer_update` announcing `entry`, and its encoded frame."""
-    return m.PeerUpdate(entry.info), f'{{"type":"peer_update","peer":{entry.json}}}'.encode()
+    return m.PeerUpdate(entry.info), f"{_UPDATE_HEAD}{entry.json}}}".encode()
 
 
 def peer_map_parts(entries: Sequence[PeerEntry], part_bytes: int = PART_BYTES) -> list[tuple[m.PeerMap, bytes]]:
     """The peer map of `entries` as (message, encoded frame) pairs: one whole map if it fits one
     part of `part_bytes` (and `MAX_PEERS`), else numbered parts in order."""
-    groups: list[list[PeerEntry]] = [[]]
-    size = 0
-    for entry in entries:
-        cost = len(entry.json) + 1
-        if groups[-1] and (size + cost > part_bytes or len(groups[-1]) == m.MAX_PEERS):
-            groups.append([])
-            size = 0
-        groups[-1].append(entry)
-        size += cost
+    groups = [entries[start:end] for start, end in _split([len(e.json) + 1 for e in entries], part_bytes)]
     if len(groups) == 1:
         return [_frame(groups[0], None, None)]
     return [_frame(group, index, index == len(groups) - 1) for index, group in enumerate(groups)]
 
 
-def _frame(group: list[PeerEntry], part: int | None, last: bool | None) -> tuple[m.PeerMap, bytes]:
+def peer_delta_frames(updates: Sequence[bytes], removed: Sequence[bytes], part_bytes: int = PART_BYTES) -> list[bytes]:
+    """`peer_delta` frames carrying `updates` (`peer_update` frames as `peer_update` encodes them,
+    whose peer JSON is reused as it is) and the `removed` keys; one frame per `part_bytes` of
+    JSON (and `MAX_PEERS` of each list), each a complete delta the node may apply on its own."""
+    head = len(_UPDATE_HEAD)
+    items = [(True, frame[head:-1]) for frame in updates]
+    items += [(False, b'"' + encode_key(key).encode() + b'"') for key in removed]
+    frames = []
+    for start, end in _split([len(json) + 1 for _, json in items], part_bytes):
+        group = items[start:end]
+        peers = b",".join(json for is_peer, json in group if is_peer)
+        keys = b",".join(json for is_peer, json in group if not is_peer)
+        frames.append(b'{"type":"peer_delta","peers":[' + peers + b'],"removed":[' + keys + b"]}")
+    return frames
+
+
+def _split(costs: Sequence[int], part_bytes: int) -> list[tuple[int, int]]:
+    """Index ranges cutting `costs` into runs of at most `part_bytes` and `MAX_PEERS` items (a
+    single larger item gets a run of its own); at least one run, perhaps empty."""
+    runs: list[tuple[int, int]] = []
+    start, size = 0, 0
+    for index, cost in enumerate(costs):
+        if index > start and (size + cost > part_bytes or index - start == m.MAX_PEERS):
+            runs.append((start, index))
+            start, size = index, 0
+        size += cost
+    runs.append((start, len(costs)))
+    return runs
+
+
+def _frame(group: Sequence[PeerEntry], part: int | None, last: bool | None) -> tuple[m.PeerMap, bytes]:
     message = m.PeerMap(tuple(entry.info for entry in group), part=part, last=last)
     peers = ",".join(entry.json for entry in group)
     numbering = "" if part is None else f',"part":{part},"last":{"true" if last else "false"}'

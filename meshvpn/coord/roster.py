@@ -127,6 +127,15 @@ class Roster:
         members.search_from = int(ipaddress.ip_address(address))
         return address
 
+    def hold(self, network: str, *, name: str | None = None, address: str | None = None) -> None:
+        """Count `name` or `address` as taken in `network`: another coord instance sharing the
+        store just gave it to a node whose record has not reached this roster yet."""
+        members = self._networks.setdefault(network, _Members())
+        if name is not None:
+            members.names.add(name)
+        if address is not None:
+            members.addresses.add(int(ipaddress.ip_address(address)))
+
     # ----- writes
 
     @contextlib.contextmanager
@@ -144,12 +153,21 @@ class Roster:
     def put(self, node: NodeRecord) -> None:
         self._store.put_node(node)
         self._writes += 1
-        old = self._nodes.get(node.key)
-        if old is not None and old.network != node.network:
-            self._unindex(old)
-        elif old is not None:
-            self._release(old, keep=node)
-        self._index(node)
+        self._replace(node)
+
+    def reload_all(self) -> None:
+        """Read every record again (another coord instance sharing the store wrote some)."""
+        self._load()
+
+    def reload(self, key: bytes) -> NodeRecord | None:
+        """Take `key`'s record as the store has it now: another coord instance sharing the
+        database wrote it. None if it is gone."""
+        node = self._store.get_node(key)
+        if node is not None:
+            self._replace(node)
+        elif key in self._nodes:
+            self._unindex(self._nodes[key])
+        return node
 
     def delete(self, key: bytes) -> None:
         self._store.delete_node(key)
@@ -163,6 +181,14 @@ class Roster:
         self._entries.pop(key, None)
 
     # ----- the index
+
+    def _replace(self, node: NodeRecord) -> None:
+        old = self._nodes.get(node.key)
+        if old is not None and old.network != node.network:
+            self._unindex(old)
+        elif old is not None:
+            self._release(old, keep=node)
+        self._index(node)
 
     def _index(self, node: NodeRecord) -> None:
         """Add or update `node`; an update keeps its place in the network's order."""

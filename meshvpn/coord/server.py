@@ -3,8 +3,11 @@
 Every decision is made by the sans-IO `membership` core; this module only moves bytes. Each TCP
 connection runs a `ServerChannel` (Noise IK, sealed frames); decrypted frames go to
 `Membership.receive`, and the actions the core returns become frames out, closes and log lines.
-One timer follows `Membership.get_timer()`. STUN, the admin socket (`admin`) and the optional web
-console (`console`, the same admin requests over HTTP) share the loop.
+One timer follows `Membership.get_timer()`. Peer announcements go through `fanout`, which
+coalesces them per network over a short window; the shell sends one slice of destinations per
+loop iteration, so handshakes and keepalives are served in between. STUN, the admin socket
+(`admin`) and the optional web console (`console`, the same admin requests over HTTP) share the
+loop.
 
 Nothing a client sends can stop the server: a channel error, garbage, an oversized frame, a
 handshake that never completes, silence, or a client that never reads closes that one connection
@@ -18,7 +21,6 @@ import logging
 import os
 import resource
 import socket
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +32,10 @@ from meshvpn.config import CoordConfig, load_coord_config
 from meshvpn.control import messages
 from meshvpn.coord import admin
 from meshvpn.coord.console import start_console
-from meshvpn.coord.membership import Close, Log, Membership, MembershipSettings, Send
-from meshvpn.coord.store import Network, SqliteStore
+from meshvpn.coord.fanout import Fanout, FanoutSettings
+from meshvpn.coord.instances import InstanceLink
+from meshvpn.coord.membership import Announce, Close, Log, Membership, MembershipSettings, Send
+from meshvpn.coord.store import Network, open_store
 from meshvpn.errors import ConfigError, LocalProtocolError, MeshError, RemoteProtocolError
 from meshvpn.turncreds import TurnSecret
 from meshvpn.metrics import MetricsEndpoint, coord_families, start_metrics
@@ -46,6 +50,9 @@ log = logging.getLogger("meshvpn.coord.server")
 LISTEN_BACKLOG = 4096
 """Pending TCP connections the kernel queues (capped by net.core.somaxconn): after a restart every
 node reconnects at once, and a short queue turns that into SYN retransmits seconds apart."""
+
+_SHARED_VERBS = frozenset({"node_approve", "node_revoke"})
+"""Admin verbs whose effect other instances must apply to the nodes connected to them."""
 
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -242,16 +249,23 @@ class CoordServer:
         *,
         limits: ServerLimits = ServerLimits(),
         clock: Callable[[], float] = time.time,
+        fanout: FanoutSettings = FanoutSettings(),
     ) -> None:
         self.settings = settings
         self.limits = limits
         self.clock = clock
         self.identity = noise.StaticIdentity.from_private(keys.read_private_key(settings.private_key_file))
-        self.store = _open_store(settings.database)
+        self.store = open_store(settings.database)
         self.membership = Membership(
             self.store, membership_settings(settings), clock(),
             relay_tokens=TokenMinter(self.identity.private, os.urandom),
         )
+        self.fanout = Fanout(fanout)
+        self.instances: InstanceLink | None = None
+        """With a PostgreSQL database: the other coord instances sharing it (`instances`)."""
+        if isinstance(settings.database, str):
+            self.instances = InstanceLink(settings.database, self._changed_elsewhere)
+        self._drain_handle: asyncio.Handle | None = None
         self.stopping = False
         self.reloader = Reloader(settings)
         self.reloader.on_change("keepalive", self._reconfigure)
@@ -289,6 +303,8 @@ class CoordServer:
             await self._admin.start()
             if settings.console.enabled:
                 self.console = await start_console(settings.console, self.admin_answer)
+            if self.instances is not None:
+                await self.instances.start()
         except OSError as exc:
             await self.close()
             raise MeshError(f"coord cannot listen: {exc}") from None
@@ -306,8 +322,9 @@ class CoordServer:
         self.stopping = True
         if self.metrics is not None:
             await self.metrics.close()
-        if self._timer is not None:
-            self._timer.cancel()
+        for handle in (self._timer, self._drain_handle):
+            if handle is not None:
+                handle.cancel()
         if self._listener is not None:
             self._listener.close()
         for conn in list(self._connections):
@@ -320,6 +337,8 @@ class CoordServer:
             await self.console.close()
         if self._listener is not None:
             await self._listener.wait_closed()
+        if self.instances is not None:
+            await self.instances.close()
         self.store.close()
 
     def reload(self, settings: CoordConfig) -> None:
@@ -370,20 +389,61 @@ class CoordServer:
     # ----- the core's actions and timer
 
     def run_actions(self) -> None:
-        """Carry out everything the core asked for, then make sure its timer is armed."""
-        while actions := self.membership.actions():
-            encoded: dict[int, bytes] = {}  # a broadcast is one message object sent to many
+        """Carry out everything the core asked for (peer announcements go to the fan-out), then
+        make sure its timer and the fan-out's are armed."""
+        now = self.clock()
+        while actions := self.membership.actions(announcements=True):
             for action in actions:
-                if isinstance(action, Send):
-                    payload = action.payload or encoded.get(id(action.message))
-                    if payload is None:
-                        payload = encoded[id(action.message)] = messages.encode(action.message)
+                if isinstance(action, Announce):
+                    payload = action.payload or messages.encode(action.message)
+                    self.fanout.add(action.network, action.subject, action.message, payload, now)
+                    if self.instances is not None and not action.relayed:
+                        self.instances.publish(action.network, action.subject, payload)
+                elif isinstance(action, Send):
+                    if isinstance(action.message, messages.Registered):
+                        self._view_starts(action.conn_id)
+                    elif not isinstance(action.message, messages.PeerMap):
+                        self._send_held(action.conn_id)
+                    payload = action.payload or messages.encode(action.message)
                     action.conn_id.send_payload(payload, peer_map=isinstance(action.message, messages.PeerMap))
                 elif isinstance(action, Close):
                     action.conn_id.close_by_core(action.reason)
                 elif isinstance(action, Log):
                     _log_core(action)
         self._arm_timer()
+        self._arm_drain()
+
+    def _send_held(self, conn: _Connection) -> None:
+        """Send what the fan-out holds for `conn` before anything else goes to it, keeping order."""
+        listener = self.membership.listener(conn)
+        if listener is not None:
+            for frame in self.fanout.take(conn, *listener):
+                conn.send_payload(frame)
+
+    def _view_starts(self, conn: _Connection) -> None:
+        """`registered` and the full map go to `conn`: they hold whatever the fan-out has on its
+        way, so nothing held goes ahead of them, and the open window sends only what is newer."""
+        listener = self.membership.listener(conn)
+        if listener is not None:
+            self.fanout.fresh(conn, listener[0])
+
+    def _arm_drain(self) -> None:
+        if self._drain_handle is not None or self.stopping:
+            return
+        due = self.fanout.get_timer()
+        if due is not None:
+            loop = asyncio.get_running_loop()
+            delay = due - self.clock()
+            self._drain_handle = loop.call_soon(self._drain) if delay <= 0 else loop.call_later(delay, self._drain)
+
+    def _drain(self) -> None:
+        """Send one slice of due announcements; the rest wait for the next loop iteration, so each
+        iteration serves the I/O that is ready besides one slice."""
+        self._drain_handle = None
+        for conn, frames in self.fanout.drain(self.clock(), self.membership.audience):
+            for frame in frames:
+                conn.send_payload(frame)
+        self.run_actions()
 
     def _arm_timer(self) -> None:
         # The core's deadlines only move later, and new ones are never earlier than those it
@@ -411,26 +471,28 @@ class CoordServer:
         if request.get("cmd") == "key_create" and "token" in response:
             response.update(admin.join_fields(response["token"], self.identity.public, self.settings.public_address,
                                               self.address, request.get("address")))
+        if self.instances is not None and request.get("cmd") in _SHARED_VERBS and "node" in response:
+            node = self.membership.find_node(response["node"]["key"])
+            self.instances.publish(node.network, node.key, None)
         return response
 
     async def _serve_admin(self, request: dict) -> AsyncIterator[dict]:
         yield {**self.admin_answer(request), "done": True}
 
+    def _changed_elsewhere(self, network: str, key: bytes, frame: bytes | None) -> None:
+        """Another instance on the database changed `key` (see `meshvpn.coord.instances`)."""
+        try:
+            message = None if frame is None else messages.decode(frame)
+        except RemoteProtocolError as exc:
+            log.warning("dropping a change from another instance: %s", exc)
+            return
+        self.membership.changed_elsewhere(network, key, message, frame)
+        self.run_actions()
+
 
 def _log_core(action: Log) -> None:
     fields = " ".join(f"{key}={value}" for key, value in action.fields.items())
     log.log(_LOG_LEVELS.get(action.level, logging.INFO), "%s %s", action.text, fields)
-
-
-def _open_store(path: Path) -> SqliteStore:
-    """Open the database, creating its directory (mode 0700) as systemd's StateDirectory= would."""
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return SqliteStore(str(path))
-    except OSError as exc:
-        raise ConfigError(f"database: cannot create the directory of {path}: {exc.strerror}") from None
-    except sqlite3.Error as exc:
-        raise ConfigError(f"database: cannot open {path}: {exc}") from None
 
 
 def main(args) -> int:

@@ -22,6 +22,7 @@ from meshvpn.channel import ClientChannel
 from meshvpn.config import Address, CoordConfig, NetworkConfig
 from meshvpn.coord import admin
 from meshvpn.control import messages as m
+from meshvpn.coord.fanout import FanoutSettings
 from meshvpn.coord.client import CoordClient, CoordLinkClosed, CoordRefused, connect
 from meshvpn.coord.server import CoordServer, ServerLimits
 from meshvpn.stunio import stun_binding
@@ -81,8 +82,8 @@ def coord_config(tmp_path: Path, **overrides) -> CoordConfig:
 
 
 @contextlib.asynccontextmanager
-async def running(config: CoordConfig, limits: ServerLimits = ServerLimits()):
-    server = CoordServer(config, limits=limits)
+async def running(config: CoordConfig, limits: ServerLimits = ServerLimits(), **options):
+    server = CoordServer(config, limits=limits, **options)
     await server.start()
     try:
         yield server
@@ -216,6 +217,26 @@ def test_endpoint_change_and_leaving_reach_the_peers(tmp_path):
     assert moved.peer.local_endpoints == (m.Endpoint("10.0.0.9", 5000),)
     assert (gone.peer.key, gone.peer.online) == (bob_reg.node_key, False)
     assert gone.peer.last_seen is not None
+
+
+def test_a_node_that_takes_deltas_hears_a_window_of_changes_in_one_peer_delta(tmp_path):
+    async def scenario():
+        async with running(coord_config(tmp_path), fanout=FanoutSettings(window=3.0)) as server:
+            token = auth_key(server)
+            watcher = await connect(server.address, server.identity.public, keys.generate_private_key())
+            await watcher.register(dataclasses.replace(register("watcher", token), deltas=True))
+            carol, carol_reg, _ = await join(server, "carol", token)
+            dave, dave_reg, _ = await join(server, "dave", token)
+            carol.send(m.Endpoints(local=(m.Endpoint("10.0.0.9", 5000),)))
+            carol.send(m.Ping())
+            await next_of(carol, m.Pong)  # the change is in, well within the window
+            delta = await next_of(watcher, m.PeerDelta)
+            return delta, carol_reg.node_key, dave_reg.node_key
+
+    delta, carol, dave = asyncio.run(scenario())
+    assert sorted(peer.key for peer in delta.peers) == sorted([carol, dave]) and delta.removed == ()
+    (carol_now,) = [peer for peer in delta.peers if peer.key == carol]
+    assert carol_now.local_endpoints == (m.Endpoint("10.0.0.9", 5000),)
 
 
 def test_punch_request_sends_punch_to_both_sides_with_each_others_candidates(tmp_path):

@@ -28,6 +28,7 @@ PEER = m.PeerInfo(
 SAMPLES = [
     m.Register("laptop", "0.1.0", (m.Endpoint("192.168.1.20", 41641), m.Endpoint("fd00::1", 41641))),
     m.Register("pc", "0.1.0", (), auth_key="mvk-abc-def", os="linux", public_endpoint=m.Endpoint("198.51.100.9", 1)),
+    m.Register("pc", "0.1.0", (), deltas=True),
     m.Endpoints(local=(m.Endpoint("10.1.2.3", 5),), public=None),
     m.Endpoints(local=(), public=m.Endpoint("198.51.100.9", 65535)),
     m.Endpoints(local=(), public=None, nat=m.NatInfo(False, "sequential")),
@@ -55,6 +56,8 @@ SAMPLES = [
     m.PeerMap((PEER,), part=3, last=True),
     m.PeerUpdate(PEER),
     m.PeerRemove(KEY_B),
+    m.PeerDelta((PEER,), (KEY_A,)),
+    m.PeerDelta(removed=(KEY_A, KEY_B)),
     m.Punch(KEY_B, (m.Endpoint("203.0.113.7", 62000),), at=None),
     m.Punch(KEY_B, (), at=12.5),
     m.Punch(KEY_B, (m.Endpoint("203.0.113.7", 30001),), nat=m.NatInfo(False, "random"),

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshvpn.control import messages as m
-from meshvpn.coord.peermap import PeerEntry, PeerMapAssembler, peer_map_parts, peer_update
+from meshvpn.coord.peermap import PeerEntry, PeerMapAssembler, peer_delta_frames, peer_map_parts, peer_update
 
 
 def info(n: int, name: str = "", online: bool = True) -> m.PeerInfo:
@@ -45,6 +45,24 @@ def test_parts_are_exact_frames_that_cover_the_map_in_order(entries, part_bytes)
     else:
         assert [message.part for message, _ in parts] == list(range(len(parts)))
         assert [message.last for message, _ in parts] == [False] * (len(parts) - 1) + [True]
+
+
+@settings(max_examples=200, deadline=None)
+@given(ENTRIES, st.lists(st.binary(min_size=32, max_size=32), max_size=30), st.integers(200, 4000))
+def test_delta_frames_reuse_the_update_json_and_cover_every_change_under_the_size_limit(entries, removed, part_bytes):
+    frames = peer_delta_frames([peer_update(e)[1] for e in entries], removed, part_bytes)
+    deltas = [m.decode(frame) for frame in frames]
+    assert all(isinstance(delta, m.PeerDelta) for delta in deltas)
+    assert [p for delta in deltas for p in delta.peers] == [e.info for e in entries]
+    assert [k for delta in deltas for k in delta.removed] == removed
+    overhead = len('{"type":"peer_delta","peers":[],"removed":[]}')
+    for frame, delta in zip(frames, deltas):
+        assert len(delta.peers) + len(delta.removed) == 1 or len(frame) <= part_bytes + overhead
+        assert frame == m.encode(delta)
+
+
+def test_an_empty_delta_is_one_empty_frame():
+    assert [m.decode(f) for f in peer_delta_frames([], [])] == [m.PeerDelta()]
 
 
 def test_a_map_that_fits_one_frame_is_sent_as_before_parts_existed():

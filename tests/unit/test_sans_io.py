@@ -29,6 +29,8 @@ SANS_IO_MODULES = (
     "meshvpn.coord.roster",
     "meshvpn.coord.peermap",
     "meshvpn.coord.console.auth",
+    "meshvpn.coord.fanout",
+    "meshvpn.coord.elsewhere",
     "meshvpn.node.pathfinder",
     "meshvpn.node.core",
     "meshvpn.node.events",

@@ -1,0 +1,86 @@
+"""What the membership core does when another coord instance on the same store changed something.
+
+Several `meshvpn coord` instances may share one PostgreSQL database (`meshvpn.coord.instances`
+carries their announcements over LISTEN/NOTIFY). Records are shared through the store; what an
+instance learns from another is the rest: which nodes are online there, with what peer info, and
+that an admin verb there changed a record. `Elsewhere` is the part of `Membership` that applies
+it; sans-IO like the rest of the core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from meshvpn.control import messages as m
+from meshvpn.coord.connstate import ConnState
+from meshvpn.coord.events import Announce, Close
+from meshvpn.coord.store import Conflict, NodeRecord
+
+ADMISSION_ATTEMPTS = 16
+"""Tries to admit a node whose name or address another coord instance took at the same moment."""
+
+
+class Elsewhere:
+    """Mixed into `Membership`, whose state (`_roster`, `_conn_of_key`, `_elsewhere`, ...) it uses."""
+
+    _roster: Any
+    _conn_of_key: dict
+    _elsewhere: dict[bytes, m.PeerInfo]
+    _ephemeral_deadlines: dict[bytes, float]
+    _actions: list
+    _networks: dict
+
+    def changed_elsewhere(self, network: str, subject: bytes, message: m.Message | None,
+                          payload: bytes | None = None) -> None:
+        """Another coord instance sharing the store changed `subject`'s record and, with
+        `message` (its `peer_update` or `peer_remove`, encoded as `payload`), told its own nodes;
+        do here what follows for the nodes connected to this instance."""
+        node = self._roster.reload(subject)
+        conn = self._conn_of_key.get(subject)
+        if node is None or node.revoked:
+            self._elsewhere.pop(subject, None)
+            self._ephemeral_deadlines.pop(subject, None)
+            if conn is not None:
+                self._send(conn, m.Error("revoked", "this node was revoked by an administrator"))
+                self._forget(conn)
+                self._actions.append(Close(conn.conn_id, "revoked"))
+            self._actions.append(Announce(network, subject, m.PeerRemove(subject), relayed=True))
+        elif conn is not None and conn.state is ConnState.PENDING and node.approved:
+            self._go_online(conn, node)
+        elif conn is not None and conn.state is ConnState.ONLINE:
+            if message is not None:  # the node is here now: this instance's view of it wins
+                self._announce(node)
+        elif isinstance(message, m.PeerUpdate):
+            if message.peer.online:
+                self._elsewhere[subject] = message.peer
+            else:
+                self._elsewhere.pop(subject, None)
+            self._roster.changed(subject)
+            self._actions.append(Announce(network, subject, message, payload, relayed=True))
+
+    def _save_registration(self, conn: Any, msg: m.Register, node: NodeRecord | None, now: float) -> NodeRecord:
+        """Store the registration, admitting a new node; a name or address another coord instance
+        sharing the store took a moment ago is held and the next one tried."""
+        for attempt in range(ADMISSION_ATTEMPTS):
+            try:
+                with self._roster.transaction():
+                    if node is None:
+                        node = self._roster.admit(conn.key, msg, self._networks, now)
+                    network = self._networks[node.network]
+                    node = replace(
+                        node, hostname=msg.hostname, version=msg.version, os=msg.os,
+                        **self._sane(conn, msg.public_endpoint, msg.local_endpoints),
+                        last_seen=now, approved=node.approved or not network.approval_required,
+                    )
+                    self._roster.put(node)
+                return node
+            except Conflict as exc:
+                if attempt == ADMISSION_ATTEMPTS - 1 or node is None or self._roster.get(conn.key) is not None:
+                    raise
+                if exc.column == "name":
+                    self._roster.hold(node.network, name=node.name)
+                else:
+                    self._roster.hold(node.network, address=node.address)
+                node = None
+        raise AssertionError("unreachable")

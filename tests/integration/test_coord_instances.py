@@ -1,0 +1,153 @@
+"""Two coord instances in-process on one throwaway PostgreSQL: a change made through one
+reaches nodes connected to the other within a second, and keys, relay tokens and admin verbs
+work across them (`meshvpn.coord.instances`)."""
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import time
+
+import pytest
+
+from meshvpn import keys
+from meshvpn.config import Address, CoordConfig, NetworkConfig, RelayInfo
+from meshvpn.control import messages as m
+from meshvpn.coord.client import CoordRefused, connect
+from meshvpn.coord.server import CoordServer
+from meshvpn.localsock import request
+from meshvpn.relaytoken import TokenVerifier
+
+pytestmark = pytest.mark.timeout(90)
+
+HOME = NetworkConfig(name="home", cidr=ipaddress.ip_network("100.64.0.0/24"))
+OFFICE = NetworkConfig(name="office", cidr=ipaddress.ip_network("100.65.0.0/24"), approval_required=True)
+RELAY_PRIVATE = keys.generate_private_key()
+REACH = 1.0
+"""Seconds within which a change on one instance must reach nodes on the other (issue 16)."""
+
+
+@contextlib.asynccontextmanager
+async def two_instances(tmp_path, dsn):
+    """Instances 1 and 2 with one server key (nodes pin it) and their own ports and admin sockets."""
+    key_file = tmp_path / "coord.key"
+    keys.write_private_key(key_file)
+    relay = RelayInfo(name="fra", address=Address("203.0.113.50", 7500), public_key=keys.public_key(RELAY_PRIVATE))
+    servers = []
+    try:
+        for index in (1, 2):
+            config = CoordConfig(private_key_file=key_file, database=dsn, listen=Address("127.0.0.1", 0),
+                                 stun_listen=Address("127.0.0.1", 0), admin_socket=tmp_path / f"admin{index}.sock",
+                                 networks=(HOME, OFFICE), relays=(relay,), keepalive=15.0)
+            servers.append(CoordServer(config))
+            await servers[-1].start()
+        yield servers
+    finally:
+        for server in reversed(servers):
+            await server.close()
+
+
+def auth_key(server: CoordServer, network: str = "home", **options) -> str:
+    options.setdefault("reusable", True)
+    return server.membership.create_auth_key(network, secret=os.urandom(32), now=time.time(), **options)[0]
+
+
+async def join(server: CoordServer, hostname: str, token: str | None):
+    client = await connect(server.address, server.identity.public, keys.generate_private_key())
+    registered, peer_map = await client.register(m.Register(hostname, "test", (m.Endpoint("10.0.0.7", 41641),),
+                                                            auth_key=token))
+    return client, registered, peer_map
+
+
+async def next_of(client, kind: type, timeout: float):
+    deadline = time.monotonic() + timeout
+    while True:
+        message = await client.recv(max(0.0, deadline - time.monotonic()))
+        if isinstance(message, kind):
+            return message
+
+
+async def admin(server: CoordServer, **req) -> dict:
+    responses = await asyncio.to_thread(lambda: list(request(str(server.settings.admin_socket), req)))
+    return responses[-1]
+
+
+async def seen_online(server: CoordServer, name: str) -> None:
+    """Wait until `server` knows node `name` is online (on either instance)."""
+    deadline = time.monotonic() + REACH
+    while not any(s.node.name == name and s.online for s in server.membership.list_nodes()):
+        assert time.monotonic() < deadline, f"{name} not seen online within {REACH}s"
+        await asyncio.sleep(0.01)
+
+
+def test_joins_and_endpoint_changes_on_one_instance_reach_the_other_within_a_second(tmp_path, postgres_dsn):
+    async def scenario():
+        async with two_instances(tmp_path, postgres_dsn) as (one, two):
+            token = auth_key(one)  # a key made through one instance admits nodes through both
+            alice, _, _ = await join(one, "alice", token)
+            await seen_online(two, "alice")
+            started = time.monotonic()
+            bob, bob_reg, bob_map = await join(two, "bob", token)
+            joined = await next_of(alice, m.PeerUpdate, REACH)
+            join_reach = time.monotonic() - started
+            started = time.monotonic()
+            bob.send(m.Endpoints(local=(m.Endpoint("10.0.0.9", 5000),), public=m.Endpoint("198.51.100.7", 61000)))
+            moved = await next_of(alice, m.PeerUpdate, REACH)
+            move_reach = time.monotonic() - started
+            names = [(s.node.name, s.online) for s in one.membership.list_nodes()]
+            return bob_reg, bob_map, joined, moved, join_reach, move_reach, names
+
+    bob_reg, bob_map, joined, moved, join_reach, move_reach, names = asyncio.run(scenario())
+    assert [(p.name, p.online) for p in bob_map.peers] == [("alice", True)]
+    assert (joined.peer.key, joined.peer.online, joined.peer.name) == (bob_reg.node_key, True, "bob")
+    assert bob_reg.address == "100.64.0.3"  # the address after alice's, though another instance gave hers
+    assert moved.peer.public_endpoint == m.Endpoint("198.51.100.7", 61000)
+    assert join_reach < REACH and move_reach < REACH
+    assert sorted(names) == [("alice", True), ("bob", True)]
+
+
+def test_an_admin_verb_on_one_instance_acts_on_nodes_connected_to_the_other(tmp_path, postgres_dsn):
+    async def scenario():
+        async with two_instances(tmp_path, postgres_dsn) as (one, two):
+            token = auth_key(one)
+            alice, _, _ = await join(two, "alice", token)
+            mallory, mallory_reg, _ = await join(two, "mallory", token)
+            await next_of(alice, m.PeerUpdate, REACH)
+            started = time.monotonic()
+            answer = await admin(one, cmd="node_revoke", node="mallory")
+            with pytest.raises(CoordRefused) as refused:
+                await mallory.registration(REACH)
+            removed = await next_of(alice, m.PeerRemove, REACH)
+            revoke_reach = time.monotonic() - started
+            client = await connect(two.address, two.identity.public, keys.generate_private_key())
+            client.send(m.Register("carol", "test", (), auth_key=auth_key(two, "office")))
+            with pytest.raises(CoordRefused, match="approval_pending"):
+                await client.registration(REACH)
+            started = time.monotonic()
+            await admin(one, cmd="node_approve", node="carol")
+            carol_reg, _ = await client.registration(REACH)
+            approve_reach = time.monotonic() - started
+            return answer, refused.value.code, removed, mallory_reg, revoke_reach, carol_reg, approve_reach
+
+    answer, code, removed, mallory_reg, revoke_reach, carol_reg, approve_reach = asyncio.run(scenario())
+    assert answer["node"]["state"] == "revoked" and code == "revoked"
+    assert removed.key == mallory_reg.node_key and revoke_reach < REACH
+    assert carol_reg.name == "carol" and approve_reach < REACH
+
+
+def test_a_one_off_key_admits_once_across_instances_and_relay_tokens_verify_from_both(tmp_path, postgres_dsn):
+    async def scenario():
+        async with two_instances(tmp_path, postgres_dsn) as (one, two):
+            once = auth_key(two, reusable=False)
+            _, first, _ = await join(one, "dave", once)
+            with pytest.raises(CoordRefused) as refused:
+                await join(two, "erin", once)
+            _, second, _ = await join(two, "frank", auth_key(one))
+            return first, second, refused.value.code, one.identity.public
+
+    first, second, code, coord_public = asyncio.run(scenario())
+    assert code == "auth_key_used"
+    verifier = TokenVerifier(RELAY_PRIVATE, coord_public)
+    for registered in (first, second):
+        (token,) = registered.relay_tokens
+        assert verifier.verify(token.token, registered.node_key, time.time()).node_key == registered.node_key

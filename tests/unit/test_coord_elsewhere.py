@@ -1,0 +1,81 @@
+"""Two membership cores on one store, as two coord instances on one PostgreSQL: what one
+announces, the other applies for the nodes connected to it (`Membership.changed_elsewhere`)."""
+
+from meshvpn.control import messages as m
+from meshvpn.coord.membership import Announce, Close, Membership, MembershipSettings, Send
+from meshvpn.coord.store import MemoryStore, Network, SqliteStore
+
+NOW = 1_700_000_000.0
+HOME = Network("home", "10.77.0.0/24")
+
+
+def key(n: int) -> bytes:
+    return bytes([n]) * 32
+
+
+def core(store) -> Membership:
+    return Membership(store, MembershipSettings((HOME,), keepalive=10.0), NOW)
+
+
+def join(core: Membership, conn, n: int, token: str) -> list:
+    core.node_connected(conn, key(n), f"203.0.113.{n}", NOW)
+    core.receive(conn, m.encode(m.Register(f"node{n}", "0.1", (), token)), NOW)
+    return core.actions(announcements=True)
+
+
+def relay(actions: list, to: Membership) -> list:
+    """Hand `to` every announcement in `actions` that its instance would publish."""
+    for action in actions:
+        if isinstance(action, Announce) and not action.relayed:
+            to.changed_elsewhere(action.network, action.subject, action.message, action.payload)
+    return to.actions(announcements=True)
+
+
+def test_a_node_online_on_one_instance_is_online_in_the_other_s_maps_and_listings():
+    store = MemoryStore()
+    one, two = core(store), core(store)
+    token = one.create_auth_key("home", secret=bytes(32), now=NOW, reusable=True)[0]
+    relayed = relay(join(one, "a", 1, token), two)
+    assert [(type(a), a.relayed) for a in relayed] == [(Announce, True)]
+    actions = join(two, "b", 2, token)
+    (peer_map,) = [a.message for a in actions if isinstance(a, Send) and isinstance(a.message, m.PeerMap)]
+    assert [(p.key, p.online, p.observed_host) for p in peer_map.peers] == [(key(1), True, "203.0.113.1")]
+    registered = [a.message for a in actions if isinstance(a, Send) and isinstance(a.message, m.Registered)]
+    assert registered[0].address == "10.77.0.3"  # the address after the other instance's node
+    assert [(s.node.name, s.online) for s in two.list_nodes()] == [("node1", True), ("node2", True)]
+    one.node_disconnected("a", NOW + 5)
+    relay(one.actions(announcements=True), two)
+    assert [(s.node.name, s.online) for s in two.list_nodes()] == [("node1", False), ("node2", True)]
+
+
+def test_a_revocation_on_one_instance_closes_the_node_on_the_other():
+    store = MemoryStore()
+    one, two = core(store), core(store)
+    token = one.create_auth_key("home", secret=bytes(32), now=NOW, reusable=True)[0]
+    relay(join(two, "b", 2, token), one)
+    one.revoke("node2")
+    actions = relay(one.actions(announcements=True), two)
+    assert Send("b", m.Error("revoked", "this node was revoked by an administrator")) in actions
+    assert Close("b", "revoked") in actions
+    assert Announce("home", key(2), m.PeerRemove(key(2)), relayed=True) in actions
+
+
+def test_a_stale_offline_from_another_instance_is_answered_with_this_instance_s_view():
+    store = MemoryStore()
+    one, two = core(store), core(store)
+    token = one.create_auth_key("home", secret=bytes(32), now=NOW, reusable=True)[0]
+    join(one, "a-old", 1, token)
+    join(two, "a-new", 1, token)  # node 1 moved to instance two; one has not noticed yet
+    one.node_disconnected("a-old", NOW + 30)
+    (answer,) = relay(one.actions(announcements=True), two)
+    assert isinstance(answer, Announce) and not answer.relayed and answer.message.peer.online
+
+
+def test_an_address_taken_by_the_other_instance_a_moment_ago_is_skipped_after_a_conflict(tmp_path):
+    path = str(tmp_path / "coord.db")
+    one, two = core(SqliteStore(path)), core(SqliteStore(path))
+    token = one.create_auth_key("home", secret=bytes(32), now=NOW, reusable=True)[0]
+    join(one, "a", 1, token)  # instance two has not heard of it: it would pick the same address
+    actions = join(two, "b", 2, token)
+    (registered,) = [a.message for a in actions if isinstance(a, Send) and isinstance(a.message, m.Registered)]
+    assert registered.address == "10.77.0.3"
