@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from meshvpn import wire  # noqa: E402
 from meshvpn.lab import Lab, Namespace  # noqa: E402
 from meshvpn.node.datapath.tun import TunDevice  # noqa: E402
-from meshvpn.node.datapath.udpio import MAX_GSO_BYTES, MAX_SEGMENTS, BatchUdpSocket  # noqa: E402
+from meshvpn.udpbatch import MAX_GSO_BYTES, MAX_SEGMENTS, BatchUdpSocket  # noqa: E402
 from meshvpn.noise import SessionKeys  # noqa: E402
 from meshvpn.session import OVERHEAD, Session  # noqa: E402
 

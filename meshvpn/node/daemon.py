@@ -47,7 +47,7 @@ from meshvpn.node.tcp.shell import PunchPort
 from meshvpn.node.timestamps import WRITE_INTERVAL, TimestampFile, restore
 from meshvpn.node.verbs import ControlVerbs
 from meshvpn.node.datapath.tun import TunDevice
-from meshvpn.node.datapath.udpio import MAX_GSO_BYTES, MAX_SEGMENTS, BatchUdpSocket
+from meshvpn.udpbatch import MAX_GSO_BYTES, MAX_SEGMENTS, BatchUdpSocket
 from meshvpn.reload import Reloader
 from meshvpn.service import Notifier, serve_until_stopped, setup_logging
 from meshvpn.session import OVERHEAD

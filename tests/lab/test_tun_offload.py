@@ -96,7 +96,7 @@ def drain(receiver, count: int) -> tuple[list[bytes], int]:
 def test_batch_udp_socket_keeps_datagram_boundaries_on_loopback(gso: bool) -> None:
     import socket
 
-    from meshvpn.node.datapath.udpio import MAX_SEGMENTS, BatchUdpSocket
+    from meshvpn.udpbatch import MAX_SEGMENTS, BatchUdpSocket
 
     socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
     try:
@@ -121,7 +121,7 @@ def test_batch_udp_socket_keeps_datagram_boundaries_on_loopback(gso: bool) -> No
 def test_batch_udp_socket_falls_back_when_the_kernel_refuses_gso() -> None:
     import errno
 
-    from meshvpn.node.datapath.udpio import BatchUdpSocket
+    from meshvpn.udpbatch import BatchUdpSocket
 
     class RefusingSocket:
         """Refuses UDP_SEGMENT with EIO (no checksum offload on the route) and GRO entirely."""
