@@ -24,6 +24,17 @@ class TokenBucket:
         self.tokens = tokens - cost
         return True
 
+    def take_many(self, count: int, now: float) -> int:
+        """Spend one token each for as many of `count` items as the bucket holds; how many that is.
+
+        The same as `count` calls of `take` at one `now`: once one fails, the rest fail too.
+        """
+        tokens = min(self.tokens + max(0.0, now - self.refilled) * self.rate, self.burst)
+        self.refilled = max(now, self.refilled)
+        taken = min(count, int(tokens)) if count > 0 else 0
+        self.tokens = tokens - taken
+        return taken
+
     def full(self, now: float) -> bool:
         """Whether the bucket has refilled to its burst: an idle source can then be forgotten."""
         return self.tokens + max(0.0, now - self.refilled) * self.rate >= self.burst

@@ -264,9 +264,14 @@ def decode_relay(buf: bytes | bytearray | memoryview) -> Relayed:
     return Relayed(bytes(view[HEADER_LEN:RELAY_PREFIX_LEN]), inner)
 
 
+def relay_prefix(node_key: bytes) -> bytes:
+    """The first RELAY_PREFIX_LEN bytes of every envelope for (or from) ``node_key``."""
+    return header(MessageType.RELAY) + node_key
+
+
 def readdress_relay(buf: bytes | bytearray | memoryview, node_key: bytes) -> bytes:
     """The same envelope with the node key replaced; the relay's one copy per forward."""
-    return header(MessageType.RELAY) + node_key + memoryview(buf)[RELAY_PREFIX_LEN:]
+    return relay_prefix(node_key) + memoryview(buf)[RELAY_PREFIX_LEN:]
 
 
 # --- sealed envelopes: probes and relay hellos --------------------------------

@@ -1,6 +1,9 @@
 """The relay's asyncio shell: one UDP socket and one TCP listener on the same port around `RelayCore`.
 
-UDP datagrams go to the core as they are. A TCP connection runs a `ServerChannel` (the node
+The UDP socket is read in bursts with GRO (`meshvpn.udpbatch`): each receive, a run of
+equal-sized datagrams from one endpoint, goes to the core as one batch, and after the burst
+every run the core made leaves with one GSO ``sendmsg``; a syscall costs as much as the
+checks of a datagram. A TCP connection runs a `ServerChannel` (the node
 pins our key; any node key may open one, since the hello's relay token decides) and each frame
 carries exactly one message that would otherwise be a datagram, so the core treats both alike.
 Frames for a TCP node wait in the core's bounded queue while the socket is paused
@@ -26,6 +29,7 @@ from meshvpn.channel import ServerChannel
 from meshvpn.config import RelayConfig, load_relay_config
 from meshvpn.errors import LocalProtocolError, MeshError, RemoteProtocolError
 from meshvpn.relay.core import RelayCore, Stream
+from meshvpn.udpbatch import BatchUdpSocket
 from meshvpn.metrics import MetricsEndpoint, relay_families, start_metrics
 from meshvpn.prefixcap import PrefixCaps, PrefixLimits
 from meshvpn.reload import Reloader
@@ -47,21 +51,8 @@ SOCKET_BUFFER = 4 << 20
 else arrives share one socket, and a burst of junk must not overflow it into drops of the rest."""
 RESERVED_DESCRIPTORS = 64
 """Descriptors kept free of TCP connections (UDP socket, listener, metrics)."""
-
-
-class _Datagrams(asyncio.DatagramProtocol):
-    """The UDP socket: every datagram straight to the core."""
-
-    def __init__(self, server: RelayServer) -> None:
-        self.server = server
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        server = self.server
-        server.core.receive(data, addr[:2], server.clock())
-        server.flush()
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("UDP error: %s", exc)
+RECV_BURST = 64
+"""UDP receives per wake-up before the TCP connections and the timer get the loop again."""
 
 
 class _StreamConnection(asyncio.Protocol):
@@ -102,8 +93,7 @@ class _StreamConnection(asyncio.Protocol):
             self.opened = True
             self._handshake_timer.cancel()
             core.stream_opened(self.stream, self.channel.remote_public, now)
-        for payload in payloads:
-            core.receive(payload, self.stream, now)
+        core.receive_many(payloads, self.stream, now)
         self.server.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -145,6 +135,21 @@ class _StreamConnection(asyncio.Protocol):
         self.transport.abort()
 
 
+def _bind_udp(host: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket on `host`:`port` with SOCKET_BUFFER buffers."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        sock.bind(address)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def _anyone(_node_key: bytes) -> bool:
     """Every key may open a channel: the relay token in the hello decides who is served."""
     return True
@@ -167,7 +172,7 @@ class RelayServer:
         self._max_streams = max(0, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - RESERVED_DESCRIPTORS)
         self.address: tuple[str, int] | None = None
         """Where UDP and TCP are bound (the real port when the config says 0)."""
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: BatchUdpSocket | None = None
         self._listener: asyncio.AbstractServer | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.metrics: MetricsEndpoint | None = None
@@ -179,13 +184,9 @@ class RelayServer:
         loop = asyncio.get_running_loop()
         listen = self.settings.listen
         try:
-            self._udp, _ = await loop.create_datagram_endpoint(
-                lambda: _Datagrams(self), local_addr=(listen.host, listen.port)
-            )
-            self.address = self._udp.get_extra_info("sockname")[:2]
-            sock = self._udp.get_extra_info("socket")
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            self._udp = BatchUdpSocket(_bind_udp(listen.host, listen.port))
+            self.address = self._udp.sock.getsockname()[:2]
+            loop.add_reader(self._udp.sock.fileno(), self._on_udp)
             self._listener = await loop.create_server(
                 lambda: _StreamConnection(self), listen.host, self.address[1], reuse_address=True
             )
@@ -204,7 +205,8 @@ class RelayServer:
         if self._timer is not None:
             self._timer.cancel()
         if self._udp is not None:
-            self._udp.close()
+            asyncio.get_running_loop().remove_reader(self._udp.sock.fileno())
+            self._udp.sock.close()
         if self._listener is not None:
             self._listener.close()
         for conn in list(self.streams):
@@ -233,15 +235,30 @@ class RelayServer:
             self._caps.release(host)
 
     def flush(self) -> None:
-        """Send what the core produced: datagrams, stream frames, stream closes."""
+        """Send what the core produced: runs of datagrams, stream frames, stream closes."""
         core = self.core
-        sendto = self._udp.sendto
-        for dst, data in core.datagrams_to_send():
-            sendto(data, dst)
+        send = self._udp.send_contiguous
+        for run in core.runs_to_send():
+            send(run.dst, run.data, run.size)
         for stream in core.streams_to_flush():
             stream.conn_id.send_queued()
         for stream in core.streams_to_close():
             stream.conn_id.close("no valid hello")
+
+    def _on_udp(self) -> None:
+        """Receive up to RECV_BURST times, each receive one batch for the core, then send once."""
+        udp, receive, now = self._udp, self.core.receive_gro, self.clock()
+        view = memoryview(udp.buffer)
+        for _ in range(RECV_BURST):
+            try:
+                source, nbytes, size = udp.recv_into()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.debug("UDP error: %s", exc)
+                continue
+            receive(view[:nbytes], size, source[:2], now)
+        self.flush()
 
     def status(self) -> str:
         """The systemd STATUS= line: nodes now, and the forwarding rate since the last line."""

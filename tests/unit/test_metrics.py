@@ -123,12 +123,13 @@ def test_coord_families_count_nodes_connections_messages_and_refusals():
 def test_relay_families_read_the_core_status():
     coord_public = keys.public_key(keys.generate_private_key())
     core = RelayCore(keys.generate_private_key(), coord_public, RelayLimits(), lambda n: bytes(n), 0.0)
-    core.stats.forwarded, core.stats.forwarded_bytes, core.stats.hellos = 7, 700, 2
+    core.stats.forwarded, core.stats.forwarded_bytes, core.stats.hellos, core.stats.runs = 7, 700, 2, 3
     core.drops["rate limited"] += 3
     got = as_dict(relay_families(core))
     assert got[("meshvpn_relay_forwarded_packets", ())] == 7.0
     assert got[("meshvpn_relay_forwarded_bytes", ())] == 700.0
     assert got[("meshvpn_relay_hellos", ())] == 2.0
+    assert got[("meshvpn_relay_runs", ())] == 3.0
     assert got[("meshvpn_relay_nodes", ())] == 0.0
     assert got[("meshvpn_relay_drops", ("rate limited",))] == 3.0
 

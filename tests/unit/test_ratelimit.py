@@ -28,3 +28,11 @@ def test_spoofed_sources_cannot_grow_the_table():
     for n in range(10_000):
         limiter.allow(n, 0.0)
     assert len(limiter._sources) <= 100
+
+
+def test_taking_many_is_taking_one_at_a_time():
+    one_by_one, at_once = TokenBucket(rate=10, burst=5, now=0.0), TokenBucket(rate=10, burst=5, now=0.0)
+    for now, count in ((0.0, 3), (0.0, 4), (0.0, 2), (0.35, 6), (0.35, 0), (2.0, 9)):
+        taken = sum(one_by_one.take(now) for _ in range(count))
+        assert at_once.take_many(count, now) == taken
+        assert at_once.tokens == one_by_one.tokens
