@@ -123,7 +123,7 @@ def relay_families(core) -> list[Family]:
     return [
         _counter("meshvpn_relay_forwarded_packets", "Relay envelopes forwarded.").add(status["forwarded"]),
         _counter("meshvpn_relay_forwarded_bytes", "Bytes of relay envelopes forwarded.").add(status["forwarded_bytes"]),
-        _counter("meshvpn_relay_runs", "UDP sends (GSO runs) of forwarded envelopes.").add(status["runs"]),
+        _counter("meshvpn_relay_runs", "Runs of forwarded envelopes: datagrams for one endpoint from one source, sent with GSO.").add(status["runs"]),
         _counter("meshvpn_relay_hellos", "Relay hellos accepted.").add(core.stats.hellos),
         _gauge("meshvpn_relay_nodes", "Nodes registered now.").add(status["nodes"]),
         _gauge("meshvpn_relay_nodes_tcp", "Nodes registered over TCP now.").add(status["nodes_tcp"]),

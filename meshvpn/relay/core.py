@@ -133,7 +133,7 @@ class RelayStats:
     forwarded_bytes: int = 0
     hellos: int = 0
     runs: int = 0
-    """Runs (one GSO send each) the forwarded UDP datagrams left in: forwarded per run is the batching."""
+    """Runs the forwarded UDP datagrams left in (`Run`): forwarded per run is the batching."""
 
 
 class RelayCore:
