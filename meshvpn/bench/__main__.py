@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from meshvpn.bench.measure import ping_stats, throughput_runs
+from meshvpn.bench.measure import ping_stats, process_cpu_seconds, throughput_runs
 from meshvpn.bench.peers import ROWS, BenchLab, BenchNet, Row, apply_loss, build_net, loss_drops
 from meshvpn.bench.report import RowResult, render_table, to_json, write_json
 from meshvpn.errors import MeshError
@@ -49,8 +49,12 @@ def run_row(row: Row, net: BenchNet, workdir: Path, args: argparse.Namespace) ->
         tunnel = row.start(net, rowdir)
         result.mtu, result.first_ping_s, result.path = tunnel.mtu, tunnel.first_ping_s, tunnel.path
         result.rtt_ms = ping_stats(net.a, tunnel.target, args.pings).avg_ms
+        cpu_before = None if tunnel.relay_pid is None else process_cpu_seconds(tunnel.relay_pid)
         result.throughput_runs = throughput_runs(net.a, net.b, tunnel.target, args.seconds, args.runs,
                                                  rowdir / "iperf3-server.log")
+        if cpu_before is not None:
+            gbit = sum(result.throughput_runs) * args.seconds / 1000
+            result.relay_cpu_s_per_gbit = (process_cpu_seconds(tunnel.relay_pid) - cpu_before) / gbit
     except MeshError as err:
         result.error = " ".join(str(err).split())
     finally:

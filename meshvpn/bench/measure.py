@@ -8,6 +8,7 @@ parsers are pure so they are tested on captured output; runners raise `MeasureEr
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -77,6 +78,21 @@ def _wait_listening(log: Path, proc: subprocess.Popen) -> None:
         time.sleep(0.05)
     text = log.read_text(errors="replace") if log.exists() else ""
     raise MeasureError(f"iperf3 server did not start: {text.strip()[-300:]}")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process `pid` so far, from ``/proc/PID/stat``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError as err:
+        raise MeasureError(f"cannot read the CPU time of process {pid}: {err}") from None
+    return parse_cpu_ticks(stat) / os.sysconf("SC_CLK_TCK")
+
+
+def parse_cpu_ticks(stat: str) -> int:
+    """utime + stime (fields 14 and 15) of a ``/proc/PID/stat`` line; the name may hold spaces."""
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def throughput_runs(client: Namespace, server: Namespace, address: str, seconds: float, runs: int, log: Path) -> list[float]:

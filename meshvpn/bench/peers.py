@@ -92,6 +92,8 @@ class Tunnel:
     """Seconds from both ends being up to the first ping reply, where the row measures it."""
     path: str | None = None
     """Path kind of the first reply, where the tunnel has several."""
+    relay_pid: int | None = None
+    """The relay process of a relayed row: its CPU time is read around the transfers."""
 
 
 @dataclass(frozen=True)
@@ -373,7 +375,7 @@ def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None) -> Tun
         raise BenchError(f"{err}{_tails(tuple(sorted(workdir.glob('*.log'))))}") from None
     replied = reachable(net, target, tuple(sorted(workdir.glob("*.log"))))
     return Tunnel(target=target, mtu=link_mtu(net.a, MESHVPN_TUN), first_ping_s=replied - up,
-                  path=mesh.peer("a", "b")["path"])
+                  path=mesh.peer("a", "b")["path"], relay_pid=mesh.relays["relay"].proc.pid if relay else None)
 
 
 def _block_direct_paths(net: BenchNet, transport: str) -> None:

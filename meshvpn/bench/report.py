@@ -40,6 +40,8 @@ class RowResult:
     """Seconds from both endpoints being up to the first ping reply (meshvpn rows)."""
     path: str | None = None
     """Path kind the first reply took, as `meshvpn status` reports it (meshvpn rows)."""
+    relay_cpu_s_per_gbit: float | None = None
+    """The relay's CPU seconds per Gbit carried (its share of a core per Gbit/s), relayed rows."""
     error: str | None = None
     """Why the row has no figures, or None."""
 
@@ -70,6 +72,8 @@ def _notes(result: RowResult) -> str:
         parts.append(f"first ping {result.first_ping_s:.2f} s")
     if result.path is not None:
         parts.append(f"path {result.path}")
+    if result.relay_cpu_s_per_gbit is not None:
+        parts.append(f"relay {result.relay_cpu_s_per_gbit:.2f} CPU s per Gbit")
     return ", ".join(parts)
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshvpn.bench.measure import MeasureError, PingStats, parse_iperf3_json, parse_ping
+from meshvpn.bench.measure import MeasureError, PingStats, parse_cpu_ticks, parse_iperf3_json, parse_ping
 from meshvpn.bench.report import BASELINE, MESHVPN, PEER, RowResult, best_peer, render_table, table_rows, to_json, write_json
 
 IPERF3_OK = json.dumps({
@@ -144,3 +144,13 @@ def test_json_document(tmp_path) -> None:
     assert meshvpn["ratio_to_best_peer"] == pytest.approx(320 / 650)
     assert meshvpn["first_ping_s"] == 1.234 and meshvpn["path"] == "lan"
     assert document["rows"][4]["error"] and document["rows"][4]["ratio_to_best_peer"] is None
+
+
+def test_cpu_ticks_of_a_process_whose_name_holds_spaces_and_parentheses() -> None:
+    stat = "4242 (python3 (x) y) S 1 4242 4242 0 -1 4194560 2520 0 0 0 1234 567 0 0 20 0 3 0 99 0 0"
+    assert parse_cpu_ticks(stat) == 1234 + 567
+
+
+def test_a_relayed_row_notes_the_relay_cpu_per_gbit() -> None:
+    row = RowResult("meshvpn relayed UDP", MESHVPN, [1000.0], path="relay", relay_cpu_s_per_gbit=0.4567)
+    assert table_rows([row])[0][6] == "path relay, relay 0.46 CPU s per Gbit"
