@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from meshvpn.localsock import DaemonNotRunning, request
 COORD_PORT = 7400
 STUN_PORT = 3478
 RELAY_PORT = 7500
+RELAY_METRICS_PORT = 9475
 START_TIMEOUT = 15.0
 """Seconds a process may take to answer on its socket after being started."""
 POLL_SECONDS = 0.2
@@ -144,11 +146,21 @@ class Mesh:
             "private_key_file": str(self.dir / f"{name}.key"),
             "listen": f"{address}:{RELAY_PORT}",
             "coord": {"public_key": self.coord_public},
+            "metrics": {"listen": f"{address}:{RELAY_METRICS_PORT}"},
             "log": {"level": self.log_level},
         })
         self._relay_places.append(RelayPlace(name, f"{announce or address}:{RELAY_PORT}", public))
         self.relays[name] = self._spawn(name, ns, "relay", config)
         return self.relays[name]
+
+    def relay_metrics(self, name: str) -> dict[str, float]:
+        """Relay `name`'s unlabelled Prometheus samples (``meshvpn_relay_runs_total`` ...), by name."""
+        relay = self.relays[name]
+        url = f"http://{yaml.safe_load(relay.config.read_text())['metrics']['listen']}/metrics"
+        fetch = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=2).read().decode())"
+        text = relay.ns.run([sys.executable, "-c", fetch], timeout=CLI_TIMEOUT).stdout
+        samples = (line.split() for line in text.splitlines() if line and not line.startswith("#"))
+        return {words[0]: float(words[1]) for words in samples if len(words) == 2 and "{" not in words[0]}
 
     def restart_relay(self, name: str) -> Process:
         """Stop relay `name` (SIGTERM) and start it again with the same key and config."""
