@@ -29,10 +29,10 @@ from meshvpn.channel import ServerChannel
 from meshvpn.config import RelayConfig, load_relay_config
 from meshvpn.errors import LocalProtocolError, MeshError, RemoteProtocolError
 from meshvpn.relay.core import RelayCore, Stream
-from meshvpn.udpbatch import BatchUdpSocket
 from meshvpn.metrics import MetricsEndpoint, relay_families, start_metrics
 from meshvpn.prefixcap import PrefixCaps, PrefixLimits
 from meshvpn.reload import Reloader
+from meshvpn.udpbatch import BatchUdpSocket
 
 log = logging.getLogger("meshvpn.relay.server")
 
@@ -204,7 +204,7 @@ class RelayServer:
             await self.metrics.close()
         if self._timer is not None:
             self._timer.cancel()
-        if self._udp is not None:
+        if self._udp is not None and self._udp.sock.fileno() >= 0:
             asyncio.get_running_loop().remove_reader(self._udp.sock.fileno())
             self._udp.sock.close()
         if self._listener is not None:
