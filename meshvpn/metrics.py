@@ -117,13 +117,17 @@ def coord_families(membership, connections: Sized) -> list[Family]:
             _by_reason(limited, membership.limited), dropped.add(membership.endpoints_dropped)]
 
 
-def relay_families(core) -> list[Family]:
-    """``meshvpn relay``: forwarded packets and bytes, drops by reason, registered nodes."""
+def relay_families(core, send_errors: int = 0) -> list[Family]:
+    """``meshvpn relay``: forwarded packets, bytes and runs, drops by reason, registered nodes.
+
+    `send_errors` are the UDP socket's sends the kernel refused (a full buffer drops, it does not wait).
+    """
     status = core.status()
     return [
         _counter("meshvpn_relay_forwarded_packets", "Relay envelopes forwarded.").add(status["forwarded"]),
         _counter("meshvpn_relay_forwarded_bytes", "Bytes of relay envelopes forwarded.").add(status["forwarded_bytes"]),
-        _counter("meshvpn_relay_runs", "Runs of forwarded envelopes: datagrams for one endpoint from one source, sent with GSO.").add(status["runs"]),
+        _counter("meshvpn_relay_runs", "Runs of forwarded envelopes (one endpoint, one source, GSO).").add(status["runs"]),
+        _counter("meshvpn_relay_send_errors", "UDP sends (a datagram or a run) the kernel refused.").add(send_errors),
         _counter("meshvpn_relay_hellos", "Relay hellos accepted.").add(core.stats.hellos),
         _gauge("meshvpn_relay_nodes", "Nodes registered now.").add(status["nodes"]),
         _gauge("meshvpn_relay_nodes_tcp", "Nodes registered over TCP now.").add(status["nodes_tcp"]),

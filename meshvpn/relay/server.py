@@ -194,7 +194,7 @@ class RelayServer:
             await self.close()
             raise MeshError(f"relay cannot listen on {listen.host}:{listen.port}: {exc}") from None
         self._on_timer()
-        self.metrics = await start_metrics(self.settings.metrics.listen, "relay", lambda: relay_families(self.core))
+        self.metrics = await start_metrics(self.settings.metrics.listen, "relay", lambda: relay_families(self.core, self._udp.send_errors))
         log.info("relay %s listening on %s:%d (UDP and TCP)",
                  keys.encode_key(self.identity.public), *self.address)
 

@@ -125,7 +125,8 @@ def test_relay_families_read_the_core_status():
     core = RelayCore(keys.generate_private_key(), coord_public, RelayLimits(), lambda n: bytes(n), 0.0)
     core.stats.forwarded, core.stats.forwarded_bytes, core.stats.hellos, core.stats.runs = 7, 700, 2, 3
     core.drops["rate limited"] += 3
-    got = as_dict(relay_families(core))
+    got = as_dict(relay_families(core, send_errors=4))
+    assert got[("meshvpn_relay_send_errors", ())] == 4.0
     assert got[("meshvpn_relay_forwarded_packets", ())] == 7.0
     assert got[("meshvpn_relay_forwarded_bytes", ())] == 700.0
     assert got[("meshvpn_relay_hellos", ())] == 2.0
