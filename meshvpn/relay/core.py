@@ -364,7 +364,7 @@ class RelayCore:
         self._to_flush[link] = None
 
     def _send_datagram(self, dst: Endpoint, head: Bytes, body: Bytes = b"", source: Optional[Link] = None) -> None:
-        """Append `head` + `body` to the last run if it has their source and `dst`, is full, and its datagrams are no shorter."""
+        """Append `head` + `body` to the last run if it has their source and `dst`, is full, and is no shorter."""
         runs = self._runs
         last = runs[-1] if runs else None
         size = len(head) + len(body)
