@@ -21,8 +21,8 @@ Rules:
   last 600 s). Peers dropped from the set are simply no longer refreshed.
 * Requests are retransmitted as RFC 5389 §7.2.1 says (RTO doubling, 7 sends, 16 RTO wait).
 * Data goes out as ChannelData once the peer's channel is bound (4-byte header; padding is
-  optional on UDP and accepted on receipt), else as a Send indication. The hot path only
-  prepends `CHANNEL_HEADER` (see `frame`); it never calls into the client.
+  optional on UDP and accepted on receipt, see `meshvpn.turn_codec`), else as a Send
+  indication. The hot path only prepends `CHANNEL_HEADER`; it never calls into the client.
 
 Inputs take ``now`` (monotonic seconds) and randomness comes from ``random_bytes``. Outputs are
 pulled: `datagrams_to_send()` (all for the server), `next_event()` and `get_timer()`.
@@ -31,13 +31,11 @@ pulled: `datagrams_to_send()` (all for the server), `next_event()` and `get_time
 from __future__ import annotations
 
 import enum
-import struct
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Union
 
 from meshvpn.backoff import doubling
-from meshvpn.errors import LocalProtocolError, RemoteProtocolError
 from meshvpn.stun import MAX_RETRANSMITS, RM, RTO, SOFTWARE
 from meshvpn.stun_codec import (
     TRANSACTION_ID_SIZE,
@@ -52,22 +50,14 @@ from meshvpn.stun_codec import (
     encode,
     long_term_key,
 )
+from meshvpn.turn_codec import CHANNEL_HEADER, CHANNEL_MAX, CHANNEL_MIN
 
-CHANNEL_MIN = 0x4000
-CHANNEL_MAX = 0x7FFF
-"""Channel numbers a client may bind (RFC 5766; RFC 8656 narrows new ones to 0x4FFF)."""
-CHANNEL_HEADER = struct.Struct("!HH")
-"""ChannelData header: channel number, length of the application data."""
 PROTOCOL_UDP = 17
 """REQUESTED-TRANSPORT value for UDP relaying."""
 PERMISSION_LIFETIME = 300.0
 """Seconds a permission lasts on the server (RFC 8656 §9)."""
 CHANNEL_LIFETIME = 600.0
 """Seconds a channel binding lasts on the server (RFC 8656 §12)."""
-
-
-class TurnError(RemoteProtocolError):
-    """A datagram from a TURN server is not a well-formed ChannelData message."""
 
 
 @dataclass
@@ -136,47 +126,6 @@ class DataReceived:
 
 
 Event = Union[AllocationReady, AllocationLost, ChannelBound, DataReceived]
-
-
-# --- ChannelData framing --------------------------------------------------------------------
-
-
-def is_channel_data(buf: bytes) -> bool:
-    """Whether a datagram from the server is ChannelData (first two bits 01) rather than STUN."""
-    return len(buf) >= CHANNEL_HEADER.size and buf[0] & 0xC0 == 0x40
-
-
-def encode_channel_data(channel: int, data: bytes, pad: bool = False) -> bytes:
-    """One ChannelData message; `pad` to a multiple of 4 bytes (required over TCP, optional on UDP)."""
-    if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
-        raise LocalProtocolError(f"channel {channel:#06x} is outside 0x4000-0x7FFF")
-    if len(data) > 0xFFFF:
-        raise LocalProtocolError(f"{len(data)} bytes do not fit a ChannelData message")
-    return CHANNEL_HEADER.pack(channel, len(data)) + data + bytes(-len(data) % 4 if pad else 0)
-
-
-def decode_channel_data(buf: bytes) -> tuple[int, bytes]:
-    """(channel, application data) of a ChannelData message; padding of up to 3 bytes is allowed."""
-    if len(buf) < CHANNEL_HEADER.size:
-        raise TurnError(f"ChannelData is {len(buf)} bytes, shorter than its 4-byte header")
-    channel, length = CHANNEL_HEADER.unpack_from(buf)
-    if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
-        raise TurnError(f"channel {channel:#06x} is outside 0x4000-0x7FFF")
-    extra = len(buf) - CHANNEL_HEADER.size - length
-    if extra < 0:
-        raise TurnError(f"ChannelData says {length} bytes, datagram has {len(buf) - CHANNEL_HEADER.size}")
-    if extra > 3:
-        raise TurnError(f"ChannelData has {extra} bytes after its {length} data bytes, padding is at most 3")
-    return channel, bytes(buf[CHANNEL_HEADER.size:CHANNEL_HEADER.size + length])
-
-
-def frame(channel: int, messages: Iterable[bytes]) -> list[bytes]:
-    """ChannelData for each message on `channel` (unpadded: UDP): the data path's only TURN work."""
-    pack = CHANNEL_HEADER.pack
-    return [pack(channel, len(message)) + message for message in messages]
-
-
-# --- the client ----------------------------------------------------------------------------
 
 
 @dataclass

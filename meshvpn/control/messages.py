@@ -59,7 +59,7 @@ RELAY_TOKENS = list_of(record(RelayToken), MAX_RELAYS)
 
 @dataclass(frozen=True)
 class TurnServer(Record):
-    """A standard TURN server (RFC 8656) and the node's REST API credential for it (`meshvpn.turncreds`);
+    """A standard TURN server (RFC 8656) and the node's REST API credential for it (`meshvpn.coord.turncreds`);
     `host` may be a DNS name, which the node resolves (older nodes take only IP addresses)."""
 
     name: str = wire(NAME)

@@ -12,7 +12,7 @@ from meshvpn.coord.policy import Member, access_for
 from meshvpn.coord.settings import MembershipSettings
 from meshvpn.coord.store import Network, NodeRecord
 from meshvpn.relaytoken import TOKEN_REFRESH, TokenMinter, network_tag
-from meshvpn.turncreds import CREDENTIAL_REFRESH, TurnSecret, turn_servers
+from meshvpn.coord.turncreds import CREDENTIAL_REFRESH, TurnSecret, turn_servers
 
 
 def issue(

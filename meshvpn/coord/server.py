@@ -37,7 +37,7 @@ from meshvpn.coord.instances import InstanceLink
 from meshvpn.coord.membership import Announce, Close, Log, Membership, MembershipSettings, Send
 from meshvpn.coord.store import Network, open_store
 from meshvpn.errors import ConfigError, LocalProtocolError, MeshError, RemoteProtocolError
-from meshvpn.turncreds import TurnSecret
+from meshvpn.coord.turncreds import TurnSecret
 from meshvpn.metrics import MetricsEndpoint, coord_families, start_metrics
 from meshvpn.localsock import ControlServer
 from meshvpn.prefixcap import PrefixCaps, PrefixLimits

@@ -9,7 +9,7 @@ from meshvpn.config import AccessPolicy
 from meshvpn.control import messages as m
 from meshvpn.coord.peermap import PART_BYTES
 from meshvpn.coord.store import Network
-from meshvpn.turncreds import TurnSecret
+from meshvpn.coord.turncreds import TurnSecret
 
 SILENCE_KEEPALIVES = 3
 

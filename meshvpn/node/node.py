@@ -41,7 +41,7 @@ from meshvpn.node.transports import MAIN_SOCKET, PinnedSocket, PunchedStream, Re
 from meshvpn.node.turn.core import TurnLinks
 from meshvpn.node.pathfinder import Path, PathKind
 from meshvpn.stun import is_stun
-from meshvpn.turn import is_channel_data
+from meshvpn.turn_codec import is_channel_data
 from meshvpn.wire import Endpoint, MessageType
 
 _HELLO_ACK = MessageType.RELAY_HELLO_ACK

@@ -18,8 +18,9 @@ import time
 import pytest
 
 from meshvpn.stun import Attr, StunClass, StunMethod, decode
-from meshvpn.turn import AllocationReady, ChannelBound, DataReceived, TurnClient, decode_channel_data, is_channel_data
-from meshvpn.turncreds import mint
+from meshvpn.turn import AllocationReady, ChannelBound, DataReceived, TurnClient
+from meshvpn.turn_codec import decode_channel_data, is_channel_data
+from meshvpn.coord.turncreds import mint
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,7 +10,7 @@ from meshvpn import keys
 from meshvpn.control import messages as m
 from meshvpn.coord.membership import Membership, MembershipSettings, Send
 from meshvpn.coord.store import MemoryStore, Network
-from meshvpn.turncreds import CREDENTIAL_LIFETIME, CREDENTIAL_REFRESH, TurnSecret
+from meshvpn.coord.turncreds import CREDENTIAL_LIFETIME, CREDENTIAL_REFRESH, TurnSecret
 
 NOW = 1_700_000_000.0
 TURN = (TurnSecret("turn-1", "203.0.113.30", 3478, b"S"),)

@@ -23,8 +23,6 @@ from meshvpn.stun_codec import (
     long_term_key,
 )
 from meshvpn.turn import (
-    CHANNEL_MAX,
-    CHANNEL_MIN,
     PROTOCOL_UDP,
     AllocationLost,
     AllocationReady,
@@ -33,11 +31,6 @@ from meshvpn.turn import (
     DataReceived,
     TurnClient,
     TurnConfig,
-    TurnError,
-    decode_channel_data,
-    encode_channel_data,
-    frame,
-    is_channel_data,
 )
 
 USER, PASSWORD, REALM = "1700000000:node", "secret-password", "meshvpn"
@@ -169,44 +162,6 @@ def test_any_turn_attribute_value_decodes_or_raises_stun_error(attr, value):
         decode(buf)
     except StunError:
         pass
-
-
-# --- ChannelData ---------------------------------------------------------------------------
-
-
-@settings(max_examples=300, deadline=None)
-@given(channel=st.integers(CHANNEL_MIN, CHANNEL_MAX), data=st.binary(max_size=1500), pad=st.booleans())
-def test_channel_data_round_trips_with_and_without_padding(channel, data, pad):
-    buf = encode_channel_data(channel, data, pad)
-    assert len(buf) == 4 + len(data) + (-len(data) % 4 if pad else 0)
-    assert is_channel_data(buf)
-    assert decode_channel_data(buf) == (channel, data)
-    assert frame(channel, [data]) == [encode_channel_data(channel, data)]
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=64))
-def test_channel_data_decoder_raises_only_remote_errors(buf):
-    try:
-        channel, data = decode_channel_data(buf)
-    except TurnError as exc:
-        assert isinstance(exc, RemoteProtocolError)
-    else:
-        assert CHANNEL_MIN <= channel <= CHANNEL_MAX and len(buf) - 4 - len(data) in range(4)
-
-
-def test_channel_data_rejects_truncation_excess_padding_and_bad_channels():
-    with pytest.raises(TurnError, match="says 5 bytes"):
-        decode_channel_data(b"\x40\x00\x00\x05abcd")
-    with pytest.raises(TurnError, match="padding is at most 3"):
-        decode_channel_data(b"\x40\x00\x00\x01abcde")
-    with pytest.raises(TurnError, match="outside"):
-        decode_channel_data(b"\x80\x00\x00\x00")
-    with pytest.raises(TurnError, match="header"):
-        decode_channel_data(b"\x40\x00")
-    with pytest.raises(LocalProtocolError):
-        encode_channel_data(0x3FFF, b"")
-    assert not is_channel_data(b"\x01\x03\x00\x00") and not is_channel_data(b"\x00\x01\x00\x00")
 
 
 # --- allocation ----------------------------------------------------------------------------

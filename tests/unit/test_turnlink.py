@@ -9,7 +9,8 @@ from meshvpn import wire
 from meshvpn.control import messages as m
 from meshvpn.node.turn.core import TurnLinks, frame_run
 from meshvpn.stun_codec import Attr, ErrorCode, StunClass, StunMessage, StunMethod, decode, encode, long_term_key
-from meshvpn.turn import AllocationReady, ChannelBound, decode_channel_data
+from meshvpn.turn import AllocationReady, ChannelBound
+from meshvpn.turn_codec import decode_channel_data
 from meshvpn.wire import Endpoint, MessageType
 
 SERVER = Endpoint("203.0.113.30", 3478)

@@ -32,7 +32,8 @@ from typing import Callable, Iterable, Optional
 
 from meshvpn import wire
 from meshvpn.control import messages as m
-from meshvpn.turn import CHANNEL_HEADER, DataReceived, Event, TurnClient, TurnConfig
+from meshvpn.turn import DataReceived, Event, TurnClient, TurnConfig
+from meshvpn.turn_codec import CHANNEL_HEADER
 from meshvpn.wire import Endpoint, MessageType
 
 _RELAY_HEADER = wire.header(MessageType.RELAY)

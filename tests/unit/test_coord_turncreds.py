@@ -1,10 +1,10 @@
-"""TURN REST API credentials (meshvpn.turncreds) as coturn's use-auth-secret checks them."""
+"""TURN REST API credentials (meshvpn.coord.turncreds) as coturn's use-auth-secret checks them."""
 
 import base64
 import hashlib
 import hmac
 
-from meshvpn.turncreds import CREDENTIAL_LIFETIME, TurnCredentials, mint
+from meshvpn.coord.turncreds import CREDENTIAL_LIFETIME, TurnCredentials, mint
 
 
 def test_username_is_expiry_colon_node_and_password_is_base64_hmac_sha1():
