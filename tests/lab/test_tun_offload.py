@@ -7,16 +7,14 @@ checksums must pass through an offloading receiver untouched.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from meshvpn.bench import forward as bench
 from meshvpn.lab import Lab
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "forward_bench.py"
 TRANSFER_BYTES = 24 << 20
 PORT = 9000
 
@@ -47,19 +45,10 @@ print(len(data), hashlib.sha256(data).hexdigest())
 """
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("forward_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.lab
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", ["offload:cffi", "offload/plain:cffi", "plain/offload:cffi"])
 def test_tcp_transfer_through_forwarders_is_exact(lab: Lab, mode: str) -> None:
-    bench = load_bench()
     a, b = bench.build_underlay(lab)
     tunnel = bench.Tunnel.start(a, b, mode)
     try:

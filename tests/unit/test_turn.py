@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshvpn.errors import LocalProtocolError, RemoteProtocolError
 from meshvpn.stun_codec import (
     Attr,
     ErrorCode,

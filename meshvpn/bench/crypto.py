@@ -1,6 +1,6 @@
 """Micro-benchmark of the per-packet crypto path and the handshake.
 
-Run: ``.venv/bin/python bench/crypto_bench.py [--seconds 1.0]``.  Prints
+Run: ``.venv/bin/python -m meshvpn.bench.crypto [--seconds 1.0]``.  Prints
 microseconds per DATA seal/open of a 1400-byte payload, per replay-window
 update, and complete handshakes (both sides) per second.
 """

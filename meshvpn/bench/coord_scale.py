@@ -1,6 +1,6 @@
 """Coordination server at scale: N simulated nodes against a real `meshvpn coord` process.
 
-Run: ``nice .venv/bin/python bench/coord_scale.py [--nodes 1000] [--per-network 1000]``.
+Run: ``nice .venv/bin/python -m meshvpn.bench.coord_scale [--nodes 1000] [--per-network 1000]``.
 
 The server runs as a child process (so its RSS and CPU are its own); every node is a channel
 (`meshvpn.channel`) in this process, from its own loopback source address (127.1.x.y),

@@ -1,6 +1,6 @@
 """What one relay hello costs the relay core when it is junk: the flood a relay sees from anyone.
 
-Run: ``.venv/bin/python bench/relay_hellos.py [--hellos 3000]``.
+Run: ``.venv/bin/python -m meshvpn.bench.relay_hellos [--hellos 3000]``.
 
 Two cases, each a run of hellos through `RelayCore.receive` from a new source address each time:
 a forged token with a new node key every time (an attacker who has no token), and one captured

@@ -4,7 +4,7 @@ Why: the inner checks after decryption (source, destination) sit on the per-pack
 measures that path alone, without I/O, for the pure-Python and the native loops, so a change to
 the checks can be compared before and after (``docs/dataplane.md``, "Per packet, in process"):
 
-    .venv/bin/python bench/open_bench.py [--segments 45] [--size 1380] [--rounds 200] [--repeat 5]
+    .venv/bin/python -m meshvpn.bench.receive [--segments 45] [--size 1380] [--rounds 200] [--repeat 5]
 
 Prints the best of ``--repeat`` runs of ``--rounds`` receives, in µs per packet.
 """
@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import argparse
 import struct
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from meshvpn import wire  # noqa: E402
-from meshvpn.control import messages as m  # noqa: E402
-from meshvpn.node.core import NodeCore  # noqa: E402
-from meshvpn.node.datapath import fastpath  # noqa: E402
-from meshvpn.node.datapath.dataplane import DataPlane  # noqa: E402
-from meshvpn.node.pathfinder import Path as PathTo, PathKind  # noqa: E402
-from meshvpn.node.peers import Route  # noqa: E402
-from meshvpn.noise import SessionKeys  # noqa: E402
-from meshvpn.session import OVERHEAD, Session  # noqa: E402
+from meshvpn import wire
+from meshvpn.control import messages as m
+from meshvpn.node.core import NodeCore
+from meshvpn.node.datapath import fastpath
+from meshvpn.node.datapath.dataplane import DataPlane
+from meshvpn.node.pathfinder import Path as PathTo, PathKind
+from meshvpn.node.peers import Route
+from meshvpn.noise import SessionKeys
+from meshvpn.session import OVERHEAD, Session
 
 OWN, PEER = "100.64.0.1", "100.64.0.2"
 PEER_KEY = bytes([2]) * 32

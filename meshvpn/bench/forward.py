@@ -4,7 +4,7 @@ Two network namespaces joined by a veth pair (MTU 1500, 192.0.2.1 and .2), each 
 (MTU 1420, overlay 10.77.0.1/24 and .2/24) and one forwarder process. iperf3 runs TCP for a
 fixed time through the tunnel in each mode and once over the bare veth as the ceiling:
 
-    sudo .venv/bin/python bench/forward_bench.py [--seconds 10] [--modes plain:none,offload:cffi]
+    sudo .venv/bin/python -m meshvpn.bench.forward [--seconds 10] [--modes plain:none,offload:cffi]
 
 A mode is ``<io>:<crypto>``: io ``plain`` (one packet per syscall) or ``offload`` (virtio-net
 TSO reads, GRO-style TUN writes, UDP_SEGMENT sends, UDP_GRO receives); crypto ``none``, or the
@@ -31,17 +31,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from meshvpn import wire  # noqa: E402
-from meshvpn.lab import Lab, Namespace  # noqa: E402
-from meshvpn.node.datapath.tun import TunDevice  # noqa: E402
-from meshvpn.udpbatch import MAX_GSO_BYTES, MAX_SEGMENTS, BatchUdpSocket  # noqa: E402
-from meshvpn.noise import SessionKeys  # noqa: E402
-from meshvpn.session import OVERHEAD, Session  # noqa: E402
+from meshvpn import wire
+from meshvpn.lab import Lab, Namespace
+from meshvpn.node.datapath.tun import TunDevice
+from meshvpn.udpbatch import MAX_GSO_BYTES, MAX_SEGMENTS, BatchUdpSocket
+from meshvpn.noise import SessionKeys
+from meshvpn.session import OVERHEAD, Session
 
 UNDERLAY = ("192.0.2.1", "192.0.2.2")
 OVERLAY = ("10.77.0.1", "10.77.0.2")
@@ -168,8 +165,8 @@ CIPHERS = {"none": null_cipher, "bindings": session_cipher("bindings"), "cffi": 
 # --- the forwarder process ----------------------------------------------------------------
 
 
-def forward(args: argparse.Namespace) -> None:
-    """Run one side's forwarder until SIGTERM, then print its counters as JSON."""
+def open_side(args: argparse.Namespace, out: bytearray) -> tuple[TunDevice, BatchUdpSocket, Cipher]:
+    """One side's TUN (up, addressed), its bound non-blocking UDP socket and its cipher."""
     offload = args.io == "offload"
     tun = TunDevice.open(TUN_NAME, TUN_MTU, offload=offload)
     tun.set_address(args.address)
@@ -180,13 +177,37 @@ def forward(args: argparse.Namespace) -> None:
     sock.bind((args.bind, PORT))
     sock.setblocking(False)
     udp = BatchUdpSocket(sock, offload=offload)
-    peer = (args.peer, PORT)
-    out = bytearray(70000)
-    out_view = memoryview(out)
     cipher = CIPHERS[args.crypto](tun.buffer, out, udp.buffer, bytes.fromhex(args.send_key), bytes.fromhex(args.recv_key))
     if tun.offload:
         per_send = min(MAX_SEGMENTS, MAX_GSO_BYTES // (TUN_MTU + cipher.overhead))
         tun.set_gso_max_size(per_send * (TUN_MTU - 40))
+    return tun, udp, cipher
+
+
+def report_on_sigterm(stats: dict, tun: TunDevice, udp: BatchUdpSocket) -> None:
+    """On SIGTERM print the counters and CPU seconds since now as one JSON line, and exit."""
+    started = os.times()
+
+    def report(signum: int, frame: object) -> None:
+        times = os.times()
+        stats.update(cpu_seconds=round(times.user + times.system - started.user - started.system, 3),
+                     cpu_user_seconds=round(times.user - started.user, 3),
+                     tun_offloads=tun.offloads, udp_gso=udp.gso, udp_gro=udp.gro,
+                     tun_writes=tun.writes, packets_written=tun.packets_written,
+                     tun_read_errors=tun.read_errors, tun_write_errors=tun.write_errors,
+                     udp_send_errors=udp.send_errors)
+        print(json.dumps(stats), flush=True)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, report)
+
+
+def forward(args: argparse.Namespace) -> None:
+    """Run one side's forwarder until SIGTERM, then print its counters as JSON."""
+    out = bytearray(70000)
+    out_view = memoryview(out)
+    tun, udp, cipher = open_side(args, out)
+    peer = (args.peer, PORT)
     stats = {"tun_reads": 0, "datagrams_sent": 0, "udp_receives": 0, "datagrams_received": 0, "auth_failures": 0}
 
     def tun_to_udp() -> None:
@@ -224,23 +245,11 @@ def forward(args: argparse.Namespace) -> None:
             stats["auth_failures"] += -(-nbytes // seg_size) - len(packets)
             tun.write_packets(packets)
 
-    def report(signum: int, frame: object) -> None:
-        times = os.times()
-        stats.update(cpu_seconds=round(times.user + times.system - started.user - started.system, 3),
-                     cpu_user_seconds=round(times.user - started.user, 3),
-                     tun_offloads=tun.offloads, udp_gso=udp.gso, udp_gro=udp.gro,
-                     tun_writes=tun.writes, packets_written=tun.packets_written,
-                     tun_read_errors=tun.read_errors, tun_write_errors=tun.write_errors,
-                     udp_send_errors=udp.send_errors)
-        print(json.dumps(stats), flush=True)
-        os._exit(0)
-
-    signal.signal(signal.SIGTERM, report)
     poller = select.epoll()
     poller.register(tun.fileno(), select.EPOLLIN)
-    poller.register(sock.fileno(), select.EPOLLIN)
-    handlers = {tun.fileno(): tun_to_udp, sock.fileno(): udp_to_tun}
-    started = os.times()
+    poller.register(udp.sock.fileno(), select.EPOLLIN)
+    handlers = {tun.fileno(): tun_to_udp, udp.sock.fileno(): udp_to_tun}
+    report_on_sigterm(stats, tun, udp)
     print("ready", flush=True)
     while True:
         for fd, _ in poller.poll():
@@ -300,7 +309,7 @@ class Tunnel:
         keys = os.urandom(32).hex(), os.urandom(32).hex()
         sides = []
         for i, ns in enumerate((a, b)):
-            argv = [sys.executable, str(Path(__file__).resolve()), "forward", "--io", ios[i], "--crypto", crypto,
+            argv = [sys.executable, "-m", "meshvpn.bench.forward", "forward", "--io", ios[i], "--crypto", crypto,
                     "--address", f"{OVERLAY[i]}/24", "--bind", UNDERLAY[i], "--peer", UNDERLAY[1 - i],
                     "--send-key", keys[i], "--recv-key", keys[1 - i]]
             proc = ns.popen(argv, stdout=subprocess.PIPE, text=True)
