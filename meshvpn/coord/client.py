@@ -137,10 +137,6 @@ class CoordClient:
         self._protocol = protocol
 
     @property
-    def local_address(self) -> tuple[str, int]:
-        return self.transport.get_extra_info("sockname")[:2]
-
-    @property
     def close_reason(self) -> str | None:
         """Why the link closed, or None while it is open."""
         return self._protocol.close_reason
