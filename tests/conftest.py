@@ -1,9 +1,11 @@
-"""Shared test set-up: lab capability gating, key-file fixtures and a throwaway PostgreSQL.
+"""Shared test set-up: capability gating, external tools, key-file fixtures and a throwaway PostgreSQL.
 
-Lab tests (`@pytest.mark.lab`) need root and `ip netns`; tests on PostgreSQL need root and
-Debian's postgresql package (`meshvpn.lab.postgres`). On a developer machine without them they
-are skipped with the reason; under CI (`CI=true`) a missing capability fails the test, so a CI
-machine that lost its capabilities cannot pass by skipping.
+Some tests need what a developer machine may lack: lab tests (`@pytest.mark.lab`) need root and
+`ip netns`; tests on PostgreSQL need root and Debian's postgresql package (`meshvpn.lab.postgres`);
+others an external program (the `tool` fixture) or something built or installed
+(`@pytest.mark.needs(missing, reason)`). Without it they are skipped with the reason; under CI
+(`CI=true`) a missing capability fails the test, so a CI machine that lost a capability (or
+whose optional C extension did not build) cannot pass by skipping.
 """
 
 import functools
@@ -12,6 +14,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Callable, NoReturn
 
 import pytest
 
@@ -32,15 +35,39 @@ def lab_unavailable_reason() -> str:
     return ""
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("lab") is None:
-        return
-    reason = lab_unavailable_reason()
-    if not reason:
-        return
+def unavailable(reason: str) -> NoReturn:
+    """Skip for want of a capability; under CI, which must have every one, fail instead."""
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI must run lab tests: {reason}", pytrace=False)
+        pytest.fail(f"CI must run this test: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "needs(missing, reason): skip when `missing` is true, but fail under CI (`CI=true`)"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("needs"):
+        missing, reason = mark.args
+        if missing:
+            unavailable(reason)
+    if item.get_closest_marker("lab") is not None and (reason := lab_unavailable_reason()):
+        unavailable(reason)
+
+
+@pytest.fixture
+def tool() -> Callable[[str], str]:
+    """Find an external program by name: skip without it, but fail under CI, which must have it."""
+
+    def find(name: str) -> str:
+        path = shutil.which(name)
+        if path is None:
+            unavailable(f"`{name}` is not installed (`make setup` installs it)")
+        return path
+
+    return find
 
 
 @pytest.fixture
@@ -51,22 +78,16 @@ def private_key_file(tmp_path: Path) -> Path:
     return path
 
 
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI must run this test: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def postgres_server():
     """The libpq URI of a throwaway PostgreSQL server shared by the session's tests."""
     reason = unavailable_reason()
     if reason is not None:
-        _skip_or_fail(f"no throwaway PostgreSQL: {reason}")
+        unavailable(f"no throwaway PostgreSQL: {reason}")
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        _skip_or_fail("no psycopg (make setup installs the postgresql extra)")
+        unavailable("no psycopg (make setup installs the postgresql extra)")
     with throwaway_postgres() as dsn:
         yield dsn
 

@@ -1,8 +1,6 @@
-"""Shared set-up for loopback integration tests: external tools, free ports and coturn."""
+"""Shared set-up for loopback integration tests: free ports and coturn (external tools: `tests/conftest.py`)."""
 
 import ipaddress
-import os
-import shutil
 import socket
 import subprocess
 
@@ -13,22 +11,6 @@ from meshvpn.config import Address, ConsoleConfig, CoordConfig, NetworkConfig
 from meshvpn.control import messages as m
 from meshvpn.coord.client import CoordRefused, connect
 from meshvpn.coord.server import CoordServer
-
-
-@pytest.fixture
-def tool():
-    """Find an external program; skip without it, but fail under CI, which must have it."""
-
-    def find(name: str) -> str:
-        path = shutil.which(name)
-        if path is None:
-            reason = f"`{name}` is not installed (`make setup` installs it)"
-            if os.environ.get("CI", "").lower() == "true":
-                pytest.fail(reason, pytrace=False)
-            pytest.skip(reason)
-        return path
-
-    return find
 
 
 @pytest.fixture

@@ -46,19 +46,6 @@ def coturn(topo: Topology, tool, tmp_path: Path):
 
 
 @pytest.fixture
-def tool():
-    import shutil
-
-    def find(name: str) -> str:
-        path = shutil.which(name)
-        if path is None:
-            pytest.skip(f"`{name}` is not installed")
-        return path
-
-    return find
-
-
-@pytest.fixture
 def mesh(topo: Topology, coturn, tmp_path: Path, meshes: list[Mesh]) -> Mesh:
     topo.add_site("a", nat=NatKind.RANDOM_PORTS)
     topo.add_site("b", nat=NatKind.RANDOM_PORTS)

@@ -102,7 +102,7 @@ def test_journald_detection_matches_stderr_inode(tmp_path):
         assert not service.under_journald({}, stream)
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+@pytest.mark.needs(shutil.which("systemd-analyze") is None, "systemd-analyze is not installed")
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
 def test_unit_verifies(unit, tmp_path):
     # verify checks that ExecStart exists: point it at this environment's interpreter.
