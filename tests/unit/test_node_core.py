@@ -115,9 +115,9 @@ def test_ping_reply_reports_path_and_rtt(pair):
     a.take_events()
     tx = a.node.ping(a.peers.find("bob"), 1.0)
     a.drain(1.0)
-    wire.pump(1.0)
+    wire.pump(1.25)  # the probe left at 1.0; it and the reply are delivered at 1.25
     (reply,) = [e for e in a.take_events() if isinstance(e, PingReply)]
-    assert (reply.tx_id, reply.name, reply.path, reply.endpoint) == (tx, "bob", "direct", b.endpoint)
+    assert (reply.tx_id, reply.name, reply.path, reply.endpoint, reply.rtt) == (tx, "bob", "direct", b.endpoint, 0.25)
 
 
 def test_garbage_datagrams_are_counted_not_raised(pair):

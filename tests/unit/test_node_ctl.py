@@ -4,6 +4,8 @@ import asyncio
 import json
 import os
 import stat
+import subprocess
+import sys
 import threading
 from types import SimpleNamespace
 
@@ -95,20 +97,30 @@ def test_client_without_daemon_fails_with_one_line(tmp_path, capsys):
 
 
 def test_stale_socket_file_is_replaced(tmp_path):
-    import socket
-
     path = str(tmp_path / "ctl.sock")
-    stale = socket.socket(socket.AF_UNIX)
-    stale.bind(path)
-    stale.close()
+    dead = "import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", dead, path], check=True, timeout=30)
+    assert stat.S_ISSOCK(os.stat(path).st_mode), "the dead process left its socket file behind"
 
     async def run():
         srv = localsock.ControlServer(path, handler)
         await srv.start()
-        await srv.close()
+        try:
+            return await asyncio.to_thread(lambda: list(localsock.request(path, {"cmd": "status"})))
+        finally:
+            await srv.close()
 
-    asyncio.run(run())
+    assert asyncio.run(run()) == [{**STATUS, "done": True}]
     assert not os.path.exists(path)
+
+
+def test_a_live_daemons_socket_is_not_replaced(server):
+    async def second_daemon():
+        await localsock.ControlServer(server, handler).start()
+
+    with pytest.raises(OSError, match="another daemon is listening"):
+        asyncio.run(second_daemon())
+    assert list(localsock.request(server, {"cmd": "status"})) == [{**STATUS, "done": True}]
 
 
 def test_peer_map_lines():
