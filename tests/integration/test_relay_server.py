@@ -19,6 +19,7 @@ from meshvpn.channel import ClientChannel
 from meshvpn.config import Address, CoordTrust, RelayConfig, RelayLimits
 from meshvpn.control.messages import RelayInfo
 from meshvpn.node.relay.link import RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport
+from meshvpn.relay import server as relay_server
 from meshvpn.relay.server import RelayServer
 from meshvpn.relaytoken import TokenMinter
 from meshvpn.wire import MessageType
@@ -213,6 +214,35 @@ def test_reload_applies_new_limits(tmp_path):
 
     received, limited, burst = asyncio.run(scenario())
     assert (received, limited, burst) == (3, 7, 3)
+
+
+def test_a_tcp_connection_stalled_in_the_handshake_is_dropped_after_the_timeout(tmp_path, monkeypatch):
+    monkeypatch.setattr(relay_server, "HANDSHAKE_TIMEOUT", 0.5)
+
+    async def scenario():
+        async with running(relay_config(tmp_path)) as server:
+            loop = asyncio.get_running_loop()
+            alice = Node(server, RelayLinkConfig(udp_attempts=0))
+            await alice.open_tcp()
+            await alice.register()
+            reader, writer = await asyncio.open_connection(*server.address)
+            opened = loop.time()
+            half = ClientChannel(keys.generate_private_key(), server.identity.public, os.urandom(32), time.time())
+            writer.write(half.data_to_send()[:20])
+            try:
+                await asyncio.wait_for(reader.read(), 10)
+            except ConnectionResetError:
+                pass
+            dropped_after = loop.time() - opened
+            await asyncio.sleep(0.1)
+            streams = len(server.streams)
+            alice.pump.cancel()
+            return dropped_after, streams
+
+    dropped_after, streams = asyncio.run(scenario())
+    # 0.5 s of timeout; up to 3 s more for a loaded 2-core machine to run the timer.
+    assert 0.5 <= dropped_after < 3.5
+    assert streams == 1, "alice, whose handshake completed before, keeps her connection"
 
 
 def test_a_tcp_client_that_never_handshakes_does_not_block_others(tmp_path):
