@@ -8,6 +8,7 @@ parsers are pure so they are tested on captured output; runners raise `MeasureEr
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -54,9 +55,13 @@ def parse_iperf3_json(text: str) -> float:
         bits = document["end"]["sum_received"]["bits_per_second"]
     except (KeyError, TypeError):
         raise MeasureError("iperf3 JSON has no end.sum_received.bits_per_second") from None
-    if not isinstance(bits, (int, float)) or isinstance(bits, bool) or bits < 0:
-        raise MeasureError(f"iperf3 reported a bad rate: {bits!r}")
-    return bits / 1e6
+    try:
+        rate = bits / 1e6 if isinstance(bits, (int, float)) and not isinstance(bits, bool) else math.nan
+    except OverflowError:  # an integer beyond any float
+        rate = math.inf
+    if not 0 <= rate < math.inf:  # also refuses NaN, which Python's json reads
+        raise MeasureError(f"iperf3 reported a bad rate: {str(bits)[:40]}")
+    return rate
 
 
 def parse_ping(text: str) -> PingStats:
@@ -65,7 +70,10 @@ def parse_ping(text: str) -> PingStats:
     if counts is None:
         raise MeasureError(f"no ping summary in: {text[-200:]!r}")
     rtt = _PING_RTT.search(text)
-    return PingStats(int(counts.group(1)), int(counts.group(2)), float(rtt.group(1)) if rtt else None)
+    try:
+        return PingStats(int(counts.group(1)), int(counts.group(2)), float(rtt.group(1)) if rtt else None)
+    except ValueError:  # "1.2.3" or "." matches [\d.]+; a count may be too long for int()
+        raise MeasureError(f"bad numbers in the ping summary: {text[-200:]!r}") from None
 
 
 def _wait_listening(log: Path, proc: subprocess.Popen) -> None:

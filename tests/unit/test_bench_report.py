@@ -1,9 +1,11 @@
 """Bench parsing and table logic: iperf3 JSON, ping summaries, medians, ratios, the table, the JSON."""
 
 import json
+import math
 
 import pytest
-from hypothesis import given, settings
+from fuzzing import mutated
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from meshvpn.bench.measure import MeasureError, PingStats, parse_cpu_ticks, parse_iperf3_json, parse_ping
@@ -50,22 +52,39 @@ def test_iperf3_error_is_reported() -> None:
 
 
 @pytest.mark.parametrize("text", ["", "iperf3: error", "[]", '{"end": {}}', '{"end": {"sum_received": {"bits_per_second": "fast"}}}',
-                                  '{"end": {"sum_received": {"bits_per_second": -1}}}'])
+                                  '{"end": {"sum_received": {"bits_per_second": -1}}}',
+                                  '{"end": {"sum_received": {"bits_per_second": NaN}}}',
+                                  '{"end": {"sum_received": {"bits_per_second": Infinity}}}',
+                                  '{"end": {"sum_received": {"bits_per_second": 1%s}}}' % ("0" * 400)])
 def test_iperf3_garbage_is_a_measure_error(text: str) -> None:
     with pytest.raises(MeasureError):
         parse_iperf3_json(text)
 
 
-@settings(max_examples=200)
-@given(st.text(max_size=200) | st.recursive(st.none() | st.booleans() | st.floats() | st.text(max_size=5),
-                                             lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-                                             max_leaves=10).map(json.dumps))
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=10,
+)
+iperf3_reports = st.builds(
+    lambda rate, extra: {"end": {"sum_received": {"bits_per_second": rate}}, **extra},
+    st.floats(0, 1e12) | st.integers(0, 10**12) | st.floats() | st.integers(-10, 10**400) | json_values,
+    st.dictionaries(st.sampled_from(["start", "intervals", "error"]), json_values, max_size=2),
+)
+"""iperf3 -J documents whose rate may be any JSON value: NaN, Infinity, huge, negative, absent."""
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=200) | json_values.map(json.dumps) | iperf3_reports.map(json.dumps)
+       | mutated(iperf3_reports.map(json.dumps), st.text(alphabet="{}[]:,\"0123456789.eE-NaIfinty", max_size=2)))
 def test_iperf3_parser_raises_only_measure_error(text: str) -> None:
     try:
         rate = parse_iperf3_json(text)
     except MeasureError:
+        event("refused")
         return
-    assert rate >= 0
+    event("parsed")
+    assert 0 <= rate < math.inf
 
 
 def test_ping_summary() -> None:
@@ -80,13 +99,29 @@ def test_ping_busybox_summary() -> None:
     assert parse_ping(PING_BUSYBOX) == PingStats(sent=3, received=3, avg_ms=0.2)
 
 
-@settings(max_examples=200)
-@given(st.text(max_size=300))
+def test_ping_summary_with_a_garbled_number_is_a_measure_error() -> None:
+    with pytest.raises(MeasureError, match="bad numbers"):
+        parse_ping(PING_OK.replace("0.537", "0.5.37"))
+
+
+ping_summaries = st.builds(
+    "{} packets transmitted, {} {}received, 0% packet loss\n{} min/avg/max{} = {}/{}/{} ms\n".format,
+    st.integers(0, 10**6), st.integers(0, 10**6), st.sampled_from(["", "packets "]), st.sampled_from(["rtt", "round-trip"]),
+    st.sampled_from(["", "/mdev", "/stddev"]), *[st.floats(0, 1e4).map(str)] * 3,
+)
+"""iputils and busybox summaries: counts, then the RTT line."""
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=300) | ping_summaries | mutated(ping_summaries, st.text(alphabet="0123456789./ \n", max_size=3)))
 def test_ping_parser_raises_only_measure_error(text: str) -> None:
     try:
-        parse_ping(text)
+        stats = parse_ping(text)
     except MeasureError:
-        pass
+        event("refused")
+        return
+    event("parsed" if stats.avg_ms is not None else "parsed without an RTT")
+    assert stats.sent >= 0 and stats.received >= 0 and (stats.avg_ms is None or 0 <= stats.avg_ms < math.inf)
 
 
 def _results() -> list[RowResult]:
