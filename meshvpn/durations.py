@@ -16,7 +16,10 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"expected a duration such as 25s, 2m, 1h or 500ms, got {value!r}")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer beyond any float: as infinite as it gets
+            seconds = float("inf")
     else:
         text = value.strip()
         if _NUMBER.fullmatch(text):

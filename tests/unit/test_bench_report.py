@@ -4,12 +4,13 @@ import json
 import math
 
 import pytest
-from fuzzing import mutated
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from meshvpn.bench.measure import MeasureError, PingStats, parse_cpu_ticks, parse_iperf3_json, parse_ping
 from meshvpn.bench.report import BASELINE, MESHVPN, PEER, RowResult, best_peer, render_table, table_rows, to_json, write_json
+
+from fuzzing import mutated
 
 IPERF3_OK = json.dumps({
     "start": {"connected": [{"remote_host": "10.202.0.2"}]},

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from meshvpn import config, keys
 from meshvpn.config import Address, CoordConfig, NodeConfig, RelayConfig, field_docs, parse_address
 from meshvpn.durations import format_duration, parse_duration
 from meshvpn.errors import ConfigError
+
+from fuzzing import mutated
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES = {"node": NodeConfig, "coord": CoordConfig, "relay": RelayConfig}
@@ -139,6 +141,12 @@ def test_bad_public_key_is_named(config_dir: Path) -> None:
     assert message.startswith(f"{config_dir / 'node.yaml'}:4: coord.public_key: a key is 32 bytes, this one is 5")
 
 
+def test_a_duration_too_large_for_a_float_is_named(config_dir: Path) -> None:
+    message = node_error(config_dir, MINIMAL_NODE + "paths:\n  keepalive: 1" + "0" * 400 + "\n")
+    assert message.startswith(f"{config_dir / 'node.yaml'}:6: paths.keepalive: bad duration 1000")
+    assert message.endswith("must be positive and finite")
+
+
 def test_missing_key_file(config_dir: Path) -> None:
     message = node_error(config_dir, MINIMAL_NODE.replace("node.key", "absent.key"))
     assert message == (
@@ -189,18 +197,35 @@ def test_unreadable_config_file(tmp_path: Path) -> None:
         config.load_node_config(tmp_path / "absent.yaml")
 
 
+durations = st.lists(st.tuples(st.integers(0, 999).map(str), st.sampled_from(["ms", "s", "m", "h"])), min_size=1, max_size=3).map(
+    lambda terms: "".join(number + unit for number, unit in terms))
+"""Durations as a config file spells them: 25s, 2m, 1m30s, 500ms."""
+
+
 FUZZ_ALPHABET = list("abkp_:[]{}-,.'\" \n\t#&*!|>%@`0123456789")
+
+node_configs = st.builds(
+    "{}tun:\n  mtu: {}\nlisten:\n  port: {}\npaths:\n  keepalive: {}\nlog:\n  level: {}\n".format,
+    st.just(MINIMAL_NODE), st.integers(1280, 1500), st.integers(0, 65535), durations,
+    st.sampled_from(["debug", "info", "warning", "error"]),
+)
+"""Node configs with a few optional keys set to valid values."""
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.tuples(st.sampled_from([MINIMAL_NODE[:n] for n in range(0, len(MINIMAL_NODE) + 1, 7)]),
-                 st.text(alphabet=st.sampled_from(FUZZ_ALPHABET), max_size=60)).map("".join))
+                 st.text(alphabet=st.sampled_from(FUZZ_ALPHABET), max_size=60)).map("".join)
+       | mutated(node_configs, st.text(alphabet=st.sampled_from(FUZZ_ALPHABET), max_size=2)))
 def test_loader_raises_only_config_error(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
     directory = tmp_path_factory.mktemp("fuzz", numbered=True)
+    keys.write_private_key(directory / "node.key")
     try:
         load_node(directory, text)
     except ConfigError as err:
+        event("refused")
         assert "\n" not in str(err) and str(err).startswith(str(directory / "node.yaml"))
+    else:
+        event("loaded")
 
 
 @settings(max_examples=300)
@@ -210,12 +235,15 @@ def test_duration_round_trip(millis: int) -> None:
 
 
 @settings(max_examples=300)
-@given(st.one_of(st.text(max_size=12), st.integers(), st.floats(), st.none(), st.booleans()))
+@given(st.one_of(st.text(max_size=12), durations, mutated(durations, st.text(alphabet="0123456789.msh -e", max_size=2)),
+                 st.integers(), st.integers(10**300, 10**400), st.floats(), st.none(), st.booleans()))
 def test_parse_duration_raises_only_value_error(value: object) -> None:
     try:
         seconds = parse_duration(value)
     except ValueError:
+        event("refused")
         return
+    event("parsed")
     assert 0 < seconds < float("inf")
 
 
@@ -224,21 +252,26 @@ def test_duration_forms(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
+hosts = st.one_of(st.ip_addresses().map(str), st.from_regex(r"[a-z]([a-z0-9-]{0,8}[a-z0-9])?(\.[a-z]{2,5}){0,2}", fullmatch=True))
+
+
 @settings(max_examples=300)
-@given(st.one_of(st.ip_addresses().map(str), st.from_regex(r"[a-z]([a-z0-9-]{0,8}[a-z0-9])?(\.[a-z]{2,5}){0,2}", fullmatch=True)),
-       st.integers(0, 65535))
+@given(hosts, st.integers(0, 65535))
 def test_address_round_trip(host: str, port: int) -> None:
     address = parse_address(str(Address(host, port)))
     assert address == Address(str(ipaddress.ip_address(host)) if host[0].isdigit() or ":" in host else host, port)
 
 
 @settings(max_examples=300)
-@given(st.text(max_size=30))
+@given(st.text(max_size=30) | mutated(st.builds(lambda host, port: str(Address(host, port)), hosts, st.integers(0, 65535)),
+                                      st.text(alphabet="[]:.0123456789abf-", max_size=2) | st.text(max_size=1)))
 def test_parse_address_raises_only_value_error(text: str) -> None:
     try:
         address = parse_address(text)
     except ValueError:
+        event("refused")
         return
+    event("parsed")
     assert 0 <= address.port <= 65535 and address.host
 
 

@@ -5,11 +5,13 @@ import os
 import stat
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from meshvpn import keys
 from meshvpn.errors import ConfigError
+
+from fuzzing import mutated
 
 
 def test_public_key_is_derived_from_private_key() -> None:
@@ -34,13 +36,23 @@ def test_encode_decode_round_trip(key: bytes) -> None:
     assert keys.decode_key(text) == key
 
 
+BASE64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+key_texts = st.builds(
+    lambda lead, key, tail: lead + base64.b64encode(key).decode() + tail,
+    st.sampled_from(["", " ", "\n"]), st.binary(min_size=31, max_size=33), st.sampled_from(["", "\n", " \t"]),
+)
+"""Base64 of about a key's length, maybe with the white space a key file has around it."""
+
+
 @settings(max_examples=300)
-@given(st.text(max_size=60))
+@given(st.text(max_size=60) | mutated(key_texts, st.text(alphabet=BASE64_ALPHABET + "-_ \n", max_size=2)))
 def test_decode_key_accepts_only_base64_of_32_bytes(text: str) -> None:
     try:
         key = keys.decode_key(text)
     except ValueError:
+        event("refused")
         return
+    event("accepted")
     assert len(key) == 32
     assert base64.b64encode(key).decode() == text.strip()
 

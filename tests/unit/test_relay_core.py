@@ -3,7 +3,7 @@
 import itertools
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from meshvpn import keys, wire
@@ -12,6 +12,8 @@ from meshvpn.cookie import CookieJar
 from meshvpn.relay.core import HELLO_MAX_SKEW, IDLE_TIMEOUT, STREAM_HELLO_TIMEOUT, RelayCore, Stream
 from meshvpn.relaytoken import TOKEN_LIFETIME, TokenMinter
 from meshvpn.wire import Endpoint, MessageType
+
+from fuzzing import mutated
 
 NOW = 1_700_000_000.0
 COORD = bytes([1]) * 32
@@ -227,13 +229,21 @@ def test_a_silent_stream_is_closed(relay):
     assert relay.streams_to_close() == [stream]
 
 
+messages = st.builds(lambda kind, body: wire.header(kind) + body, st.sampled_from(MessageType), st.binary(max_size=80))
+envelopes = st.builds(envelope, st.sampled_from([ALICE, BOB, MALLORY]), messages)
+"""Relay envelopes to a registered node, to the sender itself or to a stranger, around any message type."""
+
+
 @settings(max_examples=300)
-@given(st.binary(max_size=300), st.sampled_from([A_EP, M_EP]))
+@given(st.binary(max_size=300) | mutated(envelopes), st.sampled_from([A_EP, M_EP]))
 def test_garbage_never_raises_and_is_never_forwarded(data, src):
     relay = RelayCore(RELAY, keys.public_key(COORD), LIMITS, counting_random(), NOW)
     register(relay, ALICE, A_EP)
     register(relay, BOB, B_EP)
     relay.receive(data, src, NOW)
     assert relay.registered_link(keys.public_key(ALICE)) == A_EP
-    for _, out in relay.datagrams_to_send():
-        assert wire.decode_relay(out).node_key == keys.public_key(ALICE)
+    out = relay.datagrams_to_send()
+    event("forwarded" if out else "dropped")
+    assert src == A_EP or out == [], "nothing from an unregistered sender goes out"
+    for _, datagram in out:
+        assert wire.decode_relay(datagram).node_key == keys.public_key(ALICE)

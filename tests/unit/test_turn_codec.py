@@ -7,6 +7,8 @@ from hypothesis import strategies as st
 from meshvpn.errors import LocalProtocolError, RemoteProtocolError
 from meshvpn.turn_codec import CHANNEL_MAX, CHANNEL_MIN, TurnError, decode_channel_data, encode_channel_data, frame, is_channel_data
 
+from fuzzing import mutated
+
 
 @settings(max_examples=300, deadline=None)
 @given(channel=st.integers(CHANNEL_MIN, CHANNEL_MAX), data=st.binary(max_size=1500), pad=st.booleans())
@@ -19,13 +21,16 @@ def test_channel_data_round_trips_with_and_without_padding(channel, data, pad):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=64))
+@given(st.binary(max_size=64) | mutated(st.builds(encode_channel_data, st.integers(CHANNEL_MIN, CHANNEL_MAX),
+                                                  st.binary(max_size=40), st.booleans())))
 def test_channel_data_decoder_raises_only_remote_errors(buf):
     try:
         channel, data = decode_channel_data(buf)
     except TurnError as exc:
+        event("refused")
         assert isinstance(exc, RemoteProtocolError)
     else:
+        event("decoded")
         assert CHANNEL_MIN <= channel <= CHANNEL_MAX and len(buf) - 4 - len(data) in range(4)
 
 
