@@ -42,10 +42,13 @@ key_texts = st.builds(
     st.sampled_from(["", " ", "\n"]), st.binary(min_size=31, max_size=33), st.sampled_from(["", "\n", " \t"]),
 )
 """Base64 of about a key's length, maybe with the white space a key file has around it."""
+last_characters = st.builds(lambda key, last: base64.b64encode(key).decode()[:42] + last + "=",
+                            st.binary(min_size=32, max_size=32), st.sampled_from(BASE64_ALPHABET[:64]))
+"""A key's base64 with any last character: that one carries two spare bits, so 3 in 4 of its spellings are not canonical."""
 
 
 @settings(max_examples=300)
-@given(st.text(max_size=60) | mutated(key_texts, st.text(alphabet=BASE64_ALPHABET + "-_ \n", max_size=2)))
+@given(st.text(max_size=60) | mutated(key_texts, st.text(alphabet=BASE64_ALPHABET + "-_ \n", max_size=2)) | last_characters)
 def test_decode_key_accepts_only_base64_of_32_bytes(text: str) -> None:
     try:
         key = keys.decode_key(text)
