@@ -16,6 +16,7 @@ import pytest
 
 from meshvpn.lab import Namespace, NatKind, Topology
 from meshvpn.lab.mesh import Mesh, wait_for
+from meshvpn.lab.pathtime import time_to_path
 from meshvpn.lab.transfer import transfer
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
@@ -88,10 +89,10 @@ def capture_marker(capture_ns: Namespace, interface: str, filters: list[str], me
 
 def test_random_port_nats_are_relayed_over_udp_within_3s(run, topo: Topology) -> None:
     mesh = run()
-    started = time.monotonic()
-    found = mesh.wait_for_paths({("a1", "b1"): ("relay",)}, timeout=10)
-    assert ("a1", "b1") in found, "a1 never used the relay"
-    assert time.monotonic() - started < 3.5, f"relay took {found['a1', 'b1'].seconds:.1f}s"
+    seconds = time_to_path(mesh, "a1", "b1", ("relay",), timeout=10)
+    # 3 s from a1's first packet to its switch to the relay, both read from events (the packet's
+    # send time, the daemon's log line), plus 0.5 s for the daemon's own loop on a loaded machine.
+    assert seconds < 3.0 + 0.5, f"relay took {seconds:.2f}s"
     assert any(mesh.nudge("b1", "a1") for _ in range(5))
     assert mesh.peer("b1", "a1")["path"] == "relay"
     relay = mesh.status("a1")["self"]["relays"][0]

@@ -9,13 +9,13 @@ prediction or birthday probing gets through, the relay where nothing can.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 from meshvpn.lab import NatKind, Topology
 from meshvpn.lab.mesh import Mesh, wait_for
+from meshvpn.lab.pathtime import time_to_path
 from meshvpn.lab.usernat import background_traffic
 
 from test_relay_lab import COORD_ADDR, RELAY_ADDR, two_site_mesh
@@ -74,9 +74,10 @@ def test_random_ports_against_port_preserving_goes_direct_by_birthday_probing(wo
 
 def test_two_random_port_sides_use_the_relay_within_the_deadline(world) -> None:
     mesh = world(NatKind.RANDOM_PORTS, NatKind.RANDOM_PORTS)
-    started = time.monotonic()
-    assert mesh.wait_for_paths({("a1", "b1"): ("relay",)}, timeout=10)
-    assert time.monotonic() - started < 2.0 + 1.5
+    seconds = time_to_path(mesh, "a1", "b1", ("relay",), timeout=10)
+    # The deadline: paths.relay_after (2 s) from a1's first packet to its switch to the relay, both
+    # read from events, plus 1.5 s for the relay link and the daemon's loop on a loaded machine.
+    assert seconds < 2.0 + 1.5, f"relay took {seconds:.2f}s"
 
 
 def test_port_range_nats_go_direct(world) -> None:
