@@ -1,8 +1,12 @@
-"""Shared set-up for loopback integration tests: free ports and coturn (external tools: `tests/conftest.py`)."""
+"""Shared set-up for loopback integration tests: free ports, coturn and the coord server's log
+(external tools: `tests/conftest.py`)."""
 
+import asyncio
 import ipaddress
+import logging
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -36,6 +40,37 @@ def _udp_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+class LogLines(logging.Handler):
+    """Every line the server logs, to wait for the one a test expects."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    async def wait_for(self, *fragments: str, timeout: float = 5.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if all(fragment in line for fragment in fragments):
+                    return line
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no log line with {fragments}; got:\n" + "\n".join(self.lines))
+
+
+@pytest.fixture
+def server_log():
+    logger = logging.getLogger("meshvpn.coord.server")
+    handler, old_level = LogLines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)
 
 
 @pytest.fixture

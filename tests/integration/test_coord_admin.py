@@ -167,6 +167,22 @@ def test_admin_verbs_end_to_end(coord_dir, server):
     (listing, as_json, networks, approved, carol_reg, revoked, disconnected_after,
      removal, bob_reg, unknown) = asyncio.run(nodes_join_and_one_is_revoked())
 
+    check_listings_while_alice_and_bob_are_online(listing, as_json, networks)
+    assert approved.returncode == 0 and "carol (office, 100.65.0.2): online" in approved.stdout
+    assert carol_reg.address == "100.65.0.2"
+    assert revoked.returncode == 0 and "bob (home, 100.64.0.3): revoked" in revoked.stdout
+    assert disconnected_after < 2.0
+    assert removal.key == bob_reg.node_key
+    assert unknown.returncode == 1 and "no node named 'nobody'" in unknown.stderr
+    server.wait_for_log(r"node revoked node=bob")
+
+    assert server.stop() == 0
+    assert "shutting down" in server.log()
+    check_verbs_with_the_server_stopped(config)
+
+
+def check_listings_while_alice_and_bob_are_online(listing, as_json, networks) -> None:
+    """`nodes list` (text and JSON) and `networks list` with alice and bob online, carol pending."""
     assert listing.returncode == 0, listing.stderr
     header, *rows = listing.stdout.splitlines()
     assert header.split()[:4] == ["NAME", "NETWORK", "ADDRESS", "STATE"]
@@ -184,16 +200,10 @@ def test_admin_verbs_end_to_end(coord_dir, server):
         ["home", "100.64.0.0/24", "no", "2", "2"],
         ["office", "100.65.0.0/24", "yes", "1", "0"],
     ]
-    assert approved.returncode == 0 and "carol (office, 100.65.0.2): online" in approved.stdout
-    assert carol_reg.address == "100.65.0.2"
-    assert revoked.returncode == 0 and "bob (home, 100.64.0.3): revoked" in revoked.stdout
-    assert disconnected_after < 2.0
-    assert removal.key == bob_reg.node_key
-    assert unknown.returncode == 1 and "no node named 'nobody'" in unknown.stderr
-    server.wait_for_log(r"node revoked node=bob")
 
-    assert server.stop() == 0
-    assert "shutting down" in server.log()
+
+def check_verbs_with_the_server_stopped(config: Path) -> None:
+    """`nodes list` reads the database when the server is down; `key create` needs it running."""
     offline = meshvpn(config, "nodes", "list", "--json")
     assert offline.returncode == 0, offline.stderr
     assert "server not running; read from" in offline.stderr

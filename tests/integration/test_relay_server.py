@@ -7,7 +7,6 @@ server. Each test reads as a script: register, forward, misbehave, reload.
 
 import asyncio
 import contextlib
-import itertools
 import os
 import time
 from pathlib import Path
