@@ -4,7 +4,8 @@ The dataclasses below are the schema: each field's type says how its value is re
 metadata holds the one-line meaning and whether a SIGHUP reload applies it (`live`). One
 generic reader walks the YAML node tree (so every value keeps its line) and turns every
 mistake into a one-line `ConfigError`: `FILE:LINE: KEY.PATH: what is wrong`.
-Relative paths are relative to the directory of the config file.
+Relative paths are relative to the directory of the config file. `meshvpn.configdocs` lists the
+keys with their meanings for the docs and the example files.
 """
 
 import dataclasses
@@ -500,49 +501,13 @@ def load_relay_config(path: str | Path) -> RelayConfig:
     return _load(RelayConfig, Path(path))
 
 
-@dataclasses.dataclass(frozen=True)
-class KeyDoc:
-    """One config key as documented: where it is, what it holds, its default and reload behaviour."""
-
-    path: str  # dotted; entries of a list as `networks[].name`
-    kind: str
-    default: str | None  # as written in YAML; None when the key is required
-    doc: str
-    live: bool
-
-
 def yaml_key(field: dataclasses.Field) -> str:
     """The key a field is written as in YAML."""
     return field.metadata.get("key") or field.name
 
 
-def field_docs(schema: type) -> list[KeyDoc]:
-    """Every leaf key of a config schema, in file order, for docs, examples and their tests."""
-    return list(_walk_docs(schema, ""))
-
-
-def _walk_docs(schema: type, prefix: str, live_section: bool = False):
-    hints = get_type_hints(schema, include_extras=True)
-    for field in dataclasses.fields(schema):
-        path, hint = prefix + yaml_key(field), hints[field.name]
-        live = live_section or field.metadata["live"]
-        if dataclasses.is_dataclass(hint):
-            yield from _walk_docs(hint, path + ".", live)
-            continue
-        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-        if get_origin(hint) is tuple and dataclasses.is_dataclass(get_args(hint)[0]):
-            yield KeyDoc(path, "list", None if required else "[]", field.metadata["doc"], live)
-            yield from _walk_docs(get_args(hint)[0], path + "[].", live)
-            continue
-        if get_origin(hint) is tuple:
-            default = None if required else "[" + ", ".join(map(_kind(get_args(hint)[0]).show, field.default)) + "]"
-            yield KeyDoc(path, f"list of {_kind(get_args(hint)[0]).name}", default, field.metadata["doc"], live)
-            continue
-        kind = _kind(hint)
-        yield KeyDoc(path, kind.name, None if required else kind.show(field.default), field.metadata["doc"], live)
-
-
-def _kind(hint: Any) -> Kind:
+def kind_of(hint: Any) -> Kind:
+    """How a schema field's value is read and shown, from its type hint."""
     if get_origin(hint) is Annotated:
         return hint.__metadata__[0]
     if get_origin(hint) is Literal:
@@ -625,8 +590,8 @@ class _Reader:
         if get_origin(hint) is tuple and dataclasses.is_dataclass(get_args(hint)[0]):
             return self.entries(field, get_args(hint)[0], node, path)
         if get_origin(hint) is tuple:
-            return self.scalars(_kind(get_args(hint)[0]), node, path)
-        kind = _kind(hint)
+            return self.scalars(kind_of(get_args(hint)[0]), node, path)
+        kind = kind_of(hint)
         if not isinstance(node, ScalarNode):
             self.fail(node, path, f"expected {kind.name}, got a {'list' if isinstance(node, SequenceNode) else 'mapping'}")
         try:

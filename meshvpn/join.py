@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshvpn import joinstring, keys
-from meshvpn.config import Address, NodeConfig, field_docs, load_node_config
+from meshvpn.config import Address, NodeConfig, load_node_config
+from meshvpn.configdocs import field_docs
 from meshvpn.errors import ConfigError, MeshError
 
 ROOT_ENV = "MESHVPN_ROOT"

@@ -13,7 +13,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from meshvpn import config, keys
-from meshvpn.config import Address, CoordConfig, NodeConfig, RelayConfig, field_docs, parse_address
+from meshvpn.config import Address, CoordConfig, NodeConfig, RelayConfig, parse_address
+from meshvpn.configdocs import KeyDoc, field_docs
 from meshvpn.durations import format_duration, parse_duration
 from meshvpn.errors import ConfigError
 
@@ -352,7 +353,7 @@ def test_the_examples_placeholder_key_is_refused_with_where_the_real_one_comes_f
     assert "meshvpn join" in str(refused.value)
 
 
-def reference_row(doc: config.KeyDoc) -> str:
+def reference_row(doc: KeyDoc) -> str:
     """A key's row in docs/configuration.md."""
     default = "*required*" if doc.default is None else f"`{doc.default}`"
     return f"| `{doc.path}` | {doc.kind} | {default} | {'live' if doc.live else 'restart'} | {doc.doc} |"

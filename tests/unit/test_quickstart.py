@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from meshvpn.cli import build_parser
-from meshvpn.config import CoordConfig, NodeConfig, RelayConfig, field_docs
+from meshvpn.config import CoordConfig, NodeConfig, RelayConfig
+from meshvpn.configdocs import field_docs
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "docs" / "quickstart.md"
 SCHEMAS = {"node.yaml": NodeConfig, "coord.yaml": CoordConfig, "relay.yaml": RelayConfig}
