@@ -2,13 +2,13 @@
 
 The STUN methods and attributes TURN adds live in `meshvpn.stun_codec`; the allocation that
 binds channel numbers to peers is `meshvpn.turn`. This module is apart from both because the
-hot path needs only these few functions.
+data path needs only the header (`CHANNEL_HEADER`, which the node's TURN routes prepend to a
+whole run of messages at once) and the shell only `is_channel_data`.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Iterable
 
 from meshvpn.errors import LocalProtocolError, RemoteProtocolError
 
@@ -50,9 +50,3 @@ def decode_channel_data(buf: bytes) -> tuple[int, bytes]:
     if extra > 3:
         raise TurnError(f"ChannelData has {extra} bytes after its {length} data bytes, padding is at most 3")
     return channel, bytes(buf[CHANNEL_HEADER.size:CHANNEL_HEADER.size + length])
-
-
-def frame(channel: int, messages: Iterable[bytes]) -> list[bytes]:
-    """ChannelData for each message on `channel` (unpadded: UDP): the data path's only TURN work."""
-    pack = CHANNEL_HEADER.pack
-    return [pack(channel, len(message)) + message for message in messages]
