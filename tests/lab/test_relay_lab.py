@@ -16,7 +16,7 @@ import pytest
 
 from meshvpn.lab import Namespace, NatKind, Topology
 from meshvpn.lab.mesh import Mesh, wait_for
-from meshvpn.lab.pathtime import time_to_path
+from meshvpn.lab.timing import recovery_after_relay_restart, time_to_path
 from meshvpn.lab.transfer import transfer
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
@@ -129,10 +129,11 @@ def test_relay_upgrades_to_direct_when_the_nat_allows_it(run, topo: Topology) ->
 def test_traffic_recovers_within_5s_of_a_relay_restart(run, topo: Topology) -> None:
     mesh = run()
     assert mesh.wait_for_paths({("a1", "b1"): ("relay",)}, timeout=10)
-    restarted = time.monotonic()
-    mesh.restart_relay("relay")
-    wait_for(lambda: mesh.nudge("a1", "b1", timeout=0.3), 5, "traffic through the restarted relay")
-    assert time.monotonic() - restarted < 5
+    # From the restarted relay's "listening" line to the first datagram of a steady trickle
+    # a1 -> b1 (echoed back) that arrives after it, both read from events: the relay's own start-up
+    # and the test's polls do not count. The target is the test's 5 s.
+    seconds = recovery_after_relay_restart(mesh, "relay", "a1", "b1")
+    assert seconds < 5, f"traffic came back {seconds:.2f}s after the relay"
 
 
 def test_the_relay_link_never_carries_plaintext(run, topo: Topology) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from meshvpn.lab import NatKind, Topology
 from meshvpn.lab.mesh import Mesh, wait_for
-from meshvpn.lab.pathtime import time_to_path
+from meshvpn.lab.timing import time_to_path
 from meshvpn.lab.usernat import background_traffic
 
 from test_relay_lab import COORD_ADDR, RELAY_ADDR, two_site_mesh
