@@ -1,13 +1,13 @@
 """What every config key means, for docs, example files and the tests that check they agree.
 
-`field_docs` walks a schema from `meshvpn.config` (its dataclasses, their fields' kinds and
-`option` metadata) into one `KeyDoc` per leaf key, in file order.
+`field_docs` walks a schema from `meshvpn.config` (its dataclasses, their fields' kinds as
+`meshvpn.configreader` reads them, and `option` metadata) into one `KeyDoc` per leaf key, in file order.
 """
 
 import dataclasses
 from typing import get_args, get_origin, get_type_hints
 
-from meshvpn.config import kind_of, yaml_key
+from meshvpn.configreader import kind_of, yaml_key
 
 
 @dataclasses.dataclass(frozen=True)
