@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "unit"), str(Path(__file__).resolve().parents[1])]
 os.environ.setdefault("MESHVPN_FUZZ_BATCH", "64")
 
 import test_fuzz_decoders  # noqa: E402  (the targets)
