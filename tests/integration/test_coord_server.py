@@ -7,6 +7,7 @@ are in test_coord_misbehaving.py, which uses the helpers here.
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import socket
