@@ -41,7 +41,7 @@ class ControlVerbs:
             status["self"]["data_path"] = DATA_PATH
             yield {**status, "done": True}
         elif cmd == "peers":
-            yield {"peers": [peer_map_entry(peer) for peer in self.daemon.node.peers], "done": True}
+            yield {"peers": [_peer_map_entry(peer) for peer in self.daemon.node.peers], "done": True}
         elif cmd == "ping":
             async for reply in self._ping(request):
                 yield reply

@@ -60,6 +60,9 @@ def test_three_nats_direct_paths_file_transfer_status_and_lan(mesh: Mesh, topo: 
     assert b1["last_handshake"] is not None
     text = mesh.cli("a1", "status").stdout
     assert "b1" in text and "direct" in text
+    listed = mesh.cli("a1", "peers").stdout.splitlines()
+    assert sorted(line.split()[1] for line in listed) == sorted(set(NAMES) - {"a1"})
+    assert any(line.split()[0] == mesh.overlay("b1") for line in listed)
 
     copy_a1_to_b1(mesh, 4 << 20)
 
