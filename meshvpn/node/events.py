@@ -33,6 +33,17 @@ class AddressAssigned:
 
 
 @dataclass(frozen=True)
+class PeerMapChanged:
+    """Who is in the network now (this node first): a peer joined, left or was renamed or readdressed.
+
+    The shell's DNS responder answers from ``hosts``; nothing else keeps a copy of the names."""
+
+    network: str
+    hosts: tuple[tuple[str, str], ...]
+    """(name, overlay address) of this node and of every peer in the peer map."""
+
+
+@dataclass(frozen=True)
 class PeerPathChanged:
     """A peer's path changed (log one line: peer, old → new, reason)."""
 
@@ -128,8 +139,8 @@ class TurnChanged:
     """A :mod:`meshvpn.turn` event: ``AllocationReady``, ``AllocationLost`` or ``ChannelBound``."""
 
 
-Event = Union[AddressAssigned, PeerPathChanged, PeerUp, PeerDown, PingReply, CoordRejected, SampleWanted, OpenMappings,
-              TcpPathChanged, RelayHomeChanged, RelaySkipped, TurnChanged]
+Event = Union[AddressAssigned, PeerMapChanged, PeerPathChanged, PeerUp, PeerDown, PingReply, CoordRejected,
+              SampleWanted, OpenMappings, TcpPathChanged, RelayHomeChanged, RelaySkipped, TurnChanged]
 
 # ---- transmissions: what the shell must send, open or close ----------------------------
 

@@ -65,6 +65,8 @@ class Node:
         self._relay_streams: set[str] = set()
         """Relays whose TCP stream the shell was told to open and not yet to close."""
         self._out: list[ev.Output] = []
+        self._peer_map: Optional[ev.PeerMapChanged] = None
+        """The names last announced with ``PeerMapChanged``."""
 
     # ---- what the data path and the shell read ----------------------------------------
 
@@ -112,6 +114,7 @@ class Node:
         if isinstance(msg, m.Punch):
             self._punch_tcp(msg.peer_key, now)
         self._settle(now)
+        self._note_peer_map(msg.network.name if isinstance(msg, m.Registered) else None)
 
     def servers_moved(self, registered: m.Registered, now: float) -> None:
         """The relays and TURN servers of `registered` at new addresses (a DNS name resolved again)."""
@@ -281,6 +284,18 @@ class Node:
         """Forget a peer in every machine: sessions, paths, pings, traversal and its TCP path."""
         self.core.remove_peer(key, reason)
         self._settle(now)
+        self._note_peer_map()
+
+    def _note_peer_map(self, network: Optional[str] = None) -> None:
+        """Announce who is in the network when a name or address changed (the DNS responder's source)."""
+        me = self.core.registration
+        if me is None:
+            return
+        network = network or (self._peer_map.network if self._peer_map else "")
+        hosts = ((me.name, me.address), *sorted((peer.name, peer.address) for peer in self.peers))
+        if self._peer_map is None or (network, hosts) != (self._peer_map.network, self._peer_map.hosts):
+            self._peer_map = ev.PeerMapChanged(network, hosts)
+            self._out.append(self._peer_map)
 
     def _forget_departed(self) -> None:
         """A peer the core no longer has (removed, or left the peer map) keeps no TCP state."""

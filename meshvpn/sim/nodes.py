@@ -108,8 +108,8 @@ class MemoryNode:
                         self.coord_out.append(msg)
                     case ev.Deliver(datagrams):
                         self.tun += self.data.inbound(datagrams, now)
-                    case ev.AddressAssigned() | ev.PeerPathChanged() | ev.PeerUp() | ev.PeerDown() | \
-                            ev.PingReply() | ev.CoordRejected() | ev.SampleWanted() | ev.OpenMappings() | \
+                    case ev.AddressAssigned() | ev.PeerMapChanged() | ev.PeerPathChanged() | ev.PeerUp() | \
+                            ev.PeerDown() | ev.PingReply() | ev.CoordRejected() | ev.SampleWanted() | ev.OpenMappings() | \
                             ev.TcpPathChanged() | ev.RelayHomeChanged() | ev.RelaySkipped() | ev.TurnChanged():
                         self.events.append(out)
                     case _:
