@@ -139,6 +139,14 @@ def run_server(role: str, settings: Any, make_server: Callable[[Any], Any],
     return 0
 
 
+async def first_set(*events: asyncio.Event) -> None:
+    """Wait until any of `events` is set (the daemon's READY waits for the coord or a stop)."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in pending:
+        wait.cancel()
+
+
 async def serve_until_stopped(
     server: Service, load_settings: Callable[[], Any], notifier: Notifier, status_interval: float = 10.0
 ) -> None:

@@ -31,6 +31,7 @@ from meshvpn.node.coordlink import CoordLink
 from meshvpn.node.core import CoreConfig
 from meshvpn.node.datapath.dataplane import DataPlane, SendBuffer
 from meshvpn.node.discovery import SocketSender, own_nat_profile, port_sample, public_mapping
+from meshvpn.node.dns import NameService
 from meshvpn.node.eventlog import log_event
 from meshvpn.node.endpoints import local_endpoints
 from meshvpn.node.startup import preflight
@@ -49,7 +50,7 @@ from meshvpn.node.verbs import ControlVerbs
 from meshvpn.node.datapath.tun import TunDevice
 from meshvpn.udpbatch import MAX_GSO_BYTES, MAX_SEGMENTS, BatchUdpSocket
 from meshvpn.reload import Reloader
-from meshvpn.service import Notifier, serve_until_stopped, setup_logging
+from meshvpn.service import Notifier, first_set, serve_until_stopped, setup_logging
 from meshvpn.session import OVERHEAD
 from meshvpn.stun import is_stun
 from meshvpn.node.traversal import nat_info
@@ -95,6 +96,7 @@ class NodeDaemon:
         self.stun: Optional[StunClient] = None
         self.link: Optional[CoordLink] = None
         self.names: Optional[NameWatch] = None
+        self.dns = NameService(config.lan.dns, config.tun.name)
         self.relay_streams = RelayStreams(self.node, private_key, self.transmit, self.loop.time)
         self.punch = PunchPort(self.node, self.transmit, self.loop.time)
         self.verbs = ControlVerbs(self)
@@ -143,7 +145,7 @@ class NodeDaemon:
                                                lambda: node_families(self.node.core, self.data))
             log.info("node %s listening on udp %s:%d, tun %s", self.node.public_key.hex()[:8],
                      *self.sock.getsockname()[:2], self.tun.name)
-            await _first_set(self.coord_tried, self.stopping)
+            await first_set(self.coord_tried, self.stopping)
         except BaseException:
             await self.close()
             raise
@@ -172,6 +174,7 @@ class NodeDaemon:
             task.cancel()
         if self.names is not None:
             self.names.close()
+        await self.dns.close()
         if self.link is not None:
             await self.link.close()
         await self.relay_streams.close()
@@ -367,6 +370,8 @@ class NodeDaemon:
                 self.verbs.ping_replied(event)
             case ev.AddressAssigned():
                 self._configure_tun(event)
+            case ev.PeerMapChanged():
+                self.dns.peers_changed(event)
             case ev.SampleWanted(peer_key):
                 self._tasks.append(self.loop.create_task(self._sample_port(peer_key)))
             case ev.OpenMappings(_, endpoint, probes, seconds):
@@ -404,6 +409,7 @@ class NodeDaemon:
         if address != self.tun_address:
             self.tun.set_address(address)
             self.tun_address = address
+            self.dns.address_assigned(event.address)
             log.info("registered as %s, %s on %s", event.name, address, self.tun.name)
 
     # ---- coord ----------------------------------------------------------------------
@@ -471,13 +477,6 @@ class NodeDaemon:
     async def _stun_mapping(self) -> Optional[m.Endpoint]:
         public = await public_mapping(self.stun, self.config, self.sock.family)
         return self.public_endpoint if public is None else public
-
-
-async def _first_set(*events: asyncio.Event) -> None:
-    waits = [asyncio.ensure_future(event.wait()) for event in events]
-    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    for wait in pending:
-        wait.cancel()
 
 
 async def _serve(config: NodeConfig, load_settings: Callable[[], NodeConfig]) -> int:

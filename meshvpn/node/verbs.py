@@ -39,6 +39,7 @@ class ControlVerbs:
             status["self"]["public_endpoint"] = str(daemon.public_endpoint) if daemon.public_endpoint else None
             status["self"]["tcp_punch"]["listen"] = daemon.punch.listen_text()
             status["self"]["data_path"] = DATA_PATH
+            status["self"]["dns"] = daemon.dns.status()
             yield {**status, "done": True}
         elif cmd == "peers":
             yield {"peers": [_peer_map_entry(peer) for peer in self.daemon.node.peers], "done": True}
