@@ -237,6 +237,9 @@ class Mesh:
             "coord": {"address": f"{self.coord_address}:{COORD_PORT}", "public_key": self.coord_public,
                       "auth_key": auth_key, "stun_port": STUN_PORT},
             "tun": {"name": tun},
+            # resolved, where the machine runs it, serves the root namespace: a lab node must not
+            # register its link there (the same index names another link in the root namespace).
+            "lan": {"dns": {"resolved": False}},
             "log": {"level": self.log_level},
         }
         if listen is not None:
