@@ -96,7 +96,7 @@ class NodeDaemon:
         self.stun: Optional[StunClient] = None
         self.link: Optional[CoordLink] = None
         self.names: Optional[NameWatch] = None
-        self.dns = NameService(config.lan.dns, config.tun.name)
+        self.dns = NameService(config.lan.dns)
         self.relay_streams = RelayStreams(self.node, private_key, self.transmit, self.loop.time)
         self.punch = PunchPort(self.node, self.transmit, self.loop.time)
         self.verbs = ControlVerbs(self)
@@ -409,7 +409,7 @@ class NodeDaemon:
         if address != self.tun_address:
             self.tun.set_address(address)
             self.tun_address = address
-            self.dns.address_assigned(event.address)
+            self.dns.address_assigned(event.address, self.tun.name)
             log.info("registered as %s, %s on %s", event.name, address, self.tun.name)
 
     # ---- coord ----------------------------------------------------------------------

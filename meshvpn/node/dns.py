@@ -30,9 +30,10 @@ def directory(event: ev.PeerMapChanged, suffix: str) -> Directory:
 class NameService:
     """Serves DNS for the mesh on the node's overlay address while the daemon runs."""
 
-    def __init__(self, config: DnsConfig, link: str) -> None:
+    def __init__(self, config: DnsConfig) -> None:
         self.config = config
-        self.link = link
+        self.link = ""
+        """The TUN device the mesh's domain is registered on with resolved."""
         self.address: Optional[str] = None
         """The overlay address the responder answers on (None until it does)."""
         self.directory = Directory("", config.suffix, ())
@@ -46,10 +47,11 @@ class NameService:
         if self.responder is not None:
             self.responder.directory = self.directory
 
-    def address_assigned(self, address: str) -> None:
-        """The coord gave the node `address` (new or changed): answer there."""
+    def address_assigned(self, address: str, link: str) -> None:
+        """The coord gave the node `address` (new or changed) on TUN device `link`: answer there."""
         if not self.config.enabled:
             return
+        self.link = link
         if self._task is not None:
             self._task.cancel()
         self._task = asyncio.get_running_loop().create_task(self._serve(address))
@@ -70,6 +72,7 @@ class NameService:
                      " docs/lan-party.md lists other ways", reason, address, self.config.port, address,
                      self.directory.zone)
         else:
+            self._registered = True  # so that exit reverts the link even if this is cancelled half-way
             self._registered = await resolved.register(self.link, address, self.config.port, domains)
 
     def _upstream(self):

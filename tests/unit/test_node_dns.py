@@ -14,7 +14,15 @@ from meshvpn.node import events as ev
 from meshvpn.node.dns import NameService, directory
 from meshvpn.sim.nodes import ALICE_AT, BOB_AT, MemoryNode, seeded
 
+from test_lan_resolved import stand_in  # noqa: F401  (the fixture: a resolvectl that logs its calls)
+
 CAROL_AT = ("192.0.2.30", 41641)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def three() -> tuple[MemoryNode, MemoryNode, MemoryNode]:
@@ -54,7 +62,8 @@ def test_join_rename_readdress_and_leave_each_change_the_answer_at_the_same_inst
     assert lookup(joined, "carol.home.mesh")[1] == ["100.64.0.3"]
     alice.from_coord(m.PeerUpdate(peer=replace(bob.info(), name="robert")), 11.0)
     (renamed,) = peer_maps(alice)
-    assert lookup(renamed, "bob.home.mesh")[0] == dnslib.RCODE.NXDOMAIN and lookup(renamed, "robert")[1] == ["100.64.0.2"]
+    assert lookup(renamed, "bob.home.mesh")[0] == dnslib.RCODE.NXDOMAIN
+    assert lookup(renamed, "robert")[1] == ["100.64.0.2"]
     alice.from_coord(m.PeerUpdate(peer=replace(carol.info(), address="100.64.0.33")), 12.0)
     (moved,) = peer_maps(alice)
     assert lookup(moved, "carol")[1] == ["100.64.0.33"]
@@ -77,15 +86,13 @@ def test_messages_that_change_no_name_announce_nothing() -> None:
 
 
 def test_the_service_answers_from_the_newest_map_on_a_real_socket() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     config = replace(DnsConfig(), port=port, resolved=False)
 
     async def scenario() -> list:
-        service = NameService(config, "lo")
+        service = NameService(config)
         service.peers_changed(ev.PeerMapChanged("home", (("alice", "127.0.0.1"), ("bob", "100.64.0.2"))))
-        service.address_assigned("127.0.0.1")
+        service.address_assigned("127.0.0.1", "lo")
         await service._task
         seen = [service.status(), await ask(port, "bob.home.mesh")]
         service.peers_changed(ev.PeerMapChanged("home", (("alice", "127.0.0.1"),)))
@@ -98,6 +105,35 @@ def test_the_service_answers_from_the_newest_map_on_a_real_socket() -> None:
     assert status == f"127.0.0.1:{port}" and closed is None
     assert before.header.rcode == dnslib.RCODE.NOERROR and [str(rr.rdata) for rr in before.rr] == ["100.64.0.2"]
     assert after.header.rcode == dnslib.RCODE.NXDOMAIN
+
+
+def test_where_resolved_runs_the_domain_is_registered_on_the_tun_and_reverted_on_exit(stand_in) -> None:  # noqa: F811
+    log = stand_in()
+    port = free_port()
+
+    async def scenario() -> None:
+        service = NameService(replace(DnsConfig(), port=port))
+        service.peers_changed(ev.PeerMapChanged("home", (("alice", "127.0.0.1"),)))
+        service.address_assigned("127.0.0.1", "mvtun0")
+        await service._task
+        await service.close()
+
+    asyncio.run(scenario())
+    assert log.read_text().splitlines() == [
+        f"dns mvtun0 127.0.0.1:{port}", "domain mvtun0 ~home.mesh ~mesh", "default-route mvtun0 no", "revert mvtun0"]
+
+
+def test_a_disabled_responder_never_binds() -> None:
+    async def scenario():
+        service = NameService(replace(DnsConfig(), enabled=False, resolved=False))
+        service.address_assigned("127.0.0.1", "lo")
+        service.peers_changed(ev.PeerMapChanged("home", (("alice", "127.0.0.1"),)))
+        await asyncio.sleep(0)
+        status = service.status()
+        await service.close()
+        return status, service.responder
+
+    assert asyncio.run(scenario()) == (None, None)
 
 
 async def ask(port: int, name: str) -> dnslib.DNSRecord:
