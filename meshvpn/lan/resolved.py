@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,9 @@ log = logging.getLogger(__name__)
 
 RESOLVED_RUNTIME = Path("/run/systemd/resolve")
 COMMAND_TIMEOUT = 5.0
+PROC = Path("/proc")
+RESOLVED_COMM = "systemd-resolve"
+"""The process name of systemd-resolved as /proc shows it (cut to 15 characters)."""
 
 
 def unavailable_reason() -> str:
@@ -27,7 +31,34 @@ def unavailable_reason() -> str:
         return "resolvectl is not installed (systemd-resolved is not on this machine)"
     if not (RESOLVED_RUNTIME / "io.systemd.Resolve").exists():
         return f"systemd-resolved is not running ({RESOLVED_RUNTIME}/io.systemd.Resolve is missing)"
+    if _resolved_only_elsewhere(PROC):
+        return "systemd-resolved runs in another network namespace, whose links are not this node's"
     return ""
+
+
+def _resolved_only_elsewhere(proc: Path) -> bool:
+    """True when resolved processes are visible and none shares our network namespace.
+
+    A daemon in a network namespace of its own (a lab, a container sharing the host's /run)
+    would otherwise configure the host resolver's link of the same name or index.
+    """
+    try:
+        ours = os.readlink(proc / "self" / "ns" / "net")
+    except OSError:
+        return False
+    seen = False
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != RESOLVED_COMM:
+                continue
+            if os.readlink(entry / "ns" / "net") == ours:
+                return False
+        except OSError:
+            continue
+        seen = True
+    return seen
 
 
 def register_commands(link: str, server: str, port: int, domains: tuple[str, ...]) -> list[list[str]]:

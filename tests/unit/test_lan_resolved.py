@@ -74,3 +74,32 @@ def test_without_resolved_nothing_is_run_and_the_reason_is_logged(tmp_path: Path
     caplog.set_level("INFO")
     assert not asyncio.run(resolved.register("meshvpn0", "100.64.0.1", 53, ("party.mesh",)))
     assert reason in caplog.text
+
+
+def _fake_process(proc: Path, pid: str, comm: str, netns: str) -> None:
+    (proc / pid / "ns").mkdir(parents=True)
+    (proc / pid / "comm").write_text(comm + "\n")
+    (proc / pid / "ns" / "net").symlink_to(netns)
+
+
+@pytest.mark.parametrize("others, verdict", [
+    ([], False),                                               # no resolved seen: the runtime file decides
+    ([("7", "systemd-resolve", "net:[2]")], True),             # resolved only in another namespace
+    ([("7", "systemd-resolve", "net:[2]"), ("9", "systemd-resolve", "net:[1]")], False),  # one is ours
+    ([("7", "sshd", "net:[2]")], False),
+])
+def test_resolved_in_another_network_namespace_is_not_ours_to_configure(tmp_path: Path, monkeypatch, others,
+                                                                        verdict) -> None:
+    proc = tmp_path / "proc"
+    (proc / "self" / "ns").mkdir(parents=True)
+    (proc / "self" / "ns" / "net").symlink_to("net:[1]")
+    for pid, comm, netns in others:
+        _fake_process(proc, pid, comm, netns)
+    assert resolved._resolved_only_elsewhere(proc) is verdict
+    runtime = tmp_path / "resolve"
+    runtime.mkdir()
+    (runtime / "io.systemd.Resolve").touch()
+    monkeypatch.setattr(resolved, "RESOLVED_RUNTIME", runtime)
+    monkeypatch.setattr(resolved, "PROC", proc)
+    monkeypatch.setattr(resolved.shutil, "which", lambda name: "/usr/bin/" + name)
+    assert ("another network namespace" in resolved.unavailable_reason()) is verdict
