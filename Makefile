@@ -73,11 +73,12 @@ matrix: setup bench-packages
 install:
 	@$(MAKE) --no-print-directory system-packages APT_PACKAGES="$(INSTALL_PACKAGES)"
 	test -x $(PREFIX)/bin/python || $(PYTHON) -m venv $(PREFIX)
+	rm -rf build  # setuptools builds in ./build and never removes a module that has since moved
 	$(PREFIX)/bin/python -m pip install --quiet --upgrade '.[systemd,metrics,console,qr]'
 	mkdir -p $(BINDIR)
 	ln -sfn $(PREFIX)/bin/meshvpn $(BINDIR)/meshvpn
 	@$(MAKE) --no-print-directory install-systemd UNITDIR=$(UNITDIR)
-	@cd / && $(PREFIX)/bin/python -c 'from meshvpn import fastpath; print("meshvpn installed; data path:", fastpath.DATA_PATH_TEXT)'
+	@cd / && $(PREFIX)/bin/python -c 'from meshvpn.node.datapath import fastpath; print("meshvpn installed; data path:", fastpath.DATA_PATH_TEXT)'
 
 # Copies the units; they run /usr/local/bin/meshvpn with the configs in /etc/meshvpn.
 install-systemd:

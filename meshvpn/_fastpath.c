@@ -4,9 +4,10 @@
    Why: per packet, the Python data path spends more time around libsodium than in it (header
    rewrites of the split, the seal/open wrappers, the loops).  These functions do a whole
    super-packet or a whole GRO run per call, with the exact rules of the pure-Python code
-   (meshvpn/node/offload.py split_in_place, meshvpn/session.py Session.seal_into/open_into,
-   meshvpn/replay.py, the source and destination checks of meshvpn/fastpath.py open_run), so both produce the same
-   bytes.  meshvpn/fastpath.py is the Python face; it falls back to the pure-Python code when
+   (meshvpn/node/datapath/offload.py split_in_place, meshvpn/session.py
+   Session.seal_into/open_into, meshvpn/replay.py, the source and destination checks of
+   meshvpn/node/datapath/fastpath.py open_run), so both produce the same bytes.
+   meshvpn/node/datapath/fastpath.py is the Python face; it falls back to the pure-Python code when
    this module is not built.  Lengths from the wire are never trusted: every offset is checked
    against its buffer before use. */
 
@@ -29,7 +30,7 @@ static void write_header(uint8_t *p, int kind, uint32_t index, uint64_t counter)
 
 PyDoc_STRVAR(configure_doc,
 "configure(remote_error, local_error, reject_after, window_bits)\n\n"
-"The error classes and protocol constants, given once by meshvpn.fastpath.");
+"The error classes and protocol constants, given once by meshvpn.node.datapath.fastpath.");
 
 static PyObject *configure(PyObject *self, PyObject *args) {
     PyObject *remote, *local;
@@ -338,7 +339,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "meshvpn._fastpath",
-    "Native split+seal and open loops of the data path (see meshvpn.fastpath).", -1, methods,
+    "Native split+seal and open loops of the data path (see meshvpn.node.datapath.fastpath).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
