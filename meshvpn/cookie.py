@@ -106,24 +106,29 @@ class CookieJar:
         self._cookie: bytes | None = None
         self._received = 0.0
 
-    def consume(self, buf: bytes, hello_nonces: set[bytes] | dict, now: float) -> bool:
-        """Take a RELAY_COOKIE answering one of our hellos (by its nonce); False if it is not one."""
+    def consume(self, buf: bytes, hello_nonces: set[bytes] | dict, now: float) -> bytes | None:
+        """Take a RELAY_COOKIE answering one of our hellos: the nonce of the hello it answers, or None."""
         try:
             reply = decode_reply(buf)
         except WireError:
-            return False
+            return None
         if reply.hello_nonce not in hello_nonces:
-            return False
+            return None
         try:
             cookie = bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
                 reply.sealed, reply.hello_nonce, reply.nonce, self._reply_key)
         except exceptions.CryptoError:
-            return False
+            return None
         self._cookie, self._received = cookie, now
-        return True
+        return reply.hello_nonce
+
+    def current(self, now: float) -> bytes | None:
+        """The cookie hellos are stamped with at `now`: ours while it is young, else None."""
+        if self._cookie is None or now >= self._received + COOKIE_LIFETIME:
+            return None
+        return self._cookie
 
     def stamp(self, hello: bytes, now: float) -> bytes:
         """`hello` with its mac2 set, if we hold a cookie young enough; else as it is."""
-        if self._cookie is None or now >= self._received + COOKIE_LIFETIME:
-            return hello
-        return hello[:-MAC2_LEN] + mac2(self._cookie, hello)
+        cookie = self.current(now)
+        return hello if cookie is None else hello[:-MAC2_LEN] + mac2(cookie, hello)

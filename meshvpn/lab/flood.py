@@ -6,6 +6,9 @@ connections, whichever comes first, and prints one JSON line of what it did:
 * `junk HOST:PORT`: random UDP datagrams of 20-300 bytes.
 * `hellos HOST:PORT --spoof CIDR`: RELAY_HELLOs with random keys and forged tokens, from source
   addresses drawn from CIDR (raw IPv4 packets with `IP_HDRINCL`; they are never answered).
+  With `--coord-key FILE --relay-key KEY` the tokens are valid ones, each for a fresh key, as
+  many nodes (or a member with many keys) would hold: each such hello costs the relay a
+  Diffie-Hellman until it is under load and asks for cookies.
 * `half-open HOST:PORT`: TCP connections that never send a byte.
 * `idle HOST:PORT --server-key KEY [--ping S]`: TCP connections that complete the channel
   handshake with a throwaway key each, then send nothing (or a `ping` every S seconds, as a
@@ -26,10 +29,13 @@ import socket
 import struct
 import sys
 import time
+from pathlib import Path
+from typing import Callable
 
 from meshvpn import keys, wire
 from meshvpn.channel import ClientChannel
 from meshvpn.control import messages as m
+from meshvpn.relaytoken import TokenMinter
 from meshvpn.wire import MessageType
 
 
@@ -75,6 +81,15 @@ def _forged_hello(rng: random.Random) -> bytes:
     return wire.seal(MessageType.RELAY_HELLO, keys.public_key(private), rng.randbytes(24), box, hello)
 
 
+def costly_hello(minter: TokenMinter, relay_public: bytes, random_bytes: Callable[[int], bytes], now: float) -> bytes:
+    """A hello from a fresh key with a valid token and a box nobody can open: the relay pays one
+    Diffie-Hellman to find that out, the sender none (the box key is random)."""
+    node = random_bytes(32)
+    token, _ = minter.mint(relay_public, node, now)
+    hello = wire.RelayHello(int(now * 1000), token)
+    return wire.seal(MessageType.RELAY_HELLO, node, random_bytes(24), random_bytes(32), hello)
+
+
 def _udp_ipv4(src: str, dst: tuple[str, int], sport: int, payload: bytes) -> bytes:
     udp = struct.pack("!HHHH", sport, dst[1], 8 + len(payload), 0) + payload
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
@@ -82,17 +97,23 @@ def _udp_ipv4(src: str, dst: tuple[str, int], sport: int, payload: bytes) -> byt
     return header + udp
 
 
-def hellos(target: tuple[str, int], spoof: str, rate: float, seconds: float, count: int) -> dict:
-    """Forged hellos from spoofed sources: 1,024 distinct packets, built first and sent over and over
-    (the sender shares the lab's cores with the relay)."""
+def hellos(target: tuple[str, int], spoof: str, rate: float, seconds: float, count: int,
+           minter: TokenMinter | None = None, relay_public: bytes = b"") -> dict:
+    """Hellos from spoofed sources, built first (the sender shares the lab's cores with the relay):
+    1,024 forged ones sent over and over, or with `minter` one valid one per packet."""
     rng = random.Random(2)
     sources = list(ipaddress.ip_network(spoof).hosts())
-    forged = [_forged_hello(rng) for _ in range(64)]
-    packets = [_udp_ipv4(str(sources[n % len(sources)]), target, 1024 + n, forged[n % 64]) for n in range(1024)]
+    if minter is None:
+        forged = [_forged_hello(rng) for _ in range(64)]
+        payloads = [forged[n % 64] for n in range(1024)]
+    else:
+        payloads = [costly_hello(minter, relay_public, rng.randbytes, time.time()) for _ in range(min(count, 100_000))]
+    packets = [_udp_ipv4(str(sources[n % len(sources)]), target, 1024 + n % 60000, payload)
+               for n, payload in enumerate(payloads)]
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     sent = 0
     for n in _paced(rate, seconds, count):
-        sock.sendto(packets[n % 1024], (target[0], 0))
+        sock.sendto(packets[n % len(packets)], (target[0], 0))
         sent += 1
     return {"mode": "hellos", "sent": sent}
 
@@ -187,13 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=100_000, help="stop after this many")
     parser.add_argument("--spoof", default="192.0.2.0/24", help="hellos: source addresses")
     parser.add_argument("--server-key", type=keys.decode_key, help="idle: the server's public key")
+    parser.add_argument("--coord-key", type=Path, help="hellos: the coord's private key file (valid tokens)")
+    parser.add_argument("--relay-key", type=keys.decode_key, help="hellos: the relay's public key (valid tokens)")
     parser.add_argument("--ping", type=float, default=0.0, help="idle: seconds between pings (0: none)")
     args = parser.parse_args(argv)
     bounds = (args.rate, args.seconds, args.count)
     if args.mode == "junk":
         result = junk(args.target, *bounds)
     elif args.mode == "hellos":
-        result = hellos(args.target, args.spoof, *bounds)
+        minter = None if args.coord_key is None else TokenMinter(keys.read_private_key(args.coord_key), os.urandom)
+        result = hellos(args.target, args.spoof, *bounds, minter, args.relay_key or b"")
     elif args.mode == "half-open":
         result = half_open(args.target, *bounds)
     else:

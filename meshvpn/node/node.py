@@ -45,6 +45,8 @@ from meshvpn.turn_codec import is_channel_data
 from meshvpn.wire import Endpoint, MessageType
 
 _HELLO_ACK = MessageType.RELAY_HELLO_ACK
+_FROM_RELAY_LINK = frozenset((bytes((MessageType.RELAY_HELLO_ACK,)), bytes((MessageType.RELAY_COOKIE,))))
+"""Second bytes of the datagrams a relay link answers (hello acks and cookies), not the peer core."""
 _SETTLE_ROUNDS = 8
 """Rounds of passing one machine's news to the others; two or three always suffice."""
 
@@ -141,7 +143,7 @@ class Node:
             if via is None:
                 self._out.append(ev.StunReceived(data, src))
             return
-        elif data[1:2] == bytes((_HELLO_ACK,)) and via is None:
+        elif data[1:2] in _FROM_RELAY_LINK and via is None:
             if not self.relays.receive(data, src, RelayTransport.UDP, now):
                 self.core.datagram_received(data, src, now)
         else:

@@ -1,14 +1,20 @@
 """The node's relay link against the real relay core, with a plain float clock and no sockets."""
 
 import itertools
+import random
 
-from meshvpn import keys
+import pytest
+
+from meshvpn import keys, wire
+from meshvpn.cookie import COOKIE_LIFETIME, CookieChecker
+from meshvpn.lab.flood import costly_hello
 from meshvpn.config import RelayLimits
 from meshvpn.control.messages import RelayInfo
 from meshvpn.node.relay.link import ReadyChanged, RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport
-from meshvpn.relay.core import RelayCore, Stream
+from meshvpn.relay.core import DH_BURST, RelayCore, Stream
 from meshvpn.relaytoken import TOKEN_LIFETIME, TokenMinter
-from meshvpn.wire import Endpoint
+from meshvpn.wire import Endpoint, MessageType
+from test_relay_core import hello
 
 WALL = 1_700_000_000.0
 COORD, RELAY, NODE = bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32
@@ -30,28 +36,29 @@ class Harness:
         self.udp_works = udp_works
         self.events = []
         self.sent = []
+        self.answers = []
 
     def token(self, now):
         token, expires = TokenMinter(COORD, counting_random()).mint(keys.public_key(RELAY), keys.public_key(NODE), WALL + now)
         self.link.set_token(token, expires, now)
 
     def step(self, now):
+        """Timers, then the link's messages to the relay and its answers (acks, cookies) back, until quiet."""
         self.link.handle_timer(now)
-        for action in self.link.next_actions():
-            self.sent.append(type(action))
-            if isinstance(action, ReadyChanged):
-                self.events.append((now, action.ready))
-            elif isinstance(action, SendUdp) and self.udp_works:
-                self.relay.receive(action.data, NODE_EP, WALL + now)
-                for _, ack in self.relay.datagrams_to_send():
-                    assert self.link.receive(ack, Transport.UDP, now + 0.01)
-            elif isinstance(action, SendTcp):
-                self.relay.receive(action.data, Stream(1), WALL + now)
-                for ack in self.relay.pull_stream(Stream(1)):
-                    assert self.link.receive(ack, Transport.TCP, now + 0.01)
-        for action in self.link.next_actions():
-            if isinstance(action, ReadyChanged):
-                self.events.append((now, action.ready))
+        while actions := self.link.next_actions():
+            for action in actions:
+                self.sent.append(type(action))
+                if isinstance(action, ReadyChanged):
+                    self.events.append((now, action.ready))
+                elif isinstance(action, SendUdp) and self.udp_works:
+                    self.relay.receive(action.data, NODE_EP, WALL + now)
+                    for _, answer in self.relay.datagrams_to_send():
+                        self.answers.append(wire.message_type(answer))
+                        assert self.link.receive(answer, Transport.UDP, now + 0.01)
+                elif isinstance(action, SendTcp):
+                    self.relay.receive(action.data, Stream(1), WALL + now)
+                    for ack in self.relay.pull_stream(Stream(1)):
+                        assert self.link.receive(ack, Transport.TCP, now + 0.01)
 
     def run(self, start, end, step=0.25):
         t = start
@@ -130,3 +137,98 @@ def test_an_expired_token_stops_the_hellos():
     h.run(0.0, TOKEN_LIFETIME + 10, step=1.0)
     when, ready = h.events[-1]
     assert not ready and TOKEN_LIFETIME < when <= TOKEN_LIFETIME + 8
+
+
+# ---- cookies (issue 13): a relay that asks for proof of address gets it at once ---------------
+
+def load(relay, now):
+    """Spend the relay's Diffie-Hellman allowance with hellos of fresh keys from spoofed sources."""
+    minter = TokenMinter(COORD, counting_random())
+    rng = random.Random(13)
+    for n in range(int(DH_BURST)):
+        relay.receive(costly_hello(minter, keys.public_key(RELAY), rng.randbytes, WALL + now),
+                      Endpoint("198.51.100.66", 1024 + n), WALL + now)
+    relay.datagrams_to_send()
+
+
+def mac2_of(data):
+    return wire.decode_sealed(data).mac2
+
+
+def test_under_load_the_cookie_is_taken_and_the_stamped_hello_goes_out_at_once():
+    h = Harness()
+    load(h.relay, 0.0)
+    h.token(0.0)
+    h.step(0.0)
+    assert h.answers == [MessageType.RELAY_COOKIE, MessageType.RELAY_HELLO_ACK]
+    assert h.sent == [SendUdp, SendUdp, ReadyChanged] and h.events == [(0.0, True)]
+    assert h.relay.drops["unproven hello: under load"] == 1
+    assert h.relay.registered_link(keys.public_key(NODE)) == NODE_EP and h.link.transport is Transport.UDP
+
+
+def test_taking_over_an_address_another_node_held_is_proven_with_the_cookie():
+    h = Harness()
+    other = bytes([9]) * 32
+    other_token = TokenMinter(COORD, counting_random()).mint(keys.public_key(RELAY), keys.public_key(other), WALL)[0]
+    h.relay.receive(hello(other, token=other_token, now=WALL), NODE_EP, WALL)
+    h.relay.datagrams_to_send()
+    h.token(0.0)
+    h.step(0.0)
+    assert h.answers == [MessageType.RELAY_COOKIE, MessageType.RELAY_HELLO_ACK] and h.link.ready
+    assert h.relay.registered_link(keys.public_key(NODE)) == NODE_EP
+
+
+def sent_udp(link):
+    return [a.data for a in link.next_actions() if isinstance(a, SendUdp)]
+
+
+def cookie_for(link, hello, checker, now):
+    """The relay's cookie for `hello` given to the link: the hellos the link sent at once."""
+    assert link.receive(checker.reply(wire.decode_sealed(hello).nonce, NODE_EP, WALL + now), Transport.UDP, now)
+    return sent_udp(link)
+
+
+@pytest.fixture
+def checker():
+    """The relay's side of the cookies, as a relay under load holds it."""
+    return CookieChecker(keys.public_key(RELAY), counting_random(), WALL)
+
+
+def test_only_a_cookie_for_a_udp_hello_we_sent_is_taken(checker):
+    h = Harness()
+    h.token(0.0)
+    [first] = sent_udp(h.link)
+    nonce = wire.decode_sealed(first).nonce
+    assert not h.link.receive(checker.reply(bytes(24), NODE_EP, WALL), Transport.UDP, 0.1), "not our hello"
+    assert not h.link.receive(checker.reply(nonce, NODE_EP, WALL), Transport.TCP, 0.1), "cookies come over UDP"
+    forged = CookieChecker(keys.public_key(NODE), counting_random(), WALL).reply(nonce, NODE_EP, WALL)
+    assert not h.link.receive(forged, Transport.UDP, 0.1), "sealed for another relay's key"
+    assert h.link.next_actions() == []
+    assert h.link.receive(checker.reply(nonce, NODE_EP, WALL), Transport.UDP, 0.1)
+    [again] = sent_udp(h.link)
+    assert checker.valid(again, NODE_EP, WALL + 0.1) and mac2_of(first) == bytes(wire.MAC2_LEN)
+    assert not h.link.receive(checker.reply(nonce, NODE_EP, WALL), Transport.UDP, 0.2), "each hello is answered once"
+
+
+def test_a_relay_that_keeps_refusing_the_same_cookie_gets_no_hello_at_once(checker):
+    h = Harness()
+    h.token(0.0)
+    [first] = sent_udp(h.link)
+    [stamped] = cookie_for(h.link, first, checker, 0.1)
+    assert cookie_for(h.link, stamped, checker, 0.2) == [], "the same cookie again: wait for the next retry"
+    h.link.handle_timer(0.6)
+    [retry] = sent_udp(h.link)
+    assert checker.valid(retry, NODE_EP, WALL + 0.6)
+
+
+def test_a_cookie_is_used_for_its_lifetime_only(checker):
+    h = Harness()
+    h.token(0.0)
+    [first] = sent_udp(h.link)
+    cookie_for(h.link, first, checker, 0.0)
+    h.link.handle_timer(COOKIE_LIFETIME - 0.5)
+    [young] = sent_udp(h.link)
+    assert mac2_of(young) != bytes(wire.MAC2_LEN)
+    h.link.handle_timer(COOKIE_LIFETIME)
+    [old] = sent_udp(h.link)
+    assert mac2_of(old) == bytes(wire.MAC2_LEN)

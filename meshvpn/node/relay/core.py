@@ -80,7 +80,7 @@ class RelaySet:
         self._drain(now)
 
     def receive(self, data: bytes, src: Endpoint, via: Transport, now: float) -> bool:
-        """A RELAY_HELLO_ACK from the relay at `src`; False if no link accepts it."""
+        """A RELAY_HELLO_ACK or RELAY_COOKIE from the relay at `src`; False if no link accepts it."""
         link = self.by_endpoint.get(src)
         if link is None or not link.receive(data, via, now):
             return False

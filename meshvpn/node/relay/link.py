@@ -16,6 +16,12 @@ Rules:
   `udp_retry`; an ack over UDP moves the link back to UDP and the TCP connection is closed.
 * Timestamps are the wall clock in milliseconds, strictly increasing, because the relay keeps
   the newest timestamp per node to refuse replays.
+* A relay under load, or one asked to move a registration onto an address another node holds,
+  answers a UDP hello with a RELAY_COOKIE instead (``meshvpn.cookie``). The link takes it only
+  if it answers one of its own recent UDP hellos (by the hello's nonce), stamps every later UDP
+  hello with the cookie's mac2 while the cookie is young (`cookie.COOKIE_LIFETIME`) and sends
+  the stamped hello at once, not after the next retry. At once only when the new cookie is not
+  the one the answered hello already carried, so a relay that keeps refusing is not a loop.
 
 Inputs take ``now`` (monotonic seconds); ``wall_offset`` turns it into Unix time.
 """
@@ -28,9 +34,14 @@ from typing import Callable, Optional
 
 from meshvpn.backoff import doubling
 from meshvpn import wire
+from meshvpn.cookie import CookieJar
 from meshvpn.control.messages import RelayInfo
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.wire import MessageType
+
+
+_KEPT = 16
+"""Recent hellos remembered (timestamps for acks, UDP nonces for cookies)."""
 
 
 class Transport(enum.StrEnum):
@@ -118,6 +129,9 @@ class RelayLink:
         self._token_expires = 0.0
         self._last_ts = 0
         self._sent: dict[int, float] = {}
+        self._cookies = CookieJar(info.public_key)
+        self._udp_nonces: dict[bytes, Optional[bytes]] = {}
+        """Nonces of recent UDP hellos, each with the cookie it was stamped with: a cookie must answer one."""
         self._unanswered_udp = 0
         self._last_ack: Optional[float] = None
         self._next_hello: Optional[float] = None
@@ -139,7 +153,9 @@ class RelayLink:
             self._hello(now)
 
     def receive(self, data: bytes, via: Transport, now: float) -> bool:
-        """A message from the relay that is not a RELAY envelope; True if it was a valid ack."""
+        """A message from the relay that is not a RELAY envelope; True if it was a valid ack or cookie."""
+        if data[1:2] == bytes((MessageType.RELAY_COOKIE,)):
+            return via is Transport.UDP and self._cookie(data, now)
         try:
             sealed = wire.decode_sealed(data)
             if sealed.kind != MessageType.RELAY_HELLO_ACK or sealed.sender_public != self.info.public_key:
@@ -219,22 +235,41 @@ class RelayLink:
                 self._next_udp_retry = now + self.config.udp_retry
             else:
                 self._unanswered_udp += 1
-                self._actions.append(SendUdp(self._sealed_hello(now)))
+                self._actions.append(SendUdp(self._udp_hello(now)))
                 return
         if now >= self._next_udp_retry:
             self._next_udp_retry = now + self.config.udp_retry
-            self._actions.append(SendUdp(self._sealed_hello(now)))
+            self._actions.append(SendUdp(self._udp_hello(now)))
         if self.tcp_connected:
             self._actions.append(SendTcp(self._sealed_hello(now)))
 
-    def _sealed_hello(self, now: float) -> bytes:
+    def _cookie(self, data: bytes, now: float) -> bool:
+        """A RELAY_COOKIE for one of our UDP hellos: keep the cookie; say hello again at once if it is news."""
+        answered = self._cookies.consume(data, self._udp_nonces, now)
+        if answered is None:
+            return False
+        stamped_with = self._udp_nonces.pop(answered)
+        wall = now + self._wall_offset
+        if self._token is not None and self._token_expires > wall and self._cookies.current(now) != stamped_with:
+            self._actions.append(SendUdp(self._udp_hello(now)))
+        return True
+
+    def _udp_hello(self, now: float) -> bytes:
+        """A hello for UDP, stamped with our cookie if we hold a young one; its nonce is kept."""
+        nonce = self._random_bytes(wire.BOX_NONCE_LEN)
+        self._udp_nonces[nonce] = self._cookies.current(now)
+        while len(self._udp_nonces) > _KEPT:
+            del self._udp_nonces[next(iter(self._udp_nonces))]
+        return self._cookies.stamp(self._sealed_hello(now, nonce), now)
+
+    def _sealed_hello(self, now: float, nonce: Optional[bytes] = None) -> bytes:
         ts = max(int((now + self._wall_offset) * 1000), self._last_ts + 1)
         self._last_ts = ts
         self._sent[ts] = now
-        while len(self._sent) > 16:
+        while len(self._sent) > _KEPT:
             del self._sent[next(iter(self._sent))]
         hello = wire.RelayHello(ts, self._token)
-        nonce = self._random_bytes(wire.BOX_NONCE_LEN)
+        nonce = nonce if nonce is not None else self._random_bytes(wire.BOX_NONCE_LEN)
         return wire.seal(MessageType.RELAY_HELLO, self._public, nonce, self._box_key, hello)
 
     def _set_ready(self, ready: bool) -> None:
