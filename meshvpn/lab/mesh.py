@@ -154,13 +154,14 @@ class Mesh:
         return self.relays[name]
 
     def relay_metrics(self, name: str) -> dict[str, float]:
-        """Relay `name`'s unlabelled Prometheus samples (``meshvpn_relay_runs_total`` ...), by name."""
+        """Relay `name`'s Prometheus samples by name (``meshvpn_relay_runs_total`` ...), labelled ones
+        with their labels (``meshvpn_relay_drops_total{reason="..."}``)."""
         relay = self.relays[name]
         url = f"http://{yaml.safe_load(relay.config.read_text())['metrics']['listen']}/metrics"
         fetch = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=2).read().decode())"
         text = relay.ns.run([sys.executable, "-c", fetch], timeout=CLI_TIMEOUT).stdout
-        samples = (line.split() for line in text.splitlines() if line and not line.startswith("#"))
-        return {words[0]: float(words[1]) for words in samples if len(words) == 2 and "{" not in words[0]}
+        samples = (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+        return {words[0]: float(words[1]) for words in samples if len(words) == 2}
 
     def restart_relay(self, name: str) -> Process:
         """Stop relay `name` (SIGTERM) and start it again with the same key and config."""

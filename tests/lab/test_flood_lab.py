@@ -1,7 +1,7 @@
 """Floods from the internet against the relay and the coord (issue 13), bounded in count and time.
 
 One attacker host at 198.51.100.66 sends junk datagrams, relay hellos with forged tokens from
-spoofed sources, TCP connections that never send a byte and connections that complete the
+spoofed sources, hellos of fresh keys with valid tokens (which put the relay under load), TCP connections that never send a byte and connections that complete the
 channel handshake with a throwaway key and then idle (or only ping). A TCP transfer relayed
 between two nodes must keep at least half its unflooded rate (medians of three runs), and no registered node may lose
 its coord connection. Each test prints its figures (`pytest -s`), copied into docs/security.md.
@@ -21,9 +21,10 @@ import pytest
 
 from meshvpn.coord.server import ServerLimits
 from meshvpn.lab import NatKind, Topology
-from meshvpn.lab.mesh import COORD_PORT, RELAY_PORT, STUN_PORT, Mesh
+from meshvpn.lab.mesh import COORD_PORT, RELAY_PORT, STUN_PORT, Mesh, wait_for
 from meshvpn.lab.netns import python_command
 from meshvpn.lab.transfer import transfer
+from meshvpn.relay.core import DH_RATE
 from meshvpn.relay.server import STREAM_LIMITS
 from test_relay_lab import COORD_ADDR, RELAY_ADDR, relayed_mesh, two_site_mesh
 
@@ -126,3 +127,45 @@ def test_no_registered_node_loses_its_coord_connection_under_a_flood(topo: Topol
     assert "node offline" not in (mesh.dir / "coord.log").read_text()
     listing = mesh.admin("nodes", "list").stdout
     assert sum(" online " in line for line in listing.splitlines()) == 2, listing
+
+
+def test_fresh_nodes_register_over_udp_with_a_relay_under_a_hello_flood(topo: Topology, tmp_path: Path,
+                                                                         meshes) -> None:
+    """Hellos of fresh keys with valid tokens cost the relay a Diffie-Hellman each, four times as
+    many a second as it allows, one every quarter millisecond: nodes that start then are asked for
+    a cookie, answer at once and register over UDP. (Without the cookie a node's hello gets a
+    Diffie-Hellman only when it comes first after the allowance refilled, and after three UDP
+    hellos without an ack the node falls back to TCP.) How many of the three need a cookie varies
+    (the relay takes datagrams in batches): the test asserts the load and UDP, and prints the counts."""
+    fresh = ["a2", "a3", "a4"]
+    mesh = two_site_mesh(topo, tmp_path, NatKind.PORT_PRESERVING, NatKind.PORT_PRESERVING, hosts_a=1 + len(fresh))
+    meshes.append(mesh)
+    topo.add_server("attacker", addrs=[ATTACKER])
+    relay_key = next(p.public_key for p in mesh._relay_places if p.name == "relay")
+    relay_pid = mesh.relays["relay"].proc.pid
+    key, _ = mesh.create_auth_key()
+    rate, seconds = 4 * DH_RATE, 12.0
+    cpu_before = cpu_seconds(relay_pid)
+    launched = time.monotonic()
+    procs = start_floods(topo, [
+        ["hellos", f"{RELAY_ADDR}:{RELAY_PORT}", "--rate", f"{rate:g}", "--count", f"{rate * seconds:.0f}",
+         "--spoof", "192.0.2.0/24", "--coord-key", str(mesh.dir / "coord.key"), "--relay-key", relay_key],
+    ])
+    time.sleep(3.0)
+    for name in fresh:
+        mesh.start_node(name, topo.host(name), key)
+    links = {name: wait_for(lambda: [r for r in mesh.status(name)["self"]["relays"] if r["ready"]], 10,
+                            f"{name} to register with the relay")[0] for name in fresh}
+    ready = time.monotonic() - launched
+    [flood] = finish_floods(topo, procs)
+    relay_cpu = cpu_seconds(relay_pid) - cpu_before
+    refused = mesh.relay_metrics("relay").get('meshvpn_relay_drops_total{reason="unproven hello: under load"}', 0)
+    print(f"\nfresh nodes registered with the relay {ready - 3.0:.1f} s after they started, under "
+          f"{flood['sent']} costly hellos in {seconds:g} s ({refused:.0f} refused for want of a cookie, "
+          f"relay CPU {relay_cpu:.1f} s): "
+          + ", ".join(f"{n} over {r['transport']} after {r['cookies']} cookie(s)" for n, r in links.items()))
+    assert all(r["transport"] == "udp" for r in links.values()), links
+    assert refused > 0.5 * (rate - DH_RATE) * seconds, f"the relay was under load all along ({refused:.0f} refused)"
+    assert flood["sent"] >= 0.75 * rate * seconds, "the flood was as big as meant"
+    assert ready < seconds, "the nodes registered while the flood went on"
+    assert all(r["transport"] == "udp" for n in fresh for r in mesh.status(n)["self"]["relays"])

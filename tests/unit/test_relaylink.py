@@ -164,6 +164,7 @@ def test_under_load_the_cookie_is_taken_and_the_stamped_hello_goes_out_at_once()
     assert h.sent == [SendUdp, SendUdp, ReadyChanged] and h.events == [(0.0, True)]
     assert h.relay.drops["unproven hello: under load"] == 1
     assert h.relay.registered_link(keys.public_key(NODE)) == NODE_EP and h.link.transport is Transport.UDP
+    assert h.link.cookies == 1
 
 
 def test_taking_over_an_address_another_node_held_is_proven_with_the_cookie():

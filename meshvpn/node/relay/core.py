@@ -135,6 +135,7 @@ class RelaySet:
                 "ready": link.ready,
                 "transport": link.transport.value,
                 "rtt_ms": None if link.rtt is None else round(link.rtt * 1000, 2),
+                "cookies": link.cookies,
                 "home": link is self.home,
             }
             for name, link in self.links.items()

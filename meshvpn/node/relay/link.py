@@ -114,6 +114,8 @@ class RelayLink:
         self.ready = False
         self.rtt: Optional[float] = None
         """Smoothed round-trip time of the acks, seconds."""
+        self.cookies = 0
+        """Cookies taken: how often the relay asked for proof of our address (it is under load)."""
         self.want_tcp = False
         """Whether the shell should keep a TCP connection open (reconnecting per `tcp_retry_at`)."""
         self.tcp_connected = False
@@ -249,6 +251,7 @@ class RelayLink:
         if answered is None:
             return False
         stamped_with = self._udp_nonces.pop(answered)
+        self.cookies += 1
         wall = now + self._wall_offset
         if self._token is not None and self._token_expires > wall and self._cookies.current(now) != stamped_with:
             self._actions.append(SendUdp(self._udp_hello(now)))
