@@ -146,8 +146,6 @@ class PeerInfo(Record):
     public_tcp: Endpoint | None = wire(optional(ENDPOINT))
     """The source of the peer's coord connection when it comes from the peer's TCP punch port:
     the NAT's mapping of that port, where TCP hole punching connects to."""
-    turn_relayed: tuple[Endpoint, ...] | None = wire(optional(ENDPOINTS))
-    """The peer's relayed addresses on TURN servers: where to send through TURN."""
     nat: NatInfo | None = wire(NAT)
     """The peer's NAT as it reported it (absent: unknown, treated as endpoint-independent)."""
 
