@@ -451,8 +451,8 @@ class CoordConfig:
 class RelayLimits:
     """Per-node forwarding limits of a relay, so one node cannot starve the others."""
 
-    packets_per_second: Annotated[int, _range(1, 10**9)] = option("sustained packets per second per node", 20000, live=True)
-    burst: Annotated[int, _range(1, 10**9)] = option("packets a node may send at once above the sustained rate", 40000, live=True)
+    packets_per_second: Annotated[int, _range(1, 10**9)] = option("sustained packets per second per node", 200000, live=True)
+    burst: Annotated[int, _range(1, 10**9)] = option("packets a node may send at once above the sustained rate", 400000, live=True)
     queue_bytes: Annotated[int, _range(1, 2**31)] = option("bytes queued per TCP-connected node before dropping", 1048576, live=True)
 
 
