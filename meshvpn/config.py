@@ -397,6 +397,8 @@ class RelayInfo:
     name: String = option("relay name, shown in `meshvpn peers` and `netcheck`")
     address: HostPort = option("relay's address (UDP and TCP)")
     public_key: PublicKey = option("relay's public key")
+    tls_port: Annotated[int, _range(0, 65535)] = option(
+        "TCP port of the relay's TLS listener (its `tls.listen`, usually 443); 0 when it has none", 0)
 
 
 @_section
@@ -457,6 +459,15 @@ class RelayLimits:
 
 
 @_section
+class RelayTlsConfig:
+    """TLS on TCP, for networks that let nothing but TCP port 443 or TLS through (docs/relay.md)."""
+
+    listen: OptionalHostPort = option('address of the TLS listener, usually port 443; "" turns it off', None)
+    cert_file: OptionalPath = option('certificate chain (PEM), e.g. from an ACME client; needed with listen', None)
+    key_file: OptionalPath = option("the certificate's private key (PEM, mode 0600); needed with listen", None)
+
+
+@_section
 class RelayConfig:
     """Configuration of `meshvpn relay`."""
 
@@ -464,6 +475,7 @@ class RelayConfig:
     listen: HostPort = option("UDP and TCP address (same port)", Address("0.0.0.0", 7500))
     coord: CoordTrust = option("the coordination server whose relay tokens are accepted")
     limits: RelayLimits = option("forwarding limits", RelayLimits)
+    tls: RelayTlsConfig = option("TLS listener", RelayTlsConfig)
     log: LogConfig = option("logging", LogConfig)
     metrics: MetricsConfig = option("metrics", MetricsConfig)
 

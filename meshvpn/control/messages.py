@@ -41,6 +41,8 @@ class RelayInfo(Record):
     host: str = wire(NAME)
     port: int = wire(PORT)
     public_key: bytes = wire(KEY)
+    tls_port: int | None = wire(optional(PORT))
+    """TCP port of the relay's TLS listener, for networks that let only TLS (or only port 443) through."""
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,8 @@ def turn_secrets(config: CoordConfig) -> tuple[TurnSecret, ...]:
 
 
 def relay_infos(config: CoordConfig) -> tuple[messages.RelayInfo, ...]:
-    return tuple(messages.RelayInfo(r.name, r.address.host, r.address.port, r.public_key) for r in config.relays)
+    return tuple(messages.RelayInfo(r.name, r.address.host, r.address.port, r.public_key, r.tls_port or None)
+                 for r in config.relays)
 
 
 class _Connection(asyncio.Protocol):

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from meshvpn import keys, noise, service
+from meshvpn import keys, noise, service, tlsenvelope
 from meshvpn.channel import ServerChannel
 from meshvpn.config import RelayConfig, load_relay_config
 from meshvpn.errors import LocalProtocolError, MeshError, RemoteProtocolError
@@ -174,6 +174,9 @@ class RelayServer:
         """Where UDP and TCP are bound (the real port when the config says 0)."""
         self._udp: BatchUdpSocket | None = None
         self._listener: asyncio.AbstractServer | None = None
+        self._tls_listener: asyncio.AbstractServer | None = None
+        self.tls_address: tuple[str, int] | None = None
+        """Where the TLS listener is bound, if the config has one."""
         self._timer: asyncio.TimerHandle | None = None
         self.metrics: MetricsEndpoint | None = None
         self._rate_since = (clock(), 0)
@@ -193,10 +196,30 @@ class RelayServer:
         except OSError as exc:
             await self.close()
             raise MeshError(f"relay cannot listen on {listen.host}:{listen.port}: {exc}") from None
+        await self._listen_tls()
         self._on_timer()
         self.metrics = await start_metrics(self.settings.metrics.listen, "relay", lambda: relay_families(self.core, self._udp.send_errors))
         log.info("relay %s listening on %s:%d (UDP and TCP)",
                  keys.encode_key(self.identity.public), *self.address)
+
+    async def _listen_tls(self) -> None:
+        """The TLS listener (``tls.listen``): the same streams as on plain TCP, inside TLS."""
+        tls = self.settings.tls
+        if tls.listen is None:
+            return
+        try:
+            context = tlsenvelope.server_context(tls.cert_file, tls.key_file, "tls")
+            self._tls_listener = await asyncio.get_running_loop().create_server(
+                lambda: _StreamConnection(self), tls.listen.host, tls.listen.port, ssl=context,
+                reuse_address=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        except OSError as exc:
+            await self.close()
+            raise MeshError(f"relay cannot listen with TLS on {tls.listen.host}:{tls.listen.port}: {exc}") from None
+        except MeshError:
+            await self.close()
+            raise
+        self.tls_address = self._tls_listener.sockets[0].getsockname()[:2]
+        log.info("relay listening with TLS on %s:%d", *self.tls_address)
 
     async def close(self) -> None:
         """Stop listening and drop every connection."""
@@ -207,12 +230,13 @@ class RelayServer:
         if self._udp is not None and self._udp.sock.fileno() >= 0:
             asyncio.get_running_loop().remove_reader(self._udp.sock.fileno())
             self._udp.sock.close()
-        if self._listener is not None:
-            self._listener.close()
+        listeners = [lst for lst in (self._listener, self._tls_listener) if lst is not None]
+        for listener in listeners:
+            listener.close()
         for conn in list(self.streams):
             conn.transport.abort()
-        if self._listener is not None:
-            await self._listener.wait_closed()
+        for listener in listeners:
+            await listener.wait_closed()
 
     def reload(self, settings: RelayConfig) -> None:
         """Apply what a SIGHUP may change (limits, log level); name what needs a restart."""
