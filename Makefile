@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV := .venv
 RESOLVED_ROOT := .lab/systemd-resolved
-APT_PACKAGES := iproute2 nftables iperf3 iputils-ping coturn stun-client tcpdump libsystemd-dev pkg-config gcc python3-dev libsodium-dev chromium dbus-daemon mount postgresql bind9-dnsutils
+APT_PACKAGES := iproute2 nftables iperf3 iputils-ping coturn stun-client tcpdump libsystemd-dev pkg-config gcc python3-dev libsodium-dev chromium dbus-daemon mount postgresql bind9-dnsutils openssl
 # Installed by `make bench` only, so `make test` stays quick; without recommends (wireguard-tools
 # would pull in a kernel image). Pass options with BENCH_ARGS="--seconds 3 --runs 1", and to the
 # traversal matrix with MATRIX_ARGS="--pairs random-ports:port-preserving --runs 20".

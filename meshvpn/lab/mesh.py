@@ -80,6 +80,7 @@ class RelayPlace:
     name: str
     address: str
     public_key: str
+    tls_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,16 @@ class PathFound:
     """The peer's entry in the source node's `status --json` once the path was there."""
     seconds: float
     """Time from the start of waiting."""
+
+
+def self_signed_certificate(directory: Path, name: str) -> tuple[Path, Path]:
+    """A throwaway certificate and key for `name` (openssl), as a relay's TLS listener needs."""
+    cert, key = directory / f"{name}-tls.crt", directory / f"{name}-tls.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "2", "-subj", f"/CN={name}.meshvpn.test", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=CLI_TIMEOUT)
+    key.chmod(0o600)
+    return cert, key
 
 
 def _write_yaml(path: Path, document: dict) -> Path:
@@ -106,10 +117,11 @@ class Mesh:
     """
 
     def __init__(self, workdir: Path, coord_ns: Namespace, coord_address: str, network: str = "lab",
-                 cidr: str = "100.80.0.0/24", log_level: str = "debug") -> None:
+                 cidr: str = "100.80.0.0/24", log_level: str = "debug", coord_port: int = COORD_PORT) -> None:
         self.dir = workdir
         self.coord_ns = coord_ns
         self.coord_address = coord_address
+        self.coord_port = coord_port
         self.network = network
         self.cidr = cidr
         self.log_level = log_level
@@ -138,18 +150,24 @@ class Mesh:
 
     # ---- servers
 
-    def start_relay(self, name: str, ns: Namespace, address: str, announce: str | None = None) -> Process:
+    def start_relay(self, name: str, ns: Namespace, address: str, announce: str | None = None,
+                    tls_port: int = 0) -> Process:
         """Start `meshvpn relay` at `address` (UDP and TCP port RELAY_PORT), trusting this mesh's coord;
-        the coord announces it as `announce` (a host, e.g. a DNS name) when given, else as `address`."""
+        the coord announces it as `announce` (a host, e.g. a DNS name) when given, else as `address`.
+        With `tls_port` it also listens with TLS there, on a self-signed certificate."""
         public = self._new_key(name)
-        config = _write_yaml(self.dir / f"{name}.yaml", {
+        document = {
             "private_key_file": str(self.dir / f"{name}.key"),
             "listen": f"{address}:{RELAY_PORT}",
             "coord": {"public_key": self.coord_public},
             "metrics": {"listen": f"{address}:{RELAY_METRICS_PORT}"},
             "log": {"level": self.log_level},
-        })
-        self._relay_places.append(RelayPlace(name, f"{announce or address}:{RELAY_PORT}", public))
+        }
+        if tls_port:
+            cert, key = self_signed_certificate(self.dir, name)
+            document["tls"] = {"listen": f"{address}:{tls_port}", "cert_file": str(cert), "key_file": str(key)}
+        config = _write_yaml(self.dir / f"{name}.yaml", document)
+        self._relay_places.append(RelayPlace(name, f"{announce or address}:{RELAY_PORT}", public, tls_port))
         self.relays[name] = self._spawn(name, ns, "relay", config)
         return self.relays[name]
 
@@ -175,11 +193,12 @@ class Mesh:
         config = _write_yaml(self.dir / "coord.yaml", {
             "private_key_file": str(self.dir / "coord.key"),
             "database": str(self.dir / "coord.db"),
-            "listen": f"{self.coord_address}:{COORD_PORT}",
+            "listen": f"{self.coord_address}:{self.coord_port}",
             "stun_listen": f"{self.coord_address}:{STUN_PORT}",
             "admin_socket": str(self.admin_socket),
             "networks": [{"name": self.network, "cidr": self.cidr}],
-            "relays": [{"name": r.name, "address": r.address, "public_key": r.public_key} for r in self._relay_places],
+            "relays": [{"name": r.name, "address": r.address, "public_key": r.public_key, "tls_port": r.tls_port}
+                       for r in self._relay_places],
             "turn": self.turn_servers,
             "console": self.console,
             "log": {"level": self.log_level},
@@ -235,7 +254,7 @@ class Mesh:
             "hostname": name,
             "state_dir": str(self.dir / f"{name}-state"),
             "control_socket": str(self.control_socket(name)),
-            "coord": {"address": f"{self.coord_address}:{COORD_PORT}", "public_key": self.coord_public,
+            "coord": {"address": f"{self.coord_address}:{self.coord_port}", "public_key": self.coord_public,
                       "auth_key": auth_key, "stun_port": STUN_PORT},
             "tun": {"name": tun},
             # resolved, where the machine runs it, serves the root namespace: a lab node must not

@@ -73,6 +73,8 @@ class NftNat:
     """Let in from the WAN only what belongs to a connection started inside."""
     block_udp: bool = False
     """Drop UDP from the LAN to the WAN (TCP still works)."""
+    tcp_ports: tuple[int, ...] = ()
+    """If set, TCP from the LAN to the WAN leaves only to these destination ports."""
     hairpin: bool = False
     """Loop LAN packets sent to the router's own public mappings back in (RFC 4787 REQ-9)."""
 
@@ -89,10 +91,13 @@ class NftNat:
         """The nft script that replaces table `ip meshvpn_nat` with this behaviour."""
         wan, lan = f'"{router.wan_if}"', f'"{router.lan_if}"'
         chains = []
-        if self.firewall or self.block_udp:
+        if self.firewall or self.block_udp or self.tcp_ports:
             forward = ["type filter hook forward priority filter; policy accept;"]
             if self.block_udp:
                 forward.append(f"iifname {lan} oifname {wan} meta l4proto udp drop")
+            if self.tcp_ports:
+                ports = ", ".join(str(port) for port in self.tcp_ports)
+                forward.append(f"iifname {lan} oifname {wan} tcp dport != {{ {ports} }} drop")
             forward.append("ct state established,related accept")
             if self.firewall:
                 forward.append(f"iifname {wan} drop")
@@ -190,6 +195,13 @@ class NatKind:
         behaviour="port-preserving NAT that drops all outgoing UDP; TCP only",
         translate=("masquerade",),
         block_udp=True,
+    )
+    PORT_443_ONLY = NftNat(
+        name="port-443-only",
+        behaviour="port-preserving NAT that lets out only TCP to port 443, as hotel and office networks do",
+        translate=("masquerade",),
+        block_udp=True,
+        tcp_ports=(443,),
     )
     NO_NAT = NftNat(
         name="no-nat",

@@ -203,11 +203,13 @@ class TcpAbort:
 
 @dataclass(frozen=True)
 class OpenRelayStream:
-    """Open a TCP stream (a secure channel pinned to `public_key`) to relay `name` at `endpoint`."""
+    """Open a TCP stream (a secure channel pinned to `public_key`) to relay `name` at `endpoint`,
+    inside TLS when `tls` (``meshvpn.tlsenvelope``)."""
 
     name: str
     endpoint: Endpoint
     public_key: bytes
+    tls: bool = False
 
 
 @dataclass(frozen=True)

@@ -390,7 +390,7 @@ class Node:
             return bool(datagrams or frames or streams)
         home = relays.home
         self._out.append(ev.RelayHomeChanged(None if home is None else home.name,
-                                             None if home is None else home.transport.value))
+                                             None if home is None else home.transport_name))
         self.core.set_relay(relays.home_endpoint(), now)
         if home is not None:
             self._out.append(ev.SendCoord(m.RelayHome(home.name)))
@@ -404,7 +404,8 @@ class Node:
             if link.want_tcp and not has and now >= link.tcp_retry_at:
                 link.tcp_attempt()
                 self._relay_streams.add(name)
-                self._out.append(ev.OpenRelayStream(name, relay_endpoint(link.info), link.info.public_key))
+                endpoint = relay_endpoint(link.info)._replace(port=link.stream_port)
+                self._out.append(ev.OpenRelayStream(name, endpoint, link.info.public_key, link.tls))
                 moved = True
             elif not link.want_tcp and has:
                 self._relay_streams.discard(name)

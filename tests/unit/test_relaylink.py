@@ -29,9 +29,9 @@ def counting_random():
 class Harness:
     """A link and a relay; `step` moves the link's messages to the relay and the acks back."""
 
-    def __init__(self, udp_works=True):
+    def __init__(self, udp_works=True, tls_port=None):
         self.relay = RelayCore(RELAY, keys.public_key(COORD), RelayLimits(), counting_random(), WALL)
-        info = RelayInfo("r1", "203.0.113.2", 7500, keys.public_key(RELAY))
+        info = RelayInfo("r1", "203.0.113.2", 7500, keys.public_key(RELAY), tls_port)
         self.link = RelayLink(info, NODE, keys.public_key(NODE), counting_random(), WALL, RelayLinkConfig())
         self.udp_works = udp_works
         self.events = []
@@ -117,6 +117,51 @@ def test_a_lost_tcp_connection_is_retried_with_backoff():
     h.link.tcp_down(2.5)
     assert h.link.tcp_retry_at == 3.5
     assert h.link.get_timer() <= 3.5
+
+
+def test_when_plain_tcp_cannot_connect_the_stream_goes_over_tls_at_once():
+    h = Harness(udp_works=False, tls_port=443)
+    h.token(0.0)
+    h.run(0.0, 1.5)
+    assert h.link.want_tcp and not h.link.tls and h.link.stream_port == 7500
+    h.link.tcp_attempt()
+    h.link.tcp_down(6.5)  # the connect timed out: the port is blocked
+    assert h.link.tls and h.link.stream_port == 443 and h.link.tcp_retry_at == 6.5
+    h.link.tcp_attempt()
+    h.relay.stream_opened(Stream(1), keys.public_key(NODE), WALL + 6.7)
+    h.link.tcp_up(6.7)
+    h.step(6.7)
+    assert h.link.ready and h.link.transport_name == "tls"
+
+
+def test_a_stream_lost_after_it_was_up_keeps_its_kind_and_backs_off():
+    h = Harness(udp_works=False, tls_port=443)
+    h.token(0.0)
+    h.run(0.0, 1.5)
+    h.link.tcp_attempt()
+    h.link.tcp_up(1.6)
+    h.link.tcp_down(9.0)
+    assert not h.link.tls and h.link.tcp_retry_at == 9.5
+
+
+def test_tls_that_cannot_connect_either_goes_back_to_plain_tcp():
+    h = Harness(udp_works=False, tls_port=443)
+    h.token(0.0)
+    h.run(0.0, 1.5)
+    for now, tls in ((6.5, True), (11.5, False), (16.5, True)):
+        h.link.tcp_attempt()
+        h.link.tcp_down(now)
+        assert h.link.tls is tls
+
+
+def test_a_relay_without_a_tls_port_is_only_tried_over_plain_tcp():
+    h = Harness(udp_works=False)
+    h.token(0.0)
+    h.run(0.0, 1.5)
+    for now in (6.5, 12.0, 18.0):
+        h.link.tcp_attempt()
+        h.link.tcp_down(now)
+        assert not h.link.tls and h.link.stream_port == 7500 and h.link.transport_name == "tcp"
 
 
 def test_a_silent_relay_makes_the_link_not_ready_and_try_tcp():

@@ -133,7 +133,7 @@ class RelaySet:
                 "name": name,
                 "address": f"{link.info.host}:{link.info.port}",
                 "ready": link.ready,
-                "transport": link.transport.value,
+                "transport": link.transport_name,
                 "rtt_ms": None if link.rtt is None else round(link.rtt * 1000, 2),
                 "cookies": link.cookies,
                 "home": link is self.home,

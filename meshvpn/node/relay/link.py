@@ -14,6 +14,10 @@ Rules:
   for a TCP connection (`want_tcp`) and sends its hellos there. A lost TCP connection is
   reconnected with exponential backoff. While on TCP, one UDP hello goes out every
   `udp_retry`; an ack over UDP moves the link back to UDP and the TCP connection is closed.
+* A relay with a TLS listener (``RelayInfo.tls_port``) is reached over TLS when plain TCP fails:
+  after `stream_attempts` connections in a row that failed before their channel was up, the
+  link switches its stream to the other kind (plain TCP or TLS) and tries it at once. Networks
+  that let only port 443, or only TLS, through (``meshvpn.tlsenvelope``) get a path this way.
 * Timestamps are the wall clock in milliseconds, strictly increasing, because the relay keeps
   the newest timestamp per node to refuse replays.
 * A relay under load, or one asked to move a registration onto an address another node holds,
@@ -45,7 +49,7 @@ _KEPT = 16
 
 
 class Transport(enum.StrEnum):
-    """How messages reach the relay."""
+    """How messages reach the relay (a TCP stream may be inside TLS: `RelayLink.tls`)."""
 
     UDP = "udp"
     TCP = "tcp"
@@ -70,6 +74,9 @@ class RelayLinkConfig:
     """First wait before reconnecting a lost TCP connection; doubles per failure."""
     tcp_backoff_max: float = 10.0
     """Longest wait between TCP reconnection attempts."""
+    stream_attempts: int = 1
+    """Failed connections in a row before the stream switches between plain TCP and TLS (when the
+    relay has a TLS port): a blocked port costs one connect timeout."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,9 @@ class RelayLink:
         """The shell is opening a connection (see `tcp_attempt`)."""
         self.tcp_retry_at = 0.0
         """When the shell may next try to connect."""
+        self.tls = False
+        """Whether the stream goes over TLS to the relay's `tls_port` rather than plain TCP to `port`."""
+        self._failed_connects = 0
         self._public = node_public
         self._box_key = wire.box_key(node_private, info.public_key)
         self._random_bytes = random_bytes
@@ -144,6 +154,16 @@ class RelayLink:
     @property
     def name(self) -> str:
         return self.info.name
+
+    @property
+    def transport_name(self) -> str:
+        """``udp``, ``tcp`` or ``tls``, for status."""
+        return "tls" if self.transport is Transport.TCP and self.tls else self.transport.value
+
+    @property
+    def stream_port(self) -> int:
+        """The relay's port for the next stream: its TLS port while `tls`, else its UDP/TCP port."""
+        return self.info.tls_port if self.tls and self.info.tls_port is not None else self.info.port
 
     # ---- inputs ---------------------------------------------------------------------
 
@@ -189,15 +209,24 @@ class RelayLink:
         self.tcp_connecting = False
         self.tcp_connected = True
         self._tcp_failures = 0
+        self._failed_connects = 0
         if self.transport is Transport.TCP:
             self._hello(now)
 
     def tcp_down(self, now: float) -> None:
-        """The TCP connection failed or closed; reconnect after a backoff if still wanted."""
+        """The TCP connection failed or closed; reconnect after a backoff if still wanted, or at
+        once over the other kind of stream when this kind keeps failing to connect."""
+        failed_to_connect = self.tcp_connecting
         self.tcp_connected = self.tcp_connecting = False
         cfg = self.config
         self.tcp_retry_at = now + doubling(cfg.tcp_backoff_initial, cfg.tcp_backoff_max, self._tcp_failures)
         self._tcp_failures += 1
+        if failed_to_connect and self.info.tls_port is not None:
+            self._failed_connects += 1
+            if self._failed_connects >= cfg.stream_attempts:
+                self.tls = not self.tls
+                self._failed_connects = 0
+                self.tcp_retry_at = now
         if self.transport is Transport.TCP:
             self._set_ready(False)
 

@@ -15,6 +15,7 @@ import os
 import time
 from typing import Callable, Optional
 
+from meshvpn import tlsenvelope
 from meshvpn.channel import ClientChannel
 from meshvpn.errors import MeshError
 from meshvpn.node.events import CloseRelayStream, OpenRelayStream, SendRelayFrames
@@ -55,7 +56,8 @@ class _RelayStream:
     async def _run(self) -> None:
         streams, name = self.streams, self.name
         try:
-            reader, self.writer = await asyncio.wait_for(asyncio.open_connection(*self.wish.endpoint),
+            tls = tlsenvelope.client_context() if self.wish.tls else None
+            reader, self.writer = await asyncio.wait_for(asyncio.open_connection(*self.wish.endpoint, ssl=tls),
                                                          CONNECT_TIMEOUT)
             self.channel = ClientChannel(streams.identity_private, self.wish.public_key, os.urandom(32), time.time())
             self.writer.write(self.channel.data_to_send())
@@ -65,7 +67,7 @@ class _RelayStream:
                 self.writer.write(self.channel.data_to_send())
                 if not up and self.channel.established:
                     up = True
-                    log.info("relay %s: TCP connected", name, extra={"RELAY": name})
+                    log.info("relay %s: %s connected", name, "TLS" if self.wish.tls else "TCP", extra={"RELAY": name})
                     streams.node.relay_stream_up(name, streams.clock())
                 if frames:
                     streams.node.receive_relay_frames(name, frames, streams.clock())
@@ -100,7 +102,8 @@ class RelayStreams:
             self.send(wish.name, wish.frames)
         elif isinstance(wish, OpenRelayStream):
             if not self._closed:
-                log.info("relay %s: no answer over UDP, trying TCP", wish.name, extra={"RELAY": wish.name})
+                log.info("relay %s: no answer over UDP, trying %s at %s:%d", wish.name, "TLS" if wish.tls else "TCP",
+                         *wish.endpoint, extra={"RELAY": wish.name})
                 self._streams[wish.name] = _RelayStream(self, wish)
         else:
             stream = self._streams.pop(wish.name, None)
