@@ -97,6 +97,7 @@ KINDS: tuple[Kind, ...] = (
          f"a neighbour opening {BACKGROUND_RATE:g} flows/s", background=True),
     Kind("random-ports", NatKind.RANDOM_PORTS, "nft masquerade fully-random: a random port per destination"),
     Kind("udp-blocked", NatKind.UDP_BLOCKED, "port-preserving NAT that drops outgoing UDP"),
+    Kind("port-443-only", NatKind.PORT_443_ONLY, "lets out only TCP to port 443, as hotel and office networks do"),
     Kind("cgn", NatKind.PORT_PRESERVING, "port-preserving home NAT behind an ISP NAT with random ports",
          carrier=NatKind.RANDOM_PORTS),
 )
@@ -254,9 +255,12 @@ def watch(started: float, seconds: float, ping: Callable[[], bool], path_of: Cal
 
 
 def run_meshvpn(topo: Topology, workdir: Path, seconds: float) -> Attempt:
-    """Coord and relay on the internet, a daemon in `a1` and `b1`; `a1`'s status names the path."""
-    mesh = Mesh(workdir, topo.host("coord"), COORD_ADDR, log_level="info")
-    mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR)
+    """Coord and relay on the internet, a daemon in `a1` and `b1`; `a1`'s status names the path.
+
+    The coord listens on port 443 and the relay offers TLS there too, as a deployment that serves
+    port-443-only networks does; the other cells do not use either."""
+    mesh = Mesh(workdir, topo.host("coord"), COORD_ADDR, log_level="info", coord_port=443)
+    mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR, tls_port=443)
     mesh.start_coord()
     key, _ = mesh.create_auth_key()
     for name in ("a1", "b1"):

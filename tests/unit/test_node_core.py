@@ -90,7 +90,6 @@ def test_replayed_initiation_is_ignored(pair):
 
 def test_rekey_after_120s_keeps_traffic_flowing(pair):
     a, b, wire = pair
-    delivered = 0
     now = 0.0
     first = None
     while now <= 400.0:
