@@ -406,10 +406,12 @@ class TurnServerConfig:
     """A standard TURN server (RFC 8656, e.g. coturn with `use-auth-secret`) offered to nodes."""
 
     name: String = option("TURN server name, shown in `meshvpn status`")
-    address: HostPort = option("TURN server's UDP address (a DNS name is resolved by each node)")
+    address: HostPort = option("TURN server's address for UDP and TCP (a DNS name is resolved by each node)")
     secret: String = option("the server's REST API shared secret (coturn `static-auth-secret`; the file must then "
                             "be mode 0600); or use secret_file", "", secret=True)
     secret_file: OptionalPath = option('file holding the shared secret on its first line; "" uses `secret`', None)
+    tls_port: Annotated[int, _range(0, 65535)] = option(
+        "TURN server's TLS port (coturn tls-listening-port, usually 5349 or 443); 0 when it has none", 0)
 
 
 @_section

@@ -20,6 +20,7 @@ Rules:
   address a channel (ChannelBind, 0x4000-0x7FFF, refreshed every `channel_refresh`, they
   last 600 s). Peers dropped from the set are simply no longer refreshed.
 * Requests are retransmitted as RFC 5389 §7.2.1 says (RTO doubling, 7 sends, 16 RTO wait).
+  Over TCP or TLS (``reliable``) a request is sent once and fails after `RELIABLE_TIMEOUT`.
 * Data goes out as ChannelData once the peer's channel is bound (4-byte header; padding is
   optional on UDP and accepted on receipt, see `meshvpn.turn_codec`), else as a Send
   indication. The hot path only prepends `CHANNEL_HEADER`; it never calls into the client.
@@ -58,6 +59,8 @@ PERMISSION_LIFETIME = 300.0
 """Seconds a permission lasts on the server (RFC 8656 §9)."""
 CHANNEL_LIFETIME = 600.0
 """Seconds a channel binding lasts on the server (RFC 8656 §12)."""
+RELIABLE_TIMEOUT = 39.5
+"""Seconds a request over TCP or TLS waits for its response (RFC 5389 §7.2.2, Ti)."""
 
 
 @dataclass
@@ -165,8 +168,13 @@ class TurnClient:
         password: str,
         random_bytes: Callable[[int], bytes],
         config: Optional[TurnConfig] = None,
+        reliable: bool = False,
     ) -> None:
         self.config = config if config is not None else TurnConfig()
+        self.reliable = reliable
+        """Requests go over a stream (TCP, TLS): no retransmissions."""
+        self.heard = False
+        """Whether the server ever answered a request (over UDP: whether UDP reaches it at all)."""
         self.state = AllocationState.IDLE
         self.relayed: Optional[Address] = None
         self.mapped: Optional[Address] = None
@@ -237,6 +245,7 @@ class TurnClient:
         tx = self._transactions.get(msg.transaction_id)
         if tx is None or msg.cls not in (StunClass.SUCCESS, StunClass.ERROR):
             return
+        self.heard = True
         if msg.cls == StunClass.SUCCESS and tx.key is not None:
             try:
                 decode(buf, key=tx.key)
@@ -320,8 +329,11 @@ class TurnClient:
             message_attributes[Attr.REALM] = self._realm
             message_attributes[Attr.NONCE] = self._nonce
         data = encode(StunMessage(method, StunClass.REQUEST, txid, message_attributes), key=key)
-        tx = _Transaction(method, attributes, data, key, now + self.config.rto, self.config.rto,
-                          self.config.max_retransmits, retries, target)
+        if self.reliable:
+            tx = _Transaction(method, attributes, data, key, now + RELIABLE_TIMEOUT, 0.0, 0, retries, target)
+        else:
+            tx = _Transaction(method, attributes, data, key, now + self.config.rto, self.config.rto,
+                              self.config.max_retransmits, retries, target)
         self._transactions[txid] = tx
         self._datagrams.append(data)
 

@@ -111,6 +111,22 @@ class BatchUdpSocket:
         return source, [view[first : min(first + seg_size, nbytes)] for first in range(0, nbytes, seg_size)]
 
 
+
+def bind_udp(host: str, port: int, buffer_bytes: int) -> socket.socket:
+    """A non-blocking UDP socket bound to `host`:`port` (IPv4 or IPv6 as the address says) with
+    `buffer_bytes` receive and send buffers (capped by net.core.rmem_max and wmem_max)."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, buffer_bytes)
+        sock.bind(address)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
 def _enable_gro(sock: socket.socket) -> bool:
     try:
         sock.setsockopt(SOL_UDP, UDP_GRO, 1)

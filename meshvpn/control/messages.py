@@ -71,6 +71,8 @@ class TurnServer(Record):
     password: str = wire(NAME)
     expires: float = wire(TIME)
     """Unix time after which the TURN server refuses the credential."""
+    tls_port: int | None = wire(optional(PORT))
+    """The server's TURN-over-TLS port (coturn's `tls-listening-port`), tried after UDP and TCP."""
 
 
 TURN_SERVERS = optional(list_of(record(TurnServer), MAX_RELAYS))

@@ -106,7 +106,7 @@ def turn_secrets(config: CoordConfig) -> tuple[TurnSecret, ...]:
             secret = secret.strip()
         if not secret:
             raise ConfigError(f"{where}: no shared secret: set secret or secret_file")
-        out.append(TurnSecret(entry.name, entry.address.host, entry.address.port, secret.encode()))
+        out.append(TurnSecret(entry.name, entry.address.host, entry.address.port, secret.encode(), entry.tls_port or None))
     return tuple(out)
 
 

@@ -56,6 +56,7 @@ class TurnSecret:
     """An IP address or a DNS name, which each node resolves (`meshvpn.node.names`)."""
     port: int
     secret: bytes = field(repr=False)
+    tls_port: int | None = None
 
 
 def turn_servers(secrets: Iterable[TurnSecret], node_key: bytes, now: float) -> tuple[m.TurnServer, ...]:
@@ -64,5 +65,5 @@ def turn_servers(secrets: Iterable[TurnSecret], node_key: bytes, now: float) -> 
     for server in secrets:
         creds = mint(server.secret, encode_key(node_key), now)
         out.append(m.TurnServer(server.name, server.host, server.port, creds.username, creds.password,
-                                float(creds.expires)))
+                                float(creds.expires), server.tls_port))
     return tuple(out)

@@ -42,13 +42,14 @@ from meshvpn.node.status import status_line
 from meshvpn.node.pathfinder import PathFinderConfig
 from meshvpn.node.peers import Route
 from meshvpn.node.relay.shell import RelayStreams
+from meshvpn.node.turn.shell import TurnStreams
 from meshvpn.node.transports import MainSocket, PinnedSocket, PunchedStream, RelayStream, Transport, TurnChannel
-from meshvpn.node.turn.core import frame_run
+from meshvpn.turn_codec import frame_run
 from meshvpn.node.tcp.shell import PunchPort
 from meshvpn.node.timestamps import WRITE_INTERVAL, TimestampFile, restore
 from meshvpn.node.verbs import ControlVerbs
 from meshvpn.node.datapath.tun import TunDevice
-from meshvpn.udpbatch import MAX_GSO_BYTES, MAX_SEGMENTS, BatchUdpSocket
+from meshvpn.udpbatch import MAX_GSO_BYTES, MAX_SEGMENTS, BatchUdpSocket, bind_udp
 from meshvpn.reload import Reloader
 from meshvpn.service import Notifier, first_set, serve_until_stopped, setup_logging
 from meshvpn.session import OVERHEAD
@@ -98,6 +99,7 @@ class NodeDaemon:
         self.names: Optional[NameWatch] = None
         self.dns = NameService(config.lan.dns)
         self.relay_streams = RelayStreams(self.node, private_key, self.transmit, self.loop.time)
+        self.turn_streams = TurnStreams(self.node, self.transmit, self.loop.time)
         self.punch = PunchPort(self.node, self.transmit, self.loop.time)
         self.verbs = ControlVerbs(self)
         self.control = ControlServer(str(config.control_socket), self.verbs.handle_control)
@@ -155,14 +157,7 @@ class NodeDaemon:
         await serve_until_stopped(self, load_settings, notifier)
 
     def _bind(self) -> None:
-        cfg = self.config.listen
-        family = socket.AF_INET6 if ipaddress.ip_address(cfg.address).version == 6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-        sock.bind((cfg.address, cfg.port))
-        sock.setblocking(False)
-        self.sock = sock
+        self.sock = sock = bind_udp(self.config.listen.address, self.config.listen.port, SOCKET_BUFFER)
         self.udp = BatchUdpSocket(sock)
         self.stun = StunClient(SocketSender(sock))
 
@@ -178,6 +173,7 @@ class NodeDaemon:
         if self.link is not None:
             await self.link.close()
         await self.relay_streams.close()
+        await self.turn_streams.close()
         if self.sock is not None:
             self.node.close(self.loop.time())
             for out in self.node.outputs():
@@ -245,8 +241,10 @@ class NodeDaemon:
         match route.transport:
             case MainSocket():
                 self.udp.send_contiguous(route.endpoint, run, seg_size)
-            case TurnChannel(server, channel):
+            case TurnChannel(server, channel, None):
                 self.udp.send_contiguous(server, memoryview(frame_run(channel, run, seg_size)), seg_size + 4)
+            case TurnChannel(_, channel, stream):
+                self.turn_streams.write(stream, frame_run(channel, run, seg_size, pad=True))
             case transport:
                 messages = [bytes(run[at : at + seg_size]) for at in range(0, len(run), seg_size)]
                 self._send_each(transport, route.endpoint, messages)
@@ -349,6 +347,8 @@ class NodeDaemon:
                         self.punch.follow(out)
                     case ev.OpenRelayStream() | ev.CloseRelayStream() | ev.SendRelayFrames():
                         self.relay_streams.follow(out)
+                    case ev.TurnStream() | ev.SendTurnBytes():
+                        self.turn_streams.follow(out)
                     case _:
                         self._on_event(out)
         self._timer.follow(node.get_timer())

@@ -227,6 +227,24 @@ class SendRelayFrames:
     frames: list[bytes]
 
 
+@dataclass(frozen=True)
+class TurnStream:
+    """Open the stream to TURN server `name` at `endpoint` (inside TLS when `tls`); with `endpoint`
+    None, close it."""
+
+    name: str
+    endpoint: Optional[Endpoint]
+    tls: bool = False
+
+
+@dataclass(frozen=True)
+class SendTurnBytes:
+    """Write `data` (whole STUN and padded ChannelData messages) on the stream to TURN server `name`."""
+
+    name: str
+    data: bytes
+
+
 Transmission = Union[SendDatagram, SendCoord, Deliver, StunReceived, TcpConnect, TcpWrite, TcpAbort, OpenRelayStream,
-                     CloseRelayStream, SendRelayFrames]
+                     CloseRelayStream, SendRelayFrames, TurnStream, SendTurnBytes]
 Output = Union[Event, Transmission]

@@ -64,7 +64,6 @@ class Node:
         self.core.routes.transport_for = self.transport_for
         self.tcp_punching = False
         """Whether the shell holds a punch port (``enable_tcp_punch``); without one, no TCP punches."""
-        self._relay_streams: set[str] = set()
         """Relays whose TCP stream the shell was told to open and not yet to close."""
         self._out: list[ev.Output] = []
         self._peer_map: Optional[ev.PeerMapChanged] = None
@@ -195,22 +194,29 @@ class Node:
         self.tcp.send(endpoint, messages, now)
         self._settle(now)
 
-    # ---- inbox: relay streams -----------------------------------------------------------
+    # ---- inbox: streams to relays and TURN servers -----------------------------------------
+
+    def turn_stream_up(self, name: str, now: float) -> None:
+        self.turn.stream_up(name, now)
+        self._settle(now)
+
+    def turn_stream_ended(self, name: str, now: float) -> None:
+        self.turn.stream_ended(name, now)
+        self._settle(now)
+
+    def receive_turn_stream(self, name: str, data: bytes, now: float) -> None:
+        """Bytes from the stream to TURN server `name`."""
+        self.turn.receive_stream(name, data, now)
+        self._settle(now)
 
     def relay_stream_up(self, name: str, now: float) -> None:
         """The TCP stream to relay `name` is established (its channel is up)."""
-        link = self.relays.links.get(name)
-        if link is not None and name in self._relay_streams:
-            self.relays.tcp_up(link, now)
+        self.relays.tcp_up(name, now)
         self._settle(now)
 
     def relay_stream_ended(self, name: str, now: float) -> None:
         """The TCP stream to relay `name` closed or failed; the link retries with backoff."""
-        if name in self._relay_streams:
-            self._relay_streams.discard(name)
-            link = self.relays.links.get(name)
-            if link is not None:
-                self.relays.tcp_down(link, now)
+        self.relays.tcp_down(name, now)
         self._settle(now)
 
     def receive_relay_frames(self, name: str, frames: Iterable[bytes], now: float) -> None:
@@ -279,8 +285,7 @@ class Node:
     def close(self, now: float) -> None:
         """Give the TURN allocations back (the shell sends what this produces, then closes)."""
         self.turn.close(now)
-        for dst, data in self.turn.datagrams_to_send():
-            self._out.append(ev.SendDatagram(dst, data))
+        self._drain_turn(now)
 
     def remove_peer(self, key: bytes, reason: str, now: float) -> None:
         """Forget a peer in every machine: sessions, paths, pings, traversal and its TCP path."""
@@ -326,7 +331,8 @@ class Node:
         """One message of the control path (handshake, probe, keepalive, queued packet) on its transport."""
         wrapped = self.turn.wrap(data, dst)
         if wrapped is not None:
-            self._out.append(ev.SendDatagram(*wrapped))
+            server, message, stream = wrapped
+            self._out.append(ev.SendDatagram(server, message) if stream is None else ev.SendTurnBytes(stream, message))
             return
         match self.transport_for(dst):
             case PunchedStream():
@@ -385,7 +391,8 @@ class Node:
         self._out += (ev.SendDatagram(dst, data) for dst, data in datagrams)
         frames = relays.frames_to_send()
         self._out += (ev.SendRelayFrames(link.name, [frame]) for link, frame in frames)
-        streams = self._follow_tcp_wishes(now)
+        streams = relays.stream_wishes(now)
+        self._out += streams
         if not relays.home_changed():
             return bool(datagrams or frames or streams)
         home = relays.home
@@ -396,38 +403,20 @@ class Node:
             self._out.append(ev.SendCoord(m.RelayHome(home.name)))
         return True
 
-    def _follow_tcp_wishes(self, now: float) -> bool:
-        """Open a stream to each relay that wants one (when its backoff allows), close the unwanted."""
-        moved = False
-        for name, link in self.relays.links.items():
-            has = name in self._relay_streams
-            if link.want_tcp and not has and now >= link.tcp_retry_at:
-                link.tcp_attempt()
-                self._relay_streams.add(name)
-                endpoint = relay_endpoint(link.info)._replace(port=link.stream_port)
-                self._out.append(ev.OpenRelayStream(name, endpoint, link.info.public_key, link.tls))
-                moved = True
-            elif not link.want_tcp and has:
-                self._relay_streams.discard(name)
-                self._out.append(ev.CloseRelayStream(name))
-                link.tcp_down(now)
-                moved = True
-        for name in [n for n in self._relay_streams if n not in self.relays.links]:
-            self._relay_streams.discard(name)
-            self._out.append(ev.CloseRelayStream(name))
-            moved = True
-        return moved
-
     def _drain_turn(self, now: float) -> bool:
         turn = self.turn
         datagrams = turn.datagrams_to_send()
         self._out += (ev.SendDatagram(dst, data) for dst, data in datagrams)
+        frames = turn.stream_frames()
+        self._out += (ev.SendTurnBytes(name, data) for name, data in frames)
+        wishes = turn.stream_wishes(now)
+        self._out += wishes
         received = turn.received()
         if received:
             self._out.append(ev.Deliver(received))
         happened = turn.events()
         self._out += (ev.TurnChanged(server, event) for server, event in happened)
-        moved = bool(datagrams or received or happened)
+        moved = bool(datagrams or frames or wishes or received or happened)
         if turn.routes_changed():
             self.core.set_turn(dict(turn.routes), now)
             moved = True

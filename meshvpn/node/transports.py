@@ -40,10 +40,12 @@ class RelayStream:
 
 @dataclass(frozen=True, slots=True)
 class TurnChannel:
-    """ChannelData on `channel` to the TURN server at `server`, from the main socket."""
+    """ChannelData on `channel` to the TURN server at `server`: from the main socket, or padded on
+    the TCP or TLS stream to TURN server `stream` when the allocation lives there."""
 
     server: Endpoint
     channel: int
+    stream: str | None = None
 
 
 MAIN_SOCKET = MainSocket()

@@ -19,7 +19,6 @@ import asyncio
 import logging
 import os
 import resource
-import socket
 import time
 from pathlib import Path
 from typing import Callable
@@ -32,7 +31,7 @@ from meshvpn.relay.core import RelayCore, Stream
 from meshvpn.metrics import MetricsEndpoint, relay_families, start_metrics
 from meshvpn.prefixcap import PrefixCaps, PrefixLimits
 from meshvpn.reload import Reloader
-from meshvpn.udpbatch import BatchUdpSocket
+from meshvpn.udpbatch import BatchUdpSocket, bind_udp
 
 log = logging.getLogger("meshvpn.relay.server")
 
@@ -135,21 +134,6 @@ class _StreamConnection(asyncio.Protocol):
         self.transport.abort()
 
 
-def _bind_udp(host: str, port: int) -> socket.socket:
-    """A non-blocking UDP socket on `host`:`port` with SOCKET_BUFFER buffers."""
-    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-        sock.bind(address)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def _anyone(_node_key: bytes) -> bool:
     """Every key may open a channel: the relay token in the hello decides who is served."""
     return True
@@ -187,7 +171,7 @@ class RelayServer:
         loop = asyncio.get_running_loop()
         listen = self.settings.listen
         try:
-            self._udp = BatchUdpSocket(_bind_udp(listen.host, listen.port))
+            self._udp = BatchUdpSocket(bind_udp(listen.host, listen.port, SOCKET_BUFFER))
             self.address = self._udp.sock.getsockname()[:2]
             loop.add_reader(self._udp.sock.fileno(), self._on_udp)
             self._listener = await loop.create_server(

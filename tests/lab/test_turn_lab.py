@@ -4,6 +4,9 @@ The coord at 203.0.113.10 announces only the coturn at 203.0.113.30 (TURN REST A
 Hole punching cannot work between two random-port NATs, so the only path is through coturn:
 each node allocates a relayed address there, the coord passes the addresses on, and each
 sends ChannelData to the other's relayed address. coturn is stopped by its PID.
+
+A site that drops UDP reaches coturn over TCP, and one that lets only port 443 out over TLS
+(coturn's TLS port on 443, a self-signed certificate; the coord listens on 443 too).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from meshvpn.lab import NatKind, Topology
-from meshvpn.lab.mesh import Mesh, wait_for
+from meshvpn.lab.mesh import COORD_PORT, Mesh, self_signed_certificate, wait_for
 
 from test_relay_lab import COORD_ADDR, copy_a1_to_b1
 
@@ -22,19 +25,22 @@ pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
 TURN_ADDR = "203.0.113.30"
 TURN_PORT = 3478
+TLS_PORT = 443
 SECRET = "lab-turn-secret"
 
 
 @pytest.fixture
 def coturn(topo: Topology, tool, tmp_path: Path):
-    """coturn in its own namespace on the simulated internet."""
+    """coturn in its own namespace on the simulated internet: UDP and TCP on 3478, TLS on 443."""
     turnserver = tool("turnserver")
     topo.add_server("turn", addrs=[TURN_ADDR])
     ns = topo.host("turn")
+    cert, key = self_signed_certificate(tmp_path, "coturn")
     argv = [
         turnserver, "-n", "--use-auth-secret", "--static-auth-secret", SECRET, "--realm", "meshvpn",
         "--listening-ip", TURN_ADDR, "--relay-ip", TURN_ADDR, "--listening-port", str(TURN_PORT),
-        "--no-tls", "--no-dtls", "--no-tcp", "--no-cli",
+        "--tls-listening-port", str(TLS_PORT), "--cert", str(cert), "--pkey", str(key),
+        "--no-dtls", "--no-cli",
         "--log-file", str(tmp_path / "turnserver.log"), "--simple-log", "--no-stdout-log",
         "--pidfile", str(tmp_path / "turnserver.pid"), "--userdb", str(tmp_path / "turndb"),
     ]  # fmt: skip
@@ -46,12 +52,16 @@ def coturn(topo: Topology, tool, tmp_path: Path):
 
 
 @pytest.fixture
-def mesh(topo: Topology, coturn, tmp_path: Path, meshes: list[Mesh]) -> Mesh:
-    topo.add_site("a", nat=NatKind.RANDOM_PORTS)
+def mesh(request, topo: Topology, coturn, tmp_path: Path, meshes: list[Mesh]) -> Mesh:
+    """Sites a (behind the NAT the test names, random ports by default) and b (random ports)."""
+    nat_a = getattr(request, "param", NatKind.RANDOM_PORTS)
+    topo.add_site("a", nat=nat_a)
     topo.add_site("b", nat=NatKind.RANDOM_PORTS)
-    mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR)
+    port_443_only = nat_a is NatKind.PORT_443_ONLY
+    mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR, coord_port=TLS_PORT if port_443_only else COORD_PORT)
     meshes.append(mesh)
-    mesh.turn_servers.append({"name": "coturn", "address": f"{TURN_ADDR}:{TURN_PORT}", "secret": SECRET})
+    mesh.turn_servers.append({"name": "coturn", "address": f"{TURN_ADDR}:{TURN_PORT}", "secret": SECRET,
+                              "tls_port": TLS_PORT})
     mesh.start_coord()
     key, _ = mesh.create_auth_key()
     for name in ("a1", "b1"):
@@ -81,3 +91,17 @@ def meet_through_coturn(mesh: Mesh) -> None:
     assert mesh.nudge("b1", "a1")
     copy_a1_to_b1(mesh, 1 << 20, 1.0)
     assert mesh.peer("a1", "b1")["path"] == "relay"
+
+
+@pytest.mark.parametrize("mesh, transport", [(NatKind.UDP_BLOCKED, "tcp"), (NatKind.PORT_443_ONLY, "tls")],
+                         indirect=["mesh"], ids=["udp-blocked", "port-443-only"])
+def test_a_site_without_udp_reaches_coturn_over_a_stream(mesh: Mesh, transport: str, tmp_path) -> None:
+    try:
+        turn = wait_for(lambda: next((t for t in mesh.status("a1")["self"]["turn"] if t["ready"]), None), 30,
+                        "a1 to allocate on coturn")
+        assert turn["transport"] == transport, turn
+        assert mesh.status("b1")["self"]["turn"][0]["transport"] == "udp"
+        meet_through_coturn(mesh)
+    except BaseException:
+        print((tmp_path / "turnserver.log").read_text(errors="replace")[-4000:])
+        raise

@@ -10,6 +10,7 @@ import random
 from meshvpn import keys, wire
 from meshvpn.config import RelayLimits
 from meshvpn.control import messages as m
+from meshvpn.node import events as ev
 from meshvpn.node.relay.link import Transport
 from meshvpn.node.relay.core import RelaySet
 from meshvpn.relay.core import RelayCore
@@ -83,8 +84,8 @@ class SimNode:
             self.received.append((now, relayed.node_key, bytes(relayed.inner)))
         self._pump()
 
-    def _tcp_refused(self, link):
-        self.relays.tcp_down(link, self.scheduler.now)
+    def _tcp_refused(self, name):
+        self.relays.tcp_down(name, self.scheduler.now)
         self._pump()
 
     def _on_timer(self):
@@ -96,11 +97,10 @@ class SimNode:
         now = self.scheduler.now
         for dst, data in self.relays.datagrams_to_send():
             self.sock.sendto(data, dst)
-        for link in self.relays.links.values():
-            if link.want_tcp and not link.tcp_connecting and not link.tcp_connected and now >= link.tcp_retry_at:
-                link.tcp_attempt()
+        for wish in self.relays.stream_wishes(now):
+            if isinstance(wish, ev.OpenRelayStream):
                 self.tcp_attempts += 1
-                self.scheduler.call_later(0.1, self._tcp_refused, link)
+                self.scheduler.call_later(0.1, self._tcp_refused, wish.name)
         if self.relays.home_changed():
             home = self.relays.home
             self.homes.append((self.scheduler.now, None if home is None else home.name))

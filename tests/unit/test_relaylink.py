@@ -89,7 +89,7 @@ def test_without_udp_the_link_falls_back_to_tcp_quickly():
     h = Harness(udp_works=False)
     h.token(0.0)
     h.run(0.0, 1.5)
-    assert h.link.want_tcp and h.link.transport is Transport.TCP and not h.link.ready
+    assert h.link.stream.wanted and h.link.transport is Transport.TCP and not h.link.ready
     h.relay.stream_opened(Stream(1), keys.public_key(NODE), WALL + 1.6)
     h.link.tcp_up(1.6)
     h.step(1.6)
@@ -104,7 +104,7 @@ def test_a_working_udp_path_takes_over_from_tcp():
     h.link.tcp_up(1.6)
     h.udp_works = True
     h.run(1.75, 40.0)
-    assert h.link.transport is Transport.UDP and not h.link.want_tcp
+    assert h.link.transport is Transport.UDP and not h.link.stream.wanted
     assert h.relay.registered_link(keys.public_key(NODE)) == NODE_EP
 
 
@@ -113,9 +113,9 @@ def test_a_lost_tcp_connection_is_retried_with_backoff():
     h.token(0.0)
     h.run(0.0, 1.5)
     h.link.tcp_down(2.0)
-    assert h.link.tcp_retry_at == 2.5
+    assert h.link.stream.retry_at == 2.5
     h.link.tcp_down(2.5)
-    assert h.link.tcp_retry_at == 3.5
+    assert h.link.stream.retry_at == 3.5
     assert h.link.get_timer() <= 3.5
 
 
@@ -123,11 +123,11 @@ def test_when_plain_tcp_cannot_connect_the_stream_goes_over_tls_at_once():
     h = Harness(udp_works=False, tls_port=443)
     h.token(0.0)
     h.run(0.0, 1.5)
-    assert h.link.want_tcp and not h.link.tls and h.link.stream_port == 7500
-    h.link.tcp_attempt()
+    assert h.link.stream.wanted and not h.link.stream.tls and h.link.stream.port(7500) == 7500
+    h.link.stream.attempt()
     h.link.tcp_down(6.5)  # the connect timed out: the port is blocked
-    assert h.link.tls and h.link.stream_port == 443 and h.link.tcp_retry_at == 6.5
-    h.link.tcp_attempt()
+    assert h.link.stream.tls and h.link.stream.port(7500) == 443 and h.link.stream.retry_at == 6.5
+    h.link.stream.attempt()
     h.relay.stream_opened(Stream(1), keys.public_key(NODE), WALL + 6.7)
     h.link.tcp_up(6.7)
     h.step(6.7)
@@ -138,10 +138,10 @@ def test_a_stream_lost_after_it_was_up_keeps_its_kind_and_backs_off():
     h = Harness(udp_works=False, tls_port=443)
     h.token(0.0)
     h.run(0.0, 1.5)
-    h.link.tcp_attempt()
+    h.link.stream.attempt()
     h.link.tcp_up(1.6)
     h.link.tcp_down(9.0)
-    assert not h.link.tls and h.link.tcp_retry_at == 9.5
+    assert not h.link.stream.tls and h.link.stream.retry_at == 9.5
 
 
 def test_tls_that_cannot_connect_either_goes_back_to_plain_tcp():
@@ -149,9 +149,9 @@ def test_tls_that_cannot_connect_either_goes_back_to_plain_tcp():
     h.token(0.0)
     h.run(0.0, 1.5)
     for now, tls in ((6.5, True), (11.5, False), (16.5, True)):
-        h.link.tcp_attempt()
+        h.link.stream.attempt()
         h.link.tcp_down(now)
-        assert h.link.tls is tls
+        assert h.link.stream.tls is tls
 
 
 def test_a_relay_without_a_tls_port_is_only_tried_over_plain_tcp():
@@ -159,9 +159,9 @@ def test_a_relay_without_a_tls_port_is_only_tried_over_plain_tcp():
     h.token(0.0)
     h.run(0.0, 1.5)
     for now in (6.5, 12.0, 18.0):
-        h.link.tcp_attempt()
+        h.link.stream.attempt()
         h.link.tcp_down(now)
-        assert not h.link.tls and h.link.stream_port == 7500 and h.link.transport_name == "tcp"
+        assert not h.link.stream.tls and h.link.stream.port(7500) == 7500 and h.link.transport_name == "tcp"
 
 
 def test_a_silent_relay_makes_the_link_not_ready_and_try_tcp():
@@ -171,9 +171,9 @@ def test_a_silent_relay_makes_the_link_not_ready_and_try_tcp():
     h.udp_works = False
     h.run(0.25, 7.5)
     assert h.events == [(0.0, True), (7.25, False)]
-    assert h.sent.count(SendUdp) == 4 and not h.link.want_tcp
+    assert h.sent.count(SendUdp) == 4 and not h.link.stream.wanted
     h.run(7.75, 8.5)
-    assert h.link.want_tcp and h.link.get_timer() <= 8.5
+    assert h.link.stream.wanted and h.link.get_timer() <= 8.5
 
 
 def test_an_expired_token_stops_the_hellos():

@@ -5,7 +5,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from meshvpn.errors import LocalProtocolError, RemoteProtocolError
-from meshvpn.turn_codec import CHANNEL_MAX, CHANNEL_MIN, TurnError, decode_channel_data, encode_channel_data, is_channel_data
+from meshvpn.turn_codec import (CHANNEL_MAX, CHANNEL_MIN, StreamFramer, TurnError, decode_channel_data,
+                                encode_channel_data, frame_run, is_channel_data)
 
 from fuzzing import mutated
 
@@ -45,3 +46,43 @@ def test_channel_data_rejects_truncation_excess_padding_and_bad_channels():
     with pytest.raises(LocalProtocolError):
         encode_channel_data(0x3FFF, b"")
     assert not is_channel_data(b"\x01\x03\x00\x00") and not is_channel_data(b"\x00\x01\x00\x00")
+
+
+STUN_BINDING = bytes.fromhex("000100082112a442" + "0102030405060708090a0b0c" + "8022000454455354")
+
+
+@settings(max_examples=300, deadline=None)
+@given(channel=st.integers(CHANNEL_MIN, CHANNEL_MAX), payloads=st.lists(st.binary(max_size=70), max_size=6),
+       cuts=st.lists(st.integers(0, 600), max_size=8))
+def test_a_stream_cut_anywhere_gives_back_every_message_without_padding(channel, payloads, cuts):
+    messages = [STUN_BINDING] + [encode_channel_data(channel, data) for data in payloads] + [STUN_BINDING]
+    stream = b"".join(message if message is STUN_BINDING else encode_channel_data(channel, message[4:], pad=True)
+                      for message in messages)
+    framer, out, at = StreamFramer(), [], 0
+    for cut in sorted(min(cut, len(stream)) for cut in cuts) + [len(stream)]:
+        out += framer.feed(stream[at:cut])
+        at = cut
+    assert out == messages
+
+
+def test_frame_run_pads_each_message_for_a_stream():
+    run = memoryview(bytes(range(10)) * 2 + b"xyz")
+    framed = bytes(frame_run(0x4001, run, 10, pad=True))
+    assert framed == (b"\x40\x01\x00\x0a" + bytes(range(10)) + b"\0\0") * 2 + b"\x40\x01\x00\x03xyz\0"
+    assert StreamFramer().feed(framed) == [b"\x40\x01\x00\x0a" + bytes(range(10))] * 2 + [b"\x40\x01\x00\x03xyz"]
+
+
+@pytest.mark.parametrize("first", [0x80, 0xC0, 0xFF])
+def test_a_stream_that_starts_neither_stun_nor_channel_data_is_refused(first):
+    with pytest.raises(TurnError, match="neither a STUN message nor ChannelData"):
+        StreamFramer().feed(bytes([first]) + bytes(30))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_the_stream_framer_raises_only_remote_errors(data):
+    try:
+        for message in StreamFramer().feed(data):
+            assert len(message) >= 4
+    except TurnError as exc:
+        assert isinstance(exc, RemoteProtocolError)

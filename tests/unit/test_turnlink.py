@@ -7,9 +7,11 @@ import itertools
 
 from meshvpn import wire
 from meshvpn.control import messages as m
-from meshvpn.node.turn.core import TurnLinks, frame_run
+from meshvpn.node.turn.core import TurnLinks
+from meshvpn.turn_codec import frame_run
 from meshvpn.stun_codec import Attr, ErrorCode, StunClass, StunMessage, StunMethod, decode, encode, long_term_key
-from meshvpn.turn import AllocationReady, ChannelBound
+from meshvpn.node.events import TurnStream
+from meshvpn.turn import AllocationLost, AllocationReady, ChannelBound
 from meshvpn.turn_codec import decode_channel_data
 from meshvpn.wire import Endpoint, MessageType
 
@@ -68,10 +70,11 @@ def test_allocates_reports_its_relayed_address_and_routes_a_peer_once_its_channe
     link = linked()
     assert link.relayed == (m.Endpoint(*OURS),) and link.relayed_changed() and not link.relayed_changed()
     assert link.routes == {PEER_KEY: THEIRS} and link.routes_changed()
-    assert link.outbound(THEIRS) == (SERVER, 0x4000) and link.outbound(OURS) is None
+    assert link.outbound(THEIRS) == (SERVER, 0x4000, None) and link.outbound(OURS) is None
     assert [type(e) for _, e in link.events()] == [AllocationReady, ChannelBound]
     assert link.status()[0] | {"failure": None} == {
-        "name": "turn-1", "kind": "turn", "address": "203.0.113.30:3478", "ready": True, "state": "ready",
+        "name": "turn-1", "kind": "turn", "address": "203.0.113.30:3478", "transport": "udp", "ready": True,
+        "state": "ready",
         "relayed": "203.0.113.30:50001", "channels": 1, "failure": None,
     }  # fmt: skip
 
@@ -88,9 +91,10 @@ def test_channel_data_in_becomes_a_relay_envelope_from_the_peer():
 
 def test_core_messages_to_the_route_or_replies_in_an_envelope_leave_as_channel_data():
     link = linked()
-    assert link.wrap(b"probe", THEIRS) == (SERVER, b"\x40\x00\x00\x05probe")
+    assert link.wrap(b"probe", THEIRS) == (SERVER, b"\x40\x00\x00\x05probe", None)
     envelope = wire.header(MessageType.RELAY) + PEER_KEY + b"reply"
-    server, datagram = link.wrap(envelope, SERVER)
+    server, datagram, stream = link.wrap(envelope, SERVER)
+    assert stream is None
     assert server == SERVER and decode_channel_data(datagram) == (0x4000, b"reply")
     assert link.wrap(b"probe", Endpoint("192.0.2.1", 1)) is None
 
@@ -129,3 +133,78 @@ def test_a_gso_run_becomes_a_run_of_channel_data_with_the_same_boundaries():
 def test_status_names_the_turn_server_of_a_route():
     link = linked()
     assert link.server_for(THEIRS) == "turn-1" and link.server_for(OURS) is None
+
+
+# ---- over a stream, when UDP to the server gets no answer
+
+
+def server_replies(requests: list[bytes], password="pw", username="100:me") -> bytes:
+    """The scripted server's answers to `requests` (STUN), as the bytes of its stream."""
+    key = long_term_key(username, REALM, password)
+    out = b""
+    for data in requests:
+        msg = decode(data)
+        if Attr.MESSAGE_INTEGRITY not in msg.attributes:
+            attrs = {Attr.ERROR_CODE: ErrorCode(401, "Unauthorized"), Attr.REALM: REALM, Attr.NONCE: "n"}
+            out += encode(StunMessage(msg.method, StunClass.ERROR, msg.transaction_id, attrs))
+        else:
+            attrs = {Attr.XOR_RELAYED_ADDRESS: OURS, Attr.LIFETIME: 600} if msg.method == StunMethod.ALLOCATE else {}
+            out += encode(StunMessage(msg.method, StunClass.SUCCESS, msg.transaction_id, attrs), key=key)
+    return out
+
+
+def on_stream(tls_port=None) -> TurnLinks:
+    """A link whose server never answered over UDP, now with its stream connected and allocated."""
+    counter = itertools.count(1)
+    link = TurnLinks(lambda n: next(counter).to_bytes(n, "big"))
+    server = turn_server()
+    link.coord_message(registered(m.TurnServer(*list(server.__dict__.values())[:6], tls_port)), 0.0)
+    assert [dst for dst, _ in link.datagrams_to_send()] == [SERVER], "UDP first"
+    link.handle_timer(2.9)
+    assert link.stream_wishes(2.9) == [] and link.datagrams_to_send(), "retransmitted over UDP meanwhile"
+    link.handle_timer(3.0)
+    assert link.stream_wishes(3.0) == [TurnStream("turn-1", SERVER, False)]
+    assert link.status()[0]["transport"] == "tcp" and link.datagrams_to_send() == []
+    link.stream_up("turn-1", 3.1)
+    for _ in range(2):
+        link.receive_stream("turn-1", server_replies([data for _, data in link.stream_frames()]), 3.2)
+    return link
+
+
+def test_a_server_silent_over_udp_is_used_over_tcp_and_allocates_there():
+    link = on_stream()
+    assert link.relayed == (m.Endpoint(*OURS),)
+    link.coord_message(m.PeerMap((peer(),)), 4.0)
+    frames = link.stream_frames()
+    assert [decode(data).method for _, data in frames] == [StunMethod.CREATE_PERMISSION, StunMethod.CHANNEL_BIND]
+    link.receive_stream("turn-1", server_replies([data for _, data in frames]), 4.1)
+    assert link.outbound(THEIRS) == (SERVER, 0x4000, "turn-1")
+    assert link.wrap(b"probe", THEIRS) == (SERVER, b"\x40\x00\x00\x05probe\0\0\0", "turn-1"), "padded for a stream"
+    inner = wire.header(MessageType.DATA) + b"sealed"
+    link.receive_stream("turn-1", b"\x40\x00\x00\x0a" + inner[:3], 4.2)
+    link.receive_stream("turn-1", inner[3:] + b"\0\0", 4.2)
+    assert link.received() == [(wire.header(MessageType.RELAY) + PEER_KEY + inner, SERVER)]
+
+
+def test_a_lost_stream_loses_the_allocation_and_reconnects_after_a_backoff():
+    link = on_stream()
+    link.events()
+    link.stream_ended("turn-1", 10.0)
+    assert link.relayed == () and [type(e) for _, e in link.events()] == [AllocationLost]
+    assert link.stream_wishes(10.0) == [] and link.get_timer() == 10.5
+    assert link.stream_wishes(10.5) == [TurnStream("turn-1", SERVER, False)]
+
+
+def test_a_stream_that_cannot_connect_tries_the_tls_port():
+    link = on_stream(tls_port=5349)
+    link.stream_ended("turn-1", 10.0)
+    link.stream_wishes(10.5)
+    link.stream_ended("turn-1", 15.5)  # the connect timed out
+    assert link.stream_wishes(15.5) == [TurnStream("turn-1", Endpoint(SERVER.host, 5349), True)]
+    assert link.status()[0]["transport"] == "tls"
+
+
+def test_garbage_on_the_stream_closes_it():
+    link = on_stream()
+    link.receive_stream("turn-1", b"\xff" * 8, 5.0)
+    assert link.stream_wishes(5.0) == [TurnStream("turn-1", None)] and link.drops == 1

@@ -17,6 +17,7 @@ import ipaddress
 from typing import Callable, Iterable, Optional
 
 from meshvpn.control import messages as m
+from meshvpn.node import events as ev
 from meshvpn.node.relay.link import ReadyChanged, RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport
 from meshvpn.wire import Endpoint
 
@@ -47,6 +48,8 @@ class RelaySet:
         self._config = config
         self._datagrams: list[tuple[Endpoint, bytes]] = []
         self._frames: list[tuple[RelayLink, bytes]] = []
+        self._streams: set[str] = set()
+        """Relays the shell holds (or is opening) a stream to."""
         self._home_changed = False
 
     # ---- inputs ---------------------------------------------------------------------
@@ -87,13 +90,21 @@ class RelaySet:
         self._drain(now)
         return True
 
-    def tcp_up(self, link: RelayLink, now: float) -> None:
-        link.tcp_up(now)
-        self._drain(now)
+    def tcp_up(self, name: str, now: float) -> None:
+        """The stream to relay `name` is established (its channel is up)."""
+        link = self.links.get(name)
+        if link is not None and name in self._streams:
+            link.tcp_up(now)
+            self._drain(now)
 
-    def tcp_down(self, link: RelayLink, now: float) -> None:
-        link.tcp_down(now)
-        self._drain(now)
+    def tcp_down(self, name: str, now: float) -> None:
+        """The stream to relay `name` closed or failed; its link retries with backoff."""
+        if name in self._streams:
+            self._streams.discard(name)
+            link = self.links.get(name)
+            if link is not None:
+                link.tcp_down(now)
+                self._drain(now)
 
     def handle_timer(self, now: float) -> None:
         for link in self.links.values():
@@ -111,6 +122,26 @@ class RelaySet:
 
     def frames_to_send(self) -> list[tuple[RelayLink, bytes]]:
         out, self._frames = self._frames, []
+        return out
+
+    def stream_wishes(self, now: float) -> list[ev.OpenRelayStream | ev.CloseRelayStream]:
+        """Open a stream to each relay that wants one (when its backoff allows), close the unwanted."""
+        out: list[ev.OpenRelayStream | ev.CloseRelayStream] = []
+        for name, link in self.links.items():
+            if name not in self._streams and link.stream.due(now):
+                link.stream.attempt()
+                self._streams.add(name)
+                endpoint = relay_endpoint(link.info)._replace(port=link.stream.port(link.info.port))
+                out.append(ev.OpenRelayStream(name, endpoint, link.info.public_key, link.stream.tls))
+            elif name in self._streams and not link.stream.wanted:
+                self._streams.discard(name)
+                out.append(ev.CloseRelayStream(name))
+                link.tcp_down(now)
+        for name in [n for n in self._streams if n not in self.links]:
+            self._streams.discard(name)
+            out.append(ev.CloseRelayStream(name))
+        if out:
+            self._drain(now)
         return out
 
     def home_changed(self) -> bool:

@@ -11,13 +11,12 @@ Rules:
   registration and measures the round-trip time (RFC 6298 smoothing).
 * The link is *ready* while an ack arrived within `down_after`. Readiness changes are events.
 * UDP first. After `udp_attempts` hellos in a row got no ack over UDP, the link asks the shell
-  for a TCP connection (`want_tcp`) and sends its hellos there. A lost TCP connection is
-  reconnected with exponential backoff. While on TCP, one UDP hello goes out every
-  `udp_retry`; an ack over UDP moves the link back to UDP and the TCP connection is closed.
-* A relay with a TLS listener (``RelayInfo.tls_port``) is reached over TLS when plain TCP fails:
-  after `stream_attempts` connections in a row that failed before their channel was up, the
-  link switches its stream to the other kind (plain TCP or TLS) and tries it at once. Networks
-  that let only port 443, or only TLS, through (``meshvpn.tlsenvelope``) get a path this way.
+  for a stream (`stream.wanted`) and sends its hellos there. While on the stream, one UDP hello
+  goes out every `udp_retry`; an ack over UDP moves the link back to UDP and the stream is closed.
+* The stream is plain TCP, or TLS when the relay has a TLS listener (``RelayInfo.tls_port``) and
+  plain TCP fails to connect; a lost stream is reconnected with backoff
+  (`meshvpn.node.streamdial`). Networks that let only port 443, or only TLS, through
+  (``meshvpn.tlsenvelope``) get a path this way.
 * Timestamps are the wall clock in milliseconds, strictly increasing, because the relay keeps
   the newest timestamp per node to refuse replays.
 * A relay under load, or one asked to move a registration onto an address another node holds,
@@ -36,11 +35,11 @@ import enum
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from meshvpn.backoff import doubling
 from meshvpn import wire
 from meshvpn.cookie import CookieJar
 from meshvpn.control.messages import RelayInfo
 from meshvpn.errors import RemoteProtocolError
+from meshvpn.node.streamdial import DialConfig, StreamDial
 from meshvpn.wire import MessageType
 
 
@@ -49,7 +48,7 @@ _KEPT = 16
 
 
 class Transport(enum.StrEnum):
-    """How messages reach the relay (a TCP stream may be inside TLS: `RelayLink.tls`)."""
+    """How messages reach the relay (a TCP stream may be inside TLS: `StreamDial.tls`)."""
 
     UDP = "udp"
     TCP = "tcp"
@@ -76,7 +75,7 @@ class RelayLinkConfig:
     """Longest wait between TCP reconnection attempts."""
     stream_attempts: int = 1
     """Failed connections in a row before the stream switches between plain TCP and TLS (when the
-    relay has a TLS port): a blocked port costs one connect timeout."""
+    relay has a TLS port)."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ Action = SendUdp | SendTcp | ReadyChanged
 
 
 class RelayLink:
-    """One relay as the node sees it; the shell moves bytes and follows `want_tcp`."""
+    """One relay as the node sees it; the shell moves bytes and follows `stream`."""
 
     def __init__(
         self,
@@ -123,16 +122,10 @@ class RelayLink:
         """Smoothed round-trip time of the acks, seconds."""
         self.cookies = 0
         """Cookies taken: how often the relay asked for proof of our address (it is under load)."""
-        self.want_tcp = False
-        """Whether the shell should keep a TCP connection open (reconnecting per `tcp_retry_at`)."""
-        self.tcp_connected = False
-        self.tcp_connecting = False
-        """The shell is opening a connection (see `tcp_attempt`)."""
-        self.tcp_retry_at = 0.0
-        """When the shell may next try to connect."""
-        self.tls = False
-        """Whether the stream goes over TLS to the relay's `tls_port` rather than plain TCP to `port`."""
-        self._failed_connects = 0
+        cfg = self.config
+        self.stream = StreamDial(info.tls_port, DialConfig(cfg.tcp_backoff_initial, cfg.tcp_backoff_max,
+                                                           cfg.stream_attempts))
+        """The TCP or TLS stream the shell should keep open while UDP gets no answer."""
         self._public = node_public
         self._box_key = wire.box_key(node_private, info.public_key)
         self._random_bytes = random_bytes
@@ -148,7 +141,6 @@ class RelayLink:
         self._last_ack: Optional[float] = None
         self._next_hello: Optional[float] = None
         self._next_udp_retry = 0.0
-        self._tcp_failures = 0
         self._actions: list[Action] = []
 
     @property
@@ -158,12 +150,7 @@ class RelayLink:
     @property
     def transport_name(self) -> str:
         """``udp``, ``tcp`` or ``tls``, for status."""
-        return "tls" if self.transport is Transport.TCP and self.tls else self.transport.value
-
-    @property
-    def stream_port(self) -> int:
-        """The relay's port for the next stream: its TLS port while `tls`, else its UDP/TCP port."""
-        return self.info.tls_port if self.tls and self.info.tls_port is not None else self.info.port
+        return self.stream.kind if self.transport is Transport.TCP else self.transport.value
 
     # ---- inputs ---------------------------------------------------------------------
 
@@ -196,37 +183,19 @@ class RelayLink:
             self._unanswered_udp = 0
             if self.transport is Transport.TCP:
                 self.transport = Transport.UDP
-                self.want_tcp = False
+                self.stream.want(False)
         self._set_ready(True)
         return True
 
-    def tcp_attempt(self) -> None:
-        """The shell started connecting; `tcp_up` or `tcp_down` follows."""
-        self.tcp_connecting = True
-
     def tcp_up(self, now: float) -> None:
         """The TCP connection (channel) is established: say hello on it at once."""
-        self.tcp_connecting = False
-        self.tcp_connected = True
-        self._tcp_failures = 0
-        self._failed_connects = 0
+        self.stream.up()
         if self.transport is Transport.TCP:
             self._hello(now)
 
     def tcp_down(self, now: float) -> None:
-        """The TCP connection failed or closed; reconnect after a backoff if still wanted, or at
-        once over the other kind of stream when this kind keeps failing to connect."""
-        failed_to_connect = self.tcp_connecting
-        self.tcp_connected = self.tcp_connecting = False
-        cfg = self.config
-        self.tcp_retry_at = now + doubling(cfg.tcp_backoff_initial, cfg.tcp_backoff_max, self._tcp_failures)
-        self._tcp_failures += 1
-        if failed_to_connect and self.info.tls_port is not None:
-            self._failed_connects += 1
-            if self._failed_connects >= cfg.stream_attempts:
-                self.tls = not self.tls
-                self._failed_connects = 0
-                self.tcp_retry_at = now
+        """The stream failed or closed; `stream` says when and how to reconnect."""
+        self.stream.down(now)
         if self.transport is Transport.TCP:
             self._set_ready(False)
 
@@ -240,9 +209,7 @@ class RelayLink:
     # ---- outputs --------------------------------------------------------------------
 
     def get_timer(self) -> Optional[float]:
-        deadlines = [self._next_hello]
-        if self.want_tcp and not self.tcp_connected and not self.tcp_connecting:
-            deadlines.append(self.tcp_retry_at)
+        deadlines = [self._next_hello, self.stream.deadline()]
         if self.ready and self._last_ack is not None:
             deadlines.append(self._last_ack + self.config.down_after)
         return min((d for d in deadlines if d is not None), default=None)
@@ -262,7 +229,7 @@ class RelayLink:
         if self.transport is Transport.UDP:
             if self._unanswered_udp >= self.config.udp_attempts:
                 self.transport = Transport.TCP
-                self.want_tcp = True
+                self.stream.want()
                 self._next_udp_retry = now + self.config.udp_retry
             else:
                 self._unanswered_udp += 1
@@ -271,7 +238,7 @@ class RelayLink:
         if now >= self._next_udp_retry:
             self._next_udp_retry = now + self.config.udp_retry
             self._actions.append(SendUdp(self._udp_hello(now)))
-        if self.tcp_connected:
+        if self.stream.connected:
             self._actions.append(SendTcp(self._sealed_hello(now)))
 
     def _cookie(self, data: bytes, now: float) -> bool:

@@ -19,9 +19,15 @@ ChannelData to the TURN server:
 * the core's replies to relayed messages go to the TURN server's endpoint inside a RELAY
   envelope; `wrap` moves them onto the channel (or a Send indication) of the peer it names.
 
+UDP first. A server that has not answered over UDP `UDP_GIVE_UP` seconds after the first
+Allocate (UDP blocked on this network) is used over a stream instead (RFC 8656 §12.5): TCP to
+its address, or TLS to its ``tls_port`` when TCP does not connect (`meshvpn.node.streamdial`).
+The allocation then lives as long as the stream; messages in it are framed by
+`meshvpn.turn_codec.StreamFramer`, and the data path sends padded ChannelData on it.
+
 Inputs take ``now`` (monotonic seconds). Outputs are pulled: `datagrams_to_send`,
-`received` (Data indications as RELAY envelopes), `next_event`, `routes_changed`,
-`relayed_changed` and `get_timer`.
+`stream_frames`, `stream_wishes`, `received` (Data indications as RELAY envelopes),
+`events`, `routes_changed`, `relayed_changed` and `get_timer`.
 """
 
 from __future__ import annotations
@@ -32,9 +38,14 @@ from typing import Callable, Iterable, Optional
 
 from meshvpn import wire
 from meshvpn.control import messages as m
-from meshvpn.turn import DataReceived, Event, TurnClient, TurnConfig
-from meshvpn.turn_codec import CHANNEL_HEADER
+from meshvpn.node.events import TurnStream
+from meshvpn.node.streamdial import StreamDial
+from meshvpn.turn import AllocationLost, DataReceived, Event, TurnClient, TurnConfig
+from meshvpn.turn_codec import CHANNEL_HEADER, StreamFramer, TurnError, is_channel_data
 from meshvpn.wire import Endpoint, MessageType
+
+UDP_GIVE_UP = 3.0
+"""Seconds without any answer over UDP after which a TURN server is tried over TCP (or TLS)."""
 
 _RELAY_HEADER = wire.header(MessageType.RELAY)
 _RELAY_PREFIX = wire.RELAY_PREFIX_LEN
@@ -48,6 +59,15 @@ class _Server:
     info: m.TurnServer
     endpoint: Endpoint
     client: TurnClient
+    started: float
+    """When the client started allocating over UDP (for `UDP_GIVE_UP`)."""
+    stream: Optional[StreamDial] = None
+    """The TCP or TLS stream the allocation lives on; None while on UDP."""
+    framer: Optional[StreamFramer] = None
+
+    @property
+    def transport(self) -> str:
+        return "udp" if self.stream is None else self.stream.kind
 
 
 class TurnLinks:
@@ -64,8 +84,10 @@ class TurnLinks:
         self._config = config
         self._peer_relayed: dict[bytes, tuple[Endpoint, ...]] = {}
         self._key_of_relayed: dict[Endpoint, bytes] = {}
-        self._outbound: dict[Endpoint, tuple[Endpoint, int]] = {}
+        self._outbound: dict[Endpoint, tuple[Endpoint, int, Optional[str]]] = {}
         self._datagrams: list[tuple[Endpoint, bytes]] = []
+        self._frames: list[tuple[str, bytes]] = []
+        self._wishes: list[TurnStream] = []
         self._received: list[tuple[bytes, Endpoint]] = []
         self._events: list[tuple[str, Event]] = []
         self._relayed: tuple[m.Endpoint, ...] = ()
@@ -114,6 +136,49 @@ class TurnLinks:
     def handle_timer(self, now: float) -> None:
         for server in self.servers.values():
             server.client.handle_timer(now)
+            if server.stream is None and not server.client.heard and now >= server.started + UDP_GIVE_UP:
+                self._to_stream(server)
+        self._update(now)
+
+    def stream_up(self, name: str, now: float) -> None:
+        """The stream to TURN server `name` is connected: allocate on it."""
+        server = self.servers.get(name)
+        if server is not None and server.stream is not None and server.stream.connecting:
+            server.stream.up()
+            server.framer = StreamFramer()
+            server.client.allocate(now)
+        self._update(now)
+
+    def stream_ended(self, name: str, now: float) -> None:
+        """The stream to TURN server `name` failed or closed; its allocation is gone with it."""
+        server = self.servers.get(name)
+        if server is not None and server.stream is not None:
+            server.stream.down(now)
+            was_ready = server.client.ready
+            server.client = self._new_client(server.info, reliable=True)
+            if was_ready:
+                self._events.append((name, AllocationLost("the TCP connection to the server closed")))
+        self._update(now)
+
+    def receive_stream(self, name: str, data: bytes, now: float) -> None:
+        """Bytes from the stream to TURN server `name`: STUN to its client, ChannelData to the data path."""
+        server = self.servers.get(name)
+        if server is None or server.framer is None:
+            return
+        try:
+            messages = server.framer.feed(data)
+        except TurnError:
+            self.drops += 1
+            self._wishes.append(TurnStream(name, None))
+            self.stream_ended(name, now)
+            return
+        for message in messages:
+            if is_channel_data(message):
+                envelope = self.unwrap(message, server.endpoint)
+                if envelope is not None:
+                    self._received.append((envelope, server.endpoint))
+            else:
+                server.client.receive(message, now)
         self._update(now)
 
     def close(self, now: float) -> None:
@@ -124,8 +189,9 @@ class TurnLinks:
 
     # ---- the data path --------------------------------------------------------------
 
-    def outbound(self, dst: Endpoint) -> Optional[tuple[Endpoint, int]]:
-        """(TURN server, channel) for datagrams to `dst` when it is a peer's relayed address."""
+    def outbound(self, dst: Endpoint) -> Optional[tuple[Endpoint, int, Optional[str]]]:
+        """(TURN server, channel, stream) for datagrams to `dst` when it is a peer's relayed address;
+        stream is the server's name when the allocation lives on a TCP or TLS stream, else None."""
         return self._outbound.get(dst)
 
     def server_for(self, dst: Endpoint) -> Optional[str]:
@@ -146,8 +212,9 @@ class TurnLinks:
             return None
         return _RELAY_HEADER + key + data[CHANNEL_HEADER.size:CHANNEL_HEADER.size + length]
 
-    def wrap(self, data: bytes, dst: Endpoint) -> Optional[tuple[Endpoint, bytes]]:
-        """(TURN server, datagram) for a message the core sends to `dst`; None if `dst` is not TURN's.
+    def wrap(self, data: bytes, dst: Endpoint) -> Optional[tuple[Endpoint, bytes, Optional[str]]]:
+        """(TURN server, message, stream) for a message the core sends to `dst`; None if `dst` is not
+        TURN's. Stream is the server's name when the message goes on its stream (then padded).
 
         `dst` is a peer's relayed address (a TURN route), or a TURN server's endpoint with a RELAY
         envelope naming the peer (a reply to a message that came through TURN).
@@ -157,17 +224,36 @@ class TurnLinks:
             relayed = self._peer_relayed.get(bytes(data[4:_RELAY_PREFIX])) if data[1:2] == _RELAY_TYPE else None
             if not relayed or not server.client.ready:
                 return None
-            return server.endpoint, server.client.send(relayed[0], data[_RELAY_PREFIX:])
-        route = self._outbound.get(dst)
-        if route is None:
-            return None
-        home = self.by_endpoint[route[0]]
-        return home.endpoint, home.client.send(dst, data)
+            peer, data = relayed[0], data[_RELAY_PREFIX:]
+        else:
+            route = self._outbound.get(dst)
+            if route is None:
+                return None
+            server, peer = self.by_endpoint[route[0]], dst
+        message = server.client.send(peer, data)
+        if server.stream is None:
+            return server.endpoint, message, None
+        return server.endpoint, message + bytes(-len(message) % 4), server.info.name
 
     # ---- outputs --------------------------------------------------------------------
 
     def datagrams_to_send(self) -> list[tuple[Endpoint, bytes]]:
         out, self._datagrams = self._datagrams, []
+        return out
+
+    def stream_frames(self) -> list[tuple[str, bytes]]:
+        """(server name, message) for servers on a stream: requests and indications, in order."""
+        out, self._frames = self._frames, []
+        return out
+
+    def stream_wishes(self, now: float) -> list[TurnStream]:
+        """Streams to open now (their backoff allows) and to close."""
+        for name, server in self.servers.items():
+            if server.stream is not None and server.stream.due(now):
+                server.stream.attempt()
+                port = server.stream.port(server.endpoint.port)
+                self._wishes.append(TurnStream(name, server.endpoint._replace(port=port), server.stream.tls))
+        out, self._wishes = self._wishes, []
         return out
 
     def received(self) -> list[tuple[bytes, Endpoint]]:
@@ -194,7 +280,12 @@ class TurnLinks:
         return self._relayed
 
     def get_timer(self) -> Optional[float]:
-        timers = (server.client.get_timer() for server in self.servers.values())
+        timers = [server.client.get_timer() for server in self.servers.values()]
+        for server in self.servers.values():
+            if server.stream is not None:
+                timers.append(server.stream.deadline())
+            elif not server.client.heard:
+                timers.append(server.started + UDP_GIVE_UP)
         return min((t for t in timers if t is not None), default=None)
 
     def status(self) -> list[dict]:
@@ -203,6 +294,7 @@ class TurnLinks:
                 "name": name,
                 "kind": "turn",
                 "address": str(m.Endpoint(*server.endpoint)),
+                "transport": server.transport,
                 "ready": server.client.ready,
                 "state": server.client.state.value,
                 "relayed": None if server.client.relayed is None else str(m.Endpoint(*server.client.relayed)),
@@ -222,6 +314,8 @@ class TurnLinks:
             if info is None or (info.host, info.port) != (server.info.host, server.info.port):
                 server.client.close(now)
                 self._collect_one(name, server)
+                if server.stream is not None:
+                    self._wishes.append(TurnStream(name, None))
                 del self.servers[name]
                 del self.by_endpoint[server.endpoint]
         for name, info in wanted.items():
@@ -231,10 +325,19 @@ class TurnLinks:
                 server.client.set_credentials(info.username, info.password)
                 continue
             endpoint = Endpoint(ipaddress.ip_address(info.host).compressed, info.port)
-            client = TurnClient(info.username, info.password, self._random_bytes, self._config)
-            server = self.servers[name] = _Server(info, endpoint, client)
+            client = self._new_client(info)
+            server = self.servers[name] = _Server(info, endpoint, client, now)
             self.by_endpoint[endpoint] = server
             client.allocate(now)
+
+    def _new_client(self, info: m.TurnServer, reliable: bool = False) -> TurnClient:
+        return TurnClient(info.username, info.password, self._random_bytes, self._config, reliable=reliable)
+
+    def _to_stream(self, server: _Server) -> None:
+        """UDP got no answer: the allocation moves to a stream (connected by `stream_wishes`)."""
+        server.stream = StreamDial(server.info.tls_port)
+        server.stream.want()
+        server.client = self._new_client(server.info, reliable=True)
 
     def _set_peer(self, info: m.PeerInfo) -> None:
         relayed = tuple(Endpoint(e.host, e.port) for e in info.turn_relayed or ()) if info.online else ()
@@ -256,12 +359,13 @@ class TurnLinks:
         self._collect()
         home = next((server for server in self.servers.values() if server.client.ready), None)
         routes: dict[bytes, Endpoint] = {}
-        outbound: dict[Endpoint, tuple[Endpoint, int]] = {}
+        outbound: dict[Endpoint, tuple[Endpoint, int, Optional[str]]] = {}
+        stream = None if home is None or home.stream is None else home.info.name
         for key, addresses in self._peer_relayed.items():
             channel = None if home is None else home.client.channel(addresses[0])
             if channel is not None and addresses[0] in self._key_of_relayed:
                 routes[key] = addresses[0]
-                outbound[addresses[0]] = (home.endpoint, channel)
+                outbound[addresses[0]] = (home.endpoint, channel, stream)
         self._outbound = outbound
         if routes != self.routes:
             self.routes = routes
@@ -278,8 +382,11 @@ class TurnLinks:
 
     def _collect_one(self, name: str, server: _Server) -> None:
         client = server.client
-        for data in client.datagrams_to_send():
-            self._datagrams.append((server.endpoint, data))
+        datagrams = client.datagrams_to_send()
+        if server.stream is None:
+            self._datagrams += ((server.endpoint, data) for data in datagrams)
+        elif server.stream.connected:
+            self._frames += ((name, data) for data in datagrams)
         while (event := client.next_event()) is not None:
             if isinstance(event, DataReceived):
                 key = self._key_of_relayed.get(Endpoint(*event.peer))
@@ -288,14 +395,3 @@ class TurnLinks:
             else:
                 self._events.append((name, event))
 
-
-def frame_run(channel: int, run: memoryview, seg_size: int) -> bytearray:
-    """A GSO run of messages (``seg_size`` each, the last may be shorter) as a run of ChannelData
-    (``seg_size + 4`` each): the header prepend, one copy per message."""
-    out = bytearray()
-    pack = CHANNEL_HEADER.pack
-    for first in range(0, len(run), seg_size):
-        segment = run[first:first + seg_size]
-        out += pack(channel, len(segment))
-        out += segment
-    return out

@@ -1,0 +1,121 @@
+"""The daemon's outgoing streams to servers: TCP, or TLS (`meshvpn.tlsenvelope`), opened on the node's wish.
+
+A node falls back to a stream when UDP to a server gets no answer: to a meshvpn relay (its
+secure channel over TCP, `meshvpn.node.relay.shell`) or to a TURN server (RFC 8656 over TCP,
+`meshvpn.node.turn.shell`). Connecting, reading until the end, closing and reporting are the
+same for both and live here; what the bytes mean is the subclass's (`connected`, `received`,
+`ended`). The node decides when to open and close (`meshvpn.node.streamdial`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable, Optional
+
+from meshvpn import tlsenvelope
+from meshvpn.errors import MeshError
+from meshvpn.node.node import Node
+from meshvpn.wire import Endpoint
+
+log = logging.getLogger("meshvpn.node.streams")
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds for the TCP connect, the TLS handshake and the subclass's own handshake."""
+READ_SIZE = 65536
+
+
+class Stream:
+    """One connection to a server, by the name the node gave it."""
+
+    def __init__(self, owner: StreamSet, name: str, endpoint: Endpoint, tls: bool) -> None:
+        self.owner = owner
+        self.name = name
+        self.endpoint = endpoint
+        self.tls = tls
+        self.state: Any = None
+        """The subclass's per-stream state (a relay's secure channel)."""
+        self.writer: Optional[asyncio.StreamWriter] = None
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def write(self, data: bytes) -> None:
+        if self.writer is not None and data:
+            self.writer.write(data)
+
+    def close(self) -> None:
+        self.task.cancel()
+
+    async def _run(self) -> None:
+        owner, kind = self.owner, "TLS" if self.tls else "TCP"
+        try:
+            context = tlsenvelope.client_context() if self.tls else None
+            reader, self.writer = await asyncio.wait_for(asyncio.open_connection(*self.endpoint, ssl=context),
+                                                         CONNECT_TIMEOUT)
+            owner.connected(self)
+            owner.transmit()
+            while data := await reader.read(READ_SIZE):
+                owner.received(self, data)
+                owner.transmit()
+            raise EOFError("the server closed the connection")
+        except asyncio.CancelledError:
+            raise
+        except (OSError, asyncio.TimeoutError, EOFError, MeshError) as exc:
+            log.info("%s %s: %s connection lost: %s", owner.what, self.name, kind, exc or type(exc).__name__)
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+            owner.forget(self)
+
+
+class StreamSet:
+    """The streams of one kind (to relays, or to TURN servers) of one node daemon, by name."""
+
+    what = "server"
+    """What the streams go to, for the log."""
+
+    def __init__(self, node: Node, transmit: Callable[[], None], clock: Callable[[], float]) -> None:
+        self.node = node
+        self.transmit = transmit
+        """The daemon's drain of the node's outputs, called after every input."""
+        self.clock = clock
+        self._streams: dict[str, Stream] = {}
+        self._closed = False
+
+    def open(self, name: str, endpoint: Endpoint, tls: bool) -> None:
+        if not self._closed:
+            log.info("%s %s: no answer over UDP, trying %s at %s:%d", self.what, name, "TLS" if tls else "TCP",
+                     *endpoint)
+            self._streams[name] = Stream(self, name, endpoint, tls)
+
+    def close_stream(self, name: str) -> None:
+        stream = self._streams.pop(name, None)
+        if stream is not None:
+            log.info("%s %s: closing its stream", self.what, name)
+            stream.close()
+
+    def get(self, name: str) -> Optional[Stream]:
+        return self._streams.get(name)
+
+    def forget(self, stream: Stream) -> None:
+        """`stream` ended: tell the node, unless it was closed on the node's wish or at shutdown."""
+        if self._streams.get(stream.name) is stream:
+            del self._streams[stream.name]
+            if not self._closed:
+                self.ended(stream.name)
+                self.transmit()
+
+    async def close(self) -> None:
+        self._closed = True
+        for stream in list(self._streams.values()):
+            stream.close()
+
+    # ---- what the bytes mean: the subclass's ----------------------------------------------
+
+    def connected(self, stream: Stream) -> None:
+        """The connection (and TLS) is up."""
+
+    def received(self, stream: Stream, data: bytes) -> None:
+        """Bytes from the server."""
+
+    def ended(self, name: str) -> None:
+        """The stream to `name` failed or closed by itself."""
