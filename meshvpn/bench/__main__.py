@@ -11,7 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from meshvpn.bench.measure import ping_stats, process_cpu_seconds, throughput_runs
+from meshvpn.bench.measure import (peak_rss_mib, ping_stats, process_cpu_seconds, process_tree, throughput_runs,
+                                   tree_cpu_seconds)
 from meshvpn.bench.peers import ROWS, BenchLab, BenchNet, Row, apply_loss, build_net, loss_drops
 from meshvpn.bench.report import RowResult, render_table, to_json, write_json
 from meshvpn.errors import MeshError
@@ -49,11 +50,18 @@ def run_row(row: Row, net: BenchNet, workdir: Path, args: argparse.Namespace) ->
         tunnel = row.start(net, rowdir)
         result.mtu, result.first_ping_s, result.path = tunnel.mtu, tunnel.first_ping_s, tunnel.path
         result.rtt_ms = ping_stats(net.a, tunnel.target, args.pings).avg_ms
+        pids = process_tree([proc.pid for ns in (net.a, net.b, net.side) for proc in ns.processes])
         cpu_before = None if tunnel.relay_pid is None else process_cpu_seconds(tunnel.relay_pid)
-        result.throughput_runs = throughput_runs(net.a, net.b, tunnel.target, args.seconds, args.runs,
-                                                 rowdir / "iperf3-server.log")
+        tree_before = tree_cpu_seconds(pids)
+        result.throughput_runs, loaded = throughput_runs(net.a, net.b, tunnel.target, args.seconds, args.runs,
+                                                         rowdir / "iperf3-server.log")
+        gbit = sum(result.throughput_runs) * args.seconds / 1000
+        if pids and gbit:
+            result.cpu_s_per_gb = (tree_cpu_seconds(pids) - tree_before) / (gbit / 8)
+            result.peak_rss_mib = peak_rss_mib(pids)
+        result.loaded_p50_ms, result.loaded_p99_ms = loaded.p50, loaded.p99
+        result.loaded_lost = loaded.sent - len(loaded.times_ms)
         if cpu_before is not None:
-            gbit = sum(result.throughput_runs) * args.seconds / 1000
             result.relay_cpu_s_per_gbit = (process_cpu_seconds(tunnel.relay_pid) - cpu_before) / gbit
     except MeshError as err:
         result.error = " ".join(str(err).split())

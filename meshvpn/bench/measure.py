@@ -1,7 +1,10 @@
 """iperf3 and ping runs between the bench namespaces, and parsers for what they print.
 
 Throughput is iperf3's TCP receiver-side rate (what actually arrived), one client run per
-sample against one server kept for the row. Latency is iputils `ping`'s average RTT. The
+sample against one server kept for the row. Latency is iputils `ping`: idle, its average RTT;
+under load, every reply's RTT of a ping each `LOADED_PING_INTERVAL` while the first iperf3 run
+fills the tunnel in the same direction, summed up as p50 and p99. A row's processes are
+measured too: CPU seconds (their whole process trees, user plus system) and peak RSS. The
 parsers are pure so they are tested on captured output; runners raise `MeasureError`.
 """
 
@@ -22,9 +25,12 @@ from meshvpn.lab import Namespace
 IPERF_PORT = 5201
 SERVER_START_TIMEOUT = 5.0
 PING_INTERVAL = 0.2
+LOADED_PING_INTERVAL = 0.01
+"""A ping every 10 ms under load, as a game sends its updates."""
 
 _PING_COUNTS = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
 _PING_RTT = re.compile(r"(?:rtt|round-trip) min/avg/max(?:/mdev|/stddev)? = [\d.]+/([\d.]+)/")
+_PING_REPLY = re.compile(r"icmp_seq=\d+ ttl=\d+ time=(\d+(?:\.\d+)?) ms")
 
 
 class MeasureError(MeshError):
@@ -76,6 +82,35 @@ def parse_ping(text: str) -> PingStats:
         raise MeasureError(f"bad numbers in the ping summary: {text[-200:]!r}") from None
 
 
+def parse_ping_times(text: str) -> list[float]:
+    """Every reply's RTT in ms, in order, from `ping` without ``-q``."""
+    return [float(match.group(1)) for match in _PING_REPLY.finditer(text)]
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """The nearest-rank percentile (`share` in 0..1) of `values`; None if there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+@dataclass(frozen=True)
+class LoadedPing:
+    """Pings every `LOADED_PING_INTERVAL` while a transfer ran through the same tunnel."""
+
+    sent: int
+    times_ms: list[float]
+
+    @property
+    def p50(self) -> float | None:
+        return percentile(self.times_ms, 0.5)
+
+    @property
+    def p99(self) -> float | None:
+        return percentile(self.times_ms, 0.99)
+
+
 def _wait_listening(log: Path, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     while time.monotonic() < deadline:
@@ -103,21 +138,77 @@ def parse_cpu_ticks(stat: str) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def throughput_runs(client: Namespace, server: Namespace, address: str, seconds: float, runs: int, log: Path) -> list[float]:
-    """`runs` iperf3 TCP runs of `seconds` each from `client` to `address` in `server`; Mbit/s each."""
+def throughput_runs(client: Namespace, server: Namespace, address: str, seconds: float, runs: int,
+                    log: Path) -> tuple[list[float], LoadedPing]:
+    """`runs` iperf3 TCP runs of `seconds` each from `client` to `address` in `server` (Mbit/s each),
+    and the pings `client` sent to `address` during the first run."""
     log.unlink(missing_ok=True)
     proc = server.popen(["iperf3", "-s", "-p", str(IPERF_PORT), "--forceflush", "--logfile", str(log)],
                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_listening(log, proc)
         results = []
-        for _ in range(runs):
-            done = client.run(["iperf3", "-c", address, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"],
-                              check=False, timeout=seconds + 30)
-            results.append(parse_iperf3_json(done.stdout))
-        return results
+        count = max(1, int((seconds - 0.5) / LOADED_PING_INTERVAL))
+        pings = log.with_name("ping-under-load.txt")
+        with pings.open("w") as out:
+            pinger = client.popen(["ping", "-n", "-c", str(count), "-i", str(LOADED_PING_INTERVAL), "-W", "1", address],
+                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            for _ in range(runs):
+                done = client.run(["iperf3", "-c", address, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"],
+                                  check=False, timeout=seconds + 30)
+                results.append(parse_iperf3_json(done.stdout))
+                if len(results) == 1:
+                    try:
+                        pinger.wait(timeout=5)  # it stops by itself after `count`; its output is flushed then
+                    except subprocess.TimeoutExpired:
+                        pass
+        finally:
+            client.stop(pinger)
+        return results, LoadedPing(count, parse_ping_times(pings.read_text(errors="replace")))
     finally:
         server.stop(proc)
+
+
+def process_tree(pids: list[int]) -> list[int]:
+    """`pids` and all their living descendants (a VPN may fork helpers)."""
+    out, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in out:
+            continue
+        out.append(pid)
+        for task in Path(f"/proc/{pid}/task").glob("*/children"):
+            try:
+                todo += [int(child) for child in task.read_text().split()]
+            except OSError:
+                pass
+    return out
+
+
+def tree_cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU seconds of every process in `pids` that still runs."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += process_cpu_seconds(pid)
+        except MeasureError:
+            pass
+    return total
+
+
+def peak_rss_mib(pids: list[int]) -> float | None:
+    """The largest peak resident set (VmHWM) among `pids`, MiB; None if none could be read."""
+    peaks = []
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+        if match:
+            peaks.append(int(match.group(1)) / 1024)
+    return max(peaks, default=None)
 
 
 def ping_stats(ns: Namespace, address: str, count: int) -> PingStats:

@@ -19,7 +19,8 @@ MESHVPN = "meshvpn"
 PEER = "peer"
 """Row kind of another VPN that meshvpn is measured against."""
 
-COLUMNS = ("row", "Mbit/s", "runs (Mbit/s)", "RTT ms", "MTU", "vs best VPN", "notes")
+COLUMNS = ("row", "Mbit/s", "runs (Mbit/s)", "RTT ms", "load p50/p99", "CPU s/GB", "RSS MiB", "MTU", "vs best VPN",
+           "notes")
 
 
 @dataclass
@@ -33,7 +34,18 @@ class RowResult:
     throughput_runs: list[float] = field(default_factory=list)
     """iperf3 TCP throughput of each run, Mbit/s."""
     rtt_ms: float | None = None
-    """Average ping round trip through the tunnel, ms."""
+    """Average ping round trip through the idle tunnel, ms."""
+    loaded_p50_ms: float | None = None
+    """Median RTT of a ping every 10 ms while the first iperf3 run fills the tunnel, ms."""
+    loaded_p99_ms: float | None = None
+    """99th percentile of the same pings, ms."""
+    loaded_lost: int | None = None
+    """Those pings without a reply within 1 s."""
+    cpu_s_per_gb: float | None = None
+    """CPU seconds the row's processes (both ends, and any relay or server) spent per GB carried
+    (user plus system; the kernel's own softirq work is not in it)."""
+    peak_rss_mib: float | None = None
+    """The largest peak resident set among the row's processes, MiB."""
     mtu: int | None = None
     """MTU of the tunnel interface (the link's for the baseline)."""
     first_ping_s: float | None = None
@@ -74,6 +86,8 @@ def _notes(result: RowResult) -> str:
         parts.append(f"path {result.path}")
     if result.relay_cpu_s_per_gbit is not None:
         parts.append(f"relay {result.relay_cpu_s_per_gbit:.2f} CPU s per Gbit")
+    if result.loaded_lost:
+        parts.append(f"{result.loaded_lost} pings lost under load")
     return ", ".join(parts)
 
 
@@ -92,6 +106,9 @@ def table_rows(results: list[RowResult]) -> list[tuple[str, ...]]:
             _number(result.throughput, 0),
             " ".join(f"{run:.0f}" for run in result.throughput_runs) or "-",
             _number(result.rtt_ms, 3),
+            "-" if result.loaded_p50_ms is None else f"{result.loaded_p50_ms:.2f}/{_number(result.loaded_p99_ms, 2)}",
+            _number(result.cpu_s_per_gb, 1),
+            _number(result.peak_rss_mib, 0),
             "-" if result.mtu is None else str(result.mtu),
             "-" if ratio is None else f"{ratio:.2f}x",
             _notes(result),

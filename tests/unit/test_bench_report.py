@@ -7,7 +7,8 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from meshvpn.bench.measure import MeasureError, PingStats, parse_cpu_ticks, parse_iperf3_json, parse_ping
+from meshvpn.bench.measure import (LoadedPing, MeasureError, PingStats, parse_cpu_ticks, parse_iperf3_json, parse_ping,
+                                   parse_ping_times, percentile)
 from meshvpn.bench.report import BASELINE, MESHVPN, PEER, RowResult, best_peer, render_table, table_rows, to_json, write_json
 
 from fuzzing import mutated
@@ -154,10 +155,28 @@ def test_no_peer_measured_means_no_ratio() -> None:
 
 def test_table_cells() -> None:
     rows = table_rows(_results())
-    assert rows[0] == ("plain veth", "15000", "15000 14000 16000", "0.040", "1500", "23.08x", "")
-    assert rows[1] == ("meshvpn direct", "320", "300 330 320", "0.600", "1380", "0.49x", "first ping 1.23 s, path lan")
-    assert rows[2][5] == "1.00x"
-    assert rows[4] == ("nebula", "-", "-", "-", "-", "-", "error: nebula1 in a not within 20s")
+    assert rows[0] == ("plain veth", "15000", "15000 14000 16000", "0.040", "-", "-", "-", "1500", "23.08x", "")
+    assert rows[1] == ("meshvpn direct", "320", "300 330 320", "0.600", "-", "-", "-", "1380", "0.49x",
+                       "first ping 1.23 s, path lan")
+    assert rows[2][8] == "1.00x"
+    assert rows[4] == ("nebula", "-", "-", "-", "-", "-", "-", "-", "-", "error: nebula1 in a not within 20s")
+
+
+def test_latency_under_load_cpu_and_memory_have_their_columns() -> None:
+    row = RowResult("meshvpn direct", MESHVPN, [3000.0], rtt_ms=0.9, loaded_p50_ms=1.234, loaded_p99_ms=8.5,
+                    loaded_lost=3, cpu_s_per_gb=2.25, peak_rss_mib=38.6)
+    assert table_rows([row])[0][4:7] == ("1.23/8.50", "2.2", "39")
+    assert table_rows([row])[0][9] == "3 pings lost under load"
+
+
+def test_every_reply_time_and_the_percentiles_of_loaded_pings() -> None:
+    text = "PING 10.0.0.2 56(84) bytes of data.\n" + "".join(
+        f"64 bytes from 10.0.0.2: icmp_seq={i} ttl=64 time={t} ms\n" for i, t in enumerate(["0.3", "0.25", "12", "1"], 1))
+    times = parse_ping_times(text + "\n--- 10.0.0.2 ping statistics ---\n4 packets transmitted, 4 received\n")
+    assert times == [0.3, 0.25, 12.0, 1.0]
+    loaded = LoadedPing(5, times)
+    assert (loaded.p50, loaded.p99) == (0.3, 12.0)
+    assert percentile([], 0.5) is None and percentile(list(map(float, range(1, 101))), 0.99) == 99.0
 
 
 def test_table_columns_line_up() -> None:
@@ -189,4 +208,4 @@ def test_cpu_ticks_of_a_process_whose_name_holds_spaces_and_parentheses() -> Non
 
 def test_a_relayed_row_notes_the_relay_cpu_per_gbit() -> None:
     row = RowResult("meshvpn relayed UDP", MESHVPN, [1000.0], path="relay", relay_cpu_s_per_gbit=0.4567)
-    assert table_rows([row])[0][6] == "path relay, relay 0.46 CPU s per Gbit"
+    assert table_rows([row])[0][9] == "path relay, relay 0.46 CPU s per Gbit"
