@@ -13,7 +13,7 @@ from pathlib import Path
 
 from meshvpn.bench.measure import (peak_rss_mib, ping_stats, process_cpu_seconds, process_tree, throughput_runs,
                                    tree_cpu_seconds)
-from meshvpn.bench.peers import ROWS, BenchLab, BenchNet, Row, apply_loss, build_net, loss_drops
+from meshvpn.bench.peers import ROWS, BenchLab, BenchNet, Row, apply_loss, build_nat_net, build_net, loss_drops
 from meshvpn.bench.report import RowResult, render_table, to_json, write_json
 from meshvpn.errors import MeshError
 
@@ -81,15 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         with BenchLab() as lab, tempfile.TemporaryDirectory(prefix="meshvpn-bench-") as workdir:
-            net = build_net(lab)
+            nets = {"link": build_net(lab)}
+            if any(row.net == "nat" for row in rows):
+                nets["nat"] = build_nat_net(lab)
             if args.loss:
-                apply_loss(net, args.loss)
+                apply_loss(nets["link"], args.loss)
             for row in rows:
                 print(f"bench: {row.name} ...", file=sys.stderr, flush=True)
-                result = run_row(row, net, Path(workdir), args)
+                result = run_row(row, nets[row.net], Path(workdir), args)
                 results.append(result)
                 print(f"bench: {row.name}: {result.error or f'{result.throughput:.0f} Mbit/s'}", file=sys.stderr, flush=True)
-            dropped = loss_drops(net) if args.loss else 0
+            dropped = loss_drops(nets["link"]) if args.loss else 0
     except KeyboardInterrupt:
         print("bench: interrupted; namespaces and processes removed", file=sys.stderr)
         return 130

@@ -2,6 +2,9 @@
 
 Two namespaces, `a` and `b`, share one veth pair (MTU 1500); a third, `side`, hangs off `a`
 for servers a row needs besides the two ends (meshvpn's coordination server, later relays).
+Rows marked ``net="nat"`` run on a second net instead (`build_nat_net`), built only when such
+a row runs: hosts `na1` and `nb1` behind kernel NAT routers (`meshvpn.lab.Topology`, the same
+NATs as the lab tests and the demo) and a server on the simulated internet.
 Every row is a `Row` in `ROWS`: a name, a kind and a `start(net, workdir) -> Tunnel` that
 starts its processes with `Namespace.popen` (so teardown can kill them by PID) and returns
 the address of `b` inside the tunnel. Rows run one at a time; `BenchNet.stop_all()` ends a
@@ -26,7 +29,7 @@ from nacl.public import PrivateKey
 
 from meshvpn.bench.report import BASELINE, MESHVPN, PEER
 from meshvpn.errors import MeshError
-from meshvpn.lab import Lab, LabError, Namespace
+from meshvpn.lab import Lab, LabError, Namespace, Nat, NatKind, Topology
 from meshvpn.lab.mesh import Mesh
 from meshvpn.lab.mesh import wait_for as mesh_wait_for
 
@@ -67,10 +70,15 @@ class BenchNet:
     """Server end: iperf3 -s runs here."""
     side: Namespace
     """Behind `a` (routed), for a row's servers."""
+    a_addr: str = A_ADDR
+    b_addr: str = B_ADDR
+    side_addr: str = SIDE_ADDR
+    topology: Topology | None = None
+    """The NAT net's topology (`build_nat_net`), whose NATs a row sets; None for the link net."""
 
     def sides(self) -> list[tuple[Namespace, str, str]]:
         """(namespace, its link address, the other end's link address) for `a`, then `b`."""
-        return [(self.a, A_ADDR, B_ADDR), (self.b, B_ADDR, A_ADDR)]
+        return [(self.a, self.a_addr, self.b_addr), (self.b, self.b_addr, self.a_addr)]
 
     def stop_all(self) -> None:
         """Stop every process started in the bench namespaces (newest first)."""
@@ -107,6 +115,8 @@ class Row:
     """Brings the tunnel up; files go to the given directory, processes via `Namespace.popen`."""
     programs: tuple[str, ...] = ()
     """Executables the row needs; a missing one fails the row, not the bench."""
+    net: str = "link"
+    """``link`` (the a–b veth) or ``nat`` (both ends behind NAT routers, `build_nat_net`)."""
 
 
 def build_net(lab: Lab) -> BenchNet:
@@ -122,6 +132,26 @@ def build_net(lab: Lab) -> BenchNet:
     b.ip("route", "add", SIDE_NET, "via", A_ADDR)
     side.ip("route", "add", "default", "via", SIDE_GATEWAY)
     return BenchNet(a, b, side)
+
+
+NAT_SERVER_ADDR = "203.0.113.10"
+
+
+def build_nat_net(lab: Lab) -> BenchNet:
+    """Hosts `na1` and `nb1` behind their own NAT routers `na` and `nb`, and a server `nside` on the
+    simulated internet (`meshvpn.lab.Topology`); a row picks the NATs (`set_nats`)."""
+    topology = Topology(lab)
+    topology.add_server("nside", addrs=[NAT_SERVER_ADDR])
+    for site in ("na", "nb"):
+        topology.add_site(site)
+    return BenchNet(topology.host("na1"), topology.host("nb1"), topology.host("nside"), topology.addr("na1"),
+                    topology.addr("nb1"), NAT_SERVER_ADDR, topology)
+
+
+def set_nats(net: BenchNet, nat_a: Nat, nat_b: Nat) -> None:
+    """Give the NAT net's routers these NATs (and forget every mapping)."""
+    net.topology.set_nat("na", nat_a)
+    net.topology.set_nat("nb", nat_b)
 
 
 LOSS_TABLE = "benchloss"
@@ -347,35 +377,47 @@ BLOCK_TABLE = "benchblock"
 """nftables table in `b` that makes a relayed row's traffic take the relay."""
 
 
-def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None) -> Tunnel:
+def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None, block: bool = True) -> Tunnel:
     """Two `meshvpn daemon`s and a `meshvpn coord` in `side` (`meshvpn.lab.mesh`); measures the
     time to the first reply.
 
-    With `relay` ("udp" or "tcp") a `meshvpn relay` runs in `side` too, and `b` drops everything
-    to and from `a`'s own address (no UDP or TCP hole can be punched), and for "tcp" also every UDP
-    packet it sends, so the two daemons use the relay, over UDP or over TCP. The clock starts when both daemons answer on their
-    control sockets and stops at the first ping reply from `b`'s overlay address; the path is
-    what `a`'s status says right after.
+    With `relay` ("udp" or "tcp") a `meshvpn relay` runs in `side` too, and (with `block`) `b`
+    drops everything to and from `a`'s own address (no UDP or TCP hole can be punched), and for
+    "tcp" also every UDP packet it sends, so the two daemons use the relay, over UDP or over TCP.
+    The clock starts when both daemons answer on their control sockets and stops at the first
+    ping reply from `b`'s overlay address; the path is what `a`'s status says right after.
     """
-    mesh = Mesh(workdir, net.side, SIDE_ADDR, network=MESHVPN_NETWORK, cidr=MESHVPN_SUBNET, log_level="info")
+    a, b = net.a.short, net.b.short
+    mesh = Mesh(workdir, net.side, net.side_addr, network=MESHVPN_NETWORK, cidr=MESHVPN_SUBNET, log_level="info")
     try:
         if relay is not None:
-            mesh.start_relay("relay", net.side, SIDE_ADDR)
-            _block_direct_paths(net, relay)
+            mesh.start_relay("relay", net.side, net.side_addr)
+            if block:
+                _block_direct_paths(net, relay)
         mesh.start_coord()
         key, _ = mesh.create_auth_key()
         for ns, local, _ in net.sides():
             mesh.start_node(ns.short, ns, key, listen=f"{local}:{NODE_PORT}", tun=MESHVPN_TUN)
-        mesh_wait_for(lambda: mesh.status("a") and mesh.status("b"), START_TIMEOUT, "both daemons answering",
+        mesh_wait_for(lambda: mesh.status(a) and mesh.status(b), START_TIMEOUT, "both daemons answering",
                       poll=POLL_SECONDS)
         up = time.monotonic()
-        target = mesh_wait_for(lambda: mesh.peer_overlay("a", "b"), START_TIMEOUT, "peer b in a's status",
+        target = mesh_wait_for(lambda: mesh.peer_overlay(a, b), START_TIMEOUT, f"peer {b} in {a}'s status",
                                poll=POLL_SECONDS)
     except LabError as err:
         raise BenchError(f"{err}{_tails(tuple(sorted(workdir.glob('*.log'))))}") from None
     replied = reachable(net, target, tuple(sorted(workdir.glob("*.log"))))
     return Tunnel(target=target, mtu=link_mtu(net.a, MESHVPN_TUN), first_ping_s=replied - up,
-                  path=mesh.peer("a", "b")["path"], relay_pid=mesh.relays["relay"].proc.pid if relay else None)
+                  path=mesh.peer(a, b)["path"], relay_pid=mesh.relays["relay"].proc.pid if relay else None)
+
+
+def start_meshvpn_nat(net: BenchNet, workdir: Path, relayed: bool) -> Tunnel:
+    """meshvpn between hosts behind NAT routers: a port-preserving site and a port-range one (a
+    direct path), or two random-port sites with a relay (no direct path exists)."""
+    if relayed:
+        set_nats(net, NatKind.RANDOM_PORTS, NatKind.RANDOM_PORTS)
+        return start_meshvpn(net, workdir, relay="udp", block=False)
+    set_nats(net, NatKind.PORT_PRESERVING, NatKind.PORT_RANGE)
+    return start_meshvpn(net, workdir)
 
 
 def _block_direct_paths(net: BenchNet, transport: str) -> None:
@@ -394,6 +436,8 @@ ROWS: tuple[Row, ...] = (
     Row("meshvpn direct", MESHVPN, start_meshvpn),
     Row("meshvpn relayed UDP", MESHVPN, lambda net, workdir: start_meshvpn(net, workdir, relay="udp")),
     Row("meshvpn relayed TCP", MESHVPN, lambda net, workdir: start_meshvpn(net, workdir, relay="tcp")),
+    Row("meshvpn NATs direct", MESHVPN, lambda net, workdir: start_meshvpn_nat(net, workdir, relayed=False), net="nat"),
+    Row("meshvpn NATs relayed", MESHVPN, lambda net, workdir: start_meshvpn_nat(net, workdir, relayed=True), net="nat"),
     Row("quicktun nacltai", PEER, start_quicktun, ("quicktun",)),
     Row("wireguard-go", PEER, start_wireguard_go, ("wireguard-go", "wg")),
     Row("tinc 1.0 router", PEER, start_tinc, ("tincd",)),
