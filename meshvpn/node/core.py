@@ -161,6 +161,11 @@ class NodeCore(Punching):
             self._upsert_peer(msg.peer, now)
         elif isinstance(msg, m.PeerRemove):
             self.remove_peer(msg.key, "removed by the coord")
+        elif isinstance(msg, m.PeerDelta):
+            for key in msg.removed:
+                self.remove_peer(key, "removed by the coord")
+            for info in msg.peers:
+                self._upsert_peer(info, now)
         elif isinstance(msg, m.Punch):
             self._on_punch(msg, now)
         elif isinstance(msg, m.Error):

@@ -424,6 +424,7 @@ class NodeDaemon:
             public_endpoint=self.public_endpoint,
             tcp_punch=self.punch.from_punch_port or None,
             nat=self.nat,
+            deltas=True,
         )
 
     def _on_coord_message(self, msg: m.Message) -> None:

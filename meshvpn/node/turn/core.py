@@ -115,6 +115,11 @@ class TurnLinks:
             self._set_peer(msg.peer)
         elif isinstance(msg, m.PeerRemove):
             self._peer_relayed.pop(msg.key, None)
+        elif isinstance(msg, m.PeerDelta):
+            for key in msg.removed:
+                self._peer_relayed.pop(key, None)
+            for info in msg.peers:
+                self._set_peer(info)
         else:
             return
         self._update(now)
