@@ -235,6 +235,9 @@ class NodeCoordLink(CoordLink):
     auth_key: String = option("pre-auth key from `meshvpn coord key create`; needed on first join only "
                               "(the file must then be mode 0600)", "", secret=True)
     stun_port: Port = option("UDP port of the coordination server's STUN service (same host)", 3478)
+    other_addresses: tuple[HostPort, ...] = option(
+        "more instances of the same coordination server (same key and database), tried in turn when "
+        "one does not answer; a name may also resolve to several instances", ())
 
 
 @_section

@@ -1,53 +1,72 @@
-"""The node's control channel to the coord: connect, register, keep alive, reconnect.
+"""The node's control channel to the coord: connect, register, keep alive, reconnect, fail over.
 
 The link is a :mod:`meshvpn.coord.client` connection (a :mod:`meshvpn.channel` stream over
 TCP; the coord's key is pinned from the config).  The first message is ``register``; after
 that every message is handed to ``on_message``.  The link pings every ``keepalive`` seconds
-and answers the coord's pings; three intervals of silence mean the coord is gone.  Losing
-the coord never stops the node: the data path keeps running, peers are kept, and the link
-reconnects with exponential backoff and jitter (so a restarted coord is not hit by every
-node at the same instant) until it is closed.
+and answers the coord's pings; silence beyond :func:`meshvpn.node.coorddial.silence_limit`
+means the coord is gone.  Losing the coord never stops the node: the data path keeps running,
+peers are kept, and the link tries the coord's addresses again (several instances, or a name
+with several addresses) in the order and with the jittered, capped backoff that
+:mod:`meshvpn.node.coorddial` decides, until it is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import socket
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
-from meshvpn.backoff import doubling
 from meshvpn.config import Address
 from meshvpn.control import messages as m
-from meshvpn.coord.client import CoordClient, connect
+from meshvpn.coord.client import CoordClient, CoordUnreachable, connect
 from meshvpn.errors import MeshError
 from meshvpn.noise import StaticIdentity
+from meshvpn.node.coorddial import BACKOFF_MAX, Dialer, Endpoint, backoff_delay, silence_limit
 from meshvpn.node.startup import explain_coord_failure
 
 log = logging.getLogger("meshvpn.node.coordlink")
 
-BACKOFF_INITIAL = 1.0
-"""Seconds before the first reconnect; doubles per failure."""
-BACKOFF_MAX = 30.0
-"""Longest wait between reconnects."""
+__all__ = ["BACKOFF_MAX", "CONNECT_TIMEOUT", "CoordLink", "backoff_delay", "resolve"]
+
 CONNECT_TIMEOUT = 10.0
 """Seconds for TCP connect plus the channel handshake."""
+CLOSE_POLL = 0.1
+"""Seconds between cancels of the link's task while it is being closed."""
 
 
-def backoff_delay(failures: int, jitter: float) -> float:
-    """Wait before reconnect number ``failures`` (1-based); ``jitter`` in [0, 1) spreads it ±50%."""
-    base = doubling(BACKOFF_INITIAL, BACKOFF_MAX, failures - 1)
-    return base * (0.5 + jitter)
+async def resolve(address: Address, family: int = socket.AF_UNSPEC) -> list[Endpoint]:
+    """The IP addresses behind one configured coord address, in the resolver's order."""
+    try:
+        ipaddress.ip_address(address.host)
+        return [Endpoint(address.host, address.port)]
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(address.host, address.port, family=family,
+                                                             type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise CoordUnreachable(address.host, address.port, exc.strerror or str(exc), unresolved=True) from None
+    found: list[Endpoint] = []
+    for *_, sockaddr in infos:
+        endpoint = Endpoint(sockaddr[0], sockaddr[1])
+        if endpoint not in found:
+            found.append(endpoint)
+    return found
+
+
+class _Refused(Exception):
+    """The coord answered `error` and closed the channel: it is there but does not take us now."""
 
 
 class CoordLink:
-    """Keeps one registered control channel to the coord while the node runs."""
+    """Keeps one registered control channel to one of the coord's addresses while the node runs."""
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        addresses: Sequence[Address],
         server_public: bytes,
         identity: StaticIdentity,
         register: Callable[[], m.Register],
@@ -55,8 +74,11 @@ class CoordLink:
         on_state: Callable[[bool], None],
         keepalive: float = 15.0,
         local_socket: Optional[Callable[[], socket.socket]] = None,
+        family: int = socket.AF_UNSPEC,
     ) -> None:
-        self.host, self.port = host, port
+        self.addresses = tuple(addresses)
+        """The configured coord addresses, in order of preference (names resolved per round)."""
+        self.family = family
         self.local_socket = local_socket
         """Makes the socket each connection comes from (the node's TCP punch port); None: any."""
         self.server_public = server_public
@@ -68,22 +90,36 @@ class CoordLink:
         """Called with True once registered frames flow, False when the link drops (or the first attempt fails)."""
         self.keepalive = keepalive
         self.connected = False
-        self.failures = 0
+        self.endpoint: Optional[Endpoint] = None
+        """The coord address the link is registered through, while it is."""
+        self._tried = False
+        self._warned: dict[tuple, str] = {}
+        """The last failure logged per address, so that a retry for the same reason stays quiet."""
         self._client: Optional[CoordClient] = None
         self._task: Optional[asyncio.Task] = None
         self._rng = random.Random()
+        self.dialer = Dialer(spread=self._rng.random())
+
+    @property
+    def failures(self) -> int:
+        """Rounds in a row that reached no coord (0 once registered)."""
+        return self.dialer.failures
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        """Stop the link.  The cancel is repeated until it takes: ``asyncio.wait_for`` (3.11) drops
+        a cancel that arrives as its awaitable completes, and the link would carry on."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=CLOSE_POLL)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("coord link ended with %r", task.exception())
+        self._drop()
 
     def send(self, msg: m.Message) -> bool:
         """Send if connected; False (dropped) otherwise: state is re-sent on reconnect."""
@@ -94,42 +130,91 @@ class CoordLink:
 
     async def _run(self) -> None:
         while True:
-            try:
-                await self._session()
-            except asyncio.CancelledError:
-                raise
-            except (OSError, asyncio.TimeoutError, EOFError, MeshError) as exc:
-                log.warning("%s", explain_coord_failure(Address(self.host, self.port), exc))
-            finally:
-                self._drop()
-            self.failures += 1
-            delay = backoff_delay(self.failures, self._rng.random())
-            log.info("reconnecting to the coord in %.1f s", delay)
+            delay = await self._round()
+            log.debug("reconnecting to the coord in %.1f s", delay)
             await asyncio.sleep(delay)
 
-    def _drop(self) -> None:
+    async def _round(self) -> float:
+        """Try the coord's addresses in the dialer's order; the wait before the next round."""
+        groups = []
+        for address in self.addresses:
+            try:
+                groups.append(await resolve(address, self.family))
+            except CoordUnreachable as exc:
+                self._warn(address, explain_coord_failure(address, exc))
+        self.dialer.plan(groups)
+        delay: Optional[float] = None
+        while delay is None and (endpoint := self.dialer.next_endpoint()) is not None:
+            delay = await self._attempt(endpoint)
+        if delay is None:
+            delay = self.dialer.unreachable(self._rng.random()) or 0.0
+        if not self._tried:
+            self._tried = True
+            self.on_state(False)
+        return delay
+
+    async def _attempt(self, endpoint: Endpoint) -> Optional[float]:
+        """One connection through `endpoint`; None to go on with the round, else the wait."""
+        try:
+            await self._session(endpoint)
+        except asyncio.CancelledError:
+            raise
+        except _Refused:
+            return self.dialer.refused(self._rng.random())
+        except (OSError, asyncio.TimeoutError, EOFError, MeshError) as exc:
+            self._warn(endpoint, explain_coord_failure(Address(*endpoint), exc))
+        finally:
+            registered = self._drop()
+        if registered:
+            return self.dialer.dropped(self._rng.random())
+        return self.dialer.unreachable(self._rng.random())
+
+    def _warn(self, where: tuple, text: str) -> None:
+        """Log why an address failed: a warning when the reason is new, then quietly while the
+        link retries every few seconds for the same reason."""
+        if self._warned.get(where) == text:
+            log.debug("%s", text)
+        else:
+            self._warned[where] = text
+            log.warning("%s", text)
+
+    def _drop(self) -> bool:
+        """Close the client; whether it had registered."""
         if self._client is not None:
             self._client.close()
         self._client = None
-        if self.connected or self.failures == 0:
+        was = self.connected
+        if was:
             self.connected = False
+            self.endpoint = None
             self.on_state(False)
+        return was
 
-    async def _session(self) -> None:
-        client = await connect((self.host, self.port), self.server_public, self.identity,
+    async def _session(self, endpoint: Endpoint) -> None:
+        client = await connect(endpoint, self.server_public, self.identity,
                                keepalive=self.keepalive, timeout=CONNECT_TIMEOUT,
                                sock=None if self.local_socket is None else self.local_socket())
         self._client = client
+        self.dialer.reached()
         client.send(self.register())
+        refusal: Optional[m.Error] = None
         while True:
             try:
-                msg = await client.recv(3 * self.keepalive)
+                msg = await client.recv(silence_limit(self.keepalive))
             except asyncio.TimeoutError:
-                raise EOFError("coord silent for three keepalive intervals") from None
+                raise EOFError(f"coord silent for {silence_limit(self.keepalive):g} s") from None
+            except MeshError:
+                if refusal is not None and not self.connected:
+                    raise _Refused(refusal.code) from None
+                raise
             if isinstance(msg, m.Registered):
-                self.failures = 0
+                self.dialer.registered(endpoint)
+                self._warned.clear()
                 if not self.connected:
-                    self.connected = True
+                    self.connected, self.endpoint, self._tried = True, endpoint, True
+                    log.info("registered through the coord at %s", Address(*endpoint))
                     self.on_state(True)
+            elif isinstance(msg, m.Error):
+                refusal = msg
             if not isinstance(msg, m.Pong):
                 self.on_message(msg)

@@ -129,9 +129,9 @@ class NodeDaemon:
             self._bind()
             await self.punch.start(cfg.listen.address, self.sock.getsockname()[1])
             self.link = CoordLink(
-                cfg.coord.address.host, cfg.coord.address.port, cfg.coord.public_key, self.node.core.identity,
+                (cfg.coord.address, *cfg.coord.other_addresses), cfg.coord.public_key, self.node.core.identity,
                 self._register_message, self._on_coord_message, self._on_coord_state,
-                local_socket=self.punch.coord_socket,
+                local_socket=self.punch.coord_socket, family=self.sock.family,
             )
             self.loop.add_reader(self.tun.fileno(), self._on_tun)
             self.loop.add_reader(self.sock.fileno(), self._on_udp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, AsyncIterator
 
+from meshvpn.config import Address
 from meshvpn.node.datapath.fastpath import DATA_PATH
 from meshvpn.node import events as ev
 
@@ -34,6 +35,8 @@ class ControlVerbs:
             status = self.daemon.node.status(self.daemon.loop.time())
             daemon = self.daemon
             status["self"]["coord"] = "connected" if daemon.link and daemon.link.connected else "disconnected"
+            endpoint = daemon.link.endpoint if daemon.link else None
+            status["self"]["coord_address"] = None if endpoint is None else str(Address(*endpoint))
             status["self"]["drops"] = dict(daemon.node.drops + daemon.data.drops)
             status["self"]["endpoints"] = [str(e) for e in daemon.local]
             status["self"]["public_endpoint"] = str(daemon.public_endpoint) if daemon.public_endpoint else None

@@ -123,11 +123,22 @@ relays:
         ("tun: meshvpn0\n", 5, "tun", "expected a mapping of keys"),
         ("hostname: My_Laptop\n", 5, "hostname", "bad host name"),
         ("hostname: a\nhostname: b\n", 6, "hostname", "key given twice"),
+        ("  other_addresses:\n    - 198.51.100.11:7400\n    - nope\n", 7, "coord.other_addresses[1]",
+         "expected host:port, got 'nope'"),
+        ("  other_addresses: {a: 1}\n", 5, "coord.other_addresses", "expected host:port"),
     ],
 )
 def test_each_mistake_names_file_line_and_key(config_dir: Path, extra: str, line: int, key: str, problem: str) -> None:
     message = node_error(config_dir, MINIMAL_NODE + extra)
     assert message.startswith(f"{config_dir / 'node.yaml'}:{line}: {key}: {problem}")
+
+
+def test_the_node_takes_several_coord_addresses_or_one(config_dir: Path) -> None:
+    several = load_node(config_dir, MINIMAL_NODE + "  other_addresses: [coord2.example.net:7400, '[2001:db8::2]:7400']\n")
+    assert several.coord.other_addresses == (Address("coord2.example.net", 7400), Address("2001:db8::2", 7400))
+    one = load_node(config_dir, MINIMAL_NODE + "  other_addresses: 198.51.100.11:7400\n")
+    assert one.coord.other_addresses == (Address("198.51.100.11", 7400),)
+    assert load_node(config_dir, MINIMAL_NODE).coord.other_addresses == ()
 
 
 def test_missing_required_key_points_at_its_section(config_dir: Path) -> None:

@@ -1,14 +1,19 @@
-"""Coord link: registers first, answers pings, reconnects with backoff when the coord drops it."""
+"""Coord link: registers first, answers pings, reconnects with backoff when the coord drops it,
+fails over between the coord's addresses and declares a silent coord dead within one keepalive
+interval and the answer timeout."""
 
 import asyncio
+import contextlib
 import os
+import socket
 
 import pytest
 
 from meshvpn.channel import ServerChannel
 from meshvpn.control import messages as m
-from meshvpn.node import coordlink
-from meshvpn.node.coordlink import BACKOFF_MAX, CoordLink, backoff_delay
+from meshvpn.config import Address
+from meshvpn.node import coorddial
+from meshvpn.node.coordlink import CoordLink
 from meshvpn.noise import StaticIdentity
 
 SERVER = StaticIdentity.from_private(bytes(range(1, 33)))
@@ -16,12 +21,6 @@ NODE = StaticIdentity.from_private(bytes(range(40, 72)))
 REGISTER = m.Register(hostname="n1", version="1", local_endpoints=())
 REGISTERED = m.Registered(node_key=NODE.public, name="n1", address="100.64.0.1",
                           network=m.NetworkInfo(name="lab", cidr="100.64.0.0/24"))
-
-
-def test_backoff_doubles_to_the_cap_with_jitter():
-    assert [backoff_delay(n, 0.5) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
-    assert backoff_delay(50, 0.5) == BACKOFF_MAX
-    assert backoff_delay(1, 0.0) == 0.5 and backoff_delay(1, 0.999) == pytest.approx(1.499)
 
 
 async def fake_coord(connections: list, seen: list):
@@ -48,13 +47,13 @@ async def fake_coord(connections: list, seen: list):
 
 @pytest.mark.timeout(20)
 def test_registers_answers_ping_and_reconnects(monkeypatch):
-    monkeypatch.setattr(coordlink, "BACKOFF_INITIAL", 0.05)
+    monkeypatch.setattr(coorddial, "BACKOFF_INITIAL", 0.05)
 
     async def run():
         connections, seen, states, messages = [], [], [], []
         server = await fake_coord(connections, seen)
         port = server.sockets[0].getsockname()[1]
-        link = CoordLink("127.0.0.1", port, SERVER.public, NODE, lambda: REGISTER, messages.append, states.append)
+        link = CoordLink([Address("127.0.0.1", port)], SERVER.public, NODE, lambda: REGISTER, messages.append, states.append)
         link.start()
         for _ in range(200):
             if states[:3] == [True, False, True]:
@@ -70,3 +69,125 @@ def test_registers_answers_ping_and_reconnects(monkeypatch):
     assert seen[:3] == ["register", "pong", "register"]
     assert [msg.TYPE for msg in messages] == ["registered", "registered"], "pings are answered by the link itself"
     assert link.failures == 0, "a successful registration resets the backoff"
+
+
+HANG_UP = object()
+
+
+@contextlib.asynccontextmanager
+async def scripted_coords(*answers):
+    """One coord per `answer(msg)` (the messages to send back, HANG_UP last to close); yields their addresses."""
+
+    def serve(answer):
+        async def on_connection(reader, writer):
+            channel = ServerChannel(SERVER, lambda key: key == NODE.public, os.urandom(32))
+            while data := await reader.read(65536):
+                for payload in channel.receive_data(data):
+                    for reply in answer(m.decode(payload)):
+                        if reply is HANG_UP:
+                            writer.write(channel.data_to_send())
+                            writer.close()
+                            return
+                        channel.send(m.encode(reply))
+                writer.write(channel.data_to_send())
+        return on_connection
+
+    servers = [await asyncio.start_server(serve(answer), "127.0.0.1", 0) for answer in answers]
+    try:
+        yield [Address("127.0.0.1", server.sockets[0].getsockname()[1]) for server in servers]
+    finally:
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def running_link(addresses, states=None, messages=None, **options):
+    link = CoordLink(addresses, SERVER.public, NODE, lambda: REGISTER,
+                     (messages if messages is not None else []).append,
+                     (states if states is not None else []).append, **options)
+    link.start()
+    try:
+        yield link
+    finally:
+        await link.close()
+
+
+def registers(msg):
+    return [REGISTERED] if isinstance(msg, m.Register) else []
+
+
+async def until(check, seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.timeout(20)
+def test_fails_over_to_the_next_address_at_once_and_sticks_to_it():
+    async def run():
+        states = []
+        async with scripted_coords(registers) as (live,):
+            started = asyncio.get_running_loop().time()
+            async with running_link([Address("127.0.0.1", closed_port()), live], states) as link:
+                await until(lambda: link.connected)
+                took = asyncio.get_running_loop().time() - started
+                return live, states[:], took, link.dialer.preferred, link.endpoint
+
+    live, states, took, preferred, endpoint = asyncio.run(run())
+    assert took < 1.0, "a refused address passes to the next without a backoff"
+    assert tuple(preferred) == tuple(endpoint) == tuple(live)
+    assert states == [True], "no 'down' for an address passed over within the first round"
+
+
+@pytest.mark.timeout(20)
+def test_a_silent_coord_is_dead_after_one_keepalive_and_the_answer_timeout(monkeypatch):
+    monkeypatch.setattr(coorddial, "ANSWER_TIMEOUT", 0.3)
+    monkeypatch.setattr(coorddial, "BACKOFF_INITIAL", 0.05)
+    registrations = []
+
+    def silent_after_register(msg):
+        registrations.append(msg)
+        return registers(msg)  # pings go unanswered
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        async with scripted_coords(silent_after_register) as addresses:
+            async with running_link(addresses, keepalive=0.2) as link:
+                await until(lambda: link.connected)
+                up = loop.time()
+                await until(lambda: not link.connected)
+                silent = loop.time() - up
+                await until(lambda: sum(isinstance(msg, m.Register) for msg in registrations) == 2)
+                return silent
+
+    silent = asyncio.run(run())
+    assert 0.45 <= silent < 1.2, f"dead after {silent:.2f}s of silence; the limit is 0.2 + 0.3"
+
+
+@pytest.mark.timeout(20)
+def test_a_refusal_backs_off_on_its_own_ladder(monkeypatch):
+    monkeypatch.setattr(coorddial, "BACKOFF_INITIAL", 0.02)
+    tries, messages = [], []
+
+    def refuse(msg):
+        tries.append(msg)
+        return [m.Error("auth_key_invalid", "no such key"), HANG_UP]
+
+    async def run():
+        async with scripted_coords(refuse, registers) as addresses:
+            async with running_link(addresses, messages=messages) as link:
+                await until(lambda: link.dialer.refusals >= 3)
+                return link.connected
+
+    connected = asyncio.run(run())
+    assert not connected, "the coord answered: the node waits and asks it again, not another instance"
+    assert len(tries) >= 3 and all(isinstance(msg, m.Error) for msg in messages)

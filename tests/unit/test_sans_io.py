@@ -33,6 +33,7 @@ SANS_IO_MODULES = (
     "meshvpn.coord.elsewhere",
     "meshvpn.node.pathfinder",
     "meshvpn.node.core",
+    "meshvpn.node.coorddial",
     "meshvpn.node.events",
     "meshvpn.node.node",
     "meshvpn.node.punching",

@@ -1,0 +1,115 @@
+"""Which coord address the node tries next, and how long it waits first.
+
+A node may know several coordination servers that share one database (``coord.address`` and
+``coord.other_addresses``, each a host:port or a DNS name with several addresses). The rules:
+
+* A *round* tries every known address once, the one that last registered us first, then the
+  configured order (a name's addresses rotated by a per-node offset, so that nodes spread over
+  the instances behind one name). An address that does not answer passes to the next at once.
+* Only when a whole round reached no coord does the node wait: ``backoff_delay`` of the rounds
+  failed in a row, doubling from ``BACKOFF_INITIAL`` to ``BACKOFF_MAX`` with ±50 % jitter. The
+  cap is short (a few seconds) so that a node is back within seconds of a coord answering again,
+  and the jitter spreads a restarted coord's reconnections over that time.
+* Any sign of a coord (a finished channel handshake, a registration) resets that count.
+* A coord that *refuses* the node (an ``error`` that closes the channel: a bad key, ``busy``)
+  is there but does not want it now: those refusals back off on their own count, up to
+  ``REFUSED_MAX``, so a misconfigured node does not knock every few seconds for ever.
+* A link is dead once it heard nothing for ``silence_limit(keepalive)``: the link pings every
+  ``keepalive`` seconds and a coord answers at once, so one keepalive interval plus
+  ``ANSWER_TIMEOUT`` of silence is enough (not three intervals).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional, Sequence
+
+from meshvpn.backoff import doubling
+
+BACKOFF_INITIAL = 0.5
+"""Seconds before the first new round; doubles per round that reached no coord."""
+BACKOFF_MAX = 2.0
+"""Longest wait between rounds that reached no coord (3 s with the jitter at its top)."""
+REFUSED_MAX = 30.0
+"""Longest wait after the coord refused the node."""
+ANSWER_TIMEOUT = 5.0
+"""Seconds a coord may take to answer the link's ping before the link counts as dead."""
+
+
+class Endpoint(NamedTuple):
+    """A coord address to connect to: an IP literal (a name already resolved) and a port."""
+
+    host: str
+    port: int
+
+
+def backoff_delay(failures: int, jitter: float, maximum: float = BACKOFF_MAX) -> float:
+    """Wait before new round number ``failures`` (1-based); ``jitter`` in [0, 1) spreads it ±50 %."""
+    base = doubling(BACKOFF_INITIAL, maximum, failures - 1)
+    return base * (0.5 + jitter)
+
+
+def silence_limit(keepalive: float) -> float:
+    """Seconds without a frame from the coord after which the link is dead."""
+    return keepalive + ANSWER_TIMEOUT
+
+
+@dataclass
+class Dialer:
+    """The order of attempts and the waits between rounds for one node's coord link."""
+
+    spread: float = 0.0
+    """A per-node draw in [0, 1): how far each name's addresses are rotated."""
+    preferred: Optional[Endpoint] = None
+    """The address that last registered us: first in every round while it is known."""
+    failures: int = 0
+    """Rounds in a row that reached no coord."""
+    refusals: int = 0
+    """Registrations in a row the coord refused."""
+    _round: list[Endpoint] = field(default_factory=list)
+
+    def plan(self, groups: Sequence[Sequence[Endpoint]]) -> list[Endpoint]:
+        """Start a round over the configured addresses (one group per address, a name's
+        addresses in resolver order); returns the round's order."""
+        order: list[Endpoint] = []
+        for group in groups:
+            turn = int(self.spread * len(group)) if group else 0
+            order += [endpoint for endpoint in (*group[turn:], *group[:turn]) if endpoint not in order]
+        if self.preferred in order:
+            order.remove(self.preferred)
+            order.insert(0, self.preferred)
+        self._round = list(order)
+        return order
+
+    def next_endpoint(self) -> Optional[Endpoint]:
+        """The address to try now; None when the round is over."""
+        return self._round.pop(0) if self._round else None
+
+    def unreachable(self, jitter: float) -> Optional[float]:
+        """The address just tried gave no registration: None to try the next one at once, or
+        the seconds to wait before a new round when this was the last."""
+        if self._round:
+            return None
+        self.failures += 1
+        return backoff_delay(self.failures, jitter)
+
+    def reached(self) -> None:
+        """A coord answered (the channel handshake finished): it is back, so waits start short."""
+        self.failures = 0
+
+    def refused(self, jitter: float) -> float:
+        """The coord refused the node and closed: the round ends; seconds to wait."""
+        self._round.clear()
+        self.refusals += 1
+        return backoff_delay(self.refusals, jitter, REFUSED_MAX)
+
+    def registered(self, endpoint: Endpoint) -> None:
+        """Registered through `endpoint`: stick to it, and forget every failure."""
+        self.preferred = endpoint
+        self.failures = self.refusals = 0
+
+    def dropped(self, jitter: float) -> float:
+        """A registered link ended: seconds before the next round (the first step of the backoff)."""
+        self._round.clear()
+        self.failures = 1
+        return backoff_delay(self.failures, jitter)
