@@ -136,6 +136,10 @@ class Mesh:
         """Entries of the coord config's `turn` list (name, address, secret), set before `start_coord`."""
         self.console: dict = {}
         """The coord config's `console` section (enabled, listen, password_file), set before `start_coord`."""
+        self.database: str | None = None
+        """A PostgreSQL URI every coord instance shares, set before `start_coord`; None: a SQLite file."""
+        self.instances: dict[str, Process] = {}
+        """Coord instances besides `coord` (`start_coord_instance`), by name."""
         self.coord_public = self._new_key("coord")
 
     def _new_key(self, name: str) -> str:
@@ -190,12 +194,32 @@ class Mesh:
 
     def start_coord(self) -> Process:
         """Start (or restart) `meshvpn coord` and wait for its admin socket."""
-        config = _write_yaml(self.dir / "coord.yaml", {
+        self.coord = self._start_coord("coord", self.coord_ns, self.coord_address, self.admin_socket)
+        return self.coord
+
+    def start_coord_instance(self, name: str, ns: Namespace, address: str) -> Process:
+        """Start another instance of the coord (same key, the shared `database`) at `address`."""
+        if self.database is None:
+            raise LabError("several coord instances need a shared PostgreSQL `database`")
+        self.instances[name] = self._start_coord(name, ns, address, self.dir / f"{name}-admin.sock")
+        return self.instances[name]
+
+    def kill_coord(self, name: str = "coord") -> None:
+        """End coord instance `name` with SIGKILL, as a crash would: it closes nothing itself."""
+        if name == "coord":
+            process, self.coord = self.coord, None
+        else:
+            process = self.instances.pop(name)
+        process.proc.kill()
+        process.ns.stop(process.proc)
+
+    def _start_coord(self, name: str, ns: Namespace, address: str, admin_socket: Path) -> Process:
+        config = _write_yaml(self.dir / f"{name}.yaml", {
             "private_key_file": str(self.dir / "coord.key"),
-            "database": str(self.dir / "coord.db"),
-            "listen": f"{self.coord_address}:{self.coord_port}",
-            "stun_listen": f"{self.coord_address}:{STUN_PORT}",
-            "admin_socket": str(self.admin_socket),
+            "database": self.database or str(self.dir / "coord.db"),
+            "listen": f"{address}:{self.coord_port}",
+            "stun_listen": f"{address}:{STUN_PORT}",
+            "admin_socket": str(admin_socket),
             "networks": [{"name": self.network, "cidr": self.cidr}],
             "relays": [{"name": r.name, "address": r.address, "public_key": r.public_key, "tls_port": r.tls_port}
                        for r in self._relay_places],
@@ -203,10 +227,10 @@ class Mesh:
             "console": self.console,
             "log": {"level": self.log_level},
         })
-        self.admin_socket.unlink(missing_ok=True)
-        self.coord = self._spawn("coord", self.coord_ns, "coord", config)
-        wait_for(self.admin_socket.exists, START_TIMEOUT, "the coord's admin socket")
-        return self.coord
+        admin_socket.unlink(missing_ok=True)
+        process = self._spawn(name, ns, "coord", config)
+        wait_for(admin_socket.exists, START_TIMEOUT, f"{name}'s admin socket")
+        return process
 
     def stop_coord(self) -> None:
         """Stop the coord (SIGTERM); nodes and relays keep running."""
@@ -243,19 +267,21 @@ class Mesh:
         return self.dir / f"{name}.sock"
 
     def start_node(self, name: str, ns: Namespace, auth_key: str, listen: str | None = None,
-                   tun: str = "mvtun0") -> Process:
+                   tun: str = "mvtun0", coords: Iterable[str] = ()) -> Process:
         """Start `meshvpn daemon` in `ns` as `name`, joining with `auth_key`.
 
-        `listen` is `address:port` of the node's UDP socket (the config's default if None).
+        `listen` is `address:port` of the node's UDP socket (the config's default if None);
+        `coords` the addresses of the coord instances it knows, in order (default: the coord's).
         """
+        first, *others = [f"{address}:{self.coord_port}" for address in (list(coords) or [self.coord_address])]
         self._new_key(name)
         document = {
             "private_key_file": str(self.dir / f"{name}.key"),
             "hostname": name,
             "state_dir": str(self.dir / f"{name}-state"),
             "control_socket": str(self.control_socket(name)),
-            "coord": {"address": f"{self.coord_address}:{self.coord_port}", "public_key": self.coord_public,
-                      "auth_key": auth_key, "stun_port": STUN_PORT},
+            "coord": {"address": first, "public_key": self.coord_public,
+                      "auth_key": auth_key, "stun_port": STUN_PORT, "other_addresses": others},
             "tun": {"name": tun},
             # resolved, where the machine runs it, serves the root namespace: a lab node must not
             # register its link there (the same index names another link in the root namespace).

@@ -53,7 +53,8 @@ def test_registers_answers_ping_and_reconnects(monkeypatch):
         connections, seen, states, messages = [], [], [], []
         server = await fake_coord(connections, seen)
         port = server.sockets[0].getsockname()[1]
-        link = CoordLink([Address("127.0.0.1", port)], SERVER.public, NODE, lambda: REGISTER, messages.append, states.append)
+        link = CoordLink([Address("127.0.0.1", port)], SERVER.public, NODE, lambda: REGISTER, messages.append,
+                         states.append)
         link.start()
         for _ in range(200):
             if states[:3] == [True, False, True]:
