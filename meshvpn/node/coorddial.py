@@ -13,7 +13,11 @@ A node may know several coordination servers that share one database (``coord.ad
 * Any sign of a coord (a finished channel handshake, a registration) resets that count.
 * A coord that *refuses* the node (an ``error`` that closes the channel: a bad key, ``busy``)
   is there but does not want it now: those refusals back off on their own count, up to
-  ``REFUSED_MAX``, so a misconfigured node does not knock every few seconds for ever.
+  ``REFUSED_MAX``, so a misconfigured node does not knock every few seconds for ever. A coord
+  that takes the TCP connection but does not finish the handshake in time (overloaded, or a
+  server without the pinned key) counts the same way once the round is over, so thousands of
+  nodes do not press an overloaded coord every few seconds; the round still goes on to the
+  other addresses at once.
 * A link is dead once it heard nothing for ``silence_limit(keepalive)``: the link pings every
   ``keepalive`` seconds and a coord answers at once, so one keepalive interval plus
   ``ANSWER_TIMEOUT`` of silence is enough (not three intervals).
@@ -67,6 +71,8 @@ class Dialer:
     refusals: int = 0
     """Registrations in a row the coord refused."""
     _round: list[Endpoint] = field(default_factory=list)
+    _unanswered = False
+    """Some address of this round took the connection but never finished the handshake."""
 
     def plan(self, groups: Sequence[Sequence[Endpoint]]) -> list[Endpoint]:
         """Start a round over the configured addresses (one group per address, a name's
@@ -79,6 +85,7 @@ class Dialer:
             order.remove(self.preferred)
             order.insert(0, self.preferred)
         self._round = list(order)
+        self._unanswered = False
         return order
 
     def next_endpoint(self) -> Optional[Endpoint]:
@@ -90,8 +97,17 @@ class Dialer:
         the seconds to wait before a new round when this was the last."""
         if self._round:
             return None
+        if self._unanswered:
+            self.refusals += 1
+            return backoff_delay(self.refusals, jitter, REFUSED_MAX)
         self.failures += 1
         return backoff_delay(self.failures, jitter)
+
+    def unanswered(self, jitter: float) -> Optional[float]:
+        """The address just tried took the connection but not the handshake: as `unreachable`,
+        but a round that ends so waits on the refusals' longer ladder."""
+        self._unanswered = True
+        return self.unreachable(jitter)
 
     def reached(self) -> None:
         """A coord answered (the channel handshake finished): it is back, so waits start short."""

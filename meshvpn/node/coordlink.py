@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence
 
 from meshvpn.config import Address
 from meshvpn.control import messages as m
-from meshvpn.coord.client import CoordClient, CoordUnreachable, connect
+from meshvpn.coord.client import CoordClient, CoordHandshakeFailed, CoordUnreachable, connect
 from meshvpn.errors import MeshError
 from meshvpn.noise import StaticIdentity
 from meshvpn.node.coorddial import BACKOFF_MAX, Dialer, Endpoint, backoff_delay, silence_limit
@@ -163,6 +163,8 @@ class CoordLink:
             return self.dialer.refused(self._rng.random())
         except (OSError, asyncio.TimeoutError, EOFError, MeshError) as exc:
             self._warn(endpoint, explain_coord_failure(Address(*endpoint), exc))
+            if isinstance(exc, CoordHandshakeFailed):
+                return self.dialer.unanswered(self._rng.random())
         finally:
             registered = self._drop()
         if registered:

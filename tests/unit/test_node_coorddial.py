@@ -99,3 +99,21 @@ def test_no_address_resolved_is_a_failed_round():
     assert dialer.plan([[], []]) == []
     assert dialer.next_endpoint() is None
     assert dialer.unreachable(0.5) == BACKOFF_INITIAL
+
+
+def test_a_coord_that_takes_connections_but_not_handshakes_is_pressed_on_the_longer_ladder():
+    """Overloaded (or not ours): the other addresses are still tried at once, but thousands of
+    nodes must not come back every few seconds."""
+    dialer = Dialer()
+    waits = []
+    for _ in range(8):
+        dialer.plan([[A1], [B]])
+        dialer.next_endpoint()
+        assert dialer.unanswered(0.5) is None, "B is tried at once"
+        dialer.next_endpoint()
+        waits.append(dialer.unreachable(0.5))
+    assert waits[:3] == [0.5, 1.0, 2.0] and waits[-1] == REFUSED_MAX
+    assert dialer.failures == 0 and dialer.refusals == 8
+    dialer.plan([[A1]])
+    dialer.next_endpoint()
+    assert dialer.unreachable(0.5) == BACKOFF_INITIAL, "a plain failure round is on the short ladder again"

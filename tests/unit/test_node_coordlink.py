@@ -12,7 +12,7 @@ import pytest
 from meshvpn.channel import ServerChannel
 from meshvpn.control import messages as m
 from meshvpn.config import Address
-from meshvpn.node import coorddial
+from meshvpn.node import coorddial, coordlink
 from meshvpn.node.coordlink import CoordLink
 from meshvpn.noise import StaticIdentity
 
@@ -192,3 +192,29 @@ def test_a_refusal_backs_off_on_its_own_ladder(monkeypatch):
     connected = asyncio.run(run())
     assert not connected, "the coord answered: the node waits and asks it again, not another instance"
     assert len(tries) >= 3 and all(isinstance(msg, m.Error) for msg in messages)
+
+
+@pytest.mark.timeout(20)
+def test_a_coord_that_never_finishes_the_handshake_is_passed_over_then_waited_for_longer(monkeypatch):
+    monkeypatch.setattr(coordlink, "CONNECT_TIMEOUT", 0.2)
+    monkeypatch.setattr(coorddial, "BACKOFF_INITIAL", 0.02)
+
+    async def mute(reader, writer):
+        await reader.read()  # takes the connection, never answers the handshake
+
+    async def run():
+        server = await asyncio.start_server(mute, "127.0.0.1", 0)
+        silent = Address("127.0.0.1", server.sockets[0].getsockname()[1])
+        try:
+            async with running_link([silent]) as link:
+                await until(lambda: link.dialer.refusals >= 2)
+                assert link.dialer.failures == 0, "not the short ladder of a coord that is away"
+            async with scripted_coords(registers) as (live,):
+                async with running_link([silent, live]) as link:
+                    await until(lambda: link.connected)
+                    return link.endpoint, live
+        finally:
+            server.close()
+
+    endpoint, live = asyncio.run(run())
+    assert tuple(endpoint) == tuple(live), "the next address is tried at once"
