@@ -33,7 +33,8 @@ def format_status(status: dict) -> str:
     """One line for this node, then one line per peer, like ``tailscale status``."""
     me = status["self"]
     data_path = f"   data path {me['data_path']}" if me.get("data_path") else ""
-    lines = [_status_line(me.get("overlay"), me["name"], "self", f"coord {me.get('coord', '-')}{data_path}")]
+    coord = " ".join(filter(None, (me.get("coord", "-"), me.get("coord_address"))))
+    lines = [_status_line(me.get("overlay"), me["name"], "self", f"coord {coord}{data_path}")]
     for peer in status["peers"]:
         lines.append(_status_line(
             peer.get("overlay"), peer["name"], peer["path"],

@@ -68,6 +68,8 @@ def test_status_text_and_json(server, capsys):
     assert lines[1].split()[:4] == ["100.64.0.2", "bob", "direct", "203.0.113.7:41641"]
     assert "handshake 1m ago" in lines[1] and "rx 2.0 KiB tx 10 B" in lines[1]
     assert lines[2].split()[:4] == ["100.64.0.3", "carol", "-", "-"]
+    with_instance = {"self": {"name": "alice", "coord": "connected", "coord_address": "203.0.113.12:7400"}, "peers": []}
+    assert ctl.format_status(with_instance).split()[-3:] == ["coord", "connected", "203.0.113.12:7400"]
     assert ctl.client_main(SimpleNamespace(command="status", socket=server, json=True)) == 0
     assert json.loads(capsys.readouterr().out) == STATUS
 
