@@ -105,6 +105,11 @@ class CoordLink:
         """Rounds in a row that reached no coord (0 once registered)."""
         return self.dialer.failures
 
+    @property
+    def host(self) -> Optional[str]:
+        """The host of the coord instance in use, whose STUN service the node asks; None while unregistered."""
+        return None if self.endpoint is None else self.endpoint.host
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 

@@ -384,7 +384,7 @@ class NodeDaemon:
     # ---- hard NATs ------------------------------------------------------------------
 
     async def _sample_port(self, peer_key: bytes) -> None:
-        sample = await port_sample(self.config, self.sock.family)
+        sample = await port_sample(self.config, self.sock.family, self.link.host)
         self.node.port_sampled(peer_key, sample, self.loop.time())
         self.transmit()
         self._tasks = [task for task in self._tasks if not task.done()]
@@ -469,14 +469,14 @@ class NodeDaemon:
             await asyncio.sleep(ENDPOINT_REFRESH)
 
     async def _nat_profile(self) -> Optional[m.NatInfo]:
-        profile = await own_nat_profile(self.config, self.sock.family)
+        profile = await own_nat_profile(self.config, self.sock.family, self.link.host)
         if profile is None:
             return self.nat
         self.node.set_nat_profile(profile)
         return nat_info(profile)
 
     async def _stun_mapping(self) -> Optional[m.Endpoint]:
-        public = await public_mapping(self.stun, self.config, self.sock.family)
+        public = await public_mapping(self.stun, self.config, self.sock.family, self.link.host)
         return self.public_endpoint if public is None else public
 
 

@@ -28,18 +28,20 @@ MAPPING_TIMEOUT = 5.0
 """Seconds the shared socket's STUN query may take."""
 
 
-async def stun_server(config: NodeConfig, family: int) -> Endpoint:
-    """The coord's STUN server (its host, ``coord.stun_port``), resolved for the node's socket family."""
+async def stun_server(config: NodeConfig, family: int, host: Optional[str] = None) -> Endpoint:
+    """The coord's STUN server (``host``, the coord instance in use, else the host of
+    ``coord.address``; port ``coord.stun_port``), resolved for the node's socket family."""
     coord = config.coord
-    infos = await asyncio.get_running_loop().getaddrinfo(coord.address.host, coord.stun_port, family=family,
+    infos = await asyncio.get_running_loop().getaddrinfo(host or coord.address.host, coord.stun_port, family=family,
                                                          type=socket.SOCK_DGRAM)
     return Endpoint(*infos[0][4][:2])
 
 
-async def public_mapping(stun: StunClient, config: NodeConfig, family: int) -> Optional[m.Endpoint]:
+async def public_mapping(stun: StunClient, config: NodeConfig, family: int,
+                         host: Optional[str] = None) -> Optional[m.Endpoint]:
     """The shared socket's public endpoint as the coord's STUN server sees it."""
     try:
-        result = await asyncio.wait_for(stun.query(await stun_server(config, family)), MAPPING_TIMEOUT)
+        result = await asyncio.wait_for(stun.query(await stun_server(config, family, host)), MAPPING_TIMEOUT)
     except (OSError, asyncio.TimeoutError, ValueError) as exc:
         log.info("no STUN mapping from the coord: %s", exc or type(exc).__name__)
         return None
@@ -47,19 +49,19 @@ async def public_mapping(stun: StunClient, config: NodeConfig, family: int) -> O
     return m.Endpoint(ipaddress.ip_address(host).compressed, port)
 
 
-async def own_nat_profile(config: NodeConfig, family: int) -> Optional[NatProfile]:
+async def own_nat_profile(config: NodeConfig, family: int, host: Optional[str] = None) -> Optional[NatProfile]:
     """Our NAT's mapping and port allocation from a few fresh-socket STUN samples (netcheck's)."""
     try:
-        server = await stun_server(config, family)
+        server = await stun_server(config, family, host)
     except (OSError, ValueError):
         return None
     return nat_profile(verdict(await gather_profile(server, config.listen.address)))
 
 
-async def port_sample(config: NodeConfig, family: int) -> Optional[Endpoint]:
+async def port_sample(config: NodeConfig, family: int, host: Optional[str] = None) -> Optional[Endpoint]:
     """A STUN sample from a new socket: the port our NAT gave its newest mapping."""
     try:
-        result = await stun_binding(await stun_server(config, family), local=(config.listen.address, 0),
+        result = await stun_binding(await stun_server(config, family, host), local=(config.listen.address, 0),
                                     timeout=SAMPLE_TIMEOUT)
         return Endpoint(*result.mapped)
     except (OSError, asyncio.TimeoutError, ValueError) as exc:

@@ -1,18 +1,23 @@
 """The node's coord link (`meshvpn.node.coordlink`) against real coord servers in-process: back
 within seconds of a restarted coord answering, a node started during the outage joins as soon,
-and with two instances on one PostgreSQL a link moves to the other when its instance stops."""
+with two instances on one PostgreSQL a link moves to the other when its instance stops, and
+STUN goes to the instance in use."""
 
 import asyncio
 import contextlib
 import dataclasses
+import socket
+from pathlib import Path
 
 import pytest
 
 from meshvpn import keys
-from meshvpn.config import Address
+from meshvpn.config import Address, ListenConfig, NodeConfig, NodeCoordLink
 from meshvpn.control import messages as m
 from meshvpn.noise import StaticIdentity
 from meshvpn.node.coordlink import CoordLink
+from meshvpn.node.discovery import port_sample
+from meshvpn.stunio import start_stun_server
 
 from test_coord_instances import auth_key, two_instances
 from test_coord_server import coord_config, register, running
@@ -100,3 +105,21 @@ def test_a_link_moves_to_the_other_instance_when_its_instance_stops(tmp_path, po
     moved, peer_states = asyncio.run(run())
     assert moved < BACK_WITHIN, f"registered on the other instance after {moved:.1f}s"
     assert peer_states == [True], "the peer on the surviving instance never lost its link"
+
+
+def test_stun_goes_to_the_coord_instance_in_use(free_udp_port):
+    """Each instance answers STUN on its own host: once the node moved, the one that took it answers."""
+    port = free_udp_port("127.0.0.1", "127.0.0.2")
+    config = NodeConfig(private_key_file=Path("unused.key"), listen=ListenConfig(address="127.0.0.1", port=0),
+                        coord=NodeCoordLink(address=Address("127.0.0.1", 7400), public_key=bytes(32), stun_port=port))
+
+    async def run():
+        server = await start_stun_server("127.0.0.2", port)  # the instance in use; nothing on 127.0.0.1
+        try:
+            assert await port_sample(config, socket.AF_INET) is None, "coord.address's host does not answer"
+            return await port_sample(config, socket.AF_INET, host="127.0.0.2")
+        finally:
+            server.close()
+
+    sample = asyncio.run(run())
+    assert sample is not None and sample.host == "127.0.0.1"
