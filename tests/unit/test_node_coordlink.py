@@ -218,3 +218,13 @@ def test_a_coord_that_never_finishes_the_handshake_is_passed_over_then_waited_fo
 
     endpoint, live = asyncio.run(run())
     assert tuple(endpoint) == tuple(live), "the next address is tried at once"
+
+
+def test_a_name_stands_for_all_its_addresses_and_a_literal_for_itself():
+    async def run():
+        return (await coordlink.resolve(Address("203.0.113.10", 7400)),
+                await coordlink.resolve(Address("localhost", 7400), socket.AF_INET))
+
+    literal, name = asyncio.run(run())
+    assert literal == [("203.0.113.10", 7400)]
+    assert ("127.0.0.1", 7400) in name and len(name) == len(set(name))
