@@ -26,9 +26,10 @@ A node may know several coordination servers that share one database (``coord.ad
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
 from meshvpn.backoff import doubling
+from meshvpn.wire import Endpoint
 
 BACKOFF_INITIAL = 0.5
 """Seconds before the first new round; doubles per round that reached no coord."""
@@ -38,13 +39,6 @@ REFUSED_MAX = 30.0
 """Longest wait after the coord refused the node."""
 ANSWER_TIMEOUT = 5.0
 """Seconds a coord may take to answer the link's ping before the link counts as dead."""
-
-
-class Endpoint(NamedTuple):
-    """A coord address to connect to: an IP literal (a name already resolved) and a port."""
-
-    host: str
-    port: int
 
 
 def backoff_delay(failures: int, jitter: float, maximum: float = BACKOFF_MAX) -> float:

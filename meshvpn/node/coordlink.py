@@ -24,8 +24,9 @@ from meshvpn.control import messages as m
 from meshvpn.coord.client import CoordClient, CoordHandshakeFailed, CoordUnreachable, connect
 from meshvpn.errors import MeshError
 from meshvpn.noise import StaticIdentity
-from meshvpn.node.coorddial import BACKOFF_MAX, Dialer, Endpoint, backoff_delay, silence_limit
+from meshvpn.node.coorddial import BACKOFF_MAX, Dialer, backoff_delay, silence_limit
 from meshvpn.node.startup import explain_coord_failure
+from meshvpn.wire import Endpoint
 
 log = logging.getLogger("meshvpn.node.coordlink")
 

@@ -3,8 +3,9 @@ short enough that a node is back within seconds of a coord answering, jittered a
 
 import pytest
 
-from meshvpn.node.coorddial import (ANSWER_TIMEOUT, BACKOFF_INITIAL, BACKOFF_MAX, REFUSED_MAX, Dialer, Endpoint,
-                                    backoff_delay, silence_limit)
+from meshvpn.node.coorddial import (ANSWER_TIMEOUT, BACKOFF_INITIAL, BACKOFF_MAX, REFUSED_MAX, Dialer, backoff_delay,
+                                    silence_limit)
+from meshvpn.wire import Endpoint
 
 A1, A2 = Endpoint("203.0.113.10", 7400), Endpoint("203.0.113.11", 7400)
 B = Endpoint("198.51.100.7", 7400)
