@@ -30,7 +30,8 @@ KEY_LEN = 32
 TAG_LEN = 16
 MAC1_LEN = 16
 MAC2_LEN = 16
-"""The cookie MAC that ends a RELAY_HELLO (``meshvpn.cookie``); zeros when the node has no cookie."""
+"""The cookie MAC (``meshvpn.cookie``) that ends a RELAY_HELLO (zeros when the node has no cookie) and a
+HANDSHAKE_INIT sent with a cookie (an initiation without one has no mac2 at all)."""
 BOX_NONCE_LEN = 24
 TX_ID_LEN = 8
 
@@ -52,6 +53,7 @@ class MessageType(enum.IntEnum):
     RELAY_HELLO = 8
     RELAY_HELLO_ACK = 9
     RELAY_COOKIE = 10
+    HANDSHAKE_COOKIE = 11
 
 
 _KNOWN_TYPES = frozenset(MessageType)
@@ -139,6 +141,9 @@ _MAC1_LABEL = b"mac1----"
 _INITIATION = struct.Struct(f"<BBHI{KEY_LEN}s{KEY_LEN + TAG_LEN}s{12 + TAG_LEN}s")
 _RESPONSE = struct.Struct(f"<BBHII{KEY_LEN}s{TAG_LEN}s")
 INITIATION_LEN = _INITIATION.size + MAC1_LEN
+"""An initiation without a cookie: what nodes before the node's cookie send, and take only."""
+INITIATION_WITH_MAC2_LEN = INITIATION_LEN + MAC2_LEN
+"""An initiation stamped with the responder's cookie (``meshvpn.cookie``): mac2 over the 132 bytes before it."""
 RESPONSE_LEN = _RESPONSE.size + MAC1_LEN
 
 
@@ -190,7 +195,9 @@ class HandshakeInitiation:
 
     @classmethod
     def decode(cls, buf: bytes | bytearray | memoryview, key: bytes) -> HandshakeInitiation:
-        """Parse after checking length and mac1 (keyed with our own :func:`mac1_key`)."""
+        """Parse after checking length and mac1 (keyed with our own :func:`mac1_key`); a mac2 is left to the caller."""
+        if len(buf) == INITIATION_WITH_MAC2_LEN:
+            buf = memoryview(buf)[:INITIATION_LEN]
         return cls(*_unpack_with_mac1(_INITIATION, MessageType.HANDSHAKE_INIT, buf, key))
 
 

@@ -9,6 +9,9 @@ connections, whichever comes first, and prints one JSON line of what it did:
   With `--coord-key FILE --relay-key KEY` the tokens are valid ones, each for a fresh key, as
   many nodes (or a member with many keys) would hold: each such hello costs the relay a
   Diffie-Hellman until it is under load and asks for cookies.
+* `initiations HOST:PORT --server-key KEY --spoof CIDR`: handshake initiations to the node whose
+  public key is KEY, with a valid mac1 (the key is no secret) and garbage inside, from spoofed
+  sources: each would cost the node a Diffie-Hellman until it is under load and asks for cookies.
 * `half-open HOST:PORT`: TCP connections that never send a byte.
 * `idle HOST:PORT --server-key KEY [--ping S]`: TCP connections that complete the channel
   handshake with a throwaway key each, then send nothing (or a `ping` every S seconds, as a
@@ -90,6 +93,13 @@ def costly_hello(minter: TokenMinter, relay_public: bytes, random_bytes: Callabl
     return wire.seal(MessageType.RELAY_HELLO, node, random_bytes(24), random_bytes(32), hello)
 
 
+def forged_initiation(responder_public: bytes, random_bytes: Callable[[int], bytes]) -> bytes:
+    """An initiation with a valid mac1 and garbage inside: it passes a node's cheap check and would
+    cost it a Diffie-Hellman to refuse, the sender nothing."""
+    return wire.HandshakeInitiation(int.from_bytes(random_bytes(4), "little"), random_bytes(32), random_bytes(48),
+                                    random_bytes(28)).encode(wire.mac1_key(responder_public))
+
+
 def _udp_ipv4(src: str, dst: tuple[str, int], sport: int, payload: bytes) -> bytes:
     udp = struct.pack("!HHHH", sport, dst[1], 8 + len(payload), 0) + payload
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
@@ -102,22 +112,37 @@ def hellos(target: tuple[str, int], spoof: str, rate: float, seconds: float, cou
     """Hellos from spoofed sources, built first (the sender shares the lab's cores with the relay):
     1,024 forged ones sent over and over, or with `minter` one valid one per packet."""
     rng = random.Random(2)
-    sources = list(ipaddress.ip_network(spoof).hosts())
     if minter is None:
         forged = [_forged_hello(rng) for _ in range(64)]
         payloads = [forged[n % 64] for n in range(1024)]
     else:
         payloads = [costly_hello(minter, relay_public, rng.randbytes, time.time()) for _ in range(min(count, 100_000))]
+    # Valid ones keep the relay's Diffie-Hellman allowance empty only if they come as often as it
+    # refills (every millisecond), not in bursts with gaps between.
+    sent = _spoofed(target, spoof, payloads, rate, seconds, count, burst=32 if minter is None else 1)
+    return {"mode": "hellos", "sent": sent}
+
+
+def initiations(target: tuple[str, int], spoof: str, server_key: bytes, rate: float, seconds: float,
+                count: int) -> dict:
+    """Forged initiations for the node `server_key` from spoofed sources, 1,024 sent over and over."""
+    rng = random.Random(3)
+    payloads = [forged_initiation(server_key, rng.randbytes) for _ in range(1024)]
+    return {"mode": "initiations", "sent": _spoofed(target, spoof, payloads, rate, seconds, count, burst=32)}
+
+
+def _spoofed(target: tuple[str, int], spoof: str, payloads: list[bytes], rate: float, seconds: float,
+             count: int, burst: int) -> int:
+    """Send `payloads` in turn from source addresses drawn from `spoof` (raw IPv4); how many went."""
+    sources = list(ipaddress.ip_network(spoof).hosts())
     packets = [_udp_ipv4(str(sources[n % len(sources)]), target, 1024 + n % 60000, payload)
                for n, payload in enumerate(payloads)]
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     sent = 0
-    # Valid ones keep the relay's Diffie-Hellman allowance empty only if they come as often as it
-    # refills (every millisecond), not in bursts with gaps between.
-    for n in _paced(rate, seconds, count, burst=32 if minter is None else 1):
+    for n in _paced(rate, seconds, count, burst=burst):
         sock.sendto(packets[n % len(packets)], (target[0], 0))
         sent += 1
-    return {"mode": "hellos", "sent": sent}
+    return sent
 
 
 def half_open(target: tuple[str, int], rate: float, seconds: float, count: int) -> dict:
@@ -203,13 +228,14 @@ def _send(sock: socket.socket, data: bytes) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("junk", "hellos", "half-open", "idle"))
+    parser.add_argument("mode", choices=("junk", "hellos", "initiations", "half-open", "idle"))
     parser.add_argument("target", type=_endpoint, help="HOST:PORT")
     parser.add_argument("--rate", type=float, default=1000.0, help="packets or connections a second")
     parser.add_argument("--seconds", type=float, default=10.0, help="stop after this long")
     parser.add_argument("--count", type=int, default=100_000, help="stop after this many")
-    parser.add_argument("--spoof", default="192.0.2.0/24", help="hellos: source addresses")
-    parser.add_argument("--server-key", type=keys.decode_key, help="idle: the server's public key")
+    parser.add_argument("--spoof", default="192.0.2.0/24", help="hellos, initiations: source addresses")
+    parser.add_argument("--server-key", type=keys.decode_key,
+                        help="idle: the server's public key; initiations: the node's")
     parser.add_argument("--coord-key", type=Path, help="hellos: the coord's private key file (valid tokens)")
     parser.add_argument("--relay-key", type=keys.decode_key, help="hellos: the relay's public key (valid tokens)")
     parser.add_argument("--ping", type=float, default=0.0, help="idle: seconds between pings (0: none)")
@@ -220,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.mode == "hellos":
         minter = None if args.coord_key is None else TokenMinter(keys.read_private_key(args.coord_key), os.urandom)
         result = hellos(args.target, args.spoof, *bounds, minter, args.relay_key or b"")
+    elif args.mode == "initiations":
+        result = initiations(args.target, args.spoof, args.server_key, *bounds)
     elif args.mode == "half-open":
         result = half_open(args.target, *bounds)
     else:

@@ -47,6 +47,7 @@ from meshvpn.node.destinations import LocalDestinations
 from meshvpn.node.events import (
     AddressAssigned, CoordRejected, Event, PeerDown, PeerPathChanged, PeerUp, PingReply,
 )
+from meshvpn.node.handshake_cookies import HandshakeCookies
 from meshvpn.node.handshakes import HandshakeManager
 from meshvpn.node.pathfinder import RELAY_PATH, PathChanged, PathFinder, PathFinderConfig, PathKind
 from meshvpn.node.peers import Peer, PeerTable, Route
@@ -81,7 +82,7 @@ class CoreConfig:
     """Least seconds between two ``punch_request`` messages for one peer."""
 
 
-class NodeCore(Punching):
+class NodeCore(Punching, HandshakeCookies):
     """All per-node protocol state; the data path reads ``peers`` directly."""
 
     def __init__(self, private_key: bytes, random_bytes: Callable[[int], bytes], config: CoreConfig | None = None):
@@ -193,7 +194,7 @@ class NodeCore(Punching):
         peer = self.peers.remove(key)
         if peer is None:
             return
-        self.handshakes.cancel(key)
+        self.handshakes.forget(key)
         self.probes.remove_peer(key)
         self.probe_budget.forget(key)
         self.traversal.forget(key)
@@ -240,6 +241,8 @@ class NodeCore(Punching):
                 self._on_initiation(data, src, now, relayed_from)
             elif kind == MessageType.HANDSHAKE_RESP:
                 self._on_response(data, src, now, relayed_from)
+            elif kind == MessageType.HANDSHAKE_COOKIE:
+                self._on_cookie(data, now)
             elif kind == MessageType.RELAY and relayed_from is None:
                 relayed = wire.decode_relay(data)
                 self.datagram_received(bytes(relayed.inner), src, now, relayed.node_key)
@@ -283,6 +286,8 @@ class NodeCore(Punching):
         self._drain_paths(peer, now)
 
     def _on_initiation(self, data: bytes, src: Endpoint, now: float, relayed_from: Optional[bytes]) -> None:
+        if not self._admitted(data, src, now, relayed_from):
+            return
         pending = self.handshakes.consume_initiation(data, lambda key: key in self.peers.by_key)
         if pending is None or (relayed_from is not None and relayed_from != pending.remote_public):
             self.drops["rejected initiation"] += 1
@@ -371,13 +376,12 @@ class NodeCore(Punching):
         if old is not None:
             self.peers.by_index.pop(old.index, None)
         self.handshakes.start(peer.key, self._new_index(peer), now)
-        self._send_initiation(peer)
+        self._send_initiation(peer, now)
 
-    def _send_initiation(self, peer: Peer) -> None:
+    def _send_initiation(self, peer: Peer, now: float) -> None:
         attempt = self.handshakes.attempts.get(peer.key)
         if attempt is not None and not attempt.sent and peer.route is not None:
-            attempt.sent = True
-            self._send_via(peer.route, attempt.initiator.initiation)
+            self._send_via(peer.route, self.handshakes.initiation(peer.key, now))
 
     def flush(self, peer: Peer, now: float) -> bool:
         """Seal and send the queued packets if possible; True if any left."""
@@ -407,7 +411,7 @@ class NodeCore(Punching):
                     self.traversal.path_found(peer.key)
                 self._events.append(PeerPathChanged(peer.name, action.old, action.new, action.reason.value))
                 self._report_path(peer)
-                self._send_initiation(peer)
+                self._send_initiation(peer, now)
                 self.flush(peer, now)
             else:
                 dst = Endpoint(*action.endpoint)

@@ -10,6 +10,9 @@ Rules, in WireGuard's spirit (``meshvpn.constants`` holds the protocol values):
 * A responder accepts an initiation only from a known peer and only if its timestamp is
   newer than every one accepted from that peer before, so a captured initiation replayed
   later is ignored (``meshvpn.noise.InitiationTimestamps``).
+* Under a flood of initiations a responder asks for cookies (`gate`), and an initiator stamps
+  its initiations with the peer's cookie and answers a new one at once
+  (``meshvpn.node.handshake_cookies`` has the rules).
 
 Sans-IO: randomness is a ``random_bytes(n)`` callable, time is ``now`` (monotonic) plus
 ``wall_offset`` (wall clock minus monotonic, for the TAI64N timestamp).
@@ -21,6 +24,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from meshvpn.constants import REKEY_ATTEMPT_TIME, REKEY_TIMEOUT
+from meshvpn.cookie import CookieJar, decode_reply, stamp
+from meshvpn.node.handshake_cookies import InitiationGate
+from meshvpn.wire import MAC1_LEN, MAC2_LEN
 from meshvpn.noise import (
     Initiator,
     InitiationTimestamps,
@@ -51,6 +57,8 @@ class Attempt:
     """Initiations made so far in this attempt."""
     sent: bool = False
     """Whether the current initiation went out (not while the peer has no route)."""
+    stamped_with: Optional[bytes] = None
+    """The peer's cookie the current initiation last went out with, if any."""
 
     @property
     def index(self) -> int:
@@ -67,6 +75,10 @@ class HandshakeManager:
         self.wall_offset = wall_offset
         self.timestamps = InitiationTimestamps()
         self.attempts: dict[bytes, Attempt] = {}
+        self.gate = InitiationGate(identity.public, random_bytes)
+        """Which initiations get a Diffie-Hellman: all, until the node is under load."""
+        self.cookies: dict[bytes, CookieJar] = {}
+        """Per peer key, the latest cookie that peer gave us (kept across attempts)."""
 
     def start(self, peer_key: bytes, index: int, now: float) -> Attempt:
         """Begin an attempt (or make the next initiation of the running one) using ``index``."""
@@ -80,6 +92,7 @@ class HandshakeManager:
             attempt.initiator = initiator
             attempt.tries += 1
             attempt.sent = False
+            attempt.stamped_with = None
             attempt.next_retry = now + self._gap(attempt.tries)
         return attempt
 
@@ -105,6 +118,34 @@ class HandshakeManager:
         if attempt is not None:
             attempt.initiator.wipe()
         return attempt
+
+    def forget(self, peer_key: bytes) -> None:
+        """The peer is gone: its attempt and its cookie."""
+        self.cancel(peer_key)
+        self.cookies.pop(peer_key, None)
+
+    def initiation(self, peer_key: bytes, now: float) -> bytes:
+        """The peer's live initiation as it goes out: stamped with the peer's cookie while that is young."""
+        attempt = self.attempts[peer_key]
+        jar = self.cookies.get(peer_key)
+        cookie = None if jar is None else jar.current(now)
+        attempt.sent, attempt.stamped_with = True, cookie
+        message = attempt.initiator.initiation
+        return message if cookie is None else stamp(cookie, message + bytes(MAC2_LEN))
+
+    def take_cookie(self, peer_key: bytes, msg: bytes, now: float) -> tuple[bool, Optional[bytes]]:
+        """Keep a HANDSHAKE_COOKIE if it answers the peer's live initiation; whether it did, and
+        that initiation to send again at once (stamped) if the cookie is news. Raises `WireError`."""
+        reply = decode_reply(msg)
+        attempt = self.attempts.get(peer_key)
+        if attempt is None or not attempt.sent or reply.bound != attempt.index.to_bytes(4, "little"):
+            return False, None
+        jar = self.cookies.setdefault(peer_key, CookieJar(peer_key))
+        if not jar.take(reply, attempt.initiator.initiation[-MAC1_LEN:], now):
+            return False, None
+        if jar.current(now) == attempt.stamped_with:
+            return True, None
+        return True, self.initiation(peer_key, now)
 
     def consume_response(self, peer_key: bytes, msg: bytes) -> Optional[SessionKeys]:
         """Session keys if ``msg`` answers the peer's live initiation; the attempt then ends."""

@@ -19,6 +19,7 @@ from meshvpn.control import messages as m
 from meshvpn.coord.membership import Membership, MembershipSettings
 from meshvpn.coord.store import MemoryStore, Network
 from meshvpn.errors import RemoteProtocolError
+from meshvpn.node.handshake_cookies import DH_BURST, InitiationGate
 from meshvpn.relay.core import RelayCore
 from meshvpn.relaytoken import TokenMinter, TokenVerifier
 from meshvpn.stun import binding_response
@@ -167,14 +168,38 @@ def test_coord_core_refuses_and_never_raises(frames):
 
 @SLICE
 @given(batches(st.one_of(st.binary(max_size=120), mutations(cookie.CookieChecker(SERVER_PUBLIC, bytes, NOW).reply(
-    bytes(24), ("203.0.113.3", 4000), NOW)))))
+    bytes(24), ("203.0.113.3", 4000), NOW)), mutations(cookie.CookieChecker(SERVER_PUBLIC, bytes, NOW).handshake_reply(
+    bytes(4), bytes(16), ("203.0.113.3", 4000), NOW)))))
 def test_cookie_jar(replies):
     jar = cookie.CookieJar(SERVER_PUBLIC)
     for data in replies:
         INPUTS[0] += 1
         jar.consume(data, {bytes(24)}, NOW)
+        only_remote_errors(lambda b: jar.take(cookie.decode_reply(b), bytes(16), NOW), data)
+
+
+def loaded_gate() -> InitiationGate:
+    """A node's gate past its Diffie-Hellman allowance: every initiation needs its cookie."""
+    gate = InitiationGate(SERVER_PUBLIC, bytes, NOW)
+    for _ in range(int(DH_BURST)):
+        gate.admit(INITIATION, wire.Endpoint("203.0.113.3", 4000), NOW)
+    return gate
+
+
+INITIATION = noise.Initiator(NODE, SERVER_PUBLIC, 7, bytes([5]) * 32, NOW).initiation
+GATE = loaded_gate()
+STAMPED = cookie.stamp(bytes(16), INITIATION + bytes(wire.MAC2_LEN))
+
+
+@SLICE
+@given(batches(st.one_of(packets, mutations(INITIATION), mutations(STAMPED),
+                         st.binary(min_size=wire.INITIATION_WITH_MAC2_LEN, max_size=wire.INITIATION_WITH_MAC2_LEN))))
+def test_initiation_gate(datagrams):
+    for data in datagrams:
+        only_remote_errors(lambda b: GATE.admit(b, wire.Endpoint("203.0.113.3", 4000), NOW), data)
+        only_remote_errors(lambda b: GATE.admit(b, NODE_PUBLIC, NOW), data)
 
 
 TARGETS = (test_wire_decoders, test_noise_initiation, test_channel_frames, test_control_messages,
            test_stun_and_turn, test_relay_core_drops_and_counts, test_coord_core_refuses_and_never_raises,
-           test_cookie_jar)
+           test_cookie_jar, test_initiation_gate)

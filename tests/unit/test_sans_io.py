@@ -43,6 +43,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.datapath.dataplane",
     "meshvpn.node.destinations",
     "meshvpn.node.handshakes",
+    "meshvpn.node.handshake_cookies",
     "meshvpn.node.peers",
     "meshvpn.node.probes",
     "meshvpn.relay.core",

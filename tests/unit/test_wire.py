@@ -32,7 +32,7 @@ def test_message_type_reads_a_valid_header():
         (b"\x01\x03\x01\x00", "reserved"),
         (b"\x01\x03\x00\x01", "reserved"),
         (b"\x01\x00\x00\x00", "unknown message type 0"),
-        (b"\x01\x0b\x00\x00", "unknown message type 11"),
+        (b"\x01\x0c\x00\x00", "unknown message type 12"),
     ],
 )
 def test_message_type_rejects_bad_headers(buf, reason):
