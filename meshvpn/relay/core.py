@@ -14,11 +14,14 @@ Rules:
   be newer than any earlier hello of that node, so a captured hello is good at most once.
   The answer is a RELAY_HELLO_ACK echoing the timestamp.
 * A registration binds the node key to one link: the UDP endpoint the hello came from, or
-  the TCP stream it came on (whose channel must have authenticated the same key). A newer
-  hello moves it, but onto a UDP endpoint where another node is registered only with proof
-  that the hello came from there: a valid cookie MAC (``meshvpn.cookie``); without one the
-  relay answers with a RELAY_COOKIE and changes nothing. Under load (more Diffie-Hellmans
-  than `DH_RATE` allows) a hello that would cost one needs that proof too. A registration
+  the TCP stream it came on (whose channel must have authenticated the same key). A UDP hello
+  that would make a registration or move one (a new endpoint, or one another node holds) needs
+  proof that it came from there: a valid cookie MAC (``meshvpn.cookie``), checked before any
+  Diffie-Hellman; without one the relay answers with a RELAY_COOKIE and changes nothing. A box
+  and a token prove the key, not the address, and the mac2 is outside the box, so without this a
+  member could point its own registration, and its peers' relayed traffic, at any address.
+  Hellos that refresh a registration from its own endpoint need no proof, except under load
+  (more Diffie-Hellmans than `DH_RATE` allows) when one would cost a Diffie-Hellman. A registration
   ends when the token expires, when nothing was heard from the node for `IDLE_TIMEOUT`
   (its stream, if any, is closed then), or when its stream closes.
 * A RELAY envelope from a registered link goes to the registered link of its destination
@@ -395,9 +398,9 @@ class RelayCore:
             self._refuse(link, "hello from another key than the stream's")
             return
         key = self._box_keys.get(node)
-        if key is None and stream is None and not self._dh_budget.take(now):
-            if not self._proven(data, sealed, link, now, "under load"):
-                return
+        why = None if stream is not None else self._proof_needed(node, link, key is None, now)
+        if why is not None and not self._proven(data, sealed, link, now, why):
+            return
         try:
             key = key if key is not None else self._new_box_key(node)
             hello = wire.open_sealed(sealed, key)
@@ -409,8 +412,6 @@ class RelayCore:
             return
         if hello.timestamp_ms <= self._latest_hello.get(node, -1):
             self._refuse(link, "replayed hello")
-            return
-        if stream is None and self._takes_over(node, link) and not self._proven(data, sealed, link, now, "address held by another node"):
             return
         self._accept(node, link, key, grant, hello.timestamp_ms, now)
 
@@ -425,10 +426,15 @@ class RelayCore:
         self._send(link, wire.seal(MessageType.RELAY_HELLO_ACK, self.public_key, nonce, key,
                                    wire.RelayHelloAck(timestamp_ms)))
 
-    def _takes_over(self, node: bytes, link: Link) -> bool:
-        """Whether registering `node` at `link` would unseat another node registered there."""
+    def _proof_needed(self, node: bytes, link: Endpoint, costs_dh: bool, now: float) -> Optional[str]:
+        """Why a UDP hello from `link` must carry a cookie for it, if it must (the drop reason's tail)."""
         holder = self._by_link.get(link)
-        return holder is not None and holder.key != node
+        under_load = costs_dh and not self._dh_budget.take(now)
+        if holder is not None and holder.key != node:
+            return "address held by another node"
+        if holder is None:
+            return "new or moved registration"
+        return "under load" if under_load else None
 
     def _proven(self, data: bytes, sealed: wire.Sealed, link: Link, now: float, why: str) -> bool:
         """Whether the hello carries a cookie for its UDP source; if not, send one and count why."""

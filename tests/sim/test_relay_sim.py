@@ -77,7 +77,7 @@ class SimNode:
 
     def _on_datagram(self, data, src):
         now = self.scheduler.now
-        if data[1] == MessageType.RELAY_HELLO_ACK:
+        if data[1] in (MessageType.RELAY_HELLO_ACK, MessageType.RELAY_COOKIE):
             self.relays.receive(data, Endpoint(*src), Transport.UDP, now)
         else:
             relayed = wire.decode_relay(data)

@@ -15,7 +15,7 @@ from meshvpn.relaytoken import TokenMinter, network_tag
 from meshvpn.wire import Endpoint, MessageType
 from test_relay_core import (
     A_EP, ALICE, B_EP, BOB, COORD, DATA, LIMITS, M_EP, MALLORY, NOW, RELAY, RELAY_PUBLIC, counting_random, envelope,
-    hello, register,
+    cookie_jar, hello, register,
 )
 
 CAROL = bytes([6]) * 32
@@ -24,13 +24,15 @@ ROOMY = RelayLimits(packets_per_second=1000, burst=1000, queue_bytes=100_000)
 
 
 def relay_with(nodes, limits=ROOMY):
-    """A relay core with (private key, endpoint or stream) pairs registered, their acks taken."""
+    """A relay core with (private key, endpoint or stream) pairs registered, their acks taken and
+    the cookies their UDP registrations needed not counted."""
     relay = RelayCore(RELAY, keys.public_key(COORD), limits, counting_random(), NOW)
     for private, link in nodes:
         if isinstance(link, Stream):
             relay.stream_opened(link, keys.public_key(private), NOW)
         register(relay, private, link)
         relay.pull_stream(link) if isinstance(link, Stream) else None
+    relay.drops.clear()
     return relay
 
 
@@ -95,8 +97,8 @@ def test_a_bad_datagram_in_a_run_is_dropped_and_counted_and_the_rest_forwarded(b
     relay = relay_with([(ALICE, A_EP), (BOB, B_EP)])
     minter = TokenMinter(COORD, counting_random())
     token = minter.mint(RELAY_PUBLIC, keys.public_key(MALLORY), NOW, network=network_tag("elsewhere"))[0]
-    relay.receive(hello(MALLORY, token=token), M_EP, NOW)
-    relay.runs_to_send()
+    register(relay, MALLORY, M_EP, token=token)
+    relay.drops.clear()
     good = [sized(BOB, 100, n) for n in range(4)]
     relay.receive_gro(b"".join(good[:2] + [bad] + good[2:]), 100, A_EP, NOW)
     assert runs(relay) == [(B_EP, 100, [readdressed(m, ALICE) for m in good])]
@@ -117,7 +119,8 @@ def test_the_bucket_is_spent_per_datagram_within_a_run():
 def test_an_unregistered_source_forwards_nothing_until_its_hello_in_the_same_batch():
     relay = relay_with([(BOB, B_EP)])
     message = sized(BOB, 100)
-    relay.receive_many([message, hello(ALICE), message, message], A_EP, NOW)
+    stamped = cookie_jar(relay, A_EP).stamp(hello(ALICE), NOW)  # a new registration proves its address
+    relay.receive_many([message, stamped, message, message], A_EP, NOW)
     [ack, *forwarded] = relay.datagrams_to_send()
     assert ack[0] == A_EP and wire.message_type(ack[1]) == MessageType.RELAY_HELLO_ACK
     assert forwarded == [(B_EP, readdressed(message, ALICE))] * 2

@@ -51,12 +51,44 @@ def relay():
     return RelayCore(RELAY, keys.public_key(COORD), LIMITS, counting_random(), NOW)
 
 
-def register(relay, private, link, now=NOW):
-    relay.receive(hello(private, now), link, now)
-    return relay.datagrams_to_send()
+ASKED = "unproven hello: new or moved registration"
+"""The drop of a UDP hello that must prove its address first: every registration starts with one."""
+
+
+def register(relay, private, link, now=NOW, token=None):
+    """Register as a node does: a hello, and when the relay answers with a cookie, the hello
+    again stamped with it; what the relay sent last."""
+    relay.receive(hello(private, now, token), link, now)
+    out = relay.datagrams_to_send()
+    if len(out) == 1 and wire.message_type(out[0][1]) == MessageType.RELAY_COOKIE:
+        jar = CookieJar(RELAY_PUBLIC)
+        assert jar.consume(out[0][1], {bytes(24)}, now)
+        relay.receive(jar.stamp(hello(private, now, token), now), link, now)
+        out = relay.datagrams_to_send()
+    return out
+
+
+def refusals(relay):
+    """The relay's drops, but the cookies it asked registering nodes for (`register` answers them)."""
+    return {reason: n for reason, n in relay.drops.items() if reason != ASKED}
+
+
+def cookie_jar(relay, link, now=NOW):
+    """A cookie for `link`, as whoever receives there gets one (by a hello of Mallory's)."""
+    jar = CookieJar(RELAY_PUBLIC)
+    relay.receive(hello(MALLORY, now, token=MALLORY_TOKEN, nonce=bytes([9]) * 24), link, now)
+    [(_, reply)] = relay.datagrams_to_send()
+    assert jar.consume(reply, {bytes([9]) * 24}, now)
+    relay.drops.clear()
+    return jar
 
 
 def test_hello_registers_the_node_and_is_acknowledged(relay):
+    first = hello(ALICE)
+    relay.receive(first, A_EP, NOW)
+    [(dst, reply)] = relay.datagrams_to_send()
+    assert wire.message_type(reply) == MessageType.RELAY_COOKIE and len(reply) < len(first)
+    assert relay.registered_link(keys.public_key(ALICE)) is None, "a new registration proves its address first"
     [(dst, ack)] = register(relay, ALICE, A_EP)
     assert dst == A_EP
     sealed = wire.decode_sealed(ack)
@@ -82,7 +114,7 @@ def test_unregistered_senders_and_destinations_are_dropped(relay):
     relay.receive(envelope(ALICE), M_EP, NOW)
     relay.receive(envelope(BOB), A_EP, NOW)
     assert relay.datagrams_to_send() == []
-    assert relay.drops == {"sender not registered": 1, "destination not registered": 1}
+    assert refusals(relay) == {"sender not registered": 1, "destination not registered": 1}
 
 
 @pytest.mark.parametrize(
@@ -100,18 +132,23 @@ def test_unregistered_senders_and_destinations_are_dropped(relay):
     ],
 )
 def test_bad_hellos_register_nothing(relay, message, reason):
-    relay.receive(message, M_EP, NOW)
+    jar = cookie_jar(relay, M_EP)
+    relay.receive(jar.stamp(message, NOW) if message[1] == MessageType.RELAY_HELLO else message, M_EP, NOW)
     assert relay.datagrams_to_send() == []
     assert relay.registered_link(keys.public_key(MALLORY)) is None
     assert relay.drops == {reason: 1}
 
 
 def test_a_replayed_hello_cannot_move_the_registration(relay):
-    captured = hello(ALICE)
-    relay.receive(captured, A_EP, NOW)
+    register(relay, ALICE, A_EP)
+    captured = CookieJar(RELAY_PUBLIC).stamp(hello(ALICE), NOW)
     relay.receive(captured, M_EP, NOW + 1)
+    assert refusals(relay) == {} and relay.drops[ASKED] == 2, "from elsewhere: only a cookie"
+    [(dst, reply)] = relay.datagrams_to_send()
+    assert dst == M_EP and wire.message_type(reply) == MessageType.RELAY_COOKIE
+    relay.receive(cookie_jar(relay, M_EP, NOW + 1).stamp(captured, NOW + 1), M_EP, NOW + 1)
     assert relay.registered_link(keys.public_key(ALICE)) == A_EP
-    assert relay.drops == {"replayed hello": 1}
+    assert relay.drops == {"replayed hello": 1}, "the mac2 is outside the box: restamped, it is still a replay"
 
 
 def proven_hello(relay, private, link, now):
@@ -139,7 +176,8 @@ def test_a_newer_hello_moves_the_node(relay):
 
 def test_a_link_is_taken_over_by_another_node_only_with_proof_it_is_there(relay):
     register(relay, ALICE, A_EP)
-    [(dst, reply)] = register(relay, BOB, A_EP, NOW + 1)
+    relay.receive(hello(BOB, NOW + 1), A_EP, NOW + 1)
+    [(dst, reply)] = relay.datagrams_to_send()
     assert wire.message_type(reply) == MessageType.RELAY_COOKIE, "a spoofed source gets only a cookie"
     assert relay.registered_link(keys.public_key(ALICE)) == A_EP
     assert relay.registered_link(keys.public_key(BOB)) is None

@@ -18,8 +18,8 @@ from meshvpn.relay.core import DH_BURST, IDLE_TIMEOUT, RelayCore, Stream
 from meshvpn.relaytoken import TokenError, TokenMinter, TokenVerifier, network_tag
 from meshvpn.wire import Endpoint, MessageType
 from test_relay_core import (
-    A_EP, ALICE, B_EP, BOB, COORD, LIMITS, M_EP, MALLORY, MALLORY_TOKEN, NOW, RELAY, RELAY_PUBLIC, counting_random, envelope,
-    hello, proven_hello, register,
+    A_EP, ALICE, ASKED, B_EP, BOB, COORD, LIMITS, M_EP, MALLORY, MALLORY_TOKEN, NOW, RELAY, RELAY_PUBLIC, counting_random,
+    envelope, hello, proven_hello, refusals, register,
 )
 
 
@@ -62,24 +62,39 @@ def test_a_forged_token_costs_no_diffie_hellman(relay, dh_count):
     assert relay.datagrams_to_send() == []
 
 
-def test_a_sniffed_token_replayed_from_many_sources_costs_one_diffie_hellman(relay, dh_count):
+def test_a_sniffed_token_replayed_from_many_sources_costs_no_diffie_hellman_and_only_small_cookies(relay, dh_count):
     captured = junk_box(hello(ALICE))
     for n in range(200):
         relay.receive(captured, Endpoint("192.0.2.1", 1000 + n), NOW)
-    assert len(dh_count) == 1 and relay.drops == {"bad hello": 200}
+    assert dh_count == [] and relay.drops == {ASKED: 200}
+    replies = relay.datagrams_to_send()
+    assert len(replies) == 200 and all(len(reply) == REPLY_LEN < len(captured) for _, reply in replies)
+
+
+def test_a_sniffed_token_with_cookies_for_its_sources_costs_one_diffie_hellman(relay, dh_count):
+    captured = junk_box(hello(ALICE))
+    for n in range(200):
+        source = Endpoint("192.0.2.1", 1000 + n)
+        relay.receive(captured, source, NOW)
+        [(_, reply)] = relay.datagrams_to_send()
+        jar = CookieJar(RELAY_PUBLIC)
+        assert jar.consume(reply, {bytes(24)}, NOW)
+        relay.receive(jar.stamp(captured, NOW), source, NOW)
+    assert len(dh_count) == 1 and refusals(relay) == {"bad hello": 200}
     assert relay.datagrams_to_send() == []
 
 
-def test_under_load_a_hello_that_needs_a_diffie_hellman_needs_a_cookie(relay):
+def test_under_load_a_refreshing_hello_that_needs_a_diffie_hellman_needs_a_cookie(relay, monkeypatch):
+    monkeypatch.setattr(relay_core, "BOX_KEY_CACHE", 4)
+    register(relay, ALICE, A_EP)
     for n, private in enumerate(many_keys(int(DH_BURST))):
-        relay.receive(hello(private), Endpoint("198.51.100.1", 1024 + n), NOW)
-    assert relay.stats.hellos == DH_BURST
-    relay.datagrams_to_send()
-    [(dst, reply)] = register(relay, ALICE, A_EP)
-    assert dst == A_EP and wire.message_type(reply) == MessageType.RELAY_COOKIE
-    assert relay.registered_link(keys.public_key(ALICE)) is None
+        register(relay, private, Endpoint("198.51.100.1", 1024 + n))
+    assert relay.stats.hellos == 1 + DH_BURST, "every one proven, with its Diffie-Hellman"
+    relay.receive(hello(ALICE, NOW + 0.001), A_EP, NOW + 0.001)
+    [(dst, reply)] = relay.datagrams_to_send()
+    assert dst == A_EP and wire.message_type(reply) == MessageType.RELAY_COOKIE, "Alice's box key was evicted"
     assert relay.drops["unproven hello: under load"] == 1
-    [(dst, ack)] = proven_hello(relay, ALICE, A_EP, NOW)
+    [(dst, ack)] = proven_hello(relay, ALICE, A_EP, NOW + 0.001)
     assert wire.decode_sealed(ack).kind == MessageType.RELAY_HELLO_ACK
     assert relay.registered_link(keys.public_key(ALICE)) == A_EP
 
@@ -124,7 +139,7 @@ def test_envelopes_stay_within_one_network():
     relay = RelayCore(RELAY, keys.public_key(COORD), LIMITS, counting_random(), NOW)
     for private, ep, network in ((ALICE, A_EP, "home"), (BOB, B_EP, "work"), (MALLORY, Endpoint("203.0.113.5", 1), "home")):
         token = minter.mint(RELAY_PUBLIC, keys.public_key(private), NOW, network=network_tag(network))[0]
-        relay.receive(hello(private, token=token), ep, NOW)
+        register(relay, private, ep, token=token)
     relay.datagrams_to_send()
     relay.receive(envelope(BOB), A_EP, NOW)
     assert relay.datagrams_to_send() == [] and relay.drops["destination in another network"] == 1

@@ -19,8 +19,8 @@ Rules:
   (``meshvpn.tlsenvelope``) get a path this way.
 * Timestamps are the wall clock in milliseconds, strictly increasing, because the relay keeps
   the newest timestamp per node to refuse replays.
-* A relay under load, or one asked to move a registration onto an address another node holds,
-  answers a UDP hello with a RELAY_COOKIE instead (``meshvpn.cookie``). The link takes it only
+* A relay asked to make or move a registration over UDP (our first hello, or the first from a
+  new address), or under load, answers a UDP hello with a RELAY_COOKIE instead (``meshvpn.cookie``). The link takes it only
   if it answers one of its own recent UDP hellos (by the hello's nonce), stamps every later UDP
   hello with the cookie's mac2 while the cookie is young (`cookie.COOKIE_LIFETIME`) and sends
   the stamped hello at once, not after the next retry. At once only when the new cookie is not
