@@ -477,6 +477,8 @@ class RelayConfig:
     """Configuration of `meshvpn relay`."""
 
     private_key_file: PrivateKeyFile = option("the relay's private key file (mode 0600), from `meshvpn keygen`")
+    state_dir: ConfigPath = option("directory for state kept across restarts (the newest hello of each node)",
+                                   Path("/var/lib/meshvpn"))
     listen: HostPort = option("UDP and TCP address (same port)", Address("0.0.0.0", 7500))
     coord: CoordTrust = option("the coordination server whose relay tokens are accepted")
     limits: RelayLimits = option("forwarding limits", RelayLimits)

@@ -162,6 +162,7 @@ class Mesh:
         public = self._new_key(name)
         document = {
             "private_key_file": str(self.dir / f"{name}.key"),
+            "state_dir": str(self.dir / f"{name}-state"),
             "listen": f"{address}:{RELAY_PORT}",
             "coord": {"public_key": self.coord_public},
             "metrics": {"listen": f"{address}:{RELAY_METRICS_PORT}"},

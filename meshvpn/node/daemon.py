@@ -46,7 +46,7 @@ from meshvpn.node.turn.shell import TurnStreams
 from meshvpn.node.transports import MainSocket, PinnedSocket, PunchedStream, RelayStream, Transport, TurnChannel
 from meshvpn.turn_codec import frame_run
 from meshvpn.node.tcp.shell import PunchPort
-from meshvpn.node.timestamps import WRITE_INTERVAL, TimestampFile, restore
+from meshvpn.timestamps import WRITE_INTERVAL, TimestampFile, restore
 from meshvpn.node.verbs import ControlVerbs
 from meshvpn.node.datapath.tun import TunDevice
 from meshvpn.udpbatch import MAX_GSO_BYTES, MAX_SEGMENTS, BatchUdpSocket, bind_udp
@@ -199,16 +199,7 @@ class NodeDaemon:
 
     def _save_timestamps(self, stopping: bool = False) -> None:
         """Write the initiation record if it changed (and, unless stopping, the interval passed)."""
-        now = self.loop.time()
-        record = self.timestamps.due(now, stopping)
-        if record is None:
-            return
-        try:
-            self.timestamp_file.save(record)
-        except OSError as exc:
-            log.warning("cannot keep initiation timestamps in %s: %s", self.timestamp_file.path, exc)
-            return
-        self.timestamps.written(record, now)
+        self.timestamp_file.keep(self.timestamps, self.loop.time(), stopping)
 
     # ---- data path ------------------------------------------------------------------
 

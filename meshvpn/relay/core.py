@@ -11,7 +11,8 @@ Rules:
   that key) carrying a timestamp. The cheap checks come first: the token (symmetric, naming
   the hello's key) before any Diffie-Hellman, and the box key of a node is computed once and
   cached (`BOX_KEY_CACHE`). The timestamp must lie within `HELLO_MAX_SKEW` of our clock and
-  be newer than any earlier hello of that node, so a captured hello is good at most once.
+  be newer than any earlier hello of that node, so a captured hello is good at most once; the
+  shell keeps those floors (`latest_hello`) in its state directory, so also across restarts.
   The answer is a RELAY_HELLO_ACK echoing the timestamp.
 * A registration binds the node key to one link: the UDP endpoint the hello came from, or
   the TCP stream it came on (whose channel must have authenticated the same key). A UDP hello
@@ -163,7 +164,9 @@ class RelayCore:
         self._box_keys: OrderedDict[bytes, bytes] = OrderedDict()
         self._cookies = CookieChecker(self.public_key, random_bytes, now)
         self._dh_budget = TokenBucket(DH_RATE, DH_BURST, now)
-        self._latest_hello: dict[bytes, int] = {}
+        self.latest_hello: dict[bytes, int] = {}
+        """Per node key, the timestamp (Unix ms) of the newest hello taken: older ones are replays.
+        Pruned in place once out of `HELLO_MAX_SKEW` (the shell's journal reads this very dict)."""
         self._streams: dict[Stream, _StreamState] = {}
         self._runs: list[Run] = []
         self._to_close: list[Stream] = []
@@ -171,6 +174,12 @@ class RelayCore:
         self._next_sweep = now + SWEEP_INTERVAL
 
     # ---- inputs ---------------------------------------------------------------------
+
+    def restore_hellos(self, floors: dict[bytes, int]) -> None:
+        """Hello timestamps taken before a restart (from the state directory): none at or below is taken again."""
+        for node, timestamp_ms in floors.items():
+            if timestamp_ms > self.latest_hello.get(node, -1):
+                self.latest_hello[node] = timestamp_ms
 
     def set_limits(self, limits: RelayLimits) -> None:
         """New forwarding limits (a reload); buckets keep their level, capped at the new burst."""
@@ -247,7 +256,8 @@ class RelayCore:
             if not state.registered and state.opened + STREAM_HELLO_TIMEOUT <= now:
                 self._to_close.append(stream)
         horizon = (now - HELLO_MAX_SKEW) * 1000
-        self._latest_hello = {k: ts for k, ts in self._latest_hello.items() if ts >= horizon}
+        for node in [k for k, ts in self.latest_hello.items() if ts < horizon]:
+            del self.latest_hello[node]
 
     # ---- outputs --------------------------------------------------------------------
 
@@ -410,13 +420,13 @@ class RelayCore:
         if abs(hello.timestamp_ms / 1000 - now) > HELLO_MAX_SKEW:
             self._refuse(link, "hello timestamp out of range")
             return
-        if hello.timestamp_ms <= self._latest_hello.get(node, -1):
+        if hello.timestamp_ms <= self.latest_hello.get(node, -1):
             self._refuse(link, "replayed hello")
             return
         self._accept(node, link, key, grant, hello.timestamp_ms, now)
 
     def _accept(self, node: bytes, link: Link, key: bytes, grant: TokenGrant, timestamp_ms: int, now: float) -> None:
-        self._latest_hello[node] = timestamp_ms
+        self.latest_hello[node] = timestamp_ms
         self.stats.hellos += 1
         self._register(node, link, grant, now)
         stream = self._streams.get(link) if isinstance(link, Stream) else None

@@ -11,6 +11,11 @@ Frames for a TCP node wait in the core's bounded queue while the socket is pause
 
 SIGHUP reloads the forwarding limits and the log level; SIGTERM/SIGINT stop. systemd hears of
 readiness, a status line (nodes, forwarded packets, drops) and watchdog pings.
+
+The newest hello timestamp of each node is kept in ``state_dir`` (`HELLO_FILE`, through
+``meshvpn.timestamps``): loaded at start, written when it changed at most every
+``timestamps.WRITE_INTERVAL`` seconds and when the relay stops, so a hello captured before a
+restart is still a replay after it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from meshvpn.relay.core import RelayCore, Stream
 from meshvpn.metrics import MetricsEndpoint, relay_families, start_metrics
 from meshvpn.prefixcap import PrefixCaps, PrefixLimits
 from meshvpn.reload import Reloader
+from meshvpn.timestamps import TimestampFile, TimestampJournal
 from meshvpn.udpbatch import BatchUdpSocket, bind_udp
 
 log = logging.getLogger("meshvpn.relay.server")
@@ -52,6 +58,10 @@ RESERVED_DESCRIPTORS = 64
 """Descriptors kept free of TCP connections (UDP socket, listener, metrics)."""
 RECV_BURST = 64
 """UDP receives per wake-up before the TCP connections and the timer get the loop again."""
+HELLO_FILE = "relay-hello-timestamps.json"
+"""The record of each node's newest hello inside ``state_dir`` (beside a node's own records)."""
+_HELLO_STAMP = 8
+"""Bytes of a hello timestamp in the record: Unix milliseconds, big endian (so bytes compare as numbers)."""
 
 
 class _StreamConnection(asyncio.Protocol):
@@ -150,6 +160,10 @@ class RelayServer:
         private = keys.read_private_key(settings.private_key_file)
         self.identity = noise.StaticIdentity.from_private(private)
         self.core = RelayCore(private, settings.coord.public_key, settings.limits, os.urandom, clock())
+        self.hello_file = TimestampFile(settings.state_dir, HELLO_FILE, "hellos", _HELLO_STAMP)
+        self.core.restore_hellos({key: int.from_bytes(stamp, "big") for key, stamp in self.hello_file.load().items()})
+        self.hellos = TimestampJournal(self.core.latest_hello)
+        """When the hello floors go to the state directory (replays after a restart)."""
         self.streams: set[_StreamConnection] = set()
         self._caps = PrefixCaps(STREAM_LIMITS)
         self._hosts: dict[_StreamConnection, str] = {}
@@ -206,7 +220,8 @@ class RelayServer:
         log.info("relay listening with TLS on %s:%d", *self.tls_address)
 
     async def close(self) -> None:
-        """Stop listening and drop every connection."""
+        """Stop listening and drop every connection; keep the hello floors."""
+        self._keep_hellos(stopping=True)
         if self.metrics is not None:
             await self.metrics.close()
         if self._timer is not None:
@@ -280,8 +295,12 @@ class RelayServer:
     def _on_timer(self) -> None:
         self.core.handle_timer(self.clock())
         self.flush()
+        self._keep_hellos()
         delay = max(0.0, self.core.get_timer() - self.clock())
         self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _keep_hellos(self, stopping: bool = False) -> None:
+        self.hello_file.keep(self.hellos, self.clock(), stopping, lambda ms: ms.to_bytes(_HELLO_STAMP, "big"))
 
 
 def main(args) -> int:

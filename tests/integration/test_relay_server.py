@@ -17,6 +17,7 @@ from meshvpn import keys, wire
 from meshvpn.channel import ClientChannel
 from meshvpn.config import Address, CoordTrust, RelayConfig, RelayLimits
 from meshvpn.control.messages import RelayInfo
+from meshvpn.cookie import CookieJar
 from meshvpn.node.relay.link import RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport
 from meshvpn.relay import server as relay_server
 from meshvpn.relay.server import RelayServer
@@ -36,7 +37,7 @@ def relay_config(tmp_path: Path, limits: RelayLimits = RelayLimits()) -> RelayCo
     if not key_file.exists():
         keys.write_private_key(key_file)
     return RelayConfig(
-        private_key_file=key_file, listen=Address("127.0.0.1", 0),
+        private_key_file=key_file, state_dir=tmp_path / "state", listen=Address("127.0.0.1", 0),
         coord=CoordTrust(public_key=keys.public_key(COORD)), limits=limits,
     )
 
@@ -72,6 +73,8 @@ class Node:
         self.udp: asyncio.DatagramTransport | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.channel: ClientChannel | None = None
+        self.udp_sent: list[bytes] = []
+        """Every UDP datagram the link sent, as an observer on the path could capture it."""
 
     async def open_udp(self) -> None:
         self.udp, _ = await asyncio.get_running_loop().create_datagram_endpoint(
@@ -105,16 +108,20 @@ class Node:
             if isinstance(action, SendTcp):
                 self.send(action.data)
             elif isinstance(action, SendUdp) and self.udp is not None:
+                self.udp_sent.append(action.data)
                 self.udp.sendto(action.data)
 
     async def register(self) -> None:
+        """Say hello and take the answers (over UDP a cookie first, then the ack) until ready."""
         token, expires = MINTER.mint(self.link.info.public_key, self.public, time.time())
         self.link.set_token(token, expires, time.monotonic())
         self.flush_link()
-        ack = await asyncio.wait_for(self.inbox.queue.get(), 2)
         via = Transport.TCP if self.channel is not None else Transport.UDP
-        assert self.link.receive(ack, via, time.monotonic())
-        assert self.link.ready and self.link.rtt is not None
+        while not self.link.ready:
+            answer = await asyncio.wait_for(self.inbox.queue.get(), 2)
+            assert self.link.receive(answer, via, time.monotonic())
+            self.flush_link()
+        assert self.link.rtt is not None
 
     async def receive(self) -> wire.Relayed:
         return wire.decode_relay(await asyncio.wait_for(self.inbox.queue.get(), 2))
@@ -258,3 +265,33 @@ def test_a_tcp_client_that_never_handshakes_does_not_block_others(tmp_path):
     got, streams = asyncio.run(scenario())
     assert bytes(got.inner) == DATA
     assert streams == 0
+
+
+def test_a_hello_captured_before_a_restart_is_still_a_replay_after_it(tmp_path):
+    """Issue 13, finding 8 (the relay's part): the newest hello of each node is kept in state_dir."""
+
+    async def first_life():
+        async with running(relay_config(tmp_path)) as server:
+            [alice] = await registered_over_udp(server, 1)
+            return alice.udp_sent[-1], alice.public
+
+    async def second_life(captured: bytes):
+        async with running(relay_config(tmp_path)) as server:
+            attacker = Inbox()
+            udp, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: attacker,
+                                                                               remote_addr=server.address)
+            udp.sendto(captured)
+            reply = await asyncio.wait_for(attacker.queue.get(), 2)
+            jar = CookieJar(server.identity.public)
+            assert jar.consume(reply, {wire.decode_sealed(captured).nonce}, 0.0), "a new address gets a cookie"
+            udp.sendto(jar.stamp(captured, 0.0))  # the mac2 is outside the box: anyone may restamp it
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(attacker.queue.get(), 0.5)
+                raise AssertionError("the replayed hello was answered")
+            udp.close()
+            return dict(server.core.drops), server.core.registered_link(public)
+
+    captured, public = asyncio.run(first_life())
+    assert (tmp_path / "state" / relay_server.HELLO_FILE).stat().st_mode & 0o777 == 0o600
+    drops, link = asyncio.run(second_life(captured))
+    assert drops["replayed hello"] == 1 and link is None

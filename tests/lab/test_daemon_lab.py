@@ -18,7 +18,7 @@ import pytest
 from meshvpn.lab import Topology, python_command
 from meshvpn.lab.mesh import Mesh, wait_for
 from meshvpn.lab.netns import _child_env
-from meshvpn.node.timestamps import FILE_NAME, WRITE_INTERVAL, TimestampFile
+from meshvpn.timestamps import FILE_NAME, WRITE_INTERVAL, TimestampFile
 
 from test_relay_lab import capture_marker, copy_a1_to_b1
 

@@ -139,7 +139,7 @@ def test_the_relay_serves_its_metrics_and_a_rate_status_line(tmp_path):
     keys.write_private_key(tmp_path / "relay.key")
     coord = keys.encode_key(keys.public_key(keys.generate_private_key()))
     (tmp_path / "relay.yaml").write_text(
-        f"private_key_file: relay.key\nlisten: 127.0.0.1:0\ncoord:\n  public_key: {coord}\n"
+        f"private_key_file: relay.key\nstate_dir: state\nlisten: 127.0.0.1:0\ncoord:\n  public_key: {coord}\n"
         "metrics:\n  listen: 127.0.0.1:0\n"
     )
     now = [1_700_000_000.0]

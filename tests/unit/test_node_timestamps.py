@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshvpn.node.timestamps import (
+from meshvpn.timestamps import (
     FILE_NAME, WRITE_INTERVAL, TimestampFile, TimestampFileError, TimestampJournal, decode, encode, restore,
 )
 from meshvpn.sim.nodes import Wire, ip_packet, seeded

@@ -14,12 +14,13 @@ from nacl import bindings
 from meshvpn import keys, wire
 from meshvpn.cookie import COOKIE_LIFETIME, REPLY_LEN, SECRET_LIFETIME, CookieChecker, CookieJar
 from meshvpn.relay import core as relay_core
-from meshvpn.relay.core import DH_BURST, IDLE_TIMEOUT, RelayCore, Stream
+from meshvpn.relay.core import DH_BURST, HELLO_MAX_SKEW, IDLE_TIMEOUT, RelayCore, Stream
 from meshvpn.relaytoken import TokenError, TokenMinter, TokenVerifier, network_tag
+from meshvpn.timestamps import TimestampFile
 from meshvpn.wire import Endpoint, MessageType
 from test_relay_core import (
     A_EP, ALICE, ASKED, B_EP, BOB, COORD, LIMITS, M_EP, MALLORY, MALLORY_TOKEN, NOW, RELAY, RELAY_PUBLIC, counting_random,
-    envelope, hello, proven_hello, refusals, register,
+    cookie_jar, envelope, hello, proven_hello, refusals, register,
 )
 
 
@@ -174,3 +175,18 @@ def test_a_token_of_the_first_layout_is_refused_not_read_with_a_far_expiry():
     old = nonce + bindings.crypto_box_afternm(body, nonce, wire.box_key(COORD, RELAY_PUBLIC))
     with pytest.raises(TokenError, match="failed authentication"):
         TokenVerifier(RELAY, keys.public_key(COORD)).verify(old, keys.public_key(ALICE), NOW)
+
+
+def test_hello_floors_survive_a_restart_through_the_state_file_and_are_pruned_in_place(tmp_path):
+    """Issue 13, finding 8 (the relay's part), at the core: the shell's record restores the floors."""
+    relay = RelayCore(RELAY, keys.public_key(COORD), LIMITS, counting_random(), NOW)
+    register(relay, ALICE, A_EP)
+    record = TimestampFile(tmp_path, "hellos.json", "hellos", 8)
+    record.save({key: ms.to_bytes(8, "big") for key, ms in relay.latest_hello.items()})
+    restarted = RelayCore(RELAY, keys.public_key(COORD), LIMITS, counting_random(), NOW + 1)
+    restarted.restore_hellos({key: int.from_bytes(ms, "big") for key, ms in record.load().items()})
+    restarted.receive(cookie_jar(restarted, M_EP, NOW + 1).stamp(hello(ALICE), NOW + 1), M_EP, NOW + 1)
+    assert restarted.drops == {"replayed hello": 1} and restarted.registered_link(keys.public_key(ALICE)) is None
+    floors = restarted.latest_hello
+    restarted.handle_timer(NOW + HELLO_MAX_SKEW + 2)
+    assert restarted.latest_hello is floors and floors == {}, "pruned in the dict the shell's journal reads"
