@@ -28,7 +28,8 @@ from test_relay_lab import two_site_mesh
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 
-SIZE = 6 << 20
+SIZE = 32 << 20
+"""Bytes per transfer: a direct tunnel moves 6 MiB in about 0.1 s, too short to measure under the machine's other load."""
 NODE_PORT = 41641
 """The node's UDP port (the config's default)."""
 RATE = 20 * DH_RATE
@@ -65,8 +66,8 @@ def test_a_tunnel_keeps_half_its_rate_and_a_peer_comes_up_under_an_initiation_fl
     mesh.wait_registered(["a2", "b1"])
     wait_for(lambda: mesh.nudge("a2", "b1", timeout=0.5), 15, "a2, started in the flood, to reach b1 through the tunnel")
     came_up = time.monotonic() - started
-    refused = cookies_sent(mesh)
     [flood] = finish_floods(topo, procs)
+    refused = cookies_sent(mesh)
     b1_cpu = cpu_seconds(b1_pid) - cpu_before
     calm.append(direct_rate(mesh))
     ratio = statistics.median(flooded) / statistics.median(calm)
@@ -74,6 +75,6 @@ def test_a_tunnel_keeps_half_its_rate_and_a_peer_comes_up_under_an_initiation_fl
           f"{FLOOD_SECONDS:g} s flood of {flood['sent']} initiations, {refused} answered with a cookie; "
           f"a2 started in the flood reached b1 after {came_up:.1f} s")
     assert flood["sent"] >= 0.75 * RATE * FLOOD_SECONDS, "the flood was as big as meant"
-    assert refused > 0.5 * (RATE - DH_RATE) * (FLOOD_SECONDS - 5.0), f"b1 was under load ({refused} cookies)"
+    assert refused > 0.5 * (RATE - DH_RATE) * FLOOD_SECONDS, f"b1 was under load all along ({refused} cookies)"
     assert ratio >= 0.5, f"{flooded} Mbit/s flooded against {calm} calm"
     assert came_up < FLOOD_SECONDS, "a2 reached b1 while the flood went on"
