@@ -169,6 +169,22 @@ class Topology:
         owner.hosts.append(node)
         return node
 
+    def move_host(self, name: str, site: str) -> str:
+        """Move host `name` to `site`'s LAN as a laptop changes networks: its link goes away (and
+        with it its address and routes), a new one comes up on the other LAN, behind the other
+        NAT, with a new address and default route. Returns the new address."""
+        node = self.node(name)
+        old = next(owner for owner in self.sites.values() if node in owner.hosts)
+        new = self.site(site)
+        node.ns.ip("link", "del", "eth0")
+        old.lan.used.discard(ip_address(node.addrs[0]))
+        old.hosts.remove(node)
+        addr = str(new.lan.allocate(HOST_OFFSET))
+        self._attach(node.ns, "eth0", new.lan, [addr], default_route=True)
+        node.addrs = [addr]
+        new.hosts.append(node)
+        return addr
+
     def set_nat(self, site: str, nat: Nat) -> None:
         """Swap a site's NAT live; existing mappings are forgotten."""
         owner = self.site(site)

@@ -127,6 +127,26 @@ class CoordLink:
             log.warning("coord link ended with %r", task.exception())
         self._drop()
 
+    @property
+    def local_address(self) -> Optional[str]:
+        """The address our end of the connection has; None while there is no connection."""
+        sockname = None if self._client is None else self._client.transport.get_extra_info("sockname")
+        return None if not sockname else sockname[0]
+
+    def reconnect(self) -> None:
+        """Drop the connection and start a round now, with no backoff (the host's network changed)."""
+        if self._task is not None:
+            asyncio.get_running_loop().create_task(self._restart(self._task))
+
+    async def _restart(self, task: asyncio.Task) -> None:
+        while not task.done():  # as in close: a cancel may not take at once
+            task.cancel()
+            await asyncio.wait([task], timeout=CLOSE_POLL)
+        if self._task is task:  # not closed (or restarted) meanwhile
+            self._drop()
+            self.dialer.failures = 0
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
     def send(self, msg: m.Message) -> bool:
         """Send if connected; False (dropped) otherwise: state is re-sent on reconnect."""
         if self._client is None or self._client.close_reason is not None:

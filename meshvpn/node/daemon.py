@@ -30,17 +30,19 @@ from meshvpn.node import events as ev
 from meshvpn.node.coordlink import CoordLink
 from meshvpn.node.core import CoreConfig
 from meshvpn.node.datapath.dataplane import DataPlane, SendBuffer
-from meshvpn.node.discovery import SocketSender, own_nat_profile, port_sample, public_mapping
+from meshvpn.node.discovery import SocketSender, port_sample
 from meshvpn.node.dns import NameService
 from meshvpn.node.eventlog import log_event
 from meshvpn.node.endpoints import local_endpoints
 from meshvpn.node.startup import preflight
 from meshvpn.node.mappings import MappingSockets
 from meshvpn.node.names import NameWatch, watch_names
+from meshvpn.node.netwatch import NetWatch
 from meshvpn.node.node import Node
 from meshvpn.node.status import status_line
 from meshvpn.node.pathfinder import PathFinderConfig
 from meshvpn.node.peers import Route
+from meshvpn.node.refresh import EndpointRefresh
 from meshvpn.node.relay.shell import RelayStreams
 from meshvpn.node.turn.shell import TurnStreams
 from meshvpn.node.transports import MainSocket, PinnedSocket, PunchedStream, RelayStream, Transport, TurnChannel
@@ -54,7 +56,6 @@ from meshvpn.reload import Reloader
 from meshvpn.service import Notifier, first_set, serve_until_stopped, setup_logging
 from meshvpn.session import OVERHEAD
 from meshvpn.stun import is_stun
-from meshvpn.node.traversal import nat_info
 from meshvpn.stunio import StunClient
 from meshvpn.timers import DeadlineTimer
 from meshvpn.wire import Endpoint, MessageType
@@ -68,8 +69,6 @@ RECV_SLOT = 65535
 """Room one receive needs: a whole GRO batch."""
 RECV_AREA = 4 * RECV_SLOT
 """Receives gathered per TUN write: at least three GRO batches, or about 140 single datagrams."""
-ENDPOINT_REFRESH = 60.0
-"""Seconds between re-checks of local endpoints and the STUN mapping."""
 _TRANSPORT = frozenset((MessageType.DATA, MessageType.KEEPALIVE))
 
 
@@ -107,6 +106,8 @@ class NodeDaemon:
         self.nat: Optional[m.NatInfo] = None
         self.mappings = MappingSockets(self.loop, config.listen.address, self._on_mapping_datagram)
         self.local: tuple[m.Endpoint, ...] = ()
+        self.refresh = EndpointRefresh(self)
+        self.netwatch = NetWatch(self.loop, self.refresh.network_changed, lambda: self.link and self.link.local_address)
         self.tun_address: Optional[str] = None
         self.stopping = asyncio.Event()
         self.coord_tried = asyncio.Event()
@@ -141,7 +142,8 @@ class NodeDaemon:
             self.names = watch_names(self.loop, self.sock.family, self.node, self.transmit)
             self._tasks.append(self.loop.create_task(self.names.run()))
             self.link.start()
-            self._tasks.append(self.loop.create_task(self._refresh_endpoints()))
+            self.refresh.start()
+            self.netwatch.start((self.tun.name,))
             self._tasks.append(self.loop.create_task(self._keep_timestamps()))
             self.metrics = await start_metrics(cfg.metrics.listen, "daemon",
                                                lambda: node_families(self.node.core, self.data))
@@ -167,6 +169,8 @@ class NodeDaemon:
             await self.metrics.close()
         for task in self._tasks:
             task.cancel()
+        self.refresh.close()
+        self.netwatch.close()
         if self.names is not None:
             self.names.close()
         await self.dns.close()
@@ -424,6 +428,8 @@ class NodeDaemon:
 
     def _on_coord_state(self, up: bool) -> None:
         log.info("coord link %s", "up" if up else "down; tunnels keep running")
+        if up:
+            self.refresh.coord_up()
         self.coord_tried.set()
 
     # ---- service --------------------------------------------------------------------
@@ -442,33 +448,6 @@ class NodeDaemon:
 
     def _local_endpoints(self) -> tuple[m.Endpoint, ...]:
         return local_endpoints(self.sock.getsockname()[1], self.tun.name, self.config.listen.address)
-
-    async def _refresh_endpoints(self) -> None:
-        """Learn the public mapping via STUN on the shared socket; report changes to the coord."""
-        while True:
-            public = await self._stun_mapping()
-            local = self._local_endpoints()
-            nat = await self._nat_profile()
-            if public != self.public_endpoint or local != self.local or nat != self.nat:
-                self.public_endpoint, self.local, self.nat = public, local, nat
-                self.node.set_own_endpoints(local, public)
-                log.info("endpoints: public %s, local %s, nat %s", public or "-", ", ".join(map(str, local)) or "-",
-                         "-" if nat is None else f"{'independent' if nat.endpoint_independent else 'dependent'} "
-                                                 f"mapping, {nat.allocation} ports")
-                self.link.send(m.Endpoints(local=local, public=public, nat=nat))
-            self._prune_mappings()
-            await asyncio.sleep(ENDPOINT_REFRESH)
-
-    async def _nat_profile(self) -> Optional[m.NatInfo]:
-        profile = await own_nat_profile(self.config, self.sock.family, self.link.host)
-        if profile is None:
-            return self.nat
-        self.node.set_nat_profile(profile)
-        return nat_info(profile)
-
-    async def _stun_mapping(self) -> Optional[m.Endpoint]:
-        public = await public_mapping(self.stun, self.config, self.sock.family, self.link.host)
-        return self.public_endpoint if public is None else public
 
 
 async def _serve(config: NodeConfig, load_settings: Callable[[], NodeConfig]) -> int:

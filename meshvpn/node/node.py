@@ -270,6 +270,13 @@ class Node:
     def set_nat_profile(self, profile: NatProfile) -> None:
         self.core.set_nat_profile(profile)
 
+    def network_changed(self, now: float) -> None:
+        """The host's network changed and our new endpoints went to the coord: hello every relay and
+        re-probe every peer in use now, rather than waiting for timers tuned to a network that stays."""
+        self.relays.hello_now(now)
+        self.core.reprobe(now)
+        self._settle(now)
+
     def set_keepalive(self, seconds: float) -> None:
         """A reloaded ``paths.keepalive``: every peer's path finder shares this setting."""
         self.core.config.paths.keepalive = seconds

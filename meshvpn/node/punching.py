@@ -69,6 +69,18 @@ class Punching:
         peer.paths.punch(now)
         self._drain_paths(peer, now)
 
+    def reprobe(self, now: float) -> None:
+        """Our own network changed: every peer in use gets a punch round now and a punch via the coord.
+
+        The path we had may leave from an address we no longer hold, and the peer's NAT knows
+        only our old mapping, so both sides must probe again towards the endpoints just reported.
+        """
+        for peer in self.peers:
+            if peer.route is not None or peer.ring.current is not None:
+                self._punch(peer, now)
+                peer.punch_requested_at = now
+                self._coord_out.append(m.PunchRequest(peer_key=peer.key))
+
     # ---- hard NATs ----------------------------------------------------------------
 
     def set_own_endpoints(self, local: Iterable[Endpoint], public: Optional[Endpoint]) -> None:

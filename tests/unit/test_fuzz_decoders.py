@@ -19,6 +19,7 @@ from meshvpn.control import messages as m
 from meshvpn.coord.membership import Membership, MembershipSettings
 from meshvpn.coord.store import MemoryStore, Network
 from meshvpn.errors import RemoteProtocolError
+from meshvpn.node import netlink
 from meshvpn.node.handshake_cookies import DH_BURST, InitiationGate
 from meshvpn.relay.core import RelayCore
 from meshvpn.relaytoken import TokenMinter, TokenVerifier
@@ -200,6 +201,17 @@ def test_initiation_gate(datagrams):
         only_remote_errors(lambda b: GATE.admit(b, NODE_PUBLIC, NOW), data)
 
 
+NETLINK_READ = (netlink.link_message(2, "eth0", True) + netlink.address_message(2, "10.1.0.11", 24, "eth0")
+                + netlink.route_message(0, "10.1.0.1", 2))
+
+
+@SLICE
+@given(batches(st.one_of(st.binary(max_size=200), mutations(NETLINK_READ))))
+def test_netlink_changes(reads):
+    for data in reads:
+        only_remote_errors(netlink.decode, data)
+
+
 TARGETS = (test_wire_decoders, test_noise_initiation, test_channel_frames, test_control_messages,
            test_stun_and_turn, test_relay_core_drops_and_counts, test_coord_core_refuses_and_never_raises,
-           test_cookie_jar, test_initiation_gate)
+           test_cookie_jar, test_initiation_gate, test_netlink_changes)

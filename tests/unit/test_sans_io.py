@@ -59,6 +59,8 @@ SANS_IO_MODULES = (
     "meshvpn.node.traversal",
     "meshvpn.node.prediction",
     "meshvpn.node.candidates",
+    "meshvpn.node.netlink",
+    "meshvpn.node.netchange",
     "meshvpn.node.datapath.offload",
     "meshvpn.node.datapath.fastpath",
     "meshvpn.backoff",

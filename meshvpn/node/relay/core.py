@@ -106,6 +106,12 @@ class RelaySet:
                 link.tcp_down(now)
                 self._drain(now)
 
+    def hello_now(self, now: float) -> None:
+        """Every link says hello at once (our address changed: each relay must learn the new one)."""
+        for link in self.links.values():
+            link.hello_now(now)
+        self._drain(now)
+
     def handle_timer(self, now: float) -> None:
         for link in self.links.values():
             link.handle_timer(now)

@@ -199,6 +199,11 @@ class RelayLink:
         if self.transport is Transport.TCP:
             self._set_ready(False)
 
+    def hello_now(self, now: float) -> None:
+        """Send the next hello now rather than at its time (the node's address changed)."""
+        if self._next_hello is not None:
+            self._hello(now)
+
     def handle_timer(self, now: float) -> None:
         """Send the hello that is due and notice a link that went quiet."""
         if self.ready and (self._last_ack is None or now >= self._last_ack + self.config.down_after):

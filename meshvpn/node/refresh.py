@@ -1,0 +1,104 @@
+"""Where the node can be reached, kept current: STUN mapping, LAN endpoints and NAT profile.
+
+A round asks the coord's STUN server for the shared socket's public mapping, lists the LAN
+endpoints and reports them to the coord (``Endpoints``, passed on to every peer) when they
+changed; then it samples the NAT's behaviour, which takes longer, and reports again if that
+changed. Rounds run every ``ENDPOINT_REFRESH`` seconds, and at once when the host's network
+changed (:meth:`EndpointRefresh.network_changed`): a round still waiting for an answer from the
+old network is abandoned, the birthday sockets (whose mappings belong to the old NAT) are closed
+and the coord link reconnects if the rules said so. Once the new endpoints are known *and* the
+coord link is up, the node re-probes its peers and asks the coord to punch them again
+(``Node.network_changed``): a punch request sent while the link reconnects would be lost, and
+one sent before the new endpoints would make the peers punch towards the old ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Optional
+
+from meshvpn.control import messages as m
+from meshvpn.node.discovery import own_nat_profile, public_mapping
+from meshvpn.node.netchange import NetworkChanged
+from meshvpn.node.traversal import nat_info
+
+if TYPE_CHECKING:
+    from meshvpn.node.daemon import NodeDaemon
+
+log = logging.getLogger("meshvpn.node")
+
+ENDPOINT_REFRESH = 60.0
+"""Seconds between re-checks of local endpoints and the STUN mapping while nothing changes."""
+
+
+class EndpointRefresh:
+    """The daemon's endpoint rounds: one task, restarted by :meth:`wake`."""
+
+    def __init__(self, daemon: NodeDaemon) -> None:
+        self.daemon = daemon
+        self._task: Optional[asyncio.Task] = None
+        self._moved = False
+        """The network changed and the peers were not re-probed since."""
+        self._fresh = False
+        """The endpoints were learnt again since the last change."""
+
+    def start(self) -> None:
+        self._task = self.daemon.loop.create_task(self._run())
+
+    def network_changed(self, change: NetworkChanged) -> None:
+        """Redo what the old network made: mappings, maybe the coord connection, a round now."""
+        daemon = self.daemon
+        log.info("network changed: %s", "; ".join(change.reasons))
+        daemon.mappings.close()
+        if change.reconnect_coord:
+            log.info("coord link: reconnecting now on the new network")
+            daemon.link.reconnect()
+        self._moved, self._fresh = True, False
+        self.close()
+        self.start()
+
+    def coord_up(self) -> None:
+        """The coord link registered: re-probe now if a change was waiting for it."""
+        self._reprobe_when_ready()
+
+    def _reprobe_when_ready(self) -> None:
+        daemon = self.daemon
+        if self._moved and self._fresh and daemon.link.connected:
+            self._moved = False
+            daemon.node.network_changed(daemon.loop.time())
+            daemon.transmit()
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self._round()
+            await asyncio.sleep(ENDPOINT_REFRESH)
+
+    async def _round(self) -> None:
+        daemon = self.daemon
+        public = await public_mapping(daemon.stun, daemon.config, daemon.sock.family, daemon.link.host)
+        self._report(daemon.public_endpoint if public is None else public, daemon._local_endpoints(), daemon.nat)
+        self._fresh = True
+        self._reprobe_when_ready()
+        profile = await own_nat_profile(daemon.config, daemon.sock.family, daemon.link.host)
+        if profile is not None:
+            daemon.node.set_nat_profile(profile)
+            self._report(daemon.public_endpoint, daemon.local, nat_info(profile))
+        daemon._prune_mappings()
+
+    def _report(self, public: Optional[m.Endpoint], local: tuple[m.Endpoint, ...], nat: Optional[m.NatInfo]) -> None:
+        """Tell the node and the coord where we are, if that changed."""
+        daemon = self.daemon
+        if (public, local, nat) == (daemon.public_endpoint, daemon.local, daemon.nat):
+            return
+        daemon.public_endpoint, daemon.local, daemon.nat = public, local, nat
+        daemon.node.set_own_endpoints(local, public)
+        log.info("endpoints: public %s, local %s, nat %s", public or "-", ", ".join(map(str, local)) or "-",
+                 "-" if nat is None else f"{'independent' if nat.endpoint_independent else 'dependent'} "
+                                         f"mapping, {nat.allocation} ports")
+        daemon.link.send(m.Endpoints(local=local, public=public, nat=nat))
