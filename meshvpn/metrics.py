@@ -83,6 +83,9 @@ def node_families(core, dataplane) -> list[Family]:
     drops = _counter("meshvpn_drops", "Datagrams and packets dropped before a peer was known, by reason.", "reason")
     peers = _gauge("meshvpn_peers", "Peers by the kind of path they are reached by.", "kind")
     relay = _gauge("meshvpn_relay_connected", "1 while the relay transport is ready.")
+    changes = _counter("meshvpn_peer_path_changes", "Changes of the peer's path, by reason.", "peer", "reason")
+    change_seconds = _counter("meshvpn_peer_path_change_seconds", "Seconds the timed path changes took "
+                              "(search or silence before it, docs/paths.md), summed by reason.", "peer", "reason")
     by_kind = dict.fromkeys(PATH_KINDS, 0)
     for peer in core.peers:
         name, counters = peer.name, peer.counters
@@ -97,11 +100,27 @@ def node_families(core, dataplane) -> list[Family]:
         for each in PATH_KINDS:
             path.add(each == kind, name, each)
         _by_reason(peer_drops, counters.drops, name)
+        _by_reason(changes, peer.path_log.counts, name)
+        _by_reason(change_seconds, peer.path_log.seconds, name)
     _by_reason(drops, core.drops + dataplane.drops)
     for kind, count in by_kind.items():
         peers.add(count, kind)
     relay.add(core.routes.relay_endpoint is not None)
-    return [rx_bytes, tx_bytes, rx_packets, tx_packets, handshakes, rekeys, path, peer_drops, drops, peers, relay]
+    return [rx_bytes, tx_bytes, rx_packets, tx_packets, handshakes, rekeys, path, peer_drops, drops, peers, relay,
+            changes, change_seconds]
+
+
+def socket_families(sockets: list[dict], udp_errors: dict[str, int]) -> list[Family]:
+    """``meshvpn daemon``: kernel drops on each of its UDP sockets and the namespace's UDP errors."""
+    drops = _counter("meshvpn_socket_drops", "Datagrams the kernel dropped on the node's socket "
+                     "(receive buffer full), from /proc/net/udp.", "socket")
+    rcvbuf = _gauge("meshvpn_socket_rcvbuf_bytes", "Receive buffer the kernel granted the socket.", "socket")
+    for entry in sockets:
+        drops.add(entry["drops"], entry["socket"])
+        rcvbuf.add(entry["rcvbuf"], entry["socket"])
+    errors = _by_reason(_counter("meshvpn_udp_errors", "UDP receive errors of the network namespace "
+                                 "(/proc/net/snmp), by kind.", "kind"), udp_errors)
+    return [drops, rcvbuf, errors]
 
 
 def coord_families(membership, connections: Sized) -> list[Family]:

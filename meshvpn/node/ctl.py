@@ -33,15 +33,23 @@ def format_status(status: dict) -> str:
     """One line for this node, then one line per peer, like ``tailscale status``."""
     me = status["self"]
     data_path = f"   data path {me['data_path']}" if me.get("data_path") else ""
+    kernel_drops = sum(entry["drops"] for entry in me.get("sockets", ()))
+    data_path += f"   kernel drops {kernel_drops}" if kernel_drops else ""
     coord = " ".join(filter(None, (me.get("coord", "-"), me.get("coord_address"))))
     lines = [_status_line(me.get("overlay"), me["name"], "self", f"coord {coord}{data_path}")]
     for peer in status["peers"]:
         lines.append(_status_line(
             peer.get("overlay"), peer["name"], peer["path"],
             f"{peer.get('endpoint') or '-':<22} handshake {format_ago(peer.get('last_handshake')):<8} "
-            f"rx {format_bytes(peer['rx_bytes'])} tx {format_bytes(peer['tx_bytes'])}",
+            f"rx {format_bytes(peer['rx_bytes'])} tx {format_bytes(peer['tx_bytes'])}{_last_change(peer)}",
         ))
     return "\n".join(lines)
+
+
+def _last_change(peer: dict) -> str:
+    """The peer's latest path change and how long ago: ``relay→direct (punched 1.9 s) 12s ago``."""
+    changes = peer.get("path_changes") or []
+    return f"   {changes[-1]['text']} {format_ago(changes[-1]['ago'])}" if changes else ""
 
 
 def format_peers(peers: list) -> str:

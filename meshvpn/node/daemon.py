@@ -25,7 +25,7 @@ from meshvpn.config import NodeConfig, load_node_config
 from meshvpn.control import messages as m
 from meshvpn.keys import read_private_key
 from meshvpn.localsock import ControlServer
-from meshvpn.metrics import MetricsEndpoint, node_families, start_metrics
+from meshvpn.metrics import MetricsEndpoint, node_families, socket_families, start_metrics
 from meshvpn.node import events as ev
 from meshvpn.node.coordlink import CoordLink
 from meshvpn.node.core import CoreConfig
@@ -45,6 +45,7 @@ from meshvpn.node.peers import Route
 from meshvpn.node.refresh import EndpointRefresh
 from meshvpn.node.relay.shell import RelayStreams
 from meshvpn.node.turn.shell import TurnStreams
+from meshvpn.node.sockstats import namespace_udp_errors, socket_report
 from meshvpn.node.transports import MainSocket, PinnedSocket, PunchedStream, RelayStream, Transport, TurnChannel
 from meshvpn.turn_codec import frame_run
 from meshvpn.node.tcp.shell import PunchPort
@@ -104,7 +105,7 @@ class NodeDaemon:
         self.control = ControlServer(str(config.control_socket), self.verbs.handle_control)
         self.public_endpoint: Optional[m.Endpoint] = None
         self.nat: Optional[m.NatInfo] = None
-        self.mappings = MappingSockets(self.loop, config.listen.address, self._on_mapping_datagram)
+        self.mappings = MappingSockets(self.loop, config.listen.address, self._on_mapping_datagram, SOCKET_BUFFER)
         self.local: tuple[m.Endpoint, ...] = ()
         self.refresh = EndpointRefresh(self)
         self.netwatch = NetWatch(self.loop, self.refresh.network_changed, lambda: self.link and self.link.local_address)
@@ -145,8 +146,8 @@ class NodeDaemon:
             self.refresh.start()
             self.netwatch.start((self.tun.name,))
             self._tasks.append(self.loop.create_task(self._keep_timestamps()))
-            self.metrics = await start_metrics(cfg.metrics.listen, "daemon",
-                                               lambda: node_families(self.node.core, self.data))
+            self.metrics = await start_metrics(cfg.metrics.listen, "daemon", lambda: node_families(
+                self.node.core, self.data) + socket_families(socket_report(self.udp_sockets()), namespace_udp_errors()))
             log.info("node %s listening on udp %s:%d, tun %s", self.node.public_key.hex()[:8],
                      *self.sock.getsockname()[:2], self.tun.name)
             await first_set(self.coord_tried, self.stopping)
@@ -393,6 +394,10 @@ class NodeDaemon:
         else:
             self.node.receive_datagram(data, src, self.loop.time(), via=sid)
         self.transmit()
+
+    def udp_sockets(self) -> dict[str, socket.socket]:
+        """Every UDP socket the node owns, by the name status and metrics give it."""
+        return {"main": self.sock, **{f"pinned {sid}": sock for sid, sock in self.mappings.sockets().items()}}
 
     def _prune_mappings(self) -> None:
         """Close the birthday sockets no path uses."""

@@ -16,6 +16,7 @@ import logging
 import socket
 from typing import Callable, Iterable
 
+from meshvpn.udpbatch import bind_udp
 from meshvpn.wire import Endpoint
 
 log = logging.getLogger("meshvpn.node")
@@ -32,8 +33,10 @@ class MappingSockets:
     """Extra sockets by id; `on_datagram(id, data, src)` gets everything they receive."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, bind_address: str, on_datagram: OnDatagram,
-                 limit: int = LIMIT) -> None:
+                 buffer: int, limit: int = LIMIT) -> None:
         self._loop = loop
+        self._buffer = buffer
+        """SO_RCVBUF and SO_SNDBUF of each socket, as the main socket's: a pinned socket carries a peer's data."""
         self._bind = bind_address
         self._on_datagram = on_datagram
         self._limit = limit
@@ -49,13 +52,13 @@ class MappingSockets:
         for probe in probes:
             if len(self._socks) >= self._limit:
                 break
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock = None
             try:
-                sock.bind((self._bind, 0))
-                sock.setblocking(False)
+                sock = bind_udp(self._bind, 0, self._buffer)
                 sock.sendto(probe, endpoint)
             except OSError as exc:
-                sock.close()
+                if sock is not None:
+                    sock.close()
                 log.info("birthday probing: %d sockets, then %s", opened, exc)
                 break
             sid = next(self._ids)
@@ -74,6 +77,10 @@ class MappingSockets:
         except OSError:
             pass
         return True
+
+    def sockets(self) -> dict[int, socket.socket]:
+        """The open sockets by id (for their kernel counters)."""
+        return dict(self._socks)
 
     def keep_only(self, in_use: set[int]) -> None:
         """Close every socket not in `in_use`."""

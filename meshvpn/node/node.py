@@ -386,11 +386,18 @@ class Node:
             self._out.append(event)
             if isinstance(event, ev.PeerDown):
                 self._forget_departed()
-            elif isinstance(event, ev.PeerPathChanged) and _udp_direct(event.new):
-                peer = self.peers.find(event.name)
-                if peer is not None:
-                    self.tcp.stop(peer.key)
+            elif isinstance(event, ev.PeerPathChanged):
+                self._path_changed(event, now)
         return bool(datagrams or messages or events)
+
+    def _path_changed(self, event: ev.PeerPathChanged, now: float) -> None:
+        """The peer's log keeps the change; a UDP path ends TCP punching."""
+        peer = self.peers.find(event.name)
+        if peer is None:
+            return
+        peer.path_log.record(event, peer.last_rx, peer.last_rx_src, self.core.config.paths.path_timeout, now)
+        if _udp_direct(event.new):
+            self.tcp.stop(peer.key)
 
     def _drain_relays(self, now: float) -> bool:
         relays = self.relays

@@ -17,6 +17,7 @@ from typing import Iterator, Optional
 from meshvpn.control.messages import PeerInfo
 from meshvpn.keys import encode_key
 from meshvpn.node.pathfinder import Path, PathFinder
+from meshvpn.node.pathlog import PathLog
 from meshvpn.node.transports import MAIN_SOCKET, Transport
 from meshvpn.session import KeyRing
 from meshvpn.wire import Endpoint
@@ -101,6 +102,8 @@ class Peer:
     """When the coord's synchronised punches towards this peer are due (its ``punch.at``)."""
     pings: dict = field(default_factory=dict)
     """``meshvpn ping`` probes not answered yet: tx id → (sent at, the route it went out on)."""
+    path_log: PathLog = field(default_factory=PathLog)
+    """The recent path changes, with reasons and times, for ``meshvpn status``."""
 
     def __post_init__(self) -> None:
         self.overlay = ipaddress.ip_address(self.info.address).packed

@@ -66,6 +66,7 @@ class Punching:
             self._punch(peer, now)
 
     def _punch(self, peer: Peer, now: float) -> None:
+        peer.path_log.wanted(peer.route and peer.route.path, now)
         peer.paths.punch(now)
         self._drain_paths(peer, now)
 

@@ -43,6 +43,7 @@ def peer_status(peer: Peer, now: float) -> dict:
         "tx_packets": c.tx_packets,
         "drops": dict(c.drops),
         "last_handshake": None if peer.last_handshake is None else round(now - peer.last_handshake, 3),
+        "path_changes": [record.as_dict(now) for record in peer.path_log.records],
     }
 
 

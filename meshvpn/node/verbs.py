@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 from meshvpn.config import Address
 from meshvpn.node.datapath.fastpath import DATA_PATH
 from meshvpn.node import events as ev
+from meshvpn.node.sockstats import namespace_udp_errors, socket_report
 
 if TYPE_CHECKING:
     from meshvpn.node.daemon import NodeDaemon
@@ -43,6 +44,8 @@ class ControlVerbs:
             status["self"]["tcp_punch"]["listen"] = daemon.punch.listen_text()
             status["self"]["data_path"] = DATA_PATH
             status["self"]["dns"] = daemon.dns.status()
+            status["self"]["sockets"] = socket_report(daemon.udp_sockets())
+            status["self"]["udp_errors"] = namespace_udp_errors()
             yield {**status, "done": True}
         elif cmd == "peers":
             yield {"peers": [_peer_map_entry(peer) for peer in self.daemon.node.peers], "done": True}

@@ -122,6 +122,12 @@ def test_a_node_that_moves_to_another_site_notices_at_once_and_comes_back(mesh: 
     assert coord_up - usable < 3.0
     assert back["b1"] is not None and back["b1"] < 1.5
     assert back["a1"] is not None
+    changes = mesh.peer("b1", "a1")["path_changes"]
+    print("b1's path changes towards a1:", ", ".join(change["text"] for change in changes))
+    assert changes[-1]["new"] == "direct" and changes[-1]["took"] is not None
+    [main] = [entry for entry in mesh.status("a1")["self"]["sockets"] if entry["socket"] == "main"]
+    print(f"a1's main socket: {main}")
+    assert main["rcvbuf"] > 0 and main["drops"] >= 0
 
 
 def test_a_link_down_for_5s_and_back_keeps_the_transfer(mesh: Mesh, topo: Topology) -> None:

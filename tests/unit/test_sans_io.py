@@ -61,6 +61,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.candidates",
     "meshvpn.node.netlink",
     "meshvpn.node.netchange",
+    "meshvpn.node.pathlog",
     "meshvpn.node.datapath.offload",
     "meshvpn.node.datapath.fastpath",
     "meshvpn.backoff",
