@@ -51,6 +51,9 @@ class EndpointRefresh:
         daemon = self.daemon
         log.info("network changed: %s", "; ".join(change.reasons))
         daemon.mappings.close()
+        if daemon.config.listen.address in change.vanished:
+            log.warning("listen.address %s is gone: peers cannot reach this node until it is back "
+                        "(a node that moves between networks listens on 0.0.0.0)", daemon.config.listen.address)
         if change.reconnect_coord:
             log.info("coord link: reconnecting now on the new network")
             daemon.link.reconnect()
