@@ -45,6 +45,8 @@ class NetworkChanged:
     """What happened, in order, for the log (``eth0 down``, ``10.1.0.11 removed from eth0``...)."""
     vanished: frozenset[str]
     """Addresses removed in the burst and not back at its end."""
+    connections_lost: bool
+    """An address vanished or the default gateway changed: TCP connections of the old network are dead."""
     reconnect_coord: bool
     """The coord link's local address vanished or the default gateway changed (its TCP connection is dead),
     or there is no connection (a reconnect waiting out its backoff should try the new network now)."""
@@ -102,8 +104,9 @@ class NetChanges:
         if deadline is None or now < deadline:
             return
         vanished = frozenset(a for a in self._removed if a not in self._addresses)
+        lost = self._gateway_moved or bool(vanished)
         reconnect = self._gateway_moved or self.coord_local is None or self.coord_local in vanished
-        self._actions.append(NetworkChanged(tuple(self._reasons), vanished, reconnect, self._first))
+        self._actions.append(NetworkChanged(tuple(self._reasons), vanished, lost, reconnect, self._first))
         self._reasons, self._removed, self._gateway_moved = [], set(), False
         self._first = self._last = None
 

@@ -270,9 +270,14 @@ class Node:
     def set_nat_profile(self, profile: NatProfile) -> None:
         self.core.set_nat_profile(profile)
 
-    def network_changed(self, now: float) -> None:
+    def network_changed(self, now: float, connections_lost: bool = False) -> None:
         """The host's network changed and our new endpoints went to the coord: hello every relay and
-        re-probe every peer in use now, rather than waiting for timers tuned to a network that stays."""
+        re-probe every peer in use now, rather than waiting for timers tuned to a network that stays.
+
+        With `connections_lost` (they came from an address that is gone) the relay streams are
+        closed and reopened with the links' backoff, rather than left to go silent."""
+        if connections_lost:
+            self._out += self.relays.drop_streams(now)
         self.relays.hello_now(now)
         self.core.reprobe(now)
         self._settle(now)

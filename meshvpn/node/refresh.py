@@ -42,6 +42,8 @@ class EndpointRefresh:
         """The network changed and the peers were not re-probed since."""
         self._fresh = False
         """The endpoints were learnt again since the last change."""
+        self._lost = False
+        """A change since the last re-probe lost the connections of the old network."""
 
     def start(self) -> None:
         self._task = self.daemon.loop.create_task(self._run())
@@ -58,6 +60,7 @@ class EndpointRefresh:
             log.info("coord link: reconnecting now on the new network")
             daemon.link.reconnect()
         self._moved, self._fresh = True, False
+        self._lost |= change.connections_lost
         self.close()
         self.start()
 
@@ -69,7 +72,8 @@ class EndpointRefresh:
         daemon = self.daemon
         if self._moved and self._fresh and daemon.link.connected:
             self._moved = False
-            daemon.node.network_changed(daemon.loop.time())
+            daemon.node.network_changed(daemon.loop.time(), self._lost)
+            self._lost = False
             daemon.transmit()
 
     def close(self) -> None:

@@ -7,7 +7,8 @@ from meshvpn.control import messages as m
 from meshvpn.node.netchange import NetChangeConfig, NetChanges, NetworkChanged
 from meshvpn.node.netlink import AddressChange, LinkChange, RouteChange
 from meshvpn.node.pathfinder import PathKind
-from meshvpn.sim.nodes import BOB_AT, alice_and_bob, ip_packet, seeded
+from meshvpn.node.events import CloseRelayStream, OpenRelayStream
+from meshvpn.sim.nodes import ALICE_AT, BOB_AT, NETWORK, WALL_OFFSET, alice_and_bob, ip_packet, seeded
 
 CONFIG = NetChangeConfig(debounce=0.15, settle_max=0.6)
 ETH0, TUN = 2, 5
@@ -42,7 +43,7 @@ def test_a_move_is_one_action_after_the_debounce_and_reconnects_the_coord():
     assert run_until(changes, 10.16) == []
     [action] = run_until(changes, 10.17)
     assert action.vanished == {"10.1.0.11"}
-    assert action.reconnect_coord and action.first_at == 10.0
+    assert action.connections_lost and action.reconnect_coord and action.first_at == 10.0
     assert action.reasons == ("10.1.0.11 removed from eth0", "default route via 10.1.0.1 removed",
                               "10.2.0.11 added on eth0", "default route via 10.2.0.1")
     assert changes.get_timer() is None
@@ -58,14 +59,14 @@ def test_a_link_down_and_up_keeps_the_coord_connection():
     changes.observe(RouteChange(0, "10.1.0.1", ETH0), 10.0)
     [up] = run_until(changes, 10.15)
     assert up.reasons == ("eth0 up", "default route via 10.1.0.1") and not up.reconnect_coord
-    assert up.vanished == frozenset()
+    assert up.vanished == frozenset() and not up.connections_lost
 
 
 def test_a_new_default_gateway_reconnects_the_coord_even_with_the_same_address():
     changes = watching()
     changes.observe(RouteChange(0, "10.1.0.254", ETH0), 1.0)
     [action] = run_until(changes, 2.0)
-    assert action.reconnect_coord
+    assert action.reconnect_coord and action.connections_lost
 
 
 def test_an_address_gone_and_back_within_the_burst_has_not_vanished():
@@ -118,6 +119,7 @@ def test_an_overrun_counts_as_a_change():
     changes.overrun(3.0)
     [action] = run_until(changes, 3.2)
     assert action.reasons == ("netlink overrun",) and action.reconnect_coord  # no connection: try now
+    assert not action.connections_lost
 
 
 def test_the_node_reprobes_every_peer_in_use_and_asks_the_coord_to_punch():
@@ -133,3 +135,31 @@ def test_the_node_reprobes_every_peer_in_use_and_asks_the_coord_to_punch():
     a.drain(1.0)
     assert a.coord_out == [m.PunchRequest(peer_key=b.public)]  # carol was never in use
     assert {dst for dst, _ in a.collect()} == {BOB_AT}
+
+
+def test_relay_streams_from_a_lost_address_are_closed_and_reopened():
+    a = seeded(random.Random, 1, "alice", "100.64.0.1", ALICE_AT)
+    relay = m.RelayInfo(name="r1", host="203.0.113.20", port=7500, public_key=bytes(range(32)))
+    token = m.RelayToken(relay="r1", token=bytes(100), expires=WALL_OFFSET + 3600)
+    a.from_coord(m.Registered(node_key=a.public, name=a.name, address=a.address, network=NETWORK, relays=(relay,),
+                              relay_tokens=(token,)), 0.0)
+    now = 0.0
+    while not any(isinstance(o, OpenRelayStream) for o in a.other_out):  # UDP hellos unanswered: TCP
+        now += 0.25
+        assert now < 5.0
+        a.tick(now)
+    a.node.relay_stream_up("r1", now)
+    a.drain(now)
+    a.other_out.clear()
+
+    a.node.network_changed(now)
+    a.drain(now)
+    assert not any(isinstance(o, CloseRelayStream) for o in a.other_out), "a link flap keeps the stream"
+    a.other_out.clear()
+    a.node.network_changed(now, connections_lost=True)
+    a.drain(now)
+    assert [type(o) for o in a.other_out] == [CloseRelayStream]
+    while not any(isinstance(o, OpenRelayStream) for o in a.other_out):
+        now += 0.1
+        assert now < 10.0
+        a.tick(now)

@@ -106,6 +106,13 @@ class RelaySet:
                 link.tcp_down(now)
                 self._drain(now)
 
+    def drop_streams(self, now: float) -> list[ev.CloseRelayStream]:
+        """The streams' local address is gone: close every one; each link reconnects with its backoff."""
+        names = list(self._streams)
+        for name in names:
+            self.tcp_down(name, now)
+        return [ev.CloseRelayStream(name) for name in names]
+
     def hello_now(self, now: float) -> None:
         """Every link says hello at once (our address changed: each relay must learn the new one)."""
         for link in self.links.values():
