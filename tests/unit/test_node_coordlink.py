@@ -228,3 +228,28 @@ def test_a_name_stands_for_all_its_addresses_and_a_literal_for_itself():
     literal, name = asyncio.run(run())
     assert literal == [("203.0.113.10", 7400)]
     assert ("127.0.0.1", 7400) in name and len(name) == len(set(name))
+
+
+@pytest.mark.timeout(20)
+def test_reconnect_drops_the_connection_and_registers_again_at_once():
+    registrations = []
+
+    def counting(msg):
+        registrations.append(msg)
+        return registers(msg)
+
+    async def run():
+        states = []
+        async with scripted_coords(counting) as (coord,):
+            async with running_link([coord], states) as link:
+                await until(lambda: link.connected)
+                first = link.local_address
+                link.dialer.failures = 3  # as after failed rounds: the reconnect does not wait them out
+                started = asyncio.get_running_loop().time()
+                link.reconnect()
+                await until(lambda: len(registrations) == 2 and link.connected)
+                return first, states[:], asyncio.get_running_loop().time() - started, link.failures
+
+    first, states, took, failures = asyncio.run(run())
+    assert first == "127.0.0.1"
+    assert states == [True, False, True] and took < 1.0 and failures == 0
