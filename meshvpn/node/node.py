@@ -275,9 +275,11 @@ class Node:
         re-probe every peer in use now, rather than waiting for timers tuned to a network that stays.
 
         With `connections_lost` (they came from an address that is gone) the relay streams are
-        closed and reopened with the links' backoff, rather than left to go silent."""
+        closed and reopened with the links' backoff, rather than left to go silent, and every TURN
+        allocation is made anew."""
         if connections_lost:
             self._out += self.relays.drop_streams(now)
+            self.turn.network_changed(now)
         self.relays.hello_now(now)
         self.core.reprobe(now)
         self._settle(now)

@@ -208,3 +208,15 @@ def test_garbage_on_the_stream_closes_it():
     link = on_stream()
     link.receive_stream("turn-1", b"\xff" * 8, 5.0)
     assert link.stream_wishes(5.0) == [TurnStream("turn-1", None)] and link.drops == 1
+
+
+def test_a_network_change_makes_every_allocation_anew_over_udp_first():
+    link = on_stream()
+    link.events()
+    link.network_changed(20.0)
+    assert link.stream_wishes(20.0) == [TurnStream("turn-1", None)]
+    assert [type(e) for _, e in link.events()] == [AllocationLost] and link.relayed == ()
+    assert link.status()[0]["transport"] == "udp"
+    assert [decode(data).method for _, data in link.datagrams_to_send()] == [StunMethod.ALLOCATE]
+    link.handle_timer(23.0)
+    assert link.stream_wishes(23.0) == [TurnStream("turn-1", SERVER, False)], "UDP still silent: the stream again"

@@ -145,6 +145,19 @@ class TurnLinks:
                 self._to_stream(server)
         self._update(now)
 
+    def network_changed(self, now: float) -> None:
+        """Our address or gateway changed: each allocation was bound to the old 5-tuple, so every
+        server gets a new one at once, over UDP first (the new network may let UDP through)."""
+        for name, server in self.servers.items():
+            if server.stream is not None:
+                self._wishes.append(TurnStream(name, None))
+            if server.client.ready:
+                self._events.append((name, AllocationLost("the network changed")))
+            server.stream = server.framer = None
+            server.client, server.started = self._new_client(server.info), now
+            server.client.allocate(now)
+        self._update(now)
+
     def stream_up(self, name: str, now: float) -> None:
         """The stream to TURN server `name` is connected: allocate on it."""
         server = self.servers.get(name)
