@@ -231,17 +231,19 @@ static Py_ssize_t open_message(uint8_t *b, Py_ssize_t msg, Py_ssize_t end, uint3
 
 PyDoc_STRVAR(open_run_doc,
 "open_run(key, local_index, window, relay_key, overlay, accept, buf, view, at, stop, seg_size, to_tun)\n"
-"-> (next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected)\n\n"
+"-> (next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected, casts)\n\n"
 "Open the datagrams of buf[at:stop] (seg_size each, the last may be shorter) in place while each\n"
 "is a transport message to local_index (inside a relay envelope from relay_key when that is not\n"
 "None); next_at is where the first one that is not starts.  Plaintexts whose source is the\n"
 "overlay address and whose destination is one of accept (addresses of the overlay's length back\n"
-"to back) are appended to to_tun as slices of view; the rest are counted by reason.");
+"to back) are appended to to_tun as slices of view; the rest are counted by reason.  casts counts\n"
+"the appended ones whose destination is not accept's first address (a broadcast or a group).");
 
-/* Whether the address at p is one of accept's (n addresses of size bytes); ours, the first, is the usual hit. */
-static int accepted_destination(const uint8_t *p, const uint8_t *accept, Py_ssize_t n, Py_ssize_t size) {
+/* Which of accept's addresses (n of size bytes) the address at p is, from 1; 0 for none.  Ours, the
+   first, is the usual hit. */
+static Py_ssize_t accepted_destination(const uint8_t *p, const uint8_t *accept, Py_ssize_t n, Py_ssize_t size) {
     for (Py_ssize_t i = 0; i < n; i++)
-        if (memcmp(p, accept + i * size, (size_t)size) == 0) return 1;
+        if (memcmp(p, accept + i * size, (size_t)size) == 0) return i + 1;
     return 0;
 }
 
@@ -256,6 +258,7 @@ static PyObject *open_run(PyObject *self, PyObject *args) {
     PyObject *result = NULL, *greatest = NULL;
     Window w = {NULL, 0};
     Py_ssize_t authentic = 0, opened = 0, opened_bytes = 0, failed = 0, spoofed = 0, wrong_key = 0, misdirected = 0;
+    Py_ssize_t casts = 0;
     const uint8_t *relay = NULL;
     if (key.len != crypto_aead_chacha20poly1305_ietf_KEYBYTES) { PyErr_SetString(PyExc_ValueError, "key must be 32 bytes"); goto done; }
     if (at < 0 || stop > buf.len || seg_size <= 0) { PyErr_SetString(local_error, "open_run: range outside its buffer"); goto done; }
@@ -303,7 +306,8 @@ static PyObject *open_run(PyObject *self, PyObject *args) {
             spoofed++;
             continue;
         }
-        if (!accepted_destination(b + body + dest_at, accept.buf, accepted, overlay.len)) {
+        Py_ssize_t which = accepted_destination(b + body + dest_at, accept.buf, accepted, overlay.len);
+        if (!which) {
             misdirected++;
             continue;
         }
@@ -314,9 +318,11 @@ static PyObject *open_run(PyObject *self, PyObject *args) {
         if (appended < 0) goto store;
         opened++;
         opened_bytes += length;
+        casts += which > 1;
     }
     if (at > stop) at = stop;
-    result = Py_BuildValue("nnnnnnnn", at, authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected);
+    result = Py_BuildValue("nnnnnnnnn", at, authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected,
+                           casts);
 store:
     if (w.greatest1 != initial) {
         PyObject *value = w.greatest1 ? PyLong_FromUnsignedLongLong(w.greatest1 - 1) : PyLong_FromLong(-1);

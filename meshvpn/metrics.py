@@ -106,8 +106,9 @@ def node_families(core, dataplane) -> list[Family]:
     for kind, count in by_kind.items():
         peers.add(count, kind)
     relay.add(core.routes.relay_endpoint is not None)
+    lan = getattr(dataplane, "lan", None)
     return [rx_bytes, tx_bytes, rx_packets, tx_packets, handshakes, rekeys, path, peer_drops, drops, peers, relay,
-            changes, change_seconds]
+            changes, change_seconds, *([] if lan is None else lan_families(lan.status()))]
 
 
 def socket_families(sockets: list[dict], udp_errors: dict[str, int]) -> list[Family]:
@@ -121,6 +122,21 @@ def socket_families(sockets: list[dict], udp_errors: dict[str, int]) -> list[Fam
     errors = _by_reason(_counter("meshvpn_udp_errors", "UDP receive errors of the network namespace "
                                  "(/proc/net/snmp), by kind.", "kind"), udp_errors)
     return [drops, rcvbuf, errors]
+
+
+def lan_families(status: dict) -> list[Family]:
+    """Broadcast and multicast across the mesh (``meshvpn status``'s ``self.lan``)."""
+    sent = _counter("meshvpn_lan_sent_packets", "Broadcast and multicast packets fanned out to peers, by kind.", "kind")
+    copies = _counter("meshvpn_lan_sent_copies", "Copies of fanned-out packets sealed, one per receiving peer.")
+    received = _counter("meshvpn_lan_received_packets", "Broadcast and multicast packets from peers delivered.", "kind")
+    drops = _counter("meshvpn_lan_drops", "Broadcast, multicast and filtered packets dropped, by reason "
+                     "(rate_packets, rate_bytes, access rule N...).", "reason")
+    groups = _gauge("meshvpn_lan_groups", "Multicast groups this node's applications joined.")
+    copies.add(status["sent"]["copies"])
+    for kind in ("broadcast", "multicast"):
+        sent.add(status["sent"][kind], kind)
+        received.add(status["received"][kind], kind)
+    return [sent, copies, received, _by_reason(drops, status["dropped"]), groups.add(len(status["groups"]))]
 
 
 def coord_families(membership, connections: Sized) -> list[Family]:

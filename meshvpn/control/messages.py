@@ -7,6 +7,7 @@ is a frozen dataclass of `meshvpn.control.schema` codecs; `decode` raises only
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,22 @@ def _load_service(value: Any) -> Service:
 
 SERVICE = Codec(_load_service, str)
 
+MAX_GROUPS = 64
+"""Multicast groups one node may announce (the kernel's default igmp_max_memberships is 20)."""
+
+
+def _load_group(value: Any) -> str:
+    _check(isinstance(value, str) and len(value) <= 15, "expected an IPv4 multicast group")
+    try:
+        group = ipaddress.IPv4Address(value)
+    except ValueError:
+        raise MalformedMessage(f"{value!r} is not an IPv4 address") from None
+    _check(group.is_multicast and str(group) == value, f"{value!r} is not a multicast group")
+    return value
+
+
+GROUPS = list_of(Codec(_load_group), MAX_GROUPS)
+
 
 @dataclass(frozen=True)
 class RuleInfo(Record):
@@ -152,6 +169,8 @@ class PeerInfo(Record):
     the NAT's mapping of that port, where TCP hole punching connects to."""
     nat: NatInfo | None = wire(NAT)
     """The peer's NAT as it reported it (absent: unknown, treated as endpoint-independent)."""
+    groups: tuple[str, ...] | None = wire(optional(GROUPS))
+    """Multicast groups the peer's applications joined (`Groups`): where its multicast goes."""
 
 
 # node → coord
@@ -176,6 +195,9 @@ class Register(Message):
     deltas: bool | None = wire(optional(BOOL))
     """The node applies `peer_delta`; without it each change comes as its own `peer_update` or
     `peer_remove`, as before deltas existed."""
+    lan_party: bool | None = wire(optional(BOOL))
+    """The node takes `access` (its rules, changed while it is online); an older node would
+    refuse the unknown message."""
 
 
 @dataclass(frozen=True)
@@ -260,6 +282,16 @@ class Paths(Message):
     paths: tuple[PeerPath, ...] = wire(list_of(record(PeerPath), MAX_PEERS))
 
 
+@dataclass(frozen=True)
+class Groups(Message):
+    """The multicast groups this node's applications joined now (its whole set), learned from the
+    IGMP reports on its TUN; the coord passes them to its peers in `PeerInfo.groups`. Sent only to
+    a coord whose `Registered` says `lan_party`, after each registration and each change."""
+
+    TYPE = "groups"
+    groups: tuple[str, ...] = wire(GROUPS)
+
+
 # coord → node
 
 
@@ -281,6 +313,19 @@ class Registered(Message):
     """The coord takes `Paths` reports (an older coord would refuse the unknown message)."""
     access: AccessInfo | None = wire(optional(record(AccessInfo)))
     """Access rules this node enforces on what it receives; absent: everyone reaches it."""
+    lan_party: bool | None = wire(optional(BOOL))
+    """The coord takes `groups` and passes them on (an older coord would refuse the unknown message)."""
+
+
+@dataclass(frozen=True)
+class Access(Message):
+    """The node's access rules changed while it is online (a reload of the coord's policy, a tag
+    given or taken): they replace those of `registered` at once, tunnels untouched. Sent only to
+    nodes that registered with `lan_party`."""
+
+    TYPE = "access"
+    access: AccessInfo | None = wire(optional(record(AccessInfo)))
+    """Absent: everyone reaches the node."""
 
 
 @dataclass(frozen=True)
@@ -363,8 +408,8 @@ class Error(Message):
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        Register, Endpoints, PunchRequest, Ping, Pong, RelayHome, TurnRelayed, Paths, Leave,
-        Registered, RelayTokens, PeerMap, PeerUpdate, PeerRemove, PeerDelta, Punch, Error,
+        Register, Endpoints, PunchRequest, Ping, Pong, RelayHome, TurnRelayed, Paths, Leave, Groups,
+        Registered, RelayTokens, PeerMap, PeerUpdate, PeerRemove, PeerDelta, Punch, Error, Access,
     )
 }
 

@@ -54,7 +54,8 @@ TRANSITIONS: dict[tuple[ConnState, ConnEvent], ConnState] = {
 ACCEPTS: dict[ConnState, frozenset[type[m.Message]]] = {
     ConnState.NEW: frozenset({m.Register, m.Leave, m.Ping, m.Pong}),
     ConnState.PENDING: frozenset({m.Ping, m.Pong}),
-    ConnState.ONLINE: frozenset({m.Endpoints, m.PunchRequest, m.RelayHome, m.TurnRelayed, m.Paths, m.Ping, m.Pong}),
+    ConnState.ONLINE: frozenset({m.Endpoints, m.PunchRequest, m.RelayHome, m.TurnRelayed, m.Paths, m.Groups, m.Ping,
+                                 m.Pong}),
 }
 
 
@@ -90,6 +91,12 @@ class Connection:
     """The node's reported path kind per peer name (`Paths`), only for peers of its network."""
     deltas: bool = False
     """The node registered with `deltas`: it takes its peer announcements as `peer_delta`."""
+    lan_party: bool = False
+    """The node registered with `lan_party`: it takes `access` while online (`meshvpn.coord.lanpush`)."""
+    access: m.AccessInfo | None = None
+    """The rules the node was last sent."""
+    groups: tuple[str, ...] = ()
+    """The multicast groups the node last said it joined, shown to its peers."""
 
     @classmethod
     def opened_at(cls, conn_id: Hashable, key: bytes, host: str, now: float, port: int | None) -> Connection:

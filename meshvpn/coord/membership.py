@@ -40,6 +40,7 @@ from meshvpn.coord import passes
 from meshvpn.coord.candidates import SAMPLE_LIFETIME, plain_ip, punch_towards, sane_locals, sane_public
 from meshvpn.coord.connstate import ConnEvent, ConnState, Connection
 from meshvpn.coord.elsewhere import Elsewhere
+from meshvpn.coord.lanpush import LanPush
 from meshvpn.coord.events import Action, AdminError, Announce, Close, Log, NodeStatus, Send
 from meshvpn.coord.peermap import peer_map_parts, peer_update
 from meshvpn.coord.settings import MembershipSettings
@@ -57,7 +58,7 @@ TOKEN_SLACK = 30.0
 thousands of nodes online, a wake-up per node's refresh would each cost O(connections)."""
 
 
-class Membership(Elsewhere):
+class Membership(Elsewhere, LanPush):
     """Sans-IO coordination core; see the module docstring for its rules."""
 
     def __init__(
@@ -193,6 +194,8 @@ class Membership(Elsewhere):
             self._update_node(conn, changed)
         elif isinstance(message, m.Paths):
             self._paths(conn, message.paths)
+        elif isinstance(message, m.Groups):
+            self._groups(conn, message.groups)
         elif isinstance(message, m.PunchRequest):
             if not conn.punches.take(now):
                 self.limited["punch_request"] += 1
@@ -284,17 +287,6 @@ class Membership(Elsewhere):
                 self._go_online(conn, node)
         return node
 
-    def tag(self, ref: str, tag: str, remove: bool = False) -> NodeRecord:
-        """Give a node a tag, or take it away; access rules see it when their nodes next register."""
-        node = self.find_node(ref)
-        try:
-            tagged = self._roster.tag(node, tag, remove)
-        except ValueError as exc:
-            raise AdminError(str(exc)) from None
-        if tagged != node:
-            self._log("info", "node untagged" if remove else "node tagged", tagged, tag=tag)
-        return tagged
-
     def revoke(self, ref: str) -> NodeRecord:
         """Shut a node out for good: close it, tell its peers to forget it, refuse it from now on."""
         node = self.find_node(ref)
@@ -354,7 +346,7 @@ class Membership(Elsewhere):
             self._log("info", "node joined", node, auth_key=node.auth_key_id)
         conn.network = node.network
         conn.nat = msg.nat
-        conn.deltas = bool(msg.deltas)
+        conn.deltas, conn.lan_party = bool(msg.deltas), bool(msg.lan_party)
         self._ephemeral_deadlines.pop(node.key, None)
         if node.approved:
             self._go_online(conn, node)
@@ -444,6 +436,7 @@ class Membership(Elsewhere):
             public_tcp=None if conn is None else conn.public_tcp,
             last_seen=node.last_seen,
             nat=None if conn is None else conn.nat,
+            groups=(conn.groups or None) if conn is not None else None,
         )
 
     @staticmethod

@@ -42,7 +42,7 @@ def registered(minter: TokenMinter | None, settings: MembershipSettings, network
                members: Iterable[NodeRecord], conn: Connection) -> m.Registered:
     """The `registered` message of `node`, online on `conn`, among the `members` of its network."""
     tokens, turn = issue(minter, settings.relays, settings.turn, conn, conn.last_heard)
-    access = access_for(settings.access.get(node.network), Member(node.name, frozenset(node.tags)),
+    conn.access = access = access_for(settings.access.get(node.network), Member(node.name, frozenset(node.tags)),
                         (Member(n.name, frozenset(n.tags)) for n in members))
     return m.Registered(
         node_key=node.key,
@@ -54,4 +54,5 @@ def registered(minter: TokenMinter | None, settings: MembershipSettings, network
         turn=turn,
         path_reports=True,
         access=access,
+        lan_party=True,
     )

@@ -34,6 +34,7 @@ from meshvpn.coord import admin
 from meshvpn.coord.console import start_console
 from meshvpn.coord.fanout import Fanout, FanoutSettings
 from meshvpn.coord.instances import InstanceLink
+from meshvpn.coord.lanpush import with_new_access
 from meshvpn.coord.membership import Announce, Close, Log, Membership, MembershipSettings, Send
 from meshvpn.coord.store import Network, open_store
 from meshvpn.errors import ConfigError, LocalProtocolError, MeshError, RemoteProtocolError
@@ -343,9 +344,13 @@ class CoordServer:
         self.store.close()
 
     def reload(self, settings: CoordConfig) -> None:
-        """Apply what a SIGHUP may change (log level, relays, keepalive); name what needs a restart."""
+        """Apply what a SIGHUP may change (log level, relays, keepalive, access rules); name what needs a restart."""
+        self.reloader.settings, access = with_new_access(self.reloader.settings, settings)
+        if access is not None:
+            self.membership.set_access(access)
         self.reloader.apply(settings)
         self.settings = self.reloader.settings
+        self.run_actions()
 
     def _reconfigure(self, settings: CoordConfig) -> None:
         self.membership.reconfigure(relay_infos(settings), settings.keepalive)

@@ -98,6 +98,10 @@ class PeerGroups:
             if not members:
                 del self._by_group[group]
 
+    def peers(self) -> list[Peer]:
+        """The peers that joined some group."""
+        return list(self._by_peer)
+
     def of(self, peer: Peer) -> frozenset[int]:
         return self._by_peer.get(peer, frozenset())
 

@@ -82,7 +82,8 @@ class NodeDaemon:
         paths = PathFinderConfig(
             keepalive=config.paths.keepalive, relay_after=config.paths.relay_after, path_timeout=config.paths.path_timeout
         )
-        self.node = Node(private_key, os.urandom, CoreConfig(paths=paths, wall_offset=time.time() - self.loop.time()))
+        self.node = Node(private_key, os.urandom, CoreConfig(paths=paths, wall_offset=time.time() - self.loop.time()),
+                         config.lan.fanout)
         self.timestamp_file = TimestampFile(config.state_dir)
         self.timestamps = restore(self.node.core.handshakes.timestamps.greatest, self.timestamp_file)
         """When the newest initiation timestamps go to the state directory (replays after a restart)."""
@@ -337,6 +338,8 @@ class NodeDaemon:
                             self.link.send(msg)
                     case ev.Deliver(datagrams):
                         self._inbound(datagrams)
+                    case ev.WriteTun(packets):
+                        self._write_tun([memoryview(bytearray(packet)) for packet in packets])
                     case ev.StunReceived(data, src):
                         self.stun.datagram_received(data, src)
                     case ev.TcpConnect() | ev.TcpWrite() | ev.TcpAbort():
@@ -425,6 +428,7 @@ class NodeDaemon:
             tcp_punch=self.punch.from_punch_port or None,
             nat=self.nat,
             deltas=True,
+            lan_party=True,
         )
 
     def _on_coord_message(self, msg: m.Message) -> None:

@@ -245,6 +245,13 @@ class SendTurnBytes:
     data: bytes
 
 
+@dataclass(frozen=True)
+class WriteTun:
+    """Write `packets` to the node's own TUN: IGMP queries, as the querier of its link."""
+
+    packets: list[bytes]
+
+
 Transmission = Union[SendDatagram, SendCoord, Deliver, StunReceived, TcpConnect, TcpWrite, TcpAbort, OpenRelayStream,
-                     CloseRelayStream, SendRelayFrames, TurnStream, SendTurnBytes]
+                     CloseRelayStream, SendRelayFrames, TurnStream, SendTurnBytes, WriteTun]
 Output = Union[Event, Transmission]

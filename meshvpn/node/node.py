@@ -29,9 +29,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable, Iterable, Optional
 
+from meshvpn.config import FanoutConfig
 from meshvpn.control import messages as m
 from meshvpn.node import events as ev
 from meshvpn.node.core import CoreConfig, NodeCore
+from meshvpn.node.lanparty import LanParty
 from meshvpn.node.peers import Peer, PeerTable
 from meshvpn.node.prediction import NatProfile
 from meshvpn.node.relay.link import Transport as RelayTransport
@@ -55,8 +57,10 @@ class Node:
     """Everything one node decides, without I/O; the data path reads ``peers`` directly."""
 
     def __init__(self, private_key: bytes, random_bytes: Callable[[int], bytes],
-                 config: CoreConfig | None = None) -> None:
+                 config: CoreConfig | None = None, lan: FanoutConfig | None = None) -> None:
         self.core = NodeCore(private_key, random_bytes, config)
+        self.lan = LanParty(lan or FanoutConfig(), self.core.destinations)
+        """Broadcast, multicast and access rules; the data path calls it for what its loop does not do."""
         wall = self.core.config.wall_offset
         self.relays = RelaySet(private_key, self.core.public_key, random_bytes, wall)
         self.turn = TurnLinks(random_bytes)
@@ -90,16 +94,17 @@ class Node:
 
     def outputs(self) -> list[ev.Output]:
         """Transmissions and events since the last call, in order; each is returned once."""
-        out, self._out = self._out, []
+        out, self._out = self._out + self.lan.outputs(), []
         return out
 
     @property
     def has_output(self) -> bool:
-        return bool(self._out)
+        return bool(self._out) or self.lan.has_output
 
     def get_timer(self) -> Optional[float]:
         """The earliest deadline of any of the node's machines."""
-        timers = (self.core.get_timer(), self.relays.get_timer(), self.turn.get_timer(), self.tcp.get_timer())
+        timers = (self.core.get_timer(), self.relays.get_timer(), self.turn.get_timer(), self.tcp.get_timer(),
+                  self.lan.get_timer())
         return min((t for t in timers if t is not None), default=None)
 
     # ---- inbox ------------------------------------------------------------------------
@@ -111,6 +116,7 @@ class Node:
         elif isinstance(msg, m.RelayTokens):
             self.relays.set_tokens(msg.tokens, now)
         self.core.coord_message(msg, now)
+        self.lan.coord_message(msg, self.peers, now)
         self.turn.coord_message(msg, now)
         if isinstance(msg, m.Punch):
             self._punch_tcp(msg.peer_key, now)
@@ -155,6 +161,7 @@ class Node:
         self.relays.handle_timer(now)
         self.turn.handle_timer(now)
         self.tcp.handle_timer(now)
+        self.lan.handle_timer(now)
         self._settle(now)
 
     # ---- inbox: the punch port's connections --------------------------------------------
@@ -481,6 +488,7 @@ class Node:
         status["self"]["relays"] = self.relays.status()
         status["self"]["turn"] = self.turn.status()
         status["self"]["tcp_punch"] = {"peers": self.tcp.status()}
+        status["self"]["lan"] = self.lan.status()
         servers = {peer.name: self.turn.server_for(peer.route.endpoint) for peer in self.peers
                    if peer.route is not None}
         for entry in status["peers"]:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from meshvpn.control import messages as m
 from meshvpn.control import schema
 from meshvpn.errors import RemoteProtocolError
+from meshvpn.portspec import parse_service
 
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(1, 33))
@@ -63,7 +64,25 @@ SAMPLES = [
     m.Punch(KEY_B, (m.Endpoint("203.0.113.7", 30001),), nat=m.NatInfo(False, "random"),
             sample=m.Endpoint("203.0.113.7", 30001)),
     m.Error("auth_key_used", "auth key 0123 was already used"),
+    m.Register("pc", "0.1.0", (), lan_party=True),
+    m.Groups(("224.0.0.251", "239.255.255.250")),
+    m.Groups(()),
+    m.Registered(KEY_A, "laptop", "10.77.0.2", m.NetworkInfo("home", "10.77.0.0/24"), lan_party=True),
+    m.Access(m.AccessInfo("deny", (m.RuleInfo(0, "allow", ("*",), (parse_service("udp/27015"),)),))),
+    m.Access(None),
+    m.PeerUpdate(m.PeerInfo(KEY_A, "pc", "10.77.0.4", True, groups=("224.0.2.60",))),
 ]
+
+
+@pytest.mark.parametrize("groups, problem", [
+    (["10.0.0.1"], "not a multicast group"),
+    (["224.0.0.0251"], "224.0.0.0251"),
+    (["224.0.0.251"] * (m.MAX_GROUPS + 1), "more than"),
+    ([5], "multicast"),
+])
+def test_groups_take_only_ipv4_multicast_groups(groups, problem):
+    with pytest.raises(m.MalformedMessage, match=problem):
+        m.decode(json.dumps({"type": "groups", "groups": groups}))
 
 
 @pytest.mark.parametrize("message", SAMPLES, ids=lambda msg: msg.TYPE)

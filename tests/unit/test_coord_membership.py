@@ -86,7 +86,8 @@ def pair(server):
 def test_first_node_gets_registered_and_an_empty_peer_map(server):
     registered, peer_map = server.join(1, 1, "Alice's Laptop", server.token())
     assert registered == m.Registered(
-        key(1), "alice-s-laptop", "10.77.0.2", m.NetworkInfo("home", "10.77.0.0/24"), (RELAY,), path_reports=True
+        key(1), "alice-s-laptop", "10.77.0.2", m.NetworkInfo("home", "10.77.0.0/24"), (RELAY,), path_reports=True,
+        lan_party=True,
     )
     assert peer_map == m.PeerMap(())
 

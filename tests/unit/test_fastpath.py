@@ -233,10 +233,11 @@ def test_open_run_opens_counts_and_stops_at_another_index(impl):
     choices = [("data", 1), ("forged", 2), ("keepalive", 3), ("spoofed", 4), ("replay", 0), ("data", 5),
                ("other index", 6), ("data", 7)]
     data, seg = datagram_run(choices)
-    (next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected), _, spans, greatest, _ = \
+    (next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected, casts), _, spans, greatest, _ = \
         open_all(data, seg, None, fresh_window())
     assert next_at == 6 * seg, "stops where the datagram to another index starts"
-    assert (authentic, opened, failed, spoofed, wrong_key, misdirected) == (3, 2, 3, 1, 0, 0), "a padded keepalive fails"
+    assert (authentic, opened, failed, spoofed, wrong_key, misdirected, casts) == (3, 2, 3, 1, 0, 0, 0), \
+        "a padded keepalive fails"
     assert opened_bytes == 2 * (seg - OVERHEAD) and greatest == 5
     assert [body for _, body in spans] == [ipv4(SRC4, seg - OVERHEAD, 1), ipv4(SRC4, seg - OVERHEAD, 5)]
     assert all(in_place for in_place, _ in spans)
@@ -245,14 +246,14 @@ def test_open_run_opens_counts_and_stops_at_another_index(impl):
 def test_open_run_takes_a_keepalive_that_ends_the_run(impl):
     data, seg = datagram_run([("data", 1), ("keepalive", 2)])
     result, *_ = open_all(data, seg, None, fresh_window())
-    assert result == (len(data), 2, 1, seg - OVERHEAD, 0, 0, 0, 0)
+    assert result == (len(data), 2, 1, seg - OVERHEAD, 0, 0, 0, 0, 0)
 
 
-def test_open_run_keeps_only_packets_for_our_address_or_broadcast(impl):
+def test_open_run_keeps_only_packets_for_our_address_or_broadcast_and_counts_broadcasts(impl):
     data, seg = datagram_run([("data", 1), ("misdirected", 2), ("broadcast", 3), ("spoofed", 4), ("data", 5)])
-    (next_at, authentic, opened, _, failed, spoofed, wrong_key, misdirected), _, spans, _, _ = open_all(
+    (next_at, authentic, opened, _, failed, spoofed, wrong_key, misdirected, casts), _, spans, _, _ = open_all(
         data, seg, None, fresh_window())
-    assert (authentic, opened, failed, spoofed, wrong_key, misdirected) == (5, 3, 0, 1, 0, 1)
+    assert (authentic, opened, failed, spoofed, wrong_key, misdirected, casts) == (5, 3, 0, 1, 0, 1, 1)
     assert [body[16:20] for _, body in spans] == [DST4, BROADCAST4, DST4]
 
 
@@ -268,7 +269,7 @@ def test_open_run_checks_the_relay_envelope_key(impl):
     envelope = lambda key, message: b"\x01\x07\x00\x00" + key + message
     relayed = bytearray(envelope(RELAY_KEY, data[:seg]) + envelope(b"X" * 32, data[seg:]))
     result, *_ = open_all(relayed, seg + 36, RELAY_KEY, fresh_window())
-    assert result == (len(relayed), 1, 1, seg - OVERHEAD, 0, 0, 1, 0)
+    assert result == (len(relayed), 1, 1, seg - OVERHEAD, 0, 0, 1, 0, 0)
     bare, *_ = open_all(relayed, seg + 36, None, fresh_window())
     assert bare[0] == 0, "an envelope is not a bare message"
 

@@ -83,7 +83,9 @@ def test_peer_remove_ends_its_tcp_path_and_leaves_nothing_behind(tcp_pair):
     assert [abort.conn_id for abort in taken(a, TcpAbort)] == [a_conn]
     assert [e.reason for e in a.events if isinstance(e, PeerDown)] == ["removed by the coord"]
     assert a.node.status(1.0)["peers"] == [] and a.node.status(1.0)["self"]["tcp_punch"] == {"peers": {}}
-    assert a.node.get_timer() is None, "no timer of the removed peer (TCP keepalive, punches) is left"
+    assert a.node.lan.get_timer() is not None, "the node stays its TUN's IGMP querier"
+    assert a.node.get_timer() == a.node.lan.get_timer(), \
+        "no timer of the removed peer (TCP keepalive, punches) is left, only the querier's"
 
 
 def test_leaving_the_peer_map_ends_the_tcp_path_too(tcp_pair):

@@ -30,6 +30,7 @@ from meshvpn.node.datapath import fastpath
 from meshvpn.errors import MeshError
 from meshvpn.lan.packets import Drop
 from meshvpn.node.core import NodeCore
+from meshvpn.node.lanparty import LanParty
 from meshvpn.node.node import Node
 from meshvpn.node.datapath.offload import GSO_NONE, VNET_HDR_LEN, VirtioNetHdr
 from meshvpn.node.peers import Peer, Route
@@ -79,6 +80,15 @@ def _count_dropped(peer: Peer, failed: int, spoofed: int, wrong_key: int, misdir
                           (_NOT_FOR_ME, misdirected)):
         if count:
             drops[reason] += count
+
+
+def _let_in(lan: LanParty, peer: Peer, to_tun: list[memoryview], first: int, now: float) -> None:
+    """Keep in ``to_tun[first:]`` (one peer's run) only what the LAN party lets in: rules, TTL, counters."""
+    kept = [packet for packet in to_tun[first:] if lan.inbound(packet, now)]
+    refused = len(to_tun) - first - len(kept)
+    if refused:
+        to_tun[first:] = kept
+        peer.counters.drops["access"] += refused
 
 
 class SendBuffer:
@@ -152,6 +162,8 @@ class DataPlane:
         """Packets dropped before a peer was known, by reason."""
         self.core_touched = False
         """Set when a batch handed anything to the core: the shell then re-arms its timer."""
+        self.lan: Optional[LanParty] = getattr(core, "lan", None)
+        """Broadcast, multicast and access rules (a bare core in tests has none)."""
 
     # ---- outbound -------------------------------------------------------------------
 
@@ -164,6 +176,8 @@ class DataPlane:
         """
         by_overlay = self.core.peers.by_overlay
         out = sends.out
+        lan = self.lan
+        track = lan is not None and lan.access.active
         last_dst = peer = session = route = None
         prefix = b""
         sealed = sealed_bytes = 0
@@ -177,6 +191,8 @@ class DataPlane:
             else:
                 self.drops["not ip"] += 1
                 continue
+            if track:
+                lan.track(src, start, end, now)
             if dst != last_dst:
                 if sealed:
                     _count_sent(peer, sealed, sealed_bytes, now)
@@ -189,7 +205,7 @@ class DataPlane:
                     prefix = route.prefix
             if session is None:
                 if peer is None:
-                    self.drops["no peer"] += 1
+                    self._fan_out(bytes(src[start:end]), now, sends)
                 else:
                     self._to_core(peer, bytes(src[start:end]), now)
                     last_dst = None
@@ -230,6 +246,8 @@ class DataPlane:
         session = _sealing_session(peer, now)
         if session is None:
             return False
+        if self.lan is not None and self.lan.access.active:
+            self.lan.track(buf, VNET_HDR_LEN, size, now)
         route = peer.route
         sends.flush()
         try:
@@ -243,6 +261,34 @@ class DataPlane:
         sends.filled(route, first_size, count, at)
         _count_sent(peer, count, at - count * (len(route.prefix) + OVERHEAD), now)
         return True
+
+    def _fan_out(self, packet: bytes, now: float, sends: SendBuffer) -> None:
+        """A packet no peer's address matched: a broadcast or multicast copy for each peer the LAN
+        party chooses, sealed on the peer's route like any packet for it; else dropped as before."""
+        lan = self.lan
+        peers = None if lan is None else lan.from_tun(packet, self.core.peers, now)
+        if peers is None:
+            self.drops["no peer"] += 1
+            return
+        if lan.touched or lan.has_output:
+            lan.touched = False
+            self.core_touched = True
+        for peer in peers:
+            session = _sealing_session(peer, now)
+            route = peer.route
+            size = len(packet) + OVERHEAD + (len(route.prefix) if session is not None else 0)
+            try:
+                if session is None:
+                    raise MeshError("no session yet")
+                at = sends.place(route, size)
+                out = sends.out
+                out[at : at + len(route.prefix)] = route.prefix
+                session.seal_into(out, at + len(route.prefix), packet, 0, len(packet))
+            except MeshError:
+                self._to_core(peer, packet, now)
+                continue
+            sends.added(size)
+            _count_sent(peer, 1, len(packet), now)
 
     def _to_core(self, peer: Peer, packet: bytes, now: float) -> None:
         """The core queues the packet and starts a handshake or path search."""
@@ -279,6 +325,7 @@ class DataPlane:
         view = memoryview(buf)
         by_index = self.core.peers.by_index
         accepted = self.core.destinations.accepted
+        lan = self.lan
         at, stop = first, first + nbytes
         while at < stop:
             end = min(at + seg_size, stop)
@@ -302,9 +349,13 @@ class DataPlane:
             session = peer.ring.current
             opener = session if session is not None and session.local_index == index else peer.ring
             overlay = peer.overlay
-            next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected = fastpath.open_run(
-                opener, index, relay_key, overlay, accepted(len(overlay)), buf, view, at, stop, seg_size, to_tun)
+            before = len(to_tun)
+            next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected, casts = \
+                fastpath.open_run(opener, index, relay_key, overlay, accepted(len(overlay)), buf, view, at, stop,
+                                  seg_size, to_tun)
             at = next_at if next_at > at else at + seg_size
+            if opened and lan is not None and (casts or lan.access.active):
+                _let_in(lan, peer, to_tun, before, now)
             if opened:
                 _count_received(peer, opened, opened_bytes)
             if failed or spoofed or wrong_key or misdirected:

@@ -66,8 +66,8 @@ _HEADER_LEN = wire.TRANSPORT_HEADER_LEN
 _RELAY_INNER = wire.RELAY_PREFIX_LEN
 _unpack_index = struct.Struct("<I").unpack_from
 
-OpenRun = tuple[int, int, int, int, int, int, int, int]
-"""(next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected) of :func:`open_run`."""
+OpenRun = tuple[int, int, int, int, int, int, int, int, int]
+"""(next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected, casts) of :func:`open_run`."""
 
 
 def room_for(size: int, prefix_len: int) -> int:
@@ -121,13 +121,14 @@ def open_run(opener: Union[Session, KeyRing], index: int, relay_key: bytes | Non
     ring.  Plaintexts (``view`` slices) whose source is ``overlay`` and whose destination is one
     of ``accept`` (addresses of ``overlay``'s length back to back: ours, broadcast, joined groups)
     are appended to ``to_tun``; the others count as ``spoofed`` or ``misdirected``, forged/replayed
-    ones as ``failed``.  ``authentic`` counts every message that opened (keepalives and dropped
+    ones as ``failed``.  ``casts`` counts the appended ones not for ``accept``'s first address (ours):
+    broadcasts and groups, which the LAN party then looks at (the unicast run costs nothing more).  ``authentic`` counts every message that opened (keepalives and dropped
     plaintexts too).  Nothing is raised for anything a datagram holds.
     """
     if _native is not None and type(opener) is Session and opener.local_index == index:
         return _native.open_run(opener.recv_key, index, opener.window, relay_key, overlay, accept,
                                 buf, view, at, stop, seg_size, to_tun)
-    authentic = opened = opened_bytes = failed = spoofed = wrong_key = misdirected = 0
+    authentic = opened = opened_bytes = failed = spoofed = wrong_key = misdirected = casts = 0
     skip = 0 if relay_key is None else _RELAY_INNER
     outer_kind = _RELAY if relay_key is not None else -1
     ip_version, source_at, dest_at, min_length = (4, 12, 16, 20) if len(overlay) == 4 else (6, 8, 24, 40)
@@ -156,13 +157,15 @@ def open_run(opener: Union[Session, KeyRing], index: int, relay_key: bytes | Non
             spoofed += 1
             continue
         dest = body + dest_at
-        if own is None or not (buf.startswith(own, dest) or _other_destination(buf, dest, accept, size)):
-            misdirected += 1
-            continue
+        if own is None or not buf.startswith(own, dest):
+            if own is None or not _other_destination(buf, dest, accept, size):
+                misdirected += 1
+                continue
+            casts += 1
         opened += 1
         opened_bytes += length
         to_tun.append(view[body : body + length])
-    return min(at, stop), authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected
+    return min(at, stop), authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected, casts
 
 
 def _other_destination(buf: bytearray, at: int, accept: bytes, size: int) -> bool:

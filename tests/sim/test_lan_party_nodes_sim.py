@@ -1,0 +1,184 @@
+"""The LAN party on four real nodes (`Node` and its `DataPlane`, in memory, one wire): broadcast to
+every peer and the answer back, a group only to its members, the fan-out budget, access rules
+given at registration and replaced live, all with the counters `meshvpn status` shows.
+
+The coord is played by hand: each node gets `registered` (with `lan_party`) and a peer map, and
+a node's `groups` message becomes its peers' `peer_update`, as `meshvpn.coord.lanpush` does.
+"""
+
+import random
+
+import pytest
+
+from meshvpn.config import FanoutConfig
+from meshvpn.control import messages as m
+from meshvpn.lan import igmp
+from meshvpn.lan.fanout import RATE_PACKETS
+from meshvpn.node import events as ev
+from meshvpn.node.node import Node
+from meshvpn.node.datapath.dataplane import DataPlane
+from meshvpn.portspec import parse_service
+from meshvpn.sim.nodes import NETWORK, MemoryNode, Wire, seeded
+from meshvpn.sim.packets import igmp_v2, tcp, udp
+from meshvpn.wire import Endpoint
+
+NAMES = ("alice", "bob", "carol", "dave")
+ADDRESS = {name: f"100.64.0.{i}" for i, name in enumerate(NAMES, start=1)}
+BROADCAST = "100.64.0.255"
+GROUP = "224.0.2.60"
+
+
+class Party:
+    """Four registered nodes that know each other, the wire between them and a clock."""
+
+    def __init__(self, limits: FanoutConfig = FanoutConfig(), access: dict | None = None) -> None:
+        self.now = 0.0
+        self.nodes = {}
+        for index, name in enumerate(NAMES, start=1):
+            node = seeded(random.Random, index, name, ADDRESS[name], Endpoint(f"192.0.2.{index}", 41641))
+            node.node = Node(node.private, random.Random(index + 1000).randbytes, node.node.core.config, limits)
+            node.node.set_own_endpoints([node.endpoint], None)
+            node.data = DataPlane(node.node)
+            self.nodes[name] = node
+        self.wire = Wire(*self.nodes.values())
+        self.groups: dict[str, tuple[str, ...]] = {}
+        for name, node in self.nodes.items():
+            node.from_coord(m.Registered(node_key=node.public, name=name, address=node.address, network=NETWORK,
+                                         lan_party=True, access=(access or {}).get(name)), 0.0)
+            node.from_coord(m.PeerMap(tuple(o.info() for o in self.nodes.values() if o is not node)), 0.0)
+
+    def send(self, name: str, packet: bytes) -> None:
+        """A packet from `name`'s TUN; datagrams and `groups` messages carried until all is quiet."""
+        self.nodes[name].send(packet, self.now)
+        self.settle()
+
+    def settle(self) -> None:
+        for _ in range(10):
+            self.wire.pump(self.now)
+            told = False
+            for name, node in self.nodes.items():
+                for msg in [msg for msg in node.coord_out if isinstance(msg, m.Groups)]:
+                    told = True
+                    self.groups[name] = msg.groups
+                    for other in self.nodes.values():
+                        if other is not node:
+                            other.from_coord(m.PeerUpdate(node.info(groups=msg.groups or None)), self.now)
+                node.coord_out = [msg for msg in node.coord_out if not isinstance(msg, m.Groups)]
+            if not told:
+                return
+
+    def tun(self, name: str) -> list[bytes]:
+        out, self.nodes[name].tun = self.nodes[name].tun, []
+        return out
+
+    def lan(self, name: str) -> dict:
+        return self.nodes[name].node.status(self.now)["self"]["lan"]
+
+
+@pytest.fixture
+def party() -> Party:
+    party = Party()
+    for name in NAMES[1:]:  # sessions up: the first packet to each peer starts its handshake
+        party.send("alice", udp(ADDRESS["alice"], ADDRESS[name], 9, 9))
+        party.tun(name)
+    return party
+
+
+def test_a_broadcast_query_reaches_every_peer_and_the_answer_comes_back(party: Party) -> None:
+    query = udp(ADDRESS["carol"], BROADCAST, 50000, 27015, b"server?")
+    party.send("carol", query)
+    assert {name: party.tun(name) for name in NAMES} == {"alice": [query], "bob": [query], "carol": [], "dave": [query]}
+    answer = udp(ADDRESS["bob"], ADDRESS["carol"], 27015, 50000, b"bob's server")
+    party.send("bob", answer)
+    assert party.tun("carol") == [answer]
+    assert party.lan("carol")["sent"] == {"broadcast": 1, "multicast": 0, "copies": 3}
+    assert party.lan("bob")["received"] == {"broadcast": 1, "multicast": 0}
+
+
+def test_limited_broadcast_crosses_too_but_what_another_address_sent_does_not(party: Party) -> None:
+    mine = udp(ADDRESS["alice"], "255.255.255.255", 6112, 6112, b"hello")
+    party.send("alice", mine)
+    assert [len(party.tun(name)) for name in NAMES] == [0, 1, 1, 1]
+    party.send("alice", udp("192.168.1.7", "255.255.255.255", 6112, 6112))
+    assert [len(party.tun(name)) for name in NAMES] == [0, 0, 0, 0]
+    assert party.lan("alice")["dropped"] == {"not_originated_here": 1}
+
+
+def test_a_group_two_of_four_joined_reaches_only_those_two_until_they_leave(party: Party) -> None:
+    party.send("bob", igmp_v2(ADDRESS["bob"], igmp.V2_REPORT, GROUP))
+    party.send("dave", igmp_v2(ADDRESS["dave"], igmp.V2_REPORT, GROUP))
+    assert party.groups == {"bob": (GROUP,), "dave": (GROUP,)}
+    assert party.lan("bob")["groups"] == [GROUP]
+    announcement = udp(ADDRESS["alice"], GROUP, 4445, 4445, b"LAN world", ttl=1)
+    party.send("alice", announcement)
+    assert {name: party.tun(name) for name in NAMES} == {
+        "alice": [], "bob": [announcement], "carol": [], "dave": [announcement]}
+    assert party.lan("alice")["sent"] == {"broadcast": 0, "multicast": 1, "copies": 2}
+
+    party.send("dave", igmp_v2(ADDRESS["dave"], igmp.V2_LEAVE, GROUP))
+    party.now += igmp.LAST_MEMBER_QUERY_TIME + 0.1
+    party.wire.tick(party.now)
+    party.settle()
+    assert party.groups["dave"] == ()
+    party.send("alice", announcement)
+    assert [len(party.tun(name)) for name in NAMES] == [0, 1, 0, 0]
+
+
+def test_the_node_queries_its_tun_as_the_querier() -> None:
+    party = Party()
+    queries = [out for out in party.nodes["bob"].other_out if isinstance(out, ev.WriteTun)]
+    assert queries == [], "nothing before the first timer"
+    party.wire.tick(0.0)
+    written = [out for out in party.nodes["bob"].other_out if isinstance(out, ev.WriteTun)]
+    assert [igmp.parse_report(packet) for out in written for packet in out.packets] == [None]
+    assert written[0].packets[0] == igmp.query()
+
+
+def test_a_storm_is_held_to_the_budget_and_counted() -> None:
+    party = Party(FanoutConfig(packets_per_second=30, bytes_per_second=10**6, burst=1.0))
+    for name in NAMES[1:]:
+        party.send("alice", udp(ADDRESS["alice"], ADDRESS[name], 9, 9))
+        party.tun(name)
+    for _ in range(100):
+        party.send("alice", udp(ADDRESS["alice"], BROADCAST, 1, 2, b"x" * 100))
+    delivered = [len(party.tun(name)) for name in NAMES[1:]]
+    assert delivered == [10, 10, 10], "30 copies a second: 10 packets to each of three peers, all or nothing"
+    assert party.lan("alice")["dropped"] == {RATE_PACKETS: 90}
+    party.now += 1.0
+    party.send("alice", udp(ADDRESS["alice"], BROADCAST, 1, 2))
+    assert [len(party.tun(name)) for name in NAMES[1:]] == [1, 1, 1], "the budget refills"
+
+
+def rules(*rules: m.RuleInfo, default: str = "allow") -> m.AccessInfo:
+    return m.AccessInfo(default, rules)
+
+
+def test_access_rules_block_a_service_from_one_peer_and_a_live_change_lifts_it() -> None:
+    no_game_for_carol = rules(m.RuleInfo(0, "deny", ("carol",), (parse_service("udp/27015"),)))
+    party = Party(access={"bob": no_game_for_carol})
+    for name in ("carol", "dave"):
+        party.send(name, udp(ADDRESS[name], ADDRESS["bob"], 40000, 27015, b"join"))
+    assert [packet[28:] for packet in party.tun("bob")] == [b"join"], "dave's gets in, carol's does not"
+    party.send("carol", udp(ADDRESS["carol"], ADDRESS["bob"], 40000, 27016, b"other port"))
+    party.send("carol", udp(ADDRESS["carol"], BROADCAST, 40000, 27015, b"broadcast"))
+    assert [packet[28:] for packet in party.tun("bob")] == [b"other port"]
+    assert party.lan("bob")["dropped"] == {"access rule 0": 2}
+
+    bob = party.nodes["bob"]
+    bob.from_coord(m.Access(None), party.now)
+    assert bob.node.peers.find("carol").ring.current is not None, "the tunnel stays up"
+    party.send("carol", udp(ADDRESS["carol"], ADDRESS["bob"], 40000, 27015, b"join again"))
+    assert [packet[28:] for packet in party.tun("bob")] == [b"join again"]
+
+
+def test_under_default_deny_a_flow_the_node_started_is_answered(party: Party) -> None:
+    bob = party.nodes["bob"]
+    bob.from_coord(m.Access(rules(default="deny")), party.now)
+    party.send("alice", tcp(ADDRESS["alice"], ADDRESS["bob"], 5000, 22))
+    assert party.tun("bob") == []
+    party.send("bob", tcp(ADDRESS["bob"], ADDRESS["alice"], 6000, 80))
+    party.tun("alice")
+    reply = tcp(ADDRESS["alice"], ADDRESS["bob"], 80, 6000, 0x12)
+    party.send("alice", reply)
+    assert party.tun("bob") == [reply]
+    assert party.lan("bob")["dropped"] == {"access default": 1}
