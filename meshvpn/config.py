@@ -390,7 +390,7 @@ class NetworkConfig:
     name: String = option("network name, as given to `meshvpn coord key create --network`")
     cidr: Cidr = option("address range node addresses are taken from")
     approval_required: Flag = option("new nodes wait for `meshvpn coord nodes approve`", False)
-    access: AccessPolicy = option("access rules", AccessPolicy)
+    access: AccessPolicy = option("access rules; a reload applies them when nothing else of `networks` changed", AccessPolicy, live=True)
 
 
 @_section

@@ -3,7 +3,8 @@
 `python -m meshvpn.lab.demo` (as root; `make demo`, `./scripts/demo`) builds a lab internet
 with the coordination server and a relay, puts nodes behind four kinds of NAT, joins them with
 the real admin verbs, waits for their paths and prints what `meshvpn coord nodes list`,
-`meshvpn status`, `meshvpn ping` and a TCP transfer through the tunnel print. Everything runs
+`meshvpn status`, `meshvpn ping` and a TCP transfer through the tunnel print, then a LAN game's
+server browser finding servers by broadcast and a `dig` for a peer's name across the mesh. Everything runs
 in namespaces named `mv<PID>-...` and is removed at the end, on failure and on Ctrl-C.
 Nothing touches the root namespace.
 """
@@ -21,9 +22,10 @@ from pathlib import Path
 from typing import Sequence, TextIO
 
 from meshvpn.errors import MeshError
+from meshvpn.lab import lanplay
 from meshvpn.lab.mesh import COORD_PORT, RELAY_PORT, STUN_PORT, Mesh, PathFound
 from meshvpn.lab.nat import Nat, NatKind
-from meshvpn.lab.netns import Lab, cleanup_stale, lab_namespaces
+from meshvpn.lab.netns import Lab, cleanup_stale, lab_namespaces, python_command
 from meshvpn.lab.topology import Topology
 from meshvpn.lab.transfer import PORT as TRANSFER_PORT
 from meshvpn.lab.transfer import transfer
@@ -31,6 +33,7 @@ from meshvpn.lab.transfer import transfer
 COORD_ADDR = "203.0.113.10"
 RELAY_ADDR = "203.0.113.20"
 NETWORK, CIDR = "demo", "100.80.0.0/24"
+BROADCAST = "100.80.0.255"
 PATH_TIMEOUT = 15.0
 """Seconds to wait for all paths; the relayed pair needs `paths.relay_after` (2 s) and its relay link."""
 PING_COUNT = "3"
@@ -73,10 +76,13 @@ class DemoFailed(MeshError):
 
 
 def shown(argv: Sequence[str]) -> str:
-    """A command line as a user would type it: `meshvpn ...` for `python -m meshvpn ...`."""
+    """A command line as a user would type it: `meshvpn ...` for `python -m meshvpn ...`, `python3`
+    for the interpreter's path."""
     words = list(argv)
     if words[1:3] == ["-m", "meshvpn"]:
         words = ["meshvpn", *words[3:]]
+    elif words[1:2] == ["-m"]:
+        words[0] = "python3"
     return " ".join(words)
 
 
@@ -127,6 +133,7 @@ class Demo:
         self.step(f"TCP through the tunnel: {self.seconds:g} s of random data, SHA-256 on both ends")
         self.checked_transfer(mesh, *DIRECT)
         self.checked_transfer(mesh, *RELAYED)
+        self.lan_party(mesh)
 
     def build(self) -> Topology:
         self.step("Building the lab: an internet, the coordination server, a relay and five sites behind NATs")
@@ -182,6 +189,27 @@ class Demo:
         if not sent.bytes or not received.same_data(sent):
             raise DemoFailed(f"the transfer from {src} to {dst} did not arrive intact")
         self.say(f"  checksums match: {received.mbit_per_s():.0f} Mbit/s")
+
+    def lan_party(self, mesh: Mesh) -> None:
+        """A server browser's broadcast finds the game servers across the mesh; a name resolves across it."""
+        self.step("LAN party: a server browser's broadcast finds the games; a peer's name across the mesh")
+        browser, servers = "b1", ("a1", "c2")
+        for name in servers:
+            lanplay.start(mesh.nodes[name].ns, "serve", f"{name}-game")
+        self.say(f"  {' and '.join(servers)} run a game server on udp/{lanplay.GAME_PORT}")
+        ns = mesh.nodes[browser].ns
+        argv = python_command("meshvpn.lab.lanplay", "ask", BROADCAST, "--bind", mesh.overlay(browser))
+        done = ns.run(argv, check=False, timeout=30)
+        self.command(browser, argv, done)
+        found = {line.split()[0] for line in done.stdout.splitlines()}
+        if not {f"{name}-game" for name in servers} <= found:
+            raise DemoFailed(f"the broadcast query from {browser} found {sorted(found)}")
+        name = f"{servers[1]}.{NETWORK}.mesh"
+        argv = ["dig", "+short", "+tries=3", "+time=1", f"@{mesh.overlay(servers[0])}", name]
+        done = ns.run(argv, check=False, timeout=15)
+        self.command(browser, argv, done)
+        if done.stdout.split() != [mesh.overlay(servers[1])]:
+            raise DemoFailed(f"{name} did not resolve to {mesh.overlay(servers[1])} across the mesh")
 
     def logs(self) -> str:
         return self.mesh.logs() if self.mesh is not None else ""

@@ -10,6 +10,7 @@ directory, named after the node it belongs to.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -140,6 +141,8 @@ class Mesh:
         """A PostgreSQL URI every coord instance shares, set before `start_coord`; None: a SQLite file."""
         self.instances: dict[str, Process] = {}
         """Coord instances besides `coord` (`start_coord_instance`), by name."""
+        self.access: dict = {}
+        """The network's access policy (`networks[0].access`), set before `start_coord` or `reload_coord`."""
         self.coord_public = self._new_key("coord")
 
     def _new_key(self, name: str) -> str:
@@ -198,6 +201,11 @@ class Mesh:
         self.coord = self._start_coord("coord", self.coord_ns, self.coord_address, self.admin_socket)
         return self.coord
 
+    def reload_coord(self) -> None:
+        """Write the coord's config again (e.g. a new `access`) and send the coord SIGHUP."""
+        self._write_coord_config("coord", self.coord_address, self.admin_socket)
+        self.coord.proc.send_signal(signal.SIGHUP)
+
     def start_coord_instance(self, name: str, ns: Namespace, address: str) -> Process:
         """Start another instance of the coord (same key, the shared `database`) at `address`."""
         if self.database is None:
@@ -215,23 +223,27 @@ class Mesh:
         process.ns.stop(process.proc)
 
     def _start_coord(self, name: str, ns: Namespace, address: str, admin_socket: Path) -> Process:
-        config = _write_yaml(self.dir / f"{name}.yaml", {
+        config = self._write_coord_config(name, address, admin_socket)
+        admin_socket.unlink(missing_ok=True)
+        process = self._spawn(name, ns, "coord", config)
+        wait_for(admin_socket.exists, START_TIMEOUT, f"{name}'s admin socket")
+        return process
+
+    def _write_coord_config(self, name: str, address: str, admin_socket: Path) -> Path:
+        network = {"name": self.network, "cidr": self.cidr, **({"access": self.access} if self.access else {})}
+        return _write_yaml(self.dir / f"{name}.yaml", {
             "private_key_file": str(self.dir / "coord.key"),
             "database": self.database or str(self.dir / "coord.db"),
             "listen": f"{address}:{self.coord_port}",
             "stun_listen": f"{address}:{STUN_PORT}",
             "admin_socket": str(admin_socket),
-            "networks": [{"name": self.network, "cidr": self.cidr}],
+            "networks": [network],
             "relays": [{"name": r.name, "address": r.address, "public_key": r.public_key, "tls_port": r.tls_port}
                        for r in self._relay_places],
             "turn": self.turn_servers,
             "console": self.console,
             "log": {"level": self.log_level},
         })
-        admin_socket.unlink(missing_ok=True)
-        process = self._spawn(name, ns, "coord", config)
-        wait_for(admin_socket.exists, START_TIMEOUT, f"{name}'s admin socket")
-        return process
 
     def stop_coord(self) -> None:
         """Stop the coord (SIGTERM); nodes and relays keep running."""

@@ -37,11 +37,14 @@ def format_status(status: dict) -> str:
     data_path += f"   kernel drops {kernel_drops}" if kernel_drops else ""
     coord = " ".join(filter(None, (me.get("coord", "-"), me.get("coord_address"))))
     lines = [_status_line(me.get("overlay"), me["name"], "self", f"coord {coord}{data_path}")]
+    if me.get("lan"):
+        lines.append(_status_line("", "", "lan", format_lan(me["lan"])))
     for peer in status["peers"]:
+        groups = f" groups {','.join(peer['groups'])}" if peer.get("groups") else ""
         lines.append(_status_line(
             peer.get("overlay"), peer["name"], peer["path"],
             f"{peer.get('endpoint') or '-':<22} handshake {format_ago(peer.get('last_handshake')):<8} "
-            f"rx {format_bytes(peer['rx_bytes'])} tx {format_bytes(peer['tx_bytes'])}{_last_change(peer)}",
+            f"rx {format_bytes(peer['rx_bytes'])} tx {format_bytes(peer['tx_bytes'])}{groups}{_last_change(peer)}",
         ))
     return "\n".join(lines)
 
@@ -50,6 +53,15 @@ def _last_change(peer: dict) -> str:
     """The peer's latest path change and how long ago: ``relay→direct (punched 1.9 s) 12s ago``."""
     changes = peer.get("path_changes") or []
     return f"   {changes[-1]['text']} {format_ago(changes[-1]['ago'])}" if changes else ""
+
+
+def format_lan(lan: dict) -> str:
+    """Broadcast and multicast in one line: groups joined, sent (copies), received, drops by reason."""
+    sent, received = lan["sent"], lan["received"]
+    dropped = ", ".join(f"{reason} {count}" for reason, count in lan["dropped"].items()) or "none"
+    return (f"groups {','.join(lan['groups']) or '-'}  broadcast sent {sent['broadcast']} received "
+            f"{received['broadcast']}  multicast sent {sent['multicast']} received {received['multicast']}  "
+            f"copies {sent['copies']}  dropped {dropped}")
 
 
 def format_peers(peers: list) -> str:

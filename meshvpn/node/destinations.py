@@ -7,9 +7,9 @@ the tunnel would use the node as a router into places the mesh never offered.  T
 (``meshvpn.node.datapath.fastpath.open_run``) therefore keeps only packets whose destination is one of
 :meth:`LocalDestinations.accepted`: a few raw addresses back to back, the node's own first
 (the common case costs one comparison); the rest count as ``not_for_me``.  This is the
-destination rule of ``meshvpn.lan.packets.inbound`` in the form the hot loop takes; when the
-LAN-party membership (``meshvpn.lan.groups.LocalGroups``) is wired, its changes call
-:meth:`LocalDestinations.join` and :meth:`LocalDestinations.leave`.  Sans-IO.
+destination rule of ``meshvpn.lan.packets.inbound`` in the form the hot loop takes; the node's
+multicast membership (``meshvpn.node.lanparty``) calls :meth:`LocalDestinations.join` and
+:meth:`LocalDestinations.leave` as its groups change.  Sans-IO.
 """
 
 from __future__ import annotations

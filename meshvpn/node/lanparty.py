@@ -209,6 +209,10 @@ class LanParty:
     def has_output(self) -> bool:
         return bool(self._out)
 
+    def groups_by_name(self, peers: PeerTable) -> dict[str, list[str]]:
+        """The groups each peer joined, by its name (``meshvpn status`` per peer)."""
+        return {peer.name: _dotted(self.peer_groups.of(peer.key)) for peer in peers}
+
     def status(self) -> dict:
         """Groups joined, packets fanned out and received, drops by reason; rules in force."""
         dropped = Counter(self.dropped)

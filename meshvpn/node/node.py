@@ -491,7 +491,9 @@ class Node:
         status["self"]["lan"] = self.lan.status()
         servers = {peer.name: self.turn.server_for(peer.route.endpoint) for peer in self.peers
                    if peer.route is not None}
+        groups = self.lan.groups_by_name(self.peers)
         for entry in status["peers"]:
+            entry["groups"] = groups.get(entry["name"], [])
             if servers.get(entry["name"]):
                 entry["turn"] = servers[entry["name"]]
         return status

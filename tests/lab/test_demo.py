@@ -108,6 +108,12 @@ def test_demo_transfers_arrive_intact_through_the_tunnel(demo: DemoRun) -> None:
     assert len(re.findall(r"checksums match: \d+ Mbit/s", transfer)) == 2
 
 
+def test_demo_finds_games_by_broadcast_and_a_name_across_the_mesh(demo: DemoRun) -> None:
+    party = section(demo, "LAN party")
+    assert re.search(r"^a1-game 100\.80\.0\.\d+$", party, re.M) and re.search(r"^c2-game 100\.80\.0\.\d+$", party, re.M), party
+    assert re.search(r"^b1\$ dig \+short .* c2\.demo\.mesh\n100\.80\.0\.\d+$", party, re.M), party
+
+
 def test_demo_leaves_nothing_behind(demo: DemoRun) -> None:
     assert "nothing left behind" in section(demo, "Cleaning up")
     assert left_behind(demo) == []

@@ -94,6 +94,22 @@ def test_node_families_read_peer_counters_paths_handshakes_and_rekeys(pair):
     assert received[("meshvpn_peer_rx_packets", ("alice",))] == 41
 
 
+def test_node_families_count_broadcasts_sent_received_and_dropped(pair):
+    a, b, wire = pair
+    a.send(ip_packet(a.address, b.address), 0.0)
+    wire.pump(0.0)
+    a.send(ip_packet(a.address, "100.64.0.255"), 0.0)
+    a.send(ip_packet("192.168.1.2", "100.64.0.255"), 0.0)
+    wire.pump(0.0)
+    sent, received = as_dict(node_families(a.core, a.data)), as_dict(node_families(b.core, b.data))
+    assert sent[("meshvpn_lan_sent_packets", ("broadcast",))] == 1.0
+    assert sent[("meshvpn_lan_sent_copies", ())] == 1.0
+    assert sent[("meshvpn_lan_drops", ("not_originated_here",))] == 1.0
+    assert received[("meshvpn_lan_received_packets", ("broadcast",))] == 1.0
+    assert received[("meshvpn_lan_received_packets", ("multicast",))] == 0.0
+    assert received[("meshvpn_lan_groups", ())] == 0.0
+
+
 def test_a_peer_without_a_path_is_reported_as_none():
     lonely = seeded(random.Random, 3, "carol", "100.64.0.3", ("192.0.2.3", 41641))
     lonely.register(seeded(random.Random, 4, "dave", "100.64.0.4", ("192.0.2.4", 41641)))

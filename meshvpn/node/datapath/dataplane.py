@@ -274,21 +274,27 @@ class DataPlane:
             lan.touched = False
             self.core_touched = True
         for peer in peers:
-            session = _sealing_session(peer, now)
-            route = peer.route
-            size = len(packet) + OVERHEAD + (len(route.prefix) if session is not None else 0)
-            try:
-                if session is None:
-                    raise MeshError("no session yet")
-                at = sends.place(route, size)
-                out = sends.out
-                out[at : at + len(route.prefix)] = route.prefix
-                session.seal_into(out, at + len(route.prefix), packet, 0, len(packet))
-            except MeshError:
+            if not self._seal_copy(peer, packet, now, sends):
                 self._to_core(peer, packet, now)
-                continue
-            sends.added(size)
-            _count_sent(peer, 1, len(packet), now)
+
+    @staticmethod
+    def _seal_copy(peer: Peer, packet: bytes, now: float, sends: SendBuffer) -> bool:
+        """Seal one copy for ``peer`` on its route into ``sends``; False when the core must take it."""
+        session = _sealing_session(peer, now)
+        if session is None:
+            return False
+        route = peer.route
+        prefix = route.prefix
+        size = len(prefix) + OVERHEAD + len(packet)
+        at = sends.place(route, size)
+        try:
+            sends.out[at : at + len(prefix)] = prefix
+            session.seal_into(sends.out, at + len(prefix), packet, 0, len(packet))
+        except MeshError:
+            return False
+        sends.added(size)
+        _count_sent(peer, 1, len(packet), now)
+        return True
 
     def _to_core(self, peer: Peer, packet: bytes, now: float) -> None:
         """The core queues the packet and starts a handshake or path search."""
