@@ -130,21 +130,28 @@ def test_an_mdns_service_on_one_node_is_found_by_zeroconf_on_another(party: Part
 
 
 def test_a_broadcast_storm_leaves_a_parallel_tcp_flow_its_rate(party: Party) -> None:
-    alice, bob = party.ns("alice"), party.ns("bob")
-    sent, received = transfer(alice, bob, party.mesh.overlay("bob"), duration=3.0)
-    alone = received.mbit_per_s()
+    alice, bob, to_bob = party.ns("alice"), party.ns("bob"), party.mesh.overlay("bob")
+
+    def rate() -> float:
+        sent, received = transfer(alice, bob, to_bob, duration=3.0)
+        assert sent.same_data(received)
+        return received.mbit_per_s()
+
+    before = rate()
     storm_rate = 10 * 500 / 3  # 10x the default 500 copies a second, with three peers to copy to
     storm = lanplay.start(alice, "storm", BROADCAST, "--bind", party.mesh.overlay("alice"), "--rate", str(storm_rate),
-                          "--seconds", "6")
+                          "--seconds", "6", "--port", "9")  # discard: no server answers, as in a real storm
     try:
         time.sleep(0.5)
-        sent, received = transfer(alice, bob, party.mesh.overlay("bob"), duration=3.0)
+        during = rate()
     finally:
         alice.stop(storm)
-    assert sent.same_data(received)
+    alone = (before + rate()) / 2  # its rate: before and after the storm, as the machine's load drifts
     dropped = party.lan("alice")["dropped"]
     assert dropped.get("rate_packets", 0) + dropped.get("rate_bytes", 0) > 1000, dropped
-    assert received.mbit_per_s() > 0.8 * alone, f"{received.mbit_per_s():.0f} Mbit/s in the storm, {alone:.0f} alone"
+    figures = f"{during:.0f} Mbit/s in the storm, {alone:.0f} alone ({before:.0f} before); alice's drops {dropped}"
+    print(figures)
+    assert during > 0.8 * alone, figures
 
 
 def test_an_access_rule_blocks_udp_27015_from_kids_and_a_tag_or_reload_changes_it_live(party: Party) -> None:
@@ -153,7 +160,6 @@ def test_an_access_rule_blocks_udp_27015_from_kids_and_a_tag_or_reload_changes_i
     assert party.ask("dave", mesh.overlay("bob")) == {"bob"}
     assert party.lan("bob")["dropped"].get("access rule 0", 0) >= 1
     handshakes = {p["name"]: p["last_handshake"] for p in mesh.status("bob")["peers"]}
-    paths = {p["name"]: p["path"] for p in mesh.status("bob")["peers"]}
     try:
         mesh.admin("nodes", "tag", "dave", "kid")
         wait_for(lambda: party.ask("dave", mesh.overlay("bob"), wait=0.5) == set(), 5, "dave's tag to deny him")
@@ -163,7 +169,10 @@ def test_an_access_rule_blocks_udp_27015_from_kids_and_a_tag_or_reload_changes_i
         assert party.ask("dave", mesh.overlay("bob")) == {"bob"}
         now = {p["name"]: (p["last_handshake"], p["path"]) for p in mesh.status("bob")["peers"]}
         assert all(now[name][0] >= handshakes[name] for name in handshakes), f"a tunnel re-handshook: {now}"
-        assert {name: path for name, (_, path) in now.items()} == paths, "no path changed"
+        assert all(path != "-" for _, path in now.values()), f"a peer lost its path: {now}"
+        for name in NODES:
+            log = mesh.nodes[name].log.read_text()
+            assert log.count("coord link up") == 1, f"{name} reconnected to the coord"
     finally:
         mesh.access = NO_GAME_FOR_KIDS
         mesh.reload_coord()
