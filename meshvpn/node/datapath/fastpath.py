@@ -37,7 +37,12 @@ try:
     from meshvpn import _fastpath as _built
 except ImportError:  # not built (no compiler or libsodium-dev): the pure-Python loops
     _built = None
-else:
+STALE = _built is not None and "casts" not in (_built.open_run.__doc__ or "")
+"""The native module was built from an older ``_fastpath.c`` (its ``open_run`` answers fewer
+counts): it is not used until ``make setup`` builds it again."""
+if STALE:
+    _built = None
+elif _built is not None:
     _built.configure(RemoteProtocolError, LocalProtocolError, REJECT_AFTER_MESSAGES, REPLAY_WINDOW_BITS)
 _native = _built if os.environ.get("MESHVPN_PURE_PYTHON", "") in ("", "0") else None
 
@@ -49,6 +54,9 @@ if NATIVE:
     DATA_PATH_TEXT = "native (C with libsodium)"
 elif _built is not None:
     DATA_PATH_TEXT = "pure Python, forced by MESHVPN_PURE_PYTHON (about half the native speed)"
+elif STALE:
+    DATA_PATH_TEXT = ("pure Python, about half the native speed: the native module was built from older sources; "
+                      "`make setup` (or `make install`) builds it again")
 else:
     DATA_PATH_TEXT = ("pure Python, about half the native speed: the native module was not built; "
                       "`make install` (or scripts/install) installs libsodium-dev, gcc and python3-dev and builds it")
