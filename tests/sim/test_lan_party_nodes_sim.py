@@ -182,3 +182,22 @@ def test_under_default_deny_a_flow_the_node_started_is_answered(party: Party) ->
     party.send("alice", reply)
     assert party.tun("bob") == [reply]
     assert party.lan("bob")["dropped"] == {"access default": 1}
+
+
+def test_a_broadcast_inside_a_run_of_unicast_is_counted_and_the_run_delivered_whole(party: Party) -> None:
+    alice, bob = party.nodes["alice"], party.nodes["bob"]
+    packets = [udp(ADDRESS["alice"], ADDRESS["bob"], 5, 6, b"a" * 100), udp(ADDRESS["alice"], BROADCAST, 5, 6, b"b" * 100),
+               udp(ADDRESS["alice"], ADDRESS["bob"], 5, 6, b"c" * 100)]
+    datagrams = []
+    for packet in packets:
+        alice.send(packet, party.now)
+        datagrams += [data for dst, data in alice.collect() if dst == bob.endpoint]
+    party.wire.pump(party.now)
+    for name in NAMES:
+        party.tun(name)
+    assert len(datagrams) == 3 and len({len(d) for d in datagrams}) == 1, "one GRO-like run of equal datagrams"
+    run = bytearray(b"".join(datagrams))
+    to_tun: list = []
+    bob.data.open_datagrams(run, len(run), len(datagrams[0]), alice.endpoint, party.now, to_tun)
+    assert [bytes(packet) for packet in to_tun] == packets
+    assert party.lan("bob")["received"] == {"broadcast": 1, "multicast": 0}

@@ -82,9 +82,15 @@ def _count_dropped(peer: Peer, failed: int, spoofed: int, wrong_key: int, misdir
             drops[reason] += count
 
 
-def _let_in(lan: LanParty, peer: Peer, to_tun: list[memoryview], first: int, now: float) -> None:
-    """Keep in ``to_tun[first:]`` (one peer's run) only what the LAN party lets in: rules, TTL, counters."""
-    kept = [packet for packet in to_tun[first:] if lan.inbound(packet, now)]
+def _let_in(lan: LanParty, peer: Peer, to_tun: list[memoryview], first: int, own: bytes, now: float) -> None:
+    """Keep in ``to_tun[first:]`` (one peer's run) only what the LAN party lets in: rules, TTL, counters.
+
+    Without rules, packets to ``own`` address (the run's unicast, around a broadcast) pass unparsed."""
+    at, size = (16, 4) if len(own) == 4 else (24, 16)
+    if lan.access.active:
+        kept = [packet for packet in to_tun[first:] if lan.inbound(packet, now)]
+    else:
+        kept = [packet for packet in to_tun[first:] if packet[at : at + size] == own or lan.inbound(packet, now)]
     refused = len(to_tun) - first - len(kept)
     if refused:
         to_tun[first:] = kept
@@ -361,7 +367,7 @@ class DataPlane:
                                   seg_size, to_tun)
             at = next_at if next_at > at else at + seg_size
             if opened and lan is not None and (casts or lan.access.active):
-                _let_in(lan, peer, to_tun, before, now)
+                _let_in(lan, peer, to_tun, before, accepted(len(overlay))[: len(overlay)], now)
             if opened:
                 _count_received(peer, opened, opened_bytes)
             if failed or spoofed or wrong_key or misdirected:
