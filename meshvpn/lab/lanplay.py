@@ -3,10 +3,10 @@ multicast listeners and mDNS, each run inside a namespace as ``python -m meshvpn
 
 * ``serve NAME [--port 27015]``: a game server: a UDP socket on ``0.0.0.0:PORT`` with
   ``SO_BROADCAST`` (as games bind it) that answers every datagram with ``NAME`` to its sender.
-* ``ask TARGET --bind ADDRESS [--port 27015] [--wait S]``: a server browser: one query from
+* ``ask TARGET --bind ADDRESS [--port 27015] [--wait S]``: a server browser: a query from
   ``ADDRESS`` (the node's overlay address: what carries limited broadcast into the mesh, see
-  docs/lan-party.md) to ``TARGET`` (a broadcast address or one server); prints
-  ``NAME ADDRESS`` for each answer within ``S`` seconds.
+  docs/lan-party.md) to ``TARGET`` (a broadcast address or one server), sent three times over
+  ``S`` seconds as a server browser does; prints ``NAME ADDRESS`` once for each server that answers.
 * ``storm TARGET --bind ADDRESS --rate N --seconds S``: ``N`` datagrams a second to ``TARGET``.
 * ``listen GROUP PORT --bind ADDRESS --seconds S``: join ``GROUP`` on the interface of
   ``ADDRESS``, print ``ready``, then ``SOURCE PAYLOAD`` for each datagram.
@@ -30,6 +30,8 @@ from meshvpn.lab.netns import Namespace, python_command
 
 GAME_PORT = 27015
 QUERY = b"server?"
+QUERIES = 3
+"""Queries a browser sends, evenly over its wait."""
 MDNS_TYPE = "_lanparty._udp.local."
 
 
@@ -47,9 +49,14 @@ def ask(target: str, bind: str, port: int, wait: float) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
     sock.bind((bind, 0))
-    sock.sendto(QUERY, (target, port))
-    for data, src in _received(sock, wait):
-        print(data.decode(errors="replace"), src[0], flush=True)
+    seen = set()
+    for _ in range(QUERIES):  # as a server browser does: a lost query or answer is asked again
+        sock.sendto(QUERY, (target, port))
+        for data, src in _received(sock, wait / QUERIES):
+            answer = (data.decode(errors="replace"), src[0])
+            if answer not in seen:
+                seen.add(answer)
+                print(*answer, flush=True)
 
 
 def _received(sock: socket.socket, seconds: float):
