@@ -37,7 +37,7 @@ def format_status(status: dict) -> str:
     data_path += f"   kernel drops {kernel_drops}" if kernel_drops else ""
     coord = " ".join(filter(None, (me.get("coord", "-"), me.get("coord_address"))))
     lines = [_status_line(me.get("overlay"), me["name"], "self", f"coord {coord}{data_path}")]
-    if me.get("lan"):
+    if _lan_in_use(me.get("lan")):
         lines.append(_status_line("", "", "lan", format_lan(me["lan"])))
     for peer in status["peers"]:
         groups = f" groups {','.join(peer['groups'])}" if peer.get("groups") else ""
@@ -53,6 +53,12 @@ def _last_change(peer: dict) -> str:
     """The peer's latest path change and how long ago: ``relay→direct (punched 1.9 s) 12s ago``."""
     changes = peer.get("path_changes") or []
     return f"   {changes[-1]['text']} {format_ago(changes[-1]['ago'])}" if changes else ""
+
+
+def _lan_in_use(lan: dict | None) -> bool:
+    """Whether the node joined a group or carried or dropped a broadcast or multicast packet."""
+    return bool(lan) and bool(lan["groups"] or lan["dropped"] or any(lan["sent"].values())
+                              or any(lan["received"].values()))
 
 
 def format_lan(lan: dict) -> str:

@@ -209,9 +209,12 @@ class LanParty:
     def has_output(self) -> bool:
         return bool(self._out)
 
-    def groups_by_name(self, peers: PeerTable) -> dict[str, list[str]]:
-        """The groups each peer joined, by its name (``meshvpn status`` per peer)."""
-        return {peer.name: _dotted(self.peer_groups.of(peer.key)) for peer in peers}
+    def add_status(self, status: dict, peers: PeerTable) -> None:
+        """Into ``meshvpn status``: this node's `lan` and each peer's `groups`."""
+        status["self"]["lan"] = self.status()
+        groups = {peer.name: _dotted(self.peer_groups.of(peer.key)) for peer in peers}
+        for entry in status["peers"]:
+            entry["groups"] = groups.get(entry["name"], [])
 
     def status(self) -> dict:
         """Groups joined, packets fanned out and received, drops by reason; rules in force."""

@@ -59,8 +59,7 @@ class Node:
     def __init__(self, private_key: bytes, random_bytes: Callable[[int], bytes],
                  config: CoreConfig | None = None, lan: FanoutConfig | None = None) -> None:
         self.core = NodeCore(private_key, random_bytes, config)
-        self.lan = LanParty(lan or FanoutConfig(), self.core.destinations)
-        """Broadcast, multicast and access rules; the data path calls it for what its loop does not do."""
+        self.lan = LanParty(lan or FanoutConfig(), self.core.destinations)  # the data path calls it too
         wall = self.core.config.wall_offset
         self.relays = RelaySet(private_key, self.core.public_key, random_bytes, wall)
         self.turn = TurnLinks(random_bytes)
@@ -103,8 +102,7 @@ class Node:
 
     def get_timer(self) -> Optional[float]:
         """The earliest deadline of any of the node's machines."""
-        timers = (self.core.get_timer(), self.relays.get_timer(), self.turn.get_timer(), self.tcp.get_timer(),
-                  self.lan.get_timer())
+        timers = [machine.get_timer() for machine in (self.core, self.relays, self.turn, self.tcp, self.lan)]
         return min((t for t in timers if t is not None), default=None)
 
     # ---- inbox ------------------------------------------------------------------------
@@ -488,12 +486,10 @@ class Node:
         status["self"]["relays"] = self.relays.status()
         status["self"]["turn"] = self.turn.status()
         status["self"]["tcp_punch"] = {"peers": self.tcp.status()}
-        status["self"]["lan"] = self.lan.status()
+        self.lan.add_status(status, self.peers)
         servers = {peer.name: self.turn.server_for(peer.route.endpoint) for peer in self.peers
                    if peer.route is not None}
-        groups = self.lan.groups_by_name(self.peers)
         for entry in status["peers"]:
-            entry["groups"] = groups.get(entry["name"], [])
             if servers.get(entry["name"]):
                 entry["turn"] = servers[entry["name"]]
         return status

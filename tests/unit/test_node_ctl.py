@@ -129,3 +129,16 @@ def test_peer_map_lines():
     peers = [{"name": "bob", "overlay": "100.64.0.2", "key": "K" * 44, "endpoints": ["10.0.0.2:41641", "203.0.113.7:41641"]}]
     assert ctl.format_peers(peers).split() == ["100.64.0.2", "bob", "K" * 44, "10.0.0.2:41641,203.0.113.7:41641"]
     assert ctl.format_peers([]) == "(no peers)"
+
+
+def test_status_has_a_lan_line_once_the_node_joined_or_carried_something():
+    idle = {"groups": [], "sent": {"broadcast": 0, "multicast": 0, "copies": 0},
+            "received": {"broadcast": 0, "multicast": 0}, "dropped": {}, "access_rules": None}
+    status = {"self": {**STATUS["self"], "lan": idle}, "peers": [{**STATUS["peers"][0], "groups": ["224.0.0.251"]}]}
+    assert len(ctl.format_status(status).splitlines()) == 2, "nothing to say yet"
+    status["self"]["lan"] = {**idle, "groups": ["224.0.0.251"], "sent": {"broadcast": 2, "multicast": 0, "copies": 6},
+                             "dropped": {"rate_packets": 3}}
+    self_line, lan_line, bob_line = ctl.format_status(status).splitlines()
+    assert lan_line.split()[:5] == ["-", "lan", "groups", "224.0.0.251", "broadcast"]
+    assert "copies 6" in lan_line and "dropped rate_packets 3" in lan_line
+    assert bob_line.endswith("groups 224.0.0.251")
