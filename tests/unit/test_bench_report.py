@@ -1,12 +1,14 @@
 """Bench parsing and table logic: iperf3 JSON, ping summaries, medians, ratios, the table, the JSON."""
 
 import json
+import os
 import math
 
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from meshvpn.bench.memory import memory_kib
 from meshvpn.bench.measure import (LoadedPing, MeasureError, PingStats, parse_cpu_ticks, parse_iperf3_json, parse_ping,
                                    parse_ping_times, percentile)
 from meshvpn.bench.report import BASELINE, MESHVPN, PEER, RowResult, best_peer, render_table, table_rows, to_json, write_json
@@ -209,3 +211,8 @@ def test_cpu_ticks_of_a_process_whose_name_holds_spaces_and_parentheses() -> Non
 def test_a_relayed_row_notes_the_relay_cpu_per_gbit() -> None:
     row = RowResult("meshvpn relayed UDP", MESHVPN, [1000.0], path="relay", relay_cpu_s_per_gbit=0.4567)
     assert table_rows([row])[0][9] == "path relay, relay 0.46 CPU s per Gbit"
+
+
+def test_memory_reads_resident_set_and_peak_of_a_process() -> None:
+    figures = memory_kib(os.getpid())
+    assert 0 < figures["VmRSS"] <= figures["VmHWM"]
