@@ -214,14 +214,6 @@ _COORD_KEY = "coordination server's public key, pinned: no other server is trust
 
 
 @_section
-class CoordLink:
-    """How to reach and authenticate the coordination server."""
-
-    address: HostPort = option("coordination server's control channel (TCP)")
-    public_key: PublicKey = option(_COORD_KEY)
-
-
-@_section
 class CoordTrust:
     """Which coordination server to trust, without reaching it (a relay checks its tokens)."""
 
@@ -229,15 +221,20 @@ class CoordTrust:
 
 
 @_section
-class NodeCoordLink(CoordLink):
+class NodeCoordLink:
     """A node's link to the coordination server: the pinned server, how to join, where its STUN is."""
 
+    address: HostPort = option("coordination server's control channel (TCP)")
+    public_key: PublicKey = option(_COORD_KEY)
     auth_key: String = option("pre-auth key from `meshvpn coord key create`; needed on first join only "
                               "(the file must then be mode 0600)", "", secret=True)
     stun_port: Port = option("UDP port of the coordination server's STUN service (same host)", 3478)
     other_addresses: tuple[HostPort, ...] = option(
         "more instances of the same coordination server (same key and database), tried in turn when "
         "one does not answer; a name may also resolve to several instances", ())
+    tls_port: Annotated[int, _range(0, 65535)] = option(
+        "TCP port of the coordination server's TLS listener (its `tls.listen`, usually 443) on the same hosts, "
+        "tried when plain TCP reaches none of them; 0 when it has none", 0)
 
 
 @_section
@@ -430,6 +427,15 @@ class ConsoleConfig:
 
 
 @_section
+class TlsListenConfig:
+    """TLS on TCP, for networks that let nothing but TCP port 443 or TLS through (docs/relay.md)."""
+
+    listen: OptionalHostPort = option('address of the TLS listener, usually port 443; "" turns it off', None)
+    cert_file: OptionalPath = option('certificate chain (PEM), e.g. from an ACME client; needed with listen', None)
+    key_file: OptionalPath = option("the certificate's private key (PEM, mode 0600); needed with listen", None)
+
+
+@_section
 class CoordConfig:
     """Configuration of `meshvpn coord`."""
 
@@ -441,6 +447,7 @@ class CoordConfig:
     public_address: OptionalHostPort = option(
         'host:port nodes dial (a DNS name or IP), written into join strings; "" uses listen unless it is 0.0.0.0 or ::',
         None)
+    tls: TlsListenConfig = option("TLS listener of the control channel", TlsListenConfig)
     stun_listen: HostPort = option("STUN service (UDP)", Address("0.0.0.0", 3478))
     stun_alt_listen: OptionalHostPort = option('second STUN address, for NAT-behaviour tests; "" turns it off', None)
     admin_socket: ConfigPath = option("unix socket of the `meshvpn coord` admin verbs", DEFAULT_ADMIN_SOCKET)
@@ -464,15 +471,6 @@ class RelayLimits:
 
 
 @_section
-class RelayTlsConfig:
-    """TLS on TCP, for networks that let nothing but TCP port 443 or TLS through (docs/relay.md)."""
-
-    listen: OptionalHostPort = option('address of the TLS listener, usually port 443; "" turns it off', None)
-    cert_file: OptionalPath = option('certificate chain (PEM), e.g. from an ACME client; needed with listen', None)
-    key_file: OptionalPath = option("the certificate's private key (PEM, mode 0600); needed with listen", None)
-
-
-@_section
 class RelayConfig:
     """Configuration of `meshvpn relay`."""
 
@@ -482,7 +480,7 @@ class RelayConfig:
     listen: HostPort = option("UDP and TCP address (same port)", Address("0.0.0.0", 7500))
     coord: CoordTrust = option("the coordination server whose relay tokens are accepted")
     limits: RelayLimits = option("forwarding limits", RelayLimits)
-    tls: RelayTlsConfig = option("TLS listener", RelayTlsConfig)
+    tls: TlsListenConfig = option("TLS listener", TlsListenConfig)
     log: LogConfig = option("logging", LogConfig)
     metrics: MetricsConfig = option("metrics", MetricsConfig)
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import time
 from typing import Union
 
-from meshvpn import noise
+from meshvpn import noise, tlsenvelope
 from meshvpn.channel import ClientChannel
 from meshvpn.control import messages as m
 from meshvpn.coord.peermap import PeerMapAssembler
@@ -194,10 +195,10 @@ class CoordClient:
         await self._protocol.closed
 
 
-async def _connect_from(sock: socket.socket, factory, host: str, port: int):
+async def _connect_from(sock: socket.socket, factory, host: str, port: int, tls: ssl.SSLContext | None):
     loop = asyncio.get_running_loop()
     await loop.sock_connect(sock, (host, port))
-    return await loop.create_connection(factory, sock=sock)
+    return await loop.create_connection(factory, sock=sock, ssl=tls, server_hostname=host if tls else None)
 
 
 async def connect(
@@ -209,11 +210,13 @@ async def connect(
     timeout: float = 10.0,
     local_addr: tuple[str, int] | None = None,
     sock: socket.socket | None = None,
+    tls: bool = False,
 ) -> CoordClient:
     """Open an authenticated channel to the server at `address`, which must hold `server_public`.
 
     `sock` is an unconnected, non-blocking socket to connect from (the node's TCP punch port);
-    it is closed if the connection fails.
+    it is closed if the connection fails. With `tls` the channel runs inside TLS
+    (`meshvpn.tlsenvelope`), to the coord's TLS listener.
     """
     loop = asyncio.get_running_loop()
     channel = ClientChannel(local_private, server_public, os.urandom(32), time.time())
@@ -223,10 +226,11 @@ async def connect(
         return _LinkProtocol(channel, keepalive)
 
     try:
+        context = tlsenvelope.client_context() if tls else None
         if sock is None:
-            opening = loop.create_connection(factory, host, port, local_addr=local_addr)
+            opening = loop.create_connection(factory, host, port, local_addr=local_addr, ssl=context)
         else:
-            opening = _connect_from(sock, factory, host, port)
+            opening = _connect_from(sock, factory, host, port, context)
         transport, protocol = await asyncio.wait_for(opening, timeout)
     except (OSError, asyncio.TimeoutError) as exc:
         if sock is not None:

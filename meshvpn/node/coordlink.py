@@ -1,7 +1,8 @@
 """The node's control channel to the coord: connect, register, keep alive, reconnect, fail over.
 
 The link is a :mod:`meshvpn.coord.client` connection (a :mod:`meshvpn.channel` stream over
-TCP; the coord's key is pinned from the config).  The first message is ``register``; after
+TCP, or inside TLS to the coord's ``tls_port`` when plain TCP reaches none of its addresses;
+the coord's key is pinned from the config).  The first message is ``register``; after
 that every message is handed to ``on_message``.  The link pings every ``keepalive`` seconds
 and answers the coord's pings; silence beyond :func:`meshvpn.node.coorddial.silence_limit`
 means the coord is gone.  Losing the coord never stops the node: the data path keeps running,
@@ -76,9 +77,14 @@ class CoordLink:
         keepalive: float = 15.0,
         local_socket: Optional[Callable[[], socket.socket]] = None,
         family: int = socket.AF_UNSPEC,
+        tls_port: int = 0,
     ) -> None:
         self.addresses = tuple(addresses)
         """The configured coord addresses, in order of preference (names resolved per round)."""
+        self.tls_port = tls_port
+        """The coord's TLS port on the same hosts (0: none): each round ends with them, over TLS."""
+        self._tls: set[Endpoint] = set()
+        """This round's endpoints that are TLS listeners."""
         self.family = family
         self.local_socket = local_socket
         """Makes the socket each connection comes from (the node's TCP punch port); None: any."""
@@ -168,6 +174,10 @@ class CoordLink:
                 groups.append(await resolve(address, self.family))
             except CoordUnreachable as exc:
                 self._warn(address, explain_coord_failure(address, exc))
+        if self.tls_port:
+            tls_groups = [[Endpoint(endpoint.host, self.tls_port) for endpoint in group] for group in groups]
+            self._tls = {endpoint for group in tls_groups for endpoint in group}
+            groups += tls_groups
         self.dialer.plan(groups)
         delay: Optional[float] = None
         while delay is None and (endpoint := self.dialer.next_endpoint()) is not None:
@@ -221,7 +231,8 @@ class CoordLink:
     async def _session(self, endpoint: Endpoint) -> None:
         client = await connect(endpoint, self.server_public, self.identity,
                                keepalive=self.keepalive, timeout=CONNECT_TIMEOUT,
-                               sock=None if self.local_socket is None else self.local_socket())
+                               sock=None if self.local_socket is None else self.local_socket(),
+                               tls=endpoint in self._tls)
         self._client = client
         self.dialer.reached()
         client.send(self.register())

@@ -134,7 +134,7 @@ class NodeDaemon:
             self.link = CoordLink(
                 (cfg.coord.address, *cfg.coord.other_addresses), cfg.coord.public_key, self.node.core.identity,
                 self._register_message, self._on_coord_message, self._on_coord_state,
-                local_socket=self.punch.coord_socket, family=self.sock.family,
+                local_socket=self.punch.coord_socket, family=self.sock.family, tls_port=cfg.coord.tls_port,
             )
             self.loop.add_reader(self.tun.fileno(), self._on_tun)
             self.loop.add_reader(self.sock.fileno(), self._on_udp)

@@ -9,11 +9,13 @@ import socket
 
 import pytest
 
+from meshvpn import tlsenvelope
 from meshvpn.channel import ServerChannel
 from meshvpn.control import messages as m
 from meshvpn.config import Address
 from meshvpn.node import coorddial, coordlink
 from meshvpn.node.coordlink import CoordLink
+from meshvpn.lab.mesh import self_signed_certificate
 from meshvpn.noise import StaticIdentity
 
 SERVER = StaticIdentity.from_private(bytes(range(1, 33)))
@@ -76,7 +78,7 @@ HANG_UP = object()
 
 
 @contextlib.asynccontextmanager
-async def scripted_coords(*answers):
+async def scripted_coords(*answers, tls=None):
     """One coord per `answer(msg)` (the messages to send back, HANG_UP last to close); yields their addresses."""
 
     def serve(answer):
@@ -93,7 +95,7 @@ async def scripted_coords(*answers):
                 writer.write(channel.data_to_send())
         return on_connection
 
-    servers = [await asyncio.start_server(serve(answer), "127.0.0.1", 0) for answer in answers]
+    servers = [await asyncio.start_server(serve(answer), "127.0.0.1", 0, ssl=tls) for answer in answers]
     try:
         yield [Address("127.0.0.1", server.sockets[0].getsockname()[1]) for server in servers]
     finally:
@@ -253,3 +255,18 @@ def test_reconnect_drops_the_connection_and_registers_again_at_once():
     first, states, took, failures = asyncio.run(run())
     assert first == "127.0.0.1"
     assert states == [True, False, True] and took < 1.0 and failures == 0
+
+
+@pytest.mark.timeout(20)
+def test_when_plain_tcp_reaches_no_coord_the_tls_port_of_the_same_hosts_is_tried(tmp_path):
+    cert, key = self_signed_certificate(tmp_path, "coord")
+
+    async def run():
+        async with scripted_coords(registers, tls=tlsenvelope.server_context(cert, key, "tls")) as (tls,):
+            plain = Address("127.0.0.1", closed_port())
+            async with running_link([plain], tls_port=tls.port) as link:
+                await until(lambda: link.connected)
+                return link.endpoint, tls.port, link._client.transport.get_extra_info("ssl_object") is not None
+
+    endpoint, tls_port, over_tls = asyncio.run(run())
+    assert tuple(endpoint) == ("127.0.0.1", tls_port) and over_tls
