@@ -12,10 +12,18 @@ for a real certificate for the relay's DNS name.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional
 
 from meshvpn.errors import ConfigError
+
+if TYPE_CHECKING:
+    from meshvpn.config import TlsListenConfig
+
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a client has to finish the TLS handshake."""
 
 
 def server_context(cert_file: Path | None, key_file: Path | None, where: str) -> ssl.SSLContext:
@@ -38,3 +46,15 @@ def client_context() -> ssl.SSLContext:
     context.verify_mode = ssl.CERT_NONE
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+async def listen(tls: TlsListenConfig, factory: Callable[[], asyncio.Protocol], **options) -> Optional[asyncio.Server]:
+    """The TLS listener a server's ``tls`` section asks for (None when ``tls.listen`` is empty):
+    the same protocol as on its plain TCP listener, inside TLS. ConfigError for bad certificate
+    files, OSError when the address cannot be bound."""
+    if tls.listen is None:
+        return None
+    context = server_context(tls.cert_file, tls.key_file, "tls")
+    return await asyncio.get_running_loop().create_server(
+        factory, tls.listen.host, tls.listen.port, ssl=context, reuse_address=True,
+        ssl_handshake_timeout=HANDSHAKE_TIMEOUT, **options)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
-from meshvpn import keys, noise, service
+from meshvpn import keys, noise, service, tlsenvelope
 from meshvpn.channel import ServerChannel
 from meshvpn.config import CoordConfig, load_coord_config
 from meshvpn.control import messages
@@ -277,6 +277,7 @@ class CoordServer:
         """Where the control listener is bound (the real port when the config says 0)."""
         self.stun: StunServer | None = None
         self._listener: asyncio.AbstractServer | None = None
+        self._tls_listener: asyncio.AbstractServer | None = None
         self._admin: ControlServer | None = None
         self.console = None
         """The web console (`meshvpn.coord.console.web.Console`) when `console.enabled`."""
@@ -297,6 +298,7 @@ class CoordServer:
                 reuse_address=True, backlog=LISTEN_BACKLOG,
             )
             self.address = self._listener.sockets[0].getsockname()[:2]
+            self._tls_listener = await tlsenvelope.listen(settings.tls, lambda: _Connection(self), backlog=LISTEN_BACKLOG)
             alt = settings.stun_alt_listen
             self.stun = await start_stun_server(
                 settings.stun_listen.host, settings.stun_listen.port, None if alt is None else tuple(alt)
@@ -327,8 +329,9 @@ class CoordServer:
         for handle in (self._timer, self._drain_handle):
             if handle is not None:
                 handle.cancel()
-        if self._listener is not None:
-            self._listener.close()
+        listeners = [listener for listener in (self._listener, self._tls_listener) if listener is not None]
+        for listener in listeners:
+            listener.close()
         for conn in list(self._connections):
             conn.transport.abort()
         if self.stun is not None:
@@ -337,8 +340,8 @@ class CoordServer:
             await self._admin.close()
         if self.console is not None:
             await self.console.close()
-        if self._listener is not None:
-            await self._listener.wait_closed()
+        for listener in listeners:
+            await listener.wait_closed()
         if self.instances is not None:
             await self.instances.close()
         self.store.close()

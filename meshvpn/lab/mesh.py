@@ -123,6 +123,9 @@ class Mesh:
         self.coord_ns = coord_ns
         self.coord_address = coord_address
         self.coord_port = coord_port
+        self.coord_tls_port = 0
+        """With a port, set before `start_coord`: the coord also listens with TLS there (a
+        self-signed certificate) and nodes know it as their `coord.tls_port`."""
         self.network = network
         self.cidr = cidr
         self.log_level = log_level
@@ -231,10 +234,15 @@ class Mesh:
 
     def _write_coord_config(self, name: str, address: str, admin_socket: Path) -> Path:
         network = {"name": self.network, "cidr": self.cidr, **({"access": self.access} if self.access else {})}
+        tls = {}
+        if self.coord_tls_port:
+            cert, key = self_signed_certificate(self.dir, name)
+            tls = {"listen": f"{address}:{self.coord_tls_port}", "cert_file": str(cert), "key_file": str(key)}
         return _write_yaml(self.dir / f"{name}.yaml", {
             "private_key_file": str(self.dir / "coord.key"),
             "database": self.database or str(self.dir / "coord.db"),
             "listen": f"{address}:{self.coord_port}",
+            "tls": tls,
             "stun_listen": f"{address}:{STUN_PORT}",
             "admin_socket": str(admin_socket),
             "networks": [network],
@@ -294,7 +302,8 @@ class Mesh:
             "state_dir": str(self.dir / f"{name}-state"),
             "control_socket": str(self.control_socket(name)),
             "coord": {"address": first, "public_key": self.coord_public,
-                      "auth_key": auth_key, "stun_port": STUN_PORT, "other_addresses": others},
+                      "auth_key": auth_key, "stun_port": STUN_PORT, "other_addresses": others,
+                      "tls_port": self.coord_tls_port},
             "tun": {"name": tun},
             # resolved, where the machine runs it, serves the root namespace: a lab node must not
             # register its link there (the same index names another link in the root namespace).

@@ -202,22 +202,17 @@ class RelayServer:
 
     async def _listen_tls(self) -> None:
         """The TLS listener (``tls.listen``): the same streams as on plain TCP, inside TLS."""
-        tls = self.settings.tls
-        if tls.listen is None:
-            return
         try:
-            context = tlsenvelope.server_context(tls.cert_file, tls.key_file, "tls")
-            self._tls_listener = await asyncio.get_running_loop().create_server(
-                lambda: _StreamConnection(self), tls.listen.host, tls.listen.port, ssl=context,
-                reuse_address=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+            self._tls_listener = await tlsenvelope.listen(self.settings.tls, lambda: _StreamConnection(self))
         except OSError as exc:
             await self.close()
-            raise MeshError(f"relay cannot listen with TLS on {tls.listen.host}:{tls.listen.port}: {exc}") from None
+            raise MeshError(f"relay cannot listen with TLS on {self.settings.tls.listen}: {exc}") from None
         except MeshError:
             await self.close()
             raise
-        self.tls_address = self._tls_listener.sockets[0].getsockname()[:2]
-        log.info("relay listening with TLS on %s:%d", *self.tls_address)
+        if self._tls_listener is not None:
+            self.tls_address = self._tls_listener.sockets[0].getsockname()[:2]
+            log.info("relay listening with TLS on %s:%d", *self.tls_address)
 
     async def close(self) -> None:
         """Stop listening and drop every connection; keep the hello floors."""

@@ -1,9 +1,10 @@
 """A node on a network that lets nothing out but TCP to port 443 still reaches its peers.
 
 Hotel and office networks often drop UDP and every TCP port but 443. Here site `a` is such a
-network (nftables on its router), the coord listens on port 443 and the relay offers TLS on
-port 443 beside its usual UDP/TCP port 7500: a1's relay link finds UDP and plain TCP dead and
-moves its stream into TLS (`meshvpn.tlsenvelope`), and a1 and b1 talk through the relay.
+network (nftables on its router). The relay offers TLS on port 443 beside its usual UDP/TCP
+port 7500: a1's relay link finds UDP and plain TCP dead and moves its stream into TLS
+(`meshvpn.tlsenvelope`), and a1 and b1 talk through the relay. The coord either listens on
+port 443 itself, or on its usual port with a TLS listener on 443 that a1 falls back to.
 """
 
 from __future__ import annotations
@@ -23,12 +24,17 @@ RELAY_ADDR = "203.0.113.20"
 TLS_PORT = 443
 
 
+@pytest.mark.parametrize("coord_over", ["port-443", "tls"])
 def test_a_site_that_lets_out_only_port_443_is_relayed_over_tls(topo: Topology, tmp_path: Path,
-                                                                 meshes: list[Mesh]) -> None:
+                                                                 meshes: list[Mesh], coord_over: str) -> None:
     topo.add_server("relay", addrs=[RELAY_ADDR])
     topo.add_site("a", nat=NatKind.PORT_443_ONLY)
     topo.add_site("b", nat=NatKind.RANDOM_PORTS)
-    mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR, coord_port=TLS_PORT)
+    if coord_over == "tls":
+        mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR)
+        mesh.coord_tls_port = TLS_PORT
+    else:
+        mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR, coord_port=TLS_PORT)
     meshes.append(mesh)
     mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR, tls_port=TLS_PORT)
     mesh.start_coord()
@@ -46,3 +52,5 @@ def test_a_site_that_lets_out_only_port_443_is_relayed_over_tls(topo: Topology, 
     sent, received = transfer(mesh.nodes["a1"].ns, mesh.nodes["b1"].ns, mesh.overlay("b1"), size=1 << 20, over=1.0)
     assert received.same_data(sent) and sent.bytes == 1 << 20, f"sent {sent}, received {received}"
     assert "TLS connected" in mesh.nodes["a1"].log.read_text()
+    expected = f"{COORD_ADDR}:{TLS_PORT}"
+    assert mesh.status("a1")["self"]["coord_address"] == expected, mesh.status("a1")["self"]["coord_address"]
