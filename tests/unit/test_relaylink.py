@@ -282,3 +282,28 @@ def test_a_cookie_is_used_for_its_lifetime_only(checker):
     h.link.handle_timer(COOKIE_LIFETIME)
     [old] = sent_udp(h.link)
     assert mac2_of(old) == bytes(wire.MAC2_LEN)
+
+
+def test_a_check_of_a_dead_relay_makes_the_link_not_ready_within_the_check_timeout():
+    h = Harness()
+    h.token(0.0)
+    h.step(0.0)
+    h.udp_works = False
+    h.link.check(1.0)
+    h.step(1.0)
+    assert h.sent.count(SendUdp) == 2, "the check says hello at once"
+    assert h.link.get_timer() == 1.5
+    h.step(1.5)
+    assert h.events == [(0.0, True), (1.5, False)]
+
+
+def test_a_check_answered_in_time_keeps_the_link_and_waits_three_round_trips():
+    h = Harness()
+    h.token(0.0)
+    h.step(0.0)
+    h.link.rtt = 0.3
+    h.link.check(1.0)
+    assert h.link.get_timer() == 1.0 + 0.9
+    h.step(1.0)
+    h.step(2.0)
+    assert h.events == [(0.0, True)] and h.link.ready

@@ -119,6 +119,13 @@ class RelaySet:
             link.hello_now(now)
         self._drain(now)
 
+    def check(self, now: float, every: bool = False) -> None:
+        """Check home now (relayed traffic went unanswered), or `every` ready link (our mapping may
+        have moved: a hello re-registers it); a link that does not answer within a second is left."""
+        for link in self.links.values() if every else [self.home] if self.home is not None else []:
+            link.check(now)
+        self._drain(now)
+
     def handle_timer(self, now: float) -> None:
         for link in self.links.values():
             link.handle_timer(now)

@@ -17,6 +17,9 @@ Rules:
   plain TCP fails to connect; a lost stream is reconnected with backoff
   (`meshvpn.node.streamdial`). Networks that let only port 443, or only TLS, through
   (``meshvpn.tlsenvelope``) get a path this way.
+* `check` (traffic through the relay went unanswered): a hello goes out at once, and without
+  an ack within `check_timeout` (or three RTTs, if longer) the link is not ready, so a dead
+  relay is left within a second instead of `down_after`.
 * Timestamps are the wall clock in milliseconds, strictly increasing, because the relay keeps
   the newest timestamp per node to refuse replays.
 * A relay asked to make or move a registration over UDP (our first hello, or the first from a
@@ -76,6 +79,8 @@ class RelayLinkConfig:
     stream_attempts: int = 1
     """Failed connections in a row before the stream switches between plain TCP and TLS (when the
     relay has a TLS port)."""
+    check_timeout: float = 0.5
+    """Seconds a `check` hello waits for its ack (at least three RTTs) before the link is not ready."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,8 @@ class RelayLink:
         self._last_ack: Optional[float] = None
         self._next_hello: Optional[float] = None
         self._next_udp_retry = 0.0
+        self._check_until: Optional[float] = None
+        """While a `check` is open: when the link is not ready without an ack."""
         self._actions: list[Action] = []
 
     @property
@@ -179,6 +186,7 @@ class RelayLink:
         self._next_hello = sent + self.config.hello_interval
         self.rtt = rtt if self.rtt is None else self.rtt + (rtt - self.rtt) / 8
         self._last_ack = now
+        self._check_until = None
         if via is Transport.UDP:
             self._unanswered_udp = 0
             if self.transport is Transport.TCP:
@@ -204,8 +212,17 @@ class RelayLink:
         if self._next_hello is not None:
             self._hello(now)
 
+    def check(self, now: float) -> None:
+        """Traffic through this relay went unanswered: say hello now; no ack in time means not ready."""
+        if self.ready and self._check_until is None:
+            self._check_until = now + max(self.config.check_timeout, 3 * (self.rtt or 0.0))
+            self._hello(now)
+
     def handle_timer(self, now: float) -> None:
         """Send the hello that is due and notice a link that went quiet."""
+        if self._check_until is not None and now >= self._check_until:
+            self._check_until = None
+            self._set_ready(False)
         if self.ready and (self._last_ack is None or now >= self._last_ack + self.config.down_after):
             self._set_ready(False)
         if self._next_hello is not None and now >= self._next_hello:
@@ -214,7 +231,7 @@ class RelayLink:
     # ---- outputs --------------------------------------------------------------------
 
     def get_timer(self) -> Optional[float]:
-        deadlines = [self._next_hello, self.stream.deadline()]
+        deadlines = [self._next_hello, self.stream.deadline(), self._check_until]
         if self.ready and self._last_ack is not None:
             deadlines.append(self._last_ack + self.config.down_after)
         return min((d for d in deadlines if d is not None), default=None)
