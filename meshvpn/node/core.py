@@ -49,9 +49,10 @@ from meshvpn.node.events import (
 )
 from meshvpn.node.handshake_cookies import HandshakeCookies
 from meshvpn.node.handshakes import HandshakeManager
-from meshvpn.node.pathfinder import RELAY_PATH, PathChanged, PathFinder, PathFinderConfig, PathKind
+from meshvpn.node.pathfinder import RELAY_PATH, PathChanged, PathFinder, PathFinderConfig, PathKind, SendProbe
 from meshvpn.node.peers import Peer, PeerTable, Route
 from meshvpn.node.punching import Punching
+from meshvpn.node.recovery import Recovery
 from meshvpn.node.routes import Routes
 from meshvpn.node.status import node_status
 from meshvpn.node.probes import ProbeBudget, ProbeCodec, ProbeRefused
@@ -82,7 +83,7 @@ class CoreConfig:
     """Least seconds between two ``punch_request`` messages for one peer."""
 
 
-class NodeCore(Punching, HandshakeCookies):
+class NodeCore(Punching, HandshakeCookies, Recovery):
     """All per-node protocol state; the data path reads ``peers`` directly."""
 
     def __init__(self, private_key: bytes, random_bytes: Callable[[int], bytes], config: CoreConfig | None = None):
@@ -138,6 +139,7 @@ class NodeCore(Punching, HandshakeCookies):
             deadlines.append(peer.paths.get_timer())
             deadlines.append(peer.ring.get_timer())
             deadlines.append(self._rekey_deadline(peer))
+        deadlines.append(self._watch_deadline())
         return min((d for d in deadlines if d is not None), default=None)
 
     # ---- coord messages -----------------------------------------------------------
@@ -150,6 +152,7 @@ class NodeCore(Punching, HandshakeCookies):
             self._events.append(self.registration)
             self._report_paths = bool(msg.path_reports)
             self._report_path(*self.peers)
+            self.endpoints_refreshed(now)
         elif isinstance(msg, m.PeerMap):
             peers = self._peer_map.add(msg)
             if peers is not None:
@@ -351,16 +354,7 @@ class NodeCore(Punching, HandshakeCookies):
         if peer.ring.current is None and peer.key not in self.handshakes.attempts:
             self._initiate(peer, now)
         if peer.route is None:
-            peer.paths.want_path(now)
-            self.traversal.want_path(peer.key, now)
-            if self.traversal.samples_ports:
-                self._resample(now)
-            else:
-                self._punch(peer, now)
-            if not self.traversal.hard_side(peer.key) and \
-                    now >= peer.punch_requested_at + self.config.punch_request_interval:
-                peer.punch_requested_at = now
-                self._coord_out.append(m.PunchRequest(peer_key=peer.key))
+            self._seek_path(peer, now, self.config.punch_request_interval)
         self.flush(peer, now)
 
     def ring_expire(self, peer: Peer, now: float) -> None:
@@ -413,11 +407,13 @@ class NodeCore(Punching, HandshakeCookies):
                 self._report_path(peer)
                 self._send_initiation(peer, now)
                 self.flush(peer, now)
-            else:
+            elif isinstance(action, SendProbe):
                 dst = Endpoint(*action.endpoint)
                 probe = self._probe(peer, action.tx_id, dst, now)
                 if probe is not None:
                     self._datagrams.append((dst, probe))
+            else:
+                self._path_news(action, now)
 
     def _probe(self, peer: Peer, tx_id: bytes, dst: Endpoint, now: float) -> Optional[bytes]:
         """A probe for ``peer`` to ``dst`` within the peer's probe budget; None (counted) past it."""
@@ -464,6 +460,7 @@ class NodeCore(Punching, HandshakeCookies):
 
     def handle_timer(self, now: float) -> None:
         """Do everything due at ``now``; safe to call early or late."""
+        self._watched_at = now
         for peer in self.peers:
             due = [when for when in peer.punches_due if when <= now]
             peer.punches_due = [when for when in peer.punches_due if when > now]
@@ -488,12 +485,6 @@ class NodeCore(Punching, HandshakeCookies):
             peer.pending.clear()
             if peer.ring.current is None:
                 self._events.append(PeerDown(peer.name, "handshake timed out"))
-
-    def sync_traffic(self, peer: Peer) -> None:
-        """Tell the path finder about traffic the data path saw since the last call."""
-        if peer.last_rx > peer.synced_rx and peer.last_rx_src is not None:
-            peer.synced_rx = peer.last_rx
-            peer.paths.traffic_received(peer.last_rx_src, peer.last_rx)
 
     # ---- status -------------------------------------------------------------------
 

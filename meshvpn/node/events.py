@@ -97,6 +97,11 @@ class SampleWanted:
 
 
 @dataclass(frozen=True)
+class DiscoverEndpoints:
+    """A direct path died while carrying traffic: run STUN now, report changes, then call ``endpoints_refreshed``."""
+
+
+@dataclass(frozen=True)
 class OpenMappings:
     """Send each probe from its own new socket to `endpoint`; keep the sockets `seconds`."""
 
@@ -140,7 +145,7 @@ class TurnChanged:
 
 
 Event = Union[AddressAssigned, PeerMapChanged, PeerPathChanged, PeerUp, PeerDown, PingReply, CoordRejected,
-              SampleWanted, OpenMappings, TcpPathChanged, RelayHomeChanged, RelaySkipped, TurnChanged]
+              SampleWanted, DiscoverEndpoints, OpenMappings, TcpPathChanged, RelayHomeChanged, RelaySkipped, TurnChanged]
 
 # ---- transmissions: what the shell must send, open or close ----------------------------
 

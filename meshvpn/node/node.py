@@ -253,6 +253,16 @@ class Node:
         self._settle(now)
         return sent
 
+    def roamed(self, peer: Peer, src: Endpoint, now: float) -> None:
+        """The data path saw the newest data of the peer's current session arrive from a new ``src``."""
+        self.core.roamed(peer, src, now)
+        self._settle(now)
+
+    def endpoints_refreshed(self, now: float) -> None:
+        """The shell finished the endpoint discovery ``DiscoverEndpoints`` asked for (changes already reported)."""
+        self.core.endpoints_refreshed(now)
+        self._settle(now)
+
     def datagram_received(self, data: bytes, src: Endpoint, now: float) -> None:
         """The data path's name for :meth:`receive_datagram` (it calls its core this way)."""
         self.receive_datagram(data, src, now)
@@ -393,9 +403,15 @@ class Node:
         messages = core.coord_messages_to_send()
         self._out += map(ev.SendCoord, messages)
         events = 0
+        if core.relay_silent:
+            core.relay_silent = False
+            self.relays.check(now)
+            events += 1
         while (event := core.next_event()) is not None:
             events += 1
             self._out.append(event)
+            if isinstance(event, ev.DiscoverEndpoints):
+                self.relays.check(now, every=True)
             if isinstance(event, ev.PeerDown):
                 self._forget_departed()
             elif isinstance(event, ev.PeerPathChanged):

@@ -27,6 +27,10 @@ Rules (docs/paths.md has the state table):
   above the relay: it replaces the relay at once, any UDP path that answers replaces it, and
   UDP punching goes on while it is used. Its liveness is the TCP module's business, so
   evidence from a `TcpEndpoint` never counts for (or becomes) a UDP candidate.
+* Roaming (`roamed`): the newest authenticated data of the current session from another
+  endpoint moves a direct path there at once (WireGuard's rule); a probe there confirms it.
+* Silence on a path that carries traffic (`meshvpn.node.silence`) ends it within a second;
+  after any fall back, punch rounds stay at most `fast_backoff_max` apart for `fast_window`.
 """
 
 from __future__ import annotations
@@ -36,13 +40,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from meshvpn.backoff import doubling
-from meshvpn.node.candidates import (
-    AllCandidates,
-    Candidate,
-    CandidateKind,
-    Endpoint,
-    ProbeStrategy,
-)
+from meshvpn.node.candidates import AllCandidates, Candidate, CandidateKind, Endpoint, ProbeStrategy
+from meshvpn.node.silence import EndpointsStale, RelaySilent, SilenceTiming, SilenceWatch, Verdict
 from meshvpn.node.tcp.core import TcpEndpoint
 
 
@@ -101,6 +100,10 @@ class ChangeReason(enum.StrEnum):
     """A direct TCP path came up while there was no path or only the relay."""
     TCP_LOST = "tcp lost"
     """The TCP path we used closed or went silent."""
+    ROAMED = "roamed"
+    """The newest authenticated data came from another endpoint of the peer."""
+    PATH_SILENT = "path silent"
+    """Traffic went out and neither it nor probes were answered within `silence_timeout`."""
 
 
 @dataclass(frozen=True)
@@ -120,11 +123,11 @@ class PathChanged:
     reason: ChangeReason
 
 
-Action = SendProbe | PathChanged
+Action = SendProbe | PathChanged | RelaySilent | EndpointsStale
 
 
 @dataclass
-class PathFinderConfig:
+class PathFinderConfig(SilenceTiming):
     """Timing of path discovery and upkeep; every default is the documented one."""
 
     keepalive: float = 25.0
@@ -149,6 +152,10 @@ class PathFinderConfig:
     """Observed endpoints kept (most recent); bounds what a roaming peer can make us probe."""
     max_pending: int = 256
     """Probes awaiting a reply that are remembered; the oldest are forgotten first."""
+    fast_window: float = 60.0
+    """Seconds after a fall back from a direct path during which punch rounds stay close together."""
+    fast_backoff_max: float = 2.0
+    """Largest gap between punch rounds within `fast_window`."""
 
 
 @dataclass
@@ -201,6 +208,8 @@ class PathFinder:
         self._selected_at = 0.0
         self._last_heard = 0.0
         self._last_probe = 0.0
+        self._silence = SilenceWatch(self.config)
+        self._fast_until = float("-inf")
 
     # ---- state ---------------------------------------------------------------------
 
@@ -303,6 +312,33 @@ class PathFinder:
         elif self._observe(src) and not self._direct():
             self._send_probe(self._observed[-1], now)
 
+    def roamed(self, src: Endpoint, now: float) -> None:
+        """The newest data of the current session came from `src`: a direct path moves there; a probe confirms."""
+        if type(src) is TcpEndpoint or (self._direct() and self.current_path.endpoint == src):  # type: ignore[union-attr]
+            return self.traffic_received(src, now)
+        self._observe(src)
+        candidate = next(c for c in self.candidates if c.endpoint == src)
+        if self._direct():
+            kind = PathKind.LAN if candidate.kind is CandidateKind.LAN else PathKind.DIRECT
+            self._switch(Path(kind, src), ChangeReason.ROAMED)
+            self._path_candidate = candidate
+            self._selected_at = now
+            self._heard(now)
+            self._last_probe = now
+        self._send_probe(candidate, now)
+
+    def recovering(self, now: float) -> bool:
+        """Whether the peer fell back within `fast_window` and has no direct path yet."""
+        return now < self._fast_until and not self._direct()
+
+    def traffic_sent(self, at: float) -> None:
+        """The data path last sent traffic to the peer at `at`, on whatever path is current."""
+        self._silence.last_sent = max(self._silence.last_sent, at)
+
+    def relay_traffic_received(self, at: float) -> None:
+        """Authenticated traffic from the peer last came through a relay at `at`."""
+        self._silence.relay_heard = max(self._silence.relay_heard, at)
+
     def relay_ready(self, ready: bool, now: float) -> None:
         """Whether the relay can carry packets to this peer right now."""
         self._relay_ready = ready
@@ -317,19 +353,13 @@ class PathFinder:
         if self._tcp_path is not None and (current is None or current == RELAY_PATH):
             self._switch(self._tcp_path, ChangeReason.TCP_PUNCHED)
         elif self._tcp_path is None and current is not None and current.kind is PathKind.TCP:
-            self._switch(RELAY_PATH if self._relay_ready else None, ChangeReason.TCP_LOST)
-            self._relay_due = now
-            self._round = 0
-            self._punch_round(now)
+            self._fall_back(now, ChangeReason.TCP_LOST)
 
     def handle_timer(self, now: float) -> None:
         """Do whatever is due at `now`; safe to call early or late."""
         if self._direct() and now >= self._last_heard + self.config.path_timeout:
-            fallback = self._tcp_path or (RELAY_PATH if self._relay_ready else None)
-            self._switch(fallback, ChangeReason.PATH_TIMEOUT)
-            self._relay_due = now
-            self._round = 0
-            self._punch_round(now)
+            self._fall_back(now, ChangeReason.PATH_TIMEOUT)
+        self._check_silence(now)
         self._maybe_use_relay(now)
         if self._next_round is not None and now >= self._next_round:
             self._punch_round(now)
@@ -347,14 +377,17 @@ class PathFinder:
 
     def get_timer(self) -> float | None:
         """When `handle_timer` must next be called, or None if nothing is scheduled."""
-        deadlines = []
+        deadlines: list[float | None] = []
         if self._direct():
             deadlines.append(self._last_heard + self.config.path_timeout)
             deadlines.append(self._next_check())
+        deadlines.append(self._silence.deadline(self._direct(), self.current_path == RELAY_PATH, self._last_heard,
+                                                self._last_probe, self.stats.rtt))
         if self._next_round is not None:
             deadlines.append(self._next_round)
         if self._relay_ready and self.current_path is None and self._relay_due is not None:
             deadlines.append(self._relay_due)
+        deadlines = [d for d in deadlines if d is not None]
         return min(deadlines) if deadlines else None
 
     # ---- internals -----------------------------------------------------------------
@@ -371,6 +404,8 @@ class PathFinder:
             gap = cfg.punch_interval
         else:
             gap = doubling(cfg.backoff_initial, cfg.backoff_max, self._round - cfg.punch_burst)
+        if now < self._fast_until:
+            gap = min(gap, cfg.fast_backoff_max)
         self._next_round = now + gap
 
     def _send_probe(self, candidate: Candidate, now: float) -> None:
@@ -437,3 +472,28 @@ class PathFinder:
         if (self._relay_ready and self.current_path is None and self._relay_due is not None
                 and now >= self._relay_due):
             self._switch(RELAY_PATH, ChangeReason.RELAY_FALLBACK)
+            self._silence.relay_checked = now
+            self._fast_until = now + self.config.fast_window
+
+    def _fall_back(self, now: float, reason: ChangeReason) -> None:
+        """The direct path is dead: take TCP or the relay, punch again at once, and re-discover."""
+        self._switch(self._tcp_path or (RELAY_PATH if self._relay_ready else None), reason)
+        self._silence.relay_checked = now
+        self._relay_due = now
+        self._fast_until = now + self.config.fast_window
+        self._round = 0
+        self._punch_round(now)
+        self._actions.append(EndpointsStale())
+
+    def _check_silence(self, now: float) -> None:
+        """Probe a direct path that went silent while traffic went out; fail over if it stays so."""
+        verdict = self._silence.check(now, self._direct(), self.current_path == RELAY_PATH, self._last_heard,
+                                      self._last_probe, self.stats.rtt)
+        if verdict is Verdict.CHECK_RELAY:
+            self._actions.append(RelaySilent())
+        elif verdict is Verdict.PROBE:
+            assert self._path_candidate is not None
+            self._send_probe(self._path_candidate, now)
+            self._last_probe = now
+        elif verdict is Verdict.DEAD:
+            self._fall_back(now, ChangeReason.PATH_SILENT)

@@ -82,6 +82,19 @@ class Punching:
                 peer.punch_requested_at = now
                 self._coord_out.append(m.PunchRequest(peer_key=peer.key))
 
+    def _seek_path(self, peer: Peer, now: float, request_interval: float) -> None:
+        """Our traffic needs a (better) path: punch, or re-sample on the hard side, and have the
+        coord make the peer punch back (at most once per `request_interval` unless we are the hard side)."""
+        peer.paths.want_path(now)
+        self.traversal.want_path(peer.key, now)
+        if self.traversal.samples_ports:
+            self._resample(now)
+        else:
+            self._punch(peer, now)
+        if not self.traversal.hard_side(peer.key) and now >= peer.punch_requested_at + request_interval:
+            peer.punch_requested_at = now
+            self._coord_out.append(m.PunchRequest(peer_key=peer.key))
+
     # ---- hard NATs ----------------------------------------------------------------
 
     def set_own_endpoints(self, local: Iterable[Endpoint], public: Optional[Endpoint]) -> None:

@@ -10,6 +10,11 @@ and the coord link reconnects if the rules said so. Once the new endpoints are k
 coord link is up, the node re-probes its peers and asks the coord to punch them again
 (``Node.network_changed``): a punch request sent while the link reconnects would be lost, and
 one sent before the new endpoints would make the peers punch towards the old ones.
+
+A path that died while carrying traffic asks for a round too (``DiscoverEndpoints``,
+:meth:`EndpointRefresh.rediscover`): our NAT may have re-mapped us. Once that round's STUN
+answer is reported, the node re-punches the peers that fell back (``Node.endpoints_refreshed``;
+if the coord link is down, the node does it again when it registers).
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class EndpointRefresh:
         """The endpoints were learnt again since the last change."""
         self._lost = False
         """A change since the last re-probe lost the connections of the old network."""
+        self._asked = False
+        """The node asked for a round (``DiscoverEndpoints``) that has not reported yet."""
 
     def start(self) -> None:
         self._task = self.daemon.loop.create_task(self._run())
@@ -63,6 +70,13 @@ class EndpointRefresh:
         self._lost |= change.connections_lost
         self.close()
         self.start()
+
+    def rediscover(self) -> None:
+        """A path died: a round now (unless an asked one runs), then the node re-punches what fell back."""
+        if not self._asked:
+            self._asked = True
+            self.close()
+            self.start()
 
     def coord_up(self) -> None:
         """The coord link registered: re-probe now if a change was waiting for it."""
@@ -92,6 +106,10 @@ class EndpointRefresh:
         self._report(daemon.public_endpoint if public is None else public, daemon._local_endpoints(), daemon.nat)
         self._fresh = True
         self._reprobe_when_ready()
+        if self._asked:
+            self._asked = False
+            daemon.node.endpoints_refreshed(daemon.loop.time())
+            daemon.transmit()
         profile = await own_nat_profile(daemon.config, daemon.sock.family, daemon.link.host)
         if profile is not None:
             daemon.node.set_nat_profile(profile)

@@ -95,7 +95,7 @@ class Node:
         for action in self.finder.next_actions():
             if isinstance(action, SendProbe):
                 self.sock.sendto(b"P" + action.tx_id, action.endpoint)
-            else:
+            elif isinstance(action, PathChanged):
                 self.changes.append((self.scheduler.now, action))
         if self._timer is not None:
             self._timer.cancel()

@@ -357,7 +357,7 @@ def test_port_spread_random_ports_skip_known_endpoints():
 
 EVENTS = st.lists(st.tuples(
     st.sampled_from(["punch", "timer", "reply", "probe", "traffic", "relay_on", "relay_off",
-                     "candidates"]),
+                     "candidates", "roamed", "sent", "relay_traffic"]),
     st.floats(min_value=0.0, max_value=5.0),
     st.integers(min_value=0, max_value=3)), max_size=60)
 
@@ -391,6 +391,12 @@ def test_any_input_sequence_keeps_the_machine_consistent(events):
             finder.probe_received(endpoints[index], now)
         elif name == "traffic":
             finder.traffic_received(endpoints[index], now)
+        elif name == "roamed":
+            finder.roamed(endpoints[index], now)
+        elif name == "sent":
+            finder.traffic_sent(now)
+        elif name == "relay_traffic":
+            finder.relay_traffic_received(now)
         elif name in ("relay_on", "relay_off"):
             relay = name == "relay_on"
             finder.relay_ready(relay, now)
@@ -400,7 +406,7 @@ def test_any_input_sequence_keeps_the_machine_consistent(events):
         for action in finder.next_actions():
             if isinstance(action, SendProbe):
                 sent.append(action)
-            else:
+            elif isinstance(action, PathChanged):
                 assert action.old == path and action.new != path
                 path = action.new
         assert finder.current_path == path

@@ -38,6 +38,8 @@ SANS_IO_MODULES = (
     "meshvpn.node.events",
     "meshvpn.node.node",
     "meshvpn.node.punching",
+    "meshvpn.node.recovery",
+    "meshvpn.node.silence",
     "meshvpn.node.routes",
     "meshvpn.node.status",
     "meshvpn.node.transports",

@@ -360,6 +360,7 @@ class DataPlane:
             relay_key = peer.key if msg != at else None
             session = peer.ring.current
             opener = session if session is not None and session.local_index == index else peer.ring
+            greatest = opener.window.greatest if opener is session else None
             overlay = peer.overlay
             before = len(to_tun)
             next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected, casts = \
@@ -373,12 +374,25 @@ class DataPlane:
             if failed or spoofed or wrong_key or misdirected:
                 _count_dropped(peer, failed, spoofed, wrong_key, misdirected)
             if authentic:
-                if relay_key is None:
+                if relay_key is not None:
+                    peer.last_relay_rx = now
+                elif src == peer.last_rx_src or self._roamed(peer, src, opener, greatest, now):
                     peer.last_rx = now
                     peer.last_rx_src = src
                 if peer.pending:
                     self.core_touched = True
                     self.core.flush(peer, now)
+
+    def _roamed(self, peer: Peer, src: Endpoint, opener: object, greatest: Optional[int], now: float) -> bool:
+        """Data from a new source: it counts, and moves the peer there, only if it was the newest.
+
+        Newest means the current session's replay window moved forward in this run, so no old or
+        replayed packet, whoever sends it from wherever, can move the peer (docs/security.md)."""
+        if greatest is None or opener.window.greatest == greatest:  # type: ignore[attr-defined]
+            return False
+        self.core_touched = True
+        self.core.roamed(peer, src, now)
+        return True
 
     def _other(self, data: bytes, src: Endpoint, now: float) -> None:
         self.core_touched = True

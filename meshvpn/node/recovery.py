@@ -1,0 +1,80 @@
+"""How the node core keeps paths through a network that changes under them.
+
+A part of :class:`~meshvpn.node.core.NodeCore` (its base class), one concern with its own rules
+(``docs/paths.md``, "When the network changes"):
+
+* The data path reports what the path finders need to judge silence: when traffic last went
+  out (``last_tx``), came straight in (``last_rx``) and came through a relay (``last_relay_rx``).
+  The core reads them on its timer, so while any peer carried traffic within `WATCH_IDLE`
+  it ticks at least every `WATCH_INTERVAL`: silence is noticed within a fraction of a second.
+* Roaming: the data path calls ``roamed`` for the newest authenticated data of a current
+  session from a new source; the peer's direct route moves there at once.
+* A direct path that died while carrying traffic asks the shell for endpoint discovery
+  (``DiscoverEndpoints``, at most once per `DISCOVER_INTERVAL`); once it is done
+  (``endpoints_refreshed``), every peer that fell back seeks a path as new traffic does (a punch,
+  a port sample or the coord's punch on the hard side, at once) and asks the coord for a punch,
+  so the peer learns our new mapping and both punch again.
+  The same after a (re-)registration: a NAT that re-mapped us often cut the coord link too, so
+  the requests made before the coord had our new endpoints were lost with it.
+* A relay path that went silent raises ``relay_silent``; the node checks its relay.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from meshvpn.node.events import DiscoverEndpoints
+from meshvpn.node.peers import Peer
+from meshvpn.node.silence import EndpointsStale, RelaySilent
+from meshvpn.wire import Endpoint
+
+WATCH_INTERVAL = 0.1
+"""Seconds between the core's looks at the data path's traffic times while traffic flows."""
+WATCH_IDLE = 10.0
+"""Seconds after the last traffic of any peer during which the core keeps looking."""
+DISCOVER_INTERVAL = 1.0
+"""Least seconds between two ``DiscoverEndpoints`` requests."""
+
+
+class Recovery:
+    """The roaming and silence methods of the node core (which provides every attribute used here)."""
+
+    relay_silent: bool = False
+    """Some peer's relay path went silent since the node last looked (it clears this)."""
+    _watched_at: float = float("-inf")
+    _discover_at: float = float("-inf")
+
+    def roamed(self, peer: Peer, src: Endpoint, now: float) -> None:
+        """The newest authenticated data of the peer's current session came straight from ``src``."""
+        peer.paths.roamed(src, now)
+        self._drain_paths(peer, now)
+
+    def sync_traffic(self, peer: Peer) -> None:
+        """Tell the path finder about traffic the data path saw since the last call."""
+        paths = peer.paths
+        paths.traffic_sent(peer.last_tx)
+        paths.relay_traffic_received(peer.last_relay_rx)
+        if peer.last_rx > peer.synced_rx and peer.last_rx_src is not None:
+            peer.synced_rx = peer.last_rx
+            paths.traffic_received(peer.last_rx_src, peer.last_rx)
+
+    def endpoints_refreshed(self, now: float) -> None:
+        """The coord has our current endpoints (the shell re-discovered them, or we registered): re-punch what fell back."""
+        for peer in self.peers:
+            if peer.paths.recovering(now):
+                self._seek_path(peer, now, 0.0)
+        self._resample(now)
+
+    def _watch_deadline(self) -> Optional[float]:
+        """The next look at the traffic times, while any peer with a route carried traffic recently."""
+        busy = any(peer.route is not None and max(peer.last_tx, peer.last_rx, peer.last_relay_rx) + WATCH_IDLE
+                   > self._watched_at for peer in self.peers)
+        return self._watched_at + WATCH_INTERVAL if busy else None
+
+    def _path_news(self, action: object, now: float) -> None:
+        """A path finder's request other than a probe or a path change."""
+        if isinstance(action, RelaySilent):
+            self.relay_silent = True
+        elif isinstance(action, EndpointsStale) and now >= self._discover_at + DISCOVER_INTERVAL:
+            self._discover_at = now
+            self._events.append(DiscoverEndpoints())

@@ -1,0 +1,109 @@
+"""Silence on a path that carries traffic: noticed within a second, not after `path_timeout`.
+
+A path that only carries probes is judged by them (`liveness_interval`, `path_timeout`). But when
+traffic goes out and nothing comes back, the path most likely broke under us (a NAT re-mapped
+us, a relay died), and the transfer stalls until we notice. So, per peer:
+
+* direct path: sent since the last thing heard, and nothing heard for `silence_after`: probe
+  at once, again halfway through `silence_timeout` (at least three RTTs); nothing heard by
+  then: the path is dead (`Verdict.DEAD`).
+  Traffic from the peer through a relay while the direct path has been silent for
+  `silence_after` means the peer gave up on it: dead at once.
+* relay path: sent since the last thing that came through a relay, and nothing for
+  `silence_after`: check the relay (`Verdict.CHECK_RELAY`), at most once per `silence_after`.
+
+Sans-IO: `PathFinder` feeds it what it knows and acts on the verdict.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class RelaySilent:
+    """Traffic went out through the relay and nothing came back for `silence_after`: check the relay."""
+
+
+@dataclass(frozen=True)
+class EndpointsStale:
+    """A direct path died: our public mapping may have moved, so discover it again and re-punch."""
+
+
+class Verdict(enum.Enum):
+    """What a silent path needs now."""
+
+    QUIET = "quiet"
+    """Nothing to do."""
+    PROBE = "probe"
+    """Probe the direct path now."""
+    DEAD = "dead"
+    """The direct path stayed silent through its probes."""
+    CHECK_RELAY = "check relay"
+    """Ask the node to check the relay it sends through."""
+
+
+@dataclass
+class SilenceTiming:
+    """The timers of silence detection (part of `PathFinderConfig`); every default is the documented one."""
+
+    silence_after: float = 0.3
+    """Seconds without anything heard, while traffic goes out, before the path is probed at once."""
+    silence_timeout: float = 0.25
+    """Seconds the probes of a silent path wait for an answer (at least three RTTs) before it is dead."""
+
+
+class SilenceWatch:
+    """The silence state of one peer's current path."""
+
+    def __init__(self, timing: SilenceTiming) -> None:
+        self.timing = timing
+        self.last_sent = 0.0
+        """When traffic to the peer last went out (the data path's time)."""
+        self.relay_heard = 0.0
+        """When authenticated traffic from the peer last came through a relay."""
+        self.relay_checked = 0.0
+        """When the relay was last checked, or the relay path taken."""
+        self.suspect_at: Optional[float] = None
+        """When the direct path was found silent and first probed; None while it is not."""
+
+    def timeout(self, rtt: Optional[float]) -> float:
+        """How long a silent direct path's probes wait: `silence_timeout`, or three RTTs if longer."""
+        return max(self.timing.silence_timeout, 3 * (rtt or 0.0))
+
+    def deadline(self, direct: bool, on_relay: bool, last_heard: float, last_probe: float,
+                 rtt: Optional[float]) -> Optional[float]:
+        """When `check` has something to do, if nothing new is heard or sent."""
+        after = self.timing.silence_after
+        if direct:
+            if self.suspect_at is not None and last_heard < self.suspect_at:
+                half = self.suspect_at + self.timeout(rtt) / 2
+                return half if last_probe < half else self.suspect_at + self.timeout(rtt)
+            return last_heard + after if self.last_sent > last_heard else None
+        if on_relay and self.last_sent > self.relay_heard:
+            return max(self.relay_heard, self.relay_checked) + after
+        return None
+
+    def check(self, now: float, direct: bool, on_relay: bool, last_heard: float, last_probe: float,
+              rtt: Optional[float]) -> Verdict:
+        """What the path needs at `now`; a verdict other than QUIET is acted on by the caller."""
+        if self.suspect_at is not None and (not direct or last_heard >= self.suspect_at):
+            self.suspect_at = None
+        if direct and self.relay_heard > last_heard + self.timing.silence_after:
+            self.suspect_at = None
+            return Verdict.DEAD
+        deadline = self.deadline(direct, on_relay, last_heard, last_probe, rtt)
+        if deadline is None or now < deadline:
+            return Verdict.QUIET
+        if not direct:
+            self.relay_checked = now
+            return Verdict.CHECK_RELAY
+        if self.suspect_at is None:
+            self.suspect_at = now
+            return Verdict.PROBE
+        if now < self.suspect_at + self.timeout(rtt):
+            return Verdict.PROBE
+        self.suspect_at = None
+        return Verdict.DEAD

@@ -1,0 +1,120 @@
+"""PathFinder when the network changes under a path: roaming, silence, fast re-punching (plain float clock)."""
+
+import pytest
+
+from meshvpn.node.candidates import CandidateKind
+from meshvpn.node.pathfinder import RELAY_PATH, ChangeReason, Path, PathKind, PathState
+from meshvpn.node.silence import EndpointsStale, RelaySilent
+from test_pathfinder import OTHER_EP, PUBLIC, PUBLIC_EP, changes, go_direct, make_finder, probes, run_timers_until
+
+MOVED_EP = ("203.0.113.7", 50123)
+
+
+def direct_finder(**config):
+    finder = make_finder(PUBLIC, relay=True, **config)
+    go_direct(finder)
+    return finder
+
+
+def test_the_newest_data_from_a_new_source_moves_the_direct_path_at_once_and_probes_it():
+    finder = direct_finder()
+    finder.roamed(MOVED_EP, 1.0)
+    actions = finder.next_actions()
+    [change] = changes(actions)
+    assert (change.old, change.new, change.reason) == (Path(PathKind.DIRECT, PUBLIC_EP), Path(PathKind.DIRECT, MOVED_EP),
+                                                       ChangeReason.ROAMED)
+    assert [p.endpoint for p in probes(actions)] == [MOVED_EP], "the new endpoint is confirmed by a probe"
+    assert any(c.endpoint == MOVED_EP and c.kind is CandidateKind.OBSERVED for c in finder.candidates)
+    finder.roamed(MOVED_EP, 1.1)
+    assert finder.next_actions() == [], "data from the current endpoint only counts as heard"
+
+
+def test_roaming_without_a_direct_path_probes_the_source_but_keeps_the_relay():
+    finder = make_finder(PUBLIC, relay=True)
+    finder.want_path(0.0)
+    run_timers_until(finder, 2.0)
+    assert finder.current_path == RELAY_PATH
+    finder.roamed(OTHER_EP, 3.0)
+    actions = finder.next_actions()
+    assert changes(actions) == [] and [p.endpoint for p in probes(actions)] == [OTHER_EP]
+
+
+def test_traffic_out_and_nothing_back_probes_at_once_then_falls_back_within_a_second():
+    finder = direct_finder()
+    finder.traffic_received(PUBLIC_EP, 10.0)
+    finder.traffic_sent(10.2)
+    assert finder.get_timer() == 10.3, "silence_after past the last thing heard"
+    fired = run_timers_until(finder, 10.56)
+    assert [(when, [p.endpoint for p in probes(a)]) for when, a in fired[:2]] == [(10.3, [PUBLIC_EP]),
+                                                                                   (10.425, [PUBLIC_EP])]
+    when, actions = fired[2]
+    assert when == 10.55
+    [change] = changes(actions)
+    assert (change.new, change.reason) == (RELAY_PATH, ChangeReason.PATH_SILENT)
+    assert EndpointsStale() in actions and probes(actions), "re-discover and punch at once"
+
+
+def test_an_answer_during_the_probes_keeps_the_path():
+    finder = direct_finder()
+    finder.traffic_received(PUBLIC_EP, 10.0)
+    finder.traffic_sent(10.2)
+    run_timers_until(finder, 10.3)
+    finder.traffic_received(PUBLIC_EP, 10.35)
+    run_timers_until(finder, 11.0)
+    assert finder.state is PathState.DIRECT and finder.current_path.endpoint == PUBLIC_EP
+
+
+def test_the_probes_wait_at_least_three_round_trips():
+    finder = direct_finder()
+    finder.stats.rtt = 0.2
+    finder.traffic_received(PUBLIC_EP, 10.0)
+    finder.traffic_sent(10.2)
+    fired = run_timers_until(finder, 11.0)
+    dead = [when for when, actions in fired if changes(actions)]
+    assert dead == [10.3 + 0.6]
+
+
+def test_only_traffic_sent_after_the_last_answer_counts():
+    finder = direct_finder()
+    finder.traffic_sent(9.0)
+    finder.traffic_received(PUBLIC_EP, 10.0)
+    run_timers_until(finder, 11.9)
+    assert finder.state is PathState.DIRECT
+
+
+def test_the_peer_sending_through_the_relay_while_the_path_is_silent_ends_it_at_once():
+    finder = direct_finder()
+    finder.traffic_received(PUBLIC_EP, 10.0)
+    finder.relay_traffic_received(10.2)
+    finder.handle_timer(10.2)
+    assert finder.state is PathState.DIRECT, "not yet silent for silence_after"
+    finder = direct_finder()
+    finder.traffic_received(PUBLIC_EP, 10.0)
+    finder.relay_traffic_received(10.4)
+    finder.handle_timer(10.4)
+    assert [c.reason for c in changes(finder.next_actions())] == [ChangeReason.PATH_SILENT]
+
+
+def test_a_silent_relay_path_asks_for_a_relay_check_once_per_silence_after():
+    finder = make_finder(PUBLIC, relay=True)
+    finder.want_path(0.0)
+    run_timers_until(finder, 2.0)
+    finder.next_actions()
+    finder.relay_traffic_received(2.5)
+    finder.traffic_sent(2.6)
+    assert finder.get_timer() <= 2.8
+    checks = [when for when, actions in run_timers_until(finder, 3.5) if RelaySilent() in actions]
+    assert checks == pytest.approx([2.8, 3.1, 3.4])
+    finder.relay_traffic_received(3.45)
+    assert all(RelaySilent() not in actions for _, actions in run_timers_until(finder, 3.7))
+
+
+def test_after_a_fall_back_punch_rounds_stay_two_seconds_apart_for_a_minute():
+    finder = direct_finder()
+    finder.handle_timer(100.0)
+    assert finder.current_path == RELAY_PATH
+    rounds = [when for when, actions in run_timers_until(finder, 200.0) if probes(actions)]
+    gaps = [b - a for a, b in zip(rounds, rounds[1:])]
+    in_window = [g for a, g in zip(rounds, gaps) if a < 160.0]
+    assert max(in_window) == 2.0
+    assert max(gaps) > 2.0, "after the window the usual backoff returns"
