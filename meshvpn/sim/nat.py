@@ -126,6 +126,18 @@ class Nat:
         self._by_flow.clear()
         self._by_port.clear()
 
+    def rebind(self) -> None:
+        """Forget every mapping and let other hosts take their public ports, so every LAN
+        endpoint's next flow gets a new one (a conntrack flush on a busy NAT)."""
+        ports = list(self._by_port)
+        self.flush()
+        expires = self.network.scheduler.now + self.behavior.mapping_timeout
+        for port in ports:
+            lan = (BACKGROUND_LAN_IP, port)
+            mapping = NatMapping(lan, (self.ip, port), (lan, None), expires)
+            self._by_flow[mapping.flow] = mapping
+            self._by_port[port] = mapping
+
     def outbound(self, dgram: Datagram) -> None:
         """Translate a datagram leaving the LAN and send it towards the parent realm."""
         mapping = self._mapping_for(dgram.src, dgram.dst)

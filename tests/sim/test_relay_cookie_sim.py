@@ -29,18 +29,31 @@ ASKED = "unproven hello: new or moved registration"
 
 
 class RelayingCoord(FakeCoord):
-    """The fake coord, whose welcome also names the relay and carries a token for it."""
+    """The fake coord, whose welcome also names the relays and carries a token for each."""
 
-    def __init__(self, net, nodes, relay, minter):
-        self.relay, self.minter = relay, minter
+    def __init__(self, net, nodes, relays, minter):
+        self.relays, self.minter = relays, minter
         super().__init__(net, nodes)
 
     def _send(self, node, msg):
         if isinstance(msg, m.Registered):
-            token, expires = self.minter.mint(self.relay.info.public_key, node.public, WALL + self.net.scheduler.now)
-            msg = replace(msg, relays=(self.relay.info,),
-                          relay_tokens=(m.RelayToken(self.relay.info.name, token, float(expires)),))
+            now = WALL + self.net.scheduler.now
+            tokens = []
+            for relay in self.relays:
+                token, expires = self.minter.mint(relay.info.public_key, node.public, now)
+                tokens.append(m.RelayToken(relay.info.name, token, float(expires)))
+            msg = replace(msg, relays=tuple(r.info for r in self.relays), relay_tokens=tuple(tokens))
         super()._send(node, msg)
+
+
+def behind_random_nats(net, seed, node_class=SimNode):
+    """Two nodes, each behind its own random-port NAT, so only a relay joins them."""
+    nodes = []
+    for i, site in enumerate(("192.0.2.10", "198.51.100.30")):
+        nat = Nat(net, site, SYMMETRIC_RANDOM)
+        host = Host(net, f"10.{i + 1}.0.11", realm=nat.lan)
+        nodes.append(node_class(net, seed + i, f"node{i}", f"100.64.0.{i + 1}", host, nat))
+    return nodes
 
 
 class Flood:
@@ -72,14 +85,10 @@ def test_under_a_hello_flood_new_nodes_register_over_udp_and_talk_through_the_re
     Flood(net.scheduler, relay, minter, random.Random(14))
     net.scheduler.run_for(0.2)
     assert relay.core.drops[ASKED] > 500, "the flood is on before the nodes come"
-    nodes = []
-    for i, site in enumerate(("192.0.2.10", "198.51.100.20")):
-        nat = Nat(net, site, SYMMETRIC_RANDOM)
-        host = Host(net, f"10.{i + 1}.0.11", realm=nat.lan)
-        nodes.append(SimNode(net, 300 + i, f"node{i}", f"100.64.0.{i + 1}", host, nat))
+    nodes = behind_random_nats(net, 300)
     a, b = nodes
     refused_before = relay.core.drops[ASKED]
-    RelayingCoord(net, nodes, relay, minter)
+    RelayingCoord(net, nodes, (relay,), minter)
     net.scheduler.run_for(0.5)
     for node in nodes:
         [link] = node.mem.node.relays.links.values()

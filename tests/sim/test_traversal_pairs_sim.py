@@ -187,10 +187,15 @@ class Node:
             elif isinstance(event, OpenMappings):
                 for probe in event.probes:
                     self._new_socket().sendto(probe, event.endpoint)
+            else:
+                self.on_event(event)
         if self._timer is not None:
             self._timer.cancel()
         when = core.get_timer()
         self._timer = None if when is None else self.world.net.scheduler.call_at(max(when, self.now), self._on_timer)
+
+    def on_event(self, event: object) -> None:
+        """Any other event of the core (a subclass may act on it)."""
 
     def _new_socket(self):
         sock = self.host.bind(0, None)
@@ -207,6 +212,8 @@ class Node:
 class World:
     """Two nodes, a STUN server, a relay and the fake coord on one simulated internet."""
 
+    node_class = Node
+
     def __init__(self, kind_a: Kind, kind_b: Kind, seed: int) -> None:
         self.seed = seed
         self.net = Network(Scheduler(), random.Random(seed))
@@ -215,7 +222,7 @@ class World:
         self.relay = Host(self.net, RELAY[0]).bind(RELAY[1], None)
         self.relay.on_receive = self._relay
         self.registered: dict[bytes, tuple[str, int]] = {}
-        self.a, self.b = Node(self, 0, kind_a), Node(self, 1, kind_b)
+        self.a, self.b = self.node_class(self, 0, kind_a), self.node_class(self, 1, kind_b)
         self.samples: dict[bytes, tuple[m.Endpoint, float]] = {}
 
     def start(self) -> None:
@@ -238,7 +245,9 @@ class World:
             self.registered[data[5:]] = src
             return
         envelope = wire.decode_relay(data)
-        sender = next(key for key, endpoint in self.registered.items() if endpoint == src)
+        sender = next((key for key, endpoint in self.registered.items() if endpoint == src), None)
+        if sender is None or envelope.node_key not in self.registered:
+            return
         self.relay.sendto(wire.encode_relay(sender, envelope.inner), self.registered[envelope.node_key])
 
     def coord_receive(self, node: Node, msg: m.Message) -> None:

@@ -1,0 +1,176 @@
+"""A NAT re-maps a node's public port mid-flow: traffic is back within 1 s, the path within 3 s.
+
+The world of `test_traversal_pairs_sim` (real `NodeCore`s behind simulated NATs, a STUN server,
+a relay and the fake coord), with the real data path (`DataPlane`) opening transport messages,
+so roaming and silence detection see what they see in the daemon. Around the core, the shell
+does what the daemon does: `DiscoverEndpoints` runs STUN again and then calls
+`endpoints_refreshed`, and says hello to the relay (our mapping may have moved); a silent relay
+(`relay_silent`) gets a hello at once.
+
+A steady flow (a packet every `GAP`, each echoed) runs from `a` to `b`; after `WARM_UP` the NAT
+in front of `a` forgets its mappings and gives their ports to other hosts (`Nat.rebind`).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from meshvpn import wire
+from meshvpn.node.datapath.dataplane import DataPlane
+from meshvpn.node.events import DiscoverEndpoints, PeerPathChanged
+from meshvpn.node.pathfinder import ChangeReason, PathKind
+from meshvpn.sim.nodes import ip_packet
+from meshvpn.wire import Endpoint, MessageType
+from test_traversal_pairs_sim import KINDS, NETWORK, RELAY, STUN, Node, World  # noqa: F401
+
+GAP = 0.02
+"""Seconds between the flow's packets."""
+WARM_UP = 6.0
+"""Seconds of flow before the NAT re-maps: every pair has settled on its path by then."""
+TRAFFIC_BACK = 1.0
+"""The target: no gap in either direction longer than this around the re-mapping."""
+PATH_BACK = 3.0
+"""The target: the pair is on the kind of path it had before within this."""
+PATH_BACK_BIRTHDAY = 4.0
+"""The same where a side is behind an endpoint-dependent random NAT: birthday probing is a
+lottery of punch rounds (the first meeting took 0.45-1.7 s, the second takes up to 3.1 s)."""
+BIRTHDAY = {"random-ports", "cgn"}
+SETTLE = 6.0
+"""Seconds the run goes on after the re-mapping."""
+
+
+class RoamingNode(Node):
+    """The traversal world's node with the real data path and the shell's answers to recovery."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.data = DataPlane(self.core)
+        self.discovering = False
+        self.reasons: list[str] = []
+        """Why the path to the peer changed, in order."""
+
+    def _datagram(self, data: bytes, src: Endpoint, via: int | None, relayed_from: bytes | None) -> None:
+        if data[1] not in (MessageType.DATA, MessageType.KEEPALIVE):
+            self.core.datagram_received(data, src, self.now, relayed_from, via)
+            return
+        message = data if relayed_from is None else wire.encode_relay(relayed_from, data)
+        for packet in self.data.inbound([(message, src)], self.now):
+            peer = self.core.peers.by_overlay[packet[12:16]]
+            payload = packet[20:]
+            self.received.append((self.now, payload))
+            if not payload.startswith(b"echo "):
+                self.core.packet_from_tun(peer, ip_packet(self.address, peer.address, b"echo " + payload), self.now)
+
+    def _stun_answer(self, via: int | None, data: bytes) -> None:
+        super()._stun_answer(via, data)
+        if via is None and self.discovering:
+            self.discovering = False
+            self.core.set_own_endpoints([Endpoint(self.host.ip, 41641)], Endpoint(*self.public_endpoint))
+            self.core.endpoints_refreshed(self.now)
+
+    def on_event(self, event: object) -> None:
+        if isinstance(event, PeerPathChanged):
+            self.reasons.append(event.reason)
+        elif isinstance(event, DiscoverEndpoints):
+            self.discovering = True
+            self.sock.sendto(b"S", STUN)
+            self.sock.sendto(b"hello" + self.public, RELAY)
+
+    def pump(self) -> None:
+        if self.core.relay_silent:
+            self.core.relay_silent = False
+            self.sock.sendto(b"hello" + self.public, RELAY)
+        super().pump()
+
+
+class RoamingWorld(World):
+    node_class = RoamingNode
+
+
+def flow(world: World, until: float) -> None:
+    """`a` sends a numbered packet to `b` every `GAP` until `until`; `b` echoes each."""
+    counter = itertools.count()
+
+    def tick() -> None:
+        world.a.send(world.b, b"%d" % next(counter))
+        if world.now + GAP < until:
+            world.net.scheduler.call_later(GAP, tick)
+    tick()
+
+
+def longest_gap(times: list[float], start: float, stop: float) -> float:
+    """The longest stretch within [start, stop] with nothing received."""
+    inside = [start] + [t for t in times if start <= t <= stop] + [stop]
+    return max(b - a for a, b in zip(inside, inside[1:]))
+
+
+def rebind_mid_flow(name_a: str, name_b: str) -> tuple[World, float, tuple, float | None]:
+    """Run the flow, re-map `a`'s NAT after `WARM_UP`: the world, when, both path kinds before, and
+    how long after the re-mapping both were back on those kinds (0: never left them; None: not back
+    within `SETTLE`)."""
+    world = RoamingWorld(KINDS[name_a], KINDS[name_b], seed=3)
+    world.start()
+    start = world.now
+    flow(world, start + WARM_UP + SETTLE + 1.0)
+    world.net.scheduler.run_until(start + WARM_UP)
+    kinds = lambda: (world.a.route_to(world.b).path.kind, world.b.route_to(world.a).path.kind)  # noqa: E731
+    before, event, back, left = kinds(), world.now, None, False
+    world.a.nat.rebind()
+    while world.now < event + SETTLE:
+        world.net.scheduler.run_until(world.now + 0.01)
+        left = left or kinds() != before or world.a.reasons[-1:] == [ChangeReason.PATH_SILENT]
+        if back is None and left and kinds() == before:
+            back = world.now - event
+    back = back if left else 0.0
+    return world, event, before, back if kinds() == before else None
+
+
+BUSY_SEQUENTIAL = {("sequential", "port-preserving"), ("sequential", "port-range"), ("sequential", "port-range-known")}
+"""`a` behind a busy sequential NAT: its data made the mapping towards `b` at the re-mapping, below
+the fresh sample the coord passes on, and background flows take the ports above it, so `b`'s
+predicted ports miss; the pair stays relayed (punching every `fast_backoff_max`)."""
+
+
+@pytest.mark.parametrize("name_a, name_b", [p for p in itertools.product(KINDS, repeat=2) if p not in BUSY_SEQUENTIAL])
+def test_a_nat_rebinding_mid_flow_costs_under_a_second_and_the_path_comes_back(name_a: str, name_b: str) -> None:
+    world, event, before, back = rebind_mid_flow(name_a, name_b)
+    assert_traffic_back(world, event)
+    assert back is not None and back <= (PATH_BACK_BIRTHDAY if BIRTHDAY & {name_a, name_b} else PATH_BACK)
+
+
+@pytest.mark.parametrize("name_a, name_b", sorted(BUSY_SEQUENTIAL))
+def test_behind_a_busy_sequential_nat_traffic_still_comes_back_within_a_second(name_a: str, name_b: str) -> None:
+    world, event, before, back = rebind_mid_flow(name_a, name_b)
+    assert_traffic_back(world, event)
+    assert before == (PathKind.DIRECT, PathKind.DIRECT) and back is None
+    assert world.a.route_to(world.b).path.kind is PathKind.RELAY
+
+
+def assert_traffic_back(world: World, event: float) -> None:
+    """Neither direction of the flow stopped for `TRAFFIC_BACK` around the re-mapping."""
+    to_b = [t for t, payload in world.b.received if not payload.startswith(b"echo ")]
+    to_a = [t for t, payload in world.a.received if payload.startswith(b"echo ")]
+    assert longest_gap(to_b, event - 0.5, event + SETTLE) < TRAFFIC_BACK
+    assert longest_gap(to_a, event - 0.5, event + SETTLE) < TRAFFIC_BACK
+
+
+def test_the_far_side_roams_at_once_behind_a_full_cone() -> None:
+    """Behind a full cone the peer lets the new port in, so it moves there with the first newest packet."""
+    world, event, before, back = rebind_mid_flow("port-preserving", "full-cone")
+    assert before == (PathKind.DIRECT, PathKind.DIRECT)
+    b_paths = world.b.core.peers.by_key[world.a.public].paths
+    assert b_paths.current_path.endpoint[1] != 41641, "b moved to a's new port"
+    assert b_paths.stats.path_changes >= 2
+    assert longest_gap([t for t, p in world.a.received], event - 0.5, event + 1.0) < 0.2
+
+
+def test_a_dead_direct_path_is_left_for_the_relay_and_regained() -> None:
+    """Both port-restricted: `b`'s NAT filters `a`'s new port, so `a` falls back, re-discovers and
+    punches again through the coord; `b` follows by roaming or by its own punch."""
+    world, event, before, back = rebind_mid_flow("port-preserving", "port-preserving")
+    assert before == (PathKind.DIRECT, PathKind.DIRECT) and back is not None and back < 1.0
+    assert world.a.public_endpoint[1] != 41641, "a re-discovered its new mapping"
+    assert world.a.reasons[-2:] == [ChangeReason.PATH_SILENT, ChangeReason.PUNCHED]
+    assert world.b.reasons[-1] in (ChangeReason.ROAMED, ChangeReason.PUNCHED)
