@@ -34,13 +34,15 @@ for _ in range(20):
 
 
 def two_site_mesh(topo: Topology, workdir: Path, nat_a, nat_b, hosts_a: int = 1, hosts_b: int = 1,
-                  behind_a: str | None = None) -> Mesh:
-    """A relay, sites `a` and `b` behind the given NATs, a coord, and daemons a1 and b1 registered."""
-    topo.add_server("relay", addrs=[RELAY_ADDR])
+                  behind_a: str | None = None, relays: tuple[tuple[str, str], ...] = (("relay", RELAY_ADDR),)) -> Mesh:
+    """Relays (name, address), sites `a` and `b` behind the given NATs, a coord, and daemons a1 and b1 registered."""
+    for name, address in relays:
+        topo.add_server(name, addrs=[address])
     topo.add_site("a", nat=nat_a, hosts=hosts_a, behind=behind_a)
     topo.add_site("b", nat=nat_b, hosts=hosts_b)
     mesh = Mesh(workdir, topo.host("coord"), COORD_ADDR)
-    mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR)
+    for name, address in relays:
+        mesh.start_relay(name, topo.host(name), address)
     mesh.start_coord()
     key, _ = mesh.create_auth_key()
     for name in ("a1", "b1"):

@@ -1,0 +1,128 @@
+"""Paths that survive the network changing under them: real daemons, kernel NATs, a running transfer.
+
+Each test runs a checksummed TCP transfer a1 → b1 that must arrive intact, and beside it a trickle
+a1 → b1 (a datagram every 50 ms, echoed) whose arrival times, stamped by the receiver, give the
+outage. Times of path changes come from the daemons' own log lines, measured from the moment the
+test starts the event, so they include the event's own duration (a few processes spawned in the
+NAT's namespace), and are, if anything, a little long.
+
+Margins for a loaded 2-core machine (the test's processes, eight daemons' worth of load): the
+targets are 1 s for traffic back and 3 s for direct again (NAT re-mapping), 2 s of outage for a
+dead relay; each assertion adds `MARGIN` for scheduling delay in the daemon's loop and the
+receiver, as the relay tests do.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from meshvpn.lab import NatKind, Topology
+from meshvpn.lab.mesh import Mesh, wait_for
+from meshvpn.lab.timing import arrivals, logged_at, receiver, trickle
+from meshvpn.lab.transfer import transfer
+
+from test_relay_lab import RELAY_ADDR, two_site_mesh
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
+
+RELAY2_ADDR = "203.0.113.21"
+TRICKLE_PORT = 9003
+MARGIN = 0.5
+"""Seconds added to each target for a loaded machine (see the module docstring)."""
+RUN = 12.0
+"""Seconds the transfer and the trickle run; the event comes after `BEFORE`."""
+BEFORE = 4.0
+
+
+class Trickle:
+    """A trickle a1 → b1 with its receiver; `arrived` fills in the background."""
+
+    def __init__(self, mesh: Mesh, seconds: float) -> None:
+        self.mesh = mesh
+        self.listening = receiver(mesh.nodes["b1"].ns, mesh.overlay("b1"), TRICKLE_PORT, seconds + 5)
+        self.sender, self.started = trickle(mesh.nodes["a1"].ns, mesh.overlay("b1"), TRICKLE_PORT, seconds)
+        self.arrived: list[float] = []
+        self._reader = threading.Thread(target=lambda: self.arrived.extend(arrivals(self.listening)), daemon=True)
+        self._reader.start()
+
+    def stop(self) -> None:
+        self.mesh.nodes["a1"].ns.stop(self.sender)
+        self.mesh.nodes["b1"].ns.stop(self.listening)
+        self._reader.join(5)
+
+    def longest_gap(self, start: float, stop: float) -> float:
+        inside = [start] + [t for t in self.arrived if start <= t <= stop] + [stop]
+        return max(b - a for a, b in zip(inside, inside[1:]))
+
+
+def during_transfer(mesh: Mesh, event) -> tuple[Trickle, float, float]:
+    """Run the transfer and the trickle, call `event()` after `BEFORE` seconds; the trickle and
+    when the event started and ended (wall clock)."""
+    flow = Trickle(mesh, RUN)
+    happened: list[float] = []
+
+    def later() -> None:
+        time.sleep(BEFORE)
+        happened.append(time.time())
+        event()
+        happened.append(time.time())
+
+    try:
+        sent, received = transfer(mesh.nodes["a1"].ns, mesh.nodes["b1"].ns, mesh.overlay("b1"),
+                                  size=24 << 20, over=RUN, during=later)
+    finally:
+        flow.stop()
+    assert received.same_data(sent) and sent.bytes == 24 << 20, f"sent {sent}, received {received}"
+    return flow, happened[0], happened[1]
+
+
+def direct_again(mesh: Mesh, node: str, peer: str, after: float) -> float:
+    """Seconds from `after` to `node`'s log line putting `peer` on a direct path."""
+    needle = re.compile(rf"path to {re.escape(peer)}: .* -> direct\b")
+    when = wait_for(lambda: logged_at(mesh.dir / f"{node}.log", needle, after), 10, f"{node} direct to {peer}")
+    return when - after
+
+
+@pytest.fixture
+def direct_mesh(topo: Topology, tmp_path: Path, meshes: list[Mesh]) -> Mesh:
+    meshes.append(two_site_mesh(topo, tmp_path, NatKind.PORT_PRESERVING, NatKind.PORT_PRESERVING))
+    assert meshes[-1].wait_for_paths({("a1", "b1"): ("direct",), ("b1", "a1"): ("direct",)}, timeout=15)
+    return meshes[-1]
+
+
+def test_a_nat_that_re_maps_mid_transfer_costs_under_a_second_and_direct_is_back_within_3s(
+        direct_mesh: Mesh, topo: Topology) -> None:
+    mesh = direct_mesh
+    before = mesh.peer("b1", "a1")["endpoint"]
+    # The NAT in front of a1 forgets every mapping and now maps into 30000-40000: a1's flows
+    # continue from a new public port (a conntrack flush plus a new masquerade mapping).
+    flow, start, end = during_transfer(mesh, lambda: topo.set_nat("a", NatKind.PORT_RANGE))
+    gap = flow.longest_gap(start - 1.0, end + 4.0)
+    back = max(direct_again(mesh, "a1", "b1", start), direct_again(mesh, "b1", "a1", start))
+    print(f"re-mapping (took {end - start:.2f} s): longest gap {gap:.2f} s, both direct {back:.2f} s after it began")
+    assert gap < 1.0 + MARGIN, f"no traffic for {gap:.2f} s"
+    assert back < 3.0 + MARGIN, f"direct again only after {back:.2f} s"
+    assert mesh.peer("a1", "b1")["path"] == mesh.peer("b1", "a1")["path"] == "direct"
+    assert mesh.peer("b1", "a1")["endpoint"] != before, "b1 follows a1 to its new port"
+
+
+def test_a_dead_relay_is_left_within_2s_mid_transfer(topo: Topology, tmp_path: Path, meshes: list[Mesh]) -> None:
+    mesh = two_site_mesh(topo, tmp_path, NatKind.RANDOM_PORTS, NatKind.RANDOM_PORTS,
+                         relays=(("relay", RELAY_ADDR), ("relay2", RELAY2_ADDR)))
+    meshes.append(mesh)
+    wait_for(lambda: all(r["ready"] for n in ("a1", "b1") for r in mesh.status(n)["self"]["relays"]), 15,
+             "both nodes to reach both relays")
+    assert mesh.wait_for_paths({("a1", "b1"): ("relay",), ("b1", "a1"): ("relay",)}, timeout=15)
+    home = next(r["name"] for r in mesh.status("a1")["self"]["relays"] if r["home"])
+    relay = mesh.relays[home]
+    flow, start, end = during_transfer(mesh, lambda: relay.ns.stop(relay.proc))
+    gap = flow.longest_gap(start - 1.0, end + 4.0)
+    homes = {n: next((r["name"] for r in mesh.status(n)["self"]["relays"] if r["home"]), None) for n in ("a1", "b1")}
+    print(f"relay kill: longest gap {gap:.2f} s; homes now {homes}")
+    assert gap < 2.0 + MARGIN, f"no traffic for {gap:.2f} s"
+    assert home not in homes.values() and None not in homes.values()
