@@ -7,8 +7,8 @@ us, a relay died), and the transfer stalls until we notice. So, per peer:
 * direct path: sent since the last thing heard, and nothing heard for `silence_after`: probe
   at once, again halfway through `silence_timeout` (at least three RTTs); nothing heard by
   then: the path is dead (`Verdict.DEAD`).
-  Traffic from the peer through a relay while the direct path has been silent for
-  `silence_after` means the peer gave up on it: dead at once.
+  Traffic from the peer through a relay while we send on a direct path that has been silent
+  for `silence_after` means the peer gave up on it: dead at once.
 * relay path: sent since the last thing that came through a relay, and nothing for
   `silence_after`: check the relay (`Verdict.CHECK_RELAY`), at most once per `silence_after`.
 
@@ -91,7 +91,7 @@ class SilenceWatch:
         """What the path needs at `now`; a verdict other than QUIET is acted on by the caller."""
         if self.suspect_at is not None and (not direct or last_heard >= self.suspect_at):
             self.suspect_at = None
-        if direct and self.relay_heard > last_heard + self.timing.silence_after:
+        if direct and self.last_sent > last_heard and self.relay_heard > last_heard + self.timing.silence_after:
             self.suspect_at = None
             return Verdict.DEAD
         deadline = self.deadline(direct, on_relay, last_heard, last_probe, rtt)

@@ -14,6 +14,7 @@ in front of `a` forgets its mappings and gives their ports to other hosts (`Nat.
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
@@ -21,9 +22,10 @@ from meshvpn import wire
 from meshvpn.node.datapath.dataplane import DataPlane
 from meshvpn.node.events import DiscoverEndpoints, PeerPathChanged
 from meshvpn.node.pathfinder import ChangeReason, PathKind
+from meshvpn.sim import PORT_RESTRICTED_CONE
 from meshvpn.sim.nodes import ip_packet
 from meshvpn.wire import Endpoint, MessageType
-from test_traversal_pairs_sim import KINDS, NETWORK, RELAY, STUN, Node, World  # noqa: F401
+from test_traversal_pairs_sim import EASY, KINDS, RELAY, STUN, Kind, Node, World
 
 GAP = 0.02
 """Seconds between the flow's packets."""
@@ -174,3 +176,21 @@ def test_a_dead_direct_path_is_left_for_the_relay_and_regained() -> None:
     assert world.a.public_endpoint[1] != 41641, "a re-discovered its new mapping"
     assert world.a.reasons[-2:] == [ChangeReason.PATH_SILENT, ChangeReason.PUNCHED]
     assert world.b.reasons[-1] in (ChangeReason.ROAMED, ChangeReason.PUNCHED)
+
+
+def test_an_idle_pair_behind_nats_that_forget_after_10s_answers_at_once_after_a_minute() -> None:
+    """The issue's row to keep: mappings time out after 10 s, the pair idles for 60 s, and the first
+    packet afterwards is answered within 0.1 s (the idle path's liveness probes hold the mappings)."""
+    forgetful = Kind(replace(PORT_RESTRICTED_CONE, mapping_timeout=10.0), EASY)
+    world = RoamingWorld(forgetful, forgetful, seed=3)
+    world.start()
+    world.a.send(world.b, b"hello")
+    world.net.scheduler.run_for(5.0)
+    assert world.a.route_to(world.b).path.kind is PathKind.DIRECT
+    world.net.scheduler.run_for(60.0)
+    sent = world.now
+    world.a.send(world.b, b"after a minute")
+    world.net.scheduler.run_for(1.0)
+    [(answered, _)] = [(t, p) for t, p in world.a.received if p == b"echo after a minute"]
+    assert answered - sent < 0.1
+    assert world.a.route_to(world.b).path.kind is PathKind.DIRECT

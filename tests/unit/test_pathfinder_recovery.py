@@ -92,6 +92,9 @@ def test_the_peer_sending_through_the_relay_while_the_path_is_silent_ends_it_at_
     finder.traffic_received(PUBLIC_EP, 10.0)
     finder.relay_traffic_received(10.4)
     finder.handle_timer(10.4)
+    assert finder.state is PathState.DIRECT, "we send nothing: the relayed traffic may be the peer's choice"
+    finder.traffic_sent(10.4)
+    finder.handle_timer(10.4)
     assert [c.reason for c in changes(finder.next_actions())] == [ChangeReason.PATH_SILENT]
 
 
