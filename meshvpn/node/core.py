@@ -190,6 +190,8 @@ class NodeCore(Punching, HandshakeCookies, Recovery):
             self.peers.readdress(peer, info)
             if self.traversal.set_peer_nat(info.key, info.nat):
                 peer.paths.strategy = self.traversal.strategy(info.key)
+            if peer.route is not None and peer.route.path is RELAY_PATH:
+                peer.route = self.routes.for_path(peer.key, RELAY_PATH, info.home_relay)
         peer.paths.set_candidates(candidates_of(info), now)
 
     def remove_peer(self, key: bytes, reason: str) -> None:
@@ -205,13 +207,15 @@ class NodeCore(Punching, HandshakeCookies, Recovery):
 
     # ---- relay --------------------------------------------------------------------
 
-    def set_relay(self, endpoint: Optional[Endpoint], now: float) -> None:
-        """The relay transport is ready at ``endpoint`` (or gone, with None)."""
+    def set_relay(self, endpoint: Optional[Endpoint], now: float, ready: Optional[dict[str, Endpoint]] = None) -> None:
+        """The home relay is ready at ``endpoint`` (or gone, with None); ``ready``: every ready relay by name."""
         self.routes.relay_endpoint = endpoint
+        if ready is not None:
+            self.routes.ready_relays = ready
         for peer in self.peers:
             peer.paths.relay_ready(self.routes.relay_ready(peer.key), now)
             if peer.route is not None and peer.route.path is RELAY_PATH:
-                peer.route = self.routes.for_path(peer.key, RELAY_PATH)
+                peer.route = self.routes.for_path(peer.key, RELAY_PATH, peer.info.home_relay)
             self._drain_paths(peer, now)
 
     def set_tcp_path(self, peer_key: bytes, endpoint: Optional[TcpEndpoint], now: float) -> None:
@@ -400,7 +404,7 @@ class NodeCore(Punching, HandshakeCookies, Recovery):
         """Carry out the path finder's probes and path changes."""
         for action in peer.paths.next_actions():
             if isinstance(action, PathChanged):
-                peer.route = self.routes.for_path(peer.key, action.new)
+                peer.route = self.routes.for_path(peer.key, action.new, peer.info.home_relay)
                 if action.new is not None and action.new.kind is not PathKind.RELAY:
                     self.traversal.path_found(peer.key)
                 self._events.append(PeerPathChanged(peer.name, action.old, action.new, action.reason.value))

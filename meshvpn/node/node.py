@@ -411,7 +411,7 @@ class Node:
             events += 1
             self._out.append(event)
             if isinstance(event, ev.DiscoverEndpoints):
-                self.relays.check(now, every=True)
+                self.relays.check(now)
             if isinstance(event, ev.PeerDown):
                 self._forget_departed()
             elif isinstance(event, ev.PeerPathChanged):
@@ -440,7 +440,7 @@ class Node:
         home = relays.home
         self._out.append(ev.RelayHomeChanged(None if home is None else home.name,
                                              None if home is None else home.transport_name))
-        self.core.set_relay(relays.home_endpoint(), now)
+        self.core.set_relay(relays.home_endpoint(), now, relays.ready_endpoints())
         if home is not None:
             self._out.append(ev.SendCoord(m.RelayHome(home.name)))
         return True

@@ -16,7 +16,7 @@ A part of :class:`~meshvpn.node.core.NodeCore` (its base class), one concern wit
   so the peer learns our new mapping and both punch again.
   The same after a (re-)registration: a NAT that re-mapped us often cut the coord link too, so
   the requests made before the coord had our new endpoints were lost with it.
-* A relay path that went silent raises ``relay_silent``; the node checks its relay.
+* A relay path that went silent raises ``relay_silent``; the node checks its relays.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Which :class:`~meshvpn.node.peers.Route` realises a peer's path: where its messages go, and with what prefix.
 
-Direct, LAN and TCP paths send to the path's own endpoint. The relay path sends to the home relay
-with a relay envelope naming the peer, or, while no meshvpn relay is ready, to the peer's TURN
+Direct, LAN and TCP paths send to the path's own endpoint. The relay path sends to the peer's home
+relay when ours to it is ready, else to our home, with a relay envelope naming the peer, or, while no meshvpn relay is ready, to the peer's TURN
 relayed address (the node frames those as ChannelData; docs/relay.md). Replies to a message go
 back the way it came: straight to its source, or inside an envelope to the relay it came through.
 """
@@ -25,6 +25,8 @@ class Routes:
     def __init__(self) -> None:
         self.relay_endpoint: Optional[Endpoint] = None
         """The home relay's endpoint while a relay is ready; None otherwise."""
+        self.ready_relays: dict[str, Endpoint] = {}
+        """Every relay whose link is ready, by name: a peer's home among them carries its relay path."""
         self.turn: dict[bytes, Endpoint] = {}
         """Peer key → the peer's TURN relayed address: its relay path while no meshvpn relay is ready."""
         self.transport_for: Callable[[Endpoint], Transport] = lambda endpoint: MAIN_SOCKET
@@ -34,15 +36,18 @@ class Routes:
         """Whether the peer `key` could be reached through a relay now."""
         return self.relay_endpoint is not None or key in self.turn
 
-    def for_path(self, key: bytes, path: Optional[Path]) -> Optional[Route]:
-        """The route that realises `path` to peer `key`; None without a path (or a relay to take)."""
+    def for_path(self, key: bytes, path: Optional[Path], home: Optional[str] = None) -> Optional[Route]:
+        """The route that realises `path` to peer `key`, whose home relay is `home`; None without a
+        path (or a relay to take). The relay path goes through the peer's home when our link to it
+        is ready (the relay the peer itself found working), else through ours."""
         if path is None:
             return None
         if path.kind is PathKind.RELAY:
             if self.relay_endpoint is None:
                 turn = self.turn.get(key)
                 return None if turn is None else self._route(path, turn)
-            return self._route(path, self.relay_endpoint, _RELAY_HEADER + key)
+            relay = self.ready_relays.get(home or "", self.relay_endpoint)
+            return self._route(path, relay, _RELAY_HEADER + key)
         if path.kind is PathKind.TCP:
             return self._route(path, path.endpoint)
         return self._route(path, Endpoint(*path.endpoint))

@@ -10,7 +10,7 @@ us, a relay died), and the transfer stalls until we notice. So, per peer:
   Traffic from the peer through a relay while we send on a direct path that has been silent
   for `silence_after` means the peer gave up on it: dead at once.
 * relay path: sent since the last thing that came through a relay, and nothing for
-  `silence_after`: check the relay (`Verdict.CHECK_RELAY`), at most once per `silence_after`.
+  `silence_after`: check the relays (`Verdict.CHECK_RELAY`), at most once per `silence_after`.
 
 Sans-IO: `PathFinder` feeds it what it knows and acts on the verdict.
 """
@@ -24,7 +24,7 @@ from typing import Optional
 
 @dataclass(frozen=True)
 class RelaySilent:
-    """Traffic went out through the relay and nothing came back for `silence_after`: check the relay."""
+    """Traffic went out through a relay and nothing came back for `silence_after`: check the relays."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Verdict(enum.Enum):
     DEAD = "dead"
     """The direct path stayed silent through its probes."""
     CHECK_RELAY = "check relay"
-    """Ask the node to check the relay it sends through."""
+    """Ask the node to check its relays."""
 
 
 @dataclass

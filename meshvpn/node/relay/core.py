@@ -119,10 +119,10 @@ class RelaySet:
             link.hello_now(now)
         self._drain(now)
 
-    def check(self, now: float, every: bool = False) -> None:
-        """Check home now (relayed traffic went unanswered), or `every` ready link (our mapping may
-        have moved: a hello re-registers it); a link that does not answer within a second is left."""
-        for link in self.links.values() if every else [self.home] if self.home is not None else []:
+    def check(self, now: float) -> None:
+        """Relayed traffic went unanswered, or our mapping may have moved: every ready link says hello
+        now (which also re-registers a moved mapping); one that does not answer within a second is left."""
+        for link in self.links.values():
             link.check(now)
         self._drain(now)
 
@@ -168,6 +168,10 @@ class RelaySet:
         """Whether home changed (or became ready or not) since the last call."""
         changed, self._home_changed = self._home_changed, False
         return changed
+
+    def ready_endpoints(self) -> dict[str, Endpoint]:
+        """Every ready relay's endpoint by name: where a peer whose home it is can be reached."""
+        return {name: relay_endpoint(link.info) for name, link in self.links.items() if link.ready}
 
     def home_endpoint(self) -> Optional[Endpoint]:
         """Where relayed packets go: home's endpoint, or None without a ready relay."""
