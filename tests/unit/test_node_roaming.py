@@ -2,6 +2,8 @@
 
 import random
 
+import pytest
+
 from meshvpn.node.pathfinder import ChangeReason, PathKind
 from meshvpn.node import events as ev
 from meshvpn.sim.nodes import ALICE_AT, alice_and_bob, ip_packet
@@ -63,3 +65,15 @@ def test_an_old_packet_never_seen_from_a_new_source_is_delivered_but_moves_nothi
     peer = bob.peers.by_key[alice.public]
     assert peer.route.endpoint == ALICE_AT and peer.last_rx_src == ALICE_AT and peer.last_rx == 1.0
     assert [e for e in bob.take_events() if isinstance(e, ev.PeerPathChanged)] == []
+
+
+def test_the_core_looks_at_the_traffic_times_every_tenth_of_a_second_while_traffic_flows():
+    alice, bob, wire = alice_and_bob(random.Random)
+    alice.send(ip_packet(alice.address, bob.address, b"hi"), 0.0)
+    wire.pump(0.0)
+    wire.tick(1.0)
+    assert alice.node.get_timer() == pytest.approx(1.1), "traffic 1 s ago: keep looking"
+    for now in range(2, 31):
+        wire.tick(float(now))
+    assert bob.peers.by_key[alice.public].route.path.kind is PathKind.DIRECT
+    assert alice.node.get_timer() > 30.5, "idle for more than WATCH_IDLE: only the path's own timers"
