@@ -36,6 +36,7 @@ from meshvpn.node.core import CoreConfig, NodeCore
 from meshvpn.node.lanparty import LanParty
 from meshvpn.node.peers import Peer, PeerTable
 from meshvpn.node.prediction import NatProfile
+from meshvpn.node.recovery import NodeRecovery
 from meshvpn.node.relay.link import Transport as RelayTransport
 from meshvpn.node.relay.core import RelaySet, relay_endpoint
 from meshvpn.node.tcp.core import PathDown, PathUp, TcpEndpoint, TcpPunch, WantPunch
@@ -53,7 +54,7 @@ _SETTLE_ROUNDS = 8
 """Rounds of passing one machine's news to the others; two or three always suffice."""
 
 
-class Node:
+class Node(NodeRecovery):
     """Everything one node decides, without I/O; the data path reads ``peers`` directly."""
 
     def __init__(self, private_key: bytes, random_bytes: Callable[[int], bytes],
@@ -253,16 +254,6 @@ class Node:
         self._settle(now)
         return sent
 
-    def roamed(self, peer: Peer, src: Endpoint, now: float) -> None:
-        """The data path saw the newest data of the peer's current session arrive from a new ``src``."""
-        self.core.roamed(peer, src, now)
-        self._settle(now)
-
-    def endpoints_refreshed(self, now: float) -> None:
-        """The shell finished the endpoint discovery ``DiscoverEndpoints`` asked for (changes already reported)."""
-        self.core.endpoints_refreshed(now)
-        self._settle(now)
-
     def datagram_received(self, data: bytes, src: Endpoint, now: float) -> None:
         """The data path's name for :meth:`receive_datagram` (it calls its core this way)."""
         self.receive_datagram(data, src, now)
@@ -402,16 +393,10 @@ class Node:
             self._send(dst, data, now)
         messages = core.coord_messages_to_send()
         self._out += map(ev.SendCoord, messages)
-        events = 0
-        if core.relay_silent:
-            core.relay_silent = False
-            self.relays.check(now)
-            events += 1
+        events = int(self._check_relays(now))
         while (event := core.next_event()) is not None:
             events += 1
             self._out.append(event)
-            if isinstance(event, ev.DiscoverEndpoints):
-                self.relays.check(now)
             if isinstance(event, ev.PeerDown):
                 self._forget_departed()
             elif isinstance(event, ev.PeerPathChanged):

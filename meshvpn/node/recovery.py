@@ -16,7 +16,9 @@ A part of :class:`~meshvpn.node.core.NodeCore` (its base class), one concern wit
   so the peer learns our new mapping and both punch again.
   The same after a (re-)registration: a NAT that re-mapped us often cut the coord link too, so
   the requests made before the coord had our new endpoints were lost with it.
-* A relay path that went silent raises ``relay_silent``; the node checks its relays.
+* A relay path that went silent, or a direct path that died (our mapping may have moved, and a
+  hello re-registers it), raises ``check_relays``; the node (:class:`NodeRecovery`, a part of
+  :class:`~meshvpn.node.node.Node`) has its relay links check themselves.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ DISCOVER_INTERVAL = 1.0
 class Recovery:
     """The roaming and silence methods of the node core (which provides every attribute used here)."""
 
-    relay_silent: bool = False
-    """Some peer's relay path went silent since the node last looked (it clears this)."""
+    check_relays: bool = False
+    """The relay links should check themselves (a relay path went silent, or a path died); the node clears it."""
     _watched_at: float = float("-inf")
     _discover_at: float = float("-inf")
 
@@ -74,7 +76,31 @@ class Recovery:
     def _path_news(self, action: object, now: float) -> None:
         """A path finder's request other than a probe or a path change."""
         if isinstance(action, RelaySilent):
-            self.relay_silent = True
+            self.check_relays = True
         elif isinstance(action, EndpointsStale) and now >= self._discover_at + DISCOVER_INTERVAL:
             self._discover_at = now
+            self.check_relays = True
             self._events.append(DiscoverEndpoints())
+
+
+class NodeRecovery:
+    """The node's side of recovery: inputs from the data path and the shell, and relay checks
+    (:class:`~meshvpn.node.node.Node` provides ``core``, ``relays`` and ``_settle``)."""
+
+    def roamed(self, peer: Peer, src: Endpoint, now: float) -> None:
+        """The data path saw the newest data of the peer's current session arrive from a new ``src``."""
+        self.core.roamed(peer, src, now)
+        self._settle(now)
+
+    def endpoints_refreshed(self, now: float) -> None:
+        """The shell's endpoint round that ``DiscoverEndpoints`` asked for reported (to the coord too)."""
+        self.core.endpoints_refreshed(now)
+        self._settle(now)
+
+    def _check_relays(self, now: float) -> bool:
+        """Have the relay links check themselves if the core asked; True if they did."""
+        if not self.core.check_relays:
+            return False
+        self.core.check_relays = False
+        self.relays.check(now)
+        return True

@@ -4,8 +4,8 @@ The world of `test_traversal_pairs_sim` (real `NodeCore`s behind simulated NATs,
 a relay and the fake coord), with the real data path (`DataPlane`) opening transport messages,
 so roaming and silence detection see what they see in the daemon. Around the core, the shell
 does what the daemon does: `DiscoverEndpoints` runs STUN again and then calls
-`endpoints_refreshed`, and says hello to the relay (our mapping may have moved); a silent relay
-(`relay_silent`) gets a hello at once.
+`endpoints_refreshed`; when the core asks the relay links to check themselves (`check_relays`: a
+relay path went silent, or a path died and our mapping may have moved), a hello goes to the relay.
 
 A steady flow (a packet every `GAP`, each echoed) runs from `a` to `b`; after `WARM_UP` the NAT
 in front of `a` forgets its mappings and gives their ports to other hosts (`Nat.rebind`).
@@ -78,11 +78,10 @@ class RoamingNode(Node):
         elif isinstance(event, DiscoverEndpoints):
             self.discovering = True
             self.sock.sendto(b"S", STUN)
-            self.sock.sendto(b"hello" + self.public, RELAY)
 
     def pump(self) -> None:
-        if self.core.relay_silent:
-            self.core.relay_silent = False
+        if self.core.check_relays:
+            self.core.check_relays = False
             self.sock.sendto(b"hello" + self.public, RELAY)
         super().pump()
 

@@ -289,9 +289,10 @@ def test_a_check_of_a_dead_relay_makes_the_link_not_ready_within_the_check_timeo
     h.token(0.0)
     h.step(0.0)
     h.udp_works = False
+    hellos = h.sent.count(SendUdp)
     h.link.check(1.0)
     h.step(1.0)
-    assert h.sent.count(SendUdp) == 2, "the check says hello at once"
+    assert h.sent.count(SendUdp) == hellos + 1, "the check says hello at once"
     assert h.link.get_timer() == 1.5
     h.step(1.5)
     assert h.events == [(0.0, True), (1.5, False)]
