@@ -120,8 +120,10 @@ def test_a_node_that_moves_to_another_site_notices_at_once_and_comes_back(mesh: 
     assert noticed - moved_at[0] < 1.0
     assert public.startswith(topo.addr("c") + ":"), "the new public endpoint was not learnt"
     assert coord_up - usable < 3.0
+    # 1 s targets, with 0.5 s for a loaded 2-core machine: b1 roams to a1's new address with a1's
+    # first authenticated packet from there, so the way back is as quick as the way out
     assert back["b1"] is not None and back["b1"] < 1.5
-    assert back["a1"] is not None
+    assert back["a1"] is not None and back["a1"] < 1.5
     changes = mesh.peer("b1", "a1")["path_changes"]
     print("b1's path changes towards a1:", ", ".join(change["text"] for change in changes))
     # b1 either roams to a1's new address with a1's first packet from there (untimed: one direct
