@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import TYPE_CHECKING, Hashable
 
 from meshvpn.control import messages as m
 from meshvpn.errors import LocalProtocolError
 from meshvpn.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from meshvpn.coord.store import NodeRecord
 
 REGISTER_TIMEOUT = 10.0
 """Seconds an authenticated connection has to send `register`; then it is closed."""
@@ -116,3 +119,22 @@ class Connection:
         """When the connection is closed unless it is heard from (or registers) first."""
         silent = self.last_heard + silence_limit
         return min(silent, self.opened + REGISTER_TIMEOUT) if self.state is ConnState.NEW else silent
+
+
+def peer_info(node: NodeRecord, conn: Connection | None) -> m.PeerInfo:
+    """What peers see of `node`: its record, and while it is online on `conn` the live facts."""
+    return m.PeerInfo(
+        key=node.key,
+        name=node.name,
+        address=node.address,
+        online=conn is not None,
+        local_endpoints=node.local_endpoints,
+        public_endpoint=node.public_endpoint,
+        observed_host=None if conn is None else conn.observed_host,
+        home_relay=None if conn is None else conn.home_relay,
+        turn_relayed=(conn.turn_relayed or None) if conn is not None else None,
+        public_tcp=None if conn is None else conn.public_tcp,
+        last_seen=node.last_seen,
+        nat=None if conn is None else conn.nat,
+        groups=(conn.groups or None) if conn is not None else None,
+    )

@@ -1,5 +1,5 @@
-"""What the membership core hands out: the actions it queues for its shell (`Send`, `Close`,
-`Log`), and for admins a node's status and the error of a request that cannot be met."""
+"""What the membership core hands out: the actions it queues for its shell (`Send`, `SendMap`,
+`Close`, `Log`), and for admins a node's status and the error of a request that cannot be met."""
 
 from __future__ import annotations
 
@@ -19,6 +19,15 @@ class Send:
     message: m.Message
     payload: bytes | None = field(default=None, compare=False, repr=False)
     """`message` already encoded (peer maps and updates, from each peer's cached JSON), or None."""
+
+
+@dataclass(frozen=True)
+class SendMap:
+    """Send connection `conn_id` its full peer map (`Membership.peer_map`), when the shell has
+    room: after a restart thousands of nodes register at once, and their maps built together
+    would all sit in memory (megabytes each at 10,000 nodes)."""
+
+    conn_id: Hashable
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,7 @@ class Announce:
     instance already told the others about."""
 
 
-Action = Union[Send, Close, Log, Announce]
+Action = Union[Send, SendMap, Close, Log, Announce]
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ loop, they took most of an hour at 10,000 nodes, and handshakes waiting behind t
 their deadline. The membership core now says *what* changed (one `Announce` per change, see
 `Membership.actions`), and this module decides how it travels:
 
-* A network's changes wait at most `FanoutSettings.window` seconds after the first one. A
+* A network's changes wait at most one window after the first one: `FanoutSettings.window`
+  seconds, longer in a large network (`window_per_node`, up to `max_window`), whose every round
+  costs a frame per online node. A
   later change of the same peer replaces the earlier one; a removal cancels an update (and an
   update after a removal replaces it), so a window holds each peer once, in its latest state.
 * When the window is due it becomes a *round*: the frames are built once for the whole network
@@ -48,7 +50,13 @@ class FanoutSettings:
     """How long announcements wait to be coalesced, and how many nodes one drain serves."""
 
     window: float = 0.25
-    """Seconds a network's first pending change waits for later ones to join it."""
+    """Seconds a network's first pending change waits for later ones to join it (at least)."""
+    window_per_node: float = 100e-6
+    """Seconds of window per node online in the network: every round costs each online node a
+    sealed frame (some 60 µs of the coord's CPU), so a large network's rounds come less often,
+    and serving them keeps within about half a core (1 s at 10,000 nodes)."""
+    max_window: float = 1.0
+    """The longest window, however large the network: a change still reaches peers within 2 s."""
     slice: int = 256
     """Destinations one `drain` call hands out; the rest wait for the next loop iteration."""
     part_bytes: int = PART_BYTES
@@ -113,22 +121,29 @@ class Fanout:
     def __init__(self, settings: FanoutSettings = FanoutSettings()) -> None:
         self.settings = settings
         self._windows: dict[str, _Window] = {}
-        """By network, in order of due time (every window has the same length)."""
+        """By network; a window's length depends on its network's size."""
         self._rounds: deque[_Round] = deque()
         self.announcements = 0
         """Changes taken in."""
         self.frames = 0
         """Frames handed out."""
 
-    def add(self, network: str, subject: bytes, message: m.Message, payload: bytes | None, now: float) -> None:
-        """`message` (a peer update or removal about `subject`) is for every other node of `network`."""
+    def add(self, network: str, subject: bytes, message: m.Message, payload: bytes | None, now: float,
+            online: int = 0) -> None:
+        """`message` (a peer update or removal about `subject`) is for every other node of
+        `network`, where `online` nodes are online now (they set the window's length)."""
         window = self._windows.get(network)
         if window is None:
-            window = self._windows[network] = _Window(now + self.settings.window)
+            window = self._windows[network] = _Window(now + self.window(online))
         window.sequence += 1
         change = _REMOVED if isinstance(message, m.PeerRemove) else payload or m.encode(message)
         window.changes[subject] = (window.sequence, change)
         self.announcements += 1
+
+    def window(self, online: int) -> float:
+        """How long a window lasts in a network of `online` nodes online."""
+        settings = self.settings
+        return min(settings.max_window, max(settings.window, online * settings.window_per_node))
 
     def fresh(self, conn_id: Hashable, network: str) -> None:
         """The node on `conn_id` starts its view of `network` afresh now (`registered` and a full
@@ -138,22 +153,16 @@ class Fanout:
             window.cursors[conn_id] = window.sequence
 
     def get_timer(self) -> float | None:
-        """When `drain` has work: now if a round is under way, else when the oldest window is due."""
+        """When `drain` has work: now if a round is under way, else when the first window is due."""
         if self._rounds:
             return float("-inf")
-        for window in self._windows.values():
-            return window.due
-        return None
+        return min((window.due for window in self._windows.values()), default=None)
 
     def drain(self, now: float, audience: Audience) -> Iterator[tuple[Hashable, list[bytes]]]:
         """(destination, frames) for at most one slice of destinations: due windows become
         rounds for the nodes `audience` says are online in their network now."""
-        while self._windows:
-            network, window = next(iter(self._windows.items()))
-            if window.due > now:
-                break
-            del self._windows[network]
-            frames = _Frames(window, self.settings.part_bytes)
+        for network in [name for name, window in self._windows.items() if window.due <= now]:
+            frames = _Frames(self._windows.pop(network), self.settings.part_bytes)
             self._rounds.append(_Round(network, frames, list(audience(network))))
         budget = self.settings.slice
         while self._rounds and budget:

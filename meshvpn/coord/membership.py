@@ -38,11 +38,11 @@ from meshvpn.coord.addressing import AddressPoolExhausted
 from meshvpn.coord.authkeys import AuthKey, AuthKeyRejected, create_auth_key
 from meshvpn.coord import passes
 from meshvpn.coord.candidates import SAMPLE_LIFETIME, plain_ip, punch_towards, sane_locals, sane_public
-from meshvpn.coord.connstate import ConnEvent, ConnState, Connection
+from meshvpn.coord.connstate import ConnEvent, ConnState, Connection, peer_info
 from meshvpn.coord.elsewhere import Elsewhere
 from meshvpn.coord.lanpush import LanPush
-from meshvpn.coord.events import Action, AdminError, Announce, Close, Log, NodeStatus, Send
-from meshvpn.coord.peermap import peer_map_parts, peer_update
+from meshvpn.coord.events import Action, AdminError, Announce, Close, Log, NodeStatus, Send, SendMap
+from meshvpn.coord.peermap import peer_update
 from meshvpn.coord.settings import MembershipSettings
 from meshvpn.coord.roster import Roster
 from meshvpn.coord.store import Conflict, NodeRecord, Store
@@ -51,7 +51,7 @@ from meshvpn.keys import encode_key
 from meshvpn.relaytoken import TokenMinter
 
 __all__ = ["Action", "AdminError", "Close", "Log", "Membership", "MembershipSettings", "NodeStatus",
-           "SAMPLE_LIFETIME", "Send", "TOKEN_SLACK"]
+           "SAMPLE_LIFETIME", "Send", "SendMap", "TOKEN_SLACK"]
 
 TOKEN_SLACK = 30.0
 """Relay tokens due within this many seconds are refreshed in the same timer call: with
@@ -97,16 +97,28 @@ class Membership(Elsewhere, LanPush):
 
     def actions(self, announcements: bool = False) -> list[Action]:
         """Everything to do since the last call, in order; with `announcements`, each `Announce`
-        whole, else as one `Send` per node online in its network now."""
+        and `SendMap` whole, else as one `Send` per node online in its network now, and the map
+        as its `Send`s."""
         actions, self._actions = self._actions, []
         if announcements:
             return actions
-        return [send for action in actions for send in
-                (self._sends(action) if isinstance(action, Announce) else (action,))]
+        return [send for action in actions for send in self._sends(action)]
 
-    def _sends(self, announce: Announce) -> list[Send]:
-        return [Send(conn.conn_id, announce.message, announce.payload)
-                for key, conn in self._online.get(announce.network, {}).items() if key != announce.subject]
+    def peer_map(self, conn_id: Hashable) -> list[bytes]:
+        """The encoded `peer_map` frames of the node online on `conn_id` as its network is now
+        (none if it is not online): what `SendMap` asks for."""
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.state is not ConnState.ONLINE:
+            return []
+        return self._roster.map_frames(conn.network, conn.key, self._peer_info, self.settings.peer_map_part_bytes)
+
+    def _sends(self, action: Action) -> list[Action]:
+        if isinstance(action, SendMap):
+            return [Send(action.conn_id, m.decode(frame), frame) for frame in self.peer_map(action.conn_id)]
+        if not isinstance(action, Announce):
+            return [action]
+        return [Send(conn.conn_id, action.message, action.payload)
+                for key, conn in self._online.get(action.network, {}).items() if key != action.subject]
 
     def audience(self, network: str) -> list[tuple[Hashable, bytes, bool]]:
         """Every node online in `network`: its connection, its key and whether it takes deltas."""
@@ -130,6 +142,9 @@ class Membership(Elsewhere, LanPush):
         """Whether `conn_id` has registered (it may still await approval)."""
         conn = self._conns.get(conn_id)
         return conn is not None and conn.state is not ConnState.NEW
+
+    def online_in(self, network: str) -> int:
+        return len(self._online.get(network, ()))
 
     def online_count(self) -> int:
         """How many nodes are online now (for the service status line)."""
@@ -362,10 +377,7 @@ class Membership(Elsewhere, LanPush):
         self._roster.changed(node.key)
         members = self._roster.nodes(node.network)
         self._send(conn, passes.registered(self._minter, self.settings, network, node, members, conn))
-        peers = [self._roster.entry(n, self._peer_info) for n in self._roster.nodes(node.network)
-                 if self._visible(n, node.key)]
-        for message, payload in peer_map_parts(peers, self.settings.peer_map_part_bytes):
-            self._actions.append(Send(conn.conn_id, message, payload))
+        self._actions.append(SendMap(conn.conn_id))
         self._announce(node, exclude=node.key)
         self._log("info", "node online", node, observed_host=conn.observed_host)
 
@@ -423,25 +435,7 @@ class Membership(Elsewhere, LanPush):
         conn = self._online.get(node.network, {}).get(node.key)
         if conn is None and node.key in self._elsewhere:
             return self._elsewhere[node.key]
-        return m.PeerInfo(
-            key=node.key,
-            name=node.name,
-            address=node.address,
-            online=conn is not None,
-            local_endpoints=node.local_endpoints,
-            public_endpoint=node.public_endpoint,
-            observed_host=None if conn is None else conn.observed_host,
-            home_relay=None if conn is None else conn.home_relay,
-            turn_relayed=(conn.turn_relayed or None) if conn is not None else None,
-            public_tcp=None if conn is None else conn.public_tcp,
-            last_seen=node.last_seen,
-            nat=None if conn is None else conn.nat,
-            groups=(conn.groups or None) if conn is not None else None,
-        )
-
-    @staticmethod
-    def _visible(node: NodeRecord, viewer: bytes) -> bool:
-        return node.key != viewer and node.approved and not node.revoked
+        return peer_info(node, conn)
 
     def _announce(self, node: NodeRecord, exclude: bytes | None = None) -> None:
         """Tell the other online nodes of `node`'s network its peer info as it is now."""

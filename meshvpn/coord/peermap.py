@@ -46,10 +46,45 @@ def peer_update(entry: PeerEntry) -> tuple[m.PeerUpdate, bytes]:
 def peer_map_parts(entries: Sequence[PeerEntry], part_bytes: int = PART_BYTES) -> list[tuple[m.PeerMap, bytes]]:
     """The peer map of `entries` as (message, encoded frame) pairs: one whole map if it fits one
     part of `part_bytes` (and `MAX_PEERS`), else numbered parts in order."""
-    groups = [entries[start:end] for start, end in _split([len(e.json) + 1 for e in entries], part_bytes)]
+    runs = _split([len(e.json) + 1 for e in entries], part_bytes)
+    frames = map_frames([Chunk(",".join(e.json for e in entries[start:end]), end - start) for start, end in runs],
+                        part_bytes)
+    return [(m.PeerMap(tuple(e.info for e in entries[start:end]), part=part, last=last), frame)
+            for (start, end), (part, last, frame) in zip(runs, _numbered(frames))]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Several peers' JSON, comma-joined, ready to go into a `peer_map` frame as it is."""
+
+    json: str
+    count: int
+    """Peers in `json`."""
+
+
+def map_frames(chunks: Sequence[Chunk], part_bytes: int = PART_BYTES) -> list[bytes]:
+    """The encoded `peer_map` frames carrying `chunks` in order: consecutive chunks share a part
+    while it stays within `part_bytes` of JSON and `MAX_PEERS`; one frame without numbering if
+    everything fits one part, else parts 0, 1, ... with `last` on the final one."""
+    chunks = [chunk for chunk in chunks if chunk.count]
+    groups: list[list[Chunk]] = [[]]
+    size = count = 0
+    for chunk in chunks:
+        if groups[-1] and (size + len(chunk.json) + 1 > part_bytes or count + chunk.count > m.MAX_PEERS):
+            groups.append([])
+            size = count = 0
+        groups[-1].append(chunk)
+        size += len(chunk.json) + 1
+        count += chunk.count
     if len(groups) == 1:
         return [_frame(groups[0], None, None)]
     return [_frame(group, index, index == len(groups) - 1) for index, group in enumerate(groups)]
+
+
+def _numbered(frames: list[bytes]) -> list[tuple[int | None, bool | None, bytes]]:
+    if len(frames) == 1:
+        return [(None, None, frames[0])]
+    return [(index, index == len(frames) - 1, frame) for index, frame in enumerate(frames)]
 
 
 def peer_delta_frames(updates: Sequence[bytes], removed: Sequence[bytes], part_bytes: int = PART_BYTES) -> list[bytes]:
@@ -82,11 +117,10 @@ def _split(costs: Sequence[int], part_bytes: int) -> list[tuple[int, int]]:
     return runs
 
 
-def _frame(group: Sequence[PeerEntry], part: int | None, last: bool | None) -> tuple[m.PeerMap, bytes]:
-    message = m.PeerMap(tuple(entry.info for entry in group), part=part, last=last)
-    peers = ",".join(entry.json for entry in group)
+def _frame(group: Sequence[Chunk], part: int | None, last: bool | None) -> bytes:
+    peers = ",".join(chunk.json for chunk in group)
     numbering = "" if part is None else f',"part":{part},"last":{"true" if last else "false"}'
-    return message, f'{{"type":"peer_map","peers":[{peers}]{numbering}}}'.encode()
+    return f'{{"type":"peer_map","peers":[{peers}]{numbering}}}'.encode()
 
 
 class PeerMapAssembler:

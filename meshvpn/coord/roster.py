@@ -21,6 +21,7 @@ from meshvpn.config import check_tag
 from meshvpn.coord.addressing import first_free_address, unique_name
 from meshvpn.coord.authkeys import AuthKeyRejected, verify_token
 from meshvpn.coord.events import AdminError
+from meshvpn.coord.mapcache import MapBlocks
 from meshvpn.coord.peermap import PeerEntry
 from meshvpn.coord.store import Network, NodeRecord, Store
 from meshvpn.keys import encode_key
@@ -49,6 +50,7 @@ class Roster:
         self._nodes: dict[bytes, NodeRecord] = {}
         self._networks: dict[str, _Members] = {}
         self._entries: dict[bytes, PeerEntry] = {}
+        self._maps = MapBlocks()
         for node in self._store.nodes():
             self._index(node)
 
@@ -116,6 +118,15 @@ class Roster:
             entry = self._entries[node.key] = PeerEntry.of(info(node))
         return entry
 
+    def map_frames(self, network: str, viewer: bytes, info: Callable[[NodeRecord], m.PeerInfo],
+                   part_bytes: int) -> list[bytes]:
+        """The encoded `peer_map` frames for `viewer`: every approved, unrevoked node of `network`
+        but the viewer, from blocks of cached JSON (`mapcache`)."""
+        def render(key: bytes) -> str | None:
+            node = self._nodes[key]
+            return self.entry(node, info).json if node.approved and not node.revoked else None
+        return self._maps.frames(network, viewer, render, part_bytes)
+
     def free_name(self, network: str, hostname: str) -> str:
         members = self._networks.get(network)
         return unique_name(hostname, () if members is None else members.names)
@@ -179,6 +190,7 @@ class Roster:
     def changed(self, key: bytes) -> None:
         """The live facts in `key`'s peer info changed (online, observed host, home relay, NAT)."""
         self._entries.pop(key, None)
+        self._maps.touch(key)
 
     # ----- the index
 
@@ -194,6 +206,7 @@ class Roster:
         """Add or update `node`; an update keeps its place in the network's order."""
         members = self._networks.setdefault(node.network, _Members())
         self._entries.pop(node.key, None)
+        self._maps.add(node.network, node.key)
         self._nodes[node.key] = node
         members.nodes[node.key] = node
         members.names.add(node.name)
@@ -201,6 +214,7 @@ class Roster:
 
     def _unindex(self, node: NodeRecord) -> None:
         self._entries.pop(node.key, None)
+        self._maps.remove(node.key)
         del self._nodes[node.key]
         del self._networks[node.network].nodes[node.key]
         self._release(node)

@@ -20,24 +20,24 @@ import asyncio
 import logging
 import os
 import resource
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from meshvpn import keys, noise, service, tlsenvelope
-from meshvpn.channel import ServerChannel
 from meshvpn.config import CoordConfig, load_coord_config
 from meshvpn.control import messages
 from meshvpn.coord import admin
 from meshvpn.coord.console import start_console
 from meshvpn.coord.fanout import Fanout, FanoutSettings
 from meshvpn.coord.instances import InstanceLink
+from meshvpn.coord.connection import Connection
+from meshvpn.coord.mapbudget import MapBudget
+from meshvpn.coord.membership import Announce, Close, Log, Membership, MembershipSettings, Send, SendMap
 from meshvpn.coord.lanpush import with_new_access
-from meshvpn.coord.membership import Announce, Close, Log, Membership, MembershipSettings, Send
 from meshvpn.coord.store import Network, open_store
-from meshvpn.errors import ConfigError, LocalProtocolError, MeshError, RemoteProtocolError
+from meshvpn.errors import ConfigError, MeshError, RemoteProtocolError
 from meshvpn.coord.turncreds import TurnSecret
 from meshvpn.metrics import MetricsEndpoint, coord_families, start_metrics
 from meshvpn.localsock import ControlServer
@@ -82,6 +82,9 @@ class ServerLimits:
     reserved_descriptors: int = 64
     """Descriptors kept free of connections (database, listeners, admin and metrics sockets): the
     server refuses connections beyond its RLIMIT_NOFILE minus these rather than fail to accept."""
+    peer_map_budget: int = 64 << 20
+    """Peer-map bytes written but not yet drained beyond which registrations' maps wait
+    (`mapbudget`): at 10,000 nodes a map is about 3 MB, and after a restart every node wants one."""
     status_interval: float = 10.0
     """Seconds between systemd STATUS= updates."""
 
@@ -116,132 +119,6 @@ def relay_infos(config: CoordConfig) -> tuple[messages.RelayInfo, ...]:
                  for r in config.relays)
 
 
-class _Connection(asyncio.Protocol):
-    """One node's TCP connection: channel bytes in, frames to the core, the core's frames out."""
-
-    def __init__(self, server: CoordServer) -> None:
-        self.server = server
-        self.channel = ServerChannel(server.identity, _anyone, os.urandom(32))
-        self.transport: asyncio.Transport | None = None
-        self.host = ""
-        self.port = 0
-        self.address = "?"
-        self.node_key: bytes | None = None
-        """Set once the channel is established and the core has been told about the node."""
-        self.unregistered = False
-        """Whether the connection counts against the caps of unregistered connections."""
-        self.peer_map_bytes = 0
-        """Bytes of peer map sent, which may sit in the queue on top of `max_write_buffer`."""
-        self._handshake_timer: asyncio.TimerHandle | None = None
-
-    def who(self) -> str:
-        key = self.channel.remote_public
-        return self.address if key is None else f"{self.address} key {keys.encode_key(key)[:8]}"
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self.host = peer[0]
-        self.port = peer[1]
-        self.address = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
-        refused = self.server.admit(self)
-        if refused is not None:
-            log.warning("refusing %s: %s", self.address, refused)
-            transport.abort()
-            return
-        sock = transport.get_extra_info("socket")
-        if self.server.limits.socket_send_buffer is not None and sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.server.limits.socket_send_buffer)
-        self._handshake_timer = asyncio.get_running_loop().call_later(
-            self.server.limits.handshake_timeout, self._handshake_expired
-        )
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self._receive(data)
-        except Exception:
-            log.exception("internal error on the connection of %s", self.who())
-            self.drop("internal error")
-        self.server.run_actions()
-
-    def _receive(self, data: bytes) -> None:
-        try:
-            payloads = self.channel.receive_data(data)
-        except RemoteProtocolError as exc:
-            self.drop(f"channel error: {exc}")
-            return
-        self._flush()
-        membership = self.server.membership
-        now = self.server.clock()
-        if self.node_key is None:
-            if not self.channel.established:
-                return
-            self._handshake_timer.cancel()
-            self.node_key = self.channel.remote_public
-            membership.node_connected(self, self.node_key, self.host, now, observed_port=self.port)
-        for payload in payloads:
-            membership.receive(self, payload, now)
-        if self.unregistered and membership.registered(self):
-            self.server.registered(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
-        self.server.release(self)
-        if self.node_key is not None and not self.server.stopping:
-            log.debug("connection of %s ended%s", self.who(), f": {exc}" if exc else "")
-            self.server.membership.node_disconnected(self, self.server.clock())
-            self.server.run_actions()
-
-    def send_payload(self, payload: bytes, *, peer_map: bool = False) -> None:
-        """Seal one encoded message to this node; drop the node if it stopped reading."""
-        if self.transport.is_closing():
-            return
-        if peer_map:
-            self.peer_map_bytes += len(payload)
-        try:
-            self.channel.send(payload)
-        except LocalProtocolError as exc:
-            self.drop(f"cannot send: {exc}")
-            return
-        self._flush()
-        queued = self.transport.get_write_buffer_size()
-        if queued > self.server.limits.max_write_buffer + self.peer_map_bytes:
-            self.drop(f"not reading: {queued} bytes queued", abort=True)
-
-    def close_by_core(self, reason: str) -> None:
-        """The core ended the connection (it already forgot it): flush what was sent, then close."""
-        log.info("closing %s: %s", self.who(), reason)
-        self.node_key = None
-        self.transport.close()
-
-    def drop(self, reason: str, *, abort: bool = False) -> None:
-        """The shell ends the connection; the core hears of it at once, so it stops sending."""
-        if self.transport.is_closing():
-            return
-        log.warning("dropping %s: %s", self.who(), reason)
-        if self.node_key is not None:
-            self.server.membership.node_disconnected(self, self.server.clock())
-            self.node_key = None
-        if abort:
-            self.transport.abort()
-        else:
-            self.transport.close()
-
-    def _handshake_expired(self) -> None:
-        self.drop(f"no channel handshake within {self.server.limits.handshake_timeout:g}s", abort=True)
-
-    def _flush(self) -> None:
-        data = self.channel.data_to_send()
-        if data:
-            self.transport.write(data)
-
-
-def _anyone(_node_key: bytes) -> bool:
-    """Every key may open a channel: the membership core decides who may register."""
-    return True
-
-
 class CoordServer:
     """A running coordination server: control listener, STUN, admin socket, the core and its timer."""
 
@@ -263,6 +140,7 @@ class CoordServer:
             relay_tokens=TokenMinter(self.identity.private, os.urandom),
         )
         self.fanout = Fanout(fanout)
+        self.maps = MapBudget(limits.peer_map_budget)
         self.instances: InstanceLink | None = None
         """With a PostgreSQL database: the other coord instances sharing it (`instances`)."""
         if isinstance(settings.database, str):
@@ -281,7 +159,7 @@ class CoordServer:
         self._admin: ControlServer | None = None
         self.console = None
         """The web console (`meshvpn.coord.console.web.Console`) when `console.enabled`."""
-        self._connections: set[_Connection] = set()
+        self._connections: set[Connection] = set()
         self._caps = PrefixCaps(PrefixLimits(limits.max_connections_per_host, limits.max_connections_per_subnet))
         self._unregistered = PrefixCaps(
             PrefixLimits(limits.max_unregistered_per_host, limits.max_unregistered_per_subnet))
@@ -294,11 +172,11 @@ class CoordServer:
         settings = self.settings
         try:
             self._listener = await loop.create_server(
-                lambda: _Connection(self), settings.listen.host, settings.listen.port,
+                lambda: Connection(self), settings.listen.host, settings.listen.port,
                 reuse_address=True, backlog=LISTEN_BACKLOG,
             )
             self.address = self._listener.sockets[0].getsockname()[:2]
-            self._tls_listener = await tlsenvelope.listen(settings.tls, lambda: _Connection(self), backlog=LISTEN_BACKLOG)
+            self._tls_listener = await tlsenvelope.listen(settings.tls, lambda: Connection(self), backlog=LISTEN_BACKLOG)
             alt = settings.stun_alt_listen
             self.stun = await start_stun_server(
                 settings.stun_listen.host, settings.stun_listen.port, None if alt is None else tuple(alt)
@@ -368,7 +246,7 @@ class CoordServer:
 
     # ----- connections
 
-    def admit(self, conn: _Connection) -> str | None:
+    def admit(self, conn: Connection) -> str | None:
         """Count a new connection against every cap; or say which cap refuses it."""
         if len(self._connections) >= self._max_connections:
             return f"{len(self._connections)} connections, the descriptor limit allows no more"
@@ -383,58 +261,81 @@ class CoordServer:
         self._connections.add(conn)
         return None
 
-    def registered(self, conn: _Connection) -> None:
+    def registered(self, conn: Connection) -> None:
         """`conn` registered: it no longer counts against the caps of unregistered connections."""
         conn.unregistered = False
         self._unregistered.release(conn.host)
 
-    def release(self, conn: _Connection) -> None:
+    def release(self, conn: Connection) -> None:
         if conn in self._connections:
             self._connections.remove(conn)
             self._caps.release(conn.host)
             if conn.unregistered:
                 self.registered(conn)
+        self.maps.forget(conn)
+        self._start_maps()
 
     # ----- the core's actions and timer
 
     def run_actions(self) -> None:
-        """Carry out everything the core asked for (peer announcements go to the fan-out), then
-        make sure its timer and the fan-out's are armed."""
+        """Carry out everything the core asked for (peer announcements go to the fan-out, peer
+        maps wait for room), then make sure its timer and the fan-out's are armed."""
         now = self.clock()
         while actions := self.membership.actions(announcements=True):
             for action in actions:
                 if isinstance(action, Announce):
                     payload = action.payload or messages.encode(action.message)
-                    self.fanout.add(action.network, action.subject, action.message, payload, now)
+                    self.fanout.add(action.network, action.subject, action.message, payload, now,
+                                    self.membership.online_in(action.network))
                     if self.instances is not None and not action.relayed:
                         self.instances.publish(action.network, action.subject, payload)
                 elif isinstance(action, Send):
-                    if isinstance(action.message, messages.Registered):
-                        self._view_starts(action.conn_id)
-                    elif not isinstance(action.message, messages.PeerMap):
+                    if not isinstance(action.message, messages.Registered):
                         self._send_held(action.conn_id)
-                    payload = action.payload or messages.encode(action.message)
-                    action.conn_id.send_payload(payload, peer_map=isinstance(action.message, messages.PeerMap))
+                    action.conn_id.send_payload(action.payload or messages.encode(action.message))
+                elif isinstance(action, SendMap):
+                    action.conn_id.held = action.conn_id.held or []
+                    self.maps.wait(action.conn_id)
                 elif isinstance(action, Close):
                     action.conn_id.close_by_core(action.reason)
                 elif isinstance(action, Log):
                     _log_core(action)
+        self._start_maps()
         self._arm_timer()
         self._arm_drain()
 
-    def _send_held(self, conn: _Connection) -> None:
-        """Send what the fan-out holds for `conn` before anything else goes to it, keeping order."""
+    def _start_maps(self) -> None:
+        """Send the waiting peer maps there is room for, each built from the network as it is now:
+        the fan-out's open window then sends the node only what is newer, and what the core sent
+        it meanwhile follows the map."""
+        while not self.stopping and (conn := self.maps.next()) is not None:
+            listener = self.membership.listener(conn)
+            if listener is not None and not conn.transport.is_closing():
+                self.fanout.fresh(conn, listener[0])
+                frames = self.membership.peer_map(conn)
+                for frame in frames:
+                    conn.send_payload(frame, peer_map=True)
+                self.maps.sent(conn, sum(map(len, frames)))
+            conn.release_held()
+            if not conn.paused:
+                self.maps.drained(conn)
+
+    def drained(self, conn: Connection) -> None:
+        """`conn`'s write buffer went below its low-water mark: its map bytes no longer count."""
+        self.maps.drained(conn)
+        self._start_maps()
+
+    def _send_held(self, conn: Connection) -> None:
+        """Send what the fan-out holds for `conn` before anything else goes to it, keeping order;
+        a node whose map waits needs none of it: the map will be newer."""
         listener = self.membership.listener(conn)
-        if listener is not None:
+        if listener is not None and conn.held is None:
             for frame in self.fanout.take(conn, *listener):
                 conn.send_payload(frame)
 
-    def _view_starts(self, conn: _Connection) -> None:
-        """`registered` and the full map go to `conn`: they hold whatever the fan-out has on its
-        way, so nothing held goes ahead of them, and the open window sends only what is newer."""
-        listener = self.membership.listener(conn)
-        if listener is not None:
-            self.fanout.fresh(conn, listener[0])
+    def _audience(self, network: str) -> list:
+        """The nodes online in `network` that the fan-out serves: not those whose map waits."""
+        return [entry for entry in self.membership.audience(network) if entry[0].held is None]
 
     def _arm_drain(self) -> None:
         if self._drain_handle is not None or self.stopping:
@@ -449,7 +350,7 @@ class CoordServer:
         """Send one slice of due announcements; the rest wait for the next loop iteration, so each
         iteration serves the I/O that is ready besides one slice."""
         self._drain_handle = None
-        for conn, frames in self.fanout.drain(self.clock(), self.membership.audience):
+        for conn, frames in self.fanout.drain(self.clock(), self._audience):
             for frame in frames:
                 conn.send_payload(frame)
         self.run_actions()

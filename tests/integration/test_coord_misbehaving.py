@@ -8,6 +8,7 @@ test_coord_server.py.
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import os
 import socket
 import time
@@ -16,11 +17,14 @@ import pytest
 
 from meshvpn import keys
 from meshvpn.channel import ClientChannel
+from meshvpn.config import NetworkConfig
 from meshvpn.control import messages as m
 from meshvpn.coord.client import CoordLinkClosed, connect
+from meshvpn.coord.peermap import PeerMapAssembler
+from meshvpn.coord.store import Network, NodeRecord, SqliteStore
 from meshvpn.coord.server import CoordServer, ServerLimits
 
-from test_coord_server import auth_key, coord_config, join, next_of, register, running, still_served
+from test_coord_server import HOME, auth_key, coord_config, join, next_of, register, running, still_served
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -211,3 +215,53 @@ def test_connections_per_source_address_are_capped(tmp_path, server_log):
     line, third_closed = asyncio.run(scenario())
     assert "from 127.0.0.1" in line
     assert third_closed is None
+
+
+def test_a_client_that_does_not_read_its_peer_map_holds_the_budget_and_later_maps_wait_for_room(tmp_path):
+    """Peer maps in flight are bounded: the next node is registered at once, but its map waits
+    until the first map's bytes drained (here: until that connection ended)."""
+    config = coord_config(tmp_path)
+    store = SqliteStore(str(config.database))
+    with store.transaction():
+        store.put_network(Network(HOME.name, str(HOME.cidr)))
+        store.put_network(Network("wide", "100.80.0.0/20"))
+        for n in range(2000):  # offline peers fill the map: about 500 KB, far over the buffers
+            store.put_node(NodeRecord(os.urandom(32), "wide", f"old-{n}", str(ipaddress.ip_address(0x64500002 + n)),
+                                      f"old-{n}", 0.0, local_endpoints=(m.Endpoint("10.0.0.7", 41641),)))
+    store.close()
+    wide = NetworkConfig(name="wide", cidr=ipaddress.ip_network("100.80.0.0/20"))
+
+    async def scenario():
+        limits = ServerLimits(peer_map_budget=1, socket_send_buffer=4096)
+        async with running(dataclasses.replace(config, networks=(HOME, wide)), limits) as server:
+            token = auth_key(server, "wide")
+            sock = await raw_connection(server, rcvbuf=4096)
+            channel = await established_channel(server, sock)
+            channel.send(m.encode(register("sloth", token)))
+            await asyncio.get_running_loop().sock_sendall(sock, channel.data_to_send())
+            for _ in range(100):  # bounded: until the sloth's map went out and stuck
+                if server.maps.in_flight:
+                    break
+                await asyncio.sleep(0.05)
+            client = await connect(server.address, server.identity.public, keys.generate_private_key())
+            client.send(register("patient", token))
+            registered = await next_of(client, m.Registered)
+            waiting = asyncio.ensure_future(whole_map(client))
+            await asyncio.sleep(1.0)
+            held = waiting.done(), len(server.maps), server.maps.in_flight
+            sock.close()
+            peers = await waiting
+            client.close()
+            return registered, held, peers, server.maps.in_flight
+
+    registered, held, peers, in_flight = asyncio.run(scenario())
+    assert isinstance(registered, m.Registered)
+    assert held[0] is False and held[1] == 1 and held[2] > 100_000  # the sloth's map fills the budget
+    assert len(peers) == 2001 and in_flight == 0
+
+
+async def whole_map(client) -> tuple[m.PeerInfo, ...]:
+    assembler = PeerMapAssembler()
+    while (peers := assembler.add(await next_of(client, m.PeerMap, 20.0))) is None:
+        pass
+    return peers

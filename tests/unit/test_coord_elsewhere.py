@@ -2,7 +2,7 @@
 announces, the other applies for the nodes connected to it (`Membership.changed_elsewhere`)."""
 
 from meshvpn.control import messages as m
-from meshvpn.coord.membership import Announce, Close, Membership, MembershipSettings, Send
+from meshvpn.coord.membership import Announce, Close, Membership, MembershipSettings, Send, SendMap
 from meshvpn.coord.store import MemoryStore, Network, SqliteStore
 
 NOW = 1_700_000_000.0
@@ -38,7 +38,8 @@ def test_a_node_online_on_one_instance_is_online_in_the_other_s_maps_and_listing
     relayed = relay(join(one, "a", 1, token), two)
     assert [(type(a), a.relayed) for a in relayed] == [(Announce, True)]
     actions = join(two, "b", 2, token)
-    (peer_map,) = [a.message for a in actions if isinstance(a, Send) and isinstance(a.message, m.PeerMap)]
+    (due,) = [a for a in actions if isinstance(a, SendMap)]
+    (peer_map,) = [m.decode(frame) for frame in two.peer_map(due.conn_id)]
     assert [(p.key, p.online, p.observed_host) for p in peer_map.peers] == [(key(1), True, "203.0.113.1")]
     registered = [a.message for a in actions if isinstance(a, Send) and isinstance(a.message, m.Registered)]
     assert registered[0].address == "10.77.0.3"  # the address after the other instance's node

@@ -155,3 +155,15 @@ def test_a_node_whose_view_starts_during_a_window_gets_only_what_changes_after()
         1: [m.PeerDelta((info(2, port=2), info(3)))],
         5: [m.PeerDelta((info(2, port=2),))],
     }
+
+
+def test_a_large_network_s_window_is_longer_up_to_the_limit_and_a_small_one_s_is_served_first():
+    fanout = Fanout(FanoutSettings(window=WINDOW, window_per_node=100e-6, max_window=1.0))
+    assert [fanout.window(n) for n in (0, 1000, 5000, 10_000, 50_000)] == [WINDOW, WINDOW, 0.5, 1.0, 1.0]
+    online = Online(home=(1, 2), work=(3, 4))
+    fanout.add("home", key(1), *peer_update(PeerEntry.of(info(1))), NOW, online=8000)
+    fanout.add("work", key(3), *peer_update(PeerEntry.of(info(3))), NOW + 0.1, online=10)
+    assert fanout.get_timer() == NOW + 0.1 + WINDOW  # work's window, opened later, is due first
+    assert drained(fanout, NOW + 0.1 + WINDOW, online) == {3: [], 4: [m.PeerDelta((info(3),))]}
+    assert fanout.get_timer() == NOW + 0.8
+    assert drained(fanout, NOW + 0.8, online) == {1: [], 2: [m.PeerDelta((info(1),))]}

@@ -30,6 +30,8 @@ SANS_IO_MODULES = (
     "meshvpn.coord.peermap",
     "meshvpn.coord.console.auth",
     "meshvpn.coord.fanout",
+    "meshvpn.coord.mapcache",
+    "meshvpn.coord.mapbudget",
     "meshvpn.coord.elsewhere",
     "meshvpn.coord.lanpush",
     "meshvpn.node.pathfinder",
