@@ -43,6 +43,8 @@ class Connection(asyncio.Protocol):
         """Bytes of peer map sent, which may sit in the queue on top of `max_write_buffer`."""
         self.held: list[bytes] | None = None
         """While the peer map waits for room: what the core sent meanwhile, to follow the map."""
+        self.mapped = False
+        """Whether its peer map went out: only then does the fan-out serve it."""
         self.paused = False
         """Whether the transport's write buffer is above its high-water mark."""
         self._handshake_timer: asyncio.TimerHandle | None = None
@@ -70,12 +72,12 @@ class Connection(asyncio.Protocol):
         )
 
     def data_received(self, data: bytes) -> None:
+        self.server.batch()
         try:
             self._receive(data)
         except Exception:
             log.exception("internal error on the connection of %s", self.who())
             self.drop("internal error")
-        self.server.run_actions()
 
     def _receive(self, data: bytes) -> None:
         try:
