@@ -199,8 +199,9 @@ async def revocation(run: Run) -> None:
 
 async def run_all(args) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard < args.nodes // args.workers + 100:
-        raise SystemExit(f"the open-file limit {hard} is too low for {args.nodes} nodes in {args.workers} workers")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the coord processes inherit it
+    if hard < args.nodes + 100:
+        raise SystemExit(f"the open-file limit {hard} is too low for {args.nodes} nodes")
     with contextlib.ExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="coord-scale-")))
         database = args.database
