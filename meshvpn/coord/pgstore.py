@@ -4,7 +4,8 @@
 migrations as SQLite, with PostgreSQL's column types and parameter markers (`POSTGRES`). A read
 inside a transaction locks its row (``FOR UPDATE``), so two instances admitting nodes with one
 one-off pre-auth key at the same moment take turns and the second sees it used. Migrations take
-an advisory lock, so instances starting together migrate once.
+an advisory lock, so instances starting together migrate once; so does admitting a node to a
+network (`lock_network`), so that two instances never pick the same name or address.
 
 The connection runs in autocommit mode with explicit ``BEGIN``/``COMMIT`` from `SqlStore`, like
 the SQLite one: every write is committed when the call (or the outermost transaction) returns.
@@ -22,6 +23,9 @@ POSTGRES = Dialect(marker="%s", begin="BEGIN", lock_row=" FOR UPDATE",
                    types=(("BLOB", "BYTEA"), ("REAL", "DOUBLE PRECISION")))
 SCHEMA_LOCK = 0x6D76706E
 """Advisory lock key ("mvpn") held while the schema is checked and migrated."""
+NETWORK_LOCK = 0x6D76616E
+"""First half of the advisory lock key ("mvan", then the hash of the network's name) held while
+a node is admitted to a network: two instances admitting at once would pick the same address."""
 _PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 
@@ -62,3 +66,7 @@ class PostgresStore(SqlStore):
 
     def _lock_schema(self) -> None:
         self._execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+
+    def lock_network(self, network: str) -> None:
+        """Admissions to `network` take turns across instances until this transaction ends."""
+        self._execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (NETWORK_LOCK, network))

@@ -27,6 +27,12 @@ from meshvpn.coord.store import Network, NodeRecord, Store
 from meshvpn.keys import encode_key
 
 
+CATCH_UP_SLACK = 1.0
+"""Seconds by which another coord instance's clock may lag this one's and its admissions still be
+read before this one admits (NTP keeps them far closer); a larger lag ends in a conflict, which
+`Elsewhere._save_registration` answers by trying the next name or address."""
+
+
 @dataclass
 class _Members:
     """One network's nodes in store order, and the names and addresses they hold."""
@@ -36,6 +42,8 @@ class _Members:
     addresses: set[int] = field(default_factory=set)
     search_from: int = 0
     """Every address below this is held, so the search for a free one may start here."""
+    newest: float = 0.0
+    """The latest creation time among the nodes, for reading what other instances admitted since."""
 
 
 class Roster:
@@ -63,6 +71,8 @@ class Roster:
         network = networks.get(auth_key.network)
         if network is None:
             raise AuthKeyRejected("auth_key_invalid", f"network {auth_key.network} no longer exists")
+        self._store.lock_network(network.name)
+        self._catch_up(network.name)
         self._store.put_auth_key(replace(auth_key, uses=auth_key.uses + 1))
         return NodeRecord(
             key=key,
@@ -166,6 +176,15 @@ class Roster:
         self._writes += 1
         self._replace(node)
 
+    def _catch_up(self, network: str) -> None:
+        """Take in the nodes other coord instances sharing the store admitted to `network` lately
+        (created since the newest known, less `CATCH_UP_SLACK` for their clocks)."""
+        members = self._networks.get(network)
+        since = 0.0 if members is None else members.newest - CATCH_UP_SLACK
+        for node in self._store.nodes_since(network, since):
+            if self._nodes.get(node.key) != node:
+                self._replace(node)
+
     def reload_all(self) -> None:
         """Read every record again (another coord instance sharing the store wrote some)."""
         self._load()
@@ -211,6 +230,7 @@ class Roster:
         members.nodes[node.key] = node
         members.names.add(node.name)
         members.addresses.add(_address(node))
+        members.newest = max(members.newest, node.created)
 
     def _unindex(self, node: NodeRecord) -> None:
         self._entries.pop(node.key, None)

@@ -86,6 +86,10 @@ class Store(Protocol):
     def put_node(self, node: NodeRecord) -> None: ...
     def get_node(self, key: bytes) -> NodeRecord | None: ...
     def nodes(self, network: str | None = None) -> list[NodeRecord]: ...
+    def nodes_since(self, network: str, created: float) -> list[NodeRecord]: ...
+    def lock_network(self, network: str) -> None:
+        """Inside a transaction that admits a node to `network`: wait until no other coord
+        instance sharing the database is admitting there, and hold that until the commit."""
     def delete_node(self, key: bytes) -> None: ...
     def close(self) -> None: ...
 
@@ -135,6 +139,13 @@ class MemoryStore:
     def nodes(self, network: str | None = None) -> list[NodeRecord]:
         nodes = sorted(self._nodes.values(), key=lambda n: (n.network, n.created, n.name))
         return [n for n in nodes if network in (None, n.network)]
+
+    def nodes_since(self, network: str, created: float) -> list[NodeRecord]:
+        recent = [n for n in self._nodes.values() if n.network == network and n.created >= created]
+        return sorted(recent, key=lambda n: (n.created, n.name))
+
+    def lock_network(self, network: str) -> None:
+        """One process, one instance: nothing to wait for."""
 
     def delete_node(self, key: bytes) -> None:
         self._nodes.pop(key, None)
@@ -320,19 +331,23 @@ class SqlStore:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        if self._depth == 0:
-            self._execute(self.dialect.begin)
+        """A transaction, or inside one a savepoint: a nested block that fails takes back its own
+        writes and only those (the coord's shell groups a loop iteration's inputs in one)."""
+        depth = self._depth
+        self._execute(self.dialect.begin if depth == 0 else f"SAVEPOINT s{depth}")
         self._depth += 1
         try:
             yield
         except BaseException:
             self._depth -= 1
-            if self._depth == 0:
+            if depth == 0:
                 self._execute("ROLLBACK")
+            else:
+                self._execute(f"ROLLBACK TO SAVEPOINT s{depth}")
+                self._execute(f"RELEASE SAVEPOINT s{depth}")
             raise
         self._depth -= 1
-        if self._depth == 0:
-            self._execute("COMMIT")
+        self._execute("COMMIT" if depth == 0 else f"RELEASE SAVEPOINT s{depth}")
 
     def _put(self, table: _Table, record: Any) -> None:
         columns = table.columns
@@ -384,6 +399,15 @@ class SqlStore:
 
     def nodes(self, network: str | None = None) -> list[NodeRecord]:
         return self._list(_NODES, network)
+
+    def nodes_since(self, network: str, created: float) -> list[NodeRecord]:
+        """The nodes of `network` created at `created` or later (what other instances admitted)."""
+        rows = self._execute(f"SELECT * FROM nodes WHERE network = ? AND created >= ? ORDER BY {_NODES.order_by}",
+                             (network, created))
+        return [_NODES.from_row(row) for row in rows]
+
+    def lock_network(self, network: str) -> None:
+        """SQLite: the write transaction (BEGIN IMMEDIATE) already keeps other writers out."""
 
     def delete_node(self, key: bytes) -> None:
         self._execute("DELETE FROM nodes WHERE key = ?", (key,))

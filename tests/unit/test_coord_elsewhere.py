@@ -2,6 +2,7 @@
 announces, the other applies for the nodes connected to it (`Membership.changed_elsewhere`)."""
 
 from meshvpn.control import messages as m
+from meshvpn.coord import elsewhere
 from meshvpn.coord.membership import Announce, Close, Membership, MembershipSettings, Send, SendMap
 from meshvpn.coord.store import MemoryStore, Network, SqliteStore
 
@@ -17,9 +18,9 @@ def core(store) -> Membership:
     return Membership(store, MembershipSettings((HOME,), keepalive=10.0), NOW)
 
 
-def join(core: Membership, conn, n: int, token: str) -> list:
-    core.node_connected(conn, key(n), f"203.0.113.{n}", NOW)
-    core.receive(conn, m.encode(m.Register(f"node{n}", "0.1", (), token)), NOW)
+def join(core: Membership, conn, n: int, token: str, now: float = NOW) -> list:
+    core.node_connected(conn, key(n), f"203.0.113.{n}", now)
+    core.receive(conn, m.encode(m.Register(f"node{n}", "0.1", (), token)), now)
     return core.actions(announcements=True)
 
 
@@ -72,11 +73,23 @@ def test_a_stale_offline_from_another_instance_is_answered_with_this_instance_s_
     assert isinstance(answer, Announce) and not answer.relayed and answer.message.peer.online
 
 
-def test_an_address_taken_by_the_other_instance_a_moment_ago_is_skipped_after_a_conflict(tmp_path):
+def test_nodes_the_other_instance_admitted_are_read_before_admitting_so_no_conflict_is_needed(tmp_path, monkeypatch):
+    monkeypatch.setattr(elsewhere, "ADMISSION_ATTEMPTS", 1)  # a conflict would refuse the join
     path = str(tmp_path / "coord.db")
     one, two = core(SqliteStore(path)), core(SqliteStore(path))
     token = one.create_auth_key("home", secret=bytes(32), now=NOW, reusable=True)[0]
-    join(one, "a", 1, token)  # instance two has not heard of it: it would pick the same address
+    join(one, "a", 1, token)  # instance two has not heard of it, but reads it before admitting
     actions = join(two, "b", 2, token)
     (registered,) = [a.message for a in actions if isinstance(a, Send) and isinstance(a.message, m.Registered)]
-    assert registered.address == "10.77.0.3"
+    assert (registered.name, registered.address) == ("node2", "10.77.0.3")
+
+
+def test_an_address_taken_by_an_instance_whose_clock_lags_is_skipped_after_a_conflict(tmp_path):
+    path = str(tmp_path / "coord.db")
+    one, two = core(SqliteStore(path)), core(SqliteStore(path))
+    token = one.create_auth_key("home", secret=bytes(32), now=NOW, reusable=True)[0]
+    join(two, "c", 3, token)
+    join(one, "a", 1, token, now=NOW - 100)  # created "long ago": two's catch-up misses it
+    actions = join(two, "b", 2, token)
+    (registered,) = [a.message for a in actions if isinstance(a, Send) and isinstance(a.message, m.Registered)]
+    assert registered.address == "10.77.0.4"

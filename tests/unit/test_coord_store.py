@@ -2,6 +2,8 @@
 restart and migrate older schemas, including the previous release's SQLite file."""
 
 import shutil
+import threading
+import time
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -104,6 +106,30 @@ def test_transaction_rolls_back_every_write_on_error(store):
     assert store.get_node(NODE.key) == NODE
 
 
+def test_a_nested_transaction_that_fails_takes_back_only_its_own_writes(store):
+    fill(store)
+    with store.transaction():
+        store.put_auth_key(replace(KEY, uses=1))
+        with pytest.raises(RuntimeError):
+            with store.transaction():
+                store.put_node(replace(NODE, name="renamed"))
+                raise RuntimeError("boom")
+        store.put_node(replace(OTHER, name="kept"))
+    assert store.get_auth_key(KEY.id).uses == 1
+    assert store.get_node(NODE.key) == NODE and store.get_node(OTHER.key).name == "kept"
+
+
+def test_a_conflict_in_a_nested_transaction_leaves_the_outer_one_usable(sql_store):
+    store, _ = sql_store
+    fill(store)
+    with store.transaction():
+        with pytest.raises(Conflict):
+            with store.transaction():
+                store.put_node(replace(OTHER, network=NODE.network, address=NODE.address))  # taken
+        store.put_node(replace(OTHER, name="kept"))
+    assert store.get_node(OTHER.key).name == "kept"
+
+
 def test_reopen_has_the_same_state(sql_store):
     first, reopen = sql_store
     fill(first)
@@ -199,3 +225,29 @@ def test_the_previous_release_s_sqlite_file_opens_with_everything_in_it(tmp_path
     assert store.nodes() == [replace(NODE, tags=()), OTHER]
     assert store.get_auth_key(KEY.id) == KEY
     store.close()
+
+
+def test_admissions_to_one_network_take_turns_across_postgresql_connections(postgres_dsn):
+    one, two = PostgresStore(postgres_dsn), PostgresStore(postgres_dsn)
+    locked, waited = threading.Event(), []
+
+    def admit_slowly():
+        with one.transaction():
+            one.lock_network("home")
+            locked.set()
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=admit_slowly)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        for network in ("work", "home"):
+            started = time.monotonic()
+            with two.transaction():
+                two.lock_network(network)
+            waited.append(time.monotonic() - started)
+    finally:
+        thread.join()
+        one.close()
+        two.close()
+    assert waited[0] < 0.3 and waited[1] > 0.2  # another network is free; the same one waits its turn
