@@ -15,10 +15,34 @@ from typing import Any
 from meshvpn.control import messages as m
 from meshvpn.coord.connstate import ConnState
 from meshvpn.coord.events import Announce, Close
+from meshvpn.coord.peermap import peer_update
 from meshvpn.coord.store import Conflict, NodeRecord
 
 ADMISSION_ATTEMPTS = 16
 """Tries to admit a node whose name or address another coord instance took at the same moment."""
+LEASE = 15.0
+"""Seconds without a word from another instance (it sends a heartbeat every `HEARTBEAT` seconds,
+`meshvpn.coord.instances`) after which the nodes it had online count as offline here: a killed
+instance tells nobody its nodes are gone, and they reconnect elsewhere within about 30 s."""
+
+
+class Leases:
+    """Which instance each node online elsewhere is on, and when each instance was last heard."""
+
+    def __init__(self) -> None:
+        self.origin: dict[bytes, str] = {}
+        self.heard: dict[str, float] = {}
+
+    def heard_from(self, instance: str, now: float) -> None:
+        self.heard[instance] = now
+
+    def expired(self, now: float) -> list[bytes]:
+        """The nodes of instances silent for `LEASE` seconds, forgotten here."""
+        gone = {i for i in set(self.origin.values()) if self.heard.get(i, float("-inf")) + LEASE <= now}
+        keys = [key for key, instance in self.origin.items() if instance in gone]
+        for key in keys:
+            del self.origin[key]
+        return keys
 
 
 class Elsewhere:
@@ -30,14 +54,31 @@ class Elsewhere:
     _ephemeral_deadlines: dict[bytes, float]
     _actions: list
     _networks: dict
+    _leases: Leases
+
+    def instance_heard(self, instance: str, now: float) -> None:
+        """Another coord instance spoke (a heartbeat or a change): its lease runs from `now`."""
+        self._leases.heard_from(instance, now)
+
+    def expire_elsewhere(self, now: float) -> None:
+        """Nodes online on an instance silent for `LEASE` seconds are offline here, and this
+        instance's nodes hear it (the shell calls this every few seconds when it has instances)."""
+        for key in self._leases.expired(now):
+            node = self._roster.get(key)
+            if self._elsewhere.pop(key, None) is None or node is None:
+                continue
+            self._roster.changed(key)
+            message, payload = peer_update(self._roster.entry(node, self._peer_info))
+            self._actions.append(Announce(node.network, key, message, payload, relayed=True))
 
     def changed_elsewhere(self, network: str, subject: bytes, message: m.Message | None,
-                          payload: bytes | None = None) -> None:
-        """Another coord instance sharing the store changed `subject`'s record and, with
-        `message` (its `peer_update` or `peer_remove`, encoded as `payload`), told its own nodes;
-        do here what follows for the nodes connected to this instance."""
+                          payload: bytes | None = None, origin: str | None = None) -> None:
+        """Another coord instance sharing the store (`origin`, when known) changed `subject`'s
+        record and, with `message` (its `peer_update` or `peer_remove`, encoded as `payload`),
+        told its own nodes; do here what follows for the nodes connected to this instance."""
         node = self._roster.reload(subject)
         conn = self._conn_of_key.get(subject)
+        self._leases.origin.pop(subject, None)
         if node is None or node.revoked:
             self._elsewhere.pop(subject, None)
             self._ephemeral_deadlines.pop(subject, None)
@@ -54,6 +95,8 @@ class Elsewhere:
         elif isinstance(message, m.PeerUpdate):
             if message.peer.online:
                 self._elsewhere[subject] = message.peer
+                if origin is not None:
+                    self._leases.origin[subject] = origin
             else:
                 self._elsewhere.pop(subject, None)
             self._roster.changed(subject)

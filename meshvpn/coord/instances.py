@@ -12,8 +12,10 @@ listening session; that is all the cluster protocol there is.
 
 A notification is JSON: ``{"from": instance, "network": name, "key": base64, "frame": text or
 null}``, the frame exactly as this instance's own nodes got it (far below PostgreSQL's 8000-byte
-payload limit). An instance skips its own. A notification that does not parse is logged and
-dropped.
+payload limit), or a heartbeat ``{"from": instance}`` every `HEARTBEAT` seconds. An instance
+skips its own. Whatever another instance sends renews its lease (`elsewhere.LEASE`): a killed
+instance falls silent, and the others then count its nodes offline. A notification that does
+not parse is logged and dropped.
 """
 
 from __future__ import annotations
@@ -31,18 +33,24 @@ from meshvpn.keys import decode_key, encode_key
 log = logging.getLogger("meshvpn.coord.instances")
 
 CHANNEL = "meshvpn_coord"
+HEARTBEAT = 5.0
+"""Seconds between an instance's heartbeats."""
 
-Changed = Callable[[str, bytes, "bytes | None"], None]
-"""Called with (network, node key, frame or None) for each change another instance made."""
+Changed = Callable[[str, bytes, "bytes | None", str], None]
+"""Called with (network, node key, frame or None, instance) for each change another instance made."""
+Heard = Callable[[str], None]
+"""Called with the instance whenever another instance spoke (a change or a heartbeat)."""
 
 
 class InstanceLink:
     """This instance's LISTEN session and the connection it publishes on."""
 
-    def __init__(self, dsn: str, on_change: Changed) -> None:
+    def __init__(self, dsn: str, on_change: Changed, on_heard: Heard) -> None:
         self.dsn = dsn
         self.instance = os.urandom(8).hex()
         self._on_change = on_change
+        self._on_heard = on_heard
+        self._beats: asyncio.Task | None = None
         self._publisher: Any = None
         self._listener: Any = None
         self._task: asyncio.Task | None = None
@@ -61,12 +69,15 @@ class InstanceLink:
             raise ConfigError(f"database: cannot connect to {redact(self.dsn)}: {str(exc).strip()}") from None
         await self._listener.execute(f"LISTEN {CHANNEL}")
         self._task = asyncio.create_task(self._listen())
+        self._beats = asyncio.create_task(self._heartbeats())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._beats, self._task):
+            if task is None:
+                continue
+            task.cancel()
             try:
-                await self._task
+                await task
             except (asyncio.CancelledError, Exception):
                 pass
         if self._listener is not None:
@@ -82,11 +93,20 @@ class InstanceLink:
         self._publisher.execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(payload, separators=(",", ":"))))
         self.published += 1
 
+    async def _heartbeats(self) -> None:
+        while True:
+            self._publisher.execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps({"from": self.instance})))
+            await asyncio.sleep(HEARTBEAT)
+
     async def _listen(self) -> None:
         async for notify in self._listener.notifies():
             try:
                 change = json.loads(notify.payload)
-                if change["from"] == self.instance:
+                origin = change["from"]
+                if origin == self.instance or not isinstance(origin, str):
+                    continue
+                self._on_heard(origin)
+                if "key" not in change:
                     continue
                 network, key, frame = change["network"], decode_key(change["key"]), change["frame"]
                 if not isinstance(network, str) or not (frame is None or isinstance(frame, str)):
@@ -96,6 +116,6 @@ class InstanceLink:
                 continue
             self.received += 1
             try:
-                self._on_change(network, key, None if frame is None else frame.encode())
+                self._on_change(network, key, None if frame is None else frame.encode(), origin)
             except Exception:
                 log.exception("internal error applying a change from another instance")

@@ -39,7 +39,7 @@ from meshvpn.coord.authkeys import AuthKey, AuthKeyRejected, create_auth_key
 from meshvpn.coord import passes
 from meshvpn.coord.candidates import SAMPLE_LIFETIME, plain_ip, punch_towards, sane_locals, sane_public
 from meshvpn.coord.connstate import ConnEvent, ConnState, Connection, peer_info
-from meshvpn.coord.elsewhere import Elsewhere
+from meshvpn.coord.elsewhere import Elsewhere, Leases
 from meshvpn.coord.lanpush import LanPush
 from meshvpn.coord.events import Action, AdminError, Announce, Close, Log, NodeStatus, Send, SendMap
 from meshvpn.coord.peermap import peer_update
@@ -75,6 +75,7 @@ class Membership(Elsewhere, LanPush):
         self._online: dict[str, dict[bytes, Connection]] = {}
         self._ephemeral_deadlines: dict[bytes, float] = {}
         self._elsewhere: dict[bytes, m.PeerInfo] = {}  # online on other instances (`elsewhere`)
+        self._leases = Leases()
         self._actions: list[Action] = []
         self.received: Counter = Counter()
         """Control messages received, by type (read by the metrics endpoint)."""

@@ -32,6 +32,7 @@ from meshvpn.control import messages
 from meshvpn.coord import admin
 from meshvpn.coord.console import start_console
 from meshvpn.coord.fanout import Fanout, FanoutSettings
+from meshvpn.coord.elsewhere import LEASE
 from meshvpn.coord.instances import InstanceLink
 from meshvpn.coord.connection import Connection
 from meshvpn.coord.mapbudget import MapBudget
@@ -145,7 +146,7 @@ class CoordServer:
         self.instances: InstanceLink | None = None
         """With a PostgreSQL database: the other coord instances sharing it (`instances`)."""
         if isinstance(settings.database, str):
-            self.instances = InstanceLink(settings.database, self._changed_elsewhere)
+            self.instances = InstanceLink(settings.database, self._changed_elsewhere, self._heard)
         self._drain_handle: asyncio.Handle | None = None
         self._batch: contextlib.AbstractContextManager | None = None
         """The store transaction holding this loop iteration's inputs (`batch`), while open."""
@@ -169,6 +170,7 @@ class CoordServer:
             PrefixLimits(limits.max_unregistered_per_host, limits.max_unregistered_per_subnet))
         self._max_connections = max(0, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - limits.reserved_descriptors)
         self._timer: asyncio.TimerHandle | None = None
+        self._lease_timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         """Open every listener; raise MeshError naming the one that failed."""
@@ -191,6 +193,7 @@ class CoordServer:
                 self.console = await start_console(settings.console, self.admin_answer)
             if self.instances is not None:
                 await self.instances.start()
+                self._check_leases()
         except OSError as exc:
             await self.close()
             raise MeshError(f"coord cannot listen: {exc}") from None
@@ -208,7 +211,7 @@ class CoordServer:
         self.stopping = True
         if self.metrics is not None:
             await self.metrics.close()
-        for handle in (self._timer, self._drain_handle):
+        for handle in (self._timer, self._drain_handle, self._lease_timer):
             if handle is not None:
                 handle.cancel()
         listeners = [listener for listener in (self._listener, self._tls_listener) if listener is not None]
@@ -416,14 +419,23 @@ class CoordServer:
     async def _serve_admin(self, request: dict) -> AsyncIterator[dict]:
         yield {**self.admin_answer(request), "done": True}
 
-    def _changed_elsewhere(self, network: str, key: bytes, frame: bytes | None) -> None:
+    def _heard(self, instance: str) -> None:
+        self.membership.instance_heard(instance, self.clock())
+
+    def _check_leases(self) -> None:
+        """Every third of a lease: nodes of instances that fell silent go offline here."""
+        self._lease_timer = asyncio.get_running_loop().call_later(LEASE / 3, self._check_leases)
+        self.membership.expire_elsewhere(self.clock())
+        self.run_actions()
+
+    def _changed_elsewhere(self, network: str, key: bytes, frame: bytes | None, instance: str) -> None:
         """Another instance on the database changed `key` (see `meshvpn.coord.instances`)."""
         try:
             message = None if frame is None else messages.decode(frame)
         except RemoteProtocolError as exc:
             log.warning("dropping a change from another instance: %s", exc)
             return
-        self.membership.changed_elsewhere(network, key, message, frame)
+        self.membership.changed_elsewhere(network, key, message, frame, instance)
         self.run_actions()
 
 

@@ -13,6 +13,8 @@ import pytest
 from meshvpn import keys
 from meshvpn.config import Address, CoordConfig, NetworkConfig, RelayInfo
 from meshvpn.control import messages as m
+from meshvpn.coord import elsewhere, instances
+from meshvpn.coord import server as server_module
 from meshvpn.coord.client import CoordRefused, connect
 from meshvpn.coord.server import CoordServer
 from meshvpn.localsock import request
@@ -151,3 +153,28 @@ def test_a_one_off_key_admits_once_across_instances_and_relay_tokens_verify_from
     for registered in (first, second):
         (token,) = registered.relay_tokens
         assert verifier.verify(token.token, registered.node_key, time.time()).node_key == registered.node_key
+
+
+def test_nodes_of_an_instance_that_stops_without_a_word_go_offline_on_the_other_after_its_lease(
+        tmp_path, postgres_dsn, monkeypatch):
+    monkeypatch.setattr(instances, "HEARTBEAT", 0.2)
+    monkeypatch.setattr(elsewhere, "LEASE", 1.0)
+    monkeypatch.setattr(server_module, "LEASE", 1.0)
+
+    async def scenario():
+        async with two_instances(tmp_path, postgres_dsn) as (one, two):
+            token = auth_key(one)
+            alice, _, _ = await join(one, "alice", token)
+            await seen_online(two, "alice")
+            bob, _, bob_map = await join(two, "bob", token)
+            await asyncio.sleep(1.5)  # heartbeats keep alice's lease: she stays online on two
+            still = [(s.node.name, s.online) for s in two.membership.list_nodes()]
+            stopped = time.monotonic()
+            await one.close()  # a closing instance does not announce its nodes offline, as a killed one
+            gone = await next_of(bob, m.PeerUpdate, 5.0)
+            return bob_map, still, gone, time.monotonic() - stopped
+
+    bob_map, still, gone, took = asyncio.run(scenario())
+    assert [(p.name, p.online) for p in bob_map.peers] == [("alice", True)]
+    assert sorted(still) == [("alice", True), ("bob", True)]
+    assert (gone.peer.name, gone.peer.online) == ("alice", False) and 0.5 < took < 3.0

@@ -93,3 +93,25 @@ def test_an_address_taken_by_an_instance_whose_clock_lags_is_skipped_after_a_con
     actions = join(two, "b", 2, token)
     (registered,) = [a.message for a in actions if isinstance(a, Send) and isinstance(a.message, m.Registered)]
     assert registered.address == "10.77.0.4"
+
+
+def test_nodes_of_an_instance_that_fell_silent_go_offline_when_its_lease_runs_out():
+    store = MemoryStore()
+    one, two = core(store), core(store)
+    token = one.create_auth_key("home", secret=bytes(32), now=NOW, reusable=True)[0]
+    join(two, "b", 2, token)
+    two.actions(announcements=True)
+    for action in join(one, "a", 1, token):
+        if isinstance(action, Announce):
+            two.changed_elsewhere(action.network, action.subject, action.message, action.payload, "one")
+    two.instance_heard("one", NOW)
+    two.actions(announcements=True)
+    two.expire_elsewhere(NOW + elsewhere.LEASE - 1)  # heard lately: still online
+    assert two.actions(announcements=True) == [] and [s.online for s in two.list_nodes()] == [True, True]
+    two.instance_heard("one", NOW + 10)
+    two.expire_elsewhere(NOW + 10 + elsewhere.LEASE)
+    (offline,) = two.actions(announcements=True)
+    assert isinstance(offline, Announce) and offline.relayed and offline.subject == key(1)
+    assert offline.message.peer.online is False
+    assert sorted((s.node.name, s.online) for s in two.list_nodes()) == [("node1", False), ("node2", True)]
+    assert two.expire_elsewhere(NOW + 100) is None and two.actions(announcements=True) == []
