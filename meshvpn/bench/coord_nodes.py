@@ -126,17 +126,19 @@ class SimNode(asyncio.Protocol):
                 self._registration(payload)
 
     def _registration(self, payload: bytes) -> None:
+        if payload.startswith(b'{"type":"pong"'):
+            return
         if payload.startswith(b'{"type":"peer_map"') and self.accepted.done():
             self._map_online += payload.count(b'"online":true')
             tail = payload[-32:]
             if b'"part":' not in tail or tail.endswith(b'"last":true}'):
                 self.online_peers = self._map_online
                 self.registered.set_result(None)
-                self._arm_ping()
             return
         message = m.decode(payload)
         if isinstance(message, m.Registered):
             self.accepted.set_result(None)
+            self._arm_ping()  # as a node does: its map may be minutes away, its silence limit is not
         else:
             self._fail(f"unexpected {message.TYPE} while registering")
 
