@@ -92,16 +92,21 @@ class SimNode(asyncio.Protocol):
         """The connection ended and is not coming back (revoked, or gave up)."""
         self.revoked = False
 
-    async def join(self, address, server_public: bytes, register: m.Register) -> None:
+    async def join(self, address, server_public: bytes, register: m.Register, gate: asyncio.Semaphore) -> None:
+        """Connect and register while holding `gate` (the worker's share of nodes between TCP
+        connect and `registered` at once: one process cannot act for thousands of machines in
+        the same instant, and the coord drops a connection whose handshake is late), then wait
+        for the whole peer map."""
         loop = asyncio.get_running_loop()
         self.channel = ClientChannel(self.identity, server_public, os.urandom(32), time.time())
         self.accepted, self.registered = loop.create_future(), loop.create_future()
         self._map_online = 0
-        await asyncio.wait_for(
-            loop.create_connection(lambda: self, *address, local_addr=source_address(self.index)), CONNECT_TIMEOUT
-        )
-        self.send(register)
-        await asyncio.wait_for(asyncio.shield(self.accepted), REGISTRATION_TIMEOUT)
+        async with gate:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: self, *address, local_addr=source_address(self.index)), CONNECT_TIMEOUT
+            )
+            self.send(register)
+            await asyncio.wait_for(asyncio.shield(self.accepted), REGISTRATION_TIMEOUT)
         await asyncio.wait_for(asyncio.shield(self.registered), MAP_TIMEOUT)
 
     @property
@@ -216,15 +221,14 @@ def register_message(node: SimNode) -> m.Register:
 
 
 async def join(node: SimNode, gate: asyncio.Semaphore) -> None:
-    async with gate:
-        try:
-            await node.join(node.worker.address(node), node.worker.spec["server_public"], register_message(node))
-        except (MeshError, OSError, asyncio.TimeoutError) as exc:
-            node.worker.fail(f"node-{node.index}: {exc or type(exc).__name__}")
-            node.close()
+    try:
+        await node.join(node.worker.address(node), node.worker.spec["server_public"], register_message(node), gate)
+    except (MeshError, OSError, asyncio.TimeoutError) as exc:
+        node.worker.fail(f"node-{node.index}: {exc or type(exc).__name__}")
+        node.close()
 
 
-async def rejoin(node: SimNode, deadline: float) -> None:
+async def rejoin(node: SimNode, deadline: float, gate: asyncio.Semaphore) -> None:
     """Reconnect as the node does after losing the coord: jittered, doubling backoff."""
     failures = 0
     worker = node.worker
@@ -232,7 +236,7 @@ async def rejoin(node: SimNode, deadline: float) -> None:
         failures += 1
         await asyncio.sleep(backoff_delay(failures, random.random()))
         try:
-            await node.join(worker.address(node), worker.spec["server_public"], register_message(node))
+            await node.join(worker.address(node), worker.spec["server_public"], register_message(node), gate)
             return
         except (MeshError, OSError, asyncio.TimeoutError):
             node.close()

@@ -8,7 +8,7 @@ their reading does not set the pace. Nodes register with `deltas` (``--legacy-no
 one frame per change). Phases, each with the server's CPU and RSS, the workers' CPU and the
 load average:
 
-1. cold start: every node joins (at most 100 in their handshake or registration at once) and
+1. cold start: every node joins (at most 100 between TCP connect and `registered` at once) and
    the time until every node's view has all its peers online;
 2. churn: ``--churn`` of the nodes (default 1 %) send new endpoints each second for
    ``--churn-seconds``; for a sample of the changes (at most ``--tracked`` a second), the time
@@ -17,7 +17,9 @@ load average:
    told to remove it;
 4. restart (last, as it takes longest): SIGTERM, a fresh server process on the same database,
    every node reconnecting at once with the node's jittered backoff
-   (`meshvpn.node.coordlink.backoff_delay`), and the time until every view is whole again.
+   (`meshvpn.node.coordlink.backoff_delay`; at most 400 between TCP connect and `registered` at
+   once, as the worker processes cannot send thousands of handshakes within the coord's 10 s
+   deadline), and the time until every view is whole again.
 
 With ``--instances N --database postgresql://...`` (or ``--database throwaway``: a temporary
 PostgreSQL from `meshvpn.lab.postgres`, as root) N instances share the database and node i
@@ -44,7 +46,7 @@ from pathlib import Path
 
 from meshvpn import keys
 from meshvpn.bench.coord_servers import Coords, Phase, Server, free_tcp_port, write_config
-from meshvpn.bench.coord_workers import CONCURRENT_JOINS, Workers
+from meshvpn.bench.coord_workers import CONCURRENT_JOINS, CONCURRENT_REJOINS, Workers
 from meshvpn.lab.postgres import throwaway_postgres
 from meshvpn.localsock import request
 
@@ -130,7 +132,8 @@ async def restart(run: Run) -> None:
     started = time.perf_counter()
     await run.server.start()
     listening = time.perf_counter() - started
-    rejoined = sum(await run.workers.ask_all("rejoin", run.args.quiet + 600))
+    gate = max(1, CONCURRENT_REJOINS // len(run.workers.pipes))
+    rejoined = sum(await run.workers.ask_all("rejoin", run.args.quiet + 600, gate))
     registered = time.perf_counter() - started
     run.workers.tell_all("reconnecting", False)
     whole, missing = await run.views_complete(started)

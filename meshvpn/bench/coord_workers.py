@@ -21,7 +21,12 @@ from meshvpn.control import messages as m
 from meshvpn.keys import encode_key
 
 CONCURRENT_JOINS = 100
-"""Connections in their handshake or registration at once during the cold start (over all workers)."""
+"""Nodes between TCP connect and `registered` at once (over all workers) in the cold start;
+after a restart, `CONCURRENT_REJOINS`."""
+CONCURRENT_REJOINS = 400
+"""The same after a restart, where every node reconnects on its own jittered backoff: as many as
+two worker processes (on a loaded 2-core machine) serve well within the coord's 10 s handshake
+deadline."""
 
 
 def serve(pipe: Connection, spec: dict[str, Any]) -> None:
@@ -58,8 +63,8 @@ async def _command(worker: Worker, command: str, args: list) -> Any:
         await asyncio.gather(*(join(node, gate) for node in worker.nodes))
         return sum(1 for node in worker.nodes if node.joined)
     if command == "rejoin":
-        deadline = time.monotonic() + args[0]
-        await asyncio.gather(*(rejoin(node, deadline) for node in worker.live()))
+        deadline, gate = time.monotonic() + args[0], asyncio.Semaphore(args[1])
+        await asyncio.gather(*(rejoin(node, deadline, gate) for node in worker.live()))
         return sum(1 for node in worker.live())
     if command == "live":
         return [(node.index, node.network) for node in worker.live()]
