@@ -239,12 +239,13 @@ async def run_on(args, directory: Path, database: str) -> None:
         print(f"stopped at the --timeout of {args.timeout:.0f} s")
     finally:
         if workers is not None:
-            reports = await asyncio.wait_for(workers.ask_all("report"), 60)
-            frames = sum(frames for frames, _, _ in reports)
-            failures = [failure for _, worker_failures, _ in reports for failure in worker_failures]
-            cpu = sum(cpu for _, _, cpu in reports)
+            with contextlib.suppress(asyncio.TimeoutError, OSError, EOFError):
+                reports = await asyncio.wait_for(workers.ask_all("report"), 60)
+                frames = sum(frames for frames, _, _ in reports)
+                failures = [failure for _, worker_failures, _ in reports for failure in worker_failures]
+                cpu = sum(cpu for _, _, cpu in reports)
+                print(f"node workers CPU {cpu:.1f} s (the clients' share of the machine); frames counted {frames}")
             await workers.close()
-            print(f"node workers CPU {cpu:.1f} s (the clients' share of the machine); frames counted {frames}")
         server.stop()
         if failures:
             print(f"failures {len(failures)}, e.g. {failures[0]}; last {failures[-1]}")

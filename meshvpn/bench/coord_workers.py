@@ -36,24 +36,38 @@ def serve(pipe: Connection, spec: dict[str, Any]) -> None:
     asyncio.run(_serve(pipe, Worker(spec)))
 
 
+_NO_REPLY = object()
+
+
 async def _serve(pipe: Connection, worker: Worker) -> None:
+    """Answer commands as they come; `join` and `rejoin` run on while others are answered, and
+    every reply names its command, so a bench that stopped waiting for one is not misled."""
     commands: asyncio.Queue = asyncio.Queue()
     asyncio.get_running_loop().add_reader(pipe.fileno(), lambda: commands.put_nowait(pipe.recv()))
+    running: set[asyncio.Task] = set()
     while True:
         command, *args = await commands.get()
         if command == "close":
             worker.closing = True
+            for task in running:
+                task.cancel()
             for node in worker.nodes:
                 node.close()
             await asyncio.sleep(0.2)
-            pipe.send(None)
+            pipe.send((command, None))
             return
-        reply = await _command(worker, command, args)
-        if reply is not _NO_REPLY:
-            pipe.send(reply)
+        if command in ("join", "rejoin"):
+            task = asyncio.create_task(_answer(pipe, worker, command, args))
+            running.add(task)
+            task.add_done_callback(running.discard)
+        else:
+            await _answer(pipe, worker, command, args)
 
 
-_NO_REPLY = object()
+async def _answer(pipe: Connection, worker: Worker, command: str, args: list) -> None:
+    reply = await _command(worker, command, args)
+    if reply is not _NO_REPLY:
+        pipe.send((command, reply))
 
 
 async def _command(worker: Worker, command: str, args: list) -> Any:
@@ -97,6 +111,14 @@ async def _command(worker: Worker, command: str, args: list) -> Any:
     raise ValueError(f"unknown command {command!r}")
 
 
+def _reply(pipe: Connection, command: str) -> Any:
+    """The reply to `command`, skipping replies to commands the bench stopped waiting for."""
+    while True:
+        answered, reply = pipe.recv()
+        if answered == command:
+            return reply
+
+
 class Workers:
     """The node worker processes of one run, node i in worker i mod W."""
 
@@ -126,13 +148,13 @@ class Workers:
     async def ask(self, pipe: Connection, *command: Any) -> Any:
         async with self._lock:
             pipe.send(command)
-            return await asyncio.to_thread(pipe.recv)
+            return await asyncio.to_thread(_reply, pipe, command[0])
 
     async def ask_all(self, *command: Any) -> list[Any]:
         async with self._lock:
             for pipe in self.pipes:
                 pipe.send(command)
-            return await asyncio.gather(*(asyncio.to_thread(pipe.recv) for pipe in self.pipes))
+            return await asyncio.gather(*(asyncio.to_thread(_reply, pipe, command[0]) for pipe in self.pipes))
 
     def cpu(self) -> float:
         """CPU seconds the workers took so far."""
@@ -146,7 +168,7 @@ class Workers:
         try:
             await asyncio.wait_for(self.ask_all("close"), 30)
         except (asyncio.TimeoutError, OSError, EOFError):
-            pass
+            pass  # a worker that does not answer is killed below
         for process in self.processes:
             process.join(5)
             if process.is_alive():

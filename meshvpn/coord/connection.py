@@ -105,8 +105,8 @@ class Connection(asyncio.Protocol):
         self.server.release(self)
         if self.node_key is not None and not self.server.stopping:
             log.debug("connection of %s ended%s", self.who(), f": {exc}" if exc else "")
+            self.server.batch()  # thousands of nodes may go at once: one commit for a loop turn's
             self.server.membership.node_disconnected(self, self.server.clock())
-            self.server.run_actions()
 
     def send_payload(self, payload: bytes, *, peer_map: bool = False) -> None:
         """Seal one encoded message to this node (or hold it behind the waiting peer map); drop
