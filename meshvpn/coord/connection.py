@@ -3,8 +3,8 @@
 Each connection runs a `ServerChannel` (Noise IK, sealed frames). What it costs the server is
 bounded: a handshake deadline, a cap on what may queue for a client that does not read, and a
 close on the first bad byte. While its peer map waits for room (`mapbudget`), everything else
-the core sends it is held and follows the map, so the node sees `registered`, its map, then the
-rest, in the order the core decided them.
+the core sends it but pongs is held and follows the map, so the node sees `registered`, its
+map, then the rest, in the order the core decided them.
 """
 
 from __future__ import annotations
@@ -108,12 +108,13 @@ class Connection(asyncio.Protocol):
             self.server.batch()  # thousands of nodes may go at once: one commit for a loop turn's
             self.server.membership.node_disconnected(self, self.server.clock())
 
-    def send_payload(self, payload: bytes, *, peer_map: bool = False) -> None:
-        """Seal one encoded message to this node (or hold it behind the waiting peer map); drop
-        the node if it stopped reading."""
+    def send_payload(self, payload: bytes, *, peer_map: bool = False, stateless: bool = False) -> None:
+        """Seal one encoded message to this node, or hold it behind the waiting peer map unless
+        it says nothing about the network (a `pong`: a node waiting minutes for its map must not
+        take the coord for silent); drop the node if it stopped reading."""
         if self.transport.is_closing():
             return
-        if self.held is not None and not peer_map:
+        if self.held is not None and not peer_map and not stateless:
             self.held.append(payload)
             return
         if peer_map:

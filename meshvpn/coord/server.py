@@ -319,9 +319,10 @@ class CoordServer:
                     if self.instances is not None and not action.relayed:
                         self.instances.publish(action.network, action.subject, payload)
                 elif isinstance(action, Send):
-                    if not isinstance(action.message, messages.Registered):
+                    pong = isinstance(action.message, messages.Pong)
+                    if not pong and not isinstance(action.message, messages.Registered):
                         self._send_held(action.conn_id)
-                    action.conn_id.send_payload(action.payload or messages.encode(action.message))
+                    action.conn_id.send_payload(action.payload or messages.encode(action.message), stateless=pong)
                 elif isinstance(action, SendMap):
                     action.conn_id.held = action.conn_id.held or []
                     self.maps.wait(action.conn_id)

@@ -246,16 +246,18 @@ def test_a_client_that_does_not_read_its_peer_map_holds_the_budget_and_later_map
             client = await connect(server.address, server.identity.public, keys.generate_private_key())
             client.send(register("patient", token))
             registered = await next_of(client, m.Registered)
+            client.send(m.Ping())  # a node waiting for its map still hears the coord
+            pong = await client.recv(5.0)
             waiting = asyncio.ensure_future(whole_map(client))
             await asyncio.sleep(1.0)
             held = waiting.done(), len(server.maps), server.maps.in_flight
             sock.close()
             peers = await waiting
             client.close()
-            return registered, held, peers, server.maps.in_flight
+            return registered, held, pong, peers, server.maps.in_flight
 
-    registered, held, peers, in_flight = asyncio.run(scenario())
-    assert isinstance(registered, m.Registered)
+    registered, held, pong, peers, in_flight = asyncio.run(scenario())
+    assert isinstance(registered, m.Registered) and isinstance(pong, m.Pong)
     assert held[0] is False and held[1] == 1 and held[2] > 100_000  # the sloth's map fills the budget
     assert len(peers) == 2001 and in_flight == 0
 
