@@ -298,3 +298,32 @@ def test_stun_answers_on_the_stun_port(tmp_path):
 
     port, result = asyncio.run(scenario())
     assert result.mapped == ("127.0.0.1", port)
+
+
+def test_registrations_arriving_together_share_a_commit_and_each_is_stored_before_its_answer(tmp_path):
+    async def scenario():
+        async with running(coord_config(tmp_path)) as server:
+            commits = []
+            execute = server.store._execute
+
+            def counting(statement, args=()):
+                if statement == "COMMIT":
+                    commits.append(statement)
+                return execute(statement, args)
+
+            server.store._execute = counting
+            token = auth_key(server)
+            clients = [await connect(server.address, server.identity.public, keys.generate_private_key())
+                       for _ in range(20)]
+            commits.clear()  # the handshakes' turns wrote nothing
+            for n, client in enumerate(clients):
+                client.send(register(f"batch-{n}", token))
+            answers = await asyncio.gather(*(client.registration() for client in clients))
+            stored = {node.name for node in server.store.nodes("home")}  # committed: another connection sees them
+            for client in clients:
+                client.close()
+            return commits, answers, stored
+
+    commits, answers, stored = asyncio.run(scenario())
+    assert {registered.name for registered, _ in answers} == {f"batch-{n}" for n in range(20)} <= stored
+    assert len(commits) <= 3  # 20 registrations sent at once: one loop turn, one commit (or a few)
