@@ -10,7 +10,8 @@ setup(
     ext_modules=[
         Extension(
             "meshvpn._fastpath",
-            ["meshvpn/_fastpath.c", "meshvpn/_fastpath_coalesce.c"],
+            ["meshvpn/_fastpath.c", "meshvpn/_fastpath_coalesce.c", "meshvpn/_fastpath_window.c",
+             "meshvpn/_fastpath_loop.c"],
             depends=["meshvpn/_fastpath.h"],
             libraries=["sodium"],
             extra_compile_args=["-O2"],

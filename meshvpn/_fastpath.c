@@ -17,10 +17,10 @@
 
 #include "_fastpath.h"
 
-static PyObject *remote_error, *local_error;
-static unsigned long long reject_after;
-static uint64_t window_size;
-static Py_ssize_t window_blocks;
+PyObject *remote_error, *local_error;
+unsigned long long reject_after;
+uint64_t window_size;
+Py_ssize_t window_blocks;
 
 static void write_header(uint8_t *p, int kind, uint32_t index, uint64_t counter) {
     p[0] = VERSION; p[1] = (uint8_t)kind; p[2] = p[3] = 0;
@@ -148,87 +148,6 @@ done:
     return result;
 }
 
-/* The replay window of meshvpn.replay.ReplayWindow, read and written through its list of blocks. */
-typedef struct {
-    PyObject *blocks;
-    uint64_t greatest1;  /* greatest + 1; 0 before the first counter */
-} Window;
-
-static int block_get(Window *w, uint64_t counter, uint64_t *word) {
-    PyObject *item = PyList_GET_ITEM(w->blocks, (Py_ssize_t)((counter >> 6) % (uint64_t)window_blocks));
-    *word = PyLong_AsUnsignedLongLong(item);
-    return (*word == (uint64_t)-1 && PyErr_Occurred()) ? -1 : 0;
-}
-
-static int block_set(Window *w, Py_ssize_t index, uint64_t word) {
-    PyObject *value = PyLong_FromUnsignedLongLong(word);
-    if (value == NULL) return -1;
-    PyList_SetItem(w->blocks, index, value);
-    return 0;
-}
-
-/* 1 if counter would be accepted, 0 if not, -1 on error (ReplayWindow.check). */
-static int window_check(Window *w, uint64_t counter) {
-    if (counter >= reject_after) return 0;
-    if (w->greatest1 == 0 || counter > w->greatest1 - 1) return 1;
-    if (w->greatest1 - 1 - counter >= window_size) return 0;
-    uint64_t word;
-    if (block_get(w, counter, &word) < 0) return -1;
-    return !((word >> (counter & 63)) & 1);
-}
-
-/* ReplayWindow.check_and_update. */
-static int window_update(Window *w, uint64_t counter) {
-    if (counter >= reject_after) return 0;
-    if (w->greatest1 == 0 || counter > w->greatest1 - 1) {
-        int64_t current = w->greatest1 ? (int64_t)((w->greatest1 - 1) >> 6) : -1;
-        int64_t target = (int64_t)(counter >> 6);
-        if (target != current) {
-            if (target - current >= window_blocks) {
-                for (Py_ssize_t b = 0; b < window_blocks; b++) if (block_set(w, b, 0) < 0) return -1;
-            } else {
-                for (int64_t b = current + 1; b <= target; b++)
-                    if (block_set(w, (Py_ssize_t)(b % window_blocks), 0) < 0) return -1;
-            }
-        }
-        w->greatest1 = counter + 1;
-    } else if (w->greatest1 - 1 - counter >= window_size) {
-        return 0;
-    }
-    uint64_t word;
-    if (block_get(w, counter, &word) < 0) return -1;
-    uint64_t bit = (uint64_t)1 << (counter & 63);
-    if (word & bit) return 0;
-    return block_set(w, (Py_ssize_t)((counter >> 6) % (uint64_t)window_blocks), word | bit) < 0 ? -1 : 1;
-}
-
-/* Session.open_into for buf[msg:end]: plaintext length, -1 to drop, -2 on a Python error. */
-static Py_ssize_t open_message(uint8_t *b, Py_ssize_t msg, Py_ssize_t end, uint32_t local_index,
-                               const uint8_t *key, Window *w) {
-    Py_ssize_t size = end - msg;
-    if (size < OVERHEAD) return -1;
-    const uint8_t *h = b + msg;
-    int kind = h[1];
-    if (get32le(h + 4) != local_index || h[0] != VERSION || h[2] || h[3]) return -1;
-    if (kind == KIND_DATA) {
-        if (size == OVERHEAD) return -1;
-    } else if (kind != KIND_KEEPALIVE || size != OVERHEAD) {
-        return -1;
-    }
-    uint64_t counter = get64le(h + 8);
-    int ok = window_check(w, counter);
-    if (ok <= 0) return ok < 0 ? -2 : -1;
-    uint8_t nonce[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
-    put64le(nonce + 4, counter);
-    uint8_t *body = b + msg + HEADER_LEN;
-    if (crypto_aead_chacha20poly1305_ietf_decrypt(body, NULL, NULL, body, (unsigned long long)(size - HEADER_LEN),
-                                                  h, HEADER_LEN, nonce, key) != 0)
-        return -1;
-    ok = window_update(w, counter);
-    if (ok <= 0) return ok < 0 ? -2 : -1;
-    return size - OVERHEAD;
-}
-
 PyDoc_STRVAR(open_run_doc,
 "open_run(key, local_index, window, relay_key, overlay, accept, buf, view, at, stop, seg_size, to_tun)\n"
 "-> (next_at, authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected, casts)\n\n"
@@ -247,6 +166,26 @@ static Py_ssize_t accepted_destination(const uint8_t *p, const uint8_t *accept, 
     return 0;
 }
 
+/* w reads and writes a ReplayWindow's list of blocks; *greatest is its greatest (a new reference). */
+static int list_window(PyObject *window, Window *w, PyObject **greatest) {
+    w->blocks = PyObject_GetAttrString(window, "_blocks");
+    *greatest = PyObject_GetAttrString(window, "greatest");
+    if (w->blocks == NULL || *greatest == NULL) return -1;
+    if (!PyList_CheckExact(w->blocks) || PyList_GET_SIZE(w->blocks) != window_blocks) {
+        PyErr_SetString(PyExc_TypeError, "window blocks do not match");
+        return -1;
+    }
+    long long g = PyLong_AsLongLong(*greatest);
+    if (g == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        w->greatest1 = PyLong_AsUnsignedLongLong(*greatest) + 1;
+        if (PyErr_Occurred()) return -1;
+    } else {
+        w->greatest1 = (uint64_t)(g + 1);
+    }
+    return 0;
+}
+
 static PyObject *open_run(PyObject *self, PyObject *args) {
     Py_buffer key, overlay, accept, buf;
     unsigned int local_index;
@@ -256,7 +195,7 @@ static PyObject *open_run(PyObject *self, PyObject *args) {
                           &buf, &view, &at, &stop, &seg_size, &PyList_Type, &to_tun))
         return NULL;
     PyObject *result = NULL, *greatest = NULL;
-    Window w = {NULL, 0};
+    Window w = {NULL, NULL, 0, NULL};
     Py_ssize_t authentic = 0, opened = 0, opened_bytes = 0, failed = 0, spoofed = 0, wrong_key = 0, misdirected = 0;
     Py_ssize_t casts = 0;
     const uint8_t *relay = NULL;
@@ -266,17 +205,10 @@ static PyObject *open_run(PyObject *self, PyObject *args) {
         if (!PyBytes_Check(relay_key) || PyBytes_GET_SIZE(relay_key) != KEY_LEN) { PyErr_SetString(PyExc_ValueError, "relay_key must be 32 bytes"); goto done; }
         relay = (const uint8_t *)PyBytes_AS_STRING(relay_key);
     }
-    w.blocks = PyObject_GetAttrString(window, "_blocks");
-    greatest = PyObject_GetAttrString(window, "greatest");
-    if (w.blocks == NULL || greatest == NULL) goto done;
-    if (!PyList_CheckExact(w.blocks) || PyList_GET_SIZE(w.blocks) != window_blocks) { PyErr_SetString(PyExc_TypeError, "window blocks do not match"); goto done; }
-    long long g = PyLong_AsLongLong(greatest);
-    if (g == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        w.greatest1 = PyLong_AsUnsignedLongLong(greatest) + 1;
-        if (PyErr_Occurred()) goto done;
-    } else {
-        w.greatest1 = (uint64_t)(g + 1);
+    if (PyObject_TypeCheck(window, &NativeWindowType)) {
+        w.native = (NativeWindow *)window;
+    } else if (list_window(window, &w, &greatest) < 0) {
+        goto done;
     }
     uint64_t initial = w.greatest1;
     int is_v4 = overlay.len == 4;
@@ -324,7 +256,7 @@ static PyObject *open_run(PyObject *self, PyObject *args) {
     result = Py_BuildValue("nnnnnnnnn", at, authentic, opened, opened_bytes, failed, spoofed, wrong_key, misdirected,
                            casts);
 store:
-    if (w.greatest1 != initial) {
+    if (w.native == NULL && w.greatest1 != initial) {
         PyObject *value = w.greatest1 ? PyLong_FromUnsignedLongLong(w.greatest1 - 1) : PyLong_FromLong(-1);
         if (value == NULL || PyObject_SetAttrString(window, "greatest", value) < 0) Py_CLEAR(result);
         Py_XDECREF(value);
@@ -353,5 +285,13 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         PyErr_SetString(PyExc_ImportError, "libsodium failed to initialise");
         return NULL;
     }
-    return PyModule_Create(&module);
+    if (PyType_Ready(&NativeWindowType) < 0 || PyType_Ready(&LoopType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "NativeWindow", (PyObject *)&NativeWindowType) < 0
+            || PyModule_AddObjectRef(m, "Loop", (PyObject *)&LoopType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -7,6 +7,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <pthread.h>
 
 #define HEADER_LEN 16
 #define TAG_LEN 16
@@ -52,5 +53,52 @@ static inline uint32_t fold(uint64_t s) {
 
 PyObject *coalesce_iov(PyObject *self, PyObject *packets);
 extern const char coalesce_iov_doc[];
+
+/* One TUN write of coalesce_groups: packets first..first+count-1, the head whole and the others
+   from hl on, behind the virtio header hdr. */
+typedef struct {
+    uint8_t hdr[10];
+    Py_ssize_t first, count, hl;
+} CoalesceGroup;
+
+/* offload.coalesce_iov on raw packets (heads of merged runs rewritten in place): the number of
+   groups written to groups (at most n).  Touches no Python object, so it runs without the GIL. */
+Py_ssize_t coalesce_groups(uint8_t *const *packets, const Py_ssize_t *sizes, Py_ssize_t n, CoalesceGroup *groups);
+
+/* The protocol constants given to configure() (_fastpath.c). */
+extern unsigned long long reject_after;
+extern uint64_t window_size;
+extern Py_ssize_t window_blocks;
+extern PyObject *remote_error, *local_error;
+
+/* meshvpn.replay.ReplayWindow in C, shared by the asyncio thread and the native loop's thread
+   (_fastpath_window.c): one mutex per window. */
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t lock;
+    uint64_t greatest1;  /* greatest + 1; 0 before the first counter */
+    uint64_t *blocks;
+} NativeWindow;
+extern PyTypeObject NativeWindowType;
+
+/* A window as the open loops see it: a Python ReplayWindow's list of blocks (blocks, GIL held),
+   raw blocks, or a NativeWindow (native, locked around each check and update). */
+typedef struct {
+    PyObject *blocks;
+    uint64_t *raw;
+    uint64_t greatest1;
+    NativeWindow *native;
+} Window;
+
+int window_check(Window *w, uint64_t counter);
+int window_update(Window *w, uint64_t counter);
+
+/* Session.open_into for b[msg:end]: plaintext length, -1 to drop, -2 on a Python error (only
+   with a list window). */
+Py_ssize_t open_message(uint8_t *b, Py_ssize_t msg, Py_ssize_t end, uint32_t local_index,
+                        const uint8_t *key, Window *w);
+
+/* The native loop's type (_fastpath_loop.c). */
+extern PyTypeObject LoopType;
 
 #endif

@@ -13,12 +13,10 @@ static inline uint32_t get32(const uint8_t *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-static PyObject *vnet_hdr(int flags, int gso_type, int hdr_len, int gso_size, int csum_start, int csum_offset) {
-    uint8_t b[10];
+static void vnet_hdr(uint8_t *b, int flags, int gso_type, int hdr_len, int gso_size, int csum_start, int csum_offset) {
     uint16_t fields[4] = {(uint16_t)hdr_len, (uint16_t)gso_size, (uint16_t)csum_start, (uint16_t)csum_offset};
     b[0] = (uint8_t)flags; b[1] = (uint8_t)gso_type;
     memcpy(b + 2, fields, sizeof fields);  /* host byte order, as the TUN reads it */
-    return PyBytes_FromStringAndSize((const char *)b, sizeof b);
 }
 
 static uint32_t pseudo_sum(const uint8_t *p, int proto, Py_ssize_t length) {
@@ -87,61 +85,115 @@ static int same_headers(const uint8_t *h, const uint8_t *p, int l3, Py_ssize_t h
 }
 
 typedef struct {
-    PyObject *list;     /* [hdr placeholder, head, payload views...] */
+    CoalesceGroup *group;  /* the open run's group, NULL when none is open */
     int l3;
-    Py_ssize_t hl, gso, total, room;
+    Py_ssize_t gso, total, room;
     uint32_t next_seq;
 } Run;
 
-/* offload._close_run: rewrite the head for the merged length and append the iovec to out. */
-static int close_run(Run *run, PyObject *out, int psh) {
-    PyObject *hdr;
+/* offload._close_run: rewrite the head for the merged length and set the group's header. */
+static void close_run(Run *run, uint8_t *h, int psh) {
+    CoalesceGroup *g = run->group;
     int l3 = run->l3;
-    if (PyList_GET_SIZE(run->list) == 2) {
-        hdr = vnet_hdr(F_NEEDS_CSUM, GSO_NONE, 0, 0, l3, 16);
-    } else {
-        Py_buffer head;
-        if (PyObject_GetBuffer(PyList_GET_ITEM(run->list, 1), &head, PyBUF_WRITABLE) < 0) return -1;
-        uint8_t *h = head.buf;
-        Py_ssize_t total = run->total;
-        if (l3 == 20) {
-            put16(h + 2, (uint32_t)total);
-            put16(h + 10, 0);
-            put16(h + 10, ~fold(sum16(h, 20)) & 0xFFFF);
-        } else {
-            put16(h + 4, (uint32_t)(total - 40));
-        }
-        if (psh) h[l3 + 13] |= TCP_PSH;
-        put16(h + l3 + 16, pseudo_sum(h, PROTO_TCP, total - l3));
-        PyBuffer_Release(&head);
-        hdr = vnet_hdr(F_NEEDS_CSUM, l3 == 20 ? GSO_TCPV4 : GSO_TCPV6, (int)run->hl, (int)run->gso, l3, 16);
+    run->group = NULL;
+    if (g->count == 1) {
+        vnet_hdr(g->hdr, F_NEEDS_CSUM, GSO_NONE, 0, 0, l3, 16);
+        return;
     }
-    if (hdr == NULL) return -1;
-    PyList_SetItem(run->list, 0, hdr);
-    int appended = PyList_Append(out, run->list);
-    Py_CLEAR(run->list);
-    return appended;
+    Py_ssize_t total = run->total;
+    if (l3 == 20) {
+        put16(h + 2, (uint32_t)total);
+        put16(h + 10, 0);
+        put16(h + 10, ~fold(sum16(h, 20)) & 0xFFFF);
+    } else {
+        put16(h + 4, (uint32_t)(total - 40));
+    }
+    if (psh) h[l3 + 13] |= TCP_PSH;
+    put16(h + l3 + 16, pseudo_sum(h, PROTO_TCP, total - l3));
+    vnet_hdr(g->hdr, F_NEEDS_CSUM, l3 == 20 ? GSO_TCPV4 : GSO_TCPV6, (int)g->hl, (int)run->gso, l3, 16);
 }
 
-/* Append the payload run->hl.. of packet to the run. */
-static int extend_run(Run *run, PyObject *packet, Py_ssize_t size) {
-    PyObject *payload = PySequence_GetSlice(packet, run->hl, size);
-    if (payload == NULL) return -1;
-    int appended = PyList_Append(run->list, payload);
-    Py_DECREF(payload);
-    run->total += size - run->hl;
-    return appended;
+static CoalesceGroup *single(CoalesceGroup *groups, Py_ssize_t *n, Py_ssize_t i) {
+    CoalesceGroup *g = &groups[(*n)++];
+    g->first = i;
+    g->count = 1;
+    g->hl = 0;
+    return g;
 }
 
-static int append_pair(PyObject *out, PyObject *hdr, PyObject *packet) {
-    if (hdr == NULL) return -1;
-    PyObject *pair = PyList_New(2);
-    if (pair == NULL) { Py_DECREF(hdr); return -1; }
-    PyList_SET_ITEM(pair, 0, hdr);
-    PyList_SET_ITEM(pair, 1, Py_NewRef(packet));
-    int appended = PyList_Append(out, pair);
-    Py_DECREF(pair);
-    return appended;
+Py_ssize_t coalesce_groups(uint8_t *const *packets, const Py_ssize_t *sizes, Py_ssize_t n, CoalesceGroup *groups) {
+    Run run = {NULL, 0, 0, 0, 0, 0};
+    uint8_t *h = NULL;  /* the open run's head */
+    Py_ssize_t made = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *p = packets[i];
+        Py_ssize_t size = sizes[i];
+        int l3, flags;
+        Py_ssize_t hl;
+        uint32_t seq_no;
+        if (run.group != NULL) {
+            Py_ssize_t rhl = run.group->hl;
+            if (size == rhl + run.gso) {
+                if (same_headers(h, p, run.l3, rhl, 0) && get32(p + run.l3 + 4) == run.next_seq
+                        && (run.l3 != 20 || fold(sum16(p, 20)) == 0xFFFF) && run.room >= run.gso) {
+                    run.group->count++;
+                    run.total += size - rhl;
+                    run.room -= run.gso;
+                    run.next_seq += (uint32_t)run.gso;
+                    if (p[run.l3 + 13] & TCP_PSH) close_run(&run, h, 1);
+                    continue;
+                }
+            } else if (size < rhl + run.gso && size - rhl <= run.room) {
+                if (tcp_candidate(p, size, &l3, &hl, &seq_no, &flags) && l3 == run.l3 && hl == rhl
+                        && seq_no == run.next_seq && same_headers(h, p, run.l3, rhl, 1)) {
+                    run.group->count++;
+                    run.total += size - rhl;
+                    close_run(&run, h, flags & TCP_PSH);
+                    continue;
+                }
+            }
+            close_run(&run, h, 0);
+        }
+        if (!tcp_candidate(p, size, &l3, &hl, &seq_no, &flags)) {
+            int start, offset;
+            CoalesceGroup *g = single(groups, &made, i);
+            if (partial_at(p, size, &start, &offset)) vnet_hdr(g->hdr, F_NEEDS_CSUM, GSO_NONE, 0, 0, start, offset);
+            else vnet_hdr(g->hdr, 0, GSO_NONE, 0, 0, 0, 0);
+            continue;
+        }
+        if (flags & TCP_PSH) {
+            vnet_hdr(single(groups, &made, i)->hdr, F_NEEDS_CSUM, GSO_NONE, 0, 0, l3, 16);
+            continue;
+        }
+        run.group = single(groups, &made, i);
+        run.group->hl = hl;
+        h = packets[i];
+        run.l3 = l3;
+        run.gso = size - hl;
+        run.total = size;
+        run.next_seq = seq_no + (uint32_t)run.gso;
+        run.room = MAX_IP_PACKET - size;
+    }
+    if (run.group != NULL) close_run(&run, h, 0);
+    return made;
+}
+
+/* The iovec [virtio_hdr, head, payload views...] of one group. */
+static PyObject *group_iov(PyObject *seq, const CoalesceGroup *g) {
+    PyObject *iov = PyList_New(g->count + 1);
+    if (iov == NULL) return NULL;
+    PyObject *hdr = PyBytes_FromStringAndSize((const char *)g->hdr, sizeof g->hdr);
+    if (hdr == NULL) { Py_DECREF(iov); return NULL; }
+    PyList_SET_ITEM(iov, 0, hdr);
+    PyList_SET_ITEM(iov, 1, Py_NewRef(PySequence_Fast_GET_ITEM(seq, g->first)));
+    for (Py_ssize_t j = 1; j < g->count; j++) {
+        PyObject *packet = PySequence_Fast_GET_ITEM(seq, g->first + j);
+        Py_ssize_t size = PyObject_Length(packet);
+        PyObject *payload = size < 0 ? NULL : PySequence_GetSlice(packet, g->hl, size);
+        if (payload == NULL) { Py_DECREF(iov); return NULL; }
+        PyList_SET_ITEM(iov, j + 1, payload);
+    }
+    return iov;
 }
 
 const char coalesce_iov_doc[] =
@@ -152,69 +204,28 @@ const char coalesce_iov_doc[] =
 PyObject *coalesce_iov(PyObject *self, PyObject *packets) {
     PyObject *seq = PySequence_Fast(packets, "packets must be a sequence");
     if (seq == NULL) return NULL;
-    PyObject *out = PyList_New(0);
-    Run run = {NULL, 0, 0, 0, 0, 0, 0};
-    const uint8_t *h = NULL;  /* the head's bytes, alive while run.list holds its view */
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (out == NULL) goto fail;
+    PyObject *out = NULL;
+    uint8_t **pointers = PyMem_Malloc(sizeof(uint8_t *) * (size_t)(n ? n : 1));
+    Py_ssize_t *sizes = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(n ? n : 1));
+    CoalesceGroup *groups = PyMem_Malloc(sizeof(CoalesceGroup) * (size_t)(n ? n : 1));
+    if (pointers == NULL || sizes == NULL || groups == NULL) { PyErr_NoMemory(); goto done; }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *packet = PySequence_Fast_GET_ITEM(seq, i);
-        Py_buffer view;
-        if (PyObject_GetBuffer(packet, &view, PyBUF_SIMPLE) < 0) goto fail;
-        const uint8_t *p = view.buf;
-        Py_ssize_t size = view.len;
+        Py_buffer view;  /* the packet object keeps its memory alive after the release */
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &view, PyBUF_WRITABLE) < 0) goto done;
+        pointers[i] = view.buf;
+        sizes[i] = view.len;
         PyBuffer_Release(&view);
-        int l3, flags;
-        Py_ssize_t hl;
-        uint32_t seq_no;
-        if (run.list != NULL) {
-            if (size == run.hl + run.gso) {
-                if (same_headers(h, p, run.l3, run.hl, 0) && get32(p + run.l3 + 4) == run.next_seq
-                        && (run.l3 != 20 || fold(sum16(p, 20)) == 0xFFFF) && run.room >= run.gso) {
-                    if (extend_run(&run, packet, size) < 0) goto fail;
-                    run.room -= run.gso;
-                    run.next_seq += (uint32_t)run.gso;
-                    if (p[run.l3 + 13] & TCP_PSH && close_run(&run, out, 1) < 0) goto fail;
-                    continue;
-                }
-            } else if (size < run.hl + run.gso && size - run.hl <= run.room) {
-                if (tcp_candidate(p, size, &l3, &hl, &seq_no, &flags) && l3 == run.l3 && hl == run.hl
-                        && seq_no == run.next_seq && same_headers(h, p, run.l3, run.hl, 1)) {
-                    if (extend_run(&run, packet, size) < 0 || close_run(&run, out, flags & TCP_PSH) < 0) goto fail;
-                    continue;
-                }
-            }
-            if (close_run(&run, out, 0) < 0) goto fail;
-        }
-        if (!tcp_candidate(p, size, &l3, &hl, &seq_no, &flags)) {
-            int start, offset;
-            PyObject *hdr = partial_at(p, size, &start, &offset) ? vnet_hdr(F_NEEDS_CSUM, GSO_NONE, 0, 0, start, offset)
-                                                                 : vnet_hdr(0, GSO_NONE, 0, 0, 0, 0);
-            if (append_pair(out, hdr, packet) < 0) goto fail;
-            continue;
-        }
-        if (flags & TCP_PSH) {
-            if (append_pair(out, vnet_hdr(F_NEEDS_CSUM, GSO_NONE, 0, 0, l3, 16), packet) < 0) goto fail;
-            continue;
-        }
-        run.list = PyList_New(2);
-        if (run.list == NULL) goto fail;
-        PyList_SET_ITEM(run.list, 0, Py_NewRef(Py_None));
-        PyList_SET_ITEM(run.list, 1, Py_NewRef(packet));
-        h = p;
-        run.l3 = l3;
-        run.hl = hl;
-        run.gso = size - hl;
-        run.total = size;
-        run.next_seq = seq_no + (uint32_t)run.gso;
-        run.room = MAX_IP_PACKET - size;
     }
-    if (run.list != NULL && close_run(&run, out, 0) < 0) goto fail;
+    Py_ssize_t made = coalesce_groups(pointers, sizes, n, groups);
+    out = PyList_New(made);
+    for (Py_ssize_t k = 0; out != NULL && k < made; k++) {
+        PyObject *iov = group_iov(seq, &groups[k]);
+        if (iov == NULL) Py_CLEAR(out);
+        else PyList_SET_ITEM(out, k, iov);
+    }
+done:
+    PyMem_Free(pointers); PyMem_Free(sizes); PyMem_Free(groups);
     Py_DECREF(seq);
     return out;
-fail:
-    Py_XDECREF(run.list);
-    Py_XDECREF(out);
-    Py_DECREF(seq);
-    return NULL;
 }

@@ -30,6 +30,7 @@ from meshvpn.node import events as ev
 from meshvpn.node.coordlink import CoordLink
 from meshvpn.node.core import CoreConfig
 from meshvpn.node.datapath.dataplane import DataPlane, SendBuffer
+from meshvpn.node.datapath.native_loop import NativeReceiver
 from meshvpn.node.discovery import SocketSender, port_sample
 from meshvpn.node.dns import NameService
 from meshvpn.node.eventlog import log_event
@@ -95,6 +96,7 @@ class NodeDaemon:
         self.tun: Optional[TunDevice] = None
         self.sock: Optional[socket.socket] = None
         self.udp: Optional[BatchUdpSocket] = None
+        self.native: Optional[NativeReceiver] = None  # the native receive thread, when it replaces _on_udp
         self.stun: Optional[StunClient] = None
         self.link: Optional[CoordLink] = None
         self.names: Optional[NameWatch] = None
@@ -137,7 +139,7 @@ class NodeDaemon:
                 local_socket=self.punch.coord_socket, family=self.sock.family, tls_port=cfg.coord.tls_port,
             )
             self.loop.add_reader(self.tun.fileno(), self._on_tun)
-            self.loop.add_reader(self.sock.fileno(), self._on_udp)
+            self.native = NativeReceiver.attach(self.loop, self.data, self.sock, self.tun, self._on_udp, self._after_data)
             await self.control.start()
             self.local = self._local_endpoints()
             self.node.set_own_endpoints(self.local, None)
@@ -190,6 +192,8 @@ class NodeDaemon:
         self._timer.cancel()
         self.mappings.close()
         self._save_timestamps(stopping=True)
+        if self.native is not None:
+            self.native.detach(self.loop)
         if self.sock is not None:
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
@@ -350,9 +354,13 @@ class NodeDaemon:
                         self.turn_streams.follow(out)
                     case _:
                         self._on_event(out)
+        if self.native is not None:
+            self.native.sync(self.loop.time())
         self._timer.follow(node.get_timer())
 
     def _on_timer(self) -> None:
+        if self.native is not None:
+            self.native.pull(self.loop.time())
         self.node.handle_timer(self.loop.time())
         self.transmit()
 

@@ -43,6 +43,8 @@ class ControlVerbs:
             status["self"]["public_endpoint"] = str(daemon.public_endpoint) if daemon.public_endpoint else None
             status["self"]["tcp_punch"]["listen"] = daemon.punch.listen_text()
             status["self"]["data_path"] = DATA_PATH
+            if daemon.native is not None:
+                status["self"]["native_loop"] = dict(daemon.native.totals)
             status["self"]["dns"] = daemon.dns.status()
             status["self"]["sockets"] = socket_report(daemon.udp_sockets())
             status["self"]["udp_errors"] = namespace_udp_errors()

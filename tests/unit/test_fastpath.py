@@ -209,10 +209,16 @@ def datagram_run(choices, seg_size: int = 300) -> tuple[bytearray, int]:
     return data, seg_size
 
 
-def open_all(data: bytes, seg_size: int, relay_key, window_state, at: int = 0, accept: bytes = ACCEPT4):
-    """Open a copy of ``data`` with a receiver whose window is ``window_state``: everything observable."""
+def open_all(data: bytes, seg_size: int, relay_key, window_state, at: int = 0, accept: bytes = ACCEPT4,
+             native_window: bool = False):
+    """Open a copy of ``data`` with a receiver whose window is ``window_state``: everything observable.
+
+    With ``native_window`` the receiver's window is a NativeWindow copy, as the native loop installs it.
+    """
     _, receiver = sessions()
     receiver.window.greatest, receiver.window._blocks = window_state[0], list(window_state[1])
+    if native_window:
+        receiver.window = NATIVE_MODULE.NativeWindow(receiver.window)
     buf = bytearray(data)
     to_tun = []
     result = fastpath.open_run(receiver, 2, relay_key, SRC4, accept, buf, memoryview(buf), at, len(buf), seg_size,
@@ -294,8 +300,10 @@ def test_open_run_native_equals_pure(choices, greatest, start):
     if greatest >= 0:
         window = (greatest, [(greatest * 2654435761 + i) % 2**64 for i in range(len(window[1]))])
     at = min(start * seg, len(data))
-    assert run_with(True, open_all, bytes(data), seg, None, window, at) == \
-        run_with(False, open_all, bytes(data), seg, None, window, at)
+    pure = run_with(False, open_all, bytes(data), seg, None, window, at)
+    assert run_with(True, open_all, bytes(data), seg, None, window, at) == pure
+    assert run_with(True, open_all, bytes(data), seg, None, window, at, ACCEPT4, True) == pure
+    assert run_with(False, open_all, bytes(data), seg, None, window, at, ACCEPT4, True) == pure
 
 
 @needs_native

@@ -5,7 +5,10 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import pytest
+
 from meshvpn.constants import REJECT_AFTER_MESSAGES
+from meshvpn.node.datapath import fastpath
 from meshvpn.replay import WINDOW_SIZE, ReplayWindow
 
 
@@ -100,3 +103,25 @@ def test_matches_the_model_on_a_long_reordered_stream():
     counters += rng.sample(range(30_000), 2000)
     window, model = ReplayWindow(), ModelWindow()
     assert [window.check_and_update(c) for c in counters] == [model.check_and_update(c) for c in counters]
+
+
+@pytest.mark.needs(fastpath._built is None, "meshvpn._fastpath was not built (make setup builds it)")
+@settings(max_examples=300, deadline=None)
+@given(start=st.sampled_from([-1, 0, 70, 9000, REJECT_AFTER_MESSAGES - 3]),
+       steps=st.lists(st.tuples(st.booleans(), st.integers(-9000, 9000)), max_size=60))
+def test_native_window_answers_as_the_replay_window(start, steps):
+    """The NativeWindow the native loop shares is a copy that then decides exactly as ReplayWindow does."""
+    window = ReplayWindow()
+    if start >= 0:
+        window.check_and_update(start)
+    native = fastpath._built.NativeWindow(window)
+    base = max(start, 0)
+    for update, delta in steps:
+        counter = base + delta
+        if update:
+            assert native.check_and_update(counter) == window.check_and_update(counter)
+        else:
+            assert native.check(counter) == window.check(counter)
+        assert native.greatest == window.greatest
+    assert native._blocks == window._blocks
+    assert not native.check(-1) and not native.check(2**64) and not native.check_and_update(2**70)

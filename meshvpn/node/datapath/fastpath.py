@@ -62,6 +62,12 @@ else:
                       "`make install` (or scripts/install) installs libsodium-dev, gcc and python3-dev and builds it")
 """The start-up log's line: which loops run, and why not the native ones."""
 
+
+def native_module():
+    """The native module in use (``meshvpn._fastpath``), or None on the pure-Python loops."""
+    return _native
+
+
 MAX_SPLIT_SEGMENTS = 64
 """Super-packets of more segments are left to ``split_in_place`` (the kernel's are capped at 45)."""
 _MAX_CSUM_START = 60

@@ -1,0 +1,159 @@
+"""The native receive thread's Python face: what it may open, and what it saw.
+
+Why: the round trip the tunnel adds is mostly the asyncio loop waking up and dispatching, not
+the crypto (see docs/dataplane.md, "The native loop").  ``meshvpn._fastpath.Loop`` is a thread
+without the GIL that receives on the node's main UDP socket, opens the bare transport messages
+of the sessions installed here and writes them to the TUN; everything else comes back through
+:meth:`NativeReceiver.take`.  Python keeps every decision: after each input the shell calls
+:meth:`NativeReceiver.sync`, which installs the current and previous session of every peer (a
+responder's unconfirmed ``next`` session stays with Python, whose first packet rotates the
+ring) and drops the rest; :meth:`NativeReceiver.pull` folds the thread's counts, liveness
+(``last_rx``/``last_rx_src``) included, into the peers before the core looks at them.
+
+A session the thread serves gets a ``NativeWindow`` in place of its ReplayWindow (a copy, made
+once, before the thread can see the session), so both threads share one window behind one
+mutex and a counter is accepted once whichever thread opens it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from typing import Callable, Iterable, Optional
+
+from meshvpn.node.datapath import fastpath
+from meshvpn.node.datapath.dataplane import DataPlane, _count_dropped, _count_received
+from meshvpn.node.peers import Peer
+from meshvpn.session import Session
+from meshvpn.wire import Endpoint
+
+TOTALS = ("receives", "opened natively", "handed to python", "queue full", "tun writes", "tun write errors")
+"""The thread-wide counts of :meth:`NativeReceiver.pull`, in the order the thread reports them."""
+
+
+def available(tun) -> bool:
+    """Whether the native loop can serve this TUN: the extension is in use and the TUN carries a virtio header."""
+    return fastpath.NATIVE and hasattr(fastpath.native_module(), "Loop") and bool(getattr(tun, "offloads", 0))
+
+
+def _packed(endpoint: Endpoint) -> Optional[tuple[bytes, int]]:
+    try:
+        return ipaddress.ip_address(endpoint[0]).packed, int(endpoint[1])
+    except ValueError:
+        return None
+
+
+class NativeReceiver:
+    """Owns one ``meshvpn._fastpath.Loop``: its table, its hand-over queue and its counts."""
+
+    def __init__(self, data: DataPlane, udp_fd: int, tun, after: Callable[[], None]) -> None:
+        self._loop = fastpath.native_module().Loop(udp_fd, tun.fileno())
+        self._data = data
+        self._core = data.core
+        self._tun = tun
+        self._after = after
+        self._installed: tuple = ()
+        self._peers: dict[int, Peer] = {}
+        """Local index → peer, as installed: counts of a session retired since still find their peer."""
+        self.totals: Counter = Counter()
+        """Thread-wide counts (TOTALS) since start."""
+
+    @classmethod
+    def attach(cls, loop, data: DataPlane, sock, tun, on_udp: Callable[[], None],
+               after: Callable[[], None]) -> Optional[NativeReceiver]:
+        """Start the thread on ``sock`` and wake ``loop`` for its hand-overs, when it can serve ``tun``.
+
+        Otherwise ``on_udp`` (the Python receive loop) reads the socket and None is returned.
+        ``after`` runs after each wake-up, as after any data-path input (the node's outputs).
+        """
+        if not available(tun):
+            loop.add_reader(sock.fileno(), on_udp)
+            return None
+        receiver = cls(data, sock.fileno(), tun, after)
+        receiver.sync(loop.time())
+        receiver._loop.start()
+        loop.add_reader(receiver._loop.fileno(), receiver._on_wake, loop)
+        return receiver
+
+    def detach(self, loop) -> None:
+        """Stop and join the thread (before the socket and the TUN close); its counts are folded in."""
+        loop.remove_reader(self._loop.fileno())
+        self._loop.stop()
+        self.pull(0.0)
+
+    def _on_wake(self, loop) -> None:
+        """Open what the thread handed over as ``_on_udp`` would, and fold in what it counted."""
+        now = loop.time()
+        data, to_tun = self._data, []
+        turn_servers = self._core.turn.by_endpoint
+        for message, source, seg_size in self._loop.take():
+            src = Endpoint(*source)
+            if src in turn_servers:  # STUN from a TURN server can look like a DATA header
+                for first in range(0, len(message), seg_size):
+                    self._core.receive_datagram(message[first : first + seg_size], src, now)
+            else:
+                data.open_datagrams(bytearray(message), len(message), seg_size, src, now, to_tun)
+        self.pull(now)
+        self.sync(now)
+        if to_tun:
+            self._tun.write_packets(to_tun)
+        self._after()
+
+    def sync(self, now: float) -> None:
+        """Install what the thread may open now, if it changed since the last call."""
+        entries, peers = self._entries(now)
+        destinations = self._core.destinations
+        turn = sorted(filter(None, map(_packed, self._core.turn.by_endpoint)))
+        installed = (entries, destinations.accepted(4), destinations.accepted(16), turn)
+        if installed == self._installed:
+            return
+        rows = self._loop.replace(list(entries), installed[1], installed[2], turn)
+        self._fold(rows, now)
+        self._installed, self._peers = installed, peers
+
+    def _entries(self, now: float) -> tuple[tuple, dict[int, Peer]]:
+        entries, peers = [], {}
+        for peer in self._core.peers:
+            if len(peer.overlay) not in (4, 16):
+                continue
+            for session in (peer.ring.current, peer.ring.previous):
+                if session is None or now >= session.expires_at:
+                    continue
+                entries.append((session.local_index, session.recv_key, _native_window(session), peer.overlay,
+                                session.expires_at))
+                peers[session.local_index] = peer
+        return tuple(entries), peers
+
+    def pull(self, now: float) -> None:
+        """Fold what the thread counted into the peers, the drops and :attr:`totals`."""
+        rows, totals = self._loop.counts()
+        self._fold(rows, now)
+        for name, value in zip(TOTALS, totals):
+            if value:
+                self.totals[name] += value
+        if totals[3]:
+            self._data.drops["native queue full"] += totals[3]
+
+    def _fold(self, rows: Iterable[tuple], now: float) -> None:
+        for index, packets, nbytes, failed, spoofed, misdirected, last_rx, source in rows:
+            peer = self._peers.get(index)
+            if peer is None:
+                continue
+            if packets:
+                _count_received(peer, packets, nbytes)
+            if failed or spoofed or misdirected:
+                _count_dropped(peer, failed, spoofed, 0, misdirected)
+            if source is not None and last_rx > peer.last_rx:
+                peer.last_rx, peer.last_rx_src = last_rx, Endpoint(*source)
+                if peer.pending and now:
+                    self._data.core_touched = True
+                    self._core.flush(peer, now)
+
+
+def _native_window(session: Session):
+    """The session's window as a NativeWindow (copied from its ReplayWindow the first time)."""
+    window = session.window
+    native_type = fastpath.native_module().NativeWindow
+    if type(window) is not native_type:
+        window = session.window = native_type(window)
+    return window

@@ -1,0 +1,190 @@
+"""The native receive thread (meshvpn._fastpath.Loop) against the Python receive path, byte for byte.
+
+Real parts: a loopback UDP socket with UDP_GRO (BatchUdpSocket) carries sealed datagrams to the
+thread, and an AF_UNIX datagram socket stands in for the TUN, so each TUN write the thread makes
+is one message the test reads.  The datagrams are queued before the thread starts, so it takes
+them in one burst and its writes are what the Python path (fastpath.open_run, then
+coalesce_iov) makes of the same datagrams.  Waits are bounded.
+"""
+
+import socket
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshvpn.node.datapath import fastpath, offload
+from meshvpn.node.datapath.offload import segment
+from meshvpn.replay import ReplayWindow
+from meshvpn.session import OVERHEAD
+from meshvpn.udpbatch import BatchUdpSocket
+from tests.unit.test_fastpath import ACCEPT4, NATIVE_MODULE, SRC4, datagram_run, kinds, sessions, tcp_super_packet
+
+pytestmark = pytest.mark.needs(NATIVE_MODULE is None, "meshvpn._fastpath was not built (make setup builds it)")
+FAR = 1e12
+"""An expiry that never comes."""
+
+
+class Rig:
+    """A Loop on a loopback socket, a sender socket, and the TUN's stand-in."""
+
+    def __init__(self) -> None:
+        self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.rx.bind(("127.0.0.1", 0))
+        self.rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.rx.setblocking(False)
+        BatchUdpSocket(self.rx)  # turns UDP_GRO on
+        self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.tx.bind(("127.0.0.1", 0))
+        self.tun, self.tun_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.tun_peer.settimeout(0)
+        self.loop = NATIVE_MODULE.Loop(self.rx.fileno(), self.tun.fileno())
+        self.totals = [0] * 6
+        self.rows = []
+
+    def close(self) -> None:
+        self.loop.stop()
+        for sock in (self.rx, self.tx, self.tun, self.tun_peer):
+            sock.close()
+
+    def send(self, messages) -> None:
+        for message in messages:
+            self.tx.sendto(message, self.rx.getsockname())
+
+    def wait_receives(self, count: int, seconds: float = 5.0) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            rows, totals = self.loop.counts()
+            self.rows += rows
+            self.totals = [a + b for a, b in zip(self.totals, totals)]
+            if self.totals[0] >= count or time.monotonic() > deadline:
+                break
+            time.sleep(0.002)
+        assert self.totals[0] == count
+
+    def tun_writes(self) -> list[bytes]:
+        writes = []
+        while True:
+            try:
+                writes.append(self.tun_peer.recv(1 << 17))
+            except BlockingIOError:
+                return writes
+
+
+@pytest.fixture
+def rig():
+    made = Rig()
+    yield made
+    made.close()
+
+
+def tcp_segments(count: int) -> list[bytes]:
+    packet, hdr = tcp_super_packet(4, bytes(range(256)) * 8, 240)
+    return [bytes(p) for p in segment(packet, hdr)][:count]
+
+
+def sealed(sender, packets) -> list[bytes]:
+    out = bytearray(4096)
+    return [bytes(out[: sender.seal_into(out, 0, p, 0, len(p))]) for p in packets]
+
+
+def python_path(messages, window: ReplayWindow):
+    """What the Python receive path does with the same datagrams, one receive each: TUN writes and counts."""
+    _, receiver = sessions()
+    receiver.window = window
+    to_tun, counts, handed = [], [0] * 5, []
+    for message in messages:
+        buf = bytearray(message)
+        result = fastpath.open_run(receiver, 2, None, SRC4, ACCEPT4, buf, memoryview(buf), 0, len(buf), len(buf),
+                                   to_tun)
+        if result[0] == 0:
+            handed.append(message)
+        for i, value in enumerate(result[2:5] + result[5:6] + result[7:8]):
+            counts[i] += value
+    writes = [b"".join(bytes(part) for part in iov) for iov in offload.coalesce_iov(to_tun)]
+    return writes, counts, handed
+
+
+@settings(max_examples=25, deadline=None)
+@given(choices=st.lists(st.tuples(kinds, st.integers(0, 1000)), min_size=1, max_size=20),
+       flow=st.integers(0, 12), flow_at=st.integers(0, 20))
+def test_thread_writes_what_the_python_path_writes(choices, flow, flow_at):
+    rig = Rig()
+    try:
+        sender, receiver = sessions()
+        data, seg = datagram_run(choices)
+        messages = [bytes(data[at : at + seg]) for at in range(0, len(data), seg)]
+        messages[flow_at:flow_at] = sealed(sender, tcp_segments(flow)) if flow else []
+        expected_writes, expected_counts, expected_handed = python_path(messages, ReplayWindow())
+        window = NATIVE_MODULE.NativeWindow(receiver.window)
+        rig.loop.replace([(2, receiver.recv_key, window, SRC4, FAR)], ACCEPT4, b"", [])
+        rig.send(messages)
+        rig.loop.start()
+        rig.wait_receives(len(messages))
+        rig.loop.stop()
+        assert rig.tun_writes() == expected_writes
+        packets = sum(row[1] for row in rig.rows)
+        counted = [packets, sum(r[2] for r in rig.rows), sum(r[3] for r in rig.rows), sum(r[4] for r in rig.rows),
+                   sum(r[5] for r in rig.rows)]
+        assert counted == expected_counts
+        assert [m for m, _, _ in rig.loop.take()] == expected_handed
+        reference = ReplayWindow()
+        python_path(messages, reference)
+        assert (window.greatest, window._blocks) == (reference.greatest, reference._blocks)
+    finally:
+        rig.close()
+
+
+def test_a_counter_opens_once_whichever_thread_sees_it(rig):
+    sender, receiver = sessions()
+    receiver.window = NATIVE_MODULE.NativeWindow(receiver.window)
+    packets = tcp_segments(3)
+    messages = sealed(sender, packets)
+    rig.loop.replace([(2, receiver.recv_key, receiver.window, SRC4, FAR)], ACCEPT4, b"", [])
+    rig.send(messages[:2])
+    rig.loop.start()
+    rig.wait_receives(2)
+    assert len(rig.tun_writes()) == 1
+    replayed = bytearray(messages[1])
+    assert receiver.open_into(replayed, 0, len(replayed)) == -1  # Python refuses what the thread opened
+    third = bytearray(messages[2])
+    assert receiver.open_into(third, 0, len(third)) == len(packets[2])
+    rig.send(messages[2:])  # and the thread refuses what Python opened
+    rig.wait_receives(3)
+    assert rig.tun_writes() == [] and sum(row[3] for row in rig.rows) == 1
+
+
+def test_unknown_expired_and_skipped_sources_go_to_python_with_a_wake_up(rig):
+    sender, receiver = sessions()
+    messages = sealed(sender, tcp_segments(2))
+    window = NATIVE_MODULE.NativeWindow(receiver.window)
+    rig.loop.replace([(2, receiver.recv_key, window, SRC4, 0.0)], ACCEPT4, b"", [])  # expired
+    rig.send(messages[:1] + [b"", b"\x01\x01hello"])
+    rig.loop.start()
+    rig.wait_receives(3)
+    taken = rig.loop.take()
+    assert [(m, seg) for m, _, seg in taken] == [(messages[0], len(messages[0])), (b"", 1), (b"\x01\x01hello", 7)]
+    assert taken[0][1] == rig.tx.getsockname()
+    host, port = rig.tx.getsockname()
+    rig.loop.replace([(2, receiver.recv_key, window, SRC4, FAR)], ACCEPT4, b"", [(socket.inet_aton(host), port)])
+    rig.send(messages[1:])
+    rig.wait_receives(4)
+    assert [m for m, _, _ in rig.loop.take()] == messages[1:] and rig.tun_writes() == []
+    assert window.greatest == -1
+
+
+def test_stop_joins_the_thread_and_leaves_the_socket_alone(rig):
+    rig.loop.start()
+    rig.loop.stop()
+    rig.loop.stop()
+    rig.send([b"after"])
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        try:
+            assert rig.rx.recv(100) == b"after"
+            break
+        except BlockingIOError:
+            time.sleep(0.002)
+    else:
+        pytest.fail("the datagram sent after stop() did not stay in the socket")
