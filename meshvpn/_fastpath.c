@@ -51,65 +51,61 @@ PyDoc_STRVAR(seal_split_doc,
 " out, at, prefix) -> (count, end_at, first_size)\n\n"
 "Cut the super-packet src[start:end] into segments as offload.split_in_place does and seal each\n"
 "as a DATA message (prefix in front) back to back at out[at:].  count messages were written,\n"
-"counters counter..counter+count-1; first_size is the size of the first (the others are equal,\n"
+"counters counter..counter+count-1 (counter is an int, or a NativeCounter to take them from);\n"
+"first_size is the size of the first (the others are equal,\n"
 "the last may be shorter).  src is not modified.");
 
-static PyObject *seal_split(PyObject *self, PyObject *args) {
-    Py_buffer key, src, out, prefix;
-    unsigned int remote_index;
-    unsigned long long counter;
-    Py_ssize_t start, end, at;
-    int gso_type, gso_size, l3, csum_offset;
-    if (!PyArg_ParseTuple(args, "y*IKy*nniiiiw*ny*", &key, &remote_index, &counter, &src, &start, &end,
-                          &gso_type, &gso_size, &l3, &csum_offset, &out, &at, &prefix))
-        return NULL;
-    PyObject *result = NULL;
-    const uint8_t *s = src.buf;
-    uint8_t *o = out.buf;
-    const char *error = NULL;
-    int kind = gso_type & ~GSO_ECN;
+/* The DATA message for counter at msg (header, then the plaintext already at msg + 16, sealed in place). */
+void seal_in_place(uint8_t *msg, Py_ssize_t length, uint32_t remote_index, uint64_t counter, const uint8_t *key) {
+    uint8_t nonce[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
+    uint8_t *p = msg + HEADER_LEN;
+    write_header(msg, KIND_DATA, remote_index, counter);
+    put64le(nonce + 4, counter);
+    crypto_aead_chacha20poly1305_ietf_encrypt(p, NULL, p, (unsigned long long)length, msg, HEADER_LEN, NULL, nonce, key);
+}
+
+Py_ssize_t seal_segments(const uint8_t *head, Py_ssize_t size, const SplitHeader *v, const uint8_t *key,
+                         uint32_t remote_index, uint64_t *counter, NativeCounter *shared, uint8_t *o,
+                         Py_ssize_t room, const uint8_t *prefix, Py_ssize_t prefix_len, Py_ssize_t *first_size,
+                         Py_ssize_t *written, const char **error) {
+    int kind = v->gso_type & ~GSO_ECN, l3 = v->csum_start, csum_offset = v->csum_offset;
     int is_tcp = kind == GSO_TCPV4 || kind == GSO_TCPV6;
-    Py_ssize_t size = end - start;
-    if (key.len != crypto_aead_chacha20poly1305_ietf_KEYBYTES) { PyErr_SetString(PyExc_ValueError, "key must be 32 bytes"); goto done; }
-    if (kind == GSO_NONE || start < 0 || end > src.len || l3 < 0 || size < l3 + (is_tcp ? 20 : 8) || gso_size <= 0) {
-        error = "GSO packet shorter than its headers"; goto fail;
+    if (kind == GSO_NONE || l3 < 0 || size < l3 + (is_tcp ? 20 : 8) || v->gso_size <= 0) {
+        *error = "GSO packet shorter than its headers"; return -1;
     }
-    int version = s[start] >> 4;
+    int version = head[0] >> 4;
     if ((version != 4 && version != 6) || (kind == GSO_TCPV4 && version != 4) || (kind == GSO_TCPV6 && version != 6)) {
-        error = "GSO type does not match the IP header"; goto fail;
+        *error = "GSO type does not match the IP header"; return -1;
     }
     int is_v4 = version == 4;
     int proto = is_tcp ? PROTO_TCP : PROTO_UDP;
-    if (is_v4 ? (l3 < 20 || (s[start] & 0x0F) * 4 != l3 || s[start + 9] != proto) : l3 < 40) {
-        error = "GSO packet's IP header does not match its checksum start"; goto fail;
+    if (is_v4 ? (l3 < 20 || (head[0] & 0x0F) * 4 != l3 || head[9] != proto) : l3 < 40) {
+        *error = "GSO packet's IP header does not match its checksum start"; return -1;
     }
-    if (csum_offset != (is_tcp ? 16 : 6)) { error = "GSO checksum offset does not match the transport"; goto fail; }
-    Py_ssize_t hl = l3 + (is_tcp ? (s[start + l3 + 12] >> 4) * 4 : 8);
+    if (csum_offset != (is_tcp ? 16 : 6)) { *error = "GSO checksum offset does not match the transport"; return -1; }
+    Py_ssize_t hl = l3 + (is_tcp ? (head[l3 + 12] >> 4) * 4 : 8);
     Py_ssize_t payload = size - hl;
-    if ((is_tcp && hl < l3 + 20) || payload <= 0) { error = "GSO packet has a bad transport header or no payload"; goto fail; }
+    if ((is_tcp && hl < l3 + 20) || payload <= 0) { *error = "GSO packet has a bad transport header or no payload"; return -1; }
 
-    Py_ssize_t gso = gso_size;
+    Py_ssize_t gso = v->gso_size;
     Py_ssize_t count = (payload + gso - 1) / gso;
     Py_ssize_t last_payload = payload - (count - 1) * gso;
-    Py_ssize_t per_msg = prefix.len + OVERHEAD + hl;
-    if (at < 0 || at + count * per_msg + payload > out.len) {
-        PyErr_SetString(local_error, "seal_split: out has no room for the sealed segments"); goto done;
-    }
-    const uint8_t *head = s + start;
+    Py_ssize_t per_msg = prefix_len + OVERHEAD + hl;
+    if (count * per_msg + payload > room) { *error = NULL; return -2; }
+    uint64_t first = shared != NULL ? counter_take(shared, (uint64_t)count) : *counter;
     uint64_t addr_sum = is_v4 ? sum16(head + 12, 8) : sum16(head + 8, 32);
     uint32_t id0 = is_v4 ? get16(head + 4) : 0;
     uint32_t seq0 = is_tcp ? (uint32_t)head[l3 + 4] << 24 | (uint32_t)head[l3 + 5] << 16 | (uint32_t)head[l3 + 6] << 8 | head[l3 + 7] : 0;
     int flags = is_tcp ? head[l3 + 13] : 0;
-    uint8_t nonce[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
-    Py_ssize_t first_size = 0;
+    Py_ssize_t at = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         Py_ssize_t seg_payload = i < count - 1 ? gso : last_payload;
         Py_ssize_t seg_len = hl + seg_payload;
-        uint8_t *msg = o + at + prefix.len;
+        uint8_t *msg = o + at + prefix_len;
         uint8_t *p = msg + HEADER_LEN;
-        memcpy(o + at, prefix.buf, prefix.len);
-        memcpy(p, head, hl);
-        memcpy(p + hl, head + hl + i * gso, seg_payload);
+        memcpy(o + at, prefix, (size_t)prefix_len);
+        memcpy(p, head, (size_t)hl);
+        memcpy(p + hl, head + hl + i * gso, (size_t)seg_payload);
         if (is_v4) {
             put16(p + 2, (uint32_t)seg_len);
             put16(p + 4, (id0 + (uint32_t)i) & 0xFFFF);
@@ -131,18 +127,39 @@ static PyObject *seal_split(PyObject *self, PyObject *args) {
         }
         put16(p + l3 + csum_offset, fold(addr_sum + (uint64_t)proto + (uint64_t)(seg_len - l3)));
         if (is_v4) put16(p + 10, ~fold(sum16(p, l3)) & 0xFFFF);
-        write_header(msg, KIND_DATA, remote_index, counter + (uint64_t)i);
-        put64le(nonce + 4, counter + (uint64_t)i);
-        crypto_aead_chacha20poly1305_ietf_encrypt(p, NULL, p, (unsigned long long)seg_len, msg, HEADER_LEN,
-                                                  NULL, nonce, key.buf);
-        Py_ssize_t msg_size = prefix.len + OVERHEAD + seg_len;
-        if (i == 0) first_size = msg_size;
+        seal_in_place(msg, seg_len, remote_index, first + (uint64_t)i, key);
+        Py_ssize_t msg_size = prefix_len + OVERHEAD + seg_len;
+        if (i == 0) *first_size = msg_size;
         at += msg_size;
     }
-    result = Py_BuildValue("nnn", count, at, first_size);
-    goto done;
-fail:
-    PyErr_SetString(remote_error, error);
+    *counter = first;
+    *written = at;
+    return count;
+}
+
+static PyObject *seal_split(PyObject *self, PyObject *args) {
+    Py_buffer key, src, out, prefix;
+    unsigned int remote_index;
+    PyObject *counter;
+    Py_ssize_t start, end, at;
+    SplitHeader v;
+    if (!PyArg_ParseTuple(args, "y*IOy*nniiiiw*ny*", &key, &remote_index, &counter, &src, &start, &end,
+                          &v.gso_type, &v.gso_size, &v.csum_start, &v.csum_offset, &out, &at, &prefix))
+        return NULL;
+    PyObject *result = NULL;
+    const char *error = NULL;
+    Py_ssize_t first_size = 0, written = 0, count;
+    NativeCounter *shared = PyObject_TypeCheck(counter, &NativeCounterType) ? (NativeCounter *)counter : NULL;
+    uint64_t first = shared != NULL ? 0 : PyLong_AsUnsignedLongLong(counter);
+    if (PyErr_Occurred()) goto done;
+    if (key.len != crypto_aead_chacha20poly1305_ietf_KEYBYTES) { PyErr_SetString(PyExc_ValueError, "key must be 32 bytes"); goto done; }
+    if (start < 0 || end > src.len || start > end) { PyErr_SetString(remote_error, "GSO packet shorter than its headers"); goto done; }
+    if (at < 0 || at > out.len) { PyErr_SetString(local_error, "seal_split: out has no room for the sealed segments"); goto done; }
+    count = seal_segments((const uint8_t *)src.buf + start, end - start, &v, key.buf, remote_index, &first, shared,
+                          (uint8_t *)out.buf + at, out.len - at, prefix.buf, prefix.len, &first_size, &written, &error);
+    if (count == -1) PyErr_SetString(remote_error, error);
+    else if (count == -2) PyErr_SetString(local_error, "seal_split: out has no room for the sealed segments");
+    else result = Py_BuildValue("nnn", count, at + written, first_size);
 done:
     PyBuffer_Release(&key); PyBuffer_Release(&src); PyBuffer_Release(&out); PyBuffer_Release(&prefix);
     return result;
@@ -285,10 +302,12 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         PyErr_SetString(PyExc_ImportError, "libsodium failed to initialise");
         return NULL;
     }
-    if (PyType_Ready(&NativeWindowType) < 0 || PyType_Ready(&LoopType) < 0) return NULL;
+    if (PyType_Ready(&NativeWindowType) < 0 || PyType_Ready(&NativeCounterType) < 0 || PyType_Ready(&LoopType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "NativeWindow", (PyObject *)&NativeWindowType) < 0
+            || PyModule_AddObjectRef(m, "NativeCounter", (PyObject *)&NativeCounterType) < 0
             || PyModule_AddObjectRef(m, "Loop", (PyObject *)&LoopType) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -98,6 +98,37 @@ int window_update(Window *w, uint64_t counter);
 Py_ssize_t open_message(uint8_t *b, Py_ssize_t msg, Py_ssize_t end, uint32_t local_index,
                         const uint8_t *key, Window *w);
 
+/* A session's send counter shared by both threads (_fastpath_window.c): one atomic add per batch. */
+typedef struct {
+    PyObject_HEAD
+    uint64_t value;  /* the next counter; only ever advanced, with __atomic_fetch_add */
+} NativeCounter;
+extern PyTypeObject NativeCounterType;
+
+static inline uint64_t counter_take(NativeCounter *c, uint64_t n) {
+    return __atomic_fetch_add(&c->value, n, __ATOMIC_RELAXED);
+}
+
+/* The virtio header fields seal_segments needs. */
+typedef struct {
+    int gso_type, gso_size, csum_start, csum_offset;
+} SplitHeader;
+
+/* offload.split_in_place + Session.seal_into for the super-packet head[0:size], into o[0:room], each
+   message behind prefix: the number of messages (counters from *counter, or taken from shared when
+   given; *counter is set to the first), -1 for a malformed packet (*error says why), -2 when o is
+   too small.  Touches no Python object. */
+Py_ssize_t seal_segments(const uint8_t *head, Py_ssize_t size, const SplitHeader *v, const uint8_t *key,
+                         uint32_t remote_index, uint64_t *counter, NativeCounter *shared, uint8_t *o,
+                         Py_ssize_t room, const uint8_t *prefix, Py_ssize_t prefix_len, Py_ssize_t *first_size,
+                         Py_ssize_t *written, const char **error);
+
+/* Seal the plaintext msg[16:16+length] in place as the DATA message of counter. */
+void seal_in_place(uint8_t *msg, Py_ssize_t length, uint32_t remote_index, uint64_t counter, const uint8_t *key);
+
+/* offload.partial_checksum_at: 1 (and where) if p carries a partial TCP/UDP checksum (_fastpath_coalesce.c). */
+int partial_at(const uint8_t *p, Py_ssize_t size, int *start, int *offset);
+
 /* The native loop's type (_fastpath_loop.c). */
 extern PyTypeObject LoopType;
 

@@ -25,7 +25,7 @@ static uint32_t pseudo_sum(const uint8_t *p, int proto, Py_ssize_t length) {
 }
 
 /* offload.partial_checksum_at: 1 and (start, offset) if p carries a partial TCP/UDP checksum. */
-static int partial_at(const uint8_t *p, Py_ssize_t size, int *start, int *offset) {
+int partial_at(const uint8_t *p, Py_ssize_t size, int *start, int *offset) {
     int proto;
     if (size < 20) return 0;
     int version = p[0] >> 4;

@@ -1,4 +1,5 @@
-/* The replay window in C (meshvpn.replay.ReplayWindow, rule for rule) and the open of one message.
+/* Session state both threads share: the replay window in C (meshvpn.replay.ReplayWindow, rule for
+   rule), the open of one message, and the send counter (NativeCounter, one atomic add per batch).
 
    Why: the native loop's thread opens datagrams without the GIL, while the asyncio thread may
    open messages of the same session (relayed, from a side socket).  A session the native loop
@@ -210,4 +211,45 @@ PyTypeObject NativeWindowType = {
     .tp_dealloc = (destructor)window_dealloc,
     .tp_methods = window_methods,
     .tp_getset = window_getset,
+};
+
+/* ---- NativeCounter: a session's send counter --------------------------------------------- */
+
+static PyObject *counter_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    unsigned long long value;
+    if (!PyArg_ParseTuple(args, "K:NativeCounter", &value)) return NULL;
+    NativeCounter *self = (NativeCounter *)type->tp_alloc(type, 0);
+    if (self != NULL) self->value = value;
+    return (PyObject *)self;
+}
+
+static PyObject *counter_take_method(NativeCounter *self, PyObject *arg) {
+    unsigned long long n = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    return PyLong_FromUnsignedLongLong(counter_take(self, n));
+}
+
+static PyObject *counter_value(NativeCounter *self, void *closure) {
+    return PyLong_FromUnsignedLongLong(__atomic_load_n(&self->value, __ATOMIC_RELAXED));
+}
+
+static PyMethodDef counter_methods[] = {
+    {"take", (PyCFunction)counter_take_method, METH_O, "take(n): the first of n counters no other caller gets."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef counter_getset[] = {
+    {"value", (getter)counter_value, NULL, "The next counter (= counters taken so far).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject NativeCounterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "meshvpn._fastpath.NativeCounter",
+    .tp_basicsize = sizeof(NativeCounter),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "NativeCounter(value): a send counter both threads take from atomically.",
+    .tp_new = counter_new,
+    .tp_methods = counter_methods,
+    .tp_getset = counter_getset,
 };

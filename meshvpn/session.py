@@ -152,7 +152,7 @@ class Session:
     __slots__ = (
         "local_index", "remote_index", "remote_public", "is_initiator", "created_at",
         "send_counter", "rekey_at", "expires_at", "backend",
-        "send_key", "recv_key", "window", "_seal_at", "_open_at",
+        "send_key", "recv_key", "window", "shared_counter", "_seal_at", "_open_at",
     )
 
     def __init__(self, keys: SessionKeys, created_at: float, backend: str = DEFAULT_BACKEND) -> None:
@@ -174,6 +174,9 @@ class Session:
         """The transport keys, for meshvpn.node.datapath.fastpath's native loops (they seal and open with them)."""
         self.window = ReplayWindow()
         """Counters seen; the native loops read and update the same window."""
+        self.shared_counter = None
+        """Once the native loop's thread also seals with this session: the counter both threads take
+        from atomically (a ``meshvpn._fastpath.NativeCounter``), in place of ``send_counter``."""
         self._seal_at, self._open_at = _AEADS[backend](keys.send_key, keys.recv_key)
 
     def seal_into(self, out: bytearray, at: int, src, start: int, end: int, kind: int = _DATA) -> int:
@@ -185,12 +188,14 @@ class Session:
         """
         if (end <= start) is (kind == _DATA):
             raise LocalProtocolError("DATA needs a payload and KEEPALIVE has none")
-        counter = self.send_counter
+        shared = self.shared_counter
+        counter = self.send_counter if shared is None else shared.take(1)
         if counter >= REJECT_AFTER_MESSAGES:
             raise SessionExhausted("session nonce space exhausted")
         _pack_header(out, at, _VERSION, kind, 0, self.remote_index, counter)
         self._seal_at(out, at, src, start, end, counter)
-        self.send_counter = counter + 1
+        if shared is None:
+            self.send_counter = counter + 1
         return at + OVERHEAD + end - start
 
     def seal(self, payload: bytes) -> bytes:
@@ -235,9 +240,13 @@ class Session:
         """The plaintext of a DATA (non-empty) or KEEPALIVE (b"") message, or None to drop it."""
         return _open_copy(self.open_into, msg)
 
+    def messages_sent(self) -> int:
+        """Counters taken so far, by either thread."""
+        return self.send_counter if self.shared_counter is None else self.shared_counter.value
+
     def needs_rekey(self, now: float) -> bool:
         """Should a new handshake start (checked when sending)?"""
-        return self.send_counter >= REKEY_AFTER_MESSAGES or now >= self.rekey_at
+        return self.messages_sent() >= REKEY_AFTER_MESSAGES or now >= self.rekey_at
 
     def expired(self, now: float) -> bool:
         """Past REJECT_AFTER_TIME: neither seal nor open with it any more."""

@@ -96,7 +96,7 @@ class NodeDaemon:
         self.tun: Optional[TunDevice] = None
         self.sock: Optional[socket.socket] = None
         self.udp: Optional[BatchUdpSocket] = None
-        self.native: Optional[NativeReceiver] = None  # the native receive thread, when it replaces _on_udp
+        self.native: Optional[NativeReceiver] = None  # the native thread, when it replaces _on_udp and _on_tun
         self.stun: Optional[StunClient] = None
         self.link: Optional[CoordLink] = None
         self.names: Optional[NameWatch] = None
@@ -138,8 +138,8 @@ class NodeDaemon:
                 self._register_message, self._on_coord_message, self._on_coord_state,
                 local_socket=self.punch.coord_socket, family=self.sock.family, tls_port=cfg.coord.tls_port,
             )
-            self.loop.add_reader(self.tun.fileno(), self._on_tun)
-            self.native = NativeReceiver.attach(self.loop, self.data, self.sock, self.tun, self._on_udp, self._after_data)
+            self.native = NativeReceiver.attach(self.loop, self.data, self.sock, self.tun, self._sends, self._on_udp,
+                                                self._on_tun, self._after_data)
             await self.control.start()
             self.local = self._local_endpoints()
             self.node.set_own_endpoints(self.local, None)

@@ -15,11 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshvpn.node.datapath import fastpath, offload
-from meshvpn.node.datapath.offload import segment
+from meshvpn.node.datapath.offload import F_NEEDS_CSUM, VirtioNetHdr, segment
 from meshvpn.replay import ReplayWindow
 from meshvpn.session import OVERHEAD
 from meshvpn.udpbatch import BatchUdpSocket
-from tests.unit.test_fastpath import ACCEPT4, NATIVE_MODULE, SRC4, datagram_run, kinds, sessions, tcp_super_packet
+from tests.unit.test_fastpath import (ACCEPT4, DST4, LAN4, NATIVE_MODULE, SRC4, datagram_run, ipv4, kinds, sessions,
+                                     tcp_super_packet)
 
 pytestmark = pytest.mark.needs(NATIVE_MODULE is None, "meshvpn._fastpath was not built (make setup builds it)")
 FAR = 1e12
@@ -40,7 +41,7 @@ class Rig:
         self.tun, self.tun_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.tun_peer.settimeout(0)
         self.loop = NATIVE_MODULE.Loop(self.rx.fileno(), self.tun.fileno())
-        self.totals = [0] * 6
+        self.totals = [0] * 10
         self.rows = []
 
     def close(self) -> None:
@@ -55,7 +56,7 @@ class Rig:
     def wait_receives(self, count: int, seconds: float = 5.0) -> None:
         deadline = time.monotonic() + seconds
         while True:
-            rows, totals = self.loop.counts()
+            rows, _, totals = self.loop.counts()
             self.rows += rows
             self.totals = [a + b for a, b in zip(self.totals, totals)]
             if self.totals[0] >= count or time.monotonic() > deadline:
@@ -118,7 +119,7 @@ def test_thread_writes_what_the_python_path_writes(choices, flow, flow_at):
         messages[flow_at:flow_at] = sealed(sender, tcp_segments(flow)) if flow else []
         expected_writes, expected_counts, expected_handed = python_path(messages, ReplayWindow())
         window = NATIVE_MODULE.NativeWindow(receiver.window)
-        rig.loop.replace([(2, receiver.recv_key, window, SRC4, FAR)], ACCEPT4, b"", [])
+        rig.loop.replace([(2, receiver.recv_key, window, SRC4, FAR)], [], ACCEPT4, b"", [])
         rig.send(messages)
         rig.loop.start()
         rig.wait_receives(len(messages))
@@ -141,7 +142,7 @@ def test_a_counter_opens_once_whichever_thread_sees_it(rig):
     receiver.window = NATIVE_MODULE.NativeWindow(receiver.window)
     packets = tcp_segments(3)
     messages = sealed(sender, packets)
-    rig.loop.replace([(2, receiver.recv_key, receiver.window, SRC4, FAR)], ACCEPT4, b"", [])
+    rig.loop.replace([(2, receiver.recv_key, receiver.window, SRC4, FAR)], [], ACCEPT4, b"", [])
     rig.send(messages[:2])
     rig.loop.start()
     rig.wait_receives(2)
@@ -159,7 +160,7 @@ def test_unknown_expired_and_skipped_sources_go_to_python_with_a_wake_up(rig):
     sender, receiver = sessions()
     messages = sealed(sender, tcp_segments(2))
     window = NATIVE_MODULE.NativeWindow(receiver.window)
-    rig.loop.replace([(2, receiver.recv_key, window, SRC4, 0.0)], ACCEPT4, b"", [])  # expired
+    rig.loop.replace([(2, receiver.recv_key, window, SRC4, 0.0)], [], ACCEPT4, b"", [])  # expired
     rig.send(messages[:1] + [b"", b"\x01\x01hello"])
     rig.loop.start()
     rig.wait_receives(3)
@@ -167,7 +168,7 @@ def test_unknown_expired_and_skipped_sources_go_to_python_with_a_wake_up(rig):
     assert [(m, seg) for m, _, seg in taken] == [(messages[0], len(messages[0])), (b"", 1), (b"\x01\x01hello", 7)]
     assert taken[0][1] == rig.tx.getsockname()
     host, port = rig.tx.getsockname()
-    rig.loop.replace([(2, receiver.recv_key, window, SRC4, FAR)], ACCEPT4, b"", [(socket.inet_aton(host), port)])
+    rig.loop.replace([(2, receiver.recv_key, window, SRC4, FAR)], [], ACCEPT4, b"", [(socket.inet_aton(host), port)])
     rig.send(messages[1:])
     rig.wait_receives(4)
     assert [m for m, _, _ in rig.loop.take()] == messages[1:] and rig.tun_writes() == []
@@ -188,3 +189,118 @@ def test_stop_joins_the_thread_and_leaves_the_socket_alone(rig):
             time.sleep(0.002)
     else:
         pytest.fail("the datagram sent after stop() did not stay in the socket")
+
+
+# ---- the send side: TUN reads → sealed datagrams ---------------------------------------------
+
+
+def tun_read(packet: bytes, hdr=None) -> bytes:
+    """A TUN read as the thread gets it: virtio header first (a plain packet without one)."""
+    return (hdr or VirtioNetHdr(0, 0, 0, 0, 0, 0)).encode() + packet
+
+
+def udp4(size: int, fill: int, dst: bytes = DST4) -> bytes:
+    return ipv4(SRC4, size, fill, dst)
+
+
+def received_datagrams(sock: socket.socket, count: int, seconds: float = 5.0) -> list[bytes]:
+    sock.settimeout(seconds)
+    return [sock.recv(1 << 16) for _ in range(count)]
+
+
+@pytest.fixture
+def peer_socket():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    yield sock
+    sock.close()
+
+
+def install_sender(rig, sender, peer_socket, overlay=DST4, expires_at=FAR):
+    host, port = peer_socket.getsockname()
+    sender.shared_counter = NATIVE_MODULE.NativeCounter(sender.send_counter)
+    rig.loop.replace([], [(overlay, sender.remote_index, sender.send_key, sender.shared_counter,
+                           (socket.inet_aton(host), port), expires_at)], ACCEPT4, b"", [])
+
+
+@settings(max_examples=15, deadline=None)
+@given(sizes=st.lists(st.integers(20, 1400), min_size=1, max_size=8), mss=st.sampled_from([0, 300, 1000]),
+       counter=st.sampled_from([0, 5, 2**40]))
+def test_thread_seals_what_the_python_path_seals(sizes, mss, counter):
+    """Plain packets and one TSO super-packet, read from the TUN: the datagrams equal Session/seal_split's."""
+    rig = Rig()
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    try:
+        sender, _ = sessions(counter)
+        reference, _ = sessions(counter)
+        install_sender(rig, sender, peer)
+        reads = [tun_read(udp4(size, i)) for i, size in enumerate(sizes)]
+        expected = [bytes(out[: reference.seal_into(out, 0, r, 10, len(r))]) for r in reads for out in [bytearray(4096)]]
+        if mss:
+            packet, hdr = tcp_super_packet(4, bytes(range(256)) * 12, mss)
+            reads.append(tun_read(packet, hdr))
+            out = bytearray(1 << 18)
+            count, end, first = fastpath.seal_split(reference, b"", bytearray(reads[-1]), 10, len(reads[-1]), hdr, out, 0)
+            expected += [bytes(out[at : min(at + first, end)]) for at in range(0, end, first)]
+        for read in reads:
+            rig.tun_peer.send(read)
+        rig.loop.start()
+        assert received_datagrams(peer, len(expected)) == expected
+        rig.loop.stop()
+        assert sender.shared_counter.value == reference.send_counter
+        rows, send_rows, totals = rig.loop.counts()
+        assert send_rows == [(DST4, len(expected), sum(len(m) - OVERHEAD for m in expected), send_rows[0][3])]
+        assert totals[6] == len(reads) and totals[7] == len(expected)
+    finally:
+        rig.close()
+        peer.close()
+
+
+def test_reads_it_cannot_seal_go_to_python_in_order(rig, peer_socket):
+    sender, _ = sessions()
+    install_sender(rig, sender, peer_socket)
+    other = tun_read(udp4(100, 1, LAN4))  # no sender for this destination
+    needs_checksum = tun_read(udp4(100, 2), VirtioNetHdr(F_NEEDS_CSUM, 0, 0, 0, 20, 6))  # not a partial checksum
+    for read in (tun_read(udp4(60, 3)), other, needs_checksum, b"\0" * 12):
+        rig.tun_peer.send(read)
+    rig.loop.start()
+    assert len(received_datagrams(peer_socket, 1)[0]) == 60 + OVERHEAD
+    deadline = time.monotonic() + 5
+    taken = []
+    while len(taken) < 3 and time.monotonic() < deadline:
+        taken += rig.loop.take()
+        time.sleep(0.002)
+    assert taken == [(other, None, 0), (needs_checksum, None, 0), (b"\0" * 12, None, 0)]
+    assert sender.shared_counter.value == 1
+
+
+def test_both_threads_take_distinct_counters(rig, peer_socket):
+    """Python seals with the session while the thread does: no counter is used twice."""
+    sender, receiver = sessions()
+    install_sender(rig, sender, peer_socket)
+    rig.loop.start()
+    out = bytearray(4096)
+    for i in range(200):
+        rig.tun_peer.send(tun_read(udp4(80, i)))
+        sender.seal_into(out, 0, b"x" * 40, 0, 40)
+    datagrams = received_datagrams(peer_socket, 200)
+    thread_counters = {int.from_bytes(d[8:16], "little") for d in datagrams}
+    assert len(thread_counters) == 200 and sender.shared_counter.value == 400
+    python_counters = set(range(400)) - thread_counters
+    assert len(python_counters) == 200
+    assert all(receiver.open(d) is not None for d in datagrams)
+
+
+def test_an_expired_sender_leaves_the_read_to_python(rig, peer_socket):
+    sender, _ = sessions()
+    install_sender(rig, sender, peer_socket, expires_at=0.0)
+    read = tun_read(udp4(60, 3))
+    rig.tun_peer.send(read)
+    rig.loop.start()
+    deadline = time.monotonic() + 5
+    taken = []
+    while not taken and time.monotonic() < deadline:
+        taken = rig.loop.take()
+        time.sleep(0.002)
+    assert taken == [(read, None, 0)] and sender.shared_counter.value == 0

@@ -103,15 +103,17 @@ def seal_split(session: Session, prefix: bytes, src, start: int, end: int, hdr: 
     size = end - start
     if hdr.gso_size <= 0 or hdr.csum_start > _MAX_CSUM_START or -(-size // hdr.gso_size) > MAX_SPLIT_SEGMENTS:
         return None
-    if session.send_counter + MAX_SPLIT_SEGMENTS >= REJECT_AFTER_MESSAGES:
+    if session.messages_sent() + MAX_SPLIT_SEGMENTS >= REJECT_AFTER_MESSAGES:
         raise SessionExhausted("session nonce space exhausted")
     if at < 0 or at + room_for(size, len(prefix)) > len(out):
         raise LocalProtocolError("seal_split: out has no room for the sealed segments")
     if _native is not None:
+        shared = session.shared_counter
         count, end_at, first_size = _native.seal_split(
-            session.send_key, session.remote_index, session.send_counter, src, start, end,
+            session.send_key, session.remote_index, session.send_counter if shared is None else shared, src, start, end,
             hdr.gso_type, hdr.gso_size, hdr.csum_start, hdr.csum_offset, out, at, prefix)
-        session.send_counter += count
+        if shared is None:
+            session.send_counter += count
         return count, end_at, first_size
     count = first_size = 0
     skip = len(prefix)

@@ -22,12 +22,14 @@ from collections import Counter
 from typing import Callable, Iterable, Optional
 
 from meshvpn.node.datapath import fastpath
-from meshvpn.node.datapath.dataplane import DataPlane, _count_dropped, _count_received
+from meshvpn.node.datapath.dataplane import DataPlane, SendBuffer, _count_dropped, _count_received, _count_sent
 from meshvpn.node.peers import Peer
+from meshvpn.node.transports import MainSocket
 from meshvpn.session import Session
 from meshvpn.wire import Endpoint
 
-TOTALS = ("receives", "opened natively", "handed to python", "queue full", "tun writes", "tun write errors")
+TOTALS = ("receives", "opened natively", "handed to python", "queue full", "tun writes", "tun write errors",
+          "tun reads", "sealed natively", "udp sends", "udp send errors")
 """The thread-wide counts of :meth:`NativeReceiver.pull`, in the order the thread reports them."""
 
 
@@ -46,30 +48,35 @@ def _packed(endpoint: Endpoint) -> Optional[tuple[bytes, int]]:
 class NativeReceiver:
     """Owns one ``meshvpn._fastpath.Loop``: its table, its hand-over queue and its counts."""
 
-    def __init__(self, data: DataPlane, udp_fd: int, tun, after: Callable[[], None]) -> None:
+    def __init__(self, data: DataPlane, udp_fd: int, tun, sends: SendBuffer, after: Callable[[], None]) -> None:
         self._loop = fastpath.native_module().Loop(udp_fd, tun.fileno())
         self._data = data
         self._core = data.core
         self._tun = tun
+        self._sends = sends
         self._after = after
         self._installed: tuple = ()
         self._peers: dict[int, Peer] = {}
         """Local index → peer, as installed: counts of a session retired since still find their peer."""
+        self._senders: dict[bytes, Peer] = {}
+        """Overlay address → peer, as installed for sealing."""
         self.totals: Counter = Counter()
         """Thread-wide counts (TOTALS) since start."""
 
     @classmethod
-    def attach(cls, loop, data: DataPlane, sock, tun, on_udp: Callable[[], None],
-               after: Callable[[], None]) -> Optional[NativeReceiver]:
-        """Start the thread on ``sock`` and wake ``loop`` for its hand-overs, when it can serve ``tun``.
+    def attach(cls, loop, data: DataPlane, sock, tun, sends: SendBuffer, on_udp: Callable[[], None],
+               on_tun: Callable[[], None], after: Callable[[], None]) -> Optional[NativeReceiver]:
+        """Start the thread on ``sock`` and ``tun`` and wake ``loop`` for its hand-overs, when it can serve ``tun``.
 
-        Otherwise ``on_udp`` (the Python receive loop) reads the socket and None is returned.
-        ``after`` runs after each wake-up, as after any data-path input (the node's outputs).
+        Otherwise ``on_udp`` and ``on_tun`` (the Python loops) read them and None is returned.
+        Python's seals go to ``sends``; ``after`` runs after each wake-up, as after any data-path
+        input (the node's outputs).
         """
         if not available(tun):
+            loop.add_reader(tun.fileno(), on_tun)
             loop.add_reader(sock.fileno(), on_udp)
             return None
-        receiver = cls(data, sock.fileno(), tun, after)
+        receiver = cls(data, sock.fileno(), tun, sends, after)
         receiver.sync(loop.time())
         receiver._loop.start()
         loop.add_reader(receiver._loop.fileno(), receiver._on_wake, loop)
@@ -82,59 +89,76 @@ class NativeReceiver:
         self.pull(0.0)
 
     def _on_wake(self, loop) -> None:
-        """Open what the thread handed over as ``_on_udp`` would, and fold in what it counted."""
+        """Seal and open what the thread handed over as ``_on_tun``/``_on_udp`` would; fold in its counts."""
         now = loop.time()
-        data, to_tun = self._data, []
+        data, tun, sends, to_tun = self._data, self._tun, self._sends, []
         turn_servers = self._core.turn.by_endpoint
         for message, source, seg_size in self._loop.take():
+            if source is None:  # a TUN read, virtio header first
+                size = len(message)
+                tun.buffer[:size] = message
+                if not data.seal_super_packet(tun.buffer, size, now, sends):
+                    data.seal_packets(tun.buffer, tun.segments(size), now, sends)
+                continue
             src = Endpoint(*source)
             if src in turn_servers:  # STUN from a TURN server can look like a DATA header
                 for first in range(0, len(message), seg_size):
                     self._core.receive_datagram(message[first : first + seg_size], src, now)
             else:
                 data.open_datagrams(bytearray(message), len(message), seg_size, src, now, to_tun)
+        sends.flush()
         self.pull(now)
         self.sync(now)
         if to_tun:
-            self._tun.write_packets(to_tun)
+            tun.write_packets(to_tun)
         self._after()
 
     def sync(self, now: float) -> None:
-        """Install what the thread may open now, if it changed since the last call."""
-        entries, peers = self._entries(now)
+        """Install what the thread may open and seal now, if it changed since the last call."""
+        entries, peers, senders, by_overlay = self._tables(now)
         destinations = self._core.destinations
         turn = sorted(filter(None, map(_packed, self._core.turn.by_endpoint)))
-        installed = (entries, destinations.accepted(4), destinations.accepted(16), turn)
+        installed = (entries, senders, destinations.accepted(4), destinations.accepted(16), turn)
         if installed == self._installed:
             return
-        rows = self._loop.replace(list(entries), installed[1], installed[2], turn)
-        self._fold(rows, now)
-        self._installed, self._peers = installed, peers
+        self._fold(self._loop.replace(list(entries), list(senders), *installed[2:]), now)
+        self._installed, self._peers, self._senders = installed, peers, by_overlay
 
-    def _entries(self, now: float) -> tuple[tuple, dict[int, Peer]]:
-        entries, peers = [], {}
+    def _tables(self, now: float) -> tuple[tuple, dict[int, Peer], tuple, dict[bytes, Peer]]:
+        """What the thread may open (current and previous sessions) and seal (direct routes on the main socket)."""
+        entries, peers, senders, by_overlay = [], {}, [], {}
         for peer in self._core.peers:
             if len(peer.overlay) not in (4, 16):
                 continue
-            for session in (peer.ring.current, peer.ring.previous):
-                if session is None or now >= session.expires_at:
-                    continue
-                entries.append((session.local_index, session.recv_key, _native_window(session), peer.overlay,
+            ring = peer.ring
+            for session in (ring.current, ring.previous):
+                if session is not None and now < session.expires_at:
+                    entries.append((session.local_index, session.recv_key, _native_window(session), peer.overlay,
+                                    session.expires_at))
+                    peers[session.local_index] = peer
+            route, session = peer.route, ring.current
+            if route is None or session is None or now >= session.expires_at or route.prefix \
+                    or type(route.transport) is not MainSocket:
+                continue
+            endpoint = _packed(route.endpoint)
+            if endpoint is not None:
+                senders.append((peer.overlay, session.remote_index, session.send_key, _native_counter(session), endpoint,
                                 session.expires_at))
-                peers[session.local_index] = peer
-        return tuple(entries), peers
+                by_overlay[peer.overlay] = peer
+        return tuple(entries), peers, tuple(senders), by_overlay
 
     def pull(self, now: float) -> None:
         """Fold what the thread counted into the peers, the drops and :attr:`totals`."""
-        rows, totals = self._loop.counts()
-        self._fold(rows, now)
+        rows, send_rows, totals = self._loop.counts()
+        self._fold((rows, send_rows), now)
         for name, value in zip(TOTALS, totals):
             if value:
                 self.totals[name] += value
         if totals[3]:
             self._data.drops["native queue full"] += totals[3]
 
-    def _fold(self, rows: Iterable[tuple], now: float) -> None:
+    def _fold(self, tables: tuple[Iterable[tuple], Iterable[tuple]], now: float) -> None:
+        rows, send_rows = tables
         for index, packets, nbytes, failed, spoofed, misdirected, last_rx, source in rows:
             peer = self._peers.get(index)
             if peer is None:
@@ -148,6 +172,17 @@ class NativeReceiver:
                 if peer.pending and now:
                     self._data.core_touched = True
                     self._core.flush(peer, now)
+        for overlay, packets, nbytes, last_tx in send_rows:
+            peer = self._senders.get(overlay)
+            if peer is not None:
+                _count_sent(peer, packets, nbytes, max(peer.last_tx, last_tx))
+
+
+def _native_counter(session: Session):
+    """The session's send counter shared with the thread (made from ``send_counter`` the first time)."""
+    if session.shared_counter is None:
+        session.shared_counter = fastpath.native_module().NativeCounter(session.send_counter)
+    return session.shared_counter
 
 
 def _native_window(session: Session):

@@ -1,0 +1,108 @@
+/* The native loop's shared state (see _fastpath_loop.c): its table, queue and buffers. */
+
+#ifndef MESHVPN_FASTPATH_LOOP_H
+#define MESHVPN_FASTPATH_LOOP_H
+
+#include <sys/socket.h>
+#include <time.h>
+
+#include "_fastpath.h"
+
+#define RECV_SLOT 65535
+#define AREA (4 * RECV_SLOT)
+#define MAX_PACKETS (AREA / (OVERHEAD + 1) + 1)
+#define BURST 64
+#define QUEUE_LIMIT (4 << 20)
+#define MAX_ACCEPT 64
+#define MAX_SKIP 16
+#define IOV_LIMIT 1024
+#define COUNTS_EVERY 1
+#define TUN_READ (10 + 65535)
+#define OUT_SIZE (2 * 65536 + 64 * 160)
+#define MAX_RUN_BYTES 65507
+#define MAX_RUN_SEGMENTS 64
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+
+typedef struct {
+    uint32_t index;
+    uint8_t key[KEY_LEN];
+    NativeWindow *window;  /* a reference held by the table */
+    uint8_t overlay[16];
+    int overlay_len;
+    double expires_at;
+    /* counted since Python last looked */
+    uint64_t rx_packets, rx_bytes, failed, spoofed, misdirected;
+    double last_rx;
+    struct sockaddr_storage last_src;
+} Entry;
+
+typedef struct Item {
+    struct Item *next;
+    Py_ssize_t size, seg;
+    struct sockaddr_storage src;
+    uint8_t data[];
+} Item;
+
+/* Where the thread seals for one peer: its current session on a direct route over the main socket. */
+typedef struct {
+    uint8_t overlay[16];
+    int overlay_len;
+    uint32_t remote_index;
+    uint8_t key[KEY_LEN];
+    NativeCounter *counter;  /* a reference held by the table */
+    struct sockaddr_storage dest;
+    socklen_t dest_len;
+    double expires_at;
+    /* counted since Python last looked */
+    uint64_t tx_packets, tx_bytes;
+    double last_tx;
+} Sender;
+
+typedef struct {
+    PyObject_HEAD
+    int udp_fd, tun_fd, wake_fd, stop_fd, running, family, no_gso;
+    pthread_t thread;
+    pthread_mutex_t table_lock, queue_lock;
+    Entry *entries;
+    Py_ssize_t count, last_hit;
+    Sender *senders;
+    Py_ssize_t n_senders, last_sender;
+    uint8_t accept4[4 * MAX_ACCEPT], accept6[16 * MAX_ACCEPT];
+    Py_ssize_t n_accept4, n_accept6;
+    struct sockaddr_storage skip[MAX_SKIP];
+    Py_ssize_t n_skip;
+    Item *head, **tail;
+    Py_ssize_t queued;
+    /* thread-wide, since Python last looked (see counts()) */
+    uint64_t receives, native, handed, queue_full, tun_errors, tun_writes, tun_reads, sealed, sends, send_errors;
+    uint8_t *area;
+    uint8_t **packets;
+    Py_ssize_t *sizes;
+    CoalesceGroup *groups;
+    /* the send side: one TUN read, and the open run of sealed messages for one destination */
+    uint8_t *tun_buf, *out;
+    Py_ssize_t run_at, run_seg, run_count;
+    struct sockaddr_storage run_dest;
+    socklen_t run_dest_len;
+} Loop;
+
+/* Thread-wide counts are added here and taken (exchanged with 0) by counts() in the other thread. */
+#define COUNT(field, n) __atomic_fetch_add(&(field), (n), __ATOMIC_RELAXED)
+
+static inline double monotonic(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* _fastpath_recv.c */
+void wake(Loop *L);
+void hand_over(Loop *L, const uint8_t *b, Py_ssize_t size, Py_ssize_t seg, const struct sockaddr_storage *src);
+void receive_burst(Loop *L);
+
+/* _fastpath_send.c */
+void send_burst(Loop *L);
+
+#endif

@@ -1,0 +1,164 @@
+/* The native loop's receive side: UDP (GRO) → open in place → coalesce → TUN (see _fastpath_loop.c).
+   Part of meshvpn._fastpath. */
+
+#include <netinet/in.h>
+#include <netinet/udp.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "_fastpath_loop.h"
+
+static int same_endpoint(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+    if (a->ss_family != b->ss_family) return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+    return x->sin6_port == y->sin6_port && !memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr);
+}
+
+static Entry *find(Loop *L, uint32_t index) {
+    if (L->last_hit < L->count && L->entries[L->last_hit].index == index) return &L->entries[L->last_hit];
+    for (Py_ssize_t i = 0; i < L->count; i++)
+        if (L->entries[i].index == index) { L->last_hit = i; return &L->entries[i]; }
+    return NULL;
+}
+
+void wake(Loop *L) {
+    uint64_t one = 1;
+    ssize_t ignored = write(L->wake_fd, &one, sizeof one);
+    (void)ignored;
+}
+
+/* Copy b[0:size] (datagrams of seg bytes) to Python's queue; wake it if the queue was empty. */
+void hand_over(Loop *L, const uint8_t *b, Py_ssize_t size, Py_ssize_t seg, const struct sockaddr_storage *src) {
+    pthread_mutex_lock(&L->queue_lock);
+    if (L->queued + size > QUEUE_LIMIT) {
+        COUNT(L->queue_full, 1);
+        pthread_mutex_unlock(&L->queue_lock);
+        return;
+    }
+    Item *item = malloc(sizeof(Item) + (size_t)size);
+    if (item == NULL) { COUNT(L->queue_full, 1); pthread_mutex_unlock(&L->queue_lock); return; }
+    item->next = NULL;
+    item->size = size;
+    item->seg = seg;
+    item->src = *src;
+    memcpy(item->data, b, (size_t)size);
+    int was_empty = L->head == NULL;
+    *L->tail = item;
+    L->tail = &item->next;
+    L->queued += size;
+    COUNT(L->handed, 1);
+    pthread_mutex_unlock(&L->queue_lock);
+    if (was_empty) wake(L);
+}
+
+static int accepted(const Loop *L, const uint8_t *dest, int len) {
+    const uint8_t *list = len == 4 ? L->accept4 : L->accept6;
+    Py_ssize_t n = len == 4 ? L->n_accept4 : L->n_accept6;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!memcmp(dest, list + i * len, (size_t)len)) return 1;
+    return 0;
+}
+
+/* fastpath.open_run for one bare message p[0:size] of entry e; the plaintext joins the TUN batch. */
+static void open_one(Loop *L, Entry *e, uint8_t *p, Py_ssize_t size, const struct sockaddr_storage *src,
+                     double now, Py_ssize_t *npk) {
+    Window w = {NULL, NULL, 0, e->window};
+    Py_ssize_t length = open_message(p, 0, size, e->index, e->key, &w);
+    if (length < 0) { e->failed++; return; }
+    e->last_rx = now;
+    e->last_src = *src;
+    if (length == 0) return;
+    uint8_t *body = p + HEADER_LEN;
+    int v4 = e->overlay_len == 4;
+    if (body[0] >> 4 != (v4 ? 4 : 6) || length < (v4 ? 20 : 40) || memcmp(body + (v4 ? 12 : 8), e->overlay, (size_t)e->overlay_len)) {
+        e->spoofed++;
+        return;
+    }
+    if (!accepted(L, body + (v4 ? 16 : 24), e->overlay_len)) { e->misdirected++; return; }
+    e->rx_packets++;
+    e->rx_bytes += (uint64_t)length;
+    L->packets[*npk] = body;
+    L->sizes[*npk] = length;
+    (*npk)++;
+}
+
+/* One receive (datagrams of seg bytes): open what the table knows, hand runs of the rest over. */
+static void received(Loop *L, uint8_t *b, Py_ssize_t n, Py_ssize_t seg, const struct sockaddr_storage *src,
+                     double now, Py_ssize_t *npk) {
+    for (Py_ssize_t i = 0; i < L->n_skip; i++)
+        if (same_endpoint(src, &L->skip[i])) { hand_over(L, b, n, seg, src); return; }
+    if (n == 0) { hand_over(L, b, 0, 1, src); return; }
+    Py_ssize_t other = -1;  /* start of the run being handed over */
+    for (Py_ssize_t at = 0; at < n; at += seg) {
+        Py_ssize_t size = at + seg < n ? seg : n - at;
+        uint8_t *p = b + at;
+        Entry *e = NULL;
+        if (size >= OVERHEAD && p[0] == VERSION && (p[1] == KIND_DATA || p[1] == KIND_KEEPALIVE)) {
+            e = find(L, get32le(p + 4));
+            if (e != NULL && now >= e->expires_at) e = NULL;
+        }
+        if (e == NULL) {
+            if (other < 0) other = at;
+            continue;
+        }
+        if (other >= 0) { hand_over(L, b + other, at - other, seg, src); other = -1; }
+        open_one(L, e, p, size, src, now, npk);
+        COUNT(L->native, 1);
+    }
+    if (other >= 0) hand_over(L, b + other, n - other, seg, src);
+}
+
+/* Coalesce the opened packets and write them to the TUN (fastpath.coalesce_iov + TunDevice.write_packets). */
+static void write_tun(Loop *L, Py_ssize_t npk) {
+    Py_ssize_t made = coalesce_groups(L->packets, L->sizes, npk, L->groups);
+    struct iovec iov[IOV_LIMIT];
+    for (Py_ssize_t k = 0; k < made; k++) {
+        CoalesceGroup *g = &L->groups[k];
+        if (g->count + 1 > IOV_LIMIT) { COUNT(L->tun_errors, 1); continue; }  /* os.writev would refuse it too */
+        iov[0].iov_base = g->hdr;
+        iov[0].iov_len = sizeof g->hdr;
+        iov[1].iov_base = L->packets[g->first];
+        iov[1].iov_len = (size_t)L->sizes[g->first];
+        for (Py_ssize_t j = 1; j < g->count; j++) {
+            iov[j + 1].iov_base = L->packets[g->first + j] + g->hl;
+            iov[j + 1].iov_len = (size_t)(L->sizes[g->first + j] - g->hl);
+        }
+        if (writev(L->tun_fd, iov, (int)g->count + 1) < 0) COUNT(L->tun_errors, 1);
+        COUNT(L->tun_writes, 1);
+    }
+}
+
+/* Receive until the socket is empty or BURST receives were taken, then write the TUN once. */
+void receive_burst(Loop *L) {
+    Py_ssize_t at = 0, npk = 0;
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    for (int i = 0; i < BURST; i++) {
+        struct sockaddr_storage src;
+        struct iovec iov = {L->area + at, RECV_SLOT};
+        struct msghdr mh = {&src, sizeof src, &iov, 1, control.buf, sizeof control.buf, 0};
+        ssize_t n = recvmsg(L->udp_fd, &mh, MSG_DONTWAIT);
+        if (n < 0) break;
+        Py_ssize_t seg = n;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c))
+            if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+                int size;
+                memcpy(&size, CMSG_DATA(c), sizeof size);
+                if (size > 0) seg = size;
+            }
+        COUNT(L->receives, 1);
+        pthread_mutex_lock(&L->table_lock);
+        received(L, L->area + at, n, seg, &src, monotonic(), &npk);
+        pthread_mutex_unlock(&L->table_lock);
+        at += n;
+        if (at > AREA - RECV_SLOT || npk + RECV_SLOT / (OVERHEAD + 1) >= MAX_PACKETS) {
+            write_tun(L, npk);
+            at = npk = 0;
+        }
+    }
+    if (npk) write_tun(L, npk);
+}
+

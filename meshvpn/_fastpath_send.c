@@ -1,0 +1,166 @@
+/* The native loop's send side: TUN read → split + seal → one sendmsg(UDP_SEGMENT) per run.
+
+   Why: the send half of a ping waited for the asyncio loop as the receive half did.  A read
+   for a peer Python installed as a Sender (its current session on a direct route over the main
+   socket) is sealed here with the rules of DataPlane.seal_super_packet / seal_packets and
+   SendBuffer (a run: messages of one size for one destination, back to back, at most 64 and
+   65507 bytes, closed by a shorter message); any other read (another destination, a relayed
+   route, broadcast and multicast, a packet whose checksum must be completed, a session near its
+   counter limit, a malformed super-packet) goes to Python whole, which seals it as before.
+   Counters come from the session's NativeCounter, one atomic add per batch, so the two threads
+   never use one twice.  Part of meshvpn._fastpath (see _fastpath_loop.c). */
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/udp.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "_fastpath_loop.h"
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#define F_NEEDS_CSUM 1
+#define MAX_CSUM_START 60
+
+static Sender *find_sender(Loop *L, const uint8_t *dst, int len) {
+    Py_ssize_t hit = L->last_sender;
+    if (hit < L->n_senders && L->senders[hit].overlay_len == len && !memcmp(L->senders[hit].overlay, dst, (size_t)len))
+        return &L->senders[hit];
+    for (Py_ssize_t i = 0; i < L->n_senders; i++)
+        if (L->senders[i].overlay_len == len && !memcmp(L->senders[i].overlay, dst, (size_t)len)) {
+            L->last_sender = i;
+            return &L->senders[i];
+        }
+    return NULL;
+}
+
+static ssize_t send_one(Loop *L, uint8_t *data, Py_ssize_t size, int seg) {
+    struct iovec iov = {data, (size_t)size};
+    union { char buf[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } control;
+    struct msghdr mh = {&L->run_dest, L->run_dest_len, &iov, 1, NULL, 0, 0};
+    if (seg) {
+        uint16_t seg_size = (uint16_t)seg;
+        mh.msg_control = control.buf;
+        mh.msg_controllen = sizeof control.buf;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_UDP;
+        c->cmsg_type = UDP_SEGMENT;
+        c->cmsg_len = CMSG_LEN(sizeof seg_size);
+        memcpy(CMSG_DATA(c), &seg_size, sizeof seg_size);
+    }
+    return sendmsg(L->udp_fd, &mh, 0);
+}
+
+/* Send the open run: one GSO sendmsg, or one datagram at a time once the kernel refused GSO
+   (BatchUdpSocket's rule). */
+static void send_run(Loop *L) {
+    if (!L->run_count) return;
+    Py_ssize_t size = L->run_at, seg = L->run_seg;
+    COUNT(L->sends, 1);
+    if (size <= seg || !L->no_gso) {
+        if (send_one(L, L->out, size, size > seg ? (int)seg : 0) >= 0) goto sent;
+        int refused = errno == EIO || errno == EINVAL || errno == ENOPROTOOPT || errno == EOPNOTSUPP;
+        if (size <= seg || !refused) { COUNT(L->send_errors, 1); goto sent; }
+        L->no_gso = 1;
+    }
+    for (Py_ssize_t at = 0; at < size; at += seg)
+        if (send_one(L, L->out + at, size - at < seg ? size - at : seg, 0) < 0) COUNT(L->send_errors, 1);
+sent:
+    L->run_at = L->run_count = 0;
+}
+
+/* Start a run for s (sending the open one first if s cannot join it with a message of size). */
+static void place(Loop *L, const Sender *s, Py_ssize_t size) {
+    if (L->run_count) {
+        int same = L->run_dest_len == s->dest_len && !memcmp(&L->run_dest, &s->dest, s->dest_len);
+        if (same && size <= L->run_seg && L->run_at + size <= OUT_SIZE) return;
+        send_run(L);
+    }
+    memcpy(&L->run_dest, &s->dest, s->dest_len);
+    L->run_dest_len = s->dest_len;
+    L->run_seg = size;
+}
+
+/* A TUN read of one plain packet p[0:size]: seal it into the run. */
+static void seal_packet(Loop *L, Sender *s, const uint8_t *p, Py_ssize_t size, double now) {
+    Py_ssize_t msg_size = OVERHEAD + size;
+    place(L, s, msg_size);
+    uint8_t *msg = L->out + L->run_at;
+    memcpy(msg + HEADER_LEN, p, (size_t)size);
+    seal_in_place(msg, size, s->remote_index, counter_take(s->counter, 1), s->key);
+    L->run_at += msg_size;
+    L->run_count++;
+    s->tx_packets++;
+    s->tx_bytes += (uint64_t)size;
+    s->last_tx = now;
+    COUNT(L->sealed, 1);
+    if (msg_size < L->run_seg || L->run_count >= MAX_RUN_SEGMENTS || L->run_at + L->run_seg > MAX_RUN_BYTES)
+        send_run(L);
+}
+
+/* A TUN super-packet p[0:size]: split and seal it as one run of its own, sent at once. */
+static int seal_super_packet(Loop *L, Sender *s, const uint8_t *p, Py_ssize_t size, const SplitHeader *v, double now) {
+    if (v->gso_size <= 0 || v->csum_start > MAX_CSUM_START || (size + v->gso_size - 1) / v->gso_size > MAX_RUN_SEGMENTS)
+        return 0;
+    send_run(L);
+    uint64_t first = 0;
+    Py_ssize_t first_size = 0, written = 0;
+    const char *error;
+    Py_ssize_t count = seal_segments(p, size, v, s->key, s->remote_index, &first, s->counter, L->out, OUT_SIZE,
+                                     NULL, 0, &first_size, &written, &error);
+    if (count <= 0) return 0;
+    memcpy(&L->run_dest, &s->dest, s->dest_len);
+    L->run_dest_len = s->dest_len;
+    L->run_seg = first_size;
+    L->run_at = written;
+    L->run_count = count;
+    s->tx_packets += (uint64_t)count;
+    s->tx_bytes += (uint64_t)(written - count * OVERHEAD);
+    s->last_tx = now;
+    COUNT(L->sealed, (uint64_t)count);
+    send_run(L);
+    return 1;
+}
+
+/* One TUN read (virtio header first): sealed here, or 0 for Python to take it. */
+static int seal_read(Loop *L, const uint8_t *b, Py_ssize_t n, double now) {
+    if (n < 10 + 20) return 0;
+    SplitHeader v;
+    uint16_t fields[4];
+    memcpy(fields, b + 2, sizeof fields);  /* host byte order */
+    v.gso_type = b[1];
+    v.gso_size = fields[1];
+    v.csum_start = fields[2];
+    v.csum_offset = fields[3];
+    const uint8_t *p = b + 10;
+    Py_ssize_t size = n - 10;
+    int version = p[0] >> 4, len = version == 4 ? 4 : 16;
+    if (version != 4 && (version != 6 || size < 40)) return 0;
+    Sender *s = find_sender(L, p + (version == 4 ? 16 : 24), len);
+    if (s == NULL || now >= s->expires_at) return 0;
+    if (__atomic_load_n(&s->counter->value, __ATOMIC_RELAXED) + MAX_RUN_SEGMENTS >= reject_after) return 0;
+    if (v.gso_type != GSO_NONE) return seal_super_packet(L, s, p, size, &v, now);
+    int start, offset;
+    if ((b[0] & F_NEEDS_CSUM) && !partial_at(p, size, &start, &offset)) return 0;
+    seal_packet(L, s, p, size, now);
+    return 1;
+}
+
+void send_burst(Loop *L) {
+    static const struct sockaddr_storage from_tun = {.ss_family = AF_UNSPEC};
+    for (int i = 0; i < BURST; i++) {
+        ssize_t n = read(L->tun_fd, L->tun_buf, TUN_READ);
+        if (n < 0) break;
+        COUNT(L->tun_reads, 1);
+        pthread_mutex_lock(&L->table_lock);
+        int sealed = seal_read(L, L->tun_buf, n, monotonic());
+        pthread_mutex_unlock(&L->table_lock);
+        if (!sealed) {
+            send_run(L);  /* Python's sends must not overtake what was read before */
+            hand_over(L, L->tun_buf, n, 0, &from_tun);
+        }
+    }
+    send_run(L);
+}
