@@ -143,13 +143,13 @@ static PyObject *take_counts(Loop *L) {
     PyObject *rows = PyList_New(0), *sends = PyList_New(0);
     for (Py_ssize_t i = 0; rows != NULL && i < L->count; i++) {
         Entry *e = &L->entries[i];
-        if (!e->rx_packets && !e->failed && !e->spoofed && !e->misdirected && e->last_rx == 0.0) continue;
+        if (!e->rx_packets && !e->failed && !e->spoofed && !e->wrong_key && !e->misdirected && e->last_rx == 0.0) continue;
         PyObject *src = e->last_rx == 0.0 ? Py_NewRef(Py_None) : endpoint(&e->last_src);
-        PyObject *row = src == NULL ? NULL : Py_BuildValue("IKKKKKdN", e->index, e->rx_packets, e->rx_bytes,
-                                                           e->failed, e->spoofed, e->misdirected, e->last_rx, src);
+        PyObject *row = src == NULL ? NULL : Py_BuildValue("IKKKKKKdN", e->index, e->rx_packets, e->rx_bytes, e->failed,
+                                                           e->spoofed, e->wrong_key, e->misdirected, e->last_rx, src);
         if (row == NULL || PyList_Append(rows, row) < 0) Py_CLEAR(rows);
         Py_XDECREF(row);
-        e->rx_packets = e->rx_bytes = e->failed = e->spoofed = e->misdirected = 0;
+        e->rx_packets = e->rx_bytes = e->failed = e->spoofed = e->wrong_key = e->misdirected = 0;
         e->last_rx = 0.0;
     }
     for (Py_ssize_t i = 0; sends != NULL && i < L->n_senders; i++) {
@@ -169,19 +169,21 @@ static PyObject *take_counts(Loop *L) {
 }
 
 static int parse_entry(PyObject *row, Entry *e) {
-    Py_buffer key, overlay;
+    Py_buffer key, overlay, peer_key;
     PyObject *window;
-    if (!PyArg_ParseTuple(row, "Iy*O!y*d", &e->index, &key, &NativeWindowType, &window, &overlay, &e->expires_at))
+    if (!PyArg_ParseTuple(row, "Iy*O!y*y*d", &e->index, &key, &NativeWindowType, &window, &overlay, &peer_key,
+                          &e->expires_at))
         return -1;
-    int ok = key.len == KEY_LEN && (overlay.len == 4 || overlay.len == 16);
+    int ok = key.len == KEY_LEN && (overlay.len == 4 || overlay.len == 16) && peer_key.len == KEY_LEN;
     if (ok) {
         memcpy(e->key, key.buf, KEY_LEN);
+        memcpy(e->relay_key, peer_key.buf, KEY_LEN);
         memcpy(e->overlay, overlay.buf, (size_t)overlay.len);
         e->overlay_len = (int)overlay.len;
         e->window = (NativeWindow *)Py_NewRef(window);
     }
-    PyBuffer_Release(&key); PyBuffer_Release(&overlay);
-    if (!ok) PyErr_SetString(PyExc_ValueError, "an entry is (index, 32-byte key, NativeWindow, overlay, expires_at)");
+    PyBuffer_Release(&key); PyBuffer_Release(&overlay); PyBuffer_Release(&peer_key);
+    if (!ok) PyErr_SetString(PyExc_ValueError, "an entry is (index, 32-byte key, NativeWindow, overlay, peer key, expires_at)");
     return ok ? 0 : -1;
 }
 
@@ -214,20 +216,23 @@ static int parse_endpoint(PyObject *row, int family, struct sockaddr_storage *a,
 }
 
 static int parse_sender(PyObject *row, int family, Sender *s) {
-    Py_buffer overlay, key;
+    Py_buffer overlay, key, prefix;
     PyObject *counter, *dest;
-    if (!PyArg_ParseTuple(row, "y*Iy*O!Od", &overlay, &s->remote_index, &key, &NativeCounterType, &counter, &dest,
-                          &s->expires_at))
+    if (!PyArg_ParseTuple(row, "y*Iy*O!Oy*d", &overlay, &s->remote_index, &key, &NativeCounterType, &counter, &dest,
+                          &prefix, &s->expires_at))
         return -1;
-    int ok = key.len == KEY_LEN && (overlay.len == 4 || overlay.len == 16);
+    int ok = key.len == KEY_LEN && (overlay.len == 4 || overlay.len == 16) && (prefix.len == 0 || prefix.len == RELAY_INNER);
     if (ok) {
         memcpy(s->key, key.buf, KEY_LEN);
+        memcpy(s->prefix, prefix.buf, (size_t)prefix.len);
+        s->prefix_len = prefix.len;
         memcpy(s->overlay, overlay.buf, (size_t)overlay.len);
         s->overlay_len = (int)overlay.len;
     } else {
-        PyErr_SetString(PyExc_ValueError, "a sender is (overlay, remote index, 32-byte key, NativeCounter, endpoint, expires_at)");
+        PyErr_SetString(PyExc_ValueError,
+                        "a sender is (overlay, remote index, 32-byte key, NativeCounter, endpoint, prefix, expires_at)");
     }
-    PyBuffer_Release(&key); PyBuffer_Release(&overlay);
+    PyBuffer_Release(&key); PyBuffer_Release(&overlay); PyBuffer_Release(&prefix);
     if (!ok || parse_endpoint(dest, family, &s->dest, &s->dest_len) < 0) return -1;
     s->counter = (NativeCounter *)Py_NewRef(counter);
     return 0;
@@ -236,8 +241,9 @@ static int parse_sender(PyObject *row, int family, Sender *s) {
 PyDoc_STRVAR(replace_doc,
 "replace(entries, senders, accept4, accept6, skip) -> (rows, send_rows)\n\n"
 "Install new tables.  entries (what the thread opens) are (local index, receive key, NativeWindow,\n"
-"peer overlay address, expires_at on the monotonic clock); senders (what it seals) are (peer overlay\n"
-"address, remote index, send key, NativeCounter, (address bytes, port), expires_at); accept4/accept6\n"
+"peer overlay address, peer key (of its relay envelopes), expires_at on the monotonic clock); senders\n"
+"(what it seals) are (peer overlay address, remote index, send key, NativeCounter, (address bytes,\n"
+"port), prefix (b'' or the relay envelope), expires_at); accept4/accept6\n"
 "the accepted destinations back to back (Destinations.accepted); skip the (address bytes, port)\n"
 "endpoints whose datagrams always go to Python (TURN servers).  Returns what the old tables counted\n"
 "since the last look, as counts() does.");
@@ -295,8 +301,8 @@ done:
 PyDoc_STRVAR(counts_doc,
 "counts() -> (rows, send_rows, totals)\n\n"
 "What the thread counted since the last look (then reset): rows of (local index, packets and bytes\n"
-"to the TUN, failed to open, spoofed, not for us, last receive time or 0.0, its source endpoint as\n"
-"(host, port) or None) for entries that counted anything; send_rows of (peer overlay address,\n"
+"to the TUN, failed to open, spoofed, relayed under another key, not for us, last direct receive\n"
+"time or 0.0, its source endpoint as (host, port) or None) for entries that counted anything; send_rows of (peer overlay address,\n"
 "packets and bytes sealed, last send time); totals (receives, datagrams opened here, reads and\n"
 "receives handed over, dropped as the queue was full, TUN writes, failed TUN writes, TUN reads,\n"
 "packets sealed here, UDP sends, failed UDP sends).");

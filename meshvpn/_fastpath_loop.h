@@ -31,9 +31,10 @@ typedef struct {
     NativeWindow *window;  /* a reference held by the table */
     uint8_t overlay[16];
     int overlay_len;
+    uint8_t relay_key[KEY_LEN];  /* the peer's key, which a relay envelope from it must carry */
     double expires_at;
     /* counted since Python last looked */
-    uint64_t rx_packets, rx_bytes, failed, spoofed, misdirected;
+    uint64_t rx_packets, rx_bytes, failed, spoofed, wrong_key, misdirected;
     double last_rx;
     struct sockaddr_storage last_src;
 } Entry;
@@ -45,13 +46,16 @@ typedef struct Item {
     uint8_t data[];
 } Item;
 
-/* Where the thread seals for one peer: its current session on a direct route over the main socket. */
+/* Where the thread seals for one peer: its current session on a route over the main socket (direct,
+   or through a relay with the envelope as prefix). */
 typedef struct {
     uint8_t overlay[16];
     int overlay_len;
     uint32_t remote_index;
     uint8_t key[KEY_LEN];
     NativeCounter *counter;  /* a reference held by the table */
+    uint8_t prefix[RELAY_INNER];  /* the relay envelope in front of each message, on a relayed route */
+    Py_ssize_t prefix_len;
     struct sockaddr_storage dest;
     socklen_t dest_len;
     double expires_at;

@@ -64,13 +64,18 @@ static int accepted(const Loop *L, const uint8_t *dest, int len) {
 }
 
 /* fastpath.open_run for one bare message p[0:size] of entry e; the plaintext joins the TUN batch. */
-static void open_one(Loop *L, Entry *e, uint8_t *p, Py_ssize_t size, const struct sockaddr_storage *src,
-                     double now, Py_ssize_t *npk) {
+static void open_one(Loop *L, Entry *e, uint8_t *p, Py_ssize_t size, Py_ssize_t skip,
+                     const struct sockaddr_storage *src, double now, Py_ssize_t *npk) {
+    if (skip && memcmp(p + 4, e->relay_key, KEY_LEN)) { e->wrong_key++; return; }
+    p += skip;
+    size -= skip;
     Window w = {NULL, NULL, 0, e->window};
     Py_ssize_t length = open_message(p, 0, size, e->index, e->key, &w);
     if (length < 0) { e->failed++; return; }
-    e->last_rx = now;
-    e->last_src = *src;
+    if (!skip) {  /* liveness of the direct path only, as DataPlane.open_datagrams */
+        e->last_rx = now;
+        e->last_src = *src;
+    }
     if (length == 0) return;
     uint8_t *body = p + HEADER_LEN;
     int v4 = e->overlay_len == 4;
@@ -97,8 +102,12 @@ static void received(Loop *L, uint8_t *b, Py_ssize_t n, Py_ssize_t seg, const st
         Py_ssize_t size = at + seg < n ? seg : n - at;
         uint8_t *p = b + at;
         Entry *e = NULL;
-        if (size >= OVERHEAD && p[0] == VERSION && (p[1] == KIND_DATA || p[1] == KIND_KEEPALIVE)) {
-            e = find(L, get32le(p + 4));
+        Py_ssize_t skip = -1;  /* where the message starts: bare, or inside a relay envelope */
+        if (size >= OVERHEAD && p[0] == VERSION && (p[1] == KIND_DATA || p[1] == KIND_KEEPALIVE)) skip = 0;
+        else if (size >= RELAY_INNER + OVERHEAD && p[0] == VERSION && p[1] == KIND_RELAY
+                 && (p[RELAY_INNER + 1] == KIND_DATA || p[RELAY_INNER + 1] == KIND_KEEPALIVE)) skip = RELAY_INNER;
+        if (skip >= 0) {
+            e = find(L, get32le(p + skip + 4));
             if (e != NULL && now >= e->expires_at) e = NULL;
         }
         if (e == NULL) {
@@ -106,7 +115,7 @@ static void received(Loop *L, uint8_t *b, Py_ssize_t n, Py_ssize_t seg, const st
             continue;
         }
         if (other >= 0) { hand_over(L, b + other, at - other, seg, src); other = -1; }
-        open_one(L, e, p, size, src, now, npk);
+        open_one(L, e, p, size, skip, src, now, npk);
         COUNT(L->native, 1);
     }
     if (other >= 0) hand_over(L, b + other, n - other, seg, src);

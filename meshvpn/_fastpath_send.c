@@ -1,11 +1,11 @@
 /* The native loop's send side: TUN read → split + seal → one sendmsg(UDP_SEGMENT) per run.
 
    Why: the send half of a ping waited for the asyncio loop as the receive half did.  A read
-   for a peer Python installed as a Sender (its current session on a direct route over the main
-   socket) is sealed here with the rules of DataPlane.seal_super_packet / seal_packets and
+   for a peer Python installed as a Sender (its current session on a route over the main
+   socket, direct or through a relay) is sealed here with the rules of DataPlane.seal_super_packet / seal_packets and
    SendBuffer (a run: messages of one size for one destination, back to back, at most 64 and
    65507 bytes, closed by a shorter message); any other read (another destination, a relayed
-   route, broadcast and multicast, a packet whose checksum must be completed, a session near its
+   route on another transport (TURN, a stream, a pinned socket), broadcast and multicast, a packet whose checksum must be completed, a session near its
    counter limit, a malformed super-packet) goes to Python whole, which seals it as before.
    Counters come from the session's NativeCounter, one atomic add per batch, so the two threads
    never use one twice.  Part of meshvpn._fastpath (see _fastpath_loop.c). */
@@ -85,9 +85,10 @@ static void place(Loop *L, const Sender *s, Py_ssize_t size) {
 
 /* A TUN read of one plain packet p[0:size]: seal it into the run. */
 static void seal_packet(Loop *L, Sender *s, const uint8_t *p, Py_ssize_t size, double now) {
-    Py_ssize_t msg_size = OVERHEAD + size;
+    Py_ssize_t msg_size = s->prefix_len + OVERHEAD + size;
     place(L, s, msg_size);
-    uint8_t *msg = L->out + L->run_at;
+    memcpy(L->out + L->run_at, s->prefix, (size_t)s->prefix_len);
+    uint8_t *msg = L->out + L->run_at + s->prefix_len;
     memcpy(msg + HEADER_LEN, p, (size_t)size);
     seal_in_place(msg, size, s->remote_index, counter_take(s->counter, 1), s->key);
     L->run_at += msg_size;
@@ -109,7 +110,7 @@ static int seal_super_packet(Loop *L, Sender *s, const uint8_t *p, Py_ssize_t si
     Py_ssize_t first_size = 0, written = 0;
     const char *error;
     Py_ssize_t count = seal_segments(p, size, v, s->key, s->remote_index, &first, s->counter, L->out, OUT_SIZE,
-                                     NULL, 0, &first_size, &written, &error);
+                                     s->prefix, s->prefix_len, &first_size, &written, &error);
     if (count <= 0) return 0;
     memcpy(&L->run_dest, &s->dest, s->dest_len);
     L->run_dest_len = s->dest_len;
@@ -117,7 +118,7 @@ static int seal_super_packet(Loop *L, Sender *s, const uint8_t *p, Py_ssize_t si
     L->run_at = written;
     L->run_count = count;
     s->tx_packets += (uint64_t)count;
-    s->tx_bytes += (uint64_t)(written - count * OVERHEAD);
+    s->tx_bytes += (uint64_t)(written - count * (s->prefix_len + OVERHEAD));
     s->last_tx = now;
     COUNT(L->sealed, (uint64_t)count);
     send_run(L);

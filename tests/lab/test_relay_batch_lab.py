@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from meshvpn.lab import NatKind
-from meshvpn.lab.mesh import Mesh
+from meshvpn.lab.mesh import Mesh, wait_for
 from meshvpn.lab.transfer import transfer
 from test_relay_lab import run  # noqa: F401  (the fixture that builds the relayed mesh)
 
@@ -42,6 +42,9 @@ def test_a_bulk_transfer_over_udp_goes_through_the_relay_in_batches(run) -> None
     per_send = batching(mesh, lambda: copy(mesh, "a1", "b1", 32 << 20))
     assert per_send >= PER_SEND, f"{per_send:.1f} envelopes per send"
     assert mesh.peer("a1", "b1")["path"] == "relay"
+    if mesh.status("a1")["self"]["data_path"] == "native":  # the native threads sealed and opened the envelopes
+        wait_for(lambda: mesh.status("a1")["self"]["native_loop"]["sealed natively"] > 10000, 5, "native seals")
+        wait_for(lambda: mesh.status("b1")["self"]["native_loop"]["opened natively"] > 10000, 5, "native receives")
 
 
 def test_a_tcp_relayed_node_sends_and_receives_in_batches(run) -> None:

@@ -19,12 +19,15 @@ from meshvpn.node.datapath.offload import F_NEEDS_CSUM, VirtioNetHdr, segment
 from meshvpn.replay import ReplayWindow
 from meshvpn.session import OVERHEAD
 from meshvpn.udpbatch import BatchUdpSocket
+from meshvpn.wire import relay_prefix
 from tests.unit.test_fastpath import (ACCEPT4, DST4, LAN4, NATIVE_MODULE, SRC4, datagram_run, ipv4, kinds, sessions,
                                      tcp_super_packet)
 
 pytestmark = pytest.mark.needs(NATIVE_MODULE is None, "meshvpn._fastpath was not built (make setup builds it)")
 FAR = 1e12
 """An expiry that never comes."""
+PEER_KEY = b"P" * 32
+"""The sending peer's key: its relay envelopes carry it."""
 
 
 class Rig:
@@ -91,45 +94,56 @@ def sealed(sender, packets) -> list[bytes]:
 
 
 def python_path(messages, window: ReplayWindow):
-    """What the Python receive path does with the same datagrams, one receive each: TUN writes and counts."""
+    """What the Python receive path does with the same datagrams, one receive each: TUN writes and counts.
+
+    A relay envelope is opened with the peer's key as ``DataPlane.open_datagrams`` gives it.
+    """
     _, receiver = sessions()
     receiver.window = window
-    to_tun, counts, handed = [], [0] * 5, []
+    to_tun, counts, handed = [], [0] * 6, []
     for message in messages:
         buf = bytearray(message)
-        result = fastpath.open_run(receiver, 2, None, SRC4, ACCEPT4, buf, memoryview(buf), 0, len(buf), len(buf),
+        relay_key = PEER_KEY if message[1:2] == b"\x07" else None
+        result = fastpath.open_run(receiver, 2, relay_key, SRC4, ACCEPT4, buf, memoryview(buf), 0, len(buf), len(buf),
                                    to_tun)
         if result[0] == 0:
             handed.append(message)
-        for i, value in enumerate(result[2:5] + result[5:6] + result[7:8]):
+        for i, value in enumerate(result[2:8]):
             counts[i] += value
     writes = [b"".join(bytes(part) for part in iov) for iov in offload.coalesce_iov(to_tun)]
     return writes, counts, handed
 
 
+def enveloped(messages, relayed: str) -> list[bytes]:
+    """The messages as a relay forwards them (``right``), every other one under another key (``wrong``), or bare."""
+    if relayed == "bare":
+        return messages
+    return [relay_prefix(PEER_KEY if relayed == "right" or i % 2 else b"Q" * 32) + m for i, m in enumerate(messages)]
+
+
 @settings(max_examples=25, deadline=None)
 @given(choices=st.lists(st.tuples(kinds, st.integers(0, 1000)), min_size=1, max_size=20),
-       flow=st.integers(0, 12), flow_at=st.integers(0, 20))
-def test_thread_writes_what_the_python_path_writes(choices, flow, flow_at):
+       flow=st.integers(0, 12), flow_at=st.integers(0, 20), relayed=st.sampled_from(["bare", "right", "wrong"]))
+def test_thread_writes_what_the_python_path_writes(choices, flow, flow_at, relayed):
     rig = Rig()
     try:
         sender, receiver = sessions()
         data, seg = datagram_run(choices)
         messages = [bytes(data[at : at + seg]) for at in range(0, len(data), seg)]
         messages[flow_at:flow_at] = sealed(sender, tcp_segments(flow)) if flow else []
+        messages = enveloped(messages, relayed)
         expected_writes, expected_counts, expected_handed = python_path(messages, ReplayWindow())
         window = NATIVE_MODULE.NativeWindow(receiver.window)
-        rig.loop.replace([(2, receiver.recv_key, window, SRC4, FAR)], [], ACCEPT4, b"", [])
+        rig.loop.replace([(2, receiver.recv_key, window, SRC4, PEER_KEY, FAR)], [], ACCEPT4, b"", [])
         rig.send(messages)
         rig.loop.start()
         rig.wait_receives(len(messages))
         rig.loop.stop()
         assert rig.tun_writes() == expected_writes
-        packets = sum(row[1] for row in rig.rows)
-        counted = [packets, sum(r[2] for r in rig.rows), sum(r[3] for r in rig.rows), sum(r[4] for r in rig.rows),
-                   sum(r[5] for r in rig.rows)]
-        assert counted == expected_counts
+        assert [sum(row[i] for row in rig.rows) for i in range(1, 7)] == expected_counts
         assert [m for m, _, _ in rig.loop.take()] == expected_handed
+        if relayed != "bare":
+            assert all(row[7] == 0.0 for row in rig.rows), "relayed messages say nothing about the direct path"
         reference = ReplayWindow()
         python_path(messages, reference)
         assert (window.greatest, window._blocks) == (reference.greatest, reference._blocks)
@@ -142,7 +156,7 @@ def test_a_counter_opens_once_whichever_thread_sees_it(rig):
     receiver.window = NATIVE_MODULE.NativeWindow(receiver.window)
     packets = tcp_segments(3)
     messages = sealed(sender, packets)
-    rig.loop.replace([(2, receiver.recv_key, receiver.window, SRC4, FAR)], [], ACCEPT4, b"", [])
+    rig.loop.replace([(2, receiver.recv_key, receiver.window, SRC4, PEER_KEY, FAR)], [], ACCEPT4, b"", [])
     rig.send(messages[:2])
     rig.loop.start()
     rig.wait_receives(2)
@@ -160,7 +174,7 @@ def test_unknown_expired_and_skipped_sources_go_to_python_with_a_wake_up(rig):
     sender, receiver = sessions()
     messages = sealed(sender, tcp_segments(2))
     window = NATIVE_MODULE.NativeWindow(receiver.window)
-    rig.loop.replace([(2, receiver.recv_key, window, SRC4, 0.0)], [], ACCEPT4, b"", [])  # expired
+    rig.loop.replace([(2, receiver.recv_key, window, SRC4, PEER_KEY, 0.0)], [], ACCEPT4, b"", [])  # expired
     rig.send(messages[:1] + [b"", b"\x01\x01hello"])
     rig.loop.start()
     rig.wait_receives(3)
@@ -168,7 +182,7 @@ def test_unknown_expired_and_skipped_sources_go_to_python_with_a_wake_up(rig):
     assert [(m, seg) for m, _, seg in taken] == [(messages[0], len(messages[0])), (b"", 1), (b"\x01\x01hello", 7)]
     assert taken[0][1] == rig.tx.getsockname()
     host, port = rig.tx.getsockname()
-    rig.loop.replace([(2, receiver.recv_key, window, SRC4, FAR)], [], ACCEPT4, b"", [(socket.inet_aton(host), port)])
+    rig.loop.replace([(2, receiver.recv_key, window, SRC4, PEER_KEY, FAR)], [], ACCEPT4, b"", [(socket.inet_aton(host), port)])
     rig.send(messages[1:])
     rig.wait_receives(4)
     assert [m for m, _, _ in rig.loop.take()] == messages[1:] and rig.tun_writes() == []
@@ -216,17 +230,17 @@ def peer_socket():
     sock.close()
 
 
-def install_sender(rig, sender, peer_socket, overlay=DST4, expires_at=FAR):
+def install_sender(rig, sender, peer_socket, overlay=DST4, expires_at=FAR, prefix=b""):
     host, port = peer_socket.getsockname()
     sender.shared_counter = NATIVE_MODULE.NativeCounter(sender.send_counter)
     rig.loop.replace([], [(overlay, sender.remote_index, sender.send_key, sender.shared_counter,
-                           (socket.inet_aton(host), port), expires_at)], ACCEPT4, b"", [])
+                           (socket.inet_aton(host), port), prefix, expires_at)], ACCEPT4, b"", [])
 
 
 @settings(max_examples=15, deadline=None)
 @given(sizes=st.lists(st.integers(20, 1400), min_size=1, max_size=8), mss=st.sampled_from([0, 300, 1000]),
-       counter=st.sampled_from([0, 5, 2**40]))
-def test_thread_seals_what_the_python_path_seals(sizes, mss, counter):
+       counter=st.sampled_from([0, 5, 2**40]), prefix=st.sampled_from([b"", relay_prefix(PEER_KEY)]))
+def test_thread_seals_what_the_python_path_seals(sizes, mss, counter, prefix):
     """Plain packets and one TSO super-packet, read from the TUN: the datagrams equal Session/seal_split's."""
     rig = Rig()
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -234,14 +248,16 @@ def test_thread_seals_what_the_python_path_seals(sizes, mss, counter):
     try:
         sender, _ = sessions(counter)
         reference, _ = sessions(counter)
-        install_sender(rig, sender, peer)
+        install_sender(rig, sender, peer, prefix=prefix)
         reads = [tun_read(udp4(size, i)) for i, size in enumerate(sizes)]
-        expected = [bytes(out[: reference.seal_into(out, 0, r, 10, len(r))]) for r in reads for out in [bytearray(4096)]]
+        expected = [prefix + bytes(out[: reference.seal_into(out, 0, r, 10, len(r))])
+                    for r in reads for out in [bytearray(4096)]]
         if mss:
             packet, hdr = tcp_super_packet(4, bytes(range(256)) * 12, mss)
             reads.append(tun_read(packet, hdr))
             out = bytearray(1 << 18)
-            count, end, first = fastpath.seal_split(reference, b"", bytearray(reads[-1]), 10, len(reads[-1]), hdr, out, 0)
+            count, end, first = fastpath.seal_split(reference, prefix, bytearray(reads[-1]), 10, len(reads[-1]), hdr,
+                                                    out, 0)
             expected += [bytes(out[at : min(at + first, end)]) for at in range(0, end, first)]
         for read in reads:
             rig.tun_peer.send(read)
@@ -250,7 +266,8 @@ def test_thread_seals_what_the_python_path_seals(sizes, mss, counter):
         rig.loop.stop()
         assert sender.shared_counter.value == reference.send_counter
         rows, send_rows, totals = rig.loop.counts()
-        assert send_rows == [(DST4, len(expected), sum(len(m) - OVERHEAD for m in expected), send_rows[0][3])]
+        inner = sum(len(m) - len(prefix) - OVERHEAD for m in expected)
+        assert send_rows == [(DST4, len(expected), inner, send_rows[0][3])]
         assert totals[6] == len(reads) and totals[7] == len(expected)
     finally:
         rig.close()

@@ -3,7 +3,8 @@
 Why: the round trip the tunnel adds is mostly the asyncio loop waking up and dispatching, not
 the crypto (see docs/dataplane.md, "The native loop").  ``meshvpn._fastpath.Loop`` is a thread
 without the GIL that receives on the node's main UDP socket, opens the bare transport messages
-of the sessions installed here and writes them to the TUN; everything else comes back through
+of the sessions installed here (bare, or in a relay envelope) and writes them to the TUN, and
+seals TUN reads for peers whose route is on that socket (direct or relayed); everything else comes back through
 :meth:`NativeReceiver.take`.  Python keeps every decision: after each input the shell calls
 :meth:`NativeReceiver.sync`, which installs the current and previous session of every peer (a
 responder's unconfirmed ``next`` session stays with Python, whose first packet rotates the
@@ -125,7 +126,7 @@ class NativeReceiver:
         self._installed, self._peers, self._senders = installed, peers, by_overlay
 
     def _tables(self, now: float) -> tuple[tuple, dict[int, Peer], tuple, dict[bytes, Peer]]:
-        """What the thread may open (current and previous sessions) and seal (direct routes on the main socket)."""
+        """What the thread may open (current and previous sessions) and seal (routes on the main socket)."""
         entries, peers, senders, by_overlay = [], {}, [], {}
         for peer in self._core.peers:
             if len(peer.overlay) not in (4, 16):
@@ -134,16 +135,15 @@ class NativeReceiver:
             for session in (ring.current, ring.previous):
                 if session is not None and now < session.expires_at:
                     entries.append((session.local_index, session.recv_key, _native_window(session), peer.overlay,
-                                    session.expires_at))
+                                    peer.key, session.expires_at))
                     peers[session.local_index] = peer
             route, session = peer.route, ring.current
-            if route is None or session is None or now >= session.expires_at or route.prefix \
-                    or type(route.transport) is not MainSocket:
+            if route is None or session is None or now >= session.expires_at or type(route.transport) is not MainSocket:
                 continue
             endpoint = _packed(route.endpoint)
             if endpoint is not None:
                 senders.append((peer.overlay, session.remote_index, session.send_key, _native_counter(session), endpoint,
-                                session.expires_at))
+                                route.prefix, session.expires_at))
                 by_overlay[peer.overlay] = peer
         return tuple(entries), peers, tuple(senders), by_overlay
 
@@ -159,14 +159,14 @@ class NativeReceiver:
 
     def _fold(self, tables: tuple[Iterable[tuple], Iterable[tuple]], now: float) -> None:
         rows, send_rows = tables
-        for index, packets, nbytes, failed, spoofed, misdirected, last_rx, source in rows:
+        for index, packets, nbytes, failed, spoofed, wrong_key, misdirected, last_rx, source in rows:
             peer = self._peers.get(index)
             if peer is None:
                 continue
             if packets:
                 _count_received(peer, packets, nbytes)
-            if failed or spoofed or misdirected:
-                _count_dropped(peer, failed, spoofed, 0, misdirected)
+            if failed or spoofed or wrong_key or misdirected:
+                _count_dropped(peer, failed, spoofed, wrong_key, misdirected)
             if source is not None and last_rx > peer.last_rx:
                 peer.last_rx, peer.last_rx_src = last_rx, Endpoint(*source)
                 if peer.pending and now:
