@@ -53,21 +53,29 @@ static ssize_t send_one(Loop *L, uint8_t *data, Py_ssize_t size, int seg) {
     return sendmsg(L->udp_fd, &mh, 0);
 }
 
-/* Send the open run: one GSO sendmsg, or one datagram at a time once the kernel refused GSO
-   (BatchUdpSocket's rule). */
-static void send_run(Loop *L) {
-    if (!L->run_count) return;
-    Py_ssize_t size = L->run_at, seg = L->run_seg;
+/* out[at:at+size] (datagrams of seg bytes): one GSO sendmsg, or one datagram at a time once the
+   kernel refused GSO (BatchUdpSocket's rule). */
+static void send_chunk(Loop *L, Py_ssize_t at, Py_ssize_t size, Py_ssize_t seg) {
     COUNT(L->sends, 1);
     if (size <= seg || !L->no_gso) {
-        if (send_one(L, L->out, size, size > seg ? (int)seg : 0) >= 0) goto sent;
+        if (send_one(L, L->out + at, size, size > seg ? (int)seg : 0) >= 0) return;
         int refused = errno == EIO || errno == EINVAL || errno == ENOPROTOOPT || errno == EOPNOTSUPP;
-        if (size <= seg || !refused) { COUNT(L->send_errors, 1); goto sent; }
+        if (size <= seg || !refused) { COUNT(L->send_errors, 1); return; }
         L->no_gso = 1;
     }
-    for (Py_ssize_t at = 0; at < size; at += seg)
-        if (send_one(L, L->out + at, size - at < seg ? size - at : seg, 0) < 0) COUNT(L->send_errors, 1);
-sent:
+    for (Py_ssize_t end = at + size; at < end; at += seg)
+        if (send_one(L, L->out + at, end - at < seg ? end - at : seg, 0) < 0) COUNT(L->send_errors, 1);
+}
+
+/* Send the open run in chunks of at most MAX_RUN_SEGMENTS datagrams and MAX_RUN_BYTES (send_contiguous's
+   limits: a super-packet sealed with a relay envelope in front can exceed one GSO send). */
+static void send_run(Loop *L) {
+    if (!L->run_count) return;
+    Py_ssize_t seg = L->run_seg, per_send = MAX_RUN_BYTES / seg;
+    if (per_send > MAX_RUN_SEGMENTS) per_send = MAX_RUN_SEGMENTS;
+    if (per_send < 1) per_send = 1;
+    for (Py_ssize_t at = 0; at < L->run_at; at += per_send * seg)
+        send_chunk(L, at, L->run_at - at < per_send * seg ? L->run_at - at : per_send * seg, seg);
     L->run_at = L->run_count = 0;
 }
 

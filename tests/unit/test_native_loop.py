@@ -321,3 +321,20 @@ def test_an_expired_sender_leaves_the_read_to_python(rig, peer_socket):
         taken = rig.loop.take()
         time.sleep(0.002)
     assert taken == [(read, None, 0)] and sender.shared_counter.value == 0
+
+
+def test_a_relayed_super_packet_larger_than_one_gso_send_leaves_in_two(rig, peer_socket):
+    """46 segments of 1368 bytes behind a relay envelope are 66,608 bytes: more than one UDP_SEGMENT send takes."""
+    (sender, _), (reference, _) = sessions(), sessions()
+    prefix = relay_prefix(PEER_KEY)
+    install_sender(rig, sender, peer_socket, prefix=prefix)
+    packet, hdr = tcp_super_packet(4, (bytes(range(256)) * 246)[: 46 * 1368], 1368)
+    read = tun_read(packet, hdr)
+    out = bytearray(1 << 18)
+    count, end, first = fastpath.seal_split(reference, prefix, bytearray(read), 10, len(read), hdr, out, 0)
+    assert count == 46 and end > 65507
+    rig.tun_peer.send(read)
+    rig.loop.start()
+    assert received_datagrams(peer_socket, count) == [bytes(out[at : min(at + first, end)]) for at in range(0, end, first)]
+    rig.loop.stop()
+    assert rig.loop.counts()[2][8:] == (2, 0)  # two sends, no error
