@@ -42,7 +42,7 @@ system-packages:
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(APT_INSTALL_FLAGS) $$missing; \
 	fi
 
-$(VENV)/.installed: pyproject.toml setup.py meshvpn/_fastpath.c meshvpn/_fastpath_coalesce.c meshvpn/_fastpath.h
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard meshvpn/_fastpath*.c meshvpn/_fastpath*.h)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet -e '.[test,systemd,metrics,console,qr,postgresql]'
 	touch $@

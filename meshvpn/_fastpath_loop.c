@@ -145,11 +145,13 @@ static PyObject *take_counts(Loop *L) {
         Entry *e = &L->entries[i];
         if (!e->rx_packets && !e->failed && !e->spoofed && !e->wrong_key && !e->misdirected && e->last_rx == 0.0) continue;
         PyObject *src = e->last_rx == 0.0 ? Py_NewRef(Py_None) : endpoint(&e->last_src);
-        PyObject *row = src == NULL ? NULL : Py_BuildValue("IKKKKKKdN", e->index, e->rx_packets, e->rx_bytes, e->failed,
-                                                           e->spoofed, e->wrong_key, e->misdirected, e->last_rx, src);
+        PyObject *row = src == NULL ? NULL : Py_BuildValue("IKKKKKKdNKK", e->index, e->rx_packets, e->rx_bytes, e->failed,
+                                                           e->spoofed, e->wrong_key, e->misdirected, e->last_rx, src,
+                                                           e->rx_broadcast, e->rx_multicast);
         if (row == NULL || PyList_Append(rows, row) < 0) Py_CLEAR(rows);
         Py_XDECREF(row);
         e->rx_packets = e->rx_bytes = e->failed = e->spoofed = e->wrong_key = e->misdirected = 0;
+        e->rx_broadcast = e->rx_multicast = 0;
         e->last_rx = 0.0;
     }
     for (Py_ssize_t i = 0; sends != NULL && i < L->n_senders; i++) {

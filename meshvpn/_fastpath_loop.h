@@ -35,6 +35,7 @@ typedef struct {
     double expires_at;
     /* counted since Python last looked */
     uint64_t rx_packets, rx_bytes, failed, spoofed, wrong_key, misdirected;
+    uint64_t rx_broadcast, rx_multicast;  /* delivered packets not to the node's own address (the first accepted) */
     double last_rx;
     struct sockaddr_storage last_src;
 } Entry;

@@ -83,7 +83,12 @@ static void open_one(Loop *L, Entry *e, uint8_t *p, Py_ssize_t size, Py_ssize_t 
         e->spoofed++;
         return;
     }
-    if (!accepted(L, body + (v4 ? 16 : 24), e->overlay_len)) { e->misdirected++; return; }
+    const uint8_t *dest = body + (v4 ? 16 : 24);
+    if (!accepted(L, dest, e->overlay_len)) { e->misdirected++; return; }
+    if (memcmp(dest, v4 ? L->accept4 : L->accept6, (size_t)e->overlay_len)) {  /* not ours: the LAN party's */
+        if (v4 ? (dest[0] & 0xF0) == 0xE0 : dest[0] == 0xFF) e->rx_multicast++;
+        else e->rx_broadcast++;
+    }
     e->rx_packets++;
     e->rx_bytes += (uint64_t)length;
     L->packets[*npk] = body;

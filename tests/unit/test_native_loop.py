@@ -20,7 +20,7 @@ from meshvpn.replay import ReplayWindow
 from meshvpn.session import OVERHEAD
 from meshvpn.udpbatch import BatchUdpSocket
 from meshvpn.wire import relay_prefix
-from tests.unit.test_fastpath import (ACCEPT4, DST4, LAN4, NATIVE_MODULE, SRC4, datagram_run, ipv4, kinds, sessions,
+from tests.unit.test_fastpath import (ACCEPT4, BROADCAST4, DST4, LAN4, NATIVE_MODULE, SRC4, datagram_run, ipv4, kinds, sessions,
                                      tcp_super_packet)
 
 pytestmark = pytest.mark.needs(NATIVE_MODULE is None, "meshvpn._fastpath was not built (make setup builds it)")
@@ -338,3 +338,20 @@ def test_a_relayed_super_packet_larger_than_one_gso_send_leaves_in_two(rig, peer
     assert received_datagrams(peer_socket, count) == [bytes(out[at : min(at + first, end)]) for at in range(0, end, first)]
     rig.loop.stop()
     assert rig.loop.counts()[2][8:] == (2, 0)  # two sends, no error
+
+
+def test_packets_not_to_the_node_itself_are_counted_as_broadcast_or_multicast(rig):
+    """The LAN party counts what arrives for the overlay's broadcast and for joined groups; the
+    thread delivers such packets itself, so it counts them per session (the first accepted
+    address is the node's own)."""
+    sender, receiver = sessions()
+    group = bytes([239, 255, 0, 7])
+    packets = [ipv4(SRC4, 60, 1), ipv4(SRC4, 60, 2, dst=BROADCAST4), ipv4(SRC4, 60, 3, dst=group)]
+    window = NATIVE_MODULE.NativeWindow(receiver.window)
+    rig.loop.replace([(2, receiver.recv_key, window, SRC4, PEER_KEY, FAR)], [], ACCEPT4 + group, b"", [])
+    rig.send(sealed(sender, packets))
+    rig.loop.start()
+    rig.wait_receives(3)
+    assert len(rig.tun_writes()) == 3
+    assert sum(row[1] for row in rig.rows) == 3
+    assert (sum(row[9] for row in rig.rows), sum(row[10] for row in rig.rows)) == (1, 1)

@@ -126,8 +126,14 @@ class NativeReceiver:
         self._installed, self._peers, self._senders = installed, peers, by_overlay
 
     def _tables(self, now: float) -> tuple[tuple, dict[int, Peer], tuple, dict[bytes, Peer]]:
-        """What the thread may open (current and previous sessions) and seal (routes on the main socket)."""
+        """What the thread may open (current and previous sessions) and seal (routes on the main socket).
+
+        Nothing while access rules are active: every packet in and out must pass the node's stateful
+        filter (`meshvpn.node.lanparty`), which lives in Python."""
         entries, peers, senders, by_overlay = [], {}, [], {}
+        lan = self._data.lan
+        if lan is not None and lan.access.active:
+            return (), peers, (), by_overlay
         for peer in self._core.peers:
             if len(peer.overlay) not in (4, 16):
                 continue
@@ -159,10 +165,14 @@ class NativeReceiver:
 
     def _fold(self, tables: tuple[Iterable[tuple], Iterable[tuple]], now: float) -> None:
         rows, send_rows = tables
-        for index, packets, nbytes, failed, spoofed, wrong_key, misdirected, last_rx, source in rows:
+        lan = self._data.lan
+        for index, packets, nbytes, failed, spoofed, wrong_key, misdirected, last_rx, source, *casts in rows:
             peer = self._peers.get(index)
             if peer is None:
                 continue
+            if casts and lan is not None:
+                lan.received["broadcast"] += casts[0]
+                lan.received["multicast"] += casts[1]
             if packets:
                 _count_received(peer, packets, nbytes)
             if failed or spoofed or wrong_key or misdirected:
