@@ -1,0 +1,236 @@
+"""The port-mapping machine on a fake clock against a scripted gateway: probe, choose, map, renew, delete."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from meshvpn.node.portmap import natpmp, pcp
+from meshvpn.node.portmap.core import (
+    MappingChanged, Phase, PortMapper, Protocol, SendToGateway, UpnpDiscover, UpnpMap, UpnpUnmap,
+)
+
+PORT = 41641
+EXTERNAL = "203.0.113.100"
+CLIENT = "10.1.0.11"
+
+
+@dataclass
+class Gateway:
+    """Answers NAT-PMP and PCP requests the way a router would (miniupnpd's layouts)."""
+
+    speaks: set = field(default_factory=lambda: {"pcp", "nat-pmp"})
+    external_port: int = PORT
+    refuse_maps: bool = False
+    lifetime: int | None = None
+    """Grant this lifetime instead of the one asked for."""
+    seen: list = field(default_factory=list)
+
+    def answer(self, request: bytes) -> bytes | None:
+        self.seen.append(request)
+        if request[0] == 2 and "pcp" in self.speaks:
+            return self._pcp(request)
+        if request[0] == 0 and "nat-pmp" in self.speaks:
+            return self._natpmp(request)
+        return None
+
+    def _pcp(self, request: bytes) -> bytes:
+        opcode, lifetime = request[1], struct.unpack_from("!I", request, 4)[0]
+        result = 8 if self.refuse_maps and opcode == 1 and lifetime else 0
+        granted = self.lifetime if self.lifetime is not None and lifetime else lifetime
+        header = struct.pack("!BBBBII", 2, 0x80 | opcode, 0, result, granted, 7) + bytes(12)
+        if opcode == 0:
+            return header
+        nonce, _, internal, _, _ = struct.unpack_from("!12sB3xHH16s", request, 24)
+        external = bytes(10) + b"\xff\xff" + bytes(int(x) for x in EXTERNAL.split("."))
+        return header + struct.pack("!12sB3xHH16s", nonce, 17, internal, self.external_port, external)
+
+    def _natpmp(self, request: bytes) -> bytes:
+        if request[1] == 0:
+            return struct.pack("!BBHI4s", 0, 128, 0, 7, bytes(int(x) for x in EXTERNAL.split(".")))
+        _, _, _, internal, _, lifetime = struct.unpack("!BBHHHI", request)
+        result = 2 if self.refuse_maps and lifetime else 0
+        granted = self.lifetime if self.lifetime is not None and lifetime else lifetime
+        return struct.pack("!BBHIHHI", 0, 129, result, 7, internal, self.external_port if lifetime else 0, granted)
+
+
+def mapper(**options) -> PortMapper:
+    return PortMapper(PORT, CLIENT, lambda n: bytes(range(n)), **options)
+
+
+def exchange(machine: PortMapper, gateway: Gateway, now: float) -> list:
+    """Deliver every datagram the machine sends to the gateway and its answers back; the other outputs."""
+    others, pending = [], machine.outputs()
+    while pending:
+        out = pending.pop(0)
+        if isinstance(out, SendToGateway):
+            reply = gateway.answer(out.data)
+            if reply is not None:
+                machine.receive(reply, now)
+                pending += machine.outputs()
+        else:
+            others.append(out)
+    return others
+
+
+def run_until(machine: PortMapper, gateway: Gateway, until: float, now: float = 0.0) -> list:
+    """Follow the machine's timer up to `until`, answering as the gateway; the non-datagram outputs."""
+    others = exchange(machine, gateway, now)
+    while (timer := machine.get_timer()) is not None and timer <= until:
+        machine.handle_timer(timer)
+        others += exchange(machine, gateway, timer)
+    return others
+
+
+def test_probe_asks_pcp_and_natpmp_at_once_and_upnp_in_the_shell() -> None:
+    machine = mapper()
+    machine.probe(0.0)
+    out = machine.outputs()
+    assert out == [SendToGateway(pcp.announce_request(CLIENT)), SendToGateway(natpmp.address_request()), UpnpDiscover()]
+    assert machine.phase is Phase.PROBING and machine.get_timer() == 0.25
+
+
+def test_pcp_wins_when_the_gateway_speaks_everything() -> None:
+    machine, gateway = mapper(), Gateway()
+    machine.probe(0.0)
+    others = exchange(machine, gateway, 0.0)
+    assert machine.phase is Phase.MAPPED
+    assert machine.mapping.protocol is Protocol.PCP and machine.mapping.external == (EXTERNAL, PORT)
+    assert others == [UpnpDiscover(), MappingChanged(machine.mapping)]
+    machine.upnp_found(EXTERNAL, 0.1)  # a late UPnP answer changes nothing
+    assert machine.outputs() == [] and machine.mapping.protocol is Protocol.PCP
+    assert machine.status(100.0) == {"state": "mapped", "protocol": "pcp", "external": f"{EXTERNAL}:{PORT}",
+                                     "expires_in": 7100.0, "available": ["pcp", "nat-pmp"], "error": None}
+
+
+def test_natpmp_waits_for_pcp_to_answer_or_give_up() -> None:
+    machine, gateway = mapper(), Gateway(speaks={"nat-pmp"})
+    machine.probe(0.0)
+    exchange(machine, gateway, 0.0)
+    assert machine.phase is Phase.PROBING  # PCP may still answer
+    run_until(machine, gateway, 2.0)
+    assert machine.mapping.protocol is Protocol.NATPMP and machine.mapping.external == (EXTERNAL, PORT)
+    pcp_tries = [d for d in gateway.seen if d[0] == 2]
+    assert len(pcp_tries) == 3  # at 0, 0.25 and 0.75 s; given up at 1.75 s
+
+
+def test_upnp_is_used_when_neither_pcp_nor_natpmp_answers() -> None:
+    machine, gateway = mapper(), Gateway(speaks=set())
+    machine.probe(0.0)
+    run_until(machine, gateway, 0.5)
+    machine.upnp_found(EXTERNAL, 0.5)
+    assert machine.outputs() == []  # NAT-PMP and PCP are still being asked
+    assert run_until(machine, gateway, 2.0, 0.5) == [UpnpMap(PORT, PORT, 7200)]
+    machine.upnp_mapped(PORT, 7200, 2.1)
+    assert machine.outputs() == [MappingChanged(machine.mapping)]
+    assert machine.mapping.protocol is Protocol.UPNP and machine.mapping.external == (EXTERNAL, PORT)
+
+
+def test_nothing_answers_and_the_reason_is_kept() -> None:
+    machine, gateway = mapper(protocols=(Protocol.PCP, Protocol.NATPMP)), Gateway(speaks=set())
+    machine.probe(0.0)
+    run_until(machine, gateway, 10.0)
+    assert machine.phase is Phase.NONE and machine.mapping is None and machine.get_timer() is None
+    assert machine.error == "the gateway answered none of pcp, nat-pmp"
+
+
+def test_a_refusal_moves_on_to_the_next_protocol_that_answered() -> None:
+    machine, gateway = mapper(), Gateway(refuse_maps=True)
+    machine.probe(0.0)
+    exchange(machine, gateway, 0.0)
+    assert machine.phase is Phase.PROBING  # PCP and NAT-PMP refused; UPnP still looking
+    machine.upnp_mapped(PORT, 7200, 0.1)  # an answer to nothing asked is ignored
+    machine.upnp_found(EXTERNAL, 0.2)
+    assert machine.outputs() == [UpnpMap(PORT, PORT, 7200)]
+    machine.upnp_mapped(None, 7200, 0.3, why="ConflictInMappingEntry")
+    assert machine.phase is Phase.NONE and machine.error == "upnp: ConflictInMappingEntry"
+
+
+def test_renewal_at_half_the_granted_lifetime_keeps_the_mapping_quietly() -> None:
+    machine, gateway = mapper(lease=7200), Gateway(lifetime=600)
+    machine.probe(0.0)
+    exchange(machine, gateway, 0.0)
+    assert machine.get_timer() == 300.0
+    gateway.seen.clear()
+    assert run_until(machine, gateway, 1000.0) == []
+    renewals = [d for d in gateway.seen if d[1] == 1]
+    assert len(renewals) == 3  # at 300, 600 and 900 s, the same nonce each time
+    assert {d[24:36] for d in renewals} == {bytes(range(12))}
+    assert machine.mapping.granted == 900.0 and machine.phase is Phase.MAPPED
+
+
+def test_a_new_port_on_renewal_is_announced() -> None:
+    machine, gateway = mapper(), Gateway(lifetime=600)
+    machine.probe(0.0)
+    exchange(machine, gateway, 0.0)
+    gateway.external_port = 50000
+    others = run_until(machine, gateway, 300.0)
+    assert others == [MappingChanged(machine.mapping)] and machine.mapping.external == (EXTERNAL, 50000)
+
+
+def test_a_mapping_that_lapses_unrenewed_is_dropped_and_the_gateway_probed_again() -> None:
+    machine, gateway = mapper(), Gateway(lifetime=600)
+    machine.probe(0.0)
+    exchange(machine, gateway, 0.0)
+    gateway.speaks = set()
+    others = run_until(machine, gateway, 600.0)
+    assert MappingChanged(None) in others and others[-1] == UpnpDiscover()
+    assert machine.mapping is None and machine.phase is Phase.PROBING
+    assert machine.error == "pcp: the mapping lapsed unrenewed"
+
+
+def test_close_deletes_with_lifetime_zero_and_the_same_nonce() -> None:
+    machine, gateway = mapper(), Gateway()
+    machine.probe(0.0)
+    exchange(machine, gateway, 0.0)
+    machine.close(5.0)
+    delete, changed = machine.outputs()
+    assert delete == SendToGateway(pcp.map_request(CLIENT, bytes(range(12)), PORT, 0, 0))
+    assert changed == MappingChanged(None)
+    assert machine.phase is Phase.CLOSED and machine.get_timer() is None
+
+
+def test_close_deletes_a_natpmp_or_upnp_mapping_its_own_way() -> None:
+    machine, gateway = mapper(protocols=(Protocol.NATPMP,)), Gateway()
+    machine.probe(0.0)
+    exchange(machine, gateway, 0.0)
+    machine.close(1.0)
+    assert machine.outputs()[0] == SendToGateway(natpmp.map_request(PORT, 0, 0))
+    machine = mapper(protocols=(Protocol.UPNP,))
+    machine.probe(0.0)
+    machine.upnp_found(EXTERNAL, 0.0)
+    machine.upnp_mapped(PORT, 0, 0.1)  # a permanent mapping: no renewal timer
+    assert machine.get_timer() is None
+    machine.outputs()
+    machine.close(1.0)
+    assert machine.outputs() == [UpnpUnmap(PORT), MappingChanged(None)]
+
+
+def test_reprobe_after_a_network_change_drops_the_mapping_first() -> None:
+    machine, gateway = mapper(), Gateway()
+    machine.probe(0.0)
+    exchange(machine, gateway, 0.0)
+    machine.probe(10.0)
+    out = machine.outputs()
+    assert out[:2] == [SendToGateway(pcp.map_request(CLIENT, bytes(range(12)), PORT, 0, 0)), MappingChanged(None)]
+    assert machine.phase is Phase.PROBING and machine.supported == {}
+
+
+def test_garbage_from_the_gateway_is_counted_not_raised() -> None:
+    machine = mapper()
+    machine.probe(0.0)
+    machine.outputs()
+    machine.receive(b"\x02\x81", 0.1)
+    machine.receive(b"", 0.1)
+    assert machine.drops == 2 and machine.phase is Phase.PROBING
+
+
+def test_a_probe_only_machine_finds_the_protocols_and_maps_nothing() -> None:
+    machine, gateway = mapper(map_port=False), Gateway(speaks={"nat-pmp"})
+    machine.probe(0.0)
+    assert run_until(machine, gateway, 10.0) == [UpnpDiscover()]
+    assert machine.phase is Phase.PROBING  # UPnP still looking
+    machine.upnp_found(None, 3.0, why="no UPnP device answered")
+    assert machine.phase is Phase.PROBED and machine.outputs() == []
+    assert machine.supported == {Protocol.NATPMP: EXTERNAL} and machine.mapping is None
+    assert [d for d in gateway.seen if d[:2] == b"\x00\x01"] == []
