@@ -291,6 +291,29 @@ class LanConfig:
     dns: DnsConfig = option("names", DnsConfig)
 
 
+PortMapProtocol = Literal["pcp", "nat-pmp", "upnp"]
+
+
+def _lease(value: object, _directory: Path) -> float:
+    seconds = parse_duration(value)
+    if not 120 <= seconds <= 86400:
+        raise ValueError("a lease from 2m to 24h (PCP servers grant at least 2 minutes)")
+    return seconds
+
+
+Lease = Annotated[float, Kind("duration", _lease, format_duration)]
+
+
+@_section
+class PortMapConfig:
+    """Router port mapping: a port on the gateway forwarded to the node's UDP port."""
+
+    enabled: Flag = option("ask the gateway for a mapping of the UDP port (UPnP IGD, NAT-PMP, PCP) and announce it", True)
+    protocols: tuple[PortMapProtocol, ...] = option("protocols to try; the best that answers is used (pcp, then nat-pmp, then upnp)",
+                                                     ("pcp", "nat-pmp", "upnp"))
+    lease: Lease = option("lifetime asked of the gateway; renewed at half, deleted on exit", 7200.0)
+
+
 @_section
 class NodeConfig:
     """Configuration of `meshvpn daemon`."""
@@ -303,6 +326,7 @@ class NodeConfig:
     tun: TunConfig = option("TUN device", TunConfig)
     listen: ListenConfig = option("UDP socket", ListenConfig)
     paths: PathTimers = option("path timers", PathTimers)
+    portmap: PortMapConfig = option("router port mapping", PortMapConfig)
     lan: LanConfig = option("LAN party: broadcast, multicast, names", LanConfig)
     log: LogConfig = option("logging", LogConfig)
     metrics: MetricsConfig = option("metrics", MetricsConfig)

@@ -171,6 +171,8 @@ class PeerInfo(Record):
     """The peer's NAT as it reported it (absent: unknown, treated as endpoint-independent)."""
     groups: tuple[str, ...] | None = wire(optional(GROUPS))
     """Multicast groups the peer's applications joined (`Groups`): where its multicast goes."""
+    mapped_endpoint: Endpoint | None = wire(optional(ENDPOINT))
+    """A port the peer's router forwards to it (UPnP IGD, NAT-PMP, PCP): open to any sender."""
 
 
 # node → coord
@@ -192,6 +194,8 @@ class Register(Message):
     """This connection comes from the node's TCP punch port, which also accepts punched connections."""
     nat: NatInfo | None = wire(NAT)
     """The node's NAT behaviour, once it has sampled it."""
+    mapped: Endpoint | None = wire(optional(ENDPOINT))
+    """A port mapping the node's router granted (UPnP IGD, NAT-PMP, PCP)."""
     deltas: bool | None = wire(optional(BOOL))
     """The node applies `peer_delta`; without it each change comes as its own `peer_update` or
     `peer_remove`, as before deltas existed."""
@@ -209,6 +213,8 @@ class Endpoints(Message):
     public: Endpoint | None = wire(optional(ENDPOINT))
     nat: NatInfo | None = wire(NAT)
     """The node's NAT behaviour, re-sampled with the endpoints."""
+    mapped: Endpoint | None = wire(optional(ENDPOINT))
+    """The node's router port mapping, granted, renewed to a new port or gone (absent)."""
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,8 @@ class Connection:
     """The channel's source, once the node said it comes from its TCP punch port."""
     nat: m.NatInfo | None = None
     """The node's latest NAT report (register or endpoints)."""
+    mapped: m.Endpoint | None = None
+    """The node's router port mapping, as it last reported it (checked by `sane_public`)."""
     sample: m.Endpoint | None = None
     """The port sample of the node's latest punch request, and when it came."""
     sample_at: float = 0.0
@@ -137,4 +139,5 @@ def peer_info(node: NodeRecord, conn: Connection | None) -> m.PeerInfo:
         last_seen=node.last_seen,
         nat=None if conn is None else conn.nat,
         groups=(conn.groups or None) if conn is not None else None,
+        mapped_endpoint=None if conn is None else conn.mapped,
     )

@@ -199,9 +199,9 @@ class Membership(Elsewhere, LanPush):
         elif isinstance(message, m.Ping):
             self._send(conn, m.Pong())
         elif isinstance(message, m.Endpoints):
-            nat_changed = message.nat != conn.nat
-            conn.nat = message.nat
-            self._update_node(conn, nat_changed, **self._sane(conn, message.public, message.local))
+            changed = (message.nat, sane_public(message.mapped)) != (conn.nat, conn.mapped)
+            conn.nat, conn.mapped = message.nat, sane_public(message.mapped)
+            self._update_node(conn, changed, **self._sane(conn, message.public, message.local))
         elif isinstance(message, m.RelayHome):
             self._relay_home(conn, message.relay)
         elif isinstance(message, m.TurnRelayed):
@@ -361,7 +361,7 @@ class Membership(Elsewhere, LanPush):
         if joined:
             self._log("info", "node joined", node, auth_key=node.auth_key_id)
         conn.network = node.network
-        conn.nat = msg.nat
+        conn.nat, conn.mapped = msg.nat, sane_public(msg.mapped)
         conn.deltas, conn.lan_party = bool(msg.deltas), bool(msg.lan_party)
         self._ephemeral_deadlines.pop(node.key, None)
         if node.approved:

@@ -27,6 +27,8 @@ class CandidateKind(enum.StrEnum):
     """The peer's own interface address, as it reported it: works when we share its LAN."""
     PUBLIC = "public"
     """The peer's address as a STUN server saw it, relayed by the coordination server."""
+    MAPPED = "mapped"
+    """A port the peer's router forwards to it on request (UPnP IGD, NAT-PMP, PCP): open to anyone."""
     OBSERVED = "observed"
     """Where an authenticated probe or packet from the peer came from."""
     PREDICTED = "predicted"
@@ -109,9 +111,11 @@ def random_ports(per_round: int, randrange: Callable[[int, int], int]) -> PortGe
 
 
 def candidates_of(info: m.PeerInfo) -> list[Candidate]:
-    """Where the coord says a peer may be: its LAN addresses, its STUN mapping, and its
-    coord-observed address with its local ports (port-preserving NATs keep them)."""
+    """Where the coord says a peer may be: its LAN addresses, its router's port mapping, its STUN
+    mapping, and its coord-observed address with its local ports (port-preserving NATs keep them)."""
     out = [Candidate(Endpoint(e.host, e.port), CandidateKind.LAN) for e in info.local_endpoints]
+    if info.mapped_endpoint is not None:
+        out.append(Candidate(Endpoint(info.mapped_endpoint.host, info.mapped_endpoint.port), CandidateKind.MAPPED))
     if info.public_endpoint is not None:
         out.append(Candidate(Endpoint(info.public_endpoint.host, info.public_endpoint.port), CandidateKind.PUBLIC))
     if info.observed_host is not None and not ipaddress.ip_address(info.observed_host).is_loopback:

@@ -35,6 +35,8 @@ def format_status(status: dict) -> str:
     data_path = f"   data path {me['data_path']}" if me.get("data_path") else ""
     kernel_drops = sum(entry["drops"] for entry in me.get("sockets", ()))
     data_path += f"   kernel drops {kernel_drops}" if kernel_drops else ""
+    mapping = me.get("port_mapping") or {}
+    data_path += f"   mapped {mapping['external']} ({mapping['protocol']})" if mapping.get("external") else ""
     coord = " ".join(filter(None, (me.get("coord", "-"), me.get("coord_address"))))
     lines = [_status_line(me.get("overlay"), me["name"], "self", f"coord {coord}{data_path}")]
     if _lan_in_use(me.get("lan")):

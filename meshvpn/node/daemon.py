@@ -42,6 +42,7 @@ from meshvpn.node.netwatch import NetWatch
 from meshvpn.node.node import Node
 from meshvpn.node.status import status_line
 from meshvpn.node.pathfinder import PathFinderConfig
+from meshvpn.node.portmap.shell import PortMapShell
 from meshvpn.node.peers import Route
 from meshvpn.node.refresh import EndpointRefresh
 from meshvpn.node.relay.shell import RelayStreams
@@ -111,6 +112,8 @@ class NodeDaemon:
         self.mappings = MappingSockets(self.loop, config.listen.address, self._on_mapping_datagram, SOCKET_BUFFER)
         self.local: tuple[m.Endpoint, ...] = ()
         self.refresh = EndpointRefresh(self)
+        self.portmap = PortMapShell(self.loop, config.portmap, self.refresh.mapping_changed)
+        self.mapped: Optional[m.Endpoint] = None
         self.netwatch = NetWatch(self.loop, self.refresh.network_changed, lambda: self.link and self.link.local_address)
         self.tun_address: Optional[str] = None
         self.stopping = asyncio.Event()
@@ -133,6 +136,7 @@ class NodeDaemon:
             self.tun.up()
             self._bind()
             await self.punch.start(cfg.listen.address, self.sock.getsockname()[1])
+            await self.portmap.start(self.sock.getsockname()[1])
             self.link = CoordLink(
                 (cfg.coord.address, *cfg.coord.other_addresses), cfg.coord.public_key, self.node.core.identity,
                 self._register_message, self._on_coord_message, self._on_coord_state,
@@ -182,6 +186,7 @@ class NodeDaemon:
             await self.link.close()
         await self.relay_streams.close()
         await self.turn_streams.close()
+        await self.portmap.close()
         if self.sock is not None:
             self.node.close(self.loop.time())
             for out in self.node.outputs():
@@ -439,6 +444,7 @@ class NodeDaemon:
             nat=self.nat,
             deltas=True,
             lan_party=True,
+            mapped=self.mapped,
         )
 
     def _on_coord_message(self, msg: m.Message) -> None:

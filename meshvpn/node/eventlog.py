@@ -47,6 +47,14 @@ def log_event(event: ev.Event) -> None:
             turn_log.debug("turn %s: channel %#06x to %s:%d", server, channel, *peer, extra={"RELAY": server})
 
 
+def endpoints_line(public, mapped, local, nat) -> str:
+    """Where the daemon can be reached, as it reports it to the coord."""
+    behaviour = "-" if nat is None else \
+        f"{'independent' if nat.endpoint_independent else 'dependent'} mapping, {nat.allocation} ports"
+    return f"endpoints: public {public or '-'}, mapped {mapped or '-'}, " \
+           f"local {', '.join(map(str, local)) or '-'}, nat {behaviour}"
+
+
 def path_text(path) -> str:
     """A path as the log and ``meshvpn status`` say it: its kind, and its endpoint if it has one."""
     if path is None:

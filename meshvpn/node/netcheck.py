@@ -16,6 +16,11 @@ answer (a second server with the addresses crossed), the tests become complete.
   preservation; a constant difference: a fixed offset; small steps up: sequential; else random.
 * Hairpinning: two sockets send to each other's mapped endpoint.
 * Relays: TCP connect time to each relay the running daemon knows.
+* Port mapping: which of PCP, NAT-PMP and UPnP IGD the gateway speaks (probed, nothing mapped),
+  and the running daemon's mapping: protocol, external endpoint, lease left.
+
+Not reported (the node has neither yet): IPv6 reachability, and fallback transports to the relay
+beyond UDP and plain TCP.
 
 The verdict logic (`verdict`) is pure; `gather` is the asyncio shell that observes.
 """
@@ -28,6 +33,7 @@ import os
 import socket
 from dataclasses import asdict, dataclass, field
 
+from meshvpn.node.portmap.shell import probe_gateway
 from meshvpn.node.prediction import Allocation, NatProfile
 from meshvpn.stun import ChangeRequest, StunResult, is_stun
 from meshvpn.stunio import StunClient
@@ -336,18 +342,39 @@ def _route_source(host: str) -> str | None:
         return sock.getsockname()[0]
 
 
-def _daemon_relays(control_socket: str) -> dict[str, Endpoint]:
-    """The relays a running daemon learned from the coordination server, if it runs."""
+def _daemon_status(control_socket: str) -> dict:
+    """What a running daemon's `status` says ({} if none runs)."""
     from meshvpn import localsock
 
     try:
         for reply in localsock.request(control_socket, {"cmd": "status"}):
-            relays = reply.get("relays")
-            if isinstance(relays, list):
-                return {str(r["name"]): _endpoint(str(r["address"])) for r in relays}
-    except (localsock.DaemonNotRunning, OSError, KeyError, TypeError, ValueError):
+            if isinstance(reply.get("self"), dict):
+                return reply
+    except (localsock.DaemonNotRunning, OSError, TypeError, ValueError):
         pass
     return {}
+
+
+def _daemon_relays(status: dict) -> dict[str, Endpoint]:
+    """The relays a running daemon learned from the coordination server."""
+    try:
+        return {str(r["name"]): _endpoint(str(r["address"])) for r in status.get("relays") or []}
+    except (KeyError, TypeError, ValueError):
+        return {}
+
+
+def render_port_mapping(report: dict) -> list[str]:
+    """The port-mapping lines: what the gateway speaks, and the running daemon's mapping."""
+    available = report.get("available") or []
+    why = report.get("error") or "no answer"
+    lines = [f"port mapping: {', '.join(available)}" if available else f"port mapping: none ({why})"]
+    daemon = report.get("daemon")
+    if daemon and daemon.get("external"):
+        left = f", {daemon['expires_in']:.0f} s left" if daemon.get("expires_in") is not None else ""
+        lines.append(f"port mapping in use: {daemon['external']} via {daemon['protocol']}{left}")
+    elif daemon:
+        lines.append(f"port mapping in use: none ({daemon.get('error') or daemon.get('state')})")
+    return lines
 
 
 def _endpoint(text: str) -> Endpoint:
@@ -359,12 +386,15 @@ def main(args) -> int:
     """`meshvpn netcheck [--json]`: probe the coordination server's STUN service and print a report."""
     config = args.settings
     host = socket.getaddrinfo(config.coord.address.host, None, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0]
-    obs = asyncio.run(gather((host, config.coord.stun_port), _daemon_relays(str(config.control_socket))))
+    daemon = _daemon_status(str(config.control_socket))
+    obs = asyncio.run(gather((host, config.coord.stun_port), _daemon_relays(daemon)))
     result = verdict(obs)
+    portmap = {**asyncio.run(probe_gateway(config.portmap)), "daemon": daemon.get("self", {}).get("port_mapping")}
     if args.json:
-        print(json.dumps({**asdict(result), "traversal": result.traversal, "observations": asdict(obs)}, indent=2))
+        print(json.dumps({**asdict(result), "traversal": result.traversal, "port_mapping": portmap,
+                          "observations": asdict(obs)}, indent=2))
     else:
-        print(render(result))
+        print("\n".join([render(result), *render_port_mapping(portmap)]))
     return 0 if result.udp else 1
 
 

@@ -269,9 +269,10 @@ class Node(NodeRecovery):
         self.core.port_sampled(peer_key, sample, now)
         self._settle(now)
 
-    def set_own_endpoints(self, local: Iterable[Endpoint], public: Optional[Endpoint]) -> None:
-        """Our LAN endpoints and public mapping, as the shell learns them: probes to us were sent there."""
-        self.core.set_own_endpoints(local, public)
+    def set_own_endpoints(self, local: Iterable[Endpoint], public: Optional[Endpoint],
+                          mapped: Optional[Endpoint] = None) -> None:
+        """Our LAN endpoints, public and router-mapped endpoints: probes to us were sent there."""
+        self.core.set_own_endpoints(local, public, mapped)
 
     def set_nat_profile(self, profile: NatProfile) -> None:
         self.core.set_nat_profile(profile)

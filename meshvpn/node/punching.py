@@ -40,8 +40,8 @@ class Punching:
         peer.paths.strategy = traversal.strategy(peer.key)
         if msg.sample is not None and not traversal.profile(peer.key).endpoint_independent:
             extra = [Candidate(Endpoint(msg.sample.host, msg.sample.port), CandidateKind.PUBLIC)]
-            lan = [c for c in candidates_of(peer.info) if c.kind is CandidateKind.LAN]
-            peer.paths.set_candidates(lan + extra, now)
+            kept = [c for c in candidates_of(peer.info) if c.kind in (CandidateKind.LAN, CandidateKind.MAPPED)]
+            peer.paths.set_candidates(kept + extra, now)
         else:
             peer.paths.set_candidates(candidates_of(peer.info) + extra, now)
         if peer.route is None:
@@ -97,9 +97,11 @@ class Punching:
 
     # ---- hard NATs ----------------------------------------------------------------
 
-    def set_own_endpoints(self, local: Iterable[Endpoint], public: Optional[Endpoint]) -> None:
-        """Our LAN endpoints and public mapping, as the shell learns them: probes to us were sent there."""
-        hosts = [e.host for e in local] + ([] if public is None else [public.host])
+    def set_own_endpoints(self, local: Iterable[Endpoint], public: Optional[Endpoint],
+                          mapped: Optional[Endpoint] = None) -> None:
+        """Our LAN endpoints, public and router-mapped endpoints, as the shell learns them: probes to
+        us were sent there."""
+        hosts = [e.host for e in local] + [e.host for e in (public, mapped) if e is not None]
         self.probes.set_own_hosts(hosts)
 
     def set_nat_profile(self, profile: NatProfile) -> None:

@@ -1,4 +1,5 @@
-"""Where the node can be reached, kept current: STUN mapping, LAN endpoints and NAT profile.
+"""Where the node can be reached, kept current: STUN mapping, LAN endpoints, NAT profile and the
+router's port mapping (`meshvpn.node.portmap`, which tells us when it changes).
 
 A round asks the coord's STUN server for the shared socket's public mapping, lists the LAN
 endpoints and reports them to the coord (``Endpoints``, passed on to every peer) when they
@@ -6,7 +7,8 @@ changed; then it samples the NAT's behaviour, which takes longer, and reports ag
 changed. Rounds run every ``ENDPOINT_REFRESH`` seconds, and at once when the host's network
 changed (:meth:`EndpointRefresh.network_changed`): a round still waiting for an answer from the
 old network is abandoned, the birthday sockets (whose mappings belong to the old NAT) are closed
-and the coord link reconnects if the rules said so. Once the new endpoints are known *and* the
+and the coord link reconnects if the rules said so; the router's port mapping is probed again.
+Once the new endpoints are known *and* the
 coord link is up, the node re-probes its peers and asks the coord to punch them again
 (``Node.network_changed``): a punch request sent while the link reconnects would be lost, and
 one sent before the new endpoints would make the peers punch towards the old ones.
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Optional
 
 from meshvpn.control import messages as m
 from meshvpn.node.discovery import own_nat_profile, public_mapping
+from meshvpn.node.eventlog import endpoints_line
 from meshvpn.node.netchange import NetworkChanged
 from meshvpn.node.traversal import nat_info
 
@@ -66,6 +69,7 @@ class EndpointRefresh:
         if change.reconnect_coord:
             log.info("coord link: reconnecting now on the new network")
             daemon.link.reconnect()
+        daemon.portmap.reprobe()
         self._moved, self._fresh = True, False
         self._lost |= change.connections_lost
         self.close()
@@ -116,14 +120,18 @@ class EndpointRefresh:
             self._report(daemon.public_endpoint, daemon.local, nat_info(profile))
         daemon._prune_mappings()
 
+    def mapping_changed(self) -> None:
+        """The router's port mapping was granted, moved or lost: report it with the rest as it is."""
+        daemon = self.daemon
+        self._report(daemon.public_endpoint, daemon.local, daemon.nat)
+
     def _report(self, public: Optional[m.Endpoint], local: tuple[m.Endpoint, ...], nat: Optional[m.NatInfo]) -> None:
         """Tell the node and the coord where we are, if that changed."""
         daemon = self.daemon
-        if (public, local, nat) == (daemon.public_endpoint, daemon.local, daemon.nat):
+        mapped = None if daemon.portmap.endpoint is None else m.Endpoint(*daemon.portmap.endpoint)
+        if (public, local, nat, mapped) == (daemon.public_endpoint, daemon.local, daemon.nat, daemon.mapped):
             return
-        daemon.public_endpoint, daemon.local, daemon.nat = public, local, nat
-        daemon.node.set_own_endpoints(local, public)
-        log.info("endpoints: public %s, local %s, nat %s", public or "-", ", ".join(map(str, local)) or "-",
-                 "-" if nat is None else f"{'independent' if nat.endpoint_independent else 'dependent'} "
-                                         f"mapping, {nat.allocation} ports")
-        daemon.link.send(m.Endpoints(local=local, public=public, nat=nat))
+        daemon.public_endpoint, daemon.local, daemon.nat, daemon.mapped = public, local, nat, mapped
+        daemon.node.set_own_endpoints(local, public, mapped)
+        log.info("%s", endpoints_line(public, mapped, local, nat))
+        daemon.link.send(m.Endpoints(local=local, public=public, nat=nat, mapped=mapped))

@@ -41,6 +41,7 @@ class ControlVerbs:
             status["self"]["drops"] = dict(daemon.node.drops + daemon.data.drops)
             status["self"]["endpoints"] = [str(e) for e in daemon.local]
             status["self"]["public_endpoint"] = str(daemon.public_endpoint) if daemon.public_endpoint else None
+            status["self"]["port_mapping"] = daemon.portmap.status()
             status["self"]["tcp_punch"]["listen"] = daemon.punch.listen_text()
             status["self"]["data_path"] = DATA_PATH
             if daemon.native is not None:
@@ -94,5 +95,7 @@ def _peer_map_entry(peer) -> dict:
     endpoints = [str(e) for e in info.local_endpoints]
     if info.public_endpoint is not None:
         endpoints.append(str(info.public_endpoint))
+    if info.mapped_endpoint is not None:
+        endpoints.append(f"{info.mapped_endpoint} (mapped)")
     return {"name": peer.name, "overlay": peer.address, "key": peer.key_text, "online": info.online,
             "endpoints": endpoints}

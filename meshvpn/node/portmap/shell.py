@@ -1,0 +1,252 @@
+"""The asyncio side of router port mapping: the gateway's port 5351, miniupnpc in a thread.
+
+`PortMapShell` feeds `meshvpn.node.portmap.core.PortMapper` the gateway's datagrams, the UPnP
+answers and the clock, and tells the daemon when the endpoint to announce changes. Nothing here
+blocks the loop: miniupnpc's calls (SSDP discovery, SOAP over HTTP) run one at a time in a
+worker thread, each bounded by a timeout. `reprobe()` is the hook for a network change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import ipaddress
+import logging
+import os
+import socket
+import struct
+from typing import Callable, Optional
+
+from meshvpn.config import PortMapConfig
+from meshvpn.node.portmap import natpmp
+from meshvpn.node.portmap.core import (
+    Mapping, MappingChanged, Phase, PortMapper, Protocol, SendToGateway, UpnpDiscover, UpnpMap, UpnpUnmap,
+)
+from meshvpn.timers import DeadlineTimer
+
+log = logging.getLogger("meshvpn.node")
+
+UPNP_DISCOVER_MS = 1000
+"""How long miniupnpc waits for SSDP answers."""
+UPNP_CALL_TIMEOUT = 5.0
+"""Seconds one UPnP call (discovery, a SOAP request) may take before it counts as no answer."""
+CLOSE_TIMEOUT = 2.0
+"""Seconds `close` waits for the UPnP deletion."""
+DESCRIPTION = "meshvpn"
+PROBE_TIMEOUT = 4.0
+"""Seconds netcheck's probe may take: NAT-PMP and PCP give up after 1.75 s, UPnP discovery takes 1."""
+
+
+def default_gateway(route_table: str = "/proc/net/route") -> Optional[str]:
+    """The IPv4 default gateway, from the kernel's routing table (None: no default route)."""
+    try:
+        with open(route_table) as table:
+            lines = table.readlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 2 and fields[1] == "00000000" and fields[2] != "00000000":
+            return socket.inet_ntoa(struct.pack("<I", int(fields[2], 16)))
+    return None
+
+
+class _GatewaySocket(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram: Callable[[bytes], None]) -> None:
+        self.on_datagram = on_datagram
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.on_datagram(data)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP port unreachable: a gateway without NAT-PMP/PCP; the retries run out
+
+
+class _Upnp:
+    """miniupnpc's blocking calls; used from the worker thread only."""
+
+    def __init__(self) -> None:
+        import miniupnpc  # optional: `pip install miniupnpc` (the `upnp` extra)
+
+        self.igd = miniupnpc.UPnP()
+        self.igd.discoverdelay = UPNP_DISCOVER_MS
+
+    def discover(self) -> str:
+        if not self.igd.discover():
+            raise OSError("no UPnP device answered")
+        self.igd.selectigd()
+        return str(ipaddress.ip_address(self.igd.externalipaddress()))
+
+    def map(self, internal_port: int, external_port: int, lifetime: int) -> int:
+        args = ("UDP", self.igd.lanaddr, internal_port, DESCRIPTION, "")
+        try:
+            self.igd.addportmapping(external_port, *args, lifetime)
+            return external_port
+        except Exception:  # miniupnpc raises plain Exception with the IGD's error text
+            return int(self.igd.addanyportmapping(external_port, *args, lifetime))
+
+    def unmap(self, external_port: int) -> None:
+        self.igd.deleteportmapping(external_port, "UDP")
+
+
+class PortMapShell:
+    """One daemon's port mapping: off when the config says so, else probing from `start`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, config: PortMapConfig,
+                 on_change: Callable[[], None], map_port: bool = True) -> None:
+        self.loop = loop
+        self.config = config
+        self.map_port = map_port
+        self.on_change = on_change
+        self.mapper: Optional[PortMapper] = None
+        self.gateway: Optional[str] = None
+        self._port = 0
+        self._transport: Optional[asyncio.DatagramTransport] = None
+        self._timer = DeadlineTimer(loop, self._on_timer)
+        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="upnp")
+        self._upnp: Optional[_Upnp] = None
+        self._jobs: set[asyncio.Future] = set()
+        self._error: Optional[str] = None
+
+    @property
+    def endpoint(self) -> Optional[tuple[str, int]]:
+        """The mapped endpoint to announce (None: no mapping)."""
+        mapping = self.mapper.mapping if self.mapper is not None else None
+        return None if mapping is None else mapping.external
+
+    async def start(self, port: int) -> None:
+        """Probe for a mapping of UDP `port`; returns at once, the probe runs on."""
+        self._port = port
+        if self.config.enabled:
+            await self._open()
+
+    def reprobe(self) -> None:
+        """Re-probe port mapping: the network changed (new gateway, new address). Drops the mapping."""
+        if self.config.enabled and self._port:
+            self.loop.create_task(self._open())
+
+    async def close(self) -> None:
+        """Delete the mapping and stop; waits at most `CLOSE_TIMEOUT` for a UPnP deletion."""
+        if self.mapper is not None:
+            self.mapper.close(self.loop.time())
+            self._transmit()
+        self._timer.cancel()
+        if self._jobs:
+            await asyncio.wait(self._jobs, timeout=CLOSE_TIMEOUT)
+        if self._transport is not None:
+            self._transport.close()
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+    def status(self) -> dict:
+        """`meshvpn status`'s `self.port_mapping`."""
+        if not self.config.enabled:
+            return {"state": "off"}
+        if self.mapper is None:
+            return {"state": "none", "error": self._error}
+        return {**self.mapper.status(self.loop.time()), "gateway": self.gateway}
+
+    # ---- inside
+
+    async def _open(self) -> None:
+        had = self.endpoint
+        if self.mapper is not None:
+            self.mapper.close(self.loop.time())
+            self._transmit(notify=False)
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        self.mapper, self.gateway = None, default_gateway()
+        if self.gateway is None:
+            self._error = "no IPv4 default gateway"
+        else:
+            try:
+                self._transport, _ = await self.loop.create_datagram_endpoint(
+                    lambda: _GatewaySocket(self._on_datagram), remote_addr=(self.gateway, natpmp.PORT))
+            except OSError as exc:
+                self._error = f"gateway {self.gateway}: {exc}"
+        if self._transport is not None:
+            client = self._transport.get_extra_info("sockname")[0]
+            protocols = tuple(Protocol(p) for p in self.config.protocols)
+            self.mapper = PortMapper(self._port, client, os.urandom, int(self.config.lease), protocols,
+                                     map_port=self.map_port)
+            self.mapper.probe(self.loop.time())
+            self._transmit()
+        if had is not None and self.endpoint is None:
+            self.on_change()
+
+    def _on_datagram(self, data: bytes) -> None:
+        if self.mapper is not None:
+            self.mapper.receive(data, self.loop.time())
+            self._transmit()
+
+    def _on_timer(self) -> None:
+        if self.mapper is not None:
+            self.mapper.handle_timer(self.loop.time())
+            self._transmit()
+
+    def _transmit(self, notify: bool = True) -> None:
+        mapper = self.mapper
+        for out in mapper.outputs():
+            match out:
+                case SendToGateway(data):
+                    if self._transport is not None:
+                        self._transport.sendto(data)
+                case UpnpDiscover():
+                    self._in_thread(self._upnp_discover, mapper)
+                case UpnpMap(internal, external, lifetime):
+                    self._in_thread(self._upnp_map, mapper, internal, external, lifetime)
+                case UpnpUnmap(external):
+                    self._in_thread(lambda: self._upnp.unmap(external) if self._upnp else None, None)
+                case MappingChanged(mapping):
+                    self._log(mapping)
+                    if notify:
+                        self.on_change()
+        self._timer.follow(mapper.get_timer())
+
+    def _log(self, mapping: Optional[Mapping]) -> None:
+        if mapping is None:
+            log.info("port mapping released")
+        else:
+            log.info("port mapping: %s:%d via %s, %.0f s", *mapping.external, mapping.protocol.value, mapping.lifetime)
+
+    def _upnp_discover(self) -> str:
+        self._upnp = _Upnp()
+        return self._upnp.discover()
+
+    def _upnp_map(self, internal: int, external: int, lifetime: int) -> int:
+        return self._upnp.map(internal, external, lifetime)
+
+    def _in_thread(self, call, mapper: Optional[PortMapper], *args) -> None:
+        """Run a blocking UPnP call in the worker thread and hand its answer to `mapper`."""
+        job = asyncio.ensure_future(asyncio.wait_for(
+            self.loop.run_in_executor(self._thread, call, *args), UPNP_CALL_TIMEOUT))
+        self._jobs.add(job)
+        job.add_done_callback(lambda done: self._upnp_done(done, mapper, call, args))
+
+    def _upnp_done(self, job: asyncio.Future, mapper: Optional[PortMapper], call, args) -> None:
+        self._jobs.discard(job)
+        if mapper is None or mapper is not self.mapper or job.cancelled():
+            return
+        exc = job.exception()
+        why = "" if exc is None else (str(exc) or type(exc).__name__)
+        now = self.loop.time()
+        if call == self._upnp_discover:
+            mapper.upnp_found(None if exc else job.result(), now, why)
+        else:
+            mapper.upnp_mapped(None if exc else job.result(), args[2], now, why)
+        self._transmit()
+
+
+async def probe_gateway(config: PortMapConfig, timeout: float = PROBE_TIMEOUT) -> dict:
+    """Which protocols the gateway speaks, mapping nothing (`meshvpn netcheck`), even when the
+    daemon's port mapping is off."""
+    loop = asyncio.get_running_loop()
+    shell = PortMapShell(loop, dataclasses.replace(config, enabled=True), lambda: None, map_port=False)
+    await shell.start(1)  # the port only names what would be mapped; nothing is
+    deadline = loop.time() + timeout
+    while shell.mapper is not None and shell.mapper.phase is Phase.PROBING and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    report = shell.status()
+    await shell.close()
+    return report

@@ -1,0 +1,48 @@
+"""A router port mapping travels node → coord → peers, and becomes a candidate of its own kind."""
+
+from meshvpn.control import messages as m
+from meshvpn.node.candidates import Candidate, CandidateKind, candidates_of
+from meshvpn.node.portmap.shell import default_gateway
+from meshvpn.wire import Endpoint
+from test_coord_hardening import pair  # noqa: F401  (fixture)
+from test_coord_membership import NOW, key
+
+MAPPED = m.Endpoint("203.0.113.100", 41641)
+
+
+def test_a_mapping_in_endpoints_reaches_the_peers_and_its_loss_too(pair):  # noqa: F811
+    pair.send(2, m.Endpoints((), public=None, mapped=MAPPED))
+    (update,) = pair.take(1)
+    assert update.peer.mapped_endpoint == MAPPED
+    pair.send(2, m.Endpoints((), public=None, mapped=MAPPED), now=NOW + 1)
+    assert pair.take(1) == []  # nothing changed: nothing announced
+    pair.send(2, m.Endpoints((), public=None), now=NOW + 2)
+    (update,) = pair.take(1)
+    assert update.peer.mapped_endpoint is None
+
+
+def test_a_senseless_mapping_is_not_passed_on(pair):  # noqa: F811
+    pair.send(2, m.Endpoints((), public=None, mapped=m.Endpoint("127.0.0.1", 22)))
+    assert all(u.peer.mapped_endpoint is None for u in pair.take(1))
+
+
+def test_the_mapped_endpoint_is_a_candidate_of_its_own_kind():
+    info = m.PeerInfo(key(2), "bob", "100.80.0.2", True, local_endpoints=(m.Endpoint("10.2.0.11", 41641),),
+                      public_endpoint=m.Endpoint("203.0.113.101", 5555), mapped_endpoint=MAPPED)
+    assert candidates_of(info)[:3] == [
+        Candidate(Endpoint("10.2.0.11", 41641), CandidateKind.LAN),
+        Candidate(Endpoint(MAPPED.host, MAPPED.port), CandidateKind.MAPPED),
+        Candidate(Endpoint("203.0.113.101", 5555), CandidateKind.PUBLIC),
+    ]
+
+
+def test_the_default_gateway_comes_from_the_kernels_route_table(tmp_path):
+    table = tmp_path / "route"
+    table.write_text(
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+        "eth0\t0001010A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+        "eth0\t00000000\t0101010A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n")
+    assert default_gateway(str(table)) == "10.1.1.1"
+    table.write_text("Iface\tDestination\tGateway\n")
+    assert default_gateway(str(table)) is None
+    assert default_gateway(str(tmp_path / "missing")) is None
