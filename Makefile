@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV := .venv
 RESOLVED_ROOT := .lab/systemd-resolved
-APT_PACKAGES := iproute2 nftables iperf3 iputils-ping coturn stun-client tcpdump libsystemd-dev pkg-config gcc python3-dev libsodium-dev chromium dbus-daemon mount postgresql bind9-dnsutils openssl
+APT_PACKAGES := iproute2 nftables iperf3 iputils-ping coturn stun-client tcpdump libsystemd-dev pkg-config gcc python3-dev libsodium-dev chromium dbus-daemon mount postgresql bind9-dnsutils openssl miniupnpd
 # Installed by `make bench` only, so `make test` stays quick; without recommends (wireguard-tools
 # would pull in a kernel image). Pass options with BENCH_ARGS="--seconds 3 --runs 1", and to the
 # traversal matrix with MATRIX_ARGS="--pairs random-ports:port-preserving --runs 20".
@@ -44,7 +44,7 @@ system-packages:
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard meshvpn/_fastpath*.c meshvpn/_fastpath*.h)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet -e '.[test,systemd,metrics,console,qr,postgresql]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,systemd,metrics,console,qr,postgresql,upnp]'
 	touch $@
 
 test: setup
@@ -74,7 +74,7 @@ install:
 	@$(MAKE) --no-print-directory system-packages APT_PACKAGES="$(INSTALL_PACKAGES)"
 	test -x $(PREFIX)/bin/python || $(PYTHON) -m venv $(PREFIX)
 	rm -rf build  # setuptools builds in ./build and never removes a module that has since moved
-	$(PREFIX)/bin/python -m pip install --quiet --upgrade '.[systemd,metrics,console,qr]'
+	$(PREFIX)/bin/python -m pip install --quiet --upgrade '.[systemd,metrics,console,qr,upnp]'
 	mkdir -p $(BINDIR)
 	ln -sfn $(PREFIX)/bin/meshvpn $(BINDIR)/meshvpn
 	@$(MAKE) --no-print-directory install-systemd UNITDIR=$(UNITDIR)

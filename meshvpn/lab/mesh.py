@@ -288,11 +288,12 @@ class Mesh:
         return self.dir / f"{name}.sock"
 
     def start_node(self, name: str, ns: Namespace, auth_key: str, listen: str | None = None,
-                   tun: str = "mvtun0", coords: Iterable[str] = ()) -> Process:
+                   tun: str = "mvtun0", coords: Iterable[str] = (), sections: dict | None = None) -> Process:
         """Start `meshvpn daemon` in `ns` as `name`, joining with `auth_key`.
 
         `listen` is `address:port` of the node's UDP socket (the config's default if None);
-        `coords` the addresses of the coord instances it knows, in order (default: the coord's).
+        `coords` the addresses of the coord instances it knows, in order (default: the coord's);
+        `sections` adds config sections (e.g. `{"portmap": {"protocols": ["upnp"]}}`).
         """
         first, *others = [f"{address}:{self.coord_port}" for address in (list(coords) or [self.coord_address])]
         self._new_key(name)
@@ -313,6 +314,7 @@ class Mesh:
         if listen is not None:
             address, port = listen.rsplit(":", 1)
             document["listen"] = {"address": address, "port": int(port)}
+        document.update(sections or {})
         config = _write_yaml(self.dir / f"{name}.yaml", document)
         self.nodes[name] = self._spawn(name, ns, "daemon", config)
         return self.nodes[name]

@@ -1,0 +1,101 @@
+"""Router port mapping through the real daemon, against Debian's miniupnpd (`meshvpn.lab.upnp`).
+
+The world: a coord (with STUN) and a relay, an RFC 5780 STUN server (coturn on two addresses)
+that miniupnpd checks its external address with, and two sites behind random-port NATs, the
+pair that relays without help. Site `a`'s router also runs miniupnpd, which serves UPnP IGD,
+NAT-PMP and PCP; a1 maps its UDP port with one of them, announces the mapped endpoint, and
+b1 reaches it directly through the mapping. When the daemon stops the mapping is deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from meshvpn.lab import NatKind, Topology
+from meshvpn.lab.mesh import Mesh, wait_for
+from meshvpn.lab.netns import python_command
+from meshvpn.lab.upnp import STUN_PORT, UPNP_TABLE, UpnpRouter, start_stun_server
+
+from test_relay_lab import COORD_ADDR, RELAY_ADDR
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(90)]
+
+STUN_ADDRS = ("203.0.113.40", "203.0.113.41")
+DIRECT = ("direct",)
+
+
+def stun_ready(topo: Topology) -> bool:
+    sockets = topo.host("stun").run(["ss", "-Hlun"]).stdout
+    return all(f"{address}:{STUN_PORT}" in sockets for address in STUN_ADDRS)
+
+
+@pytest.fixture
+def world(topo: Topology, tmp_path: Path, meshes: list[Mesh]):
+    """Build the world with a1 allowed the given port-mapping protocols; returns the mesh."""
+
+    def make(protocols: list[str]) -> Mesh:
+        topo.add_server("stun", addrs=list(STUN_ADDRS))
+        start_stun_server(topo.host("stun"), STUN_ADDRS, tmp_path)
+        wait_for(lambda: stun_ready(topo), 10, "coturn to listen")
+        topo.add_server("relay", addrs=[RELAY_ADDR])
+        topo.add_site("a", nat=UpnpRouter(stun=(STUN_ADDRS[0], STUN_PORT)))
+        topo.add_site("b", nat=NatKind.RANDOM_PORTS)
+        mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR)
+        meshes.append(mesh)
+        mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR)
+        mesh.start_coord()
+        key, _ = mesh.create_auth_key()
+        mesh.start_node("a1", topo.host("a1"), key, sections={"portmap": {"protocols": protocols}})
+        mesh.start_node("b1", topo.host("b1"), key)
+        mesh.wait_registered()
+        return mesh
+
+    return make
+
+
+def mapping_of(mesh: Mesh) -> dict:
+    return mesh.status("a1")["self"]["port_mapping"]
+
+
+def upnp_rules(topo: Topology) -> str:
+    return topo.host("a").run(["nft", "list", "chain", "inet", UPNP_TABLE, "prerouting_miniupnpd"]).stdout
+
+
+@pytest.mark.parametrize("protocol", ["pcp", "nat-pmp", "upnp"])
+def test_a_mapped_random_port_site_goes_direct_and_deletes_its_mapping_on_exit(world, topo, protocol) -> None:
+    mesh = world([protocol])
+    wait_for(lambda: mapping_of(mesh)["state"] == "mapped", 10, f"a1 to map its port with {protocol}")
+    mapping = mapping_of(mesh)
+    assert mapping["protocol"] == protocol
+    router = topo.addr("a")
+    assert mapping["external"].startswith(router + ":")
+    assert "dnat" in upnp_rules(topo)
+    wait_for(lambda: any(e.endswith("(mapped)") for p in json.loads(mesh.cli("b1", "peers", "--json").stdout)["peers"]
+                         for e in p["endpoints"]), 10, "b1 to learn a1's mapped endpoint")
+    found = mesh.wait_for_paths({("a1", "b1"): DIRECT, ("b1", "a1"): DIRECT}, timeout=15)
+    assert len(found) == 2, "no direct path through the mapping"
+    assert mesh.peer("b1", "a1")["endpoint"] == mapping["external"]
+    a1 = mesh.nodes["a1"]
+    a1.ns.stop(a1.proc)
+    deadline = time.monotonic() + 5
+    while "dnat" in upnp_rules(topo) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "dnat" not in upnp_rules(topo), "the mapping outlived the daemon"
+
+
+def test_netcheck_reports_the_mapping_protocol(world, topo) -> None:
+    mesh = world(["pcp", "nat-pmp", "upnp"])
+    wait_for(lambda: mapping_of(mesh)["state"] == "mapped", 10, "a1 to map its port")
+    assert mapping_of(mesh)["protocol"] == "pcp"
+    netcheck = python_command("meshvpn", "netcheck", "-c", str(mesh.dir / "a1.yaml"))
+    a1 = mesh.nodes["a1"]
+    report = json.loads(a1.ns.run([*netcheck, "--json"], timeout=30).stdout)["port_mapping"]
+    assert report["available"] == ["pcp", "nat-pmp", "upnp"] and report["gateway"] == str(topo.site("a").lan.gateway)
+    assert report["daemon"]["protocol"] == "pcp"
+    text = a1.ns.run(netcheck, timeout=30).stdout
+    assert "port mapping: pcp, nat-pmp, upnp" in text
+    assert f"port mapping in use: {report['daemon']['external']} via pcp" in text
