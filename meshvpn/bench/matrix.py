@@ -41,6 +41,7 @@ from meshvpn.bench.report import write_json
 from meshvpn.errors import MeshError
 from meshvpn.lab import Nat, NatKind, Namespace, Topology
 from meshvpn.lab.mesh import Mesh, wait_for
+from meshvpn.lab.upnp import UPNP_ROUTER, add_stun_server
 from meshvpn.lab.usernat import background_traffic
 from meshvpn.localsock import DaemonNotRunning
 
@@ -77,6 +78,8 @@ class Kind:
     """An ISP NAT the site's router sits behind (carrier-grade NAT), or None."""
     background: bool = False
     """A neighbour on the site's LAN opens `BACKGROUND_RATE` new flows per second."""
+    stun: bool = False
+    """The router runs miniupnpd, which checks its external address with the lab's RFC 5780 STUN server."""
 
     def build(self, topo: Topology, site: str, target: str, seconds: float) -> None:
         """Add site `site` (host `<site>1`) to `topo`; background flows go to `target`."""
@@ -100,6 +103,8 @@ KINDS: tuple[Kind, ...] = (
     Kind("port-443-only", NatKind.PORT_443_ONLY, "lets out only TCP to port 443, as hotel and office networks do"),
     Kind("cgn", NatKind.PORT_PRESERVING, "port-preserving home NAT behind an ISP NAT with random ports",
          carrier=NatKind.RANDOM_PORTS),
+    Kind("upnp", UPNP_ROUTER, "random-ports NAT whose router maps ports on request (miniupnpd: UPnP IGD, "
+         "NAT-PMP, PCP)", stun=True),
 )
 KINDS_BY_NAME = {kind.name: kind for kind in KINDS}
 
@@ -352,6 +357,8 @@ def attempt(vpn: str, a: Kind, b: Kind, seconds: float, workdir: Path) -> Attemp
             for name, address in SERVERS[vpn]:
                 topo.add_server(name, addrs=[address])
             target = SERVERS[vpn][-1][1]
+            if a.stun or b.stun:
+                add_stun_server(topo, workdir)
             a.build(topo, "a", target, seconds)
             b.build(topo, "b", target, seconds)
             return RUNNERS[vpn](topo, workdir, seconds)

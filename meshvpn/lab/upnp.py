@@ -27,12 +27,18 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meshvpn.lab.nat import TABLE, RouterLinks
 from meshvpn.lab.netns import LabError, Namespace
 
+if TYPE_CHECKING:
+    from meshvpn.lab.topology import Topology
+
 UPNP_TABLE = "meshvpn_upnp"
 STUN_PORT = 3478
+STUN_ADDRS = ("203.0.113.40", "203.0.113.41")
+"""Where `add_stun_server` puts coturn on the lab's internet."""
 READY_SECONDS = 15.0
 """How long miniupnpd may take to start and pass its STUN check."""
 READY_LINE = "Port forwarding is now enabled"
@@ -172,3 +178,22 @@ def start_stun_server(ns: Namespace, addresses: tuple[str, str], workdir: Path) 
             "--log-file", str(workdir / "stun.log"), "--pidfile", str(workdir / "stun.pid"),
             "--userdb", str(workdir / "stun.db")]
     return ns.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
+
+
+def add_stun_server(topo: Topology, workdir: Path) -> tuple[str, int]:
+    """Server `stun` on the lab's internet with coturn listening on both `STUN_ADDRS`; returns
+    the address `UpnpRouter` checks with, once coturn listens."""
+    topo.add_server("stun", addrs=list(STUN_ADDRS))
+    ns = topo.host("stun")
+    start_stun_server(ns, STUN_ADDRS, workdir)
+    deadline = time.monotonic() + READY_SECONDS
+    while time.monotonic() < deadline:
+        sockets = ns.run(["ss", "-Hlun"]).stdout
+        if all(f"{address}:{STUN_PORT}" in sockets for address in STUN_ADDRS):
+            return STUN_ADDRS[0], STUN_PORT
+        time.sleep(0.1)
+    raise LabError(f"coturn did not listen on {STUN_ADDRS} within {READY_SECONDS:.0f} s")
+
+
+UPNP_ROUTER = UpnpRouter(stun=(STUN_ADDRS[0], STUN_PORT))
+"""The router of a site that maps ports on request; the lab needs `add_stun_server` first."""

@@ -18,19 +18,13 @@ import pytest
 from meshvpn.lab import NatKind, Topology
 from meshvpn.lab.mesh import Mesh, wait_for
 from meshvpn.lab.netns import python_command
-from meshvpn.lab.upnp import STUN_PORT, UPNP_TABLE, UpnpRouter, start_stun_server
+from meshvpn.lab.upnp import UPNP_ROUTER, UPNP_TABLE, add_stun_server
 
 from test_relay_lab import COORD_ADDR, RELAY_ADDR
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(90)]
 
-STUN_ADDRS = ("203.0.113.40", "203.0.113.41")
 DIRECT = ("direct",)
-
-
-def stun_ready(topo: Topology) -> bool:
-    sockets = topo.host("stun").run(["ss", "-Hlun"]).stdout
-    return all(f"{address}:{STUN_PORT}" in sockets for address in STUN_ADDRS)
 
 
 @pytest.fixture
@@ -38,11 +32,9 @@ def world(topo: Topology, tmp_path: Path, meshes: list[Mesh]):
     """Build the world with a1 allowed the given port-mapping protocols; returns the mesh."""
 
     def make(protocols: list[str]) -> Mesh:
-        topo.add_server("stun", addrs=list(STUN_ADDRS))
-        start_stun_server(topo.host("stun"), STUN_ADDRS, tmp_path)
-        wait_for(lambda: stun_ready(topo), 10, "coturn to listen")
+        add_stun_server(topo, tmp_path)
         topo.add_server("relay", addrs=[RELAY_ADDR])
-        topo.add_site("a", nat=UpnpRouter(stun=(STUN_ADDRS[0], STUN_PORT)))
+        topo.add_site("a", nat=UPNP_ROUTER)
         topo.add_site("b", nat=NatKind.RANDOM_PORTS)
         mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR)
         meshes.append(mesh)

@@ -124,7 +124,9 @@ class PortMapShell:
     def reprobe(self) -> None:
         """Re-probe port mapping: the network changed (new gateway, new address). Drops the mapping."""
         if self.config.enabled and self._port:
-            self.loop.create_task(self._open())
+            job = self.loop.create_task(self._open())
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
 
     async def close(self) -> None:
         """Delete the mapping and stop; waits at most `CLOSE_TIMEOUT` for a UPnP deletion."""
