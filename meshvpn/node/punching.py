@@ -103,6 +103,10 @@ class Punching:
         us were sent there."""
         hosts = [e.host for e in local] + [e.host for e in (public, mapped) if e is not None]
         self.probes.set_own_hosts(hosts)
+        if (mapped is not None) != self.traversal.mapped:
+            self.traversal.mapped = mapped is not None
+            for peer in self.peers:
+                peer.paths.strategy = self.traversal.strategy(peer.key)
 
     def set_nat_profile(self, profile: NatProfile) -> None:
         """Our NAT's behaviour as the shell sampled it; every peer's probe strategy follows."""

@@ -23,6 +23,11 @@ Sans-IO; the core (`meshvpn.node.core`) asks it what to do and carries it out. R
   (sequential) or a new punch request (birthday) every `interval`, at most `max_samples`.
 * A probe that arrived on one of the extra sockets pins its source to that socket
   (`pinned`): everything for that endpoint leaves from there, or the NAT's filter drops it.
+* **Mapped side** (our router forwards a port to us: UPnP IGD, NAT-PMP, PCP): the peer gets in
+  through the mapping, so we probe its candidates only, neither predicted ports nor birthday
+  sockets. A probe of ours to the very port the peer's next mapping takes would hold that flow
+  in our NAT, and the reply to the peer's probe through the mapping would leave from the wrong
+  port (conntrack keeps the first flow of a pair of endpoints).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from meshvpn.control import messages as m
-from meshvpn.node.candidates import Endpoint, ProbeStrategy
+from meshvpn.node.candidates import AllCandidates, Endpoint, ProbeStrategy
 from meshvpn.node.prediction import (
     Allocation, BirthdayPlan, NatProfile, ResampleSchedule, opens_many_mappings, strategy_for,
 )
@@ -90,6 +95,8 @@ class Traversal:
                  birthday: BirthdayPlan | None = None) -> None:
         self.local = NatProfile()
         """Our NAT, as the shell last sampled it."""
+        self.mapped = False
+        """Our router forwards a port to us (the peers are told): we need no hard-NAT tricks."""
         self.birthday = birthday if birthday is not None else BirthdayPlan()
         self.pinned: dict[Endpoint, int] = {}
         """Remote endpoint -> extra socket it must be sent from (birthday hits)."""
@@ -118,12 +125,14 @@ class Traversal:
 
     def strategy(self, key: bytes) -> ProbeStrategy:
         """A fresh probe strategy for `key` (fresh port runs and birthday budget)."""
+        if self.mapped:
+            return AllCandidates()
         return strategy_for(self.local, self.profile(key), self._randrange, self._punch_interval,
                             birthday=self.birthday)
 
     def hard_side(self, key: bytes) -> bool:
         """Whether we drive re-sampling towards `key`."""
-        return self.samples_ports or opens_many_mappings(self.local, self.profile(key))
+        return not self.mapped and (self.samples_ports or opens_many_mappings(self.local, self.profile(key)))
 
     def forget(self, key: bytes) -> None:
         self._peers.pop(key, None)
@@ -184,7 +193,7 @@ class Traversal:
     def open_mappings(self, key: bytes, now: float) -> bool:
         """Whether a punch towards `key` should open birthday mappings now (starts the window)."""
         state = self._state(key)
-        if not opens_many_mappings(self.local, state.profile) or now < state.mappings_until:
+        if self.mapped or not opens_many_mappings(self.local, state.profile) or now < state.mappings_until:
             return False
         state.mappings_until = now + BIRTHDAY_WINDOW
         return True

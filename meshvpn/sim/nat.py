@@ -110,6 +110,7 @@ class Nat:
         self.lan = Realm(network, f"lan of {ip}", gateway=self)
         self._by_flow: dict[tuple[Endpoint, object], NatMapping] = {}
         self._by_port: dict[int, NatMapping] = {}
+        self._forwards: dict[int, Endpoint] = {}
         self._last_port = behavior.port_base
         self._background_rate = 0.0
         self._background_timer: TimerHandle | None = None
@@ -157,8 +158,22 @@ class Nat:
         """A datagram from the parent realm reached the public address."""
         self.inbound(dgram)
 
+    def forward(self, public_port: int, lan: Endpoint) -> None:
+        """A port forward, as UPnP IGD, NAT-PMP and PCP ask for: anyone may send to `public_port`,
+        and replies leave from it (conntrack keeps the inbound flow, as a kernel NAT does)."""
+        self._forwards[public_port] = lan
+
     def inbound(self, dgram: Datagram) -> None:
         """Translate a datagram to a public port back to its LAN endpoint, if admitted."""
+        lan = self._forwards.get(dgram.dst[1])
+        if lan is not None:
+            flow = (lan, self.behavior.mapping.narrow(dgram.src))
+            if self._live(self._by_flow.get(flow)) is None:
+                self._by_flow[flow] = NatMapping(lan, dgram.dst, flow, self.network.scheduler.now)
+            self._by_flow[flow].expires = self.network.scheduler.now + self.behavior.mapping_timeout
+            self._by_flow[flow].permitted.add(self.behavior.filtering.narrow(dgram.src))
+            self.lan.route(Datagram(dgram.src, lan, dgram.data))
+            return
         mapping = self._live(self._by_port.get(dgram.dst[1]))
         if mapping is None:
             self.network.drops["no mapping"] += 1
@@ -202,7 +217,8 @@ class Nat:
         return mapping
 
     def _remove(self, mapping: NatMapping) -> None:
-        del self._by_port[mapping.public[1]]
+        if self._by_port.get(mapping.public[1]) is mapping:
+            del self._by_port[mapping.public[1]]
         del self._by_flow[mapping.flow]
 
     def _mapping_for(self, lan: Endpoint, remote: Endpoint) -> NatMapping | None:
@@ -246,4 +262,4 @@ class Nat:
         return None
 
     def _is_free(self, port: int) -> bool:
-        return self._live(self._by_port.get(port)) is None
+        return port not in self._forwards and self._live(self._by_port.get(port)) is None

@@ -63,6 +63,8 @@ class Kind:
     """New flows per second from other hosts behind the NAT (moves a sequential NAT on)."""
     carrier: NatBehavior | None = None
     """An ISP NAT in front of the site's (carrier-grade NAT)."""
+    mapped: bool = False
+    """The router forwards `MAPPED_PORT` to the node (UPnP IGD, NAT-PMP, PCP), which announces it."""
 
 
 PORT_RANGE = NatBehavior(ports=PortAllocation.RANDOM, port_min=30000, port_max=40000)
@@ -78,10 +80,13 @@ KINDS = {
     "random-ports": Kind(SYMMETRIC_RANDOM, RANDOM),
     "cgn": Kind(PORT_RESTRICTED_CONE, RANDOM, carrier=SYMMETRIC_RANDOM),
     "unreported": Kind(SYMMETRIC_RANDOM, EASY),
+    "upnp": Kind(SYMMETRIC_RANDOM, RANDOM, mapped=True),
 }
 """`port-range` is endpoint-independent with random ports: reported as random when the coord
 has no second STUN address, as endpoint-independent when it has. `unreported` is a random-port
-NAT whose node sent no profile (taken as endpoint-independent)."""
+NAT whose node sent no profile (taken as endpoint-independent). `upnp` is a random-port NAT
+whose router forwards a port to the node."""
+MAPPED_PORT = 50000
 
 
 def wan() -> Link:
@@ -107,7 +112,10 @@ class Node:
         self.public = public_key(private)
         self.core = NodeCore(private, random.Random(world.seed * 10 + index).randbytes, CoreConfig())
         self.core.set_nat_profile(kind.reported)
-        self.core.set_own_endpoints([Endpoint(self.host.ip, PORT)], Endpoint(self.observed_host, PORT))
+        self.mapped = Endpoint(self.nat.ip, MAPPED_PORT) if kind.mapped else None
+        if kind.mapped:
+            self.nat.forward(MAPPED_PORT, (self.host.ip, PORT))
+        self.core.set_own_endpoints([Endpoint(self.host.ip, PORT)], Endpoint(self.observed_host, PORT), self.mapped)
         self.sock = self.host.bind(PORT, self._receiver(None))
         self.extra: list = []
         self.public_endpoint: tuple[str, int] | None = None
@@ -125,8 +133,9 @@ class Node:
 
     def info(self) -> m.PeerInfo:
         public = None if self.public_endpoint is None else m.Endpoint(*self.public_endpoint)
+        mapped = None if self.mapped is None else m.Endpoint(*self.mapped)
         return m.PeerInfo(self.public, self.name, self.address, True, (m.Endpoint(self.host.ip, PORT),), public,
-                          observed_host=self.observed_host, nat=nat_info(self.kind.reported))
+                          observed_host=self.observed_host, nat=nat_info(self.kind.reported), mapped_endpoint=mapped)
 
     def send(self, peer: Node, payload: bytes) -> None:
         self.core.packet_from_tun(self.core.peers.by_key[peer.public], ip_packet(self.address, peer.address, payload),
@@ -309,3 +318,15 @@ def test_address_dependent_meets_random_ports_directly() -> None:
     world, _ = meet("address-dependent", "random-ports")
     assert world.a.route_to(world.b).path.kind is PathKind.DIRECT
     assert world.b.route_to(world.a).path.kind is PathKind.DIRECT
+
+
+@pytest.mark.parametrize("peer", ["random-ports", "sequential", "cgn", "upnp"])
+def test_a_mapped_random_port_site_goes_direct_with_the_peers_it_relays_to_without_the_mapping(peer: str) -> None:
+    """The peer probes the mapped endpoint, which lets anyone in; the reply leaves from it."""
+    world, _ = meet("upnp", peer)
+    assert world.a.route_to(world.b).path.kind is PathKind.DIRECT
+    assert world.b.route_to(world.a).path.kind is PathKind.DIRECT
+    assert world.b.route_to(world.a).endpoint == world.a.mapped
+    if not KINDS[peer].mapped:
+        without, _ = meet("random-ports", peer)
+        assert without.b.route_to(without.a).path.kind is PathKind.RELAY

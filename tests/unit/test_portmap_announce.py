@@ -46,3 +46,19 @@ def test_the_default_gateway_comes_from_the_kernels_route_table(tmp_path):
     table.write_text("Iface\tDestination\tGateway\n")
     assert default_gateway(str(table)) is None
     assert default_gateway(str(tmp_path / "missing")) is None
+
+
+def test_a_mapped_node_probes_candidates_only_and_opens_no_birthday_sockets():
+    from meshvpn.node.candidates import AllCandidates
+    from meshvpn.node.prediction import Allocation, NatProfile
+    from meshvpn.node.traversal import Traversal
+
+    traversal = Traversal(lambda lo, hi: lo, 0.2)
+    traversal.local = NatProfile(False, Allocation.RANDOM)
+    peer, easy, sequential = key(2), None, m.NatInfo(False, "sequential")
+    traversal.set_peer_nat(peer, easy)
+    assert traversal.hard_side(peer) and traversal.open_mappings(peer, 0.0)  # birthday side without a mapping
+    traversal.mapped = True
+    assert not traversal.hard_side(peer) and not traversal.open_mappings(peer, 100.0)
+    traversal.set_peer_nat(peer, sequential)
+    assert isinstance(traversal.strategy(peer), AllCandidates)  # no ports above the peer's sample
