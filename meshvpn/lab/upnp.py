@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -127,6 +128,8 @@ class UpnpRouter:
             proc = router.ns.popen([_miniupnpd(), "-d", "-f", str(conf), "-P", str(workdir / "pid")],
                                    stdout=out, stderr=subprocess.STDOUT)
         self._running[router.ns.name] = (proc, workdir)
+        # The lab's teardown kills miniupnpd without `uninstall`: its files go with the process object.
+        weakref.finalize(proc, shutil.rmtree, workdir, ignore_errors=True)
         try:
             _wait_ready(proc, log)
         except BaseException:
