@@ -234,3 +234,14 @@ def test_a_probe_only_machine_finds_the_protocols_and_maps_nothing() -> None:
     assert machine.phase is Phase.PROBED and machine.outputs() == []
     assert machine.supported == {Protocol.NATPMP: EXTERNAL} and machine.mapping is None
     assert [d for d in gateway.seen if d[:2] == b"\x00\x01"] == []
+
+
+def test_a_upnp_mapping_granted_while_closing_is_deleted() -> None:
+    machine = mapper(protocols=(Protocol.UPNP,))
+    machine.probe(0.0)
+    machine.upnp_found(EXTERNAL, 0.5)
+    assert machine.outputs() == [UpnpDiscover(), UpnpMap(PORT, PORT, 7200)]
+    machine.close(0.6)
+    assert machine.outputs() == []  # nothing granted yet, nothing to delete
+    machine.upnp_mapped(PORT, 7200, 0.7)
+    assert machine.outputs() == [UpnpUnmap(PORT)] and machine.mapping is None

@@ -194,6 +194,9 @@ class PortMapper:
 
     def upnp_mapped(self, external_port: Optional[int], lifetime: int, now: float, why: str = "") -> None:
         """The shell's answer to `UpnpMap`: the external port granted, or None and why not."""
+        if self.phase is Phase.CLOSED and self._using is Protocol.UPNP and external_port is not None:
+            self._out.append(UpnpUnmap(external_port))  # granted while we were closing
+            return
         if self._using is not Protocol.UPNP or self.phase not in (Phase.MAPPING, Phase.MAPPED):
             return
         if external_port is None:

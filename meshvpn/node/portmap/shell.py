@@ -134,8 +134,9 @@ class PortMapShell:
             self.mapper.close(self.loop.time())
             self._transmit()
         self._timer.cancel()
-        if self._jobs:
-            await asyncio.wait(self._jobs, timeout=CLOSE_TIMEOUT)
+        deadline = self.loop.time() + CLOSE_TIMEOUT
+        while self._jobs and self.loop.time() < deadline:  # a mapping granted meanwhile is deleted too
+            await asyncio.wait(set(self._jobs), timeout=deadline - self.loop.time())
         if self._transport is not None:
             self._transport.close()
         self._thread.shutdown(wait=False, cancel_futures=True)
