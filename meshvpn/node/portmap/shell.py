@@ -3,19 +3,21 @@
 `PortMapShell` feeds `meshvpn.node.portmap.core.PortMapper` the gateway's datagrams, the UPnP
 answers and the clock, and tells the daemon when the endpoint to announce changes. Nothing here
 blocks the loop: miniupnpc's calls (SSDP discovery, SOAP over HTTP) run one at a time in a
-worker thread, each bounded by a timeout. `reprobe()` is the hook for a network change.
+daemon thread, each bounded by a timeout, and exit never waits for one (only `close` waits, for
+a deletion). `reprobe()` is the hook for a network change.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import ipaddress
 import logging
 import os
+import queue
 import socket
 import struct
+import threading
 from typing import Callable, Optional
 
 from meshvpn.config import PortMapConfig
@@ -63,6 +65,41 @@ class _GatewaySocket(asyncio.DatagramProtocol):
         pass  # ICMP port unreachable: a gateway without NAT-PMP/PCP; the retries run out
 
 
+class _Worker:
+    """One daemon thread that runs blocking calls in order: never joined, so exit is not delayed."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.calls: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="upnp", daemon=True).start()
+
+    def submit(self, call, *args) -> asyncio.Future:
+        future = self.loop.create_future()
+        self.calls.put((future, call, args))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            future, call, args = self.calls.get()
+            try:
+                outcome = (call(*args), None)
+            except Exception as exc:  # whatever miniupnpc raises is the answer "no"
+                outcome = (None, exc)
+            try:
+                self.loop.call_soon_threadsafe(_settle, future, *outcome)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                return
+
+
+def _settle(future: asyncio.Future, result, exc: Optional[BaseException]) -> None:
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(result)
+    else:
+        future.set_exception(exc)
+
+
 class _Upnp:
     """miniupnpc's blocking calls; used from the worker thread only."""
 
@@ -104,9 +141,10 @@ class PortMapShell:
         self._port = 0
         self._transport: Optional[asyncio.DatagramTransport] = None
         self._timer = DeadlineTimer(loop, self._on_timer)
-        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="upnp")
+        self._worker: Optional[_Worker] = None
         self._upnp: Optional[_Upnp] = None
         self._jobs: set[asyncio.Future] = set()
+        """Reprobes, and UPnP calls that may leave a mapping behind (map, unmap): `close` waits for them."""
         self._error: Optional[str] = None
 
     @property
@@ -139,7 +177,6 @@ class PortMapShell:
             await asyncio.wait(set(self._jobs), timeout=deadline - self.loop.time())
         if self._transport is not None:
             self._transport.close()
-        self._thread.shutdown(wait=False, cancel_futures=True)
 
     def status(self) -> dict:
         """`meshvpn status`'s `self.port_mapping`."""
@@ -196,7 +233,7 @@ class PortMapShell:
                     if self._transport is not None:
                         self._transport.sendto(data)
                 case UpnpDiscover():
-                    self._in_thread(self._upnp_discover, mapper)
+                    self._in_thread(self._upnp_discover, mapper, wait_on_close=False)
                 case UpnpMap(internal, external, lifetime):
                     self._in_thread(self._upnp_map, mapper, internal, external, lifetime)
                 case UpnpUnmap(external):
@@ -220,11 +257,13 @@ class PortMapShell:
     def _upnp_map(self, internal: int, external: int, lifetime: int) -> int:
         return self._upnp.map(internal, external, lifetime)
 
-    def _in_thread(self, call, mapper: Optional[PortMapper], *args) -> None:
+    def _in_thread(self, call, mapper: Optional[PortMapper], *args, wait_on_close: bool = True) -> None:
         """Run a blocking UPnP call in the worker thread and hand its answer to `mapper`."""
-        job = asyncio.ensure_future(asyncio.wait_for(
-            self.loop.run_in_executor(self._thread, call, *args), UPNP_CALL_TIMEOUT))
-        self._jobs.add(job)
+        if self._worker is None:
+            self._worker = _Worker(self.loop)
+        job = asyncio.ensure_future(asyncio.wait_for(self._worker.submit(call, *args), UPNP_CALL_TIMEOUT))
+        if wait_on_close:
+            self._jobs.add(job)
         job.add_done_callback(lambda done: self._upnp_done(done, mapper, call, args))
 
     def _upnp_done(self, job: asyncio.Future, mapper: Optional[PortMapper], call, args) -> None:
