@@ -21,6 +21,8 @@ from meshvpn.coord.store import MemoryStore, Network
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.node import netlink
 from meshvpn.node.handshake_cookies import DH_BURST, InitiationGate
+from meshvpn.node.portmap import natpmp, pcp
+from meshvpn.node.portmap.core import PortMapper
 from meshvpn.relay.core import RelayCore
 from meshvpn.relaytoken import TokenMinter, TokenVerifier
 from meshvpn.stun import binding_response
@@ -212,6 +214,24 @@ def test_netlink_changes(reads):
         only_remote_errors(netlink.decode, data)
 
 
+PCP_MAP = bytes.fromhex("0281000000001c200000002a000000000000000000000000" "000102030405060708090a0b11000000a2a9a2a9"
+                        "00000000000000000000ffffcb007164")
+NATPMP_MAP = bytes.fromhex("008100000000002aa2a9a2a900001c20")
+
+
+@SLICE
+@given(batches(st.one_of(st.binary(max_size=120), mutations(PCP_MAP), mutations(NATPMP_MAP))))
+def test_port_mapping_answers(datagrams):
+    """NAT-PMP and PCP from the gateway: the decoders raise only the remote error, the machine counts."""
+    machine = PortMapper(41641, "10.1.0.11", bytes)
+    machine.probe(NOW)
+    for data in datagrams:
+        only_remote_errors(natpmp.decode, data)
+        only_remote_errors(pcp.decode, data)
+        machine.receive(data, NOW)
+    machine.outputs()
+
+
 TARGETS = (test_wire_decoders, test_noise_initiation, test_channel_frames, test_control_messages,
            test_stun_and_turn, test_relay_core_drops_and_counts, test_coord_core_refuses_and_never_raises,
-           test_cookie_jar, test_initiation_gate, test_netlink_changes)
+           test_cookie_jar, test_initiation_gate, test_netlink_changes, test_port_mapping_answers)
