@@ -97,10 +97,17 @@ def _expect(buf: bytes | bytearray | memoryview, kind: MessageType, size: int, e
 
 
 class Endpoint(NamedTuple):
-    """A UDP endpoint; ``host`` is an IPv4 or IPv6 address in its canonical text form."""
+    """An address and port a node is reachable at: in packets, routes, the control schema and status.
+
+    ``host`` is an IPv4 or IPv6 address in its canonical text form (a DNS name is a configured
+    `meshvpn.config.Address` until a shell resolves it); text is ``host:port`` or ``[v6]:port``.
+    """
 
     host: str
     port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 _FAMILY_LEN = {4: 4, 6: 16}

@@ -16,7 +16,7 @@ from meshvpn.control.schema import (
     BOOL, CIDR, COUNT, ENDPOINT, ERROR_CODES, HOST, MAX_CANDIDATES, MAX_ENDPOINTS, MAX_ERROR_TEXT,
     MAX_PEERS, MAX_RELAYS, NAME, PORT, TIME, TOKEN, Codec, Endpoint, KEY,
     MalformedMessage, Message, Record, UnknownMessageType, _check, choice, list_of,
-    optional, record, text, wire,
+    optional, parse_endpoint, record, text, wire,
 )
 from meshvpn.portspec import Service, parse_service
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, ClassVar
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.keys import decode_key, encode_key
 from meshvpn.relaytoken import TOKEN_LEN
+from meshvpn.wire import Endpoint
 
 MAX_TEXT = 255
 MAX_ERROR_TEXT = 1024
@@ -56,29 +57,16 @@ class UnknownMessageType(MalformedMessage):
     """A control frame names a message type this side does not know."""
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """A UDP address at which a node may be reachable."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
-
-    @classmethod
-    def parse(cls, text: str) -> Endpoint:
-        """Parse ``host:port`` / ``[v6]:port``; the host must be an IP literal."""
-        host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit() or len(port) > 5:
-            raise MalformedMessage(f"{text!r} is not a host:port endpoint")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        elif ":" in host:
-            raise MalformedMessage(f"{text!r}: IPv6 hosts must be bracketed")
-        return cls(_ip_literal(host), _port(int(port)))
+def parse_endpoint(text: str) -> Endpoint:
+    """Parse ``host:port`` / ``[v6]:port``; the host must be an IP literal."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or len(port) > 5:
+        raise MalformedMessage(f"{text!r} is not a host:port endpoint")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise MalformedMessage(f"{text!r}: IPv6 hosts must be bracketed")
+    return Endpoint(_ip_literal(host), _port(int(port)))
 
 
 @functools.lru_cache(maxsize=16384)
@@ -165,7 +153,7 @@ def _load_key(value: Any) -> bytes:
 
 def _load_endpoint(value: Any) -> Endpoint:
     _check(isinstance(value, str) and len(value) <= 64, "expected a host:port string")
-    return Endpoint.parse(value)
+    return parse_endpoint(value)
 
 
 def _load_host(value: Any) -> str:

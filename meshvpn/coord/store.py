@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from meshvpn.coord.authkeys import AuthKey
-from meshvpn.control.messages import Endpoint
+from meshvpn.control.messages import Endpoint, parse_endpoint
 from meshvpn.errors import ConfigError, MeshError
 
 SCHEMA_VERSION = 3
@@ -211,11 +211,11 @@ _CONVERSIONS: dict[str, _Convert] = {
     "key": (bytes, bytes),
     "public_endpoint": (
         lambda ep: None if ep is None else str(ep),
-        lambda text: None if text is None else Endpoint.parse(text),
+        lambda text: None if text is None else parse_endpoint(text),
     ),
     "local_endpoints": (
         lambda eps: json.dumps([str(ep) for ep in eps]),
-        lambda text: tuple(Endpoint.parse(ep) for ep in json.loads(text)),
+        lambda text: tuple(parse_endpoint(ep) for ep in json.loads(text)),
     ),
     "tags": (lambda tags: json.dumps(list(tags)), lambda text: tuple(json.loads(text))),
 }

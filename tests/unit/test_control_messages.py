@@ -120,7 +120,7 @@ def test_optional_fields_may_be_absent_or_null():
 
 def test_ipv6_endpoints_are_bracketed():
     assert str(m.Endpoint("2001:db8::1", 53)) == "[2001:db8::1]:53"
-    assert m.Endpoint.parse("[2001:db8:0::1]:53") == m.Endpoint("2001:db8::1", 53)
+    assert m.parse_endpoint("[2001:db8:0::1]:53") == m.Endpoint("2001:db8::1", 53)
 
 
 REGISTER = {"type": "register", "hostname": "h", "version": "1", "local_endpoints": []}
