@@ -109,7 +109,7 @@ class NodeDaemon:
         self.control = ControlServer(str(config.control_socket), self.verbs.handle_control)
         self.public_endpoint: Optional[m.Endpoint] = None
         self.nat: Optional[m.NatInfo] = None
-        self.mappings = MappingSockets(self.loop, config.listen.address, self._on_mapping_datagram, SOCKET_BUFFER)
+        self.mappings = MappingSockets(self.loop, config.listen.address, self._on_mapping_run, SOCKET_BUFFER)
         self.local: tuple[m.Endpoint, ...] = ()
         self.refresh = EndpointRefresh(self)
         self.portmap = PortMapShell(self.loop, config.portmap, self.refresh.mapping_changed)
@@ -251,6 +251,8 @@ class NodeDaemon:
                 self.udp.send_contiguous(server, memoryview(frame_run(channel, run, seg_size)), seg_size + 4)
             case TurnChannel(_, channel, stream):
                 self.turn_streams.write(stream, frame_run(channel, run, seg_size, pad=True))
+            case PinnedSocket(sid) if self.mappings.send_run(sid, route.endpoint, run, seg_size):
+                pass
             case transport:
                 messages = [bytes(run[at : at + seg_size]) for at in range(0, len(run), seg_size)]
                 self._send_each(transport, route.endpoint, messages)
@@ -403,14 +405,20 @@ class NodeDaemon:
         self.transmit()
         self._tasks = [task for task in self._tasks if not task.done()]
 
-    def _on_mapping_datagram(self, sid: int, data: bytes, src: Endpoint) -> None:
-        """A datagram on a birthday socket: transport to the data path, the rest to the node."""
-        if len(data) < 2 or is_stun(data):
+    def _on_mapping_run(self, sid: int, run: memoryview, seg_size: int, src: Endpoint) -> None:
+        """Datagrams on a birthday socket: a run of transport to the data path (opened as the main
+        socket's are), anything else one by one to the node."""
+        if len(run) < 2 or is_stun(run[:seg_size]):
             return
-        if data[1] in _TRANSPORT:
-            self._inbound([(data, src)])
-        else:
-            self.node.receive_datagram(data, src, self.loop.time(), via=sid)
+        now = self.loop.time()
+        if run[1] in _TRANSPORT:
+            to_tun: list[memoryview] = []
+            self.data.open_datagrams(bytearray(run), len(run), seg_size, src, now, to_tun)
+            self._write_tun(to_tun)
+            self._after_data()
+            return
+        for first in range(0, len(run), seg_size):
+            self.node.receive_datagram(bytes(run[first : first + seg_size]), src, now, via=sid)
         self.transmit()
 
     def udp_sockets(self) -> dict[str, socket.socket]:

@@ -5,7 +5,9 @@ hold many mappings towards it at once (`meshvpn.node.prediction`). The core says
 (`OpenMappings`); this shell opens up to `limit` sockets, sends one probe from each, reads
 them for the window and then closes every one that no path uses. A socket whose mapping the
 peer hit stays: the core pinned the peer's endpoint to it (`NodeCore.socket_for`), so the
-peer's traffic keeps leaving from the mapping its NAT lets through.
+peer's traffic keeps leaving from the mapping its NAT lets through. A pinned socket then carries
+the pair's whole data path, so it batches as the main socket does: GRO receives handed over as
+runs, GSO sends of whole runs (`meshvpn.udpbatch`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import socket
 from typing import Callable, Iterable
 
-from meshvpn.udpbatch import bind_udp
+from meshvpn.udpbatch import BatchUdpSocket, bind_udp
 from meshvpn.wire import Endpoint
 
 log = logging.getLogger("meshvpn.node")
@@ -24,24 +26,25 @@ log = logging.getLogger("meshvpn.node")
 LIMIT = 256
 """Extra sockets open at once, whatever the core asks."""
 READS = 16
-"""Datagrams read per readiness callback."""
+"""Receives (each one datagram, or a GRO run of them) per readiness callback."""
 
-OnDatagram = Callable[[int, bytes, Endpoint], None]
+OnRun = Callable[[int, memoryview, int, Endpoint], None]
+"""(socket id, the datagrams back to back, their size (the last may be shorter), source)."""
 
 
 class MappingSockets:
-    """Extra sockets by id; `on_datagram(id, data, src)` gets everything they receive."""
+    """Extra sockets by id; `on_run(id, run, seg_size, src)` gets everything they receive."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, bind_address: str, on_datagram: OnDatagram,
+    def __init__(self, loop: asyncio.AbstractEventLoop, bind_address: str, on_run: OnRun,
                  buffer: int, limit: int = LIMIT) -> None:
         self._loop = loop
         self._buffer = buffer
         """SO_RCVBUF and SO_SNDBUF of each socket, as the main socket's: a pinned socket carries a peer's data."""
         self._bind = bind_address
-        self._on_datagram = on_datagram
+        self._on_run = on_run
         self._limit = limit
         self._ids = itertools.count(1)
-        self._socks: dict[int, socket.socket] = {}
+        self._socks: dict[int, BatchUdpSocket] = {}
 
     def __len__(self) -> int:
         return len(self._socks)
@@ -62,30 +65,39 @@ class MappingSockets:
                 log.info("birthday probing: %d sockets, then %s", opened, exc)
                 break
             sid = next(self._ids)
-            self._socks[sid] = sock
+            self._socks[sid] = BatchUdpSocket(sock)
             self._loop.add_reader(sock.fileno(), self._readable, sid)
             opened += 1
         return opened
 
     def sendto(self, sid: int, data: bytes, dst: Endpoint) -> bool:
         """Send from extra socket `sid`; False if it is gone."""
-        sock = self._socks.get(sid)
-        if sock is None:
+        udp = self._socks.get(sid)
+        if udp is None:
             return False
         try:
-            sock.sendto(data, dst)
+            udp.sock.sendto(data, dst)
         except OSError:
             pass
         return True
 
+    def send_run(self, sid: int, dst: Endpoint, run: memoryview, seg_size: int) -> bool:
+        """Send a run of datagrams (``seg_size`` each, the last may be shorter) from `sid` in one
+        GSO send; False if the socket is gone."""
+        udp = self._socks.get(sid)
+        if udp is None:
+            return False
+        udp.send_contiguous(dst, run, seg_size)
+        return True
+
     def sockets(self) -> dict[int, socket.socket]:
         """The open sockets by id (for their kernel counters)."""
-        return dict(self._socks)
+        return {sid: udp.sock for sid, udp in self._socks.items()}
 
     def keep_only(self, in_use: set[int]) -> None:
         """Close every socket not in `in_use`."""
         for sid in [sid for sid in self._socks if sid not in in_use]:
-            sock = self._socks.pop(sid)
+            sock = self._socks.pop(sid).sock
             self._loop.remove_reader(sock.fileno())
             sock.close()
 
@@ -93,10 +105,11 @@ class MappingSockets:
         self.keep_only(set())
 
     def _readable(self, sid: int) -> None:
-        sock = self._socks.get(sid)
-        for _ in range(READS if sock is not None else 0):
+        udp = self._socks.get(sid)
+        for _ in range(READS if udp is not None else 0):
             try:
-                data, src = sock.recvfrom(65535)
+                source, nbytes, seg_size = udp.recv_into()
             except OSError:
                 return
-            self._on_datagram(sid, data, Endpoint(src[0], src[1]))
+            if nbytes and sid in self._socks:
+                self._on_run(sid, memoryview(udp.buffer)[:nbytes], seg_size, Endpoint(source[0], source[1]))
