@@ -31,8 +31,10 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 from dataclasses import asdict, dataclass, field
 
+from meshvpn import tlsenvelope
 from meshvpn.node.portmap.shell import probe_gateway
 from meshvpn.node.prediction import Allocation, NatProfile
 from meshvpn.stun import ChangeRequest, StunResult, is_stun
@@ -69,8 +71,10 @@ class Observations:
     samples: list[tuple[int, int]] = field(default_factory=list)
     """(local port, mapped port) of fresh sockets asking A1:P1 one after another."""
     hairpin: bool | None = None
-    relays: dict[str, float | None] = field(default_factory=dict)
-    """TCP connect time to each relay, None when it failed."""
+    relays: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """Per relay, the transports tried and their time (None: it did not get through): ``tcp`` and
+    ``tls`` the connect (and TLS handshake) time, ``udp`` the running daemon's hello round trip
+    when its link is ready over UDP."""
 
 
 @dataclass
@@ -84,7 +88,7 @@ class Verdict:
     filtering: str | None = None
     allocation: str | None = None
     hairpinning: bool | None = None
-    relays: dict[str, float | None] = field(default_factory=dict)
+    relays: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     @property
     def traversal(self) -> str:
@@ -160,8 +164,10 @@ def render(v: Verdict) -> str:
             f"hairpinning: {'n/a' if v.hairpinning is None else ('yes' if v.hairpinning else 'no')}",
         ]
     lines.append(f"traversal: {v.traversal}")
-    for name, rtt in sorted(v.relays.items()):
-        lines.append(f"relay {name}: " + (f"{rtt * 1000:.1f} ms" if rtt is not None else "unreachable"))
+    for name, transports in sorted(v.relays.items()):
+        lines.append(f"relay {name}: " + ", ".join(
+            f"{kind} " + (f"{rtt * 1000:.1f} ms" if rtt is not None else "unreachable")
+            for kind, rtt in transports.items()))
     return "\n".join(lines)
 
 
@@ -209,7 +215,19 @@ async def _socket(bind: str) -> _Probe:
     return probe
 
 
-async def gather(stun: Endpoint, relays: dict[str, Endpoint], bind: str = "0.0.0.0") -> Observations:
+@dataclass(frozen=True)
+class RelayTarget:
+    """A relay as netcheck tries it: its address, its TLS port, and the running daemon's UDP link."""
+
+    endpoint: Endpoint
+    tls_port: int | None = None
+    udp_rtt: float | None = None
+    """The daemon's hello round trip while its link is ready over UDP, seconds."""
+    udp_known: bool = False
+    """Whether a running daemon said anything about its link (else UDP is not reported)."""
+
+
+async def gather(stun: Endpoint, relays: dict[str, RelayTarget], bind: str = "0.0.0.0") -> Observations:
     """Run every test against the STUN server at `stun` and the `relays`; never raises for the network."""
     obs = Observations(local_ip=_route_source(stun[0]))
     relay_task = asyncio.ensure_future(_relay_rtts(relays))
@@ -316,20 +334,29 @@ async def _hairpin(stun: Endpoint, bind: str) -> bool | None:
         two.close()
 
 
-async def _relay_rtts(relays: dict[str, Endpoint]) -> dict[str, float | None]:
-    async def connect_time(endpoint: Endpoint) -> float | None:
+async def _relay_rtts(relays: dict[str, RelayTarget]) -> dict[str, dict[str, float | None]]:
+    """Which of UDP (as the daemon's link saw it), TCP and TLS reach each relay, and how fast."""
+    async def connect_time(endpoint: Endpoint, tls: bool = False) -> float | None:
         loop = asyncio.get_running_loop()
         start = loop.time()
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(*endpoint), RELAY_TIMEOUT)
-        except (OSError, asyncio.TimeoutError):
+            context = tlsenvelope.client_context() if tls else None
+            _, writer = await asyncio.wait_for(asyncio.open_connection(*endpoint, ssl=context), RELAY_TIMEOUT)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError):
             return None
         elapsed = loop.time() - start
         writer.close()
         return elapsed
 
-    times = await asyncio.gather(*(connect_time(e) for e in relays.values()))
-    return dict(zip(relays, times))
+    async def transports(target: RelayTarget) -> dict[str, float | None]:
+        out: dict[str, float | None] = {"udp": target.udp_rtt} if target.udp_known else {}
+        out["tcp"] = await connect_time(target.endpoint)
+        if target.tls_port:
+            out["tls"] = await connect_time((target.endpoint[0], target.tls_port), tls=True)
+        return out
+
+    found = await asyncio.gather(*(transports(target) for target in relays.values()))
+    return dict(zip(relays, found))
 
 
 def _route_source(host: str) -> str | None:
@@ -355,12 +382,18 @@ def _daemon_status(control_socket: str) -> dict:
     return {}
 
 
-def _daemon_relays(status: dict) -> dict[str, Endpoint]:
-    """The relays a running daemon learned from the coordination server."""
+def _daemon_relays(status: dict) -> dict[str, RelayTarget]:
+    """The relays a running daemon learned from the coordination server, with its links' state."""
     try:
-        return {str(r["name"]): _endpoint(str(r["address"])) for r in status.get("relays") or []}
+        return {str(r["name"]): _relay_target(r) for r in (status.get("self") or {}).get("relays") or []}
     except (KeyError, TypeError, ValueError):
         return {}
+
+
+def _relay_target(link: dict) -> RelayTarget:
+    on_udp = link.get("ready") and link.get("transport") == "udp" and link.get("rtt_ms") is not None
+    return RelayTarget(_endpoint(str(link["address"])), link.get("tls_port"),
+                       link["rtt_ms"] / 1000 if on_udp else None, udp_known=True)
 
 
 def render_port_mapping(report: dict) -> list[str]:

@@ -9,6 +9,7 @@ port 443 itself, or on its usual port with a TLS listener on 443 that a1 falls b
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,5 +53,8 @@ def test_a_site_that_lets_out_only_port_443_is_relayed_over_tls(topo: Topology, 
     sent, received = transfer(mesh.nodes["a1"].ns, mesh.nodes["b1"].ns, mesh.overlay("b1"), size=1 << 20, over=1.0)
     assert received.same_data(sent) and sent.bytes == 1 << 20, f"sent {sent}, received {received}"
     assert "TLS connected" in mesh.nodes["a1"].log.read_text()
+    checked = mesh.nodes["a1"].ns.run([sys.executable, "-m", "meshvpn", "netcheck", "-c", str(mesh.nodes["a1"].config)],
+                                      check=False, timeout=60).stdout
+    assert "relay relay: udp unreachable, tcp unreachable, tls " in checked and "tls unreachable" not in checked, checked
     expected = f"{COORD_ADDR}:{TLS_PORT}"
     assert mesh.status("a1")["self"]["coord_address"] == expected, mesh.status("a1")["self"]["coord_address"]

@@ -6,7 +6,7 @@ import pytest
 
 from meshvpn.node.netcheck import (
     ADM, APDM, EIM, ENDPOINT_DEPENDENT, OFFSET, PRESERVING, RANDOM, SEQUENTIAL,
-    Observations, allocation, mapping, nat_profile, render, verdict,
+    Observations, RelayTarget, _daemon_relays, allocation, mapping, nat_profile, render, verdict,
 )
 from meshvpn.node.prediction import Allocation, NatProfile
 
@@ -70,13 +70,13 @@ def test_public_host_has_no_nat_and_no_hairpin_verdict() -> None:
 
 
 def test_no_answer_means_udp_blocked() -> None:
-    result = verdict(Observations(local_ip="10.1.0.11", relays={"r1": 0.0123, "r2": None}))
+    result = verdict(Observations(local_ip="10.1.0.11", relays={"r1": {"tcp": 0.0123}, "r2": {"tcp": None}}))
     assert not result.udp
     assert render(result).splitlines() == [
         "UDP: blocked (no STUN answer)",
         "traversal: UDP blocked: relay over TCP only",
-        "relay r1: 12.3 ms",
-        "relay r2: unreachable",
+        "relay r1: tcp 12.3 ms",
+        "relay r2: tcp unreachable",
     ]
 
 
@@ -102,3 +102,21 @@ def test_a_port_range_nat_is_endpoint_independent_only_when_a_second_stun_addres
     samples = [(4000, 31234), (5123, 36017), (6000, 30555)]
     obs = Observations(local_ip="10.1.0.11", mapped=mapped, samples=samples)
     assert nat_profile(verdict(obs)) == expected
+
+
+def test_the_relays_come_from_the_daemons_status_with_what_reached_them() -> None:
+    status = {"self": {"relays": [
+        {"name": "r1", "address": "203.0.113.20:7500", "tls_port": 443, "ready": True, "transport": "udp",
+         "rtt_ms": 1.5},
+        {"name": "r2", "address": "203.0.113.21:7500", "tls_port": None, "ready": True, "transport": "tcp",
+         "rtt_ms": 3.0},
+    ]}}
+    targets = _daemon_relays(status)
+    assert targets == {"r1": RelayTarget(("203.0.113.20", 7500), 443, 0.0015, udp_known=True),
+                       "r2": RelayTarget(("203.0.113.21", 7500), None, None, udp_known=True)}
+    assert _daemon_relays({}) == {}
+
+
+def test_a_relay_line_names_every_transport_tried() -> None:
+    result = verdict(Observations(relays={"r1": {"udp": None, "tcp": None, "tls": 0.0021}}))
+    assert render(result).splitlines()[-1] == "relay r1: udp unreachable, tcp unreachable, tls 2.1 ms"

@@ -187,6 +187,7 @@ class RelaySet:
             {
                 "name": name,
                 "address": f"{link.info.host}:{link.info.port}",
+                "tls_port": link.info.tls_port,
                 "ready": link.ready,
                 "transport": link.transport_name,
                 "rtt_ms": None if link.rtt is None else round(link.rtt * 1000, 2),
