@@ -20,9 +20,8 @@ from meshvpn.config import (
     load_coord_config,
     load_node_config,
     load_relay_config,
-    parse_address,
-    parse_hostname,
 )
+from meshvpn.configkinds import parse_address, parse_hostname
 from meshvpn.durations import parse_duration
 from meshvpn.errors import MeshError
 

@@ -9,173 +9,20 @@ keys with their meanings for the docs and the example files.
 """
 
 import dataclasses
-import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal
 
-from meshvpn import keys
-from meshvpn.configreader import Kind, describe, load
+from meshvpn.configreader import Kind, load
 from meshvpn.durations import format_duration, parse_duration
+from meshvpn.configkinds import (
+    Address, Cidr, ConfigPath, Database, Duration, Flag, HostPort, Hostname, IPAddress, InterfaceName, LogLevel,
+    OptionalHostPort, OptionalPath, Port, PrivateKeyFile, PublicKey, String, expect_str, int_range,
+)
 from meshvpn.control.messages import MAX_RULES
 from meshvpn.portspec import Service, parse_service
 
 
-class Address(NamedTuple):
-    """A host (IP literal or DNS name; IPv6 without brackets) and a port."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-_DNS_NAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
-_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-
-
-def parse_ip(text: object) -> str:
-    """Check an IPv4 or IPv6 literal (no brackets) and return it in canonical form."""
-    try:
-        return str(ipaddress.ip_address(_expect_str(text, "an IP address")))
-    except ValueError:
-        raise ValueError(f"not an IP address: {text!r}") from None
-
-
-def parse_address(text: object) -> Address:
-    """Parse `host:port` or `[IPv6]:port`; raise ValueError saying which part is wrong."""
-    text = _expect_str(text, "host:port")
-    if text.startswith("["):
-        host, closed, port = text[1:].partition("]:")
-        if not closed:
-            raise ValueError(f"expected [IPv6]:port, got {text!r}")
-        try:
-            host = str(ipaddress.IPv6Address(host))
-        except ValueError:
-            raise ValueError(f"not an IPv6 address in {text!r}") from None
-    else:
-        host, colon, port = text.rpartition(":")
-        if not colon or not host:
-            raise ValueError(f"expected host:port, got {text!r}")
-        if ":" in host:
-            raise ValueError(f"IPv6 addresses need brackets, as in [{host}]:{port}")
-        if re.fullmatch(r"[0-9.]+", host):
-            host = parse_ip(host)
-        elif not _DNS_NAME.fullmatch(host):
-            raise ValueError(f"not a host name or IP address: {host!r}")
-    if not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"bad port {port!r} in {text!r}: must be 0 to 65535")
-    return Address(host, int(port))
-
-
-def _expect_str(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected {what}, got {describe(value)}")
-    return value
-
-
-def _plain(python_type: type, name: str) -> Kind:
-    article = "an" if name[0] in "aeiou" else "a"
-
-    def parse(value: object, _directory: Path) -> object:
-        if type(value) is not python_type:
-            raise ValueError(f"expected {article} {name}, got {describe(value)}")
-        return value
-
-    return Kind(name, parse, lambda value: repr(value).lower() if python_type is bool else _quoted(value))
-
-
-def _range(low: int, high: int) -> Kind:
-    integer = _plain(int, "integer")
-
-    def parse(value: object, directory: Path) -> int:
-        number = integer.parse(value, directory)
-        if not low <= number <= high:
-            raise ValueError(f"{number} is out of range {low} to {high}")
-        return number
-
-    return Kind(f"integer {low}..{high}", parse)
-
-
-def _path(value: object, directory: Path) -> Path:
-    return directory / _expect_str(value, "a path")
-
-
-_CONNINFO = re.compile(r"^\s*[a-z_]+\s*=")
-
-
-def _database(value: object, directory: Path) -> Path | str:
-    """A SQLite file (a path, relative to the config's directory) or, kept as written, a
-    PostgreSQL connection string: a ``postgresql://`` URI or a libpq ``key=value`` DSN."""
-    text = _expect_str(value, "a path or a postgresql:// URI")
-    if text.startswith(("postgresql://", "postgres://")) or _CONNINFO.match(text):
-        return text
-    return directory / text
-
-
-def _private_key_file(value: object, directory: Path) -> Path:
-    path = _path(value, directory)
-    keys.read_private_key(path)
-    return path
-
-
-def _cidr(value: object, _directory: Path) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        return ipaddress.ip_network(_expect_str(value, "a CIDR such as 100.64.0.0/24"))
-    except ValueError as err:
-        raise ValueError(f"bad CIDR {value!r}: {err}") from None
-
-
-def _interface_name(value: object, _directory: Path) -> str:
-    name = _expect_str(value, "an interface name")
-    if not 0 < len(name) <= 15 or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ValueError(f"bad interface name {name!r}: 1 to 15 letters, digits, '_', '.' or '-'")
-    return name
-
-
-def parse_hostname(value: object, _directory: Path | None = None) -> str:
-    """Check a node name: one DNS label of lowercase letters, digits and '-' (or "")."""
-    name = _expect_str(value, "a host name")
-    if name and not _DNS_LABEL.fullmatch(name):
-        raise ValueError(f"bad host name {name!r}: one DNS label of lowercase letters, digits and '-'")
-    return name
-
-
-def _quoted(value: object) -> str:
-    return '""' if value in ("", None) else str(value)
-
-
-String = Annotated[str, _plain(str, "string")]
-Hostname = Annotated[str, Kind("host name", parse_hostname, _quoted)]
-InterfaceName = Annotated[str, Kind("interface name", _interface_name)]
-Port = Annotated[int, _range(0, 65535)]
-Flag = Annotated[bool, _plain(bool, "boolean")]
-ConfigPath = Annotated[Path, Kind("path", _path)]
-Database = Annotated[Path | str, Kind("path or PostgreSQL URI", _database)]
-PrivateKeyFile = Annotated[Path, Kind("path to a private key file", _private_key_file)]
-def _public_key(value: object, _directory: Path) -> bytes:
-    key = keys.decode_key(_expect_str(value, "a base64 key"))
-    if not any(key):
-        raise ValueError("this is the example config's placeholder key (all zero): put the server's real public "
-                         "key here (`meshvpn pubkey -k KEY-FILE` on that server prints it), or let "
-                         "`meshvpn join` write this file from a join string (`meshvpn coord key create`)")
-    return key
-
-
-PublicKey = Annotated[bytes, Kind("base64 key", _public_key, keys.encode_key)]
-Duration = Annotated[float, Kind("duration", lambda value, _d: parse_duration(value), format_duration)]
-Cidr = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, Kind("CIDR", _cidr)]
-IPAddress = Annotated[str, Kind("IP address", lambda value, _d: parse_ip(value))]
-HostPort = Annotated[Address, Kind("host:port", lambda value, _d: parse_address(value))]
-OptionalHostPort = Annotated[
-    Address | None,
-    Kind('host:port or ""', lambda value, _d: parse_address(value) if value not in ("", None) else None, _quoted),
-]
-OptionalPath = Annotated[
-    Path | None, Kind('path or ""', lambda value, d: _path(value, d) if value not in ("", None) else None, _quoted)
-]
-LogLevel = Literal["debug", "info", "warning", "error"]
 
 DEFAULT_CONTROL_SOCKET = Path("/run/meshvpn/meshvpn.sock")
 DEFAULT_ADMIN_SOCKET = Path("/run/meshvpn/coord.sock")
@@ -232,7 +79,7 @@ class NodeCoordLink:
     other_addresses: tuple[HostPort, ...] = option(
         "more instances of the same coordination server (same key and database), tried in turn when "
         "one does not answer; a name may also resolve to several instances", ())
-    tls_port: Annotated[int, _range(0, 65535)] = option(
+    tls_port: Annotated[int, int_range(0, 65535)] = option(
         "TCP port of the coordination server's TLS listener (its `tls.listen`, usually 443) on the same hosts, "
         "tried when plain TCP reaches none of them; 0 when it has none", 0)
 
@@ -242,7 +89,7 @@ class TunConfig:
     """The TUN device that carries the node's mesh traffic."""
 
     name: InterfaceName = option("name of the TUN device", "meshvpn0")
-    mtu: Annotated[int, _range(576, 65535)] = option("MTU of the TUN device; leaves room for UDP and tunnel headers", 1380)
+    mtu: Annotated[int, int_range(576, 65535)] = option("MTU of the TUN device; leaves room for UDP and tunnel headers", 1380)
 
 
 @_section
@@ -266,8 +113,8 @@ class PathTimers:
 class FanoutConfig:
     """The per-node budget for broadcast and multicast copies (one copy per receiving peer)."""
 
-    packets_per_second: Annotated[int, _range(1, 10**7)] = option("broadcast/multicast copies sent per second, summed over peers", 500)
-    bytes_per_second: Annotated[int, _range(1, 2**40)] = option("bytes of broadcast/multicast copies sent per second, summed over peers", 1048576)
+    packets_per_second: Annotated[int, int_range(1, 10**7)] = option("broadcast/multicast copies sent per second, summed over peers", 500)
+    bytes_per_second: Annotated[int, int_range(1, 2**40)] = option("bytes of broadcast/multicast copies sent per second, summed over peers", 1048576)
     burst: Duration = option("seconds of each rate that may go out at once after a quiet spell", 1.0)
 
 
@@ -338,7 +185,7 @@ _GROUP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
 
 
 def _group_name(value: object, _directory: Path) -> str:
-    name = _expect_str(value, "a group name")
+    name = expect_str(value, "a group name")
     if name != EVERYONE and not _GROUP_NAME.fullmatch(name):
         raise ValueError(f"bad group name {name!r}: letters, digits, '_', '.', '-', or * for every node")
     return name
@@ -352,7 +199,7 @@ def check_tag(tag: str) -> str:
 
 
 def _member(value: object, _directory: Path) -> str:
-    member = _expect_str(value, "a node name or tag:TAG")
+    member = expect_str(value, "a node name or tag:TAG")
     if not _GROUP_NAME.fullmatch(member.removeprefix("tag:")):
         raise ValueError(f"bad member {member!r}: a node name, or tag:TAG for the nodes with that tag")
     return member
@@ -421,7 +268,7 @@ class RelayInfo:
     name: String = option("relay name, shown in `meshvpn peers` and `netcheck`")
     address: HostPort = option("relay's address (UDP and TCP)")
     public_key: PublicKey = option("relay's public key")
-    tls_port: Annotated[int, _range(0, 65535)] = option(
+    tls_port: Annotated[int, int_range(0, 65535)] = option(
         "TCP port of the relay's TLS listener (its `tls.listen`, usually 443); 0 when it has none", 0)
 
 
@@ -434,7 +281,7 @@ class TurnServerConfig:
     secret: String = option("the server's REST API shared secret (coturn `static-auth-secret`; the file must then "
                             "be mode 0600); or use secret_file", "", secret=True)
     secret_file: OptionalPath = option('file holding the shared secret on its first line; "" uses `secret`', None)
-    tls_port: Annotated[int, _range(0, 65535)] = option(
+    tls_port: Annotated[int, int_range(0, 65535)] = option(
         "TURN server's TLS port (coturn tls-listening-port, usually 5349 or 443); 0 when it has none", 0)
 
 
@@ -489,9 +336,9 @@ class CoordConfig:
 class RelayLimits:
     """Per-node forwarding limits of a relay, so one node cannot starve the others."""
 
-    packets_per_second: Annotated[int, _range(1, 10**9)] = option("sustained packets per second per node", 200000, live=True)
-    burst: Annotated[int, _range(1, 10**9)] = option("packets a node may send at once above the sustained rate", 400000, live=True)
-    queue_bytes: Annotated[int, _range(1, 2**31)] = option("bytes queued per TCP-connected node before dropping", 1048576, live=True)
+    packets_per_second: Annotated[int, int_range(1, 10**9)] = option("sustained packets per second per node", 200000, live=True)
+    burst: Annotated[int, int_range(1, 10**9)] = option("packets a node may send at once above the sustained rate", 400000, live=True)
+    queue_bytes: Annotated[int, int_range(1, 2**31)] = option("bytes queued per TCP-connected node before dropping", 1048576, live=True)
 
 
 @_section

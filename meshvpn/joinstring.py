@@ -24,7 +24,7 @@ import hashlib
 import io
 from dataclasses import dataclass
 
-from meshvpn.config import Address, parse_address
+from meshvpn.configkinds import Address, parse_address
 from meshvpn.coord.authkeys import SECRET_SIZE, parse_token, token_for_secret
 from meshvpn.errors import MeshError, RemoteProtocolError
 from meshvpn.keys import KEY_LENGTH

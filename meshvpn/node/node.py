@@ -202,12 +202,9 @@ class Node(NodeRecovery):
 
     # ---- inbox: streams to relays and TURN servers -----------------------------------------
 
-    def turn_stream_up(self, name: str, now: float) -> None:
-        self.turn.stream_up(name, now)
-        self._settle(now)
-
-    def turn_stream_ended(self, name: str, now: float) -> None:
-        self.turn.stream_ended(name, now)
+    def turn_stream_changed(self, name: str, up: bool, now: float) -> None:
+        """The stream to TURN server `name` is connected (`up`), or failed or closed."""
+        (self.turn.stream_up if up else self.turn.stream_ended)(name, now)
         self._settle(now)
 
     def receive_turn_stream(self, name: str, data: bytes, now: float) -> None:

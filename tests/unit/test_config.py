@@ -13,7 +13,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from meshvpn import config, keys
-from meshvpn.config import Address, CoordConfig, NodeConfig, RelayConfig, parse_address
+from meshvpn.config import Address, CoordConfig, NodeConfig, RelayConfig
+from meshvpn.configkinds import parse_address
 from meshvpn.configdocs import KeyDoc, field_docs
 from meshvpn.durations import format_duration, parse_duration
 from meshvpn.errors import ConfigError

@@ -33,10 +33,10 @@ class TurnStreams(StreamSet):
             stream.write(data)
 
     def connected(self, stream: Stream) -> None:
-        self.node.turn_stream_up(stream.name, self.clock())
+        self.node.turn_stream_changed(stream.name, True, self.clock())
 
     def received(self, stream: Stream, data: bytes) -> None:
         self.node.receive_turn_stream(stream.name, data, self.clock())
 
     def ended(self, name: str) -> None:
-        self.node.turn_stream_ended(name, self.clock())
+        self.node.turn_stream_changed(name, False, self.clock())
