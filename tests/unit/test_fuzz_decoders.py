@@ -19,6 +19,8 @@ from meshvpn.control import messages as m
 from meshvpn.coord.membership import Membership, MembershipSettings
 from meshvpn.coord.store import MemoryStore, Network
 from meshvpn.errors import RemoteProtocolError
+from meshvpn.lan import igmp, names
+from meshvpn.lan import packets as lan_packets
 from meshvpn.node import netlink
 from meshvpn.node.handshake_cookies import DH_BURST, InitiationGate
 from meshvpn.node.portmap import natpmp, pcp
@@ -144,6 +146,7 @@ def test_stun_and_turn(datagrams):
     for data in datagrams:
         only_remote_errors(stun_codec.decode, data)
         only_remote_errors(turn_codec.decode_channel_data, data)
+        only_remote_errors(turn_codec.StreamFramer().feed, data)
         reply = binding_response(data, ("198.51.100.7", 4000), ("192.0.2.1", 3478), ("192.0.2.2", 3479))
         assert reply is None or len(reply.data) <= len(data) + 12
 
@@ -232,6 +235,22 @@ def test_port_mapping_answers(datagrams):
     machine.outputs()
 
 
+IGMP_REPORT = lan_packets.ipv4(0x64400002, 0xE00000FB, 2, bytes.fromhex("1600fa04e00000fb"), ttl=1)
+DNS_QUERY = bytes.fromhex("12340100000100000000000003626f62056c6f63616c046d6573680000010001")
+DIRECTORY = names.Directory("local", "mesh", [names.Host("bob", "100.64.0.2", None)])
+
+
+@SLICE
+@given(batches(st.one_of(st.binary(max_size=120), mutations(IGMP_REPORT), mutations(DNS_QUERY))))
+def test_lan_party_decoders(datagrams):
+    """What peers and the TUN hand the LAN party: IP headers, IGMP reports, DNS queries to the mesh names."""
+    for data in datagrams:
+        only_remote_errors(lan_packets.parse, data)
+        only_remote_errors(igmp.parse_report, data)
+        only_remote_errors(lambda b: names.respond(b, DIRECTORY, forward=False), data)
+
+
 TARGETS = (test_wire_decoders, test_noise_initiation, test_channel_frames, test_control_messages,
            test_stun_and_turn, test_relay_core_drops_and_counts, test_coord_core_refuses_and_never_raises,
-           test_cookie_jar, test_initiation_gate, test_netlink_changes, test_port_mapping_answers)
+           test_cookie_jar, test_initiation_gate, test_netlink_changes, test_port_mapping_answers,
+           test_lan_party_decoders)
