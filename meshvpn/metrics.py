@@ -148,8 +148,12 @@ def coord_families(membership, connections: Sized) -> list[Family]:
     limited = _counter("meshvpn_coord_rate_limited", "Requests dropped by a rate limit, by message type.", "type")
     dropped = _counter("meshvpn_coord_endpoints_dropped",
                        "Reported endpoints not passed on: loopback, link-local, not a LAN address...")
+    punches = _counter("meshvpn_coord_punches_dropped",
+                       "Punches another coord instance asked for that were not sent: the peer or the requester "
+                       "is not where that instance thought.")
     return [online, open_connections, _by_reason(received, membership.received), _by_reason(refused, membership.refused),
-            _by_reason(limited, membership.limited), dropped.add(membership.endpoints_dropped)]
+            _by_reason(limited, membership.limited), dropped.add(membership.endpoints_dropped),
+            punches.add(membership.punches_dropped)]
 
 
 def relay_families(core, send_errors: int = 0) -> list[Family]:

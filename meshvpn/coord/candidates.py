@@ -72,12 +72,20 @@ def punch_towards(node: NodeRecord, conn: Connection, now: float) -> m.Punch:
     return m.Punch(node.key, candidates(node, conn.observed_host, sample), nat=conn.nat, sample=sample)
 
 
-def candidates(node: NodeRecord, observed_host: str, sample: m.Endpoint | None = None) -> tuple[m.Endpoint, ...]:
+def punch_towards_info(peer: m.PeerInfo) -> m.Punch:
+    """The `punch` that sends a node towards `peer`, online on another coord instance, from the
+    peer info that instance published: the same candidates and NAT report, but no port sample,
+    which stays with the instance the peer sent it to."""
+    return m.Punch(peer.key, candidates(peer, peer.observed_host), nat=peer.nat)
+
+
+def candidates(node: NodeRecord | m.PeerInfo, observed_host: str | None,
+               sample: m.Endpoint | None = None) -> tuple[m.Endpoint, ...]:
     """Where to punch towards `node`, most likely first: a fresh port sample, its STUN mapping, then
     its coord source address with each local port (port-preserving NATs without STUN), then its
     LAN addresses."""
     ordered = [sample] if sample else []
     ordered += [node.public_endpoint] if node.public_endpoint else []
-    ordered += [m.Endpoint(observed_host, ep.port) for ep in node.local_endpoints]
+    ordered += [m.Endpoint(observed_host, ep.port) for ep in node.local_endpoints] if observed_host else []
     ordered += node.local_endpoints
     return tuple(dict.fromkeys(ordered))[: m.MAX_CANDIDATES]

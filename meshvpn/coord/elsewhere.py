@@ -5,6 +5,11 @@ carries their announcements over LISTEN/NOTIFY). Records are shared through the 
 instance learns from another is the rest: which nodes are online there, with what peer info, and
 that an admin verb there changed a record. `Elsewhere` is the part of `Membership` that applies
 it; sans-IO like the rest of the core.
+
+Punches cross instances too: a node here asking to punch a peer online elsewhere gets its
+`punch` from the peer info that instance published, and a `PunchElsewhere` asks the peer's
+instance (`punched_elsewhere` there) to send the peer the mirror `punch`, built here, where the
+requester's port sample is.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from dataclasses import replace
 from typing import Any
 
 from meshvpn.control import messages as m
+from meshvpn.coord.candidates import punch_towards, punch_towards_info
 from meshvpn.coord.connstate import ConnState
-from meshvpn.coord.events import Announce, Close
+from meshvpn.coord.events import Announce, Close, PunchElsewhere
 from meshvpn.coord.peermap import peer_update
 from meshvpn.coord.store import Conflict, NodeRecord
 
@@ -55,6 +61,8 @@ class Elsewhere:
     _actions: list
     _networks: dict
     _leases: Leases
+    _online: dict
+    punches_dropped: int
 
     def instance_heard(self, instance: str, now: float) -> None:
         """Another coord instance spoke (a heartbeat or a change): its lease runs from `now`."""
@@ -101,6 +109,30 @@ class Elsewhere:
                 self._elsewhere.pop(subject, None)
             self._roster.changed(subject)
             self._actions.append(Announce(network, subject, message, payload, relayed=True))
+
+    def punched_elsewhere(self, network: str, peer: bytes, punch: m.Punch) -> None:
+        """A node online on another instance asked to punch `peer` of `network`; that instance
+        built `punch`, towards the requester. Sent if `peer` is online here and the requester is
+        a member of its network online elsewhere, else dropped and counted: a stale or forged
+        request must not make a node probe a stranger."""
+        conn = self._online.get(network, {}).get(peer)
+        requester = self._roster.get(punch.peer_key)
+        if (conn is None or requester is None or requester.network != network or requester.revoked
+                or punch.peer_key not in self._elsewhere):
+            self.punches_dropped += 1
+            return
+        self._send(conn, punch)
+
+    def _punch_elsewhere(self, conn: Any, peer_key: bytes, now: float) -> bool:
+        """Answer `conn`'s punch request for `peer_key` if that peer is online on another instance
+        in the node's network: the requester's `punch` now, the peer's through its instance."""
+        peer, node = self._elsewhere.get(peer_key), self._roster.get(peer_key)
+        me = self._roster.get(conn.key)
+        if peer is None or node is None or node.network != conn.network or me is None:
+            return False
+        self._send(conn, punch_towards_info(peer))
+        self._actions.append(PunchElsewhere(conn.network, peer_key, punch_towards(me, conn, now)))
+        return True
 
     def _save_registration(self, conn: Any, msg: m.Register, node: NodeRecord | None, now: float) -> NodeRecord:
         """Store the registration, admitting a new node; a name or address another coord instance

@@ -62,7 +62,17 @@ class Announce:
     instance already told the others about."""
 
 
-Action = Union[Send, SendMap, Close, Log, Announce]
+@dataclass(frozen=True)
+class PunchElsewhere:
+    """Ask the other coord instances to send `punch` to node `peer` of `network`, online on one of
+    them: a node of this instance asked to punch it, and got the mirror `punch` here."""
+
+    network: str
+    peer: bytes
+    punch: m.Punch
+
+
+Action = Union[Send, SendMap, Close, Log, Announce, PunchElsewhere]
 
 
 @dataclass(frozen=True)

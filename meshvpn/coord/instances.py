@@ -10,12 +10,19 @@ approvals and revocations are published too (without a message), so an admin ver
 instance acts on the whole network. PostgreSQL delivers notifications in commit order to every
 listening session; that is all the cluster protocol there is.
 
-A notification is JSON: ``{"from": instance, "network": name, "key": base64, "frame": text or
-null}``, the frame exactly as this instance's own nodes got it (far below PostgreSQL's 8000-byte
-payload limit), or a heartbeat ``{"from": instance}`` every `HEARTBEAT` seconds. An instance
-skips its own. Whatever another instance sends renews its lease (`elsewhere.LEASE`): a killed
-instance falls silent, and the others then count its nodes offline. A notification that does
-not parse is logged and dropped.
+A notification is JSON, of one of three kinds:
+
+* a change, ``{"from": instance, "network": name, "key": base64, "frame": text or null}``, the
+  frame exactly as this instance's own nodes got it (far below PostgreSQL's 8000-byte payload
+  limit);
+* a punch, ``{"from": instance, "network": name, "punch": base64, "frame": text}``: a node here
+  asked to punch node ``punch``, online on another instance, which sends it ``frame`` (the
+  encoded `punch` towards the requester) if it has it online (`Membership.punched_elsewhere`);
+* a heartbeat ``{"from": instance}`` every `HEARTBEAT` seconds.
+
+An instance skips its own. Whatever another instance sends renews its lease (`elsewhere.LEASE`):
+a killed instance falls silent, and the others then count its nodes offline. A notification
+that does not parse (`parse`) is logged and dropped.
 """
 
 from __future__ import annotations
@@ -24,10 +31,11 @@ import asyncio
 import json
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from meshvpn.coord.pgstore import connect, redact
-from meshvpn.errors import ConfigError, MeshError
+from meshvpn.errors import ConfigError, MeshError, RemoteProtocolError
 from meshvpn.keys import decode_key, encode_key
 
 log = logging.getLogger("meshvpn.coord.instances")
@@ -40,16 +48,49 @@ Changed = Callable[[str, bytes, "bytes | None", str], None]
 """Called with (network, node key, frame or None, instance) for each change another instance made."""
 Heard = Callable[[str], None]
 """Called with the instance whenever another instance spoke (a change or a heartbeat)."""
+Punched = Callable[[str, bytes, bytes, str], None]
+"""Called with (network, node key, punch frame, instance) for each punch another instance asks for."""
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One notification as `parse` read it; `key` and `network` are None for a heartbeat."""
+
+    origin: str
+    network: str | None = None
+    key: bytes | None = None
+    frame: bytes | None = None
+    punch: bool = False
+    """A punch for node `key` (`frame` its encoded `punch`), else a change of `key`'s record."""
+
+
+def parse(payload: str) -> Notification:
+    """The notification in `payload`; RemoteProtocolError for anything else."""
+    try:
+        note = json.loads(payload)
+        if not isinstance(note, dict) or not isinstance(note.get("from"), str):
+            raise ValueError("no sender")
+        if "key" not in note and "punch" not in note:
+            return Notification(note["from"])
+        network, frame = note["network"], note["frame"]
+        punch = "punch" in note
+        key = decode_key(note["punch" if punch else "key"])
+        if not isinstance(network, str) or not (isinstance(frame, str) or frame is None and not punch):
+            raise ValueError("bad field types")
+    except (ValueError, KeyError, TypeError, MeshError) as exc:
+        raise RemoteProtocolError(f"notification does not parse: {exc}") from None
+    return Notification(note["from"], network, key, None if frame is None else frame.encode(), punch)
 
 
 class InstanceLink:
     """This instance's LISTEN session and the connection it publishes on."""
 
-    def __init__(self, dsn: str, on_change: Changed, on_heard: Heard) -> None:
+    def __init__(self, dsn: str, on_change: Changed, on_heard: Heard, on_punch: Punched) -> None:
         self.dsn = dsn
         self.instance = os.urandom(8).hex()
         self._on_change = on_change
         self._on_heard = on_heard
+        self._on_punch = on_punch
         self._beats: asyncio.Task | None = None
         self._publisher: Any = None
         self._listener: Any = None
@@ -88,8 +129,14 @@ class InstanceLink:
     def publish(self, network: str, key: bytes, frame: bytes | None) -> None:
         """Tell the other instances that `key`'s record changed and, with `frame`, what its
         peers on this instance were told."""
-        payload = {"from": self.instance, "network": network, "key": encode_key(key),
-                   "frame": None if frame is None else frame.decode()}
+        self._notify({"from": self.instance, "network": network, "key": encode_key(key),
+                      "frame": None if frame is None else frame.decode()})
+
+    def punch(self, network: str, key: bytes, frame: bytes) -> None:
+        """Ask the instance that has node `key` online to send it `frame`, an encoded `punch`."""
+        self._notify({"from": self.instance, "network": network, "punch": encode_key(key), "frame": frame.decode()})
+
+    def _notify(self, payload: dict) -> None:
         self._publisher.execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(payload, separators=(",", ":"))))
         self.published += 1
 
@@ -101,21 +148,20 @@ class InstanceLink:
     async def _listen(self) -> None:
         async for notify in self._listener.notifies():
             try:
-                change = json.loads(notify.payload)
-                origin = change["from"]
-                if origin == self.instance or not isinstance(origin, str):
-                    continue
-                self._on_heard(origin)
-                if "key" not in change:
-                    continue
-                network, key, frame = change["network"], decode_key(change["key"]), change["frame"]
-                if not isinstance(network, str) or not (frame is None or isinstance(frame, str)):
-                    raise ValueError("bad field types")
-            except (ValueError, KeyError, TypeError, MeshError) as exc:
-                log.warning("dropping a notification on %s that does not parse: %s", CHANNEL, exc)
+                note = parse(notify.payload)
+            except RemoteProtocolError as exc:
+                log.warning("dropping a notification on %s: %s", CHANNEL, exc)
+                continue
+            if note.origin == self.instance:
+                continue
+            self._on_heard(note.origin)
+            if note.key is None:
                 continue
             self.received += 1
             try:
-                self._on_change(network, key, None if frame is None else frame.encode(), origin)
+                if note.punch:
+                    self._on_punch(note.network, note.key, note.frame, note.origin)
+                else:
+                    self._on_change(note.network, note.key, note.frame, note.origin)
             except Exception:
-                log.exception("internal error applying a change from another instance")
+                log.exception("internal error applying a notification from another instance")

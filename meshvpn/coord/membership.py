@@ -13,7 +13,8 @@ Rules:
 * `punch_request` from A for B sends `punch` to A and to B in the same batch, each with the
   other's candidate endpoints, so both sides fire at once (the seed's "switching server").
   Each side's NAT report goes along, and a fresh port sample (at most SAMPLE_LIFETIME old)
-  leads the candidates: behind a sequential NAT it is the port below the next mappings.
+  leads the candidates: behind a sequential NAT it is the port below the next mappings. A peer
+  online on another coord instance gets its `punch` through that instance (`coord.elsewhere`).
 * A connection that has not registered within `REGISTER_TIMEOUT` is closed, pings or not
   (`meshvpn.coord.connstate` holds the states and what each accepts).
 * Endpoints a node reports are checked for sense before any peer sees them
@@ -85,6 +86,8 @@ class Membership(Elsewhere, LanPush):
         """Requests dropped by a rate limit, by message type."""
         self.endpoints_dropped = 0
         """Reported endpoints not passed on: they failed the sense check (`coord.candidates`)."""
+        self.punches_dropped = 0
+        """Punches another coord instance asked for that were not sent (`punched_elsewhere`)."""
         with store.transaction():
             for network in settings.networks:
                 store.put_network(network)
@@ -415,6 +418,8 @@ class Membership(Elsewhere, LanPush):
     def _punch(self, conn: Connection, peer_key: bytes, now: float) -> None:
         assert conn.network is not None
         peer_conn = self._online.get(conn.network, {}).get(peer_key)
+        if peer_conn is None and peer_key != conn.key and self._punch_elsewhere(conn, peer_key, now):
+            return
         if peer_conn is None or peer_key == conn.key:
             self._send(conn, m.Error("peer_unavailable", "that peer is not online in your network"))
             return

@@ -33,6 +33,7 @@ from meshvpn.coord import admin
 from meshvpn.coord.console import start_console
 from meshvpn.coord.fanout import Fanout, FanoutSettings
 from meshvpn.coord.elsewhere import LEASE
+from meshvpn.coord.events import PunchElsewhere
 from meshvpn.coord.instances import InstanceLink
 from meshvpn.coord.connection import Connection
 from meshvpn.coord.mapbudget import MapBudget
@@ -146,7 +147,8 @@ class CoordServer:
         self.instances: InstanceLink | None = None
         """With a PostgreSQL database: the other coord instances sharing it (`instances`)."""
         if isinstance(settings.database, str):
-            self.instances = InstanceLink(settings.database, self._changed_elsewhere, self._heard)
+            self.instances = InstanceLink(settings.database, self._changed_elsewhere, self._heard,
+                                          self._punched_elsewhere)
         self._drain_handle: asyncio.Handle | None = None
         self._batch: contextlib.AbstractContextManager | None = None
         """The store transaction holding this loop iteration's inputs (`batch`), while open."""
@@ -328,6 +330,8 @@ class CoordServer:
                     self.maps.wait(action.conn_id)
                 elif isinstance(action, Close):
                     action.conn_id.close_by_core(action.reason)
+                elif isinstance(action, PunchElsewhere) and self.instances is not None:
+                    self.instances.punch(action.network, action.peer, messages.encode(action.punch))
                 elif isinstance(action, Log):
                     _log_core(action)
         self._start_maps()
@@ -437,6 +441,19 @@ class CoordServer:
             log.warning("dropping a change from another instance: %s", exc)
             return
         self.membership.changed_elsewhere(network, key, message, frame, instance)
+        self.run_actions()
+
+
+    def _punched_elsewhere(self, network: str, key: bytes, frame: bytes, instance: str) -> None:
+        """A node on another instance asked to punch node `key` (see `meshvpn.coord.instances`)."""
+        try:
+            punch = messages.decode(frame)
+        except RemoteProtocolError as exc:
+            punch = exc
+        if not isinstance(punch, messages.Punch):
+            log.warning("dropping a punch from instance %s: not a punch frame (%s)", instance, punch)
+            return
+        self.membership.punched_elsewhere(network, key, punch)
         self.run_actions()
 
 

@@ -178,3 +178,28 @@ def test_nodes_of_an_instance_that_stops_without_a_word_go_offline_on_the_other_
     assert [(p.name, p.online) for p in bob_map.peers] == [("alice", True)]
     assert sorted(still) == [("alice", True), ("bob", True)]
     assert (gone.peer.name, gone.peer.online) == ("alice", False) and 0.5 < took < 3.0
+
+
+def test_nodes_on_different_instances_both_get_their_punch_whichever_asks(tmp_path, postgres_dsn):
+    async def scenario():
+        async with two_instances(tmp_path, postgres_dsn) as (one, two):
+            token = auth_key(one)
+            alice, alice_reg, _ = await join(one, "alice", token)
+            bob, bob_reg, _ = await join(two, "bob", token)
+            await seen_online(one, "bob")
+            await seen_online(two, "alice")
+            punches = []
+            for asker, asked, key in ((alice, bob, bob_reg.node_key), (bob, alice, alice_reg.node_key)):
+                started = time.monotonic()
+                asker.send(m.PunchRequest(key))
+                answer = await next_of(asker, m.Punch, REACH)
+                mirror = await next_of(asked, m.Punch, REACH)
+                punches.append((answer, mirror, time.monotonic() - started))
+            return alice_reg.node_key, bob_reg.node_key, punches
+
+    alice_key, bob_key, punches = asyncio.run(scenario())
+    lan = m.Endpoint("10.0.0.7", 41641)
+    for (answer, mirror, took), (towards, back) in zip(punches, ((bob_key, alice_key), (alice_key, bob_key))):
+        assert (answer.peer_key, mirror.peer_key) == (towards, back)
+        assert lan in answer.endpoints and lan in mirror.endpoints
+        assert took < REACH

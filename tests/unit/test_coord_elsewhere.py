@@ -1,8 +1,12 @@
 """Two membership cores on one store, as two coord instances on one PostgreSQL: what one
 announces, the other applies for the nodes connected to it (`Membership.changed_elsewhere`)."""
 
+import pytest
+
 from meshvpn.control import messages as m
 from meshvpn.coord import elsewhere
+from meshvpn.coord.connstate import PUNCH_BURST
+from meshvpn.coord.events import PunchElsewhere
 from meshvpn.coord.membership import Announce, Close, Membership, MembershipSettings, Send, SendMap
 from meshvpn.coord.store import MemoryStore, Network, SqliteStore
 
@@ -115,3 +119,82 @@ def test_nodes_of_an_instance_that_fell_silent_go_offline_when_its_lease_runs_ou
     assert offline.message.peer.online is False
     assert sorted((s.node.name, s.online) for s in two.list_nodes()) == [("node1", False), ("node2", True)]
     assert two.expire_elsewhere(NOW + 100) is None and two.actions(announcements=True) == []
+
+
+LAN = m.Endpoint("192.168.1.5", 41641)
+STUN = m.Endpoint("198.51.100.9", 61000)
+NAT = m.NatInfo(endpoint_independent=False, allocation="sequential")
+
+
+def two_online(store) -> tuple[Membership, Membership]:
+    """Node 1 on instance one and node 2 on instance two, each known online on the other,
+    node 2 with a LAN and a STUN endpoint and a NAT report."""
+    one, two = core(store), core(store)
+    token = one.create_auth_key("home", secret=bytes(32), now=NOW, reusable=True)[0]
+    relay(join(one, "a", 1, token), two)
+    relay(join(two, "b", 2, token), one)
+    two.receive("b", m.encode(m.Endpoints(local=(LAN,), public=STUN, nat=NAT)), NOW)
+    relay(two.actions(announcements=True), one)
+    return one, two
+
+
+def punch_across(source: Membership, conn: str, target: Membership, peer: int, now: float, sample=None) -> tuple:
+    """`conn` on `source` asks to punch node `peer`; what `source` answered it, and what `target`
+    sent after the `PunchElsewhere` reached it."""
+    source.receive(conn, m.encode(m.PunchRequest(key(peer), sample=sample)), now)
+    answered = source.actions(announcements=True)
+    for action in answered:
+        if isinstance(action, PunchElsewhere):
+            target.punched_elsewhere(action.network, action.peer, action.punch)
+    return answered, target.actions(announcements=True)
+
+
+def test_nodes_on_two_instances_both_get_their_punch_through_the_instances():
+    one, two = two_online(MemoryStore())
+    sample = m.Endpoint("203.0.113.1", 30007)
+    answered, sent = punch_across(one, "a", two, 2, NOW + 1, sample=sample)
+    assert [type(a) for a in answered] == [Send, PunchElsewhere]
+    assert answered[0] == Send("a", m.Punch(key(2), (STUN, m.Endpoint("203.0.113.2", 41641), LAN), nat=NAT))
+    assert sent == [Send("b", m.Punch(key(1), (sample,), sample=sample))]
+    answered, sent = punch_across(two, "b", one, 1, NOW + 2)
+    assert answered[0] == Send("b", m.Punch(key(1), ()))
+    assert sent == [Send("a", m.Punch(key(2), (STUN, m.Endpoint("203.0.113.2", 41641), LAN), nat=NAT))]
+    assert one.punches_dropped == two.punches_dropped == 0
+
+
+def test_punches_across_instances_keep_the_per_node_rate_limit():
+    one, two = two_online(MemoryStore())
+    for _ in range(int(PUNCH_BURST) + 5):
+        one.receive("a", m.encode(m.PunchRequest(key(2))), NOW + 1)
+    actions = one.actions(announcements=True)
+    assert sum(isinstance(a, PunchElsewhere) for a in actions) == PUNCH_BURST
+    assert sum(isinstance(a, Send) for a in actions) == PUNCH_BURST and one.limited["punch_request"] == 5
+
+
+def test_a_peer_offline_everywhere_is_still_unavailable_and_asks_no_instance():
+    one, two = two_online(MemoryStore())
+    two.node_disconnected("b", NOW + 1)
+    relay(two.actions(announcements=True), one)
+    answered, _ = punch_across(one, "a", two, 2, NOW + 2)
+    assert [a.message.code for a in answered] == ["peer_unavailable"]
+
+
+@pytest.mark.parametrize("case", ["peer not here", "unknown requester", "requester not online elsewhere",
+                                  "requester in another network", "requester is the peer"])
+def test_a_punch_another_instance_asks_for_is_dropped_unless_both_nodes_check_out(case):
+    store = MemoryStore()
+    one, two = two_online(store)
+    network, peer, punch = "home", key(2), m.Punch(key(1), (STUN,))
+    if case == "peer not here":
+        peer = key(1)
+    elif case == "unknown requester":
+        punch = m.Punch(key(9), (STUN,))
+    elif case == "requester not online elsewhere":
+        one.node_disconnected("a", NOW + 1)
+        relay(one.actions(announcements=True), two)
+    elif case == "requester in another network":
+        network = "other"
+    else:
+        punch = m.Punch(key(2), (STUN,))
+    two.punched_elsewhere(network, peer, punch)
+    assert two.actions(announcements=True) == [] and two.punches_dropped == 1

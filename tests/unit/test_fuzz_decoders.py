@@ -16,6 +16,7 @@ from meshvpn import cookie, keys, noise, stun_codec, turn_codec, wire
 from meshvpn.channel import ServerChannel
 from meshvpn.config import RelayLimits
 from meshvpn.control import messages as m
+from meshvpn.coord import instances
 from meshvpn.coord.membership import Membership, MembershipSettings
 from meshvpn.coord.store import MemoryStore, Network
 from meshvpn.errors import RemoteProtocolError
@@ -250,7 +251,26 @@ def test_lan_party_decoders(datagrams):
         only_remote_errors(lambda b: names.respond(b, DIRECTORY, forward=False), data)
 
 
+NOTIFICATIONS = [json.dumps(note).encode() for note in (
+    {"from": "a1", "network": "home", "key": keys.encode_key(NODE_PUBLIC), "frame": None},
+    {"from": "a1", "network": "home", "punch": keys.encode_key(NODE_PUBLIC),
+     "frame": m.encode(m.Punch(NODE_PUBLIC, ())).decode()},
+)]
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+                        st.sampled_from(["from", "network", "key", "punch", "frame"]), inner, max_size=5))
+
+
+@SLICE
+@given(batches(st.one_of(st.binary(max_size=200), *map(mutations, NOTIFICATIONS),
+                         JSON.map(lambda v: json.dumps(v).encode()))))
+def test_instance_notifications(payloads):
+    """What another coord instance (or anyone with the database) puts on the channel."""
+    for data in payloads:
+        only_remote_errors(instances.parse, data.decode("utf-8", "replace"))
+
+
 TARGETS = (test_wire_decoders, test_noise_initiation, test_channel_frames, test_control_messages,
            test_stun_and_turn, test_relay_core_drops_and_counts, test_coord_core_refuses_and_never_raises,
            test_cookie_jar, test_initiation_gate, test_netlink_changes, test_port_mapping_answers,
-           test_lan_party_decoders)
+           test_lan_party_decoders, test_instance_notifications)

@@ -133,6 +133,7 @@ def test_coord_families_count_nodes_connections_messages_and_refusals():
         ("meshvpn_coord_messages", ("ping",)): 1.0,
         ("meshvpn_coord_auth_failures", ("auth_key_invalid",)): 1.0,
         ("meshvpn_coord_endpoints_dropped", ()): 0.0,
+        ("meshvpn_coord_punches_dropped", ()): 0.0,
     }
 
 
