@@ -149,8 +149,8 @@ def coord_families(membership, connections: Sized) -> list[Family]:
     dropped = _counter("meshvpn_coord_endpoints_dropped",
                        "Reported endpoints not passed on: loopback, link-local, not a LAN address...")
     punches = _counter("meshvpn_coord_punches_dropped",
-                       "Punches another coord instance asked for that were not sent: the peer or the requester "
-                       "is not where that instance thought.")
+                       "Punches another coord instance asked for a node online here that were not sent: the "
+                       "requester is no member online elsewhere.")
     return [online, open_connections, _by_reason(received, membership.received), _by_reason(refused, membership.refused),
             _by_reason(limited, membership.limited), dropped.add(membership.endpoints_dropped),
             punches.add(membership.punches_dropped)]

@@ -112,12 +112,14 @@ class Elsewhere:
 
     def punched_elsewhere(self, network: str, peer: bytes, punch: m.Punch) -> None:
         """A node online on another instance asked to punch `peer` of `network`; that instance
-        built `punch`, towards the requester. Sent if `peer` is online here and the requester is
-        a member of its network online elsewhere, else dropped and counted: a stale or forged
-        request must not make a node probe a stranger."""
+        built `punch`, towards the requester. Every instance hears it; the one with `peer` online
+        sends it if the requester is a member of its network online elsewhere, else drops and
+        counts it: a stale or forged request must not make a node probe a stranger."""
         conn = self._online.get(network, {}).get(peer)
+        if conn is None:
+            return
         requester = self._roster.get(punch.peer_key)
-        if (conn is None or requester is None or requester.network != network or requester.revoked
+        if (requester is None or requester.network != network or requester.revoked
                 or punch.peer_key not in self._elsewhere):
             self.punches_dropped += 1
             return

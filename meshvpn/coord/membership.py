@@ -87,7 +87,8 @@ class Membership(Elsewhere, LanPush):
         self.endpoints_dropped = 0
         """Reported endpoints not passed on: they failed the sense check (`coord.candidates`)."""
         self.punches_dropped = 0
-        """Punches another coord instance asked for that were not sent (`punched_elsewhere`)."""
+        """Punches another coord instance asked for a node online here that were not sent: the
+        requester did not check out (`punched_elsewhere`)."""
         with store.transaction():
             for network in settings.networks:
                 store.put_network(network)

@@ -12,6 +12,7 @@ from meshvpn.coord.store import MemoryStore, Network, SqliteStore
 
 NOW = 1_700_000_000.0
 HOME = Network("home", "10.77.0.0/24")
+OTHER = Network("other", "10.78.0.0/24")
 
 
 def key(n: int) -> bytes:
@@ -19,7 +20,7 @@ def key(n: int) -> bytes:
 
 
 def core(store) -> Membership:
-    return Membership(store, MembershipSettings((HOME,), keepalive=10.0), NOW)
+    return Membership(store, MembershipSettings((HOME, OTHER), keepalive=10.0), NOW)
 
 
 def join(core: Membership, conn, n: int, token: str, now: float = NOW) -> list:
@@ -179,21 +180,28 @@ def test_a_peer_offline_everywhere_is_still_unavailable_and_asks_no_instance():
     assert [a.message.code for a in answered] == ["peer_unavailable"]
 
 
-@pytest.mark.parametrize("case", ["peer not here", "unknown requester", "requester not online elsewhere",
+def test_a_punch_for_a_node_not_online_here_is_left_to_the_instance_that_has_it():
+    one, two = two_online(MemoryStore())
+    two.punched_elsewhere("home", key(1), m.Punch(key(2), (STUN,)))  # node 1 is on one
+    two.punched_elsewhere("other", key(2), m.Punch(key(1), (STUN,)))  # node 2 is in home
+    assert two.actions(announcements=True) == [] and two.punches_dropped == 0
+
+
+@pytest.mark.parametrize("case", ["unknown requester", "requester not online elsewhere",
                                   "requester in another network", "requester is the peer"])
-def test_a_punch_another_instance_asks_for_is_dropped_unless_both_nodes_check_out(case):
+def test_a_punch_for_a_node_here_is_dropped_and_counted_unless_the_requester_checks_out(case):
     store = MemoryStore()
     one, two = two_online(store)
     network, peer, punch = "home", key(2), m.Punch(key(1), (STUN,))
-    if case == "peer not here":
-        peer = key(1)
-    elif case == "unknown requester":
+    if case == "unknown requester":
         punch = m.Punch(key(9), (STUN,))
     elif case == "requester not online elsewhere":
         one.node_disconnected("a", NOW + 1)
         relay(one.actions(announcements=True), two)
     elif case == "requester in another network":
-        network = "other"
+        token = one.create_auth_key("other", secret=bytes(32), now=NOW)[0]
+        relay(join(one, "x", 9, token), two)
+        punch = m.Punch(key(9), (STUN,))
     else:
         punch = m.Punch(key(2), (STUN,))
     two.punched_elsewhere(network, peer, punch)
