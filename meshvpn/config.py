@@ -262,7 +262,7 @@ class NetworkConfig:
 
 
 @_section
-class RelayInfo:
+class RelayOffer:
     """A relay the coordination server tells nodes about."""
 
     name: String = option("relay name, shown in `meshvpn peers` and `netcheck`")
@@ -324,7 +324,7 @@ class CoordConfig:
     admin_socket: ConfigPath = option("unix socket of the `meshvpn coord` admin verbs", DEFAULT_ADMIN_SOCKET)
     keepalive: Duration = option("control-channel keepalive; clients silent for 3 intervals are dropped", 15.0, live=True)
     networks: tuple[NetworkConfig, ...] = option("networks served", (), unique="name")
-    relays: tuple[RelayInfo, ...] = option("relays offered to nodes", (), live=True, unique="name")
+    relays: tuple[RelayOffer, ...] = option("relays offered to nodes", (), live=True, unique="name")
     turn: tuple[TurnServerConfig, ...] = option("standard TURN servers offered to nodes, with credentials minted per node",
                                                 (), unique="name")
     log: LogConfig = option("logging", LogConfig)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from meshvpn import keys
-from meshvpn.config import Address, CoordConfig, NetworkConfig, RelayInfo
+from meshvpn.config import Address, CoordConfig, NetworkConfig, RelayOffer
 from meshvpn.control import messages as m
 from meshvpn.coord import elsewhere, instances
 from meshvpn.coord import server as server_module
@@ -34,7 +34,7 @@ async def two_instances(tmp_path, dsn):
     """Instances 1 and 2 with one server key (nodes pin it) and their own ports and admin sockets."""
     key_file = tmp_path / "coord.key"
     keys.write_private_key(key_file)
-    relay = RelayInfo(name="fra", address=Address("203.0.113.50", 7500), public_key=keys.public_key(RELAY_PRIVATE))
+    relay = RelayOffer(name="fra", address=Address("203.0.113.50", 7500), public_key=keys.public_key(RELAY_PRIVATE))
     servers = []
     try:
         for index in (1, 2):
