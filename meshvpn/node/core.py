@@ -19,23 +19,21 @@ Rules:
 * The side whose session is due (REKEY_AFTER_TIME for the initiator, shortly before
   REJECT_AFTER_TIME for the responder) starts a new handshake, but only if the session
   carried traffic: idle peers let their sessions expire.
-* A ``punch`` from the coord replaces the peer's candidates and probes them all at once.
-  A probe from a peer we have no path to starts punching back, so one side's punch
-  (or the coord's message lost on one side) still opens both directions.
+* Punching (the coord's ``punch``, our punch requests, hard NATs) is the `punching`
+  component's (:mod:`meshvpn.node.punching`); a probe from a peer we have no path to
+  starts punching back, so one side's punch still opens both directions.
 * Whatever the NATs, a peer without a path that sends us a handshake, is punched at by the
   coord or has traffic queued gets the relay by ``relay_after`` (``PathFinder.want_path``),
   even while the traversal strategy holds its probes back.
-* Behind hard NATs, where to probe and when to punch follow ``meshvpn.node.traversal``:
-  sequential sides punch only on fresh port samples (``SampleWanted``), birthday sides open
-  many mappings (``OpenMappings``); datagrams for a ``pinned`` endpoint leave from the extra
-  socket its probe arrived on (``socket_for``).
+* Datagrams for a ``pinned`` endpoint (a birthday hit) leave from the extra socket its
+  probe arrived on (``socket_for``).
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 from meshvpn import wire
 from meshvpn.constants import KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT
@@ -45,7 +43,7 @@ from meshvpn.errors import RemoteProtocolError
 from meshvpn.node.candidates import candidates_of
 from meshvpn.node.destinations import LocalDestinations
 from meshvpn.node.events import (
-    AddressAssigned, CoordRejected, Event, PeerDown, PeerPathChanged, PeerUp, PingReply,
+    AddressAssigned, CoordRejected, Event, PeerDown, PeerPathChanged, PeerUp,
 )
 from meshvpn.node.handshake_cookies import HandshakeCookies
 from meshvpn.node.handshakes import HandshakeManager
@@ -57,16 +55,12 @@ from meshvpn.node.routes import Routes
 from meshvpn.node.status import node_status
 from meshvpn.node.probes import ProbeBudget, ProbeCodec, ProbeRefused
 from meshvpn.node.tcp.core import TcpEndpoint
-from meshvpn.node.traversal import Traversal
 from meshvpn.noise import StaticIdentity
 from meshvpn.session import Session
 from meshvpn.wire import Endpoint, MessageType
 
 RESPONDER_REKEY_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
 """A responder whose session carries traffic rekeys itself at this age (WireGuard's rule)."""
-
-PING_TIMEOUT = 5.0
-"""Seconds a ``meshvpn ping`` probe waits for its reply before it is forgotten."""
 
 _RESPONSE_RECEIVER = slice(8, 12)
 
@@ -83,7 +77,7 @@ class CoreConfig:
     """Least seconds between two ``punch_request`` messages for one peer."""
 
 
-class NodeCore(Punching, HandshakeCookies, Recovery):
+class NodeCore(HandshakeCookies, Recovery):
     """All per-node protocol state; the data path reads ``peers`` directly."""
 
     def __init__(self, private_key: bytes, random_bytes: Callable[[int], bytes], config: CoreConfig | None = None):
@@ -110,12 +104,12 @@ class NodeCore(Punching, HandshakeCookies, Recovery):
         self._events: deque[Event] = deque()
         self._peer_map = PeerMapAssembler()
         """Parts of a peer map too large for one frame, until its last part arrives."""
-        self.traversal = Traversal(self._randrange, self.config.paths.punch_interval)
+        self.punching = Punching(self.peers, self._events, self._coord_out, self._probe, self._drain_paths,
+                                 random_bytes, self.config)
+        """The coord's punches, our punch requests and the hard-NAT rules."""
+        self.traversal = self.punching.traversal
         self.socket_for = self.traversal.pinned
         """Remote endpoint -> extra socket id its datagrams must leave from (empty in the common case)."""
-
-    def _randrange(self, low: int, high: int) -> int:
-        return low + int.from_bytes(self.random_bytes(4), "little") % (high - low)
 
     # ---- outputs ------------------------------------------------------------------
 
@@ -124,7 +118,8 @@ class NodeCore(Punching, HandshakeCookies, Recovery):
         return out
 
     def coord_messages_to_send(self) -> list[m.Message]:
-        out, self._coord_out = self._coord_out, []
+        out = list(self._coord_out)
+        self._coord_out.clear()  # shared with `punching`: emptied, never replaced
         return out
 
     def next_event(self) -> Optional[Event]:
@@ -132,10 +127,9 @@ class NodeCore(Punching, HandshakeCookies, Recovery):
 
     def get_timer(self) -> Optional[float]:
         """The earliest deadline of any peer, handshake, scheduled punch or ping."""
-        deadlines = [self.handshakes.get_timer(), self.traversal.get_timer()]
+        deadlines = [self.handshakes.get_timer(), self.punching.get_timer()]
         for peer in self.peers:
-            deadlines += peer.punches_due
-            deadlines += [sent_at + PING_TIMEOUT for sent_at, _ in peer.pings.values()]
+            deadlines.append(peer.pings.get_timer())
             deadlines.append(peer.paths.get_timer())
             deadlines.append(peer.ring.get_timer())
             deadlines.append(self._rekey_deadline(peer))
@@ -171,7 +165,11 @@ class NodeCore(Punching, HandshakeCookies, Recovery):
             for info in msg.peers:
                 self._upsert_peer(info, now)
         elif isinstance(msg, m.Punch):
-            self._on_punch(msg, now)
+            peer = self.peers.by_key.get(msg.peer_key)
+            if peer is None:
+                self.drops["punch for unknown peer"] += 1
+            else:
+                self.punching.on_punch(peer, msg, now)
         elif isinstance(msg, m.Error):
             self._events.append(CoordRejected(msg.code, msg.message))
 
@@ -204,6 +202,14 @@ class NodeCore(Punching, HandshakeCookies, Recovery):
         self.probe_budget.forget(key)
         self.traversal.forget(key)
         self._events.append(PeerDown(peer.name, reason))
+
+    # ---- what the shell learns about our own network ------------------------------
+
+    def set_own_endpoints(self, local: Iterable[Endpoint], public: Optional[Endpoint],
+                          mapped: Optional[Endpoint] = None) -> None:
+        """Our LAN, public and router-mapped endpoints, as the shell learns them: probes to us were sent there."""
+        self.probes.set_own_hosts([e.host for e in local] + [e.host for e in (public, mapped) if e is not None])
+        self.punching.set_mapped(mapped is not None)
 
     # ---- relay --------------------------------------------------------------------
 
@@ -281,11 +287,9 @@ class NodeCore(Punching, HandshakeCookies, Recovery):
                 if peer.route is None:
                     peer.paths.punch(now)
         else:
-            ping = peer.pings.pop(probe.tx_id, None)
-            if ping is not None:
-                sent_at, route = ping
-                self._events.append(PingReply(probe.tx_id, peer.name, peer.address, route.path.kind.value,
-                                              route.endpoint, now - sent_at))
+            reply = peer.pings.answer(probe.tx_id, peer.name, peer.address, now)
+            if reply is not None:
+                self._events.append(reply)
                 if relayed_from is None:
                     peer.paths.traffic_received(src, now)
             elif relayed_from is None:
@@ -358,7 +362,7 @@ class NodeCore(Punching, HandshakeCookies, Recovery):
         if peer.ring.current is None and peer.key not in self.handshakes.attempts:
             self._initiate(peer, now)
         if peer.route is None:
-            self._seek_path(peer, now, self.config.punch_request_interval)
+            self.punching.seek_path(peer, now, self.config.punch_request_interval)
         self.flush(peer, now)
 
     def ring_expire(self, peer: Peer, now: float) -> None:
@@ -444,10 +448,10 @@ class NodeCore(Punching, HandshakeCookies, Recovery):
         """
         route = peer.route
         if route is None:
-            self._punch(peer, now)
+            self.punching.punch(peer, now)
             return None
         tx_id = self.random_bytes(8)
-        peer.pings[tx_id] = (now, route)
+        peer.pings.sent(tx_id, route, now)
         self._send_via(route, self.probes.probe(peer.key, tx_id, route.endpoint, self.random_bytes(24),
                                                 now + self.config.wall_offset))
         return tx_id
@@ -466,12 +470,8 @@ class NodeCore(Punching, HandshakeCookies, Recovery):
         """Do everything due at ``now``; safe to call early or late."""
         self._watched_at = now
         for peer in self.peers:
-            due = [when for when in peer.punches_due if when <= now]
-            peer.punches_due = [when for when in peer.punches_due if when > now]
-            for _ in due:
-                self._punch(peer, now)
-            peer.pings = {tx: ping for tx, ping in peer.pings.items() if now < ping[0] + PING_TIMEOUT}
-        self._resample(now)
+            peer.pings.expire(now)
+        self.punching.handle_timer(now)
         for peer in self.peers:
             self.sync_traffic(peer)
             peer.paths.handle_timer(now)

@@ -263,7 +263,7 @@ class Node(NodeRecovery):
 
     def port_sampled(self, peer_key: bytes, sample: Optional[Endpoint], now: float) -> None:
         """The answer to ``SampleWanted`` (None: no STUN answer)."""
-        self.core.port_sampled(peer_key, sample, now)
+        self.core.punching.port_sampled(peer_key, sample, now)
         self._settle(now)
 
     def set_own_endpoints(self, local: Iterable[Endpoint], public: Optional[Endpoint],
@@ -272,7 +272,7 @@ class Node(NodeRecovery):
         self.core.set_own_endpoints(local, public, mapped)
 
     def set_nat_profile(self, profile: NatProfile) -> None:
-        self.core.set_nat_profile(profile)
+        self.core.punching.set_nat_profile(profile)
 
     def network_changed(self, now: float, connections_lost: bool = False) -> None:
         """The host's network changed and our new endpoints went to the coord: hello every relay and
@@ -285,7 +285,7 @@ class Node(NodeRecovery):
             self._out += self.relays.drop_streams(now)
             self.turn.network_changed(now)
         self.relays.hello_now(now)
-        self.core.reprobe(now)
+        self.core.punching.reprobe(now)
         self._settle(now)
 
     def set_keepalive(self, seconds: float) -> None:

@@ -18,6 +18,7 @@ from meshvpn.control.messages import PeerInfo
 from meshvpn.keys import encode_key
 from meshvpn.node.pathfinder import Path, PathFinder
 from meshvpn.node.pathlog import PathLog
+from meshvpn.node.pings import Pings
 from meshvpn.node.transports import MAIN_SOCKET, Transport
 from meshvpn.session import KeyRing
 from meshvpn.wire import Endpoint
@@ -102,8 +103,8 @@ class Peer:
     """When we last asked the coord to make this peer punch towards us."""
     punches_due: list = field(default_factory=list)
     """When the coord's synchronised punches towards this peer are due (its ``punch.at``)."""
-    pings: dict = field(default_factory=dict)
-    """``meshvpn ping`` probes not answered yet: tx id → (sent at, the route it went out on)."""
+    pings: Pings = field(default_factory=Pings)
+    """``meshvpn ping`` probes not answered yet, with the route each went out on."""
     path_log: PathLog = field(default_factory=PathLog)
     """The recent path changes, with reasons and times, for ``meshvpn status``."""
 

@@ -1,34 +1,90 @@
-"""How the node core answers the coord's ``punch`` and keeps punching behind hard NATs.
+"""Punching: how the node core answers the coord's ``punch`` and keeps punching behind hard NATs.
 
-A part of :class:`~meshvpn.node.core.NodeCore` (its base class), kept apart because it is one
-concern with its own rules (the core's docstring states them; ``docs/nat-traversal.md`` tells why):
-a ``punch`` replaces the peer's candidates and probes them all at once (at ``punch.at``);
-sequential sides punch only on fresh port samples (``SampleWanted``); birthday sides open many
-mappings (``OpenMappings``) and re-ask the coord for punches while no direct path is found.
+A component the core (:class:`~meshvpn.node.core.NodeCore`) owns, one concern with its own rules
+(``docs/nat-traversal.md`` tells why):
+
+* A ``punch`` from the coord replaces the peer's candidates and probes them all at once (at
+  ``punch.at``, the coord's clock: both sides start together). A probe from a peer we have no
+  path to starts punching back (the core's part), so one side's punch still opens both directions.
+* Our own traffic that needs a path punches and asks the coord (``punch_request``, at most once
+  per interval) to make the peer punch back.
+* Behind hard NATs, where to probe and when to punch follow :mod:`meshvpn.node.traversal`:
+  sequential sides punch only on fresh port samples (``SampleWanted``), birthday sides open
+  many mappings (``OpenMappings``) and re-ask the coord for punches while no direct path is found.
+
+Its interface is narrow: the core hands it the peer table, its configuration, the core's two
+outboxes (so events and coord messages keep their order) and two steps of the core's own:
+``probe`` (a sealed probe within the peer's budget, or None) and ``drain`` (carry out a path
+finder's actions after a punch round).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections import deque
+from typing import TYPE_CHECKING, Callable, Optional
 
 from meshvpn.control import messages as m
 from meshvpn.node.candidates import Candidate, CandidateKind, candidates_of
-from meshvpn.node.events import OpenMappings, SampleWanted
+from meshvpn.node.events import Event, OpenMappings, SampleWanted
 from meshvpn.node.pathfinder import RELAY_PATH
-from meshvpn.node.peers import Peer
+from meshvpn.node.peers import Peer, PeerTable
 from meshvpn.node.prediction import NatProfile
-from meshvpn.node.traversal import OnPunch
+from meshvpn.node.traversal import OnPunch, Traversal
 from meshvpn.wire import Endpoint
+
+if TYPE_CHECKING:
+    from meshvpn.node.core import CoreConfig
+
+ProbeMaker = Callable[[Peer, bytes, Endpoint, float], Optional[bytes]]
+"""``probe(peer, tx_id, dst, now)``: a probe within the peer's budget, or None past it."""
 
 
 class Punching:
-    """The punch and hard-NAT methods of the node core (which provides every attribute used here)."""
+    """Punch rounds for every peer, the coord's punches and our punch requests, hard NATs included."""
 
-    def _on_punch(self, msg: m.Punch, now: float) -> None:
-        peer = self.peers.by_key.get(msg.peer_key)
-        if peer is None:
-            self.drops["punch for unknown peer"] += 1
+    def __init__(self, peers: PeerTable, events: deque[Event], coord_out: list[m.Message], probe: ProbeMaker,
+                 drain: Callable[[Peer, float], None], random_bytes: Callable[[int], bytes],
+                 config: CoreConfig) -> None:
+        self.peers = peers
+        self.traversal = Traversal(self._randrange, config.paths.punch_interval)
+        """Our NAT and every peer's hard-NAT state."""
+        self._events = events
+        self._coord_out = coord_out
+        self._probe = probe
+        self._drain = drain
+        self._random_bytes = random_bytes
+        self._wall_offset = config.wall_offset
+
+    def _randrange(self, low: int, high: int) -> int:
+        return low + int.from_bytes(self._random_bytes(4), "little") % (high - low)
+
+    def on_punch(self, peer: Peer, msg: m.Punch, now: float) -> None:
+        """The coord's ``punch`` towards `peer`: new candidates, then punch (now, at ``msg.at`` or after a sample)."""
+        extra = self._punch_candidates(peer, msg, now)
+        traversal = self.traversal
+        if peer.route is None:
+            peer.paths.want_path(now)
+        if peer.route is None or peer.route.path is RELAY_PATH:
+            traversal.want_path(peer.key, now, restart=False)
+        plan = traversal.on_punch(peer.key, msg.sample is not None, now)
+        if plan is OnPunch.SAMPLE:
+            self._ask_sample(peer)
+        if plan is not OnPunch.PUNCH:
             return
+        public = [c.endpoint for c in extra if c.kind is CandidateKind.PUBLIC]
+        if public and traversal.open_mappings(peer.key, now):
+            probes = tuple(self._probe(peer, self._random_bytes(8), public[0], now)
+                           for _ in range(traversal.birthday.sockets))
+            probes = tuple(probe for probe in probes if probe is not None)
+            self._events.append(OpenMappings(peer.key, public[0], probes, traversal.birthday.seconds))
+        start = now if msg.at is None else msg.at - self._wall_offset
+        if start > now:
+            peer.punches_due.append(start)
+        else:
+            self.punch(peer, now)
+
+    def _punch_candidates(self, peer: Peer, msg: m.Punch, now: float) -> list[Candidate]:
+        """Take the punch's endpoints (or, towards a hard NAT, its fresh sample) as the peer's candidates."""
         local = set(peer.info.local_endpoints)
         extra = [
             Candidate(Endpoint(e.host, e.port), CandidateKind.LAN if e in local else CandidateKind.PUBLIC)
@@ -44,31 +100,13 @@ class Punching:
             peer.paths.set_candidates(kept + extra, now)
         else:
             peer.paths.set_candidates(candidates_of(peer.info) + extra, now)
-        if peer.route is None:
-            peer.paths.want_path(now)
-        if peer.route is None or peer.route.path is RELAY_PATH:
-            traversal.want_path(peer.key, now, restart=False)
-        plan = traversal.on_punch(peer.key, msg.sample is not None, now)
-        if plan is OnPunch.SAMPLE:
-            self._ask_sample(peer)
-        if plan is not OnPunch.PUNCH:
-            return
-        public = [c.endpoint for c in extra if c.kind is CandidateKind.PUBLIC]
-        if public and traversal.open_mappings(peer.key, now):
-            probes = tuple(self._probe(peer, self.random_bytes(8), public[0], now)
-                           for _ in range(traversal.birthday.sockets))
-            probes = tuple(probe for probe in probes if probe is not None)
-            self._events.append(OpenMappings(peer.key, public[0], probes, traversal.birthday.seconds))
-        start = now if msg.at is None else msg.at - self.config.wall_offset
-        if start > now:
-            peer.punches_due.append(start)
-        else:
-            self._punch(peer, now)
+        return extra
 
-    def _punch(self, peer: Peer, now: float) -> None:
+    def punch(self, peer: Peer, now: float) -> None:
+        """One punch round towards `peer` now: its path finder probes every candidate."""
         peer.path_log.wanted(peer.route and peer.route.path, now)
         peer.paths.punch(now)
-        self._drain_paths(peer, now)
+        self._drain(peer, now)
 
     def reprobe(self, now: float) -> None:
         """Our own network changed: every peer in use gets a punch round now and a punch via the coord.
@@ -78,42 +116,55 @@ class Punching:
         """
         for peer in self.peers:
             if peer.route is not None or peer.ring.current is not None:
-                self._punch(peer, now)
+                self.punch(peer, now)
                 peer.punch_requested_at = now
                 self._coord_out.append(m.PunchRequest(peer_key=peer.key))
 
-    def _seek_path(self, peer: Peer, now: float, request_interval: float) -> None:
+    def seek_path(self, peer: Peer, now: float, request_interval: float) -> None:
         """Our traffic needs a (better) path: punch, or re-sample on the hard side, and have the
         coord make the peer punch back (at most once per `request_interval` unless we are the hard side)."""
         peer.paths.want_path(now)
         self.traversal.want_path(peer.key, now)
         if self.traversal.samples_ports:
-            self._resample(now)
+            self.resample(now)
         else:
-            self._punch(peer, now)
+            self.punch(peer, now)
         if not self.traversal.hard_side(peer.key) and now >= peer.punch_requested_at + request_interval:
             peer.punch_requested_at = now
             self._coord_out.append(m.PunchRequest(peer_key=peer.key))
 
+    def handle_timer(self, now: float) -> None:
+        """The coord's synchronised punches that are due, then the hard sides' re-samples."""
+        for peer in self.peers:
+            due = [when for when in peer.punches_due if when <= now]
+            peer.punches_due = [when for when in peer.punches_due if when > now]
+            for _ in due:
+                self.punch(peer, now)
+        self.resample(now)
+
+    def get_timer(self) -> Optional[float]:
+        """The next scheduled punch or re-sample."""
+        deadlines = [when for peer in self.peers for when in peer.punches_due]
+        deadlines.append(self.traversal.get_timer())
+        return min((d for d in deadlines if d is not None), default=None)
+
     # ---- hard NATs ----------------------------------------------------------------
 
-    def set_own_endpoints(self, local: Iterable[Endpoint], public: Optional[Endpoint],
-                          mapped: Optional[Endpoint] = None) -> None:
-        """Our LAN endpoints, public and router-mapped endpoints, as the shell learns them: probes to
-        us were sent there."""
-        hosts = [e.host for e in local] + [e.host for e in (public, mapped) if e is not None]
-        self.probes.set_own_hosts(hosts)
-        if (mapped is not None) != self.traversal.mapped:
-            self.traversal.mapped = mapped is not None
-            for peer in self.peers:
-                peer.paths.strategy = self.traversal.strategy(peer.key)
+    def set_mapped(self, mapped: bool) -> None:
+        """Whether our router forwards a port to us; every peer's probe strategy follows."""
+        if mapped != self.traversal.mapped:
+            self.traversal.mapped = mapped
+            self._restrategise()
 
     def set_nat_profile(self, profile: NatProfile) -> None:
         """Our NAT's behaviour as the shell sampled it; every peer's probe strategy follows."""
         if profile != self.traversal.local:
             self.traversal.local = profile
-            for peer in self.peers:
-                peer.paths.strategy = self.traversal.strategy(peer.key)
+            self._restrategise()
+
+    def _restrategise(self) -> None:
+        for peer in self.peers:
+            peer.paths.strategy = self.traversal.strategy(peer.key)
 
     def port_sampled(self, peer_key: bytes, sample: Optional[Endpoint], now: float) -> None:
         """The answer to ``SampleWanted``: a new socket's mapped endpoint (None: no STUN answer)."""
@@ -123,13 +174,13 @@ class Punching:
         self.traversal.sampled(peer_key, now)
         self._coord_out.append(m.PunchRequest(peer_key, sample=None if sample is None else m.Endpoint(*sample)))
         if sample is None:
-            self._punch(peer, now)
+            self.punch(peer, now)
 
     def _ask_sample(self, peer: Peer) -> None:
         if self.traversal.sample_requested(peer.key):
             self._events.append(SampleWanted(peer.key))
 
-    def _resample(self, now: float) -> None:
+    def resample(self, now: float) -> None:
         """Hard sides whose re-sample is due: a new sample, or (birthday) a new punch request."""
         for key in self.traversal.due(now):
             peer = self.peers.by_key.get(key)

@@ -64,8 +64,8 @@ class Recovery:
         """The coord has our current endpoints (the shell re-discovered them, or we registered): re-punch what fell back."""
         for peer in self.peers:
             if peer.paths.recovering(now):
-                self._seek_path(peer, now, 0.0)
-        self._resample(now)
+                self.punching.seek_path(peer, now, 0.0)
+        self.punching.resample(now)
 
     def _watch_deadline(self) -> Optional[float]:
         """The next look at the traffic times, while any peer with a route carried traffic recently."""

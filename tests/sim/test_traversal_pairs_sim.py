@@ -111,7 +111,7 @@ class Node:
         private = random.Random(index).randbytes(32)
         self.public = public_key(private)
         self.core = NodeCore(private, random.Random(world.seed * 10 + index).randbytes, CoreConfig())
-        self.core.set_nat_profile(kind.reported)
+        self.core.punching.set_nat_profile(kind.reported)
         self.mapped = Endpoint(self.nat.ip, MAPPED_PORT) if kind.mapped else None
         if kind.mapped:
             self.nat.forward(MAPPED_PORT, (self.host.ip, PORT))
@@ -180,7 +180,7 @@ class Node:
         if via is None:
             self.public_endpoint = (host, int(port))
         elif self.sampling:
-            self.core.port_sampled(self.sampling.pop(0), Endpoint(host, int(port)), self.now)
+            self.core.punching.port_sampled(self.sampling.pop(0), Endpoint(host, int(port)), self.now)
 
     def pump(self) -> None:
         core = self.core

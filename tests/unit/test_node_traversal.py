@@ -27,7 +27,7 @@ def private(seed: int) -> bytes:
 
 def core_with_peer(local: NatProfile, peer: NatProfile) -> tuple[NodeCore, bytes]:
     core = NodeCore(private(1), random.Random(5).randbytes, CoreConfig())
-    core.set_nat_profile(local)
+    core.punching.set_nat_profile(local)
     key = public_key(private(2))
     core.coord_message(m.Registered(public_key(private(1)), "alice", "100.64.0.1", NETWORK), 0.0)
     core.set_own_endpoints([Endpoint("10.1.0.10", 41641)], Endpoint("203.0.113.100", 41641))
@@ -59,7 +59,7 @@ def test_sequential_side_samples_before_it_asks_for_a_punch() -> None:
     core.packet_from_tun(core.peers.by_key[key], PACKET, 0.0)
     assert events(core) == [SampleWanted(key)]
     assert probe_targets(core) == [] and core.coord_messages_to_send() == []
-    core.port_sampled(key, Endpoint("203.0.113.100", 30010), 0.05)
+    core.punching.port_sampled(key, Endpoint("203.0.113.100", 30010), 0.05)
     assert core.coord_messages_to_send() == [m.PunchRequest(key, sample=m.Endpoint("203.0.113.100", 30010))]
     core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN), nat=nat_info(NatProfile())), 0.1)
     assert PUBLIC_EP in probe_targets(core)
@@ -76,7 +76,7 @@ def test_a_punch_that_answers_no_sample_of_ours_asks_for_one_first() -> None:
 def test_two_sequential_sides_punch_only_with_the_peers_fresh_sample() -> None:
     core, key = core_with_peer(SEQUENTIAL, SEQUENTIAL)
     core.packet_from_tun(core.peers.by_key[key], PACKET, 0.0)
-    core.port_sampled(key, Endpoint("203.0.113.100", 30010), 0.01)
+    core.punching.port_sampled(key, Endpoint("203.0.113.100", 30010), 0.01)
     core.coord_message(m.Punch(key, (PEER_PUBLIC,), nat=nat_info(SEQUENTIAL)), 0.02)
     assert probe_targets(core) == [], "without the peer's sample our ports would be wasted"
     sample = m.Endpoint("198.51.100.2", 40000)
@@ -102,7 +102,7 @@ def test_sequential_side_resamples_on_a_schedule_until_a_path_is_found() -> None
         for event in events(core):
             if isinstance(event, SampleWanted):
                 asked.append(now)
-                core.port_sampled(key, Endpoint("203.0.113.100", 30010), now)
+                core.punching.port_sampled(key, Endpoint("203.0.113.100", 30010), now)
         now = core.get_timer()
         core.handle_timer(now)
     assert asked == [i * RESAMPLE_INTERVAL for i in range(RESAMPLE_MAX)]
@@ -143,7 +143,7 @@ def test_sequential_side_punches_on_its_own_sample_against_a_random_peer() -> No
     core, key = core_with_peer(SEQUENTIAL, RANDOM)
     core.packet_from_tun(core.peers.by_key[key], PACKET, 0.0)
     assert events(core) == [SampleWanted(key)]
-    core.port_sampled(key, Endpoint("203.0.113.100", 30010), 0.05)
+    core.punching.port_sampled(key, Endpoint("203.0.113.100", 30010), 0.05)
     core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN), nat=nat_info(RANDOM)), 0.1)
     assert PUBLIC_EP in probe_targets(core), "a random-port peer never sends a sample to wait for"
 

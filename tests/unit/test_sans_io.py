@@ -40,6 +40,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.events",
     "meshvpn.node.node",
     "meshvpn.node.punching",
+    "meshvpn.node.pings",
     "meshvpn.node.recovery",
     "meshvpn.node.silence",
     "meshvpn.node.routes",
