@@ -119,7 +119,7 @@ def leave_main(args: argparse.Namespace) -> int:
 async def tell_coord(config: NodeConfig) -> str:
     """Ask the coordination server to forget this node (`leave`); what happened, as a line to print."""
     from meshvpn.control import messages as m
-    from meshvpn.coord.client import CoordLinkClosed, connect
+    from meshvpn.node.coordclient import CoordLinkClosed, connect
 
     coord = config.coord.address
     try:
@@ -187,7 +187,7 @@ def render_config(layout: Layout, name: str, coord: Address, join: joinstring.Jo
 
 async def check_coord(coord: Address, coord_key: bytes, private: bytes) -> None:
     """Open the control channel and finish the handshake: the server holds the pinned key."""
-    from meshvpn.coord.client import connect
+    from meshvpn.node.coordclient import connect
     from meshvpn.node.startup import explain_coord_failure
 
     try:

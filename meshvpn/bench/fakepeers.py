@@ -15,7 +15,7 @@ import sys
 
 from meshvpn import __version__, keys
 from meshvpn.control import messages as m
-from meshvpn.coord.client import CoordClient, connect
+from meshvpn.node.coordclient import CoordClient, connect
 
 KEEPALIVE = 5.0
 """Seconds between the channels' pings (the coord drops a channel silent for three of its own)."""

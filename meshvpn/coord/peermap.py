@@ -1,4 +1,5 @@
-"""Peer maps of any size: the server splits them into frames, the node puts them back together.
+"""Peer maps of any size: the server splits them into frames (the node puts them back together
+with `meshvpn.control.mapparts`).
 
 One `peer_map` frame used to carry the whole map, which capped a network at the channel's 1 MiB
 frame (about 3,400 peers). Now a map that fits one part still travels exactly as before (no
@@ -121,31 +122,3 @@ def _frame(group: Sequence[Chunk], part: int | None, last: bool | None) -> bytes
     peers = ",".join(chunk.json for chunk in group)
     numbering = "" if part is None else f',"part":{part},"last":{"true" if last else "false"}'
     return f'{{"type":"peer_map","peers":[{peers}]{numbering}}}'.encode()
-
-
-class PeerMapAssembler:
-    """The node's side: collects a map's parts and hands the map out only once it is whole.
-
-    Parts come in order on one channel; a part out of sequence (a part lost to a reconnect)
-    discards the partial map, and the next registration brings a whole one."""
-
-    def __init__(self) -> None:
-        self._peers: list[m.PeerInfo] | None = None
-        self._next = 0
-
-    def add(self, message: m.PeerMap) -> tuple[m.PeerInfo, ...] | None:
-        """Every peer of the map once `message` completes it, else None."""
-        if message.part is None:
-            self._peers = None
-            return message.peers
-        if message.part == 0:
-            self._peers = []
-        elif self._peers is None or message.part != self._next:
-            self._peers = None
-            return None
-        self._peers.extend(message.peers)
-        self._next = message.part + 1
-        if not message.last:
-            return None
-        peers, self._peers = tuple(self._peers), None
-        return peers

@@ -1,6 +1,6 @@
 """The node's control channel to the coord: connect, register, keep alive, reconnect, fail over.
 
-The link is a :mod:`meshvpn.coord.client` connection (a :mod:`meshvpn.channel` stream over
+The link is a :mod:`meshvpn.node.coordclient` connection (a :mod:`meshvpn.channel` stream over
 TCP, or inside TLS to the coord's ``tls_port`` when plain TCP reaches none of its addresses;
 the coord's key is pinned from the config).  The first message is ``register``; after
 that every message is handed to ``on_message``.  The link pings every ``keepalive`` seconds
@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 
 from meshvpn.config import Address
 from meshvpn.control import messages as m
-from meshvpn.coord.client import CoordClient, CoordHandshakeFailed, CoordUnreachable, connect
+from meshvpn.node.coordclient import CoordClient, CoordHandshakeFailed, CoordUnreachable, connect
 from meshvpn.errors import MeshError
 from meshvpn.noise import StaticIdentity
 from meshvpn.node.coorddial import BACKOFF_MAX, Dialer, backoff_delay, silence_limit

@@ -38,7 +38,7 @@ from typing import Callable, Iterable, Optional
 from meshvpn import wire
 from meshvpn.constants import KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT
 from meshvpn.control import messages as m
-from meshvpn.coord.peermap import PeerMapAssembler
+from meshvpn.control.mapparts import PeerMapAssembler
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.node.candidates import candidates_of
 from meshvpn.node.destinations import LocalDestinations

@@ -88,7 +88,7 @@ def _check_port(config: NodeConfig, config_path: Path | str) -> None:
 
 def explain_coord_failure(coord: Address, exc: BaseException) -> str:
     """One line for a coord link that did not come up: what was tried, and what to check."""
-    from meshvpn.coord.client import CoordHandshakeFailed, CoordUnreachable
+    from meshvpn.node.coordclient import CoordHandshakeFailed, CoordUnreachable
 
     if isinstance(exc, CoordUnreachable):
         if exc.unresolved:

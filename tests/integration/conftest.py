@@ -13,7 +13,7 @@ import pytest
 from meshvpn import keys
 from meshvpn.config import Address, ConsoleConfig, CoordConfig, NetworkConfig
 from meshvpn.control import messages as m
-from meshvpn.coord.client import CoordRefused, connect
+from meshvpn.node.coordclient import CoordRefused, connect
 from meshvpn.coord.server import CoordServer
 
 
@@ -106,7 +106,7 @@ def start_coturn(tool, tmp_path):
 
 class ConsoleMesh:
     """A coord on loopback with its console on, networks `home` (open) and `office` (approval
-    required), and nodes registered through `meshvpn.coord.client` as real daemons would."""
+    required), and nodes registered through `meshvpn.node.coordclient` as real daemons would."""
 
     PASSWORD = "correct horse battery staple"
 

@@ -14,7 +14,7 @@ import pytest
 
 from meshvpn import joinstring, keys
 from meshvpn.control import messages as m
-from meshvpn.coord.client import CoordLinkClosed, CoordRefused, connect
+from meshvpn.node.coordclient import CoordLinkClosed, CoordRefused, connect
 from meshvpn.coord.console.auth import MAX_FAILURES
 
 pytestmark = pytest.mark.timeout(60)

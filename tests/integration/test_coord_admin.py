@@ -22,7 +22,7 @@ import pytest
 
 from meshvpn import joinstring, keys
 from meshvpn.control import messages as m
-from meshvpn.coord.client import CoordLinkClosed, CoordRefused, connect
+from meshvpn.node.coordclient import CoordLinkClosed, CoordRefused, connect
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,7 +15,7 @@ from meshvpn.config import Address, CoordConfig, NetworkConfig, RelayOffer
 from meshvpn.control import messages as m
 from meshvpn.coord import elsewhere, instances
 from meshvpn.coord import server as server_module
-from meshvpn.coord.client import CoordRefused, connect
+from meshvpn.node.coordclient import CoordRefused, connect
 from meshvpn.coord.server import CoordServer
 from meshvpn.localsock import request
 from meshvpn.relaytoken import TokenVerifier

@@ -19,8 +19,8 @@ from meshvpn import keys
 from meshvpn.channel import ClientChannel
 from meshvpn.config import NetworkConfig
 from meshvpn.control import messages as m
-from meshvpn.coord.client import CoordLinkClosed, connect
-from meshvpn.coord.peermap import PeerMapAssembler
+from meshvpn.node.coordclient import CoordLinkClosed, connect
+from meshvpn.control.mapparts import PeerMapAssembler
 from meshvpn.coord.store import Network, NodeRecord, SqliteStore
 from meshvpn.coord.server import CoordServer, ServerLimits
 

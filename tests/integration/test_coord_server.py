@@ -1,7 +1,7 @@
 """The coordination server in-process on loopback, driven by real clients over TCP and UDP.
 
 Each test is a short script: start a server on 127.0.0.1 with ports chosen by the kernel, join
-nodes through `meshvpn.coord.client`, and check what every side sees. Clients that misbehave
+nodes through `meshvpn.node.coordclient`, and check what every side sees. Clients that misbehave
 are in test_coord_misbehaving.py, which uses the helpers here.
 """
 
@@ -21,7 +21,7 @@ from meshvpn.config import Address, CoordConfig, NetworkConfig
 from meshvpn.coord import admin
 from meshvpn.control import messages as m
 from meshvpn.coord.fanout import FanoutSettings
-from meshvpn.coord.client import CoordClient, CoordLinkClosed, CoordRefused, connect
+from meshvpn.node.coordclient import CoordClient, CoordLinkClosed, CoordRefused, connect
 from meshvpn.coord.server import CoordServer, ServerLimits
 from meshvpn.stunio import stun_binding
 

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from meshvpn.control import messages as m
 from meshvpn.coord.membership import Membership, MembershipSettings, Send
-from meshvpn.coord.peermap import PeerMapAssembler
+from meshvpn.control.mapparts import PeerMapAssembler
 from meshvpn.coord.store import MemoryStore, Network
 
 NOW = 1_700_000_000.0

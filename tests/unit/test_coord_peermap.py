@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshvpn.control import messages as m
-from meshvpn.coord.peermap import PeerEntry, PeerMapAssembler, peer_delta_frames, peer_map_parts, peer_update
+from meshvpn.control.mapparts import PeerMapAssembler
+from meshvpn.coord.peermap import PeerEntry, peer_delta_frames, peer_map_parts, peer_update
 
 
 def info(n: int, name: str = "", online: bool = True) -> m.PeerInfo:

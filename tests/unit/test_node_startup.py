@@ -8,7 +8,7 @@ import pytest
 from meshvpn import keys
 from meshvpn.node.datapath import fastpath
 from meshvpn.config import Address, load_node_config
-from meshvpn.coord.client import CoordHandshakeFailed, CoordLinkClosed, CoordUnreachable
+from meshvpn.node.coordclient import CoordHandshakeFailed, CoordLinkClosed, CoordUnreachable
 from meshvpn.errors import MeshError
 from meshvpn.node import startup
 from meshvpn.node.ctl import format_status

@@ -1,12 +1,17 @@
-"""The sans-IO rule: protocol modules do no I/O, read no clock and draw no randomness.
+"""The import rules: protocol modules do no I/O, and the packages import each other one way only.
 
 Each module in SANS_IO_MODULES (a trailing `.*` means every module of that package) is read
 with `ast`, never imported, together with every meshvpn module it imports, so a helper that
-pulls in asyncio is caught too. Modules not written yet are skipped.
+pulls in asyncio is caught too; it reads no clock and draws no randomness. Modules not written
+yet are skipped.
+
+LAYERS says which package may not reach which, by any chain of imports: the node knows the
+coord only through the control schema (`meshvpn.control`), which does not know the coord.
 """
 
 import ast
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -90,6 +95,11 @@ FORBIDDEN = frozenset(
     {"asyncio", "socket", "pytun", "time", "random", "select", "selectors", "subprocess", "threading"}
 )
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
+LAYERS = (
+    ("meshvpn.node.*", "meshvpn.coord"),
+    ("meshvpn.control.*", "meshvpn.coord"),
+)
+"""(modules, package they must not import, directly or through other meshvpn modules)."""
 
 
 def module_file(name: str, root: Path = SOURCE_ROOT) -> Path | None:
@@ -139,8 +149,10 @@ def imported_modules(tree: ast.AST, package: str) -> list[str]:
     return names
 
 
-def io_import_chains(module: str, root: Path = SOURCE_ROOT) -> list[str]:
-    """Every forbidden import reachable from `module` through meshvpn modules, as `a -> b -> socket`."""
+def io_import_chains(module: str, root: Path = SOURCE_ROOT, banned: Callable[[str], bool] | None = None) -> list[str]:
+    """Every forbidden import reachable from `module` through meshvpn modules, as `a -> b -> socket`;
+    forbidden: an I/O module, or whatever `banned` says."""
+    banned = banned or (lambda name: name.split(".")[0] in FORBIDDEN)
     chains, seen, todo = [], {module}, [(module, module)]
     while todo:
         name, chain = todo.pop()
@@ -149,10 +161,9 @@ def io_import_chains(module: str, root: Path = SOURCE_ROOT) -> list[str]:
             continue
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for imported in imported_modules(ast.parse(path.read_text(), str(path)), package):
-            top = imported.split(".")[0]
-            if top in FORBIDDEN:
+            if banned(imported):
                 chains.append(f"{chain} -> {imported}")
-            elif top == "meshvpn" and imported not in seen:
+            elif imported.split(".")[0] == "meshvpn" and imported not in seen:
                 seen.add(imported)
                 todo.append((imported, f"{chain} -> {imported}"))
     return sorted(chains)
@@ -163,6 +174,22 @@ def test_sans_io_module_does_no_io(module: str) -> None:
     if module.endswith(".*") or module_file(module) is None:
         pytest.skip(f"{module} does not exist yet")
     assert io_import_chains(module) == []
+
+
+@pytest.mark.parametrize("module,package", [(name, package) for pattern, package in LAYERS for name in expand(pattern)])
+def test_layer_never_imports_the_package_above_or_beside_it(module: str, package: str) -> None:
+    assert io_import_chains(module, banned=lambda name: name == package or name.startswith(package + ".")) == []
+
+
+def test_layer_rule_finds_a_chain_through_another_package(tmp_path: Path) -> None:
+    for name, text in {"node/core.py": "from meshvpn.lan import helper\n", "lan/helper.py": "import meshvpn.coord.peermap\n",
+                       "coord/peermap.py": "", "node/__init__.py": "", "lan/__init__.py": "", "coord/__init__.py": ""}.items():
+        (tmp_path / "meshvpn" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "meshvpn" / name).write_text(text)
+
+    assert io_import_chains("meshvpn.node.core", tmp_path, lambda name: name.startswith("meshvpn.coord")) == [
+        "meshvpn.node.core -> meshvpn.lan.helper -> meshvpn.coord.peermap",
+    ]
 
 
 def test_checker_finds_direct_relative_dynamic_and_transitive_imports(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Union
 from meshvpn import noise, tlsenvelope
 from meshvpn.channel import ClientChannel
 from meshvpn.control import messages as m
-from meshvpn.coord.peermap import PeerMapAssembler
+from meshvpn.control.mapparts import PeerMapAssembler
 from meshvpn.errors import MeshError, RemoteProtocolError
 
 
