@@ -124,6 +124,10 @@ class HandshakeManager:
         self.cancel(peer_key)
         self.cookies.pop(peer_key, None)
 
+    def peer_keys(self) -> set[bytes]:
+        """Peers with an attempt in flight or a cookie kept (replay timestamps outlive a peer on purpose)."""
+        return set(self.attempts) | set(self.cookies)
+
     def initiation(self, peer_key: bytes, now: float) -> bytes:
         """The peer's live initiation as it goes out: stamped with the peer's cookie while that is young."""
         attempt = self.attempts[peer_key]

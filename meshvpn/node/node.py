@@ -68,7 +68,6 @@ class Node(NodeRecovery):
         self.core.routes.transport_for = self.transport_for
         self.tcp_punching = False
         """Whether the shell holds a punch port (``enable_tcp_punch``); without one, no TCP punches."""
-        """Relays whose TCP stream the shell was told to open and not yet to close."""
         self._out: list[ev.Output] = []
         self._peer_map: Optional[ev.PeerMapChanged] = None
         """The names last announced with ``PeerMapChanged``."""
@@ -322,10 +321,12 @@ class Node(NodeRecovery):
             self._peer_map = ev.PeerMapChanged(network, hosts)
             self._out.append(self._peer_map)
 
-    def _forget_departed(self) -> None:
-        """A peer the core no longer has (removed, or left the peer map) keeps no TCP state."""
+    def _forget_departed(self, now: float) -> None:
+        """A peer the core no longer has (removed, or left the peer map) keeps no TCP or TURN state."""
         for key in self.tcp.peer_keys() - self.peers.by_key.keys():
             self.tcp.stop(key)
+        for key in self.turn.peer_keys() - self.peers.by_key.keys():
+            self.turn.forget(key, now)
 
     # ---- transports -------------------------------------------------------------------
 
@@ -396,7 +397,7 @@ class Node(NodeRecovery):
             events += 1
             self._out.append(event)
             if isinstance(event, ev.PeerDown):
-                self._forget_departed()
+                self._forget_departed(now)
             elif isinstance(event, ev.PeerPathChanged):
                 self._path_changed(event, now)
         return bool(datagrams or messages or events)

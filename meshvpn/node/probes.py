@@ -117,6 +117,9 @@ class ProbeCodec:
         self._sent.pop(peer_public, None)
         self._seen.pop(peer_public, None)
 
+    def peer_keys(self) -> set[bytes]:
+        return set(self._keys) | set(self._sent) | set(self._seen)
+
     def set_own_hosts(self, hosts: Iterable[str]) -> None:
         """Our addresses as the shell knows them (interfaces, STUN mapping); replaces the previous set."""
         self.own_hosts = frozenset(ipaddress.ip_address(host) for host in hosts)
@@ -211,3 +214,6 @@ class ProbeBudget:
 
     def forget(self, peer: bytes) -> None:
         self._peers.pop(peer, None)
+
+    def peer_keys(self) -> set[bytes]:
+        return set(self._peers)

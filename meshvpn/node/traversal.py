@@ -137,6 +137,9 @@ class Traversal:
     def forget(self, key: bytes) -> None:
         self._peers.pop(key, None)
 
+    def peer_keys(self) -> set[bytes]:
+        return set(self._peers)
+
     # ---- punching
 
     def want_path(self, key: bytes, now: float, restart: bool = True) -> None:

@@ -7,9 +7,12 @@ import pytest
 from meshvpn.control import messages as m
 from meshvpn.node.events import PeerDown, TcpAbort, TcpConnect, TcpPathChanged, TcpWrite
 from meshvpn.node.pathfinder import PathKind
+from meshvpn.node.prediction import Allocation, NatProfile
 from meshvpn.node.tcp.core import TcpEndpoint
 from meshvpn.node.transports import MAIN_SOCKET, PunchedStream
-from meshvpn.sim.nodes import ALICE_AT, BOB_AT, NETWORK, MemoryNode, alice_and_bob, ip_packet, seeded
+from meshvpn.sim.nodes import ALICE_AT, BOB_AT, NETWORK, WALL_OFFSET, MemoryNode, alice_and_bob, ip_packet, seeded
+from meshvpn.sim.turnserver import turn_answer
+from meshvpn.wire import Endpoint
 
 
 def tcp_info(n: MemoryNode) -> m.PeerInfo:
@@ -111,3 +114,46 @@ def test_udp_peers_send_on_the_main_socket():
     route = a.peers.by_key[b.public].route
     assert route.path.kind is PathKind.DIRECT and route.transport == MAIN_SOCKET
     assert [p[20:] for p in b.tun] == [b"hello"]
+
+
+TURN_AT, BOB_RELAYED, OUR_RELAYED = (Endpoint("203.0.113.30", port) for port in (3478, 50002, 50001))
+
+
+def with_turn_route(a: MemoryNode, b: MemoryNode, now: float) -> None:
+    """Give `a` a TURN allocation with a channel bound to `b`'s relayed address: a TURN route to b."""
+    server = m.TurnServer("turn-1", TURN_AT.host, TURN_AT.port, "100:me", "pw", 100.0)
+    a.from_coord(m.Registered(node_key=a.public, name=a.name, address=a.address, network=NETWORK, turn=(server,)), now)
+    a.from_coord(m.PeerUpdate(peer=m.PeerInfo(key=b.public, name=b.name, address=b.address, online=True,
+                                              public_tcp=m.Endpoint(*b.endpoint),
+                                              turn_relayed=(m.Endpoint(*BOB_RELAYED),))), now)
+    for _ in range(6):
+        for dst, data in [(dst, data) for dst, data in a.collect() if dst == TURN_AT]:
+            a.node.receive_datagram(turn_answer(data, OUR_RELAYED)[1], TURN_AT, now)
+            a.drain(now)
+    assert a.node.turn.routes == {b.public: BOB_RELAYED}
+
+
+@pytest.mark.parametrize("removal", [lambda key: m.PeerRemove(key=key), lambda key: m.PeerMap(peers=())],
+                         ids=["removed by the coord", "left the peer map"])
+def test_a_removed_peer_leaves_nothing_in_any_component(tcp_pair, removal):
+    a, a_conn, b, _ = tcp_pair
+    with_turn_route(a, b, 0.5)
+    peer = a.peers.by_key[b.public]
+    a.from_coord(m.Punch(peer_key=b.public, endpoints=(m.Endpoint(*BOB_AT),)), 0.5)
+    a.tick(0.6)  # the punch's next round probes it, within the peer's probe budget
+    a.from_coord(m.Punch(peer_key=b.public, endpoints=(), at=WALL_OFFSET + 5.0), 0.6)  # a punch due later
+    a.node.set_nat_profile(NatProfile(False, Allocation.SEQUENTIAL))  # a hard side: re-samples scheduled
+    assert a.node.ping(peer, 0.6) is not None
+    a.node.packet_from_tun(peer, ip_packet(a.address, b.address), 0.6)  # a handshake in flight
+    core, machines = a.node.core, (a.node.core.handshakes, a.node.core.traversal, a.node.core.probes,
+                                   a.node.core.probe_budget, a.node.tcp, a.node.turn)
+    assert [b.public in machine.peer_keys() for machine in machines] == [True] * len(machines), \
+        "the peer has state in every machine"
+    assert core.routes.turn == {b.public: BOB_RELAYED} and len(peer.pings) == 1 and peer.punches_due
+
+    a.from_coord(removal(b.public), 1.0)
+    assert [machine.peer_keys() for machine in machines] == [set()] * len(machines)
+    assert a.peers.by_key == {} and a.peers.by_overlay == {} and a.peers.by_index == {}
+    assert a.node.turn.routes == {} and core.routes.turn == {} and a.node.turn.outbound(BOB_RELAYED) is None
+    assert [abort.conn_id for abort in taken(a, TcpAbort)] == [a_conn]
+    assert core.punching.get_timer() is None, "no punch or re-sample of the removed peer is left"

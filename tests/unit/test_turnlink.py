@@ -8,8 +8,9 @@ import itertools
 from meshvpn import wire
 from meshvpn.control import messages as m
 from meshvpn.node.turn.core import TurnLinks
+from meshvpn.sim.turnserver import REALM, turn_answer
 from meshvpn.turn_codec import frame_run
-from meshvpn.stun_codec import Attr, ErrorCode, StunClass, StunMessage, StunMethod, decode, encode, long_term_key
+from meshvpn.stun_codec import Attr, StunClass, StunMessage, StunMethod, decode, encode, long_term_key
 from meshvpn.node.events import TurnStream
 from meshvpn.turn import AllocationLost, AllocationReady, ChannelBound
 from meshvpn.turn_codec import decode_channel_data
@@ -19,7 +20,6 @@ SERVER = Endpoint("203.0.113.30", 3478)
 OURS = Endpoint("203.0.113.30", 50001)
 THEIRS = Endpoint("203.0.113.30", 50002)
 PEER_KEY = bytes(range(32))
-REALM = "meshvpn"
 
 
 def turn_server(username="100:me", password="pw"):
@@ -38,19 +38,11 @@ def peer(online=True, relayed=(THEIRS,)):
 
 def answer(link: TurnLinks, now: float, password="pw", username="100:me", **success) -> list:
     """Answer every request the link sent: 401 to unsigned ones, success to signed ones."""
-    key = long_term_key(username, REALM, password)
     methods = []
     for dst, data in link.datagrams_to_send():
         assert dst == SERVER
-        msg = decode(data)
-        methods.append(msg.method)
-        if Attr.MESSAGE_INTEGRITY not in msg.attributes:
-            attrs = {Attr.ERROR_CODE: ErrorCode(401, "Unauthorized"), Attr.REALM: REALM, Attr.NONCE: "n"}
-            reply = encode(StunMessage(msg.method, StunClass.ERROR, msg.transaction_id, attrs))
-        else:
-            assert msg.attributes[Attr.USERNAME] == username
-            attrs = {Attr.XOR_RELAYED_ADDRESS: OURS, Attr.LIFETIME: 600} if msg.method == StunMethod.ALLOCATE else {}
-            reply = encode(StunMessage(msg.method, StunClass.SUCCESS, msg.transaction_id, attrs), key=key)
+        method, reply = turn_answer(data, OURS, username, password)
+        methods.append(method)
         assert link.receive(reply, SERVER, now)
     return methods
 
@@ -140,17 +132,7 @@ def test_status_names_the_turn_server_of_a_route():
 
 def server_replies(requests: list[bytes], password="pw", username="100:me") -> bytes:
     """The scripted server's answers to `requests` (STUN), as the bytes of its stream."""
-    key = long_term_key(username, REALM, password)
-    out = b""
-    for data in requests:
-        msg = decode(data)
-        if Attr.MESSAGE_INTEGRITY not in msg.attributes:
-            attrs = {Attr.ERROR_CODE: ErrorCode(401, "Unauthorized"), Attr.REALM: REALM, Attr.NONCE: "n"}
-            out += encode(StunMessage(msg.method, StunClass.ERROR, msg.transaction_id, attrs))
-        else:
-            attrs = {Attr.XOR_RELAYED_ADDRESS: OURS, Attr.LIFETIME: 600} if msg.method == StunMethod.ALLOCATE else {}
-            out += encode(StunMessage(msg.method, StunClass.SUCCESS, msg.transaction_id, attrs), key=key)
-    return out
+    return b"".join(turn_answer(data, OURS, username, password)[1] for data in requests)
 
 
 def on_stream(tls_port=None) -> TurnLinks:

@@ -124,6 +124,15 @@ class TurnLinks:
             return
         self._update(now)
 
+    def forget(self, peer_key: bytes, now: float) -> None:
+        """The node no longer has this peer (removed, or left the peer map): no route, no channel to it."""
+        if self._peer_relayed.pop(peer_key, None) is not None:
+            self._update(now)
+
+    def peer_keys(self) -> set[bytes]:
+        """The peers this machine holds any state for (relayed addresses, a route)."""
+        return set(self._peer_relayed) | set(self.routes)
+
     def set_servers(self, servers: Iterable[m.TurnServer], now: float) -> None:
         """The TURN servers at new addresses (a name resolved again); peers' relayed addresses are kept."""
         self._configure(servers, now)
