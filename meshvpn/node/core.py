@@ -48,7 +48,7 @@ from meshvpn.node.events import (
 from meshvpn.node.handshake_cookies import HandshakeCookies
 from meshvpn.node.handshakes import HandshakeManager
 from meshvpn.node.pathfinder import RELAY_PATH, PathChanged, PathFinder, PathFinderConfig, PathKind, SendProbe
-from meshvpn.node.peers import Peer, PeerTable, Route
+from meshvpn.node.peers import Peer, PeerSlot, PeerTable, Route
 from meshvpn.node.punching import Punching
 from meshvpn.node.recovery import Recovery
 from meshvpn.node.routes import Routes
@@ -86,9 +86,11 @@ class NodeCore(HandshakeCookies, Recovery):
         self.public_key = self.identity.public
         self.random_bytes = random_bytes
         self.peers = PeerTable()
-        self.handshakes = HandshakeManager(self.identity, random_bytes, self.config.wall_offset)
-        self.probes = ProbeCodec(private_key, self.public_key)
-        self.probe_budget = ProbeBudget()
+        self.handshakes = HandshakeManager(self.identity, random_bytes, self.config.wall_offset,
+                                           PeerSlot(self.peers, "handshake"), PeerSlot(self.peers, "cookie"))
+        self.probes = ProbeCodec(private_key, self.public_key, *(PeerSlot(self.peers, slot) for slot in
+                                                                 ("probe_key", "probe_sent", "probe_seen")))
+        self.probe_budget = ProbeBudget(peers=PeerSlot(self.peers, "probe_allowance"))
         self.registration: Optional[AddressAssigned] = None
         self.destinations = LocalDestinations()
         """Inner destinations the data path accepts from peers (ours, broadcast, joined groups)."""
@@ -178,10 +180,10 @@ class NodeCore(HandshakeCookies, Recovery):
             return
         peer = self.peers.by_key.get(info.key)
         if peer is None:
-            self.traversal.set_peer_nat(info.key, info.nat)
-            peer = Peer(info.key, info, PathFinder(lambda: self.random_bytes(8), self.config.paths,
-                                                   self.traversal.strategy(info.key)))
+            peer = Peer(info.key, info, PathFinder(lambda: self.random_bytes(8), self.config.paths))
             self.peers.add(peer)
+            self.traversal.set_peer_nat(info.key, info.nat)
+            peer.paths.strategy = self.traversal.strategy(info.key)
             self.probes.add_peer(info.key)
             peer.paths.relay_ready(self.routes.relay_ready(peer.key), now)
         else:
@@ -193,15 +195,11 @@ class NodeCore(HandshakeCookies, Recovery):
         peer.paths.set_candidates(candidates_of(info), now)
 
     def remove_peer(self, key: bytes, reason: str) -> None:
-        """Forget the peer: its sessions, handshake, probes, traversal state and pings."""
+        """Forget the peer in one step: all the core keeps of it is on it (its handshake's keys wiped first)."""
+        self.handshakes.cancel(key)
         peer = self.peers.remove(key)
-        if peer is None:
-            return
-        self.handshakes.forget(key)
-        self.probes.remove_peer(key)
-        self.probe_budget.forget(key)
-        self.traversal.forget(key)
-        self._events.append(PeerDown(peer.name, reason))
+        if peer is not None:
+            self._events.append(PeerDown(peer.name, reason))
 
     # ---- what the shell learns about our own network ------------------------------
 

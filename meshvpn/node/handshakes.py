@@ -20,6 +20,7 @@ Sans-IO: randomness is a ``random_bytes(n)`` callable, time is ``now`` (monotoni
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -67,17 +68,24 @@ class Attempt:
 
 
 class HandshakeManager:
-    """Outgoing attempts per peer key and the responder's replay protection."""
+    """Outgoing attempts per peer key and the responder's replay protection.
 
-    def __init__(self, identity: StaticIdentity, random_bytes: Callable[[int], bytes], wall_offset: float) -> None:
+    `attempts` and `cookies` are per-peer state: the node core passes mappings that keep them on
+    its peers (``meshvpn.node.peers.PeerSlot``). The replay timestamps outlive a peer on purpose:
+    a peer removed and added again must not be open to its own old initiations.
+    """
+
+    def __init__(self, identity: StaticIdentity, random_bytes: Callable[[int], bytes], wall_offset: float,
+                 attempts: MutableMapping[bytes, Attempt] | None = None,
+                 cookies: MutableMapping[bytes, CookieJar] | None = None) -> None:
         self.identity = identity
         self.random_bytes = random_bytes
         self.wall_offset = wall_offset
         self.timestamps = InitiationTimestamps()
-        self.attempts: dict[bytes, Attempt] = {}
+        self.attempts: MutableMapping[bytes, Attempt] = {} if attempts is None else attempts
         self.gate = InitiationGate(identity.public, random_bytes)
         """Which initiations get a Diffie-Hellman: all, until the node is under load."""
-        self.cookies: dict[bytes, CookieJar] = {}
+        self.cookies: MutableMapping[bytes, CookieJar] = {} if cookies is None else cookies
         """Per peer key, the latest cookie that peer gave us (kept across attempts)."""
 
     def start(self, peer_key: bytes, index: int, now: float) -> Attempt:
@@ -119,13 +127,8 @@ class HandshakeManager:
             attempt.initiator.wipe()
         return attempt
 
-    def forget(self, peer_key: bytes) -> None:
-        """The peer is gone: its attempt and its cookie."""
-        self.cancel(peer_key)
-        self.cookies.pop(peer_key, None)
-
     def peer_keys(self) -> set[bytes]:
-        """Peers with an attempt in flight or a cookie kept (replay timestamps outlive a peer on purpose)."""
+        """Peers with an attempt in flight or a cookie kept."""
         return set(self.attempts) | set(self.cookies)
 
     def initiation(self, peer_key: bytes, now: float) -> bytes:

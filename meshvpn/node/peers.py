@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter, deque
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional, TypeVar
 
 from meshvpn.control.messages import PeerInfo
 from meshvpn.keys import encode_key
@@ -22,6 +23,14 @@ from meshvpn.node.pings import Pings
 from meshvpn.node.transports import MAIN_SOCKET, Transport
 from meshvpn.session import KeyRing
 from meshvpn.wire import Endpoint
+
+if TYPE_CHECKING:
+    from meshvpn.cookie import CookieJar
+    from meshvpn.node.handshakes import Attempt
+    from meshvpn.node.probes import ProbeAllowance, SeenStamps
+    from meshvpn.node.traversal import PeerTraversal
+
+T = TypeVar("T")
 
 PENDING_PACKETS = 16
 """Packets held per peer while its handshake or path is being set up; older ones drop."""
@@ -69,8 +78,10 @@ class PeerCounters:
 class Peer:
     """One peer: identity from the coord, path state, sessions, counters, queued packets, punches and pings.
 
-    Everything the node keeps about one peer hangs off this object (or is keyed by its key in
-    the one machine that owns that concern), so removing the peer from the table forgets it.
+    Everything the node core keeps about one peer hangs off this object, so removing the peer from
+    the table forgets it in one step: the machines that keep per-peer state (handshakes, traversal,
+    probes) keep it here, through a `PeerSlot` each. Only the TCP and TURN machines, which hold
+    connections and channels that must be closed, keep theirs and are told (``Node._forget_departed``).
     """
 
     key: bytes
@@ -107,6 +118,20 @@ class Peer:
     """``meshvpn ping`` probes not answered yet, with the route each went out on."""
     path_log: PathLog = field(default_factory=PathLog)
     """The recent path changes, with reasons and times, for ``meshvpn status``."""
+    handshake: Optional[Attempt] = None
+    """Our handshake in flight, if any (the handshake manager's ``attempts``)."""
+    cookie: Optional[CookieJar] = None
+    """The latest cookie the peer gave us under load (the handshake manager's ``cookies``)."""
+    traversal: Optional[PeerTraversal] = None
+    """Its NAT as reported, our re-samples towards it, birthday windows (the traversal's)."""
+    probe_allowance: Optional[ProbeAllowance] = None
+    """The probes and addresses we may still probe for it (the probe budget's)."""
+    probe_key: Optional[bytes] = None
+    """The box key of probes to and from it, computed once (the probe codec's)."""
+    probe_sent: Optional[int] = None
+    """The newest stamp of our probes to it (the probe codec's)."""
+    probe_seen: Optional[SeenStamps] = None
+    """The stamps of its probes taken, so replays are refused (the probe codec's)."""
 
     def __post_init__(self) -> None:
         self.overlay = ipaddress.ip_address(self.info.address).packed
@@ -122,6 +147,42 @@ class Peer:
     @property
     def key_text(self) -> str:
         return encode_key(self.key)
+
+
+class PeerSlot(MutableMapping[bytes, T]):
+    """One machine's per-peer state by peer key, kept on the peers themselves (``Peer.<name>``).
+
+    The machine keeps its mapping (``attempts[key]``, ``get``, ``pop``, iteration) and its own
+    tests, which give it a plain dict; the node core gives it a slot, so the state lives on the
+    peer and leaves with it. A key with no peer in the table has nowhere to keep state: a write
+    for it is dropped, as the peer's removal would have dropped it.
+    """
+
+    def __init__(self, peers: PeerTable, name: str) -> None:
+        self._peers = peers
+        self._name = name
+
+    def __getitem__(self, key: bytes) -> T:
+        peer = self._peers.by_key.get(key)
+        value = None if peer is None else getattr(peer, self._name)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: bytes, value: T) -> None:
+        peer = self._peers.by_key.get(key)
+        if peer is not None:
+            setattr(peer, self._name, value)
+
+    def __delitem__(self, key: bytes) -> None:
+        self[key]  # KeyError when there is nothing to delete
+        setattr(self._peers.by_key[key], self._name, None)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter([peer.key for peer in self._peers if getattr(peer, self._name) is not None])
+
+    def __len__(self) -> int:
+        return sum(1 for peer in self._peers if getattr(peer, self._name) is not None)
 
 
 class PeerTable:

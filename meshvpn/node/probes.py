@@ -27,6 +27,7 @@ take.  Sans-IO: the wall clock is an argument.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from itertools import takewhile
 from typing import Iterable, NamedTuple
@@ -54,7 +55,7 @@ class ProbeRefused(RemoteProtocolError):
 
 
 @dataclass
-class _Seen:
+class SeenStamps:
     """Stamps taken from one peer: each once, none at or below ``floor``.
 
     Every stamp above ``floor`` that was taken is in ``stamps`` (in arrival order, which is
@@ -96,14 +97,18 @@ class OpenedProbe(NamedTuple):
 
 
 class ProbeCodec:
-    """Seals and opens probes for one node, caching the box key and the stamps per peer."""
+    """Seals and opens probes for one node, caching the box key and the stamps per peer (in the
+    mappings given, which the node core keeps on its peers)."""
 
-    def __init__(self, private_key: bytes, public_key: bytes) -> None:
+    def __init__(self, private_key: bytes, public_key: bytes, keys: MutableMapping[bytes, bytes] | None = None,
+                 sent: MutableMapping[bytes, int] | None = None,
+                 seen: MutableMapping[bytes, SeenStamps] | None = None) -> None:
         self._private = private_key
         self._public = public_key
-        self._keys: dict[bytes, bytes] = {}
-        self._sent: dict[bytes, int] = {}
-        self._seen: dict[bytes, _Seen] = {}
+        self._keys: MutableMapping[bytes, bytes] = {} if keys is None else keys
+        self._sent: MutableMapping[bytes, int] = {} if sent is None else sent
+        self._seen: MutableMapping[bytes, SeenStamps] = {} if seen is None else seen
+        """The peer's stamps taken (replays refused)."""
         self.own_hosts: frozenset = frozenset()
         """Our addresses (LAN interfaces, the public one): where probes to us were sent."""
 
@@ -158,7 +163,7 @@ class ProbeCodec:
             raise ProbeRefused("stale probe", sealed.sender_public)
         if check_address and sealed.kind == MessageType.PROBE and not self.addressed_to_us(payload.endpoint):
             raise ProbeRefused("probe for another address", sealed.sender_public)
-        if not self._seen.setdefault(sealed.sender_public, _Seen()).take(payload.stamp):
+        if not self._seen.setdefault(sealed.sender_public, SeenStamps()).take(payload.stamp):
             raise ProbeRefused("replayed probe", sealed.sender_public)
         return OpenedProbe(sealed.kind, sealed.sender_public, payload.tx_id, payload.endpoint)
 
@@ -174,7 +179,9 @@ PROBE_BURST = 600
 
 
 @dataclass
-class _Allowance:
+class ProbeAllowance:
+    """One peer's probe budget (kept on the peer, ``Peer.probe_allowance``)."""
+
     tokens: float
     at: float
     hosts: dict[str, float] = field(default_factory=dict)
@@ -190,15 +197,16 @@ class ProbeBudget:
     """
 
     def __init__(self, max_hosts: int = PROBE_TARGET_HOSTS, window: float = PROBE_TARGET_WINDOW,
-                 rate: float = PROBE_RATE, burst: int = PROBE_BURST) -> None:
+                 rate: float = PROBE_RATE, burst: int = PROBE_BURST,
+                 peers: MutableMapping[bytes, ProbeAllowance] | None = None) -> None:
         self.max_hosts, self.window, self.rate, self.burst = max_hosts, window, rate, burst
-        self._peers: dict[bytes, _Allowance] = {}
+        self._peers: MutableMapping[bytes, ProbeAllowance] = {} if peers is None else peers
 
     def allow(self, peer: bytes, target: Endpoint, now: float) -> str | None:
         """None if a probe for ``peer`` may go to ``target`` now (and count it); else the drop reason."""
         allowance = self._peers.get(peer)
         if allowance is None:
-            allowance = self._peers[peer] = _Allowance(float(self.burst), now)
+            allowance = self._peers[peer] = ProbeAllowance(float(self.burst), now)
         allowance.tokens = min(float(self.burst), allowance.tokens + (now - allowance.at) * self.rate)
         allowance.at = now
         if allowance.tokens < 1.0:
@@ -211,9 +219,6 @@ class ProbeBudget:
         hosts[target.host] = now
         allowance.tokens -= 1.0
         return None
-
-    def forget(self, peer: bytes) -> None:
-        self._peers.pop(peer, None)
 
     def peer_keys(self) -> set[bytes]:
         return set(self._peers)

@@ -27,7 +27,7 @@ from meshvpn.control import messages as m
 from meshvpn.node.candidates import Candidate, CandidateKind, candidates_of
 from meshvpn.node.events import Event, OpenMappings, SampleWanted
 from meshvpn.node.pathfinder import RELAY_PATH
-from meshvpn.node.peers import Peer, PeerTable
+from meshvpn.node.peers import Peer, PeerSlot, PeerTable
 from meshvpn.node.prediction import NatProfile
 from meshvpn.node.traversal import OnPunch, Traversal
 from meshvpn.wire import Endpoint
@@ -46,7 +46,8 @@ class Punching:
                  drain: Callable[[Peer, float], None], random_bytes: Callable[[int], bytes],
                  config: CoreConfig) -> None:
         self.peers = peers
-        self.traversal = Traversal(self._randrange, config.paths.punch_interval)
+        self.traversal = Traversal(self._randrange, config.paths.punch_interval,
+                                   peers=PeerSlot(peers, "traversal"))
         """Our NAT and every peer's hard-NAT state."""
         self._events = events
         self._coord_out = coord_out

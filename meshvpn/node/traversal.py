@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -77,7 +78,9 @@ def nat_info(profile: NatProfile) -> m.NatInfo:
 
 
 @dataclass
-class _PeerState:
+class PeerTraversal:
+    """One peer's hard-NAT state (kept on the peer, ``Peer.traversal``)."""
+
     profile: NatProfile = field(default_factory=NatProfile)
     schedule: Optional[ResampleSchedule] = None
     sampling: bool = False
@@ -89,10 +92,12 @@ class _PeerState:
 
 
 class Traversal:
-    """Per-peer hard-NAT state of one node; `randrange(lo, hi)` draws birthday ports."""
+    """Per-peer hard-NAT state of one node; `randrange(lo, hi)` draws birthday ports; `peers` keeps
+    each peer's state (the node core's keeps it on the peers)."""
 
     def __init__(self, randrange: Callable[[int, int], int], punch_interval: float,
-                 birthday: BirthdayPlan | None = None) -> None:
+                 birthday: BirthdayPlan | None = None,
+                 peers: MutableMapping[bytes, PeerTraversal] | None = None) -> None:
         self.local = NatProfile()
         """Our NAT, as the shell last sampled it."""
         self.mapped = False
@@ -102,10 +107,10 @@ class Traversal:
         """Remote endpoint -> extra socket it must be sent from (birthday hits)."""
         self._randrange = randrange
         self._punch_interval = punch_interval
-        self._peers: dict[bytes, _PeerState] = {}
+        self._peers: MutableMapping[bytes, PeerTraversal] = {} if peers is None else peers
 
-    def _state(self, key: bytes) -> _PeerState:
-        return self._peers.setdefault(key, _PeerState())
+    def _state(self, key: bytes) -> PeerTraversal:
+        return self._peers.setdefault(key, PeerTraversal())
 
     # ---- profiles and strategy
 
@@ -133,9 +138,6 @@ class Traversal:
     def hard_side(self, key: bytes) -> bool:
         """Whether we drive re-sampling towards `key`."""
         return not self.mapped and (self.samples_ports or opens_many_mappings(self.local, self.profile(key)))
-
-    def forget(self, key: bytes) -> None:
-        self._peers.pop(key, None)
 
     def peer_keys(self) -> set[bytes]:
         return set(self._peers)

@@ -157,3 +157,15 @@ def test_a_removed_peer_leaves_nothing_in_any_component(tcp_pair, removal):
     assert a.node.turn.routes == {} and core.routes.turn == {} and a.node.turn.outbound(BOB_RELAYED) is None
     assert [abort.conn_id for abort in taken(a, TcpAbort)] == [a_conn]
     assert core.punching.get_timer() is None, "no punch or re-sample of the removed peer is left"
+
+
+def test_the_cores_machines_keep_their_per_peer_state_on_the_peer():
+    a, b, _ = alice_and_bob(random.Random)
+    a.send(ip_packet(a.address, b.address), 0.0)
+    peer, handshakes = a.peers.by_key[b.public], a.node.core.handshakes
+    assert peer.handshake is handshakes.attempts[b.public] and peer.probe_key is not None
+    assert peer.traversal is not None and peer.probe_allowance is not None
+    handshakes.attempts[bytes(32)] = peer.handshake
+    assert bytes(32) not in handshakes.attempts, "a key with no peer has nowhere to keep state"
+    del handshakes.attempts[b.public]
+    assert peer.handshake is None and list(handshakes.attempts) == []
