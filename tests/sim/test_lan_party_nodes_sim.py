@@ -1,25 +1,28 @@
 """The LAN party on four real nodes (`Node` and its `DataPlane`, in memory, one wire): broadcast to
-every peer and the answer back, a group only to its members, the fan-out budget, access rules
-given at registration and replaced live, all with the counters `meshvpn status` shows.
+every peer and the answer back, a group only to its members, nothing from a peer sent on, the
+fan-out budget (at once and over a second), access rules on a peer or a group given at
+registration and replaced live, all with the counters `meshvpn status` shows.
 
-The coord is played by hand: each node gets `registered` (with `lan_party`) and a peer map, and
-a node's `groups` message becomes its peers' `peer_update`, as `meshvpn.coord.lanpush` does.
+The coord is played by hand: each node gets `registered` (with `lan_party` and the access rules
+`meshvpn.coord.policy` computes for it) and a peer map, and a node's `groups` message becomes its
+peers' `peer_update`, as `meshvpn.coord.lanpush` does.
 """
 
 import random
 
 import pytest
 
-from meshvpn.config import FanoutConfig
+from meshvpn.config import AccessGroup, AccessPolicy, AccessRule, FanoutConfig
 from meshvpn.control import messages as m
-from meshvpn.lan import igmp
+from meshvpn.coord.policy import Member, access_for
+from meshvpn.lan import igmp, packets
 from meshvpn.lan.fanout import RATE_PACKETS
 from meshvpn.node import events as ev
 from meshvpn.node.node import Node
 from meshvpn.node.datapath.dataplane import DataPlane
 from meshvpn.portspec import parse_service
 from meshvpn.sim.nodes import NETWORK, MemoryNode, Wire, seeded
-from meshvpn.sim.packets import igmp_v2, tcp, udp
+from meshvpn.sim.packets import igmp_v2, ip, tcp, udp
 from meshvpn.wire import Endpoint
 
 NAMES = ("alice", "bob", "carol", "dave")
@@ -104,6 +107,13 @@ def test_limited_broadcast_crosses_too_but_what_another_address_sent_does_not(pa
     assert party.lan("alice")["dropped"] == {"not_originated_here": 1}
 
 
+def test_what_arrives_from_a_peer_is_never_sent_on(party: Party) -> None:
+    relayed = udp(ADDRESS["alice"], BROADCAST, 1, 2)  # alice's broadcast, seen by bob's TUN
+    party.send("bob", relayed)
+    assert [len(party.tun(name)) for name in NAMES] == [0, 0, 0, 0]
+    assert party.lan("bob")["sent"]["copies"] == 0 and party.lan("bob")["dropped"] == {"not_originated_here": 1}
+
+
 def test_a_group_two_of_four_joined_reaches_only_those_two_until_they_leave(party: Party) -> None:
     party.send("bob", igmp_v2(ADDRESS["bob"], igmp.V2_REPORT, GROUP))
     party.send("dave", igmp_v2(ADDRESS["dave"], igmp.V2_REPORT, GROUP))
@@ -149,6 +159,19 @@ def test_a_storm_is_held_to_the_budget_and_counted() -> None:
     assert [len(party.tun(name)) for name in NAMES[1:]] == [1, 1, 1], "the budget refills"
 
 
+def test_a_storm_over_a_second_is_held_to_the_rate_and_the_burst() -> None:
+    party = Party(FanoutConfig(packets_per_second=300, bytes_per_second=10**7, burst=0.1))
+    for name in NAMES[1:]:
+        party.send("alice", udp(ADDRESS["alice"], ADDRESS[name], 9, 9))
+        party.tun(name)
+    for step in range(1000):  # 1000 broadcasts in one second: 3000 copies against a budget of 300
+        party.now = step / 1000
+        party.send("alice", udp(ADDRESS["alice"], "255.255.255.255", 1, 2, b"x" * 100))
+    sent = party.lan("alice")["sent"]
+    assert 3 * sent["broadcast"] == sent["copies"] and abs(sent["copies"] - (300 + 30)) <= 3
+    assert party.lan("alice")["dropped"][RATE_PACKETS] == 1000 - sent["broadcast"]
+
+
 def rules(*rules: m.RuleInfo, default: str = "allow") -> m.AccessInfo:
     return m.AccessInfo(default, rules)
 
@@ -169,6 +192,19 @@ def test_access_rules_block_a_service_from_one_peer_and_a_live_change_lifts_it()
     assert bob.node.peers.find("carol").ring.current is not None, "the tunnel stays up"
     party.send("carol", udp(ADDRESS["carol"], ADDRESS["bob"], 40000, 27015, b"join again"))
     assert [packet[28:] for packet in party.tun("bob")] == [b"join again"]
+
+
+def test_an_access_rule_on_a_group_blocks_its_member_and_lets_the_rest_through() -> None:
+    policy = AccessPolicy(groups=(AccessGroup(name="kids", members=("carol",)),),
+                          rules=(AccessRule(from_="kids", to="*", services=(parse_service("udp/27015"),), action="deny"),))
+    party = Party(access={name: access_for(policy, Member(name), [Member(n) for n in NAMES]) for name in NAMES})
+    for sender in ("alice", "carol"):
+        party.send(sender, udp(ADDRESS[sender], ADDRESS["bob"], 40000, 27015, b"join"))
+        party.send(sender, udp(ADDRESS[sender], ADDRESS["bob"], 40000, 27016, b"chat"))
+    name_of = {ip(address): name for name, address in ADDRESS.items()}
+    assert [(name_of[packets.parse(p).src], packets.parse(p).dport) for p in party.tun("bob")] == [
+        ("alice", 27015), ("alice", 27016), ("carol", 27016)]
+    assert party.lan("bob")["dropped"] == {"access rule 0": 1}
 
 
 def test_under_default_deny_a_flow_the_node_started_is_answered(party: Party) -> None:
