@@ -94,7 +94,6 @@ class NodeCore(HandshakeCookies, Recovery):
         self.registration: Optional[AddressAssigned] = None
         self.destinations = LocalDestinations()
         """Inner destinations the data path accepts from peers (ours, broadcast, joined groups)."""
-        self.relays: tuple[m.RelayInfo, ...] = ()
         self.routes = Routes()
         """The relay transports (home relay, TURN) and the route each path gets."""
         self.drops: Counter = Counter()
@@ -110,6 +109,8 @@ class NodeCore(HandshakeCookies, Recovery):
                                  random_bytes, self.config)
         """The coord's punches, our punch requests and the hard-NAT rules."""
         self.traversal = self.punching.traversal
+        self.departing: Callable[[Peer, float], None] = lambda peer, now: None
+        """Called as a peer departs, still in the table: the node's machines close what they hold for it."""
         self.socket_for = self.traversal.pinned
         """Remote endpoint -> extra socket id its datagrams must leave from (empty in the common case)."""
 
@@ -144,7 +145,6 @@ class NodeCore(HandshakeCookies, Recovery):
         if isinstance(msg, m.Registered):
             self.registration = AddressAssigned(msg.name, msg.address, msg.network.cidr)
             self.destinations.set_overlay(msg.address, msg.network.cidr)
-            self.relays = msg.relays
             self._events.append(self.registration)
             self._report_paths = bool(msg.path_reports)
             self._report_path(*self.peers)
@@ -154,16 +154,16 @@ class NodeCore(HandshakeCookies, Recovery):
             if peers is not None:
                 listed = {info.key for info in peers}
                 for key in [key for key in self.peers.by_key if key not in listed]:
-                    self.remove_peer(key, "left the peer map")
+                    self.remove_peer(key, "left the peer map", now)
                 for info in peers:
                     self._upsert_peer(info, now)
         elif isinstance(msg, m.PeerUpdate):
             self._upsert_peer(msg.peer, now)
         elif isinstance(msg, m.PeerRemove):
-            self.remove_peer(msg.key, "removed by the coord")
+            self.remove_peer(msg.key, "removed by the coord", now)
         elif isinstance(msg, m.PeerDelta):
             for key in msg.removed:
-                self.remove_peer(key, "removed by the coord")
+                self.remove_peer(key, "removed by the coord", now)
             for info in msg.peers:
                 self._upsert_peer(info, now)
         elif isinstance(msg, m.Punch):
@@ -194,12 +194,16 @@ class NodeCore(HandshakeCookies, Recovery):
                 peer.route = self.routes.for_path(peer.key, RELAY_PATH, info.home_relay)
         peer.paths.set_candidates(candidates_of(info), now)
 
-    def remove_peer(self, key: bytes, reason: str) -> None:
-        """Forget the peer in one step: all the core keeps of it is on it (its handshake's keys wiped first)."""
+    def remove_peer(self, key: bytes, reason: str, now: float) -> None:
+        """Forget the peer in one step: all kept of it is on it (``departing`` closes its connections
+        and channels first, and its handshake's keys are wiped)."""
+        peer = self.peers.by_key.get(key)
+        if peer is None:
+            return
+        self.departing(peer, now)
         self.handshakes.cancel(key)
-        peer = self.peers.remove(key)
-        if peer is not None:
-            self._events.append(PeerDown(peer.name, reason))
+        self.peers.remove(key)
+        self._events.append(PeerDown(peer.name, reason))
 
     # ---- what the shell learns about our own network ------------------------------
 

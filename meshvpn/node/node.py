@@ -34,7 +34,7 @@ from meshvpn.control import messages as m
 from meshvpn.node import events as ev
 from meshvpn.node.core import CoreConfig, NodeCore
 from meshvpn.node.lanparty import LanParty
-from meshvpn.node.peers import Peer, PeerTable
+from meshvpn.node.peers import Peer, PeerSlot, PeerTable
 from meshvpn.node.prediction import NatProfile
 from meshvpn.node.recovery import NodeRecovery
 from meshvpn.node.relay.link import Transport as RelayTransport
@@ -63,9 +63,10 @@ class Node(NodeRecovery):
         self.lan = LanParty(lan or FanoutConfig(), self.core.destinations)  # the data path calls it too
         wall = self.core.config.wall_offset
         self.relays = RelaySet(private_key, self.core.public_key, random_bytes, wall)
-        self.turn = TurnLinks(random_bytes)
-        self.tcp = TcpPunch(self.core.identity, random_bytes, wall)
+        self.turn = TurnLinks(random_bytes, peers=PeerSlot(self.core.peers, "turn_relayed"))
+        self.tcp = TcpPunch(self.core.identity, random_bytes, wall, peers=PeerSlot(self.core.peers, "tcp"))
         self.core.routes.transport_for = self.transport_for
+        self.core.departing = self._departing
         self.tcp_punching = False
         """Whether the shell holds a punch port (``enable_tcp_punch``); without one, no TCP punches."""
         self._out: list[ev.Output] = []
@@ -306,7 +307,7 @@ class Node(NodeRecovery):
 
     def remove_peer(self, key: bytes, reason: str, now: float) -> None:
         """Forget a peer in every machine: sessions, paths, pings, traversal and its TCP path."""
-        self.core.remove_peer(key, reason)
+        self.core.remove_peer(key, reason, now)
         self._settle(now)
         self._note_peer_map()
 
@@ -321,12 +322,10 @@ class Node(NodeRecovery):
             self._peer_map = ev.PeerMapChanged(network, hosts)
             self._out.append(self._peer_map)
 
-    def _forget_departed(self, now: float) -> None:
-        """A peer the core no longer has (removed, or left the peer map) keeps no TCP or TURN state."""
-        for key in self.tcp.peer_keys() - self.peers.by_key.keys():
-            self.tcp.stop(key)
-        for key in self.turn.peer_keys() - self.peers.by_key.keys():
-            self.turn.forget(key, now)
+    def _departing(self, peer: Peer, now: float) -> None:
+        """A peer leaves the core (removed, or left the peer map): its TCP path and TURN channel close first."""
+        self.tcp.stop(peer.key)
+        self.turn.forget(peer.key, now)
 
     # ---- transports -------------------------------------------------------------------
 
@@ -396,9 +395,7 @@ class Node(NodeRecovery):
         while (event := core.next_event()) is not None:
             events += 1
             self._out.append(event)
-            if isinstance(event, ev.PeerDown):
-                self._forget_departed(now)
-            elif isinstance(event, ev.PeerPathChanged):
+            if isinstance(event, ev.PeerPathChanged):
                 self._path_changed(event, now)
         return bool(datagrams or messages or events)
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from meshvpn.cookie import CookieJar
     from meshvpn.node.handshakes import Attempt
     from meshvpn.node.probes import ProbeAllowance, SeenStamps
+    from meshvpn.node.tcp.core import TcpCampaign
     from meshvpn.node.traversal import PeerTraversal
 
 T = TypeVar("T")
@@ -78,10 +79,11 @@ class PeerCounters:
 class Peer:
     """One peer: identity from the coord, path state, sessions, counters, queued packets, punches and pings.
 
-    Everything the node core keeps about one peer hangs off this object, so removing the peer from
-    the table forgets it in one step: the machines that keep per-peer state (handshakes, traversal,
-    probes) keep it here, through a `PeerSlot` each. Only the TCP and TURN machines, which hold
-    connections and channels that must be closed, keep theirs and are told (``Node._forget_departed``).
+    Everything the node keeps about one peer hangs off this object, so removing the peer from the
+    table forgets it in one step: the machines that keep per-peer state (handshakes, traversal,
+    probes, TCP punching, TURN) keep it here, through a `PeerSlot` each. The TCP and TURN machines
+    hold connections and channels as well, which they close when the peer departs
+    (``NodeCore.departing``), before it leaves the table.
     """
 
     key: bytes
@@ -132,6 +134,10 @@ class Peer:
     """The newest stamp of our probes to it (the probe codec's)."""
     probe_seen: Optional[SeenStamps] = None
     """The stamps of its probes taken, so replays are refused (the probe codec's)."""
+    tcp: Optional[TcpCampaign] = None
+    """TCP punching towards it: the campaign, its connections and a punched path (the TCP machine's)."""
+    turn_relayed: Optional[tuple[Endpoint, ...]] = None
+    """Its TURN relayed addresses, which give it a TURN route (the TURN machine's)."""
 
     def __post_init__(self) -> None:
         self.overlay = ipaddress.ip_address(self.info.address).packed

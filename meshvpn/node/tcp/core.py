@@ -38,6 +38,7 @@ Inputs take ``now`` (monotonic seconds); randomness (channel ephemeral keys) com
 from __future__ import annotations
 
 import enum
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
@@ -141,7 +142,9 @@ class _Conn:
 
 
 @dataclass(eq=False)
-class _Peer:
+class TcpCampaign:
+    """One peer's TCP punching (kept on the peer, ``Peer.tcp``): the campaign, its connections and the path."""
+
     key: bytes
     endpoint: Endpoint
     attempts_left: int = 0
@@ -156,14 +159,15 @@ class TcpPunch:
     """TCP punching and TCP paths for one node; the shell moves bytes and follows the actions."""
 
     def __init__(self, identity: StaticIdentity, random_bytes: Callable[[int], bytes], wall_offset: float,
-                 config: TcpPunchConfig | None = None) -> None:
+                 config: TcpPunchConfig | None = None, peers: MutableMapping[bytes, TcpCampaign] | None = None) -> None:
         self.identity = identity
         self.config = config if config is not None else TcpPunchConfig()
         self.random_bytes = random_bytes
         self.wall_offset = wall_offset
         """Wall clock minus monotonic clock, for the Noise timestamps."""
         self.counters: dict[str, int] = {"attempts": 0, "paths": 0, "failed": 0}
-        self._peers: dict[bytes, _Peer] = {}
+        self._peers: MutableMapping[bytes, TcpCampaign] = {} if peers is None else peers
+        """Each peer's campaign, connections and path (the node keeps them on its peers)."""
         self._conns: dict[int, _Conn] = {}
         self._by_endpoint: dict[Endpoint, _Conn] = {}
         self._next_id = 1
@@ -175,7 +179,7 @@ class TcpPunch:
         """The coord says punch: connect to the peer's public TCP `endpoint` now and retry."""
         peer = self._peers.get(peer_key)
         if peer is None:
-            peer = self._peers[peer_key] = _Peer(peer_key, Endpoint(*endpoint))
+            peer = self._peers[peer_key] = TcpCampaign(peer_key, Endpoint(*endpoint))
         if peer.path is not None:
             return
         peer.endpoint = Endpoint(*endpoint)
@@ -340,7 +344,7 @@ class TcpPunch:
             self._peers[peer_key].conns.add(conn)
         return conn
 
-    def _attempt(self, peer: _Peer, now: float) -> None:
+    def _attempt(self, peer: TcpCampaign, now: float) -> None:
         peer.next_attempt = None
         if peer.attempts_left <= 0 or peer.path is not None or peer.conns:
             return
@@ -406,7 +410,7 @@ class TcpPunch:
             else:
                 self._schedule_repunch(peer, now)
 
-    def _schedule_repunch(self, peer: _Peer, now: float) -> None:
+    def _schedule_repunch(self, peer: TcpCampaign, now: float) -> None:
         cfg = self.config
         peer.repunch_gap = min(max(cfg.repunch_initial, 2 * peer.repunch_gap), cfg.repunch_max)
         peer.repunch_at = now + peer.repunch_gap

@@ -33,6 +33,7 @@ Inputs take ``now`` (monotonic seconds). Outputs are pulled: `datagrams_to_send`
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
@@ -73,7 +74,8 @@ class _Server:
 class TurnLinks:
     """Every TURN allocation of the node, the peers' relayed addresses and the routes they give."""
 
-    def __init__(self, random_bytes: Callable[[int], bytes], config: Optional[TurnConfig] = None) -> None:
+    def __init__(self, random_bytes: Callable[[int], bytes], config: Optional[TurnConfig] = None,
+                 peers: MutableMapping[bytes, tuple[Endpoint, ...]] | None = None) -> None:
         self.servers: dict[str, _Server] = {}
         self.by_endpoint: dict[Endpoint, _Server] = {}
         self.routes: dict[bytes, Endpoint] = {}
@@ -82,7 +84,8 @@ class TurnLinks:
         """ChannelData that named no bound channel or was malformed."""
         self._random_bytes = random_bytes
         self._config = config
-        self._peer_relayed: dict[bytes, tuple[Endpoint, ...]] = {}
+        self._peer_relayed: MutableMapping[bytes, tuple[Endpoint, ...]] = {} if peers is None else peers
+        """Each peer's relayed addresses (the node keeps them on its peers)."""
         self._key_of_relayed: dict[Endpoint, bytes] = {}
         self._outbound: dict[Endpoint, tuple[Endpoint, int, Optional[str]]] = {}
         self._datagrams: list[tuple[Endpoint, bytes]] = []
