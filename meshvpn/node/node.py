@@ -117,6 +117,8 @@ class Node(NodeRecovery):
         self.core.coord_message(msg, now)
         self.lan.coord_message(msg, self.peers, now)
         self.turn.coord_message(msg, now)
+        if isinstance(msg, m.PeerMap):  # its parts became peers in the core only now: TURN follows them
+            self.turn.follow_peers([peer.info for peer in self.peers], now)
         if isinstance(msg, m.Punch):
             self._punch_tcp(msg.peer_key, now)
         self._settle(now)

@@ -119,13 +119,17 @@ def test_udp_peers_send_on_the_main_socket():
 TURN_AT, BOB_RELAYED, OUR_RELAYED = (Endpoint("203.0.113.30", port) for port in (3478, 50002, 50001))
 
 
-def with_turn_route(a: MemoryNode, b: MemoryNode, now: float) -> None:
+def turn_info(n: MemoryNode) -> m.PeerInfo:
+    return m.PeerInfo(key=n.public, name=n.name, address=n.address, online=True, public_tcp=m.Endpoint(*n.endpoint),
+                      turn_relayed=(m.Endpoint(*BOB_RELAYED),))
+
+
+def with_turn_route(a: MemoryNode, b: MemoryNode, now: float, *peer_map: m.Message) -> None:
     """Give `a` a TURN allocation with a channel bound to `b`'s relayed address: a TURN route to b."""
     server = m.TurnServer("turn-1", TURN_AT.host, TURN_AT.port, "100:me", "pw", 100.0)
     a.from_coord(m.Registered(node_key=a.public, name=a.name, address=a.address, network=NETWORK, turn=(server,)), now)
-    a.from_coord(m.PeerUpdate(peer=m.PeerInfo(key=b.public, name=b.name, address=b.address, online=True,
-                                              public_tcp=m.Endpoint(*b.endpoint),
-                                              turn_relayed=(m.Endpoint(*BOB_RELAYED),))), now)
+    for msg in peer_map or (m.PeerUpdate(peer=turn_info(b)),):
+        a.from_coord(msg, now)
     for _ in range(6):
         for dst, data in [(dst, data) for dst, data in a.collect() if dst == TURN_AT]:
             a.node.receive_datagram(turn_answer(data, OUR_RELAYED)[1], TURN_AT, now)
@@ -169,3 +173,12 @@ def test_the_cores_machines_keep_their_per_peer_state_on_the_peer():
     assert bytes(32) not in handshakes.attempts, "a key with no peer has nowhere to keep state"
     del handshakes.attempts[b.public]
     assert peer.handshake is None and list(handshakes.attempts) == []
+
+
+def test_a_peer_in_an_early_part_of_a_peer_map_gets_its_turn_route():
+    a, b = (seeded(random.Random, seed, name, address, at) for seed, name, address, at in
+            ((1, "alice", "100.64.0.1", ALICE_AT), (2, "bob", "100.64.0.2", BOB_AT)))
+    carol = seeded(random.Random, 3, "carol", "100.64.0.3", Endpoint("203.0.113.3", 41641))
+    with_turn_route(a, b, 0.0, m.PeerMap(peers=(turn_info(b),), part=0, last=False),
+                    m.PeerMap(peers=(carol.info(),), part=1, last=True))
+    assert set(a.peers.by_key) == {b.public, carol.public}

@@ -127,6 +127,12 @@ class TurnLinks:
             return
         self._update(now)
 
+    def follow_peers(self, infos: Iterable[m.PeerInfo], now: float) -> None:
+        """Every peer's relayed addresses as the node knows them now (after a peer map in parts)."""
+        for info in infos:
+            self._set_peer(info)
+        self._update(now)
+
     def forget(self, peer_key: bytes, now: float) -> None:
         """The node no longer has this peer (removed, or left the peer map): no route, no channel to it."""
         if self._peer_relayed.pop(peer_key, None) is not None:
