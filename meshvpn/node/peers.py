@@ -185,10 +185,18 @@ class PeerSlot(MutableMapping[bytes, T]):
         setattr(self._peers.by_key[key], self._name, None)
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter([peer.key for peer in self._peers if getattr(peer, self._name) is not None])
+        return iter([key for key, _ in self.items()])
 
     def __len__(self) -> int:
-        return sum(1 for peer in self._peers if getattr(peer, self._name) is not None)
+        return len(self.items())
+
+    def items(self) -> list[tuple[bytes, T]]:  # type: ignore[override]
+        """(key, state) of every peer with state, as a list: one pass over the table, safe to change while read."""
+        name = self._name
+        return [(peer.key, value) for peer in self._peers if (value := getattr(peer, name)) is not None]
+
+    def values(self) -> list[T]:  # type: ignore[override]
+        return [value for _, value in self.items()]
 
 
 class PeerTable:
