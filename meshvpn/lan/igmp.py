@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass
 
 from meshvpn.lan.packets import ALL_HOSTS, PROTO_IGMP, BadPacket, ipv4, is_multicast
-from meshvpn.node.datapath.offload import internet_checksum
+from meshvpn.checksum import internet_checksum
 
 QUERY = 0x11
 V1_REPORT = 0x12

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Container
 
 from meshvpn.errors import RemoteProtocolError
-from meshvpn.node.datapath.offload import internet_checksum
+from meshvpn.checksum import internet_checksum
 
 PROTO_ICMP = 1
 PROTO_IGMP = 2

@@ -7,7 +7,7 @@ import struct
 
 from meshvpn.lan import igmp
 from meshvpn.lan.packets import PROTO_ICMP, PROTO_IGMP, PROTO_TCP, PROTO_UDP, ipv4
-from meshvpn.node.datapath.offload import internet_checksum
+from meshvpn.checksum import internet_checksum
 
 SYN, ACK = 0x02, 0x10
 

@@ -5,8 +5,9 @@ with `ast`, never imported, together with every meshvpn module it imports, so a 
 pulls in asyncio is caught too; it reads no clock and draws no randomness. Modules not written
 yet are skipped.
 
-LAYERS says which package may not reach which, by any chain of imports: the node knows the
-coord only through the control schema (`meshvpn.control`), which does not know the coord.
+LAYERS says which package may not reach which, by any chain of imports: the node and the coord
+meet only in the control schema (`meshvpn.control`), which knows neither; the LAN-party cores
+(`meshvpn.lan`), which the node composes, know nothing of it.
 """
 
 import ast
@@ -17,6 +18,7 @@ import pytest
 
 SANS_IO_MODULES = (
     "meshvpn.wire",
+    "meshvpn.checksum",
     "meshvpn.noise",
     "meshvpn.replay",
     "meshvpn.session",
@@ -97,7 +99,10 @@ FORBIDDEN = frozenset(
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 LAYERS = (
     ("meshvpn.node.*", "meshvpn.coord"),
+    ("meshvpn.coord.*", "meshvpn.node"),
+    ("meshvpn.control.*", "meshvpn.node"),
     ("meshvpn.control.*", "meshvpn.coord"),
+    ("meshvpn.lan.*", "meshvpn.node"),
 )
 """(modules, package they must not import, directly or through other meshvpn modules)."""
 

@@ -27,6 +27,7 @@ import struct
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+from meshvpn.checksum import fold, internet_checksum, ones_sum
 from meshvpn.errors import RemoteProtocolError
 
 VNET_HDR_LEN = 10
@@ -108,29 +109,6 @@ _PARTIAL_HDRS = {
 
 
 # --- checksums -----------------------------------------------------------------------------
-
-
-def fold(total: int) -> int:
-    """Fold a sum of big-endian 16-bit words (or any int congruent to it mod 0xFFFF) to 16 bits.
-
-    ``2**16 ≡ 1 (mod 0xFFFF)``, so ``int.from_bytes(data, "big")`` is such an int for even-length
-    data: one C call instead of a Python loop. The result is 1..0xFFFF, 0 only for zero input,
-    exactly as end-around-carry folding gives.
-    """
-    rest = total % 0xFFFF
-    return rest if rest or not total else 0xFFFF
-
-
-def ones_sum(data: bytes | bytearray | memoryview) -> int:
-    """The folded ones'-complement sum of ``data`` (an odd last byte is padded with zero)."""
-    value = int.from_bytes(data, "big")
-    return fold(value << 8 if len(data) & 1 else value)
-
-
-def internet_checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
-    """RFC 1071 checksum of ``data`` plus an unfolded ``initial`` sum (e.g. a pseudo-header)."""
-    value = int.from_bytes(data, "big")
-    return ~fold((value << 8 if len(data) & 1 else value) + initial) & 0xFFFF
 
 
 def pseudo_header_sum(addresses: bytes | bytearray | memoryview, proto: int, length: int) -> int:
