@@ -112,6 +112,15 @@ Py_ssize_t open_message(uint8_t *b, Py_ssize_t msg, Py_ssize_t end, uint32_t loc
 
 /* ---- the Python type ---------------------------------------------------------------- */
 
+/* 1 if the int x is below zero, 0 if not, -1 with an exception (public API only: PyLong_GetSign
+   is Python 3.14's). */
+static int below_zero(PyObject *x) {
+    int overflow;
+    long long value = PyLong_AsLongLongAndOverflow(x, &overflow);
+    if (value == -1 && !overflow && PyErr_Occurred()) return -1;
+    return overflow < 0 || (!overflow && value < 0);
+}
+
 static PyObject *window_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     PyObject *source = NULL;
     if (!PyArg_ParseTuple(args, "|O:NativeWindow", &source)) return NULL;
@@ -131,9 +140,9 @@ static PyObject *window_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
         ok = !PyErr_Occurred();
     }
     if (ok) {  /* -1 before the first counter, else up to 2**64 - 1 */
-        int negative = _PyLong_Sign(greatest) < 0;
+        int negative = below_zero(greatest);
         uint64_t g = negative ? 0 : PyLong_AsUnsignedLongLong(greatest);
-        ok = !PyErr_Occurred() && (!negative || PyLong_AsLong(greatest) == -1);
+        ok = negative >= 0 && !PyErr_Occurred() && (!negative || PyLong_AsLong(greatest) == -1);
         self->greatest1 = negative ? 0 : g + 1;
     }
     Py_XDECREF(blocks); Py_XDECREF(greatest);
@@ -154,7 +163,7 @@ static void window_dealloc(NativeWindow *self) {
 }
 
 static PyObject *counter_call(NativeWindow *self, PyObject *arg, int (*op)(Window *, uint64_t)) {
-    if (PyLong_Check(arg) && _PyLong_Sign(arg) < 0) Py_RETURN_FALSE;
+    if (PyLong_Check(arg) && below_zero(arg) == 1) Py_RETURN_FALSE;
     uint64_t counter = PyLong_AsUnsignedLongLong(arg);
     if (PyErr_Occurred()) {
         if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return NULL;

@@ -124,4 +124,5 @@ def test_native_window_answers_as_the_replay_window(start, steps):
             assert native.check(counter) == window.check(counter)
         assert native.greatest == window.greatest
     assert native._blocks == window._blocks
-    assert not native.check(-1) and not native.check(2**64) and not native.check_and_update(2**70)
+    assert not native.check(-1) and not native.check(-2**70) and not native.check(2**64)
+    assert not native.check_and_update(2**70) and not native.check_and_update(-2**70)
