@@ -12,6 +12,8 @@
 #define AREA (4 * RECV_SLOT)
 #define MAX_PACKETS (AREA / (OVERHEAD + 1) + 1)
 #define BURST 64
+#define HOLD_SLOTS 32  /* TUN reads held for their turn (_fastpath_hold.c): 2 MiB */
+#define RECEIVE_SLICE AREA  /* bytes received before the TUN gets a turn */
 #define QUEUE_LIMIT (4 << 20)
 #define MAX_ACCEPT 64
 #define MAX_SKIP 16
@@ -86,8 +88,12 @@ typedef struct {
     uint8_t **packets;
     Py_ssize_t *sizes;
     CoalesceGroup *groups;
-    /* the send side: one TUN read, and the open run of sealed messages for one destination */
-    uint8_t *tun_buf, *out;
+    /* the send side: TUN reads held for their turn (a ring of HOLD_SLOTS slots of TUN_READ bytes, with
+       each one's size and flow), and the open run of sealed messages for one destination */
+    uint8_t *held, *out;
+    Py_ssize_t held_size[HOLD_SLOTS];
+    uint64_t held_flow[HOLD_SLOTS];
+    int held_head, held_count;
     Py_ssize_t run_at, run_seg, run_count;
     struct sockaddr_storage run_dest;
     socklen_t run_dest_len;
@@ -105,9 +111,13 @@ static inline double monotonic(void) {
 /* _fastpath_recv.c */
 void wake(Loop *L);
 void hand_over(Loop *L, const uint8_t *b, Py_ssize_t size, Py_ssize_t seg, const struct sockaddr_storage *src);
-void receive_burst(Loop *L);
+int receive_burst(Loop *L);
 
 /* _fastpath_send.c */
-void send_burst(Loop *L);
+void send_run(Loop *L);
+void take_read(Loop *L, const uint8_t *b, Py_ssize_t n);
+
+/* _fastpath_hold.c */
+int send_burst(Loop *L);
 
 #endif

@@ -146,16 +146,18 @@ static void write_tun(Loop *L, Py_ssize_t npk) {
     }
 }
 
-/* Receive until the socket is empty or BURST receives were taken, then write the TUN once. */
-void receive_burst(Loop *L) {
-    Py_ssize_t at = 0, npk = 0;
+/* Receive until the socket is empty, or BURST receives or RECEIVE_SLICE were taken (then 1: more may
+   wait), writing the TUN once per area. */
+int receive_burst(Loop *L) {
+    Py_ssize_t at = 0, npk = 0, taken = 0;
+    int more = 1;
     union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
-    for (int i = 0; i < BURST; i++) {
+    for (int i = 0; i < BURST && taken < RECEIVE_SLICE; i++) {
         struct sockaddr_storage src;
         struct iovec iov = {L->area + at, RECV_SLOT};
         struct msghdr mh = {&src, sizeof src, &iov, 1, control.buf, sizeof control.buf, 0};
         ssize_t n = recvmsg(L->udp_fd, &mh, MSG_DONTWAIT);
-        if (n < 0) break;
+        if (n < 0) { more = 0; break; }
         Py_ssize_t seg = n;
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c))
             if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
@@ -168,11 +170,12 @@ void receive_burst(Loop *L) {
         received(L, L->area + at, n, seg, &src, monotonic(), &npk);
         pthread_mutex_unlock(&L->table_lock);
         at += n;
+        taken += n;
         if (at > AREA - RECV_SLOT || npk + RECV_SLOT / (OVERHEAD + 1) >= MAX_PACKETS) {
             write_tun(L, npk);
             at = npk = 0;
         }
     }
     if (npk) write_tun(L, npk);
+    return more;
 }
-

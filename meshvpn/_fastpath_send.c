@@ -69,7 +69,7 @@ static void send_chunk(Loop *L, Py_ssize_t at, Py_ssize_t size, Py_ssize_t seg) 
 
 /* Send the open run in chunks of at most MAX_RUN_SEGMENTS datagrams and MAX_RUN_BYTES (send_contiguous's
    limits: a super-packet sealed with a relay envelope in front can exceed one GSO send). */
-static void send_run(Loop *L) {
+void send_run(Loop *L) {
     if (!L->run_count) return;
     Py_ssize_t seg = L->run_seg, per_send = MAX_RUN_BYTES / seg;
     if (per_send > MAX_RUN_SEGMENTS) per_send = MAX_RUN_SEGMENTS;
@@ -157,19 +157,15 @@ static int seal_read(Loop *L, const uint8_t *b, Py_ssize_t n, double now) {
     return 1;
 }
 
-void send_burst(Loop *L) {
+/* One TUN read b[0:n]: sealed here, or (after the open run is sent, so Python's sends do not
+   overtake it) handed to Python. */
+void take_read(Loop *L, const uint8_t *b, Py_ssize_t n) {
     static const struct sockaddr_storage from_tun = {.ss_family = AF_UNSPEC};
-    for (int i = 0; i < BURST; i++) {
-        ssize_t n = read(L->tun_fd, L->tun_buf, TUN_READ);
-        if (n < 0) break;
-        COUNT(L->tun_reads, 1);
-        pthread_mutex_lock(&L->table_lock);
-        int sealed = seal_read(L, L->tun_buf, n, monotonic());
-        pthread_mutex_unlock(&L->table_lock);
-        if (!sealed) {
-            send_run(L);  /* Python's sends must not overtake what was read before */
-            hand_over(L, L->tun_buf, n, 0, &from_tun);
-        }
+    pthread_mutex_lock(&L->table_lock);
+    int sealed = seal_read(L, b, n, monotonic());
+    pthread_mutex_unlock(&L->table_lock);
+    if (!sealed) {
+        send_run(L);
+        hand_over(L, b, n, 0, &from_tun);
     }
-    send_run(L);
 }

@@ -355,3 +355,21 @@ def test_packets_not_to_the_node_itself_are_counted_as_broadcast_or_multicast(ri
     assert len(rig.tun_writes()) == 3
     assert sum(row[1] for row in rig.rows) == 3
     assert (sum(row[9] for row in rig.rows), sum(row[10] for row in rig.rows)) == (1, 1)
+
+
+def test_a_sparse_flow_leaves_before_the_bulk_reads_held_ahead_of_it(rig, peer_socket):
+    """A ping-sized packet of another flow read after three super-packets is sealed first; a segment
+    of the bulk flow read after it stays behind them (reads are held only behind their own flow)."""
+    sender, _ = sessions()
+    install_sender(rig, sender, peer_socket)
+    packet, hdr = tcp_super_packet(4, bytes(range(256)) * 12, 1000)
+    segments = [bytes(p) for p in segment(packet, hdr)]
+    ping, tail = tun_read(udp4(84, 9)), tun_read(segments[-1])
+    for read in [tun_read(packet, hdr)] * 3 + [ping, tail]:
+        rig.tun_peer.send(read)
+    rig.loop.start()
+    datagrams = received_datagrams(peer_socket, 1 + 3 * len(segments) + 1)
+    counters = [int.from_bytes(d[8:16], "little") for d in datagrams]
+    assert counters == sorted(counters) == list(range(len(datagrams)))
+    assert len(datagrams[0]) == 84 + OVERHEAD
+    assert [len(d) for d in datagrams[1:]] == [len(s) + OVERHEAD for s in segments] * 3 + [len(segments[-1]) + OVERHEAD]
