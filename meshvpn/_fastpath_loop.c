@@ -30,19 +30,20 @@ static void *run(void *arg) {
     double reported = monotonic();
     int unreported = 0;
     for (;;) {
-        int ready = poll(fds, 3, COUNTS_EVERY * 1000);
+        int ready = poll(fds, 3, L->held_count ? 0 : COUNTS_EVERY * 1000);
         if (ready < 0 && errno != EINTR) break;
-        if (ready > 0) {
+        if (ready > 0 || L->held_count) {
             if (fds[2].revents || ((fds[0].revents | fds[1].revents) & POLLNVAL)) break;
             /* Turns until both sides are empty: a turn seals every sparse TUN read and one held
                super-packet (_fastpath_hold.c), then receives at most RECEIVE_SLICE bytes, so a
                reply or an ACK waits behind one slice of the other direction's bulk, not behind a
-               whole burst (64 super-packets, about 10 ms). */
-            int tun = fds[1].revents != 0, udp = fds[0].revents != 0, more;
-            do {
+               whole burst (64 super-packets, about 10 ms).  After BURST turns poll() looks at the
+               stop eventfd (without waiting while reads are held). */
+            int tun = fds[1].revents != 0 || L->held_count, udp = fds[0].revents != 0, more = 1;
+            for (int turn = 0; more && turn < BURST; turn++) {
                 more = (tun && send_burst(L)) | (udp && receive_burst(L));
                 tun = udp = 1;
-            } while (more);
+            }
             unreported = 1;
         }
         if (unreported && monotonic() - reported >= COUNTS_EVERY) {
