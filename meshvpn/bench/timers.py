@@ -1,0 +1,101 @@
+"""What a node's bookkeeping costs per input as its peer count grows: timers and the input step.
+
+Run: ``.venv/bin/python -m meshvpn.bench.timers [--peers 10 100 1000] [--calls 200]``.
+
+One real :class:`~meshvpn.node.node.Node` (through the sim harness's ``MemoryNode``) registers
+and gets a peer map of N online peers whose public endpoints are in 203.0.113.0/24, where nothing
+answers; 30 simulated seconds of its own timers bring it to the steady state a daemon with that
+many silent peers is in (probing, no paths). Then, each timed `--calls` times:
+
+* ``get_timer``: what the daemon asks after every input;
+* ``handle_timer``: one call at the node's own next deadline, outputs drained;
+* ``input step``: one datagram the node drops (a malformed handshake from a stranger), its
+  outputs drained and ``get_timer`` asked, as the daemon does after every datagram batch.
+
+Prints the mean microseconds per call. Not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import time
+from typing import Callable
+
+from meshvpn.control import messages as m
+from meshvpn.sim.nodes import MemoryNode, seeded
+from meshvpn.wire import Endpoint, MessageType
+
+WARMUP = 30.0
+"""Simulated seconds of timers before measuring."""
+STRANGER = Endpoint("198.51.100.77", 40000)
+
+
+def build(count: int) -> tuple[MemoryNode, float]:
+    """A node with `count` silent peers, run to steady state; returns it and its clock."""
+    rng = random.Random
+    node = seeded(rng, 1, "me", "100.64.0.1", Endpoint("192.0.2.1", 41641))
+    peers = tuple(m.PeerInfo(key=rng(10_000 + i).randbytes(32), name=f"peer{i}",
+                             address=f"100.64.{(i + 2) >> 8}.{(i + 2) & 255}", online=True,
+                             public_endpoint=m.Endpoint(f"203.0.113.{1 + i % 250}", 20000 + i))
+                  for i in range(count))
+    network = m.NetworkInfo(name="home", cidr="100.64.0.0/16")
+    node.from_coord(m.Registered(node_key=node.public, name="me", address="100.64.0.1", network=network), 0.0)
+    for start in range(0, count, m.MAX_PEERS):
+        part = peers[start:start + m.MAX_PEERS]
+        last = start + m.MAX_PEERS >= count
+        node.from_coord(m.PeerMap(peers=part, part=start // m.MAX_PEERS, last=last), 0.0)
+    now = 0.0
+    while now < WARMUP:
+        deadline = node.node.get_timer()
+        now = WARMUP if deadline is None else min(max(deadline, now), WARMUP)
+        node.tick(now)
+        node.collect()
+    return node, now
+
+
+def mean_us(calls: int, step: Callable[[int], object]) -> float:
+    started = time.perf_counter()
+    for i in range(calls):
+        step(i)
+    return (time.perf_counter() - started) / calls * 1e6
+
+
+def measure(count: int, calls: int) -> dict[str, float]:
+    """Mean microseconds of each kind of call for a node with `count` peers."""
+    node, now = build(count)
+    core = node.node
+    junk = bytes((MessageType.HANDSHAKE_INIT,)) + b"\x00" * 40
+    clock = [now]
+
+    def tick(_: int) -> None:
+        deadline = core.get_timer()
+        clock[0] = max(clock[0], deadline if deadline is not None else clock[0])
+        node.tick(clock[0])
+        node.collect()
+
+    def step(_: int) -> None:
+        core.receive_datagram(junk, STRANGER, clock[0])
+        node.drain(clock[0])
+        core.get_timer()
+
+    return {"get_timer": mean_us(calls, lambda _: core.get_timer()),
+            "handle_timer": mean_us(calls, tick),
+            "input step": mean_us(calls, step)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m meshvpn.bench.timers", description=__doc__.splitlines()[0])
+    parser.add_argument("--peers", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--calls", type=int, default=200)
+    args = parser.parse_args(argv)
+    print(f"load average {os.getloadavg()[0]:.1f}; mean microseconds per call, {args.calls} calls")
+    print(f"{'peers':>6} {'get_timer':>10} {'handle_timer':>13} {'input step':>11}")
+    for count in args.peers:
+        row = measure(count, args.calls)
+        print(f"{count:>6} {row['get_timer']:>10.1f} {row['handle_timer']:>13.1f} {row['input step']:>11.1f}")
+
+
+if __name__ == "__main__":
+    main()
