@@ -134,13 +134,17 @@ static PyObject *loop_start(Loop *L, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
-/* (host, port) as socket.recvfrom gives it, or None. */
+/* (host, port) as socket.recvfrom gives it, or None; an IPv4-mapped source of a dual-stack socket in
+   plain IPv4, as meshvpn.dualstack.plain gives it. */
 static PyObject *endpoint(const struct sockaddr_storage *a) {
     char host[INET6_ADDRSTRLEN];
     const struct sockaddr_in *v4 = (const void *)a;
     const struct sockaddr_in6 *v6 = (const void *)a;
     if (a->ss_family == AF_INET && inet_ntop(AF_INET, &v4->sin_addr, host, sizeof host) != NULL)
         return Py_BuildValue("si", host, ntohs(v4->sin_port));
+    if (a->ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&v6->sin6_addr)
+            && inet_ntop(AF_INET, &v6->sin6_addr.s6_addr[12], host, sizeof host) != NULL)
+        return Py_BuildValue("si", host, ntohs(v6->sin6_port));
     if (a->ss_family == AF_INET6 && inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof host) != NULL)
         return Py_BuildValue("si", host, ntohs(v6->sin6_port));
     Py_RETURN_NONE;

@@ -98,6 +98,10 @@ class ListenConfig:
 
     address: IPAddress = option("local IP address the UDP socket binds to", "0.0.0.0")
     port: Port = option("UDP port; 0 picks any free port", 41641)
+    ipv6: Flag = option("on the wildcard address, one socket carries IPv6 too: the node announces its global "
+                        "IPv6 addresses and takes direct IPv6 paths", True)
+    ipv6_ula: Flag = option("announce unique local IPv6 addresses (fc00::/7) as IPv6 endpoints too, where such "
+                            "a prefix is routed between the sites", False)
 
 
 @_section

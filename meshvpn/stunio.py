@@ -13,6 +13,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 
+from meshvpn.dualstack import IPV4_WILDCARD, dual_socket
 from meshvpn.ratelimit import SourceLimiter
 
 from meshvpn.stun import (
@@ -98,6 +99,8 @@ class StunServer:
 
     primary: StunServerProtocol
     alternate: StunServerProtocol | None = None
+    ipv6: StunServerProtocol | None = None
+    """The primary's IPv6 twin, when the primary listens on the IPv4 wildcard and the host has IPv6."""
 
     @property
     def address(self) -> Address:
@@ -110,20 +113,24 @@ class StunServer:
         return self.primary.stats
 
     def close(self) -> None:
-        """Close both sockets."""
-        for protocol in (self.primary, self.alternate):
+        """Close every socket."""
+        for protocol in (self.primary, self.alternate, self.ipv6):
             if protocol is not None and protocol.transport is not None:
                 protocol.transport.close()
 
 
 async def start_stun_server(host: str, port: int, alt: Address | None = None) -> StunServer:
-    """Serve STUN on (host, port), and on `alt` too for CHANGE-REQUEST and OTHER-ADDRESS."""
+    """Serve STUN on (host, port), and on `alt` too for CHANGE-REQUEST and OTHER-ADDRESS; on the IPv4
+    wildcard also on the IPv6 one (same port), for nodes' IPv6 mappings (no CHANGE-REQUEST there)."""
     loop = asyncio.get_running_loop()
     stats = StunServerStats()
     _, primary = await loop.create_datagram_endpoint(
         lambda: StunServerProtocol(stats), local_addr=(host, port)
     )
     server = StunServer(primary)
+    twin = dual_socket(primary.local[1], v6_only=True) if host == IPV4_WILDCARD else None
+    if twin is not None:
+        _, server.ipv6 = await loop.create_datagram_endpoint(lambda: StunServerProtocol(stats), sock=twin)
     if alt is not None:
         try:
             _, server.alternate = await loop.create_datagram_endpoint(

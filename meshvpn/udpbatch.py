@@ -15,6 +15,8 @@ import socket
 import struct
 from typing import Any, Sequence
 
+from meshvpn.dualstack import IPV4_WILDCARD, dual_socket, is_dual, on_socket, plain
+
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
@@ -43,6 +45,11 @@ class BatchUdpSocket:
         """Where :meth:`recv_into` puts datagrams."""
         self._view = memoryview(self.buffer)
         self._ancbufsize = _GRO_CMSG_SPACE if self.gro else 0
+        self.dual = is_dual(sock)
+        """An IPv6 socket that carries IPv4 too: addresses are translated at its edge (`meshvpn.dualstack`)."""
+        self.family = socket.AF_INET if self.dual else sock.family
+        """The family the socket's owner looks servers up in: IPv4 on a dual-stack socket, whose IPv6
+        servers are looked up apart (`meshvpn.node.ipv6`)."""
         self.send_errors = 0
         """Datagrams (or GSO batches) the kernel would not take: full buffers, unreachable peers."""
         self.truncated = 0
@@ -65,8 +72,17 @@ class BatchUdpSocket:
         for first in range(0, len(view), step):
             self._send(dst, (view[first : first + step],), seg_size)
 
+    def sendto(self, data: Bytes, dst: Any) -> None:
+        """Send one datagram; a failure is counted, not raised."""
+        try:
+            self.sock.sendto(data, on_socket(dst) if self.dual else dst)
+        except OSError:
+            self.send_errors += 1
+
     def _send(self, dst: Any, iov: Sequence[Bytes], seg_size: int) -> None:
         sock = self.sock
+        if self.dual:
+            dst = on_socket(dst)
         total = sum(map(len, iov))
         try:
             if total <= seg_size:
@@ -96,6 +112,8 @@ class BatchUdpSocket:
         """
         view = self._view if into is None else into
         nbytes, ancdata, flags, source = self.sock.recvmsg_into((view,), self._ancbufsize)
+        if self.dual:
+            source = plain(source)
         if flags & socket.MSG_TRUNC:
             self.truncated += 1
             return source, 0, 1
@@ -112,15 +130,22 @@ class BatchUdpSocket:
 
 
 
-def bind_udp(host: str, port: int, buffer_bytes: int) -> socket.socket:
+def bind_udp(host: str, port: int, buffer_bytes: int, dual_stack: bool = False) -> socket.socket:
     """A non-blocking UDP socket bound to `host`:`port` (IPv4 or IPv6 as the address says) with
-    `buffer_bytes` receive and send buffers (capped by net.core.rmem_max and wmem_max)."""
-    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+    `buffer_bytes` receive and send buffers (capped by net.core.rmem_max and wmem_max).
+
+    With `dual_stack`, the IPv4 wildcard becomes one IPv6 socket that carries both families
+    (`meshvpn.dualstack`), or stays IPv4 where the host has no IPv6."""
+    sock = dual_socket(port) if dual_stack and host == IPV4_WILDCARD else None
+    address = None
+    if sock is None:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             sock.setsockopt(socket.SOL_SOCKET, option, buffer_bytes)
-        sock.bind(address)
+        if address is not None:
+            sock.bind(address)
         sock.setblocking(False)
     except OSError:
         sock.close()

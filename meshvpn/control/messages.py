@@ -21,6 +21,9 @@ from meshvpn.control.schema import (
 from meshvpn.portspec import Service, parse_service
 
 ENDPOINTS = list_of(ENDPOINT, MAX_ENDPOINTS)
+MAX_IPV6_ENDPOINTS = 4
+"""IPv6 endpoints a node announces: a few addresses (stable and temporary) and its STUN mapping."""
+IPV6_ENDPOINTS = list_of(ENDPOINT, MAX_IPV6_ENDPOINTS)
 
 
 # Records nested inside messages.
@@ -173,6 +176,9 @@ class PeerInfo(Record):
     """Multicast groups the peer's applications joined (`Groups`): where its multicast goes."""
     mapped_endpoint: Endpoint | None = wire(optional(ENDPOINT))
     """A port the peer's router forwards to it (UPnP IGD, NAT-PMP, PCP): open to any sender."""
+    ipv6_endpoints: tuple[Endpoint, ...] | None = wire(optional(IPV6_ENDPOINTS))
+    """The peer's IPv6 endpoints (global addresses, and its IPv6 mapping as STUN saw it): probed
+    beside its IPv4 candidates."""
 
 
 # node → coord
@@ -196,6 +202,8 @@ class Register(Message):
     """The node's NAT behaviour, once it has sampled it."""
     mapped: Endpoint | None = wire(optional(ENDPOINT))
     """A port mapping the node's router granted (UPnP IGD, NAT-PMP, PCP)."""
+    ipv6: tuple[Endpoint, ...] | None = wire(optional(IPV6_ENDPOINTS))
+    """The node's IPv6 endpoints: its global addresses with its port, and its STUN mapping over IPv6."""
     deltas: bool | None = wire(optional(BOOL))
     """The node applies `peer_delta`; without it each change comes as its own `peer_update` or
     `peer_remove`, as before deltas existed."""
@@ -215,6 +223,8 @@ class Endpoints(Message):
     """The node's NAT behaviour, re-sampled with the endpoints."""
     mapped: Endpoint | None = wire(optional(ENDPOINT))
     """The node's router port mapping, granted, renewed to a new port or gone (absent)."""
+    ipv6: tuple[Endpoint, ...] | None = wire(optional(IPV6_ENDPOINTS))
+    """The node's IPv6 endpoints, as in `register` (absent: none)."""
 
 
 @dataclass(frozen=True)

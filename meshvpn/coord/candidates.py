@@ -7,7 +7,9 @@ LAN, a third party on the internet. So the coord checks each endpoint for sense 
 * never loopback, link-local, multicast, unspecified, reserved or broadcast addresses, nor port 0;
 * a *local* endpoint (the node's LAN address) only in LAN ranges (RFC 1918, RFC 6598 shared,
   RFC 4193 unique local) or at the very address the coord sees the node come from (a node with
-  a public address on its interface).
+  a public address on its interface);
+* an *IPv6* endpoint only as a native IPv6 address (no IPv4-mapped one, which would aim the
+  peers at an IPv4 host).
 
 Endpoints that fail are dropped and counted; the rest travel as before.
 """
@@ -59,6 +61,12 @@ def local_candidate(endpoint: m.Endpoint, observed_host: str) -> bool:
 def sane_public(endpoint: m.Endpoint | None) -> m.Endpoint | None:
     """`endpoint` if it may be passed on as a node's public mapping, else None."""
     return endpoint if endpoint is not None and routable(endpoint) else None
+
+
+def sane_ipv6(endpoints: Iterable[m.Endpoint] | None) -> tuple[m.Endpoint, ...]:
+    """The endpoints that may be passed on as a node's IPv6 endpoints."""
+    sane = [ep for ep in endpoints or () if ":" in ep.host and plain_ip(ep.host) == ep.host and routable(ep)]
+    return tuple(dict.fromkeys(sane))
 
 
 def sane_locals(endpoints: Iterable[m.Endpoint], observed_host: str) -> tuple[m.Endpoint, ...]:

@@ -38,7 +38,7 @@ from meshvpn.control import messages as m
 from meshvpn.coord.addressing import AddressPoolExhausted
 from meshvpn.coord.authkeys import AuthKey, AuthKeyRejected, create_auth_key
 from meshvpn.coord import passes
-from meshvpn.coord.candidates import SAMPLE_LIFETIME, plain_ip, punch_towards, sane_locals, sane_public
+from meshvpn.coord.candidates import SAMPLE_LIFETIME, plain_ip, punch_towards, sane_ipv6, sane_locals, sane_public
 from meshvpn.coord.connstate import ConnEvent, ConnState, Connection, peer_info
 from meshvpn.coord.elsewhere import Elsewhere, Leases
 from meshvpn.coord.lanpush import LanPush
@@ -203,8 +203,9 @@ class Membership(Elsewhere, LanPush):
         elif isinstance(message, m.Ping):
             self._send(conn, m.Pong())
         elif isinstance(message, m.Endpoints):
-            changed = (message.nat, sane_public(message.mapped)) != (conn.nat, conn.mapped)
-            conn.nat, conn.mapped = message.nat, sane_public(message.mapped)
+            reported = (message.nat, sane_public(message.mapped), sane_ipv6(message.ipv6))
+            changed = reported != (conn.nat, conn.mapped, conn.ipv6)
+            conn.nat, conn.mapped, conn.ipv6 = reported
             self._update_node(conn, changed, **self._sane(conn, message.public, message.local))
         elif isinstance(message, m.RelayHome):
             self._relay_home(conn, message.relay)
@@ -365,7 +366,7 @@ class Membership(Elsewhere, LanPush):
         if joined:
             self._log("info", "node joined", node, auth_key=node.auth_key_id)
         conn.network = node.network
-        conn.nat, conn.mapped = msg.nat, sane_public(msg.mapped)
+        conn.nat, conn.mapped, conn.ipv6 = msg.nat, sane_public(msg.mapped), sane_ipv6(msg.ipv6)
         conn.deltas, conn.lan_party = bool(msg.deltas), bool(msg.lan_party)
         self._ephemeral_deadlines.pop(node.key, None)
         if node.approved:

@@ -146,6 +146,10 @@ class Mesh:
         """Coord instances besides `coord` (`start_coord_instance`), by name."""
         self.access: dict = {}
         """The network's access policy (`networks[0].access`), set before `start_coord` or `reload_coord`."""
+        self.coord_ipv6: str | None = None
+        """The coord's IPv6 address on a dual-stack lab, set before `start_coord`: its STUN service
+        then listens on the wildcard address of both families, and nodes know the coord there too
+        (their STUN server over IPv6)."""
         self.coord_public = self._new_key("coord")
 
     def _new_key(self, name: str) -> str:
@@ -243,7 +247,7 @@ class Mesh:
             "database": self.database or str(self.dir / "coord.db"),
             "listen": f"{address}:{self.coord_port}",
             "tls": tls,
-            "stun_listen": f"{address}:{STUN_PORT}",
+            "stun_listen": f"{'0.0.0.0' if self.coord_ipv6 else address}:{STUN_PORT}",
             "admin_socket": str(admin_socket),
             "networks": [network],
             "relays": [{"name": r.name, "address": r.address, "public_key": r.public_key, "tls_port": r.tls_port}
@@ -282,6 +286,14 @@ class Mesh:
 
     # ---- nodes
 
+    def start_registered(self, hosts: dict[str, Namespace]) -> None:
+        """Start a node per `hosts` entry (name: namespace) with one fresh pre-auth key, and wait
+        until all of them registered and learnt their peers."""
+        key, _ = self.create_auth_key()
+        for name, ns in hosts.items():
+            self.start_node(name, ns, key)
+        self.wait_registered(hosts)
+
     def control_socket(self, name: str) -> Path:
         if name in self._roots:
             return self._roots[name] / "run/meshvpn/meshvpn.sock"
@@ -295,7 +307,8 @@ class Mesh:
         `coords` the addresses of the coord instances it knows, in order (default: the coord's);
         `sections` adds config sections (e.g. `{"portmap": {"protocols": ["upnp"]}}`).
         """
-        first, *others = [f"{address}:{self.coord_port}" for address in (list(coords) or [self.coord_address])]
+        known = list(coords) or [self.coord_address] + ([f"[{self.coord_ipv6}]"] if self.coord_ipv6 else [])
+        first, *others = [f"{address}:{self.coord_port}" for address in known]
         self._new_key(name)
         document = {
             "private_key_file": str(self.dir / f"{name}.key"),

@@ -23,6 +23,7 @@ from meshvpn.lab.usernat import UserNat
 from meshvpn.sim.nat import FULL_CONE, RESTRICTED_CONE, SYMMETRIC_SEQUENTIAL, Dependence, NatBehavior, PortAllocation
 
 TABLE = "meshvpn_nat"
+TABLE6 = "meshvpn_fw6"
 PORT_RANGE = (30000, 40000)
 HAIRPIN_TIMEOUT_SECONDS = 120
 
@@ -118,12 +119,7 @@ class NftNat:
         if self.hairpin and self.translates:
             maps, hairpin_chains = _hairpin(router, wan, lan)
             chains.extend(hairpin_chains)
-        body = maps + [
-            f"  chain {name} {{\n" + "".join(f"    {rule}\n" for rule in rules) + "  }"
-            for name, rules in chains
-        ]
-        inner = "\n".join(body)
-        return f"table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n{inner}\n}}\n"
+        return _table("ip", TABLE, chains, maps)
 
     def install(self, router: RouterLinks) -> None:
         """Atomically replace the router's NAT table with this behaviour."""
@@ -132,6 +128,36 @@ class NftNat:
     def uninstall(self, router: RouterLinks) -> None:
         """Remove the NAT table (a missing table is fine)."""
         router.ns.run(["nft", "-f", "-"], input=f"table ip {TABLE}\ndelete table ip {TABLE}\n")
+
+
+def _table(family: str, name: str, chains: list[tuple[str, list[str]]], maps: list[str] | None = None) -> str:
+    """The nft script that atomically replaces table `family name` with these chains (and maps)."""
+    body = list(maps or ()) + [
+        f"  chain {chain} {{\n" + "".join(f"    {rule}\n" for rule in rules) + "  }"
+        for chain, rules in chains
+    ]
+    inner = "\n".join(body)
+    return f"table {family} {name}\ndelete table {family} {name}\ntable {family} {name} {{\n{inner}\n}}\n"
+
+
+@dataclass(frozen=True)
+class Ipv6Firewall:
+    """A site's IPv6: routed without translation (every host has a global address) behind a
+    stateful firewall that lets out anything and in only replies, as home routers do; or, when
+    `broken`, dropping every IPv6 packet while addresses and routes stay (IPv6 broken upstream)."""
+
+    broken: bool = False
+
+    def ruleset(self, router: RouterLinks) -> str:
+        """The nft script that replaces table `ip6 meshvpn_fw6` with this behaviour."""
+        wan = f'"{router.wan_if}"'
+        forward = ["type filter hook forward priority filter; policy accept;"]
+        forward += ["drop"] if self.broken else ["ct state established,related accept", f"iifname {wan} drop"]
+        return _table("ip6", TABLE6, [("forward", forward)])
+
+    def install(self, router: RouterLinks) -> None:
+        """Atomically replace the router's IPv6 firewall with this one."""
+        router.ns.run(["nft", "-f", "-"], input=self.ruleset(router))
 
 
 def _hairpin(router: RouterLinks, wan: str, lan: str) -> tuple[list[str], list[tuple[str, list[str]]]]:

@@ -29,6 +29,8 @@ class CandidateKind(enum.StrEnum):
     """The peer's address as a STUN server saw it, relayed by the coordination server."""
     MAPPED = "mapped"
     """A port the peer's router forwards to it on request (UPnP IGD, NAT-PMP, PCP): open to anyone."""
+    IPV6 = "ipv6"
+    """The peer's global IPv6 address (or its IPv6 mapping as STUN saw it): no NAT to guess around."""
     OBSERVED = "observed"
     """Where an authenticated probe or packet from the peer came from."""
     PREDICTED = "predicted"
@@ -110,10 +112,24 @@ def random_ports(per_round: int, randrange: Callable[[int, int], int]) -> PortGe
     return generate
 
 
+IPV6_SLACK = 0.002
+"""Seconds an IPv6 path's round trip may exceed an IPv4 one's and still count as good as it."""
+
+
+def faster(new: Endpoint, rtt: float, current: Endpoint | None, current_rtt: float | None) -> bool:
+    """Whether a direct path to `new` measured at `rtt` beats the current one of the same kind: a
+    lower round trip, where IPv6 is preferred when as good (within IPV6_SLACK) and an IPv4 path
+    must beat an IPv6 one by more than that, so two equal paths do not take turns."""
+    slack = (":" in new[0]) - (current is not None and ":" in current[0])
+    return rtt < (current_rtt or 0.0) + slack * IPV6_SLACK
+
+
 def candidates_of(info: m.PeerInfo) -> list[Candidate]:
     """Where the coord says a peer may be: its LAN addresses, its router's port mapping, its STUN
-    mapping, and its coord-observed address with its local ports (port-preserving NATs keep them)."""
+    mapping, and its coord-observed address with its local ports (port-preserving NATs keep them);
+    and its IPv6 endpoints, probed in the same rounds, so the two families race."""
     out = [Candidate(Endpoint(e.host, e.port), CandidateKind.LAN) for e in info.local_endpoints]
+    out += [Candidate(Endpoint(e.host, e.port), CandidateKind.IPV6) for e in info.ipv6_endpoints or ()]
     if info.mapped_endpoint is not None:
         out.append(Candidate(Endpoint(info.mapped_endpoint.host, info.mapped_endpoint.port), CandidateKind.MAPPED))
     if info.public_endpoint is not None:

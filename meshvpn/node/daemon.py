@@ -31,7 +31,7 @@ from meshvpn.node.coordlink import CoordLink
 from meshvpn.node.core import CoreConfig
 from meshvpn.node.datapath.dataplane import DataPlane, SendBuffer
 from meshvpn.node.datapath.native_loop import NativeReceiver
-from meshvpn.node.discovery import SocketSender, port_sample
+from meshvpn.node.discovery import port_sample
 from meshvpn.node.dns import NameService
 from meshvpn.node.eventlog import log_event
 from meshvpn.node.endpoints import local_endpoints
@@ -114,6 +114,8 @@ class NodeDaemon:
         self.refresh = EndpointRefresh(self)
         self.portmap = PortMapShell(self.loop, config.portmap, self.refresh.mapping_changed)
         self.mapped: Optional[m.Endpoint] = None
+        self.ipv6: tuple[m.Endpoint, ...] = ()
+        """This node's IPv6 endpoints (`meshvpn.node.ipv6`), as last reported."""
         self.netwatch = NetWatch(self.loop, self.refresh.network_changed, lambda: self.link and self.link.local_address)
         self.tun_address: Optional[str] = None
         self.stopping = asyncio.Event()
@@ -140,14 +142,14 @@ class NodeDaemon:
             self.link = CoordLink(
                 (cfg.coord.address, *cfg.coord.other_addresses), cfg.coord.public_key, self.node.core.identity,
                 self._register_message, self._on_coord_message, self._on_coord_state,
-                local_socket=self.punch.coord_socket, family=self.sock.family, tls_port=cfg.coord.tls_port,
+                local_socket=self.punch.coord_socket, family=self.udp.family, tls_port=cfg.coord.tls_port,
             )
             self.native = NativeReceiver.attach(self.loop, self.data, self.sock, self.tun, self._sends, self._on_udp,
                                                 self._on_tun, self._after_data)
             await self.control.start()
             self.local = self._local_endpoints()
             self.node.set_own_endpoints(self.local, None)
-            self.names = watch_names(self.loop, self.sock.family, self.node, self.transmit)
+            self.names = watch_names(self.loop, self.udp.family, self.node, self.transmit)
             self._tasks.append(self.loop.create_task(self.names.run()))
             self.link.start()
             self.refresh.start()
@@ -167,9 +169,10 @@ class NodeDaemon:
         await serve_until_stopped(self, load_settings, notifier)
 
     def _bind(self) -> None:
-        self.sock = sock = bind_udp(self.config.listen.address, self.config.listen.port, SOCKET_BUFFER)
+        listen = self.config.listen
+        self.sock = sock = bind_udp(listen.address, listen.port, SOCKET_BUFFER, dual_stack=listen.ipv6)
         self.udp = BatchUdpSocket(sock)
-        self.stun = StunClient(SocketSender(sock))
+        self.stun = StunClient(self.udp)
 
     async def close(self) -> None:
         """Leave nothing behind: the coord hears we left, the TUN (and its routes) goes away."""
@@ -191,7 +194,7 @@ class NodeDaemon:
             self.node.close(self.loop.time())
             for out in self.node.outputs():
                 if isinstance(out, ev.SendDatagram):
-                    self._sendto(out.data, out.dst)
+                    self.udp.sendto(out.data, out.dst)
         await self.punch.close()
         await self.control.close()
         self._timer.cancel()
@@ -268,7 +271,7 @@ class NodeDaemon:
             case PinnedSocket(sid):
                 for message in messages:
                     if not self.mappings.sendto(sid, message, dst):
-                        self._sendto(message, dst)
+                        self.udp.sendto(message, dst)
 
     def _on_udp(self) -> None:
         """Receive one after another into the receive area, open in place, write to the TUN when it is full.
@@ -341,7 +344,7 @@ class NodeDaemon:
             for out in outputs:
                 match out:
                     case ev.SendDatagram(dst, data, None):
-                        self._sendto(data, dst)
+                        self.udp.sendto(data, dst)
                     case ev.SendDatagram(dst, data, sid):
                         self._send_each(PinnedSocket(sid), dst, [data])
                     case ev.SendCoord(msg):
@@ -371,12 +374,6 @@ class NodeDaemon:
         self.node.handle_timer(self.loop.time())
         self.transmit()
 
-    def _sendto(self, data: bytes, dst: Endpoint) -> None:
-        try:
-            self.sock.sendto(data, dst)
-        except OSError:
-            pass
-
     def _on_event(self, event: ev.Event) -> None:
         """The events the shell acts on; the others are log lines."""
         match event:
@@ -400,7 +397,7 @@ class NodeDaemon:
     # ---- hard NATs ------------------------------------------------------------------
 
     async def _sample_port(self, peer_key: bytes) -> None:
-        sample = await port_sample(self.config, self.sock.family, self.link.host)
+        sample = await port_sample(self.config, self.udp.family, self.link.host)
         self.node.port_sampled(peer_key, sample, self.loop.time())
         self.transmit()
         self._tasks = [task for task in self._tasks if not task.done()]
@@ -453,6 +450,7 @@ class NodeDaemon:
             deltas=True,
             lan_party=True,
             mapped=self.mapped,
+            ipv6=self.ipv6 or None,
         )
 
     def _on_coord_message(self, msg: m.Message) -> None:

@@ -67,16 +67,3 @@ async def port_sample(config: NodeConfig, family: int, host: Optional[str] = Non
     except (OSError, asyncio.TimeoutError, ValueError) as exc:
         log.info("no port sample: %s", exc or type(exc).__name__)
         return None
-
-
-class SocketSender:
-    """What StunClient needs from a transport: ``sendto`` on the node's own UDP socket."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-
-    def sendto(self, data: bytes, addr) -> None:
-        try:
-            self._sock.sendto(data, addr)
-        except OSError:
-            pass

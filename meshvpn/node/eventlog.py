@@ -11,6 +11,7 @@ import logging
 from meshvpn.node import events as ev
 from meshvpn.node.startup import explain_refusal
 from meshvpn.turn import AllocationLost, AllocationReady, ChannelBound
+from meshvpn.wire import Endpoint
 
 log = logging.getLogger("meshvpn.node")
 tcp_log = logging.getLogger("meshvpn.node.tcp")
@@ -47,12 +48,12 @@ def log_event(event: ev.Event) -> None:
             turn_log.debug("turn %s: channel %#06x to %s:%d", server, channel, *peer, extra={"RELAY": server})
 
 
-def endpoints_line(public, mapped, local, nat) -> str:
+def endpoints_line(public, mapped, local, nat, ipv6=()) -> str:
     """Where the daemon can be reached, as it reports it to the coord."""
     behaviour = "-" if nat is None else \
         f"{'independent' if nat.endpoint_independent else 'dependent'} mapping, {nat.allocation} ports"
     return f"endpoints: public {public or '-'}, mapped {mapped or '-'}, " \
-           f"local {', '.join(map(str, local)) or '-'}, nat {behaviour}"
+           f"local {', '.join(map(str, local)) or '-'}, ipv6 {', '.join(map(str, ipv6)) or '-'}, nat {behaviour}"
 
 
 def path_text(path) -> str:
@@ -61,4 +62,4 @@ def path_text(path) -> str:
         return "-"
     if path.endpoint is None:
         return path.kind.value
-    return f"{path.kind.value} {path.endpoint[0]}:{path.endpoint[1]}"
+    return f"{path.kind.value} {Endpoint(*path.endpoint[:2])}"

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from meshvpn.backoff import doubling
-from meshvpn.node.candidates import AllCandidates, Candidate, CandidateKind, Endpoint, ProbeStrategy
+from meshvpn.node.candidates import AllCandidates, Candidate, CandidateKind, Endpoint, ProbeStrategy, faster
 from meshvpn.node.silence import EndpointsStale, RelaySilent, SilenceTiming, SilenceWatch, Verdict
 from meshvpn.node.tcp.core import TcpEndpoint
 
@@ -437,7 +437,7 @@ class PathFinder:
         if _RANK[path.kind] < _RANK[current.kind]:
             return ChangeReason.BETTER_PATH
         in_window = now <= self._selected_at + self.config.selection_window
-        if path.kind is current.kind and in_window and rtt < (self.stats.rtt or 0.0):
+        if path.kind is current.kind and in_window and faster(path.endpoint, rtt, current.endpoint, self.stats.rtt):
             return ChangeReason.BETTER_PATH
         return None
 

@@ -39,6 +39,10 @@ ProbeMaker = Callable[[Peer, bytes, Endpoint, float], Optional[bytes]]
 """``probe(peer, tx_id, dst, now)``: a probe within the peer's budget, or None past it."""
 
 
+_KEPT_ON_SAMPLE = (CandidateKind.LAN, CandidateKind.MAPPED, CandidateKind.IPV6)
+"""Candidates a port sample does not replace: those no NAT moves."""
+
+
 class Punching:
     """Punch rounds for every peer, the coord's punches and our punch requests, hard NATs included."""
 
@@ -97,7 +101,7 @@ class Punching:
         peer.paths.strategy = traversal.strategy(peer.key)
         if msg.sample is not None and not traversal.profile(peer.key).endpoint_independent:
             extra = [Candidate(Endpoint(msg.sample.host, msg.sample.port), CandidateKind.PUBLIC)]
-            kept = [c for c in candidates_of(peer.info) if c.kind in (CandidateKind.LAN, CandidateKind.MAPPED)]
+            kept = [c for c in candidates_of(peer.info) if c.kind in _KEPT_ON_SAMPLE]
             peer.paths.set_candidates(kept + extra, now)
         else:
             peer.paths.set_candidates(candidates_of(peer.info) + extra, now)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Optional
 from meshvpn.control import messages as m
 from meshvpn.node.discovery import own_nat_profile, public_mapping
 from meshvpn.node.eventlog import endpoints_line
+from meshvpn.node.ipv6 import announced, ipv6_mapping, local_ipv6
 from meshvpn.node.netchange import NetworkChanged
 from meshvpn.node.traversal import nat_info
 
@@ -106,15 +107,21 @@ class EndpointRefresh:
 
     async def _round(self) -> None:
         daemon = self.daemon
-        public = await public_mapping(daemon.stun, daemon.config, daemon.sock.family, daemon.link.host)
-        self._report(daemon.public_endpoint if public is None else public, daemon._local_endpoints(), daemon.nat)
+        public = await public_mapping(daemon.stun, daemon.config, daemon.udp.family, daemon.link.host)
+        local6 = local_ipv6(daemon.sock.getsockname()[1], daemon.tun.name, daemon.config.listen.ipv6_ula) \
+            if daemon.udp.dual else ()
+        self._report(daemon.public_endpoint if public is None else public, daemon._local_endpoints(), daemon.nat,
+                     announced(local6, None))
         self._fresh = True
         self._reprobe_when_ready()
         if self._asked:
             self._asked = False
             daemon.node.endpoints_refreshed(daemon.loop.time())
             daemon.transmit()
-        profile = await own_nat_profile(daemon.config, daemon.sock.family, daemon.link.host)
+        if local6:  # after the IPv4 report: an IPv6 route that drops packets must not hold that up
+            mapped6 = await ipv6_mapping(daemon.stun, daemon.config)
+            self._report(daemon.public_endpoint, daemon.local, daemon.nat, announced(local6, mapped6))
+        profile = await own_nat_profile(daemon.config, daemon.udp.family, daemon.link.host)
         if profile is not None:
             daemon.node.set_nat_profile(profile)
             self._report(daemon.public_endpoint, daemon.local, nat_info(profile))
@@ -125,13 +132,16 @@ class EndpointRefresh:
         daemon = self.daemon
         self._report(daemon.public_endpoint, daemon.local, daemon.nat)
 
-    def _report(self, public: Optional[m.Endpoint], local: tuple[m.Endpoint, ...], nat: Optional[m.NatInfo]) -> None:
-        """Tell the node and the coord where we are, if that changed."""
+    def _report(self, public: Optional[m.Endpoint], local: tuple[m.Endpoint, ...], nat: Optional[m.NatInfo],
+                ipv6: Optional[tuple[m.Endpoint, ...]] = None) -> None:
+        """Tell the node and the coord where we are, if that changed (``ipv6`` None: as it was)."""
         daemon = self.daemon
         mapped = None if daemon.portmap.endpoint is None else m.Endpoint(*daemon.portmap.endpoint)
-        if (public, local, nat, mapped) == (daemon.public_endpoint, daemon.local, daemon.nat, daemon.mapped):
+        ipv6 = daemon.ipv6 if ipv6 is None else ipv6
+        now = (public, local, nat, mapped, ipv6)
+        if now == (daemon.public_endpoint, daemon.local, daemon.nat, daemon.mapped, daemon.ipv6):
             return
-        daemon.public_endpoint, daemon.local, daemon.nat, daemon.mapped = public, local, nat, mapped
-        daemon.node.set_own_endpoints(local, public, mapped)
-        log.info("%s", endpoints_line(public, mapped, local, nat))
-        daemon.link.send(m.Endpoints(local=local, public=public, nat=nat, mapped=mapped))
+        daemon.public_endpoint, daemon.local, daemon.nat, daemon.mapped, daemon.ipv6 = now
+        daemon.node.set_own_endpoints(local + ipv6, public, mapped)
+        log.info("%s", endpoints_line(public, mapped, local, nat, ipv6))
+        daemon.link.send(m.Endpoints(local=local, public=public, nat=nat, mapped=mapped, ipv6=ipv6 or None))

@@ -9,6 +9,7 @@ from meshvpn.keys import encode_key
 from meshvpn.node.events import AddressAssigned
 from meshvpn.node.pathfinder import PathKind
 from meshvpn.node.peers import Peer, PeerTable
+from meshvpn.wire import Endpoint
 
 
 def node_status(registration: Optional[AddressAssigned], public_key: bytes, peers: PeerTable, now: float) -> dict:
@@ -35,7 +36,7 @@ def peer_status(peer: Peer, now: float) -> dict:
         "overlay": peer.address,
         "online": peer.info.online,
         "path": route.path.kind.value if route else "-",
-        "endpoint": f"{route.endpoint[0]}:{route.endpoint[1]}" if route else None,
+        "endpoint": str(Endpoint(route.endpoint[0], route.endpoint[1])) if route else None,
         "rtt_ms": None if peer.paths.stats.rtt is None else round(peer.paths.stats.rtt * 1000, 2),
         "rx_bytes": c.rx_bytes,
         "tx_bytes": c.tx_bytes,

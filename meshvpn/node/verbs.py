@@ -9,6 +9,7 @@ from meshvpn.config import Address
 from meshvpn.node.datapath.fastpath import DATA_PATH
 from meshvpn.node import events as ev
 from meshvpn.node.sockstats import namespace_udp_errors, socket_report
+from meshvpn.wire import Endpoint
 
 if TYPE_CHECKING:
     from meshvpn.node.daemon import NodeDaemon
@@ -83,7 +84,7 @@ class ControlVerbs:
                     last_path = reply.path
                 yield {
                     "type": "pong", "seq": seq, "name": reply.name, "overlay": reply.address, "path": reply.path,
-                    "endpoint": f"{reply.endpoint[0]}:{reply.endpoint[1]}", "rtt_ms": reply.rtt * 1000,
+                    "endpoint": str(Endpoint(reply.endpoint[0], reply.endpoint[1])), "rtt_ms": reply.rtt * 1000,
                 }
             if seq + 1 < count:
                 await asyncio.sleep(PING_INTERVAL)
@@ -97,5 +98,6 @@ def _peer_map_entry(peer) -> dict:
         endpoints.append(str(info.public_endpoint))
     if info.mapped_endpoint is not None:
         endpoints.append(f"{info.mapped_endpoint} (mapped)")
+    endpoints += [f"{e} (ipv6)" for e in info.ipv6_endpoints or ()]
     return {"name": peer.name, "overlay": peer.address, "key": peer.key_text, "online": info.online,
             "endpoints": endpoints}

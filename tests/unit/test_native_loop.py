@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshvpn.dualstack import dual_socket
 from meshvpn.node.datapath import fastpath, offload
 from meshvpn.node.datapath.offload import F_NEEDS_CSUM, VirtioNetHdr, segment
 from meshvpn.replay import ReplayWindow
@@ -33,9 +34,10 @@ PEER_KEY = b"P" * 32
 class Rig:
     """A Loop on a loopback socket, a sender socket, and the TUN's stand-in."""
 
-    def __init__(self) -> None:
-        self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.rx.bind(("127.0.0.1", 0))
+    def __init__(self, dual: bool = False) -> None:
+        self.rx = dual_socket(0) if dual else socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if not dual:
+            self.rx.bind(("127.0.0.1", 0))
         self.rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.rx.setblocking(False)
         BatchUdpSocket(self.rx)  # turns UDP_GRO on
@@ -54,7 +56,7 @@ class Rig:
 
     def send(self, messages) -> None:
         for message in messages:
-            self.tx.sendto(message, self.rx.getsockname())
+            self.tx.sendto(message, ("127.0.0.1", self.rx.getsockname()[1]))
 
     def wait_receives(self, count: int, seconds: float = 5.0) -> None:
         deadline = time.monotonic() + seconds

@@ -1,0 +1,82 @@
+"""IPv6 paths through the real daemon, on a dual-stack lab (`Topology(lab, ipv6=True)`).
+
+The world: a coord (its STUN service on both families) and a relay, and two sites whose IPv4 is
+behind random-port NATs, the pair that relays over IPv4 without help, and whose IPv6 is routed
+(2001:db8:1:N::/64) through a stateful firewall that lets out anything and in only replies. Both
+nodes announce their global IPv6 addresses, punch them beside their IPv4 candidates, and go
+direct over IPv6; a checksummed transfer crosses. Then site a's IPv6 breaks (every packet
+dropped; addresses and routes stay) while traffic flows: both nodes are on an IPv4 path (the
+relay) within 2 s, measured from the break to each daemon's log line of the switch.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from meshvpn.lab import Lab, NatKind, Topology
+from meshvpn.lab.mesh import Mesh
+from meshvpn.lab.timing import arrivals, logged_at, receiver, trickle
+from meshvpn.lab.transfer import transfer
+
+from test_relay_lab import COORD_ADDR, RELAY_ADDR
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(90)]
+
+NODE_PORT = 41641
+ECHO_PORT = 9002
+FAILOVER_LIMIT = 2.0
+"""Seconds from the IPv6 break to each node's switch to an IPv4 path (issue 17)."""
+
+
+@pytest.fixture
+def dual(lab: Lab, tmp_path: Path, meshes: list[Mesh]) -> tuple[Topology, Mesh]:
+    topo = Topology(lab, ipv6=True)
+    topo.add_server("coord", addrs=[COORD_ADDR])
+    topo.add_server("relay", addrs=[RELAY_ADDR])
+    topo.add_site("a", nat=NatKind.RANDOM_PORTS)
+    topo.add_site("b", nat=NatKind.RANDOM_PORTS)
+    mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR)
+    meshes.append(mesh)
+    mesh.coord_ipv6 = topo.addr6("coord")
+    mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR)
+    mesh.start_coord()
+    mesh.start_registered({name: topo.host(name) for name in ("a1", "b1")})
+    return topo, mesh
+
+
+def test_dual_stack_sites_go_direct_over_ipv6_and_fall_back_to_ipv4_within_2s(dual) -> None:
+    topo, mesh = dual
+    found = mesh.wait_for_paths({("a1", "b1"): ("direct",), ("b1", "a1"): ("direct",)}, timeout=20)
+    assert len(found) == 2, f"paths: {mesh.peer('a1', 'b1')}, {mesh.peer('b1', 'a1')}"
+    assert mesh.peer("a1", "b1")["endpoint"] == f"[{topo.addr6('b1')}]:{NODE_PORT}"
+    assert mesh.peer("b1", "a1")["endpoint"] == f"[{topo.addr6('a1')}]:{NODE_PORT}"
+    sent, received = transfer(topo.host("a1"), topo.host("b1"), mesh.overlay("b1"), size=4 << 20)
+    assert sent.same_data(received) and received.bytes == 4 << 20
+    assert mesh.peer("a1", "b1")["path"] == "direct"
+
+    echo = receiver(topo.host("b1"), mesh.overlay("b1"), ECHO_PORT, 30)
+    sender, _ = trickle(topo.host("a1"), mesh.overlay("b1"), ECHO_PORT, 30)
+    try:
+        flow = arrivals(echo)
+        assert next(flow, None) is not None, "no traffic before the break"
+        broken = time.time()
+        topo.set_ipv6_broken("a", True)
+        switched = {}
+        for name, peer in (("a1", "b1"), ("b1", "a1")):
+            needle = re.compile(rf"path to {peer}: direct \[[0-9a-f:]+\]:\d+ -> relay\b")
+            deadline = time.monotonic() + 10
+            while (at := logged_at(mesh.dir / f"{name}.log", needle, broken)) is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            switched[name] = None if at is None else at - broken
+        resumed = next((t for t in flow if t >= broken + max(filter(None, switched.values()), default=0)), None)
+    finally:
+        topo.host("a1").stop(sender)
+        topo.host("b1").stop(echo)
+    print(f"IPv6 broken -> relay: {switched}")
+    assert all(delay is not None and delay <= FAILOVER_LIMIT for delay in switched.values()), switched
+    assert resumed is not None, "no traffic over the relay after the switch"
+    assert mesh.peer("a1", "b1")["path"] == "relay"
