@@ -112,18 +112,6 @@ def random_ports(per_round: int, randrange: Callable[[int, int], int]) -> PortGe
     return generate
 
 
-IPV6_SLACK = 0.002
-"""Seconds an IPv6 path's round trip may exceed an IPv4 one's and still count as good as it."""
-
-
-def faster(new: Endpoint, rtt: float, current: Endpoint | None, current_rtt: float | None) -> bool:
-    """Whether a direct path to `new` measured at `rtt` beats the current one of the same kind: a
-    lower round trip, where IPv6 is preferred when as good (within IPV6_SLACK) and an IPv4 path
-    must beat an IPv6 one by more than that, so two equal paths do not take turns."""
-    slack = (":" in new[0]) - (current is not None and ":" in current[0])
-    return rtt < (current_rtt or 0.0) + slack * IPV6_SLACK
-
-
 def candidates_of(info: m.PeerInfo) -> list[Candidate]:
     """Where the coord says a peer may be: its LAN addresses, its router's port mapping, its STUN
     mapping, and its coord-observed address with its local ports (port-preserving NATs keep them);

@@ -40,8 +40,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from meshvpn.backoff import doubling
-from meshvpn.node.candidates import AllCandidates, Candidate, CandidateKind, Endpoint, ProbeStrategy, faster
-from meshvpn.node.silence import EndpointsStale, RelaySilent, SilenceTiming, SilenceWatch, Verdict
+from meshvpn.node.candidates import AllCandidates, Candidate, CandidateKind, Endpoint, ProbeStrategy
+from meshvpn.node.family import FamilyRace, faster
+from meshvpn.node.pathtimers import PathFinderConfig
+from meshvpn.node.silence import EndpointsStale, RelaySilent, SilenceWatch, Verdict
 from meshvpn.node.tcp.core import TcpEndpoint
 
 
@@ -127,38 +129,6 @@ Action = SendProbe | PathChanged | RelaySilent | EndpointsStale
 
 
 @dataclass
-class PathFinderConfig(SilenceTiming):
-    """Timing of path discovery and upkeep; every default is the documented one."""
-
-    keepalive: float = 25.0
-    """Seconds between probes on a path that traffic keeps proving, to hold NAT mappings."""
-    liveness_interval: float = 2.0
-    """Seconds between probes on a path nothing has been heard on for this long."""
-    path_timeout: float = 10.0
-    """Seconds without a reply or traffic after which a direct path is dead."""
-    relay_after: float = 2.0
-    """Seconds after the first punch before the relay is used if there is no direct path."""
-    punch_interval: float = 0.2
-    """Seconds between the rounds of a punch burst."""
-    punch_burst: int = 5
-    """Rounds in a burst before backoff starts."""
-    backoff_initial: float = 1.0
-    """First gap after the burst; it doubles every round."""
-    backoff_max: float = 30.0
-    """Largest gap between background punch rounds."""
-    selection_window: float = 0.1
-    """Seconds after a path is picked during which a lower-RTT reply replaces it."""
-    max_observed: int = 8
-    """Observed endpoints kept (most recent); bounds what a roaming peer can make us probe."""
-    max_pending: int = 256
-    """Probes awaiting a reply that are remembered; the oldest are forgotten first."""
-    fast_window: float = 60.0
-    """Seconds after a fall back from a direct path during which punch rounds stay close together."""
-    fast_backoff_max: float = 2.0
-    """Largest gap between punch rounds within `fast_window`."""
-
-
-@dataclass
 class PathStats:
     """Numbers about the current path and the probing, for status output and tests."""
 
@@ -209,6 +179,7 @@ class PathFinder:
         self._last_heard = 0.0
         self._last_probe = 0.0
         self._silence = SilenceWatch(self.config)
+        self._race = FamilyRace(self.config)
         self._fast_until = float("-inf")
 
     # ---- state ---------------------------------------------------------------------
@@ -393,11 +364,14 @@ class PathFinder:
     # ---- internals -----------------------------------------------------------------
 
     def _punch_round(self, now: float) -> None:
-        for candidate in self.strategy.targets(self.candidates, self._round):
+        targets = self.strategy.targets(self.candidates, self._round)
+        if self._direct():
+            targets = self._race.targets(targets, self.current_path.endpoint, now)  # type: ignore[union-attr]
+        for candidate in targets:
             self._send_probe(candidate, now)
         self._round += 1
         if self._direct():
-            self._next_round = None
+            self._next_round = self._race.next_round(now, self.config.punch_interval)
             return
         cfg = self.config
         if self._round < cfg.punch_burst:
@@ -436,7 +410,8 @@ class PathFinder:
             return ChangeReason.PUNCHED
         if _RANK[path.kind] < _RANK[current.kind]:
             return ChangeReason.BETTER_PATH
-        in_window = now <= self._selected_at + self.config.selection_window
+        in_window = (now <= self._selected_at + self.config.selection_window
+                     or self._race.open(path.endpoint, current.endpoint, now))
         if path.kind is current.kind and in_window and faster(path.endpoint, rtt, current.endpoint, self.stats.rtt):
             return ChangeReason.BETTER_PATH
         return None
@@ -452,7 +427,7 @@ class PathFinder:
     def _use_direct(self, candidate: Candidate, now: float, rtt: float) -> None:
         """A direct path to `candidate` was just picked: the campaign is over, upkeep starts."""
         self._path_candidate = candidate
-        self._next_round = None
+        self._next_round = self._race.picked(candidate.endpoint, self.candidates, now, self.config.punch_interval)
         self._relay_due = None
         self._selected_at = now
         self._last_probe = now

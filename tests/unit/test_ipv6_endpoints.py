@@ -1,9 +1,12 @@
 """IPv6 endpoints: which of the host's addresses a node announces, how they travel node → coord →
 peers, and how a peer ranks an IPv6 path against an IPv4 one."""
 
+import pytest
+
 from meshvpn.control import messages as m
 from meshvpn.coord.candidates import sane_ipv6
-from meshvpn.node.candidates import IPV6_SLACK, Candidate, CandidateKind, candidates_of, faster
+from meshvpn.node.candidates import Candidate, CandidateKind, candidates_of
+from meshvpn.node.family import IPV6_SLACK, faster
 from meshvpn.node.ipv6 import announced, interface_ipv6, select_ipv6
 from meshvpn.wire import Endpoint
 from test_coord_hardening import pair  # noqa: F401  (fixture)
@@ -74,3 +77,40 @@ def test_ipv6_wins_when_as_good_and_ipv4_must_beat_it_clearly():
     assert not faster(v4, 0.019, v6, 0.020)  # 1 ms better is not enough to leave IPv6
     assert faster(v4, 0.020 - IPV6_SLACK - 0.0001, v6, 0.020)
     assert faster(v4, 0.019, v4, 0.020) and not faster(v4, 0.020, v4, 0.020)  # one family: the lower RTT
+
+
+def race(candidates, answer_first):
+    """A path finder punching `candidates` at 0.0, where only `answer_first` replies (after 50 ms):
+    the path it picks, and every probe it sends until 3 s, as (time, endpoint)."""
+    from itertools import count
+
+    from meshvpn.node.pathfinder import PathFinder, SendProbe
+
+    ids = count()
+    finder = PathFinder(lambda: next(ids).to_bytes(8, "big"))
+    finder.set_candidates(candidates, 0.0)
+    finder.punch(0.0)
+    sent = [(0.0, a) for a in finder.next_actions() if isinstance(a, SendProbe)]
+    first = next(a for _, a in sent if a.endpoint == answer_first)
+    finder.probe_reply_received(first.tx_id, answer_first, 0.05)
+    finder.next_actions()
+    now = 0.05
+    while (now := finder.get_timer()) is not None and now < 3.0:
+        finder.handle_timer(now)
+        sent += [(now, a) for a in finder.next_actions() if isinstance(a, SendProbe)]
+    return finder.current_path.endpoint, [(when, a.endpoint) for when, a in sent]
+
+
+def test_after_a_pick_the_other_family_is_probed_until_the_race_window_ends():
+    v4, v6 = Endpoint("203.0.113.20", 41641), Endpoint("2001:db8:2::11", 41641)
+    picked, sent = race([Candidate(v6, CandidateKind.IPV6), Candidate(v4, CandidateKind.PUBLIC)], v6)
+    assert picked == v6
+    to_v4 = [when for when, endpoint in sent if endpoint == v4]
+    assert to_v4 == pytest.approx([0.0, 0.25, 0.45, 0.65, 0.85])  # the first round, then every 0.2 s of the race
+    assert all(endpoint == v6 for when, endpoint in sent if when > 0.0 and endpoint != v4)
+
+
+def test_a_single_family_has_no_race():
+    v4, other = Endpoint("203.0.113.20", 41641), Endpoint("198.51.100.20", 41641)
+    picked, sent = race([Candidate(v4, CandidateKind.PUBLIC), Candidate(other, CandidateKind.PUBLIC)], v4)
+    assert picked == v4 and [when for when, endpoint in sent if endpoint == other] == [0.0]

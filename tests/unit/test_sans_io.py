@@ -50,6 +50,8 @@ SANS_IO_MODULES = (
     "meshvpn.node.pings",
     "meshvpn.node.recovery",
     "meshvpn.node.silence",
+    "meshvpn.node.family",
+    "meshvpn.node.pathtimers",
     "meshvpn.node.routes",
     "meshvpn.node.status",
     "meshvpn.node.transports",

@@ -1,0 +1,50 @@
+"""A dual-stack host in the simulator: an IPv4 host (often behind a `Nat`) and an IPv6 host on
+the internet, with one socket over both, as a node's socket with IPV6_V6ONLY off.
+
+The kernel picks the family by the destination; so does `DualStackSocket.sendto`. Each family
+has its own link, so a test breaks IPv6 alone (`ipv6.link.connected = False`: the routes stay,
+the packets go nowhere) while IPv4 carries on.
+"""
+
+from __future__ import annotations
+
+from meshvpn.sim.network import Endpoint, Host, ReceiveCallback, UdpSocket
+
+
+class DualStackSocket:
+    """One port on both of a `DualStackHost`'s addresses."""
+
+    def __init__(self, v4: UdpSocket, v6: UdpSocket) -> None:
+        self.v4 = v4
+        self.v6 = v6
+
+    @property
+    def address(self) -> Endpoint:
+        """The IPv4 (ip, port), as a single-family socket's address."""
+        return self.v4.address
+
+    @property
+    def address6(self) -> Endpoint:
+        """The IPv6 (ip, port)."""
+        return self.v6.address
+
+    def sendto(self, data: bytes, dst: Endpoint) -> None:
+        """Send from the address of `dst`'s family."""
+        (self.v6 if ":" in dst[0] else self.v4).sendto(data, dst)
+
+    def close(self) -> None:
+        self.v4.close()
+        self.v6.close()
+
+
+class DualStackHost:
+    """An IPv4 host and an IPv6 host that are one machine: `bind` opens a port on both."""
+
+    def __init__(self, v4: Host, v6: Host) -> None:
+        self.v4 = v4
+        self.v6 = v6
+
+    def bind(self, port: int, on_receive: ReceiveCallback) -> DualStackSocket:
+        """Open `port` on both addresses (0: a free port on the IPv4 one, the same on the IPv6 one)."""
+        v4 = self.v4.bind(port, on_receive)
+        return DualStackSocket(v4, self.v6.bind(v4.port, on_receive))
