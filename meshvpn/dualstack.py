@@ -37,6 +37,21 @@ def on_socket(endpoint: tuple) -> tuple[str, int]:
     return (MAPPED_PREFIX + host, endpoint[1]) if ":" not in host else (host, endpoint[1])
 
 
+def has_ipv6() -> bool:
+    """Whether this host can open an IPv6 socket at all (IPv6 not disabled)."""
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()
+    except OSError:
+        return False
+    return True
+
+
+def listen_hosts(host: str) -> str | list[str]:
+    """What a server's TCP listener binds for a configured `host`: the IPv4 wildcard becomes both
+    wildcards (asyncio gives the IPv6 one its own IPv6-only socket) where the host has IPv6."""
+    return [host, "::"] if host == IPV4_WILDCARD and has_ipv6() else host
+
+
 def dual_socket(port: int, v6_only: bool = False) -> socket.socket | None:
     """An IPv6 UDP socket on the wildcard address and ``port`` that carries IPv4 too (or, with
     ``v6_only``, only IPv6, beside an IPv4 socket on the same port), or None when the host has no

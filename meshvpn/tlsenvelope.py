@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 from meshvpn.errors import ConfigError
+from meshvpn.dualstack import listen_hosts
 
 if TYPE_CHECKING:
     from meshvpn.config import TlsListenConfig
@@ -56,5 +57,5 @@ async def listen(tls: TlsListenConfig, factory: Callable[[], asyncio.Protocol], 
         return None
     context = server_context(tls.cert_file, tls.key_file, "tls")
     return await asyncio.get_running_loop().create_server(
-        factory, tls.listen.host, tls.listen.port, ssl=context, reuse_address=True,
+        factory, listen_hosts(tls.listen.host), tls.listen.port, ssl=context, reuse_address=True,
         ssl_handshake_timeout=HANDSHAKE_TIMEOUT, **options)

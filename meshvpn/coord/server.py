@@ -39,6 +39,7 @@ from meshvpn.coord.connection import Connection
 from meshvpn.coord.mapbudget import MapBudget
 from meshvpn.coord.membership import Announce, Close, Log, Membership, MembershipSettings, Send, SendMap
 from meshvpn.coord.store import Network, SqliteStore, open_store
+from meshvpn.dualstack import listen_hosts
 from meshvpn.errors import ConfigError, MeshError, RemoteProtocolError
 from meshvpn.coord.lanpush import with_new_access
 from meshvpn.coord.turncreds import TurnSecret
@@ -180,7 +181,7 @@ class CoordServer:
         settings = self.settings
         try:
             self._listener = await loop.create_server(
-                lambda: Connection(self), settings.listen.host, settings.listen.port,
+                lambda: Connection(self), listen_hosts(settings.listen.host), settings.listen.port,
                 reuse_address=True, backlog=LISTEN_BACKLOG,
             )
             self.address = self._listener.sockets[0].getsockname()[:2]

@@ -147,9 +147,9 @@ class Mesh:
         self.access: dict = {}
         """The network's access policy (`networks[0].access`), set before `start_coord` or `reload_coord`."""
         self.coord_ipv6: str | None = None
-        """The coord's IPv6 address on a dual-stack lab, set before `start_coord`: its STUN service
-        then listens on the wildcard address of both families, and nodes know the coord there too
-        (their STUN server over IPv6)."""
+        """The coord's IPv6 address on a dual-stack lab, set before `start_coord`: its control
+        channel and STUN service then listen on the wildcard address of both families, and nodes
+        know the coord there too (their STUN server over IPv6)."""
         self.coord_public = self._new_key("coord")
 
     def _new_key(self, name: str) -> str:
@@ -238,6 +238,7 @@ class Mesh:
 
     def _write_coord_config(self, name: str, address: str, admin_socket: Path) -> Path:
         network = {"name": self.network, "cidr": self.cidr, **({"access": self.access} if self.access else {})}
+        bound = "0.0.0.0" if self.coord_ipv6 else address  # the wildcard listens on both families
         tls = {}
         if self.coord_tls_port:
             cert, key = self_signed_certificate(self.dir, name)
@@ -245,9 +246,10 @@ class Mesh:
         return _write_yaml(self.dir / f"{name}.yaml", {
             "private_key_file": str(self.dir / "coord.key"),
             "database": self.database or str(self.dir / "coord.db"),
-            "listen": f"{address}:{self.coord_port}",
+            "listen": f"{bound}:{self.coord_port}",
             "tls": tls,
-            "stun_listen": f"{'0.0.0.0' if self.coord_ipv6 else address}:{STUN_PORT}",
+            "stun_listen": f"{bound}:{STUN_PORT}",
+            **({"public_address": f"{address}:{self.coord_port}"} if bound != address else {}),
             "admin_socket": str(admin_socket),
             "networks": [network],
             "relays": [{"name": r.name, "address": r.address, "public_key": r.public_key, "tls_port": r.tls_port}

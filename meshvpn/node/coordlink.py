@@ -231,7 +231,7 @@ class CoordLink:
     async def _session(self, endpoint: Endpoint) -> None:
         client = await connect(endpoint, self.server_public, self.identity,
                                keepalive=self.keepalive, timeout=CONNECT_TIMEOUT,
-                               sock=None if self.local_socket is None else self.local_socket(),
+                               sock=None if self.local_socket is None or ":" in endpoint.host else self.local_socket(),
                                tls=endpoint in self._tls)
         self._client = client
         self.dialer.reached()

@@ -19,8 +19,8 @@ answer (a second server with the addresses crossed), the tests become complete.
 * Port mapping: which of PCP, NAT-PMP and UPnP IGD the gateway speaks (probed, nothing mapped),
   and the running daemon's mapping: protocol, external endpoint, lease left.
 
-Not reported (the node has neither yet): IPv6 reachability, and fallback transports to the relay
-beyond UDP and plain TCP.
+* IPv6 (`meshvpn.node.netcheck6`): a global address, the STUN mapping over IPv6, and whether
+  the coord and the relays answer over IPv6.
 
 The verdict logic (`verdict`) is pure; `gather` is the asyncio shell that observes.
 """
@@ -417,17 +417,20 @@ def _endpoint(text: str) -> Endpoint:
 
 def main(args) -> int:
     """`meshvpn netcheck [--json]`: probe the coordination server's STUN service and print a report."""
+    from meshvpn.node.netcheck6 import check_ipv6, render_ipv6  # it needs the daemon's modules, which need this one
+
     config = args.settings
     host = socket.getaddrinfo(config.coord.address.host, None, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0]
     daemon = _daemon_status(str(config.control_socket))
     obs = asyncio.run(gather((host, config.coord.stun_port), _daemon_relays(daemon)))
     result = verdict(obs)
     portmap = {**asyncio.run(probe_gateway(config.portmap)), "daemon": daemon.get("self", {}).get("port_mapping")}
+    ipv6 = asyncio.run(check_ipv6(config, {name: t.endpoint for name, t in _daemon_relays(daemon).items()}))
     if args.json:
         print(json.dumps({**asdict(result), "traversal": result.traversal, "port_mapping": portmap,
-                          "observations": asdict(obs)}, indent=2))
+                          "ipv6": asdict(ipv6), "observations": asdict(obs)}, indent=2))
     else:
-        print("\n".join([render(result), *render_port_mapping(portmap)]))
+        print("\n".join([render(result), *render_port_mapping(portmap), render_ipv6(ipv6)]))
     return 0 if result.udp else 1
 
 

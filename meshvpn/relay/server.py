@@ -37,6 +37,7 @@ from meshvpn.metrics import MetricsEndpoint, relay_families, start_metrics
 from meshvpn.prefixcap import PrefixCaps, PrefixLimits
 from meshvpn.reload import Reloader
 from meshvpn.timestamps import TimestampFile, TimestampJournal
+from meshvpn.dualstack import listen_hosts
 from meshvpn.udpbatch import BatchUdpSocket, bind_udp
 
 log = logging.getLogger("meshvpn.relay.server")
@@ -185,11 +186,11 @@ class RelayServer:
         loop = asyncio.get_running_loop()
         listen = self.settings.listen
         try:
-            self._udp = BatchUdpSocket(bind_udp(listen.host, listen.port, SOCKET_BUFFER))
-            self.address = self._udp.sock.getsockname()[:2]
+            self._udp = BatchUdpSocket(bind_udp(listen.host, listen.port, SOCKET_BUFFER, dual_stack=True))
+            self.address = (listen.host, self._udp.sock.getsockname()[1])
             loop.add_reader(self._udp.sock.fileno(), self._on_udp)
             self._listener = await loop.create_server(
-                lambda: _StreamConnection(self), listen.host, self.address[1], reuse_address=True
+                lambda: _StreamConnection(self), listen_hosts(listen.host), self.address[1], reuse_address=True
             )
         except OSError as exc:
             await self.close()

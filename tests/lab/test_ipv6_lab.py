@@ -6,7 +6,9 @@ behind random-port NATs, the pair that relays over IPv4 without help, and whose 
 nodes announce their global IPv6 addresses, punch them beside their IPv4 candidates, and go
 direct over IPv6; a checksummed transfer crosses. Then site a's IPv6 breaks (every packet
 dropped; addresses and routes stay) while traffic flows: both nodes are on an IPv4 path (the
-relay) within 2 s, measured from the break to each daemon's log line of the switch.
+relay) within 2 s, measured from the break to each daemon's log line of the switch. A third node
+names the coord by its IPv6 literal only and registers over IPv6; `meshvpn netcheck` reports the
+global address, the STUN mapping over IPv6 and the coord's answer over IPv6.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 
 from meshvpn.lab import Lab, NatKind, Topology
 from meshvpn.lab.mesh import Mesh
+from meshvpn.lab.netns import python_command
 from meshvpn.lab.timing import arrivals, logged_at, receiver, trickle
 from meshvpn.lab.transfer import transfer
 
@@ -39,6 +42,7 @@ def dual(lab: Lab, tmp_path: Path, meshes: list[Mesh]) -> tuple[Topology, Mesh]:
     topo.add_server("relay", addrs=[RELAY_ADDR])
     topo.add_site("a", nat=NatKind.RANDOM_PORTS)
     topo.add_site("b", nat=NatKind.RANDOM_PORTS)
+    topo.add_site("c", nat=NatKind.PORT_PRESERVING)
     mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR)
     meshes.append(mesh)
     mesh.coord_ipv6 = topo.addr6("coord")
@@ -80,3 +84,19 @@ def test_dual_stack_sites_go_direct_over_ipv6_and_fall_back_to_ipv4_within_2s(du
     assert all(delay is not None and delay <= FAILOVER_LIMIT for delay in switched.values()), switched
     assert resumed is not None, "no traffic over the relay after the switch"
     assert mesh.peer("a1", "b1")["path"] == "relay"
+
+
+def test_the_coord_answers_over_ipv6_and_netcheck_says_so(dual) -> None:
+    topo, mesh = dual
+    coord6 = topo.addr6("coord")
+    key, _ = mesh.create_auth_key()
+    mesh.start_node("c1", topo.host("c1"), key, coords=[f"[{coord6}]"])
+    mesh.wait_registered(["c1"])
+    assert mesh.status("c1")["self"]["coord_address"] == f"[{coord6}]:{mesh.coord_port}"
+    netcheck = python_command("meshvpn", "netcheck", "-c", str(mesh.dir / "a1.yaml"))
+    line = next(line for line in topo.host("a1").run(netcheck, timeout=30).stdout.splitlines()
+                if line.startswith("IPv6:"))
+    a1 = topo.addr6("a1")
+    print(line)
+    assert line.startswith(f"IPv6: global {a1}; STUN [{a1}]:"), line
+    assert re.search(rf"; coord \[{re.escape(coord6)}\]:{mesh.coord_port} [0-9.]+ ms; relay relay no IPv6 address$", line), line

@@ -114,3 +114,15 @@ def test_a_single_family_has_no_race():
     v4, other = Endpoint("203.0.113.20", 41641), Endpoint("198.51.100.20", 41641)
     picked, sent = race([Candidate(v4, CandidateKind.PUBLIC), Candidate(other, CandidateKind.PUBLIC)], v4)
     assert picked == v4 and [when for when, endpoint in sent if endpoint == other] == [0.0]
+
+
+def test_netcheck_says_what_it_found_over_ipv6_in_one_line():
+    from meshvpn.node.netcheck6 import Ipv6Report, render_ipv6
+
+    assert render_ipv6(Ipv6Report()) == "IPv6: no global address"
+    report = Ipv6Report(["2001:db8:1::b"], stun="[2001:db8:1::b]:41641", coord={"[2001:db8::a]:7400": 0.0004},
+                        relays={"relay": "no IPv6 address", "r2": None})
+    assert render_ipv6(report) == ("IPv6: global 2001:db8:1::b; STUN [2001:db8:1::b]:41641; coord [2001:db8::a]:7400 "
+                                   "0.4 ms; relay r2 unreachable; relay relay no IPv6 address")
+    silent = Ipv6Report(["2001:db8:1::b"], stun_error="timed out")
+    assert render_ipv6(silent) == "IPv6: global 2001:db8:1::b; STUN no answer (timed out)"
