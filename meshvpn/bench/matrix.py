@@ -80,13 +80,16 @@ class Kind:
     """A neighbour on the site's LAN opens `BACKGROUND_RATE` new flows per second."""
     stun: bool = False
     """The router runs miniupnpd, which checks its external address with the lab's RFC 5780 STUN server."""
+    ipv6: bool = False
+    """The site is dual-stack: its IPv6 is routed behind a stateful firewall (`meshvpn.lab.Ipv6Firewall`),
+    and the lab gives the servers IPv6 addresses too."""
 
     def build(self, topo: Topology, site: str, target: str, seconds: float) -> None:
         """Add site `site` (host `<site>1`) to `topo`; background flows go to `target`."""
         isp = f"{site}-isp" if self.carrier is not None else None
         if self.carrier is not None:
             topo.add_site(isp, nat=self.carrier, hosts=0)
-        topo.add_site(site, nat=self.nat, hosts=2 if self.background else 1, behind=isp)
+        topo.add_site(site, nat=self.nat, hosts=2 if self.background else 1, behind=isp, ipv6=self.ipv6)
         if self.background:
             background_traffic(topo.host(f"{site}2"), target, BACKGROUND_RATE, seconds=seconds + START_SECONDS * 3)
 
@@ -105,6 +108,8 @@ KINDS: tuple[Kind, ...] = (
          carrier=NatKind.RANDOM_PORTS),
     Kind("upnp", UPNP_ROUTER, "random-ports NAT whose router maps ports on request (miniupnpd: UPnP IGD, "
          "NAT-PMP, PCP)", stun=True),
+    Kind("dual-stack", NatKind.RANDOM_PORTS, "random-ports NAT for IPv4; IPv6 routed behind a stateful firewall "
+         "(out and replies in)", ipv6=True),
 )
 KINDS_BY_NAME = {kind.name: kind for kind in KINDS}
 
@@ -265,6 +270,7 @@ def run_meshvpn(topo: Topology, workdir: Path, seconds: float) -> Attempt:
     The coord listens on port 443 and the relay offers TLS there too, as a deployment that serves
     port-443-only networks does; the other cells do not use either."""
     mesh = Mesh(workdir, topo.host("coord"), COORD_ADDR, log_level="info", coord_port=443)
+    mesh.coord_ipv6 = topo.addr6("coord") if topo.ipv6 else None
     mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR, tls_port=443)
     mesh.start_coord()
     key, _ = mesh.create_auth_key()
@@ -284,13 +290,16 @@ def run_meshvpn(topo: Topology, workdir: Path, seconds: float) -> Attempt:
     return watch(started, seconds, lambda: topo.host("a1").ping(target, FIRST_PING_TIMEOUT), path_of)
 
 
-def _nebula_config(pki: Path, name: str, index: int, lighthouse: str) -> dict:
+def _nebula_config(pki: Path, name: str, index: int, lighthouse: str, lighthouse6: str | None = None) -> dict:
+    """Nebula's config; with `lighthouse6` (a dual-stack lab) it listens on both families and
+    knows the lighthouse at its IPv6 address too."""
     am_lighthouse = index == 0
+    hosts = [f"{LIGHTHOUSE_ADDR}:{NEBULA_PORT}"] + ([f"[{lighthouse6}]:{NEBULA_PORT}"] if lighthouse6 else [])
     return {
         "pki": {"ca": str(pki / "ca.crt"), "cert": str(pki / f"{name}.crt"), "key": str(pki / f"{name}.key")},
-        "static_host_map": {lighthouse: [f"{LIGHTHOUSE_ADDR}:{NEBULA_PORT}"]},
+        "static_host_map": {lighthouse: hosts},
         "lighthouse": {"am_lighthouse": am_lighthouse, "hosts": [] if am_lighthouse else [lighthouse]},
-        "listen": {"host": "0.0.0.0", "port": NEBULA_PORT},
+        "listen": {"host": "[::]" if lighthouse6 else "0.0.0.0", "port": NEBULA_PORT},
         "punchy": {"punch": True, "respond": True},
         "relay": {"am_relay": am_lighthouse, "use_relays": True, "relays": [] if am_lighthouse else [lighthouse]},
         "tun": {"dev": NEBULA_TUN},
@@ -321,7 +330,8 @@ def run_nebula(topo: Topology, workdir: Path, seconds: float) -> Attempt:
                            "-ca-crt", str(workdir / "ca.crt"), "-ca-key", str(workdir / "ca.key"),
                            "-out-crt", str(workdir / f"{name}.crt"), "-out-key", str(workdir / f"{name}.key")])
         config = workdir / f"{name}.yaml"
-        config.write_text(yaml.safe_dump(_nebula_config(workdir, name, index, lighthouse)))
+        lighthouse6 = topo.addr6("lighthouse") if topo.ipv6 else None
+        config.write_text(yaml.safe_dump(_nebula_config(workdir, name, index, lighthouse, lighthouse6)))
         logs.append(workdir / f"nebula-{name}.log")
         spawn(topo.host(name), ["nebula", "-config", str(config)], logs[-1])
         if index == 0:
@@ -353,7 +363,7 @@ def attempt(vpn: str, a: Kind, b: Kind, seconds: float, workdir: Path) -> Attemp
     """One attempt of one cell in a lab of its own; set-up failures become the attempt's error."""
     with BenchLab() as lab:
         try:
-            topo = Topology(lab)
+            topo = Topology(lab, ipv6=a.ipv6 or b.ipv6)
             for name, address in SERVERS[vpn]:
                 topo.add_server(name, addrs=[address])
             target = SERVERS[vpn][-1][1]

@@ -156,11 +156,13 @@ class Topology:
         lan: str | None = None,
         behind: str | None = None,
         wan: str | None = None,
+        ipv6: bool = True,
     ) -> Site:
         """A router (WAN on the internet, or on site `behind`'s LAN) with `hosts` hosts on its LAN.
 
         `lan` defaults to 10.N.0.0/24 for a NAT, or a public /26 of 192.0.2.0/24 without one.
         `wan` defaults to the next free address from .100 of the upstream segment.
+        On a dual-stack topology, `ipv6=False` leaves the LAN IPv4 only (the router still has both).
         """
         router = self._namespace(name, forwarding=True)
         if behind is None:
@@ -170,7 +172,7 @@ class Topology:
         wan_addr = upstream.claim(ip_address(wan)) if wan else upstream.allocate(ROUTER_OFFSET)
         self._attach(router, "wan0", upstream, [str(wan_addr)], default_route=True)
         lan_net = ip_network(lan) if lan else self._free_lan(nat.translates)
-        lan_segment = self._segment(router, lan_net, bridge="lan0")
+        lan_segment = self._segment(router, lan_net, bridge="lan0", ipv6=ipv6)
         links = RouterLinks(router, "wan0", "lan0", str(wan_addr), str(lan_net))
         nat.install(links)
         if not nat.translates:
@@ -278,9 +280,9 @@ class Topology:
                 ns.sysctl("net.ipv6.conf.all.forwarding", "1")
         return ns
 
-    def _segment(self, ns: Namespace, network: IPv4Network, bridge: str | None = None) -> Segment:
+    def _segment(self, ns: Namespace, network: IPv4Network, bridge: str | None = None, ipv6: bool = True) -> Segment:
         segment = Segment(ns, bridge or f"br{len(self._public)}", network)
-        if self.ipv6:
+        if self.ipv6 and ipv6:
             segment.network6 = PUBLIC_NETS6[PUBLIC_NETS.index(network)] if ns is self.internet else self._free_lan6()
         ns.ip("link", "add", segment.bridge, "mtu", MTU, "type", "bridge")
         ns.ip("addr", "add", f"{segment.claim(segment.gateway)}/{network.prefixlen}", "dev", segment.bridge)
