@@ -11,6 +11,7 @@ same in C (``_fastpath_loop.c``). Where the host has no IPv6, the socket stays I
 
 from __future__ import annotations
 
+import functools
 import socket
 
 MAPPED_PREFIX = "::ffff:"
@@ -25,10 +26,13 @@ def is_dual(sock: socket.socket) -> bool:
 
 def plain(source: tuple) -> tuple[str, int]:
     """A dual-stack socket's source address as ``(host, port)``, IPv4 peers in plain IPv4."""
-    host = source[0]
-    if host.startswith(MAPPED_PREFIX) and "." in host:
-        host = host[len(MAPPED_PREFIX):]
-    return host, source[1]
+    return _plain_host(source[0]), source[1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain_host(host: str) -> str:
+    """Cached: the Python receive path asks for every receive, and peers are few."""
+    return host[len(MAPPED_PREFIX):] if host.startswith(MAPPED_PREFIX) and "." in host else host
 
 
 def on_socket(endpoint: tuple) -> tuple[str, int]:

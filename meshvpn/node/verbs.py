@@ -42,6 +42,7 @@ class ControlVerbs:
             status["self"]["drops"] = dict(daemon.node.drops + daemon.data.drops)
             status["self"]["endpoints"] = [str(e) for e in daemon.local]
             status["self"]["public_endpoint"] = str(daemon.public_endpoint) if daemon.public_endpoint else None
+            status["self"]["ipv6_endpoints"] = [str(e) for e in daemon.ipv6]
             status["self"]["port_mapping"] = daemon.portmap.status()
             status["self"]["tcp_punch"]["listen"] = daemon.punch.listen_text()
             status["self"]["data_path"] = DATA_PATH

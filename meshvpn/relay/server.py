@@ -21,6 +21,7 @@ restart is still a replay after it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import resource
@@ -30,7 +31,7 @@ from typing import Callable
 
 from meshvpn import keys, noise, service, tlsenvelope
 from meshvpn.channel import ServerChannel
-from meshvpn.config import RelayConfig, load_relay_config
+from meshvpn.config import Address, RelayConfig, load_relay_config
 from meshvpn.errors import LocalProtocolError, MeshError, RemoteProtocolError
 from meshvpn.relay.core import RelayCore, Stream
 from meshvpn.metrics import MetricsEndpoint, relay_families, start_metrics
@@ -53,6 +54,9 @@ STATUS_INTERVAL = 10.0
 STREAM_LIMITS = PrefixLimits(per_host=256, per_subnet=1024)
 """TCP connections per source prefix (`meshvpn.prefixcap`): a node needs one, a NAT of nodes a few hundred."""
 SOCKET_BUFFER = 4 << 20
+PORT_TRIES = 5
+"""Ports tried with `listen.port` 0: UDP picks one, whose TCP side another socket may hold (more
+likely on the wildcard, where a connection from any address counts)."""
 """UDP socket buffers (capped by net.core.rmem_max and wmem_max): relayed traffic and whatever
 else arrives share one socket, and a burst of junk must not overflow it into drops of the rest."""
 RESERVED_DESCRIPTORS = 64
@@ -183,18 +187,16 @@ class RelayServer:
 
     async def start(self) -> None:
         """Bind UDP, then TCP on the same port; raise MeshError if either fails."""
-        loop = asyncio.get_running_loop()
         listen = self.settings.listen
-        try:
-            self._udp = BatchUdpSocket(bind_udp(listen.host, listen.port, SOCKET_BUFFER, dual_stack=True))
-            self.address = (listen.host, self._udp.sock.getsockname()[1])
-            loop.add_reader(self._udp.sock.fileno(), self._on_udp)
-            self._listener = await loop.create_server(
-                lambda: _StreamConnection(self), listen_hosts(listen.host), self.address[1], reuse_address=True
-            )
-        except OSError as exc:
-            await self.close()
-            raise MeshError(f"relay cannot listen on {listen.host}:{listen.port}: {exc}") from None
+        for tries_left in reversed(range(PORT_TRIES if listen.port == 0 else 1)):
+            try:
+                await self._bind(listen)
+                break
+            except OSError as exc:
+                if not (tries_left and exc.errno == errno.EADDRINUSE):
+                    await self.close()
+                    raise MeshError(f"relay cannot listen on {listen.host}:{listen.port}: {exc}") from None
+                self._unbind()
         await self._listen_tls()
         self._on_timer()
         self.metrics = await start_metrics(self.settings.metrics.listen, "relay", lambda: relay_families(self.core, self._udp.send_errors))
@@ -252,6 +254,22 @@ class RelayServer:
         host = self._hosts.pop(conn, None)
         if host is not None:
             self._caps.release(host)
+
+    def _unbind(self) -> None:
+        """Close the UDP socket of a port whose TCP side was taken, to try another."""
+        asyncio.get_running_loop().remove_reader(self._udp.sock.fileno())
+        self._udp.sock.close()
+        self._udp = None
+
+    async def _bind(self, listen: Address) -> None:
+        """UDP, then TCP on the same port (both families on the IPv4 wildcard)."""
+        loop = asyncio.get_running_loop()
+        self._udp = BatchUdpSocket(bind_udp(listen.host, listen.port, SOCKET_BUFFER, dual_stack=True))
+        self.address = (listen.host, self._udp.sock.getsockname()[1])
+        loop.add_reader(self._udp.sock.fileno(), self._on_udp)
+        self._listener = await loop.create_server(
+            lambda: _StreamConnection(self), listen_hosts(listen.host), self.address[1], reuse_address=True
+        )
 
     def flush(self) -> None:
         """Send what the core produced: runs of datagrams, stream frames, stream closes."""

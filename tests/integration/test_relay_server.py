@@ -7,6 +7,8 @@ server. Each test reads as a script: register, forward, misbehave, reload.
 
 import asyncio
 import contextlib
+import dataclasses
+import itertools
 import os
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ from meshvpn.channel import ClientChannel
 from meshvpn.config import Address, CoordTrust, RelayConfig, RelayLimits
 from meshvpn.control.messages import RelayInfo
 from meshvpn.cookie import CookieJar
+from meshvpn.dualstack import has_ipv6
 from meshvpn.node.relay.link import RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport
 from meshvpn.relay import server as relay_server
 from meshvpn.relay.server import RelayServer
@@ -63,12 +66,12 @@ class Inbox(asyncio.DatagramProtocol):
 class Node:
     """A node's relay side: its RelayLink, and a UDP socket or TCP channel to the relay."""
 
-    def __init__(self, server: RelayServer, config: RelayLinkConfig | None = None) -> None:
+    def __init__(self, server: RelayServer, config: RelayLinkConfig | None = None, host: str | None = None) -> None:
         self.private = keys.generate_private_key()
         self.public = keys.public_key(self.private)
         info = RelayInfo("r", *server.address, server.identity.public)
         self.link = RelayLink(info, self.private, self.public, os.urandom, time.time() - time.monotonic(), config)
-        self.address = server.address
+        self.address = server.address if host is None else (host, server.address[1])
         self.inbox = Inbox()
         self.udp: asyncio.DatagramTransport | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -177,6 +180,30 @@ def test_a_tcp_node_and_a_udp_node_reach_each_other(tmp_path):
     assert to_alice.node_key != to_bob.node_key and bytes(to_alice.inner) == bytes(to_bob.inner) == DATA
     assert status["nodes_tcp"] == 1
     assert after_close is None
+
+
+@pytest.mark.needs(not has_ipv6(), "no IPv6 on this host")
+def test_on_the_wildcard_the_relay_serves_both_families_on_udp_and_tcp(tmp_path):
+    """IPv4 and IPv6 nodes, over UDP and TCP, on one relay listening on 0.0.0.0: every pair forwards."""
+    async def scenario():
+        config = dataclasses.replace(relay_config(tmp_path), listen=Address("0.0.0.0", 0))
+        async with running(config) as server:
+            v4_udp, v6_udp = Node(server, host="127.0.0.1"), Node(server, host="::1")
+            v6_tcp = Node(server, RelayLinkConfig(udp_attempts=0), host="::1")
+            for node in (v4_udp, v6_udp):
+                await node.open_udp()
+            await v6_tcp.open_tcp()
+            got = []
+            for node in (v4_udp, v6_udp, v6_tcp):
+                await node.register()
+            for sender, receiver in itertools.permutations((v4_udp, v6_udp, v6_tcp), 2):
+                sender.send(wire.encode_relay(receiver.public, DATA))
+                got.append((await receiver.receive()).node_key == sender.public)
+            v6_tcp.writer.close()
+            v6_tcp.pump.cancel()
+            return got
+
+    assert asyncio.run(scenario()) == [True] * 6
 
 
 def test_a_forged_token_gets_no_answer_and_other_nodes_keep_working(tmp_path):

@@ -58,6 +58,7 @@ def test_dual_stack_sites_go_direct_over_ipv6_and_fall_back_to_ipv4_within_2s(du
     assert len(found) == 2, f"paths: {mesh.peer('a1', 'b1')}, {mesh.peer('b1', 'a1')}"
     assert mesh.peer("a1", "b1")["endpoint"] == f"[{topo.addr6('b1')}]:{NODE_PORT}"
     assert mesh.peer("b1", "a1")["endpoint"] == f"[{topo.addr6('a1')}]:{NODE_PORT}"
+    assert mesh.status("a1")["self"]["ipv6_endpoints"] == [f"[{topo.addr6('a1')}]:{NODE_PORT}"]
     sent, received = transfer(topo.host("a1"), topo.host("b1"), mesh.overlay("b1"), size=4 << 20)
     assert sent.same_data(received) and received.bytes == 4 << 20
     assert mesh.peer("a1", "b1")["path"] == "direct"
