@@ -163,6 +163,16 @@ def _add_coord_admin(coord: argparse.ArgumentParser) -> None:
         verb.add_argument("node", metavar="NODE", help="node name or public key")
         verb.add_argument("tag", metavar="TAG", help="letters, digits, '_', '.', '-'")
 
+    relays = admin.add_parser("relays", help="peer relays: nodes that relay for their network").add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+    for action, help_text in (("allow", "let a node, or the nodes with a tag, relay for its network"),
+                              ("disallow", "take back what `relays allow` granted")):
+        verb = admin_verb(relays, action, help_text)
+        verb.add_argument("member", metavar="NODE|tag:TAG", help="node name or public key, or tag:TAG")
+        verb.add_argument("--network", metavar="N", help="the network (required with tag:TAG)")
+    admin_verb(relays, "list", "list peer-relay grants and the nodes they cover").add_argument(
+        "--json", action="store_true", help="print JSON")
+
     networks = admin.add_parser("networks", help="networks").add_subparsers(dest="action", metavar="ACTION", required=True)
     admin_verb(networks, "list", "list networks").add_argument("--json", action="store_true", help="print JSON")
 

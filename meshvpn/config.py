@@ -263,6 +263,8 @@ class NetworkConfig:
     cidr: Cidr = option("address range node addresses are taken from")
     approval_required: Flag = option("new nodes wait for `meshvpn coord nodes approve`", False)
     access: AccessPolicy = option("access rules; a reload applies them when nothing else of `networks` changed", AccessPolicy, live=True)
+    peer_relays: tuple[Member, ...] = option(
+        "nodes (names, tag:TAG) that may relay for this network, besides those `meshvpn coord relays allow` names", ())
 
 
 @_section

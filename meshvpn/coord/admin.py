@@ -10,7 +10,9 @@ Requests: ``{"cmd": "key_create", "network": N, "reusable": B, "ephemeral": B, "
 "address": "HOST:PORT"|null}`` (answered with the token and its join string, `join_fields`),
 ``{"cmd": "nodes_list"}``, ``{"cmd": "node_approve"|"node_revoke", "node": REF}``,
 ``{"cmd": "node_tag"|"node_untag", "node": REF, "tag": TAG}``,
-``{"cmd": "networks_list"}``, ``{"cmd": "keys_list"}``. Answers carry ``"error"`` on failure. The
+``{"cmd": "networks_list"}``, ``{"cmd": "keys_list"}``, ``{"cmd": "relays_allow"|"relays_disallow",
+"member": NODE|"tag:TAG", "network": N|null}`` and ``{"cmd": "relays_list"}`` (peer relays,
+`meshvpn.coord.peerrelays`). Answers carry ``"error"`` on failure. The
 web console (`meshvpn.coord.console`) sends the same requests to the same `answer`.
 """
 
@@ -93,6 +95,17 @@ def _node_tag(membership: Membership, req: dict, now: float, randbytes: Any) -> 
     return {"node": node_json(_status_of(membership, node.key))}
 
 
+def _relays_change(membership: Membership, req: dict, now: float, randbytes: Any) -> dict:
+    change = membership.allow_peer_relay if req["cmd"] == "relays_allow" else membership.disallow_peer_relay
+    grant = change(req["member"], req.get("network"))
+    return {"network": grant.network, "member": grant.member, "nodes": membership.granted_nodes(grant)}
+
+
+def _relays_list(membership: Membership, req: dict, now: float, randbytes: Any) -> dict:
+    return {"peer_relays": [{"network": g.grant.network, "member": g.grant.member, "source": g.source,
+                             "nodes": membership.granted_nodes(g.grant)} for g in membership.peer_relay_grants()]}
+
+
 def _networks_list(membership: Membership, req: dict, now: float, randbytes: Any) -> dict:
     return {"networks": networks_json(membership.store, membership.list_nodes())}
 
@@ -115,6 +128,9 @@ _ANSWERS = {
     "node_untag": _node_tag,
     "networks_list": _networks_list,
     "keys_list": _keys_list,
+    "relays_allow": _relays_change,
+    "relays_disallow": _relays_change,
+    "relays_list": _relays_list,
 }
 
 
@@ -147,6 +163,7 @@ def node_json(status: NodeStatus) -> dict:
         "last_seen": node.last_seen,
         "auth_key": node.auth_key_id,
         "tags": list(node.tags),
+        "peer_relay": status.peer_relay,
     }
 
 
@@ -218,6 +235,8 @@ def _request_from(args) -> dict:
         return {"cmd": f"node_{args.action}", "node": args.node}
     if verb in ("nodes tag", "nodes untag"):
         return {"cmd": f"node_{args.action}", "node": args.node, "tag": args.tag}
+    if verb in ("relays allow", "relays disallow"):
+        return {"cmd": f"relays_{args.action}", "member": args.member, "network": args.network}
     return {"cmd": f"{args.admin}_list"}
 
 
@@ -277,6 +296,16 @@ def _format_node(response: dict) -> str:
     return f"{node['name']} ({node['network']}, {node['address']}): {node['state']}{tags}"
 
 
+def _format_grant(response: dict) -> str:
+    nodes = ", ".join(response["nodes"]) or "no node yet"
+    return f"{response['member']} in {response['network']} ({nodes})"
+
+
+def _format_relays(response: dict) -> str:
+    rows = [(g["network"], g["member"], g["source"], ",".join(g["nodes"])) for g in response["peer_relays"]]
+    return _table(("NETWORK", "ALLOWED", "BY", "NODES"), rows) if rows else "(no peer relays)"
+
+
 def _format_networks(response: dict) -> str:
     rows = [(n["name"], n["cidr"], "yes" if n["approval_required"] else "no", n["nodes"], n["online"])
             for n in response["networks"]]
@@ -304,4 +333,7 @@ _FORMATTERS = {
     "node_tag": _format_node,
     "node_untag": _format_node,
     "networks_list": _format_networks,
+    "relays_allow": lambda response: "may relay: " + _format_grant(response),
+    "relays_disallow": lambda response: "no longer relays: " + _format_grant(response),
+    "relays_list": _format_relays,
 }

@@ -86,6 +86,8 @@ class NodeStatus:
     home_relay: str | None
     paths: Mapping[str, str | None] = field(default_factory=dict)
     """The online node's path kind to each peer, by peer name, as it last reported them."""
+    peer_relay: bool = False
+    """An admin allowed the node to relay for its network (`meshvpn.coord.peerrelays`)."""
 
 
 class AdminError(MeshError):

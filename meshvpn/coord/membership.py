@@ -44,6 +44,7 @@ from meshvpn.coord.elsewhere import Elsewhere, Leases
 from meshvpn.coord.lanpush import LanPush
 from meshvpn.coord.events import Action, AdminError, Announce, Close, Log, NodeStatus, Send, SendMap
 from meshvpn.coord.peermap import peer_update
+from meshvpn.coord.peerrelays import PeerRelays, relay_names_by_network
 from meshvpn.coord.settings import MembershipSettings
 from meshvpn.coord.roster import Roster
 from meshvpn.coord.store import Conflict, NodeRecord, Store
@@ -59,7 +60,7 @@ TOKEN_SLACK = 30.0
 thousands of nodes online, a wake-up per node's refresh would each cost O(connections)."""
 
 
-class Membership(Elsewhere, LanPush):
+class Membership(Elsewhere, LanPush, PeerRelays):
     """Sans-IO coordination core; see the module docstring for its rules."""
 
     def __init__(
@@ -270,8 +271,9 @@ class Membership(Elsewhere, LanPush):
         return self.store.auth_keys(network)
 
     def list_nodes(self, network: str | None = None) -> list[NodeStatus]:
-        statuses = []
-        for node in self._roster.nodes(network):
+        statuses, nodes = [], list(self._roster.nodes(network))
+        relays = relay_names_by_network(self, {node.network for node in nodes})
+        for node in nodes:
             conn = self._conn_of_key.get(node.key)
             statuses.append(
                 NodeStatus(
@@ -281,6 +283,7 @@ class Membership(Elsewhere, LanPush):
                     observed_host=None if conn is None else conn.observed_host,
                     home_relay=None if conn is None else conn.home_relay,
                     paths={} if conn is None else dict(conn.paths),
+                    peer_relay=node.name in relays[node.network],
                 )
             )
         return statuses

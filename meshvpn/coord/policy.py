@@ -36,7 +36,13 @@ def access_for(policy: AccessPolicy | None, node: Member, network: Iterable[Memb
 
 
 def _names(policy: AccessPolicy, group: str, nodes: tuple[Member, ...]) -> set[str]:
-    members = next((g.members for g in policy.groups if g.name == group), ())
+    return named(next((g.members for g in policy.groups if g.name == group), ()), nodes)
+
+
+def named(members: Iterable[str], nodes: Iterable[Member]) -> set[str]:
+    """The names `members` (node names and ``tag:TAG``) stand for: names as written, tags resolved
+    against `nodes` now (access-rule groups and peer relays name nodes alike)."""
+    members = tuple(members)
     tags = {member.removeprefix("tag:") for member in members if member.startswith("tag:")}
     names = {member for member in members if not member.startswith("tag:")}
     return names | {node.name for node in nodes if node.tags & tags}

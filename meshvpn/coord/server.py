@@ -97,7 +97,8 @@ def membership_settings(config: CoordConfig) -> MembershipSettings:
     """What the core needs from the coord config."""
     networks = tuple(Network(n.name, str(n.cidr), n.approval_required) for n in config.networks)
     return MembershipSettings(networks, relay_infos(config), turn_secrets(config), keepalive=config.keepalive,
-                              access={n.name: n.access for n in config.networks})
+                              access={n.name: n.access for n in config.networks},
+                              peer_relays={n.name: n.peer_relays for n in config.networks})
 
 
 def turn_secrets(config: CoordConfig) -> tuple[TurnSecret, ...]:

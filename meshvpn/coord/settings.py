@@ -28,6 +28,8 @@ class MembershipSettings:
     """Peer JSON per `peer_map` frame; a larger map is sent in parts."""
     access: Mapping[str, AccessPolicy] = field(default_factory=dict, kw_only=True)
     """Access policy by network name; a network without one lets everyone reach everyone."""
+    peer_relays: Mapping[str, tuple[str, ...]] = field(default_factory=dict, kw_only=True)
+    """Nodes (names, ``tag:TAG``) coord.yaml allows to relay for each network (`coord.peerrelays`)."""
 
     @property
     def silence_limit(self) -> float:

@@ -24,7 +24,7 @@ from meshvpn.coord.authkeys import AuthKey
 from meshvpn.control.messages import Endpoint, parse_endpoint
 from meshvpn.errors import ConfigError, MeshError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class Conflict(MeshError):
@@ -71,6 +71,15 @@ class NodeRecord:
     """Set by `meshvpn coord nodes tag`; access-rule groups name nodes by tag."""
 
 
+@dataclass(frozen=True)
+class PeerRelayGrant:
+    """An admin's word that the nodes `member` names may relay for `network` (`meshvpn.coord.peerrelays`)."""
+
+    network: str
+    member: str
+    """A node name, or ``tag:TAG`` for every node with that tag."""
+
+
 class Store(Protocol):
     """Persistence for the membership core."""
 
@@ -91,6 +100,9 @@ class Store(Protocol):
         """Inside a transaction that admits a node to `network`: wait until no other coord
         instance sharing the database is admitting there, and hold that until the commit."""
     def delete_node(self, key: bytes) -> None: ...
+    def put_peer_relay(self, grant: PeerRelayGrant) -> None: ...
+    def delete_peer_relay(self, grant: PeerRelayGrant) -> None: ...
+    def peer_relays(self, network: str | None = None) -> list[PeerRelayGrant]: ...
     def close(self) -> None: ...
 
 
@@ -101,14 +113,15 @@ class MemoryStore:
         self._networks: dict[str, Network] = {}
         self._auth_keys: dict[str, AuthKey] = {}
         self._nodes: dict[bytes, NodeRecord] = {}
+        self._peer_relays: set[PeerRelayGrant] = set()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        saved = (dict(self._networks), dict(self._auth_keys), dict(self._nodes))
+        saved = (dict(self._networks), dict(self._auth_keys), dict(self._nodes), set(self._peer_relays))
         try:
             yield
         except BaseException:
-            self._networks, self._auth_keys, self._nodes = saved
+            self._networks, self._auth_keys, self._nodes, self._peer_relays = saved
             raise
 
     def put_network(self, network: Network) -> None:
@@ -149,6 +162,16 @@ class MemoryStore:
 
     def delete_node(self, key: bytes) -> None:
         self._nodes.pop(key, None)
+
+    def put_peer_relay(self, grant: PeerRelayGrant) -> None:
+        self._peer_relays.add(grant)
+
+    def delete_peer_relay(self, grant: PeerRelayGrant) -> None:
+        self._peer_relays.discard(grant)
+
+    def peer_relays(self, network: str | None = None) -> list[PeerRelayGrant]:
+        return sorted((g for g in self._peer_relays if network in (None, g.network)),
+                      key=lambda g: (g.network, g.member))
 
     def close(self) -> None:
         pass
@@ -193,6 +216,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Listings by network, in the order they are read.
         "CREATE INDEX auth_keys_by_network ON auth_keys (network, created, id)",
         "CREATE INDEX nodes_by_network ON nodes (network, created, name)",
+    ),
+    (
+        """CREATE TABLE peer_relays (
+            network TEXT NOT NULL REFERENCES networks(name),
+            member TEXT NOT NULL,
+            PRIMARY KEY (network, member))""",
     ),
 )
 """Schema version N is reached by running the statements of entries 0 .. N-1, in order; a
@@ -411,6 +440,18 @@ class SqlStore:
 
     def delete_node(self, key: bytes) -> None:
         self._execute("DELETE FROM nodes WHERE key = ?", (key,))
+
+    def put_peer_relay(self, grant: PeerRelayGrant) -> None:
+        self._execute("INSERT INTO peer_relays (network, member) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                      (grant.network, grant.member))
+
+    def delete_peer_relay(self, grant: PeerRelayGrant) -> None:
+        self._execute("DELETE FROM peer_relays WHERE network = ? AND member = ?", (grant.network, grant.member))
+
+    def peer_relays(self, network: str | None = None) -> list[PeerRelayGrant]:
+        where, args = ("", ()) if network is None else ("WHERE network = ?", (network,))
+        rows = self._execute(f"SELECT network, member FROM peer_relays {where} ORDER BY network, member", args)
+        return [PeerRelayGrant(row["network"], row["member"]) for row in rows]
 
     def close(self) -> None:
         self._db.close()

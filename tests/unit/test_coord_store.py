@@ -13,7 +13,9 @@ import pytest
 from meshvpn.coord.authkeys import create_auth_key
 from meshvpn.control.messages import Endpoint
 from meshvpn.coord.pgstore import PostgresStore, connect
-from meshvpn.coord.store import _NODES, SCHEMA_VERSION, Conflict, MemoryStore, Network, NodeRecord, SqliteStore
+from meshvpn.coord.store import (
+    _NODES, SCHEMA_VERSION, Conflict, MemoryStore, Network, NodeRecord, PeerRelayGrant, SqliteStore,
+)
 from meshvpn.errors import ConfigError
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -130,6 +132,31 @@ def test_a_conflict_in_a_nested_transaction_leaves_the_outer_one_usable(sql_stor
     assert store.get_node(OTHER.key).name == "kept"
 
 
+def test_peer_relay_grants_are_kept_once_listed_by_network_and_taken_back(store):
+    fill(store)
+    by_tag, by_name = PeerRelayGrant("home", "tag:host"), PeerRelayGrant("work", "pc")
+    for grant in (by_name, by_tag, by_tag):
+        store.put_peer_relay(grant)
+    assert store.peer_relays() == [by_tag, by_name]
+    assert store.peer_relays("home") == [by_tag] and store.peer_relays("nope") == []
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.delete_peer_relay(by_tag)
+            raise RuntimeError("rolled back")
+    store.delete_peer_relay(by_tag)
+    store.delete_peer_relay(by_tag)
+    assert store.peer_relays() == [by_name]
+
+
+def test_peer_relay_grants_survive_a_reopen(sql_store):
+    first, reopen = sql_store
+    fill(first)
+    first.put_peer_relay(PeerRelayGrant("home", "laptop"))
+    reopened = reopen()
+    assert reopened.peer_relays() == [PeerRelayGrant("home", "laptop")]
+    reopened.close()
+
+
 def test_reopen_has_the_same_state(sql_store):
     first, reopen = sql_store
     fill(first)
@@ -149,7 +176,7 @@ def test_sqlite_is_wal_and_stores_only_the_key_hash(tmp_path):
     store.close()
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)] == [(3,)]
+    assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)] == [(4,)]
     columns = [row[1] for row in db.execute("PRAGMA table_info(auth_keys)")]
     assert "secret_hash" in columns and "secret" not in columns
     db.close()
@@ -202,6 +229,9 @@ def test_migrations_bring_a_version_1_database_to_the_current_schema(sql_store):
     assert new.nodes() == [replace(NODE, tags=()), OTHER]  # schema 2 gave every node empty tags
     new.put_node(NODE)
     assert new.get_node(NODE.key) == NODE
+    assert new.peer_relays() == []  # schema 4 added the table, empty
+    new.put_peer_relay(PeerRelayGrant("home", "laptop"))
+    assert new.peer_relays("home") == [PeerRelayGrant("home", "laptop")]
     new.close()
 
 
@@ -219,7 +249,7 @@ def test_the_previous_release_s_sqlite_file_opens_with_everything_in_it(tmp_path
     path = tmp_path / "coord.db"
     shutil.copyfile(DATA / "coord-schema-v1.db", path)
     store = SqliteStore(str(path))
-    assert store.schema_version() == SCHEMA_VERSION == 3
+    assert store.schema_version() == SCHEMA_VERSION == 4
     assert "nodes_by_network" in indexes(store)
     assert store.networks() == [HOME, WORK]
     assert store.nodes() == [replace(NODE, tags=()), OTHER]
