@@ -47,6 +47,9 @@ class RelayInfo(Record):
     public_key: bytes = wire(KEY)
     tls_port: int | None = wire(optional(PORT))
     """TCP port of the relay's TLS listener, for networks that let only TLS (or only port 443) through."""
+    peer: bool | None = wire(optional(BOOL))
+    """A member of the node's network that relays for it (a peer relay, named and keyed as that
+    node): on its one UDP port, with no TCP or TLS listener."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class RelayToken(Record):
 
 
 RELAY_TOKENS = list_of(record(RelayToken), MAX_RELAYS)
+RELAYS = list_of(record(RelayInfo), MAX_RELAYS)
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,8 @@ class PeerInfo(Record):
     ipv6_endpoints: tuple[Endpoint, ...] | None = wire(optional(IPV6_ENDPOINTS))
     """The peer's IPv6 endpoints (global addresses, and its IPv6 mapping as STUN saw it): probed
     beside its IPv4 candidates."""
+    peer_relay: bool | None = wire(optional(BOOL))
+    """The peer relays for the network now (`Relays` offers it to nodes that take peer relays)."""
 
 
 # node → coord
@@ -210,6 +216,9 @@ class Register(Message):
     lan_party: bool | None = wire(optional(BOOL))
     """The node takes `access` (its rules, changed while it is online); an older node would
     refuse the unknown message."""
+    peer_relays: bool | None = wire(optional(BOOL))
+    """The node takes `relays` (peer relays as they come and go) and relays for its network when
+    an admin allows it; older nodes are neither offered peer relays nor made one."""
 
 
 @dataclass(frozen=True)
@@ -320,7 +329,7 @@ class Registered(Message):
     name: str = wire(NAME)
     address: str = wire(HOST)
     network: NetworkInfo = wire(record(NetworkInfo))
-    relays: tuple[RelayInfo, ...] = wire(list_of(record(RelayInfo), MAX_RELAYS), ())
+    relays: tuple[RelayInfo, ...] = wire(RELAYS, ())
     relay_tokens: tuple[RelayToken, ...] = wire(RELAY_TOKENS, ())
     """One token per relay; fresh ones follow in `RelayTokens` before these expire."""
     turn: tuple[TurnServer, ...] | None = wire(TURN_SERVERS)
@@ -331,6 +340,8 @@ class Registered(Message):
     """Access rules this node enforces on what it receives; absent: everyone reaches it."""
     lan_party: bool | None = wire(optional(BOOL))
     """The coord takes `groups` and passes them on (an older coord would refuse the unknown message)."""
+    relaying: bool | None = wire(optional(BOOL))
+    """This node relays for its network (a peer relay): for any member whose relay token names it."""
 
 
 @dataclass(frozen=True)
@@ -342,6 +353,19 @@ class Access(Message):
     TYPE = "access"
     access: AccessInfo | None = wire(optional(record(AccessInfo)))
     """Absent: everyone reaches the node."""
+
+
+@dataclass(frozen=True)
+class Relays(Message):
+    """The relays the node may use, or whether it relays itself, changed while it is online (a peer
+    relay was allowed, came online, moved or left): they replace those of `registered`, with a
+    token each. Sent only to nodes that registered with `peer_relays`."""
+
+    TYPE = "relays"
+    relays: tuple[RelayInfo, ...] = wire(RELAYS, ())
+    relay_tokens: tuple[RelayToken, ...] = wire(RELAY_TOKENS, ())
+    relaying: bool = wire(BOOL, False)
+    """This node relays for its network from now on (or no longer)."""
 
 
 @dataclass(frozen=True)
@@ -425,7 +449,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Register, Endpoints, PunchRequest, Ping, Pong, RelayHome, TurnRelayed, Paths, Leave, Groups,
-        Registered, RelayTokens, PeerMap, PeerUpdate, PeerRemove, PeerDelta, Punch, Error, Access,
+        Registered, RelayTokens, PeerMap, PeerUpdate, PeerRemove, PeerDelta, Punch, Error, Access, Relays,
     )
 }
 

@@ -27,7 +27,7 @@ from typing import Any, Callable
 from meshvpn import joinstring
 from meshvpn.config import DEFAULT_ADMIN_SOCKET, Address, load_coord_config
 from meshvpn.coord.membership import AdminError, Membership, NodeStatus
-from meshvpn.coord.store import Store, open_store
+from meshvpn.coord.store import NodeRecord, Store, open_store
 from meshvpn.errors import MeshError
 from meshvpn.keys import encode_key
 from meshvpn.localsock import DaemonNotRunning, format_ago, request
@@ -132,6 +132,14 @@ _ANSWERS = {
     "relays_disallow": _relays_change,
     "relays_list": _relays_list,
 }
+
+
+def nodes_changed(membership: Membership, response: dict) -> list[NodeRecord]:
+    """The nodes an admin verb's `response` changed (for the other coord instances to apply)."""
+    if "node" in response:
+        return [membership.find_node(response["node"]["key"])]
+    names = set(response.get("nodes", ()))
+    return [s.node for s in membership.list_nodes(response.get("network")) if s.node.name in names] if names else []
 
 
 def _status_of(membership: Membership, key: bytes) -> NodeStatus:

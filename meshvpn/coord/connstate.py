@@ -104,6 +104,10 @@ class Connection:
     """The rules the node was last sent."""
     groups: tuple[str, ...] = ()
     """The multicast groups the node last said it joined, shown to its peers."""
+    peer_relays: bool = False
+    """The node registered with `peer_relays`: it takes `relays` and may relay (`meshvpn.coord.peerrelays`)."""
+    offered: tuple[tuple[m.RelayInfo, ...], bool] | None = None
+    """The relays, and whether it relays itself, the node was last told."""
 
     @classmethod
     def opened_at(cls, conn_id: Hashable, key: bytes, host: str, now: float, port: int | None) -> Connection:

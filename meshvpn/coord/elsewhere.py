@@ -62,6 +62,7 @@ class Elsewhere:
     _networks: dict
     _leases: Leases
     _online: dict
+    _peer_relays_stale: set[str]
     punches_dropped: int
 
     def instance_heard(self, instance: str, now: float) -> None:
@@ -85,6 +86,7 @@ class Elsewhere:
         record and, with `message` (its `peer_update` or `peer_remove`, encoded as `payload`),
         told its own nodes; do here what follows for the nodes connected to this instance."""
         node = self._roster.reload(subject)
+        self._peer_relays_stale.add(network)  # its grants or tags may have changed there
         conn = self._conn_of_key.get(subject)
         self._leases.origin.pop(subject, None)
         if node is None or node.revoked:

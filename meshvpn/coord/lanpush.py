@@ -30,6 +30,7 @@ class LanPush:
     settings: Any
     _roster: Any
     _online: dict
+    _peer_relays_stale: set[str]
     _actions: list
     _send: Any
     _announce: Any
@@ -46,6 +47,7 @@ class LanPush:
         if tagged != node:
             self._log("info", "node untagged" if remove else "node tagged", tagged, tag=tag)
             self.push_access(tagged.network)
+            self._peer_relays_stale.add(tagged.network)
         return tagged
 
     def set_access(self, access: Mapping[str, AccessPolicy]) -> None:

@@ -71,13 +71,13 @@ class Membership(Elsewhere, LanPush, PeerRelays):
         """Mints each online node's relay tokens; without it nodes get none (and relays refuse them)."""
         self.settings = settings
         self._networks = {network.name: network for network in settings.networks}
-        self._relays = {relay.name for relay in settings.relays}
         self._conns: dict[Hashable, Connection] = {}
         self._conn_of_key: dict[bytes, Connection] = {}
         self._online: dict[str, dict[bytes, Connection]] = {}
         self._ephemeral_deadlines: dict[bytes, float] = {}
         self._elsewhere: dict[bytes, m.PeerInfo] = {}  # online on other instances (`elsewhere`)
         self._leases = Leases()
+        self._peer_relays, self._peer_relays_stale, self._grants = {}, set(), {}
         self._actions: list[Action] = []
         self.received: Counter = Counter()
         """Control messages received, by type (read by the metrics endpoint)."""
@@ -105,6 +105,7 @@ class Membership(Elsewhere, LanPush, PeerRelays):
         """Everything to do since the last call, in order; with `announcements`, each `Announce`
         and `SendMap` whole, else as one `Send` per node online in its network now, and the map
         as its `Send`s."""
+        self.settle_peer_relays()
         actions, self._actions = self._actions, []
         if announcements:
             return actions
@@ -159,7 +160,6 @@ class Membership(Elsewhere, LanPush, PeerRelays):
     def reconfigure(self, relays: tuple[m.RelayInfo, ...], keepalive: float) -> None:
         """Apply the settings a reload may change; nodes learn new relays when they next register."""
         self.settings = replace(self.settings, relays=relays, keepalive=keepalive)
-        self._relays = {relay.name for relay in relays}
 
     # ----- connection inputs
 
@@ -230,7 +230,7 @@ class Membership(Elsewhere, LanPush, PeerRelays):
         """Close silent and unregistered connections, forget ephemeral nodes offline too long, refresh relay tokens."""
         for conn in self._conns.values():
             if conn.tokens_due is not None and conn.tokens_due <= now + TOKEN_SLACK:
-                tokens, turn = passes.issue(self._minter, self.settings.relays, self.settings.turn, conn, now)
+                tokens, turn = passes.issue(self._minter, self.relays_for(conn), self.settings.turn, conn, now)
                 self._send(conn, m.RelayTokens(tokens, turn=turn))
         limit = self.settings.silence_limit
         for conn in [c for c in self._conns.values() if c.deadline(limit) <= now]:
@@ -371,6 +371,7 @@ class Membership(Elsewhere, LanPush, PeerRelays):
         conn.network = node.network
         conn.nat, conn.mapped, conn.ipv6 = msg.nat, sane_public(msg.mapped), sane_ipv6(msg.ipv6)
         conn.deltas, conn.lan_party = bool(msg.deltas), bool(msg.lan_party)
+        conn.peer_relays = bool(msg.peer_relays)
         self._ephemeral_deadlines.pop(node.key, None)
         if node.approved:
             self._go_online(conn, node)
@@ -385,7 +386,8 @@ class Membership(Elsewhere, LanPush, PeerRelays):
         self._online.setdefault(node.network, {})[node.key] = conn
         self._roster.changed(node.key)
         members = self._roster.nodes(node.network)
-        self._send(conn, passes.registered(self._minter, self.settings, network, node, members, conn))
+        self.peer_relays_before_online(node.network)
+        self._send(conn, passes.registered(self._minter, self.settings, network, node, members, conn, self))
         self._actions.append(SendMap(conn.conn_id))
         self._announce(node, exclude=node.key)
         self._log("info", "node online", node, observed_host=conn.observed_host)
@@ -403,7 +405,7 @@ class Membership(Elsewhere, LanPush, PeerRelays):
             self._announce(updated, exclude=conn.key)
 
     def _relay_home(self, conn: Connection, relay: str) -> None:
-        if relay not in self._relays:
+        if relay not in {offer.name for offer in self.relays_for(conn)}:
             self._send(conn, m.Error("bad_request", f"unknown relay {relay!r}"))
             return
         if conn.home_relay != relay:
@@ -446,7 +448,7 @@ class Membership(Elsewhere, LanPush, PeerRelays):
         conn = self._online.get(node.network, {}).get(node.key)
         if conn is None and node.key in self._elsewhere:
             return self._elsewhere[node.key]
-        return peer_info(node, conn)
+        return self._with_relay_flag(peer_info(node, conn), node.network)
 
     def _announce(self, node: NodeRecord, exclude: bytes | None = None) -> None:
         """Tell the other online nodes of `node`'s network its peer info as it is now."""

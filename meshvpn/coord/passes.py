@@ -4,7 +4,7 @@ refreshed together while it stays online) and the access rules that concern it."
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Protocol
 
 from meshvpn.control import messages as m
 from meshvpn.coord.connstate import Connection
@@ -13,6 +13,13 @@ from meshvpn.coord.settings import MembershipSettings
 from meshvpn.coord.store import Network, NodeRecord
 from meshvpn.relaytoken import TOKEN_REFRESH, TokenMinter, network_tag
 from meshvpn.coord.turncreds import CREDENTIAL_REFRESH, TurnSecret, turn_servers
+
+
+class RelayOffers(Protocol):
+    """Which relays a node may use, and whether it relays (`meshvpn.coord.peerrelays.PeerRelays`)."""
+
+    def relays_for(self, conn: Connection) -> tuple[m.RelayInfo, ...]: ...
+    def relaying(self, key: bytes, network: str) -> bool: ...
 
 
 def issue(
@@ -39,9 +46,11 @@ def _mint(minter: TokenMinter, relay: m.RelayInfo, node_key: bytes, tag: bytes, 
 
 
 def registered(minter: TokenMinter | None, settings: MembershipSettings, network: Network, node: NodeRecord,
-               members: Iterable[NodeRecord], conn: Connection) -> m.Registered:
-    """The `registered` message of `node`, online on `conn`, among the `members` of its network."""
-    tokens, turn = issue(minter, settings.relays, settings.turn, conn, conn.last_heard)
+               members: Iterable[NodeRecord], conn: Connection, relays: RelayOffers) -> m.Registered:
+    """The `registered` message of `node`, online on `conn`, among the `members` of its network;
+    `relays` says which relays it may use and whether it relays itself (`coord.peerrelays`)."""
+    conn.offered = offer = (relays.relays_for(conn), relays.relaying(node.key, node.network))
+    tokens, turn = issue(minter, offer[0], settings.turn, conn, conn.last_heard)
     conn.access = access = access_for(settings.access.get(node.network), Member(node.name, frozenset(node.tags)),
                         (Member(n.name, frozenset(n.tags)) for n in members))
     return m.Registered(
@@ -49,10 +58,11 @@ def registered(minter: TokenMinter | None, settings: MembershipSettings, network
         name=node.name,
         address=node.address,
         network=m.NetworkInfo(network.name, network.cidr),
-        relays=settings.relays,
+        relays=offer[0],
         relay_tokens=tokens,
         turn=turn,
         path_reports=True,
         access=access,
         lan_party=True,
+        relaying=offer[1] or None,
     )

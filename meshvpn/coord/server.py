@@ -56,7 +56,7 @@ LISTEN_BACKLOG = 4096
 """Pending TCP connections the kernel queues (capped by net.core.somaxconn): after a restart every
 node reconnects at once, and a short queue turns that into SYN retransmits seconds apart."""
 
-_SHARED_VERBS = frozenset({"node_approve", "node_revoke"})
+_SHARED_VERBS = frozenset({"node_approve", "node_revoke", "node_tag", "node_untag", "relays_allow", "relays_disallow"})
 """Admin verbs whose effect other instances must apply to the nodes connected to them."""
 
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -418,9 +418,9 @@ class CoordServer:
         if request.get("cmd") == "key_create" and "token" in response:
             response.update(admin.join_fields(response["token"], self.identity.public, self.settings.public_address,
                                               self.address, request.get("address")))
-        if self.instances is not None and request.get("cmd") in _SHARED_VERBS and "node" in response:
-            node = self.membership.find_node(response["node"]["key"])
-            self.instances.publish(node.network, node.key, None)
+        if self.instances is not None and request.get("cmd") in _SHARED_VERBS:
+            for node in admin.nodes_changed(self.membership, response):
+                self.instances.publish(node.network, node.key, None)
         return response
 
     async def _serve_admin(self, request: dict) -> AsyncIterator[dict]:

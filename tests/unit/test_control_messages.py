@@ -71,6 +71,13 @@ SAMPLES = [
     m.Access(m.AccessInfo("deny", (m.RuleInfo(0, "allow", ("*",), (parse_service("udp/27015"),)),))),
     m.Access(None),
     m.PeerUpdate(m.PeerInfo(KEY_A, "pc", "10.77.0.4", True, groups=("224.0.2.60",))),
+    m.Register("pc", "0.1.0", (), peer_relays=True),
+    m.Registered(KEY_A, "host", "10.77.0.2", m.NetworkInfo("home", "10.77.0.0/24"), relaying=True),
+    m.PeerUpdate(m.PeerInfo(KEY_A, "host", "10.77.0.2", True, peer_relay=True)),
+    m.Relays((m.RelayInfo("fra", "relay.example.net", 7500, KEY_B),
+              m.RelayInfo("host", "198.51.100.5", 41641, KEY_A, peer=True)),
+             (m.RelayToken("host", bytes(range(80)), 1.7e9),), relaying=False),
+    m.Relays((), (), relaying=True),
 ]
 
 

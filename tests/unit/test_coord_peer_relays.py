@@ -3,12 +3,14 @@ store across a restart and seen by every coord instance on one database."""
 
 import pytest
 
-from meshvpn import cli
+from meshvpn import cli, keys
 from meshvpn.control import messages as m
 from meshvpn.coord import admin
+from meshvpn.coord.events import Announce
 from meshvpn.coord.membership import AdminError, Membership, MembershipSettings, Send
 from meshvpn.coord.pgstore import PostgresStore
 from meshvpn.coord.store import MemoryStore, Network, PeerRelayGrant, SqliteStore
+from meshvpn.relaytoken import TokenMinter, TokenVerifier, network_tag
 
 PARTY = Network("party", "100.64.0.0/24")
 OFFICE = Network("office", "100.65.0.0/24")
@@ -110,3 +112,111 @@ def test_a_grant_made_on_one_coord_instance_is_seen_by_another(postgres_dsn) -> 
     finally:
         one.store.close()
         two.store.close()
+
+
+# ----- what the coord tells nodes: members are offered the relay, the relay hears its part
+
+SERVER = m.RelayInfo("fra", "203.0.113.20", 7500, bytes([200]) * 32)
+
+
+def private(conn: int) -> bytes:
+    return bytes([conn]) * 32
+
+
+def relaying_core(store=None) -> Membership:
+    minter = TokenMinter(bytes([100]) * 32, lambda n: bytes(n))
+    settings = MembershipSettings((PARTY, OFFICE), (SERVER,), keepalive=10.0)
+    return Membership(store or MemoryStore(), settings, 0.0, relay_tokens=minter)
+
+
+def arrive(core: Membership, conn: int, name: str, capable: bool = True, network: str = "party") -> list:
+    """`name` comes online (its key is the public key of `private(conn)`) with a public endpoint."""
+    token, _ = core.create_auth_key(network, secret=bytes([conn]) * 32, now=0.0)
+    core.node_connected(conn, keys.public_key(private(conn)), f"198.51.100.{conn}", 0.0)
+    core.receive(conn, m.encode(m.Register(name, "0.1.0", (), token, public_endpoint=m.Endpoint(
+        f"198.51.100.{conn}", 41000 + conn), peer_relays=capable or None)), 0.0)
+    return sent(core)
+
+
+def sent(core: Membership) -> list[tuple[int, m.Message]]:
+    return [(a.conn_id, a.message) for a in core.actions() if isinstance(a, Send)]
+
+
+def to(messages: list, conn: int, kind: type) -> list:
+    return [msg for c, msg in messages if c == conn and isinstance(msg, kind)]
+
+
+def test_members_are_offered_an_allowed_peer_relay_with_a_token_and_it_hears_its_part() -> None:
+    core = relaying_core()
+    arrive(core, 1, "host")
+    arrive(core, 2, "guest")
+    arrive(core, 3, "old", capable=False)
+    core.allow_peer_relay("host")
+    out = sent(core)
+    host = keys.public_key(private(1))
+    offer = m.RelayInfo("host", "198.51.100.1", 41001, host, peer=True)
+    assert to(out, 1, m.Relays) == [m.Relays((SERVER,), to(out, 1, m.Relays)[0].relay_tokens, relaying=True)]
+    (relays,) = to(out, 2, m.Relays)
+    assert relays.relays == (SERVER, offer) and not relays.relaying
+    token = next(t for t in relays.relay_tokens if t.relay == "host")
+    grant = TokenVerifier(private(1), keys.public_key(bytes([100]) * 32)).verify(token.token, keys.public_key(private(2)), 1.0)
+    assert grant.network == network_tag("party")
+    assert to(out, 3, m.Relays) == []  # an older node is offered nothing it cannot take
+    assert [u.peer.peer_relay for u in to(out, 2, m.PeerUpdate) + to(out, 3, m.PeerUpdate)] == [True, True]
+    late = to(arrive(core, 4, "late"), 4, m.Registered)[0]
+    assert late.relays == (SERVER, offer) and {t.relay for t in late.relay_tokens} == {"fra", "host"}
+    assert not late.relaying
+    core.receive(2, m.encode(m.RelayHome("host")), 1.0)
+    assert not [msg for _, msg in sent(core) if isinstance(msg, m.Error)]
+
+
+def test_a_relay_that_is_disallowed_or_goes_offline_is_withdrawn() -> None:
+    core = relaying_core()
+    arrive(core, 1, "host")
+    arrive(core, 2, "guest")
+    core.tag("host", "fast")
+    core.allow_peer_relay("tag:fast", "party")
+    sent(core)
+    core.tag("host", "fast", remove=True)
+    out = sent(core)
+    assert to(out, 1, m.Relays)[0].relaying is False and to(out, 2, m.Relays)[0].relays == (SERVER,)
+    core.tag("host", "fast")
+    assert to(sent(core), 2, m.Relays)[0].relays[-1].name == "host"
+    core.node_disconnected(1, 2.0)
+    assert to(sent(core), 2, m.Relays)[0].relays == (SERVER,)
+    assert to(arrive(core, 1, "host"), 1, m.Registered)[0].relaying is True
+    assert to(sent(core), 2, m.Relays) == []  # told already, in the same batch as its registration
+
+
+def test_a_node_that_cannot_relay_or_has_no_public_endpoint_is_not_offered() -> None:
+    core = relaying_core()
+    arrive(core, 1, "old", capable=False)
+    arrive(core, 2, "guest")
+    core.allow_peer_relay("old")
+    assert to(sent(core), 2, m.Relays) == []
+    core.node_connected(5, keys.public_key(private(5)), "198.51.100.5", 0.0)
+    token, _ = core.create_auth_key("party", secret=bytes([5]) * 32, now=0.0)
+    core.receive(5, m.encode(m.Register("hidden", "0.1.0", (), token, peer_relays=True)), 0.0)
+    core.allow_peer_relay("hidden")
+    assert to(sent(core), 2, m.Relays) == []
+    assert core.relays_for(core._conns[2]) == (SERVER,)
+
+
+def test_a_relay_online_on_another_instance_is_offered_here() -> None:
+    store = MemoryStore()
+    one, two = relaying_core(store), relaying_core(store)
+    arrive(one, 1, "host")
+    arrive(two, 2, "guest")
+    for action in one.actions(announcements=True):
+        if isinstance(action, Announce):
+            two.changed_elsewhere(action.network, action.subject, action.message, origin="one")
+    sent(two)
+    two.allow_peer_relay("host")  # on instance two; the server publishes the node it concerns
+    one.changed_elsewhere("party", keys.public_key(private(1)), None, origin="two")
+    out = [a for a in one.actions(announcements=True)]
+    assert to([(a.conn_id, a.message) for a in out if isinstance(a, Send)], 1, m.Relays)[0].relaying
+    for action in out:
+        if isinstance(action, Announce):
+            two.changed_elsewhere(action.network, action.subject, action.message, origin="one")
+    assert to(sent(two), 2, m.Relays)[0].relays[-1] == m.RelayInfo(
+        "host", "198.51.100.1", 41001, keys.public_key(private(1)), peer=True)
