@@ -38,6 +38,8 @@ def format_status(status: dict) -> str:
     mapping = me.get("port_mapping") or {}
     data_path += f"   mapped {mapping['external']} ({mapping['protocol']})" if mapping.get("external") else ""
     coord = " ".join(filter(None, (me.get("coord", "-"), me.get("coord_address"))))
+    relaying = me.get("relaying")
+    data_path += f"   peer relay for {relaying['nodes']} nodes" if relaying else ""
     lines = [_status_line(me.get("overlay"), me["name"], "self", f"coord {coord}{data_path}")]
     if _lan_in_use(me.get("lan")):
         lines.append(_status_line("", "", "lan", format_lan(me["lan"])))
@@ -46,9 +48,17 @@ def format_status(status: dict) -> str:
         lines.append(_status_line(
             peer.get("overlay"), peer["name"], peer["path"],
             f"{peer.get('endpoint') or '-':<22} handshake {format_ago(peer.get('last_handshake')):<8} "
-            f"rx {format_bytes(peer['rx_bytes'])} tx {format_bytes(peer['tx_bytes'])}{groups}{_last_change(peer)}",
+            f"rx {format_bytes(peer['rx_bytes'])} tx {format_bytes(peer['tx_bytes'])}{groups}{_via(peer)}"
+            f"{_last_change(peer)}",
         ))
     return "\n".join(lines)
+
+
+def _via(peer: dict) -> str:
+    """Which relay carries a relayed peer: `` via far`` or `` via host (peer relay)``."""
+    if not peer.get("relay"):
+        return ""
+    return f" via {peer['relay']}" + (" (peer relay)" if peer.get("peer_relay") else "")
 
 
 def _last_change(peer: dict) -> str:
@@ -77,7 +87,8 @@ def format_peers(peers: list) -> str:
     lines = []
     for peer in peers:
         endpoints = ",".join(peer.get("endpoints") or []) or "-"
-        lines.append(f"{peer.get('overlay') or '-':<16} {peer['name']:<20} {peer['key']}  {endpoints}")
+        relays = "  (peer relay)" if peer.get("peer_relay") else ""
+        lines.append(f"{peer.get('overlay') or '-':<16} {peer['name']:<20} {peer['key']}  {endpoints}{relays}")
     return "\n".join(lines) if lines else "(no peers)"
 
 

@@ -72,7 +72,7 @@ RECV_SLOT = 65535
 """Room one receive needs: a whole GRO batch."""
 RECV_AREA = 4 * RECV_SLOT
 """Receives gathered per TUN write: at least three GRO batches, or about 140 single datagrams."""
-_TRANSPORT = frozenset((MessageType.DATA, MessageType.KEEPALIVE))
+_TRANSPORT = frozenset((MessageType.DATA, MessageType.KEEPALIVE, MessageType.RELAY))  # a peer relay answers on a pinned way
 
 
 class NodeDaemon:
@@ -85,7 +85,7 @@ class NodeDaemon:
             keepalive=config.paths.keepalive, relay_after=config.paths.relay_after, path_timeout=config.paths.path_timeout
         )
         self.node = Node(private_key, os.urandom, CoreConfig(paths=paths, wall_offset=time.time() - self.loop.time()),
-                         config.lan.fanout)
+                         config.lan.fanout, coord_public=config.coord.public_key)
         self.timestamp_file = TimestampFile(config.state_dir)
         self.timestamps = restore(self.node.core.handshakes.timestamps.greatest, self.timestamp_file)
         """When the newest initiation timestamps go to the state directory (replays after a restart)."""
@@ -448,7 +448,7 @@ class NodeDaemon:
             tcp_punch=self.punch.from_punch_port or None,
             nat=self.nat,
             deltas=True,
-            lan_party=True,
+            lan_party=True, peer_relays=True,
             mapped=self.mapped,
             ipv6=self.ipv6 or None,
         )

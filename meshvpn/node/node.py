@@ -34,11 +34,13 @@ from meshvpn.control import messages as m
 from meshvpn.node import events as ev
 from meshvpn.node.core import CoreConfig, NodeCore
 from meshvpn.node.lanparty import LanParty
+from meshvpn.node.peerrelay import PeerRelay, add_relay_status
 from meshvpn.node.peers import Peer, PeerSlot, PeerTable
 from meshvpn.node.prediction import NatProfile
 from meshvpn.node.recovery import NodeRecovery
+from meshvpn.node.streaminbox import StreamInbox
 from meshvpn.node.relay.link import Transport as RelayTransport
-from meshvpn.node.relay.core import RelaySet, relay_endpoint
+from meshvpn.node.relay.core import RelaySet
 from meshvpn.node.tcp.core import PathDown, PathUp, TcpEndpoint, TcpPunch, WantPunch
 from meshvpn.node.transports import MAIN_SOCKET, PinnedSocket, PunchedStream, RelayStream, Transport, TurnChannel
 from meshvpn.node.turn.core import TurnLinks
@@ -47,23 +49,25 @@ from meshvpn.stun import is_stun
 from meshvpn.turn_codec import is_channel_data
 from meshvpn.wire import Endpoint, MessageType
 
-_HELLO_ACK = MessageType.RELAY_HELLO_ACK
 _FROM_RELAY_LINK = frozenset((bytes((MessageType.RELAY_HELLO_ACK,)), bytes((MessageType.RELAY_COOKIE,))))
 """Second bytes of the datagrams a relay link answers (hello acks and cookies), not the peer core."""
 _SETTLE_ROUNDS = 8
 """Rounds of passing one machine's news to the others; two or three always suffice."""
 
 
-class Node(NodeRecovery):
+class Node(NodeRecovery, StreamInbox):
     """Everything one node decides, without I/O; the data path reads ``peers`` directly."""
 
     def __init__(self, private_key: bytes, random_bytes: Callable[[int], bytes],
-                 config: CoreConfig | None = None, lan: FanoutConfig | None = None) -> None:
+                 config: CoreConfig | None = None, lan: FanoutConfig | None = None,
+                 coord_public: Optional[bytes] = None) -> None:
         self.core = NodeCore(private_key, random_bytes, config)
         self.lan = LanParty(lan or FanoutConfig(), self.core.destinations)  # the data path calls it too
         wall = self.core.config.wall_offset
         self.relays = RelaySet(private_key, self.core.public_key, random_bytes, wall)
         self.turn = TurnLinks(random_bytes, peers=PeerSlot(self.core.peers, "turn_relayed"))
+        self.peer_relay = PeerRelay(private_key, random_bytes, wall, coord_public)
+        """This node relaying for its network, when the coord says so (needs the coord's key for tokens)."""
         self.tcp = TcpPunch(self.core.identity, random_bytes, wall, peers=PeerSlot(self.core.peers, "tcp"))
         self.core.routes.transport_for = self.transport_for
         self.core.departing = self._departing
@@ -103,15 +107,17 @@ class Node(NodeRecovery):
 
     def get_timer(self) -> Optional[float]:
         """The earliest deadline of any of the node's machines."""
-        timers = [machine.get_timer() for machine in (self.core, self.relays, self.turn, self.tcp, self.lan)]
+        machines = (self.core, self.relays, self.turn, self.tcp, self.lan, self.peer_relay)
+        timers = [machine.get_timer() for machine in machines]
         return min((t for t in timers if t is not None), default=None)
 
     # ---- inbox ------------------------------------------------------------------------
 
     def receive_coord(self, msg: m.Message, now: float) -> None:
         """A control message from the coord: to every machine that cares about it."""
-        if isinstance(msg, m.Registered):
+        if isinstance(msg, (m.Registered, m.Relays)):
             self._configure_relays(msg, now)
+            self.peer_relay.coord_message(msg, now)
         elif isinstance(msg, m.RelayTokens):
             self.relays.set_tokens(msg.tokens, now)
         self.core.coord_message(msg, now)
@@ -130,13 +136,15 @@ class Node(NodeRecovery):
         self.turn.set_servers(registered.turn or (), now)
         self._settle(now)
 
-    def _configure_relays(self, registered: m.Registered, now: float) -> None:
+    def _configure_relays(self, registered: m.Registered | m.Relays, now: float) -> None:
         self.relays.configure(registered.relays, registered.relay_tokens, now)
         self._out += map(ev.RelaySkipped, self.relays.skipped)
 
     def receive_datagram(self, data: bytes, src: Endpoint, now: float, via: Optional[int] = None) -> None:
         """A UDP datagram that is not transport data (on the main socket, or on extra socket `via`)."""
-        if via is None and src in self.turn.by_endpoint:
+        if via is None and self.peer_relay.takes(data, src):
+            self.peer_relay.receive(data, src, now)
+        elif via is None and src in self.turn.by_endpoint:
             if is_channel_data(data):
                 envelope = self.turn.unwrap(data, src)
                 if envelope is not None:
@@ -149,7 +157,7 @@ class Node(NodeRecovery):
             if via is None:
                 self._out.append(ev.StunReceived(data, src))
             return
-        elif data[1:2] in _FROM_RELAY_LINK and via is None:
+        elif data[1:2] in _FROM_RELAY_LINK:  # on a pinned socket too: the way to a peer relay may be one
             if not self.relays.receive(data, src, RelayTransport.UDP, now):
                 self.core.datagram_received(data, src, now)
         else:
@@ -160,6 +168,7 @@ class Node(NodeRecovery):
         """Do everything due at ``now`` in every machine; safe to call early or late."""
         self.core.handle_timer(now)
         self.relays.handle_timer(now)
+        self.peer_relay.handle_timer(now)
         self.turn.handle_timer(now)
         self.tcp.handle_timer(now)
         self.lan.handle_timer(now)
@@ -200,44 +209,6 @@ class Node(NodeRecovery):
     def send_tcp(self, endpoint: TcpEndpoint, messages: list[bytes], now: float) -> None:
         """Seal `messages` onto the punched TCP path at `endpoint` (the data path's runs)."""
         self.tcp.send(endpoint, messages, now)
-        self._settle(now)
-
-    # ---- inbox: streams to relays and TURN servers -----------------------------------------
-
-    def turn_stream_changed(self, name: str, up: bool, now: float) -> None:
-        """The stream to TURN server `name` is connected (`up`), or failed or closed."""
-        (self.turn.stream_up if up else self.turn.stream_ended)(name, now)
-        self._settle(now)
-
-    def receive_turn_stream(self, name: str, data: bytes, now: float) -> None:
-        """Bytes from the stream to TURN server `name`."""
-        self.turn.receive_stream(name, data, now)
-        self._settle(now)
-
-    def relay_stream_up(self, name: str, now: float) -> None:
-        """The TCP stream to relay `name` is established (its channel is up)."""
-        self.relays.tcp_up(name, now)
-        self._settle(now)
-
-    def relay_stream_ended(self, name: str, now: float) -> None:
-        """The TCP stream to relay `name` closed or failed; the link retries with backoff."""
-        self.relays.tcp_down(name, now)
-        self._settle(now)
-
-    def receive_relay_frames(self, name: str, frames: Iterable[bytes], now: float) -> None:
-        """Frames from relay `name`'s TCP stream: hello acks to its link, the rest to the data path."""
-        link = self.relays.links.get(name)
-        if link is None:
-            return
-        endpoint = relay_endpoint(link.info)
-        data = []
-        for frame in frames:
-            if len(frame) > 1 and frame[1] == _HELLO_ACK:
-                self.relays.receive(frame, endpoint, RelayTransport.TCP, now)
-            else:
-                data.append((frame, endpoint))
-        if data:
-            self._out.append(ev.Deliver(data))
         self._settle(now)
 
     # ---- inbox: the data path, ping, hard NATs, settings ------------------------------
@@ -412,8 +383,9 @@ class Node(NodeRecovery):
 
     def _drain_relays(self, now: float) -> bool:
         relays = self.relays
-        datagrams = relays.datagrams_to_send()
-        self._out += (ev.SendDatagram(dst, data) for dst, data in datagrams)
+        datagrams = relays.datagrams_to_send()  # a peer relay's way in may be the pinned socket of our path to it
+        self._out += (ev.SendDatagram(dst, data, self.core.socket_for.get(dst)) for dst, data in datagrams)
+        self._out += (ev.SendDatagram(dst, data) for dst, data in self.peer_relay.datagrams_to_send())
         frames = relays.frames_to_send()
         self._out += (ev.SendRelayFrames(link.name, [frame]) for link, frame in frames)
         streams = relays.stream_wishes(now)
@@ -485,6 +457,7 @@ class Node(NodeRecovery):
         status["self"]["relays"] = self.relays.status()
         status["self"]["turn"] = self.turn.status()
         status["self"]["tcp_punch"] = {"peers": self.tcp.status()}
+        add_relay_status(status, self.peers, self.relays, self.peer_relay)
         self.lan.add_status(status, self.peers)
         servers = {peer.name: self.turn.server_for(peer.route.endpoint) for peer in self.peers
                    if peer.route is not None}

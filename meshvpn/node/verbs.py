@@ -101,4 +101,4 @@ def _peer_map_entry(peer) -> dict:
         endpoints.append(f"{info.mapped_endpoint} (mapped)")
     endpoints += [f"{e} (ipv6)" for e in info.ipv6_endpoints or ()]
     return {"name": peer.name, "overlay": peer.address, "key": peer.key_text, "online": info.online,
-            "endpoints": endpoints}
+            "endpoints": endpoints, "peer_relay": bool(info.peer_relay)}

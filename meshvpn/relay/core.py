@@ -313,6 +313,10 @@ class RelayCore:
             "drops": dict(self.drops),
         }
 
+    def serves(self, link: Link) -> bool:
+        """Whether a node is registered on `link` (what it sends there may be for forwarding)."""
+        return link in self._by_link
+
     def registered_link(self, node_key: bytes) -> Optional[Link]:
         """Where `node_key` is registered, if it is."""
         reg = self._by_key.get(node_key)

@@ -45,10 +45,11 @@ class MemoryNode:
     """A node and its data path with an in-memory TUN; the caller moves the datagrams."""
 
     def __init__(self, private_key: bytes, random_bytes: Callable[[int], bytes], name: str, address: str,
-                 endpoint: Endpoint, config: Optional[CoreConfig] = None) -> None:
+                 endpoint: Endpoint, config: Optional[CoreConfig] = None, coord_public: Optional[bytes] = None) -> None:
         self.private, self.public = private_key, public_key(private_key)
         self.name, self.address, self.endpoint = name, address, endpoint
-        self.node = Node(private_key, random_bytes, config if config is not None else CoreConfig(wall_offset=WALL_OFFSET))
+        self.node = Node(private_key, random_bytes, config if config is not None else CoreConfig(wall_offset=WALL_OFFSET),
+                         coord_public=coord_public)
         self.node.set_own_endpoints([endpoint], None)
         self.data = DataPlane(self.node)
         self.tun: list[bytes] = []

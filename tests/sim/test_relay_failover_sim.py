@@ -31,6 +31,13 @@ class TimedNode(SimNode):
         self.arrivals = getattr(self, "arrivals", []) + [self.now] * (len(self.tun) - before)
 
 
+def keep_flowing(net, a, b):
+    """A packet each way every `GAP`, for as long as the simulation runs."""
+    a.send_ip(b, b"to b")
+    b.send_ip(a, b"to a")
+    net.scheduler.call_later(GAP, keep_flowing, net, a, b)
+
+
 def longest_gap(times, start, stop):
     inside = [start] + [t for t in times if start <= t <= stop] + [stop]
     return max(b - a for a, b in zip(inside, inside[1:]))
@@ -45,12 +52,7 @@ def test_a_dead_relay_is_left_within_two_seconds_by_both_ends():
     a, b = nodes
     RelayingCoord(net, nodes, (far, near), TokenMinter(COORD, rng.randbytes))
     net.scheduler.run_for(1.0)
-
-    def flow():
-        a.send_ip(b, b"to b")
-        b.send_ip(a, b"to a")
-        net.scheduler.call_later(GAP, flow)
-    flow()
+    keep_flowing(net, a, b)
     net.scheduler.run_for(4.0)
     assert a.path_to(b).kind is PathKind.RELAY and b.path_to(a).kind is PathKind.RELAY
     assert [node.mem.node.relays.home.name for node in nodes] == ["near", "near"]

@@ -354,7 +354,10 @@ class DataPlane:
             index = _unpack_index(buf, msg + 4)[0]
             peer = by_index.get(index)
             if peer is None:
-                self.drops["unknown index"] += 1
+                if msg != at and self.core.peer_relay.relaying:  # a member's, through us as its peer relay
+                    self._other(bytes(buf[at:end]), src, now)
+                else:
+                    self.drops["unknown index"] += 1
                 at += seg_size
                 continue
             relay_key = peer.key if msg != at else None

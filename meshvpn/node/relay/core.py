@@ -59,6 +59,8 @@ class RelaySet:
         wanted = {}
         self.skipped = []
         for info in relays:
+            if info.public_key == self._public:
+                continue  # ourselves, as a peer relay: never a relay of our own
             if is_ip(info.host):
                 wanted[info.name] = info
             else:
@@ -193,6 +195,7 @@ class RelaySet:
                 "rtt_ms": None if link.rtt is None else round(link.rtt * 1000, 2),
                 "cookies": link.cookies,
                 "home": link is self.home,
+                "peer": bool(link.info.peer),
             }
             for name, link in self.links.items()
         ]

@@ -249,7 +249,7 @@ class RelayLink:
         if self._token is None or self._token_expires <= wall:
             return
         if self.transport is Transport.UDP:
-            if self._unanswered_udp >= self.config.udp_attempts:
+            if self._unanswered_udp >= self.config.udp_attempts and not self.info.peer:  # a peer relay has no stream
                 self.transport = Transport.TCP
                 self.stream.want()
                 self._next_udp_retry = now + self.config.udp_retry

@@ -1,0 +1,103 @@
+"""This node relaying for its network: a peer relay (`docs/relay.md`, "Peer relays").
+
+A LAN party's host is often the best relay its guests have. When the coord says the node relays
+(`relaying` in `registered`, later in `relays`), it runs the relay's own core,
+`meshvpn.relay.core.RelayCore`, on its one UDP port: the same registrations, cookies, token
+checks and rate limits as `meshvpn relay`, nothing copied. The tokens it accepts are minted by
+the coord the node is pinned to, for this node's key, and only for members of its network (the
+coord mints them for no one else), so it relays within its network only.
+
+What goes to the relay core rather than the peer core: every RELAY_HELLO (a node never gets one
+otherwise), and every RELAY envelope from an endpoint registered with it (members sending
+through it). An envelope from anywhere else is relayed traffic *for* this node (from a server
+relay) and goes on to the peer core as before, so the node still serves its own traffic. It
+never sees plaintext: what it forwards is sealed between the two members, and it holds no
+session of theirs.
+
+Sans-IO: `now` is the node's monotonic clock; the relay core gets wall-clock time (tokens and
+hellos carry it) through the node's wall offset.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Optional
+
+from meshvpn.config import RelayLimits
+from meshvpn.control import messages as m
+from meshvpn.relay.core import RelayCore
+from meshvpn.node.pathfinder import PathKind
+from meshvpn.wire import Endpoint, MessageType
+
+if TYPE_CHECKING:
+    from meshvpn.node.peers import PeerTable
+    from meshvpn.node.relay.core import RelaySet
+
+_HELLO = MessageType.RELAY_HELLO
+_ENVELOPE = MessageType.RELAY
+
+
+class PeerRelay:
+    """The relay core while the coord says this node relays; None of it otherwise."""
+
+    def __init__(self, private_key: bytes, random_bytes: Callable[[int], bytes], wall_offset: float,
+                 coord_public: Optional[bytes], limits: Optional[RelayLimits] = None) -> None:
+        self._private = private_key
+        self._random_bytes = random_bytes
+        self._wall = wall_offset
+        self._coord_public = coord_public
+        """The coord whose tokens count; without one (a node built without it) the node never relays."""
+        self._limits = limits or RelayLimits()
+        self.core: Optional[RelayCore] = None
+
+    @property
+    def relaying(self) -> bool:
+        return self.core is not None
+
+    def coord_message(self, msg: m.Message, now: float) -> None:
+        """`registered` and `relays` say whether the node relays: start or stop the relay core."""
+        if isinstance(msg, (m.Registered, m.Relays)):
+            wanted = bool(msg.relaying) and self._coord_public is not None
+            if wanted and self.core is None:
+                assert self._coord_public is not None
+                self.core = RelayCore(self._private, self._coord_public, self._limits, self._random_bytes,
+                                      now + self._wall)
+            elif not wanted:
+                self.core = None
+
+    def takes(self, data: bytes, src: Endpoint) -> bool:
+        """Whether a datagram from `src` is the relay's: a hello, or an envelope from a member registered here."""
+        if self.core is None or len(data) < 2:
+            return False
+        return data[1] == _HELLO or (data[1] == _ENVELOPE and self.core.serves(src))
+
+    def receive(self, data: bytes, src: Endpoint, now: float) -> None:
+        if self.core is not None:
+            self.core.receive(data, src, now + self._wall)
+
+    def handle_timer(self, now: float) -> None:
+        if self.core is not None:
+            self.core.handle_timer(now + self._wall)
+
+    def get_timer(self) -> Optional[float]:
+        return None if self.core is None else self.core.get_timer() - self._wall
+
+    def datagrams_to_send(self) -> list[tuple[Endpoint, bytes]]:
+        return [] if self.core is None else self.core.datagrams_to_send()
+
+    def status(self) -> Optional[dict]:
+        """The relay core's registrations and counters while relaying (`meshvpn status`)."""
+        return None if self.core is None else self.core.status()
+
+
+def add_relay_status(status: dict, peers: PeerTable, relays: RelaySet, serving: PeerRelay) -> None:
+    """`meshvpn status`: the relay that carries each relayed peer (``relay``; ``peer_relay`` when
+    it is a member relaying for the network) and, while this node relays, its registrations and
+    counters (``self.relaying``)."""
+    by_name = {peer.name: peer for peer in peers}
+    for entry in status["peers"]:
+        peer = by_name.get(entry["name"])
+        route = None if peer is None else peer.route
+        link = relays.by_endpoint.get(route.endpoint) if route is not None and route.path.kind is PathKind.RELAY else None
+        if link is not None:
+            entry["relay"], entry["peer_relay"] = link.name, bool(link.info.peer)
+    status["self"]["relaying"] = serving.status()

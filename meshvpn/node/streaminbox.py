@@ -1,0 +1,62 @@
+"""The node's inbox for its streams to relays and TURN servers: what the shell reports of them.
+
+Part of `meshvpn.node.node.Node` (mixed in), apart only to keep that module small: each call
+hands the stream's news or bytes to the machine that owns it (`RelaySet`, `TurnLinks`) and
+settles the node as every input does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from meshvpn.node import events as ev
+from meshvpn.node.relay.core import relay_endpoint
+from meshvpn.node.relay.link import Transport as RelayTransport
+from meshvpn.wire import MessageType
+
+_HELLO_ACK = MessageType.RELAY_HELLO_ACK
+
+
+class StreamInbox:
+    """Mixed into `Node`, whose machines (`relays`, `turn`) and `_settle` it uses."""
+
+    relays: Any
+    turn: Any
+    _out: list
+    _settle: Any
+
+    def turn_stream_changed(self, name: str, up: bool, now: float) -> None:
+        """The stream to TURN server `name` is connected (`up`), or failed or closed."""
+        (self.turn.stream_up if up else self.turn.stream_ended)(name, now)
+        self._settle(now)
+
+    def receive_turn_stream(self, name: str, data: bytes, now: float) -> None:
+        """Bytes from the stream to TURN server `name`."""
+        self.turn.receive_stream(name, data, now)
+        self._settle(now)
+
+    def relay_stream_up(self, name: str, now: float) -> None:
+        """The TCP stream to relay `name` is established (its channel is up)."""
+        self.relays.tcp_up(name, now)
+        self._settle(now)
+
+    def relay_stream_ended(self, name: str, now: float) -> None:
+        """The TCP stream to relay `name` closed or failed; the link retries with backoff."""
+        self.relays.tcp_down(name, now)
+        self._settle(now)
+
+    def receive_relay_frames(self, name: str, frames: Iterable[bytes], now: float) -> None:
+        """Frames from relay `name`'s TCP stream: hello acks to its link, the rest to the data path."""
+        link = self.relays.links.get(name)
+        if link is None:
+            return
+        endpoint = relay_endpoint(link.info)
+        data = []
+        for frame in frames:
+            if len(frame) > 1 and frame[1] == _HELLO_ACK:
+                self.relays.receive(frame, endpoint, RelayTransport.TCP, now)
+            else:
+                data.append((frame, endpoint))
+        if data:
+            self._out.append(ev.Deliver(data))
+        self._settle(now)
