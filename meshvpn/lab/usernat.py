@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import heapq
+import itertools
 import json
 import os
 import random
@@ -273,6 +275,9 @@ class UserNat:
     """Mapping, filtering, port allocation, timeout and hairpinning."""
     seed: int | None = None
     """Seed of the random port allocator; None draws one from the OS."""
+    delays: tuple[tuple[str, float], ...] = ()
+    """Remote addresses whose packets, both ways, the NAT holds back this many seconds: a far
+    server where the kernel has no netem (`with_delay`)."""
 
     @property
     def translates(self) -> bool:
@@ -287,6 +292,10 @@ class UserNat:
         """The same NAT with some `NatBehavior` fields changed (e.g. `mapping_timeout=5`)."""
         return dataclasses.replace(self, behavior=dataclasses.replace(self.behavior, **changes))
 
+    def with_delay(self, address: str, seconds: float) -> UserNat:
+        """The same NAT, holding back packets to and from `address` by `seconds` each way."""
+        return dataclasses.replace(self, delays=(*self.delays, (address, seconds)))
+
     def spec(self, router: RouterLinks) -> str:
         """The JSON argument of the NAT process."""
         b = self.behavior
@@ -295,6 +304,7 @@ class UserNat:
             "mapping": b.mapping.value, "filtering": b.filtering.value, "ports": b.ports.value,
             "mapping_timeout": b.mapping_timeout, "hairpinning": b.hairpinning,
             "port_base": b.port_base, "port_min": b.port_min, "port_max": b.port_max,
+            "delays": dict(self.delays),
         })
 
     def install(self, router: RouterLinks) -> None:
@@ -374,21 +384,36 @@ def serve(spec: dict) -> None:
     translator = Translator(NatTable(behavior_from_spec(spec), rng.randrange), spec["wan_addr"], spec["lan_net"])
     tun = open_tun(TUN_NAME)
     out = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    delays: dict[str, float] = spec.get("delays") or {}
+    held: list[tuple[float, int, bytearray]] = []
+    """Packets held back (`UserNat.delays`), by when they leave (then in arrival order)."""
+    order = itertools.count()
     print(READY, flush=True)
     next_sweep = time.monotonic() + SWEEP_INTERVAL
     while True:
-        readable, _, _ = select.select([tun], [], [], SWEEP_INTERVAL)
+        wait = SWEEP_INTERVAL if not held else min(SWEEP_INTERVAL, max(0.0, held[0][0] - time.monotonic()))
+        readable, _, _ = select.select([tun], [], [], wait)
         now = time.monotonic()
         if readable:
             packet = translator.translate(bytearray(os.read(tun, 65535)), now)
-            if packet is not None:
-                try:
-                    out.sendto(packet, (socket.inet_ntoa(packet[16:20]), 0))
-                except OSError:
-                    translator.drops["send failed"] = translator.drops.get("send failed", 0) + 1
+            delay = 0.0 if packet is None else delays.get(socket.inet_ntoa(packet[16:20]),
+                                                          delays.get(socket.inet_ntoa(packet[12:16]), 0.0))
+            if delay:
+                heapq.heappush(held, (now + delay, next(order), packet))
+            elif packet is not None:
+                _send(out, packet, translator)
+        while held and held[0][0] <= now:
+            _send(out, heapq.heappop(held)[2], translator)
         if now >= next_sweep:
             translator.table.expire(now)
             next_sweep = now + SWEEP_INTERVAL
+
+
+def _send(out: socket.socket, packet: bytearray, translator: Translator) -> None:
+    try:
+        out.sendto(packet, (socket.inet_ntoa(packet[16:20]), 0))
+    except OSError:
+        translator.drops["send failed"] = translator.drops.get("send failed", 0) + 1
 
 
 BACKGROUND_SCRIPT = r"""
