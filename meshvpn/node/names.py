@@ -90,6 +90,9 @@ class NameWatch:
             if any(host not in self.addresses for host, _ in self._names.values()):
                 self._start(list(self._names))
             return replace(msg, relays=self._known(msg.relays), turn=self._known(msg.turn))
+        if isinstance(msg, m.Relays) and self._registered is not None:  # peer relays came or went
+            self._registered = replace(self._registered, relays=msg.relays, relay_tokens=msg.relay_tokens)
+            return replace(msg, relays=self._known(msg.relays))
         if isinstance(msg, m.RelayTokens) and msg.turn:
             return replace(msg, turn=self._known(msg.turn))
         return msg

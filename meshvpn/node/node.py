@@ -16,6 +16,8 @@ transmissions and events in order. One timer: ``get_timer()``.
 Rules of the wiring:
 
 * A coord message goes to every machine that cares (relays, peers, TURN, TCP punch), in that order.
+* While the coord says this node relays for its network (:mod:`meshvpn.node.peerrelay`), relay
+  hellos, and envelopes from the members registered with it, go to its relay core first.
 * The home relay's endpoint, the TURN routes and the punched TCP paths become paths of the peer
   core (``set_relay``, ``set_turn``, ``set_tcp_path``) as soon as they change.
 * A UDP path (LAN or direct) ends TCP punching for that peer; a peer the coord removes loses

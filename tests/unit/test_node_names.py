@@ -125,3 +125,19 @@ def test_the_system_resolver_finds_localhost():
         assert await resolve("localhost", 7500) == "127.0.0.1"
 
     asyncio.run(scenario())
+
+
+def test_a_relays_message_has_its_named_servers_resolved_and_is_what_a_later_move_reconfigures():
+    async def scenario():
+        zone = Zone(relay_example="203.0.113.20")
+        watcher, changes = watch(zone)
+        watcher.rewrite(registered())
+        peer = m.RelayInfo("host", "198.51.100.9", 41641, bytes(range(1, 33)), peer=True)
+        offered = m.Relays((*registered().relays, peer), ())
+        assert [r.name for r in watcher.rewrite(offered).relays] == ["r2", "host"]  # r1 not resolved yet
+        await settle(watcher)
+        [moved] = changes
+        assert [r.host for r in moved.relays] == ["203.0.113.20", "198.51.100.2", "198.51.100.9"]
+        assert [r.host for r in watcher.rewrite(offered).relays] == ["203.0.113.20", "198.51.100.2", "198.51.100.9"]
+
+    asyncio.run(scenario())
