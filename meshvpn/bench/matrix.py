@@ -11,7 +11,11 @@ both control sockets answer; Nebula: both TUN devices exist) to that reply, and,
 becomes peer-to-peer within the cell's time, the time of the first reply over it. meshvpn's
 path is what `a1`'s status says after the reply; Nebula's is read from the lighthouse: a
 burst of pings that raises its UDP packet counter by at least one packet per reply went
-through the relay. Everything a cell starts runs through `Namespace.popen` and dies with its
+through the relay. The `peer-relay` kind adds a third site `h` behind a port-preserving NAT whose
+host `h1` may relay (meshvpn: `meshvpn coord relays allow h1`; Nebula: `am_relay` on `h1`, listed
+first in the others' `relays`), and holds the server relay's (lighthouse's) packets back 40 ms each
+way, so that `h1` is the nearer relay; a reply that `h1` carried is labelled `peer-relay` (meshvpn:
+`a1`'s status names the relay; Nebula: `h1`'s UDP counter). Everything a cell starts runs through `Namespace.popen` and dies with its
 lab, which is also torn down on errors and Ctrl-C.
 """
 
@@ -42,8 +46,9 @@ from meshvpn.errors import MeshError
 from meshvpn.lab import Nat, NatKind, Namespace, Topology
 from meshvpn.lab.mesh import Mesh, wait_for
 from meshvpn.lab.upnp import UPNP_ROUTER, add_stun_server
-from meshvpn.lab.usernat import background_traffic
+from meshvpn.lab.usernat import UserNat, background_traffic
 from meshvpn.localsock import DaemonNotRunning
+from meshvpn.sim.nat import SYMMETRIC_RANDOM
 
 MESHVPN, NEBULA = "meshvpn", "nebula"
 VPNS = (MESHVPN, NEBULA)
@@ -64,6 +69,10 @@ COUNT_TABLE = "mvmatrix"
 BURST = 10
 """Pings per path check through Nebula, 20 ms apart."""
 FIRST_PING_TIMEOUT = 0.3
+FAR = 0.040
+"""Seconds a `peer-relay` site's NAT holds back each packet to or from the server relay or lighthouse."""
+PEER_RELAY = "peer-relay"
+"""The label of a reply the third site's host relayed."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,8 @@ class Kind:
     ipv6: bool = False
     """The site is dual-stack: its IPv6 is routed behind a stateful firewall (`meshvpn.lab.Ipv6Firewall`),
     and the lab gives the servers IPv6 addresses too."""
+    peer_relay: bool = False
+    """A third site `h` (port-preserving NAT) whose host `h1` may relay for the others."""
 
     def build(self, topo: Topology, site: str, target: str, seconds: float) -> None:
         """Add site `site` (host `<site>1`) to `topo`; background flows go to `target`."""
@@ -110,6 +121,9 @@ KINDS: tuple[Kind, ...] = (
          "NAT-PMP, PCP)", stun=True),
     Kind("dual-stack", NatKind.RANDOM_PORTS, "random-ports NAT for IPv4; IPv6 routed behind a stateful firewall "
          "(out and replies in)", ipv6=True),
+    Kind(PEER_RELAY, UserNat("random-ports", SYMMETRIC_RANDOM).with_delay(RELAY_ADDR, FAR).with_delay(LIGHTHOUSE_ADDR, FAR),
+         f"userspace random ports, the server relay {FAR * 1000:g} ms away; a third site's host "
+         "(port-preserving NAT) may relay", peer_relay=True),
 )
 KINDS_BY_NAME = {kind.name: kind for kind in KINDS}
 
@@ -264,7 +278,7 @@ def watch(started: float, seconds: float, ping: Callable[[], bool], path_of: Cal
     return result
 
 
-def run_meshvpn(topo: Topology, workdir: Path, seconds: float) -> Attempt:
+def run_meshvpn(topo: Topology, workdir: Path, seconds: float, peer_relay: bool = False) -> Attempt:
     """Coord and relay on the internet, a daemon in `a1` and `b1`; `a1`'s status names the path.
 
     The coord listens on port 443 and the relay offers TLS there too, as a deployment that serves
@@ -274,64 +288,79 @@ def run_meshvpn(topo: Topology, workdir: Path, seconds: float) -> Attempt:
     mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR, tls_port=443)
     mesh.start_coord()
     key, _ = mesh.create_auth_key()
-    for name in ("a1", "b1"):
+    for name in ("a1", "b1", "h1") if peer_relay else ("a1", "b1"):
         mesh.start_node(name, topo.host(name), key)
     wait_for(lambda: mesh.status("a1") and mesh.status("b1"), START_SECONDS, "both daemons answering")
+    if peer_relay:
+        wait_for(lambda: mesh.status("h1").get("self", {}).get("overlay"), START_SECONDS, "h1 registered")
+        mesh.admin("relays", "allow", "h1")
     started = time.monotonic()
     target = wait_for(lambda: mesh.peer_overlay("a1", "b1"), seconds, "b1 in a1's peers")
 
     def path_of() -> str | None:
         try:
-            path = mesh.peer("a1", "b1")["path"]
+            peer = mesh.peer("a1", "b1")
         except (DaemonNotRunning, OSError, ValueError, KeyError, MeshError):
             return None
-        return path if path != "-" else None
+        return PEER_RELAY if peer.get("peer_relay") else peer["path"] if peer["path"] != "-" else None
 
     return watch(started, seconds, lambda: topo.host("a1").ping(target, FIRST_PING_TIMEOUT), path_of)
 
 
-def _nebula_config(pki: Path, name: str, index: int, lighthouse: str, lighthouse6: str | None = None) -> dict:
-    """Nebula's config; with `lighthouse6` (a dual-stack lab) it listens on both families and
-    knows the lighthouse at its IPv6 address too."""
+def _nebula_config(pki: Path, name: str, index: int, lighthouse: str, lighthouse6: str | None = None,
+                   peer_relay: str | None = None) -> dict:
+    """Node `index` (0: the lighthouse, also a relay). With `lighthouse6` (a dual-stack lab) it listens
+    on both families and knows the lighthouse at its IPv6 address too; `peer_relay`, the overlay
+    address of `h1` when it may relay: `am_relay` there, and first in every other node's relays."""
     am_lighthouse = index == 0
     hosts = [f"{LIGHTHOUSE_ADDR}:{NEBULA_PORT}"] + ([f"[{lighthouse6}]:{NEBULA_PORT}"] if lighthouse6 else [])
+    relays = [] if am_lighthouse or name == "h1" else [r for r in (peer_relay, lighthouse) if r]
     return {
         "pki": {"ca": str(pki / "ca.crt"), "cert": str(pki / f"{name}.crt"), "key": str(pki / f"{name}.key")},
         "static_host_map": {lighthouse: hosts},
         "lighthouse": {"am_lighthouse": am_lighthouse, "hosts": [] if am_lighthouse else [lighthouse]},
         "listen": {"host": "[::]" if lighthouse6 else "0.0.0.0", "port": NEBULA_PORT},
         "punchy": {"punch": True, "respond": True},
-        "relay": {"am_relay": am_lighthouse, "use_relays": True, "relays": [] if am_lighthouse else [lighthouse]},
+        "relay": {"am_relay": am_lighthouse or name == "h1", "use_relays": True, "relays": relays},
         "tun": {"dev": NEBULA_TUN},
         "logging": {"level": "info"},
         "firewall": {rule: [{"port": "any", "proto": "any", "host": "any"}] for rule in ("outbound", "inbound")},
     }
 
 
-def _lighthouse_packets(ns: Namespace) -> int:
-    """UDP packets the lighthouse has received on Nebula's port since the counter was made."""
+def _count_nebula_packets(ns: Namespace) -> None:
+    """Count the UDP packets `ns` receives on Nebula's port from now on (`_nebula_packets`)."""
+    ns.run(["nft", "-f", "-"], input=(
+        f"table inet {COUNT_TABLE} {{\n  counter udp_in {{ }}\n"
+        f"  chain input {{ type filter hook input priority 0; policy accept; udp dport {NEBULA_PORT} counter name udp_in; }}\n}}\n"
+    ))
+
+
+def _nebula_packets(ns: Namespace) -> int:
+    """UDP packets `ns` has received on Nebula's port since the counter was made."""
     out = ns.run(["nft", "-j", "list", "counter", "inet", COUNT_TABLE, "udp_in"]).stdout
     return next(item["counter"]["packets"] for item in json.loads(out)["nftables"] if "counter" in item)
 
 
-def run_nebula(topo: Topology, workdir: Path, seconds: float) -> Attempt:
-    """A lighthouse and relay on the internet, Nebula in `a1` and `b1`; the lighthouse's counter names the path."""
+def run_nebula(topo: Topology, workdir: Path, seconds: float, peer_relay: bool = False) -> Attempt:
+    """A lighthouse and relay on the internet, Nebula in `a1` and `b1` (and `h1`, a relay too, with
+    `peer_relay`); the relays' counters name the path."""
     lighthouse_ns = topo.host("lighthouse")
-    lighthouse_ns.run(["nft", "-f", "-"], input=(
-        f"table inet {COUNT_TABLE} {{\n  counter udp_in {{ }}\n"
-        f"  chain input {{ type filter hook input priority 0; policy accept; udp dport {NEBULA_PORT} counter name udp_in; }}\n}}\n"
-    ))
+    counted = [lighthouse_ns, topo.host("h1")] if peer_relay else [lighthouse_ns]
+    for ns in counted:
+        _count_nebula_packets(ns)
     lighthouse_ns.run(["nebula-cert", "ca", "-name", "mvmatrix", "-out-crt", str(workdir / "ca.crt"),
                        "-out-key", str(workdir / "ca.key")])
     lighthouse = f"{NEBULA_NET}.1"
     logs = []
-    for index, name in enumerate(("lighthouse", "a1", "b1")):
+    for index, name in enumerate(("lighthouse", "a1", "b1", "h1") if peer_relay else ("lighthouse", "a1", "b1")):
         lighthouse_ns.run(["nebula-cert", "sign", "-name", name, "-ip", f"{NEBULA_NET}.{index + 1}/24",
                            "-ca-crt", str(workdir / "ca.crt"), "-ca-key", str(workdir / "ca.key"),
                            "-out-crt", str(workdir / f"{name}.crt"), "-out-key", str(workdir / f"{name}.key")])
         config = workdir / f"{name}.yaml"
         lighthouse6 = topo.addr6("lighthouse") if topo.ipv6 else None
-        config.write_text(yaml.safe_dump(_nebula_config(workdir, name, index, lighthouse, lighthouse6)))
+        config.write_text(yaml.safe_dump(_nebula_config(workdir, name, index, lighthouse, lighthouse6,
+                                                        f"{NEBULA_NET}.4" if peer_relay else None)))
         logs.append(workdir / f"nebula-{name}.log")
         spawn(topo.host(name), ["nebula", "-config", str(config)], logs[-1])
         if index == 0:
@@ -342,7 +371,7 @@ def run_nebula(topo: Topology, workdir: Path, seconds: float) -> Attempt:
     target, a1 = f"{NEBULA_NET}.3", topo.host("a1")
 
     def path_of() -> str | None:
-        before = _lighthouse_packets(lighthouse_ns)
+        before = [_nebula_packets(ns) for ns in counted]
         done = a1.run(["ping", "-q", "-n", "-c", str(BURST), "-i", "0.02", "-W", "1", target], check=False, timeout=10)
         try:
             received = parse_ping(done.stdout).received
@@ -350,7 +379,8 @@ def run_nebula(topo: Topology, workdir: Path, seconds: float) -> Attempt:
             return None
         if received < BURST // 2:
             return None
-        return "relay" if _lighthouse_packets(lighthouse_ns) - before >= received else "direct"
+        carried = [_nebula_packets(ns) - b >= received for ns, b in zip(counted, before)]
+        return PEER_RELAY if carried[-1] and peer_relay else "relay" if carried[0] else "direct"
 
     return watch(started, seconds, lambda: a1.ping(target, FIRST_PING_TIMEOUT), path_of)
 
@@ -371,7 +401,9 @@ def attempt(vpn: str, a: Kind, b: Kind, seconds: float, workdir: Path) -> Attemp
                 add_stun_server(topo, workdir)
             a.build(topo, "a", target, seconds)
             b.build(topo, "b", target, seconds)
-            return RUNNERS[vpn](topo, workdir, seconds)
+            if a.peer_relay or b.peer_relay:
+                topo.add_site("h", nat=NatKind.PORT_PRESERVING)
+            return RUNNERS[vpn](topo, workdir, seconds, a.peer_relay or b.peer_relay)
         except MeshError as err:
             return Attempt(error=" ".join(str(err).split())[:500])
 

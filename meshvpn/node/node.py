@@ -36,7 +36,7 @@ from meshvpn.control import messages as m
 from meshvpn.node import events as ev
 from meshvpn.node.core import CoreConfig, NodeCore
 from meshvpn.node.lanparty import LanParty
-from meshvpn.node.peerrelay import PeerRelay, add_relay_status
+from meshvpn.node.peerrelay import PeerRelay, add_relay_status, reach_peer_relays
 from meshvpn.node.peers import Peer, PeerSlot, PeerTable
 from meshvpn.node.prediction import NatProfile
 from meshvpn.node.recovery import NodeRecovery
@@ -123,6 +123,7 @@ class Node(NodeRecovery, StreamInbox):
         elif isinstance(msg, m.RelayTokens):
             self.relays.set_tokens(msg.tokens, now)
         self.core.coord_message(msg, now)
+        reach_peer_relays(self.core, self.relays, now)
         self.lan.coord_message(msg, self.peers, now)
         self.turn.coord_message(msg, now)
         if isinstance(msg, m.PeerMap):  # its parts became peers in the core only now: TURN follows them

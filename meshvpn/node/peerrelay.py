@@ -29,6 +29,7 @@ from meshvpn.node.pathfinder import PathKind
 from meshvpn.wire import Endpoint, MessageType
 
 if TYPE_CHECKING:
+    from meshvpn.node.core import NodeCore
     from meshvpn.node.peers import PeerTable
     from meshvpn.node.relay.core import RelaySet
 
@@ -101,3 +102,13 @@ def add_relay_status(status: dict, peers: PeerTable, relays: RelaySet, serving: 
         if link is not None:
             entry["relay"], entry["peer_relay"] = link.name, bool(link.info.peer)
     status["self"]["relaying"] = serving.status()
+
+
+def reach_peer_relays(core: NodeCore, relays: RelaySet, now: float) -> None:
+    """Seek a path to each node we are offered as a relay and have no route to yet: behind a
+    random-port NAT the way to its port opens with our path to it (birthday probing), so a
+    member need not have talked to the relay's node before (called on every coord message)."""
+    for link in relays.links.values():
+        peer = core.peers.by_key.get(link.info.public_key) if link.info.peer and not link.ready else None
+        if peer is not None and peer.info.online and peer.route is None:
+            core.punching.seek_path(peer, now, core.config.punch_request_interval)
