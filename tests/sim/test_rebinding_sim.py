@@ -1,11 +1,9 @@
 """A NAT re-maps a node's public port mid-flow: traffic is back within 1 s, the path within 3 s.
 
-The world of `test_traversal_pairs_sim` (real `NodeCore`s behind simulated NATs, a STUN server,
-a relay and the fake coord), with the real data path (`DataPlane`) opening transport messages,
-so roaming and silence detection see what they see in the daemon. Around the core, the shell
-does what the daemon does: `DiscoverEndpoints` runs STUN again and then calls
-`endpoints_refreshed`; when the core asks the relay links to check themselves (`check_relays`: a
-relay path went silent, or a path died and our mapping may have moved), a hello goes to the relay.
+The pairs harness (`meshvpn.sim.pairs`: real `NodeCore`s and data paths behind simulated NATs, a
+STUN server, a relay and the fake coord), so roaming and silence detection see what they see in
+the daemon; its shell runs STUN again on `DiscoverEndpoints` and says hello to the relay when the
+core asks its relay links to check themselves.
 
 A steady flow (a packet every `GAP`, each echoed) runs from `a` to `b`; after `WARM_UP` the NAT
 in front of `a` forgets its mappings and gives their ports to other hosts (`Nat.rebind`).
@@ -14,18 +12,14 @@ in front of `a` forgets its mappings and gives their ports to other hosts (`Nat.
 from __future__ import annotations
 
 import itertools
+import random
 from dataclasses import replace
 
 import pytest
 
-from meshvpn import wire
-from meshvpn.node.datapath.dataplane import DataPlane
-from meshvpn.node.events import DiscoverEndpoints, PeerPathChanged
 from meshvpn.node.pathfinder import ChangeReason, PathKind
 from meshvpn.sim import PORT_RESTRICTED_CONE
-from meshvpn.sim.nodes import ip_packet
-from meshvpn.wire import Endpoint, MessageType
-from test_traversal_pairs_sim import EASY, KINDS, RELAY, STUN, Kind, Node, World
+from meshvpn.sim.pairs import EASY, KINDS, PORT, Kind, World, flow, longest_gap
 
 GAP = 0.02
 """Seconds between the flow's packets."""
@@ -43,78 +37,14 @@ SETTLE = 6.0
 """Seconds the run goes on after the re-mapping."""
 
 
-class RoamingNode(Node):
-    """The traversal world's node with the real data path and the shell's answers to recovery."""
-
-    def __init__(self, *args) -> None:
-        super().__init__(*args)
-        self.data = DataPlane(self.core)
-        self.discovering = False
-        self.reasons: list[str] = []
-        """Why the path to the peer changed, in order."""
-
-    def _datagram(self, data: bytes, src: Endpoint, via: int | None, relayed_from: bytes | None) -> None:
-        if data[1] not in (MessageType.DATA, MessageType.KEEPALIVE):
-            self.core.datagram_received(data, src, self.now, relayed_from, via)
-            return
-        message = data if relayed_from is None else wire.encode_relay(relayed_from, data)
-        for packet in self.data.inbound([(message, src)], self.now):
-            peer = self.core.peers.by_overlay[packet[12:16]]
-            payload = packet[20:]
-            self.received.append((self.now, payload))
-            if not payload.startswith(b"echo "):
-                self.core.packet_from_tun(peer, ip_packet(self.address, peer.address, b"echo " + payload), self.now)
-
-    def _stun_answer(self, via: int | None, data: bytes) -> None:
-        super()._stun_answer(via, data)
-        if via is None and self.discovering:
-            self.discovering = False
-            self.core.set_own_endpoints([Endpoint(self.host.ip, 41641)], Endpoint(*self.public_endpoint))
-            self.core.endpoints_refreshed(self.now)
-
-    def on_event(self, event: object) -> None:
-        if isinstance(event, PeerPathChanged):
-            self.reasons.append(event.reason)
-        elif isinstance(event, DiscoverEndpoints):
-            self.discovering = True
-            self.sock.sendto(b"S", STUN)
-
-    def pump(self) -> None:
-        if self.core.check_relays:
-            self.core.check_relays = False
-            self.sock.sendto(b"hello" + self.public, RELAY)
-        super().pump()
-
-
-class RoamingWorld(World):
-    node_class = RoamingNode
-
-
-def flow(world: World, until: float) -> None:
-    """`a` sends a numbered packet to `b` every `GAP` until `until`; `b` echoes each."""
-    counter = itertools.count()
-
-    def tick() -> None:
-        world.a.send(world.b, b"%d" % next(counter))
-        if world.now + GAP < until:
-            world.net.scheduler.call_later(GAP, tick)
-    tick()
-
-
-def longest_gap(times: list[float], start: float, stop: float) -> float:
-    """The longest stretch within [start, stop] with nothing received."""
-    inside = [start] + [t for t in times if start <= t <= stop] + [stop]
-    return max(b - a for a, b in zip(inside, inside[1:]))
-
-
 def rebind_mid_flow(name_a: str, name_b: str) -> tuple[World, float, tuple, float | None]:
     """Run the flow, re-map `a`'s NAT after `WARM_UP`: the world, when, both path kinds before, and
     how long after the re-mapping both were back on those kinds (0: never left them; None: not back
     within `SETTLE`)."""
-    world = RoamingWorld(KINDS[name_a], KINDS[name_b], seed=3)
+    world = World(KINDS[name_a], KINDS[name_b], 3, random.Random)
     world.start()
     start = world.now
-    flow(world, start + WARM_UP + SETTLE + 1.0)
+    flow(world, GAP, start + WARM_UP + SETTLE + 1.0)
     world.net.scheduler.run_until(start + WARM_UP)
     kinds = lambda: (world.a.route_to(world.b).path.kind, world.b.route_to(world.a).path.kind)  # noqa: E731
     before, event, back, left = kinds(), world.now, None, False
@@ -178,7 +108,7 @@ def test_the_far_side_roams_at_once_behind_a_full_cone() -> None:
     world, event, before, back = rebind_mid_flow("port-preserving", "full-cone")
     assert before == (PathKind.DIRECT, PathKind.DIRECT)
     b_paths = world.b.core.peers.by_key[world.a.public].paths
-    assert b_paths.current_path.endpoint[1] != 41641, "b moved to a's new port"
+    assert b_paths.current_path.endpoint[1] != PORT, "b moved to a's new port"
     assert b_paths.stats.path_changes >= 2
     assert longest_gap([t for t, p in world.a.received], event - 0.5, event + 1.0) < 0.2
 
@@ -188,7 +118,7 @@ def test_a_dead_direct_path_is_left_for_the_relay_and_regained() -> None:
     punches again through the coord; `b` follows by roaming or by its own punch."""
     world, event, before, back = rebind_mid_flow("port-preserving", "port-preserving")
     assert before == (PathKind.DIRECT, PathKind.DIRECT) and back is not None and back < 1.0
-    assert world.a.public_endpoint[1] != 41641, "a re-discovered its new mapping"
+    assert world.a.public_endpoint[1] != PORT, "a re-discovered its new mapping"
     assert world.a.reasons[-2:] == [ChangeReason.PATH_SILENT, ChangeReason.PUNCHED]
     assert world.b.reasons[-1] in (ChangeReason.ROAMED, ChangeReason.PUNCHED)
 
@@ -197,7 +127,7 @@ def test_an_idle_pair_behind_nats_that_forget_after_10s_answers_at_once_after_a_
     """The issue's row to keep: mappings time out after 10 s, the pair idles for 60 s, and the first
     packet afterwards is answered within 0.1 s (the idle path's liveness probes hold the mappings)."""
     forgetful = Kind(replace(PORT_RESTRICTED_CONE, mapping_timeout=10.0), EASY)
-    world = RoamingWorld(forgetful, forgetful, seed=3)
+    world = World(forgetful, forgetful, 3, random.Random)
     world.start()
     world.a.send(world.b, b"hello")
     world.net.scheduler.run_for(5.0)

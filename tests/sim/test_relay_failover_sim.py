@@ -11,6 +11,7 @@ import random
 from meshvpn.node.pathfinder import PathKind
 from meshvpn.relaytoken import TokenMinter
 from meshvpn.sim import Network, Scheduler
+from meshvpn.sim.pairs import longest_gap
 from test_node_sim import SimNode
 from test_relay_cookie_sim import RelayingCoord, behind_random_nats
 from test_relay_sim import COORD, FAR, NEAR, SimRelay
@@ -36,11 +37,6 @@ def keep_flowing(net, a, b):
     a.send_ip(b, b"to b")
     b.send_ip(a, b"to a")
     net.scheduler.call_later(GAP, keep_flowing, net, a, b)
-
-
-def longest_gap(times, start, stop):
-    inside = [start] + [t for t in times if start <= t <= stop] + [stop]
-    return max(b - a for a, b in zip(inside, inside[1:]))
 
 
 def test_a_dead_relay_is_left_within_two_seconds_by_both_ends():
