@@ -20,13 +20,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from meshvpn import wire
 from meshvpn.control import messages as m
 from meshvpn.coord.membership import SAMPLE_LIFETIME
 from meshvpn.keys import public_key
-from meshvpn.node.core import CoreConfig, NodeCore
+from meshvpn.node.core import CoreConfig
 from meshvpn.node.datapath.dataplane import DataPlane
-from meshvpn.node.events import DiscoverEndpoints, OpenMappings, PeerPathChanged, SampleWanted
+from meshvpn.node.events import (
+    Deliver, DiscoverEndpoints, OpenMappings, OpenRelayStream, PeerPathChanged, SampleWanted, SendCoord, SendDatagram,
+)
+from meshvpn.node.node import Node as MeshNode
 from meshvpn.node.prediction import Allocation, NatProfile
 from meshvpn.node.traversal import nat_info
 from meshvpn.sim.nat import (
@@ -35,13 +37,21 @@ from meshvpn.sim.nat import (
 )
 from meshvpn.sim.clock import Scheduler
 from meshvpn.sim.network import Host, Link, LinkDirection, Network, RandomSource
-from meshvpn.sim.nodes import ip_packet
+from meshvpn.relaytoken import TokenMinter
+from meshvpn.sim.nodes import WALL_OFFSET, ip_packet
+from meshvpn.sim.relays import COORD, SimRelay, relay_tokens
 from meshvpn.wire import Endpoint, MessageType
 
 PORT = 41641
 STUN = ("198.51.100.53", 3478)
-RELAY = Endpoint("198.51.100.20", 7500)
+RELAYS = (("near", "198.51.100.20", 0.005), ("far", "192.0.2.200", 0.02))
+"""Name, address and one-way delay of the two relays: both nodes make the near one home."""
+RELAY_WARM_UP = 0.5
+"""Seconds after the coord's welcome by which both nodes are registered with both relays."""
 CONTROL_DELAY = 0.03
+STREAM_REFUSED = 0.1
+"""The simulation has no TCP: a relay stream the node opens is refused after this long."""
+_TRANSPORT = (MessageType.DATA, MessageType.KEEPALIVE)
 NETWORK = m.NetworkInfo(name="sim", cidr="100.64.0.0/24")
 
 EASY = NatProfile()
@@ -125,18 +135,19 @@ class Site:
 
 
 class Node:
-    """A `NodeCore`, its data path and the shell pieces it needs, on one simulated host."""
+    """The real `Node` and its data path, and the shell pieces they need, on one simulated host."""
 
     def __init__(self, world: World, index: int, site: Site) -> None:
         self.world, self.site = world, site
         self.name, self.address = f"node{index}", f"100.64.0.{index + 1}"
         private = world.seeded(index).randbytes(32)
         self.public = public_key(private)
-        self.core = NodeCore(private, world.seeded(world.seed * 10 + index).randbytes, CoreConfig())
-        self.data = DataPlane(self.core)
-        self.core.punching.set_nat_profile(site.kind.reported)
+        self.node = MeshNode(private, world.seeded(world.seed * 10 + index).randbytes,
+                             CoreConfig(wall_offset=WALL_OFFSET))
+        self.data = DataPlane(self.node)
+        self.node.set_nat_profile(site.kind.reported)
         self.host = Host(world.net, site.host_ip, site.nat.lan)
-        self.core.set_own_endpoints([Endpoint(self.host.ip, PORT)], Endpoint(site.observed_host, PORT), site.mapped)
+        self.node.set_own_endpoints([Endpoint(self.host.ip, PORT)], Endpoint(site.observed_host, PORT), site.mapped)
         self.sock = self.host.bind(PORT, self._receiver(None))
         self.extra: list = []
         self.public_endpoint: tuple[str, int] | None = None
@@ -147,6 +158,10 @@ class Node:
         self.reasons: list[str] = []
         """Why the path to the peer changed, in order."""
         self._timer = None
+
+    @property
+    def core(self):
+        return self.node.core
 
     @property
     def now(self) -> float:
@@ -172,7 +187,7 @@ class Node:
                           mapped_endpoint=mapped)
 
     def send(self, peer: Node, payload: bytes) -> None:
-        self.core.packet_from_tun(self.core.peers.by_key[peer.public], ip_packet(self.address, peer.address, payload),
+        self.node.packet_from_tun(self.core.peers.by_key[peer.public], ip_packet(self.address, peer.address, payload),
                                   self.now)
         self.pump()
 
@@ -184,6 +199,10 @@ class Node:
         self.discovering = True
         self.sock.sendto(b"S", STUN)
 
+    def from_coord(self, msg: m.Message) -> None:
+        self.node.receive_coord(msg, self.now)
+        self.pump()
+
     # ---- the shell
 
     def _receiver(self, via: int | None):
@@ -191,25 +210,20 @@ class Node:
             src = Endpoint(*src)
             if data[:1] == b"s":
                 self._stun_answer(via, data)
-            elif src == RELAY and data[1] == MessageType.RELAY:
-                relayed = wire.decode_relay(data)
-                self._datagram(bytes(relayed.inner), src, via, relayed.node_key)
+            elif via is None or data[1] in _TRANSPORT:
+                self._to_tun(self.data.inbound([(data, src)], self.now))
             else:
-                self._datagram(data, src, via, None)
+                self.node.receive_datagram(data, src, self.now, via)
             self.pump()
         return receive
 
-    def _datagram(self, data: bytes, src: Endpoint, via: int | None, relayed_from: bytes | None) -> None:
-        if data[1] not in (MessageType.DATA, MessageType.KEEPALIVE):
-            self.core.datagram_received(data, src, self.now, relayed_from, via)
-            return
-        message = data if relayed_from is None else wire.encode_relay(relayed_from, data)
-        for packet in self.data.inbound([(message, src)], self.now):
+    def _to_tun(self, packets: list[bytes]) -> None:
+        for packet in packets:
             peer = self.core.peers.by_overlay[packet[12:16]]
             payload = packet[20:]
             self.received.append((self.now, payload))
             if not payload.startswith(b"echo "):
-                self.core.packet_from_tun(peer, ip_packet(self.address, peer.address, b"echo " + payload), self.now)
+                self.node.packet_from_tun(peer, ip_packet(self.address, peer.address, b"echo " + payload), self.now)
 
     def _stun_answer(self, via: int | None, data: bytes) -> None:
         host, port = data[1:].decode().split(":")
@@ -217,41 +231,46 @@ class Node:
             self.public_endpoint = (host, int(port))
             if self.discovering:
                 self.discovering = False
-                self.core.set_own_endpoints([Endpoint(self.host.ip, PORT)], Endpoint(*self.public_endpoint),
+                self.node.set_own_endpoints([Endpoint(self.host.ip, PORT)], Endpoint(*self.public_endpoint),
                                             self.mapped)
-                self.core.endpoints_refreshed(self.now)
+                self.node.endpoints_refreshed(self.now)
         elif self.sampling:
-            self.core.punching.port_sampled(self.sampling.pop(0), Endpoint(host, int(port)), self.now)
+            self.node.port_sampled(self.sampling.pop(0), Endpoint(host, int(port)), self.now)
 
     def pump(self) -> None:
-        core = self.core
-        if core.check_relays:
-            core.check_relays = False
-            self.sock.sendto(b"hello" + self.public, RELAY)
-        for dst, data in core.datagrams_to_send():
-            via = core.socket_for.get(dst)
-            (self.sock if via is None else self.extra[via]).sendto(data, dst)
-        for msg in core.coord_messages_to_send():
-            self.world.net.scheduler.call_later(CONTROL_DELAY, self.world.coord_receive, self, msg)
-        while (event := core.next_event()) is not None:
-            self.on_event(event)
+        """Carry out the node's outputs, as the daemon's ``transmit`` does, and follow its timer."""
+        while outputs := self.node.outputs():
+            for out in outputs:
+                self.on_output(out)
         if self._timer is not None:
             self._timer.cancel()
-        when = core.get_timer()
+        when = self.node.get_timer()
         self._timer = None if when is None else self.world.net.scheduler.call_at(max(when, self.now), self._on_timer)
 
-    def on_event(self, event: object) -> None:
-        """What the shell does with an event of the core."""
-        if isinstance(event, SampleWanted):
-            self.sampling.append(event.peer_key)
+    def on_output(self, out: object) -> None:
+        """One transmission or event of the node."""
+        if isinstance(out, SendDatagram):
+            (self.sock if out.via is None else self.extra[out.via]).sendto(out.data, out.dst)
+        elif isinstance(out, SendCoord):
+            self.world.net.scheduler.call_later(CONTROL_DELAY, self.world.coord_receive, self, out.msg)
+        elif isinstance(out, Deliver):
+            self._to_tun(self.data.inbound(out.datagrams, self.now))
+        elif isinstance(out, OpenRelayStream):
+            self.world.net.scheduler.call_later(STREAM_REFUSED, self._stream_refused, out.name)
+        elif isinstance(out, SampleWanted):
+            self.sampling.append(out.peer_key)
             self._new_socket().sendto(b"S", STUN)
-        elif isinstance(event, OpenMappings):
-            for probe in event.probes:
-                self._new_socket().sendto(probe, event.endpoint)
-        elif isinstance(event, PeerPathChanged):
-            self.reasons.append(event.reason)
-        elif isinstance(event, DiscoverEndpoints):
+        elif isinstance(out, OpenMappings):
+            for probe in out.probes:
+                self._new_socket().sendto(probe, out.endpoint)
+        elif isinstance(out, PeerPathChanged):
+            self.reasons.append(out.reason)
+        elif isinstance(out, DiscoverEndpoints):
             self.discover()
+
+    def _stream_refused(self, name: str) -> None:
+        self.node.relay_stream_ended(name, self.now)
+        self.pump()
 
     def _new_socket(self):
         sock = self.host.bind(0, None)
@@ -261,54 +280,47 @@ class Node:
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.core.handle_timer(self.now)
+        self.node.handle_timer(self.now)
         self.pump()
 
 
 class World:
-    """Two nodes, a STUN server, a relay and the fake coord on one simulated internet."""
+    """Two nodes, a STUN server, two relays and the fake coord on one simulated internet."""
 
     node_class = Node
 
     def __init__(self, kind_a: Kind, kind_b: Kind, seed: int, seeded: Seeded) -> None:
         self.seed, self.seeded = seed, seeded
-        self.net = Network(Scheduler(), seeded(seed))
+        rng = seeded(seed)
+        self.net = Network(Scheduler(), rng)
         stun = Host(self.net, STUN[0]).bind(STUN[1], None)
         stun.on_receive = lambda data, src: stun.sendto(b"s%s:%d" % (src[0].encode(), src[1]), src)
-        self.relay = Host(self.net, RELAY[0]).bind(RELAY[1], None)
-        self.relay.on_receive = self._relay
-        self.registered: dict[bytes, tuple[str, int]] = {}
+        self.relays = [SimRelay(self.net.scheduler, self.net, name, address, delay, rng)
+                       for name, address, delay in RELAYS]
+        self.minter = TokenMinter(COORD, rng.randbytes)
         self.a = self.node_class(self, 0, Site(self.net, 0, kind_a))
         self.b = self.node_class(self, 1, Site(self.net, 1, kind_b))
         self.samples: dict[bytes, tuple[m.Endpoint, float]] = {}
 
     def start(self) -> None:
+        """STUN, then the coord's welcome with the relays; returns once both are registered with them."""
         for node in (self.a, self.b):
             node.sock.sendto(b"S", STUN)
-            node.sock.sendto(b"hello" + node.public, RELAY)
         self.net.scheduler.run_for(0.2)
         for node, other in ((self.a, self.b), (self.b, self.a)):
-            node.core.coord_message(m.Registered(node.public, node.name, node.address, NETWORK), self.now)
-            node.core.coord_message(m.PeerMap((other.info(),)), self.now)
-            node.core.set_relay(RELAY, self.now)
-            node.pump()
+            node.from_coord(self.registered(node))
+            node.from_coord(m.PeerMap((other.info(),)))
+        self.net.scheduler.run_for(RELAY_WARM_UP)
+
+    def registered(self, node: Node) -> m.Registered:
+        """The coord's welcome for `node`: its address, the relays and a token for each."""
+        infos = tuple(relay.info for relay in self.relays)
+        return m.Registered(node.public, node.name, node.address, NETWORK, relays=infos,
+                            relay_tokens=relay_tokens(self.minter, infos, node.public, self.now))
 
     @property
     def now(self) -> float:
         return self.net.scheduler.now
-
-    def run_until(self, when: float) -> None:
-        self.net.scheduler.run_until(when)
-
-    def _relay(self, data: bytes, src) -> None:
-        if data.startswith(b"hello"):
-            self.registered[data[5:]] = src
-            return
-        envelope = wire.decode_relay(data)
-        sender = next((key for key, endpoint in self.registered.items() if endpoint == src), None)
-        if sender is None or envelope.node_key not in self.registered:
-            return
-        self.relay.sendto(wire.encode_relay(sender, envelope.inner), self.registered[envelope.node_key])
 
     def coord_receive(self, node: Node, msg: m.Message) -> None:
         if not isinstance(msg, m.PunchRequest):
@@ -317,8 +329,7 @@ class World:
             self.samples[node.public] = (msg.sample, self.now)
         peer = self.b if node is self.a else self.a
         for to, about in ((node, peer), (peer, node)):
-            to.core.coord_message(self._punch_towards(about), self.now)
-            to.pump()
+            to.from_coord(self._punch_towards(about))
 
     def _punch_towards(self, node: Node) -> m.Punch:
         sample, at = self.samples.get(node.public, (None, 0.0))

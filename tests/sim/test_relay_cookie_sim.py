@@ -20,7 +20,8 @@ from meshvpn.relaytoken import TokenMinter
 from meshvpn.sim import SYMMETRIC_RANDOM, Host, Nat, Network, Scheduler
 from meshvpn.wire import Endpoint
 from test_node_sim import NETWORK, FakeCoord, SimNode
-from test_relay_sim import COORD, WALL, SimRelay
+from meshvpn.sim.nodes import WALL_OFFSET
+from meshvpn.sim.relays import COORD, SimRelay, relay_tokens
 
 FLOOD_RATE = 4 * DH_RATE
 """Costly hellos a second, one at a time: a new node's hello finds a Diffie-Hellman to spare one time in eight."""
@@ -37,12 +38,9 @@ class RelayingCoord(FakeCoord):
 
     def _send(self, node, msg):
         if isinstance(msg, m.Registered):
-            now = WALL + self.net.scheduler.now
-            tokens = []
-            for relay in self.relays:
-                token, expires = self.minter.mint(relay.info.public_key, node.public, now)
-                tokens.append(m.RelayToken(relay.info.name, token, float(expires)))
-            msg = replace(msg, relays=tuple(r.info for r in self.relays), relay_tokens=tuple(tokens))
+            infos = tuple(r.info for r in self.relays)
+            tokens = relay_tokens(self.minter, infos, node.public, self.net.scheduler.now)
+            msg = replace(msg, relays=infos, relay_tokens=tokens)
         super()._send(node, msg)
 
 
@@ -62,7 +60,7 @@ class Flood:
 
     def __init__(self, scheduler, relay, minter, rng):
         self.scheduler, self.relay = scheduler, relay
-        now = WALL + scheduler.now
+        now = WALL_OFFSET + scheduler.now
         count = int(DH_BURST + FLOOD_RATE * FLOOD_SECONDS)
         self.hellos = [costly_hello(minter, relay.info.public_key, rng.randbytes, now) for _ in range(count)]
         self.sent = 0

@@ -14,7 +14,8 @@ from meshvpn.sim import Network, Scheduler
 from meshvpn.sim.pairs import longest_gap
 from test_node_sim import SimNode
 from test_relay_cookie_sim import RelayingCoord, behind_random_nats
-from test_relay_sim import COORD, FAR, NEAR, SimRelay
+from meshvpn.sim.relays import COORD, SimRelay
+from test_relay_sim import FAR, NEAR
 
 GAP = 0.02
 OUTAGE = 2.0

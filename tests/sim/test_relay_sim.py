@@ -8,44 +8,17 @@ different distances, so the home choice by round-trip time shows. Every run is s
 import random
 
 from meshvpn import keys, wire
-from meshvpn.config import RelayLimits
-from meshvpn.control import messages as m
 from meshvpn.node import events as ev
 from meshvpn.node.relay.link import Transport
 from meshvpn.node.relay.core import RelaySet
-from meshvpn.relay.core import RelayCore
 from meshvpn.relaytoken import TokenMinter
-from meshvpn.sim import SYMMETRIC_RANDOM, Host, Link, LinkDirection, Nat, Network, Scheduler
+from meshvpn.sim import SYMMETRIC_RANDOM, Host, Nat, Network, Scheduler
+from meshvpn.sim.nodes import WALL_OFFSET
+from meshvpn.sim.relays import COORD, SimRelay, relay_tokens
 from meshvpn.wire import Endpoint, MessageType
 
-WALL = 1_700_000_000.0
-COORD = bytes([1]) * 32
-PORT = 7500
 NEAR, FAR = ("203.0.113.20", 0.005), ("198.51.100.20", 0.040)
 DATA = wire.header(MessageType.DATA) + bytes(12) + b"sealed" + bytes(16)
-
-
-class SimRelay:
-    """A relay core on a simulated host; `restart` loses every registration, as a real restart does."""
-
-    def __init__(self, scheduler, net, name, address, delay, rng):
-        self.scheduler, self.rng = scheduler, rng
-        self.private = bytes([len(name)]) + rng.randbytes(31)
-        self.info = m.RelayInfo(name, address, PORT, keys.public_key(self.private))
-        host = Host(net, address, link=Link(LinkDirection(delay), LinkDirection(delay)))
-        self.sock = host.bind(PORT, self._on_datagram)
-        self.restart()
-
-    def restart(self):
-        self.core = RelayCore(self.private, keys.public_key(COORD), RelayLimits(), self.rng.randbytes, self._wall())
-
-    def _wall(self):
-        return WALL + self.scheduler.now
-
-    def _on_datagram(self, data, src):
-        self.core.receive(data, Endpoint(*src), self._wall())
-        for dst, out in self.core.datagrams_to_send():
-            self.sock.sendto(out, dst)
 
 
 class SimNode:
@@ -55,7 +28,7 @@ class SimNode:
         self.scheduler = scheduler
         self.private = rng.randbytes(32)
         self.public = keys.public_key(self.private)
-        self.relays = RelaySet(self.private, self.public, rng.randbytes, WALL)
+        self.relays = RelaySet(self.private, self.public, rng.randbytes, WALL_OFFSET)
         self.sock = Host(net, lan_ip, nat.lan).bind(41641, self._on_datagram)
         self.received: list[tuple[float, bytes, bytes]] = []
         self.homes: list[tuple[float, str | None]] = []
@@ -65,11 +38,7 @@ class SimNode:
 
     def register(self, relays, minter):
         now = self.scheduler.now
-        tokens = []
-        for info in relays:
-            token, expires = minter.mint(info.public_key, self.public, WALL + now)
-            tokens.append(m.RelayToken(info.name, token, float(expires)))
-        self.relays.configure(relays, tokens, now)
+        self.relays.configure(relays, relay_tokens(minter, relays, self.public, now), now)
         self._pump()
 
     def send(self, peer_public, inner):
