@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from meshvpn.control import messages as m
-from meshvpn.coord.membership import SAMPLE_LIFETIME
 from meshvpn.keys import public_key
 from meshvpn.node.core import CoreConfig
 from meshvpn.node.datapath.dataplane import DataPlane
@@ -39,6 +38,7 @@ from meshvpn.sim.clock import Scheduler
 from meshvpn.sim.network import Host, Link, LinkDirection, Network, RandomSource
 from meshvpn.relaytoken import TokenMinter
 from meshvpn.sim.nodes import WALL_OFFSET, ip_packet
+from meshvpn.sim.paircoord import Coord
 from meshvpn.sim.relays import COORD, SimRelay, relay_tokens
 from meshvpn.wire import Endpoint, MessageType
 
@@ -48,7 +48,6 @@ RELAYS = (("near", "198.51.100.20", 0.005), ("far", "192.0.2.200", 0.02))
 """Name, address and one-way delay of the two relays: both nodes make the near one home."""
 RELAY_WARM_UP = 0.5
 """Seconds after the coord's welcome by which both nodes are registered with both relays."""
-CONTROL_DELAY = 0.03
 STREAM_REFUSED = 0.1
 """The simulation has no TCP: a relay stream the node opens is refused after this long."""
 _TRANSPORT = (MessageType.DATA, MessageType.KEEPALIVE)
@@ -157,6 +156,8 @@ class Node:
         """What reached the TUN: (when, payload)."""
         self.reasons: list[str] = []
         """Why the path to the peer changed, in order."""
+        self._changed = False
+        """The host's network changed and the node has not been told yet."""
         self._timer = None
 
     @property
@@ -194,10 +195,61 @@ class Node:
     def route_to(self, peer: Node):
         return self.core.peers.by_key[peer.public].route
 
+    @property
+    def port(self) -> int:
+        return PORT
+
+    @property
+    def connected(self) -> bool:
+        """Whether the host's link is up."""
+        return self.host.link.connected
+
     def discover(self) -> None:
         """Run STUN on the main socket; the answer becomes our public endpoint and goes to the coord."""
         self.discovering = True
         self.sock.sendto(b"S", STUN)
+
+    def move_to(self, site: Site) -> None:
+        """The host leaves its LAN and comes up on `site`'s, as the daemon sees it through netlink: the
+        birthday sockets close, the coord link reconnects at once, an endpoint round runs, and the
+        node hears `network_changed` once the new endpoints are known and the coord link is up."""
+        self.sock.close()
+        self._close_extra()
+        self.site = site
+        self.host = Host(self.world.net, site.host_ip, site.nat.lan)
+        self.sock = self.host.bind(PORT, self._receiver(None))
+        self.node.set_nat_profile(site.kind.reported)
+        self.node.set_own_endpoints([Endpoint(self.host.ip, PORT)], None, site.mapped)
+        self.world.coord.link(self).reconnect_now()
+        self._changed = True
+        self.discover()
+
+    def link_down(self) -> None:
+        """The host's link goes down (netlink says so; the coord's TCP connection survives)."""
+        self.host.link.connected = False
+
+    def link_up(self) -> None:
+        """The link is back: the birthday sockets close, an endpoint round runs, then `network_changed`."""
+        self.host.link.connected = True
+        self._close_extra()
+        self._changed = True
+        self.discover()
+
+    def registered(self) -> None:
+        """The coord link registered: a network change waiting for it is told to the node now."""
+        self._network_changed()
+
+    def _network_changed(self) -> None:
+        if self._changed and not self.discovering and self.world.coord.link(self).up:
+            self._changed = False
+            self.node.network_changed(self.now, connections_lost=True)
+            self.pump()
+
+    def _close_extra(self) -> None:
+        for sock in self.extra:
+            if sock is not None:
+                sock.close()
+        self.extra = [None] * len(self.extra)
 
     def from_coord(self, msg: m.Message) -> None:
         self.node.receive_coord(msg, self.now)
@@ -231,9 +283,11 @@ class Node:
             self.public_endpoint = (host, int(port))
             if self.discovering:
                 self.discovering = False
-                self.node.set_own_endpoints([Endpoint(self.host.ip, PORT)], Endpoint(*self.public_endpoint),
-                                            self.mapped)
+                public = Endpoint(*self.public_endpoint)
+                self.node.set_own_endpoints([Endpoint(self.host.ip, PORT)], public, self.mapped)
+                self.world.coord.send_from(self, m.Endpoints((m.Endpoint(self.host.ip, PORT),), m.Endpoint(*public)))
                 self.node.endpoints_refreshed(self.now)
+                self._network_changed()
         elif self.sampling:
             self.node.port_sampled(self.sampling.pop(0), Endpoint(host, int(port)), self.now)
 
@@ -250,9 +304,9 @@ class Node:
     def on_output(self, out: object) -> None:
         """One transmission or event of the node."""
         if isinstance(out, SendDatagram):
-            (self.sock if out.via is None else self.extra[out.via]).sendto(out.data, out.dst)
+            (self.sock if out.via is None else self.extra[out.via] or self.sock).sendto(out.data, out.dst)
         elif isinstance(out, SendCoord):
-            self.world.net.scheduler.call_later(CONTROL_DELAY, self.world.coord_receive, self, out.msg)
+            self.world.coord.send_from(self, out.msg)
         elif isinstance(out, Deliver):
             self._to_tun(self.data.inbound(out.datagrams, self.now))
         elif isinstance(out, OpenRelayStream):
@@ -298,18 +352,18 @@ class World:
         self.relays = [SimRelay(self.net.scheduler, self.net, name, address, delay, rng)
                        for name, address, delay in RELAYS]
         self.minter = TokenMinter(COORD, rng.randbytes)
+        self.rng = rng
+        self.coord = Coord(self)
         self.a = self.node_class(self, 0, Site(self.net, 0, kind_a))
         self.b = self.node_class(self, 1, Site(self.net, 1, kind_b))
-        self.samples: dict[bytes, tuple[m.Endpoint, float]] = {}
 
     def start(self) -> None:
         """STUN, then the coord's welcome with the relays; returns once both are registered with them."""
         for node in (self.a, self.b):
             node.sock.sendto(b"S", STUN)
         self.net.scheduler.run_for(0.2)
-        for node, other in ((self.a, self.b), (self.b, self.a)):
-            node.from_coord(self.registered(node))
-            node.from_coord(m.PeerMap((other.info(),)))
+        for node in (self.a, self.b):
+            self.coord.connect(node)
         self.net.scheduler.run_for(RELAY_WARM_UP)
 
     def registered(self, node: Node) -> m.Registered:
@@ -322,23 +376,8 @@ class World:
     def now(self) -> float:
         return self.net.scheduler.now
 
-    def coord_receive(self, node: Node, msg: m.Message) -> None:
-        if not isinstance(msg, m.PunchRequest):
-            return
-        if msg.sample is not None:
-            self.samples[node.public] = (msg.sample, self.now)
-        peer = self.b if node is self.a else self.a
-        for to, about in ((node, peer), (peer, node)):
-            to.from_coord(self._punch_towards(about))
-
-    def _punch_towards(self, node: Node) -> m.Punch:
-        sample, at = self.samples.get(node.public, (None, 0.0))
-        sample = sample if sample is not None and self.now - at <= SAMPLE_LIFETIME else None
-        info = node.info()
-        ordered = [sample] if sample else []
-        ordered += [info.public_endpoint] if info.public_endpoint else []
-        ordered += [m.Endpoint(node.site.observed_host, PORT), *info.local_endpoints]
-        return m.Punch(node.public, tuple(dict.fromkeys(ordered)), nat=info.nat, sample=sample)
+    def peer_of(self, node: Node) -> Node:
+        return self.b if node is self.a else self.a
 
 
 def flow(world: World, gap: float, until: float) -> None:
