@@ -119,6 +119,7 @@ class Punching:
         The path we had may leave from an address we no longer hold, and the peer's NAT knows
         only our old mapping, so both sides must probe again towards the endpoints just reported.
         """
+        self.traversal.network_changed()
         for peer in self.peers:
             if peer.route is not None or peer.ring.current is not None:
                 self.punch(peer, now)

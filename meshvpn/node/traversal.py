@@ -195,6 +195,14 @@ class Traversal:
         if state is not None and state.schedule is not None:
             state.schedule.stop()
 
+    def network_changed(self) -> None:
+        """Our network changed and the shell closed the extra sockets: nothing is pinned to them any
+        more, and the next punch opens a birthday campaign at once (the old one's window held the
+        old network's mappings)."""
+        self.pinned.clear()
+        for state in self._peers.values():
+            state.mappings_until = -math.inf
+
     def open_mappings(self, key: bytes, now: float) -> bool:
         """Whether a punch towards `key` should open birthday mappings now (starts the window)."""
         state = self._state(key)
