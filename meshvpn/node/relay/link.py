@@ -208,7 +208,9 @@ class RelayLink:
             self._set_ready(False)
 
     def hello_now(self, now: float) -> None:
-        """Send the next hello now rather than at its time (the node's address changed)."""
+        """Send the next hello now rather than at its time (the node's network changed); over UDP too
+        on a link that fell back to TCP, since the new network may let UDP through."""
+        self._next_udp_retry = now
         if self._next_hello is not None:
             self._hello(now)
 
