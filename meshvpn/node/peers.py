@@ -108,6 +108,8 @@ class Peer:
     last_rx_src: Optional[Endpoint] = None
     last_relay_rx: float = 0.0
     """When authenticated traffic last arrived from this peer through a relay (set per batch)."""
+    last_relay_src: Optional[Endpoint] = None
+    """The relay that traffic came through."""
     last_tx: float = 0.0
     """When the data path last sealed a packet for this peer."""
     synced_rx: float = 0.0

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Optional
 
 from meshvpn.node.events import DiscoverEndpoints
+from meshvpn.node.pathfinder import RELAY_PATH
 from meshvpn.node.peers import Peer
 from meshvpn.node.silence import EndpointsStale, RelaySilent
 from meshvpn.wire import Endpoint
@@ -96,6 +97,15 @@ class NodeRecovery:
         """The shell's endpoint round that ``DiscoverEndpoints`` asked for reported (to the coord too)."""
         self.core.endpoints_refreshed(now)
         self._settle(now)
+
+    def relay_moved(self, peer: Peer, src: Endpoint, now: float) -> None:
+        """The peer's relayed traffic now comes through relay `src`, not the one our route to it takes:
+        the peer may have left ours because it died, and our traffic to it would go unanswered
+        without our noticing (its traffic still arrives), so the relay links check themselves once."""
+        route = peer.route
+        if route is not None and route.path == RELAY_PATH and route.endpoint != src:
+            self.relays.check(now)
+            self._settle(now)
 
     def _check_relays(self, now: float) -> bool:
         """Have the relay links check themselves if the core asked; True if they did."""

@@ -379,6 +379,8 @@ class DataPlane:
             if authentic:
                 if relay_key is not None:
                     peer.last_relay_rx = now
+                    if src != peer.last_relay_src:
+                        self._relay_moved(peer, src, now)
                 elif src == peer.last_rx_src or self._roamed(peer, src, opener, greatest, now):
                     peer.last_rx = now
                     peer.last_rx_src = src
@@ -396,6 +398,14 @@ class DataPlane:
         self.core_touched = True
         self.core.roamed(peer, src, now)
         return True
+
+    def _relay_moved(self, peer: Peer, src: Endpoint, now: float) -> None:
+        """The peer's relayed traffic arrives through another relay: it may have left ours for a reason."""
+        moved = peer.last_relay_src is not None
+        peer.last_relay_src = src
+        if moved:
+            self.core_touched = True
+            self.core.relay_moved(peer, src, now)
 
     def _other(self, data: bytes, src: Endpoint, now: float) -> None:
         self.core_touched = True
