@@ -105,6 +105,26 @@ NAT whose node sent no profile (taken as endpoint-independent). `upnp` is a rand
 whose router forwards a port to the node."""
 MAPPED_PORT = 50000
 
+_EDM_RANDOM = ("random-ports", "cgn", "unreported")
+RELAYED = frozenset({
+    *((x, y) for x in _EDM_RANDOM for y in _EDM_RANDOM),
+    *((x, y) for x in ("port-range", "sequential") for y in _EDM_RANDOM if y != "unreported"),
+    *((y, x) for x in ("port-range", "sequential") for y in _EDM_RANDOM if y != "unreported"),
+    *((x, "unreported") for x in ("port-preserving", "port-range", "port-range-known", "sequential")),
+    *(("unreported", x) for x in ("port-preserving", "port-range", "port-range-known", "sequential")),
+})
+"""The pairs (`a`, who sends first, then `b`) that end up relayed: both sides endpoint-dependent with
+random ports, one with random ports against a NAT whose ports cannot be predicted from one sample,
+and an unreported random NAT against any peer that waits for its endpoint. Every other pair but
+`MAPPED_FIRST` goes direct (`docs/nat-traversal.md` has the matrix of the lab's NATs; the sims hold
+every pair to it)."""
+MAPPED_FIRST = frozenset(("upnp", x) for x in ("port-preserving", "port-range", "port-range-known"))
+"""A mapped site that sends first to a port-restricted peer: its data makes a random mapping towards
+the peer, and the peer's probes to the forwarded port then belong to that flow and are answered
+from the random port, which the peer's NAT filters. The pair is relayed, or direct when a probe of
+the peer happens to open its NAT for that port first: it depends on timing (sent the other way, the
+pair goes direct through the forwarded port)."""
+
 
 def wan() -> Link:
     return Link(LinkDirection(0.01), LinkDirection(0.01))
@@ -156,8 +176,8 @@ class Node:
         """What reached the TUN: (when, payload)."""
         self.reasons: list[str] = []
         """Why the path to the peer changed, in order."""
-        self._changed = False
-        """The host's network changed and the node has not been told yet."""
+        self._changed = self._lost = False
+        """The host's network changed and the node has not been told yet (and whether its address went)."""
         self._timer = None
 
     @property
@@ -221,7 +241,7 @@ class Node:
         self.node.set_nat_profile(site.kind.reported)
         self.node.set_own_endpoints([Endpoint(self.host.ip, PORT)], None, site.mapped)
         self.world.coord.link(self).reconnect_now()
-        self._changed = True
+        self._changed = self._lost = True
         self.discover()
 
     def link_down(self) -> None:
@@ -232,7 +252,7 @@ class Node:
         """The link is back: the birthday sockets close, an endpoint round runs, then `network_changed`."""
         self.host.link.connected = True
         self._close_extra()
-        self._changed = True
+        self._changed, self._lost = True, False
         self.discover()
 
     def registered(self) -> None:
@@ -242,7 +262,7 @@ class Node:
     def _network_changed(self) -> None:
         if self._changed and not self.discovering and self.world.coord.link(self).up:
             self._changed = False
-            self.node.network_changed(self.now, connections_lost=True)
+            self.node.network_changed(self.now, connections_lost=self._lost)
             self.pump()
 
     def _close_extra(self) -> None:
@@ -380,16 +400,18 @@ class World:
         return self.b if node is self.a else self.a
 
 
-def flow(world: World, gap: float, until: float) -> None:
-    """`a` sends a numbered packet to `b` every `gap` seconds until `until`; `b` echoes each."""
-    sent = [0]
+def flow(world: World, gap: float, until: float) -> list[float]:
+    """`a` sends a numbered packet to `b` every `gap` seconds until `until`; `b` echoes each.
+    Returns the send times, packet number `n` at index `n` (filled as the flow runs)."""
+    sent: list[float] = []
 
     def tick() -> None:
-        world.a.send(world.b, b"%d" % sent[0])
-        sent[0] += 1
+        world.a.send(world.b, b"%d" % len(sent))
+        sent.append(world.now)
         if world.now + gap < until:
             world.net.scheduler.call_later(gap, tick)
     tick()
+    return sent
 
 
 def longest_gap(times: list[float], start: float, stop: float) -> float:
