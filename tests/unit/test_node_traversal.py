@@ -118,6 +118,19 @@ def test_birthday_side_opens_many_mappings_once_per_window() -> None:
     assert not any(isinstance(e, OpenMappings) for e in events(core))
 
 
+def test_after_a_network_change_the_next_punch_opens_mappings_at_once_and_the_pins_are_gone() -> None:
+    """The shell closed the old network's extra sockets: the window of the campaign that opened
+    them no longer holds the next one back, and nothing stays pinned to them."""
+    core, key = core_with_peer(RANDOM, NatProfile())
+    core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN)), 0.0)
+    events(core)
+    core.socket_for[PUBLIC_EP] = 3
+    core.punching.reprobe(1.0)
+    assert core.socket_for == {}
+    core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN)), 1.1)
+    assert [e.endpoint for e in events(core) if isinstance(e, OpenMappings)] == [PUBLIC_EP]
+
+
 @pytest.mark.parametrize("local, peer", [(NatProfile(), NatProfile()), (RANDOM, RANDOM), (SEQUENTIAL, RANDOM)])
 def test_no_birthday_unless_random_meets_endpoint_independent(local, peer) -> None:
     core, key = core_with_peer(local, peer)

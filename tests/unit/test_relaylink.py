@@ -112,6 +112,19 @@ def test_a_working_udp_path_takes_over_from_tcp():
     assert h.relay.registered_link(keys.public_key(NODE)) == NODE_EP
 
 
+def test_after_a_network_change_a_link_on_tcp_tries_udp_at_once():
+    """No UDP for a while (a link outage): the link fell back to TCP, whose stream does not come up.
+    The network is back and changed: `hello_now` sends a UDP hello now, not at the next UDP retry."""
+    h = Harness(udp_works=False)
+    h.token(0.0)
+    h.run(0.0, 1.5)
+    assert h.link.transport is Transport.TCP and not h.link.ready
+    h.udp_works = True
+    h.link.hello_now(1.6)
+    h.step(1.6)
+    assert h.link.ready and h.link.transport is Transport.UDP and h.events == [(1.6, True)]
+
+
 def test_a_lost_tcp_connection_is_retried_with_backoff():
     h = Harness(udp_works=False)
     h.token(0.0)
