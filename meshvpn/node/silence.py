@@ -10,7 +10,10 @@ us, a relay died), and the transfer stalls until we notice. So, per peer:
   Traffic from the peer through a relay while we send on a direct path that has been silent
   for `silence_after` means the peer gave up on it: dead at once.
 * relay path: sent since the last thing that came through a relay, and nothing for
-  `silence_after`: check the relays (`Verdict.CHECK_RELAY`), at most once per `silence_after`.
+  `silence_after`: check the relays (`Verdict.CHECK_RELAY`). While nothing comes through a relay
+  the next checks wait twice as long each time, up to `RELAY_CHECK_MAX`: a one-way flow (a peer
+  that never answers) would otherwise have the relays checked every `silence_after`, and the
+  links' own hellos already say every 2 s whether a relay lives.
 
 Sans-IO: `PathFinder` feeds it what it knows and acts on the verdict.
 """
@@ -30,6 +33,11 @@ class RelaySilent:
 @dataclass(frozen=True)
 class EndpointsStale:
     """A direct path died: our public mapping may have moved, so discover it again and re-punch."""
+
+
+RELAY_CHECK_MAX = 2.0
+"""Longest wait between two relay checks while the peer sends nothing through a relay (the relay
+links' `hello_interval`)."""
 
 
 class Verdict(enum.Enum):
@@ -66,6 +74,11 @@ class SilenceWatch:
         """When authenticated traffic from the peer last came through a relay."""
         self.relay_checked = 0.0
         """When the relay was last checked, or the relay path taken."""
+        self.relay_checks = 0
+        """Checks in a row with nothing through a relay, since `relay_heard` was `_checks_since`."""
+        self._checks_since = 0.0
+        self._checked_at = 0.0
+        """`relay_checked` as the last check set it (the path finder sets it anew for a new relay path)."""
         self.suspect_at: Optional[float] = None
         """When the direct path was found silent and first probed; None while it is not."""
 
@@ -83,8 +96,13 @@ class SilenceWatch:
                 return half if last_probe < half else self.suspect_at + self.timeout(rtt)
             return last_heard + after if self.last_sent > last_heard else None
         if on_relay and self.last_sent > self.relay_heard:
-            return max(self.relay_heard, self.relay_checked) + after
+            wait = after if self._relay_fresh() else min(after * 2 ** self.relay_checks, RELAY_CHECK_MAX)
+            return max(self.relay_heard, self.relay_checked) + wait
         return None
+
+    def _relay_fresh(self) -> bool:
+        """Something came through a relay, or the relay path was taken anew, since the last check."""
+        return self.relay_heard > self._checks_since or self.relay_checked != self._checked_at
 
     def check(self, now: float, direct: bool, on_relay: bool, last_heard: float, last_probe: float,
               rtt: Optional[float]) -> Verdict:
@@ -98,7 +116,10 @@ class SilenceWatch:
         if deadline is None or now < deadline:
             return Verdict.QUIET
         if not direct:
-            self.relay_checked = now
+            if self._relay_fresh():
+                self.relay_checks, self._checks_since = 0, self.relay_heard
+            self.relay_checked = self._checked_at = now
+            self.relay_checks += 1
             return Verdict.CHECK_RELAY
         if self.suspect_at is None:
             self.suspect_at = now

@@ -98,7 +98,10 @@ def test_the_peer_sending_through_the_relay_while_the_path_is_silent_ends_it_at_
     assert [c.reason for c in changes(finder.next_actions())] == [ChangeReason.PATH_SILENT]
 
 
-def test_a_silent_relay_path_asks_for_a_relay_check_once_per_silence_after():
+def test_a_silent_relay_path_asks_for_relay_checks_further_apart_until_the_peer_is_heard():
+    """A one-way flow (the peer never answers) has the relays checked after `silence_after`, then
+    twice as long each time up to `RELAY_CHECK_MAX` (the relay links' hello interval), not every
+    `silence_after`; once the peer is heard through a relay the first check is quick again."""
     finder = make_finder(PUBLIC, relay=True)
     finder.want_path(0.0)
     run_timers_until(finder, 2.0)
@@ -106,10 +109,13 @@ def test_a_silent_relay_path_asks_for_a_relay_check_once_per_silence_after():
     finder.relay_traffic_received(2.5)
     finder.traffic_sent(2.6)
     assert finder.get_timer() <= 2.8
-    checks = [when for when, actions in run_timers_until(finder, 3.5) if RelaySilent() in actions]
-    assert checks == pytest.approx([2.8, 3.1, 3.4])
-    finder.relay_traffic_received(3.45)
-    assert all(RelaySilent() not in actions for _, actions in run_timers_until(finder, 3.7))
+    checks = [when for when, actions in run_timers_until(finder, 9.0) if RelaySilent() in actions]
+    assert checks == pytest.approx([2.8, 3.4, 4.6, 6.6, 8.6])
+    finder.relay_traffic_received(9.0)
+    assert all(RelaySilent() not in actions for _, actions in run_timers_until(finder, 9.5)), "nothing sent since"
+    finder.traffic_sent(9.6)
+    checks = [when for when, actions in run_timers_until(finder, 10.5) if RelaySilent() in actions]
+    assert checks == pytest.approx([9.3, 9.9]), "silence_after after the peer was last heard, then doubling again"
 
 
 def test_after_a_fall_back_punch_rounds_stay_two_seconds_apart_for_a_minute():
