@@ -22,7 +22,9 @@ from meshvpn.sim.nodes import MemoryNode
 from test_node_sim import PORT, SimNode
 from test_relay_cookie_sim import RelayingCoord, behind_random_nats
 from test_relay_failover_sim import OUTAGE, TimedNode, keep_flowing, longest_gap
-from test_relay_sim import COORD, FAR, WALL, SimRelay
+from meshvpn.sim.nodes import WALL_OFFSET
+from meshvpn.sim.relays import COORD, SimRelay
+from test_relay_sim import FAR
 
 
 class PeerRelayingCoord(RelayingCoord):
@@ -36,7 +38,7 @@ class PeerRelayingCoord(RelayingCoord):
     def _send(self, node, msg):
         if isinstance(msg, m.Registered):
             relays = [relay.info for relay in self.relays] + ([self.peer_info] if node is not self.host else [])
-            now = WALL + self.net.scheduler.now
+            now = WALL_OFFSET + self.net.scheduler.now
             tokens = [m.RelayToken(info.name, *self._mint(info, node, now)) for info in relays]
             msg = replace(msg, relays=tuple(relays), relay_tokens=tuple(tokens), relaying=self.tell_host and node is self.host or None)
         self.net.scheduler.call_later(0.03, node.from_coord, m.decode(m.encode(msg)))
