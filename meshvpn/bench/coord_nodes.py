@@ -1,10 +1,12 @@
 """The node side of `coord_scale`: simulated nodes, run by worker processes the bench drives.
 
 Each simulated node is a channel (`meshvpn.channel`) from its own loopback source address
-(127.1.x.y), registering with its endpoints as a node does after STUN, with `deltas` (as a node
-that applies `peer_delta` does) unless the bench runs legacy nodes. Nodes do not decode what
-they get: each keeps the number of peers it knows online from the ``"online"`` flags in its
-peer map and in every update or delta after it, and counts the tracked changes it sees.
+(127.1.x.y), registering with its endpoints as a node does after STUN, taking the `peer_delta`
+format the bench names (`--delta-format`: 2, field-level changes, as a node does; 1, whole peer
+infos, as the release before; 0, one frame per change). Nodes do not decode what they get: each
+keeps the number of peers it knows online from the ``"online"`` flags in its peer map and in
+every update or delta after it (a field-level change names `online` only when it changed), and
+counts the tracked changes it sees.
 
 With 10,000 nodes the nodes' reading and decrypting, all in one process, was slower than the
 coord's sending, so the bench measured itself. Nodes therefore live in `--workers` processes
@@ -44,7 +46,7 @@ class Worker:
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
-        self.legacy: bool = spec["legacy"]
+        self.delta_format: int = spec["delta_format"]
         self.frames = 0
         self.receipts: dict[int, list] = {}
         """Tracked endpoint changes seen since the last report: port → [count, last time]."""
@@ -216,7 +218,7 @@ def register_message(node: SimNode) -> m.Register:
         f"node-{node.index}", "bench", (m.Endpoint("10.0.0.1", 41641), m.Endpoint("192.168.1.10", 41641)),
         auth_key=node.worker.spec["tokens"][node.network],
         public_endpoint=m.Endpoint("198.51.100.1", 20000 + node.index % 40000),
-        **({} if node.worker.legacy else {"deltas": True}),
+        deltas=node.worker.delta_format > 0 or None, delta_version=node.worker.delta_format or None,
     )
 
 

@@ -4,8 +4,8 @@ Run: ``nice .venv/bin/python -m meshvpn.bench.coord_scale [--nodes 1000] [--per-
 
 The server runs as a child process (so its RSS and CPU are its own, `coord_servers`); the
 nodes run in ``--workers`` processes of their own (`coord_nodes`, `coord_workers`), so that
-their reading does not set the pace. Nodes register with `deltas` (``--legacy-nodes``: without,
-one frame per change). Phases, each with the server's CPU and RSS, the workers' CPU and the
+their reading does not set the pace. Nodes take `peer_delta` in the format ``--delta-format``
+names (default 2, field-level changes; 1, whole peer infos; 0, one frame per change). Phases, each with the server's CPU and RSS, the workers' CPU and the
 load average:
 
 1. cold start: every node joins (at most 100 between TCP connect and `registered` at once) and
@@ -47,9 +47,12 @@ from pathlib import Path
 from meshvpn import keys
 from meshvpn.bench.coord_servers import Coords, Phase, Server, free_tcp_port, write_config
 from meshvpn.bench.coord_workers import CONCURRENT_JOINS, CONCURRENT_REJOINS, Workers
+from meshvpn.control import messages as m
 from meshvpn.lab.postgres import throwaway_postgres
 from meshvpn.localsock import request
 
+_FORMATS = {0: "one frame per change", 1: "taking peer_delta with whole peer infos",
+            2: "taking peer_delta with field-level changes"}
 POLL = 0.1
 """Seconds between the bench's questions to the workers while it waits for something."""
 
@@ -226,12 +229,12 @@ async def run_on(args, directory: Path, database: str) -> None:
     try:
         await server.start()
         workers = Workers(args.workers, {
-            "nodes": args.nodes, "per_network": args.per_network, "legacy": args.legacy_nodes,
+            "nodes": args.nodes, "per_network": args.per_network, "delta_format": args.delta_format,
             "ports": server.ports(), "tokens": create_tokens(server, networks),
             "server_public": keys.public_key(keys.read_private_key(directory / "coord.key")),
         })
         print(f"nodes        {args.nodes} in {networks} network(s) of up to {args.per_network}, "
-              f"{'legacy (one frame per change)' if args.legacy_nodes else 'taking peer_delta'}, "
+              f"{_FORMATS[args.delta_format]}, "
               f"{len(server.servers)} coord instance(s) on {'PostgreSQL' if args.database else 'SQLite'}, "
               f"{args.workers} node worker process(es)", flush=True)
         await asyncio.wait_for(measure(Run(args, server, workers)), args.timeout)
@@ -277,7 +280,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1000, help="simulated nodes (default 1000)")
     parser.add_argument("--per-network", type=int, default=1000, help="nodes per network (default 1000)")
-    parser.add_argument("--legacy-nodes", action="store_true", help="nodes register without deltas")
+    parser.add_argument("--delta-format", type=int, choices=sorted(_FORMATS), default=m.DELTA_VERSION,
+                        help="the peer_delta format nodes take: 2 field-level changes (default), 1 whole "
+                             "peer infos, 0 none (one frame per change)")
     parser.add_argument("--no-restart", action="store_true", help="skip the restart phase")
     parser.add_argument("--churn", type=float, default=0.01, help="share of nodes changing endpoints per second")
     parser.add_argument("--churn-seconds", type=float, default=20.0, help="length of the churn phase (0: none)")

@@ -15,8 +15,8 @@ from typing import Any
 from meshvpn.control.schema import (
     BOOL, CIDR, COUNT, ENDPOINT, ERROR_CODES, HOST, MAX_CANDIDATES, MAX_ENDPOINTS, MAX_ERROR_TEXT,
     MAX_PEERS, MAX_RELAYS, NAME, PORT, TIME, TOKEN, Codec, Endpoint, KEY,
-    MalformedMessage, Message, Record, UnknownMessageType, _check, choice, list_of,
-    optional, parse_endpoint, record, text, wire,
+    MalformedMessage, Message, Patch, Record, UnknownMessageType, _check, choice, list_of,
+    optional, parse_endpoint, patch_of, record, text, wire,
 )
 from meshvpn.portspec import Service, parse_service
 
@@ -187,6 +187,12 @@ class PeerInfo(Record):
     """The peer relays for the network now (`Relays` offers it to nodes that take peer relays)."""
 
 
+PEER_CHANGE = patch_of(PeerInfo, "key")
+"""A peer's changed fields (a `Patch` of `PeerInfo`, in its field order): its key and only what changed."""
+DELTA_VERSION = 2
+"""The newest `peer_delta` format: 1 carries whole peer infos, 2 also field-level `changed`."""
+
+
 # node → coord
 
 
@@ -213,6 +219,9 @@ class Register(Message):
     deltas: bool | None = wire(optional(BOOL))
     """The node applies `peer_delta`; without it each change comes as its own `peer_update` or
     `peer_remove`, as before deltas existed."""
+    delta_version: int | None = wire(optional(COUNT))
+    """The newest `peer_delta` format the node applies (`DELTA_VERSION`); absent: 1. An older
+    coord skips the field and sends format 1."""
     lan_party: bool | None = wire(optional(BOOL))
     """The node takes `access` (its rules, changed while it is online); an older node would
     refuse the unknown message."""
@@ -412,12 +421,15 @@ class PeerRemove(Message):
 @dataclass(frozen=True)
 class PeerDelta(Message):
     """Every change to the node's peers over one short window, coalesced: each key appears once,
-    either in `peers` (its latest info) or in `removed`. Sent only to nodes that registered with
-    `deltas`; a large delta comes as several, each complete in itself."""
+    in `peers` (its latest info), `changed` (the fields that changed, for a peer the node has) or
+    `removed`. Sent only to nodes that registered with `deltas`, and `changed` only to those
+    with `delta_version` 2; a large delta comes as several, each complete in itself."""
 
     TYPE = "peer_delta"
     peers: tuple[PeerInfo, ...] = wire(list_of(record(PeerInfo), MAX_PEERS), ())
     removed: tuple[bytes, ...] = wire(list_of(KEY, MAX_PEERS), ())
+    changed: tuple[Patch, ...] | None = wire(optional(list_of(PEER_CHANGE, MAX_PEERS)))
+    """Absent from a delta of format 1 (and from a coord that knows no other)."""
 
 
 @dataclass(frozen=True)

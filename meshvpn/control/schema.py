@@ -18,7 +18,7 @@ import base64
 import functools
 import ipaddress
 import math
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Callable, ClassVar
 
 from meshvpn.errors import RemoteProtocolError
@@ -233,6 +233,13 @@ def _wire_fields(cls: type) -> tuple[tuple[str, Codec], ...]:
     return tuple((f.name, f.metadata["codec"]) for f in fields(cls))
 
 
+def _load_field(owner: str, name: str, codec: Codec, value: Any) -> Any:
+    try:
+        return codec.load(value)
+    except MalformedMessage as exc:
+        raise MalformedMessage(f"{owner}.{name}: {exc}") from None
+
+
 class Record:
     """A JSON object of the schema, described entirely by its fields' codecs."""
 
@@ -250,10 +257,7 @@ class Record:
             if name not in obj:
                 _check(codec.optional, f"{cls.__name__}: missing field {name!r}")
                 continue
-            try:
-                values[name] = codec.load(obj[name])
-            except MalformedMessage as exc:
-                raise MalformedMessage(f"{cls.__name__}.{name}: {exc}") from None
+            values[name] = _load_field(cls.__name__, name, codec, obj[name])
         return cls(**values)
 
     def to_json(self) -> dict[str, Any]:
@@ -263,6 +267,44 @@ class Record:
             if value is not None:
                 out[name] = codec.dump(value)
         return out
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Some fields of one record, the one `key` names: a field absent from `changes` kept its
+    value, one present took the value given (None: an optional field was cleared)."""
+
+    key: Any
+    changes: tuple[tuple[str, Any], ...] = ()
+
+    def apply(self, record: Any) -> Any:
+        """`record` with the changes made."""
+        return replace(record, **dict(self.changes))
+
+
+def patch_of(cls: type[Record], identity: str) -> Codec:
+    """A `Patch` of `cls` on the wire: a JSON object with `identity` and the changed fields, each
+    in its own codec (null only where the field is optional); unknown fields are skipped as in
+    a record. A field the patch does not name is absent, so "unchanged" and "cleared" differ."""
+    spec = dict(_wire_fields(cls))
+    known = set(spec)
+    name_of = cls.__name__
+
+    def load(obj: Any) -> Patch:
+        _check(isinstance(obj, dict), f"{name_of} change: expected a JSON object")
+        _check(identity in obj, f"{name_of} change: missing field {identity!r}")
+        unknown = sum(1 for name in obj if name not in known)
+        _check(unknown <= MAX_UNKNOWN_FIELDS, f"{name_of} change: {unknown} unknown fields")
+        key = _load_field(name_of, identity, spec[identity], obj[identity])
+        changes = tuple((name, _load_field(name_of, name, codec, obj[name]))
+                        for name, codec in spec.items() if name != identity and name in obj)
+        return Patch(key, changes)
+
+    def dump(patch: Patch) -> dict[str, Any]:
+        return {identity: spec[identity].dump(patch.key),
+                **{name: spec[name].dump(value) for name, value in patch.changes}}
+
+    return Codec(load, dump)
 
 
 class Message(Record):

@@ -96,8 +96,9 @@ class Connection:
     sample_at: float = 0.0
     paths: dict[str, str | None] = field(default_factory=dict)
     """The node's reported path kind per peer name (`Paths`), only for peers of its network."""
-    deltas: bool = False
-    """The node registered with `deltas`: it takes its peer announcements as `peer_delta`."""
+    deltas: int = 0
+    """The `peer_delta` format the node takes (`delta_format`); 0: none, one `peer_update` or
+    `peer_remove` per change."""
     lan_party: bool = False
     """The node registered with `lan_party`: it takes `access` while online (`meshvpn.coord.lanpush`)."""
     access: m.AccessInfo | None = None
@@ -127,6 +128,12 @@ class Connection:
         """When the connection is closed unless it is heard from (or registers) first."""
         silent = self.last_heard + silence_limit
         return min(silent, self.opened + REGISTER_TIMEOUT) if self.state is ConnState.NEW else silent
+
+
+def delta_format(register: m.Register) -> int:
+    """The `peer_delta` format to send a node that registered with `register`: the newest both
+    ends know, 1 for a node that says only `deltas` (its release knew no other), 0 without."""
+    return min(register.delta_version or 1, m.DELTA_VERSION) if register.deltas else 0
 
 
 def peer_info(node: NodeRecord, conn: Connection | None) -> m.PeerInfo:

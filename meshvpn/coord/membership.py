@@ -39,7 +39,7 @@ from meshvpn.coord.addressing import AddressPoolExhausted
 from meshvpn.coord.authkeys import AuthKey, AuthKeyRejected, create_auth_key
 from meshvpn.coord import passes
 from meshvpn.coord.candidates import SAMPLE_LIFETIME, plain_ip, punch_towards, sane_ipv6, sane_locals, sane_public
-from meshvpn.coord.connstate import ConnEvent, ConnState, Connection, peer_info
+from meshvpn.coord.connstate import ConnEvent, ConnState, Connection, delta_format, peer_info
 from meshvpn.coord.elsewhere import Elsewhere, Leases
 from meshvpn.coord.lanpush import LanPush
 from meshvpn.coord.events import Action, AdminError, Announce, Close, Log, NodeStatus, Send, SendMap
@@ -128,11 +128,11 @@ class Membership(Elsewhere, LanPush, PeerRelays):
                 for key, conn in self._online.get(action.network, {}).items() if key != action.subject]
 
     def audience(self, network: str) -> list[tuple[Hashable, bytes, bool]]:
-        """Every node online in `network`: its connection, its key and whether it takes deltas."""
+        """Every node online in `network`: its connection, its key and the delta format it takes."""
         return [(conn.conn_id, key, conn.deltas) for key, conn in self._online.get(network, {}).items()]
 
     def listener(self, conn_id: Hashable) -> tuple[str, bytes, bool] | None:
-        """The network, key and delta flag of the online node on `conn_id`, else None."""
+        """The network, key and delta format of the online node on `conn_id`, else None."""
         conn = self._conns.get(conn_id)
         online = conn is not None and conn.state is ConnState.ONLINE and conn.network is not None
         return (conn.network, conn.key, conn.deltas) if online else None
@@ -370,7 +370,7 @@ class Membership(Elsewhere, LanPush, PeerRelays):
             self._log("info", "node joined", node, auth_key=node.auth_key_id)
         conn.network = node.network
         conn.nat, conn.mapped, conn.ipv6 = msg.nat, sane_public(msg.mapped), sane_ipv6(msg.ipv6)
-        conn.deltas, conn.lan_party = bool(msg.deltas), bool(msg.lan_party)
+        conn.deltas, conn.lan_party = delta_format(msg), bool(msg.lan_party)
         conn.peer_relays = bool(msg.peer_relays)
         self._ephemeral_deadlines.pop(node.key, None)
         if node.approved:

@@ -88,20 +88,28 @@ def _numbered(frames: list[bytes]) -> list[tuple[int | None, bool | None, bytes]
     return [(index, index == len(frames) - 1, frame) for index, frame in enumerate(frames)]
 
 
-def peer_delta_frames(updates: Sequence[bytes], removed: Sequence[bytes], part_bytes: int = PART_BYTES) -> list[bytes]:
+def peer_delta_frames(updates: Sequence[bytes], removed: Sequence[bytes], part_bytes: int = PART_BYTES,
+                      changes: Sequence[bytes] = ()) -> list[bytes]:
     """`peer_delta` frames carrying `updates` (`peer_update` frames as `peer_update` encodes them,
-    whose peer JSON is reused as it is) and the `removed` keys; one frame per `part_bytes` of
-    JSON (and `MAX_PEERS` of each list), each a complete delta the node may apply on its own."""
+    whose peer JSON is reused as it is), the field-level `changes` (JSON as
+    `peerchanges.change_json` writes it; format 2, absent from frames without any) and the
+    `removed` keys; one frame per `part_bytes` of JSON (and `MAX_PEERS` of each list), each a
+    complete delta the node may apply on its own."""
     head = len(_UPDATE_HEAD)
-    items = [(True, frame[head:-1]) for frame in updates]
-    items += [(False, b'"' + encode_key(key).encode() + b'"') for key in removed]
+    items = [(_PEERS, frame[head:-1]) for frame in updates]
+    items += [(_CHANGED, json) for json in changes]
+    items += [(_REMOVED, b'"' + encode_key(key).encode() + b'"') for key in removed]
     frames = []
     for start, end in _split([len(json) + 1 for _, json in items], part_bytes):
-        group = items[start:end]
-        peers = b",".join(json for is_peer, json in group if is_peer)
-        keys = b",".join(json for is_peer, json in group if not is_peer)
-        frames.append(b'{"type":"peer_delta","peers":[' + peers + b'],"removed":[' + keys + b"]}")
+        lists = {kind: b",".join(json for of, json in items[start:end] if of == kind) for kind in _KINDS}
+        changed = b',"changed":[' + lists[_CHANGED] + b"]" if lists[_CHANGED] else b""
+        frames.append(b'{"type":"peer_delta","peers":[' + lists[_PEERS] + b'],"removed":[' + lists[_REMOVED] + b"]"
+                      + changed + b"}")
     return frames
+
+
+_PEERS, _CHANGED, _REMOVED = range(3)
+_KINDS = (_PEERS, _CHANGED, _REMOVED)
 
 
 def _split(costs: Sequence[int], part_bytes: int) -> list[tuple[int, int]]:

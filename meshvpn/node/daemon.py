@@ -447,7 +447,7 @@ class NodeDaemon:
             public_endpoint=self.public_endpoint,
             tcp_punch=self.punch.from_punch_port or None,
             nat=self.nat,
-            deltas=True,
+            deltas=True, delta_version=m.DELTA_VERSION,
             lan_party=True, peer_relays=True,
             mapped=self.mapped,
             ipv6=self.ipv6 or None,

@@ -117,6 +117,7 @@ class Node(NodeRecovery, StreamInbox):
 
     def receive_coord(self, msg: m.Message, now: float) -> None:
         """A control message from the coord: to every machine that cares about it."""
+        msg = self.peers.completed(msg)
         if isinstance(msg, (m.Registered, m.Relays)):
             self._configure_relays(msg, now)
             self.peer_relay.coord_message(msg, now)

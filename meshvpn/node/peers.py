@@ -12,10 +12,10 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter, deque
 from collections.abc import MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Iterator, Optional, TypeVar
 
-from meshvpn.control.messages import PeerInfo
+from meshvpn.control.messages import Message, PeerDelta, PeerInfo
 from meshvpn.keys import encode_key
 from meshvpn.node.pathfinder import Path, PathFinder
 from meshvpn.node.pathlog import PathLog
@@ -209,6 +209,9 @@ class PeerTable:
         self.by_overlay: dict[bytes, Peer] = {}
         self.by_index: dict[int, Peer] = {}
         """Local index (ours, chosen at handshake) → peer, for sessions and initiations."""
+        self.unknown_changes = 0
+        """Field-level changes the coord sent for peers not in the table, dropped (the coord sends
+        a peer the node may not have whole, so none are expected)."""
 
     def __iter__(self) -> Iterator[Peer]:
         return iter(self.by_key.values())
@@ -219,6 +222,15 @@ class PeerTable:
     def add(self, peer: Peer) -> None:
         self.by_key[peer.key] = peer
         self.by_overlay[peer.overlay] = peer
+
+    def completed(self, msg: Message) -> Message:
+        """`msg`, but a `peer_delta`'s field-level changes become the changed peers' whole infos,
+        so every machine of the node takes it as a delta of format 1."""
+        if not isinstance(msg, PeerDelta) or not msg.changed:
+            return msg
+        whole = [change.apply(self.by_key[change.key].info) for change in msg.changed if change.key in self.by_key]
+        self.unknown_changes += len(msg.changed) - len(whole)
+        return replace(msg, peers=msg.peers + tuple(whole), changed=None)
 
     def readdress(self, peer: Peer, info: PeerInfo) -> None:
         """Take the coord's new description; the overlay index follows a changed address."""

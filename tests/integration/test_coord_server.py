@@ -206,6 +206,27 @@ def test_a_node_that_takes_deltas_hears_a_window_of_changes_in_one_peer_delta(tm
     assert carol_now.local_endpoints == (m.Endpoint("10.0.0.9", 5000),)
 
 
+def test_a_node_of_format_2_hears_only_what_changed_and_one_of_the_previous_release_whole_infos(tmp_path):
+    async def scenario():
+        async with running(coord_config(tmp_path), fanout=FanoutSettings(window=0.5)) as server:
+            token = auth_key(server)
+            carol, carol_reg, _ = await join(server, "carol", token)
+            watchers = []
+            for name, version in (("new", m.DELTA_VERSION), ("old", None)):
+                watcher = await connect(server.address, server.identity.public, keys.generate_private_key())
+                await watcher.register(dataclasses.replace(register(name, token), deltas=True, delta_version=version))
+                watchers.append(watcher)
+            await next_of(watchers[0], m.PeerDelta)  # the old watcher coming online
+            carol.send(m.Endpoints(local=(m.Endpoint("10.0.0.9", 5000),), public=m.Endpoint("198.51.100.7", 61000)))
+            return [await next_of(watcher, m.PeerDelta) for watcher in watchers], carol_reg.node_key
+
+    (new, old), carol = asyncio.run(scenario())
+    assert new.peers == () and new.changed == (m.Patch(carol, (
+        ("local_endpoints", (m.Endpoint("10.0.0.9", 5000),)), ("public_endpoint", m.Endpoint("198.51.100.7", 61000)))),)
+    (whole,) = old.peers
+    assert old.changed is None and whole.key == carol and whole.public_endpoint == m.Endpoint("198.51.100.7", 61000)
+
+
 def test_punch_request_sends_punch_to_both_sides_with_each_others_candidates(tmp_path):
     async def scenario():
         async with running(coord_config(tmp_path)) as server:

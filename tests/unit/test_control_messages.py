@@ -59,6 +59,8 @@ SAMPLES = [
     m.PeerRemove(KEY_B),
     m.PeerDelta((PEER,), (KEY_A,)),
     m.PeerDelta(removed=(KEY_A, KEY_B)),
+    m.PeerDelta(changed=(m.Patch(KEY_B, (("online", False), ("home_relay", None))), m.Patch(KEY_A))),
+    m.Register("pc", "0.1.0", (), deltas=True, delta_version=2),
     m.Punch(KEY_B, (m.Endpoint("203.0.113.7", 62000),), at=None),
     m.Punch(KEY_B, (), at=12.5),
     m.Punch(KEY_B, (m.Endpoint("203.0.113.7", 30001),), nat=m.NatInfo(False, "random"),

@@ -40,7 +40,11 @@ class Online:
 
 
 def drained(fanout: Fanout, now: float, online: Online):
-    return {conn: [m.decode(f) for f in frames] for conn, frames in fanout.drain(now, online)}
+    """What each destination got from one drain, in order (a removal's round and a window's may both reach it)."""
+    out = {}
+    for conn, frames in fanout.drain(now, online):
+        out.setdefault(conn, []).extend(m.decode(f) for f in frames)
+    return out
 
 
 def test_a_window_of_changes_leaves_as_one_delta_to_every_node_but_the_subject():
@@ -59,20 +63,23 @@ def test_a_window_of_changes_leaves_as_one_delta_to_every_node_but_the_subject()
     assert (fanout.announcements, fanout.frames) == (2, 4)
 
 
-def test_a_later_change_replaces_the_earlier_and_a_removal_cancels_an_update():
+def test_a_later_change_replaces_the_earlier_and_a_removal_cancels_an_update_and_goes_first():
     fanout, online = Fanout(FanoutSettings(window=WINDOW)), Online(home=(1,))
     update(fanout, info(2, port=1))
     update(fanout, info(3))
     update(fanout, info(2, port=2))
     remove(fanout, 3)
-    assert drained(fanout, NOW + WINDOW, online) == {1: [m.PeerDelta((info(2, port=2),), (key(3),))]}
+    assert fanout.get_timer() == float("-inf")  # the removal does not wait for the window
+    assert drained(fanout, NOW, online) == {1: [m.PeerDelta(removed=(key(3),))]}
+    assert fanout.get_timer() == NOW + WINDOW
+    assert drained(fanout, NOW + WINDOW, online) == {1: [m.PeerDelta((info(2, port=2),))]}
 
 
 def test_an_update_after_a_removal_brings_the_peer_back():
     fanout, online = Fanout(FanoutSettings(window=WINDOW)), Online(home=(1,))
     remove(fanout, 2)
     update(fanout, info(2))
-    assert drained(fanout, NOW + WINDOW, online) == {1: [m.PeerDelta((info(2),))]}
+    assert drained(fanout, NOW + WINDOW, online) == {1: [m.PeerDelta(removed=(key(2),)), m.PeerDelta((info(2),))]}
 
 
 def test_nodes_without_deltas_get_one_message_per_changed_peer_as_before():
@@ -81,8 +88,8 @@ def test_nodes_without_deltas_get_one_message_per_changed_peer_as_before():
     update(fanout, info(3, port=2))
     remove(fanout, 4)
     assert drained(fanout, NOW + WINDOW, online) == {
-        1: [m.PeerUpdate(info(3, port=2)), m.PeerRemove(key(4))],
-        2: [m.PeerDelta((info(3, port=2),), (key(4),))],
+        1: [m.PeerRemove(key(4)), m.PeerUpdate(info(3, port=2))],
+        2: [m.PeerDelta(removed=(key(4),)), m.PeerDelta((info(3, port=2),))],
     }
 
 
@@ -167,3 +174,67 @@ def test_a_large_network_s_window_is_longer_up_to_the_limit_and_a_small_one_s_is
     assert drained(fanout, NOW + 0.1 + WINDOW, online) == {3: [], 4: [m.PeerDelta((info(3),))]}
     assert fanout.get_timer() == NOW + 0.8
     assert drained(fanout, NOW + 0.8, online) == {1: [], 2: [m.PeerDelta((info(1),))]}
+
+
+def changes(delta: m.PeerDelta) -> dict[bytes, dict]:
+    return {patch.key: dict(patch.changes) for patch in delta.changed or ()}
+
+
+def test_nodes_of_format_2_get_only_the_fields_that_changed_and_a_peer_they_may_not_have_whole():
+    fanout = Fanout(FanoutSettings(window=WINDOW))
+    online = Online(home=(1, 2))
+    online.formats = {1: 2, 2: 1}
+    audience = lambda network: [(n, key(n), online.formats[n]) for n in online.networks[network]]
+    update(fanout, info(3, port=1))  # never announced before: whole, for everyone
+    update(fanout, info(4))
+    assert drained(fanout, NOW + WINDOW, audience) == {1: [m.PeerDelta((info(3, port=1), info(4)))],
+                                                        2: [m.PeerDelta((info(3, port=1), info(4)))]}
+    later = NOW + 1
+    update(fanout, info(3, port=2), later)
+    update(fanout, info(4, online=False), later)
+    (new,), (old,) = drained(fanout, later + WINDOW, audience).values()
+    assert new.peers == () and changes(new) == {
+        key(3): {"local_endpoints": (m.Endpoint("192.168.1.20", 2),)},
+        key(4): {"online": False},
+    }
+    assert old == m.PeerDelta((info(3, port=2), info(4, online=False)))
+
+
+def test_a_field_that_changes_and_changes_back_within_a_window_is_still_named():
+    fanout, online = Fanout(FanoutSettings(window=WINDOW)), Online(home=(1,))
+    update(fanout, info(3, port=1))
+    drained(fanout, NOW + WINDOW, lambda network: [(1, key(1), 2)])
+    later = NOW + 1
+    update(fanout, info(3, port=2), later)  # a node whose map is built now holds port 2
+    update(fanout, info(3, port=1), later)
+    (delta,), = drained(fanout, later + WINDOW, lambda network: [(1, key(1), 2)]).values()
+    assert changes(delta) == {key(3): {"local_endpoints": (m.Endpoint("192.168.1.20", 1),)}}
+
+
+def test_a_removal_overtakes_a_round_under_way_which_no_longer_carries_the_peer():
+    fanout = Fanout(FanoutSettings(window=WINDOW, slice=2))
+    online = Online(home=range(10, 15))
+    update(fanout, info(2))
+    update(fanout, info(3))
+    assert list(drained(fanout, NOW + WINDOW, online)) == [10, 11]
+    remove(fanout, 3, NOW + WINDOW)  # revoked while the round is under way
+    gone = m.PeerDelta(removed=(key(3),))
+    assert drained(fanout, NOW + WINDOW, online) == {10: [gone], 11: [gone]}
+    assert drained(fanout, NOW + WINDOW, online) == {12: [gone], 13: [gone]}
+    rest = [m.PeerDelta((info(2),))]  # the rest of the round, without 3
+    assert drained(fanout, NOW + WINDOW, online) == {14: [gone], 12: rest}
+    assert drained(fanout, NOW + WINDOW, online) == {13: rest, 14: rest}
+    assert fanout.get_timer() is None
+
+
+def test_a_node_whose_map_came_after_a_removal_or_that_took_it_is_not_told_again():
+    fanout, online = Fanout(FanoutSettings(window=WINDOW)), Online(home=(1, 5, 6))
+    remove(fanout, 2)
+    fanout.fresh(5, "home")  # node 5's map holds none of 2
+    assert [m.decode(f) for f in fanout.take(6, "home", key(6), True)] == [m.PeerDelta(removed=(key(2),))]
+    remove(fanout, 3)
+    assert drained(fanout, NOW, online) == {
+        1: [m.PeerDelta(removed=(key(2), key(3)))],
+        5: [m.PeerDelta(removed=(key(3),))],
+        6: [m.PeerDelta(removed=(key(3),))],
+    }

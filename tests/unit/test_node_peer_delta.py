@@ -1,6 +1,8 @@
 """A node that takes `peer_delta` ends with the same peers as one given full maps: the real
-fan-out coalesces random windows of changes, and three real nodes apply them (deltas, one
-message per change, or the whole map after each window); also the DNS directory and TURN."""
+fan-out coalesces random windows of changes, and real nodes apply them (field-level deltas,
+whole-info deltas, one message per change, or the whole map after each window; and a node of
+field-level deltas whose map is built again in the middle of windows, as after a reconnect);
+also the DNS directory and TURN."""
 
 import random
 
@@ -15,7 +17,9 @@ from meshvpn.sim.nodes import NETWORK, MemoryNode, seeded
 
 WINDOW = 0.25
 PEERS = 6
-"""Keys the changes are drawn from (peers of the three nodes under test)."""
+"""Keys the changes are drawn from (peers of the nodes under test)."""
+FRESH = 5
+"""The connection of the node whose map is built again during windows."""
 
 
 def key(n: int) -> bytes:
@@ -25,12 +29,14 @@ def key(n: int) -> bytes:
 def info(n: int, port: int, online: bool, name: int) -> m.PeerInfo:
     return m.PeerInfo(key(n), f"node{n}-{name}", f"100.64.0.{10 + n}", online,
                       (m.Endpoint("192.168.1.20", port),), public_endpoint=m.Endpoint("198.51.100.9", port),
-                      home_relay="fra" if port % 2 else None)
+                      home_relay="fra" if port % 2 else None, observed_host="203.0.113.5" if online else None,
+                      nat=m.NatInfo(port < 3, "random") if online else None, last_seen=float(name))
 
 
 change = st.one_of(
     st.tuples(st.just("update"), st.integers(0, PEERS - 1), st.integers(1, 4), st.booleans(), st.integers(0, 2)),
     st.tuples(st.just("remove"), st.integers(0, PEERS - 1)),
+    st.tuples(st.just("fresh")),
 )
 windows = st.lists(st.lists(change, max_size=8), min_size=1, max_size=6)
 
@@ -43,35 +49,41 @@ def view(node: MemoryNode) -> dict[bytes, m.PeerInfo]:
     return {peer.key: peer.info for peer in node.peers}
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(windows)
 def test_deltas_give_the_same_peers_as_full_maps(plan):
-    deltas, legacy, full = (seeded(random.Random, seed, name, f"100.64.0.{seed}", ("192.0.2.1", 41641 + seed))
-                            for seed, name in ((1, "d"), (2, "l"), (3, "f")))
-    for node in (deltas, legacy, full):
+    fields, deltas, legacy, full, fresh = (
+        seeded(random.Random, seed, name, f"100.64.0.{seed}", ("192.0.2.1", 41641 + seed))
+        for seed, name in ((1, "c"), (2, "d"), (3, "l"), (4, "f"), (FRESH, "r")))
+    for node in (fields, deltas, legacy, full, fresh):
         registered(node)
         node.from_coord(m.PeerMap(()), 0.0)
-    audience = [(1, deltas.public, True), (2, legacy.public, False)]
-    by_conn = {1: deltas, 2: legacy}
+    audience = [(1, fields.public, 2), (2, deltas.public, 1), (3, legacy.public, 0), (FRESH, fresh.public, 2)]
+    by_conn = {1: fields, 2: deltas, 3: legacy, FRESH: fresh}
     fanout, truth = Fanout(FanoutSettings(window=WINDOW)), {}
     for index, window in enumerate(plan):
         now = 1.0 + index
-        for kind, n, *rest in window:
+        for kind, *rest in window:
             if kind == "update":
-                truth[key(n)] = info(n, *rest)
+                n, *fields_of = rest
+                truth[key(n)] = info(n, *fields_of)
                 message, payload = peer_update(PeerEntry.of(truth[key(n)]))
                 fanout.add("home", key(n), message, payload, now)
-            else:
-                truth.pop(key(n), None)
-                fanout.add("home", key(n), m.PeerRemove(key(n)), None, now)
+            elif kind == "remove":
+                truth.pop(key(rest[0]), None)
+                fanout.add("home", key(rest[0]), m.PeerRemove(key(rest[0])), None, now)
+            else:  # the node registers again: its map is the network as it is now
+                fanout.fresh(FRESH, "home")
+                fresh.from_coord(m.PeerMap(tuple(truth.values())), now)
         for conn, frames in fanout.drain(now + WINDOW, lambda network: audience):
             for frame in frames:
                 by_conn[conn].from_coord(m.decode(frame), now + WINDOW)
         full.from_coord(m.PeerMap(tuple(truth.values())), now + WINDOW)
         assert view(full) == truth
-        assert view(deltas) == truth, f"after window {index}"
-        assert view(legacy) == truth
-    names = [[e for e in node.take_events() if isinstance(e, ev.PeerMapChanged)][-1:] for node in (deltas, full)]
+        for node in (fields, deltas, legacy, fresh):
+            assert view(node) == truth, f"{node.name} after window {index}"
+        assert fields.node.peers.unknown_changes == fresh.node.peers.unknown_changes == 0
+    names = [[e for e in node.take_events() if isinstance(e, ev.PeerMapChanged)][-1:] for node in (fields, full)]
     if names[0] and names[1]:
         assert names[0][0].hosts[1:] == names[1][0].hosts[1:], "the DNS directory follows deltas too"
 

@@ -37,6 +37,7 @@ SANS_IO_MODULES = (
     "meshvpn.coord.peermap",
     "meshvpn.coord.console.auth",
     "meshvpn.coord.fanout",
+    "meshvpn.coord.peerchanges",
     "meshvpn.coord.mapcache",
     "meshvpn.coord.mapbudget",
     "meshvpn.coord.elsewhere",
