@@ -29,6 +29,11 @@ from meshvpn import noise, wire
 from meshvpn.constants import REJECT_AFTER_MESSAGES
 from meshvpn.errors import LocalProtocolError, RemoteProtocolError
 
+try:
+    from nacl._sodium import ffi as _ffi, lib as _lib
+except ImportError:  # a PyNaCl without its cffi module: the public bindings still work
+    _ffi = _lib = None
+
 DEFAULT_MAX_FRAME_SIZE = 1 << 20
 """Largest payload a frame may carry, in bytes."""
 
@@ -109,23 +114,15 @@ class _SecureStream(abc.ABC):
         if counter >= REJECT_AFTER_MESSAGES:
             raise LocalProtocolError("channel nonce space exhausted; reconnect")
         self._send_counter = counter + 1
-        length_bytes = _LENGTH.pack(len(payload) + _TAG_LEN)
-        body = bindings.crypto_aead_chacha20poly1305_ietf_encrypt(
-            payload, length_bytes, _NONCE.pack(counter), self._keys.send_key
-        )
-        self._outbox += length_bytes
-        self._outbox += body
+        self._outbox += _seal_frame(payload, _NONCE.pack(counter), self._keys.send_key)
 
     def _open(self, length_bytes: bytes, body: bytes) -> bytes:
         counter = self._recv_counter
         if counter >= REJECT_AFTER_MESSAGES:
             raise ChannelError("peer exceeded the channel's message limit")
-        try:
-            payload = bindings.crypto_aead_chacha20poly1305_ietf_decrypt(
-                body, length_bytes, _NONCE.pack(counter), self._keys.recv_key
-            )
-        except exceptions.CryptoError as exc:
-            raise ChannelError(f"frame {counter} failed authentication (bad MAC)") from exc
+        payload = _open_body(length_bytes, body, _NONCE.pack(counter), self._keys.recv_key)
+        if payload is None:
+            raise ChannelError(f"frame {counter} failed authentication (bad MAC)")
         self._recv_counter = counter + 1
         return payload
 
@@ -153,6 +150,36 @@ class _SecureStream(abc.ABC):
     @abc.abstractmethod
     def _handle_frame(self, length_bytes: bytes, body: bytes) -> bytes | None:
         """Process one complete frame; return a payload to deliver, if any."""
+
+
+def _seal_frame(payload: bytes, nonce: bytes, key: bytes) -> bytes | bytearray:
+    """``length | AEAD(payload)`` with the length bytes as associated data. Through cffi,
+    libsodium writes straight into the frame: a coord sealing a fan-out round for 10,000 nodes
+    spent a fifth of its time in the checks and copies of the `nacl.bindings` wrapper."""
+    length = len(payload) + _TAG_LEN
+    if _lib is None:
+        length_bytes = _LENGTH.pack(length)
+        return length_bytes + bindings.crypto_aead_chacha20poly1305_ietf_encrypt(payload, length_bytes, nonce, key)
+    frame = bytearray(_LENGTH.size + length)
+    _LENGTH.pack_into(frame, 0, length)
+    out = _ffi.from_buffer(frame, require_writable=True)
+    _lib.crypto_aead_chacha20poly1305_ietf_encrypt(out + _LENGTH.size, _ffi.NULL, payload, len(payload), out,
+                                                   _LENGTH.size, _ffi.NULL, nonce, key)
+    return frame
+
+
+def _open_body(length_bytes: bytes, body: bytes, nonce: bytes, key: bytes) -> bytes | None:
+    """The payload of a sealed frame's body, or None when it fails authentication."""
+    if _lib is None or len(body) == _TAG_LEN:
+        try:
+            return bindings.crypto_aead_chacha20poly1305_ietf_decrypt(body, length_bytes, nonce, key)
+        except exceptions.CryptoError:
+            return None
+    payload = bytearray(len(body) - _TAG_LEN)
+    failed = _lib.crypto_aead_chacha20poly1305_ietf_decrypt(_ffi.from_buffer(payload, require_writable=True),
+                                                            _ffi.NULL, _ffi.NULL, body, len(body), length_bytes,
+                                                            len(length_bytes), nonce, key)
+    return None if failed else bytes(payload)
 
 
 class ClientChannel(_SecureStream):
