@@ -20,6 +20,10 @@ their deadline. The membership core now says *what* changed (one `Announce` per 
   of its own, ahead of every other.
 * `drain` hands out at most `FanoutSettings.slice` destinations per call, so the shell serves
   the I/O that is ready between slices: handshakes and keepalives are never starved.
+* A network's due window waits while the network's previous round is still being served, and
+  takes in what changes meanwhile: when the coord cannot keep up (a starved CPU, 10,000 nodes
+  under churn), rounds come less often and carry more, rather than queue up one behind the other
+  and put every change further behind.
 * A node whose view starts afresh (`registered` and its map) is marked with `fresh`: its map
   holds everything announced so far, so the open window's round sends it only what changes
   after that.
@@ -250,7 +254,8 @@ class Fanout:
         for network, removals in self._removals.items():
             self._rounds.appendleft(_Round(network, removals, list(audience(network))))
         self._removals.clear()
-        for network in [name for name, window in self._windows.items() if window.due <= now]:
+        busy = {round_.network for round_ in self._rounds if isinstance(round_.frames, _Frames)}
+        for network in [name for name, window in self._windows.items() if window.due <= now and name not in busy]:
             frames = _Frames(self._windows.pop(network), self.settings.part_bytes)
             self._rounds.append(_Round(network, frames, list(audience(network))))
         budget = self.settings.slice

@@ -238,3 +238,16 @@ def test_a_node_whose_map_came_after_a_removal_or_that_took_it_is_not_told_again
         5: [m.PeerDelta(removed=(key(3),))],
         6: [m.PeerDelta(removed=(key(3),))],
     }
+
+
+def test_a_due_window_waits_for_its_network_s_round_under_way_and_takes_in_what_comes_meanwhile():
+    fanout = Fanout(FanoutSettings(window=WINDOW, slice=2))
+    online = Online(home=(10, 11, 12), work=(20,))
+    update(fanout, info(2, port=1))
+    assert list(drained(fanout, NOW + WINDOW, online)) == [10, 11]
+    later = NOW + 2 * WINDOW
+    update(fanout, info(2, port=2), NOW + WINDOW)
+    update(fanout, info(6), NOW + WINDOW, network="work")
+    update(fanout, info(3), later)  # the home window is due, but its last round is still under way
+    assert drained(fanout, later, online) == {12: [m.PeerDelta((info(2, port=1),))], 20: [m.PeerDelta((info(6),))]}
+    assert drained(fanout, later, online) == {n: [m.PeerDelta((info(2, port=2), info(3)))] for n in (10, 11)}
