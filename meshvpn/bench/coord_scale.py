@@ -12,9 +12,10 @@ load average:
    the time until every node's view has all its peers online;
 2. churn: ``--churn`` of the nodes (default 1 %) send new endpoints each second for
    ``--churn-seconds``; for a sample of the changes (at most ``--tracked`` a second), the time
-   until every online peer has it (p50, p99, max);
-3. revocation: one node revoked through the admin socket, and the time until every peer was
-   told to remove it;
+   until every online peer has it (p50, p99, max); halfway through, one node (that does not
+   change) is revoked through the admin socket, and the time until every peer was told to
+   remove it, under the churn;
+3. revocation: another node revoked the same way with nothing else going on;
 4. restart (last, as it takes longest): SIGTERM, a fresh server process on the same database,
    every node reconnecting at once with the node's jittered backoff
    (`meshvpn.node.coordlink.backoff_delay`; at most 400 between TCP connect and `registered` at
@@ -145,15 +146,20 @@ async def restart(run: Run) -> None:
 
 
 async def churn(run: Run) -> None:
-    """`--churn` of the nodes change endpoints every second; time a sample of the changes."""
+    """`--churn` of the nodes change endpoints every second; time a sample of the changes, and
+    halfway through revoke a node (not one that changes) and time its removal under the churn."""
     args = run.args
     live = await run.live()
-    online = sorted(live)
+    victim = pick_victim(run, live, 3)
+    online = sorted(index for index in live if index != victim)
     sizes = {network: list(live.values()).count(network) for network in set(live.values())}
     per_second = max(1, round(len(online) * args.churn))
     tracked_every = max(1, -(-per_second // args.tracked))
+    key = await run.workers.ask(run.workers.owner(victim), "key", victim)
     phase = run.phase("churn")
     watches: dict[int, Watch] = {}
+    removal: Watch | None = None
+    revoked: asyncio.Task | None = None
     changes = 0
     started = time.perf_counter()
     while time.perf_counter() - started < args.churn_seconds:
@@ -166,41 +172,60 @@ async def churn(run: Run) -> None:
                 watches[port] = Watch(time.perf_counter(), sizes[live[mover]] - 1)
             run.workers.tell(run.workers.owner(mover), "change", mover, tracked, port)
             changes += 1
-        await run.follow(watches, None, time.perf_counter() + 0.05)
-    await run.follow(watches, None, time.perf_counter() + args.quiet)
+        if revoked is None and time.perf_counter() - started >= args.churn_seconds / 2:
+            removal = Watch(time.perf_counter(), sizes[live[victim]] - 1)
+            run.workers.tell_all("removal", key, victim)
+            revoked = asyncio.create_task(admin_revoke(run, victim))
+        await run.follow(watches, removal, time.perf_counter() + 0.05)
+    await run.follow(watches, removal, time.perf_counter() + args.quiet)
     took = sorted(w.took for w in watches.values() if w.took is not None)
     if not took:
         phase.report(f"{changes} changes, none of the {len(watches)} timed reached every peer")
         return
     p99 = took[min(len(took) - 1, int(len(took) * 0.99))]
+    revocation = "" if revoked is None else "; revoked halfway: " + reach(removal, *await revoked, args.quiet)
     phase.report(f"{changes} changes ({per_second}/s for {args.churn_seconds:.0f} s), {len(took)} of {len(watches)} "
                  f"timed reached every peer: p50 {statistics.median(took) * 1000:.0f} ms, "
-                 f"p99 {p99 * 1000:.0f} ms, max {took[-1] * 1000:.0f} ms")
+                 f"p99 {p99 * 1000:.0f} ms, max {took[-1] * 1000:.0f} ms{revocation}")
+
+
+def pick_victim(run: Run, live: dict[int, str], share: int) -> int:
+    """A node connected to the last instance, `1/share` of the way through them."""
+    instances = len(run.server.servers)
+    candidates = sorted(index for index in live if index % instances == instances - 1)
+    return candidates[len(candidates) // share]
+
+
+async def admin_revoke(run: Run, victim: int) -> tuple[float, dict]:
+    """Revoke node `victim` through instance 0's admin socket: how long the answer took, and the answer."""
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_unix_connection(str(run.server.admin_socket))
+    writer.write(json.dumps({"cmd": "node_revoke", "node": f"node-{victim}"}).encode() + b"\n")
+    answer = json.loads(await reader.readline())
+    writer.close()
+    return time.perf_counter() - started, answer
+
+
+def reach(watch: Watch, answered: float, answer: dict, quiet: float) -> str:
+    """How a revocation went: the admin's answer and the time until every peer was told."""
+    told = (f"every peer told in {watch.took * 1000:.0f} ms" if watch.took is not None
+            else f"{watch.pending} peers not told after {quiet:.0f} s")
+    error = f" (admin error: {answer['error']})" if "error" in answer else ""
+    return f"admin answered in {answered * 1000:.0f} ms{error}, {told}"
 
 
 async def revocation(run: Run) -> None:
-    """Revoke through instance 0 a node connected to the last instance."""
+    """Revoke through instance 0 a node connected to the last instance, with nothing else going on."""
     live = await run.live()
-    instances = len(run.server.servers)
-    candidates = sorted(index for index in live if index % instances == instances - 1)
-    victim = candidates[len(candidates) // 2]
+    victim = pick_victim(run, live, 2)
     peers = sum(1 for index, network in live.items() if network == live[victim] and index != victim)
     key = await run.workers.ask(run.workers.owner(victim), "key", victim)
     phase = run.phase("revocation")
     watch = Watch(time.perf_counter(), peers)
     run.workers.tell_all("removal", key, victim)
-    reader, writer = await asyncio.open_unix_connection(str(run.server.admin_socket))
-    writer.write(json.dumps({"cmd": "node_revoke", "node": f"node-{victim}"}).encode() + b"\n")
-    answer = json.loads(await reader.readline())
-    answered = time.perf_counter() - watch.started
-    writer.close()
+    answered, answer = await admin_revoke(run, victim)
     await run.follow({}, watch, time.perf_counter() + run.args.quiet)
-    if watch.took is not None:
-        reach = f"every peer told in {watch.took * 1000:.0f} ms"
-    else:
-        reach = f"{watch.pending} of {peers} peers not told after {run.args.quiet:.0f} s"
-    error = f" (admin error: {answer['error']})" if "error" in answer else ""
-    phase.report(f"admin answered in {answered * 1000:.0f} ms{error}, {reach}")
+    phase.report(reach(watch, answered, answer, run.args.quiet))
 
 
 async def run_all(args) -> None:
