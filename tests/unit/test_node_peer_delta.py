@@ -13,7 +13,7 @@ from meshvpn.control import messages as m
 from meshvpn.coord.fanout import Fanout, FanoutSettings
 from meshvpn.coord.peermap import PeerEntry, peer_update
 from meshvpn.node import events as ev
-from meshvpn.sim.nodes import NETWORK, MemoryNode, seeded
+from meshvpn.sim.nodes import NETWORK, MemoryNode, alice_and_bob, ip_packet, seeded
 
 WINDOW = 0.25
 PEERS = 6
@@ -97,3 +97,16 @@ def test_a_delta_removes_and_updates_in_one_message_and_ignores_our_own_key():
     assert view(node) == {key(1): info(1, 2, False, 0), key(2): info(2, 3, True, 0)}
     downs = [e for e in node.take_events() if isinstance(e, ev.PeerDown)]
     assert [e.name for e in downs] == ["node0-0"]
+
+
+def test_a_peer_removed_by_a_delta_is_cut_at_once_even_its_packets_already_on_the_way():
+    a, b, wire = alice_and_bob(random.Random)
+    a.send(ip_packet(a.address, b.address), 0.0)
+    wire.pump(0.0)
+    b.send(ip_packet(b.address, a.address), 1.0)
+    in_flight = b.collect()
+    assert in_flight and a.tun == []  # sealed in the session alice would accept
+    a.from_coord(m.PeerDelta(removed=(b.public,)), 1.0)  # bob was revoked
+    a.receive([(data, b.endpoint) for _, data in in_flight], 1.0)
+    a.send(ip_packet(a.address, b.address), 1.0)
+    assert a.tun == [] and a.collect() == [] and a.peers.by_key == {}
