@@ -93,6 +93,8 @@ class SimNode(asyncio.Protocol):
         self.lost = False
         """The connection ended and is not coming back (revoked, or gave up)."""
         self.revoked = False
+        self.doomed = False
+        """To be revoked while changes are timed: its receipts do not count (it stops hearing any)."""
 
     async def join(self, address, server_public: bytes, register: m.Register, gate: asyncio.Semaphore) -> None:
         """Connect and register while holding `gate` (the worker's share of nodes between TCP
@@ -155,7 +157,7 @@ class SimNode(asyncio.Protocol):
         worker = self.worker
         worker.frames += 1
         self.online_peers += payload.count(b'"online":true') - payload.count(b'"online":false')
-        if b'"public_endpoint":"203.0.113.9:' in payload:
+        if b'"public_endpoint":"203.0.113.9:' in payload and not self.doomed:
             now = time.perf_counter()
             for port in _TRACKED.findall(payload):
                 receipt = worker.receipts.setdefault(int(port), [0, 0.0])

@@ -156,6 +156,8 @@ async def churn(run: Run) -> None:
     per_second = max(1, round(len(online) * args.churn))
     tracked_every = max(1, -(-per_second // args.tracked))
     key = await run.workers.ask(run.workers.owner(victim), "key", victim)
+    run.workers.tell(run.workers.owner(victim), "doomed", victim)
+    sizes[live[victim]] -= 1  # the peers a change must reach: neither its mover nor the victim
     phase = run.phase("churn")
     watches: dict[int, Watch] = {}
     removal: Watch | None = None
@@ -173,7 +175,7 @@ async def churn(run: Run) -> None:
             run.workers.tell(run.workers.owner(mover), "change", mover, tracked, port)
             changes += 1
         if revoked is None and time.perf_counter() - started >= args.churn_seconds / 2:
-            removal = Watch(time.perf_counter(), sizes[live[victim]] - 1)
+            removal = Watch(time.perf_counter(), sizes[live[victim]])
             run.workers.tell_all("removal", key, victim)
             revoked = asyncio.create_task(admin_revoke(run, victim))
         await run.follow(watches, removal, time.perf_counter() + 0.05)

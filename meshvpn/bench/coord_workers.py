@@ -96,6 +96,9 @@ async def _command(worker: Worker, command: str, args: list) -> Any:
         return _NO_REPLY
     if command == "key":
         return encode_key(worker.by_index[args[0]].identity.public).encode()
+    if command == "doomed":
+        worker.by_index[args[0]].doomed = True
+        return _NO_REPLY
     if command == "removal":
         key, victim = args
         worker.removal = key
