@@ -48,6 +48,8 @@ class Worker:
         self.spec = spec
         self.delta_format: int = spec["delta_format"]
         self.frames = 0
+        self.payload_bytes = 0
+        """Bytes of the frames counted (after decryption)."""
         self.receipts: dict[int, list] = {}
         """Tracked endpoint changes seen since the last report: port → [count, last time]."""
         self.removal: bytes | None = None
@@ -156,6 +158,7 @@ class SimNode(asyncio.Protocol):
             return
         worker = self.worker
         worker.frames += 1
+        worker.payload_bytes += len(payload)
         self.online_peers += payload.count(b'"online":true') - payload.count(b'"online":false')
         if b'"public_endpoint":"203.0.113.9:' in payload and not self.doomed:
             now = time.perf_counter()

@@ -158,6 +158,7 @@ async def churn(run: Run) -> None:
     key = await run.workers.ask(run.workers.owner(victim), "key", victim)
     run.workers.tell(run.workers.owner(victim), "doomed", victim)
     sizes[live[victim]] -= 1  # the peers a change must reach: neither its mover nor the victim
+    read_before = sum(await run.workers.ask_all("bytes"))
     phase = run.phase("churn")
     watches: dict[int, Watch] = {}
     removal: Watch | None = None
@@ -181,14 +182,15 @@ async def churn(run: Run) -> None:
         await run.follow(watches, removal, time.perf_counter() + 0.05)
     await run.follow(watches, removal, time.perf_counter() + args.quiet)
     took = sorted(w.took for w in watches.values() if w.took is not None)
+    read = (sum(await run.workers.ask_all("bytes")) - read_before) / 1e6
     if not took:
-        phase.report(f"{changes} changes, none of the {len(watches)} timed reached every peer")
+        phase.report(f"{changes} changes, none of the {len(watches)} timed reached every peer; {read:.0f} MB read")
         return
     p99 = took[min(len(took) - 1, int(len(took) * 0.99))]
     revocation = "" if revoked is None else "; revoked halfway: " + reach(removal, *await revoked, args.quiet)
     phase.report(f"{changes} changes ({per_second}/s for {args.churn_seconds:.0f} s), {len(took)} of {len(watches)} "
                  f"timed reached every peer: p50 {statistics.median(took) * 1000:.0f} ms, "
-                 f"p99 {p99 * 1000:.0f} ms, max {took[-1] * 1000:.0f} ms{revocation}")
+                 f"p99 {p99 * 1000:.0f} ms, max {took[-1] * 1000:.0f} ms{revocation}; nodes read {read:.0f} MB")
 
 
 def pick_victim(run: Run, live: dict[int, str], share: int) -> int:

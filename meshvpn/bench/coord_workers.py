@@ -96,6 +96,8 @@ async def _command(worker: Worker, command: str, args: list) -> Any:
         return _NO_REPLY
     if command == "key":
         return encode_key(worker.by_index[args[0]].identity.public).encode()
+    if command == "bytes":
+        return worker.payload_bytes
     if command == "doomed":
         worker.by_index[args[0]].doomed = True
         return _NO_REPLY
