@@ -47,8 +47,20 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard meshvpn/_fastpath*.c mesh
 	$(VENV)/bin/python -m pip install --quiet -e '.[test,systemd,metrics,console,qr,postgresql,upnp]'
 	touch $@
 
+# The suite in two passes: most tests on TEST_WORKERS pytest-xdist workers (lab tests mostly wait
+# on timers and daemons, so more workers than cores pay; each worker's namespaces carry its own
+# PID), each module's tests on one worker in their order (`--dist loadscope`: a module's shared
+# mesh is built once), then the tests marked `alone`, which compare a rate or CPU time with a
+# calm baseline, one at a time with nothing else of the suite running. Both passes run; either
+# failing fails.
+TEST_WORKERS ?= 4
+PYTEST := $(VENV)/bin/python -m pytest -q
+
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	@status=0; \
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadscope -m "not alone" || status=$$?; \
+	$(PYTEST) -m alone || status=$$?; \
+	exit $$status
 
 # Every network decoder fuzzed with a million inputs or more, in at most FUZZ_SECONDS (opt-in;
 # the unit suite runs a small slice of the same targets).

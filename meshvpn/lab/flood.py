@@ -218,6 +218,14 @@ def _serve(sel, channels, closed_after, timeout: float) -> None:
             sock.close()
 
 
+def target_drops(ns, port: int) -> int:
+    """Datagrams the kernel dropped for the UDP sockets on `port` in namespace `ns` (a `Namespace`),
+    mostly for a full receive buffer: what a target never read because it, or the machine, could
+    not keep up. A flood's packets minus these are the ones the target handled."""
+    table = ns.run(["cat", "/proc/net/udp"]).stdout.splitlines()[1:]
+    return sum(int(fields[-1]) for fields in map(str.split, table) if int(fields[1].rsplit(":", 1)[1], 16) == port)
+
+
 def _send(sock: socket.socket, data: bytes) -> None:
     if data:
         try:

@@ -10,6 +10,7 @@ kids to servers. Every node runs a game server on udp/27015 (`meshvpn.lab.lanpla
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import pytest
 from meshvpn.lab import Lab, NatKind, Topology, lab_namespaces
 from meshvpn.lab import lanplay
 from meshvpn.lab.mesh import Mesh, wait_for
+from meshvpn.lab.rates import interleaved
 from meshvpn.lab.transfer import transfer
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(90)]
@@ -129,29 +131,37 @@ def test_an_mdns_service_on_one_node_is_found_by_zeroconf_on_another(party: Part
     assert f"carols-server {party.mesh.overlay('carol')}:27015" in found, party.mesh.logs()
 
 
+@pytest.mark.alone  # `make test` runs it after the others, on a mesh of its own
 def test_a_broadcast_storm_leaves_a_parallel_tcp_flow_its_rate(party: Party) -> None:
     alice, bob, to_bob = party.ns("alice"), party.ns("bob"), party.mesh.overlay("bob")
+    storm_rate = 10 * 500 / 3  # 10x the default 500 copies a second, with three peers to copy to
 
     def rate() -> float:
-        sent, received = transfer(alice, bob, to_bob, duration=3.0)
+        sent, received = transfer(alice, bob, to_bob, duration=2.0)
         assert sent.same_data(received)
         return received.mbit_per_s()
 
-    before = rate()
-    storm_rate = 10 * 500 / 3  # 10x the default 500 copies a second, with three peers to copy to
-    storm = lanplay.start(alice, "storm", BROADCAST, "--bind", party.mesh.overlay("alice"), "--rate", str(storm_rate),
-                          "--seconds", "6", "--port", "9")  # discard: no server answers, as in a real storm
-    try:
-        time.sleep(0.5)
-        during = rate()
-    finally:
-        alice.stop(storm)
-    alone = (before + rate()) / 2  # its rate: before and after the storm, as the machine's load drifts
+    @contextlib.contextmanager
+    def storm() -> Iterator[None]:
+        proc = lanplay.start(alice, "storm", BROADCAST, "--bind", party.mesh.overlay("alice"),
+                             "--rate", str(storm_rate), "--seconds", "15",
+                             "--port", "9")  # discard: no server answers; stopped after the run, 15 s at most
+        try:
+            time.sleep(0.5)
+            yield
+        finally:
+            alice.stop(proc)
+
+    dropped_before = party.lan("alice")["dropped"]
+    # Calm and storm runs in turn, compared best to best: the machine's other load drifts and
+    # only ever takes rate away (`meshvpn.lab.rates`).
+    rates = interleaved(rate, storm)
     dropped = party.lan("alice")["dropped"]
-    assert dropped.get("rate_packets", 0) + dropped.get("rate_bytes", 0) > 1000, dropped
-    figures = f"{during:.0f} Mbit/s in the storm, {alone:.0f} alone ({before:.0f} before); alice's drops {dropped}"
+    storm_drops = sum(dropped.get(k, 0) - dropped_before.get(k, 0) for k in ("rate_packets", "rate_bytes"))
+    figures = f"TCP flow in the storm: {rates}; alice's drops {dropped}"
     print(figures)
-    assert during > 0.8 * alone, figures
+    assert storm_drops > 3 * 1000, f"each storm went over the budget: {figures}"
+    assert rates.ratio > 0.8, figures
 
 
 def test_an_access_rule_blocks_udp_27015_from_kids_and_a_tag_or_reload_changes_it_live(party: Party) -> None:
