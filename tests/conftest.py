@@ -17,9 +17,17 @@ from pathlib import Path
 from typing import Callable, NoReturn
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from meshvpn import keys
 from meshvpn.lab.postgres import throwaway_postgres, unavailable_reason
+
+# Hypothesis' per-example deadline and its too-slow health check time each example by the wall
+# clock, which on the suite's shared two cores (other work, four xdist workers) measures the
+# machine's load, not the code: a 0.1 ms example once took 320 ms there. What a property test
+# asserts is its assertions; a test that must be fast says so with its own `settings`.
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 
 @functools.cache
