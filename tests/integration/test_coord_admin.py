@@ -72,7 +72,9 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match:
+    def wait_for_log(self, pattern: str, timeout: float = 30.0) -> re.Match:
+        """The first match of `pattern` in the log, waited for up to `timeout` seconds: a bound, not a
+        speed asked for (a coord starting on a loaded two-core machine took over 10 s to log)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = re.search(pattern, self.log())

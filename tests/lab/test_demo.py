@@ -24,6 +24,9 @@ pytestmark = [pytest.mark.lab, pytest.mark.timeout(150)]
 
 NODES = ("a1", "b1", "c1", "c2", "d1", "e1")
 RUN_TIMEOUT = 90
+STOP_TIMEOUT = 30
+"""Seconds a demo that ran out of time has to clean up after SIGTERM before it is killed (a kill
+would leave its namespaces and daemons behind)."""
 
 
 @dataclass
@@ -47,9 +50,13 @@ def finish(proc: subprocess.Popen, tmpdir: Path, stdout_so_far: str = "") -> Dem
     try:
         stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # out of time: SIGTERM lets its lab remove its namespaces and daemons
+            proc.terminate()
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     return DemoRun(proc.pid, proc.returncode, stdout_so_far + stdout, stderr, tmpdir)
 
 
