@@ -47,18 +47,19 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard meshvpn/_fastpath*.c mesh
 	$(VENV)/bin/python -m pip install --quiet -e '.[test,systemd,metrics,console,qr,postgresql,upnp]'
 	touch $@
 
-# The suite in two passes: most tests on TEST_WORKERS pytest-xdist workers (lab tests mostly wait
-# on timers and daemons, so more workers than cores pay; each worker's namespaces carry its own
-# PID), each module's tests on one worker in their order (`--dist loadscope`: a module's shared
-# mesh is built once), then the tests marked `alone`, which compare a rate or CPU time with a
-# calm baseline, one at a time with nothing else of the suite running. Both passes run; either
-# failing fails.
+# The suite in two passes. First every test not marked `alone`, on TEST_WORKERS pytest-xdist
+# workers: lab tests mostly wait on timers and daemons, so more workers than cores pay, and each
+# worker's namespaces carry its own PID. `--dist loadscope` keeps a module's tests on one worker,
+# in order (a module's shared mesh is built once); modules go out in collection order, so the
+# long integration and lab modules start first and the many short unit modules fill the end.
+# Then the tests marked `alone`, which compare a rate with a calm one, one after the other with
+# nothing else of the suite running. Both passes run; either failing fails the target.
 TEST_WORKERS ?= 4
 PYTEST := $(VENV)/bin/python -m pytest -q
 
 test: setup
 	@status=0; \
-	$(PYTEST) -n $(TEST_WORKERS) --dist loadscope -m "not alone" || status=$$?; \
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder -m "not alone" || status=$$?; \
 	$(PYTEST) -m alone || status=$$?; \
 	exit $$status
 

@@ -5,8 +5,7 @@ rate falls by whatever that work took while it ran, and a median of three moves 
 machine's load drifts over a test). Such load only ever takes rate away, never adds it, so the
 best of several runs is the rate the tunnel can carry in that condition, and the ratio of the
 two bests compares the tunnel with itself rather than with the rest of the machine. The runs of
-the two conditions are interleaved where the stress can be switched on and off, so both see the
-same stretch of the machine's load.
+the two conditions are taken in turn, so both see the same stretches of the machine's load.
 """
 
 from __future__ import annotations
