@@ -53,7 +53,9 @@ def test_two_random_port_sites_are_relayed_by_a_member_allowed_to_relay(topo: To
     meshes.append(mesh)
     wait_for(lambda: all(all(r["ready"] for r in mesh.status(n)["self"]["relays"]) for n in ("a1", "b1")),
              30, "both guests to reach both relays, the host's by their own path to it")
-    assert [mesh.peer(guest, "h1")["path"] for guest in ("a1", "b1")] == ["direct", "direct"]
+    # The relay link may be ready a moment before the path to the host is confirmed both ways.
+    wait_for(lambda: [mesh.peer(guest, "h1")["path"] for guest in ("a1", "b1")] == ["direct", "direct"],
+             10, "both guests to hold a direct path to the host")
     found = mesh.wait_for_paths({("a1", "b1"): ("relay",), ("b1", "a1"): ("relay",)}, timeout=15)
     assert len(found) == 2
     for src, dst in (("a1", "b1"), ("b1", "a1")):

@@ -7,6 +7,7 @@ checksums must pass through an offloading receiver untouched.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -115,6 +116,7 @@ def test_batch_udp_socket_falls_back_when_the_kernel_refuses_gso() -> None:
     class RefusingSocket:
         """Refuses UDP_SEGMENT with EIO (no checksum offload on the route) and GRO entirely."""
 
+        family = socket.AF_INET
         def __init__(self) -> None:
             self.sent: list[bytes] = []
 
