@@ -155,16 +155,21 @@ static PyObject *take_counts(Loop *L) {
     PyObject *rows = PyList_New(0), *sends = PyList_New(0);
     for (Py_ssize_t i = 0; rows != NULL && i < L->count; i++) {
         Entry *e = &L->entries[i];
-        if (!e->rx_packets && !e->failed && !e->spoofed && !e->wrong_key && !e->misdirected && e->last_rx == 0.0) continue;
+        if (!e->rx_packets && !e->failed && !e->spoofed && !e->wrong_key && !e->misdirected && e->last_rx == 0.0
+                && e->last_relay_rx == 0.0)
+            continue;
         PyObject *src = e->last_rx == 0.0 ? Py_NewRef(Py_None) : endpoint(&e->last_src);
-        PyObject *row = src == NULL ? NULL : Py_BuildValue("IKKKKKKdNKK", e->index, e->rx_packets, e->rx_bytes, e->failed,
-                                                           e->spoofed, e->wrong_key, e->misdirected, e->last_rx, src,
-                                                           e->rx_broadcast, e->rx_multicast);
+        PyObject *relay = e->last_relay_rx == 0.0 ? Py_NewRef(Py_None) : endpoint(&e->last_relay_src);
+        PyObject *row = src == NULL || relay == NULL ? NULL
+            : Py_BuildValue("IKKKKKKdOKKdO", e->index, e->rx_packets, e->rx_bytes, e->failed, e->spoofed, e->wrong_key,
+                            e->misdirected, e->last_rx, src, e->rx_broadcast, e->rx_multicast, e->last_relay_rx, relay);
+        Py_XDECREF(src);
+        Py_XDECREF(relay);
         if (row == NULL || PyList_Append(rows, row) < 0) Py_CLEAR(rows);
         Py_XDECREF(row);
         e->rx_packets = e->rx_bytes = e->failed = e->spoofed = e->wrong_key = e->misdirected = 0;
         e->rx_broadcast = e->rx_multicast = 0;
-        e->last_rx = 0.0;
+        e->last_rx = e->last_relay_rx = 0.0;
     }
     for (Py_ssize_t i = 0; sends != NULL && i < L->n_senders; i++) {
         Sender *s = &L->senders[i];
@@ -316,7 +321,9 @@ PyDoc_STRVAR(counts_doc,
 "counts() -> (rows, send_rows, totals)\n\n"
 "What the thread counted since the last look (then reset): rows of (local index, packets and bytes\n"
 "to the TUN, failed to open, spoofed, relayed under another key, not for us, last direct receive\n"
-"time or 0.0, its source endpoint as (host, port) or None) for entries that counted anything; send_rows of (peer overlay address,\n"
+"time or 0.0, its source endpoint as (host, port) or None, packets delivered to a broadcast and to a multicast\n"
+"destination, last receive inside a relay envelope or 0.0, the relay's endpoint or None) for entries that\n"
+"counted anything; send_rows of (peer overlay address,\n"
 "packets and bytes sealed, last send time); totals (receives, datagrams opened here, reads and\n"
 "receives handed over, dropped as the queue was full, TUN writes, failed TUN writes, TUN reads,\n"
 "packets sealed here, UDP sends, failed UDP sends).");

@@ -38,8 +38,10 @@ typedef struct {
     /* counted since Python last looked */
     uint64_t rx_packets, rx_bytes, failed, spoofed, wrong_key, misdirected;
     uint64_t rx_broadcast, rx_multicast;  /* delivered packets not to the node's own address (the first accepted) */
-    double last_rx;
+    double last_rx;  /* the last direct (bare) receive, 0.0 if none */
     struct sockaddr_storage last_src;
+    double last_relay_rx;  /* the last receive inside a relay envelope, 0.0 if none */
+    struct sockaddr_storage last_relay_src;  /* the relay it came through */
 } Entry;
 
 typedef struct Item {

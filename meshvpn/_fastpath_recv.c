@@ -63,7 +63,7 @@ static int accepted(const Loop *L, const uint8_t *dest, int len) {
     return 0;
 }
 
-/* fastpath.open_run for one bare message p[0:size] of entry e; the plaintext joins the TUN batch. */
+/* fastpath.open_run for one message p[0:size] of entry e (bare, or after a relay envelope of skip bytes); the plaintext joins the TUN batch. */
 static void open_one(Loop *L, Entry *e, uint8_t *p, Py_ssize_t size, Py_ssize_t skip,
                      const struct sockaddr_storage *src, double now, Py_ssize_t *npk) {
     if (skip && memcmp(p + 4, e->relay_key, KEY_LEN)) { e->wrong_key++; return; }
@@ -72,9 +72,12 @@ static void open_one(Loop *L, Entry *e, uint8_t *p, Py_ssize_t size, Py_ssize_t 
     Window w = {NULL, NULL, 0, e->window};
     Py_ssize_t length = open_message(p, 0, size, e->index, e->key, &w);
     if (length < 0) { e->failed++; return; }
-    if (!skip) {  /* liveness of the direct path only, as DataPlane.open_datagrams */
+    if (!skip) {  /* liveness of the direct path and of the relayed one apart, as DataPlane.open_datagrams */
         e->last_rx = now;
         e->last_src = *src;
+    } else {
+        e->last_relay_rx = now;
+        e->last_relay_src = *src;
     }
     if (length == 0) return;
     uint8_t *body = p + HEADER_LEN;

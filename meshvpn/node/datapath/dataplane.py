@@ -378,9 +378,7 @@ class DataPlane:
                 _count_dropped(peer, failed, spoofed, wrong_key, misdirected)
             if authentic:
                 if relay_key is not None:
-                    peer.last_relay_rx = now
-                    if src != peer.last_relay_src:
-                        self._relay_moved(peer, src, now)
+                    self.relay_received(peer, src, now, now)
                 elif src == peer.last_rx_src or self._roamed(peer, src, opener, greatest, now):
                     peer.last_rx = now
                     peer.last_rx_src = src
@@ -399,8 +397,14 @@ class DataPlane:
         self.core.roamed(peer, src, now)
         return True
 
-    def _relay_moved(self, peer: Peer, src: Endpoint, now: float) -> None:
-        """The peer's relayed traffic arrives through another relay: it may have left ours for a reason."""
+    def relay_received(self, peer: Peer, src: Endpoint, when: float, now: float) -> None:
+        """Authentic data of the peer came through relay ``src`` at ``when`` (this path's or the native thread's).
+
+        The relayed path lives (``last_relay_rx``, which silence detection reads); and traffic through
+        another relay than before may mean the peer left ours for a reason (``relay_moved``)."""
+        peer.last_relay_rx = max(peer.last_relay_rx, when)
+        if src == peer.last_relay_src:
+            return
         moved = peer.last_relay_src is not None
         peer.last_relay_src = src
         if moved:

@@ -9,7 +9,9 @@ seals TUN reads for peers whose route is on that socket (direct or relayed); eve
 :meth:`NativeReceiver.sync`, which installs the current and previous session of every peer (a
 responder's unconfirmed ``next`` session stays with Python, whose first packet rotates the
 ring) and drops the rest; :meth:`NativeReceiver.pull` folds the thread's counts, liveness
-(``last_rx``/``last_rx_src``) included, into the peers before the core looks at them.
+(``last_rx``/``last_rx_src`` direct, ``last_relay_rx``/``last_relay_src`` through a relay, the
+latter by the Python path's own ``DataPlane.relay_received``) included, into the peers before
+the core looks at them.
 
 A session the thread serves gets a ``NativeWindow`` in place of its ReplayWindow (a copy, made
 once, before the thread can see the session), so both threads share one window behind one
@@ -166,26 +168,40 @@ class NativeReceiver:
     def _fold(self, tables: tuple[Iterable[tuple], Iterable[tuple]], now: float) -> None:
         rows, send_rows = tables
         lan = self._data.lan
-        for index, packets, nbytes, failed, spoofed, wrong_key, misdirected, last_rx, source, *casts in rows:
+        for index, packets, nbytes, failed, spoofed, wrong_key, misdirected, last_rx, source, broadcast, multicast, \
+                last_relay_rx, relay in rows:
             peer = self._peers.get(index)
             if peer is None:
                 continue
-            if casts and lan is not None:
-                lan.received["broadcast"] += casts[0]
-                lan.received["multicast"] += casts[1]
+            if lan is not None:
+                lan.received["broadcast"] += broadcast
+                lan.received["multicast"] += multicast
             if packets:
                 _count_received(peer, packets, nbytes)
             if failed or spoofed or wrong_key or misdirected:
                 _count_dropped(peer, failed, spoofed, wrong_key, misdirected)
-            if source is not None and last_rx > peer.last_rx:
-                peer.last_rx, peer.last_rx_src = last_rx, Endpoint(*source)
-                if peer.pending and now:
-                    self._data.core_touched = True
-                    self._core.flush(peer, now)
+            if self._received(peer, last_rx, source, last_relay_rx, relay, now) and peer.pending and now:
+                self._data.core_touched = True
+                self._core.flush(peer, now)
         for overlay, packets, nbytes, last_tx in send_rows:
             peer = self._senders.get(overlay)
             if peer is not None:
                 _count_sent(peer, packets, nbytes, max(peer.last_tx, last_tx))
+
+    def _received(self, peer: Peer, last_rx: float, source: Optional[tuple], last_relay_rx: float,
+                  relay: Optional[tuple], now: float) -> bool:
+        """Hand the thread's newest direct and relayed receives to the peer as the Python path would; True if any.
+
+        A receive older than what the peer already has (Python opened a later one) changes nothing.
+        At ``detach`` (``now`` 0.0) a relay change triggers nothing: the node is going away."""
+        fresh = False
+        if source is not None and last_rx > peer.last_rx:
+            peer.last_rx, peer.last_rx_src = last_rx, Endpoint(*source)
+            fresh = True
+        if relay is not None and last_relay_rx > peer.last_relay_rx and now:
+            self._data.relay_received(peer, Endpoint(*relay), last_relay_rx, now)
+            fresh = True
+        return fresh
 
 
 def _native_counter(session: Session):
