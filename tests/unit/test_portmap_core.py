@@ -25,6 +25,19 @@ class Gateway:
     lifetime: int | None = None
     """Grant this lifetime instead of the one asked for."""
     seen: list = field(default_factory=list)
+    started: float = -7.0
+    """When the gateway's mapping table started, on the test's clock (its epoch counts from it)."""
+    now: float = 0.0
+
+    @property
+    def epoch(self) -> int:
+        return int(self.now - self.started)
+
+    def announcement(self) -> bytes:
+        """What a gateway that speaks PCP (else NAT-PMP) says on its own, e.g. after a restart."""
+        if "pcp" in self.speaks:
+            return struct.pack("!BBBBII", 2, 0x80, 0, 0, 0, self.epoch) + bytes(12)
+        return struct.pack("!BBHI4s", 0, 128, 0, self.epoch, bytes(int(x) for x in EXTERNAL.split(".")))
 
     def answer(self, request: bytes) -> bytes | None:
         self.seen.append(request)
@@ -38,7 +51,7 @@ class Gateway:
         opcode, lifetime = request[1], struct.unpack_from("!I", request, 4)[0]
         result = 8 if self.refuse_maps and opcode == 1 and lifetime else 0
         granted = self.lifetime if self.lifetime is not None and lifetime else lifetime
-        header = struct.pack("!BBBBII", 2, 0x80 | opcode, 0, result, granted, 7) + bytes(12)
+        header = struct.pack("!BBBBII", 2, 0x80 | opcode, 0, result, granted, self.epoch) + bytes(12)
         if opcode == 0:
             return header
         nonce, _, internal, _, _ = struct.unpack_from("!12sB3xHH16s", request, 24)
@@ -47,11 +60,11 @@ class Gateway:
 
     def _natpmp(self, request: bytes) -> bytes:
         if request[1] == 0:
-            return struct.pack("!BBHI4s", 0, 128, 0, 7, bytes(int(x) for x in EXTERNAL.split(".")))
+            return struct.pack("!BBHI4s", 0, 128, 0, self.epoch, bytes(int(x) for x in EXTERNAL.split(".")))
         _, _, _, internal, _, lifetime = struct.unpack("!BBHHHI", request)
         result = 2 if self.refuse_maps and lifetime else 0
         granted = self.lifetime if self.lifetime is not None and lifetime else lifetime
-        return struct.pack("!BBHIHHI", 0, 129, result, 7, internal, self.external_port if lifetime else 0, granted)
+        return struct.pack("!BBHIHHI", 0, 129, result, self.epoch, internal, self.external_port if lifetime else 0, granted)
 
 
 def mapper(**options) -> PortMapper:
@@ -61,6 +74,7 @@ def mapper(**options) -> PortMapper:
 def exchange(machine: PortMapper, gateway: Gateway, now: float) -> list:
     """Deliver every datagram the machine sends to the gateway and its answers back; the other outputs."""
     others, pending = [], machine.outputs()
+    gateway.now = now
     while pending:
         out = pending.pop(0)
         if isinstance(out, SendToGateway):
@@ -100,7 +114,8 @@ def test_pcp_wins_when_the_gateway_speaks_everything() -> None:
     machine.upnp_found(EXTERNAL, 0.1)  # a late UPnP answer changes nothing
     assert machine.outputs() == [] and machine.mapping.protocol is Protocol.PCP
     assert machine.status(100.0) == {"state": "mapped", "protocol": "pcp", "external": f"{EXTERNAL}:{PORT}",
-                                     "expires_in": 7100.0, "available": ["pcp", "nat-pmp"], "error": None}
+                                     "expires_in": 7100.0, "available": ["pcp", "nat-pmp"], "error": None,
+                                     "gateway_restarts": 0}
 
 
 def test_natpmp_waits_for_pcp_to_answer_or_give_up() -> None:
@@ -245,3 +260,57 @@ def test_a_upnp_mapping_granted_while_closing_is_deleted() -> None:
     assert machine.outputs() == []  # nothing granted yet, nothing to delete
     machine.upnp_mapped(PORT, 7200, 0.7)
     assert machine.outputs() == [UpnpUnmap(PORT)] and machine.mapping is None
+
+
+def test_renewals_from_a_gateway_whose_epoch_keeps_time_see_no_restart() -> None:
+    machine, gateway = mapper(), Gateway(lifetime=600)
+    machine.probe(0.0)
+    exchange(machine, gateway, 0.0)
+    run_until(machine, gateway, 2000.0)
+    gateway.now = 2000.0
+    machine.receive(gateway.announcement(), 2000.0)
+    assert machine.outputs() == [] and machine.restarts == 0 and machine.error is None
+
+
+def restart_then_announce(machine: PortMapper, gateway: Gateway, at: float) -> list:
+    """The gateway restarts at `at` and announces itself 5 s later: what the machine sends at once."""
+    gateway.started, gateway.now = at, at + 5.0
+    machine.receive(gateway.announcement(), at + 5.0)
+    return machine.outputs()
+
+
+def test_a_restarted_pcp_gateways_smaller_epoch_maps_again_at_once() -> None:
+    machine, gateway = mapper(), Gateway()
+    machine.probe(0.0)
+    exchange(machine, gateway, 0.0)
+    assert machine.get_timer() == 3600.0
+    out = restart_then_announce(machine, gateway, 1000.0)
+    assert out == [SendToGateway(pcp.map_request(CLIENT, bytes(range(12)), PORT, PORT, 7200))]
+    assert machine.restarts == 1 and machine.error.startswith("pcp: the gateway restarted (epoch 5)")
+    machine.receive(gateway.answer(out[0].data), 1005.0)
+    assert machine.outputs() == []  # the same port again: nothing to announce
+    assert machine.mapping.granted == 1005.0 and machine.error is None and machine.get_timer() == 1005.0 + 3600
+
+
+def test_a_restarted_natpmp_gateway_is_asked_for_the_same_port_at_once() -> None:
+    machine, gateway = mapper(), Gateway(speaks={"nat-pmp"})
+    machine.probe(0.0)
+    run_until(machine, gateway, 2.0)
+    assert machine.mapping.protocol is Protocol.NATPMP
+    gateway.external_port = 50000  # the restarted gateway hands out another port
+    out = restart_then_announce(machine, gateway, 1000.0)
+    assert out == [SendToGateway(natpmp.map_request(PORT, PORT, 7200))]
+    machine.receive(gateway.answer(out[0].data), 1005.0)
+    assert machine.outputs() == [MappingChanged(machine.mapping)]
+    assert machine.mapping.external == (EXTERNAL, 50000) and machine.restarts == 1
+
+
+def test_a_renewal_answer_from_a_restarted_gateway_is_the_new_mapping() -> None:
+    machine, gateway = mapper(), Gateway(lifetime=600)
+    machine.probe(0.0)
+    exchange(machine, gateway, 0.0)
+    gateway.started = 100.0
+    gateway.seen.clear()
+    assert run_until(machine, gateway, 300.0) == []
+    assert len(gateway.seen) == 1 and machine.restarts == 1  # counted, not asked twice
+    assert machine.mapping.granted == 300.0 and machine.phase is Phase.MAPPED

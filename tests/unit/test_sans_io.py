@@ -83,6 +83,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.netchange",
     "meshvpn.node.pathlog",
     "meshvpn.node.portmap.core",
+    "meshvpn.node.portmap.epoch",
     "meshvpn.node.portmap.natpmp",
     "meshvpn.node.portmap.pcp",
     "meshvpn.node.datapath.offload",

@@ -16,6 +16,8 @@ Rules (the daemon's `meshvpn.node.portmap.shell` drives them):
   silence moves on to the next protocol that answered.
 * **Renew** at half the granted lifetime; a mapping that lapses unrenewed is dropped and the
   gateway probed again. `probe` (network change) drops the mapping and starts over.
+* **Restart**: every NAT-PMP and PCP answer carries the gateway's epoch (`epoch.py`); one that
+  says the gateway restarted, and so forgot our mapping, has it mapped again at once.
 * **Delete** on `close`: lifetime 0 (NAT-PMP, PCP with the same nonce) or DeletePortMapping.
 """
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
 from meshvpn.node.portmap import natpmp, pcp
+from meshvpn.node.portmap.epoch import EpochWatch
 from meshvpn.node.portmap.natpmp import PortMapError
 
 
@@ -143,6 +146,8 @@ class PortMapper:
     """Why there is no mapping, or the last refusal."""
     drops: int = 0
     """Datagrams from the gateway that could not be read."""
+    restarts: int = 0
+    """Gateway restarts seen in the epochs of its answers."""
     _asking: dict[Protocol, _Asking] = field(default_factory=dict)
     _upnp_pending: bool = False
     _using: Optional[Protocol] = None
@@ -150,6 +155,7 @@ class PortMapper:
     _nonce: bytes = b""
     _next_renew: float = math.inf
     _out: list = field(default_factory=list)
+    _epochs: dict[Protocol, EpochWatch] = field(default_factory=dict)
 
     # ---- inputs
 
@@ -160,6 +166,7 @@ class PortMapper:
         self.supported.clear()
         self._tried.clear()
         self._asking.clear()
+        self._epochs = {Protocol.PCP: EpochWatch(symmetric=True), Protocol.NATPMP: EpochWatch(symmetric=False)}
         if Protocol.PCP in self.protocols:
             self._ask(Protocol.PCP, pcp.announce_request(self.client), now)
         if Protocol.NATPMP in self.protocols:
@@ -257,6 +264,7 @@ class PortMapper:
             "expires_in": None if mapping is None or not mapping.lifetime else round(mapping.expires - now, 1),
             "available": [p.value for p in PREFERENCE if p in self.supported],
             "error": self.error,
+            "gateway_restarts": self.restarts,
         }
 
     # ---- the machine
@@ -266,6 +274,7 @@ class PortMapper:
         self._out.append(SendToGateway(data))
 
     def _on_pcp(self, response: pcp.Response, now: float) -> None:
+        self._restarted(Protocol.PCP, response.epoch, now, remap=response.opcode == pcp.OP_ANNOUNCE)
         if response.opcode == pcp.OP_ANNOUNCE:
             if self._using is not Protocol.PCP and self._asking.pop(Protocol.PCP, None) is not None:
                 if response.result == 0:
@@ -282,7 +291,9 @@ class PortMapper:
             self._granted(Protocol.PCP, response.external, response.external_port, response.lifetime, now)
 
     def _on_natpmp(self, response: natpmp.AddressResponse | natpmp.MapResponse, now: float) -> None:
-        if isinstance(response, natpmp.AddressResponse):
+        address = isinstance(response, natpmp.AddressResponse)
+        self._restarted(Protocol.NATPMP, response.epoch, now, remap=address)
+        if address:
             if self._using is not Protocol.NATPMP and self._asking.pop(Protocol.NATPMP, None) is not None:
                 if response.result == 0:
                     self.supported[Protocol.NATPMP] = response.external
@@ -297,6 +308,19 @@ class PortMapper:
         else:
             external = self.supported.get(Protocol.NATPMP)
             self._granted(Protocol.NATPMP, external, response.external_port, response.lifetime, now)
+
+    def _restarted(self, protocol: Protocol, epoch: int, now: float, remap: bool) -> None:
+        """Count a restart that `epoch` reveals; with `remap`, map again at once if we map with it.
+
+        A MAP answer that reveals one is itself the new mapping (the renewal made it afresh);
+        any other answer (the gateway's announcement after a restart) leaves us without one."""
+        watch = self._epochs.get(protocol)
+        if watch is None or not watch.restarted(epoch, now):
+            return
+        self.restarts += 1
+        if remap and self._using is protocol and self.phase is Phase.MAPPED:
+            self.error = f"{protocol}: the gateway restarted (epoch {epoch}), mapping again"
+            self._request(protocol, now)
 
     def _decide(self, now: float) -> None:
         """In the probe: map with the best protocol that answered once no better one is pending."""
