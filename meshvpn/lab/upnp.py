@@ -112,6 +112,7 @@ class UpnpRouter:
     behaviour: str = ("random-ports NAT (a new random port per destination) whose router maps a "
                       "port on request: UPnP IGD, NAT-PMP and PCP from miniupnpd")
     _running: dict[str, tuple[subprocess.Popen, Path]] = field(default_factory=dict, repr=False)
+    _cleanups: dict[str, weakref.finalize] = field(default_factory=dict, repr=False)
 
     @property
     def translates(self) -> bool:
@@ -121,20 +122,30 @@ class UpnpRouter:
         """Put the NAT in place and start miniupnpd; wait until it hands out mappings."""
         router.ns.run(["nft", "-f", "-"], input=_router_ruleset(router))
         workdir = Path(tempfile.mkdtemp(prefix=f"{router.ns.name}-upnp-"))
-        conf = workdir / "miniupnpd.conf"
-        conf.write_text(_config(router, self.stun, workdir))
-        log = workdir / "miniupnpd.log"
-        with log.open("w") as out:
-            proc = router.ns.popen([_miniupnpd(), "-d", "-f", str(conf), "-P", str(workdir / "pid")],
-                                   stdout=out, stderr=subprocess.STDOUT)
-        self._running[router.ns.name] = (proc, workdir)
-        # The lab's teardown kills miniupnpd without `uninstall`: its files go with the process object.
-        weakref.finalize(proc, shutil.rmtree, workdir, ignore_errors=True)
+        (workdir / "miniupnpd.conf").write_text(_config(router, self.stun, workdir))
         try:
-            _wait_ready(proc, log)
+            self._start(router.ns, workdir)
         except BaseException:
             self.uninstall(router)
             raise
+
+    def restart(self, router_ns: Namespace) -> None:
+        """Stop miniupnpd and start it again without its leases: a router that rebooted."""
+        proc, workdir = self._running.pop(router_ns.name)
+        self._cleanups.pop(router_ns.name).detach()  # the files stay for the next run
+        router_ns.stop(proc)
+        (workdir / "leases").unlink(missing_ok=True)
+        self._start(router_ns, workdir)
+
+    def _start(self, ns: Namespace, workdir: Path) -> None:
+        log = workdir / "miniupnpd.log"
+        with log.open("w") as out:
+            proc = ns.popen([_miniupnpd(), "-d", "-f", str(workdir / "miniupnpd.conf"), "-P", str(workdir / "pid")],
+                            stdout=out, stderr=subprocess.STDOUT)
+        self._running[ns.name] = (proc, workdir)
+        # The lab's teardown kills miniupnpd without `uninstall`: its files go with the process object.
+        self._cleanups[ns.name] = weakref.finalize(proc, shutil.rmtree, workdir, ignore_errors=True)
+        _wait_ready(proc, log)
 
     def uninstall(self, router: RouterLinks) -> None:
         """Stop miniupnpd (it deletes its mappings) and remove both tables."""

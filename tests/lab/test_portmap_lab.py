@@ -4,7 +4,8 @@ The world: a coord (with STUN) and a relay, an RFC 5780 STUN server (coturn on t
 that miniupnpd checks its external address with, and two sites behind random-port NATs, the
 pair that relays without help. Site `a`'s router also runs miniupnpd, which serves UPnP IGD,
 NAT-PMP and PCP; a1 maps its UDP port with one of them, announces the mapped endpoint, and
-b1 reaches it directly through the mapping. When the daemon stops the mapping is deleted.
+b1 reaches it directly through the mapping. When the daemon stops the mapping is deleted; when
+the router restarts, a1 maps again at once.
 """
 
 from __future__ import annotations
@@ -91,3 +92,18 @@ def test_netcheck_reports_the_mapping_protocol(world, topo) -> None:
     text = a1.ns.run(netcheck, timeout=30).stdout
     assert "port mapping: pcp, nat-pmp, upnp" in text
     assert f"port mapping in use: {report['daemon']['external']} via pcp" in text
+
+
+def test_a_router_that_restarts_is_asked_again_at_once(world, topo) -> None:
+    """miniupnpd restarted forgets the mapping; its PCP ANNOUNCE's epoch has a1 map again long
+    before the renewal (an hour away)."""
+    mesh = world(["pcp"])
+    wait_for(lambda: mapping_of(mesh)["state"] == "mapped", 10, "a1 to map its port")
+    before = mapping_of(mesh)
+    assert before["gateway_restarts"] == 0 and "dnat" in upnp_rules(topo)
+    UPNP_ROUTER.restart(topo.host("a"))
+    wait_for(lambda: mapping_of(mesh)["gateway_restarts"] == 1, 10, "a1 to see the router's restart")
+    wait_for(lambda: "dnat" in upnp_rules(topo), 5, "the mapping to be made again")
+    after = mapping_of(mesh)
+    assert after["state"] == "mapped" and after["external"] == before["external"]
+    assert after["expires_in"] > before["expires_in"]

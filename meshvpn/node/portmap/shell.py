@@ -4,7 +4,10 @@
 answers and the clock, and tells the daemon when the endpoint to announce changes. Nothing here
 blocks the loop: miniupnpc's calls (SSDP discovery, SOAP over HTTP) run one at a time in a
 daemon thread, each bounded by a timeout, and exit never waits for one (only `close` waits, for
-a deletion). `reprobe()` is the hook for a network change.
+a deletion). `reprobe()` is the hook for a network change. The gateway's announcements to
+224.0.0.1:5350 (a restarted PCP server's ANNOUNCE, RFC 6887 §14.1.3; NAT-PMP's address
+announcement, RFC 6886 §3.2.1) reach the machine too: their epoch tells it the gateway forgot
+the mapping.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ UPNP_CALL_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 2.0
 """Seconds `close` waits for the UPnP deletion."""
 DESCRIPTION = "meshvpn"
+ANNOUNCE_PORT = 5350
+"""Where NAT-PMP and PCP servers multicast their announcements (to 224.0.0.1, all hosts)."""
 PROBE_TIMEOUT = 4.0
 """Seconds netcheck's probe may take: NAT-PMP and PCP give up after 1.75 s, UPnP discovery takes 1."""
 
@@ -55,11 +60,11 @@ def default_gateway(route_table: str = "/proc/net/route") -> Optional[str]:
 
 
 class _GatewaySocket(asyncio.DatagramProtocol):
-    def __init__(self, on_datagram: Callable[[bytes], None]) -> None:
+    def __init__(self, on_datagram: Callable[[bytes, str], None]) -> None:
         self.on_datagram = on_datagram
 
     def datagram_received(self, data: bytes, addr) -> None:
-        self.on_datagram(data)
+        self.on_datagram(data, addr[0])
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP port unreachable: a gateway without NAT-PMP/PCP; the retries run out
@@ -140,6 +145,7 @@ class PortMapShell:
         self.gateway: Optional[str] = None
         self._port = 0
         self._transport: Optional[asyncio.DatagramTransport] = None
+        self._announcements: Optional[asyncio.DatagramTransport] = None
         self._timer = DeadlineTimer(loop, self._on_timer)
         self._worker: Optional[_Worker] = None
         self._upnp: Optional[_Upnp] = None
@@ -175,8 +181,9 @@ class PortMapShell:
         deadline = self.loop.time() + CLOSE_TIMEOUT
         while self._jobs and self.loop.time() < deadline:  # a mapping granted meanwhile is deleted too
             await asyncio.wait(set(self._jobs), timeout=deadline - self.loop.time())
-        if self._transport is not None:
-            self._transport.close()
+        for transport in (self._transport, self._announcements):
+            if transport is not None:
+                transport.close()
 
     def status(self) -> dict:
         """`meshvpn status`'s `self.port_mapping`."""
@@ -206,6 +213,7 @@ class PortMapShell:
             except OSError as exc:
                 self._error = f"gateway {self.gateway}: {exc}"
         if self._transport is not None:
+            await self._listen_for_announcements()
             client = self._transport.get_extra_info("sockname")[0]
             protocols = tuple(Protocol(p) for p in self.config.protocols)
             self.mapper = PortMapper(self._port, client, os.urandom, int(self.config.lease), protocols,
@@ -215,8 +223,18 @@ class PortMapShell:
         if had is not None and self.endpoint is None:
             self.on_change()
 
-    def _on_datagram(self, data: bytes) -> None:
-        if self.mapper is not None:
+    async def _listen_for_announcements(self) -> None:
+        """Port 5350, shared with any other listener on the host; without it, renewals find out."""
+        if self._announcements is not None or not self.map_port:
+            return
+        try:
+            self._announcements, _ = await self.loop.create_datagram_endpoint(
+                lambda: _GatewaySocket(self._on_datagram), local_addr=("0.0.0.0", ANNOUNCE_PORT), reuse_port=True)
+        except OSError as exc:
+            log.debug("port mapping: no gateway announcements on port %d: %s", ANNOUNCE_PORT, exc)
+
+    def _on_datagram(self, data: bytes, source: str) -> None:
+        if self.mapper is not None and source == self.gateway:
             self.mapper.receive(data, self.loop.time())
             self._transmit()
 
