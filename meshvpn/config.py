@@ -157,9 +157,10 @@ Lease = Annotated[float, Kind("duration", _lease, format_duration)]
 
 @_section
 class PortMapConfig:
-    """Router port mapping: a port on the gateway forwarded to the node's UDP port."""
+    """Router port mapping: ports on the gateway forwarded to the node's UDP port and TCP punch port."""
 
-    enabled: Flag = option("ask the gateway for a mapping of the UDP port (UPnP IGD, NAT-PMP, PCP) and announce it", True)
+    enabled: Flag = option("ask the gateway for mappings of the UDP port and the TCP punch port (UPnP IGD, NAT-PMP, PCP) "
+                           "and announce them", True)
     protocols: tuple[PortMapProtocol, ...] = option("protocols to try; the best that answers is used (pcp, then nat-pmp, then upnp)",
                                                      ("pcp", "nat-pmp", "upnp"))
     lease: Lease = option("lifetime asked of the gateway; renewed at half, deleted on exit", 7200.0)

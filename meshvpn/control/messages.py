@@ -185,6 +185,8 @@ class PeerInfo(Record):
     beside its IPv4 candidates."""
     peer_relay: bool | None = wire(optional(BOOL))
     """The peer relays for the network now (`Relays` offers it to nodes that take peer relays)."""
+    mapped_tcp: Endpoint | None = wire(optional(ENDPOINT))
+    """A port the peer's router forwards to its TCP punch port: TCP punching connects there."""
 
 
 PEER_CHANGE = patch_of(PeerInfo, "key")
@@ -228,6 +230,8 @@ class Register(Message):
     peer_relays: bool | None = wire(optional(BOOL))
     """The node takes `relays` (peer relays as they come and go) and relays for its network when
     an admin allows it; older nodes are neither offered peer relays nor made one."""
+    mapped_tcp: Endpoint | None = wire(optional(ENDPOINT))
+    """A port mapping of the node's TCP punch port that its router granted (an older coord skips it)."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,8 @@ class Endpoints(Message):
     """The node's router port mapping, granted, renewed to a new port or gone (absent)."""
     ipv6: tuple[Endpoint, ...] | None = wire(optional(IPV6_ENDPOINTS))
     """The node's IPv6 endpoints, as in `register` (absent: none)."""
+    mapped_tcp: Endpoint | None = wire(optional(ENDPOINT))
+    """The router's port mapping of the node's TCP punch port, as in `register` (absent: none)."""
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,15 @@ def sane_ipv6(endpoints: Iterable[m.Endpoint] | None) -> tuple[m.Endpoint, ...]:
     return tuple(dict.fromkeys(sane))
 
 
+def take_reported(conn: Connection, message: m.Register | m.Endpoints) -> bool:
+    """Keep on `conn` the NAT, router port mappings and IPv6 endpoints its node reported, each
+    checked before peers see it; whether any of them changed."""
+    reported = (message.nat, sane_public(message.mapped), sane_public(message.mapped_tcp), sane_ipv6(message.ipv6))
+    changed = reported != (conn.nat, conn.mapped, conn.mapped_tcp, conn.ipv6)
+    conn.nat, conn.mapped, conn.mapped_tcp, conn.ipv6 = reported
+    return changed
+
+
 def sane_locals(endpoints: Iterable[m.Endpoint], observed_host: str) -> tuple[m.Endpoint, ...]:
     """The endpoints that may be passed on as LAN candidates of a node seen at `observed_host`."""
     return tuple(ep for ep in endpoints if local_candidate(ep, observed_host))

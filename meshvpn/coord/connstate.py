@@ -89,6 +89,8 @@ class Connection:
     """The node's latest NAT report (register or endpoints)."""
     mapped: m.Endpoint | None = None
     """The node's router port mapping, as it last reported it (checked by `sane_public`)."""
+    mapped_tcp: m.Endpoint | None = None
+    """The router's port mapping of the node's TCP punch port, checked the same way."""
     ipv6: tuple[m.Endpoint, ...] = ()
     """The node's IPv6 endpoints, as it last reported them (checked by `sane_ipv6`)."""
     sample: m.Endpoint | None = None
@@ -153,5 +155,6 @@ def peer_info(node: NodeRecord, conn: Connection | None) -> m.PeerInfo:
         nat=None if conn is None else conn.nat,
         groups=(conn.groups or None) if conn is not None else None,
         mapped_endpoint=None if conn is None else conn.mapped,
+        mapped_tcp=None if conn is None else conn.mapped_tcp,
         ipv6_endpoints=(conn.ipv6 or None) if conn is not None else None,
     )

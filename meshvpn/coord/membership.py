@@ -38,7 +38,7 @@ from meshvpn.control import messages as m
 from meshvpn.coord.addressing import AddressPoolExhausted
 from meshvpn.coord.authkeys import AuthKey, AuthKeyRejected, create_auth_key
 from meshvpn.coord import passes
-from meshvpn.coord.candidates import SAMPLE_LIFETIME, plain_ip, punch_towards, sane_ipv6, sane_locals, sane_public
+from meshvpn.coord.candidates import SAMPLE_LIFETIME, plain_ip, punch_towards, sane_locals, sane_public, take_reported
 from meshvpn.coord.connstate import ConnEvent, ConnState, Connection, delta_format, peer_info
 from meshvpn.coord.elsewhere import Elsewhere, Leases
 from meshvpn.coord.lanpush import LanPush
@@ -204,9 +204,7 @@ class Membership(Elsewhere, LanPush, PeerRelays):
         elif isinstance(message, m.Ping):
             self._send(conn, m.Pong())
         elif isinstance(message, m.Endpoints):
-            reported = (message.nat, sane_public(message.mapped), sane_ipv6(message.ipv6))
-            changed = reported != (conn.nat, conn.mapped, conn.ipv6)
-            conn.nat, conn.mapped, conn.ipv6 = reported
+            changed = take_reported(conn, message)
             self._update_node(conn, changed, **self._sane(conn, message.public, message.local))
         elif isinstance(message, m.RelayHome):
             self._relay_home(conn, message.relay)
@@ -369,7 +367,7 @@ class Membership(Elsewhere, LanPush, PeerRelays):
         if joined:
             self._log("info", "node joined", node, auth_key=node.auth_key_id)
         conn.network = node.network
-        conn.nat, conn.mapped, conn.ipv6 = msg.nat, sane_public(msg.mapped), sane_ipv6(msg.ipv6)
+        take_reported(conn, msg)
         conn.deltas, conn.lan_party = delta_format(msg), bool(msg.lan_party)
         conn.peer_relays = bool(msg.peer_relays)
         self._ephemeral_deadlines.pop(node.key, None)

@@ -128,3 +128,11 @@ def candidates_of(info: m.PeerInfo) -> list[Candidate]:
             if guess not in out:
                 out.append(guess)
     return out
+
+
+def tcp_candidates_of(info: m.PeerInfo) -> list[Candidate]:
+    """Where TCP punching connects to a peer: its router's mapping of its punch port first (open to
+    anyone), then its NAT's mapping of that port as the coord saw it (``public_tcp``)."""
+    found = [(info.mapped_tcp, CandidateKind.MAPPED), (info.public_tcp, CandidateKind.PUBLIC)]
+    return [Candidate(Endpoint(e.host, e.port), kind) for e, kind in found if e is not None]
+

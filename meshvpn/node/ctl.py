@@ -37,6 +37,8 @@ def format_status(status: dict) -> str:
     data_path += f"   kernel drops {kernel_drops}" if kernel_drops else ""
     mapping = me.get("port_mapping") or {}
     data_path += f"   mapped {mapping['external']} ({mapping['protocol']})" if mapping.get("external") else ""
+    tcp = mapping.get("tcp") or {}
+    data_path += f"   mapped tcp {tcp['external']} ({tcp['protocol']})" if tcp.get("external") else ""
     coord = " ".join(filter(None, (me.get("coord", "-"), me.get("coord_address"))))
     relaying = me.get("relaying")
     data_path += f"   peer relay for {relaying['nodes']} nodes" if relaying else ""

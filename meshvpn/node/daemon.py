@@ -138,7 +138,7 @@ class NodeDaemon:
             self.tun.up()
             self._bind()
             await self.punch.start(cfg.listen.address, self.sock.getsockname()[1])
-            await self.portmap.start(self.sock.getsockname()[1])
+            await self.portmap.start(self.sock.getsockname()[1], tcp=self.punch.address is not None)
             self.link = CoordLink(
                 (cfg.coord.address, *cfg.coord.other_addresses), cfg.coord.public_key, self.node.core.identity,
                 self._register_message, self._on_coord_message, self._on_coord_state,
@@ -449,7 +449,7 @@ class NodeDaemon:
             nat=self.nat,
             deltas=True, delta_version=m.DELTA_VERSION,
             lan_party=True, peer_relays=True,
-            mapped=self.mapped,
+            mapped=self.mapped, mapped_tcp=self.refresh.mapped_tcp,
             ipv6=self.ipv6 or None,
         )
 

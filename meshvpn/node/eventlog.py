@@ -48,11 +48,11 @@ def log_event(event: ev.Event) -> None:
             turn_log.debug("turn %s: channel %#06x to %s:%d", server, channel, *peer, extra={"RELAY": server})
 
 
-def endpoints_line(public, mapped, local, nat, ipv6=()) -> str:
+def endpoints_line(public, mapped, local, nat, ipv6=(), mapped_tcp=None) -> str:
     """Where the daemon can be reached, as it reports it to the coord."""
     behaviour = "-" if nat is None else \
         f"{'independent' if nat.endpoint_independent else 'dependent'} mapping, {nat.allocation} ports"
-    return f"endpoints: public {public or '-'}, mapped {mapped or '-'}, " \
+    return f"endpoints: public {public or '-'}, mapped {mapped or '-'}, mapped tcp {mapped_tcp or '-'}, " \
            f"local {', '.join(map(str, local)) or '-'}, ipv6 {', '.join(map(str, ipv6)) or '-'}, nat {behaviour}"
 
 

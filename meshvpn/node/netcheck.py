@@ -402,12 +402,19 @@ def render_port_mapping(report: dict) -> list[str]:
     why = report.get("error") or "no answer"
     lines = [f"port mapping: {', '.join(available)}" if available else f"port mapping: none ({why})"]
     daemon = report.get("daemon")
-    if daemon and daemon.get("external"):
-        left = f", {daemon['expires_in']:.0f} s left" if daemon.get("expires_in") is not None else ""
-        lines.append(f"port mapping in use: {daemon['external']} via {daemon['protocol']}{left}")
-    elif daemon:
-        lines.append(f"port mapping in use: none ({daemon.get('error') or daemon.get('state')})")
+    if daemon:
+        lines.append(_mapping_in_use("port mapping in use", daemon))
+    if daemon and daemon.get("tcp"):
+        lines.append(_mapping_in_use("tcp port mapping in use", daemon["tcp"]))
     return lines
+
+
+def _mapping_in_use(what: str, mapping: dict) -> str:
+    """One of the daemon's mappings (its UDP port's, its TCP punch port's) as netcheck says it."""
+    if not mapping.get("external"):
+        return f"{what}: none ({mapping.get('error') or mapping.get('state')})"
+    left = f", {mapping['expires_in']:.0f} s left" if mapping.get("expires_in") is not None else ""
+    return f"{what}: {mapping['external']} via {mapping['protocol']}{left}"
 
 
 def _endpoint(text: str) -> Endpoint:

@@ -34,6 +34,7 @@ from typing import Callable, Iterable, Optional
 from meshvpn.config import FanoutConfig
 from meshvpn.control import messages as m
 from meshvpn.node import events as ev
+from meshvpn.node.candidates import tcp_candidates_of
 from meshvpn.node.core import CoreConfig, NodeCore
 from meshvpn.node.lanparty import LanParty
 from meshvpn.node.peerrelay import PeerRelay, add_relay_status, reach_peer_relays
@@ -244,9 +245,11 @@ class Node(NodeRecovery, StreamInbox):
         self._settle(now)
 
     def set_own_endpoints(self, local: Iterable[Endpoint], public: Optional[Endpoint],
-                          mapped: Optional[Endpoint] = None) -> None:
-        """Our LAN endpoints, public and router-mapped endpoints: probes to us were sent there."""
+                          mapped: Optional[Endpoint] = None, mapped_tcp: Optional[Endpoint] = None) -> None:
+        """Our LAN endpoints, public and router-mapped endpoints: probes to us were sent there.
+        With `mapped_tcp` (our router forwards a TCP port to the punch port) peers come to us."""
         self.core.set_own_endpoints(local, public, mapped)
+        self.tcp.mapped = mapped_tcp is not None
 
     def set_nat_profile(self, profile: NatProfile) -> None:
         self.core.punching.set_nat_profile(profile)
@@ -444,10 +447,10 @@ class Node(NodeRecovery, StreamInbox):
     def _punch_tcp(self, peer_key: bytes, now: float) -> None:
         """On the coord's ``punch``, punch over TCP too, unless the peer has a UDP path."""
         peer = self.peers.by_key.get(peer_key)
-        if not self.tcp_punching or peer is None or peer.info.public_tcp is None \
-                or _udp_direct(peer.route and peer.route.path):
+        candidates = [] if peer is None else tcp_candidates_of(peer.info)
+        if not self.tcp_punching or not candidates or _udp_direct(peer.route and peer.route.path):
             return
-        self.tcp.punch(peer.key, Endpoint(peer.info.public_tcp.host, peer.info.public_tcp.port), now)
+        self.tcp.punch(peer.key, candidates, now)
 
     def _name(self, key: bytes) -> str:
         peer = self.peers.by_key.get(key)

@@ -1,5 +1,6 @@
 """Where the node can be reached, kept current: STUN mapping, LAN endpoints, NAT profile and the
-router's port mapping (`meshvpn.node.portmap`, which tells us when it changes).
+router's port mappings of the UDP and TCP punch ports (`meshvpn.node.portmap`, which tells us
+when they change).
 
 A round asks the coord's STUN server for the shared socket's public mapping, lists the LAN
 endpoints and reports them to the coord (``Endpoints``, passed on to every peer) when they
@@ -30,6 +31,7 @@ from meshvpn.node.discovery import own_nat_profile, public_mapping
 from meshvpn.node.eventlog import endpoints_line
 from meshvpn.node.ipv6 import announced, ipv6_mapping, local_ipv6
 from meshvpn.node.netchange import NetworkChanged
+from meshvpn.node.portmap.core import Transport
 from meshvpn.node.traversal import nat_info
 
 if TYPE_CHECKING:
@@ -55,6 +57,8 @@ class EndpointRefresh:
         """A change since the last re-probe lost the connections of the old network."""
         self._asked = False
         """The node asked for a round (``DiscoverEndpoints``) that has not reported yet."""
+        self.mapped_tcp: Optional[m.Endpoint] = None
+        """The router's mapping of our TCP punch port, as last reported (``Register`` repeats it)."""
 
     def start(self) -> None:
         self._task = self.daemon.loop.create_task(self._run())
@@ -136,12 +140,14 @@ class EndpointRefresh:
                 ipv6: Optional[tuple[m.Endpoint, ...]] = None) -> None:
         """Tell the node and the coord where we are, if that changed (``ipv6`` None: as it was)."""
         daemon = self.daemon
-        mapped = None if daemon.portmap.endpoint is None else m.Endpoint(*daemon.portmap.endpoint)
+        mapped, mapped_tcp = (None if e is None else m.Endpoint(*e)
+                              for e in map(daemon.portmap.endpoint_of, (Transport.UDP, Transport.TCP)))
         ipv6 = daemon.ipv6 if ipv6 is None else ipv6
-        now = (public, local, nat, mapped, ipv6)
-        if now == (daemon.public_endpoint, daemon.local, daemon.nat, daemon.mapped, daemon.ipv6):
+        now = (public, local, nat, mapped, ipv6, mapped_tcp)
+        if now == (daemon.public_endpoint, daemon.local, daemon.nat, daemon.mapped, daemon.ipv6, self.mapped_tcp):
             return
-        daemon.public_endpoint, daemon.local, daemon.nat, daemon.mapped, daemon.ipv6 = now
-        daemon.node.set_own_endpoints(local + ipv6, public, mapped)
-        log.info("%s", endpoints_line(public, mapped, local, nat, ipv6))
-        daemon.link.send(m.Endpoints(local=local, public=public, nat=nat, mapped=mapped, ipv6=ipv6 or None))
+        daemon.public_endpoint, daemon.local, daemon.nat, daemon.mapped, daemon.ipv6, self.mapped_tcp = now
+        daemon.node.set_own_endpoints(local + ipv6, public, mapped, mapped_tcp)
+        log.info("%s", endpoints_line(public, mapped, local, nat, ipv6, mapped_tcp))
+        daemon.link.send(m.Endpoints(local=local, public=public, nat=nat, mapped=mapped, ipv6=ipv6 or None,
+                                     mapped_tcp=mapped_tcp))

@@ -99,6 +99,8 @@ def _peer_map_entry(peer) -> dict:
         endpoints.append(str(info.public_endpoint))
     if info.mapped_endpoint is not None:
         endpoints.append(f"{info.mapped_endpoint} (mapped)")
+    if info.mapped_tcp is not None:
+        endpoints.append(f"{info.mapped_tcp} (mapped tcp)")
     endpoints += [f"{e} (ipv6)" for e in info.ipv6_endpoints or ()]
     return {"name": peer.name, "overlay": peer.address, "key": peer.key_text, "online": info.online,
             "endpoints": endpoints, "peer_relay": bool(info.peer_relay)}

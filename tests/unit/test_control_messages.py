@@ -80,6 +80,10 @@ SAMPLES = [
               m.RelayInfo("host", "198.51.100.5", 41641, KEY_A, peer=True)),
              (m.RelayToken("host", bytes(range(80)), 1.7e9),), relaying=False),
     m.Relays((), (), relaying=True),
+    m.Register("pc", "0.1.0", (), mapped=m.Endpoint("203.0.113.7", 41641), mapped_tcp=m.Endpoint("203.0.113.7", 50000)),
+    m.Endpoints(local=(), public=None, mapped_tcp=m.Endpoint("203.0.113.7", 50000)),
+    m.PeerUpdate(m.PeerInfo(KEY_A, "pc", "10.77.0.4", True, public_tcp=m.Endpoint("203.0.113.7", 41641),
+                            mapped_tcp=m.Endpoint("203.0.113.7", 50000))),
 ]
 
 

@@ -23,3 +23,16 @@ def test_nothing_answered_says_why_and_a_daemon_without_mapping_says_so() -> Non
     assert render_port_mapping({"state": "none", "error": "no IPv4 default gateway", "daemon": None}) == [
         "port mapping: none (no IPv4 default gateway)",
     ]
+
+
+def test_the_tcp_punch_ports_mapping_has_its_own_line() -> None:
+    tcp = {"state": "none", "protocol": None, "external": None, "expires_in": None, "error": "pcp: not authorized"}
+    report = {"available": ["pcp"], "error": None,
+              "daemon": {"state": "mapped", "protocol": "pcp", "external": "203.0.113.100:41641",
+                         "expires_in": 60.0, "error": None, "tcp": tcp}}
+    assert render_port_mapping(report)[1:] == [
+        "port mapping in use: 203.0.113.100:41641 via pcp, 60 s left",
+        "tcp port mapping in use: none (pcp: not authorized)",
+    ]
+    tcp.update(state="mapped", protocol="pcp", external="203.0.113.100:41641", expires_in=59.6, error=None)
+    assert render_port_mapping(report)[2] == "tcp port mapping in use: 203.0.113.100:41641 via pcp, 60 s left"

@@ -62,3 +62,32 @@ def test_a_mapped_node_probes_candidates_only_and_opens_no_birthday_sockets():
     assert not traversal.hard_side(peer) and not traversal.open_mappings(peer, 100.0)
     traversal.set_peer_nat(peer, sequential)
     assert isinstance(traversal.strategy(peer), AllCandidates)  # no ports above the peer's sample
+
+
+MAPPED_TCP = m.Endpoint("203.0.113.100", 50000)
+
+
+def test_a_tcp_mapping_travels_like_the_udp_one_and_is_checked_the_same_way(pair):  # noqa: F811
+    pair.send(2, m.Endpoints((), public=None, mapped=MAPPED, mapped_tcp=MAPPED_TCP))
+    (update,) = pair.take(1)
+    assert (update.peer.mapped_endpoint, update.peer.mapped_tcp) == (MAPPED, MAPPED_TCP)
+    pair.send(2, m.Endpoints((), public=None, mapped=MAPPED), now=NOW + 1)
+    (update,) = pair.take(1)
+    assert update.peer.mapped_tcp is None and update.peer.mapped_endpoint == MAPPED
+    pair.send(2, m.Endpoints((), public=None, mapped=MAPPED, mapped_tcp=m.Endpoint("127.0.0.1", 22)), now=NOW + 2)
+    assert all(u.peer.mapped_tcp is None for u in pair.take(1))
+
+
+def test_tcp_punching_dials_the_tcp_mapping_first_as_a_candidate_of_its_own_kind():
+    from meshvpn.node.candidates import tcp_candidates_of
+    from meshvpn.node.ctl import format_status
+
+    public_tcp = m.Endpoint("203.0.113.100", 41641)
+    info = m.PeerInfo(key(2), "bob", "100.80.0.2", True, public_tcp=public_tcp, mapped_tcp=MAPPED_TCP)
+    assert tcp_candidates_of(info) == [Candidate(Endpoint(MAPPED_TCP.host, MAPPED_TCP.port), CandidateKind.MAPPED),
+                                       Candidate(Endpoint(public_tcp.host, public_tcp.port), CandidateKind.PUBLIC)]
+    assert tcp_candidates_of(m.PeerInfo(key(2), "bob", "100.80.0.2", True)) == []
+    status = {"self": {"name": "alice", "coord": "connected", "port_mapping": {
+        "external": "203.0.113.100:41641", "protocol": "pcp", "tcp": {"external": "203.0.113.100:50000",
+                                                                       "protocol": "nat-pmp"}}}, "peers": []}
+    assert "mapped 203.0.113.100:41641 (pcp)   mapped tcp 203.0.113.100:50000 (nat-pmp)" in format_status(status)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from meshvpn.node.portmap import natpmp, pcp
 from meshvpn.node.portmap.core import (
-    MappingChanged, Phase, PortMapper, Protocol, SendToGateway, UpnpDiscover, UpnpMap, UpnpUnmap,
+    MappingChanged, Phase, PortMapper, Protocol, SendToGateway, Transport, UpnpDiscover, UpnpMap, UpnpUnmap,
 )
 
 PORT = 41641
@@ -22,6 +22,8 @@ class Gateway:
     speaks: set = field(default_factory=lambda: {"pcp", "nat-pmp"})
     external_port: int = PORT
     refuse_maps: bool = False
+    refuse_tcp: bool = False
+    """Refuse TCP mappings only (as a router allowing UDP forwards alone would)."""
     lifetime: int | None = None
     """Grant this lifetime instead of the one asked for."""
     seen: list = field(default_factory=list)
@@ -49,22 +51,24 @@ class Gateway:
 
     def _pcp(self, request: bytes) -> bytes:
         opcode, lifetime = request[1], struct.unpack_from("!I", request, 4)[0]
-        result = 8 if self.refuse_maps and opcode == 1 and lifetime else 0
+        tcp = opcode == 1 and request[36] == 6
+        result = 8 if (self.refuse_maps or self.refuse_tcp and tcp) and opcode == 1 and lifetime else 0
         granted = self.lifetime if self.lifetime is not None and lifetime else lifetime
         header = struct.pack("!BBBBII", 2, 0x80 | opcode, 0, result, granted, self.epoch) + bytes(12)
         if opcode == 0:
             return header
-        nonce, _, internal, _, _ = struct.unpack_from("!12sB3xHH16s", request, 24)
+        nonce, protocol, internal, _, _ = struct.unpack_from("!12sB3xHH16s", request, 24)
         external = bytes(10) + b"\xff\xff" + bytes(int(x) for x in EXTERNAL.split("."))
-        return header + struct.pack("!12sB3xHH16s", nonce, 17, internal, self.external_port, external)
+        return header + struct.pack("!12sB3xHH16s", nonce, protocol, internal, self.external_port, external)
 
     def _natpmp(self, request: bytes) -> bytes:
         if request[1] == 0:
             return struct.pack("!BBHI4s", 0, 128, 0, self.epoch, bytes(int(x) for x in EXTERNAL.split(".")))
-        _, _, _, internal, _, lifetime = struct.unpack("!BBHHHI", request)
-        result = 2 if self.refuse_maps and lifetime else 0
+        _, opcode, _, internal, _, lifetime = struct.unpack("!BBHHHI", request)
+        result = 2 if (self.refuse_maps or self.refuse_tcp and opcode == 2) and lifetime else 0
         granted = self.lifetime if self.lifetime is not None and lifetime else lifetime
-        return struct.pack("!BBHIHHI", 0, 129, result, self.epoch, internal, self.external_port if lifetime else 0, granted)
+        return struct.pack("!BBHIHHI", 0, 128 + opcode, result, self.epoch, internal,
+                           self.external_port if lifetime else 0, granted)
 
 
 def mapper(**options) -> PortMapper:
@@ -314,3 +318,91 @@ def test_a_renewal_answer_from_a_restarted_gateway_is_the_new_mapping() -> None:
     assert run_until(machine, gateway, 300.0) == []
     assert len(gateway.seen) == 1 and machine.restarts == 1  # counted, not asked twice
     assert machine.mapping.granted == 300.0 and machine.phase is Phase.MAPPED
+
+
+# ---- the TCP punch port beside the UDP port: one probe, one epoch watch, a lease each
+
+UDP, TCP = Transport.UDP, Transport.TCP
+BOTH = (UDP, TCP)
+
+
+def test_pcp_maps_the_udp_and_the_tcp_port_from_one_probe() -> None:
+    machine, gateway = mapper(transports=BOTH), Gateway()
+    machine.probe(0.0)
+    others = exchange(machine, gateway, 0.0)
+    udp, tcp = machine.mapping_of(UDP), machine.mapping_of(TCP)
+    assert others == [UpnpDiscover(), MappingChanged(udp, UDP), MappingChanged(tcp, TCP)]
+    assert (udp.protocol, udp.transport, tcp.protocol, tcp.transport) == (Protocol.PCP, UDP, Protocol.PCP, TCP)
+    assert tcp.external == (EXTERNAL, PORT)
+    announces = [d for d in gateway.seen if d[:2] == b"\x02\x00"]
+    assert len(announces) == 1  # one probe serves both
+    assert sorted(d[36] for d in gateway.seen if d[1] == 1) == [6, 17]
+    status = machine.status(100.0)
+    assert status["protocol"] == "pcp" and status["tcp"] == {
+        "state": "mapped", "protocol": "pcp", "external": f"{EXTERNAL}:{PORT}", "expires_in": 7100.0, "error": None}
+
+
+def test_natpmp_maps_tcp_with_opcode_2_and_renews_both() -> None:
+    machine, gateway = mapper(transports=BOTH, protocols=(Protocol.NATPMP,), lease=7200), Gateway(lifetime=600)
+    machine.probe(0.0)
+    exchange(machine, gateway, 0.0)
+    assert machine.mapping_of(TCP).protocol is Protocol.NATPMP and machine.mapping_of(UDP) is not None
+    gateway.seen.clear()
+    run_until(machine, gateway, 350.0)
+    assert sorted(d[1] for d in gateway.seen) == [1, 2]  # one renewal each at 300 s
+    assert machine.mapping_of(TCP).granted == machine.mapping_of(UDP).granted == 300.0
+    machine.close(400.0)
+    deletes = [out.data for out in machine.outputs() if isinstance(out, SendToGateway)]
+    assert deletes == [natpmp.map_request(PORT, 0, 0), natpmp.map_request(PORT, 0, 0, natpmp.TCP)]
+
+
+def test_upnp_maps_each_transport_and_deletes_each() -> None:
+    machine = mapper(transports=BOTH, protocols=(Protocol.UPNP,))
+    machine.probe(0.0)
+    machine.upnp_found(EXTERNAL, 0.5)
+    assert machine.outputs() == [UpnpDiscover(), UpnpMap(PORT, PORT, 7200, UDP), UpnpMap(PORT, PORT, 7200, TCP)]
+    machine.upnp_mapped(PORT, 7200, 0.6)
+    machine.upnp_mapped(PORT + 1, 7200, 0.7, transport=TCP)
+    assert machine.mapping_of(TCP).external == (EXTERNAL, PORT + 1) and machine.mapping.external == (EXTERNAL, PORT)
+    machine.outputs()
+    machine.close(1.0)
+    assert machine.outputs() == [UpnpUnmap(PORT, UDP), MappingChanged(None, UDP),
+                                 UpnpUnmap(PORT + 1, TCP), MappingChanged(None, TCP)]
+
+
+def test_a_refused_tcp_mapping_tries_the_next_protocol_and_leaves_udp_mapped() -> None:
+    machine, gateway = mapper(transports=BOTH, protocols=(Protocol.PCP, Protocol.NATPMP)), Gateway(refuse_tcp=True)
+    machine.probe(0.0)
+    exchange(machine, gateway, 0.0)
+    assert machine.mapping_of(UDP).protocol is Protocol.PCP
+    assert machine.mapping_of(TCP) is None  # PCP refused TCP; NAT-PMP too
+    assert machine.status(1.0)["tcp"]["state"] == "none"
+    assert machine.status(1.0)["tcp"]["error"] == "nat-pmp: not authorized or refused"
+    gateway.refuse_tcp = False
+    machine.probe(10.0)
+    exchange(machine, gateway, 10.0)
+    assert machine.mapping_of(TCP).protocol is Protocol.PCP
+
+
+def test_a_restarted_gateway_has_both_ports_mapped_again_at_once() -> None:
+    machine, gateway = mapper(transports=BOTH), Gateway()
+    machine.probe(0.0)
+    exchange(machine, gateway, 0.0)
+    out = restart_then_announce(machine, gateway, 1000.0)
+    assert [d.data[36] for d in out] == [17, 6] and machine.restarts == 1
+    for request in out:
+        machine.receive(gateway.answer(request.data), 1005.0)
+    assert machine.mapping_of(UDP).granted == machine.mapping_of(TCP).granted == 1005.0
+    assert machine.status(1005.0)["tcp"]["error"] is None
+
+
+def test_a_pcp_answer_is_matched_by_nonce_and_protocol() -> None:
+    machine = mapper(transports=BOTH, protocols=(Protocol.PCP,))
+    machine.probe(0.0)
+    gateway = Gateway()
+    for out in machine.outputs():  # the announce only
+        machine.receive(gateway.answer(out.data), 0.0)
+    udp_request, tcp_request = [out.data for out in machine.outputs()]
+    machine.receive(gateway.answer(tcp_request), 0.1)
+    assert machine.mapping_of(TCP) is not None and machine.mapping_of(UDP) is None
+    assert machine.phase is Phase.MAPPING  # the UDP request is still being asked

@@ -84,6 +84,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.pathlog",
     "meshvpn.node.portmap.core",
     "meshvpn.node.portmap.epoch",
+    "meshvpn.node.portmap.events",
     "meshvpn.node.portmap.natpmp",
     "meshvpn.node.portmap.pcp",
     "meshvpn.node.datapath.offload",

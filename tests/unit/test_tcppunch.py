@@ -17,11 +17,17 @@ from meshvpn.node.tcp.core import (
     TcpPunchConfig,
     WantPunch,
 )
+from meshvpn.node.candidates import Candidate, CandidateKind
 from meshvpn.noise import StaticIdentity
 from meshvpn.wire import Endpoint
 
 A_AT = Endpoint("198.51.100.1", 41641)
 B_AT = Endpoint("198.51.100.2", 41641)
+
+
+def public(endpoint: Endpoint) -> list[Candidate]:
+    """A peer known by its NAT's mapping of its punch port only (``public_tcp``)."""
+    return [Candidate(endpoint, CandidateKind.PUBLIC)]
 
 
 def _identities() -> tuple[StaticIdentity, StaticIdentity]:
@@ -55,8 +61,8 @@ def pair():
     """a (lower key) and b after a simultaneous open at t=0, with their connection ids."""
     ida, idb = _identities()
     a, b = _punch(ida), _punch(idb)
-    a.punch(idb.public, B_AT, 0.0)
-    b.punch(ida.public, A_AT, 0.0)
+    a.punch(idb.public, public(B_AT), 0.0)
+    b.punch(ida.public, public(A_AT), 0.0)
     ca = _only(a.next_actions(), TcpConnect)
     cb = _only(b.next_actions(), TcpConnect)
     assert (ca.endpoint, cb.endpoint) == (B_AT, A_AT)
@@ -116,7 +122,7 @@ def test_a_closed_connection_ends_the_path_without_an_abort(pair) -> None:
 def test_failed_connects_retry_then_ask_for_a_punch_with_backoff() -> None:
     ida, idb = _identities()
     a = _punch(ida, TcpPunchConfig(attempts=3))
-    a.punch(idb.public, B_AT, 0.0)
+    a.punch(idb.public, public(B_AT), 0.0)
     first = _only(a.next_actions(), TcpConnect)
     assert first.timeout == 2.5
     a.connect_failed(first.conn_id, 0.05)
@@ -134,7 +140,7 @@ def test_failed_connects_retry_then_ask_for_a_punch_with_backoff() -> None:
     assert a.get_timer() == pytest.approx(5.0)
     a.handle_timer(5.0)
     assert a.next_actions() == [WantPunch(idb.public)]
-    a.punch(idb.public, B_AT, 6.0)
+    a.punch(idb.public, public(B_AT), 6.0)
     for attempt in range(3):
         a.connect_failed(_only(a.next_actions(), TcpConnect).conn_id, 6.0 + attempt)
         a.handle_timer(6.0 + attempt + 0.2)
@@ -144,20 +150,20 @@ def test_failed_connects_retry_then_ask_for_a_punch_with_backoff() -> None:
 def test_a_punch_during_a_campaign_does_not_start_a_second_connect() -> None:
     ida, idb = _identities()
     a = _punch(ida)
-    a.punch(idb.public, B_AT, 0.0)
+    a.punch(idb.public, public(B_AT), 0.0)
     _only(a.next_actions(), TcpConnect)
-    a.punch(idb.public, B_AT, 0.1)
+    a.punch(idb.public, public(B_AT), 0.1)
     assert a.next_actions() == []
 
 
 def test_an_accepted_connection_from_the_punched_endpoint_becomes_the_path() -> None:
     ida, idb = _identities()
     a, b = _punch(ida), _punch(idb)
-    b.punch(ida.public, A_AT, 0.0)
+    b.punch(ida.public, public(A_AT), 0.0)
     b.next_actions()
     conn_b = b.accepted(A_AT, 0.1)
     assert conn_b is not None
-    a.punch(idb.public, B_AT, 0.0)
+    a.punch(idb.public, public(B_AT), 0.0)
     conn_a = _only(a.next_actions(), TcpConnect).conn_id
     a.connected(conn_a, 0.1)
     for _ in range(3):
@@ -174,14 +180,14 @@ def test_unknown_endpoints_are_served_only_for_punched_peers_with_lower_keys() -
     stranger = Endpoint("192.0.2.9", 5555)
     assert b.accepted(stranger, 0.0) is None, "b punches nobody"
     assert a.accepted(stranger, 0.0) is None
-    b.punch(ida.public, A_AT, 0.0)
-    a.punch(idb.public, B_AT, 0.0)
+    b.punch(ida.public, public(A_AT), 0.0)
+    a.punch(idb.public, public(B_AT), 0.0)
     assert a.accepted(stranger, 0.0) is None, "a has the lower key: it is always the client"
     conn_b = b.accepted(stranger, 0.0)
     assert conn_b is not None
     other = StaticIdentity.from_private(b"\x07" * 32)
     mallory = _punch(other)
-    mallory.punch(idb.public, B_AT, 0.0)
+    mallory.punch(idb.public, public(B_AT), 0.0)
     conn_m = _only(mallory.next_actions(), TcpConnect).conn_id
     mallory.connected(conn_m, 0.0)
     _pump(mallory, conn_m, b, conn_b, 0.1)
@@ -191,7 +197,7 @@ def test_unknown_endpoints_are_served_only_for_punched_peers_with_lower_keys() -
 def test_unmatched_connections_are_bounded() -> None:
     ida, idb = _identities()
     b = _punch(idb, TcpPunchConfig(max_unmatched=2))
-    b.punch(ida.public, A_AT, 0.0)
+    b.punch(ida.public, public(A_AT), 0.0)
     own = _only(b.next_actions(), TcpConnect).conn_id
     accepted = [b.accepted(Endpoint("192.0.2.9", 6000 + n), 0.0) for n in range(3)]
     assert accepted[2] is None and None not in accepted[:2]
@@ -205,13 +211,13 @@ def test_stop_aborts_everything_and_reports_a_lost_path(pair) -> None:
     a.stop(idb.public)
     assert a.next_actions() == [TcpAbort(ca), PathDown(idb.public, "not needed")]
     assert a.get_timer() is None
-    a.punch(idb.public, B_AT, 9.0)
+    a.punch(idb.public, public(B_AT), 9.0)
     assert isinstance(_only(a.next_actions(), TcpConnect), TcpConnect), "a later punch starts afresh"
 
 
 def test_a_punch_for_a_peer_with_a_path_is_ignored(pair) -> None:
     a, b, ca, cb, ida, idb = pair
-    a.punch(idb.public, B_AT, 3.0)
+    a.punch(idb.public, public(B_AT), 3.0)
     assert a.next_actions() == []
 
 
@@ -230,7 +236,7 @@ def test_garbage_on_a_connection_never_raises(chunks: list[bytes], client: bool)
     me, peer_at = (ida, B_AT) if client else (idb, A_AT)
     other = idb if client else ida
     node = _punch(me)
-    node.punch(other.public, peer_at, 0.0)
+    node.punch(other.public, public(peer_at), 0.0)
     conn = _only(node.next_actions(), TcpConnect).conn_id
     node.connected(conn, 0.0)
     for chunk in chunks:

@@ -1,4 +1,4 @@
-"""PCP (RFC 6887) messages: ANNOUNCE (does the gateway speak PCP?) and MAP for one UDP port.
+"""PCP (RFC 6887) messages: ANNOUNCE (does the gateway speak PCP?) and MAP for one UDP or TCP port.
 
 Sans-IO. `decode` takes one datagram from the gateway's port 5351 and raises only
 `PortMapError`; options after the opcode payload are checked for length and skipped.
@@ -19,12 +19,11 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from meshvpn.node.portmap.natpmp import PortMapError
+from meshvpn.node.portmap.natpmp import TCP, UDP, PortMapError
 
 VERSION = 2
 OP_ANNOUNCE, OP_MAP = 0, 1
 RESPONSE_BIT = 0x80
-UDP = 17
 HEADER = 24
 MAP_PAYLOAD = 36
 NONCE_SIZE = 12
@@ -57,6 +56,8 @@ class Response:
     lifetime: int
     epoch: int
     nonce: bytes | None = None
+    protocol: int | None = None
+    """`UDP` or `TCP` for MAP: which of our mappings this answers (with the nonce)."""
     internal_port: int | None = None
     external_port: int | None = None
     external: str | None = None
@@ -84,11 +85,14 @@ def announce_request(client: str) -> bytes:
 
 
 def map_request(client: str, nonce: bytes, internal_port: int, external_port: int, lifetime: int,
-                external: str = "0.0.0.0") -> bytes:
-    """MAP our UDP `internal_port`; lifetime 0 with the same nonce deletes it (RFC 6887 §15)."""
+                external: str = "0.0.0.0", protocol: int = UDP) -> bytes:
+    """MAP our `protocol` (UDP or TCP) `internal_port`; lifetime 0 with the same nonce deletes it
+    (RFC 6887 §15)."""
     if len(nonce) != NONCE_SIZE or not (0 < internal_port < 65536 and 0 <= external_port < 65536):
         raise ValueError("PCP: bad nonce or port")
-    payload = struct.pack("!12sB3xHH16s", nonce, UDP, internal_port, external_port, _ip16(external))
+    if protocol not in (UDP, TCP):
+        raise ValueError(f"PCP: we map UDP or TCP, not protocol {protocol}")
+    payload = struct.pack("!12sB3xHH16s", nonce, protocol, internal_port, external_port, _ip16(external))
     return _header(OP_MAP, lifetime, client) + payload
 
 
@@ -116,10 +120,10 @@ def decode(data: bytes) -> Response:
             return Response(opcode, result, lifetime, epoch)
         raise PortMapError(f"PCP: MAP response of {len(data)} bytes, expected at least 60")
     nonce, protocol, internal, external_port, external = struct.unpack_from("!12sB3xHH16s", data, HEADER)
-    if protocol != UDP and not result:
-        raise PortMapError(f"PCP: MAP response for protocol {protocol}, we asked for UDP")
+    if protocol not in (UDP, TCP) and not result:
+        raise PortMapError(f"PCP: MAP response for protocol {protocol}, we ask for UDP or TCP")
     _check_options(data, HEADER + MAP_PAYLOAD)
-    return Response(opcode, result, lifetime, epoch, nonce, internal, external_port, _ip_text(external))
+    return Response(opcode, result, lifetime, epoch, nonce, protocol, internal, external_port, _ip_text(external))
 
 
 def _check_options(data: bytes, at: int) -> None:

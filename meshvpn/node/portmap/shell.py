@@ -1,5 +1,8 @@
 """The asyncio side of router port mapping: the gateway's port 5351, miniupnpc in a thread.
 
+It maps the node's UDP port and, when the node listens for TCP punches on the same port
+number, its TCP port too: one probe, one gateway socket, one epoch watch for both.
+
 `PortMapShell` feeds `meshvpn.node.portmap.core.PortMapper` the gateway's datagrams, the UPnP
 answers and the clock, and tells the daemon when the endpoint to announce changes. Nothing here
 blocks the loop: miniupnpc's calls (SSDP discovery, SOAP over HTTP) run one at a time in a
@@ -26,7 +29,7 @@ from typing import Callable, Optional
 from meshvpn.config import PortMapConfig
 from meshvpn.node.portmap import natpmp
 from meshvpn.node.portmap.core import (
-    Mapping, MappingChanged, Phase, PortMapper, Protocol, SendToGateway, UpnpDiscover, UpnpMap, UpnpUnmap,
+    Mapping, MappingChanged, Phase, PortMapper, Protocol, SendToGateway, Transport, UpnpDiscover, UpnpMap, UpnpUnmap,
 )
 from meshvpn.timers import DeadlineTimer
 
@@ -120,16 +123,16 @@ class _Upnp:
         self.igd.selectigd()
         return str(ipaddress.ip_address(self.igd.externalipaddress()))
 
-    def map(self, internal_port: int, external_port: int, lifetime: int) -> int:
-        args = ("UDP", self.igd.lanaddr, internal_port, DESCRIPTION, "")
+    def map(self, internal_port: int, external_port: int, lifetime: int, transport: Transport) -> int:
+        args = (transport.name, self.igd.lanaddr, internal_port, DESCRIPTION, "")
         try:
             self.igd.addportmapping(external_port, *args, lifetime)
             return external_port
         except Exception:  # miniupnpc raises plain Exception with the IGD's error text
             return int(self.igd.addanyportmapping(external_port, *args, lifetime))
 
-    def unmap(self, external_port: int) -> None:
-        self.igd.deleteportmapping(external_port, "UDP")
+    def unmap(self, external_port: int, transport: Transport) -> None:
+        self.igd.deleteportmapping(external_port, transport.name)
 
 
 class PortMapShell:
@@ -144,6 +147,7 @@ class PortMapShell:
         self.mapper: Optional[PortMapper] = None
         self.gateway: Optional[str] = None
         self._port = 0
+        self._transports: tuple[Transport, ...] = (Transport.UDP,)
         self._transport: Optional[asyncio.DatagramTransport] = None
         self._announcements: Optional[asyncio.DatagramTransport] = None
         self._timer = DeadlineTimer(loop, self._on_timer)
@@ -155,13 +159,19 @@ class PortMapShell:
 
     @property
     def endpoint(self) -> Optional[tuple[str, int]]:
-        """The mapped endpoint to announce (None: no mapping)."""
-        mapping = self.mapper.mapping if self.mapper is not None else None
+        """The mapped endpoint of the UDP port to announce (None: no mapping)."""
+        return self.endpoint_of(Transport.UDP)
+
+    def endpoint_of(self, transport: Transport) -> Optional[tuple[str, int]]:
+        """The mapped endpoint of our `transport` port (None: no mapping)."""
+        mapping = self.mapper.mapping_of(transport) if self.mapper is not None else None
         return None if mapping is None else mapping.external
 
-    async def start(self, port: int) -> None:
-        """Probe for a mapping of UDP `port`; returns at once, the probe runs on."""
+    async def start(self, port: int, tcp: bool = False) -> None:
+        """Probe for a mapping of UDP `port` (and of TCP `port`, the punch port, with `tcp`);
+        returns at once, the probe runs on."""
         self._port = port
+        self._transports = (Transport.UDP, Transport.TCP) if tcp else (Transport.UDP,)
         if self.config.enabled:
             await self._open()
 
@@ -196,7 +206,7 @@ class PortMapShell:
     # ---- inside
 
     async def _open(self) -> None:
-        had = self.endpoint
+        had = [self.endpoint_of(transport) for transport in self._transports]
         if self.mapper is not None:
             self.mapper.close(self.loop.time())
             self._transmit(notify=False)
@@ -217,11 +227,11 @@ class PortMapShell:
             client = self._transport.get_extra_info("sockname")[0]
             protocols = tuple(Protocol(p) for p in self.config.protocols)
             self.mapper = PortMapper(self._port, client, os.urandom, int(self.config.lease), protocols,
-                                     map_port=self.map_port)
+                                     map_port=self.map_port, transports=self._transports)
             self.mapper.probe(self.loop.time())
             self._transmit()
-        if had is not None and self.endpoint is None:
-            self.on_change()
+        if any(had):
+            self.on_change()  # the mappings we had are gone
 
     async def _listen_for_announcements(self) -> None:
         """Port 5350, shared with any other listener on the host; without it, renewals find out."""
@@ -252,28 +262,29 @@ class PortMapShell:
                         self._transport.sendto(data)
                 case UpnpDiscover():
                     self._in_thread(self._upnp_discover, mapper, wait_on_close=False)
-                case UpnpMap(internal, external, lifetime):
-                    self._in_thread(self._upnp_map, mapper, internal, external, lifetime)
-                case UpnpUnmap(external):
-                    self._in_thread(lambda: self._upnp.unmap(external) if self._upnp else None, None)
-                case MappingChanged(mapping):
-                    self._log(mapping)
+                case UpnpMap(internal, external, lifetime, transport):
+                    self._in_thread(self._upnp_map, mapper, internal, external, lifetime, transport)
+                case UpnpUnmap(external, transport):
+                    self._in_thread(lambda: self._upnp.unmap(external, transport) if self._upnp else None, None)
+                case MappingChanged(mapping, transport):
+                    self._log(mapping, transport)
                     if notify:
                         self.on_change()
         self._timer.follow(mapper.get_timer())
 
-    def _log(self, mapping: Optional[Mapping]) -> None:
+    def _log(self, mapping: Optional[Mapping], transport: Transport) -> None:
         if mapping is None:
-            log.info("port mapping released")
+            log.info("port mapping of %s released", transport.label)
         else:
-            log.info("port mapping: %s:%d via %s, %.0f s", *mapping.external, mapping.protocol.value, mapping.lifetime)
+            log.info("port mapping of %s: %s:%d via %s, %.0f s", transport.label, *mapping.external,
+                     mapping.protocol.value, mapping.lifetime)
 
     def _upnp_discover(self) -> str:
         self._upnp = _Upnp()
         return self._upnp.discover()
 
-    def _upnp_map(self, internal: int, external: int, lifetime: int) -> int:
-        return self._upnp.map(internal, external, lifetime)
+    def _upnp_map(self, internal: int, external: int, lifetime: int, transport: Transport) -> int:
+        return self._upnp.map(internal, external, lifetime, transport)
 
     def _in_thread(self, call, mapper: Optional[PortMapper], *args, wait_on_close: bool = True) -> None:
         """Run a blocking UPnP call in the worker thread and hand its answer to `mapper`."""
@@ -294,7 +305,7 @@ class PortMapShell:
         if call == self._upnp_discover:
             mapper.upnp_found(None if exc else job.result(), now, why)
         else:
-            mapper.upnp_mapped(None if exc else job.result(), args[2], now, why)
+            mapper.upnp_mapped(None if exc else job.result(), args[2], now, why, transport=args[3])
         self._transmit()
 
 

@@ -6,15 +6,23 @@ inside host, so two nodes that connect() to each other's public TCP endpoint at 
 moment (the coord's ``punch`` is the starting gun) meet in the middle, a TCP simultaneous
 open. Each node connects from its *punch port* (the TCP port its coord connection also comes
 from, so the coord reports the NAT's mapping for it as ``public_tcp``) and listens on it too,
-for a peer whose NAT is open.
+for a peer whose NAT is open, or whose router forwards a port to it (``mapped_tcp``: UPnP IGD,
+NAT-PMP or PCP, `meshvpn.node.portmap`).
 
 Rules:
 
-* ``punch(peer, endpoint)`` starts a campaign: up to `attempts` connects, one at a time, each
-  given `attempt_timeout` (long enough for the kernel's SYN retransmission at 1 s, which is
-  what usually lands once the peer's SYN opened its own NAT), the next `retry_gap` after a
-  failure. A punch while a campaign runs refills its attempts; one for a peer with a path is
-  ignored.
+* ``punch(peer, candidates)`` starts a campaign: up to `attempts` connects, one at a time,
+  each given `attempt_timeout` (long enough for the kernel's SYN retransmission at 1 s, which
+  is what usually lands once the peer's SYN opened its own NAT), the next `retry_gap` after a
+  failure, taking the peer's candidates in turn (its router's mapping first, then its NAT's
+  mapping of its punch port). A punch while a campaign runs refills its attempts; one for a
+  peer with a path is ignored.
+* A node whose router maps its punch port (`mapped`) does not connect to a peer without such a
+  mapping: the peer connects to ours. Our own SYN towards the peer would leave a connection
+  entry on our router with the very address pair of the peer's SYN once forwarded to us,
+  and the router would drop the peer's SYN as a clash for minutes.
+* An accepted connection belongs to the punched peer that has its source among its candidates,
+  else to the one punched peer on its source address (a NAT that picks a new port for us).
 * A connected or accepted TCP connection is secured with :mod:`meshvpn.channel`: the node
   with the lower static key is the client (Noise initiator) and pins the peer's key; the
   other side authorises only the peer it punches towards. An accepted connection from an
@@ -38,12 +46,13 @@ Inputs take ``now`` (monotonic seconds); randomness (channel ephemeral keys) com
 from __future__ import annotations
 
 import enum
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
 from meshvpn.channel import ClientChannel, ServerChannel
 from meshvpn.errors import RemoteProtocolError
+from meshvpn.node.candidates import Candidate, CandidateKind
 from meshvpn.node.events import TcpAbort, TcpConnect, TcpWrite
 from meshvpn.noise import StaticIdentity
 from meshvpn.wire import Endpoint
@@ -146,7 +155,8 @@ class TcpCampaign:
     """One peer's TCP punching (kept on the peer, ``Peer.tcp``): the campaign, its connections and the path."""
 
     key: bytes
-    endpoint: Endpoint
+    candidates: tuple[Candidate, ...]
+    """The peer's TCP endpoints, most likely first: where we connect, and where it connects from."""
     attempts_left: int = 0
     next_attempt: Optional[float] = None
     repunch_at: Optional[float] = None
@@ -172,18 +182,22 @@ class TcpPunch:
         self._by_endpoint: dict[Endpoint, _Conn] = {}
         self._next_id = 1
         self._actions: list[Action] = []
+        self.mapped = False
+        """Our router forwards a TCP port to our punch port (`mapped_tcp`): peers without one come to us."""
 
     # ---- inputs: control ------------------------------------------------------------
 
-    def punch(self, peer_key: bytes, endpoint: Endpoint, now: float) -> None:
-        """The coord says punch: connect to the peer's public TCP `endpoint` now and retry."""
+    def punch(self, peer_key: bytes, candidates: Sequence[Candidate], now: float) -> None:
+        """The coord says punch: connect to the peer's TCP `candidates` now and retry (or, when
+        only our router maps a port, wait for the peer to connect to it)."""
         peer = self._peers.get(peer_key)
         if peer is None:
-            peer = self._peers[peer_key] = TcpCampaign(peer_key, Endpoint(*endpoint))
+            peer = self._peers[peer_key] = TcpCampaign(peer_key, tuple(candidates))
         if peer.path is not None:
             return
-        peer.endpoint = Endpoint(*endpoint)
-        peer.attempts_left = self.config.attempts
+        peer.candidates = tuple(candidates)
+        comes_to_us = self.mapped and all(c.kind is not CandidateKind.MAPPED for c in peer.candidates)
+        peer.attempts_left = 0 if comes_to_us or not peer.candidates else self.config.attempts
         peer.repunch_at = None
         if not peer.conns:
             self._attempt(peer, now)
@@ -211,8 +225,7 @@ class TcpPunch:
 
     def accepted(self, remote: Endpoint, now: float) -> Optional[int]:
         """A connection arrived on the punch port from `remote`; its id, or None to abort it."""
-        remote = Endpoint(*remote)
-        peer = next((p for p in self._peers.values() if p.endpoint == remote and p.path is None), None)
+        peer = self._accepted_for(Endpoint(*remote))
         if peer is None:
             unmatched = sum(1 for c in self._conns.values() if c.peer_key is None)
             if unmatched >= self.config.max_unmatched or not self._serves_unknown():
@@ -323,7 +336,7 @@ class TcpPunch:
         """Punch state per peer (hex key prefix), for ``meshvpn status``."""
         return {
             key.hex()[:8]: {
-                "endpoint": f"{peer.endpoint.host}:{peer.endpoint.port}",
+                "endpoints": [f"{c.endpoint.host}:{c.endpoint.port} ({c.kind})" for c in peer.candidates],
                 "path": peer.path is not None,
                 "connections": sorted(c.state.value for c in peer.conns),
             }
@@ -331,6 +344,15 @@ class TcpPunch:
         }
 
     # ---- internals -------------------------------------------------------------------
+
+    def _accepted_for(self, remote: Endpoint) -> Optional[TcpCampaign]:
+        """The punched peer (without a path) a connection from `remote` most likely comes from."""
+        waiting = [p for p in self._peers.values() if p.path is None]
+        exact = [p for p in waiting if any(c.endpoint == remote for c in p.candidates)]
+        if exact:
+            return exact[0]
+        same_host = [p for p in waiting if any(c.endpoint.host == remote.host for c in p.candidates)]
+        return same_host[0] if len(same_host) == 1 else None
 
     def _serves_unknown(self) -> bool:
         return any(key < self.identity.public and p.path is None for key, p in self._peers.items())
@@ -348,10 +370,11 @@ class TcpPunch:
         peer.next_attempt = None
         if peer.attempts_left <= 0 or peer.path is not None or peer.conns:
             return
+        endpoint = peer.candidates[(self.config.attempts - peer.attempts_left) % len(peer.candidates)].endpoint
         peer.attempts_left -= 1
         self.counters["attempts"] += 1
-        conn = self._new_conn(peer.endpoint, peer.key, ConnState.CONNECTING, now)
-        self._actions.append(TcpConnect(conn.conn_id, peer.endpoint, self.config.attempt_timeout))
+        conn = self._new_conn(endpoint, peer.key, ConnState.CONNECTING, now)
+        self._actions.append(TcpConnect(conn.conn_id, endpoint, self.config.attempt_timeout))
 
     def _secure(self, conn: _Conn, peer_key: Optional[bytes], now: float) -> None:
         """TCP is up: start the channel in the role our key order gives us."""

@@ -1,0 +1,76 @@
+"""TCP punching towards a router's port mapping (``mapped_tcp``): its candidates in turn, and the
+mapped side waiting for the peer to come through its router."""
+
+from __future__ import annotations
+
+from meshvpn.node.candidates import Candidate, CandidateKind
+from meshvpn.node.events import TcpConnect, TcpWrite
+from meshvpn.node.tcp.core import TcpEndpoint, TcpPunch
+from meshvpn.wire import Endpoint
+from test_tcppunch import A_AT, B_AT, _identities, _only, _punch
+
+A_MAPPED = Endpoint("198.51.100.1", 50000)
+"""a's router forwards this TCP port to a's punch port (A_AT is its NAT's mapping of that port)."""
+B_FROM = Endpoint("198.51.100.2", 61000)
+"""A port b's NAT picked for b's connection to a's mapping."""
+
+
+def candidates_of_a() -> list[Candidate]:
+    return [Candidate(A_MAPPED, CandidateKind.MAPPED), Candidate(A_AT, CandidateKind.PUBLIC)]
+
+
+def handshake(one: TcpPunch, one_conn: int, other: TcpPunch, other_conn: int, now: float) -> None:
+    """Move channel bytes both ways until neither has any to send."""
+    for _ in range(4):
+        for src, src_conn, dst, dst_conn in ((one, one_conn, other, other_conn), (other, other_conn, one, one_conn)):
+            for action in src.next_actions():
+                if isinstance(action, TcpWrite) and action.conn_id == src_conn:
+                    dst.data_received(dst_conn, action.data, now)
+
+
+def test_the_peers_router_mapping_is_tried_first_then_its_nat_mapping_in_turn() -> None:
+    ida, idb = _identities()
+    b = _punch(idb)
+    b.punch(ida.public, candidates_of_a(), 0.0)
+    first = _only(b.next_actions(), TcpConnect)
+    assert first.endpoint == A_MAPPED
+    b.connect_failed(first.conn_id, 2.5)
+    b.handle_timer(2.7)
+    assert _only(b.next_actions(), TcpConnect).endpoint == A_AT
+    assert b.status()[ida.public.hex()[:8]]["endpoints"] == ["198.51.100.1:50000 (mapped)", "198.51.100.1:41641 (public)"]
+
+
+def test_a_mapped_node_waits_for_the_peer_and_takes_its_connection_through_the_router() -> None:
+    for a_key_lower in (True, False):
+        low, high = _identities()
+        ida, idb = (low, high) if a_key_lower else (high, low)
+        a, b = _punch(ida), _punch(idb)
+        a.mapped = True
+        a.punch(idb.public, [Candidate(B_AT, CandidateKind.PUBLIC)], 0.0)
+        assert [x for x in a.next_actions() if isinstance(x, TcpConnect)] == [], "a's own SYN would clash on its router"
+        b.punch(ida.public, candidates_of_a(), 0.0)
+        connect = _only(b.next_actions(), TcpConnect)
+        assert connect.endpoint == A_MAPPED
+        accepted = a.accepted(B_FROM, 0.05)  # b's NAT picked a new port: a knows b by its address
+        assert accepted is not None
+        b.connected(connect.conn_id, 0.05)
+        handshake(a, accepted, b, connect.conn_id, 0.1)
+        assert a.path_endpoint(idb.public) == TcpEndpoint(*B_FROM)
+        assert b.path_endpoint(ida.public) == TcpEndpoint(*A_MAPPED)
+
+
+def test_a_mapped_node_dials_a_peer_that_has_a_mapping_too() -> None:
+    ida, idb = _identities()
+    a = _punch(ida)
+    a.mapped = True
+    a.punch(idb.public, [Candidate(Endpoint("198.51.100.2", 50001), CandidateKind.MAPPED)], 0.0)
+    assert _only(a.next_actions(), TcpConnect).endpoint == Endpoint("198.51.100.2", 50001)
+
+
+def test_a_connection_from_an_address_two_punched_peers_share_is_not_guessed() -> None:
+    ida, idb = _identities()
+    a = _punch(ida)
+    a.mapped = True
+    for n in (5, 6):
+        a.punch(bytes([0xff, n]) * 16, [Candidate(Endpoint("198.51.100.2", 41000 + n), CandidateKind.PUBLIC)], 0.0)
+    assert a.accepted(Endpoint("198.51.100.2", 61000), 0.0) is None  # a has the lower key: it serves nobody unknown
