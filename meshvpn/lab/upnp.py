@@ -17,6 +17,9 @@ own services listen on the LAN only), and its own packets keep their ports (the 
 applies to the LAN's packets only). miniupnpd then takes the STUN-reported address as its
 external address and checks it no further. Newer miniupnpd releases have an option to allow a
 reserved external address; Debian 12's 2.3.1 does not.
+
+`UPNP_ROUTER_TCP_ONLY` is the same router dropping every UDP packet it would forward, mapped or
+not: a LAN that gets out over TCP only, where a mapping of the TCP punch port is the way in.
 """
 
 from __future__ import annotations
@@ -46,14 +49,16 @@ READY_LINE = "Port forwarding is now enabled"
 REFUSED_LINE = "Port forwarding is now disabled"
 
 
-def _router_ruleset(router: RouterLinks) -> str:
-    """The router's NAT and firewall: random ports for the LAN, mapped (DNATed) flows let in."""
+def _router_ruleset(router: RouterLinks, block_udp: bool = False) -> str:
+    """The router's NAT and firewall: random ports for the LAN, mapped (DNATed) flows let in;
+    with `block_udp`, no UDP crosses it either way (its own STUN check still goes out)."""
     wan, lan_net = f'"{router.wan_if}"', router.lan_net
+    udp = "\n    meta l4proto udp drop" if block_udp else ""
     return f"""table ip {TABLE}
 delete table ip {TABLE}
 table ip {TABLE} {{
   chain forward {{
-    type filter hook forward priority filter; policy accept;
+    type filter hook forward priority filter; policy accept;{udp}
     ct state established,related accept
     ct status dnat accept
     iifname {wan} drop
@@ -111,6 +116,8 @@ class UpnpRouter:
     name: str = "upnp"
     behaviour: str = ("random-ports NAT (a new random port per destination) whose router maps a "
                       "port on request: UPnP IGD, NAT-PMP and PCP from miniupnpd")
+    block_udp: bool = False
+    """Drop UDP through the router both ways (mapped or not): the LAN gets out over TCP only."""
     _running: dict[str, tuple[subprocess.Popen, Path]] = field(default_factory=dict, repr=False)
     _cleanups: dict[str, weakref.finalize] = field(default_factory=dict, repr=False)
 
@@ -120,7 +127,7 @@ class UpnpRouter:
 
     def install(self, router: RouterLinks) -> None:
         """Put the NAT in place and start miniupnpd; wait until it hands out mappings."""
-        router.ns.run(["nft", "-f", "-"], input=_router_ruleset(router))
+        router.ns.run(["nft", "-f", "-"], input=_router_ruleset(router, self.block_udp))
         workdir = Path(tempfile.mkdtemp(prefix=f"{router.ns.name}-upnp-"))
         (workdir / "miniupnpd.conf").write_text(_config(router, self.stun, workdir))
         try:
@@ -211,3 +218,7 @@ def add_stun_server(topo: Topology, workdir: Path) -> tuple[str, int]:
 
 UPNP_ROUTER = UpnpRouter(stun=(STUN_ADDRS[0], STUN_PORT))
 """The router of a site that maps ports on request; the lab needs `add_stun_server` first."""
+UPNP_ROUTER_TCP_ONLY = UpnpRouter(
+    stun=(STUN_ADDRS[0], STUN_PORT), name="upnp-udp-blocked", block_udp=True,
+    behaviour="random-ports NAT that drops UDP both ways, whose router maps a port on request (miniupnpd)")
+"""The same router letting no UDP through: only a TCP mapping gets a peer in."""

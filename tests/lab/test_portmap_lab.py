@@ -30,13 +30,14 @@ DIRECT = ("direct",)
 
 @pytest.fixture
 def world(topo: Topology, tmp_path: Path, meshes: list[Mesh]):
-    """Build the world with a1 allowed the given port-mapping protocols; returns the mesh."""
+    """Build the world with a1 allowed the given port-mapping protocols; returns the mesh. Site
+    a's router maps ports (`nat_a`: `UPNP_ROUTER` or a variant), site b has NAT `nat_b`."""
 
-    def make(protocols: list[str]) -> Mesh:
+    def make(protocols: list[str], nat_a=UPNP_ROUTER, nat_b=NatKind.RANDOM_PORTS) -> Mesh:
         add_stun_server(topo, tmp_path)
         topo.add_server("relay", addrs=[RELAY_ADDR])
-        topo.add_site("a", nat=UPNP_ROUTER)
-        topo.add_site("b", nat=NatKind.RANDOM_PORTS)
+        topo.add_site("a", nat=nat_a)
+        topo.add_site("b", nat=nat_b)
         mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR)
         meshes.append(mesh)
         mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR)

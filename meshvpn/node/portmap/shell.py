@@ -265,7 +265,7 @@ class PortMapShell:
                 case UpnpMap(internal, external, lifetime, transport):
                     self._in_thread(self._upnp_map, mapper, internal, external, lifetime, transport)
                 case UpnpUnmap(external, transport):
-                    self._in_thread(lambda: self._upnp.unmap(external, transport) if self._upnp else None, None)
+                    self._in_thread(self._upnp_unmap, None, external, transport)
                 case MappingChanged(mapping, transport):
                     self._log(mapping, transport)
                     if notify:
@@ -285,6 +285,10 @@ class PortMapShell:
 
     def _upnp_map(self, internal: int, external: int, lifetime: int, transport: Transport) -> int:
         return self._upnp.map(internal, external, lifetime, transport)
+
+    def _upnp_unmap(self, external: int, transport: Transport) -> None:
+        if self._upnp is not None:
+            self._upnp.unmap(external, transport)
 
     def _in_thread(self, call, mapper: Optional[PortMapper], *args, wait_on_close: bool = True) -> None:
         """Run a blocking UPnP call in the worker thread and hand its answer to `mapper`."""
