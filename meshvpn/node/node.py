@@ -247,9 +247,10 @@ class Node(NodeRecovery, StreamInbox):
     def set_own_endpoints(self, local: Iterable[Endpoint], public: Optional[Endpoint],
                           mapped: Optional[Endpoint] = None, mapped_tcp: Optional[Endpoint] = None) -> None:
         """Our LAN endpoints, public and router-mapped endpoints: probes to us were sent there.
-        With `mapped_tcp` (our router forwards a TCP port to the punch port) peers come to us."""
+        With `mapped_tcp` (our router forwards a TCP port to the punch port) peers come to us,
+        unless STUN saw us at another address (the router is behind another NAT)."""
         self.core.set_own_endpoints(local, public, mapped)
-        self.tcp.mapped = mapped_tcp is not None
+        self.tcp.mapped = mapped_tcp is not None and (public is None or public.host == mapped_tcp.host)
 
     def set_nat_profile(self, profile: NatProfile) -> None:
         self.core.punching.set_nat_profile(profile)

@@ -3,10 +3,16 @@ mapped side waiting for the peer to come through its router."""
 
 from __future__ import annotations
 
+import random
+from dataclasses import replace
+
+from meshvpn.control import messages as m
 from meshvpn.node.candidates import Candidate, CandidateKind
 from meshvpn.node.events import TcpConnect, TcpWrite
 from meshvpn.node.tcp.core import TcpEndpoint, TcpPunch
+from meshvpn.sim.nodes import ALICE_AT, BOB_AT, NETWORK, seeded
 from meshvpn.wire import Endpoint
+from test_node import taken, tcp_info
 from test_tcppunch import A_AT, B_AT, _identities, _only, _punch
 
 A_MAPPED = Endpoint("198.51.100.1", 50000)
@@ -74,3 +80,37 @@ def test_a_connection_from_an_address_two_punched_peers_share_is_not_guessed() -
     for n in (5, 6):
         a.punch(bytes([0xff, n]) * 16, [Candidate(Endpoint("198.51.100.2", 41000 + n), CandidateKind.PUBLIC)], 0.0)
     assert a.accepted(Endpoint("198.51.100.2", 61000), 0.0) is None  # a has the lower key: it serves nobody unknown
+
+
+# ---- through the node: its own mapping from the daemon, the peer's from the coord
+
+ALICE_MAPPED = Endpoint(ALICE_AT[0], 50000)
+
+
+def welcome_with(n, info: m.PeerInfo) -> None:
+    n.from_coord(m.Registered(node_key=n.public, name=n.name, address=n.address, network=NETWORK), 0.0)
+    n.from_coord(m.PeerMap(peers=(info,)), 0.0)
+
+
+def mapped_pair(alice_public: Endpoint | None):
+    """alice's router maps her punch port (ALICE_MAPPED); both nodes get the coord's punch."""
+    a, b = seeded(random.Random, 1, "alice", "100.64.0.1", ALICE_AT), seeded(random.Random, 2, "bob", "100.64.0.2", BOB_AT)
+    a.node.set_own_endpoints((), alice_public, None, ALICE_MAPPED)
+    for n, other in ((a, b), (b, a)):
+        n.node.enable_tcp_punch()
+        info = tcp_info(other)
+        welcome_with(n, replace(info, mapped_tcp=m.Endpoint(*ALICE_MAPPED)) if other is a else info)
+    a.from_coord(m.Punch(peer_key=b.public, endpoints=()), 0.0)
+    b.from_coord(m.Punch(peer_key=a.public, endpoints=()), 0.0)
+    return a, b
+
+
+def test_the_node_with_the_mapping_waits_and_its_peer_connects_to_the_mapping() -> None:
+    a, b = mapped_pair(alice_public=None)  # UDP blocked: no STUN answer, the mapping is trusted
+    assert taken(a, TcpConnect) == []
+    assert [c.endpoint for c in taken(b, TcpConnect)] == [ALICE_MAPPED]
+
+
+def test_a_mapping_behind_another_nat_does_not_stop_the_node_from_connecting() -> None:
+    a, b = mapped_pair(alice_public=Endpoint("203.0.113.99", 41641))  # STUN saw another address
+    assert [c.endpoint for c in taken(a, TcpConnect)] == [BOB_AT]

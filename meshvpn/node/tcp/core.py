@@ -17,8 +17,9 @@ Rules:
   failure, taking the peer's candidates in turn (its router's mapping first, then its NAT's
   mapping of its punch port). A punch while a campaign runs refills its attempts; one for a
   peer with a path is ignored.
-* A node whose router maps its punch port (`mapped`) does not connect to a peer without such a
-  mapping: the peer connects to ours. Our own SYN towards the peer would leave a connection
+* A node whose router maps its punch port (`mapped`; the node sets it only when the mapping's
+  address is its public one) does not connect to a peer without such a mapping: the peer
+  connects to ours. Our own SYN towards the peer would leave a connection
   entry on our router with the very address pair of the peer's SYN once forwarded to us,
   and the router would drop the peer's SYN as a clash for minutes.
 * An accepted connection belongs to the punched peer that has its source among its candidates,
