@@ -147,7 +147,8 @@ class PortMapShell:
         self.mapper: Optional[PortMapper] = None
         self.gateway: Optional[str] = None
         self._port = 0
-        self._transports: tuple[Transport, ...] = (Transport.UDP,)
+        self._to_map: tuple[Transport, ...] = (Transport.UDP,)
+        """Which of our ports to map: the UDP port, and the TCP punch port when there is one."""
         self._transport: Optional[asyncio.DatagramTransport] = None
         self._announcements: Optional[asyncio.DatagramTransport] = None
         self._timer = DeadlineTimer(loop, self._on_timer)
@@ -171,7 +172,7 @@ class PortMapShell:
         """Probe for a mapping of UDP `port` (and of TCP `port`, the punch port, with `tcp`);
         returns at once, the probe runs on."""
         self._port = port
-        self._transports = (Transport.UDP, Transport.TCP) if tcp else (Transport.UDP,)
+        self._to_map = (Transport.UDP, Transport.TCP) if tcp else (Transport.UDP,)
         if self.config.enabled:
             await self._open()
 
@@ -206,7 +207,7 @@ class PortMapShell:
     # ---- inside
 
     async def _open(self) -> None:
-        had = [self.endpoint_of(transport) for transport in self._transports]
+        had = [self.endpoint_of(transport) for transport in self._to_map]
         if self.mapper is not None:
             self.mapper.close(self.loop.time())
             self._transmit(notify=False)
@@ -227,7 +228,7 @@ class PortMapShell:
             client = self._transport.get_extra_info("sockname")[0]
             protocols = tuple(Protocol(p) for p in self.config.protocols)
             self.mapper = PortMapper(self._port, client, os.urandom, int(self.config.lease), protocols,
-                                     map_port=self.map_port, transports=self._transports)
+                                     map_port=self.map_port, transports=self._to_map)
             self.mapper.probe(self.loop.time())
             self._transmit()
         if any(had):
