@@ -77,8 +77,9 @@ class NodeCoordLink:
                               "(the file must then be mode 0600)", "", secret=True)
     stun_port: Port = option("UDP port of the coordination server's STUN service (same host)", 3478)
     other_addresses: tuple[HostPort, ...] = option(
-        "more instances of the same coordination server (same key and database), tried in turn when "
-        "one does not answer; a name may also resolve to several instances", ())
+        "more instances of the same coordination server (same key and database), raced with "
+        "coord.address (IPv6 first, 250 ms apart) when one does not answer; a name may also resolve to "
+        "several instances, in both families", ())
     tls_port: Annotated[int, int_range(0, 65535)] = option(
         "TCP port of the coordination server's TLS listener (its `tls.listen`, usually 443) on the same hosts, "
         "tried when plain TCP reaches none of them; 0 when it has none", 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,8 @@ NAME_PREFIX = "mv"
 NAME_PATTERN = re.compile(r"^mv(\d+)-([a-z0-9][a-z0-9-]*)$")
 SHORT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,19}$")
 STOP_GRACE_SECONDS = 1.0
+NETNS_ETC = Path("/etc/netns")
+"""Where `ip netns exec` finds a namespace's own files, bind-mounted over /etc's in its children."""
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 _PING_SCRIPT = r"""
@@ -96,6 +99,10 @@ def cleanup_stale() -> list[str]:
         if pid is not None and not _pid_alive(pid):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
             removed.append(name)
+    for etc in NETNS_ETC.glob(f"{NAME_PREFIX}*") if NETNS_ETC.is_dir() else ():
+        pid = _owner_pid(etc.name)
+        if pid is not None and not _pid_alive(pid):
+            shutil.rmtree(etc, ignore_errors=True)
     return removed
 
 
@@ -171,6 +178,19 @@ class Namespace:
             if stream is not None:
                 stream.close()
         return proc.returncode
+
+    def set_hosts(self, names: dict[str, Sequence[str]]) -> Path:
+        """Give the namespace its own hosts file (name → addresses), as a machine with its own
+        resolver sees names: ``ip netns exec`` bind-mounts ``/etc/netns/<ns>/hosts`` over
+        /etc/hosts for the commands started afterwards; the machine's own file is never touched.
+        The lab removes the file with the namespace."""
+        etc = NETNS_ETC / self.name
+        etc.mkdir(parents=True, exist_ok=True)
+        hosts = etc / "hosts"
+        lines = ["127.0.0.1 localhost", "::1 localhost"]
+        lines += [f"{address} {name}" for name, addresses in names.items() for address in addresses]
+        hosts.write_text("\n".join(lines) + "\n")
+        return hosts
 
     def ip(self, *args: str) -> str:
         """`ip -n <ns> args...`; returns stdout, raises LabError on failure."""
@@ -262,6 +282,7 @@ class Lab:
                 ns.stop(proc)
         for ns in reversed(spaces):
             _run(["ip", "netns", "del", ns.name], check=False)
+            shutil.rmtree(NETNS_ETC / ns.name, ignore_errors=True)
         self.namespaces.clear()
 
 

@@ -215,7 +215,7 @@ async def connect(
     """Open an authenticated channel to the server at `address`, which must hold `server_public`.
 
     `sock` is an unconnected, non-blocking socket to connect from (the node's TCP punch port);
-    it is closed if the connection fails. With `tls` the channel runs inside TLS
+    it is closed if the connection fails or the call is cancelled. With `tls` the channel runs inside TLS
     (`meshvpn.tlsenvelope`), to the coord's TLS listener.
     """
     loop = asyncio.get_running_loop()
@@ -232,9 +232,11 @@ async def connect(
         else:
             opening = _connect_from(sock, factory, host, port, context)
         transport, protocol = await asyncio.wait_for(opening, timeout)
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (OSError, asyncio.TimeoutError, asyncio.CancelledError) as exc:
         if sock is not None:
             sock.close()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
         reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or f"timed out after {timeout:g}s"
         raise CoordUnreachable(host, port, reason, isinstance(exc, socket.gaierror)) from None
     try:
@@ -243,4 +245,7 @@ async def connect(
         transport.abort()
         raise CoordHandshakeFailed(f"no handshake answer from {host}:{port} within {timeout:g}s",
                                    f"no answer within {timeout:g}s") from None
+    except asyncio.CancelledError:  # a race's loser (`meshvpn.node.coordlink`): leave no connection behind
+        transport.abort()
+        raise
     return CoordClient(transport, protocol)

@@ -5,7 +5,9 @@ A node may know several coordination servers that share one database (``coord.ad
 
 * A *round* tries every known address once, the one that last registered us first, then the
   configured order (a name's addresses rotated by a per-node offset, so that nodes spread over
-  the instances behind one name). An address that does not answer passes to the next at once.
+  the instances behind one name) with the families alternating, IPv6 first. The link races the
+  attempts (`meshvpn.node.eyeballs`): an address that does not answer within the stagger, or
+  fails, has the next one started beside it.
 * Only when a whole round reached no coord does the node wait: ``backoff_delay`` of the rounds
   failed in a row, doubling from ``BACKOFF_INITIAL`` to ``BACKOFF_MAX`` with ±50 % jitter. The
   cap is short (a few seconds) so that a node is back within seconds of a coord answering again,
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from meshvpn.backoff import doubling
+from meshvpn.node.eyeballs import interleave
 from meshvpn.wire import Endpoint
 
 BACKOFF_INITIAL = 0.5
@@ -75,12 +78,18 @@ class Dialer:
         for group in groups:
             turn = int(self.spread * len(group)) if group else 0
             order += [endpoint for endpoint in (*group[turn:], *group[:turn]) if endpoint not in order]
+        order = interleave(order)
         if self.preferred in order:
             order.remove(self.preferred)
             order.insert(0, self.preferred)
         self._round = list(order)
         self._unanswered = False
         return order
+
+    @property
+    def remaining(self) -> int:
+        """Addresses of this round not tried yet."""
+        return len(self._round)
 
     def next_endpoint(self) -> Optional[Endpoint]:
         """The address to try now; None when the round is over."""
@@ -97,11 +106,10 @@ class Dialer:
         self.failures += 1
         return backoff_delay(self.failures, jitter)
 
-    def unanswered(self, jitter: float) -> Optional[float]:
-        """The address just tried took the connection but not the handshake: as `unreachable`,
-        but a round that ends so waits on the refusals' longer ladder."""
+    def unanswered(self) -> None:
+        """An address of this round took the connection but not the handshake: a round that
+        ends without a coord waits on the refusals' longer ladder (see `unreachable`)."""
         self._unanswered = True
-        return self.unreachable(jitter)
 
     def reached(self) -> None:
         """A coord answered (the channel handshake finished): it is back, so waits start short."""

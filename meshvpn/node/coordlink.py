@@ -18,7 +18,7 @@ import ipaddress
 import logging
 import random
 import socket
-from typing import Callable, Optional, Sequence
+from typing import Awaitable, Callable, Optional, Sequence
 
 from meshvpn.config import Address
 from meshvpn.control import messages as m
@@ -26,6 +26,7 @@ from meshvpn.node.coordclient import CoordClient, CoordHandshakeFailed, CoordUnr
 from meshvpn.errors import MeshError
 from meshvpn.noise import StaticIdentity
 from meshvpn.node.coorddial import BACKOFF_MAX, Dialer, backoff_delay, silence_limit
+from meshvpn.node.eyeballs import Race
 from meshvpn.node.startup import explain_coord_failure
 from meshvpn.wire import Endpoint
 
@@ -39,16 +40,22 @@ CLOSE_POLL = 0.1
 """Seconds between cancels of the link's task while it is being closed."""
 
 
-async def resolve(address: Address, family: int = socket.AF_UNSPEC) -> list[Endpoint]:
-    """The IP addresses behind one configured coord address, in the resolver's order."""
+GetAddrInfo = Callable[..., Awaitable[list]]
+"""The resolver: the loop's ``getaddrinfo``, which runs the system's in the loop's executor."""
+
+
+async def resolve(address: Address, family: int = socket.AF_UNSPEC,
+                  getaddrinfo: Optional[GetAddrInfo] = None) -> list[Endpoint]:
+    """The IP addresses behind one configured coord address, in the resolver's order (both
+    families unless `family` says one: a name with only AAAA records is a coord too)."""
     try:
         ipaddress.ip_address(address.host)
         return [Endpoint(address.host, address.port)]
     except ValueError:
         pass
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(address.host, address.port, family=family,
-                                                             type=socket.SOCK_STREAM)
+        infos = await (getaddrinfo or asyncio.get_running_loop().getaddrinfo)(
+            address.host, address.port, family=family, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise CoordUnreachable(address.host, address.port, exc.strerror or str(exc), unresolved=True) from None
     found: list[Endpoint] = []
@@ -57,6 +64,17 @@ async def resolve(address: Address, family: int = socket.AF_UNSPEC) -> list[Endp
         if endpoint not in found:
             found.append(endpoint)
     return found
+
+
+async def _abandon(attempts: dict[asyncio.Task, Endpoint]) -> None:
+    """Stop a race's losers: close those that finished too, cancel those still connecting."""
+    for task in attempts:
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled() and task.exception() is None:
+            task.result().close()
+    if attempts:
+        await asyncio.wait(attempts)
 
 
 class _Refused(Exception):
@@ -78,6 +96,7 @@ class CoordLink:
         local_socket: Optional[Callable[[], socket.socket]] = None,
         family: int = socket.AF_UNSPEC,
         tls_port: int = 0,
+        getaddrinfo: Optional[GetAddrInfo] = None,
     ) -> None:
         self.addresses = tuple(addresses)
         """The configured coord addresses, in order of preference (names resolved per round)."""
@@ -86,6 +105,9 @@ class CoordLink:
         self._tls: set[Endpoint] = set()
         """This round's endpoints that are TLS listeners."""
         self.family = family
+        """The families a coord name is looked up in: both by default, the attempts racing."""
+        self.getaddrinfo = getaddrinfo
+        """The resolver; None: the loop's."""
         self.local_socket = local_socket
         """Makes the socket each connection comes from (the node's TCP punch port); None: any."""
         self.server_public = server_public
@@ -134,9 +156,14 @@ class CoordLink:
         self._drop()
 
     @property
+    def local_endpoint(self) -> Optional[tuple]:
+        """Our end of the connection (the socket's name); None while there is no connection."""
+        return None if self._client is None else self._client.transport.get_extra_info("sockname") or None
+
+    @property
     def local_address(self) -> Optional[str]:
         """The address our end of the connection has; None while there is no connection."""
-        sockname = None if self._client is None else self._client.transport.get_extra_info("sockname")
+        sockname = self.local_endpoint
         return None if not sockname else sockname[0]
 
     def reconnect(self) -> None:
@@ -167,21 +194,22 @@ class CoordLink:
             await asyncio.sleep(delay)
 
     async def _round(self) -> float:
-        """Try the coord's addresses in the dialer's order; the wait before the next round."""
+        """Race the coord's addresses in the dialer's order; the wait before the next round."""
         groups = []
         for address in self.addresses:
             try:
-                groups.append(await resolve(address, self.family))
+                groups.append(await resolve(address, self.family, self.getaddrinfo))
             except CoordUnreachable as exc:
                 self._warn(address, explain_coord_failure(address, exc))
         if self.tls_port:
             tls_groups = [[Endpoint(endpoint.host, self.tls_port) for endpoint in group] for group in groups]
             self._tls = {endpoint for group in tls_groups for endpoint in group}
             groups += tls_groups
-        self.dialer.plan(groups)
+        order = self.dialer.plan(groups)
+        log.debug("racing for the coord at %s", ", ".join(str(Address(*endpoint)) for endpoint in order) or "nothing")
         delay: Optional[float] = None
-        while delay is None and (endpoint := self.dialer.next_endpoint()) is not None:
-            delay = await self._attempt(endpoint)
+        while delay is None and (won := await self._race()) is not None:
+            delay = await self._attempt(*won)
         if delay is None:
             delay = self.dialer.unreachable(self._rng.random()) or 0.0
         if not self._tried:
@@ -189,18 +217,55 @@ class CoordLink:
             self.on_state(False)
         return delay
 
-    async def _attempt(self, endpoint: Endpoint) -> Optional[float]:
-        """One connection through `endpoint`; None to go on with the round, else the wait."""
+    async def _race(self) -> Optional[tuple[CoordClient, Endpoint]]:
+        """Connections to the round's next addresses, a stagger apart (`meshvpn.node.eyeballs`):
+        the first to finish the channel handshake, the others closed; None when all failed."""
+        loop = asyncio.get_running_loop()
+        race = Race()
+        attempts: dict[asyncio.Task, Endpoint] = {}
         try:
-            await self._session(endpoint)
+            while True:
+                while race.start_now(loop.time()) and (endpoint := self.dialer.next_endpoint()) is not None:
+                    attempts[loop.create_task(self._connect(endpoint))] = endpoint
+                    race.started(loop.time())
+                if not attempts:
+                    return None
+                timer = race.get_timer() if self.dialer.remaining else None
+                done, _ = await asyncio.wait(attempts, timeout=None if timer is None else max(0.0, timer - loop.time()),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    endpoint = attempts.pop(task)
+                    if task.exception() is None:
+                        race.won()
+                        return task.result(), endpoint
+                    self._failed(endpoint, task.exception())
+                    race.failed(loop.time())
+        finally:
+            await _abandon(attempts)
+
+    async def _connect(self, endpoint: Endpoint) -> CoordClient:
+        sock = None if self.local_socket is None or ":" in endpoint.host else self.local_socket()
+        return await connect(endpoint, self.server_public, self.identity, keepalive=self.keepalive,
+                             timeout=CONNECT_TIMEOUT, sock=sock, tls=endpoint in self._tls)
+
+    def _failed(self, endpoint: Endpoint, exc: BaseException) -> None:
+        """One attempt of a race failed: say why (once per reason)."""
+        if isinstance(exc, CoordHandshakeFailed):
+            self.dialer.unanswered()
+        if not isinstance(exc, (OSError, asyncio.TimeoutError, MeshError)):
+            raise exc
+        self._warn(endpoint, explain_coord_failure(Address(*endpoint), exc))
+
+    async def _attempt(self, client: CoordClient, endpoint: Endpoint) -> Optional[float]:
+        """Register and serve over the race's winner; None to race the rest of the round, else the wait."""
+        try:
+            await self._session(client, endpoint)
         except asyncio.CancelledError:
             raise
         except _Refused:
             return self.dialer.refused(self._rng.random())
         except (OSError, asyncio.TimeoutError, EOFError, MeshError) as exc:
             self._warn(endpoint, explain_coord_failure(Address(*endpoint), exc))
-            if isinstance(exc, CoordHandshakeFailed):
-                return self.dialer.unanswered(self._rng.random())
         finally:
             registered = self._drop()
         if registered:
@@ -228,11 +293,7 @@ class CoordLink:
             self.on_state(False)
         return was
 
-    async def _session(self, endpoint: Endpoint) -> None:
-        client = await connect(endpoint, self.server_public, self.identity,
-                               keepalive=self.keepalive, timeout=CONNECT_TIMEOUT,
-                               sock=None if self.local_socket is None or ":" in endpoint.host else self.local_socket(),
-                               tls=endpoint in self._tls)
+    async def _session(self, client: CoordClient, endpoint: Endpoint) -> None:
         self._client = client
         self.dialer.reached()
         client.send(self.register())

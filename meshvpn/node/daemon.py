@@ -142,14 +142,14 @@ class NodeDaemon:
             self.link = CoordLink(
                 (cfg.coord.address, *cfg.coord.other_addresses), cfg.coord.public_key, self.node.core.identity,
                 self._register_message, self._on_coord_message, self._on_coord_state,
-                local_socket=self.punch.coord_socket, family=self.udp.family, tls_port=cfg.coord.tls_port,
+                local_socket=self.punch.coord_socket, tls_port=cfg.coord.tls_port,
             )
             self.native = NativeReceiver.attach(self.loop, self.data, self.sock, self.tun, self._sends, self._on_udp,
                                                 self._on_tun, self._after_data)
             await self.control.start()
             self.local = self._local_endpoints()
             self.node.set_own_endpoints(self.local, None)
-            self.names = watch_names(self.loop, self.udp.family, self.node, self.transmit)
+            self.names = watch_names(self.loop, self.udp, self.node, self.transmit)
             self._tasks.append(self.loop.create_task(self.names.run()))
             self.link.start()
             self.refresh.start()
@@ -445,7 +445,7 @@ class NodeDaemon:
             auth_key=self.config.coord.auth_key or None,
             os=platform.system().lower() or None,
             public_endpoint=self.public_endpoint,
-            tcp_punch=self.punch.from_punch_port or None,
+            tcp_punch=self.punch.carries(self.link.local_endpoint) or None,
             nat=self.nat,
             deltas=True, delta_version=m.DELTA_VERSION,
             lan_party=True, peer_relays=True,

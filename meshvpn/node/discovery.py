@@ -29,12 +29,21 @@ MAPPING_TIMEOUT = 5.0
 
 
 async def stun_server(config: NodeConfig, family: int, host: Optional[str] = None) -> Endpoint:
-    """The coord's STUN server (``host``, the coord instance in use, else the host of
-    ``coord.address``; port ``coord.stun_port``), resolved for the node's socket family."""
+    """The coord's STUN server (port ``coord.stun_port``) in `family`: at ``host``, the coord
+    instance in use, else at the first coord address with an address of that family (the link
+    may have been won over the other family, `meshvpn.node.eyeballs`). OSError when none has."""
     coord = config.coord
-    infos = await asyncio.get_running_loop().getaddrinfo(host or coord.address.host, coord.stun_port, family=family,
-                                                         type=socket.SOCK_DGRAM)
-    return Endpoint(*infos[0][4][:2])
+    loop = asyncio.get_running_loop()
+    failure: Optional[OSError] = None
+    for name in dict.fromkeys(filter(None, (host, coord.address.host, *(a.host for a in coord.other_addresses)))):
+        try:
+            infos = await loop.getaddrinfo(name, coord.stun_port, family=family, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            failure = exc
+            continue
+        if infos:
+            return Endpoint(*infos[0][4][:2])
+    raise failure or OSError(f"no coord address for {socket.AddressFamily(family).name}")
 
 
 async def public_mapping(stun: StunClient, config: NodeConfig, family: int,

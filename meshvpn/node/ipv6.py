@@ -22,7 +22,7 @@ from typing import Iterable, Optional
 
 from meshvpn.config import NodeConfig
 from meshvpn.control import messages as m
-from meshvpn.node.discovery import MAPPING_TIMEOUT
+from meshvpn.node.discovery import MAPPING_TIMEOUT, stun_server
 from meshvpn.stunio import StunClient
 from meshvpn.wire import Endpoint
 
@@ -84,16 +84,10 @@ def local_ipv6(port: int, tun_name: str, allow_ula: bool) -> tuple[Endpoint, ...
 
 async def stun_server6(config: NodeConfig) -> Optional[Endpoint]:
     """The coord's STUN server over IPv6: the first coord address with an IPv6 address."""
-    loop = asyncio.get_running_loop()
-    for address in (config.coord.address, *config.coord.other_addresses):
-        try:
-            infos = await loop.getaddrinfo(address.host, config.coord.stun_port, family=socket.AF_INET6,
-                                           type=socket.SOCK_DGRAM)
-        except OSError:
-            continue
-        if infos:
-            return Endpoint(*infos[0][4][:2])
-    return None
+    try:
+        return await stun_server(config, socket.AF_INET6)
+    except OSError:
+        return None
 
 
 async def ipv6_mapping(stun: StunClient, config: NodeConfig) -> Optional[Endpoint]:

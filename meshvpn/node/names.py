@@ -24,6 +24,7 @@ from typing import Awaitable, Callable, Optional
 from meshvpn.control import messages as m
 from meshvpn.node.node import Node
 from meshvpn.node.relay.core import is_ip
+from meshvpn.udpbatch import BatchUdpSocket
 
 log = logging.getLogger("meshvpn.node.names")
 
@@ -33,26 +34,33 @@ RESOLVE_TIMEOUT = 5.0
 """Seconds one lookup may take."""
 
 Resolve = Callable[[str, int], Awaitable[Optional[str]]]
+GetAddrInfo = Callable[..., Awaitable[list]]
+"""The system's resolver as the loop runs it in its executor (``loop.getaddrinfo``)."""
 
 
-def resolver(loop: asyncio.AbstractEventLoop, family: int) -> Resolve:
-    """Look a name up with the system's resolver (getaddrinfo): its first address of `family`, or None."""
+def resolver(getaddrinfo: GetAddrInfo, family: int, dual: bool = False) -> Resolve:
+    """Look a name up with `getaddrinfo`: its first address of `family`; with `dual` (the node's
+    socket carries both families) both are asked and an IPv6 address serves when the name has
+    no `family` address (only AAAA records). None when it has none."""
 
     async def resolve(host: str, port: int) -> Optional[str]:
         try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM), RESOLVE_TIMEOUT)
+            infos = await asyncio.wait_for(getaddrinfo(host, port, family=socket.AF_UNSPEC if dual else family,
+                                                       type=socket.SOCK_DGRAM), RESOLVE_TIMEOUT)
         except (OSError, asyncio.TimeoutError) as exc:
             log.warning("cannot resolve %s: %s", host, getattr(exc, "strerror", None) or exc or "timed out")
             return None
-        return ipaddress.ip_address(infos[0][4][0]).compressed if infos else None
+        ordered = sorted(infos, key=lambda info: info[0] != family)  # stable: the resolver's order within
+        return ipaddress.ip_address(ordered[0][4][0]).compressed if ordered else None
 
     return resolve
 
 
-def watch_names(loop: asyncio.AbstractEventLoop, family: int, node: Node, transmit: Callable[[], None]) -> NameWatch:
+def watch_names(loop: asyncio.AbstractEventLoop, udp: BatchUdpSocket, node: Node,
+                transmit: Callable[[], None]) -> NameWatch:
     """The daemon's watch: a moved name reconfigures the node's relay and TURN links (then the daemon
-    sends what that produced); a server works when its relay link is ready or its TURN allocation is."""
+    sends what that produced); a server works when its relay link is ready or its TURN allocation is.
+    Names are looked up for `udp`, the node's socket, which every relay and TURN packet leaves from."""
 
     def moved(registered: m.Registered) -> None:
         node.servers_moved(registered, loop.time())
@@ -62,7 +70,7 @@ def watch_names(loop: asyncio.AbstractEventLoop, family: int, node: Node, transm
         relay, server = node.relays.links.get(name), node.turn.servers.get(name)
         return (relay is not None and relay.ready) or (server is not None and server.client.ready)
 
-    return NameWatch(resolver(loop, family), moved, works)
+    return NameWatch(resolver(loop.getaddrinfo, udp.family, udp.dual), moved, works)
 
 
 class NameWatch:

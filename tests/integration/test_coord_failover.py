@@ -123,3 +123,22 @@ def test_stun_goes_to_the_coord_instance_in_use(free_udp_port):
 
     sample = asyncio.run(run())
     assert sample is not None and sample.host == "127.0.0.1"
+
+
+def test_stun_goes_to_a_coord_address_of_the_sockets_family_when_the_link_was_won_over_the_other(free_udp_port):
+    """Registered over IPv6 (the race put it first), an IPv4 socket's STUN query goes to the first
+    coord address with an IPv4 address, not to the IPv6 host it cannot send to."""
+    port = free_udp_port("127.0.0.1")
+    config = NodeConfig(private_key_file=Path("unused.key"), listen=ListenConfig(address="127.0.0.1", port=0),
+                        coord=NodeCoordLink(address=Address("::1", 7400), public_key=bytes(32), stun_port=port,
+                                            other_addresses=(Address("127.0.0.1", 7400),)))
+
+    async def run():
+        server = await start_stun_server("127.0.0.1", port)
+        try:
+            return await port_sample(config, socket.AF_INET, host="::1")
+        finally:
+            server.close()
+
+    sample = asyncio.run(run())
+    assert sample is not None and sample.host == "127.0.0.1"

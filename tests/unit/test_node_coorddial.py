@@ -9,6 +9,7 @@ from meshvpn.wire import Endpoint
 
 A1, A2 = Endpoint("203.0.113.10", 7400), Endpoint("203.0.113.11", 7400)
 B = Endpoint("198.51.100.7", 7400)
+A6, B6 = Endpoint("2001:db8::a", 7400), Endpoint("2001:db8:0:1::7", 7400)
 
 
 def test_backoff_doubles_to_a_cap_of_a_few_seconds_with_jitter():
@@ -110,7 +111,8 @@ def test_a_coord_that_takes_connections_but_not_handshakes_is_pressed_on_the_lon
     for _ in range(8):
         dialer.plan([[A1], [B]])
         dialer.next_endpoint()
-        assert dialer.unanswered(0.5) is None, "B is tried at once"
+        dialer.unanswered()
+        assert dialer.unreachable(0.5) is None, "B is tried at once"
         dialer.next_endpoint()
         waits.append(dialer.unreachable(0.5))
     assert waits[:3] == [0.5, 1.0, 2.0] and waits[-1] == REFUSED_MAX
@@ -118,3 +120,10 @@ def test_a_coord_that_takes_connections_but_not_handshakes_is_pressed_on_the_lon
     dialer.plan([[A1]])
     dialer.next_endpoint()
     assert dialer.unreachable(0.5) == BACKOFF_INITIAL, "a plain failure round is on the short ladder again"
+
+
+def test_a_round_alternates_the_families_ipv6_first_but_keeps_the_address_that_registered_it_first():
+    dialer = Dialer()
+    assert dialer.plan([[A1, A6], [B], [B6]]) == [A6, A1, B6, B], "RFC 8305 section 4"
+    dialer.registered(B)
+    assert dialer.plan([[A1, A6], [B], [B6]]) == [B, A6, A1, B6]

@@ -78,7 +78,7 @@ HANG_UP = object()
 
 
 @contextlib.asynccontextmanager
-async def scripted_coords(*answers, tls=None):
+async def scripted_coords(*answers, tls=None, host="127.0.0.1"):
     """One coord per `answer(msg)` (the messages to send back, HANG_UP last to close); yields their addresses."""
 
     def serve(answer):
@@ -95,9 +95,9 @@ async def scripted_coords(*answers, tls=None):
                 writer.write(channel.data_to_send())
         return on_connection
 
-    servers = [await asyncio.start_server(serve(answer), "127.0.0.1", 0, ssl=tls) for answer in answers]
+    servers = [await asyncio.start_server(serve(answer), host, 0, ssl=tls) for answer in answers]
     try:
-        yield [Address("127.0.0.1", server.sockets[0].getsockname()[1]) for server in servers]
+        yield [Address(host, server.sockets[0].getsockname()[1]) for server in servers]
     finally:
         for server in servers:
             server.close()
@@ -283,3 +283,89 @@ def test_when_plain_tcp_reaches_no_coord_the_tls_port_of_the_same_hosts_is_tried
 
     endpoint, tls_port, over_tls = asyncio.run(run())
     assert tuple(endpoint) == ("127.0.0.1", tls_port) and over_tls
+
+
+class Names:
+    """getaddrinfo at the link's edge: each name's addresses (with their own ports, so that one
+    test can listen on both families), IPv6 records first as a resolver orders them."""
+
+    def __init__(self, **records):
+        self.records = {name.replace("_", "."): addresses for name, addresses in records.items()}
+
+    async def getaddrinfo(self, host, port, *, family=0, type=0):
+        found = [(socket.AF_INET6 if ":" in a.host else socket.AF_INET, type, 0, "", tuple(a))
+                 for a in self.records.get(host, ())]
+        return [info for info in found if family in (socket.AF_UNSPEC, info[0])]
+
+
+@contextlib.contextmanager
+def blackhole():
+    """An IPv6 address whose connections hang, as behind a route that drops every packet: a
+    listener whose one-place accept queue is full, so the kernel drops every further SYN."""
+    listener = socket.socket(socket.AF_INET6)
+    listener.bind(("::1", 0))
+    listener.listen(0)
+    filler = socket.create_connection(listener.getsockname()[:2])
+    try:
+        yield Address("::1", listener.getsockname()[1])
+    finally:
+        filler.close()
+        listener.close()
+
+
+@pytest.mark.timeout(20)
+def test_a_name_with_only_aaaa_records_is_a_coord_over_ipv6():
+    async def run():
+        async with scripted_coords(registers, host="::1") as (coord,):
+            zone = Names(coord_test=[coord])
+            async with running_link([Address("coord.test", 7400)], getaddrinfo=zone.getaddrinfo) as link:
+                await until(lambda: link.connected)
+                return link.endpoint, coord
+
+    endpoint, coord = asyncio.run(run())
+    assert tuple(endpoint) == tuple(coord) and endpoint.host == "::1"
+
+
+@pytest.mark.timeout(20)
+def test_a_blackholed_ipv6_address_costs_the_stagger_not_a_connect_timeout():
+    """RFC 8305: IPv6 is tried first; its attempt hangs, IPv4 starts 250 ms later and registers."""
+
+    async def run():
+        states = TimedStates()
+        with blackhole() as hole:
+            async with scripted_coords(registers) as (coord,):
+                zone = Names(coord_test=[hole, coord])
+                started = asyncio.get_running_loop().time()
+                async with running_link([Address("coord.test", 7400)], states, getaddrinfo=zone.getaddrinfo) as link:
+                    await until(lambda: link.connected)
+                    return link.endpoint, coord, states[0][1] - started
+
+    endpoint, coord, took = asyncio.run(run())
+    assert tuple(endpoint) == tuple(coord)
+    assert 0.25 <= took < 1.0, f"registered after {took:.2f} s"
+
+
+@pytest.mark.timeout(20)
+def test_the_first_handshake_wins_and_the_slower_connection_is_closed():
+    closed = []
+
+    async def mute(reader, writer):
+        await reader.read()  # takes the connection, never answers the handshake, sees it closed
+        closed.append(asyncio.get_running_loop().time())
+
+    async def run():
+        server = await asyncio.start_server(mute, "::1", 0)
+        slow = Address("::1", server.sockets[0].getsockname()[1])
+        try:
+            async with scripted_coords(registers) as (coord,):
+                async with running_link([coord, slow]) as link:
+                    await until(lambda: link.connected)
+                    won = asyncio.get_running_loop().time()
+                    await until(lambda: closed, seconds=2)
+                    return link.endpoint, coord, closed[0] - won
+        finally:
+            server.close()
+
+    endpoint, coord, closed_after = asyncio.run(run())
+    assert tuple(endpoint) == tuple(coord), "IPv6 went first, but IPv4's handshake finished first"
+    assert closed_after < 0.5, "the loser is closed when the winner registers, not left to time out"

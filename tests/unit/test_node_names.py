@@ -121,7 +121,7 @@ def test_the_cores_take_what_the_watch_hands_on():
 
 def test_the_system_resolver_finds_localhost():
     async def scenario():
-        resolve = names.resolver(asyncio.get_running_loop(), socket.AF_INET)
+        resolve = names.resolver(asyncio.get_running_loop().getaddrinfo, socket.AF_INET)
         assert await resolve("localhost", 7500) == "127.0.0.1"
 
     asyncio.run(scenario())
@@ -141,3 +141,30 @@ def test_a_relays_message_has_its_named_servers_resolved_and_is_what_a_later_mov
         assert [r.host for r in watcher.rewrite(offered).relays] == ["203.0.113.20", "198.51.100.2", "198.51.100.9"]
 
     asyncio.run(scenario())
+
+
+class Records:
+    """getaddrinfo at the shell's edge: a name's A and AAAA records, and the families asked for."""
+
+    def __init__(self, **records):
+        self.records = {name.replace("_", "."): addresses for name, addresses in records.items()}
+        self.families: list[int] = []
+
+    async def getaddrinfo(self, host, port, *, family=0, type=0):
+        self.families.append(family)
+        found = [(socket.AF_INET6 if ":" in a else socket.AF_INET, type, 0, "", (a, port))
+                 for a in self.records.get(host, ())]
+        return [info for info in found if family in (socket.AF_UNSPEC, info[0])]
+
+
+def test_a_dual_stack_node_reaches_a_relay_named_by_aaaa_records_only_and_prefers_ipv4_otherwise():
+    async def scenario():
+        zone = Records(six_example=["2001:db8::20"], both_example=["2001:db8::21", "203.0.113.21"])
+        dual = names.resolver(zone.getaddrinfo, socket.AF_INET, dual=True)
+        ipv4 = names.resolver(zone.getaddrinfo, socket.AF_INET)
+        found = [await dual("six.example", 7500), await dual("both.example", 7500), await ipv4("six.example", 7500)]
+        return found, zone.families
+
+    found, families = asyncio.run(scenario())
+    assert found == ["2001:db8::20", "203.0.113.21", None]
+    assert families == [socket.AF_UNSPEC, socket.AF_UNSPEC, socket.AF_INET], "an IPv4 socket cannot send to IPv6"

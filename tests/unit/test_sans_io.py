@@ -46,6 +46,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.pathfinder",
     "meshvpn.node.core",
     "meshvpn.node.coorddial",
+    "meshvpn.node.eyeballs",
     "meshvpn.node.events",
     "meshvpn.node.node",
     "meshvpn.node.punching",

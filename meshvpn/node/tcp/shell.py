@@ -78,8 +78,6 @@ class PunchPort:
         self.streams: dict[int, _Stream] = {}
         self.address: Optional[tuple[str, int]] = None
         """Where the punch port is bound, once `start` succeeded."""
-        self.from_punch_port = False
-        """Whether the latest coord socket was bound to the punch port (the coord may report it)."""
         self._connects: dict[int, asyncio.Task] = {}
         self._server: Optional[asyncio.AbstractServer] = None
 
@@ -98,17 +96,21 @@ class PunchPort:
 
     def coord_socket(self) -> socket.socket:
         """A socket for the coord connection: from the punch port if possible, else any port."""
-        self.from_punch_port = False
         if self.address is not None:
             try:
-                sock = self._socket(*self.address)
-                self.from_punch_port = True
-                return sock
+                return self._socket(*self.address)
             except OSError as exc:
                 log.info("coord connection not from the punch port: %s", exc)
         sock = socket.socket(_family(self.address[0] if self.address else "0.0.0.0"), socket.SOCK_STREAM)
         sock.setblocking(False)
         return sock
+
+    def carries(self, sockname: Optional[tuple]) -> bool:
+        """Whether a connection whose end is `sockname` left from the punch port, so that the coord
+        sees (and may pass on) the port's mapping: not when the race for the coord was won over
+        IPv6 (`meshvpn.node.coordlink`), or the port could not be bound again."""
+        return (self.address is not None and sockname is not None and sockname[1] == self.address[1]
+                and _family(sockname[0]) == _family(self.address[0]))
 
     def can_send(self, conn_id: Optional[int]) -> bool:
         """Whether connection `conn_id` exists and is not backed up."""
