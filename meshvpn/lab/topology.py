@@ -233,6 +233,21 @@ class Topology:
         owner.firewall6 = Ipv6Firewall(broken=broken)
         owner.firewall6.install(owner.links)
 
+    def renumber6(self, name: str) -> str:
+        """Give host `name` a new IPv6 address in its LAN's prefix and then remove its old one, as a
+        host does when its prefix's addresses change (a privacy address, a new interface ID).
+        Returns the new address."""
+        node = self.node(name)
+        owner = next(site for site in self.sites.values() if node in site.hosts)
+        if owner.lan.network6 is None or not node.addrs6:
+            raise LabError(f"{name!r} has no IPv6 address")
+        old = node.addrs6[0]
+        new = str(owner.lan.network6[int(ip_address(old)) - int(owner.lan.network6.network_address) + 0x100])
+        node.ns.ip("-6", "addr", "add", f"{new}/64", "dev", "eth0", "nodad")
+        node.ns.ip("-6", "addr", "del", f"{old}/64", "dev", "eth0")
+        node.addrs6[0] = new
+        return new
+
     def addr6(self, name: str) -> str:
         """Primary IPv6 address of a node, on a dual-stack lab."""
         node = self.node(name)

@@ -23,14 +23,13 @@ from typing import Iterable, Optional
 from meshvpn.config import NodeConfig
 from meshvpn.control import messages as m
 from meshvpn.node.discovery import MAPPING_TIMEOUT, stun_server
+from meshvpn.node.netlink import IFA_F_UNUSABLE
 from meshvpn.stunio import StunClient
 from meshvpn.wire import Endpoint
 
 log = logging.getLogger("meshvpn.node")
 
 IF_INET6 = Path("/proc/net/if_inet6")
-UNUSABLE = 0x08 | 0x20 | 0x40
-"""IFA_F_DADFAILED, IFA_F_DEPRECATED and IFA_F_TENTATIVE: addresses not to announce."""
 ULA = ipaddress.ip_network("fc00::/7")
 
 
@@ -56,7 +55,7 @@ def select_ipv6(addresses: Iterable[tuple[str, str, int]], port: int, skip_inter
     out: list[Endpoint] = []
     for interface, text, flags in addresses:
         address = ipaddress.IPv6Address(text)
-        if interface in skip or flags & UNUSABLE or not reachable_elsewhere(address, allow_ula):
+        if interface in skip or flags & IFA_F_UNUSABLE or not reachable_elsewhere(address, allow_ula):
             continue
         endpoint = Endpoint(address.compressed, port)
         if endpoint not in out:
@@ -73,13 +72,17 @@ def reachable_elsewhere(address: ipaddress.IPv6Address, allow_ula: bool) -> bool
     return allow_ula or address not in ULA
 
 
+def host_ipv6() -> list[tuple[str, str, int]]:
+    """``(interface, address, flags)`` of every IPv6 address of this host (none without IPv6)."""
+    try:
+        return interface_ipv6(IF_INET6.read_text())
+    except OSError:
+        return []
+
+
 def local_ipv6(port: int, tun_name: str, allow_ula: bool) -> tuple[Endpoint, ...]:
     """This host's global IPv6 endpoints for a UDP socket on ``port``."""
-    try:
-        text = IF_INET6.read_text()
-    except OSError:
-        return ()
-    return select_ipv6(interface_ipv6(text), port, (tun_name,), allow_ula)
+    return select_ipv6(host_ipv6(), port, (tun_name,), allow_ula)
 
 
 async def stun_server6(config: NodeConfig) -> Optional[Endpoint]:

@@ -5,6 +5,10 @@ The rules, applied to each :mod:`meshvpn.node.netlink` change:
 * Changes on an ignored interface (the node's own TUN) never matter: assigning the overlay
   address would otherwise look like a network change.
 * A usable IPv4 address (not loopback, not link-local) added or removed matters.
+* An IPv6 address beyond the link (not loopback, link-local or multicast) matters when it comes,
+  once duplicate address detection let it be used, when it goes, and when it turns unusable
+  (deprecated); the kernel's repeats of a known one (a router advertisement renewing its
+  lifetime) do not. The node announces these addresses to its peers (`meshvpn.node.ipv6`).
 * A default route of the main table added or removed matters.
 * A link that goes down, or comes up after being seen down (or appears for the first time),
   matters; flag changes that leave it as it was do not.
@@ -24,7 +28,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from meshvpn.node.netlink import AddressChange, Change, LinkChange, RouteChange
+from meshvpn.node.netlink import IFA_F_UNUSABLE, AddressChange, Change, LinkChange, RouteChange
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class NetChanges:
         self._names: dict[int, str] = {}
         self._up: dict[int, bool] = {}
         self._addresses: dict[str, int] = {}
+        self._usable6: dict[str, bool] = {}
+        """Whether each known IPv6 address may be used (announced), as last heard."""
         self._gateway: Optional[str] = None
         self._reasons: list[str] = []
         self._removed: set[str] = set()
@@ -74,12 +80,17 @@ class NetChanges:
         self._last: Optional[float] = None
         self._actions: list[NetworkChanged] = []
 
-    def seed(self, names: dict[int, str], addresses: Iterable[tuple[str, str]], gateway: Optional[str]) -> None:
-        """What the host had when watching began: interface names by index, (interface, address), the gateway."""
+    def seed(self, names: dict[int, str], addresses: Iterable[tuple[str, str]], gateway: Optional[str],
+             addresses6: Iterable[tuple[str, str, int]] = ()) -> None:
+        """What the host had when watching began: interface names by index, (interface, address), the
+        gateway, and (interface, IPv6 address, IFA_F_* flags)."""
         self._names.update(names)
         by_name = {name: index for index, name in names.items()}
         for interface, address in addresses:
             self._addresses[address] = by_name.get(interface, -1)
+        for interface, address, flags in addresses6:
+            self._addresses[address] = by_name.get(interface, -1)
+            self._usable6[address] = not flags & IFA_F_UNUSABLE
         self._gateway = gateway
 
     # ---- inbox --------------------------------------------------------------------
@@ -153,15 +164,28 @@ class NetChanges:
         if change.label is not None and change.index not in self._names:
             self._names[change.index] = change.label.split(":", 1)[0]
         name = self._name(change.index)
-        address = ipaddress.IPv4Address(change.address)
-        if name in self.ignore or address.is_loopback or address.is_link_local or address.is_unspecified:
+        address = ipaddress.ip_address(change.address)
+        if (name in self.ignore or address.is_loopback or address.is_link_local or address.is_unspecified
+                or address.is_multicast):
             return None
         if change.removed:
             self._addresses.pop(change.address, None)
+            self._usable6.pop(change.address, None)
             self._removed.add(change.address)
             return f"{change.address} removed from {name}"
         self._addresses[change.address] = change.index
+        if address.version == 6:
+            return self._address6(change, name)
         return f"{change.address} added on {name}"
+
+    def _address6(self, change: AddressChange, name: str) -> Optional[str]:
+        """A new or changed IPv6 address matters when it became usable or stopped being so."""
+        usable = not change.flags & IFA_F_UNUSABLE
+        before = self._usable6.get(change.address)
+        self._usable6[change.address] = usable
+        if before == usable or (before is None and not usable):
+            return None
+        return f"{change.address} {'added on' if usable else 'unusable on'} {name}"
 
     def _route(self, change: RouteChange) -> Optional[str]:
         name = self._name(change.oif)

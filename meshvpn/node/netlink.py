@@ -1,4 +1,4 @@
-"""The few rtnetlink messages a node watches: links, IPv4 addresses and IPv4 routes (sans-IO).
+"""The few rtnetlink messages a node watches: links, IPv4 and IPv6 addresses, IPv4 routes (sans-IO).
 
 The kernel tells a socket of the ``NETLINK_ROUTE`` family about every link, address and route
 change of its network namespace (rtnetlink(7)). One read holds several messages, each a
@@ -11,7 +11,10 @@ attributes (``rtattr``: length, type, value):
     rtmsg      family, dst_len, src_len, tos, table, protocol, scope, type (u8 each) | flags u32 + RTA_*
 
 Only what the node decides on is kept (:class:`LinkChange`, :class:`AddressChange`,
-:class:`RouteChange`); other message types are skipped. Malformed input raises
+:class:`RouteChange`); other message types are skipped. IPv6 addresses are watched because a
+node announces its global ones to its peers (`meshvpn.node.ipv6`): one that comes or goes is a
+network change like an IPv4 one. Their flags (tentative, deprecated...) come in the
+``IFA_FLAGS`` attribute when the kernel has more than the header's eight bits. Malformed input raises
 :class:`~meshvpn.errors.RemoteProtocolError` only, like every decoder here.
 """
 
@@ -27,19 +30,25 @@ from meshvpn.errors import RemoteProtocolError
 RTMGRP_LINK = 0x1
 RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV4_ROUTE = 0x40
-GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
-"""The multicast groups a watcher joins: link, IPv4 address and IPv4 route changes."""
+RTMGRP_IPV6_IFADDR = 0x100
+GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR
+"""The multicast groups a watcher joins: link, IPv4 and IPv6 address, and IPv4 route changes."""
 
 NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 2, 3, 4
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWADDR, RTM_DELADDR = 20, 21
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
+IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TENTATIVE = 0x08, 0x20, 0x40
+IFA_F_UNUSABLE = IFA_F_DADFAILED | IFA_F_DEPRECATED | IFA_F_TENTATIVE
+"""Flags of an address the kernel would not (or should not) send from: not one to announce."""
 IFLA_IFNAME = 3
-IFA_ADDRESS, IFA_LOCAL, IFA_LABEL = 1, 2, 3
+IFA_ADDRESS, IFA_LOCAL, IFA_LABEL, IFA_FLAGS = 1, 2, 3, 8
 RTA_OIF, RTA_GATEWAY, RTA_TABLE = 4, 5, 15
 RT_TABLE_MAIN = 254
-AF_INET = 2
+AF_INET, AF_INET6 = 2, 10
+_SIZES = {AF_INET: (4, 32), AF_INET6: (16, 128)}
+"""Address bytes and longest prefix per family."""
 
 _HEADER = struct.Struct("=IHHII")
 _IFINFO = struct.Struct("=BxHiII")
@@ -61,14 +70,16 @@ class LinkChange:
 
 @dataclass(frozen=True)
 class AddressChange:
-    """An IPv4 address was added to or removed from a link."""
+    """An IPv4 or IPv6 address was added to (or changed on) or removed from a link."""
 
     index: int
     address: str
     prefixlen: int
     label: Optional[str]
-    """The interface name (the kernel labels IPv4 addresses with it)."""
+    """The interface name (the kernel labels IPv4 addresses with it, not IPv6 ones)."""
     removed: bool = False
+    flags: int = 0
+    """IFA_F_* flags (IFA_FLAGS when present, else the header's): tentative, deprecated..."""
 
 
 @dataclass(frozen=True)
@@ -134,15 +145,19 @@ def _link(body: memoryview, removed: bool) -> LinkChange:
 
 def _address(body: memoryview, removed: bool) -> Optional[AddressChange]:
     _need(body, _IFADDR.size, "ifaddrmsg")
-    family, prefixlen, _flags, _scope, index = _IFADDR.unpack_from(body)
-    if family != AF_INET:
+    family, prefixlen, flags, _scope, index = _IFADDR.unpack_from(body)
+    if family not in _SIZES:
         return None
+    size, longest = _SIZES[family]
     attrs = _attributes(body[_IFADDR.size :])
     raw = attrs.get(IFA_LOCAL, attrs.get(IFA_ADDRESS))
-    if raw is None or len(raw) != 4 or prefixlen > 32:
-        raise RemoteProtocolError("IPv4 address message without a 4-byte address")
-    return AddressChange(index, str(ipaddress.IPv4Address(bytes(raw))), prefixlen, _text(attrs.get(IFA_LABEL)),
-                         removed)
+    if raw is None or len(raw) != size or prefixlen > longest:
+        raise RemoteProtocolError(f"address message of family {family} without a {size}-byte address")
+    extended = attrs.get(IFA_FLAGS)
+    if extended is not None and len(extended) == 4:
+        flags = struct.unpack("=I", extended)[0]
+    return AddressChange(index, ipaddress.ip_address(bytes(raw)).compressed, prefixlen,
+                         _text(attrs.get(IFA_LABEL)), removed, flags)
 
 
 def _route(body: memoryview, removed: bool) -> Optional[RouteChange]:
@@ -219,6 +234,13 @@ def address_message(index: int, address: str, prefixlen: int, label: str, remove
     packed = ipaddress.IPv4Address(address).packed
     body = (_IFADDR.pack(AF_INET, prefixlen, 0, 0, index) + attribute(IFA_ADDRESS, packed)
             + attribute(IFA_LOCAL, packed) + attribute(IFA_LABEL, label.encode() + b"\0"))
+    return message(RTM_DELADDR if removed else RTM_NEWADDR, body)
+
+
+def address6_message(index: int, address: str, prefixlen: int, flags: int = 0, removed: bool = False) -> bytes:
+    """As the kernel sends an IPv6 address: IFA_ADDRESS only, no label, the flags in IFA_FLAGS too."""
+    body = (_IFADDR.pack(AF_INET6, prefixlen, flags & 0xFF, 0, index)
+            + attribute(IFA_ADDRESS, ipaddress.IPv6Address(address).packed) + attribute(IFA_FLAGS, struct.pack("=I", flags)))
     return message(RTM_DELADDR if removed else RTM_NEWADDR, body)
 
 

@@ -1,6 +1,6 @@
 """The shell that watches the host's network: an rtnetlink socket read from the event loop.
 
-The kernel multicasts link, IPv4 address and IPv4 route changes to a ``NETLINK_ROUTE`` socket
+The kernel multicasts link, IPv4 and IPv6 address and IPv4 route changes to a ``NETLINK_ROUTE`` socket
 bound to their groups; this shell reads them, decodes them (:mod:`meshvpn.node.netlink`) and
 gives them to the sans-IO rules (:mod:`meshvpn.node.netchange`), whose one debounce timer it
 keeps. When a burst of changes is over, ``on_change`` gets one
@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.node.endpoints import interface_addresses
+from meshvpn.node.ipv6 import host_ipv6
 from meshvpn.node.netchange import NetChanges, NetworkChanged
 from meshvpn.node.netlink import GROUPS, Overrun, decode
 from meshvpn.timers import DeadlineTimer
@@ -56,7 +57,7 @@ class NetWatch:
             return False
         sock.setblocking(False)
         self._sock = sock
-        self.changes.seed(dict(socket.if_nameindex()), interface_addresses(), default_gateway())
+        self.changes.seed(dict(socket.if_nameindex()), interface_addresses(), default_gateway(), host_ipv6())
         self._loop.add_reader(sock.fileno(), self._readable)
         return True
 

@@ -8,7 +8,9 @@ direct over IPv6; a checksummed transfer crosses. Then site a's IPv6 breaks (eve
 dropped; addresses and routes stay) while traffic flows: both nodes are on an IPv4 path (the
 relay) within 2 s, measured from the break to each daemon's log line of the switch. A third node
 names the coord by its IPv6 literal only and registers over IPv6; `meshvpn netcheck` reports the
-global address, the STUN mapping over IPv6 and the coord's answer over IPv6.
+global address, the STUN mapping over IPv6 and the coord's answer over IPv6. When a1's IPv6
+address changes (a new one added, the old one removed), its netwatch hears it at once (not at
+the minute's refresh) and b1's path moves to the new address within 3 s.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from meshvpn.lab import Lab, NatKind, Topology
-from meshvpn.lab.mesh import Mesh
+from meshvpn.lab.mesh import Mesh, wait_for
 from meshvpn.lab.netns import python_command
 from meshvpn.lab.timing import arrivals, logged_at, receiver, trickle
 from meshvpn.lab.transfer import transfer
@@ -33,6 +35,8 @@ NODE_PORT = 41641
 ECHO_PORT = 9002
 FAILOVER_LIMIT = 2.0
 """Seconds from the IPv6 break to each node's switch to an IPv4 path (issue 17)."""
+RENUMBER_LIMIT = 3.0
+"""Seconds from a node's new IPv6 address (the old one gone) to its peer's path moving there."""
 
 
 @pytest.fixture
@@ -101,3 +105,18 @@ def test_the_coord_answers_over_ipv6_and_netcheck_says_so(dual) -> None:
     print(line)
     assert line.startswith(f"IPv6: global {a1}; STUN [{a1}]:"), line
     assert re.search(rf"; coord \[{re.escape(coord6)}\]:{mesh.coord_port} [0-9.]+ ms; relay relay no IPv6 address$", line), line
+
+
+def test_a_new_ipv6_address_moves_the_peers_path_within_3s(dual) -> None:
+    topo, mesh = dual
+    found = mesh.wait_for_paths({("a1", "b1"): ("direct",), ("b1", "a1"): ("direct",)}, timeout=20)
+    assert len(found) == 2, f"paths: {mesh.peer('a1', 'b1')}, {mesh.peer('b1', 'a1')}"
+    assert mesh.peer("b1", "a1")["endpoint"] == f"[{topo.addr6('a1')}]:{NODE_PORT}"
+    changed = time.monotonic()
+    new = topo.renumber6("a1")
+    moved = wait_for(lambda: mesh.peer("b1", "a1")["endpoint"] == f"[{new}]:{NODE_PORT}" and time.monotonic(),
+                     10, f"b1's path to a1 to move to [{new}]", poll=0.05)
+    print(f"a1 renumbered to {new}: b1's path moved after {moved - changed:.2f} s")
+    assert mesh.peer("b1", "a1")["path"] == "direct"
+    assert moved - changed <= RENUMBER_LIMIT
+    assert re.search(rf"network changed: {re.escape(new)} added on eth0", (mesh.dir / "a1.log").read_text())

@@ -5,7 +5,7 @@ import random
 
 from meshvpn.control import messages as m
 from meshvpn.node.netchange import NetChangeConfig, NetChanges, NetworkChanged
-from meshvpn.node.netlink import AddressChange, LinkChange, RouteChange
+from meshvpn.node.netlink import IFA_F_DEPRECATED, IFA_F_TENTATIVE, AddressChange, LinkChange, RouteChange
 from meshvpn.node.pathfinder import PathKind
 from meshvpn.node.events import CloseRelayStream, OpenRelayStream
 from meshvpn.sim.nodes import ALICE_AT, BOB_AT, NETWORK, WALL_OFFSET, alice_and_bob, ip_packet, seeded
@@ -163,3 +163,41 @@ def test_relay_streams_from_a_lost_address_are_closed_and_reopened():
         now += 0.1
         assert now < 10.0
         a.tick(now)
+
+
+def test_a_new_ipv6_address_and_a_removed_one_are_network_changes():
+    changes = watching()
+    changes.seed({}, [], "10.1.0.1", [("eth0", "2001:db8:1:1::b", 0)])
+    changes.observe(AddressChange(ETH0, "2001:db8:1:1::99", 64, None), 1.0)
+    changes.observe(AddressChange(ETH0, "2001:db8:1:1::b", 64, None, removed=True), 1.05)
+    [action] = run_until(changes, 2.0)
+    assert action.reasons == ("2001:db8:1:1::99 added on eth0", "2001:db8:1:1::b removed from eth0")
+    assert action.vanished == {"2001:db8:1:1::b"} and not action.reconnect_coord, "the coord came over IPv4"
+
+
+def test_the_coord_reconnects_when_its_ipv6_source_address_goes():
+    changes = watching(coord_local="2001:db8:1:1::b")
+    changes.seed({}, [], "10.1.0.1", [("eth0", "2001:db8:1:1::b", 0)])
+    changes.observe(AddressChange(ETH0, "2001:db8:1:1::b", 64, None, removed=True), 1.0)
+    [action] = run_until(changes, 2.0)
+    assert action.reconnect_coord and action.connections_lost
+
+
+def test_an_ipv6_address_matters_once_usable_and_not_when_its_lifetime_is_renewed():
+    changes = watching()
+    changes.seed({}, [], "10.1.0.1", [("eth0", "2001:db8:1:1::b", 0)])
+    changes.observe(AddressChange(ETH0, "2001:db8:1:1::b", 64, None), 1.0)  # a router advertisement's renewal
+    changes.observe(AddressChange(ETH0, "2001:db8:1:1::99", 64, None, flags=IFA_F_TENTATIVE), 1.0)
+    assert changes.get_timer() is None, "known, or not usable yet: nothing to announce"
+    changes.observe(AddressChange(ETH0, "2001:db8:1:1::99", 64, None), 2.0)  # duplicate address detection done
+    changes.observe(AddressChange(ETH0, "2001:db8:1:1::b", 64, None, flags=IFA_F_DEPRECATED), 2.0)
+    [action] = run_until(changes, 3.0)
+    assert action.reasons == ("2001:db8:1:1::99 added on eth0", "2001:db8:1:1::b unusable on eth0")
+
+
+def test_link_local_and_multicast_ipv6_addresses_never_matter():
+    changes = watching()
+    changes.observe(AddressChange(ETH0, "fe80::1", 64, None), 1.0)
+    changes.observe(AddressChange(ETH0, "ff02::1", 128, None), 1.0)
+    changes.observe(AddressChange(ETH0, "::1", 128, None), 1.0)
+    assert changes.get_timer() is None

@@ -1,4 +1,4 @@
-"""The rtnetlink decoder: link, IPv4 address and IPv4 route changes as the kernel sends them."""
+"""The rtnetlink decoder: link, IPv4 and IPv6 address and IPv4 route changes as the kernel sends them."""
 
 import struct
 
@@ -53,6 +53,9 @@ def test_an_overrun_says_notifications_were_lost():
     netlink.message(netlink.RTM_NEWLINK, bytes(8)),  # body shorter than ifinfomsg
     netlink.message(netlink.RTM_NEWADDR, struct.pack("=BBBBI", 2, 24, 0, 0, 2)),  # no address
     netlink.message(netlink.RTM_NEWADDR, struct.pack("=BBBBI", 2, 24, 0, 0, 2) + struct.pack("=HH", 40, 1)),
+    netlink.message(netlink.RTM_NEWADDR, struct.pack("=BBBBI", 10, 64, 0, 0, 2)
+                    + netlink.attribute(netlink.IFA_ADDRESS, bytes(4))),  # an IPv6 message with 4 bytes
+    netlink.address6_message(2, "2001:db8::1", 64)[:-4] + bytes(0),  # cut short of its length
 ])
 def test_malformed_reads_raise_the_remote_error(data):
     with pytest.raises(RemoteProtocolError):
@@ -66,3 +69,27 @@ def test_address_messages_round_trip(entries):
                     for index, address, prefix, removed in entries)
     assert decode(data) == [AddressChange(index, address, prefix, f"if{index}", removed)
                             for index, address, prefix, removed in entries]
+
+
+@given(st.lists(st.tuples(st.integers(1, 2**31 - 1), st.ip_addresses(v=6).map(lambda a: a.compressed),
+                          st.integers(0, 128), st.integers(0, 2**32 - 1), st.booleans()), max_size=5))
+def test_ipv6_address_messages_round_trip_with_their_extended_flags(entries):
+    data = b"".join(netlink.address6_message(index, address, prefix, flags, removed)
+                    for index, address, prefix, flags, removed in entries)
+    assert decode(data) == [AddressChange(index, address, prefix, None, removed, flags)
+                            for index, address, prefix, flags, removed in entries]
+
+
+def test_without_ifa_flags_an_ipv6_address_has_the_headers_flags():
+    body = (struct.pack("=BBBBI", 10, 64, netlink.IFA_F_TENTATIVE, 0, 4)
+            + netlink.attribute(netlink.IFA_ADDRESS, bytes.fromhex("20010db8000000010000000000000099")))
+    assert decode(netlink.message(netlink.RTM_NEWADDR, body)) == [
+        AddressChange(4, "2001:db8:0:1::99", 64, None, flags=netlink.IFA_F_TENTATIVE)]
+
+
+@given(st.binary(max_size=200))
+def test_any_read_decodes_or_raises_the_remote_error_only(data):
+    try:
+        decode(data)
+    except RemoteProtocolError:
+        pass
