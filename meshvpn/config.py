@@ -168,6 +168,22 @@ class PortMapConfig:
 
 
 @_section
+class ForwardLimits:
+    """Per-node forwarding rates of a relay, so one node cannot starve the others: a server relay's,
+    and a peer relay's on its one UDP port (which has no TCP queues)."""
+
+    packets_per_second: Annotated[int, int_range(1, 10**9)] = option("sustained packets per second per node", 200000, live=True)
+    burst: Annotated[int, int_range(1, 10**9)] = option("packets a node may send at once above the sustained rate", 400000, live=True)
+
+
+@_section
+class RelayLimits(ForwardLimits):
+    """Per-node forwarding limits of a relay, so one node cannot starve the others."""
+
+    queue_bytes: Annotated[int, int_range(1, 2**31)] = option("bytes queued per TCP-connected node before dropping", 1048576, live=True)
+
+
+@_section
 class NodeConfig:
     """Configuration of `meshvpn daemon`."""
 
@@ -180,6 +196,8 @@ class NodeConfig:
     listen: ListenConfig = option("UDP socket", ListenConfig)
     paths: PathTimers = option("path timers", PathTimers)
     portmap: PortMapConfig = option("router port mapping", PortMapConfig)
+    peer_relay: ForwardLimits = option("forwarding limits while the coord lets this node relay for its network "
+                                       "(a peer relay): the rates of `meshvpn relay`'s `limits`", ForwardLimits)
     lan: LanConfig = option("LAN party: broadcast, multicast, names", LanConfig)
     log: LogConfig = option("logging", LogConfig)
     metrics: MetricsConfig = option("metrics", MetricsConfig)
@@ -338,15 +356,6 @@ class CoordConfig:
     log: LogConfig = option("logging", LogConfig)
     metrics: MetricsConfig = option("metrics", MetricsConfig)
     console: ConsoleConfig = option("web console", ConsoleConfig)
-
-
-@_section
-class RelayLimits:
-    """Per-node forwarding limits of a relay, so one node cannot starve the others."""
-
-    packets_per_second: Annotated[int, int_range(1, 10**9)] = option("sustained packets per second per node", 200000, live=True)
-    burst: Annotated[int, int_range(1, 10**9)] = option("packets a node may send at once above the sustained rate", 400000, live=True)
-    queue_bytes: Annotated[int, int_range(1, 2**31)] = option("bytes queued per TCP-connected node before dropping", 1048576, live=True)
 
 
 @_section

@@ -85,7 +85,7 @@ class NodeDaemon:
             keepalive=config.paths.keepalive, relay_after=config.paths.relay_after, path_timeout=config.paths.path_timeout
         )
         self.node = Node(private_key, os.urandom, CoreConfig(paths=paths, wall_offset=time.time() - self.loop.time()),
-                         config.lan.fanout, coord_public=config.coord.public_key)
+                         config.lan.fanout, coord_public=config.coord.public_key, peer_relay=config.peer_relay)
         self.timestamp_file = TimestampFile(config.state_dir)
         self.timestamps = restore(self.node.core.handshakes.timestamps.greatest, self.timestamp_file)
         """When the newest initiation timestamps go to the state directory (replays after a restart)."""
@@ -124,6 +124,7 @@ class NodeDaemon:
         self.metrics: Optional[MetricsEndpoint] = None
         self.reloader = Reloader(config)
         self.reloader.on_change("paths.keepalive", self._apply_keepalive)
+        self.reloader.on_change("peer_relay", lambda new: self.node.peer_relay.set_limits(new.peer_relay))
         self._timer = DeadlineTimer(self.loop, self._on_timer)
         self._tasks: list[asyncio.Task] = []
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable, Iterable, Optional
 
-from meshvpn.config import FanoutConfig
+from meshvpn.config import FanoutConfig, ForwardLimits
 from meshvpn.control import messages as m
 from meshvpn.node import events as ev
 from meshvpn.node.candidates import tcp_candidates_of
@@ -63,13 +63,13 @@ class Node(NodeRecovery, StreamInbox):
 
     def __init__(self, private_key: bytes, random_bytes: Callable[[int], bytes],
                  config: CoreConfig | None = None, lan: FanoutConfig | None = None,
-                 coord_public: Optional[bytes] = None) -> None:
+                 coord_public: Optional[bytes] = None, peer_relay: Optional[ForwardLimits] = None) -> None:
         self.core = NodeCore(private_key, random_bytes, config)
         self.lan = LanParty(lan or FanoutConfig(), self.core.destinations)  # the data path calls it too
         wall = self.core.config.wall_offset
         self.relays = RelaySet(private_key, self.core.public_key, random_bytes, wall)
         self.turn = TurnLinks(random_bytes, peers=PeerSlot(self.core.peers, "turn_relayed"))
-        self.peer_relay = PeerRelay(private_key, random_bytes, wall, coord_public)
+        self.peer_relay = PeerRelay(private_key, random_bytes, wall, coord_public, peer_relay)
         """This node relaying for its network, when the coord says so (needs the coord's key for tokens)."""
         self.tcp = TcpPunch(self.core.identity, random_bytes, wall, peers=PeerSlot(self.core.peers, "tcp"))
         self.core.routes.transport_for = self.transport_for

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Optional
 
-from meshvpn.config import RelayLimits
+from meshvpn.config import ForwardLimits, RelayLimits
 from meshvpn.control import messages as m
 from meshvpn.relay.core import RelayCore
 from meshvpn.node.pathfinder import PathKind
@@ -41,14 +41,20 @@ class PeerRelay:
     """The relay core while the coord says this node relays; None of it otherwise."""
 
     def __init__(self, private_key: bytes, random_bytes: Callable[[int], bytes], wall_offset: float,
-                 coord_public: Optional[bytes], limits: Optional[RelayLimits] = None) -> None:
+                 coord_public: Optional[bytes], limits: Optional[ForwardLimits] = None) -> None:
         self._private = private_key
         self._random_bytes = random_bytes
         self._wall = wall_offset
         self._coord_public = coord_public
         """The coord whose tokens count; without one (a node built without it) the node never relays."""
-        self._limits = limits or RelayLimits()
+        self._limits = _relay_limits(limits or ForwardLimits())
         self.core: Optional[RelayCore] = None
+
+    def set_limits(self, limits: ForwardLimits) -> None:
+        """New limits (config ``peer_relay``, reloaded): the registrations keep their buckets' level."""
+        self._limits = _relay_limits(limits)
+        if self.core is not None:
+            self.core.set_limits(self._limits)
 
     @property
     def relaying(self) -> bool:
@@ -88,6 +94,11 @@ class PeerRelay:
     def status(self) -> Optional[dict]:
         """The relay core's registrations and counters while relaying (`meshvpn status`)."""
         return None if self.core is None else self.core.status()
+
+
+def _relay_limits(limits: ForwardLimits) -> RelayLimits:
+    """The relay core's limits with the node's rates (its TCP queue limit never applies: UDP only)."""
+    return RelayLimits(packets_per_second=limits.packets_per_second, burst=limits.burst)
 
 
 def add_relay_status(status: dict, peers: PeerTable, relays: RelaySet, serving: PeerRelay) -> None:

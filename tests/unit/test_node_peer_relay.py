@@ -4,11 +4,15 @@ and never its own relay; a member's link to a peer relay never falls back to a s
 import random
 
 from meshvpn import keys, wire
+from meshvpn.config import ForwardLimits
 from meshvpn.control import messages as m
+from meshvpn.node.peerrelay import PeerRelay
 from meshvpn.node.relay.link import RelayLink
 from meshvpn.relaytoken import TokenMinter
 from meshvpn.sim.nodes import WALL_OFFSET, MemoryNode
 from meshvpn.wire import Endpoint, MessageType
+from test_relay_core import ALICE, A_EP, BOB, B_EP, NOW, RELAY, counting_random, envelope, register
+from test_relay_core import COORD as RELAY_COORD
 
 COORD = bytes([7]) * 32
 NETWORK = m.NetworkInfo("party", "100.64.0.0/24")
@@ -62,3 +66,19 @@ def test_a_node_offered_itself_as_a_relay_skips_it_and_links_to_the_others_over_
         guest.tick(float(second))
     assert link.transport_name == "udp" and not link.stream.wanted
     assert sum(dst == Endpoint("203.0.113.51", 41641) for dst, _ in guest.collect()) >= 10
+
+
+def test_the_config_s_peer_relay_limits_bound_each_member_and_a_reload_applies_them_at_once() -> None:
+    """`peer_relay` in the node's config: the rates of `meshvpn relay`'s limits, per member."""
+    serving = PeerRelay(RELAY, counting_random(), 0.0, keys.public_key(RELAY_COORD),
+                        ForwardLimits(packets_per_second=100, burst=10))
+    serving.coord_message(m.Relays((), (), relaying=True), NOW)
+    register(serving, ALICE, A_EP)
+    register(serving, BOB, B_EP)
+    for _ in range(15):
+        serving.receive(envelope(BOB), A_EP, NOW)
+    assert len(serving.datagrams_to_send()) == 10 and serving.core.drops["rate limited"] == 5
+    serving.set_limits(ForwardLimits(packets_per_second=1, burst=2))
+    for _ in range(4):
+        serving.receive(envelope(BOB), A_EP, NOW + 10)
+    assert len(serving.datagrams_to_send()) == 2, "ten seconds at 1/s, but no more than the new burst"
