@@ -285,7 +285,7 @@ def run_meshvpn(topo: Topology, workdir: Path, seconds: float, peer_relay: bool 
     port-443-only networks does; the other cells do not use either."""
     mesh = Mesh(workdir, topo.host("coord"), COORD_ADDR, log_level="info", coord_port=443)
     mesh.coord_ipv6 = topo.addr6("coord") if topo.ipv6 else None
-    mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR, tls_port=443)
+    mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR, tls_port=443, dual=topo.ipv6)
     mesh.start_coord()
     key, _ = mesh.create_auth_key()
     for name in ("a1", "b1", "h1") if peer_relay else ("a1", "b1"):

@@ -165,15 +165,16 @@ class Mesh:
     # ---- servers
 
     def start_relay(self, name: str, ns: Namespace, address: str, announce: str | None = None,
-                    tls_port: int = 0) -> Process:
+                    tls_port: int = 0, dual: bool = False) -> Process:
         """Start `meshvpn relay` at `address` (UDP and TCP port RELAY_PORT), trusting this mesh's coord;
-        the coord announces it as `announce` (a host, e.g. a DNS name) when given, else as `address`.
-        With `tls_port` it also listens with TLS there, on a self-signed certificate."""
+        the coord announces it as `announce` (a host, e.g. a DNS name or `[IPv6]`) when given, else
+        as `address`. With `tls_port` it also listens with TLS there, on a self-signed certificate.
+        With `dual` (a dual-stack lab) it listens on the wildcard address of both families."""
         public = self._new_key(name)
         document = {
             "private_key_file": str(self.dir / f"{name}.key"),
             "state_dir": str(self.dir / f"{name}-state"),
-            "listen": f"{address}:{RELAY_PORT}",
+            "listen": f"{'0.0.0.0' if dual else address}:{RELAY_PORT}",
             "coord": {"public_key": self.coord_public},
             "metrics": {"listen": f"{address}:{RELAY_METRICS_PORT}"},
             "log": {"level": self.log_level},

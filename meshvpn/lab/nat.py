@@ -144,14 +144,19 @@ def _table(family: str, name: str, chains: list[tuple[str, list[str]]], maps: li
 class Ipv6Firewall:
     """A site's IPv6: routed without translation (every host has a global address) behind a
     stateful firewall that lets out anything and in only replies, as home routers do; or, when
-    `broken`, dropping every IPv6 packet while addresses and routes stay (IPv6 broken upstream)."""
+    `broken`, dropping every IPv6 packet while addresses and routes stay (IPv6 broken upstream).
+    With `walled_off`, nothing goes to or comes from that prefix (the other sites' LANs) either:
+    the site reaches the servers over IPv6, never another site directly."""
 
     broken: bool = False
+    walled_off: str | None = None
 
     def ruleset(self, router: RouterLinks) -> str:
         """The nft script that replaces table `ip6 meshvpn_fw6` with this behaviour."""
         wan = f'"{router.wan_if}"'
         forward = ["type filter hook forward priority filter; policy accept;"]
+        if self.walled_off is not None:
+            forward += [f"oifname {wan} ip6 daddr {self.walled_off} drop", f"iifname {wan} ip6 saddr {self.walled_off} drop"]
         forward += ["drop"] if self.broken else ["ct state established,related accept", f"iifname {wan} drop"]
         return _table("ip6", TABLE6, [("forward", forward)])
 

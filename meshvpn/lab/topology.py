@@ -233,6 +233,15 @@ class Topology:
         owner.firewall6 = Ipv6Firewall(broken=broken)
         owner.firewall6.install(owner.links)
 
+    def wall_off_ipv6(self, site: str) -> None:
+        """Let `site` reach the servers over IPv6 but no other site: its IPv6 firewall drops
+        everything to and from the sites' prefix (a direct IPv6 path between sites is firewalled)."""
+        owner = self.site(site)
+        if owner.firewall6 is None:
+            raise LabError(f"site {site!r} has no IPv6")
+        owner.firewall6 = Ipv6Firewall(walled_off=str(SITE_NETS6))
+        owner.firewall6.install(owner.links)
+
     def renumber6(self, name: str) -> str:
         """Give host `name` a new IPv6 address in its LAN's prefix and then remove its old one, as a
         host does when its prefix's addresses change (a privacy address, a new interface ID).

@@ -10,7 +10,9 @@ relay) within 2 s, measured from the break to each daemon's log line of the swit
 names the coord by its IPv6 literal only and registers over IPv6; `meshvpn netcheck` reports the
 global address, the STUN mapping over IPv6 and the coord's answer over IPv6. When a1's IPv6
 address changes (a new one added, the old one removed), its netwatch hears it at once (not at
-the minute's refresh) and b1's path moves to the new address within 3 s.
+the minute's refresh) and b1's path moves to the new address within 3 s. Last, a pair whose
+IPv4 lets no UDP out (nor TCP but to port 443) and whose direct IPv6 is firewalled relays over
+IPv6: the relay listens on both families and is announced at its IPv6 address.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def dual(lab: Lab, tmp_path: Path, meshes: list[Mesh]) -> tuple[Topology, Mesh]:
     mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR)
     meshes.append(mesh)
     mesh.coord_ipv6 = topo.addr6("coord")
-    mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR)
+    mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR, dual=True)
     mesh.start_coord()
     mesh.start_registered({name: topo.host(name) for name in ("a1", "b1")})
     return topo, mesh
@@ -120,3 +122,28 @@ def test_a_new_ipv6_address_moves_the_peers_path_within_3s(dual) -> None:
     assert mesh.peer("b1", "a1")["path"] == "direct"
     assert moved - changed <= RENUMBER_LIMIT
     assert re.search(rf"network changed: {re.escape(new)} added on eth0", (mesh.dir / "a1.log").read_text())
+
+
+def test_a_pair_without_ipv4_udp_or_a_direct_ipv6_path_relays_over_ipv6(lab: Lab, tmp_path: Path,
+                                                                         meshes: list[Mesh]) -> None:
+    topo = Topology(lab, ipv6=True)
+    topo.add_server("coord", addrs=[COORD_ADDR])
+    topo.add_server("relay", addrs=[RELAY_ADDR])
+    for site in ("a", "b"):
+        topo.add_site(site, nat=NatKind.PORT_443_ONLY)
+        topo.wall_off_ipv6(site)
+    relay6 = topo.addr6("relay")
+    mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR)
+    meshes.append(mesh)
+    mesh.coord_ipv6 = topo.addr6("coord")
+    mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR, announce=f"[{relay6}]", dual=True)
+    mesh.start_coord()
+    mesh.start_registered({name: topo.host(name) for name in ("a1", "b1")})
+    found = mesh.wait_for_paths({("a1", "b1"): ("relay",), ("b1", "a1"): ("relay",)}, timeout=20)
+    assert len(found) == 2, f"paths: {mesh.peer('a1', 'b1')}, {mesh.peer('b1', 'a1')}"
+    [link] = mesh.status("a1")["self"]["relays"]
+    assert link["address"] == f"[{relay6}]:7500" and link["ready"], link
+    assert mesh.peer("a1", "b1")["relay"] == "relay"
+    sent, received = transfer(topo.host("a1"), topo.host("b1"), mesh.overlay("b1"), size=2 << 20)
+    assert sent.same_data(received) and received.bytes == 2 << 20
+    assert mesh.peer("a1", "b1")["path"] == "relay" and mesh.peer("b1", "a1")["path"] == "relay"

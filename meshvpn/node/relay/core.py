@@ -188,7 +188,7 @@ class RelaySet:
         return [
             {
                 "name": name,
-                "address": f"{link.info.host}:{link.info.port}",
+                "address": str(Endpoint(link.info.host, link.info.port)),
                 "tls_port": link.info.tls_port,
                 "ready": link.ready,
                 "transport": link.transport_name,
