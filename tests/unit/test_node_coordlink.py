@@ -12,6 +12,7 @@ import pytest
 from meshvpn import tlsenvelope
 from meshvpn.channel import ServerChannel
 from meshvpn.control import messages as m
+from meshvpn.dualstack import has_ipv6
 from meshvpn.config import Address
 from meshvpn.node import coorddial, coordlink
 from meshvpn.node.coordlink import CoordLink
@@ -298,6 +299,9 @@ class Names:
         return [info for info in found if family in (socket.AF_UNSPEC, info[0])]
 
 
+NEEDS_IPV6 = pytest.mark.needs(not has_ipv6(), "no IPv6 on this host")
+
+
 @contextlib.contextmanager
 def blackhole():
     """An IPv6 address whose connections hang, as behind a route that drops every packet: a
@@ -313,6 +317,7 @@ def blackhole():
         listener.close()
 
 
+@NEEDS_IPV6
 @pytest.mark.timeout(20)
 def test_a_name_with_only_aaaa_records_is_a_coord_over_ipv6():
     async def run():
@@ -326,6 +331,7 @@ def test_a_name_with_only_aaaa_records_is_a_coord_over_ipv6():
     assert tuple(endpoint) == tuple(coord) and endpoint.host == "::1"
 
 
+@NEEDS_IPV6
 @pytest.mark.timeout(20)
 def test_a_blackholed_ipv6_address_costs_the_stagger_not_a_connect_timeout():
     """RFC 8305: IPv6 is tried first; its attempt hangs, IPv4 starts 250 ms later and registers."""
@@ -345,6 +351,7 @@ def test_a_blackholed_ipv6_address_costs_the_stagger_not_a_connect_timeout():
     assert 0.25 <= took < 1.0, f"registered after {took:.2f} s"
 
 
+@NEEDS_IPV6
 @pytest.mark.timeout(20)
 def test_the_first_handshake_wins_and_the_slower_connection_is_closed():
     closed = []
