@@ -11,7 +11,8 @@ setup(
         Extension(
             "meshvpn._fastpath",
             ["meshvpn/_fastpath.c", "meshvpn/_fastpath_coalesce.c", "meshvpn/_fastpath_window.c",
-             "meshvpn/_fastpath_loop.c", "meshvpn/_fastpath_recv.c", "meshvpn/_fastpath_send.c", "meshvpn/_fastpath_hold.c"],
+             "meshvpn/_fastpath_loop.c", "meshvpn/_fastpath_recv.c", "meshvpn/_fastpath_send.c", "meshvpn/_fastpath_hold.c",
+             "meshvpn/_fastpath_threads.c", "meshvpn/_fastpath_bucket.c", "meshvpn/_fastpath_relay.c"],
             depends=["meshvpn/_fastpath.h", "meshvpn/_fastpath_loop.h"],
             libraries=["sodium"],
             extra_compile_args=["-O2"],

@@ -302,13 +302,16 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         PyErr_SetString(PyExc_ImportError, "libsodium failed to initialise");
         return NULL;
     }
-    if (PyType_Ready(&NativeWindowType) < 0 || PyType_Ready(&NativeCounterType) < 0 || PyType_Ready(&LoopType) < 0)
+    if (PyType_Ready(&NativeWindowType) < 0 || PyType_Ready(&NativeCounterType) < 0 || PyType_Ready(&LoopType) < 0
+            || PyType_Ready(&RelayLoopType) < 0 || PyType_Ready(&NativeBucketType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "NativeWindow", (PyObject *)&NativeWindowType) < 0
             || PyModule_AddObjectRef(m, "NativeCounter", (PyObject *)&NativeCounterType) < 0
-            || PyModule_AddObjectRef(m, "Loop", (PyObject *)&LoopType) < 0) {
+            || PyModule_AddObjectRef(m, "Loop", (PyObject *)&LoopType) < 0
+            || PyModule_AddObjectRef(m, "RelayLoop", (PyObject *)&RelayLoopType) < 0
+            || PyModule_AddObjectRef(m, "NativeBucket", (PyObject *)&NativeBucketType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <string.h>
 #include <pthread.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 #define HEADER_LEN 16
 #define TAG_LEN 16
@@ -129,7 +131,56 @@ void seal_in_place(uint8_t *msg, Py_ssize_t length, uint32_t remote_index, uint6
 /* offload.partial_checksum_at: 1 (and where) if p carries a partial TCP/UDP checksum (_fastpath_coalesce.c). */
 int partial_at(const uint8_t *p, Py_ssize_t size, int *start, int *offset);
 
-/* The native loop's type (_fastpath_loop.c). */
-extern PyTypeObject LoopType;
+/* meshvpn.ratelimit.TokenBucket shared by Python and the relay's thread (_fastpath_bucket.c). */
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t lock;
+    double rate, burst, tokens, refilled;
+} NativeBucket;
+
+/* TokenBucket.take(now, cost) and take_many(count, now), under the bucket's mutex. */
+int bucket_take(NativeBucket *b, double now, double cost);
+Py_ssize_t bucket_take_many(NativeBucket *b, Py_ssize_t count, double now);
+
+/* The native loop's type (_fastpath_loop.c), the relay's (_fastpath_relay.c) and the token bucket they
+   share with Python (_fastpath_bucket.c). */
+extern PyTypeObject LoopType, RelayLoopType, NativeBucketType;
+
+/* Counts a native thread adds to and Python takes (exchanged with 0) from the other thread. */
+#define COUNT(field, n) __atomic_fetch_add(&(field), (n), __ATOMIC_RELAXED)
+
+/* What the native threads share (_fastpath_threads.c): the hand-over queue, endpoints, UDP batches. */
+#define QUEUE_LIMIT (4 << 20)
+
+typedef struct Item {
+    struct Item *next;
+    Py_ssize_t size, seg;
+    struct sockaddr_storage src;
+    uint8_t data[];
+} Item;
+
+typedef struct {
+    pthread_mutex_t lock;
+    Item *head, **tail;
+    Py_ssize_t queued;
+    int wake_fd;  /* an eventfd, readable while items wait */
+    uint64_t handed, full;  /* items queued, items dropped as the queue was full (COUNT) */
+} Queue;
+
+int queue_init(Queue *q);
+void queue_free(Queue *q);
+void queue_wake(Queue *q);
+/* Copy b[0:size] (datagrams of seg bytes) from src to the queue; wake Python if it was empty. */
+void queue_push(Queue *q, const uint8_t *b, Py_ssize_t size, Py_ssize_t seg, const struct sockaddr_storage *src);
+/* [(data, (host, port) or None, seg), ...]: everything queued, in order; clears the wake-up. */
+PyObject *queue_take(Queue *q);
+PyObject *endpoint(const struct sockaddr_storage *a);
+int same_endpoint(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
+int parse_endpoint(PyObject *row, int family, struct sockaddr_storage *a, socklen_t *len);
+/* One recvmsg with UDP_GRO into into[0:room]: its size (or -1, errno set), the segment size in *seg
+   (the size itself without GRO), and whether the kernel cut it (MSG_TRUNC). */
+ssize_t gro_receive(int fd, uint8_t *into, size_t room, struct sockaddr_storage *src, Py_ssize_t *seg, int *truncated);
+/* One sendmsg of iov[0:n] to dest: with seg, one UDP_SEGMENT send of datagrams of seg bytes. */
+ssize_t gso_send(int fd, const struct sockaddr_storage *dest, socklen_t dest_len, struct iovec *iov, size_t n, int seg);
 
 #endif

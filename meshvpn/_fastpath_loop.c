@@ -47,7 +47,7 @@ static void *run(void *arg) {
             unreported = 1;
         }
         if (unreported && monotonic() - reported >= COUNTS_EVERY) {
-            wake(L);
+            queue_wake(&L->queue);
             reported = monotonic();
             unreported = 0;
         }
@@ -74,11 +74,9 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
     if (L == NULL) return NULL;
     L->udp_fd = udp_fd;
     L->tun_fd = tun_fd;
-    L->tail = &L->head;
-    L->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    int queued = queue_init(&L->queue);
     L->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     pthread_mutex_init(&L->table_lock, NULL);
-    pthread_mutex_init(&L->queue_lock, NULL);
     /* The thread reads until EAGAIN: both descriptors must not block (the TUN's and the socket's already do not). */
     if (fcntl(udp_fd, F_SETFL, fcntl(udp_fd, F_GETFL) | O_NONBLOCK) < 0
             || fcntl(tun_fd, F_SETFL, fcntl(tun_fd, F_GETFL) | O_NONBLOCK) < 0) {
@@ -94,7 +92,7 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
     struct sockaddr_storage bound;
     socklen_t bound_len = sizeof bound;
     L->family = getsockname(udp_fd, (struct sockaddr *)&bound, &bound_len) == 0 ? bound.ss_family : AF_INET;
-    if (L->wake_fd < 0 || L->stop_fd < 0) { Py_DECREF(L); return PyErr_SetFromErrno(PyExc_OSError); }
+    if (queued < 0 || L->stop_fd < 0) { Py_DECREF(L); return PyErr_SetFromErrno(PyExc_OSError); }
     if (!L->area || !L->packets || !L->sizes || !L->groups || !L->held || !L->out) { Py_DECREF(L); return PyErr_NoMemory(); }
     return (PyObject *)L;
 }
@@ -116,13 +114,11 @@ static void loop_dealloc(Loop *L) {
     Py_XDECREF(loop_stop(L, NULL));
     clear_entries(L->entries, L->count);
     clear_senders(L->senders, L->n_senders);
-    for (Item *item = L->head, *next; item != NULL; item = next) { next = item->next; free(item); }
-    if (L->wake_fd >= 0) close(L->wake_fd);
+    queue_free(&L->queue);
     if (L->stop_fd >= 0) close(L->stop_fd);
     PyMem_Free(L->area); PyMem_Free(L->packets); PyMem_Free(L->sizes); PyMem_Free(L->groups);
     PyMem_Free(L->held); PyMem_Free(L->out);
     pthread_mutex_destroy(&L->table_lock);
-    pthread_mutex_destroy(&L->queue_lock);
     Py_TYPE(L)->tp_free((PyObject *)L);
 }
 
@@ -131,22 +127,6 @@ static PyObject *loop_start(Loop *L, PyObject *unused) {
     int error = pthread_create(&L->thread, NULL, run, L);
     if (error) { errno = error; return PyErr_SetFromErrno(PyExc_OSError); }
     L->running = 1;
-    Py_RETURN_NONE;
-}
-
-/* (host, port) as socket.recvfrom gives it, or None; an IPv4-mapped source of a dual-stack socket in
-   plain IPv4, as meshvpn.dualstack.plain gives it. */
-static PyObject *endpoint(const struct sockaddr_storage *a) {
-    char host[INET6_ADDRSTRLEN];
-    const struct sockaddr_in *v4 = (const void *)a;
-    const struct sockaddr_in6 *v6 = (const void *)a;
-    if (a->ss_family == AF_INET && inet_ntop(AF_INET, &v4->sin_addr, host, sizeof host) != NULL)
-        return Py_BuildValue("si", host, ntohs(v4->sin_port));
-    if (a->ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&v6->sin6_addr)
-            && inet_ntop(AF_INET, &v6->sin6_addr.s6_addr[12], host, sizeof host) != NULL)
-        return Py_BuildValue("si", host, ntohs(v6->sin6_port));
-    if (a->ss_family == AF_INET6 && inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof host) != NULL)
-        return Py_BuildValue("si", host, ntohs(v6->sin6_port));
     Py_RETURN_NONE;
 }
 
@@ -203,34 +183,6 @@ static int parse_entry(PyObject *row, Entry *e) {
     }
     PyBuffer_Release(&key); PyBuffer_Release(&overlay); PyBuffer_Release(&peer_key);
     if (!ok) PyErr_SetString(PyExc_ValueError, "an entry is (index, 32-byte key, NativeWindow, overlay, peer key, expires_at)");
-    return ok ? 0 : -1;
-}
-
-/* (address bytes, port) → a sockaddr of the socket's family (IPv4 is mapped on an IPv6 socket). */
-static int parse_endpoint(PyObject *row, int family, struct sockaddr_storage *a, socklen_t *len) {
-    Py_buffer host;
-    int port;
-    if (!PyArg_ParseTuple(row, "y*i", &host, &port)) return -1;
-    memset(a, 0, sizeof *a);
-    int ok = (host.len == 4 || host.len == 16) && port >= 0 && port < 65536;
-    if (ok && host.len == 4 && family != AF_INET6) {
-        struct sockaddr_in *v4 = (void *)a;
-        v4->sin_family = AF_INET; v4->sin_port = htons((uint16_t)port);
-        memcpy(&v4->sin_addr, host.buf, 4);
-        *len = sizeof *v4;
-    } else if (ok) {
-        struct sockaddr_in6 *v6 = (void *)a;
-        v6->sin6_family = AF_INET6; v6->sin6_port = htons((uint16_t)port);
-        if (host.len == 4) {
-            v6->sin6_addr.s6_addr[10] = v6->sin6_addr.s6_addr[11] = 0xFF;
-            memcpy(&v6->sin6_addr.s6_addr[12], host.buf, 4);
-        } else {
-            memcpy(&v6->sin6_addr, host.buf, 16);
-        }
-        *len = sizeof *v6;
-    }
-    PyBuffer_Release(&host);
-    if (!ok) PyErr_SetString(PyExc_ValueError, "an endpoint is (4 or 16 address bytes, port)");
     return ok ? 0 : -1;
 }
 
@@ -335,7 +287,7 @@ static PyObject *loop_counts(Loop *L, PyObject *unused) {
     PyObject *tables = take_counts(L);
     pthread_mutex_unlock(&L->table_lock);
     if (tables == NULL) return NULL;
-    PyObject *totals = Py_BuildValue("KKKKKKKKKK", TAKE(receives), TAKE(native), TAKE(handed), TAKE(queue_full),
+    PyObject *totals = Py_BuildValue("KKKKKKKKKK", TAKE(receives), TAKE(native), TAKE(queue.handed), TAKE(queue.full),
                                      TAKE(tun_writes), TAKE(tun_errors), TAKE(tun_reads), TAKE(sealed), TAKE(sends),
                                      TAKE(send_errors));
     PyObject *result = totals == NULL ? NULL : Py_BuildValue("OON", PyTuple_GET_ITEM(tables, 0),
@@ -348,29 +300,9 @@ PyDoc_STRVAR(take_doc,
 "take() -> [(data, (host, port), seg_size), ...]\n\n"
 "The datagrams handed over since the last call (each item one or more of seg_size bytes); clears the wake-up.");
 
-static PyObject *loop_take(Loop *L, PyObject *unused) {
-    uint64_t value;
-    ssize_t ignored = read(L->wake_fd, &value, sizeof value);
-    (void)ignored;
-    pthread_mutex_lock(&L->queue_lock);
-    Item *item = L->head;
-    L->head = NULL;
-    L->tail = &L->head;
-    L->queued = 0;
-    pthread_mutex_unlock(&L->queue_lock);
-    PyObject *out = PyList_New(0);
-    for (Item *next; item != NULL; item = next) {
-        next = item->next;
-        PyObject *src = out == NULL ? NULL : endpoint(&item->src);
-        PyObject *row = src == NULL ? NULL : Py_BuildValue("y#Nn", (const char *)item->data, item->size, src, item->seg);
-        if (row == NULL || PyList_Append(out, row) < 0) Py_CLEAR(out);
-        Py_XDECREF(row);
-        free(item);
-    }
-    return out;
-}
+static PyObject *loop_take(Loop *L, PyObject *unused) { return queue_take(&L->queue); }
 
-static PyObject *loop_fileno(Loop *L, PyObject *unused) { return PyLong_FromLong(L->wake_fd); }
+static PyObject *loop_fileno(Loop *L, PyObject *unused) { return PyLong_FromLong(L->queue.wake_fd); }
 
 static PyMethodDef loop_methods[] = {
     {"start", (PyCFunction)loop_start, METH_NOARGS, "Start the thread."},

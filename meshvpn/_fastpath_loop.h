@@ -14,7 +14,6 @@
 #define BURST 64
 #define HOLD_SLOTS 32  /* TUN reads held for their turn (_fastpath_hold.c): 2 MiB */
 #define RECEIVE_SLICE AREA  /* bytes received before the TUN gets a turn */
-#define QUEUE_LIMIT (4 << 20)
 #define MAX_ACCEPT 64
 #define MAX_SKIP 16
 #define IOV_LIMIT 1024
@@ -23,9 +22,6 @@
 #define OUT_SIZE (2 * 65536 + 64 * 160)
 #define MAX_RUN_BYTES 65507
 #define MAX_RUN_SEGMENTS 64
-#ifndef UDP_GRO
-#define UDP_GRO 104
-#endif
 
 typedef struct {
     uint32_t index;
@@ -43,13 +39,6 @@ typedef struct {
     double last_relay_rx;  /* the last receive inside a relay envelope, 0.0 if none */
     struct sockaddr_storage last_relay_src;  /* the relay it came through */
 } Entry;
-
-typedef struct Item {
-    struct Item *next;
-    Py_ssize_t size, seg;
-    struct sockaddr_storage src;
-    uint8_t data[];
-} Item;
 
 /* Where the thread seals for one peer: its current session on a route over the main socket (direct,
    or through a relay with the envelope as prefix). */
@@ -71,9 +60,9 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    int udp_fd, tun_fd, wake_fd, stop_fd, running, family, no_gso;
+    int udp_fd, tun_fd, stop_fd, running, family, no_gso;
     pthread_t thread;
-    pthread_mutex_t table_lock, queue_lock;
+    pthread_mutex_t table_lock;
     Entry *entries;
     Py_ssize_t count, last_hit;
     Sender *senders;
@@ -82,10 +71,9 @@ typedef struct {
     Py_ssize_t n_accept4, n_accept6;
     struct sockaddr_storage skip[MAX_SKIP];
     Py_ssize_t n_skip;
-    Item *head, **tail;
-    Py_ssize_t queued;
+    Queue queue;  /* what the thread hands to Python */
     /* thread-wide, since Python last looked (see counts()) */
-    uint64_t receives, native, handed, queue_full, tun_errors, tun_writes, tun_reads, sealed, sends, send_errors;
+    uint64_t receives, native, tun_errors, tun_writes, tun_reads, sealed, sends, send_errors;
     uint8_t *area;
     uint8_t **packets;
     Py_ssize_t *sizes;
@@ -101,9 +89,6 @@ typedef struct {
     socklen_t run_dest_len;
 } Loop;
 
-/* Thread-wide counts are added here and taken (exchanged with 0) by counts() in the other thread. */
-#define COUNT(field, n) __atomic_fetch_add(&(field), (n), __ATOMIC_RELAXED)
-
 static inline double monotonic(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -111,8 +96,6 @@ static inline double monotonic(void) {
 }
 
 /* _fastpath_recv.c */
-void wake(Loop *L);
-void hand_over(Loop *L, const uint8_t *b, Py_ssize_t size, Py_ssize_t seg, const struct sockaddr_storage *src);
 int receive_burst(Loop *L);
 
 /* _fastpath_send.c */

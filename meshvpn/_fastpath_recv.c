@@ -8,51 +8,11 @@
 
 #include "_fastpath_loop.h"
 
-static int same_endpoint(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
-    if (a->ss_family != b->ss_family) return 0;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-    return x->sin6_port == y->sin6_port && !memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr);
-}
-
 static Entry *find(Loop *L, uint32_t index) {
     if (L->last_hit < L->count && L->entries[L->last_hit].index == index) return &L->entries[L->last_hit];
     for (Py_ssize_t i = 0; i < L->count; i++)
         if (L->entries[i].index == index) { L->last_hit = i; return &L->entries[i]; }
     return NULL;
-}
-
-void wake(Loop *L) {
-    uint64_t one = 1;
-    ssize_t ignored = write(L->wake_fd, &one, sizeof one);
-    (void)ignored;
-}
-
-/* Copy b[0:size] (datagrams of seg bytes) to Python's queue; wake it if the queue was empty. */
-void hand_over(Loop *L, const uint8_t *b, Py_ssize_t size, Py_ssize_t seg, const struct sockaddr_storage *src) {
-    pthread_mutex_lock(&L->queue_lock);
-    if (L->queued + size > QUEUE_LIMIT) {
-        COUNT(L->queue_full, 1);
-        pthread_mutex_unlock(&L->queue_lock);
-        return;
-    }
-    Item *item = malloc(sizeof(Item) + (size_t)size);
-    if (item == NULL) { COUNT(L->queue_full, 1); pthread_mutex_unlock(&L->queue_lock); return; }
-    item->next = NULL;
-    item->size = size;
-    item->seg = seg;
-    item->src = *src;
-    memcpy(item->data, b, (size_t)size);
-    int was_empty = L->head == NULL;
-    *L->tail = item;
-    L->tail = &item->next;
-    L->queued += size;
-    COUNT(L->handed, 1);
-    pthread_mutex_unlock(&L->queue_lock);
-    if (was_empty) wake(L);
 }
 
 static int accepted(const Loop *L, const uint8_t *dest, int len) {
@@ -103,8 +63,8 @@ static void open_one(Loop *L, Entry *e, uint8_t *p, Py_ssize_t size, Py_ssize_t 
 static void received(Loop *L, uint8_t *b, Py_ssize_t n, Py_ssize_t seg, const struct sockaddr_storage *src,
                      double now, Py_ssize_t *npk) {
     for (Py_ssize_t i = 0; i < L->n_skip; i++)
-        if (same_endpoint(src, &L->skip[i])) { hand_over(L, b, n, seg, src); return; }
-    if (n == 0) { hand_over(L, b, 0, 1, src); return; }
+        if (same_endpoint(src, &L->skip[i])) { queue_push(&L->queue, b, n, seg, src); return; }
+    if (n == 0) { queue_push(&L->queue, b, 0, 1, src); return; }
     Py_ssize_t other = -1;  /* start of the run being handed over */
     for (Py_ssize_t at = 0; at < n; at += seg) {
         Py_ssize_t size = at + seg < n ? seg : n - at;
@@ -122,11 +82,11 @@ static void received(Loop *L, uint8_t *b, Py_ssize_t n, Py_ssize_t seg, const st
             if (other < 0) other = at;
             continue;
         }
-        if (other >= 0) { hand_over(L, b + other, at - other, seg, src); other = -1; }
+        if (other >= 0) { queue_push(&L->queue, b + other, at - other, seg, src); other = -1; }
         open_one(L, e, p, size, skip, src, now, npk);
         COUNT(L->native, 1);
     }
-    if (other >= 0) hand_over(L, b + other, n - other, seg, src);
+    if (other >= 0) queue_push(&L->queue, b + other, n - other, seg, src);
 }
 
 /* Coalesce the opened packets and write them to the TUN (fastpath.coalesce_iov + TunDevice.write_packets). */
@@ -154,20 +114,12 @@ static void write_tun(Loop *L, Py_ssize_t npk) {
 int receive_burst(Loop *L) {
     Py_ssize_t at = 0, npk = 0, taken = 0;
     int more = 1;
-    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
     for (int i = 0; i < BURST && taken < RECEIVE_SLICE; i++) {
         struct sockaddr_storage src;
-        struct iovec iov = {L->area + at, RECV_SLOT};
-        struct msghdr mh = {&src, sizeof src, &iov, 1, control.buf, sizeof control.buf, 0};
-        ssize_t n = recvmsg(L->udp_fd, &mh, MSG_DONTWAIT);
+        Py_ssize_t seg;
+        int truncated;
+        ssize_t n = gro_receive(L->udp_fd, L->area + at, RECV_SLOT, &src, &seg, &truncated);
         if (n < 0) { more = 0; break; }
-        Py_ssize_t seg = n;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c))
-            if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
-                int size;
-                memcpy(&size, CMSG_DATA(c), sizeof size);
-                if (size > 0) seg = size;
-            }
         COUNT(L->receives, 1);
         pthread_mutex_lock(&L->table_lock);
         received(L, L->area + at, n, seg, &src, monotonic(), &npk);

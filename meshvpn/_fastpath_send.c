@@ -18,9 +18,6 @@
 
 #include "_fastpath_loop.h"
 
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
 #define F_NEEDS_CSUM 1
 #define MAX_CSUM_START 60
 
@@ -38,19 +35,7 @@ static Sender *find_sender(Loop *L, const uint8_t *dst, int len) {
 
 static ssize_t send_one(Loop *L, uint8_t *data, Py_ssize_t size, int seg) {
     struct iovec iov = {data, (size_t)size};
-    union { char buf[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } control;
-    struct msghdr mh = {&L->run_dest, L->run_dest_len, &iov, 1, NULL, 0, 0};
-    if (seg) {
-        uint16_t seg_size = (uint16_t)seg;
-        mh.msg_control = control.buf;
-        mh.msg_controllen = sizeof control.buf;
-        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-        c->cmsg_level = SOL_UDP;
-        c->cmsg_type = UDP_SEGMENT;
-        c->cmsg_len = CMSG_LEN(sizeof seg_size);
-        memcpy(CMSG_DATA(c), &seg_size, sizeof seg_size);
-    }
-    return sendmsg(L->udp_fd, &mh, 0);
+    return gso_send(L->udp_fd, &L->run_dest, L->run_dest_len, &iov, 1, seg);
 }
 
 /* out[at:at+size] (datagrams of seg bytes): one GSO sendmsg, or one datagram at a time once the
@@ -166,6 +151,6 @@ void take_read(Loop *L, const uint8_t *b, Py_ssize_t n) {
     pthread_mutex_unlock(&L->table_lock);
     if (!sealed) {
         send_run(L);
-        hand_over(L, b, n, 0, &from_tun);
+        queue_push(&L->queue, b, n, 0, &from_tun);
     }
 }

@@ -53,6 +53,7 @@ from meshvpn.cookie import CookieChecker
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.keys import public_key
 from meshvpn.ratelimit import TokenBucket
+from meshvpn.relay.registry import BucketFactory, Registration, Registry
 from meshvpn.relaytoken import TokenError, TokenGrant, TokenVerifier
 from meshvpn.wire import Endpoint, MessageType
 
@@ -105,20 +106,6 @@ class Run:
 
 
 @dataclass(eq=False)
-class _Registration:
-    """One node's link and its forwarding allowance."""
-
-    key: bytes
-    link: Link
-    expires: float
-    """When the node's token runs out."""
-    last_heard: float
-    bucket: TokenBucket
-    network: bytes
-    """The network the node's token names: envelopes go only to nodes of the same."""
-
-
-@dataclass(eq=False)
 class _StreamState:
     """What the core keeps per TCP stream: the channel's key and frames awaiting the socket."""
 
@@ -150,7 +137,9 @@ class RelayCore:
         limits: RelayLimits,
         random_bytes: Callable[[int], bytes],
         now: float,
+        bucket: BucketFactory = TokenBucket,
     ) -> None:
+        """`bucket` makes each registration's token bucket (see `meshvpn.relay.registry`)."""
         self.public_key = public_key(private_key)
         self.limits = limits
         self.drops: Counter = Counter()
@@ -159,8 +148,8 @@ class RelayCore:
         self._private = private_key
         self._tokens = TokenVerifier(private_key, coord_public)
         self._random_bytes = random_bytes
-        self._by_key: dict[bytes, _Registration] = {}
-        self._by_link: dict[Link, _Registration] = {}
+        self.registry = Registry(bucket)
+        self._by_key, self._by_link = self.registry.by_key, self.registry.by_link
         self._box_keys: OrderedDict[bytes, bytes] = OrderedDict()
         self._cookies = CookieChecker(self.public_key, random_bytes, now)
         self._dh_budget = TokenBucket(DH_RATE, DH_BURST, now)
@@ -184,9 +173,7 @@ class RelayCore:
     def set_limits(self, limits: RelayLimits) -> None:
         """New forwarding limits (a reload); buckets keep their level, capped at the new burst."""
         self.limits = limits
-        for reg in self._by_key.values():
-            reg.bucket.rate, reg.bucket.burst = limits.packets_per_second, limits.burst
-            reg.bucket.tokens = min(reg.bucket.tokens, limits.burst)
+        self.registry.set_limits(limits)
 
     def stream_opened(self, stream: Stream, channel_key: bytes, now: float) -> None:
         """A TCP stream finished its channel handshake as `channel_key`."""
@@ -212,7 +199,7 @@ class RelayCore:
         src = self._by_link.get(link)
         streak: list[Bytes] = []
         route = b""
-        dst: Optional[_Registration] = None
+        dst: Optional[Registration] = None
         for data in messages:
             if streak and data[:_SAME_ROUTE] == route:
                 streak.append(data)
@@ -324,7 +311,7 @@ class RelayCore:
 
     # ---- forwarding -----------------------------------------------------------------
 
-    def _check(self, data: Bytes, src: Optional[_Registration], now: float) -> Optional[_Registration]:
+    def _check(self, data: Bytes, src: Optional[Registration], now: float) -> Optional[Registration]:
         """Every check of a RELAY envelope from `src`, its token spent: where it may go, if anywhere."""
         if src is None:
             self.drops["sender not registered"] += 1
@@ -347,7 +334,7 @@ class RelayCore:
             return None
         return dst
 
-    def _relay_streak(self, streak: list[Bytes], src: _Registration, dst: _Registration, now: float) -> None:
+    def _relay_streak(self, streak: list[Bytes], src: Registration, dst: Registration, now: float) -> None:
         """Forward `streak` readdressed to its source: the first has passed `_check`, the rest only need a token.
 
         The rest start alike with the first (header, destination, inner header), so its checks are
@@ -467,28 +454,10 @@ class RelayCore:
         return key
 
     def _register(self, node: bytes, link: Link, grant: TokenGrant, now: float) -> None:
-        reg = self._by_key.get(node)
-        if reg is None:
-            bucket = TokenBucket(self.limits.packets_per_second, self.limits.burst, now)
-            reg = _Registration(node, link, grant.expires, now, bucket, grant.network)
-            self._by_key[node] = reg
-        elif reg.link != link:
-            if self._by_link.get(reg.link) is reg:
-                del self._by_link[reg.link]
-            reg.link = link
-        old = self._by_link.get(link)
-        if old is not None and old is not reg:
-            self._unregister(old)
-        self._by_link[link] = reg
-        reg.expires = grant.expires
-        reg.network = grant.network
-        reg.last_heard = now
+        self.registry.register(node, link, grant.expires, grant.network, self.limits, now)
 
-    def _unregister(self, reg: _Registration) -> None:
-        if self._by_key.get(reg.key) is reg:
-            del self._by_key[reg.key]
-        if self._by_link.get(reg.link) is reg:
-            del self._by_link[reg.link]
+    def _unregister(self, reg: Registration) -> None:
+        self.registry.unregister(reg)
 
     def _refuse(self, link: Link, reason: str) -> None:
         self.drops[reason] += 1

@@ -33,6 +33,7 @@ from meshvpn import keys, noise, service, tlsenvelope
 from meshvpn.channel import ServerChannel
 from meshvpn.config import Address, RelayConfig, load_relay_config
 from meshvpn.errors import LocalProtocolError, MeshError, RemoteProtocolError
+from meshvpn.relay import native
 from meshvpn.relay.core import RelayCore, Stream
 from meshvpn.metrics import MetricsEndpoint, relay_families, start_metrics
 from meshvpn.prefixcap import PrefixCaps, PrefixLimits
@@ -164,7 +165,11 @@ class RelayServer:
         self.clock = clock
         private = keys.read_private_key(settings.private_key_file)
         self.identity = noise.StaticIdentity.from_private(private)
-        self.core = RelayCore(private, settings.coord.public_key, settings.limits, os.urandom, clock())
+        self.native = native.available(clock)
+        """Whether a native thread forwards (`meshvpn.relay.native`); else `_on_udp` reads the socket."""
+        buckets = {"bucket": native.bucket_factory()} if self.native else {}
+        self.core = RelayCore(private, settings.coord.public_key, settings.limits, os.urandom, clock(), **buckets)
+        self._forwarder: native.NativeForwarder | None = None
         self.hello_file = TimestampFile(settings.state_dir, HELLO_FILE, "hellos", _HELLO_STAMP)
         self.core.restore_hellos({key: int.from_bytes(stamp, "big") for key, stamp in self.hello_file.load().items()})
         self.hellos = TimestampJournal(self.core.latest_hello)
@@ -199,9 +204,9 @@ class RelayServer:
                 self._unbind()
         await self._listen_tls()
         self._on_timer()
-        self.metrics = await start_metrics(self.settings.metrics.listen, "relay", lambda: relay_families(self.core, self._udp.send_errors))
-        log.info("relay %s listening on %s:%d (UDP and TCP)",
-                 keys.encode_key(self.identity.public), *self.address)
+        self.metrics = await start_metrics(self.settings.metrics.listen, "relay", self._metrics)
+        log.info("relay %s listening on %s:%d (UDP and TCP), forwarding %s", keys.encode_key(self.identity.public),
+                 *self.address, native.describe(self.clock))
 
     async def _listen_tls(self) -> None:
         """The TLS listener (``tls.listen``): the same streams as on plain TCP, inside TLS."""
@@ -225,7 +230,7 @@ class RelayServer:
         if self._timer is not None:
             self._timer.cancel()
         if self._udp is not None and self._udp.sock.fileno() >= 0:
-            asyncio.get_running_loop().remove_reader(self._udp.sock.fileno())
+            self._stop_reading()
             self._udp.sock.close()
         listeners = [lst for lst in (self._listener, self._tls_listener) if lst is not None]
         for listener in listeners:
@@ -257,16 +262,31 @@ class RelayServer:
 
     def _unbind(self) -> None:
         """Close the UDP socket of a port whose TCP side was taken, to try another."""
-        asyncio.get_running_loop().remove_reader(self._udp.sock.fileno())
+        self._stop_reading()
         self._udp.sock.close()
         self._udp = None
+
+    def _stop_reading(self) -> None:
+        """No more reads of the UDP socket: the native thread stopped and joined (its counts folded in)."""
+        loop = asyncio.get_running_loop()
+        if self._forwarder is None:
+            loop.remove_reader(self._udp.sock.fileno())
+            return
+        loop.remove_reader(self._forwarder.fileno())
+        self._forwarder.stop()
+        self._forwarder = None
 
     async def _bind(self, listen: Address) -> None:
         """UDP, then TCP on the same port (both families on the IPv4 wildcard)."""
         loop = asyncio.get_running_loop()
         self._udp = BatchUdpSocket(bind_udp(listen.host, listen.port, SOCKET_BUFFER, dual_stack=True))
         self.address = (listen.host, self._udp.sock.getsockname()[1])
-        loop.add_reader(self._udp.sock.fileno(), self._on_udp)
+        if self.native:
+            self._forwarder = native.NativeForwarder(self.core, self._udp.sock.fileno())
+            self._forwarder.start()
+            loop.add_reader(self._forwarder.fileno(), self._on_handed)
+        else:
+            loop.add_reader(self._udp.sock.fileno(), self._on_udp)
         self._listener = await loop.create_server(
             lambda: _StreamConnection(self), listen_hosts(listen.host), self.address[1], reuse_address=True
         )
@@ -281,6 +301,8 @@ class RelayServer:
             stream.conn_id.send_queued()
         for stream in core.streams_to_close():
             stream.conn_id.close("no valid hello")
+        if self._forwarder is not None:
+            self._forwarder.sync()
 
     def _on_udp(self) -> None:
         """Receive up to RECV_BURST times, each receive one batch for the core, then send once."""
@@ -297,8 +319,27 @@ class RelayServer:
             receive(view[:nbytes], size, source[:2], now)
         self.flush()
 
+    def _on_handed(self) -> None:
+        """What the native thread left to the core (hellos, envelopes to TCP nodes, anything unknown)."""
+        receive, now = self.core.receive_gro, self.clock()
+        for data, source, size in self._forwarder.take():
+            receive(data, size, source, now)
+        self.flush()
+
+    def fold(self) -> None:
+        """Fold the native thread's counts and liveness into the core now (the timer does every second,
+        before the core sweeps, and so do the status line and metrics)."""
+        if self._forwarder is not None:
+            self._forwarder.pull()
+
+    def _metrics(self):
+        self.fold()
+        send_errors = self._udp.send_errors + (self._forwarder.send_errors if self._forwarder is not None else 0)
+        return relay_families(self.core, send_errors)
+
     def status(self) -> str:
         """The systemd STATUS= line: nodes now, and the forwarding rate since the last line."""
+        self.fold()
         status = self.core.status()
         now, forwarded = self.clock(), status["forwarded"]
         since, before = self._rate_since
@@ -307,6 +348,7 @@ class RelayServer:
         return f"{status['nodes']} nodes, {rate:.0f} pkt/s"
 
     def _on_timer(self) -> None:
+        self.fold()
         self.core.handle_timer(self.clock())
         self.flush()
         self._keep_hellos()

@@ -22,12 +22,23 @@ from meshvpn.control.messages import RelayInfo
 from meshvpn.cookie import CookieJar
 from meshvpn.dualstack import has_ipv6
 from meshvpn.node.relay.link import RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport
+from meshvpn.relay import native as relay_native
 from meshvpn.relay import server as relay_server
 from meshvpn.relay.server import RelayServer
 from meshvpn.relaytoken import TokenMinter
 from meshvpn.wire import MessageType
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def forwarding(request, monkeypatch):
+    """Every script runs with the relay's native thread and with the pure-Python path."""
+    if request.param == "native" and not relay_native.available(time.time):
+        pytest.skip("the native extension is not built or not in use")
+    if request.param == "python":
+        monkeypatch.setattr(relay_native, "available", lambda clock: False)
+    return request.param
 
 COORD = bytes([1]) * 32
 MINTER = TokenMinter(COORD, os.urandom)
@@ -147,6 +158,7 @@ def test_udp_nodes_register_and_exchange_envelopes(tmp_path):
             got = await bob.receive()
             bob.send(wire.encode_relay(alice.public, KEEPALIVE))
             back = await alice.receive()
+            server.fold()
             return got, back, server.core.status()
 
     got, back, status = asyncio.run(scenario())
@@ -167,6 +179,7 @@ def test_a_tcp_node_and_a_udp_node_reach_each_other(tmp_path):
             to_alice = await alice.receive()
             alice.send(wire.encode_relay(bob.public, DATA))
             to_bob = await bob.receive()
+            server.fold()
             status = server.core.status()
             alice.writer.close()
             alice.pump.cancel()
@@ -222,6 +235,7 @@ def test_a_forged_token_gets_no_answer_and_other_nodes_keep_working(tmp_path):
             mallory.send(wire.encode_relay(bob.public, DATA))
             alice.send(wire.encode_relay(bob.public, DATA))
             got = await bob.receive()
+            server.fold()
             return got, mallory.inbox.queue.empty(), server.core.drops
 
     got, nothing_for_mallory, drops = asyncio.run(scenario())
@@ -243,6 +257,7 @@ def test_reload_applies_new_limits(tmp_path):
                 while True:
                     await asyncio.wait_for(bob.inbox.queue.get(), 0.3)
                     received += 1
+            server.fold()
             return received, server.core.drops["rate limited"], server.reloader.settings.limits.burst
 
     received, limited, burst = asyncio.run(scenario())
@@ -316,6 +331,7 @@ def test_a_hello_captured_before_a_restart_is_still_a_replay_after_it(tmp_path):
                 await asyncio.wait_for(attacker.queue.get(), 0.5)
                 raise AssertionError("the replayed hello was answered")
             udp.close()
+            server.fold()
             return dict(server.core.drops), server.core.registered_link(public)
 
     captured, public = asyncio.run(first_life())
