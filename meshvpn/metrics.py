@@ -156,10 +156,11 @@ def coord_families(membership, connections: Sized) -> list[Family]:
             punches.add(membership.punches_dropped)]
 
 
-def relay_families(core, send_errors: int = 0) -> list[Family]:
+def relay_families(core, send_errors: int = 0, native: Optional[dict] = None) -> list[Family]:
     """``meshvpn relay``: forwarded packets, bytes and runs, drops by reason, registered nodes.
 
-    `send_errors` are the UDP socket's sends the kernel refused (a full buffer drops, it does not wait).
+    `send_errors` are the UDP socket's sends the kernel refused (a full buffer drops, it does not wait);
+    `native` what the native forwarding thread counted (`meshvpn.relay.native.TOTALS`), if it runs.
     """
     status = core.status()
     return [
@@ -171,6 +172,8 @@ def relay_families(core, send_errors: int = 0) -> list[Family]:
         _gauge("meshvpn_relay_nodes", "Nodes registered now.").add(status["nodes"]),
         _gauge("meshvpn_relay_nodes_tcp", "Nodes registered over TCP now.").add(status["nodes_tcp"]),
         _by_reason(_counter("meshvpn_relay_drops", "Messages dropped, by reason.", "reason"), status["drops"]),
+        _by_reason(_counter("meshvpn_relay_native", "What the native forwarding thread counted.", "count"),
+                   native or {}),
     ]
 
 

@@ -335,7 +335,7 @@ class RelayServer:
     def _metrics(self):
         self.fold()
         send_errors = self._udp.send_errors + (self._forwarder.send_errors if self._forwarder is not None else 0)
-        return relay_families(self.core, send_errors)
+        return relay_families(self.core, send_errors, self._forwarder.totals if self._forwarder is not None else None)
 
     def status(self) -> str:
         """The systemd STATUS= line: nodes now, and the forwarding rate since the last line."""

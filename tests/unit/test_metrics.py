@@ -142,7 +142,7 @@ def test_relay_families_read_the_core_status():
     core = RelayCore(keys.generate_private_key(), coord_public, RelayLimits(), lambda n: bytes(n), 0.0)
     core.stats.forwarded, core.stats.forwarded_bytes, core.stats.hellos, core.stats.runs = 7, 700, 2, 3
     core.drops["rate limited"] += 3
-    got = as_dict(relay_families(core, send_errors=4))
+    got = as_dict(relay_families(core, send_errors=4, native={"forwarded natively": 5, "handed to python": 1}))
     assert got[("meshvpn_relay_send_errors", ())] == 4.0
     assert got[("meshvpn_relay_forwarded_packets", ())] == 7.0
     assert got[("meshvpn_relay_forwarded_bytes", ())] == 700.0
@@ -150,6 +150,7 @@ def test_relay_families_read_the_core_status():
     assert got[("meshvpn_relay_runs", ())] == 3.0
     assert got[("meshvpn_relay_nodes", ())] == 0.0
     assert got[("meshvpn_relay_drops", ("rate limited",))] == 3.0
+    assert got[("meshvpn_relay_native", ("forwarded natively",))] == 5.0
 
 
 def test_the_relay_serves_its_metrics_and_a_rate_status_line(tmp_path):
