@@ -294,6 +294,8 @@ class RelayServer:
     def flush(self) -> None:
         """Send what the core produced: runs of datagrams, stream frames, stream closes."""
         core = self.core
+        if self._forwarder is not None:  # before the acks: a node told it is registered finds the thread knows
+            self._forwarder.sync()
         send = self._udp.send_contiguous
         for run in core.runs_to_send():
             send(run.dst, run.data, run.size)
@@ -301,8 +303,6 @@ class RelayServer:
             stream.conn_id.send_queued()
         for stream in core.streams_to_close():
             stream.conn_id.close("no valid hello")
-        if self._forwarder is not None:
-            self._forwarder.sync()
 
     def _on_udp(self) -> None:
         """Receive up to RECV_BURST times, each receive one batch for the core, then send once."""
