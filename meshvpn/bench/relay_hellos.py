@@ -21,9 +21,9 @@ from meshvpn.relaytoken import TokenMinter
 from meshvpn.wire import MessageType
 
 
-def hello(private: bytes, relay_public: bytes, token: bytes, now: float) -> bytes:
+def hello(private: bytes, relay_public: bytes, token: bytes, now: float, nonce: bytes | None = None) -> bytes:
     box = wire.box_key(private, relay_public)
-    return wire.seal(MessageType.RELAY_HELLO, keys.public_key(private), os.urandom(24), box,
+    return wire.seal(MessageType.RELAY_HELLO, keys.public_key(private), nonce or os.urandom(24), box,
                      wire.RelayHello(int(now * 1000), token))
 
 
