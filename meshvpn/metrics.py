@@ -157,7 +157,7 @@ def coord_families(membership, connections: Sized) -> list[Family]:
 
 
 def relay_families(core, send_errors: int = 0, native: Optional[dict] = None) -> list[Family]:
-    """``meshvpn relay``: forwarded packets, bytes and runs, drops by reason, registered nodes.
+    """``meshvpn relay``: forwarded packets, bytes and runs, STUN answers, drops by reason, registered nodes.
 
     `send_errors` are the UDP socket's sends the kernel refused (a full buffer drops, it does not wait);
     `native` what the native forwarding thread counted (`meshvpn.relay.native.TOTALS`), if it runs.
@@ -169,6 +169,7 @@ def relay_families(core, send_errors: int = 0, native: Optional[dict] = None) ->
         _counter("meshvpn_relay_runs", "Runs of forwarded envelopes (one endpoint, one source, GSO).").add(status["runs"]),
         _counter("meshvpn_relay_send_errors", "UDP sends (a datagram or a run) the kernel refused.").add(send_errors),
         _counter("meshvpn_relay_hellos", "Relay hellos accepted.").add(core.stats.hellos),
+        _counter("meshvpn_relay_stun_answers", "STUN Binding requests answered (the nodes' mapping test).").add(core.stun.answered),
         _gauge("meshvpn_relay_nodes", "Nodes registered now.").add(status["nodes"]),
         _gauge("meshvpn_relay_nodes_tcp", "Nodes registered over TCP now.").add(status["nodes_tcp"]),
         _by_reason(_counter("meshvpn_relay_drops", "Messages dropped, by reason.", "reason"), status["drops"]),

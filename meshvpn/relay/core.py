@@ -35,7 +35,7 @@ Rules:
   message forwarded just before from the same batch goes to the same destination after only
   its own bucket check. Datagrams for one UDP endpoint leave in runs (`runs_to_send`): equal
   sizes back to back, the last may be shorter, which the shell sends with one GSO ``sendmsg``.
-* Anything else is dropped and counted by reason in `drops`; nothing raises.
+* A STUN request on UDP is answered (`relay.stunanswer`); anything else is dropped and counted in `drops`.
 
 Time is Unix seconds (the shell passes ``time.time()``): tokens and hellos carry wall-clock
 times. Randomness (hello-ack nonces) comes from the injected ``random_bytes``.
@@ -54,6 +54,7 @@ from meshvpn.errors import RemoteProtocolError
 from meshvpn.keys import public_key
 from meshvpn.ratelimit import TokenBucket
 from meshvpn.relay.registry import BucketFactory, Registration, Registry
+from meshvpn.relay.stunanswer import StunAnswerer
 from meshvpn.relaytoken import TokenError, TokenGrant, TokenVerifier
 from meshvpn.wire import Endpoint, MessageType
 
@@ -153,6 +154,7 @@ class RelayCore:
         self._box_keys: OrderedDict[bytes, bytes] = OrderedDict()
         self._cookies = CookieChecker(self.public_key, random_bytes, now)
         self._dh_budget = TokenBucket(DH_RATE, DH_BURST, now)
+        self.stun = StunAnswerer(self.drops, now)
         self.latest_hello: dict[bytes, int] = {}
         """Per node key, the timestamp (Unix ms) of the newest hello taken: older ones are replays.
         Pruned in place once out of `HELLO_MAX_SKEW` (the shell's journal reads this very dict)."""
@@ -210,7 +212,8 @@ class RelayCore:
             try:
                 kind = wire.message_type(data)
             except RemoteProtocolError:
-                self.drops["malformed"] += 1
+                if not self.stun.answer(data, link, now, self._send_datagram):
+                    self.drops["malformed"] += 1
                 continue
             if kind == MessageType.RELAY:
                 dst = self._check(data, src, now)

@@ -142,12 +142,14 @@ def test_relay_families_read_the_core_status():
     core = RelayCore(keys.generate_private_key(), coord_public, RelayLimits(), lambda n: bytes(n), 0.0)
     core.stats.forwarded, core.stats.forwarded_bytes, core.stats.hellos, core.stats.runs = 7, 700, 2, 3
     core.drops["rate limited"] += 3
+    core.stun.answered = 5
     got = as_dict(relay_families(core, send_errors=4, native={"forwarded natively": 5, "handed to python": 1}))
     assert got[("meshvpn_relay_send_errors", ())] == 4.0
     assert got[("meshvpn_relay_forwarded_packets", ())] == 7.0
     assert got[("meshvpn_relay_forwarded_bytes", ())] == 700.0
     assert got[("meshvpn_relay_hellos", ())] == 2.0
     assert got[("meshvpn_relay_runs", ())] == 3.0
+    assert got[("meshvpn_relay_stun_answers", ())] == 5.0
     assert got[("meshvpn_relay_nodes", ())] == 0.0
     assert got[("meshvpn_relay_drops", ("rate limited",))] == 3.0
     assert got[("meshvpn_relay_native", ("forwarded natively",))] == 5.0

@@ -66,6 +66,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.peers",
     "meshvpn.node.probes",
     "meshvpn.relay.core",
+    "meshvpn.relay.stunanswer",
     "meshvpn.relaytoken",
     "meshvpn.cookie",
     "meshvpn.node.relay.link",
