@@ -11,11 +11,12 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from typing import Optional
+from typing import Iterable, Optional
 
 from meshvpn.config import NodeConfig
 from meshvpn.control import messages as m
 from meshvpn.node.netcheck import gather_profile, nat_profile, verdict
+from meshvpn.node.netcheck_relays import pick_relay
 from meshvpn.node.prediction import NatProfile
 from meshvpn.stunio import StunClient, stun_binding
 from meshvpn.wire import Endpoint
@@ -58,13 +59,16 @@ async def public_mapping(stun: StunClient, config: NodeConfig, family: int,
     return m.Endpoint(ipaddress.ip_address(host).compressed, port)
 
 
-async def own_nat_profile(config: NodeConfig, family: int, host: Optional[str] = None) -> Optional[NatProfile]:
-    """Our NAT's mapping and port allocation from a few fresh-socket STUN samples (netcheck's)."""
+async def own_nat_profile(config: NodeConfig, family: int, host: Optional[str] = None,
+                          relays: Iterable[tuple[str, Endpoint, bool]] = ()) -> Optional[NatProfile]:
+    """Our NAT's mapping and port allocation from a few fresh-socket STUN samples (netcheck's); the
+    mapping test asks one of `relays` (name, endpoint, is home) too when the coord has no alternate."""
     try:
         server = await stun_server(config, family, host)
     except (OSError, ValueError):
         return None
-    return nat_profile(verdict(await gather_profile(server, config.listen.address)))
+    relay = pick_relay(relays, server)
+    return nat_profile(verdict(await gather_profile(server, config.listen.address, relay)))
 
 
 async def port_sample(config: NodeConfig, family: int, host: Optional[str] = None) -> Optional[Endpoint]:

@@ -8,7 +8,12 @@ answer (a second server with the addresses crossed), the tests become complete.
 * UDP: does any Binding request get an answer at all.
 * Mapping (RFC 5780 §4.3): one socket asks A1:P1, A2:P2, A2:P1 and A1:P2. One mapped endpoint
   for all: endpoint-independent. One per address: address-dependent. Otherwise address-and-
-  port-dependent; without A2:P1 and A1:P2 the last two cannot be told apart.
+  port-dependent; without A2:P1 and A1:P2 the last two cannot be told apart. A coord without an
+  alternate address (the usual deployment) leaves the test to a relay, which answers Binding
+  requests on its UDP port: the same socket asks it after A1:P1, and the relay stands for the
+  alternate IP. The same mapped endpoint from both: endpoint-independent; another one:
+  endpoint-dependent (address-and-port-dependent when the relay shares the coord's IP, while the
+  same endpoint there proves nothing). The verdict names the source of its mapping answer.
 * Filtering (§4.4): a fresh socket asks A1:P1 to answer from A2:P2 (test II): an answer means
   endpoint-independent filtering. It then asks A2:P1 to answer from A1:P2: under an endpoint-
   independent mapping, that reply is admitted by address-dependent filtering only.
@@ -22,7 +27,7 @@ answer (a second server with the addresses crossed), the tests become complete.
 * IPv6 (`meshvpn.node.netcheck6`): a global address, the STUN mapping over IPv6, and whether
   the coord and the relays answer over IPv6.
 
-The verdict logic (`verdict`) is pure; `gather` is the asyncio shell that observes.
+The verdict logic (`meshvpn.node.natverdict`) is pure; `gather` is the asyncio shell that observes.
 """
 
 from __future__ import annotations
@@ -31,12 +36,15 @@ import asyncio
 import json
 import os
 import socket
-import ssl
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
-from meshvpn import tlsenvelope
+from meshvpn.node.natverdict import (
+    ADM, ALLOCATION_SAMPLES, APDM, EIM, ENDPOINT_DEPENDENT, OFFSET, PRESERVING, RANDOM, SEQUENTIAL, Observations,
+    Verdict, allocation, mapping, nat_profile, relay_mapping, render, verdict,
+)
+from meshvpn.node.netcheck_relays import RelayTarget, mapping_relay, relay_rtts
+from meshvpn.node.netcheck_relays import daemon_relays as _daemon_relays
 from meshvpn.node.portmap.shell import probe_gateway
-from meshvpn.node.prediction import Allocation, NatProfile
 from meshvpn.stun import ChangeRequest, StunResult, is_stun
 from meshvpn.stunio import StunClient
 
@@ -45,135 +53,7 @@ Endpoint = tuple[str, int]
 QUERY_TIMEOUT = 1.0
 """Seconds one Binding query may take; a filtered reply costs exactly this."""
 QUERY_RTO = 0.2
-ALLOCATION_SAMPLES = 5
-SEQUENTIAL_STEP = 8
-"""Largest step between consecutive new mappings still called sequential."""
 HAIRPIN_WAIT = 0.5
-RELAY_TIMEOUT = 2.0
-
-EIM, ADM, APDM = "endpoint-independent", "address-dependent", "address-and-port-dependent"
-ENDPOINT_DEPENDENT = "address-dependent or address-and-port-dependent"
-PRESERVING, OFFSET, SEQUENTIAL, RANDOM = Allocation.PRESERVING, Allocation.OFFSET, Allocation.SEQUENTIAL, Allocation.RANDOM
-
-
-@dataclass
-class Observations:
-    """What the probes saw; every field is None when its test could not run."""
-
-    local_ip: str | None = None
-    """The address the probing sockets were bound to, as the kernel chose it."""
-    mapped: dict[str, Endpoint] = field(default_factory=dict)
-    """Mapped endpoint seen by each STUN address ("A1P1", "A2P2", "A2P1", "A1P2") from one socket."""
-    change_both: bool | None = None
-    """Test II: an answer from A2:P2 to a socket that only sent to A1:P1 arrived."""
-    change_to_sent_address: bool | None = None
-    """An answer from A1:P2 arrived at a socket that had sent to A1:P1 and A2:P1."""
-    samples: list[tuple[int, int]] = field(default_factory=list)
-    """(local port, mapped port) of fresh sockets asking A1:P1 one after another."""
-    hairpin: bool | None = None
-    relays: dict[str, dict[str, float | None]] = field(default_factory=dict)
-    """Per relay, the transports tried and their time (None: it did not get through): ``tcp`` and
-    ``tls`` the connect (and TLS handshake) time, ``udp`` the running daemon's hello round trip
-    when its link is ready over UDP."""
-
-
-@dataclass
-class Verdict:
-    """The report, in RFC 4787 terms."""
-
-    udp: bool
-    public: Endpoint | None = None
-    nat: bool | None = None
-    mapping: str | None = None
-    filtering: str | None = None
-    allocation: str | None = None
-    hairpinning: bool | None = None
-    relays: dict[str, dict[str, float | None]] = field(default_factory=dict)
-
-    @property
-    def traversal(self) -> str:
-        """What hole punching has to do from here."""
-        if not self.udp:
-            return "UDP blocked: relay over TCP only"
-        if not self.nat or self.mapping == EIM:
-            return "easy: one public endpoint for every peer"
-        if self.allocation in (SEQUENTIAL, PRESERVING, OFFSET):
-            return "hard: port prediction"
-        return "hard: birthday probing from the other side, else relay"
-
-
-def allocation(samples: list[tuple[int, int]]) -> str | None:
-    """How the NAT picks ports, from (local port, mapped port) of consecutive new mappings."""
-    if len(samples) < 2:
-        return None
-    if all(local == mapped for local, mapped in samples):
-        return PRESERVING
-    if len({mapped - local for local, mapped in samples}) == 1:
-        return OFFSET
-    mapped = [m for _, m in samples]
-    steps = [b - a for a, b in zip(mapped, mapped[1:])]
-    if sum(0 < step <= SEQUENTIAL_STEP for step in steps) * 2 > len(steps):
-        return SEQUENTIAL
-    return RANDOM
-
-
-def mapping(mapped: dict[str, Endpoint]) -> str | None:
-    """RFC 4787 mapping behaviour from the endpoints the four STUN addresses saw."""
-    base, far = mapped.get("A1P1"), mapped.get("A2P2")
-    if base is None or far is None:
-        return None
-    if base == far and all(m == base for m in mapped.values()):
-        return EIM
-    if "A2P1" in mapped:
-        return ADM if mapped["A2P1"] == far else APDM
-    if "A1P2" in mapped:
-        return ADM if mapped["A1P2"] == base else APDM
-    return ENDPOINT_DEPENDENT
-
-
-def verdict(obs: Observations) -> Verdict:
-    """Turn observations into RFC 4787 verdicts; unknowable ones stay None."""
-    public = obs.mapped.get("A1P1")
-    if public is None:
-        return Verdict(udp=False, relays=obs.relays)
-    nat = public[0] != obs.local_ip or any(local != m for local, m in obs.samples)
-    kind = mapping(obs.mapped)
-    if obs.change_both:
-        filtering = EIM
-    elif kind == EIM and obs.change_to_sent_address is not None:
-        filtering = ADM if obs.change_to_sent_address else APDM
-    elif obs.change_both is False:
-        filtering = ENDPOINT_DEPENDENT
-    else:
-        filtering = None
-    return Verdict(True, public, nat, kind, filtering, allocation(obs.samples),
-                   obs.hairpin if nat else None, obs.relays)
-
-
-def render(v: Verdict) -> str:
-    """The human-readable report."""
-    if not v.udp:
-        lines = ["UDP: blocked (no STUN answer)"]
-    else:
-        lines = [
-            f"UDP: works, public endpoint {v.public[0]}:{v.public[1]}",
-            f"NAT: {'yes' if v.nat else 'no (public address)'}",
-            f"mapping: {_name(v.mapping, 'mapping')}",
-            f"filtering: {_name(v.filtering, 'filtering')}",
-            f"port allocation: {v.allocation or 'unknown'}",
-            f"hairpinning: {'n/a' if v.hairpinning is None else ('yes' if v.hairpinning else 'no')}",
-        ]
-    lines.append(f"traversal: {v.traversal}")
-    for name, transports in sorted(v.relays.items()):
-        lines.append(f"relay {name}: " + ", ".join(
-            f"{kind} " + (f"{rtt * 1000:.1f} ms" if rtt is not None else "unreachable")
-            for kind, rtt in transports.items()))
-    return "\n".join(lines)
-
-
-def _name(behaviour: str | None, what: str) -> str:
-    return f"{behaviour} {what}" if behaviour else "unknown"
-
 
 # ---- the asyncio shell ----------------------------------------------------------------------
 
@@ -215,22 +95,10 @@ async def _socket(bind: str) -> _Probe:
     return probe
 
 
-@dataclass(frozen=True)
-class RelayTarget:
-    """A relay as netcheck tries it: its address, its TLS port, and the running daemon's UDP link."""
-
-    endpoint: Endpoint
-    tls_port: int | None = None
-    udp_rtt: float | None = None
-    """The daemon's hello round trip while its link is ready over UDP, seconds."""
-    udp_known: bool = False
-    """Whether a running daemon said anything about its link (else UDP is not reported)."""
-
-
 async def gather(stun: Endpoint, relays: dict[str, RelayTarget], bind: str = "0.0.0.0") -> Observations:
     """Run every test against the STUN server at `stun` and the `relays`; never raises for the network."""
-    obs = Observations(local_ip=_route_source(stun[0]))
-    relay_task = asyncio.ensure_future(_relay_rtts(relays))
+    obs = Observations(local_ip=_route_source(stun[0]), server=stun)
+    relay_task = asyncio.ensure_future(relay_rtts(relays))
     first = await _socket(bind)
     try:
         answer = await first.ask(stun)
@@ -238,6 +106,7 @@ async def gather(stun: Endpoint, relays: dict[str, RelayTarget], bind: str = "0.
             obs.mapped["A1P1"] = answer.mapped
             if answer.other_address is not None:
                 await _mapping_and_filtering(obs, first, stun, answer.other_address, bind)
+            await _ask_relay(obs, first, mapping_relay(relays, stun))
             await _samples(obs, stun, bind)
             obs.hairpin = await _hairpin(stun, bind)
     finally:
@@ -246,9 +115,11 @@ async def gather(stun: Endpoint, relays: dict[str, RelayTarget], bind: str = "0.
     return obs
 
 
-async def gather_profile(stun: Endpoint, bind: str = "0.0.0.0") -> Observations:
-    """The cheap subset the daemon runs at start and on endpoint refresh: mapping and allocation."""
-    obs = Observations(local_ip=_route_source(stun[0]))
+async def gather_profile(stun: Endpoint, bind: str = "0.0.0.0", relay: tuple[str, Endpoint] | None = None) -> Observations:
+    """The cheap subset the daemon runs at start and on endpoint refresh: mapping and allocation.
+
+    The mapping test's second server is the coord's alternate address, else `relay` (name, address)."""
+    obs = Observations(local_ip=_route_source(stun[0]), server=stun)
     first = await _socket(bind)
     try:
         answer = await first.ask(stun)
@@ -259,27 +130,20 @@ async def gather_profile(stun: Endpoint, bind: str = "0.0.0.0") -> Observations:
             far = await first.ask(answer.other_address)
             if far is not None:
                 obs.mapped["A2P2"] = far.mapped
+        await _ask_relay(obs, first, relay)
     finally:
         first.close()
     await _samples(obs, stun, bind)
     return obs
 
 
-def nat_profile(v: Verdict) -> NatProfile | None:
-    """What the path finder needs from a verdict; None when UDP does not work.
-
-    Without a second STUN address the mapping is unknown: port preservation (or no NAT)
-    is taken as endpoint-independent, anything else as endpoint-dependent.
-    """
-    if not v.udp:
-        return None
-    known = {PRESERVING, OFFSET, SEQUENTIAL, RANDOM}
-    allocation = Allocation(v.allocation) if v.allocation in known else Allocation.UNKNOWN
-    if not v.nat:
-        return NatProfile()
-    if v.mapping is None:
-        return NatProfile(allocation is PRESERVING, allocation)
-    return NatProfile(v.mapping == EIM, allocation)
+async def _ask_relay(obs: Observations, probe: _Probe, relay: tuple[str, Endpoint] | None) -> None:
+    """The relay's view of `probe`'s mapping, when the coord's alternate address did not tell it."""
+    if relay is None or "A2P2" in obs.mapped:
+        return
+    obs.relay = relay
+    answer = await probe.ask(relay[1])
+    obs.relay_mapped = None if answer is None else answer.mapped
 
 
 async def _mapping_and_filtering(obs: Observations, probe: _Probe, a1p1: Endpoint, a2p2: Endpoint, bind: str) -> None:
@@ -334,31 +198,6 @@ async def _hairpin(stun: Endpoint, bind: str) -> bool | None:
         two.close()
 
 
-async def _relay_rtts(relays: dict[str, RelayTarget]) -> dict[str, dict[str, float | None]]:
-    """Which of UDP (as the daemon's link saw it), TCP and TLS reach each relay, and how fast."""
-    async def connect_time(endpoint: Endpoint, tls: bool = False) -> float | None:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        try:
-            context = tlsenvelope.client_context() if tls else None
-            _, writer = await asyncio.wait_for(asyncio.open_connection(*endpoint, ssl=context), RELAY_TIMEOUT)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError):
-            return None
-        elapsed = loop.time() - start
-        writer.close()
-        return elapsed
-
-    async def transports(target: RelayTarget) -> dict[str, float | None]:
-        out: dict[str, float | None] = {"udp": target.udp_rtt} if target.udp_known else {}
-        out["tcp"] = await connect_time(target.endpoint)
-        if target.tls_port:
-            out["tls"] = await connect_time((target.endpoint[0], target.tls_port), tls=True)
-        return out
-
-    found = await asyncio.gather(*(transports(target) for target in relays.values()))
-    return dict(zip(relays, found))
-
-
 def _route_source(host: str) -> str | None:
     """The local address the kernel would send to `host` from (no packet is sent)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -382,20 +221,6 @@ def _daemon_status(control_socket: str) -> dict:
     return {}
 
 
-def _daemon_relays(status: dict) -> dict[str, RelayTarget]:
-    """The relays a running daemon learned from the coordination server, with its links' state."""
-    try:
-        return {str(r["name"]): _relay_target(r) for r in (status.get("self") or {}).get("relays") or []}
-    except (KeyError, TypeError, ValueError):
-        return {}
-
-
-def _relay_target(link: dict) -> RelayTarget:
-    on_udp = link.get("ready") and link.get("transport") == "udp" and link.get("rtt_ms") is not None
-    return RelayTarget(_endpoint(str(link["address"])), link.get("tls_port"),
-                       link["rtt_ms"] / 1000 if on_udp else None, udp_known=True)
-
-
 def render_port_mapping(report: dict) -> list[str]:
     """The port-mapping lines: what the gateway speaks, and the running daemon's mapping."""
     available = report.get("available") or []
@@ -417,11 +242,6 @@ def _mapping_in_use(what: str, mapping: dict) -> str:
     return f"{what}: {mapping['external']} via {mapping['protocol']}{left}"
 
 
-def _endpoint(text: str) -> Endpoint:
-    host, port = text.rsplit(":", 1)
-    return host.strip("[]"), int(port)
-
-
 def main(args) -> int:
     """`meshvpn netcheck [--json]`: probe the coordination server's STUN service and print a report."""
     from meshvpn.node.netcheck6 import check_ipv6, render_ipv6  # it needs the daemon's modules, which need this one
@@ -441,5 +261,6 @@ def main(args) -> int:
     return 0 if result.udp else 1
 
 
-__all__ = ["Observations", "Verdict", "allocation", "gather", "gather_profile", "main", "mapping", "nat_profile", "render",
-           "verdict"]
+__all__ = ["ADM", "ALLOCATION_SAMPLES", "APDM", "EIM", "ENDPOINT_DEPENDENT", "OFFSET", "PRESERVING", "RANDOM", "SEQUENTIAL",
+           "Observations", "Verdict", "allocation", "gather", "gather_profile", "main", "mapping", "mapping_relay",
+           "nat_profile", "relay_mapping", "render", "verdict"]

@@ -59,6 +59,12 @@ class EndpointRefresh:
         """The node asked for a round (``DiscoverEndpoints``) that has not reported yet."""
         self.mapped_tcp: Optional[m.Endpoint] = None
         """The router's mapping of our TCP punch port, as last reported (``Register`` repeats it)."""
+        self._profiled_without_relay = False
+        """The last NAT profile was taken before any relay was known (so without the mapping test)."""
+        self._profiling: Optional[asyncio.Task] = None
+        """A profile taken again once the relays are known, outside the rounds."""
+        self._profiles_started = 0
+        """Profiles begun so far: only the latest begun may set the node's (an earlier one knew less)."""
 
     def start(self) -> None:
         self._task = self.daemon.loop.create_task(self._run())
@@ -88,8 +94,10 @@ class EndpointRefresh:
             self.start()
 
     def coord_up(self) -> None:
-        """The coord link registered: re-probe now if a change was waiting for it."""
+        """The coord link registered: re-probe now if a change was waiting for it. The welcome is
+        handled right after this call, so what needs its relays waits for the loop's next turn."""
         self._reprobe_when_ready()
+        self.daemon.loop.call_soon(self._profile_with_relays)
 
     def _reprobe_when_ready(self) -> None:
         daemon = self.daemon
@@ -100,9 +108,10 @@ class EndpointRefresh:
             daemon.transmit()
 
     def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        for task in (self._task, self._profiling):
+            if task is not None:
+                task.cancel()
+        self._task = self._profiling = None
 
     async def _run(self) -> None:
         while True:
@@ -125,11 +134,27 @@ class EndpointRefresh:
         if local6:  # after the IPv4 report: an IPv6 route that drops packets must not hold that up
             mapped6 = await ipv6_mapping(daemon.stun, daemon.config)
             self._report(daemon.public_endpoint, daemon.local, daemon.nat, announced(local6, mapped6))
-        profile = await own_nat_profile(daemon.config, daemon.udp.family, daemon.link.host)
-        if profile is not None:
+        await self._profile()
+        daemon._prune_mappings()
+
+    async def _profile(self) -> None:
+        """Sample the NAT's behaviour, with a relay as the mapping test's second server if one is known."""
+        daemon = self.daemon
+        relays = daemon.node.relays.known_endpoints()
+        self._profiled_without_relay = not relays
+        self._profiles_started += 1
+        started = self._profiles_started
+        profile = await own_nat_profile(daemon.config, daemon.udp.family, daemon.link.host, relays)
+        if profile is not None and started == self._profiles_started:  # a later one knows more
             daemon.node.set_nat_profile(profile)
             self._report(daemon.public_endpoint, daemon.local, nat_info(profile))
-        daemon._prune_mappings()
+
+    def _profile_with_relays(self) -> None:
+        """The welcome named the relays: a profile taken without one is taken again (the mapping test needs one)."""
+        if self._profiled_without_relay and self.daemon.node.relays.links and self._profiling is None:
+            self._profiled_without_relay = False
+            self._profiling = task = self.daemon.loop.create_task(self._profile())
+            task.add_done_callback(lambda _: self._profiling is task and setattr(self, "_profiling", None))
 
     def mapping_changed(self) -> None:
         """The router's port mapping was granted, moved or lost: report it with the rest as it is."""

@@ -4,7 +4,8 @@ Each node is the real `NodeCore` and data path (`DataPlane`) on a simulated host
 `meshvpn.sim` NATs; around it sit the pieces its shell would provide, as small as they can be:
 
 * a STUN server that answers ``b"S"`` with the source endpoint (the main socket's public
-  endpoint at start, after each `DiscoverEndpoints`, and each `SampleWanted` from a fresh socket);
+  endpoint at start, after each `DiscoverEndpoints`, and each `SampleWanted` from a fresh socket),
+  and real Binding requests too, for a site whose node takes its NAT profile (`Kind.probed`);
 * the extra sockets an `OpenMappings` asks for, and `socket_for` pinning on the way out;
 * a relay that forwards envelopes between the nodes' main sockets (registered by a hello, sent
   again whenever the core asks its relay links to check themselves);
@@ -35,6 +36,7 @@ from meshvpn.sim.nat import (
     NatBehavior, PortAllocation,
 )
 from meshvpn.sim.clock import Scheduler
+from meshvpn.sim.natprobe import answer_stun, probe_profile
 from meshvpn.sim.network import Host, Link, LinkDirection, Network, RandomSource
 from meshvpn.relaytoken import TokenMinter
 from meshvpn.sim.nodes import WALL_OFFSET, ip_packet
@@ -82,6 +84,9 @@ class Kind:
     """An ISP NAT in front of the site's (carrier-grade NAT)."""
     mapped: bool = False
     """The router forwards `MAPPED_PORT` to the node (UPnP IGD, NAT-PMP, PCP), which announces it."""
+    probed: bool = False
+    """The node takes its profile at start as the daemon does (`meshvpn.sim.natprobe`: the STUN
+    server, the near relay, port samples); `reported` is what it says until then."""
 
 
 PORT_RANGE = NatBehavior(ports=PortAllocation.RANDOM, port_min=30000, port_max=40000)
@@ -99,11 +104,14 @@ KINDS = {
     "unreported": Kind(SYMMETRIC_RANDOM, EASY),
     "upnp": Kind(SYMMETRIC_RANDOM, RANDOM, mapped=True),
 }
-"""`port-range` is endpoint-independent with random ports: reported as random when the coord
-has no second STUN address, as endpoint-independent when it has. `unreported` is a random-port
+"""`port-range` is endpoint-independent with random ports: reported as random when the node has no
+second STUN server (no coord alternate address, no relay answering STUN), as endpoint-independent
+(`port-range-known`) when it has; `PORT_RANGE_PROBED` learns which by the mapping test itself. `unreported` is a random-port
 NAT whose node sent no profile (taken as endpoint-independent). `upnp` is a random-port NAT
 whose router forwards a port to the node."""
 MAPPED_PORT = 50000
+PORT_RANGE_PROBED = Kind(PORT_RANGE, RANDOM, probed=True)
+"""A port-range site whose node runs the mapping test against the STUN server and its near relay."""
 
 _EDM_RANDOM = ("random-ports", "cgn", "unreported")
 RELAYED = frozenset({
@@ -164,7 +172,9 @@ class Node:
         self.node = MeshNode(private, world.seeded(world.seed * 10 + index).randbytes,
                              CoreConfig(wall_offset=WALL_OFFSET))
         self.data = DataPlane(self.node)
-        self.node.set_nat_profile(site.kind.reported)
+        self.profile = site.kind.reported
+        """What the node reports about its NAT (`probe_nat` may learn better)."""
+        self.node.set_nat_profile(self.profile)
         self.host = Host(world.net, site.host_ip, site.nat.lan)
         self.node.set_own_endpoints([Endpoint(self.host.ip, PORT)], Endpoint(site.observed_host, PORT), site.mapped)
         self.sock = self.host.bind(PORT, self._receiver(None))
@@ -204,7 +214,7 @@ class Node:
         public = None if self.public_endpoint is None else m.Endpoint(*self.public_endpoint)
         mapped = None if self.mapped is None else m.Endpoint(*self.mapped)
         return m.PeerInfo(self.public, self.name, self.address, True, (m.Endpoint(self.host.ip, PORT),), public,
-                          observed_host=self.site.observed_host, nat=nat_info(self.kind.reported),
+                          observed_host=self.site.observed_host, nat=nat_info(self.profile),
                           mapped_endpoint=mapped)
 
     def send(self, peer: Node, payload: bytes) -> None:
@@ -238,11 +248,19 @@ class Node:
         self.site = site
         self.host = Host(self.world.net, site.host_ip, site.nat.lan)
         self.sock = self.host.bind(PORT, self._receiver(None))
-        self.node.set_nat_profile(site.kind.reported)
+        self.profile = site.kind.reported
+        self.node.set_nat_profile(self.profile)
         self.node.set_own_endpoints([Endpoint(self.host.ip, PORT)], None, site.mapped)
         self.world.coord.link(self).reconnect_now()
         self._changed = self._lost = True
         self.discover()
+
+    def probe_nat(self, relay: tuple[str, Endpoint] | None) -> None:
+        """Take the NAT profile as the daemon does, asking the STUN server and `relay`, and report it."""
+        profile = probe_profile(self.host, self.world.net.scheduler, STUN, relay, self.world.rng.randbytes)
+        if profile is not None:
+            self.profile = profile
+            self.node.set_nat_profile(profile)
 
     def link_down(self) -> None:
         """The host's link goes down (netlink says so; the coord's TCP connection survives)."""
@@ -368,7 +386,7 @@ class World:
         rng = seeded(seed)
         self.net = Network(Scheduler(), rng)
         stun = Host(self.net, STUN[0]).bind(STUN[1], None)
-        stun.on_receive = lambda data, src: stun.sendto(b"s%s:%d" % (src[0].encode(), src[1]), src)
+        stun.on_receive = lambda data, src: stun.sendto(_stun_reply(data, src), src)
         self.relays = [SimRelay(self.net.scheduler, self.net, name, address, delay, rng)
                        for name, address, delay in RELAYS]
         self.minter = TokenMinter(COORD, rng.randbytes)
@@ -379,6 +397,9 @@ class World:
 
     def start(self) -> None:
         """STUN, then the coord's welcome with the relays; returns once both are registered with them."""
+        for node in (self.a, self.b):
+            if node.kind.probed:
+                node.probe_nat((self.relays[0].info.name, self.relays[0].endpoint))
         for node in (self.a, self.b):
             node.sock.sendto(b"S", STUN)
         self.net.scheduler.run_for(0.2)
@@ -398,6 +419,11 @@ class World:
 
     def peer_of(self, node: Node) -> Node:
         return self.b if node is self.a else self.a
+
+
+def _stun_reply(data: bytes, src: Endpoint) -> bytes:
+    """A Binding response to a real STUN request (`natprobe`), else the harness's short form ``s<ip>:<port>``."""
+    return answer_stun(data, src) or b"s%s:%d" % (src[0].encode(), src[1])
 
 
 def flow(world: World, gap: float, until: float) -> list[float]:

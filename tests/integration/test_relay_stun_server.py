@@ -1,6 +1,7 @@
 """The relay server answers STUN on its UDP port: a real socket on loopback, the node's STUN client."""
 
 import asyncio
+import contextlib
 import socket
 
 import pytest
@@ -8,30 +9,55 @@ import pytest
 from meshvpn import keys
 from meshvpn.config import Address, CoordTrust, RelayConfig
 from meshvpn.metrics import relay_families
+from meshvpn.node.netcheck import EIM, gather_profile, verdict
 from meshvpn.relay.server import RelayServer
-from meshvpn.stunio import stun_binding
+from meshvpn.stunio import start_stun_server, stun_binding
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def test_a_binding_query_to_the_relay_port_gets_the_socket_s_endpoint(tmp_path):
-    asyncio.run(_query_the_relay(tmp_path))
-
-
-async def _query_the_relay(tmp_path):
+@contextlib.asynccontextmanager
+async def relay_on(host: str, tmp_path):
+    """A relay listening on `host` (any port), trusting a coord key nobody holds."""
     keys.write_private_key(tmp_path / "relay.key")
     config = RelayConfig(private_key_file=tmp_path / "relay.key", state_dir=tmp_path / "state",
-                         listen=Address("127.0.0.1", 0),
+                         listen=Address(host, 0),
                          coord=CoordTrust(public_key=keys.public_key(keys.generate_private_key())))
     server = RelayServer(config)
     await server.start()
     try:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
-        local = sock.getsockname()
-        result = await asyncio.wait_for(stun_binding(server.address, sock=sock, timeout=3.0), 5.0)
-        assert result.mapped == local
-        answers = [f for f in relay_families(server.core) if f.name == "meshvpn_relay_stun_answers"]
-        assert answers[0].samples == [((), 1.0)]
+        yield server
     finally:
         await server.close()
+
+
+def test_a_binding_query_to_the_relay_port_gets_the_socket_s_endpoint(tmp_path):
+    async def scenario():
+        async with relay_on("127.0.0.1", tmp_path) as server:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", 0))
+            local = sock.getsockname()
+            result = await asyncio.wait_for(stun_binding(server.address, sock=sock, timeout=3.0), 5.0)
+            assert result.mapped == local
+            answers = [f for f in relay_families(server.core) if f.name == "meshvpn_relay_stun_answers"]
+            assert answers[0].samples == [((), 1.0)]
+
+    asyncio.run(scenario())
+
+
+def test_the_profile_gathering_asks_the_relay_from_the_socket_that_asked_the_coord(tmp_path):
+    """No NAT on loopback: both servers see the one socket's endpoint, so the relay (another loopback
+    IP than the coord's STUN) tells the mapping: endpoint-independent, from the relay."""
+    async def scenario():
+        stun = await start_stun_server("127.0.0.1", 0)
+        try:
+            async with relay_on("127.0.0.2", tmp_path) as relay:
+                obs = await gather_profile(stun.address, "127.0.0.1", ("r1", relay.address))
+                assert obs.relay_mapped == obs.mapped["A1P1"] and obs.relay_mapped[0] == "127.0.0.1"
+                result = verdict(obs)
+                assert (result.mapping, result.mapping_source) == (EIM, "relay r1")
+                assert relay.core.stun.answered == 1
+        finally:
+            stun.close()
+
+    asyncio.run(scenario())

@@ -85,6 +85,19 @@ def test_port_range_nats_go_direct(world) -> None:
     assert both_direct(mesh, 15)
 
 
+def test_port_range_against_random_ports_goes_direct_once_the_relay_shows_the_mapping(world) -> None:
+    """The coord has one STUN address; the relay answers STUN too, so a1's one socket sees the same
+    mapped endpoint from both and finds its port-range NAT endpoint-independent, with random ports.
+    a1 then plays the easy side of birthday probing: b1 (random ports) opens the mappings, a1
+    probes them. Without the relay's answer a1 looked endpoint-dependent and the pair relayed."""
+    mesh = world(NatKind.PORT_RANGE, NatKind.RANDOM_PORTS)
+    wait_for(lambda: "nat independent mapping, random ports" in (mesh.dir / "a1.log").read_text(), 10,
+             "a1 to find its mapping endpoint-independent through the relay")
+    assert mesh.relay_metrics("relay").get("meshvpn_relay_stun_answers_total", 0) >= 1
+    assert both_direct(mesh, 15) or both_direct(mesh, 15), "no birthday hit in two campaigns"
+    assert "birthday probing" in (mesh.dir / "b1.log").read_text()
+
+
 @pytest.mark.parametrize("kind", [NatKind.ADDRESS_DEPENDENT, NatKind.RESTRICTED_CONE], ids=lambda k: k.name)
 def test_address_dependent_and_restricted_cone_go_direct(world, kind) -> None:
     mesh = world(kind, kind)

@@ -8,6 +8,7 @@ from meshvpn.node.netcheck import (
     ADM, APDM, EIM, ENDPOINT_DEPENDENT, OFFSET, PRESERVING, RANDOM, SEQUENTIAL,
     Observations, RelayTarget, _daemon_relays, allocation, mapping, nat_profile, render, verdict,
 )
+from meshvpn.node.netcheck_relays import mapping_relay, pick_relay
 from meshvpn.node.prediction import Allocation, NatProfile
 
 PUB = "203.0.113.100"
@@ -120,3 +121,62 @@ def test_the_relays_come_from_the_daemons_status_with_what_reached_them() -> Non
 def test_a_relay_line_names_every_transport_tried() -> None:
     result = verdict(Observations(relays={"r1": {"udp": None, "tcp": None, "tls": 0.0021}}))
     assert render(result).splitlines()[-1] == "relay r1: udp unreachable, tcp unreachable, tls 2.1 ms"
+
+
+RELAY = ("r1", ("198.51.100.20", 7500))
+COORD_STUN = ("192.0.2.53", 3478)
+PORT_RANGE_SAMPLES = [(4000, 31234), (5123, 36017), (6000, 30555)]
+
+
+def relay_asked(seen, relay=RELAY, **fields) -> Observations:
+    """A port-range host's observations when the coord has one address and a relay answered too."""
+    return Observations(local_ip="10.1.0.11", mapped={"A1P1": (PUB, 31234)}, samples=PORT_RANGE_SAMPLES,
+                        server=COORD_STUN, relay=relay, relay_mapped=seen, **fields)
+
+
+@pytest.mark.parametrize("seen, relay, mapping, profile", [
+    ((PUB, 31234), RELAY, EIM, NatProfile(True, Allocation.RANDOM)),
+    ((PUB, 38001), RELAY, ENDPOINT_DEPENDENT, NatProfile(False, Allocation.RANDOM)),
+    ((PUB, 38001), ("r0", ("192.0.2.53", 7500)), APDM, NatProfile(False, Allocation.RANDOM)),
+    ((PUB, 31234), ("r0", ("::ffff:192.0.2.53", 7500)), None, NatProfile(False, Allocation.RANDOM)),
+    (None, RELAY, None, NatProfile(False, Allocation.RANDOM)),
+])
+def test_a_relay_stands_in_for_the_coords_alternate_address(seen, relay, mapping, profile) -> None:
+    """The same mapped endpoint from the coord and a relay at another IP: endpoint-independent
+    (RFC 5780 §4.3). A relay at the coord's IP proves only a difference; no answer proves nothing."""
+    result = verdict(relay_asked(seen, relay))
+    assert result.mapping == mapping
+    assert result.mapping_source == (f"relay {relay[0]}" if mapping else None)
+    assert nat_profile(result) == profile
+
+
+def test_the_coords_alternate_address_decides_before_a_relay() -> None:
+    obs = relay_asked((PUB, 38001))
+    obs.mapped["A2P2"] = (PUB, 31234)
+    result = verdict(obs)
+    assert (result.mapping, result.mapping_source) == (EIM, "coord alternate address")
+
+
+def test_the_report_names_the_source_of_the_mapping() -> None:
+    lines = render(verdict(relay_asked((PUB, 31234)))).splitlines()
+    assert "mapping: endpoint-independent mapping (from the relay r1)" in lines
+    assert "port allocation: random" in lines
+
+
+@pytest.mark.parametrize("relays, expected", [
+    ([("a", ("203.0.113.9", 7500), False), ("b", ("198.51.100.20", 7500), True)], ("b", ("198.51.100.20", 7500))),
+    ([("a", ("192.0.2.53", 7500), False), ("b", ("198.51.100.20", 7500), False)], ("b", ("198.51.100.20", 7500))),
+    ([("a", ("2001:db8::20", 7500), True), ("b", ("198.51.100.20", 7500), False)], ("b", ("198.51.100.20", 7500))),
+    ([("a", ("2001:db8::20", 7500), True)], None),
+    ([], None),
+])
+def test_the_mapping_test_asks_the_home_relay_of_the_stun_family_at_another_ip(relays, expected) -> None:
+    assert pick_relay(relays, COORD_STUN) == expected
+
+
+def test_netcheck_asks_the_daemons_home_relay() -> None:
+    status = {"self": {"relays": [
+        {"name": "r1", "address": "203.0.113.20:7500", "home": False},
+        {"name": "r2", "address": "203.0.113.21:7500", "home": True},
+    ]}}
+    assert mapping_relay(_daemon_relays(status), COORD_STUN) == ("r2", ("203.0.113.21", 7500))

@@ -13,6 +13,9 @@ from meshvpn.node.prediction import (
 EASY = NatProfile()
 SEQUENTIAL = NatProfile(False, Allocation.SEQUENTIAL)
 RANDOM = NatProfile(False, Allocation.RANDOM)
+EIM_RANDOM = NatProfile(True, Allocation.RANDOM)
+"""A port-range NAT as the mapping test shows it: one mapping per socket, its port drawn at random.
+It plays the port-preserving side of birthday probing: it probes, the random-port side opens mappings."""
 
 
 def test_sequential_ports_walk_up_in_bounded_runs_and_restart_on_a_new_sample() -> None:
@@ -64,6 +67,8 @@ def test_predicted_first_puts_the_run_before_other_candidates() -> None:
     (EASY, RANDOM, PortSpread, False),
     (RANDOM, RANDOM, AllCandidates, False),
     (SEQUENTIAL, RANDOM, AllCandidates, False),
+    (EIM_RANDOM, RANDOM, PortSpread, False),
+    (RANDOM, EIM_RANDOM, AllCandidates, True),
 ])
 def test_strategy_for(local, peer, kind, many) -> None:
     strategy = strategy_for(local, peer, lambda low, high: low, 0.2)

@@ -67,6 +67,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.probes",
     "meshvpn.relay.core",
     "meshvpn.relay.stunanswer",
+    "meshvpn.node.natverdict",
     "meshvpn.relaytoken",
     "meshvpn.cookie",
     "meshvpn.node.relay.link",

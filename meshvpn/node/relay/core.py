@@ -175,6 +175,10 @@ class RelaySet:
         """Every ready relay's endpoint by name: where a peer whose home it is can be reached."""
         return {name: relay_endpoint(link.info) for name, link in self.links.items() if link.ready}
 
+    def known_endpoints(self) -> list[tuple[str, Endpoint, bool]]:
+        """Every relay's (name, endpoint, is home), ready or not: the STUN servers a mapping test may ask."""
+        return [(name, relay_endpoint(link.info), link is self.home) for name, link in self.links.items()]
+
     def home_endpoint(self) -> Optional[Endpoint]:
         """Where relayed packets go: home's endpoint, or None without a ready relay."""
         return None if self.home is None else relay_endpoint(self.home.info)
