@@ -25,8 +25,8 @@ Rules:
 * Whatever the NATs, a peer without a path that sends us a handshake, is punched at by the
   coord or has traffic queued gets the relay by ``relay_after`` (``PathFinder.want_path``),
   even while the traversal strategy holds its probes back.
-* Datagrams for a ``pinned`` endpoint (a birthday hit) leave from the extra socket its
-  probe arrived on (``socket_for``).
+* Datagrams for a ``pinned`` endpoint leave from the socket its probe arrived on, or our
+  probes from our latest port sample's socket (``socket_for``, :mod:`meshvpn.node.pins`).
 """
 
 from __future__ import annotations
@@ -278,8 +278,8 @@ class NodeCore(HandshakeCookies, Recovery):
         if relayed_from is not None and relayed_from != probe.sender:
             self.drops["relayed probe from another key"] += 1
             return
-        if via is not None and relayed_from is None:
-            self.socket_for[Endpoint(*src)] = via
+        if relayed_from is None:
+            self.socket_for.heard(Endpoint(*src), via)
         if probe.kind == MessageType.PROBE:
             reply = self.probes.reply(peer.key, probe.tx_id, Endpoint(*src), self.random_bytes(24),
                                       now + self.config.wall_offset)
@@ -418,7 +418,7 @@ class NodeCore(HandshakeCookies, Recovery):
                 self._send_initiation(peer, now)
                 self.flush(peer, now)
             elif isinstance(action, SendProbe):
-                dst = Endpoint(*action.endpoint)
+                dst = self.traversal.probe_from(peer.key, Endpoint(*action.endpoint), now)
                 probe = self._probe(peer, action.tx_id, dst, now)
                 if probe is not None:
                     self._datagrams.append((dst, probe))

@@ -31,7 +31,7 @@ from meshvpn.node.coordlink import CoordLink
 from meshvpn.node.core import CoreConfig
 from meshvpn.node.datapath.dataplane import DataPlane, SendBuffer
 from meshvpn.node.datapath.native_loop import NativeReceiver
-from meshvpn.node.discovery import port_sample
+from meshvpn.node.discovery import kept_port_sample
 from meshvpn.node.dns import NameService
 from meshvpn.node.eventlog import log_event
 from meshvpn.node.endpoints import local_endpoints
@@ -42,6 +42,7 @@ from meshvpn.node.netwatch import NetWatch
 from meshvpn.node.node import Node
 from meshvpn.node.status import status_line
 from meshvpn.node.pathfinder import PathFinderConfig
+from meshvpn.node.traversal import SAMPLE_SOCKET
 from meshvpn.node.portmap.shell import PortMapShell
 from meshvpn.node.peers import Route
 from meshvpn.node.refresh import EndpointRefresh
@@ -389,7 +390,7 @@ class NodeDaemon:
             case ev.SampleWanted(peer_key):
                 self._tasks.append(self.loop.create_task(self._sample_port(peer_key)))
             case ev.OpenMappings(_, endpoint, probes, seconds):
-                opened = self.mappings.open(probes, endpoint)
+                opened = self.mappings.open(probes, endpoint, seconds)
                 log.debug("birthday probing towards %s:%d from %d sockets", *endpoint, opened)
                 self.loop.call_later(seconds, self._prune_mappings)
             case _:
@@ -398,8 +399,9 @@ class NodeDaemon:
     # ---- hard NATs ------------------------------------------------------------------
 
     async def _sample_port(self, peer_key: bytes) -> None:
-        sample = await port_sample(self.config, self.udp.family, self.link.host)
-        self.node.port_sampled(peer_key, sample, self.loop.time())
+        sample, sid = await kept_port_sample(self.mappings, self.config, self.udp.family, self.link.host)
+        self.node.port_sampled(peer_key, sample, self.loop.time(), sid)
+        self.loop.call_later(SAMPLE_SOCKET, self._prune_mappings)
         self.transmit()
         self._tasks = [task for task in self._tasks if not task.done()]
 

@@ -15,9 +15,11 @@ from typing import Iterable, Optional
 
 from meshvpn.config import NodeConfig
 from meshvpn.control import messages as m
+from meshvpn.node.mappings import MappingSockets
 from meshvpn.node.netcheck import gather_profile, nat_profile, verdict
 from meshvpn.node.netcheck_relays import pick_relay
 from meshvpn.node.prediction import NatProfile
+from meshvpn.node.traversal import SAMPLE_SOCKET
 from meshvpn.stunio import StunClient, stun_binding
 from meshvpn.wire import Endpoint
 
@@ -69,6 +71,22 @@ async def own_nat_profile(config: NodeConfig, family: int, host: Optional[str] =
         return None
     relay = pick_relay(relays, server)
     return nat_profile(verdict(await gather_profile(server, config.listen.address, relay)))
+
+
+async def kept_port_sample(mappings: MappingSockets, config: NodeConfig, family: int,
+                           host: Optional[str] = None) -> tuple[Optional[Endpoint], Optional[int]]:
+    """A STUN sample from a new extra socket that stays open for the punches that follow it
+    (`traversal.SAMPLE_SOCKET`): the port our NAT gave its newest mapping, and the socket's id."""
+    try:
+        sampled = await mappings.sample(await stun_server(config, family, host), SAMPLE_TIMEOUT, SAMPLE_SOCKET)
+    except (OSError, asyncio.TimeoutError, ValueError) as exc:
+        log.info("no port sample: %s", exc or type(exc).__name__)
+        return None, None
+    if sampled is None:
+        log.info("no port sample: every extra socket is in use")
+        return None, None
+    sid, sample = sampled
+    return sample, sid
 
 
 async def port_sample(config: NodeConfig, family: int, host: Optional[str] = None) -> Optional[Endpoint]:

@@ -8,6 +8,11 @@ peer hit stays: the core pinned the peer's endpoint to it (`NodeCore.socket_for`
 peer's traffic keeps leaving from the mapping its NAT lets through. A pinned socket then carries
 the pair's whole data path, so it batches as the main socket does: GRO receives handed over as
 runs, GSO sends of whole runs (`meshvpn.udpbatch`).
+
+Behind a sequential NAT the port sample comes from one of these sockets too (`sample`), and the
+core punches from it: its next mapping, towards the peer, is the one right above the sample.
+Each socket is kept at least for the window it was opened for (`keep`), so one campaign's prune
+does not close another's sockets.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import asyncio
 import itertools
 import logging
 import socket
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
+from meshvpn.stun_codec import is_stun
+from meshvpn.stunio import StunClient
 from meshvpn.udpbatch import BatchUdpSocket, bind_udp
 from meshvpn.wire import Endpoint
 
@@ -45,30 +52,52 @@ class MappingSockets:
         self._limit = limit
         self._ids = itertools.count(1)
         self._socks: dict[int, BatchUdpSocket] = {}
+        self._until: dict[int, float] = {}
+        """When each socket's window ends: `keep_only` closes none before."""
+        self._stun: dict[int, StunClient] = {}
+        """Sockets waiting for a STUN answer (`sample`)."""
 
     def __len__(self) -> int:
         return len(self._socks)
 
-    def open(self, probes: Iterable[bytes], endpoint: Endpoint) -> int:
-        """Send each probe to `endpoint` from a new socket; how many sockets were opened."""
+    def open(self, probes: Iterable[bytes], endpoint: Endpoint, keep: float = 0.0) -> int:
+        """Send each probe to `endpoint` from a new socket kept `keep` seconds; how many were opened."""
         opened = 0
         for probe in probes:
-            if len(self._socks) >= self._limit:
-                break
-            sock = None
             try:
-                sock = bind_udp(self._bind, 0, self._buffer)
-                sock.sendto(probe, endpoint)
+                sid = self._open_one(keep)
+                if sid is None:
+                    break
+                self._socks[sid].sock.sendto(probe, endpoint)
             except OSError as exc:
-                if sock is not None:
-                    sock.close()
                 log.info("birthday probing: %d sockets, then %s", opened, exc)
                 break
-            sid = next(self._ids)
-            self._socks[sid] = BatchUdpSocket(sock)
-            self._loop.add_reader(sock.fileno(), self._readable, sid)
             opened += 1
         return opened
+
+    async def sample(self, server: Endpoint, timeout: float, keep: float) -> Optional[tuple[int, Endpoint]]:
+        """A STUN binding from a new socket kept `keep` seconds: its id and mapped endpoint (None: no socket).
+        Raises what `StunClient.query` raises, and TimeoutError after `timeout`."""
+        sid = self._open_one(keep)
+        if sid is None:
+            return None
+        self._stun[sid] = client = StunClient(_Sender(self, sid))
+        try:
+            result = await asyncio.wait_for(client.query(server), timeout)
+        finally:
+            self._stun.pop(sid, None)
+        return sid, Endpoint(*result.mapped)
+
+    def _open_one(self, keep: float) -> Optional[int]:
+        """A new socket read by `_readable`; None past the limit. Raises OSError."""
+        if len(self._socks) >= self._limit:
+            return None
+        sock = bind_udp(self._bind, 0, self._buffer)
+        sid = next(self._ids)
+        self._socks[sid] = BatchUdpSocket(sock)
+        self._until[sid] = self._loop.time() + keep
+        self._loop.add_reader(sock.fileno(), self._readable, sid)
+        return sid
 
     def sendto(self, sid: int, data: bytes, dst: Endpoint) -> bool:
         """Send from extra socket `sid`; False if it is gone."""
@@ -94,15 +123,18 @@ class MappingSockets:
         """The open sockets by id (for their kernel counters)."""
         return {sid: udp.sock for sid, udp in self._socks.items()}
 
-    def keep_only(self, in_use: set[int]) -> None:
-        """Close every socket not in `in_use`."""
+    def keep_only(self, in_use: set[int], everything: bool = False) -> None:
+        """Close every socket not in `in_use` whose window is over (`everything`: whatever its window)."""
+        now = self._loop.time()
         for sid in [sid for sid in self._socks if sid not in in_use]:
-            sock = self._socks.pop(sid).sock
-            self._loop.remove_reader(sock.fileno())
-            sock.close()
+            if everything or self._until.get(sid, now) <= now:
+                self._until.pop(sid, None)
+                sock = self._socks.pop(sid).sock
+                self._loop.remove_reader(sock.fileno())
+                sock.close()
 
     def close(self) -> None:
-        self.keep_only(set())
+        self.keep_only(set(), everything=True)
 
     def _readable(self, sid: int) -> None:
         udp = self._socks.get(sid)
@@ -111,5 +143,18 @@ class MappingSockets:
                 source, nbytes, seg_size = udp.recv_into()
             except OSError:
                 return
-            if nbytes and sid in self._socks:
+            client = self._stun.get(sid)
+            if client is not None and nbytes and is_stun(bytes(udp.buffer[:seg_size])):
+                client.datagram_received(bytes(udp.buffer[:seg_size]), source)
+            elif nbytes and sid in self._socks:
                 self._on_run(sid, memoryview(udp.buffer)[:nbytes], seg_size, Endpoint(source[0], source[1]))
+
+
+class _Sender:
+    """What `StunClient` sends through: one extra socket."""
+
+    def __init__(self, sockets: MappingSockets, sid: int) -> None:
+        self._sockets, self._sid = sockets, sid
+
+    def sendto(self, data: bytes, addr: Endpoint) -> None:
+        self._sockets.sendto(self._sid, data, addr)

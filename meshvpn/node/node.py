@@ -239,9 +239,9 @@ class Node(NodeRecovery, StreamInbox):
         self._settle(now)
         return tx_id
 
-    def port_sampled(self, peer_key: bytes, sample: Optional[Endpoint], now: float) -> None:
-        """The answer to ``SampleWanted`` (None: no STUN answer)."""
-        self.core.punching.port_sampled(peer_key, sample, now)
+    def port_sampled(self, peer_key: bytes, sample: Optional[Endpoint], now: float, via: Optional[int] = None) -> None:
+        """The answer to ``SampleWanted`` (None: no STUN answer), from extra socket `via` if the shell keeps it."""
+        self.core.punching.port_sampled(peer_key, sample, now, via)
         self._settle(now)
 
     def set_own_endpoints(self, local: Iterable[Endpoint], public: Optional[Endpoint],
@@ -261,12 +261,13 @@ class Node(NodeRecovery, StreamInbox):
 
         With `connections_lost` (they came from an address that is gone) the relay streams are
         closed and reopened with the links' backoff, rather than left to go silent, and every TURN
-        allocation is made anew."""
+        allocation is made anew; the shell closed the extra sockets too (without, they and their pins
+        stay: the NAT may still hold their mappings, and a path on one comes back with the link)."""
         if connections_lost:
             self._out += self.relays.drop_streams(now)
             self.turn.network_changed(now)
         self.relays.hello_now(now)
-        self.core.punching.reprobe(now)
+        self.core.punching.reprobe(now, sockets_closed=connections_lost)
         self._settle(now)
 
     def set_keepalive(self, seconds: float) -> None:
@@ -275,11 +276,7 @@ class Node(NodeRecovery, StreamInbox):
 
     def mappings_in_use(self) -> set[int]:
         """The extra sockets some peer's route uses; pins of the others are forgotten."""
-        routes = {peer.route.endpoint for peer in self.peers if peer.route is not None}
-        pinned = self.core.socket_for
-        for endpoint in [e for e in pinned if e not in routes]:
-            del pinned[endpoint]
-        return set(pinned.values())
+        return self.core.socket_for.keep_only(peer.route.endpoint for peer in self.peers if peer.route is not None)
 
     def close(self, now: float) -> None:
         """Give the TURN allocations back (the shell sends what this produces, then closes)."""

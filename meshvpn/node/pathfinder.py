@@ -217,14 +217,15 @@ class PathFinder:
             elif candidate not in self._candidates:
                 self._candidates.append(candidate)
 
-    def punch(self, now: float) -> None:
+    def punch(self, now: float, restart: bool = False) -> None:
         """The coordination server's punch signal, or a packet that needs a path.
 
         Sends a round now. Without a direct path it (re)starts the burst, unless a burst
-        is already running, so a stream of packets waiting for a path costs nothing.
+        is already running (and not `restart`), so a stream of packets waiting for a path costs
+        nothing; a fresh port sample restarts it, since its predicted ports are good only now.
         """
         self.want_path(now)
-        if self._next_round is not None and self._round < self.config.punch_burst:
+        if self._next_round is not None and self._round < self.config.punch_burst and not restart:
             return
         self._round = 0
         self._punch_round(now)

@@ -94,19 +94,21 @@ class SequentialPorts:
 
 
 class PredictedFirst:
-    """Another strategy's targets with the predicted ports first.
+    """Another strategy's targets in the order a counting NAT needs: predicted ports first, LAN last.
 
     When both sides are sequential, each side's run must be the first new mappings after its
-    sample: any other new destination in between shifts its ports out of the other's run.
+    sample: any other new destination in between shifts its ports out of the other's run. And
+    a side behind a sequential NAT must give its next port to the peer's public address, not to
+    the peer's LAN address (a probe there leaves through the NAT too and takes a port).
     """
 
     def __init__(self, inner: ProbeStrategy) -> None:
         self._inner = inner
 
     def targets(self, candidates: Sequence[Candidate], round_no: int) -> list[Candidate]:
-        """The inner strategy's targets, predicted ones first, each group in its own order."""
+        """The inner strategy's targets, predicted ones first, LAN ones last, each group in its own order."""
         chosen = self._inner.targets(candidates, round_no)
-        return sorted(chosen, key=lambda c: c.kind is not CandidateKind.PREDICTED)
+        return sorted(chosen, key=lambda c: (c.kind is not CandidateKind.PREDICTED) + (c.kind is CandidateKind.LAN))
 
 
 @dataclass(frozen=True)
@@ -195,14 +197,18 @@ def strategy_for(
     sequential: SequentialLimits | None = None,
     birthday: BirthdayPlan | None = None,
 ) -> ProbeStrategy:
-    """How we probe `peer`, given both NATs: every candidate, plus predicted ports if they help."""
-    if peer.endpoint_independent:
-        return AllCandidates()
+    """How we probe `peer`, given both NATs: every candidate, plus predicted ports if they help, in
+    the order our NAT needs when it counts (`PredictedFirst`)."""
+    if peer.endpoint_independent or not peer.predictable and not local.endpoint_independent:
+        return PredictedFirst(AllCandidates()) if samples_ports(local) else AllCandidates()
     if peer.predictable:
         return PredictedFirst(PortSpread(SequentialPorts(sequential)))
-    if local.endpoint_independent:
-        return PortSpread(BirthdayPorts(birthday or BirthdayPlan(), randrange, round_interval))
-    return AllCandidates()
+    return PortSpread(BirthdayPorts(birthday or BirthdayPlan(), randrange, round_interval))
+
+
+def samples_ports(profile: NatProfile) -> bool:
+    """Whether a side behind this NAT samples its ports before punching (sequential mapping)."""
+    return not profile.endpoint_independent and profile.predictable
 
 
 def opens_many_mappings(local: NatProfile, peer: NatProfile) -> bool:

@@ -71,7 +71,7 @@ class Punching:
             peer.paths.want_path(now)
         if peer.route is None or peer.route.path is RELAY_PATH:
             traversal.want_path(peer.key, now, restart=False)
-        plan = traversal.on_punch(peer.key, msg.sample is not None, now)
+        plan = traversal.on_punch(peer.key, msg.sample, now)
         if plan is OnPunch.SAMPLE:
             self._ask_sample(peer)
         if plan is not OnPunch.PUNCH:
@@ -86,7 +86,7 @@ class Punching:
         if start > now:
             peer.punches_due.append(start)
         else:
-            self.punch(peer, now)
+            self.punch(peer, now, restart=traversal.samples_ports)
 
     def _punch_candidates(self, peer: Peer, msg: m.Punch, now: float) -> list[Candidate]:
         """Take the punch's endpoints (or, towards a hard NAT, its fresh sample) as the peer's candidates."""
@@ -107,19 +107,22 @@ class Punching:
             peer.paths.set_candidates(candidates_of(peer.info) + extra, now)
         return extra
 
-    def punch(self, peer: Peer, now: float) -> None:
-        """One punch round towards `peer` now: its path finder probes every candidate."""
+    def punch(self, peer: Peer, now: float, restart: bool = False) -> None:
+        """One punch round towards `peer` now: its path finder probes every candidate (a new burst
+        with `restart`, even if one runs)."""
         peer.path_log.wanted(peer.route and peer.route.path, now)
-        peer.paths.punch(now)
+        peer.paths.punch(now, restart)
         self._drain(peer, now)
 
-    def reprobe(self, now: float) -> None:
+    def reprobe(self, now: float, sockets_closed: bool = True) -> None:
         """Our own network changed: every peer in use gets a punch round now and a punch via the coord.
 
         The path we had may leave from an address we no longer hold, and the peer's NAT knows
         only our old mapping, so both sides must probe again towards the endpoints just reported.
+        `sockets_closed`: the shell closed the extra sockets (their mappings belonged to the old network).
         """
-        self.traversal.network_changed()
+        if sockets_closed:
+            self.traversal.network_changed()
         for peer in self.peers:
             if peer.route is not None or peer.ring.current is not None:
                 self.punch(peer, now)
@@ -145,7 +148,7 @@ class Punching:
             due = [when for when in peer.punches_due if when <= now]
             peer.punches_due = [when for when in peer.punches_due if when > now]
             for _ in due:
-                self.punch(peer, now)
+                self.punch(peer, now, restart=self.traversal.samples_ports)
         self.resample(now)
 
     def get_timer(self) -> Optional[float]:
@@ -172,12 +175,14 @@ class Punching:
         for peer in self.peers:
             peer.paths.strategy = self.traversal.strategy(peer.key)
 
-    def port_sampled(self, peer_key: bytes, sample: Optional[Endpoint], now: float) -> None:
-        """The answer to ``SampleWanted``: a new socket's mapped endpoint (None: no STUN answer)."""
+    def port_sampled(self, peer_key: bytes, sample: Optional[Endpoint], now: float,
+                     via: Optional[int] = None) -> None:
+        """The answer to ``SampleWanted``: a new socket's mapped endpoint (None: no STUN answer) and,
+        when the shell keeps that socket, its id: our probes to the peer leave from it."""
         peer = self.peers.by_key.get(peer_key)
         if peer is None:
             return
-        self.traversal.sampled(peer_key, now)
+        self.traversal.sampled(peer_key, now, None if sample is None else via)
         self._coord_out.append(m.PunchRequest(peer_key, sample=None if sample is None else m.Endpoint(*sample)))
         if sample is None:
             self.punch(peer, now)

@@ -73,7 +73,8 @@ class EndpointRefresh:
         """Redo what the old network made: mappings, maybe the coord connection, a round now."""
         daemon = self.daemon
         log.info("network changed: %s", "; ".join(change.reasons))
-        daemon.mappings.close()
+        if change.connections_lost:  # else the NAT may still hold the extra sockets' mappings
+            daemon.mappings.close()
         if daemon.config.listen.address in change.vanished:
             log.warning("listen.address %s is gone: peers cannot reach this node until it is back "
                         "(a node that moves between networks listens on 0.0.0.0)", daemon.config.listen.address)

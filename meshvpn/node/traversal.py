@@ -13,6 +13,12 @@ Sans-IO; the core (`meshvpn.node.core`) asks it what to do and carries it out. R
   and, when the peer samples too (sequential as well), only if it carries the peer's own fresh
   sample (each side's i-th new mapping must meet the other's i-th predicted port). A peer
   whose ports cannot be predicted never sends a sample, so against it we punch on ours alone.
+* **Punch from the sample's socket.** The shell takes the sample from a socket of its own and
+  keeps it (``port_sampled(..., via)``); every probe to the peer leaves from that socket while the
+  sample is fresh (`SAMPLE_SOCKET`), so our NAT's mapping towards the peer is a new one, right
+  above the sample, whatever the main socket sent there before. Behind an address-dependent
+  NAT the main socket's mapping towards the peer's address outlives every sample: our data made
+  it (after a re-mapping, a move) before the sample, below the ports the peer predicts.
 * Whatever the two profiles, a peer that needs a path gets the relay by `relay_after`: the
   core arms each path finder's fallback (`PathFinder.want_path`) on traffic, on a handshake
   and on the coord's punch, before and apart from any strategy here.
@@ -40,8 +46,10 @@ from typing import Callable, Optional
 
 from meshvpn.control import messages as m
 from meshvpn.node.candidates import AllCandidates, Endpoint, ProbeStrategy
+from meshvpn.node.pins import SocketPins
 from meshvpn.node.prediction import (
-    Allocation, BirthdayPlan, NatProfile, ResampleSchedule, opens_many_mappings, strategy_for,
+    Allocation, BirthdayPlan, NatProfile, ResampleSchedule, opens_many_mappings, samples_ports,
+    strategy_for,
 )
 
 SAMPLE_ANSWER = 1.0
@@ -50,6 +58,9 @@ BIRTHDAY_WINDOW = 8.0
 """Seconds the extra sockets of one birthday campaign stay open (the peer's probing, resamples)."""
 RESAMPLE_INTERVAL = 1.5
 RESAMPLE_MAX = 3
+SAMPLE_SOCKET = BIRTHDAY_WINDOW
+"""Seconds our probes to a peer leave from the socket of our latest sample (the shell keeps it open
+this long unless a path uses it)."""
 
 
 class OnPunch(enum.Enum):
@@ -65,11 +76,6 @@ def profile_of(info: Optional[m.NatInfo]) -> NatProfile:
     if info is None:
         return NatProfile()
     return NatProfile(info.endpoint_independent, Allocation(info.allocation))
-
-
-def samples_ports(profile: NatProfile) -> bool:
-    """Whether a side behind this NAT samples its ports before punching (sequential mapping)."""
-    return not profile.endpoint_independent and profile.predictable
 
 
 def nat_info(profile: NatProfile) -> m.NatInfo:
@@ -89,6 +95,10 @@ class PeerTraversal:
     answered: bool = True
     """The coord's punch for our latest sample was acted on."""
     mappings_until: float = -math.inf
+    punched_on: Optional[m.Endpoint] = None
+    """The peer's sample our latest punch answered."""
+    socket: Optional[int] = None
+    """The extra socket our latest sample came from: probes to the peer leave from it."""
 
 
 class Traversal:
@@ -103,7 +113,7 @@ class Traversal:
         self.mapped = False
         """Our router forwards a port to us (the peers are told): we need no hard-NAT tricks."""
         self.birthday = birthday if birthday is not None else BirthdayPlan()
-        self.pinned: dict[Endpoint, int] = {}
+        self.pinned = SocketPins()
         """Remote endpoint -> extra socket it must be sent from (birthday hits)."""
         self._randrange = randrange
         self._punch_interval = punch_interval
@@ -156,14 +166,20 @@ class Traversal:
             state.schedule = ResampleSchedule(RESAMPLE_INTERVAL, RESAMPLE_MAX)
             state.schedule.start(now)
 
-    def on_punch(self, key: bytes, with_sample: bool, now: float) -> OnPunch:
-        """The coord's punch for `key` arrived; `with_sample`: it carries the peer's fresh sample."""
+    def on_punch(self, key: bytes, sample: Optional[m.Endpoint], now: float) -> OnPunch:
+        """The coord's punch for `key` arrived; `sample`: the peer's fresh sample it carries.
+
+        Both sides' requests make the coord punch both, so a punch may repeat the peer's sample
+        we already punched on: it asks for nothing (a new sample of ours would leave the peer's
+        punch without its pair, and the peer would sample again, and so on)."""
         if not self.samples_ports:
             return OnPunch.PUNCH
         state = self._state(key)
+        if sample is not None and sample == state.punched_on:
+            return OnPunch.WAIT
         recent = now - state.sampled_at <= SAMPLE_ANSWER
-        if recent and not state.answered and (with_sample or not samples_ports(self.profile(key))):
-            state.answered = True
+        if recent and not state.answered and (sample is not None or not samples_ports(self.profile(key))):
+            state.answered, state.punched_on = True, sample
             return OnPunch.PUNCH
         if state.sampling or (recent and not state.answered):
             return OnPunch.WAIT
@@ -177,12 +193,25 @@ class Traversal:
         state.sampling = True
         return True
 
-    def sampled(self, key: bytes, now: float) -> None:
-        """A sample (or, for a birthday side, a punch request) went to the coord."""
+    def sampled(self, key: bytes, now: float, via: Optional[int] = None) -> None:
+        """A sample (or, for a birthday side, a punch request) went to the coord; `via`: the extra
+        socket the sample came from, which our probes to the peer leave from from now on."""
         state = self._state(key)
         state.sampling, state.sampled_at, state.answered = False, now, False
+        if via is not None:
+            state.socket = via
         if state.schedule is not None:
             state.schedule.sampled(now)
+
+    def probe_from(self, key: bytes, dst: Endpoint, now: float) -> Endpoint:
+        """`dst` of a probe to `key`, pinned to our latest sample's socket while that sample is fresh."""
+        state = self._peers.get(key)
+        if state is not None and state.socket is not None:
+            if now - state.sampled_at < SAMPLE_SOCKET:
+                self.pinned.probing(dst, state.socket)
+            else:
+                state.socket = None
+        return dst
 
     def due(self, now: float) -> list[bytes]:
         """Peers whose re-sample is due now."""
@@ -192,8 +221,10 @@ class Traversal:
     def path_found(self, key: bytes) -> None:
         """A direct path exists: no more samples."""
         state = self._peers.get(key)
-        if state is not None and state.schedule is not None:
-            state.schedule.stop()
+        if state is not None:
+            state.socket = None
+            if state.schedule is not None:
+                state.schedule.stop()
 
     def network_changed(self) -> None:
         """Our network changed and the shell closed the extra sockets: nothing is pinned to them any
@@ -201,7 +232,7 @@ class Traversal:
         old network's mappings)."""
         self.pinned.clear()
         for state in self._peers.values():
-            state.mappings_until = -math.inf
+            state.mappings_until, state.socket = -math.inf, None
 
     def open_mappings(self, key: bytes, now: float) -> bool:
         """Whether a punch towards `key` should open birthday mappings now (starts the window)."""

@@ -4,7 +4,8 @@ Each node is the real `NodeCore` and data path (`DataPlane`) on a simulated host
 `meshvpn.sim` NATs; around it sit the pieces its shell would provide, as small as they can be:
 
 * a STUN server that answers ``b"S"`` with the source endpoint (the main socket's public
-  endpoint at start, after each `DiscoverEndpoints`, and each `SampleWanted` from a fresh socket),
+  endpoint at start, after each `DiscoverEndpoints`, and each `SampleWanted` from a fresh socket
+  that stays, for the node punches from it; a sample unanswered within `SAMPLE_TIMEOUT` is lost),
   and real Binding requests too, for a site whose node takes its NAT profile (`Kind.probed`);
 * the extra sockets an `OpenMappings` asks for, and `socket_for` pinning on the way out;
 * a relay that forwards envelopes between the nodes' main sockets (registered by a hello, sent
@@ -52,6 +53,8 @@ RELAY_WARM_UP = 0.5
 """Seconds after the coord's welcome by which both nodes are registered with both relays."""
 STREAM_REFUSED = 0.1
 """The simulation has no TCP: a relay stream the node opens is refused after this long."""
+SAMPLE_TIMEOUT = 1.0
+"""Seconds a port sample waits for STUN before it is reported lost (the daemon's `discovery.SAMPLE_TIMEOUT`)."""
 _TRANSPORT = (MessageType.DATA, MessageType.KEEPALIVE)
 NETWORK = m.NetworkInfo(name="sim", cidr="100.64.0.0/24")
 
@@ -180,7 +183,8 @@ class Node:
         self.sock = self.host.bind(PORT, self._receiver(None))
         self.extra: list = []
         self.public_endpoint: tuple[str, int] | None = None
-        self.sampling: list[bytes] = []
+        self.sampling: dict[int, bytes] = {}
+        """Extra socket -> the peer its port sample is for, until STUN answers or `SAMPLE_TIMEOUT`."""
         self.discovering = False
         self.received: list[tuple[float, bytes]] = []
         """What reached the TUN: (when, payload)."""
@@ -267,9 +271,9 @@ class Node:
         self.host.link.connected = False
 
     def link_up(self) -> None:
-        """The link is back: the birthday sockets close, an endpoint round runs, then `network_changed`."""
+        """The link is back, on the same address: an endpoint round runs, then `network_changed`. The
+        extra sockets stay (the NAT may still hold their mappings), as in the daemon."""
         self.host.link.connected = True
-        self._close_extra()
         self._changed, self._lost = True, False
         self.discover()
 
@@ -326,8 +330,8 @@ class Node:
                 self.world.coord.send_from(self, m.Endpoints((m.Endpoint(self.host.ip, PORT),), m.Endpoint(*public)))
                 self.node.endpoints_refreshed(self.now)
                 self._network_changed()
-        elif self.sampling:
-            self.node.port_sampled(self.sampling.pop(0), Endpoint(host, int(port)), self.now)
+        elif via in self.sampling:
+            self.node.port_sampled(self.sampling.pop(via), Endpoint(host, int(port)), self.now, via)
 
     def pump(self) -> None:
         """Carry out the node's outputs, as the daemon's ``transmit`` does, and follow its timer."""
@@ -350,8 +354,10 @@ class Node:
         elif isinstance(out, OpenRelayStream):
             self.world.net.scheduler.call_later(STREAM_REFUSED, self._stream_refused, out.name)
         elif isinstance(out, SampleWanted):
-            self.sampling.append(out.peer_key)
-            self._new_socket().sendto(b"S", STUN)
+            sock = self._new_socket()
+            self.sampling[len(self.extra) - 1] = out.peer_key
+            sock.sendto(b"S", STUN)
+            self.world.net.scheduler.call_later(SAMPLE_TIMEOUT, self._sample_lost, len(self.extra) - 1)
         elif isinstance(out, OpenMappings):
             for probe in out.probes:
                 self._new_socket().sendto(probe, out.endpoint)
@@ -359,6 +365,12 @@ class Node:
             self.reasons.append(out.reason)
         elif isinstance(out, DiscoverEndpoints):
             self.discover()
+
+    def _sample_lost(self, via: int) -> None:
+        """No STUN answer in time: the daemon's sample gives up and says so (None)."""
+        if via in self.sampling:
+            self.node.port_sampled(self.sampling.pop(via), None, self.now)
+            self.pump()
 
     def _stream_refused(self, name: str) -> None:
         self.node.relay_stream_ended(name, self.now)

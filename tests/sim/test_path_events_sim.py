@@ -111,13 +111,6 @@ def path_limit(name_a: str, name_b: str) -> float:
     return PATH_BACK_BIRTHDAY if BIRTHDAY & {name_a, name_b} else PATH_BACK
 
 
-SEQUENTIAL_FIRST = {("port-range-known", "sequential")}
-"""`a` moves behind an address-dependent sequential NAT while sending to a busy sequential peer: its
-data made the new NAT's mapping towards the peer before the port sample the peer predicts from,
-so the peer's predicted ports miss it (`test_rebinding_sim.SEQUENTIAL_REMAPPED` has the same
-cause); the pair is relayed within a second and stays so."""
-
-
 @pytest.mark.parametrize("name_a, name_b", PAIRS)
 def test_a_node_that_moves_to_another_network_is_back_within_a_second(name_a: str, name_b: str) -> None:
     run = Run(name_a, name_b)
@@ -125,7 +118,7 @@ def test_a_node_that_moves_to_another_network_is_back_within_a_second(name_a: st
     site = Site(run.world.net, 2, KINDS[new_kind])
     moved = run.now
     run.world.a.move_to(site)
-    want = PathKind.RELAY if (name_a, name_b) in SEQUENTIAL_FIRST else expected(new_kind, name_b)
+    want = expected(new_kind, name_b)
     since = run.run_until_kinds(want, moved + SETTLE)
     assert max(run.gaps(moved, run.now)) < TRAFFIC_BACK
     assert since is not None and since - moved <= path_limit(new_kind, name_b), f"{want} at {since}"

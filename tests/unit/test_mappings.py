@@ -3,7 +3,10 @@
 import asyncio
 import socket
 
+import pytest
+
 from meshvpn.node.mappings import MappingSockets
+from meshvpn.stunio import start_stun_server
 from meshvpn.udpbatch import BatchUdpSocket
 from meshvpn.wire import Endpoint
 
@@ -40,3 +43,51 @@ def test_a_pinned_socket_sends_a_run_and_hands_over_what_it_receives_as_runs():
     assert b"".join(data for _, data, _, _ in handed) == bytes(range(100)) * 2 + b"tail"
     assert all(seg == 100 or data == b"tail" for _, data, seg, _ in handed)
     assert {sid for sid, _, _, _ in handed} == {1} and all(src.host == "127.0.0.1" for *_, src in handed)
+
+
+def test_a_port_sample_comes_from_a_socket_that_stays_for_the_punches_after_it():
+    """Behind a sequential NAT the core punches from the sample's socket: it must outlive the sample,
+    be read like the others, and outlive a prune until its window is over."""
+    runs = []
+
+    async def sample() -> None:
+        loop = asyncio.get_running_loop()
+        server = await start_stun_server("127.0.0.1", 0)
+        mappings = MappingSockets(loop, "127.0.0.1", lambda sid, run, seg, src: runs.append((sid, bytes(run))), 1 << 20)
+        try:
+            sid, mapped = await mappings.sample(Endpoint(*server.address), 1.0, keep=0.3)
+            sock = mappings.sockets()[sid]
+            assert mapped == Endpoint(*sock.getsockname()), "on loopback the mapping is the socket itself"
+            assert runs == [], "the STUN answer went to the sample, not to the node"
+            mappings.keep_only(set())
+            assert sid in mappings.sockets(), "its window is not over"
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+                peer.sendto(b"\x01\x04probe", sock.getsockname())
+                for _ in range(100):
+                    if runs:
+                        break
+                    await asyncio.sleep(0.01)
+            assert runs == [(sid, b"\x01\x04probe")]
+            await asyncio.sleep(0.3)
+            mappings.keep_only(set())
+            assert mappings.sockets() == {}
+        finally:
+            mappings.close()
+            server.close()
+
+    asyncio.run(sample())
+
+
+def test_a_sample_without_an_answer_times_out():
+    async def sample() -> None:
+        loop = asyncio.get_running_loop()
+        mappings = MappingSockets(loop, "127.0.0.1", lambda *args: None, 1 << 20)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+            silent.bind(("127.0.0.1", 0))
+            try:
+                with pytest.raises(asyncio.TimeoutError):
+                    await mappings.sample(Endpoint(*silent.getsockname()), 0.2, keep=0.0)
+            finally:
+                mappings.close()
+
+    asyncio.run(sample())

@@ -9,7 +9,8 @@ from meshvpn.keys import public_key
 from meshvpn.node.core import CoreConfig, NodeCore
 from meshvpn.node.prediction import Allocation, NatProfile
 from meshvpn.node.events import OpenMappings, SampleWanted
-from meshvpn.node.traversal import RESAMPLE_INTERVAL, RESAMPLE_MAX, nat_info, profile_of
+from meshvpn.node.candidates import candidates_of
+from meshvpn.node.traversal import RESAMPLE_INTERVAL, RESAMPLE_MAX, SAMPLE_SOCKET, nat_info, profile_of
 from meshvpn.wire import Endpoint, MessageType
 
 NETWORK = m.NetworkInfo(name="home", cidr="100.64.0.0/24")
@@ -124,9 +125,9 @@ def test_after_a_network_change_the_next_punch_opens_mappings_at_once_and_the_pi
     core, key = core_with_peer(RANDOM, NatProfile())
     core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN)), 0.0)
     events(core)
-    core.socket_for[PUBLIC_EP] = 3
+    core.socket_for.heard(PUBLIC_EP, 3)
     core.punching.reprobe(1.0)
-    assert core.socket_for == {}
+    assert not core.socket_for and core.socket_for.get(PUBLIC_EP) is None
     core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN)), 1.1)
     assert [e.endpoint for e in events(core) if isinstance(e, OpenMappings)] == [PUBLIC_EP]
 
@@ -145,11 +146,13 @@ def test_a_probe_on_an_extra_socket_pins_its_source_to_that_socket() -> None:
     src = Endpoint("198.51.100.2", 41641)
     probe = lambda: bob.probes.probe(alice.public_key, bytes(8), Endpoint("203.0.113.100", 50000), bytes(24), 0.0)
     alice.datagram_received(probe(), src, 0.0, via=7)
-    assert alice.socket_for == {src: 7}
+    assert alice.socket_for.get(src) == 7
     replies = [dst for dst, data in alice.datagrams_to_send() if data[1] == MessageType.PROBE_REPLY]
     assert replies == [src]
-    alice.datagram_received(probe(), Endpoint("198.51.100.3", 1), 0.0)
-    assert alice.socket_for == {src: 7}, "the main socket pins nothing"
+    other = Endpoint("198.51.100.3", 1)
+    alice.datagram_received(probe(), other, 0.0)
+    assert alice.socket_for.get(src) == 7 and alice.socket_for.get(other) is None, "the main socket pins nothing"
+    assert alice.socket_for.keep_only({src}) == {7}
 
 
 def test_sequential_side_punches_on_its_own_sample_against_a_random_peer() -> None:
@@ -172,3 +175,100 @@ def test_a_sequential_side_whose_samples_never_come_back_still_gets_the_relay(pe
     assert probe_targets(core) == [], "no sample, no punch"
     assert bob.route is not None and bob.route.path.kind.value == "relay"
     assert bob.route.endpoint == Endpoint("198.51.100.20", 7500)
+
+
+def sampled_from_socket(local: NatProfile, peer: NatProfile, sid: int = 4) -> tuple[NodeCore, bytes]:
+    """A sequential side that sampled from extra socket `sid` and got the coord's answering punch at 0.1 s."""
+    core, key = core_with_peer(local, peer)
+    core.packet_from_tun(core.peers.by_key[key], PACKET, 0.0)
+    events(core)
+    core.punching.port_sampled(key, Endpoint("203.0.113.100", 30010), 0.05, via=sid)
+    core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN), nat=nat_info(peer)), 0.1)
+    return core, key
+
+
+def test_a_sequential_side_punches_from_the_socket_of_its_sample() -> None:
+    """Its NAT's next mapping, towards the peer, must be the one right above the sample, whatever the
+    main socket sent to the peer's address before (an address-dependent NAT keeps that mapping)."""
+    core, key = sampled_from_socket(SEQUENTIAL, RANDOM)
+    targets = probe_targets(core)
+    assert targets == [PUBLIC_EP, LAN_EP], "the peer's public address first: a LAN probe takes a port too"
+    assert all(core.socket_for.get(dst) == 4 for dst in targets)
+
+
+def test_a_probe_heard_on_the_main_socket_is_answered_from_it_even_during_a_campaign() -> None:
+    core, key = sampled_from_socket(SEQUENTIAL, RANDOM)
+    probe_targets(core)
+    src = Endpoint("198.51.100.2", 52000)
+    core.socket_for.heard(src, None)
+    core.socket_for.probing(src, 4)
+    core.socket_for.heard(PUBLIC_EP, None)
+    assert core.socket_for.get(src) is None and core.socket_for.get(PUBLIC_EP) is None
+
+
+def test_the_samples_socket_is_left_once_a_path_is_found_or_the_sample_is_old() -> None:
+    core, key = sampled_from_socket(SEQUENTIAL, RANDOM)
+    probe_targets(core)
+    traversal = core.traversal
+    assert traversal.probe_from(key, Endpoint("198.51.100.9", 1), 0.2) and traversal.pinned.get(
+        Endpoint("198.51.100.9", 1)) == 4
+    late = 0.05 + SAMPLE_SOCKET
+    assert traversal.probe_from(key, Endpoint("198.51.100.9", 2), late) == Endpoint("198.51.100.9", 2)
+    assert traversal.pinned.get(Endpoint("198.51.100.9", 2)) is None
+    core2, key2 = sampled_from_socket(SEQUENTIAL, RANDOM)
+    core2.traversal.path_found(key2)
+    core2.traversal.probe_from(key2, Endpoint("198.51.100.9", 3), 0.2)
+    assert core2.traversal.pinned.get(Endpoint("198.51.100.9", 3)) is None
+
+
+def test_an_easy_side_keeps_its_main_socket_and_its_order() -> None:
+    core, key = core_with_peer(NatProfile(), NatProfile())
+    core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN)), 0.0)
+    assert probe_targets(core) == [LAN_EP, PUBLIC_EP] and not core.socket_for
+
+
+def test_the_answering_punch_starts_a_new_burst_at_once() -> None:
+    """A burst already running (the path died a moment ago) would send its next round later, when the
+    sample's ports may be gone: the sample's punch is a round now."""
+    core, key = core_with_peer(SEQUENTIAL, RANDOM)
+    bob = core.peers.by_key[key]
+    bob.paths.set_candidates(candidates_of(bob.info), 0.0)
+    core.punching.punch(bob, 0.0)
+    assert probe_targets(core) == [PUBLIC_EP, LAN_EP], "a burst runs: the next round is due at 0.2 s"
+    core.packet_from_tun(bob, PACKET, 0.05)
+    events(core)
+    core.punching.port_sampled(key, Endpoint("203.0.113.100", 30010), 0.06, via=2)
+    core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN), nat=nat_info(RANDOM)), 0.1)
+    assert probe_targets(core) == [PUBLIC_EP, LAN_EP]
+    assert core.get_timer() == pytest.approx(0.3), "the burst goes on from the new round"
+
+
+def test_a_punch_repeating_the_sample_we_punched_on_asks_for_no_new_sample() -> None:
+    """Both sides' requests make the coord punch both: the second punch carries the peer's sample
+    again, and sampling anew for it would set the two sides sampling in turn for ever."""
+    core, key = core_with_peer(SEQUENTIAL, SEQUENTIAL)
+    core.packet_from_tun(core.peers.by_key[key], PACKET, 0.0)
+    events(core)
+    core.punching.port_sampled(key, Endpoint("203.0.113.100", 30010), 0.01, via=1)
+    sample = m.Endpoint("198.51.100.2", 40000)
+    punch = m.Punch(key, (sample, PEER_LAN), nat=nat_info(SEQUENTIAL), sample=sample)
+    core.coord_message(punch, 0.05)
+    assert probe_targets(core)
+    core.coord_message(punch, 0.06)
+    assert events(core) == [] and probe_targets(core) == []
+    newer = m.Endpoint("198.51.100.2", 40100)
+    core.coord_message(m.Punch(key, (newer, PEER_LAN), nat=nat_info(SEQUENTIAL), sample=newer), 0.07)
+    assert events(core) == [SampleWanted(key)], "a new sample of the peer's needs one of ours"
+
+
+def test_a_network_change_that_keeps_our_addresses_keeps_the_extra_sockets_pins() -> None:
+    """A link down a while and back: the NAT may still hold the extra sockets' mappings, and the
+    shell keeps the sockets, so a path on one of them comes back with the link."""
+    core, key = core_with_peer(RANDOM, NatProfile())
+    core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN)), 0.0)
+    events(core)
+    core.socket_for.heard(PUBLIC_EP, 3)
+    core.punching.reprobe(1.0, sockets_closed=False)
+    assert core.socket_for.get(PUBLIC_EP) == 3
+    core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN)), 1.1)
+    assert not any(isinstance(e, OpenMappings) for e in events(core)), "the campaign's window still runs"

@@ -52,11 +52,11 @@ def test_resample_schedule_is_bounded_and_stops() -> None:
     assert not schedule.due(25.0)
 
 
-def test_predicted_first_puts_the_run_before_other_candidates() -> None:
+def test_predicted_first_puts_the_run_before_other_candidates_and_the_lan_last() -> None:
     candidates = [Candidate(("10.2.0.11", 41641), CandidateKind.LAN), Candidate(("203.0.113.20", 30000), CandidateKind.PUBLIC)]
     strategy = PredictedFirst(PortSpread(SequentialPorts(SequentialLimits(ports_per_round=2))))
     assert [c.endpoint for c in strategy.targets(candidates, 0)] == [
-        ("203.0.113.20", 30001), ("203.0.113.20", 30002), ("10.2.0.11", 41641), ("203.0.113.20", 30000)]
+        ("203.0.113.20", 30001), ("203.0.113.20", 30002), ("203.0.113.20", 30000), ("10.2.0.11", 41641)]
 
 
 @pytest.mark.parametrize("local, peer, kind, many", [
@@ -66,7 +66,8 @@ def test_predicted_first_puts_the_run_before_other_candidates() -> None:
     (SEQUENTIAL, SEQUENTIAL, PredictedFirst, False),
     (EASY, RANDOM, PortSpread, False),
     (RANDOM, RANDOM, AllCandidates, False),
-    (SEQUENTIAL, RANDOM, AllCandidates, False),
+    (SEQUENTIAL, RANDOM, PredictedFirst, False),
+    (SEQUENTIAL, EASY, PredictedFirst, False),
     (EIM_RANDOM, RANDOM, PortSpread, False),
     (RANDOM, EIM_RANDOM, AllCandidates, True),
 ])

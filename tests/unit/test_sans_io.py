@@ -81,6 +81,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.turn.core",
     "meshvpn.node.traversal",
     "meshvpn.node.prediction",
+    "meshvpn.node.pins",
     "meshvpn.node.candidates",
     "meshvpn.node.netlink",
     "meshvpn.node.netchange",
