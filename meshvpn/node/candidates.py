@@ -61,6 +61,33 @@ class AllCandidates:
         return sorted(candidates, key=lambda c: c.kind is not CandidateKind.LAN)
 
 
+class AnswerFirst:
+    """Behind a router's port mapping (UPnP IGD, NAT-PMP, PCP), let a peer without one send first.
+
+    A probe of ours to the peer's public endpoint makes a flow in our NAT; the peer's probe to
+    the forwarded port that arrives after it then belongs to that flow (conntrack keeps the first
+    flow of a pair of endpoints), our answer leaves from the flow's port, and the peer's NAT, which
+    sent only to the forwarded one, drops it. So for the first `hold_rounds` rounds of a burst we
+    probe only what our NAT does not stand before (LAN, IPv6), the peer's own mapping, and endpoints
+    `heard` from (their probe came through the forward: the flow is the forwarded port's). Later
+    rounds probe everything, in case the forward does not work; a peer with a mapping of its own
+    gets everything at once (each side's probes go to the other's forward, no flow is shared).
+    """
+
+    _FREE = (CandidateKind.LAN, CandidateKind.IPV6, CandidateKind.MAPPED)
+
+    def __init__(self, heard: Callable[[Endpoint], bool], hold_rounds: int) -> None:
+        self._heard = heard
+        self._hold = hold_rounds
+
+    def targets(self, candidates: Sequence[Candidate], round_no: int) -> list[Candidate]:
+        """Every candidate (LAN first), less those still held in this round."""
+        chosen = AllCandidates().targets(candidates, round_no)
+        if round_no >= self._hold or any(c.kind is CandidateKind.MAPPED for c in candidates):
+            return chosen
+        return [c for c in chosen if c.kind in self._FREE or self._heard(c.endpoint)]
+
+
 PortGenerator = Callable[[int, int], Iterable[int]]
 """(public port, round number) -> extra ports to probe on the same address."""
 

@@ -58,6 +58,10 @@ class SocketPins:
         if len(self._main) > MAX_HEARD_MAIN:
             del self._main[next(iter(self._main))]
 
+    def was_heard(self, endpoint: Endpoint) -> bool:
+        """Whether an authenticated probe from `endpoint` arrived (on any socket)."""
+        return endpoint in self._heard or endpoint in self._main
+
     def probing(self, dst: Endpoint, sid: int) -> None:
         """Our probe to `dst` leaves from `sid`, unless `dst` was heard on a socket already."""
         if dst not in self._heard and dst not in self._main:

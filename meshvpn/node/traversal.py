@@ -31,7 +31,8 @@ Sans-IO; the core (`meshvpn.node.core`) asks it what to do and carries it out. R
   (`pinned`): everything for that endpoint leaves from there, or the NAT's filter drops it.
 * **Mapped side** (our router forwards a port to us: UPnP IGD, NAT-PMP, PCP): the peer gets in
   through the mapping, so we probe its candidates only, neither predicted ports nor birthday
-  sockets. A probe of ours to the very port the peer's next mapping takes would hold that flow
+  sockets, and its public ones only once it was heard or the burst's first rounds are over
+  (`AnswerFirst`: its probe must reach the forward before our NAT has a flow towards it). A probe of ours to the very port the peer's next mapping takes would hold that flow
   in our NAT, and the reply to the peer's probe through the mapping would leave from the wrong
   port (conntrack keeps the first flow of a pair of endpoints).
 """
@@ -45,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from meshvpn.control import messages as m
-from meshvpn.node.candidates import AllCandidates, Endpoint, ProbeStrategy
+from meshvpn.node.candidates import AnswerFirst, Endpoint, ProbeStrategy
 from meshvpn.node.pins import SocketPins
 from meshvpn.node.prediction import (
     Allocation, BirthdayPlan, NatProfile, ResampleSchedule, opens_many_mappings, samples_ports,
@@ -58,6 +59,8 @@ BIRTHDAY_WINDOW = 8.0
 """Seconds the extra sockets of one birthday campaign stay open (the peer's probing, resamples)."""
 RESAMPLE_INTERVAL = 1.5
 RESAMPLE_MAX = 3
+MAPPED_HOLD_ROUNDS = 5
+"""Rounds of a burst (0.8 s at the defaults) in which a mapped side lets the peer send first (`AnswerFirst`)."""
 SAMPLE_SOCKET = BIRTHDAY_WINDOW
 """Seconds our probes to a peer leave from the socket of our latest sample (the shell keeps it open
 this long unless a path uses it)."""
@@ -141,7 +144,7 @@ class Traversal:
     def strategy(self, key: bytes) -> ProbeStrategy:
         """A fresh probe strategy for `key` (fresh port runs and birthday budget)."""
         if self.mapped:
-            return AllCandidates()
+            return AnswerFirst(self.pinned.was_heard, MAPPED_HOLD_ROUNDS)
         return strategy_for(self.local, self.profile(key), self._randrange, self._punch_interval,
                             birthday=self.birthday)
 

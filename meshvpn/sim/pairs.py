@@ -126,16 +126,8 @@ RELAYED = frozenset({
 })
 """The pairs (`a`, who sends first, then `b`) that end up relayed: both sides endpoint-dependent with
 random ports, one with random ports against a NAT whose ports cannot be predicted from one sample,
-and an unreported random NAT against any peer that waits for its endpoint. Every other pair but
-`MAPPED_FIRST` goes direct (`docs/nat-traversal.md` has the matrix of the lab's NATs; the sims hold
-every pair to it)."""
-MAPPED_FIRST = frozenset(("upnp", x) for x in ("port-preserving", "port-range", "port-range-known"))
-"""A mapped site that sends first to a port-restricted peer: its data makes a random mapping towards
-the peer, and the peer's probes to the forwarded port then belong to that flow and are answered
-from the random port, which the peer's NAT filters. The pair is relayed, or direct when a probe of
-the peer happens to open its NAT for that port first: it depends on timing (sent the other way, the
-pair goes direct through the forwarded port)."""
-
+and an unreported random NAT against any peer that waits for its endpoint. Every other pair goes
+direct (`docs/nat-traversal.md` has the matrix of the lab's NATs; the sims hold every pair to it)."""
 
 def wan() -> Link:
     return Link(LinkDirection(0.01), LinkDirection(0.01))

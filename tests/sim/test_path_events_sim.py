@@ -23,7 +23,7 @@ import random
 import pytest
 
 from meshvpn.node.pathfinder import PathKind
-from meshvpn.sim.pairs import KINDS, MAPPED_FIRST, RELAYED, Site, World, flow, longest_gap
+from meshvpn.sim.pairs import KINDS, RELAYED, Site, World, flow, longest_gap
 
 PAIRS = list(itertools.product(KINDS, repeat=2))
 """Ordered pairs, for the events that happen to `a`."""
@@ -54,10 +54,8 @@ NEXT_KIND = dict(zip(KINDS, [*list(KINDS)[1:], next(iter(KINDS))]))
 """The kind of NAT a moving node finds on its new network: the next kind, so every kind is left and found."""
 
 
-def expected(name_a: str, name_b: str) -> PathKind | None:
-    """The path kind the pair can reach (None: either, as timing has it)."""
-    if (name_a, name_b) in MAPPED_FIRST:
-        return None
+def expected(name_a: str, name_b: str) -> PathKind:
+    """The path kind the pair can reach."""
     return PathKind.RELAY if (name_a, name_b) in RELAYED else PathKind.DIRECT
 
 

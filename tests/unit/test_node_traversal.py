@@ -272,3 +272,35 @@ def test_a_network_change_that_keeps_our_addresses_keeps_the_extra_sockets_pins(
     assert core.socket_for.get(PUBLIC_EP) == 3
     core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN)), 1.1)
     assert not any(isinstance(e, OpenMappings) for e in events(core)), "the campaign's window still runs"
+
+
+def test_a_mapped_node_lets_a_peer_without_a_mapping_send_first() -> None:
+    """Its probe to the peer's public endpoint would make a flow in its NAT that the peer's probe to
+    the forwarded port then joins (answered from the flow's random port): it waits for that probe
+    for a burst's first rounds, and probes the rest only after them."""
+    core, key = core_with_peer(RANDOM, NatProfile())
+    core.punching.set_mapped(True)
+    core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN)), 0.0)
+    assert probe_targets(core) == [LAN_EP]
+    core.socket_for.heard(PUBLIC_EP, None)
+    core.handle_timer(0.2)
+    assert probe_targets(core) == [LAN_EP, PUBLIC_EP], "heard through the forward: its flow is the mapping's"
+    core2, key2 = core_with_peer(RANDOM, NatProfile())
+    core2.punching.set_mapped(True)
+    core2.coord_message(m.Punch(key2, (PEER_PUBLIC, PEER_LAN)), 0.0)
+    rounds = [probe_targets(core2)]
+    while len(rounds) < 6:
+        core2.handle_timer(core2.get_timer())
+        rounds.append(probe_targets(core2))
+    assert rounds[:5] == [[LAN_EP]] * 5 and rounds[5] == [LAN_EP, PUBLIC_EP], "the forward may not work"
+
+
+def test_a_mapped_node_probes_a_mapped_peer_everywhere_at_once() -> None:
+    core, key = core_with_peer(RANDOM, NatProfile())
+    core.punching.set_mapped(True)
+    mapped = m.Endpoint("198.51.100.2", 50000)
+    info = m.PeerInfo(key, "bob", "100.64.0.2", True, (PEER_LAN,), PEER_PUBLIC, nat=nat_info(RANDOM),
+                      mapped_endpoint=mapped)
+    core.coord_message(m.PeerMap((info,)), 0.0)
+    core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN)), 0.1)
+    assert set(probe_targets(core)) == {LAN_EP, PUBLIC_EP, Endpoint("198.51.100.2", 50000)}

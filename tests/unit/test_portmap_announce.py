@@ -49,7 +49,7 @@ def test_the_default_gateway_comes_from_the_kernels_route_table(tmp_path):
 
 
 def test_a_mapped_node_probes_candidates_only_and_opens_no_birthday_sockets():
-    from meshvpn.node.candidates import AllCandidates
+    from meshvpn.node.candidates import AnswerFirst
     from meshvpn.node.prediction import Allocation, NatProfile
     from meshvpn.node.traversal import Traversal
 
@@ -61,7 +61,10 @@ def test_a_mapped_node_probes_candidates_only_and_opens_no_birthday_sockets():
     traversal.mapped = True
     assert not traversal.hard_side(peer) and not traversal.open_mappings(peer, 100.0)
     traversal.set_peer_nat(peer, sequential)
-    assert isinstance(traversal.strategy(peer), AllCandidates)  # no ports above the peer's sample
+    strategy = traversal.strategy(peer)
+    assert isinstance(strategy, AnswerFirst)
+    sample = Candidate(Endpoint("198.51.100.2", 40000), CandidateKind.PUBLIC)
+    assert strategy.targets([sample], 10) == [sample]  # no ports above the peer's sample
 
 
 MAPPED_TCP = m.Endpoint("203.0.113.100", 50000)
