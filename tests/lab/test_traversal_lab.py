@@ -54,6 +54,8 @@ def test_sequential_side_with_background_traffic_goes_direct(world, topo: Topolo
     background_traffic(topo.host("a2"), RELAY_ADDR, BACKGROUND_RATE, seconds=60)
     assert both_direct(mesh, 20), mesh.logs()
     assert mesh.peer("b1", "a1")["endpoint"].startswith(topo.addr("a") + ":")
+    sockets = [s["socket"] for s in mesh.status("a1")["self"]["sockets"]]
+    assert any(name.startswith("pinned") for name in sockets), f"a1 punched from its sample's socket: {sockets}"
 
 
 def test_both_sides_sequential_with_background_traffic_go_direct(world, topo: Topology) -> None:
