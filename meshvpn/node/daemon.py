@@ -42,7 +42,6 @@ from meshvpn.node.netwatch import NetWatch
 from meshvpn.node.node import Node
 from meshvpn.node.status import status_line
 from meshvpn.node.pathfinder import PathFinderConfig
-from meshvpn.node.traversal import SAMPLE_SOCKET
 from meshvpn.node.portmap.shell import PortMapShell
 from meshvpn.node.peers import Route
 from meshvpn.node.refresh import EndpointRefresh
@@ -110,7 +109,8 @@ class NodeDaemon:
         self.control = ControlServer(str(config.control_socket), self.verbs.handle_control)
         self.public_endpoint: Optional[m.Endpoint] = None
         self.nat: Optional[m.NatInfo] = None
-        self.mappings = MappingSockets(self.loop, config.listen.address, self._on_mapping_run, SOCKET_BUFFER)
+        self.mappings = MappingSockets(self.loop, config.listen.address, self._on_mapping_run, SOCKET_BUFFER,
+                                       in_use=lambda: self.node.mappings_in_use())
         self.local: tuple[m.Endpoint, ...] = ()
         self.refresh = EndpointRefresh(self)
         self.portmap = PortMapShell(self.loop, config.portmap, self.refresh.mapping_changed)
@@ -392,7 +392,6 @@ class NodeDaemon:
             case ev.OpenMappings(_, endpoint, probes, seconds):
                 opened = self.mappings.open(probes, endpoint, seconds)
                 log.debug("birthday probing towards %s:%d from %d sockets", *endpoint, opened)
-                self.loop.call_later(seconds, self._prune_mappings)
             case _:
                 log_event(event)
 
@@ -401,7 +400,6 @@ class NodeDaemon:
     async def _sample_port(self, peer_key: bytes) -> None:
         sample, sid = await kept_port_sample(self.mappings, self.config, self.udp.family, self.link.host)
         self.node.port_sampled(peer_key, sample, self.loop.time(), sid)
-        self.loop.call_later(SAMPLE_SOCKET, self._prune_mappings)
         self.transmit()
         self._tasks = [task for task in self._tasks if not task.done()]
 
@@ -424,10 +422,6 @@ class NodeDaemon:
     def udp_sockets(self) -> dict[str, socket.socket]:
         """Every UDP socket the node owns, by the name status and metrics give it."""
         return {"main": self.sock, **{f"pinned {sid}": sock for sid, sock in self.mappings.sockets().items()}}
-
-    def _prune_mappings(self) -> None:
-        """Close the birthday sockets no path uses."""
-        self.mappings.keep_only(self.node.mappings_in_use())
 
     def _configure_tun(self, event: ev.AddressAssigned) -> None:
         prefix = ipaddress.ip_network(event.network).prefixlen

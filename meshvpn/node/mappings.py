@@ -12,7 +12,7 @@ runs, GSO sends of whole runs (`meshvpn.udpbatch`).
 Behind a sequential NAT the port sample comes from one of these sockets too (`sample`), and the
 core punches from it: its next mapping, towards the peer, is the one right above the sample.
 Each socket is kept at least for the window it was opened for (`keep`), so one campaign's prune
-does not close another's sockets.
+does not close another's sockets; at each window's end the sockets no path uses (`in_use`) close.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ class MappingSockets:
     """Extra sockets by id; `on_run(id, run, seg_size, src)` gets everything they receive."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, bind_address: str, on_run: OnRun,
-                 buffer: int, limit: int = LIMIT) -> None:
+                 buffer: int, limit: int = LIMIT, in_use: Callable[[], set[int]] = set) -> None:
         self._loop = loop
+        self._in_use = in_use
+        """The sockets some path uses (the node's `mappings_in_use`): what a window's end keeps."""
         self._buffer = buffer
         """SO_RCVBUF and SO_SNDBUF of each socket, as the main socket's: a pinned socket carries a peer's data."""
         self._bind = bind_address
@@ -73,6 +75,7 @@ class MappingSockets:
                 log.info("birthday probing: %d sockets, then %s", opened, exc)
                 break
             opened += 1
+        self._loop.call_later(keep, self.prune)
         return opened
 
     async def sample(self, server: Endpoint, timeout: float, keep: float) -> Optional[tuple[int, Endpoint]]:
@@ -81,6 +84,7 @@ class MappingSockets:
         sid = self._open_one(keep)
         if sid is None:
             return None
+        self._loop.call_later(keep, self.prune)
         self._stun[sid] = client = StunClient(_Sender(self, sid))
         try:
             result = await asyncio.wait_for(client.query(server), timeout)
@@ -135,6 +139,10 @@ class MappingSockets:
 
     def close(self) -> None:
         self.keep_only(set(), everything=True)
+
+    def prune(self) -> None:
+        """Close the sockets no path uses whose windows are over (at the end of each window, and each refresh)."""
+        self.keep_only(self._in_use())
 
     def _readable(self, sid: int) -> None:
         udp = self._socks.get(sid)

@@ -136,7 +136,7 @@ class EndpointRefresh:
             mapped6 = await ipv6_mapping(daemon.stun, daemon.config)
             self._report(daemon.public_endpoint, daemon.local, daemon.nat, announced(local6, mapped6))
         await self._profile()
-        daemon._prune_mappings()
+        daemon.mappings.prune()
 
     async def _profile(self) -> None:
         """Sample the NAT's behaviour, with a relay as the mapping test's second server if one is known."""

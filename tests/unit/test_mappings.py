@@ -53,7 +53,9 @@ def test_a_port_sample_comes_from_a_socket_that_stays_for_the_punches_after_it()
     async def sample() -> None:
         loop = asyncio.get_running_loop()
         server = await start_stun_server("127.0.0.1", 0)
-        mappings = MappingSockets(loop, "127.0.0.1", lambda sid, run, seg, src: runs.append((sid, bytes(run))), 1 << 20)
+        in_use: set[int] = set()
+        mappings = MappingSockets(loop, "127.0.0.1", lambda sid, run, seg, src: runs.append((sid, bytes(run))), 1 << 20,
+                                  in_use=lambda: in_use)
         try:
             sid, mapped = await mappings.sample(Endpoint(*server.address), 1.0, keep=0.3)
             sock = mappings.sockets()[sid]
@@ -68,8 +70,11 @@ def test_a_port_sample_comes_from_a_socket_that_stays_for_the_punches_after_it()
                         break
                     await asyncio.sleep(0.01)
             assert runs == [(sid, b"\x01\x04probe")]
-            await asyncio.sleep(0.3)
-            mappings.keep_only(set())
+            in_use.add(sid)
+            await asyncio.sleep(0.35)
+            assert sid in mappings.sockets(), "a path uses it: its window's end keeps it"
+            in_use.clear()
+            mappings.prune()
             assert mappings.sockets() == {}
         finally:
             mappings.close()
