@@ -389,9 +389,13 @@ class NodeDaemon:
                 self.refresh.rediscover()
             case ev.SampleWanted(peer_key):
                 self._tasks.append(self.loop.create_task(self._sample_port(peer_key)))
-            case ev.OpenMappings(_, endpoint, probes, seconds):
-                opened = self.mappings.open(probes, endpoint, seconds)
+            case ev.OpenMappings(key, endpoint, probes, seconds):
+                opened = self.mappings.open(probes, endpoint, seconds, owner=key)
                 log.debug("birthday probing towards %s:%d from %d sockets", *endpoint, opened)
+                if opened < len(probes):
+                    self.node.mappings_short(key)
+            case ev.CloseMappings(key):
+                self.mappings.release(key)
             case _:
                 log_event(event)
 

@@ -112,6 +112,13 @@ class OpenMappings:
 
 
 @dataclass(frozen=True)
+class CloseMappings:
+    """The peer has a direct path: the sockets its `OpenMappings` opened that no path uses may close now."""
+
+    peer_key: bytes
+
+
+@dataclass(frozen=True)
 class TcpPathChanged:
     """A punched TCP path to a peer came up at `endpoint`, or went down (`endpoint` None) for `reason`."""
 
@@ -145,7 +152,7 @@ class TurnChanged:
 
 
 Event = Union[AddressAssigned, PeerMapChanged, PeerPathChanged, PeerUp, PeerDown, PingReply, CoordRejected,
-              SampleWanted, DiscoverEndpoints, OpenMappings, TcpPathChanged, RelayHomeChanged, RelaySkipped, TurnChanged]
+              SampleWanted, DiscoverEndpoints, OpenMappings, CloseMappings, TcpPathChanged, RelayHomeChanged, RelaySkipped, TurnChanged]
 
 # ---- transmissions: what the shell must send, open or close ----------------------------
 

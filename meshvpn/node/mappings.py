@@ -13,6 +13,9 @@ Behind a sequential NAT the port sample comes from one of these sockets too (`sa
 core punches from it: its next mapping, towards the peer, is the one right above the sample.
 Each socket is kept at least for the window it was opened for (`keep`), so one campaign's prune
 does not close another's sockets; at each window's end the sockets no path uses (`in_use`) close.
+The sockets of one campaign belong to its peer (`owner`): once that peer has a direct path, the
+core says so (`CloseMappings`) and its unused sockets close at once (`release`), so the `limit`
+is free for the next peer's campaign rather than held for the rest of the window.
 """
 
 from __future__ import annotations
@@ -56,13 +59,15 @@ class MappingSockets:
         self._socks: dict[int, BatchUdpSocket] = {}
         self._until: dict[int, float] = {}
         """When each socket's window ends: `keep_only` closes none before."""
+        self._owner: dict[int, bytes] = {}
+        """The peer whose campaign opened each socket (`release`)."""
         self._stun: dict[int, StunClient] = {}
         """Sockets waiting for a STUN answer (`sample`)."""
 
     def __len__(self) -> int:
         return len(self._socks)
 
-    def open(self, probes: Iterable[bytes], endpoint: Endpoint, keep: float = 0.0) -> int:
+    def open(self, probes: Iterable[bytes], endpoint: Endpoint, keep: float = 0.0, owner: bytes = b"") -> int:
         """Send each probe to `endpoint` from a new socket kept `keep` seconds; how many were opened."""
         opened = 0
         for probe in probes:
@@ -70,6 +75,7 @@ class MappingSockets:
                 sid = self._open_one(keep)
                 if sid is None:
                     break
+                self._owner[sid] = owner
                 self._socks[sid].sock.sendto(probe, endpoint)
             except OSError as exc:
                 log.info("birthday probing: %d sockets, then %s", opened, exc)
@@ -127,18 +133,26 @@ class MappingSockets:
         """The open sockets by id (for their kernel counters)."""
         return {sid: udp.sock for sid, udp in self._socks.items()}
 
-    def keep_only(self, in_use: set[int], everything: bool = False) -> None:
-        """Close every socket not in `in_use` whose window is over (`everything`: whatever its window)."""
+    def keep_only(self, in_use: set[int], everything: bool = False, owner: Optional[bytes] = None) -> None:
+        """Close every socket not in `in_use` whose window is over (`everything`: whatever its window),
+        only those `owner`'s campaign opened if it is given."""
         now = self._loop.time()
         for sid in [sid for sid in self._socks if sid not in in_use]:
+            if owner is not None and self._owner.get(sid) != owner:
+                continue
             if everything or self._until.get(sid, now) <= now:
                 self._until.pop(sid, None)
+                self._owner.pop(sid, None)
                 sock = self._socks.pop(sid).sock
                 self._loop.remove_reader(sock.fileno())
                 sock.close()
 
     def close(self) -> None:
         self.keep_only(set(), everything=True)
+
+    def release(self, owner: bytes) -> None:
+        """`owner` has a direct path: its campaign's sockets that no path uses close now, window or not."""
+        self.keep_only(self._in_use(), everything=True, owner=owner)
 
     def prune(self) -> None:
         """Close the sockets no path uses whose windows are over (at the end of each window, and each refresh)."""

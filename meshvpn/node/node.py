@@ -274,6 +274,10 @@ class Node(NodeRecovery, StreamInbox):
         """A reloaded ``paths.keepalive``: every peer's path finder shares this setting."""
         self.core.config.paths.keepalive = seconds
 
+    def mappings_short(self, key: bytes) -> None:
+        """The shell opened fewer of `key`'s birthday sockets than asked (its limit, held by other campaigns)."""
+        self.core.traversal.mappings_short(key)
+
     def mappings_in_use(self) -> set[int]:
         """The extra sockets some peer's route uses; pins of the others are forgotten."""
         return self.core.socket_for.keep_only(peer.route.endpoint for peer in self.peers if peer.route is not None)
@@ -378,13 +382,14 @@ class Node(NodeRecovery, StreamInbox):
         return bool(datagrams or messages or events)
 
     def _path_changed(self, event: ev.PeerPathChanged, now: float) -> None:
-        """The peer's log keeps the change; a UDP path ends TCP punching."""
+        """The peer's log keeps the change; a UDP path ends TCP punching and its birthday campaign."""
         peer = self.peers.find(event.name)
         if peer is None:
             return
         peer.path_log.record(event, peer.last_rx, peer.last_rx_src, self.core.config.paths.path_timeout, now)
         if _udp_direct(event.new):
             self.tcp.stop(peer.key)
+            self._out.append(ev.CloseMappings(peer.key))
 
     def _drain_relays(self, now: float) -> bool:
         relays = self.relays

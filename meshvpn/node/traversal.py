@@ -245,6 +245,13 @@ class Traversal:
         state.mappings_until = now + BIRTHDAY_WINDOW
         return True
 
+    def mappings_short(self, key: bytes) -> None:
+        """The shell could not open the whole campaign (other peers' campaigns hold its socket limit):
+        the window did not start, so the next punch (a re-sample's request) opens one again."""
+        state = self._peers.get(key)
+        if state is not None:
+            state.mappings_until = -math.inf
+
     def get_timer(self) -> Optional[float]:
         """The next re-sample due."""
         times = [s.schedule.get_timer() for s in self._peers.values() if s.schedule is not None and not s.sampling]

@@ -110,7 +110,7 @@ class MemoryNode:
                     case ev.Deliver(datagrams):
                         self.tun += self.data.inbound(datagrams, now)
                     case ev.AddressAssigned() | ev.PeerMapChanged() | ev.PeerPathChanged() | ev.PeerUp() | \
-                            ev.PeerDown() | ev.PingReply() | ev.CoordRejected() | ev.SampleWanted() | ev.OpenMappings() | \
+                            ev.PeerDown() | ev.PingReply() | ev.CoordRejected() | ev.SampleWanted() | ev.OpenMappings() | ev.CloseMappings() | \
                             ev.TcpPathChanged() | ev.RelayHomeChanged() | ev.RelaySkipped() | ev.TurnChanged():
                         self.events.append(out)
                     case _:

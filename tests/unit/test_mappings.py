@@ -96,3 +96,29 @@ def test_a_sample_without_an_answer_times_out():
                 mappings.close()
 
     asyncio.run(sample())
+
+
+def test_a_peer_with_a_direct_path_gives_its_campaign_s_unused_sockets_back_at_once():
+    """Another peer's campaign needs the limit: a finished campaign's sockets close before its window
+    ends, except the one a path uses, and no other campaign's socket closes with them."""
+
+    async def campaigns() -> None:
+        loop = asyncio.get_running_loop()
+        in_use: set[int] = set()
+        mappings = MappingSockets(loop, "127.0.0.1", lambda *args: None, 1 << 20, limit=6, in_use=lambda: in_use)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            there = Endpoint(*peer.getsockname())
+            try:
+                assert mappings.open([b"a"] * 4, there, keep=30.0, owner=b"A") == 4
+                assert mappings.open([b"b"] * 4, there, keep=30.0, owner=b"B") == 2, "the limit holds"
+                first_a = min(mappings.sockets())
+                in_use.add(first_a)
+                mappings.release(b"A")
+                left = set(mappings.sockets())
+                assert first_a in left and len(left) == 3, "A's path keeps its socket; B's two stay in their window"
+                assert mappings.open([b"c"] * 4, there, keep=30.0, owner=b"C") == 3
+            finally:
+                mappings.close()
+
+    asyncio.run(campaigns())

@@ -119,6 +119,18 @@ def test_birthday_side_opens_many_mappings_once_per_window() -> None:
     assert not any(isinstance(e, OpenMappings) for e in events(core))
 
 
+def test_a_campaign_the_shell_could_not_open_whole_is_opened_again_by_the_next_punch() -> None:
+    """Other peers' campaigns held the shell's socket limit: that window never started."""
+    core, key = core_with_peer(RANDOM, NatProfile())
+    core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN)), 0.0)
+    assert any(isinstance(e, OpenMappings) for e in events(core))
+    core.traversal.mappings_short(key)
+    core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN)), 1.5)
+    assert [e.endpoint for e in events(core) if isinstance(e, OpenMappings)] == [PUBLIC_EP]
+    core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN)), 2.0)
+    assert not any(isinstance(e, OpenMappings) for e in events(core)), "a whole campaign holds its window"
+
+
 def test_after_a_network_change_the_next_punch_opens_mappings_at_once_and_the_pins_are_gone() -> None:
     """The shell closed the old network's extra sockets: the window of the campaign that opened
     them no longer holds the next one back, and nothing stays pinned to them."""
@@ -304,3 +316,17 @@ def test_a_mapped_node_probes_a_mapped_peer_everywhere_at_once() -> None:
     core.coord_message(m.PeerMap((info,)), 0.0)
     core.coord_message(m.Punch(key, (PEER_PUBLIC, PEER_LAN)), 0.1)
     assert set(probe_targets(core)) == {LAN_EP, PUBLIC_EP, Endpoint("198.51.100.2", 50000)}
+
+
+def test_a_direct_path_lets_the_shell_close_that_peer_s_birthday_sockets() -> None:
+    """The node says so (`CloseMappings`), so the socket limit is free for the next peer's campaign."""
+    from meshvpn.node import events as ev
+    from meshvpn.sim.nodes import alice_and_bob, ip_packet
+
+    alice, bob, wire = alice_and_bob(random.Random)
+    alice.send(ip_packet(alice.address, bob.address, b"hi"), 0.0)
+    wire.pump(0.0)
+    bob.send(ip_packet(bob.address, alice.address, b"back"), 0.1)
+    wire.pump(0.1)
+    closes = [e.peer_key for e in bob.take_events() if isinstance(e, ev.CloseMappings)]
+    assert closes == [alice.public]
