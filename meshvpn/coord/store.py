@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from meshvpn.coord.authkeys import AuthKey
+from meshvpn.coord.migrations import MIGRATIONS as _MIGRATIONS, SCHEMA_VERSION
 from meshvpn.control.messages import Endpoint, parse_endpoint
 from meshvpn.errors import ConfigError, MeshError
-
-SCHEMA_VERSION = 4
 
 
 class Conflict(MeshError):
@@ -177,56 +176,6 @@ class MemoryStore:
         pass
 
 
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE networks (
-            name TEXT PRIMARY KEY,
-            cidr TEXT NOT NULL,
-            approval_required INTEGER NOT NULL)""",
-        """CREATE TABLE auth_keys (
-            id TEXT PRIMARY KEY,
-            network TEXT NOT NULL REFERENCES networks(name),
-            secret_hash BLOB NOT NULL,
-            created REAL NOT NULL,
-            expires REAL,
-            reusable INTEGER NOT NULL,
-            ephemeral INTEGER NOT NULL,
-            uses INTEGER NOT NULL)""",
-        """CREATE TABLE nodes (
-            key BLOB PRIMARY KEY,
-            network TEXT NOT NULL REFERENCES networks(name),
-            name TEXT NOT NULL,
-            address TEXT NOT NULL,
-            hostname TEXT NOT NULL,
-            created REAL NOT NULL,
-            version TEXT NOT NULL,
-            os TEXT,
-            approved INTEGER NOT NULL,
-            revoked INTEGER NOT NULL,
-            ephemeral INTEGER NOT NULL,
-            last_seen REAL,
-            public_endpoint TEXT,
-            local_endpoints TEXT NOT NULL,
-            auth_key_id TEXT,
-            UNIQUE (network, name),
-            UNIQUE (network, address))""",
-    ),
-    ("ALTER TABLE nodes ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'",),
-    (
-        # Listings by network, in the order they are read.
-        "CREATE INDEX auth_keys_by_network ON auth_keys (network, created, id)",
-        "CREATE INDEX nodes_by_network ON nodes (network, created, name)",
-    ),
-    (
-        """CREATE TABLE peer_relays (
-            network TEXT NOT NULL REFERENCES networks(name),
-            member TEXT NOT NULL,
-            PRIMARY KEY (network, member))""",
-    ),
-)
-"""Schema version N is reached by running the statements of entries 0 .. N-1, in order; a
-released entry never changes. They are written for SQLite; `Dialect.types` renames its column
-types for another back end."""
 
 _Convert = tuple[Callable[[Any], Any], Callable[[Any], Any]]
 _BOOL: _Convert = (int, bool)
