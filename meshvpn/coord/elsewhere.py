@@ -14,7 +14,7 @@ requester's port sample is.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from meshvpn.control import messages as m
@@ -30,6 +30,20 @@ LEASE = 15.0
 """Seconds without a word from another instance (it sends a heartbeat every `HEARTBEAT` seconds,
 `meshvpn.coord.instances`) after which the nodes it had online count as offline here: a killed
 instance tells nobody its nodes are gone, and they reconnect elsewhere within about 30 s."""
+
+
+@dataclass(frozen=True)
+class ChangeElsewhere:
+    """What another coord instance said of one node (`meshvpn.coord.instances`)."""
+
+    network: str
+    subject: bytes
+    message: m.Message | None = None
+    """Its `peer_update` or `peer_remove` as that instance's nodes got it; None for an admin verb."""
+    payload: bytes | None = None
+    """`message` encoded."""
+    origin: str | None = None
+    """The instance, when known."""
 
 
 class Leases:
@@ -85,8 +99,20 @@ class Elsewhere:
         """Another coord instance sharing the store (`origin`, when known) changed `subject`'s
         record and, with `message` (its `peer_update` or `peer_remove`, encoded as `payload`),
         told its own nodes; do here what follows for the nodes connected to this instance."""
-        node = self._roster.reload(subject)
-        self._peer_relays_stale.add(network)  # its grants or tags may have changed there
+        self.changes_elsewhere([ChangeElsewhere(network, subject, message, payload, origin)])
+
+    def changes_elsewhere(self, changes: list[ChangeElsewhere]) -> None:
+        """`changed_elsewhere` for each of `changes`, in order, their records read in one go:
+        when thousands of nodes join another instance, a read per change kept this one waiting
+        on the database."""
+        nodes = self._roster.reload([change.subject for change in changes])
+        for change in changes:
+            self._apply_elsewhere(change, nodes[change.subject])
+
+    def _apply_elsewhere(self, change: ChangeElsewhere, node: NodeRecord | None) -> None:
+        network, subject, message = change.network, change.subject, change.message
+        if message is None:
+            self._peer_relays_stale.add(network)  # an admin verb there: grants or tags may have changed
         conn = self._conn_of_key.get(subject)
         self._leases.origin.pop(subject, None)
         if node is None or node.revoked:
@@ -105,12 +131,12 @@ class Elsewhere:
         elif isinstance(message, m.PeerUpdate):
             if message.peer.online:
                 self._elsewhere[subject] = message.peer
-                if origin is not None:
-                    self._leases.origin[subject] = origin
+                if change.origin is not None:
+                    self._leases.origin[subject] = change.origin
             else:
                 self._elsewhere.pop(subject, None)
             self._roster.changed(subject)
-            self._actions.append(Announce(network, subject, message, payload, relayed=True))
+            self._actions.append(Announce(network, subject, message, change.payload, relayed=True))
 
     def punched_elsewhere(self, network: str, peer: bytes, punch: m.Punch) -> None:
         """A node online on another instance asked to punch `peer` of `network`; that instance

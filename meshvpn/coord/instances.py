@@ -95,6 +95,7 @@ class InstanceLink:
         self._publisher: Any = None
         self._listener: Any = None
         self._task: asyncio.Task | None = None
+        self._pending: list[str] = []
         self.published = 0
         self.received = 0
 
@@ -137,12 +138,22 @@ class InstanceLink:
         self._notify({"from": self.instance, "network": network, "punch": encode_key(key), "frame": frame.decode()})
 
     def _notify(self, payload: dict) -> None:
-        self._publisher.execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(payload, separators=(",", ":"))))
+        """Queue a notification until `flush`."""
+        self._pending.append(json.dumps(payload, separators=(",", ":")))
         self.published += 1
+
+    def flush(self) -> None:
+        """Publish the queued notifications in one statement, in order: a round trip to the
+        database per announcement kept the event loop waiting when thousands of nodes joined."""
+        if not self._pending:
+            return
+        payloads, self._pending = self._pending, []
+        self._publisher.execute("SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload", (CHANNEL, payloads))
 
     async def _heartbeats(self) -> None:
         while True:
-            self._publisher.execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps({"from": self.instance})))
+            self._pending.append(json.dumps({"from": self.instance}))
+            self.flush()
             await asyncio.sleep(HEARTBEAT)
 
     async def _listen(self) -> None:

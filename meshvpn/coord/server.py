@@ -32,7 +32,7 @@ from meshvpn.control import messages
 from meshvpn.coord import admin
 from meshvpn.coord.console import start_console
 from meshvpn.coord.fanout import Fanout, FanoutSettings
-from meshvpn.coord.elsewhere import LEASE
+from meshvpn.coord.elsewhere import LEASE, ChangeElsewhere
 from meshvpn.coord.events import PunchElsewhere
 from meshvpn.coord.instances import InstanceLink
 from meshvpn.coord.connection import Connection
@@ -152,6 +152,8 @@ class CoordServer:
             self.instances = InstanceLink(settings.database, self._changed_elsewhere, self._heard,
                                           self._punched_elsewhere)
         self._drain_handle: asyncio.Handle | None = None
+        self._elsewhere_due: list[ChangeElsewhere] = []
+        """Changes other instances published, waiting for `_apply_elsewhere`."""
         self._batch: contextlib.AbstractContextManager | None = None
         """The store transaction holding this loop iteration's inputs (`batch`), while open."""
         self._flush_due = False
@@ -339,6 +341,8 @@ class CoordServer:
         self._start_maps()
         self._arm_timer()
         self._arm_drain()
+        if self.instances is not None:
+            self.instances.flush()
 
     def _start_maps(self) -> None:
         """Send the waiting peer maps there is room for, each built from the network as it is now:
@@ -421,6 +425,7 @@ class CoordServer:
         if self.instances is not None and request.get("cmd") in _SHARED_VERBS:
             for node in admin.nodes_changed(self.membership, response):
                 self.instances.publish(node.network, node.key, None)
+            self.instances.flush()
         return response
 
     async def _serve_admin(self, request: dict) -> AsyncIterator[dict]:
@@ -442,9 +447,17 @@ class CoordServer:
         except RemoteProtocolError as exc:
             log.warning("dropping a change from another instance: %s", exc)
             return
-        self.membership.changed_elsewhere(network, key, message, frame, instance)
-        self.run_actions()
+        self._elsewhere_due.append(ChangeElsewhere(network, key, message, frame, instance))
+        if len(self._elsewhere_due) == 1:
+            asyncio.get_running_loop().call_soon(self._apply_elsewhere)
 
+    def _apply_elsewhere(self) -> None:
+        """Apply the changes other instances published since the last call, their records read
+        in one go: notifications come in bursts when many nodes join another instance."""
+        changes, self._elsewhere_due = self._elsewhere_due, []
+        if changes:
+            self.membership.changes_elsewhere(changes)
+            self.run_actions()
 
     def _punched_elsewhere(self, network: str, key: bytes, frame: bytes, instance: str) -> None:
         """A node on another instance asked to punch node `key` (see `meshvpn.coord.instances`)."""
@@ -455,6 +468,7 @@ class CoordServer:
         if not isinstance(punch, messages.Punch):
             log.warning("dropping a punch from instance %s: not a punch frame (%s)", instance, punch)
             return
+        self._apply_elsewhere()  # the requester's own news came first
         self.membership.punched_elsewhere(network, key, punch)
         self.run_actions()
 

@@ -94,7 +94,11 @@ class Store(Protocol):
     def put_node(self, node: NodeRecord) -> None: ...
     def get_node(self, key: bytes) -> NodeRecord | None: ...
     def nodes(self, network: str | None = None) -> list[NodeRecord]: ...
-    def nodes_since(self, network: str, created: float) -> list[NodeRecord]: ...
+    def names_since(self, network: str, created: float) -> list[tuple[bytes, str, str]]:
+        """Key, name and address of the nodes of `network` created at `created` or later: what
+        other instances admitted lately, without reading whole records."""
+    def nodes_by_key(self, keys: list[bytes]) -> list[NodeRecord]:
+        """The records of those of `keys` that exist, in one read."""
     def lock_network(self, network: str) -> None:
         """Inside a transaction that admits a node to `network`: wait until no other coord
         instance sharing the database is admitting there, and hold that until the commit."""
@@ -152,9 +156,12 @@ class MemoryStore:
         nodes = sorted(self._nodes.values(), key=lambda n: (n.network, n.created, n.name))
         return [n for n in nodes if network in (None, n.network)]
 
-    def nodes_since(self, network: str, created: float) -> list[NodeRecord]:
+    def names_since(self, network: str, created: float) -> list[tuple[bytes, str, str]]:
         recent = [n for n in self._nodes.values() if n.network == network and n.created >= created]
-        return sorted(recent, key=lambda n: (n.created, n.name))
+        return [(n.key, n.name, n.address) for n in sorted(recent, key=lambda n: (n.created, n.name))]
+
+    def nodes_by_key(self, keys: list[bytes]) -> list[NodeRecord]:
+        return [self._nodes[key] for key in keys if key in self._nodes]
 
     def lock_network(self, network: str) -> None:
         """One process, one instance: nothing to wait for."""
@@ -378,10 +385,15 @@ class SqlStore:
     def nodes(self, network: str | None = None) -> list[NodeRecord]:
         return self._list(_NODES, network)
 
-    def nodes_since(self, network: str, created: float) -> list[NodeRecord]:
-        """The nodes of `network` created at `created` or later (what other instances admitted)."""
-        rows = self._execute(f"SELECT * FROM nodes WHERE network = ? AND created >= ? ORDER BY {_NODES.order_by}",
-                             (network, created))
+    def names_since(self, network: str, created: float) -> list[tuple[bytes, str, str]]:
+        rows = self._execute(f"SELECT key, name, address FROM nodes WHERE network = ? AND created >= ? "
+                             f"ORDER BY {_NODES.order_by}", (network, created))
+        return [(bytes(row["key"]), row["name"], row["address"]) for row in rows]
+
+    def nodes_by_key(self, keys: list[bytes]) -> list[NodeRecord]:
+        if not keys:
+            return []
+        rows = self._execute(f"SELECT * FROM nodes WHERE key IN ({', '.join('?' * len(keys))})", keys)
         return [_NODES.from_row(row) for row in rows]
 
     def lock_network(self, network: str) -> None:

@@ -89,6 +89,50 @@ def test_nodes_the_other_instance_admitted_are_read_before_admitting_so_no_confl
     assert (registered.name, registered.address) == ("node2", "10.77.0.3")
 
 
+class CountingStore(SqliteStore):
+    """The SQLite store, counting the records it reads by key (`nodes_by_key`)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.reads: list[list[bytes]] = []
+
+    def nodes_by_key(self, keys):
+        self.reads.append(list(keys))
+        return super().nodes_by_key(keys)
+
+
+def test_changes_from_another_instance_are_read_in_one_go_and_applied_in_order(tmp_path):
+    path = str(tmp_path / "coord.db")
+    one, two = core(SqliteStore(path)), CountingStore(path)
+    two_core = core(two)
+    token = one.create_auth_key("home", secret=bytes(32), now=NOW, reusable=True)[0]
+    announced = [a for n in (1, 2, 3) for a in join(one, f"c{n}", n, token) if isinstance(a, Announce)]
+    one.node_disconnected("c2", NOW + 1)
+    announced += [a for a in one.actions(announcements=True) if isinstance(a, Announce)]
+    two_core.changes_elsewhere([elsewhere.ChangeElsewhere(a.network, a.subject, a.message, a.payload, "one")
+                                for a in announced])
+    assert two.reads == [[key(1), key(2), key(3)]]  # one read, each node once
+    relayed = two_core.actions(announcements=True)
+    assert [(a.subject, a.message.peer.online) for a in relayed if isinstance(a, Announce)] == [
+        (key(1), True), (key(2), True), (key(3), True), (key(2), False)]
+    assert [(s.node.name, s.online) for s in two_core.list_nodes()] == [
+        ("node1", True), ("node2", False), ("node3", True)]
+
+
+def test_an_admission_reads_whole_records_only_of_nodes_it_has_not_heard_of(tmp_path):
+    path = str(tmp_path / "coord.db")
+    one, two = core(SqliteStore(path)), CountingStore(path)
+    two_core = core(two)
+    token = one.create_auth_key("home", secret=bytes(32), now=NOW, reusable=True)[0]
+    relay(join(one, "a", 1, token), two_core)  # two heard of node 1 through the instances
+    join(one, "c", 3, token)  # but not of node 3 yet
+    two.reads.clear()
+    actions = join(two_core, "b", 2, token)
+    assert two.reads == [[key(3)]]
+    (registered,) = [a.message for a in actions if isinstance(a, Send) and isinstance(a.message, m.Registered)]
+    assert (registered.name, registered.address) == ("node2", "10.77.0.4")
+
+
 def test_an_address_taken_by_an_instance_whose_clock_lags_is_skipped_after_a_conflict(tmp_path):
     path = str(tmp_path / "coord.db")
     one, two = core(SqliteStore(path)), core(SqliteStore(path))
