@@ -28,7 +28,9 @@ connects to instance i mod N, so every change must cross between instances throu
 the revoked node is on the last instance and the revocation goes through the first. Server CPU
 and RSS are then the sums over the instances.
 
-Nothing is asserted: it prints figures. ``--timeout`` bounds the whole run.
+Nothing is asserted: it prints figures. ``--timeout`` bounds the whole run. With
+``MESHVPN_BENCH_PROFILE=DIR`` in the environment every coord process runs under cProfile and
+writes ``DIR/coordI-N.prof`` (instance I, its N-th start) when it stops.
 """
 
 from __future__ import annotations

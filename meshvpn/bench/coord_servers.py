@@ -79,10 +79,16 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.cpu_spent = 0.0
         """CPU seconds of the processes before the current one."""
+        self.starts = 0
 
     async def start(self) -> None:
+        profile = os.environ.get("MESHVPN_BENCH_PROFILE")
+        python = [sys.executable]
+        if profile:
+            self.starts += 1
+            python += ["-m", "cProfile", "-o", f"{profile}/coord{self.index}-{self.starts}.prof"]
         with (self.directory / f"coord{self.index}.log").open("a") as server_log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "meshvpn", "coord", "-c", str(self.config)],
+            self.proc = subprocess.Popen([*python, "-m", "meshvpn", "coord", "-c", str(self.config)],
                                          stdout=subprocess.DEVNULL, stderr=server_log)
         await wait_until_listening(self.port, self.proc)
 
