@@ -139,8 +139,9 @@ def lan_families(status: dict) -> list[Family]:
     return [sent, copies, received, _by_reason(drops, status["dropped"]), groups.add(len(status["groups"]))]
 
 
-def coord_families(membership, connections: Sized) -> list[Family]:
-    """``meshvpn coord``: nodes online, open connections, control messages by type, refusals."""
+def coord_families(membership, connections: Sized, rounds=None) -> list[Family]:
+    """``meshvpn coord``: nodes online, open connections, control messages by type, refusals,
+    and with `rounds` (`fanout.RoundTimes`) where the fan-out's time goes."""
     online = _gauge("meshvpn_coord_nodes_online", "Nodes registered and connected now.").add(membership.online_count())
     open_connections = _gauge("meshvpn_coord_connections", "Open control-channel connections.").add(len(connections))
     received = _counter("meshvpn_coord_messages", "Control messages received from nodes, by type.", "type")
@@ -153,7 +154,19 @@ def coord_families(membership, connections: Sized) -> list[Family]:
                        "requester is no member online elsewhere.")
     return [online, open_connections, _by_reason(received, membership.received), _by_reason(refused, membership.refused),
             _by_reason(limited, membership.limited), dropped.add(membership.endpoints_dropped),
-            punches.add(membership.punches_dropped)]
+            punches.add(membership.punches_dropped)] + ([] if rounds is None else fanout_families(rounds))
+
+
+def fanout_families(rounds) -> list[Family]:
+    """The fan-out's rounds of updates (`fanout.RoundTimes`): averages per round are the
+    differences of the sums over those of the count between two scrapes."""
+    return [
+        _counter("meshvpn_coord_fanout_rounds", "Rounds of peer updates served to every node online.").add(rounds.rounds),
+        _counter("meshvpn_coord_fanout_wait_seconds", "Seconds from a window's first change to the start of its "
+                 "round, summed over rounds.").add(rounds.waited),
+        _counter("meshvpn_coord_fanout_serve_seconds", "Seconds from a round's start to its last node served, "
+                 "summed over rounds.").add(rounds.served),
+    ]
 
 
 def relay_families(core, send_errors: int = 0, native: Optional[dict] = None) -> list[Family]:

@@ -251,9 +251,9 @@ async def run_on(args, directory: Path, database: str) -> None:
     networks = -(-args.nodes // args.per_network)
     servers = []
     for index in range(args.instances):
-        port = free_tcp_port()
-        config = write_config(directory, index, port, database, networks, args.per_network)
-        servers.append(Server(directory, config, port, index))
+        port, metrics_port = free_tcp_port(), free_tcp_port()
+        config = write_config(directory, index, port, database, networks, args.per_network, metrics_port)
+        servers.append(Server(directory, config, port, index, metrics_port))
     server = Coords(servers)
     workers: Workers | None = None
     frames, failures = 0, []

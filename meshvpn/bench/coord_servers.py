@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -23,14 +24,15 @@ from meshvpn import keys
 NETWORK_BLOCK = ipaddress.ip_network("100.64.0.0/10")
 
 
-def write_config(directory: Path, index: int, port: int, database: str, networks: int, per_network: int) -> Path:
-    """Instance `index`'s config: the shared key and database, its own port and admin socket."""
+def write_config(directory: Path, index: int, port: int, database: str, networks: int, per_network: int,
+                 metrics_port: int) -> Path:
+    """Instance `index`'s config: the shared key and database, its own ports and admin socket."""
     if not (directory / "coord.key").exists():
         keys.write_private_key(directory / "coord.key")
     lines = [
         "private_key_file: coord.key", f"database: {json.dumps(database)}", f"listen: 127.0.0.1:{port}",
         "stun_listen: 127.0.0.1:0", f"admin_socket: admin{index}.sock", "keepalive: 30s",
-        "log:", "  level: warning", "networks:",
+        "metrics:", f"  listen: 127.0.0.1:{metrics_port}", "log:", "  level: warning", "networks:",
     ]
     prefix = min(20, 32 - (per_network + 3).bit_length())  # room for every node besides .0, .1 and broadcast
     for number, cidr in enumerate(NETWORK_BLOCK.subnets(new_prefix=prefix)):
@@ -71,11 +73,26 @@ async def wait_until_listening(port: int, proc: subprocess.Popen, timeout: float
     raise SystemExit("coord did not start listening")
 
 
+def fanout_times(metrics_port: int) -> tuple[float, float, float]:
+    """An instance's fan-out rounds, and the seconds they waited and took, summed
+    (`meshvpn.coord.fanout.RoundTimes`, from its metrics endpoint); zeros when it does not answer."""
+    wanted = ("meshvpn_coord_fanout_rounds_total", "meshvpn_coord_fanout_wait_seconds_total",
+              "meshvpn_coord_fanout_serve_seconds_total")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as answer:
+            lines = answer.read().decode().splitlines()
+    except OSError:
+        return 0.0, 0.0, 0.0
+    values = dict(line.split()[:2] for line in lines if line.startswith(wanted))
+    return tuple(float(values.get(name, 0.0)) for name in wanted)  # type: ignore[return-value]
+
+
 class Server:
     """One `meshvpn coord` child process, started again for the restart."""
 
-    def __init__(self, directory: Path, config: Path, port: int, index: int) -> None:
+    def __init__(self, directory: Path, config: Path, port: int, index: int, metrics_port: int) -> None:
         self.directory, self.config, self.port, self.index = directory, config, port, index
+        self.metrics_port = metrics_port
         self.proc: subprocess.Popen | None = None
         self.cpu_spent = 0.0
         """CPU seconds of the processes before the current one."""
@@ -145,6 +162,10 @@ class Coords:
     def problems(self) -> list[str]:
         return [line for server in self.servers for line in server.problems()]
 
+    def fanout_times(self) -> tuple[float, float, float]:
+        """`fanout_times` summed over the instances."""
+        return tuple(sum(column) for column in zip(*(fanout_times(s.metrics_port) for s in self.servers)))  # type: ignore
+
 
 class Phase:
     """Prints one phase's figures with the server CPU it took and its RSS, and the CPU the
@@ -154,12 +175,17 @@ class Phase:
         self.server, self.name, self.clients = server, name, clients
         self.cpu_before, _, _ = server.usage()
         self.clients_before = clients()
+        self.rounds_before = server.fanout_times()
         self.started = time.perf_counter()
 
     def report(self, text: str) -> None:
         cpu, rss, peak = self.server.usage()
         clients = self.clients() - self.clients_before
         load = os.getloadavg()[0]
+        rounds, waited, served = (now - before for now, before in zip(self.server.fanout_times(), self.rounds_before))
+        if rounds > 0:
+            text += (f"; {rounds:.0f} fan-out rounds, each waited {waited / rounds * 1000:.0f} ms on average from its "
+                     f"first change and took {served / rounds * 1000:.0f} ms to reach every node")
         print(f"{self.name:<12} {text}; server CPU {cpu - self.cpu_before:.1f} s, "
               f"RSS {rss / 1024:.0f} MiB (peak {peak / 1024:.0f} MiB); node workers CPU {clients:.1f} s "
               f"in {time.perf_counter() - self.started:.0f} s; load average {load:.1f}", flush=True)

@@ -78,7 +78,25 @@ class _Change:
 
 
 @dataclass
+class RoundTimes:
+    """Where the fan-out's time goes, summed over the rounds of updates served so far (removals
+    go at once and are left out): how long windows waited from their first change to their
+    round's start (the window, and the previous round still being served), and how long rounds
+    took from their start to their last node."""
+
+    rounds: int = 0
+    waited: float = 0.0
+    served: float = 0.0
+
+    def add(self, opened: float, started: float, finished: float) -> None:
+        self.rounds += 1
+        self.waited += started - opened
+        self.served += finished - started
+
+
+@dataclass
 class _Window:
+    opened: float
     due: float
     changes: dict[bytes, _Change] = field(default_factory=dict)
     """By peer key: its latest update."""
@@ -176,6 +194,9 @@ class _Round:
     next: int = 0
     served: set[Hashable] = field(default_factory=set)
     """Nodes that got this round early, through `take`."""
+    opened: float | None = None
+    """When its window took its first change, and when the round started (None: removals)."""
+    started: float = 0.0
 
 
 class Fanout:
@@ -193,6 +214,7 @@ class Fanout:
         """Changes taken in."""
         self.frames = 0
         """Frames handed out."""
+        self.times = RoundTimes()
 
     def add(self, network: str, subject: bytes, message: m.Message, payload: bytes | None, now: float,
             online: int = 0) -> None:
@@ -204,7 +226,7 @@ class Fanout:
             return
         window = self._windows.get(network)
         if window is None:
-            window = self._windows[network] = _Window(now + self.window(online))
+            window = self._windows[network] = _Window(now, now + self.window(online))
         changed = self._states.note(message.peer)
         earlier = window.changes.get(subject)
         if earlier is not None and changed is not None:
@@ -256,8 +278,9 @@ class Fanout:
         self._removals.clear()
         busy = {round_.network for round_ in self._rounds if isinstance(round_.frames, _Frames)}
         for network in [name for name, window in self._windows.items() if window.due <= now and name not in busy]:
-            frames = _Frames(self._windows.pop(network), self.settings.part_bytes)
-            self._rounds.append(_Round(network, frames, list(audience(network))))
+            window = self._windows.pop(network)
+            frames = _Frames(window, self.settings.part_bytes)
+            self._rounds.append(_Round(network, frames, list(audience(network)), opened=window.opened, started=now))
         budget = self.settings.slice
         while self._rounds and budget:
             round_ = self._rounds[0]
@@ -269,6 +292,8 @@ class Fanout:
                     yield conn_id, self._count(round_.frames.towards(conn_id, key, delta_format))
             if round_.next == len(round_.audience):
                 self._rounds.popleft()
+                if round_.opened is not None:
+                    self.times.add(round_.opened, round_.started, now)
 
     def take(self, conn_id: Hashable, network: str, key: bytes, delta_format: int) -> list[bytes]:
         """What is on its way to the node `key` on `conn_id` in `network`, to send before anything else."""

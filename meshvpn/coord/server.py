@@ -208,7 +208,7 @@ class CoordServer:
             raise
         self.run_actions()
         self.metrics = await start_metrics(settings.metrics.listen, "coord",
-                                           lambda: coord_families(self.membership, self._connections))
+                                           lambda: coord_families(self.membership, self._connections, self.fanout.times))
         log.info("coordination server %s listening on %s:%d, STUN on %s:%d, admin socket %s",
                  keys.encode_key(self.identity.public), *self.address, *self.stun.address, settings.admin_socket)
 

@@ -251,3 +251,20 @@ def test_a_due_window_waits_for_its_network_s_round_under_way_and_takes_in_what_
     update(fanout, info(3), later)  # the home window is due, but its last round is still under way
     assert drained(fanout, later, online) == {12: [m.PeerDelta((info(2, port=1),))], 20: [m.PeerDelta((info(6),))]}
     assert drained(fanout, later, online) == {n: [m.PeerDelta((info(2, port=2), info(3)))] for n in (10, 11)}
+
+
+def test_round_times_sum_each_window_s_wait_for_its_round_and_the_round_s_serving_but_not_removals():
+    fanout = Fanout(FanoutSettings(window=WINDOW, slice=2))
+    online = Online(home=(10, 11, 12))
+    update(fanout, info(2, port=1))
+    drained(fanout, NOW + WINDOW, online)  # the round starts: two of three served
+    remove(fanout, 3, NOW + WINDOW)
+    drained(fanout, NOW + WINDOW + 0.5, online)  # the removal's round goes first
+    drained(fanout, NOW + WINDOW + 0.5, online)  # its last node, then the first round's
+    assert (fanout.times.rounds, fanout.times.waited, fanout.times.served) == (1, WINDOW, 0.5)
+    update(fanout, info(2, port=2), NOW + 1)
+    update(fanout, info(4), NOW + 1.1)  # joins the window, which waited from its first change
+    drained(fanout, NOW + 1 + WINDOW, online)
+    assert fanout.times.rounds == 1  # under way
+    drained(fanout, NOW + 2, online)
+    assert (fanout.times.rounds, fanout.times.waited, fanout.times.served) == (2, 2 * WINDOW, 0.5 + 0.75)
