@@ -119,10 +119,33 @@ class Connection(asyncio.Protocol):
             return
         if peer_map:
             self.peer_map_bytes += len(payload)
+        self.write_sealed(self.seal((payload,)))
+
+    def takes_round(self, frames: list[bytes]) -> bool:
+        """Whether a fan-out round's `frames` go out now: not to a closing connection, and
+        behind a peer map still waiting they are held (as `send_payload` would)."""
+        if self.transport.is_closing():
+            return False
+        if self.held is not None:
+            self.held.extend(frames)
+            return False
+        return True
+
+    def seal(self, payloads) -> str | None:
+        """Seal `payloads` into the channel's outbox; why the connection must go, if it must.
+        Touches nothing but the channel, so `sealer` may call it on another thread."""
         try:
-            self.channel.send(payload)
+            for payload in payloads:
+                self.channel.send(payload)
         except LocalProtocolError as exc:
-            self.drop(f"cannot send: {exc}")
+            return f"cannot send: {exc}"
+        return None
+
+    def write_sealed(self, problem: str | None) -> None:
+        """Write what `seal` sealed, or drop the connection for its `problem`; drop a node that
+        stopped reading."""
+        if problem is not None:
+            self.drop(problem)
             return
         self._flush()
         queued = self.transport.get_write_buffer_size()

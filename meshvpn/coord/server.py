@@ -37,6 +37,7 @@ from meshvpn.coord.events import PunchElsewhere
 from meshvpn.coord.instances import InstanceLink
 from meshvpn.coord.connection import Connection
 from meshvpn.coord.mapbudget import MapBudget
+from meshvpn.coord.sealer import Sealer
 from meshvpn.coord.membership import Announce, Close, Log, Membership, MembershipSettings, Send, SendMap
 from meshvpn.coord.store import Network, SqliteStore, open_store
 from meshvpn.dualstack import listen_hosts
@@ -145,6 +146,7 @@ class CoordServer:
             relay_tokens=TokenMinter(self.identity.private, os.urandom),
         )
         self.fanout = Fanout(fanout)
+        self.sealer = Sealer()
         self.maps = MapBudget(limits.peer_map_budget)
         self.instances: InstanceLink | None = None
         """With a PostgreSQL database: the other coord instances sharing it (`instances`)."""
@@ -237,6 +239,7 @@ class CoordServer:
             await self.instances.close()
         self._commit()
         self.store.close()
+        self.sealer.close()
 
     def reload(self, settings: CoordConfig) -> None:
         """Apply what a SIGHUP may change (log level, relays, keepalive, access rules); name what needs a restart."""
@@ -391,9 +394,7 @@ class CoordServer:
         """Send one slice of due announcements; the rest wait for the next loop iteration, so each
         iteration serves the I/O that is ready besides one slice."""
         self._drain_handle = None
-        for conn, frames in self.fanout.drain(self.clock(), self._audience):
-            for frame in frames:
-                conn.send_payload(frame)
+        self.sealer.send(self.fanout.drain(self.clock(), self._audience))
         self.run_actions()
 
     def _arm_timer(self) -> None:
