@@ -456,7 +456,7 @@ class CoordServer:
         """Apply the changes other instances published since the last call, their records read
         in one go: notifications come in bursts when many nodes join another instance."""
         changes, self._elsewhere_due = self._elsewhere_due, []
-        if changes:
+        if changes and not self.stopping:
             self.membership.changes_elsewhere(changes)
             self.run_actions()
 
