@@ -5,8 +5,9 @@ Run: ``nice .venv/bin/python -m meshvpn.bench.coord_scale [--nodes 1000] [--per-
 The server runs as a child process (so its RSS and CPU are its own, `coord_servers`); the
 nodes run in ``--workers`` processes of their own (`coord_nodes`, `coord_workers`), so that
 their reading does not set the pace. Nodes take `peer_delta` in the format ``--delta-format``
-names (default 2, field-level changes; 1, whole peer infos; 0, one frame per change). Phases, each with the server's CPU and RSS, the workers' CPU and the
-load average:
+names (default 2, field-level changes; 1, whole peer infos; 0, one frame per change). Phases, each with the server's CPU and RSS, the workers' CPU, the
+load average and the fan-out's rounds in it (how long they waited and took, from each instance's
+metrics endpoint):
 
 1. cold start: every node joins (at most 100 between TCP connect and `registered` at once) and
    the time until every node's view has all its peers online;
