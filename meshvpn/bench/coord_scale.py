@@ -179,8 +179,8 @@ async def churn(run: Run) -> None:
             run.workers.tell(run.workers.owner(mover), "change", mover, tracked, port)
             changes += 1
         if revoked is None and time.perf_counter() - started >= args.churn_seconds / 2:
+            await run.workers.ask_all("removal", key, victim)  # acknowledged: busy workers read it late
             removal = Watch(time.perf_counter(), sizes[live[victim]])
-            run.workers.tell_all("removal", key, victim)
             revoked = asyncio.create_task(admin_revoke(run, victim))
         await run.follow(watches, removal, time.perf_counter() + 0.05)
     await run.follow(watches, removal, time.perf_counter() + args.quiet)
@@ -228,8 +228,8 @@ async def revocation(run: Run) -> None:
     peers = sum(1 for index, network in live.items() if network == live[victim] and index != victim)
     key = await run.workers.ask(run.workers.owner(victim), "key", victim)
     phase = run.phase("revocation")
+    await run.workers.ask_all("removal", key, victim)
     watch = Watch(time.perf_counter(), peers)
-    run.workers.tell_all("removal", key, victim)
     answered, answer = await admin_revoke(run, victim)
     await run.follow({}, watch, time.perf_counter() + run.args.quiet)
     phase.report(reach(watch, answered, answer, run.args.quiet))

@@ -106,7 +106,7 @@ async def _command(worker: Worker, command: str, args: list) -> Any:
         worker.removal = key
         if victim in worker.by_index:
             worker.by_index[victim].revoked = worker.by_index[victim].lost = True
-        return _NO_REPLY
+        return True
     if command == "reconnecting":
         worker.reconnecting = args[0]
         return _NO_REPLY
