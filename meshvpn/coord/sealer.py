@@ -1,12 +1,13 @@
 """Sealing a fan-out slice's frames on two threads: the event loop's and one more.
 
 At 10,000 nodes a round of updates is a sealed frame for every node online, several kilobytes
-each under churn, and sealing them is about half of what a round costs the coord. libsodium,
-reached through cffi, releases the GIL while it encrypts, so a second thread seals half of a
+each under churn, and sealing them is about half of what a round costs the coord. cffi releases
+the GIL around libsodium's encryption, so a second thread seals half of a
 slice's connections while the loop's thread seals the other half; then the loop's thread writes
 them all. Each connection is sealed by one thread only, and nothing else runs on the loop's
 thread meanwhile, so no channel's frames can be numbered out of order; and the scheduler sees
-two threads wanting the CPU instead of one, on a machine the coord shares.
+two threads wanting the CPU instead of one, on a machine the coord shares. (On the shared
+development VM no core was ever free, so what it gains could not be measured there.)
 """
 
 from __future__ import annotations
