@@ -26,8 +26,8 @@ from meshvpn.node.coordclient import CoordClient, CoordHandshakeFailed, CoordUnr
 from meshvpn.errors import MeshError
 from meshvpn.noise import StaticIdentity
 from meshvpn.node.coorddial import BACKOFF_MAX, Dialer, backoff_delay, silence_limit
-from meshvpn.node.eyeballs import Race
 from meshvpn.node.startup import explain_coord_failure
+from meshvpn.node.streamrace import race_connections
 from meshvpn.wire import Endpoint
 
 log = logging.getLogger("meshvpn.node.coordlink")
@@ -64,17 +64,6 @@ async def resolve(address: Address, family: int = socket.AF_UNSPEC,
         if endpoint not in found:
             found.append(endpoint)
     return found
-
-
-async def _abandon(attempts: dict[asyncio.Task, Endpoint]) -> None:
-    """Stop a race's losers: close those that finished too, cancel those still connecting."""
-    for task in attempts:
-        if not task.done():
-            task.cancel()
-        elif not task.cancelled() and task.exception() is None:
-            task.result().close()
-    if attempts:
-        await asyncio.wait(attempts)
 
 
 class _Refused(Exception):
@@ -218,30 +207,10 @@ class CoordLink:
         return delay
 
     async def _race(self) -> Optional[tuple[CoordClient, Endpoint]]:
-        """Connections to the round's next addresses, a stagger apart (`meshvpn.node.eyeballs`):
+        """Connections to the round's next addresses, a stagger apart (`meshvpn.node.streamrace`):
         the first to finish the channel handshake, the others closed; None when all failed."""
-        loop = asyncio.get_running_loop()
-        race = Race()
-        attempts: dict[asyncio.Task, Endpoint] = {}
-        try:
-            while True:
-                while race.start_now(loop.time()) and (endpoint := self.dialer.next_endpoint()) is not None:
-                    attempts[loop.create_task(self._connect(endpoint))] = endpoint
-                    race.started(loop.time())
-                if not attempts:
-                    return None
-                timer = race.get_timer() if self.dialer.remaining else None
-                done, _ = await asyncio.wait(attempts, timeout=None if timer is None else max(0.0, timer - loop.time()),
-                                             return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    endpoint = attempts.pop(task)
-                    if task.exception() is None:
-                        race.won()
-                        return task.result(), endpoint
-                    self._failed(endpoint, task.exception())
-                    race.failed(loop.time())
-        finally:
-            await _abandon(attempts)
+        return await race_connections(self.dialer.next_endpoint, lambda: self.dialer.remaining > 0, self._connect,
+                                      lambda client: client.close(), self._failed)
 
     async def _connect(self, endpoint: Endpoint) -> CoordClient:
         sock = None if self.local_socket is None or ":" in endpoint.host else self.local_socket()

@@ -216,12 +216,14 @@ class TcpAbort:
 @dataclass(frozen=True)
 class OpenRelayStream:
     """Open a TCP stream (a secure channel pinned to `public_key`) to relay `name` at `endpoint`,
-    inside TLS when `tls` (``meshvpn.tlsenvelope``)."""
+    inside TLS when `tls` (``meshvpn.tlsenvelope``); the relay's `others` addresses (its name's
+    other family) are raced against it, a stagger later (``meshvpn.node.streamrace``)."""
 
     name: str
     endpoint: Endpoint
     public_key: bytes
     tls: bool = False
+    others: tuple[Endpoint, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -33,25 +33,26 @@ RECHECK = 30.0
 RESOLVE_TIMEOUT = 5.0
 """Seconds one lookup may take."""
 
-Resolve = Callable[[str, int], Awaitable[Optional[str]]]
+Resolve = Callable[[str, int], Awaitable[tuple[str, ...]]]
 GetAddrInfo = Callable[..., Awaitable[list]]
 """The system's resolver as the loop runs it in its executor (``loop.getaddrinfo``)."""
 
 
 def resolver(getaddrinfo: GetAddrInfo, family: int, dual: bool = False) -> Resolve:
-    """Look a name up with `getaddrinfo`: its first address of `family`; with `dual` (the node's
-    socket carries both families) both are asked and an IPv6 address serves when the name has
-    no `family` address (only AAAA records). None when it has none."""
+    """Look a name up with `getaddrinfo`: its addresses of `family`; with `dual` (the node's
+    socket carries both families) both are asked, those of `family` first, so an IPv6 address
+    serves when the name has only AAAA records and a relay link can race both families. The
+    resolver's order within a family; empty when the name has none."""
 
-    async def resolve(host: str, port: int) -> Optional[str]:
+    async def resolve(host: str, port: int) -> tuple[str, ...]:
         try:
             infos = await asyncio.wait_for(getaddrinfo(host, port, family=socket.AF_UNSPEC if dual else family,
                                                        type=socket.SOCK_DGRAM), RESOLVE_TIMEOUT)
         except (OSError, asyncio.TimeoutError) as exc:
             log.warning("cannot resolve %s: %s", host, getattr(exc, "strerror", None) or exc or "timed out")
-            return None
+            return ()
         ordered = sorted(infos, key=lambda info: info[0] != family)  # stable: the resolver's order within
-        return ipaddress.ip_address(ordered[0][4][0]).compressed if ordered else None
+        return tuple(dict.fromkeys(ipaddress.ip_address(info[4][0]).compressed for info in ordered))
 
     return resolve
 
@@ -70,20 +71,22 @@ def watch_names(loop: asyncio.AbstractEventLoop, udp: BatchUdpSocket, node: Node
         relay, server = node.relays.links.get(name), node.turn.servers.get(name)
         return (relay is not None and relay.ready) or (server is not None and server.client.ready)
 
-    return NameWatch(resolver(loop.getaddrinfo, udp.family, udp.dual), moved, works)
+    return NameWatch(resolver(loop.getaddrinfo, udp.family, udp.dual), moved, works, node.relays.addresses_of)
 
 
 class NameWatch:
     """The addresses of the names in the coord's announcements, kept fresh while the node runs."""
 
     def __init__(self, resolve: Resolve, on_change: Callable[[m.Registered], None],
-                 working: Callable[[str], bool]) -> None:
+                 working: Callable[[str], bool], all_addresses: Optional[dict[str, tuple[str, ...]]] = None) -> None:
         self._resolve = resolve
         self._on_change = on_change
         self._working = working
         """Whether the server of that name (relay or TURN) works now."""
         self.addresses: dict[str, str] = {}
-        """Name → its last known address."""
+        """Name → its last known address (the first the resolver gave)."""
+        self.all_addresses = all_addresses if all_addresses is not None else {}
+        """That first address → every address of the name (`RelaySet.addresses_of`)."""
         self._registered: Optional[m.Registered] = None
         self._names: dict[str, tuple[str, int]] = {}
         """Server name → (DNS name, port) of the named servers in the last `registered`."""
@@ -140,10 +143,11 @@ class NameWatch:
     async def _lookup(self, wanted: list[tuple[str, str, int]]) -> None:
         changed = False
         for name, host, port in wanted:
-            address = await self._resolve(host, port)
-            if address is not None and self.addresses.get(host) != address:
-                log.info("%s (%s) resolves to %s", name, host, address)
-                self.addresses[host] = address
+            found = await self._resolve(host, port)
+            if found and (self.addresses.get(host), self.all_addresses.get(found[0])) != (found[0], found):
+                log.info("%s (%s) resolves to %s", name, host, ", ".join(found))
+                self.addresses[host] = found[0]
+                self.all_addresses[found[0]] = found
                 changed = True
         if changed and self._registered is not None:
             registered = self._registered

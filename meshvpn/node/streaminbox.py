@@ -7,12 +7,11 @@ settles the node as every input does.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from meshvpn.node import events as ev
-from meshvpn.node.relay.core import relay_endpoint
 from meshvpn.node.relay.link import Transport as RelayTransport
-from meshvpn.wire import MessageType
+from meshvpn.wire import Endpoint, MessageType
 
 _HELLO_ACK = MessageType.RELAY_HELLO_ACK
 
@@ -35,9 +34,10 @@ class StreamInbox:
         self.turn.receive_stream(name, data, now)
         self._settle(now)
 
-    def relay_stream_up(self, name: str, now: float) -> None:
-        """The TCP stream to relay `name` is established (its channel is up)."""
-        self.relays.tcp_up(name, now)
+    def relay_stream_up(self, name: str, now: float, endpoint: Optional[Endpoint] = None) -> None:
+        """The TCP stream to relay `name` is established (its channel is up), to `endpoint` (the
+        relay's address that won the connection race, with the stream's port)."""
+        self.relays.tcp_up(name, now, endpoint)
         self._settle(now)
 
     def relay_stream_ended(self, name: str, now: float) -> None:
@@ -50,7 +50,7 @@ class StreamInbox:
         link = self.relays.links.get(name)
         if link is None:
             return
-        endpoint = relay_endpoint(link.info)
+        endpoint = link.endpoint
         data = []
         for frame in frames:
             if len(frame) > 1 and frame[1] == _HELLO_ACK:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from meshvpn import tlsenvelope
 from meshvpn.errors import MeshError
 from meshvpn.node.node import Node
+from meshvpn.node.streamrace import first_connection
 from meshvpn.wire import Endpoint
 
 log = logging.getLogger("meshvpn.node.streams")
@@ -28,10 +29,13 @@ READ_SIZE = 65536
 class Stream:
     """One connection to a server, by the name the node gave it."""
 
-    def __init__(self, owner: StreamSet, name: str, endpoint: Endpoint, tls: bool) -> None:
+    def __init__(self, owner: StreamSet, name: str, endpoint: Endpoint, tls: bool,
+                 others: Sequence[Endpoint] = ()) -> None:
         self.owner = owner
         self.name = name
         self.endpoint = endpoint
+        """The server's address; once connected, the one of `endpoint` and `others` that won the race."""
+        self.others = tuple(others)
         self.tls = tls
         self.state: Any = None
         """The subclass's per-stream state (a relay's secure channel)."""
@@ -49,8 +53,12 @@ class Stream:
         owner, kind = self.owner, "TLS" if self.tls else "TCP"
         try:
             context = tlsenvelope.client_context() if self.tls else None
-            reader, self.writer = await asyncio.wait_for(asyncio.open_connection(*self.endpoint, ssl=context),
-                                                         CONNECT_TIMEOUT)
+
+            async def connect(endpoint: Endpoint) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+                return await asyncio.wait_for(asyncio.open_connection(*endpoint, ssl=context), CONNECT_TIMEOUT)
+
+            (reader, self.writer), self.endpoint = await first_connection(
+                (self.endpoint, *self.others), connect, lambda streams: streams[1].close())
             owner.connected(self)
             owner.transmit()
             while data := await reader.read(READ_SIZE):
@@ -81,11 +89,12 @@ class StreamSet:
         self._streams: dict[str, Stream] = {}
         self._closed = False
 
-    def open(self, name: str, endpoint: Endpoint, tls: bool) -> None:
+    def open(self, name: str, endpoint: Endpoint, tls: bool, others: Sequence[Endpoint] = ()) -> None:
+        """Connect to `endpoint`, racing the server's `others` addresses (`meshvpn.node.streamrace`)."""
         if not self._closed:
-            log.info("%s %s: no answer over UDP, trying %s at %s:%d", self.what, name, "TLS" if tls else "TCP",
-                     *endpoint)
-            self._streams[name] = Stream(self, name, endpoint, tls)
+            log.info("%s %s: no answer over UDP, trying %s at %s", self.what, name, "TLS" if tls else "TCP",
+                     ", ".join(map(str, (endpoint, *others))))
+            self._streams[name] = Stream(self, name, endpoint, tls, others)
 
     def close_stream(self, name: str) -> None:
         stream = self._streams.pop(name, None)

@@ -12,7 +12,11 @@ global address, the STUN mapping over IPv6 and the coord's answer over IPv6. Whe
 address changes (a new one added, the old one removed), its netwatch hears it at once (not at
 the minute's refresh) and b1's path moves to the new address within 3 s. Last, a pair whose
 IPv4 lets no UDP out (nor TCP but to port 443) and whose direct IPv6 is firewalled relays over
-IPv6: the relay listens on both families and is announced at its IPv6 address.
+IPv6: the relay listens on both families and is announced by a name with an AAAA and an A record
+(the sites' own hosts files), and the node's relay link races both, IPv6 first. And where IPv6
+is broken, the same name's IPv4 address carries the relay link within 2 s of the lookup; where
+IPv4 lets only TCP to 443 out as well, the relay stream's connection attempts race both
+addresses and reach the relay's TLS port over IPv4.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -39,6 +44,10 @@ FAILOVER_LIMIT = 2.0
 """Seconds from the IPv6 break to each node's switch to an IPv4 path (issue 17)."""
 RENUMBER_LIMIT = 3.0
 """Seconds from a node's new IPv6 address (the old one gone) to its peer's path moving there."""
+RELAY_LIMIT = 2.0
+"""Seconds from a relay's name resolving (AAAA and A) to the link being home over IPv4, IPv6 broken."""
+RELAY_NAME = "relay.lab.example"
+TLS_PORT = 443
 
 
 @pytest.fixture
@@ -124,26 +133,79 @@ def test_a_new_ipv6_address_moves_the_peers_path_within_3s(dual) -> None:
     assert re.search(rf"network changed: {re.escape(new)} added on eth0", (mesh.dir / "a1.log").read_text())
 
 
-def test_a_pair_without_ipv4_udp_or_a_direct_ipv6_path_relays_over_ipv6(lab: Lab, tmp_path: Path,
-                                                                         meshes: list[Mesh]) -> None:
+def relay_by_name(lab: Lab, tmp_path: Path, meshes: list[Mesh], site_nat: NatKind,
+                  setup: Callable[[Topology, str], None]) -> tuple[Topology, Mesh]:
+    """Sites a and b (each set up by `setup`), a coord, and a relay the coord announces as
+    `RELAY_NAME`, which the sites' hosts files give both an A and an AAAA record."""
     topo = Topology(lab, ipv6=True)
     topo.add_server("coord", addrs=[COORD_ADDR])
     topo.add_server("relay", addrs=[RELAY_ADDR])
     for site in ("a", "b"):
-        topo.add_site(site, nat=NatKind.PORT_443_ONLY)
-        topo.wall_off_ipv6(site)
-    relay6 = topo.addr6("relay")
+        topo.add_site(site, nat=site_nat)
+        setup(topo, site)
+    for name in ("a1", "b1"):
+        topo.host(name).set_hosts({RELAY_NAME: [topo.addr6("relay"), RELAY_ADDR]})
     mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR)
     meshes.append(mesh)
     mesh.coord_ipv6 = topo.addr6("coord")
-    mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR, announce=f"[{relay6}]", dual=True)
+    mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR, announce=RELAY_NAME, dual=True)
     mesh.start_coord()
+    return topo, mesh
+
+
+def test_a_pair_without_ipv4_udp_or_a_direct_ipv6_path_relays_over_ipv6(lab: Lab, tmp_path: Path,
+                                                                         meshes: list[Mesh]) -> None:
+    topo, mesh = relay_by_name(lab, tmp_path, meshes, NatKind.PORT_443_ONLY, Topology.wall_off_ipv6)
     mesh.start_registered({name: topo.host(name) for name in ("a1", "b1")})
     found = mesh.wait_for_paths({("a1", "b1"): ("relay",), ("b1", "a1"): ("relay",)}, timeout=20)
     assert len(found) == 2, f"paths: {mesh.peer('a1', 'b1')}, {mesh.peer('b1', 'a1')}"
     [link] = mesh.status("a1")["self"]["relays"]
-    assert link["address"] == f"[{relay6}]:7500" and link["ready"], link
+    assert link["address"] == f"[{topo.addr6('relay')}]:7500" and link["ready"], link
+    assert link["transport"] == "udp", link
     assert mesh.peer("a1", "b1")["relay"] == "relay"
     sent, received = transfer(topo.host("a1"), topo.host("b1"), mesh.overlay("b1"), size=2 << 20)
     assert sent.same_data(received) and received.bytes == 2 << 20
     assert mesh.peer("a1", "b1")["path"] == "relay" and mesh.peer("b1", "a1")["path"] == "relay"
+
+
+def test_a_relay_named_with_both_families_is_reached_over_ipv4_within_2s_when_ipv6_is_broken(
+        lab: Lab, tmp_path: Path, meshes: list[Mesh]) -> None:
+    topo, mesh = relay_by_name(lab, tmp_path, meshes, NatKind.RANDOM_PORTS,
+                               lambda topo, site: topo.set_ipv6_broken(site, True))
+    mesh.start_registered({name: topo.host(name) for name in ("a1", "b1")})
+    found = mesh.wait_for_paths({("a1", "b1"): ("relay",), ("b1", "a1"): ("relay",)}, timeout=20)
+    assert len(found) == 2, f"paths: {mesh.peer('a1', 'b1')}, {mesh.peer('b1', 'a1')}"
+    for name in ("a1", "b1"):
+        [link] = mesh.status(name)["self"]["relays"]
+        assert link["address"] == f"{RELAY_ADDR}:7500" and link["ready"] and link["transport"] == "udp", link
+        log = mesh.dir / f"{name}.log"
+        resolved = logged_at(log, re.compile(rf"relay \({re.escape(RELAY_NAME)}\) resolves to"), 0)
+        home = logged_at(log, re.compile(r"home relay: relay over udp"), 0)
+        assert resolved is not None and home is not None, log.read_text()[-2000:]
+        print(f"{name}: relay {RELAY_NAME} resolved, home over IPv4 after {home - resolved:.2f} s")
+        assert home - resolved <= RELAY_LIMIT
+    sent, received = transfer(topo.host("a1"), topo.host("b1"), mesh.overlay("b1"), size=1 << 20)
+    assert sent.same_data(received) and received.bytes == 1 << 20
+
+
+def test_without_udp_or_ipv6_the_stream_races_the_relays_names_addresses(lab: Lab, tmp_path: Path,
+                                                                          meshes: list[Mesh]) -> None:
+    """Site a lets out only TCP to 443 and its IPv6 drops everything: UDP gets no answer from either
+    address, and the stream's attempts to the blackholed IPv6 address never end by themselves;
+    the one to IPv4, 250 ms later, connects (plain TCP refused, then TLS on 443)."""
+    topo = Topology(lab, ipv6=True)
+    topo.add_server("coord", addrs=[COORD_ADDR])
+    topo.add_server("relay", addrs=[RELAY_ADDR])
+    topo.add_site("a", nat=NatKind.PORT_443_ONLY)
+    topo.set_ipv6_broken("a", True)
+    topo.host("a1").set_hosts({RELAY_NAME: [topo.addr6("relay"), RELAY_ADDR]})
+    mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR, coord_port=TLS_PORT)
+    meshes.append(mesh)
+    mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR, announce=RELAY_NAME, tls_port=TLS_PORT, dual=True)
+    mesh.start_coord()
+    mesh.start_registered({"a1": topo.host("a1")})
+    link = wait_for(lambda: next((r for r in mesh.status("a1")["self"]["relays"] if r["ready"]), None), 30,
+                    "a1's relay link to come up")
+    assert link["transport"] == "tls" and link["address"] == f"{RELAY_ADDR}:7500", link
+    log = (mesh.dir / "a1.log").read_text()
+    assert f"trying TCP at [{topo.addr6('relay')}]:7500, {RELAY_ADDR}:7500" in log, log[-2000:]

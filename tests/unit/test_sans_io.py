@@ -70,6 +70,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.natverdict",
     "meshvpn.relaytoken",
     "meshvpn.cookie",
+    "meshvpn.node.relay.addresses",
     "meshvpn.node.relay.link",
     "meshvpn.node.relay.core",
     "meshvpn.node.peerrelay",

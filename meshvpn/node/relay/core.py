@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Optional
 
 from meshvpn.control import messages as m
 from meshvpn.node import events as ev
-from meshvpn.node.relay.link import ReadyChanged, RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport
+from meshvpn.node.relay.link import ReadyChanged, RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport, endpoint_of
 from meshvpn.wire import Endpoint
 
 SWITCH_RATIO = 0.7
@@ -41,6 +41,9 @@ class RelaySet:
         self.home: Optional[RelayLink] = None
         self.skipped: list[str] = []
         """Relays announced with a DNS name instead of an address (not resolved by the core)."""
+        self.addresses_of: dict[str, tuple[str, ...]] = {}
+        """An address a relay's DNS name resolved to → every address of that name (its AAAA and A
+        records), kept by the shell's lookups (`meshvpn.node.names`): a link races them."""
         self._private = private_key
         self._public = public_key
         self._random_bytes = random_bytes
@@ -65,14 +68,17 @@ class RelaySet:
                 wanted[info.name] = info
             else:
                 self.skipped.append(info.name)
-        for name in [n for n, link in self.links.items() if wanted.get(n) != link.info]:
+        for name in [n for n, link in self.links.items()
+                     if wanted.get(n) != link.info or set(self._addresses(link.info)) != set(link.addresses.all)]:
             link = self.links.pop(name)
-            del self.by_endpoint[relay_endpoint(link.info)]
+            for endpoint in link.addresses.all:
+                del self.by_endpoint[endpoint]
         for name, info in wanted.items():
             if name not in self.links:
-                link = RelayLink(info, self._private, self._public, self._random_bytes, self._wall_offset, self._config)
+                link = RelayLink(info, self._private, self._public, self._random_bytes, self._wall_offset, self._config,
+                                 self._addresses(info))
                 self.links[name] = link
-                self.by_endpoint[relay_endpoint(info)] = link
+                self.by_endpoint.update(dict.fromkeys(link.addresses.all, link))
         self.set_tokens(tokens, now)
         self._choose_home(force=True)
 
@@ -87,16 +93,19 @@ class RelaySet:
     def receive(self, data: bytes, src: Endpoint, via: Transport, now: float) -> bool:
         """A RELAY_HELLO_ACK or RELAY_COOKIE from the relay at `src`; False if no link accepts it."""
         link = self.by_endpoint.get(src)
-        if link is None or not link.receive(data, via, now):
+        before = None if link is None else link.endpoint
+        if link is None or not link.receive(data, via, now, src):
             return False
+        if link.endpoint != before:
+            self._home_changed = True  # the core's relay endpoints: packets now go to its other address
         self._drain(now)
         return True
 
-    def tcp_up(self, name: str, now: float) -> None:
-        """The stream to relay `name` is established (its channel is up)."""
+    def tcp_up(self, name: str, now: float, endpoint: Optional[Endpoint] = None) -> None:
+        """The stream to relay `name` is established (its channel is up), to `endpoint`."""
         link = self.links.get(name)
         if link is not None and name in self._streams:
-            link.tcp_up(now)
+            link.tcp_up(now, endpoint)
             self._drain(now)
 
     def tcp_down(self, name: str, now: float) -> None:
@@ -153,8 +162,8 @@ class RelaySet:
             if name not in self._streams and link.stream.due(now):
                 link.stream.attempt()
                 self._streams.add(name)
-                endpoint = relay_endpoint(link.info)._replace(port=link.stream.port(link.info.port))
-                out.append(ev.OpenRelayStream(name, endpoint, link.info.public_key, link.stream.tls))
+                first, *others = (a._replace(port=link.stream.port(link.info.port)) for a in link.addresses.order())
+                out.append(ev.OpenRelayStream(name, first, link.info.public_key, link.stream.tls, tuple(others)))
             elif name in self._streams and not link.stream.wanted:
                 self._streams.discard(name)
                 out.append(ev.CloseRelayStream(name))
@@ -173,15 +182,15 @@ class RelaySet:
 
     def ready_endpoints(self) -> dict[str, Endpoint]:
         """Every ready relay's endpoint by name: where a peer whose home it is can be reached."""
-        return {name: relay_endpoint(link.info) for name, link in self.links.items() if link.ready}
+        return {name: link.endpoint for name, link in self.links.items() if link.ready}
 
     def known_endpoints(self) -> list[tuple[str, Endpoint, bool]]:
         """Every relay's (name, endpoint, is home), ready or not: the STUN servers a mapping test may ask."""
-        return [(name, relay_endpoint(link.info), link is self.home) for name, link in self.links.items()]
+        return [(name, endpoint_of(link.info), link is self.home) for name, link in self.links.items()]
 
     def home_endpoint(self) -> Optional[Endpoint]:
         """Where relayed packets go: home's endpoint, or None without a ready relay."""
-        return None if self.home is None else relay_endpoint(self.home.info)
+        return None if self.home is None else self.home.endpoint
 
     def is_tcp(self, endpoint: Endpoint) -> Optional[RelayLink]:
         """The link to send to `endpoint` over TCP, if `endpoint` is a relay on TCP."""
@@ -192,7 +201,7 @@ class RelaySet:
         return [
             {
                 "name": name,
-                "address": str(Endpoint(link.info.host, link.info.port)),
+                "address": str(link.reached_at),
                 "tls_port": link.info.tls_port,
                 "ready": link.ready,
                 "transport": link.transport_name,
@@ -209,15 +218,19 @@ class RelaySet:
     def _drain(self, now: float) -> None:
         readiness = False
         for link in self.links.values():
-            endpoint = relay_endpoint(link.info)
             for action in link.next_actions():
                 if isinstance(action, SendUdp):
-                    self._datagrams.append((endpoint, action.data))
+                    self._datagrams.append((action.endpoint, action.data))
                 elif isinstance(action, SendTcp):
                     self._frames.append((link, action.data))
                 elif isinstance(action, ReadyChanged):
                     readiness = True
         self._choose_home(force=readiness)
+
+    def _addresses(self, info: m.RelayInfo) -> tuple[Endpoint, ...]:
+        """Where relay `info` may be reached: its address, and the others of the name it came from."""
+        hosts = self.addresses_of.get(ipaddress.ip_address(info.host).compressed, ()) or (info.host,)
+        return tuple(Endpoint(ipaddress.ip_address(host).compressed, info.port) for host in hosts)
 
     def _choose_home(self, force: bool = False) -> None:
         ready = [link for link in self.links.values() if link.ready]
@@ -241,7 +254,3 @@ def is_ip(host: str) -> bool:
         return False
     return True
 
-
-def relay_endpoint(info: m.RelayInfo) -> Endpoint:
-    """Where a relay listens (UDP and TCP), as the node sends to it."""
-    return Endpoint(ipaddress.ip_address(info.host).compressed, info.port)

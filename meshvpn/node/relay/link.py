@@ -13,6 +13,11 @@ Rules:
 * UDP first. After `udp_attempts` hellos in a row got no ack over UDP, the link asks the shell
   for a stream (`stream.wanted`) and sends its hellos there. While on the stream, one UDP hello
   goes out every `udp_retry`; an ack over UDP moves the link back to UDP and the stream is closed.
+* A relay named with AAAA and A records has two addresses (`meshvpn.node.relay.addresses`):
+  hellos race them, IPv6 first and IPv4 `eyeballs.STAGGER` later while no ack came; the first
+  to ack is the relay's address (`endpoint`) until the link stops being ready, when the other
+  family is tried at once, and then both again, before the stream; the stream's connection
+  attempts race them in the same order (``OpenRelayStream.others``).
 * The stream is plain TCP, or TLS when the relay has a TLS listener (``RelayInfo.tls_port``) and
   plain TCP fails to connect; a lost stream is reconnected with backoff
   (`meshvpn.node.streamdial`). Networks that let only port 443, or only TLS, through
@@ -35,15 +40,17 @@ Inputs take ``now`` (monotonic seconds); ``wall_offset`` turns it into Unix time
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from meshvpn import wire
 from meshvpn.cookie import CookieJar
 from meshvpn.control.messages import RelayInfo
 from meshvpn.errors import RemoteProtocolError
+from meshvpn.node.relay.addresses import RelayAddresses
 from meshvpn.node.streamdial import DialConfig, StreamDial
-from meshvpn.wire import MessageType
+from meshvpn.wire import Endpoint, MessageType
 
 
 _KEPT = 16
@@ -85,9 +92,10 @@ class RelayLinkConfig:
 
 @dataclass(frozen=True)
 class SendUdp:
-    """Send `data` to the relay's UDP endpoint."""
+    """Send `data` to the relay at `endpoint` (one of its addresses) over UDP."""
 
     data: bytes
+    endpoint: Endpoint
 
 
 @dataclass(frozen=True)
@@ -118,8 +126,11 @@ class RelayLink:
         random_bytes: Callable[[int], bytes],
         wall_offset: float,
         config: Optional[RelayLinkConfig] = None,
+        addresses: Sequence[Endpoint] = (),
     ) -> None:
         self.info = info
+        self.addresses = RelayAddresses(addresses or (endpoint_of(info),))
+        """The relay's addresses (a name's IPv6 and IPv4 ones) and the one it is reached at."""
         self.config = config if config is not None else RelayLinkConfig()
         self.transport = Transport.UDP
         self.ready = False
@@ -131,6 +142,8 @@ class RelayLink:
         self.stream = StreamDial(info.tls_port, DialConfig(cfg.tcp_backoff_initial, cfg.tcp_backoff_max,
                                                            cfg.stream_attempts))
         """The TCP or TLS stream the shell should keep open while UDP gets no answer."""
+        self.stream_endpoint: Optional[Endpoint] = None
+        """The address (and port) the stream connected to, while it is up: for status."""
         self._public = node_public
         self._box_key = wire.box_key(node_private, info.public_key)
         self._random_bytes = random_bytes
@@ -155,6 +168,19 @@ class RelayLink:
         return self.info.name
 
     @property
+    def endpoint(self) -> Endpoint:
+        """Where the relay is reached now (UDP, and the stream with the stream's port)."""
+        return self.addresses.endpoint
+
+    @property
+    def reached_at(self) -> Endpoint:
+        """The relay's address in use, at its UDP/TCP port: the one the stream connected to while
+        on a stream, else `endpoint` (for status, and `meshvpn netcheck`'s probes)."""
+        if self.transport is Transport.TCP and self.stream_endpoint is not None:
+            return self.stream_endpoint._replace(port=self.info.port)
+        return self.endpoint
+
+    @property
     def transport_name(self) -> str:
         """``udp``, ``tcp`` or ``tls``, for status."""
         return self.stream.kind if self.transport is Transport.TCP else self.transport.value
@@ -168,10 +194,12 @@ class RelayLink:
         if first:
             self._hello(now)
 
-    def receive(self, data: bytes, via: Transport, now: float) -> bool:
-        """A message from the relay that is not a RELAY envelope; True if it was a valid ack or cookie."""
+    def receive(self, data: bytes, via: Transport, now: float, src: Optional[Endpoint] = None) -> bool:
+        """A message from the relay (over UDP from its address `src`, by default `endpoint`) that is
+        not a RELAY envelope; True if it was a valid ack or cookie."""
+        src = src if src is not None else self.endpoint
         if data[1:2] == bytes((MessageType.RELAY_COOKIE,)):
-            return via is Transport.UDP and self._cookie(data, now)
+            return via is Transport.UDP and self._cookie(data, src, now)
         try:
             sealed = wire.decode_sealed(data)
             if sealed.kind != MessageType.RELAY_HELLO_ACK or sealed.sender_public != self.info.public_key:
@@ -188,24 +216,27 @@ class RelayLink:
         self._last_ack = now
         self._check_until = None
         if via is Transport.UDP:
+            self.addresses.acked(src)
             self._unanswered_udp = 0
             if self.transport is Transport.TCP:
                 self.transport = Transport.UDP
                 self.stream.want(False)
-        self._set_ready(True)
+        self._set_ready(True, now)
         return True
 
-    def tcp_up(self, now: float) -> None:
-        """The TCP connection (channel) is established: say hello on it at once."""
+    def tcp_up(self, now: float, endpoint: Optional[Endpoint] = None) -> None:
+        """The TCP connection (channel) is established, to `endpoint`: say hello on it at once."""
         self.stream.up()
+        self.stream_endpoint = endpoint
         if self.transport is Transport.TCP:
             self._hello(now)
 
     def tcp_down(self, now: float) -> None:
         """The stream failed or closed; `stream` says when and how to reconnect."""
         self.stream.down(now)
+        self.stream_endpoint = None
         if self.transport is Transport.TCP:
-            self._set_ready(False)
+            self._set_ready(False, now)
 
     def hello_now(self, now: float) -> None:
         """Send the next hello now rather than at its time (the node's network changed); over UDP too
@@ -224,16 +255,18 @@ class RelayLink:
         """Send the hello that is due and notice a link that went quiet."""
         if self._check_until is not None and now >= self._check_until:
             self._check_until = None
-            self._set_ready(False)
+            self._set_ready(False, now)
         if self.ready and (self._last_ack is None or now >= self._last_ack + self.config.down_after):
-            self._set_ready(False)
+            self._set_ready(False, now)
         if self._next_hello is not None and now >= self._next_hello:
             self._hello(now)
+        while self._token_valid(now) and (endpoint := self.addresses.due(now)) is not None:
+            self._actions.append(SendUdp(self._udp_hello(now), endpoint))
 
     # ---- outputs --------------------------------------------------------------------
 
     def get_timer(self) -> Optional[float]:
-        deadlines = [self._next_hello, self.stream.deadline(), self._check_until]
+        deadlines = [self._next_hello, self.stream.deadline(), self._check_until, self.addresses.timer()]
         if self.ready and self._last_ack is not None:
             deadlines.append(self._last_ack + self.config.down_after)
         return min((d for d in deadlines if d is not None), default=None)
@@ -247,8 +280,7 @@ class RelayLink:
     def _hello(self, now: float) -> None:
         cfg = self.config
         self._next_hello = now + (cfg.hello_interval if self.ready else cfg.retry_interval)
-        wall = now + self._wall_offset
-        if self._token is None or self._token_expires <= wall:
+        if not self._token_valid(now):
             return
         if self.transport is Transport.UDP:
             if self._unanswered_udp >= self.config.udp_attempts and not self.info.peer:  # a peer relay has no stream
@@ -257,24 +289,26 @@ class RelayLink:
                 self._next_udp_retry = now + self.config.udp_retry
             else:
                 self._unanswered_udp += 1
-                self._actions.append(SendUdp(self._udp_hello(now)))
+                self._actions.append(SendUdp(self._udp_hello(now), self.addresses.round(now)))
                 return
         if now >= self._next_udp_retry:
             self._next_udp_retry = now + self.config.udp_retry
-            self._actions.append(SendUdp(self._udp_hello(now)))
+            self._actions.append(SendUdp(self._udp_hello(now), self.addresses.round(now)))
         if self.stream.connected:
             self._actions.append(SendTcp(self._sealed_hello(now)))
 
-    def _cookie(self, data: bytes, now: float) -> bool:
+    def _token_valid(self, now: float) -> bool:
+        return self._token is not None and self._token_expires > now + self._wall_offset
+
+    def _cookie(self, data: bytes, src: Endpoint, now: float) -> bool:
         """A RELAY_COOKIE for one of our UDP hellos: keep the cookie; say hello again at once if it is news."""
         answered = self._cookies.consume(data, self._udp_nonces, now)
         if answered is None:
             return False
         stamped_with = self._udp_nonces.pop(answered)
         self.cookies += 1
-        wall = now + self._wall_offset
-        if self._token is not None and self._token_expires > wall and self._cookies.current(now) != stamped_with:
-            self._actions.append(SendUdp(self._udp_hello(now)))
+        if self._token_valid(now) and self._cookies.current(now) != stamped_with:
+            self._actions.append(SendUdp(self._udp_hello(now), src))
         return True
 
     def _udp_hello(self, now: float) -> bytes:
@@ -295,7 +329,14 @@ class RelayLink:
         nonce = nonce if nonce is not None else self._random_bytes(wire.BOX_NONCE_LEN)
         return wire.seal(MessageType.RELAY_HELLO, self._public, nonce, self._box_key, hello)
 
-    def _set_ready(self, ready: bool) -> None:
+    def _set_ready(self, ready: bool, now: float) -> None:
         if ready != self.ready:
             self.ready = ready
+            if not ready and self.addresses.failed():
+                self._next_hello = now  # the other family at once, not after a hello interval
             self._actions.append(ReadyChanged(ready))
+
+
+def endpoint_of(info: RelayInfo) -> Endpoint:
+    """Where the relay `info` announces (its host an IP address) listens, as the node sends to it."""
+    return Endpoint(ipaddress.ip_address(info.host).compressed, info.port)

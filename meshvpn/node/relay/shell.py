@@ -40,7 +40,7 @@ class RelayStreams(StreamSet):
             self.send(wish.name, wish.frames)
         elif isinstance(wish, OpenRelayStream):
             self._keys[wish.name] = wish.public_key
-            self.open(wish.name, wish.endpoint, wish.tls)
+            self.open(wish.name, wish.endpoint, wish.tls, wish.others)
         else:
             self.close_stream(wish.name)
 
@@ -69,7 +69,7 @@ class RelayStreams(StreamSet):
         stream.write(channel.data_to_send())
         if not was_up and channel.established:
             log.info("relay %s: %s connected", name, "TLS" if stream.tls else "TCP", extra={"RELAY": name})
-            self.node.relay_stream_up(name, self.clock())
+            self.node.relay_stream_up(name, self.clock(), stream.endpoint)
         if frames:
             self.node.receive_relay_frames(name, frames, self.clock())
 
