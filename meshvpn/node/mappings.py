@@ -14,8 +14,11 @@ core punches from it: its next mapping, towards the peer, is the one right above
 Each socket is kept at least for the window it was opened for (`keep`), so one campaign's prune
 does not close another's sockets; at each window's end the sockets no path uses (`in_use`) close.
 The sockets of one campaign belong to its peer (`owner`): once that peer has a direct path, the
-core says so (`CloseMappings`) and its unused sockets close at once (`release`), so the `limit`
-is free for the next peer's campaign rather than held for the rest of the window.
+core says so (`CloseMappings`) and the campaign's window ends `grace` seconds later (`release`),
+so the `limit` is free for the next peer's campaign rather than held for the rest of the window.
+The grace lets the peer's probes already on their way to our other mappings still be answered:
+its side of the path may hang on one of those (closing them at once left such pairs relayed
+until the path finder's silence check, about 2 s).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ log = logging.getLogger("meshvpn.node")
 
 LIMIT = 256
 """Extra sockets open at once, whatever the core asks."""
+RELEASE_GRACE = 1.0
+"""Seconds a campaign's sockets stay after its peer has a direct path (`release`)."""
 READS = 16
 """Receives (each one datagram, or a GRO run of them) per readiness callback."""
 
@@ -46,8 +51,10 @@ class MappingSockets:
     """Extra sockets by id; `on_run(id, run, seg_size, src)` gets everything they receive."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, bind_address: str, on_run: OnRun,
-                 buffer: int, limit: int = LIMIT, in_use: Callable[[], set[int]] = set) -> None:
+                 buffer: int, limit: int = LIMIT, in_use: Callable[[], set[int]] = set,
+                 grace: float = RELEASE_GRACE) -> None:
         self._loop = loop
+        self._grace = grace
         self._in_use = in_use
         """The sockets some path uses (the node's `mappings_in_use`): what a window's end keeps."""
         self._buffer = buffer
@@ -133,13 +140,10 @@ class MappingSockets:
         """The open sockets by id (for their kernel counters)."""
         return {sid: udp.sock for sid, udp in self._socks.items()}
 
-    def keep_only(self, in_use: set[int], everything: bool = False, owner: Optional[bytes] = None) -> None:
-        """Close every socket not in `in_use` whose window is over (`everything`: whatever its window),
-        only those `owner`'s campaign opened if it is given."""
+    def keep_only(self, in_use: set[int], everything: bool = False) -> None:
+        """Close every socket not in `in_use` whose window is over (`everything`: whatever its window)."""
         now = self._loop.time()
         for sid in [sid for sid in self._socks if sid not in in_use]:
-            if owner is not None and self._owner.get(sid) != owner:
-                continue
             if everything or self._until.get(sid, now) <= now:
                 self._until.pop(sid, None)
                 self._owner.pop(sid, None)
@@ -151,8 +155,11 @@ class MappingSockets:
         self.keep_only(set(), everything=True)
 
     def release(self, owner: bytes) -> None:
-        """`owner` has a direct path: its campaign's sockets that no path uses close now, window or not."""
-        self.keep_only(self._in_use(), everything=True, owner=owner)
+        """`owner` has a direct path: its campaign's window ends `grace` seconds from now, if not before."""
+        end = self._loop.time() + self._grace
+        for sid in [sid for sid, who in self._owner.items() if who == owner]:
+            self._until[sid] = min(self._until.get(sid, end), end)
+        self._loop.call_later(self._grace, self.prune)
 
     def prune(self) -> None:
         """Close the sockets no path uses whose windows are over (at the end of each window, and each refresh)."""

@@ -99,13 +99,15 @@ def test_a_sample_without_an_answer_times_out():
 
 
 def test_a_peer_with_a_direct_path_gives_its_campaign_s_unused_sockets_back_at_once():
-    """Another peer's campaign needs the limit: a finished campaign's sockets close before its window
-    ends, except the one a path uses, and no other campaign's socket closes with them."""
+    """Another peer's campaign needs the limit: a finished campaign's sockets close a grace after its
+    path (the peer's probes on their way still get answers), long before its window would end,
+    except the one a path uses; no other campaign's socket closes with them."""
 
     async def campaigns() -> None:
         loop = asyncio.get_running_loop()
         in_use: set[int] = set()
-        mappings = MappingSockets(loop, "127.0.0.1", lambda *args: None, 1 << 20, limit=6, in_use=lambda: in_use)
+        mappings = MappingSockets(loop, "127.0.0.1", lambda *args: None, 1 << 20, limit=6, in_use=lambda: in_use,
+                                  grace=0.2)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
             peer.bind(("127.0.0.1", 0))
             there = Endpoint(*peer.getsockname())
@@ -115,6 +117,8 @@ def test_a_peer_with_a_direct_path_gives_its_campaign_s_unused_sockets_back_at_o
                 first_a = min(mappings.sockets())
                 in_use.add(first_a)
                 mappings.release(b"A")
+                assert len(mappings.sockets()) == 6, "the grace: the peer's probes on their way get answers"
+                await asyncio.sleep(0.3)
                 left = set(mappings.sockets())
                 assert first_a in left and len(left) == 3, "A's path keeps its socket; B's two stay in their window"
                 assert mappings.open([b"c"] * 4, there, keep=30.0, owner=b"C") == 3
