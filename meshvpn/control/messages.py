@@ -63,6 +63,17 @@ class RelayToken(Record):
     """Unix time after which the relay refuses it."""
 
 
+@dataclass(frozen=True)
+class RelayRtt(Record):
+    """A node's round trip to one of its ready relays, in whole milliseconds (`meshvpn.node.pairrelay`)."""
+
+    relay: str = wire(NAME)
+    ms: int = wire(COUNT)
+
+
+MAX_RELAY_RTTS = 8
+"""A node reports its round trip to at most this many relays, its nearest."""
+RELAY_RTTS = optional(list_of(record(RelayRtt), MAX_RELAY_RTTS))
 RELAY_TOKENS = list_of(record(RelayToken), MAX_RELAYS)
 RELAYS = list_of(record(RelayInfo), MAX_RELAYS)
 
@@ -187,6 +198,9 @@ class PeerInfo(Record):
     """The peer relays for the network now (`Relays` offers it to nodes that take peer relays)."""
     mapped_tcp: Endpoint | None = wire(optional(ENDPOINT))
     """A port the peer's router forwards to its TCP punch port: TCP punching connects there."""
+    relay_rtts: tuple[RelayRtt, ...] | None = wire(RELAY_RTTS)
+    """The peer's round trips to its ready relays, as it last reported them: a relayed pair takes
+    the relay with the lowest sum of both ends' (absent: the peer's home, as before)."""
 
 
 PEER_CHANGE = patch_of(PeerInfo, "key")
@@ -297,6 +311,8 @@ class RelayHome(Message):
 
     TYPE = "relay_home"
     relay: str = wire(NAME)
+    rtts: tuple[RelayRtt, ...] | None = wire(RELAY_RTTS)
+    """The node's round trips to its ready relays (at most 8, the nearest), shown to its peers."""
 
 
 PATH_KINDS = frozenset({"lan", "direct", "tcp", "relay"})

@@ -77,6 +77,8 @@ class Connection:
     state: ConnState = ConnState.NEW
     network: str | None = None
     home_relay: str | None = None
+    relay_rtts: tuple[m.RelayRtt, ...] = ()
+    """The node's round trips to the relays it was offered, as it last reported them (`relay_home`)."""
     tokens_due: float | None = None
     """When the online node gets fresh relay tokens."""
     turn_relayed: tuple[m.Endpoint, ...] = ()
@@ -157,4 +159,5 @@ def peer_info(node: NodeRecord, conn: Connection | None) -> m.PeerInfo:
         mapped_endpoint=None if conn is None else conn.mapped,
         mapped_tcp=None if conn is None else conn.mapped_tcp,
         ipv6_endpoints=(conn.ipv6 or None) if conn is not None else None,
+        relay_rtts=(conn.relay_rtts or None) if conn is not None else None,
     )

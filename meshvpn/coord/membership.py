@@ -207,7 +207,7 @@ class Membership(Elsewhere, LanPush, PeerRelays):
             changed = take_reported(conn, message)
             self._update_node(conn, changed, **self._sane(conn, message.public, message.local))
         elif isinstance(message, m.RelayHome):
-            self._relay_home(conn, message.relay)
+            self._relay_home(conn, message)
         elif isinstance(message, m.TurnRelayed):
             changed = message.endpoints != conn.turn_relayed
             conn.turn_relayed = message.endpoints
@@ -402,12 +402,14 @@ class Membership(Elsewhere, LanPush, PeerRelays):
             self._roster.changed(conn.key)
             self._announce(updated, exclude=conn.key)
 
-    def _relay_home(self, conn: Connection, relay: str) -> None:
-        if relay not in {offer.name for offer in self.relays_for(conn)}:
-            self._send(conn, m.Error("bad_request", f"unknown relay {relay!r}"))
+    def _relay_home(self, conn: Connection, message: m.RelayHome) -> None:
+        offered = {offer.name for offer in self.relays_for(conn)}
+        if message.relay not in offered:
+            self._send(conn, m.Error("bad_request", f"unknown relay {message.relay!r}"))
             return
-        if conn.home_relay != relay:
-            conn.home_relay = relay
+        rtts = tuple(rtt for rtt in message.rtts or () if rtt.relay in offered)
+        if (conn.home_relay, conn.relay_rtts) != (message.relay, rtts):
+            conn.home_relay, conn.relay_rtts = message.relay, rtts
             node = self._roster.get(conn.key)
             assert node is not None
             self._roster.changed(conn.key)

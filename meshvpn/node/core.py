@@ -191,7 +191,7 @@ class NodeCore(HandshakeCookies, Recovery):
             if self.traversal.set_peer_nat(info.key, info.nat):
                 peer.paths.strategy = self.traversal.strategy(info.key)
             if peer.route is not None and peer.route.path is RELAY_PATH:
-                peer.route = self.routes.for_path(peer.key, RELAY_PATH, info.home_relay)
+                peer.route = self.routes.for_path(peer.key, RELAY_PATH, info)
         peer.paths.set_candidates(candidates_of(info), now)
 
     def remove_peer(self, key: bytes, reason: str, now: float) -> None:
@@ -223,7 +223,7 @@ class NodeCore(HandshakeCookies, Recovery):
         for peer in self.peers:
             peer.paths.relay_ready(self.routes.relay_ready(peer.key), now)
             if peer.route is not None and peer.route.path is RELAY_PATH:
-                peer.route = self.routes.for_path(peer.key, RELAY_PATH, peer.info.home_relay)
+                peer.route = self.routes.for_path(peer.key, RELAY_PATH, peer.info)
             self._drain_paths(peer, now)
 
     def set_tcp_path(self, peer_key: bytes, endpoint: Optional[TcpEndpoint], now: float) -> None:
@@ -410,7 +410,7 @@ class NodeCore(HandshakeCookies, Recovery):
         """Carry out the path finder's probes and path changes."""
         for action in peer.paths.next_actions():
             if isinstance(action, PathChanged):
-                peer.route = self.routes.for_path(peer.key, action.new, peer.info.home_relay)
+                peer.route = self.routes.for_path(peer.key, action.new, peer.info)
                 if action.new is not None and action.new.kind is not PathKind.RELAY:
                     self.traversal.path_found(peer.key)
                 self._events.append(PeerPathChanged(peer.name, action.old, action.new, action.reason.value))

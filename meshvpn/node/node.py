@@ -37,6 +37,7 @@ from meshvpn.node import events as ev
 from meshvpn.node.candidates import tcp_candidates_of
 from meshvpn.node.core import CoreConfig, NodeCore
 from meshvpn.node.lanparty import LanParty
+from meshvpn.node.pairrelay import RttReport
 from meshvpn.node.peerrelay import PeerRelay, add_relay_status, reach_peer_relays
 from meshvpn.node.peers import Peer, PeerSlot, PeerTable
 from meshvpn.node.prediction import NatProfile
@@ -68,6 +69,7 @@ class Node(NodeRecovery, StreamInbox):
         self.lan = LanParty(lan or FanoutConfig(), self.core.destinations)  # the data path calls it too
         wall = self.core.config.wall_offset
         self.relays = RelaySet(private_key, self.core.public_key, random_bytes, wall)
+        self.rtt_report = RttReport()
         self.turn = TurnLinks(random_bytes, peers=PeerSlot(self.core.peers, "turn_relayed"))
         self.peer_relay = PeerRelay(private_key, random_bytes, wall, coord_public, peer_relay)
         """This node relaying for its network, when the coord says so (needs the coord's key for tokens)."""
@@ -400,14 +402,18 @@ class Node(NodeRecovery, StreamInbox):
         self._out += (ev.SendRelayFrames(link.name, [frame]) for link, frame in frames)
         streams = relays.stream_wishes(now)
         self._out += streams
-        if not relays.home_changed():
+        ready_rtts = {name: link.rtt for name, link in relays.links.items() if link.ready}
+        reported, home_changed = self.rtt_report.update(ready_rtts, now), relays.home_changed()
+        if not (home_changed or reported):
             return bool(datagrams or frames or streams)
         home = relays.home
-        self._out.append(ev.RelayHomeChanged(None if home is None else home.name,
-                                             None if home is None else home.transport_name))
+        if home_changed:
+            self._out.append(ev.RelayHomeChanged(None if home is None else home.name,
+                                                 None if home is None else home.transport_name))
+        self.core.routes.own_rtts = self.rtt_report.reported
         self.core.set_relay(relays.home_endpoint(), now, relays.ready_endpoints())
         if home is not None:
-            self._out.append(ev.SendCoord(m.RelayHome(home.name)))
+            self._out.append(ev.SendCoord(m.RelayHome(home.name, self.rtt_report.message())))
         return True
 
     def _drain_turn(self, now: float) -> bool:

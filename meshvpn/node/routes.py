@@ -1,7 +1,8 @@
 """Which :class:`~meshvpn.node.peers.Route` realises a peer's path: where its messages go, and with what prefix.
 
-Direct, LAN and TCP paths send to the path's own endpoint. The relay path sends to the peer's home
-relay when ours to it is ready, else to our home, with a relay envelope naming the peer, or, while no meshvpn relay is ready, to the peer's TURN
+Direct, LAN and TCP paths send to the path's own endpoint. The relay path sends to the relay with
+the lowest round trip for the pair when both ends report theirs (`meshvpn.node.pairrelay`), else
+to the peer's home relay when ours to it is ready, else to our home, with a relay envelope naming the peer, or, while no meshvpn relay is ready, to the peer's TURN
 relayed address (the node frames those as ChannelData; docs/relay.md). Replies to a message go
 back the way it came: straight to its source, or inside an envelope to the relay it came through.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from meshvpn import wire
+from meshvpn.control.messages import PeerInfo
+from meshvpn.node.pairrelay import pair_relay
 from meshvpn.node.pathfinder import RELAY_PATH, Path, PathKind
 from meshvpn.node.peers import Route
 from meshvpn.node.transports import MAIN_SOCKET, Transport
@@ -27,6 +30,8 @@ class Routes:
         """The home relay's endpoint while a relay is ready; None otherwise."""
         self.ready_relays: dict[str, Endpoint] = {}
         """Every relay whose link is ready, by name: a peer's home among them carries its relay path."""
+        self.own_rtts: dict[str, int] = {}
+        """Our round trips to our relays in ms, as last reported to the coord (`pairrelay.RttReport`)."""
         self.turn: dict[bytes, Endpoint] = {}
         """Peer key → the peer's TURN relayed address: its relay path while no meshvpn relay is ready."""
         self.transport_for: Callable[[Endpoint], Transport] = lambda endpoint: MAIN_SOCKET
@@ -36,17 +41,20 @@ class Routes:
         """Whether the peer `key` could be reached through a relay now."""
         return self.relay_endpoint is not None or key in self.turn
 
-    def for_path(self, key: bytes, path: Optional[Path], home: Optional[str] = None) -> Optional[Route]:
-        """The route that realises `path` to peer `key`, whose home relay is `home`; None without a
-        path (or a relay to take). The relay path goes through the peer's home when our link to it
-        is ready (the relay the peer itself found working), else through ours."""
+    def for_path(self, key: bytes, path: Optional[Path], info: Optional[PeerInfo] = None) -> Optional[Route]:
+        """The route that realises `path` to peer `key`, of whom the coord said `info`; None without
+        a path (or a relay to take). The relay path goes through the relay with the lowest round trip
+        for the pair when both report theirs, else through the peer's home when our link to it is
+        ready (the relay the peer itself found working), else through ours."""
         if path is None:
             return None
         if path.kind is PathKind.RELAY:
             if self.relay_endpoint is None:
                 turn = self.turn.get(key)
                 return None if turn is None else self._route(path, turn)
-            relay = self.ready_relays.get(home or "", self.relay_endpoint)
+            pair = None if info is None else pair_relay(self.own_rtts, info.relay_rtts)
+            home = None if info is None else info.home_relay
+            relay = self.ready_relays.get(pair or "") or self.ready_relays.get(home or "", self.relay_endpoint)
             return self._route(path, relay, _RELAY_HEADER + key)
         if path.kind is PathKind.TCP:
             return self._route(path, path.endpoint)

@@ -14,7 +14,7 @@ from meshvpn.control import messages as m
 from meshvpn.relay.core import RelayCore
 from meshvpn.relaytoken import TokenMinter
 from meshvpn.sim.clock import Scheduler
-from meshvpn.sim.network import Host, Link, LinkDirection, Network
+from meshvpn.sim.network import Host, Link, LinkDirection, Network, Realm
 from meshvpn.sim.nodes import WALL_OFFSET
 from meshvpn.wire import Endpoint
 
@@ -24,14 +24,16 @@ PORT = 7500
 
 
 class SimRelay:
-    """A relay core on a simulated host `delay` seconds from the internet."""
+    """A relay core on a simulated host `delay` seconds from the internet, or from `realm` (a NAT's
+    LAN that forwards the relay's port: then nodes reach it at `public`, the NAT's address)."""
 
-    def __init__(self, scheduler: Scheduler, net: Network, name: str, address: str, delay: float, rng) -> None:
+    def __init__(self, scheduler: Scheduler, net: Network, name: str, address: str, delay: float, rng,
+                 realm: Realm | None = None, public: str | None = None) -> None:
         self.scheduler, self.rng = scheduler, rng
         self.private = bytes([len(name)]) + rng.randbytes(31)
-        self.info = m.RelayInfo(name, address, PORT, keys.public_key(self.private))
-        self.endpoint = Endpoint(address, PORT)
-        self.host = Host(net, address, link=Link(LinkDirection(delay), LinkDirection(delay)))
+        self.info = m.RelayInfo(name, public or address, PORT, keys.public_key(self.private))
+        self.endpoint = Endpoint(public or address, PORT)
+        self.host = Host(net, address, realm=realm, link=Link(LinkDirection(delay), LinkDirection(delay)))
         self.sock = self.host.bind(PORT, self._on_datagram)
         self.restart()
 

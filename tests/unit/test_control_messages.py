@@ -84,6 +84,8 @@ SAMPLES = [
     m.Endpoints(local=(), public=None, mapped_tcp=m.Endpoint("203.0.113.7", 50000)),
     m.PeerUpdate(m.PeerInfo(KEY_A, "pc", "10.77.0.4", True, public_tcp=m.Endpoint("203.0.113.7", 41641),
                             mapped_tcp=m.Endpoint("203.0.113.7", 50000))),
+    m.RelayHome("fra", rtts=(m.RelayRtt("fra", 41), m.RelayRtt("host", 3))),
+    m.PeerUpdate(m.PeerInfo(KEY_A, "pc", "10.77.0.4", True, home_relay="fra", relay_rtts=(m.RelayRtt("fra", 41),))),
 ]
 
 
@@ -254,3 +256,25 @@ def test_fields_from_a_newer_version_are_skipped():
     newer = {**REGISTER, "future_field": {"anything": [1, 2]}}
     obj = {key: value for key, value in newer.items() if value is not None}
     assert m.decode(json.dumps(obj)) == m.decode(json.dumps({k: v for k, v in REGISTER.items() if v is not None}))
+
+
+RTT_ITEMS = st.fixed_dictionaries({"relay": st.text(max_size=8) | st.integers(), "ms": st.integers(-5, 1 << 32) | st.text(max_size=3)})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(RTT_ITEMS, max_size=m.MAX_RELAY_RTTS + 3) | JSONISH)
+def test_relay_round_trips_decode_or_raise_only_remote_errors(rtts):
+    """Whatever a node reports as its relays' round trips, the coord decodes it or refuses it, and
+    a report past `MAX_RELAY_RTTS` relays is refused."""
+    try:
+        message = m.decode_object({"type": "relay_home", "relay": "fra", "rtts": rtts})
+    except RemoteProtocolError:
+        return
+    assert message.rtts is None or len(message.rtts) <= m.MAX_RELAY_RTTS
+    assert m.decode(m.encode(message)) == message
+
+
+def test_a_report_of_more_than_eight_relays_is_refused():
+    rtts = [{"relay": f"r{i}", "ms": i} for i in range(m.MAX_RELAY_RTTS + 1)]
+    with pytest.raises(m.MalformedMessage):
+        m.decode_object({"type": "relay_home", "relay": "fra", "rtts": rtts})

@@ -332,6 +332,16 @@ def test_relay_home_is_announced(pair):
     assert pair.take(1)[0].code == "bad_request" and pair.take(2) == []
 
 
+def test_relay_round_trips_are_announced_with_the_home_for_offered_relays_only(pair):
+    pair.send(1, m.RelayHome("fra", rtts=(m.RelayRtt("fra", 41), m.RelayRtt("nowhere", 2))))
+    (update,) = pair.take(2)
+    assert update.peer.home_relay == "fra" and update.peer.relay_rtts == (m.RelayRtt("fra", 41),)
+    pair.send(1, m.RelayHome("fra", rtts=(m.RelayRtt("fra", 41),)))
+    assert pair.take(2) == [], "an unchanged report is not announced again"
+    pair.send(1, m.RelayHome("fra", rtts=(m.RelayRtt("fra", 60),)))
+    assert pair.take(2)[0].peer.relay_rtts == (m.RelayRtt("fra", 60),)
+
+
 def test_path_reports_are_kept_per_connection_for_the_admin_view(pair):
     pair.send(1, m.Paths((m.PeerPath("bob", "direct"), m.PeerPath("mallory", "relay"), m.PeerPath("alice", "lan"))))
     pair.send(2, m.Paths((m.PeerPath("alice", "relay"),)))

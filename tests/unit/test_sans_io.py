@@ -56,6 +56,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.family",
     "meshvpn.node.pathtimers",
     "meshvpn.node.routes",
+    "meshvpn.node.pairrelay",
     "meshvpn.node.status",
     "meshvpn.node.transports",
     "meshvpn.node.datapath.dataplane",

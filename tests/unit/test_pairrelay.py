@@ -1,0 +1,62 @@
+"""The relay a relayed pair takes: the lowest sum of both ends' reported round trips, the same at
+both ends, and reports that change only for a real, lasting change (fake clock)."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshvpn.control import messages as m
+from meshvpn.node.pairrelay import REPORT_INTERVAL, RttReport, pair_relay, significant
+
+
+def report(rtts: dict[str, int]) -> tuple[m.RelayRtt, ...]:
+    return tuple(m.RelayRtt(name, ms) for name, ms in rtts.items())
+
+
+def test_the_pair_sum_wins_over_either_ends_own_nearest():
+    a = {"server": 20, "near-a": 2, "near-b": 45}   # a alone would take near-a
+    b = {"server": 20, "near-a": 45, "near-b": 2}   # b alone would take near-b
+    assert pair_relay(a, report(b)) == pair_relay(b, report(a)) == "server"
+
+
+def test_only_relays_both_ends_report_count_and_ties_go_to_the_lower_name():
+    assert pair_relay({"x": 10, "y": 10}, report({"y": 5, "x": 5})) == "x"
+    assert pair_relay({"x": 1}, report({"y": 1})) is None
+    assert pair_relay({"x": 1}, None) is None
+    assert pair_relay({}, report({"x": 1})) is None
+
+
+RTTS = st.dictionaries(st.sampled_from(["r0", "r1", "r2", "r3", "r4"]), st.integers(1, 500), max_size=5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(RTTS, RTTS)
+def test_both_ends_always_choose_the_same_relay(a, b):
+    assert pair_relay(a, report(b)) == pair_relay(b, report(a))
+
+
+def test_moves_under_the_threshold_are_not_reported_and_big_ones_wait_for_the_interval():
+    rtts = RttReport()
+    assert rtts.update({"fra": 0.0404, "ams": None}, 0.0) and rtts.reported == {"fra": 40}
+    assert not rtts.update({"fra": 0.047}, 1.0), "7 ms but under 20 %"
+    assert not rtts.update({"fra": 0.060}, 2.0), "20 ms, 50 %: but within the interval"
+    assert rtts.update({"fra": 0.060}, REPORT_INTERVAL) and rtts.reported == {"fra": 60}
+    assert not rtts.update({"fra": 0.003}, REPORT_INTERVAL + 1)
+    assert rtts.message() == (m.RelayRtt("fra", 60),)
+
+
+def test_a_relay_becoming_ready_or_going_is_reported_at_once():
+    rtts = RttReport()
+    rtts.update({"fra": 0.040}, 0.0)
+    assert rtts.update({"fra": 0.040, "host": 0.002}, 0.5) and rtts.reported == {"fra": 40, "host": 2}
+    assert rtts.update({"host": 0.002}, 0.6) and rtts.reported == {"host": 2}
+
+
+def test_at_most_the_eight_nearest_are_reported():
+    rtts = RttReport()
+    rtts.update({f"r{i:02}": (20 - i) / 1000 for i in range(12)}, 0.0)
+    assert len(rtts.message()) == m.MAX_RELAY_RTTS and "r00" not in rtts.reported and "r11" in rtts.reported
+
+
+def test_significance_needs_both_the_fraction_and_the_milliseconds():
+    assert significant(10, 15) and not significant(10, 14)
+    assert significant(100, 120) and not significant(100, 119)
