@@ -47,7 +47,7 @@ from meshvpn.node.events import (
 )
 from meshvpn.node.handshake_cookies import HandshakeCookies
 from meshvpn.node.handshakes import HandshakeManager
-from meshvpn.node.pathfinder import RELAY_PATH, PathChanged, PathFinder, PathFinderConfig, PathKind, SendProbe
+from meshvpn.node.pathfinder import RELAY_PATH, PathChanged, PathFinder, PathFinderConfig, SendProbe
 from meshvpn.node.peers import Peer, PeerSlot, PeerTable, Route
 from meshvpn.node.punching import Punching
 from meshvpn.node.recovery import Recovery
@@ -411,8 +411,7 @@ class NodeCore(HandshakeCookies, Recovery):
         for action in peer.paths.next_actions():
             if isinstance(action, PathChanged):
                 peer.route = self.routes.for_path(peer.key, action.new, peer.info)
-                if action.new is not None and action.new.kind is not PathKind.RELAY:
-                    self.traversal.path_found(peer.key)
+                self.punching.path_changed(peer, action.new, now)
                 self._events.append(PeerPathChanged(peer.name, action.old, action.new, action.reason.value))
                 self._report_path(peer)
                 self._send_initiation(peer, now)

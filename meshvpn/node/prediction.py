@@ -158,13 +158,16 @@ class ResampleSchedule:
     `start(now)` asks for a sample at once; while no direct path is found, another follows
     every `interval`, at most `max_samples` in all. The shell sends the STUN request from a
     fresh socket, publishes the mapped port as the node's public endpoint and calls
-    `sampled(now)`; `stop()` ends the schedule once a path is found.
+    `sampled(now)`; `stop()` ends the schedule once a path is found. After a fall back
+    (`extend`) samples go on every `slow_interval` until `until`, past `max_samples`.
     """
 
     interval: float = 1.0
     max_samples: int = 3
     taken: int = 0
     _due: float | None = None
+    until: float = float("-inf")
+    slow_interval: float = 3.0
 
     def start(self, now: float) -> None:
         """A punch campaign begins: sample now."""
@@ -178,7 +181,17 @@ class ResampleSchedule:
     def sampled(self, now: float) -> None:
         """A sample was taken and published."""
         self.taken += 1
-        self._due = now + self.interval if self.taken < self.max_samples else None
+        if self.taken < self.max_samples:
+            self._due = now + self.interval
+        else:
+            self._due = now + self.slow_interval if now + self.slow_interval <= self.until else None
+
+    def extend(self, now: float, until: float, interval: float) -> None:
+        """The peer fell back to the relay: keep sampling every `interval` until `until` (at once if
+        the samples were spent), as the path finder keeps punching through its fast window."""
+        self.until, self.slow_interval = until, interval
+        if self._due is None:
+            self._due = now
 
     def stop(self) -> None:
         """A direct path exists (or the peer is gone): no more samples."""

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from meshvpn.control import messages as m
 from meshvpn.node.candidates import Candidate, CandidateKind, candidates_of
 from meshvpn.node.events import Event, OpenMappings, SampleWanted
-from meshvpn.node.pathfinder import RELAY_PATH
+from meshvpn.node.pathfinder import RELAY_PATH, Path, PathKind
 from meshvpn.node.peers import Peer, PeerSlot, PeerTable
 from meshvpn.node.prediction import NatProfile
 from meshvpn.node.traversal import OnPunch, Traversal
@@ -113,6 +113,14 @@ class Punching:
         peer.path_log.wanted(peer.route and peer.route.path, now)
         peer.paths.punch(now, restart)
         self._drain(peer, now)
+
+    def path_changed(self, peer: Peer, new: Optional[Path], now: float) -> None:
+        """A direct path ends the hard side's re-samples; a fall back keeps them going while the
+        path finder keeps punching fast (`PathFinder.recovering`)."""
+        if new is not None and new.kind is not PathKind.RELAY:
+            self.traversal.path_found(peer.key)
+        elif peer.paths.recovering(now):
+            self.traversal.fell_back(peer.key, now, now + peer.paths.config.fast_window)
 
     def reprobe(self, now: float, sockets_closed: bool = True) -> None:
         """Our own network changed: every peer in use gets a punch round now and a punch via the coord.

@@ -26,7 +26,8 @@ Sans-IO; the core (`meshvpn.node.core`) asks it what to do and carries it out. R
   `BirthdayPlan.sockets` mappings from fresh sockets (`OpenMappings`), at most one window at a
   time, while the peer probes random ports of our address.
 * Both hard sides re-sample on `ResampleSchedule` while no direct path exists: a new sample
-  (sequential) or a new punch request (birthday) every `interval`, at most `max_samples`.
+  (sequential) or a new punch request (birthday) every `interval`, at most `max_samples`; after
+  a fall back to the relay, every `FALLBACK_RESAMPLE_INTERVAL` through the path finder's fast window.
 * A probe that arrived on one of the extra sockets pins its source to that socket
   (`pinned`): everything for that endpoint leaves from there, or the NAT's filter drops it.
 * **Mapped side** (our router forwards a port to us: UPnP IGD, NAT-PMP, PCP): the peer gets in
@@ -59,6 +60,8 @@ BIRTHDAY_WINDOW = 8.0
 """Seconds the extra sockets of one birthday campaign stay open (the peer's probing, resamples)."""
 RESAMPLE_INTERVAL = 1.5
 RESAMPLE_MAX = 3
+FALLBACK_RESAMPLE_INTERVAL = 3.0
+"""Seconds between re-samples, past `RESAMPLE_MAX`, while a peer that fell back is in its fast window."""
 MAPPED_HOLD_ROUNDS = 5
 """Rounds of a burst (0.8 s at the defaults) in which a mapped side lets the peer send first (`AnswerFirst`)."""
 SAMPLE_SOCKET = BIRTHDAY_WINDOW
@@ -215,6 +218,18 @@ class Traversal:
             else:
                 state.socket = None
         return dst
+
+    def fell_back(self, key: bytes, now: float, until: float) -> None:
+        """`key` fell back to the relay (or lost its path): the hard side keeps re-sampling until
+        `until`. The first samples may have met a NAT whose next ports went to other peers'
+        mappings (punched at the same time), and only fresh samples can make a punch meet."""
+        if not self.hard_side(key):
+            return
+        state = self._state(key)
+        if state.schedule is None:
+            state.schedule = ResampleSchedule(RESAMPLE_INTERVAL, RESAMPLE_MAX)
+            state.schedule.start(now)
+        state.schedule.extend(now, until, FALLBACK_RESAMPLE_INTERVAL)
 
     def due(self, now: float) -> list[bytes]:
         """Peers whose re-sample is due now."""

@@ -10,7 +10,9 @@ from meshvpn.node.core import CoreConfig, NodeCore
 from meshvpn.node.prediction import Allocation, NatProfile
 from meshvpn.node.events import OpenMappings, SampleWanted
 from meshvpn.node.candidates import candidates_of
-from meshvpn.node.traversal import RESAMPLE_INTERVAL, RESAMPLE_MAX, SAMPLE_SOCKET, nat_info, profile_of
+from meshvpn.node.traversal import (
+    FALLBACK_RESAMPLE_INTERVAL, RESAMPLE_INTERVAL, RESAMPLE_MAX, SAMPLE_SOCKET, nat_info, profile_of,
+)
 from meshvpn.wire import Endpoint, MessageType
 
 NETWORK = m.NetworkInfo(name="home", cidr="100.64.0.0/24")
@@ -107,6 +109,39 @@ def test_sequential_side_resamples_on_a_schedule_until_a_path_is_found() -> None
         now = core.get_timer()
         core.handle_timer(now)
     assert asked == [i * RESAMPLE_INTERVAL for i in range(RESAMPLE_MAX)]
+
+
+def samples_asked(core: NodeCore, key: bytes, until: float) -> list[float]:
+    """Answer every `SampleWanted` (a fresh port each time) up to `until`; when each was asked."""
+    asked, now, port = [], 0.0, 30010
+    while now <= until:
+        for event in events(core):
+            if isinstance(event, SampleWanted):
+                asked.append(now)
+                port += 2
+                core.punching.port_sampled(key, Endpoint("203.0.113.100", port), now)
+        if (due := core.get_timer()) is None:
+            break
+        now = due
+        core.handle_timer(now)
+    return asked
+
+
+@pytest.mark.parametrize("peer", [NatProfile(), RANDOM])
+def test_a_sequential_side_that_fell_back_keeps_sampling_through_the_fast_window(peer) -> None:
+    core, key = core_with_peer(SEQUENTIAL, peer)
+    core.set_relay(Endpoint("198.51.100.20", 7500), 0.0)
+    bob = core.peers.by_key[key]
+    core.packet_from_tun(bob, PACKET, 0.0)
+    asked = samples_asked(core, key, 90.0)
+    assert bob.route is not None and bob.route.path.kind.value == "relay"
+    fell_back, window = bob.paths.config.relay_after, bob.paths.config.fast_window
+    later = [at for at in asked if at > RESAMPLE_INTERVAL * RESAMPLE_MAX]
+    assert later, "the samples went on after the fall back"
+    gaps = [b - a for a, b in zip(asked, asked[1:])]
+    assert max(gaps) <= FALLBACK_RESAMPLE_INTERVAL + 1e-9
+    assert max(later) > fell_back + window - 2 * FALLBACK_RESAMPLE_INTERVAL
+    assert max(later) <= fell_back + window, "and stop with the fast window"
 
 
 def test_birthday_side_opens_many_mappings_once_per_window() -> None:
