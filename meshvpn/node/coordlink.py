@@ -26,6 +26,7 @@ from meshvpn.node.coordclient import CoordClient, CoordHandshakeFailed, CoordUnr
 from meshvpn.errors import MeshError
 from meshvpn.noise import StaticIdentity
 from meshvpn.node.coorddial import BACKOFF_MAX, Dialer, backoff_delay, silence_limit
+from meshvpn.node.family import is_ipv6
 from meshvpn.node.startup import explain_coord_failure
 from meshvpn.node.streamrace import race_connections
 from meshvpn.wire import Endpoint
@@ -213,7 +214,7 @@ class CoordLink:
                                       lambda client: client.close(), self._failed)
 
     async def _connect(self, endpoint: Endpoint) -> CoordClient:
-        sock = None if self.local_socket is None or ":" in endpoint.host else self.local_socket()
+        sock = None if self.local_socket is None or is_ipv6(endpoint) else self.local_socket()
         return await connect(endpoint, self.server_public, self.identity, keepalive=self.keepalive,
                              timeout=CONNECT_TIMEOUT, sock=sock, tls=endpoint in self._tls)
 

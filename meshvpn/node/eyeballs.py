@@ -18,14 +18,11 @@ from __future__ import annotations
 from itertools import zip_longest
 from typing import Optional, Sequence
 
+from meshvpn.node.family import is_ipv6
 from meshvpn.wire import Endpoint
 
 STAGGER = 0.25
 """Seconds between the starts of two attempts while neither has finished (RFC 8305 §5)."""
-
-
-def is_ipv6(endpoint: Endpoint) -> bool:
-    return ":" in endpoint.host
 
 
 def interleave(order: Sequence[Endpoint]) -> list[Endpoint]:
