@@ -1,34 +1,23 @@
 """The relay server answers STUN on its UDP port: a real socket on loopback, the node's STUN client."""
 
 import asyncio
-import contextlib
+import dataclasses
 import socket
 
 import pytest
 
-from meshvpn import keys
-from meshvpn.config import Address, CoordTrust, RelayConfig
+from meshvpn.config import Address
 from meshvpn.metrics import relay_families
 from meshvpn.node.netcheck import EIM, gather_profile, verdict
-from meshvpn.relay.server import RelayServer
 from meshvpn.stunio import start_stun_server, stun_binding
+from tests.integration.test_relay_server import relay_config, running
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@contextlib.asynccontextmanager
-async def relay_on(host: str, tmp_path):
+def relay_on(host: str, tmp_path):
     """A relay listening on `host` (any port), trusting a coord key nobody holds."""
-    keys.write_private_key(tmp_path / "relay.key")
-    config = RelayConfig(private_key_file=tmp_path / "relay.key", state_dir=tmp_path / "state",
-                         listen=Address(host, 0),
-                         coord=CoordTrust(public_key=keys.public_key(keys.generate_private_key())))
-    server = RelayServer(config)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
+    return running(dataclasses.replace(relay_config(tmp_path), listen=Address(host, 0)))
 
 
 def test_a_binding_query_to_the_relay_port_gets_the_socket_s_endpoint(tmp_path):
