@@ -11,7 +11,10 @@ the three RFC 4787 knobs plus the port allocation quirks hole punching has to li
 * port allocation: preserve the LAN port, take the next free port after the last one
   (Check Point FireWall-1 style), pick at random, or add a fixed offset (1414 -> 31414);
 * mapping timeout, refreshed only by outbound traffic; hairpinning on or off;
-* background traffic: other LAN hosts opening flows that take public ports.
+* background traffic: other LAN hosts opening flows that take public ports;
+* port forwards (UPnP IGD, NAT-PMP, PCP), with Linux conntrack's answer to a clash: a datagram
+  through a forward from a remote the LAN endpoint already has an outbound flow to reaches it
+  from another source port, and what it sends there leaves from the forwarded port.
 """
 
 from __future__ import annotations
@@ -95,6 +98,27 @@ class NatMapping:
     expires: float
     permitted: set[object] = field(default_factory=set)
     """Remotes, narrowed by the filtering behaviour, that the LAN side has sent to."""
+    remotes: set[Endpoint] = field(default_factory=set)
+    """The exact remotes the LAN side has sent to through this mapping (its conntrack entries)."""
+
+
+@dataclass
+class RemappedFlow:
+    """A flow in through a port forward whose remote the NAT shows the LAN under another port.
+
+    Linux conntrack on a clash: the LAN endpoint already had an outbound flow to the remote (after a
+    flush its own packet went first, and masquerading gave it a new public port), so the forwarded
+    flow's reply tuple is taken, and the NAT's implicit source binding picks another port for the
+    remote. The LAN endpoint sees the remote as `seen`; what it sends to `seen` leaves from `public`
+    to `remote`. `tests/lab/test_portmap_remap_lab.py` shows the kernel doing it.
+    """
+
+    lan: Endpoint
+    public: Endpoint
+    remote: Endpoint
+    seen: Endpoint
+    expires: float
+    """Refreshed by traffic either way, as a conntrack entry is."""
 
 
 class Nat:
@@ -111,6 +135,8 @@ class Nat:
         self._by_flow: dict[tuple[Endpoint, object], NatMapping] = {}
         self._by_port: dict[int, NatMapping] = {}
         self._forwards: dict[int, Endpoint] = {}
+        self._remapped_in: dict[tuple[int, Endpoint], RemappedFlow] = {}
+        self._remapped_out: dict[tuple[Endpoint, Endpoint], RemappedFlow] = {}
         self._last_port = behavior.port_base
         self._background_rate = 0.0
         self._background_timer: TimerHandle | None = None
@@ -126,6 +152,8 @@ class Nat:
         """Forget every mapping, as a NAT reboot or a conntrack flush does."""
         self._by_flow.clear()
         self._by_port.clear()
+        self._remapped_in.clear()
+        self._remapped_out.clear()
 
     def rebind(self) -> None:
         """Forget every mapping and let other hosts take their public ports, so every LAN
@@ -141,6 +169,12 @@ class Nat:
 
     def outbound(self, dgram: Datagram) -> None:
         """Translate a datagram leaving the LAN and send it towards the parent realm."""
+        remapped = self._live_remapped(self._remapped_out.get((dgram.src, dgram.dst)))
+        if remapped is not None:
+            remapped.expires = self.network.scheduler.now + self.behavior.mapping_timeout
+            translated = Datagram(remapped.public, remapped.remote, dgram.data)
+            self.network.transmit(self.link, self.link.up, self.realm.route, translated)
+            return
         mapping = self._mapping_for(dgram.src, dgram.dst)
         if mapping is None:
             self.network.drops["nat ports exhausted"] += 1
@@ -167,12 +201,7 @@ class Nat:
         """Translate a datagram to a public port back to its LAN endpoint, if admitted."""
         lan = self._forwards.get(dgram.dst[1])
         if lan is not None:
-            flow = (lan, self.behavior.mapping.narrow(dgram.src))
-            if self._live(self._by_flow.get(flow)) is None:
-                self._by_flow[flow] = NatMapping(lan, dgram.dst, flow, self.network.scheduler.now)
-            self._by_flow[flow].expires = self.network.scheduler.now + self.behavior.mapping_timeout
-            self._by_flow[flow].permitted.add(self.behavior.filtering.narrow(dgram.src))
-            self.lan.route(Datagram(dgram.src, lan, dgram.data))
+            self._forwarded_inbound(dgram, lan)
             return
         mapping = self._live(self._by_port.get(dgram.dst[1]))
         if mapping is None:
@@ -182,6 +211,53 @@ class Nat:
             self.network.drops["filtered"] += 1
             return
         self.lan.route(Datagram(dgram.src, mapping.lan, dgram.data))
+
+    def _forwarded_inbound(self, dgram: Datagram, lan: Endpoint) -> None:
+        """A datagram to a forwarded port: it joins the flow it belongs to, or one that clashes
+        with an outbound flow to the same remote is shown from another port (`RemappedFlow`)."""
+        now = self.network.scheduler.now
+        remapped = self._live_remapped(self._remapped_in.get((dgram.dst[1], dgram.src)))
+        flow = (lan, self.behavior.mapping.narrow(dgram.src))
+        outbound = self._live(self._by_flow.get(flow))
+        if remapped is None and outbound is not None and outbound.public != dgram.dst \
+                and self._tuple_taken(lan, dgram.src):
+            remapped = self._remap(lan, dgram)
+        if remapped is not None:
+            remapped.expires = now + self.behavior.mapping_timeout
+            self.lan.route(Datagram(remapped.seen, lan, dgram.data))
+            return
+        if outbound is None:
+            self._by_flow[flow] = NatMapping(lan, dgram.dst, flow, now)
+        self._by_flow[flow].expires = now + self.behavior.mapping_timeout
+        self._by_flow[flow].permitted.add(self.behavior.filtering.narrow(dgram.src))
+        self.lan.route(Datagram(dgram.src, lan, dgram.data))
+
+    def _remap(self, lan: Endpoint, dgram: Datagram) -> RemappedFlow:
+        """Give the remote of a clashing forwarded flow a port the LAN endpoint has no flow to
+        (the kernel's implicit source binding: a port of 1024-65535 from a random start)."""
+        ip = dgram.src[0]
+        port = self.network.rng.randrange(1024, 65536)
+        while self._tuple_taken(lan, (ip, port)):
+            port = 1024 + (port - 1023) % 64512
+        remapped = RemappedFlow(lan, dgram.dst, dgram.src, (ip, port), 0.0)
+        self._remapped_in[(dgram.dst[1], dgram.src)] = remapped
+        self._remapped_out[(lan, remapped.seen)] = remapped
+        return remapped
+
+    def _tuple_taken(self, lan: Endpoint, remote: Endpoint) -> bool:
+        """Whether `lan` has a live flow with exactly `remote`, out through a mapping or remapped."""
+        if self._live_remapped(self._remapped_out.get((lan, remote))) is not None:
+            return True
+        mapping = self._live(self._by_flow.get((lan, self.behavior.mapping.narrow(remote))))
+        return mapping is not None and remote in mapping.remotes
+
+    def _live_remapped(self, remapped: RemappedFlow | None) -> RemappedFlow | None:
+        """`remapped` if it has not expired; an expired one is removed."""
+        if remapped is not None and remapped.expires <= self.network.scheduler.now:
+            del self._remapped_in[(remapped.public[1], remapped.remote)]
+            del self._remapped_out[(remapped.lan, remapped.seen)]
+            return None
+        return remapped
 
     def set_background_traffic(self, flows_per_second: float) -> None:
         """Let other LAN hosts open new flows at this average rate (0 stops them).
@@ -235,6 +311,7 @@ class Nat:
             self._by_port[port] = mapping
         mapping.expires = self.network.scheduler.now + behavior.mapping_timeout
         mapping.permitted.add(behavior.filtering.narrow(remote))
+        mapping.remotes.add(remote)
         return mapping
 
     def _allocate_port(self, lan_port: int) -> int | None:

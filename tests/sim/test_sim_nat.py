@@ -10,6 +10,7 @@ from meshvpn.sim import (
     FULL_CONE,
     PORT_RESTRICTED_CONE,
     RESTRICTED_CONE,
+    SYMMETRIC_RANDOM,
     SYMMETRIC_SEQUENTIAL,
     Dependence,
     Host,
@@ -160,6 +161,60 @@ def test_flush_forgets_every_mapping():
     public = world.send_out((SERVER_1, 3478))
     world.nat.flush()
     assert not world.send_in((SERVER_1, 3478), public)
+
+
+FORWARDED = (NAT_IP, 50000)
+"""The port the NAT forwards to the client (a UPnP IGD, NAT-PMP or PCP mapping)."""
+
+
+def forwarded_world(seed=1):
+    """A random-port NAT, as the lab's miniupnpd router, forwarding `FORWARDED` to the client,
+    which answered `SERVER_1` through it; then the NAT forgets every flow."""
+    world = World(SYMMETRIC_RANDOM, seed)
+    world.nat.forward(FORWARDED[1], ("10.0.0.2", 1414))
+    assert world.send_in((SERVER_1, 3478), FORWARDED)
+    assert world.client_rx[-1][1] == (SERVER_1, 3478)
+    assert world.send_out((SERVER_1, 3478)) == FORWARDED, "the answer leaves from the forwarded port"
+    world.nat.flush()
+    return world
+
+
+def test_after_a_flush_a_forwarded_flow_that_comes_in_first_keeps_the_remotes_port():
+    world = forwarded_world()
+    assert world.send_in((SERVER_1, 3478), FORWARDED)
+    assert world.client_rx[-1][1] == (SERVER_1, 3478)
+    assert world.send_out((SERVER_1, 3478)) == FORWARDED
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_after_a_flush_a_forwarded_flow_that_clashes_with_an_outbound_one_comes_in_from_another_port(seed):
+    """Linux conntrack (tests/lab/test_portmap_remap_lab.py): the client's own packet made a new
+    random flow to the remote first, so the remote's packets to the forward reach it from another
+    port, and its answers to that port leave from the forwarded port to the remote's real one."""
+    world = forwarded_world(seed)
+    flow = world.send_out((SERVER_1, 3478))
+    assert flow != FORWARDED
+    assert world.send_in((SERVER_1, 3478), FORWARDED)
+    seen = world.client_rx[-1][1]
+    assert seen[0] == SERVER_1 and seen[1] != 3478
+    assert world.send_out(seen) == FORWARDED and world.received[-1][0] == (SERVER_1, 3478)
+    assert world.send_out((SERVER_1, 3478)) == flow, "the outbound flow keeps its own port"
+    assert world.send_in((SERVER_1, 3478), FORWARDED) and world.client_rx[-1][1] == seen
+    assert world.send_in((SERVER_1, 3478), flow) and world.client_rx[-1][1] == (SERVER_1, 3478)
+
+
+def test_a_remapped_forwarded_flow_expires_like_a_mapping():
+    world = forwarded_world()
+    world.send_out((SERVER_1, 3478))
+    world.send_in((SERVER_1, 3478), FORWARDED)
+    seen = world.client_rx[-1][1]
+    world.scheduler.run_for(PORT_RESTRICTED_CONE.mapping_timeout)
+    assert world.send_in((SERVER_1, 3478), FORWARDED)
+    assert world.client_rx[-1][1] == (SERVER_1, 3478), "nothing left to clash with"
+    received = len(world.received)
+    world.sock.sendto(b"late", seen)
+    world.scheduler.run_for(0.1)
+    assert len(world.received) == received, "the remote's other port leads nowhere now"
 
 
 @pytest.mark.parametrize("hairpinning", [True, False])
