@@ -57,6 +57,7 @@ while time.monotonic() < end:
 """
 
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+_PATH_CHANGE = re.compile(r"path to (\S+): .* -> (\S+)")
 
 
 def logged_at(log: Path, needle: re.Pattern[str], after: float) -> float | None:
@@ -69,6 +70,20 @@ def logged_at(log: Path, needle: re.Pattern[str], after: float) -> float | None:
         if when >= after - 0.001:  # the log keeps milliseconds, the sender's clock more
             return when
     return None
+
+
+def path_kinds(log: Path, peer: str, after: float) -> list[tuple[float, str]]:
+    """The wall-clock times and new path kinds (`direct`, `relay`, ...) of the path changes to
+    `peer` that `log` stamped at or after `after`."""
+    changes = []
+    for line in log.read_text(errors="replace").splitlines():
+        stamp, change = _LOG_TIME.match(line), _PATH_CHANGE.search(line)
+        if stamp is None or change is None or change.group(1) != peer:
+            continue
+        when = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if when >= after - 0.001:
+            changes.append((when, change.group(2)))
+    return changes
 
 
 def trickle(ns: Namespace, dst: str, port: int, seconds: float) -> tuple[subprocess.Popen, float]:
