@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import socket
 from pathlib import Path
 
@@ -24,6 +25,9 @@ log = logging.getLogger("meshvpn.node")
 
 TUN_DEVICE = Path("/dev/net/tun")
 CAP_NET_ADMIN = 12
+DESCRIPTORS = 8192
+"""Descriptors the daemon asks for: birthday probing holds up to 256 UDP sockets and a TCP
+campaign about 1,000 connections at once, past the 1,024 many systems give a process."""
 
 REFUSALS = {
     "auth_key_invalid": "the coordination server does not know this pre-auth key: ask its admin for a new join "
@@ -44,10 +48,22 @@ def preflight(config: NodeConfig, config_path: Path | str) -> None:
     """Refuse with a line that says what to do, before anything is opened; create the state dir."""
     _check_tun()
     _check_port(config, config_path)
+    raise_descriptor_limit()
     if not config.state_dir.is_dir():
         config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log.info("created the state directory %s", config.state_dir)
     log.info("data path: %s", fastpath.DATA_PATH_TEXT)
+
+
+def raise_descriptor_limit(wanted: int = DESCRIPTORS) -> int:
+    """Raise the soft descriptor limit towards `wanted` (never past the hard limit); the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        log.info("descriptor limit raised from %d to %d", soft, target)
+        return target
+    return soft
 
 
 def _check_tun() -> None:

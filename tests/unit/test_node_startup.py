@@ -1,6 +1,9 @@
 """What the daemon checks before it starts, and the lines a newcomer reads when something is wrong."""
 
+import resource
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +98,18 @@ def test_status_shows_the_data_path():
               "peers": []}
     assert format_status(status).split() == ["100.64.0.1", "alice", "self", "coord", "connected", "data", "path",
                                              "native"]
+
+
+def test_the_descriptor_limit_is_raised_for_birthday_and_tcp_campaigns():
+    """In a child process that starts with the 1,024 descriptors many systems give: the daemon asks for more."""
+    program = (
+        "import resource\n"
+        "from meshvpn.node import startup\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))\n"
+        "print(startup.raise_descriptor_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)\n"
+    )
+    answer = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout
+    returned, soft, hard = (int(word) for word in answer.split())
+    expected = startup.DESCRIPTORS if hard == resource.RLIM_INFINITY else min(startup.DESCRIPTORS, hard)
+    assert returned == soft == expected
