@@ -283,13 +283,15 @@ PyDoc_STRVAR(counts_doc,
 #define TAKE(field) __atomic_exchange_n(&L->field, 0, __ATOMIC_RELAXED)
 
 static PyObject *loop_counts(Loop *L, PyObject *unused) {
+    /* The totals are taken under the table lock: a burst's receives are counted only after its
+       entries' counts (receive_burst), so no receive shows here before its effects do. */
     pthread_mutex_lock(&L->table_lock);
     PyObject *tables = take_counts(L);
+    uint64_t t[10] = {TAKE(receives), TAKE(native), TAKE(queue.handed), TAKE(queue.full), TAKE(tun_writes),
+                      TAKE(tun_errors), TAKE(tun_reads), TAKE(sealed), TAKE(sends), TAKE(send_errors)};
     pthread_mutex_unlock(&L->table_lock);
-    if (tables == NULL) return NULL;
-    PyObject *totals = Py_BuildValue("KKKKKKKKKK", TAKE(receives), TAKE(native), TAKE(queue.handed), TAKE(queue.full),
-                                     TAKE(tun_writes), TAKE(tun_errors), TAKE(tun_reads), TAKE(sealed), TAKE(sends),
-                                     TAKE(send_errors));
+    if (tables == NULL) return NULL;  /* the totals are lost with it, as the counts would be on any error here */
+    PyObject *totals = Py_BuildValue("KKKKKKKKKK", t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9]);
     PyObject *result = totals == NULL ? NULL : Py_BuildValue("OON", PyTuple_GET_ITEM(tables, 0),
                                                              PyTuple_GET_ITEM(tables, 1), totals);
     Py_DECREF(tables);
