@@ -34,7 +34,6 @@ from typing import Callable, Iterable, Optional
 from meshvpn.config import FanoutConfig, ForwardLimits
 from meshvpn.control import messages as m
 from meshvpn.node import events as ev
-from meshvpn.node.candidates import tcp_candidates_of
 from meshvpn.node.core import CoreConfig, NodeCore
 from meshvpn.node.lanparty import LanParty
 from meshvpn.node.pairrelay import RttReport
@@ -43,12 +42,12 @@ from meshvpn.node.peers import Peer, PeerSlot, PeerTable
 from meshvpn.node.prediction import NatProfile
 from meshvpn.node.recovery import NodeRecovery
 from meshvpn.node.streaminbox import StreamInbox
+from meshvpn.node.tcpinbox import PunchPortInbox, udp_direct
 from meshvpn.node.relay.link import Transport as RelayTransport
 from meshvpn.node.relay.core import RelaySet
-from meshvpn.node.tcp.core import PathDown, PathUp, TcpEndpoint, TcpPunch, WantPunch
+from meshvpn.node.tcp.core import TcpEndpoint, TcpPunch
 from meshvpn.node.transports import MAIN_SOCKET, PinnedSocket, PunchedStream, RelayStream, Transport, TurnChannel
 from meshvpn.node.turn.core import TurnLinks
-from meshvpn.node.pathfinder import Path, PathKind
 from meshvpn.stun import is_stun
 from meshvpn.turn_codec import is_channel_data
 from meshvpn.wire import Endpoint, MessageType
@@ -59,7 +58,7 @@ _SETTLE_ROUNDS = 8
 """Rounds of passing one machine's news to the others; two or three always suffice."""
 
 
-class Node(NodeRecovery, StreamInbox):
+class Node(NodeRecovery, StreamInbox, PunchPortInbox):
     """Everything one node decides, without I/O; the data path reads ``peers`` directly."""
 
     def __init__(self, private_key: bytes, random_bytes: Callable[[int], bytes],
@@ -179,43 +178,6 @@ class Node(NodeRecovery, StreamInbox):
         self.turn.handle_timer(now)
         self.tcp.handle_timer(now)
         self.lan.handle_timer(now)
-        self._settle(now)
-
-    # ---- inbox: the punch port's connections --------------------------------------------
-
-    def enable_tcp_punch(self) -> None:
-        """The shell holds a punch port: punch over TCP when the coord says punch."""
-        self.tcp_punching = True
-
-    def tcp_accepted(self, remote: Endpoint, now: float) -> Optional[int]:
-        """A connection on the punch port from `remote`: its id, or None (then the shell aborts it)."""
-        conn_id = self.tcp.accepted(remote, now)
-        self._settle(now)
-        return conn_id
-
-    def tcp_connected(self, conn_id: int, now: float) -> None:
-        self.tcp.connected(conn_id, now)
-        self._settle(now)
-
-    def tcp_connect_failed(self, conn_id: int, now: float) -> None:
-        self.tcp.connect_failed(conn_id, now)
-        self._settle(now)
-
-    def tcp_closed(self, conn_id: int, now: float) -> None:
-        self.tcp.connection_lost(conn_id, now)
-        self._settle(now)
-
-    def receive_tcp(self, conn_id: int, data: bytes, now: float) -> None:
-        """Bytes from punched connection `conn_id`; the messages they complete go to the data path."""
-        messages = self.tcp.data_received(conn_id, data, now)
-        endpoint = self.tcp.conn_endpoint(conn_id) if messages else None
-        if endpoint is not None:
-            self._out.append(ev.Deliver([(message, endpoint) for message in messages]))
-        self._settle(now)
-
-    def send_tcp(self, endpoint: TcpEndpoint, messages: list[bytes], now: float) -> None:
-        """Seal `messages` onto the punched TCP path at `endpoint` (the data path's runs)."""
-        self.tcp.send(endpoint, messages, now)
         self._settle(now)
 
     # ---- inbox: the data path, ping, hard NATs, settings ------------------------------
@@ -389,7 +351,7 @@ class Node(NodeRecovery, StreamInbox):
         if peer is None:
             return
         peer.path_log.record(event, peer.last_rx, peer.last_rx_src, self.core.config.paths.path_timeout, now)
-        if _udp_direct(event.new):
+        if udp_direct(event.new):
             self.tcp.stop(peer.key)
             self._out.append(ev.CloseMappings(peer.key))
 
@@ -438,29 +400,6 @@ class Node(NodeRecovery, StreamInbox):
             moved = True
         return moved
 
-    def _drain_tcp(self, now: float) -> bool:
-        actions = self.tcp.next_actions()
-        for action in actions:
-            if isinstance(action, PathUp):
-                self._out.append(ev.TcpPathChanged(self._name(action.peer_key), action.endpoint))
-                self.core.set_tcp_path(action.peer_key, action.endpoint, now)
-            elif isinstance(action, PathDown):
-                self._out.append(ev.TcpPathChanged(self._name(action.peer_key), None, action.reason))
-                self.core.set_tcp_path(action.peer_key, None, now)
-            elif isinstance(action, WantPunch):
-                self._out.append(ev.SendCoord(m.PunchRequest(peer_key=action.peer_key)))
-            else:
-                self._out.append(action)
-        return bool(actions)
-
-    def _punch_tcp(self, peer_key: bytes, now: float) -> None:
-        """On the coord's ``punch``, punch over TCP too, unless the peer has a UDP path."""
-        peer = self.peers.by_key.get(peer_key)
-        candidates = [] if peer is None else tcp_candidates_of(peer.info)
-        if not self.tcp_punching or not candidates or _udp_direct(peer.route and peer.route.path):
-            return
-        self.tcp.punch(peer.key, candidates, now)
-
     def _name(self, key: bytes) -> str:
         peer = self.peers.by_key.get(key)
         return key.hex()[:8] if peer is None else peer.name
@@ -482,6 +421,3 @@ class Node(NodeRecovery, StreamInbox):
                 entry["turn"] = servers[entry["name"]]
         return status
 
-
-def _udp_direct(path: Optional[Path]) -> bool:
-    return path is not None and path.kind in (PathKind.LAN, PathKind.DIRECT)

@@ -1,0 +1,93 @@
+"""The node's inbox for its punch port, and the wiring of TCP punching into the node.
+
+Part of `meshvpn.node.node.Node` (mixed in), apart only to keep that module small: the punch
+port's connections go to `TcpPunch` (`meshvpn.node.tcp.core`), the coord's ``punch`` starts TCP
+punching, and the machine's news becomes the peer core's TCP paths, ``punch_request``s and the
+shell's connection wishes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from meshvpn.control import messages as m
+from meshvpn.node import events as ev
+from meshvpn.node.candidates import tcp_candidates_of
+from meshvpn.node.pathfinder import Path, PathKind
+from meshvpn.node.tcp.core import PathDown, PathUp, TcpEndpoint, WantPunch
+from meshvpn.wire import Endpoint
+
+
+class PunchPortInbox:
+    """Mixed into `Node`, whose `tcp`, `core`, `peers`, `_out`, `_name` and `_settle` it uses."""
+
+    tcp: Any
+    core: Any
+    peers: Any
+    tcp_punching: bool
+    _out: list
+    _name: Any
+    _settle: Any
+
+    def enable_tcp_punch(self) -> None:
+        """The shell holds a punch port: punch over TCP when the coord says punch."""
+        self.tcp_punching = True
+
+    def tcp_accepted(self, remote: Endpoint, now: float) -> Optional[int]:
+        """A connection on the punch port from `remote`: its id, or None (then the shell aborts it)."""
+        conn_id = self.tcp.accepted(remote, now)
+        self._settle(now)
+        return conn_id
+
+    def tcp_connected(self, conn_id: int, now: float) -> None:
+        self.tcp.connected(conn_id, now)
+        self._settle(now)
+
+    def tcp_connect_failed(self, conn_id: int, now: float) -> None:
+        self.tcp.connect_failed(conn_id, now)
+        self._settle(now)
+
+    def tcp_closed(self, conn_id: int, now: float) -> None:
+        self.tcp.connection_lost(conn_id, now)
+        self._settle(now)
+
+    def receive_tcp(self, conn_id: int, data: bytes, now: float) -> None:
+        """Bytes from punched connection `conn_id`; the messages they complete go to the data path."""
+        messages = self.tcp.data_received(conn_id, data, now)
+        endpoint = self.tcp.conn_endpoint(conn_id) if messages else None
+        if endpoint is not None:
+            self._out.append(ev.Deliver([(message, endpoint) for message in messages]))
+        self._settle(now)
+
+    def send_tcp(self, endpoint: TcpEndpoint, messages: list[bytes], now: float) -> None:
+        """Seal `messages` onto the punched TCP path at `endpoint` (the data path's runs)."""
+        self.tcp.send(endpoint, messages, now)
+        self._settle(now)
+
+    def _drain_tcp(self, now: float) -> bool:
+        actions = self.tcp.next_actions()
+        for action in actions:
+            if isinstance(action, PathUp):
+                self._out.append(ev.TcpPathChanged(self._name(action.peer_key), action.endpoint))
+                self.core.set_tcp_path(action.peer_key, action.endpoint, now)
+            elif isinstance(action, PathDown):
+                self._out.append(ev.TcpPathChanged(self._name(action.peer_key), None, action.reason))
+                self.core.set_tcp_path(action.peer_key, None, now)
+            elif isinstance(action, WantPunch):
+                self._out.append(ev.SendCoord(m.PunchRequest(peer_key=action.peer_key)))
+            else:
+                self._out.append(action)
+        return bool(actions)
+
+    def _punch_tcp(self, peer_key: bytes, now: float) -> None:
+        """On the coord's ``punch``, punch over TCP too, unless the peer has a UDP path."""
+        peer = self.peers.by_key.get(peer_key)
+        candidates = [] if peer is None else tcp_candidates_of(peer.info)
+        if not self.tcp_punching or not candidates or udp_direct(peer.route and peer.route.path):
+            return
+        self.tcp.punch(peer.key, candidates, now)
+
+
+def udp_direct(path: Optional[Path]) -> bool:
+    """Whether `path` is a UDP path (LAN or direct), which ends TCP punching for its peer."""
+    return path is not None and path.kind in (PathKind.LAN, PathKind.DIRECT)
