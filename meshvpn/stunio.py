@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from meshvpn.dualstack import IPV4_WILDCARD, dual_socket
 from meshvpn.ratelimit import SourceLimiter
+from meshvpn.stuntcp import StunTcpProtocol
 
 from meshvpn.stun import (
     MAX_RETRANSMITS,
@@ -101,6 +102,8 @@ class StunServer:
     alternate: StunServerProtocol | None = None
     ipv6: StunServerProtocol | None = None
     """The primary's IPv6 twin, when the primary listens on the IPv4 wildcard and the host has IPv6."""
+    tcp: asyncio.AbstractServer | None = None
+    """Binding over TCP on the primary's address and port (`meshvpn.stuntcp`), if asked for."""
 
     @property
     def address(self) -> Address:
@@ -117,11 +120,14 @@ class StunServer:
         for protocol in (self.primary, self.alternate, self.ipv6):
             if protocol is not None and protocol.transport is not None:
                 protocol.transport.close()
+        if self.tcp is not None:
+            self.tcp.close()
 
 
-async def start_stun_server(host: str, port: int, alt: Address | None = None) -> StunServer:
+async def start_stun_server(host: str, port: int, alt: Address | None = None, tcp: bool = False) -> StunServer:
     """Serve STUN on (host, port), and on `alt` too for CHANGE-REQUEST and OTHER-ADDRESS; on the IPv4
-    wildcard also on the IPv6 one (same port), for nodes' IPv6 mappings (no CHANGE-REQUEST there)."""
+    wildcard also on the IPv6 one (same port), for nodes' IPv6 mappings (no CHANGE-REQUEST there);
+    with `tcp`, Binding over TCP on the primary's address and port too (nodes' TCP port samples)."""
     loop = asyncio.get_running_loop()
     stats = StunServerStats()
     _, primary = await loop.create_datagram_endpoint(
@@ -140,6 +146,13 @@ async def start_stun_server(host: str, port: int, alt: Address | None = None) ->
             server.close()
             raise
         primary.partner, server.alternate.partner = server.alternate, primary
+    if tcp:
+        try:
+            server.tcp = await loop.create_server(lambda: StunTcpProtocol(stats), host, primary.local[1],
+                                                  reuse_address=True)
+        except OSError:
+            server.close()
+            raise
     return server
 
 

@@ -193,7 +193,7 @@ class CoordServer:
             self._tls_listener = await tlsenvelope.listen(settings.tls, lambda: Connection(self), backlog=LISTEN_BACKLOG)
             alt = settings.stun_alt_listen
             self.stun = await start_stun_server(
-                settings.stun_listen.host, settings.stun_listen.port, None if alt is None else tuple(alt)
+                settings.stun_listen.host, settings.stun_listen.port, None if alt is None else tuple(alt), tcp=True
             )
             self._admin = ControlServer(str(settings.admin_socket), self._serve_admin)
             await self._admin.start()
