@@ -89,6 +89,9 @@ class PunchRequest(Message):
     peer_key: bytes = wire(KEY)
     sample: Endpoint | None = wire(optional(ENDPOINT))
     """A fresh STUN sample from a new socket: behind a sequential NAT, the port below our next mappings."""
+    tcp_sample: Endpoint | None = wire(optional(ENDPOINT))
+    """A fresh STUN-over-TCP sample from a new connection: behind a sequential NAT, the port below our
+    next TCP mapping (the one towards the peer)."""
 
 
 @dataclass(frozen=True)
@@ -284,6 +287,8 @@ class Punch(Message):
     """The peer's NAT behaviour, as it reported it."""
     sample: Endpoint | None = wire(optional(ENDPOINT))
     """The peer's fresh port sample, if it sent one moments ago (also first in `endpoints`)."""
+    tcp_sample: Endpoint | None = wire(optional(ENDPOINT))
+    """The peer's fresh TCP port sample, if it sent one moments ago: connect to the ports above it."""
 
 
 @dataclass(frozen=True)

@@ -83,10 +83,23 @@ def sane_locals(endpoints: Iterable[m.Endpoint], observed_host: str) -> tuple[m.
     return tuple(ep for ep in endpoints if local_candidate(ep, observed_host))
 
 
+def take_samples(conn: Connection, message: m.PunchRequest, now: float) -> None:
+    """Keep the port samples of `message` that may be passed on: a sane UDP one, and a TCP one
+    only at the very address the node's channel comes from (its peer connects to the ports above
+    it, and must not be aimed at a third party)."""
+    if sane_public(message.sample) is not None:
+        conn.sample, conn.sample_at = message.sample, now
+    tcp = sane_public(message.tcp_sample)
+    if tcp is not None and plain_ip(tcp.host) == conn.observed_host:
+        conn.tcp_sample, conn.tcp_sample_at = tcp, now
+
+
 def punch_towards(node: NodeRecord, conn: Connection, now: float) -> m.Punch:
-    """The `punch` that sends a peer towards `node`, online on `conn`."""
+    """The `punch` that sends a peer towards `node`, online on `conn`, with its fresh samples."""
     sample = conn.sample if conn.sample is not None and now - conn.sample_at <= SAMPLE_LIFETIME else None
-    return m.Punch(node.key, candidates(node, conn.observed_host, sample), nat=conn.nat, sample=sample)
+    tcp_sample = conn.tcp_sample if conn.tcp_sample is not None and now - conn.tcp_sample_at <= SAMPLE_LIFETIME else None
+    return m.Punch(node.key, candidates(node, conn.observed_host, sample), nat=conn.nat, sample=sample,
+                   tcp_sample=tcp_sample)
 
 
 def punch_towards_info(peer: m.PeerInfo) -> m.Punch:

@@ -98,6 +98,9 @@ class Connection:
     sample: m.Endpoint | None = None
     """The port sample of the node's latest punch request, and when it came."""
     sample_at: float = 0.0
+    tcp_sample: m.Endpoint | None = None
+    """The TCP port sample of the node's latest punch request (`meshvpn.stuntcp`), and when it came."""
+    tcp_sample_at: float = 0.0
     paths: dict[str, str | None] = field(default_factory=dict)
     """The node's reported path kind per peer name (`Paths`), only for peers of its network."""
     deltas: int = 0

@@ -12,8 +12,8 @@ Rules:
   (online=false); revocation closes the node and sends `peer_remove` in the same batch.
 * `punch_request` from A for B sends `punch` to A and to B in the same batch, each with the
   other's candidate endpoints, so both sides fire at once (the seed's "switching server").
-  Each side's NAT report goes along, and a fresh port sample (at most SAMPLE_LIFETIME old)
-  leads the candidates: behind a sequential NAT it is the port below the next mappings. A peer
+  Each side's NAT report goes along, and a fresh port sample (at most SAMPLE_LIFETIME old; TCP's
+  as `tcp_sample`) leads the candidates: behind a sequential NAT it is the port below the next mappings. A peer
   online on another coord instance gets its `punch` through that instance (`coord.elsewhere`).
 * A connection that has not registered within `REGISTER_TIMEOUT` is closed, pings or not
   (`meshvpn.coord.connstate` holds the states and what each accepts).
@@ -39,6 +39,7 @@ from meshvpn.coord.addressing import AddressPoolExhausted
 from meshvpn.coord.authkeys import AuthKey, AuthKeyRejected, create_auth_key
 from meshvpn.coord import passes
 from meshvpn.coord.candidates import SAMPLE_LIFETIME, plain_ip, punch_towards, sane_locals, sane_public, take_reported
+from meshvpn.coord.candidates import take_samples
 from meshvpn.coord.connstate import ConnEvent, ConnState, Connection, delta_format, peer_info
 from meshvpn.coord.elsewhere import Elsewhere, Leases
 from meshvpn.coord.lanpush import LanPush
@@ -220,8 +221,7 @@ class Membership(Elsewhere, LanPush, PeerRelays):
             if not conn.punches.take(now):
                 self.limited["punch_request"] += 1
                 return
-            if sane_public(message.sample) is not None:
-                conn.sample, conn.sample_at = message.sample, now
+            take_samples(conn, message, now)
             self._punch(conn, message.peer_key, now)
 
     def handle_timer(self, now: float) -> None:
