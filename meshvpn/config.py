@@ -345,7 +345,7 @@ class CoordConfig:
         'host:port nodes dial (a DNS name or IP), written into join strings; "" uses listen unless it is 0.0.0.0 or ::',
         None)
     tls: TlsListenConfig = option("TLS listener of the control channel", TlsListenConfig)
-    stun_listen: HostPort = option("STUN service (UDP)", Address("0.0.0.0", 3478))
+    stun_listen: HostPort = option("STUN service (UDP, and TCP on the same port for nodes' TCP port samples)", Address("0.0.0.0", 3478))
     stun_alt_listen: OptionalHostPort = option('second STUN address, for NAT-behaviour tests; "" turns it off', None)
     admin_socket: ConfigPath = option("unix socket of the `meshvpn coord` admin verbs", DEFAULT_ADMIN_SOCKET)
     keepalive: Duration = option("control-channel keepalive; clients silent for 3 intervals are dropped", 15.0, live=True)

@@ -31,7 +31,7 @@ from meshvpn.node.coordlink import CoordLink
 from meshvpn.node.core import CoreConfig
 from meshvpn.node.datapath.dataplane import DataPlane, SendBuffer
 from meshvpn.node.datapath.native_loop import NativeReceiver
-from meshvpn.node.discovery import kept_port_sample
+from meshvpn.node.discovery import kept_port_sample, stun_server
 from meshvpn.node.dns import NameService
 from meshvpn.node.eventlog import log_event
 from meshvpn.node.endpoints import local_endpoints
@@ -104,7 +104,8 @@ class NodeDaemon:
         self.dns = NameService(config.lan.dns)
         self.relay_streams = RelayStreams(self.node, private_key, self.transmit, self.loop.time)
         self.turn_streams = TurnStreams(self.node, self.transmit, self.loop.time)
-        self.punch = PunchPort(self.node, self.transmit, self.loop.time)
+        self.punch = PunchPort(self.node, self.transmit, self.loop.time,
+                               lambda family: stun_server(self.config, family, self.link and self.link.host))
         self.verbs = ControlVerbs(self)
         self.control = ControlServer(str(config.control_socket), self.verbs.handle_control)
         self.public_endpoint: Optional[m.Endpoint] = None
@@ -358,7 +359,7 @@ class NodeDaemon:
                         self._write_tun([memoryview(bytearray(packet)) for packet in packets])
                     case ev.StunReceived(data, src):
                         self.stun.datagram_received(data, src)
-                    case ev.TcpConnect() | ev.TcpWrite() | ev.TcpAbort():
+                    case ev.TcpConnect() | ev.TcpWrite() | ev.TcpAbort() | ev.TcpSampleWanted():
                         self.punch.follow(out)
                     case ev.OpenRelayStream() | ev.CloseRelayStream() | ev.SendRelayFrames():
                         self.relay_streams.follow(out)

@@ -191,11 +191,20 @@ class StunReceived:
 
 @dataclass(frozen=True)
 class TcpConnect:
-    """Open connection `conn_id` from the punch port to `endpoint`; report within `timeout` s."""
+    """Open connection `conn_id` from the punch port (or `fresh_port`: from a new local port) to
+    `endpoint`; report within `timeout` s."""
 
     conn_id: int
     endpoint: Endpoint
     timeout: float
+    fresh_port: bool = False
+
+
+@dataclass(frozen=True)
+class TcpSampleWanted:
+    """Take a TCP port sample (STUN over a new TCP connection to the coord); answer with ``tcp_sampled``."""
+
+    peer_key: bytes
 
 
 @dataclass(frozen=True)
@@ -266,6 +275,6 @@ class WriteTun:
     packets: list[bytes]
 
 
-Transmission = Union[SendDatagram, SendCoord, Deliver, StunReceived, TcpConnect, TcpWrite, TcpAbort, OpenRelayStream,
-                     CloseRelayStream, SendRelayFrames, TurnStream, SendTurnBytes, WriteTun]
+Transmission = Union[SendDatagram, SendCoord, Deliver, StunReceived, TcpConnect, TcpWrite, TcpAbort, TcpSampleWanted,
+                     OpenRelayStream, CloseRelayStream, SendRelayFrames, TurnStream, SendTurnBytes, WriteTun]
 Output = Union[Event, Transmission]

@@ -46,6 +46,7 @@ from meshvpn.node.tcpinbox import PunchPortInbox, udp_direct
 from meshvpn.node.relay.link import Transport as RelayTransport
 from meshvpn.node.relay.core import RelaySet
 from meshvpn.node.tcp.core import TcpEndpoint, TcpPunch
+from meshvpn.node.tcp.prediction import TcpPrediction
 from meshvpn.node.transports import MAIN_SOCKET, PinnedSocket, PunchedStream, RelayStream, Transport, TurnChannel
 from meshvpn.node.turn.core import TurnLinks
 from meshvpn.stun import is_stun
@@ -73,6 +74,7 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
         self.peer_relay = PeerRelay(private_key, random_bytes, wall, coord_public, peer_relay)
         """This node relaying for its network, when the coord says so (needs the coord's key for tokens)."""
         self.tcp = TcpPunch(self.core.identity, random_bytes, wall, peers=PeerSlot(self.core.peers, "tcp"))
+        self.tcp_prediction = TcpPrediction(peers=PeerSlot(self.core.peers, "tcp_prediction"))
         self.core.routes.transport_for = self.transport_for
         self.core.departing = self._departing
         self.tcp_punching = False
@@ -132,7 +134,7 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
         if isinstance(msg, m.PeerMap):  # its parts became peers in the core only now: TURN follows them
             self.turn.follow_peers([peer.info for peer in self.peers], now)
         if isinstance(msg, m.Punch):
-            self._punch_tcp(msg.peer_key, now)
+            self._punch_tcp(msg, now)
         self._settle(now)
         self._note_peer_map(msg.network.name if isinstance(msg, m.Registered) else None)
 
@@ -411,7 +413,7 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
         status = self.core.status(now)
         status["self"]["relays"] = self.relays.status()
         status["self"]["turn"] = self.turn.status()
-        status["self"]["tcp_punch"] = {"peers": self.tcp.status()}
+        status["self"]["tcp_punch"] = {"peers": self.tcp.status(), "prediction": dict(self.tcp_prediction.counters)}
         add_relay_status(status, self.peers, self.relays, self.peer_relay)
         self.lan.add_status(status, self.peers)
         servers = {peer.name: self.turn.server_for(peer.route.endpoint) for peer in self.peers

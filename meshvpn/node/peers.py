@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from meshvpn.node.handshakes import Attempt
     from meshvpn.node.probes import ProbeAllowance, SeenStamps
     from meshvpn.node.tcp.core import TcpCampaign
+    from meshvpn.node.tcp.prediction import PredictionState
     from meshvpn.node.traversal import PeerTraversal
 
 T = TypeVar("T")
@@ -138,6 +139,8 @@ class Peer:
     """The stamps of its probes taken, so replays are refused (the probe codec's)."""
     tcp: Optional[TcpCampaign] = None
     """TCP punching towards it: the campaign, its connections and a punched path (the TCP machine's)."""
+    tcp_prediction: Optional[PredictionState] = None
+    """Our TCP port samples for it and its sample we connected above (TCP port prediction's)."""
     turn_relayed: Optional[tuple[Endpoint, ...]] = None
     """Its TURN relayed addresses, which give it a TURN route (the TURN machine's)."""
 

@@ -2,8 +2,8 @@
 
 Part of `meshvpn.node.node.Node` (mixed in), apart only to keep that module small: the punch
 port's connections go to `TcpPunch` (`meshvpn.node.tcp.core`), the coord's ``punch`` starts TCP
-punching, and the machine's news becomes the peer core's TCP paths, ``punch_request``s and the
-shell's connection wishes.
+punching and TCP port prediction (`meshvpn.node.tcp.prediction`), and their news becomes the
+peer core's TCP paths, ``punch_request``s and the shell's connection wishes.
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ from meshvpn.node import events as ev
 from meshvpn.node.candidates import tcp_candidates_of
 from meshvpn.node.pathfinder import Path, PathKind
 from meshvpn.node.tcp.core import PathDown, PathUp, TcpEndpoint, WantPunch
+from meshvpn.node.tcp.prediction import Dial, SendSample
 from meshvpn.wire import Endpoint
 
 
 class PunchPortInbox:
-    """Mixed into `Node`, whose `tcp`, `core`, `peers`, `_out`, `_name` and `_settle` it uses."""
+    """Mixed into `Node`, whose `tcp`, `tcp_prediction`, `core`, `peers`, `_out`, `_name` and `_settle` it uses."""
 
     tcp: Any
+    tcp_prediction: Any
     core: Any
     peers: Any
     tcp_punching: bool
@@ -79,13 +81,38 @@ class PunchPortInbox:
                 self._out.append(action)
         return bool(actions)
 
-    def _punch_tcp(self, peer_key: bytes, now: float) -> None:
-        """On the coord's ``punch``, punch over TCP too, unless the peer has a UDP path."""
+    def tcp_sampled(self, peer_key: bytes, sample: Optional[Endpoint], now: float) -> None:
+        """The answer to ``TcpSampleWanted`` (None: no answer): our NAT's newest TCP mapping."""
         peer = self.peers.by_key.get(peer_key)
+        candidates = [] if peer is None else tcp_candidates_of(peer.info)
+        if peer is not None and peer.tcp is not None and peer.tcp.path is None:
+            endpoints = [candidate.endpoint for candidate in candidates]
+            self._predicted(self.tcp_prediction.sampled(peer_key, sample, endpoints), candidates, now)
+        self._settle(now)
+
+    def _punch_tcp(self, punch: m.Punch, now: float) -> None:
+        """On the coord's ``punch``, punch over TCP too, unless the peer has a UDP path. Behind a
+        sequential NAT, towards a peer without a public UDP endpoint (its site drops UDP), take a
+        TCP port sample; against a peer that sent one, connect to the ports above it."""
+        peer = self.peers.by_key.get(punch.peer_key)
         candidates = [] if peer is None else tcp_candidates_of(peer.info)
         if not self.tcp_punching or not candidates or udp_direct(peer.route and peer.route.path):
             return
         self.tcp.punch(peer.key, candidates, now)
+        info = peer.info  # a peer reachable over UDP gets UDP's prediction, which a TCP sample could upset
+        udp_less = info.public_endpoint is None and info.mapped_endpoint is None
+        hard = self.core.punching.traversal.samples_ports and udp_less
+        self._predicted(self.tcp_prediction.punched(peer.key, punch.tcp_sample, hard, now), candidates, now)
+
+    def _predicted(self, actions: list, candidates: list, now: float) -> None:
+        """Carry out TCP port prediction's wishes: connects, a sample to take, a sample to send."""
+        for action in actions:
+            if isinstance(action, Dial):
+                self.tcp.dial(action.peer_key, candidates, action.endpoints, now, action.fresh_port)
+            elif isinstance(action, SendSample):
+                self._out.append(ev.SendCoord(m.PunchRequest(peer_key=action.peer_key, tcp_sample=action.sample)))
+            else:
+                self._out.append(action)
 
 
 def udp_direct(path: Optional[Path]) -> bool:

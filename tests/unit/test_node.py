@@ -47,13 +47,19 @@ def move_bytes(a: MemoryNode, a_conn: int, b: MemoryNode, b_conn: int, now: floa
     raise AssertionError("bytes still flowing")
 
 
-@pytest.fixture
-def tcp_pair():
-    """Two nodes with a punched TCP path between them and no UDP path."""
+def tcp_nodes() -> tuple[MemoryNode, MemoryNode]:
+    """Alice and bob, each with a punch port, each knowing the other by its TCP mapping alone."""
     a, b = seeded(random.Random, 1, "alice", "100.64.0.1", ALICE_AT), seeded(random.Random, 2, "bob", "100.64.0.2", BOB_AT)
     for n, other in ((a, b), (b, a)):
         n.node.enable_tcp_punch()
         welcome(n, other)
+    return a, b
+
+
+@pytest.fixture
+def tcp_pair():
+    """Two nodes with a punched TCP path between them and no UDP path."""
+    a, b = tcp_nodes()
     a.from_coord(m.Punch(peer_key=b.public, endpoints=()), 0.0)
     b.from_coord(m.Punch(peer_key=a.public, endpoints=()), 0.0)
     (connect,) = taken(a, TcpConnect)
@@ -85,7 +91,7 @@ def test_peer_remove_ends_its_tcp_path_and_leaves_nothing_behind(tcp_pair):
     assert a.node.tcp.path_conn(TcpEndpoint(*endpoint)) is None
     assert [abort.conn_id for abort in taken(a, TcpAbort)] == [a_conn]
     assert [e.reason for e in a.events if isinstance(e, PeerDown)] == ["removed by the coord"]
-    assert a.node.status(1.0)["peers"] == [] and a.node.status(1.0)["self"]["tcp_punch"] == {"peers": {}}
+    assert a.node.status(1.0)["peers"] == [] and a.node.status(1.0)["self"]["tcp_punch"]["peers"] == {}
     assert a.node.lan.get_timer() is not None, "the node stays its TUN's IGMP querier"
     assert a.node.get_timer() == a.node.lan.get_timer(), \
         "no timer of the removed peer (TCP keepalive, punches) is left, only the querier's"

@@ -17,6 +17,9 @@ Rules:
   failure, taking the peer's candidates in turn (its router's mapping first, then its NAT's
   mapping of its punch port). A punch while a campaign runs refills its attempts; one for a
   peer with a path is ignored.
+* ``dial(peer, candidates, endpoints)`` opens one connection to each endpoint at once, from the
+  punch port or each from a new local port (TCP port prediction, :mod:`meshvpn.node.tcp.prediction`);
+  they belong to the peer's campaign like its own connects.
 * A node whose router maps its punch port (`mapped`; the node sets it only when the mapping's
   address is its public one) does not connect to a peer without such a mapping: the peer
   connects to ours. Our own SYN towards the peer would leave a connection
@@ -202,6 +205,20 @@ class TcpPunch:
         peer.repunch_at = None
         if not peer.conns:
             self._attempt(peer, now)
+
+    def dial(self, peer_key: bytes, candidates: Sequence[Candidate], endpoints: Sequence[Endpoint], now: float,
+             fresh_port: bool = False) -> None:
+        """Connect to all of `endpoints` at once, from the punch port or each from a new local port
+        (`meshvpn.node.tcp.prediction`: a peer NAT's predicted ports, or the peer from new mappings)."""
+        peer = self._peers.get(peer_key)
+        if peer is None:
+            peer = self._peers[peer_key] = TcpCampaign(peer_key, tuple(candidates))
+        if peer.path is not None:
+            return
+        for endpoint in endpoints:
+            self.counters["attempts"] += 1
+            conn = self._new_conn(endpoint, peer.key, ConnState.CONNECTING, now)
+            self._actions.append(TcpConnect(conn.conn_id, endpoint, self.config.attempt_timeout, fresh_port))
 
     def stop(self, peer_key: bytes) -> None:
         """No TCP path to `peer_key` is wanted (it has a UDP path, or left): abort everything."""

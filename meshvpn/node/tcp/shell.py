@@ -15,14 +15,18 @@ import ipaddress
 import logging
 import socket
 import struct
-from typing import Callable, Optional
+from typing import Awaitable, Callable, Optional
 
-from meshvpn.node.events import TcpAbort, TcpConnect, TcpWrite
+from meshvpn.node.events import TcpAbort, TcpConnect, TcpSampleWanted, TcpWrite
 from meshvpn.node.node import Node
+from meshvpn.stun import StunError
+from meshvpn.stuntcp import tcp_binding
 from meshvpn.wire import Endpoint
 
 log = logging.getLogger("meshvpn.node.tcp")
 
+SAMPLE_TIMEOUT = 1.0
+"""Seconds a TCP port sample may take before the punch goes on without it."""
 MAX_WRITE_BUFFER = 4 << 20
 """Bytes queued on a TCP path beyond which messages are dropped before sealing (as a full link would)."""
 _LINGER_RST = struct.pack("ii", 1, 0)
@@ -70,15 +74,19 @@ class _Stream(asyncio.Protocol):
 class PunchPort:
     """The punch port of one node daemon; inert (nothing punched) if the port cannot be bound."""
 
-    def __init__(self, node: Node, transmit: Callable[[], None], clock: Callable[[], float]) -> None:
+    def __init__(self, node: Node, transmit: Callable[[], None], clock: Callable[[], float],
+                 stun_server: Optional[Callable[[int], Awaitable[Endpoint]]] = None) -> None:
         self.node = node
         self.transmit = transmit
         """The daemon's drain of the node's outputs, called after every input."""
         self.clock = clock
+        self.stun_server = stun_server
+        """The coord's STUN server in an address family, for TCP port samples (None: no samples)."""
         self.streams: dict[int, _Stream] = {}
         self.address: Optional[tuple[str, int]] = None
         """Where the punch port is bound, once `start` succeeded."""
         self._connects: dict[int, asyncio.Task] = {}
+        self._samples: set[asyncio.Task] = set()
         self._server: Optional[asyncio.AbstractServer] = None
 
     async def start(self, host: str, port: int) -> None:
@@ -117,7 +125,7 @@ class PunchPort:
         stream = None if conn_id is None else self.streams.get(conn_id)
         return stream is not None and stream.transport.get_write_buffer_size() <= MAX_WRITE_BUFFER
 
-    def follow(self, action: TcpConnect | TcpWrite | TcpAbort) -> None:
+    def follow(self, action: TcpConnect | TcpWrite | TcpAbort | TcpSampleWanted) -> None:
         """Carry out one of the node's connection wishes."""
         if isinstance(action, TcpWrite):
             stream = self.streams.get(action.conn_id)
@@ -125,6 +133,8 @@ class PunchPort:
                 stream.transport.write(action.data)
         elif isinstance(action, TcpConnect):
             self._connects[action.conn_id] = asyncio.get_running_loop().create_task(self._connect(action))
+        elif isinstance(action, TcpSampleWanted):
+            self._samples.add(asyncio.get_running_loop().create_task(self._sample(action.peer_key)))
         else:
             task = self._connects.pop(action.conn_id, None)
             if task is not None:
@@ -137,18 +147,33 @@ class PunchPort:
         return None if self.address is None else "%s:%d" % self.address
 
     async def close(self) -> None:
-        for task in self._connects.values():
+        for task in [*self._connects.values(), *self._samples]:
             task.cancel()
         for stream in list(self.streams.values()):
             stream.transport.abort()
         if self._server is not None:
             self._server.close()
 
+    async def _sample(self, peer_key: bytes) -> None:
+        """A TCP port sample from a new connection to the coord's STUN server (None if none came)."""
+        sample = None
+        try:
+            if self.address is not None and self.stun_server is not None:
+                server = await self.stun_server(_family(self.address[0]))
+                host, port = (await tcp_binding(tuple(server), (self.address[0], 0), SAMPLE_TIMEOUT))[:2]
+                sample = Endpoint(ipaddress.ip_address(host).compressed, port)
+        except (OSError, asyncio.TimeoutError, StunError, ValueError) as exc:
+            log.info("no TCP port sample: %s", exc or type(exc).__name__)
+        finally:
+            self._samples.discard(asyncio.current_task())
+        self.node.tcp_sampled(peer_key, sample, self.clock())
+        self.transmit()
+
     async def _connect(self, action: TcpConnect) -> None:
         loop = asyncio.get_running_loop()
         sock = None
         try:
-            sock = self._socket(*self.address)
+            sock = self._socket(self.address[0], 0 if action.fresh_port else self.address[1])
             await asyncio.wait_for(loop.sock_connect(sock, tuple(action.endpoint)), action.timeout)
             self._connects.pop(action.conn_id, None)
             await loop.create_connection(lambda: _Stream(self, action.conn_id), sock=sock)
