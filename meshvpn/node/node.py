@@ -74,7 +74,8 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
         self.peer_relay = PeerRelay(private_key, random_bytes, wall, coord_public, peer_relay)
         """This node relaying for its network, when the coord says so (needs the coord's key for tokens)."""
         self.tcp = TcpPunch(self.core.identity, random_bytes, wall, peers=PeerSlot(self.core.peers, "tcp"))
-        self.tcp_prediction = TcpPrediction(peers=PeerSlot(self.core.peers, "tcp_prediction"))
+        self.tcp_prediction = TcpPrediction(self.core.punching.randrange,
+                                            peers=PeerSlot(self.core.peers, "tcp_prediction"))
         self.core.routes.transport_for = self.transport_for
         self.core.departing = self._departing
         self.tcp_punching = False

@@ -50,7 +50,7 @@ class Punching:
                  drain: Callable[[Peer, float], None], random_bytes: Callable[[int], bytes],
                  config: CoreConfig) -> None:
         self.peers = peers
-        self.traversal = Traversal(self._randrange, config.paths.punch_interval,
+        self.traversal = Traversal(self.randrange, config.paths.punch_interval,
                                    peers=PeerSlot(peers, "traversal"))
         """Our NAT and every peer's hard-NAT state."""
         self._events = events
@@ -60,7 +60,8 @@ class Punching:
         self._random_bytes = random_bytes
         self._wall_offset = config.wall_offset
 
-    def _randrange(self, low: int, high: int) -> int:
+    def randrange(self, low: int, high: int) -> int:
+        """A random integer in [low, high) from the node's randomness (probe ports, birthday guesses)."""
         return low + int.from_bytes(self._random_bytes(4), "little") % (high - low)
 
     def on_punch(self, peer: Peer, msg: m.Punch, now: float) -> None:

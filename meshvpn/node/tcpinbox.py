@@ -15,7 +15,8 @@ from meshvpn.node import events as ev
 from meshvpn.node.candidates import tcp_candidates_of
 from meshvpn.node.pathfinder import Path, PathKind
 from meshvpn.node.tcp.core import PathDown, PathUp, TcpEndpoint, WantPunch
-from meshvpn.node.tcp.prediction import Dial, SendSample
+from meshvpn.node.tcp.prediction import Dial, HardSide, SendSample, hard_side
+from meshvpn.node.traversal import profile_of
 from meshvpn.wire import Endpoint
 
 
@@ -91,9 +92,10 @@ class PunchPortInbox:
         self._settle(now)
 
     def _punch_tcp(self, punch: m.Punch, now: float) -> None:
-        """On the coord's ``punch``, punch over TCP too, unless the peer has a UDP path. Behind a
-        sequential NAT, towards a peer without a public UDP endpoint (its site drops UDP), take a
-        TCP port sample; against a peer that sent one, connect to the ports above it."""
+        """On the coord's ``punch``, punch over TCP too, unless the peer has a UDP path. Behind an
+        endpoint-dependent NAT, towards a peer without a public UDP endpoint (its site drops UDP),
+        take a TCP port sample; against a peer that sent one, connect to the ports above it (or to
+        random ports of its address, when its NAT draws them at random)."""
         peer = self.peers.by_key.get(punch.peer_key)
         candidates = [] if peer is None else tcp_candidates_of(peer.info)
         if not self.tcp_punching or not candidates or udp_direct(peer.route and peer.route.path):
@@ -101,8 +103,11 @@ class PunchPortInbox:
         self.tcp.punch(peer.key, candidates, now)
         info = peer.info  # a peer reachable over UDP gets UDP's prediction, which a TCP sample could upset
         udp_less = info.public_endpoint is None and info.mapped_endpoint is None
-        hard = self.core.punching.traversal.samples_ports and udp_less
-        self._predicted(self.tcp_prediction.punched(peer.key, punch.tcp_sample, hard, now), candidates, now)
+        traversal = self.core.punching.traversal
+        hard = hard_side(traversal.local) if udp_less and not self.tcp.mapped else HardSide.NO
+        peer_random = not profile_of(punch.nat).predictable
+        actions = self.tcp_prediction.punched(peer.key, punch.tcp_sample, peer_random, hard, now)
+        self._predicted(actions, candidates, now)
 
     def _predicted(self, actions: list, candidates: list, now: float) -> None:
         """Carry out TCP port prediction's wishes: connects, a sample to take, a sample to send."""

@@ -65,3 +65,23 @@ def test_a_udp_blocked_site_goes_direct_over_tcp_to_a_sequential_nat(hard, topo:
     finally:
         for proc in procs:
             topo.host("a2").stop(proc)
+
+
+@pytest.mark.parametrize("cgn", [False, True], ids=["random-ports", "cgn"])
+def test_a_udp_blocked_site_goes_direct_over_tcp_to_a_random_port_nat_by_a_birthday_campaign(
+        cgn: bool, topo: Topology, tmp_path: Path, meshes: list[Mesh]) -> None:
+    """a's NAT (or the ISP's, outside a port-preserving home NAT) draws a random TCP port per
+    destination: a1 opens 256 connections to b1's punch port from new ports, b1 connects to 768
+    random ports of a's address; one hit is a simultaneous open (95 % a round; two rounds allowed)."""
+    if cgn:
+        topo.add_site("isp", nat=NatKind.RANDOM_PORTS, hosts=0)
+    nat_a = NatKind.PORT_PRESERVING if cgn else NatKind.RANDOM_PORTS
+    mesh = build(topo, tmp_path, nat_a, NatKind.UDP_BLOCKED, **({"behind_a": "isp"} if cgn else {}))
+    meshes.append(mesh)
+    found = mesh.wait_for_paths({("a1", "b1"): ("tcp",), ("b1", "a1"): ("tcp",)}, timeout=30)
+    assert len(found) == 2, f"paths {mesh.peer('a1', 'b1')['path']}, {mesh.peer('b1', 'a1')['path']}\n{mesh.logs()}"
+    assert mesh.peer("b1", "a1")["endpoint"].startswith(topo.addr("isp" if cgn else "a") + ":")
+    assert mesh.status("b1")["self"]["tcp_punch"]["prediction"]["predicted"] >= 1
+    assert "via tcp" in mesh.cli("a1", "ping", "b1", "-c", "2").stdout
+    copy_a1_to_b1(mesh, 2 << 20, 1.0)
+    assert mesh.peer("a1", "b1")["path"] == "tcp"

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from meshvpn.control import messages as m
 from meshvpn.node.events import TcpAbort, TcpConnect, TcpPathChanged, TcpSampleWanted
 from meshvpn.node.pathfinder import PathKind
-from meshvpn.node.prediction import Allocation, NatProfile
+from meshvpn.node.prediction import PORT_SPACE, Allocation, NatProfile
 from meshvpn.node.tcp.core import TcpEndpoint
-from meshvpn.node.tcp.prediction import Dial, SendSample, TcpPrediction, TcpPredictionConfig, predicted_ports
+from meshvpn.node.tcp.prediction import (
+    Dial, HardSide, SendSample, TcpPrediction, TcpPredictionConfig, hard_side, predicted_ports,
+)
 from meshvpn.sim.nodes import ALICE_AT, BOB_AT
 from meshvpn.wire import Endpoint
 from test_node import move_bytes, taken, tcp_info, tcp_nodes
@@ -23,13 +27,14 @@ SEQUENTIAL = NatProfile(endpoint_independent=False, allocation=Allocation.SEQUEN
 
 
 def test_a_peer_s_sample_is_dialled_once_across_the_window_above_it() -> None:
-    p = TcpPrediction(TcpPredictionConfig(window=4))
-    assert p.punched(PEER, SAMPLE, hard=False, now=0.0) == [Dial(PEER, tuple(Endpoint(SAMPLE.host, port)
-                                                                       for port in (40001, 40002, 40003, 40004)))]
-    assert p.punched(PEER, SAMPLE, hard=False, now=0.5) == [], "the coord's punches within the sample's life repeat it"
+    p = TcpPrediction(random.Random(1).randrange, TcpPredictionConfig(window=4))
+    easy = {"peer_random": False, "hard": HardSide.NO}
+    window = tuple(Endpoint(SAMPLE.host, port) for port in (40001, 40002, 40003, 40004))
+    assert p.punched(PEER, SAMPLE, now=0.0, **easy) == [Dial(PEER, window)]
+    assert p.punched(PEER, SAMPLE, now=0.5, **easy) == [], "the coord's punches within the sample's life repeat it"
     newer = Endpoint(SAMPLE.host, 40100)
-    assert p.punched(PEER, newer, hard=False, now=3.0) == [Dial(PEER, predicted_ports(newer, 4))]
-    assert p.punched(PEER, None, hard=False, now=9.0) == []
+    assert p.punched(PEER, newer, now=3.0, **easy) == [Dial(PEER, predicted_ports(newer, 4))]
+    assert p.punched(PEER, None, now=9.0, **easy) == []
 
 
 def test_the_window_stops_at_the_last_port() -> None:
@@ -37,11 +42,12 @@ def test_the_window_stops_at_the_last_port() -> None:
 
 
 def test_the_hard_side_samples_at_most_once_per_gap_and_dials_from_new_ports_before_telling_the_peer() -> None:
-    p = TcpPrediction(TcpPredictionConfig(sample_gap=2.0))
-    assert p.punched(PEER, None, hard=True, now=10.0) == [TcpSampleWanted(PEER)]
-    assert p.punched(PEER, None, hard=True, now=10.1) == [], "the punch answering our own request"
-    assert p.punched(PEER, None, hard=True, now=11.9) == []
-    assert p.punched(PEER, None, hard=True, now=12.0) == [TcpSampleWanted(PEER)]
+    p = TcpPrediction(random.Random(1).randrange, TcpPredictionConfig(sample_gap=2.0))
+    hard = {"peer_random": False, "hard": HardSide.SEQUENTIAL}
+    assert p.punched(PEER, None, now=10.0, **hard) == [TcpSampleWanted(PEER)]
+    assert p.punched(PEER, None, now=10.1, **hard) == [], "the punch answering our own request"
+    assert p.punched(PEER, None, now=11.9, **hard) == []
+    assert p.punched(PEER, None, now=12.0, **hard) == [TcpSampleWanted(PEER)]
     peer_at = (Endpoint("198.51.100.2", 41641),)
     assert p.sampled(PEER, SAMPLE, peer_at) == [Dial(PEER, peer_at, fresh_port=True), SendSample(PEER, SAMPLE)]
     assert p.sampled(PEER, None, peer_at) == [], "no sample: the ordinary campaign goes on alone"
@@ -50,8 +56,8 @@ def test_the_hard_side_samples_at_most_once_per_gap_and_dials_from_new_ports_bef
 
 
 def test_the_easy_side_never_samples() -> None:
-    p = TcpPrediction()
-    assert p.punched(PEER, None, hard=False, now=0.0) == []
+    p = TcpPrediction(random.Random(1).randrange)
+    assert p.punched(PEER, None, peer_random=False, hard=HardSide.NO, now=0.0) == []
     assert p.counters == {"samples": 0, "predicted": 0}
 
 
@@ -129,3 +135,57 @@ def test_when_no_predicted_port_answers_a_new_punch_brings_a_new_sample(nodes) -
     assert m.PunchRequest(peer_key=b.public) in a.coord_out, "the campaign's repunch"
     a.from_coord(m.Punch(peer_key=b.public, endpoints=()), 18.0)
     assert taken(a, TcpSampleWanted) == [TcpSampleWanted(b.public)]
+
+
+# ---- random ports: a bounded birthday campaign ------------------------------------------------
+
+
+def test_a_random_port_peer_s_sample_makes_us_connect_to_random_ports_of_its_address() -> None:
+    rng = random.Random(7)
+    p = TcpPrediction(rng.randrange, TcpPredictionConfig(birthday_guesses=300))
+    (dial,) = p.punched(PEER, SAMPLE, peer_random=True, hard=HardSide.NO, now=0.0)
+    ports = [e.port for e in dial.endpoints]
+    assert not dial.fresh_port and {e.host for e in dial.endpoints} == {SAMPLE.host}
+    assert 280 <= len(ports) == len(set(ports)) <= 300 and all(PORT_SPACE[0] <= port < PORT_SPACE[1] for port in ports)
+    assert p.punched(PEER, SAMPLE, peer_random=True, hard=HardSide.NO, now=0.5) == []
+
+
+def test_a_random_port_side_opens_its_mappings_towards_the_peer_s_public_endpoint() -> None:
+    p = TcpPrediction(random.Random(1).randrange, TcpPredictionConfig(birthday_sockets=8))
+    assert p.punched(PEER, None, peer_random=False, hard=HardSide.RANDOM, now=0.0) == [TcpSampleWanted(PEER)]
+    mapped, public = Endpoint("198.51.100.2", 50000), Endpoint("198.51.100.2", 41641)
+    assert p.sampled(PEER, SAMPLE, (mapped, public)) == [Dial(PEER, (public,) * 8, fresh_port=True),
+                                                          SendSample(PEER, SAMPLE)]
+
+
+def test_the_campaign_s_bounds_give_the_documented_chance() -> None:
+    config = TcpPredictionConfig()
+    assert (config.birthday_sockets, config.birthday_guesses) == (256, 768)
+    assert config.birthday_probability() == pytest.approx(0.953, abs=0.001)
+
+
+@pytest.mark.parametrize("profile, side", [
+    (NatProfile(), HardSide.NO),
+    (NatProfile(endpoint_independent=True, allocation=Allocation.RANDOM), HardSide.NO),
+    (SEQUENTIAL, HardSide.SEQUENTIAL),
+    (NatProfile(endpoint_independent=False, allocation=Allocation.RANDOM), HardSide.RANDOM),
+])
+def test_which_side_samples(profile, side) -> None:
+    assert hard_side(profile) is side
+
+
+def test_a_random_port_side_and_a_udp_blocked_one_run_one_bounded_campaign() -> None:
+    a, b = tcp_nodes()
+    a.node.set_nat_profile(NatProfile(endpoint_independent=False, allocation=Allocation.RANDOM))
+    a.from_coord(m.Punch(peer_key=b.public, endpoints=()), 0.0)
+    assert taken(a, TcpSampleWanted) == [TcpSampleWanted(b.public)]
+    taken(a, TcpConnect)
+    sample = Endpoint(ALICE_AT[0], 51234)
+    a.node.tcp_sampled(b.public, sample, 0.05)
+    a.drain(0.05)
+    opened = taken(a, TcpConnect)
+    assert len(opened) == 256 and {(c.endpoint, c.fresh_port) for c in opened} == {(BOB_AT, True)}
+    random_nat = m.NatInfo(endpoint_independent=False, allocation="random")
+    b.from_coord(m.Punch(peer_key=a.public, endpoints=(), nat=random_nat, tcp_sample=m.Endpoint(*sample)), 0.1)
+    guesses = [c for c in taken(b, TcpConnect) if c.endpoint != ALICE_AT]
+    assert 700 <= len(guesses) <= 768 and {c.endpoint.host for c in guesses} == {ALICE_AT[0]}
