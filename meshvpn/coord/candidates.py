@@ -84,20 +84,22 @@ def sane_locals(endpoints: Iterable[m.Endpoint], observed_host: str) -> tuple[m.
 
 
 def take_samples(conn: Connection, message: m.PunchRequest, now: float) -> None:
-    """Keep the port samples of `message` that may be passed on: a sane UDP one, and a TCP one
-    only at the very address the node's channel comes from (its peer connects to the ports above
-    it, and must not be aimed at a third party)."""
+    """Keep the sane port samples of `message` (`punch_towards` passes them on while fresh)."""
     if sane_public(message.sample) is not None:
         conn.sample, conn.sample_at = message.sample, now
-    tcp = sane_public(message.tcp_sample)
-    if tcp is not None and plain_ip(tcp.host) == conn.observed_host:
-        conn.tcp_sample, conn.tcp_sample_at = tcp, now
+    if sane_public(message.tcp_sample) is not None:
+        conn.tcp_sample, conn.tcp_sample_at = message.tcp_sample, now
 
 
 def punch_towards(node: NodeRecord, conn: Connection, now: float) -> m.Punch:
-    """The `punch` that sends a peer towards `node`, online on `conn`, with its fresh samples."""
+    """The `punch` that sends a peer towards `node`, online on `conn`, with its fresh samples. A TCP
+    sample goes along only at an address of the node's own, the one its channel comes from or its
+    public (UDP) endpoint's (a node on IPv6 has no other IPv4 one): its peer connects to the ports
+    above it, or to random ports of that address, and must not be aimed at a third party."""
     sample = conn.sample if conn.sample is not None and now - conn.sample_at <= SAMPLE_LIFETIME else None
-    tcp_sample = conn.tcp_sample if conn.tcp_sample is not None and now - conn.tcp_sample_at <= SAMPLE_LIFETIME else None
+    tcp_sample = conn.tcp_sample if now - conn.tcp_sample_at <= SAMPLE_LIFETIME else None
+    own = {conn.observed_host, node.public_endpoint and node.public_endpoint.host}
+    tcp_sample = tcp_sample if tcp_sample is not None and plain_ip(tcp_sample.host) in own else None
     return m.Punch(node.key, candidates(node, conn.observed_host, sample), nat=conn.nat, sample=sample,
                    tcp_sample=tcp_sample)
 

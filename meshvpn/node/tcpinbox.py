@@ -97,10 +97,13 @@ class PunchPortInbox:
         take a TCP port sample; against a peer that sent one, connect to the ports above it (or to
         random ports of its address, when its NAT draws them at random)."""
         peer = self.peers.by_key.get(punch.peer_key)
-        candidates = [] if peer is None else tcp_candidates_of(peer.info)
-        if not self.tcp_punching or not candidates or udp_direct(peer.route and peer.route.path):
+        if peer is None:
             return
-        self.tcp.punch(peer.key, candidates, now)
+        candidates = tcp_candidates_of(peer.info)
+        if not self.tcp_punching or udp_direct(peer.route and peer.route.path) or not (candidates or punch.tcp_sample):
+            return
+        if candidates:  # else the peer's coord channel is not from its punch port (IPv6), but it sampled
+            self.tcp.punch(peer.key, candidates, now)
         info = peer.info  # a peer reachable over UDP gets UDP's prediction, which a TCP sample could upset
         udp_less = info.public_endpoint is None and info.mapped_endpoint is None
         traversal = self.core.punching.traversal

@@ -58,3 +58,18 @@ def test_the_tcp_sample_fields_round_trip(port: int) -> None:
     sample = m.Endpoint("203.0.113.9", port)
     for message in (m.PunchRequest(b"\x01" * 32, tcp_sample=sample), m.Punch(b"\x01" * 32, (), tcp_sample=sample)):
         assert m.decode(m.encode(message)) == message
+
+
+def test_a_node_on_ipv6_may_send_a_tcp_sample_at_its_public_ipv4_address():
+    core = Membership(MemoryStore(), MembershipSettings((Network("home", "10.77.0.0/24"),), keepalive=15.0), NOW)
+    token = core.create_auth_key("home", secret=bytes(32), now=NOW, reusable=True)[0]
+    public = m.Endpoint(HARD, 41641)
+    core.node_connected(1, b"\x01" * 32, "2001:db8:1:1::b", NOW, observed_port=50000)
+    core.receive(1, m.encode(m.Register("hard", "0.1", LAN, token, public_endpoint=public)), NOW)
+    core.node_connected(2, b"\x02" * 32, "198.51.100.1", NOW, observed_port=41641)
+    core.receive(2, m.encode(m.Register("easy", "0.1", LAN, token, tcp_punch=True)), NOW)
+    core.actions()
+    for host, passed in ((HARD, True), ("192.0.2.99", False)):
+        sample = m.Endpoint(host, 40001)
+        core.receive(1, m.encode(m.PunchRequest(b"\x02" * 32, tcp_sample=sample)), NOW + 1)
+        assert _punches(core)[2].tcp_sample == (sample if passed else None)

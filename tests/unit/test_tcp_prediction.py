@@ -189,3 +189,16 @@ def test_a_random_port_side_and_a_udp_blocked_one_run_one_bounded_campaign() -> 
     b.from_coord(m.Punch(peer_key=a.public, endpoints=(), nat=random_nat, tcp_sample=m.Endpoint(*sample)), 0.1)
     guesses = [c for c in taken(b, TcpConnect) if c.endpoint != ALICE_AT]
     assert 700 <= len(guesses) <= 768 and {c.endpoint.host for c in guesses} == {ALICE_AT[0]}
+
+
+def test_a_peer_known_by_no_tcp_endpoint_is_still_dialled_above_its_sample() -> None:
+    """A dual-stack peer registers over IPv6, so the coord never saw its punch port's IPv4 mapping
+    (`public_tcp`); its TCP sample is all there is to go by."""
+    a, b = tcp_nodes()
+    info = tcp_info(a)
+    b.from_coord(m.PeerUpdate(peer=m.PeerInfo(**{**info.__dict__, "public_tcp": None})), 0.0)
+    sample = m.Endpoint(ALICE_AT[0], 40000)
+    b.from_coord(m.Punch(peer_key=a.public, endpoints=()), 0.0)
+    assert taken(b, TcpConnect) == [], "nowhere to connect"
+    b.from_coord(m.Punch(peer_key=a.public, endpoints=(), tcp_sample=sample), 0.1)
+    assert [c.endpoint.port for c in taken(b, TcpConnect)] == list(range(40001, 40017))
