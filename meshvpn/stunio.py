@@ -9,6 +9,7 @@ every datagram for which `is_stun` is true to `StunClient.datagram_received`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import os
 from dataclasses import dataclass, field
@@ -124,35 +125,48 @@ class StunServer:
             self.tcp.close()
 
 
+PICK_ATTEMPTS = 5
+"""Tries at port 0 (any port) when the port the kernel picked for UDP is taken for a twin (TCP, IPv6)."""
+
+
 async def start_stun_server(host: str, port: int, alt: Address | None = None, tcp: bool = False) -> StunServer:
     """Serve STUN on (host, port), and on `alt` too for CHANGE-REQUEST and OTHER-ADDRESS; on the IPv4
     wildcard also on the IPv6 one (same port), for nodes' IPv6 mappings (no CHANGE-REQUEST there);
-    with `tcp`, Binding over TCP on the primary's address and port too (nodes' TCP port samples)."""
+    with `tcp`, Binding over TCP on the primary's address and port too (nodes' TCP port samples).
+
+    With port 0 the kernel picks the UDP port, and its twins need the same number, which another
+    socket may hold: then all of it is closed and picked again."""
+    for attempt in range(PICK_ATTEMPTS):
+        try:
+            return await _start_stun_server(host, port, alt, tcp)
+        except OSError as exc:
+            if port != 0 or exc.errno != errno.EADDRINUSE or attempt == PICK_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _start_stun_server(host: str, port: int, alt: Address | None, tcp: bool) -> StunServer:
     loop = asyncio.get_running_loop()
     stats = StunServerStats()
     _, primary = await loop.create_datagram_endpoint(
         lambda: StunServerProtocol(stats), local_addr=(host, port)
     )
     server = StunServer(primary)
-    twin = dual_socket(primary.local[1], v6_only=True) if host == IPV4_WILDCARD else None
-    if twin is not None:
-        _, server.ipv6 = await loop.create_datagram_endpoint(lambda: StunServerProtocol(stats), sock=twin)
-    if alt is not None:
-        try:
+    try:
+        twin = dual_socket(primary.local[1], v6_only=True) if host == IPV4_WILDCARD else None
+        if twin is not None:
+            _, server.ipv6 = await loop.create_datagram_endpoint(lambda: StunServerProtocol(stats), sock=twin)
+        if alt is not None:
             _, server.alternate = await loop.create_datagram_endpoint(
                 lambda: StunServerProtocol(stats), local_addr=alt
             )
-        except OSError:
-            server.close()
-            raise
-        primary.partner, server.alternate.partner = server.alternate, primary
-    if tcp:
-        try:
+            primary.partner, server.alternate.partner = server.alternate, primary
+        if tcp:
             server.tcp = await loop.create_server(lambda: StunTcpProtocol(stats), host, primary.local[1],
                                                   reuse_address=True)
-        except OSError:
-            server.close()
-            raise
+    except OSError:
+        server.close()
+        raise
     return server
 
 

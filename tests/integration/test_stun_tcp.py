@@ -1,6 +1,7 @@
 """STUN Binding over TCP (meshvpn.stuntcp) on loopback: the server the coord runs, and a node's sample."""
 
 import asyncio
+import errno
 import socket
 
 import pytest
@@ -80,3 +81,40 @@ async def _test_a_client_that_gets_no_stun_answer_raises():
             await tcp_binding(listener.sockets[0].getsockname()[:2], ("127.0.0.1", 0), 2.0)
     finally:
         listener.close()
+
+
+
+def test_at_port_0_a_udp_port_whose_tcp_twin_is_taken_is_picked_again():
+    """The kernel picks the UDP port at random, and another socket may hold its TCP twin: the first
+    TCP bind is made to fail as it would then, and the server starts on a second pick."""
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        real, tried = loop.create_server, []
+
+        async def taken_once(factory, host, port, **kwargs):
+            tried.append(port)
+            if len(tried) == 1:
+                raise OSError(errno.EADDRINUSE, "Address already in use")
+            return await real(factory, host, port, **kwargs)
+
+        loop.create_server = taken_once
+        server = await start_stun_server("127.0.0.1", 0, tcp=True)
+        try:
+            result = await tcp_binding(server.address, ("127.0.0.1", 0), 3.0)
+            return tried, server.address[1], server.tcp.sockets[0].getsockname()[1], result
+        finally:
+            server.close()
+
+    tried, udp_port, tcp_port, result = asyncio.run(scenario())
+    assert len(tried) == 2 and udp_port == tcp_port == tried[1]
+    assert result[0] == "127.0.0.1"
+
+
+def test_a_fixed_port_whose_tcp_twin_is_taken_says_so():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(OSError) as refused:
+            asyncio.run(start_stun_server("127.0.0.1", port, tcp=True))
+    assert refused.value.errno == errno.EADDRINUSE
