@@ -53,14 +53,25 @@ def format_status(status: dict) -> str:
             f"rx {format_bytes(peer['rx_bytes'])} tx {format_bytes(peer['tx_bytes'])}{groups}{_via(peer)}"
             f"{_last_change(peer)}",
         ))
+        if peer.get("relay_sums"):
+            lines.append(_status_line("", "", "relays", format_relay_sums(peer["relay_sums"], peer["relay"])))
     return "\n".join(lines)
 
 
 def _via(peer: dict) -> str:
-    """Which relay carries a relayed peer: `` via far`` or `` via host (peer relay)``."""
+    """Which relay carries a relayed peer and why: `` via far: lowest sum`` or `` via host (peer
+    relay): peer's home``."""
     if not peer.get("relay"):
         return ""
-    return f" via {peer['relay']}" + (" (peer relay)" if peer.get("peer_relay") else "")
+    why = f": {peer['relay_reason']}" if peer.get("relay_reason") else ""
+    return f" via {peer['relay']}" + (" (peer relay)" if peer.get("peer_relay") else "") + why
+
+
+def format_relay_sums(sums: dict, chosen: str) -> str:
+    """The relays both ends report, ours + theirs = sum each, the one in use marked:
+    ``*east 1+41=42 ms   west 120+1=121 ms``."""
+    return "   ".join(f"{'*' if name == chosen else ''}{name} {rtt['ours']}+{rtt['theirs']}={rtt['sum']} ms"
+                       for name, rtt in sums.items())
 
 
 def _last_change(peer: dict) -> str:

@@ -36,7 +36,7 @@ from meshvpn.control import messages as m
 from meshvpn.node import events as ev
 from meshvpn.node.core import CoreConfig, NodeCore
 from meshvpn.node.lanparty import LanParty
-from meshvpn.node.pairrelay import RttReport
+from meshvpn.node.pairrelay import RttReport, add_pair_status
 from meshvpn.node.peerrelay import PeerRelay, add_relay_status, reach_peer_relays
 from meshvpn.node.peers import Peer, PeerSlot, PeerTable
 from meshvpn.node.prediction import NatProfile
@@ -416,6 +416,9 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
         status["self"]["turn"] = self.turn.status()
         status["self"]["tcp_punch"] = {"peers": self.tcp.status(), "prediction": dict(self.tcp_prediction.counters)}
         add_relay_status(status, self.peers, self.relays, self.peer_relay)
+        routes = self.core.routes
+        infos = {peer.name: peer.info for peer in self.peers}
+        add_pair_status(status["peers"], infos, routes.own_rtts, routes.ready_relays)
         self.lan.add_status(status, self.peers)
         servers = {peer.name: self.turn.server_for(peer.route.endpoint) for peer in self.peers
                    if peer.route is not None}

@@ -17,7 +17,9 @@ answer before its first packet. Sans-IO: ``now`` is an argument.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from dataclasses import dataclass
+from enum import Enum
+from typing import Container, Mapping, Optional
 
 from meshvpn.control import messages as m
 
@@ -34,6 +36,42 @@ def pair_relay(ours: Mapping[str, int], theirs: Optional[tuple[m.RelayRtt, ...]]
     the peer reports none or no relay is common (the caller then keeps the peer's home)."""
     sums = [(rtt.ms + ours[rtt.relay], rtt.relay) for rtt in theirs or () if rtt.relay in ours]
     return min(sums)[1] if sums else None
+
+
+class RelayReason(Enum):
+    """Why a relayed pair goes through the relay it does (`meshvpn status`)."""
+
+    LOWEST_SUM = "lowest sum"
+    """Both ends report round trips: the relay with the lowest sum of the two."""
+    PEER_HOME = "peer's home"
+    """The peer reports none we share (or its choice is not ready here): its home relay."""
+    OWN_HOME = "our home"
+    """Neither of the above is ready on our side: our home relay."""
+
+
+@dataclass(frozen=True)
+class RelayChoice:
+    """The relay a relayed pair takes, and why."""
+
+    relay: Optional[str]
+    """The relay's name; None: our home."""
+    reason: RelayReason
+
+
+def choose_relay(ours: Mapping[str, int], ready: Container[str], info: Optional[m.PeerInfo]) -> RelayChoice:
+    """The pair's relay when ready on our side, else the peer's home when ready, else our home."""
+    pair = None if info is None else pair_relay(ours, info.relay_rtts)
+    if pair is not None and pair in ready:
+        return RelayChoice(pair, RelayReason.LOWEST_SUM)
+    if info is not None and info.home_relay is not None and info.home_relay in ready:
+        return RelayChoice(info.home_relay, RelayReason.PEER_HOME)
+    return RelayChoice(None, RelayReason.OWN_HOME)
+
+
+def relay_sums(ours: Mapping[str, int], theirs: Optional[tuple[m.RelayRtt, ...]]) -> dict[str, dict[str, int]]:
+    """Each relay both ends report, with our, their and the summed round trip (`meshvpn status`)."""
+    return {rtt.relay: {"ours": ours[rtt.relay], "theirs": rtt.ms, "sum": ours[rtt.relay] + rtt.ms}
+            for rtt in sorted(theirs or (), key=lambda rtt: rtt.relay) if rtt.relay in ours}
 
 
 def significant(old: int, new: int) -> bool:
@@ -69,3 +107,18 @@ class RttReport:
     def _take(self, nearest: dict[str, int], now: float) -> bool:
         self.reported, self._last = nearest, now
         return True
+
+
+def add_pair_status(entries: list[dict], infos: Mapping[str, m.PeerInfo], ours: Mapping[str, int],
+                    ready: Container[str]) -> None:
+    """`meshvpn status`: the round trips each peer reported (``relay_rtts``), and for a peer
+    relayed through a meshvpn relay (``relay`` set) why that one (``relay_reason``) and the sums it
+    was chosen from (``relay_sums``), so a surprising relay can be explained from the output alone."""
+    for entry in entries:
+        info = infos.get(entry["name"])
+        if info is None:
+            continue
+        entry["relay_rtts"] = None if info.relay_rtts is None else {rtt.relay: rtt.ms for rtt in info.relay_rtts}
+        if entry.get("relay"):
+            entry["relay_reason"] = choose_relay(ours, ready, info).reason.value
+            entry["relay_sums"] = relay_sums(ours, info.relay_rtts)

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 from meshvpn import wire
 from meshvpn.control.messages import PeerInfo
-from meshvpn.node.pairrelay import pair_relay
+from meshvpn.node.pairrelay import choose_relay
 from meshvpn.node.pathfinder import RELAY_PATH, Path, PathKind
 from meshvpn.node.peers import Route
 from meshvpn.node.transports import MAIN_SOCKET, Transport
@@ -52,9 +52,8 @@ class Routes:
             if self.relay_endpoint is None:
                 turn = self.turn.get(key)
                 return None if turn is None else self._route(path, turn)
-            pair = None if info is None else pair_relay(self.own_rtts, info.relay_rtts)
-            home = None if info is None else info.home_relay
-            relay = self.ready_relays.get(pair or "") or self.ready_relays.get(home or "", self.relay_endpoint)
+            choice = choose_relay(self.own_rtts, self.ready_relays, info)
+            relay = self.ready_relays.get(choice.relay or "", self.relay_endpoint)
             return self._route(path, relay, _RELAY_HEADER + key)
         if path.kind is PathKind.TCP:
             return self._route(path, path.endpoint)

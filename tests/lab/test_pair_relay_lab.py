@@ -6,7 +6,8 @@ Three sites behind random-port NATs (nothing direct joins any two of them) and t
 next to `west`, `b` a little farther from `east` and `c` far from it. Each end's nearest relay
 is its home; but the pair `a`–`b` is cheapest through `east` (b's far side is short) and the pair
 `a`–`c` through `west` (a's far side is shorter than c's). Both ends of each pair must land on
-the pair's relay, and a checksummed transfer goes through it.
+the pair's relay, say so in `meshvpn status` (`lowest sum`, with the sums), and a checksummed
+transfer goes through it.
 """
 
 from __future__ import annotations
@@ -79,7 +80,11 @@ def test_each_pair_lands_on_the_relay_with_the_lowest_sum(topo: Topology, tmp_pa
     for (x, y), relay in PAIR_RELAY.items():
         ends = {(src, dst): mesh.peer(src, dst) for src, dst in ((f"{x}1", f"{y}1"), (f"{y}1", f"{x}1"))}
         assert all(peer["relay"] == relay for peer in ends.values()), (relay, ends)
-    assert "via east" in mesh.cli("b1", "status").stdout
+        for peer in ends.values():
+            sums = {name: rtt["sum"] for name, rtt in peer["relay_sums"].items()}
+            assert peer["relay_reason"] == "lowest sum" and min(sums, key=sums.get) == relay, peer
+            assert set(peer["relay_rtts"]) == set(RELAYS), peer
+    assert " via east: lowest sum" in mesh.cli("b1", "status").stdout
     before = {name: mesh.relay_metrics(name) for name in RELAYS}
     sent, received = transfer(mesh.nodes["b1"].ns, mesh.nodes["a1"].ns, mesh.overlay("a1"), size=1 << 20, over=1.0)
     assert received.same_data(sent) and sent.bytes == 1 << 20, f"sent {sent}, received {received}"

@@ -13,6 +13,7 @@ import random
 from dataclasses import replace
 
 from meshvpn.control import messages as m
+from meshvpn.node.ctl import format_status
 from meshvpn.node.pathfinder import PathKind
 from meshvpn.relaytoken import TokenMinter
 from meshvpn.sim import FULL_CONE, SYMMETRIC_RANDOM, Host, Nat, Network, Scheduler
@@ -69,12 +70,18 @@ def relay_of(node, other):
     return route.endpoint
 
 
-def test_both_ends_take_the_relay_with_the_lowest_sum_not_their_nearest():
-    net, a, b, (east, mid, west) = relayed_pair(1)
+def flowing(seed, packets, seconds):
+    """`relayed_pair` after a second, then `packets` from a to b every 0.25 s, run for `seconds`."""
+    net, a, b, relays = relayed_pair(seed)
     net.scheduler.run_for(1.0)
-    for n in range(40):
+    for n in range(packets):
         net.scheduler.call_later(0.25 * n, a.send_ip, b, b"over the pair's relay %d" % n)
-    net.scheduler.run_for(10.0)
+    net.scheduler.run_for(seconds)
+    return net, a, b, relays
+
+
+def test_both_ends_take_the_relay_with_the_lowest_sum_not_their_nearest():
+    net, a, b, (east, mid, west) = flowing(1, 40, 10.0)
     assert a.mem.node.relays.home.name == "east" and b.mem.node.relays.home.name == "west", "each end's nearest"
     assert relay_of(a, b) == relay_of(b, a) == mid.endpoint
     a_rtts, b_rtts = a.mem.node.rtt_report.reported, b.mem.node.rtt_report.reported
@@ -85,3 +92,17 @@ def test_both_ends_take_the_relay_with_the_lowest_sum_not_their_nearest():
     a.send_ip(b, b"once more")
     net.scheduler.run_for(0.5)
     assert len(b.tun) == delivered_before + 1 and a.tun[-1].endswith(b"and back")
+
+
+def test_status_shows_the_peers_report_the_pairs_relay_and_why():
+    net, a, b, _ = flowing(2, 8, 3.0)
+    status = a.mem.node.status(net.scheduler.now)
+    to_b = next(entry for entry in status["peers"] if entry["name"] == "node1")
+    b_rtts = b.mem.node.rtt_report.reported
+    assert to_b["relay_rtts"] == b_rtts and set(b_rtts) == {"east", "mid", "west"}, to_b
+    assert (to_b["path"], to_b["relay"], to_b["relay_reason"]) == ("relay", "mid", "lowest sum")
+    a_rtts = a.mem.node.rtt_report.reported
+    assert to_b["relay_sums"] == {name: {"ours": a_rtts[name], "theirs": b_rtts[name], "sum": a_rtts[name] + b_rtts[name]}
+                                  for name in ("east", "mid", "west")}
+    text = format_status(status | {"self": {"name": "node0", "overlay": None}})
+    assert " via mid: lowest sum" in text and f"*mid {a_rtts['mid']}+{b_rtts['mid']}=" in text, text

@@ -142,3 +142,15 @@ def test_status_has_a_lan_line_once_the_node_joined_or_carried_something():
     assert lan_line.split()[:5] == ["-", "lan", "groups", "224.0.0.251", "broadcast"]
     assert "copies 6" in lan_line and "dropped rate_packets 3" in lan_line
     assert bob_line.endswith("groups 224.0.0.251")
+
+
+def test_a_relayed_peer_shows_its_relay_why_and_the_sums_under_it():
+    carol = {**STATUS["peers"][1], "path": "relay", "relay": "east", "relay_reason": "lowest sum",
+             "relay_rtts": {"east": 41, "west": 1},
+             "relay_sums": {"east": {"ours": 1, "theirs": 41, "sum": 42}, "west": {"ours": 120, "theirs": 1, "sum": 121}}}
+    _, carol_line, sums_line = ctl.format_status({**STATUS, "peers": [carol]}).splitlines()
+    assert carol_line.endswith(" via east: lowest sum"), carol_line
+    assert sums_line.split() == ["-", "relays", "*east", "1+41=42", "ms", "west", "120+1=121", "ms"]
+    by_host = {**carol, "relay": "h1", "peer_relay": True, "relay_reason": "peer's home", "relay_sums": {}}
+    assert ctl.format_status({**STATUS, "peers": [by_host]}).splitlines()[1].endswith(" via h1 (peer relay): peer's home")
+    assert len(ctl.format_status({**STATUS, "peers": [by_host]}).splitlines()) == 2, "no sums, no line"

@@ -5,7 +5,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshvpn.control import messages as m
-from meshvpn.node.pairrelay import REPORT_INTERVAL, RttReport, pair_relay, significant
+from meshvpn.node.pairrelay import (
+    REPORT_INTERVAL, RelayChoice, RelayReason, RttReport, add_pair_status, choose_relay, pair_relay, relay_sums,
+    significant,
+)
 
 
 def report(rtts: dict[str, int]) -> tuple[m.RelayRtt, ...]:
@@ -60,3 +63,33 @@ def test_at_most_the_eight_nearest_are_reported():
 def test_significance_needs_both_the_fraction_and_the_milliseconds():
     assert significant(10, 15) and not significant(10, 14)
     assert significant(100, 120) and not significant(100, 119)
+
+
+def peer(home: str | None, rtts: dict[str, int] | None) -> m.PeerInfo:
+    return m.PeerInfo(key=b"k" * 32, name="bob", address="100.64.0.2", online=True, home_relay=home,
+                      relay_rtts=None if rtts is None else report(rtts))
+
+
+def test_the_choice_says_why_and_falls_back_to_the_peers_home_then_ours():
+    ours = {"east": 1, "west": 120}
+    bob = peer("west", {"east": 41, "west": 1})
+    assert choose_relay(ours, {"east", "west"}, bob) == RelayChoice("east", RelayReason.LOWEST_SUM)
+    assert choose_relay(ours, {"west"}, bob) == RelayChoice("west", RelayReason.PEER_HOME), "the pair's not ready here"
+    assert choose_relay(ours, {"west"}, peer("west", None)) == RelayChoice("west", RelayReason.PEER_HOME)
+    assert choose_relay(ours, {"east"}, peer("west", None)) == RelayChoice(None, RelayReason.OWN_HOME)
+    assert choose_relay(ours, {"east"}, None) == RelayChoice(None, RelayReason.OWN_HOME)
+
+
+def test_status_shows_each_peers_report_and_for_a_relayed_one_the_reason_and_the_sums():
+    ours = {"east": 1, "west": 120}
+    entries = [{"name": "bob", "relay": "east"}, {"name": "carol"}, {"name": "dave", "relay": "west"}, {"name": "gone"}]
+    infos = {"bob": peer("west", {"east": 41, "west": 1, "north": 3}), "carol": peer(None, {"east": 5}),
+             "dave": peer("west", None)}
+    add_pair_status(entries, infos, ours, {"east", "west"})
+    bob, carol, dave, gone = entries
+    assert bob["relay_rtts"] == {"east": 41, "west": 1, "north": 3} and bob["relay_reason"] == "lowest sum"
+    assert bob["relay_sums"] == {"east": {"ours": 1, "theirs": 41, "sum": 42}, "west": {"ours": 120, "theirs": 1, "sum": 121}}
+    assert carol == {"name": "carol", "relay_rtts": {"east": 5}}, "not relayed: its report only"
+    assert (dave["relay_rtts"], dave["relay_reason"], dave["relay_sums"]) == (None, "peer's home", {})
+    assert gone == {"name": "gone"}
+    assert relay_sums(ours, None) == {}
