@@ -24,6 +24,8 @@ class Gateway:
     refuse_maps: bool = False
     refuse_tcp: bool = False
     """Refuse TCP mappings only (as a router allowing UDP forwards alone would)."""
+    refuse_pcp: bool = False
+    """Refuse PCP mappings only (NAT-PMP ones are granted)."""
     lifetime: int | None = None
     """Grant this lifetime instead of the one asked for."""
     seen: list = field(default_factory=list)
@@ -52,7 +54,7 @@ class Gateway:
     def _pcp(self, request: bytes) -> bytes:
         opcode, lifetime = request[1], struct.unpack_from("!I", request, 4)[0]
         tcp = opcode == 1 and request[36] == 6
-        result = 8 if (self.refuse_maps or self.refuse_tcp and tcp) and opcode == 1 and lifetime else 0
+        result = 8 if (self.refuse_maps or self.refuse_pcp or self.refuse_tcp and tcp) and opcode == 1 and lifetime else 0
         granted = self.lifetime if self.lifetime is not None and lifetime else lifetime
         header = struct.pack("!BBBBII", 2, 0x80 | opcode, 0, result, granted, self.epoch) + bytes(12)
         if opcode == 0:
@@ -307,6 +309,31 @@ def test_a_restarted_natpmp_gateway_is_asked_for_the_same_port_at_once() -> None
     machine.receive(gateway.answer(out[0].data), 1005.0)
     assert machine.outputs() == [MappingChanged(machine.mapping)]
     assert machine.mapping.external == (EXTERNAL, 50000) and machine.restarts == 1
+
+
+def test_a_natpmp_only_node_maps_again_when_the_gateway_announces_its_restart_in_pcp() -> None:
+    """miniupnpd speaks both but announces its start in PCP alone; one epoch serves both."""
+    machine, gateway = mapper(protocols=(Protocol.NATPMP,)), Gateway()
+    machine.probe(0.0)
+    run_until(machine, gateway, 2.0)
+    assert machine.mapping.protocol is Protocol.NATPMP and gateway.announcement()[0] == pcp.VERSION
+    gateway.now = 500.0
+    machine.receive(gateway.announcement(), 500.0)
+    assert machine.outputs() == [] and machine.restarts == 0, "an epoch that kept time"
+    out = restart_then_announce(machine, gateway, 1000.0)
+    assert out == [SendToGateway(natpmp.map_request(PORT, PORT, 7200))]
+    assert machine.restarts == 1 and machine.error.startswith("nat-pmp: the gateway restarted (epoch 5)")
+    machine.receive(gateway.answer(out[0].data), 1005.0)
+    assert machine.restarts == 1 and machine.mapping.granted == 1005.0 and machine.error is None
+
+
+def test_a_restart_announced_in_pcp_maps_again_what_went_through_natpmp() -> None:
+    machine, gateway = mapper(protocols=(Protocol.PCP, Protocol.NATPMP)), Gateway(refuse_pcp=True)
+    machine.probe(0.0)
+    run_until(machine, gateway, 2.0)
+    assert machine.mapping.protocol is Protocol.NATPMP
+    out = restart_then_announce(machine, gateway, 1000.0)
+    assert out == [SendToGateway(natpmp.map_request(PORT, PORT, 7200))] and machine.restarts == 1
 
 
 def test_a_renewal_answer_from_a_restarted_gateway_is_the_new_mapping() -> None:

@@ -20,7 +20,8 @@ Rules (the daemon's `meshvpn.node.portmap.shell` drives them):
 * **Renew** at half the granted lifetime; a mapping that lapses unrenewed is dropped and the
   gateway probed again. `probe` (network change) drops the mapping and starts over.
 * **Restart**: every NAT-PMP and PCP answer carries the gateway's epoch (`epoch.py`); one that
-  says the gateway restarted, and so forgot our mappings, has each mapped again at once.
+  says the gateway restarted, and so forgot our mappings, has each mapped again at once. An
+  announcement in the protocol we do not use counts too (miniupnpd announces only in PCP).
 * **Delete** on `close`: lifetime 0 (NAT-PMP, PCP with the same nonce) or DeletePortMapping.
 
 `mapping`, `phase` and `error` speak of the first transport (the UDP port); `mapping_of` of any.
@@ -41,6 +42,8 @@ from meshvpn.node.portmap.events import (
 from meshvpn.node.portmap.natpmp import PortMapError
 
 PREFERENCE = (Protocol.PCP, Protocol.NATPMP, Protocol.UPNP)
+EPOCH_PROTOCOLS = (Protocol.PCP, Protocol.NATPMP)
+"""The protocols whose every answer carries the gateway's epoch."""
 RTO = 0.25
 """First retransmission timeout of a request to the gateway; it doubles."""
 TRIES = 3
@@ -324,18 +327,24 @@ class PortMapper:
             self._granted(lease, Protocol.NATPMP, external, response.external_port, response.lifetime, now)
 
     def _restarted(self, protocol: Protocol, epoch: int, now: float, remap: bool) -> None:
-        """Count a restart that `epoch` reveals; with `remap`, map again at once what we map with it.
+        """Count a restart that `epoch` reveals; with `remap`, map again at once every port mapped
+        through NAT-PMP or PCP: the restarted gateway forgot them all.
 
         A MAP answer that reveals one is itself the new mapping (the renewal made it afresh);
-        any other answer (the gateway's announcement after a restart) leaves us without one."""
+        any other answer (the gateway's announcement after a restart) leaves us without one. An
+        announcement in a protocol we do not ask with is read against the epoch of one we do: a
+        gateway that speaks both keeps one epoch, and miniupnpd announces its start in PCP alone,
+        which a node mapping through NAT-PMP only would otherwise learn of at its renewal."""
+        if protocol not in self.protocols:
+            protocol = next((asked for asked in EPOCH_PROTOCOLS if asked in self.protocols), protocol)
         watch = self._epochs.get(protocol)
         if watch is None or not watch.restarted(epoch, now):
             return
         self.restarts += 1
         for lease in self._leases.values():
-            if remap and lease.using is protocol and lease.phase is Phase.MAPPED:
-                lease.error = f"{protocol}: the gateway restarted (epoch {epoch}), mapping again"
-                self._request(lease, protocol, now)
+            if remap and lease.using in EPOCH_PROTOCOLS and lease.phase is Phase.MAPPED:
+                lease.error = f"{lease.using}: the gateway restarted (epoch {epoch}), mapping again"
+                self._request(lease, lease.using, now)
 
     def _decide(self, now: float) -> None:
         """In the probe: map each port with the best protocol that answered once no better one is pending."""
