@@ -45,7 +45,7 @@ from meshvpn.bench.report import write_json
 from meshvpn.errors import MeshError
 from meshvpn.lab import Nat, NatKind, Namespace, Topology
 from meshvpn.lab.mesh import Mesh, wait_for
-from meshvpn.lab.upnp import UPNP_ROUTER, add_stun_server
+from meshvpn.lab.upnp import UPNP_ROUTER, UPNP_ROUTER_TCP_ONLY, add_stun_server
 from meshvpn.lab.usernat import UserNat, background_traffic
 from meshvpn.localsock import DaemonNotRunning
 from meshvpn.sim.nat import SYMMETRIC_RANDOM
@@ -119,6 +119,8 @@ KINDS: tuple[Kind, ...] = (
          carrier=NatKind.RANDOM_PORTS),
     Kind("upnp", UPNP_ROUTER, "random-ports NAT whose router maps ports on request (miniupnpd: UPnP IGD, "
          "NAT-PMP, PCP)", stun=True),
+    Kind(UPNP_ROUTER_TCP_ONLY.name, UPNP_ROUTER_TCP_ONLY, "the upnp router dropping UDP both ways: the LAN gets out "
+         "over TCP only, and a mapping of the TCP punch port is the way in", stun=True),
     Kind("dual-stack", NatKind.RANDOM_PORTS, "random-ports NAT for IPv4; IPv6 routed behind a stateful firewall "
          "(out and replies in)", ipv6=True),
     Kind(PEER_RELAY, UserNat("random-ports", SYMMETRIC_RANDOM).with_delay(RELAY_ADDR, FAR).with_delay(LIGHTHOUSE_ADDR, FAR),
