@@ -1,7 +1,7 @@
 """The node's control channel to the coord: connect, register, keep alive, reconnect, fail over.
 
 The link is a :mod:`meshvpn.node.coordclient` connection (a :mod:`meshvpn.channel` stream over
-TCP, or inside TLS to the coord's ``tls_port`` when plain TCP reaches none of its addresses;
+TCP, or inside TLS to the coord's ``tls_port``, raced a stagger after the plain addresses;
 the coord's key is pinned from the config).  The first message is ``register``; after
 that every message is handed to ``on_message``.  The link pings every ``keepalive`` seconds
 and answers the coord's pings; silence beyond :func:`meshvpn.node.coorddial.silence_limit`

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Union
 
 from meshvpn.control import messages as m
+from meshvpn.node.streamdial import StreamTarget
 from meshvpn.wire import Endpoint
 
 if TYPE_CHECKING:  # pathfinder imports the TCP punch core, which imports this module
@@ -224,15 +225,13 @@ class TcpAbort:
 
 @dataclass(frozen=True)
 class OpenRelayStream:
-    """Open a TCP stream (a secure channel pinned to `public_key`) to relay `name` at `endpoint`,
-    inside TLS when `tls` (``meshvpn.tlsenvelope``); the relay's `others` addresses (its name's
-    other family) are raced against it, a stagger later (``meshvpn.node.streamrace``)."""
+    """Open a TCP stream (a secure channel pinned to `public_key`) to relay `name`: the first of
+    `targets` (the relay's addresses, plain TCP and inside TLS, ``meshvpn.node.streamdial``) to
+    finish the channel handshake, each a stagger after the last (``meshvpn.node.streamrace``)."""
 
     name: str
-    endpoint: Endpoint
+    targets: tuple[StreamTarget, ...]
     public_key: bytes
-    tls: bool = False
-    others: tuple[Endpoint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -252,12 +251,11 @@ class SendRelayFrames:
 
 @dataclass(frozen=True)
 class TurnStream:
-    """Open the stream to TURN server `name` at `endpoint` (inside TLS when `tls`); with `endpoint`
-    None, close it."""
+    """Open the stream to TURN server `name`: the first of `targets` (its addresses, plain TCP and
+    inside TLS) to connect, raced as a relay's are; with no targets, close it."""
 
     name: str
-    endpoint: Optional[Endpoint]
-    tls: bool = False
+    targets: tuple[StreamTarget, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -222,18 +222,23 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
     def set_nat_profile(self, profile: NatProfile) -> None:
         self.core.punching.set_nat_profile(profile)
 
-    def network_changed(self, now: float, connections_lost: bool = False) -> None:
-        """The host's network changed and our new endpoints went to the coord: hello every relay and
-        re-probe every peer in use now, rather than waiting for timers tuned to a network that stays.
-
-        With `connections_lost` (they came from an address that is gone) the relay streams are
-        closed and reopened with the links' backoff, rather than left to go silent, and every TURN
-        allocation is made anew; the shell closed the extra sockets too (without, they and their pins
-        stay: the NAT may still hold their mappings, and a path on one comes back with the link)."""
+    def servers_network_changed(self, now: float, connections_lost: bool = False) -> None:
+        """The host's network just changed: hello every relay at once (a ready link checks itself, so
+        a network without UDP has its stream raced within a second), not after the endpoint round,
+        whose STUN may never answer there. With `connections_lost` (they came from an address that
+        is gone) the relay streams are closed and reopened with the links' backoff, rather than left
+        to go silent, and every TURN allocation is made anew."""
         if connections_lost:
             self._out += self.relays.drop_streams(now)
             self.turn.network_changed(now)
         self.relays.hello_now(now)
+        self._settle(now)
+
+    def network_changed(self, now: float, connections_lost: bool = False) -> None:
+        """The host's network changed and our new endpoints went to the coord: re-probe every peer in
+        use now, rather than waiting for timers tuned to a network that stays. With `connections_lost`
+        the shell closed the extra sockets too (without, they and their pins stay: the NAT may still
+        hold their mappings, and a path on one comes back with the link)."""
         self.core.punching.reprobe(now, sockets_closed=connections_lost)
         self._settle(now)
 

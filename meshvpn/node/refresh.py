@@ -8,8 +8,9 @@ changed; then it samples the NAT's behaviour, which takes longer, and reports ag
 changed. Rounds run every ``ENDPOINT_REFRESH`` seconds, and at once when the host's network
 changed (:meth:`EndpointRefresh.network_changed`): a round still waiting for an answer from the
 old network is abandoned, the birthday sockets (whose mappings belong to the old NAT) are closed
-and the coord link reconnects if the rules said so; the router's port mapping is probed again.
-Once the new endpoints are known *and* the
+and the coord link reconnects if the rules said so; the router's port mapping is probed again,
+and the relay and TURN links hear of it at once (``Node.servers_network_changed``: a network
+that lets no UDP out answers no STUN either). Once the new endpoints are known *and* the
 coord link is up, the node re-probes its peers and asks the coord to punch them again
 (``Node.network_changed``): a punch request sent while the link reconnects would be lost, and
 one sent before the new endpoints would make the peers punch towards the old ones.
@@ -82,6 +83,8 @@ class EndpointRefresh:
             log.info("coord link: reconnecting now on the new network")
             daemon.link.reconnect()
         daemon.portmap.reprobe()
+        daemon.node.servers_network_changed(daemon.loop.time(), change.connections_lost)
+        daemon.transmit()
         self._moved, self._fresh = True, False
         self._lost |= change.connections_lost
         self.close()

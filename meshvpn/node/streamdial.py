@@ -1,22 +1,32 @@
-"""When and how to (re)connect a stream to a server: backoff, and plain TCP or TLS.
+"""When and how to (re)connect a stream to a server: backoff, and plain TCP and TLS raced.
 
 A node falls back to a stream when UDP to a server gets no answer: to a meshvpn relay (its
 channel over TCP) or to a TURN server (RFC 8656 over TCP). Some networks then let nothing
-through but port 443, or nothing but TLS, so a server may offer a TLS port too. The rule, the
-same for both: a stream that fails to connect `attempts_per_kind` times in a row (refused, timed
-out, cut before it was up) is tried over the other kind at once, when the server has a TLS port;
-any other loss reconnects with the same kind after a doubling backoff.
+through but port 443, or nothing but TLS, so a server may offer a TLS port too. Trying plain
+TCP first and TLS only once it timed out would cost a whole connect timeout on such a network,
+so every connection is a race (Happy Eyeballs, `meshvpn.node.streamrace`) over `targets`: each
+of the server's addresses (in its family order) with the kind that won last (plain TCP at
+first), then each with the other kind, a stagger apart; the first to finish its handshake wins.
+A lost stream is reconnected after a doubling backoff, with the same race.
 
 Sans-IO: the owner asks `due(now)`, says `attempt()` when it asks the shell to connect, and
-passes on `up()` and `down(now)`.
+passes on `up(tls)` and `down(now)`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional, Sequence
 
 from meshvpn.backoff import doubling
+from meshvpn.wire import Endpoint
+
+
+class StreamTarget(NamedTuple):
+    """One attempt of a stream's race: the server's address and port, and whether inside TLS."""
+
+    endpoint: Endpoint
+    tls: bool = False
 
 
 @dataclass
@@ -27,9 +37,6 @@ class DialConfig:
     """First wait before reconnecting a lost stream; doubles per failure."""
     backoff_max: float = 10.0
     """Longest wait between attempts."""
-    attempts_per_kind: int = 1
-    """Failed connections in a row before the other kind (plain TCP or TLS) is tried: a blocked
-    port costs one connect timeout."""
 
 
 class StreamDial:
@@ -42,10 +49,10 @@ class StreamDial:
         self.connecting = False
         self.connected = False
         self.tls = False
-        """Whether the next (or current) connection is TLS to `tls_port` rather than plain TCP."""
+        """Whether the current (or last) connection is TLS to `tls_port` rather than plain TCP;
+        that kind goes first in the next race."""
         self.retry_at = 0.0
         self._failures = 0
-        self._failed_connects = 0
 
     def want(self, wanted: bool = True) -> None:
         self.wanted = wanted
@@ -62,28 +69,25 @@ class StreamDial:
         """The owner asked the shell to connect; `up` or `down` follows."""
         self.connecting = True
 
-    def up(self) -> None:
-        """The stream is established."""
+    def targets(self, addresses: Sequence[Endpoint], plain_port: int) -> tuple[StreamTarget, ...]:
+        """The race of the next connection: every address (in the order given) with the kind that
+        won last, then every address with the other kind when the server has a TLS port."""
+        kinds = (self.tls, not self.tls) if self.tls_port is not None else (False,)
+        return tuple(StreamTarget(address._replace(port=self.tls_port if tls else plain_port), tls)
+                     for tls in kinds for address in addresses)
+
+    def up(self, tls: bool = False) -> None:
+        """The stream is established, inside TLS or not (the race's winner)."""
         self.connecting, self.connected = False, True
-        self._failures = self._failed_connects = 0
+        self.tls = tls and self.tls_port is not None
+        self._failures = 0
 
     def down(self, now: float) -> None:
-        """The stream failed to connect, or closed: when and how to try again."""
-        failed_to_connect = self.connecting
+        """The stream failed to connect, or closed: try again after the backoff."""
         self.connecting = self.connected = False
         cfg = self.config
         self.retry_at = now + doubling(cfg.backoff_initial, cfg.backoff_max, self._failures)
         self._failures += 1
-        if failed_to_connect and self.tls_port is not None:
-            self._failed_connects += 1
-            if self._failed_connects >= cfg.attempts_per_kind:
-                self.tls = not self.tls
-                self._failed_connects = 0
-                self.retry_at = now
-
-    def port(self, plain_port: int) -> int:
-        """The server's port for the next connection."""
-        return self.tls_port if self.tls and self.tls_port is not None else plain_port
 
     @property
     def kind(self) -> str:

@@ -11,7 +11,8 @@ from typing import Any, Iterable, Optional
 
 from meshvpn.node import events as ev
 from meshvpn.node.relay.link import Transport as RelayTransport
-from meshvpn.wire import Endpoint, MessageType
+from meshvpn.node.streamdial import StreamTarget
+from meshvpn.wire import MessageType
 
 _HELLO_ACK = MessageType.RELAY_HELLO_ACK
 
@@ -24,9 +25,12 @@ class StreamInbox:
     _out: list
     _settle: Any
 
-    def turn_stream_changed(self, name: str, up: bool, now: float) -> None:
-        """The stream to TURN server `name` is connected (`up`), or failed or closed."""
-        (self.turn.stream_up if up else self.turn.stream_ended)(name, now)
+    def turn_stream_changed(self, name: str, up: bool, now: float, tls: bool = False) -> None:
+        """The stream to TURN server `name` is connected (`up`, inside TLS or not), or failed or closed."""
+        if up:
+            self.turn.stream_up(name, now, tls)
+        else:
+            self.turn.stream_ended(name, now)
         self._settle(now)
 
     def receive_turn_stream(self, name: str, data: bytes, now: float) -> None:
@@ -34,10 +38,10 @@ class StreamInbox:
         self.turn.receive_stream(name, data, now)
         self._settle(now)
 
-    def relay_stream_up(self, name: str, now: float, endpoint: Optional[Endpoint] = None) -> None:
-        """The TCP stream to relay `name` is established (its channel is up), to `endpoint` (the
-        relay's address that won the connection race, with the stream's port)."""
-        self.relays.tcp_up(name, now, endpoint)
+    def relay_stream_up(self, name: str, now: float, target: Optional[StreamTarget] = None) -> None:
+        """The TCP stream to relay `name` is established (its channel is up), to `target` (the
+        relay's address and kind that won the connection race, with the stream's port)."""
+        self.relays.tcp_up(name, now, target)
         self._settle(now)
 
     def relay_stream_ended(self, name: str, now: float) -> None:

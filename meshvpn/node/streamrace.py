@@ -1,9 +1,10 @@
 """Connect to the first of a server's addresses that answers, a stagger apart (RFC 8305).
 
-The coord link races the coord's addresses, and a relay named with AAAA and A records is
-reached at two addresses whose TCP or TLS stream is wanted exactly when UDP got no answer,
-often because one family is broken. Connecting to one address after the other would cost a
-whole connect timeout per blackholed address, so the attempts overlap (`meshvpn.node.eyeballs`):
+The coord link races the coord's addresses (plain, then its TLS port), and a relay's or TURN
+server's stream races its addresses over plain TCP and over TLS (`meshvpn.node.streamdial`):
+it is wanted exactly when UDP got no answer, often because one family is broken, or because the
+network lets only TLS on port 443 out. Trying one attempt after the other would cost a whole
+connect timeout per blackholed one, so the attempts overlap (`meshvpn.node.eyeballs`):
 the next one starts `STAGGER` after the last while none has connected, at once when one
 failed; the first connection wins and the others are closed.
 """

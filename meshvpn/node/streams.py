@@ -1,4 +1,4 @@
-"""The daemon's outgoing streams to servers: TCP, or TLS (`meshvpn.tlsenvelope`), opened on the node's wish.
+"""The daemon's outgoing streams to servers: TCP or TLS (`meshvpn.tlsenvelope`), opened on the node's wish.
 
 A node falls back to a stream when UDP to a server gets no answer: to a meshvpn relay (its
 secure channel over TCP, `meshvpn.node.relay.shell`) or to a TURN server (RFC 8656 over TCP,
@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 from meshvpn import tlsenvelope
 from meshvpn.errors import MeshError
 from meshvpn.node.node import Node
+from meshvpn.node.streamdial import StreamTarget
 from meshvpn.node.streamrace import first_connection
 from meshvpn.wire import Endpoint
 
@@ -29,18 +30,24 @@ READ_SIZE = 65536
 class Stream:
     """One connection to a server, by the name the node gave it."""
 
-    def __init__(self, owner: StreamSet, name: str, endpoint: Endpoint, tls: bool,
-                 others: Sequence[Endpoint] = ()) -> None:
+    def __init__(self, owner: StreamSet, name: str, targets: Sequence[StreamTarget]) -> None:
         self.owner = owner
         self.name = name
-        self.endpoint = endpoint
-        """The server's address; once connected, the one of `endpoint` and `others` that won the race."""
-        self.others = tuple(others)
-        self.tls = tls
+        self.targets = tuple(targets)
+        self.target = self.targets[0]
+        """Where the stream goes; once connected, the one of `targets` that won the race."""
         self.state: Any = None
         """The subclass's per-stream state (a relay's secure channel)."""
         self.writer: Optional[asyncio.StreamWriter] = None
         self.task = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.target.endpoint
+
+    @property
+    def tls(self) -> bool:
+        return self.target.tls
 
     def write(self, data: bytes) -> None:
         if self.writer is not None and data:
@@ -50,15 +57,22 @@ class Stream:
         self.task.cancel()
 
     async def _run(self) -> None:
-        owner, kind = self.owner, "TLS" if self.tls else "TCP"
+        owner = self.owner
+        contexts = {True: tlsenvelope.client_context()} if any(t.tls for t in self.targets) else {}
+
+        async def connect(target: StreamTarget) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Any]:
+            async def opened() -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Any]:
+                reader, writer = await asyncio.open_connection(*target.endpoint, ssl=contexts.get(target.tls))
+                try:
+                    return reader, writer, await owner.handshake(self.name, reader, writer)
+                except BaseException:
+                    writer.close()
+                    raise
+            return await asyncio.wait_for(opened(), CONNECT_TIMEOUT)
+
         try:
-            context = tlsenvelope.client_context() if self.tls else None
-
-            async def connect(endpoint: Endpoint) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-                return await asyncio.wait_for(asyncio.open_connection(*endpoint, ssl=context), CONNECT_TIMEOUT)
-
-            (reader, self.writer), self.endpoint = await first_connection(
-                (self.endpoint, *self.others), connect, lambda streams: streams[1].close())
+            (reader, self.writer, self.state), self.target = await first_connection(
+                self.targets, connect, lambda won: won[1].close())
             owner.connected(self)
             owner.transmit()
             while data := await reader.read(READ_SIZE):
@@ -68,7 +82,8 @@ class Stream:
         except asyncio.CancelledError:
             raise
         except (OSError, asyncio.TimeoutError, EOFError, MeshError) as exc:
-            log.info("%s %s: %s connection lost: %s", owner.what, self.name, kind, exc or type(exc).__name__)
+            log.info("%s %s: %s connection lost: %s", owner.what, self.name, "TLS" if self.tls else "TCP",
+                     exc or type(exc).__name__)
         finally:
             if self.writer is not None:
                 self.writer.close()
@@ -89,12 +104,12 @@ class StreamSet:
         self._streams: dict[str, Stream] = {}
         self._closed = False
 
-    def open(self, name: str, endpoint: Endpoint, tls: bool, others: Sequence[Endpoint] = ()) -> None:
-        """Connect to `endpoint`, racing the server's `others` addresses (`meshvpn.node.streamrace`)."""
-        if not self._closed:
-            log.info("%s %s: no answer over UDP, trying %s at %s", self.what, name, "TLS" if tls else "TCP",
-                     ", ".join(map(str, (endpoint, *others))))
-            self._streams[name] = Stream(self, name, endpoint, tls, others)
+    def open(self, name: str, targets: Sequence[StreamTarget]) -> None:
+        """Connect to the first of `targets` to finish its handshake (`meshvpn.node.streamrace`)."""
+        if not self._closed and targets:
+            log.info("%s %s: no answer over UDP yet, racing %s", self.what, name,
+                     ", ".join(f"{'TLS' if t.tls else 'TCP'} {t.endpoint}" for t in targets))
+            self._streams[name] = Stream(self, name, targets)
 
     def close_stream(self, name: str) -> None:
         stream = self._streams.pop(name, None)
@@ -120,8 +135,13 @@ class StreamSet:
 
     # ---- what the bytes mean: the subclass's ----------------------------------------------
 
+    async def handshake(self, name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
+        """Bring the server's protocol up on a fresh connection (inside the race, so that a
+        connection that gets through but carries nothing loses it); the stream's `state`."""
+        return None
+
     def connected(self, stream: Stream) -> None:
-        """The connection (and TLS) is up."""
+        """The race's winner is up (its handshake done)."""
 
     def received(self, stream: Stream, data: bytes) -> None:
         """Bytes from the server."""

@@ -191,8 +191,9 @@ def test_a_relay_named_with_both_families_is_reached_over_ipv4_within_2s_when_ip
 def test_without_udp_or_ipv6_the_stream_races_the_relays_names_addresses(lab: Lab, tmp_path: Path,
                                                                           meshes: list[Mesh]) -> None:
     """Site a lets out only TCP to 443 and its IPv6 drops everything: UDP gets no answer from either
-    address, and the stream's attempts to the blackholed IPv6 address never end by themselves;
-    the one to IPv4, 250 ms later, connects (plain TCP refused, then TLS on 443)."""
+    address, and the stream races plain TCP to each address, IPv6 first, then TLS to each, 250 ms
+    apart: the attempts to the blackholed IPv6 address and to the dropped plain port never end by
+    themselves, and TLS to IPv4 wins."""
     topo = Topology(lab, ipv6=True)
     topo.add_server("coord", addrs=[COORD_ADDR])
     topo.add_server("relay", addrs=[RELAY_ADDR])
@@ -208,4 +209,6 @@ def test_without_udp_or_ipv6_the_stream_races_the_relays_names_addresses(lab: La
                     "a1's relay link to come up")
     assert link["transport"] == "tls" and link["address"] == f"{RELAY_ADDR}:7500", link
     log = (mesh.dir / "a1.log").read_text()
-    assert f"trying TCP at [{topo.addr6('relay')}]:7500, {RELAY_ADDR}:7500" in log, log[-2000:]
+    v6 = topo.addr6("relay")
+    race = f"TCP [{v6}]:7500, TCP {RELAY_ADDR}:7500, TLS [{v6}]:{TLS_PORT}, TLS {RELAY_ADDR}:{TLS_PORT}"
+    assert f"racing {race}" in log, log[-2000:]

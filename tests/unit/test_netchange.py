@@ -152,11 +152,11 @@ def test_relay_streams_from_a_lost_address_are_closed_and_reopened():
     a.drain(now)
     a.other_out.clear()
 
-    a.node.network_changed(now)
+    a.node.servers_network_changed(now)
     a.drain(now)
     assert not any(isinstance(o, CloseRelayStream) for o in a.other_out), "a link flap keeps the stream"
     a.other_out.clear()
-    a.node.network_changed(now, connections_lost=True)
+    a.node.servers_network_changed(now, connections_lost=True)
     a.drain(now)
     assert [type(o) for o in a.other_out] == [CloseRelayStream]
     while not any(isinstance(o, OpenRelayStream) for o in a.other_out):

@@ -11,6 +11,7 @@ from meshvpn.node.eyeballs import STAGGER
 from meshvpn.node.relay.addresses import RelayAddresses
 from meshvpn.node.relay.core import RelaySet
 from meshvpn.node.relay.link import ReadyChanged, RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport
+from meshvpn.node.streamdial import StreamTarget
 from meshvpn.relay.core import RelayCore
 from meshvpn.relaytoken import TokenMinter
 from meshvpn.wire import Endpoint
@@ -90,9 +91,8 @@ def test_both_silent_fall_back_to_the_stream_when_a_single_address_link_does():
     h = TwoFamilies(works=())
     one = Harness(udp_works=False)
     one.token(0.0)
-    assert fallback_time(h.link, h.step) == fallback_time(one.link, one.step) == 1.5
-    assert len(h.to(V6)) == len(h.to(V4)) == 3, "three rounds, each IPv6 then IPv4, before the stream"
-    assert all(v4 - v6 == STAGGER for v6, v4 in zip(h.to(V6), h.to(V4)))
+    assert fallback_time(h.link, h.step) == fallback_time(one.link, one.step) == RelayLinkConfig().stream_after
+    assert h.to(V6) == [0.0, 0.5] and h.to(V4) == [STAGGER], "a round, IPv6 then IPv4, before the stream"
 
 
 def test_a_failing_address_makes_the_other_family_go_first_before_any_stream():
@@ -162,9 +162,11 @@ def test_the_stream_races_both_addresses_the_failed_one_last():
         relays.handle_timer(now)
         assert now < 5
     [wish] = wishes
-    assert now == 1.5 and (wish.endpoint, wish.others, wish.tls) == (V6, (V4,), False)
+    tls6, tls4 = V6._replace(port=443), V4._replace(port=443)
+    assert now == 0.5 and wish.targets == (StreamTarget(V6), StreamTarget(V4), StreamTarget(tls6, True),
+                                           StreamTarget(tls4, True)), "plain TCP first, each family in turn"
     link = relays.links["r1"]
-    relays.tcp_up("r1", now, V4)  # the IPv4 attempt won the stream's race
+    relays.tcp_up("r1", now, StreamTarget(V4))  # the IPv4 attempt won the stream's race
     assert relays.status()[0]["address"] == str(V4) and relays.status()[0]["transport"] == "tcp"
     relays.tcp_down("r1", now)
     assert relays.status()[0]["address"] == str(V6), "no stream: the address the hellos go to first"

@@ -11,6 +11,7 @@ from meshvpn.lab.flood import costly_hello
 from meshvpn.config import RelayLimits
 from meshvpn.control.messages import RelayInfo
 from meshvpn.node.relay.link import ReadyChanged, RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport
+from meshvpn.node.streamdial import StreamTarget
 from meshvpn.relay.core import DH_BURST, RelayCore, Stream
 from meshvpn.relaytoken import TOKEN_LIFETIME, TokenMinter
 from meshvpn.wire import Endpoint, MessageType
@@ -89,46 +90,97 @@ def test_no_token_no_hello():
     assert h.sent == [] and not h.link.ready
 
 
-def test_without_udp_the_link_falls_back_to_tcp_quickly():
-    h = Harness(udp_works=False)
-    h.token(0.0)
-    h.run(0.0, 1.5)
-    assert h.link.stream.wanted and h.link.transport is Transport.TCP and not h.link.ready
-    h.relay.stream_opened(Stream(1), keys.public_key(NODE), WALL + 1.6)
-    h.link.tcp_up(1.6)
-    h.step(1.6)
-    assert h.link.ready and h.events == [(1.6, True)]
+def stream_up(h, now, target=None):
+    """The shell's race won (its channel handshake with the relay done) at `now`."""
+    h.link.stream.attempt()
+    h.relay.stream_opened(Stream(1), keys.public_key(NODE), WALL + now)
+    h.link.tcp_up(now, target)
+    h.step(now)
 
 
-def test_a_working_udp_path_takes_over_from_tcp():
+def test_without_udp_a_stream_is_raced_beside_the_hellos_after_stream_after():
     h = Harness(udp_works=False)
     h.token(0.0)
-    h.run(0.0, 1.5)
-    h.relay.stream_opened(Stream(1), keys.public_key(NODE), WALL + 1.6)
-    h.link.tcp_up(1.6)
+    h.run(0.0, 0.25)
+    assert not h.link.stream.wanted and h.link.get_timer() == 0.5
+    h.run(0.5, 0.5)
+    assert h.link.stream.wanted and h.link.transport is Transport.UDP, "UDP goes on beside the stream"
+    assert h.sent.count(SendUdp) == 2
+    stream_up(h, 0.6)
+    assert h.link.ready and h.events == [(0.6, True)] and h.link.transport is Transport.TCP
+    assert h.sent[-2:] == [SendTcp, ReadyChanged], "the first hello on the stream goes out at once"
+
+
+def test_udp_hellos_go_on_beside_the_stream_then_only_every_udp_retry():
+    h = Harness(udp_works=False)
+    h.token(0.0)
+    h.run(0.0, 0.5)
+    stream_up(h, 0.6)
+    h.run(0.75, 40.0)
+    udp = [t for t, kind in zip(itertools.count(), h.sent) if kind is SendUdp]
+    assert len(udp) == 3 + 1, "the udp_attempts at the retry interval, then one at udp_retry"
+
+
+def test_a_udp_ack_after_the_stream_won_moves_the_link_back_to_udp():
+    """UDP that works later (the stream won at start): its next UDP hello, `udp_retry` after, moves the link."""
+    h = Harness(udp_works=False)
+    h.token(0.0)
+    h.run(0.0, 0.5)
+    stream_up(h, 0.6)
     h.udp_works = True
-    h.run(1.75, 40.0)
-    assert h.link.transport is Transport.UDP and not h.link.stream.wanted
+    h.run(0.75, 30.5)
+    assert h.link.transport is Transport.TCP
+    h.run(30.75, 31.0)
+    assert h.link.transport is Transport.UDP and not h.link.stream.wanted and h.link.ready
     assert h.relay.registered_link(keys.public_key(NODE)) == NODE_EP
 
 
+def test_a_udp_ack_before_the_stream_is_up_closes_it_and_keeps_udp():
+    h = Harness(udp_works=False)
+    h.token(0.0)
+    h.run(0.0, 0.5)
+    assert h.link.stream.wanted
+    h.link.stream.attempt()
+    h.udp_works = True
+    h.run(0.75, 1.0)
+    assert h.link.ready and h.link.transport is Transport.UDP and not h.link.stream.wanted
+    h.link.tcp_up(1.1)  # the race finished after all: the node's relay set closes the unwanted stream
+    h.step(1.1)
+    assert h.link.transport is Transport.UDP and SendTcp not in h.sent
+
+
 def test_after_a_network_change_a_link_on_tcp_tries_udp_at_once():
-    """No UDP for a while (a link outage): the link fell back to TCP, whose stream does not come up.
+    """No UDP for a while (a link outage): the link moved to a stream, which then went down too.
     The network is back and changed: `hello_now` sends a UDP hello now, not at the next UDP retry."""
     h = Harness(udp_works=False)
     h.token(0.0)
-    h.run(0.0, 1.5)
+    h.run(0.0, 0.5)
+    stream_up(h, 0.6)
+    h.run(0.75, 5.0)
+    h.link.tcp_down(5.0)
     assert h.link.transport is Transport.TCP and not h.link.ready
     h.udp_works = True
-    h.link.hello_now(1.6)
-    h.step(1.6)
-    assert h.link.ready and h.link.transport is Transport.UDP and h.events == [(1.6, True)]
+    h.link.hello_now(5.1)
+    h.step(5.1)
+    assert h.link.ready and h.link.transport is Transport.UDP and h.events[-1] == (5.1, True)
+
+
+def test_a_network_change_onto_a_network_without_udp_races_a_stream_within_a_second():
+    h = Harness()
+    h.token(0.0)
+    h.run(0.0, 3.0)
+    h.udp_works = False
+    h.link.hello_now(3.1)
+    h.step(3.1)
+    assert h.link.ready and not h.link.stream.wanted
+    h.run(3.6, 3.6)
+    assert not h.link.ready and h.link.stream.wanted, "the check timed out: the stream races at once"
 
 
 def test_a_lost_tcp_connection_is_retried_with_backoff():
     h = Harness(udp_works=False)
     h.token(0.0)
-    h.run(0.0, 1.5)
+    h.run(0.0, 0.5)
     h.link.tcp_down(2.0)
     assert h.link.stream.retry_at == 2.5
     h.link.tcp_down(2.5)
@@ -136,61 +188,40 @@ def test_a_lost_tcp_connection_is_retried_with_backoff():
     assert h.link.get_timer() <= 3.5
 
 
-def test_when_plain_tcp_cannot_connect_the_stream_goes_over_tls_at_once():
+def test_the_stream_races_plain_tcp_then_tls_and_the_winner_goes_first_next_time():
     h = Harness(udp_works=False, tls_port=443)
     h.token(0.0)
-    h.run(0.0, 1.5)
-    assert h.link.stream.wanted and not h.link.stream.tls and h.link.stream.port(7500) == 7500
-    h.link.stream.attempt()
-    h.link.tcp_down(6.5)  # the connect timed out: the port is blocked
-    assert h.link.stream.tls and h.link.stream.port(7500) == 443 and h.link.stream.retry_at == 6.5
-    h.link.stream.attempt()
-    h.relay.stream_opened(Stream(1), keys.public_key(NODE), WALL + 6.7)
-    h.link.tcp_up(6.7)
-    h.step(6.7)
+    h.run(0.0, 0.5)
+    relay = Endpoint("203.0.113.2", 7500)
+    tcp, tls = StreamTarget(relay), StreamTarget(relay._replace(port=443), True)
+    assert h.link.stream.targets([relay], 7500) == (tcp, tls)
+    stream_up(h, 0.8, tls)  # plain TCP got no answer: the port is blocked
     assert h.link.ready and h.link.transport_name == "tls"
-
-
-def test_a_stream_lost_after_it_was_up_keeps_its_kind_and_backs_off():
-    h = Harness(udp_works=False, tls_port=443)
-    h.token(0.0)
-    h.run(0.0, 1.5)
-    h.link.stream.attempt()
-    h.link.tcp_up(1.6)
     h.link.tcp_down(9.0)
-    assert not h.link.stream.tls and h.link.stream.retry_at == 9.5
-
-
-def test_tls_that_cannot_connect_either_goes_back_to_plain_tcp():
-    h = Harness(udp_works=False, tls_port=443)
-    h.token(0.0)
-    h.run(0.0, 1.5)
-    for now, tls in ((6.5, True), (11.5, False), (16.5, True)):
-        h.link.stream.attempt()
-        h.link.tcp_down(now)
-        assert h.link.stream.tls is tls
+    assert h.link.stream.retry_at == 9.5 and h.link.stream.targets([relay], 7500) == (tls, tcp)
 
 
 def test_a_relay_without_a_tls_port_is_only_tried_over_plain_tcp():
     h = Harness(udp_works=False)
     h.token(0.0)
-    h.run(0.0, 1.5)
-    for now in (6.5, 12.0, 18.0):
-        h.link.stream.attempt()
-        h.link.tcp_down(now)
-        assert not h.link.stream.tls and h.link.stream.port(7500) == 7500 and h.link.transport_name == "tcp"
+    h.run(0.0, 0.5)
+    relay = Endpoint("203.0.113.2", 7500)
+    assert h.link.stream.targets([relay], 7500) == (StreamTarget(relay),)
+    stream_up(h, 0.6, StreamTarget(relay, True))
+    assert h.link.transport_name == "tcp"
 
 
-def test_a_silent_relay_makes_the_link_not_ready_and_try_tcp():
+def test_a_silent_relay_makes_the_link_not_ready_and_race_a_stream_at_once():
     h = Harness()
     h.token(0.0)
     h.step(0.0)
     h.udp_works = False
-    h.run(0.25, 7.5)
+    h.run(0.25, 7.0)
+    assert h.events == [(0.0, True)] and not h.link.stream.wanted, "a lost hello on a ready link opens no stream"
+    h.run(7.25, 7.25)
     assert h.events == [(0.0, True), (7.25, False)]
-    assert h.sent.count(SendUdp) == 1 + 4 and not h.link.stream.wanted, "the first hello fetched a cookie"
-    h.run(7.75, 8.5)
-    assert h.link.stream.wanted and h.link.get_timer() <= 8.5
+    assert h.sent.count(SendUdp) == 1 + 4, "the first hello fetched a cookie"
+    assert h.link.stream.wanted, "its hellos were unanswered for longer than stream_after"
 
 
 def test_an_expired_token_stops_the_hellos():

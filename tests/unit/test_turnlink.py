@@ -12,6 +12,7 @@ from meshvpn.sim.turnserver import REALM, turn_answer
 from meshvpn.turn_codec import frame_run
 from meshvpn.stun_codec import Attr, StunClass, StunMessage, StunMethod, decode, encode, long_term_key
 from meshvpn.node.events import TurnStream
+from meshvpn.node.streamdial import StreamTarget
 from meshvpn.turn import AllocationLost, AllocationReady, ChannelBound
 from meshvpn.turn_codec import decode_channel_data
 from meshvpn.wire import Endpoint, MessageType
@@ -145,7 +146,8 @@ def on_stream(tls_port=None) -> TurnLinks:
     link.handle_timer(2.9)
     assert link.stream_wishes(2.9) == [] and link.datagrams_to_send(), "retransmitted over UDP meanwhile"
     link.handle_timer(3.0)
-    assert link.stream_wishes(3.0) == [TurnStream("turn-1", SERVER, False)]
+    tls = () if tls_port is None else (StreamTarget(SERVER._replace(port=tls_port), True),)
+    assert link.stream_wishes(3.0) == [TurnStream("turn-1", (StreamTarget(SERVER), *tls))]
     assert link.status()[0]["transport"] == "tcp" and link.datagrams_to_send() == []
     link.stream_up("turn-1", 3.1)
     for _ in range(2):
@@ -174,31 +176,35 @@ def test_a_lost_stream_loses_the_allocation_and_reconnects_after_a_backoff():
     link.stream_ended("turn-1", 10.0)
     assert link.relayed == () and [type(e) for _, e in link.events()] == [AllocationLost]
     assert link.stream_wishes(10.0) == [] and link.get_timer() == 10.5
-    assert link.stream_wishes(10.5) == [TurnStream("turn-1", SERVER, False)]
+    assert link.stream_wishes(10.5) == [TurnStream("turn-1", (StreamTarget(SERVER),))]
 
 
-def test_a_stream_that_cannot_connect_tries_the_tls_port():
-    link = on_stream(tls_port=5349)
+def test_a_server_with_a_tls_port_is_raced_over_tcp_and_tls_and_the_winner_goes_first_next_time():
+    link = on_stream(tls_port=5349)  # races TCP, then TLS; the TCP one won
+    assert link.status()[0]["transport"] == "tcp"
     link.stream_ended("turn-1", 10.0)
-    link.stream_wishes(10.5)
-    link.stream_ended("turn-1", 15.5)  # the connect timed out
-    assert link.stream_wishes(15.5) == [TurnStream("turn-1", Endpoint(SERVER.host, 5349), True)]
+    [wish] = link.stream_wishes(10.5)
+    tcp, tls = StreamTarget(SERVER), StreamTarget(Endpoint(SERVER.host, 5349), True)
+    assert wish.targets == (tcp, tls)
+    link.stream_up("turn-1", 10.6, tls=True)  # plain TCP is blocked now: TLS won
     assert link.status()[0]["transport"] == "tls"
+    link.stream_ended("turn-1", 20.0)
+    assert link.stream_wishes(20.5) == [TurnStream("turn-1", (tls, tcp))]
 
 
 def test_garbage_on_the_stream_closes_it():
     link = on_stream()
     link.receive_stream("turn-1", b"\xff" * 8, 5.0)
-    assert link.stream_wishes(5.0) == [TurnStream("turn-1", None)] and link.drops == 1
+    assert link.stream_wishes(5.0) == [TurnStream("turn-1")] and link.drops == 1
 
 
 def test_a_network_change_makes_every_allocation_anew_over_udp_first():
     link = on_stream()
     link.events()
     link.network_changed(20.0)
-    assert link.stream_wishes(20.0) == [TurnStream("turn-1", None)]
+    assert link.stream_wishes(20.0) == [TurnStream("turn-1")]
     assert [type(e) for _, e in link.events()] == [AllocationLost] and link.relayed == ()
     assert link.status()[0]["transport"] == "udp"
     assert [decode(data).method for _, data in link.datagrams_to_send()] == [StunMethod.ALLOCATE]
     link.handle_timer(23.0)
-    assert link.stream_wishes(23.0) == [TurnStream("turn-1", SERVER, False)], "UDP still silent: the stream again"
+    assert link.stream_wishes(23.0) == [TurnStream("turn-1", (StreamTarget(SERVER),))], "UDP still silent: the stream again"

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Optional
 from meshvpn.control import messages as m
 from meshvpn.node import events as ev
 from meshvpn.node.relay.link import ReadyChanged, RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport, endpoint_of
+from meshvpn.node.streamdial import StreamTarget
 from meshvpn.wire import Endpoint
 
 SWITCH_RATIO = 0.7
@@ -101,11 +102,11 @@ class RelaySet:
         self._drain(now)
         return True
 
-    def tcp_up(self, name: str, now: float, endpoint: Optional[Endpoint] = None) -> None:
-        """The stream to relay `name` is established (its channel is up), to `endpoint`."""
+    def tcp_up(self, name: str, now: float, target: Optional[StreamTarget] = None) -> None:
+        """The stream to relay `name` is established (its channel is up), to `target`."""
         link = self.links.get(name)
         if link is not None and name in self._streams:
-            link.tcp_up(now, endpoint)
+            link.tcp_up(now, target)
             self._drain(now)
 
     def tcp_down(self, name: str, now: float) -> None:
@@ -162,8 +163,8 @@ class RelaySet:
             if name not in self._streams and link.stream.due(now):
                 link.stream.attempt()
                 self._streams.add(name)
-                first, *others = (a._replace(port=link.stream.port(link.info.port)) for a in link.addresses.order())
-                out.append(ev.OpenRelayStream(name, first, link.info.public_key, link.stream.tls, tuple(others)))
+                targets = link.stream.targets(link.addresses.order(), link.info.port)
+                out.append(ev.OpenRelayStream(name, targets, link.info.public_key))
             elif name in self._streams and not link.stream.wanted:
                 self._streams.discard(name)
                 out.append(ev.CloseRelayStream(name))

@@ -10,18 +10,21 @@ Rules:
   (the relay echoes the hello's timestamp) proves the relay holds its key, refreshes our
   registration and measures the round-trip time (RFC 6298 smoothing).
 * The link is *ready* while an ack arrived within `down_after`. Readiness changes are events.
-* UDP first. After `udp_attempts` hellos in a row got no ack over UDP, the link asks the shell
-  for a stream (`stream.wanted`) and sends its hellos there. While on the stream, one UDP hello
-  goes out every `udp_retry`; an ack over UDP moves the link back to UDP and the stream is closed.
+* UDP first, a stream beside it soon after (Happy Eyeballs): when the link is not ready and its
+  first UDP hello since the last ack got none within `stream_after`, the link asks the shell for
+  a stream too (`stream.wanted`), UDP hellos going on; the stream races the relay's addresses over
+  plain TCP and over TLS (`meshvpn.node.streamdial`). When it comes up before any UDP ack, the
+  link moves its hellos there; the first `udp_attempts` UDP hellos still go out at their interval
+  beside it, then one every `udp_retry`. An ack over UDP, before or after, moves the link (back)
+  to UDP and the stream is closed: UDP is preferred whenever it works.
 * A relay named with AAAA and A records has two addresses (`meshvpn.node.relay.addresses`):
   hellos race them, IPv6 first and IPv4 `eyeballs.STAGGER` later while no ack came; the first
   to ack is the relay's address (`endpoint`) until the link stops being ready, when the other
-  family is tried at once, and then both again, before the stream; the stream's connection
-  attempts race them in the same order (``OpenRelayStream.others``).
-* The stream is plain TCP, or TLS when the relay has a TLS listener (``RelayInfo.tls_port``) and
-  plain TCP fails to connect; a lost stream is reconnected with backoff
-  (`meshvpn.node.streamdial`). Networks that let only port 443, or only TLS, through
-  (``meshvpn.tlsenvelope``) get a path this way.
+  family is tried at once, for `stream_after` before the stream; the stream's connection
+  attempts race them in the same order (``OpenRelayStream.targets``).
+* The stream is plain TCP or TLS, raced when the relay has a TLS listener (``RelayInfo.tls_port``);
+  a lost stream is reconnected with backoff (`meshvpn.node.streamdial`). Networks that let only
+  port 443, or only TLS, through (``meshvpn.tlsenvelope``) get a path this way within a second.
 * `check` (traffic through the relay went unanswered): a hello goes out at once, and without
   an ack within `check_timeout` (or three RTTs, if longer) the link is not ready, so a dead
   relay is left within a second instead of `down_after`.
@@ -49,7 +52,7 @@ from meshvpn.cookie import CookieJar
 from meshvpn.control.messages import RelayInfo
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.node.relay.addresses import RelayAddresses
-from meshvpn.node.streamdial import DialConfig, StreamDial
+from meshvpn.node.streamdial import DialConfig, StreamDial, StreamTarget
 from meshvpn.wire import Endpoint, MessageType
 
 
@@ -72,20 +75,22 @@ class RelayLinkConfig:
     """Seconds between hellos on a ready link: they keep the registration and the NAT mapping
     fresh and find a restarted relay within this time."""
     retry_interval: float = 0.5
-    """Seconds between hellos while the link is not ready, so the TCP fallback starts quickly."""
+    """Seconds between hellos while the link is not ready."""
+    stream_after: float = 0.5
+    """Seconds a not-ready link's UDP hellos go unanswered before a stream is raced beside them:
+    above most round trips, so a working UDP path rarely opens one, and short enough that a
+    network that lets only TCP 443 out has its relay within a second."""
     down_after: float = 7.0
     """Seconds without an ack after which the link is not ready (three lost hellos)."""
     udp_attempts: int = 3
-    """Hellos over UDP without an ack before the link falls back to TCP."""
+    """UDP hellos without an ack that go out at the hello interval beside a stream that came up,
+    before UDP is tried only every `udp_retry`."""
     udp_retry: float = 30.0
     """Seconds between UDP hellos while on TCP, to move back to UDP when it works again."""
     tcp_backoff_initial: float = 0.5
     """First wait before reconnecting a lost TCP connection; doubles per failure."""
     tcp_backoff_max: float = 10.0
     """Longest wait between TCP reconnection attempts."""
-    stream_attempts: int = 1
-    """Failed connections in a row before the stream switches between plain TCP and TLS (when the
-    relay has a TLS port)."""
     check_timeout: float = 0.5
     """Seconds a `check` hello waits for its ack (at least three RTTs) before the link is not ready."""
 
@@ -139,8 +144,7 @@ class RelayLink:
         self.cookies = 0
         """Cookies taken: how often the relay asked for proof of our address (it is under load)."""
         cfg = self.config
-        self.stream = StreamDial(info.tls_port, DialConfig(cfg.tcp_backoff_initial, cfg.tcp_backoff_max,
-                                                           cfg.stream_attempts))
+        self.stream = StreamDial(info.tls_port, DialConfig(cfg.tcp_backoff_initial, cfg.tcp_backoff_max))
         """The TCP or TLS stream the shell should keep open while UDP gets no answer."""
         self.stream_endpoint: Optional[Endpoint] = None
         """The address (and port) the stream connected to, while it is up: for status."""
@@ -156,6 +160,8 @@ class RelayLink:
         self._udp_nonces: dict[bytes, Optional[bytes]] = {}
         """Nonces of recent UDP hellos, each with the cookie it was stamped with: a cookie must answer one."""
         self._unanswered_udp = 0
+        self._udp_silent_since: Optional[float] = None
+        """When the first UDP hello since the last UDP ack went out."""
         self._last_ack: Optional[float] = None
         self._next_hello: Optional[float] = None
         self._next_udp_retry = 0.0
@@ -217,18 +223,21 @@ class RelayLink:
         self._check_until = None
         if via is Transport.UDP:
             self.addresses.acked(src)
-            self._unanswered_udp = 0
-            if self.transport is Transport.TCP:
-                self.transport = Transport.UDP
-                self.stream.want(False)
+            self._unanswered_udp, self._udp_silent_since = 0, None
+            self.transport = Transport.UDP
+            self.stream.want(False)
         self._set_ready(True, now)
         return True
 
-    def tcp_up(self, now: float, endpoint: Optional[Endpoint] = None) -> None:
-        """The TCP connection (channel) is established, to `endpoint`: say hello on it at once."""
-        self.stream.up()
-        self.stream_endpoint = endpoint
-        if self.transport is Transport.TCP:
+    def tcp_up(self, now: float, target: Optional[StreamTarget] = None) -> None:
+        """The stream (its channel) is established, to `target`: unless UDP already works, the
+        hellos move there, the first at once."""
+        self.stream.up(target is not None and target.tls)
+        self.stream_endpoint = None if target is None else target.endpoint
+        if not (self.ready and self.transport is Transport.UDP):
+            if self.transport is Transport.UDP:
+                self.transport = Transport.TCP
+                self._next_udp_retry = max(self._next_udp_retry, now + self.config.udp_retry)
             self._hello(now)
 
     def tcp_down(self, now: float) -> None:
@@ -240,9 +249,13 @@ class RelayLink:
 
     def hello_now(self, now: float) -> None:
         """Send the next hello now rather than at its time (the node's network changed); over UDP too
-        on a link that fell back to TCP, since the new network may let UDP through."""
+        on a link that fell back to TCP, since the new network may let UDP through. A ready link
+        checks itself (`check`): on a new network that lets no UDP out, it is left, and a stream
+        raced, within a second rather than after `down_after`."""
         self._next_udp_retry = now
-        if self._next_hello is not None:
+        if self.ready:
+            self.check(now)
+        elif self._next_hello is not None:
             self._hello(now)
 
     def check(self, now: float) -> None:
@@ -260,13 +273,15 @@ class RelayLink:
             self._set_ready(False, now)
         if self._next_hello is not None and now >= self._next_hello:
             self._hello(now)
+        self._want_stream(now)
         while self._token_valid(now) and (endpoint := self.addresses.due(now)) is not None:
             self._actions.append(SendUdp(self._udp_hello(now), endpoint))
 
     # ---- outputs --------------------------------------------------------------------
 
     def get_timer(self) -> Optional[float]:
-        deadlines = [self._next_hello, self.stream.deadline(), self._check_until, self.addresses.timer()]
+        deadlines = [self._next_hello, self.stream.deadline(), self._check_until, self.addresses.timer(),
+                     self._stream_at()]
         if self.ready and self._last_ack is not None:
             deadlines.append(self._last_ack + self.config.down_after)
         return min((d for d in deadlines if d is not None), default=None)
@@ -282,20 +297,30 @@ class RelayLink:
         self._next_hello = now + (cfg.hello_interval if self.ready else cfg.retry_interval)
         if not self._token_valid(now):
             return
-        if self.transport is Transport.UDP:
-            if self._unanswered_udp >= self.config.udp_attempts and not self.info.peer:  # a peer relay has no stream
-                self.transport = Transport.TCP
-                self.stream.want()
-                self._next_udp_retry = now + self.config.udp_retry
-            else:
-                self._unanswered_udp += 1
-                self._actions.append(SendUdp(self._udp_hello(now), self.addresses.round(now)))
-                return
-        if now >= self._next_udp_retry:
-            self._next_udp_retry = now + self.config.udp_retry
+        on_stream = self.transport is Transport.TCP
+        if not on_stream or self._unanswered_udp < cfg.udp_attempts or now >= self._next_udp_retry:
+            if on_stream and self._unanswered_udp >= cfg.udp_attempts:
+                self._next_udp_retry = now + cfg.udp_retry
+            self._unanswered_udp += 1
+            if self._udp_silent_since is None:
+                self._udp_silent_since = now
             self._actions.append(SendUdp(self._udp_hello(now), self.addresses.round(now)))
-        if self.stream.connected:
+        self._want_stream(now)
+        if on_stream and self.stream.connected:
             self._actions.append(SendTcp(self._sealed_hello(now)))
+
+    def _stream_at(self) -> Optional[float]:
+        """When the link wants a stream beside UDP, if UDP stays silent until then."""
+        if self.info.peer:  # a peer relay has no stream
+            return None
+        if self.ready or self.stream.wanted or self._udp_silent_since is None:
+            return None
+        return self._udp_silent_since + self.config.stream_after
+
+    def _want_stream(self, now: float) -> None:
+        at = self._stream_at()
+        if at is not None and now >= at:
+            self.stream.want()
 
     def _token_valid(self, now: float) -> bool:
         return self._token is not None and self._token_expires > now + self._wall_offset
@@ -334,6 +359,7 @@ class RelayLink:
             self.ready = ready
             if not ready and self.addresses.failed():
                 self._next_hello = now  # the other family at once, not after a hello interval
+                self._udp_silent_since = None  # and its own `stream_after` before a stream
             self._actions.append(ReadyChanged(ready))
 
 

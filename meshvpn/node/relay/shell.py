@@ -9,6 +9,7 @@ reports the channel coming up and every frame it receives back to the node.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ from meshvpn.channel import ClientChannel
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.node.events import CloseRelayStream, OpenRelayStream, SendRelayFrames
 from meshvpn.node.node import Node
-from meshvpn.node.streams import Stream, StreamSet
+from meshvpn.node.streams import READ_SIZE, Stream, StreamSet
 
 log = logging.getLogger("meshvpn.node.relay")
 
@@ -40,7 +41,7 @@ class RelayStreams(StreamSet):
             self.send(wish.name, wish.frames)
         elif isinstance(wish, OpenRelayStream):
             self._keys[wish.name] = wish.public_key
-            self.open(wish.name, wish.endpoint, wish.tls, wish.others)
+            self.open(wish.name, wish.targets)
         else:
             self.close_stream(wish.name)
 
@@ -53,13 +54,31 @@ class RelayStreams(StreamSet):
             channel.send(frame)
         stream.write(channel.data_to_send())
 
+    async def handshake(self, name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                        ) -> tuple[ClientChannel, list[bytes]]:
+        """The channel handshake pinned to the relay's key; the channel and any frames that came with it."""
+        channel = ClientChannel(self.identity_private, self._keys[name], os.urandom(32), time.time())
+        writer.write(channel.data_to_send())
+        frames: list[bytes] = []
+        while not channel.established:
+            data = await reader.read(READ_SIZE)
+            if not data:
+                raise EOFError("the relay closed the connection during the handshake")
+            frames += channel.receive_data(data)
+            writer.write(channel.data_to_send())
+        return channel, frames
+
     def connected(self, stream: Stream) -> None:
-        stream.state = ClientChannel(self.identity_private, self._keys[stream.name], os.urandom(32), time.time())
-        stream.write(stream.state.data_to_send())
+        stream.state, frames = stream.state
+        name = stream.name
+        log.info("relay %s: %s connected to %s", name, "TLS" if stream.tls else "TCP", stream.endpoint,
+                 extra={"RELAY": name})
+        self.node.relay_stream_up(name, self.clock(), stream.target)
+        if frames:
+            self.node.receive_relay_frames(name, frames, self.clock())
 
     def received(self, stream: Stream, data: bytes) -> None:
         channel, name = stream.state, stream.name
-        was_up = channel.established
         try:
             frames = channel.receive_data(data)
         except RemoteProtocolError as exc:
@@ -67,9 +86,6 @@ class RelayStreams(StreamSet):
             stream.close()
             return
         stream.write(channel.data_to_send())
-        if not was_up and channel.established:
-            log.info("relay %s: %s connected", name, "TLS" if stream.tls else "TCP", extra={"RELAY": name})
-            self.node.relay_stream_up(name, self.clock(), stream.endpoint)
         if frames:
             self.node.receive_relay_frames(name, frames, self.clock())
 

@@ -21,7 +21,7 @@ ChannelData to the TURN server:
 
 UDP first. A server that has not answered over UDP `UDP_GIVE_UP` seconds after the first
 Allocate (UDP blocked on this network) is used over a stream instead (RFC 8656 §12.5): TCP to
-its address, or TLS to its ``tls_port`` when TCP does not connect (`meshvpn.node.streamdial`).
+its address and TLS to its ``tls_port``, raced (`meshvpn.node.streamdial`).
 The allocation then lives as long as the stream; messages in it are framed by
 `meshvpn.turn_codec.StreamFramer`, and the data path sends padded ChannelData on it.
 
@@ -168,7 +168,7 @@ class TurnLinks:
         server gets a new one at once, over UDP first (the new network may let UDP through)."""
         for name, server in self.servers.items():
             if server.stream is not None:
-                self._wishes.append(TurnStream(name, None))
+                self._wishes.append(TurnStream(name))
             if server.client.ready:
                 self._events.append((name, AllocationLost("the network changed")))
             server.stream = server.framer = None
@@ -176,11 +176,11 @@ class TurnLinks:
             server.client.allocate(now)
         self._update(now)
 
-    def stream_up(self, name: str, now: float) -> None:
-        """The stream to TURN server `name` is connected: allocate on it."""
+    def stream_up(self, name: str, now: float, tls: bool = False) -> None:
+        """The stream to TURN server `name` is connected (inside TLS or not): allocate on it."""
         server = self.servers.get(name)
         if server is not None and server.stream is not None and server.stream.connecting:
-            server.stream.up()
+            server.stream.up(tls)
             server.framer = StreamFramer()
             server.client.allocate(now)
         self._update(now)
@@ -205,7 +205,7 @@ class TurnLinks:
             messages = server.framer.feed(data)
         except TurnError:
             self.drops += 1
-            self._wishes.append(TurnStream(name, None))
+            self._wishes.append(TurnStream(name))
             self.stream_ended(name, now)
             return
         for message in messages:
@@ -287,8 +287,8 @@ class TurnLinks:
         for name, server in self.servers.items():
             if server.stream is not None and server.stream.due(now):
                 server.stream.attempt()
-                port = server.stream.port(server.endpoint.port)
-                self._wishes.append(TurnStream(name, server.endpoint._replace(port=port), server.stream.tls))
+                targets = server.stream.targets([server.endpoint], server.endpoint.port)
+                self._wishes.append(TurnStream(name, targets))
         out, self._wishes = self._wishes, []
         return out
 
@@ -351,7 +351,7 @@ class TurnLinks:
                 server.client.close(now)
                 self._collect_one(name, server)
                 if server.stream is not None:
-                    self._wishes.append(TurnStream(name, None))
+                    self._wishes.append(TurnStream(name))
                 del self.servers[name]
                 del self.by_endpoint[server.endpoint]
         for name, info in wanted.items():

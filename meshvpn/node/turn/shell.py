@@ -21,10 +21,10 @@ class TurnStreams(StreamSet):
         """Carry out one of the node's stream wishes."""
         if isinstance(wish, SendTurnBytes):
             self.write(wish.name, wish.data)
-        elif wish.endpoint is None:
+        elif not wish.targets:
             self.close_stream(wish.name)
         else:
-            self.open(wish.name, wish.endpoint, wish.tls)
+            self.open(wish.name, wish.targets)
 
     def write(self, name: str, data: bytes | bytearray) -> None:
         """Write on the stream to `name`, if it is connected (else the bytes are lost, as on UDP)."""
@@ -33,7 +33,7 @@ class TurnStreams(StreamSet):
             stream.write(data)
 
     def connected(self, stream: Stream) -> None:
-        self.node.turn_stream_changed(stream.name, True, self.clock())
+        self.node.turn_stream_changed(stream.name, True, self.clock(), stream.tls)
 
     def received(self, stream: Stream, data: bytes) -> None:
         self.node.receive_turn_stream(stream.name, data, self.clock())
