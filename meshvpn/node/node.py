@@ -70,7 +70,8 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
         wall = self.core.config.wall_offset
         self.relays = RelaySet(private_key, self.core.public_key, random_bytes, wall)
         self.rtt_report = RttReport()
-        self.turn = TurnLinks(random_bytes, peers=PeerSlot(self.core.peers, "turn_relayed"))
+        self.turn = TurnLinks(random_bytes, peers=PeerSlot(self.core.peers, "turn_relayed"),
+                              addresses_of=self.relays.addresses_of)
         self.peer_relay = PeerRelay(private_key, random_bytes, wall, coord_public, peer_relay)
         """This node relaying for its network, when the coord says so (needs the coord's key for tokens)."""
         self.tcp = TcpPunch(self.core.identity, random_bytes, wall, peers=PeerSlot(self.core.peers, "tcp"))

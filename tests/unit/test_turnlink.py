@@ -7,7 +7,8 @@ import itertools
 
 from meshvpn import wire
 from meshvpn.control import messages as m
-from meshvpn.node.turn.core import TurnLinks
+from meshvpn.node.eyeballs import STAGGER
+from meshvpn.node.turn.core import UDP_GIVE_UP, TurnLinks
 from meshvpn.sim.turnserver import REALM, turn_answer
 from meshvpn.turn_codec import frame_run
 from meshvpn.stun_codec import Attr, StunClass, StunMessage, StunMethod, decode, encode, long_term_key
@@ -208,3 +209,36 @@ def test_a_network_change_makes_every_allocation_anew_over_udp_first():
     assert [decode(data).method for _, data in link.datagrams_to_send()] == [StunMethod.ALLOCATE]
     link.handle_timer(23.0)
     assert link.stream_wishes(23.0) == [TurnStream("turn-1", (StreamTarget(SERVER),))], "UDP still silent: the stream again"
+
+
+# ---- a server named with AAAA and A records: its addresses raced, as a relay link's are
+
+SERVER6 = Endpoint("2001:db8:3::30", 3478)
+
+
+def two_families() -> TurnLinks:
+    counter = itertools.count(1)
+    link = TurnLinks(lambda n: next(counter).to_bytes(n, "big"), addresses_of={SERVER.host: (SERVER.host, SERVER6.host)})
+    link.coord_message(registered(turn_server()), 0.0)
+    return link
+
+
+def test_a_servers_addresses_are_raced_ipv6_first_and_the_first_to_answer_is_kept():
+    link = two_families()
+    [(dst, allocate)] = link.datagrams_to_send()
+    assert dst == SERVER6 and link.get_timer() == STAGGER
+    link.handle_timer(STAGGER)
+    assert link.datagrams_to_send() == [(SERVER, allocate)], "the same request to IPv4, a stagger later"
+    _, challenge = turn_answer(allocate, OURS, "100:me", "pw")
+    assert link.receive(challenge, SERVER, 0.3)  # IPv6 is blackholed: IPv4 answered first
+    assert answer(link, 0.3) == [StunMethod.ALLOCATE], "the signed Allocate goes to IPv4 alone"
+    assert link.relayed == (m.Endpoint(*OURS),) and link.status()[0]["address"] == str(m.Endpoint(*SERVER))
+    link.handle_timer(1.0)
+    assert all(dst == SERVER for dst, _ in link.datagrams_to_send())
+
+
+def test_a_server_silent_at_every_address_races_them_all_over_its_stream():
+    link = two_families()
+    link.handle_timer(STAGGER)
+    link.handle_timer(UDP_GIVE_UP)
+    assert link.stream_wishes(UDP_GIVE_UP) == [TurnStream("turn-1", (StreamTarget(SERVER6), StreamTarget(SERVER)))]

@@ -19,6 +19,11 @@ ChannelData to the TURN server:
 * the core's replies to relayed messages go to the TURN server's endpoint inside a RELAY
   envelope; `wrap` moves them onto the channel (or a Send indication) of the peer it names.
 
+A server named by a DNS name with AAAA and A records has several addresses (the shell's lookups,
+`addresses_of`): its requests race them as a relay link's hellos do (`meshvpn.node.relay.addresses`),
+IPv6 first and each next address `eyeballs.STAGGER` later while none answered; the first address
+to answer is the server's, and its stream races them all too.
+
 UDP first. A server that has not answered over UDP `UDP_GIVE_UP` seconds after the first
 Allocate (UDP blocked on this network) is used over a stream instead (RFC 8656 §12.5): TCP to
 its address and TLS to its ``tls_port``, raced (`meshvpn.node.streamdial`).
@@ -34,12 +39,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 from meshvpn import wire
 from meshvpn.control import messages as m
 from meshvpn.node.events import TurnStream
+from meshvpn.node.relay.addresses import RelayAddresses
 from meshvpn.node.streamdial import StreamDial
 from meshvpn.turn import AllocationLost, DataReceived, Event, TurnClient, TurnConfig
 from meshvpn.turn_codec import CHANNEL_HEADER, StreamFramer, TurnError, is_channel_data
@@ -58,13 +64,20 @@ class _Server:
     """One announced TURN server and our allocation on it."""
 
     info: m.TurnServer
-    endpoint: Endpoint
+    addresses: RelayAddresses
+    """The server's addresses (a name's IPv6 and IPv4 ones) and the one it answered at."""
     client: TurnClient
     started: float
     """When the client started allocating over UDP (for `UDP_GIVE_UP`)."""
     stream: Optional[StreamDial] = None
     """The TCP or TLS stream the allocation lives on; None while on UDP."""
     framer: Optional[StreamFramer] = None
+    racing: list[bytes] = field(default_factory=list)
+    """The latest requests sent over UDP while no address answered: the race's next addresses get them."""
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.addresses.endpoint
 
     @property
     def transport(self) -> str:
@@ -75,7 +88,8 @@ class TurnLinks:
     """Every TURN allocation of the node, the peers' relayed addresses and the routes they give."""
 
     def __init__(self, random_bytes: Callable[[int], bytes], config: Optional[TurnConfig] = None,
-                 peers: MutableMapping[bytes, tuple[Endpoint, ...]] | None = None) -> None:
+                 peers: MutableMapping[bytes, tuple[Endpoint, ...]] | None = None,
+                 addresses_of: Optional[dict[str, tuple[str, ...]]] = None) -> None:
         self.servers: dict[str, _Server] = {}
         self.by_endpoint: dict[Endpoint, _Server] = {}
         self.routes: dict[bytes, Endpoint] = {}
@@ -86,6 +100,9 @@ class TurnLinks:
         self._config = config
         self._peer_relayed: MutableMapping[bytes, tuple[Endpoint, ...]] = {} if peers is None else peers
         """Each peer's relayed addresses (the node keeps them on its peers)."""
+        self.addresses_of = {} if addresses_of is None else addresses_of
+        """An address a server's DNS name resolved to → every address of that name (the shell's
+        lookups, shared with `RelaySet.addresses_of`)."""
         self._key_of_relayed: dict[Endpoint, bytes] = {}
         self._outbound: dict[Endpoint, tuple[Endpoint, int, Optional[str]]] = {}
         self._datagrams: list[tuple[Endpoint, bytes]] = []
@@ -153,6 +170,7 @@ class TurnLinks:
         if server is None:
             return False
         server.client.receive(data, now)
+        server.addresses.acked(src)  # the first address to answer is the server's
         self._update(now)
         return True
 
@@ -161,6 +179,8 @@ class TurnLinks:
             server.client.handle_timer(now)
             if server.stream is None and not server.client.heard and now >= server.started + UDP_GIVE_UP:
                 self._to_stream(server)
+            while server.stream is None and (address := server.addresses.due(now)) is not None:
+                self._datagrams += ((address, data) for data in server.racing)
         self._update(now)
 
     def network_changed(self, now: float) -> None:
@@ -172,6 +192,7 @@ class TurnLinks:
             if server.client.ready:
                 self._events.append((name, AllocationLost("the network changed")))
             server.stream = server.framer = None
+            server.addresses.failed()  # the new network may carry the other family only: race again
             server.client, server.started = self._new_client(server.info), now
             server.client.allocate(now)
         self._update(now)
@@ -221,7 +242,7 @@ class TurnLinks:
         """Give every allocation back."""
         for server in self.servers.values():
             server.client.close(now)
-        self._collect()
+        self._collect(now)
 
     # ---- the data path --------------------------------------------------------------
 
@@ -287,7 +308,7 @@ class TurnLinks:
         for name, server in self.servers.items():
             if server.stream is not None and server.stream.due(now):
                 server.stream.attempt()
-                targets = server.stream.targets([server.endpoint], server.endpoint.port)
+                targets = server.stream.targets(server.addresses.order(), server.info.port)
                 self._wishes.append(TurnStream(name, targets))
         out, self._wishes = self._wishes, []
         return out
@@ -320,8 +341,10 @@ class TurnLinks:
         for server in self.servers.values():
             if server.stream is not None:
                 timers.append(server.stream.deadline())
-            elif not server.client.heard:
-                timers.append(server.started + UDP_GIVE_UP)
+            else:
+                timers.append(server.addresses.timer())
+                if not server.client.heard:
+                    timers.append(server.started + UDP_GIVE_UP)
         return min((t for t in timers if t is not None), default=None)
 
     def status(self) -> list[dict]:
@@ -347,24 +370,30 @@ class TurnLinks:
         for name in list(self.servers):
             info = wanted.get(name)
             server = self.servers[name]
-            if info is None or (info.host, info.port) != (server.info.host, server.info.port):
+            if (info is None or (info.host, info.port) != (server.info.host, server.info.port)
+                    or set(self._addresses(info)) != set(server.addresses.all)):
                 server.client.close(now)
-                self._collect_one(name, server)
+                self._collect_one(name, server, now)
                 if server.stream is not None:
                     self._wishes.append(TurnStream(name))
                 del self.servers[name]
-                del self.by_endpoint[server.endpoint]
+                for address in server.addresses.all:
+                    del self.by_endpoint[address]
         for name, info in wanted.items():
             server = self.servers.get(name)
             if server is not None:
                 server.info = info
                 server.client.set_credentials(info.username, info.password)
                 continue
-            endpoint = Endpoint(ipaddress.ip_address(info.host).compressed, info.port)
             client = self._new_client(info)
-            server = self.servers[name] = _Server(info, endpoint, client, now)
-            self.by_endpoint[endpoint] = server
+            server = self.servers[name] = _Server(info, RelayAddresses(self._addresses(info)), client, now)
+            self.by_endpoint.update(dict.fromkeys(server.addresses.all, server))
             client.allocate(now)
+
+    def _addresses(self, info: m.TurnServer) -> tuple[Endpoint, ...]:
+        """Where server `info` may be reached: its address, and the others of the name it came from."""
+        hosts = self.addresses_of.get(ipaddress.ip_address(info.host).compressed, ()) or (info.host,)
+        return tuple(Endpoint(ipaddress.ip_address(host).compressed, info.port) for host in hosts)
 
     def _new_client(self, info: m.TurnServer, reliable: bool = False) -> TurnClient:
         return TurnClient(info.username, info.password, self._random_bytes, self._config, reliable=reliable)
@@ -392,7 +421,7 @@ class TurnLinks:
         peers = list(self._key_of_relayed)
         for server in self.servers.values():
             server.client.set_peers(peers, now)
-        self._collect()
+        self._collect(now)
         home = next((server for server in self.servers.values() if server.client.ready), None)
         routes: dict[bytes, Endpoint] = {}
         outbound: dict[Endpoint, tuple[Endpoint, int, Optional[str]]] = {}
@@ -412,15 +441,18 @@ class TurnLinks:
             self._relayed = relayed
             self._relayed_changed = True
 
-    def _collect(self) -> None:
+    def _collect(self, now: float) -> None:
         for name, server in self.servers.items():
-            self._collect_one(name, server)
+            self._collect_one(name, server, now)
 
-    def _collect_one(self, name: str, server: _Server) -> None:
+    def _collect_one(self, name: str, server: _Server, now: float) -> None:
         client = server.client
         datagrams = client.datagrams_to_send()
         if server.stream is None:
-            self._datagrams += ((server.endpoint, data) for data in datagrams)
+            if datagrams:
+                dst = server.addresses.round(now)  # while no address answered, the others follow a stagger apart
+                server.racing = [] if server.addresses.locked else datagrams
+                self._datagrams += ((dst, data) for data in datagrams)
         elif server.stream.connected:
             self._frames += ((name, data) for data in datagrams)
         while (event := client.next_event()) is not None:
