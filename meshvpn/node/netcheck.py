@@ -252,7 +252,7 @@ def main(args) -> int:
     obs = asyncio.run(gather((host, config.coord.stun_port), _daemon_relays(daemon)))
     result = verdict(obs)
     portmap = {**asyncio.run(probe_gateway(config.portmap)), "daemon": daemon.get("self", {}).get("port_mapping")}
-    ipv6 = asyncio.run(check_ipv6(config, {name: t.endpoint for name, t in _daemon_relays(daemon).items()}))
+    ipv6 = asyncio.run(check_ipv6(config, {name: t.all for name, t in _daemon_relays(daemon).items()}))
     if args.json:
         print(json.dumps({**asdict(result), "traversal": result.traversal, "port_mapping": portmap,
                           "ipv6": asdict(ipv6), "observations": asdict(obs)}, indent=2))

@@ -3,18 +3,22 @@ coordination server's STUN service sees over IPv6, and whether the coord and the
 over IPv6 (a TCP connect, as for IPv4).
 
 The coord's IPv6 address is the first of its configured addresses that is an IPv6 literal or a
-name with an AAAA record (`meshvpn.node.ipv6.stun_server6`); a relay's, its address if that is
-an IPv6 literal or a name with one. Without a global address nothing is sent over IPv6.
+name with an AAAA record (`meshvpn.node.ipv6.stun_server6`). A relay's are the IPv6 ones among
+the addresses the daemon's link knows for it (a name's AAAA records beside its A records, even
+when the link reached it over IPv4), raced as the link races them (`netcheck_relays.connect_time`).
+Without a global address nothing is sent over IPv6.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from meshvpn.config import NodeConfig
+from meshvpn.node.family import is_ipv6
 from meshvpn.node.ipv6 import local_ipv6, stun_server6
+from meshvpn.node.netcheck_relays import connect_time
 from meshvpn.stunio import stun_binding
 from meshvpn.wire import Endpoint
 
@@ -38,8 +42,8 @@ class Ipv6Report:
     """Each relay: TCP connect seconds over IPv6, None if unreachable, "no IPv6 address"."""
 
 
-async def check_ipv6(config: NodeConfig, relays: dict[str, tuple[str, int]]) -> Ipv6Report:
-    """Run the IPv6 checks (`relays`: name to (host, port)); never raises for the network."""
+async def check_ipv6(config: NodeConfig, relays: dict[str, Sequence[tuple[str, int]]]) -> Ipv6Report:
+    """Run the IPv6 checks (`relays`: name to its addresses, (host, port) each); never raises for the network."""
     report = Ipv6Report([e.host for e in local_ipv6(0, config.tun.name, config.listen.ipv6_ula)])
     if not report.addresses:
         return report
@@ -53,31 +57,11 @@ async def check_ipv6(config: NodeConfig, relays: dict[str, tuple[str, int]]) -> 
         except (OSError, asyncio.TimeoutError, ValueError) as exc:
             report.stun_error = str(exc) or type(exc).__name__
         coord = Endpoint(server.host, config.coord.address.port)
-        report.coord[str(coord)] = await _connect_time(coord)
-    for name, (host, port) in relays.items():
-        address = await _ipv6_address(host)
-        report.relays[name] = "no IPv6 address" if address is None else await _connect_time(Endpoint(address, port))
+        report.coord[str(coord)] = await connect_time([coord])
+    for name, addresses in relays.items():
+        ipv6 = [address for address in addresses if is_ipv6(address)]
+        report.relays[name] = await connect_time(ipv6) if ipv6 else "no IPv6 address"
     return report
-
-
-async def _ipv6_address(host: str) -> str | None:
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None, family=socket.AF_INET6,
-                                                             type=socket.SOCK_STREAM)
-    except OSError:
-        return None
-    return infos[0][4][0] if infos else None
-
-
-async def _connect_time(endpoint: Endpoint) -> float | None:
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(*endpoint), TIMEOUT)
-    except (OSError, asyncio.TimeoutError):
-        return None
-    writer.close()
-    return loop.time() - start
 
 
 def render_ipv6(report: Ipv6Report) -> str:

@@ -12,10 +12,12 @@ import asyncio
 import ipaddress
 import ssl
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from meshvpn import tlsenvelope
+from meshvpn.node.eyeballs import interleave
 from meshvpn.node.natverdict import same_ip
+from meshvpn.node.streamrace import first_connection
 
 Endpoint = tuple[str, int]
 
@@ -35,6 +37,13 @@ class RelayTarget:
     """Whether a running daemon said anything about its link (else UDP is not reported)."""
     home: bool = False
     """The running daemon's home relay: the mapping test asks it first."""
+    addresses: tuple[Endpoint, ...] = ()
+    """Every address the daemon's link knows for the relay (a name's IPv6 and IPv4 ones): the TCP
+    and TLS checks race them as the link does; empty: `endpoint` alone."""
+
+    @property
+    def all(self) -> tuple[Endpoint, ...]:
+        return self.addresses or (self.endpoint,)
 
 
 def mapping_relay(relays: dict[str, RelayTarget], stun: Endpoint) -> tuple[str, Endpoint] | None:
@@ -60,28 +69,36 @@ def _version(host: str) -> int | None:
 
 
 async def relay_rtts(relays: dict[str, RelayTarget]) -> dict[str, dict[str, float | None]]:
-    """Which of UDP (as the daemon's link saw it), TCP and TLS reach each relay, and how fast."""
-    async def connect_time(endpoint: Endpoint, tls: bool = False) -> float | None:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        try:
-            context = tlsenvelope.client_context() if tls else None
-            _, writer = await asyncio.wait_for(asyncio.open_connection(*endpoint, ssl=context), RELAY_TIMEOUT)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError):
-            return None
-        elapsed = loop.time() - start
-        writer.close()
-        return elapsed
-
+    """Which of UDP (as the daemon's link saw it), TCP and TLS reach each relay, and how fast; TCP
+    and TLS race the relay's addresses, as its link's stream does (`connect_time`)."""
     async def transports(target: RelayTarget) -> dict[str, float | None]:
         out: dict[str, float | None] = {"udp": target.udp_rtt} if target.udp_known else {}
-        out["tcp"] = await connect_time(target.endpoint)
+        out["tcp"] = await connect_time(target.all)
         if target.tls_port:
-            out["tls"] = await connect_time((target.endpoint[0], target.tls_port), tls=True)
+            out["tls"] = await connect_time([(host, target.tls_port) for host, _ in target.all], tls=True)
         return out
 
     found = await asyncio.gather(*(transports(target) for target in relays.values()))
     return dict(zip(relays, found))
+
+
+async def connect_time(endpoints: Sequence[Endpoint], tls: bool = False) -> float | None:
+    """Seconds until the first of `endpoints` takes a TCP connection (and its TLS handshake), their
+    families alternating, IPv6 first, a stagger apart (`meshvpn.node.streamrace`); None if none did."""
+    loop = asyncio.get_running_loop()
+    context = tlsenvelope.client_context() if tls else None
+
+    async def connect(endpoint: Endpoint) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.wait_for(asyncio.open_connection(*endpoint, ssl=context), RELAY_TIMEOUT)
+
+    start = loop.time()
+    try:
+        (_, writer), _ = await first_connection(interleave(endpoints), connect, lambda won: won[1].close())
+    except (OSError, asyncio.TimeoutError, ssl.SSLError):
+        return None
+    elapsed = loop.time() - start
+    writer.close()
+    return elapsed
 
 
 def daemon_relays(status: dict) -> dict[str, RelayTarget]:
@@ -95,7 +112,8 @@ def daemon_relays(status: dict) -> dict[str, RelayTarget]:
 def _relay_target(link: dict) -> RelayTarget:
     on_udp = link.get("ready") and link.get("transport") == "udp" and link.get("rtt_ms") is not None
     return RelayTarget(_endpoint(str(link["address"])), link.get("tls_port"),
-                       link["rtt_ms"] / 1000 if on_udp else None, udp_known=True, home=bool(link.get("home")))
+                       link["rtt_ms"] / 1000 if on_udp else None, udp_known=True, home=bool(link.get("home")),
+                       addresses=tuple(_endpoint(str(a)) for a in link.get("addresses") or ()))
 
 
 def _endpoint(text: str) -> Endpoint:

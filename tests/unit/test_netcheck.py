@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import pytest
 
 from meshvpn.node.netcheck import (
     ADM, APDM, EIM, ENDPOINT_DEPENDENT, OFFSET, PRESERVING, RANDOM, SEQUENTIAL,
     Observations, RelayTarget, _daemon_relays, allocation, mapping, nat_profile, render, verdict,
 )
-from meshvpn.node.netcheck_relays import mapping_relay, pick_relay
+from meshvpn.node.netcheck_relays import connect_time, mapping_relay, pick_relay
 from meshvpn.node.prediction import Allocation, NatProfile
 
 PUB = "203.0.113.100"
@@ -116,6 +119,35 @@ def test_the_relays_come_from_the_daemons_status_with_what_reached_them() -> Non
     assert targets == {"r1": RelayTarget(("203.0.113.20", 7500), 443, 0.0015, udp_known=True),
                        "r2": RelayTarget(("203.0.113.21", 7500), None, None, udp_known=True)}
     assert _daemon_relays({}) == {}
+
+
+def test_a_relay_named_with_both_families_is_checked_at_every_address_its_link_knows() -> None:
+    status = {"self": {"relays": [
+        {"name": "r1", "address": "203.0.113.20:7500", "addresses": ["[2001:db8:2::20]:7500", "203.0.113.20:7500"],
+         "tls_port": 443, "ready": True, "transport": "udp", "rtt_ms": 1.5},
+    ]}}
+    target = _daemon_relays(status)["r1"]
+    assert target.all == (("2001:db8:2::20", 7500), ("203.0.113.20", 7500))
+    assert RelayTarget(("203.0.113.21", 7500)).all == (("203.0.113.21", 7500),), "an older daemon: its address alone"
+
+
+def test_the_connect_check_races_the_addresses_and_times_the_first_to_answer() -> None:
+    async def scenario():
+        server = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        refused = socket.socket()
+        refused.bind(("127.0.0.1", 0))  # bound, never listening: refuses
+        try:
+            won = await connect_time([("127.0.0.2", refused.getsockname()[1]), ("127.0.0.1", port)])
+            none = await connect_time([("127.0.0.1", refused.getsockname()[1])])
+        finally:
+            refused.close()
+            server.close()
+        return won, none
+
+    won, none = asyncio.run(scenario())
+    assert won is not None, "the first address refused: the next one answered"
+    assert none is None
 
 
 def test_a_relay_line_names_every_transport_tried() -> None:

@@ -203,6 +203,7 @@ class RelaySet:
             {
                 "name": name,
                 "address": str(link.reached_at),
+                "addresses": [str(address) for address in link.addresses.all],
                 "tls_port": link.info.tls_port,
                 "ready": link.ready,
                 "transport": link.transport_name,
