@@ -14,7 +14,8 @@ to a TCP stream) although the other family works. So, as the coord link does (RF
 * **Failure**: when the link stops being ready, the address is no longer trusted and the next
   rounds race again, the other family first, before the link falls back to a stream.
 
-Sans-IO: every input takes ``now``.
+A TURN server named so is raced the same way, a request standing for a hello
+(`meshvpn.node.turn.core`). Sans-IO: every input takes ``now``.
 """
 
 from __future__ import annotations
