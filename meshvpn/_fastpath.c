@@ -212,7 +212,7 @@ static PyObject *open_run(PyObject *self, PyObject *args) {
                           &buf, &view, &at, &stop, &seg_size, &PyList_Type, &to_tun))
         return NULL;
     PyObject *result = NULL, *greatest = NULL;
-    Window w = {NULL, NULL, 0, NULL};
+    Window w = {NULL, NULL, 0, NULL, 0};
     Py_ssize_t authentic = 0, opened = 0, opened_bytes = 0, failed = 0, spoofed = 0, wrong_key = 0, misdirected = 0;
     Py_ssize_t casts = 0;
     const uint8_t *relay = NULL;

@@ -90,6 +90,7 @@ typedef struct {
     uint64_t *raw;
     uint64_t greatest1;
     NativeWindow *native;
+    int newest;  /* the last update moved greatest forward: the newest counter so far, which alone may roam */
 } Window;
 
 int window_check(Window *w, uint64_t counter);

@@ -29,15 +29,18 @@ static void open_one(Loop *L, Entry *e, uint8_t *p, Py_ssize_t size, Py_ssize_t 
     if (skip && memcmp(p + 4, e->relay_key, KEY_LEN)) { e->wrong_key++; return; }
     p += skip;
     size -= skip;
-    Window w = {NULL, NULL, 0, e->window};
+    Window w = {NULL, NULL, 0, e->window, 0};
     Py_ssize_t length = open_message(p, 0, size, e->index, e->key, &w);
     if (length < 0) { e->failed++; return; }
-    if (!skip) {  /* liveness of the direct path and of the relayed one apart, as DataPlane.open_datagrams */
-        e->last_rx = now;
-        e->last_src = *src;
-    } else {
+    /* Liveness of the direct path and of the relayed one apart, as DataPlane.open_datagrams.  A bare
+       message counts only if it was the newest (it moved the window): an old one never seen, sent
+       again from elsewhere, opens but may not move the peer nor count as liveness (docs/security.md). */
+    if (skip) {
         e->last_relay_rx = now;
         e->last_relay_src = *src;
+    } else if (w.newest) {
+        e->last_rx = now;
+        e->last_src = *src;
     }
     if (length == 0) return;
     uint8_t *body = p + HEADER_LEN;

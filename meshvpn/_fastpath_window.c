@@ -43,6 +43,7 @@ static int check_unlocked(Window *w, uint64_t counter) {
 }
 
 static int update_unlocked(Window *w, uint64_t counter) {
+    w->newest = 0;
     if (counter >= reject_after) return 0;
     if (w->greatest1 == 0 || counter > w->greatest1 - 1) {
         int64_t current = w->greatest1 ? (int64_t)((w->greatest1 - 1) >> 6) : -1;
@@ -56,6 +57,7 @@ static int update_unlocked(Window *w, uint64_t counter) {
             }
         }
         w->greatest1 = counter + 1;
+        w->newest = 1;
     } else if (w->greatest1 - 1 - counter >= window_size) {
         return 0;
     }
@@ -71,9 +73,10 @@ static int locked(Window *w, uint64_t counter, int (*op)(Window *, uint64_t)) {
     NativeWindow *native = w->native;
     if (native == NULL) return op(w, counter);
     pthread_mutex_lock(&native->lock);
-    Window raw = {NULL, native->blocks, native->greatest1, NULL};
+    Window raw = {NULL, native->blocks, native->greatest1, NULL, 0};
     int result = op(&raw, counter);
     native->greatest1 = raw.greatest1;
+    w->newest = raw.newest;
     pthread_mutex_unlock(&native->lock);
     return result;
 }
@@ -170,7 +173,7 @@ static PyObject *counter_call(NativeWindow *self, PyObject *arg, int (*op)(Windo
         PyErr_Clear();
         Py_RETURN_FALSE;
     }
-    Window w = {NULL, NULL, 0, self};
+    Window w = {NULL, NULL, 0, self, 0};
     return PyBool_FromLong(op(&w, counter));
 }
 

@@ -30,15 +30,21 @@ NETWORK = m.NetworkInfo(name="relayrx", cidr="100.64.0.0/24")
 
 
 class RecordingNode(Node):
-    """The real node; it notes each ``relay_moved`` (which then has the relay links check themselves)."""
+    """The real node; it notes each ``relay_moved`` (which then has the relay links check themselves)
+    and each ``roamed`` (which moves the peer's direct path)."""
 
     def __init__(self) -> None:
         super().__init__(bytes([8]) * 32, lambda n: bytes(n))
         self.moves: list[Endpoint] = []
+        self.roams: list[Endpoint] = []
 
     def relay_moved(self, peer, src, now) -> None:
         self.moves.append(src)
         super().relay_moved(peer, src, now)
+
+    def roamed(self, peer, src, now) -> None:
+        self.roams.append(src)
+        super().roamed(peer, src, now)
 
 
 def receiving_plane(created: float) -> DataPlane:
@@ -53,17 +59,25 @@ def receiving_plane(created: float) -> DataPlane:
     return DataPlane(node)
 
 
+def from_peer(counters: list[int], envelope: bytes = b"") -> list[bytes]:
+    """Packets from the peer, sealed by its session with these counters, behind ``envelope``."""
+    sender = Session(SessionKeys(b"s" * 32, b"r" * 32, 11, 22, bytes([8]) * 32, True), 0.0)
+    out = bytearray(4096)
+    messages = []
+    for n, counter in enumerate(counters):
+        sender.send_counter = counter
+        packet = sized_packet(PEER, OWN, 200, n)
+        messages.append(envelope + bytes(out[: sender.seal_into(out, 0, packet, 0, len(packet))]))
+    return messages
+
+
 def relayed(first: int, count: int) -> list[bytes]:
     """``count`` packets from the peer, sealed by its session and wrapped as a relay forwards them."""
-    sender = Session(SessionKeys(b"s" * 32, b"r" * 32, 11, 22, bytes([8]) * 32, True), 0.0)
-    sender.send_counter = first
-    out = bytearray(4096)
-    packets = [sized_packet(PEER, OWN, 200, n) for n in range(count)]
-    return [relay_prefix(PEER_KEY) + bytes(out[: sender.seal_into(out, 0, p, 0, len(p))]) for p in packets]
+    return from_peer(list(range(first, first + count)), relay_prefix(PEER_KEY))
 
 
 class NativeSide:
-    """A data path whose receives the native thread takes, from two relay sockets."""
+    """A data path whose receives the native thread takes, from two sockets: two relays, or the peer at two addresses."""
 
     def __init__(self) -> None:
         self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

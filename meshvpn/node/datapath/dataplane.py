@@ -379,22 +379,27 @@ class DataPlane:
             if authentic:
                 if relay_key is not None:
                     self.relay_received(peer, src, now, now)
-                elif src == peer.last_rx_src or self._roamed(peer, src, opener, greatest, now):
-                    peer.last_rx = now
-                    peer.last_rx_src = src
+                else:
+                    newest = greatest is not None and opener.window.greatest != greatest  # type: ignore[attr-defined]
+                    self.direct_received(peer, src, now, newest, now)
                 if peer.pending:
                     self.core_touched = True
                     self.core.flush(peer, now)
 
-    def _roamed(self, peer: Peer, src: Endpoint, opener: object, greatest: Optional[int], now: float) -> bool:
-        """Data from a new source: it counts, and moves the peer there, only if it was the newest.
+    def direct_received(self, peer: Peer, src: Endpoint, when: float, newest: bool, now: float) -> bool:
+        """Authentic data of the peer came straight from ``src`` at ``when`` (this path's or the native thread's).
 
-        Newest means the current session's replay window moved forward in this run, so no old or
-        replayed packet, whoever sends it from wherever, can move the peer (docs/security.md)."""
-        if greatest is None or opener.window.greatest == greatest:  # type: ignore[attr-defined]
-            return False
-        self.core_touched = True
-        self.core.roamed(peer, src, now)
+        From the peer's known source it is liveness (``last_rx``, which silence detection reads).
+        From a new source it counts, and moves the peer there (``roamed``), only if it was the
+        ``newest``: it moved the current session's replay window forward, so no old or replayed
+        packet, whoever sends it from wherever, can move the peer (docs/security.md).  True if it counted."""
+        if src != peer.last_rx_src:
+            if not newest:
+                return False
+            self.core_touched = True
+            self.core.roamed(peer, src, now)
+        peer.last_rx = max(peer.last_rx, when)
+        peer.last_rx_src = src
         return True
 
     def relay_received(self, peer: Peer, src: Endpoint, when: float, now: float) -> None:

@@ -8,10 +8,10 @@ seals TUN reads for peers whose route is on that socket (direct or relayed); eve
 :meth:`NativeReceiver.take`.  Python keeps every decision: after each input the shell calls
 :meth:`NativeReceiver.sync`, which installs the current and previous session of every peer (a
 responder's unconfirmed ``next`` session stays with Python, whose first packet rotates the
-ring) and drops the rest; :meth:`NativeReceiver.pull` folds the thread's counts, liveness
-(``last_rx``/``last_rx_src`` direct, ``last_relay_rx``/``last_relay_src`` through a relay, the
-latter by the Python path's own ``DataPlane.relay_received``) included, into the peers before
-the core looks at them.
+ring) and drops the rest; :meth:`NativeReceiver.pull` folds the thread's counts, liveness and
+roaming (``last_rx``/``last_rx_src`` direct, ``last_relay_rx``/``last_relay_src`` through a relay,
+by the Python path's own ``DataPlane.direct_received`` and ``relay_received``) included, into the
+peers before the core looks at them.
 
 A session the thread serves gets a ``NativeWindow`` in place of its ReplayWindow (a copy, made
 once, before the thread can see the session), so both threads share one window behind one
@@ -180,7 +180,7 @@ class NativeReceiver:
                 _count_received(peer, packets, nbytes)
             if failed or spoofed or wrong_key or misdirected:
                 _count_dropped(peer, failed, spoofed, wrong_key, misdirected)
-            if self._received(peer, last_rx, source, last_relay_rx, relay, now) and peer.pending and now:
+            if self._received(peer, index, last_rx, source, last_relay_rx, relay, now) and peer.pending and now:
                 self._data.core_touched = True
                 self._core.flush(peer, now)
         for overlay, packets, nbytes, last_tx in send_rows:
@@ -188,16 +188,20 @@ class NativeReceiver:
             if peer is not None:
                 _count_sent(peer, packets, nbytes, max(peer.last_tx, last_tx))
 
-    def _received(self, peer: Peer, last_rx: float, source: Optional[tuple], last_relay_rx: float,
+    def _received(self, peer: Peer, index: int, last_rx: float, source: Optional[tuple], last_relay_rx: float,
                   relay: Optional[tuple], now: float) -> bool:
-        """Hand the thread's newest direct and relayed receives to the peer as the Python path would; True if any.
+        """Hand the thread's latest direct and relayed receives to the peer as the Python path would; True if any.
 
-        A receive older than what the peer already has (Python opened a later one) changes nothing.
-        At ``detach`` (``now`` 0.0) a relay change triggers nothing: the node is going away."""
+        The thread notes a direct receive only for the newest message of a session (it moved the
+        window), so one of the current session from a new source roams, through the Python path's
+        own ``DataPlane.direct_received``.  A receive older than what the peer already has (Python
+        opened a later one) changes nothing.  At ``detach`` (``now`` 0.0) neither a new source nor a
+        new relay triggers anything: the node is going away."""
         fresh = False
         if source is not None and last_rx > peer.last_rx:
-            peer.last_rx, peer.last_rx_src = last_rx, Endpoint(*source)
-            fresh = True
+            current = peer.ring.current
+            newest = bool(now) and current is not None and current.local_index == index
+            fresh = self._data.direct_received(peer, Endpoint(*source), last_rx, newest, now)
         if relay is not None and last_relay_rx > peer.last_relay_rx and now:
             self._data.relay_received(peer, Endpoint(*relay), last_relay_rx, now)
             fresh = True
