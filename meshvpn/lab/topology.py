@@ -224,6 +224,15 @@ class Topology:
         set_nat(owner.links, owner.nat, nat)
         owner.nat = nat
 
+    def cut_tcp(self, site: str, other: str) -> None:
+        """Drop TCP between `site` and `other`'s public address at `site`'s router, both ways, so the
+        two sites' hosts can meet only through a relay (no TCP punching or port prediction)."""
+        far = self.site(other).links.wan_addr
+        self.site(site).links.ns.run(["nft", "-f", "-"], input=(
+            "table ip meshvpn_cut_tcp {\n"
+            "  chain forward {\n    type filter hook forward priority -5; policy accept;\n"
+            f"    ip daddr {far} meta l4proto tcp drop\n    ip saddr {far} meta l4proto tcp drop\n  }}\n}}\n"))
+
     def set_ipv6_broken(self, site: str, broken: bool) -> None:
         """Drop (or pass again) every IPv6 packet through `site`'s router; addresses and routes stay,
         so hosts still send over IPv6, as on a network whose IPv6 is broken upstream."""

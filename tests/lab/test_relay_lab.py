@@ -34,12 +34,16 @@ for _ in range(20):
 
 
 def two_site_mesh(topo: Topology, workdir: Path, nat_a, nat_b, hosts_a: int = 1, hosts_b: int = 1,
-                  behind_a: str | None = None, relays: tuple[tuple[str, str], ...] = (("relay", RELAY_ADDR),)) -> Mesh:
-    """Relays (name, address), sites `a` and `b` behind the given NATs, a coord, and daemons a1 and b1 registered."""
+                  behind_a: str | None = None, relays: tuple[tuple[str, str], ...] = (("relay", RELAY_ADDR),),
+                  tcp_between_sites: bool = True) -> Mesh:
+    """Relays (name, address), sites `a` and `b` behind the given NATs, a coord, and daemons a1 and b1
+    registered; without `tcp_between_sites` site a's router drops TCP to and from site b."""
     for name, address in relays:
         topo.add_server(name, addrs=[address])
     topo.add_site("a", nat=nat_a, hosts=hosts_a, behind=behind_a)
     topo.add_site("b", nat=nat_b, hosts=hosts_b)
+    if not tcp_between_sites:
+        topo.cut_tcp("a", "b")
     mesh = Mesh(workdir, topo.host("coord"), COORD_ADDR)
     for name, address in relays:
         mesh.start_relay(name, topo.host(name), address)
@@ -51,8 +55,8 @@ def two_site_mesh(topo: Topology, workdir: Path, nat_a, nat_b, hosts_a: int = 1,
     return mesh
 
 
-def relayed_mesh(topo: Topology, workdir: Path, nat_a, nat_b) -> Mesh:
-    mesh = two_site_mesh(topo, workdir, nat_a, nat_b)
+def relayed_mesh(topo: Topology, workdir: Path, nat_a, nat_b, tcp_between_sites: bool = True) -> Mesh:
+    mesh = two_site_mesh(topo, workdir, nat_a, nat_b, tcp_between_sites=tcp_between_sites)
     wait_for(lambda: all(r["ready"] for n in ("a1", "b1") for r in mesh.status(n)["self"]["relays"]), 15,
              "both nodes to reach the relay")
     return mesh
@@ -62,8 +66,8 @@ def relayed_mesh(topo: Topology, workdir: Path, nat_a, nat_b) -> Mesh:
 def run(topo: Topology, tmp_path: Path, meshes: list[Mesh]):
     """Build the relayed mesh with the NATs a test asks for."""
 
-    def build(nat_a=NatKind.RANDOM_PORTS, nat_b=NatKind.RANDOM_PORTS) -> Mesh:
-        meshes.append(relayed_mesh(topo, tmp_path, nat_a, nat_b))
+    def build(nat_a=NatKind.RANDOM_PORTS, nat_b=NatKind.RANDOM_PORTS, tcp_between_sites: bool = True) -> Mesh:
+        meshes.append(relayed_mesh(topo, tmp_path, nat_a, nat_b, tcp_between_sites))
         return meshes[-1]
 
     return build
@@ -105,7 +109,8 @@ def test_random_port_nats_are_relayed_over_udp_within_3s(run, topo: Topology) ->
 
 
 def test_a_site_without_udp_is_relayed_over_tcp(run, topo: Topology) -> None:
-    mesh = run(nat_a=NatKind.UDP_BLOCKED)
+    """With TCP between the sites cut too (else TCP prediction gives the pair a direct TCP path)."""
+    mesh = run(nat_a=NatKind.UDP_BLOCKED, tcp_between_sites=False)
     assert mesh.status("a1")["self"]["relays"][0]["transport"] == "tcp"
     found = mesh.wait_for_paths({("a1", "b1"): ("relay",), ("b1", "a1"): ("relay",)}, timeout=15)
     assert len(found) == 2

@@ -53,10 +53,13 @@ def coturn(topo: Topology, tool, tmp_path: Path):
 
 @pytest.fixture
 def mesh(request, topo: Topology, coturn, tmp_path: Path, meshes: list[Mesh]) -> Mesh:
-    """Sites a (behind the NAT the test names, random ports by default) and b (random ports)."""
+    """Sites a (behind the NAT the test names, random ports by default) and b (random ports). With
+    a UDP-blocked site a, TCP between the sites is cut too: TCP prediction would find a direct path."""
     nat_a = getattr(request, "param", NatKind.RANDOM_PORTS)
     topo.add_site("a", nat=nat_a)
     topo.add_site("b", nat=NatKind.RANDOM_PORTS)
+    if nat_a is NatKind.UDP_BLOCKED:
+        topo.cut_tcp("a", "b")
     port_443_only = nat_a is NatKind.PORT_443_ONLY
     mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR, coord_port=TLS_PORT if port_443_only else COORD_PORT)
     meshes.append(mesh)
