@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 from meshvpn import wire
-from meshvpn.constants import KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT
 from meshvpn.control import messages as m
 from meshvpn.control.mapparts import PeerMapAssembler
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.node.candidates import candidates_of
+from meshvpn.node.coretimers import CoreTimers
 from meshvpn.node.destinations import LocalDestinations
 from meshvpn.node.events import (
     AddressAssigned, CoordRejected, Event, PeerDown, PeerPathChanged, PeerUp,
@@ -59,9 +59,6 @@ from meshvpn.noise import StaticIdentity
 from meshvpn.session import Session
 from meshvpn.wire import Endpoint, MessageType
 
-RESPONDER_REKEY_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
-"""A responder whose session carries traffic rekeys itself at this age (WireGuard's rule)."""
-
 _RESPONSE_RECEIVER = slice(8, 12)
 
 
@@ -77,7 +74,7 @@ class CoreConfig:
     """Least seconds between two ``punch_request`` messages for one peer."""
 
 
-class NodeCore(HandshakeCookies, Recovery):
+class NodeCore(HandshakeCookies, Recovery, CoreTimers):
     """All per-node protocol state; the data path reads ``peers`` directly."""
 
     def __init__(self, private_key: bytes, random_bytes: Callable[[int], bytes], config: CoreConfig | None = None):
@@ -127,17 +124,6 @@ class NodeCore(HandshakeCookies, Recovery):
 
     def next_event(self) -> Optional[Event]:
         return self._events.popleft() if self._events else None
-
-    def get_timer(self) -> Optional[float]:
-        """The earliest deadline of any peer, handshake, scheduled punch or ping."""
-        deadlines = [self.handshakes.get_timer(), self.punching.get_timer()]
-        for peer in self.peers:
-            deadlines.append(peer.pings.get_timer())
-            deadlines.append(peer.paths.get_timer())
-            deadlines.append(peer.ring.get_timer())
-            deadlines.append(self._rekey_deadline(peer))
-        deadlines.append(self._watch_deadline())
-        return min((d for d in deadlines if d is not None), default=None)
 
     # ---- coord messages -----------------------------------------------------------
 
@@ -456,40 +442,6 @@ class NodeCore(HandshakeCookies, Recovery):
         self._send_via(route, self.probes.probe(peer.key, tx_id, route.endpoint, self.random_bytes(24),
                                                 now + self.config.wall_offset))
         return tx_id
-
-    # ---- timers -------------------------------------------------------------------
-
-    def _rekey_deadline(self, peer: Peer) -> Optional[float]:
-        session = peer.ring.current
-        if session is None or peer.key in self.handshakes.attempts:
-            return None
-        if max(peer.last_tx, peer.last_rx) <= session.created_at:
-            return None
-        return session.rekey_at if session.is_initiator else session.created_at + RESPONDER_REKEY_AGE
-
-    def handle_timer(self, now: float) -> None:
-        """Do everything due at ``now``; safe to call early or late."""
-        self._watched_at = now
-        for peer in self.peers:
-            peer.pings.expire(now)
-        self.punching.handle_timer(now)
-        for peer in self.peers:
-            self.sync_traffic(peer)
-            peer.paths.handle_timer(now)
-            self._drain_paths(peer, now)
-            self.ring_expire(peer, now)
-            rekey_at = self._rekey_deadline(peer)
-            if rekey_at is not None and now >= rekey_at:
-                self._initiate(peer, now)
-        retry, abandoned = self.handshakes.due(now)
-        for key in retry:
-            self._initiate(self.peers.by_key[key], now)
-        for key in abandoned:
-            peer = self.peers.by_key[key]
-            peer.counters.drops["handshake timeout"] += len(peer.pending)
-            peer.pending.clear()
-            if peer.ring.current is None:
-                self._events.append(PeerDown(peer.name, "handshake timed out"))
 
     # ---- status -------------------------------------------------------------------
 

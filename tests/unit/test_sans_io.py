@@ -52,6 +52,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.punching",
     "meshvpn.node.pings",
     "meshvpn.node.recovery",
+    "meshvpn.node.coretimers",
     "meshvpn.node.silence",
     "meshvpn.node.family",
     "meshvpn.node.pathtimers",
