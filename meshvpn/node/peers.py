@@ -10,6 +10,7 @@ it and bumps counters.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from collections import Counter, deque
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field, replace
@@ -143,6 +144,8 @@ class Peer:
     """Our TCP port samples for it and its sample we connected above (TCP port prediction's)."""
     turn_relayed: Optional[tuple[Endpoint, ...]] = None
     """Its TURN relayed addresses, which give it a TURN route (the TURN machine's)."""
+    order: int = 0
+    """When it joined the table, among the peers there (the table's order, which the timer keeps)."""
 
     def __post_init__(self) -> None:
         self.overlay = ipaddress.ip_address(self.info.address).packed
@@ -215,6 +218,12 @@ class PeerTable:
         self.unknown_changes = 0
         """Field-level changes the coord sent for peers not in the table, dropped (the coord sends
         a peer the node may not have whole, so none are expected)."""
+        self.touched: set[Peer] = set()
+        """Peers a machine of the core changed since the core's timer last looked (`meshvpn.node.peertimers`)."""
+        self.trafficked: set[Peer] = set()
+        """Peers the data path carried traffic for since the core's timer last fired: their traffic
+        times moved, which their path finders learn on the timer (`meshvpn.node.recovery`)."""
+        self._joined = itertools.count()
 
     def __iter__(self) -> Iterator[Peer]:
         return iter(self.by_key.values())
@@ -223,8 +232,10 @@ class PeerTable:
         return len(self.by_key)
 
     def add(self, peer: Peer) -> None:
+        peer.order = next(self._joined)
         self.by_key[peer.key] = peer
         self.by_overlay[peer.overlay] = peer
+        self.touched.add(peer)
 
     def completed(self, msg: Message) -> Message:
         """`msg`, but a `peer_delta`'s field-level changes become the changed peers' whole infos,
@@ -249,6 +260,8 @@ class PeerTable:
             return None
         if self.by_overlay.get(peer.overlay) is peer:
             del self.by_overlay[peer.overlay]
+        self.touched.discard(peer)
+        self.trafficked.discard(peer)
         for index in [i for i, p in self.by_index.items() if p is peer]:
             del self.by_index[index]
         return peer

@@ -53,6 +53,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.pings",
     "meshvpn.node.recovery",
     "meshvpn.node.coretimers",
+    "meshvpn.node.peertimers",
     "meshvpn.node.silence",
     "meshvpn.node.family",
     "meshvpn.node.pathtimers",
