@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, settings
 
 from meshvpn import keys
 from meshvpn.lab.postgres import throwaway_postgres, unavailable_reason
+from meshvpn.node.peertimers import PeerTimers
 
 # Hypothesis' per-example deadline and its too-slow health check time each example by the wall
 # clock, which on the suite's shared two cores (other work, four xdist workers) measures the
@@ -28,6 +29,13 @@ from meshvpn.lab.postgres import throwaway_postgres, unavailable_reason
 # asserts is its assertions; a test that must be fast says so with its own `settings`.
 settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("suite")
+
+
+@pytest.fixture(autouse=True)
+def _peer_timers_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every node core in a test compares its kept timer with the brute force over all its peers, so a
+    change to a peer that does not mark it (`meshvpn.node.peertimers`) fails the test that makes it."""
+    monkeypatch.setattr(PeerTimers, "check", True)
 
 
 @functools.cache

@@ -49,6 +49,7 @@ from meshvpn.node.handshake_cookies import HandshakeCookies
 from meshvpn.node.handshakes import HandshakeManager
 from meshvpn.node.pathfinder import RELAY_PATH, PathChanged, PathFinder, PathFinderConfig, SendProbe
 from meshvpn.node.peers import Peer, PeerSlot, PeerTable, Route
+from meshvpn.node.peertimers import PeerTimers
 from meshvpn.node.punching import Punching
 from meshvpn.node.recovery import Recovery
 from meshvpn.node.routes import Routes
@@ -83,6 +84,8 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
         self.public_key = self.identity.public
         self.random_bytes = random_bytes
         self.peers = PeerTable()
+        self.timers = PeerTimers(self.peers, self._peer_deadline, self._busy_until)
+        """Every peer's next deadline, kept current from the peers marked in the table."""
         self.handshakes = HandshakeManager(self.identity, random_bytes, self.config.wall_offset,
                                            PeerSlot(self.peers, "handshake"), PeerSlot(self.peers, "cookie"))
         self.probes = ProbeCodec(private_key, self.public_key, *(PeerSlot(self.peers, slot) for slot in
@@ -158,6 +161,7 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
                 self.drops["punch for unknown peer"] += 1
             else:
                 self.punching.on_punch(peer, msg, now)
+                self.peers.touched.add(peer)
         elif isinstance(msg, m.Error):
             self._events.append(CoordRejected(msg.code, msg.message))
 
@@ -177,8 +181,9 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
             if self.traversal.set_peer_nat(info.key, info.nat):
                 peer.paths.strategy = self.traversal.strategy(info.key)
             if peer.route is not None and peer.route.path is RELAY_PATH:
-                peer.route = self.routes.for_path(peer.key, RELAY_PATH, info)
+                self.peers.set_route(peer, self.routes.for_path(peer.key, RELAY_PATH, info))
         peer.paths.set_candidates(candidates_of(info), now)
+        self.peers.touched.add(peer)
 
     def remove_peer(self, key: bytes, reason: str, now: float) -> None:
         """Forget the peer in one step: all kept of it is on it (``departing`` closes its connections
@@ -189,6 +194,7 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
         self.departing(peer, now)
         self.handshakes.cancel(key)
         self.peers.remove(key)
+        self.timers.forget(peer)
         self._events.append(PeerDown(peer.name, reason))
 
     # ---- what the shell learns about our own network ------------------------------
@@ -209,7 +215,7 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
         for peer in self.peers:
             peer.paths.relay_ready(self.routes.relay_ready(peer.key), now)
             if peer.route is not None and peer.route.path is RELAY_PATH:
-                peer.route = self.routes.for_path(peer.key, RELAY_PATH, peer.info)
+                self.peers.set_route(peer, self.routes.for_path(peer.key, RELAY_PATH, peer.info))
             self._drain_paths(peer, now)
 
     def set_tcp_path(self, peer_key: bytes, endpoint: Optional[TcpEndpoint], now: float) -> None:
@@ -320,6 +326,7 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
     def _install(self, peer: Peer, session: Session, now: float) -> None:
         was_up = peer.ring.current is not None or peer.ring.next is not None
         peer.ring.install(session)
+        self.peers.touched.add(peer)
         peer.last_handshake = now
         peer.counters.handshakes += 1
         peer.counters.rekeys += was_up
@@ -343,6 +350,7 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
 
     def packet_from_tun(self, peer: Peer, packet: bytes, now: float) -> None:
         """Queue ``packet`` for ``peer`` and start whatever it is waiting for."""
+        self.peers.touched.add(peer)
         if len(peer.pending) == peer.pending.maxlen:
             peer.counters.drops["queue full"] += 1
         peer.pending.append(packet)
@@ -357,11 +365,13 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
         """Drop sessions past REJECT_AFTER_TIME; tell the log when the last one goes."""
         had = peer.ring.current is not None
         peer.ring.expire(now)
+        self.peers.touched.add(peer)
         self._free_retired(peer)
         if had and peer.ring.current is None and peer.ring.next is None:
             self._events.append(PeerDown(peer.name, "session expired"))
 
     def _initiate(self, peer: Peer, now: float) -> None:
+        self.peers.touched.add(peer)
         old = self.handshakes.attempts.get(peer.key)
         if old is not None:
             self.peers.by_index.pop(old.index, None)
@@ -385,6 +395,7 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
             counters.tx_packets += 1
             counters.tx_bytes += len(packet)
         peer.last_tx = now
+        self.peers.trafficked.add(peer)  # as the data path's sends: its path finder learns of them on the timer
         return True
 
     def _send_via(self, route: Route, message: bytes) -> None:
@@ -393,10 +404,11 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
     # ---- paths --------------------------------------------------------------------
 
     def _drain_paths(self, peer: Peer, now: float) -> None:
-        """Carry out the path finder's probes and path changes."""
+        """Carry out the path finder's probes and path changes (the peer's deadline may have moved)."""
+        self.peers.touched.add(peer)
         for action in peer.paths.next_actions():
             if isinstance(action, PathChanged):
-                peer.route = self.routes.for_path(peer.key, action.new, peer.info)
+                self.peers.set_route(peer, self.routes.for_path(peer.key, action.new, peer.info))
                 self.punching.path_changed(peer, action.new, now)
                 self._events.append(PeerPathChanged(peer.name, action.old, action.new, action.reason.value))
                 self._report_path(peer)
@@ -437,6 +449,7 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
         if route is None:
             self.punching.punch(peer, now)
             return None
+        self.peers.touched.add(peer)
         tx_id = self.random_bytes(8)
         peer.pings.sent(tx_id, route, now)
         self._send_via(route, self.probes.probe(peer.key, tx_id, route.endpoint, self.random_bytes(24),

@@ -3,12 +3,15 @@
 A part of :class:`~meshvpn.node.core.NodeCore` (its base class, which provides every attribute
 used here), one concern with its own rules:
 
-* A peer's deadline is the earliest of its machines' (pings, path finder, key ring) and its
-  rekey: the side whose session is due (REKEY_AFTER_TIME for the initiator, shortly before
-  REJECT_AFTER_TIME for the responder) starts a new handshake, but only if the session
-  carried traffic since it was made (idle peers let their sessions expire).
-* Node-wide deadlines: handshakes in flight, scheduled punches and re-samples, and the look at
-  the data path's traffic times (:mod:`meshvpn.node.recovery`).
+* A peer's deadline is the earliest of its machines' (pings, path finder, key ring, the coord's
+  scheduled punches) and its rekey: the side whose session is due (REKEY_AFTER_TIME for the
+  initiator, shortly before REJECT_AFTER_TIME for the responder) starts a new handshake, but only
+  if the session carried traffic since it was made (idle peers let their sessions expire).
+* The peers' deadlines are kept in a heap (:mod:`meshvpn.node.peertimers`): whatever changes a
+  peer marks it (``peers.touched``; the data path's traffic, ``peers.trafficked``), so asking costs
+  the marked peers, and the timer looks only at the peers due or marked, never the whole table.
+* Node-wide deadlines: handshakes in flight, hard-NAT re-samples, and the look at the data path's
+  traffic times (:mod:`meshvpn.node.recovery`).
 * ``handle_timer`` is safe to call early or late: each machine does only what is due.
 """
 
@@ -28,14 +31,15 @@ class CoreTimers:
     """The timer methods of the node core."""
 
     def get_timer(self) -> Optional[float]:
-        """The earliest deadline of any peer, handshake, scheduled punch or ping."""
-        deadlines = [self.handshakes.get_timer(), self.punching.get_timer()]
-        for peer in self.peers:
-            deadlines.append(peer.pings.get_timer())
-            deadlines.append(peer.paths.get_timer())
-            deadlines.append(peer.ring.get_timer())
-            deadlines.append(self._rekey_deadline(peer))
-        deadlines.append(self._watch_deadline())
+        """The earliest deadline of any peer, handshake, re-sample or look at the traffic."""
+        deadlines = (self.timers.get_timer(), self.handshakes.get_timer(), self.punching.get_timer(),
+                     self._watch_deadline())
+        return min((d for d in deadlines if d is not None), default=None)
+
+    def _peer_deadline(self, peer: Peer) -> Optional[float]:
+        """The earliest deadline of the peer's machines, its scheduled punches and its rekey."""
+        deadlines = (peer.pings.get_timer(), peer.paths.get_timer(), peer.ring.get_timer(),
+                     self._rekey_deadline(peer), min(peer.punches_due, default=None))
         return min((d for d in deadlines if d is not None), default=None)
 
     def _rekey_deadline(self, peer: Peer) -> Optional[float]:
@@ -49,10 +53,11 @@ class CoreTimers:
     def handle_timer(self, now: float) -> None:
         """Do everything due at ``now``; safe to call early or late."""
         self._watched_at = now
-        for peer in self.peers:
+        peers = self.timers.due(now)
+        for peer in peers:
             peer.pings.expire(now)
-        self.punching.handle_timer(now)
-        for peer in self.peers:
+        self.punching.handle_timer(now, peers)
+        for peer in self.timers.due(now):  # the same, and any that the punches and re-samples touched
             self.sync_traffic(peer)
             peer.paths.handle_timer(now)
             self._drain_paths(peer, now)
@@ -65,6 +70,7 @@ class CoreTimers:
             self._initiate(self.peers.by_key[key], now)
         for key in abandoned:
             peer = self.peers.by_key[key]
+            self.peers.touched.add(peer)
             peer.counters.drops["handshake timeout"] += len(peer.pending)
             peer.pending.clear()
             if peer.ring.current is None:

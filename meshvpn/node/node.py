@@ -244,8 +244,9 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
         self._settle(now)
 
     def set_keepalive(self, seconds: float) -> None:
-        """A reloaded ``paths.keepalive``: every peer's path finder shares this setting."""
+        """A reloaded ``paths.keepalive``: every peer's path finder shares this setting (and its deadline moves)."""
         self.core.config.paths.keepalive = seconds
+        self.peers.touched.update(self.peers)
 
     def mappings_short(self, key: bytes) -> None:
         """The shell opened fewer of `key`'s birthday sockets than asked (its limit, held by other campaigns)."""
@@ -332,12 +333,11 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
 
     def _restamp_routes(self) -> None:
         """Give every route the transport that carries it now (a relay moved to TCP, a channel bound...)."""
-        for peer in self.peers:
+        for peer in list(self.peers.routed):
             route = peer.route
-            if route is not None:
-                transport = self.transport_for(route.endpoint)
-                if transport != route.transport:
-                    peer.route = replace(route, transport=transport)
+            transport = self.transport_for(route.endpoint)
+            if transport != route.transport:
+                self.peers.set_route(peer, replace(route, transport=transport))
 
     def _drain_core(self, now: float) -> bool:
         core = self.core

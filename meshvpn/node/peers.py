@@ -14,6 +14,7 @@ import itertools
 from collections import Counter, deque
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import TYPE_CHECKING, Iterator, Optional, TypeVar
 
 from meshvpn.control.messages import Message, PeerDelta, PeerInfo
@@ -169,12 +170,15 @@ class PeerSlot(MutableMapping[bytes, T]):
     The machine keeps its mapping (``attempts[key]``, ``get``, ``pop``, iteration) and its own
     tests, which give it a plain dict; the node core gives it a slot, so the state lives on the
     peer and leaves with it. A key with no peer in the table has nowhere to keep state: a write
-    for it is dropped, as the peer's removal would have dropped it.
+    for it is dropped, as the peer's removal would have dropped it. The slot remembers which
+    peers it wrote, so going through its states costs as many as there are, not the whole table.
     """
 
     def __init__(self, peers: PeerTable, name: str) -> None:
         self._peers = peers
         self._name = name
+        self._held: dict[Peer, None] = {}
+        """The peers this slot wrote a state on (some may have left, or had it deleted since)."""
 
     def __getitem__(self, key: bytes) -> T:
         peer = self._peers.by_key.get(key)
@@ -187,6 +191,7 @@ class PeerSlot(MutableMapping[bytes, T]):
         peer = self._peers.by_key.get(key)
         if peer is not None:
             setattr(peer, self._name, value)
+            self._held[peer] = None
 
     def __delitem__(self, key: bytes) -> None:
         self[key]  # KeyError when there is nothing to delete
@@ -199,9 +204,11 @@ class PeerSlot(MutableMapping[bytes, T]):
         return len(self.items())
 
     def items(self) -> list[tuple[bytes, T]]:  # type: ignore[override]
-        """(key, state) of every peer with state, as a list: one pass over the table, safe to change while read."""
-        name = self._name
-        return [(peer.key, value) for peer in self._peers if (value := getattr(peer, name)) is not None]
+        """(key, state) of every peer with state in the table's order, as a list: safe to change while read."""
+        name, by_key = self._name, self._peers.by_key
+        for peer in [peer for peer in self._held if getattr(peer, name) is None or by_key.get(peer.key) is not peer]:
+            del self._held[peer]
+        return [(peer.key, getattr(peer, name)) for peer in sorted(self._held, key=attrgetter("order"))]
 
     def values(self) -> list[T]:  # type: ignore[override]
         return [value for _, value in self.items()]
@@ -223,6 +230,9 @@ class PeerTable:
         self.trafficked: set[Peer] = set()
         """Peers the data path carried traffic for since the core's timer last fired: their traffic
         times moved, which their path finders learn on the timer (`meshvpn.node.recovery`)."""
+        self.routed: dict[Peer, None] = {}
+        """The peers that have a route (``set_route``): the node gives their routes a new transport
+        when one changes, at a cost of the peers in use, not of the whole table."""
         self._joined = itertools.count()
 
     def __iter__(self) -> Iterator[Peer]:
@@ -236,6 +246,14 @@ class PeerTable:
         self.by_key[peer.key] = peer
         self.by_overlay[peer.overlay] = peer
         self.touched.add(peer)
+
+    def set_route(self, peer: Peer, route: Optional[Route]) -> None:
+        """Where the data path sends the peer's messages from now on (None: nowhere)."""
+        peer.route = route
+        if route is None:
+            self.routed.pop(peer, None)
+        else:
+            self.routed[peer] = None
 
     def completed(self, msg: Message) -> Message:
         """`msg`, but a `peer_delta`'s field-level changes become the changed peers' whole infos,
@@ -262,6 +280,7 @@ class PeerTable:
             del self.by_overlay[peer.overlay]
         self.touched.discard(peer)
         self.trafficked.discard(peer)
+        self.routed.pop(peer, None)
         for index in [i for i, p in self.by_index.items() if p is peer]:
             del self.by_index[index]
         return peer

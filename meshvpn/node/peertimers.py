@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from operator import attrgetter
 from typing import Callable, Generic, Hashable, Iterable, Iterator, Optional, TypeVar
 
 from meshvpn.node.peers import Peer, PeerTable
@@ -119,7 +120,7 @@ class PeerTimers:
         marked |= self.peers.trafficked
         self.peers.trafficked.clear()
         marked.update(self._deadlines.pop_until(now))
-        return sorted(marked, key=_order)
+        return sorted(marked, key=attrgetter("order"))
 
     def forget(self, peer: Peer) -> None:
         """The peer left the table."""
@@ -139,10 +140,6 @@ class PeerTimers:
         if kept != brute:
             stale = [peer.name for peer in self.peers if self._deadline(peer) != self._deadlines.get(peer)]
             raise AssertionError(f"peer timers kept {what} {kept}, the peers say {brute} (stale deadlines: {stale})")
-
-
-def _order(peer: Peer) -> int:
-    return peer.order
 
 
 def _known(values: Iterable[Optional[float]]) -> Iterator[float]:

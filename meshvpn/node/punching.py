@@ -21,7 +21,7 @@ finder's actions after a punch round).
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 from meshvpn.control import messages as m
 from meshvpn.node.candidates import Candidate, CandidateKind, candidates_of
@@ -142,6 +142,7 @@ class Punching:
         """Our traffic needs a (better) path: punch, or re-sample on the hard side, and have the
         coord make the peer punch back (at most once per `request_interval` unless we are the hard side)."""
         peer.paths.want_path(now)
+        self.peers.touched.add(peer)
         self.traversal.want_path(peer.key, now)
         if self.traversal.samples_ports:
             self.resample(now)
@@ -151,9 +152,10 @@ class Punching:
             peer.punch_requested_at = now
             self._coord_out.append(m.PunchRequest(peer_key=peer.key))
 
-    def handle_timer(self, now: float) -> None:
-        """The coord's synchronised punches that are due, then the hard sides' re-samples."""
-        for peer in self.peers:
+    def handle_timer(self, now: float, peers: Iterable[Peer]) -> None:
+        """The coord's synchronised punches of `peers` that are due (a peer's punches are part of its
+        deadline, :mod:`meshvpn.node.coretimers`), then the hard sides' re-samples."""
+        for peer in peers:
             due = [when for when in peer.punches_due if when <= now]
             peer.punches_due = [when for when in peer.punches_due if when > now]
             for _ in due:
@@ -161,10 +163,8 @@ class Punching:
         self.resample(now)
 
     def get_timer(self) -> Optional[float]:
-        """The next scheduled punch or re-sample."""
-        deadlines = [when for peer in self.peers for when in peer.punches_due]
-        deadlines.append(self.traversal.get_timer())
-        return min((d for d in deadlines if d is not None), default=None)
+        """The next re-sample (the scheduled punches are their peers' deadlines)."""
+        return self.traversal.get_timer()
 
     # ---- hard NATs ----------------------------------------------------------------
 

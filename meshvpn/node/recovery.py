@@ -70,9 +70,13 @@ class Recovery:
 
     def _watch_deadline(self) -> Optional[float]:
         """The next look at the traffic times, while any peer with a route carried traffic recently."""
-        busy = any(peer.route is not None and max(peer.last_tx, peer.last_rx, peer.last_relay_rx) + WATCH_IDLE
-                   > self._watched_at for peer in self.peers)
-        return self._watched_at + WATCH_INTERVAL if busy else None
+        busy_until = self.timers.busy_until()
+        return self._watched_at + WATCH_INTERVAL if busy_until is not None and busy_until > self._watched_at else None
+
+    @staticmethod
+    def _busy_until(peer: Peer) -> Optional[float]:
+        """Until when the peer's traffic keeps the core looking (None: it has no route)."""
+        return None if peer.route is None else max(peer.last_tx, peer.last_rx, peer.last_relay_rx) + WATCH_IDLE
 
     def _path_news(self, action: object, now: float) -> None:
         """A path finder's request other than a probe or a path change."""

@@ -124,6 +124,9 @@ class Traversal:
         self._randrange = randrange
         self._punch_interval = punch_interval
         self._peers: MutableMapping[bytes, PeerTraversal] = {} if peers is None else peers
+        self._scheduled: dict[bytes, None] = {}
+        """The peers given a re-sample schedule (some may have left since): only they have re-samples
+        due, and every peer has a state here, so the timer looks at these alone."""
 
     def _state(self, key: bytes) -> PeerTraversal:
         return self._peers.setdefault(key, PeerTraversal())
@@ -169,8 +172,7 @@ class Traversal:
         state = self._state(key)
         idle = state.schedule is None or (restart and state.schedule.get_timer() is None)
         if self.hard_side(key) and idle:
-            state.schedule = ResampleSchedule(RESAMPLE_INTERVAL, RESAMPLE_MAX)
-            state.schedule.start(now)
+            self._schedule(key, state, now)
 
     def on_punch(self, key: bytes, sample: Optional[m.Endpoint], now: float) -> OnPunch:
         """The coord's punch for `key` arrived; `sample`: the peer's fresh sample it carries.
@@ -227,14 +229,25 @@ class Traversal:
             return
         state = self._state(key)
         if state.schedule is None:
-            state.schedule = ResampleSchedule(RESAMPLE_INTERVAL, RESAMPLE_MAX)
-            state.schedule.start(now)
+            self._schedule(key, state, now)
         state.schedule.extend(now, until, FALLBACK_RESAMPLE_INTERVAL)
+
+    def _schedule(self, key: bytes, state: PeerTraversal, now: float) -> None:
+        state.schedule = ResampleSchedule(RESAMPLE_INTERVAL, RESAMPLE_MAX)
+        state.schedule.start(now)
+        self._scheduled[key] = None
+
+    def _with_schedule(self) -> list[tuple[bytes, PeerTraversal]]:
+        """(key, state) of the peers that have a re-sample schedule; the others are forgotten here."""
+        held = [(key, self._peers.get(key)) for key in self._scheduled]
+        for key, state in held:
+            if state is None or state.schedule is None:
+                del self._scheduled[key]
+        return [(key, state) for key, state in held if state is not None and state.schedule is not None]
 
     def due(self, now: float) -> list[bytes]:
         """Peers whose re-sample is due now."""
-        return [key for key, state in self._peers.items()
-                if state.schedule is not None and state.schedule.due(now) and not state.sampling]
+        return [key for key, state in self._with_schedule() if state.schedule.due(now) and not state.sampling]
 
     def path_found(self, key: bytes) -> None:
         """A direct path exists: no more samples."""
@@ -269,5 +282,5 @@ class Traversal:
 
     def get_timer(self) -> Optional[float]:
         """The next re-sample due."""
-        times = [s.schedule.get_timer() for s in self._peers.values() if s.schedule is not None and not s.sampling]
+        times = [state.schedule.get_timer() for _, state in self._with_schedule() if not state.sampling]
         return min((t for t in times if t is not None), default=None)

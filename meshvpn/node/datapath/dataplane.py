@@ -13,9 +13,10 @@ Everything else is copied out and goes to the node.
 
 Rules: no logging, no exceptions out of the loop, no asyncio objects, no per-packet copies
 besides the AEAD's own output.  Drops are counted by reason, per peer when the peer is known.
-Liveness costs two attribute writes: the core reads ``last_rx``/``last_rx_src`` on its
-timer.  Sans-IO: the shell does the reads and writes, so simulations use the same code
-through the bytes-in, bytes-out :meth:`DataPlane.outbound` and :meth:`DataPlane.inbound`.
+Liveness costs two attribute writes and a mark (``peers.trafficked``, one set insert per run):
+the core reads ``last_rx``/``last_rx_src`` on its timer, of the marked peers only.  Sans-IO:
+the shell does the reads and writes, so simulations use the same code through the bytes-in,
+bytes-out :meth:`DataPlane.outbound` and :meth:`DataPlane.inbound`.
 """
 
 from __future__ import annotations
@@ -61,11 +62,12 @@ def _sealing_session(peer: Optional[Peer], now: float) -> Optional[Session]:
     return None if session is None or now >= session.expires_at else session
 
 
-def _count_sent(peer: Peer, packets: int, nbytes: int, now: float) -> None:
+def _count_sent(peer: Peer, packets: int, nbytes: int, now: float, trafficked: set[Peer]) -> None:
     counters = peer.counters
     counters.tx_packets += packets
     counters.tx_bytes += nbytes
     peer.last_tx = now
+    trafficked.add(peer)
 
 
 def _count_received(peer: Peer, packets: int, nbytes: int) -> None:
@@ -170,6 +172,8 @@ class DataPlane:
         """Set when a batch handed anything to the core: the shell then re-arms its timer."""
         self.lan: Optional[LanParty] = getattr(core, "lan", None)
         """Broadcast, multicast and access rules (a bare core in tests has none)."""
+        self.trafficked = core.peers.trafficked
+        """Where the peers whose traffic times moved are marked, for the core's timer (`meshvpn.node.peertimers`)."""
 
     # ---- outbound -------------------------------------------------------------------
 
@@ -180,7 +184,7 @@ class DataPlane:
         TUN's in-place split); packets the core must keep are copied.  While the destination
         repeats, its peer, session and route are reused and its counters added up once.
         """
-        by_overlay = self.core.peers.by_overlay
+        by_overlay, trafficked = self.core.peers.by_overlay, self.trafficked
         out = sends.out
         lan = self.lan
         track = lan is not None and lan.access.active
@@ -201,7 +205,7 @@ class DataPlane:
                 lan.track(src, start, end, now)
             if dst != last_dst:
                 if sealed:
-                    _count_sent(peer, sealed, sealed_bytes, now)
+                    _count_sent(peer, sealed, sealed_bytes, now, trafficked)
                     sealed = sealed_bytes = 0
                 last_dst = dst
                 peer = by_overlay.get(bytes(dst))
@@ -230,7 +234,7 @@ class DataPlane:
             sealed += 1
             sealed_bytes += length
         if sealed:
-            _count_sent(peer, sealed, sealed_bytes, now)
+            _count_sent(peer, sealed, sealed_bytes, now, trafficked)
 
     def seal_super_packet(self, buf: bytearray, size: int, now: float, sends: SendBuffer) -> bool:
         """Split and seal the TUN read ``buf[:size]`` (virtio header first) in one pass: one ``fastpath.seal_split``.
@@ -265,7 +269,7 @@ class DataPlane:
             return False
         count, at, first_size = sealed
         sends.filled(route, first_size, count, at)
-        _count_sent(peer, count, at - count * (len(route.prefix) + OVERHEAD), now)
+        _count_sent(peer, count, at - count * (len(route.prefix) + OVERHEAD), now, self.trafficked)
         return True
 
     def _fan_out(self, packet: bytes, now: float, sends: SendBuffer) -> None:
@@ -283,8 +287,7 @@ class DataPlane:
             if not self._seal_copy(peer, packet, now, sends):
                 self._to_core(peer, packet, now)
 
-    @staticmethod
-    def _seal_copy(peer: Peer, packet: bytes, now: float, sends: SendBuffer) -> bool:
+    def _seal_copy(self, peer: Peer, packet: bytes, now: float, sends: SendBuffer) -> bool:
         """Seal one copy for ``peer`` on its route into ``sends``; False when the core must take it."""
         session = _sealing_session(peer, now)
         if session is None:
@@ -299,7 +302,7 @@ class DataPlane:
         except MeshError:
             return False
         sends.added(size)
-        _count_sent(peer, 1, len(packet), now)
+        _count_sent(peer, 1, len(packet), now, self.trafficked)
         return True
 
     def _to_core(self, peer: Peer, packet: bytes, now: float) -> None:
@@ -335,7 +338,7 @@ class DataPlane:
             self._other(b"", src, now)
             return
         view = memoryview(buf)
-        by_index = self.core.peers.by_index
+        by_index, trafficked = self.core.peers.by_index, self.trafficked
         accepted = self.core.destinations.accepted
         lan = self.lan
         at, stop = first, first + nbytes
@@ -377,6 +380,7 @@ class DataPlane:
             if failed or spoofed or wrong_key or misdirected:
                 _count_dropped(peer, failed, spoofed, wrong_key, misdirected)
             if authentic:
+                trafficked.add(peer)  # its receive times move, and a next session may have become current
                 if relay_key is not None:
                     self.relay_received(peer, src, now, now)
                 else:
@@ -400,6 +404,7 @@ class DataPlane:
             self.core.roamed(peer, src, now)
         peer.last_rx = max(peer.last_rx, when)
         peer.last_rx_src = src
+        self.trafficked.add(peer)
         return True
 
     def relay_received(self, peer: Peer, src: Endpoint, when: float, now: float) -> None:
@@ -408,6 +413,7 @@ class DataPlane:
         The relayed path lives (``last_relay_rx``, which silence detection reads); and traffic through
         another relay than before may mean the peer left ours for a reason (``relay_moved``)."""
         peer.last_relay_rx = max(peer.last_relay_rx, when)
+        self.trafficked.add(peer)
         if src == peer.last_relay_src:
             return
         moved = peer.last_relay_src is not None

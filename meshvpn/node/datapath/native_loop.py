@@ -186,7 +186,7 @@ class NativeReceiver:
         for overlay, packets, nbytes, last_tx in send_rows:
             peer = self._senders.get(overlay)
             if peer is not None:
-                _count_sent(peer, packets, nbytes, max(peer.last_tx, last_tx))
+                _count_sent(peer, packets, nbytes, max(peer.last_tx, last_tx), self._data.trafficked)
 
     def _received(self, peer: Peer, index: int, last_rx: float, source: Optional[tuple], last_relay_rx: float,
                   relay: Optional[tuple], now: float) -> bool:
