@@ -167,6 +167,7 @@ def test_a_removed_peer_leaves_nothing_in_any_component(tcp_pair, removal):
     assert a.node.turn.routes == {} and core.routes.turn == {} and a.node.turn.outbound(BOB_RELAYED) is None
     assert [abort.conn_id for abort in taken(a, TcpAbort)] == [a_conn]
     assert core.punching.get_timer() is None, "no punch or re-sample of the removed peer is left"
+    assert core.get_timer() is None, "nor any deadline of its own (its punch due later, its ping, its handshake)"
 
 
 def test_the_cores_machines_keep_their_per_peer_state_on_the_peer():
