@@ -178,7 +178,9 @@ class PeerSlot(MutableMapping[bytes, T]):
         self._peers = peers
         self._name = name
         self._held: dict[Peer, None] = {}
-        """The peers this slot wrote a state on (some may have left, or had it deleted since)."""
+        """The peers this slot wrote a state on (some may have had it deleted since); a peer that
+        leaves the table leaves here too."""
+        peers.slots.append(self._held)
 
     def __getitem__(self, key: bytes) -> T:
         peer = self._peers.by_key.get(key)
@@ -195,7 +197,9 @@ class PeerSlot(MutableMapping[bytes, T]):
 
     def __delitem__(self, key: bytes) -> None:
         self[key]  # KeyError when there is nothing to delete
-        setattr(self._peers.by_key[key], self._name, None)
+        peer = self._peers.by_key[key]
+        setattr(peer, self._name, None)
+        self._held.pop(peer, None)
 
     def __iter__(self) -> Iterator[bytes]:
         return iter([key for key, _ in self.items()])
@@ -205,8 +209,8 @@ class PeerSlot(MutableMapping[bytes, T]):
 
     def items(self) -> list[tuple[bytes, T]]:  # type: ignore[override]
         """(key, state) of every peer with state in the table's order, as a list: safe to change while read."""
-        name, by_key = self._name, self._peers.by_key
-        for peer in [peer for peer in self._held if getattr(peer, name) is None or by_key.get(peer.key) is not peer]:
+        name = self._name
+        for peer in [peer for peer in self._held if getattr(peer, name) is None]:
             del self._held[peer]
         return [(peer.key, getattr(peer, name)) for peer in sorted(self._held, key=attrgetter("order"))]
 
@@ -233,6 +237,8 @@ class PeerTable:
         self.routed: dict[Peer, None] = {}
         """The peers that have a route (``set_route``): the node gives their routes a new transport
         when one changes, at a cost of the peers in use, not of the whole table."""
+        self.slots: list[dict[Peer, None]] = []
+        """The peers each `PeerSlot` of the table holds state on."""
         self._joined = itertools.count()
 
     def __iter__(self) -> Iterator[Peer]:
@@ -281,6 +287,8 @@ class PeerTable:
         self.touched.discard(peer)
         self.trafficked.discard(peer)
         self.routed.pop(peer, None)
+        for held in self.slots:
+            held.pop(peer, None)
         for index in [i for i, p in self.by_index.items() if p is peer]:
             del self.by_index[index]
         return peer

@@ -58,10 +58,10 @@ class KeyedHeap(Generic[K]):
             return
         if value is None:
             self._entries.pop(key, None)
-            return
-        entry = [value, next(self._sequence), key]
-        self._entries[key] = entry
-        heapq.heappush(self._heap, entry)
+        else:
+            entry = [value, next(self._sequence), key]
+            self._entries[key] = entry
+            heapq.heappush(self._heap, entry)
         if len(self._heap) > 2 * len(self._entries) + _SLACK:
             self._heap = list(self._entries.values())
             heapq.heapify(self._heap)

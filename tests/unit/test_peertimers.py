@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 
 from meshvpn.control import messages as m
 from meshvpn.node.pathfinder import PathFinder
-from meshvpn.node.peers import Peer, PeerTable
+from meshvpn.node.peers import Peer, PeerSlot, PeerTable
 from meshvpn.node.peertimers import KeyedHeap, PeerTimers
 
 
@@ -144,3 +144,19 @@ def test_the_kept_answers_equal_the_brute_force_ones(ops: list[tuple]) -> None:
                     machines.deadlines[p] = now + value if i % 2 else None
         assert timers.get_timer() == machines.brute()
         assert timers.busy_until() == max((b for p in table if (b := machines.busy.get(p)) is not None), default=None)
+
+
+def test_the_peers_that_left_are_let_go() -> None:
+    """Neither the heap nor the table's slots hold on to peers that left (a network with churn)."""
+    machines = Machines()
+    table, timers = machines.table, machines.timers
+    slot = PeerSlot(table, "cookie")
+    peers = [machines.add(i, float(i)) for i in range(200)]
+    for peer in peers:
+        slot[peer.key] = object()
+    assert timers.get_timer() == 0.0
+    for peer in peers[:150]:
+        table.remove(peer.key)
+        timers.forget(peer)
+    assert len(timers._deadlines._heap) < 150 and timers.get_timer() == 150.0
+    assert all(len(held) == 50 for held in table.slots) and len(slot) == 50
