@@ -15,21 +15,17 @@ requester's port sample is.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Collection
 
 from meshvpn.control import messages as m
 from meshvpn.coord.candidates import punch_towards, punch_towards_info
 from meshvpn.coord.connstate import ConnState
-from meshvpn.coord.events import Announce, Close, PunchElsewhere
+from meshvpn.coord.events import Announce, Close, Log, PunchElsewhere
 from meshvpn.coord.peermap import peer_update
 from meshvpn.coord.store import Conflict, NodeRecord
 
 ADMISSION_ATTEMPTS = 16
 """Tries to admit a node whose name or address another coord instance took at the same moment."""
-LEASE = 15.0
-"""Seconds without a word from another instance (it sends a heartbeat every `HEARTBEAT` seconds,
-`meshvpn.coord.instances`) after which the nodes it had online count as offline here: a killed
-instance tells nobody its nodes are gone, and they reconnect elsewhere within about 30 s."""
 
 
 @dataclass(frozen=True)
@@ -47,19 +43,15 @@ class ChangeElsewhere:
 
 
 class Leases:
-    """Which instance each node online elsewhere is on, and when each instance was last heard."""
+    """Which instance each node online elsewhere is on, so that its nodes go offline here when
+    that instance is gone."""
 
     def __init__(self) -> None:
         self.origin: dict[bytes, str] = {}
-        self.heard: dict[str, float] = {}
 
-    def heard_from(self, instance: str, now: float) -> None:
-        self.heard[instance] = now
-
-    def expired(self, now: float) -> list[bytes]:
-        """The nodes of instances silent for `LEASE` seconds, forgotten here."""
-        gone = {i for i in set(self.origin.values()) if self.heard.get(i, float("-inf")) + LEASE <= now}
-        keys = [key for key, instance in self.origin.items() if instance in gone]
+    def gone(self, alive: Collection[str]) -> list[bytes]:
+        """The nodes of instances not in `alive`, forgotten here."""
+        keys = [key for key, instance in self.origin.items() if instance not in alive]
         for key in keys:
             del self.origin[key]
         return keys
@@ -79,20 +71,34 @@ class Elsewhere:
     _peer_relays_stale: set[str]
     punches_dropped: int
 
-    def instance_heard(self, instance: str, now: float) -> None:
-        """Another coord instance spoke (a heartbeat or a change): its lease runs from `now`."""
-        self._leases.heard_from(instance, now)
-
-    def expire_elsewhere(self, now: float) -> None:
-        """Nodes online on an instance silent for `LEASE` seconds are offline here, and this
-        instance's nodes hear it (the shell calls this every few seconds when it has instances)."""
-        for key in self._leases.expired(now):
+    def expire_elsewhere(self, alive: Collection[str]) -> None:
+        """Nodes online on an instance not in `alive` (the instances with a session on the
+        database, `meshvpn.coord.instances`) are offline here, and this instance's nodes hear it.
+        A heartbeat's silence judged that before, and a loaded instance whose heartbeats were
+        held up, or whose notifications this one read late, lost its nodes from every view here
+        until each of them changed again."""
+        gone = self._leases.gone(alive)
+        if gone:
+            self._actions.append(Log("warning", "nodes of another instance count as offline: its database "
+                                                "session is gone", {"nodes": len(gone)}))
+        for key in gone:
             node = self._roster.get(key)
             if self._elsewhere.pop(key, None) is None or node is None:
                 continue
             self._roster.changed(key)
             message, payload = peer_update(self._roster.entry(node, self._peer_info))
             self._actions.append(Announce(node.network, key, message, payload, relayed=True))
+
+    def online_here(self) -> list[tuple[str, bytes, bytes]]:
+        """(network, key, encoded `peer_update`) of every node online on this instance: what an
+        instance that just started (and so heard none of it) asks for."""
+        here = []
+        for network, conns in self._online.items():
+            for key in conns:
+                node = self._roster.get(key)
+                if node is not None:
+                    here.append((network, key, peer_update(self._roster.entry(node, self._peer_info))[1]))
+        return here
 
     def changed_elsewhere(self, network: str, subject: bytes, message: m.Message | None,
                           payload: bytes | None = None, origin: str | None = None) -> None:
@@ -131,6 +137,7 @@ class Elsewhere:
         elif isinstance(message, m.PeerUpdate):
             if message.peer.online:
                 self._elsewhere[subject] = message.peer
+                self._ephemeral_deadlines.pop(subject, None)  # its instance deletes it once offline there
                 if change.origin is not None:
                     self._leases.origin[subject] = change.origin
             else:

@@ -10,19 +10,28 @@ approvals and revocations are published too (without a message), so an admin ver
 instance acts on the whole network. PostgreSQL delivers notifications in commit order to every
 listening session; that is all the cluster protocol there is.
 
-A notification is JSON, of one of three kinds:
+A notification is JSON, of one of four kinds:
 
 * a change, ``{"from": instance, "network": name, "key": base64, "frame": text or null}``, the
   frame exactly as this instance's own nodes got it (far below PostgreSQL's 8000-byte payload
-  limit);
+  limit), with ``"to": instance`` when it answers that instance's `sync` alone (the others skip it;
+  an instance of the previous release applies it again, which changes nothing);
 * a punch, ``{"from": instance, "network": name, "punch": base64, "frame": text}``: a node here
   asked to punch node ``punch``, online on another instance, which sends it ``frame`` (the
   encoded `punch` towards the requester) if it has it online (`Membership.punched_elsewhere`);
-* a heartbeat ``{"from": instance}`` every `HEARTBEAT` seconds.
+* a sync, ``{"from": instance, "sync": true}``, once an instance LISTENs, before it takes any node:
+  every other instance answers with a change for each node online there, since the new one heard
+  none of their joins (an instance of the previous release takes it for a heartbeat);
+* a heartbeat ``{"from": instance}`` every `HEARTBEAT` seconds, for instances of the previous
+  release, which judge liveness by it.
 
-An instance skips its own. Whatever another instance sends renews its lease (`elsewhere.LEASE`):
-a killed instance falls silent, and the others then count its nodes offline. A notification
-that does not parse (`parse`) is logged and dropped.
+An instance skips its own. Which instances are alive PostgreSQL itself says: every session of an
+instance carries ``application_name`` `APPLICATION` and the instance, and `alive` lists the
+instances with a session in ``pg_stat_activity``. A killed instance's sessions end with its
+process (on another host, within about 11 s of its last answer: the sessions ask the server for
+TCP keepalives), and the others then count its nodes offline; an instance that is merely slow,
+or whose notifications another reads late, keeps its nodes in every view. A notification that
+does not parse (`parse`) is logged and dropped.
 """
 
 from __future__ import annotations
@@ -42,12 +51,20 @@ log = logging.getLogger("meshvpn.coord.instances")
 
 CHANNEL = "meshvpn_coord"
 HEARTBEAT = 5.0
-"""Seconds between an instance's heartbeats."""
+"""Seconds between an instance's heartbeats (for instances of the previous release)."""
+CHECK = 5.0
+"""Seconds between looks at which instances are alive (`alive`)."""
+APPLICATION = "meshvpn-coord"
+"""The ``application_name`` of an instance's sessions, followed by a space and the instance."""
+KEEPALIVES = ("SELECT set_config('tcp_keepalives_idle', '5', false), set_config('tcp_keepalives_interval', '2', false),"
+              " set_config('tcp_keepalives_count', '3', false)")
+"""The database server drops a session whose host stopped answering within about 11 s (ignored
+on a unix socket, where a process's end closes its sessions at once)."""
 
 Changed = Callable[[str, bytes, "bytes | None", str], None]
 """Called with (network, node key, frame or None, instance) for each change another instance made."""
-Heard = Callable[[str], None]
-"""Called with the instance whenever another instance spoke (a change or a heartbeat)."""
+Synced = Callable[[str], None]
+"""Called with an instance that just started and asks what is online here (`answer`)."""
 Punched = Callable[[str, bytes, bytes, str], None]
 """Called with (network, node key, punch frame, instance) for each punch another instance asks for."""
 
@@ -62,6 +79,10 @@ class Notification:
     frame: bytes | None = None
     punch: bool = False
     """A punch for node `key` (`frame` its encoded `punch`), else a change of `key`'s record."""
+    to: str | None = None
+    """The one instance a change is for (an answer to its sync); None: every instance."""
+    sync: bool = False
+    """The sender just started and asks what is online on the others."""
 
 
 def parse(payload: str) -> Notification:
@@ -71,7 +92,10 @@ def parse(payload: str) -> Notification:
         if not isinstance(note, dict) or not isinstance(note.get("from"), str):
             raise ValueError("no sender")
         if "key" not in note and "punch" not in note:
-            return Notification(note["from"])
+            return Notification(note["from"], sync=note.get("sync") is True)
+        to = note.get("to")
+        if not isinstance(to, str | None):
+            raise ValueError("bad addressee")
         network, frame = note["network"], note["frame"]
         punch = "punch" in note
         key = decode_key(note["punch" if punch else "key"])
@@ -79,17 +103,17 @@ def parse(payload: str) -> Notification:
             raise ValueError("bad field types")
     except (ValueError, KeyError, TypeError, MeshError) as exc:
         raise RemoteProtocolError(f"notification does not parse: {exc}") from None
-    return Notification(note["from"], network, key, None if frame is None else frame.encode(), punch)
+    return Notification(note["from"], network, key, None if frame is None else frame.encode(), punch, to)
 
 
 class InstanceLink:
     """This instance's LISTEN session and the connection it publishes on."""
 
-    def __init__(self, dsn: str, on_change: Changed, on_heard: Heard, on_punch: Punched) -> None:
+    def __init__(self, dsn: str, on_change: Changed, on_sync: Synced, on_punch: Punched) -> None:
         self.dsn = dsn
         self.instance = os.urandom(8).hex()
         self._on_change = on_change
-        self._on_heard = on_heard
+        self._on_sync = on_sync
         self._on_punch = on_punch
         self._beats: asyncio.Task | None = None
         self._publisher: Any = None
@@ -104,14 +128,26 @@ class InstanceLink:
         import psycopg
         from psycopg.rows import dict_row
 
-        self._publisher = connect(self.dsn)
+        name = f"{APPLICATION} {self.instance}"
+        self._publisher = connect(self.dsn, application_name=name)
         try:
-            self._listener = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, row_factory=dict_row)
+            self._listener = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, row_factory=dict_row,
+                                                                   application_name=name)
         except psycopg.Error as exc:
             raise ConfigError(f"database: cannot connect to {redact(self.dsn)}: {str(exc).strip()}") from None
+        self._publisher.execute(KEEPALIVES)
+        await self._listener.execute(KEEPALIVES)
         await self._listener.execute(f"LISTEN {CHANNEL}")
         self._task = asyncio.create_task(self._listen())
+        self._notify({"from": self.instance, "sync": True})
+        self.flush()
         self._beats = asyncio.create_task(self._heartbeats())
+
+    def alive(self) -> set[str]:
+        """The instances (this one too) with a session on the database now."""
+        rows = self._publisher.execute("SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s",
+                                       (APPLICATION + " %",)).fetchall()
+        return {row["application_name"].split(" ", 1)[1] for row in rows}
 
     async def close(self) -> None:
         for task in (self._beats, self._task):
@@ -132,6 +168,13 @@ class InstanceLink:
         peers on this instance were told."""
         self._notify({"from": self.instance, "network": network, "key": encode_key(key),
                       "frame": None if frame is None else frame.decode()})
+
+    def answer(self, instance: str, online: list[tuple[str, bytes, bytes]]) -> None:
+        """Tell `instance`, which asked in its sync, of each (network, key, `peer_update` frame) online here."""
+        for network, key, frame in online:
+            self._notify({"from": self.instance, "to": instance, "network": network, "key": encode_key(key),
+                          "frame": frame.decode()})
+        self.flush()
 
     def punch(self, network: str, key: bytes, frame: bytes) -> None:
         """Ask the instance that has node `key` online to send it `frame`, an encoded `punch`."""
@@ -163,14 +206,15 @@ class InstanceLink:
             except RemoteProtocolError as exc:
                 log.warning("dropping a notification on %s: %s", CHANNEL, exc)
                 continue
-            if note.origin == self.instance:
+            if note.origin == self.instance or note.to not in (None, self.instance):
                 continue
-            self._on_heard(note.origin)
-            if note.key is None:
+            if note.key is None and not note.sync:
                 continue
             self.received += 1
             try:
-                if note.punch:
+                if note.sync:
+                    self._on_sync(note.origin)
+                elif note.punch:
                     self._on_punch(note.network, note.key, note.frame, note.origin)
                 else:
                     self._on_change(note.network, note.key, note.frame, note.origin)

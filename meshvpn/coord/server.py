@@ -32,9 +32,9 @@ from meshvpn.control import messages
 from meshvpn.coord import admin
 from meshvpn.coord.console import start_console
 from meshvpn.coord.fanout import Fanout, FanoutSettings
-from meshvpn.coord.elsewhere import LEASE, ChangeElsewhere
+from meshvpn.coord.elsewhere import ChangeElsewhere
 from meshvpn.coord.events import PunchElsewhere
-from meshvpn.coord.instances import InstanceLink
+from meshvpn.coord.instances import CHECK, InstanceLink
 from meshvpn.coord.connection import Connection
 from meshvpn.coord.mapbudget import MapBudget
 from meshvpn.coord.sealer import Sealer
@@ -151,7 +151,7 @@ class CoordServer:
         self.instances: InstanceLink | None = None
         """With a PostgreSQL database: the other coord instances sharing it (`instances`)."""
         if isinstance(settings.database, str):
-            self.instances = InstanceLink(settings.database, self._changed_elsewhere, self._heard,
+            self.instances = InstanceLink(settings.database, self._changed_elsewhere, self._synced,
                                           self._punched_elsewhere)
         self._drain_handle: asyncio.Handle | None = None
         self._elsewhere_due: list[ChangeElsewhere] = []
@@ -185,6 +185,9 @@ class CoordServer:
         loop = asyncio.get_running_loop()
         settings = self.settings
         try:
+            if self.instances is not None:  # before any node: a join here must reach every instance
+                await self.instances.start()
+                self._check_leases()
             self._listener = await loop.create_server(
                 lambda: Connection(self), listen_hosts(settings.listen.host), settings.listen.port,
                 reuse_address=True, backlog=LISTEN_BACKLOG,
@@ -199,9 +202,6 @@ class CoordServer:
             await self._admin.start()
             if settings.console.enabled:
                 self.console = await start_console(settings.console, self.admin_answer)
-            if self.instances is not None:
-                await self.instances.start()
-                self._check_leases()
         except OSError as exc:
             await self.close()
             raise MeshError(f"coord cannot listen: {exc}") from None
@@ -432,13 +432,14 @@ class CoordServer:
     async def _serve_admin(self, request: dict) -> AsyncIterator[dict]:
         yield {**self.admin_answer(request), "done": True}
 
-    def _heard(self, instance: str) -> None:
-        self.membership.instance_heard(instance, self.clock())
+    def _synced(self, instance: str) -> None:
+        """Another instance started: tell it who is online here."""
+        self.instances.answer(instance, self.membership.online_here())
 
     def _check_leases(self) -> None:
-        """Every third of a lease: nodes of instances that fell silent go offline here."""
-        self._lease_timer = asyncio.get_running_loop().call_later(LEASE / 3, self._check_leases)
-        self.membership.expire_elsewhere(self.clock())
+        """Every few seconds: nodes of instances whose database sessions are gone go offline here."""
+        self._lease_timer = asyncio.get_running_loop().call_later(CHECK, self._check_leases)
+        self.membership.expire_elsewhere(self.instances.alive())
         self.run_actions()
 
     def _changed_elsewhere(self, network: str, key: bytes, frame: bytes | None, instance: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 from meshvpn import keys
 from meshvpn.config import Address, CoordConfig, NetworkConfig, RelayOffer
 from meshvpn.control import messages as m
-from meshvpn.coord import elsewhere, instances
+from meshvpn.coord import instances
 from meshvpn.coord import server as server_module
 from meshvpn.node.coordclient import CoordRefused, connect
 from meshvpn.coord.server import CoordServer
@@ -29,19 +29,24 @@ REACH = 1.0
 """Seconds within which a change on one instance must reach nodes on the other (issue 16)."""
 
 
+def instance_config(tmp_path, dsn, index: int) -> CoordConfig:
+    """Instance `index`'s config: one server key for all (nodes pin it), its own ports and admin socket."""
+    key_file = tmp_path / "coord.key"
+    if not key_file.exists():
+        keys.write_private_key(key_file)
+    relay = RelayOffer(name="fra", address=Address("203.0.113.50", 7500), public_key=keys.public_key(RELAY_PRIVATE))
+    return CoordConfig(private_key_file=key_file, database=dsn, listen=Address("127.0.0.1", 0),
+                       stun_listen=Address("127.0.0.1", 0), admin_socket=tmp_path / f"admin{index}.sock",
+                       networks=(HOME, OFFICE), relays=(relay,), keepalive=15.0)
+
+
 @contextlib.asynccontextmanager
 async def two_instances(tmp_path, dsn):
-    """Instances 1 and 2 with one server key (nodes pin it) and their own ports and admin sockets."""
-    key_file = tmp_path / "coord.key"
-    keys.write_private_key(key_file)
-    relay = RelayOffer(name="fra", address=Address("203.0.113.50", 7500), public_key=keys.public_key(RELAY_PRIVATE))
+    """Instances 1 and 2 on one database."""
     servers = []
     try:
         for index in (1, 2):
-            config = CoordConfig(private_key_file=key_file, database=dsn, listen=Address("127.0.0.1", 0),
-                                 stun_listen=Address("127.0.0.1", 0), admin_socket=tmp_path / f"admin{index}.sock",
-                                 networks=(HOME, OFFICE), relays=(relay,), keepalive=15.0)
-            servers.append(CoordServer(config))
+            servers.append(CoordServer(instance_config(tmp_path, dsn, index)))
             await servers[-1].start()
         yield servers
     finally:
@@ -80,6 +85,15 @@ async def seen_online(server: CoordServer, name: str) -> None:
     while not any(s.node.name == name and s.online for s in server.membership.list_nodes()):
         assert time.monotonic() < deadline, f"{name} not seen online within {REACH}s"
         await asyncio.sleep(0.01)
+
+
+async def alice_on_one_bob_on_two(one: CoordServer, two: CoordServer):
+    """Alice joins instance one, then (once two knows her online) bob joins two: both clients, bob's map."""
+    token = auth_key(one)
+    alice, _, _ = await join(one, "alice", token)
+    await seen_online(two, "alice")
+    bob, _, bob_map = await join(two, "bob", token)
+    return alice, bob, bob_map
 
 
 def test_joins_and_endpoint_changes_on_one_instance_reach_the_other_within_a_second(tmp_path, postgres_dsn):
@@ -155,29 +169,58 @@ def test_a_one_off_key_admits_once_across_instances_and_relay_tokens_verify_from
         assert verifier.verify(token.token, registered.node_key, time.time()).node_key == registered.node_key
 
 
-def test_nodes_of_an_instance_that_stops_without_a_word_go_offline_on_the_other_after_its_lease(
+def test_nodes_of_an_instance_that_stops_without_a_word_go_offline_on_the_other_once_its_session_is_gone(
         tmp_path, postgres_dsn, monkeypatch):
-    monkeypatch.setattr(instances, "HEARTBEAT", 0.2)
-    monkeypatch.setattr(elsewhere, "LEASE", 1.0)
-    monkeypatch.setattr(server_module, "LEASE", 1.0)
+    monkeypatch.setattr(server_module, "CHECK", 0.2)
 
+    async def scenario():
+        async with two_instances(tmp_path, postgres_dsn) as (one, two):
+            alice, bob, bob_map = await alice_on_one_bob_on_two(one, two)
+            stopped = time.monotonic()
+            await one.close()  # a closing instance does not announce its nodes offline, as a killed one
+            gone = await next_of(bob, m.PeerUpdate, 5.0)
+            return bob_map, gone, time.monotonic() - stopped
+
+    bob_map, gone, took = asyncio.run(scenario())
+    assert [(p.name, p.online) for p in bob_map.peers] == [("alice", True)]
+    assert (gone.peer.name, gone.peer.online) == ("alice", False) and took < 2.0
+
+
+def test_an_instance_whose_heartbeats_are_held_up_keeps_its_nodes_in_the_other_s_views(
+        tmp_path, postgres_dsn, monkeypatch):
+    monkeypatch.setattr(instances, "HEARTBEAT", 1000.0)  # one beat at start, then silence
+    monkeypatch.setattr(server_module, "CHECK", 0.2)
+
+    async def scenario():
+        async with two_instances(tmp_path, postgres_dsn) as (one, two):
+            alice, bob, bob_map = await alice_on_one_bob_on_two(one, two)
+            with pytest.raises(asyncio.TimeoutError):
+                await next_of(bob, m.PeerUpdate, 3.0)  # fifteen checks, no word from one: alice stays
+            return bob_map, [(s.node.name, s.online) for s in two.membership.list_nodes()]
+
+    bob_map, seen = asyncio.run(scenario())
+    assert [(p.name, p.online) for p in bob_map.peers] == [("alice", True)]
+    assert sorted(seen) == [("alice", True), ("bob", True)]
+
+
+def test_an_instance_that_starts_later_sees_the_nodes_already_online_on_the_other(tmp_path, postgres_dsn):
     async def scenario():
         async with two_instances(tmp_path, postgres_dsn) as (one, two):
             token = auth_key(one)
             alice, _, _ = await join(one, "alice", token)
             await seen_online(two, "alice")
-            bob, _, bob_map = await join(two, "bob", token)
-            await asyncio.sleep(1.5)  # heartbeats keep alice's lease: she stays online on two
-            still = [(s.node.name, s.online) for s in two.membership.list_nodes()]
-            stopped = time.monotonic()
-            await one.close()  # a closing instance does not announce its nodes offline, as a killed one
-            gone = await next_of(bob, m.PeerUpdate, 5.0)
-            return bob_map, still, gone, time.monotonic() - stopped
+            await two.close()
+            three = CoordServer(instance_config(tmp_path, postgres_dsn, 3))  # a restart of two: heard no join
+            await three.start()
+            try:
+                await seen_online(three, "alice")
+                bob, _, bob_map = await join(three, "bob", token)
+                return bob_map
+            finally:
+                await three.close()
 
-    bob_map, still, gone, took = asyncio.run(scenario())
+    bob_map = asyncio.run(scenario())
     assert [(p.name, p.online) for p in bob_map.peers] == [("alice", True)]
-    assert sorted(still) == [("alice", True), ("bob", True)]
-    assert (gone.peer.name, gone.peer.online) == ("alice", False) and 0.5 < took < 3.0
 
 
 def test_nodes_on_different_instances_both_get_their_punch_whichever_asks(tmp_path, postgres_dsn):

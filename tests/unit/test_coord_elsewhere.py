@@ -6,7 +6,7 @@ import pytest
 from meshvpn.control import messages as m
 from meshvpn.coord import elsewhere
 from meshvpn.coord.connstate import PUNCH_BURST
-from meshvpn.coord.events import PunchElsewhere
+from meshvpn.coord.events import Log, PunchElsewhere
 from meshvpn.coord.membership import Announce, Close, Membership, MembershipSettings, Send, SendMap
 from meshvpn.coord.store import MemoryStore, Network, SqliteStore
 
@@ -144,7 +144,7 @@ def test_an_address_taken_by_an_instance_whose_clock_lags_is_skipped_after_a_con
     assert registered.address == "10.77.0.4"
 
 
-def test_nodes_of_an_instance_that_fell_silent_go_offline_when_its_lease_runs_out():
+def test_nodes_of_an_instance_whose_session_is_gone_go_offline_and_a_slow_one_keeps_them():
     store = MemoryStore()
     one, two = core(store), core(store)
     token = one.create_auth_key("home", secret=bytes(32), now=NOW, reusable=True)[0]
@@ -153,17 +153,34 @@ def test_nodes_of_an_instance_that_fell_silent_go_offline_when_its_lease_runs_ou
     for action in join(one, "a", 1, token):
         if isinstance(action, Announce):
             two.changed_elsewhere(action.network, action.subject, action.message, action.payload, "one")
-    two.instance_heard("one", NOW)
     two.actions(announcements=True)
-    two.expire_elsewhere(NOW + elsewhere.LEASE - 1)  # heard lately: still online
+    two.expire_elsewhere({"one", "two"})  # alive, however long since it last spoke
     assert two.actions(announcements=True) == [] and [s.online for s in two.list_nodes()] == [True, True]
-    two.instance_heard("one", NOW + 10)
-    two.expire_elsewhere(NOW + 10 + elsewhere.LEASE)
-    (offline,) = two.actions(announcements=True)
+    two.expire_elsewhere({"two"})
+    log, offline = two.actions(announcements=True)
+    assert isinstance(log, Log) and log.fields == {"nodes": 1}
     assert isinstance(offline, Announce) and offline.relayed and offline.subject == key(1)
     assert offline.message.peer.online is False
     assert sorted((s.node.name, s.online) for s in two.list_nodes()) == [("node1", False), ("node2", True)]
-    assert two.expire_elsewhere(NOW + 100) is None and two.actions(announcements=True) == []
+    assert two.expire_elsewhere(set()) is None and two.actions(announcements=True) == []
+
+
+def test_an_instance_that_starts_learns_what_is_online_on_the_others_from_their_answer():
+    store = MemoryStore()
+    one = core(store)
+    token = one.create_auth_key("home", secret=bytes(32), now=NOW, reusable=True)[0]
+    join(one, "a", 1, token)
+    join(one, "c", 3, token)
+    one.actions(announcements=True)
+    two = core(store)  # started after their joins: heard none of them
+    for network, subject, payload in one.online_here():
+        two.changed_elsewhere(network, subject, m.decode(payload), payload, "one")
+    announced = [a for a in two.actions(announcements=True) if isinstance(a, Announce)]
+    assert sorted(a.subject for a in announced) == [key(1), key(3)] and all(a.relayed for a in announced)
+    assert sorted((s.node.name, s.online) for s in two.list_nodes()) == [("node1", True), ("node3", True)]
+    (due,) = [a for a in join(two, "b", 2, token) if isinstance(a, SendMap)]
+    (peer_map,) = [m.decode(frame) for frame in two.peer_map(due.conn_id)]
+    assert [(p.name, p.online) for p in peer_map.peers] == [("node1", True), ("node3", True)]
 
 
 LAN = m.Endpoint("192.168.1.5", 41641)
@@ -250,3 +267,18 @@ def test_a_punch_for_a_node_here_is_dropped_and_counted_unless_the_requester_che
         punch = m.Punch(key(2), (STUN,))
     two.punched_elsewhere(network, peer, punch)
     assert two.actions(announcements=True) == [] and two.punches_dropped == 1
+
+
+def test_an_ephemeral_node_online_on_another_instance_outlives_the_grace_of_one_that_starts():
+    store = MemoryStore()
+    one = core(store)
+    token = one.create_auth_key("home", secret=bytes(32), now=NOW, ephemeral=True, reusable=True)[0]
+    join(one, "a", 1, token)
+    one.actions(announcements=True)
+    two = core(store)  # gives every offline ephemeral node 3 × keepalive to come back
+    for network, subject, payload in one.online_here():
+        two.changed_elsewhere(network, subject, m.decode(payload), payload, "one")
+    two.actions(announcements=True)
+    two.handle_timer(NOW + 100)
+    assert two.actions(announcements=True) == []
+    assert [(s.node.name, s.online) for s in two.list_nodes()] == [("node1", True)]
