@@ -103,6 +103,7 @@ class Connection(asyncio.Protocol):
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
         self.server.release(self)
+        self.server.backlog.resumed(self)
         if self.node_key is not None and not self.server.stopping:
             log.debug("connection of %s ended%s", self.who(), f": {exc}" if exc else "")
             self.server.batch()  # thousands of nodes may go at once: one commit for a loop turn's
@@ -160,9 +161,11 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
+        self.server.backlog.paused(self, self.server.clock())
 
     def resume_writing(self) -> None:
         self.paused = False
+        self.server.backlog.resumed(self)
         self.server.drained(self)
 
     def close_by_core(self, reason: str) -> None:

@@ -32,6 +32,7 @@ from meshvpn.control import messages
 from meshvpn.coord import admin
 from meshvpn.coord.console import start_console
 from meshvpn.coord.fanout import Fanout, FanoutSettings
+from meshvpn.coord.backlog import BACKLOG_WAIT, WriteBacklog
 from meshvpn.coord.elsewhere import ChangeElsewhere
 from meshvpn.coord.events import PunchElsewhere
 from meshvpn.coord.instances import CHECK, InstanceLink
@@ -90,6 +91,8 @@ class ServerLimits:
     peer_map_budget: int = 64 << 20
     """Peer-map bytes written but not yet drained beyond which registrations' maps wait
     (`mapbudget`): at 10,000 nodes a map is about 3 MB, and after a restart every node wants one."""
+    fanout_backlog: int = 128 << 20
+    """Bytes queued for slowly reading nodes beyond which fan-out rounds wait (`backlog`)."""
     status_interval: float = 10.0
     """Seconds between systemd STATUS= updates."""
 
@@ -148,6 +151,7 @@ class CoordServer:
         self.fanout = Fanout(fanout)
         self.sealer = Sealer()
         self.maps = MapBudget(limits.peer_map_budget)
+        self.backlog = WriteBacklog(limits.fanout_backlog)
         self.instances: InstanceLink | None = None
         """With a PostgreSQL database: the other coord instances sharing it (`instances`)."""
         if isinstance(settings.database, str):
@@ -394,6 +398,9 @@ class CoordServer:
         """Send one slice of due announcements; the rest wait for the next loop iteration, so each
         iteration serves the I/O that is ready besides one slice."""
         self._drain_handle = None
+        if self.backlog.full(self.clock()):  # slow readers: their next window grows meanwhile
+            self._drain_handle = asyncio.get_running_loop().call_later(BACKLOG_WAIT, self._drain)
+            return
         self.sealer.send(self.fanout.drain(self.clock(), self._audience))
         self.run_actions()
 
