@@ -27,7 +27,7 @@ A notification is JSON, of one of four kinds:
 
 An instance skips its own. Which instances are alive PostgreSQL itself says: every session of an
 instance carries ``application_name`` `APPLICATION` and the instance, and `alive` lists the
-instances with a session in ``pg_stat_activity``. A killed instance's sessions end with its
+instances with a session on the same database in ``pg_stat_activity``. A killed instance's sessions end with its
 process (on another host, within about 11 s of its last answer: the sessions ask the server for
 TCP keepalives), and the others then count its nodes offline; an instance that is merely slow,
 or whose notifications another reads late, keeps its nodes in every view. A notification that
@@ -143,10 +143,18 @@ class InstanceLink:
         self.flush()
         self._beats = asyncio.create_task(self._heartbeats())
 
-    def alive(self) -> set[str]:
-        """The instances (this one too) with a session on the database now."""
-        rows = self._publisher.execute("SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s",
-                                       (APPLICATION + " %",)).fetchall()
+    def alive(self) -> set[str] | None:
+        """The instances (this one too) with a session on the database now; None when the
+        database does not answer (then nobody's nodes should go offline for it)."""
+        import psycopg
+
+        try:
+            rows = self._publisher.execute("SELECT application_name FROM pg_stat_activity"
+                                           " WHERE datname = current_database() AND application_name LIKE %s",
+                                           (APPLICATION + " %",)).fetchall()
+        except psycopg.Error as exc:
+            log.warning("cannot tell which coord instances are alive: %s", str(exc).strip())
+            return None
         return {row["application_name"].split(" ", 1)[1] for row in rows}
 
     async def close(self) -> None:

@@ -446,7 +446,9 @@ class CoordServer:
     def _check_leases(self) -> None:
         """Every few seconds: nodes of instances whose database sessions are gone go offline here."""
         self._lease_timer = asyncio.get_running_loop().call_later(CHECK, self._check_leases)
-        self.membership.expire_elsewhere(self.instances.alive())
+        alive = self.instances.alive()
+        if alive is not None:
+            self.membership.expire_elsewhere(alive)
         self.run_actions()
 
     def _changed_elsewhere(self, network: str, key: bytes, frame: bytes | None, instance: str) -> None:

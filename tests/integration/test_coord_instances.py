@@ -203,6 +203,17 @@ def test_an_instance_whose_heartbeats_are_held_up_keeps_its_nodes_in_the_other_s
     assert sorted(seen) == [("alice", True), ("bob", True)]
 
 
+def test_while_the_database_does_not_answer_nobody_counts_as_gone(tmp_path, postgres_dsn):
+    async def scenario():
+        async with two_instances(tmp_path, postgres_dsn) as (one, two):
+            alive = one.instances.alive()
+            one.instances._publisher.close()  # as when the database went away
+            return alive, one.instances.alive(), {one.instances.instance, two.instances.instance}
+
+    alive, unknown, both = asyncio.run(scenario())
+    assert alive == both and unknown is None
+
+
 def test_an_instance_that_starts_later_sees_the_nodes_already_online_on_the_other(tmp_path, postgres_dsn):
     async def scenario():
         async with two_instances(tmp_path, postgres_dsn) as (one, two):
