@@ -39,3 +39,17 @@ def test_a_node_that_stopped_reading_holds_the_fan_out_back_only_for_a_while():
     backlog.paused(stuck, 5.0)  # paused again without resuming: still since 0
     assert backlog.full(STUCK - 0.1)
     assert not backlog.full(STUCK) and backlog.queued(STUCK) == 0
+
+
+def test_a_node_that_reads_slowly_keeps_counting_however_long_its_queue_stays_high():
+    backlog = WriteBacklog(1000)
+    slow = Conn(3000)
+    backlog.paused(slow, 0.0)
+    assert backlog.full(STUCK - 1)
+    slow.transport.queued = 2500  # it read some
+    assert backlog.full(STUCK - 0.5) and backlog.full(2 * STUCK - 0.6)
+    assert not backlog.full(2 * STUCK - 0.5)  # nothing read for STUCK seconds
+    slow.transport.queued = 2000
+    assert backlog.full(3 * STUCK)  # reading again: counts again
+    slow.transport.queued = 2600  # a round written to it is no sign of reading
+    assert backlog.full(4 * STUCK - 0.1) and not backlog.full(4 * STUCK)
