@@ -139,9 +139,10 @@ def lan_families(status: dict) -> list[Family]:
     return [sent, copies, received, _by_reason(drops, status["dropped"]), groups.add(len(status["groups"]))]
 
 
-def coord_families(membership, connections: Sized, rounds=None) -> list[Family]:
+def coord_families(membership, connections: Sized, rounds=None, backlog=None) -> list[Family]:
     """``meshvpn coord``: nodes online, open connections, control messages by type, refusals,
-    and with `rounds` (`fanout.RoundTimes`) where the fan-out's time goes."""
+    with `rounds` (`fanout.RoundTimes`) where the fan-out's time goes, and with `backlog`
+    (`backlog.WriteBacklog`) how often slow readers held it back."""
     online = _gauge("meshvpn_coord_nodes_online", "Nodes registered and connected now.").add(membership.online_count())
     open_connections = _gauge("meshvpn_coord_connections", "Open control-channel connections.").add(len(connections))
     received = _counter("meshvpn_coord_messages", "Control messages received from nodes, by type.", "type")
@@ -154,7 +155,9 @@ def coord_families(membership, connections: Sized, rounds=None) -> list[Family]:
                        "requester is no member online elsewhere.")
     return [online, open_connections, _by_reason(received, membership.received), _by_reason(refused, membership.refused),
             _by_reason(limited, membership.limited), dropped.add(membership.endpoints_dropped),
-            punches.add(membership.punches_dropped)] + ([] if rounds is None else fanout_families(rounds))
+            punches.add(membership.punches_dropped)] + ([] if rounds is None else fanout_families(rounds)) + (
+        [] if backlog is None else [_counter("meshvpn_coord_fanout_backlog_waits", "Fan-out slices held back because "
+                                             "slowly reading nodes held the backlog budget.").add(backlog.waits)])
 
 
 def fanout_families(rounds) -> list[Family]:

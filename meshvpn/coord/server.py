@@ -214,7 +214,8 @@ class CoordServer:
             raise
         self.run_actions()
         self.metrics = await start_metrics(settings.metrics.listen, "coord",
-                                           lambda: coord_families(self.membership, self._connections, self.fanout.times))
+                                           lambda: coord_families(self.membership, self._connections, self.fanout.times,
+                                                                  self.backlog))
         log.info("coordination server %s listening on %s:%d, STUN on %s:%d, admin socket %s",
                  keys.encode_key(self.identity.public), *self.address, *self.stun.address, settings.admin_socket)
 

@@ -16,6 +16,7 @@ from meshvpn.config import Address, RelayLimits, load_coord_config, load_relay_c
 from meshvpn.control import messages as m
 from meshvpn.coord.server import CoordServer
 from meshvpn.errors import MeshError
+from meshvpn.coord.backlog import WriteBacklog
 from meshvpn.coord.fanout import RoundTimes
 from meshvpn.metrics import Family, coord_families, node_families, relay_families, start_metrics
 from meshvpn.relay.core import RelayCore
@@ -139,9 +140,12 @@ def test_coord_families_count_nodes_connections_messages_and_refusals():
     rounds = RoundTimes()
     rounds.add(10.0, 10.25, 10.75)
     rounds.add(20.0, 21.0, 21.5)
-    got = as_dict(coord_families(server.core, (), rounds))
+    backlog = WriteBacklog(1)
+    backlog.waits = 3
+    got = as_dict(coord_families(server.core, (), rounds, backlog))
     assert [got[(name, ())] for name in ("meshvpn_coord_fanout_rounds", "meshvpn_coord_fanout_wait_seconds",
-                                          "meshvpn_coord_fanout_serve_seconds")] == [2.0, 1.25, 1.0]
+                                          "meshvpn_coord_fanout_serve_seconds",
+                                          "meshvpn_coord_fanout_backlog_waits")] == [2.0, 1.25, 1.0, 3.0]
 
 
 def test_relay_families_read_the_core_status():
