@@ -14,7 +14,12 @@ the three RFC 4787 knobs plus the port allocation quirks hole punching has to li
 * background traffic: other LAN hosts opening flows that take public ports;
 * port forwards (UPnP IGD, NAT-PMP, PCP), with Linux conntrack's answer to a clash: a datagram
   through a forward from a remote the LAN endpoint already has an outbound flow to reaches it
-  from another source port, and what it sends there leaves from the forwarded port.
+  from another source port, and what it sends there leaves from the forwarded port;
+* whether UDP may leave the LAN at all (`udp_out`: some sites let only TCP out).
+
+Each protocol has its own `MappingTable` (its own port space, as conntrack keeps): UDP's here,
+TCP's in the box's TCP side (`meshvpn.sim.tcpnat.TcpNat`, RFC 5382), which `outbound` and
+`inbound` hand every TCP segment to.
 """
 
 from __future__ import annotations
@@ -22,9 +27,14 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional
 
 from meshvpn.sim.clock import TimerHandle
 from meshvpn.sim.network import Datagram, Endpoint, Link, Network, Realm
+
+if TYPE_CHECKING:
+    from meshvpn.sim.tcp import Segment
+    from meshvpn.sim.tcpnat import TcpNat
 
 BACKGROUND_LAN_IP = "background"
 """Source address of synthetic background flows; never a real member of the LAN."""
@@ -121,32 +131,25 @@ class RemappedFlow:
     """Refreshed by traffic either way, as a conntrack entry is."""
 
 
-class Nat:
-    """A NAT box: public address `ip` in `realm`, and a LAN realm of its own (`lan`)."""
+class MappingTable:
+    """The mappings of one protocol of the NAT at public address `ip`."""
 
-    def __init__(self, network: Network, ip: str, behavior: NatBehavior = PORT_RESTRICTED_CONE,
-                 realm: Realm | None = None, link: Link | None = None) -> None:
-        self.network = network
-        self.ip = ip
-        self.behavior = behavior
-        self.realm = realm if realm is not None else network.internet
-        self.link = link if link is not None else Link()
-        self.lan = Realm(network, f"lan of {ip}", gateway=self)
+    def __init__(self, network: Network, ip: str, behavior: NatBehavior) -> None:
+        self.network, self.ip, self.behavior = network, ip, behavior
         self._by_flow: dict[tuple[Endpoint, object], NatMapping] = {}
         self._by_port: dict[int, NatMapping] = {}
         self._forwards: dict[int, Endpoint] = {}
         self._remapped_in: dict[tuple[int, Endpoint], RemappedFlow] = {}
         self._remapped_out: dict[tuple[Endpoint, Endpoint], RemappedFlow] = {}
         self._last_port = behavior.port_base
-        self._background_rate = 0.0
-        self._background_timer: TimerHandle | None = None
-        self._background_flows = 0
-        self.realm.attach(self)
 
-    def active_mappings(self) -> list[NatMapping]:
+    @property
+    def now(self) -> float:
+        return self.network.scheduler.now
+
+    def active(self) -> list[NatMapping]:
         """The mappings that have not expired, oldest port first."""
-        now = self.network.scheduler.now
-        return [m for _, m in sorted(self._by_port.items()) if m.expires > now]
+        return [m for _, m in sorted(self._by_port.items()) if m.expires > self.now]
 
     def flush(self) -> None:
         """Forget every mapping, as a NAT reboot or a conntrack flush does."""
@@ -156,91 +159,86 @@ class Nat:
         self._remapped_out.clear()
 
     def rebind(self) -> None:
-        """Forget every mapping and let other hosts take their public ports, so every LAN
-        endpoint's next flow gets a new one (a conntrack flush on a busy NAT)."""
+        """Forget every mapping and let other hosts take their public ports."""
         ports = list(self._by_port)
         self.flush()
-        expires = self.network.scheduler.now + self.behavior.mapping_timeout
+        expires = self.now + self.behavior.mapping_timeout
         for port in ports:
             lan = (BACKGROUND_LAN_IP, port)
             mapping = NatMapping(lan, (self.ip, port), (lan, None), expires)
             self._by_flow[mapping.flow] = mapping
             self._by_port[port] = mapping
 
-    def outbound(self, dgram: Datagram) -> None:
-        """Translate a datagram leaving the LAN and send it towards the parent realm."""
-        remapped = self._live_remapped(self._remapped_out.get((dgram.src, dgram.dst)))
-        if remapped is not None:
-            remapped.expires = self.network.scheduler.now + self.behavior.mapping_timeout
-            translated = Datagram(remapped.public, remapped.remote, dgram.data)
-            self.network.transmit(self.link, self.link.up, self.realm.route, translated)
-            return
-        mapping = self._mapping_for(dgram.src, dgram.dst)
-        if mapping is None:
-            self.network.drops["nat ports exhausted"] += 1
-            return
-        translated = Datagram(mapping.public, dgram.dst, dgram.data)
-        if dgram.dst[0] == self.ip:
-            if self.behavior.hairpinning:
-                self.inbound(translated)
-            else:
-                self.network.drops["no hairpinning"] += 1
-            return
-        self.network.transmit(self.link, self.link.up, self.realm.route, translated)
-
-    def receive(self, dgram: Datagram) -> None:
-        """A datagram from the parent realm reached the public address."""
-        self.inbound(dgram)
-
     def forward(self, public_port: int, lan: Endpoint) -> None:
-        """A port forward, as UPnP IGD, NAT-PMP and PCP ask for: anyone may send to `public_port`,
-        and replies leave from it (conntrack keeps the inbound flow, as a kernel NAT does)."""
+        """Anyone may reach `lan` at `public_port`, and its replies leave from that port."""
         self._forwards[public_port] = lan
 
-    def inbound(self, dgram: Datagram) -> None:
-        """Translate a datagram to a public port back to its LAN endpoint, if admitted."""
-        lan = self._forwards.get(dgram.dst[1])
-        if lan is not None:
-            self._forwarded_inbound(dgram, lan)
-            return
-        mapping = self._live(self._by_port.get(dgram.dst[1]))
+    def outbound(self, lan: Endpoint, remote: Endpoint, lifetime: Optional[float] = None) -> Optional[NatMapping]:
+        """Find or make the mapping of a flow from `lan` to `remote` and keep it `lifetime` seconds
+        more (the behaviour's timeout by default); None when every port is taken."""
+        behavior = self.behavior
+        flow = (lan, behavior.mapping.narrow(remote))
+        mapping = self._live(self._by_flow.get(flow))
         if mapping is None:
-            self.network.drops["no mapping"] += 1
-            return
-        if self.behavior.filtering.narrow(dgram.src) not in mapping.permitted:
-            self.network.drops["filtered"] += 1
-            return
-        self.lan.route(Datagram(dgram.src, mapping.lan, dgram.data))
+            port = self._allocate_port(lan[1])
+            if port is None:
+                return None
+            mapping = NatMapping(lan, (self.ip, port), flow, 0.0)
+            self._by_flow[flow] = mapping
+            self._by_port[port] = mapping
+        lifetime = behavior.mapping_timeout if lifetime is None else lifetime
+        mapping.expires = max(mapping.expires, self.now + lifetime)
+        mapping.permitted.add(behavior.filtering.narrow(remote))
+        mapping.remotes.add(remote)
+        return mapping
 
-    def _forwarded_inbound(self, dgram: Datagram, lan: Endpoint) -> None:
-        """A datagram to a forwarded port: it joins the flow it belongs to, or one that clashes
-        with an outbound flow to the same remote is shown from another port (`RemappedFlow`)."""
-        now = self.network.scheduler.now
-        remapped = self._live_remapped(self._remapped_in.get((dgram.dst[1], dgram.src)))
-        flow = (lan, self.behavior.mapping.narrow(dgram.src))
-        outbound = self._live(self._by_flow.get(flow))
-        if remapped is None and outbound is not None and outbound.public != dgram.dst \
-                and self._tuple_taken(lan, dgram.src):
-            remapped = self._remap(lan, dgram)
+    def remapped_out(self, lan: Endpoint, dst: Endpoint) -> Optional[RemappedFlow]:
+        """The remapped forwarded flow a packet from `lan` to `dst` answers, refreshed, if it is one."""
+        remapped = self._live_remapped(self._remapped_out.get((lan, dst)))
         if remapped is not None:
-            remapped.expires = now + self.behavior.mapping_timeout
-            self.lan.route(Datagram(remapped.seen, lan, dgram.data))
-            return
-        if outbound is None:
-            self._by_flow[flow] = NatMapping(lan, dgram.dst, flow, now)
-        self._by_flow[flow].expires = now + self.behavior.mapping_timeout
-        self._by_flow[flow].permitted.add(self.behavior.filtering.narrow(dgram.src))
-        self.lan.route(Datagram(dgram.src, lan, dgram.data))
+            remapped.expires = self.now + self.behavior.mapping_timeout
+        return remapped
 
-    def _remap(self, lan: Endpoint, dgram: Datagram) -> RemappedFlow:
+    def inbound(self, public_port: int, remote: Endpoint) -> tuple[Optional[Endpoint], Endpoint, str]:
+        """Where a packet from `remote` to `public_port` goes inside and the source it shows there,
+        or None and why it is dropped."""
+        lan = self._forwards.get(public_port)
+        if lan is not None:
+            return lan, self._forwarded_inbound(public_port, remote, lan), ""
+        mapping = self._live(self._by_port.get(public_port))
+        if mapping is None:
+            return None, remote, "no mapping"
+        if self.behavior.filtering.narrow(remote) not in mapping.permitted:
+            return None, remote, "filtered"
+        return mapping.lan, remote, ""
+
+    def _forwarded_inbound(self, public_port: int, remote: Endpoint, lan: Endpoint) -> Endpoint:
+        """A packet to a forwarded port joins the flow it belongs to, or one that clashes with an
+        outbound flow to the same remote is shown from another port (`RemappedFlow`); its source there."""
+        remapped = self._live_remapped(self._remapped_in.get((public_port, remote)))
+        flow = (lan, self.behavior.mapping.narrow(remote))
+        outbound = self._live(self._by_flow.get(flow))
+        if remapped is None and outbound is not None and outbound.public != (self.ip, public_port) \
+                and self._tuple_taken(lan, remote):
+            remapped = self._remap(lan, public_port, remote)
+        if remapped is not None:
+            remapped.expires = self.now + self.behavior.mapping_timeout
+            return remapped.seen
+        if outbound is None:
+            self._by_flow[flow] = NatMapping(lan, (self.ip, public_port), flow, self.now)
+        self._by_flow[flow].expires = self.now + self.behavior.mapping_timeout
+        self._by_flow[flow].permitted.add(self.behavior.filtering.narrow(remote))
+        return remote
+
+    def _remap(self, lan: Endpoint, public_port: int, remote: Endpoint) -> RemappedFlow:
         """Give the remote of a clashing forwarded flow a port the LAN endpoint has no flow to
         (the kernel's implicit source binding: a port of 1024-65535 from a random start)."""
-        ip = dgram.src[0]
+        ip = remote[0]
         port = self.network.rng.randrange(1024, 65536)
         while self._tuple_taken(lan, (ip, port)):
             port = 1024 + (port - 1023) % 64512
-        remapped = RemappedFlow(lan, dgram.dst, dgram.src, (ip, port), 0.0)
-        self._remapped_in[(dgram.dst[1], dgram.src)] = remapped
+        remapped = RemappedFlow(lan, (self.ip, public_port), remote, (ip, port), 0.0)
+        self._remapped_in[(public_port, remote)] = remapped
         self._remapped_out[(lan, remapped.seen)] = remapped
         return remapped
 
@@ -253,41 +251,15 @@ class Nat:
 
     def _live_remapped(self, remapped: RemappedFlow | None) -> RemappedFlow | None:
         """`remapped` if it has not expired; an expired one is removed."""
-        if remapped is not None and remapped.expires <= self.network.scheduler.now:
+        if remapped is not None and remapped.expires <= self.now:
             del self._remapped_in[(remapped.public[1], remapped.remote)]
             del self._remapped_out[(remapped.lan, remapped.seen)]
             return None
         return remapped
 
-    def set_background_traffic(self, flows_per_second: float) -> None:
-        """Let other LAN hosts open new flows at this average rate (0 stops them).
-
-        Arrivals are a Poisson process; each flow takes a public port for one mapping
-        timeout, which is what defeats port prediction on busy sequential NATs.
-        """
-        if self._background_timer is not None:
-            self._background_timer.cancel()
-            self._background_timer = None
-        self._background_rate = flows_per_second
-        if flows_per_second > 0:
-            self._schedule_background_flow()
-
-    def _schedule_background_flow(self) -> None:
-        gap = -math.log(1.0 - self.network.rng.random()) / self._background_rate
-        self._background_timer = self.network.scheduler.call_later(gap, self._background_flow)
-
-    def _background_flow(self) -> None:
-        self._background_flows += 1
-        n = self._background_flows
-        lan = (BACKGROUND_LAN_IP, 1024 + n % 60000)
-        remote = ("198.51.100.250", 1024 + self.network.rng.randrange(0, 60000))
-        if self._mapping_for(lan, remote) is None:
-            self.network.drops["nat ports exhausted"] += 1
-        self._schedule_background_flow()
-
     def _live(self, mapping: NatMapping | None) -> NatMapping | None:
         """`mapping` if it has not expired; an expired one is removed."""
-        if mapping is not None and mapping.expires <= self.network.scheduler.now:
+        if mapping is not None and mapping.expires <= self.now:
             self._remove(mapping)
             return None
         return mapping
@@ -296,23 +268,6 @@ class Nat:
         if self._by_port.get(mapping.public[1]) is mapping:
             del self._by_port[mapping.public[1]]
         del self._by_flow[mapping.flow]
-
-    def _mapping_for(self, lan: Endpoint, remote: Endpoint) -> NatMapping | None:
-        """Find or create the mapping for an outbound flow, and refresh it."""
-        behavior = self.behavior
-        flow = (lan, behavior.mapping.narrow(remote))
-        mapping = self._live(self._by_flow.get(flow))
-        if mapping is None:
-            port = self._allocate_port(lan[1])
-            if port is None:
-                return None
-            mapping = NatMapping(lan, (self.ip, port), flow, 0.0)
-            self._by_flow[flow] = mapping
-            self._by_port[port] = mapping
-        mapping.expires = self.network.scheduler.now + behavior.mapping_timeout
-        mapping.permitted.add(behavior.filtering.narrow(remote))
-        mapping.remotes.add(remote)
-        return mapping
 
     def _allocate_port(self, lan_port: int) -> int | None:
         """Pick the public port for a new mapping, or None if every port is taken."""
@@ -340,3 +295,127 @@ class Nat:
 
     def _is_free(self, port: int) -> bool:
         return port not in self._forwards and self._live(self._by_port.get(port)) is None
+
+
+class Nat:
+    """A NAT box: public address `ip` in `realm`, and a LAN realm of its own (`lan`)."""
+
+    def __init__(self, network: Network, ip: str, behavior: NatBehavior = PORT_RESTRICTED_CONE,
+                 realm: Realm | None = None, link: Link | None = None) -> None:
+        self.network = network
+        self.ip = ip
+        self.behavior = behavior
+        self.realm = realm if realm is not None else network.internet
+        self.link = link if link is not None else Link()
+        self.lan = Realm(network, f"lan of {ip}", gateway=self)
+        self.udp = MappingTable(network, ip, behavior)
+        """The UDP mappings."""
+        self.tcp: Optional[TcpNat] = None
+        """The box's TCP side (`meshvpn.sim.tcpnat.TcpNat`), once one is attached: TCP is dropped until then."""
+        self.udp_out = True
+        """Whether UDP from the LAN may leave (a site that blocks UDP sets it False)."""
+        self._background_rate = 0.0
+        self._background_timer: TimerHandle | None = None
+        self._background_flows = 0
+        self.realm.attach(self)
+
+    def active_mappings(self) -> list[NatMapping]:
+        """The UDP mappings that have not expired, oldest port first."""
+        return self.udp.active()
+
+    def flush(self) -> None:
+        """Forget every mapping, as a NAT reboot or a conntrack flush does."""
+        self.udp.flush()
+        if self.tcp is not None:
+            self.tcp.table.flush()
+
+    def rebind(self) -> None:
+        """Forget every mapping and let other hosts take their public ports, so every LAN
+        endpoint's next flow gets a new one (a conntrack flush on a busy NAT)."""
+        self.udp.rebind()
+        if self.tcp is not None:
+            self.tcp.table.rebind()
+
+    def outbound(self, dgram: Datagram) -> None:
+        """Translate a datagram leaving the LAN and send it towards the parent realm."""
+        if dgram.proto != "udp":
+            self._tcp(dgram, inbound=False)
+            return
+        if not self.udp_out and dgram.dst[0] != self.ip:
+            self.network.drops["udp blocked"] += 1
+            return
+        remapped = self.udp.remapped_out(dgram.src, dgram.dst)
+        if remapped is not None:
+            self.network.transmit(self.link, self.link.up, self.realm.route,
+                                  Datagram(remapped.public, remapped.remote, dgram.data))
+            return
+        mapping = self.udp.outbound(dgram.src, dgram.dst)
+        if mapping is None:
+            self.network.drops["nat ports exhausted"] += 1
+            return
+        self.send_translated(Datagram(mapping.public, dgram.dst, dgram.data))
+
+    def send_translated(self, packet: Datagram) -> None:
+        """Send a packet that has its public source towards the parent realm, or hairpin it."""
+        if packet.dst[0] == self.ip:
+            if self.behavior.hairpinning:
+                self.inbound(packet)
+            else:
+                self.network.drops["no hairpinning"] += 1
+            return
+        self.network.transmit(self.link, self.link.up, self.realm.route, packet)
+
+    def receive(self, dgram: Datagram) -> None:
+        """A datagram from the parent realm reached the public address."""
+        self.inbound(dgram)
+
+    def forward(self, public_port: int, lan: Endpoint) -> None:
+        """A port forward, as UPnP IGD, NAT-PMP and PCP ask for: anyone may send to `public_port`,
+        and replies leave from it (conntrack keeps the inbound flow, as a kernel NAT does)."""
+        self.udp.forward(public_port, lan)
+
+    def inbound(self, dgram: Datagram) -> None:
+        """Translate a datagram to a public port back to its LAN endpoint, if admitted."""
+        if dgram.proto != "udp":
+            self._tcp(dgram, inbound=True)
+            return
+        lan, seen, why = self.udp.inbound(dgram.dst[1], dgram.src)
+        if lan is None:
+            self.network.drops[why] += 1
+            return
+        self.lan.route(Datagram(seen, lan, dgram.data))
+
+    def _tcp(self, segment: Segment, inbound: bool) -> None:
+        if self.tcp is None:
+            self.network.drops["no tcp"] += 1
+        elif inbound:
+            self.tcp.inbound(segment)
+        else:
+            self.tcp.outbound(segment)
+
+    def set_background_traffic(self, flows_per_second: float) -> None:
+        """Let other LAN hosts open new flows at this average rate (0 stops them).
+
+        Arrivals are a Poisson process; each flow takes a public port for one mapping
+        timeout, which is what defeats port prediction on busy sequential NATs.
+        """
+        if self._background_timer is not None:
+            self._background_timer.cancel()
+            self._background_timer = None
+        self._background_rate = flows_per_second
+        if flows_per_second > 0:
+            self._schedule_background_flow()
+
+    def _schedule_background_flow(self) -> None:
+        gap = -math.log(1.0 - self.network.rng.random()) / self._background_rate
+        self._background_timer = self.network.scheduler.call_later(gap, self._background_flow)
+
+    def _background_flow(self) -> None:
+        self._background_flows += 1
+        n = self._background_flows
+        lan = (BACKGROUND_LAN_IP, 1024 + n % 60000)
+        remote = ("198.51.100.250", 1024 + self.network.rng.randrange(0, 60000))
+        if self.udp.outbound(lan, remote) is None:
+            self.network.drops["nat ports exhausted"] += 1
+        self._schedule_background_flow()
+

@@ -1,4 +1,4 @@
-"""An in-memory UDP network: hosts, sockets, links and routing realms.
+"""An in-memory UDP network: hosts, sockets, links and routing realms (TCP: `meshvpn.sim.tcp`).
 
 The network is a tree of realms. The root realm is the public internet; every `Nat` owns
 one more realm, its LAN, and sits in its parent realm under its public address, so a NAT
@@ -14,9 +14,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, ClassVar, Optional, Protocol
 
 from meshvpn.sim.clock import Scheduler
+
+if TYPE_CHECKING:
+    from meshvpn.sim.tcp import TcpStack
 
 Endpoint = tuple[str, int]
 ReceiveCallback = Callable[[bytes, Endpoint], None]
@@ -36,6 +39,8 @@ class RandomSource(Protocol):
 class Datagram:
     """One UDP datagram in flight, as addressed on the wire it is currently on."""
 
+    proto: ClassVar[str] = "udp"
+    """Which protocol's rules a NAT and a host apply (`meshvpn.sim.tcp.Segment` says "tcp")."""
     src: Endpoint
     dst: Endpoint
     data: bytes
@@ -137,6 +142,8 @@ class Host:
         self.realm = realm if realm is not None else network.internet
         self.link = link if link is not None else Link()
         self.sockets: dict[int, UdpSocket] = {}
+        self.tcp: Optional[TcpStack] = None
+        """The host's TCP (`meshvpn.sim.tcp.TcpStack`), once one is attached: TCP is dropped until then."""
         self._next_ephemeral = EPHEMERAL_PORTS[0]
         self.realm.attach(self)
 
@@ -164,7 +171,14 @@ class Host:
         self.network.transmit(self.link, self.link.up, self.realm.route, dgram)
 
     def receive(self, dgram: Datagram) -> None:
-        """Hand a datagram that reached this host to the socket bound to its port."""
+        """Hand a datagram that reached this host to the socket bound to its port (a TCP
+        segment to the host's TCP)."""
+        if dgram.proto != "udp":
+            if self.tcp is None:
+                self.network.drops["no tcp"] += 1
+            else:
+                self.tcp.receive(dgram)
+            return
         sock = self.sockets.get(dgram.dst[1])
         if sock is None:
             self.network.drops["port unreachable"] += 1
