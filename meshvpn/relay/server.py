@@ -3,9 +3,8 @@
 The UDP socket is read in bursts with GRO (`meshvpn.udpbatch`): each receive, a run of
 equal-sized datagrams from one endpoint, goes to the core as one batch, and after the burst
 every run the core made leaves with one GSO ``sendmsg``; a syscall costs as much as the
-checks of a datagram. A TCP connection runs a `ServerChannel` (the node
-pins our key; any node key may open one, since the hello's relay token decides) and each frame
-carries exactly one message that would otherwise be a datagram, so the core treats both alike.
+checks of a datagram. A TCP connection's bytes go through its `StreamEnd`
+(`meshvpn.relay.streamend`: the secure channel, whose frames the core treats as datagrams).
 Frames for a TCP node wait in the core's bounded queue while the socket is paused
 (asyncio flow control), so a slow reader costs at most ``limits.queue_bytes``.
 
@@ -30,11 +29,11 @@ from pathlib import Path
 from typing import Callable
 
 from meshvpn import keys, noise, service, tlsenvelope
-from meshvpn.channel import ServerChannel
 from meshvpn.config import Address, RelayConfig, load_relay_config
 from meshvpn.errors import LocalProtocolError, MeshError, RemoteProtocolError
 from meshvpn.relay import native
 from meshvpn.relay.core import RelayCore, Stream
+from meshvpn.relay.streamend import StreamEnd
 from meshvpn.metrics import MetricsEndpoint, relay_families, start_metrics
 from meshvpn.prefixcap import PrefixCaps, PrefixLimits
 from meshvpn.reload import Reloader
@@ -44,8 +43,6 @@ from meshvpn.udpbatch import BatchUdpSocket, bind_udp
 
 log = logging.getLogger("meshvpn.relay.server")
 
-MAX_FRAME = 65535 + 64
-"""Largest channel payload: one UDP message plus its relay envelope."""
 HANDSHAKE_TIMEOUT = 10.0
 """Seconds a new TCP connection has to complete the channel handshake."""
 WRITE_HIGH_WATER = 256 << 10
@@ -75,11 +72,9 @@ class _StreamConnection(asyncio.Protocol):
 
     def __init__(self, server: RelayServer) -> None:
         self.server = server
-        self.stream = Stream(self)
-        self.channel = ServerChannel(server.identity, _anyone, os.urandom(32), MAX_FRAME)
+        self.end = StreamEnd(server.core, Stream(self), server.identity, os.urandom(32))
         self.transport: asyncio.Transport | None = None
         self.address = "?"
-        self.opened = False
         self.paused = False
         self._handshake_timer: asyncio.TimerHandle | None = None
 
@@ -98,24 +93,19 @@ class _StreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            payloads = self.channel.receive_data(data)
+            self._write(self.end.receive(data, self.server.clock()))
         except RemoteProtocolError as exc:
             self.close(f"channel error: {exc}")
             return
-        self._write(self.channel.data_to_send())
-        core, now = self.server.core, self.server.clock()
-        if not self.opened and self.channel.established:
-            self.opened = True
+        if self.end.opened:
             self._handshake_timer.cancel()
-            core.stream_opened(self.stream, self.channel.remote_public, now)
-        core.receive_many(payloads, self.stream, now)
         self.server.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
         self.server.release(self)
-        self.server.core.stream_closed(self.stream)
+        self.end.closed()
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -129,12 +119,9 @@ class _StreamConnection(asyncio.Protocol):
         if self.paused or self.transport.is_closing():
             return
         try:
-            for frame in self.server.core.pull_stream(self.stream):
-                self.channel.send(frame)
+            self._write(self.end.queued())
         except LocalProtocolError as exc:
             self.close(f"cannot send: {exc}")
-            return
-        self._write(self.channel.data_to_send())
 
     def close(self, reason: str) -> None:
         if not self.transport.is_closing():
@@ -148,11 +135,6 @@ class _StreamConnection(asyncio.Protocol):
     def _handshake_expired(self) -> None:
         log.debug("no channel handshake from %s within %gs", self.address, HANDSHAKE_TIMEOUT)
         self.transport.abort()
-
-
-def _anyone(_node_key: bytes) -> bool:
-    """Every key may open a channel: the relay token in the hello decides who is served."""
-    return True
 
 
 class RelayServer:

@@ -2,9 +2,10 @@
 
 The node decides everything (hellos, the fallback to a stream when UDP gets no answer, plain
 TCP or TLS, home); UDP hellos leave from the node's main socket like any datagram. The streams
-themselves are `meshvpn.node.streams`; here each runs a :class:`~meshvpn.channel.ClientChannel`
-pinned to the relay's key: the shell seals the frames it is given (``SendRelayFrames``) and
-reports the channel coming up and every frame it receives back to the node.
+themselves are `meshvpn.node.streams`; each connection attempt of a race carries a
+`RelayStreamEnd` (`meshvpn.node.relay.streamend`: the secure channel pinned to the relay's key)
+through its handshake, and the winner's end seals the frames the node gives (``SendRelayFrames``)
+and reports the channel and its frames to the node.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import os
 import time
 from typing import Callable
 
-from meshvpn.channel import ClientChannel
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.node.events import CloseRelayStream, OpenRelayStream, SendRelayFrames
 from meshvpn.node.node import Node
+from meshvpn.node.relay.streamend import RelayStreamEnd
 from meshvpn.node.streams import READ_SIZE, Stream, StreamSet
 
 log = logging.getLogger("meshvpn.node.relay")
@@ -47,47 +48,39 @@ class RelayStreams(StreamSet):
 
     def send(self, name: str, frames: list[bytes]) -> None:
         stream = self.get(name)
-        channel = None if stream is None else stream.state
-        if channel is None or not channel.established:
-            return
-        for frame in frames:
-            channel.send(frame)
-        stream.write(channel.data_to_send())
+        if stream is not None and stream.state is not None:
+            stream.write(stream.state.seal(frames))
 
     async def handshake(self, name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                        ) -> tuple[ClientChannel, list[bytes]]:
-        """The channel handshake pinned to the relay's key; the channel and any frames that came with it."""
-        channel = ClientChannel(self.identity_private, self._keys[name], os.urandom(32), time.time())
-        writer.write(channel.data_to_send())
+                        ) -> tuple[RelayStreamEnd, list[bytes]]:
+        """Drive a `RelayStreamEnd` through the channel handshake; the end and any frames that came with it."""
+        end = RelayStreamEnd(self.node, name, self.identity_private, self._keys[name], os.urandom(32), time.time())
+        writer.write(end.opening())
         frames: list[bytes] = []
-        while not channel.established:
+        while not end.established:
             data = await reader.read(READ_SIZE)
             if not data:
                 raise EOFError("the relay closed the connection during the handshake")
-            frames += channel.receive_data(data)
-            writer.write(channel.data_to_send())
-        return channel, frames
+            frames += end.handshake(data)
+            writer.write(end.pending())
+        return end, frames
 
     def connected(self, stream: Stream) -> None:
-        stream.state, frames = stream.state
-        name = stream.name
-        log.info("relay %s: %s connected to %s", name, "TLS" if stream.tls else "TCP", stream.endpoint,
-                 extra={"RELAY": name})
-        self.node.relay_stream_up(name, self.clock(), stream.target)
-        if frames:
-            self.node.receive_relay_frames(name, frames, self.clock())
+        end, frames = stream.state
+        stream.state = end
+        log.info("relay %s: %s connected to %s", stream.name, "TLS" if stream.tls else "TCP", stream.endpoint,
+                 extra={"RELAY": stream.name})
+        end.up(self.clock(), stream.target, frames)
 
     def received(self, stream: Stream, data: bytes) -> None:
-        channel, name = stream.state, stream.name
+        end = stream.state
         try:
-            frames = channel.receive_data(data)
+            end.receive(data, self.clock())
         except RemoteProtocolError as exc:
-            log.info("relay %s: channel error: %s", name, exc, extra={"RELAY": name})
+            log.info("relay %s: channel error: %s", stream.name, exc, extra={"RELAY": stream.name})
             stream.close()
             return
-        stream.write(channel.data_to_send())
-        if frames:
-            self.node.receive_relay_frames(name, frames, self.clock())
+        stream.write(end.pending())
 
     def ended(self, name: str) -> None:
         self.node.relay_stream_ended(name, self.clock())
