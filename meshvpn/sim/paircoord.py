@@ -9,6 +9,11 @@ a killed coord resets every connection at once, and a link that dropped waits th
 backoff (jittered from the test's random source) before each new attempt; an attempt reaches a
 coord that runs in a round trip and registers, or is refused by the dead coord's host in one.
 A link whose node moved reconnects at once, as the daemon's does when its address vanished.
+
+The coord also listens for TCP at `COORD_AT` on the simulated network: each node connects from
+its punch port and says who it is (`dial_tcp`), as the daemon's coord connection leaves from the
+punch port, so the coord sees the NAT's mapping of that port and hands it to peers as
+``public_tcp``, where TCP hole punching connects to.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import TYPE_CHECKING, Optional
 from meshvpn.control import messages as m
 from meshvpn.coord.membership import SAMPLE_LIFETIME
 from meshvpn.node.coorddial import Dialer
+from meshvpn.sim.network import Host
+from meshvpn.sim.tcp import TcpConn, TcpStack
 from meshvpn.wire import Endpoint
 
 if TYPE_CHECKING:
@@ -85,6 +92,14 @@ class Coord:
         self.alive = True
         self.links: dict[bytes, CoordLink] = {}
         self.samples: dict[bytes, tuple[m.Endpoint, float]] = {}
+        self.public_tcp: dict[bytes, m.Endpoint] = {}
+        """Each node's punch port as the coord's TCP listener saw it."""
+        self.tcp = TcpStack(Host(world.net, COORD_AT.host))
+        self.tcp.listen(COORD_AT.port, lambda conn: _TcpHello(self))
+
+    def dial_tcp(self, node: Node) -> None:
+        """`node` connects from its punch port and names itself (its key, the first 32 bytes)."""
+        node.tcp.connect(node.port, COORD_AT, _TcpHello(self, node.public))
 
     def jitter(self) -> float:
         return self.world.rng.random()
@@ -153,3 +168,19 @@ class Coord:
         ordered += [info.public_endpoint] if info.public_endpoint else []
         ordered += [m.Endpoint(node.site.observed_host, node.port), *info.local_endpoints]
         return m.Punch(node.public, tuple(dict.fromkeys(ordered)), nat=info.nat, sample=sample)
+
+
+class _TcpHello:
+    """Either end of a node's TCP connection to the coord: the node says its key, the coord notes the source."""
+
+    def __init__(self, coord: Coord, key: bytes = b"") -> None:
+        self.coord, self.key = coord, key
+
+    def connected(self, conn: TcpConn) -> None:
+        conn.write(self.key)
+
+    def received(self, conn: TcpConn, data: bytes) -> None:
+        self.coord.public_tcp[data] = m.Endpoint(*conn.remote)
+
+    def closed(self, conn: TcpConn, reason: str) -> None:
+        pass

@@ -8,8 +8,8 @@ Each node is the real `NodeCore` and data path (`DataPlane`) on a simulated host
   that stays, for the node punches from it; a sample unanswered within `SAMPLE_TIMEOUT` is lost),
   and real Binding requests too, for a site whose node takes its NAT profile (`Kind.probed`);
 * the extra sockets an `OpenMappings` asks for, and `socket_for` pinning on the way out;
-* a relay that forwards envelopes between the nodes' main sockets (registered by a hello, sent
-  again whenever the core asks its relay links to check themselves);
+* two relays (the real core, `meshvpn.sim.relays`) on UDP and on TCP streams, and the node's
+  TCP: its punch port and its streams to relays (`meshvpn.sim.streams`) on the host's `TcpStack`;
 * a fake coord with the real one's punch rules: a `punch_request` sends a `punch` to both
   sides, each with the other's fresh sample (at most `SAMPLE_LIFETIME` old) and NAT report;
 * a TUN that records each packet and echoes every packet that is not an echo itself.
@@ -27,7 +27,8 @@ from meshvpn.keys import public_key
 from meshvpn.node.core import CoreConfig
 from meshvpn.node.datapath.dataplane import DataPlane
 from meshvpn.node.events import (
-    Deliver, DiscoverEndpoints, OpenMappings, OpenRelayStream, PeerPathChanged, SampleWanted, SendCoord, SendDatagram,
+    CloseRelayStream, Deliver, DiscoverEndpoints, OpenMappings, OpenRelayStream, PeerPathChanged, SampleWanted,
+    SendCoord, SendDatagram, SendRelayFrames, TcpAbort, TcpConnect, TcpWrite,
 )
 from meshvpn.node.node import Node as MeshNode
 from meshvpn.node.prediction import Allocation, NatProfile
@@ -42,7 +43,10 @@ from meshvpn.sim.network import Host, Link, LinkDirection, Network, RandomSource
 from meshvpn.relaytoken import TokenMinter
 from meshvpn.sim.nodes import WALL_OFFSET, ip_packet
 from meshvpn.sim.paircoord import Coord
-from meshvpn.sim.relays import COORD, SimRelay, relay_tokens
+from meshvpn.sim.relays import COORD, TLS_PORT, SimRelay, relay_tokens
+from meshvpn.sim.streams import PunchPort, RelayStreams
+from meshvpn.sim.tcp import TcpStack
+from meshvpn.sim.tcpnat import OPEN, PORT_443_ONLY, TcpBehavior, TcpNat
 from meshvpn.wire import Endpoint, MessageType
 
 PORT = 41641
@@ -51,10 +55,10 @@ RELAYS = (("near", "198.51.100.20", 0.005), ("far", "192.0.2.200", 0.02))
 """Name, address and one-way delay of the two relays: both nodes make the near one home."""
 RELAY_WARM_UP = 0.5
 """Seconds after the coord's welcome by which both nodes are registered with both relays."""
-STREAM_REFUSED = 0.1
-"""The simulation has no TCP: a relay stream the node opens is refused after this long."""
 SAMPLE_TIMEOUT = 1.0
 """Seconds a port sample waits for STUN before it is reported lost (the daemon's `discovery.SAMPLE_TIMEOUT`)."""
+MAPPING_TIMEOUT = 5.0
+"""Seconds an endpoint round waits for STUN (the daemon's `discovery.MAPPING_TIMEOUT`)."""
 _TRANSPORT = (MessageType.DATA, MessageType.KEEPALIVE)
 NETWORK = m.NetworkInfo(name="sim", cidr="100.64.0.0/24")
 
@@ -86,10 +90,15 @@ class Kind:
     carrier: NatBehavior | None = None
     """An ISP NAT in front of the site's (carrier-grade NAT)."""
     mapped: bool = False
-    """The router forwards `MAPPED_PORT` to the node (UPnP IGD, NAT-PMP, PCP), which announces it."""
+    """The router forwards `MAPPED_PORT`, UDP and TCP, to the node's port (UPnP IGD, NAT-PMP, PCP),
+    which announces both mappings."""
     probed: bool = False
     """The node takes its profile at start as the daemon does (`meshvpn.sim.natprobe`: the STUN
     server, the near relay, port samples); `reported` is what it says until then."""
+    udp_out: bool = True
+    """Whether UDP may leave the site (`Nat.udp_out`)."""
+    tcp: TcpBehavior = OPEN
+    """The NAT's TCP side beyond mapping and filtering (`meshvpn.sim.tcpnat`): which ports TCP may go to."""
 
 
 PORT_RANGE = NatBehavior(ports=PortAllocation.RANDOM, port_min=30000, port_max=40000)
@@ -115,6 +124,12 @@ whose router forwards a port to the node."""
 MAPPED_PORT = 50000
 PORT_RANGE_PROBED = Kind(PORT_RANGE, RANDOM, probed=True)
 """A port-range site whose node runs the mapping test against the STUN server and its near relay."""
+TCP_ONLY_KINDS = {
+    "udp-blocked": Kind(PORT_RESTRICTED_CONE, EASY, udp_out=False),
+    "port-443-only": Kind(PORT_RESTRICTED_CONE, EASY, udp_out=False, tcp=PORT_443_ONLY),
+}
+"""The lab's sites that let no UDP out (`NatKind.UDP_BLOCKED`), and no TCP either but to port 443
+(`NatKind.PORT_443_ONLY`): port-preserving masquerade behind the firewall, TCP mapped as UDP is."""
 
 _EDM_RANDOM = ("random-ports", "cgn", "unreported")
 RELAYED = frozenset({
@@ -145,10 +160,15 @@ class Site:
         self.nat = Nat(net, f"10.99.{number}.1" if self.outer else f"203.0.113.{number + 1}", kind.behavior,
                        realm=realm, link=None if self.outer else wan())
         self.nat.set_background_traffic(kind.background)
+        self.nat.udp_out = kind.udp_out
+        TcpNat(self.nat, kind.tcp)
+        if self.outer is not None:
+            TcpNat(self.outer)
         self.host_ip = f"192.168.{number + 1}.10"
         self.mapped = Endpoint(self.nat.ip, MAPPED_PORT) if kind.mapped else None
         if kind.mapped:
             self.nat.forward(MAPPED_PORT, (self.host_ip, PORT))
+            self.nat.tcp.forward(MAPPED_PORT, (self.host_ip, PORT))
 
     @property
     def observed_host(self) -> str:
@@ -170,14 +190,18 @@ class Node:
         self.profile = site.kind.reported
         """What the node reports about its NAT (`probe_nat` may learn better)."""
         self.node.set_nat_profile(self.profile)
+        self.private = private
         self.host = Host(world.net, site.host_ip, site.nat.lan)
-        self.node.set_own_endpoints([Endpoint(self.host.ip, PORT)], Endpoint(site.observed_host, PORT), site.mapped)
+        self.node.set_own_endpoints([Endpoint(self.host.ip, PORT)], Endpoint(site.observed_host, PORT), site.mapped,
+                                    site.mapped)
         self.sock = self.host.bind(PORT, self._receiver(None))
+        self._attach_tcp()
         self.extra: list = []
         self.public_endpoint: tuple[str, int] | None = None
         self.sampling: dict[int, bytes] = {}
         """Extra socket -> the peer its port sample is for, until STUN answers or `SAMPLE_TIMEOUT`."""
         self.discovering = False
+        self._rounds = 0
         self.received: list[tuple[float, bytes]] = []
         """What reached the TUN: (when, payload)."""
         self.reasons: list[str] = []
@@ -211,7 +235,7 @@ class Node:
         mapped = None if self.mapped is None else m.Endpoint(*self.mapped)
         return m.PeerInfo(self.public, self.name, self.address, True, (m.Endpoint(self.host.ip, PORT),), public,
                           observed_host=self.site.observed_host, nat=nat_info(self.profile),
-                          mapped_endpoint=mapped)
+                          mapped_endpoint=mapped, mapped_tcp=mapped, public_tcp=self.world.coord.public_tcp.get(self.public))
 
     def send(self, peer: Node, payload: bytes) -> None:
         self.node.packet_from_tun(self.core.peers.by_key[peer.public], ip_packet(self.address, peer.address, payload),
@@ -231,9 +255,12 @@ class Node:
         return self.host.link.connected
 
     def discover(self) -> None:
-        """Run STUN on the main socket; the answer becomes our public endpoint and goes to the coord."""
+        """Run STUN on the main socket; the answer becomes our public endpoint and goes to the coord.
+        Without an answer in `MAPPING_TIMEOUT` the round reports the endpoints it has, as the daemon's does."""
         self.discovering = True
         self.sock.sendto(b"S", STUN)
+        self._rounds += 1
+        self.world.net.scheduler.call_later(MAPPING_TIMEOUT, self._discovered, self._rounds)
 
     def move_to(self, site: Site) -> None:
         """The host leaves its LAN and comes up on `site`'s, as the daemon sees it through netlink: the
@@ -241,12 +268,15 @@ class Node:
         node hears `network_changed` once the new endpoints are known and the coord link is up."""
         self.sock.close()
         self._close_extra()
+        self.tcp.close_all("address gone")
         self.site = site
         self.host = Host(self.world.net, site.host_ip, site.nat.lan)
         self.sock = self.host.bind(PORT, self._receiver(None))
+        self._attach_tcp()
+        self.world.coord.dial_tcp(self)
         self.profile = site.kind.reported
         self.node.set_nat_profile(self.profile)
-        self.node.set_own_endpoints([Endpoint(self.host.ip, PORT)], None, site.mapped)
+        self.node.set_own_endpoints([Endpoint(self.host.ip, PORT)], None, site.mapped, site.mapped)
         self.world.coord.link(self).reconnect_now()
         self._changed = self._lost = True
         self.discover()
@@ -278,6 +308,11 @@ class Node:
             self._changed = False
             self.node.network_changed(self.now, connections_lost=self._lost)
             self.pump()
+
+    def _attach_tcp(self) -> None:
+        self.tcp = TcpStack(self.host)
+        self.punch = PunchPort(self, self.tcp, PORT)
+        self.relay_streams = RelayStreams(self, self.tcp, self.private)
 
     def _close_extra(self) -> None:
         for sock in self.extra:
@@ -315,15 +350,21 @@ class Node:
         host, port = data[1:].decode().split(":")
         if via is None:
             self.public_endpoint = (host, int(port))
-            if self.discovering:
-                self.discovering = False
-                public = Endpoint(*self.public_endpoint)
-                self.node.set_own_endpoints([Endpoint(self.host.ip, PORT)], public, self.mapped)
-                self.world.coord.send_from(self, m.Endpoints((m.Endpoint(self.host.ip, PORT),), m.Endpoint(*public)))
-                self.node.endpoints_refreshed(self.now)
-                self._network_changed()
+            self._discovered(self._rounds)
         elif via in self.sampling:
             self.node.port_sampled(self.sampling.pop(via), Endpoint(host, int(port)), self.now, via)
+
+    def _discovered(self, round_: int) -> None:
+        """Endpoint round `round_` ends (answered, or timed out): report, and tell the node."""
+        if not self.discovering or round_ != self._rounds:
+            return
+        self.discovering = False
+        public = None if self.public_endpoint is None else Endpoint(*self.public_endpoint)
+        self.node.set_own_endpoints([Endpoint(self.host.ip, PORT)], public, self.mapped, self.mapped)
+        self.world.coord.send_from(self, m.Endpoints((m.Endpoint(self.host.ip, PORT),), public and m.Endpoint(*public)))
+        self.node.endpoints_refreshed(self.now)
+        self._network_changed()
+        self.pump()
 
     def pump(self) -> None:
         """Carry out the node's outputs, as the daemon's ``transmit`` does, and follow its timer."""
@@ -343,8 +384,10 @@ class Node:
             self.world.coord.send_from(self, out.msg)
         elif isinstance(out, Deliver):
             self._to_tun(self.data.inbound(out.datagrams, self.now))
-        elif isinstance(out, OpenRelayStream):
-            self.world.net.scheduler.call_later(STREAM_REFUSED, self._stream_refused, out.name)
+        elif isinstance(out, (TcpConnect, TcpWrite, TcpAbort)):
+            self.punch.follow(out)
+        elif isinstance(out, (OpenRelayStream, CloseRelayStream, SendRelayFrames)):
+            self.relay_streams.follow(out)
         elif isinstance(out, SampleWanted):
             sock = self._new_socket()
             self.sampling[len(self.extra) - 1] = out.peer_key
@@ -363,10 +406,6 @@ class Node:
         if via in self.sampling:
             self.node.port_sampled(self.sampling.pop(via), None, self.now)
             self.pump()
-
-    def _stream_refused(self, name: str) -> None:
-        self.node.relay_stream_ended(name, self.now)
-        self.pump()
 
     def _new_socket(self):
         sock = self.host.bind(0, None)
@@ -391,7 +430,7 @@ class World:
         self.net = Network(Scheduler(), rng)
         stun = Host(self.net, STUN[0]).bind(STUN[1], None)
         stun.on_receive = lambda data, src: stun.sendto(_stun_reply(data, src), src)
-        self.relays = [SimRelay(self.net.scheduler, self.net, name, address, delay, rng)
+        self.relays = [SimRelay(self.net.scheduler, self.net, name, address, delay, rng, tls_port=TLS_PORT)
                        for name, address, delay in RELAYS]
         self.minter = TokenMinter(COORD, rng.randbytes)
         self.rng = rng
@@ -406,6 +445,7 @@ class World:
                 node.probe_nat((self.relays[0].info.name, self.relays[0].endpoint))
         for node in (self.a, self.b):
             node.sock.sendto(b"S", STUN)
+            self.coord.dial_tcp(node)
         self.net.scheduler.run_for(0.2)
         for node in (self.a, self.b):
             self.coord.connect(node)
