@@ -36,9 +36,12 @@ class _Punched:
 
     def __init__(self, port: PunchPort, conn_id: int, outgoing: bool) -> None:
         self.port, self.conn_id, self.outgoing = port, conn_id, outgoing
+        self.up = not outgoing
+        """Whether the connection got through its handshake (an accepted one has)."""
         self.timer: Any = None
 
     def connected(self, conn: TcpConn) -> None:
+        self.up = True
         if self.outgoing:
             self.timer.cancel()
             self.port.owner.node.tcp_connected(self.conn_id, self.port.owner.now)
@@ -102,7 +105,7 @@ class PunchPort:
         if handler.timer is not None:
             handler.timer.cancel()
         node, now = self.owner.node, self.owner.now
-        if handler.outgoing and not entry[0].open and reason != "eof":
+        if not handler.up:
             node.tcp_connect_failed(handler.conn_id, now)
         else:
             node.tcp_closed(handler.conn_id, now)

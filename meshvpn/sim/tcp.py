@@ -148,7 +148,8 @@ class TcpStack:
         else:
             self.host.network.drops["tcp reset"] += 1
             seq = seg.ack if Flags.ACK in seg.flags else 0
-            self.send(Segment(seg.dst, seg.src, Flags.RST | Flags.ACK, seq, seg.seq + len(seg.data) + 1))
+            length = len(seg.data) + (Flags.SYN in seg.flags) + (Flags.FIN in seg.flags)
+            self.send(Segment(seg.dst, seg.src, Flags.RST | Flags.ACK, seq, seg.seq + length))
 
     def send(self, seg: Segment) -> None:
         self.host.send(seg)
