@@ -18,8 +18,9 @@ holds it to what it does, and the constant says why:
   TCP connect (`TLS_RELAY_WITHIN`);
 * a TCP path that breaks silently (a NAT re-mapped us) is noticed after the TCP module's
   `idle_timeout` (10 s): silence detection (`meshvpn.node.silence`) covers UDP paths only
-  (`TCP_SILENCE`). Nor does it come back: the punch port's new mapping reaches the peer only
-  with a new coord connection, and the peer punches towards the old one;
+  (`TCP_SILENCE`). TCP comes back only where the peer's NAT lets any port of our address in:
+  the punch port's new mapping reaches the peer only with a new coord connection, and the peer
+  punches towards the old one;
 * a relay stream whose mapping changed is reset by the relay at the first segment from the new
   port, and the link opens a new one (`STREAM_BACK`);
 * after a 5 s link outage TCP's own retransmission backoff (0.2 s doubling, on both ends of a
