@@ -28,7 +28,7 @@ from meshvpn.node.core import CoreConfig
 from meshvpn.node.datapath.dataplane import DataPlane
 from meshvpn.node.events import (
     CloseRelayStream, Deliver, DiscoverEndpoints, OpenMappings, OpenRelayStream, PeerPathChanged, SampleWanted,
-    SendCoord, SendDatagram, SendRelayFrames, TcpAbort, TcpConnect, TcpWrite,
+    SendCoord, SendDatagram, SendRelayFrames, TcpAbort, TcpConnect, TcpSampleWanted, TcpWrite,
 )
 from meshvpn.node.node import Node as MeshNode
 from meshvpn.node.prediction import Allocation, NatProfile
@@ -384,7 +384,7 @@ class Node:
             self.world.coord.send_from(self, out.msg)
         elif isinstance(out, Deliver):
             self._to_tun(self.data.inbound(out.datagrams, self.now))
-        elif isinstance(out, (TcpConnect, TcpWrite, TcpAbort)):
+        elif isinstance(out, (TcpConnect, TcpWrite, TcpAbort, TcpSampleWanted)):
             self.punch.follow(out)
         elif isinstance(out, (OpenRelayStream, CloseRelayStream, SendRelayFrames)):
             self.relay_streams.follow(out)

@@ -3,14 +3,18 @@
 These are the daemon's shells over simulated TCP, doing what theirs do and deciding nothing:
 
 * `PunchPort` (the daemon's `meshvpn.node.tcp.shell.PunchPort`) listens on the punch port and
-  follows the node's ``TcpConnect``, ``TcpWrite`` and ``TcpAbort`` from it (ports are shared, as
-  ``SO_REUSEPORT`` lets them), gives a connect its ``timeout``, and reports each connection's
-  life and bytes back to the node;
+  follows the node's ``TcpConnect`` (from the punch port, ports shared as ``SO_REUSEPORT`` lets
+  them, or from a new port when ``fresh_port``), ``TcpWrite`` and ``TcpAbort``, gives a connect
+  its ``timeout``, and reports each connection's life and bytes back to the node. The simulated
+  coord answers no STUN over TCP, so a ``TcpSampleWanted`` is answered with no sample: TCP port
+  prediction and birthday campaigns (`meshvpn.node.tcp.prediction`) do not run in the sim;
 * `RelayStreams` (the daemon's `meshvpn.node.relay.shell.RelayStreams`) follows
-  ``OpenRelayStream``, ``CloseRelayStream`` and ``SendRelayFrames``: a connection from an
-  ephemeral port carrying the node's `RelayStreamEnd`. A stream the node asks for inside TLS goes
-  to the relay's TLS port with the same channel and no TLS layer (`meshvpn.tlsenvelope` is tested
-  on its own): what matters here is which port a site lets out.
+  ``OpenRelayStream``, ``CloseRelayStream`` and ``SendRelayFrames``: it races the wish's targets
+  as the daemon does (a `StreamTarget` every `eyeballs.STAGGER` while none has finished its
+  handshake, the next at once when one failed), each a connection from an ephemeral port carrying
+  the node's `RelayStreamEnd`, and the first whose channel comes up is the stream. A target inside
+  TLS is the relay's TLS port with the same channel and no TLS layer (`meshvpn.tlsenvelope` is
+  tested on its own): what matters here is which port a site lets out.
 
 `owner` is the harness's node (`meshvpn.sim.pairs.Node`): its `node`, `now`, `pump()` and
 `world.net.scheduler`.
@@ -18,11 +22,15 @@ These are the daemon's shells over simulated TCP, doing what theirs do and decid
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from meshvpn.errors import RemoteProtocolError
-from meshvpn.node.events import CloseRelayStream, OpenRelayStream, SendRelayFrames, TcpAbort, TcpConnect, TcpWrite
+from meshvpn.node.events import (
+    CloseRelayStream, OpenRelayStream, SendRelayFrames, TcpAbort, TcpConnect, TcpSampleWanted, TcpWrite,
+)
+from meshvpn.node.eyeballs import Race
 from meshvpn.node.relay.streamend import RelayStreamEnd
+from meshvpn.node.streamdial import StreamTarget
 from meshvpn.sim.nodes import WALL_OFFSET
 from meshvpn.sim.tcp import TcpConn, TcpStack
 from meshvpn.wire import Endpoint
@@ -64,15 +72,17 @@ class PunchPort:
         stack.listen(port, self._accept)
         owner.node.enable_tcp_punch()
 
-    def follow(self, action: TcpConnect | TcpWrite | TcpAbort) -> None:
+    def follow(self, action: TcpConnect | TcpWrite | TcpAbort | TcpSampleWanted) -> None:
         """Carry out one of the node's connection wishes."""
-        if isinstance(action, TcpWrite):
+        if isinstance(action, TcpSampleWanted):
+            self.owner.world.net.scheduler.call_later(0.0, self._no_sample, action.peer_key)
+        elif isinstance(action, TcpWrite):
             conn = self.conns.get(action.conn_id)
             if conn is not None:
                 conn[0].write(action.data)
         elif isinstance(action, TcpConnect):
             handler = _Punched(self, action.conn_id, outgoing=True)
-            conn = self.stack.connect(self.port, tuple(action.endpoint), handler)
+            conn = self.stack.connect(0 if action.fresh_port else self.port, tuple(action.endpoint), handler)
             handler.timer = self.owner.world.net.scheduler.call_later(action.timeout, self._timed_out, handler)
             self.conns[action.conn_id] = (conn, handler)
         else:
@@ -81,6 +91,12 @@ class PunchPort:
                 if conn[1].timer is not None:
                     conn[1].timer.cancel()
                 conn[0].abort()
+
+    def _no_sample(self, peer_key: bytes) -> None:
+        """The simulated coord has no STUN over TCP (`meshvpn.stuntcp`): a TCP port sample is never
+        answered, so the node hears None, as the daemon's does when its sample fails."""
+        self.owner.node.tcp_sampled(peer_key, None, self.owner.now)
+        self.owner.pump()
 
     def _accept(self, conn: TcpConn) -> Optional[_Punched]:
         conn_id = self.owner.node.tcp_accepted(Endpoint(*conn.remote), self.owner.now)
@@ -112,36 +128,132 @@ class PunchPort:
         self.owner.pump()
 
 
-class _RelayStream:
-    """One stream to a relay: the connection and, once it is up, the node's channel end."""
+class _Attempt:
+    """One connection attempt of a stream's race: the connection and the channel end it drives
+    through the handshake (`RelayStreamEnd.handshake`), silent until it wins."""
 
-    def __init__(self, streams: RelayStreams, name: str, key: bytes) -> None:
-        self.streams, self.name, self.key = streams, name, key
+    def __init__(self, stream: _RelayStream, target: StreamTarget) -> None:
+        self.stream, self.target = stream, target
         self.conn: Optional[TcpConn] = None
         self.end: Optional[RelayStreamEnd] = None
-        self.endpoint: Optional[Endpoint] = None
+        self.frames: list[bytes] = []
+        """Frames that came along with the handshake, for the node once this attempt wins."""
         self.timer: Any = None
 
+    def start(self) -> None:
+        owner = self.stream.streams.owner
+        self.timer = owner.world.net.scheduler.call_later(CONNECT_TIMEOUT, self._timed_out)
+        self.conn = self.stream.streams.stack.connect(0, tuple(self.target.endpoint), self)
+
+    def stop(self) -> None:
+        """Closed on our side (lost the race, or the node's wish): no report."""
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.conn is not None:
+            self.conn.close()
+
     def connected(self, conn: TcpConn) -> None:
-        owner = self.streams.owner
-        self.end = RelayStreamEnd(owner.node, self.name, self.streams.identity_private, self.key,
+        streams = self.stream.streams
+        owner = streams.owner
+        self.end = RelayStreamEnd(owner.node, self.stream.name, streams.identity_private, self.stream.key,
                                   owner.world.rng.randbytes(32), WALL_OFFSET + owner.now)
         conn.write(self.end.opening())
 
     def received(self, conn: TcpConn, data: bytes) -> None:
-        owner = self.streams.owner
+        owner, won = self.stream.streams.owner, self.stream.winner is self
         try:
-            if self.end.receive(data, owner.now, self.endpoint):
-                self.timer.cancel()
+            if won:
+                self.end.receive(data, owner.now)
+            else:
+                self.frames += self.end.handshake(data)
         except RemoteProtocolError:
             conn.abort()
             self.closed(conn, "channel error")
             return
         conn.write(self.end.pending())
+        if not won and self.end.established:
+            self.stream.won(self)
         owner.pump()
 
     def closed(self, conn: TcpConn, reason: str) -> None:
-        self.streams.ended(self)
+        self.stream.ended(self)
+
+    def _timed_out(self) -> None:
+        if self.stream.winner is not self:
+            self.conn.abort()
+            self.stream.ended(self)
+
+
+class _RelayStream:
+    """One stream to a relay: its targets raced as the daemon's `meshvpn.node.streamrace` does
+    (one `eyeballs.Race`: the next attempt `STAGGER` after the last while none has finished its
+    handshake, at once when one failed), then the winner's connection and channel end."""
+
+    def __init__(self, streams: RelayStreams, name: str, key: bytes, targets: Sequence[StreamTarget]) -> None:
+        self.streams, self.name, self.key = streams, name, key
+        self.pending = list(targets)
+        self.attempts: list[_Attempt] = []
+        self.winner: Optional[_Attempt] = None
+        self.race = Race()
+        self.timer: Any = None
+
+    @property
+    def endpoint(self) -> Optional[Endpoint]:
+        """Where the winner connected (None while racing)."""
+        return None if self.winner is None else self.winner.target.endpoint
+
+    def start(self) -> None:
+        """Start every attempt that is due; report the stream failed when none is left."""
+        now, scheduler = self.streams.owner.now, self.streams.owner.world.net.scheduler
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        while self.race.start_now(now) and self.pending:
+            attempt = _Attempt(self, self.pending.pop(0))
+            self.attempts.append(attempt)
+            self.race.started(now)
+            attempt.start()
+        if not self.attempts and self.winner is None:
+            self.streams.ended(self)
+        elif self.pending and (at := self.race.get_timer()) is not None:
+            self.timer = scheduler.call_at(at, self.start)
+
+    def won(self, attempt: _Attempt) -> None:
+        """`attempt` finished its handshake first: the others are closed and the node hears of it."""
+        self.race.won()
+        self.winner = attempt
+        attempt.timer.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
+        for other in self.attempts:
+            if other is not attempt:
+                other.stop()
+        self.attempts = [attempt]
+        attempt.end.up(self.streams.owner.now, attempt.target, attempt.frames)
+        attempt.frames = []
+
+    def ended(self, attempt: _Attempt) -> None:
+        """`attempt` failed or closed: the next one starts, or the stream is over."""
+        if attempt not in self.attempts:
+            return
+        self.attempts.remove(attempt)
+        attempt.timer.cancel()
+        if attempt is self.winner:
+            self.streams.ended(self)
+        else:
+            self.race.failed(self.streams.owner.now)
+            self.start()
+
+    def send(self, frames: list[bytes]) -> None:
+        if self.winner is not None:
+            self.winner.conn.write(self.winner.end.seal(frames))
+
+    def drop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        for attempt in self.attempts:
+            attempt.stop()
+        self.attempts = []
 
 
 class RelayStreams:
@@ -155,33 +267,25 @@ class RelayStreams:
         """Carry out one of the node's stream wishes."""
         stream = self.streams.get(wish.name)
         if isinstance(wish, SendRelayFrames):
-            if stream is not None and stream.end is not None:
-                stream.conn.write(stream.end.seal(wish.frames))
+            if stream is not None:
+                stream.send(wish.frames)
         elif isinstance(wish, OpenRelayStream):
             if stream is not None:
                 self._drop(stream)
-            stream = self.streams[wish.name] = _RelayStream(self, wish.name, wish.public_key)
-            stream.endpoint = wish.endpoint
-            stream.conn = self.stack.connect(0, tuple(wish.endpoint), stream)
-            stream.timer = self.owner.world.net.scheduler.call_later(CONNECT_TIMEOUT, self._timed_out, stream)
+            stream = self.streams[wish.name] = _RelayStream(self, wish.name, wish.public_key, wish.targets)
+            stream.start()
         elif stream is not None:
             self._drop(stream)
 
     def _drop(self, stream: _RelayStream) -> None:
         """Closed on the node's wish: no report."""
         del self.streams[stream.name]
-        stream.timer.cancel()
-        stream.conn.close()
-
-    def _timed_out(self, stream: _RelayStream) -> None:
-        if self.streams.get(stream.name) is stream:
-            stream.conn.abort()
-            self.ended(stream)
+        stream.drop()
 
     def ended(self, stream: _RelayStream) -> None:
         """The stream failed or closed by itself: the node hears of it."""
         if self.streams.get(stream.name) is stream:
             del self.streams[stream.name]
-            stream.timer.cancel()
+            stream.drop()
             self.owner.node.relay_stream_ended(stream.name, self.owner.now)
             self.owner.pump()
