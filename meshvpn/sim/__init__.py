@@ -1,4 +1,4 @@
-"""Deterministic in-memory network for tests: a fake clock, hosts, links and RFC 4787 NATs (TCP: `tcp`, `tcpnat`)."""
+"""Deterministic in-memory network for tests: a fake clock, hosts, links and RFC 4787 NATs (TCP: `tcp`, `tcpnat`, `tcpstun`)."""
 
 from meshvpn.sim.clock import Clock, Scheduler, TimerHandle
 from meshvpn.sim.nat import (

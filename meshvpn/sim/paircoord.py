@@ -92,6 +92,8 @@ class Coord:
         self.alive = True
         self.links: dict[bytes, CoordLink] = {}
         self.samples: dict[bytes, tuple[m.Endpoint, float]] = {}
+        self.tcp_samples: dict[bytes, tuple[m.Endpoint, float]] = {}
+        """Each node's newest TCP port sample (``punch_request.tcp_sample``), passed on as UDP samples are."""
         self.public_tcp: dict[bytes, m.Endpoint] = {}
         """Each node's punch port as the coord's TCP listener saw it."""
         self.tcp = TcpStack(Host(world.net, COORD_AT.host))
@@ -156,6 +158,8 @@ class Coord:
         elif isinstance(msg, m.PunchRequest):
             if msg.sample is not None:
                 self.samples[node.public] = (msg.sample, self.scheduler.now)
+            if msg.tcp_sample is not None:
+                self.tcp_samples[node.public] = (msg.tcp_sample, self.scheduler.now)
             for to, about in ((node, peer), (peer, node)):
                 self._send(to, self.punch_towards(about))
 
@@ -167,7 +171,9 @@ class Coord:
         ordered: list[Optional[m.Endpoint]] = [sample] if sample else []
         ordered += [info.public_endpoint] if info.public_endpoint else []
         ordered += [m.Endpoint(node.site.observed_host, node.port), *info.local_endpoints]
-        return m.Punch(node.public, tuple(dict.fromkeys(ordered)), nat=info.nat, sample=sample)
+        tcp_sample, at = self.tcp_samples.get(node.public, (None, 0.0))
+        tcp_sample = tcp_sample if tcp_sample is not None and self.scheduler.now - at <= SAMPLE_LIFETIME else None
+        return m.Punch(node.public, tuple(dict.fromkeys(ordered)), nat=info.nat, sample=sample, tcp_sample=tcp_sample)
 
 
 class _TcpHello:

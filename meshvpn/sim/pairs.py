@@ -6,7 +6,8 @@ Each node is the real `NodeCore` and data path (`DataPlane`) on a simulated host
 * a STUN server that answers ``b"S"`` with the source endpoint (the main socket's public
   endpoint at start, after each `DiscoverEndpoints`, and each `SampleWanted` from a fresh socket
   that stays, for the node punches from it; a sample unanswered within `SAMPLE_TIMEOUT` is lost),
-  and real Binding requests too, for a site whose node takes its NAT profile (`Kind.probed`);
+  and real Binding requests too, for a site whose node takes its NAT profile (`Kind.probed`); its
+  TCP twin answers each `TcpSampleWanted` (`meshvpn.sim.tcpstun`), as the coord's STUN port does;
 * the extra sockets an `OpenMappings` asks for, and `socket_for` pinning on the way out;
 * two relays (the real core, `meshvpn.sim.relays`) on UDP and on TCP streams, and the node's
   TCP: its punch port and its streams to relays (`meshvpn.sim.streams`) on the host's `TcpStack`;
@@ -44,6 +45,7 @@ from meshvpn.relaytoken import TokenMinter
 from meshvpn.sim.nodes import WALL_OFFSET, ip_packet
 from meshvpn.sim.paircoord import Coord
 from meshvpn.sim.relays import COORD, TLS_PORT, SimRelay, relay_tokens
+from meshvpn.sim import tcpstun
 from meshvpn.sim.streams import PunchPort, RelayStreams
 from meshvpn.sim.tcp import TcpStack
 from meshvpn.sim.tcpnat import OPEN, PORT_443_ONLY, TcpBehavior, TcpNat
@@ -428,7 +430,10 @@ class World:
         self.seed, self.seeded = seed, seeded
         rng = seeded(seed)
         self.net = Network(Scheduler(), rng)
-        stun = Host(self.net, STUN[0]).bind(STUN[1], None)
+        stun_host = Host(self.net, STUN[0])
+        stun = stun_host.bind(STUN[1], None)
+        tcpstun.serve(stun_host, STUN[1])
+        self.tcp_stun = Endpoint(*STUN)
         stun.on_receive = lambda data, src: stun.sendto(_stun_reply(data, src), src)
         self.relays = [SimRelay(self.net.scheduler, self.net, name, address, delay, rng, tls_port=TLS_PORT)
                        for name, address, delay in RELAYS]

@@ -5,9 +5,8 @@ These are the daemon's shells over simulated TCP, doing what theirs do and decid
 * `PunchPort` (the daemon's `meshvpn.node.tcp.shell.PunchPort`) listens on the punch port and
   follows the node's ``TcpConnect`` (from the punch port, ports shared as ``SO_REUSEPORT`` lets
   them, or from a new port when ``fresh_port``), ``TcpWrite`` and ``TcpAbort``, gives a connect
-  its ``timeout``, and reports each connection's life and bytes back to the node. The simulated
-  coord answers no STUN over TCP, so a ``TcpSampleWanted`` is answered with no sample: TCP port
-  prediction and birthday campaigns (`meshvpn.node.tcp.prediction`) do not run in the sim;
+  its ``timeout``, and reports each connection's life and bytes back to the node; a
+  ``TcpSampleWanted`` is a TCP port sample at the world's STUN server (`meshvpn.sim.tcpstun`);
 * `RelayStreams` (the daemon's `meshvpn.node.relay.shell.RelayStreams`) follows
   ``OpenRelayStream``, ``CloseRelayStream`` and ``SendRelayFrames``: it races the wish's targets
   as the daemon does (a `StreamTarget` every `eyeballs.STAGGER` while none has finished its
@@ -33,6 +32,7 @@ from meshvpn.node.relay.streamend import RelayStreamEnd
 from meshvpn.node.streamdial import StreamTarget
 from meshvpn.sim.nodes import WALL_OFFSET
 from meshvpn.sim.tcp import TcpConn, TcpStack
+from meshvpn.sim.tcpstun import TcpSample
 from meshvpn.wire import Endpoint
 
 CONNECT_TIMEOUT = 5.0
@@ -75,7 +75,7 @@ class PunchPort:
     def follow(self, action: TcpConnect | TcpWrite | TcpAbort | TcpSampleWanted) -> None:
         """Carry out one of the node's connection wishes."""
         if isinstance(action, TcpSampleWanted):
-            self.owner.world.net.scheduler.call_later(0.0, self._no_sample, action.peer_key)
+            TcpSample(self.owner, self.stack, self.owner.world.tcp_stun, action.peer_key)
         elif isinstance(action, TcpWrite):
             conn = self.conns.get(action.conn_id)
             if conn is not None:
@@ -91,12 +91,6 @@ class PunchPort:
                 if conn[1].timer is not None:
                     conn[1].timer.cancel()
                 conn[0].abort()
-
-    def _no_sample(self, peer_key: bytes) -> None:
-        """The simulated coord has no STUN over TCP (`meshvpn.stuntcp`): a TCP port sample is never
-        answered, so the node hears None, as the daemon's does when its sample fails."""
-        self.owner.node.tcp_sampled(peer_key, None, self.owner.now)
-        self.owner.pump()
 
     def _accept(self, conn: TcpConn) -> Optional[_Punched]:
         conn_id = self.owner.node.tcp_accepted(Endpoint(*conn.remote), self.owner.now)

@@ -11,12 +11,10 @@ site goes direct over TCP where the other side's TCP mapping is endpoint-indepen
 router maps the punch port, `upnp`), and through the relay over TCP otherwise; a port-443-only
 site always relays, over the relay's TLS port.
 
-The sim's coord answers no STUN over TCP (`meshvpn.sim.streams.PunchPort`), so a hard side's TCP
-port sample finds nothing and TCP port prediction and birthday campaigns
-(`meshvpn.node.tcp.prediction`) never run here: against address-dependent, sequential,
-random-ports and cgn sites (and unreported) a UDP-blocked site relays in the sim, where the lab
-matrix, with the coord's TCP STUN, shows `tcp`. These pairs are held to the relay path
-(`TCP_PREDICTED_IN_LAB`) until the sim coord takes TCP samples.
+Against the endpoint-dependent kinds (address-dependent, sequential, random-ports, cgn) the TCP
+path comes from TCP port prediction or a TCP birthday campaign (`meshvpn.node.tcp.prediction`):
+the hard side's TCP port sample at the STUN server (`meshvpn.sim.tcpstun`), passed on in the
+coord's punch (``tcp_sample``).
 
 Targets (issue 12): direct within 1 s of the first packet, relay within 3 s; after a change,
 traffic back within 1 s and the path back within 3 s. Where the node misses one today the test
@@ -29,7 +27,7 @@ holds it to what it does, and the constant says why:
   punches towards the old one;
 * after a 5 s link outage TCP's own retransmission backoff (0.2 s doubling, on both ends of a
   stream, each from its first lost segment) sends again only 1.2 s or more after the link is
-  back (`TCP_RESUME`: 1.26-1.38 s measured);
+  back (`TCP_RESUME`: 1.26-1.28 s measured);
 * a node that moves onto a UDP-blocked network is told of the change only once its endpoint
   round gives up on STUN (`MAPPING_TIMEOUT`) and punches then; it reaches the relay once its
   UDP hellos were silent for 0.5 s and the raced stream connected (`ONTO_BLOCKED_TRAFFIC`: up to
@@ -52,11 +50,9 @@ from meshvpn.sim.relays import TLS_PORT
 
 ALL = {**KINDS, **TCP_ONLY_KINDS}
 TCP_DIRECT = frozenset({"port-preserving", "full-cone", "restricted-cone", "port-range", "port-range-known", "upnp",
-                        "udp-blocked"})
-"""The kinds a UDP-blocked site meets over TCP: endpoint-independent TCP mapping, or a router's TCP port mapping."""
-TCP_PREDICTED_IN_LAB = frozenset({"address-dependent", "sequential", "random-ports", "cgn"})
-"""The kinds the lab matrix shows `tcp` against a UDP-blocked site by TCP port prediction or a TCP birthday
-campaign, which need the coord's STUN over TCP: the sim has none, so they relay here."""
+                        "udp-blocked", "address-dependent", "sequential", "random-ports", "cgn"})
+"""The kinds a UDP-blocked site meets over TCP: endpoint-independent TCP mapping, a router's TCP port
+mapping, or a TCP port sample that prediction or a birthday campaign works from."""
 DIRECT_WITHIN = 1.0
 RELAY_WITHIN = 3.0
 TRAFFIC_BACK = 1.0
@@ -76,8 +72,6 @@ def expected(name_a: str, name_b: str) -> PathKind:
     if "udp-blocked" not in (name_a, name_b):
         return PathKind.RELAY if (name_a, name_b) in RELAYED else PathKind.DIRECT
     other = name_b if name_a == "udp-blocked" else name_a
-    if other in TCP_PREDICTED_IN_LAB:
-        return PathKind.RELAY  # the lab: tcp, by TCP prediction, which the sim cannot run without TCP STUN
     return PathKind.TCP if other in TCP_DIRECT else PathKind.RELAY
 
 
@@ -153,7 +147,7 @@ class Run:
         return max(longest_gap(to_b, start, self.now), longest_gap(to_a, start, self.now))
 
 
-BLOCKED_PAIRS = [*(("udp-blocked", other) for other in ALL), ("port-range", "udp-blocked"), ("sequential", "udp-blocked")]
+BLOCKED_PAIRS = [*(("udp-blocked", other) for other in ALL), ("port-range", "udp-blocked"), ("unreported", "udp-blocked")]
 """The blocked site against every kind, and second against both outcomes."""
 
 
