@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <poll.h>
 
 #define HEADER_LEN 16
 #define TAG_LEN 16
@@ -183,5 +184,20 @@ int parse_endpoint(PyObject *row, int family, struct sockaddr_storage *a, sockle
 ssize_t gro_receive(int fd, uint8_t *into, size_t room, struct sockaddr_storage *src, Py_ssize_t *seg, int *truncated);
 /* One sendmsg of iov[0:n] to dest: with seg, one UDP_SEGMENT send of datagrams of seg bytes. */
 ssize_t gso_send(int fd, const struct sockaddr_storage *dest, socklen_t dest_len, struct iovec *iov, size_t n, int seg);
+
+/* How a native thread waits (_fastpath_wait.c): poll() after a busy poll of spin_ns after its last traffic. */
+#define MAX_BUSY_POLL_US 1000
+typedef struct {
+    int64_t spin_ns;  /* 0: a plain poll() */
+    int64_t spin_until;  /* CLOCK_MONOTONIC ns: the busy poll of the last traffic ends then */
+    uint64_t spins;  /* looks that found nothing (COUNT), since the start */
+} Waiter;
+/* The thread just served traffic: the next wait busy-polls until spin_ns from now. */
+void waiter_traffic(Waiter *w);
+/* poll(fds, n, timeout_ms), busy-polling first (without waiting, yielding between looks) while the
+   spell of the last traffic lasts. */
+int waiter_poll(Waiter *w, struct pollfd *fds, nfds_t n, int timeout_ms);
+/* A busy_poll_us argument (0 to MAX_BUSY_POLL_US) into w; -1 with a ValueError otherwise. */
+int waiter_init(Waiter *w, int busy_poll_us);
 
 #endif

@@ -30,7 +30,7 @@ static void *run(void *arg) {
     double reported = monotonic();
     int unreported = 0;
     for (;;) {
-        int ready = poll(fds, 3, L->held_count ? 0 : COUNTS_EVERY * 1000);
+        int ready = waiter_poll(&L->waiter, fds, 3, L->held_count ? 0 : COUNTS_EVERY * 1000);
         if (ready < 0 && errno != EINTR) break;
         if (ready > 0 || L->held_count) {
             if (fds[2].revents || ((fds[0].revents | fds[1].revents) & POLLNVAL)) break;
@@ -44,6 +44,7 @@ static void *run(void *arg) {
                 more = (tun && send_burst(L)) | (udp && receive_burst(L));
                 tun = udp = 1;
             }
+            waiter_traffic(&L->waiter);
             unreported = 1;
         }
         if (unreported && monotonic() - reported >= COUNTS_EVERY) {
@@ -68,10 +69,14 @@ static void clear_senders(Sender *senders, Py_ssize_t count) {
 }
 
 static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    int udp_fd, tun_fd;
-    if (!PyArg_ParseTuple(args, "ii:Loop", &udp_fd, &tun_fd)) return NULL;
+    int udp_fd, tun_fd, busy_poll_us = 0;
+    static char *names[] = {"udp_fd", "tun_fd", "busy_poll_us", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "ii|i:Loop", names, &udp_fd, &tun_fd, &busy_poll_us)) return NULL;
+    Waiter waiter;
+    if (waiter_init(&waiter, busy_poll_us) < 0) return NULL;
     Loop *L = (Loop *)type->tp_alloc(type, 0);
     if (L == NULL) return NULL;
+    L->waiter = waiter;
     L->udp_fd = udp_fd;
     L->tun_fd = tun_fd;
     int queued = queue_init(&L->queue);
@@ -306,6 +311,10 @@ static PyObject *loop_take(Loop *L, PyObject *unused) { return queue_take(&L->qu
 
 static PyObject *loop_fileno(Loop *L, PyObject *unused) { return PyLong_FromLong(L->queue.wake_fd); }
 
+static PyObject *loop_spins(Loop *L, PyObject *unused) {
+    return PyLong_FromUnsignedLongLong(__atomic_load_n(&L->waiter.spins, __ATOMIC_RELAXED));
+}
+
 static PyMethodDef loop_methods[] = {
     {"start", (PyCFunction)loop_start, METH_NOARGS, "Start the thread."},
     {"stop", (PyCFunction)loop_stop, METH_NOARGS, "Stop the thread and wait for it (idempotent)."},
@@ -313,6 +322,7 @@ static PyMethodDef loop_methods[] = {
     {"counts", (PyCFunction)loop_counts, METH_NOARGS, counts_doc},
     {"take", (PyCFunction)loop_take, METH_NOARGS, take_doc},
     {"fileno", (PyCFunction)loop_fileno, METH_NOARGS, "The eventfd that is readable while datagrams wait in take()."},
+    {"spins", (PyCFunction)loop_spins, METH_NOARGS, "Busy-poll looks that found nothing, since the start."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -321,7 +331,7 @@ PyTypeObject LoopType = {
     .tp_name = "meshvpn._fastpath.Loop",
     .tp_basicsize = sizeof(Loop),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Loop(udp_fd, tun_fd): the native receive thread over a UDP socket (UDP_GRO on) and a TUN with a virtio header.",
+    .tp_doc = "Loop(udp_fd, tun_fd, busy_poll_us=0): the native receive thread over a UDP socket (UDP_GRO on) and a TUN with a virtio header.",
     .tp_new = loop_new,
     .tp_dealloc = (destructor)loop_dealloc,
     .tp_methods = loop_methods,

@@ -72,6 +72,7 @@ typedef struct {
     struct sockaddr_storage skip[MAX_SKIP];
     Py_ssize_t n_skip;
     Queue queue;  /* what the thread hands to Python */
+    Waiter waiter;  /* its busy poll after traffic */
     /* thread-wide, since Python last looked (see counts()) */
     uint64_t receives, native, tun_errors, tun_writes, tun_reads, sealed, sends, send_errors;
     uint8_t *area;

@@ -61,6 +61,7 @@ typedef struct {
     int32_t *by_key, *by_link;  /* open addressing, -1 empty */
     size_t mask;
     Queue queue;
+    Waiter waiter;  /* its busy poll after traffic */
     uint8_t *area;
     /* the open run: datagrams for one destination, run_seg bytes each but a shorter last */
     Reg *run_dst;
@@ -255,11 +256,12 @@ static void *run(void *arg) {
     RelayLoop *R = arg;
     struct pollfd fds[2] = {{R->udp_fd, POLLIN, 0}, {R->stop_fd, POLLIN, 0}};
     for (;;) {
-        int ready = poll(fds, 2, -1);
+        int ready = waiter_poll(&R->waiter, fds, 2, -1);
         if (ready < 0 && errno != EINTR) break;
         if (ready <= 0) continue;
         if (fds[1].revents || (fds[0].revents & POLLNVAL)) break;
         for (int i = 0; i < BURST && receive_one(R); i++) {}
+        waiter_traffic(&R->waiter);
     }
     return NULL;
 }
@@ -274,10 +276,14 @@ static void clear_table(Reg *regs, Py_ssize_t n, int32_t *by_key, int32_t *by_li
 }
 
 static PyObject *relay_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    int udp_fd;
-    if (!PyArg_ParseTuple(args, "i:RelayLoop", &udp_fd)) return NULL;
+    int udp_fd, busy_poll_us = 0;
+    static char *names[] = {"udp_fd", "busy_poll_us", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "i|i:RelayLoop", names, &udp_fd, &busy_poll_us)) return NULL;
+    Waiter waiter;
+    if (waiter_init(&waiter, busy_poll_us) < 0) return NULL;
     RelayLoop *R = (RelayLoop *)type->tp_alloc(type, 0);
     if (R == NULL) return NULL;
+    R->waiter = waiter;
     R->udp_fd = udp_fd;
     int queued = queue_init(&R->queue);
     R->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -421,6 +427,10 @@ static PyObject *relay_take(RelayLoop *R, PyObject *unused) { return queue_take(
 
 static PyObject *relay_fileno(RelayLoop *R, PyObject *unused) { return PyLong_FromLong(R->queue.wake_fd); }
 
+static PyObject *relay_spins(RelayLoop *R, PyObject *unused) {
+    return PyLong_FromUnsignedLongLong(__atomic_load_n(&R->waiter.spins, __ATOMIC_RELAXED));
+}
+
 static PyMethodDef relay_methods[] = {
     {"start", (PyCFunction)relay_start, METH_NOARGS, "Start the thread."},
     {"stop", (PyCFunction)relay_stop, METH_NOARGS, "Stop the thread and wait for it (idempotent)."},
@@ -429,6 +439,7 @@ static PyMethodDef relay_methods[] = {
     {"take", (PyCFunction)relay_take, METH_NOARGS,
      "take() -> [(data, (host, port), seg_size), ...]: the receives handed to Python since the last call."},
     {"fileno", (PyCFunction)relay_fileno, METH_NOARGS, "The eventfd that is readable while receives wait in take()."},
+    {"spins", (PyCFunction)relay_spins, METH_NOARGS, "Busy-poll looks that found nothing, since the start."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -437,7 +448,7 @@ PyTypeObject RelayLoopType = {
     .tp_name = "meshvpn._fastpath.RelayLoop",
     .tp_basicsize = sizeof(RelayLoop),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "RelayLoop(udp_fd): the relay's forwarding thread over its UDP socket (UDP_GRO on).",
+    .tp_doc = "RelayLoop(udp_fd, busy_poll_us=0): the relay's forwarding thread over its UDP socket (UDP_GRO on).",
     .tp_new = relay_new,
     .tp_dealloc = (destructor)relay_dealloc,
     .tp_methods = relay_methods,

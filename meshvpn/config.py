@@ -58,6 +58,9 @@ class MetricsConfig:
 
 
 _COORD_KEY = "coordination server's public key, pinned: no other server is trusted"
+_BUSY_POLL = ("microseconds the native data-path thread keeps looking at its socket after traffic before it "
+              "sleeps, so a reply that comes right back finds it awake (docs/benchmarks.md); 0 turns it off")
+BusyPoll = Annotated[int, int_range(0, 1000)]
 
 
 @_section
@@ -103,6 +106,7 @@ class ListenConfig:
                         "IPv6 addresses and takes direct IPv6 paths", True)
     ipv6_ula: Flag = option("announce unique local IPv6 addresses (fc00::/7) as IPv6 endpoints too, where such "
                             "a prefix is routed between the sites", False)
+    busy_poll_us: BusyPoll = option(_BUSY_POLL, 100)
 
 
 @_section
@@ -366,6 +370,7 @@ class RelayConfig:
     state_dir: ConfigPath = option("directory for state kept across restarts (the newest hello of each node)",
                                    Path("/var/lib/meshvpn"))
     listen: HostPort = option("UDP and TCP address (same port)", Address("0.0.0.0", 7500))
+    busy_poll_us: BusyPoll = option(_BUSY_POLL, 100)
     coord: CoordTrust = option("the coordination server whose relay tokens are accepted")
     limits: RelayLimits = option("forwarding limits", RelayLimits)
     tls: TlsListenConfig = option("TLS listener", TlsListenConfig)

@@ -69,8 +69,8 @@ def _packed(link) -> Optional[tuple[bytes, int]]:
 class NativeForwarder:
     """Owns one ``meshvpn._fastpath.RelayLoop``: its registrations, its hand-over queue and its counts."""
 
-    def __init__(self, core: RelayCore, udp_fd: int) -> None:
-        self._loop = fastpath.native_module().RelayLoop(udp_fd)
+    def __init__(self, core: RelayCore, udp_fd: int, busy_poll_us: int = 0) -> None:
+        self._loop = fastpath.native_module().RelayLoop(udp_fd, busy_poll_us)
         self._core = core
         self._generation = -1
         self.totals: Counter = Counter()

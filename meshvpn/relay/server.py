@@ -264,7 +264,7 @@ class RelayServer:
         self._udp = BatchUdpSocket(bind_udp(listen.host, listen.port, SOCKET_BUFFER, dual_stack=True))
         self.address = (listen.host, self._udp.sock.getsockname()[1])
         if self.native:
-            self._forwarder = native.NativeForwarder(self.core, self._udp.sock.fileno())
+            self._forwarder = native.NativeForwarder(self.core, self._udp.sock.fileno(), self.settings.busy_poll_us)
             self._forwarder.start()
             loop.add_reader(self._forwarder.fileno(), self._on_handed)
         else:

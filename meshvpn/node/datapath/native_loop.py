@@ -51,8 +51,9 @@ def _packed(endpoint: Endpoint) -> Optional[tuple[bytes, int]]:
 class NativeReceiver:
     """Owns one ``meshvpn._fastpath.Loop``: its table, its hand-over queue and its counts."""
 
-    def __init__(self, data: DataPlane, udp_fd: int, tun, sends: SendBuffer, after: Callable[[], None]) -> None:
-        self._loop = fastpath.native_module().Loop(udp_fd, tun.fileno())
+    def __init__(self, data: DataPlane, udp_fd: int, tun, sends: SendBuffer, after: Callable[[], None],
+                 busy_poll_us: int = 0) -> None:
+        self._loop = fastpath.native_module().Loop(udp_fd, tun.fileno(), busy_poll_us)
         self._data = data
         self._core = data.core
         self._tun = tun
@@ -68,7 +69,7 @@ class NativeReceiver:
 
     @classmethod
     def attach(cls, loop, data: DataPlane, sock, tun, sends: SendBuffer, on_udp: Callable[[], None],
-               on_tun: Callable[[], None], after: Callable[[], None]) -> Optional[NativeReceiver]:
+               on_tun: Callable[[], None], after: Callable[[], None], busy_poll_us: int = 0) -> Optional[NativeReceiver]:
         """Start the thread on ``sock`` and ``tun`` and wake ``loop`` for its hand-overs, when it can serve ``tun``.
 
         Otherwise ``on_udp`` and ``on_tun`` (the Python loops) read them and None is returned.
@@ -79,7 +80,7 @@ class NativeReceiver:
             loop.add_reader(tun.fileno(), on_tun)
             loop.add_reader(sock.fileno(), on_udp)
             return None
-        receiver = cls(data, sock.fileno(), tun, sends, after)
+        receiver = cls(data, sock.fileno(), tun, sends, after, busy_poll_us)
         receiver.sync(loop.time())
         receiver._loop.start()
         loop.add_reader(receiver._loop.fileno(), receiver._on_wake, loop)
