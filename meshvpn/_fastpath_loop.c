@@ -22,15 +22,26 @@
 
 #include "_fastpath_loop.h"
 
-/* Poll the socket and the TUN until stopped; Python is woken at least every COUNTS_EVERY seconds
-   while the thread has counted something, so status and metrics stay current. */
+/* The poll() timeout: none while reads are held; while counts wait for Python, until they are due,
+   then QUIET_MS; else COUNTS_EVERY. */
+static int poll_timeout(const Loop *L, int unreported, double reported, double now) {
+    if (L->held_count) return 0;
+    if (!unreported) return COUNTS_EVERY * 1000;
+    int due_ms = (int)((reported + COUNTS_EVERY - now) * 1000) + 1;
+    return due_ms > QUIET_MS ? due_ms : QUIET_MS;
+}
+
+/* Poll the socket and the TUN until stopped.  Python is woken at least every COUNTS_EVERY seconds
+   while the thread has counted something, so status and metrics stay current, but only once the
+   thread has been quiet for QUIET_MS (or the counts are COUNTS_EVERY overdue): woken between a
+   datagram and its reply, Python would compete with the reply for a CPU. */
 static void *run(void *arg) {
     Loop *L = arg;
     struct pollfd fds[3] = {{L->udp_fd, POLLIN, 0}, {L->tun_fd, POLLIN, 0}, {L->stop_fd, POLLIN, 0}};
     double reported = monotonic();
     int unreported = 0;
     for (;;) {
-        int ready = waiter_poll(&L->waiter, fds, 3, L->held_count ? 0 : COUNTS_EVERY * 1000);
+        int ready = waiter_poll(&L->waiter, fds, 3, poll_timeout(L, unreported, reported, monotonic()));
         if (ready < 0 && errno != EINTR) break;
         if (ready > 0 || L->held_count) {
             if (fds[2].revents || ((fds[0].revents | fds[1].revents) & POLLNVAL)) break;
@@ -47,7 +58,8 @@ static void *run(void *arg) {
             waiter_traffic(&L->waiter);
             unreported = 1;
         }
-        if (unreported && monotonic() - reported >= COUNTS_EVERY) {
+        double since = monotonic() - reported;
+        if (unreported && (ready == 0 ? since >= COUNTS_EVERY : since >= 2 * COUNTS_EVERY)) {
             queue_wake(&L->queue);
             reported = monotonic();
             unreported = 0;

@@ -18,6 +18,7 @@
 #define MAX_SKIP 16
 #define IOV_LIMIT 1024
 #define COUNTS_EVERY 1
+#define QUIET_MS 1  /* the counts wait for a quiet spell this long (see run()) */
 #define TUN_READ (10 + 65535)
 #define OUT_SIZE (2 * 65536 + 64 * 160)
 #define MAX_RUN_BYTES 65507
