@@ -26,8 +26,9 @@ Rules:
   ends when the token expires, when nothing was heard from the node for `IDLE_TIMEOUT`
   (its stream, if any, is closed then), or when its stream closes.
 * A RELAY envelope from a registered link goes to the registered link of its destination
-  key, if both are of one network (the tokens say which) and the sender's token bucket
-  (``packets_per_second``, ``burst``) allows. A stream queues at most ``queue_bytes``; the
+  key, if both are of one network (the tokens say which), neither token has run out (at once,
+  not only at the next sweep) and the sender's token bucket (``packets_per_second``, ``burst``)
+  allows. A stream queues at most ``queue_bytes``; the
   shell pulls frames while its socket can take them.
 * Messages come in batches (`receive_many`: a GRO receive, the frames of one TCP read), and
   every message gets every check above, in that order. What a batch saves is the lookups: a
@@ -319,6 +320,9 @@ class RelayCore:
         if src is None:
             self.drops["sender not registered"] += 1
             return None
+        if src.expires <= now:
+            self.drops["sender's token expired"] += 1
+            return None
         src.last_heard = now
         if not src.bucket.take(now):
             self.drops["rate limited"] += 1
@@ -331,6 +335,9 @@ class RelayCore:
         dst = self._by_key.get(dst_key)
         if dst is None:
             self.drops["destination not registered"] += 1
+            return None
+        if dst.expires <= now:
+            self.drops["destination's token expired"] += 1
             return None
         if dst.network != src.network:
             self.drops["destination in another network"] += 1

@@ -26,8 +26,11 @@ from meshvpn.node.datapath import fastpath
 from meshvpn.relay.core import RelayCore
 from meshvpn.wire import Endpoint
 
-DROPS = ("rate limited", "malformed", "destination not registered", "destination in another network")
+DROPS = ("rate limited", "malformed", "destination not registered", "destination in another network",
+         "sender's token expired", "destination's token expired")
 """The thread's drop counts, in the order it reports them: `RelayCore`'s reasons."""
+FORWARDED = ("forwarded natively", "forwarded bytes", "runs", "udp sends", "udp send errors")
+"""The forwarding counts a node's native loop reports for its peer relay (`Loop.relay_counts`), in order."""
 TOTALS = ("receives", "forwarded natively", "forwarded bytes", "runs", "udp sends", "udp send errors",
           "handed to python", "queue full")
 """The thread-wide counts of `counts()`, in the order the thread reports them."""
@@ -100,26 +103,39 @@ class NativeForwarder:
         registry = self._core.registry
         if registry.generation == self._generation:
             return
-        networks: dict[bytes, int] = {}
-        rows = [(reg.key, networks.setdefault(reg.network, len(networks)), _packed(reg.link), reg.bucket)
-                for reg in registry.by_key.values()]
-        self._fold_heard(self._loop.replace(rows))
+        fold_heard(self._core, self._loop.replace(registrations(self._core)))
         self._generation = registry.generation
 
     def pull(self) -> None:
         """Fold what the thread counted into the core: forwarded, drops, and each node's last_heard."""
         heard, totals, drops = self._loop.counts()
-        self._fold_heard(heard)
-        core, counts = self._core, dict(zip(TOTALS, totals))
+        counts = dict(zip(TOTALS, totals))
         self.totals.update(counts)
-        core.stats.forwarded += counts["forwarded natively"]
-        core.stats.forwarded_bytes += counts["forwarded bytes"]
-        core.stats.runs += counts["runs"]
         self.send_errors += counts["udp send errors"]
-        for reason, count in zip(DROPS + (QUEUE_FULL,), drops + (counts["queue full"],)):
-            if count:
-                core.drops[reason] += count
+        fold(self._core, heard, counts, drops)
+        if counts["queue full"]:
+            self._core.drops[QUEUE_FULL] += counts["queue full"]
 
-    def _fold_heard(self, heard: list[tuple[bytes, float]]) -> None:
-        for key, when in heard:
-            self._core.registry.heard(key, when)
+
+def registrations(core: RelayCore) -> list[tuple]:
+    """The core's registrations as a thread installs them: key, a number for its network, its UDP
+    endpoint (None for a stream), its bucket and its token's expiry."""
+    networks: dict[bytes, int] = {}
+    return [(reg.key, networks.setdefault(reg.network, len(networks)), _packed(reg.link), reg.bucket, reg.expires)
+            for reg in core.registry.by_key.values()]
+
+
+def fold(core: RelayCore, heard: list[tuple[bytes, float]], counts: dict, drops: tuple) -> None:
+    """What a thread forwarded and dropped into `core`'s stats and drops, and each node's last_heard."""
+    fold_heard(core, heard)
+    core.stats.forwarded += counts["forwarded natively"]
+    core.stats.forwarded_bytes += counts["forwarded bytes"]
+    core.stats.runs += counts["runs"]
+    for reason, count in zip(DROPS, drops):
+        if count:
+            core.drops[reason] += count
+
+
+def fold_heard(core: RelayCore, heard: list[tuple[bytes, float]]) -> None:
+    for key, when in heard:
+        core.registry.heard(key, when)

@@ -38,6 +38,8 @@ LATER = NOW + 1
 """When the Python side handles its receives (the thread reads the wall clock; buckets start full)."""
 STILL = 1e-6
 """A rate at which no bucket refills within a test: rate-limited drops depend on the burst alone."""
+GOOD = 1e12
+"""The registrations' token expiry: the thread reads today's clock, the tokens were minted at NOW."""
 
 
 class Rig:
@@ -58,7 +60,10 @@ class Rig:
             self.links[name] = Stream(name) if name in streams else Endpoint(*sock.getsockname())
         self.pure = self._core(names, limits, TokenBucket)
         self.native = self._core(names, limits, native.bucket_factory())
-        self.forwarder = native.NativeForwarder(self.native, self.relay.fileno())
+        self.forwarder = self.make_forwarder()
+
+    def make_forwarder(self):
+        return native.NativeForwarder(self.native, self.relay.fileno())
 
     def _core(self, names, limits, bucket):
         core = RelayCore(RELAY, keys.public_key(COORD), limits, counting_random(), NOW, bucket=bucket)
@@ -68,6 +73,8 @@ class Rig:
                 core.stream_opened(link, keys.public_key(private), NOW)
             register(core, private, link, token=ELSEWHERE if private == MALLORY else None)
             core.pull_stream(link) if isinstance(link, Stream) else None
+        for reg in core.registry.by_key.values():
+            reg.expires = GOOD
         core.drops.clear()
         return core
 
@@ -82,7 +89,7 @@ class Rig:
         for data, size in receives:
             control = [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, "little"))] if len(data) > size else []
             sock.sendmsg([data], control, 0, to)
-            self.pure.receive_gro(data, size, self.links[sender], LATER)
+            self.python_path(self.pure, data, size, self.links[sender])
         self.forwarder.start()
         deadline = time.monotonic() + 5
         while self.forwarder.totals["receives"] < len(receives) and time.monotonic() < deadline:
@@ -90,8 +97,12 @@ class Rig:
             self.forwarder.pull()
         assert self.forwarder.totals["receives"] == len(receives), "the thread took every receive in time"
         for data, source, size in self.forwarder.take():
-            self.native.receive_gro(data, size, source, LATER)
+            self.python_path(self.native, data, size, source)
         self.forwarder.stop()
+
+    def python_path(self, core, data, size, source) -> None:
+        """A receive as Python handles it: all the relay core's."""
+        core.receive_gro(data, size, source, LATER)
 
     def outcome(self, core, thread_sent=()):
         """Datagrams by destination (the relay's own sends after what the thread sent), streams' frames, counts."""
@@ -156,7 +167,11 @@ def test_envelopes_between_udp_nodes_are_forwarded_by_the_thread_as_python_would
     (b"", "malformed"),
 ], ids=["relay inside relay", "short", "bad version", "unregistered", "other network", "not a relay message", "empty"])
 def test_a_bad_datagram_is_dropped_for_the_same_reason_on_both_paths(rigs, bad, reason):
-    rig = rigs(EVERYONE)
+    dropped_among_good_ones(rigs(EVERYONE), bad, reason)
+
+
+def dropped_among_good_ones(rig, bad, reason):
+    """`bad` between four good envelopes: dropped for `reason` on both paths, the rest forwarded."""
     good = [sized(BOB, 100, n) for n in range(4)]
     rig.run("alice", one_by_one(good[:2] + [bad] + good[2:]))
     native_outcome, pure_outcome = rig.compare()
@@ -205,6 +220,18 @@ def test_envelopes_to_a_tcp_node_go_through_python_and_the_rest_stay_native(rigs
     native_outcome, pure_outcome = rig.compare()
     assert native_outcome == pure_outcome
     assert rig.forwarder.totals["forwarded natively"] == 2 and rig.forwarder.totals["handed to python"] == 2
+
+
+@pytest.mark.parametrize("expired, reason", [("alice", "sender's token expired"),
+                                             ("bob", "destination's token expired")])
+def test_a_token_that_ran_out_stops_forwarding_at_once_on_both_paths(rigs, expired, reason):
+    rig = rigs(EVERYONE)
+    for core in (rig.pure, rig.native):  # before the sweep: the registration is still there
+        core.registry.by_key[keys.public_key(EVERYONE[expired])].expires = NOW
+    rig.run("alice", one_by_one([sized(BOB, 100), sized(CAROL, 100)]))
+    native_outcome, pure_outcome = rig.compare()
+    assert native_outcome == pure_outcome
+    assert native_outcome[4] == {reason: 2 if expired == "alice" else 1}
 
 
 def test_the_thread_keeps_its_senders_alive(rigs):
