@@ -94,6 +94,7 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
     int queued = queue_init(&L->queue);
     L->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     pthread_mutex_init(&L->table_lock, NULL);
+    forwarder_init(&L->fwd, udp_fd, &L->table_lock);
     /* The thread reads until EAGAIN: both descriptors must not block (the TUN's and the socket's already do not). */
     if (fcntl(udp_fd, F_SETFL, fcntl(udp_fd, F_GETFL) | O_NONBLOCK) < 0
             || fcntl(tun_fd, F_SETFL, fcntl(tun_fd, F_GETFL) | O_NONBLOCK) < 0) {
@@ -131,6 +132,7 @@ static void loop_dealloc(Loop *L) {
     Py_XDECREF(loop_stop(L, NULL));
     clear_entries(L->entries, L->count);
     clear_senders(L->senders, L->n_senders);
+    forwarder_free(&L->fwd);
     queue_free(&L->queue);
     if (L->stop_fd >= 0) close(L->stop_fd);
     PyMem_Free(L->area); PyMem_Free(L->packets); PyMem_Free(L->sizes); PyMem_Free(L->groups);
@@ -323,6 +325,20 @@ static PyObject *loop_take(Loop *L, PyObject *unused) { return queue_take(&L->qu
 
 static PyObject *loop_fileno(Loop *L, PyObject *unused) { return PyLong_FromLong(L->queue.wake_fd); }
 
+PyDoc_STRVAR(relay_replace_doc,
+"relay_replace(registrations, offset) -> [(key, last_heard), ...]\n\n"
+"Install the registrations of this node's peer relay (RelayLoop.replace's rows) with the offset of the\n"
+"relay's clock (Unix seconds) from the monotonic clock; an empty list forwards nothing.");
+
+static PyObject *loop_relay_replace(Loop *L, PyObject *args) {
+    PyObject *rows;
+    double offset;
+    if (!PyArg_ParseTuple(args, "O!d", &PyList_Type, &rows, &offset)) return NULL;
+    return forwarder_replace(&L->fwd, rows, offset);
+}
+
+static PyObject *loop_relay_counts(Loop *L, PyObject *unused) { return forwarder_counts(&L->fwd); }
+
 static PyObject *loop_spins(Loop *L, PyObject *unused) {
     return PyLong_FromUnsignedLongLong(__atomic_load_n(&L->waiter.spins, __ATOMIC_RELAXED));
 }
@@ -333,6 +349,10 @@ static PyMethodDef loop_methods[] = {
     {"replace", (PyCFunction)loop_replace, METH_VARARGS, replace_doc},
     {"counts", (PyCFunction)loop_counts, METH_NOARGS, counts_doc},
     {"take", (PyCFunction)loop_take, METH_NOARGS, take_doc},
+    {"relay_replace", (PyCFunction)loop_relay_replace, METH_VARARGS, relay_replace_doc},
+    {"relay_counts", (PyCFunction)loop_relay_counts, METH_NOARGS,
+     "relay_counts() -> (heard, (forwarded, forwarded bytes, runs, UDP sends, failed UDP sends), drops):\n"
+     "what the peer relay forwarded and dropped since the last look (RelayLoop.counts' reasons)."},
     {"fileno", (PyCFunction)loop_fileno, METH_NOARGS, "The eventfd that is readable while datagrams wait in take()."},
     {"spins", (PyCFunction)loop_spins, METH_NOARGS, "Busy-poll looks that found nothing, since the start."},
     {NULL, NULL, 0, NULL},

@@ -6,7 +6,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#include "_fastpath.h"
+#include "_fastpath_forward.h"
 
 #define RECV_SLOT 65535
 #define AREA (4 * RECV_SLOT)
@@ -73,6 +73,7 @@ typedef struct {
     struct sockaddr_storage skip[MAX_SKIP];
     Py_ssize_t n_skip;
     Queue queue;  /* what the thread hands to Python */
+    Forwarder fwd;  /* the envelopes of members registered with this node as their peer relay */
     Waiter waiter;  /* its busy poll after traffic */
     /* thread-wide, since Python last looked (see counts()) */
     uint64_t receives, native, tun_errors, tun_writes, tun_reads, sealed, sends, send_errors;

@@ -68,10 +68,17 @@ static void received(Loop *L, uint8_t *b, Py_ssize_t n, Py_ssize_t seg, const st
     for (Py_ssize_t i = 0; i < L->n_skip; i++)
         if (same_endpoint(src, &L->skip[i])) { queue_push(&L->queue, b, n, seg, src); return; }
     if (n == 0) { queue_push(&L->queue, b, 0, 1, src); return; }
+    Reg *member = forward_source(&L->fwd, src);  /* registered with us as its peer relay: its envelopes are relayed */
+    Batch B;
+    if (member != NULL) batch_begin(&B, b, n, seg, now + L->fwd.offset, member);
     Py_ssize_t other = -1;  /* start of the run being handed over */
     for (Py_ssize_t at = 0; at < n; at += seg) {
         Py_ssize_t size = at + seg < n ? seg : n - at;
         uint8_t *p = b + at;
+        if (member != NULL && forward_one(&L->fwd, &B, at, p, size)) {
+            if (other >= 0) { queue_push(&L->queue, b + other, at - other, seg, src); other = -1; }
+            continue;
+        }
         Entry *e = NULL;
         Py_ssize_t skip = -1;  /* where the message starts: bare, or inside a relay envelope */
         if (size >= OVERHEAD && p[0] == VERSION && (p[1] == KIND_DATA || p[1] == KIND_KEEPALIVE)) skip = 0;
@@ -89,6 +96,7 @@ static void received(Loop *L, uint8_t *b, Py_ssize_t n, Py_ssize_t seg, const st
         open_one(L, e, p, size, skip, src, now, npk);
         COUNT(L->native, 1);
     }
+    if (member != NULL) batch_end(&L->fwd, &B);
     if (other >= 0) queue_push(&L->queue, b + other, n - other, seg, src);
 }
 

@@ -126,9 +126,9 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
         msg = self.peers.completed(msg)
         if isinstance(msg, (m.Registered, m.Relays)):
             self._configure_relays(msg, now)
-            self.peer_relay.coord_message(msg, now)
         elif isinstance(msg, m.RelayTokens):
             self.relays.set_tokens(msg.tokens, now)
+        self.peer_relay.coord_message(msg, now)
         self.core.coord_message(msg, now)
         reach_peer_relays(self.core, self.relays, now)
         self.lan.coord_message(msg, self.peers, now)

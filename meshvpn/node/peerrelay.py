@@ -14,6 +14,11 @@ relay) and goes on to the peer core as before, so the node still serves its own 
 never sees plaintext: what it forwards is sealed between the two members, and it holds no
 session of theirs.
 
+When the node's native loop runs, it forwards the envelopes of registered members itself, from a
+copy of the registrations (`meshvpn.node.datapath.native_relay`); the relay core still decides
+everything: who is registered, the buckets (shared with the thread), expiry. A member the coord
+removes from the network is unregistered at once, not when its token runs out.
+
 Sans-IO: `now` is the node's monotonic clock; the relay core gets wall-clock time (tokens and
 hellos carry it) through the node's wall offset.
 """
@@ -24,7 +29,9 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from meshvpn.config import ForwardLimits, RelayLimits
 from meshvpn.control import messages as m
+from meshvpn.ratelimit import TokenBucket
 from meshvpn.relay.core import RelayCore
+from meshvpn.relay.registry import BucketFactory
 from meshvpn.node.pathfinder import PathKind
 from meshvpn.wire import Endpoint, MessageType
 
@@ -49,6 +56,13 @@ class PeerRelay:
         """The coord whose tokens count; without one (a node built without it) the node never relays."""
         self._limits = _relay_limits(limits or ForwardLimits())
         self.core: Optional[RelayCore] = None
+        self.bucket: BucketFactory = TokenBucket
+        """Makes the registrations' buckets: the native loop's shared bucket when it forwards."""
+
+    @property
+    def wall_offset(self) -> float:
+        """The relay core's clock (Unix seconds) minus the node's."""
+        return self._wall
 
     def set_limits(self, limits: ForwardLimits) -> None:
         """New limits (config ``peer_relay``, reloaded): the registrations keep their buckets' level."""
@@ -61,15 +75,26 @@ class PeerRelay:
         return self.core is not None
 
     def coord_message(self, msg: m.Message, now: float) -> None:
-        """`registered` and `relays` say whether the node relays: start or stop the relay core."""
+        """`registered` and `relays` say whether the node relays: start or stop the relay core;
+        `peer_remove` and a delta's `removed`: those members leave the relay at once."""
         if isinstance(msg, (m.Registered, m.Relays)):
             wanted = bool(msg.relaying) and self._coord_public is not None
             if wanted and self.core is None:
                 assert self._coord_public is not None
                 self.core = RelayCore(self._private, self._coord_public, self._limits, self._random_bytes,
-                                      now + self._wall)
+                                      now + self._wall, bucket=self.bucket)
             elif not wanted:
                 self.core = None
+        elif isinstance(msg, (m.PeerRemove, m.PeerDelta)) and self.core is not None:
+            for key in (msg.key,) if isinstance(msg, m.PeerRemove) else msg.removed:
+                self._member_left(key)
+
+    def _member_left(self, key: bytes) -> None:
+        """A member gone from the network relays nothing more through us, even with a token still good."""
+        reg = self.core.registry.by_key.get(key) if self.core is not None else None
+        if reg is not None:
+            self.core.registry.unregister(reg)
+            self.core.drops["member left"] += 1
 
     def takes(self, data: bytes, src: Endpoint) -> bool:
         """Whether a datagram from `src` is the relay's: a hello, or an envelope from a member registered here."""

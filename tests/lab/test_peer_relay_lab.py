@@ -6,7 +6,8 @@ network (`meshvpn coord relays allow h1`). The server relay is far: the guests' 
 packets back 40 ms each way (userspace NATs, `UserNat.with_delay`: this kernel has no netem).
 The guests seek a path to the host as soon as it is offered as a relay (birthday probing opens a
 way through both NATs; nothing else makes them talk to it), and the relay link goes the same way, so `a1` and `b1` are relayed by `h1`, whose round trip
-is below the server relay's, with a checksummed transfer; `h1`'s own traffic stays direct.
+is below the server relay's, with a checksummed transfer that `h1`'s native loop forwards; `h1`'s own
+traffic stays direct.
 """
 
 from __future__ import annotations
@@ -69,5 +70,7 @@ def test_two_random_port_sites_are_relayed_by_a_member_allowed_to_relay(topo: To
     assert received.same_data(sent) and sent.bytes == 1 << 20, f"sent {sent}, received {received}"
     relaying = mesh.status("h1")["self"]["relaying"]
     assert relaying["nodes"] == 2 and relaying["forwarded"] > 500, relaying
+    native = mesh.status("h1")["self"]["native_loop"]
+    assert native["peer relay forwarded natively"] > 500, "the host's native loop forwards the pair's envelopes"
     assert mesh.peer("h1", "a1")["path"] == "direct"
     assert "(peer relay)" in mesh.cli("a1", "peers").stdout

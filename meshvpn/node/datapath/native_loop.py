@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Optional
 
 from meshvpn.node.datapath import fastpath
 from meshvpn.node.datapath.dataplane import DataPlane, SendBuffer, _count_dropped, _count_received, _count_sent
+from meshvpn.node.datapath.native_relay import NativePeerRelay
 from meshvpn.node.peers import Peer
 from meshvpn.node.transports import MainSocket
 from meshvpn.session import Session
@@ -66,6 +67,8 @@ class NativeReceiver:
         """Overlay address → peer, as installed for sealing."""
         self.totals: Counter = Counter()
         """Thread-wide counts (TOTALS) since start."""
+        self.relay = NativePeerRelay(self._loop, self._core.peer_relay)
+        """What the thread forwards for this node's peer relay."""
 
     @classmethod
     def attach(cls, loop, data: DataPlane, sock, tun, sends: SendBuffer, on_udp: Callable[[], None],
@@ -123,6 +126,7 @@ class NativeReceiver:
         destinations = self._core.destinations
         turn = sorted(filter(None, map(_packed, self._core.turn.by_endpoint)))
         installed = (entries, senders, destinations.accepted(4), destinations.accepted(16), turn)
+        self.relay.sync()
         if installed == self._installed:
             return
         self._fold(self._loop.replace(list(entries), list(senders), *installed[2:]), now)
@@ -165,6 +169,7 @@ class NativeReceiver:
                 self.totals[name] += value
         if totals[3]:
             self._data.drops["native queue full"] += totals[3]
+        self.totals.update({f"peer relay {name}": count for name, count in self.relay.pull().items() if count})
 
     def _fold(self, tables: tuple[Iterable[tuple], Iterable[tuple]], now: float) -> None:
         rows, send_rows = tables
