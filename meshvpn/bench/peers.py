@@ -377,7 +377,8 @@ BLOCK_TABLE = "benchblock"
 """nftables table in `b` that makes a relayed row's traffic take the relay."""
 
 
-def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None, block: bool = True) -> Tunnel:
+def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None, block: bool = True,
+                  host_env: dict[str, str] | None = None) -> Tunnel:
     """Two `meshvpn daemon`s and a `meshvpn coord` in `side` (`meshvpn.lab.mesh`); measures the
     time to the first reply.
 
@@ -386,18 +387,25 @@ def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None, block:
     "tcp" also every UDP packet it sends, so the two daemons use the relay, over UDP or over TCP.
     The clock starts when both daemons answer on their control sockets and stops at the first
     ping reply from `b`'s overlay address; the path is what `a`'s status says right after.
+
+    With `host_env` a third daemon, `host`, runs in `side` instead of a server relay, allowed to
+    relay for the network (a peer relay, docs/relay.md), and `b` drops `a`'s address, so the pair
+    goes through `host`, whose CPU is the relay's; `host_env` is its environment
+    (``MESHVPN_PURE_PYTHON=1``: it forwards in Python).
     """
     a, b = net.a.short, net.b.short
     mesh = Mesh(workdir, net.side, net.side_addr, network=MESHVPN_NETWORK, cidr=MESHVPN_SUBNET, log_level="info")
     try:
         if relay is not None:
             mesh.start_relay("relay", net.side, net.side_addr)
-            if block:
-                _block_direct_paths(net, relay)
+        if (relay is not None or host_env is not None) and block:
+            _block_direct_paths(net, relay or "udp")
         mesh.start_coord()
         key, _ = mesh.create_auth_key()
         for ns, local, _ in net.sides():
             mesh.start_node(ns.short, ns, key, listen=f"{local}:{NODE_PORT}", tun=MESHVPN_TUN)
+        if host_env is not None:
+            _start_peer_relay(mesh, net, key, host_env)
         mesh_wait_for(lambda: mesh.status(a) and mesh.status(b), START_TIMEOUT, "both daemons answering",
                       poll=POLL_SECONDS)
         up = time.monotonic()
@@ -406,8 +414,19 @@ def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None, block:
     except LabError as err:
         raise BenchError(f"{err}{_tails(tuple(sorted(workdir.glob('*.log'))))}") from None
     replied = reachable(net, target, tuple(sorted(workdir.glob("*.log"))))
+    peer = mesh.peer(a, b)
+    if host_env is not None and peer.get("relay") != "host":
+        raise BenchError(f"the pair is not relayed by the host: {peer}")
+    relayed_by = mesh.relays["relay"] if relay else mesh.nodes["host"] if host_env is not None else None
     return Tunnel(target=target, mtu=link_mtu(net.a, MESHVPN_TUN), first_ping_s=replied - up,
-                  path=mesh.peer(a, b)["path"], relay_pid=mesh.relays["relay"].proc.pid if relay else None)
+                  path=peer["path"], relay_pid=None if relayed_by is None else relayed_by.proc.pid)
+
+
+def _start_peer_relay(mesh: Mesh, net: BenchNet, key: str, env: dict[str, str]) -> None:
+    """`host` in `side`, allowed to relay for the network once registered."""
+    mesh.start_node("host", net.side, key, listen=f"{net.side_addr}:{NODE_PORT}", tun=MESHVPN_TUN, env=env)
+    mesh.wait_registered(timeout=START_TIMEOUT)
+    mesh.admin("relays", "allow", "host")
 
 
 def start_meshvpn_nat(net: BenchNet, workdir: Path, relayed: bool) -> Tunnel:
@@ -436,6 +455,9 @@ ROWS: tuple[Row, ...] = (
     Row("meshvpn direct", MESHVPN, start_meshvpn),
     Row("meshvpn relayed UDP", MESHVPN, lambda net, workdir: start_meshvpn(net, workdir, relay="udp")),
     Row("meshvpn relayed TCP", MESHVPN, lambda net, workdir: start_meshvpn(net, workdir, relay="tcp")),
+    Row("meshvpn peer relayed", MESHVPN, lambda net, workdir: start_meshvpn(net, workdir, host_env={})),
+    Row("meshvpn peer relayed, host in Python", MESHVPN,
+        lambda net, workdir: start_meshvpn(net, workdir, host_env={"MESHVPN_PURE_PYTHON": "1"})),
     Row("meshvpn NATs direct", MESHVPN, lambda net, workdir: start_meshvpn_nat(net, workdir, relayed=False), net="nat"),
     Row("meshvpn NATs relayed", MESHVPN, lambda net, workdir: start_meshvpn_nat(net, workdir, relayed=True), net="nat"),
     Row("quicktun nacltai", PEER, start_quicktun, ("quicktun",)),

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, TypeVar
 import yaml
 
 from meshvpn import joinstring, keys
-from meshvpn.lab.netns import LabError, Namespace, python_command
+from meshvpn.lab.netns import LabError, Namespace, _child_env, python_command
 from meshvpn.localsock import DaemonNotRunning, request
 
 COORD_PORT = 7400
@@ -155,10 +155,10 @@ class Mesh:
     def _new_key(self, name: str) -> str:
         return keys.encode_key(keys.public_key(keys.write_private_key(self.dir / f"{name}.key")))
 
-    def _spawn(self, name: str, ns: Namespace, role: str, config: Path) -> Process:
+    def _spawn(self, name: str, ns: Namespace, role: str, config: Path, env: dict[str, str] | None = None) -> Process:
         log = self.dir / f"{name}.log"
         with log.open("ab") as out:
-            proc = ns.popen(python_command("meshvpn", role, "-c", str(config)),
+            proc = ns.popen(python_command("meshvpn", role, "-c", str(config)), env=_child_env(env),
                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         return Process(name, ns, proc, config, log)
 
@@ -303,12 +303,14 @@ class Mesh:
         return self.dir / f"{name}.sock"
 
     def start_node(self, name: str, ns: Namespace, auth_key: str, listen: str | None = None,
-                   tun: str = "mvtun0", coords: Iterable[str] = (), sections: dict | None = None) -> Process:
+                   tun: str = "mvtun0", coords: Iterable[str] = (), sections: dict | None = None,
+                   env: dict[str, str] | None = None) -> Process:
         """Start `meshvpn daemon` in `ns` as `name`, joining with `auth_key`.
 
         `listen` is `address:port` of the node's UDP socket (the config's default if None);
         `coords` the addresses of the coord instances it knows, in order (default: the coord's);
-        `sections` adds config sections (e.g. `{"portmap": {"protocols": ["upnp"]}}`).
+        `sections` adds config sections (e.g. `{"portmap": {"protocols": ["upnp"]}}`); `env` adds
+        to the daemon's environment (e.g. `{"MESHVPN_PURE_PYTHON": "1"}`).
         """
         known = list(coords) or [self.coord_address] + ([f"[{self.coord_ipv6}]"] if self.coord_ipv6 else [])
         first, *others = [f"{address}:{self.coord_port}" for address in known]
@@ -332,7 +334,7 @@ class Mesh:
             document["listen"] = {"address": address, "port": int(port)}
         document.update(sections or {})
         config = _write_yaml(self.dir / f"{name}.yaml", document)
-        self.nodes[name] = self._spawn(name, ns, "daemon", config)
+        self.nodes[name] = self._spawn(name, ns, "daemon", config, env)
         return self.nodes[name]
 
     def join_node(self, name: str, ns: Namespace, join: str) -> subprocess.CompletedProcess[str]:

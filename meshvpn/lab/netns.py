@@ -106,9 +106,9 @@ def cleanup_stale() -> list[str]:
     return removed
 
 
-def _child_env() -> dict[str, str]:
-    """The caller's environment with this source tree importable, for `python -m meshvpn...`."""
-    env = dict(os.environ)
+def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment with this source tree importable, for `python -m meshvpn...`, and `extra`."""
+    env = {**os.environ, **(extra or {})}
     paths = [str(PACKAGE_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env
