@@ -15,7 +15,8 @@ import pytest
 from meshvpn.node.core import CoreConfig
 from meshvpn.node.pathfinder import PathKind
 from meshvpn.node.traversal import FALLBACK_RESAMPLE_INTERVAL, RESAMPLE_INTERVAL, RESAMPLE_MAX
-from meshvpn.sim.pairs import KINDS, World
+from meshvpn.sim.pairs import World
+from meshvpn.sim.sitekinds import KINDS
 
 RELAY_AFTER = CoreConfig().paths.relay_after
 BUSY_FLOWS = 3000.0

@@ -17,7 +17,8 @@ from meshvpn.node.core import CoreConfig
 from meshvpn.node.pathfinder import PathKind
 from meshvpn.node.prediction import Allocation, NatProfile
 from meshvpn.sim.natprobe import probe_profile
-from meshvpn.sim.pairs import KINDS, PORT_RANGE_PROBED, RELAYED, STUN, World
+from meshvpn.sim.pairs import STUN, World
+from meshvpn.sim.sitekinds import KINDS, PORT_RANGE_PROBED, RELAYED
 
 RELAY_AFTER = CoreConfig().paths.relay_after
 MARGIN = 0.5

@@ -23,7 +23,8 @@ import random
 import pytest
 
 from meshvpn.node.pathfinder import PathKind
-from meshvpn.sim.pairs import KINDS, RELAYED, Site, World, flow, longest_gap
+from meshvpn.sim.pairs import World, flow, longest_gap
+from meshvpn.sim.sitekinds import KINDS, RELAYED, Site
 
 PAIRS = list(itertools.product(KINDS, repeat=2))
 """Ordered pairs, for the events that happen to `a`."""

@@ -19,7 +19,8 @@ import pytest
 
 from meshvpn.node.pathfinder import ChangeReason, PathKind
 from meshvpn.sim import PORT_RESTRICTED_CONE
-from meshvpn.sim.pairs import EASY, KINDS, PORT, Kind, World, flow, longest_gap
+from meshvpn.sim.pairs import World, flow, longest_gap
+from meshvpn.sim.sitekinds import EASY, KINDS, PORT, Kind
 
 GAP = 0.02
 """Seconds between the flow's packets."""

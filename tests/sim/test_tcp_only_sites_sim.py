@@ -45,7 +45,8 @@ import pytest
 
 from meshvpn.node.pathfinder import PathKind
 from meshvpn.node.tcp.core import TcpPunchConfig
-from meshvpn.sim.pairs import KINDS, MAPPING_TIMEOUT, RELAYED, TCP_ONLY_KINDS, Site, World, flow, longest_gap
+from meshvpn.sim.pairs import MAPPING_TIMEOUT, World, flow, longest_gap
+from meshvpn.sim.sitekinds import KINDS, RELAYED, TCP_ONLY_KINDS, Site
 from meshvpn.sim.relays import TLS_PORT
 
 ALL = {**KINDS, **TCP_ONLY_KINDS}

@@ -15,7 +15,8 @@ import pytest
 
 from meshvpn.node.core import CoreConfig
 from meshvpn.node.pathfinder import PathKind
-from meshvpn.sim.pairs import KINDS, RELAYED, SEQUENTIAL, World
+from meshvpn.sim.pairs import World
+from meshvpn.sim.sitekinds import KINDS, RELAYED, SEQUENTIAL
 
 RELAY_AFTER = CoreConfig().paths.relay_after
 MARGIN = 0.5
