@@ -105,9 +105,3 @@ async def ipv6_mapping(stun: StunClient, config: NodeConfig) -> Optional[Endpoin
         return None
     return Endpoint(ipaddress.ip_address(result.mapped[0]).compressed, result.mapped[1])
 
-
-def announced(local: Iterable[Endpoint], mapped: Optional[Endpoint]) -> tuple[m.Endpoint, ...]:
-    """Everything we announce over IPv6: the global addresses, and the STUN mapping when it differs
-    (a prefix translator between us and the internet), at most MAX_IPV6_ENDPOINTS."""
-    found = list(local) + ([mapped] if mapped is not None else [])
-    return tuple(m.Endpoint(e.host, e.port) for e in dict.fromkeys(found))[:m.MAX_IPV6_ENDPOINTS]

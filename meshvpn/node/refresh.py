@@ -28,9 +28,10 @@ import logging
 from typing import TYPE_CHECKING, Optional
 
 from meshvpn.control import messages as m
+from meshvpn.node.announce6 import announced
 from meshvpn.node.discovery import own_nat_profile, public_mapping
 from meshvpn.node.eventlog import endpoints_line
-from meshvpn.node.ipv6 import announced, ipv6_mapping, local_ipv6
+from meshvpn.node.ipv6 import ipv6_mapping, local_ipv6
 from meshvpn.node.netchange import NetworkChanged
 from meshvpn.node.portmap.core import Transport
 from meshvpn.node.traversal import nat_info

@@ -7,7 +7,8 @@ from meshvpn.control import messages as m
 from meshvpn.coord.candidates import sane_ipv6
 from meshvpn.node.candidates import Candidate, CandidateKind, candidates_of
 from meshvpn.node.family import IPV6_SLACK, faster
-from meshvpn.node.ipv6 import announced, interface_ipv6, select_ipv6
+from meshvpn.node.announce6 import announced
+from meshvpn.node.ipv6 import interface_ipv6, select_ipv6
 from meshvpn.wire import Endpoint
 from test_coord_hardening import pair  # noqa: F401  (fixture)
 from test_coord_membership import NOW, key

@@ -56,6 +56,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.peertimers",
     "meshvpn.node.silence",
     "meshvpn.node.family",
+    "meshvpn.node.announce6",
     "meshvpn.node.pathtimers",
     "meshvpn.node.routes",
     "meshvpn.node.pairrelay",
