@@ -4,11 +4,23 @@ the internet, with one socket over both, as a node's socket with IPV6_V6ONLY off
 The kernel picks the family by the destination; so does `DualStackSocket.sendto`. Each family
 has its own link, so a test breaks IPv6 alone (`ipv6.link.connected = False`: the routes stay,
 the packets go nowhere) while IPv4 carries on.
+
+A home router's IPv6 side translates nothing and lets in only what answers the LAN's own traffic
+(`firewalled_host6`): a `Nat` that keeps address and port, port-restricted, in front of a host
+with the same global address.
 """
 
 from __future__ import annotations
 
-from meshvpn.sim.network import Endpoint, Host, ReceiveCallback, UdpSocket
+from meshvpn.sim.nat import PORT_RESTRICTED_CONE, Nat
+from meshvpn.sim.network import Endpoint, Host, Link, Network, ReceiveCallback, UdpSocket
+
+
+def firewalled_host6(net: Network, address: str, uplink: Link, link: Link | None = None) -> Host:
+    """A host with the global IPv6 `address` behind a stateful firewall on `uplink` (`link`: the
+    host's own, which a dual-stack host shares with its IPv4 side: one cable, two families)."""
+    firewall = Nat(net, address, PORT_RESTRICTED_CONE, link=uplink)
+    return Host(net, address, firewall.lan, link)
 
 
 class DualStackSocket:
@@ -27,6 +39,14 @@ class DualStackSocket:
     def address6(self) -> Endpoint:
         """The IPv6 (ip, port)."""
         return self.v6.address
+
+    @property
+    def on_receive(self) -> ReceiveCallback:
+        return self.v4.on_receive
+
+    @on_receive.setter
+    def on_receive(self, callback: ReceiveCallback) -> None:
+        self.v4.on_receive = self.v6.on_receive = callback
 
     def sendto(self, data: bytes, dst: Endpoint) -> None:
         """Send from the address of `dst`'s family."""

@@ -8,6 +8,8 @@ Each node is the real `NodeCore` and data path (`DataPlane`) on a simulated host
   that stays, for the node punches from it; a sample unanswered within `SAMPLE_TIMEOUT` is lost),
   and real Binding requests too, for a site whose node takes its NAT profile (`Kind.probed`); its
   TCP twin answers each `TcpSampleWanted` (`meshvpn.sim.tcpstun`), as the coord's STUN port does;
+  on a dual-stack site (`Kind.ipv6`) the main socket takes both families and each endpoint round
+  also asks the server's IPv6 address (`STUN6`), as the daemon asks the coord's;
 * the extra sockets an `OpenMappings` asks for, and `socket_for` pinning on the way out;
 * two relays (the real core, `meshvpn.sim.relays`) on UDP and on TCP streams, and the node's
   TCP: its punch port and its streams to relays (`meshvpn.sim.streams`) on the host's `TcpStack`;
@@ -34,7 +36,9 @@ from meshvpn.node.events import (
 from meshvpn.node.node import Node as MeshNode
 from meshvpn.node.traversal import nat_info
 from meshvpn.sim.nat import Nat
+from meshvpn.node.announce6 import announced
 from meshvpn.sim.clock import Scheduler
+from meshvpn.sim.dualstack import DualStackHost, firewalled_host6
 from meshvpn.sim.natprobe import answer_stun, probe_profile
 from meshvpn.sim.network import Host, Network, RandomSource
 from meshvpn.relaytoken import TokenMinter
@@ -48,6 +52,8 @@ from meshvpn.sim.sitekinds import PORT, Kind, Site
 from meshvpn.wire import Endpoint, MessageType
 
 STUN = ("198.51.100.53", 3478)
+STUN6 = ("2001:db8:53::53", 3478)
+"""The STUN server's IPv6 address, which a dual-stack node asks for its IPv6 mapping (the coord's, in the daemon)."""
 RELAYS = (("near", "198.51.100.20", 0.005), ("far", "192.0.2.200", 0.02))
 """Name, address and one-way delay of the two relays: both nodes make the near one home."""
 RELAY_WARM_UP = 0.5
@@ -86,10 +92,11 @@ class Node:
         """What the node reports about its NAT (`probe_nat` may learn better)."""
         self.node.set_nat_profile(self.profile)
         self.private = private
-        self.host = Host(world.net, site.host_ip, site.nat.lan)
-        self.node.set_own_endpoints([Endpoint(self.host.ip, PORT)], Endpoint(site.observed_host, PORT), site.mapped,
+        self.mapped6: Endpoint | None = None
+        """Our IPv6 endpoint as the STUN server saw it last (a dual-stack site)."""
+        self._attach_host()
+        self.node.set_own_endpoints(self._local() + self._ipv6(), Endpoint(site.observed_host, PORT), site.mapped,
                                     site.mapped)
-        self.sock = self.host.bind(PORT, self._receiver(None))
         self._attach_tcp()
         self.extra: list = []
         self.public_endpoint: tuple[str, int] | None = None
@@ -128,7 +135,8 @@ class Node:
     def info(self) -> m.PeerInfo:
         public = None if self.public_endpoint is None else m.Endpoint(*self.public_endpoint)
         mapped = None if self.mapped is None else m.Endpoint(*self.mapped)
-        return m.PeerInfo(self.public, self.name, self.address, True, (m.Endpoint(self.host.ip, PORT),), public,
+        return m.PeerInfo(self.public, self.name, self.address, True, tuple(self._local()), public,
+                          ipv6_endpoints=tuple(self._ipv6()) or None,
                           observed_host=self.site.observed_host, nat=nat_info(self.profile),
                           mapped_endpoint=mapped, mapped_tcp=mapped, public_tcp=self.world.coord.public_tcp.get(self.public))
 
@@ -153,9 +161,15 @@ class Node:
         """Run STUN on the main socket; the answer becomes our public endpoint and goes to the coord.
         Without an answer in `MAPPING_TIMEOUT` the round reports the endpoints it has, as the daemon's does."""
         self.discovering = True
-        self.sock.sendto(b"S", STUN)
+        self.ask_stun()
         self._rounds += 1
         self.world.net.scheduler.call_later(MAPPING_TIMEOUT, self._discovered, self._rounds)
+
+    def ask_stun(self) -> None:
+        """Ask STUN for our public endpoint from the main socket, over IPv6 too on a dual-stack site."""
+        self.sock.sendto(b"S", STUN)
+        if self.host6 is not None:
+            self.sock.sendto(b"S", STUN6)
 
     def move_to(self, site: Site) -> None:
         """The host leaves its LAN and comes up on `site`'s, as the daemon sees it through netlink: the
@@ -165,13 +179,13 @@ class Node:
         self._close_extra()
         self.tcp.close_all("address gone")
         self.site = site
-        self.host = Host(self.world.net, site.host_ip, site.nat.lan)
-        self.sock = self.host.bind(PORT, self._receiver(None))
+        self._attach_host()
         self._attach_tcp()
         self.world.coord.dial_tcp(self)
         self.profile = site.kind.reported
         self.node.set_nat_profile(self.profile)
-        self.node.set_own_endpoints([Endpoint(self.host.ip, PORT)], None, site.mapped, site.mapped)
+        self.mapped6 = None
+        self.node.set_own_endpoints(self._local() + self._ipv6(), None, site.mapped, site.mapped)
         self.world.coord.link(self).reconnect_now()
         self._changed = self._lost = True
         self.discover()
@@ -203,6 +217,26 @@ class Node:
             self._changed = False
             self.node.network_changed(self.now, connections_lost=self._lost)
             self.pump()
+
+    def _attach_host(self) -> None:
+        """The host on the site's LAN and the main socket; on a dual-stack site also the IPv6 host
+        behind the site's firewall, on the same cable, and the socket on both families."""
+        self.host = Host(self.world.net, self.site.host_ip, self.site.nat.lan)
+        self.host6 = None
+        if self.site.ip6 is not None:
+            self.host6 = firewalled_host6(self.world.net, self.site.ip6, self.site.uplink6, self.host.link)
+            self.sock = DualStackHost(self.host, self.host6).bind(PORT, self._receiver(None))
+        else:
+            self.sock = self.host.bind(PORT, self._receiver(None))
+
+    def _local(self) -> list[Endpoint]:
+        return [Endpoint(self.host.ip, PORT)]
+
+    def _ipv6(self) -> list[Endpoint]:
+        """What we announce over IPv6, as the daemon does: the global address with our port, and
+        the STUN mapping when it differs."""
+        local6 = [Endpoint(self.host6.ip, PORT)] if self.host6 is not None else []
+        return list(announced(local6, self.mapped6)) if local6 else []
 
     def _attach_tcp(self) -> None:
         self.tcp = TcpStack(self.host)
@@ -242,12 +276,27 @@ class Node:
                 self.node.packet_from_tun(peer, ip_packet(self.address, peer.address, b"echo " + payload), self.now)
 
     def _stun_answer(self, via: int | None, data: bytes) -> None:
-        host, port = data[1:].decode().split(":")
-        if via is None:
+        host, port = data[1:].decode().rsplit(":", 1)
+        if via is None and ":" in host:
+            self._mapped6(Endpoint(host, int(port)))
+        elif via is None:
             self.public_endpoint = (host, int(port))
             self._discovered(self._rounds)
         elif via in self.sampling:
             self.node.port_sampled(self.sampling.pop(via), Endpoint(host, int(port)), self.now, via)
+
+    def _mapped6(self, endpoint: Endpoint) -> None:
+        """STUN's answer over IPv6: reported when it adds an endpoint (a prefix translator), as the
+        daemon's second report of a round does."""
+        before = self._ipv6()
+        self.mapped6 = endpoint
+        if self._ipv6() != before and not self.discovering:
+            self._report(Endpoint(*self.public_endpoint) if self.public_endpoint else None)
+
+    def _report(self, public: Endpoint | None) -> None:
+        self.node.set_own_endpoints(self._local() + self._ipv6(), public, self.mapped, self.mapped)
+        self.world.coord.send_from(self, m.Endpoints(tuple(self._local()), public and m.Endpoint(*public),
+                                                     ipv6=tuple(self._ipv6()) or None))
 
     def _discovered(self, round_: int) -> None:
         """Endpoint round `round_` ends (answered, or timed out): report, and tell the node."""
@@ -255,8 +304,7 @@ class Node:
             return
         self.discovering = False
         public = None if self.public_endpoint is None else Endpoint(*self.public_endpoint)
-        self.node.set_own_endpoints([Endpoint(self.host.ip, PORT)], public, self.mapped, self.mapped)
-        self.world.coord.send_from(self, m.Endpoints((m.Endpoint(self.host.ip, PORT),), public and m.Endpoint(*public)))
+        self._report(public)
         self.node.endpoints_refreshed(self.now)
         self._network_changed()
         self.pump()
@@ -326,6 +374,8 @@ class World:
         stun_host = Host(self.net, STUN[0])
         stun = stun_host.bind(STUN[1], None)
         tcpstun.serve(stun_host, STUN[1])
+        stun6 = Host(self.net, STUN6[0]).bind(STUN6[1], None)
+        stun6.on_receive = lambda data, src: stun6.sendto(_stun_reply(data, src), src)
         self.tcp_stun = Endpoint(*STUN)
         stun.on_receive = lambda data, src: stun.sendto(_stun_reply(data, src), src)
         self.relays = [SimRelay(self.net.scheduler, self.net, name, address, delay, rng, tls_port=TLS_PORT)
@@ -342,7 +392,7 @@ class World:
             if node.kind.probed:
                 node.probe_nat((self.relays[0].info.name, self.relays[0].endpoint))
         for node in (self.a, self.b):
-            node.sock.sendto(b"S", STUN)
+            node.ask_stun()
             self.coord.dial_tcp(node)
         self.net.scheduler.run_for(0.2)
         for node in (self.a, self.b):

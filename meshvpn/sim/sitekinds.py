@@ -46,6 +46,9 @@ class Kind:
     """Whether UDP may leave the site (`Nat.udp_out`)."""
     tcp: TcpBehavior = OPEN
     """The NAT's TCP side beyond mapping and filtering (`meshvpn.sim.tcpnat`): which ports TCP may go to."""
+    ipv6: bool = False
+    """Dual-stack: the host also has a global IPv6 address, behind the router's stateful firewall
+    (`meshvpn.sim.dualstack.firewalled_host6`), and its socket takes both families."""
 
 
 PORT_RANGE = NatBehavior(ports=PortAllocation.RANDOM, port_min=30000, port_max=40000)
@@ -62,12 +65,14 @@ KINDS = {
     "cgn": Kind(PORT_RESTRICTED_CONE, RANDOM, carrier=SYMMETRIC_RANDOM),
     "unreported": Kind(SYMMETRIC_RANDOM, EASY),
     "upnp": Kind(SYMMETRIC_RANDOM, RANDOM, mapped=True),
+    "dual-stack": Kind(SYMMETRIC_RANDOM, RANDOM, ipv6=True),
 }
 """`port-range` is endpoint-independent with random ports: reported as random when the node has no
 second STUN server (no coord alternate address, no relay answering STUN), as endpoint-independent
 (`port-range-known`) when it has; `PORT_RANGE_PROBED` learns which by the mapping test itself. `unreported` is a random-port
 NAT whose node sent no profile (taken as endpoint-independent). `upnp` is a random-port NAT
-whose router forwards a port to the node."""
+whose router forwards a port to the node. `dual-stack` is the lab's kind of that name: a random-port
+NAT for IPv4, IPv6 open behind a stateful firewall."""
 MAPPED_PORT = 50000
 PORT_RANGE_PROBED = Kind(PORT_RANGE, RANDOM, probed=True)
 """A port-range site whose node runs the mapping test against the STUN server and its near relay."""
@@ -78,16 +83,16 @@ TCP_ONLY_KINDS = {
 """The lab's sites that let no UDP out (`NatKind.UDP_BLOCKED`), and no TCP either but to port 443
 (`NatKind.PORT_443_ONLY`): port-preserving masquerade behind the firewall, TCP mapped as UDP is."""
 
-_EDM_RANDOM = ("random-ports", "cgn", "unreported")
+_EDM_RANDOM = ("random-ports", "cgn", "unreported", "dual-stack")
 RELAYED = frozenset({
     *((x, y) for x in _EDM_RANDOM for y in _EDM_RANDOM),
     *((x, y) for x in ("port-range", "sequential") for y in _EDM_RANDOM if y != "unreported"),
     *((y, x) for x in ("port-range", "sequential") for y in _EDM_RANDOM if y != "unreported"),
     *((x, "unreported") for x in ("port-preserving", "port-range", "port-range-known", "sequential")),
     *(("unreported", x) for x in ("port-preserving", "port-range", "port-range-known", "sequential")),
-})
+}) - {("dual-stack", "dual-stack")}
 """The pairs (`a`, who sends first, then `b`) that end up relayed: both sides endpoint-dependent with
-random ports, one with random ports against a NAT whose ports cannot be predicted from one sample,
+random ports (but two dual-stack sites, direct over IPv6), one with random ports against a NAT whose ports cannot be predicted from one sample,
 and an unreported random NAT against any peer that waits for its endpoint. Every other pair goes
 direct (`docs/nat-traversal.md` has the matrix of the lab's NATs; the sims hold every pair to it)."""
 
@@ -112,6 +117,10 @@ class Site:
         if self.outer is not None:
             TcpNat(self.outer)
         self.host_ip = f"192.168.{number + 1}.10"
+        self.ip6 = f"2001:db8:{number + 1}::10" if kind.ipv6 else None
+        """The host's global IPv6 address, on a dual-stack site."""
+        self.uplink6 = wan()
+        """The IPv6 firewall's uplink: `connected = False` breaks IPv6 alone (the routes stay)."""
         self.mapped = Endpoint(self.nat.ip, MAPPED_PORT) if kind.mapped else None
         if kind.mapped:
             self.nat.forward(MAPPED_PORT, (self.host_ip, PORT))

@@ -41,7 +41,7 @@ PATH_BACK = 3.0
 PATH_BACK_BIRTHDAY = 4.0
 """Where the direct path needs birthday probing against an endpoint-dependent random NAT: a lottery
 of punch rounds (as in `test_rebinding_sim`)."""
-BIRTHDAY = {"random-ports", "cgn"}
+BIRTHDAY = {"random-ports", "cgn", "dual-stack"}
 RELAY_OUTAGE = 2.0
 COORD_DOWN = 30.0
 COORD_GAP = 0.5
@@ -68,8 +68,8 @@ def kinds(world: World) -> tuple[PathKind | None, PathKind | None]:
 class Run:
     """A world with the flow going, and what the flow saw around one event."""
 
-    def __init__(self, name_a: str, name_b: str, seed: int = 5, gap: float = GAP) -> None:
-        self.world = World(KINDS[name_a], KINDS[name_b], seed, random.Random)
+    def __init__(self, name_a: str, name_b: str, seed: int = 5, gap: float = GAP, table: dict = KINDS) -> None:
+        self.world = World(table[name_a], table[name_b], seed, random.Random)
         self.world.start()
         self.sent = flow(self.world, gap, float("inf"))
         self.world.net.scheduler.run_for(WARM_UP)
