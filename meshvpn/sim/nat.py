@@ -15,7 +15,9 @@ the three RFC 4787 knobs plus the port allocation quirks hole punching has to li
 * port forwards (UPnP IGD, NAT-PMP, PCP), with Linux conntrack's answer to a clash: a datagram
   through a forward from a remote the LAN endpoint already has an outbound flow to reaches it
   from another source port, and what it sends there leaves from the forwarded port;
-* whether UDP may leave the LAN at all (`udp_out`: some sites let only TCP out).
+* whether UDP may leave the LAN at all (`udp_out`: some sites let only TCP out);
+* packets to and from some addresses held back a while each way (`hold_back`, as the lab's
+  userspace NAT's delays: a site whose server relay is far).
 
 Each protocol has its own `MappingTable` (its own port space, as conntrack keeps): UDP's here,
 TCP's in the box's TCP side (`meshvpn.sim.tcpnat.TcpNat`, RFC 5382), which `outbound` and
@@ -314,6 +316,8 @@ class Nat:
         """The box's TCP side (`meshvpn.sim.tcpnat.TcpNat`), once one is attached: TCP is dropped until then."""
         self.udp_out = True
         """Whether UDP from the LAN may leave (a site that blocks UDP sets it False)."""
+        self.held_back: dict[str, float] = {}
+        """Remote address -> seconds its UDP packets are held back, each way (`hold_back`)."""
         self._background_rate = 0.0
         self._background_timer: TimerHandle | None = None
         self._background_flows = 0
@@ -346,8 +350,7 @@ class Nat:
             return
         remapped = self.udp.remapped_out(dgram.src, dgram.dst)
         if remapped is not None:
-            self.network.transmit(self.link, self.link.up, self.realm.route,
-                                  Datagram(remapped.public, remapped.remote, dgram.data))
+            self._uplink(Datagram(remapped.public, remapped.remote, dgram.data))
             return
         mapping = self.udp.outbound(dgram.src, dgram.dst)
         if mapping is None:
@@ -363,11 +366,28 @@ class Nat:
             else:
                 self.network.drops["no hairpinning"] += 1
             return
-        self.network.transmit(self.link, self.link.up, self.realm.route, packet)
+        self._uplink(packet)
+
+    def _uplink(self, packet: Datagram) -> None:
+        delay = self.held_back.get(packet.dst[0], 0.0) if packet.proto == "udp" else 0.0
+        if delay:
+            self.network.scheduler.call_later(delay, self.network.transmit, self.link, self.link.up,
+                                              self.realm.route, packet)
+        else:
+            self.network.transmit(self.link, self.link.up, self.realm.route, packet)
 
     def receive(self, dgram: Datagram) -> None:
         """A datagram from the parent realm reached the public address."""
-        self.inbound(dgram)
+        delay = self.held_back.get(dgram.src[0], 0.0) if dgram.proto == "udp" else 0.0
+        if delay:
+            self.network.scheduler.call_later(delay, self.inbound, dgram)
+        else:
+            self.inbound(dgram)
+
+    def hold_back(self, address: str, seconds: float) -> None:
+        """Hold UDP to and from `address` back `seconds` each way (a far server, as the lab's
+        `UserNat.with_delay`)."""
+        self.held_back[address] = seconds
 
     def forward(self, public_port: int, lan: Endpoint) -> None:
         """A port forward, as UPnP IGD, NAT-PMP and PCP ask for: anyone may send to `public_port`,
