@@ -2,7 +2,8 @@
 
 The coord has the real one's punch rules: a `punch_request` sends a `punch` to both sides, each
 with the other's fresh sample (at most `SAMPLE_LIFETIME` old) and NAT report; an `endpoints`
-message is passed on to the peer as a `peer_update`. Its messages take `CONTROL_DELAY` each way.
+message, or a `relay_home` (the relay round trips a relayed pair chooses by), is passed on to
+the peers as a `peer_update`. Its messages take `CONTROL_DELAY` each way.
 
 Each node's link follows the daemon's rules through the real `Dialer` (`meshvpn.node.coorddial`):
 a killed coord resets every connection at once, and a link that dropped waits the dialer's
@@ -94,6 +95,8 @@ class Coord:
         self.samples: dict[bytes, tuple[m.Endpoint, float]] = {}
         self.tcp_samples: dict[bytes, tuple[m.Endpoint, float]] = {}
         """Each node's newest TCP port sample (``punch_request.tcp_sample``), passed on as UDP samples are."""
+        self.homes: dict[bytes, m.RelayHome] = {}
+        """Each node's last `relay_home` (its home relay and round trips), shown to its peers."""
         self.public_tcp: dict[bytes, m.Endpoint] = {}
         """Each node's punch port as the coord's TCP listener saw it."""
         self.tcp = TcpStack(Host(world.net, COORD_AT.host))
@@ -129,9 +132,8 @@ class Coord:
         self.alive = True
 
     def welcome(self, node: Node) -> None:
-        peer = self.world.peer_of(node)
         self._send(node, self.world.registered(node))
-        self._send(node, m.PeerMap((peer.info(),)))
+        self._send(node, m.PeerMap(tuple(peer.info() for peer in self.world.others(node))))
 
     def send_from(self, node: Node, msg: m.Message) -> None:
         """A message on the node's link; lost if the link or the coord is down."""
@@ -152,10 +154,17 @@ class Coord:
     def _receive(self, node: Node, msg: m.Message) -> None:
         if not self.alive or not self.link(node).up:
             return
-        peer = self.world.peer_of(node)
-        if isinstance(msg, m.Endpoints):
-            self._send(peer, m.PeerUpdate(node.info()))
+        if isinstance(msg, m.RelayHome):
+            if self.homes.get(node.public) == msg:
+                return
+            self.homes[node.public] = msg
+        if isinstance(msg, (m.Endpoints, m.RelayHome)):
+            for peer in self.world.others(node):
+                self._send(peer, m.PeerUpdate(node.info()))
         elif isinstance(msg, m.PunchRequest):
+            peer = self.world.by_key(msg.peer_key)
+            if peer is None:
+                return
             if msg.sample is not None:
                 self.samples[node.public] = (msg.sample, self.scheduler.now)
             if msg.tcp_sample is not None:

@@ -15,7 +15,9 @@ Each node is the real `NodeCore` and data path (`DataPlane`) on a simulated host
   TCP: its punch port and its streams to relays (`meshvpn.sim.streams`) on the host's `TcpStack`;
 * a fake coord with the real one's punch rules: a `punch_request` sends a `punch` to both
   sides, each with the other's fresh sample (at most `SAMPLE_LIFETIME` old) and NAT report;
-* a TUN that records each packet and echoes every packet that is not an echo itself.
+* a TUN that records each packet and echoes every packet that is not an echo itself;
+* in a world with a `peer-relay` site, a third node (`World.helper`) on a port-preserving site,
+  which the coord tells to relay and offers to the others as a peer relay.
 
 The test passes the random source (``random.Random``): every run is repeatable.
 """
@@ -48,7 +50,7 @@ from meshvpn.sim.relays import COORD, TLS_PORT, SimRelay, relay_tokens
 from meshvpn.sim import tcpstun
 from meshvpn.sim.streams import PunchPort, RelayStreams
 from meshvpn.sim.tcp import TcpStack
-from meshvpn.sim.sitekinds import PORT, Kind, Site
+from meshvpn.sim.sitekinds import HELPER, PORT, Kind, Site
 from meshvpn.wire import Endpoint, MessageType
 
 STUN = ("198.51.100.53", 3478)
@@ -62,7 +64,10 @@ SAMPLE_TIMEOUT = 1.0
 """Seconds a port sample waits for STUN before it is reported lost (the daemon's `discovery.SAMPLE_TIMEOUT`)."""
 MAPPING_TIMEOUT = 5.0
 """Seconds an endpoint round waits for STUN (the daemon's `discovery.MAPPING_TIMEOUT`)."""
-_TRANSPORT = (MessageType.DATA, MessageType.KEEPALIVE)
+HELPER_SITE = 3
+"""The helper's site number (`a` and `b` have 0 and 1, a test moves a node to 2)."""
+_TRANSPORT = (MessageType.DATA, MessageType.KEEPALIVE, MessageType.RELAY)
+"""What an extra socket hands the data path, as the daemon does (a peer relay answers on a pinned way)."""
 NETWORK = m.NetworkInfo(name="sim", cidr="100.64.0.0/24")
 
 class Randomness(RandomSource, Protocol):
@@ -86,7 +91,7 @@ class Node:
         private = world.seeded(index).randbytes(32)
         self.public = public_key(private)
         self.node = MeshNode(private, world.seeded(world.seed * 10 + index).randbytes,
-                             CoreConfig(wall_offset=WALL_OFFSET))
+                             CoreConfig(wall_offset=WALL_OFFSET), coord_public=public_key(COORD))
         self.data = DataPlane(self.node)
         self.profile = site.kind.reported
         """What the node reports about its NAT (`probe_nat` may learn better)."""
@@ -135,10 +140,13 @@ class Node:
     def info(self) -> m.PeerInfo:
         public = None if self.public_endpoint is None else m.Endpoint(*self.public_endpoint)
         mapped = None if self.mapped is None else m.Endpoint(*self.mapped)
+        home = self.world.coord.homes.get(self.public)
         return m.PeerInfo(self.public, self.name, self.address, True, tuple(self._local()), public,
                           ipv6_endpoints=tuple(self._ipv6()) or None,
                           observed_host=self.site.observed_host, nat=nat_info(self.profile),
-                          mapped_endpoint=mapped, mapped_tcp=mapped, public_tcp=self.world.coord.public_tcp.get(self.public))
+                          mapped_endpoint=mapped, mapped_tcp=mapped, public_tcp=self.world.coord.public_tcp.get(self.public),
+                          peer_relay=self is self.world.helper or None, home_relay=home and home.relay,
+                          relay_rtts=home and home.rtts)
 
     def send(self, peer: Node, payload: bytes) -> None:
         self.node.packet_from_tun(self.core.peers.by_key[peer.public], ip_packet(self.address, peer.address, payload),
@@ -222,6 +230,8 @@ class Node:
         """The host on the site's LAN and the main socket; on a dual-stack site also the IPv6 host
         behind the site's firewall, on the same cable, and the socket on both families."""
         self.host = Host(self.world.net, self.site.host_ip, self.site.nat.lan)
+        for _, address, _ in RELAYS if self.site.kind.far else ():
+            self.site.nat.hold_back(address, self.site.kind.far)
         self.host6 = None
         if self.site.ip6 is not None:
             self.host6 = firewalled_host6(self.world.net, self.site.ip6, self.site.uplink6, self.host.link)
@@ -339,7 +349,7 @@ class Node:
         elif isinstance(out, OpenMappings):
             for probe in out.probes:
                 self._new_socket().sendto(probe, out.endpoint)
-        elif isinstance(out, PeerPathChanged):
+        elif isinstance(out, PeerPathChanged) and out.name == self.world.peer_of(self).name:
             self.reasons.append(out.reason)
         elif isinstance(out, DiscoverEndpoints):
             self.discover()
@@ -383,27 +393,38 @@ class World:
         self.minter = TokenMinter(COORD, rng.randbytes)
         self.rng = rng
         self.coord = Coord(self)
+        self.helper = None
+        """The member that may relay for the others, in a world with a `peer-relay` site."""
         self.a = self.node_class(self, 0, Site(self.net, 0, kind_a))
         self.b = self.node_class(self, 1, Site(self.net, 1, kind_b))
+        self.nodes = [self.a, self.b]
+        if kind_a.peer_relay or kind_b.peer_relay:
+            self.helper = self.node_class(self, 2, Site(self.net, HELPER_SITE, HELPER))
+            self.nodes.append(self.helper)
 
     def start(self) -> None:
         """STUN, then the coord's welcome with the relays; returns once both are registered with them."""
-        for node in (self.a, self.b):
+        for node in self.nodes:
             if node.kind.probed:
                 node.probe_nat((self.relays[0].info.name, self.relays[0].endpoint))
-        for node in (self.a, self.b):
+        for node in self.nodes:
             node.ask_stun()
             self.coord.dial_tcp(node)
         self.net.scheduler.run_for(0.2)
-        for node in (self.a, self.b):
+        for node in self.nodes:
             self.coord.connect(node)
         self.net.scheduler.run_for(RELAY_WARM_UP)
 
     def registered(self, node: Node) -> m.Registered:
-        """The coord's welcome for `node`: its address, the relays and a token for each."""
+        """The coord's welcome for `node`: its address, the relays and a token for each, the helper
+        offered as a peer relay to the others and told to relay itself."""
         infos = tuple(relay.info for relay in self.relays)
+        helper = self.helper
+        if helper is not None and node is not helper:
+            infos += (m.RelayInfo(helper.name, helper.site.observed_host, PORT, helper.public, peer=True),)
         return m.Registered(node.public, node.name, node.address, NETWORK, relays=infos,
-                            relay_tokens=relay_tokens(self.minter, infos, node.public, self.now))
+                            relay_tokens=relay_tokens(self.minter, infos, node.public, self.now),
+                            relaying=node is helper or None)
 
     @property
     def now(self) -> float:
@@ -411,6 +432,19 @@ class World:
 
     def peer_of(self, node: Node) -> Node:
         return self.b if node is self.a else self.a
+
+    def kill_relay(self, name: str) -> None:
+        """The relay named `name` dies: a server relay's process, or the helper's whole host."""
+        if self.helper is not None and name == self.helper.name:
+            self.helper.link_down()
+        else:
+            next(relay for relay in self.relays if relay.info.name == name).kill()
+
+    def others(self, node: Node) -> list[Node]:
+        return [other for other in self.nodes if other is not node]
+
+    def by_key(self, key: bytes) -> Node | None:
+        return next((node for node in self.nodes if node.public == key), None)
 
 
 def _stun_reply(data: bytes, src: Endpoint) -> bytes:

@@ -46,6 +46,11 @@ class Kind:
     """Whether UDP may leave the site (`Nat.udp_out`)."""
     tcp: TcpBehavior = OPEN
     """The NAT's TCP side beyond mapping and filtering (`meshvpn.sim.tcpnat`): which ports TCP may go to."""
+    far: float = 0.0
+    """Seconds the site's NAT holds back packets to and from the server relays, each way."""
+    peer_relay: bool = False
+    """A third member, on a port-preserving site, may relay for the network (the lab's `peer-relay`
+    kind: the pairs harness adds it to a world with such a site, `meshvpn.sim.pairs.World.helper`)."""
     ipv6: bool = False
     """Dual-stack: the host also has a global IPv6 address, behind the router's stateful firewall
     (`meshvpn.sim.dualstack.firewalled_host6`), and its socket takes both families."""
@@ -66,13 +71,17 @@ KINDS = {
     "unreported": Kind(SYMMETRIC_RANDOM, EASY),
     "upnp": Kind(SYMMETRIC_RANDOM, RANDOM, mapped=True),
     "dual-stack": Kind(SYMMETRIC_RANDOM, RANDOM, ipv6=True),
+    "peer-relay": Kind(SYMMETRIC_RANDOM, RANDOM, far=0.04, peer_relay=True),
 }
 """`port-range` is endpoint-independent with random ports: reported as random when the node has no
 second STUN server (no coord alternate address, no relay answering STUN), as endpoint-independent
 (`port-range-known`) when it has; `PORT_RANGE_PROBED` learns which by the mapping test itself. `unreported` is a random-port
 NAT whose node sent no profile (taken as endpoint-independent). `upnp` is a random-port NAT
 whose router forwards a port to the node. `dual-stack` is the lab's kind of that name: a random-port
-NAT for IPv4, IPv6 open behind a stateful firewall."""
+NAT for IPv4, IPv6 open behind a stateful firewall. `peer-relay` is the lab's kind too: a random-port
+NAT whose server relays are 40 ms away, with a third member nearby that may relay."""
+HELPER = Kind(PORT_RESTRICTED_CONE, EASY)
+"""The site of the member that relays for a world with a `peer-relay` site (the lab's `h`)."""
 MAPPED_PORT = 50000
 PORT_RANGE_PROBED = Kind(PORT_RANGE, RANDOM, probed=True)
 """A port-range site whose node runs the mapping test against the STUN server and its near relay."""
@@ -83,7 +92,7 @@ TCP_ONLY_KINDS = {
 """The lab's sites that let no UDP out (`NatKind.UDP_BLOCKED`), and no TCP either but to port 443
 (`NatKind.PORT_443_ONLY`): port-preserving masquerade behind the firewall, TCP mapped as UDP is."""
 
-_EDM_RANDOM = ("random-ports", "cgn", "unreported", "dual-stack")
+_EDM_RANDOM = ("random-ports", "cgn", "unreported", "dual-stack", "peer-relay")
 RELAYED = frozenset({
     *((x, y) for x in _EDM_RANDOM for y in _EDM_RANDOM),
     *((x, y) for x in ("port-range", "sequential") for y in _EDM_RANDOM if y != "unreported"),
@@ -93,7 +102,8 @@ RELAYED = frozenset({
 }) - {("dual-stack", "dual-stack")}
 """The pairs (`a`, who sends first, then `b`) that end up relayed: both sides endpoint-dependent with
 random ports (but two dual-stack sites, direct over IPv6), one with random ports against a NAT whose ports cannot be predicted from one sample,
-and an unreported random NAT against any peer that waits for its endpoint. Every other pair goes
+and an unreported random NAT against any peer that waits for its endpoint (through the peer relay
+where there is one). Every other pair goes
 direct (`docs/nat-traversal.md` has the matrix of the lab's NATs; the sims hold every pair to it)."""
 
 def wan() -> Link:

@@ -21,6 +21,7 @@ from meshvpn.node.pathfinder import ChangeReason, PathKind
 from meshvpn.sim import PORT_RESTRICTED_CONE
 from meshvpn.sim.pairs import World, flow, longest_gap
 from meshvpn.sim.sitekinds import EASY, KINDS, PORT, Kind
+from test_path_events_sim import traffic_limit
 
 GAP = 0.02
 """Seconds between the flow's packets."""
@@ -62,16 +63,16 @@ def rebind_mid_flow(name_a: str, name_b: str) -> tuple[World, float, tuple, floa
 @pytest.mark.parametrize("name_a, name_b", list(itertools.product(KINDS, repeat=2)))
 def test_a_nat_rebinding_mid_flow_costs_under_a_second_and_the_path_comes_back(name_a: str, name_b: str) -> None:
     world, event, before, back = rebind_mid_flow(name_a, name_b)
-    assert_traffic_back(world, event)
+    assert_traffic_back(world, event, traffic_limit(world))
     assert back is not None and back <= (PATH_BACK_BIRTHDAY if BIRTHDAY & {name_a, name_b} else PATH_BACK)
 
 
-def assert_traffic_back(world: World, event: float) -> None:
-    """Neither direction of the flow stopped for `TRAFFIC_BACK` around the re-mapping."""
+def assert_traffic_back(world: World, event: float, limit: float = TRAFFIC_BACK) -> None:
+    """Neither direction of the flow stopped for `limit` around the re-mapping."""
     to_b = [t for t, payload in world.b.received if not payload.startswith(b"echo ")]
     to_a = [t for t, payload in world.a.received if payload.startswith(b"echo ")]
-    assert longest_gap(to_b, event - 0.5, event + SETTLE) < TRAFFIC_BACK
-    assert longest_gap(to_a, event - 0.5, event + SETTLE) < TRAFFIC_BACK
+    assert longest_gap(to_b, event - 0.5, event + SETTLE) < limit
+    assert longest_gap(to_a, event - 0.5, event + SETTLE) < limit
 
 
 def test_the_far_side_roams_at_once_behind_a_full_cone() -> None:

@@ -51,7 +51,8 @@ from meshvpn.sim.relays import TLS_PORT
 
 ALL = {**KINDS, **TCP_ONLY_KINDS}
 TCP_DIRECT = frozenset({"port-preserving", "full-cone", "restricted-cone", "port-range", "port-range-known", "upnp",
-                        "udp-blocked", "address-dependent", "sequential", "random-ports", "cgn", "dual-stack"})
+                        "udp-blocked", "address-dependent", "sequential", "random-ports", "cgn", "dual-stack",
+                        "peer-relay"})
 """The kinds a UDP-blocked site meets over TCP: endpoint-independent TCP mapping, a router's TCP port
 mapping, or a TCP port sample that prediction or a birthday campaign works from."""
 DIRECT_WITHIN = 1.0
