@@ -277,7 +277,7 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
                                       now + self.config.wall_offset)
             self._send_via(self.routes.reply(src, relayed_from), reply)
             if relayed_from is None:
-                peer.paths.probe_received(src, now)
+                peer.paths.probe_received(src, now, probe.newest)
                 if peer.route is None:
                     peer.paths.punch(now)
         else:

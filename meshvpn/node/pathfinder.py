@@ -239,13 +239,20 @@ class PathFinder:
         if self._relay_due is None and not self._direct():
             self._relay_due = now + self.config.relay_after
 
-    def probe_received(self, src: Endpoint, now: float) -> None:
+    def probe_received(self, src: Endpoint, now: float, newest: bool = False) -> None:
         """The peer's authenticated probe arrived from `src`; the caller sends the reply.
 
         `src` is where the peer's NAT put it for us, often the only way to reach a peer
-        behind a symmetric NAT, so a new one is probed at once unless we are direct.
+        behind a symmetric NAT, so a new one is probed at once unless we are direct. The
+        `newest` probe from elsewhere moves a direct path that silence suspects (`meshvpn.node.silence`).
         """
-        if type(src) is not TcpEndpoint and self._observe(src) and not self._direct():
+        if type(src) is TcpEndpoint:
+            return
+        if newest and self._direct() and src != self.current_path.endpoint:  # type: ignore[union-attr]
+            self._silence.probed_from(src, now)
+            if self._roam_if_silent(now):
+                return
+        if self._observe(src) and not self._direct():
             self._send_probe(self._observed[-1], now)
 
     def probe_reply_received(self, tx_id: bytes, src: Endpoint, now: float) -> None:
@@ -467,9 +474,16 @@ class PathFinder:
                                       self._last_probe, self.stats.rtt)
         if verdict is Verdict.CHECK_RELAY:
             self._actions.append(RelaySilent())
-        elif verdict is Verdict.PROBE:
+        elif verdict is Verdict.PROBE and not self._roam_if_silent(now):
             assert self._path_candidate is not None
             self._send_probe(self._path_candidate, now)
             self._last_probe = now
         elif verdict is Verdict.DEAD:
             self._fall_back(now, ChangeReason.PATH_SILENT)
+
+    def _roam_if_silent(self, now: float) -> bool:
+        """Move a suspect direct path to where the peer's newest probe came from; False if there is none."""
+        target = self._silence.roam_target(self._last_heard)
+        if target is not None:
+            self.roamed(target, now)
+        return target is not None

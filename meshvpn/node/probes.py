@@ -94,6 +94,9 @@ class OpenedProbe(NamedTuple):
     """The 8-byte transaction id chosen by the prober."""
     endpoint: Endpoint
     """PROBE: where the prober sent it; PROBE_REPLY: where the probe was seen from."""
+    newest: bool = False
+    """Its stamp is the newest taken from the sender: no copy of an older probe, held back and
+    sent later, so it may move a silent path as the newest data does (`docs/security.md`)."""
 
 
 class ProbeCodec:
@@ -163,9 +166,11 @@ class ProbeCodec:
             raise ProbeRefused("stale probe", sealed.sender_public)
         if check_address and sealed.kind == MessageType.PROBE and not self.addressed_to_us(payload.endpoint):
             raise ProbeRefused("probe for another address", sealed.sender_public)
-        if not self._seen.setdefault(sealed.sender_public, SeenStamps()).take(payload.stamp):
+        seen = self._seen.setdefault(sealed.sender_public, SeenStamps())
+        if not seen.take(payload.stamp):
             raise ProbeRefused("replayed probe", sealed.sender_public)
-        return OpenedProbe(sealed.kind, sealed.sender_public, payload.tx_id, payload.endpoint)
+        return OpenedProbe(sealed.kind, sealed.sender_public, payload.tx_id, payload.endpoint,
+                           payload.stamp == seen.newest)
 
 
 PROBE_TARGET_HOSTS = 16

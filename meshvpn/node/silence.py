@@ -9,6 +9,12 @@ us, a relay died), and the transfer stalls until we notice. So, per peer:
   then: the path is dead (`Verdict.DEAD`).
   Traffic from the peer through a relay while we send on a direct path that has been silent
   for `silence_after` means the peer gave up on it: dead at once.
+  The peer's newest authenticated probe from another endpoint since the path was last heard
+  moves a silent path there at once (`probed_from`, `roam_target`): a NAT re-mapped one of us,
+  and where the peer's data no longer gets through, its probes are all that shows the new
+  endpoint. Only the newest stamp counts, as only the newest data moves a path (a copy of an
+  older probe, held back and sent from elsewhere, moves nothing), and only a suspect path moves:
+  a path that answers is kept.
 * relay path: sent since the last thing that came through a relay, and nothing for
   `silence_after`: check the relays (`Verdict.CHECK_RELAY`). While nothing comes through a relay
   the next checks wait twice as long each time, up to `RELAY_CHECK_MAX`: a one-way flow (a peer
@@ -23,6 +29,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from typing import Optional
+
+from meshvpn.wire import Endpoint
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,19 @@ class SilenceWatch:
         """`relay_checked` as the last check set it (the path finder sets it anew for a new relay path)."""
         self.suspect_at: Optional[float] = None
         """When the direct path was found silent and first probed; None while it is not."""
+        self._probed_from: Optional[tuple[Endpoint, float]] = None
+
+    def probed_from(self, src: Endpoint, at: float) -> None:
+        """The peer's probe with its newest stamp came from `src`, not the direct path's endpoint, at `at`."""
+        self._probed_from = (src, at)
+
+    def roam_target(self, last_heard: float) -> Optional[Endpoint]:
+        """Where a suspect direct path moves now: the source of the peer's newest probe since it was last heard."""
+        probed = self._probed_from
+        if self.suspect_at is None or probed is None or probed[1] < last_heard:
+            return None
+        self._probed_from = None
+        return probed[0]
 
     def timeout(self, rtt: Optional[float]) -> float:
         """How long a silent direct path's probes wait: `silence_timeout`, or three RTTs if longer."""

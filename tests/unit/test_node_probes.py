@@ -212,3 +212,15 @@ def test_the_budget_bounds_the_rate_per_peer_but_allows_birthday_probing():
     birthday = sum(budget.allow(A_PUBLIC, Endpoint("198.51.100.1", 1024 + n), n / PROBE_RATE) is None
                    for n in range(900))
     assert birthday == 900
+
+
+def test_only_a_probe_with_the_newest_stamp_is_newest():
+    """A probe sealed earlier and held back (delivered after a later one) is taken once within the
+    reorder window, but it is not the newest, so it moves no path (`meshvpn.node.silence`)."""
+    a = codec(A_PRIVATE, A_PUBLIC, B_PUBLIC)
+    b = codec(B_PRIVATE, B_PUBLIC, A_PUBLIC)
+    held = a.probe(B_PUBLIC, TX, DST, NONCE, WALL)
+    later = a.probe(B_PUBLIC, TX, DST, NONCE, WALL + 0.5)
+    assert b.open(later, WALL + 0.5).newest
+    assert not b.open(held, WALL + 0.6).newest
+    assert b.open(a.probe(B_PUBLIC, TX, DST, NONCE, WALL + 0.7), WALL + 0.7).newest

@@ -127,3 +127,57 @@ def test_after_a_fall_back_punch_rounds_stay_two_seconds_apart_for_a_minute():
     in_window = [g for a, g in zip(rounds, gaps) if a < 160.0]
     assert max(in_window) == 2.0
     assert max(gaps) > 2.0, "after the window the usual backoff returns"
+
+
+def silent_finder():
+    """A direct path that carried traffic until 10.0 and has been suspect (probed) since 10.3."""
+    finder = direct_finder()
+    finder.traffic_received(PUBLIC_EP, 10.0)
+    finder.traffic_sent(10.2)
+    run_timers_until(finder, 10.3)
+    assert finder._silence.suspect_at == 10.3
+    return finder
+
+
+def test_the_peers_newest_probe_from_a_new_source_moves_a_silent_path_at_once():
+    finder = silent_finder()
+    finder.probe_received(MOVED_EP, 10.35, newest=True)
+    actions = finder.next_actions()
+    [change] = changes(actions)
+    assert (change.new, change.reason) == (Path(PathKind.DIRECT, MOVED_EP), ChangeReason.ROAMED)
+    assert [p.endpoint for p in probes(actions)] == [MOVED_EP], "a probe confirms the round trip"
+    run_timers_until(finder, 10.6)
+    assert finder.current_path == Path(PathKind.DIRECT, MOVED_EP)
+
+
+def test_a_probe_that_is_not_the_newest_moves_nothing():
+    finder = silent_finder()
+    finder.probe_received(MOVED_EP, 10.35, newest=False)
+    assert changes(finder.next_actions()) == []
+    assert finder.current_path == Path(PathKind.DIRECT, PUBLIC_EP)
+
+
+def probed_before_silence(sent: float, probed: float):
+    """A direct path heard at 10.0 that sent at `sent`; the peer's newest probe from elsewhere at `probed`."""
+    finder = direct_finder()
+    finder.traffic_received(PUBLIC_EP, 10.0)
+    finder.traffic_sent(sent)
+    finder.probe_received(MOVED_EP, probed, newest=True)
+    assert changes(finder.next_actions()) == [], "not silent for silence_after yet"
+    return finder
+
+
+def test_a_path_that_answers_is_not_moved_by_a_probe_from_elsewhere():
+    finder = probed_before_silence(10.1, 10.15)
+    finder.traffic_received(PUBLIC_EP, 10.2)
+    fired = run_timers_until(finder, 11.0)
+    assert all(changes(actions) == [] for _, actions in fired), "heard on the path after the probe"
+    assert finder.current_path == Path(PathKind.DIRECT, PUBLIC_EP)
+
+
+def test_a_newest_probe_heard_before_the_path_went_silent_moves_it_when_it_does():
+    finder = probed_before_silence(10.2, 10.25)
+    fired = run_timers_until(finder, 10.3)
+    [(when, actions)] = [(when, actions) for when, actions in fired if changes(actions)]
+    assert when == 10.3 and [c.reason for c in changes(actions)] == [ChangeReason.ROAMED]
+    assert [p.endpoint for p in probes(actions)] == [MOVED_EP], "the new endpoint is probed, not the old one"
