@@ -44,6 +44,7 @@ SANS_IO_MODULES = (
     "meshvpn.coord.lanpush",
     "meshvpn.coord.peerrelays",
     "meshvpn.node.pathfinder",
+    "meshvpn.node.pathtypes",
     "meshvpn.node.core",
     "meshvpn.node.coorddial",
     "meshvpn.node.eyeballs",
