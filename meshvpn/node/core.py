@@ -415,7 +415,8 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
                 self._send_initiation(peer, now)
                 self.flush(peer, now)
             elif isinstance(action, SendProbe):
-                dst = self.traversal.probe_from(peer.key, Endpoint(*action.endpoint), now)
+                dst = action.endpoint if type(action.endpoint) is TcpEndpoint else \
+                    self.traversal.probe_from(peer.key, Endpoint(*action.endpoint), now)
                 probe = self._probe(peer, action.tx_id, dst, now)
                 if probe is not None:
                     self._datagrams.append((dst, probe))

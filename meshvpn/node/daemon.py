@@ -386,8 +386,8 @@ class NodeDaemon:
                 self._configure_tun(event)
             case ev.PeerMapChanged():
                 self.dns.peers_changed(event)
-            case ev.DiscoverEndpoints():
-                self.refresh.rediscover()
+            case ev.DiscoverEndpoints(reconnect_coord=reconnect):
+                self.refresh.rediscover(reconnect)
             case ev.SampleWanted(peer_key):
                 self._tasks.append(self.loop.create_task(self._sample_port(peer_key)))
             case ev.OpenMappings(key, endpoint, probes, seconds):

@@ -101,6 +101,10 @@ class SampleWanted:
 class DiscoverEndpoints:
     """A direct path died while carrying traffic: run STUN now, report changes, then call ``endpoints_refreshed``."""
 
+    reconnect_coord: bool = False
+    """A TCP path died: reconnect the coord link now too, from the punch port, so that the coord
+    sees (and tells peers) where our NAT maps that port now (``public_tcp``)."""
+
 
 @dataclass(frozen=True)
 class OpenMappings:

@@ -42,7 +42,7 @@ from meshvpn.node.peers import Peer, PeerSlot, PeerTable
 from meshvpn.node.prediction import NatProfile
 from meshvpn.node.recovery import NodeRecovery
 from meshvpn.node.streaminbox import StreamInbox
-from meshvpn.node.tcpinbox import PunchPortInbox, udp_direct
+from meshvpn.node.tcpinbox import PunchPortInbox, tcp_silent, udp_direct
 from meshvpn.node.relay.link import Transport as RelayTransport
 from meshvpn.node.relay.core import RelaySet
 from meshvpn.node.tcp.core import TcpEndpoint, TcpPunch
@@ -355,7 +355,8 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
         return bool(datagrams or messages or events)
 
     def _path_changed(self, event: ev.PeerPathChanged, now: float) -> None:
-        """The peer's log keeps the change; a UDP path ends TCP punching and its birthday campaign."""
+        """The peer's log keeps the change; a UDP path ends TCP punching and its birthday campaign; a
+        TCP path that went silent under traffic is ended, and punched again (`TcpPunch.path_silent`)."""
         peer = self.peers.find(event.name)
         if peer is None:
             return
@@ -363,6 +364,9 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
         if udp_direct(event.new):
             self.tcp.stop(peer.key)
             self._out.append(ev.CloseMappings(peer.key))
+        elif tcp_silent(event):
+            self.tcp.path_silent(peer.key, now)
+            self.tcp_prediction.path_lost(peer.key)
 
     def _drain_relays(self, now: float) -> bool:
         relays = self.relays

@@ -25,8 +25,9 @@ Rules (docs/paths.md has the state table):
   ready, and punch again.
 * A TCP path (`tcp_ready`, made by `meshvpn.node.tcp.core`) ranks below UDP direct paths and
   above the relay: it replaces the relay at once, any UDP path that answers replaces it, and
-  UDP punching goes on while it is used. Its liveness is the TCP module's business, so
-  evidence from a `TcpEndpoint` never counts for (or becomes) a UDP candidate.
+  UDP punching goes on while it is used. Evidence from a `TcpEndpoint` never counts for (or
+  becomes) a UDP candidate; it only shows that the TCP path lives, which silence watches as it
+  does a UDP path's (probes over the connection; dead: the relay, and the TCP module punches again).
 * Roaming (`roamed`): the newest authenticated data of the current session from another
   endpoint moves a direct path there at once (WireGuard's rule); a probe there confirms it.
 * Silence on a path that carries traffic (`meshvpn.node.silence`) ends it within a second;
@@ -113,6 +114,13 @@ class PathFinder:
         """Whether the current path is a proven UDP path (LAN or public)."""
         return self.current_path is not None and self.current_path.kind in _UDP_DIRECT
 
+    def _on_tcp(self) -> bool:
+        return self.current_path is not None and self.current_path.kind is PathKind.TCP
+
+    def _watched(self) -> bool:
+        """Whether silence watches the current path: a UDP path or a TCP one (not the relay: its links do)."""
+        return self._direct() or self._on_tcp()
+
     # ---- inputs --------------------------------------------------------------------
 
     def set_candidates(self, candidates: Iterable[Candidate], now: float) -> None:
@@ -130,8 +138,12 @@ class PathFinder:
         Sends a round now. Without a direct path it (re)starts the burst, unless a burst
         is already running (and not `restart`), so a stream of packets waiting for a path costs
         nothing; a fresh port sample restarts it, since its predicted ports are good only now.
+        On a TCP path it is also suspect at once: the peer seeks a path, so it may have lost ours
+        (a NAT re-mapped it) while we send nothing that would find it silent.
         """
         self.want_path(now)
+        if self._on_tcp() and self._silence.suspect(now):
+            self._probe_path(now)
         if self._next_round is not None and self._round < self.config.punch_burst and not restart:
             return
         self._round = 0
@@ -164,7 +176,9 @@ class PathFinder:
 
     def probe_reply_received(self, tx_id: bytes, src: Endpoint, now: float) -> None:
         """An authenticated reply to our probe `tx_id` arrived from `src`."""
-        probe = self._pending.get(tx_id) if type(src) is not TcpEndpoint else None
+        if type(src) is TcpEndpoint:
+            return self._tcp_reply(tx_id, src, now)
+        probe = self._pending.get(tx_id)
         if probe is None or now - probe.sent_at > self.config.path_timeout:
             self.stats.unmatched_replies += 1
             return
@@ -192,6 +206,8 @@ class PathFinder:
     def traffic_received(self, src: Endpoint, now: float) -> None:
         """An authenticated data or keepalive packet arrived directly from `src`."""
         if type(src) is TcpEndpoint:
+            if self.current_path == Path(PathKind.TCP, src):
+                self._heard(now)
             return
         if self._direct() and self.current_path.endpoint == src:  # type: ignore[union-attr]
             self._heard(now)
@@ -238,6 +254,7 @@ class PathFinder:
         current = self.current_path
         if self._tcp_path is not None and (current is None or current == RELAY_PATH):
             self._switch(self._tcp_path, ChangeReason.TCP_PUNCHED)
+            self._heard(now)
         elif self._tcp_path is None and current is not None and current.kind is PathKind.TCP:
             self._fall_back(now, ChangeReason.TCP_LOST)
 
@@ -267,7 +284,7 @@ class PathFinder:
         if self._direct():
             deadlines.append(self._last_heard + self.config.path_timeout)
             deadlines.append(self._next_check())
-        deadlines.append(self._silence.deadline(self._direct(), self.current_path == RELAY_PATH, self._last_heard,
+        deadlines.append(self._silence.deadline(self._watched(), self.current_path == RELAY_PATH, self._last_heard,
                                                 self._last_probe, self.stats.rtt))
         if self._next_round is not None:
             deadlines.append(self._next_round)
@@ -367,25 +384,26 @@ class PathFinder:
 
     def _fall_back(self, now: float, reason: ChangeReason) -> None:
         """The direct path is dead: take TCP or the relay, punch again at once, and re-discover."""
+        stale = EndpointsStale(tcp=self._on_tcp())
         self._switch(self._tcp_path or (RELAY_PATH if self._relay_ready else None), reason)
         self._silence.relay_checked = now
         self._relay_due = now
         self._fast_until = now + self.config.fast_window
         self._round = 0
         self._punch_round(now)
-        self._actions.append(EndpointsStale())
+        self._actions.append(stale)
 
     def _check_silence(self, now: float) -> None:
         """Probe a direct path that went silent while traffic went out; fail over if it stays so."""
-        verdict = self._silence.check(now, self._direct(), self.current_path == RELAY_PATH, self._last_heard,
+        verdict = self._silence.check(now, self._watched(), self.current_path == RELAY_PATH, self._last_heard,
                                       self._last_probe, self.stats.rtt)
         if verdict is Verdict.CHECK_RELAY:
             self._actions.append(RelaySilent())
         elif verdict is Verdict.PROBE and not self._roam_if_silent(now):
-            assert self._path_candidate is not None
-            self._send_probe(self._path_candidate, now)
-            self._last_probe = now
+            self._probe_path(now)
         elif verdict is Verdict.DEAD:
+            if self._on_tcp():
+                self._tcp_path = None  # the TCP module ends it (the node tells it why)
             self._fall_back(now, ChangeReason.PATH_SILENT)
 
     def _roam_if_silent(self, now: float) -> bool:
@@ -394,3 +412,19 @@ class PathFinder:
         if target is not None:
             self.roamed(target, now)
         return target is not None
+
+    def _probe_path(self, now: float) -> None:
+        """Probe the current path: a UDP path at its candidate, a TCP path over its connection."""
+        assert self.current_path is not None and self.current_path.endpoint is not None
+        on_tcp = Candidate(self.current_path.endpoint, CandidateKind.PUBLIC)
+        self._send_probe(self._path_candidate if self._direct() else on_tcp, now)  # type: ignore[arg-type]
+        self._last_probe = now
+
+    def _tcp_reply(self, tx_id: bytes, src: TcpEndpoint, now: float) -> None:
+        """A reply over a TCP path proves no UDP path; to a probe of the current TCP path, it shows it lives."""
+        probe = self._pending.pop(tx_id, None)
+        if probe is None or probe.candidate.endpoint != src or self.current_path != Path(PathKind.TCP, src):
+            self.stats.unmatched_replies += 1
+            return
+        self.stats.replies += 1
+        self._heard(now)

@@ -85,7 +85,7 @@ class Recovery:
         elif isinstance(action, EndpointsStale) and now >= self._discover_at + DISCOVER_INTERVAL:
             self._discover_at = now
             self.check_relays = True
-            self._events.append(DiscoverEndpoints())
+            self._events.append(DiscoverEndpoints(action.tcp))
 
 
 class NodeRecovery:

@@ -91,8 +91,12 @@ class EndpointRefresh:
         self.close()
         self.start()
 
-    def rediscover(self) -> None:
-        """A path died: a round now (unless an asked one runs), then the node re-punches what fell back."""
+    def rediscover(self, reconnect_coord: bool = False) -> None:
+        """A path died: a round now (unless an asked one runs), then the node re-punches what fell back.
+        A TCP path died: the coord link reconnects now too, so the coord sees our punch port's mapping."""
+        if reconnect_coord:
+            log.info("coord link: reconnecting now, a TCP path went silent (our punch port's mapping may have moved)")
+            self.daemon.link.reconnect()
         if not self._asked:
             self._asked = True
             self.close()

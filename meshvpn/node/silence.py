@@ -4,7 +4,8 @@ A path that only carries probes is judged by them (`liveness_interval`, `path_ti
 traffic goes out and nothing comes back, the path most likely broke under us (a NAT re-mapped
 us, a relay died), and the transfer stalls until we notice. So, per peer:
 
-* direct path: sent since the last thing heard, and nothing heard for `silence_after`: probe
+* direct path (UDP, or a TCP path from `meshvpn.node.tcp.core`, whose own `idle_timeout` is
+  10 s: a NAT that re-mapped us leaves the connection open and silent): sent since the last thing heard, and nothing heard for `silence_after`: probe
   at once, again halfway through `silence_timeout` (at least three RTTs); nothing heard by
   then: the path is dead (`Verdict.DEAD`).
   Traffic from the peer through a relay while we send on a direct path that has been silent
@@ -41,6 +42,10 @@ class RelaySilent:
 @dataclass(frozen=True)
 class EndpointsStale:
     """A direct path died: our public mapping may have moved, so discover it again and re-punch."""
+
+    tcp: bool = False
+    """The path was a TCP path: our punch port's mapping may have moved too, which the coord sees
+    only on a new connection from that port (its ``public_tcp`` for us)."""
 
 
 RELAY_CHECK_MAX = 2.0
@@ -90,6 +95,13 @@ class SilenceWatch:
         self.suspect_at: Optional[float] = None
         """When the direct path was found silent and first probed; None while it is not."""
         self._probed_from: Optional[tuple[Endpoint, float]] = None
+
+    def suspect(self, now: float) -> bool:
+        """Suspect the path now, silent or not (its probes decide); False if it already was."""
+        if self.suspect_at is not None:
+            return False
+        self.suspect_at = now
+        return True
 
     def probed_from(self, src: Endpoint, at: float) -> None:
         """The peer's probe with its newest stamp came from `src`, not the direct path's endpoint, at `at`."""

@@ -13,7 +13,7 @@ from typing import Any, Optional
 from meshvpn.control import messages as m
 from meshvpn.node import events as ev
 from meshvpn.node.candidates import tcp_candidates_of
-from meshvpn.node.pathfinder import Path, PathKind
+from meshvpn.node.pathfinder import ChangeReason, Path, PathKind
 from meshvpn.node.tcp.core import PathDown, PathUp, TcpEndpoint, WantPunch
 from meshvpn.node.tcp.prediction import Dial, HardSide, SendSample, hard_side
 from meshvpn.node.traversal import profile_of
@@ -126,3 +126,8 @@ class PunchPortInbox:
 def udp_direct(path: Optional[Path]) -> bool:
     """Whether `path` is a UDP path (LAN or direct), which ends TCP punching for its peer."""
     return path is not None and path.kind in (PathKind.LAN, PathKind.DIRECT)
+
+
+def tcp_silent(event: ev.PeerPathChanged) -> bool:
+    """Whether the path finder left a TCP path because it went silent under traffic (`meshvpn.node.silence`)."""
+    return event.old is not None and event.old.kind is PathKind.TCP and event.reason == ChangeReason.PATH_SILENT

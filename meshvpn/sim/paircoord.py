@@ -14,7 +14,9 @@ A link whose node moved reconnects at once, as the daemon's does when its addres
 The coord also listens for TCP at `COORD_AT` on the simulated network: each node connects from
 its punch port and says who it is (`dial_tcp`), as the daemon's coord connection leaves from the
 punch port, so the coord sees the NAT's mapping of that port and hands it to peers as
-``public_tcp``, where TCP hole punching connects to.
+``public_tcp``, where TCP hole punching connects to. A node that asks for it (its TCP path went
+silent: `DiscoverEndpoints.reconnect_coord`) connects anew, and a new mapping seen there reaches
+the peer in a `peer_update`, as the real coord's does on the node's new registration.
 """
 
 from __future__ import annotations
@@ -101,10 +103,27 @@ class Coord:
         """Each node's punch port as the coord's TCP listener saw it."""
         self.tcp = TcpStack(Host(world.net, COORD_AT.host))
         self.tcp.listen(COORD_AT.port, lambda conn: _TcpHello(self))
+        self._tcp_conns: dict[bytes, TcpConn] = {}
 
     def dial_tcp(self, node: Node) -> None:
         """`node` connects from its punch port and names itself (its key, the first 32 bytes)."""
-        node.tcp.connect(node.port, COORD_AT, _TcpHello(self, node.public))
+        self._tcp_conns[node.public] = node.tcp.connect(node.port, COORD_AT, _TcpHello(self, node.public))
+
+    def reconnect(self, node: Node) -> None:
+        """The node drops its link (and its TCP connection) and connects again at once."""
+        old = self._tcp_conns.get(node.public)
+        if old is not None and old.stack is node.tcp:
+            old.abort()
+        self.dial_tcp(node)
+        self.link(node).reconnect_now()
+
+    def tcp_seen(self, key: bytes, public_tcp: m.Endpoint) -> None:
+        """The node's punch port reached us from `public_tcp`; a new mapping goes to the peer."""
+        known = self.public_tcp.get(key)
+        self.public_tcp[key] = public_tcp
+        node = next((n for n in (self.world.a, self.world.b) if n.public == key), None)
+        if known is not None and known != public_tcp and node is not None:
+            self._send(self.world.peer_of(node), m.PeerUpdate(node.info()))
 
     def jitter(self) -> float:
         return self.world.rng.random()
@@ -195,7 +214,7 @@ class _TcpHello:
         conn.write(self.key)
 
     def received(self, conn: TcpConn, data: bytes) -> None:
-        self.coord.public_tcp[data] = m.Endpoint(*conn.remote)
+        self.coord.tcp_seen(data, m.Endpoint(*conn.remote))
 
     def closed(self, conn: TcpConn, reason: str) -> None:
         pass

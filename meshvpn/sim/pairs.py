@@ -352,6 +352,8 @@ class Node:
         elif isinstance(out, PeerPathChanged) and out.name == self.world.peer_of(self).name:
             self.reasons.append(out.reason)
         elif isinstance(out, DiscoverEndpoints):
+            if out.reconnect_coord:
+                self.world.coord.reconnect(self)
             self.discover()
 
     def _sample_lost(self, via: int) -> None:

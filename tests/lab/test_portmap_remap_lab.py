@@ -117,12 +117,12 @@ table ip {TABLE} {{
             udp.ns.stop(udp.proc)
 
 
-def direct_again(mesh: Mesh, node: str, peer: str, after: float) -> float | None:
-    """Seconds from `after` until `node`'s path to `peer` was direct again, by its log: 0 if it
-    never left a direct path, None if it left and did not come back."""
+def direct_again(mesh: Mesh, node: str, peer: str, after: float, kind_of_path: str = "direct") -> float | None:
+    """Seconds from `after` until `node`'s path to `peer` was direct (or `kind_of_path`) again, by its
+    log: 0 if it never left such a path, None if it left and did not come back."""
     left, back = False, 0.0
     for when, kind in path_kinds(mesh.dir / f"{node}.log", peer, after):
-        if kind != "direct":
+        if kind != kind_of_path:
             left, back = True, None
         elif left:
             back = when - after

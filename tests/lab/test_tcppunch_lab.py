@@ -7,6 +7,7 @@ outgoing UDP (`NatKind.UDP_BLOCKED`), so without TCP punching the only path is t
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -16,7 +17,9 @@ from meshvpn.lab import NatKind, Topology
 from meshvpn.lab.mesh import Mesh, wait_for
 from meshvpn.lab.netns import Namespace
 
+from test_portmap_remap_lab import direct_again
 from test_relay_lab import copy_a1_to_b1, run  # noqa: F401  (run is the mesh fixture)
+from test_roaming_lab import MARGIN, during_transfer
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(150)]
 
@@ -163,3 +166,26 @@ def test_udp_blocked_sites_get_a_direct_tcp_path_and_fall_back_to_the_relay(run,
     drop_tcp_between(topo, "a", b_wan, on=False)
     found = mesh.wait_for_paths({("a1", "b1"): ("tcp",)}, timeout=45)
     assert found, "the TCP path never came back after the cut was repaired"
+
+
+REMAPPING_BLOCKED = dataclasses.replace(NatKind.PORT_RANGE, name="udp-blocked-port-range", block_udp=True)
+"""UDP still blocked, TCP sources moved into a port range: swapped in (with a conntrack flush),
+every flow of the site leaves from a new public port."""
+
+
+def test_a_udp_blocked_sites_nat_re_mapping_mid_transfer_on_tcp(run, topo: Topology) -> None:
+    """The TCP path goes silent under the transfer (neither end's kernel hears the other again);
+    silence detection leaves it for the relay within a second, a1's coord link reconnects from
+    its punch port, so b1 learns the new mapping, and both punch over TCP again (`docs/paths.md`)."""
+    mesh: Mesh = run(nat_a=NatKind.UDP_BLOCKED, nat_b=NatKind.PORT_PRESERVING)
+    assert len(mesh.wait_for_paths({("a1", "b1"): ("tcp",), ("b1", "a1"): ("tcp",)}, timeout=20)) == 2
+    before = mesh.peer("b1", "a1")["endpoint"]
+    flow, start, end = during_transfer(mesh, lambda: topo.set_nat("a", REMAPPING_BLOCKED))
+    gap = flow.longest_gap(start - 1.0, end + 4.0)
+    back = {n: direct_again(mesh, n, p, start, "tcp") for n, p in (("a1", "b1"), ("b1", "a1"))}
+    print(f"re-mapping on tcp (took {end - start:.2f} s): longest gap {gap:.2f} s, tcp again {back} "
+          f"(0: never left), b1 reaches a1 at {mesh.peer('b1', 'a1')['endpoint']} (was {before})")
+    assert gap < 1.0 + MARGIN, f"no traffic for {gap:.2f} s"
+    assert all(b is not None and b < 3.0 + MARGIN for b in back.values()), f"tcp again: {back}"
+    assert mesh.peer("a1", "b1")["path"] == mesh.peer("b1", "a1")["path"] == "tcp"
+    assert mesh.peer("b1", "a1")["endpoint"] != before, "b1 follows a1 to its new punch port mapping"

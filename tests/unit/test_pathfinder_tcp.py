@@ -13,6 +13,7 @@ from meshvpn.node.pathfinder import (
     PathState,
     SendProbe,
 )
+from meshvpn.node.silence import EndpointsStale
 from meshvpn.node.tcp.core import TcpEndpoint
 
 PUBLIC_EP = ("203.0.113.7", 41641)
@@ -107,3 +108,89 @@ def test_evidence_from_a_tcp_endpoint_never_becomes_a_udp_candidate() -> None:
     assert finder.next_actions() == []
     assert [c.endpoint for c in finder.candidates] == [PUBLIC_EP]
     assert finder.current_path == TCP_PATH
+
+
+def tcp_finder() -> PathFinder:
+    """On the TCP path since 3.0, the relay ready behind it; traffic both ways until 10.0."""
+    finder = relayed_finder()
+    finder.tcp_ready(TCP_EP, 3.0)
+    while finder.get_timer() < 10.0:
+        finder.handle_timer(finder.get_timer())
+    finder.traffic_received(TCP_EP, 10.0)
+    finder.traffic_sent(10.0)
+    finder.next_actions()
+    return finder
+
+
+def tcp_probes(actions: list) -> list[SendProbe]:
+    return [a for a in actions if isinstance(a, SendProbe) and a.endpoint == TCP_EP]
+
+
+def test_a_tcp_path_silent_under_traffic_is_probed_over_it_and_left_within_a_second() -> None:
+    """A NAT that re-maps us leaves the connection open and silent: the TCP module's own
+    `idle_timeout` (10 s) would notice late, so silence watches a TCP path as it does a UDP one."""
+    finder = tcp_finder()
+    finder.traffic_sent(10.2)
+    assert finder.get_timer() <= 10.3
+    fired = []
+    while finder.current_path == TCP_PATH:
+        when = finder.get_timer()
+        finder.handle_timer(when)
+        fired.append((when, finder.next_actions()))
+    assert [(when, len(tcp_probes(actions))) for when, actions in fired if tcp_probes(actions)] == [(10.3, 1),
+                                                                                                     (10.425, 1)]
+    when, actions = fired[-1]
+    assert when == 10.55
+    assert [a for a in actions if isinstance(a, PathChanged)] == [
+        PathChanged(TCP_PATH, RELAY_PATH, ChangeReason.PATH_SILENT)]
+    assert EndpointsStale(tcp=True) in actions, "the coord must see our punch port's mapping anew"
+    finder.tcp_ready(TCP_EP, 10.6)
+    assert changes(finder) == [PathChanged(RELAY_PATH, TCP_PATH, ChangeReason.TCP_PUNCHED)], \
+        "a new TCP path (the TCP module ended the old one) is taken again"
+
+
+def test_traffic_or_a_probe_reply_over_the_tcp_path_keeps_it() -> None:
+    finder = tcp_finder()
+    finder.traffic_sent(10.2)
+    finder.handle_timer(10.3)
+    (probe,) = tcp_probes(finder.next_actions())
+    finder.probe_reply_received(probe.tx_id, TCP_EP, 10.35)
+    finder.traffic_sent(10.4)
+    finder.traffic_received(TCP_EP, 10.6)
+    finder.traffic_sent(10.7)
+    while (when := finder.get_timer()) < 10.9:
+        finder.handle_timer(when)
+    assert finder.current_path == TCP_PATH and changes(finder) == []
+    assert finder.stats.replies == 1
+
+
+def test_a_reply_over_tcp_to_no_probe_of_ours_keeps_nothing() -> None:
+    finder = tcp_finder()
+    finder.traffic_sent(10.2)
+    finder.handle_timer(10.3)
+    finder.next_actions()
+    finder.probe_reply_received(b"\x00" * 8, TCP_EP, 10.35)
+    while finder.current_path == TCP_PATH:
+        finder.handle_timer(finder.get_timer())
+    assert finder.stats.unmatched_replies == 1
+
+
+def test_the_peers_punch_while_on_a_tcp_path_probes_it_at_once() -> None:
+    """The peer asks for a punch: it seeks a path, so it may have lost ours (our data may not flow
+    to find out: an echo waits for the peer's packets)."""
+    finder = tcp_finder()
+    finder.punch(12.0)
+    assert len(tcp_probes(finder.next_actions())) == 1
+    finder.punch(12.01)
+    assert tcp_probes(finder.next_actions()) == [], "suspect already: its probes run"
+    while finder.current_path == TCP_PATH:
+        finder.handle_timer(finder.get_timer())
+    assert [c.reason for c in changes(finder)] == [ChangeReason.PATH_SILENT]
+    assert finder.current_path == RELAY_PATH
+    finder = tcp_finder()
+    finder.punch(12.0)
+    (probe,) = tcp_probes(finder.next_actions())
+    finder.probe_reply_received(probe.tx_id, TCP_EP, 12.05)
+    while (when := finder.get_timer()) < 13.0:
+        finder.handle_timer(when)
+    assert finder.current_path == TCP_PATH, "answered: kept"

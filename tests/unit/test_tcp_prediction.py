@@ -202,3 +202,13 @@ def test_a_peer_known_by_no_tcp_endpoint_is_still_dialled_above_its_sample() -> 
     assert taken(b, TcpConnect) == [], "nowhere to connect"
     b.from_coord(m.Punch(peer_key=a.public, endpoints=(), tcp_sample=sample), 0.1)
     assert [c.endpoint.port for c in taken(b, TcpConnect)] == list(range(40001, 40017))
+
+
+def test_a_lost_tcp_path_makes_the_next_punch_sample_and_dial_again() -> None:
+    """A NAT re-mapped one of us: the sample taken (and the peer's dialled) before say nothing now."""
+    p = TcpPrediction(random.Random(1).randrange, TcpPredictionConfig(window=2, sample_gap=2.0))
+    hard = {"peer_random": False, "hard": HardSide.SEQUENTIAL}
+    assert p.punched(PEER, SAMPLE, now=10.0, **hard)[-1] == TcpSampleWanted(PEER)
+    assert p.punched(PEER, SAMPLE, now=10.5, **hard) == [], "within the gap, a sample dialled before"
+    p.path_lost(PEER)
+    assert p.punched(PEER, SAMPLE, now=10.6, **hard) == [Dial(PEER, predicted_ports(SAMPLE, 2)), TcpSampleWanted(PEER)]

@@ -245,3 +245,19 @@ def test_garbage_on_a_connection_never_raises(chunks: list[bytes], client: bool)
     assert not any(isinstance(x, PathUp) for x in actions)
     if any(isinstance(x, TcpAbort) for x in actions):
         assert node.data_received(conn, b"more", 0.2) == [], "a dropped connection takes no more bytes"
+
+
+def test_a_path_found_silent_is_ended_and_punched_again(pair) -> None:
+    """The path finder saw traffic go out and nothing come back (`meshvpn.node.silence`): long
+    before `idle_timeout`, the connection is aborted and a punch asked for as for a lost path."""
+    a, b, ca, cb, ida, idb = pair
+    a.path_silent(ida.public, 1.0)
+    assert a.next_actions() == [], "no path to that peer: nothing to end"
+    a.path_silent(idb.public, 1.0)
+    actions = a.next_actions()
+    assert _only(actions, PathDown) == PathDown(idb.public, "silent under traffic")
+    assert _only(actions, TcpAbort).conn_id == ca
+    assert a.path_endpoint(idb.public) is None
+    assert a.get_timer() == pytest.approx(1.0 + 2.0)
+    a.handle_timer(3.0)
+    assert a.next_actions() == [WantPunch(idb.public)]

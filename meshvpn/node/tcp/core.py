@@ -35,8 +35,8 @@ Rules:
   every other connection to that peer is closed. Each channel frame carries one meshvpn
   message, exactly as a UDP datagram would (handshakes, data, probes).
 * A path is kept alive with empty frames after `keepalive` seconds without sending, and is
-  dead (`PathDown`) after `idle_timeout` without receiving a byte, after a channel error, or
-  when the connection closes. Connections are always aborted (RST), never closed, so no
+  dead (`PathDown`) after `idle_timeout` without receiving a byte, after a channel error, when
+  the connection closes, or when the path finder found it silent under traffic (`path_silent`). Connections are always aborted (RST), never closed, so no
   TIME_WAIT blocks the next punch between the same two endpoints.
 * A campaign that ends without a path, or a path that died, asks for a new synchronised
   punch (`WantPunch`, the shell sends ``punch_request``) after `repunch_initial` seconds,
@@ -231,6 +231,13 @@ class TcpPunch:
         del self._peers[peer_key]
         if had_path:
             self._actions.append(PathDown(peer_key, "not needed"))
+
+    def path_silent(self, peer_key: bytes, now: float) -> None:
+        """The path finder found the peer's TCP path silent under traffic (a NAT re-mapped one of us,
+        long before `idle_timeout`): end it and punch again as for a lost path."""
+        peer = self._peers.get(peer_key)
+        if peer is not None and peer.path is not None:
+            self._end(peer.path, "silent under traffic", now)
 
     # ---- inputs: connections ----------------------------------------------------------
 

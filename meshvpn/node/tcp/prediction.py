@@ -158,6 +158,11 @@ class TcpPrediction:
             dial = Dial(peer_key, tuple(peer_endpoints), fresh_port=True)
         return [dial, SendSample(peer_key, sample)]
 
+    def path_lost(self, peer_key: bytes) -> None:
+        """The peer's TCP path went silent (a NAT re-mapped one of us): the next punch takes a new
+        sample, even within `sample_gap`, and dials the peer's sample again, even one dialled before."""
+        self._peers.pop(peer_key, None)
+
     def _guesses(self, sample: Endpoint) -> tuple[Endpoint, ...]:
         ports = {self._randrange(*PORT_SPACE) for _ in range(self.config.birthday_guesses)}
         return tuple(Endpoint(sample.host, port) for port in sorted(ports))
