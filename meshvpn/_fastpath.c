@@ -289,6 +289,7 @@ static PyMethodDef methods[] = {
     {"seal_split", seal_split, METH_VARARGS, seal_split_doc},
     {"open_run", open_run, METH_VARARGS, open_run_doc},
     {"coalesce_iov", coalesce_iov, METH_O, coalesce_iov_doc},
+    {"flow_key", flow_key_of, METH_VARARGS, flow_key_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -56,6 +56,8 @@ static inline uint32_t fold(uint64_t s) {
 
 PyObject *coalesce_iov(PyObject *self, PyObject *packets);
 extern const char coalesce_iov_doc[];
+PyObject *flow_key_of(PyObject *self, PyObject *args);  /* _fastpath_flows.c */
+extern const char flow_key_doc[];
 
 /* One TUN write of coalesce_groups: packets first..first+count-1, the head whole and the others
    from hl on, behind the virtio header hdr. */

@@ -107,11 +107,13 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
     L->groups = PyMem_Malloc(sizeof(CoalesceGroup) * MAX_PACKETS);
     L->held = PyMem_Malloc((size_t)HOLD_SLOTS * TUN_READ);
     L->out = PyMem_Malloc(OUT_SIZE);
+    L->flows = PyMem_Calloc(FLOW_SLOTS, sizeof(Flow));
+    L->noted = PyMem_Malloc(sizeof(int) * FLOW_SLOTS);
     struct sockaddr_storage bound;
     socklen_t bound_len = sizeof bound;
     L->family = getsockname(udp_fd, (struct sockaddr *)&bound, &bound_len) == 0 ? bound.ss_family : AF_INET;
     if (queued < 0 || L->stop_fd < 0) { Py_DECREF(L); return PyErr_SetFromErrno(PyExc_OSError); }
-    if (!L->area || !L->packets || !L->sizes || !L->groups || !L->held || !L->out) { Py_DECREF(L); return PyErr_NoMemory(); }
+    if (!L->area || !L->packets || !L->sizes || !L->groups || !L->held || !L->out || !L->flows || !L->noted) { Py_DECREF(L); return PyErr_NoMemory(); }
     return (PyObject *)L;
 }
 
@@ -136,7 +138,7 @@ static void loop_dealloc(Loop *L) {
     queue_free(&L->queue);
     if (L->stop_fd >= 0) close(L->stop_fd);
     PyMem_Free(L->area); PyMem_Free(L->packets); PyMem_Free(L->sizes); PyMem_Free(L->groups);
-    PyMem_Free(L->held); PyMem_Free(L->out);
+    PyMem_Free(L->held); PyMem_Free(L->out); PyMem_Free(L->flows); PyMem_Free(L->noted);
     pthread_mutex_destroy(&L->table_lock);
     Py_TYPE(L)->tp_free((PyObject *)L);
 }
@@ -319,7 +321,9 @@ static PyObject *loop_counts(Loop *L, PyObject *unused) {
 
 PyDoc_STRVAR(take_doc,
 "take() -> [(data, (host, port), seg_size), ...]\n\n"
-"The datagrams handed over since the last call (each item one or more of seg_size bytes); clears the wake-up.");
+"The datagrams handed over since the last call (each item one or more of seg_size bytes); clears the wake-up.\n"
+"A TUN read comes as (read, None, 0); a packet opened for entry i that the access filter must judge\n"
+"(see flows()) as (plaintext, None, -1 - i).");
 
 static PyObject *loop_take(Loop *L, PyObject *unused) { return queue_take(&L->queue); }
 
@@ -347,6 +351,7 @@ static PyMethodDef loop_methods[] = {
     {"start", (PyCFunction)loop_start, METH_NOARGS, "Start the thread."},
     {"stop", (PyCFunction)loop_stop, METH_NOARGS, "Stop the thread and wait for it (idempotent)."},
     {"replace", (PyCFunction)loop_replace, METH_VARARGS, replace_doc},
+    {"flows", (PyCFunction)loop_flows, METH_VARARGS, flows_doc},
     {"counts", (PyCFunction)loop_counts, METH_NOARGS, counts_doc},
     {"take", (PyCFunction)loop_take, METH_NOARGS, take_doc},
     {"relay_replace", (PyCFunction)loop_relay_replace, METH_VARARGS, relay_replace_doc},

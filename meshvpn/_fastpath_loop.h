@@ -23,6 +23,9 @@
 #define OUT_SIZE (2 * 65536 + 64 * 160)
 #define MAX_RUN_BYTES 65507
 #define MAX_RUN_SEGMENTS 64
+#define FLOW_SLOTS 4096  /* the flow cache (_fastpath_flows.c), a power of two */
+#define FLOW_PROBE 8
+#define FLOW_KEY 12
 
 typedef struct {
     uint32_t index;
@@ -59,6 +62,13 @@ typedef struct {
     double last_tx;
 } Sender;
 
+/* One flow the access filter decided (_fastpath_flows.c); until 0.0 is a free slot. */
+typedef struct {
+    uint8_t key[FLOW_KEY];
+    int noted;  /* an outbound flow used since Python last looked (its slot is in Loop.noted) */
+    double until, used;
+} Flow;
+
 typedef struct {
     PyObject_HEAD
     int udp_fd, tun_fd, stop_fd, running, family, no_gso;
@@ -72,6 +82,9 @@ typedef struct {
     Py_ssize_t n_accept4, n_accept6;
     struct sockaddr_storage skip[MAX_SKIP];
     Py_ssize_t n_skip;
+    int filtering;  /* access rules are active: only cached flows pass (_fastpath_flows.c) */
+    Flow *flows;
+    int *noted, n_noted;
     Queue queue;  /* what the thread hands to Python */
     Forwarder fwd;  /* the envelopes of members registered with this node as their peer relay */
     Waiter waiter;  /* its busy poll after traffic */
@@ -104,6 +117,12 @@ int receive_burst(Loop *L);
 /* _fastpath_send.c */
 void send_run(Loop *L);
 void take_read(Loop *L, const uint8_t *b, Py_ssize_t n);
+
+/* _fastpath_flows.c */
+int flow_key(const uint8_t *p, Py_ssize_t size, int outbound, uint8_t *key);
+int flow_passes(Loop *L, const uint8_t *p, Py_ssize_t size, int outbound, double now);
+PyObject *loop_flows(Loop *L, PyObject *args);
+extern const char flows_doc[];
 
 /* _fastpath_hold.c */
 int send_burst(Loop *L);

@@ -6,7 +6,7 @@
    SendBuffer (a run: messages of one size for one destination, back to back, at most 64 and
    65507 bytes, closed by a shorter message); any other read (another destination, a relayed
    route on another transport (TURN, a stream, a pinned socket), broadcast and multicast, a packet whose checksum must be completed, a session near its
-   counter limit, a malformed super-packet) goes to Python whole, which seals it as before.
+   counter limit, a malformed super-packet, while access rules are active a flow not in the flow cache) goes to Python whole, which seals it as before.
    Counters come from the session's NativeCounter, one atomic add per batch, so the two threads
    never use one twice.  Part of meshvpn._fastpath (see _fastpath_loop.c). */
 
@@ -135,6 +135,7 @@ static int seal_read(Loop *L, const uint8_t *b, Py_ssize_t n, double now) {
     Sender *s = find_sender(L, p + (version == 4 ? 16 : 24), len);
     if (s == NULL || now >= s->expires_at) return 0;
     if (__atomic_load_n(&s->counter->value, __ATOMIC_RELAXED) + MAX_RUN_SEGMENTS >= reject_after) return 0;
+    if (!flow_passes(L, p, size, 1, now)) return 0;  /* access rules: a flow Python does not track yet */
     if (v.gso_type != GSO_NONE) return seal_super_packet(L, s, p, size, &v, now);
     int start, offset;
     if ((b[0] & F_NEEDS_CSUM) && !partial_at(p, size, &start, &offset)) return 0;

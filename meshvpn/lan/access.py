@@ -13,6 +13,10 @@ first rule whose sources and services match it, or else by the default. Later fr
 no ports: they follow the first fragment of their datagram (one that comes before it is
 dropped). Drops are counted by rule
 (`rule N`, the rule's index in the coord config) or `default`. Flows and fragments expire.
+
+With a `cache` (`meshvpn.lan.flowcache`, set by the native loop), each accepted flow and each
+flow this node sends is noted there with the time its verdict holds until, so the native thread
+serves them without asking; `configure` (new rules or a new peer map) and an evicted flow clear it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from meshvpn.control import messages as m
+from meshvpn.lan.flowcache import FlowCache
 from meshvpn.lan.packets import LIMITED_BROADCAST, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Header, is_multicast
 from meshvpn.portspec import Service
 
@@ -33,6 +38,8 @@ MAX_FLOWS = 65536
 """Flows tracked at most; the least recently used goes first."""
 BROADCAST_REPLY_TIMEOUT = 3.0
 """Seconds answers to a UDP broadcast or multicast are let in (nf_conntrack_broadcast's default)."""
+RULE_VERDICT_TIMEOUT = 60.0
+"""Seconds a flow a rule let in stays in the cache (rules change only by `configure`, which clears it)."""
 ANY_PEER = -1
 PRUNE_INTERVAL = 30.0
 ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
@@ -74,12 +81,16 @@ class AccessFilter:
         self._next_prune: float | None = None
         self._broadcast = LIMITED_BROADCAST
         self.dropped: Counter[str] = Counter()
+        self.cache: FlowCache | None = None
+        """Where the decisions go for the native thread to serve; None without it."""
 
     def configure(self, info: m.AccessInfo | None, addresses: Mapping[str, int],
                   broadcast: int = LIMITED_BROADCAST) -> None:
         """Take the coord's rules (None: no filtering) with the peer map's name → address and
         the network's broadcast address."""
         self.active, self._broadcast = info is not None, broadcast
+        if self.cache is not None:
+            self.cache.forget()
         if info is None:
             self._rules, self._default_allow = (), True
             self._flows.clear()
@@ -99,6 +110,8 @@ class AccessFilter:
             return
         if header.proto == PROTO_ICMP:
             if header.sport != ICMP_ECHO_REQUEST:
+                if self.cache is not None:  # an echo reply, an error: nothing to track, the thread may send it
+                    self.cache.sent(header, now + FLOW_TIMEOUT[PROTO_ICMP])
                 return
             key = (header.dst, PROTO_ICMP, None, None)
         elif header.proto == PROTO_UDP and self._is_group(header.dst):
@@ -112,6 +125,10 @@ class AccessFilter:
         self._flows[key] = now + timeout
         if len(self._flows) > MAX_FLOWS:
             del self._flows[next(iter(self._flows))]
+            if self.cache is not None:  # a cached reply of the evicted flow must not outlive it
+                self.cache.forget()
+        if self.cache is not None and key[0] != ANY_PEER:
+            self.cache.sent(header, now + timeout)
         self._arm(now)
 
     def inbound(self, header: Header, now: float) -> bool:
@@ -123,24 +140,27 @@ class AccessFilter:
             if not admitted:
                 self.dropped[FRAGMENT] += 1
             return admitted
-        if self._answers_flow(header, now):
-            verdict = True
-        else:
-            verdict = self._by_rules(header)
-        if verdict and header.fragmented:
+        until = self._flow_until(header, now)
+        if not until and self._by_rules(header):
+            until = now + RULE_VERDICT_TIMEOUT
+        if until and header.fragmented:
             self._fragments[(header.src, header.ident, header.proto)] = now + FRAGMENT_TIMEOUT
             self._arm(now)
-        return verdict
+        elif until and self.cache is not None and not self._is_group(header.dst):
+            self.cache.admitted(header, until)
+        return bool(until)
 
     def _is_group(self, dst: int) -> bool:
         return dst in (LIMITED_BROADCAST, self._broadcast) or is_multicast(dst)
 
-    def _answers_flow(self, header: Header, now: float) -> bool:
+    def _flow_until(self, header: Header, now: float) -> float:
+        """Until when a flow this node started lets the packet in; 0.0 if none does."""
         if header.proto == PROTO_ICMP and header.sport != ICMP_ECHO_REPLY:
-            return False
-        if header.proto == PROTO_UDP and self._flows.get((ANY_PEER, PROTO_UDP, None, header.dport), 0.0) > now:
-            return True
-        return self._flows.get(_reply_key(header), 0.0) > now
+            return 0.0
+        until = self._flows.get(_reply_key(header), 0.0)
+        if header.proto == PROTO_UDP:
+            until = max(until, self._flows.get((ANY_PEER, PROTO_UDP, None, header.dport), 0.0))
+        return until if until > now else 0.0
 
     def _by_rules(self, header: Header) -> bool:
         for rule in self._rules:

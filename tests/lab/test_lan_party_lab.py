@@ -59,6 +59,10 @@ class Party:
     def lan(self, name: str) -> dict:
         return self.mesh.status(name)["self"]["lan"]
 
+    def native(self, name: str) -> dict:
+        """The native thread's totals (`NativeReceiver.totals`); empty when it does not run."""
+        return self.mesh.status(name)["self"].get("native_loop", {})
+
 
 @pytest.fixture(scope="module")
 def party(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Party]:
@@ -152,7 +156,7 @@ def test_a_broadcast_storm_leaves_a_parallel_tcp_flow_its_rate(party: Party) -> 
         finally:
             alice.stop(proc)
 
-    dropped_before = party.lan("alice")["dropped"]
+    dropped_before, native_before = party.lan("alice")["dropped"], party.native("bob")
     # Calm and storm runs in turn, compared best to best: the machine's other load drifts and
     # only ever takes rate away (`meshvpn.lab.rates`).
     rates = interleaved(rate, storm)
@@ -160,6 +164,11 @@ def test_a_broadcast_storm_leaves_a_parallel_tcp_flow_its_rate(party: Party) -> 
     storm_drops = sum(dropped.get(k, 0) - dropped_before.get(k, 0) for k in ("rate_packets", "rate_bytes"))
     figures = f"TCP flow in the storm: {rates}; alice's drops {dropped}"
     print(figures)
+    # bob has access rules (he is in `servers`): the flow is still his native thread's, both ways.
+    native = {key: value - native_before.get(key, 0) for key, value in party.native("bob").items()}
+    figures += f"; bob's native thread {native}"
+    assert native.get("opened natively", 0) > 10_000 and native.get("sealed natively", 0) > 1000, figures
+    assert native.get("handed to python", 0) < native["opened natively"] / 10, figures
     assert storm_drops > 3 * 1000, f"each storm went over the budget: {figures}"
     assert rates.ratio > 0.8, figures
 

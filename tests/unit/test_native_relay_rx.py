@@ -79,7 +79,8 @@ def relayed(first: int, count: int) -> list[bytes]:
 class NativeSide:
     """A data path whose receives the native thread takes, from two sockets: two relays, or the peer at two addresses."""
 
-    def __init__(self) -> None:
+    def __init__(self, data: DataPlane | None = None, tun=lambda sock: sock) -> None:
+        """``data`` (the node's data path; default ``receiving_plane``) and ``tun(socket)``, what the receiver writes to."""
         self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.rx.bind(("127.0.0.1", 0))
         self.rx.setblocking(False)
@@ -88,8 +89,9 @@ class NativeSide:
         for relay in self.relays:
             relay.bind(("127.0.0.1", 0))
         self.tun, self.tun_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.data = receiving_plane(time.monotonic())
-        self.receiver = NativeReceiver(self.data, self.rx.fileno(), self.tun, SendBuffer(lambda *_: None), lambda: None)
+        self.data = data if data is not None else receiving_plane(time.monotonic())
+        self.receiver = NativeReceiver(self.data, self.rx.fileno(), tun(self.tun), SendBuffer(lambda *_: None),
+                                       lambda: None)
         self.receiver.sync(time.monotonic())
         self.receiver._loop.start()
 

@@ -113,6 +113,7 @@ SANS_IO_MODULES = (
     "meshvpn.lan.fanout",
     "meshvpn.lan.names",
     "meshvpn.lan.access",
+    "meshvpn.lan.flowcache",
     "meshvpn.sim.*",
 )
 FORBIDDEN = frozenset(

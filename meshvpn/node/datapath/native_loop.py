@@ -13,6 +13,11 @@ roaming (``last_rx``/``last_rx_src`` direct, ``last_relay_rx``/``last_relay_src`
 by the Python path's own ``DataPlane.direct_received`` and ``relay_received``) included, into the
 peers before the core looks at them.
 
+While access rules are active the thread passes only the flows the filter already decided
+(`meshvpn.lan.flowcache`, handed over by :meth:`NativeReceiver._follow_access`); a packet it opened
+for any other flow comes back for `meshvpn.lan.access` to judge, a TUN read of any other flow as
+a read.
+
 A session the thread serves gets a ``NativeWindow`` in place of its ReplayWindow (a copy, made
 once, before the thread can see the session), so both threads share one window behind one
 mutex and a counter is accepted once whichever thread opens it.
@@ -24,8 +29,9 @@ import ipaddress
 from collections import Counter
 from typing import Callable, Iterable, Optional
 
+from meshvpn.lan.flowcache import FlowCache
 from meshvpn.node.datapath import fastpath
-from meshvpn.node.datapath.dataplane import DataPlane, SendBuffer, _count_dropped, _count_received, _count_sent
+from meshvpn.node.datapath.dataplane import DataPlane, SendBuffer, _count_dropped, _count_received, _count_sent, _let_in
 from meshvpn.node.datapath.native_relay import NativePeerRelay
 from meshvpn.node.peers import Peer
 from meshvpn.node.transports import MainSocket
@@ -39,7 +45,8 @@ TOTALS = ("receives", "opened natively", "handed to python", "queue full", "tun 
 
 def available(tun) -> bool:
     """Whether the native loop can serve this TUN: the extension is in use and the TUN carries a virtio header."""
-    return fastpath.NATIVE and hasattr(fastpath.native_module(), "Loop") and bool(getattr(tun, "offloads", 0))
+    native = fastpath.native_module()
+    return native is not None and hasattr(getattr(native, "Loop", None), "flows") and bool(getattr(tun, "offloads", 0))
 
 
 def _packed(endpoint: Endpoint) -> Optional[tuple[bytes, int]]:
@@ -69,6 +76,8 @@ class NativeReceiver:
         """Thread-wide counts (TOTALS) since start."""
         self.relay = NativePeerRelay(self._loop, self._core.peer_relay)
         """What the thread forwards for this node's peer relay."""
+        self._filtering = False
+        """The thread was last told that access rules are active."""
 
     @classmethod
     def attach(cls, loop, data: DataPlane, sock, tun, sends: SendBuffer, on_udp: Callable[[], None],
@@ -100,15 +109,16 @@ class NativeReceiver:
         now = loop.time()
         data, tun, sends, to_tun = self._data, self._tun, self._sends, []
         turn_servers = self._core.turn.by_endpoint
+        self._follow_access()  # the flows the thread used count before a reply of theirs is judged
         for message, source, seg_size in self._loop.take():
-            if source is None:  # a TUN read, virtio header first
+            if source is None and seg_size < 0:  # opened by the thread, for the access filter to judge
+                self._judge(-1 - seg_size, message, now, to_tun)
+            elif source is None:  # a TUN read, virtio header first
                 size = len(message)
                 tun.buffer[:size] = message
                 if not data.seal_super_packet(tun.buffer, size, now, sends):
                     data.seal_packets(tun.buffer, tun.segments(size), now, sends)
-                continue
-            src = Endpoint(*source)
-            if src in turn_servers:  # STUN from a TURN server can look like a DATA header
+            elif (src := Endpoint(*source)) in turn_servers:  # STUN from a TURN server can look like a DATA header
                 for first in range(0, len(message), seg_size):
                     self._core.receive_datagram(message[first : first + seg_size], src, now)
             else:
@@ -120,8 +130,34 @@ class NativeReceiver:
             tun.write_packets(to_tun)
         self._after()
 
+    def _judge(self, index: int, packet: bytes, now: float, to_tun: list) -> None:
+        """A packet the thread opened (and counted) for the peer of ``index``: the filter lets it in or counts it."""
+        peer, lan = self._peers.get(index), self._data.lan
+        if peer is None or lan is None:
+            self._data.drops["unknown index"] += 1
+            return
+        to_tun.append(memoryview(bytearray(packet)))
+        own = self._core.destinations.accepted(len(peer.overlay))[: len(peer.overlay)]
+        _let_in(lan, peer, to_tun, len(to_tun) - 1, own, now)
+
+    def _follow_access(self) -> None:
+        """Tell the thread whether rules are active and what the filter decided; fold the flows it sent."""
+        lan = self._data.lan
+        if lan is None:
+            return
+        access = lan.access
+        if access.cache is None:
+            access.cache = FlowCache()
+        if not (access.active or self._filtering):
+            return
+        reset, installs = access.cache.take()
+        notes = self._loop.flows(access.active, reset, installs)
+        self._filtering = access.active
+        access.cache.fold(notes, access.outbound)
+
     def sync(self, now: float) -> None:
         """Install what the thread may open and seal now, if it changed since the last call."""
+        self._follow_access()  # rules that became active hold before any new entry serves
         entries, peers, senders, by_overlay = self._tables(now)
         destinations = self._core.destinations
         turn = sorted(filter(None, map(_packed, self._core.turn.by_endpoint)))
@@ -133,14 +169,8 @@ class NativeReceiver:
         self._installed, self._peers, self._senders = installed, peers, by_overlay
 
     def _tables(self, now: float) -> tuple[tuple, dict[int, Peer], tuple, dict[bytes, Peer]]:
-        """What the thread may open (current and previous sessions) and seal (routes on the main socket).
-
-        Nothing while access rules are active: every packet in and out must pass the node's stateful
-        filter (`meshvpn.node.lanparty`), which lives in Python."""
+        """What the thread may open (current and previous sessions) and seal (routes on the main socket)."""
         entries, peers, senders, by_overlay = [], {}, [], {}
-        lan = self._data.lan
-        if lan is not None and lan.access.active:
-            return (), peers, (), by_overlay
         for peer in self._core.peers:
             if len(peer.overlay) not in (4, 16):
                 continue
@@ -162,6 +192,7 @@ class NativeReceiver:
 
     def pull(self, now: float) -> None:
         """Fold what the thread counted into the peers, the drops and :attr:`totals`."""
+        self._follow_access()
         rows, send_rows, totals = self._loop.counts()
         self._fold((rows, send_rows), now)
         for name, value in zip(TOTALS, totals):
