@@ -10,7 +10,10 @@ many silent peers is in (probing, no paths). Then, each timed `--calls` times:
 * ``get_timer``: what the daemon asks after every input;
 * ``handle_timer``: one call at the node's own next deadline, outputs drained;
 * ``input step``: one datagram the node drops (a malformed handshake from a stranger), its
-  outputs drained and ``get_timer`` asked, as the daemon does after every datagram batch.
+  outputs drained and ``get_timer`` asked, as the daemon does after every datagram batch;
+* ``native sync``: with the native extension built, what the daemon then asks of the native
+  thread's Python face (`NativeReceiver.sync`), every peer holding a current session, the
+  thread's ``Loop`` on a loopback socket (not started).
 
 Prints the mean microseconds per call. Not a test: nothing is asserted.
 """
@@ -20,10 +23,16 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import socket
 import time
 from typing import Callable
 
 from meshvpn.control import messages as m
+from meshvpn.node.datapath import fastpath
+from meshvpn.node.datapath.dataplane import SendBuffer
+from meshvpn.node.datapath.native_loop import NativeReceiver
+from meshvpn.noise import SessionKeys
+from meshvpn.session import Session
 from meshvpn.sim.nodes import MemoryNode, seeded
 from meshvpn.wire import Endpoint, MessageType
 
@@ -55,6 +64,25 @@ def build(count: int) -> tuple[MemoryNode, float]:
     return node, now
 
 
+def native_sync(node: MemoryNode, now: float) -> Callable[[int], object] | None:
+    """``NativeReceiver.sync`` after an input that changed no peer, every peer with a session; None without the extension."""
+    if fastpath.native_module() is None:
+        return None
+    peers = node.node.core.peers
+    for index, peer in enumerate(peers, 1000):
+        keys = SessionKeys(bytes([index & 255]) * 32, bytes([index >> 8 & 255]) * 32, index, index, peer.key, True)
+        peer.ring.current = Session(keys, now)
+        peers.by_index[index] = peer
+    udp, tun = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    receiver = NativeReceiver(node.data, udp.fileno(), tun[0], SendBuffer(lambda *_: None), lambda: None)
+    receiver.sync(now)
+
+    def sync(_: int, sockets=(udp, *tun)) -> None:  # the sockets stay open as long as the step
+        receiver.sync(now)
+    return sync
+
+
 def mean_us(calls: int, step: Callable[[int], object]) -> float:
     started = time.perf_counter()
     for i in range(calls):
@@ -80,9 +108,12 @@ def measure(count: int, calls: int) -> dict[str, float]:
         node.drain(clock[0])
         core.get_timer()
 
-    return {"get_timer": mean_us(calls, lambda _: core.get_timer()),
-            "handle_timer": mean_us(calls, tick),
-            "input step": mean_us(calls, step)}
+    row = {"get_timer": mean_us(calls, lambda _: core.get_timer()),
+           "handle_timer": mean_us(calls, tick),
+           "input step": mean_us(calls, step)}
+    sync = native_sync(node, clock[0])
+    row["native sync"] = float("nan") if sync is None else mean_us(calls, sync)
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,10 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args(argv)
     print(f"load average {os.getloadavg()[0]:.1f}; mean microseconds per call, {args.calls} calls")
-    print(f"{'peers':>6} {'get_timer':>10} {'handle_timer':>13} {'input step':>11}")
+    print(f"{'peers':>6} {'get_timer':>10} {'handle_timer':>13} {'input step':>11} {'native sync':>12}")
     for count in args.peers:
         row = measure(count, args.calls)
-        print(f"{count:>6} {row['get_timer']:>10.1f} {row['handle_timer']:>13.1f} {row['input step']:>11.1f}")
+        print(f"{count:>6} {row['get_timer']:>10.1f} {row['handle_timer']:>13.1f} {row['input step']:>11.1f} "
+              f"{row['native sync']:>12.1f}")
 
 
 if __name__ == "__main__":

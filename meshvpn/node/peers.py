@@ -237,6 +237,10 @@ class PeerTable:
         self.routed: dict[Peer, None] = {}
         """The peers that have a route (``set_route``): the node gives their routes a new transport
         when one changes, at a cost of the peers in use, not of the whole table."""
+        self.changed: Optional[set[Peer]] = None
+        """Peers whose route, address or membership changed, and those the peer timers took from
+        ``touched``, since the native thread's tables last looked (`meshvpn.node.datapath.native_tables`);
+        None while no native thread runs."""
         self.slots: list[dict[Peer, None]] = []
         """The peers each `PeerSlot` of the table holds state on."""
         self._joined = itertools.count()
@@ -256,6 +260,8 @@ class PeerTable:
     def set_route(self, peer: Peer, route: Optional[Route]) -> None:
         """Where the data path sends the peer's messages from now on (None: nowhere)."""
         peer.route = route
+        if self.changed is not None:
+            self.changed.add(peer)
         if route is None:
             self.routed.pop(peer, None)
         else:
@@ -277,6 +283,8 @@ class PeerTable:
         peer.info = info
         peer.overlay = ipaddress.ip_address(info.address).packed
         self.by_overlay[peer.overlay] = peer
+        if self.changed is not None:
+            self.changed.add(peer)
 
     def remove(self, key: bytes) -> Optional[Peer]:
         peer = self.by_key.pop(key, None)
@@ -286,6 +294,8 @@ class PeerTable:
             del self.by_overlay[peer.overlay]
         self.touched.discard(peer)
         self.trafficked.discard(peer)
+        if self.changed is not None:
+            self.changed.add(peer)
         self.routed.pop(peer, None)
         for held in self.slots:
             held.pop(peer, None)

@@ -134,6 +134,8 @@ class PeerTimers:
                 self._deadlines.set(peer, self._deadline(peer))
                 busy = self._busy_until(peer)
                 self._busy.set(peer, None if busy is None else -busy)
+        if self.peers.changed is not None:  # the native tables look at them too (`native_tables`)
+            self.peers.changed |= touched
         touched.clear()
 
     def _check(self, what: str, kept: Optional[float], brute: Optional[float]) -> None:

@@ -1,6 +1,9 @@
 """The bookkeeping bench builds the node it claims to measure."""
 
+import math
+
 from meshvpn.bench.timers import build, measure
+from meshvpn.node.datapath import fastpath
 
 
 def test_the_node_holds_every_peer_and_has_a_deadline():
@@ -11,4 +14,6 @@ def test_the_node_holds_every_peer_and_has_a_deadline():
 
 
 def test_every_kind_of_call_is_timed():
-    assert set(measure(3, 2)) == {"get_timer", "handle_timer", "input step"}
+    row = measure(3, 2)
+    assert set(row) == {"get_timer", "handle_timer", "input step", "native sync"}
+    assert math.isnan(row["native sync"]) == (fastpath.native_module() is None), "timed wherever the extension is built"

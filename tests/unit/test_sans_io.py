@@ -103,6 +103,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.portmap.pcp",
     "meshvpn.node.datapath.offload",
     "meshvpn.node.datapath.fastpath",
+    "meshvpn.node.datapath.native_tables",
     "meshvpn.backoff",
     "meshvpn.joinstring",
     "meshvpn.portspec",

@@ -25,7 +25,6 @@ mutex and a counter is accepted once whichever thread opens it.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from typing import Callable, Iterable, Optional
 
@@ -33,9 +32,8 @@ from meshvpn.lan.flowcache import FlowCache
 from meshvpn.node.datapath import fastpath
 from meshvpn.node.datapath.dataplane import DataPlane, SendBuffer, _count_dropped, _count_received, _count_sent, _let_in
 from meshvpn.node.datapath.native_relay import NativePeerRelay
+from meshvpn.node.datapath.native_tables import NativeTables, packed
 from meshvpn.node.peers import Peer
-from meshvpn.node.transports import MainSocket
-from meshvpn.session import Session
 from meshvpn.wire import Endpoint
 
 TOTALS = ("receives", "opened natively", "handed to python", "queue full", "tun writes", "tun write errors",
@@ -49,13 +47,6 @@ def available(tun) -> bool:
     return native is not None and hasattr(getattr(native, "Loop", None), "flows") and bool(getattr(tun, "offloads", 0))
 
 
-def _packed(endpoint: Endpoint) -> Optional[tuple[bytes, int]]:
-    try:
-        return ipaddress.ip_address(endpoint[0]).packed, int(endpoint[1])
-    except ValueError:
-        return None
-
-
 class NativeReceiver:
     """Owns one ``meshvpn._fastpath.Loop``: its table, its hand-over queue and its counts."""
 
@@ -67,7 +58,9 @@ class NativeReceiver:
         self._tun = tun
         self._sends = sends
         self._after = after
+        self._tables = NativeTables(data.core.peers)
         self._installed: tuple = ()
+        """The accepted destinations and the TURN servers, as installed."""
         self._peers: dict[int, Peer] = {}
         """Local index → peer, as installed: counts of a session retired since still find their peer."""
         self._senders: dict[bytes, Peer] = {}
@@ -156,39 +149,19 @@ class NativeReceiver:
         access.cache.fold(notes, access.outbound)
 
     def sync(self, now: float) -> None:
-        """Install what the thread may open and seal now, if it changed since the last call."""
-        self._follow_access()  # rules that became active hold before any new entry serves
-        entries, peers, senders, by_overlay = self._tables(now)
-        destinations = self._core.destinations
-        turn = sorted(filter(None, map(_packed, self._core.turn.by_endpoint)))
-        installed = (entries, senders, destinations.accepted(4), destinations.accepted(16), turn)
-        self.relay.sync()
-        if installed == self._installed:
-            return
-        self._fold(self._loop.replace(list(entries), list(senders), *installed[2:]), now)
-        self._installed, self._peers, self._senders = installed, peers, by_overlay
+        """Install what the thread may open and seal now, if it changed since the last call.
 
-    def _tables(self, now: float) -> tuple[tuple, dict[int, Peer], tuple, dict[bytes, Peer]]:
-        """What the thread may open (current and previous sessions) and seal (routes on the main socket)."""
-        entries, peers, senders, by_overlay = [], {}, [], {}
-        for peer in self._core.peers:
-            if len(peer.overlay) not in (4, 16):
-                continue
-            ring = peer.ring
-            for session in (ring.current, ring.previous):
-                if session is not None and now < session.expires_at:
-                    entries.append((session.local_index, session.recv_key, _native_window(session), peer.overlay,
-                                    peer.key, session.expires_at))
-                    peers[session.local_index] = peer
-            route, session = peer.route, ring.current
-            if route is None or session is None or now >= session.expires_at or type(route.transport) is not MainSocket:
-                continue
-            endpoint = _packed(route.endpoint)
-            if endpoint is not None:
-                senders.append((peer.overlay, session.remote_index, session.send_key, _native_counter(session), endpoint,
-                                route.prefix, session.expires_at))
-                by_overlay[peer.overlay] = peer
-        return tuple(entries), peers, tuple(senders), by_overlay
+        Only the peers marked since the last call are looked at (`native_tables`)."""
+        self._follow_access()  # rules that became active hold before any new entry serves
+        destinations = self._core.destinations
+        turn = sorted(filter(None, map(packed, self._core.turn.by_endpoint)))
+        others = (destinations.accepted(4), destinations.accepted(16), turn)
+        self.relay.sync()
+        if not self._tables.update(now) and others == self._installed:
+            return
+        entries, peers, senders, by_overlay = self._tables.tables()
+        self._fold(self._loop.replace(entries, senders, *others), now)
+        self._installed, self._peers, self._senders = others, peers, by_overlay
 
     def pull(self, now: float) -> None:
         """Fold what the thread counted into the peers, the drops and :attr:`totals`."""
@@ -244,18 +217,3 @@ class NativeReceiver:
             fresh = True
         return fresh
 
-
-def _native_counter(session: Session):
-    """The session's send counter shared with the thread (made from ``send_counter`` the first time)."""
-    if session.shared_counter is None:
-        session.shared_counter = fastpath.native_module().NativeCounter(session.send_counter)
-    return session.shared_counter
-
-
-def _native_window(session: Session):
-    """The session's window as a NativeWindow (copied from its ReplayWindow the first time)."""
-    window = session.window
-    native_type = fastpath.native_module().NativeWindow
-    if type(window) is not native_type:
-        window = session.window = native_type(window)
-    return window
