@@ -375,10 +375,12 @@ NODE_PORT = 41641
 MESHVPN_TUN = "meshvpn0"
 BLOCK_TABLE = "benchblock"
 """nftables table in `b` that makes a relayed row's traffic take the relay."""
+BENCH_RULES = {"default": "deny", "rules": [{"from": "*", "to": "*", "services": ["tcp", "icmp"], "action": "allow"}]}
+"""The access policy of the `access rules` row: both nodes filter (stateful, default deny) what the bench sends."""
 
 
 def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None, block: bool = True,
-                  host_env: dict[str, str] | None = None) -> Tunnel:
+                  host_env: dict[str, str] | None = None, access: dict | None = None) -> Tunnel:
     """Two `meshvpn daemon`s and a `meshvpn coord` in `side` (`meshvpn.lab.mesh`); measures the
     time to the first reply.
 
@@ -391,10 +393,12 @@ def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None, block:
     With `host_env` a third daemon, `host`, runs in `side` instead of a server relay, allowed to
     relay for the network (a peer relay, docs/relay.md), and `b` drops `a`'s address, so the pair
     goes through `host`, whose CPU is the relay's; `host_env` is its environment
-    (``MESHVPN_PURE_PYTHON=1``: it forwards in Python).
+    (``MESHVPN_PURE_PYTHON=1``: it forwards in Python). `access` is the network's access policy
+    (none by default).
     """
     a, b = net.a.short, net.b.short
     mesh = Mesh(workdir, net.side, net.side_addr, network=MESHVPN_NETWORK, cidr=MESHVPN_SUBNET, log_level="info")
+    mesh.access = access or {}
     try:
         if relay is not None:
             mesh.start_relay("relay", net.side, net.side_addr)
@@ -453,6 +457,7 @@ def _block_direct_paths(net: BenchNet, transport: str) -> None:
 ROWS: tuple[Row, ...] = (
     Row("plain veth", BASELINE, start_plain),
     Row("meshvpn direct", MESHVPN, start_meshvpn),
+    Row("meshvpn direct, access rules", MESHVPN, lambda net, workdir: start_meshvpn(net, workdir, access=BENCH_RULES)),
     Row("meshvpn relayed UDP", MESHVPN, lambda net, workdir: start_meshvpn(net, workdir, relay="udp")),
     Row("meshvpn relayed TCP", MESHVPN, lambda net, workdir: start_meshvpn(net, workdir, relay="tcp")),
     Row("meshvpn peer relayed", MESHVPN, lambda net, workdir: start_meshvpn(net, workdir, host_env={})),
