@@ -162,11 +162,10 @@ def test_a_broadcast_storm_leaves_a_parallel_tcp_flow_its_rate(party: Party) -> 
     rates = interleaved(rate, storm)
     dropped = party.lan("alice")["dropped"]
     storm_drops = sum(dropped.get(k, 0) - dropped_before.get(k, 0) for k in ("rate_packets", "rate_bytes"))
-    figures = f"TCP flow in the storm: {rates}; alice's drops {dropped}"
-    print(figures)
     # bob has access rules (he is in `servers`): the flow is still his native thread's, both ways.
     native = {key: value - native_before.get(key, 0) for key, value in party.native("bob").items()}
-    figures += f"; bob's native thread {native}"
+    figures = f"TCP flow in the storm: {rates}; alice's drops {dropped}; bob's native thread {native}"
+    print(figures)
     assert native.get("opened natively", 0) > 10_000 and native.get("sealed natively", 0) > 1000, figures
     assert native.get("handed to python", 0) < native["opened natively"] / 10, figures
     assert storm_drops > 3 * 1000, f"each storm went over the budget: {figures}"
