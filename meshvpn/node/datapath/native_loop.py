@@ -8,7 +8,7 @@ seals TUN reads for peers whose route is on that socket (direct or relayed); eve
 :meth:`NativeReceiver.take`.  Python keeps every decision: after each input the shell calls
 :meth:`NativeReceiver.sync`, which installs the current and previous session of every peer (a
 responder's unconfirmed ``next`` session stays with Python, whose first packet rotates the
-ring) and drops the rest; :meth:`NativeReceiver.pull` folds the thread's counts, liveness and
+ring) and drops the rest, looking only at the peers that changed (`native_tables`); :meth:`NativeReceiver.pull` folds the thread's counts, liveness and
 roaming (``last_rx``/``last_rx_src`` direct, ``last_relay_rx``/``last_relay_src`` through a relay,
 by the Python path's own ``DataPlane.direct_received`` and ``relay_received``) included, into the
 peers before the core looks at them.
