@@ -84,6 +84,8 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
         self._out: list[ev.Output] = []
         self._peer_map: Optional[ev.PeerMapChanged] = None
         """The names last announced with ``PeerMapChanged``."""
+        self._peer_map_seen: Optional[tuple[str, str, str, int]] = None
+        """(network, our name, our address, ``PeerTable.names_version``) when the names were last looked at."""
 
     # ---- what the data path and the shell read ----------------------------------------
 
@@ -273,6 +275,10 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
         if me is None:
             return
         network = network or (self._peer_map.network if self._peer_map else "")
+        seen = (network, me.name, me.address, self.peers.names_version)
+        if seen == self._peer_map_seen:  # no name or address changed: no sort of every peer
+            return
+        self._peer_map_seen = seen
         hosts = ((me.name, me.address), *sorted((peer.name, peer.address) for peer in self.peers))
         if self._peer_map is None or (network, hosts) != (self._peer_map.network, self._peer_map.hosts):
             self._peer_map = ev.PeerMapChanged(network, hosts)

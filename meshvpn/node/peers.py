@@ -244,6 +244,9 @@ class PeerTable:
         self.slots: list[dict[Peer, None]] = []
         """The peers each `PeerSlot` of the table holds state on."""
         self._joined = itertools.count()
+        self.names_version = 0
+        """Moves whenever a peer joins, leaves, or changes name or overlay address: who announces
+        the names (``Node._note_peer_map``) looks again only then, not at every coord message."""
 
     def __iter__(self) -> Iterator[Peer]:
         return iter(self.by_key.values())
@@ -256,6 +259,7 @@ class PeerTable:
         self.by_key[peer.key] = peer
         self.by_overlay[peer.overlay] = peer
         self.touched.add(peer)
+        self.names_version += 1
 
     def set_route(self, peer: Peer, route: Optional[Route]) -> None:
         """Where the data path sends the peer's messages from now on (None: nowhere)."""
@@ -280,6 +284,8 @@ class PeerTable:
         """Take the coord's new description; the overlay index follows a changed address."""
         if self.by_overlay.get(peer.overlay) is peer:
             del self.by_overlay[peer.overlay]
+        if (info.name, info.address) != (peer.name, peer.address):
+            self.names_version += 1
         peer.info = info
         peer.overlay = ipaddress.ip_address(info.address).packed
         self.by_overlay[peer.overlay] = peer
@@ -290,6 +296,7 @@ class PeerTable:
         peer = self.by_key.pop(key, None)
         if peer is None:
             return None
+        self.names_version += 1
         if self.by_overlay.get(peer.overlay) is peer:
             del self.by_overlay[peer.overlay]
         self.touched.discard(peer)
