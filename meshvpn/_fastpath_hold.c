@@ -48,7 +48,9 @@ static int flow_held(const Loop *L, uint64_t flow) {
 }
 
 /* Read the TUN until it is empty (or BURST reads, or every slot holds one), sealing sparse reads
-   at once, then seal the oldest held read.  1 if more waits: held reads, or an unread TUN. */
+   at once, then seal the oldest held read.  1 if more waits: held reads, or an unread TUN.  A lone
+   plain read that woke the thread ends the reads (waiter_lone): its send goes out without a read
+   that would find the ring empty. */
 int send_burst(Loop *L) {
     int more = 1;
     for (int i = 0; i < BURST && L->held_count < HOLD_SLOTS; i++) {
@@ -64,6 +66,7 @@ int send_burst(Loop *L) {
             L->held_count++;
         } else {
             take_read(L, b, n);
+            if (i == 0 && waiter_lone(&L->waiter)) { more = 0; break; }
         }
     }
     if (L->held_count) {

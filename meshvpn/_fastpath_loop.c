@@ -94,7 +94,7 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
     int queued = queue_init(&L->queue);
     L->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     pthread_mutex_init(&L->table_lock, NULL);
-    forwarder_init(&L->fwd, udp_fd, &L->table_lock);
+    forwarder_init(&L->fwd, udp_fd, &L->table_lock, &L->waiter);
     /* The thread reads until EAGAIN: both descriptors must not block (the TUN's and the socket's already do not). */
     if (fcntl(udp_fd, F_SETFL, fcntl(udp_fd, F_GETFL) | O_NONBLOCK) < 0
             || fcntl(tun_fd, F_SETFL, fcntl(tun_fd, F_GETFL) | O_NONBLOCK) < 0) {
