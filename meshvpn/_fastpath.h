@@ -207,6 +207,8 @@ int waiter_poll(Waiter *w, struct pollfd *fds, nfds_t n, int timeout_ms);
 /* After the first read of a wake-up, a lone packet: 1 if the burst may stop there (the wait that woke
    the thread had found nothing at its first look: the packet came alone, as a ping or an update does). */
 int waiter_lone(Waiter *w);
+/* The wake-up brought more than a lone packet (another turn): no later read of it ends its burst early. */
+void waiter_more(Waiter *w);
 /* A busy_poll_us argument (0 to MAX_BUSY_POLL_US) into w; -1 with a ValueError otherwise. */
 int waiter_init(Waiter *w, int busy_poll_us);
 

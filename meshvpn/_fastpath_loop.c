@@ -54,6 +54,7 @@ static void *run(void *arg) {
             for (int turn = 0; more && turn < BURST; turn++) {
                 more = (tun && send_burst(L)) | (udp && receive_burst(L));
                 tun = udp = 1;
+                waiter_more(&L->waiter);  /* a second turn is no lone packet's: it reads until empty */
             }
             waiter_traffic(&L->waiter);
             unreported = 1;

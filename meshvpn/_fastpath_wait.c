@@ -46,6 +46,8 @@ int waiter_lone(Waiter *w) {
     return w->waited;
 }
 
+void waiter_more(Waiter *w) { w->waited = 0; }
+
 /* The first look is poll(0) whether or not a spell lasts: what it finds was queued before the
    thread came to wait (bulk), what a later look or the sleep finds came after (waited). */
 int waiter_poll(Waiter *w, struct pollfd *fds, nfds_t n, int timeout_ms) {
