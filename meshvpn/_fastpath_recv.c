@@ -148,7 +148,7 @@ int receive_burst(Loop *L) {
         pthread_mutex_unlock(&L->table_lock);
         at += n;
         taken += n;
-        if (i == 0 && n <= seg && waiter_lone(&L->waiter)) { more = 0; break; }
+        if (i == 0 && n <= seg && waiter_lone(&L->waiter, SIDE_SOCKET)) { more = 0; break; }
         if (at > AREA - RECV_SLOT || npk + RECV_SLOT / (OVERHEAD + 1) >= MAX_PACKETS) {
             write_tun(L, npk);
             at = npk = 0;

@@ -85,7 +85,7 @@ static int receive_one(RelayLoop *R, int first) {
     received(R, R->area, n, seg ? seg : 1, &src);
     pthread_mutex_unlock(&R->table_lock);
     COUNT(R->receives, 1);  /* after its sends and hand-overs: a receive counted is a receive done */
-    return !(first && n <= (seg ? seg : 1) && waiter_lone(&R->waiter));
+    return !(first && n <= (seg ? seg : 1) && waiter_lone(&R->waiter, SIDE_SOCKET));
 }
 
 static void *run(void *arg) {

@@ -37,14 +37,17 @@ static int64_t now_ns(void) {
 void waiter_moved(Waiter *w) { w->moved = 1; }
 
 void waiter_traffic(Waiter *w) {
-    if (w->spin_ns > 0 && w->moved && w->lone) w->spin_until = now_ns() + w->spin_ns;
+    if (w->spin_ns > 0 && w->moved) w->spin_until = w->lone ? now_ns() + w->spin_ns : 0;  /* bulk: no spell */
     w->moved = w->lone = 0;
 }
 
-int waiter_lone(Waiter *w) {
-    w->lone |= w->waited;
-    return w->waited;
+int waiter_lone(Waiter *w, int side) {
+    int lone = w->waited || (side == SIDE_TUN && now_ns() - w->tun_read_at > SPARSE_NS);
+    w->lone |= lone;
+    return lone;
 }
+
+void waiter_read_tun(Waiter *w) { w->tun_read_at = now_ns(); }
 
 void waiter_more(Waiter *w) { w->waited = 0; }
 
@@ -72,5 +75,6 @@ int waiter_init(Waiter *w, int busy_poll_us) {
     w->spin_until = 0;
     w->spins = 0;
     w->moved = w->waited = w->lone = 0;
+    w->tun_read_at = 0;
     return 0;
 }
