@@ -31,13 +31,12 @@ pulled: `datagrams_to_send()` (all for the server), `next_event()` and `get_time
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Iterable, Optional
 
 from meshvpn.backoff import doubling
-from meshvpn.stun import MAX_RETRANSMITS, RM, RTO, SOFTWARE
+from meshvpn.stun import RM, SOFTWARE
 from meshvpn.stun_codec import (
     TRANSACTION_ID_SIZE,
     Address,
@@ -52,6 +51,15 @@ from meshvpn.stun_codec import (
     long_term_key,
 )
 from meshvpn.turn_codec import CHANNEL_HEADER, CHANNEL_MAX, CHANNEL_MIN
+from meshvpn.turn_events import (  # noqa: F401 (re-exported: the client's API)
+    AllocationLost,
+    AllocationReady,
+    AllocationState,
+    ChannelBound,
+    DataReceived,
+    Event,
+    TurnConfig,
+)
 
 PROTOCOL_UDP = 17
 """REQUESTED-TRANSPORT value for UDP relaying."""
@@ -61,74 +69,6 @@ CHANNEL_LIFETIME = 600.0
 """Seconds a channel binding lasts on the server (RFC 8656 §12)."""
 RELIABLE_TIMEOUT = 39.5
 """Seconds a request over TCP or TLS waits for its response (RFC 5389 §7.2.2, Ti)."""
-
-
-@dataclass
-class TurnConfig:
-    """Timers of one allocation; every default is the documented one."""
-
-    lifetime: int = 600
-    """LIFETIME asked for in Allocate and Refresh, seconds."""
-    refresh_margin: float = 60.0
-    """Refresh this long before the allocation expires (at least half its lifetime before)."""
-    permission_refresh: float = 240.0
-    """Seconds between CreatePermission for a peer IP: a minute before its 300 s run out."""
-    channel_refresh: float = 540.0
-    """Seconds between ChannelBind refreshes: a minute before its 600 s run out."""
-    retry_initial: float = 1.0
-    """First wait before allocating again after a failure; doubles per failure."""
-    retry_max: float = 60.0
-    """Longest wait between allocation attempts."""
-    rto: float = RTO
-    """Initial retransmission timeout of every request."""
-    max_retransmits: int = MAX_RETRANSMITS
-    """Retransmissions of a request before it times out."""
-
-
-class AllocationState(enum.StrEnum):
-    """Where the allocation stands."""
-
-    IDLE = "idle"
-    ALLOCATING = "allocating"
-    READY = "ready"
-    FAILED = "failed"
-    """No allocation; another attempt follows at `retry_at`."""
-    CLOSED = "closed"
-
-
-@dataclass(frozen=True)
-class AllocationReady:
-    """The server allocated `relayed` for us; it saw us at `mapped`."""
-
-    relayed: Address
-    mapped: Optional[Address]
-    lifetime: int
-
-
-@dataclass(frozen=True)
-class AllocationLost:
-    """The allocation failed or expired; channels and permissions are gone with it."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class ChannelBound:
-    """`peer` is reachable through ChannelData on `channel`."""
-
-    peer: Address
-    channel: int
-
-
-@dataclass(frozen=True)
-class DataReceived:
-    """A Data indication: `data` came from `peer` (a peer without a channel yet)."""
-
-    peer: Address
-    data: bytes
-
-
-Event = Union[AllocationReady, AllocationLost, ChannelBound, DataReceived]
 
 
 @dataclass

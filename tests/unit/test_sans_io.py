@@ -86,6 +86,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.tcp.core",
     "meshvpn.node.tcp.prediction",
     "meshvpn.turn",
+    "meshvpn.turn_events",
     "meshvpn.turn_codec",
     "meshvpn.coord.turncreds",
     "meshvpn.node.turn.core",
