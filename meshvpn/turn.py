@@ -115,6 +115,8 @@ class TurnClient:
         """Requests go over a stream (TCP, TLS): no retransmissions."""
         self.heard = False
         """Whether the server ever answered a request (over UDP: whether UDP reaches it at all)."""
+        self.unanswered = False
+        """A request on the ready allocation got no answer at all: the server went dark for us."""
         self.state = AllocationState.IDLE
         self.relayed: Optional[Address] = None
         self.mapped: Optional[Address] = None
@@ -153,6 +155,16 @@ class TurnClient:
         attributes = {Attr.REQUESTED_TRANSPORT: PROTOCOL_UDP, Attr.LIFETIME: self.config.lifetime,
                       Attr.SOFTWARE: SOFTWARE}
         self._request(StunMethod.ALLOCATE, attributes, now, retries=retries)
+
+    def allocate_later(self, when: float) -> None:
+        """Allocate at `when` rather than now (a backoff the owner chose)."""
+        self.state, self.retry_at = AllocationState.FAILED, when
+
+    def refresh(self, now: float) -> None:
+        """Refresh the ready allocation now: whether the server still answers is then known."""
+        if self.state == AllocationState.READY:
+            self._refresh_at = now
+            self._service(now)
 
     def set_credentials(self, username: str, password: str) -> None:
         """Fresh credentials (TURN REST API ones expire); later requests use them."""
@@ -205,6 +217,7 @@ class TurnClient:
                 continue
             if tx.sends_left == 0:
                 del self._transactions[txid]
+                self.unanswered = self.unanswered or self.state == AllocationState.READY
                 self._failed(tx, "no response", now)
                 continue
             tx.sends_left -= 1

@@ -18,7 +18,7 @@ A part of :class:`~meshvpn.node.core.NodeCore` (its base class), one concern wit
   the requests made before the coord had our new endpoints were lost with it.
 * A relay path that went silent, or a direct path that died (our mapping may have moved, and a
   hello re-registers it), raises ``check_relays``; the node (:class:`NodeRecovery`, a part of
-  :class:`~meshvpn.node.node.Node`) has its relay links check themselves.
+  :class:`~meshvpn.node.node.Node`) has its relay links and TURN allocations check themselves.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class Recovery:
 
 class NodeRecovery:
     """The node's side of recovery: inputs from the data path and the shell, and relay checks
-    (:class:`~meshvpn.node.node.Node` provides ``core``, ``relays`` and ``_settle``)."""
+    (:class:`~meshvpn.node.node.Node` provides ``core``, ``relays``, ``turn`` and ``_settle``)."""
 
     def roamed(self, peer: Peer, src: Endpoint, now: float) -> None:
         """The data path saw the newest data of the peer's current session arrive from a new ``src``."""
@@ -117,4 +117,5 @@ class NodeRecovery:
             return False
         self.core.check_relays = False
         self.relays.check(now)
+        self.turn.check(now)
         return True

@@ -90,6 +90,7 @@ SANS_IO_MODULES = (
     "meshvpn.turn_codec",
     "meshvpn.coord.turncreds",
     "meshvpn.node.turn.core",
+    "meshvpn.node.turn.server",
     "meshvpn.node.traversal",
     "meshvpn.node.prediction",
     "meshvpn.node.pins",

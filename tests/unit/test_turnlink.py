@@ -8,7 +8,8 @@ import itertools
 from meshvpn import wire
 from meshvpn.control import messages as m
 from meshvpn.node.eyeballs import STAGGER
-from meshvpn.node.turn.core import UDP_GIVE_UP, TurnLinks
+from meshvpn.node.turn.core import TurnLinks
+from meshvpn.node.turn.server import CHECK_TIMEOUT, STREAM_AFTER
 from meshvpn.sim.turnserver import REALM, turn_answer
 from meshvpn.turn_codec import frame_run
 from meshvpn.stun_codec import Attr, StunClass, StunMessage, StunMethod, decode, encode, long_term_key
@@ -144,16 +145,28 @@ def on_stream(tls_port=None) -> TurnLinks:
     server = turn_server()
     link.coord_message(registered(m.TurnServer(*list(server.__dict__.values())[:6], tls_port)), 0.0)
     assert [dst for dst, _ in link.datagrams_to_send()] == [SERVER], "UDP first"
-    link.handle_timer(2.9)
-    assert link.stream_wishes(2.9) == [] and link.datagrams_to_send(), "retransmitted over UDP meanwhile"
-    link.handle_timer(3.0)
+    link.handle_timer(STREAM_AFTER - 0.01)
+    assert link.get_timer() == STREAM_AFTER and link.stream_wishes(0.49) == []
+    link.handle_timer(STREAM_AFTER)
     tls = () if tls_port is None else (StreamTarget(SERVER._replace(port=tls_port), True),)
-    assert link.stream_wishes(3.0) == [TurnStream("turn-1", (StreamTarget(SERVER), *tls))]
-    assert link.status()[0]["transport"] == "tcp" and link.datagrams_to_send() == []
-    link.stream_up("turn-1", 3.1)
+    assert link.stream_wishes(STREAM_AFTER) == [TurnStream("turn-1", (StreamTarget(SERVER), *tls))]
+    assert link.status()[0]["transport"] == "tcp"
+    assert [decode(data).method for _, data in link.datagrams_to_send()] == [StunMethod.ALLOCATE], "UDP goes on beside"
+    link.stream_up("turn-1", 0.6)
     for _ in range(2):
-        link.receive_stream("turn-1", server_replies([data for _, data in link.stream_frames()]), 3.2)
+        link.receive_stream("turn-1", server_replies([data for _, data in link.stream_frames()]), 0.7)
     return link
+
+
+def settle(link: TurnLinks, until: float) -> list:
+    """Run the link's timers up to `until` as the node does (streams it wishes are left connecting);
+    the datagrams it sent meanwhile."""
+    sent = []
+    while (timer := link.get_timer()) is not None and timer < until:
+        link.handle_timer(timer)
+        link.stream_wishes(timer)
+        sent += link.datagrams_to_send()
+    return sent
 
 
 def test_a_server_silent_over_udp_is_used_over_tcp_and_allocates_there():
@@ -174,6 +187,7 @@ def test_a_server_silent_over_udp_is_used_over_tcp_and_allocates_there():
 def test_a_lost_stream_loses_the_allocation_and_reconnects_after_a_backoff():
     link = on_stream()
     link.events()
+    settle(link, 10.0)
     link.stream_ended("turn-1", 10.0)
     assert link.relayed == () and [type(e) for _, e in link.events()] == [AllocationLost]
     assert link.stream_wishes(10.0) == [] and link.get_timer() == 10.5
@@ -207,8 +221,8 @@ def test_a_network_change_makes_every_allocation_anew_over_udp_first():
     assert [type(e) for _, e in link.events()] == [AllocationLost] and link.relayed == ()
     assert link.status()[0]["transport"] == "udp"
     assert [decode(data).method for _, data in link.datagrams_to_send()] == [StunMethod.ALLOCATE]
-    link.handle_timer(23.0)
-    assert link.stream_wishes(23.0) == [TurnStream("turn-1", (StreamTarget(SERVER),))], "UDP still silent: the stream again"
+    link.handle_timer(20.0 + STREAM_AFTER)
+    assert link.stream_wishes(20.0 + STREAM_AFTER) == [TurnStream("turn-1", (StreamTarget(SERVER),))], "UDP still silent: the stream again"
 
 
 # ---- a server named with AAAA and A records: its addresses raced, as a relay link's are
@@ -240,5 +254,5 @@ def test_a_servers_addresses_are_raced_ipv6_first_and_the_first_to_answer_is_kep
 def test_a_server_silent_at_every_address_races_them_all_over_its_stream():
     link = two_families()
     link.handle_timer(STAGGER)
-    link.handle_timer(UDP_GIVE_UP)
-    assert link.stream_wishes(UDP_GIVE_UP) == [TurnStream("turn-1", (StreamTarget(SERVER6), StreamTarget(SERVER)))]
+    link.handle_timer(STREAM_AFTER)
+    assert link.stream_wishes(STREAM_AFTER) == [TurnStream("turn-1", (StreamTarget(SERVER6), StreamTarget(SERVER)))]

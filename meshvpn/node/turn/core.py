@@ -24,11 +24,11 @@ A server named by a DNS name with AAAA and A records has several addresses (the 
 IPv6 first and each next address `eyeballs.STAGGER` later while none answered; the first address
 to answer is the server's, and its stream races them all too.
 
-UDP first. A server that has not answered over UDP `UDP_GIVE_UP` seconds after the first
-Allocate (UDP blocked on this network) is used over a stream instead (RFC 8656 §12.5): TCP to
-its address and TLS to its ``tls_port``, raced (`meshvpn.node.streamdial`).
-The allocation then lives as long as the stream; messages in it are framed by
-`meshvpn.turn_codec.StreamFramer`, and the data path sends padded ChannelData on it.
+UDP first, a stream beside it soon after, back to UDP when it answers, and the other addresses
+raced at once when the settled one goes dark: `meshvpn.node.turn.server` owns that choice. On a
+stream (TCP to the server's address, TLS to its ``tls_port``, RFC 8656 §12.5) the allocation
+lives as long as the stream; messages in it are framed by `meshvpn.turn_codec.StreamFramer`, and
+the data path sends padded ChannelData on it.
 
 Inputs take ``now`` (monotonic seconds). Outputs are pulled: `datagrams_to_send`,
 `stream_frames`, `stream_wishes`, `received` (Data indications as RELAY envelopes),
@@ -39,49 +39,20 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import MutableMapping
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 from meshvpn import wire
 from meshvpn.control import messages as m
 from meshvpn.node.events import TurnStream
 from meshvpn.node.relay.addresses import RelayAddresses
-from meshvpn.node.streamdial import StreamDial
-from meshvpn.turn import AllocationLost, DataReceived, Event, TurnClient, TurnConfig
-from meshvpn.turn_codec import CHANNEL_HEADER, StreamFramer, TurnError, is_channel_data
+from meshvpn.node.turn.server import ServerLink
+from meshvpn.turn import AllocationLost, AllocationReady, DataReceived, Event, TurnClient, TurnConfig
+from meshvpn.turn_codec import CHANNEL_HEADER, TurnError, is_channel_data
 from meshvpn.wire import Endpoint, MessageType
-
-UDP_GIVE_UP = 3.0
-"""Seconds without any answer over UDP after which a TURN server is tried over TCP (or TLS)."""
 
 _RELAY_HEADER = wire.header(MessageType.RELAY)
 _RELAY_PREFIX = wire.RELAY_PREFIX_LEN
 _RELAY_TYPE = bytes((MessageType.RELAY,))
-
-
-@dataclass
-class _Server:
-    """One announced TURN server and our allocation on it."""
-
-    info: m.TurnServer
-    addresses: RelayAddresses
-    """The server's addresses (a name's IPv6 and IPv4 ones) and the one it answered at."""
-    client: TurnClient
-    started: float
-    """When the client started allocating over UDP (for `UDP_GIVE_UP`)."""
-    stream: Optional[StreamDial] = None
-    """The TCP or TLS stream the allocation lives on; None while on UDP."""
-    framer: Optional[StreamFramer] = None
-    racing: list[bytes] = field(default_factory=list)
-    """The latest requests sent over UDP while no address answered: the race's next addresses get them."""
-
-    @property
-    def endpoint(self) -> Endpoint:
-        return self.addresses.endpoint
-
-    @property
-    def transport(self) -> str:
-        return "udp" if self.stream is None else self.stream.kind
 
 
 class TurnLinks:
@@ -90,8 +61,8 @@ class TurnLinks:
     def __init__(self, random_bytes: Callable[[int], bytes], config: Optional[TurnConfig] = None,
                  peers: MutableMapping[bytes, tuple[Endpoint, ...]] | None = None,
                  addresses_of: Optional[dict[str, tuple[str, ...]]] = None) -> None:
-        self.servers: dict[str, _Server] = {}
-        self.by_endpoint: dict[Endpoint, _Server] = {}
+        self.servers: dict[str, ServerLink] = {}
+        self.by_endpoint: dict[Endpoint, ServerLink] = {}
         self.routes: dict[bytes, Endpoint] = {}
         """Peer key → the peer's relayed address, for peers the home allocation has a channel to."""
         self.drops = 0
@@ -126,8 +97,7 @@ class TurnLinks:
             for info in msg.turn or ():
                 server = self.servers.get(info.name)
                 if server is not None:
-                    server.info = info
-                    server.client.set_credentials(info.username, info.password)
+                    server.set_info(info)
         elif isinstance(msg, m.PeerMap):
             for info in msg.peers:
                 self._set_peer(info)
@@ -169,52 +139,50 @@ class TurnLinks:
         server = self.by_endpoint.get(src)
         if server is None:
             return False
-        server.client.receive(data, now)
+        server.udp_client.receive(data, now)
         server.addresses.acked(src)  # the first address to answer is the server's
+        server.heard()
+        if server.udp_answered():
+            self._wishes.append(TurnStream(server.info.name))  # UDP works: the stream goes
         self._update(now)
         return True
 
     def handle_timer(self, now: float) -> None:
-        for server in self.servers.values():
-            server.client.handle_timer(now)
-            if server.stream is None and not server.client.heard and now >= server.started + UDP_GIVE_UP:
-                self._to_stream(server)
-            while server.stream is None and (address := server.addresses.due(now)) is not None:
+        for name, server in self.servers.items():
+            silence = server.tick(now)
+            if silence is not None:
+                self._restart(name, server, f"the server stopped answering at {m.Endpoint(*server.endpoint)}: "
+                              f"{silence}", now, server.silent)
+            while (address := server.addresses.due(now)) is not None:
                 self._datagrams += ((address, data) for data in server.racing)
+        self._update(now)
+
+    def check(self, now: float) -> None:
+        """Traffic through TURN went unanswered: every ready allocation checks that its server answers."""
+        for server in self.servers.values():
+            server.check(now)
         self._update(now)
 
     def network_changed(self, now: float) -> None:
         """Our address or gateway changed: each allocation was bound to the old 5-tuple, so every
         server gets a new one at once, over UDP first (the new network may let UDP through)."""
         for name, server in self.servers.items():
-            if server.stream is not None:
-                self._wishes.append(TurnStream(name))
-            if server.client.ready:
-                self._events.append((name, AllocationLost("the network changed")))
-            server.stream = server.framer = None
             server.addresses.failed()  # the new network may carry the other family only: race again
-            server.client, server.started = self._new_client(server.info), now
-            server.client.allocate(now)
+            self._restart(name, server, "the network changed", now, server.start)
         self._update(now)
 
     def stream_up(self, name: str, now: float, tls: bool = False) -> None:
         """The stream to TURN server `name` is connected (inside TLS or not): allocate on it."""
         server = self.servers.get(name)
-        if server is not None and server.stream is not None and server.stream.connecting:
-            server.stream.up(tls)
-            server.framer = StreamFramer()
-            server.client.allocate(now)
+        if server is not None:
+            server.stream_up(now, tls)
         self._update(now)
 
     def stream_ended(self, name: str, now: float) -> None:
         """The stream to TURN server `name` failed or closed; its allocation is gone with it."""
         server = self.servers.get(name)
-        if server is not None and server.stream is not None:
-            server.stream.down(now)
-            was_ready = server.client.ready
-            server.client = self._new_client(server.info, reliable=True)
-            if was_ready:
-                self._events.append((name, AllocationLost("the TCP connection to the server closed")))
+        if server is not None and server.stream_down(now):
+            self._events.append((name, AllocationLost("the TCP connection to the server closed")))
         self._update(now)
 
     def receive_stream(self, name: str, data: bytes, now: float) -> None:
@@ -229,6 +197,8 @@ class TurnLinks:
             self._wishes.append(TurnStream(name))
             self.stream_ended(name, now)
             return
+        if messages:
+            server.heard()
         for message in messages:
             if is_channel_data(message):
                 envelope = self.unwrap(message, server.endpoint)
@@ -242,6 +212,8 @@ class TurnLinks:
         """Give every allocation back."""
         for server in self.servers.values():
             server.client.close(now)
+            if server.udp is not None:
+                server.udp.close(now)
         self._collect(now)
 
     # ---- the data path --------------------------------------------------------------
@@ -337,14 +309,7 @@ class TurnLinks:
         return self._relayed
 
     def get_timer(self) -> Optional[float]:
-        timers = [server.client.get_timer() for server in self.servers.values()]
-        for server in self.servers.values():
-            if server.stream is not None:
-                timers.append(server.stream.deadline())
-            else:
-                timers.append(server.addresses.timer())
-                if not server.client.heard:
-                    timers.append(server.started + UDP_GIVE_UP)
+        timers = [server.deadline() for server in self.servers.values()]
         return min((t for t in timers if t is not None), default=None)
 
     def status(self) -> list[dict]:
@@ -382,27 +347,29 @@ class TurnLinks:
         for name, info in wanted.items():
             server = self.servers.get(name)
             if server is not None:
-                server.info = info
-                server.client.set_credentials(info.username, info.password)
+                server.set_info(info)
                 continue
-            client = self._new_client(info)
-            server = self.servers[name] = _Server(info, RelayAddresses(self._addresses(info)), client, now)
+            server = ServerLink(info, RelayAddresses(self._addresses(info)), self._new_client)
+            self.servers[name] = server
             self.by_endpoint.update(dict.fromkeys(server.addresses.all, server))
-            client.allocate(now)
+            server.start(now)
 
     def _addresses(self, info: m.TurnServer) -> tuple[Endpoint, ...]:
         """Where server `info` may be reached: its address, and the others of the name it came from."""
         hosts = self.addresses_of.get(ipaddress.ip_address(info.host).compressed, ()) or (info.host,)
         return tuple(Endpoint(ipaddress.ip_address(host).compressed, info.port) for host in hosts)
 
-    def _new_client(self, info: m.TurnServer, reliable: bool = False) -> TurnClient:
+    def _new_client(self, info: m.TurnServer, reliable: bool) -> TurnClient:
         return TurnClient(info.username, info.password, self._random_bytes, self._config, reliable=reliable)
 
-    def _to_stream(self, server: _Server) -> None:
-        """UDP got no answer: the allocation moves to a stream (connected by `stream_wishes`)."""
-        server.stream = StreamDial(server.info.tls_port)
-        server.stream.want()
-        server.client = self._new_client(server.info, reliable=True)
+    def _restart(self, name: str, server: ServerLink, reason: str, now: float,
+                 start: Callable[[float], None]) -> None:
+        """Give the allocation up (its stream closed, the loss logged) and `start` the way anew."""
+        if server.stream is not None:
+            self._wishes.append(TurnStream(name))
+        if server.client.ready:
+            self._events.append((name, AllocationLost(reason)))
+        start(now)
 
     def _set_peer(self, info: m.PeerInfo) -> None:
         relayed = tuple(Endpoint(e.host, e.port) for e in info.turn_relayed or ()) if info.online else ()
@@ -445,17 +412,23 @@ class TurnLinks:
         for name, server in self.servers.items():
             self._collect_one(name, server, now)
 
-    def _collect_one(self, name: str, server: _Server, now: float) -> None:
+    def _collect_one(self, name: str, server: ServerLink, now: float) -> None:
         client = server.client
-        datagrams = client.datagrams_to_send()
-        if server.stream is None:
-            if datagrams:
-                dst = server.addresses.round(now)  # while no address answered, the others follow a stagger apart
-                server.racing = [] if server.addresses.locked else datagrams
-                self._datagrams += ((dst, data) for data in datagrams)
-        elif server.stream.connected:
-            self._frames += ((name, data) for data in datagrams)
+        datagrams = server.udp_client.datagrams_to_send()
+        if datagrams:
+            dst = server.addresses.round(now)  # while no address answered, the others follow a stagger apart
+            server.racing = [] if server.addresses.locked else datagrams
+            self._datagrams += ((dst, data) for data in datagrams)
+        if server.stream is not None:
+            frames = client.datagrams_to_send()
+            if server.stream.connected:
+                self._frames += ((name, data) for data in frames)
+        if server.udp is not None:
+            while server.udp.next_event() is not None:
+                pass  # the UDP client beside a stream is a probe: its losses are no news
         while (event := client.next_event()) is not None:
+            if isinstance(event, AllocationReady):
+                server.ready(now)
             if isinstance(event, DataReceived):
                 key = self._key_of_relayed.get(Endpoint(*event.peer))
                 if key is not None:
