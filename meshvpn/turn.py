@@ -9,7 +9,8 @@ Rules:
 
 * Allocate first without credentials; the server answers 401 with REALM and NONCE, and every
   later request carries USERNAME, REALM, NONCE and MESSAGE-INTEGRITY with the long-term key
-  MD5(username:realm:password). 438 (stale nonce) takes the new nonce and retries at once.
+  MD5(username:realm:password). An allocation's requests keep its username; fresh credentials
+  wait for the next Allocate. 438 (stale nonce) takes the new nonce and retries at once.
   Success responses to authenticated requests must carry a valid MESSAGE-INTEGRITY.
 * The allocation is refreshed `refresh_margin` before its lifetime ends; a failed refresh is
   retried until the allocation expires, and then the client allocates anew with backoff. 437
@@ -134,6 +135,8 @@ class TurnClient:
         self._realm: Optional[str] = None
         self._nonce: Optional[str] = None
         self._key: Optional[bytes] = None
+        self._fresh: Optional[tuple[str, str]] = None
+        """Credentials for the next Allocate (`set_credentials`)."""
         self._random_bytes = random_bytes
         self._refresh_at: Optional[float] = None
         self._failures = 0
@@ -150,6 +153,7 @@ class TurnClient:
 
     def allocate(self, now: float, retries: int = 0) -> None:
         """Ask for an allocation (again, after a failure)."""
+        self._take_fresh()
         self.state = AllocationState.ALLOCATING
         self.retry_at = None
         attributes = {Attr.REQUESTED_TRANSPORT: PROTOCOL_UDP, Attr.LIFETIME: self.config.lifetime,
@@ -167,10 +171,12 @@ class TurnClient:
             self._service(now)
 
     def set_credentials(self, username: str, password: str) -> None:
-        """Fresh credentials (TURN REST API ones expire); later requests use them."""
-        self._username, self._password = username, password
-        if self._realm is not None:
-            self._key = long_term_key(username, self._realm, password)
+        """Fresh credentials (TURN REST API ones expire): the next Allocate uses them. Requests on an
+        allocation made (or being made) keep the username it was made with: the server refuses
+        another one with 441 (RFC 8656 §5; coturn does), and it keeps the allocation's."""
+        self._fresh = (username, password)
+        if self.state not in (AllocationState.ALLOCATING, AllocationState.READY):
+            self._take_fresh()
 
     def set_peers(self, peers: Iterable[Address], now: float) -> None:
         """Keep exactly these peer addresses reachable: a permission per IP, a channel per address."""
@@ -289,6 +295,12 @@ class TurnClient:
                               self.config.max_retransmits, retries, target)
         self._transactions[txid] = tx
         self._datagrams.append(data)
+
+    def _take_fresh(self) -> None:
+        if self._fresh is not None:
+            (self._username, self._password), self._fresh = self._fresh, None
+            if self._realm is not None:
+                self._key = long_term_key(self._username, self._realm, self._password)
 
     def _resend(self, tx: _Transaction, now: float) -> None:
         self._request(tx.method, tx.attributes, now, tx.target, tx.retries + 1)

@@ -187,3 +187,15 @@ def test_refresh_and_stale_nonce_keep_the_allocation_and_channels(pair):
     a.sock.sendto(a.client.send(b.client.relayed, b"after refresh"), a.server)
     run([a, b], lambda: b.channel_data)
     assert b.channel_data == [(a.client.relayed, b"after refresh")]
+
+
+def test_fresh_credentials_mid_allocation_leave_its_requests_signed_with_its_username(pair):
+    """coturn refuses a request on an allocation signed with another username (441, RFC 8656 §5):
+    the fresh credentials the coord sends every 5 minutes are for the next Allocate."""
+    a, b = pair
+    allocate(a, b)
+    fresh = mint(SECRET.encode(), "node-a", time.time() + 5)
+    a.client.set_credentials(fresh.username, fresh.password)
+    a.client.set_peers([b.client.relayed], a.now())
+    run([a], lambda: a.client.channel(b.client.relayed))
+    assert a.errors == [401], "no 441"

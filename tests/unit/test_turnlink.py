@@ -109,12 +109,17 @@ def test_the_peer_going_offline_or_away_removes_its_route():
     assert link.routes == {} and link.unwrap(b"\x40\x00\x00\x00", SERVER) is None
 
 
-def test_fresh_credentials_sign_the_next_request():
+def test_fresh_credentials_sign_the_next_allocation_and_the_live_one_keeps_its_username():
+    """RFC 8656 §5: a request on an allocation with another username is refused (coturn: 441)."""
     link = linked()
     fresh = turn_server(username="700:me", password="pw2")
     link.coord_message(m.RelayTokens((), turn=(fresh,)), 10.0)
     link.handle_timer(241.0)
-    assert answer(link, 241.0, password="pw2", username="700:me") == [StunMethod.CREATE_PERMISSION]
+    assert answer(link, 241.0) == [StunMethod.CREATE_PERMISSION], "the allocation's own username"
+    link.network_changed(300.0)
+    assert answer(link, 300.0, password="pw2", username="700:me") == [StunMethod.ALLOCATE]
+    assert answer(link, 300.0, password="pw2", username="700:me") == [StunMethod.ALLOCATE]
+    assert link.status()[0]["ready"]
 
 
 def test_a_gso_run_becomes_a_run_of_channel_data_with_the_same_boundaries():
