@@ -146,10 +146,12 @@ class Ipv6Firewall:
     stateful firewall that lets out anything and in only replies, as home routers do; or, when
     `broken`, dropping every IPv6 packet while addresses and routes stay (IPv6 broken upstream).
     With `walled_off`, nothing goes to or comes from that prefix (the other sites' LANs) either:
-    the site reaches the servers over IPv6, never another site directly."""
+    the site reaches the servers over IPv6, never another site directly. With `block_udp`, no UDP
+    crosses it either way (a network that lets only TCP out, over IPv6 too)."""
 
     broken: bool = False
     walled_off: str | None = None
+    block_udp: bool = False
 
     def ruleset(self, router: RouterLinks) -> str:
         """The nft script that replaces table `ip6 meshvpn_fw6` with this behaviour."""
@@ -157,6 +159,8 @@ class Ipv6Firewall:
         forward = ["type filter hook forward priority filter; policy accept;"]
         if self.walled_off is not None:
             forward += [f"oifname {wan} ip6 daddr {self.walled_off} drop", f"iifname {wan} ip6 saddr {self.walled_off} drop"]
+        if self.block_udp:
+            forward += ["meta l4proto udp drop"]
         forward += ["drop"] if self.broken else ["ct state established,related accept", f"iifname {wan} drop"]
         return _table("ip6", TABLE6, [("forward", forward)])
 

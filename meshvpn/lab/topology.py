@@ -11,7 +11,7 @@ See docs/lab.md for the address plan.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address, ip_network
 from typing import TypeVar
 
@@ -249,6 +249,14 @@ class Topology:
         if owner.firewall6 is None:
             raise LabError(f"site {site!r} has no IPv6")
         owner.firewall6 = Ipv6Firewall(walled_off=str(SITE_NETS6))
+        owner.firewall6.install(owner.links)
+
+    def block_udp6(self, site: str) -> None:
+        """Drop every UDP packet through `site`'s IPv6 firewall, both ways (TCP goes on as before)."""
+        owner = self.site(site)
+        if owner.firewall6 is None:
+            raise LabError(f"site {site!r} has no IPv6")
+        owner.firewall6 = replace(owner.firewall6, block_udp=True)
         owner.firewall6.install(owner.links)
 
     def renumber6(self, name: str) -> str:

@@ -159,7 +159,10 @@ def candidates_of(info: m.PeerInfo) -> list[Candidate]:
 
 def tcp_candidates_of(info: m.PeerInfo) -> list[Candidate]:
     """Where TCP punching connects to a peer: its router's mapping of its punch port first (open to
-    anyone), then its NAT's mapping of that port as the coord saw it (``public_tcp``)."""
+    anyone), then its NAT's mapping of that port as the coord saw it (``public_tcp``), then its
+    global IPv6 addresses: untranslated, at its punch port (the port of its UDP socket, which is
+    what ``ipv6_endpoints`` name), through a stateful firewall that a simultaneous open passes."""
     found = [(info.mapped_tcp, CandidateKind.MAPPED), (info.public_tcp, CandidateKind.PUBLIC)]
+    found += [(e, CandidateKind.IPV6) for e in info.ipv6_endpoints or ()]
     return [Candidate(Endpoint(e.host, e.port), kind) for e, kind in found if e is not None]
 

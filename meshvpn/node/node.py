@@ -126,6 +126,7 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
     def receive_coord(self, msg: m.Message, now: float) -> None:
         """A control message from the coord: to every machine that cares about it."""
         msg = self.peers.completed(msg)
+        tcp_before = self.tcp_candidates(msg)
         if isinstance(msg, (m.Registered, m.Relays)):
             self._configure_relays(msg, now)
         elif isinstance(msg, m.RelayTokens):
@@ -139,6 +140,7 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
             self.turn.follow_peers([peer.info for peer in self.peers], now)
         if isinstance(msg, m.Punch):
             self._punch_tcp(msg, now)
+        self.tcp_news(tcp_before)
         self._settle(now)
         self._note_peer_map(msg.network.name if isinstance(msg, m.Registered) else None)
 

@@ -20,6 +20,10 @@ from meshvpn.node.traversal import profile_of
 from meshvpn.wire import Endpoint
 
 
+_PEER_NEWS = (m.PeerMap, m.PeerUpdate, m.PeerDelta)
+"""Coord messages that may change a peer's TCP candidates."""
+
+
 class PunchPortInbox:
     """Mixed into `Node`, whose `tcp`, `tcp_prediction`, `core`, `peers`, `_out`, `_name` and `_settle` it uses."""
 
@@ -81,6 +85,26 @@ class PunchPortInbox:
             else:
                 self._out.append(action)
         return bool(actions)
+
+    def tcp_candidates(self, msg: m.Message) -> dict[bytes, list]:
+        """Before a coord message about peers: each peer's TCP candidates, for `tcp_news`."""
+        if not self.tcp_punching or not isinstance(msg, _PEER_NEWS):
+            return {}
+        return {peer.key: tcp_candidates_of(peer.info) for peer in self.peers}
+
+    def tcp_news(self, before: dict[bytes, list]) -> None:
+        """After it: a peer in use that gained TCP candidates (its IPv6 addresses, or a TCP
+        mapping, often announced after the coord's first punch) and has neither a UDP nor a TCP
+        path gets a ``punch_request``, so both sides punch the new candidates together; else TCP
+        punching would wait for a punch that a relayed peer no longer asks for."""
+        for peer in self.peers:
+            old = before.get(peer.key)
+            if old is None or peer.route is None or udp_direct(peer.route.path):
+                continue
+            if peer.tcp is not None and peer.tcp.path is not None:
+                continue
+            if set(tcp_candidates_of(peer.info)) - set(old):
+                self._out.append(ev.SendCoord(m.PunchRequest(peer_key=peer.key)))
 
     def tcp_sampled(self, peer_key: bytes, sample: Optional[Endpoint], now: float) -> None:
         """The answer to ``TcpSampleWanted`` (None: no answer): our NAT's newest TCP mapping."""

@@ -5,7 +5,7 @@ import pytest
 
 from meshvpn.control import messages as m
 from meshvpn.coord.candidates import sane_ipv6
-from meshvpn.node.candidates import Candidate, CandidateKind, candidates_of
+from meshvpn.node.candidates import Candidate, CandidateKind, candidates_of, tcp_candidates_of
 from meshvpn.node.family import IPV6_SLACK, faster
 from meshvpn.node.announce6 import announced
 from meshvpn.node.ipv6 import interface_ipv6, select_ipv6
@@ -69,6 +69,18 @@ def test_ipv6_endpoints_are_candidates_of_their_own_kind_beside_ipv4():
         Candidate(Endpoint("2001:db8:2::11", 41641), CandidateKind.IPV6),
         Candidate(Endpoint("203.0.113.101", 5555), CandidateKind.PUBLIC),
     ]
+
+
+def test_tcp_punching_takes_the_ipv6_endpoints_after_the_tcp_mappings():
+    """A global IPv6 address is untranslated: the peer's punch port is its UDP socket's port there."""
+    info = m.PeerInfo(key(2), "bob", "100.80.0.2", True, public_tcp=m.Endpoint("203.0.113.101", 41641),
+                      ipv6_endpoints=(m.Endpoint("2001:db8:2::11", 41641),))
+    assert tcp_candidates_of(info) == [
+        Candidate(Endpoint("203.0.113.101", 41641), CandidateKind.PUBLIC),
+        Candidate(Endpoint("2001:db8:2::11", 41641), CandidateKind.IPV6),
+    ]
+    v6_only = m.PeerInfo(key(2), "bob", "100.80.0.2", True, ipv6_endpoints=(m.Endpoint("2001:db8:2::11", 41641),))
+    assert tcp_candidates_of(v6_only) == [Candidate(Endpoint("2001:db8:2::11", 41641), CandidateKind.IPV6)]
 
 
 def test_ipv6_wins_when_as_good_and_ipv4_must_beat_it_clearly():

@@ -189,3 +189,28 @@ def test_a_peer_in_an_early_part_of_a_peer_map_gets_its_turn_route():
     with_turn_route(a, b, 0.0, m.PeerMap(peers=(turn_info(b),), part=0, last=False),
                     m.PeerMap(peers=(carol.info(),), part=1, last=True))
     assert set(a.peers.by_key) == {b.public, carol.public}
+
+
+def test_a_relayed_peer_that_announces_ipv6_later_gets_a_punch_request_for_tcp():
+    """A site without UDP announces its IPv6 endpoints after its first endpoint round, when the
+    coord's punch is long over: the new TCP candidates ask for another, once, while relayed."""
+    a, b = tcp_nodes()
+    bare = m.PeerInfo(key=b.public, name=b.name, address=b.address, online=True)
+    a.from_coord(m.PeerUpdate(peer=bare), 1.0)
+    a.node.core.set_turn({b.public: Endpoint("203.0.113.30", 50002)}, 1.0)  # a relay path through TURN
+    a.node.packet_from_tun(a.peers.by_key[b.public], ip_packet(a.address, b.address), 1.0)
+    now = 1.0
+    while (route := a.peers.by_key[b.public].route) is None and now < 10.0:
+        now += 0.5
+        a.tick(now)
+    assert route is not None and route.path.kind is PathKind.RELAY
+    a.coord_out.clear()
+    with_ipv6 = m.PeerInfo(key=b.public, name=b.name, address=b.address, online=True,
+                           ipv6_endpoints=(m.Endpoint("2001:db8:2::11", 41641),))
+    a.from_coord(m.PeerUpdate(peer=with_ipv6), now)
+    assert [msg for msg in a.coord_out if isinstance(msg, m.PunchRequest)] == [m.PunchRequest(peer_key=b.public)]
+    a.coord_out.clear()
+    a.from_coord(m.PeerUpdate(peer=with_ipv6), now)
+    assert not [msg for msg in a.coord_out if isinstance(msg, m.PunchRequest)], "only new candidates ask"
+    a.from_coord(m.Punch(peer_key=b.public, endpoints=()), now)
+    assert [c.endpoint for c in taken(a, TcpConnect)] == [Endpoint("2001:db8:2::11", 41641)]

@@ -5,7 +5,9 @@ decides everything; this shell binds the punch port (``SO_REUSEADDR`` + ``SO_REU
 listener, the coord connection and every punch connect share it), follows ``TcpConnect``,
 ``TcpWrite`` and ``TcpAbort``, and reports each connection's life and bytes back to the node.
 Every socket lingers 0 s, so closing one sends RST and leaves no TIME_WAIT that would refuse
-the next punch between the same ports.
+the next punch between the same ports. A punch port on the IPv4 wildcard address has an IPv6
+twin on the same port (``[::]``, IPv6 only): peers' global IPv6 addresses are punched from it,
+through stateful IPv6 firewalls as through NATs.
 """
 
 from __future__ import annotations
@@ -85,9 +87,12 @@ class PunchPort:
         self.streams: dict[int, _Stream] = {}
         self.address: Optional[tuple[str, int]] = None
         """Where the punch port is bound, once `start` succeeded."""
+        self.address6: Optional[tuple[str, int]] = None
+        """The punch port's IPv6 twin, when `address` is the IPv4 wildcard and IPv6 works here."""
         self._connects: dict[int, asyncio.Task] = {}
         self._samples: set[asyncio.Task] = set()
         self._server: Optional[asyncio.AbstractServer] = None
+        self._server6: Optional[asyncio.AbstractServer] = None
 
     async def start(self, host: str, port: int) -> None:
         """Listen on the punch port `host:port`; log and stay inert if it is taken."""
@@ -101,6 +106,20 @@ class PunchPort:
         self._server = await asyncio.get_running_loop().create_server(lambda: _Stream(self, None), sock=listener)
         self.node.enable_tcp_punch()
         log.info("TCP punch port %s:%d", host, port)
+        if host == "0.0.0.0" and socket.has_ipv6:
+            await self._start6(port)
+
+    async def _start6(self, port: int) -> None:
+        """Listen on the IPv6 twin of the punch port; without IPv6 here, punch over IPv4 alone."""
+        try:
+            listener = self._socket("::", port)
+            listener.listen(64)
+        except OSError as exc:
+            log.info("TCP punching over IPv4 only: cannot bind tcp [::]:%d: %s", port, exc)
+            return
+        self.address6 = ("::", port)
+        self._server6 = await asyncio.get_running_loop().create_server(lambda: _Stream(self, None), sock=listener)
+        log.info("TCP punch port [::]:%d", port)
 
     def coord_socket(self) -> socket.socket:
         """A socket for the coord connection: from the punch port if possible, else any port."""
@@ -151,8 +170,9 @@ class PunchPort:
             task.cancel()
         for stream in list(self.streams.values()):
             stream.transport.abort()
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._server6):
+            if server is not None:
+                server.close()
 
     async def _sample(self, peer_key: bytes) -> None:
         """A TCP port sample from a new connection to the coord's STUN server (None if none came)."""
@@ -173,7 +193,10 @@ class PunchPort:
         loop = asyncio.get_running_loop()
         sock = None
         try:
-            sock = self._socket(self.address[0], 0 if action.fresh_port else self.address[1])
+            local = self.address6 if _family(action.endpoint[0]) != _family(self.address[0]) else self.address
+            if local is None:
+                raise OSError("no punch port in the endpoint's address family")
+            sock = self._socket(local[0], 0 if action.fresh_port else local[1])
             await asyncio.wait_for(loop.sock_connect(sock, tuple(action.endpoint)), action.timeout)
             self._connects.pop(action.conn_id, None)
             await loop.create_connection(lambda: _Stream(self, action.conn_id), sock=sock)
@@ -192,6 +215,8 @@ class PunchPort:
     def _socket(self, host: str, port: int) -> socket.socket:
         sock = socket.socket(_family(host), socket.SOCK_STREAM)
         try:
+            if self.address is not None and _family(host) != _family(self.address[0]):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # the twin: IPv4 is the port's
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
