@@ -35,6 +35,7 @@ from meshvpn.config import FanoutConfig, ForwardLimits
 from meshvpn.control import messages as m
 from meshvpn.node import events as ev
 from meshvpn.node.core import CoreConfig, NodeCore
+from meshvpn.node.family import is_ipv6
 from meshvpn.node.lanparty import LanParty
 from meshvpn.node.pairrelay import RttReport, add_pair_status
 from meshvpn.node.peerrelay import PeerRelay, add_relay_status, reach_peer_relays
@@ -221,7 +222,9 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
         """Our LAN endpoints, public and router-mapped endpoints: probes to us were sent there.
         With `mapped_tcp` (our router forwards a TCP port to the punch port) peers come to us,
         unless STUN saw us at another address (the router is behind another NAT)."""
+        local = tuple(local)
         self.core.set_own_endpoints(local, public, mapped)
+        self.tcp_ipv6 = any(is_ipv6(endpoint) for endpoint in local)
         self.tcp.mapped = mapped_tcp is not None and (public is None or public.host == mapped_tcp.host)
 
     def set_nat_profile(self, profile: NatProfile) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from meshvpn.control import messages as m
 from meshvpn.node import events as ev
-from meshvpn.node.candidates import tcp_candidates_of
+from meshvpn.node.candidates import Candidate, CandidateKind, tcp_candidates_of
 from meshvpn.node.pathfinder import ChangeReason, Path, PathKind
 from meshvpn.node.tcp.core import PathDown, PathUp, TcpEndpoint, WantPunch
 from meshvpn.node.tcp.prediction import Dial, HardSide, SendSample, hard_side
@@ -32,6 +32,8 @@ class PunchPortInbox:
     core: Any
     peers: Any
     tcp_punching: bool
+    tcp_ipv6: bool = False
+    """We have a global IPv6 address (`set_own_endpoints`): peers' IPv6 addresses are TCP candidates."""
     _out: list
     _name: Any
     _settle: Any
@@ -86,11 +88,17 @@ class PunchPortInbox:
                 self._out.append(action)
         return bool(actions)
 
+    def _tcp_candidates_of(self, info: m.PeerInfo) -> list[Candidate]:
+        """The peer's TCP candidates we can reach: its IPv6 ones only when we have IPv6 too (else each
+        would cost an attempt of the campaign, and its end a needless punch request)."""
+        candidates = tcp_candidates_of(info)
+        return candidates if self.tcp_ipv6 else _drop_ipv6(candidates)
+
     def tcp_candidates(self, msg: m.Message) -> dict[bytes, list]:
         """Before a coord message about peers: each peer's TCP candidates, for `tcp_news`."""
         if not self.tcp_punching or not isinstance(msg, _PEER_NEWS):
             return {}
-        return {peer.key: tcp_candidates_of(peer.info) for peer in self.peers}
+        return {peer.key: self._tcp_candidates_of(peer.info) for peer in self.peers}
 
     def tcp_news(self, before: dict[bytes, list]) -> None:
         """After it: a peer in use that gained TCP candidates (its IPv6 addresses, or a TCP
@@ -103,15 +111,15 @@ class PunchPortInbox:
                 continue
             if peer.tcp is not None and peer.tcp.path is not None:
                 continue
-            if set(tcp_candidates_of(peer.info)) - set(old):
+            if set(self._tcp_candidates_of(peer.info)) - set(old):
                 self._out.append(ev.SendCoord(m.PunchRequest(peer_key=peer.key)))
 
     def tcp_sampled(self, peer_key: bytes, sample: Optional[Endpoint], now: float) -> None:
         """The answer to ``TcpSampleWanted`` (None: no answer): our NAT's newest TCP mapping."""
         peer = self.peers.by_key.get(peer_key)
-        candidates = [] if peer is None else tcp_candidates_of(peer.info)
+        candidates = [] if peer is None else self._tcp_candidates_of(peer.info)
         if peer is not None and peer.tcp is not None and peer.tcp.path is None:
-            endpoints = [candidate.endpoint for candidate in candidates]
+            endpoints = [candidate.endpoint for candidate in _drop_ipv6(candidates)]  # NAT mappings only
             self._predicted(self.tcp_prediction.sampled(peer_key, sample, endpoints), candidates, now)
         self._settle(now)
 
@@ -123,7 +131,7 @@ class PunchPortInbox:
         peer = self.peers.by_key.get(punch.peer_key)
         if peer is None:
             return
-        candidates = tcp_candidates_of(peer.info)
+        candidates = self._tcp_candidates_of(peer.info)
         if not self.tcp_punching or udp_direct(peer.route and peer.route.path) or not (candidates or punch.tcp_sample):
             return
         if candidates:  # else the peer's coord channel is not from its punch port (IPv6), but it sampled
@@ -145,6 +153,10 @@ class PunchPortInbox:
                 self._out.append(ev.SendCoord(m.PunchRequest(peer_key=action.peer_key, tcp_sample=action.sample)))
             else:
                 self._out.append(action)
+
+
+def _drop_ipv6(candidates: list[Candidate]) -> list[Candidate]:
+    return [candidate for candidate in candidates if candidate.kind is not CandidateKind.IPV6]
 
 
 def udp_direct(path: Optional[Path]) -> bool:

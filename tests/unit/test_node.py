@@ -195,6 +195,7 @@ def test_a_relayed_peer_that_announces_ipv6_later_gets_a_punch_request_for_tcp()
     """A site without UDP announces its IPv6 endpoints after its first endpoint round, when the
     coord's punch is long over: the new TCP candidates ask for another, once, while relayed."""
     a, b = tcp_nodes()
+    a.node.set_own_endpoints([Endpoint("2001:db8:1::11", 41641)], None)  # we have IPv6 too
     bare = m.PeerInfo(key=b.public, name=b.name, address=b.address, online=True)
     a.from_coord(m.PeerUpdate(peer=bare), 1.0)
     a.node.core.set_turn({b.public: Endpoint("203.0.113.30", 50002)}, 1.0)  # a relay path through TURN
@@ -214,3 +215,6 @@ def test_a_relayed_peer_that_announces_ipv6_later_gets_a_punch_request_for_tcp()
     assert not [msg for msg in a.coord_out if isinstance(msg, m.PunchRequest)], "only new candidates ask"
     a.from_coord(m.Punch(peer_key=b.public, endpoints=()), now)
     assert [c.endpoint for c in taken(a, TcpConnect)] == [Endpoint("2001:db8:2::11", 41641)]
+    a.node.set_own_endpoints([Endpoint("10.1.0.11", 41641)], None)  # no IPv6 of ours: no use trying theirs
+    a.from_coord(m.Punch(peer_key=b.public, endpoints=()), now + 10.0)
+    assert taken(a, TcpConnect) == []
