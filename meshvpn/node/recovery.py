@@ -112,10 +112,11 @@ class NodeRecovery:
             self._settle(now)
 
     def _check_relays(self, now: float) -> bool:
-        """Have the relay links check themselves if the core asked; True if they did."""
+        """Have the relay links check themselves if the core asked (a relay path went silent or a
+        direct path died: our mapping may have moved); True if they did."""
         if not self.core.check_relays:
             return False
         self.core.check_relays = False
-        self.relays.check(now)
+        self.relays.check(now, moved=True)
         self.turn.check(now)
         return True

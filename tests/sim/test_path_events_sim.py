@@ -38,11 +38,6 @@ STEP = 0.05
 WARM_UP = 4.0
 """Seconds of flow before the event: every pair is on its path by then."""
 TRAFFIC_BACK = 1.0
-PEER_RELAY_BACK = 1.5
-"""Missed, held to what the node does: where the peer relay (a member behind a NAT) carries the
-pair, a node whose mapping changed (its NAT re-mapped it, or it moved) is filtered by the peer
-relay's NAT until it punches it again or leaves it for a server relay; measured 1.04-1.28 s
-(`docs/paths.md`)."""
 PATH_BACK = 3.0
 PATH_BACK_BIRTHDAY = 4.0
 """Where the direct path needs birthday probing against an endpoint-dependent random NAT: a lottery
@@ -112,10 +107,6 @@ class Run:
         return sum(1 for n, at in enumerate(self.sent) if start <= at <= stop - 1.0 and n not in numbers)
 
 
-def traffic_limit(world: World) -> float:
-    return PEER_RELAY_BACK if world.helper is not None else TRAFFIC_BACK
-
-
 def path_limit(name_a: str, name_b: str) -> float:
     return PATH_BACK_BIRTHDAY if BIRTHDAY & {name_a, name_b} else PATH_BACK
 
@@ -129,7 +120,7 @@ def test_a_node_that_moves_to_another_network_is_back_within_a_second(name_a: st
     run.world.a.move_to(site)
     want = expected(new_kind, name_b)
     since = run.run_until_kinds(want, moved + SETTLE)
-    assert max(run.gaps(moved, run.now)) < traffic_limit(run.world)
+    assert max(run.gaps(moved, run.now)) < TRAFFIC_BACK
     assert since is not None and since - moved <= path_limit(new_kind, name_b), f"{want} at {since}"
     assert run.world.a.public_endpoint[0] == site.observed_host, "a learnt its new public address"
 

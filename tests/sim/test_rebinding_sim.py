@@ -21,7 +21,6 @@ from meshvpn.node.pathfinder import ChangeReason, PathKind
 from meshvpn.sim import PORT_RESTRICTED_CONE
 from meshvpn.sim.pairs import World, flow, longest_gap
 from meshvpn.sim.sitekinds import EASY, KINDS, PORT, Kind
-from test_path_events_sim import traffic_limit
 
 GAP = 0.02
 """Seconds between the flow's packets."""
@@ -63,7 +62,7 @@ def rebind_mid_flow(name_a: str, name_b: str) -> tuple[World, float, tuple, floa
 @pytest.mark.parametrize("name_a, name_b", list(itertools.product(KINDS, repeat=2)))
 def test_a_nat_rebinding_mid_flow_costs_under_a_second_and_the_path_comes_back(name_a: str, name_b: str) -> None:
     world, event, before, back = rebind_mid_flow(name_a, name_b)
-    assert_traffic_back(world, event, traffic_limit(world))
+    assert_traffic_back(world, event)
     assert back is not None and back <= (PATH_BACK_BIRTHDAY if BIRTHDAY & {name_a, name_b} else PATH_BACK)
 
 

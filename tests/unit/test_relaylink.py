@@ -30,9 +30,9 @@ def counting_random():
 class Harness:
     """A link and a relay; `step` moves the link's messages to the relay and the acks back."""
 
-    def __init__(self, udp_works=True, tls_port=None):
+    def __init__(self, udp_works=True, tls_port=None, peer=None):
         self.relay = RelayCore(RELAY, keys.public_key(COORD), RelayLimits(), counting_random(), WALL)
-        info = RelayInfo("r1", "203.0.113.2", 7500, keys.public_key(RELAY), tls_port)
+        info = RelayInfo("r1", "203.0.113.2", 7500, keys.public_key(RELAY), tls_port, peer)
         self.link = RelayLink(info, NODE, keys.public_key(NODE), counting_random(), WALL, RelayLinkConfig())
         self.udp_works = udp_works
         self.events = []
@@ -338,6 +338,52 @@ def test_a_check_of_a_dead_relay_makes_the_link_not_ready_within_the_check_timeo
     h.step(1.0)
     assert h.sent.count(SendUdp) == hellos + 1, "the check says hello at once"
     assert h.link.get_timer() == 1.5
+    h.step(1.5)
+    assert h.events == [(0.0, True), (1.5, False)]
+
+
+def test_a_peer_relay_is_left_at_once_when_our_mapping_may_have_moved_and_is_back_with_its_first_answer():
+    """Behind its NAT a peer relay lets our moved mapping in only after a punch: its pairs go to a
+    server relay at once, not after `check_timeout`, and come back as soon as it answers."""
+    h = Harness(peer=True)
+    h.token(0.0)
+    h.step(0.0)
+    h.udp_works = False
+    hellos = h.sent.count(SendUdp)
+    h.link.check(1.0, moved=True)
+    h.step(1.0)
+    assert h.events == [(0.0, True), (1.0, False)] and not h.link.ready
+    assert h.sent.count(SendUdp) == hellos + 1, "the check says hello at once"
+    assert h.link.get_timer() == 1.5, "then every retry_interval while not ready"
+    h.step(1.5)
+    assert h.sent.count(SendUdp) == hellos + 2 and not h.link.stream.wanted, "a peer relay has no stream"
+    h.udp_works = True
+    h.step(2.0)
+    assert h.events == [(0.0, True), (1.0, False), (2.0, True)] and h.link.ready
+
+
+def test_a_peer_relay_that_answers_at_once_is_left_only_for_its_round_trip():
+    h = Harness(peer=True)
+    h.token(0.0)
+    h.step(0.0)
+    h.link.check(1.0, moved=True)
+    h.step(1.0)
+    assert h.events == [(0.0, True), (1.0, False), (1.0, True)] and h.link.ready
+    h.link.hello_now(3.0)
+    h.step(3.0)
+    assert h.events[-2:] == [(3.0, False), (3.0, True)], "a network change checks it the same way"
+
+
+def test_a_peer_relay_checked_for_the_peer_moving_relays_waits_for_the_check_timeout():
+    """Only the peer's traffic came through another relay: our mapping is where it was, and leaving
+    at once would have both ends chase each other between relays."""
+    h = Harness(peer=True)
+    h.token(0.0)
+    h.step(0.0)
+    h.udp_works = False
+    h.link.check(1.0)
+    h.step(1.0)
+    assert h.link.ready and h.link.get_timer() == 1.5
     h.step(1.5)
     assert h.events == [(0.0, True), (1.5, False)]
 

@@ -131,11 +131,12 @@ class RelaySet:
             link.hello_now(now)
         self._drain(now)
 
-    def check(self, now: float) -> None:
-        """Relayed traffic went unanswered, or our mapping may have moved: every ready link says hello
-        now (which also re-registers a moved mapping); one that does not answer within a second is left."""
+    def check(self, now: float, moved: bool = False) -> None:
+        """Relayed traffic went unanswered, or our mapping may have `moved`: every ready link says hello
+        now (which also re-registers a moved mapping); one that does not answer within a second is
+        left, and with `moved` a peer relay at once until it answers (`RelayLink.check`)."""
         for link in self.links.values():
-            link.check(now)
+            link.check(now, moved)
         self._drain(now)
 
     def handle_timer(self, now: float) -> None:

@@ -28,6 +28,13 @@ Rules:
 * `check` (traffic through the relay went unanswered): a hello goes out at once, and without
   an ack within `check_timeout` (or three RTTs, if longer) the link is not ready, so a dead
   relay is left within a second instead of `down_after`.
+* When our mapping may have moved (a relay path went silent, a direct path died, the network
+  changed: ``check(moved=True)``), a peer relay (a member relaying, ``RelayInfo.peer``) is left
+  at once and is ready again with its first ack: it sits behind a NAT that lets in only the
+  addresses its node sent to, so our new mapping is answered only after a punch, while a server
+  relay answers a hello from it at once. Its pairs take a server relay without waiting for
+  `check_timeout` and come back when it answers (`docs/paths.md`). Not when only the peer's
+  traffic moved to another relay: both ends would then chase each other between relays.
 * Timestamps are the wall clock in milliseconds, strictly increasing, because the relay keeps
   the newest timestamp per node to refuse replays.
 * A relay asked to make or move a registration over UDP (our first hello, or the first from a
@@ -254,13 +261,18 @@ class RelayLink:
         raced, within a second rather than after `down_after`."""
         self._next_udp_retry = now
         if self.ready:
-            self.check(now)
+            self.check(now, moved=True)
         elif self._next_hello is not None:
             self._hello(now)
 
-    def check(self, now: float) -> None:
-        """Traffic through this relay went unanswered: say hello now; no ack in time means not ready."""
-        if self.ready and self._check_until is None:
+    def check(self, now: float, moved: bool = False) -> None:
+        """Traffic through this relay went unanswered: say hello now; no ack in time means not ready.
+        When our mapping may have `moved`, a peer relay is left at once until it answers (the
+        module's rules say why)."""
+        if moved and self.info.peer and self.ready:
+            self._set_ready(False, now)
+            self._hello(now)
+        elif self.ready and self._check_until is None:
             self._check_until = now + max(self.config.check_timeout, 3 * (self.rtt or 0.0))
             self._hello(now)
 
