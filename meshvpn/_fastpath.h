@@ -193,29 +193,12 @@ typedef struct {
     int64_t spin_ns;  /* 0: a plain poll() */
     int64_t spin_until;  /* CLOCK_MONOTONIC ns: the busy poll of the last traffic ends then */
     uint64_t spins;  /* looks that found nothing (COUNT), since the start */
-    int moved;  /* the thread itself forwarded, sealed or wrote something since the last waiter_traffic */
-    int waited;  /* the last wait found nothing at its first look: what woke the thread came after it */
-    int lone;  /* a burst of this wake-up stopped after a lone packet (waiter_lone) */
-    int64_t tun_read_at;  /* CLOCK_MONOTONIC ns: the end of the last burst that read the TUN */
 } Waiter;
-enum { SIDE_SOCKET, SIDE_TUN };
-#define SPARSE_NS 200000  /* a TUN read this long after the last came alone */
-/* The thread sent or wrote a packet itself (not only handed reads to Python): its reply may come back to it. */
-void waiter_moved(Waiter *w);
-/* The thread just served a wake-up: if it moved a lone packet itself, the next wait busy-polls until spin_ns from now. */
+/* The thread just served traffic: the next wait busy-polls until spin_ns from now. */
 void waiter_traffic(Waiter *w);
-/* poll(fds, n, timeout_ms) after a first look (poll 0), busy-polling between them (without waiting,
-   yielding between looks) while the spell of the last traffic lasts. */
+/* poll(fds, n, timeout_ms), busy-polling first (without waiting, yielding between looks) while the
+   spell of the last traffic lasts. */
 int waiter_poll(Waiter *w, struct pollfd *fds, nfds_t n, int timeout_ms);
-/* After the first read of a burst on side, a lone packet: 1 if the burst may stop there, as the packet
-   came alone (a ping, a game's update): the wait that woke the thread had found nothing at its first
-   look, or (the TUN) nothing was read from it for SPARSE_NS: the kernel answers a ping written to the
-   TUN inside that write, so its reply is there at the first look and still came alone. */
-int waiter_lone(Waiter *w, int side);
-/* A burst read the TUN: its end, for the next burst's waiter_lone. */
-void waiter_read_tun(Waiter *w);
-/* The wake-up brought more than a lone packet (another turn): no later read of it ends its burst early. */
-void waiter_more(Waiter *w);
 /* A busy_poll_us argument (0 to MAX_BUSY_POLL_US) into w; -1 with a ValueError otherwise. */
 int waiter_init(Waiter *w, int busy_poll_us);
 

@@ -67,7 +67,6 @@ static void send_iov(Forwarder *F, const Reg *d, struct iovec *iov, Py_ssize_t n
 static void send_run(Forwarder *F) {
     Py_ssize_t n = F->run_count;
     if (!n) return;
-    waiter_moved(F->waiter);
     if (n == 1) send_iov(F, F->run_dst, F->run_iov, 1, 0);
     else if (!F->no_gso) send_iov(F, F->run_dst, F->run_iov, n, (int)F->run_seg);
     else for (Py_ssize_t i = 0; i < n; i++) send_iov(F, F->run_dst, &F->run_iov[i], 1, 0);
@@ -167,12 +166,11 @@ void batch_end(Forwarder *F, Batch *B) {
 
 /* ---- the table, installed by Python ----------------------------------------------------- */
 
-void forwarder_init(Forwarder *F, int udp_fd, pthread_mutex_t *lock, Waiter *waiter) {
+void forwarder_init(Forwarder *F, int udp_fd, pthread_mutex_t *lock) {
     struct sockaddr_storage bound;
     socklen_t bound_len = sizeof bound;
     F->udp_fd = udp_fd;
     F->lock = lock;
-    F->waiter = waiter;
     F->family = getsockname(udp_fd, (struct sockaddr *)&bound, &bound_len) == 0 ? bound.ss_family : AF_INET;
 }
 

@@ -33,7 +33,6 @@ typedef struct {
 typedef struct {
     int udp_fd, family, no_gso;
     pthread_mutex_t *lock;  /* the owner's table mutex, held by its thread around each receive */
-    Waiter *waiter;  /* the owner thread's: a forwarded run is traffic the thread moved itself */
     Reg *regs;
     Py_ssize_t n_regs;
     int32_t *by_key, *by_link;  /* open addressing, -1 empty */
@@ -58,7 +57,7 @@ typedef struct {
     Reg *streak_dst;
 } Batch;
 
-void forwarder_init(Forwarder *F, int udp_fd, pthread_mutex_t *lock, Waiter *waiter);
+void forwarder_init(Forwarder *F, int udp_fd, pthread_mutex_t *lock);
 void forwarder_free(Forwarder *F);
 /* The registration on UDP endpoint a, if any (under the table mutex). */
 Reg *forward_source(Forwarder *F, const struct sockaddr_storage *a);

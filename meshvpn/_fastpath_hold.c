@@ -48,17 +48,14 @@ static int flow_held(const Loop *L, uint64_t flow) {
 }
 
 /* Read the TUN until it is empty (or BURST reads, or every slot holds one), sealing sparse reads
-   at once, then seal the oldest held read.  1 if more waits: held reads, or an unread TUN.  A lone
-   plain read that woke the thread ends the reads (waiter_lone): its send goes out without a read
-   that would find the ring empty. */
+   at once, then seal the oldest held read.  1 if more waits: held reads, or an unread TUN. */
 int send_burst(Loop *L) {
-    int more = 1, got = 0;
+    int more = 1;
     for (int i = 0; i < BURST && L->held_count < HOLD_SLOTS; i++) {
         int at = (L->held_head + L->held_count) % HOLD_SLOTS;
         uint8_t *b = slot(L, at);
         ssize_t n = read(L->tun_fd, b, TUN_READ);
         if (n < 0) { more = 0; break; }
-        got = 1;
         COUNT(L->tun_reads, 1);
         uint64_t flow = flow_of(b, n);
         if ((n > VNET_LEN && b[1] != GSO_NONE) || flow_held(L, flow)) {
@@ -67,10 +64,8 @@ int send_burst(Loop *L) {
             L->held_count++;
         } else {
             take_read(L, b, n);
-            if (i == 0 && waiter_lone(&L->waiter, SIDE_TUN)) { more = 0; break; }
         }
     }
-    if (got) waiter_read_tun(&L->waiter);
     if (L->held_count) {
         take_read(L, slot(L, L->held_head), L->held_size[L->held_head]);
         L->held_head = (L->held_head + 1) % HOLD_SLOTS;

@@ -54,7 +54,6 @@ static void *run(void *arg) {
             for (int turn = 0; more && turn < BURST; turn++) {
                 more = (tun && send_burst(L)) | (udp && receive_burst(L));
                 tun = udp = 1;
-                waiter_more(&L->waiter);  /* a second turn is no lone packet's: it reads until empty */
             }
             waiter_traffic(&L->waiter);
             unreported = 1;
@@ -95,7 +94,7 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
     int queued = queue_init(&L->queue);
     L->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     pthread_mutex_init(&L->table_lock, NULL);
-    forwarder_init(&L->fwd, udp_fd, &L->table_lock, &L->waiter);
+    forwarder_init(&L->fwd, udp_fd, &L->table_lock);
     /* The thread reads until EAGAIN: both descriptors must not block (the TUN's and the socket's already do not). */
     if (fcntl(udp_fd, F_SETFL, fcntl(udp_fd, F_GETFL) | O_NONBLOCK) < 0
             || fcntl(tun_fd, F_SETFL, fcntl(tun_fd, F_GETFL) | O_NONBLOCK) < 0) {

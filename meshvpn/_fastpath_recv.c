@@ -125,14 +125,12 @@ static void write_tun(Loop *L, Py_ssize_t npk) {
         }
         if (writev(L->tun_fd, iov, (int)g->count + 1) < 0) COUNT(L->tun_errors, 1);
         COUNT(L->tun_writes, 1);
-        waiter_moved(&L->waiter);
     }
 }
 
 /* Receive until the socket is empty, or BURST receives or RECEIVE_SLICE were taken (then 1: more may
    wait), writing the TUN once per area. The receives are counted once the burst is handled (opened,
-   counted per entry, written), so counts() never shows a receive whose effects are still to come.
-   A lone datagram that woke the thread ends the receives (waiter_lone), as a lone TUN read does. */
+   counted per entry, written), so counts() never shows a receive whose effects are still to come. */
 int receive_burst(Loop *L) {
     Py_ssize_t at = 0, npk = 0, taken = 0, got = 0;
     int more = 1;
@@ -148,7 +146,6 @@ int receive_burst(Loop *L) {
         pthread_mutex_unlock(&L->table_lock);
         at += n;
         taken += n;
-        if (i == 0 && n <= seg && waiter_lone(&L->waiter, SIDE_SOCKET)) { more = 0; break; }
         if (at > AREA - RECV_SLOT || npk + RECV_SLOT / (OVERHEAD + 1) >= MAX_PACKETS) {
             write_tun(L, npk);
             at = npk = 0;

@@ -72,9 +72,8 @@ static void received(RelayLoop *R, uint8_t *b, Py_ssize_t n, Py_ssize_t seg, con
     if (other >= 0) queue_push(&R->queue, b + other, n - other, seg, src);
 }
 
-/* One recvmsg (GRO): 0 once the socket is empty, or after the lone datagram that woke the thread
-   (waiter_lone: the wait's next look finds the socket empty instead of another receive). */
-static int receive_one(RelayLoop *R, int first) {
+/* One recvmsg (GRO): 0 once the socket is empty. */
+static int receive_one(RelayLoop *R) {
     struct sockaddr_storage src;
     Py_ssize_t seg;
     int truncated;
@@ -85,7 +84,7 @@ static int receive_one(RelayLoop *R, int first) {
     received(R, R->area, n, seg ? seg : 1, &src);
     pthread_mutex_unlock(&R->table_lock);
     COUNT(R->receives, 1);  /* after its sends and hand-overs: a receive counted is a receive done */
-    return !(first && n <= (seg ? seg : 1) && waiter_lone(&R->waiter, SIDE_SOCKET));
+    return 1;
 }
 
 static void *run(void *arg) {
@@ -96,7 +95,7 @@ static void *run(void *arg) {
         if (ready < 0 && errno != EINTR) break;
         if (ready <= 0) continue;
         if (fds[1].revents || (fds[0].revents & POLLNVAL)) break;
-        for (int i = 0; i < BURST && receive_one(R, i == 0); i++) {}
+        for (int i = 0; i < BURST && receive_one(R); i++) {}
         waiter_traffic(&R->waiter);
     }
     return NULL;
@@ -117,7 +116,7 @@ static PyObject *relay_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     int queued = queue_init(&R->queue);
     R->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     pthread_mutex_init(&R->table_lock, NULL);
-    forwarder_init(&R->fwd, udp_fd, &R->table_lock, &R->waiter);
+    forwarder_init(&R->fwd, udp_fd, &R->table_lock);
     R->area = PyMem_Malloc(SLOT);
     if (queued < 0 || R->stop_fd < 0 || fcntl(udp_fd, F_SETFL, fcntl(udp_fd, F_GETFL) | O_NONBLOCK) < 0) {
         Py_DECREF(R);

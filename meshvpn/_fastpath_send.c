@@ -56,7 +56,6 @@ static void send_chunk(Loop *L, Py_ssize_t at, Py_ssize_t size, Py_ssize_t seg) 
    limits: a super-packet sealed with a relay envelope in front can exceed one GSO send). */
 void send_run(Loop *L) {
     if (!L->run_count) return;
-    waiter_moved(&L->waiter);
     Py_ssize_t seg = L->run_seg, per_send = MAX_RUN_BYTES / seg;
     if (per_send > MAX_RUN_SEGMENTS) per_send = MAX_RUN_SEGMENTS;
     if (per_send < 1) per_send = 1;

@@ -58,9 +58,8 @@ class MetricsConfig:
 
 
 _COORD_KEY = "coordination server's public key, pinned: no other server is trusted"
-_BUSY_POLL = ("microseconds the native data-path thread keeps looking at its socket, after a lone packet it "
-              "sent or wrote itself (not after bulk, nor after what it hands to Python), before it sleeps, so a "
-              "reply that comes right back finds it awake (docs/dataplane.md); 0 turns it off")
+_BUSY_POLL = ("microseconds the native data-path thread keeps looking at its socket after traffic before it "
+              "sleeps, so a reply that comes right back finds it awake (docs/benchmarks.md); 0 turns it off")
 BusyPoll = Annotated[int, int_range(0, 1000)]
 
 
