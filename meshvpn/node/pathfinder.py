@@ -36,6 +36,7 @@ Rules (docs/paths.md has the state table):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -86,6 +87,7 @@ class PathFinder:
         self._selected_at = 0.0
         self._last_heard = 0.0
         self._last_probe = 0.0
+        self._udp_probed_at = -math.inf  # the last UDP probe from the peer: its UDP reaches us
         self._silence = SilenceWatch(self.config)
         self._race = FamilyRace(self.config)
         self._fast_until = float("-inf")
@@ -167,6 +169,7 @@ class PathFinder:
         """
         if type(src) is TcpEndpoint:
             return
+        self._udp_probed_at = now
         if newest and self._direct() and src != self.current_path.endpoint:  # type: ignore[union-attr]
             self._silence.probed_from(src, now)
             if self._roam_if_silent(now):
@@ -256,7 +259,9 @@ class PathFinder:
             self._switch(self._tcp_path, ChangeReason.TCP_PUNCHED)
             self._heard(now)
         elif self._tcp_path is None and current is not None and current.kind is PathKind.TCP:
-            self._fall_back(now, ChangeReason.TCP_LOST)
+            # The peer's UDP probes reach us: it closed the TCP path for a UDP one, our mapping is fine.
+            udp_works = now - self._udp_probed_at <= self.config.liveness_interval
+            self._fall_back(now, ChangeReason.TCP_LOST, mapping_moved=not udp_works)
 
     def handle_timer(self, now: float) -> None:
         """Do whatever is due at `now`; safe to call early or late."""
@@ -382,9 +387,10 @@ class PathFinder:
             self._silence.relay_checked = now
             self._fast_until = now + self.config.fast_window
 
-    def _fall_back(self, now: float, reason: ChangeReason) -> None:
-        """The direct path is dead: take TCP or the relay, punch again at once, and re-discover."""
-        stale = EndpointsStale(tcp=self._on_tcp())
+    def _fall_back(self, now: float, reason: ChangeReason, mapping_moved: bool = True) -> None:
+        """The direct path is dead: take TCP or the relay, punch again at once, and re-discover
+        (from a TCP path: with a new coord connection, unless the mapping is known not to have moved)."""
+        stale = EndpointsStale(tcp=self._on_tcp() and mapping_moved)
         self._switch(self._tcp_path or (RELAY_PATH if self._relay_ready else None), reason)
         self._silence.relay_checked = now
         self._relay_due = now

@@ -194,3 +194,22 @@ def test_the_peers_punch_while_on_a_tcp_path_probes_it_at_once() -> None:
     while (when := finder.get_timer()) < 13.0:
         finder.handle_timer(when)
     assert finder.current_path == TCP_PATH, "answered: kept"
+
+
+def test_a_lost_tcp_path_asks_for_a_new_coord_connection_unless_the_peers_udp_reaches_us() -> None:
+    """Reset or closed with no UDP from the peer: our punch port's mapping may have moved, and the
+    peer learns the new one only through the coord. Closed just after the peer's UDP probe came in:
+    the peer took a UDP path and ended the TCP one; nothing moved, and no coord reconnect."""
+    lost = relayed_finder()
+    lost.tcp_ready(TCP_EP, 3.0)
+    lost.next_actions()
+    lost.tcp_ready(None, 20.0)
+    assert EndpointsStale(tcp=True) in lost.next_actions()
+
+    replaced = relayed_finder()
+    replaced.tcp_ready(TCP_EP, 3.0)
+    replaced.next_actions()
+    replaced.probe_received(PUBLIC_EP, 19.9)
+    replaced.tcp_ready(None, 20.0)
+    stale = [a for a in replaced.next_actions() if isinstance(a, EndpointsStale)]
+    assert stale == [EndpointsStale(tcp=False)]
