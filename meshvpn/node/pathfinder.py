@@ -52,6 +52,8 @@ from meshvpn.node.tcp.core import TcpEndpoint
 
 _RANK = {PathKind.LAN: 0, PathKind.DIRECT: 1, PathKind.TCP: 2, PathKind.RELAY: 3}
 _UDP_DIRECT = (PathKind.LAN, PathKind.DIRECT)
+_HELD_BY_PEER = (CandidateKind.LAN, CandidateKind.IPV6, CandidateKind.MAPPED)
+"""Candidates that are the peer's own addresses or its router's mapping (no NAT of ours moves them)."""
 
 
 @dataclass
@@ -126,13 +128,22 @@ class PathFinder:
     # ---- inputs --------------------------------------------------------------------
 
     def set_candidates(self, candidates: Iterable[Candidate], now: float) -> None:
-        """Replace the peer's LAN and public candidates (observed ones are kept)."""
+        """Replace the peer's LAN and public candidates (observed ones are kept).
+
+        A direct path to an address the peer held itself (LAN, IPv6, router mapping) that it no
+        longer announces is suspect at once: the peer moved off it, and an idle path would
+        otherwise wait for `path_timeout`. Its probes decide, and the peer's newest probe from its
+        new address moves the path there (`meshvpn.node.silence`)."""
+        held = {c.endpoint for c in self._candidates if c.kind in _HELD_BY_PEER}
         self._candidates = []
         for candidate in candidates:
             if candidate.kind is CandidateKind.OBSERVED:
                 self._observe(candidate.endpoint)
             elif candidate not in self._candidates:
                 self._candidates.append(candidate)
+        if self._direct() and self.current_path.endpoint in held \
+                and all(c.endpoint != self.current_path.endpoint for c in self._candidates):  # type: ignore[union-attr]
+            self._suspect(now)
 
     def punch(self, now: float, restart: bool = False) -> None:
         """The coordination server's punch signal, or a packet that needs a path.
@@ -144,8 +155,8 @@ class PathFinder:
         (a NAT re-mapped it) while we send nothing that would find it silent.
         """
         self.want_path(now)
-        if self._on_tcp() and self._silence.suspect(now):
-            self._probe_path(now)
+        if self._on_tcp():
+            self._suspect(now)
         if self._next_round is not None and self._round < self.config.punch_burst and not restart:
             return
         self._round = 0
@@ -411,6 +422,19 @@ class PathFinder:
             if self._on_tcp():
                 self._tcp_path = None  # the TCP module ends it (the node tells it why)
             self._fall_back(now, ChangeReason.PATH_SILENT)
+
+    def suspect(self, now: float) -> None:
+        """Our own network changed: a direct or TCP path may leave from an address we no longer
+        hold, and a stateful firewall on the peer's side knows only the old one. Probe it now
+        (from where we are now), and leave it within `silence_timeout` if it stays silent."""
+        if self._watched():
+            self._suspect(now)
+
+    def _suspect(self, now: float) -> None:
+        """Suspect the current path now, silent or not: move it to the peer's newest probe from
+        elsewhere since it was last heard, or probe it (its answer clears the suspicion)."""
+        if self._silence.suspect(now) and not self._roam_if_silent(now):
+            self._probe_path(now)
 
     def _roam_if_silent(self, now: float) -> bool:
         """Move a suspect direct path to where the peer's newest probe came from; False if there is none."""

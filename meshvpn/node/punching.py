@@ -127,13 +127,16 @@ class Punching:
         """Our own network changed: every peer in use gets a punch round now and a punch via the coord.
 
         The path we had may leave from an address we no longer hold, and the peer's NAT knows
-        only our old mapping, so both sides must probe again towards the endpoints just reported.
+        only our old mapping, so both sides must probe again towards the endpoints just reported;
+        the path in use is probed at once and left if it stays silent (`PathFinder.suspect`: a
+        punch round on a direct path may probe only the other address family).
         `sockets_closed`: the shell closed the extra sockets (their mappings belonged to the old network).
         """
         if sockets_closed:
             self.traversal.network_changed()
         for peer in self.peers:
             if peer.route is not None or peer.ring.current is not None:
+                peer.paths.suspect(now)
                 self.punch(peer, now)
                 peer.punch_requested_at = now
                 self._coord_out.append(m.PunchRequest(peer_key=peer.key))

@@ -10,7 +10,9 @@ relay) within 2 s, measured from the break to each daemon's log line of the swit
 names the coord by its IPv6 literal only and registers over IPv6; `meshvpn netcheck` reports the
 global address, the STUN mapping over IPv6 and the coord's answer over IPv6. When a1's IPv6
 address changes (a new one added, the old one removed), its netwatch hears it at once (not at
-the minute's refresh) and b1's path moves to the new address within 3 s. Last, a pair whose
+the minute's refresh) and b1's path moves to the new address within 3 s, and a1's is direct
+again within 3 s (each side probes its path at once: a1 because its own address changed, b1
+because a1 no longer announces the address its path goes to). Last, a pair whose
 IPv4 lets no UDP out (nor TCP but to port 443) and whose direct IPv6 is firewalled relays over
 IPv6: the relay listens on both families and is announced by a name with an AAAA and an A record
 (the sites' own hosts files), and the node's relay link races both, IPv6 first. And where IPv6
@@ -127,9 +129,13 @@ def test_a_new_ipv6_address_moves_the_peers_path_within_3s(dual) -> None:
     new = topo.renumber6("a1")
     moved = wait_for(lambda: mesh.peer("b1", "a1")["endpoint"] == f"[{new}]:{NODE_PORT}" and time.monotonic(),
                      10, f"b1's path to a1 to move to [{new}]", poll=0.05)
-    print(f"a1 renumbered to {new}: b1's path moved after {moved - changed:.2f} s")
+    back = wait_for(lambda: mesh.peer("a1", "b1")["path"] == "direct" and time.monotonic(),
+                    10, "a1's path to b1 to be direct again", poll=0.05)
+    print(f"a1 renumbered to {new}: b1's path moved after {moved - changed:.2f} s, "
+          f"a1's direct after {back - changed:.2f} s")
     assert mesh.peer("b1", "a1")["path"] == "direct"
     assert moved - changed <= RENUMBER_LIMIT
+    assert back - changed <= RENUMBER_LIMIT
     assert re.search(rf"network changed: {re.escape(new)} added on eth0", (mesh.dir / "a1.log").read_text())
 
 

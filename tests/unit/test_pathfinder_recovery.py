@@ -2,7 +2,7 @@
 
 import pytest
 
-from meshvpn.node.candidates import CandidateKind
+from meshvpn.node.candidates import Candidate, CandidateKind
 from meshvpn.node.pathfinder import RELAY_PATH, ChangeReason, Path, PathKind, PathState
 from meshvpn.node.silence import EndpointsStale, RelaySilent
 from test_pathfinder import OTHER_EP, PUBLIC, PUBLIC_EP, changes, go_direct, make_finder, probes, run_timers_until
@@ -181,3 +181,54 @@ def test_a_newest_probe_heard_before_the_path_went_silent_moves_it_when_it_does(
     [(when, actions)] = [(when, actions) for when, actions in fired if changes(actions)]
     assert when == 10.3 and [c.reason for c in changes(actions)] == [ChangeReason.ROAMED]
     assert [p.endpoint for p in probes(actions)] == [MOVED_EP], "the new endpoint is probed, not the old one"
+
+
+V6_EP = ("2001:db8:1::b", 41641)
+NEW_V6_EP = ("2001:db8:1::10b", 41641)
+
+
+def ipv6_direct_finder():
+    """An idle direct path over the peer's global IPv6 address, last heard at 10.0."""
+    finder = make_finder(PUBLIC, Candidate(V6_EP, CandidateKind.IPV6), relay=True)
+    go_direct(finder, V6_EP)
+    finder.traffic_received(V6_EP, 10.0)
+    finder.next_actions()
+    return finder
+
+
+def test_a_path_to_an_address_the_peer_no_longer_announces_moves_to_its_newest_probe_at_once():
+    finder = ipv6_direct_finder()
+    finder.probe_received(NEW_V6_EP, 10.5, newest=True)
+    assert changes(finder.next_actions()) == [], "an idle path that is not suspect stays"
+    finder.set_candidates([PUBLIC, Candidate(NEW_V6_EP, CandidateKind.IPV6)], 10.6)
+    actions = finder.next_actions()
+    [change] = changes(actions)
+    assert (change.new, change.reason) == (Path(PathKind.DIRECT, NEW_V6_EP), ChangeReason.ROAMED)
+    assert [p.endpoint for p in probes(actions)] == [NEW_V6_EP]
+
+
+def test_a_path_to_an_address_the_peer_no_longer_announces_is_probed_and_left_if_silent():
+    finder = ipv6_direct_finder()
+    finder.set_candidates([PUBLIC, Candidate(NEW_V6_EP, CandidateKind.IPV6)], 10.6)
+    assert [p.endpoint for p in probes(finder.next_actions())] == [V6_EP], "the old path is probed at once"
+    fired = run_timers_until(finder, 11.0)
+    [change] = [c for _, actions in fired for c in changes(actions)]
+    assert change.old == Path(PathKind.DIRECT, V6_EP) and change.reason is ChangeReason.PATH_SILENT
+    assert fired[-1][0] <= 10.6 + finder._silence.timeout(finder.stats.rtt)
+
+
+def test_a_path_that_answers_stays_though_its_address_left_the_announcement():
+    finder = ipv6_direct_finder()
+    finder.set_candidates([PUBLIC], 10.6)
+    finder.next_actions()
+    finder.traffic_received(V6_EP, 10.65)
+    fired = run_timers_until(finder, 12.0)
+    assert all(changes(actions) == [] for _, actions in fired)
+    assert finder.current_path == Path(PathKind.DIRECT, V6_EP)
+
+
+def test_a_public_mapping_left_out_of_the_candidates_suspects_nothing():
+    """A hard NAT's port sample replaces the public candidates; the peer still holds its mapping."""
+    finder = direct_finder()
+    finder.set_candidates([Candidate(OTHER_EP, CandidateKind.PUBLIC)], 1.0)
+    assert finder.next_actions() == [] and finder._silence.suspect_at is None
