@@ -31,11 +31,19 @@ class ControlVerbs:
         if waiter is not None and not waiter.done():
             waiter.set_result(reply)
 
+    def _fold_native(self) -> None:
+        """Fold the native thread's counts and receives in now: an answer must not be a timer behind."""
+        daemon = self.daemon
+        if daemon.native is not None:
+            daemon.native.pull(daemon.loop.time())
+            daemon.transmit()
+
     async def handle_control(self, request: dict) -> AsyncIterator[dict]:
         cmd = request.get("cmd")
         if cmd == "status":
-            status = self.daemon.node.status(self.daemon.loop.time())
             daemon = self.daemon
+            self._fold_native()
+            status = daemon.node.status(daemon.loop.time())
             status["self"]["coord"] = "connected" if daemon.link and daemon.link.connected else "disconnected"
             endpoint = daemon.link.endpoint if daemon.link else None
             status["self"]["coord_address"] = None if endpoint is None else str(Address(*endpoint))
@@ -53,6 +61,7 @@ class ControlVerbs:
             status["self"]["udp_errors"] = namespace_udp_errors()
             yield {**status, "done": True}
         elif cmd == "peers":
+            self._fold_native()
             yield {"peers": [_peer_map_entry(peer) for peer in self.daemon.node.peers], "done": True}
         elif cmd == "ping":
             async for reply in self._ping(request):
