@@ -35,14 +35,16 @@ Bytes = bytes | bytearray | memoryview
 class BatchUdpSocket:
     """A UDP socket that sends and receives batches of datagrams with GSO/GRO when it can."""
 
-    def __init__(self, sock: socket.socket, bufsize: int = 65535, offload: bool = True) -> None:
+    def __init__(self, sock: socket.socket, bufsize: int = 65535, offload: bool = True,
+                 buffer: bytearray | None = None) -> None:
         self.sock = sock
         self.gso = offload
         """Whether sends still use UDP_SEGMENT; cleared for good on the first refusal."""
         self.gro = offload and _enable_gro(sock)
         """Whether the kernel accepted UDP_GRO on this socket."""
-        self.buffer = bytearray(bufsize)
-        """Where :meth:`recv_into` puts datagrams."""
+        self.buffer = bytearray(bufsize) if buffer is None else buffer
+        """Where :meth:`recv_into` puts datagrams: its own, or `buffer`, an area shared by sockets read
+        one after the other on one thread (what one received is consumed before the next receives)."""
         self._view = memoryview(self.buffer)
         self._ancbufsize = _GRO_CMSG_SPACE if self.gro else 0
         self.dual = is_dual(sock)

@@ -7,7 +7,9 @@ them for the window and then closes every one that no path uses. A socket whose 
 peer hit stays: the core pinned the peer's endpoint to it (`NodeCore.socket_for`), so the
 peer's traffic keeps leaving from the mapping its NAT lets through. A pinned socket then carries
 the pair's whole data path, so it batches as the main socket does: GRO receives handed over as
-runs, GSO sends of whole runs (`meshvpn.udpbatch`).
+runs, GSO sends of whole runs (`meshvpn.udpbatch`). All of them receive into one area: they are
+read one after the other on the loop, and a campaign opens up to 256 of them (a 64 KiB area each
+was 16 MiB of the daemon's resident set while a campaign ran).
 
 Behind a sequential NAT the port sample comes from one of these sockets too (`sample`), and the
 core punches from it: its next mapping, towards the peer, is the one right above the sample.
@@ -42,6 +44,8 @@ RELEASE_GRACE = 1.0
 """Seconds a campaign's sockets stay after its peer has a direct path (`release`)."""
 READS = 16
 """Receives (each one datagram, or a GRO run of them) per readiness callback."""
+RECEIVE_AREA = 65535
+"""Bytes of the one area all the sockets receive into: the largest GRO run or datagram."""
 
 OnRun = Callable[[int, memoryview, int, Endpoint], None]
 """(socket id, the datagrams back to back, their size (the last may be shorter), source)."""
@@ -70,6 +74,8 @@ class MappingSockets:
         """The peer whose campaign opened each socket (`release`)."""
         self._stun: dict[int, StunClient] = {}
         """Sockets waiting for a STUN answer (`sample`)."""
+        self._area = bytearray(RECEIVE_AREA)
+        """What every socket receives into: `on_run` consumes a run before the next receive."""
 
     def __len__(self) -> int:
         return len(self._socks)
@@ -111,7 +117,7 @@ class MappingSockets:
             return None
         sock = bind_udp(self._bind, 0, self._buffer)
         sid = next(self._ids)
-        self._socks[sid] = BatchUdpSocket(sock)
+        self._socks[sid] = BatchUdpSocket(sock, buffer=self._area)
         self._until[sid] = self._loop.time() + keep
         self._loop.add_reader(sock.fileno(), self._readable, sid)
         return sid
