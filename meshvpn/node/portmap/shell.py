@@ -108,19 +108,32 @@ def _settle(future: asyncio.Future, result, exc: Optional[BaseException]) -> Non
         future.set_exception(exc)
 
 
+class NoGateway(OSError):
+    """No UPnP IGD answered the discovery, or none could be used."""
+
+
 class _Upnp:
-    """miniupnpc's blocking calls; used from the worker thread only."""
+    """miniupnpc's blocking calls (or `igd`, an object with its methods); used from the worker thread only."""
 
-    def __init__(self) -> None:
-        import miniupnpc  # optional: `pip install miniupnpc` (the `upnp` extra)
+    def __init__(self, igd=None) -> None:
+        if igd is None:
+            import miniupnpc  # optional: `pip install miniupnpc` (the `upnp` extra)
 
-        self.igd = miniupnpc.UPnP()
+            igd = miniupnpc.UPnP()
+        self.igd = igd
         self.igd.discoverdelay = UPNP_DISCOVER_MS
 
     def discover(self) -> str:
-        if not self.igd.discover():
-            raise OSError("no UPnP device answered")
-        self.igd.selectigd()
+        """The IGD's external address; `NoGateway` when there is none. miniupnpc raises a bare
+        Exception when nothing answers, its text whatever errno held ("Success")."""
+        try:
+            found = self.igd.discover()
+            if found:
+                self.igd.selectigd()
+        except Exception as exc:
+            raise NoGateway(f"no UPnP gateway ({exc})") from exc
+        if not found:
+            raise NoGateway("no UPnP gateway answered")
         return str(ipaddress.ip_address(self.igd.externalipaddress()))
 
     def map(self, internal_port: int, external_port: int, lifetime: int, transport: Transport) -> int:
@@ -139,8 +152,12 @@ class PortMapShell:
     """One daemon's port mapping: off when the config says so, else probing from `start`."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, config: PortMapConfig,
-                 on_change: Callable[[], None], map_port: bool = True) -> None:
+                 on_change: Callable[[], None], map_port: bool = True,
+                 upnp: Callable[[], _Upnp] = _Upnp, gateway: Callable[[], Optional[str]] = default_gateway) -> None:
         self.loop = loop
+        self._new_upnp = upnp
+        self._gateway = gateway
+        """Where the default route goes now (the kernel's table; a test's loopback)."""
         self.config = config
         self.map_port = map_port
         self.on_change = on_change
@@ -181,7 +198,12 @@ class PortMapShell:
         if self.config.enabled and self._port:
             job = self.loop.create_task(self._open())
             self._jobs.add(job)
-            job.add_done_callback(self._jobs.discard)
+            job.add_done_callback(self._reprobed)
+
+    def _reprobed(self, job: asyncio.Task) -> None:
+        self._jobs.discard(job)
+        if not job.cancelled() and job.exception() is not None:
+            log.warning("port mapping: re-probe failed: %r", job.exception())
 
     async def close(self) -> None:
         """Delete the mapping and stop; waits at most `CLOSE_TIMEOUT` for a UPnP deletion."""
@@ -214,7 +236,7 @@ class PortMapShell:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
-        self.mapper, self.gateway = None, default_gateway()
+        self.mapper, self.gateway = None, self._gateway()
         if self.gateway is None:
             self._error = "no IPv4 default gateway"
         else:
@@ -281,7 +303,7 @@ class PortMapShell:
                      mapping.protocol.value, mapping.lifetime)
 
     def _upnp_discover(self) -> str:
-        self._upnp = _Upnp()
+        self._upnp = self._new_upnp()
         return self._upnp.discover()
 
     def _upnp_map(self, internal: int, external: int, lifetime: int, transport: Transport) -> int:
@@ -301,10 +323,16 @@ class PortMapShell:
         job.add_done_callback(lambda done: self._upnp_done(done, mapper, call, args))
 
     def _upnp_done(self, job: asyncio.Future, mapper: Optional[PortMapper], call, args) -> None:
+        """Hand a UPnP call's answer to `mapper`, if it is still ours. Its exception is taken in any
+        case: one left in a task nobody asks is logged as "never retrieved"."""
         self._jobs.discard(job)
-        if mapper is None or mapper is not self.mapper or job.cancelled():
+        if job.cancelled():
             return
         exc = job.exception()
+        if mapper is None or mapper is not self.mapper:
+            if exc is not None:
+                log.debug("port mapping: an earlier UPnP call failed: %s", exc)
+            return
         why = "" if exc is None else (str(exc) or type(exc).__name__)
         now = self.loop.time()
         if call == self._upnp_discover:
