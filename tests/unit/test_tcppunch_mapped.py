@@ -46,6 +46,21 @@ def test_the_peers_router_mapping_is_tried_first_then_its_nat_mapping_in_turn() 
     assert b.status()[ida.public.hex()[:8]]["endpoints"] == ["198.51.100.1:50000 (mapped)", "198.51.100.1:41641 (public)"]
 
 
+def test_a_punch_while_a_connect_waits_on_the_nat_mapping_dials_the_router_mapping_beside_it() -> None:
+    ida, idb = _identities()
+    b = _punch(idb)
+    b.punch(ida.public, candidates_of_a(), 0.0)
+    refused = _only(b.next_actions(), TcpConnect)  # a still held its old path: its punch port said no
+    b.connect_failed(refused.conn_id, 0.1)
+    b.handle_timer(0.35)
+    waiting = _only(b.next_actions(), TcpConnect)
+    assert waiting.endpoint == A_AT  # a's NAT lets it in only once a connects too, which a mapped a never does
+    b.punch(ida.public, candidates_of_a(), 0.4)  # a seeks a path now: its mapping takes us
+    assert _only(b.next_actions(), TcpConnect).endpoint == A_MAPPED
+    b.punch(ida.public, candidates_of_a(), 0.5)  # both pending: nothing more
+    assert [x for x in b.next_actions() if isinstance(x, TcpConnect)] == []
+
+
 def test_a_mapped_node_waits_for_the_peer_and_takes_its_connection_through_the_router() -> None:
     for a_key_lower in (True, False):
         low, high = _identities()

@@ -15,7 +15,10 @@ Rules:
   each given `attempt_timeout` (long enough for the kernel's SYN retransmission at 1 s, which
   is what usually lands once the peer's SYN opened its own NAT), the next `retry_gap` after a
   failure, taking the peer's candidates in turn (its router's mapping first, then its NAT's
-  mapping of its punch port). A punch while a campaign runs refills its attempts; one for a
+  mapping of its punch port). A punch while a campaign runs refills its attempts, and connects
+  to the first candidate at once if our pending connects all went elsewhere: the punch says the
+  peer is ready now, and a connect to its NAT's mapping may wait out its timeout (a router's
+  mapping that refused us while the peer still held its old path accepts us now). One for a
   peer with a path is ignored.
 * ``dial(peer, candidates, endpoints)`` opens one connection to each endpoint at once, from the
   punch port or each from a new local port (TCP port prediction, :mod:`meshvpn.node.tcp.prediction`);
@@ -203,8 +206,9 @@ class TcpPunch:
         comes_to_us = self.mapped and all(c.kind is not CandidateKind.MAPPED for c in peer.candidates)
         peer.attempts_left = 0 if comes_to_us or not peer.candidates else self.config.attempts
         peer.repunch_at = None
-        if not peer.conns:
-            self._attempt(peer, now)
+        first = peer.candidates[0].endpoint if peer.candidates else None
+        if not peer.conns or all(c.state is ConnState.CONNECTING and c.endpoint != first for c in peer.conns):
+            self._attempt(peer, now, beside=True)
 
     def dial(self, peer_key: bytes, candidates: Sequence[Candidate], endpoints: Sequence[Endpoint], now: float,
              fresh_port: bool = False) -> None:
@@ -391,9 +395,10 @@ class TcpPunch:
             self._peers[peer_key].conns.add(conn)
         return conn
 
-    def _attempt(self, peer: TcpCampaign, now: float) -> None:
+    def _attempt(self, peer: TcpCampaign, now: float, beside: bool = False) -> None:
+        """The campaign's next connect, unless one is pending (`beside`: even then)."""
         peer.next_attempt = None
-        if peer.attempts_left <= 0 or peer.path is not None or peer.conns:
+        if peer.attempts_left <= 0 or peer.path is not None or (peer.conns and not beside):
             return
         endpoint = peer.candidates[(self.config.attempts - peer.attempts_left) % len(peer.candidates)].endpoint
         peer.attempts_left -= 1
