@@ -461,8 +461,7 @@ class NodeDaemon:
 
     def _on_coord_state(self, up: bool) -> None:
         log.info("coord link %s", "up" if up else "down; tunnels keep running")
-        if up:
-            self.refresh.coord_up()
+        self.refresh.coord_state(up)
         self.coord_tried.set()
 
     # ---- service --------------------------------------------------------------------

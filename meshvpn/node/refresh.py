@@ -2,18 +2,18 @@
 router's port mappings of the UDP and TCP punch ports (`meshvpn.node.portmap`, which tells us
 when they change).
 
-A round asks the coord's STUN server for the shared socket's public mapping, lists the LAN
-endpoints and reports them to the coord (``Endpoints``, passed on to every peer) when they
-changed; then it samples the NAT's behaviour, which takes longer, and reports again if that
-changed. Rounds run every ``ENDPOINT_REFRESH`` seconds, and at once when the host's network
-changed (:meth:`EndpointRefresh.network_changed`): a round still waiting for an answer from the
-old network is abandoned, the birthday sockets (whose mappings belong to the old NAT) are closed
-and the coord link reconnects if the rules said so; the router's port mapping is probed again,
-and the relay and TURN links hear of it at once (``Node.servers_network_changed``: a network
-that lets no UDP out answers no STUN either). Once the new endpoints are known *and* the
-coord link is up, the node re-probes its peers and asks the coord to punch them again
-(``Node.network_changed``): a punch request sent while the link reconnects would be lost, and
-one sent before the new endpoints would make the peers punch towards the old ones.
+A round reports at once what the host knows (LAN and IPv6 addresses, the router's mappings),
+then asks the coord's STUN server for the shared socket's public mapping and reports again when
+it answers or gives up, then asks for the IPv6 mapping; then it samples the NAT's behaviour,
+which takes longer, and reports again if that changed. When to report and when to have the
+peers punch us again are the rules of :mod:`meshvpn.node.endpointreports`; this shell asks,
+and carries out what they say (``Endpoints`` to the coord, passed on to every peer;
+``Node.network_changed``; ``Node.endpoints_refreshed``). Rounds run every ``ENDPOINT_REFRESH``
+seconds, and at once when the host's network changed (:meth:`EndpointRefresh.network_changed`):
+a round still waiting for an answer from the old network is abandoned, the birthday sockets
+(whose mappings belong to the old NAT) are closed and the coord link reconnects if the rules
+said so; the router's port mapping is probed again, and the relay and TURN links hear of it at
+once (``Node.servers_network_changed``: a network that lets no UDP out answers no STUN either).
 
 A path that died while carrying traffic asks for a round too (``DiscoverEndpoints``,
 :meth:`EndpointRefresh.rediscover`): our NAT may have re-mapped us. Once that round's STUN
@@ -30,11 +30,14 @@ from typing import TYPE_CHECKING, Optional
 from meshvpn.control import messages as m
 from meshvpn.node.announce6 import announced
 from meshvpn.node.discovery import own_nat_profile, public_mapping
+from meshvpn.node.endpointreports import EndpointReports, OwnEndpoints, Refreshed, Reprobe, Report
 from meshvpn.node.eventlog import endpoints_line
 from meshvpn.node.ipv6 import ipv6_mapping, local_ipv6
 from meshvpn.node.netchange import NetworkChanged
 from meshvpn.node.portmap.core import Transport
 from meshvpn.node.traversal import nat_info
+from meshvpn.timers import DeadlineTimer
+from meshvpn.wire import Endpoint
 
 if TYPE_CHECKING:
     from meshvpn.node.daemon import NodeDaemon
@@ -46,27 +49,27 @@ ENDPOINT_REFRESH = 60.0
 
 
 class EndpointRefresh:
-    """The daemon's endpoint rounds: one task, restarted by :meth:`wake`."""
+    """The daemon's endpoint rounds: one task, restarted when the network changes or a path died."""
 
     def __init__(self, daemon: NodeDaemon) -> None:
         self.daemon = daemon
         self._task: Optional[asyncio.Task] = None
-        self._moved = False
-        """The network changed and the peers were not re-probed since."""
-        self._fresh = False
-        """The endpoints were learnt again since the last change."""
-        self._lost = False
-        """A change since the last re-probe lost the connections of the old network."""
-        self._asked = False
-        """The node asked for a round (``DiscoverEndpoints``) that has not reported yet."""
-        self.mapped_tcp: Optional[m.Endpoint] = None
-        """The router's mapping of our TCP punch port, as last reported (``Register`` repeats it)."""
+        self.reports = EndpointReports()
+        """What to report and when the peers punch us again."""
+        self._timer = DeadlineTimer(daemon.loop, self._on_timer)
+        self._mapped6: Optional[Endpoint] = None
+        """Our IPv6 mapping as STUN saw it last on this network (announced until the next answer)."""
         self._profiled_without_relay = False
         """The last NAT profile was taken before any relay was known (so without the mapping test)."""
         self._profiling: Optional[asyncio.Task] = None
         """A profile taken again once the relays are known, outside the rounds."""
         self._profiles_started = 0
         """Profiles begun so far: only the latest begun may set the node's (an earlier one knew less)."""
+
+    @property
+    def mapped_tcp(self) -> Optional[m.Endpoint]:
+        """The router's mapping of our TCP punch port, as last reported (``Register`` repeats it)."""
+        return self.reports.known.mapped_tcp
 
     def start(self) -> None:
         self._task = self.daemon.loop.create_task(self._run())
@@ -83,11 +86,12 @@ class EndpointRefresh:
         if change.reconnect_coord:
             log.info("coord link: reconnecting now on the new network")
             daemon.link.reconnect()
+            self.reports.coord_down()
         daemon.portmap.reprobe()
         daemon.node.servers_network_changed(daemon.loop.time(), change.connections_lost)
         daemon.transmit()
-        self._moved, self._fresh = True, False
-        self._lost |= change.connections_lost
+        self.reports.network_changed(change.connections_lost, daemon.loop.time())
+        self._mapped6 = None
         self.close()
         self.start()
 
@@ -97,24 +101,20 @@ class EndpointRefresh:
         if reconnect_coord:
             log.info("coord link: reconnecting now, a TCP path went silent (our punch port's mapping may have moved)")
             self.daemon.link.reconnect()
-        if not self._asked:
-            self._asked = True
+        if not self.reports.asked:
+            self.reports.ask()
             self.close()
             self.start()
 
-    def coord_up(self) -> None:
-        """The coord link registered: re-probe now if a change was waiting for it. The welcome is
-        handled right after this call, so what needs its relays waits for the loop's next turn."""
-        self._reprobe_when_ready()
+    def coord_state(self, up: bool) -> None:
+        """The coord link registered (or went down): a re-probe that waited for it goes now. The
+        welcome is handled right after this call, so what needs its relays waits for the loop's next turn."""
+        if not up:
+            self.reports.coord_down()
+            return
+        self.reports.coord_up(self.daemon.loop.time())
+        self._carry_out()
         self.daemon.loop.call_soon(self._profile_with_relays)
-
-    def _reprobe_when_ready(self) -> None:
-        daemon = self.daemon
-        if self._moved and self._fresh and daemon.link.connected:
-            self._moved = False
-            daemon.node.network_changed(daemon.loop.time(), self._lost)
-            self._lost = False
-            daemon.transmit()
 
     def close(self) -> None:
         for task in (self._task, self._profiling):
@@ -129,20 +129,17 @@ class EndpointRefresh:
 
     async def _round(self) -> None:
         daemon = self.daemon
-        public = await public_mapping(daemon.stun, daemon.config, daemon.udp.family, daemon.link.host)
         local6 = local_ipv6(daemon.sock.getsockname()[1], daemon.tun.name, daemon.config.listen.ipv6_ula) \
             if daemon.udp.dual else ()
-        self._report(daemon.public_endpoint if public is None else public, daemon._local_endpoints(), daemon.nat,
-                     announced(local6, None))
-        self._fresh = True
-        self._reprobe_when_ready()
-        if self._asked:
-            self._asked = False
-            daemon.node.endpoints_refreshed(daemon.loop.time())
-            daemon.transmit()
+        self.reports.begin(daemon.loop.time(), local=daemon._local_endpoints(),
+                           ipv6=announced(local6, self._mapped6), **self._mappings())
+        self._carry_out()
+        public = await public_mapping(daemon.stun, daemon.config, daemon.udp.family, daemon.link.host)
+        self.reports.stun(public, daemon.loop.time())
+        self._carry_out()
         if local6:  # after the IPv4 report: an IPv6 route that drops packets must not hold that up
-            mapped6 = await ipv6_mapping(daemon.stun, daemon.config)
-            self._report(daemon.public_endpoint, daemon.local, daemon.nat, announced(local6, mapped6))
+            self._mapped6 = await ipv6_mapping(daemon.stun, daemon.config)
+            self._learn(ipv6=announced(local6, self._mapped6))
         await self._profile()
         daemon.mappings.prune()
 
@@ -156,7 +153,7 @@ class EndpointRefresh:
         profile = await own_nat_profile(daemon.config, daemon.udp.family, daemon.link.host, relays)
         if profile is not None and started == self._profiles_started:  # a later one knows more
             daemon.node.set_nat_profile(profile)
-            self._report(daemon.public_endpoint, daemon.local, nat_info(profile))
+            self._learn(nat=nat_info(profile))
 
     def _profile_with_relays(self) -> None:
         """The welcome named the relays: a profile taken without one is taken again (the mapping test needs one)."""
@@ -167,21 +164,43 @@ class EndpointRefresh:
 
     def mapping_changed(self) -> None:
         """The router's port mapping was granted, moved or lost: report it with the rest as it is."""
-        daemon = self.daemon
-        self._report(daemon.public_endpoint, daemon.local, daemon.nat)
+        self._learn(**self._mappings())
 
-    def _report(self, public: Optional[m.Endpoint], local: tuple[m.Endpoint, ...], nat: Optional[m.NatInfo],
-                ipv6: Optional[tuple[m.Endpoint, ...]] = None) -> None:
-        """Tell the node and the coord where we are, if that changed (``ipv6`` None: as it was)."""
-        daemon = self.daemon
+    def _mappings(self) -> dict[str, Optional[m.Endpoint]]:
+        """The router's mappings of our UDP and TCP ports, as `OwnEndpoints` fields."""
         mapped, mapped_tcp = (None if e is None else m.Endpoint(*e)
-                              for e in map(daemon.portmap.endpoint_of, (Transport.UDP, Transport.TCP)))
-        ipv6 = daemon.ipv6 if ipv6 is None else ipv6
-        now = (public, local, nat, mapped, ipv6, mapped_tcp)
-        if now == (daemon.public_endpoint, daemon.local, daemon.nat, daemon.mapped, daemon.ipv6, self.mapped_tcp):
-            return
-        daemon.public_endpoint, daemon.local, daemon.nat, daemon.mapped, daemon.ipv6, self.mapped_tcp = now
-        daemon.node.set_own_endpoints(local + ipv6, public, mapped, mapped_tcp)
-        log.info("%s", endpoints_line(public, mapped, local, nat, ipv6, mapped_tcp))
-        daemon.link.send(m.Endpoints(local=local, public=public, nat=nat, mapped=mapped, ipv6=ipv6 or None,
-                                     mapped_tcp=mapped_tcp))
+                              for e in map(self.daemon.portmap.endpoint_of, (Transport.UDP, Transport.TCP)))
+        return {"mapped": mapped, "mapped_tcp": mapped_tcp}
+
+    def _learn(self, **known) -> None:
+        self.reports.learn(self.daemon.loop.time(), **known)
+        self._carry_out()
+
+    def _on_timer(self) -> None:
+        self.reports.handle_timer(self.daemon.loop.time())
+        self._carry_out()
+
+    def _carry_out(self) -> None:
+        """What the rules said: reports to the node and the coord, re-probes, re-punches."""
+        daemon = self.daemon
+        for out in self.reports.outputs():
+            match out:
+                case Report(endpoints):
+                    self._report(endpoints)
+                case Reprobe(connections_lost=lost):
+                    log.info("asking the peers to punch our endpoints again")
+                    daemon.node.network_changed(daemon.loop.time(), lost)
+                case Refreshed():
+                    daemon.node.endpoints_refreshed(daemon.loop.time())
+        daemon.transmit()
+        self._timer.follow(self.reports.get_timer())
+
+    def _report(self, now: OwnEndpoints) -> None:
+        """Tell the node and the coord where we are."""
+        daemon = self.daemon
+        daemon.public_endpoint, daemon.local, daemon.nat, daemon.mapped, daemon.ipv6 = \
+            now.public, now.local, now.nat, now.mapped, now.ipv6
+        daemon.node.set_own_endpoints(now.local + now.ipv6, now.public, now.mapped, now.mapped_tcp)
+        log.info("%s", endpoints_line(now.public, now.mapped, now.local, now.nat, now.ipv6, now.mapped_tcp))
+        daemon.link.send(m.Endpoints(local=now.local, public=now.public, nat=now.nat, mapped=now.mapped,
+                                     ipv6=now.ipv6 or None, mapped_tcp=now.mapped_tcp))

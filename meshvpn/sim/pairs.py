@@ -47,6 +47,7 @@ from meshvpn.relaytoken import TokenMinter
 from meshvpn.sim.nodes import WALL_OFFSET, ip_packet
 from meshvpn.sim.paircoord import Coord
 from meshvpn.sim.relays import COORD, TLS_PORT, SimRelay, relay_tokens
+from meshvpn.sim.rounds import EndpointRounds
 from meshvpn.sim import tcpstun
 from meshvpn.sim.streams import PunchPort, RelayStreams
 from meshvpn.sim.tcp import TcpStack
@@ -62,8 +63,6 @@ RELAY_WARM_UP = 0.5
 """Seconds after the coord's welcome by which both nodes are registered with both relays."""
 SAMPLE_TIMEOUT = 1.0
 """Seconds a port sample waits for STUN before it is reported lost (the daemon's `discovery.SAMPLE_TIMEOUT`)."""
-MAPPING_TIMEOUT = 5.0
-"""Seconds an endpoint round waits for STUN (the daemon's `discovery.MAPPING_TIMEOUT`)."""
 HELPER_SITE = 3
 """The helper's site number (`a` and `b` have 0 and 1, a test moves a node to 2)."""
 _TRANSPORT = (MessageType.DATA, MessageType.KEEPALIVE, MessageType.RELAY)
@@ -107,14 +106,11 @@ class Node:
         self.public_endpoint: tuple[str, int] | None = None
         self.sampling: dict[int, bytes] = {}
         """Extra socket -> the peer its port sample is for, until STUN answers or `SAMPLE_TIMEOUT`."""
-        self.discovering = False
-        self._rounds = 0
+        self.rounds = EndpointRounds(self)
         self.received: list[tuple[float, bytes]] = []
         """What reached the TUN: (when, payload)."""
         self.reasons: list[str] = []
         """Why the path to the peer changed, in order."""
-        self._changed = self._lost = False
-        """The host's network changed and the node has not been told yet (and whether its address went)."""
         self._timer = None
 
     @property
@@ -166,12 +162,8 @@ class Node:
         return self.host.link.connected
 
     def discover(self) -> None:
-        """Run STUN on the main socket; the answer becomes our public endpoint and goes to the coord.
-        Without an answer in `MAPPING_TIMEOUT` the round reports the endpoints it has, as the daemon's does."""
-        self.discovering = True
-        self.ask_stun()
-        self._rounds += 1
-        self.world.net.scheduler.call_later(MAPPING_TIMEOUT, self._discovered, self._rounds)
+        """An endpoint round (`meshvpn.sim.rounds`)."""
+        self.rounds.discover()
 
     def ask_stun(self) -> None:
         """Ask STUN for our public endpoint from the main socket, over IPv6 too on a dual-stack site."""
@@ -195,8 +187,7 @@ class Node:
         self.mapped6 = None
         self.node.set_own_endpoints(self._local() + self._ipv6(), None, site.mapped, site.mapped)
         self.world.coord.link(self).reconnect_now()
-        self._changed = self._lost = True
-        self.discover()
+        self.rounds.network_changed(True)
 
     def probe_nat(self, relay: tuple[str, Endpoint] | None) -> None:
         """Take the NAT profile as the daemon does, asking the STUN server and `relay`, and report it."""
@@ -213,18 +204,11 @@ class Node:
         """The link is back, on the same address: an endpoint round runs, then `network_changed`. The
         extra sockets stay (the NAT may still hold their mappings), as in the daemon."""
         self.host.link.connected = True
-        self._changed, self._lost = True, False
-        self.discover()
+        self.rounds.network_changed(False)
 
     def registered(self) -> None:
         """The coord link registered: a network change waiting for it is told to the node now."""
-        self._network_changed()
-
-    def _network_changed(self) -> None:
-        if self._changed and not self.discovering and self.world.coord.link(self).up:
-            self._changed = False
-            self.node.network_changed(self.now, connections_lost=self._lost)
-            self.pump()
+        self.rounds.registered()
 
     def _attach_host(self) -> None:
         """The host on the site's LAN and the main socket; on a dual-stack site also the IPv6 host
@@ -291,33 +275,20 @@ class Node:
             self._mapped6(Endpoint(host, int(port)))
         elif via is None:
             self.public_endpoint = (host, int(port))
-            self._discovered(self._rounds)
+            self.rounds.answered(m.Endpoint(host, int(port)))
         elif via in self.sampling:
             self.node.port_sampled(self.sampling.pop(via), Endpoint(host, int(port)), self.now, via)
 
     def _mapped6(self, endpoint: Endpoint) -> None:
         """STUN's answer over IPv6: reported when it adds an endpoint (a prefix translator), as the
         daemon's second report of a round does."""
-        before = self._ipv6()
         self.mapped6 = endpoint
-        if self._ipv6() != before and not self.discovering:
-            self._report(Endpoint(*self.public_endpoint) if self.public_endpoint else None)
+        self.rounds.learnt()
 
     def _report(self, public: Endpoint | None) -> None:
         self.node.set_own_endpoints(self._local() + self._ipv6(), public, self.mapped, self.mapped)
         self.world.coord.send_from(self, m.Endpoints(tuple(self._local()), public and m.Endpoint(*public),
                                                      ipv6=tuple(self._ipv6()) or None))
-
-    def _discovered(self, round_: int) -> None:
-        """Endpoint round `round_` ends (answered, or timed out): report, and tell the node."""
-        if not self.discovering or round_ != self._rounds:
-            return
-        self.discovering = False
-        public = None if self.public_endpoint is None else Endpoint(*self.public_endpoint)
-        self._report(public)
-        self.node.endpoints_refreshed(self.now)
-        self._network_changed()
-        self.pump()
 
     def pump(self) -> None:
         """Carry out the node's outputs, as the daemon's ``transmit`` does, and follow its timer."""

@@ -58,6 +58,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.silence",
     "meshvpn.node.family",
     "meshvpn.node.announce6",
+    "meshvpn.node.endpointreports",
     "meshvpn.node.pathtimers",
     "meshvpn.node.routes",
     "meshvpn.node.pairrelay",
