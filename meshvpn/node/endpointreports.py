@@ -102,7 +102,7 @@ class EndpointReports:
         self._lost = False
         """A change since the last re-probe closed the old network's connections."""
         self._grew = False
-        """A report added candidates the peers were not asked to punch yet."""
+        """The peers have endpoints of ours to punch that they were not asked to yet."""
         self._began: Optional[float] = None
         """When the round waiting for STUN began (None: no round waits)."""
         self._begun = False
@@ -112,6 +112,7 @@ class EndpointReports:
         self._public_before: Optional[m.Endpoint] = None
         """Our public endpoint when the peers were re-probed before STUN answered (asked again if it moves)."""
         self._recheck = False
+        """The peers were re-probed before STUN answered: a public endpoint it moves is asked for again."""
         self._out: list[Output] = []
 
     @property
@@ -149,9 +150,7 @@ class EndpointReports:
         self._began = None
         if public is not None:
             self.learn(now, public=public)
-        if self._recheck and self._known.public != self._public_before:
-            self._recheck = False
-            self._out.append(Reprobe(False))
+        self._grew |= self._recheck and self._known.public != self._public_before
         self._recheck = False
         self._settle(now)
         if self._asked:

@@ -84,6 +84,19 @@ def test_a_late_stun_answer_with_a_new_public_endpoint_asks_the_peers_once_more(
     assert reports.outputs() == []
 
 
+def test_a_late_stun_answer_while_the_coord_link_is_down_asks_once_it_is_back():
+    reports = running()
+    reports.network_changed(True, 10.0)
+    reports.begin(10.0, local=LAN2, ipv6=V6)
+    reports.handle_timer(10.0 + GRACE)
+    assert reports.outputs()[-1] == Reprobe(True)
+    reports.coord_down()
+    reports.stun(PUBLIC2, 11.2)
+    assert reports.outputs() == [Report(OwnEndpoints(public=PUBLIC2, local=LAN2, ipv6=V6))]
+    reports.coord_up(12.0)
+    assert reports.outputs() == [Reprobe(False)]
+
+
 def test_a_late_stun_answer_that_moved_nothing_asks_nothing():
     reports = running()
     reports.network_changed(False, 10.0)
