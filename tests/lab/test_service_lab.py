@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -28,50 +29,67 @@ WATCHDOG_USEC = 600_000
 PING_WAIT = 3.0
 """Seconds an echo may take to count as answered: a reply delayed by a loaded 2-core machine's
 scheduler (other daemons and tests run beside) is late, not lost."""
+READ_POLL = 0.1
+"""Seconds between the notify reader's looks at whether its socket was closed."""
 TUN = "mvtun0"
 COORD_ADDR = "203.0.113.10"
 
 
 class NotifySocket:
-    """The socket systemd would listen on, and every state the daemon sent to it."""
+    """The socket systemd would listen on, read all the time as systemd reads it, and every state
+    the daemon sent to it with the time it arrived.
+
+    A unix datagram socket queues only `net.unix.max_dgram_qlen` datagrams (10 by default); the
+    daemon's next sd_notify() then blocks its event loop until someone reads. A socket read only
+    when a test waits on it would stall a daemon three seconds of watchdog pings after its READY=1.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
+        self.sock.settimeout(READ_POLL)
         self.states: list[tuple[float, str]] = []
+        self._arrived = threading.Condition()
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._read, name=f"notify {path.name}", daemon=True)
+        self._reader.start()
 
-    def wait(self, match: Callable[[str], bool], timeout: float, what: str) -> str:
-        """Read until a state matches (states read on the way are kept); return it."""
-        for _, state in self.states:
-            if match(state):
-                return state
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
+    def _read(self) -> None:
+        while not self._closed.is_set():
             try:
                 state = self.sock.recv(4096).decode()
             except socket.timeout:
-                break
-            self.states.append((time.monotonic(), state))
-            if match(state):
-                return state
-        raise AssertionError(f"no {what} within {timeout}s; got {[s for _, s in self.states]}")
+                continue
+            except OSError:
+                return
+            with self._arrived:
+                self.states.append((time.monotonic(), state))
+                self._arrived.notify_all()
+
+    def wait(self, match: Callable[[str], bool], timeout: float, what: str) -> str:
+        """The first state so far or within `timeout` that matches."""
+        deadline, seen = time.monotonic() + timeout, 0
+        with self._arrived:
+            while True:
+                for _, state in self.states[seen:]:
+                    if match(state):
+                        return state
+                seen = len(self.states)
+                if (left := deadline - time.monotonic()) <= 0:
+                    raise AssertionError(f"no {what} within {timeout}s; got {[s for _, s in self.states]}")
+                self._arrived.wait(left)
 
     def drain(self, seconds: float) -> list[str]:
         """Every state that arrives in the next `seconds`."""
-        got = []
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
-            try:
-                got.append(self.sock.recv(4096).decode())
-            except socket.timeout:
-                break
-        self.states += [(time.monotonic(), state) for state in got]
-        return got
+        start = time.monotonic()
+        time.sleep(seconds)
+        with self._arrived:
+            return [state for at, state in self.states if start <= at < start + seconds]
 
     def close(self) -> None:
+        self._closed.set()
+        self._reader.join()
         self.sock.close()
 
 
