@@ -7,7 +7,11 @@ multicast listeners and mDNS, each run inside a namespace as ``python -m meshvpn
   ``ADDRESS`` (the node's overlay address: what carries limited broadcast into the mesh, see
   docs/lan-party.md) to ``TARGET`` (a broadcast address or one server), sent three times over
   ``S`` seconds as a server browser does; prints ``NAME ADDRESS`` once for each server that answers.
-* ``storm TARGET --bind ADDRESS --rate N --seconds S``: ``N`` datagrams a second to ``TARGET``.
+* ``storm TARGET --bind ADDRESS --rate N --seconds S [--on A --off B]``: ``N`` datagrams a second
+  to ``TARGET``; with ``--on``, in bursts of ``A`` seconds with ``B`` quiet ones between them
+  (the first burst after a quiet spell), and ``burst START END`` printed for each burst as it
+  ends (``time.monotonic()`` of its first and last datagram), so a flow measured beside it can
+  be split into stormy and calm stretches (``meshvpn.lab.rates.alternated``).
 * ``listen GROUP PORT --bind ADDRESS --seconds S``: join ``GROUP`` on the interface of
   ``ADDRESS``, print ``ready``, then ``SOURCE PAYLOAD`` for each datagram.
 * ``mdns-publish NAME ADDRESS`` / ``mdns-find ADDRESS [--wait S]``: python-zeroconf on the
@@ -70,22 +74,39 @@ def _received(sock: socket.socket, seconds: float):
             return
 
 
-def storm(target: str, bind: str, port: int, rate: float, seconds: float) -> None:
+def storm(target: str, bind: str, port: int, rate: float, seconds: float, on: float = 0.0, off: float = 0.0) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
     sock.bind((bind, 0))
     print("ready", flush=True)
+    if on <= 0:
+        print("sent", _burst(sock, (target, port), rate, seconds)[0], flush=True)
+        return
+    end, sent = time.monotonic() + seconds, 0
+    while (left := end - time.monotonic()) > off:
+        time.sleep(off)
+        count, first, last = _burst(sock, (target, port), rate, min(on, left - off))
+        sent += count
+        print("burst", first, last, flush=True)
+    print("sent", sent, flush=True)
+
+
+def _burst(sock: socket.socket, target: tuple[str, int], rate: float, seconds: float) -> tuple[int, float, float]:
+    """`rate` datagrams a second for `seconds` (a late wake-up sends what fell due meanwhile);
+    how many, and the times of the first and the last."""
     payload, start, sent = b"storm" * 40, time.monotonic(), 0
+    last = start
     while (elapsed := time.monotonic() - start) < seconds:
         due = int(elapsed * rate) + 1
         for _ in range(due - sent):
             try:
-                sock.sendto(payload, (target, port))
+                sock.sendto(payload, target)
             except OSError:
                 pass
         sent = due
+        last = time.monotonic()
         time.sleep(0.002)
-    print("sent", sent, flush=True)
+    return sent, start, last
 
 
 def listen(group: str, port: int, bind: str, seconds: float) -> None:
@@ -162,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--wait", type=float, default=2.0)
         sub.add_argument("--rate", type=float, default=100.0)
         sub.add_argument("--seconds", type=float, default=5.0)
+        sub.add_argument("--on", type=float, default=0.0)
+        sub.add_argument("--off", type=float, default=0.0)
     sub = verbs.add_parser("listen")
     sub.add_argument("group")
     sub.add_argument("listen_port", type=int)
@@ -181,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.verb == "ask":
         ask(args.target, args.bind, args.port, args.wait)
     elif args.verb == "storm":
-        storm(args.target, args.bind, args.port, args.rate, args.seconds)
+        storm(args.target, args.bind, args.port, args.rate, args.seconds, args.on, args.off)
     elif args.verb == "listen":
         listen(args.group, args.listen_port, args.bind, args.seconds)
     elif args.verb == "mdns-publish":

@@ -6,7 +6,8 @@
 (spread evenly over S seconds when given, so something can happen during the transfer), or
 `--duration S` sends 1 MiB blocks for S seconds; it prints `started` once connected. Each end
 then prints one JSON line: the bytes it counted, their SHA-256 and the seconds it took (the
-sink from the first byte, the source from the connect). The lab tests and the demo start both
+sink from the first byte, the source from the connect), and the sink's progress over time, so a
+rate can be read for any stretch of the transfer (`meshvpn.lab.rates`). The lab tests and the demo start both
 ends with `start_sink`/`start_source` (or `transfer` for the whole run) and compare the two
 results: equal bytes and digests mean the tunnel delivered the stream intact.
 """
@@ -21,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from meshvpn.lab.netns import LabError, Namespace, python_command
@@ -34,6 +35,8 @@ PACED_CHUNKS = 64
 ACCEPT_TIMEOUT = 60.0
 """Seconds the sink waits for the connection, and then for each receive."""
 CONNECT_TIMEOUT = 30.0
+PROGRESS_EVERY = 0.01
+"""Seconds between two of the sink's progress samples (at most: a sample follows a receive)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,10 @@ class TransferResult:
     """Hex digest of every byte, in order."""
     seconds: float
     """Sink: first byte to end of stream. Source: connect to close."""
+    progress: list[tuple[float, int]] = field(default_factory=list)
+    """Sink: `(time.monotonic(), bytes so far)` from the first byte to the end of the stream, a
+    sample at most every `PROGRESS_EVERY` seconds (the clock is the whole machine's, namespaces
+    share it). Source: empty."""
 
     def same_data(self, other: TransferResult) -> bool:
         """Whether both ends saw the same stream (length and digest; the times differ)."""
@@ -68,14 +75,19 @@ def sink(address: str, port: int = PORT, timeout: float = ACCEPT_TIMEOUT) -> Tra
         conn, _ = server.accept()
     with conn:
         conn.settimeout(timeout)
-        digest, total, first = hashlib.sha256(), 0, None
+        digest, total, progress = hashlib.sha256(), 0, []
         buffer = bytearray(1 << 16)
         view = memoryview(buffer)
         while count := conn.recv_into(buffer):
-            first = first or time.monotonic()
+            now = time.monotonic()
             digest.update(view[:count])
             total += count
-    return TransferResult(total, digest.hexdigest(), time.monotonic() - (first or time.monotonic()))
+            if not progress or now - progress[-1][0] >= PROGRESS_EVERY:
+                progress.append((now, total))
+        end = time.monotonic()
+    if progress:
+        progress.append((end, total))
+    return TransferResult(total, digest.hexdigest(), end - (progress[0][0] if progress else end), progress)
 
 
 def source(address: str, port: int = PORT, size: int | None = None, over: float = 0.0,
@@ -128,7 +140,8 @@ def result(proc: subprocess.Popen, what: str = "end") -> TransferResult:
     """The result line of a sink or source started by `start_sink`/`start_source`."""
     line = _read_line(proc, what)
     try:
-        return TransferResult(**json.loads(line))
+        fields = json.loads(line)
+        return TransferResult(**{**fields, "progress": [tuple(sample) for sample in fields.get("progress", [])]})
     except (ValueError, TypeError):
         raise LabError(f"the transfer's {what} printed {line!r}") from None
 

@@ -52,6 +52,16 @@ def test_a_timed_transfer_sends_whole_blocks_for_its_duration() -> None:
     assert 0.2 <= sent.seconds < 5 and received.mbit_per_s() > 0
 
 
+def test_the_sink_samples_its_progress_from_the_first_byte_to_the_end() -> None:
+    sent, received = run_both(size=1 << 20, over=0.2)
+    times, counts = zip(*received.progress)
+    assert list(times) == sorted(times) and list(counts) == sorted(counts)
+    assert counts[0] > 0 and counts[-1] == received.bytes == sent.bytes
+    assert times[-1] - times[0] == pytest.approx(received.seconds, abs=0.01)
+    assert len(received.progress) >= 10, "a paced transfer is seen along the way, not only at its end"
+    assert sent.progress == []
+
+
 def test_results_differ_when_a_byte_or_the_length_differs() -> None:
     base = TransferResult(10, "ab" * 32, 1.0)
     assert base.same_data(TransferResult(10, "ab" * 32, 2.0))
@@ -76,3 +86,4 @@ def test_the_command_line_prints_ready_then_one_json_result(capsys: pytest.Captu
     ready, line = capsys.readouterr().out.splitlines()
     assert ready == "ready"
     assert json.loads(line)["bytes"] == 5 and json.loads(line)["sha256"] == hashlib.sha256(b"hello").hexdigest()
+    assert [count for _, count in json.loads(line)["progress"]] == [5, 5]
