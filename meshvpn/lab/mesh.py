@@ -430,14 +430,14 @@ class Mesh:
                     continue
                 try:
                     peer = self.peer(src, dst)
-                except (DaemonNotRunning, OSError, ValueError, KeyError):
-                    continue
-                if peer["path"] in kinds:
-                    found[src, dst] = PathFound(peer, time.monotonic() - started)
-                    if on_found is not None:
-                        on_found(src, dst, found[src, dst])
-                else:
-                    self.nudge(src, dst, timeout=0.3)
+                    if peer["path"] not in kinds:
+                        self.nudge(src, dst, timeout=0.3)  # asks `dst` its address: it may be as slow
+                        continue
+                except (DaemonNotRunning, OSError, ValueError, KeyError, subprocess.SubprocessError):
+                    continue  # a daemon slow to answer (a busy loop on a loaded machine) is not there yet
+                found[src, dst] = PathFound(peer, time.monotonic() - started)
+                if on_found is not None:
+                    on_found(src, dst, found[src, dst])
         return found
 
     def logs(self, tail: int = 3000) -> str:
