@@ -10,7 +10,8 @@ A part of :class:`~meshvpn.node.core.NodeCore` (its base class), one concern wit
 * Roaming: the data path calls ``roamed`` for the newest authenticated data of a current
   session from a new source; the peer's direct route moves there at once.
 * A direct path that died while carrying traffic asks the shell for endpoint discovery
-  (``DiscoverEndpoints``, at most once per `DISCOVER_INTERVAL`); once it is done
+  (``DiscoverEndpoints``, at most once per `DISCOVER_INTERVAL`; a TCP path's request for a new
+  coord connection is never dropped by that limit, it joins the round asked for); once it is done
   (``endpoints_refreshed``), every peer that fell back seeks a path as new traffic does (a punch,
   a port sample or the coord's punch on the hard side, at once) and asks the coord for a punch,
   so the peer learns our new mapping and both punch again.
@@ -46,6 +47,8 @@ class Recovery:
     """The relay links should check themselves (a relay path went silent, or a path died); the node clears it."""
     _watched_at: float = float("-inf")
     _discover_at: float = float("-inf")
+    _discover_tcp: bool = False
+    """Whether the round asked for at `_discover_at` reconnects the coord link too."""
 
     def roamed(self, peer: Peer, src: Endpoint, now: float) -> None:
         """The newest authenticated data of the peer's current session came straight from ``src``."""
@@ -82,10 +85,26 @@ class Recovery:
         """A path finder's request other than a probe or a path change."""
         if isinstance(action, RelaySilent):
             self.check_relays = True
-        elif isinstance(action, EndpointsStale) and now >= self._discover_at + DISCOVER_INTERVAL:
-            self._discover_at = now
+        elif isinstance(action, EndpointsStale):
+            self.endpoints_stale(action, now)
+
+    def endpoints_stale(self, stale: EndpointsStale, now: float) -> None:
+        """A path died: ask for an endpoint round, at most one per `DISCOVER_INTERVAL`. A TCP path's
+        wish for a new coord connection is never lost to that limit: the coord sees our punch port's
+        new mapping only on a new connection, so it joins the round already asked for (the request
+        still queued becomes one that reconnects; else a reconnecting request follows, and the shell
+        runs no second round while the first is under way)."""
+        if now >= self._discover_at + DISCOVER_INTERVAL:
+            self._discover_at, self._discover_tcp = now, stale.tcp
             self.check_relays = True
-            self._events.append(DiscoverEndpoints(action.tcp))
+            self._events.append(DiscoverEndpoints(stale.tcp))
+        elif stale.tcp and not self._discover_tcp:
+            self._discover_tcp = True
+            queued = [i for i, event in enumerate(self._events) if isinstance(event, DiscoverEndpoints)]
+            if queued:
+                self._events[queued[-1]] = DiscoverEndpoints(True)
+            else:
+                self._events.append(DiscoverEndpoints(True))
 
 
 class NodeRecovery:
