@@ -50,7 +50,7 @@ class EndpointsStale:
 
 RELAY_CHECK_MAX = 2.0
 """Longest wait between two relay checks while the peer sends nothing through a relay (the relay
-links' `hello_interval`)."""
+links' `down_after`: by then their own hellos have found a dead relay anyway)."""
 
 
 class Verdict(enum.Enum):

@@ -100,7 +100,7 @@ def test_the_peer_sending_through_the_relay_while_the_path_is_silent_ends_it_at_
 
 def test_a_silent_relay_path_asks_for_relay_checks_further_apart_until_the_peer_is_heard():
     """A one-way flow (the peer never answers) has the relays checked after `silence_after`, then
-    twice as long each time up to `RELAY_CHECK_MAX` (the relay links' hello interval), not every
+    twice as long each time up to `RELAY_CHECK_MAX` (the relay links' own `down_after`), not every
     `silence_after`; once the peer is heard through a relay the first check is quick again."""
     finder = make_finder(PUBLIC, relay=True)
     finder.want_path(0.0)

@@ -78,9 +78,9 @@ def test_a_link_is_ready_after_the_first_ack_and_keeps_saying_hello():
     h.step(0.0)
     assert h.link.ready and h.link.transport is Transport.UDP
     assert abs(h.link.rtt - 0.01) < 1e-9
-    assert h.link.get_timer() == 0.01 + 2.0, "hello_interval after the stamped hello, sent when the cookie came"
+    assert h.link.get_timer() == 0.01 + 1.0, "hello_interval after the stamped hello, sent when the cookie came"
     h.run(0.25, 10.0)
-    assert h.sent.count(SendUdp) == 2 + 4, "two at once (the first fetches the cookie a new registration needs), then every 2 s"
+    assert h.sent.count(SendUdp) == 2 + 9, "two at once (the first fetches the cookie a new registration needs), then every 1 s"
     assert h.events == [(0.0, True)]
 
 
@@ -216,12 +216,53 @@ def test_a_silent_relay_makes_the_link_not_ready_and_race_a_stream_at_once():
     h.token(0.0)
     h.step(0.0)
     h.udp_works = False
-    h.run(0.25, 7.0)
+    h.run(0.25, 2.0)
     assert h.events == [(0.0, True)] and not h.link.stream.wanted, "a lost hello on a ready link opens no stream"
-    h.run(7.25, 7.25)
-    assert h.events == [(0.0, True), (7.25, False)]
-    assert h.sent.count(SendUdp) == 1 + 4, "the first hello fetched a cookie"
+    h.run(2.25, 2.25)
+    assert h.events == [(0.0, True), (2.25, False)], "down_after (2 s) after the last ack"
+    assert h.sent.count(SendUdp) == 2 + 5, "the first fetched a cookie; 1.25 s unanswered, retried every late_after"
     assert h.link.stream.wanted, "its hellos were unanswered for longer than stream_after"
+
+
+def by_timer(h, until):
+    """Step a ready link at each deadline it asks for, up to `until` or until it is not ready (this
+    harness opens no stream); the times it was stepped."""
+    times = []
+    while h.link.ready and (t := h.link.get_timer()) is not None and t <= until:
+        h.step(t)
+        times.append(t)
+    return times
+
+
+def test_an_idle_link_to_a_dead_relay_is_not_ready_down_after_its_last_ack():
+    """Issue 12: relay health per relay, whether or not it carries traffic, left within 2 s."""
+    h = Harness()
+    h.token(0.0)
+    h.step(0.0)
+    by_timer(h, 3.0)
+    assert h.link.ready and h.link.get_timer() == pytest.approx(3.01), "every second since the stamped hello at 0.01"
+    last_ack = 2.01 + 0.01
+    h.udp_works = False  # the relay dies
+    times = by_timer(h, last_ack + 2.0)
+    assert h.events == [(0.0, True), (pytest.approx(last_ack + 2.0), False)]
+    hellos = [t for t in times if t < last_ack + 2.0]
+    assert hellos == pytest.approx([3.01, 3.26, 3.51, 3.76, 4.01]), "a late hello is retried every late_after"
+    assert RelayLinkConfig().down_after <= 2.0
+
+
+def test_a_lost_hello_on_a_ready_link_costs_one_more_hello_not_the_link():
+    h = Harness()
+    h.token(0.0)
+    h.step(0.0)
+    by_timer(h, 3.0)
+    h.udp_works = False
+    h.step(h.link.get_timer())  # this hello is lost
+    h.udp_works = True
+    retry = h.link.get_timer()
+    assert retry == pytest.approx(3.01 + 0.25)
+    h.step(retry)
+    assert h.link.ready and h.events == [(0.0, True)]
+    assert h.link.get_timer() == pytest.approx(retry + 1.0), "answered: back to hello_interval"
 
 
 def test_an_expired_token_stops_the_hellos():
@@ -337,7 +378,9 @@ def test_a_check_of_a_dead_relay_makes_the_link_not_ready_within_the_check_timeo
     h.link.check(1.0)
     h.step(1.0)
     assert h.sent.count(SendUdp) == hellos + 1, "the check says hello at once"
-    assert h.link.get_timer() == 1.5
+    assert h.link.get_timer() == 1.25, "and again after late_after"
+    h.step(1.25)
+    assert h.sent.count(SendUdp) == hellos + 2 and h.link.get_timer() == 1.5
     h.step(1.5)
     assert h.events == [(0.0, True), (1.5, False)]
 
@@ -383,6 +426,7 @@ def test_a_peer_relay_checked_for_the_peer_moving_relays_waits_for_the_check_tim
     h.udp_works = False
     h.link.check(1.0)
     h.step(1.0)
+    h.step(1.25)
     assert h.link.ready and h.link.get_timer() == 1.5
     h.step(1.5)
     assert h.events == [(0.0, True), (1.5, False)]
@@ -394,7 +438,8 @@ def test_a_check_answered_in_time_keeps_the_link_and_waits_three_round_trips():
     h.step(0.0)
     h.link.rtt = 0.3
     h.link.check(1.0)
-    assert h.link.get_timer() == 1.0 + 0.9
+    assert h.link.get_timer() == 1.0 + 0.6, "a retry after two round trips"
     h.step(1.0)
+    assert h.link.get_timer() == 1.0 + 1.0, "answered: the next hello at hello_interval"
     h.step(2.0)
     assert h.events == [(0.0, True)] and h.link.ready

@@ -9,7 +9,12 @@ Rules:
   `retry_interval` while it is not ready). Each ack
   (the relay echoes the hello's timestamp) proves the relay holds its key, refreshes our
   registration and measures the round-trip time (RFC 6298 smoothing).
-* The link is *ready* while an ack arrived within `down_after`. Readiness changes are events.
+* The link is *ready* while an ack arrived within `down_after` (2 s): the relay's health, tracked
+  per relay whether or not it carries traffic, so a dead relay stops being home, and stops
+  carrying any pair, within 2 s of its last ack. A hello not acked within `late_after` (or two
+  RTTs, if longer) is followed by another at once, and so on until an ack: a lost hello or ack
+  costs one more hello, not the link (four tries within `down_after` at the defaults).
+  Readiness changes are events.
 * UDP first, a stream beside it soon after (Happy Eyeballs): when the link is not ready and its
   first UDP hello since the last ack got none within `stream_after`, the link asks the shell for
   a stream too (`stream.wanted`), UDP hellos going on; the stream races the relay's addresses over
@@ -78,17 +83,22 @@ class Transport(enum.StrEnum):
 class RelayLinkConfig:
     """Timing of relay hellos and of the TCP fallback; every default is the documented one."""
 
-    hello_interval: float = 2.0
-    """Seconds between hellos on a ready link: they keep the registration and the NAT mapping
-    fresh and find a restarted relay within this time."""
+    hello_interval: float = 1.0
+    """Seconds between answered hellos on a ready link: they keep the registration and the NAT
+    mapping fresh, find a restarted relay within this time, and leave `down_after` room for
+    the retries of a late one."""
     retry_interval: float = 0.5
     """Seconds between hellos while the link is not ready."""
     stream_after: float = 0.5
     """Seconds a not-ready link's UDP hellos go unanswered before a stream is raced beside them:
     above most round trips, so a working UDP path rarely opens one, and short enough that a
     network that lets only TCP 443 out has its relay within a second."""
-    down_after: float = 7.0
-    """Seconds without an ack after which the link is not ready (three lost hellos)."""
+    down_after: float = 2.0
+    """Seconds without an ack after which the link is not ready: a dead relay is left within this
+    time of its last ack even when nothing is relayed through it (issue 12's 2 s)."""
+    late_after: float = 0.25
+    """Seconds a hello waits for its ack (at least two RTTs) before the next one goes: the
+    retries that keep a lost hello or ack from costing the link within `down_after`."""
     udp_attempts: int = 3
     """UDP hellos without an ack that go out at the hello interval beside a stream that came up,
     before UDP is tried only every `udp_retry`."""
@@ -306,7 +316,8 @@ class RelayLink:
 
     def _hello(self, now: float) -> None:
         cfg = self.config
-        self._next_hello = now + (cfg.hello_interval if self.ready else cfg.retry_interval)
+        late = max(cfg.late_after, 2 * (self.rtt or 0.0))
+        self._next_hello = now + (late if self.ready else cfg.retry_interval)  # an ack puts it at `hello_interval`
         if not self._token_valid(now):
             return
         on_stream = self.transport is Transport.TCP
