@@ -177,6 +177,7 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
             self.probes.add_peer(info.key)
             peer.paths.relay_ready(self.routes.relay_ready(peer.key), now)
         else:
+            self.peer_reported(peer.info, info)
             self.peers.readdress(peer, info)
             if self.traversal.set_peer_nat(info.key, info.nat):
                 peer.paths.strategy = self.traversal.strategy(info.key)

@@ -68,6 +68,18 @@ def choose_relay(ours: Mapping[str, int], ready: Container[str], info: Optional[
     return RelayChoice(None, RelayReason.OWN_HOME)
 
 
+def relays_left(old: m.PeerInfo, new: m.PeerInfo) -> set[str]:
+    """Relays the peer reported working (its round trips, or its home when it reports none) in
+    `old` and no longer does in `new`: its link to them stopped being ready."""
+    return _reported(old) - _reported(new)
+
+
+def _reported(info: m.PeerInfo) -> set[str]:
+    if info.relay_rtts is not None:
+        return {rtt.relay for rtt in info.relay_rtts}
+    return set() if info.home_relay is None else {info.home_relay}
+
+
 def relay_sums(ours: Mapping[str, int], theirs: Optional[tuple[m.RelayRtt, ...]]) -> dict[str, dict[str, int]]:
     """Each relay both ends report, with our, their and the summed round trip (`meshvpn status`)."""
     return {rtt.relay: {"ours": ours[rtt.relay], "theirs": rtt.ms, "sum": ours[rtt.relay] + rtt.ms}

@@ -20,13 +20,20 @@ A part of :class:`~meshvpn.node.core.NodeCore` (its base class), one concern wit
 * A relay path that went silent, or a direct path that died (our mapping may have moved, and a
   hello re-registers it), raises ``check_relays``; the node (:class:`NodeRecovery`, a part of
   :class:`~meshvpn.node.node.Node`) has its relay links and TURN allocations check themselves.
+* A peer that stops reporting a relay (its link to it stopped being ready: the relay may have
+  died) has our link to that relay check itself (``relays_to_check``): a node that relays nothing
+  through it, or whose traffic through it just stopped being echoed by a peer that left it,
+  would otherwise notice only by its own hellos (``down_after``), and both ends of a pair that
+  left it would not agree on it for up to that long.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+from meshvpn.control import messages as m
 from meshvpn.node.events import DiscoverEndpoints
+from meshvpn.node.pairrelay import relays_left
 from meshvpn.node.pathfinder import RELAY_PATH
 from meshvpn.node.peers import Peer
 from meshvpn.node.silence import EndpointsStale, RelaySilent
@@ -46,6 +53,8 @@ class Recovery:
     check_relays: bool = False
     """The relay links should check themselves (a relay path went silent, or a path died); the node clears it."""
     _watched_at: float = float("-inf")
+    relays_to_check: frozenset[str] = frozenset()
+    """Relays a peer stopped reporting: our links to them check themselves once; the node clears it."""
     _discover_at: float = float("-inf")
     _discover_tcp: bool = False
     """Whether the round asked for at `_discover_at` reconnects the coord link too."""
@@ -54,6 +63,12 @@ class Recovery:
         """The newest authenticated data of the peer's current session came straight from ``src``."""
         peer.paths.roamed(src, now)
         self._drain_paths(peer, now)
+
+    def peer_reported(self, old: m.PeerInfo, new: m.PeerInfo) -> None:
+        """The coord has news of a peer: the relays it no longer reports are checked (``relays_to_check``)."""
+        left = relays_left(old, new)
+        if left:
+            self.relays_to_check = self.relays_to_check | left
 
     def sync_traffic(self, peer: Peer) -> None:
         """Tell the path finder about traffic the data path saw since the last call."""
@@ -132,9 +147,13 @@ class NodeRecovery:
 
     def _check_relays(self, now: float) -> bool:
         """Have the relay links check themselves if the core asked (a relay path went silent or a
-        direct path died: our mapping may have moved); True if they did."""
+        direct path died: our mapping may have moved), or the links to relays a peer stopped
+        reporting (our mapping did not move); True if any did."""
+        named, self.core.relays_to_check = self.core.relays_to_check, frozenset()
+        if named:
+            self.relays.check(now, names=named)
         if not self.core.check_relays:
-            return False
+            return bool(named)
         self.core.check_relays = False
         self.relays.check(now, moved=True)
         self.turn.check(now)

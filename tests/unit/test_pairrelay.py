@@ -1,13 +1,15 @@
 """The relay a relayed pair takes: the lowest sum of both ends' reported round trips, the same at
 both ends, and reports that change only for a real, lasting change (fake clock)."""
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshvpn.control import messages as m
 from meshvpn.node.pairrelay import (
     REPORT_INTERVAL, RelayChoice, RelayReason, RttReport, add_pair_status, choose_relay, pair_relay, relay_sums,
-    significant,
+    relays_left, significant,
 )
 
 
@@ -93,3 +95,13 @@ def test_status_shows_each_peers_report_and_for_a_relayed_one_the_reason_and_the
     assert (dave["relay_rtts"], dave["relay_reason"], dave["relay_sums"]) == (None, "peer's home", {})
     assert gone == {"name": "gone"}
     assert relay_sums(ours, None) == {}
+
+
+def test_the_relays_a_peer_left_are_those_its_report_or_else_its_home_no_longer_names():
+    peer = m.PeerInfo(key=bytes(32), name="p", address="100.64.0.9", online=True, home_relay="fra",
+                      relay_rtts=report({"fra": 10, "ams": 20}))
+    assert relays_left(peer, replace(peer, home_relay="ams", relay_rtts=report({"ams": 20}))) == {"fra"}
+    assert relays_left(peer, replace(peer, relay_rtts=report({"fra": 60, "ams": 20, "lon": 5}))) == set()
+    old = replace(peer, relay_rtts=None)
+    assert relays_left(old, replace(old, home_relay="ams")) == {"fra"}, "a peer without reports: its home"
+    assert relays_left(old, replace(old, home_relay=None)) == {"fra"}

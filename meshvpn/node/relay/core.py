@@ -131,11 +131,13 @@ class RelaySet:
             link.hello_now(now)
         self._drain(now)
 
-    def check(self, now: float, moved: bool = False) -> None:
-        """Relayed traffic went unanswered, or our mapping may have `moved`: every ready link says hello
-        now (which also re-registers a moved mapping); one that does not answer within a second is
-        left, and with `moved` a peer relay at once until it answers (`RelayLink.check`)."""
-        for link in self.links.values():
+    def check(self, now: float, moved: bool = False, names: Optional[Iterable[str]] = None) -> None:
+        """Relayed traffic went unanswered, or our mapping may have `moved`: every ready link (of
+        those `names`, when given) says hello now (which also re-registers a moved mapping); one that
+        does not answer within a second is left, and with `moved` a peer relay at once until it
+        answers (`RelayLink.check`)."""
+        links = self.links.values() if names is None else [self.links[n] for n in names if n in self.links]
+        for link in links:
             link.check(now, moved)
         self._drain(now)
 
