@@ -2,13 +2,13 @@
 
 Each test runs a checksummed TCP transfer a1 → b1 that must arrive intact, and beside it a trickle
 a1 → b1 (a datagram every 50 ms, echoed) whose arrival times, stamped by the receiver, give the
-outage. Times of path changes come from the daemons' own log lines, measured from the moment the
+outage; the dead relay's test runs a second trickle b1 → a1, so each direction has its own. Times of path changes come from the daemons' own log lines, measured from the moment the
 test starts the event, so they include the event's own duration (a few processes spawned in the
 NAT's namespace), and are, if anything, a little long.
 
 Margins for a loaded 2-core machine (the test's processes, eight daemons' worth of load): the
 targets are 1 s for traffic back and 3 s for direct again (NAT re-mapping), 2 s of outage for a
-dead relay; each assertion adds `MARGIN` for scheduling delay in the daemon's loop and the
+dead relay either way and 2 s for each end whose home it was to leave it; each assertion adds `MARGIN` for scheduling delay in the daemon's loop and the
 receiver, as the relay tests do.
 """
 
@@ -40,19 +40,19 @@ BEFORE = 4.0
 
 
 class Trickle:
-    """A trickle a1 → b1 with its receiver; `arrived` fills in the background."""
+    """A trickle `src` → `dst` (a1 → b1 by default) with its receiver; `arrived` fills in the background."""
 
-    def __init__(self, mesh: Mesh, seconds: float) -> None:
-        self.mesh = mesh
-        self.listening = receiver(mesh.nodes["b1"].ns, mesh.overlay("b1"), TRICKLE_PORT, seconds + 5)
-        self.sender, self.started = trickle(mesh.nodes["a1"].ns, mesh.overlay("b1"), TRICKLE_PORT, seconds)
+    def __init__(self, mesh: Mesh, seconds: float, src: str = "a1", dst: str = "b1", port: int = TRICKLE_PORT) -> None:
+        self.mesh, self.src, self.dst = mesh, src, dst
+        self.listening = receiver(mesh.nodes[dst].ns, mesh.overlay(dst), port, seconds + 5)
+        self.sender, self.started = trickle(mesh.nodes[src].ns, mesh.overlay(dst), port, seconds)
         self.arrived: list[float] = []
         self._reader = threading.Thread(target=lambda: self.arrived.extend(arrivals(self.listening)), daemon=True)
         self._reader.start()
 
     def stop(self) -> None:
-        self.mesh.nodes["a1"].ns.stop(self.sender)
-        self.mesh.nodes["b1"].ns.stop(self.listening)
+        self.mesh.nodes[self.src].ns.stop(self.sender)
+        self.mesh.nodes[self.dst].ns.stop(self.listening)
         self._reader.join(5)
 
     def longest_gap(self, start: float, stop: float) -> float:
@@ -63,7 +63,12 @@ class Trickle:
 def during_transfer(mesh: Mesh, event) -> tuple[Trickle, float, float]:
     """Run the transfer and the trickle, call `event()` after `BEFORE` seconds; the trickle and
     when the event started and ended (wall clock)."""
-    flow = Trickle(mesh, RUN)
+    (flow,), start, end = during_transfer_with(mesh, event, [Trickle(mesh, RUN)])
+    return flow, start, end
+
+
+def during_transfer_with(mesh: Mesh, event, flows: list[Trickle]) -> tuple[list[Trickle], float, float]:
+    """`during_transfer` with the trickles `flows` (started, stopped here)."""
     happened: list[float] = []
 
     def later() -> None:
@@ -76,9 +81,10 @@ def during_transfer(mesh: Mesh, event) -> tuple[Trickle, float, float]:
         sent, received = transfer(mesh.nodes["a1"].ns, mesh.nodes["b1"].ns, mesh.overlay("b1"),
                                   size=24 << 20, over=RUN, during=later)
     finally:
-        flow.stop()
+        for flow in flows:
+            flow.stop()
     assert received.same_data(sent) and sent.bytes == 24 << 20, f"sent {sent}, received {received}"
-    return flow, happened[0], happened[1]
+    return flows, happened[0], happened[1]
 
 
 def direct_again(mesh: Mesh, node: str, peer: str, after: float) -> float:
@@ -118,12 +124,25 @@ def test_a_dead_relay_is_left_within_2s_mid_transfer(topo: Topology, tmp_path: P
     wait_for(lambda: all(r["ready"] for n in ("a1", "b1") for r in mesh.status(n)["self"]["relays"]), 15,
              "both nodes to reach both relays")
     assert mesh.wait_for_paths({("a1", "b1"): ("relay",), ("b1", "a1"): ("relay",)}, timeout=15)
-    # kill the relay that carries a1's packets to b1 (b1's home, when a1 has a link to it)
+    # kill the relay that carries the pair (both ends take the one with the lowest sum of round trips)
     through = mesh.peer("a1", "b1")["endpoint"]
     relay = mesh.relays[{f"{RELAY_ADDR}:{RELAY_PORT}": "relay", f"{RELAY2_ADDR}:{RELAY_PORT}": "relay2"}[through]]
-    flow, start, end = during_transfer(mesh, lambda: relay.ns.stop(relay.proc))
-    gap = flow.longest_gap(start - 1.0, end + 4.0)
+    homed = [n for n in ("a1", "b1") if any(r["home"] and r["name"] == relay.name for r in mesh.status(n)["self"]["relays"])]
+    flows = [Trickle(mesh, RUN), Trickle(mesh, RUN, "b1", "a1", TRICKLE_PORT + 1)]
+    (to_b1, to_a1), start, end = during_transfer_with(mesh, lambda: relay.ns.stop(relay.proc), flows)
+    gaps = to_b1.longest_gap(start - 1.0, end + 4.0), to_a1.longest_gap(start - 1.0, end + 4.0)
+    left = {n: home_left(mesh, n, relay.name, start) for n in homed}
     routes = {(n, o): mesh.peer(n, o)["endpoint"] for n, o in (("a1", "b1"), ("b1", "a1"))}
-    print(f"relay kill ({relay.name} at {through}): longest gap {gap:.2f} s; routes now {routes}")
-    assert gap < 2.0 + MARGIN, f"no traffic for {gap:.2f} s"
-    assert through not in routes.values() and mesh.peer("a1", "b1")["path"] == "relay"
+    print(f"relay kill ({relay.name} at {through}, home of {homed}): longest gaps a1→b1 {gaps[0]:.2f} s, "
+          f"b1→a1 {gaps[1]:.2f} s; home left {', '.join(f'{n} {t:.2f} s' for n, t in left.items())}; routes now {routes}")
+    assert max(gaps) < 2.0 + MARGIN, f"no traffic for {max(gaps):.2f} s"
+    assert all(t < 2.0 + MARGIN for t in left.values()), f"the dead relay stayed home: {left}"
+    assert through not in routes.values() and len(set(routes.values())) == 1, "both ends on one live relay"
+    assert mesh.peer("a1", "b1")["path"] == mesh.peer("b1", "a1")["path"] == "relay"
+
+
+def home_left(mesh: Mesh, node: str, dead: str, after: float) -> float:
+    """Seconds from `after` to `node`'s log line naming a home relay other than `dead` (or none)."""
+    needle = re.compile(rf"home relay: (?!{re.escape(dead)} )\S+")
+    when = wait_for(lambda: logged_at(mesh.dir / f"{node}.log", needle, after), 10, f"{node} to leave {dead}")
+    return when - after
