@@ -56,7 +56,9 @@ def test_a_dead_relay_is_left_within_two_seconds_by_both_ends():
 
     near.sock.close()
     killed = net.scheduler.now
-    net.scheduler.run_for(4.0)
+    net.scheduler.run_for(OUTAGE)
+    assert [node.mem.node.relays.home.name for node in nodes] == ["far", "far"], "both left it within 2 s"
+    net.scheduler.run_for(4.0 - OUTAGE)
     assert [node.mem.node.relays.home.name for node in nodes] == ["far", "far"]
     for node in nodes:
         gap = longest_gap(node.arrivals, killed - 0.5, killed + 4.0)
