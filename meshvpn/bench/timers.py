@@ -41,8 +41,8 @@ WARMUP = 30.0
 STRANGER = Endpoint("198.51.100.77", 40000)
 
 
-def build(count: int) -> tuple[MemoryNode, float]:
-    """A node with `count` silent peers, run to steady state; returns it and its clock."""
+def build(count: int, warmup: float = WARMUP) -> tuple[MemoryNode, float]:
+    """A node with `count` silent peers, run to steady state (`warmup` simulated seconds); returns it and its clock."""
     rng = random.Random
     node = seeded(rng, 1, "me", "100.64.0.1", Endpoint("192.0.2.1", 41641))
     peers = tuple(m.PeerInfo(key=rng(10_000 + i).randbytes(32), name=f"peer{i}",
@@ -56,9 +56,9 @@ def build(count: int) -> tuple[MemoryNode, float]:
         last = start + m.MAX_PEERS >= count
         node.from_coord(m.PeerMap(peers=part, part=start // m.MAX_PEERS, last=last), 0.0)
     now = 0.0
-    while now < WARMUP:
+    while now < warmup:
         deadline = node.node.get_timer()
-        now = WARMUP if deadline is None else min(max(deadline, now), WARMUP)
+        now = warmup if deadline is None else min(max(deadline, now), warmup)
         node.tick(now)
         node.collect()
     return node, now

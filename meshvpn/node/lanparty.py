@@ -30,9 +30,10 @@ from meshvpn.lan.access import AccessFilter
 from meshvpn.lan.fanout import Fanout
 from meshvpn.lan.groups import LocalGroups, PeerGroups, recipients
 from meshvpn.lan.packets import BadPacket, Cast, Drop, Overlay
+from meshvpn.lan.sources import SourceNames
 from meshvpn.node import events as ev
 from meshvpn.node.destinations import LocalDestinations
-from meshvpn.node.peers import Peer, PeerTable
+from meshvpn.node.peers import Peer, PeerTable, named_keys
 
 _PEER_CHANGES = (m.PeerMap, m.PeerUpdate, m.PeerRemove, m.PeerDelta)
 _KIND = {Cast.BROADCAST: "broadcast", Cast.LIMITED_BROADCAST: "broadcast", Cast.MULTICAST: "multicast"}
@@ -69,6 +70,8 @@ class LanParty:
         """Outbound packets not fanned out, by `meshvpn.lan.packets.Drop` value (the budget's are the fanout's)."""
         self.touched = False
         """A TUN packet changed the membership: the shell must drain outputs and re-arm the timer."""
+        self._names = SourceNames()
+        """Each peer's name and IPv4 overlay address, which the rules' sources are resolved with."""
         self._rules: Optional[m.AccessInfo] = None
         self._coord_takes_groups = False
         self._joined: frozenset[int] = frozenset()
@@ -80,11 +83,14 @@ class LanParty:
         """After the core took `msg`: registration, live rules and peers' groups."""
         if isinstance(msg, m.Registered):
             self._registered(msg, now)
+            self._configure_access()
         elif isinstance(msg, m.Access):
             self._rules = msg.access
-        elif not isinstance(msg, _PEER_CHANGES):
-            return
-        self._follow_peers(peers)
+            self._configure_access()
+        elif isinstance(msg, _PEER_CHANGES):
+            moved = self._follow_peers(peers, named_keys(msg))
+            if self._rules is not None and any(name in rule.sources for rule in self._rules.rules for name in moved):
+                self._configure_access()  # else the rules' sources are what they were, and so are its flows
 
     def _registered(self, msg: m.Registered, now: float) -> None:
         address = _v4(msg.address)
@@ -99,18 +105,25 @@ class LanParty:
         if self._coord_takes_groups and self._joined:
             self._out.append(ev.SendCoord(m.Groups(tuple(_dotted(self._joined)))))
 
-    def _follow_peers(self, peers: PeerTable) -> None:
-        """Rules name peers, and peers' groups come with their info: both follow the peer map."""
-        addresses = {}
-        for peer in peers:
-            address = _v4(peer.info.address)
-            if address is not None:
-                addresses[peer.name] = address
-            self.peer_groups.set(peer.key, {_v4(group) for group in peer.info.groups or ()} - {None})
-        for key in [key for key in self.peer_groups.peers() if key not in peers.by_key]:
-            self.peer_groups.remove(key)
+    def _follow_peers(self, peers: PeerTable, keys: Optional[tuple[bytes, ...]]) -> set[str]:
+        """Rules name peers, and peers' groups come with their info: both follow the peer map, one
+        changed peer at a time (`named_keys`; None: every peer and every one gone). Returns the
+        names whose address moved, which the rules may name."""
+        if keys is None:
+            gone = {*self._names.keys(), *self.peer_groups.peers()}.difference(peers.by_key)
+            keys = (*peers.by_key, *gone)
+        moved: set[str] = set()
+        for key in keys:
+            peer = peers.by_key.get(key)
+            info = peer.info if peer is not None else None
+            self.peer_groups.set(key, () if info is None else {_v4(group) for group in info.groups or ()} - {None})
+            address = None if info is None else _v4(info.address)
+            moved |= self._names.set(key, None if address is None else (peer.name, address))
+        return moved
+
+    def _configure_access(self) -> None:
         broadcast = self.overlay.broadcast if self.overlay is not None else packets.LIMITED_BROADCAST
-        self.access.configure(self._rules, addresses, broadcast)
+        self.access.configure(self._rules, self._names.addresses, broadcast)
 
     # ---- the data path -----------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import TYPE_CHECKING, Iterator, Optional, TypeVar
 
-from meshvpn.control.messages import Message, PeerDelta, PeerInfo
+from meshvpn.control.messages import Message, PeerDelta, PeerInfo, PeerMap, PeerRemove, PeerUpdate
 from meshvpn.keys import encode_key
 from meshvpn.node.pathfinder import Path, PathFinder
 from meshvpn.node.pathlog import PathLog
@@ -218,6 +218,21 @@ class PeerSlot(MutableMapping[bytes, T]):
         return [value for _, value in self.items()]
 
 
+def named_keys(msg: Message) -> Optional[tuple[bytes, ...]]:
+    """The keys of the peers a coord message (made `PeerTable.completed`) may change, so who follows
+    the peer map looks at those and not at every peer: None for all of them (a whole ``peer_map``),
+    () for none (a part of a map that is not its last, which the core only collects, or another message)."""
+    if isinstance(msg, PeerMap):
+        return None if msg.part is None or msg.last else ()
+    if isinstance(msg, PeerUpdate):
+        return (msg.peer.key,)
+    if isinstance(msg, PeerRemove):
+        return (msg.key,)
+    if isinstance(msg, PeerDelta):
+        return msg.removed + tuple(info.key for info in msg.peers)
+    return ()
+
+
 class PeerTable:
     """Peers by key, by overlay address and by local session index."""
 
@@ -253,6 +268,12 @@ class PeerTable:
 
     def __len__(self) -> int:
         return len(self.by_key)
+
+    def named(self, keys: Optional[tuple[bytes, ...]]) -> list[Peer]:
+        """The peers of `keys` (`named_keys`; None: every peer) that are in the table, in its order."""
+        if keys is None:
+            return list(self.by_key.values())
+        return sorted({peer for key in keys if (peer := self.by_key.get(key)) is not None}, key=attrgetter("order"))
 
     def add(self, peer: Peer) -> None:
         peer.order = next(self._joined)

@@ -14,6 +14,7 @@ from meshvpn.control import messages as m
 from meshvpn.node import events as ev
 from meshvpn.node.candidates import Candidate, CandidateKind, tcp_candidates_of
 from meshvpn.node.pathfinder import ChangeReason, Path, PathKind
+from meshvpn.node.peers import named_keys
 from meshvpn.node.tcp.core import PathDown, PathUp, TcpEndpoint, WantPunch
 from meshvpn.node.tcp.prediction import Dial, HardSide, SendSample, hard_side
 from meshvpn.node.traversal import profile_of
@@ -98,16 +99,17 @@ class PunchPortInbox:
         """Before a coord message about peers: each peer's TCP candidates, for `tcp_news`."""
         if not self.tcp_punching or not isinstance(msg, _PEER_NEWS):
             return {}
-        return {peer.key: self._tcp_candidates_of(peer.info) for peer in self.peers}
+        return {peer.key: self._tcp_candidates_of(peer.info) for peer in self.peers.named(named_keys(msg))}
 
     def tcp_news(self, before: dict[bytes, list]) -> None:
         """After it: a peer in use that gained TCP candidates (its IPv6 addresses, or a TCP
         mapping, often announced after the coord's first punch) and has neither a UDP nor a TCP
         path gets a ``punch_request``, so both sides punch the new candidates together; else TCP
-        punching would wait for a punch that a relayed peer no longer asks for."""
-        for peer in self.peers:
-            old = before.get(peer.key)
-            if old is None or peer.route is None or udp_direct(peer.route.path):
+        punching would wait for a punch that a relayed peer no longer asks for. Only the peers the
+        message named are looked at (`named_keys`)."""
+        for peer in self.peers.named(tuple(before)):
+            old = before[peer.key]
+            if peer.route is None or udp_direct(peer.route.path):
                 continue
             if peer.tcp is not None and peer.tcp.path is not None:
                 continue

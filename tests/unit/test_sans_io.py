@@ -118,6 +118,7 @@ SANS_IO_MODULES = (
     "meshvpn.lan.names",
     "meshvpn.lan.access",
     "meshvpn.lan.flowcache",
+    "meshvpn.lan.sources",
     "meshvpn.sim.*",
 )
 FORBIDDEN = frozenset(
