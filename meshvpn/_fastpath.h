@@ -48,6 +48,13 @@ static inline uint64_t sum16(const uint8_t *p, Py_ssize_t n) {
     return s;
 }
 
+/* FNV-1a over p[0:len], from h (FNV_OFFSET to start): the hash of the native tables' keys. */
+#define FNV_OFFSET 0xcbf29ce484222325ULL
+static inline uint64_t fnv1a(uint64_t h, const uint8_t *p, size_t len) {
+    for (size_t i = 0; i < len; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
 /* End-around-carry fold: 1..0xFFFF, 0 only for a zero sum (offload.fold). */
 static inline uint32_t fold(uint64_t s) {
     while (s >> 16) s = (s & 0xFFFF) + (s >> 16);

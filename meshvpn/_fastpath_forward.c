@@ -20,15 +20,10 @@
 #define KIND_RELAY_COOKIE 10
 #define KIND_LAST 11
 
-static uint64_t fnv1a(uint64_t h, const uint8_t *p, size_t len) {
-    for (size_t i = 0; i < len; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
-    return h;
-}
-
-static size_t key_hash(const uint8_t *key) { return (size_t)fnv1a(0xcbf29ce484222325ULL, key, 16); }
+static size_t key_hash(const uint8_t *key) { return (size_t)fnv1a(FNV_OFFSET, key, 16); }
 
 static size_t link_hash(const struct sockaddr_storage *a) {
-    uint64_t h = 0xcbf29ce484222325ULL;
+    uint64_t h = FNV_OFFSET;
     if (a->ss_family == AF_INET) {
         const struct sockaddr_in *v4 = (const void *)a;
         h = fnv1a(h, (const uint8_t *)&v4->sin_addr, 4);

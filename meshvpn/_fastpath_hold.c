@@ -16,17 +16,12 @@
 
 #define VNET_LEN 10
 
-static uint64_t fnv1a(uint64_t h, const uint8_t *p, size_t len) {
-    for (size_t i = 0; i < len; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
-    return h;
-}
-
 /* The flow of the read b[0:n] (virtio header first): protocol, addresses and, for TCP and UDP
    outside fragments, ports, hashed.  Two flows with one hash only keep one order. */
 static uint64_t flow_of(const uint8_t *b, Py_ssize_t n) {
     const uint8_t *p = b + VNET_LEN;
     Py_ssize_t size = n - VNET_LEN;
-    uint64_t h = 0xcbf29ce484222325ULL;
+    uint64_t h = FNV_OFFSET;
     if (size >= 20 && p[0] >> 4 == 4) {
         Py_ssize_t ihl = (p[0] & 15) * 4;
         int whole = !(get16(p + 6) & 0x3FFF);  /* neither MF nor a fragment offset */

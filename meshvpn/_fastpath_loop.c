@@ -7,9 +7,10 @@
    destination checks, the rules of fastpath.open_run), coalesces them and writes them to the
    TUN, as wireguard-go's receive routine does.  Anything else (handshakes, probes, relay
    envelopes, unknown indexes, datagrams from TURN servers) is copied to a queue for Python,
-   which an eventfd wakes.  Python keeps every decision: Loop.replace() swaps the whole table
-   under the table mutex and returns what the thread counted since the last look; the thread
-   takes the same mutex around each receive, so an entry never changes under it.
+   which an eventfd wakes.  Python keeps every decision: Loop.patch() changes the rows of the
+   peers that changed (Loop.replace() the whole table; _fastpath_table.c) under the table mutex
+   and returns what the rows that left counted since the last look; the thread takes the same
+   mutex around each receive, so an entry never changes under it.
    Part of meshvpn._fastpath (see _fastpath.c). */
 
 #include <arpa/inet.h>
@@ -70,16 +71,6 @@ static void *run(void *arg) {
 
 /* ---- the Python type ---------------------------------------------------------------- */
 
-static void clear_entries(Entry *entries, Py_ssize_t count) {
-    for (Py_ssize_t i = 0; i < count; i++) Py_XDECREF(entries[i].window);
-    PyMem_Free(entries);
-}
-
-static void clear_senders(Sender *senders, Py_ssize_t count) {
-    for (Py_ssize_t i = 0; i < count; i++) Py_XDECREF(senders[i].counter);
-    PyMem_Free(senders);
-}
-
 static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     int udp_fd, tun_fd, busy_poll_us = 0;
     static char *names[] = {"udp_fd", "tun_fd", "busy_poll_us", NULL};
@@ -132,8 +123,7 @@ static PyObject *loop_stop(Loop *L, PyObject *unused) {
 
 static void loop_dealloc(Loop *L) {
     Py_XDECREF(loop_stop(L, NULL));
-    clear_entries(L->entries, L->count);
-    clear_senders(L->senders, L->n_senders);
+    free_table(L);
     forwarder_free(&L->fwd);
     queue_free(&L->queue);
     if (L->stop_fd >= 0) close(L->stop_fd);
@@ -149,145 +139,6 @@ static PyObject *loop_start(Loop *L, PyObject *unused) {
     if (error) { errno = error; return PyErr_SetFromErrno(PyExc_OSError); }
     L->running = 1;
     Py_RETURN_NONE;
-}
-
-/* What the tables counted since the last look (then reset): (receive rows, send rows). */
-static PyObject *take_counts(Loop *L) {
-    PyObject *rows = PyList_New(0), *sends = PyList_New(0);
-    for (Py_ssize_t i = 0; rows != NULL && i < L->count; i++) {
-        Entry *e = &L->entries[i];
-        if (!e->rx_packets && !e->failed && !e->spoofed && !e->wrong_key && !e->misdirected && e->last_rx == 0.0
-                && e->last_relay_rx == 0.0)
-            continue;
-        PyObject *src = e->last_rx == 0.0 ? Py_NewRef(Py_None) : endpoint(&e->last_src);
-        PyObject *relay = e->last_relay_rx == 0.0 ? Py_NewRef(Py_None) : endpoint(&e->last_relay_src);
-        PyObject *row = src == NULL || relay == NULL ? NULL
-            : Py_BuildValue("IKKKKKKdOKKdO", e->index, e->rx_packets, e->rx_bytes, e->failed, e->spoofed, e->wrong_key,
-                            e->misdirected, e->last_rx, src, e->rx_broadcast, e->rx_multicast, e->last_relay_rx, relay);
-        Py_XDECREF(src);
-        Py_XDECREF(relay);
-        if (row == NULL || PyList_Append(rows, row) < 0) Py_CLEAR(rows);
-        Py_XDECREF(row);
-        e->rx_packets = e->rx_bytes = e->failed = e->spoofed = e->wrong_key = e->misdirected = 0;
-        e->rx_broadcast = e->rx_multicast = 0;
-        e->last_rx = e->last_relay_rx = 0.0;
-    }
-    for (Py_ssize_t i = 0; sends != NULL && i < L->n_senders; i++) {
-        Sender *s = &L->senders[i];
-        if (!s->tx_packets) continue;
-        PyObject *row = Py_BuildValue("y#KKd", (const char *)s->overlay, (Py_ssize_t)s->overlay_len, s->tx_packets,
-                                      s->tx_bytes, s->last_tx);
-        if (row == NULL || PyList_Append(sends, row) < 0) Py_CLEAR(sends);
-        Py_XDECREF(row);
-        s->tx_packets = s->tx_bytes = 0;
-    }
-    if (rows == NULL || sends == NULL) {
-        Py_XDECREF(rows); Py_XDECREF(sends);
-        return NULL;
-    }
-    return Py_BuildValue("NN", rows, sends);
-}
-
-static int parse_entry(PyObject *row, Entry *e) {
-    Py_buffer key, overlay, peer_key;
-    PyObject *window;
-    if (!PyArg_ParseTuple(row, "Iy*O!y*y*d", &e->index, &key, &NativeWindowType, &window, &overlay, &peer_key,
-                          &e->expires_at))
-        return -1;
-    int ok = key.len == KEY_LEN && (overlay.len == 4 || overlay.len == 16) && peer_key.len == KEY_LEN;
-    if (ok) {
-        memcpy(e->key, key.buf, KEY_LEN);
-        memcpy(e->relay_key, peer_key.buf, KEY_LEN);
-        memcpy(e->overlay, overlay.buf, (size_t)overlay.len);
-        e->overlay_len = (int)overlay.len;
-        e->window = (NativeWindow *)Py_NewRef(window);
-    }
-    PyBuffer_Release(&key); PyBuffer_Release(&overlay); PyBuffer_Release(&peer_key);
-    if (!ok) PyErr_SetString(PyExc_ValueError, "an entry is (index, 32-byte key, NativeWindow, overlay, peer key, expires_at)");
-    return ok ? 0 : -1;
-}
-
-static int parse_sender(PyObject *row, int family, Sender *s) {
-    Py_buffer overlay, key, prefix;
-    PyObject *counter, *dest;
-    if (!PyArg_ParseTuple(row, "y*Iy*O!Oy*d", &overlay, &s->remote_index, &key, &NativeCounterType, &counter, &dest,
-                          &prefix, &s->expires_at))
-        return -1;
-    int ok = key.len == KEY_LEN && (overlay.len == 4 || overlay.len == 16) && (prefix.len == 0 || prefix.len == RELAY_INNER);
-    if (ok) {
-        memcpy(s->key, key.buf, KEY_LEN);
-        memcpy(s->prefix, prefix.buf, (size_t)prefix.len);
-        s->prefix_len = prefix.len;
-        memcpy(s->overlay, overlay.buf, (size_t)overlay.len);
-        s->overlay_len = (int)overlay.len;
-    } else {
-        PyErr_SetString(PyExc_ValueError,
-                        "a sender is (overlay, remote index, 32-byte key, NativeCounter, endpoint, prefix, expires_at)");
-    }
-    PyBuffer_Release(&key); PyBuffer_Release(&overlay); PyBuffer_Release(&prefix);
-    if (!ok || parse_endpoint(dest, family, &s->dest, &s->dest_len) < 0) return -1;
-    s->counter = (NativeCounter *)Py_NewRef(counter);
-    return 0;
-}
-
-PyDoc_STRVAR(replace_doc,
-"replace(entries, senders, accept4, accept6, skip) -> (rows, send_rows)\n\n"
-"Install new tables.  entries (what the thread opens) are (local index, receive key, NativeWindow,\n"
-"peer overlay address, peer key (of its relay envelopes), expires_at on the monotonic clock); senders\n"
-"(what it seals) are (peer overlay address, remote index, send key, NativeCounter, (address bytes,\n"
-"port), prefix (b'' or the relay envelope), expires_at); accept4/accept6\n"
-"the accepted destinations back to back (Destinations.accepted); skip the (address bytes, port)\n"
-"endpoints whose datagrams always go to Python (TURN servers).  Returns what the old tables counted\n"
-"since the last look, as counts() does.");
-
-static PyObject *loop_replace(Loop *L, PyObject *args) {
-    PyObject *rows, *send_rows, *skips;
-    Py_buffer a4, a6;
-    if (!PyArg_ParseTuple(args, "O!O!y*y*O!", &PyList_Type, &rows, &PyList_Type, &send_rows, &a4, &a6,
-                          &PyList_Type, &skips))
-        return NULL;
-    PyObject *result = NULL;
-    Py_ssize_t n = PyList_GET_SIZE(rows), n_send = PyList_GET_SIZE(send_rows), n_skip = PyList_GET_SIZE(skips);
-    struct sockaddr_storage skip[MAX_SKIP];
-    socklen_t ignored;
-    Entry *entries = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Entry));
-    Sender *senders = PyMem_Calloc((size_t)(n_send ? n_send : 1), sizeof(Sender));
-    Py_ssize_t parsed = 0, parsed_send = 0;
-    if (entries == NULL || senders == NULL) { PyErr_NoMemory(); goto done; }
-    if (a4.len % 4 || a6.len % 16 || a4.len / 4 > MAX_ACCEPT || a6.len / 16 > MAX_ACCEPT || n_skip > MAX_SKIP) {
-        PyErr_SetString(PyExc_ValueError, "too many accepted destinations or skipped endpoints");
-        goto done;
-    }
-    for (; parsed < n; parsed++)
-        if (parse_entry(PyList_GET_ITEM(rows, parsed), &entries[parsed]) < 0) goto done;
-    for (; parsed_send < n_send; parsed_send++)
-        if (parse_sender(PyList_GET_ITEM(send_rows, parsed_send), L->family, &senders[parsed_send]) < 0) goto done;
-    for (Py_ssize_t i = 0; i < n_skip; i++)
-        if (parse_endpoint(PyList_GET_ITEM(skips, i), L->family, &skip[i], &ignored) < 0) goto done;
-    pthread_mutex_lock(&L->table_lock);
-    result = take_counts(L);
-    Entry *old = L->entries;
-    Sender *old_senders = L->senders;
-    Py_ssize_t old_count = L->count, old_send = L->n_senders;
-    L->entries = entries;
-    L->count = n;
-    L->last_hit = 0;
-    L->senders = senders;
-    L->n_senders = n_send;
-    L->last_sender = 0;
-    memcpy(L->accept4, a4.buf, (size_t)a4.len); L->n_accept4 = a4.len / 4;
-    memcpy(L->accept6, a6.buf, (size_t)a6.len); L->n_accept6 = a6.len / 16;
-    memcpy(L->skip, skip, sizeof(skip[0]) * (size_t)n_skip); L->n_skip = n_skip;
-    pthread_mutex_unlock(&L->table_lock);
-    entries = old;
-    parsed = old_count;
-    senders = old_senders;
-    parsed_send = old_send;
-done:
-    if (entries != NULL) clear_entries(entries, parsed);
-    if (senders != NULL) clear_senders(senders, parsed_send);
-    PyBuffer_Release(&a4); PyBuffer_Release(&a6);
-    return result;
 }
 
 PyDoc_STRVAR(counts_doc,
@@ -351,6 +202,8 @@ static PyMethodDef loop_methods[] = {
     {"start", (PyCFunction)loop_start, METH_NOARGS, "Start the thread."},
     {"stop", (PyCFunction)loop_stop, METH_NOARGS, "Stop the thread and wait for it (idempotent)."},
     {"replace", (PyCFunction)loop_replace, METH_VARARGS, replace_doc},
+    {"patch", (PyCFunction)loop_patch, METH_VARARGS, patch_doc},
+    {"installed", (PyCFunction)loop_installed, METH_NOARGS, installed_doc},
     {"flows", (PyCFunction)loop_flows, METH_VARARGS, flows_doc},
     {"counts", (PyCFunction)loop_counts, METH_NOARGS, counts_doc},
     {"take", (PyCFunction)loop_take, METH_NOARGS, take_doc},

@@ -35,7 +35,8 @@ typedef struct {
     int overlay_len;
     uint8_t relay_key[KEY_LEN];  /* the peer's key, which a relay envelope from it must carry */
     double expires_at;
-    /* counted since Python last looked */
+    /* counted since Python last looked (noted: on the list of entries that did, see note_entry) */
+    int noted;
     uint64_t rx_packets, rx_bytes, failed, spoofed, wrong_key, misdirected;
     uint64_t rx_broadcast, rx_multicast;  /* delivered packets not to the node's own address (the first accepted) */
     double last_rx;  /* the last direct (bare) receive, 0.0 if none */
@@ -57,10 +58,23 @@ typedef struct {
     struct sockaddr_storage dest;
     socklen_t dest_len;
     double expires_at;
-    /* counted since Python last looked */
+    /* counted since Python last looked (noted: on the list of senders that did, see note_sender) */
+    int noted;
     uint64_t tx_packets, tx_bytes;
     double last_tx;
 } Sender;
+
+/* A hash map from a key (a receiver index, an overlay address) to a row's position (_fastpath_table.c). */
+typedef struct {
+    uint8_t key[16];
+    int len;  /* 0: a free slot */
+    Py_ssize_t at;
+} KeySlot;
+
+typedef struct {
+    KeySlot *slots;  /* mask + 1 of them, at most half used */
+    size_t mask;
+} KeyMap;
 
 /* One flow the access filter decided (_fastpath_flows.c); until 0.0 is a free slot. */
 typedef struct {
@@ -74,10 +88,18 @@ typedef struct {
     int udp_fd, tun_fd, stop_fd, running, family, no_gso;
     pthread_t thread;
     pthread_mutex_t table_lock;
-    Entry *entries;
-    Py_ssize_t count, last_hit;
-    Sender *senders;
-    Py_ssize_t n_senders, last_sender;
+    Entry *entries;  /* count of them, room for entries_room; entry_map finds them by index */
+    Py_ssize_t count, entries_room;
+    KeyMap entry_map;
+    Sender *senders;  /* n_senders of them, room for senders_room; sender_map finds them by overlay address */
+    Py_ssize_t n_senders, senders_room;
+    KeyMap sender_map;
+    /* the rows that counted since Python last looked, by key, so counts() looks at those only;
+       noted_all once a list was full (then every row is looked at) */
+    uint32_t *noted_entries;
+    KeySlot *noted_senders;
+    Py_ssize_t n_noted_entries, n_noted_senders;
+    int noted_all;
     uint8_t accept4[4 * MAX_ACCEPT], accept6[16 * MAX_ACCEPT];
     Py_ssize_t n_accept4, n_accept6;
     struct sockaddr_storage skip[MAX_SKIP];
@@ -110,6 +132,19 @@ static inline double monotonic(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
+
+/* _fastpath_table.c: the table's lookups (under table_lock), counts and the Python methods that change it */
+Entry *find_entry(Loop *L, uint32_t index);
+Sender *find_sender(Loop *L, const uint8_t *dst, int len);
+PyObject *take_counts(Loop *L);
+/* The row is about to count: counts() will look at it. */
+void note_entry(Loop *L, Entry *e);
+void note_sender(Loop *L, Sender *s);
+PyObject *loop_replace(Loop *L, PyObject *args);
+PyObject *loop_patch(Loop *L, PyObject *args);
+PyObject *loop_installed(Loop *L, PyObject *unused);
+extern const char replace_doc[], patch_doc[], installed_doc[];
+void free_table(Loop *L);
 
 /* _fastpath_recv.c */
 int receive_burst(Loop *L);

@@ -8,13 +8,6 @@
 
 #include "_fastpath_loop.h"
 
-static Entry *find(Loop *L, uint32_t index) {
-    if (L->last_hit < L->count && L->entries[L->last_hit].index == index) return &L->entries[L->last_hit];
-    for (Py_ssize_t i = 0; i < L->count; i++)
-        if (L->entries[i].index == index) { L->last_hit = i; return &L->entries[i]; }
-    return NULL;
-}
-
 static int accepted(const Loop *L, const uint8_t *dest, int len) {
     const uint8_t *list = len == 4 ? L->accept4 : L->accept6;
     Py_ssize_t n = len == 4 ? L->n_accept4 : L->n_accept6;
@@ -26,6 +19,7 @@ static int accepted(const Loop *L, const uint8_t *dest, int len) {
 /* fastpath.open_run for one message p[0:size] of entry e (bare, or after a relay envelope of skip bytes); the plaintext joins the TUN batch. */
 static void open_one(Loop *L, Entry *e, uint8_t *p, Py_ssize_t size, Py_ssize_t skip,
                      const struct sockaddr_storage *src, double now, Py_ssize_t *npk) {
+    note_entry(L, e);
     if (skip && memcmp(p + 4, e->relay_key, KEY_LEN)) { e->wrong_key++; return; }
     p += skip;
     size -= skip;
@@ -93,7 +87,7 @@ static void received(Loop *L, uint8_t *b, Py_ssize_t n, Py_ssize_t seg, const st
         else if (size >= RELAY_INNER + OVERHEAD && p[0] == VERSION && p[1] == KIND_RELAY
                  && (p[RELAY_INNER + 1] == KIND_DATA || p[RELAY_INNER + 1] == KIND_KEEPALIVE)) skip = RELAY_INNER;
         if (skip >= 0) {
-            e = find(L, get32le(p + skip + 4));
+            e = find_entry(L, get32le(p + skip + 4));
             if (e != NULL && now >= e->expires_at) e = NULL;
         }
         if (e == NULL) {

@@ -21,18 +21,6 @@
 #define F_NEEDS_CSUM 1
 #define MAX_CSUM_START 60
 
-static Sender *find_sender(Loop *L, const uint8_t *dst, int len) {
-    Py_ssize_t hit = L->last_sender;
-    if (hit < L->n_senders && L->senders[hit].overlay_len == len && !memcmp(L->senders[hit].overlay, dst, (size_t)len))
-        return &L->senders[hit];
-    for (Py_ssize_t i = 0; i < L->n_senders; i++)
-        if (L->senders[i].overlay_len == len && !memcmp(L->senders[i].overlay, dst, (size_t)len)) {
-            L->last_sender = i;
-            return &L->senders[i];
-        }
-    return NULL;
-}
-
 static ssize_t send_one(Loop *L, uint8_t *data, Py_ssize_t size, int seg) {
     struct iovec iov = {data, (size_t)size};
     return gso_send(L->udp_fd, &L->run_dest, L->run_dest_len, &iov, 1, seg);
@@ -86,6 +74,7 @@ static void seal_packet(Loop *L, Sender *s, const uint8_t *p, Py_ssize_t size, d
     seal_in_place(msg, size, s->remote_index, counter_take(s->counter, 1), s->key);
     L->run_at += msg_size;
     L->run_count++;
+    note_sender(L, s);
     s->tx_packets++;
     s->tx_bytes += (uint64_t)size;
     s->last_tx = now;
@@ -110,6 +99,7 @@ static int seal_super_packet(Loop *L, Sender *s, const uint8_t *p, Py_ssize_t si
     L->run_seg = first_size;
     L->run_at = written;
     L->run_count = count;
+    note_sender(L, s);
     s->tx_packets += (uint64_t)count;
     s->tx_bytes += (uint64_t)(written - count * (s->prefix_len + OVERHEAD));
     s->last_tx = now;

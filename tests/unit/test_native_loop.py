@@ -123,10 +123,30 @@ def enveloped(messages, relayed: str) -> list[bytes]:
     return [relay_prefix(PEER_KEY if relayed == "right" or i % 2 else b"Q" * 32) + m for i, m in enumerate(messages)]
 
 
+CROWD = 10_000
+"""Other peers in the large tables: the thread finds the one a packet is for among them."""
+
+
+def crowd_entries(count: int) -> list[tuple]:
+    """`count` entries of other peers (receiver indexes spread over 32 bits, never 2), made once."""
+    made = crowd_entries.__dict__.setdefault("made", [])
+    while len(made) < count:
+        index = (len(made) + 3) * 2654435761 & 0xFFFFFFFF
+        made.append((index, bytes(32), NATIVE_MODULE.NativeWindow(ReplayWindow()), bytes([10, 0, 0, 1]), b"Q" * 32, FAR))
+    return made[:count]
+
+
+def crowd_senders(count: int, endpoint: tuple) -> list[tuple]:
+    """`count` senders of other peers (overlay addresses in 10.0.0.0/8, never DST4), to `endpoint`."""
+    return [(bytes([10, i >> 16 & 255, i >> 8 & 255, i & 255]), i, bytes(32), NATIVE_MODULE.NativeCounter(0), endpoint,
+             b"", FAR) for i in range(count)]
+
+
 @settings(max_examples=25, deadline=None)
 @given(choices=st.lists(st.tuples(kinds, st.integers(0, 1000)), min_size=1, max_size=20),
-       flow=st.integers(0, 12), flow_at=st.integers(0, 20), relayed=st.sampled_from(["bare", "right", "wrong"]))
-def test_thread_writes_what_the_python_path_writes(choices, flow, flow_at, relayed):
+       flow=st.integers(0, 12), flow_at=st.integers(0, 20), relayed=st.sampled_from(["bare", "right", "wrong"]),
+       crowd=st.sampled_from([0, CROWD]), place=st.floats(0, 1))
+def test_thread_writes_what_the_python_path_writes(choices, flow, flow_at, relayed, crowd, place):
     rig = Rig()
     try:
         sender, receiver = sessions()
@@ -136,7 +156,10 @@ def test_thread_writes_what_the_python_path_writes(choices, flow, flow_at, relay
         messages = enveloped(messages, relayed)
         expected_writes, expected_counts, expected_handed = python_path(messages, ReplayWindow())
         window = NATIVE_MODULE.NativeWindow(receiver.window)
-        rig.loop.replace([(2, receiver.recv_key, window, SRC4, PEER_KEY, FAR)], [], ACCEPT4, b"", [])
+        others = crowd_entries(crowd)
+        at = int(place * crowd)
+        rig.loop.replace(others[:at] + [(2, receiver.recv_key, window, SRC4, PEER_KEY, FAR)] + others[at:], [],
+                         ACCEPT4, b"", [])
         rig.send(messages)
         rig.loop.start()
         rig.wait_receives(len(messages))
@@ -232,17 +255,21 @@ def peer_socket():
     sock.close()
 
 
-def install_sender(rig, sender, peer_socket, overlay=DST4, expires_at=FAR, prefix=b""):
+def install_sender(rig, sender, peer_socket, overlay=DST4, expires_at=FAR, prefix=b"", crowd=0):
+    """The sender's row, after `crowd` senders of other peers."""
     host, port = peer_socket.getsockname()
+    endpoint = (socket.inet_aton(host), port)
     sender.shared_counter = NATIVE_MODULE.NativeCounter(sender.send_counter)
-    rig.loop.replace([], [(overlay, sender.remote_index, sender.send_key, sender.shared_counter,
-                           (socket.inet_aton(host), port), prefix, expires_at)], ACCEPT4, b"", [])
+    rig.loop.replace([], crowd_senders(crowd, endpoint) + [(overlay, sender.remote_index, sender.send_key,
+                                                            sender.shared_counter, endpoint, prefix, expires_at)],
+                     ACCEPT4, b"", [])
 
 
 @settings(max_examples=15, deadline=None)
 @given(sizes=st.lists(st.integers(20, 1400), min_size=1, max_size=8), mss=st.sampled_from([0, 300, 1000]),
-       counter=st.sampled_from([0, 5, 2**40]), prefix=st.sampled_from([b"", relay_prefix(PEER_KEY)]))
-def test_thread_seals_what_the_python_path_seals(sizes, mss, counter, prefix):
+       counter=st.sampled_from([0, 5, 2**40]), prefix=st.sampled_from([b"", relay_prefix(PEER_KEY)]),
+       crowd=st.sampled_from([0, CROWD]))
+def test_thread_seals_what_the_python_path_seals(sizes, mss, counter, prefix, crowd):
     """Plain packets and one TSO super-packet, read from the TUN: the datagrams equal Session/seal_split's."""
     rig = Rig()
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -250,7 +277,7 @@ def test_thread_seals_what_the_python_path_seals(sizes, mss, counter, prefix):
     try:
         sender, _ = sessions(counter)
         reference, _ = sessions(counter)
-        install_sender(rig, sender, peer, prefix=prefix)
+        install_sender(rig, sender, peer, prefix=prefix, crowd=crowd)
         reads = [tun_read(udp4(size, i)) for i, size in enumerate(sizes)]
         expected = [prefix + bytes(out[: reference.seal_into(out, 0, r, 10, len(r))])
                     for r in reads for out in [bytearray(4096)]]
