@@ -13,7 +13,9 @@ many silent peers is in (probing, no paths). Then, each timed `--calls` times:
   outputs drained and ``get_timer`` asked, as the daemon does after every datagram batch;
 * ``native sync``: with the native extension built, what the daemon then asks of the native
   thread's Python face (`NativeReceiver.sync`), every peer holding a current session, the
-  thread's ``Loop`` on a loopback socket (not started).
+  thread's ``Loop`` on a loopback socket (not started);
+* ``sync, one changed``: the same after one peer's rows changed (a previous session came or
+  went, peer by peer in turn), which the thread's table must take.
 
 Prints the mean microseconds per call. Not a test: nothing is asserted.
 """
@@ -64,15 +66,17 @@ def build(count: int, warmup: float = WARMUP) -> tuple[MemoryNode, float]:
     return node, now
 
 
-def native_sync(node: MemoryNode, now: float) -> Callable[[int], object] | None:
-    """``NativeReceiver.sync`` after an input that changed no peer, every peer with a session; None without the extension."""
+def native_sync(node: MemoryNode, now: float) -> tuple[Callable[[int], object], Callable[[int], object]] | None:
+    """``NativeReceiver.sync`` after an input that changed no peer, and after one that changed one
+    peer's rows, every peer with a session; None without the extension."""
     if fastpath.native_module() is None:
         return None
     peers = node.node.core.peers
-    for index, peer in enumerate(peers, 1000):
-        keys = SessionKeys(bytes([index & 255]) * 32, bytes([index >> 8 & 255]) * 32, index, index, peer.key, True)
-        peer.ring.current = Session(keys, now)
+    table = list(peers)
+    for index, peer in enumerate(table, 1000):
+        peer.ring.current = session(index, peer.key, now)
         peers.by_index[index] = peer
+    previous = [session(index, peer.key, now) for index, peer in enumerate(table, 1000 + len(table))]
     udp, tun = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
     receiver = NativeReceiver(node.data, udp.fileno(), tun[0], SendBuffer(lambda *_: None), lambda: None)
@@ -80,7 +84,18 @@ def native_sync(node: MemoryNode, now: float) -> Callable[[int], object] | None:
 
     def sync(_: int, sockets=(udp, *tun)) -> None:  # the sockets stay open as long as the step
         receiver.sync(now)
-    return sync
+
+    def one_changed(i: int, sockets=(udp, *tun)) -> None:
+        peer = table[i % len(table)]
+        peer.ring.previous = None if peer.ring.previous is not None else previous[i % len(table)]
+        peers.changed.add(peer)  # as the core's timer marks a peer its machines touched
+        receiver.sync(now)
+    return sync, one_changed
+
+
+def session(index: int, key: bytes, now: float) -> Session:
+    keys = SessionKeys(bytes([index & 255]) * 32, bytes([index >> 8 & 255]) * 32, index, index, key, True)
+    return Session(keys, now)
 
 
 def mean_us(calls: int, step: Callable[[int], object]) -> float:
@@ -111,8 +126,9 @@ def measure(count: int, calls: int) -> dict[str, float]:
     row = {"get_timer": mean_us(calls, lambda _: core.get_timer()),
            "handle_timer": mean_us(calls, tick),
            "input step": mean_us(calls, step)}
-    sync = native_sync(node, clock[0])
-    row["native sync"] = float("nan") if sync is None else mean_us(calls, sync)
+    syncs = native_sync(node, clock[0])
+    row["native sync"] = float("nan") if syncs is None else mean_us(calls, syncs[0])
+    row["sync, one changed"] = float("nan") if syncs is None else mean_us(calls, syncs[1])
     return row
 
 
@@ -122,11 +138,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args(argv)
     print(f"load average {os.getloadavg()[0]:.1f}; mean microseconds per call, {args.calls} calls")
-    print(f"{'peers':>6} {'get_timer':>10} {'handle_timer':>13} {'input step':>11} {'native sync':>12}")
+    print(f"{'peers':>6} {'get_timer':>10} {'handle_timer':>13} {'input step':>11} {'native sync':>12} "
+          f"{'sync, one changed':>18}")
     for count in args.peers:
         row = measure(count, args.calls)
         print(f"{count:>6} {row['get_timer']:>10.1f} {row['handle_timer']:>13.1f} {row['input step']:>11.1f} "
-              f"{row['native sync']:>12.1f}")
+              f"{row['native sync']:>12.1f} {row['sync, one changed']:>18.1f}", flush=True)
 
 
 if __name__ == "__main__":

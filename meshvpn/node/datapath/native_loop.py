@@ -61,10 +61,6 @@ class NativeReceiver:
         self._tables = NativeTables(data.core.peers)
         self._installed: tuple = ()
         """The accepted destinations and the TURN servers, as installed."""
-        self._peers: dict[int, Peer] = {}
-        """Local index → peer, as installed: counts of a session retired since still find their peer."""
-        self._senders: dict[bytes, Peer] = {}
-        """Overlay address → peer, as installed for sealing."""
         self.totals: Counter = Counter()
         """Thread-wide counts (TOTALS) since start."""
         self.relay = NativePeerRelay(self._loop, self._core.peer_relay)
@@ -125,7 +121,7 @@ class NativeReceiver:
 
     def _judge(self, index: int, packet: bytes, now: float, to_tun: list) -> None:
         """A packet the thread opened (and counted) for the peer of ``index``: the filter lets it in or counts it."""
-        peer, lan = self._peers.get(index), self._data.lan
+        peer, lan = self._tables.by_index.get(index), self._data.lan
         if peer is None or lan is None:
             self._data.drops["unknown index"] += 1
             return
@@ -151,17 +147,23 @@ class NativeReceiver:
     def sync(self, now: float) -> None:
         """Install what the thread may open and seal now, if it changed since the last call.
 
-        Only the peers marked since the last call are looked at (`native_tables`)."""
+        Only the peers marked since the last call are looked at, and only the rows that changed
+        are handed over (`native_tables`); what the rows that left counted is folded in."""
         self._follow_access()  # rules that became active hold before any new entry serves
         destinations = self._core.destinations
         turn = sorted(filter(None, map(packed, self._core.turn.by_endpoint)))
         others = (destinations.accepted(4), destinations.accepted(16), turn)
         self.relay.sync()
-        if not self._tables.update(now) and others == self._installed:
+        tables = self._tables
+        if not tables.update(now) and others == self._installed:
             return
-        entries, peers, senders, by_overlay = self._tables.tables()
-        self._fold(self._loop.replace(entries, senders, *others), now)
-        self._installed, self._peers, self._senders = others, peers, by_overlay
+        diff = tables.diff()
+        self._fold(self._loop.patch(diff.gone_indexes, diff.entries, diff.gone_overlays, diff.senders, *others), now)
+        tables.installed(diff)
+        self._installed = others
+        if tables.check:
+            indexes, overlays = self._loop.installed()
+            assert (sorted(indexes), sorted(overlays)) == (sorted(tables.by_index), sorted(tables.by_overlay))
 
     def pull(self, now: float) -> None:
         """Fold what the thread counted into the peers, the drops and :attr:`totals`."""
@@ -180,7 +182,7 @@ class NativeReceiver:
         lan = self._data.lan
         for index, packets, nbytes, failed, spoofed, wrong_key, misdirected, last_rx, source, broadcast, multicast, \
                 last_relay_rx, relay in rows:
-            peer = self._peers.get(index)
+            peer = self._tables.by_index.get(index)
             if peer is None:
                 continue
             if lan is not None:
@@ -194,7 +196,7 @@ class NativeReceiver:
                 self._data.core_touched = True
                 self._core.flush(peer, now)
         for overlay, packets, nbytes, last_tx in send_rows:
-            peer = self._senders.get(overlay)
+            peer = self._tables.by_overlay.get(overlay)
             if peer is not None:
                 _count_sent(peer, packets, nbytes, max(peer.last_tx, last_tx), self._data.trafficked)
 

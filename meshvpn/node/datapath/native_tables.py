@@ -11,13 +11,16 @@ socket) are built again only when the peer may have changed:
   (``PeerTable.set_route``/``readdress``, which mark ``changed``), or added or removed;
 * or when a session in its rows expired (a heap of each peer's earliest expiry).
 
-The thread's table is handed over only when some peer's rows changed. ``check`` compares every
-answer with the full rebuild (the tests switch it on). Sans-IO: ``now`` is an argument.
+Only the rows that changed are handed over (`Diff`, for ``Loop.patch``): at 10,000 peers the
+whole table took milliseconds to build and parse where one peer's rows take microseconds.
+``check`` compares every answer with the full rebuild (the tests switch it on). Sans-IO: ``now``
+is an argument.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass, field
 from typing import Optional
 
 from meshvpn.node.datapath import fastpath
@@ -60,8 +63,30 @@ def _expiry(rows: Rows) -> float:
     return min([entry[5] for entry in entries] + ([sender[6]] if sender is not None else []))
 
 
+@dataclass
+class Diff:
+    """What the thread's table must change, in ``Loop.patch``'s order: rows gone, then rows put
+    (each in place of the one with its index or overlay address), with the peer of each put row."""
+
+    gone_indexes: list[int] = field(default_factory=list)
+    entries: list[tuple] = field(default_factory=list)
+    entry_peers: list[Peer] = field(default_factory=list)
+    gone_overlays: list[bytes] = field(default_factory=list)
+    senders: list[tuple] = field(default_factory=list)
+    sender_peers: list[Peer] = field(default_factory=list)
+
+    def put_entry(self, row: tuple, peer: Peer) -> None:
+        self.entries.append(row)
+        self.entry_peers.append(peer)
+
+    def put_sender(self, row: tuple, peer: Peer) -> None:
+        self.senders.append(row)
+        self.sender_peers.append(peer)
+
+
 class NativeTables:
-    """Every peer's rows, as installed; :meth:`update` recomputes those of the peers that changed."""
+    """Every peer's rows, as computed, and what the thread holds: :meth:`update` recomputes the rows
+    of the peers that changed, :meth:`diff` says what to hand over, :meth:`installed` notes it."""
 
     check = False
     """Compare every update with the full rebuild over all peers (the tests switch it on)."""
@@ -70,8 +95,14 @@ class NativeTables:
         self._peers = peers
         peers.changed = set()
         self._rows: dict[Peer, Rows] = {}
+        self._before: dict[Peer, Optional[Rows]] = {}
+        """The rows the thread holds for each peer whose rows changed since the last `diff`."""
         self._expiries: KeyedHeap[Peer] = KeyedHeap()
         self._everyone = True
+        self.by_index: dict[int, Peer] = {}
+        """Local index → peer, as installed: counts of a session retired since still find their peer."""
+        self.by_overlay: dict[bytes, Peer] = {}
+        """Overlay address → peer, as installed for sealing."""
 
     def update(self, now: float) -> bool:
         """Recompute the rows of the peers marked since the last call; True if any changed."""
@@ -86,9 +117,11 @@ class NativeTables:
         for peer in dirty:
             rows = rows_of(peer, now) if peers.by_key.get(peer.key) is peer else None
             self._expiries.set(peer, None if rows is None else _expiry(rows))
-            if rows == self._rows.get(peer):
+            old = self._rows.get(peer)
+            if rows == old:
                 continue
             changed = True
+            self._before.setdefault(peer, old)
             if rows is None:
                 del self._rows[peer]
             else:
@@ -97,8 +130,41 @@ class NativeTables:
             self._check(now)
         return changed
 
+    def diff(self) -> Diff:
+        """What the thread must change to hold the rows :meth:`update` computed: the rows of the
+        peers that changed since the last call, no others. A row the thread holds for another peer
+        (an index or address that moved) leaves only with that peer's."""
+        diff = Diff()
+        for peer, before in self._before.items():
+            old_entries, old_sender = before if before is not None else ((), None)
+            new_entries, new_sender = self._rows.get(peer, ((), None))
+            old = {row[0]: row for row in old_entries}
+            new = {row[0]: row for row in new_entries}
+            diff.gone_indexes += [index for index in old.keys() - new.keys() if self.by_index.get(index) is peer]
+            for index, row in new.items():
+                if old.get(index) != row:
+                    diff.put_entry(row, peer)
+            if old_sender == new_sender:
+                continue
+            if old_sender is not None and (new_sender is None or new_sender[0] != old_sender[0]) \
+                    and self.by_overlay.get(old_sender[0]) is peer:
+                diff.gone_overlays.append(old_sender[0])
+            if new_sender is not None:
+                diff.put_sender(new_sender, peer)
+        self._before.clear()
+        return diff
+
+    def installed(self, diff: Diff) -> None:
+        """The thread took `diff` (``Loop.patch``): the installed views follow, in its order."""
+        for index in diff.gone_indexes:
+            del self.by_index[index]
+        for overlay in diff.gone_overlays:
+            del self.by_overlay[overlay]
+        self.by_index.update((row[0], peer) for row, peer in zip(diff.entries, diff.entry_peers))
+        self.by_overlay.update((row[0], peer) for row, peer in zip(diff.senders, diff.sender_peers))
+
     def tables(self) -> tuple[list[tuple], dict[int, Peer], list[tuple], dict[bytes, Peer]]:
-        """(entries, local index → peer, senders, overlay → peer) for ``Loop.replace`` and the folds."""
+        """(entries, local index → peer, senders, overlay → peer): the whole table, as ``Loop.replace`` takes it."""
         entries, by_index, senders, by_overlay = [], {}, [], {}
         for peer, (rows, sender) in self._rows.items():
             entries += rows
