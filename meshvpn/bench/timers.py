@@ -11,6 +11,8 @@ many silent peers is in (probing, no paths). Then, each timed `--calls` times:
 * ``handle_timer``: one call at the node's own next deadline, outputs drained;
 * ``input step``: one datagram the node drops (a malformed handshake from a stranger), its
   outputs drained and ``get_timer`` asked, as the daemon does after every datagram batch;
+* ``peer update``: one coord ``peer_update`` (a new public endpoint for one peer, peer by peer
+  in turn) through the node, outputs drained;
 * ``native sync``: with the native extension built, what the daemon then asks of the native
   thread's Python face (`NativeReceiver.sync`), every peer holding a current session, the
   thread's ``Loop`` on a loopback socket (not started);
@@ -23,6 +25,7 @@ Prints the mean microseconds per call. Not a test: nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import socket
@@ -71,6 +74,7 @@ def native_sync(node: MemoryNode, now: float) -> tuple[Callable[[int], object], 
     peer's rows, every peer with a session; None without the extension."""
     if fastpath.native_module() is None:
         return None
+    node.node.get_timer()  # takes the peers the calls before marked, as the daemon asks after every input
     peers = node.node.core.peers
     table = list(peers)
     for index, peer in enumerate(table, 1000):
@@ -123,9 +127,17 @@ def measure(count: int, calls: int) -> dict[str, float]:
         node.drain(clock[0])
         core.get_timer()
 
+    infos = [peer.info for peer in core.peers]
+
+    def update(i: int) -> None:
+        info = infos[i % len(infos)]
+        moved = m.Endpoint("203.0.113.251", 30000 + i % 30000)
+        node.from_coord(m.PeerUpdate(dataclasses.replace(info, public_endpoint=moved)), clock[0])
+
     row = {"get_timer": mean_us(calls, lambda _: core.get_timer()),
            "handle_timer": mean_us(calls, tick),
-           "input step": mean_us(calls, step)}
+           "input step": mean_us(calls, step),
+           "peer update": mean_us(calls, update)}
     syncs = native_sync(node, clock[0])
     row["native sync"] = float("nan") if syncs is None else mean_us(calls, syncs[0])
     row["sync, one changed"] = float("nan") if syncs is None else mean_us(calls, syncs[1])
@@ -138,12 +150,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args(argv)
     print(f"load average {os.getloadavg()[0]:.1f}; mean microseconds per call, {args.calls} calls")
-    print(f"{'peers':>6} {'get_timer':>10} {'handle_timer':>13} {'input step':>11} {'native sync':>12} "
-          f"{'sync, one changed':>18}")
+    columns = ("get_timer", "handle_timer", "input step", "peer update", "native sync", "sync, one changed")
+    print(f"{'peers':>6} " + " ".join(f"{column:>{max(len(column), 10)}}" for column in columns))
     for count in args.peers:
         row = measure(count, args.calls)
-        print(f"{count:>6} {row['get_timer']:>10.1f} {row['handle_timer']:>13.1f} {row['input step']:>11.1f} "
-              f"{row['native sync']:>12.1f} {row['sync, one changed']:>18.1f}", flush=True)
+        print(f"{count:>6} " + " ".join(f"{row[column]:>{max(len(column), 10)}.1f}" for column in columns), flush=True)
 
 
 if __name__ == "__main__":
