@@ -69,6 +69,8 @@ class _LinkProtocol(asyncio.Protocol):
         self.inbox: asyncio.Queue[Union[m.Message, object]] = asyncio.Queue()
         self.closed = loop.create_future()
         self.close_reason: str | None = None
+        self.reset = False
+        """The server reset the connection (it no longer knows it), rather than closing it."""
         self.transport: asyncio.Transport | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
 
@@ -94,6 +96,7 @@ class _LinkProtocol(asyncio.Protocol):
                 self.inbox.put_nowait(message)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.reset = isinstance(exc, ConnectionResetError)
         if self.close_reason is None:
             self.close_reason = f"connection lost: {exc}" if exc else "closed by the server"
         if self._ping_timer is not None:
@@ -141,6 +144,11 @@ class CoordClient:
     def close_reason(self) -> str | None:
         """Why the link closed, or None while it is open."""
         return self._protocol.close_reason
+
+    @property
+    def reset(self) -> bool:
+        """Whether the server reset the connection (our NAT re-mapped us, or its host restarted)."""
+        return self._protocol.reset
 
     def send(self, message: m.Message) -> None:
         """Seal and send one message; raises CoordLinkClosed once the link is closed."""

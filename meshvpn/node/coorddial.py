@@ -12,7 +12,9 @@ A node may know several coordination servers that share one database (``coord.ad
   failed in a row, doubling from ``BACKOFF_INITIAL`` to ``BACKOFF_MAX`` with ±50 % jitter. The
   cap is short (a few seconds) so that a node is back within seconds of a coord answering again,
   and the jitter spreads a restarted coord's reconnections over that time.
-* Any sign of a coord (a finished channel handshake, a registration) resets that count.
+* Any sign of a coord (a finished channel handshake, a registration) resets that count. A
+  registered link that ends waits the first step, unless the coord reset the connection: then
+  the new round starts at once (`Dialer.dropped`).
 * A coord that *refuses* the node (an ``error`` that closes the channel: a bad key, ``busy``)
   is there but does not want it now: those refusals back off on their own count, up to
   ``REFUSED_MAX``, so a misconfigured node does not knock every few seconds for ever. A coord
@@ -42,12 +44,25 @@ REFUSED_MAX = 30.0
 """Longest wait after the coord refused the node."""
 ANSWER_TIMEOUT = 5.0
 """Seconds a coord may take to answer the link's ping before the link counts as dead."""
+KEEPALIVE = 15.0
+"""Seconds between the link's pings to the coord."""
+CONNECT_TIMEOUT = 10.0
+"""Seconds for TCP connect plus the channel handshake."""
 
 
 def backoff_delay(failures: int, jitter: float, maximum: float = BACKOFF_MAX) -> float:
     """Wait before new round number ``failures`` (1-based); ``jitter`` in [0, 1) spreads it ±50 %."""
     base = doubling(BACKOFF_INITIAL, maximum, failures - 1)
     return base * (0.5 + jitter)
+
+
+def remapped(before: Optional[Endpoint], after: Optional[Endpoint], registered_at: Optional[float],
+             asked_at: float) -> bool:
+    """Whether STUN's answer shows the coord connection dead: our public mapping moved (the NAT
+    forgot us, and with us the connection's own mapping), and the connection was made before we
+    asked. Its next frame would only draw the coord's reset, so the link reconnects at once."""
+    return (before is not None and after is not None and before != after
+            and registered_at is not None and registered_at < asked_at)
 
 
 def silence_limit(keepalive: float) -> float:
@@ -126,8 +141,15 @@ class Dialer:
         self.preferred = endpoint
         self.failures = self.refusals = 0
 
-    def dropped(self, jitter: float) -> float:
-        """A registered link ended: seconds before the next round (the first step of the backoff)."""
+    def dropped(self, jitter: float, reset: bool = False) -> float:
+        """A registered link ended: seconds before the next round (the first step of the backoff).
+        A connection the coord `reset` (it no longer knows it: our NAT re-mapped us, or its host
+        restarted) has a new round at once: a live coord takes it, a dead one refuses it and the
+        backoff starts then. A coord process that exits closes its connections (EOF), so a
+        restart's reconnections stay spread by the jitter."""
         self._round.clear()
+        if reset:
+            self.failures = 0
+            return 0.0
         self.failures = 1
         return backoff_delay(self.failures, jitter)

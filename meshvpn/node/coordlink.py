@@ -25,7 +25,8 @@ from meshvpn.control import messages as m
 from meshvpn.node.coordclient import CoordClient, CoordHandshakeFailed, CoordUnreachable, connect
 from meshvpn.errors import MeshError
 from meshvpn.noise import StaticIdentity
-from meshvpn.node.coorddial import BACKOFF_MAX, Dialer, backoff_delay, silence_limit
+from meshvpn.node.coordbacklog import PunchBacklog
+from meshvpn.node.coorddial import BACKOFF_MAX, CONNECT_TIMEOUT, KEEPALIVE, Dialer, backoff_delay, silence_limit
 from meshvpn.node.family import is_ipv6
 from meshvpn.node.startup import explain_coord_failure
 from meshvpn.node.streamrace import race_connections
@@ -35,8 +36,6 @@ log = logging.getLogger("meshvpn.node.coordlink")
 
 __all__ = ["BACKOFF_MAX", "CONNECT_TIMEOUT", "CoordLink", "backoff_delay", "resolve"]
 
-CONNECT_TIMEOUT = 10.0
-"""Seconds for TCP connect plus the channel handshake."""
 CLOSE_POLL = 0.1
 """Seconds between cancels of the link's task while it is being closed."""
 
@@ -82,7 +81,7 @@ class CoordLink:
         register: Callable[[], m.Register],
         on_message: Callable[[m.Message], None],
         on_state: Callable[[bool], None],
-        keepalive: float = 15.0,
+        keepalive: float = KEEPALIVE,
         local_socket: Optional[Callable[[], socket.socket]] = None,
         family: int = socket.AF_UNSPEC,
         tls_port: int = 0,
@@ -111,6 +110,8 @@ class CoordLink:
         self.connected = False
         self.endpoint: Optional[Endpoint] = None
         """The coord address the link is registered through, while it is."""
+        self.registered_at: Optional[float] = None
+        """When the current connection registered (the loop's clock), while it is."""
         self._tried = False
         self._warned: dict[tuple, str] = {}
         """The last failure logged per address, so that a retry for the same reason stays quiet."""
@@ -118,6 +119,8 @@ class CoordLink:
         self._task: Optional[asyncio.Task] = None
         self._rng = random.Random()
         self.dialer = Dialer(spread=self._rng.random())
+        self.backlog = PunchBacklog()
+        """Punch requests that found the link down, sent once it registers."""
 
     @property
     def failures(self) -> int:
@@ -171,8 +174,10 @@ class CoordLink:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def send(self, msg: m.Message) -> bool:
-        """Send if connected; False (dropped) otherwise: state is re-sent on reconnect."""
+        """Send if connected; False (dropped) otherwise: state is re-sent on reconnect, and a punch
+        request waits in the backlog for the registration."""
         if self._client is None or self._client.close_reason is not None:
+            self.backlog.hold(msg, asyncio.get_running_loop().time())
             return False
         self._client.send(msg)
         return True
@@ -239,7 +244,7 @@ class CoordLink:
         finally:
             registered = self._drop()
         if registered:
-            return self.dialer.dropped(self._rng.random())
+            return self.dialer.dropped(self._rng.random(), reset=client.reset)
         return self.dialer.unreachable(self._rng.random())
 
     def _warn(self, where: tuple, text: str) -> None:
@@ -259,7 +264,7 @@ class CoordLink:
         was = self.connected
         if was:
             self.connected = False
-            self.endpoint = None
+            self.endpoint = self.registered_at = None
             self.on_state(False)
         return was
 
@@ -282,7 +287,10 @@ class CoordLink:
                 self._warned.clear()
                 if not self.connected:
                     self.connected, self.endpoint, self._tried = True, endpoint, True
+                    self.registered_at = asyncio.get_running_loop().time()
                     log.info("registered through the coord at %s", Address(*endpoint))
+                    for held in self.backlog.release(asyncio.get_running_loop().time()):
+                        client.send(held)
                     self.on_state(True)
             elif isinstance(msg, m.Error):
                 refusal = msg

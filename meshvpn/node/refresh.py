@@ -16,8 +16,11 @@ said so; the router's port mapping is probed again, and the relay and TURN links
 once (``Node.servers_network_changed``: a network that lets no UDP out answers no STUN either).
 
 A path that died while carrying traffic asks for a round too (``DiscoverEndpoints``,
-:meth:`EndpointRefresh.rediscover`): our NAT may have re-mapped us. Once that round's STUN
-answer is reported, the node re-punches the peers that fell back (``Node.endpoints_refreshed``;
+:meth:`EndpointRefresh.rediscover`): our NAT may have re-mapped us. If the STUN mapping did move,
+the coord connection, made before, went with it (`meshvpn.node.coorddial.remapped`): the link
+reconnects at once rather than write the new endpoints into it and wait for the reset. Once that
+round's STUN answer is reported, the node re-punches the peers that fell back
+(``Node.endpoints_refreshed``;
 if the coord link is down, the node does it again when it registers).
 """
 
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Optional
 
 from meshvpn.control import messages as m
 from meshvpn.node.announce6 import announced
+from meshvpn.node.coorddial import remapped
 from meshvpn.node.discovery import own_nat_profile, public_mapping
 from meshvpn.node.endpointreports import EndpointReports, OwnEndpoints, Refreshed, Reprobe, Report
 from meshvpn.node.eventlog import endpoints_line
@@ -134,7 +138,12 @@ class EndpointRefresh:
         self.reports.begin(daemon.loop.time(), local=daemon._local_endpoints(),
                            ipv6=announced(local6, self._mapped6), **self._mappings())
         self._carry_out()
+        asked_at = daemon.loop.time()
         public = await public_mapping(daemon.stun, daemon.config, daemon.udp.family, daemon.link.host)
+        if remapped(daemon.public_endpoint, public, daemon.link.registered_at, asked_at):
+            log.info("coord link: reconnecting now, our public mapping moved (%s -> %s)",
+                     daemon.public_endpoint, public)
+            daemon.link.reconnect()
         self.reports.stun(public, daemon.loop.time())
         self._carry_out()
         if local6:  # after the IPv4 report: an IPv6 route that drops packets must not hold that up

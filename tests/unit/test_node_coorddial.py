@@ -4,7 +4,7 @@ short enough that a node is back within seconds of a coord answering, jittered a
 import pytest
 
 from meshvpn.node.coorddial import (ANSWER_TIMEOUT, BACKOFF_INITIAL, BACKOFF_MAX, REFUSED_MAX, Dialer, backoff_delay,
-                                    silence_limit)
+                                    remapped, silence_limit)
 from meshvpn.wire import Endpoint
 
 A1, A2 = Endpoint("203.0.113.10", 7400), Endpoint("203.0.113.11", 7400)
@@ -64,6 +64,25 @@ def test_it_sticks_to_the_address_that_registered_it_and_resets_the_backoff():
     assert dialer.dropped(0.5) == BACKOFF_INITIAL, "a dropped link waits only the first step"
     assert dialer.plan([[A1, A2], [B]]) == [A2, A1, B]
     assert dialer.plan([[A1], [B]]) == [A1, B], "a preferred address no longer resolved is not tried"
+
+
+def test_a_connection_the_coord_reset_is_redialled_at_once_and_a_refusal_then_backs_off():
+    dialer = Dialer()
+    dialer.plan([[A1]])
+    dialer.registered(dialer.next_endpoint())
+    assert dialer.dropped(0.5, reset=True) == 0.0, "the coord no longer knows the connection: our NAT re-mapped us"
+    dialer.plan([[A1]])
+    dialer.next_endpoint()
+    assert dialer.unreachable(0.5) == BACKOFF_INITIAL, "a coord that is gone refuses it: the backoff starts"
+
+
+def test_the_stun_mapping_moving_under_an_older_connection_means_it_is_dead():
+    old, new = Endpoint("192.0.2.1", 41641), Endpoint("192.0.2.1", 30001)
+    assert remapped(old, new, registered_at=5.0, asked_at=6.0)
+    assert not remapped(old, old, registered_at=5.0, asked_at=6.0), "the mapping held"
+    assert not remapped(old, new, registered_at=6.5, asked_at=6.0), "connected after we asked: through the new mapping"
+    assert not remapped(old, new, registered_at=None, asked_at=6.0), "no connection to lose"
+    assert not remapped(None, new, registered_at=5.0, asked_at=6.0) and not remapped(old, None, 5.0, 6.0)
 
 
 def test_a_sign_of_the_coord_resets_the_count():
