@@ -1,22 +1,17 @@
-"""The fake coord of the pairs harness, and each node's link to it.
+"""The fake coord of the pairs harness: its punch rules, and its end of each node's link.
 
 The coord has the real one's punch rules: a `punch_request` sends a `punch` to both sides, each
 with the other's fresh sample (at most `SAMPLE_LIFETIME` old) and NAT report; an `endpoints`
 message, or a `relay_home` (the relay round trips a relayed pair chooses by), is passed on to
-the peers as a `peer_update`. Its messages take `CONTROL_DELAY` each way.
+the peers as a `peer_update`.
 
-Each node's link follows the daemon's rules through the real `Dialer` (`meshvpn.node.coorddial`):
-a killed coord resets every connection at once, and a link that dropped waits the dialer's
-backoff (jittered from the test's random source) before each new attempt; an attempt reaches a
-coord that runs in a round trip and registers, or is refused by the dead coord's host in one.
-A link whose node moved reconnects at once, as the daemon's does when its address vanished.
-
-The coord also listens for TCP at `COORD_AT` on the simulated network: each node connects from
-its punch port and says who it is (`dial_tcp`), as the daemon's coord connection leaves from the
-punch port, so the coord sees the NAT's mapping of that port and hands it to peers as
-``public_tcp``, where TCP hole punching connects to. A node that asks for it (its TCP path went
-silent: `DiscoverEndpoints.reconnect_coord`) connects anew, and a new mapping seen there reaches
-the peer in a `peer_update`, as the real coord's does on the node's new registration.
+Each node's link is a TCP connection on the simulated network (`meshvpn.sim.coordlink`, the
+node's end, with the daemon's dialer, keepalive and silence rules), from the node's punch port to
+`COORD_AT` through its site's NATs: the coord registers the node on its `register`, answers its
+pings and notes the connection's source, the NAT's mapping of the punch port, which it hands to
+peers as ``public_tcp`` (where TCP hole punching connects to); each registration reaches the
+peers in a `peer_update`, as the real coord announces a node that comes online. A killed coord's
+connections are closed and new ones refused until it restarts.
 """
 
 from __future__ import annotations
@@ -25,66 +20,14 @@ from typing import TYPE_CHECKING, Optional
 
 from meshvpn.control import messages as m
 from meshvpn.coord.membership import SAMPLE_LIFETIME
-from meshvpn.node.coorddial import Dialer
-from meshvpn.sim.network import Host
+from meshvpn.sim.coordlink import COORD_AT, CoordLink, Frames, frame
+from meshvpn.sim.network import Host, Link, LinkDirection
 from meshvpn.sim.tcp import TcpConn, TcpStack
-from meshvpn.wire import Endpoint
 
 if TYPE_CHECKING:
     from meshvpn.sim.pairs import Node, World
 
-CONTROL_DELAY = 0.015
-"""One way between a node and the coord, seconds."""
-COORD_AT = Endpoint("203.0.113.100", 443)
-
-
-class CoordLink:
-    """One node's connection to the coord: up (registered) or dialling with the dialer's waits."""
-
-    def __init__(self, coord: Coord, node: Node) -> None:
-        self.coord, self.node = coord, node
-        self.dialer = Dialer()
-        self.up = False
-        self.registrations: list[float] = []
-        """When each registration arrived at the node."""
-        self._attempt = None
-
-    def dropped(self) -> None:
-        """The connection was reset: the first step of the backoff, then a new round."""
-        self.up = False
-        self._dial_in(self.dialer.dropped(self.coord.jitter()))
-
-    def reconnect_now(self) -> None:
-        """The node's address changed under the connection: a new round at once, without backoff."""
-        self.up = False
-        self._dial_in(0.0)
-
-    def _dial_in(self, delay: float) -> None:
-        if self._attempt is not None:
-            self._attempt.cancel()
-        self._attempt = self.coord.scheduler.call_later(delay, self._dial)
-
-    def _dial(self) -> None:
-        self._attempt = None
-        self.dialer.plan([[COORD_AT]])
-        endpoint = self.dialer.next_endpoint()
-        answer = self._registered if self.coord.alive else self._refused
-        self._attempt = self.coord.scheduler.call_later(2 * CONTROL_DELAY, answer, endpoint)
-
-    def _refused(self, endpoint: Endpoint) -> None:
-        self._attempt = None
-        delay = self.dialer.unreachable(self.coord.jitter())
-        self._dial_in(0.0 if delay is None else delay)
-
-    def _registered(self, endpoint: Endpoint) -> None:
-        self._attempt = None
-        if not self.coord.alive:
-            self._refused(endpoint)
-            return
-        self.dialer.reached()
-        self.dialer.registered(endpoint)
-        self.up = True
-        self.coord.welcome(self.node)
+__all__ = ["COORD_AT", "Coord", "CoordLink"]
 
 
 class Coord:
@@ -101,78 +44,72 @@ class Coord:
         """Each node's last `relay_home` (its home relay and round trips), shown to its peers."""
         self.public_tcp: dict[bytes, m.Endpoint] = {}
         """Each node's punch port as the coord's TCP listener saw it."""
-        self.tcp = TcpStack(Host(world.net, COORD_AT.host))
-        self.tcp.listen(COORD_AT.port, lambda conn: _TcpHello(self))
-        self._tcp_conns: dict[bytes, TcpConn] = {}
-
-    def dial_tcp(self, node: Node) -> None:
-        """`node` connects from its punch port and names itself (its key, the first 32 bytes)."""
-        self._tcp_conns[node.public] = node.tcp.connect(node.port, COORD_AT, _TcpHello(self, node.public))
-
-    def reconnect(self, node: Node) -> None:
-        """The node drops its link (and its TCP connection) and connects again at once."""
-        old = self._tcp_conns.get(node.public)
-        if old is not None and old.stack is node.tcp:
-            old.abort()
-        self.dial_tcp(node)
-        self.link(node).reconnect_now()
-
-    def tcp_seen(self, key: bytes, public_tcp: m.Endpoint) -> None:
-        """The node's punch port reached us from `public_tcp`; a new mapping goes to the peer."""
-        known = self.public_tcp.get(key)
-        self.public_tcp[key] = public_tcp
-        node = next((n for n in (self.world.a, self.world.b) if n.public == key), None)
-        if known is not None and known != public_tcp and node is not None:
-            self._send(self.world.peer_of(node), m.PeerUpdate(node.info()))
+        self.heard: dict[bytes, list[float]] = {}
+        """When each frame of each node arrived (the link's liveness as the coord sees it)."""
+        self.tcp = TcpStack(Host(world.net, COORD_AT.host, link=Link(LinkDirection(0.0), LinkDirection(0.0))))
+        self.tcp.listen(COORD_AT.port, self._accept)
+        self._conns: dict[bytes, TcpConn] = {}
+        """Each registered node's connection."""
 
     def jitter(self) -> float:
         return self.world.rng.random()
 
     def link(self, node: Node) -> CoordLink:
         if node.public not in self.links:
-            self.links[node.public] = CoordLink(self, node)
+            self.links[node.public] = CoordLink(node, self.scheduler, self.jitter)
         return self.links[node.public]
 
-    def connect(self, node: Node) -> None:
-        """The node's first registration: the welcome arrives after one way."""
-        link = self.link(node)
-        link.up = True
-        link.dialer.registered(COORD_AT)
-        self.welcome(node)
-
     def kill(self) -> None:
-        """The coord process dies: every connection is reset."""
+        """The coord process dies: the kernel closes its connections (FIN: it had read everything),
+        and refuses new ones until it restarts."""
         self.alive = False
-        for link in self.links.values():
-            if link.up:
-                self.scheduler.call_later(CONTROL_DELAY, link.dropped)
+        self.tcp.unlisten(COORD_AT.port)
+        for conn in list(self.tcp.conns.values()):
+            conn.close()
+        self._conns.clear()
 
     def restart(self) -> None:
         self.alive = True
+        self.tcp.listen(COORD_AT.port, self._accept)
+
+    def _accept(self, conn: TcpConn) -> _Served:
+        return _Served(self)
+
+    def registered_on(self, conn: TcpConn, node: Node) -> None:
+        """`node` registered on `conn` (which replaces any connection it had), its punch port seen from
+        `conn.remote`: the welcome goes to it, and its info, with that mapping, to every peer."""
+        old = self._conns.get(node.public)
+        if old is not None and old is not conn:
+            old.abort()
+        self._conns[node.public] = conn
+        known, self.public_tcp[node.public] = self.public_tcp.get(node.public), m.Endpoint(*conn.remote)
+        self.welcome(node)
+        if known != self.public_tcp[node.public]:
+            for peer in self.world.others(node):
+                self._send(peer, m.PeerUpdate(node.info()))
+
+    def conn_closed(self, conn: TcpConn, node: Optional[Node]) -> None:
+        if node is not None and self._conns.get(node.public) is conn:
+            del self._conns[node.public]
 
     def welcome(self, node: Node) -> None:
         self._send(node, self.world.registered(node))
         self._send(node, m.PeerMap(tuple(peer.info() for peer in self.world.others(node))))
 
     def send_from(self, node: Node, msg: m.Message) -> None:
-        """A message on the node's link; lost if the link or the coord is down."""
-        if self.link(node).up and node.connected:
-            self.scheduler.call_later(CONTROL_DELAY, self._receive, node, msg)
+        """A message on the node's link; lost unless the link is registered (state is sent again on reconnect)."""
+        self.link(node).send(msg)
 
     def _send(self, node: Node, msg: m.Message) -> None:
-        self.scheduler.call_later(CONTROL_DELAY, self._deliver, node, m.decode(m.encode(msg)))
+        conn = self._conns.get(node.public)
+        if conn is not None:
+            conn.write(frame(msg))
 
-    def _deliver(self, node: Node, msg: m.Message) -> None:
-        link = self.link(node)
-        if self.alive and link.up and node.connected:
-            node.from_coord(msg)
-            if isinstance(msg, m.Registered):
-                link.registrations.append(self.scheduler.now)
-                node.registered()
-
-    def _receive(self, node: Node, msg: m.Message) -> None:
-        if not self.alive or not self.link(node).up:
+    def receive(self, node: Node, msg: m.Message, conn: TcpConn) -> None:
+        """A message from `node` on `conn`, taken if that is its registered connection."""
+        if self._conns.get(node.public) is not conn:
             return
+        self.heard.setdefault(node.public, []).append(self.scheduler.now)
         if isinstance(msg, m.RelayHome):
             if self.homes.get(node.public) == msg:
                 return
@@ -204,17 +141,27 @@ class Coord:
         return m.Punch(node.public, tuple(dict.fromkeys(ordered)), nat=info.nat, sample=sample, tcp_sample=tcp_sample)
 
 
-class _TcpHello:
-    """Either end of a node's TCP connection to the coord: the node says its key, the coord notes the source."""
+class _Served:
+    """The coord's end of one connection: registers the node its `register` names, answers pings."""
 
-    def __init__(self, coord: Coord, key: bytes = b"") -> None:
-        self.coord, self.key = coord, key
+    def __init__(self, coord: Coord) -> None:
+        self.coord = coord
+        self.node: Optional[Node] = None
+        self._frames = Frames()
 
     def connected(self, conn: TcpConn) -> None:
-        conn.write(self.key)
+        pass
 
     def received(self, conn: TcpConn, data: bytes) -> None:
-        self.coord.tcp_seen(data, m.Endpoint(*conn.remote))
+        for msg in self._frames.feed(data):
+            if isinstance(msg, m.Ping):
+                conn.write(frame(m.Pong()))
+            elif isinstance(msg, m.Register):
+                self.node = self.coord.world.by_name(msg.hostname)
+                if self.node is not None:
+                    self.coord.registered_on(conn, self.node)
+            elif self.node is not None:
+                self.coord.receive(self.node, msg, conn)
 
     def closed(self, conn: TcpConn, reason: str) -> None:
-        pass
+        self.coord.conn_closed(conn, self.node)

@@ -35,12 +35,15 @@ from meshvpn.node.events import (
     CloseRelayStream, Deliver, DiscoverEndpoints, OpenMappings, OpenRelayStream, PeerPathChanged, SampleWanted,
     SendCoord, SendDatagram, SendRelayFrames, TcpAbort, TcpConnect, TcpSampleWanted, TcpWrite,
 )
+from meshvpn.node.coorddial import remapped
+from meshvpn.node.netchange import NetworkChanged
 from meshvpn.node.node import Node as MeshNode
 from meshvpn.node.traversal import nat_info
 from meshvpn.sim.nat import Nat
 from meshvpn.node.announce6 import announced
 from meshvpn.sim.clock import Scheduler
 from meshvpn.sim.dualstack import DualStackHost, firewalled_host6
+from meshvpn.sim.hostnet import HostNetwork
 from meshvpn.sim.natprobe import answer_stun, probe_profile
 from meshvpn.sim.network import Host, Network, RandomSource
 from meshvpn.relaytoken import TokenMinter
@@ -61,6 +64,11 @@ RELAYS = (("near", "198.51.100.20", 0.005), ("far", "192.0.2.200", 0.02))
 """Name, address and one-way delay of the two relays: both nodes make the near one home."""
 RELAY_WARM_UP = 0.5
 """Seconds after the coord's welcome by which both nodes are registered with both relays."""
+DIAL_AT, WELCOME_AT = 0.155, 0.2
+"""When the nodes dial the coord, after STUN answered, and by when a node on a site with one NAT is
+registered (a round trip for TCP, one for the register and the welcome: 60 ms)."""
+START_LIMIT = 5.0
+"""Time by which every node's first registration has arrived (behind a carrier's NAT too)."""
 SAMPLE_TIMEOUT = 1.0
 """Seconds a port sample waits for STUN before it is reported lost (the daemon's `discovery.SAMPLE_TIMEOUT`)."""
 HELPER_SITE = 3
@@ -99,6 +107,7 @@ class Node:
         self.mapped6: Endpoint | None = None
         """Our IPv6 endpoint as the STUN server saw it last (a dual-stack site)."""
         self._attach_host()
+        self.hostnet = HostNetwork(site.host_ip)
         self.node.set_own_endpoints(self._local() + self._ipv6(), Endpoint(site.observed_host, PORT), site.mapped,
                                     site.mapped)
         self._attach_tcp()
@@ -172,22 +181,23 @@ class Node:
             self.sock.sendto(b"S", STUN6)
 
     def move_to(self, site: Site) -> None:
-        """The host leaves its LAN and comes up on `site`'s, as the daemon sees it through netlink: the
+        """The host leaves its LAN and comes up on `site`'s: its sockets and connections end with its
+        address, and the rest is the daemon's answer to netlink's burst (`meshvpn.sim.hostnet`): the
         birthday sockets close, the coord link reconnects at once, an endpoint round runs, and the
         node hears `network_changed` once the new endpoints are known and the coord link is up."""
+        change = self.hostnet.moved(site.host_ip, self.world.coord.link(self).local_address, self.now)
         self.sock.close()
         self._close_extra()
         self.tcp.close_all("address gone")
         self.site = site
         self._attach_host()
         self._attach_tcp()
-        self.world.coord.dial_tcp(self)
         self.profile = site.kind.reported
         self.node.set_nat_profile(self.profile)
         self.mapped6 = None
         self.node.set_own_endpoints(self._local() + self._ipv6(), None, site.mapped, site.mapped)
-        self.world.coord.link(self).reconnect_now()
-        self.rounds.network_changed(True)
+        self._follow(change)
+        self.rounds.network_changed(change.connections_lost)
 
     def probe_nat(self, relay: tuple[str, Endpoint] | None) -> None:
         """Take the NAT profile as the daemon does, asking the STUN server and `relay`, and report it."""
@@ -201,10 +211,18 @@ class Node:
         self.host.link.connected = False
 
     def link_up(self) -> None:
-        """The link is back, on the same address: an endpoint round runs, then `network_changed`. The
-        extra sockets stay (the NAT may still hold their mappings), as in the daemon."""
+        """The link is back, on the same address: the daemon's answer to netlink's burst (the coord
+        link reconnects only if it had no connection), an endpoint round, then `network_changed`.
+        The extra sockets stay (the NAT may still hold their mappings), as in the daemon."""
         self.host.link.connected = True
-        self.rounds.network_changed(False)
+        change = self.hostnet.link_back(self.world.coord.link(self).local_address, self.now)
+        self._follow(change)
+        self.rounds.network_changed(change.connections_lost)
+
+    def _follow(self, change: NetworkChanged) -> None:
+        """What the daemon's endpoint refresh does at once with a network change: the coord link."""
+        if change.reconnect_coord:
+            self.world.coord.link(self).reconnect_now()
 
     def registered(self) -> None:
         """The coord link registered: a network change waiting for it is told to the node now."""
@@ -274,7 +292,11 @@ class Node:
         if via is None and ":" in host:
             self._mapped6(Endpoint(host, int(port)))
         elif via is None:
-            self.public_endpoint = (host, int(port))
+            before, self.public_endpoint = self.public_endpoint, (host, int(port))
+            link = self.world.coord.link(self)
+            if remapped(before and Endpoint(*before), Endpoint(host, int(port)), link.registered_at,
+                        self.rounds.asked_at):
+                link.reconnect_now()
             self.rounds.answered(m.Endpoint(host, int(port)))
         elif via in self.sampling:
             self.node.port_sampled(self.sampling.pop(via), Endpoint(host, int(port)), self.now, via)
@@ -324,7 +346,7 @@ class Node:
             self.reasons.append(out.reason)
         elif isinstance(out, DiscoverEndpoints):
             if out.reconnect_coord:
-                self.world.coord.reconnect(self)
+                self.world.coord.link(self).reconnect_now()
             self.discover()
 
     def _sample_lost(self, via: int) -> None:
@@ -382,10 +404,13 @@ class World:
                 node.probe_nat((self.relays[0].info.name, self.relays[0].endpoint))
         for node in self.nodes:
             node.ask_stun()
-            self.coord.dial_tcp(node)
-        self.net.scheduler.run_for(0.2)
-        for node in self.nodes:
-            self.coord.connect(node)
+        self.net.scheduler.run_for(DIAL_AT)
+        links = [self.coord.link(node) for node in self.nodes]
+        for link in links:
+            link.start()
+        self.net.scheduler.run_for(WELCOME_AT - DIAL_AT)
+        while not all(link.up for link in links) and self.net.scheduler.now < START_LIMIT:
+            self.net.scheduler.run_for(0.01)
         self.net.scheduler.run_for(RELAY_WARM_UP)
 
     def registered(self, node: Node) -> m.Registered:
@@ -418,6 +443,9 @@ class World:
 
     def by_key(self, key: bytes) -> Node | None:
         return next((node for node in self.nodes if node.public == key), None)
+
+    def by_name(self, name: str) -> Node | None:
+        return next((node for node in self.nodes if node.name == name), None)
 
 
 def _stun_reply(data: bytes, src: Endpoint) -> bytes:

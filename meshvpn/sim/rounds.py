@@ -31,6 +31,9 @@ class EndpointRounds:
         self.reports = EndpointReports()
         self._timer = None
         self._round = 0
+        self.asked_at = 0.0
+        """When the current round asked STUN: a mapping that moved under a coord connection made
+        before has the link reconnect at once (`meshvpn.node.coorddial.remapped`)."""
 
     def discover(self) -> None:
         """A round: what the host knows goes out at once, then STUN on the main socket."""
@@ -40,6 +43,7 @@ class EndpointRounds:
         public = None if node.public_endpoint is None else m.Endpoint(*node.public_endpoint)
         self.reports.begin(node.now, public=public, local=_endpoints(node._local()), ipv6=_endpoints(node._ipv6()))
         self._carry_out()
+        self.asked_at = node.now
         node.ask_stun()
         self._round += 1
         node.world.net.scheduler.call_later(MAPPING_TIMEOUT, self._ended, self._round, None)

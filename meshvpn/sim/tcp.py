@@ -9,7 +9,9 @@ What hole punching and relay fallback depend on is modelled as the kernel does i
 * SYN retransmission at 1 s, then doubling (Linux's initial RTO), until the caller gives up or
   `SYN_RETRIES` run out;
 * a SYN to a port nobody listens on, or a segment of no connection, answered with RST; a RST
-  ends the connection it names (``closed("reset")``, or ``"refused"`` while connecting);
+  ends the connection it names (``closed("reset")``, or ``"refused"`` while connecting); a SYN
+  that meets an established connection of the same ports (its peer forgot it) is answered with
+  an ACK, which the connecting side answers with RST, so its next SYN opens anew;
 * ports shared as ``SO_REUSEADDR`` + ``SO_REUSEPORT`` allow: a listener, and connections from the
   same local port to different remotes; a connect to a remote the port already has a connection
   with fails at once ("address in use");
@@ -238,6 +240,9 @@ class TcpConn:
                 self.drop("refused" if self.state is State.SYN_SENT else "reset")
         elif Flags.SYN in seg.flags:
             self._syn(seg)
+        elif self.state is State.SYN_SENT:
+            if Flags.ACK in seg.flags and seg.ack != self.isn + 1:  # an old connection's ACK (RFC 793)
+                self.stack.send(Segment(self.local, self.remote, Flags.RST, seg.ack))
         elif self.state is State.SYN_RECEIVED:
             if Flags.ACK in seg.flags and seg.ack == self.isn + 1:
                 self._established()

@@ -13,7 +13,10 @@ packet goes from `a` to `b` every `GAP` and `b` echoes each; after `WARM_UP` one
 The targets (issue 12): traffic back both ways within 1 s of the network being usable again,
 and on a direct path within 3 s wherever the pair can go direct (`RELAYED` says which cannot:
 those are on the relay again instead); a dead relay costs a relay-only pair 2 s at most; every
-node registers within 5 s of the coord answering, and the flow does not notice the coord.
+node registers within 5 s of the coord answering, and the flow does not notice the coord. The
+coord links are simulated TCP connections through the sites' NATs (`meshvpn.sim.coordlink`): a
+killed coord ends them, a moving node's link is re-established within 3 s of the move, and a link
+outage leaves the connection standing, heard again at TCP's next retransmission.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pytest
 from meshvpn.node.pathfinder import PathKind
 from meshvpn.sim.pairs import Node, World, flow, longest_gap
 from meshvpn.sim.sitekinds import KINDS, RELAYED, Site
+from meshvpn.sim.tcp import RTO_MIN
 
 PAIRS = list(itertools.product(KINDS, repeat=2))
 """Ordered pairs, for the events that happen to `a`."""
@@ -55,7 +59,13 @@ COORD_GAP = 0.5
 """The flow's gap through the coord's long outage (a shorter one only costs time: the paths do not
 depend on the coord)."""
 COORD_BACK = 5.0
+COORD_LINK_BACK = 3.0
+"""The target: the coord link re-established within this of the new network being usable."""
 LINK_DOWN = 5.0
+COORD_RESUME = LINK_DOWN + RTO_MIN
+"""Through a link outage the coord connection survives, and what the node wrote to it meanwhile
+goes again at TCP's next retransmission: one doubling interval after the link is back, and an
+interval that began within the outage is shorter than the outage plus `RTO_MIN`."""
 SETTLE = 4.5
 """Seconds the run goes on after the network is usable again."""
 NEXT_KIND = dict(zip(KINDS, [*list(KINDS)[1:], next(iter(KINDS))]))
@@ -113,6 +123,14 @@ class Run:
         return sum(1 for n, at in enumerate(self.sent) if start <= at <= stop - 1.0 and n not in numbers)
 
 
+def coord_link_back(world: World, node: Node, since: float) -> float | None:
+    """Seconds after `since` until the coord heard `node` again on a registered link (a new
+    registration, or a frame on the connection that survived); None: not yet."""
+    heard = [t for t in world.coord.heard.get(node.public, []) if t >= since]
+    registered = [t for t in world.coord.link(node).registrations if t >= since]
+    return min(heard + registered, default=since - 1.0) - since if heard or registered else None
+
+
 def path_limit(name_a: str, name_b: str) -> float:
     return PATH_BACK_BIRTHDAY if BIRTHDAY & {name_a, name_b} else PATH_BACK
 
@@ -129,6 +147,9 @@ def test_a_node_that_moves_to_another_network_is_back_within_a_second(name_a: st
     assert max(run.gaps(moved, run.now)) < TRAFFIC_BACK
     assert since is not None and since - moved <= path_limit(new_kind, name_b), f"{want} at {since}"
     assert run.world.a.public_endpoint[0] == site.observed_host, "a learnt its new public address"
+    back = coord_link_back(run.world, run.world.a, moved)
+    assert back is not None and back <= COORD_LINK_BACK, f"coord link back {back} s after the move"
+    assert run.world.coord.public_tcp[run.world.a.public].host == site.observed_host, "registered from the new site"
 
 
 @pytest.mark.parametrize("name_a, name_b", UNORDERED)
@@ -139,6 +160,9 @@ def test_the_flow_does_not_notice_the_coord_dying_and_every_node_is_back_within_
     killed = run.now
     coord.kill()
     run.world.net.scheduler.run_for(COORD_DOWN)
+    for node in (run.world.a, run.world.b):
+        assert [t for t, _ in coord.link(node).drops if t >= killed], f"{node.name}'s connection ended with the coord"
+        assert not coord.link(node).up
     restarted = run.now
     coord.restart()
     run.world.net.scheduler.run_for(COORD_BACK + 1.0)
@@ -188,6 +212,7 @@ def test_a_dead_relay_costs_a_relayed_pair_two_seconds_at_most(name_a: str, name
 @pytest.mark.parametrize("name_a, name_b", PAIRS)
 def test_a_link_down_for_five_seconds_is_forgotten_within_a_second_of_its_return(name_a: str, name_b: str) -> None:
     run = Run(name_a, name_b)
+    down = run.now
     run.world.a.link_down()
     run.world.net.scheduler.run_for(LINK_DOWN)
     back = run.now
@@ -197,3 +222,7 @@ def test_a_link_down_for_five_seconds_is_forgotten_within_a_second_of_its_return
     since = run.run_until_kinds(want, back + SETTLE)
     assert max(run.gaps(back, run.now)) < TRAFFIC_BACK
     assert since is not None and since - back <= path_limit(name_a, name_b), f"{want} at {since}"
+    link = run.world.coord.link(run.world.a)
+    assert link.up and not [t for t, _ in link.drops if t >= down], "the coord connection survives the outage"
+    heard = coord_link_back(run.world, run.world.a, back)
+    assert heard is not None and heard <= COORD_RESUME, f"the coord heard a again {heard} s after the link"

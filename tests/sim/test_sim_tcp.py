@@ -252,3 +252,20 @@ def test_writes_arrive_whole_and_in_order_over_lossy_reordering_links(seed, loss
         conn.write(chunk)
     world.run(120.0)
     assert b"".join(world.server_app.data) == b"".join(chunks)
+
+
+def test_a_syn_that_meets_a_connection_its_peer_forgot_opens_anew_at_the_next_syn():
+    """The client lost its connection without a word (its link was down); the server still holds
+    it. The new SYN from the same port draws the server's ACK, the client answers RST, and the SYN
+    sent again after `SYN_RTO` connects, as the kernel does (RFC 793, RFC 5961's challenge ACK)."""
+    world = World()
+    old = world.hosts[0].connect(PUNCH, SERVER, App())
+    world.run(0.1)
+    assert old.open and len(world.server_app.up) == 1
+    old.drop("address gone")
+    client = App()
+    conn = world.hosts[0].connect(PUNCH, SERVER, client)
+    world.run(0.5)
+    assert not client.up and world.server_app.ended == ["reset"], "the stale connection was reset"
+    world.run(SYN_RTO)
+    assert client.up == [conn] and len(world.server_app.up) == 2
