@@ -20,8 +20,7 @@ A path that died while carrying traffic asks for a round too (``DiscoverEndpoint
 the coord connection, made before, went with it (`meshvpn.node.coorddial.remapped`): the link
 reconnects at once rather than write the new endpoints into it and wait for the reset. Once that
 round's STUN answer is reported, the node re-punches the peers that fell back
-(``Node.endpoints_refreshed``;
-if the coord link is down, the node does it again when it registers).
+(``Node.endpoints_refreshed``; if the coord link is down, the node does it again when it registers).
 """
 
 from __future__ import annotations
