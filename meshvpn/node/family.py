@@ -25,10 +25,15 @@ def is_ipv6(endpoint: tuple) -> bool:
     return ":" in endpoint[0]
 
 
+def family_slack(new: Endpoint, current: Endpoint | None) -> float:
+    """Seconds of round trip a path to `new` may lose against one to `current` for its family:
+    IPV6_SLACK for IPv6 over IPv4, minus that for IPv4 over IPv6, 0 within one family."""
+    return (is_ipv6(new) - (current is not None and is_ipv6(current))) * IPV6_SLACK
+
+
 def faster(new: Endpoint, rtt: float, current: Endpoint | None, current_rtt: float | None) -> bool:
     """Whether a direct path to `new` measured at `rtt` beats the current one of the same kind."""
-    slack = is_ipv6(new) - (current is not None and is_ipv6(current))
-    return rtt < (current_rtt or 0.0) + slack * IPV6_SLACK
+    return rtt < (current_rtt or 0.0) + family_slack(new, current)
 
 
 @dataclass

@@ -14,8 +14,9 @@ Rules (docs/paths.md has the state table):
   sealed transaction id). A reply from elsewhere only adds an observed candidate, and the
   current path's endpoint is never pushed out of the `max_observed` observed ones.
   The first proof is taken at once; within
-  `selection_window` after that a lower-RTT path of the same kind replaces it, and a LAN
-  path always replaces a public one; any direct path replaces the relay.
+  `selection_window` after that a better path of the same kind replaces it (`meshvpn.node.pathpref`:
+  the lower RTT, the peer's announced endpoint preferred to an observed one within 2 ms), and a
+  LAN path always replaces a public one; any direct path replaces the relay.
 * No direct path `relay_after` seconds after the first punch or `want_path`, and the relay
   is ready: use the relay, and keep punching in the background.
 * The current direct path is probed every `keepalive` to hold NAT mappings, and every
@@ -30,6 +31,9 @@ Rules (docs/paths.md has the state table):
   does a UDP path's (probes over the connection; dead: the relay, and the TCP module punches again).
 * Roaming (`roamed`): the newest authenticated data of the current session from another
   endpoint moves a direct path there at once (WireGuard's rule); a probe there confirms it.
+  Not from the peer's announced endpoint, heard within `liveness_interval`, to one of its extra
+  punching sockets we already know (`pathpref.stays_announced`): the peer sent from the socket
+  that heard us last; a probe of the current path makes that its main one again.
 * Silence on a path that carries traffic (`meshvpn.node.silence`) ends it within a second;
   after any fall back, punch rounds stay at most `fast_backoff_max` apart for `fast_window`.
 """
@@ -42,7 +46,8 @@ from typing import Callable, Iterable
 
 from meshvpn.backoff import doubling
 from meshvpn.node.candidates import AllCandidates, Candidate, CandidateKind, Endpoint, ProbeStrategy
-from meshvpn.node.family import FamilyRace, faster
+from meshvpn.node.family import FamilyRace
+from meshvpn.node.pathpref import better, stays_announced
 from meshvpn.node.pathtimers import PathFinderConfig
 from meshvpn.node.pathtypes import (  # noqa: F401  (re-exported: the machine's vocabulary)
     RELAY_PATH, Action, ChangeReason, Path, PathChanged, PathKind, PathState, PathStats, SendProbe,
@@ -212,7 +217,7 @@ class PathFinder:
             srtt = self.stats.rtt
             self.stats.rtt = rtt if srtt is None else srtt + (rtt - srtt) / 8
             return
-        reason = self._improvement(path, rtt, now)
+        reason = self._improvement(path, probe.candidate, rtt, now)
         if reason is not None:
             self._switch(path, reason)
             self._use_direct(probe.candidate, now, rtt)
@@ -229,7 +234,20 @@ class PathFinder:
             self._send_probe(self._observed[-1], now)
 
     def roamed(self, src: Endpoint, now: float) -> None:
-        """The newest data of the current session came from `src`: a direct path moves there; a probe confirms."""
+        """The newest data of the current session came from `src`: a direct path moves there; a probe confirms.
+
+        Not off the peer's announced endpoint, heard within `liveness_interval`, onto one of its extra
+        sockets we know or probed (`pathpref.stays_announced`): the peer sent from the socket that heard
+        us last, so the path is probed instead, and the peer hears us on its main socket again."""
+        probed = (p.candidate for p in self._pending.values())  # predicted ports live only there
+        known = next((c for c in (*self.candidates, *probed) if c.endpoint == src), None)
+        if self._direct() and now - self._last_heard < self.config.liveness_interval \
+                and stays_announced(self._path_candidate, known):
+            return self._probe_path(now)
+        self._roam(src, now)
+
+    def _roam(self, src: Endpoint, now: float) -> None:
+        """Move a direct path to `src` (probed at once), or probe it if there is none."""
         if type(src) is TcpEndpoint or (self._direct() and self.current_path.endpoint == src):  # type: ignore[union-attr]
             return self.traffic_received(src, now)
         self._observe(src)
@@ -351,8 +369,8 @@ class PathFinder:
             self._observed.remove(next(c for c in self._observed if c != keep))
         return True
 
-    def _improvement(self, path: Path, rtt: float, now: float) -> ChangeReason | None:
-        """Why `path` should replace the current path, or None if it should not."""
+    def _improvement(self, path: Path, candidate: Candidate, rtt: float, now: float) -> ChangeReason | None:
+        """Why `path` (to `candidate`) should replace the current path, or None if it should not."""
         current = self.current_path
         if current is None or current.kind not in _UDP_DIRECT:
             return ChangeReason.PUNCHED
@@ -360,7 +378,7 @@ class PathFinder:
             return ChangeReason.BETTER_PATH
         in_window = (now <= self._selected_at + self.config.selection_window
                      or self._race.open(path.endpoint, current.endpoint, now))
-        if path.kind is current.kind and in_window and faster(path.endpoint, rtt, current.endpoint, self.stats.rtt):
+        if path.kind is current.kind and in_window and better(candidate, rtt, self._path_candidate, self.stats.rtt):
             return ChangeReason.BETTER_PATH
         return None
 
@@ -440,7 +458,7 @@ class PathFinder:
         """Move a suspect direct path to where the peer's newest probe came from; False if there is none."""
         target = self._silence.roam_target(self._last_heard)
         if target is not None:
-            self.roamed(target, now)
+            self._roam(target, now)
         return target is not None
 
     def _probe_path(self, now: float) -> None:

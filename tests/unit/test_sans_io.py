@@ -57,6 +57,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.peertimers",
     "meshvpn.node.silence",
     "meshvpn.node.family",
+    "meshvpn.node.pathpref",
     "meshvpn.node.announce6",
     "meshvpn.node.endpointreports",
     "meshvpn.node.pathtimers",
