@@ -15,8 +15,9 @@ Rules (docs/paths.md has the state table):
   current path's endpoint is never pushed out of the `max_observed` observed ones.
   The first proof is taken at once; within
   `selection_window` after that a better path of the same kind replaces it (`meshvpn.node.pathpref`:
-  the lower RTT, the peer's announced endpoint preferred to an observed one within 2 ms), and a
-  LAN path always replaces a public one; any direct path replaces the relay.
+  the lower RTT, the peer's announced endpoint preferred to an observed one within 2 ms, and that
+  also later, from any reply to a probe of the campaign), and a LAN path always replaces a public
+  one; any direct path replaces the relay.
 * No direct path `relay_after` seconds after the first punch or `want_path`, and the relay
   is ready: use the relay, and keep punching in the background.
 * The current direct path is probed every `keepalive` to hold NAT mappings, and every
@@ -47,7 +48,7 @@ from typing import Callable, Iterable
 from meshvpn.backoff import doubling
 from meshvpn.node.candidates import AllCandidates, Candidate, CandidateKind, Endpoint, ProbeStrategy
 from meshvpn.node.family import FamilyRace
-from meshvpn.node.pathpref import better, stays_announced
+from meshvpn.node.pathpref import announced_slack, better, stays_announced
 from meshvpn.node.pathtimers import PathFinderConfig
 from meshvpn.node.pathtypes import (  # noqa: F401  (re-exported: the machine's vocabulary)
     RELAY_PATH, Action, ChangeReason, Path, PathChanged, PathKind, PathState, PathStats, SendProbe,
@@ -378,6 +379,8 @@ class PathFinder:
             return ChangeReason.BETTER_PATH
         in_window = (now <= self._selected_at + self.config.selection_window
                      or self._race.open(path.endpoint, current.endpoint, now))
+        # The peer's announced endpoint replaces a birthday hit also after the window: one way, it cannot flap.
+        in_window = in_window or announced_slack(candidate, self._path_candidate) > 0
         if path.kind is current.kind and in_window and better(candidate, rtt, self._path_candidate, self.stats.rtt):
             return ChangeReason.BETTER_PATH
         return None

@@ -63,11 +63,19 @@ def test_the_announced_endpoint_replaces_a_birthday_hit_with_an_alike_round_trip
     assert finder.stats.rtt == pytest.approx(0.0215)
 
 
-def test_a_clearly_slower_announced_endpoint_or_one_after_the_selection_window_does_not():
+def test_a_clearly_slower_announced_endpoint_does_not_and_an_alike_one_does_even_after_the_window():
     assert birthday_first(public_reply_at=0.025).current_path == Path(PathKind.DIRECT, BIRTHDAY_EP)
     late = birthday_first(public_reply_at=0.0215, selection_window=0.0004)
-    assert late.current_path == Path(PathKind.DIRECT, BIRTHDAY_EP), "0.5 ms after the pick, past a 0.4 ms window"
-    assert changes(late.next_actions()) == []
+    assert late.current_path == Path(PathKind.DIRECT, PUBLIC_EP), "0.5 ms after the pick, past a 0.4 ms window"
+    assert [c.reason for c in changes(late.next_actions())] == [ChangeReason.BETTER_PATH]
+
+
+def test_a_clearly_faster_birthday_hit_replaces_the_announced_endpoint_only_within_the_window():
+    for window, expected in ((0.1, BIRTHDAY_EP), (0.004, PUBLIC_EP)):
+        finder, public, birthday = punching_with_a_birthday_hit(0.010, selection_window=window)
+        finder.probe_reply_received(public.tx_id, PUBLIC_EP, 0.020)
+        finder.probe_reply_received(birthday.tx_id, BIRTHDAY_EP, 0.0251)  # 15.1 ms against 20, 5.1 ms after the pick
+        assert finder.current_path == Path(PathKind.DIRECT, expected)
 
 
 def test_a_birthday_hit_a_little_faster_does_not_replace_the_announced_endpoint():
