@@ -32,7 +32,7 @@ Rules (docs/paths.md has the state table):
   does a UDP path's (probes over the connection; dead: the relay, and the TCP module punches again).
 * Roaming (`roamed`): the newest authenticated data of the current session from another
   endpoint moves a direct path there at once (WireGuard's rule); a probe there confirms it.
-  Not from the peer's announced endpoint, heard within `liveness_interval`, to one of its extra
+  Not from the peer's STUN mapping, heard within `liveness_interval`, to one of its extra
   punching sockets we already know (`pathpref.stays_announced`): the peer sent from the socket
   that heard us last; a probe of the current path makes that its main one again.
 * Silence on a path that carries traffic (`meshvpn.node.silence`) ends it within a second;
@@ -237,7 +237,7 @@ class PathFinder:
     def roamed(self, src: Endpoint, now: float) -> None:
         """The newest data of the current session came from `src`: a direct path moves there; a probe confirms.
 
-        Not off the peer's announced endpoint, heard within `liveness_interval`, onto one of its extra
+        Not off the peer's STUN mapping, heard within `liveness_interval`, onto one of its extra
         sockets we know or probed (`pathpref.stays_announced`): the peer sent from the socket that heard
         us last, so the path is probed instead, and the peer hears us on its main socket again."""
         probed = (p.candidate for p in self._pending.values())  # predicted ports live only there

@@ -44,5 +44,9 @@ def stays_announced(current: Candidate | None, new: Candidate | None) -> bool:
 
     The peer sends from the socket that heard us last: during a campaign that may be an extra one
     that our probe to a birthday port reached, not a move of the peer. A new endpoint (its NAT
-    re-mapped it) is not known, so it still moves the path, and so does any move off an observed one."""
-    return current is not None and current.kind in ANNOUNCED and new is not None and new.kind not in ANNOUNCED
+    re-mapped it) is not known, so it still moves the path, and so does any move off an observed one.
+    Only off a STUN mapping: behind a router's port forward the peer's answers can reach us from
+    another port of its (a flow of its own NAT took the forwarded port's place), and roaming there is
+    what keeps the pair direct (docs/paths.md)."""
+    return current is not None and current.kind is CandidateKind.PUBLIC and new is not None \
+        and new.kind not in ANNOUNCED

@@ -109,8 +109,10 @@ def test_data_from_a_new_endpoint_or_after_the_path_went_quiet_still_moves_it():
     assert quiet.current_path == Path(PathKind.DIRECT, BIRTHDAY_EP), "nothing heard for liveness_interval"
 
 
-def test_only_an_announced_path_stays_and_only_against_a_known_unannounced_endpoint():
-    assert stays_announced(PUBLIC, BIRTHDAY) and stays_announced(V6, PREDICTED)
+def test_only_a_stun_mapping_path_stays_and_only_against_a_known_unannounced_endpoint():
+    assert stays_announced(PUBLIC, BIRTHDAY) and stays_announced(PUBLIC, PREDICTED)
+    mapped = Candidate(("203.0.113.7", 50000), CandidateKind.MAPPED)
+    assert not stays_announced(mapped, BIRTHDAY) and not stays_announced(V6, PREDICTED), "a forward's flows move"
     assert not stays_announced(PUBLIC, None) and not stays_announced(PUBLIC, V6)
     assert not stays_announced(BIRTHDAY, PREDICTED) and not stays_announced(None, BIRTHDAY)
 
