@@ -13,8 +13,8 @@ A node may know several coordination servers that share one database (``coord.ad
   cap is short (a few seconds) so that a node is back within seconds of a coord answering again,
   and the jitter spreads a restarted coord's reconnections over that time.
 * Any sign of a coord (a finished channel handshake, a registration) resets that count. A
-  registered link that ends waits the first step, unless the coord reset the connection: then
-  the new round starts at once (`Dialer.dropped`).
+  registered link that ends waits the first step, unless the coord reset a connection that had
+  lasted `RESET_REDIAL_AFTER`: then the new round starts at once (`Dialer.dropped`).
 * A coord that *refuses* the node (an ``error`` that closes the channel: a bad key, ``busy``)
   is there but does not want it now: those refusals back off on their own count, up to
   ``REFUSED_MAX``, so a misconfigured node does not knock every few seconds for ever. A coord
@@ -29,6 +29,7 @@ A node may know several coordination servers that share one database (``coord.ad
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -48,6 +49,8 @@ KEEPALIVE = 15.0
 """Seconds between the link's pings to the coord."""
 CONNECT_TIMEOUT = 10.0
 """Seconds for TCP connect plus the channel handshake."""
+RESET_REDIAL_AFTER = BACKOFF_MAX
+"""Seconds a registered connection must have lasted for the coord's reset of it to be redialled at once."""
 
 
 def backoff_delay(failures: int, jitter: float, maximum: float = BACKOFF_MAX) -> float:
@@ -141,14 +144,16 @@ class Dialer:
         self.preferred = endpoint
         self.failures = self.refusals = 0
 
-    def dropped(self, jitter: float, reset: bool = False) -> float:
+    def dropped(self, jitter: float, reset: bool = False, lasted: float = math.inf) -> float:
         """A registered link ended: seconds before the next round (the first step of the backoff).
         A connection the coord `reset` (it no longer knows it: our NAT re-mapped us, or its host
         restarted) has a new round at once: a live coord takes it, a dead one refuses it and the
         backoff starts then. A coord process that exits closes its connections (EOF), so a
-        restart's reconnections stay spread by the jitter."""
+        restart's reconnections stay spread by the jitter. Only a connection that `lasted`
+        `RESET_REDIAL_AFTER` is redialled at once: a coord (or a middlebox) that resets every
+        fresh registration gets the backoff, not a loop of registrations."""
         self._round.clear()
-        if reset:
+        if reset and lasted >= RESET_REDIAL_AFTER:
             self.failures = 0
             return 0.0
         self.failures = 1

@@ -242,9 +242,11 @@ class CoordLink:
         except (OSError, asyncio.TimeoutError, EOFError, MeshError) as exc:
             self._warn(endpoint, explain_coord_failure(Address(*endpoint), exc))
         finally:
+            since = self.registered_at
             registered = self._drop()
         if registered:
-            return self.dialer.dropped(self._rng.random(), reset=client.reset)
+            lasted = asyncio.get_running_loop().time() - since if since is not None else 0.0
+            return self.dialer.dropped(self._rng.random(), reset=client.reset, lasted=lasted)
         return self.dialer.unreachable(self._rng.random())
 
     def _warn(self, where: tuple, text: str) -> None:

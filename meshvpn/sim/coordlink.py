@@ -189,10 +189,12 @@ class CoordLink:
 
     def _lost(self, reason: str) -> None:
         """The connection ended: the dialer's wait, the first step of the backoff if it had registered."""
+        since = self.registered_at
         registered = self._end()
         if registered:
             self.drops.append((self.scheduler.now, reason))
-            self._next_round(self.dialer.dropped(self.jitter(), reset=reason == "reset"))
+            lasted = self.scheduler.now - since if since is not None else 0.0
+            self._next_round(self.dialer.dropped(self.jitter(), reset=reason == "reset", lasted=lasted))
         else:
             delay = self.dialer.unreachable(self.jitter())
             self._next_round(0.0 if delay is None else delay)

@@ -3,8 +3,8 @@ short enough that a node is back within seconds of a coord answering, jittered a
 
 import pytest
 
-from meshvpn.node.coorddial import (ANSWER_TIMEOUT, BACKOFF_INITIAL, BACKOFF_MAX, REFUSED_MAX, Dialer, backoff_delay,
-                                    remapped, silence_limit)
+from meshvpn.node.coorddial import (ANSWER_TIMEOUT, BACKOFF_INITIAL, BACKOFF_MAX, REFUSED_MAX, RESET_REDIAL_AFTER, Dialer,
+                                    backoff_delay, remapped, silence_limit)
 from meshvpn.wire import Endpoint
 
 A1, A2 = Endpoint("203.0.113.10", 7400), Endpoint("203.0.113.11", 7400)
@@ -74,6 +74,16 @@ def test_a_connection_the_coord_reset_is_redialled_at_once_and_a_refusal_then_ba
     dialer.plan([[A1]])
     dialer.next_endpoint()
     assert dialer.unreachable(0.5) == BACKOFF_INITIAL, "a coord that is gone refuses it: the backoff starts"
+
+
+def test_a_reset_right_after_the_registration_backs_off_rather_than_looping():
+    dialer = Dialer()
+    dialer.plan([[A1]])
+    dialer.registered(dialer.next_endpoint())
+    assert dialer.dropped(0.5, reset=True, lasted=0.2) == BACKOFF_INITIAL, "a coord that resets every registration"
+    dialer.plan([[A1]])
+    dialer.registered(dialer.next_endpoint())
+    assert dialer.dropped(0.5, reset=True, lasted=RESET_REDIAL_AFTER) == 0.0
 
 
 def test_the_stun_mapping_moving_under_an_older_connection_means_it_is_dead():
