@@ -452,9 +452,10 @@ class PathFinder:
             self._suspect(now)
 
     def _suspect(self, now: float) -> None:
-        """Suspect the current path now, silent or not: move it to the peer's newest probe from
-        elsewhere since it was last heard, or probe it (its answer clears the suspicion)."""
-        if self._silence.suspect(now) and not self._roam_if_silent(now):
+        """Suspect the current path now, silent or not: move a direct path to the peer's newest probe
+        from elsewhere since it was last heard, or probe it (its answer clears the suspicion). A
+        TCP path is always probed: a probe's source is a UDP endpoint, no place for it to move."""
+        if self._silence.suspect(now) and not (self._direct() and self._roam_if_silent(now)):
             self._probe_path(now)
 
     def _roam_if_silent(self, now: float) -> bool:
