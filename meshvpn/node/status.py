@@ -9,6 +9,7 @@ from meshvpn.keys import encode_key
 from meshvpn.node.events import AddressAssigned
 from meshvpn.node.pathfinder import PathKind
 from meshvpn.node.peers import Peer, PeerTable
+from meshvpn.node.transports import socket_name
 from meshvpn.wire import Endpoint
 
 
@@ -37,6 +38,7 @@ def peer_status(peer: Peer, now: float) -> dict:
         "online": peer.info.online,
         "path": route.path.kind.value if route else "-",
         "endpoint": str(Endpoint(route.endpoint[0], route.endpoint[1])) if route else None,
+        "socket": socket_name(route.transport) if route else None,
         "rtt_ms": None if peer.paths.stats.rtt is None else round(peer.paths.stats.rtt * 1000, 2),
         "rx_bytes": c.rx_bytes,
         "tx_bytes": c.tx_bytes,

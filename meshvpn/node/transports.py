@@ -50,3 +50,14 @@ class TurnChannel:
 
 MAIN_SOCKET = MainSocket()
 Transport = Union[MainSocket, PinnedSocket, PunchedStream, RelayStream, TurnChannel]
+
+
+def socket_name(transport: Transport) -> str | None:
+    """The UDP socket `transport` sends from, as status names the node's sockets (`main`, `pinned N`); None
+    for a stream."""
+    match transport:
+        case MainSocket() | TurnChannel(_, _, None):
+            return "main"
+        case PinnedSocket(sid):
+            return f"pinned {sid}"
+    return None
