@@ -166,6 +166,7 @@ extern PyTypeObject LoopType, RelayLoopType, NativeBucketType;
 typedef struct Item {
     struct Item *next;
     Py_ssize_t size, seg;
+    int via;  /* the socket it came from: 0 the main one, else a pinned one's id (Loop.pin) */
     struct sockaddr_storage src;
     uint8_t data[];
 } Item;
@@ -183,8 +184,12 @@ void queue_free(Queue *q);
 void queue_wake(Queue *q);
 /* Copy b[0:size] (datagrams of seg bytes) from src to the queue; wake Python if it was empty. */
 void queue_push(Queue *q, const uint8_t *b, Py_ssize_t size, Py_ssize_t seg, const struct sockaddr_storage *src);
-/* [(data, (host, port) or None, seg), ...]: everything queued, in order; clears the wake-up. */
-PyObject *queue_take(Queue *q);
+/* queue_push for what arrived on socket `via` (0: the main one). */
+void queue_push_via(Queue *q, const uint8_t *b, Py_ssize_t size, Py_ssize_t seg, const struct sockaddr_storage *src,
+                    int via);
+/* [(data, (host, port) or None, seg), ...]: everything queued, in order; clears the wake-up.  With
+   with_via each item is (data, source, seg, via). */
+PyObject *queue_take(Queue *q, int with_via);
 PyObject *endpoint(const struct sockaddr_storage *a);
 int same_endpoint(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
 int parse_endpoint(PyObject *row, int family, struct sockaddr_storage *a, socklen_t *len);

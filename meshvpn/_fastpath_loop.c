@@ -1,4 +1,5 @@
-/* The native loop: a pthread, without the GIL, that owns the node's main UDP socket's receives.
+/* The native loop: a pthread, without the GIL, that owns the receives of the node's main UDP socket
+   (and of the pinned sockets a current path uses, _fastpath_pins.c).
 
    Why: with the loops of _fastpath.c the per-packet work is native, but every receive still
    waits for the asyncio loop to wake, dispatch and run Python around it (most of the round
@@ -38,22 +39,31 @@ static int poll_timeout(const Loop *L, int unreported, double reported, double n
    datagram and its reply, Python would compete with the reply for a CPU. */
 static void *run(void *arg) {
     Loop *L = arg;
-    struct pollfd fds[3] = {{L->udp_fd, POLLIN, 0}, {L->tun_fd, POLLIN, 0}, {L->stop_fd, POLLIN, 0}};
+    struct pollfd fds[4 + MAX_PINS] = {{L->udp_fd, POLLIN, 0}, {L->tun_fd, POLLIN, 0}, {L->stop_fd, POLLIN, 0},
+                                       {L->change_fd, POLLIN, 0}};
+    int vias[MAX_PINS], n_pins = 0;
     double reported = monotonic();
     int unreported = 0;
+    __atomic_store_n(&L->pins_changed, 1, __ATOMIC_RELEASE);  /* the pins installed before the start */
     for (;;) {
-        int ready = waiter_poll(&L->waiter, fds, 3, poll_timeout(L, unreported, reported, monotonic()));
+        n_pins = follow_pins(L, fds + 4, vias, n_pins);
+        int ready = waiter_poll(&L->waiter, fds, 4 + (nfds_t)n_pins, poll_timeout(L, unreported, reported, monotonic()));
         if (ready < 0 && errno != EINTR) break;
         if (ready > 0 || L->held_count) {
             if (fds[2].revents || ((fds[0].revents | fds[1].revents) & POLLNVAL)) break;
             /* Turns until both sides are empty: a turn seals every sparse TUN read and one held
-               super-packet (_fastpath_hold.c), then receives at most RECEIVE_SLICE bytes, so a
-               reply or an ACK waits behind one slice of the other direction's bulk, not behind a
-               whole burst (64 super-packets, about 10 ms).  After BURST turns poll() looks at the
-               stop eventfd (without waiting while reads are held). */
+               super-packet (_fastpath_hold.c), then receives at most RECEIVE_SLICE bytes from each
+               socket, so a reply or an ACK waits behind one slice of the other direction's bulk, not
+               behind a whole burst (64 super-packets, about 10 ms).  After BURST turns poll() looks
+               at the stop eventfd (without waiting while reads are held). */
             int tun = fds[1].revents != 0 || L->held_count, udp = fds[0].revents != 0, more = 1;
+            uint64_t pinned = 0;  /* the pinned sockets that may have more */
+            for (int i = 0; i < n_pins; i++) pinned |= (uint64_t)(fds[4 + i].revents != 0) << i;
             for (int turn = 0; more && turn < BURST; turn++) {
-                more = (tun && send_burst(L)) | (udp && receive_burst(L));
+                more = (tun && send_burst(L)) | (udp && receive_burst(L, L->udp_fd, 0));
+                for (int i = 0; i < n_pins; i++)
+                    if (pinned >> i & 1 && !receive_burst(L, fds[4 + i].fd, vias[i])) pinned &= ~((uint64_t)1 << i);
+                more |= pinned != 0;
                 tun = udp = 1;
             }
             waiter_traffic(&L->waiter);
@@ -80,10 +90,12 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
     Loop *L = (Loop *)type->tp_alloc(type, 0);
     if (L == NULL) return NULL;
     L->waiter = waiter;
+    L->change_fd = -1;
     L->udp_fd = udp_fd;
     L->tun_fd = tun_fd;
     int queued = queue_init(&L->queue);
     L->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    L->change_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     pthread_mutex_init(&L->table_lock, NULL);
     forwarder_init(&L->fwd, udp_fd, &L->table_lock);
     /* The thread reads until EAGAIN: both descriptors must not block (the TUN's and the socket's already do not). */
@@ -103,7 +115,8 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
     struct sockaddr_storage bound;
     socklen_t bound_len = sizeof bound;
     L->family = getsockname(udp_fd, (struct sockaddr *)&bound, &bound_len) == 0 ? bound.ss_family : AF_INET;
-    if (queued < 0 || L->stop_fd < 0) { Py_DECREF(L); return PyErr_SetFromErrno(PyExc_OSError); }
+    L->main = (Pin){0, udp_fd, L->family};
+    if (queued < 0 || L->stop_fd < 0 || L->change_fd < 0) { Py_DECREF(L); return PyErr_SetFromErrno(PyExc_OSError); }
     if (!L->area || !L->packets || !L->sizes || !L->groups || !L->held || !L->out || !L->flows || !L->noted) { Py_DECREF(L); return PyErr_NoMemory(); }
     return (PyObject *)L;
 }
@@ -124,6 +137,7 @@ static PyObject *loop_stop(Loop *L, PyObject *unused) {
 static void loop_dealloc(Loop *L) {
     Py_XDECREF(loop_stop(L, NULL));
     free_table(L);
+    free_pins(L);
     forwarder_free(&L->fwd);
     queue_free(&L->queue);
     if (L->stop_fd >= 0) close(L->stop_fd);
@@ -171,12 +185,13 @@ static PyObject *loop_counts(Loop *L, PyObject *unused) {
 }
 
 PyDoc_STRVAR(take_doc,
-"take() -> [(data, (host, port), seg_size), ...]\n\n"
-"The datagrams handed over since the last call (each item one or more of seg_size bytes); clears the wake-up.\n"
-"A TUN read comes as (read, None, 0); a packet opened for entry i that the access filter must judge\n"
-"(see flows()) as (plaintext, None, -1 - i).");
+"take() -> [(data, (host, port), seg_size, sid), ...]\n\n"
+"The datagrams handed over since the last call (each item one or more of seg_size bytes, received on the\n"
+"main socket (sid 0) or the pinned socket sid); clears the wake-up.\n"
+"A TUN read comes as (read, None, 0, 0); a packet opened for entry i that the access filter must judge\n"
+"(see flows()) as (plaintext, None, -1 - i, 0).");
 
-static PyObject *loop_take(Loop *L, PyObject *unused) { return queue_take(&L->queue); }
+static PyObject *loop_take(Loop *L, PyObject *unused) { return queue_take(&L->queue, 1); }
 
 static PyObject *loop_fileno(Loop *L, PyObject *unused) { return PyLong_FromLong(L->queue.wake_fd); }
 
@@ -203,6 +218,7 @@ static PyMethodDef loop_methods[] = {
     {"stop", (PyCFunction)loop_stop, METH_NOARGS, "Stop the thread and wait for it (idempotent)."},
     {"replace", (PyCFunction)loop_replace, METH_VARARGS, replace_doc},
     {"patch", (PyCFunction)loop_patch, METH_VARARGS, patch_doc},
+    {"pin", (PyCFunction)loop_pin, METH_VARARGS, pin_doc},
     {"installed", (PyCFunction)loop_installed, METH_NOARGS, installed_doc},
     {"flows", (PyCFunction)loop_flows, METH_VARARGS, flows_doc},
     {"counts", (PyCFunction)loop_counts, METH_NOARGS, counts_doc},

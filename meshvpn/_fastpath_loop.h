@@ -3,6 +3,7 @@
 #ifndef MESHVPN_FASTPATH_LOOP_H
 #define MESHVPN_FASTPATH_LOOP_H
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -26,6 +27,7 @@
 #define FLOW_SLOTS 4096  /* the flow cache (_fastpath_flows.c), a power of two */
 #define FLOW_PROBE 8
 #define FLOW_KEY 12
+#define MAX_PINS 32  /* pinned sockets the thread serves besides the main one (_fastpath_pins.c) */
 
 typedef struct {
     uint32_t index;
@@ -45,8 +47,8 @@ typedef struct {
     struct sockaddr_storage last_relay_src;  /* the relay it came through */
 } Entry;
 
-/* Where the thread seals for one peer: its current session on a route over the main socket (direct,
-   or through a relay with the envelope as prefix). */
+/* Where the thread seals for one peer: its current session on a route over the main socket or a pinned
+   one (direct, or through a relay with the envelope as prefix). */
 typedef struct {
     uint8_t overlay[16];
     int overlay_len;
@@ -57,6 +59,7 @@ typedef struct {
     Py_ssize_t prefix_len;
     struct sockaddr_storage dest;
     socklen_t dest_len;
+    int sid;  /* the socket to send from: 0 the main one, else the pinned socket of this id (Loop.pin) */
     double expires_at;
     /* counted since Python last looked (noted: on the list of senders that did, see note_sender) */
     int noted;
@@ -83,9 +86,19 @@ typedef struct {
     double until, used;
 } Flow;
 
+/* A pinned socket the thread serves: its id, the loop's own duplicate of its descriptor, its family. */
+typedef struct {
+    int sid, fd, family;
+} Pin;
+
 typedef struct {
     PyObject_HEAD
     int udp_fd, tun_fd, stop_fd, running, family, no_gso;
+    /* the pinned sockets (under table_lock); pins_changed: the thread must look again (change_fd wakes
+       it), and close the retired duplicates, which no pin holds any more (_fastpath_pins.c) */
+    Pin main, pins[MAX_PINS];  /* main: the main socket as a pin (sid 0) */
+    int n_pins, pins_changed, change_fd;
+    int *retired, n_retired, retired_room;
     pthread_t thread;
     pthread_mutex_t table_lock;
     Entry *entries;  /* count of them, room for entries_room; entry_map finds them by index */
@@ -123,6 +136,7 @@ typedef struct {
     uint64_t held_flow[HOLD_SLOTS];
     int held_head, held_count;
     Py_ssize_t run_at, run_seg, run_count;
+    int run_fd;
     struct sockaddr_storage run_dest;
     socklen_t run_dest_len;
 } Loop;
@@ -146,8 +160,18 @@ PyObject *loop_installed(Loop *L, PyObject *unused);
 extern const char replace_doc[], patch_doc[], installed_doc[];
 void free_table(Loop *L);
 
-/* _fastpath_recv.c */
-int receive_burst(Loop *L);
+/* _fastpath_recv.c: receive on fd (the main socket, or pinned socket `via`) */
+int receive_burst(Loop *L, int fd, int via);
+
+/* _fastpath_pins.c */
+/* Under table_lock: the socket to send from for sid (0: the main one), NULL if not pinned. */
+const Pin *find_pin(const Loop *L, int sid);
+/* The thread, between polls: if the pins changed, their descriptors into fds[0:n] (POLLIN) and their
+   ids into vias, the retired ones closed; n, or n_pins (unchanged) if nothing changed. */
+int follow_pins(Loop *L, struct pollfd *fds, int *vias, int n_pins);
+PyObject *loop_pin(Loop *L, PyObject *args);
+extern const char pin_doc[];
+void free_pins(Loop *L);
 
 /* _fastpath_send.c */
 void send_run(Loop *L);

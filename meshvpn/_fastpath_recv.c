@@ -1,4 +1,5 @@
-/* The native loop's receive side: UDP (GRO) → open in place → coalesce → TUN (see _fastpath_loop.c).
+/* The native loop's receive side: UDP (GRO) → open in place → coalesce → TUN (see _fastpath_loop.c),
+   on the main socket and on each pinned one (_fastpath_pins.c).
    Part of meshvpn._fastpath. */
 
 #include <netinet/in.h>
@@ -64,13 +65,15 @@ static void open_one(Loop *L, Entry *e, uint8_t *p, Py_ssize_t size, Py_ssize_t 
     (*npk)++;
 }
 
-/* One receive (datagrams of seg bytes): open what the table knows, hand runs of the rest over. */
+/* One receive (datagrams of seg bytes) on socket via: open what the table knows, hand runs of the rest
+   over.  A pinned socket (via > 0) carries a peer's path only: no TURN server and no member of our
+   peer relay is heard there, as on the Python path (NodeDaemon._on_mapping_run). */
 static void received(Loop *L, uint8_t *b, Py_ssize_t n, Py_ssize_t seg, const struct sockaddr_storage *src,
-                     double now, Py_ssize_t *npk) {
-    for (Py_ssize_t i = 0; i < L->n_skip; i++)
+                     int via, double now, Py_ssize_t *npk) {
+    for (Py_ssize_t i = 0; !via && i < L->n_skip; i++)
         if (same_endpoint(src, &L->skip[i])) { queue_push(&L->queue, b, n, seg, src); return; }
-    if (n == 0) { queue_push(&L->queue, b, 0, 1, src); return; }
-    Reg *member = forward_source(&L->fwd, src);  /* registered with us as its peer relay: its envelopes are relayed */
+    if (n == 0) { queue_push_via(&L->queue, b, 0, 1, src, via); return; }
+    Reg *member = via ? NULL : forward_source(&L->fwd, src);  /* registered with us as its peer relay: its envelopes are relayed */
     Batch B;
     if (member != NULL) batch_begin(&B, b, n, seg, now + L->fwd.offset, member);
     Py_ssize_t other = -1;  /* start of the run being handed over */
@@ -94,12 +97,12 @@ static void received(Loop *L, uint8_t *b, Py_ssize_t n, Py_ssize_t seg, const st
             if (other < 0) other = at;
             continue;
         }
-        if (other >= 0) { queue_push(&L->queue, b + other, at - other, seg, src); other = -1; }
+        if (other >= 0) { queue_push_via(&L->queue, b + other, at - other, seg, src, via); other = -1; }
         open_one(L, e, p, size, skip, src, now, npk);
         COUNT(L->native, 1);
     }
     if (member != NULL) batch_end(&L->fwd, &B);
-    if (other >= 0) queue_push(&L->queue, b + other, n - other, seg, src);
+    if (other >= 0) queue_push_via(&L->queue, b + other, n - other, seg, src, via);
 }
 
 /* Coalesce the opened packets and write them to the TUN (fastpath.coalesce_iov + TunDevice.write_packets). */
@@ -122,21 +125,21 @@ static void write_tun(Loop *L, Py_ssize_t npk) {
     }
 }
 
-/* Receive until the socket is empty, or BURST receives or RECEIVE_SLICE were taken (then 1: more may
+/* Receive on fd (socket via) until it is empty, or BURST receives or RECEIVE_SLICE were taken (then 1: more may
    wait), writing the TUN once per area. The receives are counted once the burst is handled (opened,
    counted per entry, written), so counts() never shows a receive whose effects are still to come. */
-int receive_burst(Loop *L) {
+int receive_burst(Loop *L, int fd, int via) {
     Py_ssize_t at = 0, npk = 0, taken = 0, got = 0;
     int more = 1;
     for (int i = 0; i < BURST && taken < RECEIVE_SLICE; i++) {
         struct sockaddr_storage src;
         Py_ssize_t seg;
         int truncated;
-        ssize_t n = gro_receive(L->udp_fd, L->area + at, RECV_SLOT, &src, &seg, &truncated);
+        ssize_t n = gro_receive(fd, L->area + at, RECV_SLOT, &src, &seg, &truncated);
         if (n < 0) { more = 0; break; }
         got++;
         pthread_mutex_lock(&L->table_lock);
-        received(L, L->area + at, n, seg, &src, monotonic(), &npk);
+        received(L, L->area + at, n, seg, &src, via, monotonic(), &npk);
         pthread_mutex_unlock(&L->table_lock);
         at += n;
         taken += n;

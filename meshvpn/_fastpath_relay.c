@@ -188,7 +188,7 @@ static PyObject *relay_counts(RelayLoop *R, PyObject *unused) {
     return result;
 }
 
-static PyObject *relay_take(RelayLoop *R, PyObject *unused) { return queue_take(&R->queue); }
+static PyObject *relay_take(RelayLoop *R, PyObject *unused) { return queue_take(&R->queue, 0); }
 
 static PyObject *relay_fileno(RelayLoop *R, PyObject *unused) { return PyLong_FromLong(R->queue.wake_fd); }
 

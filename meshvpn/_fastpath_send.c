@@ -2,10 +2,10 @@
 
    Why: the send half of a ping waited for the asyncio loop as the receive half did.  A read
    for a peer Python installed as a Sender (its current session on a route over the main
-   socket, direct or through a relay) is sealed here with the rules of DataPlane.seal_super_packet / seal_packets and
+   socket or a pinned one the thread serves, direct or through a relay) is sealed here with the rules of DataPlane.seal_super_packet / seal_packets and
    SendBuffer (a run: messages of one size for one destination, back to back, at most 64 and
    65507 bytes, closed by a shorter message); any other read (another destination, a relayed
-   route on another transport (TURN, a stream, a pinned socket), broadcast and multicast, a packet whose checksum must be completed, a session near its
+   route on another transport (TURN, a stream, a pinned socket the thread does not serve), broadcast and multicast, a packet whose checksum must be completed, a session near its
    counter limit, a malformed super-packet, while access rules are active a flow not in the flow cache) goes to Python whole, which seals it as before.
    Counters come from the session's NativeCounter, one atomic add per batch, so the two threads
    never use one twice.  Part of meshvpn._fastpath (see _fastpath_loop.c). */
@@ -23,7 +23,7 @@
 
 static ssize_t send_one(Loop *L, uint8_t *data, Py_ssize_t size, int seg) {
     struct iovec iov = {data, (size_t)size};
-    return gso_send(L->udp_fd, &L->run_dest, L->run_dest_len, &iov, 1, seg);
+    return gso_send(L->run_fd, &L->run_dest, L->run_dest_len, &iov, 1, seg);
 }
 
 /* out[at:at+size] (datagrams of seg bytes): one GSO sendmsg, or one datagram at a time once the
@@ -52,22 +52,51 @@ void send_run(Loop *L) {
     L->run_at = L->run_count = 0;
 }
 
-/* Start a run for s (sending the open one first if s cannot join it with a message of size). */
-static void place(Loop *L, const Sender *s, Py_ssize_t size) {
+/* s's destination as the socket `pin` takes it: a sender's endpoint has the main socket's family (IPv4
+   mapped on a dual-stack one), and a pinned socket may be plain IPv4 (or IPv6). */
+static socklen_t dest_for(const Sender *s, const Pin *pin, struct sockaddr_storage *d) {
+    const struct sockaddr_in6 *v6 = (const void *)&s->dest;
+    const struct sockaddr_in *v4 = (const void *)&s->dest;
+    if (pin->family == AF_INET && s->dest.ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&v6->sin6_addr)) {
+        struct sockaddr_in *out = (void *)d;
+        memset(out, 0, sizeof *out);
+        out->sin_family = AF_INET;
+        out->sin_port = v6->sin6_port;
+        memcpy(&out->sin_addr, &v6->sin6_addr.s6_addr[12], 4);
+        return sizeof *out;
+    }
+    if (pin->family == AF_INET6 && s->dest.ss_family == AF_INET) {
+        struct sockaddr_in6 *out = (void *)d;
+        memset(out, 0, sizeof *out);
+        out->sin6_family = AF_INET6;
+        out->sin6_port = v4->sin_port;
+        out->sin6_addr.s6_addr[10] = out->sin6_addr.s6_addr[11] = 0xFF;
+        memcpy(&out->sin6_addr.s6_addr[12], &v4->sin_addr, 4);
+        return sizeof *out;
+    }
+    memcpy(d, &s->dest, s->dest_len);
+    return s->dest_len;
+}
+
+/* Start a run for s from the socket `pin` (sending the open one first if s cannot join it with a message of size). */
+static void place(Loop *L, const Sender *s, const Pin *pin, Py_ssize_t size) {
+    struct sockaddr_storage d;
+    socklen_t d_len = dest_for(s, pin, &d);
     if (L->run_count) {
-        int same = L->run_dest_len == s->dest_len && !memcmp(&L->run_dest, &s->dest, s->dest_len);
+        int same = L->run_fd == pin->fd && L->run_dest_len == d_len && !memcmp(&L->run_dest, &d, d_len);
         if (same && size <= L->run_seg && L->run_at + size <= OUT_SIZE) return;
         send_run(L);
     }
-    memcpy(&L->run_dest, &s->dest, s->dest_len);
-    L->run_dest_len = s->dest_len;
+    L->run_fd = pin->fd;
+    memcpy(&L->run_dest, &d, d_len);
+    L->run_dest_len = d_len;
     L->run_seg = size;
 }
 
 /* A TUN read of one plain packet p[0:size]: seal it into the run. */
-static void seal_packet(Loop *L, Sender *s, const uint8_t *p, Py_ssize_t size, double now) {
+static void seal_packet(Loop *L, Sender *s, const Pin *pin, const uint8_t *p, Py_ssize_t size, double now) {
     Py_ssize_t msg_size = s->prefix_len + OVERHEAD + size;
-    place(L, s, msg_size);
+    place(L, s, pin, msg_size);
     memcpy(L->out + L->run_at, s->prefix, (size_t)s->prefix_len);
     uint8_t *msg = L->out + L->run_at + s->prefix_len;
     memcpy(msg + HEADER_LEN, p, (size_t)size);
@@ -84,7 +113,8 @@ static void seal_packet(Loop *L, Sender *s, const uint8_t *p, Py_ssize_t size, d
 }
 
 /* A TUN super-packet p[0:size]: split and seal it as one run of its own, sent at once. */
-static int seal_super_packet(Loop *L, Sender *s, const uint8_t *p, Py_ssize_t size, const SplitHeader *v, double now) {
+static int seal_super_packet(Loop *L, Sender *s, const Pin *pin, const uint8_t *p, Py_ssize_t size,
+                             const SplitHeader *v, double now) {
     if (v->gso_size <= 0 || v->csum_start > MAX_CSUM_START || (size + v->gso_size - 1) / v->gso_size > MAX_RUN_SEGMENTS)
         return 0;
     send_run(L);
@@ -94,8 +124,8 @@ static int seal_super_packet(Loop *L, Sender *s, const uint8_t *p, Py_ssize_t si
     Py_ssize_t count = seal_segments(p, size, v, s->key, s->remote_index, &first, s->counter, L->out, OUT_SIZE,
                                      s->prefix, s->prefix_len, &first_size, &written, &error);
     if (count <= 0) return 0;
-    memcpy(&L->run_dest, &s->dest, s->dest_len);
-    L->run_dest_len = s->dest_len;
+    L->run_fd = pin->fd;
+    L->run_dest_len = dest_for(s, pin, &L->run_dest);
     L->run_seg = first_size;
     L->run_at = written;
     L->run_count = count;
@@ -124,12 +154,14 @@ static int seal_read(Loop *L, const uint8_t *b, Py_ssize_t n, double now) {
     if (version != 4 && (version != 6 || size < 40)) return 0;
     Sender *s = find_sender(L, p + (version == 4 ? 16 : 24), len);
     if (s == NULL || now >= s->expires_at) return 0;
+    const Pin *pin = find_pin(L, s->sid);  /* its pinned socket, while the thread serves it */
+    if (pin == NULL) return 0;
     if (__atomic_load_n(&s->counter->value, __ATOMIC_RELAXED) + MAX_RUN_SEGMENTS >= reject_after) return 0;
     if (!flow_passes(L, p, size, 1, now)) return 0;  /* access rules: a flow Python does not track yet */
-    if (v.gso_type != GSO_NONE) return seal_super_packet(L, s, p, size, &v, now);
+    if (v.gso_type != GSO_NONE) return seal_super_packet(L, s, pin, p, size, &v, now);
     int start, offset;
     if ((b[0] & F_NEEDS_CSUM) && !partial_at(p, size, &start, &offset)) return 0;
-    seal_packet(L, s, p, size, now);
+    seal_packet(L, s, pin, p, size, now);
     return 1;
 }
 

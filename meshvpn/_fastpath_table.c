@@ -190,8 +190,9 @@ static int parse_entry(PyObject *row, Entry *e) {
 static int parse_sender(PyObject *row, int family, Sender *s) {
     Py_buffer overlay, key, prefix;
     PyObject *counter, *dest;
-    if (!PyArg_ParseTuple(row, "y*Iy*O!Oy*d", &overlay, &s->remote_index, &key, &NativeCounterType, &counter, &dest,
-                          &prefix, &s->expires_at))
+    s->sid = 0;
+    if (!PyArg_ParseTuple(row, "y*Iy*O!Oy*d|i", &overlay, &s->remote_index, &key, &NativeCounterType, &counter, &dest,
+                          &prefix, &s->expires_at, &s->sid))
         return -1;
     int ok = key.len == KEY_LEN && (overlay.len == 4 || overlay.len == 16) && (prefix.len == 0 || prefix.len == RELAY_INNER);
     if (ok) {
@@ -202,7 +203,7 @@ static int parse_sender(PyObject *row, int family, Sender *s) {
         s->overlay_len = (int)overlay.len;
     } else {
         PyErr_SetString(PyExc_ValueError,
-                        "a sender is (overlay, remote index, 32-byte key, NativeCounter, endpoint, prefix, expires_at)");
+                        "a sender is (overlay, remote index, 32-byte key, NativeCounter, endpoint, prefix, expires_at[, sid])");
     }
     PyBuffer_Release(&key); PyBuffer_Release(&overlay); PyBuffer_Release(&prefix);
     if (!ok || parse_endpoint(dest, family, &s->dest, &s->dest_len) < 0) return -1;
@@ -390,7 +391,8 @@ const char replace_doc[] =
 "Install new tables.  entries (what the thread opens) are (local index, receive key, NativeWindow,\n"
 "peer overlay address, peer key (of its relay envelopes), expires_at on the monotonic clock); senders\n"
 "(what it seals) are (peer overlay address, remote index, send key, NativeCounter, (address bytes,\n"
-"port), prefix (b'' or the relay envelope), expires_at); accept4/accept6\n"
+"port), prefix (b'' or the relay envelope), expires_at[, sid: the pinned socket to send from, pin()]);\n"
+"accept4/accept6 "
 "the accepted destinations back to back (Destinations.accepted); skip the (address bytes, port)\n"
 "endpoints whose datagrams always go to Python (TURN servers).  One entry per index and one sender\n"
 "per overlay address: a later row replaces an earlier one.  Returns what the old tables counted\n"

@@ -44,6 +44,11 @@ void queue_wake(Queue *q) {
 }
 
 void queue_push(Queue *q, const uint8_t *b, Py_ssize_t size, Py_ssize_t seg, const struct sockaddr_storage *src) {
+    queue_push_via(q, b, size, seg, src, 0);
+}
+
+void queue_push_via(Queue *q, const uint8_t *b, Py_ssize_t size, Py_ssize_t seg, const struct sockaddr_storage *src,
+                    int via) {
     pthread_mutex_lock(&q->lock);
     Item *item = q->queued + size > QUEUE_LIMIT ? NULL : malloc(sizeof(Item) + (size_t)size);
     if (item == NULL) {
@@ -54,6 +59,7 @@ void queue_push(Queue *q, const uint8_t *b, Py_ssize_t size, Py_ssize_t seg, con
     item->next = NULL;
     item->size = size;
     item->seg = seg;
+    item->via = via;
     item->src = *src;
     memcpy(item->data, b, (size_t)size);
     int was_empty = q->head == NULL;
@@ -81,7 +87,7 @@ PyObject *endpoint(const struct sockaddr_storage *a) {
     Py_RETURN_NONE;
 }
 
-PyObject *queue_take(Queue *q) {
+PyObject *queue_take(Queue *q, int with_via) {
     uint64_t value;
     ssize_t ignored = read(q->wake_fd, &value, sizeof value);
     (void)ignored;
@@ -95,7 +101,9 @@ PyObject *queue_take(Queue *q) {
     for (Item *next; item != NULL; item = next) {
         next = item->next;
         PyObject *src = out == NULL ? NULL : endpoint(&item->src);
-        PyObject *row = src == NULL ? NULL : Py_BuildValue("y#Nn", (const char *)item->data, item->size, src, item->seg);
+        PyObject *row = src == NULL ? NULL
+            : with_via ? Py_BuildValue("y#Nni", (const char *)item->data, item->size, src, item->seg, item->via)
+            : Py_BuildValue("y#Nn", (const char *)item->data, item->size, src, item->seg);
         if (row == NULL || PyList_Append(out, row) < 0) Py_CLEAR(out);
         Py_XDECREF(row);
         free(item);

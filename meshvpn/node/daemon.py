@@ -148,7 +148,7 @@ class NodeDaemon:
                 local_socket=self.punch.coord_socket, tls_port=cfg.coord.tls_port,
             )
             self.native = NativeReceiver.attach(self.loop, self.data, self.sock, self.tun, self._sends, self._on_udp,
-                                                self._on_tun, self._after_data, cfg.listen.busy_poll_us)
+                                                self._on_tun, self._after_data, cfg.listen.busy_poll_us, self.mappings)
             await self.control.start()
             self.local = self._local_endpoints()
             self.node.set_own_endpoints(self.local, None)

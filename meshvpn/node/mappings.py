@@ -11,6 +11,11 @@ runs, GSO sends of whole runs (`meshvpn.udpbatch`). All of them receive into one
 read one after the other on the loop, and a campaign opens up to 256 of them (a 64 KiB area each
 was 16 MiB of the daemon's resident set while a campaign ran).
 
+With the native thread (`meshvpn.node.datapath.native_loop`) the sockets a current path is pinned to
+are handed over to it (`hand_over`): it receives and sends on them as on the main socket, and the
+loop stops reading them until they are handed back; whatever the thread does not open comes back
+through `received`. Before a socket the thread serves is closed, it is handed back.
+
 Behind a sequential NAT the port sample comes from one of these sockets too (`sample`), and the
 core punches from it: its next mapping, towards the peer, is the one right above the sample.
 Each socket is kept at least for the window it was opened for (`keep`), so one campaign's prune
@@ -29,7 +34,7 @@ import asyncio
 import itertools
 import logging
 import socket
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 from meshvpn.stun_codec import is_stun
 from meshvpn.stunio import StunClient
@@ -49,6 +54,8 @@ RECEIVE_AREA = 65535
 
 OnRun = Callable[[int, memoryview, int, Endpoint], None]
 """(socket id, the datagrams back to back, their size (the last may be shorter), source)."""
+Pin = Callable[[list[tuple[int, int]]], Sequence[int]]
+"""The native thread's ``Loop.pin``: (socket id, descriptor) of every socket it should serve → the ids it serves."""
 
 
 class MappingSockets:
@@ -76,6 +83,11 @@ class MappingSockets:
         """Sockets waiting for a STUN answer (`sample`)."""
         self._area = bytearray(RECEIVE_AREA)
         """What every socket receives into: `on_run` consumes a run before the next receive."""
+        self._pin: Optional[Pin] = None
+        self._wanted: list[int] = []
+        """The sockets last handed over to the native thread (`hand_over`)."""
+        self._served: set[int] = set()
+        """The sockets the native thread serves: the loop does not read them."""
 
     def __len__(self) -> int:
         return len(self._socks)
@@ -146,16 +158,42 @@ class MappingSockets:
         """The open sockets by id (for their kernel counters)."""
         return {sid: udp.sock for sid, udp in self._socks.items()}
 
+    def hand_over(self, pin: Pin, sids: Iterable[int]) -> None:
+        """The native thread (its ``Loop.pin``) serves the open sockets of `sids`, the loop reads the others.
+
+        Called after every sync of the thread with the sockets the current paths are pinned to; it
+        costs a sort of those few ids when nothing changed."""
+        wanted = sorted(sid for sid in sids if sid in self._socks and sid not in self._stun)
+        if wanted == self._wanted and pin == self._pin:
+            return
+        served = set(pin([(sid, self._socks[sid].sock.fileno()) for sid in wanted]))
+        for sid in self._served - served:
+            if sid in self._socks:
+                self._loop.add_reader(self._socks[sid].sock.fileno(), self._readable, sid)
+        for sid in served - self._served:
+            self._loop.remove_reader(self._socks[sid].sock.fileno())
+        self._pin, self._wanted, self._served = pin, wanted, served
+
+    def received(self, sid: int, run: memoryview, seg_size: int, source: Endpoint) -> None:
+        """Datagrams the native thread received on socket `sid` and left to Python, as `_readable` hands them on."""
+        client = self._stun.get(sid)
+        if client is not None and len(run) and is_stun(bytes(run[:seg_size])):
+            client.datagram_received(bytes(run[:seg_size]), source)
+        elif len(run) and sid in self._socks:
+            self._on_run(sid, run, seg_size, source)
+
     def keep_only(self, in_use: set[int], everything: bool = False) -> None:
         """Close every socket not in `in_use` whose window is over (`everything`: whatever its window)."""
         now = self._loop.time()
-        for sid in [sid for sid in self._socks if sid not in in_use]:
-            if everything or self._until.get(sid, now) <= now:
-                self._until.pop(sid, None)
-                self._owner.pop(sid, None)
-                sock = self._socks.pop(sid).sock
-                self._loop.remove_reader(sock.fileno())
-                sock.close()
+        closing = [sid for sid in self._socks if sid not in in_use and (everything or self._until.get(sid, now) <= now)]
+        if self._pin is not None and self._served.intersection(closing):  # the thread lets go of them first
+            self.hand_over(self._pin, [sid for sid in self._wanted if sid not in closing])
+        for sid in closing:
+            self._until.pop(sid, None)
+            self._owner.pop(sid, None)
+            sock = self._socks.pop(sid).sock
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
 
     def close(self) -> None:
         self.keep_only(set(), everything=True)
@@ -178,11 +216,7 @@ class MappingSockets:
                 source, nbytes, seg_size = udp.recv_into()
             except OSError:
                 return
-            client = self._stun.get(sid)
-            if client is not None and nbytes and is_stun(bytes(udp.buffer[:seg_size])):
-                client.datagram_received(bytes(udp.buffer[:seg_size]), source)
-            elif nbytes and sid in self._socks:
-                self._on_run(sid, memoryview(udp.buffer)[:nbytes], seg_size, Endpoint(source[0], source[1]))
+            self.received(sid, memoryview(udp.buffer)[:nbytes], seg_size, Endpoint(source[0], source[1]))
 
 
 class _Sender:

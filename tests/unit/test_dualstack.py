@@ -86,7 +86,7 @@ def test_the_native_loop_names_an_ipv4_source_as_the_python_edge_does():
         while not taken and time.monotonic() < deadline:
             taken = rig.loop.take()
             time.sleep(0.002)
-        assert taken == [(b"\x01\x01not transport", ("127.0.0.1", rig.tx.getsockname()[1]), 15)]
+        assert taken == [(b"\x01\x01not transport", ("127.0.0.1", rig.tx.getsockname()[1]), 15, 0)]
     finally:
         rig.close()
 

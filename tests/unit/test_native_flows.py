@@ -81,19 +81,19 @@ def test_with_rules_the_thread_seals_only_flows_python_tracks_and_notes_their_us
     assert rig.loop.flows(True, False, []) == []
     rig.loop.start()
     rig.tun_peer.send(tun_read(tracked))
-    assert wait_taken(rig, 1) == [(tun_read(tracked), None, 0)], "not tracked yet: Python's"
+    assert wait_taken(rig, 1) == [(tun_read(tracked), None, 0, 0)], "not tracked yet: Python's"
     assert rig.loop.flows(True, False, [(tracked_key, FAR)]) == []
     before = time.monotonic()
     rig.tun_peer.send(tun_read(tracked))
     rig.tun_peer.send(tun_read(other))
     assert len(received_datagrams(peer_socket, 1)[0]) == len(tracked) + 32
-    assert wait_taken(rig, 1) == [(tun_read(other), None, 0)]
+    assert wait_taken(rig, 1) == [(tun_read(other), None, 0, 0)]
     [(key, used)] = rig.loop.flows(True, False, [])
     assert key == tracked_key and before <= used <= time.monotonic()
     assert rig.loop.flows(True, False, []) == [], "a use is noted once"
     rig.loop.flows(True, True, [])
     rig.tun_peer.send(tun_read(tracked))
-    assert wait_taken(rig, 1) == [(tun_read(tracked), None, 0)], "a reset forgets every flow at once"
+    assert wait_taken(rig, 1) == [(tun_read(tracked), None, 0, 0)], "a reset forgets every flow at once"
     rig.loop.flows(False, False, [])
     rig.tun_peer.send(tun_read(other))
     assert len(received_datagrams(peer_socket, 1)[0]) == len(other) + 32, "without rules everything is the thread's"
@@ -112,7 +112,7 @@ def test_with_rules_the_thread_delivers_only_flows_python_let_in_and_hands_back_
     rig.loop.start()
     rig.send(sealed(sender, [allowed, other, broadcast, allowed]))
     taken = wait_taken(rig, 2)
-    assert taken == [(other, None, -1 - 2), (broadcast, None, -1 - 2)], "opened, for the filter to judge"
+    assert taken == [(other, None, -1 - 2, 0), (broadcast, None, -1 - 2, 0)], "opened, for the filter to judge"
     deadline, rows = time.monotonic() + 5, []
     while sum(row[1] for row in rows) < 4 and time.monotonic() < deadline:
         rows += rig.loop.counts()[0]
@@ -121,4 +121,4 @@ def test_with_rules_the_thread_delivers_only_flows_python_let_in_and_hands_back_
     assert [w[10:] for w in rig.tun_writes()] == [allowed, allowed]
     rig.loop.flows(True, True, [])
     rig.send(sealed(sender, [allowed]))
-    assert wait_taken(rig, 1) == [(allowed, None, -1 - 2)], "a reset: the cached accept is gone"
+    assert wait_taken(rig, 1) == [(allowed, None, -1 - 2, 0)], "a reset: the cached accept is gone"

@@ -11,7 +11,7 @@ import socket
 import time
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from meshvpn.dualstack import dual_socket
@@ -29,29 +29,44 @@ FAR = 1e12
 """An expiry that never comes."""
 PEER_KEY = b"P" * 32
 """The sending peer's key: its relay envelopes carry it."""
+PIN = 7
+"""The id of the pinned socket a pinned rig's peer uses."""
+
+
+def gro_socket(dual: bool = False) -> socket.socket:
+    sock = dual_socket(0) if dual else socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if not dual:
+        sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.setblocking(False)
+    BatchUdpSocket(sock)  # turns UDP_GRO on
+    return sock
 
 
 class Rig:
-    """A Loop on a loopback socket, a sender socket, and the TUN's stand-in."""
+    """A Loop on a loopback socket, a sender socket, and the TUN's stand-in.
 
-    def __init__(self, dual: bool = False) -> None:
-        self.rx = dual_socket(0) if dual else socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        if not dual:
-            self.rx.bind(("127.0.0.1", 0))
-        self.rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.rx.setblocking(False)
-        BatchUdpSocket(self.rx)  # turns UDP_GRO on
+    `pinned`: the peer's path is on a pinned socket (``rx``, served through ``Loop.pin`` as PIN, plain
+    IPv4 as birthday sockets are) rather than on the loop's main socket (``main``, `dual`-stack or
+    not), and its sender sends from there."""
+
+    def __init__(self, dual: bool = False, pinned: bool = False) -> None:
+        self.rx = gro_socket(dual and not pinned)
+        self.main = gro_socket(dual) if pinned else self.rx
+        self.sid = PIN if pinned else 0
         self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.tx.bind(("127.0.0.1", 0))
         self.tun, self.tun_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.tun_peer.settimeout(0)
-        self.loop = NATIVE_MODULE.Loop(self.rx.fileno(), self.tun.fileno())
+        self.loop = NATIVE_MODULE.Loop(self.main.fileno(), self.tun.fileno())
+        if pinned:
+            assert self.loop.pin([(PIN, self.rx.fileno())]) == [PIN]
         self.totals = [0] * 10
         self.rows = []
 
     def close(self) -> None:
         self.loop.stop()
-        for sock in (self.rx, self.tx, self.tun, self.tun_peer):
+        for sock in {self.rx, self.main, self.tx, self.tun, self.tun_peer}:
             sock.close()
 
     def send(self, messages) -> None:
@@ -145,9 +160,10 @@ def crowd_senders(count: int, endpoint: tuple) -> list[tuple]:
 @settings(max_examples=25, deadline=None)
 @given(choices=st.lists(st.tuples(kinds, st.integers(0, 1000)), min_size=1, max_size=20),
        flow=st.integers(0, 12), flow_at=st.integers(0, 20), relayed=st.sampled_from(["bare", "right", "wrong"]),
-       crowd=st.sampled_from([0, CROWD]), place=st.floats(0, 1))
-def test_thread_writes_what_the_python_path_writes(choices, flow, flow_at, relayed, crowd, place):
-    rig = Rig()
+       crowd=st.sampled_from([0, CROWD]), place=st.floats(0, 1), pinned=st.booleans())
+def test_thread_writes_what_the_python_path_writes(choices, flow, flow_at, relayed, crowd, place, pinned):
+    """On the main socket or on a pinned one (what it hands over then names the socket)."""
+    rig = Rig(pinned=pinned)
     try:
         sender, receiver = sessions()
         data, seg = datagram_run(choices)
@@ -166,7 +182,8 @@ def test_thread_writes_what_the_python_path_writes(choices, flow, flow_at, relay
         rig.loop.stop()
         assert rig.tun_writes() == expected_writes
         assert [sum(row[i] for row in rig.rows) for i in range(1, 7)] == expected_counts
-        assert [m for m, _, _ in rig.loop.take()] == expected_handed
+        taken = rig.loop.take()
+        assert [m for m, _, _, _ in taken] == expected_handed and {sid for *_, sid in taken} <= {rig.sid}
         if relayed != "bare":
             assert all(row[7] == 0.0 for row in rig.rows), "relayed messages say nothing about the direct path"
         reference = ReplayWindow()
@@ -204,13 +221,13 @@ def test_unknown_expired_and_skipped_sources_go_to_python_with_a_wake_up(rig):
     rig.loop.start()
     rig.wait_receives(3)
     taken = rig.loop.take()
-    assert [(m, seg) for m, _, seg in taken] == [(messages[0], len(messages[0])), (b"", 1), (b"\x01\x01hello", 7)]
+    assert [(m, seg) for m, _, seg, _ in taken] == [(messages[0], len(messages[0])), (b"", 1), (b"\x01\x01hello", 7)]
     assert taken[0][1] == rig.tx.getsockname()
     host, port = rig.tx.getsockname()
     rig.loop.replace([(2, receiver.recv_key, window, SRC4, PEER_KEY, FAR)], [], ACCEPT4, b"", [(socket.inet_aton(host), port)])
     rig.send(messages[1:])
     rig.wait_receives(4)
-    assert [m for m, _, _ in rig.loop.take()] == messages[1:] and rig.tun_writes() == []
+    assert [m for m, _, _, _ in rig.loop.take()] == messages[1:] and rig.tun_writes() == []
     assert window.greatest == -1
 
 
@@ -242,9 +259,12 @@ def udp4(size: int, fill: int, dst: bytes = DST4) -> bytes:
     return ipv4(SRC4, size, fill, dst)
 
 
-def received_datagrams(sock: socket.socket, count: int, seconds: float = 5.0) -> list[bytes]:
+def received_datagrams(sock: socket.socket, count: int, seconds: float = 5.0, port: int = 0) -> list[bytes]:
+    """`count` datagrams, each from `port` if given."""
     sock.settimeout(seconds)
-    return [sock.recv(1 << 16) for _ in range(count)]
+    got = [sock.recvfrom(1 << 16) for _ in range(count)]
+    assert not port or {src[1] for _, src in got} == {port}
+    return [data for data, _ in got]
 
 
 @pytest.fixture
@@ -256,22 +276,26 @@ def peer_socket():
 
 
 def install_sender(rig, sender, peer_socket, overlay=DST4, expires_at=FAR, prefix=b"", crowd=0):
-    """The sender's row, after `crowd` senders of other peers."""
+    """The sender's row (from the rig's socket for its peer), after `crowd` senders of other peers."""
     host, port = peer_socket.getsockname()
     endpoint = (socket.inet_aton(host), port)
     sender.shared_counter = NATIVE_MODULE.NativeCounter(sender.send_counter)
     rig.loop.replace([], crowd_senders(crowd, endpoint) + [(overlay, sender.remote_index, sender.send_key,
-                                                            sender.shared_counter, endpoint, prefix, expires_at)],
+                                                            sender.shared_counter, endpoint, prefix, expires_at,
+                                                            rig.sid)],
                      ACCEPT4, b"", [])
 
 
 @settings(max_examples=15, deadline=None)
 @given(sizes=st.lists(st.integers(20, 1400), min_size=1, max_size=8), mss=st.sampled_from([0, 300, 1000]),
        counter=st.sampled_from([0, 5, 2**40]), prefix=st.sampled_from([b"", relay_prefix(PEER_KEY)]),
-       crowd=st.sampled_from([0, CROWD]))
-def test_thread_seals_what_the_python_path_seals(sizes, mss, counter, prefix, crowd):
-    """Plain packets and one TSO super-packet, read from the TUN: the datagrams equal Session/seal_split's."""
-    rig = Rig()
+       crowd=st.sampled_from([0, CROWD]), pinned=st.booleans(), dual=st.booleans())
+@example(sizes=[100, 60], mss=300, counter=0, prefix=b"", crowd=0, pinned=True, dual=True)
+def test_thread_seals_what_the_python_path_seals(sizes, mss, counter, prefix, crowd, pinned, dual):
+    """Plain packets and one TSO super-packet, read from the TUN: the datagrams equal Session/seal_split's,
+    and leave from the socket the sender names (the main one, or the pinned one, IPv4 beside a
+    dual-stack main socket, whose senders' endpoints are IPv4-mapped)."""
+    rig = Rig(dual=dual, pinned=pinned)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind(("127.0.0.1", 0))
     try:
@@ -291,7 +315,7 @@ def test_thread_seals_what_the_python_path_seals(sizes, mss, counter, prefix, cr
         for read in reads:
             rig.tun_peer.send(read)
         rig.loop.start()
-        assert received_datagrams(peer, len(expected)) == expected
+        assert received_datagrams(peer, len(expected), port=rig.rx.getsockname()[1]) == expected
         rig.loop.stop()
         assert sender.shared_counter.value == reference.send_counter
         rows, send_rows, totals = rig.loop.counts()
@@ -317,7 +341,7 @@ def test_reads_it_cannot_seal_go_to_python_in_order(rig, peer_socket):
     while len(taken) < 3 and time.monotonic() < deadline:
         taken += rig.loop.take()
         time.sleep(0.002)
-    assert taken == [(other, None, 0), (needs_checksum, None, 0), (b"\0" * 12, None, 0)]
+    assert taken == [(other, None, 0, 0), (needs_checksum, None, 0, 0), (b"\0" * 12, None, 0, 0)]
     assert sender.shared_counter.value == 1
 
 
@@ -349,7 +373,7 @@ def test_an_expired_sender_leaves_the_read_to_python(rig, peer_socket):
     while not taken and time.monotonic() < deadline:
         taken = rig.loop.take()
         time.sleep(0.002)
-    assert taken == [(read, None, 0)] and sender.shared_counter.value == 0
+    assert taken == [(read, None, 0, 0)] and sender.shared_counter.value == 0
 
 
 def test_a_relayed_super_packet_larger_than_one_gso_send_leaves_in_two(rig, peer_socket):

@@ -61,7 +61,7 @@ class NodeLoopForwarder:
         self.totals.update(self.relay.pull())
 
     def take(self):
-        return [(data, Endpoint(*source), seg) for data, source, seg in self.loop.take()]
+        return [(data, Endpoint(*source), seg) for data, source, seg, _ in self.loop.take()]
 
     def close(self) -> None:
         self.stop()

@@ -5,7 +5,9 @@ the crypto (see docs/dataplane.md, "The native loop").  ``meshvpn._fastpath.Loop
 without the GIL that receives on the node's main UDP socket, opens the bare transport messages
 of the sessions installed here (bare, or in a relay envelope) and writes them to the TUN, and
 seals TUN reads for peers whose route is on that socket (direct or relayed); everything else comes back through
-:meth:`NativeReceiver.take`.  Python keeps every decision: after each input the shell calls
+:meth:`NativeReceiver.take`. The birthday sockets a current path is pinned to (`meshvpn.node.mappings`)
+are served the same way: after each sync they are handed over (``MappingSockets.hand_over``), and
+what the thread leaves to Python from them goes to ``MappingSockets.received``.  Python keeps every decision: after each input the shell calls
 :meth:`NativeReceiver.sync`, which installs the current and previous session of every peer (a
 responder's unconfirmed ``next`` session stays with Python, whose first packet rotates the
 ring) and drops the rest, looking only at the peers that changed (`native_tables`); :meth:`NativeReceiver.pull` folds the thread's counts, liveness and
@@ -33,6 +35,7 @@ from meshvpn.node.datapath import fastpath
 from meshvpn.node.datapath.dataplane import DataPlane, SendBuffer, _count_dropped, _count_received, _count_sent, _let_in
 from meshvpn.node.datapath.native_relay import NativePeerRelay
 from meshvpn.node.datapath.native_tables import NativeTables, packed
+from meshvpn.node.mappings import MappingSockets
 from meshvpn.node.peers import Peer
 from meshvpn.wire import Endpoint
 
@@ -51,8 +54,10 @@ class NativeReceiver:
     """Owns one ``meshvpn._fastpath.Loop``: its table, its hand-over queue and its counts."""
 
     def __init__(self, data: DataPlane, udp_fd: int, tun, sends: SendBuffer, after: Callable[[], None],
-                 busy_poll_us: int = 0) -> None:
+                 busy_poll_us: int = 0, mappings: Optional[MappingSockets] = None) -> None:
         self._loop = fastpath.native_module().Loop(udp_fd, tun.fileno(), busy_poll_us)
+        self._mappings = mappings
+        """The birthday sockets: the pinned ones are handed over after each sync."""
         self._data = data
         self._core = data.core
         self._tun = tun
@@ -70,18 +75,19 @@ class NativeReceiver:
 
     @classmethod
     def attach(cls, loop, data: DataPlane, sock, tun, sends: SendBuffer, on_udp: Callable[[], None],
-               on_tun: Callable[[], None], after: Callable[[], None], busy_poll_us: int = 0) -> Optional[NativeReceiver]:
+               on_tun: Callable[[], None], after: Callable[[], None], busy_poll_us: int = 0,
+               mappings: Optional[MappingSockets] = None) -> Optional[NativeReceiver]:
         """Start the thread on ``sock`` and ``tun`` and wake ``loop`` for its hand-overs, when it can serve ``tun``.
 
         Otherwise ``on_udp`` and ``on_tun`` (the Python loops) read them and None is returned.
         Python's seals go to ``sends``; ``after`` runs after each wake-up, as after any data-path
-        input (the node's outputs).
+        input (the node's outputs). The pinned sockets of ``mappings`` are served as ``sock`` is.
         """
         if not available(tun):
             loop.add_reader(tun.fileno(), on_tun)
             loop.add_reader(sock.fileno(), on_udp)
             return None
-        receiver = cls(data, sock.fileno(), tun, sends, after, busy_poll_us)
+        receiver = cls(data, sock.fileno(), tun, sends, after, busy_poll_us, mappings)
         receiver.sync(loop.time())
         receiver._loop.start()
         loop.add_reader(receiver._loop.fileno(), receiver._on_wake, loop)
@@ -99,8 +105,10 @@ class NativeReceiver:
         data, tun, sends, to_tun = self._data, self._tun, self._sends, []
         turn_servers = self._core.turn.by_endpoint
         self._follow_access()  # the flows the thread used count before a reply of theirs is judged
-        for message, source, seg_size in self._loop.take():
-            if source is None and seg_size < 0:  # opened by the thread, for the access filter to judge
+        for message, source, seg_size, sid in self._loop.take():
+            if sid:  # from a pinned socket, as its loop reader would have had it
+                self._mappings.received(sid, memoryview(message), seg_size, Endpoint(*source))
+            elif source is None and seg_size < 0:  # opened by the thread, for the access filter to judge
                 self._judge(-1 - seg_size, message, now, to_tun)
             elif source is None:  # a TUN read, virtio header first
                 size = len(message)
@@ -155,7 +163,10 @@ class NativeReceiver:
         others = (destinations.accepted(4), destinations.accepted(16), turn)
         self.relay.sync()
         tables = self._tables
-        if not tables.update(now) and others == self._installed:
+        changed = tables.update(now)
+        if self._mappings is not None:
+            self._mappings.hand_over(self._loop.pin, tables.pinned)
+        if not changed and others == self._installed:
             return
         diff = tables.diff()
         self._fold(self._loop.patch(diff.gone_indexes, diff.entries, diff.gone_overlays, diff.senders, *others), now)

@@ -3,13 +3,16 @@
 Why: the shell syncs the thread after every input (a coord message, a packet handed to Python);
 building and comparing the whole table each time cost O(peers) per input, at 10,000 peers more
 than the input itself. As ``meshvpn.node.peertimers`` keeps deadlines, the rows of a peer (its
-entries: current and previous session; its sender: current session on a route over the main
+entries: current and previous session; its sender: current session on a route over a UDP
 socket) are built again only when the peer may have changed:
 
 * marked by the core or the data path (``PeerTable.touched``/``trafficked``, and what the peer
   timers took from them, ``PeerTable.changed``), or given a route or an address
   (``PeerTable.set_route``/``readdress``, which mark ``changed``), or added or removed;
 * or when a session in its rows expired (a heap of each peer's earliest expiry).
+
+A sender names the socket it sends from: the main one, or a pinned one (birthday probing); the
+pinned ones some sender uses are :attr:`NativeTables.pinned`, which the thread then serves.
 
 Only the rows that changed are handed over (`Diff`, for ``Loop.patch``): at 10,000 peers the
 whole table took milliseconds to build and parse where one peer's rows take microseconds.
@@ -20,13 +23,14 @@ is an argument.
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterable, Optional
 
 from meshvpn.node.datapath import fastpath
 from meshvpn.node.peers import Peer, PeerTable
 from meshvpn.node.peertimers import KeyedHeap
-from meshvpn.node.transports import MainSocket
+from meshvpn.node.transports import MainSocket, PinnedSocket
 from meshvpn.session import Session
 from meshvpn.wire import Endpoint
 
@@ -50,12 +54,25 @@ def rows_of(peer: Peer, now: float) -> Optional[Rows]:
                      session.expires_at)
                     for session in (ring.current, ring.previous) if session is not None and now < session.expires_at)
     route, session, sender = peer.route, ring.current, None
-    if route is not None and session is not None and now < session.expires_at and type(route.transport) is MainSocket:
+    if route is not None and session is not None and now < session.expires_at:
+        sid = socket_id(route.transport)
         endpoint = packed(route.endpoint)
-        if endpoint is not None:
+        if endpoint is not None and sid is not None:
             sender = (peer.overlay, session.remote_index, session.send_key, native_counter(session), endpoint,
-                      route.prefix, session.expires_at)
+                      route.prefix, session.expires_at, sid)
     return (entries, sender) if entries or sender is not None else None
+
+
+def socket_id(transport) -> Optional[int]:
+    """The UDP socket the thread would send from for `transport`: 0 the main one, a pinned one's id, or
+    None (a stream or TURN: Python's)."""
+    kind = type(transport)
+    return 0 if kind is MainSocket else transport.sid if kind is PinnedSocket else None
+
+
+def _pinned(rows: Optional[Rows]) -> int:
+    """The pinned socket the rows' sender sends from; 0 if none."""
+    return rows[1][7] if rows is not None and rows[1] is not None else 0
 
 
 def _expiry(rows: Rows) -> float:
@@ -103,6 +120,13 @@ class NativeTables:
         """Local index → peer, as installed: counts of a session retired since still find their peer."""
         self.by_overlay: dict[bytes, Peer] = {}
         """Overlay address → peer, as installed for sealing."""
+        self._pins: dict[int, int] = defaultdict(int)
+        """Pinned socket id → the senders that send from it."""
+
+    @property
+    def pinned(self) -> Iterable[int]:
+        """The pinned sockets some sender sends from: the ones the thread should serve."""
+        return self._pins.keys()
 
     def update(self, now: float) -> bool:
         """Recompute the rows of the peers marked since the last call; True if any changed."""
@@ -122,6 +146,8 @@ class NativeTables:
                 continue
             changed = True
             self._before.setdefault(peer, old)
+            self._count_pin(_pinned(old), -1)
+            self._count_pin(_pinned(rows), 1)
             if rows is None:
                 del self._rows[peer]
             else:
@@ -129,6 +155,12 @@ class NativeTables:
         if self.check:
             self._check(now)
         return changed
+
+    def _count_pin(self, sid: int, step: int) -> None:
+        if sid:
+            self._pins[sid] += step
+            if not self._pins[sid]:
+                del self._pins[sid]
 
     def diff(self) -> Diff:
         """What the thread must change to hold the rows :meth:`update` computed: the rows of the
@@ -180,6 +212,10 @@ class NativeTables:
         if full != self._rows:
             stale = sorted(peer.name for peer in set(full) | set(self._rows) if full.get(peer) != self._rows.get(peer))
             raise AssertionError(f"native tables kept stale rows for {stale}")
+        pins = Counter(_pinned(rows) for rows in full.values())
+        del pins[0]
+        if pins != self._pins:
+            raise AssertionError(f"native tables count pinned sockets {dict(self._pins)}, not {dict(pins)}")
 
 
 def native_counter(session: Session):
