@@ -13,7 +13,8 @@ from pathlib import Path
 
 from meshvpn.bench.measure import (peak_rss_mib, ping_stats, process_cpu_seconds, process_tree, throughput_runs,
                                    tree_cpu_seconds)
-from meshvpn.bench.peers import ROWS, BenchLab, BenchNet, Row, apply_loss, build_nat_net, build_net, loss_drops
+from meshvpn.bench.loss import apply_loss, loss_drops
+from meshvpn.bench.peers import ROWS, BenchLab, BenchNet, Row, build_nat_net, build_net
 from meshvpn.bench.report import RowResult, render_table, to_json, write_json
 from meshvpn.errors import MeshError
 

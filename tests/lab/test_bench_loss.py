@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from meshvpn.bench.peers import B_ADDR, BenchLab, apply_loss, build_net, loss_drops
+from meshvpn.bench.loss import apply_loss, loss_drops
+from meshvpn.bench.peers import B_ADDR, BenchLab, build_net
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(60)]
 
