@@ -344,7 +344,8 @@ BENCH_RULES = {"default": "deny", "rules": [{"from": "*", "to": "*", "services":
 
 
 def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None, block: bool = True,
-                  host_env: dict[str, str] | None = None, access: dict | None = None) -> Tunnel:
+                  host_env: dict[str, str] | None = None, access: dict | None = None,
+                  settle: Callable[[Mesh], None] | None = None) -> Tunnel:
     """Two `meshvpn daemon`s and a `meshvpn coord` in `side` (`meshvpn.lab.mesh`); measures the
     time to the first reply.
 
@@ -358,7 +359,7 @@ def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None, block:
     relay for the network (a peer relay, docs/relay.md), and `b` drops `a`'s address, so the pair
     goes through `host`, whose CPU is the relay's; `host_env` is its environment
     (``MESHVPN_PURE_PYTHON=1``: it forwards in Python). `access` is the network's access policy
-    (none by default).
+    (none by default); `settle` waits for what the row needs once the pair is up.
     """
     a, b = net.a.short, net.b.short
     mesh = Mesh(workdir, net.side, net.side_addr, network=MESHVPN_NETWORK, cidr=MESHVPN_SUBNET, log_level="info")
@@ -382,6 +383,8 @@ def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None, block:
     except LabError as err:
         raise BenchError(f"{err}{_tails(tuple(sorted(workdir.glob('*.log'))))}") from None
     replied = reachable(net, target, tuple(sorted(workdir.glob("*.log"))))
+    if settle is not None:
+        settle(mesh)
     peer = mesh.peer(a, b)
     if host_env is not None and peer.get("relay") != "host":
         raise BenchError(f"the pair is not relayed by the host: {peer}")
@@ -397,14 +400,39 @@ def _start_peer_relay(mesh: Mesh, net: BenchNet, key: str, env: dict[str, str]) 
     mesh.admin("relays", "allow", "host")
 
 
-def start_meshvpn_nat(net: BenchNet, workdir: Path, relayed: bool) -> Tunnel:
+def start_meshvpn_nat(net: BenchNet, workdir: Path, relayed: bool, pinned: bool = False) -> Tunnel:
     """meshvpn between hosts behind NAT routers: a port-preserving site and a port-range one (a
-    direct path), or two random-port sites with a relay (no direct path exists)."""
+    direct path), or two random-port sites with a relay (no direct path exists). `pinned`: `b`'s main
+    socket and TCP cannot reach `a` (`_block_main_socket`), so the direct path ends on one of `b`'s
+    birthday sockets, which the row checks."""
     if relayed:
         set_nats(net, NatKind.RANDOM_PORTS, NatKind.RANDOM_PORTS)
         return start_meshvpn(net, workdir, relay="udp", block=False)
     set_nats(net, NatKind.PORT_PRESERVING, NatKind.PORT_RANGE)
-    return start_meshvpn(net, workdir)
+    if not pinned:
+        return start_meshvpn(net, workdir)
+
+    def on_pinned_socket(mesh: Mesh) -> None:
+        socket = lambda: (mesh.peer(net.b.short, net.a.short).get("socket") or "").startswith("pinned")
+        try:
+            mesh_wait_for(socket, START_TIMEOUT, f"{net.b.short}'s path on a pinned socket", poll=POLL_SECONDS)
+        except LabError as err:
+            raise BenchError(f"{err}: {mesh.peer(net.b.short, net.a.short)}") from None
+    _block_main_socket(net)
+    return start_meshvpn(net, workdir, settle=on_pinned_socket)
+
+
+def _block_main_socket(net: BenchNet) -> None:
+    """Make `b` drop UDP between its main socket and `a`'s site, and all TCP with it."""
+    site_a = net.topology.addr("na")
+    net.b.run(["nft", "-f", "-"], input=(
+        f"table inet {BLOCK_TABLE} {{\n"
+        f"  chain input {{ type filter hook input priority 0; ip saddr {site_a} udp dport {NODE_PORT} drop; "
+        f"ip saddr {site_a} meta l4proto tcp drop; }}\n"
+        f"  chain output {{ type filter hook output priority 0; ip daddr {site_a} udp sport {NODE_PORT} drop; "
+        f"ip daddr {site_a} meta l4proto tcp drop; }}\n"
+        "}\n"
+    ))
 
 
 def _block_direct_paths(net: BenchNet, transport: str) -> None:
@@ -428,6 +456,8 @@ ROWS: tuple[Row, ...] = (
     Row("meshvpn peer relayed, host in Python", MESHVPN,
         lambda net, workdir: start_meshvpn(net, workdir, host_env={"MESHVPN_PURE_PYTHON": "1"})),
     Row("meshvpn NATs direct", MESHVPN, lambda net, workdir: start_meshvpn_nat(net, workdir, relayed=False), net="nat"),
+    Row("meshvpn NATs direct, pinned socket", MESHVPN,
+        lambda net, workdir: start_meshvpn_nat(net, workdir, relayed=False, pinned=True), net="nat"),
     Row("meshvpn NATs relayed", MESHVPN, lambda net, workdir: start_meshvpn_nat(net, workdir, relayed=True), net="nat"),
     Row("quicktun nacltai", PEER, start_quicktun, ("quicktun",)),
     Row("wireguard-go", PEER, start_wireguard_go, ("wireguard-go", "wg")),

@@ -8,9 +8,9 @@ paths never take turns:
   all on its main socket) over one we only **observed** or guessed (a birthday hit, a predicted
   port). Behind a port-range NAT the peer's main socket and its extra punching sockets
   (`meshvpn.node.mappings`) can all answer; the peer answers and sends from the socket that heard
-  us last, which after the campaign is the one our path probes, and only its main socket is served
-  by the native data-path thread: on an extra one every datagram of the pair passes through Python
-  on the peer (two to three times the round trip, docs/benchmarks.md).
+  us last, which after the campaign is the one our path probes. Its main socket outlives every
+  campaign; an extra one stays only while a path uses it (the native data-path thread serves both
+  since it polls the pinned sockets too, docs/dataplane.md).
 """
 
 from __future__ import annotations
