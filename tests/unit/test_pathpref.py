@@ -1,8 +1,8 @@
 """The peer's announced endpoint against a birthday hit: which proven path a peer's traffic takes (plain float clock).
 
 Behind a port-range NAT the peer's main socket (its STUN mapping) and its extra punching sockets can
-all answer; only the main one is served by the peer's native data-path thread, so an announced
-endpoint wins when its round trip is alike, and data from a known extra socket does not move the path.
+all answer; the main one outlives every campaign, so an announced endpoint wins when its round trip
+is alike, and data from a known extra socket does not move the path.
 """
 
 import pytest
