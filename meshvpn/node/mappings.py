@@ -166,7 +166,12 @@ class MappingSockets:
         wanted = sorted(sid for sid in sids if sid in self._socks and sid not in self._stun)
         if wanted == self._wanted and pin == self._pin:
             return
-        served = set(pin([(sid, self._socks[sid].sock.fileno()) for sid in wanted]))
+        try:
+            served = set(pin([(sid, self._socks[sid].sock.fileno()) for sid in wanted]))
+        except OSError as exc:  # no descriptor for the thread's copy: it keeps what it served, tried again on a change
+            log.warning("pinned sockets %s not handed to the native thread: %s", wanted, exc)
+            self._wanted = wanted
+            return
         for sid in self._served - served:
             if sid in self._socks:
                 self._loop.add_reader(self._socks[sid].sock.fileno(), self._readable, sid)
