@@ -39,7 +39,7 @@ def receiver() -> tuple[DataPlane, Session]:
     peer = core.peers.find("peer")
     peer.ring.current = Session(SessionKeys(b"r" * 32, b"s" * 32, 22, 11, PEER_KEY, False), 0.0)
     core.peers.set_route(peer, Route(PathTo(PathKind.DIRECT, SENDER), SENDER))
-    core.peers.by_index[22] = peer
+    core.peers.index(22, peer)
     sender = Session(SessionKeys(b"s" * 32, b"r" * 32, 11, 22, core.public_key, True), 0.0)
     return DataPlane(core), sender
 

@@ -17,7 +17,10 @@ many silent peers is in (probing, no paths). Then, each timed `--calls` times:
   thread's Python face (`NativeReceiver.sync`), every peer holding a current session, the
   thread's ``Loop`` on a loopback socket (not started);
 * ``sync, one changed``: the same after one peer's rows changed (a previous session came or
-  went, peer by peer in turn), which the thread's table must take.
+  went, peer by peer in turn), which the thread's table must take;
+* ``peer leaves``: one peer removed by the coord and added back, peer by peer in turn, through
+  the node's core (the node's names announcement, a sort of every peer's name, is not in it),
+  every peer holding a session, so the table holds an index per peer.
 
 Prints the mean microseconds per call. Not a test: nothing is asserted.
 """
@@ -79,7 +82,7 @@ def native_sync(node: MemoryNode, now: float) -> tuple[Callable[[int], object], 
     table = list(peers)
     for index, peer in enumerate(table, 1000):
         peer.ring.current = session(index, peer.key, now)
-        peers.by_index[index] = peer
+        peers.index(index, peer)
     previous = [session(index, peer.key, now) for index, peer in enumerate(table, 1000 + len(table))]
     udp, tun = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
@@ -141,7 +144,24 @@ def measure(count: int, calls: int) -> dict[str, float]:
     syncs = native_sync(node, clock[0])
     row["native sync"] = float("nan") if syncs is None else mean_us(calls, syncs[0])
     row["sync, one changed"] = float("nan") if syncs is None else mean_us(calls, syncs[1])
+    row["peer leaves"] = mean_us(calls, leave_and_return(node, clock[0]))
     return row
+
+
+def leave_and_return(node: MemoryNode, now: float) -> Callable[[int], object]:
+    """One peer removed by the coord and added back through the core, every peer holding a session."""
+    core, peers = node.node.core, node.node.core.peers
+    for index, peer in enumerate(list(peers), 100_000):
+        if peer.ring.current is None:
+            peer.ring.current = session(index, peer.key, now)
+            peers.index(index, peer)
+    infos = [peer.info for peer in peers]
+
+    def leave(i: int) -> None:
+        info = infos[i % len(infos)]
+        core.coord_message(m.PeerRemove(key=info.key), now)
+        core.coord_message(m.PeerUpdate(info), now)
+    return leave
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args(argv)
     print(f"load average {os.getloadavg()[0]:.1f}; mean microseconds per call, {args.calls} calls")
-    columns = ("get_timer", "handle_timer", "input step", "peer update", "native sync", "sync, one changed")
+    columns = ("get_timer", "handle_timer", "input step", "peer update", "native sync", "sync, one changed",
+               "peer leaves")
     print(f"{'peers':>6} " + " ".join(f"{column:>{max(len(column), 10)}}" for column in columns))
     for count in args.peers:
         row = measure(count, args.calls)

@@ -339,13 +339,12 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
         while True:
             index = int.from_bytes(self.random_bytes(4), "little")
             if index not in self.peers.by_index:
-                self.peers.by_index[index] = peer
+                self.peers.index(index, peer)
                 return index
 
     def _free_retired(self, peer: Peer) -> None:
         for index in peer.ring.pop_retired():
-            if self.peers.by_index.get(index) is peer:
-                del self.peers.by_index[index]
+            self.peers.unindex(index, peer)
 
     # ---- packets the data path could not send -------------------------------------
 
@@ -375,7 +374,7 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
         self.peers.touched.add(peer)
         old = self.handshakes.attempts.get(peer.key)
         if old is not None:
-            self.peers.by_index.pop(old.index, None)
+            self.peers.unindex(old.index, peer)
         self.handshakes.start(peer.key, self._new_index(peer), now)
         self._send_initiation(peer, now)
 

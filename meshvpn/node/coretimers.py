@@ -68,8 +68,9 @@ class CoreTimers:
         retry, abandoned = self.handshakes.due(now)
         for key in retry:
             self._initiate(self.peers.by_key[key], now)
-        for key in abandoned:
+        for key, index in abandoned:
             peer = self.peers.by_key[key]
+            self.peers.unindex(index, peer)
             self.peers.touched.add(peer)
             peer.counters.drops["handshake timeout"] += len(peer.pending)
             peer.pending.clear()

@@ -109,15 +109,16 @@ class HandshakeManager:
         jitter = int.from_bytes(self.random_bytes(2), "little") / 0xFFFF * MAX_JITTER
         return base + jitter
 
-    def due(self, now: float) -> tuple[list[bytes], list[bytes]]:
-        """Peers whose attempt needs a new initiation now, and peers whose attempt expired."""
+    def due(self, now: float) -> tuple[list[bytes], list[tuple[bytes, int]]]:
+        """Peers whose attempt needs a new initiation now, and (peer, our index) of the attempts that
+        expired: the index names nothing any more."""
         retry, abandoned = [], []
         for key, attempt in self.attempts.items():
             if now >= attempt.started_at + REKEY_ATTEMPT_TIME:
-                abandoned.append(key)
+                abandoned.append((key, attempt.index))
             elif now >= attempt.next_retry:
                 retry.append(key)
-        for key in abandoned:
+        for key, _ in abandoned:
             self.cancel(key)
         return retry, abandoned
 

@@ -147,6 +147,8 @@ class Peer:
     """Its TURN relayed addresses, which give it a TURN route (the TURN machine's)."""
     order: int = 0
     """When it joined the table, among the peers there (the table's order, which the timer keeps)."""
+    indexes: set[int] = field(default_factory=set)
+    """Its entries in ``PeerTable.by_index`` (sessions, a handshake in flight), so leaving frees only its own."""
 
     def __post_init__(self) -> None:
         self.overlay = ipaddress.ip_address(self.info.address).packed
@@ -240,7 +242,8 @@ class PeerTable:
         self.by_key: dict[bytes, Peer] = {}
         self.by_overlay: dict[bytes, Peer] = {}
         self.by_index: dict[int, Peer] = {}
-        """Local index (ours, chosen at handshake) → peer, for sessions and initiations."""
+        """Local index (ours, chosen at handshake) → peer, for sessions and initiations; written
+        through `index` and `unindex`, which keep each peer's own list (`Peer.indexes`)."""
         self.unknown_changes = 0
         """Field-level changes the coord sent for peers not in the table, dropped (the coord sends
         a peer the node may not have whole, so none are expected)."""
@@ -327,9 +330,22 @@ class PeerTable:
         self.routed.pop(peer, None)
         for held in self.slots:
             held.pop(peer, None)
-        for index in [i for i, p in self.by_index.items() if p is peer]:
-            del self.by_index[index]
+        for index in peer.indexes:
+            if self.by_index.get(index) is peer:
+                del self.by_index[index]
+        peer.indexes.clear()
         return peer
+
+    def index(self, index: int, peer: Peer) -> None:
+        """Messages to our local ``index`` are ``peer``'s from now on."""
+        self.by_index[index] = peer
+        peer.indexes.add(index)
+
+    def unindex(self, index: int, peer: Peer) -> None:
+        """``index`` no longer names ``peer``'s session or handshake (a no-op if it names another's)."""
+        peer.indexes.discard(index)
+        if self.by_index.get(index) is peer:
+            del self.by_index[index]
 
     def find(self, query: str) -> Optional[Peer]:
         """A peer by name, overlay address or base64 public key (what ``meshvpn ping`` takes)."""

@@ -39,7 +39,7 @@ def plane(own_key: bytes, peer_key: bytes, peer_addr: str, send: bytes, recv: by
     peer = core.peers.find("peer")
     peer.ring.current = Session(SessionKeys(send, recv, local, remote, peer_key, True), 0.0)
     peer.route = route
-    core.peers.by_index[local] = peer
+    core.peers.index(local, peer)
     return DataPlane(core)
 
 

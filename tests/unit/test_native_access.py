@@ -58,7 +58,7 @@ def with_session(plane: DataPlane, created: float) -> None:
     """The peer's current session (local index 22), as a handshake would leave it."""
     peer = plane.core.peers.find("peer")
     peer.ring.current = Session(SessionKeys(b"r" * 32, b"s" * 32, 22, 11, PEER_KEY, True), created)
-    plane.core.peers.by_index[22] = peer
+    plane.core.peers.index(22, peer)
 
 
 def ruled_plane(created: float) -> DataPlane:

@@ -55,7 +55,7 @@ def receiving_plane(created: float) -> DataPlane:
     core.coord_message(m.PeerMap(peers=(m.PeerInfo(key=PEER_KEY, name="peer", address=PEER, online=True),)), 0.0)
     peer = core.peers.find("peer")
     peer.ring.current = Session(SessionKeys(b"r" * 32, b"s" * 32, 22, 11, PEER_KEY, True), created)
-    core.peers.by_index[22] = peer
+    core.peers.index(22, peer)
     return DataPlane(node)
 
 
