@@ -40,7 +40,9 @@ from typing import Callable
 import yaml
 
 from meshvpn.bench.measure import MeasureError, parse_ping
-from meshvpn.bench.peers import NEBULA_PORT, BenchLab, link_mtu, spawn
+from meshvpn.bench.peers import BenchLab
+from meshvpn.bench.peervpns import NEBULA_PORT
+from meshvpn.bench.tunnels import link_mtu, spawn
 from meshvpn.bench.report import write_json
 from meshvpn.errors import MeshError
 from meshvpn.lab import Nat, NatKind, Namespace, Topology

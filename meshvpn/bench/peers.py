@@ -7,7 +7,8 @@ a row runs: hosts `na1` and `nb1` behind kernel NAT routers (`meshvpn.lab.Topolo
 NATs as the lab tests and the demo) and a server on the simulated internet.
 Every row is a `Row` in `ROWS`: a name, a kind and a `start(net, workdir) -> Tunnel` that
 starts its processes with `Namespace.popen` (so teardown can kill them by PID) and returns
-the address of `b` inside the tunnel. Rows run one at a time; `BenchNet.stop_all()` ends a
+the address of `b` inside the tunnel (`meshvpn.bench.tunnels`; the peer VPNs' in
+`meshvpn.bench.peervpns`). Rows run one at a time; `BenchNet.stop_all()` ends a
 row's processes, and with them its TUN devices, before the next starts. Each tunnel uses its
 own overlay subnet from 10.200.0.0/16 and its program's default MTU.
 """
@@ -15,19 +16,14 @@ own overlay subnet from 10.200.0.0/16 and its program's default MTU.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable
 
-import yaml
-from nacl.encoding import Base64Encoder, HexEncoder
-from nacl.public import PrivateKey
-
+from meshvpn.bench.peervpns import start_nebula, start_quicktun, start_tinc, start_wireguard_go
 from meshvpn.bench.report import BASELINE, MESHVPN, PEER
-from meshvpn.errors import MeshError
+from meshvpn.bench.tunnels import POLL_SECONDS, START_TIMEOUT, BenchError, Tunnel, link_mtu, reachable, tails
 from meshvpn.lab import Lab, LabError, Namespace, Nat, NatKind, Topology
 from meshvpn.lab.mesh import Mesh
 from meshvpn.lab.mesh import wait_for as mesh_wait_for
@@ -38,17 +34,6 @@ LINK_PREFIX = 25
 SIDE_NET = "198.51.100.128/25"
 """The a–b link is 198.51.100.0/25, the a–side link this one."""
 LINK_MTU = 1500
-START_TIMEOUT = 20.0
-"""Seconds a tunnel may take to come up (first reply through it) before its row fails."""
-LOG_TAIL = 400
-POLL_SECONDS = 0.05
-"""How often a start-up condition is checked: fine enough for the time-to-first-reply figure."""
-
-T = TypeVar("T")
-
-
-class BenchError(MeshError):
-    """A row's tunnel did not come up."""
 
 
 class BenchLab(Lab):
@@ -85,22 +70,6 @@ class BenchNet:
             for proc in list(reversed(ns.processes)):
                 ns.stop(proc)
         self.b.run(["nft", "delete", "table", "inet", BLOCK_TABLE], check=False)
-
-
-@dataclass
-class Tunnel:
-    """A tunnel that is up: where `b` is inside it, and what bringing it up measured."""
-
-    target: str
-    """Address of `b` through the tunnel."""
-    mtu: int | None
-    """MTU of `a`'s tunnel interface."""
-    first_ping_s: float | None = None
-    """Seconds from both ends being up to the first ping reply, where the row measures it."""
-    path: str | None = None
-    """Path kind of the first reply, where the tunnel has several."""
-    relay_pid: int | None = None
-    """The relay process of a relayed row: its CPU time is read around the transfers."""
 
 
 @dataclass(frozen=True)
@@ -153,185 +122,11 @@ def set_nats(net: BenchNet, nat_a: Nat, nat_b: Nat) -> None:
     net.topology.set_nat("nb", nat_b)
 
 
-def wait_for(probe: Callable[[], T], what: str, timeout: float = START_TIMEOUT, logs: tuple[Path, ...] = ()) -> T:
-    """Poll `probe` until it returns something truthy; else raise naming `what` and the logs' tails."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise BenchError(f"{what} not within {timeout:.0f}s{_tails(logs)}")
-        time.sleep(POLL_SECONDS)
-
-
-def _tails(logs: tuple[Path, ...]) -> str:
-    """` (name: last lines | ...; ...)` of the logs that exist, for an error message; "" if none."""
-    tails = "; ".join(f"{log.name}: {_tail(log)}" for log in logs if log.exists())
-    return f" ({tails})" if tails else ""
-
-
-def _tail(log: Path) -> str:
-    return " | ".join(log.read_text(errors="replace")[-LOG_TAIL:].split("\n")).strip(" |")
-
-
-def spawn(ns: Namespace, argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start `argv` in `ns` with output to `log`; `env` adds to the inherited environment."""
-    with log.open("ab") as out:
-        extra = {} if env is None else {"env": {**os.environ, **env}}
-        return ns.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, **extra)
-
-
-def link_mtu(ns: Namespace, dev: str) -> int | None:
-    """MTU of `dev` in `ns`, or None while it does not exist."""
-    done = ns.run(["cat", f"/sys/class/net/{dev}/mtu"], check=False)
-    return int(done.stdout) if done.returncode == 0 else None
-
-
-def address_up(ns: Namespace, dev: str, cidr: str, log: Path, mtu: int | None = None) -> None:
-    """Wait for `dev` to appear in `ns`, give it `cidr` (and `mtu`) and bring it up."""
-    wait_for(lambda: link_mtu(ns, dev), f"{dev} in {ns.short}", logs=(log,))
-    ns.ip("addr", "add", cidr, "dev", dev)
-    ns.ip("link", "set", dev, "up", *(() if mtu is None else ("mtu", str(mtu))))
-
-
-def reachable(net: BenchNet, target: str, logs: tuple[Path, ...]) -> float:
-    """Wait until `a` gets a ping reply from `target`; return when it did (monotonic)."""
-    wait_for(lambda: net.a.ping(target, timeout=0.2), f"ping reply from {target}", logs=logs)
-    return time.monotonic()
-
-
-def _overlay(subnet: str, index: int) -> str:
-    return f"{subnet}.{index + 1}"
 
 
 def start_plain(net: BenchNet, workdir: Path) -> Tunnel:
     """No tunnel: the veth pair itself, the ceiling of every other row."""
     return Tunnel(target=B_ADDR, mtu=link_mtu(net.a, "veth-ab"))
-
-
-QUICKTUN_PORT = 2998
-QUICKTUN_MTU = 1440
-"""quicktun sets no MTU, and a 1500-byte TUN would fragment every full packet on the link:
-nacltai adds 32 bytes (measured) to the 28 of UDP/IPv4, so 1500 - 60."""
-
-
-def start_quicktun(net: BenchNet, workdir: Path) -> Tunnel:
-    """quicktun point to point, NaCl with TAI64 replay protection (`nacltai`).
-
-    Debian's quicktun reads its settings the way ifupdown passes them: `IFACE` and `IF_QT_*`.
-    """
-    secrets = [PrivateKey.generate(), PrivateKey.generate()]
-    logs = []
-    for index, (ns, local, remote) in enumerate(net.sides()):
-        log = workdir / f"quicktun-{ns.short}.log"
-        logs.append(log)
-        settings = {
-            "TUN_MODE": "1", "PROTOCOL": "nacltai",
-            "LOCAL_ADDRESS": local, "LOCAL_PORT": str(QUICKTUN_PORT),
-            "REMOTE_ADDRESS": remote, "REMOTE_PORT": str(QUICKTUN_PORT),
-            "PRIVATE_KEY": secrets[index].encode(HexEncoder).decode(),
-            "PUBLIC_KEY": secrets[1 - index].public_key.encode(HexEncoder).decode(),
-        }
-        spawn(ns, ["quicktun"], log, env={"IFACE": "qt0", **{f"IF_QT_{key}": value for key, value in settings.items()}})
-        address_up(ns, "qt0", f"{_overlay('10.201.0', index)}/24", log, QUICKTUN_MTU)
-    target = _overlay("10.201.0", 1)
-    reachable(net, target, tuple(logs))
-    return Tunnel(target=target, mtu=link_mtu(net.a, "qt0"))
-
-
-WIREGUARD_PORT = 51820
-
-
-def start_wireguard_go(net: BenchNet, workdir: Path) -> Tunnel:
-    """Userspace WireGuard: `wireguard-go -f DEV`, then `wg set` over its UAPI socket.
-
-    The UAPI socket lives in /var/run/wireguard/DEV.sock, shared by all namespaces, so device
-    names embed the PID and the side.
-    """
-    secrets = [PrivateKey.generate(), PrivateKey.generate()]
-    devs = [f"wg{os.getpid()}{ns.short}" for ns, _, _ in net.sides()]
-    logs = []
-    for index, (ns, local, remote) in enumerate(net.sides()):
-        log = workdir / f"wireguard-{ns.short}.log"
-        logs.append(log)
-        key_file = workdir / f"wireguard-{ns.short}.key"
-        key_file.write_bytes(secrets[index].encode(Base64Encoder))
-        key_file.chmod(0o600)
-        spawn(ns, ["wireguard-go", "-f", devs[index]], log, env={"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"})
-        address_up(ns, devs[index], f"{_overlay('10.202.0', index)}/24", log)
-        ns.run(["wg", "set", devs[index], "private-key", str(key_file), "listen-port", str(WIREGUARD_PORT),
-                "peer", secrets[1 - index].public_key.encode(Base64Encoder).decode(),
-                "endpoint", f"{remote}:{WIREGUARD_PORT}", "allowed-ips", f"{_overlay('10.202.0', 1 - index)}/32"])
-    target = _overlay("10.202.0", 1)
-    reachable(net, target, tuple(logs))
-    return Tunnel(target=target, mtu=link_mtu(net.a, devs[0]))
-
-
-TINC_PORT = 655
-
-
-def start_tinc(net: BenchNet, workdir: Path) -> Tunnel:
-    """tinc 1.0 in router mode with its default cipher; `b` connects to `a`."""
-    dirs = []
-    for index, (ns, local, _) in enumerate(net.sides()):
-        conf = workdir / f"tinc-{ns.short}"
-        (conf / "hosts").mkdir(parents=True)
-        connect = "" if index == 0 else "ConnectTo = a\n"
-        (conf / "tinc.conf").write_text(f"Name = {ns.short}\nMode = router\nInterface = tinc0\n"
-                                        f"AddressFamily = ipv4\nPort = {TINC_PORT}\n{connect}")
-        (conf / "hosts" / ns.short).write_text(
-            f"Address = {local}\nPort = {TINC_PORT}\nSubnet = {_overlay('10.203.0', index)}/32\n")
-        up = conf / "tinc-up"
-        up.write_text(f"#!/bin/sh\nip addr add {_overlay('10.203.0', index)}/24 dev $INTERFACE\n"
-                      "ip link set $INTERFACE up\n")
-        up.chmod(0o755)
-        ns.run(["tincd", "-c", str(conf), "-K2048"], timeout=60, input="")
-        dirs.append(conf)
-    for here, there in ((dirs[0], dirs[1]), (dirs[1], dirs[0])):
-        shutil.copy(here / "hosts" / here.name.removeprefix("tinc-"), there / "hosts")
-    logs = []
-    for conf, (ns, _, _) in zip(dirs, net.sides()):
-        log = workdir / f"tinc-{ns.short}.log"
-        logs.append(log)
-        spawn(ns, ["tincd", "-c", str(conf), "-D", f"--pidfile={conf / 'pid'}", f"--logfile={log}"], log)
-    target = _overlay("10.203.0", 1)
-    reachable(net, target, tuple(logs))
-    return Tunnel(target=target, mtu=link_mtu(net.a, "tinc0"))
-
-
-NEBULA_PORT = 4242
-
-
-def start_nebula(net: BenchNet, workdir: Path) -> Tunnel:
-    """Nebula with its own CA (`nebula-cert`); `a` is the lighthouse, `b` finds `a` through it."""
-    pki = workdir / "nebula"
-    pki.mkdir()
-    net.a.run(["nebula-cert", "ca", "-name", "mvbench", "-out-crt", str(pki / "ca.crt"), "-out-key", str(pki / "ca.key")])
-    lighthouse = _overlay("10.204.0", 0)
-    logs = []
-    for index, (ns, local, _) in enumerate(net.sides()):
-        crt, key = pki / f"{ns.short}.crt", pki / f"{ns.short}.key"
-        net.a.run(["nebula-cert", "sign", "-name", ns.short, "-ip", f"{_overlay('10.204.0', index)}/24",
-                   "-ca-crt", str(pki / "ca.crt"), "-ca-key", str(pki / "ca.key"),
-                   "-out-crt", str(crt), "-out-key", str(key)])
-        config = {
-            "pki": {"ca": str(pki / "ca.crt"), "cert": str(crt), "key": str(key)},
-            "static_host_map": {lighthouse: [f"{A_ADDR}:{NEBULA_PORT}"]},
-            "lighthouse": {"am_lighthouse": index == 0, "interval": 60, "hosts": [] if index == 0 else [lighthouse]},
-            "listen": {"host": local, "port": NEBULA_PORT},
-            "punchy": {"punch": True},
-            "tun": {"dev": "nebula1"},
-            "logging": {"level": "info"},
-            "firewall": {rule: [{"port": "any", "proto": "any", "host": "any"}] for rule in ("outbound", "inbound")},
-        }
-        (pki / f"{ns.short}.yaml").write_text(yaml.safe_dump(config))
-        log = workdir / f"nebula-{ns.short}.log"
-        logs.append(log)
-        spawn(ns, ["nebula", "-config", str(pki / f"{ns.short}.yaml")], log)
-    target = _overlay("10.204.0", 1)
-    reachable(net, target, tuple(logs))
-    return Tunnel(target=target, mtu=link_mtu(net.a, "nebula1"))
 
 
 MESHVPN_NETWORK, MESHVPN_SUBNET = "bench", "10.200.0.0/24"
@@ -381,7 +176,7 @@ def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None, block:
         target = mesh_wait_for(lambda: mesh.peer_overlay(a, b), START_TIMEOUT, f"peer {b} in {a}'s status",
                                poll=POLL_SECONDS)
     except LabError as err:
-        raise BenchError(f"{err}{_tails(tuple(sorted(workdir.glob('*.log'))))}") from None
+        raise BenchError(f"{err}{tails(tuple(sorted(workdir.glob('*.log'))))}") from None
     replied = reachable(net, target, tuple(sorted(workdir.glob("*.log"))))
     if settle is not None:
         settle(mesh)
