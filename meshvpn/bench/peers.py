@@ -23,7 +23,7 @@ from typing import Callable
 
 from meshvpn.bench.peervpns import start_nebula, start_quicktun, start_tinc, start_wireguard_go
 from meshvpn.bench.report import BASELINE, MESHVPN, PEER
-from meshvpn.bench.tunnels import POLL_SECONDS, START_TIMEOUT, BenchError, Tunnel, link_mtu, reachable, tails
+from meshvpn.bench.tunnels import POLL_SECONDS, START_TIMEOUT, BenchError, Tunnel, link_mtu, reachable, tails, wait_for
 from meshvpn.lab import Lab, LabError, Namespace, Nat, NatKind, Topology
 from meshvpn.lab.mesh import Mesh
 from meshvpn.lab.mesh import wait_for as mesh_wait_for
@@ -140,7 +140,7 @@ BENCH_RULES = {"default": "deny", "rules": [{"from": "*", "to": "*", "services":
 
 def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None, block: bool = True,
                   host_env: dict[str, str] | None = None, access: dict | None = None,
-                  settle: Callable[[Mesh], None] | None = None) -> Tunnel:
+                  settle: Callable[[Mesh], None] | None = None, path: str | None = None) -> Tunnel:
     """Two `meshvpn daemon`s and a `meshvpn coord` in `side` (`meshvpn.lab.mesh`); measures the
     time to the first reply.
 
@@ -148,7 +148,11 @@ def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None, block:
     drops everything to and from `a`'s own address (no UDP or TCP hole can be punched), and for
     "tcp" also every UDP packet it sends, so the two daemons use the relay, over UDP or over TCP.
     The clock starts when both daemons answer on their control sockets and stops at the first
-    ping reply from `b`'s overlay address; the path is what `a`'s status says right after.
+    ping reply from `b`'s overlay address. The row then waits (at most `START_TIMEOUT`) for `a`'s
+    status to show the path it measures, `path`: ``relay`` for a relayed row, else ``lan`` (`a` and
+    `b` share one link, and each reaches the other at its own interface address), so no run
+    measures the few moments a pair may spend on another path first (a TCP path punched beside the
+    UDP one, which the UDP path replaces).
 
     With `host_env` a third daemon, `host`, runs in `side` instead of a server relay, allowed to
     relay for the network (a peer relay, docs/relay.md), and `b` drops `a`'s address, so the pair
@@ -177,7 +181,10 @@ def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None, block:
                                poll=POLL_SECONDS)
     except LabError as err:
         raise BenchError(f"{err}{tails(tuple(sorted(workdir.glob('*.log'))))}") from None
-    replied = reachable(net, target, tuple(sorted(workdir.glob("*.log"))))
+    logs = tuple(sorted(workdir.glob("*.log")))
+    replied = reachable(net, target, logs)
+    path = path or ("relay" if relay is not None or host_env is not None else "lan")
+    wait_for(lambda: mesh.peer(a, b)["path"] == path, f"path {path} from {a} to {b}", logs=logs)
     if settle is not None:
         settle(mesh)
     peer = mesh.peer(a, b)
@@ -205,7 +212,7 @@ def start_meshvpn_nat(net: BenchNet, workdir: Path, relayed: bool, pinned: bool 
         return start_meshvpn(net, workdir, relay="udp", block=False)
     set_nats(net, NatKind.PORT_PRESERVING, NatKind.PORT_RANGE)
     if not pinned:
-        return start_meshvpn(net, workdir)
+        return start_meshvpn(net, workdir, path="direct")
 
     def on_pinned_socket(mesh: Mesh) -> None:
         socket = lambda: (mesh.peer(net.b.short, net.a.short).get("socket") or "").startswith("pinned")
@@ -214,7 +221,7 @@ def start_meshvpn_nat(net: BenchNet, workdir: Path, relayed: bool, pinned: bool 
         except LabError as err:
             raise BenchError(f"{err}: {mesh.peer(net.b.short, net.a.short)}") from None
     _block_main_socket(net)
-    return start_meshvpn(net, workdir, settle=on_pinned_socket)
+    return start_meshvpn(net, workdir, settle=on_pinned_socket, path="direct")
 
 
 def _block_main_socket(net: BenchNet) -> None:

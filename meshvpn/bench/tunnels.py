@@ -43,7 +43,7 @@ class Tunnel:
     first_ping_s: float | None = None
     """Seconds from both ends being up to the first ping reply, where the row measures it."""
     path: str | None = None
-    """Path kind of the first reply, where the tunnel has several."""
+    """Path kind the row measured on, where the tunnel has several (the row waits for it after the first reply)."""
     relay_pid: int | None = None
     """The relay process of a relayed row: its CPU time is read around the transfers."""
 

@@ -17,7 +17,8 @@ Rules (docs/paths.md has the state table):
   `selection_window` after that a better path of the same kind replaces it (`meshvpn.node.pathpref`:
   the lower RTT, the peer's announced endpoint preferred to an observed one within 2 ms, and that
   also later, from any reply to a probe of the campaign), and a LAN path always replaces a public
-  one; any direct path replaces the relay.
+  one (the same endpoint named a LAN candidate later becomes one: `pathpref.lan_twin`); any direct
+  path replaces the relay.
 * No direct path `relay_after` seconds after the first punch or `want_path`, and the relay
   is ready: use the relay, and keep punching in the background.
 * The current direct path is probed every `keepalive` to hold NAT mappings, and every
@@ -48,7 +49,7 @@ from typing import Callable, Iterable
 from meshvpn.backoff import doubling
 from meshvpn.node.candidates import AllCandidates, Candidate, CandidateKind, Endpoint, ProbeStrategy
 from meshvpn.node.family import FamilyRace
-from meshvpn.node.pathpref import announced_slack, better, stays_announced
+from meshvpn.node.pathpref import announced_slack, better, lan_twin, stays_announced
 from meshvpn.node.pathtimers import PathFinderConfig
 from meshvpn.node.pathtypes import (  # noqa: F401  (re-exported: the machine's vocabulary)
     RELAY_PATH, Action, ChangeReason, Path, PathChanged, PathKind, PathState, PathStats, SendProbe,
@@ -150,6 +151,10 @@ class PathFinder:
         if self._direct() and self.current_path.endpoint in held \
                 and all(c.endpoint != self.current_path.endpoint for c in self._candidates):  # type: ignore[union-attr]
             self._suspect(now)
+        twin = lan_twin(self._path_candidate, self._candidates) if self._direct() else None
+        if twin is not None:
+            self._switch(Path(PathKind.LAN, twin.endpoint), ChangeReason.BETTER_PATH)
+            self._path_candidate = twin
 
     def punch(self, now: float, restart: bool = False) -> None:
         """The coordination server's punch signal, or a packet that needs a path.

@@ -50,3 +50,13 @@ def stays_announced(current: Candidate | None, new: Candidate | None) -> bool:
     what keeps the pair direct (docs/paths.md)."""
     return current is not None and current.kind is CandidateKind.PUBLIC and new is not None \
         and new.kind not in ANNOUNCED
+
+
+def lan_twin(current: Candidate | None, candidates: list[Candidate]) -> Candidate | None:
+    """The peer's own interface address (a LAN candidate) at the very endpoint of `current`, a public
+    or observed candidate a direct path was proven on: the path is a LAN path, found before the peer's
+    report of its LAN addresses reached us (its probe came first, and ours answered it), and takes
+    that kind without a probe: the endpoint is what was proven."""
+    if current is None or current.kind is CandidateKind.LAN:
+        return None
+    return next((c for c in candidates if c.kind is CandidateKind.LAN and c.endpoint == current.endpoint), None)

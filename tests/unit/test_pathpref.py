@@ -9,8 +9,8 @@ import pytest
 
 from meshvpn.node.candidates import Candidate, CandidateKind, PortSpread, ports_above
 from meshvpn.node.pathfinder import ChangeReason, Path, PathFinder, PathKind
-from meshvpn.node.pathpref import ANNOUNCED_SLACK, better, stays_announced
-from test_pathfinder import PUBLIC, PUBLIC_EP, changes, counting_rng, make_finder, probe_to, probes
+from meshvpn.node.pathpref import ANNOUNCED_SLACK, better, lan_twin, stays_announced
+from test_pathfinder import LAN, LAN_EP, PUBLIC, PUBLIC_EP, changes, counting_rng, make_finder, probe_to, probes
 
 BIRTHDAY_EP = ("203.0.113.7", 37001)
 BIRTHDAY = Candidate(BIRTHDAY_EP, CandidateKind.OBSERVED)
@@ -128,3 +128,26 @@ def test_data_from_a_predicted_port_we_probed_keeps_the_announced_path():
     finder.next_actions()
     finder.roamed(guessed, 0.5)
     assert changes(finder.next_actions()) == [] and finder.current_path == Path(PathKind.DIRECT, PUBLIC_EP)
+
+
+def test_a_path_proven_before_the_peers_lan_report_becomes_a_lan_path_on_the_same_endpoint():
+    """The peer's probe came before its LAN addresses: we answered and probed it back (observed), and
+    the path was proven as a public one; the report then names that endpoint as the peer's own."""
+    finder = make_finder()
+    finder.probe_received(LAN_EP, 0.0)
+    (probe,) = probes(finder.next_actions())
+    finder.probe_reply_received(probe.tx_id, LAN_EP, 0.001)
+    assert finder.current_path == Path(PathKind.DIRECT, LAN_EP)
+    finder.next_actions()
+    finder.set_candidates([LAN, PUBLIC], 0.5)
+    assert finder.current_path == Path(PathKind.LAN, LAN_EP)
+    assert [(c.new, c.reason) for c in changes(finder.next_actions())] == \
+        [(Path(PathKind.LAN, LAN_EP), ChangeReason.BETTER_PATH)]
+    finder.set_candidates([LAN, PUBLIC], 1.0)
+    assert changes(finder.next_actions()) == [], "once, not at every report"
+
+
+def test_only_the_very_endpoint_named_as_the_peers_own_is_a_lan_twin():
+    assert lan_twin(PUBLIC, [LAN, PUBLIC]) is None, "another endpoint: a LAN probe's reply decides"
+    assert lan_twin(Candidate(LAN_EP, CandidateKind.PUBLIC), [PUBLIC, LAN]) == LAN
+    assert lan_twin(LAN, [LAN]) is None and lan_twin(None, [LAN]) is None
