@@ -7,7 +7,7 @@
    meshvpn.lan.flowcache for its layout, the same bytes flow_key makes here) with the time its
    verdict holds until.  An inbound key is a flow Python let in; an outbound key is a flow
    Python tracks, and the thread notes each use for Python to fold into its flow table.  Anything
-   else, fragments, IPv6 and broadcasts included, goes to Python, which decides and installs.
+   else, fragments and broadcasts included, goes to Python, which decides and installs.
    Python clears the cache whenever the rules or the peer map change.  Open addressing, at most
    FLOW_PROBE slots looked at; a key that finds no free slot stays with Python.
    Part of meshvpn._fastpath (see _fastpath_loop.c). */
@@ -20,32 +20,73 @@ static uint32_t flow_hash(const uint8_t *key) {
     return h;
 }
 
-/* The flow key of the IPv4 packet p[0:size] (after the checks of meshvpn.lan.packets.parse), seen
-   from this node: direction, protocol, the peer's address, then TCP/UDP ports or ICMP type and code.
-   0 when it has none the cache may serve: not IPv4, malformed, a fragment, another protocol. */
-int flow_key(const uint8_t *p, Py_ssize_t size, int outbound, uint8_t *key) {
-    if (size < 20 || p[0] >> 4 != 4) return 0;
-    Py_ssize_t ihl = (p[0] & 0x0F) * 4, length = p[2] << 8 | p[3];
-    if (ihl < 20 || length < ihl || length > size || ((p[6] << 8 | p[7]) & 0x3FFF)) return 0;
-    int proto = p[9];
-    memset(key, 0, FLOW_KEY);
-    key[0] = (uint8_t)outbound;
-    key[1] = (uint8_t)proto;
-    memcpy(key + 4, p + (outbound ? 16 : 12), 4);
-    if ((proto == 6 || proto == 17) && length >= ihl + 4) {
-        memcpy(key + 8, p + ihl, 4);
-    } else if (proto == 1 && length >= ihl + 2) {
-        key[9] = p[ihl];
-        key[11] = p[ihl + 1];
+/* The key's last part: TCP/UDP ports, or ICMP/ICMPv6 type and code, of the upper-layer header at
+   p[at:length] (the checks of meshvpn.lan.packets.parse and packets6.parse6).  0 when it has none. */
+static int flow_ports(const uint8_t *p, Py_ssize_t at, Py_ssize_t length, int proto, int icmp, uint8_t *key) {
+    if ((proto == 6 || proto == 17) && length >= at + 4) {
+        memcpy(key + 20, p + at, 4);
+    } else if (proto == icmp && length >= at + 2) {
+        key[21] = p[at];
+        key[23] = p[at + 1];
     } else {
         return 0;
     }
+    key[1] = (uint8_t)proto;
     return 1;
+}
+
+/* The IPv6 packet's upper-layer header, after the extension headers as meshvpn.lan.packets6.parse6
+   walks them: its offset, and its protocol in *proto; -1 for a packet Python finds malformed or a
+   fragment (which the cache never serves). */
+static Py_ssize_t upper_layer6(const uint8_t *p, Py_ssize_t length, int *proto) {
+    Py_ssize_t at = 40;
+    int next = p[6];
+    for (int walked = 0; next == 0 || next == 43 || next == 60 || next == 44; walked++) {
+        if (walked == MAX_EXTENSIONS6 || at + 8 > length) return -1;
+        if (next == 44) {
+            if ((p[at + 2] << 8 | p[at + 3]) & 0xFFF9) return -1;  /* a fragment (offset or more to come) */
+            next = p[at];
+            at += 8;
+        } else {
+            next = p[at];
+            at += (p[at + 1] + 1) * 8;
+            if (at > length) return -1;
+        }
+    }
+    *proto = next;
+    return at;
+}
+
+/* The flow key of the IP packet p[0:size] (after the checks of meshvpn.lan.packets.parse, or of
+   packets6.parse6 for IPv6), seen from this node: direction, protocol, IP version, the peer's
+   address, then TCP/UDP ports or ICMP (ICMPv6) type and code.  0 when it has none the cache may
+   serve: malformed, a fragment, another protocol. */
+int flow_key(const uint8_t *p, Py_ssize_t size, int outbound, uint8_t *key) {
+    if (size < 20) return 0;
+    memset(key, 0, FLOW_KEY);
+    key[0] = (uint8_t)outbound;
+    if (p[0] >> 4 == 6) {
+        if (size < 40) return 0;
+        Py_ssize_t length = 40 + (p[4] << 8 | p[5]);
+        int proto;
+        if (length > size) return 0;
+        Py_ssize_t at = upper_layer6(p, length, &proto);
+        if (at < 0) return 0;
+        key[2] = 6;
+        memcpy(key + 4, p + (outbound ? 24 : 8), 16);
+        return flow_ports(p, at, length, proto, 58, key);
+    }
+    if (p[0] >> 4 != 4) return 0;
+    Py_ssize_t ihl = (p[0] & 0x0F) * 4, length = p[2] << 8 | p[3];
+    if (ihl < 20 || length < ihl || length > size || ((p[6] << 8 | p[7]) & 0x3FFF)) return 0;
+    key[2] = 4;
+    memcpy(key + 4, p + (outbound ? 16 : 12), 4);
+    return flow_ports(p, ihl, length, p[9], 1, key);
 }
 
 const char flow_key_doc[] =
 "flow_key(packet, outbound) -> bytes or None\n\n"
-"The flow cache's key of an IPv4 packet (meshvpn.lan.flowcache.flow_key of its parsed header), or None.";
+"The flow cache's key of an IPv4 or IPv6 packet (meshvpn.lan.flowcache.flow_key of its parsed header), or None.";
 
 PyObject *flow_key_of(PyObject *self, PyObject *args) {
     Py_buffer packet;
@@ -106,7 +147,7 @@ const char flows_doc[] =
 "flows(active, reset, installs) -> notes\n\n"
 "The access filter's side of the thread.  active: rules are in force, so the thread passes only the\n"
 "flows installed here (else everything, as without rules); reset: forget every flow first (the rules\n"
-"or the peer map changed); installs: [(12-byte flow key, until on the monotonic clock)].  Returns the\n"
+"or the peer map changed); installs: [(24-byte flow key, until on the monotonic clock)].  Returns the\n"
 "outbound flows the thread used since the last call, [(key, last use)], taken before a reset.";
 
 PyObject *loop_flows(Loop *L, PyObject *args) {
@@ -124,7 +165,7 @@ PyObject *loop_flows(Loop *L, PyObject *args) {
         PyBuffer_Release(&key);
         if (!ok) {
             PyMem_Free(rows);
-            PyErr_SetString(PyExc_ValueError, "a flow is (12-byte key, until > 0)");
+            PyErr_SetString(PyExc_ValueError, "a flow is (24-byte key, until > 0)");
             return NULL;
         }
     }

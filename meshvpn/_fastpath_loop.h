@@ -26,7 +26,8 @@
 #define MAX_RUN_SEGMENTS 64
 #define FLOW_SLOTS 4096  /* the flow cache (_fastpath_flows.c), a power of two */
 #define FLOW_PROBE 8
-#define FLOW_KEY 12
+#define FLOW_KEY 24  /* meshvpn.lan.flowcache.KEY */
+#define MAX_EXTENSIONS6 8  /* meshvpn.lan.packets6.MAX_EXTENSIONS */
 #define MAX_PINS 32  /* pinned sockets the thread serves besides the main one (_fastpath_pins.c) */
 
 typedef struct {

@@ -46,8 +46,9 @@ static void open_one(Loop *L, Entry *e, uint8_t *p, Py_ssize_t size, Py_ssize_t 
     }
     const uint8_t *dest = body + (v4 ? 16 : 24);
     if (!accepted(L, dest, e->overlay_len)) { e->misdirected++; return; }
-    if (L->filtering && (!v4 || memcmp(dest, L->accept4, 4) || !flow_passes(L, body, length, 0, now))) {
-        /* Access rules: a flow the filter has not let in (yet), a broadcast, IPv6: Python judges it. */
+    if (L->filtering && (memcmp(dest, v4 ? L->accept4 : L->accept6, (size_t)e->overlay_len)
+                         || !flow_passes(L, body, length, 0, now))) {
+        /* Access rules: a flow the filter has not let in (yet), a broadcast or multicast: Python judges it. */
         static const struct sockaddr_storage judged = {.ss_family = AF_UNSPEC};
         e->rx_packets++;
         e->rx_bytes += (uint64_t)length;

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from meshvpn.lan.packets import PROTO_ICMP, PROTO_TCP, PROTO_UDP
+from meshvpn.lan.packets6 import PROTO_ICMPV6
 
 PROTOCOLS = {"tcp": PROTO_TCP, "udp": PROTO_UDP, "icmp": PROTO_ICMP}
 _FORM = re.compile(r"(any|icmp|tcp|udp)(?:/([0-9]{1,5})(?:-([0-9]{1,5}))?)?")
@@ -37,12 +38,13 @@ class Service:
         return (self.low, self.high) == (0, 65535)
 
     def matches(self, proto: int, port: int | None) -> bool:
-        """Whether a packet of `proto` to `port` (None: not known, as in a later fragment) is covered."""
+        """Whether a packet of `proto` to `port` (None: not known, as in a later fragment) is covered;
+        `icmp` is ICMP in an IPv4 network and ICMPv6 in an IPv6 one."""
         if self.proto is None:
             return True
-        if proto != self.proto:
+        if proto != self.proto and not (self.proto == PROTO_ICMP and proto == PROTO_ICMPV6):
             return False
-        if proto == PROTO_ICMP or self.all_ports:
+        if self.proto == PROTO_ICMP or self.all_ports:
             return True
         return port is not None and self.low <= port <= self.high
 

@@ -6,8 +6,8 @@ addresses from the peer map and is called again whenever the map changes. Withou
 packet passes and nothing is tracked.
 
 With rules, a packet is let in when it answers a flow this node started (`outbound` records
-each flow's reply key: TCP and UDP by address and ports, ICMP echo by address; a UDP broadcast
-or multicast, such as a server browser's query, lets in unicast answers from any peer to its
+each flow's reply key: TCP and UDP by address and ports, ICMP and ICMPv6 echo by address; a UDP
+broadcast or multicast, such as a server browser's query, lets in unicast answers from any peer to its
 port for `BROADCAST_REPLY_TIMEOUT`, as Linux's broadcast conntrack helper does), or else by the
 first rule whose sources and services match it, or else by the default. Later fragments carry
 no ports: they follow the first fragment of their datagram (one that comes before it is
@@ -28,9 +28,10 @@ from typing import Mapping
 from meshvpn.control import messages as m
 from meshvpn.lan.flowcache import FlowCache
 from meshvpn.lan.packets import LIMITED_BROADCAST, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Header, is_multicast
+from meshvpn.lan.packets6 import ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, PROTO_ICMPV6, is_multicast6
 from meshvpn.portspec import Service
 
-FLOW_TIMEOUT = {PROTO_TCP: 720.0, PROTO_UDP: 180.0, PROTO_ICMP: 30.0}
+FLOW_TIMEOUT = {PROTO_TCP: 720.0, PROTO_UDP: 180.0, PROTO_ICMP: 30.0, PROTO_ICMPV6: 30.0}
 """Seconds a flow stays open after its last outbound packet."""
 FRAGMENT_TIMEOUT = 30.0
 """Seconds later fragments of an admitted datagram are let in (Linux's ipfrag_time)."""
@@ -43,6 +44,8 @@ RULE_VERDICT_TIMEOUT = 60.0
 ANY_PEER = -1
 PRUNE_INTERVAL = 30.0
 ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
+_ECHO = {PROTO_ICMP: (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY), PROTO_ICMPV6: (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY)}
+"""(request, reply) types of each family's echo, whose replies a request lets in."""
 DEFAULT = "default"
 FRAGMENT = "fragment_without_first"
 EVERYONE = "*"
@@ -64,8 +67,8 @@ class _Rule:
 
 def _reply_key(header: Header) -> tuple[int, int, int | None, int | None]:
     """The key of an inbound packet, and of the reply to an outbound one (swapped)."""
-    if header.proto == PROTO_ICMP:
-        return (header.src, PROTO_ICMP, None, None)
+    if header.proto in _ECHO:
+        return (header.src, header.proto, None, None)
     return (header.src, header.proto, header.sport, header.dport)
 
 
@@ -108,13 +111,13 @@ class AccessFilter:
         """Note a packet this node sends, so its replies are let in."""
         if not self.active or not header.first_fragment:
             return
-        if header.proto == PROTO_ICMP:
-            if header.sport != ICMP_ECHO_REQUEST:
+        if header.proto in _ECHO:
+            if header.sport != _ECHO[header.proto][0]:
                 if self.cache is not None:  # an echo reply, an error: nothing to track, the thread may send it
-                    self.cache.sent(header, now + FLOW_TIMEOUT[PROTO_ICMP])
+                    self.cache.sent(header, now + FLOW_TIMEOUT[header.proto])
                 return
-            key = (header.dst, PROTO_ICMP, None, None)
-        elif header.proto == PROTO_UDP and self._is_group(header.dst):
+            key = (header.dst, header.proto, None, None)
+        elif header.proto == PROTO_UDP and self._is_group(header):
             key = (ANY_PEER, PROTO_UDP, None, header.sport)
         elif header.proto in (PROTO_TCP, PROTO_UDP):
             key = (header.dst, header.proto, header.dport, header.sport)
@@ -146,16 +149,18 @@ class AccessFilter:
         if until and header.fragmented:
             self._fragments[(header.src, header.ident, header.proto)] = now + FRAGMENT_TIMEOUT
             self._arm(now)
-        elif until and self.cache is not None and not self._is_group(header.dst):
+        elif until and self.cache is not None and not self._is_group(header):
             self.cache.admitted(header, until)
         return bool(until)
 
-    def _is_group(self, dst: int) -> bool:
-        return dst in (LIMITED_BROADCAST, self._broadcast) or is_multicast(dst)
+    def _is_group(self, header: Header) -> bool:
+        if header.version == 6:
+            return is_multicast6(header.dst)
+        return header.dst in (LIMITED_BROADCAST, self._broadcast) or is_multicast(header.dst)
 
     def _flow_until(self, header: Header, now: float) -> float:
         """Until when a flow this node started lets the packet in; 0.0 if none does."""
-        if header.proto == PROTO_ICMP and header.sport != ICMP_ECHO_REPLY:
+        if header.proto in _ECHO and header.sport != _ECHO[header.proto][1]:
             return 0.0
         until = self._flows.get(_reply_key(header), 0.0)
         if header.proto == PROTO_UDP:

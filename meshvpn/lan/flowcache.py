@@ -12,13 +12,16 @@ kernel's or OVS's fast-path cache, the filter notes here what it decided, and th
   :meth:`FlowCache.fold` hands that to the filter (``AccessFilter.outbound``) as if Python had
   seen the packet.
 
-Only unfragmented IPv4 TCP, UDP and ICMP packets with their ports (type and code) have a key;
-everything else, and every refusal, goes through the filter each time, so drops are counted by
-rule as before. Any change of the rules or the peer map (``configure``) forgets everything at once.
+Only unfragmented TCP, UDP and ICMP packets (IPv4), and TCP, UDP and ICMPv6 packets (IPv6, behind
+their extension headers as `meshvpn.lan.packets6` walks them), with their ports (type and code)
+have a key; everything else, and every refusal, goes through the filter each time, so drops are
+counted by rule as before. Any change of the rules or the peer map (``configure``) forgets
+everything at once.
 
-A key is 12 bytes, the same the C side makes from a packet: direction (0 in, 1 out), protocol,
-two zero bytes, the peer's address (source in, destination out), then the packet's ports
-(TCP/UDP) or 0, type, 0, code (ICMP). Sans-IO: times are arguments.
+A key is 24 bytes, the same the C side makes from a packet: direction (0 in, 1 out), protocol,
+IP version, a zero byte, the peer's address (source in, destination out; an IPv4 address then 12
+zero bytes), then the packet's ports (TCP/UDP) or 0, type, 0, code (ICMP, ICMPv6). Sans-IO: times
+are arguments.
 """
 
 from __future__ import annotations
@@ -27,20 +30,22 @@ import struct
 from typing import Callable, Iterable, Optional
 
 from meshvpn.lan.packets import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Header
+from meshvpn.lan.packets6 import PROTO_ICMPV6
 
-KEY = struct.Struct("!BB2xIHH")
+KEY = struct.Struct("!BBBx16sHH")
 INBOUND, OUTBOUND = 0, 1
 MAX_TRACKED = 8192
 """Outbound flows remembered for the thread's notes; past that the cache starts again (the C side holds 4,096)."""
-_KEYED = (PROTO_TCP, PROTO_UDP, PROTO_ICMP)
+_KEYED = {4: (PROTO_TCP, PROTO_UDP, PROTO_ICMP), 6: (PROTO_TCP, PROTO_UDP, PROTO_ICMPV6)}
 
 
 def flow_key(header: Header, direction: int) -> Optional[bytes]:
     """The packet's key seen from this node, or None when the cache may not serve it."""
-    if header.fragmented or header.proto not in _KEYED or header.sport is None:
+    if header.fragmented or header.proto not in _KEYED[header.version] or header.sport is None:
         return None
-    return KEY.pack(direction, header.proto, header.dst if direction == OUTBOUND else header.src,
-                    header.sport, header.dport)
+    peer = header.dst if direction == OUTBOUND else header.src
+    address = peer.to_bytes(4 if header.version == 4 else 16, "big")
+    return KEY.pack(direction, header.proto, header.version, address, header.sport, header.dport)
 
 
 class FlowCache:

@@ -64,7 +64,7 @@ class Drop(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Header:
-    """The fields of an IPv4 packet that delivery, fan-out and access rules look at."""
+    """The fields of an IPv4 (or IPv6) packet that delivery, fan-out and access rules look at."""
 
     src: int
     dst: int
@@ -81,6 +81,8 @@ class Header:
     dport: int | None = None
     """TCP/UDP ports, or for ICMP the type (sport) and code (dport); None when not carried."""
     tcp_flags: int | None = None
+    version: int = 4
+    """4, or 6 for a header `meshvpn.lan.packets6.parse6` read (addresses are then 128-bit)."""
 
 
 @dataclass(frozen=True)
@@ -109,15 +111,23 @@ def parse(packet: bytes | bytearray | memoryview) -> Header:
         raise BadPacket(f"bad lengths: header {ihl}, total {length}, have {len(packet)}")
     first = frag & _OFFSET_MASK == 0
     fragmented = not first or bool(frag & _MORE_FRAGMENTS)
-    sport = dport = flags = None
-    if first and proto in (PROTO_TCP, PROTO_UDP) and length >= ihl + 4:
-        sport, dport = _PORTS.unpack_from(packet, ihl)
-        if proto == PROTO_TCP and length >= ihl + 14:
-            flags = packet[ihl + 13]
-    elif first and proto == PROTO_ICMP and length >= ihl + 2:
-        sport, dport = packet[ihl], packet[ihl + 1]
+    sport, dport, flags = transport_fields(packet, ihl, length, proto, PROTO_ICMP) if first else _NO_FIELDS
     return Header(int.from_bytes(src, "big"), int.from_bytes(dst, "big"), proto, ttl, length, first,
                   fragmented, _ident, sport, dport, flags)
+
+
+_NO_FIELDS: tuple[None, None, None] = (None, None, None)
+
+
+def transport_fields(packet, at: int, length: int, proto: int, icmp: int) -> tuple[int | None, int | None, int | None]:
+    """(sport, dport, TCP flags) of the upper-layer header at ``packet[at:length]``: TCP/UDP ports, or the
+    type and code of `icmp` (ICMP, or ICMPv6 for IPv6); None for what the packet is too short to carry."""
+    if proto in (PROTO_TCP, PROTO_UDP) and length >= at + 4:
+        sport, dport = _PORTS.unpack_from(packet, at)
+        return sport, dport, packet[at + 13] if proto == PROTO_TCP and length >= at + 14 else None
+    if proto == icmp and length >= at + 2:
+        return packet[at], packet[at + 1], None
+    return _NO_FIELDS
 
 
 def is_multicast(address: int) -> bool:

@@ -1,4 +1,4 @@
-"""The peer map's names and IPv4 overlay addresses, which the access rules' sources name.
+"""The peer map's names and overlay addresses, which the access rules' sources name.
 
 Why apart: the rules (`meshvpn.lan.access`) name peers, so their sources follow the peer map; a
 coord message changes one peer or a few, and rebuilding the map from every peer at each one cost
@@ -13,7 +13,7 @@ from typing import Optional
 
 
 class SourceNames:
-    """Name → IPv4 address (``addresses``), followed one peer at a time."""
+    """Name → overlay address as an integer (``addresses``), followed one peer at a time."""
 
     def __init__(self) -> None:
         self.addresses: dict[str, int] = {}
@@ -22,7 +22,7 @@ class SourceNames:
         self._holders: dict[str, dict[bytes, int]] = {}
 
     def keys(self) -> list[bytes]:
-        """The peers that have a name and an IPv4 address here."""
+        """The peers that have a name and an address here."""
         return list(self._of)
 
     def set(self, key: bytes, entry: Optional[tuple[str, int]]) -> set[str]:

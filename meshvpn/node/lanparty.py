@@ -30,6 +30,7 @@ from meshvpn.lan.access import AccessFilter
 from meshvpn.lan.fanout import Fanout
 from meshvpn.lan.groups import LocalGroups, PeerGroups, recipients
 from meshvpn.lan.packets import BadPacket, Cast, Drop, Overlay
+from meshvpn.lan.packets6 import parse_any
 from meshvpn.lan.sources import SourceNames
 from meshvpn.node import events as ev
 from meshvpn.node.destinations import LocalDestinations
@@ -42,6 +43,14 @@ _KIND = {Cast.BROADCAST: "broadcast", Cast.LIMITED_BROADCAST: "broadcast", Cast.
 def _v4(address: str) -> Optional[int]:
     try:
         return int(ipaddress.IPv4Address(address))
+    except ValueError:
+        return None
+
+
+def _address(address: str) -> Optional[int]:
+    """A peer's overlay address of either family as the access rules compare it."""
+    try:
+        return int(ipaddress.ip_address(address))
     except ValueError:
         return None
 
@@ -71,7 +80,7 @@ class LanParty:
         self.touched = False
         """A TUN packet changed the membership: the shell must drain outputs and re-arm the timer."""
         self._names = SourceNames()
-        """Each peer's name and IPv4 overlay address, which the rules' sources are resolved with."""
+        """Each peer's name and overlay address, which the rules' sources are resolved with."""
         self._rules: Optional[m.AccessInfo] = None
         self._coord_takes_groups = False
         self._joined: frozenset[int] = frozenset()
@@ -117,7 +126,7 @@ class LanParty:
             peer = peers.by_key.get(key)
             info = peer.info if peer is not None else None
             self.peer_groups.set(key, () if info is None else {_v4(group) for group in info.groups or ()} - {None})
-            address = None if info is None else _v4(info.address)
+            address = None if info is None else _address(info.address)
             moved |= self._names.set(key, None if address is None else (peer.name, address))
         return moved
 
@@ -157,18 +166,19 @@ class LanParty:
         """Note a packet this node sends (the data path calls this for each while rules are
         active), so the access filter lets its replies in."""
         try:
-            self.access.outbound(packets.parse(memoryview(packet)[start:end]), now)
+            self.access.outbound(parse_any(memoryview(packet)[start:end]), now)
         except BadPacket:
             pass
 
     def inbound(self, packet: memoryview, now: float) -> bool:
         """Whether to write a packet a peer sent (already checked for source and destination) to the TUN."""
         try:
-            header = packets.parse(packet)
+            header = parse_any(packet)
         except BadPacket:
             self.dropped[Drop.MALFORMED.value] += 1
             return False
-        kind = _KIND.get(packets.classify(header, self.overlay)) if self.overlay is not None else None
+        v4 = self.overlay is not None and header.version == 4
+        kind = _KIND.get(packets.classify(header, self.overlay)) if v4 else None
         if kind is not None and header.ttl == 0:
             self.dropped[Drop.TTL.value] += 1
             return False

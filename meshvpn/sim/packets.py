@@ -1,4 +1,4 @@
-"""Inner packets for tests of the LAN-party cores: UDP, TCP, ICMP echo and IGMP reports."""
+"""Inner packets for tests of the LAN-party cores: UDP, TCP, ICMP echo and IGMP reports; UDP, TCP and ICMPv6 echo over IPv6."""
 
 from __future__ import annotations
 
@@ -53,3 +53,36 @@ def igmp_v3(src: str, *records: tuple[int, str, tuple[str, ...]]) -> bytes:
         body += struct.pack("!BBH4s", kind, 0, len(sources), ipaddress.IPv4Address(group).packed)
         body += b"".join(ipaddress.IPv4Address(source).packed for source in sources)
     return igmp_message(src, "224.0.0.22", body)
+
+
+def ip6(text: str) -> bytes:
+    return ipaddress.IPv6Address(text).packed
+
+
+def ipv6(src: str, dst: str, proto: int, payload: bytes, hops: int = 64, extensions: tuple[tuple[int, bytes], ...] = ()) -> bytes:
+    """An IPv6 packet of `proto` carrying `payload` behind `extensions`: (type, body) pairs, each
+    body padded to its header's 8-byte units (a fragment header's body is its 6 bytes after the
+    next-header and reserved ones)."""
+    chain, next_headers = b"", [kind for kind, _ in extensions] + [proto]
+    for (kind, body), following in zip(extensions, next_headers[1:]):
+        if kind == 44:
+            chain += bytes([following, 0]) + body[:6].ljust(6, b"\0")
+        else:
+            body = body.ljust(-(-(len(body) + 2) // 8) * 8 - 2, b"\0")
+            chain += bytes([following, (len(body) + 2) // 8 - 1]) + body
+    rest = chain + payload
+    return struct.pack("!IHBB", 0x60000000, len(rest), next_headers[0], hops) + ip6(src) + ip6(dst) + rest
+
+
+def udp6(src: str, dst: str, sport: int, dport: int, payload: bytes = b"", **fields) -> bytes:
+    """A UDP datagram over IPv6 (checksum left zero: nothing on the data path checks it)."""
+    return ipv6(src, dst, PROTO_UDP, struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload, **fields)
+
+
+def tcp6(src: str, dst: str, sport: int, dport: int, flags: int = SYN, **fields) -> bytes:
+    return ipv6(src, dst, PROTO_TCP, struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 0x50, flags, 65535, 0, 0), **fields)
+
+
+def icmp6_echo(src: str, dst: str, reply: bool = False, **fields) -> bytes:
+    """An ICMPv6 echo request (128) or reply (129); checksum left zero."""
+    return ipv6(src, dst, 58, struct.pack("!BBHHH", 129 if reply else 128, 0, 0, 1, 1), **fields)

@@ -61,11 +61,13 @@ def with_session(plane: DataPlane, created: float) -> None:
     plane.core.peers.index(22, peer)
 
 
-def ruled_plane(created: float) -> DataPlane:
+def ruled_plane(created: float, access: m.AccessInfo = OPEN, own: str = OWN, network: m.NetworkInfo = NETWORK,
+                peer: m.PeerInfo = PEER_INFO) -> DataPlane:
+    """A node at ``own`` in ``network`` with ``access`` rules, the peer in its map with a session."""
     node = Node(bytes([8]) * 32, lambda n: bytes(n))
-    node.receive_coord(m.Registered(node_key=node.core.public_key, name="me", address=OWN, network=NETWORK,
-                                    access=OPEN), 0.0)
-    node.receive_coord(m.PeerMap(peers=(PEER_INFO,)), 0.0)
+    node.receive_coord(m.Registered(node_key=node.core.public_key, name="me", address=own, network=network,
+                                    access=access), 0.0)
+    node.receive_coord(m.PeerMap(peers=(peer,)), 0.0)
     plane = DataPlane(node)
     with_session(plane, created)
     return plane
@@ -85,8 +87,8 @@ class Sealer:
 class NativeSide(relay_rx.NativeSide):
     """A data path with the rules, its thread, and a real ``TunDevice`` over the TUN's stand-in; the peer at ``relays[0]``."""
 
-    def __init__(self) -> None:
-        super().__init__(ruled_plane(time.monotonic()), lambda sock: TunDevice(_Device(sock), 1))
+    def __init__(self, plane: DataPlane | None = None) -> None:
+        super().__init__(plane or ruled_plane(time.monotonic()), lambda sock: TunDevice(_Device(sock), 1))
         self.tun_peer.settimeout(0)
 
     def take(self, messages: list[bytes], expected: int) -> list[bytes]:

@@ -113,6 +113,7 @@ SANS_IO_MODULES = (
     "meshvpn.portspec",
     "meshvpn.coord.policy",
     "meshvpn.lan.packets",
+    "meshvpn.lan.packets6",
     "meshvpn.lan.igmp",
     "meshvpn.lan.groups",
     "meshvpn.lan.fanout",
