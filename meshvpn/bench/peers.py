@@ -130,6 +130,8 @@ def start_plain(net: BenchNet, workdir: Path) -> Tunnel:
 
 
 MESHVPN_NETWORK, MESHVPN_SUBNET = "bench", "10.200.0.0/24"
+MESHVPN_SUBNET6 = "fd7a:115c:a1e0::/64"
+"""The overlay prefix of the IPv6 row: the network carries IPv6 between its nodes."""
 NODE_PORT = 41641
 MESHVPN_TUN = "meshvpn0"
 BLOCK_TABLE = "benchblock"
@@ -140,7 +142,8 @@ BENCH_RULES = {"default": "deny", "rules": [{"from": "*", "to": "*", "services":
 
 def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None, block: bool = True,
                   host_env: dict[str, str] | None = None, access: dict | None = None,
-                  settle: Callable[[Mesh], None] | None = None, path: str | None = None) -> Tunnel:
+                  settle: Callable[[Mesh], None] | None = None, path: str | None = None,
+                  cidr: str = MESHVPN_SUBNET) -> Tunnel:
     """Two `meshvpn daemon`s and a `meshvpn coord` in `side` (`meshvpn.lab.mesh`); measures the
     time to the first reply.
 
@@ -158,10 +161,11 @@ def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None, block:
     relay for the network (a peer relay, docs/relay.md), and `b` drops `a`'s address, so the pair
     goes through `host`, whose CPU is the relay's; `host_env` is its environment
     (``MESHVPN_PURE_PYTHON=1``: it forwards in Python). `access` is the network's access policy
-    (none by default); `settle` waits for what the row needs once the pair is up.
+    (none by default), `cidr` its overlay prefix (an IPv6 one carries IPv6 through the tunnel);
+    `settle` waits for what the row needs once the pair is up.
     """
     a, b = net.a.short, net.b.short
-    mesh = Mesh(workdir, net.side, net.side_addr, network=MESHVPN_NETWORK, cidr=MESHVPN_SUBNET, log_level="info")
+    mesh = Mesh(workdir, net.side, net.side_addr, network=MESHVPN_NETWORK, cidr=cidr, log_level="info")
     mesh.access = access or {}
     try:
         if relay is not None:
@@ -252,6 +256,8 @@ ROWS: tuple[Row, ...] = (
     Row("plain veth", BASELINE, start_plain),
     Row("meshvpn direct", MESHVPN, start_meshvpn),
     Row("meshvpn direct, access rules", MESHVPN, lambda net, workdir: start_meshvpn(net, workdir, access=BENCH_RULES)),
+    Row("meshvpn direct IPv6, access rules", MESHVPN,
+        lambda net, workdir: start_meshvpn(net, workdir, access=BENCH_RULES, cidr=MESHVPN_SUBNET6)),
     Row("meshvpn relayed UDP", MESHVPN, lambda net, workdir: start_meshvpn(net, workdir, relay="udp")),
     Row("meshvpn relayed TCP", MESHVPN, lambda net, workdir: start_meshvpn(net, workdir, relay="tcp")),
     Row("meshvpn peer relayed", MESHVPN, lambda net, workdir: start_meshvpn(net, workdir, host_env={})),

@@ -91,8 +91,12 @@ def address_up(ns: Namespace, dev: str, cidr: str, log: Path, mtu: int | None = 
 
 
 def reachable(net: BenchNet, target: str, logs: tuple[Path, ...]) -> float:
-    """Wait until `a` gets a ping reply from `target`; return when it did (monotonic)."""
-    wait_for(lambda: net.a.ping(target, timeout=0.2), f"ping reply from {target}", logs=logs)
+    """Wait until `a` gets a ping reply from `target` (IPv4, or IPv6 with `ping -6`); return when it did (monotonic)."""
+    if ":" in target:
+        ping = ["ping", "-6", "-n", "-c", "1", "-W", "0.2", target]
+        wait_for(lambda: net.a.run(ping, check=False).returncode == 0, f"ping reply from {target}", logs=logs)
+    else:
+        wait_for(lambda: net.a.ping(target, timeout=0.2), f"ping reply from {target}", logs=logs)
     return time.monotonic()
 
 
