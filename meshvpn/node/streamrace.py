@@ -30,6 +30,7 @@ async def race_connections(next_endpoint: Callable[[], Optional[Endpoint]], rema
     loop = asyncio.get_running_loop()
     race = Race()
     attempts: dict[asyncio.Task, Endpoint] = {}
+    won: Optional[tuple[T, Endpoint]] = None
     try:
         while True:
             while race.start_now(loop.time()) and (endpoint := next_endpoint()) is not None:
@@ -44,17 +45,35 @@ async def race_connections(next_endpoint: Callable[[], Optional[Endpoint]], rema
                 endpoint = attempts.pop(task)
                 if task.exception() is None:
                     race.won()
-                    return task.result(), endpoint
+                    won = task.result(), endpoint
+                    return won
                 failed(endpoint, task.exception())
                 race.failed(loop.time())
     finally:
-        for task in attempts:
-            if not task.done():
-                task.cancel()
-            elif not task.cancelled() and task.exception() is None:
-                close(task.result())
+        await _end(attempts, close, won)
+
+
+async def _end(attempts: dict[asyncio.Task, Endpoint], close: Callable[[T], None],
+               won: Optional[tuple[T, Endpoint]]) -> None:
+    """End the race's other attempts. Each one's connection is closed whenever it comes: an attempt
+    may connect although it was cancelled (3.11's ``asyncio.wait_for`` drops a cancel that arrives
+    as its awaitable completes), and a connection left open keeps its ports, so the next connect
+    from the same local port to the same address fails (EADDRNOTAVAIL). If the race itself is
+    cancelled while it waits for them, the winner, which nobody receives then, is closed too."""
+    def close_connected(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is None:
+            close(task.result())
+
+    for task in attempts:
+        task.add_done_callback(close_connected)
+        task.cancel()
+    try:
         if attempts:
             await asyncio.wait(attempts)
+    except BaseException:
+        if won is not None:
+            close(won[0])
+        raise
 
 
 async def first_connection(endpoints: Sequence[Endpoint], connect: Callable[[Endpoint], Awaitable[T]],

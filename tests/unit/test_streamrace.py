@@ -81,3 +81,72 @@ def test_when_every_address_fails_the_last_failure_is_raised():
     network = Network(v6=(0.01, ConnectionRefusedError("v6 refused")), v4=(0.02, TimeoutError("v4 timed out")))
     with pytest.raises(TimeoutError, match="v4 timed out"):
         race(network)
+
+
+class Cancelled:
+    """An attempt that ends with a stream although it was cancelled, as Python 3.11's
+    ``asyncio.wait_for`` does when the cancel arrives in the step its awaitable completes (the
+    coord link's and the relay streams' handshakes both wait that way): `finish` completes the
+    handshake, and a cancel that comes with it is swallowed."""
+
+    def __init__(self) -> None:
+        self.handshake: asyncio.Future | None = None
+        self.closed: list[str] = []
+
+    async def connect(self, endpoint):
+        self.handshake = asyncio.get_running_loop().create_future()
+        try:
+            return await asyncio.shield(self.handshake)
+        except asyncio.CancelledError:
+            if self.handshake.done():
+                return self.handshake.result()
+            raise
+
+
+def test_a_race_cancelled_as_its_attempt_connects_closes_that_connection():
+    """A network change restarts the coord link while its attempt finishes the handshake: the
+    connection the cancelled attempt still returns is closed, not left holding the punch port's
+    connection to the coord (the next connect from that port would fail with EADDRNOTAVAIL)."""
+    network = Cancelled()
+
+    async def run():
+        race = asyncio.ensure_future(first_connection((V4,), network.connect, network.closed.append))
+        while network.handshake is None:
+            await asyncio.sleep(0)
+        network.handshake.set_result("v4 stream")
+        race.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await race
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    asyncio.run(run())
+    assert network.closed == ["v4 stream"]
+
+
+def test_a_race_cancelled_while_its_losers_end_closes_the_winner():
+    """The race won, and a cancel comes while it waits for the other attempts to end: the winner,
+    which nobody receives, is closed."""
+    closed: list[str] = []
+    ending = asyncio.Event()
+
+    async def connect(endpoint):
+        if endpoint == V4:
+            await asyncio.sleep(STAGGER + 0.05)
+            return "v4 stream"
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            ending.set()
+            await asyncio.sleep(0.05)  # a loser that takes a moment to end (its socket's close)
+            raise
+
+    async def run():
+        race = asyncio.ensure_future(first_connection((V6, V4), connect, closed.append))
+        await ending.wait()
+        race.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await race
+
+    asyncio.run(run())
+    assert closed == ["v4 stream"]
