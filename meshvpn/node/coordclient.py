@@ -16,7 +16,8 @@ import os
 import socket
 import ssl
 import time
-from typing import Union
+from collections import deque
+from typing import Optional, Union
 
 from meshvpn import noise, tlsenvelope
 from meshvpn.channel import ClientChannel
@@ -72,6 +73,8 @@ class _LinkProtocol(asyncio.Protocol):
         self.reset = False
         """The server reset the connection (it no longer knows it), rather than closing it."""
         self.transport: asyncio.Transport | None = None
+        self.pings: deque[float] = deque()
+        """When each of our pings not answered yet went (the loop's clock), oldest first."""
         self._ping_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -129,8 +132,12 @@ class _LinkProtocol(asyncio.Protocol):
 
     def _ping(self) -> None:
         if self.close_reason is None:
-            self.send(_PING)
+            self.ping()
             self._arm_ping()
+
+    def ping(self) -> None:
+        self.send(_PING)
+        self.pings.append(asyncio.get_running_loop().time())
 
 
 class CoordClient:
@@ -153,6 +160,14 @@ class CoordClient:
     def send(self, message: m.Message) -> None:
         """Seal and send one message; raises CoordLinkClosed once the link is closed."""
         self._protocol.send(m.encode(message))
+
+    def ping(self) -> None:
+        """Ping the server now (beside the keepalive's); raises CoordLinkClosed once the link is closed."""
+        self._protocol.ping()
+
+    def answered(self) -> Optional[float]:
+        """A pong came: when the ping it answers went (the server answers in order); None if none was out."""
+        return self._protocol.pings.popleft() if self._protocol.pings else None
 
     async def recv(self, timeout: float | None = None) -> m.Message:
         """The next message from the server; CoordLinkClosed once the link closed and all was read."""

@@ -5,10 +5,11 @@ TCP, or inside TLS to the coord's ``tls_port``, raced a stagger after the plain 
 the coord's key is pinned from the config).  The first message is ``register``; after
 that every message is handed to ``on_message``.  The link pings every ``keepalive`` seconds
 and answers the coord's pings; silence beyond :func:`meshvpn.node.coorddial.silence_limit`
-means the coord is gone.  Losing the coord never stops the node: the data path keeps running,
-peers are kept, and the link tries the coord's addresses again (several instances, or a name
-with several addresses) in the order and with the jittered, capped backoff that
-:mod:`meshvpn.node.coorddial` decides, until it is closed.
+means the coord is gone; when the host's network comes back under the connection, the link
+checks that it carries again (:mod:`meshvpn.node.coordresume`).  Losing the coord never stops
+the node: the data path keeps running, peers are kept, and the link tries the coord's addresses
+again (several instances, or a name with several addresses) in the order and with the jittered,
+capped backoff that :mod:`meshvpn.node.coorddial` decides, until it is closed.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ from meshvpn.errors import MeshError
 from meshvpn.noise import StaticIdentity
 from meshvpn.node.coordbacklog import PunchBacklog
 from meshvpn.node.coorddial import BACKOFF_MAX, CONNECT_TIMEOUT, KEEPALIVE, Dialer, backoff_delay, silence_limit
+from meshvpn.node.coordresume import CoordResume, Ping, Reconnect
 from meshvpn.node.family import is_ipv6
 from meshvpn.node.startup import explain_coord_failure
 from meshvpn.node.streamrace import race_connections
+from meshvpn.node.tcpinfo import retransmitting
+from meshvpn.timers import DeadlineTimer
 from meshvpn.wire import Endpoint
 
 log = logging.getLogger("meshvpn.node.coordlink")
@@ -121,6 +125,9 @@ class CoordLink:
         self.dialer = Dialer(spread=self._rng.random())
         self.backlog = PunchBacklog()
         """Punch requests that found the link down, sent once it registers."""
+        self.resume = CoordResume()
+        """The check of the connection once the network is back."""
+        self._resume_timer: Optional[DeadlineTimer] = None
 
     @property
     def failures(self) -> int:
@@ -172,6 +179,35 @@ class CoordLink:
             self._drop()
             self.dialer.failures = 0
             self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def network_back(self) -> bool:
+        """The host's network is usable again under the registered connection (`NetworkChanged.resumed`):
+        check that it carries, rather than wait for TCP's backed-off retransmission; whether the
+        link reconnects at once."""
+        if not self.connected or self._client is None:
+            return False
+        sock = self._client.transport.get_extra_info("socket")
+        self.resume.resumed(asyncio.get_running_loop().time(), retransmitting(sock))
+        return self._follow_resume()
+
+    def _follow_resume(self) -> bool:
+        """Carry out the check's actions and keep its one timer; whether the link reconnects."""
+        reconnecting = False
+        for action in self.resume.next_actions():
+            if isinstance(action, Ping) and self._client is not None and self._client.close_reason is None:
+                self._client.ping()
+            elif isinstance(action, Reconnect):
+                log.info("coord link: reconnecting now, %s", action.reason)
+                self.reconnect()
+                reconnecting = True
+        if self._resume_timer is None:
+            self._resume_timer = DeadlineTimer(asyncio.get_running_loop(), self._on_resume_timer)
+        self._resume_timer.follow(self.resume.get_timer())
+        return reconnecting
+
+    def _on_resume_timer(self) -> None:
+        self.resume.handle_timer(asyncio.get_running_loop().time())
+        self._follow_resume()
 
     def send(self, msg: m.Message) -> bool:
         """Send if connected; False (dropped) otherwise: state is re-sent on reconnect, and a punch
@@ -263,6 +299,9 @@ class CoordLink:
         if self._client is not None:
             self._client.close()
         self._client = None
+        self.resume.forget()
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
         was = self.connected
         if was:
             self.connected = False
@@ -296,5 +335,8 @@ class CoordLink:
                     self.on_state(True)
             elif isinstance(msg, m.Error):
                 refusal = msg
-            if not isinstance(msg, m.Pong):
+            if isinstance(msg, m.Pong):
+                self.resume.answered(asyncio.get_running_loop().time(), client.answered())
+                self._follow_resume()
+            else:
                 self.on_message(msg)

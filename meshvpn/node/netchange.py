@@ -19,7 +19,9 @@ change of a burst (moving to another network is several messages: address gone, 
 link up, address added, default route), and at the latest ``settle_max`` after the first.
 It then gets one :class:`NetworkChanged`: re-discover endpoints, re-probe every peer, and
 reconnect the coord link if the address it came from vanished or the default gateway is a new one
-(or if it is down: the new network may be the one it was waiting for).
+(or if it is down: the new network may be the one it was waiting for); if instead a link came up
+or a default route came back under the link's connection, the link checks that it carries again
+(`meshvpn.node.coordresume`: TCP backed off through the outage).
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class NetworkChanged:
     or there is no connection (a reconnect waiting out its backoff should try the new network now)."""
     first_at: float
     """When the first change of the burst was seen (the node's clock)."""
+    resumed: bool = False
+    """A link came up or a default route was added, and the coord link keeps its connection: what
+    it wrote while the network was gone waits for TCP's backed-off retransmission."""
 
 
 class NetChanges:
@@ -76,6 +81,8 @@ class NetChanges:
         self._reasons: list[str] = []
         self._removed: set[str] = set()
         self._gateway_moved = False
+        self._back = False
+        """A link came up or a default route was added in this burst."""
         self._first: Optional[float] = None
         self._last: Optional[float] = None
         self._actions: list[NetworkChanged] = []
@@ -117,8 +124,9 @@ class NetChanges:
         vanished = frozenset(a for a in self._removed if a not in self._addresses)
         lost = self._gateway_moved or bool(vanished)
         reconnect = self._gateway_moved or self.coord_local is None or self.coord_local in vanished
-        self._actions.append(NetworkChanged(tuple(self._reasons), vanished, lost, reconnect, self._first))
-        self._reasons, self._removed, self._gateway_moved = [], set(), False
+        self._actions.append(NetworkChanged(tuple(self._reasons), vanished, lost, reconnect, self._first,
+                                            resumed=self._back and not reconnect))
+        self._reasons, self._removed, self._gateway_moved, self._back = [], set(), False, False
         self._first = self._last = None
 
     # ---- outbox -------------------------------------------------------------------
@@ -158,6 +166,7 @@ class NetChanges:
             return f"{name} removed"
         if before == change.up or (before is None and change.up and known):
             return None
+        self._back |= change.up
         return f"{name} {'up' if change.up else 'down'}"
 
     def _address(self, change: AddressChange) -> Optional[str]:
@@ -197,4 +206,5 @@ class NetChanges:
             self._gateway_moved = True
         if change.gateway is not None:
             self._gateway = change.gateway
+        self._back = True
         return f"default route via {change.gateway or name}"

@@ -90,6 +90,8 @@ class EndpointRefresh:
             log.info("coord link: reconnecting now on the new network")
             daemon.link.reconnect()
             self.reports.coord_down()
+        elif change.resumed and daemon.link.network_back():
+            self.reports.coord_down()
         daemon.portmap.reprobe()
         daemon.node.servers_network_changed(daemon.loop.time(), change.connections_lost)
         daemon.transmit()

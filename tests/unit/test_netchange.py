@@ -43,7 +43,7 @@ def test_a_move_is_one_action_after_the_debounce_and_reconnects_the_coord():
     assert run_until(changes, 10.16) == []
     [action] = run_until(changes, 10.17)
     assert action.vanished == {"10.1.0.11"}
-    assert action.connections_lost and action.reconnect_coord and action.first_at == 10.0
+    assert action.connections_lost and action.reconnect_coord and action.first_at == 10.0 and not action.resumed
     assert action.reasons == ("10.1.0.11 removed from eth0", "default route via 10.1.0.1 removed",
                               "10.2.0.11 added on eth0", "default route via 10.2.0.1")
     assert changes.get_timer() is None
@@ -55,11 +55,28 @@ def test_a_link_down_and_up_keeps_the_coord_connection():
     changes.observe(RouteChange(0, "10.1.0.1", ETH0, removed=True), 5.0)
     [down] = run_until(changes, 5.15)
     assert down.reasons == ("eth0 down", "default route via 10.1.0.1 removed") and not down.reconnect_coord
+    assert not down.resumed, "nothing to check while the network is gone"
     changes.observe(LinkChange(ETH0, "eth0", up=True), 10.0)
     changes.observe(RouteChange(0, "10.1.0.1", ETH0), 10.0)
     [up] = run_until(changes, 10.15)
     assert up.reasons == ("eth0 up", "default route via 10.1.0.1") and not up.reconnect_coord
     assert up.vanished == frozenset() and not up.connections_lost
+    assert up.resumed, "the connection survived: the coord link checks it carries again"
+
+
+def test_a_link_back_with_the_coord_link_dialling_reconnects_rather_than_checks():
+    changes = watching(coord_local=None)
+    changes.observe(LinkChange(ETH0, "eth0", up=False), 5.0)
+    changes.observe(LinkChange(ETH0, "eth0", up=True), 5.1)
+    [up] = run_until(changes, 5.3)
+    assert up.reconnect_coord and not up.resumed
+
+
+def test_a_default_route_back_alone_has_the_coord_link_check_its_connection():
+    changes = watching()
+    changes.observe(RouteChange(0, "10.1.0.1", ETH0), 3.0)
+    [action] = run_until(changes, 3.2)
+    assert action.resumed and not action.reconnect_coord
 
 
 def test_a_new_default_gateway_reconnects_the_coord_even_with_the_same_address():

@@ -14,7 +14,7 @@ from meshvpn.channel import ServerChannel
 from meshvpn.control import messages as m
 from meshvpn.dualstack import has_ipv6
 from meshvpn.config import Address
-from meshvpn.node import coorddial, coordlink
+from meshvpn.node import coorddial, coordlink, coordresume
 from meshvpn.node.coordlink import CoordLink
 from meshvpn.lab.mesh import self_signed_certificate
 from meshvpn.noise import StaticIdentity
@@ -376,3 +376,55 @@ def test_the_first_handshake_wins_and_the_slower_connection_is_closed():
     endpoint, coord, closed_after = asyncio.run(run())
     assert tuple(endpoint) == tuple(coord), "IPv6 went first, but IPv4's handshake finished first"
     assert closed_after < 0.5, "the loser is closed when the winner registers, not left to time out"
+
+
+def answers_pings(msg):
+    return [REGISTERED] if isinstance(msg, m.Register) else [m.Pong()] if isinstance(msg, m.Ping) else []
+
+
+@pytest.mark.timeout(20)
+def test_the_network_back_under_a_connection_that_carries_costs_one_ping():
+    """Nothing waits in our TCP queue, so the check pings, and the answer keeps the connection."""
+    heard = []
+
+    def coord(msg):
+        heard.append(msg.TYPE)
+        return answers_pings(msg)
+
+    async def run():
+        async with scripted_coords(coord) as addresses:
+            async with running_link(addresses) as link:
+                await until(lambda: link.connected)
+                first = link.local_endpoint
+                assert link.network_back() is False
+                await until(lambda: heard.count("ping") == 1)
+                await until(lambda: link.resume.get_timer() is None)
+                await asyncio.sleep(coordresume.MIN_WAIT + 0.1)
+                return first, link.local_endpoint, link.connected
+
+    first, now, connected = asyncio.run(run())
+    assert connected and now == first, "the same connection"
+    assert heard == ["register", "ping"]
+
+
+@pytest.mark.timeout(20)
+def test_a_coord_that_does_not_answer_the_check_within_its_wait_is_dialled_again():
+    registrations = []
+
+    def deaf(msg):
+        registrations.append(msg.TYPE)
+        return registers(msg)  # pings go unanswered
+
+    async def run():
+        states = TimedStates()
+        async with scripted_coords(deaf) as addresses:
+            async with running_link(addresses, states) as link:
+                await until(lambda: link.connected)
+                back = asyncio.get_running_loop().time()
+                link.network_back()
+                await until(lambda: registrations.count("register") == 2 and link.connected)
+        return [(up, at - back) for up, at in states[1:3]]
+
+    after = asyncio.run(run())
+    assert [up for up, _ in after] == [False, True]
+    assert coordresume.MIN_WAIT <= after[0][1] < 3.0, f"dropped {after[0][1]:.2f} s after the network came back"

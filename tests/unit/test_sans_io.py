@@ -47,6 +47,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.pathtypes",
     "meshvpn.node.core",
     "meshvpn.node.coorddial",
+    "meshvpn.node.coordresume",
     "meshvpn.node.eyeballs",
     "meshvpn.node.events",
     "meshvpn.node.node",
