@@ -11,19 +11,24 @@ The waits are the daemon's own rules, through its sans-IO pieces: the `Dialer` d
 backoff (reset by any sign of the coord, the first step after a registered link dropped, none
 after a network change or when the coord reset the connection), a punch request that found the
 link down waits for the registration (`meshvpn.node.coordbacklog`), the link pings every
-`KEEPALIVE` seconds and is dead after `silence_limit` without a frame, and a connection that has
-not registered within `CONNECT_TIMEOUT` is given up. The jitter comes from the test's random source.
+`KEEPALIVE` seconds and is dead after `silence_limit` without a frame, a connection that has
+not registered within `CONNECT_TIMEOUT` is given up, and when the network comes back under the
+connection the link checks it carries (`meshvpn.node.coordresume`: reconnect at once if TCP waits
+for a backed-off retransmission, else a ping with a short deadline). The jitter comes from the
+test's random source.
 """
 
 from __future__ import annotations
 
 import struct
+from collections import deque
 from typing import TYPE_CHECKING, Callable, Optional
 
 from meshvpn.control import messages as m
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.node.coordbacklog import PunchBacklog
 from meshvpn.node.coorddial import CONNECT_TIMEOUT, KEEPALIVE, Dialer, silence_limit
+from meshvpn.node.coordresume import CoordResume, Ping, Reconnect
 from meshvpn.sim.clock import Scheduler, TimerHandle
 from meshvpn.sim.tcp import TcpConn
 from meshvpn.wire import Endpoint
@@ -79,6 +84,12 @@ class CoordLink:
         """When each registration arrived at the node."""
         self.drops: list[tuple[float, str]] = []
         """When a registered connection ended, and why."""
+        self.resume = CoordResume()
+        self.resumes: list[tuple[float, str]] = []
+        """When the check after the network's return reconnected, and why."""
+        self._pings: deque[float] = deque()
+        """When each ping not answered yet went, oldest first."""
+        self._check: Optional[TimerHandle] = None
         self.conn: Optional[TcpConn] = None
         self._frames = Frames()
         self._heard = 0.0
@@ -107,6 +118,13 @@ class CoordLink:
         self.dialer.failures = 0
         self._next_round(0.0)
 
+    def network_back(self) -> None:
+        """The network is usable again under the connection (`NetworkChanged.resumed`): check it
+        carries (`CoordLink.network_back` in the daemon)."""
+        if self.up and self.conn is not None:
+            self.resume.resumed(self.scheduler.now, self.conn.retransmitting)
+            self._follow_resume()
+
     def send(self, msg: m.Message) -> bool:
         """Send if registered; False otherwise, as the daemon's link does (a punch request waits in
         the backlog for the registration)."""
@@ -130,7 +148,10 @@ class CoordLink:
                 return
             if isinstance(msg, m.Ping):
                 conn.write(frame(m.Pong()))
-            elif not isinstance(msg, m.Pong):
+            elif isinstance(msg, m.Pong):
+                self.resume.answered(self.scheduler.now, self._pings.popleft() if self._pings else None)
+                self._follow_resume()
+            else:
                 self._message(msg)
 
     def closed(self, conn: TcpConn, reason: str) -> None:
@@ -173,8 +194,30 @@ class CoordLink:
     def _send_ping(self) -> None:
         self._ping = None
         if self.conn is not None and self.conn.open:
-            self.conn.write(frame(m.Ping()))
+            self._write_ping()
             self._ping = self.scheduler.call_later(self.keepalive, self._send_ping)
+
+    def _write_ping(self) -> None:
+        self.conn.write(frame(m.Ping()))
+        self._pings.append(self.scheduler.now)
+
+    def _follow_resume(self) -> None:
+        """Carry out the check's actions and keep its one timer."""
+        for action in self.resume.next_actions():
+            if isinstance(action, Ping) and self.conn is not None and self.conn.open:
+                self._write_ping()
+            elif isinstance(action, Reconnect):
+                self.resumes.append((self.scheduler.now, action.reason))
+                self.reconnect_now()
+        if self._check is not None:
+            self._check.cancel()
+        deadline = self.resume.get_timer()
+        self._check = None if deadline is None else self.scheduler.call_at(deadline, self._on_check)
+
+    def _on_check(self) -> None:
+        self._check = None
+        self.resume.handle_timer(self.scheduler.now)
+        self._follow_resume()
 
     def _check_silence(self) -> None:
         """Dead once nothing came for `silence_limit` (registered) or `CONNECT_TIMEOUT` (connecting)."""
@@ -201,10 +244,12 @@ class CoordLink:
 
     def _end(self) -> bool:
         """Forget the connection (reset it if still open) and its timers; whether it had registered."""
-        for timer in (self._ping, self._silence, self._round):
+        for timer in (self._ping, self._silence, self._round, self._check):
             if timer is not None:
                 timer.cancel()
-        self._ping = self._silence = self._round = None
+        self._ping = self._silence = self._round = self._check = None
+        self._pings.clear()
+        self.resume.forget()
         if self.conn is not None:
             self.conn.abort()
         self.conn = None

@@ -212,7 +212,8 @@ class Node:
 
     def link_up(self) -> None:
         """The link is back, on the same address: the daemon's answer to netlink's burst (the coord
-        link reconnects only if it had no connection), an endpoint round, then `network_changed`.
+        link reconnects if it had no connection, else checks that its connection carries again:
+        `meshvpn.node.coordresume`), an endpoint round, then `network_changed`.
         The extra sockets stay (the NAT may still hold their mappings), as in the daemon."""
         self.host.link.connected = True
         change = self.hostnet.link_back(self.world.coord.link(self).local_address, self.now)
@@ -223,6 +224,8 @@ class Node:
         """What the daemon's endpoint refresh does at once with a network change: the coord link."""
         if change.reconnect_coord:
             self.world.coord.link(self).reconnect_now()
+        elif change.resumed:
+            self.world.coord.link(self).network_back()
 
     def registered(self) -> None:
         """The coord link registered: a network change waiting for it is told to the node now."""

@@ -194,6 +194,12 @@ class TcpConn:
     def open(self) -> bool:
         return self.state is State.ESTABLISHED
 
+    @property
+    def retransmitting(self) -> bool:
+        """Data waits for a retransmission timeout that already fired (backed off), as the kernel's
+        TCP_INFO says (`meshvpn.node.tcpinfo`)."""
+        return self.state is State.ESTABLISHED and bool(self.unacked) and self._tries > 0
+
     # ---- the application's calls
 
     def write(self, data: bytes) -> None:
