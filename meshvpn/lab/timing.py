@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -155,3 +156,43 @@ def recovery_after_relay_restart(mesh: Mesh, relay: str, src: str, dst: str, por
     if arrived is None:
         raise MeshTimeout(f"no traffic from {src} to {dst} after {relay} restarted")
     return arrived - back
+
+
+class TcpPayloads:
+    """When TCP segments carrying data from `src` reached `dst`:`port`, seen by tcpdump in `ns`
+    (`dst`'s namespace: the time it heard them), while the capture runs; a context manager."""
+
+    _LINE = re.compile(r"^(\d+\.\d+) .* length (\d+)")
+
+    def __init__(self, ns: Namespace, src: str, dst: str, port: int, timeout: float = 10.0) -> None:
+        self.ns, self.timeout = ns, timeout
+        self.filter = f"tcp and src host {src} and dst host {dst} and dst port {port}"
+        self._proc: subprocess.Popen | None = None
+        self.times: list[float] = []
+        """The arrival times of the data segments, in order, once `stop` ended the capture."""
+
+    def __enter__(self) -> TcpPayloads:
+        self._out = tempfile.TemporaryFile("w+")
+        self._proc = self.ns.popen(["tcpdump", "-i", "any", "-n", "-tt", "-l", self.filter],
+                                   stdout=self._out, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + self.timeout
+        while "listening on" not in self._proc.stderr.readline():  # tcpdump says so once it captures
+            if time.monotonic() >= deadline or self._proc.poll() is not None:
+                self.ns.stop(self._proc)
+                raise MeshTimeout(f"tcpdump did not start in {self.ns.name}")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> list[float]:
+        """End the capture; the arrival times of the data segments, in order."""
+        if self._proc is None:
+            return self.times
+        proc, self._proc = self._proc, None
+        self.ns.stop(proc)
+        with self._out:
+            self._out.seek(0)
+            self.times = [float(found.group(1)) for line in self._out.read().splitlines()
+                          if (found := self._LINE.match(line)) and int(found.group(2)) > 0]
+        return self.times
