@@ -214,6 +214,14 @@ class CoordClient:
             self._protocol.close_reason = "closed by this side"
         self.transport.close()
 
+    def abort(self) -> None:
+        """Close the link and its socket now, without flushing or TLS's close_notify exchange (which
+        waits up to 30 s for the server's): a connection given up must free its ports at once, or a
+        new connect from the same port to the same address fails (EADDRNOTAVAIL)."""
+        if self._protocol.close_reason is None:
+            self._protocol.close_reason = "closed by this side"
+        self.transport.abort()
+
     async def wait_closed(self) -> None:
         await self._protocol.closed
 

@@ -252,7 +252,7 @@ class CoordLink:
         """Connections to the round's next addresses, a stagger apart (`meshvpn.node.streamrace`):
         the first to finish the channel handshake, the others closed; None when all failed."""
         return await race_connections(self.dialer.next_endpoint, lambda: self.dialer.remaining > 0, self._connect,
-                                      lambda client: client.close(), self._failed)
+                                      lambda client: client.abort(), self._failed)
 
     async def _connect(self, endpoint: Endpoint) -> CoordClient:
         sock = None if self.local_socket is None or is_ipv6(endpoint) else self.local_socket()
@@ -295,9 +295,9 @@ class CoordLink:
             log.warning("%s", text)
 
     def _drop(self) -> bool:
-        """Close the client; whether it had registered."""
+        """Close the client, its socket at once (`CoordClient.abort`); whether it had registered."""
         if self._client is not None:
-            self._client.close()
+            self._client.abort()
         self._client = None
         self.resume.forget()
         if self._resume_timer is not None:

@@ -428,3 +428,41 @@ def test_a_coord_that_does_not_answer_the_check_within_its_wait_is_dialled_again
     after = asyncio.run(run())
     assert [up for up, _ in after] == [False, True]
     assert coordresume.MIN_WAIT <= after[0][1] < 3.0, f"dropped {after[0][1]:.2f} s after the network came back"
+
+
+@pytest.mark.timeout(20)
+def test_a_dropped_tls_connection_ends_at_once_not_after_the_coords_close_notify(tmp_path):
+    """The link drops a connection it gives up (a reconnect after the network came back, say) with
+    its socket: a TLS close waits up to 30 s for the coord's close_notify, all the while holding the
+    punch port's connection to that address, and a connect from the same port to it would fail
+    (EADDRNOTAVAIL) until then. This coord reads nothing after the registration."""
+    cert, key = self_signed_certificate(tmp_path, "coord")
+
+    async def on_connection(reader, writer):
+        channel = ServerChannel(SERVER, lambda key: key == NODE.public, os.urandom(32))
+        while data := await reader.read(65536):
+            registered = [p for p in channel.receive_data(data) if isinstance(m.decode(p), m.Register)]
+            for _ in registered:
+                channel.send(m.encode(REGISTERED))
+            writer.write(channel.data_to_send())
+            if registered:
+                writer.transport.pause_reading()  # no close_notify is read, so none is answered
+                await asyncio.sleep(10.0)
+
+    async def run():
+        server = await asyncio.start_server(on_connection, "127.0.0.1", 0,
+                                            ssl=tlsenvelope.server_context(cert, key, "tls"))
+        try:
+            plain = Address("127.0.0.1", closed_port())
+            async with running_link([plain], tls_port=server.sockets[0].getsockname()[1]) as link:
+                await until(lambda: link.connected)
+                old = link._client
+                link.reconnect()
+                await until(lambda: old.close_reason is not None)
+                started = asyncio.get_running_loop().time()
+                await asyncio.wait_for(old.wait_closed(), 5.0)
+                return asyncio.get_running_loop().time() - started
+        finally:
+            server.close()
+
+    assert asyncio.run(run()) < 1.0
