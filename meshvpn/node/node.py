@@ -38,7 +38,7 @@ from meshvpn.node.core import CoreConfig, NodeCore
 from meshvpn.node.family import is_ipv6
 from meshvpn.node.lanparty import LanParty
 from meshvpn.node.pairrelay import RttReport, add_pair_status
-from meshvpn.node.peerrelay import PeerRelay, add_relay_status, reach_peer_relays
+from meshvpn.node.peerrelay import PeerRelay, add_relay_status, follow_paths_to_peer_relays, reach_peer_relays
 from meshvpn.node.peers import Peer, PeerSlot, PeerTable
 from meshvpn.node.prediction import NatProfile
 from meshvpn.node.recovery import NodeRecovery
@@ -153,6 +153,7 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
 
     def _configure_relays(self, registered: m.Registered | m.Relays, now: float) -> None:
         self.relays.configure(registered.relays, registered.relay_tokens, now)
+        follow_paths_to_peer_relays(self.core, self.relays, now)
         self._out += map(ev.RelaySkipped, self.relays.skipped)
 
     def receive_datagram(self, data: bytes, src: Endpoint, now: float, via: Optional[int] = None) -> None:
@@ -373,6 +374,7 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
             return
         peer.path_log.record(event, peer.last_rx, peer.last_rx_src, self.core.config.paths.path_timeout, now)
         if udp_direct(event.new):
+            follow_paths_to_peer_relays(self.core, self.relays, now)
             self.tcp.stop(peer.key)
             self._out.append(ev.CloseMappings(peer.key))
         elif tcp_silent(event):

@@ -33,6 +33,7 @@ from meshvpn.ratelimit import TokenBucket
 from meshvpn.relay.core import RelayCore
 from meshvpn.relay.registry import BucketFactory
 from meshvpn.node.pathfinder import PathKind
+from meshvpn.node.tcpinbox import udp_direct
 from meshvpn.wire import Endpoint, MessageType
 
 if TYPE_CHECKING:
@@ -138,6 +139,17 @@ def add_relay_status(status: dict, peers: PeerTable, relays: RelaySet, serving: 
         if link is not None:
             entry["relay"], entry["peer_relay"] = link.name, bool(link.info.peer)
     status["self"]["relaying"] = serving.status()
+
+
+def follow_paths_to_peer_relays(core: NodeCore, relays: RelaySet, now: float) -> None:
+    """Each peer relay is reached where our direct (UDP) path to its node goes, as well as at its
+    public endpoint (`RelaySet.set_way`): that path answers, whatever family or LAN it is on
+    (called when a path changes and when the relays are configured)."""
+    for link in list(relays.links.values()):
+        peer = core.peers.by_key.get(link.info.public_key) if link.info.peer else None
+        route = None if peer is None else peer.route
+        if route is not None and udp_direct(route.path) and route.path.endpoint is not None:
+            relays.set_way(link, route.path.endpoint, now)
 
 
 def reach_peer_relays(core: NodeCore, relays: RelaySet, now: float) -> None:

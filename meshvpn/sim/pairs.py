@@ -16,8 +16,9 @@ Each node is the real `NodeCore` and data path (`DataPlane`) on a simulated host
 * a fake coord with the real one's punch rules: a `punch_request` sends a `punch` to both
   sides, each with the other's fresh sample (at most `SAMPLE_LIFETIME` old) and NAT report;
 * a TUN that records each packet and echoes every packet that is not an echo itself;
-* in a world with a `peer-relay` site, a third node (`World.helper`) on a port-preserving site,
-  which the coord tells to relay and offers to the others as a peer relay.
+* in a world with a `peer-relay` site, a third node (`World.helper`) on a port-preserving site
+  (`helper_kind`: dual-stack too, as the lab's `h` on a dual-stack topology), which the coord
+  tells to relay and offers to the others as a peer relay.
 
 The test passes the random source (``random.Random``): every run is repeatable.
 """
@@ -375,7 +376,7 @@ class World:
 
     node_class = Node
 
-    def __init__(self, kind_a: Kind, kind_b: Kind, seed: int, seeded: Seeded) -> None:
+    def __init__(self, kind_a: Kind, kind_b: Kind, seed: int, seeded: Seeded, helper_kind: Kind = HELPER) -> None:
         self.seed, self.seeded = seed, seeded
         rng = seeded(seed)
         self.net = Network(Scheduler(), rng)
@@ -397,7 +398,7 @@ class World:
         self.b = self.node_class(self, 1, Site(self.net, 1, kind_b))
         self.nodes = [self.a, self.b]
         if kind_a.peer_relay or kind_b.peer_relay:
-            self.helper = self.node_class(self, 2, Site(self.net, HELPER_SITE, HELPER))
+            self.helper = self.node_class(self, 2, Site(self.net, HELPER_SITE, helper_kind))
             self.nodes.append(self.helper)
 
     def start(self) -> None:

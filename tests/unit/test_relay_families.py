@@ -176,3 +176,33 @@ def test_the_stream_races_both_addresses_the_failed_one_last():
     link.addresses.acked(V6)
     link.addresses.failed()
     assert link.addresses.order() == [V4, V6], "the family that failed last goes last"
+
+
+def test_a_peer_relay_is_tried_first_where_our_direct_path_to_its_node_goes():
+    """A dual-stack member's path to the node is over IPv6, its public endpoint (IPv4) does not
+    answer: the hellos go to the path's endpoint first, it is the relay's once it acks, and a
+    newer way replaces it while the node's own address stays."""
+    race = RelayAddresses([V4])
+    assert race.round(0.0) == V4 and race.due(STAGGER) is None
+    assert race.set_way(V6) and not race.set_way(V6)
+    assert race.all == (V6, V4) and race.round(1.0) == V6 and race.due(1.0 + STAGGER) == V4
+    race.acked(V6)
+    assert race.endpoint == V6 and race.locked
+    moved = Endpoint("2001:db8:2::9", 7500)
+    assert race.set_way(moved)
+    assert race.all == (moved, V4) and race.given == (V4,) and not race.locked and race.round(2.0) == moved
+    assert race.set_way(V4) and race.all == (V4,), "the way is the node's own address: one address"
+
+
+def test_the_set_follows_a_way_to_a_peer_relay_and_configure_keeps_it():
+    relays = RelaySet(NODE, keys.public_key(NODE), counting_random(), WALL)
+    token, expires = TokenMinter(COORD, counting_random()).mint(keys.public_key(RELAY), keys.public_key(NODE), WALL)
+    info = m.RelayInfo("h1", V4.host, V4.port, keys.public_key(RELAY), peer=True)
+    relays.configure([info], [m.RelayToken("h1", token, expires)], 0.0)
+    relays.datagrams_to_send()
+    link = relays.links["h1"]
+    relays.set_way(link, V6, 0.1)
+    assert [dst for dst, _ in relays.datagrams_to_send()] == [V6], "a hello there at once"
+    assert relays.by_endpoint == {V6: link, V4: link}
+    relays.configure([info], [m.RelayToken("h1", token, expires)], 0.2)
+    assert relays.links["h1"] is link, "the same relay: the link and its way stay"

@@ -13,6 +13,10 @@ to a TCP stream) although the other family works. So, as the coord link does (RF
   packets and the stream go there alone while it answers.
 * **Failure**: when the link stops being ready, the address is no longer trusted and the next
   rounds race again, the other family first, before the link falls back to a stream.
+* **Way**: a peer relay (a member relaying) is also reached where our direct path to its node goes
+  (`set_way`), which goes first: its NAT or firewall lets in only what answers its node's own
+  packets, and that path is one it answers, of whatever family (a dual-stack member meets a
+  dual-stack node over IPv6, where its IPv4 NAT opened nothing towards the node's public endpoint).
 
 A TURN server named so is raced the same way, a request standing for a hello
 (`meshvpn.node.turn.core`). Sans-IO: every input takes ``now``.
@@ -32,8 +36,12 @@ class RelayAddresses:
     def __init__(self, addresses: Sequence[Endpoint]) -> None:
         if not addresses:
             raise ValueError("a relay needs an address")
-        self.all: tuple[Endpoint, ...] = tuple(interleave(list(dict.fromkeys(addresses))))
-        """Every address, in Happy Eyeballs order."""
+        self.given: tuple[Endpoint, ...] = tuple(interleave(list(dict.fromkeys(addresses))))
+        """The relay's own addresses, in Happy Eyeballs order."""
+        self.all = self.given
+        """Every address to try: `way` first, then `given`."""
+        self.way: Optional[Endpoint] = None
+        """Where our direct path to a peer relay's node goes, if it has one."""
         self.endpoint = self.all[0]
         """Where the relay is reached now: the address that acked last, or the first to try."""
         self.locked = False
@@ -42,6 +50,17 @@ class RelayAddresses:
         self._race: Optional[Race] = None
         self._pending: list[Endpoint] = []
         """The addresses of this round's race not tried yet."""
+
+    def set_way(self, way: Endpoint) -> bool:
+        """Our direct path to a peer relay's node goes to `way` now: try it first (an address it
+        replaces stays only if it is one of `given`). Whether the addresses changed."""
+        if way == self.way:
+            return False
+        self.way, self.all = way, tuple(dict.fromkeys((way, *self.given)))
+        if self.endpoint not in self.all or not self.locked:
+            self.endpoint, self.locked = self.all[0], False
+        self._pending = [address for address in self._pending if address in self.all]
+        return True
 
     def order(self) -> list[Endpoint]:
         """The addresses in the order to try them: the trusted one first; else the Happy Eyeballs

@@ -70,7 +70,7 @@ class RelaySet:
             else:
                 self.skipped.append(info.name)
         for name in [n for n, link in self.links.items()
-                     if wanted.get(n) != link.info or set(self._addresses(link.info)) != set(link.addresses.all)]:
+                     if wanted.get(n) != link.info or set(self._addresses(link.info)) != set(link.addresses.given)]:
             link = self.links.pop(name)
             for endpoint in link.addresses.all:
                 del self.by_endpoint[endpoint]
@@ -101,6 +101,22 @@ class RelaySet:
             self._home_changed = True  # the core's relay endpoints: packets now go to its other address
         self._drain(now)
         return True
+
+    def set_way(self, link: RelayLink, way: Endpoint, now: float) -> None:
+        """Our direct path to peer relay `link`'s node goes to `way`: its hellos go there first
+        (`RelayAddresses.set_way`), at once while it has no answer, and what comes from there is
+        the relay's."""
+        before, endpoint = link.addresses.all, link.endpoint
+        if not link.addresses.set_way(way):
+            return
+        for address in before:
+            if self.by_endpoint.get(address) is link:
+                del self.by_endpoint[address]
+        self.by_endpoint.update(dict.fromkeys(link.addresses.all, link))
+        self._home_changed |= link.endpoint != endpoint
+        if not link.ready:
+            link.hello_now(now)
+            self._drain(now)
 
     def tcp_up(self, name: str, now: float, target: Optional[StreamTarget] = None) -> None:
         """The stream to relay `name` is established (its channel is up), to `target`."""
