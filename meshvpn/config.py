@@ -169,6 +169,7 @@ class PortMapConfig:
     protocols: tuple[PortMapProtocol, ...] = option("protocols to try; the best that answers is used (pcp, then nat-pmp, then upnp)",
                                                      ("pcp", "nat-pmp", "upnp"))
     lease: Lease = option("lifetime asked of the gateway; renewed at half, deleted on exit", 7200.0)
+    tcp_443: Flag = option("ask the gateway for external TCP port 443 for the TCP punch port first, so that peers on networks that let out only TCP to port 443 can connect; a port 443 the gateway already maps (a web server's) is never taken, and the punch port's own number is asked instead", True)
 
 
 @_section

@@ -101,6 +101,7 @@ def _config(router: RouterLinks, stun: tuple[str, int], workdir: Path) -> str:
         "upnp_nat_chain=prerouting_miniupnpd",
         "upnp_nat_postrouting_chain=postrouting_miniupnpd",
         "uuid=00000000-0000-4000-8000-00000000d1ce",
+        f"allow 443 {router.lan_net} 1-65535",  # as an admin who lets the LAN forward HTTPS may
         f"allow 1024-65535 {router.lan_net} 1024-65535",
         "deny 0-65535 0.0.0.0/0 0-65535",
         "",

@@ -110,7 +110,7 @@ class Node:
         self._attach_host()
         self.hostnet = HostNetwork(site.host_ip)
         self.node.set_own_endpoints(self._local() + self._ipv6(), Endpoint(site.observed_host, PORT), site.mapped,
-                                    site.mapped)
+                                    site.mapped_tcp)
         self._attach_tcp()
         self.extra: list = []
         self.public_endpoint: tuple[str, int] | None = None
@@ -146,11 +146,12 @@ class Node:
     def info(self) -> m.PeerInfo:
         public = None if self.public_endpoint is None else m.Endpoint(*self.public_endpoint)
         mapped = None if self.mapped is None else m.Endpoint(*self.mapped)
+        mapped_tcp = None if self.site.mapped_tcp is None else m.Endpoint(*self.site.mapped_tcp)
         home = self.world.coord.homes.get(self.public)
         return m.PeerInfo(self.public, self.name, self.address, True, tuple(self._local()), public,
                           ipv6_endpoints=tuple(self._ipv6()) or None,
                           observed_host=self.site.observed_host, nat=nat_info(self.profile),
-                          mapped_endpoint=mapped, mapped_tcp=mapped, public_tcp=self.world.coord.public_tcp.get(self.public),
+                          mapped_endpoint=mapped, mapped_tcp=mapped_tcp, public_tcp=self.world.coord.public_tcp.get(self.public),
                           peer_relay=self is self.world.helper or None, home_relay=home and home.relay,
                           relay_rtts=home and home.rtts)
 
@@ -196,7 +197,7 @@ class Node:
         self.profile = site.kind.reported
         self.node.set_nat_profile(self.profile)
         self.mapped6 = None
-        self.node.set_own_endpoints(self._local() + self._ipv6(), None, site.mapped, site.mapped)
+        self.node.set_own_endpoints(self._local() + self._ipv6(), None, site.mapped, site.mapped_tcp)
         self._follow(change)
         self.rounds.network_changed(change.connections_lost)
 
@@ -312,7 +313,7 @@ class Node:
         self.rounds.learnt()
 
     def _report(self, public: Endpoint | None) -> None:
-        self.node.set_own_endpoints(self._local() + self._ipv6(), public, self.mapped, self.mapped)
+        self.node.set_own_endpoints(self._local() + self._ipv6(), public, self.mapped, self.site.mapped_tcp)
         self.world.coord.send_from(self, m.Endpoints(tuple(self._local()), public and m.Endpoint(*public),
                                                      ipv6=tuple(self._ipv6()) or None))
 

@@ -39,6 +39,9 @@ class Kind:
     mapped: bool = False
     """The router forwards `MAPPED_PORT`, UDP and TCP, to the node's port (UPnP IGD, NAT-PMP, PCP),
     which announces both mappings."""
+    mapped_tcp_port: int = 0
+    """The router's TCP port forwarded to the node's punch port instead of `MAPPED_PORT` (443: the
+    node asked for it, `portmap.tcp_443`)."""
     probed: bool = False
     """The node takes its profile at start as the daemon does (`meshvpn.sim.natprobe`: the STUN
     server, the near relay, port samples); `reported` is what it says until then."""
@@ -132,9 +135,10 @@ class Site:
         self.uplink6 = wan()
         """The IPv6 firewall's uplink: `connected = False` breaks IPv6 alone (the routes stay)."""
         self.mapped = Endpoint(self.nat.ip, MAPPED_PORT) if kind.mapped else None
+        self.mapped_tcp = Endpoint(self.nat.ip, kind.mapped_tcp_port or MAPPED_PORT) if kind.mapped else None
         if kind.mapped:
             self.nat.forward(MAPPED_PORT, (self.host_ip, PORT))
-            self.nat.tcp.forward(MAPPED_PORT, (self.host_ip, PORT))
+            self.nat.tcp.forward(self.mapped_tcp.port, (self.host_ip, PORT))
 
     @property
     def observed_host(self) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from meshvpn.lab import NatKind, Topology
-from meshvpn.lab.mesh import Mesh, wait_for
+from meshvpn.lab.mesh import COORD_PORT, Mesh, wait_for
 from meshvpn.lab.netns import python_command
 from meshvpn.lab.upnp import UPNP_ROUTER, UPNP_TABLE, add_stun_server
 
@@ -36,12 +36,17 @@ def world(topo: Topology, tmp_path: Path, meshes: list[Mesh]):
     """Build the world with a1 allowed the given port-mapping protocols; returns the mesh. Site
     a's router maps ports (`nat_a`: `UPNP_ROUTER` or a variant), site b has NAT `nat_b`."""
 
-    def make(protocols: list[str], nat_a=UPNP_ROUTER, nat_b=NatKind.RANDOM_PORTS) -> Mesh:
+    def make(protocols: list[str], nat_a=UPNP_ROUTER, nat_b=NatKind.RANDOM_PORTS, hosts_a: int = 1,
+             before=None, coord_port: int = COORD_PORT) -> Mesh:
+        """`hosts_a` hosts on site a; `before()` runs once the sites are up, before any daemon; the
+        coord on `coord_port` (443 for a site that lets out only TCP to port 443)."""
         add_stun_server(topo, tmp_path)
         topo.add_server("relay", addrs=[RELAY_ADDR])
-        topo.add_site("a", nat=nat_a)
+        topo.add_site("a", nat=nat_a, hosts=hosts_a)
         topo.add_site("b", nat=nat_b)
-        mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR)
+        if before is not None:
+            before()
+        mesh = Mesh(tmp_path, topo.host("coord"), COORD_ADDR, coord_port=coord_port)
         meshes.append(mesh)
         mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR)
         mesh.start_coord()

@@ -43,6 +43,7 @@ re-mapped stream at its first segment and the link races a new one (traffic back
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -195,3 +196,25 @@ def test_a_node_that_moves_from_or_onto_a_udp_blocked_network(old: str, new: str
     since = run.run_until_kinds(want, moved + PATH_BACK + 1.0)
     assert run.gap(moved) < (ONTO_BLOCKED_TRAFFIC if onto_blocked else TRAFFIC_BACK)
     assert since is not None and since - moved <= PATH_BACK, f"{want} at {since}"
+
+
+UPNP_443 = replace(KINDS["upnp"], mapped_tcp_port=443)
+"""The `upnp` router whose TCP mapping of the punch port is external port 443 (`portmap.tcp_443`)."""
+
+
+@pytest.mark.parametrize("mapped_first", [True, False])
+def test_a_port_443_only_site_connects_to_a_routers_mapping_at_port_443(mapped_first: bool) -> None:
+    """The only way out of a port-443-only site is TCP to port 443: a peer whose router forwards
+    its port 443 to the peer's punch port is reached there, directly over TCP, in either order."""
+    kinds_ab = (UPNP_443, ALL["port-443-only"]) if mapped_first else (ALL["port-443-only"], UPNP_443)
+    world = World(*kinds_ab, 1, random.Random)
+    world.start()
+    start = world.now
+    world.a.send(world.b, b"ping")
+    while world.now - start < DIRECT_WITHIN and not world.a.received:
+        world.net.scheduler.run_for(STEP)
+    assert world.a.received, f"no reply within {DIRECT_WITHIN} s"
+    world.net.scheduler.run_for(0.5)
+    assert kinds(world) == (PathKind.TCP, PathKind.TCP)
+    mapped = world.a if mapped_first else world.b
+    assert mapped.site.mapped_tcp.port == 443

@@ -28,6 +28,9 @@ class Gateway:
     """Refuse PCP mappings only (NAT-PMP ones are granted)."""
     lifetime: int | None = None
     """Grant this lifetime instead of the one asked for."""
+    taken: set | None = None
+    """Grant the external port asked for unless it is one of these (then `external_port`), as a
+    router does; None: always `external_port`."""
     seen: list = field(default_factory=list)
     started: float = -7.0
     """When the gateway's mapping table started, on the test's clock (its epoch counts from it)."""
@@ -59,18 +62,21 @@ class Gateway:
         header = struct.pack("!BBBBII", 2, 0x80 | opcode, 0, result, granted, self.epoch) + bytes(12)
         if opcode == 0:
             return header
-        nonce, protocol, internal, _, _ = struct.unpack_from("!12sB3xHH16s", request, 24)
+        nonce, protocol, internal, asked, _ = struct.unpack_from("!12sB3xHH16s", request, 24)
         external = bytes(10) + b"\xff\xff" + bytes(int(x) for x in EXTERNAL.split("."))
-        return header + struct.pack("!12sB3xHH16s", nonce, protocol, internal, self.external_port, external)
+        return header + struct.pack("!12sB3xHH16s", nonce, protocol, internal, self._grant(asked), external)
+
+    def _grant(self, asked: int) -> int:
+        return asked if self.taken is not None and asked not in self.taken else self.external_port
 
     def _natpmp(self, request: bytes) -> bytes:
         if request[1] == 0:
             return struct.pack("!BBHI4s", 0, 128, 0, self.epoch, bytes(int(x) for x in EXTERNAL.split(".")))
-        _, opcode, _, internal, _, lifetime = struct.unpack("!BBHHHI", request)
+        _, opcode, _, internal, asked, lifetime = struct.unpack("!BBHHHI", request)
         result = 2 if (self.refuse_maps or self.refuse_tcp and opcode == 2) and lifetime else 0
         granted = self.lifetime if self.lifetime is not None and lifetime else lifetime
         return struct.pack("!BBHIHHI", 0, 128 + opcode, result, self.epoch, internal,
-                           self.external_port if lifetime else 0, granted)
+                           self._grant(asked) if lifetime else 0, granted)
 
 
 def mapper(**options) -> PortMapper:
@@ -433,3 +439,39 @@ def test_a_pcp_answer_is_matched_by_nonce_and_protocol() -> None:
     machine.receive(gateway.answer(tcp_request), 0.1)
     assert machine.mapping_of(TCP) is not None and machine.mapping_of(UDP) is None
     assert machine.phase is Phase.MAPPING  # the UDP request is still being asked
+
+
+# ---- external TCP port 443 for the punch port (`portmap.tcp_443`)
+
+
+def test_the_tcp_port_asks_for_443_and_the_udp_port_for_its_own_number() -> None:
+    for protocol in (Protocol.PCP, Protocol.NATPMP):
+        machine, gateway = mapper(transports=BOTH, protocols=(protocol,), tcp_external=443), Gateway(taken=set())
+        machine.probe(0.0)
+        exchange(machine, gateway, 0.0)
+        assert machine.mapping_of(TCP).external == (EXTERNAL, 443) and machine.mapping_of(UDP).external == (EXTERNAL, PORT)
+        gateway.seen.clear()
+        run_until(machine, gateway, 3700.0)
+        assert machine.mapping_of(TCP).external == (EXTERNAL, 443), "renewed at 443"
+
+
+def test_a_gateway_that_has_443_taken_grants_another_port_and_nothing_is_replaced() -> None:
+    """NAT-PMP and PCP give a port in use to no one else: the gateway picks another."""
+    for protocol in (Protocol.PCP, Protocol.NATPMP):
+        machine = mapper(transports=BOTH, protocols=(protocol,), tcp_external=443)
+        gateway = Gateway(taken={443}, external_port=PORT + 7)
+        machine.probe(0.0)
+        exchange(machine, gateway, 0.0)
+        assert machine.mapping_of(TCP).external == (EXTERNAL, PORT + 7)
+
+
+def test_upnp_asks_for_443_only_with_the_punch_ports_number_to_fall_back_to() -> None:
+    machine = mapper(transports=BOTH, protocols=(Protocol.UPNP,), tcp_external=443)
+    machine.probe(0.0)
+    machine.upnp_found(EXTERNAL, 0.5)
+    assert machine.outputs() == [UpnpDiscover(), UpnpMap(PORT, PORT, 7200, UDP), UpnpMap(PORT, 443, 7200, TCP, PORT)]
+    machine.upnp_mapped(PORT, 7200, 0.6)
+    machine.upnp_mapped(443, 7200, 0.7, transport=TCP)
+    assert machine.outputs() == [MappingChanged(machine.mapping_of(UDP), UDP), MappingChanged(machine.mapping_of(TCP), TCP)]
+    renewals = run_until(machine, Gateway(), 3700.0)
+    assert renewals == [UpnpMap(PORT, PORT, 7200, UDP), UpnpMap(PORT, 443, 7200, TCP)], "the port held, no fallback"

@@ -14,6 +14,7 @@ import threading
 
 from meshvpn.config import PortMapConfig
 from meshvpn.node.portmap.core import Phase
+from meshvpn.node.portmap.events import Transport
 from meshvpn.node.portmap.shell import NoGateway, PortMapShell, _Upnp
 
 
@@ -98,3 +99,57 @@ def test_a_reprobe_while_the_old_discovery_runs_still_takes_its_exception():
 
     assert unretrieved(run) == []
     assert (status["state"], status["error"]) == ("probed", "upnp: no UPnP gateway (Success)")
+
+
+class MappingIgd:
+    """miniupnpc.UPnP's mapping calls against a table of (external port, protocol) -> (client,
+    internal port), as miniupnpd keeps it: AddPortMapping replaces an entry of the same client
+    (IGD v1, 2.4.16) and refuses another client's, or a port `denied` by a permission rule."""
+
+    lanaddr = "10.1.0.11"
+
+    def __init__(self, table: dict | None = None, denied: set = frozenset(), specific_raises: bool = False) -> None:
+        self.table = dict(table or {})
+        self.denied = denied
+        self.specific_raises = specific_raises
+        """GetSpecificPortMappingEntry of a free port raises NoSuchEntryInArray (newer miniupnpc)
+        instead of returning None."""
+
+    def getspecificportmapping(self, port: int, proto: str):
+        entry = self.table.get((port, proto))
+        if entry is None and self.specific_raises:
+            raise Exception("NoSuchEntryInArray")
+        return None if entry is None else (*entry, "desc", True, 0)
+
+    def addportmapping(self, port, proto, client, internal, desc, remote, lifetime):
+        held = self.table.get((port, proto))
+        if port in self.denied or held is not None and held[0] != client:
+            raise Exception("ConflictInMappingEntry")
+        self.table[(port, proto)] = (client, internal)
+        return True
+
+    def addanyportmapping(self, port, proto, client, internal, desc, remote, lifetime):
+        while (port, proto) in self.table:
+            port += 1
+        self.table[(port, proto)] = (client, internal)
+        return port
+
+
+def test_443_is_asked_for_while_free_and_the_punch_port_when_taken():
+    free = MappingIgd()
+    assert _Upnp(free).map(41641, 443, 7200, Transport.TCP, fallback=41641) == 443
+    assert free.table == {(443, "TCP"): ("10.1.0.11", 41641)}
+    assert _Upnp(MappingIgd(specific_raises=True)).map(41641, 443, 7200, Transport.TCP, fallback=41641) == 443
+    ours = MappingIgd({(443, "TCP"): ("10.1.0.11", 41641)})
+    assert _Upnp(ours).map(41641, 443, 7200, Transport.TCP, fallback=41641) == 443, "our own leftover"
+
+
+def test_a_port_443_held_by_a_web_server_is_never_replaced():
+    """The web server runs on this very host: AddPortMapping would overwrite its entry, so the
+    entry is looked up first and 443 left alone."""
+    for web in ("10.1.0.11", "10.1.0.12"):
+        igd = MappingIgd({(443, "TCP"): (web, 443)})
+        assert _Upnp(igd).map(41641, 443, 7200, Transport.TCP, fallback=41641) == 41641
+        assert igd.table[(443, "TCP")] == (web, 443) and igd.table[(41641, "TCP")] == ("10.1.0.11", 41641)
+    denied = MappingIgd(denied={443})
+    assert _Upnp(denied).map(41641, 443, 7200, Transport.TCP, fallback=41641) == 41641, "a permission rule"

@@ -13,7 +13,8 @@ Rules (the daemon's `meshvpn.node.portmap.shell` drives them):
   answered, once no better one is still being asked. Nothing answered: no mapping, and the
   reason is kept for `status` and `netcheck`.
 * **Map** each of our ports (the UDP port, and the TCP punch port when the node listens on one:
-  `transports`), asking for the same external port and `lease` seconds. Each mapping is a
+  `transports`), asking for the same external port (for the TCP port `tcp_external`, 443, first)
+  and `lease` seconds. Each mapping is a
   `_Lease` of its own, asked with the best protocol that answered: the probe, the gateway
   socket and the epoch watch serve them all. A refusal or silence moves that mapping on to the
   next protocol that answered.
@@ -115,6 +116,11 @@ class PortMapper:
     """False: only find out which protocols the gateway speaks (`meshvpn netcheck`)."""
     transports: tuple[Transport, ...] = (Transport.UDP,)
     """Which of our ports to map: the UDP port, and the TCP punch port (the same number) if any."""
+    tcp_external: Optional[int] = None
+    """The external port to ask first for the TCP punch port (443, which networks that let out only
+    TCP to port 443 reach); None: the punch port's own number. NAT-PMP and PCP grant another port
+    when it is taken (they take no port from another mapping); UPnP asks for it only while the
+    gateway holds no mapping of it (`UpnpMap.fallback`)."""
     supported: dict[Protocol, Optional[str]] = field(default_factory=dict)
     """Protocols that answered the probe, with the external address each reported (if any)."""
     drops: int = 0
@@ -380,10 +386,12 @@ class PortMapper:
         lease.using = protocol
         if lease.phase is Phase.PROBING:
             lease.phase = Phase.MAPPING
-        wanted = lease.mapping.external[1] if lease.mapping is not None else self.internal_port
         transport = lease.transport
+        first = self.tcp_external if transport is Transport.TCP and self.tcp_external else self.internal_port
+        wanted = lease.mapping.external[1] if lease.mapping is not None else first
         if protocol is Protocol.UPNP:
-            self._out.append(UpnpMap(self.internal_port, wanted, self.lease, transport))
+            fallback = self.internal_port if wanted != self.internal_port and lease.mapping is None else None
+            self._out.append(UpnpMap(self.internal_port, wanted, self.lease, transport, fallback))
         elif protocol is Protocol.NATPMP:
             self._ask((protocol, transport), natpmp.map_request(self.internal_port, wanted, self.lease, transport), now)
         else:

@@ -70,6 +70,10 @@ class UpnpMap:
     external_port: int
     lifetime: int
     transport: Transport = Transport.UDP
+    fallback: Optional[int] = None
+    """Ask for `external_port` only if the gateway holds no mapping of it, else (or refused) for
+    `fallback`: AddPortMapping replaces a mapping of the same client (IGD v1, 2.4.16), say a web
+    server's on this host, and a port's owner must never lose it to us."""
 
 
 @dataclass(frozen=True)

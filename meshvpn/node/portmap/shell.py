@@ -35,6 +35,8 @@ from meshvpn.timers import DeadlineTimer
 
 log = logging.getLogger("meshvpn.node")
 
+TCP_EXTERNAL = 443
+"""The external port asked first for the TCP punch port (`portmap.tcp_443`)."""
 UPNP_DISCOVER_MS = 1000
 """How long miniupnpc waits for SSDP answers."""
 UPNP_CALL_TIMEOUT = 5.0
@@ -136,8 +138,19 @@ class _Upnp:
             raise NoGateway("no UPnP gateway answered")
         return str(ipaddress.ip_address(self.igd.externalipaddress()))
 
-    def map(self, internal_port: int, external_port: int, lifetime: int, transport: Transport) -> int:
+    def map(self, internal_port: int, external_port: int, lifetime: int, transport: Transport,
+            fallback: Optional[int] = None) -> int:
+        """AddPortMapping of `external_port`, else any port the IGD gives; with a `fallback`, only
+        while the IGD holds no mapping of `external_port` but ours, else `fallback` that way."""
         args = (transport.name, self.igd.lanaddr, internal_port, DESCRIPTION, "")
+        if fallback is not None:
+            if self._free(external_port, transport, internal_port):
+                try:
+                    self.igd.addportmapping(external_port, *args, lifetime)
+                    return external_port
+                except Exception:  # refused (a permission rule, a port the router uses): the usual port
+                    pass
+            external_port = fallback
         try:
             self.igd.addportmapping(external_port, *args, lifetime)
             return external_port
@@ -146,6 +159,16 @@ class _Upnp:
 
     def unmap(self, external_port: int, transport: Transport) -> None:
         self.igd.deleteportmapping(external_port, transport.name)
+
+    def _free(self, external_port: int, transport: Transport, internal_port: int) -> bool:
+        """Whether the IGD holds no mapping of `external_port`, or only ours (a restart's leftover).
+        GetSpecificPortMappingEntry answers NoSuchEntryInArray (714) with an exception, a held port
+        with (client, port, description, enabled, lease); anything else counts as held."""
+        try:
+            entry = self.igd.getspecificportmapping(external_port, transport.name)
+        except Exception as exc:
+            return "NoSuchEntry" in str(exc)
+        return entry is None or (entry[0], int(entry[1])) == (self.igd.lanaddr, internal_port)
 
 
 class PortMapShell:
@@ -250,7 +273,8 @@ class PortMapShell:
             client = self._transport.get_extra_info("sockname")[0]
             protocols = tuple(Protocol(p) for p in self.config.protocols)
             self.mapper = PortMapper(self._port, client, os.urandom, int(self.config.lease), protocols,
-                                     map_port=self.map_port, transports=self._to_map)
+                                     map_port=self.map_port, transports=self._to_map,
+                                     tcp_external=TCP_EXTERNAL if self.config.tcp_443 else None)
             self.mapper.probe(self.loop.time())
             self._transmit()
         if any(had):
@@ -285,8 +309,8 @@ class PortMapShell:
                         self._transport.sendto(data)
                 case UpnpDiscover():
                     self._in_thread(self._upnp_discover, mapper, wait_on_close=False)
-                case UpnpMap(internal, external, lifetime, transport):
-                    self._in_thread(self._upnp_map, mapper, internal, external, lifetime, transport)
+                case UpnpMap(internal, external, lifetime, transport, fallback):
+                    self._in_thread(self._upnp_map, mapper, internal, external, lifetime, transport, fallback)
                 case UpnpUnmap(external, transport):
                     self._in_thread(self._upnp_unmap, None, external, transport)
                 case MappingChanged(mapping, transport):
@@ -306,8 +330,9 @@ class PortMapShell:
         self._upnp = self._new_upnp()
         return self._upnp.discover()
 
-    def _upnp_map(self, internal: int, external: int, lifetime: int, transport: Transport) -> int:
-        return self._upnp.map(internal, external, lifetime, transport)
+    def _upnp_map(self, internal: int, external: int, lifetime: int, transport: Transport,
+                  fallback: Optional[int]) -> int:
+        return self._upnp.map(internal, external, lifetime, transport, fallback)
 
     def _upnp_unmap(self, external: int, transport: Transport) -> None:
         if self._upnp is not None:
