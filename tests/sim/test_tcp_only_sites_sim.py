@@ -9,7 +9,8 @@ TCP and TLS 0.25 s apart once UDP was silent for 0.5 s, as the daemon does. `udp
 What the lab matrix shows (`docs/nat-traversal.md`), and these hold every pair to: a UDP-blocked
 site goes direct over TCP where the other side's TCP mapping is endpoint-independent (or its
 router maps the punch port, `upnp`), and through the relay over TCP otherwise; a port-443-only
-site always relays, over the relay's TLS port.
+site relays, over the relay's TLS port, unless the peer's router maps its port 443 to the punch
+port (`UPNP_443`, `portmap.tcp_443`): then it connects there, direct over TCP.
 
 Against the endpoint-dependent kinds (address-dependent, sequential, random-ports, cgn) the TCP
 path comes from TCP port prediction or a TCP birthday campaign (`meshvpn.node.tcp.prediction`):
