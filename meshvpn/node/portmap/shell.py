@@ -162,8 +162,9 @@ class _Upnp:
 
     def _free(self, external_port: int, transport: Transport, internal_port: int) -> bool:
         """Whether the IGD holds no mapping of `external_port`, or only ours (a restart's leftover).
-        GetSpecificPortMappingEntry answers NoSuchEntryInArray (714) with an exception, a held port
-        with (client, port, description, enabled, lease); anything else counts as held."""
+        miniupnpc answers GetSpecificPortMappingEntry's NoSuchEntryInArray (714) with None (or, in
+        some versions, an exception naming it), a held port with (client, port, description,
+        enabled, lease); any other failure counts as held."""
         try:
             entry = self.igd.getspecificportmapping(external_port, transport.name)
         except Exception as exc:
