@@ -43,8 +43,10 @@ static int flow_held(const Loop *L, uint64_t flow) {
 }
 
 /* Read the TUN until it is empty (or BURST reads, or every slot holds one), sealing sparse reads
-   at once, then seal the oldest held read.  1 if more waits: held reads, or an unread TUN. */
-int send_burst(Loop *L) {
+   at once, then seal the oldest held read.  1 if more waits: held reads, or an unread TUN.  With
+   lone, a first read sealed here as one packet is sent at once and the burst ends there (1: the
+   next turn drains the TUN). */
+int send_burst(Loop *L, int lone) {
     int more = 1;
     for (int i = 0; i < BURST && L->held_count < HOLD_SLOTS; i++) {
         int at = (L->held_head + L->held_count) % HOLD_SLOTS;
@@ -59,6 +61,7 @@ int send_burst(Loop *L) {
             L->held_count++;
         } else {
             take_read(L, b, n);
+            if (lone && i == 0 && L->run_count == 1) break;
         }
     }
     if (L->held_count) {

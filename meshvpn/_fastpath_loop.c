@@ -43,7 +43,7 @@ static void *run(void *arg) {
                                        {L->change_fd, POLLIN, 0}};
     int vias[MAX_PINS], n_pins = 0;
     double reported = monotonic();
-    int unreported = 0;
+    int unreported = 0, drained = 0;  /* both sides found empty when the turns last ended (none yet) */
     __atomic_store_n(&L->pins_changed, 1, __ATOMIC_RELEASE);  /* the pins installed before the start */
     for (;;) {
         n_pins = follow_pins(L, fds + 4, vias, n_pins);
@@ -55,17 +55,24 @@ static void *run(void *arg) {
                super-packet (_fastpath_hold.c), then receives at most RECEIVE_SLICE bytes from each
                socket, so a reply or an ACK waits behind one slice of the other direction's bulk, not
                behind a whole burst (64 super-packets, about 10 ms).  After BURST turns poll() looks
-               at the stop eventfd (without waiting while reads are held). */
+               at the stop eventfd (without waiting while reads are held).  Latency first: when all
+               sides were drained before this wake-up, a lone packet in the first two turns is sent
+               or written before the read that would find its descriptor empty, and the other side's
+               turn comes before that read: at the far end of a ping the reply is in the TUN as soon
+               as the request is written, and leaves in the second turn.  A burst still drains in
+               the turns after. */
             int tun = fds[1].revents != 0 || L->held_count, udp = fds[0].revents != 0, more = 1;
             uint64_t pinned = 0;  /* the pinned sockets that may have more */
             for (int i = 0; i < n_pins; i++) pinned |= (uint64_t)(fds[4 + i].revents != 0) << i;
             for (int turn = 0; more && turn < BURST; turn++) {
-                more = (tun && send_burst(L)) | (udp && receive_burst(L, L->udp_fd, 0));
+                int lone = drained && turn < 2;
+                more = (tun && send_burst(L, lone)) | (udp && receive_burst(L, L->udp_fd, 0, lone));
                 for (int i = 0; i < n_pins; i++)
-                    if (pinned >> i & 1 && !receive_burst(L, fds[4 + i].fd, vias[i])) pinned &= ~((uint64_t)1 << i);
+                    if (pinned >> i & 1 && !receive_burst(L, fds[4 + i].fd, vias[i], lone)) pinned &= ~((uint64_t)1 << i);
                 more |= pinned != 0;
                 tun = udp = 1;
             }
+            drained = !more;
             waiter_traffic(&L->waiter);
             unreported = 1;
         }

@@ -161,8 +161,10 @@ PyObject *loop_installed(Loop *L, PyObject *unused);
 extern const char replace_doc[], patch_doc[], installed_doc[];
 void free_table(Loop *L);
 
-/* _fastpath_recv.c: receive on fd (the main socket, or pinned socket `via`) */
-int receive_burst(Loop *L, int fd, int via);
+/* _fastpath_recv.c: receive on fd (the main socket, or pinned socket `via`); lone (and in send_burst):
+   the thread had drained every side before this turn, so a lone first packet is delivered at once
+   (see run() in _fastpath_loop.c). */
+int receive_burst(Loop *L, int fd, int via, int lone);
 
 /* _fastpath_pins.c */
 /* Under table_lock: the socket to send from for sid (0: the main one), NULL if not pinned. */
@@ -185,6 +187,6 @@ PyObject *loop_flows(Loop *L, PyObject *args);
 extern const char flows_doc[];
 
 /* _fastpath_hold.c */
-int send_burst(Loop *L);
+int send_burst(Loop *L, int lone);
 
 #endif

@@ -128,8 +128,10 @@ static void write_tun(Loop *L, Py_ssize_t npk) {
 
 /* Receive on fd (socket via) until it is empty, or BURST receives or RECEIVE_SLICE were taken (then 1: more may
    wait), writing the TUN once per area. The receives are counted once the burst is handled (opened,
-   counted per entry, written), so counts() never shows a receive whose effects are still to come. */
-int receive_burst(Loop *L, int fd, int via) {
+   counted per entry, written), so counts() never shows a receive whose effects are still to come.
+   With lone, a first receive that is one datagram opened for the TUN is written at once and the
+   burst ends there (1: the next turn drains the socket). */
+int receive_burst(Loop *L, int fd, int via, int lone) {
     Py_ssize_t at = 0, npk = 0, taken = 0, got = 0;
     int more = 1;
     for (int i = 0; i < BURST && taken < RECEIVE_SLICE; i++) {
@@ -142,6 +144,7 @@ int receive_burst(Loop *L, int fd, int via) {
         pthread_mutex_lock(&L->table_lock);
         received(L, L->area + at, n, seg, &src, via, monotonic(), &npk);
         pthread_mutex_unlock(&L->table_lock);
+        if (lone && i == 0 && n <= seg && npk == 1) break;
         at += n;
         taken += n;
         if (at > AREA - RECV_SLOT || npk + RECV_SLOT / (OVERHEAD + 1) >= MAX_PACKETS) {
