@@ -105,9 +105,13 @@ def measure_row(row, net, workdir: Path, args: argparse.Namespace) -> dict:
                 for proc in ns.processes:
                     subprocess.run(["taskset", "-a", "-cp", str(pinned), str(proc.pid)], check=True, capture_output=True)
         ping_times(net.a, tunnel.target, args.warmup, args.interval, cpu) if args.warmup else None
+        daemon = net.a.processes[0].pid if row.name == "meshvpn direct" else None
+        before = task_cpu_ns(daemon) if daemon else {}
         result: dict = {"times_ms": ping_times(net.a, tunnel.target, args.pings, args.interval, cpu)}
-        if row.name == "meshvpn direct" and args.idle:
-            result["idle"] = idle_cpu(net.a.processes[0].pid, args.idle)
+        if daemon:
+            result["ping_cpu_ms"] = round(sum(task_cpu_ns(daemon).values()) / 1e6 - sum(before.values()) / 1e6, 3)
+        if daemon and args.idle:
+            result["idle"] = idle_cpu(daemon, args.idle)
         if row.name == "meshvpn direct" and args.seconds:
             runs, loaded = throughput_runs(net.a, net.b, tunnel.target, args.seconds, 1, rowdir / "iperf3.log")
             result.update(mbit=round(runs[0]), loaded_p50_ms=loaded.p50, loaded_p99_ms=loaded.p99)
@@ -138,7 +142,7 @@ def summarize(rounds: list[dict]) -> dict:
         row = {"median_ms": statistics.median(medians), "least_ms": min(medians), "largest_ms": max(medians),
                "adds_ms": statistics.median(added), "adds_least_ms": min(added), "adds_largest_ms": max(added)}
         extra = [r["rows"][name] for r in rounds]
-        for key in ("mbit", "loaded_p50_ms", "loaded_p99_ms"):
+        for key in ("mbit", "loaded_p50_ms", "loaded_p99_ms", "ping_cpu_ms"):
             if all(key in e for e in extra):
                 row[key] = statistics.median(e[key] for e in extra)
         if all("idle" in e for e in extra):
@@ -157,6 +161,8 @@ def render(summaries: dict[str, dict], rounds: int) -> str:
                     f"adds {r['adds_ms'] * 1000:.0f} µs ({r['adds_least_ms'] * 1000:.0f} to {r['adds_largest_ms'] * 1000:.0f})")
             if "mbit" in r:
                 text += f"  {r['mbit']:.0f} Mbit/s, load p50/p99 {r['loaded_p50_ms']:.2f}/{r['loaded_p99_ms']:.2f}"
+            if "ping_cpu_ms" in r:
+                text += f"  node a CPU ms over the pings {r['ping_cpu_ms']:.1f}"
             if "idle_process_ms" in r:
                 text += f"  idle CPU ms: process {r['idle_process_ms']:.1f}, thread {r['idle_thread_ms']:.2f}"
             lines.append(text)
