@@ -166,3 +166,11 @@ def tcp_candidates_of(info: m.PeerInfo) -> list[Candidate]:
     found += [(e, CandidateKind.IPV6) for e in info.ipv6_endpoints or ()]
     return [Candidate(Endpoint(e.host, e.port), kind) for e, kind in found if e is not None]
 
+
+
+def tcp_sources_of(info: m.PeerInfo) -> list[str]:
+    """Addresses a peer's TCP connections may come from besides its TCP candidates: its NAT's (and
+    router's) public UDP address, which its IPv4 connects leave from even when its coord link, and
+    so every TCP candidate the coord saw, is IPv6."""
+    found = (info.public_endpoint, info.mapped_endpoint)
+    return list(dict.fromkeys(e.host for e in found if e is not None))

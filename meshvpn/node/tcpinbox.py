@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from meshvpn.control import messages as m
 from meshvpn.node import events as ev
-from meshvpn.node.candidates import Candidate, CandidateKind, tcp_candidates_of
+from meshvpn.node.candidates import Candidate, CandidateKind, tcp_candidates_of, tcp_sources_of
 from meshvpn.node.pathfinder import ChangeReason, Path, PathKind
 from meshvpn.node.peers import named_keys
 from meshvpn.node.tcp.core import PathDown, PathUp, TcpEndpoint, WantPunch
@@ -134,10 +134,13 @@ class PunchPortInbox:
         if peer is None:
             return
         candidates = self._tcp_candidates_of(peer.info)
-        if not self.tcp_punching or udp_direct(peer.route and peer.route.path) or not (candidates or punch.tcp_sample):
+        waits = self.tcp.mapped  # the peer comes through our router, even with no candidate we can reach
+        if not self.tcp_punching or udp_direct(peer.route and peer.route.path):
             return
-        if candidates:  # else the peer's coord channel is not from its punch port (IPv6), but it sampled
-            self.tcp.punch(peer.key, candidates, now)
+        if not (candidates or punch.tcp_sample or waits):
+            return
+        if candidates or waits:  # else the peer's coord channel is not from its punch port (IPv6), but it sampled
+            self.tcp.punch(peer.key, candidates, now, tcp_sources_of(peer.info))
         info = peer.info  # a peer reachable over UDP gets UDP's prediction, which a TCP sample could upset
         udp_less = info.public_endpoint is None and info.mapped_endpoint is None
         traversal = self.core.punching.traversal

@@ -12,7 +12,7 @@ from meshvpn.node.events import TcpConnect, TcpWrite
 from meshvpn.node.tcp.core import TcpEndpoint, TcpPunch
 from meshvpn.sim.nodes import ALICE_AT, BOB_AT, NETWORK, seeded
 from meshvpn.wire import Endpoint
-from test_node import taken, tcp_info
+from test_node import move_bytes, taken, tcp_info
 from test_tcppunch import A_AT, B_AT, _identities, _only, _punch
 
 A_MAPPED = Endpoint("198.51.100.1", 50000)
@@ -129,3 +129,40 @@ def test_the_node_with_the_mapping_waits_and_its_peer_connects_to_the_mapping() 
 def test_a_mapping_behind_another_nat_does_not_stop_the_node_from_connecting() -> None:
     a, b = mapped_pair(alice_public=Endpoint("203.0.113.99", 41641))  # STUN saw another address
     assert [c.endpoint for c in taken(a, TcpConnect)] == [BOB_AT]
+
+
+# ---- the peer's coord link is IPv6, we have no IPv6: it has no TCP candidate we can reach
+
+PEER_NAT = "203.0.113.101"
+"""The peer's NAT's IPv4 address, as STUN saw it for its UDP socket; a new port for every connection."""
+
+
+def ipv6_registered(n) -> m.PeerInfo:
+    """The peer as the coord sees it when it registered over IPv6: no IPv4 TCP mapping (``public_tcp``),
+    its global IPv6 address, and its NAT's IPv4 mapping of its UDP socket from STUN."""
+    return m.PeerInfo(key=n.public, name=n.name, address=n.address, online=True,
+                      public_endpoint=m.Endpoint(PEER_NAT, 29553), observed_host="2001:db8:1::b",
+                      ipv6_endpoints=(m.Endpoint("2001:db8:1::b", 41641),))
+
+
+def test_a_mapped_node_takes_a_peer_whose_every_tcp_candidate_is_ipv6_through_its_router() -> None:
+    for mapped_first in (True, False):  # the mapped node's key is the lower, then the higher one
+        one, two = seeded(random.Random, 1, "alice", "100.64.0.1", ALICE_AT), seeded(random.Random, 2, "bob", "100.64.0.2", BOB_AT)
+        a, b = (one, two) if mapped_first else (two, one)
+        a.node.set_own_endpoints((), None, None, ALICE_MAPPED)  # UDP blocked, IPv4 only, a router mapping
+        for n in (a, b):
+            n.node.enable_tcp_punch()
+        welcome_with(a, ipv6_registered(b))
+        welcome_with(b, replace(tcp_info(a), public_tcp=None, mapped_tcp=m.Endpoint(*ALICE_MAPPED)))
+        a.from_coord(m.Punch(peer_key=b.public, endpoints=()), 0.0)
+        b.from_coord(m.Punch(peer_key=a.public, endpoints=()), 0.0)
+        assert taken(a, TcpConnect) == []
+        (connect,) = [c for c in taken(b, TcpConnect) if c.endpoint == ALICE_MAPPED]
+        b.node.tcp_connected(connect.conn_id, 0.05)
+        b.drain(0.05)
+        accepted = a.node.tcp_accepted(Endpoint(PEER_NAT, 61000), 0.05)
+        assert accepted is not None, "the peer's connection through our router was refused"
+        a.drain(0.05)
+        move_bytes(a, accepted, b, connect.conn_id, 0.1)
+        assert a.node.tcp.path_endpoint(b.public) == TcpEndpoint(PEER_NAT, 61000)
+        assert b.node.tcp.path_endpoint(a.public) == TcpEndpoint(*ALICE_MAPPED)

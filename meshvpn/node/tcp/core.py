@@ -29,7 +29,9 @@ Rules:
   entry on our router with the very address pair of the peer's SYN once forwarded to us,
   and the router would drop the peer's SYN as a clash for minutes.
 * An accepted connection belongs to the punched peer that has its source among its candidates,
-  else to the one punched peer on its source address (a NAT that picks a new port for us).
+  else to the one punched peer on its source address (a NAT that picks a new port for us), the
+  address of a candidate or one of the peer's `sources` (its NAT's UDP address: a peer whose coord
+  link is IPv6 has no IPv4 TCP candidate, yet connects to our router's mapping over IPv4).
 * A connected or accepted TCP connection is secured with :mod:`meshvpn.channel`: the node
   with the lower static key is the client (Noise initiator) and pins the peer's key; the
   other side authorises only the peer it punches towards. An accepted connection from an
@@ -164,6 +166,8 @@ class TcpCampaign:
     key: bytes
     candidates: tuple[Candidate, ...]
     """The peer's TCP endpoints, most likely first: where we connect, and where it connects from."""
+    sources: tuple[str, ...] = ()
+    """Other addresses the peer may connect from (its NAT's public UDP address)."""
     attempts_left: int = 0
     next_attempt: Optional[float] = None
     repunch_at: Optional[float] = None
@@ -194,15 +198,15 @@ class TcpPunch:
 
     # ---- inputs: control ------------------------------------------------------------
 
-    def punch(self, peer_key: bytes, candidates: Sequence[Candidate], now: float) -> None:
+    def punch(self, peer_key: bytes, candidates: Sequence[Candidate], now: float, sources: Sequence[str] = ()) -> None:
         """The coord says punch: connect to the peer's TCP `candidates` now and retry (or, when
-        only our router maps a port, wait for the peer to connect to it)."""
+        only our router maps a port, wait for the peer to connect to it, from `sources` maybe)."""
         peer = self._peers.get(peer_key)
         if peer is None:
             peer = self._peers[peer_key] = TcpCampaign(peer_key, tuple(candidates))
         if peer.path is not None:
             return
-        peer.candidates = tuple(candidates)
+        peer.candidates, peer.sources = tuple(candidates), tuple(sources)
         comes_to_us = self.mapped and all(c.kind is not CandidateKind.MAPPED for c in peer.candidates)
         peer.attempts_left = 0 if comes_to_us or not peer.candidates else self.config.attempts
         peer.repunch_at = None
@@ -380,7 +384,7 @@ class TcpPunch:
         exact = [p for p in waiting if any(c.endpoint == remote for c in p.candidates)]
         if exact:
             return exact[0]
-        same_host = [p for p in waiting if any(c.endpoint.host == remote.host for c in p.candidates)]
+        same_host = [p for p in waiting if remote.host in {c.endpoint.host for c in p.candidates} | set(p.sources)]
         return same_host[0] if len(same_host) == 1 else None
 
     def _serves_unknown(self) -> bool:
