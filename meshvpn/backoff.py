@@ -12,3 +12,17 @@ MAX_DOUBLINGS = 32
 def doubling(initial: float, maximum: float, doublings: int) -> float:
     """``initial * 2**doublings``, never above ``maximum`` (``doublings`` counts from 0)."""
     return min(initial * 2 ** min(doublings, MAX_DOUBLINGS), maximum)
+
+
+RESET_REDIAL_AFTER = 2.0
+"""Seconds a connection must have lasted for the server's reset of it to be redialled at once."""
+
+
+def redial_at_once(reset: bool, lasted: float) -> bool:
+    """Whether a lost connection is redialled without waiting: the server *reset* it (it no longer
+    knows it: our NAT re-mapped us, or its host restarted), so a live server takes a new one at
+    once, and a dead one refuses it and the backoff starts then. Only a connection that `lasted`
+    `RESET_REDIAL_AFTER`: a server (or a middlebox) that resets every fresh connection gets the
+    backoff, not a loop of connections. A server process that exits closes its connections (EOF)
+    instead, and those wait, so a restart's reconnections stay spread."""
+    return reset and lasted >= RESET_REDIAL_AFTER

@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from meshvpn.backoff import doubling
+from meshvpn.backoff import RESET_REDIAL_AFTER, doubling, redial_at_once
 from meshvpn.node.eyeballs import interleave
 from meshvpn.wire import Endpoint
 
@@ -49,8 +49,6 @@ KEEPALIVE = 15.0
 """Seconds between the link's pings to the coord."""
 CONNECT_TIMEOUT = 10.0
 """Seconds for TCP connect plus the channel handshake."""
-RESET_REDIAL_AFTER = BACKOFF_MAX
-"""Seconds a registered connection must have lasted for the coord's reset of it to be redialled at once."""
 
 
 def backoff_delay(failures: int, jitter: float, maximum: float = BACKOFF_MAX) -> float:
@@ -153,7 +151,7 @@ class Dialer:
         `RESET_REDIAL_AFTER` is redialled at once: a coord (or a middlebox) that resets every
         fresh registration gets the backoff, not a loop of registrations."""
         self._round.clear()
-        if reset and lasted >= RESET_REDIAL_AFTER:
+        if redial_at_once(reset, lasted):
             self.failures = 0
             return 0.0
         self.failures = 1

@@ -7,7 +7,10 @@ TCP first and TLS only once it timed out would cost a whole connect timeout on s
 so every connection is a race (Happy Eyeballs, `meshvpn.node.streamrace`) over `targets`: each
 of the server's addresses (in its family order) with the kind that won last (plain TCP at
 first), then each with the other kind, a stagger apart; the first to finish its handshake wins.
-A lost stream is reconnected after a doubling backoff, with the same race.
+A lost stream is reconnected after a doubling backoff, with the same race; one the server reset
+after it had lasted a while is reconnected at once (`meshvpn.backoff.redial_at_once`, the coord
+link's rule): a relay that no longer knows the stream (it restarted, or our NAT re-mapped us) takes
+a new one at once, where the backoff's first step would leave the link down for half a second more.
 
 Sans-IO: the owner asks `due(now)`, says `attempt()` when it asks the shell to connect, and
 passes on `up(tls)` and `down(now)`.
@@ -18,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Sequence
 
-from meshvpn.backoff import doubling
+from meshvpn.backoff import doubling, redial_at_once
 from meshvpn.wire import Endpoint
 
 
@@ -53,6 +56,8 @@ class StreamDial:
         that kind goes first in the next race."""
         self.retry_at = 0.0
         self._failures = 0
+        self._up_at: Optional[float] = None
+        """When the current connection came up, while it is up."""
 
     def want(self, wanted: bool = True) -> None:
         self.wanted = wanted
@@ -76,15 +81,22 @@ class StreamDial:
         return tuple(StreamTarget(address._replace(port=self.tls_port if tls else plain_port), tls)
                      for tls in kinds for address in addresses)
 
-    def up(self, tls: bool = False) -> None:
-        """The stream is established, inside TLS or not (the race's winner)."""
+    def up(self, now: float, tls: bool = False) -> None:
+        """The stream is established at `now`, inside TLS or not (the race's winner)."""
         self.connecting, self.connected = False, True
         self.tls = tls and self.tls_port is not None
         self._failures = 0
+        self._up_at = now
 
-    def down(self, now: float) -> None:
-        """The stream failed to connect, or closed: try again after the backoff."""
+    def down(self, now: float, reset: bool = False) -> None:
+        """The stream failed to connect, or closed (the server `reset` it): try again after the
+        backoff, or at once when the server reset a stream that had lasted (the module's rules)."""
+        lasted = now - self._up_at if self.connected and self._up_at is not None else 0.0
         self.connecting = self.connected = False
+        self._up_at = None
+        if redial_at_once(reset, lasted):
+            self.retry_at = now
+            return
         cfg = self.config
         self.retry_at = now + doubling(cfg.backoff_initial, cfg.backoff_max, self._failures)
         self._failures += 1

@@ -44,9 +44,10 @@ class StreamInbox:
         self.relays.tcp_up(name, now, target)
         self._settle(now)
 
-    def relay_stream_ended(self, name: str, now: float) -> None:
-        """The TCP stream to relay `name` closed or failed; the link retries with backoff."""
-        self.relays.tcp_down(name, now)
+    def relay_stream_ended(self, name: str, now: float, reset: bool = False) -> None:
+        """The TCP stream to relay `name` closed or failed (the relay `reset` it: it no longer knows
+        it); the link reconnects (`meshvpn.node.streamdial`)."""
+        self.relays.tcp_down(name, now, reset)
         self._settle(now)
 
     def receive_relay_frames(self, name: str, frames: Iterable[bytes], now: float) -> None:

@@ -39,6 +39,8 @@ class Stream:
         self.state: Any = None
         """The subclass's per-stream state (a relay's secure channel)."""
         self.writer: Optional[asyncio.StreamWriter] = None
+        self.reset = False
+        """The server reset the connection (it no longer knows it), rather than closing it."""
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     @property
@@ -82,6 +84,7 @@ class Stream:
         except asyncio.CancelledError:
             raise
         except (OSError, asyncio.TimeoutError, EOFError, MeshError) as exc:
+            self.reset = isinstance(exc, ConnectionResetError)
             log.info("%s %s: %s connection lost: %s", owner.what, self.name, "TLS" if self.tls else "TCP",
                      exc or type(exc).__name__)
         finally:
@@ -125,7 +128,7 @@ class StreamSet:
         if self._streams.get(stream.name) is stream:
             del self._streams[stream.name]
             if not self._closed:
-                self.ended(stream.name)
+                self.ended(stream.name, stream.reset)
                 self.transmit()
 
     async def close(self) -> None:
@@ -146,5 +149,5 @@ class StreamSet:
     def received(self, stream: Stream, data: bytes) -> None:
         """Bytes from the server."""
 
-    def ended(self, name: str) -> None:
-        """The stream to `name` failed or closed by itself."""
+    def ended(self, name: str, reset: bool) -> None:
+        """The stream to `name` failed or closed by itself (the server `reset` it)."""

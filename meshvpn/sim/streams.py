@@ -170,7 +170,7 @@ class _Attempt:
         owner.pump()
 
     def closed(self, conn: TcpConn, reason: str) -> None:
-        self.stream.ended(self)
+        self.stream.ended(self, reason == "reset")
 
     def _timed_out(self) -> None:
         if self.stream.winner is not self:
@@ -226,14 +226,14 @@ class _RelayStream:
         attempt.end.up(self.streams.owner.now, attempt.target, attempt.frames)
         attempt.frames = []
 
-    def ended(self, attempt: _Attempt) -> None:
-        """`attempt` failed or closed: the next one starts, or the stream is over."""
+    def ended(self, attempt: _Attempt, reset: bool = False) -> None:
+        """`attempt` failed or closed (the relay `reset` it): the next one starts, or the stream is over."""
         if attempt not in self.attempts:
             return
         self.attempts.remove(attempt)
         attempt.timer.cancel()
         if attempt is self.winner:
-            self.streams.ended(self)
+            self.streams.ended(self, reset)
         else:
             self.race.failed(self.streams.owner.now)
             self.start()
@@ -276,10 +276,10 @@ class RelayStreams:
         del self.streams[stream.name]
         stream.drop()
 
-    def ended(self, stream: _RelayStream) -> None:
-        """The stream failed or closed by itself: the node hears of it."""
+    def ended(self, stream: _RelayStream, reset: bool = False) -> None:
+        """The stream failed or closed by itself (the relay `reset` it): the node hears of it."""
         if self.streams.get(stream.name) is stream:
             del self.streams[stream.name]
             stream.drop()
-            self.owner.node.relay_stream_ended(stream.name, self.owner.now)
+            self.owner.node.relay_stream_ended(stream.name, self.owner.now, reset)
             self.owner.pump()

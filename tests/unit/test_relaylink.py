@@ -188,6 +188,31 @@ def test_a_lost_tcp_connection_is_retried_with_backoff():
     assert h.link.get_timer() <= 3.5
 
 
+def test_a_stream_the_relay_resets_after_it_lasted_is_redialled_at_once():
+    """The relay no longer knows the stream (it restarted, or our NAT re-mapped us): a new one at
+    once, not after the backoff's first step; a relay that resets every fresh stream meets the
+    backoff, and a stream that ends without a reset (the relay process exited) waits it."""
+    h = Harness(udp_works=False)
+    h.token(0.0)
+    h.run(0.0, 0.5)
+    stream_up(h, 0.6)
+    assert h.link.ready and h.link.transport is Transport.TCP
+    h.link.tcp_down(5.0, reset=True)
+    assert not h.link.ready and h.link.stream.due(5.0) and h.link.get_timer() <= 5.0, "redialled at once"
+    stream_up(h, 5.1)
+    h.link.tcp_down(5.4, reset=True)
+    assert h.link.stream.retry_at == 5.9, "reset 0.3 s after it came up: the backoff"
+    stream_up(h, 6.0)
+    h.link.tcp_down(6.3, reset=True)
+    assert h.link.stream.retry_at == 6.8, "a relay that resets every fresh stream gets no loop"
+    h.link.stream.attempt()
+    h.link.tcp_down(6.8)
+    assert h.link.stream.retry_at == 7.8, "the redial failed: the backoff doubles"
+    stream_up(h, 8.0)
+    h.link.tcp_down(20.0)
+    assert h.link.stream.retry_at == 20.5, "closed, not reset: the relay's restart spreads its nodes' redials"
+
+
 def test_the_stream_races_plain_tcp_then_tls_and_the_winner_goes_first_next_time():
     h = Harness(udp_works=False, tls_port=443)
     h.token(0.0)

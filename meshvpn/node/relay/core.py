@@ -125,13 +125,13 @@ class RelaySet:
             link.tcp_up(now, target)
             self._drain(now)
 
-    def tcp_down(self, name: str, now: float) -> None:
-        """The stream to relay `name` closed or failed; its link retries with backoff."""
+    def tcp_down(self, name: str, now: float, reset: bool = False) -> None:
+        """The stream to relay `name` closed or failed (the relay `reset` it); its link reconnects."""
         if name in self._streams:
             self._streams.discard(name)
             link = self.links.get(name)
             if link is not None:
-                link.tcp_down(now)
+                link.tcp_down(now, reset)
                 self._drain(now)
 
     def drop_streams(self, now: float) -> list[ev.CloseRelayStream]:

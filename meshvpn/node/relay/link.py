@@ -28,7 +28,8 @@ Rules:
   family is tried at once, for `stream_after` before the stream; the stream's connection
   attempts race them in the same order (``OpenRelayStream.targets``).
 * The stream is plain TCP or TLS, raced when the relay has a TLS listener (``RelayInfo.tls_port``);
-  a lost stream is reconnected with backoff (`meshvpn.node.streamdial`). Networks that let only
+  a lost stream is reconnected with backoff, at once when the relay reset one that had lasted
+  (`meshvpn.node.streamdial`). Networks that let only
   port 443, or only TLS, through (``meshvpn.tlsenvelope``) get a path this way within a second.
 * `check` (traffic through the relay went unanswered): a hello goes out at once, and without
   an ack within `check_timeout` (or three RTTs, if longer) the link is not ready, so a dead
@@ -249,7 +250,7 @@ class RelayLink:
     def tcp_up(self, now: float, target: Optional[StreamTarget] = None) -> None:
         """The stream (its channel) is established, to `target`: unless UDP already works, the
         hellos move there, the first at once."""
-        self.stream.up(target is not None and target.tls)
+        self.stream.up(now, target is not None and target.tls)
         self.stream_endpoint = None if target is None else target.endpoint
         if not (self.ready and self.transport is Transport.UDP):
             if self.transport is Transport.UDP:
@@ -257,9 +258,9 @@ class RelayLink:
                 self._next_udp_retry = max(self._next_udp_retry, now + self.config.udp_retry)
             self._hello(now)
 
-    def tcp_down(self, now: float) -> None:
-        """The stream failed or closed; `stream` says when and how to reconnect."""
-        self.stream.down(now)
+    def tcp_down(self, now: float, reset: bool = False) -> None:
+        """The stream failed or closed (the relay `reset` it); `stream` says when and how to reconnect."""
+        self.stream.down(now, reset)
         self.stream_endpoint = None
         if self.transport is Transport.TCP:
             self._set_ready(False, now)

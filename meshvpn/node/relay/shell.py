@@ -82,5 +82,5 @@ class RelayStreams(StreamSet):
             return
         stream.write(end.pending())
 
-    def ended(self, name: str) -> None:
-        self.node.relay_stream_ended(name, self.clock())
+    def ended(self, name: str, reset: bool) -> None:
+        self.node.relay_stream_ended(name, self.clock(), reset)

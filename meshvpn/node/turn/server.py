@@ -127,7 +127,7 @@ class ServerLink:
         """The raced stream connected: allocate on it; False when nothing waited for it."""
         if self.stream is None or not self.stream.connecting:
             return False
-        self.stream.up(tls)
+        self.stream.up(now, tls)
         self.framer = StreamFramer()
         self.client.allocate(now)
         return True

@@ -38,5 +38,5 @@ class TurnStreams(StreamSet):
     def received(self, stream: Stream, data: bytes) -> None:
         self.node.receive_turn_stream(stream.name, data, self.clock())
 
-    def ended(self, name: str) -> None:
+    def ended(self, name: str, reset: bool) -> None:
         self.node.turn_stream_changed(name, False, self.clock())
