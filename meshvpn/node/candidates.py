@@ -56,6 +56,11 @@ class ProbeStrategy(Protocol):
 class AllCandidates:
     """Probe every known candidate every round, LAN candidates first."""
 
+    news_at_once = True
+    """A candidate learnt during a burst is probed at once (`PathFinder.set_candidates`): it costs
+    our NAT nothing the next round would not. Strategies that predict ports (`PortSpread`) do not:
+    behind a counting NAT a probe out of turn takes the port the peer predicted."""
+
     def targets(self, candidates: Sequence[Candidate], round_no: int) -> list[Candidate]:
         """Every candidate, LAN ones first so they win ties on the wire."""
         return sorted(candidates, key=lambda c: c.kind is not CandidateKind.LAN)
@@ -75,6 +80,8 @@ class AnswerFirst:
     """
 
     _FREE = (CandidateKind.LAN, CandidateKind.IPV6, CandidateKind.MAPPED)
+    news_at_once = True
+    """As `AllCandidates`, within the rounds' hold."""
 
     def __init__(self, heard: Callable[[Endpoint], bool], hold_rounds: int) -> None:
         self._heard = heard

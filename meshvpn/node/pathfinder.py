@@ -140,14 +140,21 @@ class PathFinder:
         A direct path to an address the peer held itself (LAN, IPv6, router mapping) that it no
         longer announces is suspect at once: the peer moved off it, and an idle path would
         otherwise wait for `path_timeout`. Its probes decide, and the peer's newest probe from its
-        new address moves the path there (`meshvpn.node.silence`)."""
+        new address moves the path there (`meshvpn.node.silence`). A candidate new while a burst
+        runs without a direct path is probed at once where the strategy allows (``news_at_once``),
+        not at the next round: a peer re-mapped under a flow announces its new mapping just after
+        we fell back."""
         held = {c.endpoint for c in self._candidates if c.kind in _HELD_BY_PEER}
-        self._candidates = []
+        before, self._candidates = self._candidates, []
         for candidate in candidates:
             if candidate.kind is CandidateKind.OBSERVED:
                 self._observe(candidate.endpoint)
             elif candidate not in self._candidates:
                 self._candidates.append(candidate)
+        if self._next_round is not None and not self._direct() and getattr(self.strategy, "news_at_once", False):
+            for candidate in self.strategy.targets(self.candidates, max(self._round - 1, 0)):
+                if candidate in self._candidates and candidate not in before:
+                    self._send_probe(candidate, now)
         if self._direct() and self.current_path.endpoint in held \
                 and all(c.endpoint != self.current_path.endpoint for c in self._candidates):  # type: ignore[union-attr]
             self._suspect(now)

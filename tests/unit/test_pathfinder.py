@@ -138,6 +138,7 @@ def _slow_then_fast_replies(second_reply_at):
     finder.punch(0.0)
     first = probe_to(finder.next_actions(), PUBLIC_EP)
     finder.set_candidates([PUBLIC, Candidate(OTHER_EP, CandidateKind.PUBLIC)], 0.1)
+    assert probe_to(finder.next_actions(), OTHER_EP), "a candidate new during the burst is probed at once"
     finder.handle_timer(0.2)
     second = probe_to(finder.next_actions(), OTHER_EP)
     finder.probe_reply_received(first.tx_id, PUBLIC_EP, 0.25)

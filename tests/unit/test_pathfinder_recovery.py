@@ -2,7 +2,7 @@
 
 import pytest
 
-from meshvpn.node.candidates import Candidate, CandidateKind
+from meshvpn.node.candidates import Candidate, CandidateKind, PortSpread, ports_above
 from meshvpn.node.pathfinder import RELAY_PATH, ChangeReason, Path, PathKind, PathState
 from meshvpn.node.silence import EndpointsStale, RelaySilent
 from test_pathfinder import OTHER_EP, PUBLIC, PUBLIC_EP, changes, go_direct, make_finder, probes, run_timers_until
@@ -96,6 +96,26 @@ def test_the_peer_sending_through_the_relay_while_the_path_is_silent_ends_it_at_
     finder.traffic_sent(10.4)
     finder.handle_timer(10.4)
     assert [c.reason for c in changes(finder.next_actions())] == [ChangeReason.PATH_SILENT]
+
+
+def test_a_candidate_new_during_a_burst_is_probed_at_once_unless_the_strategy_predicts_ports():
+    """The peer re-mapped under a flow announces its new mapping just after we fell back: probed
+    then, not at the burst's next round; a port-predicting strategy keeps its rounds (behind a
+    counting NAT a probe out of turn takes the port the peer predicted)."""
+    moved = Candidate(MOVED_EP, CandidateKind.PUBLIC)
+    finder = make_finder(PUBLIC, relay=True)
+    finder.punch(0.0)
+    assert [p.endpoint for p in probes(finder.next_actions())] == [PUBLIC_EP]
+    finder.set_candidates([PUBLIC, moved], 0.05)
+    assert [p.endpoint for p in probes(finder.next_actions())] == [MOVED_EP], "the new one only, at once"
+    finder.set_candidates([PUBLIC, moved], 0.06)
+    assert probes(finder.next_actions()) == [], "known ones wait for the round"
+    predicting = make_finder(PUBLIC, relay=True)
+    predicting.strategy = PortSpread(ports_above(3))
+    predicting.punch(0.0)
+    predicting.next_actions()
+    predicting.set_candidates([PUBLIC, moved], 0.05)
+    assert probes(predicting.next_actions()) == []
 
 
 def test_a_silent_relay_path_asks_for_relay_checks_further_apart_until_the_peer_is_heard():
