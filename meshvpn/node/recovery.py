@@ -9,6 +9,9 @@ A part of :class:`~meshvpn.node.core.NodeCore` (its base class), one concern wit
   it ticks at least every `WATCH_INTERVAL`: silence is noticed within a fraction of a second.
 * Roaming: the data path calls ``roamed`` for the newest authenticated data of a current
   session from a new source; the peer's direct route moves there at once.
+* The peer's traffic moving from the direct path to a relay while ours goes direct is an event
+  too (``relayed_on_direct``, from the data path; the native thread's receives at its next fold):
+  a direct path that went silent is left at once, as the peer left it, rather than at the next look.
 * A direct path that died while carrying traffic asks the shell for endpoint discovery
   (``DiscoverEndpoints``, at most once per `DISCOVER_INTERVAL`; a TCP path's request for a new
   coord connection is never dropped by that limit, it joins the round asked for); once it is done
@@ -62,6 +65,13 @@ class Recovery:
     def roamed(self, peer: Peer, src: Endpoint, now: float) -> None:
         """The newest authenticated data of the peer's current session came straight from ``src``."""
         peer.paths.roamed(src, now)
+        self._drain_paths(peer, now)
+
+    def relay_heard(self, peer: Peer, now: float) -> None:
+        """The peer's traffic moved from the direct path to a relay: judge the direct path's silence
+        now (the peer gave up on it if it went silent), not at the next look at the traffic times."""
+        self.sync_traffic(peer)
+        peer.paths.handle_timer(now)
         self._drain_paths(peer, now)
 
     def peer_reported(self, old: m.PeerInfo, new: m.PeerInfo) -> None:
@@ -134,6 +144,13 @@ class NodeRecovery:
     def endpoints_refreshed(self, now: float) -> None:
         """The shell's endpoint round that ``DiscoverEndpoints`` asked for reported (to the coord too)."""
         self.core.endpoints_refreshed(now)
+        self._settle(now)
+
+    def relayed_on_direct(self, peer: Peer, now: float) -> None:
+        """The peer's traffic came through a relay after coming straight, while our route to it is
+        direct: if that path went silent the peer gave up on it, and both ends fall back together at
+        once (the core's next look would come up to `WATCH_INTERVAL` later)."""
+        self.core.relay_heard(peer, now)
         self._settle(now)
 
     def relay_moved(self, peer: Peer, src: Endpoint, now: float) -> None:

@@ -9,7 +9,10 @@ us, a relay died), and the transfer stalls until we notice. So, per peer:
   at once, again halfway through `silence_timeout` (at least three RTTs); nothing heard by
   then: the path is dead (`Verdict.DEAD`).
   Traffic from the peer through a relay while we send on a direct path that has been silent
-  for `silence_after` means the peer gave up on it: dead at once.
+  for `silence_after` means the peer gave up on it: dead at once. "While we send" includes an
+  answer sent in the same instant as the last thing heard (an echo: nothing came since to
+  answer), and the data path reports the peer's move to a relay as it happens
+  (``Node.relayed_on_direct``), so both ends fall back together without waiting for a look.
   The peer's newest authenticated probe from another endpoint since the path was last heard
   moves a silent path there at once (`probed_from`, `roam_target`): a NAT re-mapped one of us,
   and where the peer's data no longer gets through, its probes are all that shows the new
@@ -142,7 +145,7 @@ class SilenceWatch:
         """What the path needs at `now`; a verdict other than QUIET is acted on by the caller."""
         if self.suspect_at is not None and (not direct or last_heard >= self.suspect_at):
             self.suspect_at = None
-        if direct and self.last_sent > last_heard and self.relay_heard > last_heard + self.timing.silence_after:
+        if direct and self.last_sent >= last_heard > 0 and self.relay_heard > last_heard + self.timing.silence_after:
             self.suspect_at = None
             return Verdict.DEAD
         deadline = self.deadline(direct, on_relay, last_heard, last_probe, rtt)

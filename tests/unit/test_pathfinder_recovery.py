@@ -98,6 +98,17 @@ def test_the_peer_sending_through_the_relay_while_the_path_is_silent_ends_it_at_
     assert [c.reason for c in changes(finder.next_actions())] == [ChangeReason.PATH_SILENT]
 
 
+def test_an_answer_to_the_last_thing_heard_counts_as_sending_when_the_peer_moves_to_the_relay():
+    """An echo goes out in the instant its packet came: nothing heard since, and the peer's traffic
+    through the relay says it gave up on the path (the data path reports that move at once)."""
+    finder = direct_finder()
+    finder.traffic_received(PUBLIC_EP, 10.0)
+    finder.traffic_sent(10.0)
+    finder.relay_traffic_received(10.35)
+    finder.handle_timer(10.35)
+    assert [c.reason for c in changes(finder.next_actions())] == [ChangeReason.PATH_SILENT]
+
+
 def test_a_candidate_new_during_a_burst_is_probed_at_once_unless_the_strategy_predicts_ports():
     """The peer re-mapped under a flow announces its new mapping just after we fell back: probed
     then, not at the burst's next round; a port-predicting strategy keeps its rounds (behind a

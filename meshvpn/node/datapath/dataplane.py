@@ -34,6 +34,7 @@ from meshvpn.node.core import NodeCore
 from meshvpn.node.lanparty import LanParty
 from meshvpn.node.node import Node
 from meshvpn.node.datapath.offload import GSO_NONE, VNET_HDR_LEN, VirtioNetHdr
+from meshvpn.node.pathtypes import PathKind
 from meshvpn.node.peers import Peer, Route
 from meshvpn.session import OVERHEAD, Session
 from meshvpn.wire import Endpoint
@@ -410,10 +411,17 @@ class DataPlane:
     def relay_received(self, peer: Peer, src: Endpoint, when: float, now: float) -> None:
         """Authentic data of the peer came through relay ``src`` at ``when`` (this path's or the native thread's).
 
-        The relayed path lives (``last_relay_rx``, which silence detection reads); and traffic through
-        another relay than before may mean the peer left ours for a reason (``relay_moved``)."""
+        The relayed path lives (``last_relay_rx``, which silence detection reads); traffic through
+        another relay than before may mean the peer left ours for a reason (``relay_moved``), and
+        traffic through a relay after direct traffic, while we send direct, that the peer left the
+        direct path (``relayed_on_direct``): events, so the core acts at once, not at its next look."""
+        straight_before = peer.last_relay_rx < peer.last_rx
         peer.last_relay_rx = max(peer.last_relay_rx, when)
         self.trafficked.add(peer)
+        route = peer.route
+        if straight_before and route is not None and route.path.kind is not PathKind.RELAY:
+            self.core_touched = True
+            self.core.relayed_on_direct(peer, now)
         if src == peer.last_relay_src:
             return
         moved = peer.last_relay_src is not None
