@@ -25,6 +25,8 @@ from meshvpn.lab import NatKind, Topology
 from meshvpn.lab.mesh import RELAY_PORT, Mesh, wait_for
 from meshvpn.lab.timing import arrivals, logged_at, receiver, trickle
 from meshvpn.lab.transfer import transfer
+from meshvpn.lab.usernat import UserNat
+from meshvpn.sim.nat import SYMMETRIC_RANDOM
 
 from test_relay_lab import RELAY_ADDR, two_site_mesh
 
@@ -67,8 +69,9 @@ def during_transfer(mesh: Mesh, event) -> tuple[Trickle, float, float]:
     return flow, start, end
 
 
-def during_transfer_with(mesh: Mesh, event, flows: list[Trickle]) -> tuple[list[Trickle], float, float]:
-    """`during_transfer` with the trickles `flows` (started, stopped here)."""
+def during_transfer_with(mesh: Mesh, event, flows: list[Trickle], size: int = 24 << 20
+                         ) -> tuple[list[Trickle], float, float]:
+    """`during_transfer` with the trickles `flows` (started, stopped here), `size` bytes over `RUN`."""
     happened: list[float] = []
 
     def later() -> None:
@@ -79,11 +82,11 @@ def during_transfer_with(mesh: Mesh, event, flows: list[Trickle]) -> tuple[list[
 
     try:
         sent, received = transfer(mesh.nodes["a1"].ns, mesh.nodes["b1"].ns, mesh.overlay("b1"),
-                                  size=24 << 20, over=RUN, during=later)
+                                  size=size, over=RUN, during=later)
     finally:
         for flow in flows:
             flow.stop()
-    assert received.same_data(sent) and sent.bytes == 24 << 20, f"sent {sent}, received {received}"
+    assert received.same_data(sent) and sent.bytes == size, f"sent {sent}, received {received}"
     return flows, happened[0], happened[1]
 
 
@@ -139,6 +142,47 @@ def test_a_dead_relay_is_left_within_2s_mid_transfer(topo: Topology, tmp_path: P
     assert all(t < 2.0 + MARGIN for t in left.values()), f"the dead relay stayed home: {left}"
     assert through not in routes.values() and len(set(routes.values())) == 1, "both ends on one live relay"
     assert mesh.peer("a1", "b1")["path"] == mesh.peer("b1", "a1")["path"] == "relay"
+
+
+HOMES = {"a1": "relay2", "b1": "relay"}
+"""Each end's home: its site's NAT holds back packets to and from the other relay (`DELAYS`)."""
+DELAYS = {"a": ("relay", RELAY_ADDR, 0.060), "b": ("relay2", RELAY2_ADDR, 0.030)}
+"""Seconds each site's userspace NAT holds back a packet to or from its far relay, each way: the
+pair's relay is relay2 (sums of both ends' round trips: 2·60 + 0 ms through relay, 0 + 2·30 ms
+through relay2), where b1 is not at home. Each difference is tens of milliseconds more than a
+loaded machine's userspace NATs add to one round trip, so the homes and the pair's relay are
+the design's, not the scheduler's."""
+QUIET_GAP = 0.5
+"""Longest gap a flow whose relay lives may show (its trickle sends every 50 ms; a failover costs
+0.8 s and more): the margin is for a loaded machine and the userspace NATs' own scheduling."""
+
+
+def test_a_dead_relay_that_carries_none_of_the_pairs_traffic_is_left_and_the_pair_never_notices(
+        topo: Topology, tmp_path: Path, meshes: list[Mesh]) -> None:
+    """The dead relay is b1's home but not the pair's relay (the sim's direct pairs, with a relayed pair
+    here): b1 leaves it by its link's own hellos or a1's report, and the transfer never stops."""
+    nats = {site: UserNat("random-ports", SYMMETRIC_RANDOM).with_delay(address, seconds)
+            for site, (_, address, seconds) in DELAYS.items()}
+    mesh = two_site_mesh(topo, tmp_path, nats["a"], nats["b"], relays=(("relay", RELAY_ADDR), ("relay2", RELAY2_ADDR)))
+    meshes.append(mesh)
+    relays = lambda n: {r["name"]: r for r in mesh.status(n)["self"]["relays"]}  # noqa: E731
+    wait_for(lambda: all(r["ready"] and r["rtt_ms"] for n in HOMES for r in relays(n).values()), 30,
+             "both nodes to reach and measure both relays")
+    wait_for(lambda: {n: next(name for name, r in relays(n).items() if r["home"]) for n in HOMES} == HOMES, 10,
+             f"the homes {HOMES}")
+    assert mesh.wait_for_paths({("a1", "b1"): ("relay",), ("b1", "a1"): ("relay",)}, timeout=20)
+    wait_for(lambda: mesh.peer("a1", "b1")["relay"] == mesh.peer("b1", "a1")["relay"] == "relay2", 10,
+             "the pair on relay2, its lowest sum")
+    dead = mesh.relays["relay"]
+    flows = [Trickle(mesh, RUN), Trickle(mesh, RUN, "b1", "a1", TRICKLE_PORT + 1)]
+    (to_b1, to_a1), start, end = during_transfer_with(mesh, lambda: dead.ns.stop(dead.proc), flows, size=4 << 20)
+    gaps = to_b1.longest_gap(start - 1.0, end + 4.0), to_a1.longest_gap(start - 1.0, end + 4.0)
+    left = home_left(mesh, "b1", dead.name, start)
+    print(f"relay kill (b1's home, not the pair's relay): longest gaps a1→b1 {gaps[0]:.2f} s, "
+          f"b1→a1 {gaps[1]:.2f} s; b1 left it {left:.2f} s after")
+    assert left < 2.0 + MARGIN, f"b1 kept the dead relay as home for {left:.2f} s"
+    assert max(gaps) < QUIET_GAP + MARGIN, f"the pair's flow stopped for {max(gaps):.2f} s"
+    assert mesh.peer("a1", "b1")["relay"] == mesh.peer("b1", "a1")["relay"] == "relay2"
 
 
 def home_left(mesh: Mesh, node: str, dead: str, after: float) -> float:
