@@ -273,8 +273,10 @@ def test_a_tcp_connection_stalled_in_the_handshake_is_dropped_after_the_timeout(
             alice = Node(server, RelayLinkConfig(udp_attempts=0))
             await alice.open_tcp()
             await alice.register()
-            reader, writer = await asyncio.open_connection(*server.address)
+            # Read before the connect: the relay's timer starts when it accepts, and its accept may run
+            # before this coroutine resumes after the connect.
             opened = loop.time()
+            reader, writer = await asyncio.open_connection(*server.address)
             half = ClientChannel(keys.generate_private_key(), server.identity.public, os.urandom(32), time.time())
             writer.write(half.data_to_send()[:20])
             try:
