@@ -62,14 +62,12 @@ static void *run(void *arg) {
                as the request is written, and leaves in the second turn.  A burst still drains in
                the turns after. */
             int tun = fds[1].revents != 0 || L->held_count, udp = fds[0].revents != 0, more = 1;
-            uint64_t pinned = 0;  /* the pinned sockets that may have more */
-            for (int i = 0; i < n_pins; i++) pinned |= (uint64_t)(fds[4 + i].revents != 0) << i;
-            for (int turn = 0; more && turn < BURST; turn++) {
+            for (int turn = 0; more && turn < BURST; turn++) {  /* a pinned socket's revents: it may have more */
                 int lone = drained && turn < 2;
                 more = (tun && send_burst(L, lone)) | (udp && receive_burst(L, L->udp_fd, 0, lone));
-                for (int i = 0; i < n_pins; i++)
-                    if (pinned >> i & 1 && !receive_burst(L, fds[4 + i].fd, vias[i], lone)) pinned &= ~((uint64_t)1 << i);
-                more |= pinned != 0;
+                for (struct pollfd *pin = fds + 4; pin < fds + 4 + n_pins; pin++)
+                    if (pin->revents && !receive_burst(L, pin->fd, vias[pin - fds - 4], lone)) pin->revents = 0;
+                    else more |= pin->revents != 0;
                 tun = udp = 1;
             }
             drained = !more;

@@ -28,7 +28,9 @@
 #define FLOW_PROBE 8
 #define FLOW_KEY 24  /* meshvpn.lan.flowcache.KEY */
 #define MAX_EXTENSIONS6 8  /* meshvpn.lan.packets6.MAX_EXTENSIONS */
-#define MAX_PINS 32  /* pinned sockets the thread serves besides the main one (_fastpath_pins.c) */
+/* Pinned sockets the thread serves besides the main one (_fastpath_pins.c): meshvpn.node.mappings.LIMIT,
+   the extra sockets a node holds open at once, so every one a path can end on is served. */
+#define MAX_PINS 256
 
 typedef struct {
     uint32_t index;

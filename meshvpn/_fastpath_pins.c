@@ -92,8 +92,8 @@ const char pin_doc[] =
 "Serve these pinned sockets besides the main one: pins are (socket id > 0, descriptor), the whole set\n"
 "(a socket not in it is dropped).  The loop keeps its own duplicate of each descriptor, so the caller\n"
 "may close its socket whenever it likes.  A sender whose row names a sid sends from that socket; one\n"
-"whose sid is not served leaves its reads to Python.  Returns the ids served (at most MAX_PINS of the\n"
-"first given).";
+"whose sid is not served leaves its reads to Python.  Returns the ids served: the first 256 given, as\n"
+"many as meshvpn.node.mappings.LIMIT lets a node hold open.";
 
 PyObject *loop_pin(Loop *L, PyObject *args) {
     PyObject *rows;

@@ -44,7 +44,7 @@ from meshvpn.wire import Endpoint
 log = logging.getLogger("meshvpn.node")
 
 LIMIT = 256
-"""Extra sockets open at once, whatever the core asks."""
+"""Extra sockets open at once, whatever the core asks (the native thread serves as many: MAX_PINS)."""
 RELEASE_GRACE = 1.0
 """Seconds a campaign's sockets stay after its peer has a direct path (`release`)."""
 READS = 16

@@ -31,6 +31,8 @@ PEER_KEY = b"P" * 32
 """The sending peer's key: its relay envelopes carry it."""
 PIN = 7
 """The id of the pinned socket a pinned rig's peer uses."""
+MANY_PINS = 40
+"""A large pinned set: the peer's socket is the 40th the thread serves (past 32, once the thread's limit)."""
 
 
 def gro_socket(dual: bool = False) -> socket.socket:
@@ -46,11 +48,12 @@ def gro_socket(dual: bool = False) -> socket.socket:
 class Rig:
     """A Loop on a loopback socket, a sender socket, and the TUN's stand-in.
 
-    `pinned`: the peer's path is on a pinned socket (``rx``, served through ``Loop.pin`` as PIN, plain
-    IPv4 as birthday sockets are) rather than on the loop's main socket (``main``, `dual`-stack or
+    `pinned`: the loop serves this many pinned sockets and the peer's path is on the last of them
+    (``rx``, served through ``Loop.pin`` as PIN, plain IPv4 as birthday sockets are; the others are
+    other paths' sockets, idle) rather than on the loop's main socket (``main``, `dual`-stack or
     not), and its sender sends from there."""
 
-    def __init__(self, dual: bool = False, pinned: bool = False) -> None:
+    def __init__(self, dual: bool = False, pinned: int = 0) -> None:
         self.rx = gro_socket(dual and not pinned)
         self.main = gro_socket(dual) if pinned else self.rx
         self.sid = PIN if pinned else 0
@@ -59,14 +62,16 @@ class Rig:
         self.tun, self.tun_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.tun_peer.settimeout(0)
         self.loop = NATIVE_MODULE.Loop(self.main.fileno(), self.tun.fileno())
+        self.others = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(max(pinned - 1, 0))]
         if pinned:
-            assert self.loop.pin([(PIN, self.rx.fileno())]) == [PIN]
+            pins = [(PIN + 1 + i, sock.fileno()) for i, sock in enumerate(self.others)] + [(PIN, self.rx.fileno())]
+            assert self.loop.pin(pins) == [sid for sid, _ in pins]
         self.totals = [0] * 10
         self.rows = []
 
     def close(self) -> None:
         self.loop.stop()
-        for sock in {self.rx, self.main, self.tx, self.tun, self.tun_peer}:
+        for sock in {self.rx, self.main, self.tx, self.tun, self.tun_peer, *self.others}:
             sock.close()
 
     def send(self, messages) -> None:
@@ -160,9 +165,11 @@ def crowd_senders(count: int, endpoint: tuple) -> list[tuple]:
 @settings(max_examples=25, deadline=None)
 @given(choices=st.lists(st.tuples(kinds, st.integers(0, 1000)), min_size=1, max_size=20),
        flow=st.integers(0, 12), flow_at=st.integers(0, 20), relayed=st.sampled_from(["bare", "right", "wrong"]),
-       crowd=st.sampled_from([0, CROWD]), place=st.floats(0, 1), pinned=st.booleans())
+       crowd=st.sampled_from([0, CROWD]), place=st.floats(0, 1), pinned=st.sampled_from([0, 1, MANY_PINS]))
+@example(choices=[("data", 1), ("forged", 2), ("data", 3)], flow=3, flow_at=1, relayed="bare", crowd=0, place=0.0,
+         pinned=MANY_PINS)
 def test_thread_writes_what_the_python_path_writes(choices, flow, flow_at, relayed, crowd, place, pinned):
-    """On the main socket or on a pinned one (what it hands over then names the socket)."""
+    """On the main socket or on a pinned one, alone or the last of `MANY_PINS` (what it hands over then names the socket)."""
     rig = Rig(pinned=pinned)
     try:
         sender, receiver = sessions()
@@ -289,8 +296,9 @@ def install_sender(rig, sender, peer_socket, overlay=DST4, expires_at=FAR, prefi
 @settings(max_examples=15, deadline=None)
 @given(sizes=st.lists(st.integers(20, 1400), min_size=1, max_size=8), mss=st.sampled_from([0, 300, 1000]),
        counter=st.sampled_from([0, 5, 2**40]), prefix=st.sampled_from([b"", relay_prefix(PEER_KEY)]),
-       crowd=st.sampled_from([0, CROWD]), pinned=st.booleans(), dual=st.booleans())
-@example(sizes=[100, 60], mss=300, counter=0, prefix=b"", crowd=0, pinned=True, dual=True)
+       crowd=st.sampled_from([0, CROWD]), pinned=st.sampled_from([0, 1, MANY_PINS]), dual=st.booleans())
+@example(sizes=[100, 60], mss=300, counter=0, prefix=b"", crowd=0, pinned=1, dual=True)
+@example(sizes=[100, 60], mss=300, counter=0, prefix=b"", crowd=0, pinned=MANY_PINS, dual=False)
 def test_thread_seals_what_the_python_path_seals(sizes, mss, counter, prefix, crowd, pinned, dual):
     """Plain packets and one TSO super-packet, read from the TUN: the datagrams equal Session/seal_split's,
     and leave from the socket the sender names (the main one, or the pinned one, IPv4 beside a

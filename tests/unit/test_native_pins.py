@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from meshvpn.node.mappings import MappingSockets
+from meshvpn.node.mappings import LIMIT, MappingSockets
 from meshvpn.wire import Endpoint
 from tests.unit.test_fastpath import ACCEPT4, NATIVE_MODULE, SRC4, sessions
 from tests.unit.test_native_loop import (FAR, PEER_KEY, PIN, Rig, install_sender, peer_socket, sealed,  # noqa: F401
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.needs(NATIVE_MODULE is None, "meshvpn._fastpath was not
 
 @pytest.fixture
 def rig():
-    made = Rig(pinned=True)
+    made = Rig(pinned=1)
     yield made
     made.close()
 
@@ -75,11 +75,12 @@ def test_a_socket_that_left_the_set_is_closed_by_the_thread_and_its_peer_goes_to
     assert sender.shared_counter.value == 1
 
 
-def test_the_thread_serves_at_most_32_pinned_sockets_and_keeps_the_ones_still_pinned(rig):
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(40)]
+def test_the_thread_serves_as_many_pinned_sockets_as_a_node_holds_open_and_keeps_the_ones_still_pinned(rig):
+    """Every socket `MappingSockets` may hold open (its LIMIT) is served; one more given is not."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(LIMIT + 8)]
     try:
         pins = [(sid, sock.fileno()) for sid, sock in enumerate(sockets, start=10)]
-        assert rig.loop.pin(pins) == list(range(10, 42))
+        assert rig.loop.pin(pins) == list(range(10, 10 + LIMIT))
         assert rig.loop.pin([(PIN, rig.rx.fileno())] + pins[:3] + pins[:1]) == [PIN, 10, 11, 12]
         with pytest.raises(ValueError):
             rig.loop.pin([(0, rig.rx.fileno())])
