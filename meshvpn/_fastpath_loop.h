@@ -28,6 +28,9 @@
 #define FLOW_PROBE 8
 #define FLOW_KEY 24  /* meshvpn.lan.flowcache.KEY */
 #define MAX_EXTENSIONS6 8  /* meshvpn.lan.packets6.MAX_EXTENSIONS */
+/* Seconds between two wake-ups of Python for one entry's relayed receives while its peer's route is
+   direct (_fastpath_recv.c): meshvpn.node.recovery.WATCH_INTERVAL, how often the core looks anyway. */
+#define RELAY_WAKE_EVERY 0.1
 /* Pinned sockets the thread serves besides the main one (_fastpath_pins.c): meshvpn.node.mappings.LIMIT,
    the extra sockets a node holds open at once, so every one a path can end on is served. */
 #define MAX_PINS 256
@@ -48,6 +51,7 @@ typedef struct {
     struct sockaddr_storage last_src;
     double last_relay_rx;  /* the last receive inside a relay envelope, 0.0 if none */
     struct sockaddr_storage last_relay_src;  /* the relay it came through */
+    double relay_woke;  /* when a relayed receive on a direct route last woke Python (_fastpath_recv.c) */
 } Entry;
 
 /* Where the thread seals for one peer: its current session on a route over the main socket or a pinned
@@ -124,6 +128,7 @@ typedef struct {
     Flow *flows;
     int *noted, n_noted;
     Queue queue;  /* what the thread hands to Python */
+    int relay_wake;  /* the thread's own: a receive burst must wake Python when it ends (_fastpath_recv.c) */
     Forwarder fwd;  /* the envelopes of members registered with this node as their peer relay */
     Waiter waiter;  /* its busy poll after traffic */
     /* thread-wide, since Python last looked (see counts()) */

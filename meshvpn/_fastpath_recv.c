@@ -17,6 +17,20 @@ static int accepted(const Loop *L, const uint8_t *dest, int len) {
     return 0;
 }
 
+/* A message of entry e opened inside a relay envelope at now.  While the thread sends to the peer
+   on a direct route, that may be the peer leaving the path (DataPlane.relay_received's
+   relayed_on_direct, which the core acts on at once): the receive burst ends with a wake-up of
+   Python, which folds the counts, rather than Python seeing it at its next look (up to
+   WATCH_INTERVAL).  Python judges; the thread only wakes it, at most once per RELAY_WAKE_EVERY for
+   an entry, never per packet. */
+static void relayed(Loop *L, Entry *e, double now) {
+    if (now < e->relay_woke + RELAY_WAKE_EVERY) return;
+    const Sender *s = find_sender(L, e->overlay, e->overlay_len);
+    if (s == NULL || s->prefix_len || now >= s->expires_at) return;
+    e->relay_woke = now;
+    L->relay_wake = 1;
+}
+
 /* fastpath.open_run for one message p[0:size] of entry e (bare, or after a relay envelope of skip bytes); the plaintext joins the TUN batch. */
 static void open_one(Loop *L, Entry *e, uint8_t *p, Py_ssize_t size, Py_ssize_t skip,
                      const struct sockaddr_storage *src, double now, Py_ssize_t *npk) {
@@ -33,6 +47,7 @@ static void open_one(Loop *L, Entry *e, uint8_t *p, Py_ssize_t size, Py_ssize_t 
     if (skip) {
         e->last_relay_rx = now;
         e->last_relay_src = *src;
+        relayed(L, e, now);
     } else if (w.newest) {
         e->last_rx = now;
         e->last_src = *src;
@@ -128,7 +143,8 @@ static void write_tun(Loop *L, Py_ssize_t npk) {
 
 /* Receive on fd (socket via) until it is empty, or BURST receives or RECEIVE_SLICE were taken (then 1: more may
    wait), writing the TUN once per area. The receives are counted once the burst is handled (opened,
-   counted per entry, written), so counts() never shows a receive whose effects are still to come.
+   counted per entry, written), so counts() never shows a receive whose effects are still to come,
+   and then Python is woken if a relayed receive asked for it (relayed()).
    With lone, a first receive that is one datagram opened for the TUN is written at once and the
    burst ends there (1: the next turn drains the socket). */
 int receive_burst(Loop *L, int fd, int via, int lone) {
@@ -154,5 +170,9 @@ int receive_burst(Loop *L, int fd, int via, int lone) {
     }
     if (npk) write_tun(L, npk);
     if (got) COUNT(L->receives, (uint64_t)got);
+    if (L->relay_wake) {
+        L->relay_wake = 0;
+        queue_wake(&L->queue);
+    }
     return more;
 }

@@ -10,7 +10,7 @@ A part of :class:`~meshvpn.node.core.NodeCore` (its base class), one concern wit
 * Roaming: the data path calls ``roamed`` for the newest authenticated data of a current
   session from a new source; the peer's direct route moves there at once.
 * The peer's traffic moving from the direct path to a relay while ours goes direct is an event
-  too (``relayed_on_direct``, from the data path; the native thread's receives at its next fold):
+  too (``relayed_on_direct``, from the data path; the native thread wakes Python for its receives):
   a direct path that went silent is left at once, as the peer left it, rather than at the next look.
 * A direct path that died while carrying traffic asks the shell for endpoint discovery
   (``DiscoverEndpoints``, at most once per `DISCOVER_INTERVAL`; a TCP path's request for a new

@@ -7,30 +7,37 @@ its core and its Python data path; the peer's path finder is put on a direct pat
 finder's own tests do; a plain float clock.
 """
 
+import select
+import time
+from types import SimpleNamespace
+
+import pytest
+
 from meshvpn.node.datapath.dataplane import DataPlane
 from meshvpn.node.events import PeerPathChanged
 from meshvpn.node.pathfinder import ChangeReason, PathState
 from meshvpn.node.recovery import WATCH_INTERVAL
 from meshvpn.wire import Endpoint
-from test_native_relay_rx import from_peer, receiving_plane, relayed
+from test_native_relay_rx import NATIVE_MODULE, NativeSide, from_peer, receiving_plane, relayed
+from test_native_relay_wake import AT_ONCE
 from test_pathfinder import PUBLIC, PUBLIC_EP, go_direct, make_finder
 
 RELAY = Endpoint("198.51.100.30", 7500)
 PEER_EP = Endpoint(*PUBLIC_EP)
 
 
-def direct_plane() -> DataPlane:
-    """The node's data path, its peer on a direct path to `PEER_EP` heard at 10.0, and our traffic out at 10.1."""
-    plane = receiving_plane(0.0)
+def direct_plane(at: float = 10.0) -> DataPlane:
+    """The node's data path, its peer on a direct path to `PEER_EP` heard at `at`, and our traffic out 0.1 s later."""
+    plane = receiving_plane(at - 10.0)
     core = plane.core.core
     peer = core.peers.find("peer")
     peer.paths = make_finder(PUBLIC, relay=True)
     go_direct(peer.paths)
     core.peers.set_route(peer, core.routes.for_path(peer.key, peer.paths.current_path, peer.info))
-    plane.open_messages([(message, PEER_EP) for message in from_peer([0])], 10.0)
-    peer.last_tx = 10.1
+    plane.open_messages([(message, PEER_EP) for message in from_peer([0])], at)
+    peer.last_tx = at + 0.1
     core.peers.trafficked.add(peer)
-    core.handle_timer(10.1)
+    core.handle_timer(at + 0.1)
     return plane
 
 
@@ -62,3 +69,24 @@ def test_relayed_traffic_before_the_path_is_silent_moves_nothing_and_the_next_lo
     assert peer.paths.state is PathState.DIRECT, "no event for a relayed packet after a relayed one"
     core.handle_timer(10.2 + WATCH_INTERVAL * 2)
     assert peer.paths.state is not PathState.DIRECT
+
+
+@pytest.mark.needs(NATIVE_MODULE is None, "meshvpn._fastpath was not built (make setup builds it)")
+def test_the_native_threads_relayed_receive_ends_a_silent_direct_path_as_it_arrives() -> None:
+    """The thread opens the relayed packet and wakes Python at once; the wake-up's fold is the event.
+    Real parts beside: the native thread (``NativeReceiver``) on loopback sockets; the node's clock
+    is the monotonic one the thread stamps receives with."""
+    at = time.monotonic() - 1.0
+    native = NativeSide(direct_plane(at))
+    try:
+        peer = native.data.core.core.peers.find("peer")
+        path_changes(native.data)
+        sent = time.monotonic()
+        native.relays[0].sendto(relayed(1, 1)[0], native.rx.getsockname())
+        assert select.select([native.receiver._loop.fileno()], [], [], 5.0)[0], "woken"
+        woken = time.monotonic() - sent
+        native.receiver._on_wake(SimpleNamespace(time=time.monotonic))  # the asyncio loop's wake-up, with its clock
+        assert peer.paths.state is not PathState.DIRECT and woken < AT_ONCE, f"woken {woken:.3f} s after the send"
+        assert path_changes(native.data) == [ChangeReason.PATH_SILENT.value]
+    finally:
+        native.close()
