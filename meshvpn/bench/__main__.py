@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from meshvpn.bench.measure import (peak_rss_mib, ping_stats, process_cpu_seconds, process_tree, throughput_runs,
+from meshvpn.bench.measure import (idle_pings, peak_rss_mib, process_cpu_seconds, process_tree, throughput_runs,
                                    tree_cpu_seconds)
 from meshvpn.bench.loss import apply_loss, loss_drops
 from meshvpn.bench.peers import ROWS, BenchLab, BenchNet, Row, build_nat_net, build_net
@@ -23,7 +23,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m meshvpn.bench", description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each iperf3 run (default 10)")
     parser.add_argument("--runs", type=int, default=3, help="iperf3 runs per row; the median is reported (default 3)")
-    parser.add_argument("--pings", type=int, default=20, help="pings per row for the average RTT (default 20)")
+    parser.add_argument("--pings", type=int, default=120,
+                        help="pings per row, 40 ms apart, for the idle p50 and p99 (default 120; a p99 needs 100)")
     parser.add_argument("--rows", nargs="+", metavar="NAME", choices=[row.name for row in ROWS],
                         help="run only these rows (default: all)")
     parser.add_argument("--loss", type=float, default=0.0, metavar="PCT",
@@ -50,7 +51,8 @@ def run_row(row: Row, net: BenchNet, workdir: Path, args: argparse.Namespace) ->
     try:
         tunnel = row.start(net, rowdir)
         result.mtu, result.first_ping_s, result.path = tunnel.mtu, tunnel.first_ping_s, tunnel.path
-        result.rtt_ms = ping_stats(net.a, tunnel.target, args.pings).avg_ms
+        idle = idle_pings(net.a, tunnel.target, args.pings)
+        result.idle_p50_ms, result.idle_p99_ms, result.idle_mean_ms, result.idle_lost = idle.p50, idle.p99, idle.mean, idle.lost
         pids = process_tree([proc.pid for ns in (net.a, net.b, net.side) for proc in ns.processes])
         cpu_before = None if tunnel.relay_pid is None else process_cpu_seconds(tunnel.relay_pid)
         tree_before = tree_cpu_seconds(pids)
@@ -61,7 +63,7 @@ def run_row(row: Row, net: BenchNet, workdir: Path, args: argparse.Namespace) ->
             result.cpu_s_per_gb = (tree_cpu_seconds(pids) - tree_before) / (gbit / 8)
             result.peak_rss_mib = peak_rss_mib(pids)
         result.loaded_p50_ms, result.loaded_p99_ms = loaded.p50, loaded.p99
-        result.loaded_lost = loaded.sent - len(loaded.times_ms)
+        result.loaded_lost = loaded.lost
         if cpu_before is not None:
             result.relay_cpu_s_per_gbit = (process_cpu_seconds(tunnel.relay_pid) - cpu_before) / gbit
     except MeshError as err:

@@ -1,11 +1,13 @@
 """iperf3 and ping runs between the bench namespaces, and parsers for what they print.
 
 Throughput is iperf3's TCP receiver-side rate (what actually arrived), one client run per
-sample against one server kept for the row. Latency is iputils `ping`: idle, its average RTT;
-under load, every reply's RTT of a ping each `LOADED_PING_INTERVAL` while the first iperf3 run
-fills the tunnel in the same direction, summed up as p50 and p99. A row's processes are
-measured too: CPU seconds (their whole process trees, user plus system) and peak RSS. The
-parsers are pure so they are tested on captured output; runners raise `MeasureError`.
+sample against one server kept for the row. Latency is iputils `ping`, every reply's RTT kept and
+summed up as p50 and p99 (`PingTimes`): idle, a ping each `IDLE_PING_INTERVAL` with nothing else
+in the tunnel; under load, a ping each `LOADED_PING_INTERVAL` while the first iperf3 run fills the
+tunnel in the same direction. Percentiles, not a mean: on a shared 2-core machine one ping that
+waits a few ms for a CPU moves the mean of a hundred by more than a tunnel's whole cost. A row's
+processes are measured too: CPU seconds (their whole process trees, user plus system) and peak
+RSS. The parsers are pure so they are tested on captured output; runners raise `MeasureError`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass
@@ -24,9 +27,14 @@ from meshvpn.lab import Namespace
 
 IPERF_PORT = 5201
 SERVER_START_TIMEOUT = 5.0
-PING_INTERVAL = 0.2
+IDLE_PING_INTERVAL = 0.04
+"""A ping every 40 ms through the idle tunnel: 25 a second, as a game sends its updates (20-60 Hz),
+and far longer than anything a tunnel keeps awake after a packet (meshvpn's threads spin 0.1 ms),
+so each ping meets a quiet tunnel; 120 pings, enough for a p99, take about 5 s."""
 LOADED_PING_INTERVAL = 0.01
 """A ping every 10 ms under load, as a game sends its updates."""
+PING_WAIT = 1
+"""Seconds `ping` waits for a reply before it counts the ping lost."""
 
 _PING_COUNTS = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
 _PING_RTT = re.compile(r"(?:rtt|round-trip) min/avg/max(?:/mdev|/stddev)? = [\d.]+/([\d.]+)/")
@@ -96,8 +104,8 @@ def percentile(values: list[float], share: float) -> float | None:
 
 
 @dataclass(frozen=True)
-class LoadedPing:
-    """Pings every `LOADED_PING_INTERVAL` while a transfer ran through the same tunnel."""
+class PingTimes:
+    """One run of pings: how many were sent and every reply's RTT (ms), in order."""
 
     sent: int
     times_ms: list[float]
@@ -109,6 +117,21 @@ class LoadedPing:
     @property
     def p99(self) -> float | None:
         return percentile(self.times_ms, 0.99)
+
+    @property
+    def mean(self) -> float | None:
+        """The mean RTT, ms: kept for comparison with older runs; one slow reply moves it."""
+        return statistics.fmean(self.times_ms) if self.times_ms else None
+
+    @property
+    def lost(self) -> int:
+        """Pings without a reply within `PING_WAIT`."""
+        return max(0, self.sent - len(self.times_ms))
+
+
+def ping_command(address: str, count: int, interval: float) -> list[str]:
+    """`ping` printing every reply's RTT: `count` pings to `address`, `interval` seconds apart."""
+    return ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", str(PING_WAIT), address]
 
 
 def _wait_listening(log: Path, proc: subprocess.Popen) -> None:
@@ -139,7 +162,7 @@ def parse_cpu_ticks(stat: str) -> int:
 
 
 def throughput_runs(client: Namespace, server: Namespace, address: str, seconds: float, runs: int,
-                    log: Path) -> tuple[list[float], LoadedPing]:
+                    log: Path) -> tuple[list[float], PingTimes]:
     """`runs` iperf3 TCP runs of `seconds` each from `client` to `address` in `server` (Mbit/s each),
     and the pings `client` sent to `address` during the first run."""
     log.unlink(missing_ok=True)
@@ -151,7 +174,7 @@ def throughput_runs(client: Namespace, server: Namespace, address: str, seconds:
         count = max(1, int((seconds - 0.5) / LOADED_PING_INTERVAL))
         pings = log.with_name("ping-under-load.txt")
         with pings.open("w") as out:
-            pinger = client.popen(["ping", "-n", "-c", str(count), "-i", str(LOADED_PING_INTERVAL), "-W", "1", address],
+            pinger = client.popen(ping_command(address, count, LOADED_PING_INTERVAL),
                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         try:
             for _ in range(runs):
@@ -165,7 +188,7 @@ def throughput_runs(client: Namespace, server: Namespace, address: str, seconds:
                         pass
         finally:
             client.stop(pinger)
-        return results, LoadedPing(count, parse_ping_times(pings.read_text(errors="replace")))
+        return results, PingTimes(count, parse_ping_times(pings.read_text(errors="replace")))
     finally:
         server.stop(proc)
 
@@ -211,12 +234,11 @@ def peak_rss_mib(pids: list[int]) -> float | None:
     return max(peaks, default=None)
 
 
-def ping_stats(ns: Namespace, address: str, count: int) -> PingStats:
-    """`count` pings from `ns` to `address`, `PING_INTERVAL` apart."""
-    done = ns.run(["ping", "-q", "-n", "-c", str(count), "-i", str(PING_INTERVAL), "-W", "2", address],
-                  check=False, timeout=count * PING_INTERVAL + 10)
-    stats = parse_ping(done.stdout)
-    if stats.received == 0:
-        raise MeasureError(f"no ping reply from {address} ({stats.sent} sent)")
-    return stats
-
+def idle_pings(ns: Namespace, address: str, count: int) -> PingTimes:
+    """`count` pings from `ns` to `address`, `IDLE_PING_INTERVAL` apart, every reply's RTT kept."""
+    done = ns.run(ping_command(address, count, IDLE_PING_INTERVAL), check=False,
+                  timeout=count * IDLE_PING_INTERVAL + PING_WAIT + 10)
+    pings = PingTimes(count, parse_ping_times(done.stdout))
+    if not pings.times_ms:
+        raise MeasureError(f"no ping reply from {address} ({count} sent): {done.stdout.strip()[-200:]!r}")
+    return pings

@@ -19,8 +19,8 @@ MESHVPN = "meshvpn"
 PEER = "peer"
 """Row kind of another VPN that meshvpn is measured against."""
 
-COLUMNS = ("row", "Mbit/s", "runs (Mbit/s)", "RTT ms", "load p50/p99", "CPU s/GB", "RSS MiB", "MTU", "vs best VPN",
-           "notes")
+COLUMNS = ("row", "Mbit/s", "runs (Mbit/s)", "idle p50/p99", "load p50/p99", "CPU s/GB", "RSS MiB", "MTU",
+           "vs best VPN", "notes")
 
 
 @dataclass
@@ -33,8 +33,14 @@ class RowResult:
     """`BASELINE`, `MESHVPN` or `PEER`."""
     throughput_runs: list[float] = field(default_factory=list)
     """iperf3 TCP throughput of each run, Mbit/s."""
-    rtt_ms: float | None = None
-    """Average ping round trip through the idle tunnel, ms."""
+    idle_p50_ms: float | None = None
+    """Median RTT of a ping every 40 ms through the idle tunnel, ms."""
+    idle_p99_ms: float | None = None
+    """99th percentile of the same pings, ms."""
+    idle_mean_ms: float | None = None
+    """Their mean, ms (in the JSON, for older runs' RTT column, which was a mean of 20 pings)."""
+    idle_lost: int | None = None
+    """Those pings without a reply within 1 s."""
     loaded_p50_ms: float | None = None
     """Median RTT of a ping every 10 ms while the first iperf3 run fills the tunnel, ms."""
     loaded_p99_ms: float | None = None
@@ -86,6 +92,8 @@ def _notes(result: RowResult) -> str:
         parts.append(f"path {result.path}")
     if result.relay_cpu_s_per_gbit is not None:
         parts.append(f"relay {result.relay_cpu_s_per_gbit:.2f} CPU s per Gbit")
+    if result.idle_lost:
+        parts.append(f"{result.idle_lost} pings lost idle")
     if result.loaded_lost:
         parts.append(f"{result.loaded_lost} pings lost under load")
     return ", ".join(parts)
@@ -93,6 +101,10 @@ def _notes(result: RowResult) -> str:
 
 def _number(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _pair(p50: float | None, p99: float | None, digits: int) -> str:
+    return "-" if p50 is None else f"{p50:.{digits}f}/{_number(p99, digits)}"
 
 
 def table_rows(results: list[RowResult]) -> list[tuple[str, ...]]:
@@ -105,8 +117,8 @@ def table_rows(results: list[RowResult]) -> list[tuple[str, ...]]:
             result.name,
             _number(result.throughput, 0),
             " ".join(f"{run:.0f}" for run in result.throughput_runs) or "-",
-            _number(result.rtt_ms, 3),
-            "-" if result.loaded_p50_ms is None else f"{result.loaded_p50_ms:.2f}/{_number(result.loaded_p99_ms, 2)}",
+            _pair(result.idle_p50_ms, result.idle_p99_ms, 3),
+            _pair(result.loaded_p50_ms, result.loaded_p99_ms, 2),
             _number(result.cpu_s_per_gb, 1),
             _number(result.peak_rss_mib, 0),
             "-" if result.mtu is None else str(result.mtu),

@@ -6,7 +6,8 @@ by more). Here each round runs, for every build in turn, plain veth, meshvpn dir
 quicktun on a fresh bench net (`meshvpn.bench.peers`), `--pings` pings `--interval` apart
 after `--warmup` unrecorded ones, and keeps every reply. What a row adds is its median minus
 the same round's veth median, so the load of that minute cancels; the table gives the median
-of those per-round figures and their spread (least and largest) over the rounds.
+of those per-round figures and their spread (least and largest) over the rounds, and the tail of
+every reply of every round together (p90, p99, mean), where a slow ping shows that a median hides.
 
 A build is a checkout with its own `.venv` (`make setup`): its interpreter runs this file
 (`--one`), so that checkout's package, C extension and daemons are what is measured, whatever
@@ -60,11 +61,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def ping_times(ns, address: str, count: int, interval: float, cpu: int | None = None) -> list[float]:
     """Every reply's RTT (ms) of `count` pings from `ns`, `interval` apart (on `cpu` if given)."""
-    from meshvpn.bench.measure import parse_ping_times
+    from meshvpn.bench.measure import parse_ping_times, ping_command
 
     pin = [] if cpu is None else ["taskset", "-c", str(cpu)]
-    done = ns.run([*pin, "ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1", address],
-                  check=False, timeout=count * (interval + 0.01) + 30)
+    done = ns.run([*pin, *ping_command(address, count, interval)], check=False, timeout=count * (interval + 0.01) + 30)
     return parse_ping_times(done.stdout)
 
 
@@ -133,14 +133,19 @@ def run_one(args: argparse.Namespace) -> dict:
 
 
 def summarize(rounds: list[dict]) -> dict:
-    """Per row: the median of the per-round medians, their spread, and what it adds over veth."""
+    """Per row: the median of the per-round medians, their spread, and what it adds over veth; and
+    the tail, the p90, p99 and mean of every round's replies together."""
+    from meshvpn.bench.measure import PingTimes, percentile
+
     out = {}
     for name in rounds[0]["rows"]:
+        every = PingTimes(0, [ms for r in rounds for ms in r["rows"][name]["times_ms"]])
         medians = [statistics.median(r["rows"][name]["times_ms"]) for r in rounds if r["rows"][name]["times_ms"]]
         added = [statistics.median(r["rows"][name]["times_ms"]) - statistics.median(r["rows"][VETH]["times_ms"])
                  for r in rounds if r["rows"][name]["times_ms"] and r["rows"][VETH]["times_ms"]]
         row = {"median_ms": statistics.median(medians), "least_ms": min(medians), "largest_ms": max(medians),
-               "adds_ms": statistics.median(added), "adds_least_ms": min(added), "adds_largest_ms": max(added)}
+               "adds_ms": statistics.median(added), "adds_least_ms": min(added), "adds_largest_ms": max(added),
+               "p90_ms": percentile(every.times_ms, 0.9), "p99_ms": every.p99, "mean_ms": every.mean}
         extra = [r["rows"][name] for r in rounds]
         for key in ("mbit", "loaded_p50_ms", "loaded_p99_ms", "ping_cpu_ms"):
             if all(key in e for e in extra):
@@ -158,7 +163,8 @@ def render(summaries: dict[str, dict], rounds: int) -> str:
     for build, rows in summaries.items():
         for name, r in rows.items():
             text = (f"{build}  {name:17} {r['median_ms']:.3f} ({r['least_ms']:.3f}-{r['largest_ms']:.3f})  "
-                    f"adds {r['adds_ms'] * 1000:.0f} µs ({r['adds_least_ms'] * 1000:.0f} to {r['adds_largest_ms'] * 1000:.0f})")
+                    f"adds {r['adds_ms'] * 1000:.0f} µs ({r['adds_least_ms'] * 1000:.0f} to {r['adds_largest_ms'] * 1000:.0f})"
+                    f"  all pings p90/p99/mean {r['p90_ms']:.3f}/{r['p99_ms']:.3f}/{r['mean_ms']:.3f}")
             if "mbit" in r:
                 text += f"  {r['mbit']:.0f} Mbit/s, load p50/p99 {r['loaded_p50_ms']:.2f}/{r['loaded_p99_ms']:.2f}"
             if "ping_cpu_ms" in r:

@@ -9,9 +9,9 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from meshvpn.bench.memory import memory_kib
-from meshvpn.bench.measure import (LoadedPing, MeasureError, PingStats, parse_cpu_ticks, parse_iperf3_json, parse_ping,
-                                   parse_ping_times, percentile)
-from meshvpn.bench.report import BASELINE, MESHVPN, PEER, RowResult, best_peer, render_table, table_rows, to_json, write_json
+from meshvpn.bench.measure import (MeasureError, PingStats, PingTimes, parse_cpu_ticks, parse_iperf3_json, parse_ping,
+                                   parse_ping_times, percentile, ping_command)
+from meshvpn.bench.report import BASELINE, COLUMNS, MESHVPN, PEER, RowResult, best_peer, render_table, table_rows, to_json, write_json
 
 from fuzzing import mutated
 
@@ -130,10 +130,11 @@ def test_ping_parser_raises_only_measure_error(text: str) -> None:
 
 def _results() -> list[RowResult]:
     return [
-        RowResult("plain veth", BASELINE, [15000.0, 14000.0, 16000.0], rtt_ms=0.04, mtu=1500),
-        RowResult("meshvpn direct", MESHVPN, [300.0, 330.0, 320.0], rtt_ms=0.6, mtu=1380, first_ping_s=1.234, path="lan"),
-        RowResult("quicktun", PEER, [640.0, 650.0, 660.0], rtt_ms=0.2, mtu=1500),
-        RowResult("wireguard-go", PEER, [500.0, 700.0, 510.0], rtt_ms=0.5, mtu=1420),
+        RowResult("plain veth", BASELINE, [15000.0, 14000.0, 16000.0], idle_p50_ms=0.04, idle_p99_ms=0.0712, mtu=1500),
+        RowResult("meshvpn direct", MESHVPN, [300.0, 330.0, 320.0], idle_p50_ms=0.6, idle_p99_ms=4.1, mtu=1380,
+                  first_ping_s=1.234, path="lan"),
+        RowResult("quicktun", PEER, [640.0, 650.0, 660.0], idle_p50_ms=0.2, idle_p99_ms=0.35, mtu=1500),
+        RowResult("wireguard-go", PEER, [500.0, 700.0, 510.0], idle_p50_ms=0.5, idle_p99_ms=0.9, mtu=1420),
         RowResult("nebula", PEER, error="nebula1 in a not within 20s"),
     ]
 
@@ -157,15 +158,15 @@ def test_no_peer_measured_means_no_ratio() -> None:
 
 def test_table_cells() -> None:
     rows = table_rows(_results())
-    assert rows[0] == ("plain veth", "15000", "15000 14000 16000", "0.040", "-", "-", "-", "1500", "23.08x", "")
-    assert rows[1] == ("meshvpn direct", "320", "300 330 320", "0.600", "-", "-", "-", "1380", "0.49x",
+    assert rows[0] == ("plain veth", "15000", "15000 14000 16000", "0.040/0.071", "-", "-", "-", "1500", "23.08x", "")
+    assert rows[1] == ("meshvpn direct", "320", "300 330 320", "0.600/4.100", "-", "-", "-", "1380", "0.49x",
                        "first ping 1.23 s, path lan")
     assert rows[2][8] == "1.00x"
     assert rows[4] == ("nebula", "-", "-", "-", "-", "-", "-", "-", "-", "error: nebula1 in a not within 20s")
 
 
 def test_latency_under_load_cpu_and_memory_have_their_columns() -> None:
-    row = RowResult("meshvpn direct", MESHVPN, [3000.0], rtt_ms=0.9, loaded_p50_ms=1.234, loaded_p99_ms=8.5,
+    row = RowResult("meshvpn direct", MESHVPN, [3000.0], idle_p50_ms=0.9, loaded_p50_ms=1.234, loaded_p99_ms=8.5,
                     loaded_lost=3, cpu_s_per_gb=2.25, peak_rss_mib=38.6)
     assert table_rows([row])[0][4:7] == ("1.23/8.50", "2.2", "39")
     assert table_rows([row])[0][9] == "3 pings lost under load"
@@ -176,9 +177,32 @@ def test_every_reply_time_and_the_percentiles_of_loaded_pings() -> None:
         f"64 bytes from 10.0.0.2: icmp_seq={i} ttl=64 time={t} ms\n" for i, t in enumerate(["0.3", "0.25", "12", "1"], 1))
     times = parse_ping_times(text + "\n--- 10.0.0.2 ping statistics ---\n4 packets transmitted, 4 received\n")
     assert times == [0.3, 0.25, 12.0, 1.0]
-    loaded = LoadedPing(5, times)
-    assert (loaded.p50, loaded.p99) == (0.3, 12.0)
+    loaded = PingTimes(5, times)
+    assert (loaded.p50, loaded.p99, loaded.lost) == (0.3, 12.0, 1)
     assert percentile([], 0.5) is None and percentile(list(map(float, range(1, 101))), 0.99) == 99.0
+
+
+def test_idle_pings_are_summed_up_by_median_and_p99_not_moved_by_one_slow_ping() -> None:
+    # 120 idle replies: 118 short ones, one ping that waited 4 ms for a CPU and one 9 ms.
+    times = [0.15 + i / 10000 for i in range(118)] + [4.0, 9.0]
+    idle = PingTimes(121, times)
+    assert idle.p50 == pytest.approx(0.1559) and idle.p99 == 4.0 and idle.lost == 1
+    assert idle.mean == pytest.approx(sum(times) / 120) and idle.mean > 0.25  # two slow pings move the mean by 0.1 ms
+    assert PingTimes(3, []).mean is None and PingTimes(3, []).lost == 3
+
+
+def test_idle_column_and_lost_idle_pings() -> None:
+    row = RowResult("meshvpn direct", MESHVPN, [3000.0], idle_p50_ms=0.1734, idle_p99_ms=0.4119, idle_mean_ms=0.2,
+                    idle_lost=2, loaded_p50_ms=0.3, loaded_p99_ms=4.0)
+    assert COLUMNS[3:5] == ("idle p50/p99", "load p50/p99")
+    assert table_rows([row])[0][3:5] == ("0.173/0.412", "0.30/4.00")
+    assert table_rows([row])[0][9] == "2 pings lost idle"
+    assert table_rows([RowResult("x", PEER, [1.0], idle_p50_ms=0.2)])[0][3] == "0.200/-"
+    assert to_json([row], {}, {})["rows"][0]["idle_mean_ms"] == 0.2
+
+
+def test_the_ping_command_prints_every_reply() -> None:
+    assert ping_command("10.0.0.2", 120, 0.04) == ["ping", "-n", "-c", "120", "-i", "0.04", "-W", "1", "10.0.0.2"]
 
 
 def test_table_columns_line_up() -> None:

@@ -23,6 +23,18 @@ def test_what_a_row_adds_is_taken_against_the_same_rounds_veth():
     assert summary["plain veth"]["adds_ms"] == 0
 
 
+def test_the_tail_is_taken_over_every_reply_of_every_round():
+    # meshvpn's medians are the lower ones, but one reply in ten is slow: its tail and mean show it.
+    fast, slow = [0.10] * 9, [0.10] * 8
+    rounds = [a_round([0.02] * 9, fast[:8] + [2.0], [0.12] * 9), a_round([0.02] * 9, slow + [1.0], [0.12] * 9)]
+    summary = summarize(rounds)
+    mesh, quick = summary["meshvpn direct"], summary["quicktun nacltai"]
+    assert mesh["median_ms"] < quick["median_ms"]
+    assert (mesh["p90_ms"], mesh["p99_ms"]) == (1.0, 2.0) and mesh["mean_ms"] == pytest.approx(4.6 / 18)
+    assert (quick["p90_ms"], quick["p99_ms"]) == (0.12, 0.12)
+    assert "p90/p99/mean 1.000/2.000/0.256" in render({"base": summary}, 2)
+
+
 def test_extras_are_summed_up_only_when_every_round_has_them():
     extra = {"mbit": 3000, "loaded_p50_ms": 0.3, "loaded_p99_ms": 4.0, "idle": {"process_ms": 60.0, "busiest_thread_ms": 2.0}}
     rounds = [a_round([0.02], [0.1], [0.1], **extra), a_round([0.02], [0.1], [0.1], **{**extra, "mbit": 1000})]
