@@ -19,8 +19,10 @@ many silent peers is in (probing, no paths). Then, each timed `--calls` times:
 * ``sync, one changed``: the same after one peer's rows changed (a previous session came or
   went, peer by peer in turn), which the thread's table must take;
 * ``peer leaves``: one peer removed by the coord and added back, peer by peer in turn, through
-  the node's core (the node's names announcement, a sort of every peer's name, is not in it),
-  every peer holding a session, so the table holds an index per peer.
+  the node's core (the node's names announcement is not in it), every peer holding a session, so
+  the table holds an index per peer;
+* ``with names``: the same through the whole node, its names announcement (``PeerMapChanged``,
+  the DNS responder's source) included, outputs drained.
 
 Prints the mean microseconds per call. Not a test: nothing is asserted.
 """
@@ -145,12 +147,15 @@ def measure(count: int, calls: int) -> dict[str, float]:
     row["native sync"] = float("nan") if syncs is None else mean_us(calls, syncs[0])
     row["sync, one changed"] = float("nan") if syncs is None else mean_us(calls, syncs[1])
     row["peer leaves"] = mean_us(calls, leave_and_return(node, clock[0]))
+    row["with names"] = mean_us(calls, leave_and_return(node, clock[0], named=True))
     return row
 
 
-def leave_and_return(node: MemoryNode, now: float) -> Callable[[int], object]:
-    """One peer removed by the coord and added back through the core, every peer holding a session."""
+def leave_and_return(node: MemoryNode, now: float, named: bool = False) -> Callable[[int], object]:
+    """One peer removed by the coord and added back through the core (`named`: through the whole
+    node, its names announcement included), every peer holding a session."""
     core, peers = node.node.core, node.node.core.peers
+    receive = node.from_coord if named else core.coord_message
     for index, peer in enumerate(list(peers), 100_000):
         if peer.ring.current is None:
             peer.ring.current = session(index, peer.key, now)
@@ -159,8 +164,8 @@ def leave_and_return(node: MemoryNode, now: float) -> Callable[[int], object]:
 
     def leave(i: int) -> None:
         info = infos[i % len(infos)]
-        core.coord_message(m.PeerRemove(key=info.key), now)
-        core.coord_message(m.PeerUpdate(info), now)
+        receive(m.PeerRemove(key=info.key), now)
+        receive(m.PeerUpdate(info), now)
     return leave
 
 
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     print(f"load average {os.getloadavg()[0]:.1f}; mean microseconds per call, {args.calls} calls")
     columns = ("get_timer", "handle_timer", "input step", "peer update", "native sync", "sync, one changed",
-               "peer leaves")
+               "peer leaves", "with names")
     print(f"{'peers':>6} " + " ".join(f"{column:>{max(len(column), 10)}}" for column in columns))
     for count in args.peers:
         row = measure(count, args.calls)

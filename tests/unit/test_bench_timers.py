@@ -16,7 +16,7 @@ def test_the_node_holds_every_peer_and_has_a_deadline():
 def test_every_kind_of_call_is_timed():
     row = measure(3, 2)
     assert set(row) == {"get_timer", "handle_timer", "input step", "peer update", "native sync", "sync, one changed",
-                        "peer leaves"}
+                        "peer leaves", "with names"}
     for column in ("native sync", "sync, one changed"):
         assert math.isnan(row[column]) == (fastpath.native_module() is None), "timed wherever the extension is built"
-    assert row["peer leaves"] > 0
+    assert row["peer leaves"] > 0 and row["with names"] > 0
