@@ -282,10 +282,10 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
             return
         network = network or (self._peer_map.network if self._peer_map else "")
         seen = (network, me.name, me.address, self.peers.names_version)
-        if seen == self._peer_map_seen:  # no name or address changed: no sort of every peer
+        if seen == self._peer_map_seen:  # no name or address changed: no copy of every peer's
             return
         self._peer_map_seen = seen
-        hosts = ((me.name, me.address), *sorted((peer.name, peer.address) for peer in self.peers))
+        hosts = ((me.name, me.address), *self.peers.names)
         if self._peer_map is None or (network, hosts) != (self._peer_map.network, self._peer_map.hosts):
             self._peer_map = ev.PeerMapChanged(network, hosts)
             self._out.append(self._peer_map)

@@ -21,6 +21,7 @@ from meshvpn.control.messages import Message, PeerDelta, PeerInfo, PeerMap, Peer
 from meshvpn.keys import encode_key
 from meshvpn.node.pathfinder import Path, PathFinder
 from meshvpn.node.pathlog import PathLog
+from meshvpn.node.peernames import SortedNames
 from meshvpn.node.pings import Pings
 from meshvpn.node.transports import MAIN_SOCKET, Transport
 from meshvpn.session import KeyRing
@@ -265,6 +266,8 @@ class PeerTable:
         self.names_version = 0
         """Moves whenever a peer joins, leaves, or changes name or overlay address: who announces
         the names (``Node._note_peer_map``) looks again only then, not at every coord message."""
+        self.names = SortedNames()
+        """Every peer's (name, overlay address), sorted: what that announcement lists, kept in step here."""
 
     def __iter__(self) -> Iterator[Peer]:
         return iter(self.by_key.values())
@@ -284,6 +287,7 @@ class PeerTable:
         self.by_overlay[peer.overlay] = peer
         self.touched.add(peer)
         self.names_version += 1
+        self.names.add((peer.name, peer.address))
 
     def set_route(self, peer: Peer, route: Optional[Route]) -> None:
         """Where the data path sends the peer's messages from now on (None: nowhere)."""
@@ -310,6 +314,8 @@ class PeerTable:
             del self.by_overlay[peer.overlay]
         if (info.name, info.address) != (peer.name, peer.address):
             self.names_version += 1
+            self.names.remove((peer.name, peer.address))
+            self.names.add((info.name, info.address))
         peer.info = info
         peer.overlay = ipaddress.ip_address(info.address).packed
         self.by_overlay[peer.overlay] = peer
@@ -321,6 +327,7 @@ class PeerTable:
         if peer is None:
             return None
         self.names_version += 1
+        self.names.remove((peer.name, peer.address))
         if self.by_overlay.get(peer.overlay) is peer:
             del self.by_overlay[peer.overlay]
         self.touched.discard(peer)
