@@ -43,13 +43,13 @@ Rules (docs/paths.md has the state table):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from meshvpn.backoff import doubling
 from meshvpn.node.candidates import AllCandidates, Candidate, CandidateKind, Endpoint, ProbeStrategy
 from meshvpn.node.family import FamilyRace
 from meshvpn.node.pathpref import announced_slack, better, lan_twin, stays_announced
+from meshvpn.node.pathprobes import PendingProbes
 from meshvpn.node.pathtimers import PathFinderConfig
 from meshvpn.node.pathtypes import (  # noqa: F401  (re-exported: the machine's vocabulary)
     RELAY_PATH, Action, ChangeReason, Path, PathChanged, PathKind, PathState, PathStats, SendProbe,
@@ -63,12 +63,6 @@ _HELD_BY_PEER = (CandidateKind.LAN, CandidateKind.IPV6, CandidateKind.MAPPED)
 """Candidates that are the peer's own addresses or its router's mapping (no NAT of ours moves them)."""
 
 
-@dataclass
-class _PendingProbe:
-    candidate: Candidate
-    sent_at: float
-
-
 class PathFinder:
     """The path state machine for one peer.
 
@@ -78,7 +72,6 @@ class PathFinder:
 
     def __init__(self, rng: Callable[[], bytes], config: PathFinderConfig | None = None,
                  strategy: ProbeStrategy | None = None) -> None:
-        self.rng = rng
         self.config = config if config is not None else PathFinderConfig()
         self.strategy = strategy if strategy is not None else AllCandidates()
         self.stats = PathStats()
@@ -86,7 +79,8 @@ class PathFinder:
         self._candidates: list[Candidate] = []
         self._path_candidate: Candidate | None = None
         self._observed: list[Candidate] = []
-        self._pending: dict[bytes, _PendingProbe] = {}
+        self._pending = PendingProbes(rng, self.config)
+        """Our probes in flight, which a reply must answer to prove a path."""
         self._actions: list[Action] = []
         self._relay_ready = False
         self._tcp_path: Path | None = None
@@ -210,11 +204,10 @@ class PathFinder:
         """An authenticated reply to our probe `tx_id` arrived from `src`."""
         if type(src) is TcpEndpoint:
             return self._tcp_reply(tx_id, src, now)
-        probe = self._pending.get(tx_id)
-        if probe is None or now - probe.sent_at > self.config.path_timeout:
+        probe = self._pending.answered(tx_id, now)
+        if probe is None:
             self.stats.unmatched_replies += 1
             return
-        del self._pending[tx_id]
         if src != probe.candidate.endpoint:
             self.stats.misrouted_replies += 1
             if self._observe(src) and not self._direct():
@@ -252,8 +245,7 @@ class PathFinder:
         Not off the peer's STUN mapping, heard within `liveness_interval`, onto one of its extra
         sockets we know or probed (`pathpref.stays_announced`): the peer sent from the socket that heard
         us last, so the path is probed instead, and the peer hears us on its main socket again."""
-        probed = (p.candidate for p in self._pending.values())  # predicted ports live only there
-        known = next((c for c in (*self.candidates, *probed) if c.endpoint == src), None)
+        known = next((c for c in (*self.candidates, *self._pending.candidates()) if c.endpoint == src), None)
         if self._direct() and now - self._last_heard < self.config.liveness_interval \
                 and stays_announced(self._path_candidate, known):
             return self._probe_path(now)
@@ -362,12 +354,8 @@ class PathFinder:
         self._next_round = now + gap
 
     def _send_probe(self, candidate: Candidate, now: float) -> None:
-        tx_id = self.rng()
-        self._pending[tx_id] = _PendingProbe(candidate, now)
-        if len(self._pending) > self.config.max_pending:
-            del self._pending[next(iter(self._pending))]
         self.stats.probes_sent += 1
-        self._actions.append(SendProbe(candidate.endpoint, tx_id))
+        self._actions.append(SendProbe(candidate.endpoint, self._pending.send(candidate, now)))
 
     def _observe(self, endpoint: Endpoint) -> bool:
         """Remember `endpoint` as an observed candidate; False if it was already known.
@@ -486,7 +474,7 @@ class PathFinder:
 
     def _tcp_reply(self, tx_id: bytes, src: TcpEndpoint, now: float) -> None:
         """A reply over a TCP path proves no UDP path; to a probe of the current TCP path, it shows it lives."""
-        probe = self._pending.pop(tx_id, None)
+        probe = self._pending.take(tx_id)
         if probe is None or probe.candidate.endpoint != src or self.current_path != Path(PathKind.TCP, src):
             self.stats.unmatched_replies += 1
             return

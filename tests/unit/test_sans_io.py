@@ -45,6 +45,7 @@ SANS_IO_MODULES = (
     "meshvpn.coord.peerrelays",
     "meshvpn.node.pathfinder",
     "meshvpn.node.pathtypes",
+    "meshvpn.node.pathprobes",
     "meshvpn.node.core",
     "meshvpn.node.coorddial",
     "meshvpn.node.coordresume",
