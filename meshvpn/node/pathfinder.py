@@ -17,8 +17,9 @@ Rules (docs/paths.md has the state table):
   `selection_window` after that a better path of the same kind replaces it (`meshvpn.node.pathpref`:
   the lower RTT, the peer's announced endpoint preferred to an observed one within 2 ms, and that
   also later, from any reply to a probe of the campaign), and a LAN path always replaces a public
-  one (the same endpoint named a LAN candidate later becomes one: `pathpref.lan_twin`); any direct
-  path replaces the relay.
+  one. A path is a LAN path when its endpoint is one of the peer's LAN candidates, whichever
+  candidate the answered probe went to, and becomes one when a later report names it so
+  (`pathpref.lan_twin`); any direct path replaces the relay.
 * No direct path `relay_after` seconds after the first punch or `want_path`, and the relay
   is ready: use the relay, and keep punching in the background.
 * The current direct path is probed every `keepalive` to hold NAT mappings, and every
@@ -215,18 +216,18 @@ class PathFinder:
             return
         self.stats.replies += 1
         rtt = now - probe.sent_at
-        kind = PathKind.LAN if probe.candidate.kind is CandidateKind.LAN else PathKind.DIRECT
-        path = Path(kind, probe.candidate.endpoint)
+        candidate = self._proven(probe.candidate)
+        path = Path(PathKind.LAN if candidate.kind is CandidateKind.LAN else PathKind.DIRECT, candidate.endpoint)
         if path == self.current_path:
             self._heard(now)
             self.stats.last_reply = now
             srtt = self.stats.rtt
             self.stats.rtt = rtt if srtt is None else srtt + (rtt - srtt) / 8
             return
-        reason = self._improvement(path, probe.candidate, rtt, now)
+        reason = self._improvement(path, candidate, rtt, now)
         if reason is not None:
             self._switch(path, reason)
-            self._use_direct(probe.candidate, now, rtt)
+            self._use_direct(candidate, now, rtt)
 
     def traffic_received(self, src: Endpoint, now: float) -> None:
         """An authenticated data or keepalive packet arrived directly from `src`."""
@@ -256,7 +257,7 @@ class PathFinder:
         if type(src) is TcpEndpoint or (self._direct() and self.current_path.endpoint == src):  # type: ignore[union-attr]
             return self.traffic_received(src, now)
         self._observe(src)
-        candidate = next(c for c in self.candidates if c.endpoint == src)
+        candidate = self._proven(next(c for c in self.candidates if c.endpoint == src))
         if self._direct():
             kind = PathKind.LAN if candidate.kind is CandidateKind.LAN else PathKind.DIRECT
             self._switch(Path(kind, src), ChangeReason.ROAMED)
@@ -369,6 +370,11 @@ class PathFinder:
             keep = self._path_candidate if self._direct() else None
             self._observed.remove(next(c for c in self._observed if c != keep))
         return True
+
+    def _proven(self, candidate: Candidate) -> Candidate:
+        """What an answer from `candidate`'s endpoint proves: the peer's LAN candidate at that very
+        endpoint when it has one (`pathpref.lan_twin`), whichever candidate the probe went to."""
+        return lan_twin(candidate, self._candidates) or candidate
 
     def _improvement(self, path: Path, candidate: Candidate, rtt: float, now: float) -> ChangeReason | None:
         """Why `path` (to `candidate`) should replace the current path, or None if it should not."""

@@ -54,9 +54,11 @@ def stays_announced(current: Candidate | None, new: Candidate | None) -> bool:
 
 def lan_twin(current: Candidate | None, candidates: list[Candidate]) -> Candidate | None:
     """The peer's own interface address (a LAN candidate) at the very endpoint of `current`, a public
-    or observed candidate a direct path was proven on: the path is a LAN path, found before the peer's
-    report of its LAN addresses reached us (its probe came first, and ours answered it), and takes
-    that kind without a probe: the endpoint is what was proven."""
+    or observed candidate: a path proven there is a LAN path, and takes that kind without a probe
+    (the endpoint is what was proven). Without a NAT the peer's STUN mapping is its LAN endpoint:
+    the answer to our probe of the one may come when the other's did not (the peer did not know us
+    yet), and a path proven before the peer's report of its LAN addresses reached us (its probe
+    came first, and ours answered it) is one too."""
     if current is None or current.kind is CandidateKind.LAN:
         return None
     return next((c for c in candidates if c.kind is CandidateKind.LAN and c.endpoint == current.endpoint), None)

@@ -6,13 +6,19 @@ answered and probed back as an observed endpoint, and that reply proves a direct
 then names the same endpoint as the peer's own interface address: the path takes the LAN kind
 (`meshvpn.node.pathpref.lan_twin`), as it would have with the report first. The bench's
 `meshvpn direct` row ran into this: its `a` read `path direct` or `path lan` by that race.
+
+The other way round, the peer may not know us yet when our first probes come, and open only some
+of them: an answer from its LAN endpoint proves a LAN path, whichever candidate the probe went to.
 """
 
 import random
 
+import pytest
+
 from meshvpn.control import messages as m
-from meshvpn.node.pathfinder import PathKind
+from meshvpn.node.pathfinder import Path, PathKind
 from meshvpn.sim.nodes import ALICE_AT, BOB_AT, NETWORK, MemoryNode, Wire, ip_packet, seeded
+from meshvpn.wire import Endpoint
 
 
 def with_lan(node: MemoryNode) -> m.PeerInfo:
@@ -40,3 +46,46 @@ def test_the_peers_probe_before_its_lan_report_still_makes_a_lan_path():
     a.send(ip_packet(a.address, b.address, b"through"), 0.3)
     wire.pump(0.3)
     assert ip_packet(a.address, b.address, b"through") in b.tun
+
+
+A_AT, B_AT = Endpoint("198.51.100.1", 41641), Endpoint("198.51.100.2", 41641)
+"""One link, no NAT (the bench's link net): each node's STUN mapping is its interface address."""
+
+
+def run_until(wire: Wire, nodes: tuple[MemoryNode, ...], now: float, until: float) -> None:
+    """From `now`, fire the nodes' timers in order until `until`, moving datagrams after each."""
+    while (now := max(now, min(t for n in nodes if (t := n.node.get_timer()) is not None))) <= until:
+        wire.tick(now)
+
+
+@pytest.mark.parametrize("told_after", [0, 1, 2])
+def test_the_path_is_lan_whichever_of_our_probes_the_peer_could_open(told_after):
+    """b registered first, a a moment later. a's peer map names b whole at once (its LAN endpoint
+    and its STUN mapping: one endpoint), but b hears of a only when the coord's fan-out window
+    closes (up to 0.25 s), and a punches as soon as its first packet for b comes. a's first round
+    probes b's LAN candidate, then its public one, the same endpoint; b drops a probe from a key it
+    does not know yet, so that moment can fall between the two: b opens only the public probe, and
+    its reply proves the endpoint to a, which is b's own address. That path is `lan` (the endpoint
+    is what was proven), not `direct` for good: a's rounds stop at the first path, and a has no
+    report of b to come that would relabel it. The bench's `meshvpn direct` row read `direct` so in
+    about one start-up of 13."""
+    a = seeded(random.Random, 1, "a", "100.64.0.1", A_AT)
+    b = seeded(random.Random, 2, "b", "100.64.0.2", B_AT)
+    b.from_coord(m.Registered(node_key=b.public, name=b.name, address=b.address, network=NETWORK), 0.0)
+    b.from_coord(m.PeerMap(peers=()), 0.0)
+    a.from_coord(m.Registered(node_key=a.public, name=a.name, address=a.address, network=NETWORK), 0.1)
+    a.from_coord(m.PeerMap(peers=(with_lan(b),)), 0.1)
+    a.send(ip_packet(a.address, b.address, b"first"), 0.2)
+    first_round = a.collect()
+    assert [dst for dst, _ in first_round] == [B_AT, B_AT], "a probes b's LAN and public candidates"
+    b.receive([(data, A_AT) for _, data in first_round[:told_after]], 0.201)
+    b.from_coord(m.PeerUpdate(with_lan(a)), 0.202)  # the coord's window closes
+    b.receive([(data, A_AT) for _, data in first_round[told_after:]], 0.203)
+    assert b.node.core.drops["malformed"] == told_after, "probes from a key b did not know yet"
+    wire = Wire(a, b)
+    wire.pump(0.204)
+    run_until(wire, (a, b), 0.204, 5.0)
+    bob, alice = a.peers.by_key[b.public], b.peers.by_key[a.public]
+    assert (bob.route.path, alice.route.path) == (Path(PathKind.LAN, B_AT), Path(PathKind.LAN, A_AT))
+    assert [r.new for r in bob.path_log.records] == ["lan"], "lan from the first proof, never direct"
+    assert ip_packet(a.address, b.address, b"first") in b.tun

@@ -151,3 +151,22 @@ def test_only_the_very_endpoint_named_as_the_peers_own_is_a_lan_twin():
     assert lan_twin(PUBLIC, [LAN, PUBLIC]) is None, "another endpoint: a LAN probe's reply decides"
     assert lan_twin(Candidate(LAN_EP, CandidateKind.PUBLIC), [PUBLIC, LAN]) == LAN
     assert lan_twin(LAN, [LAN]) is None and lan_twin(None, [LAN]) is None
+
+
+def test_an_answer_from_the_peers_lan_endpoint_proves_a_lan_path_whatever_candidate_was_probed():
+    """No NAT: the peer's STUN mapping is its LAN endpoint. Our probe of its LAN candidate went
+    unanswered (the peer did not know our key yet), the one of its public candidate, the same
+    endpoint, was answered: that proves a LAN path (the bench's 'meshvpn direct' row, 1 in 13)."""
+    twin = Candidate(LAN_EP, CandidateKind.PUBLIC)
+    finder = make_finder(LAN, twin)
+    finder.punch(0.0)
+    (_, public) = probes(finder.next_actions())
+    finder.probe_reply_received(public.tx_id, LAN_EP, 0.001)
+    assert [(c.new, c.reason) for c in changes(finder.next_actions())] == \
+        [(Path(PathKind.LAN, LAN_EP), ChangeReason.PUNCHED)]
+    due = finder.get_timer()
+    finder.handle_timer(due)
+    (keepalive,) = probes(finder.next_actions())
+    assert keepalive.endpoint == LAN_EP
+    finder.probe_reply_received(keepalive.tx_id, LAN_EP, due + 0.001)
+    assert changes(finder.next_actions()) == [] and finder.current_path == Path(PathKind.LAN, LAN_EP)
