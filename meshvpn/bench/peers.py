@@ -188,10 +188,7 @@ def start_meshvpn(net: BenchNet, workdir: Path, relay: str | None = None, block:
     logs = tuple(sorted(workdir.glob("*.log")))
     replied = reachable(net, target, logs)
     path = path or ("relay" if relay is not None or host_env is not None else "lan")
-    # One endpoint is both a node's LAN address and its STUN mapping here: a path proven on it is
-    # the same path whichever kind its label says (`pathpref.lan_twin` relabels most, not all).
-    wanted = ("lan", "direct") if path == "lan" else (path,)
-    wait_for(lambda: mesh.peer(a, b)["path"] in wanted, f"path {path} from {a} to {b}", logs=logs)
+    wait_for(lambda: mesh.peer(a, b)["path"] == path, f"path {path} from {a} to {b}", logs=logs)
     if settle is not None:
         settle(mesh)
     peer = mesh.peer(a, b)
