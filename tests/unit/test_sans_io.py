@@ -43,6 +43,7 @@ SANS_IO_MODULES = (
     "meshvpn.coord.elsewhere",
     "meshvpn.coord.lanpush",
     "meshvpn.coord.peerrelays",
+    "meshvpn.coord.nodeadmin",
     "meshvpn.node.pathfinder",
     "meshvpn.node.pathtypes",
     "meshvpn.node.pathprobes",
