@@ -9,7 +9,8 @@ RESOLVED_ROOT := .lab/systemd-resolved
 APT_PACKAGES := iproute2 nftables iperf3 iputils-ping coturn stun-client tcpdump libsystemd-dev pkg-config gcc python3-dev libsodium-dev chromium dbus-daemon mount postgresql bind9-dnsutils openssl miniupnpd
 # Installed by `make bench` only, so `make test` stays quick; without recommends (wireguard-tools
 # would pull in a kernel image). Pass options with BENCH_ARGS="--seconds 3 --runs 1", and to the
-# traversal matrix with MATRIX_ARGS="--pairs random-ports:port-preserving --runs 20".
+# traversal matrix with MATRIX_ARGS="--pairs random-ports:port-preserving --runs 20" (and
+# "--log-level debug --keep DIR" to keep every program's debug log).
 BENCH_PACKAGES := iperf3 iputils-ping quicktun wireguard-go wireguard-tools tinc nebula
 APT_INSTALL_FLAGS ?=
 # What `make install` needs to build systemd-python and the native data path (libsodium).

@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, get_args
 
 import yaml
 
@@ -46,6 +46,7 @@ from meshvpn.bench.report import write_json
 from meshvpn.bench.matrix_kinds import (
     COORD_ADDR, KINDS, KINDS_BY_NAME, LIGHTHOUSE_ADDR, PEER_RELAY, RELAY_ADDR, START_SECONDS, Kind, all_pairs, parse_pair,
 )
+from meshvpn.configkinds import LogLevel
 from meshvpn.errors import MeshError
 from meshvpn.lab import NatKind, Namespace, Topology
 from meshvpn.lab.mesh import Mesh, wait_for
@@ -66,6 +67,10 @@ COUNT_TABLE = "mvmatrix"
 BURST = 10
 """Pings per path check through Nebula, 20 ms apart."""
 FIRST_PING_TIMEOUT = 0.3
+LOG_LEVELS = get_args(LogLevel)
+"""What `--log-level` takes: meshvpn's levels, which Nebula's logging knows by the same names."""
+LOG_LEVEL = "info"
+"""The default: the daemons' own default, quiet enough for a whole matrix's logs."""
 
 
 # ---- results (pure: table and JSON logic)
@@ -202,12 +207,13 @@ def watch(started: float, seconds: float, ping: Callable[[], bool], path_of: Cal
     return result
 
 
-def run_meshvpn(topo: Topology, workdir: Path, seconds: float, peer_relay: bool = False) -> Attempt:
+def run_meshvpn(topo: Topology, workdir: Path, seconds: float, peer_relay: bool = False,
+                log_level: str = LOG_LEVEL) -> Attempt:
     """Coord and relay on the internet, a daemon in `a1` and `b1`; `a1`'s status names the path.
 
     The coord listens on port 443 and the relay offers TLS there too, as a deployment that serves
-    port-443-only networks does; the other cells do not use either."""
-    mesh = Mesh(workdir, topo.host("coord"), COORD_ADDR, log_level="info", coord_port=443)
+    port-443-only networks does; the other cells do not use either. Every program logs at `log_level`."""
+    mesh = Mesh(workdir, topo.host("coord"), COORD_ADDR, log_level=log_level, coord_port=443)
     mesh.coord_ipv6 = topo.addr6("coord") if topo.ipv6 else None
     mesh.start_relay("relay", topo.host("relay"), RELAY_ADDR, tls_port=443, dual=topo.ipv6)
     mesh.start_coord()
@@ -232,10 +238,11 @@ def run_meshvpn(topo: Topology, workdir: Path, seconds: float, peer_relay: bool 
 
 
 def _nebula_config(pki: Path, name: str, index: int, lighthouse: str, lighthouse6: str | None = None,
-                   peer_relay: str | None = None) -> dict:
+                   peer_relay: str | None = None, log_level: str = LOG_LEVEL) -> dict:
     """Node `index` (0: the lighthouse, also a relay). With `lighthouse6` (a dual-stack lab) it listens
     on both families and knows the lighthouse at its IPv6 address too; `peer_relay`, the overlay
-    address of `h1` when it may relay: `am_relay` there, and first in every other node's relays."""
+    address of `h1` when it may relay: `am_relay` there, and first in every other node's relays.
+    It logs at `log_level` (Nebula's names for the levels are meshvpn's)."""
     am_lighthouse = index == 0
     hosts = [f"{LIGHTHOUSE_ADDR}:{NEBULA_PORT}"] + ([f"[{lighthouse6}]:{NEBULA_PORT}"] if lighthouse6 else [])
     relays = [] if am_lighthouse or name == "h1" else [r for r in (peer_relay, lighthouse) if r]
@@ -247,7 +254,7 @@ def _nebula_config(pki: Path, name: str, index: int, lighthouse: str, lighthouse
         "punchy": {"punch": True, "respond": True},
         "relay": {"am_relay": am_lighthouse or name == "h1", "use_relays": True, "relays": relays},
         "tun": {"dev": NEBULA_TUN},
-        "logging": {"level": "info"},
+        "logging": {"level": log_level},
         "firewall": {rule: [{"port": "any", "proto": "any", "host": "any"}] for rule in ("outbound", "inbound")},
     }
 
@@ -266,9 +273,10 @@ def _nebula_packets(ns: Namespace) -> int:
     return next(item["counter"]["packets"] for item in json.loads(out)["nftables"] if "counter" in item)
 
 
-def run_nebula(topo: Topology, workdir: Path, seconds: float, peer_relay: bool = False) -> Attempt:
+def run_nebula(topo: Topology, workdir: Path, seconds: float, peer_relay: bool = False,
+               log_level: str = LOG_LEVEL) -> Attempt:
     """A lighthouse and relay on the internet, Nebula in `a1` and `b1` (and `h1`, a relay too, with
-    `peer_relay`); the relays' counters name the path."""
+    `peer_relay`), logging at `log_level`; the relays' counters name the path."""
     lighthouse_ns = topo.host("lighthouse")
     counted = [lighthouse_ns, topo.host("h1")] if peer_relay else [lighthouse_ns]
     for ns in counted:
@@ -284,7 +292,7 @@ def run_nebula(topo: Topology, workdir: Path, seconds: float, peer_relay: bool =
         config = workdir / f"{name}.yaml"
         lighthouse6 = topo.addr6("lighthouse") if topo.ipv6 else None
         config.write_text(yaml.safe_dump(_nebula_config(workdir, name, index, lighthouse, lighthouse6,
-                                                        f"{NEBULA_NET}.4" if peer_relay else None)))
+                                                        f"{NEBULA_NET}.4" if peer_relay else None, log_level)))
         logs.append(workdir / f"nebula-{name}.log")
         spawn(topo.host(name), ["nebula", "-config", str(config)], logs[-1])
         if index == 0:
@@ -313,7 +321,7 @@ SERVERS = {MESHVPN: (("coord", COORD_ADDR), ("relay", RELAY_ADDR)), NEBULA: (("l
 RUNNERS = {MESHVPN: run_meshvpn, NEBULA: run_nebula}
 
 
-def attempt(vpn: str, a: Kind, b: Kind, seconds: float, workdir: Path) -> Attempt:
+def attempt(vpn: str, a: Kind, b: Kind, seconds: float, workdir: Path, log_level: str = LOG_LEVEL) -> Attempt:
     """One attempt of one cell in a lab of its own; set-up failures become the attempt's error."""
     with BenchLab() as lab:
         try:
@@ -327,7 +335,7 @@ def attempt(vpn: str, a: Kind, b: Kind, seconds: float, workdir: Path) -> Attemp
             b.build(topo, "b", target, seconds)
             if a.peer_relay or b.peer_relay:
                 topo.add_site("h", nat=NatKind.PORT_PRESERVING)
-            return RUNNERS[vpn](topo, workdir, seconds, a.peer_relay or b.peer_relay)
+            return RUNNERS[vpn](topo, workdir, seconds, a.peer_relay or b.peer_relay, log_level)
         except MeshError as err:
             return Attempt(error=" ".join(str(err).split())[:500])
 
@@ -345,6 +353,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"time per attempt from both ends up (default {CELL_SECONDS:g})")
     parser.add_argument("--json", type=Path, metavar="FILE", help="default bench-results/matrix-<date>.json")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep every attempt's configs and logs here")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=LOG_LEVEL,
+                        help=f"what the coord, relay and daemons (or Nebula) log (default {LOG_LEVEL})")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.seconds <= 0:
         parser.error("--runs and --seconds must be positive")
@@ -367,7 +377,8 @@ def run_cells(args: argparse.Namespace, workdir: Path, cells: list[Cell]) -> Non
                     continue
                 rundir = workdir / f"{vpn}-{a}-{b}-{run + 1}"
                 rundir.mkdir(parents=True)
-                cell.attempts.append(attempt(vpn, KINDS_BY_NAME[a], KINDS_BY_NAME[b], args.seconds, rundir))
+                cell.attempts.append(attempt(vpn, KINDS_BY_NAME[a], KINDS_BY_NAME[b], args.seconds, rundir,
+                                             args.log_level))
                 done = cell.attempts[-1]
                 print(f"matrix: {vpn} {a} -> {b} #{run + 1}: {done.label} {done.error or ''}".rstrip(),
                       file=sys.stderr, flush=True)
@@ -392,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{vpn} (row: a's NAT, pings b; column: b's NAT)\n\n{render_table(cells, vpn)}")
     path = args.json or Path("bench-results") / f"matrix-{started:%Y-%m-%dT%H%M%S}.json"
     settings = {"runs": args.runs, "seconds": args.seconds, "vpns": args.vpns, "started": started.isoformat(),
-                "pairs": [list(pair) for pair in args.pairs], "interrupted": interrupted}
+                "pairs": [list(pair) for pair in args.pairs], "interrupted": interrupted, "log_level": args.log_level}
     host = {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version()}
     write_json(path, to_json(cells, settings, host))
     print(f"\nresults written to {path}")

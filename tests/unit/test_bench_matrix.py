@@ -1,13 +1,15 @@
 """Traversal matrix logic without namespaces: attempt labels, cell summaries, the tables, the JSON, pairs."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshvpn.bench.matrix import (
-    KINDS, Attempt, Cell, all_pairs, parse_args, parse_pair, render_table, to_json, watch,
+    KINDS, Attempt, Cell, _nebula_config, all_pairs, parse_args, parse_pair, render_table, run_cells, run_meshvpn, to_json,
+    watch,
 )
 from meshvpn.bench.report import write_json
 
@@ -89,6 +91,32 @@ def test_pairs_are_checked_by_name() -> None:
     assert parse_args(["--pairs", "cgn:cgn", "--runs", "20"]).pairs == [("cgn", "cgn")]
     with pytest.raises(SystemExit):
         parse_args(["--pairs", "cgn:nope"])
+
+
+def test_the_log_level_is_info_unless_asked_and_only_a_known_one() -> None:
+    assert parse_args([]).log_level == "info"
+    assert parse_args(["--log-level", "debug"]).log_level == "debug"
+    with pytest.raises(SystemExit):
+        parse_args(["--log-level", "verbose"])
+
+
+def test_the_log_level_reaches_every_attempt_and_every_program(monkeypatch, tmp_path) -> None:
+    asked = []
+    monkeypatch.setattr("meshvpn.bench.matrix.attempt", lambda *args: asked.append(args[-1]) or Attempt())
+    run_cells(parse_args(["--pairs", "cgn:cgn", "--vpns", "meshvpn", "--log-level", "debug"]), tmp_path, [])
+    assert asked == ["debug"]
+
+    class Started(Exception):
+        pass
+
+    def mesh(*args, **options):
+        asked.append(options["log_level"])
+        raise Started
+    monkeypatch.setattr("meshvpn.bench.matrix.Mesh", mesh)
+    with pytest.raises(Started):
+        run_meshvpn(SimpleNamespace(host=str, ipv6=False), tmp_path, 1.0, log_level="warning")
+    assert asked[-1] == "warning"
+    assert _nebula_config(tmp_path, "a1", 1, "100.81.0.1", log_level="error")["logging"]["level"] == "error"
 
 
 @settings(max_examples=200)
