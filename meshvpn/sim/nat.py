@@ -160,6 +160,14 @@ class MappingTable:
         self._remapped_in.clear()
         self._remapped_out.clear()
 
+    def expire_towards(self, address: str) -> int:
+        """The mappings that sent to `address` expire now, as conntrack entries no packet refreshed
+        in time do; how many."""
+        dead = [mapping for mapping in self.active() if any(remote[0] == address for remote in mapping.remotes)]
+        for mapping in dead:
+            self._remove(mapping)
+        return len(dead)
+
     def rebind(self) -> None:
         """Forget every mapping and let other hosts take their public ports."""
         ports = list(self._by_port)

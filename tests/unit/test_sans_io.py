@@ -84,6 +84,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.relay.addresses",
     "meshvpn.node.relay.link",
     "meshvpn.node.relay.core",
+    "meshvpn.node.relay.home",
     "meshvpn.node.relay.streamend",
     "meshvpn.node.peerrelay",
     "meshvpn.node.streaminbox",

@@ -3,9 +3,11 @@
 The coordination server announces relays and tokens (``registered``, ``relay_tokens``); the
 node keeps a link to each, so any of them can carry its traffic (every node registers with
 every relay, and a relay forwards to any node registered with it). The *home* relay is the
-ready link with the lowest hello round-trip time; another ready link takes over only when its
-RTT is below `SWITCH_RATIO` of home's, so home does not flap between two similar relays. The
-node routes relayed packets through home and reports it to the server (``relay_home``).
+ready link with the lowest hello round-trip time, kept while it is ready: another ready link
+takes over only when its RTT has stayed below `SWITCH_RATIO` of home's for `HOME_HOLD`
+(`meshvpn.node.relay.home`), so home does not flap between two similar relays, nor with a peer
+relay whose path comes and goes. The node routes relayed packets through home and reports it to
+the server (``relay_home``).
 
 Inputs take ``now`` (monotonic seconds). Outputs are pulled: `datagrams_to_send`,
 `frames_to_send` (for TCP links), and `home_changed()`.
@@ -18,13 +20,10 @@ from typing import Callable, Iterable, Optional
 
 from meshvpn.control import messages as m
 from meshvpn.node import events as ev
+from meshvpn.node.relay.home import HomeChoice
 from meshvpn.node.relay.link import ReadyChanged, RelayLink, RelayLinkConfig, SendTcp, SendUdp, Transport, endpoint_of
 from meshvpn.node.streamdial import StreamTarget
 from meshvpn.wire import Endpoint
-
-SWITCH_RATIO = 0.7
-"""A ready relay replaces home only if its RTT is below this fraction of home's."""
-
 
 class RelaySet:
     """The node's relay links by name and by endpoint, and the choice of home."""
@@ -55,6 +54,7 @@ class RelaySet:
         self._streams: set[str] = set()
         """Relays the shell holds (or is opening) a stream to."""
         self._home_changed = False
+        self._choice = HomeChoice()
 
     # ---- inputs ---------------------------------------------------------------------
 
@@ -81,7 +81,7 @@ class RelaySet:
                 self.links[name] = link
                 self.by_endpoint.update(dict.fromkeys(link.addresses.all, link))
         self.set_tokens(tokens, now)
-        self._choose_home(force=True)
+        self._choose_home(now, force=True)
 
     def set_tokens(self, tokens: Iterable[m.RelayToken], now: float) -> None:
         """Fresh tokens (``registered`` or ``relay_tokens``); tokens for unknown relays are ignored."""
@@ -165,7 +165,8 @@ class RelaySet:
     # ---- outputs --------------------------------------------------------------------
 
     def get_timer(self) -> Optional[float]:
-        return min((t for link in self.links.values() if (t := link.get_timer()) is not None), default=None)
+        deadlines = [link.get_timer() for link in self.links.values()] + [self._choice.deadline()]
+        return min((t for t in deadlines if t is not None), default=None)
 
     def datagrams_to_send(self) -> list[tuple[Endpoint, bytes]]:
         out, self._datagrams = self._datagrams, []
@@ -246,22 +247,15 @@ class RelaySet:
                     self._frames.append((link, action.data))
                 elif isinstance(action, ReadyChanged):
                     readiness = True
-        self._choose_home(force=readiness)
+        self._choose_home(now, force=readiness)
 
     def _addresses(self, info: m.RelayInfo) -> tuple[Endpoint, ...]:
         """Where relay `info` may be reached: its address, and the others of the name it came from."""
         hosts = self.addresses_of.get(ipaddress.ip_address(info.host).compressed, ()) or (info.host,)
         return tuple(Endpoint(ipaddress.ip_address(host).compressed, info.port) for host in hosts)
 
-    def _choose_home(self, force: bool = False) -> None:
-        ready = [link for link in self.links.values() if link.ready]
-        best = min(ready, key=lambda link: link.rtt if link.rtt is not None else float("inf"), default=None)
-        home = self.home
-        if home is not None and (not home.ready or self.links.get(home.name) is not home):
-            home = None
-        if home is None or (best is not None and best.rtt is not None and home.rtt is not None
-                            and best.rtt < SWITCH_RATIO * home.rtt):
-            home = best
+    def _choose_home(self, now: float, force: bool = False) -> None:
+        home = self._choice.choose(self.links.values(), now)
         if home is not self.home or force:
             self._home_changed = True
         self.home = home
