@@ -72,6 +72,14 @@ def _reply_key(header: Header) -> tuple[int, int, int | None, int | None]:
     return (header.src, header.proto, header.sport, header.dport)
 
 
+def _datagram(header: Header) -> tuple:
+    """Which datagram a fragment belongs to, as the receiving kernel reassembles it: IPv4 by source,
+    identification and protocol (RFC 791); IPv6 by source and identification (RFC 8200 4.5), since
+    the protocol a later fragment names is only the first header after its Fragment header (a
+    Destination Options header, say, which the first fragment walks past)."""
+    return header.version, header.src, header.ident, header.proto if header.version == 4 else None
+
+
 class AccessFilter:
     """Stateful inbound filter of one node."""
 
@@ -80,7 +88,7 @@ class AccessFilter:
         self._rules: tuple[_Rule, ...] = ()
         self._default_allow = True
         self._flows: dict[tuple, float] = {}
-        self._fragments: dict[tuple[int, int, int], float] = {}
+        self._fragments: dict[tuple, float] = {}
         self._next_prune: float | None = None
         self._broadcast = LIMITED_BROADCAST
         self.dropped: Counter[str] = Counter()
@@ -139,7 +147,7 @@ class AccessFilter:
         if not self.active:
             return True
         if not header.first_fragment:
-            admitted = self._fragments.get((header.src, header.ident, header.proto), 0.0) > now
+            admitted = self._fragments.get(_datagram(header), 0.0) > now
             if not admitted:
                 self.dropped[FRAGMENT] += 1
             return admitted
@@ -147,7 +155,7 @@ class AccessFilter:
         if not until and self._by_rules(header):
             until = now + RULE_VERDICT_TIMEOUT
         if until and header.fragmented:
-            self._fragments[(header.src, header.ident, header.proto)] = now + FRAGMENT_TIMEOUT
+            self._fragments[_datagram(header)] = now + FRAGMENT_TIMEOUT
             self._arm(now)
         elif until and self.cache is not None and not self._is_group(header):
             self.cache.admitted(header, until)

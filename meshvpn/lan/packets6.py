@@ -7,7 +7,9 @@ so `parse6` walks them to the upper-layer header, the way the kernel's `ipv6_ski
 * Hop-by-Hop Options (0), Routing (43) and Destination Options (60): (length + 1) * 8 bytes;
 * Fragment (44): 8 bytes; a fragment whose offset is not 0 carries no upper-layer header (its
   protocol is the fragment header's next header, as an IPv4 fragment's is the header's), and the
-  fragment's identification and a nonzero offset or more-fragments flag make it `fragmented`;
+  fragment's identification and a nonzero offset or more-fragments flag make it `fragmented`
+  (a later fragment's protocol may be a header that only the first fragment carries, such as
+  Destination Options: the access filter matches fragments by source and identification);
 * anything else (TCP, UDP, ICMPv6, AH, ESP, No Next Header) ends the walk: that is the protocol.
 
 At most `MAX_EXTENSIONS` extension headers; a chain that runs past the payload or is longer is

@@ -16,7 +16,8 @@ from meshvpn.errors import ConfigError
 from meshvpn.lan import packets
 from meshvpn.lan.access import DEFAULT, FLOW_TIMEOUT, FRAGMENT, AccessFilter
 from meshvpn.portspec import PROTOCOLS, Service, parse_service
-from meshvpn.sim.packets import ACK, SYN, icmp_echo, ip, tcp, udp
+from meshvpn.lan.packets6 import parse6
+from meshvpn.sim.packets import ACK, SYN, icmp_echo, ip, ipv6, tcp, udp, udp6
 
 ADDRESSES = {"alice": ip("100.64.0.1"), "bob": ip("100.64.0.2"), "carol": ip("100.64.0.3")}
 
@@ -230,6 +231,22 @@ def test_later_fragments_follow_their_first() -> None:
     assert verdict(access, first) and verdict(access, later)
     assert not verdict(access, denied_first) and not verdict(access, denied_later)
     assert access.dropped == {"rule 0": 1, FRAGMENT: 1}
+
+
+def test_later_ipv6_fragments_follow_their_first_behind_destination_options() -> None:
+    """A Destination Options header after the Fragment header is in the first fragment only: a later
+    fragment's Fragment header names it (60) as its next header, not UDP. The datagram is its
+    source and identification (RFC 8200 4.5), whatever the later fragments' next header says."""
+    access = AccessFilter()
+    me, peer = "fd7a:115c:a1e0::2", "fd7a:115c:a1e0::1"
+    access.configure(m.AccessInfo("deny", (m.RuleInfo(0, "allow", ("*",), svc("udp/5000")),)), {})
+    first = udp6(peer, me, 40000, 5000, b"x" * 8, extensions=((44, b"\0\1\0\0\0\7"), (60, b"")))
+    later = ipv6(peer, me, 60, b"x" * 16, extensions=((44, b"\0\x10\0\0\0\7"),))
+    stray = ipv6(peer, me, 60, b"x" * 16, extensions=((44, b"\0\x10\0\0\0\x08"),))
+    assert (parse6(first).proto, parse6(later).proto) == (packets.PROTO_UDP, 60)
+    assert access.inbound(parse6(first), 0.0) and access.inbound(parse6(later), 1.0)
+    assert not access.inbound(parse6(stray), 1.0)
+    assert access.dropped == {FRAGMENT: 1}
 
 
 def test_names_resolve_again_when_the_peer_map_changes() -> None:

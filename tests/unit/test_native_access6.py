@@ -39,7 +39,9 @@ PORTS = st.sampled_from([22, 53, 5000, 5005, 6000])
 EXTENSIONS = st.sampled_from([(), ((0, b""),), ((60, b"opts"), (43, b"\0\0")),
                               ((44, b"\0\0\0\0\0\1"),),  # an atomic fragment: not fragmented
                               ((44, b"\0\1\0\0\0\7"),),  # the first fragment of a datagram
-                              ((0, b""), (44, b"\0\x08\0\0\0\7"))])  # a later fragment
+                              ((0, b""), (44, b"\0\x08\0\0\0\7")),  # a later fragment
+                              ((44, b"\0\1\0\0\0\6"), (60, b"")),  # a first fragment, options behind it
+                              ((44, b"\0\x08\0\0\0\6"), (60, b""))])  # its later one: next header 60
 DESTINATIONS = st.sampled_from([OWN6, OWN6, OWN6, "ff02::1"])
 PACKET = st.one_of(
     st.builds(lambda sport, dport, ext, dst: udp6(PEER6, dst, sport, dport, b"u", extensions=ext),
