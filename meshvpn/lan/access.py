@@ -8,7 +8,10 @@ packet passes and nothing is tracked.
 With rules, a packet is let in when it answers a flow this node started (`outbound` records
 each flow's reply key: TCP and UDP by address and ports, ICMP and ICMPv6 echo by address; a UDP
 broadcast or multicast, such as a server browser's query, lets in unicast answers from any peer to its
-port for `BROADCAST_REPLY_TIMEOUT`, as Linux's broadcast conntrack helper does), or else by the
+port for `BROADCAST_REPLY_TIMEOUT`, as Linux's broadcast conntrack helper does), or, for an ICMP or
+ICMPv6 error, when the packet it quotes is one this node sent the error's sender in a flow it
+tracks or one the rules let in from that peer (*related*, as conntrack's RELATED: Packet Too Big
+and Port Unreachable reach the flows they are about without an `icmp` rule), or else by the
 first rule whose sources and services match it, or else by the default. Later fragments carry
 no ports: they follow the first fragment of their datagram (one that comes before it is
 dropped). Drops are counted by rule
@@ -22,7 +25,7 @@ serves them without asking; `configure` (new rules or a new peer map) and an evi
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 from meshvpn.control import messages as m
@@ -119,18 +122,11 @@ class AccessFilter:
         """Note a packet this node sends, so its replies are let in."""
         if not self.active or not header.first_fragment:
             return
-        if header.proto in _ECHO:
-            if header.sport != _ECHO[header.proto][0]:
-                if self.cache is not None:  # an echo reply, an error: nothing to track, the thread may send it
-                    self.cache.sent(header, now + FLOW_TIMEOUT[header.proto])
-                return
-            key = (header.dst, header.proto, None, None)
-        elif header.proto == PROTO_UDP and self._is_group(header):
-            key = (ANY_PEER, PROTO_UDP, None, header.sport)
-        elif header.proto in (PROTO_TCP, PROTO_UDP):
-            key = (header.dst, header.proto, header.dport, header.sport)
-        else:
-            key = (header.dst, header.proto, None, None)
+        key = self._sent_key(header)
+        if key is None:
+            if self.cache is not None:  # an echo reply, an error: nothing to track, the thread may send it
+                self.cache.sent(header, now + FLOW_TIMEOUT[header.proto])
+            return
         timeout = BROADCAST_REPLY_TIMEOUT if key[0] == ANY_PEER else FLOW_TIMEOUT.get(header.proto, FLOW_TIMEOUT[PROTO_UDP])
         self._flows.pop(key, None)
         self._flows[key] = now + timeout
@@ -142,8 +138,22 @@ class AccessFilter:
             self.cache.sent(header, now + timeout)
         self._arm(now)
 
-    def inbound(self, header: Header, now: float) -> bool:
-        """Whether to deliver a packet a peer sent; a refusal is counted by the rule that made it."""
+    def _sent_key(self, header: Header) -> tuple | None:
+        """The flow a packet this node sends opens for its replies; None for an echo reply or an ICMP
+        error, which open nothing."""
+        if header.proto in _ECHO:
+            return (header.dst, header.proto, None, None) if header.sport == _ECHO[header.proto][0] else None
+        if header.proto == PROTO_UDP and self._is_group(header):
+            return (ANY_PEER, PROTO_UDP, None, header.sport)
+        if header.proto in (PROTO_TCP, PROTO_UDP):
+            return (header.dst, header.proto, header.dport, header.sport)
+        return (header.dst, header.proto, None, None)
+
+    def inbound(self, header: Header, now: float, quote: Header | None = None) -> bool:
+        """Whether to deliver a packet a peer sent; a refusal is counted by the rule that made it.
+
+        ``quote`` is the header an ICMP error quotes (`meshvpn.lan.icmperrors.quoted`): the error is
+        let in as related when that packet's flow is one the filter lets through."""
         if not self.active:
             return True
         if not header.first_fragment:
@@ -152,14 +162,31 @@ class AccessFilter:
                 self.dropped[FRAGMENT] += 1
             return admitted
         until = self._flow_until(header, now)
-        if not until and self._by_rules(header):
+        related = 0.0
+        if not until and self._by_rules(header, count=quote is None):
             until = now + RULE_VERDICT_TIMEOUT
+        elif not until and quote is not None:
+            until = related = self._related_until(header, quote, now)
+            if not related:
+                self._by_rules(header)  # refused: counted by the rule that refused it
         if until and header.fragmented:
             self._fragments[_datagram(header)] = now + FRAGMENT_TIMEOUT
             self._arm(now)
-        elif until and self.cache is not None and not self._is_group(header):
-            self.cache.admitted(header, until)
+        elif until and self.cache is not None and not self._is_group(header) and not related:
+            self.cache.admitted(header, until)  # a related error's key does not name the flow it is about
         return bool(until)
+
+    def _related_until(self, error: Header, quote: Header, now: float) -> float:
+        """Until when the packet an ICMP error quotes lets the error in: a packet this node sent the
+        error's sender, of a flow it tracks or one the rules let in from that peer; 0.0 if none."""
+        if quote.src != error.dst or quote.dst != error.src or not quote.first_fragment:
+            return 0.0
+        key = self._sent_key(quote)
+        until = self._flows.get(key, 0.0) if key is not None else 0.0
+        if until > now:
+            return until
+        answered = replace(quote, src=quote.dst, dst=quote.src, sport=quote.dport, dport=quote.sport)
+        return now + RULE_VERDICT_TIMEOUT if self._by_rules(answered, count=False) else 0.0
 
     def _is_group(self, header: Header) -> bool:
         if header.version == 6:
@@ -175,15 +202,13 @@ class AccessFilter:
             until = max(until, self._flows.get((ANY_PEER, PROTO_UDP, None, header.dport), 0.0))
         return until if until > now else 0.0
 
-    def _by_rules(self, header: Header) -> bool:
-        for rule in self._rules:
-            if rule.matches(header, header.dport):
-                if not rule.allow:
-                    self.dropped[rule.label] += 1
-                return rule.allow
-        if not self._default_allow:
-            self.dropped[DEFAULT] += 1
-        return self._default_allow
+    def _by_rules(self, header: Header, count: bool = True) -> bool:
+        """The verdict of the first rule that matches, else the default; a refusal counted if ``count``."""
+        rule = next((rule for rule in self._rules if rule.matches(header, header.dport)), None)
+        allow = self._default_allow if rule is None else rule.allow
+        if not allow and count:
+            self.dropped[DEFAULT if rule is None else rule.label] += 1
+        return allow
 
     def _arm(self, now: float) -> None:
         if self._next_prune is None:

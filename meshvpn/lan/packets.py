@@ -83,6 +83,8 @@ class Header:
     tcp_flags: int | None = None
     version: int = 4
     """4, or 6 for a header `meshvpn.lan.packets6.parse6` read (addresses are then 128-bit)."""
+    upper: int = 20
+    """Where the upper-layer header starts in the packet (behind IPv6's extension headers)."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ def parse(packet: bytes | bytearray | memoryview) -> Header:
     fragmented = not first or bool(frag & _MORE_FRAGMENTS)
     sport, dport, flags = transport_fields(packet, ihl, length, proto, PROTO_ICMP) if first else _NO_FIELDS
     return Header(int.from_bytes(src, "big"), int.from_bytes(dst, "big"), proto, ttl, length, first,
-                  fragmented, _ident, sport, dport, flags)
+                  fragmented, _ident, sport, dport, flags, 4, ihl)
 
 
 _NO_FIELDS: tuple[None, None, None] = (None, None, None)

@@ -63,7 +63,7 @@ def parse6(packet: bytes | bytearray | memoryview) -> Header:
         raise BadPacket(f"more than {MAX_EXTENSIONS} extension headers")
     sport, dport, flags = transport_fields(packet, at, length, proto, PROTO_ICMPV6) if first else (None, None, None)
     return Header(int.from_bytes(src, "big"), int.from_bytes(dst, "big"), proto, hops, length, first, fragmented,
-                  ident, sport, dport, flags, 6)
+                  ident, sport, dport, flags, 6, at)
 
 
 def is_multicast6(address: int) -> bool:

@@ -25,7 +25,7 @@ from typing import Iterable, Optional
 
 from meshvpn.config import FanoutConfig
 from meshvpn.control import messages as m
-from meshvpn.lan import igmp, packets
+from meshvpn.lan import icmperrors, igmp, packets
 from meshvpn.lan.access import AccessFilter
 from meshvpn.lan.fanout import Fanout
 from meshvpn.lan.groups import LocalGroups, PeerGroups, recipients
@@ -182,7 +182,8 @@ class LanParty:
         if kind is not None and header.ttl == 0:
             self.dropped[Drop.TTL.value] += 1
             return False
-        if not self.access.inbound(header, now):
+        quote = icmperrors.quoted(packet, header) if self.access.active else None
+        if not self.access.inbound(header, now, quote):
             return False
         if kind is not None:
             self.received[kind] += 1

@@ -1,4 +1,5 @@
-"""Inner packets for tests of the LAN-party cores: UDP, TCP, ICMP echo and IGMP reports; UDP, TCP and ICMPv6 echo over IPv6."""
+"""Inner packets for tests of the LAN-party cores: UDP, TCP, ICMP echo and errors, IGMP reports; UDP, TCP, ICMPv6 echo
+and errors over IPv6."""
 
 from __future__ import annotations
 
@@ -29,6 +30,15 @@ def tcp(src: str, dst: str, sport: int, dport: int, flags: int = SYN) -> bytes:
 
 def icmp_echo(src: str, dst: str, reply: bool = False) -> bytes:
     body = bytearray(struct.pack("!BBHHH", 0 if reply else 8, 0, 0, 1, 1))
+    body[2:4] = internet_checksum(body).to_bytes(2, "big")
+    return ipv4(ip(src), ip(dst), PROTO_ICMP, bytes(body))
+
+
+def icmp_error(src: str, dst: str, about: bytes, kind: int = 3, code: int = 3, data: int = 0) -> bytes:
+    """An ICMP error (Port Unreachable by default; ``data`` is the next-hop MTU of a Fragmentation
+    Needed) quoting the IP header and first 8 bytes of its payload of ``about``, as RFC 792 asks."""
+    quote = about[: (about[0] & 0x0F) * 4 + 8]
+    body = bytearray(struct.pack("!BBHI", kind, code, 0, data) + quote)
     body[2:4] = internet_checksum(body).to_bytes(2, "big")
     return ipv4(ip(src), ip(dst), PROTO_ICMP, bytes(body))
 
@@ -86,3 +96,9 @@ def tcp6(src: str, dst: str, sport: int, dport: int, flags: int = SYN, **fields)
 def icmp6_echo(src: str, dst: str, reply: bool = False, **fields) -> bytes:
     """An ICMPv6 echo request (128) or reply (129); checksum left zero."""
     return ipv6(src, dst, 58, struct.pack("!BBHHH", 129 if reply else 128, 0, 0, 1, 1), **fields)
+
+
+def icmp6_error(src: str, dst: str, about: bytes, kind: int = 2, code: int = 0, data: int = 1280, **fields) -> bytes:
+    """An ICMPv6 error (Packet Too Big by default; ``data`` its MTU) quoting as much of ``about`` as
+    fits in 1280 bytes (RFC 4443); checksum left zero."""
+    return ipv6(src, dst, 58, struct.pack("!BBHI", kind, code, 0, data) + about[:1280 - 48], **fields)

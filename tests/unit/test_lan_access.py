@@ -1,5 +1,6 @@
 """Access rules: services, the coord's config and per-node rules, and the node's stateful filter."""
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,10 @@ from meshvpn.errors import ConfigError
 from meshvpn.lan import packets
 from meshvpn.lan.access import DEFAULT, FLOW_TIMEOUT, FRAGMENT, AccessFilter
 from meshvpn.portspec import PROTOCOLS, Service, parse_service
-from meshvpn.lan.packets6 import parse6
-from meshvpn.sim.packets import ACK, SYN, icmp_echo, ip, ipv6, tcp, udp, udp6
+from meshvpn.lan import icmperrors
+from meshvpn.lan.flowcache import FlowCache
+from meshvpn.lan.packets6 import parse6, parse_any
+from meshvpn.sim.packets import ACK, SYN, icmp6_error, icmp_echo, icmp_error, ip, ipv6, tcp, tcp6, udp, udp6
 
 ADDRESSES = {"alice": ip("100.64.0.1"), "bob": ip("100.64.0.2"), "carol": ip("100.64.0.3")}
 
@@ -268,3 +271,56 @@ def test_answers_to_a_broadcast_query_come_in_from_any_peer_for_a_few_seconds() 
     assert not verdict(access, udp("100.64.0.1", "100.64.0.2", 27015, 50001), now=11.0)
     assert not verdict(access, tcp("100.64.0.1", "100.64.0.2", 27015, 50000), now=11.0)
     assert not verdict(access, udp("100.64.0.3", "100.64.0.2", 27015, 50000), now=13.0)
+
+
+# ----- ICMP errors as related
+
+
+def error_verdict(access: AccessFilter, packet: bytes, now: float = 0.0) -> bool:
+    header = parse_any(packet)
+    return access.inbound(header, now, icmperrors.quoted(packet, header))
+
+
+def test_an_icmp_error_about_a_flow_this_node_started_comes_in_without_an_icmp_rule() -> None:
+    """Port Unreachable and Fragmentation Needed about a flow this node started pass as related; the same
+    errors about nothing it sent, about a packet it sent someone else, or once the flow expired do not."""
+    access = AccessFilter()
+    access.configure(m.AccessInfo("deny", ()), ADDRESSES)
+    to_alice = udp("100.64.0.2", "100.64.0.1", 40000, 27015, b"query")
+    access.outbound(packets.parse(to_alice), now=0.0)
+    access.outbound(packets.parse(tcp("100.64.0.2", "100.64.0.1", 50000, 22)), now=0.0)
+    assert error_verdict(access, icmp_error("100.64.0.1", "100.64.0.2", to_alice), now=1.0)
+    assert error_verdict(access, icmp_error("100.64.0.1", "100.64.0.2", tcp("100.64.0.2", "100.64.0.1", 50000, 22),
+                                            code=4, data=1280), now=1.0)
+    refused = [icmp_error("100.64.0.1", "100.64.0.2", udp("100.64.0.2", "100.64.0.1", 40001, 27015)),
+               icmp_error("100.64.0.3", "100.64.0.2", to_alice),  # carol speaks of a packet alice got
+               icmp_error("100.64.0.1", "100.64.0.2", udp("100.64.0.3", "100.64.0.1", 40000, 27015))]
+    assert [error_verdict(access, packet, now=1.0) for packet in refused] == [False] * 3
+    assert not error_verdict(access, icmp_error("100.64.0.1", "100.64.0.2", to_alice), now=FLOW_TIMEOUT[packets.PROTO_UDP])
+    assert access.dropped == {DEFAULT: 4}
+
+
+def test_an_icmp_error_about_a_flow_the_rules_let_in_comes_in_before_the_rules_judge_icmp() -> None:
+    """A server on udp/27016 is open to everyone and icmp is denied: an error about the server's answer
+    is related and comes in; one about an answer from 27015, which no rule lets in, meets the icmp rule."""
+    access = AccessFilter()
+    access.configure(m.AccessInfo("allow", (m.RuleInfo(0, "allow", ("*",), svc("udp/27016")),
+                                            m.RuleInfo(1, "deny", ("*",), svc("icmp", "udp/27015")))), ADDRESSES)
+    answer = udp("100.64.0.2", "100.64.0.3", 27016, 40000, b"info")
+    assert error_verdict(access, icmp_error("100.64.0.3", "100.64.0.2", answer))
+    assert not error_verdict(access, icmp_error("100.64.0.3", "100.64.0.2", udp("100.64.0.2", "100.64.0.3", 27015, 40000)))
+    assert access.dropped == {"rule 1": 1}
+
+
+def test_an_icmpv6_packet_too_big_about_a_flow_this_node_started_comes_in() -> None:
+    me, peer = "fd7a:115c:a1e0::2", "fd7a:115c:a1e0::1"
+    access = AccessFilter()
+    access.configure(m.AccessInfo("deny", ()), {"alice": int(ipaddress.IPv6Address(peer))})
+    access.cache = FlowCache()
+    sent = tcp6(me, peer, 50000, 22, extensions=((60, b""),)) + b"x" * 1400
+    access.outbound(parse6(sent), now=0.0)
+    access.cache.take()
+    assert error_verdict(access, icmp6_error(peer, me, sent), now=1.0)
+    assert access.cache.take() == (False, []), "the error's own key would let any Packet Too Big from the peer in"
+    assert not error_verdict(access, icmp6_error(peer, me, tcp6(me, peer, 50001, 22)), now=1.0)
+    assert access.dropped == {DEFAULT: 1}

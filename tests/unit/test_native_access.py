@@ -21,7 +21,7 @@ from meshvpn.node.node import Node
 from meshvpn.noise import SessionKeys
 from meshvpn.portspec import parse_service
 from meshvpn.session import Session
-from meshvpn.sim.packets import SYN, icmp_echo, tcp, udp
+from meshvpn.sim.packets import SYN, icmp_echo, icmp_error, tcp, udp
 from tests.unit import test_native_relay_rx as relay_rx
 from tests.unit.test_native_loop import NATIVE_MODULE
 
@@ -153,3 +153,19 @@ def test_with_rules_the_thread_delivers_and_counts_as_the_python_path_and_serves
         with_session(plane, time.monotonic())
     native.receiver.sync(time.monotonic())
     assert both(ALLOWED[:1], 6) == 1, "the peer left: no accept cached before outlives it"
+
+
+def test_icmp_errors_about_flows_the_rules_let_in_pass_as_related_in_both_paths_and_always_in_python(native):
+    """An error about the answer of a flow rule 0 lets in comes in as related, one about a TCP answer
+    does not (the default refuses it), on both paths alike; the thread serves neither, since an
+    error's own key does not name the flow it is about."""
+    python, sealer = ruled_plane(0.0), Sealer()
+    errors = [icmp_error(PEER, OWN, udp(OWN, PEER, 5000, 1234, b"answer"), code=4, data=1280),
+              icmp_error(PEER, OWN, tcp(OWN, PEER, 22, 1234, SYN))]
+    for step in (1, 2):
+        messages = sealer.seal(errors)
+        expected = [bytes(p) for p in python.open_messages([(msg, native.source(0)) for msg in messages], 10.0 * step)]
+        handed = native.receiver.totals["handed to python"]
+        assert sorted(native.take(messages, len(expected))) == sorted(expected) == errors[:1]
+        assert native.receiver.totals["handed to python"] - handed == 2
+        assert native.data.lan.access.dropped == python.lan.access.dropped == {"default": step}

@@ -3,7 +3,8 @@
 A node of an IPv6 network (`fd7a:115c:a1e0::/64`) with random rules takes the same random IPv6
 datagrams twice, once through a data path with the native thread (`test_native_access.NativeSide`:
 a loopback UDP socket, a real ``TunDevice`` over a socket) and once through a Python-only one:
-TCP, UDP and ICMPv6 behind extension headers, fragments, packets for a multicast group. The TUN
+TCP, UDP and ICMPv6 behind extension headers, fragments, packets for a multicast group, ICMPv6
+errors about packets of flows the rules let in or not (which the filter lets in as related). The TUN
 gets the same packets, the peer and the filter the same counts; the second time, every packet
 whose flow the filter let in the first time is delivered by the thread without Python
 (its ``handed to python`` count). Waits are bounded.
@@ -17,10 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshvpn.control import messages as m
-from meshvpn.lan import flowcache
+from meshvpn.lan import flowcache, icmperrors
+from meshvpn.lan.access import AccessFilter
 from meshvpn.lan.packets6 import parse_any
 from meshvpn.portspec import parse_service
-from meshvpn.sim.packets import icmp6_echo, ipv6, tcp6, udp6
+from meshvpn.sim.packets import icmp6_echo, icmp6_error, ipv6, tcp6, udp6
 from tests.unit.test_native_access import PEER_KEY, NativeSide, Sealer, ruled_plane
 from tests.unit.test_native_loop import NATIVE_MODULE
 
@@ -49,7 +51,15 @@ PACKET = st.one_of(
     st.builds(lambda sport, dport, ext: tcp6(PEER6, OWN6, sport, dport, extensions=ext), PORTS, PORTS, EXTENSIONS),
     st.builds(lambda reply, ext: icmp6_echo(PEER6, OWN6, reply, extensions=ext), st.booleans(), EXTENSIONS),
     st.builds(lambda kind: ipv6(PEER6, OWN6, 58, bytes([kind, 0]) + bytes(6)), st.sampled_from([1, 2, 135])),
+    st.builds(lambda kind, about: icmp6_error(PEER6, OWN6, about, kind=kind), st.sampled_from([1, 2, 3, 4]),
+              st.one_of(st.builds(lambda sport, dport, ext: tcp6(OWN6, PEER6, sport, dport, extensions=ext),
+                                  PORTS, PORTS, EXTENSIONS),
+                        st.builds(lambda sport, dport: udp6(OWN6, PEER6, sport, dport, b"answer"), PORTS, PORTS),
+                        st.builds(lambda reply: icmp6_echo(OWN6, PEER6, reply), st.booleans()),
+                        st.builds(lambda sport: udp6(PEER6, OWN6, sport, 22), PORTS))),
 )
+"""From the peer: TCP, UDP, ICMPv6 echo and other messages to this node or a group; ICMPv6 errors
+about packets this node sent the peer (answers of flows the rules may let in) or did not send."""
 
 
 OWN6_INT = int(ipaddress.IPv6Address(OWN6))
@@ -60,9 +70,16 @@ def for_me(packet: bytes) -> bool:
     return parse_any(packet).dst == OWN6_INT
 
 
-def served_by_thread(packet: bytes, delivered: list[bytes]) -> bool:
-    """Whether the thread may deliver `packet` once the filter let its flow in: for this node, keyed, let in."""
-    return for_me(packet) and packet in delivered and flowcache.flow_key(parse_any(packet), flowcache.INBOUND) is not None
+def served_by_thread(packet: bytes, delivered: list[bytes], rules: m.AccessInfo) -> bool:
+    """Whether the thread may deliver `packet` once the filter let its flow in: for this node, keyed, let in;
+    an ICMPv6 error only if the rules let it in by itself (one let in as related is judged each time)."""
+    header = parse_any(packet)
+    if icmperrors.is_error(header):
+        bare = AccessFilter()
+        bare.configure(rules, {"peer": int(ipaddress.IPv6Address(PEER6))})
+        if not bare.inbound(header, 0.0):
+            return False
+    return for_me(packet) and packet in delivered and flowcache.flow_key(header, flowcache.INBOUND) is not None
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -83,7 +100,7 @@ def test_native_and_python_filters_decide_alike_on_ipv6_and_the_thread_serves_wh
             assert native.data.lan.access.dropped == python.lan.access.dropped
             handed = native.receiver.totals["handed to python"] - handed
             if step == 2:
-                served = sum(served_by_thread(p, delivered) for p in packets)
+                served = sum(served_by_thread(p, delivered, rules) for p in packets)
                 assert handed == sum(map(for_me, packets)) - served, "what the filter let in passes in the thread"
     finally:
         native.close()
