@@ -20,7 +20,7 @@ from meshvpn.control.schema import (  # MAX_ENDPOINTS and parse_endpoint are rea
 from meshvpn.control.records import (  # re-exported: both sides read records through this module
     ENDPOINTS, MAX_IPV6_ENDPOINTS, IPV6_ENDPOINTS, NetworkInfo, RelayInfo, RelayToken, RelayRtt,
     MAX_RELAY_RTTS, RELAY_RTTS, RELAY_TOKENS, RELAYS, TurnServer, TURN_SERVERS, NAT_ALLOCATIONS,
-    NatInfo, NAT, MAX_RULES, MAX_SERVICES, ACTIONS, SERVICE, MAX_GROUPS, GROUPS, RuleInfo,
+    NatInfo, NAT, MAX_RULES, MAX_SERVICES, ACTIONS, SERVICE, MAX_GROUPS, GROUPS, GROUPS6, RuleInfo,
     AccessInfo, PeerInfo, PEER_CHANGE, DELTA_VERSION,
 )
 
@@ -165,6 +165,9 @@ class Groups(Message):
 
     TYPE = "groups"
     groups: tuple[str, ...] = wire(GROUPS)
+    groups6: tuple[str, ...] | None = wire(optional(GROUPS6))
+    """The IPv6 groups, learned from MLD reports (a node of an IPv6 overlay), passed on in
+    `PeerInfo.groups6`; a coord that predates them ignores them."""
 
 
 # coord → node

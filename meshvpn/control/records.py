@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from meshvpn.control.schema import (
     BOOL, CIDR, COUNT, ENDPOINT, HOST, MAX_ENDPOINTS, MAX_PEERS, MAX_RELAYS, NAME, PORT, TIME,
@@ -129,17 +129,26 @@ MAX_GROUPS = 64
 """Multicast groups one node may announce (the kernel's default igmp_max_memberships is 20)."""
 
 
-def _load_group(value: Any) -> str:
-    _check(isinstance(value, str) and len(value) <= 15, "expected an IPv4 multicast group")
-    try:
-        group = ipaddress.IPv4Address(value)
-    except ValueError:
-        raise MalformedMessage(f"{value!r} is not an IPv4 address") from None
-    _check(group.is_multicast and str(group) == value, f"{value!r} is not a multicast group")
-    return value
+def _group_loader(family: type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address], longest: int) -> Callable[[Any], str]:
+    """Checks a group of ``family`` as written out (dotted, or IPv6 as Python's ipaddress prints it)."""
+    name = "IPv4" if family is ipaddress.IPv4Address else "IPv6"
+
+    def load(value: Any) -> str:
+        _check(isinstance(value, str) and len(value) <= longest, f"expected an {name} multicast group")
+        try:
+            group = family(value)
+        except ValueError:
+            raise MalformedMessage(f"{value!r} is not an {name} address") from None
+        _check(group.is_multicast and str(group) == value, f"{value!r} is not a multicast group")
+        return value
+
+    return load
 
 
-GROUPS = list_of(Codec(_load_group), MAX_GROUPS)
+GROUPS = list_of(Codec(_group_loader(ipaddress.IPv4Address, 15)), MAX_GROUPS)
+GROUPS6 = list_of(Codec(_group_loader(ipaddress.IPv6Address, 39)), MAX_GROUPS)
+"""IPv6 groups apart from IPv4's: a node or coord that predates them ignores the field rather than
+refusing a message whose `groups` holds an address it cannot read."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +196,8 @@ class PeerInfo(Record):
     """The peer's NAT as it reported it (absent: unknown, treated as endpoint-independent)."""
     groups: tuple[str, ...] | None = wire(optional(GROUPS))
     """Multicast groups the peer's applications joined (`Groups`): where its multicast goes."""
+    groups6: tuple[str, ...] | None = wire(optional(GROUPS6))
+    """The IPv6 multicast groups the peer's applications joined (`Groups.groups6`)."""
     mapped_endpoint: Endpoint | None = wire(optional(ENDPOINT))
     """A port the peer's router forwards to it (UPnP IGD, NAT-PMP, PCP): open to any sender."""
     ipv6_endpoints: tuple[Endpoint, ...] | None = wire(optional(IPV6_ENDPOINTS))

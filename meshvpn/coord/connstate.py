@@ -112,6 +112,8 @@ class Connection:
     """The rules the node was last sent."""
     groups: tuple[str, ...] = ()
     """The multicast groups the node last said it joined, shown to its peers."""
+    groups6: tuple[str, ...] = ()
+    """The same for IPv6 groups (`Groups.groups6`)."""
     peer_relays: bool = False
     """The node registered with `peer_relays`: it takes `relays` and may relay (`meshvpn.coord.peerrelays`)."""
     offered: tuple[tuple[m.RelayInfo, ...], bool] | None = None
@@ -159,6 +161,7 @@ def peer_info(node: NodeRecord, conn: Connection | None) -> m.PeerInfo:
         last_seen=node.last_seen,
         nat=None if conn is None else conn.nat,
         groups=(conn.groups or None) if conn is not None else None,
+        groups6=(conn.groups6 or None) if conn is not None else None,
         mapped_endpoint=None if conn is None else conn.mapped,
         mapped_tcp=None if conn is None else conn.mapped_tcp,
         ipv6_endpoints=(conn.ipv6 or None) if conn is not None else None,

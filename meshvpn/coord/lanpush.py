@@ -70,11 +70,11 @@ class LanPush:
                 conn.access = rules
                 self._send(conn, m.Access(rules))
 
-    def _groups(self, conn: Connection, groups: tuple[str, ...]) -> None:
+    def _groups(self, conn: Connection, message: m.Groups) -> None:
         """The node's groups changed: its peers see them in its peer info."""
-        groups = tuple(sorted(set(groups)))
-        if groups != conn.groups:
-            conn.groups = groups
+        groups, groups6 = tuple(sorted(set(message.groups))), tuple(sorted(set(message.groups6 or ())))
+        if (groups, groups6) != (conn.groups, conn.groups6):
+            conn.groups, conn.groups6 = groups, groups6
             self._roster.changed(conn.key)
             self._announce(self._roster.get(conn.key), exclude=conn.key)
 

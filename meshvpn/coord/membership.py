@@ -217,7 +217,7 @@ class Membership(Elsewhere, LanPush, PeerRelays, NodeAdmin):
         elif isinstance(message, m.Paths):
             self._paths(conn, message.paths)
         elif isinstance(message, m.Groups):
-            self._groups(conn, message.groups)
+            self._groups(conn, message)
         elif isinstance(message, m.PunchRequest):
             if not conn.punches.take(now):
                 self.limited["punch_request"] += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Callable
 
 from meshvpn.lan.packets import ALL_HOSTS, PROTO_IGMP, BadPacket, ipv4, is_multicast
 from meshvpn.checksum import internet_checksum
@@ -38,7 +39,6 @@ STARTUP_QUERY_INTERVAL = QUERY_INTERVAL / 4
 STARTUP_QUERY_COUNT = ROBUSTNESS
 
 _ROUTER_ALERT = b"\x94\x04\x00\x00"
-_RECORD = struct.Struct("!BBH4s")
 
 
 class BadIgmp(BadPacket):
@@ -86,25 +86,37 @@ def _group(raw: bytes) -> int:
 
 
 def _v3_report(message: bytes) -> Report:
+    return Report(3, *records(message, 4, _group, BadIgmp))
+
+
+def records(message: bytes, size: int, group: Callable[[bytes], int | None],
+            bad: type[BadPacket]) -> tuple[frozenset[int], frozenset[int]]:
+    """(joined, left) by the group records of an IGMPv3 report, or of an MLDv2 report (RFC 3810
+    5.2.12: the same six kinds, with ``size``-byte addresses: 16 for IPv6, 4 here). Excluding
+    sources, or including some, is membership; including none is leaving. ``group`` reads a
+    record's address (None: a group that is no news); ``bad`` is what a malformed report raises."""
     count = int.from_bytes(message[6:8], "big")
     if count > MAX_RECORDS:
-        raise BadIgmp(f"{count} group records")
+        raise bad(f"{count} group records")
+    layout = struct.Struct(f"!BBH{size}s")
     joined, left, offset = set(), set(), 8
     for _ in range(count):
-        if offset + _RECORD.size > len(message):
-            raise BadIgmp("truncated group record")
-        kind, aux_words, sources, raw = _RECORD.unpack_from(message, offset)
-        offset += _RECORD.size + 4 * sources + 4 * aux_words
+        if offset + layout.size > len(message):
+            raise bad("truncated group record")
+        kind, aux_words, sources, raw = layout.unpack_from(message, offset)
+        offset += layout.size + size * sources + 4 * aux_words
         if offset > len(message):
-            raise BadIgmp("truncated group record")
+            raise bad("truncated group record")
         if not MODE_IS_INCLUDE <= kind <= BLOCK_OLD:
-            raise BadIgmp(f"group record type {kind}")
-        group = _group(raw)
+            raise bad(f"group record type {kind}")
+        address = group(raw)
+        if address is None:
+            continue
         if kind in (MODE_IS_EXCLUDE, TO_EXCLUDE) or (kind in (MODE_IS_INCLUDE, TO_INCLUDE, ALLOW_NEW) and sources):
-            joined.add(group)
+            joined.add(address)
         elif kind in (MODE_IS_INCLUDE, TO_INCLUDE):
-            left.add(group)
-    return Report(3, frozenset(joined), frozenset(left - joined))
+            left.add(address)
+    return frozenset(joined), frozenset(left - joined)
 
 
 QUERIER = 0

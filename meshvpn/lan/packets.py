@@ -28,6 +28,7 @@ PROTO_UDP = 17
 
 LIMITED_BROADCAST = 0xFFFFFFFF
 ALL_HOSTS = 0xE0000001  # 224.0.0.1: every multicast-capable host, never reported in IGMP
+ALL_NODES6 = 0xFF02 << 112 | 1  # ff02::1: IPv6's all-nodes, never reported in MLD
 _MULTICAST_MASK, _MULTICAST_NET = 0xF0000000, 0xE0000000
 _MORE_FRAGMENTS, _OFFSET_MASK = 0x2000, 0x1FFF
 _HEADER = struct.Struct("!BBHHHBBH4s4s")
@@ -89,16 +90,21 @@ class Header:
 
 @dataclass(frozen=True)
 class Overlay:
-    """This node's place in the overlay: its address and its network."""
+    """This node's place in the overlay: its address and its network (IPv4, or IPv6 without a broadcast)."""
 
     address: int
     network: int
-    broadcast: int
+    broadcast: int | None
+    version: int = 4
 
     @classmethod
     def of(cls, address: str, cidr: str) -> Overlay:
-        net = ipaddress.IPv4Network(cidr, strict=False)
-        return cls(int(ipaddress.IPv4Address(address)), int(net.network_address), int(net.broadcast_address))
+        net = ipaddress.ip_network(cidr, strict=False)
+        own = ipaddress.ip_address(address)
+        if own.version != net.version:
+            raise ValueError(f"{address} is not an address of {cidr}")
+        broadcast = int(net.broadcast_address) if net.version == 4 else None
+        return cls(int(own), int(net.network_address), broadcast, net.version)
 
 
 def parse(packet: bytes | bytearray | memoryview) -> Header:
@@ -136,10 +142,16 @@ def is_multicast(address: int) -> bool:
     return address & _MULTICAST_MASK == _MULTICAST_NET
 
 
+def is_multicast6(address: int) -> bool:
+    return address >> 120 == 0xFF
+
+
 def classify(header: Header, overlay: Overlay) -> Cast:
     dst = header.dst
     if dst == overlay.address:
         return Cast.SELF
+    if header.version == 6:
+        return Cast.MULTICAST if is_multicast6(dst) else Cast.UNICAST
     if dst == LIMITED_BROADCAST:
         return Cast.LIMITED_BROADCAST
     if dst == overlay.broadcast:
@@ -159,7 +171,7 @@ def inbound(header: Header, overlay: Overlay, joined: Container[int], peer_addre
     cast = classify(header, overlay)
     if cast is Cast.UNICAST:
         return Drop.NOT_FOR_ME
-    if cast is Cast.MULTICAST and header.dst != ALL_HOSTS and header.dst not in joined:
+    if cast is Cast.MULTICAST and header.dst not in (ALL_HOSTS, ALL_NODES6) and header.dst not in joined:
         return Drop.NOT_JOINED
     return cast
 

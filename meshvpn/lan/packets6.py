@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 
-from meshvpn.lan.packets import BadPacket, Header, parse, transport_fields
+from meshvpn.lan.packets import BadPacket, Header, is_multicast6, parse, transport_fields
 
 PROTO_ICMPV6 = 58
 ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY = 128, 129
@@ -32,7 +32,6 @@ MAX_EXTENSIONS = 8
 """Extension headers walked at most before a packet counts as malformed (the kernel walks any number)."""
 _FIXED = struct.Struct("!IHBB16s16s")
 _FRAGMENT = struct.Struct("!BxHI")
-_MULTICAST_FIRST_BYTE = 0xFF
 
 
 def parse6(packet: bytes | bytearray | memoryview) -> Header:
@@ -64,10 +63,6 @@ def parse6(packet: bytes | bytearray | memoryview) -> Header:
     sport, dport, flags = transport_fields(packet, at, length, proto, PROTO_ICMPV6) if first else (None, None, None)
     return Header(int.from_bytes(src, "big"), int.from_bytes(dst, "big"), proto, hops, length, first, fragmented,
                   ident, sport, dport, flags, 6, at)
-
-
-def is_multicast6(address: int) -> bool:
-    return address >> 120 == _MULTICAST_FIRST_BYTE
 
 
 def parse_any(packet: bytes | bytearray | memoryview) -> Header:

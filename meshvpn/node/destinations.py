@@ -1,5 +1,6 @@
 """The inner destinations a node accepts from its peers: its own overlay address, the overlay
-network's broadcast address, 255.255.255.255, 224.0.0.1 and the multicast groups it joined.
+network's broadcast address, 255.255.255.255, 224.0.0.1 (in an IPv6 overlay ff02::1) and the
+multicast groups it joined.
 
 Why: a decrypted packet goes to the TUN, and the kernel delivers or forwards it by its
 destination.  A peer that could send to the node's LAN, a docker bridge or another peer through
@@ -17,10 +18,12 @@ from __future__ import annotations
 import ipaddress
 from typing import Optional
 
-from meshvpn.lan.packets import ALL_HOSTS, LIMITED_BROADCAST
+from meshvpn.lan.packets import ALL_HOSTS, ALL_NODES6, LIMITED_BROADCAST
 
-_LINK_WIDE = tuple(ipaddress.IPv4Address(a).packed for a in (LIMITED_BROADCAST, ALL_HOSTS))
-"""255.255.255.255 and 224.0.0.1: never forwarded by the kernel, always this node's to take."""
+_LINK_WIDE = {4: tuple(ipaddress.IPv4Address(a).packed for a in (LIMITED_BROADCAST, ALL_HOSTS)),
+              6: (ipaddress.IPv6Address(ALL_NODES6).packed,)}
+"""255.255.255.255 and 224.0.0.1, or IPv6's all-nodes ff02::1: never forwarded by the kernel, always
+this node's to take (of its overlay's family)."""
 
 
 class LocalDestinations:
@@ -63,6 +66,6 @@ class LocalDestinations:
         addresses = [self._own.packed]
         if self._broadcast is not None:
             addresses.append(self._broadcast.packed)
-        addresses += _LINK_WIDE
+        addresses += _LINK_WIDE[self._own.version]
         addresses += [group for group in self._groups if group not in addresses]
         self._packed = {size: b"".join(a for a in addresses if len(a) == size) for size in (4, 16)}

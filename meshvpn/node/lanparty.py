@@ -5,9 +5,10 @@ from the TUN with no peer behind its destination, and, while rules are active or
 broadcast or multicast, what arrives from peers), so the unicast path costs nothing more. This
 object decides the rest and keeps the counters for ``meshvpn status`` and metrics.
 
-* **Out**: IGMP from the kernel goes to the membership table (the node is its TUN's querier);
-  a broadcast or multicast packet this node's applications sent goes, under the ``lan.fanout``
-  budget, to every online peer, or for a group to the peers that joined it (`PeerInfo.groups`).
+* **Out**: IGMP from the kernel (MLD in an IPv6 overlay) goes to the membership table (the node is
+  its TUN's querier), and IPv6's Neighbor Discovery stays on the node; a broadcast or multicast
+  packet this node's applications sent goes, under the ``lan.fanout`` budget, to every online
+  peer, or for a group to the peers that joined it (`PeerInfo.groups`, `PeerInfo.groups6`).
   Only packets sent from this node's overlay address are fanned out, so nothing loops.
 * **In**: a packet from a peer passes the access filter (`meshvpn.lan.access`), with the rules
   of `registered` or of a later `access` message and the peer map's names.
@@ -25,12 +26,12 @@ from typing import Iterable, Optional
 
 from meshvpn.config import FanoutConfig
 from meshvpn.control import messages as m
-from meshvpn.lan import icmperrors, igmp, packets
+from meshvpn.lan import icmperrors, igmp, mld, packets
 from meshvpn.lan.access import AccessFilter
 from meshvpn.lan.fanout import Fanout
 from meshvpn.lan.groups import LocalGroups, PeerGroups, recipients
 from meshvpn.lan.packets import BadPacket, Cast, Drop, Overlay
-from meshvpn.lan.packets6 import parse_any
+from meshvpn.lan.packets6 import PROTO_ICMPV6, parse_any
 from meshvpn.lan.sources import SourceNames
 from meshvpn.node import events as ev
 from meshvpn.node.destinations import LocalDestinations
@@ -38,13 +39,6 @@ from meshvpn.node.peers import Peer, PeerTable, named_keys
 
 _PEER_CHANGES = (m.PeerMap, m.PeerUpdate, m.PeerRemove, m.PeerDelta)
 _KIND = {Cast.BROADCAST: "broadcast", Cast.LIMITED_BROADCAST: "broadcast", Cast.MULTICAST: "multicast"}
-
-
-def _v4(address: str) -> Optional[int]:
-    try:
-        return int(ipaddress.IPv4Address(address))
-    except ValueError:
-        return None
 
 
 def _address(address: str) -> Optional[int]:
@@ -56,7 +50,8 @@ def _address(address: str) -> Optional[int]:
 
 
 def _dotted(groups: Iterable[int]) -> list[str]:
-    return [str(ipaddress.IPv4Address(group)) for group in sorted(groups)]
+    """Groups as text: a group of an IPv4 overlay is below 2**32, one of an IPv6 overlay (ff00::/8) far above."""
+    return [str(ipaddress.ip_address(group)) for group in sorted(groups)]
 
 
 class LanParty:
@@ -66,7 +61,7 @@ class LanParty:
         self.limits = limits
         self.destinations = destinations
         self.overlay: Optional[Overlay] = None
-        """Set once the coord registered this node in an IPv4 network; nothing is fanned out before."""
+        """Set once the coord registered this node (IPv4 or IPv6); nothing is fanned out before."""
         self.local: Optional[LocalGroups] = None
         self.fanout: Optional[Fanout] = None
         self.peer_groups = PeerGroups()
@@ -102,17 +97,23 @@ class LanParty:
                 self._configure_access()  # else the rules' sources are what they were, and so are its flows
 
     def _registered(self, msg: m.Registered, now: float) -> None:
-        address = _v4(msg.address)
-        network = ipaddress.ip_network(msg.network.cidr, strict=False)
-        if address is not None and network.version == 4:
+        try:
             self.overlay = Overlay.of(msg.address, msg.network.cidr)
-            if self.local is None:
-                self.local = LocalGroups(now)
-                self.fanout = Fanout(self.limits, now)
+        except ValueError:
+            pass
+        if self.overlay is not None and self.local is None:
+            self.local = LocalGroups(now, mld.query if self.overlay.version == 6 else igmp.query)
+            self.fanout = Fanout(self.limits, now)
         self._rules = msg.access
         self._coord_takes_groups = bool(msg.lan_party)
         if self._coord_takes_groups and self._joined:
-            self._out.append(ev.SendCoord(m.Groups(tuple(_dotted(self._joined)))))
+            self._out.append(ev.SendCoord(self._groups_message()))
+
+    def _groups_message(self) -> m.Groups:
+        """This node's groups for the coord: IPv6 ones in `groups6`, which an older coord ignores."""
+        if self.overlay is not None and self.overlay.version == 6:
+            return m.Groups((), tuple(_dotted(self._joined)))
+        return m.Groups(tuple(_dotted(self._joined)))
 
     def _follow_peers(self, peers: PeerTable, keys: Optional[tuple[bytes, ...]]) -> set[str]:
         """Rules name peers, and peers' groups come with their info: both follow the peer map, one
@@ -125,7 +126,8 @@ class LanParty:
         for key in keys:
             peer = peers.by_key.get(key)
             info = peer.info if peer is not None else None
-            self.peer_groups.set(key, () if info is None else {_v4(group) for group in info.groups or ()} - {None})
+            groups = () if info is None else (*(info.groups or ()), *(info.groups6 or ()))
+            self.peer_groups.set(key, {_address(group) for group in groups} - {None})
             address = None if info is None else _address(info.address)
             moved |= self._names.set(key, None if address is None else (peer.name, address))
         return moved
@@ -139,12 +141,15 @@ class LanParty:
     def from_tun(self, packet: bytes, peers: PeerTable, now: float) -> Optional[list[Peer]]:
         """The peers to seal a copy of a TUN packet for that no peer's address matched; None when
         it is no broadcast, multicast or IGMP packet (the data path counts it as before)."""
-        if self.overlay is None or not packet or packet[0] >> 4 != 4:
+        if self.overlay is None or not packet or packet[0] >> 4 != self.overlay.version:
             return None
         try:
-            header = packets.parse(packet)
-            if header.proto == packets.PROTO_IGMP:
-                self._igmp(packet, now)
+            header = parse_any(packet)
+            if header.proto == packets.PROTO_IGMP and header.version == 4:
+                self._membership(igmp.parse_report(packet), now)
+                return []
+            if header.proto == PROTO_ICMPV6 and header.sport in mld.CONTROL and header.version == 6:
+                self._membership(mld.parse_report(packet), now)  # ND and MLD never leave the node
                 return []
         except BadPacket:
             self.dropped[Drop.MALFORMED.value] += 1
@@ -177,8 +182,8 @@ class LanParty:
         except BadPacket:
             self.dropped[Drop.MALFORMED.value] += 1
             return False
-        v4 = self.overlay is not None and header.version == 4
-        kind = _KIND.get(packets.classify(header, self.overlay)) if v4 else None
+        ours = self.overlay is not None and header.version == self.overlay.version
+        kind = _KIND.get(packets.classify(header, self.overlay)) if ours else None
         if kind is not None and header.ttl == 0:
             self.dropped[Drop.TTL.value] += 1
             return False
@@ -189,8 +194,7 @@ class LanParty:
             self.received[kind] += 1
         return True
 
-    def _igmp(self, packet: bytes, now: float) -> None:
-        report = igmp.parse_report(packet)
+    def _membership(self, report: Optional[igmp.Report], now: float) -> None:
         if report is not None and self.local is not None:
             self.local.report(report, now)
             self._follow_groups()
@@ -201,12 +205,12 @@ class LanParty:
         if joined is None:
             return
         for group in joined - self._joined:
-            self.destinations.join(str(ipaddress.IPv4Address(group)))
+            self.destinations.join(str(ipaddress.ip_address(group)))
         for group in self._joined - joined:
-            self.destinations.leave(str(ipaddress.IPv4Address(group)))
+            self.destinations.leave(str(ipaddress.ip_address(group)))
         self._joined = joined
         if self._coord_takes_groups:
-            self._out.append(ev.SendCoord(m.Groups(tuple(_dotted(joined)))))
+            self._out.append(ev.SendCoord(self._groups_message()))
 
     # ---- timers and outputs ----------------------------------------------------------
 

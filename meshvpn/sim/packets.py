@@ -1,5 +1,5 @@
 """Inner packets for tests of the LAN-party cores: UDP, TCP, ICMP echo and errors, IGMP reports; UDP, TCP, ICMPv6 echo
-and errors over IPv6."""
+and errors, MLD reports over IPv6."""
 
 from __future__ import annotations
 
@@ -102,3 +102,24 @@ def icmp6_error(src: str, dst: str, about: bytes, kind: int = 2, code: int = 0, 
     """An ICMPv6 error (Packet Too Big by default; ``data`` its MTU) quoting as much of ``about`` as
     fits in 1280 bytes (RFC 4443); checksum left zero."""
     return ipv6(src, dst, 58, struct.pack("!BBHI", kind, code, 0, data) + about[:1280 - 48], **fields)
+
+
+def mld_message(src: str, dst: str, body: bytes) -> bytes:
+    """An MLD message as the kernel sends it: hop limit 1, a Router Alert option, the ICMPv6 checksum filled in."""
+    packet = bytearray(ipv6(src, dst, 58, body, hops=1, extensions=((0, b"\x05\x02\x00\x00\x01\x00"),)))
+    pseudo = int.from_bytes(packet[8:40], "big") + len(body) + 58
+    packet[50:52] = internet_checksum(packet[48:], pseudo).to_bytes(2, "big")
+    return bytes(packet)
+
+
+def mld_v1(src: str, kind: int, group: str) -> bytes:
+    """An MLDv1 report (131, to the group) or done (132, to all routers ff02::2)."""
+    return mld_message(src, "ff02::2" if kind == 132 else group, struct.pack("!BBHHH", kind, 0, 0, 0, 0) + ip6(group))
+
+
+def mld_v2(src: str, *records: tuple[int, str, tuple[str, ...]]) -> bytes:
+    """An MLDv2 report to ff02::16 with (record type, group, sources) records."""
+    body = struct.pack("!BBHHH", 143, 0, 0, 0, len(records))
+    for kind, group, sources in records:
+        body += struct.pack("!BBH", kind, 0, len(sources)) + ip6(group) + b"".join(ip6(s) for s in sources)
+    return mld_message(src, "ff02::16", body)

@@ -15,14 +15,14 @@ import pytest
 from meshvpn.config import AccessGroup, AccessPolicy, AccessRule, FanoutConfig
 from meshvpn.control import messages as m
 from meshvpn.coord.policy import Member, access_for
-from meshvpn.lan import igmp, packets
+from meshvpn.lan import igmp, mld, packets
 from meshvpn.lan.fanout import RATE_PACKETS
 from meshvpn.node import events as ev
 from meshvpn.node.node import Node
 from meshvpn.node.datapath.dataplane import DataPlane
 from meshvpn.portspec import parse_service
 from meshvpn.sim.nodes import NETWORK, MemoryNode, Wire, seeded
-from meshvpn.sim.packets import igmp_v2, ip, tcp, udp
+from meshvpn.sim.packets import igmp_v2, ip, ipv6, mld_v1, mld_v2, tcp, udp, udp6
 from meshvpn.wire import Endpoint
 
 NAMES = ("alice", "bob", "carol", "dave")
@@ -34,11 +34,12 @@ GROUP = "224.0.2.60"
 class Party:
     """Four registered nodes that know each other, the wire between them and a clock."""
 
-    def __init__(self, limits: FanoutConfig = FanoutConfig(), access: dict | None = None) -> None:
+    def __init__(self, limits: FanoutConfig = FanoutConfig(), access: dict | None = None,
+                 network: m.NetworkInfo = NETWORK, addresses: dict[str, str] = ADDRESS) -> None:
         self.now = 0.0
         self.nodes = {}
         for index, name in enumerate(NAMES, start=1):
-            node = seeded(random.Random, index, name, ADDRESS[name], Endpoint(f"192.0.2.{index}", 41641))
+            node = seeded(random.Random, index, name, addresses[name], Endpoint(f"192.0.2.{index}", 41641))
             node.node = Node(node.private, random.Random(index + 1000).randbytes, node.node.core.config, limits)
             node.node.set_own_endpoints([node.endpoint], None)
             node.data = DataPlane(node.node)
@@ -46,7 +47,7 @@ class Party:
         self.wire = Wire(*self.nodes.values())
         self.groups: dict[str, tuple[str, ...]] = {}
         for name, node in self.nodes.items():
-            node.from_coord(m.Registered(node_key=node.public, name=name, address=node.address, network=NETWORK,
+            node.from_coord(m.Registered(node_key=node.public, name=name, address=node.address, network=network,
                                          lan_party=True, access=(access or {}).get(name)), 0.0)
             node.from_coord(m.PeerMap(tuple(o.info() for o in self.nodes.values() if o is not node)), 0.0)
 
@@ -62,10 +63,11 @@ class Party:
             for name, node in self.nodes.items():
                 for msg in [msg for msg in node.coord_out if isinstance(msg, m.Groups)]:
                     told = True
-                    self.groups[name] = msg.groups
+                    self.groups[name] = msg.groups + (msg.groups6 or ())
+                    info = node.info(groups=msg.groups or None, groups6=msg.groups6 or None)
                     for other in self.nodes.values():
                         if other is not node:
-                            other.from_coord(m.PeerUpdate(node.info(groups=msg.groups or None)), self.now)
+                            other.from_coord(m.PeerUpdate(info), self.now)
                 node.coord_out = [msg for msg in node.coord_out if not isinstance(msg, m.Groups)]
             if not told:
                 return
@@ -237,3 +239,56 @@ def test_a_broadcast_inside_a_run_of_unicast_is_counted_and_the_run_delivered_wh
     bob.data.open_datagrams(run, len(run), len(datagrams[0]), alice.endpoint, party.now, to_tun)
     assert [bytes(packet) for packet in to_tun] == packets
     assert party.lan("bob")["received"] == {"broadcast": 1, "multicast": 0}
+
+
+# ----- IPv6: the same party on an IPv6 overlay
+
+NETWORK6 = m.NetworkInfo(name="home6", cidr="fd7a:115c:a1e0::/64")
+ADDRESS6 = {name: f"fd7a:115c:a1e0::{i}" for i, name in enumerate(NAMES, start=1)}
+MDNS6 = "ff02::fb"
+
+
+@pytest.fixture
+def party6() -> Party:
+    party = Party(network=NETWORK6, addresses=ADDRESS6)
+    for name in NAMES[1:]:
+        party.send("alice", udp6(ADDRESS6["alice"], ADDRESS6[name], 9, 9))
+        party.tun(name)
+    return party
+
+
+def test_ipv6_multicast_reaches_the_peers_whose_kernels_joined_its_group_and_all_nodes_reaches_all(party6: Party) -> None:
+    """bob's and dave's kernels report ff02::fb in MLDv2 (as an mDNS responder's join makes them): alice's
+    mDNS query goes to those two, with its hop limit of 255 as sent; ff02::1 goes to every peer; a
+    leave takes dave off; MLD and Neighbor Discovery never cross."""
+    party6.send("bob", mld_v2("::", (igmp.TO_EXCLUDE, MDNS6, ())))
+    party6.send("dave", mld_v1(ADDRESS6["dave"], mld.V1_REPORT, MDNS6))
+    assert party6.groups == {"bob": (MDNS6,), "dave": (MDNS6,)}
+    assert [len(party6.tun(name)) for name in NAMES] == [0, 0, 0, 0]
+    query = udp6(ADDRESS6["alice"], MDNS6, 5353, 5353, b"_game._udp.local?", hops=255)
+    party6.send("alice", query)
+    assert {name: party6.tun(name) for name in NAMES} == {"alice": [], "bob": [query], "carol": [], "dave": [query]}
+    everyone = udp6(ADDRESS6["carol"], "ff02::1", 4000, 4000, b"all nodes", hops=1)
+    party6.send("carol", everyone)
+    assert [party6.tun(name) for name in NAMES] == [[everyone], [everyone], [], [everyone]]
+    answer = udp6(ADDRESS6["bob"], ADDRESS6["alice"], 5353, 5353, b"bob's game")
+    party6.send("bob", answer)
+    assert party6.tun("alice") == [answer]
+    assert party6.lan("alice")["sent"] == {"broadcast": 0, "multicast": 1, "copies": 2}
+    assert party6.lan("bob")["received"] == {"broadcast": 0, "multicast": 2}
+
+    party6.send("dave", mld_v2("::", (igmp.TO_INCLUDE, MDNS6, ())))
+    party6.now += igmp.LAST_MEMBER_QUERY_TIME + 0.1
+    party6.wire.tick(party6.now)
+    party6.settle()
+    assert party6.groups["dave"] == ()
+    party6.send("alice", ipv6("::", "ff02::2", 58, bytes([133]) + bytes(7), hops=255))  # a router solicitation
+    party6.send("alice", query)
+    assert [len(party6.tun(name)) for name in NAMES] == [0, 1, 0, 0]
+
+
+def test_ipv6_multicast_from_another_source_is_not_fanned_out(party6: Party) -> None:
+    """A link-local source (a TUN with fe80:: addresses) is no peer's overlay address: nothing crosses."""
+    party6.send("alice", udp6("fe80::1", "ff02::1", 5353, 5353))
+    assert [len(party6.tun(name)) for name in NAMES] == [0, 0, 0, 0]
+    assert party6.lan("alice")["dropped"] == {"not_originated_here": 1}

@@ -100,6 +100,22 @@ def test_groups_take_only_ipv4_multicast_groups(groups, problem):
         m.decode(json.dumps({"type": "groups", "groups": groups}))
 
 
+@pytest.mark.parametrize("groups6, problem", [
+    (["fd00::1"], "not a multicast group"), (["224.0.0.251"], "not an IPv6 address"),
+    (["FF02::FB"], "not a multicast group"), (["ff02::fb"] * (m.MAX_GROUPS + 1), "more than"),
+])
+def test_groups6_take_only_ipv6_multicast_groups_as_written_out(groups6, problem):
+    with pytest.raises(m.MalformedMessage, match=problem):
+        m.decode(json.dumps({"type": "groups", "groups": [], "groups6": groups6}))
+
+
+def test_a_node_or_coord_that_predates_groups6_reads_the_message_without_them():
+    """groups6 is a field of its own: an older reader skips it instead of refusing IPv6 in `groups`."""
+    sent = m.encode(m.Groups(("224.0.0.251",), ("ff02::fb",)))
+    assert m.decode(sent) == m.Groups(("224.0.0.251",), ("ff02::fb",))
+    assert json.loads(sent)["groups"] == ["224.0.0.251"]
+
+
 @pytest.mark.parametrize("message", SAMPLES, ids=lambda msg: msg.TYPE)
 def test_round_trip(message):
     assert m.decode(m.encode(message)) == message

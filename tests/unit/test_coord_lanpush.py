@@ -71,6 +71,17 @@ def test_groups_reach_the_peers_in_the_peer_info_and_go_with_the_connection() ->
     assert [msg.peer.groups for _, msg in sent(core, m.PeerUpdate)] == [None]
 
 
+def test_ipv6_groups_reach_the_peers_in_groups6_and_a_change_of_them_alone_is_news() -> None:
+    core, token = party(None)
+    online(core, 1, "bob", token)
+    online(core, 2, "carol", token)
+    core.actions()
+    core.receive(2, m.encode(m.Groups((), ("ff02::fb", "ff05::c", "ff02::fb"))), 1.0)
+    assert [(msg.peer.groups, msg.peer.groups6) for _, msg in sent(core, m.PeerUpdate)] == [(None, ("ff02::fb", "ff05::c"))]
+    core.receive(2, m.encode(m.Groups((), ("ff02::fb",))), 1.0)
+    assert [msg.peer.groups6 for _, msg in sent(core, m.PeerUpdate)] == [("ff02::fb",)]
+
+
 def network(access: AccessPolicy = AccessPolicy(), cidr: str = "100.64.0.0/24") -> NetworkConfig:
     return NetworkConfig(name="party", cidr=cidr, access=access)
 

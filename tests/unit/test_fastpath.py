@@ -263,6 +263,33 @@ def test_open_run_keeps_only_packets_for_our_address_or_broadcast_and_counts_bro
     assert [body[16:20] for _, body in spans] == [DST4, BROADCAST4, DST4]
 
 
+MDNS6, ALL_NODES6, SSDP6 = (bytes.fromhex(h) for h in ("ff0200000000000000000000000000fb", "ff02" + "00" * 13 + "01",
+                                                         "ff02" + "00" * 13 + "0c"))
+
+
+def ipv6_packet(src: bytes, dst: bytes, size: int, fill: int) -> bytes:
+    return struct.pack("!IHBB16s16s", 0x60000000, size - 40, 17, 255, src, dst) + bytes([fill & 0xFF]) * (size - 40)
+
+
+def test_open_run_keeps_ipv6_multicast_to_joined_groups_and_all_nodes_and_counts_it(impl):
+    """An IPv6 overlay: ours, all-nodes ff02::1 and a joined group (mDNS) are kept byte for byte and
+    counted as casts; a group not joined (SSDP) is misdirected; another source is spoofed."""
+    sender, _ = sessions()
+    out, seg = bytearray(4096), 200
+    packets = [ipv6_packet(src, dst, seg - OVERHEAD, n) for n, (src, dst) in enumerate(
+        [(SRC6, DST6), (SRC6, MDNS6), (SRC6, ALL_NODES6), (SRC6, SSDP6), (DST6, MDNS6)])]
+    data = bytearray()
+    for packet in packets:
+        data += out[: sender.seal_into(out, 0, packet, 0, len(packet))]
+    _, receiver = sessions()
+    to_tun = []
+    accept = DST6 + ALL_NODES6 + MDNS6
+    result = fastpath.open_run(receiver, 2, None, SRC6, accept, data, memoryview(data), 0, len(data), seg, to_tun)
+    (_, authentic, opened, _, failed, spoofed, _, misdirected, casts) = result
+    assert (authentic, opened, failed, spoofed, misdirected, casts) == (5, 3, 0, 1, 1, 2)
+    assert [bytes(view) for view in to_tun] == packets[:3]
+
+
 def test_open_run_accepts_nothing_before_the_node_has_an_address(impl):
     data, seg = datagram_run([("data", 1), ("broadcast", 2)])
     for accept in (b"", DST4[:3], DST4 + b"\x01"):

@@ -21,7 +21,8 @@ from meshvpn.replay import ReplayWindow
 from meshvpn.session import OVERHEAD
 from meshvpn.udpbatch import BatchUdpSocket
 from meshvpn.wire import relay_prefix
-from tests.unit.test_fastpath import (ACCEPT4, BROADCAST4, DST4, LAN4, NATIVE_MODULE, SRC4, datagram_run, ipv4, kinds, sessions,
+from tests.unit.test_fastpath import (ACCEPT4, ALL_NODES6, BROADCAST4, DST4, DST6, LAN4, MDNS6, NATIVE_MODULE, SRC4, SRC6, SSDP6,
+                                     ipv6_packet, datagram_run, ipv4, kinds, sessions,
                                      tcp_super_packet)
 
 pytestmark = pytest.mark.needs(NATIVE_MODULE is None, "meshvpn._fastpath was not built (make setup builds it)")
@@ -416,6 +417,21 @@ def test_packets_not_to_the_node_itself_are_counted_as_broadcast_or_multicast(ri
     assert len(rig.tun_writes()) == 3
     assert sum(row[1] for row in rig.rows) == 3
     assert (sum(row[9] for row in rig.rows), sum(row[10] for row in rig.rows)) == (1, 1)
+
+
+def test_ipv6_packets_to_all_nodes_and_a_joined_group_are_counted_as_multicast(rig):
+    """The same in an IPv6 overlay: the thread delivers ff02::1 and a joined group (ff02::fb) itself,
+    byte for byte, and counts them as multicast; a group not joined is misdirected."""
+    sender, receiver = sessions()
+    packets = [ipv6_packet(SRC6, DST6, 100, 1), ipv6_packet(SRC6, ALL_NODES6, 100, 2),
+               ipv6_packet(SRC6, MDNS6, 100, 3), ipv6_packet(SRC6, SSDP6, 100, 4)]
+    window = NATIVE_MODULE.NativeWindow(receiver.window)
+    rig.loop.replace([(2, receiver.recv_key, window, SRC6, PEER_KEY, FAR)], [], b"", DST6 + ALL_NODES6 + MDNS6, [])
+    rig.send(sealed(sender, packets))
+    rig.loop.start()
+    rig.wait_receives(4)
+    assert sorted(write[10:] for write in rig.tun_writes()) == sorted(packets[:3])  # behind the virtio header
+    assert (sum(row[9] for row in rig.rows), sum(row[10] for row in rig.rows)) == (0, 2)
 
 
 def test_a_sparse_flow_leaves_before_the_bulk_reads_held_ahead_of_it(rig, peer_socket):

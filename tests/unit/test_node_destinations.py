@@ -30,6 +30,14 @@ def test_point_to_point_networks_have_no_broadcast():
     assert dests.accepted(4) == packed("100.64.0.1", "255.255.255.255", "224.0.0.1")
 
 
+def test_an_ipv6_overlay_takes_all_nodes_as_ipv4_takes_all_hosts():
+    dests = LocalDestinations()
+    dests.set_overlay("fd7a:115c:a1e0::5", "fd7a:115c:a1e0::/64")
+    dests.join("ff02::fb")
+    assert dests.accepted(16) == packed("fd7a:115c:a1e0::5", "ff02::1", "ff02::fb")
+    assert dests.accepted(4) == b""
+
+
 def test_joined_groups_follow_and_can_be_left():
     dests = LocalDestinations()
     dests.set_overlay("100.64.0.1", "100.64.0.0/24")

@@ -35,6 +35,12 @@ TUN_F_USO6 = 0x40
 TSO_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
 USO_OFFLOADS = TUN_F_USO4 | TUN_F_USO6
 READ_BUFFER = VNET_HDR_LEN + 65535
+ADDR_GEN_NONE = "1"
+"""``addr_gen_mode`` none: the kernel gives the TUN no fe80:: address when it comes up. The mesh is one
+link whose nodes know each other by overlay address only: with a link-local address the kernel
+would send link-scope multicast (mDNS to ff02::fb, SSDP, LLMNR) from it, which no peer accepts as
+the node's (and which no peer could answer), and keep soliciting routers. Without one,
+such packets leave from the overlay address (in an IPv6 overlay) and no router solicitation is sent."""
 
 
 class TunDevice:
@@ -171,6 +177,12 @@ class TunDevice:
         subprocess.run(argv, check=True, capture_output=True)
 
     def up(self) -> None:
+        """Bring the link up, without an IPv6 link-local address (`ADDR_GEN_MODE`)."""
+        try:
+            with open(f"/proc/sys/net/ipv6/conf/{self.name}/addr_gen_mode", "w") as setting:
+                setting.write(ADDR_GEN_NONE)
+        except OSError:
+            pass  # IPv6 is off on this host: there is no address to generate
         self._device.up()
 
     def close(self) -> None:
