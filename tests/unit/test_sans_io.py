@@ -50,6 +50,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.core",
     "meshvpn.node.coorddial",
     "meshvpn.node.coordresume",
+    "meshvpn.node.tcp.campaign",
     "meshvpn.node.eyeballs",
     "meshvpn.node.events",
     "meshvpn.node.node",

@@ -54,126 +54,21 @@ Inputs take ``now`` (monotonic seconds); randomness (channel ephemeral keys) com
 
 from __future__ import annotations
 
-import enum
 from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 from meshvpn.channel import ClientChannel, ServerChannel
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.node.candidates import Candidate, CandidateKind
 from meshvpn.node.events import TcpAbort, TcpConnect, TcpWrite
+from meshvpn.node.tcp.campaign import (
+    Action, Conn, ConnState, PathDown, PathUp, TcpCampaign, TcpEndpoint, TcpPunchConfig, WantPunch,
+)
 from meshvpn.noise import StaticIdentity
 from meshvpn.wire import Endpoint
 
-
-class TcpEndpoint(Endpoint):
-    """The far end of a direct TCP path.
-
-    Messages a node sends to, or receives from, a ``TcpEndpoint`` travel on that TCP
-    connection. It never equals the UDP :class:`Endpoint` with the same address and port
-    (by default the punch port is the UDP port), so routes, probe targets and path
-    evidence of the two transports cannot be confused.
-    """
-
-    __slots__ = ()
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is TcpEndpoint and tuple.__eq__(self, other)
-
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
-
-    def __hash__(self) -> int:
-        return hash(("tcp", self.host, self.port))
-
-
-@dataclass
-class TcpPunchConfig:
-    """Timing of TCP punching and of TCP path upkeep; every default is the documented one."""
-
-    attempts: int = 6
-    """Connects per campaign."""
-    attempt_timeout: float = 2.5
-    """Seconds one connect may take: the first SYN and its retransmission at 1 s."""
-    retry_gap: float = 0.2
-    """Seconds between a failed connect and the next."""
-    handshake_timeout: float = 5.0
-    """Seconds from TCP connected to channel established."""
-    keepalive: float = 2.5
-    """Seconds without sending after which an empty frame goes out."""
-    idle_timeout: float = 10.0
-    """Seconds without receiving after which the path is dead (as paths.path_timeout)."""
-    repunch_initial: float = 2.0
-    """Seconds before asking for a new punch after a failed campaign or a lost path."""
-    repunch_max: float = 60.0
-    """Longest wait between such requests."""
-    max_unmatched: int = 8
-    """Accepted connections from unknown endpoints held at once (each costs a handshake wait)."""
-
-
-@dataclass(frozen=True)
-class PathUp:
-    """A TCP path to `peer_key` is ready; messages for `endpoint` go on it."""
-
-    peer_key: bytes
-    endpoint: TcpEndpoint
-
-
-@dataclass(frozen=True)
-class PathDown:
-    """The TCP path to `peer_key` is gone."""
-
-    peer_key: bytes
-    reason: str
-
-
-@dataclass(frozen=True)
-class WantPunch:
-    """Ask the coord to make `peer_key` and us punch again (``punch_request``)."""
-
-    peer_key: bytes
-
-
-Action = Union[TcpConnect, TcpWrite, TcpAbort, PathUp, PathDown, WantPunch]
-
-
-class ConnState(enum.StrEnum):
-    """Where one TCP connection stands."""
-
-    CONNECTING = "connecting"
-    HANDSHAKING = "handshaking"
-    ESTABLISHED = "established"
-
-
-@dataclass(eq=False)
-class _Conn:
-    conn_id: int
-    endpoint: Endpoint
-    peer_key: Optional[bytes]
-    """None for an accepted connection whose peer the channel has yet to name."""
-    state: ConnState
-    deadline: float
-    channel: Union[ClientChannel, ServerChannel, None] = None
-    last_rx: float = 0.0
-    last_tx: float = 0.0
-
-
-@dataclass(eq=False)
-class TcpCampaign:
-    """One peer's TCP punching (kept on the peer, ``Peer.tcp``): the campaign, its connections and the path."""
-
-    key: bytes
-    candidates: tuple[Candidate, ...]
-    """The peer's TCP endpoints, most likely first: where we connect, and where it connects from."""
-    sources: tuple[str, ...] = ()
-    """Other addresses the peer may connect from (its NAT's public UDP address)."""
-    attempts_left: int = 0
-    next_attempt: Optional[float] = None
-    repunch_at: Optional[float] = None
-    repunch_gap: float = 0.0
-    path: Optional[_Conn] = None
-    conns: set = field(default_factory=set)
+__all__ = ["Action", "ConnState", "PathDown", "PathUp", "TcpCampaign", "TcpEndpoint", "TcpPunch", "TcpPunchConfig",
+           "WantPunch"]
 
 
 class TcpPunch:
@@ -189,8 +84,8 @@ class TcpPunch:
         self.counters: dict[str, int] = {"attempts": 0, "paths": 0, "failed": 0}
         self._peers: MutableMapping[bytes, TcpCampaign] = {} if peers is None else peers
         """Each peer's campaign, connections and path (the node keeps them on its peers)."""
-        self._conns: dict[int, _Conn] = {}
-        self._by_endpoint: dict[Endpoint, _Conn] = {}
+        self._conns: dict[int, Conn] = {}
+        self._by_endpoint: dict[Endpoint, Conn] = {}
         self._next_id = 1
         self._actions: list[Action] = []
         self.mapped = False
@@ -390,10 +285,10 @@ class TcpPunch:
     def _serves_unknown(self) -> bool:
         return any(key < self.identity.public and p.path is None for key, p in self._peers.items())
 
-    def _new_conn(self, endpoint: Endpoint, peer_key: Optional[bytes], state: ConnState, now: float) -> _Conn:
+    def _new_conn(self, endpoint: Endpoint, peer_key: Optional[bytes], state: ConnState, now: float) -> Conn:
         conn_id, self._next_id = self._next_id, self._next_id + 1
         timeout = self.config.attempt_timeout if state is ConnState.CONNECTING else self.config.handshake_timeout
-        conn = _Conn(conn_id, endpoint, peer_key, state, now + timeout)
+        conn = Conn(conn_id, endpoint, peer_key, state, now + timeout)
         self._conns[conn_id] = conn
         if peer_key is not None:
             self._peers[peer_key].conns.add(conn)
@@ -410,7 +305,7 @@ class TcpPunch:
         conn = self._new_conn(endpoint, peer.key, ConnState.CONNECTING, now)
         self._actions.append(TcpConnect(conn.conn_id, endpoint, self.config.attempt_timeout))
 
-    def _secure(self, conn: _Conn, peer_key: Optional[bytes], now: float) -> None:
+    def _secure(self, conn: Conn, peer_key: Optional[bytes], now: float) -> None:
         """TCP is up: start the channel in the role our key order gives us."""
         conn.state = ConnState.HANDSHAKING
         conn.deadline = now + self.config.handshake_timeout
@@ -428,7 +323,7 @@ class TcpPunch:
         peer = self._peers.get(key)
         return peer is not None and key < self.identity.public and peer.path is None
 
-    def _established(self, conn: _Conn, now: float) -> None:
+    def _established(self, conn: Conn, now: float) -> None:
         key = conn.channel.remote_public
         peer = self._peers.get(key)
         if peer is None or peer.path is not None:
@@ -448,7 +343,7 @@ class TcpPunch:
                 self._forget(other)
         self._actions.append(PathUp(key, TcpEndpoint(*conn.endpoint)))
 
-    def _end(self, conn: _Conn, reason: str, now: float, abort: bool = True) -> None:
+    def _end(self, conn: Conn, reason: str, now: float, abort: bool = True) -> None:
         """Drop `conn`; a lost path or a campaign out of attempts schedules a new punch."""
         peer = None if conn.peer_key is None else self._peers.get(conn.peer_key)
         was_path = peer is not None and peer.path is conn
@@ -472,7 +367,7 @@ class TcpPunch:
         peer.repunch_gap = min(max(cfg.repunch_initial, 2 * peer.repunch_gap), cfg.repunch_max)
         peer.repunch_at = now + peer.repunch_gap
 
-    def _forget(self, conn: _Conn, abort: bool = True) -> None:
+    def _forget(self, conn: Conn, abort: bool = True) -> None:
         if self._conns.pop(conn.conn_id, None) is None:
             return
         peer = None if conn.peer_key is None else self._peers.get(conn.peer_key)
@@ -484,7 +379,7 @@ class TcpPunch:
         if abort:
             self._actions.append(TcpAbort(conn.conn_id))
 
-    def _flush(self, conn: _Conn, now: float) -> None:
+    def _flush(self, conn: Conn, now: float) -> None:
         data = conn.channel.data_to_send()
         if data:
             conn.last_tx = now
