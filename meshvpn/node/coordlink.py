@@ -6,7 +6,7 @@ the coord's key is pinned from the config).  The first message is ``register``; 
 that every message is handed to ``on_message``.  The link pings every ``keepalive`` seconds
 and answers the coord's pings; silence beyond :func:`meshvpn.node.coorddial.silence_limit`
 means the coord is gone; when the host's network comes back under the connection, the link
-checks that it carries again (:mod:`meshvpn.node.coordresume`).  Losing the coord never stops
+checks that it carries again (:mod:`meshvpn.node.tcpresume`).  Losing the coord never stops
 the node: the data path keeps running, peers are kept, and the link tries the coord's addresses
 again (several instances, or a name with several addresses) in the order and with the jittered,
 capped backoff that :mod:`meshvpn.node.coorddial` decides, until it is closed.
@@ -28,7 +28,7 @@ from meshvpn.errors import MeshError
 from meshvpn.noise import StaticIdentity
 from meshvpn.node.coordbacklog import PunchBacklog
 from meshvpn.node.coorddial import BACKOFF_MAX, CONNECT_TIMEOUT, KEEPALIVE, Dialer, backoff_delay, silence_limit
-from meshvpn.node.coordresume import CoordResume, Ping, Reconnect
+from meshvpn.node.tcpresume import TcpResume, Ping, Reconnect
 from meshvpn.node.family import is_ipv6
 from meshvpn.node.startup import explain_coord_failure
 from meshvpn.node.streamrace import race_connections
@@ -125,7 +125,7 @@ class CoordLink:
         self.dialer = Dialer(spread=self._rng.random())
         self.backlog = PunchBacklog()
         """Punch requests that found the link down, sent once it registers."""
-        self.resume = CoordResume()
+        self.resume = TcpResume()
         """The check of the connection once the network is back."""
         self._resume_timer: Optional[DeadlineTimer] = None
 

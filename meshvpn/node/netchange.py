@@ -21,7 +21,7 @@ It then gets one :class:`NetworkChanged`: re-discover endpoints, re-probe every 
 reconnect the coord link if the address it came from vanished or the default gateway is a new one
 (or if it is down: the new network may be the one it was waiting for); if instead a link came up
 or a default route came back under the link's connection, the link checks that it carries again
-(`meshvpn.node.coordresume`: TCP backed off through the outage).
+(`meshvpn.node.tcpresume`: TCP backed off through the outage).
 """
 
 from __future__ import annotations

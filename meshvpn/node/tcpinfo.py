@@ -1,6 +1,6 @@
 """What the kernel says of one TCP connection's sending side (Linux ``TCP_INFO`` and ``SIOCOUTQ``).
 
-The coord link asks once its network is back (`meshvpn.node.coordresume`): data it wrote that is
+The coord link asks once its network is back (`meshvpn.node.tcpresume`): data it wrote that is
 still unacknowledged, while the connection's timer has already fired and backed off (the wait
 doubles each time), goes again only when that timer fires next. Which timer depends on how the
 outage looked to the kernel: segments sent into a dead link wait for the retransmission timeout;

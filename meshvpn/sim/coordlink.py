@@ -13,7 +13,7 @@ after a network change or when the coord reset the connection), a punch request 
 link down waits for the registration (`meshvpn.node.coordbacklog`), the link pings every
 `KEEPALIVE` seconds and is dead after `silence_limit` without a frame, a connection that has
 not registered within `CONNECT_TIMEOUT` is given up, and when the network comes back under the
-connection the link checks it carries (`meshvpn.node.coordresume`: reconnect at once if TCP waits
+connection the link checks it carries (`meshvpn.node.tcpresume`: reconnect at once if TCP waits
 for a backed-off retransmission, else a ping with a short deadline). The jitter comes from the
 test's random source.
 """
@@ -28,7 +28,7 @@ from meshvpn.control import messages as m
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.node.coordbacklog import PunchBacklog
 from meshvpn.node.coorddial import CONNECT_TIMEOUT, KEEPALIVE, Dialer, silence_limit
-from meshvpn.node.coordresume import CoordResume, Ping, Reconnect
+from meshvpn.node.tcpresume import TcpResume, Ping, Reconnect
 from meshvpn.sim.clock import Scheduler, TimerHandle
 from meshvpn.sim.tcp import TcpConn
 from meshvpn.wire import Endpoint
@@ -84,7 +84,7 @@ class CoordLink:
         """When each registration arrived at the node."""
         self.drops: list[tuple[float, str]] = []
         """When a registered connection ended, and why."""
-        self.resume = CoordResume()
+        self.resume = TcpResume()
         self.resumes: list[tuple[float, str]] = []
         """When the check after the network's return reconnected, and why."""
         self._pings: deque[float] = deque()

@@ -215,7 +215,7 @@ class Node:
     def link_up(self) -> None:
         """The link is back, on the same address: the daemon's answer to netlink's burst (the coord
         link reconnects if it had no connection, else checks that its connection carries again:
-        `meshvpn.node.coordresume`), an endpoint round, then `network_changed`.
+        `meshvpn.node.tcpresume`), an endpoint round, then `network_changed`.
         The extra sockets stay (the NAT may still hold their mappings), as in the daemon."""
         self.host.link.connected = True
         change = self.hostnet.link_back(self.world.coord.link(self).local_address, self.now)

@@ -168,7 +168,7 @@ class Outage:
     def check(self, mesh: Mesh) -> None:
         """Noticed within 1 s; traffic back both ways within 1 s of the link, and the coord hearing
         a1 within 1.5 s (1 s target, with 0.5 s for a loaded 2-core machine: the coord link does not
-        wait for TCP's backed-off timers, node/coordresume.py), its link connected."""
+        wait for TCP's backed-off timers, node/tcpresume.py), its link connected."""
         assert self.noticed is not None and self.noticed < 1.0
         assert self.back["b1"] is not None and self.back["b1"] < 1.0
         assert self.back["a1"] is not None and self.back["a1"] < 1.0

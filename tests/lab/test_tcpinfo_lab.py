@@ -1,5 +1,5 @@
 """The kernel says when a connection waits for a backed-off retransmission (`meshvpn.node.tcpinfo`):
-what the coord link asks once the network is back (`meshvpn.node.coordresume`). In a namespace of
+what the coord link asks once the network is back (`meshvpn.node.tcpresume`). In a namespace of
 its own, a connection over its loopback, and its packets dropped there for a while."""
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ node registers within 5 s of the coord answering, and the flow does not notice t
 coord links are simulated TCP connections through the sites' NATs (`meshvpn.sim.coordlink`): a
 killed coord ends them, a moving node's link is re-established within 3 s of the move, and a link
 outage leaves the connection standing until the link is back; then the coord hears the node within
-1 s, the link not waiting for TCP's backed-off retransmission (`meshvpn.node.coordresume`).
+1 s, the link not waiting for TCP's backed-off retransmission (`meshvpn.node.tcpresume`).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ LINK_DOWN = 5.0
 COORD_RESUME = 1.0
 """The target: the coord hears the node within this of its link coming back. What the node wrote
 during the outage waits for TCP's backed-off retransmission (up to 3.2 s after a 5 s outage), so
-the link checks its connection at once and reconnects if it waits so (`meshvpn.node.coordresume`)."""
+the link checks its connection at once and reconnects if it waits so (`meshvpn.node.tcpresume`)."""
 SETTLE = 4.5
 """Seconds the run goes on after the network is usable again."""
 NEXT_KIND = dict(zip(KINDS, [*list(KINDS)[1:], next(iter(KINDS))]))

@@ -14,7 +14,7 @@ from meshvpn.channel import ServerChannel
 from meshvpn.control import messages as m
 from meshvpn.dualstack import has_ipv6
 from meshvpn.config import Address
-from meshvpn.node import coorddial, coordlink, coordresume
+from meshvpn.node import coorddial, coordlink, tcpresume
 from meshvpn.node.coordlink import CoordLink
 from meshvpn.lab.mesh import self_signed_certificate
 from meshvpn.noise import StaticIdentity
@@ -399,7 +399,7 @@ def test_the_network_back_under_a_connection_that_carries_costs_one_ping():
                 assert link.network_back() is False
                 await until(lambda: heard.count("ping") == 1)
                 await until(lambda: link.resume.get_timer() is None)
-                await asyncio.sleep(coordresume.MIN_WAIT + 0.1)
+                await asyncio.sleep(tcpresume.MIN_WAIT + 0.1)
                 return first, link.local_endpoint, link.connected
 
     first, now, connected = asyncio.run(run())
@@ -427,7 +427,7 @@ def test_a_coord_that_does_not_answer_the_check_within_its_wait_is_dialled_again
 
     after = asyncio.run(run())
     assert [up for up, _ in after] == [False, True]
-    assert coordresume.MIN_WAIT <= after[0][1] < 3.0, f"dropped {after[0][1]:.2f} s after the network came back"
+    assert tcpresume.MIN_WAIT <= after[0][1] < 3.0, f"dropped {after[0][1]:.2f} s after the network came back"
 
 
 @pytest.mark.timeout(20)

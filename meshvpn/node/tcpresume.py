@@ -1,25 +1,29 @@
-"""Whether the coord connection carries again once the host's network is back (sans-IO).
+"""Whether a standing TCP connection carries again once the host's network is back (sans-IO).
 
-A link outage that leaves the addresses as they were leaves the coord connection standing
-(`meshvpn.node.netchange`), but TCP's retransmission timer backed off while nothing got through:
-what the node wrote during the outage goes again only at the next retransmission, up to 3.2 s
-after the link is back (0.2 s doubling through a 5 s outage), and what the coord wrote waits
-likewise on its side. So when the network is usable again under a registered connection
-(`NetworkChanged.resumed`), the link does not wait for those timers:
+A link outage that leaves the addresses as they were leaves every TCP connection standing
+(`meshvpn.node.netchange`): the coord link, a punched TCP path to a peer (`meshvpn.node.tcp`),
+a stream to a relay (`meshvpn.node.relay.link`). But TCP's retransmission timer backed off while
+nothing got through: what the node wrote during the outage goes again only at the next
+retransmission, up to 3.2 s after the link is back (0.2 s doubling through a 5 s outage), and what
+the far end wrote waits likewise on its side. So when the network is usable again under such a
+connection (`NetworkChanged.resumed`), its owner does not wait for those timers:
 
 * if our side waits for a backed-off retransmission (the kernel says a retransmission timeout
-  fired for data still unacknowledged), it reconnects at once: a registration carries the node's
-  state anew, and whatever the old connection held is sent again by the rules that resend it
-  after every registration;
-* else it pings at once and reconnects if that ping is not answered within `answer_wait`: at
-  least `MIN_WAIT`, and `RTTS` times the slowest of the coord's last `ANSWERS` answers, so a coord
-  that is merely slow is given its time. The answer proves both directions carry: the coord sends
-  it after whatever it had queued, in answer to what we sent after ours;
-* at most one such reconnect per `HOLDOFF`: a link that flaps does not register anew at every
-  flap (within it, TCP recovers by itself, as before).
+  fired for data still unacknowledged, `meshvpn.node.tcpinfo`), it replaces the connection at
+  once (`Reconnect`): whatever the old one held is sent again by the rules that resend it on a
+  new one (a registration, a relay hello, a path's traffic);
+* else it pings at once (`Ping`: the coord's ping, a relay hello over the stream, a probe of the
+  TCP path) and replaces the connection if that ping is not answered within `answer_wait`: at
+  least `MIN_WAIT`, and `RTTS` times the slowest of the last `ANSWERS` answers, so a far end that
+  is merely slow is given its time. The answer proves both directions carry: the far end sends it
+  after whatever it had queued, in answer to what we sent after ours;
+* at most one such replacement per `HOLDOFF`: a link that flaps does not make new connections at
+  every flap (within it, TCP recovers by itself, as before).
 
-The shell (`meshvpn.node.coordlink`, and the sim's link) feeds the answers to every ping with the
-time that ping went, carries out `Ping` and `Reconnect`, and keeps one timer on `get_timer()`.
+The owner (the coord link in `meshvpn.node.coordlink` and the sim's; a relay link; TCP punching)
+feeds the answers to every ping with the time that ping went (or, where answers are not matched to
+pings, anything heard from the far end after the check's ping: `heard`), carries out `Ping` and
+`Reconnect`, and keeps one timer on `get_timer()`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 MIN_WAIT = 0.5
-"""Seconds the check's ping may take, however fast the coord answered before."""
+"""Seconds the check's ping may take, however fast the far end answered before."""
 RTTS = 4
 """Round trips the check's ping may take, of the slowest recent answer."""
 ANSWERS = 4
@@ -41,7 +45,7 @@ HOLDOFF = 30.0
 
 @dataclass(frozen=True)
 class Ping:
-    """Send a ping on the coord connection now (and tell `pinged` when it went)."""
+    """Send a ping on the connection now (and tell `answered` when the ping it answers went)."""
 
 
 @dataclass(frozen=True)
@@ -55,13 +59,13 @@ class Reconnect:
 Action = Union[Ping, Reconnect]
 
 
-class CoordResume:
-    """The check of one coord link after the host's network came back."""
+class TcpResume:
+    """The check of one TCP connection (and of those that replace it) after the host's network came back."""
 
     def __init__(self, min_wait: float = MIN_WAIT, rtts: float = RTTS, holdoff: float = HOLDOFF) -> None:
         self.min_wait, self.rtts, self.holdoff = min_wait, rtts, holdoff
         self._rtts: deque[float] = deque(maxlen=ANSWERS)
-        """The round trips of the coord's last answers to our pings."""
+        """The round trips of the far end's last answers to our pings."""
         self._since: Optional[float] = None
         """When the running check's ping went: an answer to it, or to a later ping, passes it."""
         self._deadline: Optional[float] = None
@@ -84,13 +88,25 @@ class CoordResume:
         self._actions.append(Ping())
         self._since, self._deadline = now, now + self.answer_wait
 
+    @property
+    def checking(self) -> bool:
+        """Whether a check waits for the answer to its ping."""
+        return self._since is not None
+
     def answered(self, now: float, sent_at: Optional[float]) -> None:
-        """The coord answered the ping that went at `sent_at` (pings are answered in order)."""
+        """The far end answered the ping that went at `sent_at` (pings are answered in order)."""
         if sent_at is None:
             return
         self._rtts.append(now - sent_at)
         if self._since is not None and sent_at >= self._since:
             self._since = self._deadline = None
+
+    def heard(self, now: float) -> None:
+        """Something came from the far end after the running check's ping, on a connection whose
+        answers are not matched to pings (a TCP path: the peer sends it after whatever it had
+        queued): it passes the check, and the wait since the ping counts as a round trip."""
+        if self._since is not None:
+            self.answered(now, self._since)
 
     def forget(self) -> None:
         """The connection ended: a check of it is moot."""
