@@ -25,12 +25,13 @@ class StreamInbox:
     _out: list
     _settle: Any
 
-    def turn_stream_changed(self, name: str, up: bool, now: float, tls: bool = False) -> None:
-        """The stream to TURN server `name` is connected (`up`, inside TLS or not), or failed or closed."""
+    def turn_stream_changed(self, name: str, up: bool, now: float, tls: bool = False, reset: bool = False) -> None:
+        """The stream to TURN server `name` is connected (`up`, inside TLS or not), or failed or closed
+        (the server `reset` it: it no longer knows it); the allocation reconnects (`meshvpn.node.streamdial`)."""
         if up:
             self.turn.stream_up(name, now, tls)
         else:
-            self.turn.stream_ended(name, now)
+            self.turn.stream_ended(name, now, reset)
         self._settle(now)
 
     def receive_turn_stream(self, name: str, data: bytes, now: float) -> None:

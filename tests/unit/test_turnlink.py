@@ -199,6 +199,18 @@ def test_a_lost_stream_loses_the_allocation_and_reconnects_after_a_backoff():
     assert link.stream_wishes(10.5) == [TurnStream("turn-1", (StreamTarget(SERVER),))]
 
 
+def test_a_stream_the_server_reset_after_it_lasted_is_raced_again_at_once():
+    """The server no longer knows the allocation's connection (it restarted, or our NAT re-mapped us):
+    a new stream at once, as a relay link's; one reset soon after it came up waits the backoff."""
+    link = on_stream()
+    settle(link, 10.0)
+    link.stream_ended("turn-1", 10.0, reset=True)
+    assert link.stream_wishes(10.0) == [TurnStream("turn-1", (StreamTarget(SERVER),))]
+    link.stream_up("turn-1", 10.1)
+    link.stream_ended("turn-1", 10.4, reset=True)
+    assert link.stream_wishes(10.4) == [] and link.servers["turn-1"].stream.retry_at == 10.9
+
+
 def test_a_server_with_a_tls_port_is_raced_over_tcp_and_tls_and_the_winner_goes_first_next_time():
     link = on_stream(tls_port=5349)  # races TCP, then TLS; the TCP one won
     assert link.status()[0]["transport"] == "tcp"

@@ -178,10 +178,12 @@ class TurnLinks:
             server.stream_up(now, tls)
         self._update(now)
 
-    def stream_ended(self, name: str, now: float) -> None:
-        """The stream to TURN server `name` failed or closed; its allocation is gone with it."""
+    def stream_ended(self, name: str, now: float, reset: bool = False) -> None:
+        """The stream to TURN server `name` failed or closed (the server `reset` it); its allocation is
+        gone with it, and a new stream is raced after the backoff, or at once after a reset of one
+        that had lasted (`meshvpn.node.streamdial`)."""
         server = self.servers.get(name)
-        if server is not None and server.stream_down(now):
+        if server is not None and server.stream_down(now, reset):
             self._events.append((name, AllocationLost("the TCP connection to the server closed")))
         self._update(now)
 

@@ -132,12 +132,13 @@ class ServerLink:
         self.client.allocate(now)
         return True
 
-    def stream_down(self, now: float) -> bool:
-        """The stream failed or closed: it reconnects after its backoff, with a fresh client; True
-        when that lost a ready allocation."""
+    def stream_down(self, now: float, reset: bool = False) -> bool:
+        """The stream failed or closed (the server `reset` it): it reconnects after its backoff, or at
+        once when the server reset one that had lasted (the relay streams' rule,
+        `meshvpn.node.streamdial`), with a fresh client; True when that lost a ready allocation."""
         if self.stream is None:
             return False
-        self.stream.down(now)
+        self.stream.down(now, reset)
         was_ready = self.client.ready
         self.client, self.framer = self.new_client(self.info, True), None
         return was_ready

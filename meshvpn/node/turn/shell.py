@@ -39,4 +39,4 @@ class TurnStreams(StreamSet):
         self.node.receive_turn_stream(stream.name, data, self.clock())
 
     def ended(self, name: str, reset: bool) -> None:
-        self.node.turn_stream_changed(name, False, self.clock())
+        self.node.turn_stream_changed(name, False, self.clock(), reset=reset)
