@@ -2,8 +2,12 @@
 
 Reconnects to the coord, relay TCP links, TURN allocations and hole-punching rounds all
 wait ``initial``, then twice that, and so on up to ``maximum``: one function, so the rule
-(and its guard against huge exponents) is written once.
+(and its guard against huge exponents) is written once. Waits that a whole fleet may start at the
+same moment (a coord or a relay restarted) are spread by `jittered`, so the fleet comes back
+spread over the wait rather than all at its end.
 """
+
+from typing import Callable
 
 MAX_DOUBLINGS = 32
 """Past this many doublings the result is `maximum` for any sane `initial`; it bounds 2**n."""
@@ -12,6 +16,16 @@ MAX_DOUBLINGS = 32
 def doubling(initial: float, maximum: float, doublings: int) -> float:
     """``initial * 2**doublings``, never above ``maximum`` (``doublings`` counts from 0)."""
     return min(initial * 2 ** min(doublings, MAX_DOUBLINGS), maximum)
+
+
+def jittered(delay: float, draw: float) -> float:
+    """`delay` spread ±50 % by `draw`, a uniform draw in [0, 1) from the caller's random source."""
+    return delay * (0.5 + draw)
+
+
+def uniform(random_bytes: Callable[[int], bytes]) -> float:
+    """A uniform draw in [0, 1) from a ``random_bytes`` source (the sans-IO machines' randomness)."""
+    return int.from_bytes(random_bytes(4), "big") / 2 ** 32
 
 
 RESET_REDIAL_AFTER = 2.0

@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from meshvpn.backoff import RESET_REDIAL_AFTER, doubling, redial_at_once
+from meshvpn.backoff import RESET_REDIAL_AFTER, doubling, jittered, redial_at_once
 from meshvpn.node.eyeballs import interleave
 from meshvpn.wire import Endpoint
 
@@ -53,8 +53,7 @@ CONNECT_TIMEOUT = 10.0
 
 def backoff_delay(failures: int, jitter: float, maximum: float = BACKOFF_MAX) -> float:
     """Wait before new round number ``failures`` (1-based); ``jitter`` in [0, 1) spreads it ±50 %."""
-    base = doubling(BACKOFF_INITIAL, maximum, failures - 1)
-    return base * (0.5 + jitter)
+    return jittered(doubling(BACKOFF_INITIAL, maximum, failures - 1), jitter)
 
 
 def remapped(before: Optional[Endpoint], after: Optional[Endpoint], registered_at: Optional[float],

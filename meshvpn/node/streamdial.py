@@ -7,10 +7,13 @@ TCP first and TLS only once it timed out would cost a whole connect timeout on s
 so every connection is a race (Happy Eyeballs, `meshvpn.node.streamrace`) over `targets`: each
 of the server's addresses (in its family order) with the kind that won last (plain TCP at
 first), then each with the other kind, a stagger apart; the first to finish its handshake wins.
-A lost stream is reconnected after a doubling backoff, with the same race; one the server reset
-after it had lasted a while is reconnected at once (`meshvpn.backoff.redial_at_once`, the coord
-link's rule): a relay that no longer knows the stream (it restarted, or our NAT re-mapped us) takes
-a new one at once, where the backoff's first step would leave the link down for half a second more.
+A lost stream is reconnected after a doubling backoff, with the same race, each wait spread ±50 %
+by the owner's random source (`meshvpn.backoff.jittered`, as the coord link's dialer does): a relay
+that restarts drops every node's stream at once, and without the spread every node would dial it
+again at the same instant, a thundering herd at 10,000 nodes. One the server reset after it had
+lasted a while is reconnected at once (`meshvpn.backoff.redial_at_once`, the coord link's rule): a
+relay that no longer knows the stream (it restarted, or our NAT re-mapped us) takes a new one at
+once, where the backoff's first step would leave the link down for half a second more.
 
 Sans-IO: the owner asks `due(now)`, says `attempt()` when it asks the shell to connect, and
 passes on `up(tls)` and `down(now)`.
@@ -19,9 +22,9 @@ passes on `up(tls)` and `down(now)`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
-from meshvpn.backoff import doubling, redial_at_once
+from meshvpn.backoff import doubling, jittered, redial_at_once
 from meshvpn.wire import Endpoint
 
 
@@ -45,8 +48,12 @@ class DialConfig:
 class StreamDial:
     """The connection state of one stream to one server, and when to try again."""
 
-    def __init__(self, tls_port: Optional[int], config: Optional[DialConfig] = None) -> None:
+    def __init__(self, tls_port: Optional[int], config: Optional[DialConfig] = None,
+                 draw: Callable[[], float] = lambda: 0.5) -> None:
         self.config = config if config is not None else DialConfig()
+        self.draw = draw
+        """Uniform draws in [0, 1) that spread the backoff's waits (the owner's random source; the
+        default, 0.5, spreads nothing)."""
         self.tls_port = tls_port
         self.wanted = False
         self.connecting = False
@@ -98,7 +105,7 @@ class StreamDial:
             self.retry_at = now
             return
         cfg = self.config
-        self.retry_at = now + doubling(cfg.backoff_initial, cfg.backoff_max, self._failures)
+        self.retry_at = now + jittered(doubling(cfg.backoff_initial, cfg.backoff_max, self._failures), self.draw())
         self._failures += 1
 
     @property

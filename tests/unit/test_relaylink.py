@@ -34,6 +34,7 @@ class Harness:
         self.relay = RelayCore(RELAY, keys.public_key(COORD), RelayLimits(), counting_random(), WALL)
         info = RelayInfo("r1", "203.0.113.2", 7500, keys.public_key(RELAY), tls_port, peer)
         self.link = RelayLink(info, NODE, keys.public_key(NODE), counting_random(), WALL, RelayLinkConfig())
+        self.link.stream.draw = lambda: 0.5  # the backoff's waits unspread (`test_streamdial` spreads them)
         self.udp_works = udp_works
         self.events = []
         self.sent = []

@@ -4,6 +4,7 @@ The TURN server is scripted as in test_turn.py: 401 to the first Allocate, then 
 """
 
 import itertools
+import random
 
 from meshvpn import wire
 from meshvpn.control import messages as m
@@ -160,6 +161,7 @@ def on_stream(tls_port=None) -> TurnLinks:
     link.stream_up("turn-1", 0.6)
     for _ in range(2):
         link.receive_stream("turn-1", server_replies([data for _, data in link.stream_frames()]), 0.7)
+    link.servers["turn-1"].stream.draw = lambda: 0.5  # the backoff's waits unspread
     return link
 
 
@@ -209,6 +211,17 @@ def test_a_stream_the_server_reset_after_it_lasted_is_raced_again_at_once():
     link.stream_up("turn-1", 10.1)
     link.stream_ended("turn-1", 10.4, reset=True)
     assert link.stream_wishes(10.4) == [] and link.servers["turn-1"].stream.retry_at == 10.9
+
+
+def test_the_streams_backoff_is_spread_by_the_links_random_source():
+    waits = set()
+    for seed in range(6):
+        link = on_stream()
+        link.servers["turn-1"].stream.draw = link.servers["turn-1"].draw
+        link._random_bytes = random.Random(seed).randbytes
+        link.stream_ended("turn-1", 10.0)
+        waits.add(link.servers["turn-1"].stream.retry_at - 10.0)
+    assert len(waits) == 6 and all(0.25 <= wait < 0.75 for wait in waits)
 
 
 def test_a_server_with_a_tls_port_is_raced_over_tcp_and_tls_and_the_winner_goes_first_next_time():

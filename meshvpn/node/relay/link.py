@@ -28,8 +28,8 @@ Rules:
   family is tried at once, for `stream_after` before the stream; the stream's connection
   attempts race them in the same order (``OpenRelayStream.targets``).
 * The stream is plain TCP or TLS, raced when the relay has a TLS listener (``RelayInfo.tls_port``);
-  a lost stream is reconnected with backoff, at once when the relay reset one that had lasted
-  (`meshvpn.node.streamdial`). Networks that let only
+  a lost stream is reconnected with a jittered backoff, at once when the relay reset one that had
+  lasted (`meshvpn.node.streamdial`). Networks that let only
   port 443, or only TLS, through (``meshvpn.tlsenvelope``) get a path this way within a second.
 * `check` (traffic through the relay went unanswered): a hello goes out at once, and without
   an ack within `check_timeout` (or three RTTs, if longer) the link is not ready, so a dead
@@ -61,6 +61,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from meshvpn import wire
+from meshvpn.backoff import uniform
 from meshvpn.cookie import CookieJar
 from meshvpn.control.messages import RelayInfo
 from meshvpn.errors import RemoteProtocolError
@@ -162,7 +163,8 @@ class RelayLink:
         self.cookies = 0
         """Cookies taken: how often the relay asked for proof of our address (it is under load)."""
         cfg = self.config
-        self.stream = StreamDial(info.tls_port, DialConfig(cfg.tcp_backoff_initial, cfg.tcp_backoff_max))
+        self.stream = StreamDial(info.tls_port, DialConfig(cfg.tcp_backoff_initial, cfg.tcp_backoff_max),
+                                 lambda: uniform(random_bytes))
         """The TCP or TLS stream the shell should keep open while UDP gets no answer."""
         self.stream_endpoint: Optional[Endpoint] = None
         """The address (and port) the stream connected to, while it is up: for status."""

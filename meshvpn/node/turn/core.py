@@ -42,6 +42,7 @@ from collections.abc import MutableMapping
 from typing import Callable, Iterable, Optional
 
 from meshvpn import wire
+from meshvpn.backoff import uniform
 from meshvpn.control import messages as m
 from meshvpn.node.events import TurnStream
 from meshvpn.node.relay.addresses import RelayAddresses
@@ -351,7 +352,8 @@ class TurnLinks:
             if server is not None:
                 server.set_info(info)
                 continue
-            server = ServerLink(info, RelayAddresses(self._addresses(info)), self._new_client)
+            server = ServerLink(info, RelayAddresses(self._addresses(info)), self._new_client,
+                                draw=lambda: uniform(self._random_bytes))
             self.servers[name] = server
             self.by_endpoint.update(dict.fromkeys(server.addresses.all, server))
             server.start(now)

@@ -74,6 +74,8 @@ class ServerLink:
     """Times the server went silent in a row, each soon after an allocation (the backoff's exponent)."""
     ready_at: Optional[float] = None
     """When the last allocation became ready."""
+    draw: Callable[[], float] = lambda: 0.5
+    """Uniform draws in [0, 1) that spread the stream's backoff (`StreamDial.draw`)."""
 
     def __post_init__(self) -> None:
         self.client = self.new_client(self.info, False)
@@ -160,7 +162,7 @@ class ServerLink:
         if self.client.ready and self.client.unanswered:
             return "a request went unanswered"
         if self.stream is None and not self.client.heard and now >= self.started + STREAM_AFTER:
-            self.stream = StreamDial(self.info.tls_port)
+            self.stream = StreamDial(self.info.tls_port, draw=self.draw)
             self.stream.want()
             self.udp, self.client = self.client, self.new_client(self.info, True)
         return None
