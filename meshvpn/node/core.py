@@ -226,6 +226,14 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
             peer.paths.tcp_ready(endpoint, now)
             self._drain_paths(peer, now)
 
+    def probe_tcp_path(self, peer_key: bytes, now: float) -> None:
+        """Probe the peer's TCP path now (its check after our network came back): the path finder's
+        suspicion, which also leaves the path if it stays silent (`PathFinder.suspect`)."""
+        peer = self.peers.by_key.get(peer_key)
+        if peer is not None:
+            peer.paths.suspect(now)
+            self._drain_paths(peer, now)
+
     def set_turn(self, routes: dict[bytes, Endpoint], now: float) -> None:
         """Peers reachable through TURN, at their relayed address (the node frames ChannelData).
 

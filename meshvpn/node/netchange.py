@@ -21,7 +21,8 @@ It then gets one :class:`NetworkChanged`: re-discover endpoints, re-probe every 
 reconnect the coord link if the address it came from vanished or the default gateway is a new one
 (or if it is down: the new network may be the one it was waiting for); if instead a link came up
 or a default route came back under the link's connection, the link checks that it carries again
-(`meshvpn.node.tcpresume`: TCP backed off through the outage).
+(`meshvpn.node.tcpresume`: TCP backed off through the outage), and so do the TCP paths and relay
+streams whenever no connection was lost (``back``), whether or not the coord link had one.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class NetworkChanged:
     resumed: bool = False
     """A link came up or a default route was added, and the coord link keeps its connection: what
     it wrote while the network was gone waits for TCP's backed-off retransmission."""
+    back: bool = False
+    """A link came up or a default route was added, and no connection was lost: every standing TCP
+    connection (TCP paths, relay streams; the coord link's is `resumed`) may wait likewise."""
 
 
 class NetChanges:
@@ -125,7 +129,7 @@ class NetChanges:
         lost = self._gateway_moved or bool(vanished)
         reconnect = self._gateway_moved or self.coord_local is None or self.coord_local in vanished
         self._actions.append(NetworkChanged(tuple(self._reasons), vanished, lost, reconnect, self._first,
-                                            resumed=self._back and not reconnect))
+                                            resumed=self._back and not reconnect, back=self._back and not lost))
         self._reasons, self._removed, self._gateway_moved, self._back = [], set(), False, False
         self._first = self._last = None
 

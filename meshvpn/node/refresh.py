@@ -12,8 +12,9 @@ and carries out what they say (``Endpoints`` to the coord, passed on to every pe
 seconds, and at once when the host's network changed (:meth:`EndpointRefresh.network_changed`):
 a round still waiting for an answer from the old network is abandoned, the birthday sockets
 (whose mappings belong to the old NAT) are closed and the coord link reconnects if the rules
-said so; the router's port mapping is probed again, and the relay and TURN links hear of it at
-once (``Node.servers_network_changed``: a network that lets no UDP out answers no STUN either).
+said so; the TCP paths and relay streams that stand check that they carry, when the network only
+came back under them (``Node.connections_resumed``); the router's port mapping is probed again, and
+the relay and TURN links hear of it at once (``Node.servers_network_changed``: a network that lets no UDP out answers no STUN either).
 
 A path that died while carrying traffic asks for a round too (``DiscoverEndpoints``,
 :meth:`EndpointRefresh.rediscover`): our NAT may have re-mapped us. If the STUN mapping did move,
@@ -92,6 +93,9 @@ class EndpointRefresh:
             self.reports.coord_down()
         elif change.resumed and daemon.link.network_back():
             self.reports.coord_down()
+        if change.back:
+            daemon.node.connections_resumed(daemon.loop.time(), daemon.punch.retransmitting(),
+                                            daemon.relay_streams.retransmitting())
         daemon.portmap.reprobe()
         daemon.node.servers_network_changed(daemon.loop.time(), change.connections_lost)
         daemon.transmit()

@@ -15,8 +15,12 @@ lasted a while is reconnected at once (`meshvpn.backoff.redial_at_once`, the coo
 relay that no longer knows the stream (it restarted, or our NAT re-mapped us) takes a new one at
 once, where the backoff's first step would leave the link down for half a second more.
 
+When the host's network comes back under a connected stream, `resume` checks that it carries
+(`meshvpn.node.tcpresume`); a stream that waits behind TCP's backed-off retransmission timer, or
+does not answer, is `replace`d: closed, and a new one raced at once, without backoff.
+
 Sans-IO: the owner asks `due(now)`, says `attempt()` when it asks the shell to connect, and
-passes on `up(tls)` and `down(now)`.
+passes on `up(tls)` and `down(now)`; it closes the stream when `replacing` says so.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional, Sequence
 
 from meshvpn.backoff import doubling, jittered, redial_at_once
+from meshvpn.node.tcpresume import TcpResume
 from meshvpn.wire import Endpoint
 
 
@@ -65,6 +70,11 @@ class StreamDial:
         self._failures = 0
         self._up_at: Optional[float] = None
         """When the current connection came up, while it is up."""
+        self.resume = TcpResume()
+        """The check of the connection once the host's network is back (the owner pings and answers)."""
+        self.replacing = False
+        """The connection is to be closed and a new one raced at once (`replace`); the owner closes
+        it and clears this."""
 
     def want(self, wanted: bool = True) -> None:
         self.wanted = wanted
@@ -99,14 +109,25 @@ class StreamDial:
         """The stream failed to connect, or closed (the server `reset` it): try again after the
         backoff, or at once when the server reset a stream that had lasted (the module's rules)."""
         lasted = now - self._up_at if self.connected and self._up_at is not None else 0.0
-        self.connecting = self.connected = False
-        self._up_at = None
+        self._drop()
         if redial_at_once(reset, lasted):
             self.retry_at = now
             return
         cfg = self.config
         self.retry_at = now + jittered(doubling(cfg.backoff_initial, cfg.backoff_max, self._failures), self.draw())
         self._failures += 1
+
+    def replace(self, now: float) -> None:
+        """The connection waits behind TCP's backed-off retransmission timer, or did not answer its
+        check (`resume`): the owner closes it (`replacing`) and races a new one at once."""
+        self._drop()
+        self.replacing = True
+        self.retry_at = now
+
+    def _drop(self) -> None:
+        self.connecting = self.connected = False
+        self._up_at = None
+        self.resume.forget()
 
     @property
     def kind(self) -> str:

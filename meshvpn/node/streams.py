@@ -18,6 +18,7 @@ from meshvpn.errors import MeshError
 from meshvpn.node.node import Node
 from meshvpn.node.streamdial import StreamTarget
 from meshvpn.node.streamrace import first_connection
+from meshvpn.node.tcpinfo import retransmitting
 from meshvpn.wire import Endpoint
 
 log = logging.getLogger("meshvpn.node.streams")
@@ -122,6 +123,12 @@ class StreamSet:
 
     def get(self, name: str) -> Optional[Stream]:
         return self._streams.get(name)
+
+    def retransmitting(self) -> dict[str, Optional[bool]]:
+        """Whether each connected stream waits for a backed-off retransmission, by name, as the kernel
+        says (`meshvpn.node.tcpinfo`; None where it does not say)."""
+        return {name: retransmitting(stream.writer.get_extra_info("socket"))
+                for name, stream in self._streams.items() if stream.writer is not None}
 
     def forget(self, stream: Stream) -> None:
         """`stream` ended: tell the node, unless it was closed on the node's wish or at shutdown."""

@@ -15,7 +15,7 @@ from meshvpn.node import events as ev
 from meshvpn.node.candidates import Candidate, CandidateKind, tcp_candidates_of, tcp_sources_of
 from meshvpn.node.pathfinder import ChangeReason, Path, PathKind
 from meshvpn.node.peers import named_keys
-from meshvpn.node.tcp.core import PathDown, PathUp, TcpEndpoint, WantPunch
+from meshvpn.node.tcp.core import PathDown, PathUp, ProbePath, TcpEndpoint, WantPunch
 from meshvpn.node.tcp.prediction import Dial, HardSide, SendSample, hard_side
 from meshvpn.node.traversal import profile_of
 from meshvpn.wire import Endpoint
@@ -85,6 +85,8 @@ class PunchPortInbox:
                 self.core.set_tcp_path(action.peer_key, None, now)
             elif isinstance(action, WantPunch):
                 self._out.append(ev.SendCoord(m.PunchRequest(peer_key=action.peer_key)))
+            elif isinstance(action, ProbePath):
+                self.core.probe_tcp_path(action.peer_key, now)
             else:
                 self._out.append(action)
         return bool(actions)

@@ -214,8 +214,8 @@ class Node:
 
     def link_up(self) -> None:
         """The link is back, on the same address: the daemon's answer to netlink's burst (the coord
-        link reconnects if it had no connection, else checks that its connection carries again:
-        `meshvpn.node.tcpresume`), an endpoint round, then `network_changed`.
+        link reconnects if it had no connection, else it, the TCP paths and the relay streams check
+        that they carry again: `meshvpn.node.tcpresume`), an endpoint round, then `network_changed`.
         The extra sockets stay (the NAT may still hold their mappings), as in the daemon."""
         self.host.link.connected = True
         change = self.hostnet.link_back(self.world.coord.link(self).local_address, self.now)
@@ -223,11 +223,15 @@ class Node:
         self.rounds.network_changed(change.connections_lost)
 
     def _follow(self, change: NetworkChanged) -> None:
-        """What the daemon's endpoint refresh does at once with a network change: the coord link."""
+        """What the daemon's endpoint refresh does at once with a network change: the coord link, and
+        the checks of the standing connections."""
         if change.reconnect_coord:
             self.world.coord.link(self).reconnect_now()
         elif change.resumed:
             self.world.coord.link(self).network_back()
+        if change.back:
+            self.node.connections_resumed(self.now, self.punch.retransmitting(), self.relay_streams.retransmitting())
+            self.pump()
 
     def registered(self) -> None:
         """The coord link registered: a network change waiting for it is told to the node now."""

@@ -92,6 +92,11 @@ class PunchPort:
                     conn[1].timer.cancel()
                 conn[0].abort()
 
+    def retransmitting(self) -> dict[int, bool]:
+        """Whether each connection waits for a backed-off retransmission, by the node's `conn_id`
+        (the daemon's shell asks the kernel, `meshvpn.node.tcpinfo`)."""
+        return {conn_id: conn.retransmitting for conn_id, (conn, _) in self.conns.items()}
+
     def _accept(self, conn: TcpConn) -> Optional[_Punched]:
         conn_id = self.owner.node.tcp_accepted(Endpoint(*conn.remote), self.owner.now)
         handler = None if conn_id is None else _Punched(self, conn_id, outgoing=False)
@@ -270,6 +275,11 @@ class RelayStreams:
             stream.start()
         elif stream is not None:
             self._drop(stream)
+
+    def retransmitting(self) -> dict[str, bool]:
+        """Whether each stream that is up waits for a backed-off retransmission, by relay name."""
+        return {name: stream.winner.conn.retransmitting for name, stream in self.streams.items()
+                if stream.winner is not None}
 
     def _drop(self, stream: _RelayStream) -> None:
         """Closed on the node's wish: no report."""

@@ -70,6 +70,7 @@ def test_a_link_back_with_the_coord_link_dialling_reconnects_rather_than_checks(
     changes.observe(LinkChange(ETH0, "eth0", up=True), 5.1)
     [up] = run_until(changes, 5.3)
     assert up.reconnect_coord and not up.resumed
+    assert up.back and not up.connections_lost, "the TCP paths and relay streams stood through it: they check"
 
 
 def test_a_default_route_back_alone_has_the_coord_link_check_its_connection():
@@ -84,6 +85,7 @@ def test_a_new_default_gateway_reconnects_the_coord_even_with_the_same_address()
     changes.observe(RouteChange(0, "10.1.0.254", ETH0), 1.0)
     [action] = run_until(changes, 2.0)
     assert action.reconnect_coord and action.connections_lost
+    assert not action.back, "the connections of the old gateway are dead: nothing to check"
 
 
 def test_an_address_gone_and_back_within_the_burst_has_not_vanished():
@@ -198,6 +200,7 @@ def test_the_coord_reconnects_when_its_ipv6_source_address_goes():
     changes.observe(AddressChange(ETH0, "2001:db8:1:1::b", 64, None, removed=True), 1.0)
     [action] = run_until(changes, 2.0)
     assert action.reconnect_coord and action.connections_lost
+    assert not action.back, "the connections of the old gateway are dead: nothing to check"
 
 
 def test_an_ipv6_address_matters_once_usable_and_not_when_its_lifetime_is_renewed():

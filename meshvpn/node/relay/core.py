@@ -16,7 +16,7 @@ Inputs take ``now`` (monotonic seconds). Outputs are pulled: `datagrams_to_send`
 from __future__ import annotations
 
 import ipaddress
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 from meshvpn.control import messages as m
 from meshvpn.node import events as ev
@@ -141,6 +141,15 @@ class RelaySet:
             self.tcp_down(name, now)
         return [ev.CloseRelayStream(name) for name in names]
 
+    def network_back(self, retransmitting: Mapping[str, Optional[bool]], now: float) -> None:
+        """The host's network is usable again under the streams the shell holds, by relay name with
+        what the kernel says of each (`RelayLink.network_back`): each checks that it carries."""
+        for name, waits in retransmitting.items():
+            link = self.links.get(name)
+            if link is not None and name in self._streams:
+                link.network_back(now, waits)
+        self._drain(now)
+
     def hello_now(self, now: float) -> None:
         """Every link says hello at once (our address changed: each relay must learn the new one)."""
         for link in self.links.values():
@@ -180,6 +189,11 @@ class RelaySet:
         """Open a stream to each relay that wants one (when its backoff allows), close the unwanted."""
         out: list[ev.OpenRelayStream | ev.CloseRelayStream] = []
         for name, link in self.links.items():
+            if link.stream.replacing:  # closed for a new race, at once (`StreamDial.replace`)
+                link.stream.replacing = False
+                if name in self._streams:
+                    self._streams.discard(name)
+                    out.append(ev.CloseRelayStream(name))
             if name not in self._streams and link.stream.due(now):
                 link.stream.attempt()
                 self._streams.add(name)

@@ -31,6 +31,11 @@ Rules:
   a lost stream is reconnected with a jittered backoff, at once when the relay reset one that had
   lasted (`meshvpn.node.streamdial`). Networks that let only
   port 443, or only TLS, through (``meshvpn.tlsenvelope``) get a path this way within a second.
+* When the host's network comes back under the stream (`network_back`), the link checks that it
+  carries (`meshvpn.node.tcpresume`): a stream whose hellos wait behind TCP's backed-off
+  retransmission timer is replaced at once by a new race, else a hello goes over it at once and
+  the stream is replaced if its ack does not come within the check's wait (every ack over the
+  stream is a round trip the wait learns from).
 * `check` (traffic through the relay went unanswered): a hello goes out at once, and without
   an ack within `check_timeout` (or three RTTs, if longer) the link is not ready, so a dead
   relay is left within a second instead of `down_after`.
@@ -67,6 +72,7 @@ from meshvpn.control.messages import RelayInfo
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.node.relay.addresses import RelayAddresses
 from meshvpn.node.streamdial import DialConfig, StreamDial, StreamTarget
+from meshvpn.node.tcpresume import Reconnect
 from meshvpn.wire import Endpoint, MessageType
 
 
@@ -241,6 +247,8 @@ class RelayLink:
         self.rtt = rtt if self.rtt is None else self.rtt + (rtt - self.rtt) / 8
         self._last_ack = now
         self._check_until = None
+        if via is Transport.TCP:
+            self.stream.resume.answered(now, sent)
         if via is Transport.UDP:
             self.addresses.acked(src)
             self._unanswered_udp, self._udp_silent_since = 0, None
@@ -267,6 +275,14 @@ class RelayLink:
         if self.transport is Transport.TCP:
             self._set_ready(False, now)
 
+    def network_back(self, now: float, retransmitting: Optional[bool]) -> None:
+        """The host's network is usable again under the stream (`NetworkChanged.resumed`), of which the
+        kernel says whether it waits for a backed-off retransmission (None: it does not say): check
+        that it carries (the module's rules)."""
+        if self.stream.connected and self.transport is Transport.TCP:
+            self.stream.resume.resumed(now, retransmitting)
+            self._follow_resume(now)
+
     def hello_now(self, now: float) -> None:
         """Send the next hello now rather than at its time (the node's network changed); over UDP too
         on a link that fell back to TCP, since the new network may let UDP through. A ready link
@@ -291,6 +307,8 @@ class RelayLink:
 
     def handle_timer(self, now: float) -> None:
         """Send the hello that is due and notice a link that went quiet."""
+        self.stream.resume.handle_timer(now)
+        self._follow_resume(now)
         if self._check_until is not None and now >= self._check_until:
             self._check_until = None
             self._set_ready(False, now)
@@ -306,7 +324,7 @@ class RelayLink:
 
     def get_timer(self) -> Optional[float]:
         deadlines = [self._next_hello, self.stream.deadline(), self._check_until, self.addresses.timer(),
-                     self._stream_at()]
+                     self._stream_at(), self.stream.resume.get_timer()]
         if self.ready and self._last_ack is not None:
             deadlines.append(self._last_ack + self.config.down_after)
         return min((d for d in deadlines if d is not None), default=None)
@@ -334,6 +352,16 @@ class RelayLink:
         self._want_stream(now)
         if on_stream and self.stream.connected:
             self._actions.append(SendTcp(self._sealed_hello(now)))
+
+    def _follow_resume(self, now: float) -> None:
+        """The stream's check after the network came back: a hello over it now (its ack answers), or
+        a new stream raced at once."""
+        for action in self.stream.resume.next_actions():
+            if isinstance(action, Reconnect):
+                self.stream.replace(now)
+                self.stream_endpoint = None
+            elif self.stream.connected:
+                self._hello(now)
 
     def _stream_at(self) -> Optional[float]:
         """When the link wants a stream beside UDP, if UDP stays silent until then."""

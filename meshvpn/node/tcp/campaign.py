@@ -14,6 +14,7 @@ from typing import Optional, Union
 from meshvpn.channel import ClientChannel, ServerChannel
 from meshvpn.node.candidates import Candidate
 from meshvpn.node.events import TcpAbort, TcpConnect, TcpWrite
+from meshvpn.node.tcpresume import TcpResume
 from meshvpn.wire import Endpoint
 
 
@@ -85,7 +86,15 @@ class WantPunch:
     peer_key: bytes
 
 
-Action = Union[TcpConnect, TcpWrite, TcpAbort, PathUp, PathDown, WantPunch]
+@dataclass(frozen=True)
+class ProbePath:
+    """Probe the TCP path to `peer_key` now (the peer core's probe, answered over the same
+    connection): the path's check after the host's network came back (`meshvpn.node.tcpresume`)."""
+
+    peer_key: bytes
+
+
+Action = Union[TcpConnect, TcpWrite, TcpAbort, PathUp, PathDown, WantPunch, ProbePath]
 
 
 class ConnState(enum.StrEnum):
@@ -124,3 +133,5 @@ class TcpCampaign:
     repunch_gap: float = 0.0
     path: Optional[Conn] = None
     conns: set = field(default_factory=set)
+    resume: TcpResume = field(default_factory=TcpResume)
+    """The check of the path once the host's network is back (and of the paths that replace it)."""

@@ -43,6 +43,11 @@ Rules:
   dead (`PathDown`) after `idle_timeout` without receiving a byte, after a channel error, when
   the connection closes, or when the path finder found it silent under traffic (`path_silent`). Connections are always aborted (RST), never closed, so no
   TIME_WAIT blocks the next punch between the same two endpoints.
+* When the host's network comes back under a path (``network_back``), the path checks that it
+  carries (`meshvpn.node.tcpresume`): a path whose connection waits behind TCP's backed-off
+  retransmission timer is ended at once and a new punch asked for at once (`WantPunch`), the
+  relay carrying meanwhile; else the path is probed (`ProbePath`) and ended so if nothing comes
+  over it within the check's wait.
 * A campaign that ends without a path, or a path that died, asks for a new synchronised
   punch (`WantPunch`, the shell sends ``punch_request``) after `repunch_initial` seconds,
   doubling to `repunch_max`; a path coming up resets the backoff. ``stop(peer)`` (the peer
@@ -54,7 +59,7 @@ Inputs take ``now`` (monotonic seconds); randomness (channel ephemeral keys) com
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Callable, Optional
 
 from meshvpn.channel import ClientChannel, ServerChannel
@@ -62,13 +67,14 @@ from meshvpn.errors import RemoteProtocolError
 from meshvpn.node.candidates import Candidate, CandidateKind
 from meshvpn.node.events import TcpAbort, TcpConnect, TcpWrite
 from meshvpn.node.tcp.campaign import (
-    Action, Conn, ConnState, PathDown, PathUp, TcpCampaign, TcpEndpoint, TcpPunchConfig, WantPunch,
+    Action, Conn, ConnState, PathDown, PathUp, ProbePath, TcpCampaign, TcpEndpoint, TcpPunchConfig, WantPunch,
 )
+from meshvpn.node.tcpresume import Reconnect
 from meshvpn.noise import StaticIdentity
 from meshvpn.wire import Endpoint
 
-__all__ = ["Action", "ConnState", "PathDown", "PathUp", "TcpCampaign", "TcpEndpoint", "TcpPunch", "TcpPunchConfig",
-           "WantPunch"]
+__all__ = ["Action", "ConnState", "PathDown", "PathUp", "ProbePath", "TcpCampaign", "TcpEndpoint", "TcpPunch",
+           "TcpPunchConfig", "WantPunch"]
 
 
 class TcpPunch:
@@ -142,6 +148,15 @@ class TcpPunch:
         if peer is not None and peer.path is not None:
             self._end(peer.path, "silent under traffic", now)
 
+    def network_back(self, retransmitting: Mapping[int, Optional[bool]], now: float) -> None:
+        """The host's network is usable again under the connections the shell holds, by `conn_id` with
+        whether the kernel says each waits for a backed-off retransmission (None: it does not say):
+        every path among them checks that it carries (the module's rules)."""
+        for peer in list(self._peers.values()):
+            if peer.path is not None and peer.path.conn_id in retransmitting:
+                peer.resume.resumed(now, retransmitting[peer.path.conn_id])
+                self._follow_resume(peer, now)
+
     # ---- inputs: connections ----------------------------------------------------------
 
     def connected(self, conn_id: int, now: float) -> None:
@@ -178,6 +193,9 @@ class TcpPunch:
         if conn is None or conn.channel is None:
             return []
         conn.last_rx = now
+        peer = self._peers.get(conn.peer_key) if conn.peer_key is not None else None
+        if peer is not None and peer.path is conn:
+            peer.resume.heard(now)
         try:
             messages = conn.channel.receive_data(data)
         except RemoteProtocolError as exc:
@@ -213,6 +231,8 @@ class TcpPunch:
                 conn.channel.send(b"")
                 self._flush(conn, now)
         for peer in list(self._peers.values()):
+            peer.resume.handle_timer(now)
+            self._follow_resume(peer, now)
             if peer.next_attempt is not None and now >= peer.next_attempt:
                 self._attempt(peer, now)
             if peer.repunch_at is not None and now >= peer.repunch_at:
@@ -236,7 +256,7 @@ class TcpPunch:
             else:
                 deadlines.append(conn.deadline)
         for peer in self._peers.values():
-            deadlines += [t for t in (peer.next_attempt, peer.repunch_at) if t is not None]
+            deadlines += [t for t in (peer.next_attempt, peer.repunch_at, peer.resume.get_timer()) if t is not None]
         return min(deadlines, default=None)
 
     def path_endpoint(self, peer_key: bytes) -> Optional[TcpEndpoint]:
@@ -362,6 +382,18 @@ class TcpPunch:
             else:
                 self._schedule_repunch(peer, now)
 
+    def _follow_resume(self, peer: TcpCampaign, now: float) -> None:
+        """The path's check after the network came back: probe it, or end it and ask for a punch now
+        (the repunch `_end` schedules stays, should the coord's punch not come)."""
+        for action in peer.resume.next_actions():
+            if peer.path is None:
+                continue
+            if isinstance(action, Reconnect):
+                self._end(peer.path, f"replaced, {action.reason}", now)
+                self._actions.append(WantPunch(peer.key))
+            else:
+                self._actions.append(ProbePath(peer.key))
+
     def _schedule_repunch(self, peer: TcpCampaign, now: float) -> None:
         cfg = self.config
         peer.repunch_gap = min(max(cfg.repunch_initial, 2 * peer.repunch_gap), cfg.repunch_max)
@@ -375,6 +407,7 @@ class TcpPunch:
             peer.conns.discard(conn)
             if peer.path is conn:
                 peer.path = None
+                peer.resume.forget()
                 del self._by_endpoint[TcpEndpoint(*conn.endpoint)]
         if abort:
             self._actions.append(TcpAbort(conn.conn_id))

@@ -21,6 +21,7 @@ from typing import Awaitable, Callable, Optional
 
 from meshvpn.node.events import TcpAbort, TcpConnect, TcpSampleWanted, TcpWrite
 from meshvpn.node.node import Node
+from meshvpn.node.tcpinfo import retransmitting
 from meshvpn.stun import StunError
 from meshvpn.stuntcp import tcp_binding
 from meshvpn.wire import Endpoint
@@ -143,6 +144,12 @@ class PunchPort:
         """Whether connection `conn_id` exists and is not backed up."""
         stream = None if conn_id is None else self.streams.get(conn_id)
         return stream is not None and stream.transport.get_write_buffer_size() <= MAX_WRITE_BUFFER
+
+    def retransmitting(self) -> dict[int, Optional[bool]]:
+        """Whether each connection waits for a backed-off retransmission, by the node's `conn_id`, as
+        the kernel says (`meshvpn.node.tcpinfo`; None where it does not say)."""
+        return {conn_id: retransmitting(stream.transport.get_extra_info("socket"))
+                for conn_id, stream in self.streams.items()}
 
     def follow(self, action: TcpConnect | TcpWrite | TcpAbort | TcpSampleWanted) -> None:
         """Carry out one of the node's connection wishes."""
