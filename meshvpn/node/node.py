@@ -39,6 +39,7 @@ from meshvpn.node.family import is_ipv6
 from meshvpn.node.lanparty import LanParty
 from meshvpn.node.pairrelay import RttReport, add_pair_status
 from meshvpn.node.peerrelay import PeerRelay, add_relay_status, follow_paths_to_peer_relays, reach_peer_relays
+from meshvpn.node.pathtypes import PathKind
 from meshvpn.node.peers import Peer, PeerSlot, PeerTable
 from meshvpn.node.prediction import NatProfile
 from meshvpn.node.recovery import NodeRecovery
@@ -378,19 +379,23 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
         return bool(datagrams or messages or events)
 
     def _path_changed(self, event: ev.PeerPathChanged, now: float) -> None:
-        """The peer's log keeps the change; a UDP path ends TCP punching and its birthday campaign; a
-        TCP path that went silent under traffic is ended, and punched again (`TcpPunch.path_silent`)."""
+        """The peer's log keeps the change; a UDP path ends TCP punching and its birthday campaign, and
+        hands the TCP path over (`TcpPunch.hand_over`: it closes a second later, once the peer took its
+        UDP path too); a TCP path that went silent under traffic is ended, and punched again
+        (`TcpPunch.path_silent`)."""
         peer = self.peers.find(event.name)
         if peer is None:
             return
         peer.path_log.record(event, peer.last_rx, peer.last_rx_src, self.core.config.paths.path_timeout, now)
         if udp_direct(event.new):
             follow_paths_to_peer_relays(self.core, self.relays, now)
-            self.tcp.stop(peer.key)
+            self.tcp.hand_over(peer.key, now)
             self._out.append(ev.CloseMappings(peer.key))
         elif tcp_silent(event):
             self.tcp.path_silent(peer.key, now)
             self.tcp_prediction.path_lost(peer.key)
+        elif event.new is not None and event.new.kind is PathKind.TCP:
+            self.tcp.keep(peer.key)
 
     def _drain_relays(self, now: float) -> bool:
         relays = self.relays

@@ -61,6 +61,9 @@ class TcpPunchConfig:
     """Longest wait between such requests."""
     max_unmatched: int = 8
     """Accepted connections from unknown endpoints held at once (each costs a handshake wait)."""
+    handover: float = 1.0
+    """Seconds a TCP path is kept once a UDP path to the peer took over (`TcpPunch.hand_over`): the
+    peer's UDP path may become current a probe's round trip after ours."""
 
 
 @dataclass(frozen=True)
@@ -133,5 +136,7 @@ class TcpCampaign:
     repunch_gap: float = 0.0
     path: Optional[Conn] = None
     conns: set = field(default_factory=set)
+    handover_until: Optional[float] = None
+    """While a UDP path takes over: when the TCP path closes, unless the peer closed it first."""
     resume: TcpResume = field(default_factory=TcpResume)
     """The check of the path once the host's network is back (and of the paths that replace it)."""

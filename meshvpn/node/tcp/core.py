@@ -51,7 +51,12 @@ Rules:
 * A campaign that ends without a path, or a path that died, asks for a new synchronised
   punch (`WantPunch`, the shell sends ``punch_request``) after `repunch_initial` seconds,
   doubling to `repunch_max`; a path coming up resets the backoff. ``stop(peer)`` (the peer
-  has a UDP path, which suits tunnelled TCP better) ends it all for that peer.
+  left) ends it all for that peer. ``hand_over(peer)`` (the peer has a UDP path, which suits
+  tunnelled TCP better) ends the campaign but keeps the path for `handover` seconds, make before
+  break: the peer's UDP path may become current a probe's round trip after ours, and a path
+  closed under it before then would leave it on the relay (or on nothing) meanwhile. Each end
+  closes the path once its time is up; one whose path is closed by the other meanwhile punches
+  no more. ``keep(peer)`` (the TCP path is the peer's path again) cancels the hand-over.
 
 Inputs take ``now`` (monotonic seconds); randomness (channel ephemeral keys) comes from the
 ``random_bytes`` callable. Outputs are pulled with :meth:`TcpPunch.next_actions`.
@@ -140,6 +145,26 @@ class TcpPunch:
         del self._peers[peer_key]
         if had_path:
             self._actions.append(PathDown(peer_key, "not needed"))
+
+    def hand_over(self, peer_key: bytes, now: float) -> None:
+        """The peer has a UDP path: no more punching, and the TCP path closes `handover` seconds from
+        now rather than at once (the module's rules)."""
+        peer = self._peers.get(peer_key)
+        if peer is None or peer.path is None:
+            self.stop(peer_key)
+            return
+        for conn in list(peer.conns):
+            if conn is not peer.path:
+                self._forget(conn)
+        peer.attempts_left, peer.next_attempt, peer.repunch_at = 0, None, None
+        if peer.handover_until is None:
+            peer.handover_until = now + self.config.handover
+
+    def keep(self, peer_key: bytes) -> None:
+        """The TCP path is the peer's path again (its UDP path went while the TCP one was handed over)."""
+        peer = self._peers.get(peer_key)
+        if peer is not None:
+            peer.handover_until = None
 
     def path_silent(self, peer_key: bytes, now: float) -> None:
         """The path finder found the peer's TCP path silent under traffic (a NAT re-mapped one of us,
@@ -231,6 +256,9 @@ class TcpPunch:
                 conn.channel.send(b"")
                 self._flush(conn, now)
         for peer in list(self._peers.values()):
+            if peer.handover_until is not None and now >= peer.handover_until:
+                self.stop(peer.key)
+                continue
             peer.resume.handle_timer(now)
             self._follow_resume(peer, now)
             if peer.next_attempt is not None and now >= peer.next_attempt:
@@ -256,7 +284,8 @@ class TcpPunch:
             else:
                 deadlines.append(conn.deadline)
         for peer in self._peers.values():
-            deadlines += [t for t in (peer.next_attempt, peer.repunch_at, peer.resume.get_timer()) if t is not None]
+            deadlines += [t for t in (peer.next_attempt, peer.repunch_at, peer.resume.get_timer(), peer.handover_until)
+                          if t is not None]
         return min(deadlines, default=None)
 
     def path_endpoint(self, peer_key: bytes) -> Optional[TcpEndpoint]:
@@ -372,7 +401,10 @@ class TcpPunch:
             return
         if was_path:
             self._actions.append(PathDown(peer.key, reason))
-            self._schedule_repunch(peer, now)
+            if peer.handover_until is not None:  # the peer took its UDP path too: nothing to punch for
+                del self._peers[peer.key]
+            else:
+                self._schedule_repunch(peer, now)
         elif peer.path is None and conn.state is not ConnState.ESTABLISHED:
             self.counters["failed"] += 1
             if peer.conns:
@@ -390,7 +422,8 @@ class TcpPunch:
                 continue
             if isinstance(action, Reconnect):
                 self._end(peer.path, f"replaced, {action.reason}", now)
-                self._actions.append(WantPunch(peer.key))
+                if peer.key in self._peers:
+                    self._actions.append(WantPunch(peer.key))
             else:
                 self._actions.append(ProbePath(peer.key))
 
