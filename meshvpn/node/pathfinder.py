@@ -46,7 +46,6 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable
 
-from meshvpn.backoff import doubling
 from meshvpn.node.candidates import AllCandidates, Candidate, CandidateKind, Endpoint, ProbeStrategy
 from meshvpn.node.family import FamilyRace
 from meshvpn.node.pathpref import announced_slack, better, lan_twin, stays_announced
@@ -345,14 +344,7 @@ class PathFinder:
         if self._direct():
             self._next_round = self._race.next_round(now, self.config.punch_interval)
             return
-        cfg = self.config
-        if self._round < cfg.punch_burst:
-            gap = cfg.punch_interval
-        else:
-            gap = doubling(cfg.backoff_initial, cfg.backoff_max, self._round - cfg.punch_burst)
-        if now < self._fast_until:
-            gap = min(gap, cfg.fast_backoff_max)
-        self._next_round = now + gap
+        self._next_round = now + self.config.round_gap(self._round, now < self._fast_until)
 
     def _send_probe(self, candidate: Candidate, now: float) -> None:
         self.stats.probes_sent += 1

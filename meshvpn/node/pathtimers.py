@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshvpn.backoff import doubling
 from meshvpn.node.family import RaceTiming
 from meshvpn.node.silence import SilenceTiming
 
@@ -39,3 +40,10 @@ class PathFinderConfig(SilenceTiming, RaceTiming):
     """Seconds after a fall back from a direct path during which punch rounds stay close together."""
     fast_backoff_max: float = 2.0
     """Largest gap between punch rounds within `fast_window`."""
+
+    def round_gap(self, rounds: int, fast: bool) -> float:
+        """Seconds from punch round `rounds` to the next while no direct path holds (`fast`: within `fast_window`)."""
+        if rounds < self.punch_burst:
+            return self.punch_interval
+        gap = doubling(self.backoff_initial, self.backoff_max, rounds - self.punch_burst)
+        return min(gap, self.fast_backoff_max) if fast else gap
