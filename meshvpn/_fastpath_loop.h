@@ -28,9 +28,10 @@
 #define FLOW_PROBE 8
 #define FLOW_KEY 24  /* meshvpn.lan.flowcache.KEY */
 #define MAX_EXTENSIONS6 8  /* meshvpn.lan.packets6.MAX_EXTENSIONS */
-/* Seconds between two wake-ups of Python for one entry's relayed receives while its peer's route is
-   direct (_fastpath_recv.c): meshvpn.node.recovery.WATCH_INTERVAL, how often the core looks anyway. */
-#define RELAY_WAKE_EVERY 0.1
+/* Least seconds between two wake-ups of Python for one entry's receive events (_fastpath_recv.c: a
+   relayed receive the route does not expect, a direct one from a new source): a roam or a move is
+   acted on within a few ms, a flow that keeps moving wakes Python at most 10 times a second. */
+#define WAKE_EVERY 0.1
 /* Pinned sockets the thread serves besides the main one (_fastpath_pins.c): meshvpn.node.mappings.LIMIT,
    the extra sockets a node holds open at once, so every one a path can end on is served. */
 #define MAX_PINS 256
@@ -51,7 +52,8 @@ typedef struct {
     struct sockaddr_storage last_src;
     double last_relay_rx;  /* the last receive inside a relay envelope, 0.0 if none */
     struct sockaddr_storage last_relay_src;  /* the relay it came through */
-    double relay_woke;  /* when a relayed receive on a direct route last woke Python (_fastpath_recv.c) */
+    double woke;  /* when a receive event of this entry last woke Python (_fastpath_recv.c) */
+    int roamed;  /* a newest direct receive came from a new source since that wake-up */
 } Entry;
 
 /* Where the thread seals for one peer: its current session on a route over the main socket or a pinned
@@ -128,7 +130,7 @@ typedef struct {
     Flow *flows;
     int *noted, n_noted;
     Queue queue;  /* what the thread hands to Python */
-    int relay_wake;  /* the thread's own: a receive burst must wake Python when it ends (_fastpath_recv.c) */
+    int wake;  /* the thread's own: a receive burst must wake Python when it ends (_fastpath_recv.c) */
     Forwarder fwd;  /* the envelopes of members registered with this node as their peer relay */
     Waiter waiter;  /* its busy poll after traffic */
     /* thread-wide, since Python last looked (see counts()) */

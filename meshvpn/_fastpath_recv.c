@@ -17,18 +17,35 @@ static int accepted(const Loop *L, const uint8_t *dest, int len) {
     return 0;
 }
 
-/* A message of entry e opened inside a relay envelope at now.  While the thread sends to the peer
-   on a direct route, that may be the peer leaving the path (DataPlane.relay_received's
-   relayed_on_direct, which the core acts on at once): the receive burst ends with a wake-up of
-   Python, which folds the counts, rather than Python seeing it at its next look (up to
-   WATCH_INTERVAL).  Python judges; the thread only wakes it, at most once per RELAY_WAKE_EVERY for
-   an entry, never per packet. */
-static void relayed(Loop *L, Entry *e, double now) {
-    if (now < e->relay_woke + RELAY_WAKE_EVERY) return;
+/* Receive events Python acts on at once, which it would otherwise see only when it next folds the
+   thread's counts (its next timer, or the thread's own wake-up a second after its last): the receive
+   burst ends with a wake-up of Python, which folds the counts.  Python judges; the thread only wakes
+   it, at most once per WAKE_EVERY for an entry, never per packet. */
+static void wake_python(Loop *L, Entry *e, double now) {
+    e->woke = now;
+    e->roamed = 0;
+    L->wake = 1;
+}
+
+/* A message of entry e opened inside relay envelope from src at now.  While the thread sends to the
+   peer on a direct route, that may be the peer leaving the path (DataPlane.relay_received's
+   relayed_on_direct); while it sends through another relay, the peer may have left that one because
+   it died (relay_moved). */
+static void relayed(Loop *L, Entry *e, const struct sockaddr_storage *src, double now) {
+    if (now < e->woke + WAKE_EVERY) return;
     const Sender *s = find_sender(L, e->overlay, e->overlay_len);
-    if (s == NULL || s->prefix_len || now >= s->expires_at) return;
-    e->relay_woke = now;
-    L->relay_wake = 1;
+    if (s == NULL || now >= s->expires_at || (s->prefix_len && same_endpoint(&s->dest, src))) return;
+    wake_python(L, e, now);
+}
+
+/* The newest message of entry e came straight from src at now: from a new source, that is the peer
+   roaming (DataPlane.direct_received's roamed, the current session's only).  A roam within WAKE_EVERY
+   of the last wake-up is kept (roamed) and wakes Python on the first newest receive after it. */
+static void direct(Loop *L, Entry *e, const struct sockaddr_storage *src, double now) {
+    if (!same_endpoint(src, &e->last_src)) e->roamed = 1;
+    if (e->roamed && now >= e->woke + WAKE_EVERY) wake_python(L, e, now);
+    e->last_rx = now;
+    e->last_src = *src;
 }
 
 /* fastpath.open_run for one message p[0:size] of entry e (bare, or after a relay envelope of skip bytes); the plaintext joins the TUN batch. */
@@ -47,10 +64,9 @@ static void open_one(Loop *L, Entry *e, uint8_t *p, Py_ssize_t size, Py_ssize_t 
     if (skip) {
         e->last_relay_rx = now;
         e->last_relay_src = *src;
-        relayed(L, e, now);
+        relayed(L, e, src, now);
     } else if (w.newest) {
-        e->last_rx = now;
-        e->last_src = *src;
+        direct(L, e, src, now);
     }
     if (length == 0) return;
     uint8_t *body = p + HEADER_LEN;
@@ -144,7 +160,7 @@ static void write_tun(Loop *L, Py_ssize_t npk) {
 /* Receive on fd (socket via) until it is empty, or BURST receives or RECEIVE_SLICE were taken (then 1: more may
    wait), writing the TUN once per area. The receives are counted once the burst is handled (opened,
    counted per entry, written), so counts() never shows a receive whose effects are still to come,
-   and then Python is woken if a relayed receive asked for it (relayed()).
+   and then Python is woken if a receive event asked for it (wake_python()).
    With lone, a first receive that is one datagram opened for the TUN is written at once and the
    burst ends there (1: the next turn drains the socket). */
 int receive_burst(Loop *L, int fd, int via, int lone) {
@@ -170,8 +186,8 @@ int receive_burst(Loop *L, int fd, int via, int lone) {
     }
     if (npk) write_tun(L, npk);
     if (got) COUNT(L->receives, (uint64_t)got);
-    if (L->relay_wake) {
-        L->relay_wake = 0;
+    if (L->wake) {
+        L->wake = 0;
         queue_wake(&L->queue);
     }
     return more;

@@ -19,7 +19,7 @@ from meshvpn.node.pathfinder import ChangeReason, PathState
 from meshvpn.node.recovery import WATCH_INTERVAL
 from meshvpn.wire import Endpoint
 from test_native_relay_rx import NATIVE_MODULE, NativeSide, from_peer, receiving_plane, relayed
-from test_native_relay_wake import AT_ONCE
+from test_native_wake import AT_ONCE
 from test_pathfinder import PUBLIC, PUBLIC_EP, go_direct, make_finder
 
 RELAY = Endpoint("198.51.100.30", 7500)
