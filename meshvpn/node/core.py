@@ -84,7 +84,7 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
         self.public_key = self.identity.public
         self.random_bytes = random_bytes
         self.peers = PeerTable()
-        self.timers = PeerTimers(self.peers, self._peer_deadline, self._busy_until)
+        self.timers = PeerTimers(self.peers, self._peer_deadline, self._busy_until, self._look_at)
         """Every peer's next deadline, kept current from the peers marked in the table."""
         self.handshakes = HandshakeManager(self.identity, random_bytes, self.config.wall_offset,
                                            PeerSlot(self.peers, "handshake"), PeerSlot(self.peers, "cookie"))

@@ -278,6 +278,10 @@ class PathFinder:
         """Authenticated traffic from the peer last came through a relay at `at`."""
         self._silence.relay_heard = max(self._silence.relay_heard, at)
 
+    def silence_look(self) -> float | None:
+        """The earliest that traffic sent since the last look could have silence act (`SilenceWatch.earliest`)."""
+        return self._silence.earliest(self._watched(), self.current_path == RELAY_PATH, self._last_heard)
+
     def relay_ready(self, ready: bool, now: float) -> None:
         """Whether the relay can carry packets to this peer right now."""
         self._relay_ready = ready

@@ -7,14 +7,15 @@ entries that are due are touched when the timer fires.
 
 Rules:
 
-* A peer's deadline (``deadline(peer)``: the earliest of its machines') and the time until which
-  its traffic keeps the core watching (``busy_until(peer)``) are computed again only for the
-  peers marked since the last look: ``PeerTable.touched`` (a machine of the core changed the peer)
+* A peer's deadline (``deadline(peer)``: the earliest of its machines') and its next look at the
+  data path's traffic times (``look(peer)``: the earliest its silence rules could act on traffic
+  sent unseen) are computed again only for the peers marked since the last look: ``PeerTable.touched`` (a machine of the core changed the peer)
   and ``PeerTable.trafficked`` (the data path carried traffic for it, which moves a rekey, and
   which the path finders learn only on the timer, see :mod:`meshvpn.node.recovery`). Whatever
   changes a peer without marking it is a bug the brute-force check (``check``) finds.
 * Stale heap entries (a peer whose deadline moved, or that left) are dropped when they reach the
-  top (lazy deletion); the heap is rebuilt when they outnumber the live ones.
+  top (lazy deletion); the heap is rebuilt when they outnumber the live ones. A look that is due
+  and whose peer's traffic no longer keeps the core watching (``busy_until(peer)``) goes too.
 * ``due(now)``: the peers the timer must look at, in the table's order: those due, and every
   marked one (the data path's traffic must reach their path finders). Each counts as touched
   again, since the timer changes it.
@@ -73,6 +74,10 @@ class KeyedHeap(Generic[K]):
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
+    def top_key(self) -> Optional[K]:
+        """The key of the smallest value, or None when no key has one."""
+        return None if self.top() is None else self._heap[0][2]
+
     def pop_until(self, limit: float) -> list[K]:
         """Take out every key whose value is at most `limit`, smallest first."""
         keys = []
@@ -83,19 +88,19 @@ class KeyedHeap(Generic[K]):
 
 
 class PeerTimers:
-    """Every peer's next deadline and the latest time any peer's traffic keeps the watch, kept current."""
+    """Every peer's next deadline and next look at its traffic times, kept current."""
 
     check = False
     """Compare every answer with the brute-force one over all peers (the tests switch it on)."""
 
     def __init__(self, peers: PeerTable, deadline: Callable[[Peer], Optional[float]],
-                 busy_until: Callable[[Peer], Optional[float]]) -> None:
+                 busy_until: Callable[[Peer], Optional[float]], look: Callable[[Peer], Optional[float]]) -> None:
         self.peers = peers
         self._deadline = deadline
         self._busy_until = busy_until
+        self._look = look
         self._deadlines: KeyedHeap[Peer] = KeyedHeap()
-        self._busy: KeyedHeap[Peer] = KeyedHeap()
-        """Minus each peer's `busy_until`: the top is the latest."""
+        self._looks: KeyedHeap[Peer] = KeyedHeap()
 
     def get_timer(self) -> Optional[float]:
         """The earliest deadline of any peer."""
@@ -105,14 +110,21 @@ class PeerTimers:
             self._check("deadline", deadline, min(_known(map(self._deadline, self.peers)), default=None))
         return deadline
 
-    def busy_until(self) -> Optional[float]:
-        """The latest time until which any peer's traffic keeps the core watching."""
+    def next_look(self, after: float) -> Optional[float]:
+        """The earliest look of any peer whose look is after `after` (the last look) or whose traffic
+        keeps the core watching past it; one at or before `after` means any time now. `after` only grows."""
         self._refresh()
-        latest = self._busy.top()
-        latest = None if latest is None else -latest
+        looks = self._looks
+        while (earliest := looks.top()) is not None and earliest <= after:
+            peer = looks.top_key()
+            if (self._busy_until(peer) or float("-inf")) > after:
+                break
+            looks.set(peer, None)  # idle since: it is marked again when its traffic moves
         if self.check:
-            self._check("busy until", latest, max(_known(map(self._busy_until, self.peers)), default=None))
-        return latest
+            self._check("look", earliest, min((look for peer in self.peers if (look := self._look(peer)) is not None
+                                              and (look > after or (self._busy_until(peer) or look) > after)),
+                                             default=None))
+        return earliest
 
     def due(self, now: float) -> list[Peer]:
         """The peers the timer looks at now (due or marked), in table order; all count as touched."""
@@ -125,15 +137,14 @@ class PeerTimers:
     def forget(self, peer: Peer) -> None:
         """The peer left the table."""
         self._deadlines.set(peer, None)
-        self._busy.set(peer, None)
+        self._looks.set(peer, None)
 
     def _refresh(self) -> None:
         touched, trafficked = self.peers.touched, self.peers.trafficked
         for marks in (touched, trafficked):
             for peer in marks:
                 self._deadlines.set(peer, self._deadline(peer))
-                busy = self._busy_until(peer)
-                self._busy.set(peer, None if busy is None else -busy)
+                self._looks.set(peer, self._look(peer))
         if self.peers.changed is not None:  # the native tables look at them too (`native_tables`)
             self.peers.changed |= touched
         touched.clear()

@@ -5,8 +5,16 @@ A part of :class:`~meshvpn.node.core.NodeCore` (its base class), one concern wit
 
 * The data path reports what the path finders need to judge silence: when traffic last went
   out (``last_tx``), came straight in (``last_rx``) and came through a relay (``last_relay_rx``).
-  The core reads them on its timer, so while any peer carried traffic within `WATCH_IDLE`
-  it ticks at least every `WATCH_INTERVAL`: silence is noticed within a fraction of a second.
+  The core reads them on its timer (a look), and looks when a silence rule could first act: the
+  data path sends without telling it, so at the earliest a path's silence rule could fire had
+  traffic gone out since the last look (``PathFinder.silence_look``: last heard + `silence_after`).
+  Steady traffic that is answered moves that time on at each look, so the core looks about every
+  `silence_after`, not more often; once it has passed (nothing heard since), any send may make
+  the path silent, and the core looks every `WATCH_INTERVAL` while the peer carried traffic within
+  `WATCH_IDLE`: silence is noticed no later than by looking every `WATCH_INTERVAL` throughout.
+  Everything else that reads the traffic times has its own deadline (keepalives and liveness
+  probes, path timeout, rekey), before which the shell folds the data path's times in, or is an
+  event of the data path (a roam, a relayed receive on a direct path, a relay that moved).
 * Roaming: the data path calls ``roamed`` for the newest authenticated data of a current
   session from a new source; the peer's direct route moves there at once.
 * The peer's traffic moving from the direct path to a relay while ours goes direct is an event
@@ -43,7 +51,7 @@ from meshvpn.node.silence import EndpointsStale, RelaySilent
 from meshvpn.wire import Endpoint
 
 WATCH_INTERVAL = 0.1
-"""Seconds between the core's looks at the data path's traffic times while traffic flows."""
+"""Seconds between the core's looks at the data path's traffic times once a silence rule could act."""
 WATCH_IDLE = 10.0
 """Seconds after the last traffic of any peer during which the core keeps looking."""
 DISCOVER_INTERVAL = 1.0
@@ -97,14 +105,22 @@ class Recovery:
         self.punching.resample(now)
 
     def _watch_deadline(self) -> Optional[float]:
-        """The next look at the traffic times, while any peer with a route carried traffic recently."""
-        busy_until = self.timers.busy_until()
-        return self._watched_at + WATCH_INTERVAL if busy_until is not None and busy_until > self._watched_at else None
+        """The next look at the traffic times: the earliest a silence rule could act, or, once that
+        has passed for a peer that carried traffic recently, `WATCH_INTERVAL` after the last look."""
+        look = self.timers.next_look(self._watched_at)
+        if look is None:
+            return None
+        return look if look > self._watched_at else self._watched_at + WATCH_INTERVAL
 
     @staticmethod
     def _busy_until(peer: Peer) -> Optional[float]:
         """Until when the peer's traffic keeps the core looking (None: it has no route)."""
         return None if peer.route is None else max(peer.last_tx, peer.last_rx, peer.last_relay_rx) + WATCH_IDLE
+
+    def _look_at(self, peer: Peer) -> Optional[float]:
+        """The peer's next look at its traffic times (None: none while its traffic keeps the core looking)."""
+        busy_until, look = self._busy_until(peer), peer.paths.silence_look()
+        return look if busy_until is not None and look is not None and look < busy_until else None
 
     def _path_news(self, action: object, now: float) -> None:
         """A path finder's request other than a probe or a path change."""
@@ -149,7 +165,7 @@ class NodeRecovery:
     def relayed_on_direct(self, peer: Peer, now: float) -> None:
         """The peer's traffic came through a relay after coming straight, while our route to it is
         direct: if that path went silent the peer gave up on it, and both ends fall back together at
-        once (the core's next look would come up to `WATCH_INTERVAL` later)."""
+        once (the core's next look may come up to `silence_after` later)."""
         self.core.relay_heard(peer, now)
         self._settle(now)
 

@@ -131,10 +131,21 @@ class SilenceWatch:
                 half = self.suspect_at + self.timeout(rtt) / 2
                 return half if last_probe < half else self.suspect_at + self.timeout(rtt)
             return last_heard + after if self.last_sent > last_heard else None
-        if on_relay and self.last_sent > self.relay_heard:
-            wait = after if self._relay_fresh() else min(after * 2 ** self.relay_checks, RELAY_CHECK_MAX)
-            return max(self.relay_heard, self.relay_checked) + wait
-        return None
+        return self._relay_due() if on_relay and self.last_sent > self.relay_heard else None
+
+    def earliest(self, direct: bool, on_relay: bool, last_heard: float) -> Optional[float]:
+        """The earliest `check` could act if traffic went out now unseen (the data path sends without
+        telling us at once): `deadline` whether or not anything was sent since the last thing heard.
+        Until then the traffic times need no look; after it, any look may find the path silent."""
+        if direct:
+            return last_heard + self.timing.silence_after
+        return self._relay_due() if on_relay else None
+
+    def _relay_due(self) -> float:
+        """When a relay path with traffic sent since the last thing through a relay is checked."""
+        after = self.timing.silence_after
+        wait = after if self._relay_fresh() else min(after * 2 ** self.relay_checks, RELAY_CHECK_MAX)
+        return max(self.relay_heard, self.relay_checked) + wait
 
     def _relay_fresh(self) -> bool:
         """Something came through a relay, or the relay path was taken anew, since the last check."""

@@ -67,12 +67,12 @@ def test_an_old_packet_never_seen_from_a_new_source_is_delivered_but_moves_nothi
     assert [e for e in bob.take_events() if isinstance(e, ev.PeerPathChanged)] == []
 
 
-def test_the_core_looks_at_the_traffic_times_every_tenth_of_a_second_while_traffic_flows():
+def test_the_core_looks_every_tenth_of_a_second_once_silence_could_act_while_traffic_flowed_recently():
     alice, bob, wire = alice_and_bob(random.Random)
     alice.send(ip_packet(alice.address, bob.address, b"hi"), 0.0)
     wire.pump(0.0)
     wire.tick(1.0)
-    assert alice.node.get_timer() == pytest.approx(1.1), "traffic 1 s ago: keep looking"
+    assert alice.node.get_timer() == pytest.approx(1.1), "traffic 1 s ago, unanswered: a send may make the path silent"
     for now in range(2, 31):
         wire.tick(float(now))
     assert bob.peers.by_key[alice.public].route.path.kind is PathKind.DIRECT

@@ -1,5 +1,6 @@
-"""The peer timers keep the brute-force answer: the earliest deadline of all peers, the latest busy time,
-and on the timer every peer that is due (none late), whatever the order of changes and time steps."""
+"""The peer timers keep the brute-force answer: the earliest deadline of all peers, the earliest look at
+the traffic of a peer still busy, and on the timer every peer that is due (none late), whatever the
+order of changes and time steps."""
 
 import pytest
 from hypothesis import given, strategies as st
@@ -22,8 +23,9 @@ class Machines:
         self.table = PeerTable()
         self.deadlines: dict[Peer, float | None] = {}
         self.busy: dict[Peer, float | None] = {}
+        self.looks: dict[Peer, float | None] = {}
         self.timers = PeerTimers(self.table, lambda peer: self.deadlines.get(peer),
-                                 lambda peer: self.busy.get(peer))
+                                 lambda peer: self.busy.get(peer), lambda peer: self.looks.get(peer))
 
     def add(self, i: int, deadline: float | None) -> Peer:
         peer = _peer(i)
@@ -40,7 +42,7 @@ def test_the_earliest_deadline_and_only_due_peers_on_the_timer() -> None:
     a, b, c = machines.add(1, 5.0), machines.add(2, 3.0), machines.add(3, None)
     timers = machines.timers
     timers.check = False  # a change without a mark is made below on purpose
-    assert timers.get_timer() == 3.0 and timers.busy_until() is None
+    assert timers.get_timer() == 3.0 and timers.next_look(0.0) is None
     assert timers.due(3.0) == [b], "only the due peer, not the whole table"
     machines.deadlines[b] = 9.0
     assert timers.get_timer() == 5.0
@@ -56,11 +58,11 @@ def test_the_data_paths_traffic_is_looked_at_until_the_timer_fires() -> None:
     a, b = machines.add(1, 50.0), machines.add(2, 60.0)
     timers = machines.timers
     assert timers.get_timer() == 50.0
-    machines.busy[b] = 20.0
+    machines.busy[b], machines.looks[b] = 20.0, 10.3
     machines.table.trafficked.add(b)
-    assert timers.busy_until() == 20.0
-    machines.busy[b] = 21.0  # more traffic before the timer: looked at again
-    assert timers.busy_until() == 21.0
+    assert timers.next_look(0.0) == 10.3
+    machines.busy[b], machines.looks[b] = 21.0, 11.3  # more traffic before the timer: looked at again
+    assert timers.next_look(0.0) == 11.3
     assert timers.due(1.0) == [b], "traffic reaches its path finder on the next timer, due or not"
     assert timers.due(1.0) == [b], "and it counts as touched until the timer is asked again"
     assert timers.get_timer() == 50.0 and timers.due(1.0) == []
@@ -69,13 +71,31 @@ def test_the_data_paths_traffic_is_looked_at_until_the_timer_fires() -> None:
 def test_a_removed_peer_leaves_its_entries() -> None:
     machines = Machines()
     a, b = machines.add(1, 5.0), machines.add(2, 7.0)
-    machines.busy[a] = 30.0
+    machines.busy[a], machines.looks[a] = 30.0, 20.3
     timers = machines.timers
-    assert timers.get_timer() == 5.0 and timers.busy_until() == 30.0
+    assert timers.get_timer() == 5.0 and timers.next_look(0.0) == 20.3
     machines.table.remove(a.key)
     timers.forget(a)
-    assert timers.get_timer() == 7.0 and timers.busy_until() is None
+    assert timers.get_timer() == 7.0 and timers.next_look(0.0) is None
     assert timers.due(10.0) == [b]
+
+
+def test_a_look_due_is_kept_while_its_peer_is_busy_and_dropped_after() -> None:
+    """A look that has passed means "any time now" while the peer's traffic keeps the core watching
+    (a send may make its path silent); once it no longer does, the look goes, until traffic marks it."""
+    machines = Machines()
+    a, b = machines.add(1, None), machines.add(2, None)
+    machines.busy[a], machines.looks[a] = 10.0, 0.3
+    machines.busy[b], machines.looks[b] = 12.0, 2.3
+    machines.table.trafficked.update((a, b))
+    timers = machines.timers
+    assert timers.next_look(0.0) == 0.3
+    assert timers.next_look(5.0) == 0.3, "a is busy until 10.0: any time now"
+    assert timers.next_look(10.0) == 2.3, "a went idle: b's look is due, b busy until 12.0"
+    assert timers.next_look(12.0) is None
+    machines.busy[a], machines.looks[a] = 30.0, 20.3
+    machines.table.trafficked.add(a)
+    assert timers.next_look(12.0) == 20.3
 
 
 def test_the_due_peers_come_in_table_order() -> None:
@@ -131,6 +151,7 @@ def test_the_kept_answers_equal_the_brute_force_ones(ops: list[tuple]) -> None:
             table.touched.add(peer)
         elif op == "traffic" and peer is not None:
             machines.busy[peer] = max(machines.busy.get(peer) or 0.0, value)
+            machines.looks[peer] = value - 5.0 if i % 3 else None
             table.trafficked.add(peer)
         elif op == "timer":
             now += value
@@ -143,7 +164,8 @@ def test_the_kept_answers_equal_the_brute_force_ones(ops: list[tuple]) -> None:
                 if machines.deadlines[p] is not None and machines.deadlines[p] <= now:
                     machines.deadlines[p] = now + value if i % 2 else None
         assert timers.get_timer() == machines.brute()
-        assert timers.busy_until() == max((b for p in table if (b := machines.busy.get(p)) is not None), default=None)
+        assert timers.next_look(now) == min((look for p in table if (look := machines.looks.get(p)) is not None
+                                             and (look > now or (machines.busy.get(p) or look) > now)), default=None)
 
 
 def test_the_peers_that_left_are_let_go() -> None:
