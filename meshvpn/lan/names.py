@@ -12,6 +12,7 @@ never calls). `respond` raises only `BadQuery`; replies are built from the quest
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from meshvpn.errors import RemoteProtocolError
 
 TTL = 1
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+POINTER_CACHE = 1 << 15
+"""Reverse names kept: a directory is rebuilt at every peer-map change, and a peer's overlay address
+rarely changes, so each is worked out once (at 10,000 peers the rebuild was 90 % ``reverse_pointer``)."""
 
 
 class BadQuery(RemoteProtocolError):
@@ -58,7 +62,7 @@ class Directory:
             self._hosts[name] = host
             for address in (host.ipv4, host.ipv6):
                 if address:
-                    self._pointers[ipaddress.ip_address(address).reverse_pointer] = f"{name}.{self.zone}."
+                    self._pointers[reverse_pointer(address)] = f"{name}.{self.zone}."
 
     def owns(self, qname: str) -> bool:
         """Whether `qname` (no trailing dot, lower case) is one this responder answers for."""
@@ -71,6 +75,12 @@ class Directory:
 
     def pointer(self, qname: str) -> str | None:
         return self._pointers.get(qname)
+
+
+@functools.lru_cache(maxsize=POINTER_CACHE)
+def reverse_pointer(address: str) -> str:
+    """The reverse-lookup name of an overlay address (``4.3.2.10.in-addr.arpa``); ValueError if it is none."""
+    return ipaddress.ip_address(address).reverse_pointer
 
 
 def respond(datagram: bytes, directory: Directory, forward: bool) -> bytes | Forward | None:
