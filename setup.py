@@ -14,7 +14,7 @@ setup(
              "meshvpn/_fastpath_loop.c", "meshvpn/_fastpath_recv.c", "meshvpn/_fastpath_send.c", "meshvpn/_fastpath_hold.c",
              "meshvpn/_fastpath_threads.c", "meshvpn/_fastpath_bucket.c", "meshvpn/_fastpath_relay.c", "meshvpn/_fastpath_forward.c",
              "meshvpn/_fastpath_wait.c", "meshvpn/_fastpath_flows.c", "meshvpn/_fastpath_table.c",
-             "meshvpn/_fastpath_pins.c"],
+             "meshvpn/_fastpath_pins.c", "meshvpn/_fastpath_fanout.c"],
             depends=["meshvpn/_fastpath.h", "meshvpn/_fastpath_loop.h", "meshvpn/_fastpath_forward.h"],
             libraries=["sodium"],
             extra_compile_args=["-O2"],

@@ -226,6 +226,7 @@ static PyMethodDef loop_methods[] = {
     {"pin", (PyCFunction)loop_pin, METH_VARARGS, pin_doc},
     {"installed", (PyCFunction)loop_installed, METH_NOARGS, installed_doc},
     {"flows", (PyCFunction)loop_flows, METH_VARARGS, flows_doc},
+    {"hold_fanout", (PyCFunction)loop_hold_fanout, METH_O, hold_fanout_doc},
     {"counts", (PyCFunction)loop_counts, METH_NOARGS, counts_doc},
     {"take", (PyCFunction)loop_take, METH_NOARGS, take_doc},
     {"relay_replace", (PyCFunction)loop_relay_replace, METH_VARARGS, relay_replace_doc},

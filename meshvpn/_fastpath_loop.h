@@ -149,6 +149,9 @@ typedef struct {
     int run_fd;
     struct sockaddr_storage run_dest;
     socklen_t run_dest_len;
+    /* the fan-out hold (_fastpath_fanout.c): until when, set by Python; reads dropped so, taken by Python */
+    double fanout_until;
+    uint64_t fanout_held;
 } Loop;
 
 static inline double monotonic(void) {
@@ -194,6 +197,11 @@ int flow_key(const uint8_t *p, Py_ssize_t size, int outbound, uint8_t *key);
 int flow_passes(Loop *L, const uint8_t *p, Py_ssize_t size, int outbound, double now);
 PyObject *loop_flows(Loop *L, PyObject *args);
 extern const char flows_doc[];
+
+/* _fastpath_fanout.c: under table_lock, whether the TUN read p[0:size] is a fan-out the thread holds now */
+int fanout_holds(Loop *L, const uint8_t *p, Py_ssize_t size, double now);
+PyObject *loop_hold_fanout(Loop *L, PyObject *arg);
+extern const char hold_fanout_doc[];
 
 /* _fastpath_hold.c */
 int send_burst(Loop *L, int lone);

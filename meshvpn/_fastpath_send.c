@@ -165,14 +165,15 @@ static int seal_read(Loop *L, const uint8_t *b, Py_ssize_t n, double now) {
     return 1;
 }
 
-/* One TUN read b[0:n]: sealed here, or (after the open run is sent, so Python's sends do not
-   overtake it) handed to Python. */
+/* One TUN read b[0:n]: sealed here, dropped while the fan-out budget is spent (a broadcast or
+   multicast), or (after the open run is sent, so Python's sends do not overtake it) handed to Python. */
 void take_read(Loop *L, const uint8_t *b, Py_ssize_t n) {
     static const struct sockaddr_storage from_tun = {.ss_family = AF_UNSPEC};
     pthread_mutex_lock(&L->table_lock);
-    int sealed = seal_read(L, b, n, monotonic());
+    double now = monotonic();
+    int done = seal_read(L, b, n, now) || (n > 10 && fanout_holds(L, b + 10, n - 10, now));
     pthread_mutex_unlock(&L->table_lock);
-    if (!sealed) {
+    if (!done) {
         send_run(L);
         queue_push(&L->queue, b, n, 0, &from_tun);
     }

@@ -104,11 +104,14 @@ class NativeReceiver:
         now = loop.time()
         data, tun, sends, to_tun = self._data, self._tun, self._sends, []
         turn_servers = self._core.turn.by_endpoint
-        self._follow_access()  # the flows the thread used count before a reply of theirs is judged
+        noted = False
         for message, source, seg_size, sid in self._loop.take():
             if sid:  # from a pinned socket, as its loop reader would have had it
                 self._mappings.received(sid, memoryview(message), seg_size, Endpoint(*source))
             elif source is None and seg_size < 0:  # opened by the thread, for the access filter to judge
+                if not noted:  # the flows the thread used count before a reply of theirs is judged
+                    self._follow_access(notes=True)
+                    noted = True
                 self._judge(-1 - seg_size, message, now, to_tun)
             elif source is None:  # a TUN read, virtio header first
                 size = len(message)
@@ -121,7 +124,7 @@ class NativeReceiver:
             else:
                 data.open_datagrams(bytearray(message), len(message), seg_size, src, now, to_tun)
         sends.flush()
-        self.pull(now)
+        self.pull(now, notes=False)
         self.sync(now)
         if to_tun:
             tun.write_packets(to_tun)
@@ -137,8 +140,13 @@ class NativeReceiver:
         own = self._core.destinations.accepted(len(peer.overlay))[: len(peer.overlay)]
         _let_in(lan, peer, to_tun, len(to_tun) - 1, own, now)
 
-    def _follow_access(self) -> None:
-        """Tell the thread whether rules are active and what the filter decided; fold the flows it sent."""
+    def _follow_access(self, notes: bool) -> None:
+        """Tell the thread whether rules are active and what the filter decided since; with ``notes``,
+        fold the outbound flows it used.
+
+        Each hand-over waits for the thread's table lock, which the thread holds while it seals or
+        opens one read (up to 64 KiB): a wake-up that only carried TUN reads (a broadcast storm's)
+        hands over nothing, and leaves the notes to the next judgement or timer."""
         lan = self._data.lan
         if lan is None:
             return
@@ -147,17 +155,30 @@ class NativeReceiver:
             access.cache = FlowCache()
         if not (access.active or self._filtering):
             return
-        reset, installs = access.cache.take()
-        notes = self._loop.flows(access.active, reset, installs)
+        cache = access.cache
+        if not (notes or cache.reset or cache.installs or access.active != self._filtering):
+            return
+        reset, installs = cache.take()
+        used = self._loop.flows(access.active, reset, installs)
         self._filtering = access.active
-        access.cache.fold(notes, access.outbound)
+        cache.fold(used, access.outbound)
+
+    def _follow_fanout(self) -> None:
+        """Tell the thread until when the LAN party's budget is spent; count what it dropped meanwhile."""
+        fanout = None if self._data.lan is None else self._data.lan.fanout
+        if fanout is None:
+            return
+        held = self._loop.hold_fanout(fanout.held_until)
+        if held:
+            fanout.held(held)
+            self.totals["fan-out held natively"] += held
 
     def sync(self, now: float) -> None:
         """Install what the thread may open and seal now, if it changed since the last call.
 
         Only the peers marked since the last call are looked at, and only the rows that changed
         are handed over (`native_tables`); what the rows that left counted is folded in."""
-        self._follow_access()  # rules that became active hold before any new entry serves
+        self._follow_access(notes=False)  # rules that became active hold before any new entry serves
         destinations = self._core.destinations
         turn = sorted(filter(None, map(packed, self._core.turn.by_endpoint)))
         others = (destinations.accepted(4), destinations.accepted(16), turn)
@@ -176,9 +197,11 @@ class NativeReceiver:
             indexes, overlays = self._loop.installed()
             assert (sorted(indexes), sorted(overlays)) == (sorted(tables.by_index), sorted(tables.by_overlay))
 
-    def pull(self, now: float) -> None:
-        """Fold what the thread counted into the peers, the drops and :attr:`totals`."""
-        self._follow_access()
+    def pull(self, now: float, notes: bool = True) -> None:
+        """Fold what the thread counted into the peers, the drops and :attr:`totals` (with ``notes``,
+        the outbound flows it used too)."""
+        self._follow_access(notes)
+        self._follow_fanout()
         rows, send_rows, totals = self._loop.counts()
         self._fold((rows, send_rows), now)
         for name, value in zip(TOTALS, totals):
