@@ -77,16 +77,17 @@ static void open_one(Loop *L, Entry *e, uint8_t *p, Py_ssize_t size, Py_ssize_t 
     }
     const uint8_t *dest = body + (v4 ? 16 : 24);
     if (!accepted(L, dest, e->overlay_len)) { e->misdirected++; return; }
-    if (L->filtering && (memcmp(dest, v4 ? L->accept4 : L->accept6, (size_t)e->overlay_len)
-                         || !flow_passes(L, body, length, 0, now))) {
-        /* Access rules: a flow the filter has not let in (yet), a broadcast or multicast: Python judges it. */
+    int group = memcmp(dest, v4 ? L->accept4 : L->accept6, (size_t)e->overlay_len) != 0;  /* not ours */
+    if (L->filtering && ((group && body[v4 ? 8 : 7] == 0) || !flow_passes(L, body, length, 0, now))) {
+        /* Access rules: a flow the filter has not let in (yet), or a broadcast or multicast out of hops
+           (the LAN party counts it): Python judges it. */
         static const struct sockaddr_storage judged = {.ss_family = AF_UNSPEC};
         e->rx_packets++;
         e->rx_bytes += (uint64_t)length;
         queue_push(&L->queue, body, length, -1 - (Py_ssize_t)e->index, &judged);
         return;
     }
-    if (memcmp(dest, v4 ? L->accept4 : L->accept6, (size_t)e->overlay_len)) {  /* not ours: the LAN party's */
+    if (group) {  /* the LAN party's */
         if (v4 ? (dest[0] & 0xF0) == 0xE0 : dest[0] == 0xFF) e->rx_multicast++;
         else e->rx_broadcast++;
     }

@@ -172,7 +172,7 @@ class AccessFilter:
         if until and header.fragmented:
             self._fragments[_datagram(header)] = now + FRAGMENT_TIMEOUT
             self._arm(now)
-        elif until and self.cache is not None and not self._is_group(header) and not related:
+        elif until and self.cache is not None and not related:
             self.cache.admitted(header, until)  # a related error's key does not name the flow it is about
         return bool(until)
 
