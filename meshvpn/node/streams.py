@@ -109,8 +109,11 @@ class StreamSet:
         self._closed = False
 
     def open(self, name: str, targets: Sequence[StreamTarget]) -> None:
-        """Connect to the first of `targets` to finish its handshake (`meshvpn.node.streamrace`)."""
+        """Connect to the first of `targets` to finish its handshake (`meshvpn.node.streamrace`). A
+        stream of that name still open is closed first, unreported: the node asks again only once it
+        no longer counts on that one, and waits to hear of the new one."""
         if not self._closed and targets:
+            self.close_stream(name)
             log.info("%s %s: no answer over UDP yet, racing %s", self.what, name,
                      ", ".join(f"{'TLS' if t.tls else 'TCP'} {t.endpoint}" for t in targets))
             self._streams[name] = Stream(self, name, targets)
