@@ -88,6 +88,8 @@ class _Transaction:
     """Times it was re-sent with new credentials or a fresh nonce (401, 438)."""
     target: object = None
     """The peer IP (CreatePermission), peer address (ChannelBind) or lifetime (Refresh)."""
+    sent: float = 0.0
+    """When it went (first): a response's round trip."""
 
 
 @dataclass
@@ -191,30 +193,32 @@ class TurnClient:
         self.permissions = {ip: self.permissions.get(ip, now) for ip in ips}
         self._service(now)
 
-    def receive(self, buf: bytes, now: float) -> None:
-        """A STUN datagram from the server (ChannelData is the caller's, see `peer_of_channel`)."""
+    def receive(self, buf: bytes, now: float) -> Optional[float]:
+        """A STUN datagram from the server (ChannelData is the caller's, see `peer_of_channel`); when
+        the request it answers went, if it answers one (over a stream: a ping's round trip)."""
         try:
             msg = decode(buf)
         except StunError:
-            return
+            return None
         if msg.cls == StunClass.INDICATION:
             self._indication(msg)
-            return
+            return None
         tx = self._transactions.get(msg.transaction_id)
         if tx is None or msg.cls not in (StunClass.SUCCESS, StunClass.ERROR):
-            return
+            return None
         self.heard = True
         if msg.cls == StunClass.SUCCESS and tx.key is not None:
             try:
                 decode(buf, key=tx.key)
             except StunError:
-                return
+                return None
         del self._transactions[msg.transaction_id]
         if msg.cls == StunClass.ERROR:
             self._error(tx, msg, now)
         else:
             self._success(tx, msg, now)
         self._service(now)
+        return tx.sent
 
     def handle_timer(self, now: float) -> None:
         """Retransmit, refresh and retry whatever is due."""
@@ -289,10 +293,10 @@ class TurnClient:
             message_attributes[Attr.NONCE] = self._nonce
         data = encode(StunMessage(method, StunClass.REQUEST, txid, message_attributes), key=key)
         if self.reliable:
-            tx = _Transaction(method, attributes, data, key, now + RELIABLE_TIMEOUT, 0.0, 0, retries, target)
+            tx = _Transaction(method, attributes, data, key, now + RELIABLE_TIMEOUT, 0.0, 0, retries, target, now)
         else:
             tx = _Transaction(method, attributes, data, key, now + self.config.rto, self.config.rto,
-                              self.config.max_retransmits, retries, target)
+                              self.config.max_retransmits, retries, target, now)
         self._transactions[txid] = tx
         self._datagrams.append(data)
 

@@ -29,7 +29,7 @@ Rules of the wiring:
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Iterable, Mapping, Optional
+from typing import Callable, Iterable, Optional
 
 from meshvpn.config import FanoutConfig, ForwardLimits
 from meshvpn.control import messages as m
@@ -242,17 +242,6 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
             self._out += self.relays.drop_streams(now)
             self.turn.network_changed(now)
         self.relays.hello_now(now)
-        self._settle(now)
-
-    def connections_resumed(self, now: float, punched: Mapping[int, Optional[bool]],
-                            relay_streams: Mapping[str, Optional[bool]]) -> None:
-        """The host's network is usable again under the standing connections (`NetworkChanged.resumed`):
-        each TCP path and relay stream checks that it carries rather than wait for TCP's backed-off
-        retransmission (`meshvpn.node.tcpresume`). The shell says of each connection it holds (the punch
-        port's by id, the relay streams by name) whether the kernel says it waits for one (None: it
-        does not say)."""
-        self.tcp.network_back(punched, now)
-        self.relays.network_back(relay_streams, now)
         self._settle(now)
 
     def network_changed(self, now: float, connections_lost: bool = False) -> None:

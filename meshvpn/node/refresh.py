@@ -95,7 +95,8 @@ class EndpointRefresh:
             self.reports.coord_down()
         if change.back:
             daemon.node.connections_resumed(daemon.loop.time(), daemon.punch.retransmitting(),
-                                            daemon.relay_streams.retransmitting())
+                                            daemon.relay_streams.retransmitting(),
+                                            daemon.turn_streams.retransmitting())
         daemon.portmap.reprobe()
         daemon.node.servers_network_changed(daemon.loop.time(), change.connections_lost)
         daemon.transmit()

@@ -15,12 +15,16 @@ lasted a while is reconnected at once (`meshvpn.backoff.redial_at_once`, the coo
 relay that no longer knows the stream (it restarted, or our NAT re-mapped us) takes a new one at
 once, where the backoff's first step would leave the link down for half a second more.
 
-When the host's network comes back under a connected stream, `resume` checks that it carries
-(`meshvpn.node.tcpresume`); a stream that waits behind TCP's backed-off retransmission timer, or
-does not answer, is `replace`d: closed, and a new one raced at once, without backoff.
+When the host's network comes back under a connected stream (`network_back`), `resume` checks
+that it carries (`meshvpn.node.tcpresume`); a stream that waits behind TCP's backed-off
+retransmission timer, or does not answer the owner's ping within the check's wait, is `replace`d:
+closed, and a new one raced at once, without backoff. The ping is the owner's own request that the
+server must answer (a relay hello, a TURN Refresh); it tells `resume.answered` of every answer on
+the stream, with the time its request went.
 
 Sans-IO: the owner asks `due(now)`, says `attempt()` when it asks the shell to connect, and
-passes on `up(tls)` and `down(now)`; it closes the stream when `replacing` says so.
+passes on `up(tls)` and `down(now)`; it closes the stream when `replacing` says so, and keeps
+one timer on `deadline()` (`handle_timer`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional, Sequence
 
 from meshvpn.backoff import doubling, jittered, redial_at_once
-from meshvpn.node.tcpresume import TcpResume
+from meshvpn.node.tcpresume import Reconnect, TcpResume
 from meshvpn.wire import Endpoint
 
 
@@ -75,6 +79,8 @@ class StreamDial:
         self.replacing = False
         """The connection is to be closed and a new one raced at once (`replace`); the owner closes
         it and clears this."""
+        self.replaced_because = ""
+        """Why the last `replace` was, for the log."""
 
     def want(self, wanted: bool = True) -> None:
         self.wanted = wanted
@@ -84,8 +90,24 @@ class StreamDial:
         return self.wanted and not (self.connecting or self.connected) and now >= self.retry_at
 
     def deadline(self) -> Optional[float]:
-        """When `due` next becomes true, if it will."""
-        return self.retry_at if self.wanted and not (self.connecting or self.connected) else None
+        """When `due` next becomes true, or the check's wait ends (`handle_timer`), if either will."""
+        if self.wanted and not (self.connecting or self.connected):
+            return self.retry_at
+        return self.resume.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        """A check whose ping got no answer within its wait replaces the stream."""
+        self.resume.handle_timer(now)
+        self._follow_resume(now)
+
+    def network_back(self, now: float, retransmitting: Optional[bool]) -> bool:
+        """The host's network is usable again under the stream (`NetworkChanged.resumed`), of which the
+        kernel says whether it waits for a backed-off retransmission (None: it does not say): replace
+        it at once if it does, else check it. True when the owner pings over the stream now."""
+        if not self.connected:
+            return False
+        self.resume.resumed(now, retransmitting)
+        return self._follow_resume(now)
 
     def attempt(self) -> None:
         """The owner asked the shell to connect; `up` or `down` follows."""
@@ -117,12 +139,22 @@ class StreamDial:
         self.retry_at = now + jittered(doubling(cfg.backoff_initial, cfg.backoff_max, self._failures), self.draw())
         self._failures += 1
 
-    def replace(self, now: float) -> None:
+    def replace(self, now: float, because: str = "") -> None:
         """The connection waits behind TCP's backed-off retransmission timer, or did not answer its
         check (`resume`): the owner closes it (`replacing`) and races a new one at once."""
         self._drop()
-        self.replacing = True
+        self.replacing, self.replaced_because = True, because
         self.retry_at = now
+
+    def _follow_resume(self, now: float) -> bool:
+        """Carry out the check's actions: True when it pings."""
+        ping = False
+        for action in self.resume.next_actions():
+            if isinstance(action, Reconnect):
+                self.replace(now, action.reason)
+            else:
+                ping = self.connected
+        return ping
 
     def _drop(self) -> None:
         self.connecting = self.connected = False

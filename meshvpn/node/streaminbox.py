@@ -1,13 +1,14 @@
 """The node's inbox for its streams to relays and TURN servers: what the shell reports of them.
 
 Part of `meshvpn.node.node.Node` (mixed in), apart only to keep that module small: each call
-hands the stream's news or bytes to the machine that owns it (`RelaySet`, `TurnLinks`) and
+hands the stream's news or bytes to the machine that owns it (`RelaySet`, `TurnLinks`, and
+`TcpPunching` for the punch port's connections when the network comes back under them) and
 settles the node as every input does.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 from meshvpn.node import events as ev
 from meshvpn.node.relay.link import Transport as RelayTransport
@@ -22,8 +23,22 @@ class StreamInbox:
 
     relays: Any
     turn: Any
+    tcp: Any
     _out: list
     _settle: Any
+
+    def connections_resumed(self, now: float, punched: Mapping[int, Optional[bool]],
+                            relay_streams: Mapping[str, Optional[bool]],
+                            turn_streams: Optional[Mapping[str, Optional[bool]]] = None) -> None:
+        """The host's network is usable again under the standing connections (`NetworkChanged.resumed`):
+        each TCP path, relay stream and TURN stream checks that it carries rather than wait for TCP's
+        backed-off retransmission (`meshvpn.node.tcpresume`). The shell says of each connection it
+        holds (the punch port's by id, the streams by server name) whether the kernel says it waits
+        for one (None: it does not say)."""
+        self.tcp.network_back(punched, now)
+        self.relays.network_back(relay_streams, now)
+        self.turn.network_back(turn_streams or {}, now)
+        self._settle(now)
 
     def turn_stream_changed(self, name: str, up: bool, now: float, tls: bool = False, reset: bool = False) -> None:
         """The stream to TURN server `name` is connected (`up`, inside TLS or not), or failed or closed

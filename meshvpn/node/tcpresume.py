@@ -2,7 +2,8 @@
 
 A link outage that leaves the addresses as they were leaves every TCP connection standing
 (`meshvpn.node.netchange`): the coord link, a punched TCP path to a peer (`meshvpn.node.tcp`),
-a stream to a relay (`meshvpn.node.relay.link`). But TCP's retransmission timer backed off while
+a stream to a relay (`meshvpn.node.relay.link`) or to a TURN server (`meshvpn.node.turn.server`),
+the streams through `meshvpn.node.streamdial`. But TCP's retransmission timer backed off while
 nothing got through: what the node wrote during the outage goes again only at the next
 retransmission, up to 3.2 s after the link is back (0.2 s doubling through a 5 s outage), and what
 the far end wrote waits likewise on its side. So when the network is usable again under such a
@@ -12,15 +13,16 @@ connection (`NetworkChanged.resumed`), its owner does not wait for those timers:
   fired for data still unacknowledged, `meshvpn.node.tcpinfo`), it replaces the connection at
   once (`Reconnect`): whatever the old one held is sent again by the rules that resend it on a
   new one (a registration, a relay hello, a path's traffic);
-* else it pings at once (`Ping`: the coord's ping, a relay hello over the stream, a probe of the
-  TCP path) and replaces the connection if that ping is not answered within `answer_wait`: at
+* else it pings at once (`Ping`: the coord's ping, a relay hello or a TURN Refresh over the
+  stream, a probe of the TCP path) and replaces the connection if that ping is not answered within `answer_wait`: at
   least `MIN_WAIT`, and `RTTS` times the slowest of the last `ANSWERS` answers, so a far end that
   is merely slow is given its time. The answer proves both directions carry: the far end sends it
   after whatever it had queued, in answer to what we sent after ours;
 * at most one such replacement per `HOLDOFF`: a link that flaps does not make new connections at
   every flap (within it, TCP recovers by itself, as before).
 
-The owner (the coord link in `meshvpn.node.coordlink` and the sim's; a relay link; TCP punching)
+The owner (the coord link in `meshvpn.node.coordlink` and the sim's; a relay link's or TURN
+server's stream; TCP punching)
 feeds the answers to every ping with the time that ping went (or, where answers are not matched to
 pings, anything heard from the far end after the check's ping: `heard`), carries out `Ping` and
 `Reconnect`, and keeps one timer on `get_timer()`.

@@ -191,6 +191,7 @@ class RelaySet:
         for name, link in self.links.items():
             if link.stream.replacing:  # closed for a new race, at once (`StreamDial.replace`)
                 link.stream.replacing = False
+                link.stream_endpoint = None
                 if name in self._streams:
                     self._streams.discard(name)
                     out.append(ev.CloseRelayStream(name))

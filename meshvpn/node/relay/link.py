@@ -72,7 +72,6 @@ from meshvpn.control.messages import RelayInfo
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.node.relay.addresses import RelayAddresses
 from meshvpn.node.streamdial import DialConfig, StreamDial, StreamTarget
-from meshvpn.node.tcpresume import Reconnect
 from meshvpn.wire import Endpoint, MessageType
 
 
@@ -279,9 +278,8 @@ class RelayLink:
         """The host's network is usable again under the stream (`NetworkChanged.resumed`), of which the
         kernel says whether it waits for a backed-off retransmission (None: it does not say): check
         that it carries (the module's rules)."""
-        if self.stream.connected and self.transport is Transport.TCP:
-            self.stream.resume.resumed(now, retransmitting)
-            self._follow_resume(now)
+        if self.transport is Transport.TCP and self.stream.network_back(now, retransmitting):
+            self._hello(now)
 
     def hello_now(self, now: float) -> None:
         """Send the next hello now rather than at its time (the node's network changed); over UDP too
@@ -307,8 +305,7 @@ class RelayLink:
 
     def handle_timer(self, now: float) -> None:
         """Send the hello that is due and notice a link that went quiet."""
-        self.stream.resume.handle_timer(now)
-        self._follow_resume(now)
+        self.stream.handle_timer(now)
         if self._check_until is not None and now >= self._check_until:
             self._check_until = None
             self._set_ready(False, now)
@@ -324,7 +321,7 @@ class RelayLink:
 
     def get_timer(self) -> Optional[float]:
         deadlines = [self._next_hello, self.stream.deadline(), self._check_until, self.addresses.timer(),
-                     self._stream_at(), self.stream.resume.get_timer()]
+                     self._stream_at()]
         if self.ready and self._last_ack is not None:
             deadlines.append(self._last_ack + self.config.down_after)
         return min((d for d in deadlines if d is not None), default=None)
@@ -352,16 +349,6 @@ class RelayLink:
         self._want_stream(now)
         if on_stream and self.stream.connected:
             self._actions.append(SendTcp(self._sealed_hello(now)))
-
-    def _follow_resume(self, now: float) -> None:
-        """The stream's check after the network came back: a hello over it now (its ack answers), or
-        a new stream raced at once."""
-        for action in self.stream.resume.next_actions():
-            if isinstance(action, Reconnect):
-                self.stream.replace(now)
-                self.stream_endpoint = None
-            elif self.stream.connected:
-                self._hello(now)
 
     def _stream_at(self) -> Optional[float]:
         """When the link wants a stream beside UDP, if UDP stays silent until then."""

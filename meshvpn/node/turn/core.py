@@ -38,7 +38,7 @@ Inputs take ``now`` (monotonic seconds). Outputs are pulled: `datagrams_to_send`
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Callable, Iterable, Optional
 
 from meshvpn import wire
@@ -154,6 +154,7 @@ class TurnLinks:
             if silence is not None:
                 self._restart(name, server, f"the server stopped answering at {m.Endpoint(*server.endpoint)}: "
                               f"{silence}", now, server.silent)
+            self._follow_replaced(name, server)
             while (address := server.addresses.due(now)) is not None:
                 self._datagrams += ((address, data) for data in server.racing)
         self._update(now)
@@ -170,6 +171,18 @@ class TurnLinks:
         for name, server in self.servers.items():
             server.addresses.failed()  # the new network may carry the other family only: race again
             self._restart(name, server, "the network changed", now, server.start)
+        self._update(now)
+
+    def network_back(self, retransmitting: Mapping[str, Optional[bool]], now: float) -> None:
+        """The host's network is usable again under the streams the shell holds, by server name with
+        whether the kernel says each waits for a backed-off retransmission (None: it does not say):
+        each checks that it carries, and one that does not is closed and raced again at once
+        (`ServerLink.network_back`)."""
+        for name, waits in retransmitting.items():
+            server = self.servers.get(name)
+            if server is not None:
+                server.network_back(now, waits)
+                self._follow_replaced(name, server)
         self._update(now)
 
     def stream_up(self, name: str, now: float, tls: bool = False) -> None:
@@ -208,7 +221,7 @@ class TurnLinks:
                 if envelope is not None:
                     self._received.append((envelope, server.endpoint))
             else:
-                server.client.receive(message, now)
+                server.answered(now, server.client.receive(message, now))
         self._update(now)
 
     def close(self, now: float) -> None:
@@ -374,6 +387,16 @@ class TurnLinks:
         if server.client.ready:
             self._events.append((name, AllocationLost(reason)))
         start(now)
+
+    def _follow_replaced(self, name: str, server: ServerLink) -> None:
+        """Close the stream its check replaced (`stream_wishes` races the new one at once)."""
+        lost = server.replaced()
+        if lost is None:
+            return
+        self._wishes.append(TurnStream(name))
+        if lost:
+            reason = server.stream.replaced_because if server.stream is not None else ""
+            self._events.append((name, AllocationLost(f"its stream was replaced: {reason}")))
 
     def _set_peer(self, info: m.PeerInfo) -> None:
         relayed = tuple(Endpoint(e.host, e.port) for e in info.turn_relayed or ()) if info.online else ()

@@ -19,6 +19,14 @@ owns its own, with the same pieces and the same timing:
   that went dark last (the other family first), a stream raced after `STREAM_AFTER` as at start.
   A server that flaps (silent again within `SILENT_BACKOFF`'s longest wait of its last allocation
   being ready) waits a doubling backoff before the next one.
+* **The network back under the stream** (`network_back`, a link outage that kept our addresses):
+  the stream checks that it carries, as a relay link's does (`StreamDial.network_back`,
+  `meshvpn.node.tcpresume`). One whose requests wait behind TCP's backed-off retransmission timer
+  is replaced at once; else a Refresh goes over it at once, and without its answer within the
+  check's wait (every answer on the stream is a round trip it learns from) it is replaced too.
+  Replaced: closed, with the allocation on it (the server deletes it with the connection), and
+  raced again at once, without backoff; the new stream carries a new allocation. An allocation
+  still being made on the stream is not checked: its Allocate's own answer decides.
 
 Sans-IO: inputs take ``now``; the owner collects the clients' datagrams and events.
 """
@@ -141,9 +149,27 @@ class ServerLink:
         if self.stream is None:
             return False
         self.stream.down(now, reset)
-        was_ready = self.client.ready
-        self.client, self.framer = self.new_client(self.info, True), None
-        return was_ready
+        return self._lost_stream()
+
+    def network_back(self, now: float, retransmitting: Optional[bool]) -> None:
+        """The host's network is usable again under the stream, of which the kernel says whether it waits
+        for a backed-off retransmission (None: it does not say): the ready allocation's stream checks
+        that it carries, a Refresh its ping (the module's rules; `replaced` says what came of it)."""
+        if self.stream is not None and self.client.ready and self.stream.network_back(now, retransmitting):
+            self.client.refresh(now)
+
+    def answered(self, now: float, sent: Optional[float]) -> None:
+        """A response came on the stream to a request that went at `sent` (None: to none of ours)."""
+        if self.stream is not None:
+            self.stream.resume.answered(now, sent)
+
+    def replaced(self) -> Optional[bool]:
+        """None unless the stream's check replaced it (`StreamDial.replacing`, cleared here: the caller
+        closes it, and the new race is due at once); else whether that lost a ready allocation."""
+        if self.stream is None or not self.stream.replacing:
+            return None
+        self.stream.replacing = False
+        return self._lost_stream()
 
     def check(self, now: float) -> None:
         """Traffic through this server went unanswered: refresh now; no answer in time is silence."""
@@ -156,6 +182,8 @@ class ServerLink:
         self.client.handle_timer(now)
         if self.udp is not None:
             self.udp.handle_timer(now)
+        if self.stream is not None:
+            self.stream.handle_timer(now)
         if self.check_until is not None and now >= self.check_until:
             self.check_until = None
             return "no answer to a check"
@@ -179,6 +207,13 @@ class ServerLink:
     def ready(self, now: float) -> None:
         """The allocation is ready (once it has lasted, the next silence is met at once again)."""
         self.ready_at = now
+
+    def _lost_stream(self) -> bool:
+        """The stream is gone, and its allocation with it: a fresh client waits for the next one.
+        True when the allocation was ready."""
+        was_ready = self.client.ready
+        self.client, self.framer = self.new_client(self.info, True), None
+        return was_ready
 
     # ---- outputs --------------------------------------------------------------------
 
