@@ -15,10 +15,12 @@ lasted a while is reconnected at once (`meshvpn.backoff.redial_at_once`, the coo
 relay that no longer knows the stream (it restarted, or our NAT re-mapped us) takes a new one at
 once, where the backoff's first step would leave the link down for half a second more.
 
-When the host's network comes back under a connected stream (`network_back`), `resume` checks
-that it carries (`meshvpn.node.tcpresume`); a stream that waits behind TCP's backed-off
-retransmission timer, or does not answer the owner's ping within the check's wait, is `replace`d:
-closed, and a new one raced at once, without backoff. The ping is the owner's own request that the
+When the host's network comes back (`network_back`), `resume` checks that a connected stream
+carries (`meshvpn.node.tcpresume`); a stream that waits behind TCP's backed-off retransmission
+timer, or does not answer the owner's ping within the check's wait, is `replace`d: closed, and a
+new one raced at once, without backoff. So is a race still connecting, whose SYNs wait for TCP's
+backed-off SYN retransmission (1 s doubling: 1 to 2 s after a few seconds' outage), and a stream
+waiting out its reconnection backoff tries at once. The ping is the owner's own request that the
 server must answer (a relay hello, a TURN Refresh); it tells `resume.answered` of every answer on
 the stream, with the time its request went.
 
@@ -101,10 +103,16 @@ class StreamDial:
         self._follow_resume(now)
 
     def network_back(self, now: float, retransmitting: Optional[bool]) -> bool:
-        """The host's network is usable again under the stream (`NetworkChanged.resumed`), of which the
-        kernel says whether it waits for a backed-off retransmission (None: it does not say): replace
-        it at once if it does, else check it. True when the owner pings over the stream now."""
+        """The host's network is usable again (`NetworkChanged.resumed`). A connected stream, of which
+        the kernel says whether it waits for a backed-off retransmission (None: it does not say), is
+        replaced at once if it does, else checked; a race still connecting is replaced at once (its
+        SYNs wait for TCP's backed-off SYN retransmission); one waiting out its backoff tries at once.
+        True when the owner pings over the stream now."""
+        if self.connecting:
+            self.replace(now, "its connection attempts wait for TCP's backed-off SYN retransmission")
+            return False
         if not self.connected:
+            self.retry_at = min(self.retry_at, now)  # the waits were for a network that was gone
             return False
         self.resume.resumed(now, retransmitting)
         return self._follow_resume(now)

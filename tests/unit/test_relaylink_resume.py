@@ -69,7 +69,8 @@ def test_a_link_on_udp_or_without_a_stream_checks_nothing():
     assert not h.link.stream.replacing and h.link.stream.resume.get_timer() is None
 
 
-def test_the_relay_set_closes_the_replaced_stream_and_races_a_new_one_in_the_same_breath():
+def racing_relay_set() -> tuple[RelaySet, float]:
+    """A relay set whose one relay gets no answer over UDP, and the time its stream was raced."""
     relays = RelaySet(NODE, keys.public_key(NODE), counting_random(), WALL)
     token, expires = TokenMinter(COORD, counting_random()).mint(keys.public_key(RELAY), keys.public_key(NODE), WALL)
     relays.configure([m.RelayInfo("r1", "203.0.113.2", 7500, keys.public_key(RELAY))],
@@ -78,8 +79,20 @@ def test_the_relay_set_closes_the_replaced_stream_and_races_a_new_one_in_the_sam
     while not relays.stream_wishes(now):
         now = round(now + 0.05, 6)
         relays.handle_timer(now)
+    return relays, now
+
+
+def test_the_relay_set_closes_the_replaced_stream_and_races_a_new_one_in_the_same_breath():
+    relays, now = racing_relay_set()
     relays.tcp_up("r1", now)
     relays.network_back({"r1": True, "gone": True}, 10.0)
     wishes = relays.stream_wishes(10.0)
     assert [type(w) for w in wishes] == [ev.CloseRelayStream, ev.OpenRelayStream]
     assert relays.stream_wishes(10.0) == []
+
+
+def test_a_race_still_connecting_when_the_network_is_back_is_raced_again_at_once():
+    """Its SYNs wait for TCP's backed-off SYN retransmission; the new race's go at once."""
+    relays, _ = racing_relay_set()
+    relays.network_back({}, 3.0)
+    assert [type(w) for w in relays.stream_wishes(3.0)] == [ev.CloseRelayStream, ev.OpenRelayStream]

@@ -95,6 +95,26 @@ def test_an_allocation_on_udp_or_still_being_made_on_its_stream_checks_nothing()
     assert link.servers[NAME].stream.resume.get_timer() is None
 
 
+def test_a_race_still_connecting_when_the_network_is_back_is_raced_again_at_once():
+    """The allocation's check gave the stream up during the outage, and its new race's SYNs wait
+    for TCP's backed-off SYN retransmission (1 s, then 2 s)."""
+    link = ready_on_stream()
+    link.check(10.0)
+    settle(link, 11.6)  # no answer: the server is silent, UDP is tried again, then the stream raced
+    assert link.stream_wishes(11.6) == [] and link.servers[NAME].stream.connecting
+    link.events()
+    link.network_back({}, 14.0)
+    assert link.stream_wishes(14.0) == [TurnStream(NAME), RACE] and link.events() == []
+
+
+def test_a_stream_waiting_out_its_backoff_tries_at_once():
+    link = ready_on_stream()
+    link.stream_ended(NAME, 10.0)
+    assert link.stream_wishes(10.1) == []
+    link.network_back({}, 10.1)
+    assert link.stream_wishes(10.1) == [RACE]
+
+
 def test_the_node_checks_its_turn_streams_when_the_network_is_back():
     node = Node(bytes([8]) * 32, lambda n: bytes(n))
     node.turn = ready_on_stream()

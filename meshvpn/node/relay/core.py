@@ -142,12 +142,11 @@ class RelaySet:
         return [ev.CloseRelayStream(name) for name in names]
 
     def network_back(self, retransmitting: Mapping[str, Optional[bool]], now: float) -> None:
-        """The host's network is usable again under the streams the shell holds, by relay name with
-        what the kernel says of each (`RelayLink.network_back`): each checks that it carries."""
-        for name, waits in retransmitting.items():
-            link = self.links.get(name)
-            if link is not None and name in self._streams:
-                link.network_back(now, waits)
+        """The host's network is usable again, under the streams the shell holds too, by relay name with
+        what the kernel says of each (`RelayLink.network_back`): each checks that it carries, and a
+        stream still connecting, or waiting out its backoff, is raced again at once."""
+        for name, link in self.links.items():
+            link.network_back(now, retransmitting.get(name))
         self._drain(now)
 
     def hello_now(self, now: float) -> None:

@@ -35,7 +35,8 @@ Rules:
   carries (`meshvpn.node.tcpresume`): a stream whose hellos wait behind TCP's backed-off
   retransmission timer is replaced at once by a new race, else a hello goes over it at once and
   the stream is replaced if its ack does not come within the check's wait (every ack over the
-  stream is a round trip the wait learns from).
+  stream is a round trip the wait learns from). A stream still connecting then is raced again at
+  once, and one waiting out its backoff tries at once (`StreamDial.network_back`).
 * `check` (traffic through the relay went unanswered): a hello goes out at once, and without
   an ack within `check_timeout` (or three RTTs, if longer) the link is not ready, so a dead
   relay is left within a second instead of `down_after`.
@@ -275,10 +276,12 @@ class RelayLink:
             self._set_ready(False, now)
 
     def network_back(self, now: float, retransmitting: Optional[bool]) -> None:
-        """The host's network is usable again under the stream (`NetworkChanged.resumed`), of which the
-        kernel says whether it waits for a backed-off retransmission (None: it does not say): check
-        that it carries (the module's rules)."""
-        if self.transport is Transport.TCP and self.stream.network_back(now, retransmitting):
+        """The host's network is usable again (`NetworkChanged.resumed`): the stream, if the link is on it
+        (of which the kernel says whether it waits for a backed-off retransmission; None: it does
+        not say), checks that it carries, and one still connecting is raced again (the module's rules)."""
+        if self.stream.connected and self.transport is not Transport.TCP:
+            return  # UDP answers: the stream is on its way out
+        if self.stream.network_back(now, retransmitting):
             self._hello(now)
 
     def hello_now(self, now: float) -> None:

@@ -174,15 +174,13 @@ class TurnLinks:
         self._update(now)
 
     def network_back(self, retransmitting: Mapping[str, Optional[bool]], now: float) -> None:
-        """The host's network is usable again under the streams the shell holds, by server name with
-        whether the kernel says each waits for a backed-off retransmission (None: it does not say):
-        each checks that it carries, and one that does not is closed and raced again at once
-        (`ServerLink.network_back`)."""
-        for name, waits in retransmitting.items():
-            server = self.servers.get(name)
-            if server is not None:
-                server.network_back(now, waits)
-                self._follow_replaced(name, server)
+        """The host's network is usable again, under the streams the shell holds too, by server name
+        with whether the kernel says each waits for a backed-off retransmission (None: it does not
+        say): each checks that it carries, and one that does not, or is still connecting, is closed
+        and raced again at once (`ServerLink.network_back`)."""
+        for name, server in self.servers.items():
+            server.network_back(now, retransmitting.get(name))
+            self._follow_replaced(name, server)
         self._update(now)
 
     def stream_up(self, name: str, now: float, tls: bool = False) -> None:

@@ -26,7 +26,9 @@ owns its own, with the same pieces and the same timing:
   check's wait (every answer on the stream is a round trip it learns from) it is replaced too.
   Replaced: closed, with the allocation on it (the server deletes it with the connection), and
   raced again at once, without backoff; the new stream carries a new allocation. An allocation
-  still being made on the stream is not checked: its Allocate's own answer decides.
+  still being made on the stream is not checked: its Allocate's own answer decides. A stream still
+  connecting (raced while the network was gone, after the allocation's check gave it up) is raced
+  again at once, its SYNs being behind TCP's backed-off SYN retransmission.
 
 Sans-IO: inputs take ``now``; the owner collects the clients' datagrams and events.
 """
@@ -152,10 +154,13 @@ class ServerLink:
         return self._lost_stream()
 
     def network_back(self, now: float, retransmitting: Optional[bool]) -> None:
-        """The host's network is usable again under the stream, of which the kernel says whether it waits
-        for a backed-off retransmission (None: it does not say): the ready allocation's stream checks
-        that it carries, a Refresh its ping (the module's rules; `replaced` says what came of it)."""
-        if self.stream is not None and self.client.ready and self.stream.network_back(now, retransmitting):
+        """The host's network is usable again, under the stream too, of which the kernel says whether it
+        waits for a backed-off retransmission (None: it does not say): the ready allocation's stream
+        checks that it carries, a Refresh its ping, and a stream still connecting is raced again
+        (the module's rules; `replaced` says what came of it)."""
+        if self.stream is None or (self.stream.connected and not self.client.ready):
+            return
+        if self.stream.network_back(now, retransmitting):
             self.client.refresh(now)
 
     def answered(self, now: float, sent: Optional[float]) -> None:
