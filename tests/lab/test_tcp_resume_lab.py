@@ -43,31 +43,39 @@ CUT = """table inet tcpresume_cut {
   chain o { type filter hook output priority 0; policy accept; oifname "eth0" drop; }
   chain i { type filter hook input priority 0; policy accept; iifname "eth0" drop; }
 }"""
+UPSTREAM_CUT = """table inet tcpresume_cut {
+  chain f { type filter hook forward priority 0; policy accept; ip saddr %(a1)s drop; ip daddr %(a1)s drop; }
+}"""
 
 
-def outage(mesh: Mesh, topo: Topology, how: str) -> tuple[float, dict[str, float | None]]:
-    """a1's network gone for 5 s (`how`, the module's two ways) under the trickles; when it was back,
+def outage(mesh: Mesh, topo: Topology, how: str, idle: bool = False) -> tuple[float, dict[str, float | None]]:
+    """a1's network gone for 5 s (`how`, the module's two ways, or `upstream`: `lost` with the packets
+    dropped at a's router rather than by a1's own firewall, so that the kernel sends them, SYNs too,
+    and backs off) under the trickles (`idle`: they start once the link is back); when it was back,
     and the seconds from then to the first arrival at b1 and at a1."""
     ns = topo.host("a1")
+    cut = topo.site("a").links.ns if how == "upstream" else ns
     gateway = str(topo.site("a").lan.gateway)
-    flows = Flows(mesh)
+    flows = None if idle else Flows(mesh)
     try:
         time.sleep(2.0)
-        if how == "lost":
-            ns.run(["nft", "-f", "-"], input=CUT)
+        if how != "link":
+            cut.run(["nft", "-f", "-"], input=CUT if how == "lost" else UPSTREAM_CUT % {"a1": topo.addr("a1")})
         else:
             ns.ip("link", "set", "eth0", "down")
         time.sleep(5.0)
-        if how == "lost":
+        if how != "link":
             ns.ip("link", "set", "eth0", "down")
-            ns.run(["nft", "delete", "table", "inet", "tcpresume_cut"])
+            cut.run(["nft", "delete", "table", "inet", "tcpresume_cut"])
         ns.ip("link", "set", "eth0", "up")
         ns.ip("route", "replace", "default", "via", gateway)
         back = time.time()
+        flows = flows or Flows(mesh)
         time.sleep(4.0)
         return back, flows.back_after(back)
     finally:
-        flows.stop()
+        if flows is not None:
+            flows.stop()
 
 
 @pytest.mark.parametrize("how", ["lost", "link"])
