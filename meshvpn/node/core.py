@@ -40,6 +40,7 @@ from meshvpn.control import messages as m
 from meshvpn.control.mapparts import PeerMapAssembler
 from meshvpn.errors import RemoteProtocolError
 from meshvpn.node.candidates import candidates_of
+from meshvpn.node.coreprobes import CoreProbes
 from meshvpn.node.coretimers import CoreTimers
 from meshvpn.node.destinations import LocalDestinations
 from meshvpn.node.events import (
@@ -54,7 +55,7 @@ from meshvpn.node.punching import Punching
 from meshvpn.node.recovery import Recovery
 from meshvpn.node.routes import Routes
 from meshvpn.node.status import node_status
-from meshvpn.node.probes import ProbeBudget, ProbeCodec, ProbeRefused
+from meshvpn.node.probes import ProbeBudget, ProbeCodec
 from meshvpn.node.tcp.core import TcpEndpoint
 from meshvpn.noise import StaticIdentity
 from meshvpn.session import Session
@@ -75,7 +76,7 @@ class CoreConfig:
     """Least seconds between two ``punch_request`` messages for one peer."""
 
 
-class NodeCore(HandshakeCookies, Recovery, CoreTimers):
+class NodeCore(HandshakeCookies, Recovery, CoreTimers, CoreProbes):
     """All per-node protocol state; the data path reads ``peers`` directly."""
 
     def __init__(self, private_key: bytes, random_bytes: Callable[[int], bytes], config: CoreConfig | None = None):
@@ -267,38 +268,6 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
         except RemoteProtocolError:
             self.drops["malformed"] += 1
 
-    def _on_probe(self, data: bytes, src: Endpoint, now: float, relayed_from: Optional[bytes],
-                  via: Optional[int] = None) -> None:
-        direct = relayed_from is None and type(src) is not TcpEndpoint
-        try:
-            probe = self.probes.open(data, now + self.config.wall_offset, check_address=direct)
-        except ProbeRefused as refused:
-            self.peers.by_key[refused.sender].counters.drops[refused.reason] += 1
-            return
-        peer = self.peers.by_key[probe.sender]
-        if relayed_from is not None and relayed_from != probe.sender:
-            self.drops["relayed probe from another key"] += 1
-            return
-        if relayed_from is None:
-            self.socket_for.heard(Endpoint(*src), via)
-        if probe.kind == MessageType.PROBE:
-            reply = self.probes.reply(peer.key, probe.tx_id, Endpoint(*src), self.random_bytes(24),
-                                      now + self.config.wall_offset)
-            self._send_via(self.routes.reply(src, relayed_from), reply)
-            if relayed_from is None:
-                peer.paths.probe_received(src, now, probe.newest)
-                if peer.route is None:
-                    peer.paths.punch(now)
-        else:
-            reply = peer.pings.answer(probe.tx_id, peer.name, peer.address, now)
-            if reply is not None:
-                self._events.append(reply)
-                if relayed_from is None:
-                    peer.paths.traffic_received(src, now)
-            elif relayed_from is None:
-                peer.paths.probe_reply_received(probe.tx_id, src, now)
-        self._drain_paths(peer, now)
-
     def _on_initiation(self, data: bytes, src: Endpoint, now: float, relayed_from: Optional[bytes]) -> None:
         if not self._admitted(data, src, now, relayed_from):
             return
@@ -431,14 +400,6 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
             else:
                 self._path_news(action, now)
 
-    def _probe(self, peer: Peer, tx_id: bytes, dst: Endpoint, now: float) -> Optional[bytes]:
-        """A probe for ``peer`` to ``dst`` within the peer's probe budget; None (counted) past it."""
-        refused = self.probe_budget.allow(peer.key, dst, now)
-        if refused is not None:
-            peer.counters.drops[refused] += 1
-            return None
-        return self.probes.probe(peer.key, tx_id, dst, self.random_bytes(24), now + self.config.wall_offset)
-
     def _report_path(self, *peers: Peer) -> None:
         """Tell the coord how these peers are reached now, for its admins' view of the mesh."""
         if not self._report_paths:
@@ -446,24 +407,6 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers):
         paths = [m.PeerPath(p.name, None if p.route is None else p.route.path.kind.value) for p in peers]
         for start in range(0, len(paths), m.MAX_PEERS):
             self._coord_out.append(m.Paths(tuple(paths[start:start + m.MAX_PEERS])))
-
-    # ---- ping ---------------------------------------------------------------------
-
-    def ping(self, peer: Peer, now: float) -> Optional[bytes]:
-        """Send one probe along the peer's current route; None when it has none.
-
-        The answer arrives as a :class:`PingReply` event with the same ``tx_id``.
-        """
-        route = peer.route
-        if route is None:
-            self.punching.punch(peer, now)
-            return None
-        self.peers.touched.add(peer)
-        tx_id = self.random_bytes(8)
-        peer.pings.sent(tx_id, route, now)
-        self._send_via(route, self.probes.probe(peer.key, tx_id, route.endpoint, self.random_bytes(24),
-                                                now + self.config.wall_offset))
-        return tx_id
 
     # ---- status -------------------------------------------------------------------
 

@@ -59,6 +59,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.pings",
     "meshvpn.node.recovery",
     "meshvpn.node.coretimers",
+    "meshvpn.node.coreprobes",
     "meshvpn.node.peertimers",
     "meshvpn.node.silence",
     "meshvpn.node.family",
