@@ -370,6 +370,8 @@ _SEALED_PAYLOADS: dict[int, type] = {
     MessageType.RELAY_HELLO_ACK: RelayHelloAck,
 }
 SEALED_PREFIX_LEN = HEADER_LEN + KEY_LEN + BOX_NONCE_LEN
+PROBE_MAX_LEN = SEALED_PREFIX_LEN + TAG_LEN + 1 + _PROBE_HEAD + 1 + _FAMILY_LEN[6] + _PORT.size
+"""The longest PROBE or PROBE_REPLY (an IPv6 endpoint): the most a node keeps of a probe it cannot open yet."""
 
 
 class Sealed(NamedTuple):

@@ -55,6 +55,7 @@ from meshvpn.node.punching import Punching
 from meshvpn.node.recovery import Recovery
 from meshvpn.node.routes import Routes
 from meshvpn.node.status import node_status
+from meshvpn.node.strangers import Strangers
 from meshvpn.node.probes import ProbeBudget, ProbeCodec
 from meshvpn.node.tcp.core import TcpEndpoint
 from meshvpn.noise import StaticIdentity
@@ -92,6 +93,8 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers, CoreProbes):
         self.probes = ProbeCodec(private_key, self.public_key, *(PeerSlot(self.peers, slot) for slot in
                                                                  ("probe_key", "probe_sent", "probe_seen")))
         self.probe_budget = ProbeBudget(peers=PeerSlot(self.peers, "probe_allowance"))
+        self.strangers = Strangers()
+        """Probes from keys that are not peers yet, taken when the peer map adds the key."""
         self.registration: Optional[AddressAssigned] = None
         self.destinations = LocalDestinations()
         """Inner destinations the data path accepts from peers (ours, broadcast, joined groups)."""
@@ -186,6 +189,7 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers, CoreProbes):
                 self.peers.set_route(peer, self.routes.for_path(peer.key, RELAY_PATH, info))
         peer.paths.set_candidates(candidates_of(info), now)
         self.peers.touched.add(peer)
+        self._strangers_known(info.key, now)
 
     def remove_peer(self, key: bytes, reason: str, now: float) -> None:
         """Forget the peer in one step: all kept of it is on it (``departing`` closes its connections

@@ -45,6 +45,26 @@ MAX_REMEMBERED = 4096
 _US = 1_000_000
 
 
+class ProbeFromStranger(RemoteProtocolError):
+    """``ProbeFromStranger(kind, sender)``: a probe or reply from a key that is not a peer, not opened
+    (we hold no box key for it, and compute none for a key we were not told about); ``reason`` names
+    its drop counter. The exception's own arguments hold the fields (no ``__init__`` of ours: a flood
+    of random keys raises one per datagram)."""
+
+    reason = "probe from unknown key"
+
+    def __str__(self) -> str:
+        return self.reason
+
+    @property
+    def kind(self) -> int:
+        return self.args[0]
+
+    @property
+    def sender(self) -> bytes:
+        return self.args[1]
+
+
 class ProbeRefused(RemoteProtocolError):
     """An authentic probe or reply that is not taken; ``reason`` names the drop counter of ``sender``."""
 
@@ -150,7 +170,8 @@ class ProbeCodec:
         return wire.seal(kind, self._public, nonce, self._keys[peer_public], PathProbe(tx_id, endpoint, stamp))
 
     def open(self, buf: bytes | bytearray | memoryview, wall: float, check_address: bool = True) -> OpenedProbe:
-        """Authenticate a fresh PROBE or PROBE_REPLY; raise ``WireError`` for anything else.
+        """Authenticate a fresh PROBE or PROBE_REPLY; raise ``ProbeFromStranger`` for one from a key that is
+        not a peer, ``ProbeRefused`` for one not taken, ``WireError`` for anything else.
 
         A PROBE must also be addressed to us, unless ``check_address`` is False (a probe
         through the relay or a TCP path, sent to whatever carries it, which makes no path).
@@ -160,7 +181,7 @@ class ProbeCodec:
             raise WireError(f"type {sealed.kind} is not a path probe")
         key = self._keys.get(sealed.sender_public)
         if key is None:
-            raise WireError("probe from a key that is not a peer")
+            raise ProbeFromStranger(sealed.kind, sealed.sender_public)
         payload = wire.open_sealed(sealed, key)
         if abs(payload.stamp - wall * _US) > PROBE_MAX_SKEW * _US:
             raise ProbeRefused("stale probe", sealed.sender_public)

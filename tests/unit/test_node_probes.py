@@ -10,7 +10,7 @@ from meshvpn.errors import RemoteProtocolError
 from meshvpn.keys import public_key
 from meshvpn.node.probes import (
     MAX_REMEMBERED, PROBE_MAX_SKEW, PROBE_RATE, PROBE_REORDER, PROBE_TARGET_HOSTS, PROBE_TARGET_WINDOW, ProbeBudget,
-    ProbeCodec, ProbeRefused,
+    ProbeCodec, ProbeFromStranger, ProbeRefused,
 )
 from meshvpn.wire import Endpoint, MessageType
 
@@ -46,8 +46,10 @@ def test_probe_and_reply_round_trip():
 def test_probe_from_a_stranger_is_rejected_before_any_key_agreement():
     c = codec(C_PRIVATE, C_PUBLIC, B_PUBLIC)
     b = codec(B_PRIVATE, B_PUBLIC, A_PUBLIC)
-    with pytest.raises(RemoteProtocolError, match="not a peer"):
+    with pytest.raises(ProbeFromStranger, match="probe from unknown key") as raised:
         b.open(c.probe(B_PUBLIC, TX, DST, NONCE, WALL), WALL)
+    assert (raised.value.kind, raised.value.sender) == (MessageType.PROBE, C_PUBLIC)
+    assert isinstance(raised.value, RemoteProtocolError), "garbage from the network raises only the remote kind"
 
 
 def test_forged_sender_key_fails_authentication():

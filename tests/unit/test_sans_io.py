@@ -60,6 +60,7 @@ SANS_IO_MODULES = (
     "meshvpn.node.recovery",
     "meshvpn.node.coretimers",
     "meshvpn.node.coreprobes",
+    "meshvpn.node.strangers",
     "meshvpn.node.peertimers",
     "meshvpn.node.silence",
     "meshvpn.node.family",
