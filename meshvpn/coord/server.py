@@ -338,8 +338,9 @@ class CoordServer:
         self._start_maps()
 
     def _send_held(self, conn: Connection) -> None:
-        """Send what the fan-out holds for `conn` before anything else goes to it, keeping order;
-        a node whose map has not gone out needs none of it: the map will be newer."""
+        """Send what the fan-out holds for `conn` before anything else goes to it, keeping order (a
+        `punch` never names a peer the node has not heard of); a node whose map has not gone out
+        needs none of it: the map will be newer."""
         listener = self.membership.listener(conn)
         if listener is not None and conn.mapped:
             for frame in self.fanout.take(conn, *listener):

@@ -15,10 +15,12 @@ from meshvpn.config import Address, CoordConfig, NetworkConfig, RelayOffer
 from meshvpn.control import messages as m
 from meshvpn.coord import instances
 from meshvpn.coord import server as server_module
+from meshvpn.coord.fanout import FanoutSettings
 from meshvpn.node.coordclient import CoordRefused, connect
 from meshvpn.coord.server import CoordServer
 from meshvpn.localsock import request
 from meshvpn.relaytoken import TokenVerifier
+from test_coord_server import PUNCH_WINDOW, assert_news_then_punch, punch_at_once
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -41,12 +43,12 @@ def instance_config(tmp_path, dsn, index: int) -> CoordConfig:
 
 
 @contextlib.asynccontextmanager
-async def two_instances(tmp_path, dsn):
+async def two_instances(tmp_path, dsn, fanout: FanoutSettings = FanoutSettings()):
     """Instances 1 and 2 on one database."""
     servers = []
     try:
         for index in (1, 2):
-            servers.append(CoordServer(instance_config(tmp_path, dsn, index)))
+            servers.append(CoordServer(instance_config(tmp_path, dsn, index), fanout=fanout))
             await servers[-1].start()
         yield servers
     finally:
@@ -257,3 +259,21 @@ def test_nodes_on_different_instances_both_get_their_punch_whichever_asks(tmp_pa
         assert (answer.peer_key, mirror.peer_key) == (towards, back)
         assert lan in answer.endpoints and lan in mirror.endpoints
         assert took < REACH
+
+
+def test_a_punch_from_another_instance_reaches_a_node_after_the_news_of_its_requester(tmp_path, postgres_dsn):
+    """Bob joins instance two and at once asks to punch alice, on one, whose fan-out still holds the
+    news of bob for her window: one applies that news before the punch notification
+    (`CoordServer._punched_elsewhere`), and the punch takes it along to her."""
+    async def scenario():
+        async with two_instances(tmp_path, postgres_dsn, FanoutSettings(window=PUNCH_WINDOW)) as (one, two):
+            token = auth_key(one)
+            alice = await connect(one.address, one.identity.public, keys.generate_private_key())
+            await alice.register(m.Register("alice", "test", (m.Endpoint("10.0.0.7", 41641),), auth_key=token,
+                                            deltas=True, delta_version=m.DELTA_VERSION))
+            await seen_online(two, "alice")
+            bob, bob_reg, bob_map = await join(two, "bob", token)
+            return bob_reg.node_key, *await punch_at_once(bob, bob_map, alice)
+
+    bob, got, took = asyncio.run(scenario())
+    assert_news_then_punch(got, took, bob)

@@ -245,6 +245,55 @@ def test_punch_request_sends_punch_to_both_sides_with_each_others_candidates(tmp
     assert m.Endpoint("127.0.0.1", 4002) in to_alice.endpoints
 
 
+def names(message: m.Message, key: bytes) -> bool:
+    """Whether `message` tells the node of peer `key` (a whole peer info or a change of one)."""
+    if isinstance(message, m.PeerUpdate):
+        return message.peer.key == key
+    if isinstance(message, m.PeerDelta):
+        return key in {peer.key for peer in message.peers} | {patch.key for patch in message.changed or ()}
+    return False
+
+
+PUNCH_WINDOW = 30.0
+"""A fan-out window longer than a test: the news it holds goes only with a message that takes it."""
+
+
+async def punch_at_once(asker: CoordClient, asker_map: m.PeerMap, asked: CoordClient) -> tuple[list[m.Message], float]:
+    """`asker` asks to punch the one peer of its map, `asked`: every message `asked` gets up to
+    its first `punch`, that one last, and the seconds it took."""
+    started = time.monotonic()
+    asker.send(m.PunchRequest(asker_map.peers[0].key))
+    deadline, got = started + PUNCH_WINDOW / 3, []
+    while not got or not isinstance(got[-1], m.Punch):
+        got.append(await asked.recv(max(0.0, deadline - time.monotonic())))
+    return got, time.monotonic() - started
+
+
+def assert_news_then_punch(got: list[m.Message], took: float, asker: bytes) -> None:
+    """The asked node heard of `asker` once before the punch naming it, with it and not a window later."""
+    assert got[-1].peer_key == asker
+    assert [names(message, asker) for message in got[:-1]].count(True) == 1, "the asker's news first, once"
+    assert took < PUNCH_WINDOW / 3, "with the punch, not with the window's round"
+
+
+@pytest.mark.parametrize("deltas", [{}, {"deltas": True}, {"deltas": True, "delta_version": m.DELTA_VERSION}],
+                         ids=["updates", "deltas-1", "deltas-2"])
+def test_a_punch_reaches_a_node_after_the_news_of_the_peer_it_names_not_a_window_later(tmp_path, deltas):
+    """Bob has alice in his map and asks at once to punch her; the fan-out still holds the news of
+    bob for her window. The punch takes it along: she hears of bob, then the punch naming him, at
+    once; a node that got the punch first would drop it (`punch for unknown peer`)."""
+    async def scenario():
+        async with running(coord_config(tmp_path), fanout=FanoutSettings(window=PUNCH_WINDOW)) as server:
+            token = auth_key(server)
+            alice = await connect(server.address, server.identity.public, keys.generate_private_key())
+            await alice.register(dataclasses.replace(register("alice", token), **deltas))
+            bob, bob_reg, bob_map = await join(server, "bob", token)
+            return bob_reg.node_key, *await punch_at_once(bob, bob_map, alice)
+
+    bob, got, took = asyncio.run(scenario())
+    assert_news_then_punch(got, took, bob)
+
+
 def test_revocation_disconnects_the_node_and_removes_it_from_peers_maps(tmp_path, server_log):
     mallory_private = keys.generate_private_key()
 
