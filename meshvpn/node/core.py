@@ -161,7 +161,7 @@ class NodeCore(HandshakeCookies, Recovery, CoreTimers, CoreProbes):
                 self._upsert_peer(info, now)
         elif isinstance(msg, m.Punch):
             peer = self.peers.by_key.get(msg.peer_key)
-            if peer is None:
+            if peer is None:  # not kept, unlike a probe: the coord names a peer before any punch for it
                 self.drops["punch for unknown peer"] += 1
             else:
                 self.punching.on_punch(peer, msg, now)

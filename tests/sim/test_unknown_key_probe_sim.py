@@ -10,6 +10,10 @@ of `a` (the rounds of a burst are 0.2 s apart): told 0.25 s after `a`'s first pr
 0.44 s and `b` 0.46 s after it. Now `b` keeps the probe (`meshvpn.node.strangers`) and takes it when
 the coord names `a`: it answers, which proves the path to `a`, and punches back: 0.27 s and 0.29 s,
 one way and one round trip after `b` heard of `a`.
+
+The punch `a` asks the coord for does not wait for the window: the coord sends `b` the news of `a`
+right before it (`docs/coordination.md`), and the pair is direct 0.08 s and 0.10 s after `a`'s first
+probe; a punch that came first would be dropped, and the path would wait for the window.
 """
 
 import random
@@ -33,14 +37,20 @@ ROUND_TRIP = 0.04
 
 
 class LateCoord:
-    """Welcomes both nodes, `b` with an empty peer map; names `a` to `b` only when told to.
+    """Welcomes both nodes, `b` with an empty peer map; names `a` to `b` when told to (its fan-out
+    window's round), once.
 
-    A punch request is answered at once on both sides, as the real coord does: `b`, which does not
-    know `a` yet, drops its punch ("punch for unknown peer").
+    A punch request is answered at once on both sides. With `news_first`, `b` hears of `a` right
+    before the punch that names it, as from the real coord, which sends a node what its fan-out
+    holds for it before any other message (`CoordServer._send_held`, `Fanout.take`). Without, the
+    punch comes first, the order of a coord that skipped that step, and `b`, which does not know `a`
+    yet, drops it ("punch for unknown peer"); `a`'s probes still reach `b` before it hears of `a`,
+    as they do when `a` probes without asking the coord for a punch (or its request waits).
     """
 
-    def __init__(self, net: Network, a: SimNode, b: SimNode):
-        self.net, self.a, self.b = net, a, b
+    def __init__(self, net: Network, a: SimNode, b: SimNode, news_first: bool = False):
+        self.net, self.a, self.b, self.news_first = net, a, b, news_first
+        self.named = False
         for node, peers in ((a, (b.info(),)), (b, ())):
             node.coord = self
             self._send(node, m.Registered(node_key=node.public, name=node.name, address=node.address, network=NETWORK))
@@ -50,13 +60,17 @@ class LateCoord:
         self.net.scheduler.call_later(CONTROL_DELAY, node.from_coord, m.decode(m.encode(msg)))
 
     def name_a_to_b(self) -> None:
-        """The fan-out window closes: `b` learns of `a` (sent now, arriving after CONTROL_DELAY)."""
-        self._send(self.b, m.PeerUpdate(self.a.info()))
+        """`b` learns of `a` (sent now, arriving after CONTROL_DELAY), unless it did already."""
+        if not self.named:
+            self.named = True
+            self._send(self.b, m.PeerUpdate(self.a.info()))
 
     def receive(self, node: SimNode, msg: m.Message) -> None:
         if isinstance(msg, m.PunchRequest):
             peer = self.b if node is self.a else self.a
             for to, about in ((node, peer), (peer, node)):
+                if to is self.b and self.news_first:
+                    self.name_a_to_b()
                 endpoints = (m.Endpoint(about.host.ip, PORT), m.Endpoint(about.nat.ip, PORT))
                 self._send(to, m.Punch(peer_key=about.public, endpoints=endpoints))
 
@@ -68,8 +82,9 @@ def direct_at(node: SimNode, other: SimNode):
     return times[0] if times else None
 
 
-def start(told_after: float):
-    """`a` sends its first packet to `b` at `t0`, when `b` has not heard of `a`; `b` hears of it at `t0 + told_after`."""
+def start(told_after: float, news_first: bool = False):
+    """`a` sends its first packet to `b` at `t0`, when `b` has not heard of `a`; `b` hears of it at
+    `t0 + told_after`, or with the punch `a` asks for if that comes first and `news_first`."""
     net = Network(Scheduler(), random.Random(1))
     nat_a, nat_b = Nat(net, "203.0.113.1", PORT_RESTRICTED_CONE), Nat(net, "203.0.113.2", FULL_CONE)
     a = SimNode(net, 10, "a", "100.64.0.1", Host(net, "192.168.1.10", realm=nat_a.lan), nat_a)
@@ -77,7 +92,7 @@ def start(told_after: float):
     Host(net, STUN[0]).bind(STUN[1], lambda data, src: None)
     for node in (a, b):
         node.sock.sendto(b"S", STUN)  # each node's endpoint discovery: the mapping its NAT made stays
-    coord = LateCoord(net, a, b)
+    coord = LateCoord(net, a, b, news_first)
     net.scheduler.run_for(0.1)
     t0 = net.scheduler.now
     a.send_ip(b, b"first")
@@ -100,3 +115,21 @@ def test_the_first_punch_round_makes_the_path_though_the_peer_heard_of_us_after_
     assert a.path_to(b).endpoint == (b.nat.ip, PORT) and b.path_to(a).endpoint == (a.nat.ip, PORT)
     assert [p[20:] for p in b.tun] == [b"first"]
     assert len(b.core.strangers) == 0, "taken when a became a peer"
+
+
+@pytest.mark.parametrize("news_first", [False, True], ids=["punch-first", "news-first"])
+def test_the_punch_brings_the_news_of_the_peer_it_names_and_the_path_a_window_sooner(news_first):
+    """`a` asks the coord for a punch with its first packet; the fan-out would name `a` to `b` only
+    when its window closes. News first (the real coord's order), `b` hears of `a` with the punch,
+    one coord round trip after `a`'s first probe, takes `a`'s kept probes and acts on the punch;
+    punch first, `b` drops the punch and the path waits for the window."""
+    net, a, b, t0 = start(WINDOW, news_first)
+    net.scheduler.run_for(1.0)
+    a_direct, b_direct = direct_at(a, b) - t0, direct_at(b, a) - t0
+    print(f"news first {news_first}: direct {a_direct:.3f} s (a), {b_direct:.3f} s (b) after a's first probe")
+    heard = 2 * CONTROL_DELAY if news_first else WINDOW
+    assert b.core.drops["punch for unknown peer"] == (0 if news_first else 1)
+    assert heard < a_direct <= heard + ROUND_TRIP / 2 + 0.005, "b's answer to the kept probe proves a's path"
+    assert heard < b_direct <= heard + ROUND_TRIP + 0.005
+    assert a.path_to(b).endpoint == (b.nat.ip, PORT) and b.path_to(a).endpoint == (a.nat.ip, PORT)
+    assert [p[20:] for p in b.tun] == [b"first"]

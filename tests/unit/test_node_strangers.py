@@ -97,6 +97,24 @@ def test_relayed_tcp_and_reply_probes_from_strangers_are_counted_not_kept():
     assert len(b.core.strangers) == 0
 
 
+def test_a_punch_for_a_key_the_coord_never_named_is_counted_under_its_own_reason_and_starts_nothing():
+    """The coord sends a node the news of a peer before any punch that names it (`docs/coordination.md`),
+    so a punch for a key the node never heard of is the coord's fault (a bug, or a coord that broke that
+    order): counted apart from probes, not kept, and nothing goes out for it, then or once it is named."""
+    a, b = strangers_pair()
+    b.collect()
+    at = m.Endpoint(a.endpoint.host, a.endpoint.port)
+    b.from_coord(m.Punch(peer_key=a.public, endpoints=(at,), sample=at), 0.0)
+    b.tick(0.5)
+    assert b.collect() == [] and b.coord_out == []
+    assert b.node.drops == {"punch for unknown peer": 1}
+    families = {family.name: family for family in node_families(b.core, b.data)}
+    assert (("punch for unknown peer",), 1.0) in families["meshvpn_drops"].samples
+    b.from_coord(m.PeerUpdate(a.info()), 0.6)
+    assert b.collect() == [], "named, a is a peer without traffic: the punch dropped before is not played late"
+    assert b.node.drops == {"punch for unknown peer": 1}
+
+
 def test_a_flood_of_random_keys_keeps_memory_bounded_and_spends_no_key_agreement(monkeypatch):
     a, b = strangers_pair()
     agreed = []
