@@ -22,7 +22,9 @@ many silent peers is in (probing, no paths). Then, each timed `--calls` times:
   the node's core (the node's names announcement is not in it), every peer holding a session, so
   the table holds an index per peer;
 * ``with names``: the same through the whole node, its names announcement (``PeerMapChanged``,
-  the DNS responder's source) included, outputs drained.
+  the DNS responder's source) included, outputs drained;
+* ``settle, routed``: one settle of the node's machines that finds nothing new (what ends every
+  input and every look), every peer holding a direct route.
 
 Prints the mean microseconds per call. Not a test: nothing is asserted.
 """
@@ -41,6 +43,7 @@ from meshvpn.control import messages as m
 from meshvpn.node.datapath import fastpath
 from meshvpn.node.datapath.dataplane import SendBuffer
 from meshvpn.node.datapath.native_loop import NativeReceiver
+from meshvpn.node.pathtypes import Path, PathKind
 from meshvpn.noise import SessionKeys
 from meshvpn.session import Session
 from meshvpn.sim.nodes import MemoryNode, seeded
@@ -148,7 +151,19 @@ def measure(count: int, calls: int) -> dict[str, float]:
     row["sync, one changed"] = float("nan") if syncs is None else mean_us(calls, syncs[1])
     row["peer leaves"] = mean_us(calls, leave_and_return(node, clock[0]))
     row["with names"] = mean_us(calls, leave_and_return(node, clock[0], named=True))
+    row["settle, routed"] = mean_us(calls, settle_routed(node, clock[0]))
     return row
+
+
+def settle_routed(node: MemoryNode, now: float) -> Callable[[int], object]:
+    """One quiet settle of the node, every peer holding a direct route to its public endpoint."""
+    core = node.node
+    for peer in list(core.peers):
+        endpoint = peer.info.public_endpoint
+        route = core.core.routes.for_path(peer.key, Path(PathKind.DIRECT, Endpoint(endpoint.host, endpoint.port)))
+        core.peers.set_route(peer, route)
+    node.drain(now)
+    return lambda _: core._settle(now)
 
 
 def leave_and_return(node: MemoryNode, now: float, named: bool = False) -> Callable[[int], object]:
@@ -176,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     print(f"load average {os.getloadavg()[0]:.1f}; mean microseconds per call, {args.calls} calls")
     columns = ("get_timer", "handle_timer", "input step", "peer update", "native sync", "sync, one changed",
-               "peer leaves", "with names")
+               "peer leaves", "with names", "settle, routed")
     print(f"{'peers':>6} " + " ".join(f"{column:>{max(len(column), 10)}}" for column in columns))
     for count in args.peers:
         row = measure(count, args.calls)

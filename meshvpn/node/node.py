@@ -28,7 +28,6 @@ Rules of the wiring:
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Callable, Iterable, Optional
 
 from meshvpn.config import FanoutConfig, ForwardLimits
@@ -43,6 +42,7 @@ from meshvpn.node.pathtypes import PathKind
 from meshvpn.node.peers import Peer, PeerSlot, PeerTable
 from meshvpn.node.prediction import NatProfile
 from meshvpn.node.recovery import NodeRecovery
+from meshvpn.node.routes import restamp
 from meshvpn.node.streaminbox import StreamInbox
 from meshvpn.node.tcpinbox import PunchPortInbox, tcp_silent, udp_direct
 from meshvpn.node.relay.link import Transport as RelayTransport
@@ -342,15 +342,8 @@ class Node(NodeRecovery, StreamInbox, PunchPortInbox):
             moved |= self._drain_core(now)
             if not moved:
                 break
-        self._restamp_routes()
-
-    def _restamp_routes(self) -> None:
-        """Give every route the transport that carries it now (a relay moved to TCP, a channel bound...)."""
-        for peer in list(self.peers.routed):
-            route = peer.route
-            transport = self.transport_for(route.endpoint)
-            if transport != route.transport:
-                self.peers.set_route(peer, replace(route, transport=transport))
+        moved = self.turn.moves.take() | self.tcp.moves.take() | self.core.socket_for.moves.take()
+        restamp(self.peers, moved | self.relays.streams_moved(), self.transport_for)
 
     def _drain_core(self, now: float) -> bool:
         core = self.core

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
+from meshvpn.node.transports import Moves
 from meshvpn.wire import Endpoint
 
 MAX_HEARD_MAIN = 1024
@@ -33,6 +34,8 @@ class SocketPins:
         self._main: dict[Endpoint, None] = {}
         """Heard on the main socket, oldest first."""
         self._probing: dict[Endpoint, int] = {}
+        self.moves = Moves()
+        """Endpoints whose socket changed (for the node's routes)."""
 
     def __bool__(self) -> bool:
         """Whether any endpoint leaves from an extra socket (false in the common case: a quick test)."""
@@ -47,6 +50,8 @@ class SocketPins:
 
     def heard(self, src: Endpoint, via: Optional[int]) -> None:
         """An authenticated probe from `src` arrived on socket `via` (None: the main socket)."""
+        if self.get(src) != via:
+            self.moves.add(src)
         self._probing.pop(src, None)
         if via is not None:
             self._main.pop(src, None)
@@ -64,8 +69,9 @@ class SocketPins:
 
     def probing(self, dst: Endpoint, sid: int) -> None:
         """Our probe to `dst` leaves from `sid`, unless `dst` was heard on a socket already."""
-        if dst not in self._heard and dst not in self._main:
+        if dst not in self._heard and dst not in self._main and self._probing.get(dst) != sid:
             self._probing[dst] = sid
+            self.moves.add(dst)
 
     def keep_only(self, endpoints: Iterable[Endpoint]) -> set[int]:
         """Forget the pins of every other endpoint; the extra sockets the kept ones use."""
@@ -73,10 +79,12 @@ class SocketPins:
         for table in (self._heard, self._main, self._probing):
             for endpoint in [e for e in table if e not in keep]:
                 del table[endpoint]
+                self.moves.add(endpoint)
         return {*self._heard.values(), *self._probing.values()}
 
     def clear(self) -> None:
         """The extra sockets are gone (the network changed). What was heard on the main socket stays:
         that socket stays too, and a path it carried may come back (a link that was down a while)."""
+        self.moves.add(*self._heard, *self._probing)
         self._heard.clear()
         self._probing.clear()

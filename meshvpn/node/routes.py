@@ -9,13 +9,14 @@ back the way it came: straight to its source, or inside an envelope to the relay
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Optional
 
 from meshvpn import wire
 from meshvpn.control.messages import PeerInfo
 from meshvpn.node.pairrelay import choose_relay
 from meshvpn.node.pathfinder import RELAY_PATH, Path, PathKind
-from meshvpn.node.peers import Route
+from meshvpn.node.peers import PeerTable, Route
 from meshvpn.node.transports import MAIN_SOCKET, Transport
 from meshvpn.wire import Endpoint, MessageType
 
@@ -67,3 +68,17 @@ class Routes:
 
     def _route(self, path: Path, endpoint: Endpoint, prefix: bytes = b"") -> Route:
         return Route(path, endpoint, prefix, self.transport_for(endpoint))
+
+
+def restamp(peers: PeerTable, moved: set[Endpoint], transport_for: Callable[[Endpoint], Transport]) -> None:
+    """Give the routes to the endpoints whose transport may have `moved` (a relay went over to TCP, a
+    channel was bound...) the transport that carries them now. Nothing moved, no peer is looked at:
+    a quiet settle costs nothing per peer."""
+    if not moved:
+        return
+    for peer in list(peers.routed):
+        route = peer.route
+        if route.endpoint in moved:
+            transport = transport_for(route.endpoint)
+            if transport != route.transport:
+                peers.set_route(peer, replace(route, transport=transport))

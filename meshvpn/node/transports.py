@@ -2,6 +2,8 @@
 
 The node decides (``Node.transport_for``); the shell sends with one ``match`` on the answer. A
 new transport is one more class here, one more case in the node's choice and one in the shell.
+Each machine that the choice reads notes the endpoints whose answer it may have moved
+(:class:`Moves`), so the node gives new transports to the routes to those endpoints only.
 """
 
 from __future__ import annotations
@@ -46,6 +48,24 @@ class TurnChannel:
     server: Endpoint
     channel: int
     stream: str | None = None
+
+
+class Moves:
+    """The endpoints whose transport one machine may have changed since the node last took them
+    (a TURN channel bound, a TCP path up or gone, a pin): the node restamps only routes to these."""
+
+    __slots__ = ("_endpoints",)
+
+    def __init__(self) -> None:
+        self._endpoints: set[Endpoint] = set()
+
+    def add(self, *endpoints: Endpoint) -> None:
+        self._endpoints.update(endpoints)
+
+    def take(self) -> set[Endpoint]:
+        """The endpoints noted since the last call (each is returned once)."""
+        taken, self._endpoints = self._endpoints, set()
+        return taken
 
 
 MAIN_SOCKET = MainSocket()

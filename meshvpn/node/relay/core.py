@@ -48,6 +48,8 @@ class RelaySet:
         self._public = public_key
         self._random_bytes = random_bytes
         self._wall_offset = wall_offset
+        self._on_tcp: dict[Endpoint, str] = {}
+        """Relay endpoints on TCP as `streams_moved` last saw them, with their link's name."""
         self._config = config
         self._datagrams: list[tuple[Endpoint, bytes]] = []
         self._frames: list[tuple[RelayLink, bytes]] = []
@@ -231,6 +233,16 @@ class RelaySet:
         """The link to send to `endpoint` over TCP, if `endpoint` is a relay on TCP."""
         link = self.by_endpoint.get(endpoint)
         return link if link is not None and link.transport is Transport.TCP else None
+
+    def streams_moved(self) -> set[Endpoint]:
+        """The relay endpoints that went over to TCP or back (or to another link) since the last call:
+        a link changes its transport on its own, so this compares with what the last call saw; its
+        cost is the relays' addresses, not the peers'."""
+        streams = {endpoint: link.name for endpoint, link in self.by_endpoint.items() if link.transport is Transport.TCP}
+        if streams == self._on_tcp:
+            return set()
+        old, self._on_tcp = self._on_tcp, streams
+        return {endpoint for endpoint in old.keys() | streams.keys() if old.get(endpoint) != streams.get(endpoint)}
 
     def status(self) -> list[dict]:
         return [

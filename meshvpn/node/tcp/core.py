@@ -75,6 +75,7 @@ from meshvpn.node.tcp.campaign import (
     Action, Conn, ConnState, PathDown, PathUp, ProbePath, TcpCampaign, TcpEndpoint, TcpPunchConfig, WantPunch,
 )
 from meshvpn.node.tcpresume import Reconnect
+from meshvpn.node.transports import Moves
 from meshvpn.noise import StaticIdentity
 from meshvpn.wire import Endpoint
 
@@ -97,6 +98,8 @@ class TcpPunch:
         """Each peer's campaign, connections and path (the node keeps them on its peers)."""
         self._conns: dict[int, Conn] = {}
         self._by_endpoint: dict[Endpoint, Conn] = {}
+        self.moves = Moves()
+        """Endpoints whose TCP path came or went (for the node's routes)."""
         self._next_id = 1
         self._actions: list[Action] = []
         self.mapped = False
@@ -386,6 +389,7 @@ class TcpPunch:
         peer.attempts_left = 0
         peer.repunch_gap = 0.0
         self._by_endpoint[TcpEndpoint(*conn.endpoint)] = conn
+        self.moves.add(TcpEndpoint(*conn.endpoint))
         self.counters["paths"] += 1
         for other in list(peer.conns):
             if other is not conn:
@@ -442,6 +446,7 @@ class TcpPunch:
                 peer.path = None
                 peer.resume.forget()
                 del self._by_endpoint[TcpEndpoint(*conn.endpoint)]
+                self.moves.add(TcpEndpoint(*conn.endpoint))
         if abort:
             self._actions.append(TcpAbort(conn.conn_id))
 

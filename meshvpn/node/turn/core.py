@@ -46,6 +46,7 @@ from meshvpn.backoff import uniform
 from meshvpn.control import messages as m
 from meshvpn.node.events import TurnStream
 from meshvpn.node.relay.addresses import RelayAddresses
+from meshvpn.node.transports import Moves
 from meshvpn.node.turn.server import ServerLink
 from meshvpn.turn import AllocationLost, AllocationReady, DataReceived, Event, TurnClient, TurnConfig
 from meshvpn.turn_codec import CHANNEL_HEADER, TurnError, is_channel_data
@@ -77,6 +78,8 @@ class TurnLinks:
         lookups, shared with `RelaySet.addresses_of`)."""
         self._key_of_relayed: dict[Endpoint, bytes] = {}
         self._outbound: dict[Endpoint, tuple[Endpoint, int, Optional[str]]] = {}
+        self.moves = Moves()
+        """Relayed addresses whose channel, server or stream changed (for the node's routes)."""
         self._datagrams: list[tuple[Endpoint, bytes]] = []
         self._frames: list[tuple[str, bytes]] = []
         self._wishes: list[TurnStream] = []
@@ -423,7 +426,10 @@ class TurnLinks:
             if channel is not None and addresses[0] in self._key_of_relayed:
                 routes[key] = addresses[0]
                 outbound[addresses[0]] = (home.endpoint, channel, stream)
-        self._outbound = outbound
+        if outbound != self._outbound:
+            old = self._outbound
+            self.moves.add(*(dst for dst in old.keys() | outbound.keys() if old.get(dst) != outbound.get(dst)))
+            self._outbound = outbound
         if routes != self.routes:
             self.routes = routes
             self._routes_changed = True
