@@ -2,7 +2,7 @@
 
 import math
 
-from meshvpn.bench.timers import build, measure
+from meshvpn.bench.timers import build, measure, settle_routed
 from meshvpn.node.datapath import fastpath
 
 
@@ -16,7 +16,15 @@ def test_the_node_holds_every_peer_and_has_a_deadline():
 def test_every_kind_of_call_is_timed():
     row = measure(3, 2)
     assert set(row) == {"get_timer", "handle_timer", "input step", "peer update", "native sync", "sync, one changed",
-                        "peer leaves", "with names"}
+                        "peer leaves", "with names", "settle, routed"}
     for column in ("native sync", "sync, one changed"):
         assert math.isnan(row[column]) == (fastpath.native_module() is None), "timed wherever the extension is built"
-    assert row["peer leaves"] > 0 and row["with names"] > 0
+    assert row["peer leaves"] > 0 and row["with names"] > 0 and row["settle, routed"] > 0
+
+
+def test_the_settle_is_timed_with_every_peer_routed():
+    node, now = build(5)
+    settle = settle_routed(node, now)
+    assert len(node.peers.routed) == 5
+    settle(0)
+    assert all(peer.route.transport == node.node.transport_for(peer.route.endpoint) for peer in node.peers)
