@@ -129,14 +129,22 @@ def run_server(role: str, settings: Any, make_server: Callable[[Any], Any],
                load_settings: Callable[[], Any], status_interval: float) -> int:
     """The whole life of a server verb (`coord`, `relay`): log set-up, start, serve, close."""
     setup_logging(settings.log.level, role)
-
-    async def serve() -> None:
-        server = make_server(settings)
-        await server.start()
-        await serve_until_stopped(server, load_settings, Notifier.from_environment(), status_interval)
-
-    asyncio.run(serve())
+    asyncio.run(start_and_serve(lambda: make_server(settings), load_settings, Notifier.from_environment(),
+                                status_interval))
     return 0
+
+
+async def start_and_serve(make_server: Callable[[], Any], load_settings: Callable[[], Any], notifier: Notifier,
+                          status_interval: float) -> None:
+    """Start a server and serve it until stopped (`serve_until_stopped`).
+
+    A SIGHUP that comes while it starts (after it logged that it listens, say) is kept and
+    applied once it serves: before, it was lost, or ended the process (SIGHUP's default)."""
+    asked: list[bool] = []
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, asked.append, True)
+    server = make_server()
+    await server.start()
+    await serve_until_stopped(server, load_settings, notifier, status_interval, reload_now=bool(asked))
 
 
 async def first_set(*events: asyncio.Event) -> None:
@@ -148,12 +156,14 @@ async def first_set(*events: asyncio.Event) -> None:
 
 
 async def serve_until_stopped(
-    server: Service, load_settings: Callable[[], Any], notifier: Notifier, status_interval: float = 10.0
+    server: Service, load_settings: Callable[[], Any], notifier: Notifier, status_interval: float = 10.0,
+    reload_now: bool = False,
 ) -> None:
     """Run a started `server` until SIGTERM or SIGINT, then close it.
 
     Tells systemd READY=1, the watchdog pings and STATUS= changes; SIGHUP reloads with
-    `load_settings()` (a failed reload is logged and the running configuration kept).
+    `load_settings()` (a failed reload is logged and the running configuration kept), and so
+    does ``reload_now`` (a SIGHUP came while the server started).
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -180,6 +190,8 @@ async def serve_until_stopped(
             await asyncio.sleep(status_interval)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
+    if reload_now:
+        reload()
     notifier.ready(server.status())
     start_watchdog(loop, notifier)
     reporter = asyncio.create_task(report_status())
