@@ -21,9 +21,7 @@ static int fanned_out(const Loop *L, const uint8_t *p, Py_ssize_t size) {
         const uint8_t *dst = p + 16;
         if (p[9] == 2) return 0;  /* IGMP */
         if ((dst[0] & 0xF0) == 0xE0 || (dst[0] & dst[1] & dst[2] & dst[3]) == 0xFF) return 1;
-        for (Py_ssize_t i = 1; i < L->n_accept4; i++)
-            if (!memcmp(dst, L->accept4 + 4 * i, 4)) return 1;
-        return 0;
+        return accepted(L, dst, 4) && memcmp(dst, L->accept4, 4) != 0;
     }
     if (size >= 40 && p[0] >> 4 == 6) return p[24] == 0xFF && p[6] != 58 && p[6] != 0;
     return 0;

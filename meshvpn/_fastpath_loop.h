@@ -177,6 +177,9 @@ void free_table(Loop *L);
    the thread had drained every side before this turn, so a lone first packet is delivered at once
    (see run() in _fastpath_loop.c). */
 int receive_burst(Loop *L, int fd, int via, int lone);
+/* Under table_lock: whether dest (len bytes) is one of the node's accepted destinations (its own
+   address first, then the network's broadcast and the joined groups). */
+int accepted(const Loop *L, const uint8_t *dest, int len);
 
 /* _fastpath_pins.c */
 /* Under table_lock: the socket to send from for sid (0: the main one), NULL if not pinned. */

@@ -9,7 +9,7 @@
 
 #include "_fastpath_loop.h"
 
-static int accepted(const Loop *L, const uint8_t *dest, int len) {
+int accepted(const Loop *L, const uint8_t *dest, int len) {
     const uint8_t *list = len == 4 ? L->accept4 : L->accept6;
     Py_ssize_t n = len == 4 ? L->n_accept4 : L->n_accept6;
     for (Py_ssize_t i = 0; i < n; i++)
